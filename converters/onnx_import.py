@@ -1,0 +1,148 @@
+"""ONNX file -> moa_edge IR with static shapes.
+
+Loads (external data resolved beside the file), inlines local functions, pins symbolic
+dimensions from --input-shape, runs ONNX shape inference and folds constant
+subgraphs (shape plumbing) so the passes see plain constants.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.inliner
+from onnx import numpy_helper
+
+from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import Graph, Node, Tensor
+
+_ONNX_DTYPES = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.BOOL: "bool",
+    onnx.TensorProto.INT64: "int64",
+}
+
+
+def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
+    """['x=1x16x64', 'mask=1x16'] -> {'x': (1, 16, 64), 'mask': (1, 16)}"""
+    shapes = {}
+    for spec in specs or []:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            shape = tuple(int(d) for d in dims.split("x"))
+        except ValueError:
+            shape = ()
+        if not sep or not name or not shape or min(shape) < 1:
+            raise MoaEdgeError(f"--input-shape {spec!r} is not of the form NAME=D0xD1x... with positive dims")
+        shapes[name] = shape
+    return shapes
+
+
+def load_model(path: Path) -> onnx.ModelProto:
+    if not path.is_file():
+        raise MoaEdgeError(f"{path}: no such file")
+    try:
+        model = onnx.load(str(path), load_external_data=True)
+        onnx.checker.check_model(model)
+    except Exception as exc:  # protobuf decode errors, missing external data, checker failures
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MoaEdgeError(f"{path}: not a valid ONNX model ({reason})") from None
+    if not model.graph.node:
+        raise MoaEdgeError(f"{path}: the ONNX graph has no nodes")
+    return onnx.inliner.inline_local_functions(model)
+
+
+def _pin_shapes(model: onnx.ModelProto, path: Path, pinned: dict[str, tuple[int, ...]]) -> None:
+    initializers = {i.name for i in model.graph.initializer}
+    graph_inputs = [i for i in model.graph.input if i.name not in initializers]
+    known = {i.name for i in graph_inputs}
+    for name in pinned:
+        if name not in known:
+            raise MoaEdgeError(f"--input-shape names {name!r}, which is not an input of {path} "
+                               f"(inputs: {', '.join(sorted(known))})")
+    for vi in graph_inputs:
+        dims = vi.type.tensor_type.shape.dim
+        if vi.name in pinned:
+            shape = pinned[vi.name]
+            if len(shape) != len(dims):
+                raise MoaEdgeError(f"--input-shape {vi.name}: rank {len(shape)} given, the model's input has rank {len(dims)}")
+            for d, n in zip(dims, shape):
+                if d.HasField("dim_value") and d.dim_value != n:
+                    raise MoaEdgeError(f"--input-shape {vi.name}: dimension {d.dim_value} of the model cannot be {n}")
+                d.Clear()
+                d.dim_value = n
+            continue
+        symbolic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+        if symbolic:
+            raise MoaEdgeError(f"{path}: input {vi.name!r} has symbolic dimension(s) {', '.join(symbolic)}; "
+                               f"pin them with --input-shape {vi.name}=" + "x".join(
+                                   str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims))
+
+
+def _tensor_type(vi, path: Path, what: str) -> tuple[tuple[int, ...], str]:
+    tt = vi.type.tensor_type
+    if tt.elem_type not in _ONNX_DTYPES:
+        raise MoaEdgeError(f"{path}: {what} {vi.name!r} has element type "
+                           f"{onnx.TensorProto.DataType.Name(tt.elem_type)}, which moa-edge does not support yet")
+    dims = tt.shape.dim
+    if any(not d.HasField("dim_value") for d in dims):
+        raise MoaEdgeError(f"{path}: the shape of {what} {vi.name!r} could not be inferred statically")
+    return tuple(d.dim_value for d in dims), _ONNX_DTYPES[tt.elem_type]
+
+
+def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    path = Path(path)
+    model = load_model(path)
+    _pin_shapes(model, path, input_shapes or {})
+    try:
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except Exception as exc:
+        raise MoaEdgeError(f"{path}: ONNX shape inference failed: {str(exc).strip().splitlines()[-1]}") from None
+
+    g = model.graph
+    tensors: dict[str, Tensor] = {}
+    for init in g.initializer:
+        arr = numpy_helper.to_array(init)
+        tensors[init.name] = Tensor(init.name, tuple(arr.shape), _dtype_name(arr.dtype), arr)
+    inputs = [i.name for i in g.input if i.name not in tensors]
+    for vi in g.input:
+        if vi.name not in tensors:
+            shape, dtype = _tensor_type(vi, path, "input")
+            tensors[vi.name] = Tensor(vi.name, shape, dtype)
+    for vi in g.output:
+        shape, dtype = _tensor_type(vi, path, "output")
+        tensors[vi.name] = Tensor(vi.name, shape, dtype)
+    for vi in g.value_info:
+        tt = vi.type.tensor_type
+        if tt.elem_type in _ONNX_DTYPES and all(d.HasField("dim_value") for d in tt.shape.dim):
+            tensors.setdefault(vi.name, Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim),
+                                               _ONNX_DTYPES[tt.elem_type]))
+
+    nodes = []
+    for k, n in enumerate(g.node):
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        name = n.name or f"{n.op_type}_{k}"
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+            arr = _constant_value(attrs)
+            tensors[n.output[0]] = Tensor(n.output[0], tuple(arr.shape), _dtype_name(arr.dtype), arr)
+            continue
+        op = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+        nodes.append(Node(op, name, list(n.input), list(n.output), attrs))
+
+    opsets = {o.domain: o.version for o in model.opset_import}
+    graph = Graph(g.name or path.stem, inputs, [o.name for o in g.output], nodes, tensors, opsets)
+    return graph
+
+
+def _constant_value(attrs) -> np.ndarray:
+    if "value" in attrs:
+        return numpy_helper.to_array(attrs["value"])
+    for key, dtype in (("value_float", np.float32), ("value_int", np.int64),
+                       ("value_floats", np.float32), ("value_ints", np.int64)):
+        if key in attrs:
+            return np.array(attrs[key], dtype=dtype)
+    raise MoaEdgeError(f"Constant node with attributes {sorted(attrs)} is not supported")
+
+
+def _dtype_name(dtype) -> str:
+    return {np.dtype(np.float32): "float32", np.dtype(np.bool_): "bool"}.get(np.dtype(dtype), np.dtype(dtype).name)

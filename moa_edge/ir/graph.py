@@ -1,0 +1,82 @@
+"""Graph, Node and Tensor. Deliberately small: passes rewrite it, codegen walks it."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# dtype name -> (numpy dtype, C type)
+DTYPES = {
+    "float32": (np.float32, "float"),
+    "bool": (np.bool_, "uint8_t"),
+    "int64": (np.int64, "int64_t"),
+}
+
+
+@dataclass
+class Tensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    data: np.ndarray | None = None  # set for constants (initializers)
+
+    @property
+    def is_constant(self) -> bool:
+        return self.data is not None
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * np.dtype(DTYPES[self.dtype][0]).itemsize
+
+
+@dataclass
+class Node:
+    op: str
+    name: str
+    inputs: list[str]  # tensor names; "" marks an absent optional input
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Graph:
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    nodes: list[Node]
+    tensors: dict[str, Tensor]
+    opsets: dict[str, int] = field(default_factory=lambda: {"": 18})
+
+    def producer(self, name: str) -> Node | None:
+        for node in self.nodes:
+            if name in node.outputs:
+                return node
+        return None
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    def constant(self, name: str) -> np.ndarray | None:
+        t = self.tensors.get(name)
+        return None if t is None else t.data
+
+    def remove_dead(self) -> None:
+        """Drop nodes and tensors that no graph output depends on."""
+        live = set(self.outputs)
+        kept: list[Node] = []
+        for node in reversed(self.nodes):
+            if any(o in live for o in node.outputs):
+                kept.append(node)
+                live.update(i for i in node.inputs if i)
+        self.nodes = kept[::-1]
+        live.update(self.inputs)
+        self.tensors = {k: v for k, v in self.tensors.items() if k in live}
+
+    def weights(self) -> list[Tensor]:
+        used = {i for n in self.nodes for i in n.inputs}
+        return [t for t in self.tensors.values() if t.is_constant and t.name in used]

@@ -1,0 +1,117 @@
+"""MoaAttention: one attention block, its operands read through access maps.
+
+Semantics (ONNX Attention, onnx 1.23): Y = softmax(scale * Q K^T + bias) V per head,
+bias = mask (float: added; bool: 0 where True, mask_fill where False) plus -inf above
+the top-left causal diagonal; query head h reads KV head h // (Hq / Hkv); a row whose
+bias is -inf everywhere gives 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import math
+
+import numpy as np
+import torch
+
+from moa_edge.moa import Layout
+
+MASK_NONE, MASK_FLOAT, MASK_BOOL = "none", "float", "bool"
+C_SOURCES = ["attention_f32.c"]
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    batch: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    value_dim: int
+    scale: float
+    is_causal: bool
+    mask_kind: str
+    mask_fill: float  # bias for a False entry of a bool mask
+    q: Layout  # (B, Hq, Sq, D) over the Q input's storage
+    k: Layout  # (B, Hkv, Skv, D)
+    v: Layout  # (B, Hkv, Skv, Dv)
+    y: Layout  # (B, Hq, Sq, Dv) over the output's storage
+    mask: Layout | None  # broadcast to (B, Hq, Sq, Skv)
+    pattern: str = ""
+    absorbed: tuple[str, ...] = field(default=())
+
+    def describe(self) -> dict:
+        return {
+            "pattern": self.pattern,
+            "shape": {"batch": self.batch, "q_heads": self.q_heads, "kv_heads": self.kv_heads,
+                      "q_len": self.q_len, "kv_len": self.kv_len, "head_dim": self.head_dim,
+                      "value_dim": self.value_dim},
+            "scale": self.scale,
+            "is_causal": self.is_causal,
+            "mask": self.mask_kind if self.mask_kind != MASK_BOOL else f"bool (fill {self.mask_fill:g})",
+            "absorbed_nodes": list(self.absorbed),
+        }
+
+
+def output_shape(spec: AttentionSpec, out_tensor_shape) -> tuple[int, ...]:
+    return tuple(out_tensor_shape)
+
+
+def scratch_bytes(spec: AttentionSpec) -> int:
+    # One running output row of the online softmax; never an Sq x Skv score matrix.
+    return 4 * spec.value_dim
+
+
+# --- torch float64 reference -------------------------------------------------------
+
+def _view(flat: torch.Tensor, lay: Layout) -> torch.Tensor:
+    return torch.as_strided(flat, lay.shape, lay.strides, lay.offset)
+
+
+def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
+    """Evaluate with torch SDPA in float64, reading operands through their access maps."""
+    q4 = _view(q.reshape(-1), spec.q)
+    k4 = _view(k.reshape(-1), spec.k)
+    v4 = _view(v.reshape(-1), spec.v)
+    group = spec.q_heads // spec.kv_heads
+    k4 = k4.repeat_interleave(group, dim=1)
+    v4 = v4.repeat_interleave(group, dim=1)
+    full = (spec.batch, spec.q_heads, spec.q_len, spec.kv_len)
+    bias = torch.zeros(full, dtype=torch.float64)
+    if spec.mask_kind == MASK_FLOAT:
+        bias = bias + _view(mask.reshape(-1), spec.mask)
+    elif spec.mask_kind == MASK_BOOL:
+        keep = _view(mask.reshape(-1), spec.mask)
+        bias = torch.where(keep, bias, torch.tensor(spec.mask_fill, dtype=torch.float64))
+    if spec.is_causal:
+        above = torch.ones(spec.q_len, spec.kv_len, dtype=torch.bool).triu(1)
+        bias = bias.masked_fill(above, -math.inf)
+    y4 = torch.nn.functional.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias, scale=spec.scale)
+    fully_masked = torch.isneginf(bias).all(dim=-1, keepdim=True)
+    y4 = torch.where(fully_masked, torch.zeros_like(y4), y4)
+    out = torch.zeros(int(np.prod(out_shape)), dtype=torch.float64)
+    _view(out, spec.y).copy_(y4)
+    return out.reshape(out_shape)
+
+
+# --- C emission --------------------------------------------------------------------
+
+def _access(lay: Layout | None) -> str:
+    if lay is None:
+        return "{0, {0, 0, 0, 0}}"
+    return "{%d, {%s}}" % (lay.offset, ", ".join(str(s) for s in lay.strides))
+
+
+def emit_params(spec: AttentionSpec, name: str) -> str:
+    kind = {MASK_NONE: "MOA_MASK_NONE", MASK_FLOAT: "MOA_MASK_FLOAT", MASK_BOOL: "MOA_MASK_BOOL"}[spec.mask_kind]
+    fill = "-INFINITY" if math.isinf(spec.mask_fill) else float(np.float32(spec.mask_fill)).hex() + "f"
+    return (f"static const moa_attention_params {name} = {{\n"
+            f"    {spec.batch}, {spec.q_heads}, {spec.kv_heads}, {spec.q_len}, {spec.kv_len}, "
+            f"{spec.head_dim}, {spec.value_dim},\n"
+            f"    {float(np.float32(spec.scale)).hex()}f, {int(spec.is_causal)}, {kind}, {fill},\n"
+            f"    {_access(spec.q)}, {_access(spec.k)}, {_access(spec.v)},\n"
+            f"    {_access(spec.y)}, {_access(spec.mask)}\n}};\n")
+
+
+def emit_call(params_name: str, q: str, k: str, v: str, mask: str, y: str, scratch: str) -> str:
+    return f"moa_attention_f32(&{params_name}, {q}, {k}, {v}, {mask}, {y}, {scratch})"

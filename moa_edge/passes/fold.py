@@ -1,0 +1,77 @@
+"""Constant folding: evaluate every node whose inputs are all known at compile time.
+
+Shape plumbing (Shape -> Gather -> Concat -> Reshape) becomes plain constants once the
+input shapes are pinned, so the attention patterns only ever see constants. Each node
+is evaluated by onnx's own reference implementation: no hand-written op semantics.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+
+from moa_edge.ir import Graph, Tensor
+
+# Never fold these: they have no value to compute, or the folded value would be huge.
+_KEEP = {"MoaAttention"}
+_MAX_FOLDED_ELEMENTS = 1 << 22
+
+
+def fold_constants(graph: Graph) -> bool:
+    changed = False
+    kept = []
+    for node in graph.nodes:
+        values = _evaluate(graph, node)
+        if values is None:
+            kept.append(node)
+            continue
+        for name, value in zip(node.outputs, values):
+            value = np.asarray(value)
+            graph.tensors[name] = Tensor(name, tuple(value.shape), _dtype(value), value)
+        changed = True
+    graph.nodes = kept
+    return changed
+
+
+def _evaluate(graph: Graph, node):
+    if node.op in _KEEP or "." in node.op:
+        return None
+    if node.op == "Shape":
+        t = graph.tensors.get(node.inputs[0])
+        if t is None:
+            return None
+        shape = np.array(t.shape, dtype=np.int64)
+        start, end = node.attrs.get("start", 0), node.attrs.get("end", None)
+        return [shape[start:end]]
+    if node.op == "Size":
+        t = graph.tensors.get(node.inputs[0])
+        return None if t is None else [np.array(t.size, dtype=np.int64)]
+    values = []
+    for name in node.inputs:
+        if not name:
+            values.append(None)
+            continue
+        data = graph.constant(name)
+        if data is None:
+            return None
+        values.append(data)
+    if not node.inputs:
+        return None
+    proto = onnx.helper.make_node(node.op, [f"i{k}" if n else "" for k, n in enumerate(node.inputs)],
+                                  [f"o{k}" for k in range(len(node.outputs))], **node.attrs)
+    opset = graph.opsets.get("", graph.opsets.get("ai.onnx", 18))
+    feeds = {f"i{k}": v for k, v in enumerate(values) if v is not None}
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph([proto], "fold",
+                               [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                                for k, v in feeds.items()],
+                               [onnx.helper.make_empty_tensor_value_info(f"o{k}") for k in range(len(node.outputs))]),
+        opset_imports=[onnx.helper.make_opsetid("", opset)])
+    outputs = ReferenceEvaluator(model).run(None, feeds)
+    if any(np.asarray(o).size > _MAX_FOLDED_ELEMENTS for o in outputs):
+        return None
+    return outputs
+
+
+def _dtype(value: np.ndarray) -> str:
+    return "bool" if value.dtype == np.bool_ else value.dtype.name
