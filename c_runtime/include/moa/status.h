@@ -1,0 +1,16 @@
+/* Status codes returned by every moa-edge runtime and model entry point. */
+#ifndef MOA_STATUS_H
+#define MOA_STATUS_H
+
+typedef enum {
+    MOA_OK = 0,
+    MOA_ERR_NULL_ARGUMENT = 1, /* a required pointer was NULL */
+    MOA_ERR_ARENA_TOO_SMALL = 2, /* arena_bytes < <PREFIX>_ARENA_BYTES */
+    MOA_ERR_ARENA_MISALIGNED = 3, /* arena not aligned to MOA_ARENA_ALIGN */
+    MOA_ERR_BAD_PARAMS = 4 /* inconsistent kernel parameters */
+} moa_status;
+
+/* Alignment the caller must give the arena. */
+#define MOA_ARENA_ALIGN 16u
+
+#endif

@@ -1,0 +1,39 @@
+"""C identifiers and literals."""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+
+
+def c_identifier(name: str, taken: set[str]) -> str:
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", name) or "t"
+    if ident[0].isdigit():
+        ident = "t_" + ident
+    base, k = ident, 1
+    while ident in taken:
+        ident = f"{base}_{k}"
+        k += 1
+    taken.add(ident)
+    return ident
+
+
+def c_float(x: float) -> str:
+    """Exact C99 literal for a float32 value (hex float), with math.h names for inf and nan."""
+    x = float(np.float32(x))
+    if math.isnan(x):
+        return "NAN"
+    if math.isinf(x):
+        return "INFINITY" if x > 0 else "-INFINITY"
+    return x.hex() + "f"
+
+
+def c_array_body(data: np.ndarray, per_line: int = 8) -> str:
+    flat = data.reshape(-1)
+    if data.dtype == np.bool_:
+        items = ["1" if b else "0" for b in flat]
+    else:
+        items = [c_float(x) for x in flat]
+    lines = [", ".join(items[k:k + per_line]) for k in range(0, len(items), per_line)]
+    return "    " + ",\n    ".join(lines)

@@ -1,0 +1,123 @@
+"""Writes the generated C project: model.h, model.c, weights.[ch], main.c, SConstruct,
+the c_runtime sources it needs, and report.json."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from moa_edge import C_RUNTIME_DIR
+from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import DTYPES, Graph
+from moa_edge.ops import SUPPORTED_OPS, attention
+from moa_edge.plan import plan_arena
+
+from .cnames import c_array_body, c_identifier
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str = "host",
+                 source: str = "") -> dict:
+    """Write the project into out_dir (which must exist and be empty); returns report.json's content."""
+    out_dir = Path(out_dir)
+    P = prefix.upper()
+    taken: set[str] = {"arena", "arena_bytes", "base", "status"}
+    plan = plan_arena(graph)
+
+    io = []
+    for kind, names in (("input", graph.inputs), ("output", graph.outputs)):
+        for name in names:
+            t = graph.tensors[name]
+            if t.dtype not in DTYPES or t.dtype == "int64":
+                raise MoaEdgeError(f"{kind} {name!r} has dtype {t.dtype}; only float32 and bool are supported")
+            io.append({"kind": kind, "name": name, "c_name": c_identifier(name, taken), "shape": list(t.shape),
+                       "dtype": t.dtype, "c_type": DTYPES[t.dtype][1], "elems": t.size, "bytes": t.nbytes})
+
+    weights = []
+    for t in graph.weights():
+        if t.dtype not in ("float32", "bool"):
+            raise MoaEdgeError(f"constant {t.name!r} has dtype {t.dtype}; only float32 and bool weights are supported")
+        weights.append((t, f"{prefix}_w_{c_identifier(t.name, taken)}"))
+    weights_bytes = sum(t.nbytes for t, _ in weights)
+
+    # Where each tensor lives, as a C expression.
+    where = {e["name"]: e["c_name"] for e in io}
+    where.update({t.name: sym for t, sym in weights})
+    for name, offset in plan.offsets.items():
+        if not name.startswith("scratch:"):
+            ctype = DTYPES[graph.tensors[name].dtype][1]
+            where[name] = f"(({ctype} *)(base + {offset}))"
+
+    params, calls, sources = [], [], set()
+    for k, node in enumerate(graph.nodes):
+        op = SUPPORTED_OPS[node.op]
+        sources.update(op.C_SOURCES)
+        spec = node.attrs["spec"]
+        pname = f"{prefix}_attention_{k}"
+        params.append(f"/* {node.name}: {spec.pattern}; absorbed {len(spec.absorbed)} ONNX nodes */\n"
+                      + attention.emit_params(spec, pname))
+        q, kk, v, mask = (where[n] if n else "NULL" for n in node.inputs)
+        scratch = f"(float *)(base + {plan.offsets['scratch:' + node.name]})"
+        calls.append(f"    status = {attention.emit_call(pname, q, kk, v, mask, where[node.outputs[0]], scratch)};\n"
+                     f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
+
+    subst = {
+        "P": P, "p": prefix, "SOURCE": source, "BOARD": board,
+        "ARENA_BYTES": str(plan.total_bytes), "WEIGHTS_BYTES": str(weights_bytes),
+        "NUM_INPUTS": str(len(graph.inputs)), "NUM_OUTPUTS": str(len(graph.outputs)),
+    }
+    io_macros, args, v_unpack = [], [], []
+    for e in io:
+        M = f"{P}_{e['kind'].upper()}_{e['c_name'].upper()}"
+        io_macros.append(f"/* {e['kind']} {e['name']!r}: {e['dtype']} {e['shape']} */\n"
+                         f"#define {M}_ELEMS {e['elems']}u\n#define {M}_BYTES {e['bytes']}u\n"
+                         f"#define {M}_SHAPE {{{', '.join(map(str, e['shape']))}}}\n")
+        const = "const " if e["kind"] == "input" else ""
+        args.append(f"{const}{e['c_type']} *{e['c_name']}")
+    ins = [e for e in io if e["kind"] == "input"]
+    outs = [e for e in io if e["kind"] == "output"]
+    v_unpack = ([f"(const {e['c_type']} *)inputs[{k}]" for k, e in enumerate(ins)]
+                + [f"({e['c_type']} *)outputs[{k}]" for k, e in enumerate(outs)])
+    subst["IO_MACROS"] = "\n".join(io_macros)
+    subst["RUN_ARGS"] = ",\n        ".join(args + ["void *arena", "size_t arena_bytes"])
+    subst["RUN_V_CALL"] = ", ".join(v_unpack + ["arena", "arena_bytes"])
+    subst["PARAMS"] = "\n".join(params)
+    subst["CALLS"] = "".join(calls)
+    subst["WEIGHT_DECLS"] = "".join(
+        f"extern const {DTYPES[t.dtype][1]} {sym}[{t.size}];\n" for t, sym in weights)
+    subst["WEIGHT_DEFS"] = "".join(
+        f"/* {t.name}: {t.dtype} {list(t.shape)} */\nconst {DTYPES[t.dtype][1]} {sym}[{t.size}] MOA_WEIGHTS_SECTION = {{\n"
+        f"{c_array_body(t.data)}\n}};\n" for t, sym in weights)
+    subst["MAIN_BUFFERS"] = "".join(
+        f"static {e['c_type']} {e['kind']}_{k}[{e['elems']}];\n" for k, e in enumerate(ins)) + "".join(
+        f"static {e['c_type']} {e['kind']}_{k}[{e['elems']}];\n" for k, e in enumerate(outs))
+    subst["MAIN_INPUTS"] = ", ".join(f"input_{k}" for k in range(len(ins))) or "NULL"
+    subst["MAIN_OUTPUTS"] = ", ".join(f"output_{k}" for k in range(len(outs)))
+    subst["MAIN_INPUT_BYTES"] = ", ".join(f"sizeof input_{k}" for k in range(len(ins))) or "0"
+    subst["MAIN_OUTPUT_BYTES"] = ", ".join(f"sizeof output_{k}" for k in range(len(outs)))
+    subst["RUNTIME_SOURCES"] = ", ".join(f'"runtime/src/{s}"' for s in sorted(sources))
+
+    for template in ("model.h", "model.c", "weights.h", "weights.c", "main.c", "SConstruct"):
+        text = (TEMPLATES / (template + ".in")).read_text()
+        for key, value in subst.items():
+            text = text.replace("@" + key + "@", value)
+        (out_dir / template).write_text(text)
+
+    (out_dir / "runtime" / "src").mkdir(parents=True)
+    shutil.copytree(C_RUNTIME_DIR / "include", out_dir / "runtime" / "include")
+    for s in sorted(sources):
+        shutil.copy2(C_RUNTIME_DIR / "src" / s, out_dir / "runtime" / "src" / s)
+
+    report = {
+        "source": source,
+        "board": board,
+        "prefix": prefix,
+        "io": io,
+        "attention_blocks": [dict(node=n.name, **n.attrs["spec"].describe()) for n in graph.nodes
+                             if n.op == "MoaAttention"],
+        "memory": {**plan.describe(), "weights_bytes": weights_bytes,
+                   "io_bytes": sum(e["bytes"] for e in io)},
+    }
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report

@@ -1,0 +1,1 @@
+"""Build, run and check generated models on boards."""

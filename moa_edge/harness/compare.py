@@ -1,0 +1,47 @@
+"""Tolerances, stated once, and the error figures every report uses."""
+from __future__ import annotations
+
+import numpy as np
+
+# fp32 kernels against a PyTorch float64 reference (issue 2).
+MAX_ABS_ERR = 1e-5
+MAX_REL_ERR = 1e-5  # relative to max |reference|
+
+
+def _ulp_distance(a: np.ndarray, b: np.ndarray) -> int:
+    """Largest distance in float32 units in the last place (monotone integer mapping)."""
+    def ordered(x):
+        i = np.asarray(x, dtype=np.float32).view(np.int32).astype(np.int64)
+        return np.where(i < 0, -(i & 0x7FFFFFFF), i)
+    if a.size == 0:
+        return 0
+    return int(np.max(np.abs(ordered(a) - ordered(b))))
+
+
+def compare(got: np.ndarray, ref: np.ndarray) -> dict:
+    got = np.asarray(got, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if got.shape != ref.shape:
+        return {"ok": False, "error": f"shape {list(got.shape)} != reference {list(ref.shape)}",
+                "max_abs_err": float("inf"), "max_rel_err": float("inf"), "max_ulp": None}
+    if not np.all(np.isfinite(got)):
+        return {"ok": False, "error": "non-finite values in the output",
+                "max_abs_err": float("inf"), "max_rel_err": float("inf"), "max_ulp": None}
+    abs_err = float(np.max(np.abs(got - ref))) if got.size else 0.0
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    rel_err = abs_err / scale if scale > 0 else abs_err
+    return {"ok": abs_err <= MAX_ABS_ERR and rel_err <= MAX_REL_ERR, "max_abs_err": abs_err,
+            "max_rel_err": rel_err, "max_ulp": _ulp_distance(got, ref)}
+
+
+def compare_all(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict:
+    """Worst figures over all outputs."""
+    per = {name: compare(got[name], ref[name]) for name in ref}
+    worst = {"ok": all(r["ok"] for r in per.values()),
+             "max_abs_err": max(r["max_abs_err"] for r in per.values()),
+             "max_rel_err": max(r["max_rel_err"] for r in per.values()),
+             "max_ulp": max((r["max_ulp"] or 0) for r in per.values())}
+    errors = [f"{n}: {r['error']}" for n, r in per.items() if "error" in r]
+    if errors:
+        worst["error"] = "; ".join(errors)
+    return worst

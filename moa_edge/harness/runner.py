@@ -1,0 +1,65 @@
+"""Run a built model on a board (natively or under qemu-user) with numpy inputs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import re
+import subprocess
+import tempfile
+
+import numpy as np
+
+from moa_edge.errors import MoaEdgeError
+
+from .boards import Board
+
+_NUMPY = {"float32": np.float32, "bool": np.bool_}
+
+
+def project_io(project: Path) -> list[dict]:
+    report = Path(project) / "report.json"
+    if not report.is_file():
+        raise MoaEdgeError(f"{project}: no report.json; is this a `moa-edge convert` output folder?")
+    return json.loads(report.read_text())["io"]
+
+
+def check_inputs(io: list[dict], inputs: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """Inputs by graph name, checked against the model's shapes and cast to its dtypes."""
+    wanted = [e for e in io if e["kind"] == "input"]
+    names = {e["name"] for e in wanted}
+    unknown = sorted(set(inputs) - names)
+    missing = sorted(names - set(inputs))
+    if unknown or missing:
+        raise MoaEdgeError(f"{source}: inputs must be exactly {sorted(names)}"
+                           + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
+    out = {}
+    for e in wanted:
+        arr = np.asarray(inputs[e["name"]])
+        if list(arr.shape) != e["shape"]:
+            raise MoaEdgeError(f"{source}: input {e['name']!r} has shape {list(arr.shape)}, the model expects {e['shape']}")
+        out[e["name"]] = np.ascontiguousarray(arr, dtype=_NUMPY[e["dtype"]])
+    return out
+
+
+def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray],
+        timeout: float = 600) -> tuple[dict[str, np.ndarray], float]:
+    """Run once; returns (outputs by name, the runner's own run time in microseconds)."""
+    with tempfile.TemporaryDirectory(prefix="moa-run-") as tmp:
+        tmp = Path(tmp)
+        args = []
+        for k, e in enumerate(e for e in io if e["kind"] == "input"):
+            path = tmp / f"in{k}.bin"
+            inputs[e["name"]].tofile(path)
+            args.append(str(path))
+        outs = [e for e in io if e["kind"] == "output"]
+        out_paths = [tmp / f"out{k}.bin" for k in range(len(outs))]
+        cmd = board.runner() + [str(binary)] + args + [str(p) for p in out_paths]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError:
+            raise MoaEdgeError(f"board {board.name}: cannot execute {cmd[0]}; missing {'; '.join(board.missing_tools())}") from None
+        if proc.returncode != 0:
+            raise MoaEdgeError(f"board {board.name}: {binary.name} exited with {proc.returncode}: {proc.stderr.strip()}")
+        outputs = {e["name"]: np.fromfile(p, dtype=_NUMPY[e["dtype"]]).reshape(e["shape"]) for e, p in zip(outs, out_paths)}
+        match = re.search(r"run_us=([0-9.]+)", proc.stderr)
+        return outputs, float(match.group(1)) if match else float("nan")

@@ -1,0 +1,101 @@
+"""The verbs' work: convert a model to a C project, validate it on boards."""
+from __future__ import annotations
+
+from pathlib import Path
+import re
+import shutil
+import tempfile
+
+import numpy as np
+
+from moa_edge.codegen import emit_project
+from moa_edge.converters import import_onnx
+from moa_edge.errors import MoaEdgeError
+from moa_edge.harness import compare as cmp
+from moa_edge.harness.boards import Board, load_board
+from moa_edge.harness.build import build
+from moa_edge.harness.inputs import load_npz, random_inputs
+from moa_edge.harness.reference import run_reference
+from moa_edge.harness.runner import check_inputs, run
+from moa_edge.ir import Graph
+from moa_edge.passes import lower
+
+
+def load_graph(model: Path, input_shapes=None) -> Graph:
+    return lower(import_onnx(model, input_shapes), source=str(model))
+
+
+def convert(model, out_dir, board: str = "host", input_shapes=None, prefix: str = "model") -> dict:
+    """Write the C project for `model` into out_dir, all or nothing."""
+    model, out_dir = Path(model), Path(out_dir)
+    load_board(board)
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
+        raise MoaEdgeError(f"--prefix {prefix!r} is not a C identifier")
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "report.json").is_file())):
+        raise MoaEdgeError(f"{out_dir} exists and is not a moa-edge project; refusing to overwrite it")
+    graph = load_graph(model, input_shapes)
+
+    created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for p in created:  # innermost first
+            if p.exists() and not any(p.iterdir()):
+                p.rmdir()
+        raise
+    return report
+
+
+def onnx_reference(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ONNX reference evaluator on the original file: checks the importer and rewrites."""
+    from onnx.reference import ReferenceEvaluator
+    import onnx
+    proto = onnx.load(str(model))
+    outputs = ReferenceEvaluator(proto).run(None, inputs)
+    return {o.name: np.asarray(v) for o, v in zip(proto.graph.output, outputs)}
+
+
+def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, seed: int = 0,
+             progress=lambda msg: None) -> dict:
+    model = Path(model)
+    graph = load_graph(model, input_shapes)
+    result = {"model": str(model), "ok": True, "tolerance": {"max_abs_err": cmp.MAX_ABS_ERR,
+                                                              "max_rel_err": cmp.MAX_REL_ERR}, "boards": {}}
+    with tempfile.TemporaryDirectory(prefix="moa-validate-") as tmp:
+        project = Path(tmp) / "project"
+        project.mkdir()
+        report = emit_project(graph, project, board=boards[0].name, source=model.name)
+        io = report["io"]
+        given = load_npz(inputs_path) if inputs_path else random_inputs(io, seed)
+        inputs = check_inputs(io, given, str(inputs_path or "generated inputs"))
+        progress("reference: PyTorch float64")
+        reference = run_reference(graph, inputs)
+
+        progress("importer check: onnx ReferenceEvaluator on the original file")
+        try:
+            check = cmp.compare_all(onnx_reference(model, inputs), reference)
+        except Exception as exc:  # the evaluator has gaps; say so rather than fail the boards
+            check = {"ok": None, "error": f"ReferenceEvaluator could not run the model: {exc}"}
+        result["importer_check"] = check
+        if check["ok"] is False:
+            result["ok"] = False
+
+        for board in boards:
+            progress(f"{board.name}: build")
+            try:
+                binary = build(project, board)
+                progress(f"{board.name}: run")
+                outputs, run_us = run(binary, board, io, inputs)
+                row = cmp.compare_all(outputs, reference)
+                row["run_us"] = run_us
+            except MoaEdgeError as exc:
+                row = {"ok": False, "error": str(exc), "max_abs_err": None, "max_rel_err": None, "max_ulp": None}
+            result["boards"][board.name] = row
+            result["ok"] = result["ok"] and row["ok"]
+    return result
