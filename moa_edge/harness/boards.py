@@ -65,3 +65,11 @@ def parse_board_list(text: str) -> list[Board]:
     if not names:
         raise MoaEdgeError("--board needs at least one board name")
     return [load_board(n) for n in names]
+
+
+def symbol_lister(board: Board) -> str | None:
+    """The board's nm, for reading the symbols of built objects."""
+    for nm in board.toolchain.get("nm", ["nm"]):
+        if shutil.which(nm):
+            return nm
+    return None

@@ -1,0 +1,17 @@
+# The two commands of the Quickstart; each does its own set-up first.
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test clean
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	bash examples/attention_block/demo.sh
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+clean:
+	rm -rf build examples/out .pytest_cache

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# One-time set-up for `make demo` and `make test`; safe to run again.
+#   .venv with the pinned Python dependencies (pyproject.toml), and, as root or with
+#   sudo, the Debian toolchains the boards need. Without root it lists what is missing
+#   and carries on host-only; with CI=true anything missing is an error.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo "$@"
+    else return 1
+    fi
+}
+
+can_be_root() { [ "$(id -u)" = 0 ] || { command -v sudo >/dev/null && sudo -n true 2>/dev/null; }; }
+
+APT_UPDATED=0
+apt_install() {
+    if [ "$APT_UPDATED" = 0 ]; then
+        as_root apt-get update -qq
+        APT_UPDATED=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Newest clang >= 17 the distribution has (RVV intrinsics need the __riscv_ names).
+pick_clang() {
+    for v in 19 18 17; do
+        if command -v "clang-$v" >/dev/null; then echo "$v"; return; fi
+    done
+    if can_be_root; then
+        [ "$APT_UPDATED" = 1 ] || { as_root apt-get update -qq; APT_UPDATED=1; }
+        for v in 19 18 17; do
+            if apt-cache show "clang-$v" >/dev/null 2>&1; then echo "$v"; return; fi
+        done
+    fi
+    echo ""
+}
+
+# --- toolchains ---------------------------------------------------------------------
+declare -A NEED=(
+    [aarch64-linux-gnu-gcc]=gcc-aarch64-linux-gnu
+    [riscv64-linux-gnu-gcc]=gcc-riscv64-linux-gnu
+    [qemu-aarch64]=qemu-user
+    [qemu-riscv64]=qemu-user
+    [valgrind]=valgrind
+    [cc]=gcc
+    [make]=make
+)
+CLANG=$(pick_clang)
+if [ -n "$CLANG" ]; then
+    NEED[clang-$CLANG]=clang-$CLANG
+    NEED[ld.lld-$CLANG]=lld-$CLANG
+fi
+missing_pkgs=()
+for tool in "${!NEED[@]}"; do
+    command -v "$tool" >/dev/null || missing_pkgs+=("${NEED[$tool]}")
+done
+if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing_pkgs+=(python3-venv); fi
+if [ ${#missing_pkgs[@]} -gt 0 ]; then
+    mapfile -t missing_pkgs < <(printf '%s\n' "${missing_pkgs[@]}" | sort -u)
+    if can_be_root; then
+        log "installing ${missing_pkgs[*]}"
+        apt_install "${missing_pkgs[@]}"
+    else
+        log "not root and no sudo: cannot install ${missing_pkgs[*]}"
+        log "boards needing them will be reported as not ready; the host board still works"
+        if [ "${CI:-}" = true ]; then log "CI=true: a missing toolchain is an error"; exit 1; fi
+    fi
+fi
+if [ -z "$CLANG" ]; then
+    log "no clang >= 17 available: the k230 (RVV) board cannot be built"
+    if [ "${CI:-}" = true ]; then exit 1; fi
+fi
+
+# --- Python environment -------------------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv"
+    python3 -m venv .venv
+fi
+if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
+    log "installing Python dependencies (pinned in pyproject.toml)"
+    .venv/bin/python -m pip install -q -e '.[test]'
+    touch .venv/.installed
+fi
+
+# Every tool the boards need must answer now.
+if [ "${CI:-}" = true ]; then
+    for tool in "${!NEED[@]}"; do
+        command -v "$tool" >/dev/null || { log "CI=true: $tool is still missing"; exit 1; }
+    done
+fi
+log "ready"

@@ -1,0 +1,87 @@
+"""The verbs as a user types them (subprocess, real exit codes)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import require_board
+from models import Case, case_inputs, expected, export
+from moa_edge.harness import compare as cmp
+
+CASE = Case("cli", "op23", q_len=6, kv_len=6, head_dim=8, causal=True)
+
+
+def moa(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "moa_edge.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "attn.onnx"
+    export(CASE, path)
+    return path
+
+
+def test_boards_lists_the_catalogue(tmp_path):
+    r = moa("boards", "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    names = [b["name"] for b in json.loads((tmp_path / "b.json").read_text())["boards"]]
+    assert {"host", "rpi4", "k230"} <= set(names)
+    for name in ("host", "rpi4", "k230"):
+        assert name in r.stdout
+
+
+def test_convert_build_run(model, tmp_path):
+    require_board("rpi4")
+    project = tmp_path / "proj"
+    r = moa("convert", model, "-o", project)
+    assert r.returncode == 0, r.stderr
+    header = (project / "model.h").read_text()
+    assert "#define MODEL_ARENA_BYTES" in header and "#define MODEL_WEIGHTS_BYTES" in header
+    for f in ("model.c", "main.c", "SConstruct", "weights.c", "runtime/src/attention_f32.c", "report.json"):
+        assert (project / f).is_file(), f
+    r = moa("build", project, "--board", "rpi4")
+    assert r.returncode == 0, r.stderr
+    inputs = case_inputs(CASE)
+    np.savez(tmp_path / "in.npz", **inputs)
+    r = moa("run", project, "--board", "rpi4", "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out.npz")
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "out.npz") as out:
+        assert cmp.compare(out["y"], expected(CASE, inputs))["ok"]
+
+
+def test_standalone_project_builds_with_plain_scons(model, tmp_path):
+    """The generated folder builds on a machine without moa-edge: only scons and a C compiler."""
+    moa("convert", model, "-o", tmp_path / "proj")
+    r = subprocess.run([sys.executable, "-m", "SCons", "-Q"], cwd=tmp_path / "proj", capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "proj" / "build" / "host" / "model_main").is_file()
+
+
+def test_validate_json_and_exit_code(model, tmp_path):
+    for b in ("host", "rpi4", "k230"):
+        require_board(b)
+    np.savez(tmp_path / "in.npz", **case_inputs(CASE, seed=7))
+    r = moa("validate", model, "--board", "host,rpi4,k230", "--inputs", tmp_path / "in.npz", "--json", tmp_path / "v.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((tmp_path / "v.json").read_text())
+    assert result["ok"] is True
+    assert set(result["boards"]) == {"host", "rpi4", "k230"}
+    for row in result["boards"].values():
+        assert row["ok"] is True and row["max_abs_err"] <= 1e-5
+    assert "pass" in r.stdout and "FAIL" not in r.stdout
+
+
+def test_validate_fails_when_a_board_is_out_of_tolerance(model, tmp_path, monkeypatch, capsys):
+    """Exit 1 and ok=false when the error exceeds the tolerance (tolerance forced to zero)."""
+    from moa_edge import cli
+    from moa_edge.harness import compare
+    monkeypatch.setattr(compare, "MAX_ABS_ERR", 0.0)
+    code = cli.main(["validate", str(model), "--board", "host", "--json", str(tmp_path / "v.json")])
+    assert code == 1
+    result = json.loads((tmp_path / "v.json").read_text())
+    assert result["ok"] is False and result["boards"]["host"]["ok"] is False
+    assert "FAIL" in capsys.readouterr().out

@@ -1,0 +1,74 @@
+"""ONNX -> C -> built for a board -> run -> compared with PyTorch float64 (issue 2)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BOARDS, require_board
+from models import Case, case_inputs, expected, export
+from moa_edge.harness import compare as cmp
+from moa_edge.harness.build import build
+from moa_edge.harness.runner import check_inputs, run
+from moa_edge.pipeline import convert
+
+CASES = [
+    Case("op23_plain", "op23", q_len=8, kv_len=8, head_dim=16),
+    Case("op23_causal_sq_ne_skv", "op23", q_len=5, kv_len=9, head_dim=8, causal=True),
+    Case("op23_float_mask", "op23", q_len=7, kv_len=12, head_dim=32, mask="float"),
+    Case("op23_bool_mask_4d", "op23", batch=2, q_len=6, kv_len=6, head_dim=64, mask="bool", mask_shape=(2, 1, 6, 6)),
+    Case("op23_gqa_causal", "op23", q_heads=4, kv_heads=2, q_len=9, kv_len=9, head_dim=16, causal=True),
+    Case("sdpa18_plain", "sdpa18", q_len=8, kv_len=8, head_dim=8),
+    Case("sdpa18_causal_sq_ne_skv", "sdpa18", q_len=6, kv_len=10, head_dim=16, causal=True),
+    Case("sdpa18_float_mask", "sdpa18", q_len=5, kv_len=11, head_dim=24, mask="float"),
+    Case("sdpa18_bool_mask", "sdpa18", q_len=8, kv_len=8, head_dim=16, mask="bool"),
+    Case("sdpa18_const_mask", "sdpa18", q_len=4, kv_len=6, head_dim=8, mask="const_float"),
+    Case("onnx3d_gqa_causal_dv", "onnx3d", q_heads=4, kv_heads=2, q_len=5, kv_len=7, head_dim=8, value_dim=12,
+         causal=True),
+]
+
+_projects: dict[str, tuple[Path, dict]] = {}
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("roundtrip")
+
+
+def project_for(case: Case, workdir: Path):
+    if case.name not in _projects:
+        model = workdir / f"{case.name}.onnx"
+        export(case, model)
+        report = convert(model, workdir / case.name)
+        _projects[case.name] = (workdir / case.name, report)
+    return _projects[case.name]
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_roundtrip_matches_pytorch(case, board_name, workdir):
+    board = require_board(board_name)
+    project, report = project_for(case, workdir)
+    assert len(report["attention_blocks"]) == 1
+    inputs = case_inputs(case)
+    binary = build(project, board)
+    outputs, _ = run(binary, board, report["io"], check_inputs(report["io"], inputs, case.name))
+    got = outputs["y"]
+    ref = expected(case, inputs)
+    result = cmp.compare(got, ref)
+    assert result["ok"], (case.name, board_name, result)
+
+
+def test_fully_masked_rows_give_zero(tmp_path):
+    """ONNX 1.23: a row whose bool mask hides every key gives 0 (not NaN)."""
+    case = Case("onnx3d_fully_masked", "onnx3d", q_len=4, kv_len=5, head_dim=8, mask="bool")
+    model = tmp_path / "m.onnx"
+    export(case, model)
+    report = convert(model, tmp_path / "p")
+    inputs = case_inputs(case)
+    inputs["m"][1, :] = False  # query row 1 sees nothing
+    board = require_board("host")
+    outputs, _ = run(build(tmp_path / "p", board), board, report["io"], check_inputs(report["io"], inputs, "t"))
+    ref = expected(case, inputs)
+    assert np.all(ref[:, 1, :] == 0)  # the ONNX reference's own answer
+    assert cmp.compare(outputs["y"], ref)["ok"]

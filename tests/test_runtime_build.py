@@ -1,0 +1,82 @@
+"""Properties of the built C: no allocation, no writable globals, strict warnings, clean under ASan/UBSan."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BOARDS, require_board
+from models import Case, case_inputs, expected, export
+from moa_edge.harness import compare as cmp
+from moa_edge.harness.boards import load_board, symbol_lister
+from moa_edge.harness.build import build
+from moa_edge.harness.runner import check_inputs, run
+from moa_edge.pipeline import convert
+
+# A model with a constant mask, so weights.c holds data too.
+CASE = Case("symbols", "sdpa18", q_len=4, kv_len=6, head_dim=8, mask="const_float")
+MODEL_OBJECTS = ["model.o", "weights.o", "attention_f32.o"]  # everything but the runner's main.o
+ALLOCATORS = {"malloc", "calloc", "realloc", "free", "aligned_alloc", "posix_memalign"}
+WRITABLE = set("DdBbGgSsC")  # nm types of .data, .bss, small data/bss and common symbols
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("symbols")
+    export(CASE, tmp / "m.onnx")
+    convert(tmp / "m.onnx", tmp / "p")
+    return tmp / "p"
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+def test_model_objects_never_allocate_and_have_no_writable_data(project, board_name):
+    board = require_board(board_name)
+    build(project, board)
+    nm = symbol_lister(board)
+    assert nm, f"no nm for {board_name}"
+    seen = 0
+    for obj in MODEL_OBJECTS:
+        path = project / "build" / board_name / "obj" / obj
+        lines = subprocess.run([nm, str(path)], capture_output=True, text=True, check=True).stdout.splitlines()
+        symbols = [(ln.split()[-2], ln.split()[-1]) for ln in lines if len(ln.split()) >= 2]
+        seen += len(symbols)
+        undefined = {name for kind, name in symbols if kind == "U"}
+        assert not undefined & ALLOCATORS, (obj, undefined & ALLOCATORS)
+        writable = [(kind, name) for kind, name in symbols if kind in WRITABLE]
+        assert not writable, (obj, writable)
+    assert seen > 0
+
+
+def test_nm_check_catches_a_writable_global(tmp_path):
+    """The symbol check above can fail: a C file with a global counter and malloc is caught."""
+    src = tmp_path / "bad.c"
+    src.write_text("#include <stdlib.h>\nint counter;\nint calls = 1;\n"
+                   "void *f(void) { counter++; return malloc(calls); }\n")
+    subprocess.run(["cc", "-c", "-O2", str(src), "-o", str(tmp_path / "bad.o")], check=True)
+    out = subprocess.run(["nm", str(tmp_path / "bad.o")], capture_output=True, text=True, check=True).stdout
+    kinds = {ln.split()[-1]: ln.split()[-2] for ln in out.splitlines()}
+    assert kinds["malloc"] == "U" and kinds["counter"] in WRITABLE and kinds["calls"] in WRITABLE
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+def test_every_compile_uses_strict_warnings(project, board_name):
+    board = require_board(board_name)
+    cmd = [sys.executable, "-m", "SCons", "-n", "-C", str(project), f"CC={board.compiler()}",
+           f"CFLAGS={' '.join(board.toolchain['cflags'])}", f"VARIANT=dryrun-{board_name}"]
+    lines = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()
+    compiles = [ln for ln in lines if " -c " in ln]
+    assert len(compiles) == len(MODEL_OBJECTS) + 1
+    for line in compiles:
+        for flag in ("-Wall", "-Wextra", "-Werror"):
+            assert flag in line.split(), line
+
+
+def test_host_build_is_clean_under_asan_and_ubsan(project):
+    board = require_board("host")
+    io = __import__("json").loads((project / "report.json").read_text())["io"]
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer"]
+    binary = build(project, load_board("host"), extra_cflags=sanitize, extra_ldflags=sanitize[:1], variant="host-asan")
+    inputs = case_inputs(CASE)
+    outputs, _ = run(binary, board, io, check_inputs(io, inputs, "asan"))
+    assert cmp.compare(outputs["y"], expected(CASE, inputs))["ok"]
