@@ -18,6 +18,8 @@ from moa_edge.harness.inputs import load_npz, random_inputs
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.ir import Graph
+from moa_edge.moa.onf import STRATEGIES, Schedule
+from moa_edge.ops import attention
 from moa_edge.passes import lower
 
 
@@ -25,15 +27,38 @@ def load_graph(model: Path, input_shapes=None) -> Graph:
     return lower(import_onnx(model, input_shapes), source=str(model))
 
 
-def convert(model, out_dir, board: str = "host", input_shapes=None, prefix: str = "model") -> dict:
+def parse_schedule(text: str | None) -> Schedule | None:
+    """'online:16x64' -> Schedule('online', 16, 64); None keeps the cost model's choice."""
+    if not text:
+        return None
+    strategy, _, tiles = text.partition(":")
+    try:
+        br, bc = (int(x) for x in tiles.split("x"))
+        return Schedule(strategy, br, bc)
+    except (ValueError, AssertionError):
+        raise MoaEdgeError(f"--schedule {text!r} is not STRATEGY:BRxBC with STRATEGY one of "
+                           f"{', '.join(STRATEGIES)} and positive tile sizes") from None
+
+
+def schedule_graph(graph: Graph, board: Board, scratch_budget: int | None = None,
+                   forced: Schedule | None = None) -> Graph:
+    """Choose every attention block's ONF schedule for the board (the cost model decides)."""
+    for node in graph.nodes:
+        if node.op == "MoaAttention":
+            attention.schedule(node, board, scratch_budget, forced)
+    return graph
+
+
+def convert(model, out_dir, board: str = "host", input_shapes=None, prefix: str = "model",
+            scratch_budget: int | None = None, schedule: Schedule | None = None) -> dict:
     """Write the C project for `model` into out_dir, all or nothing."""
     model, out_dir = Path(model), Path(out_dir)
-    load_board(board)
+    board_profile = load_board(board)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
         raise MoaEdgeError(f"--prefix {prefix!r} is not a C identifier")
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "report.json").is_file())):
         raise MoaEdgeError(f"{out_dir} exists and is not a moa-edge project; refusing to overwrite it")
-    graph = load_graph(model, input_shapes)
+    graph = schedule_graph(load_graph(model, input_shapes), board_profile, scratch_budget, schedule)
 
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -62,31 +87,34 @@ def onnx_reference(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.n
 
 
 def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, seed: int = 0,
+             scratch_budget: int | None = None, schedule: Schedule | None = None,
              progress=lambda msg: None) -> dict:
+    """Convert for each board (its own schedule), build, run, compare with PyTorch float64."""
     model = Path(model)
     graph = load_graph(model, input_shapes)
     result = {"model": str(model), "ok": True, "tolerance": {"max_abs_err": cmp.MAX_ABS_ERR,
                                                               "max_rel_err": cmp.MAX_REL_ERR}, "boards": {}}
     with tempfile.TemporaryDirectory(prefix="moa-validate-") as tmp:
-        project = Path(tmp) / "project"
-        project.mkdir()
-        report = emit_project(graph, project, board=boards[0].name, source=model.name)
-        io = report["io"]
-        given = load_npz(inputs_path) if inputs_path else random_inputs(io, seed)
-        inputs = check_inputs(io, given, str(inputs_path or "generated inputs"))
-        progress("reference: PyTorch float64")
-        reference = run_reference(graph, inputs)
-
-        progress("importer check: onnx ReferenceEvaluator on the original file")
-        try:
-            check = cmp.compare_all(onnx_reference(model, inputs), reference)
-        except Exception as exc:  # the evaluator has gaps; say so rather than fail the boards
-            check = {"ok": None, "error": f"ReferenceEvaluator could not run the model: {exc}"}
-        result["importer_check"] = check
-        if check["ok"] is False:
-            result["ok"] = False
-
+        inputs = reference = None
         for board in boards:
+            project = Path(tmp) / board.name
+            project.mkdir()
+            report = emit_project(schedule_graph(graph, board, scratch_budget, schedule), project,
+                                  board=board.name, source=model.name)
+            if inputs is None:
+                io = report["io"]
+                given = load_npz(inputs_path) if inputs_path else random_inputs(io, seed)
+                inputs = check_inputs(io, given, str(inputs_path or "generated inputs"))
+                progress("reference: PyTorch float64")
+                reference = run_reference(graph, inputs)
+                progress("importer check: onnx ReferenceEvaluator on the original file")
+                try:
+                    check = cmp.compare_all(onnx_reference(model, inputs), reference)
+                except Exception as exc:  # the evaluator has gaps; say so rather than fail the boards
+                    check = {"ok": None, "error": f"ReferenceEvaluator could not run the model: {exc}"}
+                result["importer_check"] = check
+                if check["ok"] is False:
+                    result["ok"] = False
             progress(f"{board.name}: build")
             try:
                 binary = build(project, board)
@@ -96,6 +124,7 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
                 row["run_us"] = run_us
             except MoaEdgeError as exc:
                 row = {"ok": False, "error": str(exc), "max_abs_err": None, "max_rel_err": None, "max_ulp": None}
+            row["schedule"] = [b["predicted"] for b in report["attention_blocks"]]
             result["boards"][board.name] = row
             result["ok"] = result["ok"] and row["ok"]
     return result

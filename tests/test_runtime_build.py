@@ -14,7 +14,7 @@ from moa_edge.pipeline import convert
 
 # A model with a constant mask, so weights.c holds data too.
 CASE = Case("symbols", "sdpa18", q_len=4, kv_len=6, head_dim=8, mask="const_float")
-MODEL_OBJECTS = ["model.o", "weights.o", "attention_f32.o"]  # everything but the runner's main.o
+MODEL_OBJECTS = ["model.o", "attention.o", "weights.o"]  # everything but the runner's main.o
 ALLOCATORS = {"malloc", "calloc", "realloc", "free", "aligned_alloc", "posix_memalign"}
 WRITABLE = set("DdBbGgSsC")  # nm types of .data, .bss, small data/bss and common symbols
 

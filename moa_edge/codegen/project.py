@@ -49,17 +49,23 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
             ctype = DTYPES[graph.tensors[name].dtype][1]
             where[name] = f"(({ctype} *)(base + {offset}))"
 
-    params, calls, sources = [], [], set()
+    kernels, kernel_decls, calls, sources = [], [], [], set()
     for k, node in enumerate(graph.nodes):
         op = SUPPORTED_OPS[node.op]
         sources.update(op.C_SOURCES)
-        spec = node.attrs["spec"]
-        pname = f"{prefix}_attention_{k}"
-        params.append(f"/* {node.name}: {spec.pattern}; absorbed {len(spec.absorbed)} ONNX nodes */\n"
-                      + attention.emit_params(spec, pname))
+        spec, cost = node.attrs["spec"], node.attrs["cost"]
+        kname = f"{prefix}_attention_{k}"
+        kernels.append(f"/* {node.name}: {spec.pattern}; absorbed {len(spec.absorbed)} ONNX nodes.\n"
+                       f" * schedule {cost.strategy} Br={cost.block_q} Bc={cost.block_k}; predicted on {board}: "
+                       f"{cost.dram_bytes} B from DRAM, {cost.flops} flops, {cost.scratch_bytes} B scratch */\n"
+                       + attention.emit_kernel(node, kname))
+        mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
+        kernel_decls.append(f"moa_status {kname}(const float *restrict Q, const float *restrict K, "
+                            f"const float *restrict V,\n    const {mask_type} *restrict M, float *restrict Y, "
+                            f"float *restrict scratch);\n")
         q, kk, v, mask = (where[n] if n else "NULL" for n in node.inputs)
         scratch = f"(float *)(base + {plan.offsets['scratch:' + node.name]})"
-        calls.append(f"    status = {attention.emit_call(pname, q, kk, v, mask, where[node.outputs[0]], scratch)};\n"
+        calls.append(f"    status = {attention.emit_call(kname, q, kk, v, mask, where[node.outputs[0]], scratch)};\n"
                      f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
 
     subst = {
@@ -82,7 +88,8 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
     subst["IO_MACROS"] = "\n".join(io_macros)
     subst["RUN_ARGS"] = ",\n        ".join(args + ["void *arena", "size_t arena_bytes"])
     subst["RUN_V_CALL"] = ", ".join(v_unpack + ["arena", "arena_bytes"])
-    subst["PARAMS"] = "\n".join(params)
+    subst["KERNELS"] = "\n".join(kernels)
+    subst["KERNEL_DECLS"] = "\n".join(kernel_decls)
     subst["CALLS"] = "".join(calls)
     subst["WEIGHT_DECLS"] = "".join(
         f"extern const {DTYPES[t.dtype][1]} {sym}[{t.size}];\n" for t, sym in weights)
@@ -96,9 +103,10 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
     subst["MAIN_OUTPUTS"] = ", ".join(f"output_{k}" for k in range(len(outs)))
     subst["MAIN_INPUT_BYTES"] = ", ".join(f"sizeof input_{k}" for k in range(len(ins))) or "0"
     subst["MAIN_OUTPUT_BYTES"] = ", ".join(f"sizeof output_{k}" for k in range(len(outs)))
-    subst["RUNTIME_SOURCES"] = ", ".join(f'"runtime/src/{s}"' for s in sorted(sources))
+    subst["RUNTIME_SOURCES"] = "".join(f', "runtime/src/{s}"' for s in sorted(sources))
 
-    for template in ("model.h", "model.c", "weights.h", "weights.c", "main.c", "SConstruct"):
+    for template in ("model.h", "model.c", "attention.h", "attention.c", "weights.h", "weights.c", "main.c",
+                     "SConstruct"):
         text = (TEMPLATES / (template + ".in")).read_text()
         for key, value in subst.items():
             text = text.replace("@" + key + "@", value)
@@ -114,8 +122,8 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
         "board": board,
         "prefix": prefix,
         "io": io,
-        "attention_blocks": [dict(node=n.name, **n.attrs["spec"].describe()) for n in graph.nodes
-                             if n.op == "MoaAttention"],
+        "attention_blocks": [dict(node=n.name, **n.attrs["spec"].describe(), predicted=n.attrs["cost"].describe())
+                             for n in graph.nodes if n.op == "MoaAttention"],
         "memory": {**plan.describe(), "weights_bytes": weights_bytes,
                    "io_bytes": sum(e["bytes"] for e in io)},
     }

@@ -1,13 +1,17 @@
 """Layouts: an array's shape plus the map gamma from an index to a storage offset.
 
-gamma(i) = offset + sum_k i_k * strides_k. Transpose and view-compatible reshapes
-compose into a new Layout over the same storage, so a kernel can read an operand
-where its producer wrote it instead of copying it into a new shape.
+gamma(i) = offset + sum_k (i_k // divisors_k) * strides_k. Transpose, view-compatible
+reshapes, slices, head split and merge, repeat_kv and broadcasts compose into a new
+Layout over the same storage, so a kernel can read an operand where its producer
+wrote it instead of copying it into a new shape. The divisors express repeat_kv
+(grouped-query attention): query head h reads kv head h // group.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 import math
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -15,6 +19,15 @@ class Layout:
     shape: tuple[int, ...]
     strides: tuple[int, ...]  # in elements
     offset: int = 0
+    divisors: tuple[int, ...] | None = None  # None: every axis divides by 1
+
+    def __post_init__(self):
+        assert len(self.strides) == len(self.shape)
+        if self.divisors is not None:
+            assert len(self.divisors) == len(self.shape) and all(d >= 1 for d in self.divisors)
+            if all(d == 1 for d in self.divisors):
+                # One spelling for "no repeats", so equal maps compare equal.
+                object.__setattr__(self, "divisors", None)
 
     @staticmethod
     def row_major(shape) -> "Layout":
@@ -25,23 +38,34 @@ class Layout:
             step *= extent
         return Layout(shape, tuple(reversed(strides)))
 
+    def axis_divisors(self) -> tuple[int, ...]:
+        return self.divisors or (1,) * len(self.shape)
+
     def gamma(self, index) -> int:
-        """Storage offset of a full index (the paper's gamma, generalised to strides)."""
+        """Storage offset of a full index (the paper's gamma, generalised to strides and repeats)."""
         assert len(index) == len(self.shape)
-        return self.offset + sum(i * s for i, s in zip(index, self.strides))
+        return self.offset + sum((i // d) * s for i, s, d in zip(index, self.strides, self.axis_divisors()))
 
     def transpose(self, perm) -> "Layout":
         perm = [p % len(self.shape) for p in perm]
-        return Layout(tuple(self.shape[p] for p in perm), tuple(self.strides[p] for p in perm), self.offset)
+        assert sorted(perm) == list(range(len(self.shape))), f"{perm} is not a permutation"
+        divisors = self.axis_divisors()
+        return Layout(tuple(self.shape[p] for p in perm), tuple(self.strides[p] for p in perm), self.offset,
+                      tuple(divisors[p] for p in perm))
 
     def reshape(self, new_shape) -> "Layout | None":
-        """The same elements seen with another shape, or None when that needs a copy."""
+        """The same elements seen with another shape, or None when that needs a copy.
+
+        A repeated axis (divisor != 1) may only pass through unchanged: merged or split,
+        its elements no longer follow one stride.
+        """
         new_shape = tuple(int(s) for s in new_shape)
         if math.prod(new_shape) != math.prod(self.shape):
             return None
-        old = [(n, s) for n, s in zip(self.shape, self.strides) if n != 1]
+        old = [(n, s, d) for n, s, d in zip(self.shape, self.strides, self.axis_divisors()) if n != 1]
         new = [k for k, n in enumerate(new_shape) if n != 1]
         new_strides = [0] * len(new_shape)  # size-1 axes are never stepped
+        new_divisors = [1] * len(new_shape)
         oi = ni = 0
         while oi < len(old) and ni < len(new):
             # Grow a group of old axes and a group of new axes until both hold the same count.
@@ -54,8 +78,12 @@ class Layout:
                 else:
                     old_count *= old[oj][0]
                     oj += 1
+            if any(d != 1 for _, _, d in old[oi:oj]):
+                if oj - oi != 1 or nj - ni != 1:
+                    return None
+                new_divisors[new[ni]] = old[oi][2]
             # The old group must be one contiguous run to be re-split freely.
-            for (_, s0), (n1, s1) in zip(old[oi:oj], old[oi + 1:oj]):
+            for (_, s0, _), (n1, s1, _) in zip(old[oi:oj], old[oi + 1:oj]):
                 if s0 != n1 * s1:
                     return None
             step = old[oj - 1][1]
@@ -63,7 +91,7 @@ class Layout:
                 new_strides[k] = step
                 step *= new_shape[k]
             oi, ni = oj, nj
-        return Layout(new_shape, tuple(new_strides), self.offset)
+        return Layout(new_shape, tuple(new_strides), self.offset, tuple(new_divisors))
 
     def broadcast_to(self, shape) -> "Layout":
         """Right-aligned numpy broadcasting: new or size-1 axes get stride 0."""
@@ -72,8 +100,75 @@ class Layout:
         assert pad >= 0
         src_shape = (1,) * pad + self.shape
         src_strides = (0,) * pad + self.strides
+        src_divisors = (1,) * pad + self.axis_divisors()
         strides = []
         for n, m, s in zip(shape, src_shape, src_strides):
             assert m in (1, n), f"cannot broadcast {self.shape} to {shape}"
             strides.append(0 if m == 1 and n != 1 else s)
-        return Layout(shape, tuple(strides), self.offset)
+        return Layout(shape, tuple(strides), self.offset, src_divisors)
+
+    def slice(self, axis: int, start, stop, step: int = 1) -> "Layout | None":
+        """numpy's A[..., start:stop:step, ...] on one axis (step > 0; None bounds and negatives as numpy).
+
+        None when the axis is repeated and the slice cuts across its groups unevenly:
+        the kept indices then no longer map to i // divisor for any one divisor.
+        """
+        assert step > 0
+        axis %= len(self.shape)
+        kept = range(*slice(start, stop, step).indices(self.shape[axis]))
+        stride, divisor = self.strides[axis], self.axis_divisors()[axis]
+        # Index i reads old index kept.start + i * step, i.e. repeat group (kept.start + i * step) // divisor.
+        if step % divisor == 0 or len(kept) <= 1:
+            new_stride, new_divisor = stride * (step // divisor), 1  # every kept index is in its own group
+        elif divisor % step == 0 and kept.start % divisor == 0:
+            new_stride, new_divisor = stride, divisor // step  # divisor // step picks share a group
+        else:
+            return None
+        return Layout(self._replace_axis(self.shape, axis, len(kept)),
+                      self._replace_axis(self.strides, axis, new_stride),
+                      self.offset + (kept.start // divisor) * stride,
+                      self._replace_axis(self.axis_divisors(), axis, new_divisor))
+
+    def split_axis(self, axis: int, parts: int) -> "Layout | None":
+        """Head split: axis of extent parts * inner becomes (parts, inner), e.g. (B, S, H*d) -> (B, S, H, d)."""
+        axis %= len(self.shape)
+        extent = self.shape[axis]
+        assert extent % parts == 0, f"axis {axis} of extent {extent} does not split into {parts} parts"
+        return self.reshape(self.shape[:axis] + (parts, extent // parts) + self.shape[axis + 1:])
+
+    def merge_axes(self, axis: int) -> "Layout | None":
+        """Head merge: axes axis and axis + 1 become one, or None when that needs a copy."""
+        axis %= len(self.shape)
+        assert axis + 1 < len(self.shape)
+        merged = self.shape[axis] * self.shape[axis + 1]
+        return self.reshape(self.shape[:axis] + (merged,) + self.shape[axis + 2:])
+
+    def repeat_kv(self, axis: int, group: int) -> "Layout":
+        """np.repeat(A, group, axis) (torch repeat_interleave): new index h reads old index h // group."""
+        axis %= len(self.shape)
+        return Layout(self._replace_axis(self.shape, axis, self.shape[axis] * group), self.strides, self.offset,
+                      self._replace_axis(self.axis_divisors(), axis, self.axis_divisors()[axis] * group))
+
+    def is_row_major(self) -> bool:
+        """True when the elements fill one contiguous row-major run starting at offset."""
+        return self.divisors is None and all(
+            n == 1 or s == r for n, s, r in zip(self.shape, self.strides, Layout.row_major(self.shape).strides))
+
+    def contiguous_axis(self) -> int | None:
+        """The innermost axis that steps through consecutive storage elements, if any."""
+        for axis in reversed(range(len(self.shape))):
+            if self.shape[axis] > 1 and self.strides[axis] == 1 and self.axis_divisors()[axis] == 1:
+                return axis
+        return None
+
+    def materialise(self, storage: np.ndarray) -> np.ndarray:
+        """Gather the array this layout describes: element i is rav(storage)[gamma(i)], for all i at once."""
+        offsets = np.full(self.shape, self.offset)
+        for axis, (n, s, d) in enumerate(zip(self.shape, self.strides, self.axis_divisors())):
+            along_axis = (np.arange(n) // d) * s
+            offsets = offsets + along_axis.reshape([n if k == axis else 1 for k in range(len(self.shape))])
+        return np.ravel(storage)[offsets]
+
+    @staticmethod
+    def _replace_axis(values: tuple[int, ...], axis: int, value: int) -> tuple[int, ...]:
+        return values[:axis] + (value,) + values[axis + 1:]

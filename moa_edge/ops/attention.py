@@ -13,10 +13,10 @@ import math
 import numpy as np
 import torch
 
-from moa_edge.moa import Layout
+from moa_edge.moa import Layout, cost, onf
 
 MASK_NONE, MASK_FLOAT, MASK_BOOL = "none", "float", "bool"
-C_SOURCES = ["attention_f32.c"]
+C_SOURCES: list[str] = []  # the kernel is generated per block (attention.c)
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class AttentionSpec:
     mask: Layout | None  # broadcast to (B, Hq, Sq, Skv)
     pattern: str = ""
     absorbed: tuple[str, ...] = field(default=())
+    softcap: float = 0.0  # softcap * tanh(s / softcap) on the scaled scores, before the bias
 
     def describe(self) -> dict:
         return {
@@ -48,18 +49,24 @@ class AttentionSpec:
                       "value_dim": self.value_dim},
             "scale": self.scale,
             "is_causal": self.is_causal,
+            "softcap": self.softcap,
             "mask": self.mask_kind if self.mask_kind != MASK_BOOL else f"bool (fill {self.mask_fill:g})",
             "absorbed_nodes": list(self.absorbed),
         }
 
 
-def output_shape(spec: AttentionSpec, out_tensor_shape) -> tuple[int, ...]:
-    return tuple(out_tensor_shape)
+def scratch_bytes(node) -> int:
+    """Kernel scratch of the node's chosen ONF schedule; never an Sq x Skv score matrix
+    for the online strategy."""
+    return onf.scratch_bytes(node.attrs["spec"], node.attrs["schedule"])
 
 
-def scratch_bytes(spec: AttentionSpec) -> int:
-    # One running output row of the online softmax; never an Sq x Skv score matrix.
-    return 4 * spec.value_dim
+def schedule(node, board, scratch_budget=None, forced: "onf.Schedule | None" = None) -> None:
+    """Pick the ONF schedule with the cost model and record the prediction on the node."""
+    spec = node.attrs["spec"]
+    node.attrs["cost"] = cost.predict(spec, forced, board) if forced else cost.choose(spec, board, scratch_budget)
+    c = node.attrs["cost"]
+    node.attrs["schedule"] = onf.Schedule(c.strategy, c.block_q, c.block_k)
 
 
 # --- torch float64 reference -------------------------------------------------------
@@ -86,7 +93,12 @@ def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
     if spec.is_causal:
         above = torch.ones(spec.q_len, spec.kv_len, dtype=torch.bool).triu(1)
         bias = bias.masked_fill(above, -math.inf)
-    y4 = torch.nn.functional.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias, scale=spec.scale)
+    if spec.softcap:
+        scores = spec.scale * q4 @ k4.transpose(-1, -2)
+        scores = spec.softcap * torch.tanh(scores / spec.softcap) + bias
+        y4 = torch.softmax(scores, dim=-1) @ v4
+    else:
+        y4 = torch.nn.functional.scaled_dot_product_attention(q4, k4, v4, attn_mask=bias, scale=spec.scale)
     fully_masked = torch.isneginf(bias).all(dim=-1, keepdim=True)
     y4 = torch.where(fully_masked, torch.zeros_like(y4), y4)
     out = torch.zeros(int(np.prod(out_shape)), dtype=torch.float64)
@@ -96,22 +108,9 @@ def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
 
 # --- C emission --------------------------------------------------------------------
 
-def _access(lay: Layout | None) -> str:
-    if lay is None:
-        return "{0, {0, 0, 0, 0}}"
-    return "{%d, {%s}}" % (lay.offset, ", ".join(str(s) for s in lay.strides))
+def emit_kernel(node, name: str, real: str = "float") -> str:
+    return onf.emit_kernel(node.attrs["spec"], node.attrs["schedule"], name, real)
 
 
-def emit_params(spec: AttentionSpec, name: str) -> str:
-    kind = {MASK_NONE: "MOA_MASK_NONE", MASK_FLOAT: "MOA_MASK_FLOAT", MASK_BOOL: "MOA_MASK_BOOL"}[spec.mask_kind]
-    fill = "-INFINITY" if math.isinf(spec.mask_fill) else float(np.float32(spec.mask_fill)).hex() + "f"
-    return (f"static const moa_attention_params {name} = {{\n"
-            f"    {spec.batch}, {spec.q_heads}, {spec.kv_heads}, {spec.q_len}, {spec.kv_len}, "
-            f"{spec.head_dim}, {spec.value_dim},\n"
-            f"    {float(np.float32(spec.scale)).hex()}f, {int(spec.is_causal)}, {kind}, {fill},\n"
-            f"    {_access(spec.q)}, {_access(spec.k)}, {_access(spec.v)},\n"
-            f"    {_access(spec.y)}, {_access(spec.mask)}\n}};\n")
-
-
-def emit_call(params_name: str, q: str, k: str, v: str, mask: str, y: str, scratch: str) -> str:
-    return f"moa_attention_f32(&{params_name}, {q}, {k}, {v}, {mask}, {y}, {scratch})"
+def emit_call(name: str, q: str, k: str, v: str, mask: str, y: str, scratch: str) -> str:
+    return f"{name}({q}, {k}, {v}, {mask}, {y}, {scratch})"

@@ -42,7 +42,7 @@ def plan_arena(graph: Graph) -> ArenaPlan:
             if name in intervals:
                 first, _, size = intervals[name]
                 intervals[name] = (first, step, size)
-        scratch = SUPPORTED_OPS[node.op].scratch_bytes(node.attrs["spec"]) if "spec" in node.attrs else 0
+        scratch = SUPPORTED_OPS[node.op].scratch_bytes(node)
         if scratch:
             intervals[f"scratch:{node.name}"] = (step, step, scratch)
 

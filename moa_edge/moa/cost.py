@@ -1,0 +1,135 @@
+"""Cost model of one attention block on one board, and the choice of its schedule.
+
+For shapes, a Schedule (strategy, Br, Bc) and the board's cache geometry it predicts the
+bytes filled into the last-level cache from DRAM, the bytes filled into L1D, flops, exps,
+scratch bytes and energy. It does not assume K and V fit in cache: each query tile walks
+all (causal: the visible prefix of) K and V, and those re-reads hit the last-level cache
+only while K and V of one head, the tile's Q and output rows and the scratch all fit in
+it together (LRU: everything touched between two uses of a K line must fit).
+Write-allocate fills of the output count as traffic, as cachegrind counts them.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+import math
+
+from .onf import STRATEGIES, Schedule, scratch_bytes
+
+ELEM = 4  # fp32
+
+
+@dataclass(frozen=True)
+class Cost:
+    strategy: str
+    block_q: int
+    block_k: int
+    flops: int
+    exps: int
+    scratch_bytes: int
+    dram_bytes: int         # last-level cache fills (DRAM -> LLC)
+    l1_fill_bytes: int      # L1D fills (from L2/LLC or DRAM)
+    compulsory_bytes: int   # Q, K, V, mask read once and the output written once
+    kv_fits_llc: bool
+    energy_uj: float
+
+    def describe(self) -> dict:
+        return asdict(self)
+
+
+def _caches(board) -> tuple[dict, dict]:
+    caches = board.caches
+    levels = [caches[k] for k in ("l1d", "l2", "l3") if k in caches]
+    return levels[0], levels[-1]
+
+
+def _mask_bytes(spec) -> int:
+    if spec.mask_kind == "none":
+        return 0
+    distinct = math.prod(n for n, s in zip(spec.mask.shape, spec.mask.strides) if s != 0)
+    return distinct * (4 if spec.mask_kind == "float" else 1)
+
+
+def _visible_keys(spec, block_q: int) -> int:
+    """Keys visited summed over the query tiles of one head."""
+    br = min(block_q, spec.q_len)
+    tiles = math.ceil(spec.q_len / br)
+    if not spec.is_causal:
+        return tiles * spec.kv_len
+    return sum(min(spec.kv_len, min((t + 1) * br, spec.q_len)) for t in range(tiles))
+
+
+def predict(spec, schedule: Schedule, board) -> Cost:
+    l1, llc = _caches(board)
+    br = min(schedule.block_q, spec.q_len)
+    bc = min(schedule.block_k, spec.kv_len)
+    heads = spec.batch * spec.q_heads
+    kv_row = (spec.head_dim + spec.value_dim) * ELEM
+    q_bytes = heads * spec.q_len * spec.head_dim * ELEM
+    y_bytes = heads * spec.q_len * spec.value_dim * ELEM
+    kv_bytes = spec.batch * spec.kv_heads * spec.kv_len * kv_row
+    mask_bytes = _mask_bytes(spec)
+    scratch = scratch_bytes(spec, schedule)
+    visited = _visible_keys(spec, br)  # per head
+
+    # DRAM: K/V of a head stay in the LLC across query tiles only if everything touched
+    # between two uses of a K line fits: K and V, one Q tile, one output tile, scratch.
+    between_uses = spec.kv_len * kv_row + br * (spec.head_dim + spec.value_dim) * ELEM + scratch
+    kv_fits = between_uses <= llc["size"]
+    kv_dram = kv_bytes if kv_fits else heads * visited * kv_row
+    mask_dram = mask_bytes if mask_bytes + between_uses <= llc["size"] else heads * spec.q_len * spec.kv_len * (
+        4 if spec.mask_kind == "float" else 1)
+    dram = q_bytes + y_bytes + kv_dram + mask_dram
+
+    # L1: a K tile and a V tile serve all Br rows if they fit beside the Q tile and scratch.
+    tile_set = bc * kv_row + br * (spec.head_dim + spec.value_dim) * ELEM + scratch
+    tiles_fit_l1 = tile_set <= l1["size"]
+    kv_l1 = heads * visited * kv_row * (1 if tiles_fit_l1 else br)
+    l1_fill = q_bytes + y_bytes + kv_l1 + (mask_dram if mask_bytes else 0)
+
+    pairs = heads * (visited * br if not spec.is_causal else _causal_pairs(spec))
+    pairs = min(pairs, heads * spec.q_len * spec.kv_len)
+    flops = pairs * (2 * spec.head_dim + 2 * spec.value_dim + 4)
+    exps = pairs + (heads * br * math.ceil(visited / max(bc, 1)) if schedule.strategy == "online" else 0)
+    e = board.energy
+    energy_pj = (flops * e["pj_per_flop"] + flops * ELEM * e["pj_per_byte_l1"]
+                 + l1_fill * e["pj_per_byte_l2"] + dram * e["pj_per_byte_dram"])
+    return Cost(schedule.strategy, br, bc, int(flops), int(exps), scratch, int(dram), int(l1_fill),
+                q_bytes + y_bytes + kv_bytes + mask_bytes, kv_fits, energy_pj / 1e6)
+
+
+def _causal_pairs(spec) -> int:
+    """(i, k) pairs with k <= i: the scores a causal kernel computes."""
+    return sum(min(i + 1, spec.kv_len) for i in range(spec.q_len))
+
+
+def _candidates(extent: int) -> list[int]:
+    sizes = {extent}
+    size = 1
+    while size < extent:
+        sizes.add(size)
+        size *= 2
+    return sorted(sizes)
+
+
+def choose(spec, board, scratch_budget: int | None = None) -> Cost:
+    """The schedule with the least predicted DRAM traffic whose scratch fits the budget
+    (default: the board's L1D, so the tile state stays resident); ties go to fewer L1
+    fills, then less scratch."""
+    l1, _ = _caches(board)
+    budget = scratch_budget or l1["size"]
+    best = None
+    for strategy in STRATEGIES:
+        for br in _candidates(spec.q_len):
+            for bc in _candidates(spec.kv_len):
+                if bc < min(16, spec.kv_len):
+                    continue
+                schedule = Schedule(strategy, br, bc)
+                if scratch_bytes(spec, schedule) > budget:
+                    continue
+                cost = predict(spec, schedule, board)
+                key = (cost.dram_bytes, cost.l1_fill_bytes, cost.scratch_bytes, strategy != "online")
+                if best is None or key < best[0]:
+                    best = (key, cost)
+    if best is None:  # nothing fits: the smallest online tile
+        return predict(spec, Schedule("online", 1, min(16, spec.kv_len)), board)
+    return best[1]

@@ -1,0 +1,243 @@
+"""ONF lowering: the attention DNF as a C loop nest over lifted axes.
+
+Dimension lifting splits the query axis i into (ib, ii) with i = ib*Br + ii and the key
+axis k into (kb, kk) with k = kb*Bc + kk (the paper's N -> Pi # (N / Pi)). Every operand
+is read through its access map, so gamma is folded into the index arithmetic as
+compile-time constants: the kernel reads Q, K, V and the mask where they are stored.
+
+Two softmax schedules, both exact rewrites of the DNF
+    s[i,k]   = scale * red_+_j Q[i,j] K[k,j]  (softcap)  + bias[i,k]
+    Out[i,q] = red_+_k exp(s[i,k] - max_k s[i,k]) V[k,q] / red_+_k exp(s[i,k] - max_k s[i,k])
+  * "two_pass": the paper's row form: scores of Br rows into Br x Skv scratch, then the
+    max, then exp and sum, then the output (O(Br * Skv) scratch);
+  * "online": per Br x Bc tile keep the running max m, normaliser l and accumulator acc,
+    rescaling by exp(m_old - m_new) (O(Br * (Bc + Dv)) scratch, independent of Skv).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+
+from .layout import Layout
+
+STRATEGIES = ("online", "two_pass")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    strategy: str
+    block_q: int  # Br: query rows per tile
+    block_k: int  # Bc: keys per tile
+
+    def __post_init__(self):
+        assert self.strategy in STRATEGIES and self.block_q >= 1 and self.block_k >= 1
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Scratch regions of one kernel call, in elements, in the order they sit in memory."""
+    regions: tuple[tuple[str, int], ...]
+
+    @property
+    def elements(self) -> int:
+        return sum(n for _, n in self.regions)
+
+
+def scratch_layout(spec, schedule: Schedule) -> Scratch:
+    br = min(schedule.block_q, spec.q_len)
+    bc = min(schedule.block_k, spec.kv_len)
+    if schedule.strategy == "online":
+        return Scratch((("s", br * bc), ("m", br), ("l", br), ("acc", br * spec.value_dim)))
+    return Scratch((("s", br * spec.kv_len), ("m", br), ("l", br)))
+
+
+def scratch_bytes(spec, schedule: Schedule, elem_bytes: int = 4) -> int:
+    return scratch_layout(spec, schedule).elements * elem_bytes
+
+
+# --- index arithmetic ----------------------------------------------------------------
+
+def _gamma(layout: Layout, *index: str) -> str:
+    """C expression for layout's offset at a symbolic index; zero strides vanish."""
+    divisors = getattr(layout, "divisors", None) or (1,) * len(layout.shape)
+    terms = [str(layout.offset)] if layout.offset else []
+    for var, stride, div, extent in zip(index, layout.strides, divisors, layout.shape):
+        if stride == 0 or extent == 1 or var == "0":
+            continue
+        if any(c in var for c in " +-*"):
+            var = f"({var})"
+        v = f"({var} / {div})" if div != 1 else var
+        terms.append(v if stride == 1 else f"{v} * {stride}")
+    return " + ".join(terms) or "0"
+
+
+def _kv_head(spec) -> str:
+    group = spec.q_heads // spec.kv_heads
+    return "h" if group == 1 else f"(h / {group})"
+
+
+# --- C emission ------------------------------------------------------------------------
+
+def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str:
+    """A C function `moa_status name(Q, K, V, M, Y, scratch)` computing the block."""
+    exp = "expf" if real == "float" else "exp"
+    tanh = "tanhf" if real == "float" else "tanh"
+    suffix = "f" if real == "float" else ""
+    br = min(schedule.block_q, spec.q_len)
+    bc = min(schedule.block_k, spec.kv_len)
+    scratch = scratch_layout(spec, schedule)
+    mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
+    L = []
+    w = L.append
+
+    w(f"/* {name}: ONF of one attention block ({schedule.strategy} softmax).\n"
+      f" * Q[{spec.batch},{spec.q_heads},{spec.q_len},{spec.head_dim}] K,V[{spec.batch},{spec.kv_heads},"
+      f"{spec.kv_len},{spec.head_dim}|{spec.value_dim}] -> Y[{spec.batch},{spec.q_heads},{spec.q_len},{spec.value_dim}]\n"
+      f" * lifted: i = ib*{br} + ii, k = kb*{bc} + kk; scratch {scratch.elements} x {real}: "
+      + ", ".join(f"{r}[{n}]" for r, n in scratch.regions) + " */")
+    w(f"moa_status {name}(const {real} *restrict Q, const {real} *restrict K, const {real} *restrict V,\n"
+      f"    const {mask_type} *restrict M, {real} *restrict Y, {real} *restrict scratch)")
+    w("{")
+    offset = 0
+    for region, n in scratch.regions:
+        w(f"    {real} *const {region} = scratch + {offset};")
+        offset += n
+    w("    int b, h, ib;")
+    if spec.mask_kind == "none":
+        w("    (void)M;")
+    w(f"    for (b = 0; b < {spec.batch}; b++) {{")
+    w(f"    for (h = 0; h < {spec.q_heads}; h++) {{")
+    w(f"    for (ib = 0; ib < {spec.q_len}; ib += {br}) {{")
+    w(f"        const int rows = {spec.q_len} - ib < {br} ? {spec.q_len} - ib : {br};")
+    # Causal: keys past the tile's last row are hidden for every row of the tile.
+    kv_end = f"(ib + rows < {spec.kv_len} ? ib + rows : {spec.kv_len})" if spec.is_causal else str(spec.kv_len)
+    w(f"        const int kv_end = {kv_end};")
+    w("        int ii, kb, kk, j, q;")
+    score = _score_lines(spec, real, exp, tanh, suffix)
+    if schedule.strategy == "online":
+        _online_body(spec, bc, real, exp, suffix, score, w)
+    else:
+        _two_pass_body(spec, bc, real, exp, suffix, score, w)
+    w("    }\n    }\n    }")
+    w("    return MOA_OK;")
+    w("}")
+    return "\n".join(L) + "\n"
+
+
+def _score_lines(spec, real, exp, tanh, suffix) -> list[str]:
+    """Statements computing `sc`, the biased score of (b, h, i, k), from the DNF's score term."""
+    kvh = _kv_head(spec)
+    lines = [f"{real} sc = 0;",
+             f"const {real} *restrict q_row = Q + {_gamma(spec.q, 'b', 'h', 'i', '0')};",
+             f"const {real} *restrict k_row = K + {_gamma(spec.k, 'b', kvh, 'k', '0')};",
+             f"for (j = 0; j < {spec.head_dim}; j++) {{",
+             f"    sc += q_row[{_stride_term(spec.q.strides[3], 'j')}] * k_row[{_stride_term(spec.k.strides[3], 'j')}];",
+             "}",
+             f"sc *= ({real}){_c_real(spec.scale, suffix)};"]
+    if getattr(spec, "softcap", 0.0):
+        lines.append(f"sc = ({real}){_c_real(spec.softcap, suffix)} * {tanh}(sc / ({real}){_c_real(spec.softcap, suffix)});")
+    if spec.mask_kind == "float":
+        lines.append(f"sc += ({real})M[{_gamma(spec.mask, 'b', 'h', 'i', 'k')}];")
+    elif spec.mask_kind == "bool":
+        fill = "-INFINITY" if math.isinf(spec.mask_fill) else _c_real(spec.mask_fill, "f")
+        lines.append(f"if (!M[{_gamma(spec.mask, 'b', 'h', 'i', 'k')}]) {{ sc += ({real}){fill}; }}")
+    if spec.is_causal:
+        lines.append("if (k > i) { sc = -INFINITY; }")
+    return lines
+
+
+def _c_real(x: float, suffix: str) -> str:
+    return repr(float(x)) + suffix if math.isfinite(x) else ("INFINITY" if x > 0 else "-INFINITY")
+
+
+def _online_body(spec, bc, real, exp, suffix, score, w):
+    dv = spec.value_dim
+    kvh = _kv_head(spec)
+    w("        for (ii = 0; ii < rows; ii++) {")
+    w("            m[ii] = -INFINITY;")
+    w("            l[ii] = 0;")
+    w(f"            for (q = 0; q < {dv}; q++) {{ acc[ii * {dv} + q] = 0; }}")
+    w("        }")
+    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
+    w(f"            const int cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
+    w("            for (ii = 0; ii < rows; ii++) {")
+    w("                const int i = ib + ii;")
+    w("                for (kk = 0; kk < cols; kk++) {")
+    w("                    const int k = kb + kk;")
+    for line in score:
+        w("                    " + line)
+    w(f"                    s[ii * {bc} + kk] = sc;")
+    w("                }")
+    w("            }")
+    w("            for (ii = 0; ii < rows; ii++) {")
+    w(f"                {real} m_new = m[ii], rescale;")
+    w(f"                for (kk = 0; kk < cols; kk++) {{ if (s[ii * {bc} + kk] > m_new) {{ m_new = s[ii * {bc} + kk]; }} }}")
+    w("                if (m_new == -INFINITY) { continue; } /* every key so far hidden */")
+    w(f"                rescale = {exp}(m[ii] - m_new);")
+    w("                l[ii] *= rescale;")
+    w(f"                for (q = 0; q < {dv}; q++) {{ acc[ii * {dv} + q] *= rescale; }}")
+    w("                for (kk = 0; kk < cols; kk++) {")
+    w(f"                    const {real} p = {exp}(s[ii * {bc} + kk] - m_new);")
+    w(f"                    const {real} *restrict v_row = V + {_gamma(spec.v, 'b', kvh, 'kb + kk', '0')};")
+    w("                    l[ii] += p;")
+    w(f"                    for (q = 0; q < {dv}; q++) {{ acc[ii * {dv} + q] += p * v_row[{_stride_term(spec.v.strides[3], 'q')}]; }}")
+    w("                }")
+    w("                m[ii] = m_new;")
+    w("            }")
+    w("        }")
+    w("        for (ii = 0; ii < rows; ii++) {")
+    w("            const int i = ib + ii;")
+    w(f"            const {real} inv_l = l[ii] > 0 ? ({real})1 / l[ii] : 0; /* fully hidden row -> 0 */")
+    w(f"            {real} *restrict y_row = Y + {_gamma(spec.y, 'b', 'h', 'i', '0')};")
+    w(f"            for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] = acc[ii * {dv} + q] * inv_l; }}")
+    w("        }")
+
+
+def _two_pass_body(spec, bc, real, exp, suffix, score, w):
+    """The paper's row form, lifted: Step I (scores and row max) and Eq. 21 (output) walk
+    the key tiles outermost so each K and V tile serves all Br rows while it is in cache."""
+    dv, skv = spec.value_dim, spec.kv_len
+    kvh = _kv_head(spec)
+    w("        for (ii = 0; ii < rows; ii++) { m[ii] = -INFINITY; }")
+    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
+    w(f"            const int cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
+    w("            for (ii = 0; ii < rows; ii++) {")
+    w("                const int i = ib + ii;")
+    w("                for (kk = 0; kk < cols; kk++) {")
+    w("                    const int k = kb + kk;")
+    for line in score:
+        w("                    " + line)
+    w(f"                    s[ii * {skv} + k] = sc;")
+    w("                    if (sc > m[ii]) { m[ii] = sc; }")
+    w("                }")
+    w("            }")
+    w("        }")
+    w("        for (ii = 0; ii < rows; ii++) { /* Steps II-III: exponentiate and sum */")
+    w(f"            {real} *const row = s + ii * {skv};")
+    w("            l[ii] = 0;")
+    w("            if (m[ii] == -INFINITY) { continue; } /* every key hidden */")
+    w(f"            for (kk = 0; kk < kv_end; kk++) {{ row[kk] = {exp}(row[kk] - m[ii]); l[ii] += row[kk]; }}")
+    w("        }")
+    w("        for (ii = 0; ii < rows; ii++) {")
+    w(f"            {real} *restrict y_row = Y + {_gamma(spec.y, 'b', 'h', 'ib + ii', '0')};")
+    w(f"            for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] = 0; }}")
+    w("        }")
+    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{ /* Step IV and Eq. 21 */")
+    w(f"            const int cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
+    w("            for (ii = 0; ii < rows; ii++) {")
+    w(f"                const {real} *const row = s + ii * {skv};")
+    w(f"                {real} *restrict y_row = Y + {_gamma(spec.y, 'b', 'h', 'ib + ii', '0')};")
+    w(f"                {real} inv_l;")
+    w("                if (l[ii] == 0) { continue; } /* fully hidden row stays 0 */")
+    w(f"                inv_l = ({real})1 / l[ii];")
+    w("                for (kk = 0; kk < cols; kk++) {")
+    w(f"                    const {real} p = row[kb + kk] * inv_l;")
+    w(f"                    const {real} *restrict v_row = V + {_gamma(spec.v, 'b', kvh, 'kb + kk', '0')};")
+    w(f"                    for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] += p * v_row[{_stride_term(spec.v.strides[3], 'q')}]; }}")
+    w("                }")
+    w("            }")
+    w("        }")
+
+
+def _stride_term(stride: int, var: str) -> str:
+    return var if stride == 1 else f"{var} * {stride}"
