@@ -1,0 +1,76 @@
+"""Standalone C programs around one generated ONF kernel, for exactness tests and benchmarks.
+
+    kernel_main Q.bin K.bin V.bin [M.bin] Y.bin
+reads raw operands (`real` = float or double; a float mask as float32, a bool mask as
+bytes), gives the kernel a heap scratch buffer of exactly the cost model's size filled
+with a sentinel (so ASan catches any overrun), writes Y, and prints
+`scratch_tail_touched=0|1` on stderr: whether the last scratch element was used.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+import subprocess
+
+from moa_edge.errors import MoaEdgeError
+from moa_edge.moa import onf
+
+STATUS_H = (Path(__file__).resolve().parents[2] / "c_runtime" / "include" / "moa" / "status.h")
+
+
+def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
+    scratch = onf.scratch_layout(spec, schedule).elements
+    mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind)
+    q_elems = _extent(spec.q)
+    k_elems = _extent(spec.k)
+    v_elems = _extent(spec.v)
+    y_elems = _extent(spec.y)
+    has_mask = mask_type is not None
+    m_elems = _extent(spec.mask) if has_mask else 0
+    reads = [("Q", real, q_elems), ("K", real, k_elems), ("V", real, v_elems)]
+    if has_mask:
+        reads.append(("M", mask_type, m_elems))
+    lines = ["#include <math.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
+             '#include "moa/status.h"', "",
+             onf.emit_kernel(spec, schedule, "kernel", real),
+             "static void *load(const char *path, size_t bytes)", "{",
+             "    FILE *f = fopen(path, \"rb\");",
+             "    void *p = malloc(bytes ? bytes : 1);",
+             "    if (!f || !p || fread(p, 1, bytes, f) != bytes) { fprintf(stderr, \"cannot read %s\\n\", path); exit(2); }",
+             "    fclose(f);", "    return p;", "}", "",
+             "int main(int argc, char **argv)", "{",
+             f"    const size_t scratch_elems = {scratch};",
+             f"    {real} *scratch = malloc(scratch_elems * sizeof({real}));",
+             f"    {real} *Y = calloc({y_elems}, sizeof({real}));",
+             "    FILE *out;", "    size_t n;", "    moa_status status;"]
+    for k, (name, ctype, elems) in enumerate(reads):
+        lines.append(f"    {ctype} *{name} = load(argv[{k + 1}], {elems} * sizeof({ctype}));")
+    lines += [f"    if (argc != {len(reads) + 2} || !scratch || !Y) {{ return 2; }}",
+              f"    for (n = 0; n < scratch_elems; n++) {{ scratch[n] = ({real})12345.0; }}",
+              f"    status = kernel(Q, K, V, {'M' if has_mask else 'NULL'}, Y, scratch);",
+              "    if (status != MOA_OK) { return 3; }",
+              f"    fprintf(stderr, \"scratch_tail_touched=%d\\n\", scratch[scratch_elems - 1] != ({real})12345.0);",
+              f"    out = fopen(argv[{len(reads) + 1}], \"wb\");",
+              f"    if (!out || fwrite(Y, sizeof({real}), {y_elems}, out) != {y_elems}) {{ return 2; }}",
+              "    fclose(out);"]
+    lines += [f"    free({name});" for name, _, _ in reads] + ["    free(Y);", "    free(scratch);", "    return 0;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _extent(layout) -> int:
+    """Elements of storage the layout can reach."""
+    divisors = layout.divisors or (1,) * len(layout.shape)
+    return layout.offset + sum(((n - 1) // d) * s for n, s, d in zip(layout.shape, layout.strides, divisors)) + 1
+
+
+def build_harness(spec, schedule, workdir: Path, real: str = "float", cc: str = "cc",
+                  cflags=("-O2",), ldflags=()) -> Path:
+    workdir.mkdir(parents=True, exist_ok=True)
+    src = workdir / "kernel_main.c"
+    src.write_text(harness_source(spec, schedule, real))
+    exe = workdir / "kernel_main"
+    cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{STATUS_H.parent.parent}",
+           str(src), "-o", str(exe), *ldflags, "-lm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise MoaEdgeError(f"kernel harness failed to compile:\n{proc.stderr}")
+    return exe

@@ -1,0 +1,157 @@
+"""ONF lowering: generated C against PyTorch float64, in double (exactness) and float
+(on every board), for both softmax strategies and tiles that do and do not divide the
+sequence lengths; and the scratch the kernel really uses against the cost model's figure."""
+from dataclasses import dataclass
+import math
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import BOARDS, require_board
+from moa_edge.harness import compare as cmp
+from moa_edge.harness.kernel_harness import build_harness
+from moa_edge.moa import Layout
+from moa_edge.moa.onf import Schedule, scratch_bytes
+from moa_edge.ops.attention import AttentionSpec
+
+
+@dataclass(frozen=True)
+class Block:
+    name: str
+    b: int = 1
+    hq: int = 2
+    hkv: int = 2
+    sq: int = 7
+    skv: int = 11
+    d: int = 8
+    dv: int = 8
+    causal: bool = False
+    mask: str = "none"
+    mask_shape: tuple = ()
+    softcap: float = 0.0
+    k_stored_transposed: bool = False   # K kept as (B, Hkv, D, Skv): read through a transposed map
+    q_heads_interleaved: bool = False   # Q kept as (B, Sq, Hq*D): read through a head-split map
+
+
+BLOCKS = [
+    Block("plain"),
+    Block("causal_sq_lt_skv", causal=True),
+    Block("causal_sq_gt_skv", sq=12, skv=5, causal=True),
+    Block("float_mask", mask="float"),
+    Block("bool_mask_heads", mask="bool", mask_shape=(2, 7, 11)),
+    Block("gqa", hq=6, hkv=2),
+    Block("softcap_mask", softcap=2.0, mask="float", mask_shape=(1, 1, 7, 11)),
+    Block("dv_ne_dk_batch", b=2, d=8, dv=5),
+    Block("access_maps", k_stored_transposed=True, q_heads_interleaved=True, causal=True),
+]
+SCHEDULES = [Schedule("online", 4, 4), Schedule("online", 3, 5), Schedule("online", 64, 64),
+             Schedule("two_pass", 2, 4), Schedule("two_pass", 5, 3), Schedule("two_pass", 1, 64)]
+
+
+def make(block: Block, seed=0):
+    """(spec, storage arrays, expected float64 output) for a block."""
+    rng = np.random.default_rng(seed)
+    B, Hq, Hkv, Sq, Skv, D, Dv = block.b, block.hq, block.hkv, block.sq, block.skv, block.d, block.dv
+    q = rng.standard_normal((B, Hq, Sq, D))
+    k = rng.standard_normal((B, Hkv, Skv, D))
+    v = rng.standard_normal((B, Hkv, Skv, Dv))
+    q_lay = Layout.row_major((B, Hq, Sq, D))
+    q_store = q
+    if block.q_heads_interleaved:
+        q_store = q.transpose(0, 2, 1, 3).reshape(B, Sq, Hq * D)
+        q_lay = Layout.row_major((B, Sq, Hq * D)).split_axis(2, Hq).transpose([0, 2, 1, 3])
+    k_lay, k_store = Layout.row_major((B, Hkv, Skv, D)), k
+    if block.k_stored_transposed:
+        k_store = np.ascontiguousarray(k.transpose(0, 1, 3, 2))
+        k_lay = Layout.row_major((B, Hkv, D, Skv)).transpose([0, 1, 3, 2])
+    full = (B, Hq, Sq, Skv)
+    m, m_lay, bias = None, None, np.zeros(full)
+    if block.mask != "none":
+        shape = block.mask_shape or (Sq, Skv)
+        if block.mask == "float":
+            m = rng.standard_normal(shape).astype(np.float32)
+            bias = bias + m
+        else:
+            m = rng.random(shape) < 0.7
+            m[..., 0] = True
+            bias = np.where(m, 0.0, -np.inf) + bias
+        m_lay = Layout.row_major(shape).broadcast_to(full)
+    spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, 1 / math.sqrt(D), block.causal,
+                         block.mask, -math.inf, q_lay, k_lay, Layout.row_major(v.shape),
+                         Layout.row_major((B, Hq, Sq, Dv)), m_lay, softcap=block.softcap)
+
+    t = {n: torch.from_numpy(x) for n, x in (("q", q), ("k", k), ("v", v))}
+    kk = t["k"].repeat_interleave(Hq // Hkv, 1)
+    vv = t["v"].repeat_interleave(Hq // Hkv, 1)
+    tb = torch.from_numpy(np.broadcast_to(bias, full).copy())
+    if block.causal:
+        tb = tb.masked_fill(torch.ones(Sq, Skv, dtype=torch.bool).triu(1), -math.inf)
+    if block.softcap:
+        s = (t["q"] @ kk.transpose(-1, -2)) * spec.scale
+        y = torch.softmax(block.softcap * torch.tanh(s / block.softcap) + tb, -1) @ vv
+    else:
+        y = torch.nn.functional.scaled_dot_product_attention(t["q"], kk, vv, attn_mask=tb)
+    y = torch.where(torch.isneginf(tb).all(-1, keepdim=True), 0.0, y)
+    storage = {"q": q_store, "k": k_store, "v": v, "m": m}
+    return spec, storage, y.numpy()
+
+
+def run_harness(exe, storage, workdir, real, runner=()):
+    dtype = np.float64 if real == "double" else np.float32
+    args = []
+    for name in ("q", "k", "v", "m"):
+        if storage[name] is None:
+            continue
+        path = workdir / f"{name}.bin"
+        arr = storage[name]
+        arr = arr.astype(np.float32 if name == "m" else dtype) if arr.dtype != np.bool_ else arr
+        np.ascontiguousarray(arr).tofile(path)
+        args.append(str(path))
+    out = workdir / "y.bin"
+    proc = subprocess.run([*runner, str(exe), *args, str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return np.fromfile(out, dtype=dtype), proc.stderr
+
+
+@pytest.mark.parametrize("schedule", SCHEDULES, ids=lambda s: f"{s.strategy}-{s.block_q}x{s.block_k}")
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.name)
+def test_double_onf_is_exact(block, schedule, tmp_path):
+    """The same loop nest in double agrees with PyTorch float64 to 1e-12: the lowering is exact."""
+    spec, storage, expected = make(block)
+    exe = build_harness(spec, schedule, tmp_path, real="double")
+    got, _ = run_harness(exe, storage, tmp_path, "double")
+    assert np.max(np.abs(got.reshape(expected.shape) - expected)) <= 1e-12
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+@pytest.mark.parametrize("schedule", [SCHEDULES[1], SCHEDULES[4], Schedule("online", 8, 16)],
+                         ids=lambda s: f"{s.strategy}-{s.block_q}x{s.block_k}")
+def test_float_onf_meets_tolerance_on_boards(board_name, schedule, tmp_path):
+    board = require_board(board_name)
+    block = Block("board", hq=4, hkv=2, sq=13, skv=21, d=16, dv=12, causal=True, mask="float",
+                  k_stored_transposed=True)
+    spec, storage, expected = make(block)
+    exe = build_harness(spec, schedule, tmp_path, cc=board.compiler(), cflags=board.toolchain["cflags"],
+                        ldflags=board.toolchain["ldflags"])
+    got, _ = run_harness(exe, storage, tmp_path, "float", runner=board.runner())
+    assert cmp.compare(got.reshape(expected.shape), expected)["ok"]
+
+
+@pytest.mark.parametrize("schedule", [Schedule("online", 4, 4), Schedule("online", 7, 11),
+                                      Schedule("two_pass", 3, 4), Schedule("two_pass", 7, 2)],
+                         ids=lambda s: f"{s.strategy}-{s.block_q}x{s.block_k}")
+def test_kernel_scratch_is_exactly_the_cost_model_figure(schedule, tmp_path):
+    """Under ASan a buffer of exactly scratch_bytes is never overrun, and its last element is used."""
+    require_board("host")
+    spec, storage, expected = make(Block("scratch", sq=7, skv=11, mask="float"))
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
+    exe = build_harness(spec, schedule, tmp_path, real="float", cflags=["-O1", *sanitize], ldflags=sanitize[:1])
+    got, stderr = run_harness(exe, storage, tmp_path, "float")
+    assert "scratch_tail_touched=1" in stderr
+    assert cmp.compare(got.reshape(expected.shape), expected)["ok"]
+    br, bc = min(schedule.block_q, 7), min(schedule.block_k, 11)
+    per_strategy = {"online": br * bc + 2 * br + br * 8, "two_pass": br * 11 + 2 * br}
+    assert scratch_bytes(spec, schedule) == 4 * per_strategy[schedule.strategy]
