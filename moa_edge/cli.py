@@ -23,12 +23,17 @@ def _write_json(path: str | None, data: dict) -> None:
 def cmd_convert(a) -> int:
     from moa_edge.converters import parse_input_shapes
     from moa_edge.pipeline import convert
-    report = convert(a.model, a.output, board=a.board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix)
+    from moa_edge.pipeline import parse_schedule
+    report = convert(a.model, a.output, board=a.board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix,
+                     scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule))
     blocks = report["attention_blocks"]
     print(f"{a.model} -> {a.output}: {len(blocks)} attention block(s), arena {report['memory']['arena_bytes']} B, "
           f"weights {report['memory']['weights_bytes']} B")
     for b in blocks:
+        p = b["predicted"]
         print(f"  {b['node']}: {b['pattern']}, shape {b['shape']}, causal={b['is_causal']}, mask={b['mask']}")
+        print(f"    ONF {p['strategy']} Br={p['block_q']} Bc={p['block_k']}: scratch {p['scratch_bytes']} B, "
+              f"predicted DRAM {p['dram_bytes']} B on {a.board}")
     _write_json(a.json, report)
     return 0
 
@@ -64,8 +69,10 @@ def cmd_validate(a) -> int:
     from moa_edge.harness.boards import parse_board_list
     from moa_edge.pipeline import validate
     boards = parse_board_list(a.board)
+    from moa_edge.pipeline import parse_schedule
     result = validate(a.model, boards, inputs_path=a.inputs, input_shapes=parse_input_shapes(a.input_shape),
-                      seed=a.seed, progress=_progress)
+                      seed=a.seed, scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
+                      progress=_progress)
     print(format_table(result))
     _write_json(a.json, result)
     return 0 if result["ok"] else 1
@@ -94,6 +101,68 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def cmd_inspect(a) -> int:
+    from moa_edge.converters import parse_input_shapes
+    from moa_edge.harness.boards import load_board
+    from moa_edge.pipeline import inspect
+    result = inspect(a.model, load_board(a.board), parse_input_shapes(a.input_shape), a.scratch_budget)
+    print(f"{a.model}: {len(result['attention_blocks'])} attention block(s); predictions for board {a.board}")
+    for b in result["attention_blocks"]:
+        s, p = b["shape"], b["predicted"]
+        print(f"  {b['node']}: {b['pattern']}")
+        print(f"    batch {s['batch']}, heads {s['q_heads']} (kv {s['kv_heads']}), q_len {s['q_len']}, kv_len {s['kv_len']}, "
+              f"head_dim {s['head_dim']}, value_dim {s['value_dim']}")
+        print(f"    scale {b['scale']:.6g}, causal {b['is_causal']}, softcap {b['softcap']:g}, mask {b['mask']}")
+        print(f"    absorbed: {', '.join(b['absorbed_nodes'])}")
+        print(f"    schedule: {p['strategy']} softmax, Br={p['block_q']}, Bc={p['block_k']}, scratch {p['scratch_bytes']} B")
+        print(f"    predicted: DRAM {p['dram_bytes']} B ({p['dram_bytes'] / p['compulsory_bytes']:.2f}x compulsory"
+              f"{'' if p['kv_fits_llc'] else ', K/V do not fit in the last-level cache'}), L1 fills "
+              f"{p['l1_fill_bytes']} B, {p['flops']} flops, {p['exps']} exps, {p['energy_uj']:.3g} uJ")
+        if a.derivation:
+            from moa_edge.moa import dnf
+            print("    derivation:")
+            for line in dnf.format_derivation(dnf.derive(dnf.features_of(b))).splitlines():
+                print("      " + line)
+    print(f"  op types left: {', '.join(result['op_types']) or '-'}")
+    for op, nodes in result["unsupported_ops"].items():
+        print(f"  unsupported: {op} ({', '.join(nodes)})")
+    _write_json(a.json, result)
+    return 0
+
+
+def cmd_bench(a) -> int:
+    from moa_edge.harness.boards import parse_board_list
+    from moa_edge.harness.traffic import measure, plot
+    if not a.traffic:
+        raise MoaEdgeError("only `bench attention --traffic` exists yet; timing benchmarks come with the SIMD kernels")
+    boards = parse_board_list(a.board)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    points = []
+    header = (f"{'board':6} {'seq':>5} {'heads':>5} {'schedule':>16} {'compulsory':>11} {'predicted':>11} "
+              f"{'measured':>11} {'pred/meas':>9} {'meas/comp':>9} {'naive':>12} {'naive/fused':>11}")
+    print(header)
+    for board in boards:
+        for heads in a.heads:
+            for seq in a.seq:
+                _progress(f"{board.name}: seq {seq}, {heads} head(s) under cachegrind")
+                p = measure(seq, heads, a.head_dim, board, out / "work" / f"{board.name}-{seq}-{heads}",
+                            naive=not a.no_naive, scratch_budget=a.scratch_budget).as_dict()
+                points.append(p)
+                sched = f"{p['schedule']['strategy']} {p['schedule']['block_q']}x{p['schedule']['block_k']}"
+                naive = p["naive_dram_bytes"]
+                print(f"{board.name:6} {seq:>5} {heads:>5} {sched:>16} {p['compulsory_bytes']:>11} "
+                      f"{p['predicted_dram_bytes']:>11} {p['fused_dram_bytes']:>11} {p['predicted_over_measured']:>9.3f} "
+                      f"{p['fused_over_compulsory']:>9.3f} {naive if naive else '-':>12} "
+                      f"{p['naive_over_fused'] if naive else float('nan'):>11.2f}", flush=True)
+    result = {"benchmark": "attention traffic (cachegrind)", "head_dim": a.head_dim, "points": points}
+    (out / "traffic.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(points, out / "traffic.png")
+    print(f"wrote {out / 'traffic.json'} and {out / 'traffic.png'}")
+    _write_json(a.json, result)
+    return 0
+
+
 def cmd_boards(a) -> int:
     from moa_edge.harness.boards import board_names, load_board
     boards = [load_board(n) for n in board_names()]
@@ -109,6 +178,16 @@ def cmd_boards(a) -> int:
         print(f"         {b.description}")
     _write_json(a.json, {"boards": rows})
     return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive integers")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--board", default="host")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...", help="pin a symbolic input shape")
     s.add_argument("--prefix", default="model", help="C symbol prefix (default: model)")
+    s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: L1D size)")
+    s.add_argument("--schedule", metavar="STRATEGY:BRxBC", help="force an ONF schedule, e.g. online:16x64")
 
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")
@@ -144,6 +225,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", help=".npz keyed by graph input names (default: seeded random)")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: L1D size)")
+    s.add_argument("--schedule", metavar="STRATEGY:BRxBC", help="force an ONF schedule, e.g. two_pass:1x64")
+
+    s = verb("inspect", cmd_inspect, "attention blocks found, what was absorbed, schedule and predicted cost")
+    s.add_argument("model")
+    s.add_argument("--board", default="host", help="board whose caches the cost model uses")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
+    s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: L1D size)")
+    s.add_argument("--derivation", action="store_true", help="print the MoA derivation of each block's DNF")
+
+    s = verb("bench", cmd_bench, "benchmarks: `bench attention --traffic` (cachegrind vs the cost model)")
+    s.add_argument("what", choices=["attention"])
+    s.add_argument("--traffic", action="store_true", help="measure DRAM traffic under cachegrind")
+    s.add_argument("--board", default="rpi4,k230", help="boards whose cache geometry to simulate")
+    s.add_argument("--seq", type=_int_list, default=[256, 1024, 4096])
+    s.add_argument("--heads", type=_int_list, default=[1, 8])
+    s.add_argument("--head-dim", type=int, default=64)
+    s.add_argument("--scratch-budget", type=int, metavar="BYTES")
+    s.add_argument("--no-naive", action="store_true", help="skip the naive n x n kernel")
+    s.add_argument("--out", default="benchmarks/results", help="folder for traffic.json and traffic.png")
 
     verb("boards", cmd_boards, "list the board catalogue")
     return p

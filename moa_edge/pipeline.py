@@ -23,8 +23,22 @@ from moa_edge.ops import attention
 from moa_edge.passes import lower
 
 
-def load_graph(model: Path, input_shapes=None) -> Graph:
-    return lower(import_onnx(model, input_shapes), source=str(model))
+def load_graph(model: Path, input_shapes=None, strict: bool = True) -> Graph:
+    return lower(import_onnx(model, input_shapes), source=str(model), strict=strict)
+
+
+def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None = None) -> dict:
+    """What convert would do: blocks found and absorbed, schedules and predicted cost, ops left."""
+    from moa_edge.passes import unsupported_ops
+    graph = load_graph(Path(model), input_shapes, strict=False)
+    blocks = []
+    for node in graph.nodes:
+        if node.op == "MoaAttention":
+            attention.schedule(node, board, scratch_budget)
+            blocks.append(dict(node=node.name, **node.attrs["spec"].describe(),
+                               predicted=node.attrs["cost"].describe()))
+    return {"model": str(model), "board": board.name, "attention_blocks": blocks,
+            "op_types": sorted({n.op for n in graph.nodes}), "unsupported_ops": unsupported_ops(graph)}
 
 
 def parse_schedule(text: str | None) -> Schedule | None:

@@ -76,15 +76,26 @@ def predict(spec, schedule: Schedule, board) -> Cost:
     between_uses = spec.kv_len * kv_row + br * (spec.head_dim + spec.value_dim) * ELEM + scratch
     kv_fits = between_uses <= llc["size"]
     kv_dram = kv_bytes if kv_fits else heads * visited * kv_row
-    mask_dram = mask_bytes if mask_bytes + between_uses <= llc["size"] else heads * spec.q_len * spec.kv_len * (
-        4 if spec.mask_kind == "float" else 1)
+    if not mask_bytes or mask_bytes + between_uses <= llc["size"]:
+        mask_dram = mask_bytes  # read once
+    else:  # re-read for every head
+        mask_dram = heads * spec.q_len * spec.kv_len * (4 if spec.mask_kind == "float" else 1)
     dram = q_bytes + y_bytes + kv_dram + mask_dram
 
-    # L1: a K tile and a V tile serve all Br rows if they fit beside the Q tile and scratch.
-    tile_set = bc * kv_row + br * (spec.head_dim + spec.value_dim) * ELEM + scratch
-    tiles_fit_l1 = tile_set <= l1["size"]
-    kv_l1 = heads * visited * kv_row * (1 if tiles_fit_l1 else br)
-    l1_fill = q_bytes + y_bytes + kv_l1 + (mask_dram if mask_bytes else 0)
+    # L1: per key tile the K and V tiles are filled once and serve all Br rows while the
+    # phase that uses them (scores: Q tile, K tile, score tile; values: V tile, accumulator,
+    # score tile) fits in L1; the Q tile and accumulator come back per key tile unless
+    # both phases fit together.
+    e = ELEM
+    score_set = br * spec.head_dim * e + bc * spec.head_dim * e + br * bc * e
+    value_set = bc * spec.value_dim * e + br * spec.value_dim * e + br * bc * e
+    k_tile_fills = 1 if score_set <= l1["size"] else br
+    v_tile_fills = 1 if value_set <= l1["size"] else br
+    key_tiles = math.ceil(visited / bc)  # per head, over all query tiles
+    per_key_tile = bc * (spec.head_dim * k_tile_fills + spec.value_dim * v_tile_fills) * e
+    if score_set + value_set - br * bc * e > l1["size"]:
+        per_key_tile += br * (spec.head_dim + spec.value_dim) * e
+    l1_fill = q_bytes + y_bytes + heads * key_tiles * per_key_tile + (mask_dram if mask_bytes else 0)
 
     pairs = heads * (visited * br if not spec.is_causal else _causal_pairs(spec))
     pairs = min(pairs, heads * spec.q_len * spec.kv_len)

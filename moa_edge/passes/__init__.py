@@ -11,16 +11,24 @@ from .attention import rewrite_attention
 from .fold import fold_constants
 
 
-def lower(graph: Graph, source: str = "model") -> Graph:
-    """Fold shape plumbing, rewrite attention, drop dead nodes, then insist every op is supported."""
-    fold_constants(graph)
-    rewrite_attention(graph)
-    fold_constants(graph)
-    graph.remove_dead()
+def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
+    """Op type -> names of the nodes the runtime cannot execute."""
     unsupported = defaultdict(list)
     for node in graph.nodes:
         if node.op not in SUPPORTED_OPS:
             unsupported[node.op].append(node.name)
+    return dict(sorted(unsupported.items()))
+
+
+def lower(graph: Graph, source: str = "model", strict: bool = True) -> Graph:
+    """Fold shape plumbing, rewrite attention, drop dead nodes, then (strict) insist every op is supported."""
+    fold_constants(graph)
+    rewrite_attention(graph)
+    fold_constants(graph)
+    graph.remove_dead()
+    if not strict:
+        return graph
+    unsupported = unsupported_ops(graph)
     if unsupported:
         listing = "; ".join(f"{op} (nodes: {', '.join(names)})" for op, names in sorted(unsupported.items()))
         raise MoaEdgeError(f"{source}: unsupported ops: {listing}")
@@ -30,4 +38,4 @@ def lower(graph: Graph, source: str = "model") -> Graph:
     return graph
 
 
-__all__ = ["fold_constants", "lower", "rewrite_attention"]
+__all__ = ["fold_constants", "lower", "rewrite_attention", "unsupported_ops"]
