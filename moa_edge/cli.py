@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 import sys
 
@@ -106,6 +107,9 @@ def cmd_inspect(a) -> int:
     from moa_edge.harness.boards import load_board
     from moa_edge.pipeline import inspect
     result = inspect(a.model, load_board(a.board), parse_input_shapes(a.input_shape), a.scratch_budget)
+    if not a.derivation:
+        for b in result["attention_blocks"]:
+            b.pop("derivation")
     print(f"{a.model}: {len(result['attention_blocks'])} attention block(s); predictions for board {a.board}")
     for b in result["attention_blocks"]:
         s, p = b["shape"], b["predicted"]
@@ -119,9 +123,8 @@ def cmd_inspect(a) -> int:
               f"{'' if p['kv_fits_llc'] else ', K/V do not fit in the last-level cache'}), L1 fills "
               f"{p['l1_fill_bytes']} B, {p['flops']} flops, {p['exps']} exps, {p['energy_uj']:.3g} uJ")
         if a.derivation:
-            from moa_edge.moa import dnf
             print("    derivation:")
-            for line in dnf.format_derivation(dnf.derive(dnf.features_of(b))).splitlines():
+            for line in b["derivation"].splitlines():
                 print("      " + line)
     print(f"  op types left: {', '.join(result['op_types']) or '-'}")
     for op, nodes in result["unsupported_ops"].items():
@@ -257,6 +260,9 @@ def main(argv=None) -> int:
     except MoaEdgeError as exc:
         print(f"moa-edge: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # output piped into head and closed early
+        sys.stdout = open(os.devnull, "w")
+        return 0
     except KeyboardInterrupt:
         print("moa-edge: interrupted", file=sys.stderr)
         return 130

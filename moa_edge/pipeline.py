@@ -18,6 +18,7 @@ from moa_edge.harness.inputs import load_npz, random_inputs
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.ir import Graph
+from moa_edge.moa import dnf, onf
 from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
 from moa_edge.passes import lower
@@ -35,8 +36,9 @@ def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None =
     for node in graph.nodes:
         if node.op == "MoaAttention":
             attention.schedule(node, board, scratch_budget)
-            blocks.append(dict(node=node.name, **node.attrs["spec"].describe(),
-                               predicted=node.attrs["cost"].describe()))
+            spec = node.attrs["spec"]
+            blocks.append(dict(node=node.name, **spec.describe(), predicted=node.attrs["cost"].describe(),
+                               derivation=dnf.format_derivation(dnf.derive(onf.features_of(spec)))))
     return {"model": str(model), "board": board.name, "attention_blocks": blocks,
             "op_types": sorted({n.op for n in graph.nodes}), "unsupported_ops": unsupported_ops(graph)}
 

@@ -86,3 +86,31 @@ def test_validate_fails_when_a_board_is_out_of_tolerance(model, tmp_path, monkey
     result = json.loads((tmp_path / "v.json").read_text())
     assert result["ok"] is False and result["boards"]["host"]["ok"] is False
     assert "FAIL" in capsys.readouterr().out
+
+
+def test_inspect_reports_blocks_schedule_and_derivation(model, tmp_path):
+    r = moa("inspect", model, "--board", "k230", "--derivation", "--json", tmp_path / "i.json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "i.json").read_text())
+    assert result["unsupported_ops"] == {} and result["op_types"] == ["MoaAttention"]
+    (block,) = result["attention_blocks"]
+    assert block["is_causal"] is True and block["shape"]["head_dim"] == CASE.head_dim
+    predicted = block["predicted"]
+    for key in ("strategy", "block_q", "block_k", "dram_bytes", "l1_fill_bytes", "flops", "scratch_bytes", "energy_uj"):
+        assert key in predicted
+    for rule in ("psi-inner-product", "psi-transpose", "psi-causal", "psi-load"):
+        assert rule in block["derivation"] and rule in r.stdout
+
+
+def test_bench_traffic_writes_json_and_png(tmp_path):
+    import shutil
+    if shutil.which("valgrind") is None:
+        require_board("host")  # skip (or fail under CI) like a missing toolchain
+        pytest.skip("valgrind not installed")
+    r = moa("bench", "attention", "--traffic", "--board", "k230", "--seq", "64", "--heads", "1", "--head-dim", "16",
+            "--out", tmp_path / "bench")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "bench" / "traffic.json").read_text())
+    (point,) = result["points"]
+    assert point["fused_dram_bytes"] > 0 and point["naive_dram_bytes"] > 0 and point["compulsory_bytes"] > 0
+    assert (tmp_path / "bench" / "traffic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import math
 
+from . import dnf
 from .layout import Layout
 
 STRATEGIES = ("online", "two_pass")
@@ -71,7 +72,7 @@ def _gamma(layout: Layout, *index: str) -> str:
     return " + ".join(terms) or "0"
 
 
-def _kv_head(spec) -> str:
+def _kv_head(spec) -> str:  # the value load's head index, as the DNF's psi-repeat-kv gives it
     group = spec.q_heads // spec.kv_heads
     return "h" if group == 1 else f"(h / {group})"
 
@@ -124,26 +125,76 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str
     return "\n".join(L) + "\n"
 
 
+def features_of(spec) -> dnf.AttentionFeatures:
+    return dnf.AttentionFeatures(scale=spec.scale, causal=spec.is_causal, mask=spec.mask_kind,
+                                 mask_fill=spec.mask_fill, softcap=spec.softcap,
+                                 group=spec.q_heads // spec.kv_heads)
+
+
 def _score_lines(spec, real, exp, tanh, suffix) -> list[str]:
-    """Statements computing `sc`, the biased score of (b, h, i, k), from the DNF's score term."""
-    kvh = _kv_head(spec)
-    lines = [f"{real} sc = 0;",
-             f"const {real} *restrict q_row = Q + {_gamma(spec.q, 'b', 'h', 'i', '0')};",
-             f"const {real} *restrict k_row = K + {_gamma(spec.k, 'b', kvh, 'k', '0')};",
-             f"for (j = 0; j < {spec.head_dim}; j++) {{",
-             f"    sc += q_row[{_stride_term(spec.q.strides[3], 'j')}] * k_row[{_stride_term(spec.k.strides[3], 'j')}];",
-             "}",
-             f"sc *= ({real}){_c_real(spec.scale, suffix)};"]
-    if getattr(spec, "softcap", 0.0):
-        lines.append(f"sc = ({real}){_c_real(spec.softcap, suffix)} * {tanh}(sc / ({real}){_c_real(spec.softcap, suffix)});")
-    if spec.mask_kind == "float":
-        lines.append(f"sc += ({real})M[{_gamma(spec.mask, 'b', 'h', 'i', 'k')}];")
-    elif spec.mask_kind == "bool":
-        fill = "-INFINITY" if math.isinf(spec.mask_fill) else _c_real(spec.mask_fill, "f")
-        lines.append(f"if (!M[{_gamma(spec.mask, 'b', 'h', 'i', 'k')}]) {{ sc += ({real}){fill}; }}")
-    if spec.is_causal:
-        lines.append("if (k > i) { sc = -INFINITY; }")
-    return lines
+    """Statements assigning `sc`, the biased score s(b, h, i, k): the DNF's score term
+    printed as C, each Load through its operand's access map (gamma folded in)."""
+    term = dnf.score_term(dnf.derive(features_of(spec)))
+    printer = _CPrinter(spec, real, {"exp": exp, "tanh": tanh}, suffix)
+    return [f"{real} sc;"] + printer.assign("sc", term)
+
+
+class _CPrinter:
+    """Prints DNF scalar terms as C. Reductions become loops into temporaries; a Where
+    whose branches hold reductions becomes if/else, so hidden keys cost nothing."""
+
+    def __init__(self, spec, real, functions, suffix):
+        self.spec, self.real, self.functions, self.suffix = spec, real, functions, suffix
+        self.extents = {"D": spec.head_dim, "Dv": spec.value_dim, "Skv": spec.kv_len, "Sq": spec.q_len}
+        self.layouts = {"Q": spec.q, "K": spec.k, "V": spec.v, "M": spec.mask}
+        self.temps = 0
+
+    def assign(self, target: str, term) -> list[str]:
+        if isinstance(term, dnf.Where) and self._has_reduce(term):
+            lines = [f"if ({self.expr(term.cond, [])}) {{"]
+            lines += ["    " + ln for ln in self.assign(target, term.then)]
+            lines.append("} else {")
+            lines += ["    " + ln for ln in self.assign(target, term.otherwise)]
+            return lines + ["}"]
+        pre: list[str] = []
+        value = self.expr(term, pre)
+        return pre + [f"{target} = {value};"]
+
+    def _has_reduce(self, term) -> bool:
+        return any(isinstance(t, dnf.Reduce) for t in dnf.subterms(term))
+
+    def expr(self, term, pre: list[str]) -> str:
+        if isinstance(term, dnf.Literal):
+            return _c_real(term.value, self.suffix)
+        if isinstance(term, dnf.Load):
+            index = [self._index(ix) for ix in term.index]
+            return f"{term.array}[{_gamma(self.layouts[term.array], *index)}]"
+        if isinstance(term, dnf.Binary):
+            return f"({self.expr(term.left, pre)} {term.op} {self.expr(term.right, pre)})"
+        if isinstance(term, dnf.Call):
+            return f"{self.functions[term.function]}({self.expr(term.arg, pre)})"
+        if isinstance(term, dnf.Where):
+            return f"({self.expr(term.cond, pre)} ? {self.expr(term.then, pre)} : {self.expr(term.otherwise, pre)})"
+        if isinstance(term, dnf.IndexGreater):
+            return f"({self._index(term.left)} > {self._index(term.right)})"
+        if isinstance(term, dnf.Reduce) and term.op == "+":
+            self.temps += 1
+            acc = f"red{self.temps}"
+            body_pre: list[str] = []
+            body = self.expr(term.body, body_pre)
+            pre.append(f"{self.real} {acc} = 0;")
+            pre.append(f"for ({term.var} = 0; {term.var} < {self.extents[term.extent]}; {term.var}++) {{")
+            pre += ["    " + ln for ln in body_pre]
+            pre.append(f"    {acc} += {body};")
+            pre.append("}")
+            return acc
+        raise NotImplementedError(f"no C form for {type(term).__name__} in a score term")
+
+    @staticmethod
+    def _index(ix) -> str:
+        if isinstance(ix, dnf.FloorDiv):
+            return f"({_CPrinter._index(ix.arg)} / {ix.divisor})"
+        return ix.name
 
 
 def _c_real(x: float, suffix: str) -> str:
