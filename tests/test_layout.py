@@ -178,15 +178,28 @@ def test_grouped_query_heads_read_kv_head_h_div_group():
     assert_same(k_per_query_head, storage, np.repeat(storage.reshape(B, Hkv, S, D), group, axis=1))
 
 
-def test_a_repeated_axis_passes_through_reshape_but_is_never_merged_or_split():
+def test_a_repeated_axis_merges_and_splits_at_group_boundaries():
     repeated = Layout.row_major((2, 3, 4)).repeat_kv(1, 2)  # (2, 6, 4), axis 1 repeated
     storage = np.arange(24)
     view = np.repeat(storage.reshape(2, 3, 4), 2, axis=1)
     assert_same(repeated.reshape((2, 6, 2, 2)), storage, view.reshape(2, 6, 2, 2))
     assert_same(repeated.reshape((1, 2, 6, 4)), storage, view.reshape(1, 2, 6, 4))
-    assert repeated.merge_axes(0) is None
-    assert repeated.merge_axes(1) is None
-    assert repeated.split_axis(1, 2) is None
+    assert_same(repeated.merge_axes(0), storage, view.reshape(12, 4))  # (b, h) -> b*6 + h
+    assert_same(repeated.split_axis(1, 3), storage, view.reshape(2, 3, 2, 4))
+    assert repeated.merge_axes(1) is None  # (h // 2) * 4 + d is not one stride over h*4 + d
+    assert repeated.split_axis(1, 2) is None  # rows of 3 cut the repeat groups of 2
+
+
+def test_unsqueeze_expand_reshape_is_repeat_kv():
+    """HF repeat_kv: (B, Hkv, S, d) -> unsqueeze(2) -> expand G -> reshape (B*Hkv*G, S, d)."""
+    B, Hkv, G, S, d = 2, 2, 3, 4, 5
+    storage = np.arange(B * Hkv * S * d)
+    kv = storage.reshape(B, Hkv, S, d)
+    layout = (Layout.row_major((B, Hkv, S, d)).reshape((B, Hkv, 1, S, d))
+              .broadcast_to((B, Hkv, G, S, d)).reshape((B * Hkv * G, S, d)))
+    assert layout is not None
+    assert_same(layout, storage, np.repeat(kv, G, axis=1).reshape(B * Hkv * G, S, d))
+    assert_same(layout.reshape((B, Hkv * G, S, d)), storage, np.repeat(kv, G, axis=1))
 
 
 def test_broadcast_and_transpose_carry_the_divisors():
@@ -278,14 +291,14 @@ def applicable_steps(view):
 def test_random_chains_of_maps_match_numpy(shape, data):
     storage = np.arange(int(np.prod(shape)))
     layout, view = Layout.row_major(shape), storage.reshape(shape)
-    view_of_storage = True  # until np.repeat copies numpy's array
+    plain = True  # no repeat or broadcast yet: then a view exists exactly when numpy has one
     for _ in range(data.draw(st.integers(1, 6))):
         step = data.draw(st.sampled_from(applicable_steps(view)))
         new_layout, new_view, numpy_copies = step(data, layout, view)
-        if view_of_storage:
+        if plain:
             assert (new_layout is None) == numpy_copies, step.__name__
         if new_layout is None:
             continue
         layout, view = new_layout, new_view
-        view_of_storage &= step is not step_repeat_kv
+        plain &= step not in (step_repeat_kv, step_broadcast)
         assert_same(layout, storage, view)

@@ -6,13 +6,15 @@ import torch
 
 from moa_edge.ir import Graph
 from moa_edge.ops import attention
+from moa_edge.passes.fold import evaluate_onnx_node
 
 
 def _torch(arr: np.ndarray) -> torch.Tensor:
+    """Floats widen to float64; integers and bools keep their type (they index and mask)."""
     arr = np.asarray(arr)
-    if arr.dtype == np.bool_:
-        return torch.from_numpy(arr.copy())
-    return torch.from_numpy(arr.astype(np.float64))
+    if np.issubdtype(arr.dtype, np.floating):
+        return torch.from_numpy(arr.astype(np.float64))
+    return torch.from_numpy(arr.copy())
 
 
 def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -25,6 +27,9 @@ def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.n
                 q, k, v, mask = (env[n] if n else None for n in node.inputs)
                 out = node.outputs[0]
                 env[out] = attention.reference(node.attrs["spec"], q, k, v, mask, graph.tensors[out].shape)
-            else:  # lower() guarantees every op is supported
-                raise AssertionError(node.op)
+            else:  # ops outside the runtime (inspect, detection checks): onnx's reference, in float64
+                values = [env[n].numpy() if n else None for n in node.inputs]
+                opset = graph.opsets.get("", graph.opsets.get("ai.onnx", 18))
+                for name, value in zip(node.outputs, evaluate_onnx_node(node, values, opset)):
+                    env[name] = _torch(value)
     return {name: env[name].numpy() for name in graph.outputs}

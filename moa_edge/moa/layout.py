@@ -56,41 +56,36 @@ class Layout:
     def reshape(self, new_shape) -> "Layout | None":
         """The same elements seen with another shape, or None when that needs a copy.
 
-        A repeated axis (divisor != 1) may only pass through unchanged: merged or split,
-        its elements no longer follow one stride.
+        Each axis is a factor (extent e, stride s, divisor d) contributing (i // d) * s.
+        New axes are carved from the factors, innermost first: a factor splits into an
+        inner and an outer part, and two neighbouring factors merge when the outer one
+        continues the inner one. A broadcast (stride 0) axis merged under a real one
+        becomes a divisor: that is how Unsqueeze -> Expand -> Reshape (repeat_kv) is a view.
         """
         new_shape = tuple(int(s) for s in new_shape)
         if math.prod(new_shape) != math.prod(self.shape):
             return None
-        old = [(n, s, d) for n, s, d in zip(self.shape, self.strides, self.axis_divisors()) if n != 1]
-        new = [k for k, n in enumerate(new_shape) if n != 1]
-        new_strides = [0] * len(new_shape)  # size-1 axes are never stepped
-        new_divisors = [1] * len(new_shape)
-        oi = ni = 0
-        while oi < len(old) and ni < len(new):
-            # Grow a group of old axes and a group of new axes until both hold the same count.
-            oj, nj = oi + 1, ni + 1
-            old_count, new_count = old[oi][0], new_shape[new[ni]]
-            while old_count != new_count:
-                if new_count < old_count:
-                    new_count *= new_shape[new[nj]]
-                    nj += 1
-                else:
-                    old_count *= old[oj][0]
-                    oj += 1
-            if any(d != 1 for _, _, d in old[oi:oj]):
-                if oj - oi != 1 or nj - ni != 1:
+        factors = [[n, s, d] for n, s, d in zip(self.shape, self.strides, self.axis_divisors()) if n != 1][::-1]
+        if any(n % d for n, _, d in factors):
+            return None
+        new_strides, new_divisors = [0] * len(new_shape), [1] * len(new_shape)
+        for k in reversed(range(len(new_shape))):
+            extent = new_shape[k]
+            if extent == 1:
+                continue
+            while factors[0][0] % extent:  # grow the innermost factor until it divides
+                merged = _merge_factors(factors[0], factors[1])
+                if merged is None:
                     return None
-                new_divisors[new[ni]] = old[oi][2]
-            # The old group must be one contiguous run to be re-split freely.
-            for (_, s0, _), (n1, s1, _) in zip(old[oi:oj], old[oi + 1:oj]):
-                if s0 != n1 * s1:
-                    return None
-            step = old[oj - 1][1]
-            for k in reversed(new[ni:nj]):
-                new_strides[k] = step
-                step *= new_shape[k]
-            oi, ni = oj, nj
+                factors[:2] = [merged]
+            inner, outer = _split_factor(factors[0], extent)
+            if inner is None:
+                return None
+            new_strides[k], new_divisors[k] = inner[1], inner[2]
+            if outer[0] == 1:
+                factors.pop(0)
+            else:
+                factors[0] = outer
         return Layout(new_shape, tuple(new_strides), self.offset, tuple(new_divisors))
 
     def broadcast_to(self, shape) -> "Layout":
@@ -172,3 +167,27 @@ class Layout:
     @staticmethod
     def _replace_axis(values: tuple[int, ...], axis: int, value: int) -> tuple[int, ...]:
         return values[:axis] + (value,) + values[axis + 1:]
+
+
+def _merge_factors(inner, outer):
+    """One factor for inner-then-outer (index i = i_outer * e_inner + i_inner), or None."""
+    (e1, s1, d1), (e2, s2, d2) = inner, outer
+    if s1 == 0 and s2 == 0:
+        return [e1 * e2, 0, 1]
+    if s1 == 0 and d1 == 1:  # a broadcast axis under a real one: it divides the merged index
+        s1, d1 = s2, e1
+    if d2 != 1 or e1 % d1 or s2 != s1 * (e1 // d1):
+        return None
+    return [e1 * e2, s1, d1]
+
+
+def _split_factor(factor, extent):
+    """(inner part of `extent`, outer remainder) of a factor, or (None, None)."""
+    e, s, d = factor
+    if e % extent:
+        return None, None
+    if extent % d == 0:
+        return [extent, s, d], [e // extent, s * (extent // d), 1]
+    if d % extent == 0:  # the inner part moves within one repeat group
+        return [extent, 0, 1], [e // extent, s, d // extent]
+    return None, None

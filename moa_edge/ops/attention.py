@@ -71,8 +71,14 @@ def schedule(node, board, scratch_budget=None, forced: "onf.Schedule | None" = N
 
 # --- torch float64 reference -------------------------------------------------------
 
+def _offsets(lay: Layout) -> torch.Tensor:
+    """gamma of every index of the layout (divisors included), as a gather index."""
+    reach = lay.offset + sum(((n - 1) // d) * s for n, s, d in zip(lay.shape, lay.strides, lay.axis_divisors())) + 1
+    return torch.from_numpy(lay.materialise(np.arange(reach)))
+
+
 def _view(flat: torch.Tensor, lay: Layout) -> torch.Tensor:
-    return torch.as_strided(flat, lay.shape, lay.strides, lay.offset)
+    return flat[_offsets(lay)]
 
 
 def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
@@ -102,7 +108,7 @@ def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
     fully_masked = torch.isneginf(bias).all(dim=-1, keepdim=True)
     y4 = torch.where(fully_masked, torch.zeros_like(y4), y4)
     out = torch.zeros(int(np.prod(out_shape)), dtype=torch.float64)
-    _view(out, spec.y).copy_(y4)
+    out[_offsets(spec.y)] = y4
     return out.reshape(out_shape)
 
 

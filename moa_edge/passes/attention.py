@@ -16,7 +16,7 @@ import math
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import Graph, Node
+from moa_edge.ir import Graph, Node, Tensor
 from moa_edge.moa import Layout
 from moa_edge.ops.attention import MASK_BOOL, MASK_FLOAT, MASK_NONE, AttentionSpec
 
@@ -40,6 +40,8 @@ def rewrite_attention(graph: Graph) -> int:
         spec, inputs, output, replaced = match
         position = graph.nodes.index(replaced)
         graph.nodes[position] = Node("MoaAttention", f"moa_attention_{found}", inputs, [output], {"spec": spec})
+        # The absorbed head merge after P @ V produced `output` before; it no longer does.
+        graph.nodes = [n for n in graph.nodes if n is graph.nodes[position] or output not in n.outputs]
         found += 1
     graph.remove_dead()
     return found
@@ -79,22 +81,68 @@ def _peel_scale(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, floa
 
 
 def _trace_view(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, Layout]:
-    """Follow Transpose/Reshape back to stored data: (source tensor, access map)."""
+    """Follow layout ops back to stored data: (source tensor, access map). Transpose,
+    view-compatible Reshape, Unsqueeze/Squeeze and Identity are index maps; so is
+    Unsqueeze -> Expand -> Reshape merging the expanded axis into the one before it,
+    which is repeat_kv (the merged index h reads h // group)."""
     node = graph.producer(name)
     shape = graph.tensors[name].shape
-    if node is not None and node.op == "Transpose":
-        source, layout = _trace_view(graph, node.inputs[0], absorbed)
-        perm = node.attrs.get("perm", list(range(len(shape)))[::-1])
-        absorbed.append(node.name)
-        return source, layout.transpose(perm)
-    if node is not None and node.op == "Reshape" and graph.constant(node.inputs[1]) is not None:
-        inner = list(absorbed)
+    if node is None:
+        return name, Layout.row_major(shape)
+    inner = list(absorbed)
+    view = None
+    if node.op == "Transpose":
         source, layout = _trace_view(graph, node.inputs[0], inner)
-        view = layout.reshape(shape)
-        if view is not None:
-            absorbed[:] = inner + [node.name]
-            return source, view
-    return name, Layout.row_major(shape)
+        view = layout.transpose(node.attrs.get("perm", list(range(len(shape)))[::-1]))
+    elif node.op in ("Reshape", "Unsqueeze", "Squeeze", "Identity"):
+        source, layout = _trace_view(graph, node.inputs[0], inner)
+        view = _repeat_kv_merge(layout, shape) if node.op == "Reshape" else None
+        view = view or layout.reshape(shape)
+    elif node.op == "Expand" and graph.constant(node.inputs[1]) is not None:
+        source, layout = _trace_view(graph, node.inputs[0], inner)
+        if len(layout.shape) == len(shape):
+            view = layout.broadcast_to(shape)
+    if view is None:
+        return name, Layout.row_major(shape)
+    absorbed[:] = inner + [node.name]
+    return source, view
+
+
+def _repeat_kv_merge(layout: Layout, shape) -> Layout | None:
+    """(.., H, G, ..) with the G axis broadcast (stride 0) merged into (.., H*G, ..)."""
+    for axis in range(len(layout.shape) - 1):
+        group = layout.shape[axis + 1]
+        if layout.strides[axis + 1] != 0 or group == 1:
+            continue
+        merged = layout.shape[:axis] + (layout.shape[axis] * group,) + layout.shape[axis + 2:]
+        if tuple(shape) != merged:
+            continue
+        dropped = Layout(layout.shape[:axis + 1] + layout.shape[axis + 2:],
+                         layout.strides[:axis + 1] + layout.strides[axis + 2:], layout.offset,
+                         None if layout.divisors is None else layout.divisors[:axis + 1] + layout.divisors[axis + 2:])
+        return dropped.repeat_kv(axis, group)
+    return None
+
+
+def _kv_heads_of(layout: Layout) -> tuple[Layout, int]:
+    """A (B, Hq, S, d) map whose head axis divides by G, as (B, Hq/G, S, d) and G."""
+    group = layout.axis_divisors()[1]
+    if group == 1:
+        return layout, 1
+    divisors = layout.axis_divisors()
+    plain = Layout((layout.shape[0], layout.shape[1] // group) + layout.shape[2:], layout.strides, layout.offset,
+                   (divisors[0], 1) + divisors[2:])
+    return plain, group
+
+
+def _as_4d(layout: Layout) -> Layout | None:
+    """Rank-3 operands (heads folded into the batch, as nn.MultiheadAttention does) gain a batch of 1."""
+    if len(layout.shape) == 4:
+        return layout
+    if len(layout.shape) == 3:
+        return Layout((1,) + layout.shape, (0,) + layout.strides, layout.offset,
+                      None if layout.divisors is None else (1,) + layout.divisors)
+    return None
 
 
 def _is_causal_bias(bias: np.ndarray, q_len: int, kv_len: int) -> bool:
@@ -110,7 +158,7 @@ def _is_causal_bias(bias: np.ndarray, q_len: int, kv_len: int) -> bool:
 
 def _decomposed_sdpa(graph: Graph, softmax: Node):
     rank = len(graph.tensors[softmax.inputs[0]].shape)
-    if softmax.attrs.get("axis", -1) not in (-1, rank - 1) or rank != 4:
+    if softmax.attrs.get("axis", -1) not in (-1, rank - 1) or rank not in (3, 4):
         return None
     absorbed = [softmax.name]
 
@@ -125,20 +173,31 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
         absorbed += [guard[0].name, where[0].name]
         probs = where[0].outputs[0]
         users = graph.consumers(probs)
-    if len(users) != 1 or users[0].op != "MatMul" or users[0].inputs[0] != probs:
+    if len(users) != 1 or users[0].op != "MatMul" or users[0].inputs[0] != probs or probs in graph.outputs:
         return None
     pv = users[0]
 
-    # Up: optional additive mask, optional post-scale, then Q @ K^T.
-    scores = softmax.inputs[0]
-    mask_name = None
-    add = _produced_by(graph, scores, "Add")
-    if add is not None:
-        a, b = add.inputs
-        scores, mask_name = (a, b) if _leads_to_matmul(graph, a) else (b, a)
-        if not _leads_to_matmul(graph, scores):
-            return None
-        absorbed.append(add.name)
+    # Up: bias terms (Add of a mask, Where(keep, scores, fill)), then scalar scales, then Q @ K^T.
+    scores, terms = softmax.inputs[0], []
+    while True:
+        node = graph.producer(scores)
+        if node is not None and node.op == "Add":
+            a, b = node.inputs
+            if _leads_to_matmul(graph, a):
+                scores, term = a, b
+            elif _leads_to_matmul(graph, b):
+                scores, term = b, a
+            else:
+                return None
+            terms.append(("add", term))
+        elif (node is not None and node.op == "Where" and _leads_to_matmul(graph, node.inputs[1])
+              and graph.tensors[node.inputs[0]].dtype == "bool"
+              and (_scalar(graph, node.inputs[2]) or 0.0) <= _MASKED):
+            terms.append(("keep", node.inputs[0], _scalar(graph, node.inputs[2])))
+            scores = node.inputs[1]
+        else:
+            break
+        absorbed.append(node.name)
     scores, post_scale = _peel_scale(graph, scores, absorbed)
     qk = _produced_by(graph, scores, "MatMul")
     if qk is None:
@@ -149,40 +208,115 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     q_src, q_lay = _trace_view(graph, q_name, absorbed)
     k_src, kt_lay = _trace_view(graph, kt_name, absorbed)
     v_src, v_lay = _trace_view(graph, pv.inputs[1], absorbed)
-    if len(q_lay.shape) != 4 or len(kt_lay.shape) != 4 or len(v_lay.shape) != 4:
+    q_lay, kt_lay, v_lay = _as_4d(q_lay), _as_4d(kt_lay), _as_4d(v_lay)
+    if q_lay is None or kt_lay is None or v_lay is None:
         return None
-    k_lay = kt_lay.transpose([0, 1, 3, 2])
+    k_lay, k_group = _kv_heads_of(kt_lay.transpose([0, 1, 3, 2]))
+    v_lay, v_group = _kv_heads_of(v_lay)
     B, Hq, Sq, D = q_lay.shape
     _, Hkv, Skv, Dk = k_lay.shape
     Dv = v_lay.shape[3]
-    if Dk != D or v_lay.shape[:3] != k_lay.shape[:3] or Hq != Hkv:
+    if Dk != D or v_lay.shape[:3] != k_lay.shape[:3] or k_group != v_group or Hkv * k_group != Hq:
         return None
-    y = pv.outputs[0]
-    if graph.tensors[y].shape != (B, Hq, Sq, Dv):
+    y, y_lay = _trace_output_view(graph, pv.outputs[0], absorbed)
+    y_lay = _as_4d(y_lay)
+    if y_lay is None or y_lay.shape != (B, Hq, Sq, Dv):
         return None
 
-    mask_kind, mask_fill, mask_src, mask_lay, causal = MASK_NONE, 0.0, "", None, False
-    if mask_name is not None:
-        where = _produced_by(graph, mask_name, "Where")
-        const = graph.constant(mask_name)
-        if (where is not None and graph.tensors[where.inputs[0]].dtype == "bool"
-                and _scalar(graph, where.inputs[1]) == 0.0 and _scalar(graph, where.inputs[2]) is not None
-                and _scalar(graph, where.inputs[2]) <= _MASKED):
-            mask_kind, mask_fill, mask_src = MASK_BOOL, _scalar(graph, where.inputs[2]), where.inputs[0]
-            absorbed.append(where.name)
-        elif const is not None and _is_causal_bias(const, Sq, Skv):
-            causal = True
-        else:
-            mask_kind, mask_src = MASK_FLOAT, mask_name
-        if mask_src:
-            mask_lay = _broadcast(graph, mask_src, (B, Hq, Sq, Skv), softmax.name)
-            if graph.tensors[mask_src].dtype not in ("float32", "bool"):
-                return None
-
+    mask_kind, mask_fill, mask_src, causal, extra_nodes = _classify_bias(graph, terms, Sq, Skv, absorbed)
+    if mask_kind is None:
+        return None
+    mask_lay = _broadcast(graph, mask_src, (B, Hq, Sq, Skv), softmax.name) if mask_src else None
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, q_scale * k_scale * post_scale, causal,
-                         mask_kind, mask_fill, q_lay, k_lay, v_lay, Layout.row_major((B, Hq, Sq, Dv)),
-                         mask_lay, pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]))
+                         mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
+                         pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]))
+    graph.nodes[graph.nodes.index(pv):graph.nodes.index(pv)] = extra_nodes
     return spec, [q_src, k_src, v_src, mask_src], y, pv
+
+
+def _trace_output_view(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, Layout]:
+    """Follow the output down through Transpose/Reshape (the head merge) while each is
+    the only consumer: the kernel then writes the merged tensor in place."""
+    chain = []
+    while True:
+        users = graph.consumers(name)
+        if len(users) != 1 or name in graph.outputs or users[0].op not in ("Transpose", "Reshape"):
+            break
+        chain.append(users[0])
+        name = users[0].outputs[0]
+    # Undo the chain from its end: the view of the final tensor's storage the kernel writes.
+    while chain:
+        layout = Layout.row_major(graph.tensors[name].shape)
+        ok = True
+        for node in reversed(chain):
+            before = graph.tensors[node.inputs[0]].shape
+            if node.op == "Transpose":
+                perm = node.attrs.get("perm", list(range(len(before)))[::-1])
+                layout = layout.transpose([perm.index(k) for k in range(len(perm))])
+            else:
+                layout = layout.reshape(before)
+                if layout is None:
+                    ok = False
+                    break
+        if ok:
+            absorbed.extend(n.name for n in chain)
+            return name, layout
+        name = chain.pop().inputs[0]  # give up the last op and try the shorter chain
+    return name, Layout.row_major(graph.tensors[name].shape)
+
+
+def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[str]):
+    """Bias terms -> (mask kind, fill, mask tensor, causal, new nodes). A term proved to be
+    exactly the causal triangle becomes is_causal; one other term is the mask; several are
+    summed by a new Add (bool terms first turned into their 0 / fill bias)."""
+    causal, masks = False, []
+    for term in terms:
+        if term[0] == "keep":
+            _, cond, fill = term
+            keep = graph.constant(cond)
+            if keep is not None and _is_causal_bias(np.where(keep, 0.0, -np.inf), q_len, kv_len):
+                causal = True
+            else:
+                masks.append(("bool", cond, fill))
+            continue
+        name = term[1]
+        where = _produced_by(graph, name, "Where")
+        const = graph.constant(name)
+        if const is not None and _is_causal_bias(const, q_len, kv_len):
+            causal = True
+        elif (where is not None and graph.tensors[where.inputs[0]].dtype == "bool"
+              and _scalar(graph, where.inputs[1]) == 0.0 and _scalar(graph, where.inputs[2]) is not None
+              and _scalar(graph, where.inputs[2]) <= _MASKED):  # shared by every layer: stays until dead
+            masks.append(("bool", where.inputs[0], _scalar(graph, where.inputs[2])))
+            absorbed.append(where.name)
+        elif graph.tensors[name].dtype == "float32":
+            masks.append(("float", name, 0.0))
+        else:
+            return None, 0.0, "", False, []
+    if not masks:
+        return MASK_NONE, 0.0, "", causal, []
+    if len(masks) == 1:
+        kind, name, fill = masks[0]
+        return (MASK_BOOL if kind == "bool" else MASK_FLOAT), fill, name, causal, []
+    # Several masks: one float bias computed by the graph, outside the kernel.
+    nodes, names = [], []
+    for k, (kind, name, fill) in enumerate(masks):
+        if kind == "bool":
+            zero, fill_name, out = f"{name}__zero", f"{name}__fill", f"{name}__bias"
+            graph.tensors[zero] = Tensor(zero, (), "float32", np.array(0.0, np.float32))
+            graph.tensors[fill_name] = Tensor(fill_name, (), "float32", np.array(fill, np.float32))
+            graph.tensors[out] = Tensor(out, graph.tensors[name].shape, "float32")
+            nodes.append(Node("Where", f"{name}__to_bias", [name, zero, fill_name], [out]))
+            name = out
+        names.append(name)
+    total = names[0]
+    for k, name in enumerate(names[1:]):
+        out = f"{total}__plus_{k}"
+        shape = np.broadcast_shapes(graph.tensors[total].shape, graph.tensors[name].shape)
+        graph.tensors[out] = Tensor(out, tuple(shape), "float32")
+        nodes.append(Node("Add", f"{out}__add", [total, name], [out]))
+        total = out
+    return MASK_FLOAT, 0.0, total, causal, nodes
 
 
 def _leads_to_matmul(graph: Graph, name: str) -> bool:
@@ -207,8 +341,6 @@ def _attention_op(graph: Graph, node: Node):
         raise MoaEdgeError(f"{where}: past_key/past_value/nonpad_kv_seqlen inputs are not supported yet")
     if any(o and (graph.consumers(o) or o in graph.outputs) for o in node.outputs[1:]):
         raise MoaEdgeError(f"{where}: present_key/present_value/qk_matmul_output outputs are not supported yet")
-    if node.attrs.get("softcap", 0.0) != 0.0:
-        raise MoaEdgeError(f"{where}: softcap is not supported yet")
     if node.attrs.get("left_window_size", -1) != -1 or node.attrs.get("right_window_size", -1) != -1:
         raise MoaEdgeError(f"{where}: sliding-window attention is not supported yet")
     q_shape = graph.tensors[node.inputs[0]].shape
@@ -219,8 +351,18 @@ def _attention_op(graph: Graph, node: Node):
         if graph.tensors[name].dtype != "float32":
             raise MoaEdgeError(f"{where}: input {name!r} is {graph.tensors[name].dtype}; only float32 is supported yet")
 
+    absorbed = [node.name]
+    sources = list(node.inputs[:3])
     if len(q_shape) == 4:
-        q_lay, k_lay, v_lay = (Layout.row_major(s) for s in (q_shape, k_shape, v_shape))
+        # Read Q, K, V through their layout ops: head splits, transposes and repeat_kv.
+        (sources[0], q_lay), (sources[1], k_lay), (sources[2], v_lay) = (
+            _trace_view(graph, name, absorbed) for name in node.inputs[:3])
+        k_lay, k_group = _kv_heads_of(k_lay)
+        v_lay, v_group = _kv_heads_of(v_lay)
+        if k_group != v_group or any(len(lay.shape) != 4 for lay in (q_lay, k_lay, v_lay)):
+            sources = list(node.inputs[:3])
+            q_lay, k_lay, v_lay = (Layout.row_major(s) for s in (q_shape, k_shape, v_shape))
+            absorbed = [node.name]
         y_lay = Layout.row_major(y_shape)
     elif len(q_shape) == 3:
         hq, hkv = node.attrs.get("q_num_heads"), node.attrs.get("kv_num_heads")
@@ -254,5 +396,6 @@ def _attention_op(graph: Graph, node: Node):
 
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, scale, bool(node.attrs.get("is_causal", 0)),
                          mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
-                         pattern=f"ONNX Attention ({len(q_shape)}-D)", absorbed=(node.name,))
-    return spec, [node.inputs[0], node.inputs[1], node.inputs[2], mask_src], node.outputs[0], node
+                         pattern=f"ONNX Attention ({len(q_shape)}-D)", absorbed=tuple(absorbed),
+                         softcap=float(node.attrs.get("softcap", 0.0)))
+    return spec, sources + [mask_src], node.outputs[0], node
