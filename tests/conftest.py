@@ -4,8 +4,10 @@ import tempfile
 
 import pytest
 
-# Keep onnxruntime's and torch's caches out of $HOME.
+# Keep onnxruntime's and Hugging Face's caches out of $HOME; nothing is fetched from the hub.
 os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="moa-test-cache-"))
+os.environ.setdefault("HF_HOME", os.path.join(os.environ["XDG_CACHE_HOME"], "huggingface"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from moa_edge.harness.boards import load_board  # noqa: E402
 

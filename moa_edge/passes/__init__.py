@@ -8,7 +8,8 @@ from moa_edge.ir import Graph
 from moa_edge.ops import SUPPORTED_OPS
 
 from .attention import rewrite_attention
-from .fold import fold_constants
+from .canonical import bypass_no_ops
+from .fold import fold_constants, infer_missing_shapes
 
 
 def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
@@ -22,7 +23,11 @@ def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
 
 def lower(graph: Graph, source: str = "model", strict: bool = True) -> Graph:
     """Fold shape plumbing, rewrite attention, drop dead nodes, then (strict) insist every op is supported."""
-    fold_constants(graph)
+    for _ in range(8):  # folding can reveal shapes, and shapes more folding
+        infer_missing_shapes(graph)
+        if not fold_constants(graph):
+            break
+    bypass_no_ops(graph)
     rewrite_attention(graph)
     fold_constants(graph)
     graph.remove_dead()

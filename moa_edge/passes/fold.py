@@ -93,3 +93,43 @@ def _one_node_model(node, values: list, opset: int):
 
 def _dtype(value: np.ndarray) -> str:
     return "bool" if value.dtype == np.bool_ else value.dtype.name
+
+
+_DTYPES = {"float32": onnx.TensorProto.FLOAT, "bool": onnx.TensorProto.BOOL, "int64": onnx.TensorProto.INT64,
+           "float64": onnx.TensorProto.DOUBLE, "int32": onnx.TensorProto.INT32}
+_FROM_ONNX = {v: k for k, v in _DTYPES.items()}
+
+
+def infer_missing_shapes(graph: Graph) -> None:
+    """Shapes ONNX inference could not give on the whole file (shape plumbing computed at
+    run time) follow once that plumbing is folded: infer them node by node, in order."""
+    opset = graph.opsets.get("", graph.opsets.get("ai.onnx", 18))
+    for node in graph.nodes:
+        if all(not o or o in graph.tensors for o in node.outputs):
+            continue
+        inputs, initializers = [], []
+        for name in node.inputs:
+            t = graph.tensors.get(name) if name else None
+            if name and t is None:
+                break
+            if t is None:
+                continue
+            if t.is_constant:
+                initializers.append(onnx.numpy_helper.from_array(np.asarray(t.data), name))
+            elif t.dtype in _DTYPES:
+                inputs.append(onnx.helper.make_tensor_value_info(name, _DTYPES[t.dtype], t.shape))
+        else:
+            proto = onnx.helper.make_node(node.op, node.inputs, node.outputs, **node.attrs)
+            model = onnx.helper.make_model(
+                onnx.helper.make_graph([proto], "infer", inputs, [], initializer=initializers),
+                opset_imports=[onnx.helper.make_opsetid("", opset)])
+            try:
+                inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph.value_info
+            except Exception:
+                continue
+            for vi in inferred:
+                tt = vi.type.tensor_type
+                if (vi.name in node.outputs and tt.elem_type in _FROM_ONNX
+                        and all(d.HasField("dim_value") for d in tt.shape.dim)):
+                    graph.tensors[vi.name] = Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim),
+                                                    _FROM_ONNX[tt.elem_type])

@@ -1,0 +1,34 @@
+"""Canonicalisation: ops that do nothing at inference are bypassed, so patterns need not
+list every place an exporter may put them (Identity, float->float Cast, Dropout)."""
+from __future__ import annotations
+
+import onnx
+
+from moa_edge.ir import Graph
+
+_ONNX_TO_DTYPE = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.BOOL: "bool", onnx.TensorProto.INT64: "int64",
+                  onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT32: "int32"}
+
+
+def _is_no_op(graph: Graph, node) -> bool:
+    if node.op == "Identity":
+        return True
+    if node.op == "Dropout":  # inference: the input, whatever the ratio
+        return len([o for o in node.outputs if o]) == 1
+    if node.op == "Cast":
+        source = graph.tensors.get(node.inputs[0])
+        return source is not None and _ONNX_TO_DTYPE.get(node.attrs.get("to")) == source.dtype
+    return False
+
+
+def bypass_no_ops(graph: Graph) -> int:
+    bypassed = 0
+    for node in list(graph.nodes):
+        if not _is_no_op(graph, node) or node.outputs[0] in graph.outputs:
+            continue
+        old, new = node.outputs[0], node.inputs[0]
+        for user in graph.nodes:
+            user.inputs = [new if name == old else name for name in user.inputs]
+        graph.nodes.remove(node)
+        bypassed += 1
+    return bypassed
