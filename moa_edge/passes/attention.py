@@ -282,6 +282,8 @@ def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[
         name = term[1]
         where = _produced_by(graph, name, "Where")
         const = graph.constant(name)
+        if const is not None and not np.any(const):
+            continue  # an all-zero bias (ViT exports one): nothing to add
         if const is not None and _is_causal_bias(const, q_len, kv_len):
             causal = True
         elif (where is not None and graph.tensors[where.inputs[0]].dtype == "bool"
@@ -393,6 +395,9 @@ def _attention_op(graph: Graph, node: Node):
         mask_kind = MASK_BOOL if dtype == "bool" else MASK_FLOAT
         mask_fill = -math.inf
         mask_lay = _broadcast(graph, mask_src, (B, Hq, Sq, Skv), node.name)
+        const = graph.constant(mask_src)
+        if const is not None and (np.all(const) if dtype == "bool" else not np.any(const)):
+            mask_kind, mask_src, mask_lay = MASK_NONE, "", None  # keeps every key: no mask at all
 
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, scale, bool(node.attrs.get("is_causal", 0)),
                          mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
