@@ -173,6 +173,10 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
         absorbed += [guard[0].name, where[0].name]
         probs = where[0].outputs[0]
         users = graph.consumers(probs)
+    if len(users) == 1 and _is_empty_row_guard(graph, users[0], probs):
+        absorbed.append(users[0].name)
+        probs = users[0].outputs[0]
+        users = graph.consumers(probs)
     if len(users) != 1 or users[0].op != "MatMul" or users[0].inputs[0] != probs or probs in graph.outputs:
         return None
     pv = users[0]
@@ -198,6 +202,7 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
         else:
             break
         absorbed.append(node.name)
+    scores, softcap = _peel_softcap(graph, scores, absorbed)
     scores, post_scale = _peel_scale(graph, scores, absorbed)
     qk = _produced_by(graph, scores, "MatMul")
     if qk is None:
@@ -229,9 +234,27 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     mask_lay = _broadcast(graph, mask_src, (B, Hq, Sq, Skv), softmax.name) if mask_src else None
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, q_scale * k_scale * post_scale, causal,
                          mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
-                         pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]))
+                         pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]),
+                         softcap=softcap)
     graph.nodes[graph.nodes.index(pv):graph.nodes.index(pv)] = extra_nodes
     return spec, [q_src, k_src, v_src, mask_src], y, pv
+
+
+def _is_empty_row_guard(graph: Graph, node: Node, probs: str) -> bool:
+    """Where(ReduceMax(bias) == -inf, 0, P): rows whose bias hides every key give 0 (the
+    ONNX function body's guard). The kernel already does so."""
+    if node.op != "Where" or node.inputs[2] != probs or _scalar(graph, node.inputs[1]) != 0.0:
+        return False
+    cond = graph.constant(node.inputs[0])
+    if cond is not None:
+        return not np.any(cond)  # no row is fully hidden: the guard does nothing
+    equal = _produced_by(graph, node.inputs[0], "Equal")
+    if equal is None:
+        return False
+    a, b = equal.inputs
+    limit = _scalar(graph, b) if _scalar(graph, b) is not None else _scalar(graph, a)
+    reduce = _produced_by(graph, a, "ReduceMax") or _produced_by(graph, b, "ReduceMax")
+    return limit == -math.inf and reduce is not None
 
 
 def _trace_output_view(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, Layout]:
@@ -265,11 +288,25 @@ def _trace_output_view(graph: Graph, name: str, absorbed: list[str]) -> tuple[st
     return name, Layout.row_major(graph.tensors[name].shape)
 
 
+def _split_sums(graph: Graph, terms, absorbed: list[str]):
+    """A bias that is itself an Add of biases (mask + causal triangle) counts as its parts."""
+    out = []
+    for term in terms:
+        node = _produced_by(graph, term[1], "Add") if term[0] == "add" else None
+        if node is not None and all(graph.tensors[i].dtype == "float32" for i in node.inputs):
+            absorbed.append(node.name)
+            out += _split_sums(graph, [("add", i) for i in node.inputs], absorbed)
+        else:
+            out.append(term)
+    return out
+
+
 def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[str]):
     """Bias terms -> (mask kind, fill, mask tensor, causal, new nodes). A term proved to be
     exactly the causal triangle becomes is_causal; one other term is the mask; several are
     summed by a new Add (bool terms first turned into their 0 / fill bias)."""
     causal, masks = False, []
+    terms = _split_sums(graph, terms, absorbed)
     for term in terms:
         if term[0] == "keep":
             _, cond, fill = term
@@ -322,8 +359,24 @@ def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[
 
 
 def _leads_to_matmul(graph: Graph, name: str) -> bool:
-    inner, _ = _peel_scale(graph, name, [])
+    inner, _ = _peel_softcap(graph, name, [])
+    inner, _ = _peel_scale(graph, inner, [])
     return _produced_by(graph, inner, "MatMul") is not None
+
+
+def _peel_softcap(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, float]:
+    """c * tanh(x / c) -> (x, c); anything else -> (name, 0)."""
+    mul = _produced_by(graph, name, "Mul")
+    if mul is None:
+        return name, 0.0
+    a, b = mul.inputs
+    cap, inner = (_scalar(graph, b), a) if _scalar(graph, b) is not None else (_scalar(graph, a), b)
+    tanh = _produced_by(graph, inner, "Tanh")
+    div = _produced_by(graph, tanh.inputs[0], "Div") if tanh is not None else None
+    if not cap or div is None or _scalar(graph, div.inputs[1]) != cap:
+        return name, 0.0
+    absorbed += [mul.name, tanh.name, div.name]
+    return div.inputs[0], cap
 
 
 def _broadcast(graph: Graph, name: str, full, where: str) -> Layout:

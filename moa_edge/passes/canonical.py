@@ -1,5 +1,5 @@
 """Canonicalisation: ops that do nothing at inference are bypassed, so patterns need not
-list every place an exporter may put them (Identity, float->float Cast, Dropout)."""
+list every place an exporter may put them (Identity, Cast or CastLike to the same type, Dropout)."""
 from __future__ import annotations
 
 import onnx
@@ -18,17 +18,27 @@ def _is_no_op(graph: Graph, node) -> bool:
     if node.op == "Cast":
         source = graph.tensors.get(node.inputs[0])
         return source is not None and _ONNX_TO_DTYPE.get(node.attrs.get("to")) == source.dtype
+    if node.op == "CastLike":
+        source, like = graph.tensors.get(node.inputs[0]), graph.tensors.get(node.inputs[1])
+        return source is not None and like is not None and source.dtype == like.dtype
     return False
 
 
 def bypass_no_ops(graph: Graph) -> int:
     bypassed = 0
     for node in list(graph.nodes):
-        if not _is_no_op(graph, node) or node.outputs[0] in graph.outputs:
+        if not _is_no_op(graph, node):
             continue
         old, new = node.outputs[0], node.inputs[0]
-        for user in graph.nodes:
-            user.inputs = [new if name == old else name for name in user.inputs]
+        if old in graph.outputs:
+            # A no-op that names a graph output: let the producer write that output itself.
+            producer = graph.producer(new)
+            if producer is None or new in graph.outputs or len(graph.consumers(new)) != 1:
+                continue
+            producer.outputs = [old if name == new else name for name in producer.outputs]
+        else:
+            for user in graph.nodes:
+                user.inputs = [new if name == old else name for name in user.inputs]
         graph.nodes.remove(node)
         bypassed += 1
     return bypassed
