@@ -1,7 +1,8 @@
 """Canonicalisation: ops that do nothing at inference are bypassed, so patterns need not
-list every place an exporter may put them (Identity, Cast or CastLike to the same type, Dropout)."""
+list every place an exporter may put them (Identity, Cast or CastLike to the same type, Dropout, Pad by zero)."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
 from moa_edge.ir import Graph
@@ -18,6 +19,9 @@ def _is_no_op(graph: Graph, node) -> bool:
     if node.op == "Cast":
         source = graph.tensors.get(node.inputs[0])
         return source is not None and _ONNX_TO_DTYPE.get(node.attrs.get("to")) == source.dtype
+    if node.op == "Pad":  # padding by nothing (the opset-24 function body pads masks to the key length)
+        pads = graph.constant(node.inputs[1]) if len(node.inputs) > 1 else None
+        return pads is not None and not np.any(pads)
     if node.op == "CastLike":
         source, like = graph.tensors.get(node.inputs[0]), graph.tensors.get(node.inputs[1])
         return source is not None and like is not None and source.dtype == like.dtype
