@@ -33,6 +33,7 @@ class Block:
     softcap: float = 0.0
     k_stored_transposed: bool = False   # K kept as (B, Hkv, D, Skv): read through a transposed map
     q_heads_interleaved: bool = False   # Q kept as (B, Sq, Hq*D): read through a head-split map
+    causal_offset: int = 0              # keys cached before the queries (bottom-right alignment)
 
 
 BLOCKS = [
@@ -45,6 +46,8 @@ BLOCKS = [
     Block("softcap_mask", softcap=2.0, mask="float", mask_shape=(1, 1, 7, 11)),
     Block("dv_ne_dk_batch", b=2, d=8, dv=5),
     Block("access_maps", k_stored_transposed=True, q_heads_interleaved=True, causal=True),
+    Block("causal_past_keys", sq=4, skv=11, causal=True, causal_offset=7),
+    Block("causal_rows_fully_hidden", sq=6, skv=6, causal=True, causal_offset=-2),
 ]
 SCHEDULES = [Schedule("online", 4, 4), Schedule("online", 3, 5), Schedule("online", 64, 64),
              Schedule("two_pass", 2, 4), Schedule("two_pass", 5, 3), Schedule("two_pass", 1, 64)]
@@ -80,14 +83,15 @@ def make(block: Block, seed=0):
         m_lay = Layout.row_major(shape).broadcast_to(full)
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, 1 / math.sqrt(D), block.causal,
                          block.mask, -math.inf, q_lay, k_lay, Layout.row_major(v.shape),
-                         Layout.row_major((B, Hq, Sq, Dv)), m_lay, softcap=block.softcap)
+                         Layout.row_major((B, Hq, Sq, Dv)), m_lay, softcap=block.softcap,
+                         causal_offset=block.causal_offset)
 
     t = {n: torch.from_numpy(x) for n, x in (("q", q), ("k", k), ("v", v))}
     kk = t["k"].repeat_interleave(Hq // Hkv, 1)
     vv = t["v"].repeat_interleave(Hq // Hkv, 1)
     tb = torch.from_numpy(np.broadcast_to(bias, full).copy())
     if block.causal:
-        tb = tb.masked_fill(torch.ones(Sq, Skv, dtype=torch.bool).triu(1), -math.inf)
+        tb = tb.masked_fill(torch.ones(Sq, Skv, dtype=torch.bool).triu(1 + block.causal_offset), -math.inf)
     if block.softcap:
         s = (t["q"] @ kk.transpose(-1, -2)) * spec.scale
         y = torch.softmax(block.softcap * torch.tanh(s / block.softcap) + tb, -1) @ vv

@@ -9,7 +9,7 @@ from pathlib import Path
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import DTYPES, Graph
-from moa_edge.ops import SUPPORTED_OPS, attention
+from moa_edge.ops import SUPPORTED_OPS, EmitContext
 from moa_edge.plan import plan_arena
 
 from .cnames import c_array_body, c_identifier
@@ -53,20 +53,12 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
     for k, node in enumerate(graph.nodes):
         op = SUPPORTED_OPS[node.op]
         sources.update(op.C_SOURCES)
-        spec, cost = node.attrs["spec"], node.attrs["cost"]
-        kname = f"{prefix}_attention_{k}"
-        kernels.append(f"/* {node.name}: {spec.pattern}; absorbed {len(spec.absorbed)} ONNX nodes.\n"
-                       f" * schedule {cost.strategy} Br={cost.block_q} Bc={cost.block_k}; predicted on {board}: "
-                       f"{cost.dram_bytes} B from DRAM, {cost.flops} flops, {cost.scratch_bytes} B scratch */\n"
-                       + attention.emit_kernel(node, kname))
-        mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
-        kernel_decls.append(f"moa_status {kname}(const float *restrict Q, const float *restrict K, "
-                            f"const float *restrict V,\n    const {mask_type} *restrict M, float *restrict Y, "
-                            f"float *restrict scratch);\n")
-        q, kk, v, mask = (where[n] if n else "NULL" for n in node.inputs)
-        scratch = f"(float *)(base + {plan.offsets['scratch:' + node.name]})"
-        calls.append(f"    status = {attention.emit_call(kname, q, kk, v, mask, where[node.outputs[0]], scratch)};\n"
-                     f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
+        scratch = plan.offsets.get("scratch:" + node.name)
+        unit = op.emit(node, EmitContext(name=f"{prefix}_{node.op.lower()}_{k}", board=board, where=where,
+                                         scratch=f"(float *)(base + {scratch})" if scratch is not None else "NULL"))
+        kernels += unit.kernels
+        kernel_decls += unit.declarations
+        calls.append(unit.call)
 
     subst = {
         "P": P, "p": prefix, "SOURCE": source, "BOARD": board,
@@ -124,6 +116,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
         "io": io,
         "attention_blocks": [dict(node=n.name, **n.attrs["spec"].describe(), predicted=n.attrs["cost"].describe())
                              for n in graph.nodes if n.op == "MoaAttention"],
+        "ops": [{"node": n.name, "op": n.op} for n in graph.nodes],
         "memory": {**plan.describe(), "weights_bytes": weights_bytes,
                    "io_bytes": sum(e["bytes"] for e in io)},
     }

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from moa_edge.ir import Graph
-from moa_edge.ops import attention
+from moa_edge.ops import attention, concat
 from moa_edge.passes.fold import evaluate_onnx_node
 
 
@@ -27,6 +27,8 @@ def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.n
                 q, k, v, mask = (env[n] if n else None for n in node.inputs)
                 out = node.outputs[0]
                 env[out] = attention.reference(node.attrs["spec"], q, k, v, mask, graph.tensors[out].shape)
+            elif node.op == "MoaConcat":
+                env[node.outputs[0]] = concat.reference(node, [env[n] for n in node.inputs])
             else:  # ops outside the runtime (inspect, detection checks): onnx's reference, in float64
                 values = [env[n].numpy() if n else None for n in node.inputs]
                 opset = graph.opsets.get("", graph.opsets.get("ai.onnx", 18))

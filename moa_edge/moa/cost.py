@@ -55,7 +55,7 @@ def _visible_keys(spec, block_q: int) -> int:
     tiles = math.ceil(spec.q_len / br)
     if not spec.is_causal:
         return tiles * spec.kv_len
-    return sum(min(spec.kv_len, min((t + 1) * br, spec.q_len)) for t in range(tiles))
+    return sum(max(0, min(spec.kv_len, min((t + 1) * br, spec.q_len) + spec.causal_offset)) for t in range(tiles))
 
 
 def predict(spec, schedule: Schedule, board) -> Cost:
@@ -110,7 +110,7 @@ def predict(spec, schedule: Schedule, board) -> Cost:
 
 def _causal_pairs(spec) -> int:
     """(i, k) pairs with k <= i: the scores a causal kernel computes."""
-    return sum(min(i + 1, spec.kv_len) for i in range(spec.q_len))
+    return sum(max(0, min(i + 1 + spec.causal_offset, spec.kv_len)) for i in range(spec.q_len))
 
 
 def _candidates(extent: int) -> list[int]:

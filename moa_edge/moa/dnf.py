@@ -51,6 +51,7 @@ OUT_SHAPE = ("B", "Hq", "Sq", "Dv")
 class AttentionFeatures:
     scale: float
     causal: bool = False
+    causal_offset: int = 0  # key k is hidden from query i when k > i + causal_offset (keys cached before)
     mask: str = "none"  # "none" | "float" (added to the scores) | "bool" (True keeps a key)
     mask_fill: float = -math.inf  # bias of a False entry of a bool mask
     softcap: float = 0.0  # 0 means no softcap
@@ -68,7 +69,7 @@ class AttentionFeatures:
 # --- index expressions ---------------------------------------------------------------
 
 class IndexExpr:
-    """Integer arithmetic on loop indices: a tree of Index and FloorDiv."""
+    """Integer arithmetic on loop indices: a tree of Index, FloorDiv and Shift."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,13 @@ class Index(IndexExpr):
 class FloorDiv(IndexExpr):
     arg: IndexExpr
     divisor: int
+
+
+@dataclass(frozen=True)
+class Shift(IndexExpr):
+    """arg + amount: the causal diagonal moved by the cached keys before the queries."""
+    arg: IndexExpr
+    amount: int
 
 
 def index_vars(*names: str) -> tuple[Index, ...]:
@@ -183,8 +191,9 @@ class AddBias(_SameShape):
 
 @dataclass(frozen=True)
 class CausalBias(_SameShape):
-    """A with -inf where the key comes after the query (top-left aligned)."""
+    """A with -inf where key k comes after query i + offset (top-left aligned when offset is 0)."""
     array: Array
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -374,14 +383,14 @@ def reference_definitions(features: AttentionFeatures) -> tuple[tuple[str, Array
     if features.mask != "none":
         x = AddBias(x, Var("M"), features.mask, features.mask_fill)
     if features.causal:
-        x = CausalBias(x)
+        x = CausalBias(x, features.causal_offset)
     m = ReduceRows("max", x)  # I: row max
     z = RowBroadcast("-", x, m)  # I: shift
     num = Exp(z)  # II
     den = ReduceRows("+", num)  # III
     y = RowBroadcast("/", num, den)  # IV
-    if features.mask != "none":
-        # Only a mask can hide a whole row: top-left causal always leaves key 0 visible.
+    if features.mask != "none" or features.causal_offset < 0:
+        # Only a mask, or a diagonal moved left, can hide a whole row: otherwise key 0 is visible.
         y = ZeroEmptyRows(y, m)
     return (("x", x), ("m", m), ("z", z), ("num", num), ("den", den), ("Y", y), ("Out", InnerProduct(y, values)))
 
@@ -463,7 +472,8 @@ def psi_causal(term: Psi) -> Term | None:
     if not isinstance(term.array, CausalBias):
         return None
     *_, query, key = term.index
-    return Where(IndexGreater(key, query), Literal(-math.inf), Psi(term.index, term.array.array))
+    limit = Shift(query, term.array.offset) if term.array.offset else query
+    return Where(IndexGreater(key, limit), Literal(-math.inf), Psi(term.index, term.array.array))
 
 
 def psi_reduce(term: Psi) -> Term | None:
@@ -592,6 +602,8 @@ _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 def format_index(expr: IndexExpr) -> str:
     if isinstance(expr, Index):
         return expr.name
+    if isinstance(expr, Shift):
+        return f"{format_index(expr.arg)}{expr.amount:+d}"
     return f"{format_index(expr.arg)}//{expr.divisor}"
 
 
@@ -630,8 +642,8 @@ def format_array(array: Array, names=None) -> str:
             return f"{arg(a)} + {arg(mask)}"
         case AddBias(a, mask, "bool", fill):
             return f"{arg(a)} + where({arg(mask)}, 0, {_format_number(fill)})"
-        case CausalBias(a):
-            return f"causal {arg(a)}"
+        case CausalBias(a, offset):
+            return f"causal{'' if not offset else f'_{offset:+d}'} {arg(a)}"
         case ReduceRows(op, a):
             return f"red_{op} Ω⟨1⟩ {arg(a)}"
         case RowBroadcast(op, a, row):
@@ -751,10 +763,10 @@ def _materialise(array: Array, operands: _Operands) -> np.ndarray:
         case AddBias(a, mask, kind, fill):
             bias = value(mask) if kind == "float" else np.where(value(mask), 0.0, fill)
             return value(a) + bias
-        case CausalBias(a):
+        case CausalBias(a, offset):
             scores = value(a)
             queries, keys = scores.shape[-2:]
-            return np.where(np.arange(keys) > np.arange(queries)[:, None], -math.inf, scores)
+            return np.where(np.arange(keys) > np.arange(queries)[:, None] + offset, -math.inf, scores)
         case ReduceRows(op, a):
             return (np.max if op == "max" else np.sum)(value(a), axis=-1)
         case RowBroadcast(op, a, row):
@@ -779,6 +791,8 @@ _CALLS = {"exp": math.exp, "tanh": math.tanh}
 def _index_value(expr: IndexExpr, env: dict[str, int]) -> int:
     if isinstance(expr, Index):
         return env[expr.name]
+    if isinstance(expr, Shift):
+        return _index_value(expr.arg, env) + expr.amount
     return _index_value(expr.arg, env) // expr.divisor
 
 

@@ -111,8 +111,11 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str
     w(f"    for (ib = 0; ib < {spec.q_len}; ib += {br}) {{")
     w(f"        const int rows = {spec.q_len} - ib < {br} ? {spec.q_len} - ib : {br};")
     # Causal: keys past the tile's last row are hidden for every row of the tile.
-    kv_end = f"(ib + rows < {spec.kv_len} ? ib + rows : {spec.kv_len})" if spec.is_causal else str(spec.kv_len)
-    w(f"        const int kv_end = {kv_end};")
+    if spec.is_causal:
+        last = f"ib + rows + {spec.causal_offset}" if spec.causal_offset else "ib + rows"
+        w(f"        const int kv_end = {last} < 0 ? 0 : ({last} < {spec.kv_len} ? {last} : {spec.kv_len});")
+    else:
+        w(f"        const int kv_end = {spec.kv_len};")
     w("        int ii, kb, kk, j, q;")
     score = _score_lines(spec, real, exp, tanh, suffix)
     if schedule.strategy == "online":
@@ -126,7 +129,8 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str
 
 
 def features_of(spec) -> dnf.AttentionFeatures:
-    return dnf.AttentionFeatures(scale=spec.scale, causal=spec.is_causal, mask=spec.mask_kind,
+    return dnf.AttentionFeatures(scale=spec.scale, causal=spec.is_causal, causal_offset=spec.causal_offset,
+                                 mask=spec.mask_kind,
                                  mask_fill=spec.mask_fill, softcap=spec.softcap,
                                  group=spec.q_heads // spec.kv_heads)
 
@@ -194,6 +198,8 @@ class _CPrinter:
     def _index(ix) -> str:
         if isinstance(ix, dnf.FloorDiv):
             return f"({_CPrinter._index(ix.arg)} / {ix.divisor})"
+        if isinstance(ix, dnf.Shift):
+            return f"({_CPrinter._index(ix.arg)} + {ix.amount})"
         return ix.name
 
 

@@ -40,6 +40,7 @@ class AttentionSpec:
     pattern: str = ""
     absorbed: tuple[str, ...] = field(default=())
     softcap: float = 0.0  # softcap * tanh(s / softcap) on the scaled scores, before the bias
+    causal_offset: int = 0  # causal: key k hidden from query i when k > i + causal_offset (cached keys)
 
     def describe(self) -> dict:
         return {
@@ -49,6 +50,7 @@ class AttentionSpec:
                       "value_dim": self.value_dim},
             "scale": self.scale,
             "is_causal": self.is_causal,
+            "causal_offset": self.causal_offset,
             "softcap": self.softcap,
             "mask": self.mask_kind if self.mask_kind != MASK_BOOL else f"bool (fill {self.mask_fill:g})",
             "absorbed_nodes": list(self.absorbed),
@@ -97,7 +99,7 @@ def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
         keep = _view(mask.reshape(-1), spec.mask)
         bias = torch.where(keep, bias, torch.tensor(spec.mask_fill, dtype=torch.float64))
     if spec.is_causal:
-        above = torch.ones(spec.q_len, spec.kv_len, dtype=torch.bool).triu(1)
+        above = torch.ones(spec.q_len, spec.kv_len, dtype=torch.bool).triu(1 + spec.causal_offset)
         bias = bias.masked_fill(above, -math.inf)
     if spec.softcap:
         scores = spec.scale * q4 @ k4.transpose(-1, -2)
@@ -118,5 +120,18 @@ def emit_kernel(node, name: str, real: str = "float") -> str:
     return onf.emit_kernel(node.attrs["spec"], node.attrs["schedule"], name, real)
 
 
-def emit_call(name: str, q: str, k: str, v: str, mask: str, y: str, scratch: str) -> str:
-    return f"{name}({q}, {k}, {v}, {mask}, {y}, {scratch})"
+def emit(node, ctx):
+    from . import EmittedUnit
+    spec, c = node.attrs["spec"], node.attrs["cost"]
+    kernel = (f"/* {node.name}: {spec.pattern}; absorbed {len(spec.absorbed)} ONNX nodes.\n"
+              f" * schedule {c.strategy} Br={c.block_q} Bc={c.block_k}; predicted on {ctx.board}: "
+              f"{c.dram_bytes} B from DRAM, {c.flops} flops, {c.scratch_bytes} B scratch */\n"
+              + emit_kernel(node, ctx.name))
+    mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
+    declaration = (f"moa_status {ctx.name}(const float *restrict Q, const float *restrict K, "
+                   f"const float *restrict V,\n    const {mask_type} *restrict M, float *restrict Y, "
+                   f"float *restrict scratch);\n")
+    q, k, v, mask = (ctx.where[n] if n else "NULL" for n in node.inputs[:4])
+    call = (f"    status = {ctx.name}({q}, {k}, {v}, {mask}, {ctx.where[node.outputs[0]]}, {ctx.scratch});\n"
+            f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
+    return EmittedUnit(call, [kernel], [declaration])

@@ -8,7 +8,7 @@ from moa_edge.ir import Graph
 from moa_edge.ops import SUPPORTED_OPS
 
 from .attention import rewrite_attention
-from .canonical import bypass_no_ops
+from .canonical import bypass_no_ops, lower_copies
 from .fold import fold_constants, infer_missing_shapes
 
 
@@ -29,6 +29,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True) -> Graph:
             break
     bypass_no_ops(graph)
     rewrite_attention(graph)
+    lower_copies(graph)
     fold_constants(graph)
     graph.remove_dead()
     if not strict:

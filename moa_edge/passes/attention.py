@@ -145,13 +145,18 @@ def _as_4d(layout: Layout) -> Layout | None:
     return None
 
 
-def _is_causal_bias(bias: np.ndarray, q_len: int, kv_len: int) -> bool:
-    """True for a constant 0 / masked bias that is exactly the top-left causal triangle."""
+def _causal_offset(bias: np.ndarray, q_len: int, kv_len: int) -> int | None:
+    """o when a constant 0 / masked bias is exactly the causal triangle k > i + o (o = 0:
+    top-left; o = past length: bottom-right after a cache), else None."""
     if bias.ndim < 2 or bias.shape[-2:] != (q_len, kv_len) or bias.size != q_len * kv_len:
-        return False
-    bias = bias.reshape(q_len, kv_len).astype(np.float64)
-    above = np.triu(np.ones((q_len, kv_len), dtype=bool), 1)
-    return bool(np.all(bias[above] <= _MASKED) and np.all(bias[~above] == 0))
+        return None
+    masked = bias.reshape(q_len, kv_len).astype(np.float64) <= _MASKED
+    if not np.all(bias.reshape(q_len, kv_len)[~masked] == 0):
+        return None
+    visible = (~masked).sum(axis=1)  # keys each query row sees
+    offset = int(visible[0]) - 1
+    above = np.triu(np.ones((q_len, kv_len), dtype=bool), 1 + offset)
+    return offset if np.array_equal(masked, above) and offset >= 0 else None
 
 
 # --- rule: decomposed scaled-dot-product attention ---------------------------------
@@ -228,14 +233,14 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     if y_lay is None or y_lay.shape != (B, Hq, Sq, Dv):
         return None
 
-    mask_kind, mask_fill, mask_src, causal, extra_nodes = _classify_bias(graph, terms, Sq, Skv, absorbed)
+    mask_kind, mask_fill, mask_src, causal, offset, extra_nodes = _classify_bias(graph, terms, Sq, Skv, absorbed)
     if mask_kind is None:
         return None
     mask_lay = _broadcast(graph, mask_src, (B, Hq, Sq, Skv), softmax.name) if mask_src else None
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, q_scale * k_scale * post_scale, causal,
                          mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]),
-                         softcap=softcap)
+                         softcap=softcap, causal_offset=offset)
     graph.nodes[graph.nodes.index(pv):graph.nodes.index(pv)] = extra_nodes
     return spec, [q_src, k_src, v_src, mask_src], y, pv
 
@@ -302,17 +307,18 @@ def _split_sums(graph: Graph, terms, absorbed: list[str]):
 
 
 def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[str]):
-    """Bias terms -> (mask kind, fill, mask tensor, causal, new nodes). A term proved to be
-    exactly the causal triangle becomes is_causal; one other term is the mask; several are
+    """Bias terms -> (mask kind, fill, mask tensor, causal, causal offset, new nodes). A term
+    proved to be exactly a causal triangle becomes is_causal; one other term is the mask; several are
     summed by a new Add (bool terms first turned into their 0 / fill bias)."""
-    causal, masks = False, []
+    causal, offset, masks = False, 0, []
     terms = _split_sums(graph, terms, absorbed)
     for term in terms:
         if term[0] == "keep":
             _, cond, fill = term
             keep = graph.constant(cond)
-            if keep is not None and _is_causal_bias(np.where(keep, 0.0, -np.inf), q_len, kv_len):
-                causal = True
+            found = None if keep is None else _causal_offset(np.where(keep, 0.0, -np.inf), q_len, kv_len)
+            if found is not None:
+                causal, offset = True, found
             else:
                 masks.append(("bool", cond, fill))
             continue
@@ -321,8 +327,9 @@ def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[
         const = graph.constant(name)
         if const is not None and not np.any(const):
             continue  # an all-zero bias (ViT exports one): nothing to add
-        if const is not None and _is_causal_bias(const, q_len, kv_len):
-            causal = True
+        found = None if const is None else _causal_offset(const, q_len, kv_len)
+        if found is not None:
+            causal, offset = True, found
         elif (where is not None and graph.tensors[where.inputs[0]].dtype == "bool"
               and _scalar(graph, where.inputs[1]) == 0.0 and _scalar(graph, where.inputs[2]) is not None
               and _scalar(graph, where.inputs[2]) <= _MASKED):  # shared by every layer: stays until dead
@@ -331,12 +338,12 @@ def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[
         elif graph.tensors[name].dtype == "float32":
             masks.append(("float", name, 0.0))
         else:
-            return None, 0.0, "", False, []
+            return None, 0.0, "", False, 0, []
     if not masks:
-        return MASK_NONE, 0.0, "", causal, []
+        return MASK_NONE, 0.0, "", causal, offset, []
     if len(masks) == 1:
         kind, name, fill = masks[0]
-        return (MASK_BOOL if kind == "bool" else MASK_FLOAT), fill, name, causal, []
+        return (MASK_BOOL if kind == "bool" else MASK_FLOAT), fill, name, causal, offset, []
     # Several masks: one float bias computed by the graph, outside the kernel.
     nodes, names = [], []
     for k, (kind, name, fill) in enumerate(masks):
@@ -355,7 +362,7 @@ def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[
         graph.tensors[out] = Tensor(out, tuple(shape), "float32")
         nodes.append(Node("Add", f"{out}__add", [total, name], [out]))
         total = out
-    return MASK_FLOAT, 0.0, total, causal, nodes
+    return MASK_FLOAT, 0.0, total, causal, offset, nodes
 
 
 def _leads_to_matmul(graph: Graph, name: str) -> bool:
@@ -391,11 +398,11 @@ def _broadcast(graph: Graph, name: str, full, where: str) -> Layout:
 
 def _attention_op(graph: Graph, node: Node):
     where = f"Attention node {node.name!r}"
-    extra_inputs = [n for n in node.inputs[4:] if n]
-    if extra_inputs:
-        raise MoaEdgeError(f"{where}: past_key/past_value/nonpad_kv_seqlen inputs are not supported yet")
-    if any(o and (graph.consumers(o) or o in graph.outputs) for o in node.outputs[1:]):
-        raise MoaEdgeError(f"{where}: present_key/present_value/qk_matmul_output outputs are not supported yet")
+    if len(node.inputs) > 6 and node.inputs[6]:
+        raise MoaEdgeError(f"{where}: the nonpad_kv_seqlen input is not supported yet")
+    if len(node.outputs) > 3 and node.outputs[3] and (graph.consumers(node.outputs[3]) or node.outputs[3] in graph.outputs):
+        raise MoaEdgeError(f"{where}: the qk_matmul_output output is not supported yet")
+    past_k, past_v = (node.inputs[i] if len(node.inputs) > i else "" for i in (4, 5))
     if node.attrs.get("left_window_size", -1) != -1 or node.attrs.get("right_window_size", -1) != -1:
         raise MoaEdgeError(f"{where}: sliding-window attention is not supported yet")
     q_shape = graph.tensors[node.inputs[0]].shape
@@ -437,6 +444,26 @@ def _attention_op(graph: Graph, node: Node):
         raise MoaEdgeError(f"{where}: {Hq} query heads are not a multiple of {Hkv} key/value heads")
     scale = float(node.attrs.get("scale", 1.0 / math.sqrt(D)))
 
+    # A key/value cache: present = Concat(past, new) along the sequence, written where the
+    # graph wants it; attention reads the present tensors, its causal diagonal moved by
+    # the past length (bottom-right alignment).
+    extra_nodes, causal_offset = [], 0
+    presents = [node.outputs[i] if len(node.outputs) > i else "" for i in (1, 2)]
+    if past_k or any(presents):
+        past_len = graph.tensors[past_k].shape[2] if past_k else 0
+        total = past_len + Skv
+        for k, (past, lay, src, depth) in enumerate(((past_k, k_lay, sources[1], D), (past_v, v_lay, sources[2], Dv))):
+            present = presents[k] or f"{node.name}__present_{'kv'[k]}"
+            graph.tensors[present] = Tensor(present, (B, Hkv, total, depth), "float32")
+            parts = ([past] if past else []) + [src]
+            layouts = ([Layout.row_major(graph.tensors[past].shape)] if past else []) + [lay]
+            extra_nodes.append(Node("MoaConcat", f"{node.name}__concat_{'kv'[k]}", parts, [present],
+                                    {"layouts": layouts, "axis": 2}))
+            sources[1 + k] = present
+        k_lay = Layout.row_major((B, Hkv, total, D))
+        v_lay = Layout.row_major((B, Hkv, total, Dv))
+        Skv, causal_offset = total, past_len
+
     mask_kind, mask_fill, mask_src, mask_lay = MASK_NONE, 0.0, "", None
     if len(node.inputs) > 3 and node.inputs[3]:
         mask_src = node.inputs[3]
@@ -455,5 +482,6 @@ def _attention_op(graph: Graph, node: Node):
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, scale, bool(node.attrs.get("is_causal", 0)),
                          mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern=f"ONNX Attention ({len(q_shape)}-D)", absorbed=tuple(absorbed),
-                         softcap=float(node.attrs.get("softcap", 0.0)))
+                         softcap=float(node.attrs.get("softcap", 0.0)), causal_offset=causal_offset)
+    graph.nodes[graph.nodes.index(node):graph.nodes.index(node)] = extra_nodes
     return spec, sources + [mask_src], node.outputs[0], node

@@ -46,3 +46,20 @@ def bypass_no_ops(graph: Graph) -> int:
         graph.nodes.remove(node)
         bypassed += 1
     return bypassed
+
+
+def lower_copies(graph: Graph) -> None:
+    """ONNX Concat and the Identity ops still left become MoaConcat (a copy through access
+    maps), the one data-movement op the runtime has."""
+    from .attention import _trace_view  # the parts are read in place through their layout ops
+    for k, node in enumerate(graph.nodes):
+        if node.op not in ("Concat", "Identity") or any(graph.tensors.get(i) is None for i in node.inputs):
+            continue
+        if any(graph.tensors[i].dtype != "float32" for i in node.inputs):
+            continue
+        rank = len(graph.tensors[node.inputs[0]].shape)
+        axis = node.attrs.get("axis", 0) % rank if node.op == "Concat" else 0
+        traced = [_trace_view(graph, i, []) for i in node.inputs]
+        graph.nodes[k] = type(node)("MoaConcat", node.name, [src for src, _ in traced], list(node.outputs),
+                                    {"layouts": [lay for _, lay in traced], "axis": axis})
+    graph.remove_dead()

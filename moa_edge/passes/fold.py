@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 from moa_edge.ir import Graph, Tensor
 
 # Never fold these: they have no value to compute, or the folded value would be huge.
-_KEEP = {"MoaAttention"}
+_KEEP = {"MoaAttention", "MoaConcat"}
 _MAX_FOLDED_ELEMENTS = 1 << 22
 
 
