@@ -27,6 +27,8 @@ def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.n
                 q, k, v, mask = (env[n] if n else None for n in node.inputs)
                 out = node.outputs[0]
                 env[out] = attention.reference(node.attrs["spec"], q, k, v, mask, graph.tensors[out].shape)
+                if len(node.outputs) > 1:
+                    env[node.outputs[1]] = attention.scores_reference(node.attrs["spec"], q, k, mask)
             elif node.op == "MoaConcat":
                 env[node.outputs[0]] = concat.reference(node, [env[n] for n in node.inputs])
             else:  # ops outside the runtime (inspect, detection checks): onnx's reference, in float64

@@ -15,6 +15,7 @@ Two softmax schedules, both exact rewrites of the DNF
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 import math
 
@@ -201,6 +202,36 @@ class _CPrinter:
         if isinstance(ix, dnf.Shift):
             return f"({_CPrinter._index(ix.arg)} + {ix.amount})"
         return ix.name
+
+
+def emit_scores_kernel(spec, name: str, real: str = "float") -> str:
+    """The qk_matmul_output stage, row by row: modes 0-2 are the DNF's score term for fewer
+    features (no softcap, no bias), mode 3 the row softmax of the full score."""
+    features = {0: dict(softcap=0.0, causal=False, mask="none"), 1: dict(causal=False, mask="none"),
+                2: {}, 3: {}}[spec.qk_mode]
+    term = dnf.score_term(dnf.derive(dataclasses.replace(features_of(spec), **features)))
+    exp = "expf" if real == "float" else "exp"
+    printer = _CPrinter(spec, real, {"exp": exp, "tanh": "tanhf" if real == "float" else "tanh"},
+                        "f" if real == "float" else "")
+    mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
+    skv = spec.kv_len
+    L = [f"/* {name}: scores of stage {spec.qk_mode} (0 scaled Q K^T, 1 softcapped, 2 biased, 3 softmax) */",
+         f"void {name}(const {real} *restrict Q, const {real} *restrict K, const {mask_type} *restrict M,"
+         f" {real} *restrict P)",
+         "{", "    int b, h, i, k, j;", "    (void)M;",
+         f"    for (b = 0; b < {spec.batch}; b++) {{", f"    for (h = 0; h < {spec.q_heads}; h++) {{",
+         f"    for (i = 0; i < {spec.q_len}; i++) {{",
+         f"        {real} *const row = P + ((b * {spec.q_heads} + h) * {spec.q_len} + i) * {skv};",
+         f"        for (k = 0; k < {skv}; k++) {{", f"            {real} sc;"]
+    L += ["            " + ln for ln in printer.assign("sc", term)]
+    L += ["            row[k] = sc;", "        }"]
+    if spec.qk_mode == 3:
+        L += [f"        {{ {real} m = -INFINITY, l = 0;",
+              f"          for (k = 0; k < {skv}; k++) {{ if (row[k] > m) {{ m = row[k]; }} }}",
+              f"          for (k = 0; k < {skv}; k++) {{ row[k] = m == -INFINITY ? 0 : {exp}(row[k] - m); l += row[k]; }}",
+              f"          for (k = 0; k < {skv}; k++) {{ if (l > 0) {{ row[k] /= l; }} }} }}"]
+    L += ["    }", "    }", "    }", "    (void)j;", "}"]
+    return "\n".join(L) + "\n"
 
 
 def _c_real(x: float, suffix: str) -> str:

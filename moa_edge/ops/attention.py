@@ -41,6 +41,8 @@ class AttentionSpec:
     absorbed: tuple[str, ...] = field(default=())
     softcap: float = 0.0  # softcap * tanh(s / softcap) on the scaled scores, before the bias
     causal_offset: int = 0  # causal: key k hidden from query i when k > i + causal_offset (cached keys)
+    qk_mode: int = -1  # a second output of the scores (B, Hq, Sq, Skv): 0 scaled Q K^T, 1 after
+                       # softcap, 2 after the bias, 3 after softmax (ONNX qk_matmul_output_mode); -1 none
 
     def describe(self) -> dict:
         return {
@@ -83,14 +85,22 @@ def _view(flat: torch.Tensor, lay: Layout) -> torch.Tensor:
     return flat[_offsets(lay)]
 
 
-def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
-    """Evaluate with torch SDPA in float64, reading operands through their access maps."""
+def scores_reference(spec: AttentionSpec, q, k, mask) -> torch.Tensor:
+    """The qk_matmul_output stage the spec asks for, in float64 (ONNX 1.23 numbering)."""
     q4 = _view(q.reshape(-1), spec.q)
-    k4 = _view(k.reshape(-1), spec.k)
-    v4 = _view(v.reshape(-1), spec.v)
-    group = spec.q_heads // spec.kv_heads
-    k4 = k4.repeat_interleave(group, dim=1)
-    v4 = v4.repeat_interleave(group, dim=1)
+    k4 = _view(k.reshape(-1), spec.k).repeat_interleave(spec.q_heads // spec.kv_heads, dim=1)
+    scores = spec.scale * q4 @ k4.transpose(-1, -2)
+    if spec.qk_mode >= 1 and spec.softcap:
+        scores = spec.softcap * torch.tanh(scores / spec.softcap)
+    if spec.qk_mode >= 2:
+        scores = scores + _bias(spec, mask)
+    if spec.qk_mode == 3:
+        hidden = torch.isneginf(scores).all(dim=-1, keepdim=True)
+        scores = torch.where(hidden, 0.0, torch.softmax(scores, dim=-1))
+    return scores
+
+
+def _bias(spec: AttentionSpec, mask) -> torch.Tensor:
     full = (spec.batch, spec.q_heads, spec.q_len, spec.kv_len)
     bias = torch.zeros(full, dtype=torch.float64)
     if spec.mask_kind == MASK_FLOAT:
@@ -101,6 +111,18 @@ def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
     if spec.is_causal:
         above = torch.ones(spec.q_len, spec.kv_len, dtype=torch.bool).triu(1 + spec.causal_offset)
         bias = bias.masked_fill(above, -math.inf)
+    return bias
+
+
+def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
+    """Evaluate with torch SDPA in float64, reading operands through their access maps."""
+    q4 = _view(q.reshape(-1), spec.q)
+    k4 = _view(k.reshape(-1), spec.k)
+    v4 = _view(v.reshape(-1), spec.v)
+    group = spec.q_heads // spec.kv_heads
+    k4 = k4.repeat_interleave(group, dim=1)
+    v4 = v4.repeat_interleave(group, dim=1)
+    bias = _bias(spec, mask)
     if spec.softcap:
         scores = spec.scale * q4 @ k4.transpose(-1, -2)
         scores = spec.softcap * torch.tanh(scores / spec.softcap) + bias
@@ -134,4 +156,11 @@ def emit(node, ctx):
     q, k, v, mask = (ctx.where[n] if n else "NULL" for n in node.inputs[:4])
     call = (f"    status = {ctx.name}({q}, {k}, {v}, {mask}, {ctx.where[node.outputs[0]]}, {ctx.scratch});\n"
             f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
-    return EmittedUnit(call, [kernel], [declaration])
+    kernels, declarations = [kernel], [declaration]
+    if spec.qk_mode >= 0:  # the scores the graph also outputs: an Sq x Skv tensor it asked for
+        scores = f"{ctx.name}_scores"
+        kernels.append(onf.emit_scores_kernel(spec, scores))
+        declarations.append(f"void {scores}(const float *restrict Q, const float *restrict K, "
+                            f"const {mask_type} *restrict M, float *restrict P);\n")
+        call += f"    {scores}({q}, {k}, {mask}, {ctx.where[node.outputs[1]]});\n"
+    return EmittedUnit(call, kernels, declarations)

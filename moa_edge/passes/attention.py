@@ -37,11 +37,12 @@ def rewrite_attention(graph: Graph) -> int:
             match = _decomposed_sdpa(graph, node)
         if match is None:
             continue
-        spec, inputs, output, replaced = match
+        spec, inputs, outputs, replaced = match
+        outputs = [outputs] if isinstance(outputs, str) else outputs
         position = graph.nodes.index(replaced)
-        graph.nodes[position] = Node("MoaAttention", f"moa_attention_{found}", inputs, [output], {"spec": spec})
-        # The absorbed head merge after P @ V produced `output` before; it no longer does.
-        graph.nodes = [n for n in graph.nodes if n is graph.nodes[position] or output not in n.outputs]
+        graph.nodes[position] = Node("MoaAttention", f"moa_attention_{found}", inputs, outputs, {"spec": spec})
+        # The absorbed head merge after P @ V produced the output before; it no longer does.
+        graph.nodes = [n for n in graph.nodes if n is graph.nodes[position] or outputs[0] not in n.outputs]
         found += 1
     graph.remove_dead()
     return found
@@ -400,8 +401,9 @@ def _attention_op(graph: Graph, node: Node):
     where = f"Attention node {node.name!r}"
     if len(node.inputs) > 6 and node.inputs[6]:
         raise MoaEdgeError(f"{where}: the nonpad_kv_seqlen input is not supported yet")
-    if len(node.outputs) > 3 and node.outputs[3] and (graph.consumers(node.outputs[3]) or node.outputs[3] in graph.outputs):
-        raise MoaEdgeError(f"{where}: the qk_matmul_output output is not supported yet")
+    qk_out = node.outputs[3] if len(node.outputs) > 3 and node.outputs[3] else ""
+    if qk_out and not (graph.consumers(qk_out) or qk_out in graph.outputs):
+        qk_out = ""
     past_k, past_v = (node.inputs[i] if len(node.inputs) > i else "" for i in (4, 5))
     if node.attrs.get("left_window_size", -1) != -1 or node.attrs.get("right_window_size", -1) != -1:
         raise MoaEdgeError(f"{where}: sliding-window attention is not supported yet")
@@ -482,6 +484,7 @@ def _attention_op(graph: Graph, node: Node):
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, scale, bool(node.attrs.get("is_causal", 0)),
                          mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern=f"ONNX Attention ({len(q_shape)}-D)", absorbed=tuple(absorbed),
-                         softcap=float(node.attrs.get("softcap", 0.0)), causal_offset=causal_offset)
+                         softcap=float(node.attrs.get("softcap", 0.0)), causal_offset=causal_offset,
+                         qk_mode=int(node.attrs.get("qk_matmul_output_mode", 0)) if qk_out else -1)
     graph.nodes[graph.nodes.index(node):graph.nodes.index(node)] = extra_nodes
-    return spec, sources + [mask_src], node.outputs[0], node
+    return spec, sources + [mask_src], [node.outputs[0]] + ([qk_out] if qk_out else []), node
