@@ -238,6 +238,21 @@ def _c_real(x: float, suffix: str) -> str:
     return repr(float(x)) + suffix if math.isfinite(x) else ("INFINITY" if x > 0 else "-INFINITY")
 
 
+def _score_tile(bc, score, store, w):
+    """Opens the key-tile loop (kb) and fills the Br x Bc tile of biased scores; the caller
+    closes the loop after its own use of the tile."""
+    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
+    w(f"            const int cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
+    w("            for (ii = 0; ii < rows; ii++) {")
+    w("                const int i = ib + ii;")
+    w("                for (kk = 0; kk < cols; kk++) {")
+    w("                    const int k = kb + kk;")
+    for line in list(score) + list(store):
+        w("                    " + line)
+    w("                }")
+    w("            }")
+
+
 def _online_body(spec, bc, real, exp, suffix, score, w):
     dv = spec.value_dim
     kvh = _kv_head(spec)
@@ -246,17 +261,7 @@ def _online_body(spec, bc, real, exp, suffix, score, w):
     w("            l[ii] = 0;")
     w(f"            for (q = 0; q < {dv}; q++) {{ acc[ii * {dv} + q] = 0; }}")
     w("        }")
-    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
-    w(f"            const int cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
-    w("            for (ii = 0; ii < rows; ii++) {")
-    w("                const int i = ib + ii;")
-    w("                for (kk = 0; kk < cols; kk++) {")
-    w("                    const int k = kb + kk;")
-    for line in score:
-        w("                    " + line)
-    w(f"                    s[ii * {bc} + kk] = sc;")
-    w("                }")
-    w("            }")
+    _score_tile(bc, score, [f"s[ii * {bc} + kk] = sc;"], w)
     w("            for (ii = 0; ii < rows; ii++) {")
     w(f"                {real} m_new = m[ii], rescale;")
     w(f"                for (kk = 0; kk < cols; kk++) {{ if (s[ii * {bc} + kk] > m_new) {{ m_new = s[ii * {bc} + kk]; }} }}")
@@ -287,18 +292,7 @@ def _two_pass_body(spec, bc, real, exp, suffix, score, w):
     dv, skv = spec.value_dim, spec.kv_len
     kvh = _kv_head(spec)
     w("        for (ii = 0; ii < rows; ii++) { m[ii] = -INFINITY; }")
-    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
-    w(f"            const int cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
-    w("            for (ii = 0; ii < rows; ii++) {")
-    w("                const int i = ib + ii;")
-    w("                for (kk = 0; kk < cols; kk++) {")
-    w("                    const int k = kb + kk;")
-    for line in score:
-        w("                    " + line)
-    w(f"                    s[ii * {skv} + k] = sc;")
-    w("                    if (sc > m[ii]) { m[ii] = sc; }")
-    w("                }")
-    w("            }")
+    _score_tile(bc, score, [f"s[ii * {skv} + k] = sc;", "if (sc > m[ii]) { m[ii] = sc; }"], w)
     w("        }")
     w("        for (ii = 0; ii < rows; ii++) { /* Steps II-III: exponentiate and sum */")
     w(f"            {real} *const row = s + ii * {skv};")
