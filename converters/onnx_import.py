@@ -38,18 +38,67 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+SUPPORTED_OPSETS = range(13, 26)
+
+
 def load_model(path: Path) -> onnx.ModelProto:
     if not path.is_file():
         raise MoaEdgeError(f"{path}: no such file")
     try:
-        model = onnx.load(str(path), load_external_data=True)
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf decode errors
+        raise MoaEdgeError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    _load_external_data(model, path)
+    try:
         onnx.checker.check_model(model)
-    except Exception as exc:  # protobuf decode errors, missing external data, checker failures
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MoaEdgeError(f"{path}: not a valid ONNX model ({reason})") from None
+    except Exception as exc:  # cycles, dangling names, bad attributes
+        raise MoaEdgeError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
     if not model.graph.node:
         raise MoaEdgeError(f"{path}: the ONNX graph has no nodes")
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset not in SUPPORTED_OPSETS:
+        raise MoaEdgeError(f"{path}: ONNX opset {opset} is outside the supported "
+                           f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
     return onnx.inliner.inline_local_functions(model)
+
+
+def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
+    """External tensors are read from the model's own folder and nowhere else."""
+    folder = path.resolve().parent
+    for tensor in _all_tensors(model.graph):
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not target.is_relative_to(folder):
+            raise MoaEdgeError(f"{path}: tensor {tensor.name!r} points outside the model's folder "
+                               f"(external data location {location!r}); refusing to read it")
+        if not target.is_file():
+            raise MoaEdgeError(f"{path}: tensor {tensor.name!r} needs external data file {location!r}, "
+                               f"which is missing")
+    try:
+        onnx.external_data_helper.load_external_data_for_model(model, str(folder))
+    except Exception as exc:
+        raise MoaEdgeError(f"{path}: cannot read external data ({_first_line(exc)})") from None
+
+
+def _all_tensors(graph):
+    """Initializers and tensor attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _all_tensors(sub)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _pin_shapes(model: onnx.ModelProto, path: Path, pinned: dict[str, tuple[int, ...]]) -> None:
@@ -60,6 +109,7 @@ def _pin_shapes(model: onnx.ModelProto, path: Path, pinned: dict[str, tuple[int,
         if name not in known:
             raise MoaEdgeError(f"--input-shape names {name!r}, which is not an input of {path} "
                                f"(inputs: {', '.join(sorted(known))})")
+    unpinned = []
     for vi in graph_inputs:
         dims = vi.type.tensor_type.shape.dim
         if vi.name in pinned:
@@ -72,11 +122,13 @@ def _pin_shapes(model: onnx.ModelProto, path: Path, pinned: dict[str, tuple[int,
                 d.Clear()
                 d.dim_value = n
             continue
-        symbolic = [d.dim_param or "?" for d in dims if not d.HasField("dim_value")]
+        symbolic = [f"{d.dim_param or '?'} (axis {axis})" for axis, d in enumerate(dims) if not d.HasField("dim_value")]
         if symbolic:
-            raise MoaEdgeError(f"{path}: input {vi.name!r} has symbolic dimension(s) {', '.join(symbolic)}; "
-                               f"pin them with --input-shape {vi.name}=" + "x".join(
-                                   str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims))
+            unpinned.append(f"input {vi.name!r} has symbolic dimension(s) {', '.join(symbolic)}; pin with "
+                            f"--input-shape {vi.name}=" + "x".join(
+                                str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims))
+    if unpinned:
+        raise MoaEdgeError(f"{path}: " + "; ".join(unpinned))
 
 
 def _tensor_type(vi, path: Path, what: str) -> tuple[tuple[int, ...], str]:

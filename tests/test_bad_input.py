@@ -110,3 +110,93 @@ def test_refuses_to_overwrite_a_foreign_folder(tmp_path):
     r = moa("convert", model, "-o", precious)
     assert r.returncode != 0 and "refusing to overwrite" in r.stderr
     assert (precious / "thesis.tex").read_text() == "do not delete"
+
+
+def _attention_model(dims=(1, 2, 5, 8), opset=23, **attrs):
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(dims)) for n in ("q", "k", "v")]
+    node = helper.make_node("Attention", ["q", "k", "v"], ["y"], name="attn", **attrs)
+    return helper.make_model(helper.make_graph([node], "g", io, [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(dims))]),
+                             opset_imports=[helper.make_opsetid("", opset)])
+
+
+def test_every_unpinned_dimension_is_named(tmp_path):
+    io = [helper.make_tensor_value_info("q", TensorProto.FLOAT, ["batch", 2, "seq", 8]),
+          helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 2, "kv_seq", 8]),
+          helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 2, "kv_seq", 8])]
+    node = helper.make_node("Attention", ["q", "k", "v"], ["y"], name="attn")
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2, "seq", 8])
+    model = helper.make_model(helper.make_graph([node], "g", io, [out]), opset_imports=[helper.make_opsetid("", 23)])
+    onnx.save(model, tmp_path / "m.onnx")
+    r = moa("convert", tmp_path / "m.onnx", "-o", tmp_path / "out")
+    assert_clean_failure(r, tmp_path / "out", "batch (axis 0)", "seq (axis 2)", "kv_seq (axis 2)", "--input-shape q=Nx2xNx8")
+
+
+def test_graph_with_a_cycle(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+    nodes = [helper.make_node("Add", ["x", "b"], ["a"], name="add_a"), helper.make_node("Relu", ["a"], ["b"], name="relu_b"),
+             helper.make_node("Identity", ["a"], ["y"], name="out")]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "cycle.onnx")
+    r = moa("convert", tmp_path / "cycle.onnx", "-o", tmp_path / "out")
+    assert_clean_failure(r, tmp_path / "out", "cycle.onnx", "not a valid ONNX model")
+
+
+def test_mismatched_shapes(tmp_path):
+    io = [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 2, 5, 8]),
+          helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 2, 5, 6]),
+          helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 2, 5, 8])]
+    node = helper.make_node("MatMul", ["q", "k"], ["y"], name="mm")
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 5, 5])
+    model = helper.make_model(helper.make_graph([node], "g", io[:2], [out]), opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "shapes.onnx")
+    r = moa("convert", tmp_path / "shapes.onnx", "-o", tmp_path / "out")
+    assert_clean_failure(r, tmp_path / "out", "shapes.onnx", "shape inference failed")
+
+
+def test_attention_feature_the_kernel_cannot_do_names_the_node(tmp_path):
+    onnx.save(_attention_model(left_window_size=2, opset=25), tmp_path / "window.onnx")
+    r = moa("convert", tmp_path / "window.onnx", "-o", tmp_path / "out")
+    assert_clean_failure(r, tmp_path / "out", "Attention node 'attn'", "sliding-window")
+
+
+def test_opset_outside_the_supported_range(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x],
+                                                [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])]),
+                              opset_imports=[helper.make_opsetid("", 11)])
+    onnx.save(model, tmp_path / "old.onnx")
+    r = moa("convert", tmp_path / "old.onnx", "-o", tmp_path / "out")
+    assert_clean_failure(r, tmp_path / "out", "opset 11", "13-25")
+
+
+def test_external_data_outside_the_model_folder_is_refused(tmp_path):
+    from onnx import numpy_helper
+    import numpy as np
+    (tmp_path / "models").mkdir()
+    (tmp_path / "secret.bin").write_bytes(np.zeros(16, np.float32).tobytes())
+    mask = numpy_helper.from_array(np.zeros((5, 5), np.float32), "mask")
+    mask.data_location = TensorProto.EXTERNAL
+    mask.ClearField("raw_data")
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "100")):
+        entry = mask.external_data.add()
+        entry.key, entry.value = key, value
+    model = _attention_model()
+    model.graph.initializer.append(mask)
+    model.graph.node[0].input.append("mask")
+    onnx.save(model, tmp_path / "models" / "m.onnx")
+    r = moa("convert", tmp_path / "models" / "m.onnx", "-o", tmp_path / "out")
+    assert_clean_failure(r, tmp_path / "out", "outside the model's folder", "../secret.bin")
+
+
+def test_external_data_inside_the_folder_loads(tmp_path):
+    import numpy as np
+    from onnx import numpy_helper
+    model = _attention_model()
+    model.graph.initializer.append(numpy_helper.from_array(np.tril(np.ones((5, 5), bool)), "mask"))
+    model.graph.node[0].input.append("mask")
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.data", size_threshold=0)
+    assert (tmp_path / "m.data").is_file()
+    r = moa("convert", tmp_path / "m.onnx", "-o", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
