@@ -20,6 +20,7 @@ _ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32",
     onnx.TensorProto.BOOL: "bool",
     onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
 }
 
 

@@ -11,6 +11,7 @@ DTYPES = {
     "float32": (np.float32, "float"),
     "bool": (np.bool_, "uint8_t"),
     "int64": (np.int64, "int64_t"),
+    "int32": (np.int32, "int32_t"),
 }
 
 

@@ -35,6 +35,8 @@ def rewrite_attention(graph: Graph) -> int:
             match = _attention_op(graph, node)
         elif node.op == "Softmax":
             match = _decomposed_sdpa(graph, node)
+        elif node.op in contrib_rules():
+            match = contrib_rules()[node.op](graph, node)
         if match is None:
             continue
         spec, inputs, outputs, replaced = match
@@ -46,6 +48,11 @@ def rewrite_attention(graph: Graph) -> int:
         found += 1
     graph.remove_dead()
     return found
+
+
+def contrib_rules():
+    from .contrib_attention import RULES  # imports this module's helpers
+    return RULES
 
 
 # --- small matchers ----------------------------------------------------------------
