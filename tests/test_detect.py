@@ -74,3 +74,38 @@ def test_arena_does_not_grow_with_sequence_length(seq, tmp_path):
     graph = schedule_graph(load_graph(model), load_board("host"), forced=Schedule("online", 8, 16))
     br, bc, dv = 8, 16, 32
     assert plan_arena(graph).total_bytes == 4 * (br * bc + 2 * br + br * dv)
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo18", "torchscript17"])
+def test_multihead_attention_returning_its_weights(dynamo, tmp_path):
+    """need_weights=True: the averaged probabilities are an output too; the block's second
+    output (the probabilities) feeds them, and no Softmax is left."""
+    import torch
+    import warnings
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+
+    class WithWeights(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mha = mha
+
+        def forward(self, x):
+            return self.mha(x, x, x, need_weights=True)
+
+    x = torch.randn(2, 5, 16)
+    path = tmp_path / "mha.onnx"
+    torch.backends.mha.set_fastpath_enabled(False)  # the fast path cannot be exported by TorchScript
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(WithWeights(), (x,), str(path), dynamo=dynamo, opset_version=18 if dynamo else 17,
+                          input_names=["x"], output_names=["y", "weights"])
+    torch.backends.mha.set_fastpath_enabled(True)
+    graph = load_graph(path, strict=False)
+    ops = [n.op for n in graph.nodes]
+    assert ops.count("MoaAttention") == 1 and "Softmax" not in ops
+    inputs = {"x": x.numpy()}
+    ours = run_reference(graph, inputs)
+    theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, inputs)
+    for got, want in zip(ours.values(), theirs):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)

@@ -28,7 +28,8 @@ def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.n
                 out = node.outputs[0]
                 env[out] = attention.reference(node.attrs["spec"], q, k, v, mask, graph.tensors[out].shape)
                 if len(node.outputs) > 1:
-                    env[node.outputs[1]] = attention.scores_reference(node.attrs["spec"], q, k, mask)
+                    scores = attention.scores_reference(node.attrs["spec"], q, k, mask)
+                    env[node.outputs[1]] = scores.reshape(graph.tensors[node.outputs[1]].shape)
             elif node.op == "MoaConcat":
                 env[node.outputs[0]] = concat.reference(node, [env[n] for n in node.inputs])
             else:  # ops outside the runtime (inspect, detection checks): onnx's reference, in float64

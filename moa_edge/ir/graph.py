@@ -78,6 +78,26 @@ class Graph:
         live.update(self.inputs)
         self.tensors = {k: v for k, v in self.tensors.items() if k in live}
 
+    def toposort(self) -> None:
+        """Order nodes so each comes after the producers of its inputs (stable otherwise):
+        a rewrite that replaces a late node may feed consumers placed before it."""
+        produced_by = {o: n for n in self.nodes for o in n.outputs if o}
+        ordered, placed = [], set()
+
+        def place(node, path=()):
+            if id(node) in placed:
+                return
+            assert id(node) not in path, f"cycle through {node.name}"
+            for name in node.inputs:
+                if name in produced_by:
+                    place(produced_by[name], path + (id(node),))
+            placed.add(id(node))
+            ordered.append(node)
+
+        for node in self.nodes:
+            place(node)
+        self.nodes = ordered
+
     def weights(self) -> list[Tensor]:
         used = {i for n in self.nodes for i in n.inputs}
         return [t for t in self.tensors.values() if t.is_constant and t.name in used]

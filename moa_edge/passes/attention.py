@@ -11,6 +11,7 @@ were written and no transposed copy is made.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -43,9 +44,11 @@ def rewrite_attention(graph: Graph) -> int:
         outputs = [outputs] if isinstance(outputs, str) else outputs
         position = graph.nodes.index(replaced)
         graph.nodes[position] = Node("MoaAttention", f"moa_attention_{found}", inputs, outputs, {"spec": spec})
-        # The absorbed head merge after P @ V produced the output before; it no longer does.
-        graph.nodes = [n for n in graph.nodes if n is graph.nodes[position] or outputs[0] not in n.outputs]
+        # Absorbed nodes that produced these outputs before (the head merge, the Softmax) no longer do.
+        new = graph.nodes[position]
+        graph.nodes = [n for n in graph.nodes if n is new or not set(outputs) & set(n.outputs)]
         found += 1
+    graph.toposort()
     graph.remove_dead()
     return found
 
@@ -190,9 +193,18 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
         absorbed.append(users[0].name)
         probs = users[0].outputs[0]
         users = graph.consumers(probs)
-    if len(users) != 1 or users[0].op != "MatMul" or users[0].inputs[0] != probs or probs in graph.outputs:
+    pvs = [u for u in users if u.op == "MatMul" and u.inputs[0] == probs]
+    if len(pvs) != 1:
         return None
-    pv = users[0]
+    pv = pvs[0]
+    # Probabilities or biased scores the graph also uses (nn.MultiheadAttention's returned
+    # weights, the ONNX function's qk output) become the block's second output.
+    taps = [(3, probs)] if len(users) > 1 or probs in graph.outputs else []
+    scores_in = softmax.inputs[0]
+    if len(graph.consumers(scores_in)) > 1 or scores_in in graph.outputs:
+        taps.append((2, scores_in))
+    if len(taps) > 1 or (taps and graph.tensors[taps[0][1]].dtype != "float32"):
+        return None
 
     # Up: bias terms (Add of a mask, Where(keep, scores, fill)), then scalar scales, then Q @ K^T.
     scores, terms = softmax.inputs[0], []
@@ -249,8 +261,10 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
                          mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]),
                          softcap=softcap, causal_offset=offset)
+    if taps:
+        spec = dataclasses.replace(spec, qk_mode=taps[0][0])
     graph.nodes[graph.nodes.index(pv):graph.nodes.index(pv)] = extra_nodes
-    return spec, [q_src, k_src, v_src, mask_src], y, pv
+    return spec, [q_src, k_src, v_src, mask_src], [y] + [name for _, name in taps], pv
 
 
 def _is_empty_row_guard(graph: Graph, node: Node, probs: str) -> bool:

@@ -33,6 +33,11 @@ def plan_arena(graph: Graph) -> ArenaPlan:
     # Live interval [first step, last step] of every arena buffer.
     intervals: dict[str, tuple[int, int, int]] = {}
     caller_owned = set(graph.inputs) | set(graph.outputs)
+    ready = set(graph.inputs) | {t.name for t in graph.tensors.values() if t.is_constant}
+    for node in graph.nodes:  # the schedule is the node order: every input must exist by then
+        missing = [name for name in node.inputs if name and name not in ready]
+        assert not missing, f"node {node.name} reads {missing} before they are computed"
+        ready.update(node.outputs)
     for step, node in enumerate(graph.nodes):
         for name in node.outputs:
             t = graph.tensors[name]
