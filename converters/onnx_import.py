@@ -43,6 +43,8 @@ SUPPORTED_OPSETS = range(13, 26)
 
 
 def load_model(path: Path) -> onnx.ModelProto:
+    if path.is_dir():
+        raise MoaEdgeError(f"{path}: is a folder, not an ONNX file")
     if not path.is_file():
         raise MoaEdgeError(f"{path}: no such file")
     try:

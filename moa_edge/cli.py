@@ -253,9 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_output_paths(args) -> None:
+    """Files the verb will write must have a folder to go in: say so before any work."""
+    for option in ("json", "outputs"):
+        path = getattr(args, option, None)
+        if path and not Path(path).resolve().parent.is_dir():
+            raise MoaEdgeError(f"--{option} {path}: the folder {Path(path).parent} does not exist")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _check_output_paths(args)
         return args.fn(args)
     except MoaEdgeError as exc:
         print(f"moa-edge: error: {exc}", file=sys.stderr)

@@ -21,7 +21,7 @@ def assert_clean_failure(r, out_dir, *needles):
     for needle in needles:
         assert needle in message, (needle, message)
     assert not out_dir.exists()
-    if out_dir.parent.exists():
+    if out_dir.parent.is_dir():
         assert not any("partial" in p.name for p in out_dir.parent.iterdir())
 
 
@@ -200,3 +200,14 @@ def test_external_data_inside_the_folder_loads(tmp_path):
     assert (tmp_path / "m.data").is_file()
     r = moa("convert", tmp_path / "m.onnx", "-o", tmp_path / "out")
     assert r.returncode == 0, r.stderr
+
+
+def test_output_paths_that_cannot_be_written(tmp_path):
+    model = tmp_path / "m.onnx"
+    export(Case("t", "op23", q_len=4, kv_len=4, head_dim=8), model)
+    r = moa("convert", model, "-o", tmp_path / "out", "--json", tmp_path / "missing" / "r.json")
+    assert_clean_failure(r, tmp_path / "out", "--json", "does not exist")
+    r = moa("convert", model, "-o", tmp_path / "m.onnx" / "sub")
+    assert_clean_failure(r, tmp_path / "m.onnx" / "sub", "is a file, not a folder")
+    r = moa("convert", tmp_path, "-o", tmp_path / "out")
+    assert_clean_failure(r, tmp_path / "out", "is a folder, not an ONNX file")

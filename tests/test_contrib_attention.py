@@ -83,7 +83,11 @@ def test_group_query_attention_softcap(tmp_path):
     (_model("MultiHeadAttention", ["q", "k", "v", "", "kpm"], [[B, S, H * D]] * 3 + [None, None], [B, S, H * D],
             num_heads=H), None),
     (_gqa([S - 2, S - 1]), "seqlens_k"),
-    (_gqa([S - 1] * B, do_rotary=1), "do_rotary"),
+    (_gqa([S - 1] * B, do_rotary=1), "do_rotary=1"),
+    (_gqa([S - 1] * B, smooth_softmax=1), "smooth_softmax=1"),
+    (_gqa([S - 1] * B, causal=0), "causal=0"),
+    (_model("MultiHeadAttention", ["q", "k", "v"], [[B, S, H * D], [B, SKV, H * D], [B, SKV, H * D]], [B, S, H * D],
+            num_heads=H, unidirectional=1), "unidirectional"),
 ])
 def test_what_does_not_map_is_refused(model, feature, tmp_path):
     if feature is None:  # key_padding_mask: an int32 input

@@ -109,3 +109,50 @@ def test_multihead_attention_returning_its_weights(dynamo, tmp_path):
     theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, inputs)
     for got, want in zip(ours.values(), theirs):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+
+
+def _finfo_min_graph(path, with_pad: bool, tap_scores: bool):
+    """Transpose/MatMul/Mul/Add(bias)/Softmax/MatMul with a finfo.min causal constant, as
+    exporters draw it; optionally a padding mask added to it, optionally the biased scores
+    as a second output."""
+    import onnx
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    B, H, S, D = 1, 2, 4, 8
+    causal = np.triu(np.full((S, S), np.finfo(np.float32).min, np.float32), 1)
+    vi = lambda n, s: h.make_tensor_value_info(n, T.FLOAT, s)  # noqa: E731
+    inputs = [vi("q", [B, H, S, D]), vi("k", [B, H, S, D]), vi("v", [B, H, S, D])]
+    nodes = [h.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), h.make_node("MatMul", ["q", "kt"], ["qk"]),
+             h.make_node("Mul", ["qk", "sc"], ["s"])]
+    bias = "causal"
+    if with_pad:
+        inputs.append(vi("pad", [B, 1, 1, S]))
+        nodes.append(h.make_node("Add", ["causal", "pad"], ["bias"]))
+        bias = "bias"
+    nodes += [h.make_node("Add", ["s", bias], ["sb"]), h.make_node("Softmax", ["sb"], ["p"], axis=-1),
+              h.make_node("MatMul", ["p", "v"], ["y"])]
+    outputs = [vi("y", [B, H, S, D])] + ([vi("sb", [B, H, S, S])] if tap_scores else [])
+    inits = [nh.from_array(np.array(D ** -0.5, np.float32), "sc"), nh.from_array(causal, "causal")]
+    model = h.make_model(h.make_graph(nodes, "g", inputs, outputs, initializer=inits),
+                         opset_imports=[h.make_opsetid("", 18)])
+    onnx.save(model, path)
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((B, H, S, D)).astype(np.float32) for n in "qkv"}
+    if with_pad:
+        feeds["pad"] = np.zeros((B, 1, 1, S), np.float32)
+        feeds["pad"][..., 0] = np.finfo(np.float32).min  # row 0 then sees no key: uniform, as in torch
+    return feeds
+
+
+@pytest.mark.parametrize("with_pad, tap_scores", [(True, False), (False, True), (False, False)])
+def test_finfo_min_causal_constant_keeps_its_meaning(with_pad, tap_scores, tmp_path):
+    """is_causal (-inf) only where it cannot change a result: not beside another mask that may
+    hide a row's last key, not when the biased scores are an output."""
+    path = tmp_path / "m.onnx"
+    feeds = _finfo_min_graph(path, with_pad, tap_scores)
+    graph = load_graph(path, strict=False)
+    (block,) = [n for n in graph.nodes if n.op == "MoaAttention"]
+    assert block.attrs["spec"].is_causal == (not with_pad and not tap_scores)
+    ours = run_reference(graph, feeds)
+    theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for got, want in zip(ours.values(), theirs):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -161,3 +161,16 @@ def test_kernel_scratch_is_exactly_the_cost_model_figure(schedule, tmp_path):
     br, bc = min(schedule.block_q, 7), min(schedule.block_k, 11)
     per_strategy = {"online": br * bc + 2 * br + br * 8, "two_pass": br * 11 + 2 * br}
     assert scratch_bytes(spec, schedule) == 4 * per_strategy[schedule.strategy]
+
+
+@pytest.mark.parametrize("schedule", [Schedule("online", 4, 4), Schedule("two_pass", 3, 4)],
+                         ids=lambda s: s.strategy)
+def test_nan_in_a_row_gives_nan_not_zero(schedule, tmp_path):
+    """A NaN score must not pass for "every key hidden" (which gives 0)."""
+    spec, storage, _ = make(Block("nan", sq=5, skv=6))
+    storage["q"] = storage["q"].copy()
+    storage["q"][0, 0, 2, :] = np.nan  # query row 2 of head 0: every score NaN
+    exe = build_harness(spec, schedule, tmp_path, real="double")
+    got, _ = run_harness(exe, storage, tmp_path, "double")
+    got = got.reshape(1, 2, 5, 8)
+    assert np.all(np.isnan(got[0, 0, 2])) and not np.any(np.isnan(got[0, 1]))

@@ -29,7 +29,7 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
     reads = [("Q", real, q_elems), ("K", real, k_elems), ("V", real, v_elems)]
     if has_mask:
         reads.append(("M", mask_type, m_elems))
-    lines = ["#include <math.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
+    lines = ["#include <math.h>", "#include <stddef.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
              '#include "moa/status.h"', "",
              onf.emit_kernel(spec, schedule, "kernel", real),
              "static void *load(const char *path, size_t bytes)", "{",

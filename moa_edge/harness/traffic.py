@@ -121,7 +121,7 @@ def bench_spec(seq: int, heads: int, head_dim: int) -> AttentionSpec:
 
 
 def _program(spec, schedule) -> str:
-    header = ["#include <math.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
+    header = ["#include <math.h>", "#include <stddef.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
               "#include <string.h>", '#include "moa/status.h"',
               f"#define HEADS {spec.q_heads}", f"#define SQ {spec.q_len}", f"#define SKV {spec.kv_len}",
               f"#define D {spec.head_dim}", f"#define DV {spec.value_dim}", f"#define SCALE {spec.scale!r}f",

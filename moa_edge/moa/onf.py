@@ -104,20 +104,20 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str
     for region, n in scratch.regions:
         w(f"    {real} *const {region} = scratch + {offset};")
         offset += n
-    w("    int b, h, ib;")
+    w("    ptrdiff_t b, h, ib; /* 64-bit on 64-bit targets: offsets past 2^31 stay defined */")
     if spec.mask_kind == "none":
         w("    (void)M;")
     w(f"    for (b = 0; b < {spec.batch}; b++) {{")
     w(f"    for (h = 0; h < {spec.q_heads}; h++) {{")
     w(f"    for (ib = 0; ib < {spec.q_len}; ib += {br}) {{")
-    w(f"        const int rows = {spec.q_len} - ib < {br} ? {spec.q_len} - ib : {br};")
+    w(f"        const ptrdiff_t rows = {spec.q_len} - ib < {br} ? {spec.q_len} - ib : {br};")
     # Causal: keys past the tile's last row are hidden for every row of the tile.
     if spec.is_causal:
         last = f"ib + rows + {spec.causal_offset}" if spec.causal_offset else "ib + rows"
-        w(f"        const int kv_end = {last} < 0 ? 0 : ({last} < {spec.kv_len} ? {last} : {spec.kv_len});")
+        w(f"        const ptrdiff_t kv_end = {last} < 0 ? 0 : ({last} < {spec.kv_len} ? {last} : {spec.kv_len});")
     else:
-        w(f"        const int kv_end = {spec.kv_len};")
-    w("        int ii, kb, kk, j, q;")
+        w(f"        const ptrdiff_t kv_end = {spec.kv_len};")
+    w("        ptrdiff_t ii, kb, kk, j, q;")
     score = _score_lines(spec, real, exp, tanh, suffix)
     if schedule.strategy == "online":
         _online_body(spec, bc, real, exp, suffix, score, w)
@@ -218,7 +218,7 @@ def emit_scores_kernel(spec, name: str, real: str = "float") -> str:
     L = [f"/* {name}: scores of stage {spec.qk_mode} (0 scaled Q K^T, 1 softcapped, 2 biased, 3 softmax) */",
          f"void {name}(const {real} *restrict Q, const {real} *restrict K, const {mask_type} *restrict M,"
          f" {real} *restrict P)",
-         "{", "    int b, h, i, k, j;", "    (void)M;",
+         "{", "    ptrdiff_t b, h, i, k, j;", "    (void)M;",
          f"    for (b = 0; b < {spec.batch}; b++) {{", f"    for (h = 0; h < {spec.q_heads}; h++) {{",
          f"    for (i = 0; i < {spec.q_len}; i++) {{",
          f"        {real} *const row = P + ((b * {spec.q_heads} + h) * {spec.q_len} + i) * {skv};",
@@ -227,7 +227,7 @@ def emit_scores_kernel(spec, name: str, real: str = "float") -> str:
     L += ["            row[k] = sc;", "        }"]
     if spec.qk_mode == 3:
         L += [f"        {{ {real} m = -INFINITY, l = 0;",
-              f"          for (k = 0; k < {skv}; k++) {{ if (row[k] > m) {{ m = row[k]; }} }}",
+              f"          for (k = 0; k < {skv}; k++) {{ if (!(row[k] <= m)) {{ m = row[k]; }} }}",
               f"          for (k = 0; k < {skv}; k++) {{ row[k] = m == -INFINITY ? 0 : {exp}(row[k] - m); l += row[k]; }}",
               f"          for (k = 0; k < {skv}; k++) {{ if (l > 0) {{ row[k] /= l; }} }} }}"]
     L += ["    }", "    }", "    }", "    (void)j;", "}"]
@@ -242,11 +242,11 @@ def _score_tile(bc, score, store, w):
     """Opens the key-tile loop (kb) and fills the Br x Bc tile of biased scores; the caller
     closes the loop after its own use of the tile."""
     w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
-    w(f"            const int cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
+    w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
     w("            for (ii = 0; ii < rows; ii++) {")
-    w("                const int i = ib + ii;")
+    w("                const ptrdiff_t i = ib + ii;")
     w("                for (kk = 0; kk < cols; kk++) {")
-    w("                    const int k = kb + kk;")
+    w("                    const ptrdiff_t k = kb + kk;")
     for line in list(score) + list(store):
         w("                    " + line)
     w("                }")
@@ -254,6 +254,7 @@ def _score_tile(bc, score, store, w):
 
 
 def _online_body(spec, bc, real, exp, suffix, score, w):
+    # Row maxima take a NaN score (`!(s <= m)`), so NaN inputs give NaN, never a silent 0.
     dv = spec.value_dim
     kvh = _kv_head(spec)
     w("        for (ii = 0; ii < rows; ii++) {")
@@ -264,7 +265,7 @@ def _online_body(spec, bc, real, exp, suffix, score, w):
     _score_tile(bc, score, [f"s[ii * {bc} + kk] = sc;"], w)
     w("            for (ii = 0; ii < rows; ii++) {")
     w(f"                {real} m_new = m[ii], rescale;")
-    w(f"                for (kk = 0; kk < cols; kk++) {{ if (s[ii * {bc} + kk] > m_new) {{ m_new = s[ii * {bc} + kk]; }} }}")
+    w(f"                for (kk = 0; kk < cols; kk++) {{ if (!(s[ii * {bc} + kk] <= m_new)) {{ m_new = s[ii * {bc} + kk]; }} }}")
     w("                if (m_new == -INFINITY) { continue; } /* every key so far hidden */")
     w(f"                rescale = {exp}(m[ii] - m_new);")
     w("                l[ii] *= rescale;")
@@ -279,7 +280,7 @@ def _online_body(spec, bc, real, exp, suffix, score, w):
     w("            }")
     w("        }")
     w("        for (ii = 0; ii < rows; ii++) {")
-    w("            const int i = ib + ii;")
+    w("            const ptrdiff_t i = ib + ii;")
     w(f"            const {real} inv_l = l[ii] > 0 ? ({real})1 / l[ii] : 0; /* fully hidden row -> 0 */")
     w(f"            {real} *restrict y_row = Y + {_gamma(spec.y, 'b', 'h', 'i', '0')};")
     w(f"            for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] = acc[ii * {dv} + q] * inv_l; }}")
@@ -292,7 +293,7 @@ def _two_pass_body(spec, bc, real, exp, suffix, score, w):
     dv, skv = spec.value_dim, spec.kv_len
     kvh = _kv_head(spec)
     w("        for (ii = 0; ii < rows; ii++) { m[ii] = -INFINITY; }")
-    _score_tile(bc, score, [f"s[ii * {skv} + k] = sc;", "if (sc > m[ii]) { m[ii] = sc; }"], w)
+    _score_tile(bc, score, [f"s[ii * {skv} + k] = sc;", "if (!(sc <= m[ii])) { m[ii] = sc; } /* a NaN score wins, so NaN propagates */"], w)
     w("        }")
     w("        for (ii = 0; ii < rows; ii++) { /* Steps II-III: exponentiate and sum */")
     w(f"            {real} *const row = s + ii * {skv};")
@@ -305,7 +306,7 @@ def _two_pass_body(spec, bc, real, exp, suffix, score, w):
     w(f"            for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] = 0; }}")
     w("        }")
     w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{ /* Step IV and Eq. 21 */")
-    w(f"            const int cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
+    w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
     w("            for (ii = 0; ii < rows; ii++) {")
     w(f"                const {real} *const row = s + ii * {skv};")
     w(f"                {real} *restrict y_row = Y + {_gamma(spec.y, 'b', 'h', 'ib + ii', '0')};")

@@ -42,7 +42,7 @@ def emit(node, ctx):
         dst_index = " + ".join(f"({v} + {start}) * {st}" if k == axis else f"{v} * {st}"
                                for k, (v, st) in enumerate(zip(idx, out_strides)))
         lines.append("        {")
-        lines.append(f"            int {', '.join(idx)};")
+        lines.append(f"            ptrdiff_t {', '.join(idx)};")
         for k, (v, n) in enumerate(zip(idx, lay.shape)):
             lines.append("            " + "    " * k + f"for ({v} = 0; {v} < {n}; {v}++)")
         lines.append("            " + "    " * len(idx) + f"{dst}[{dst_index}] = {ctx.where[part]}[{src}];")

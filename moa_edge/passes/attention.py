@@ -253,7 +253,8 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     if y_lay is None or y_lay.shape != (B, Hq, Sq, Dv):
         return None
 
-    mask_kind, mask_fill, mask_src, causal, offset, extra_nodes = _classify_bias(graph, terms, Sq, Skv, absorbed)
+    mask_kind, mask_fill, mask_src, causal, offset, extra_nodes = _classify_bias(
+        graph, terms, Sq, Skv, absorbed, exact_scores=any(mode == 2 for mode, _ in taps))
     if mask_kind is None:
         return None
     mask_lay = _broadcast(graph, mask_src, (B, Hq, Sq, Skv), softmax.name) if mask_src else None
@@ -328,21 +329,27 @@ def _split_sums(graph: Graph, terms, absorbed: list[str]):
     return out
 
 
-def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[str]):
+def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[str], exact_scores: bool = False):
     """Bias terms -> (mask kind, fill, mask tensor, causal, causal offset, new nodes). A term
     proved to be exactly a causal triangle becomes is_causal; one other term is the mask; several are
-    summed by a new Add (bool terms first turned into their 0 / fill bias)."""
-    causal, offset, masks = False, 0, []
+    summed by a new Add (bool terms first turned into their 0 / fill bias).
+
+    A causal triangle drawn with a finite minimum (finfo.min, as exporters do) is is_causal
+    only when nothing else can hide a row's remaining keys and the biased scores are not an
+    output: otherwise -inf would change fully hidden rows and the scores the graph sees."""
+    causal, offset, masks, finite_causal = False, 0, [], []
     terms = _split_sums(graph, terms, absorbed)
     for term in terms:
         if term[0] == "keep":
             _, cond, fill = term
             keep = graph.constant(cond)
             found = None if keep is None else _causal_offset(np.where(keep, 0.0, -np.inf), q_len, kv_len)
-            if found is not None:
+            if found is None:
+                masks.append(("bool", cond, fill))
+            elif math.isinf(fill):
                 causal, offset = True, found
             else:
-                masks.append(("bool", cond, fill))
+                finite_causal.append((("bool", cond, fill), found))
             continue
         name = term[1]
         where = _produced_by(graph, name, "Where")
@@ -350,8 +357,10 @@ def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[
         if const is not None and not np.any(const):
             continue  # an all-zero bias (ViT exports one): nothing to add
         found = None if const is None else _causal_offset(const, q_len, kv_len)
-        if found is not None:
+        if found is not None and np.all(np.isinf(const[const != 0])):
             causal, offset = True, found
+        elif found is not None:
+            finite_causal.append((("float", name, 0.0), found))
         elif (where is not None and graph.tensors[where.inputs[0]].dtype == "bool"
               and _scalar(graph, where.inputs[1]) == 0.0 and _scalar(graph, where.inputs[2]) is not None
               and _scalar(graph, where.inputs[2]) <= _MASKED):  # shared by every layer: stays until dead
@@ -361,6 +370,11 @@ def _classify_bias(graph: Graph, terms, q_len: int, kv_len: int, absorbed: list[
             masks.append(("float", name, 0.0))
         else:
             return None, 0.0, "", False, 0, []
+    for mask, found in finite_causal:
+        if masks or exact_scores:
+            masks.append(mask)
+        else:
+            causal, offset = True, found
     if not masks:
         return MASK_NONE, 0.0, "", causal, offset, []
     if len(masks) == 1:

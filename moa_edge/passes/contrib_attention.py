@@ -32,8 +32,22 @@ def _refuse(node: Node, feature: str):
     raise MoaEdgeError(f"{node.op} node {node.name!r}: {feature} is not supported yet")
 
 
+def _only_known(node: Node, attrs: dict, last_input: int) -> None:
+    """Refuse any attribute outside `attrs` (name -> the only accepted value, or None for any)
+    and any input past `last_input`: contrib ops grow features that change the result."""
+    for name, value in node.attrs.items():
+        if name not in attrs:
+            _refuse(node, f"attribute {name}={value}")
+        if attrs[name] is not None and value != attrs[name]:
+            _refuse(node, f"{name}={value}")
+    extra = [k for k, name in enumerate(node.inputs) if name and k > last_input]
+    if extra:
+        _refuse(node, f"input {extra[0]} ({node.inputs[extra[0]]!r})")
+
+
 def multi_head_attention(graph: Graph, node: Node):
     """com.microsoft.MultiHeadAttention: separate 3-D Q, K, V, an optional attention_bias."""
+    _only_known(node, {"num_heads": None, "scale": None, "mask_filter_value": None, "unidirectional": None}, 5)
     for index, feature in ((3, "the packed QKV bias input"), (4, "key_padding_mask"), (6, "past_key"),
                            (7, "past_value")):
         if _present(node, index):
@@ -49,6 +63,8 @@ def multi_head_attention(graph: Graph, node: Node):
     q_lay, k_lay, v_lay = _heads(q, heads), _heads(k, heads), _heads(v, heads)
     B, H, Sq, D = q_lay.shape
     Skv, Dv = k_lay.shape[2], v_lay.shape[3]
+    if node.attrs.get("unidirectional", 0) and Sq != Skv:
+        _refuse(node, "unidirectional with query and key lengths that differ")
     y = node.outputs[0]
     y_lay = _heads(graph.tensors[y].shape, heads)
     bias = _present(node, 5)
@@ -62,12 +78,11 @@ def multi_head_attention(graph: Graph, node: Node):
 
 def group_query_attention(graph: Graph, node: Node):
     """com.microsoft.GroupQueryAttention for a whole prompt: causal, no cache, no rotary."""
+    _only_known(node, {"num_heads": None, "kv_num_heads": None, "scale": None, "softcap": None,
+                       "local_window_size": -1, "do_rotary": 0, "rotary_interleaved": None,
+                       "smooth_softmax": 0}, 6)
     if _present(node, 3) or _present(node, 4):
         _refuse(node, "past_key/past_value (a KV cache with per-batch lengths)")
-    if node.attrs.get("do_rotary", 0):
-        _refuse(node, "do_rotary")
-    if node.attrs.get("local_window_size", -1) != -1:
-        _refuse(node, "local_window_size")
     if not _present(node, 1) or not _present(node, 2):
         _refuse(node, "packed QKV (query holding keys and values)")
     if any(_used(graph, o) for o in node.outputs[1:]):
