@@ -52,6 +52,7 @@ class AttentionFeatures:
     scale: float
     causal: bool = False
     causal_offset: int = 0  # key k is hidden from query i when k > i + causal_offset (keys cached before)
+    kv_lengths: bool = False  # only the first L[b] keys of batch b are valid; causal then aligns to L[b]
     mask: str = "none"  # "none" | "float" (added to the scores) | "bool" (True keeps a key)
     mask_fill: float = -math.inf  # bias of a False entry of a bool mask
     softcap: float = 0.0  # 0 means no softcap
@@ -90,6 +91,18 @@ class Shift(IndexExpr):
     amount: int
 
 
+@dataclass(frozen=True)
+class KeyCount(IndexExpr):
+    """L[arg]: how many keys of batch `arg` are valid (ONNX nonpad_kv_seqlen)."""
+    arg: IndexExpr
+
+
+@dataclass(frozen=True)
+class Sum(IndexExpr):
+    left: IndexExpr
+    right: IndexExpr
+
+
 def index_vars(*names: str) -> tuple[Index, ...]:
     return tuple(Index(name) for name in names)
 
@@ -97,12 +110,16 @@ def index_vars(*names: str) -> tuple[Index, ...]:
 def _index_names(expr: IndexExpr) -> set[str]:
     if isinstance(expr, Index):
         return {expr.name}
+    if isinstance(expr, Sum):
+        return _index_names(expr.left) | _index_names(expr.right)
     return _index_names(expr.arg)
 
 
 def _rename_in_index(expr: IndexExpr, old: str, new: str) -> IndexExpr:
     if isinstance(expr, Index):
         return Index(new) if expr.name == old else expr
+    if isinstance(expr, Sum):
+        return Sum(_rename_in_index(expr.left, old, new), _rename_in_index(expr.right, old, new))
     return replace(expr, arg=_rename_in_index(expr.arg, old, new))
 
 
@@ -191,9 +208,17 @@ class AddBias(_SameShape):
 
 @dataclass(frozen=True)
 class CausalBias(_SameShape):
-    """A with -inf where key k comes after query i + offset (top-left aligned when offset is 0)."""
+    """A with -inf where key k comes after query i + offset (top-left aligned when offset is 0);
+    per_batch adds L[b], the valid key count of the batch (an external cache)."""
     array: Array
     offset: int = 0
+    per_batch: bool = False
+
+
+@dataclass(frozen=True)
+class KeyPadding(_SameShape):
+    """A with -inf for the keys k >= L[b] past a batch's valid length."""
+    array: Array
 
 
 @dataclass(frozen=True)
@@ -382,14 +407,16 @@ def reference_definitions(features: AttentionFeatures) -> tuple[tuple[str, Array
         x = Softcap(x, features.softcap)  # before the bias, so a hidden key stays at -inf
     if features.mask != "none":
         x = AddBias(x, Var("M"), features.mask, features.mask_fill)
+    if features.kv_lengths:
+        x = KeyPadding(x)
     if features.causal:
-        x = CausalBias(x, features.causal_offset)
+        x = CausalBias(x, features.causal_offset, features.kv_lengths)
     m = ReduceRows("max", x)  # I: row max
     z = RowBroadcast("-", x, m)  # I: shift
     num = Exp(z)  # II
     den = ReduceRows("+", num)  # III
     y = RowBroadcast("/", num, den)  # IV
-    if features.mask != "none" or features.causal_offset < 0:
+    if features.mask != "none" or features.causal_offset < 0 or features.kv_lengths:
         # Only a mask, or a diagonal moved left, can hide a whole row: otherwise key 0 is visible.
         y = ZeroEmptyRows(y, m)
     return (("x", x), ("m", m), ("z", z), ("num", num), ("den", den), ("Y", y), ("Out", InnerProduct(y, values)))
@@ -471,9 +498,18 @@ def psi_causal(term: Psi) -> Term | None:
     """<..,i,k> psi causal A = where(k > i, -inf, <..,i,k> psi A): a hidden key's score is not even read."""
     if not isinstance(term.array, CausalBias):
         return None
-    *_, query, key = term.index
-    limit = Shift(query, term.array.offset) if term.array.offset else query
+    batch, *_, query, key = term.index
+    limit = Sum(query, KeyCount(batch)) if term.array.per_batch else query
+    limit = Shift(limit, term.array.offset) if term.array.offset else limit
     return Where(IndexGreater(key, limit), Literal(-math.inf), Psi(term.index, term.array.array))
+
+
+def psi_key_padding(term: Psi) -> Term | None:
+    """<b,..,k> psi keypad A = where(k > L[b] - 1, -inf, <b,..,k> psi A): keys past the valid length are hidden."""
+    if not isinstance(term.array, KeyPadding):
+        return None
+    batch, *_, key = term.index
+    return Where(IndexGreater(key, Shift(KeyCount(batch), -1)), Literal(-math.inf), Psi(term.index, term.array.array))
 
 
 def psi_reduce(term: Psi) -> Term | None:
@@ -511,7 +547,7 @@ def psi_empty_row(term: Psi) -> Term | None:
 RULES: dict[str, Callable[[Psi], Term | None]] = {
     rule.__name__.replace("_", "-"): rule
     for rule in (psi_load, psi_transpose, psi_repeat_kv, psi_inner_product, psi_scalar, psi_softcap, psi_mask,
-                 psi_causal, psi_reduce, psi_row_broadcast, psi_elementwise, psi_empty_row)
+                 psi_causal, psi_key_padding, psi_reduce, psi_row_broadcast, psi_elementwise, psi_empty_row)
 }
 
 
@@ -604,6 +640,10 @@ def format_index(expr: IndexExpr) -> str:
         return expr.name
     if isinstance(expr, Shift):
         return f"{format_index(expr.arg)}{expr.amount:+d}"
+    if isinstance(expr, KeyCount):
+        return f"L[{format_index(expr.arg)}]"
+    if isinstance(expr, Sum):
+        return f"{format_index(expr.left)}+{format_index(expr.right)}"
     return f"{format_index(expr.arg)}//{expr.divisor}"
 
 
@@ -642,8 +682,11 @@ def format_array(array: Array, names=None) -> str:
             return f"{arg(a)} + {arg(mask)}"
         case AddBias(a, mask, "bool", fill):
             return f"{arg(a)} + where({arg(mask)}, 0, {_format_number(fill)})"
-        case CausalBias(a, offset):
-            return f"causal{'' if not offset else f'_{offset:+d}'} {arg(a)}"
+        case CausalBias(a, offset, per_batch):
+            shift = ("+L[b]" if per_batch else "") + (f"{offset:+d}" if offset else "")
+            return f"causal{'_' + shift if shift else ''} {arg(a)}"
+        case KeyPadding(a):
+            return f"keypad_L {arg(a)}"
         case ReduceRows(op, a):
             return f"red_{op} Ω⟨1⟩ {arg(a)}"
         case RowBroadcast(op, a, row):
@@ -727,7 +770,7 @@ class _Operands:
     extents: dict[str, int]
 
 
-def _operands(Q, K, V, M=None) -> _Operands:
+def _operands(Q, K, V, M=None, L=None) -> _Operands:
     Q, K, V = (np.asarray(a, dtype=np.float64) for a in (Q, K, V))
     if Q.ndim != 4 or K.ndim != 4 or V.ndim != 4:
         raise ValueError("Q, K and V must be 4-D (B, H, S, d)")
@@ -742,6 +785,8 @@ def _operands(Q, K, V, M=None) -> _Operands:
         if M.dtype != np.bool_:
             M = M.astype(np.float64)
         arrays["M"] = np.broadcast_to(M, (B, Hq, Sq, Skv))  # a view: broadcast axes have stride 0
+    if L is not None:
+        arrays["L"] = np.asarray(L, dtype=np.int64).reshape(B)
     return _Operands(arrays, extents)
 
 
@@ -763,10 +808,17 @@ def _materialise(array: Array, operands: _Operands) -> np.ndarray:
         case AddBias(a, mask, kind, fill):
             bias = value(mask) if kind == "float" else np.where(value(mask), 0.0, fill)
             return value(a) + bias
-        case CausalBias(a, offset):
+        case CausalBias(a, offset, per_batch):
             scores = value(a)
             queries, keys = scores.shape[-2:]
-            return np.where(np.arange(keys) > np.arange(queries)[:, None] + offset, -math.inf, scores)
+            limit = np.arange(queries)[:, None] + offset
+            if per_batch:  # (B, 1, Sq, 1): each batch's diagonal moves by its valid length
+                limit = limit + operands.arrays["L"].reshape(-1, 1, 1, 1)
+            return np.where(np.arange(keys) > limit, -math.inf, scores)
+        case KeyPadding(a):
+            scores = value(a)
+            valid = np.arange(scores.shape[-1]) < operands.arrays["L"].reshape(-1, 1, 1, 1)
+            return np.where(valid, scores, -math.inf)
         case ReduceRows(op, a):
             return (np.max if op == "max" else np.sum)(value(a), axis=-1)
         case RowBroadcast(op, a, row):
@@ -778,22 +830,26 @@ def _materialise(array: Array, operands: _Operands) -> np.ndarray:
     raise TypeError(f"not an array expression: {array!r}")
 
 
-def evaluate_array(array: Array, Q, K, V, M=None) -> np.ndarray:
+def evaluate_array(array: Array, Q, K, V, M=None, L=None) -> np.ndarray:
     """The array an expression denotes, by whole-array numpy operations (materialises everything)."""
     with np.errstate(invalid="ignore"):  # -inf - -inf in a fully hidden row, zeroed by its guard
-        return _materialise(array, _operands(Q, K, V, M))
+        return _materialise(array, _operands(Q, K, V, M, L))
 
 
 _BINARY = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 _CALLS = {"exp": math.exp, "tanh": math.tanh}
 
 
-def _index_value(expr: IndexExpr, env: dict[str, int]) -> int:
+def _index_value(expr: IndexExpr, env: dict[str, int], lengths=None) -> int:
     if isinstance(expr, Index):
         return env[expr.name]
     if isinstance(expr, Shift):
-        return _index_value(expr.arg, env) + expr.amount
-    return _index_value(expr.arg, env) // expr.divisor
+        return _index_value(expr.arg, env, lengths) + expr.amount
+    if isinstance(expr, KeyCount):
+        return int(lengths[_index_value(expr.arg, env, lengths)])
+    if isinstance(expr, Sum):
+        return _index_value(expr.left, env, lengths) + _index_value(expr.right, env, lengths)
+    return _index_value(expr.arg, env, lengths) // expr.divisor
 
 
 class _Interpreter:
@@ -810,7 +866,7 @@ class _Interpreter:
     def value(self, term: Term, env: dict[str, int]):
         match term:
             case Load(array, index):
-                return self.operands.arrays[array].item(tuple(_index_value(e, env) for e in index))
+                return self.operands.arrays[array].item(tuple(self._index(e, env) for e in index))
             case Literal(value):
                 return value
             case Binary(op, left, right):
@@ -821,7 +877,7 @@ class _Interpreter:
                 # Lazy: the guard of an empty row never evaluates its 0/0 weights.
                 return self.value(then if self.value(cond, env) else otherwise, env)
             case IndexGreater(left, right):
-                return _index_value(left, env) > _index_value(right, env)
+                return self._index(left, env) > self._index(right, env)
             case IsNegInf(arg):
                 return self.value(arg, env) == -math.inf
             case Reduce():
@@ -830,10 +886,13 @@ class _Interpreter:
                 if id(array) not in self.materialised:
                     with np.errstate(invalid="ignore"):
                         self.materialised[id(array)] = _materialise(array, self.operands)
-                return self.materialised[id(array)].item(tuple(_index_value(e, env) for e in index))
+                return self.materialised[id(array)].item(tuple(self._index(e, env) for e in index))
             case Psi():
                 raise ValueError(f"not in DNF: {format_term(term)} is left")
         raise TypeError(f"not a term: {term!r}")
+
+    def _index(self, expr: IndexExpr, env: dict[str, int]) -> int:
+        return _index_value(expr, env, self.operands.arrays.get("L"))
 
     def _reduce(self, term: Reduce, env: dict[str, int]) -> float:
         if id(term) not in self.free_vars:
@@ -854,9 +913,9 @@ class _Interpreter:
         return total
 
 
-def evaluate_term(term: Term, env: dict[str, int], Q, K, V, M=None) -> float:
+def evaluate_term(term: Term, env: dict[str, int], Q, K, V, M=None, L=None) -> float:
     """term at one binding of its free indices; psi of a compound array is read from its materialised value."""
-    return _Interpreter(_operands(Q, K, V, M), materialise=True).value(term, dict(env))
+    return _Interpreter(_operands(Q, K, V, M, L), materialise=True).value(term, dict(env))
 
 
 def _check_features(features: AttentionFeatures, Q, K, M) -> None:
@@ -867,7 +926,7 @@ def _check_features(features: AttentionFeatures, Q, K, M) -> None:
         raise ValueError(f"the features ask for a {features.mask} mask")
 
 
-def evaluate_dnf(derivation_or_dnf: Derivation | Term, Q, K, V, M=None) -> np.ndarray:
+def evaluate_dnf(derivation_or_dnf: Derivation | Term, Q, K, V, M=None, L=None) -> np.ndarray:
     """Evaluate the DNF literally in float64: loops over its free indices, reductions as loops
     over scalars. No transposed K and no Sq x Skv array is built; a reduction that depends only
     on the free indices (the row max and row sum) is kept per binding, O(rows) memory.
@@ -883,7 +942,7 @@ def evaluate_dnf(derivation_or_dnf: Derivation | Term, Q, K, V, M=None) -> np.nd
     unbound = free_index_vars(dnf) - set(free_vars)
     if unbound:
         raise ValueError(f"the DNF has free indices {sorted(unbound)} beyond {free_vars}")
-    operands = _operands(Q, K, V, M)
+    operands = _operands(Q, K, V, M, L)
     missing = {t.array for t in subterms(dnf) if isinstance(t, Load)} - operands.arrays.keys()
     if missing:
         raise ValueError(f"the DNF reads {sorted(missing)}, which was not given")
