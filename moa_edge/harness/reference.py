@@ -24,11 +24,11 @@ def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.n
     with torch.no_grad():
         for node in graph.nodes:
             if node.op == "MoaAttention":
-                q, k, v, mask = (env[n] if n else None for n in node.inputs)
+                q, k, v, mask, lengths = (env[n] if n else None for n in (node.inputs + [""])[:5])
                 out = node.outputs[0]
-                env[out] = attention.reference(node.attrs["spec"], q, k, v, mask, graph.tensors[out].shape)
+                env[out] = attention.reference(node.attrs["spec"], q, k, v, mask, graph.tensors[out].shape, lengths)
                 if len(node.outputs) > 1:
-                    scores = attention.scores_reference(node.attrs["spec"], q, k, mask)
+                    scores = attention.scores_reference(node.attrs["spec"], q, k, mask, lengths)
                     env[node.outputs[1]] = scores.reshape(graph.tensors[node.outputs[1]].shape)
             elif node.op == "MoaConcat":
                 env[node.outputs[0]] = concat.reference(node, [env[n] for n in node.inputs])

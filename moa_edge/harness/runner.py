@@ -13,7 +13,7 @@ from moa_edge.errors import MoaEdgeError
 
 from .boards import Board
 
-_NUMPY = {"float32": np.float32, "bool": np.bool_}
+_NUMPY = {"float32": np.float32, "bool": np.bool_, "int64": np.int64}
 
 
 def project_io(project: Path) -> list[dict]:

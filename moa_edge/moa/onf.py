@@ -97,8 +97,9 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str
       f"{spec.kv_len},{spec.head_dim}|{spec.value_dim}] -> Y[{spec.batch},{spec.q_heads},{spec.q_len},{spec.value_dim}]\n"
       f" * lifted: i = ib*{br} + ii, k = kb*{bc} + kk; scratch {scratch.elements} x {real}: "
       + ", ".join(f"{r}[{n}]" for r, n in scratch.regions) + " */")
+    lengths = ", const int64_t *restrict L" if getattr(spec, "kv_lengths", False) else ""
     w(f"moa_status {name}(const {real} *restrict Q, const {real} *restrict K, const {real} *restrict V,\n"
-      f"    const {mask_type} *restrict M, {real} *restrict Y, {real} *restrict scratch)")
+      f"    const {mask_type} *restrict M, {real} *restrict Y, {real} *restrict scratch{lengths})")
     w("{")
     offset = 0
     for region, n in scratch.regions:
@@ -112,11 +113,16 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str
     w(f"    for (ib = 0; ib < {spec.q_len}; ib += {br}) {{")
     w(f"        const ptrdiff_t rows = {spec.q_len} - ib < {br} ? {spec.q_len} - ib : {br};")
     # Causal: keys past the tile's last row are hidden for every row of the tile.
+    # Keys past kv_end are hidden for every row of the tile: causal, or past a batch's valid length.
+    limit = f"(ptrdiff_t)L[b] < {spec.kv_len} ? (ptrdiff_t)L[b] : {spec.kv_len}" if getattr(spec, "kv_lengths", False) \
+        else str(spec.kv_len)
+    w(f"        const ptrdiff_t kv_limit = {limit};")
     if spec.is_causal:
-        last = f"ib + rows + {spec.causal_offset}" if spec.causal_offset else "ib + rows"
-        w(f"        const ptrdiff_t kv_end = {last} < 0 ? 0 : ({last} < {spec.kv_len} ? {last} : {spec.kv_len});")
+        last = "ib + rows" + (f" + {spec.causal_offset}" if spec.causal_offset else "") + \
+            (" + (ptrdiff_t)L[b]" if getattr(spec, "kv_lengths", False) else "")
+        w(f"        const ptrdiff_t kv_end = {last} < 0 ? 0 : ({last} < kv_limit ? {last} : kv_limit);")
     else:
-        w(f"        const ptrdiff_t kv_end = {spec.kv_len};")
+        w("        const ptrdiff_t kv_end = kv_limit < 0 ? 0 : kv_limit;")
     w("        ptrdiff_t ii, kb, kk, j, q;")
     score = _score_lines(spec, real, exp, tanh, suffix)
     if schedule.strategy == "online":
@@ -131,6 +137,7 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str
 
 def features_of(spec) -> dnf.AttentionFeatures:
     return dnf.AttentionFeatures(scale=spec.scale, causal=spec.is_causal, causal_offset=spec.causal_offset,
+                                 kv_lengths=getattr(spec, "kv_lengths", False),
                                  mask=spec.mask_kind,
                                  mask_fill=spec.mask_fill, softcap=spec.softcap,
                                  group=spec.q_heads // spec.kv_heads)
@@ -201,6 +208,10 @@ class _CPrinter:
             return f"({_CPrinter._index(ix.arg)} / {ix.divisor})"
         if isinstance(ix, dnf.Shift):
             return f"({_CPrinter._index(ix.arg)} + {ix.amount})"
+        if isinstance(ix, dnf.KeyCount):
+            return f"(ptrdiff_t)L[{_CPrinter._index(ix.arg)}]"
+        if isinstance(ix, dnf.Sum):
+            return f"({_CPrinter._index(ix.left)} + {_CPrinter._index(ix.right)})"
         return ix.name
 
 
@@ -217,7 +228,7 @@ def emit_scores_kernel(spec, name: str, real: str = "float") -> str:
     skv = spec.kv_len
     L = [f"/* {name}: scores of stage {spec.qk_mode} (0 scaled Q K^T, 1 softcapped, 2 biased, 3 softmax) */",
          f"void {name}(const {real} *restrict Q, const {real} *restrict K, const {mask_type} *restrict M,"
-         f" {real} *restrict P)",
+         f" {real} *restrict P" + (", const int64_t *restrict L)" if getattr(spec, "kv_lengths", False) else ")"),
          "{", "    ptrdiff_t b, h, i, k, j;", "    (void)M;",
          f"    for (b = 0; b < {spec.batch}; b++) {{", f"    for (h = 0; h < {spec.q_heads}; h++) {{",
          f"    for (i = 0; i < {spec.q_len}; i++) {{",

@@ -41,6 +41,8 @@ class AttentionSpec:
     absorbed: tuple[str, ...] = field(default=())
     softcap: float = 0.0  # softcap * tanh(s / softcap) on the scaled scores, before the bias
     causal_offset: int = 0  # causal: key k hidden from query i when k > i + causal_offset (cached keys)
+    kv_lengths: bool = False  # a 5th input L (int64, per batch): only keys k < L[b] are valid, and a
+                              # causal diagonal sits at k = i + L[b] + causal_offset (ONNX nonpad_kv_seqlen)
     qk_mode: int = -1  # a second output of the scores (B, Hq, Sq, Skv): 0 scaled Q K^T, 1 after
                        # softcap, 2 after the bias, 3 after softmax (ONNX qk_matmul_output_mode); -1 none
 
@@ -85,7 +87,7 @@ def _view(flat: torch.Tensor, lay: Layout) -> torch.Tensor:
     return flat[_offsets(lay)]
 
 
-def scores_reference(spec: AttentionSpec, q, k, mask) -> torch.Tensor:
+def scores_reference(spec: AttentionSpec, q, k, mask, lengths=None) -> torch.Tensor:
     """The qk_matmul_output stage the spec asks for, in float64 (ONNX 1.23 numbering)."""
     q4 = _view(q.reshape(-1), spec.q)
     k4 = _view(k.reshape(-1), spec.k).repeat_interleave(spec.q_heads // spec.kv_heads, dim=1)
@@ -93,14 +95,14 @@ def scores_reference(spec: AttentionSpec, q, k, mask) -> torch.Tensor:
     if spec.qk_mode >= 1 and spec.softcap:
         scores = spec.softcap * torch.tanh(scores / spec.softcap)
     if spec.qk_mode >= 2:
-        scores = scores + _bias(spec, mask)
+        scores = scores + _bias(spec, mask, lengths)
     if spec.qk_mode == 3:
         hidden = torch.isneginf(scores).all(dim=-1, keepdim=True)
         scores = torch.where(hidden, 0.0, torch.softmax(scores, dim=-1))
     return scores
 
 
-def _bias(spec: AttentionSpec, mask) -> torch.Tensor:
+def _bias(spec: AttentionSpec, mask, lengths=None) -> torch.Tensor:
     full = (spec.batch, spec.q_heads, spec.q_len, spec.kv_len)
     bias = torch.zeros(full, dtype=torch.float64)
     if spec.mask_kind == MASK_FLOAT:
@@ -108,13 +110,16 @@ def _bias(spec: AttentionSpec, mask) -> torch.Tensor:
     elif spec.mask_kind == MASK_BOOL:
         keep = _view(mask.reshape(-1), spec.mask)
         bias = torch.where(keep, bias, torch.tensor(spec.mask_fill, dtype=torch.float64))
+    keys, queries = torch.arange(spec.kv_len), torch.arange(spec.q_len)[:, None]
+    shift = lengths.reshape(-1, 1, 1, 1) if spec.kv_lengths else 0
+    if spec.kv_lengths:
+        bias = bias.masked_fill(keys >= shift, -math.inf)
     if spec.is_causal:
-        above = torch.ones(spec.q_len, spec.kv_len, dtype=torch.bool).triu(1 + spec.causal_offset)
-        bias = bias.masked_fill(above, -math.inf)
+        bias = bias.masked_fill(keys > queries + spec.causal_offset + shift, -math.inf)
     return bias
 
 
-def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
+def reference(spec: AttentionSpec, q, k, v, mask, out_shape, lengths=None) -> torch.Tensor:
     """Evaluate with torch SDPA in float64, reading operands through their access maps."""
     q4 = _view(q.reshape(-1), spec.q)
     k4 = _view(k.reshape(-1), spec.k)
@@ -122,7 +127,7 @@ def reference(spec: AttentionSpec, q, k, v, mask, out_shape) -> torch.Tensor:
     group = spec.q_heads // spec.kv_heads
     k4 = k4.repeat_interleave(group, dim=1)
     v4 = v4.repeat_interleave(group, dim=1)
-    bias = _bias(spec, mask)
+    bias = _bias(spec, mask, lengths)
     if spec.softcap:
         scores = spec.scale * q4 @ k4.transpose(-1, -2)
         scores = spec.softcap * torch.tanh(scores / spec.softcap) + bias
@@ -150,17 +155,19 @@ def emit(node, ctx):
               f"{c.dram_bytes} B from DRAM, {c.flops} flops, {c.scratch_bytes} B scratch */\n"
               + emit_kernel(node, ctx.name))
     mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
+    lengths_param = ", const int64_t *restrict L" if spec.kv_lengths else ""
     declaration = (f"moa_status {ctx.name}(const float *restrict Q, const float *restrict K, "
                    f"const float *restrict V,\n    const {mask_type} *restrict M, float *restrict Y, "
-                   f"float *restrict scratch);\n")
+                   f"float *restrict scratch{lengths_param});\n")
     q, k, v, mask = (ctx.where[n] if n else "NULL" for n in node.inputs[:4])
-    call = (f"    status = {ctx.name}({q}, {k}, {v}, {mask}, {ctx.where[node.outputs[0]]}, {ctx.scratch});\n"
+    lengths = f", {ctx.where[node.inputs[4]]}" if spec.kv_lengths else ""
+    call = (f"    status = {ctx.name}({q}, {k}, {v}, {mask}, {ctx.where[node.outputs[0]]}, {ctx.scratch}{lengths});\n"
             f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
     kernels, declarations = [kernel], [declaration]
     if spec.qk_mode >= 0:  # the scores the graph also outputs: an Sq x Skv tensor it asked for
         scores = f"{ctx.name}_scores"
         kernels.append(onf.emit_scores_kernel(spec, scores))
         declarations.append(f"void {scores}(const float *restrict Q, const float *restrict K, "
-                            f"const {mask_type} *restrict M, float *restrict P);\n")
-        call += f"    {scores}({q}, {k}, {mask}, {ctx.where[node.outputs[1]]});\n"
+                            f"const {mask_type} *restrict M, float *restrict P{lengths_param});\n")
+        call += f"    {scores}({q}, {k}, {mask}, {ctx.where[node.outputs[1]]}{lengths});\n"
     return EmittedUnit(call, kernels, declarations)

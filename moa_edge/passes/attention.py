@@ -434,8 +434,9 @@ def _broadcast(graph: Graph, name: str, full, where: str) -> Layout:
 
 def _attention_op(graph: Graph, node: Node):
     where = f"Attention node {node.name!r}"
-    if len(node.inputs) > 6 and node.inputs[6]:
-        raise MoaEdgeError(f"{where}: the nonpad_kv_seqlen input is not supported yet")
+    nonpad = node.inputs[6] if len(node.inputs) > 6 and node.inputs[6] else ""
+    if nonpad and any(node.inputs[4:6]):
+        raise MoaEdgeError(f"{where}: nonpad_kv_seqlen together with past_key/past_value is not valid ONNX")
     qk_out = node.outputs[3] if len(node.outputs) > 3 and node.outputs[3] else ""
     if qk_out and not (graph.consumers(qk_out) or qk_out in graph.outputs):
         qk_out = ""
@@ -508,7 +509,8 @@ def _attention_op(graph: Graph, node: Node):
         if dtype not in ("bool", "float32"):
             raise MoaEdgeError(f"{where}: attn_mask {mask_src!r} is {dtype}; expected bool or float32")
         if graph.tensors[mask_src].shape[-1] != Skv:
-            raise MoaEdgeError(f"{where}: attn_mask last axis {graph.tensors[mask_src].shape[-1]} != kv length {Skv}")
+            raise MoaEdgeError(f"{where}: an attn_mask whose last axis ({graph.tensors[mask_src].shape[-1]}) is not "
+                               f"the key length ({Skv}) is not supported yet")
         mask_kind = MASK_BOOL if dtype == "bool" else MASK_FLOAT
         mask_fill = -math.inf
         mask_lay = _broadcast(graph, mask_src, (B, Hq, Sq, Skv), node.name)
@@ -519,7 +521,9 @@ def _attention_op(graph: Graph, node: Node):
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, scale, bool(node.attrs.get("is_causal", 0)),
                          mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern=f"ONNX Attention ({len(q_shape)}-D)", absorbed=tuple(absorbed),
-                         softcap=float(node.attrs.get("softcap", 0.0)), causal_offset=causal_offset,
+                         softcap=float(node.attrs.get("softcap", 0.0)),
+                         causal_offset=-Sq if nonpad else causal_offset, kv_lengths=bool(nonpad),
                          qk_mode=int(node.attrs.get("qk_matmul_output_mode", 0)) if qk_out else -1)
     graph.nodes[graph.nodes.index(node):graph.nodes.index(node)] = extra_nodes
-    return spec, sources + [mask_src], [node.outputs[0]] + ([qk_out] if qk_out else []), node
+    inputs = sources + [mask_src] + ([nonpad] if nonpad else [])
+    return spec, inputs, [node.outputs[0]] + ([qk_out] if qk_out else []), node
