@@ -95,7 +95,9 @@ def predict(spec, schedule: Schedule, board) -> Cost:
     per_key_tile = bc * (spec.head_dim * k_tile_fills + spec.value_dim * v_tile_fills) * e
     if score_set + value_set - br * bc * e > l1["size"]:
         per_key_tile += br * (spec.head_dim + spec.value_dim) * e
-    l1_fill = q_bytes + y_bytes + heads * key_tiles * per_key_tile + (mask_dram if mask_bytes else 0)
+    # The mask is read anew for every (batch, head) even when it is broadcast over heads.
+    mask_l1 = heads * spec.q_len * spec.kv_len * (4 if spec.mask_kind == "float" else 1) if mask_bytes else 0
+    l1_fill = q_bytes + y_bytes + heads * key_tiles * per_key_tile + mask_l1
 
     pairs = heads * (visited * br if not spec.is_causal else _causal_pairs(spec))
     pairs = min(pairs, heads * spec.q_len * spec.kv_len)
