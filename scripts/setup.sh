@@ -59,6 +59,10 @@ missing_pkgs=()
 for tool in "${!NEED[@]}"; do
     command -v "$tool" >/dev/null || missing_pkgs+=("${NEED[$tool]}")
 done
+# The cross C libraries are only "Recommends" of the cross compilers: ask for them by name
+# (static linking for qemu-user needs them).
+[ -f /usr/aarch64-linux-gnu/lib/libc.a ] || missing_pkgs+=(libc6-dev-arm64-cross)
+[ -f /usr/riscv64-linux-gnu/lib/libc.a ] || missing_pkgs+=(libc6-dev-riscv64-cross)
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing_pkgs+=(python3-venv); fi
 if [ ${#missing_pkgs[@]} -gt 0 ]; then
     mapfile -t missing_pkgs < <(printf '%s\n' "${missing_pkgs[@]}" | sort -u)
