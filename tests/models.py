@@ -108,9 +108,8 @@ def expected(case: Case, inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def _onnx_attention_3d_model(case: Case) -> onnx.ModelProto:
-    B, Sq, Skv = case.batch, case.q_len, case.kv_len
-    dtype = TensorProto.DOUBLE  # the evaluator's expected values are float64; the converted file is float32
-    return _attention_3d(case, dtype)
+    # The evaluator's expected values are float64; the converted file is float32.
+    return _attention_3d(case, TensorProto.DOUBLE)
 
 
 def _attention_3d(case: Case, dtype) -> onnx.ModelProto:
