@@ -72,3 +72,31 @@ def test_fully_masked_rows_give_zero(tmp_path):
     ref = expected(case, inputs)
     assert np.all(ref[:, 1, :] == 0)  # the ONNX reference's own answer
     assert cmp.compare(outputs["y"], ref)["ok"]
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+@pytest.mark.parametrize("mask_type", ["bool", "float"])
+def test_opset24_mask_shorter_than_the_keys(board_name, mask_type, tmp_path):
+    """Opset 24: keys past a short attn_mask are hidden; expected values from the ONNX reference."""
+    import onnx
+    from onnx import TensorProto, helper
+    from onnx.reference import ReferenceEvaluator
+    board = require_board(board_name)
+    elem = TensorProto.BOOL if mask_type == "bool" else TensorProto.FLOAT
+    io = [helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 2, 3, 8]),
+          helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 2, 5, 8]),
+          helper.make_tensor_value_info("v", TensorProto.FLOAT, [1, 2, 5, 8]),
+          helper.make_tensor_value_info("m", elem, [3, 3])]
+    node = helper.make_node("Attention", ["q", "k", "v", "m"], ["y"], name="attn")
+    model = helper.make_model(helper.make_graph([node], "g", io, [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 8])]),
+                              opset_imports=[helper.make_opsetid("", 24)])
+    onnx.save(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(5)
+    inputs = {n: rng.standard_normal(s).astype(np.float32) for n, s in (("q", (1, 2, 3, 8)), ("k", (1, 2, 5, 8)), ("v", (1, 2, 5, 8)))}
+    inputs["m"] = np.array([[True, False, True], [False, True, True], [True, True, False]]) if mask_type == "bool" \
+        else rng.standard_normal((3, 3)).astype(np.float32)
+    report = convert(tmp_path / "m.onnx", tmp_path / "p")
+    outputs, _ = run(build(tmp_path / "p", board), board, report["io"], check_inputs(report["io"], inputs, "short mask"))
+    expected = ReferenceEvaluator(model).run(None, inputs)[0]
+    assert cmp.compare(outputs["y"], expected.astype(np.float64))["ok"]

@@ -508,9 +508,20 @@ def _attention_op(graph: Graph, node: Node):
         dtype = graph.tensors[mask_src].dtype
         if dtype not in ("bool", "float32"):
             raise MoaEdgeError(f"{where}: attn_mask {mask_src!r} is {dtype}; expected bool or float32")
-        if graph.tensors[mask_src].shape[-1] != Skv:
-            raise MoaEdgeError(f"{where}: an attn_mask whose last axis ({graph.tensors[mask_src].shape[-1]}) is not "
-                               f"the key length ({Skv}) is not supported yet")
+        mask_shape = graph.tensors[mask_src].shape
+        if mask_shape[-1] > Skv:
+            raise MoaEdgeError(f"{where}: attn_mask's last axis ({mask_shape[-1]}) is longer than the keys ({Skv})")
+        if mask_shape[-1] < Skv:
+            # Opset 24: the keys past the mask are hidden. Pad it (False / -inf) once, by a copy.
+            fill = np.zeros if dtype == "bool" else (lambda shape, dtype: np.full(shape, -np.inf, dtype))
+            pad_shape = mask_shape[:-1] + (Skv - mask_shape[-1],)
+            pad, padded = f"{node.name}__mask_pad", f"{node.name}__mask_padded"
+            graph.tensors[pad] = Tensor(pad, pad_shape, dtype, fill(pad_shape, dtype=np.bool_ if dtype == "bool" else np.float32))
+            graph.tensors[padded] = Tensor(padded, mask_shape[:-1] + (Skv,), dtype)
+            extra_nodes.append(Node("MoaConcat", f"{node.name}__pad_mask", [mask_src, pad], [padded],
+                                    {"layouts": [Layout.row_major(mask_shape), Layout.row_major(pad_shape)],
+                                     "axis": len(mask_shape) - 1}))
+            mask_src = padded
         mask_kind = MASK_BOOL if dtype == "bool" else MASK_FLOAT
         mask_fill = -math.inf
         mask_lay = _broadcast(graph, mask_src, (B, Hq, Sq, Skv), node.name)
