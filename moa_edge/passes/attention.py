@@ -227,12 +227,20 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
         else:
             break
         absorbed.append(node.name)
+    capped = scores
     scores, softcap = _peel_softcap(graph, scores, absorbed)
+    scaled = scores
     scores, post_scale = _peel_scale(graph, scores, absorbed)
     qk = _produced_by(graph, scores, "MatMul")
     if qk is None:
         return None
     absorbed.append(qk.name)
+    # The scaled (mode 0) or softcapped (mode 1) scores may be outputs too (the function body's qk).
+    for mode, name in ((1, capped), (0, scaled)) if softcap else ((0, scaled),):
+        if len(graph.consumers(name)) > 1 or name in graph.outputs:
+            taps.append((mode, name))
+    if len(taps) > 1:
+        return None
     q_name, q_scale = _peel_scale(graph, qk.inputs[0], absorbed)
     kt_name, k_scale = _peel_scale(graph, qk.inputs[1], absorbed)
     q_src, q_lay = _trace_view(graph, q_name, absorbed)
