@@ -156,3 +156,26 @@ def test_finfo_min_causal_constant_keeps_its_meaning(with_pad, tap_scores, tmp_p
     theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
     for got, want in zip(ours.values(), theirs):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_scores_output_without_a_bias(tmp_path):
+    """Scores that feed both the Softmax and a graph output, with no mask: one block, the
+    scores as its second output, equal to onnxruntime."""
+    import onnx
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    vi = lambda n, s: h.make_tensor_value_info(n, T.FLOAT, s)  # noqa: E731
+    nodes = [h.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), h.make_node("MatMul", ["q", "kt"], ["qk"]),
+             h.make_node("Mul", ["qk", "sc"], ["s"]), h.make_node("Softmax", ["s"], ["p"], axis=-1),
+             h.make_node("MatMul", ["p", "v"], ["y"])]
+    model = h.make_model(h.make_graph(nodes, "g", [vi(n, [1, 2, 4, 8]) for n in "qkv"],
+                                      [vi("y", [1, 2, 4, 8]), vi("s", [1, 2, 4, 4])],
+                                      initializer=[nh.from_array(np.array(0.35, np.float32), "sc")]),
+                         opset_imports=[h.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "m.onnx")
+    graph = load_graph(tmp_path / "m.onnx")
+    assert [n.op for n in graph.nodes] == ["MoaAttention"]
+    feeds = {n: np.random.default_rng(1).standard_normal((1, 2, 4, 8)).astype(np.float32) for n in "qkv"}
+    ours = run_reference(graph, feeds)
+    theirs = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for got, want in zip(ours.values(), theirs):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -237,8 +237,8 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     absorbed.append(qk.name)
     # The scaled (mode 0) or softcapped (mode 1) scores may be outputs too (the function body's qk).
     for mode, name in ((1, capped), (0, scaled)) if softcap else ((0, scaled),):
-        if len(graph.consumers(name)) > 1 or name in graph.outputs:
-            taps.append((mode, name))
+        if (len(graph.consumers(name)) > 1 or name in graph.outputs) and name not in (t for _, t in taps):
+            taps.append((mode, name))  # with no bias, the softmax input is one tensor for modes 0 and 2
     if len(taps) > 1:
         return None
     q_name, q_scale = _peel_scale(graph, qk.inputs[0], absorbed)
