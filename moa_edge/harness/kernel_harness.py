@@ -11,21 +11,22 @@ from __future__ import annotations
 from pathlib import Path
 import subprocess
 
+from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import onf
 
-STATUS_H = (Path(__file__).resolve().parents[2] / "c_runtime" / "include" / "moa" / "status.h")
+RUNTIME_INCLUDE = C_RUNTIME_DIR / "include"  # moa/status.h
 
 
 def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
     scratch = onf.scratch_layout(spec, schedule).elements
     mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind)
-    q_elems = _extent(spec.q)
-    k_elems = _extent(spec.k)
-    v_elems = _extent(spec.v)
-    y_elems = _extent(spec.y)
+    q_elems = spec.q.storage_extent()
+    k_elems = spec.k.storage_extent()
+    v_elems = spec.v.storage_extent()
+    y_elems = spec.y.storage_extent()
     has_mask = mask_type is not None
-    m_elems = _extent(spec.mask) if has_mask else 0
+    m_elems = spec.mask.storage_extent() if has_mask else 0
     reads = [("Q", real, q_elems), ("K", real, k_elems), ("V", real, v_elems)]
     if has_mask:
         reads.append(("M", mask_type, m_elems))
@@ -56,19 +57,13 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _extent(layout) -> int:
-    """Elements of storage the layout can reach."""
-    divisors = layout.divisors or (1,) * len(layout.shape)
-    return layout.offset + sum(((n - 1) // d) * s for n, s, d in zip(layout.shape, layout.strides, divisors)) + 1
-
-
 def build_harness(spec, schedule, workdir: Path, real: str = "float", cc: str = "cc",
                   cflags=("-O2",), ldflags=()) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / "kernel_main.c"
     src.write_text(harness_source(spec, schedule, real))
     exe = workdir / "kernel_main"
-    cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{STATUS_H.parent.parent}",
+    cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{RUNTIME_INCLUDE}",
            str(src), "-o", str(exe), *ldflags, "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:

@@ -19,7 +19,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import Layout, cost, onf
 from moa_edge.ops.attention import AttentionSpec
 
-from .kernel_harness import STATUS_H
+from .kernel_harness import RUNTIME_INCLUDE
 
 # Vectorised, but still IEEE infinities: the kernels rely on -INFINITY.
 BENCH_CFLAGS = ["-O3", "-march=x86-64-v3", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
@@ -156,7 +156,7 @@ def measure(seq: int, heads: int, head_dim: int, board, workdir: Path, naive: bo
     src = workdir / "traffic.c"
     src.write_text(_program(spec, schedule))
     exe = workdir / "traffic"
-    proc = subprocess.run(["cc", *BENCH_CFLAGS, f"-I{STATUS_H.parent.parent}", str(src), "-o", str(exe), "-lm"],
+    proc = subprocess.run(["cc", *BENCH_CFLAGS, f"-I{RUNTIME_INCLUDE}", str(src), "-o", str(exe), "-lm"],
                           capture_output=True, text=True)
     if proc.returncode:
         raise MoaEdgeError(f"traffic benchmark failed to compile:\n{proc.stderr}")

@@ -156,13 +156,21 @@ class Layout:
                 return axis
         return None
 
-    def materialise(self, storage: np.ndarray) -> np.ndarray:
-        """Gather the array this layout describes: element i is rav(storage)[gamma(i)], for all i at once."""
+    def offsets(self) -> np.ndarray:
+        """gamma of every index, as an array of the layout's shape."""
         offsets = np.full(self.shape, self.offset)
         for axis, (n, s, d) in enumerate(zip(self.shape, self.strides, self.axis_divisors())):
             along_axis = (np.arange(n) // d) * s
             offsets = offsets + along_axis.reshape([n if k == axis else 1 for k in range(len(self.shape))])
-        return np.ravel(storage)[offsets]
+        return offsets
+
+    def storage_extent(self) -> int:
+        """Elements of storage the layout reaches: the largest offset plus one."""
+        return self.offset + sum(((n - 1) // d) * s for n, s, d in zip(self.shape, self.strides, self.axis_divisors())) + 1
+
+    def materialise(self, storage: np.ndarray) -> np.ndarray:
+        """Gather the array this layout describes: element i is rav(storage)[gamma(i)], for all i at once."""
+        return np.ravel(storage)[self.offsets()]
 
     @staticmethod
     def _replace_axis(values: tuple[int, ...], axis: int, value: int) -> tuple[int, ...]:

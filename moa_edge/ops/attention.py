@@ -77,20 +77,15 @@ def schedule(node, board, scratch_budget=None, forced: "onf.Schedule | None" = N
 
 # --- torch float64 reference -------------------------------------------------------
 
-def _offsets(lay: Layout) -> torch.Tensor:
-    """gamma of every index of the layout (divisors included), as a gather index."""
-    reach = lay.offset + sum(((n - 1) // d) * s for n, s, d in zip(lay.shape, lay.strides, lay.axis_divisors())) + 1
-    return torch.from_numpy(lay.materialise(np.arange(reach)))
-
-
-def _view(flat: torch.Tensor, lay: Layout) -> torch.Tensor:
-    return flat[_offsets(lay)]
+def gather(flat: torch.Tensor, lay: Layout) -> torch.Tensor:
+    """The tensor a layout describes over flat storage (divisors and broadcasts included)."""
+    return flat[torch.from_numpy(lay.offsets())]
 
 
 def scores_reference(spec: AttentionSpec, q, k, mask, lengths=None) -> torch.Tensor:
     """The qk_matmul_output stage the spec asks for, in float64 (ONNX 1.23 numbering)."""
-    q4 = _view(q.reshape(-1), spec.q)
-    k4 = _view(k.reshape(-1), spec.k).repeat_interleave(spec.q_heads // spec.kv_heads, dim=1)
+    q4 = gather(q.reshape(-1), spec.q)
+    k4 = gather(k.reshape(-1), spec.k).repeat_interleave(spec.q_heads // spec.kv_heads, dim=1)
     scores = spec.scale * q4 @ k4.transpose(-1, -2)
     if spec.qk_mode >= 1 and spec.softcap:
         scores = spec.softcap * torch.tanh(scores / spec.softcap)
@@ -106,9 +101,9 @@ def _bias(spec: AttentionSpec, mask, lengths=None) -> torch.Tensor:
     full = (spec.batch, spec.q_heads, spec.q_len, spec.kv_len)
     bias = torch.zeros(full, dtype=torch.float64)
     if spec.mask_kind == MASK_FLOAT:
-        bias = bias + _view(mask.reshape(-1), spec.mask)
+        bias = bias + gather(mask.reshape(-1), spec.mask)
     elif spec.mask_kind == MASK_BOOL:
-        keep = _view(mask.reshape(-1), spec.mask)
+        keep = gather(mask.reshape(-1), spec.mask)
         bias = torch.where(keep, bias, torch.tensor(spec.mask_fill, dtype=torch.float64))
     keys, queries = torch.arange(spec.kv_len), torch.arange(spec.q_len)[:, None]
     shift = lengths.reshape(-1, 1, 1, 1) if spec.kv_lengths else 0
@@ -121,9 +116,9 @@ def _bias(spec: AttentionSpec, mask, lengths=None) -> torch.Tensor:
 
 def reference(spec: AttentionSpec, q, k, v, mask, out_shape, lengths=None) -> torch.Tensor:
     """Evaluate with torch SDPA in float64, reading operands through their access maps."""
-    q4 = _view(q.reshape(-1), spec.q)
-    k4 = _view(k.reshape(-1), spec.k)
-    v4 = _view(v.reshape(-1), spec.v)
+    q4 = gather(q.reshape(-1), spec.q)
+    k4 = gather(k.reshape(-1), spec.k)
+    v4 = gather(v.reshape(-1), spec.v)
     group = spec.q_heads // spec.kv_heads
     k4 = k4.repeat_interleave(group, dim=1)
     v4 = v4.repeat_interleave(group, dim=1)
@@ -137,7 +132,7 @@ def reference(spec: AttentionSpec, q, k, v, mask, out_shape, lengths=None) -> to
     fully_masked = torch.isneginf(bias).all(dim=-1, keepdim=True)
     y4 = torch.where(fully_masked, torch.zeros_like(y4), y4)
     out = torch.zeros(int(np.prod(out_shape)), dtype=torch.float64)
-    out[_offsets(spec.y)] = y4
+    out[torch.from_numpy(spec.y.offsets())] = y4
     return out.reshape(out_shape)
 
 

@@ -2,10 +2,11 @@
 into a row-major output (the present key/value cache: past keys, then new ones)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from moa_edge.moa import Layout
+
+from .attention import gather
 
 C_SOURCES: list[str] = []
 
@@ -14,14 +15,8 @@ def scratch_bytes(node) -> int:
     return 0
 
 
-def _gather(flat: torch.Tensor, layout: Layout) -> torch.Tensor:
-    reach = layout.offset + sum(((n - 1) // d) * s for n, s, d in
-                                zip(layout.shape, layout.strides, layout.axis_divisors())) + 1
-    return flat[torch.from_numpy(layout.materialise(np.arange(reach)))]
-
-
 def reference(node, parts: list[torch.Tensor]) -> torch.Tensor:
-    views = [_gather(p.reshape(-1), lay) for p, lay in zip(parts, node.attrs["layouts"])]
+    views = [gather(p.reshape(-1), lay) for p, lay in zip(parts, node.attrs["layouts"])]
     return torch.cat(views, dim=node.attrs["axis"])
 
 

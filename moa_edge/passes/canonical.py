@@ -3,12 +3,10 @@ list every place an exporter may put them (Identity, Cast or CastLike to the sam
 from __future__ import annotations
 
 import numpy as np
-import onnx
 
 from moa_edge.ir import Graph
 
-_ONNX_TO_DTYPE = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.BOOL: "bool", onnx.TensorProto.INT64: "int64",
-                  onnx.TensorProto.DOUBLE: "float64", onnx.TensorProto.INT32: "int32"}
+from .fold import DTYPE_OF_ONNX
 
 
 def _is_no_op(graph: Graph, node) -> bool:
@@ -18,7 +16,7 @@ def _is_no_op(graph: Graph, node) -> bool:
         return len([o for o in node.outputs if o]) == 1
     if node.op == "Cast":
         source = graph.tensors.get(node.inputs[0])
-        return source is not None and _ONNX_TO_DTYPE.get(node.attrs.get("to")) == source.dtype
+        return source is not None and DTYPE_OF_ONNX.get(node.attrs.get("to")) == source.dtype
     if node.op == "Pad":  # padding by nothing (the opset-24 function body pads masks to the key length)
         pads = graph.constant(node.inputs[1]) if len(node.inputs) > 1 else None
         return pads is not None and not np.any(pads)

@@ -95,9 +95,9 @@ def _dtype(value: np.ndarray) -> str:
     return "bool" if value.dtype == np.bool_ else value.dtype.name
 
 
-_DTYPES = {"float32": onnx.TensorProto.FLOAT, "bool": onnx.TensorProto.BOOL, "int64": onnx.TensorProto.INT64,
+ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "bool": onnx.TensorProto.BOOL, "int64": onnx.TensorProto.INT64,
            "float64": onnx.TensorProto.DOUBLE, "int32": onnx.TensorProto.INT32}
-_FROM_ONNX = {v: k for k, v in _DTYPES.items()}
+DTYPE_OF_ONNX = {v: k for k, v in ONNX_DTYPES.items()}
 
 
 def infer_missing_shapes(graph: Graph) -> None:
@@ -116,8 +116,8 @@ def infer_missing_shapes(graph: Graph) -> None:
                 continue
             if t.is_constant:
                 initializers.append(onnx.numpy_helper.from_array(np.asarray(t.data), name))
-            elif t.dtype in _DTYPES:
-                inputs.append(onnx.helper.make_tensor_value_info(name, _DTYPES[t.dtype], t.shape))
+            elif t.dtype in ONNX_DTYPES:
+                inputs.append(onnx.helper.make_tensor_value_info(name, ONNX_DTYPES[t.dtype], t.shape))
         else:
             proto = onnx.helper.make_node(node.op, node.inputs, node.outputs, **node.attrs)
             model = onnx.helper.make_model(
@@ -129,7 +129,7 @@ def infer_missing_shapes(graph: Graph) -> None:
                 continue
             for vi in inferred:
                 tt = vi.type.tensor_type
-                if (vi.name in node.outputs and tt.elem_type in _FROM_ONNX
+                if (vi.name in node.outputs and tt.elem_type in DTYPE_OF_ONNX
                         and all(d.HasField("dim_value") for d in tt.shape.dim)):
                     graph.tensors[vi.name] = Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim),
-                                                    _FROM_ONNX[tt.elem_type])
+                                                    DTYPE_OF_ONNX[tt.elem_type])
