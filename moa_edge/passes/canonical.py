@@ -49,7 +49,7 @@ def bypass_no_ops(graph: Graph) -> int:
 def lower_copies(graph: Graph) -> None:
     """ONNX Concat and the Identity ops still left become MoaConcat (a copy through access
     maps), the one data-movement op the runtime has."""
-    from .attention import _trace_view  # the parts are read in place through their layout ops
+    from .views import trace_view  # the parts are read in place through their layout ops
     for k, node in enumerate(graph.nodes):
         if node.op not in ("Concat", "Identity") or any(graph.tensors.get(i) is None for i in node.inputs):
             continue
@@ -57,7 +57,7 @@ def lower_copies(graph: Graph) -> None:
             continue
         rank = len(graph.tensors[node.inputs[0]].shape)
         axis = node.attrs.get("axis", 0) % rank if node.op == "Concat" else 0
-        traced = [_trace_view(graph, i, []) for i in node.inputs]
+        traced = [trace_view(graph, i, []) for i in node.inputs]
         graph.nodes[k] = type(node)("MoaConcat", node.name, [src for src, _ in traced], list(node.outputs),
                                     {"layouts": [lay for _, lay in traced], "axis": axis})
     graph.remove_dead()

@@ -12,7 +12,7 @@ from moa_edge.ir import Graph, Node
 from moa_edge.moa import Layout
 from moa_edge.ops.attention import MASK_FLOAT, MASK_NONE, AttentionSpec
 
-from .attention import _broadcast
+from .views import broadcast_mask
 
 
 def _present(node: Node, index: int) -> str:
@@ -68,7 +68,7 @@ def multi_head_attention(graph: Graph, node: Node):
     y = node.outputs[0]
     y_lay = _heads(graph.tensors[y].shape, heads)
     bias = _present(node, 5)
-    mask_lay = _broadcast(graph, bias, (B, H, Sq, Skv), node.name) if bias else None
+    mask_lay = broadcast_mask(graph, bias, (B, H, Sq, Skv), node.name) if bias else None
     spec = AttentionSpec(B, H, H, Sq, Skv, D, Dv, float(node.attrs.get("scale", 0.0)) or 1 / math.sqrt(D),
                          bool(node.attrs.get("unidirectional", 0)), MASK_FLOAT if bias else MASK_NONE, 0.0,
                          q_lay, k_lay, v_lay, y_lay, mask_lay, pattern="com.microsoft.MultiHeadAttention",

@@ -1,0 +1,111 @@
+"""Layout ops seen as index maps: what a kernel operand really reads, and where an output
+is really written, so that head splits, transposes and repeat_kv cost no copy."""
+from __future__ import annotations
+
+from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import Graph
+from moa_edge.moa import Layout
+
+
+def trace_view(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, Layout]:
+    """Follow layout ops back to stored data: (source tensor, access map). Transpose,
+    view-compatible Reshape, Unsqueeze/Squeeze and Identity are index maps; so is
+    Unsqueeze -> Expand -> Reshape merging the expanded axis into the one before it,
+    which is repeat_kv (the merged index h reads h // group)."""
+    node = graph.producer(name)
+    shape = graph.tensors[name].shape
+    if node is None:
+        return name, Layout.row_major(shape)
+    inner = list(absorbed)
+    view = None
+    if node.op == "Transpose":
+        source, layout = trace_view(graph, node.inputs[0], inner)
+        view = layout.transpose(node.attrs.get("perm", list(range(len(shape)))[::-1]))
+    elif node.op in ("Reshape", "Unsqueeze", "Squeeze", "Identity"):
+        source, layout = trace_view(graph, node.inputs[0], inner)
+        view = _repeat_kv_merge(layout, shape) if node.op == "Reshape" else None
+        view = view or layout.reshape(shape)
+    elif node.op == "Expand" and graph.constant(node.inputs[1]) is not None:
+        source, layout = trace_view(graph, node.inputs[0], inner)
+        if len(layout.shape) == len(shape):
+            view = layout.broadcast_to(shape)
+    if view is None:
+        return name, Layout.row_major(shape)
+    absorbed[:] = inner + [node.name]
+    return source, view
+
+
+def _repeat_kv_merge(layout: Layout, shape) -> Layout | None:
+    """(.., H, G, ..) with the G axis broadcast (stride 0) merged into (.., H*G, ..)."""
+    for axis in range(len(layout.shape) - 1):
+        group = layout.shape[axis + 1]
+        if layout.strides[axis + 1] != 0 or group == 1:
+            continue
+        merged = layout.shape[:axis] + (layout.shape[axis] * group,) + layout.shape[axis + 2:]
+        if tuple(shape) != merged:
+            continue
+        dropped = Layout(layout.shape[:axis + 1] + layout.shape[axis + 2:],
+                         layout.strides[:axis + 1] + layout.strides[axis + 2:], layout.offset,
+                         None if layout.divisors is None else layout.divisors[:axis + 1] + layout.divisors[axis + 2:])
+        return dropped.repeat_kv(axis, group)
+    return None
+
+
+def kv_heads_of(layout: Layout) -> tuple[Layout, int]:
+    """A (B, Hq, S, d) map whose head axis divides by G, as (B, Hq/G, S, d) and G."""
+    group = layout.axis_divisors()[1]
+    if group == 1:
+        return layout, 1
+    divisors = layout.axis_divisors()
+    plain = Layout((layout.shape[0], layout.shape[1] // group) + layout.shape[2:], layout.strides, layout.offset,
+                   (divisors[0], 1) + divisors[2:])
+    return plain, group
+
+
+def as_4d(layout: Layout) -> Layout | None:
+    """Rank-3 operands (heads folded into the batch, as nn.MultiheadAttention does) gain a batch of 1."""
+    if len(layout.shape) == 4:
+        return layout
+    if len(layout.shape) == 3:
+        return Layout((1,) + layout.shape, (0,) + layout.strides, layout.offset,
+                      None if layout.divisors is None else (1,) + layout.divisors)
+    return None
+
+
+def trace_output_view(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, Layout]:
+    """Follow the output down through Transpose/Reshape (the head merge) while each is
+    the only consumer: the kernel then writes the merged tensor in place."""
+    chain = []
+    while True:
+        users = graph.consumers(name)
+        if len(users) != 1 or name in graph.outputs or users[0].op not in ("Transpose", "Reshape"):
+            break
+        chain.append(users[0])
+        name = users[0].outputs[0]
+    # Undo the chain from its end: the view of the final tensor's storage the kernel writes.
+    while chain:
+        layout = Layout.row_major(graph.tensors[name].shape)
+        ok = True
+        for node in reversed(chain):
+            before = graph.tensors[node.inputs[0]].shape
+            if node.op == "Transpose":
+                perm = node.attrs.get("perm", list(range(len(before)))[::-1])
+                layout = layout.transpose([perm.index(k) for k in range(len(perm))])
+            else:
+                layout = layout.reshape(before)
+                if layout is None:
+                    ok = False
+                    break
+        if ok:
+            absorbed.extend(n.name for n in chain)
+            return name, layout
+        name = chain.pop().inputs[0]  # give up the last op and try the shorter chain
+    return name, Layout.row_major(graph.tensors[name].shape)
+
+
+def broadcast_mask(graph: Graph, name: str, full, where: str) -> Layout:
+    shape = graph.tensors[name].shape
+    if len(shape) > 4 or any(m not in (1, n) for m, n in zip(shape[::-1], full[::-1])):
+        raise MoaEdgeError(f"node {where}: mask {name!r} of shape {list(shape)} does not broadcast "
+                           f"to the scores' shape {list(full)}")
+    return Layout.row_major(shape).broadcast_to(full)
