@@ -179,3 +179,62 @@ def test_scores_output_without_a_bias(tmp_path):
     theirs = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
     for got, want in zip(ours.values(), theirs):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _length_bias_graph(path, causal: bool, past_last_key: int = 0, fill=-np.inf):
+    """Q K^T with a bias built at run time from per-batch key counts L, as the ONNX function
+    body of nonpad_kv_seqlen builds it: keys k >= L[b] + past_last_key hidden, and with
+    `causal` also k > i + L[b] - Sq."""
+    import onnx
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    B, H, Sq, Skv, D = 3, 2, 4, 6, 8
+    vi = lambda n, dtype, s: h.make_tensor_value_info(n, dtype, s)  # noqa: E731
+    consts = {"cols": np.arange(Skv, dtype=np.int64), "rows": np.arange(Sq, dtype=np.int64).reshape(Sq, 1),
+              "sq": np.array([Sq], np.int64), "shift": np.array([past_last_key], np.int64),
+              "zero": np.array(0.0, np.float32), "fill": np.array(fill, np.float32),
+              "ax1": np.array([1], np.int64), "ax12": np.array([1, 2], np.int64), "ax123": np.array([1, 2, 3], np.int64),
+              "sc": np.array(D ** -0.5, np.float32)}
+    nodes = [h.make_node("Add", ["L", "shift"], ["Ls"]), h.make_node("Unsqueeze", ["Ls", "ax1"], ["L2"]),
+             h.make_node("Less", ["cols", "L2"], ["keep"]), h.make_node("Where", ["keep", "zero", "fill"], ["pad2"]),
+             h.make_node("Unsqueeze", ["pad2", "ax12"], ["bias"])]
+    if causal:
+        nodes += [h.make_node("Sub", ["L", "sq"], ["off"]), h.make_node("Unsqueeze", ["off", "ax123"], ["off4"]),
+                  h.make_node("Add", ["rows", "off4"], ["diag"]), h.make_node("Less", ["diag", "cols"], ["above"]),
+                  h.make_node("Where", ["above", "fill", "zero"], ["tri"]), h.make_node("Add", ["bias", "tri"], ["bias2"])]
+    nodes += [h.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]), h.make_node("MatMul", ["q", "kt"], ["qk"]),
+              h.make_node("Mul", ["qk", "sc"], ["s"]), h.make_node("Add", ["s", "bias2" if causal else "bias"], ["sb"]),
+              h.make_node("Softmax", ["sb"], ["p"], axis=-1), h.make_node("MatMul", ["p", "v"], ["y"])]
+    inputs = [vi("q", T.FLOAT, [B, H, Sq, D]), vi("k", T.FLOAT, [B, H, Skv, D]), vi("v", T.FLOAT, [B, H, Skv, D]),
+              vi("L", T.INT64, [B])]
+    model = h.make_model(h.make_graph(nodes, "g", inputs, [vi("y", T.FLOAT, [B, H, Sq, D])],
+                                      initializer=[nh.from_array(v, k) for k, v in consts.items()]),
+                         opset_imports=[h.make_opsetid("", 18)])
+    onnx.save(model, path)
+    rng = np.random.default_rng(2)
+    feeds = {n: rng.standard_normal((B, H, Sq if n == "q" else Skv, D)).astype(np.float32) for n in "qkv"}
+    feeds["L"] = np.array([6, 5, 4], np.int64)  # every query row keeps a key: no 0/0 rows
+    return feeds
+
+
+@pytest.mark.parametrize("causal, past_last_key, fill, lengths", [
+    (False, 0, -np.inf, True), (True, 0, -np.inf, True),
+    (False, 1, -np.inf, False),                      # hides k > L[b]: not the key count
+    (True, 0, np.finfo(np.float32).min, False),      # a finite minimum is not "hidden"
+], ids=["padding", "padding_causal", "off_by_one", "finite_min"])
+def test_bias_built_from_key_lengths(causal, past_last_key, fill, lengths, tmp_path):
+    """A bias computed from a per-batch length vector becomes kernel key lengths (and a
+    length-relative causal diagonal) only when it hides exactly those keys."""
+    path = tmp_path / "m.onnx"
+    feeds = _length_bias_graph(path, causal, past_last_key, fill)
+    graph = load_graph(path, strict=False)
+    (block,) = [n for n in graph.nodes if n.op == "MoaAttention"]
+    spec = block.attrs["spec"]
+    assert spec.kv_lengths == lengths
+    if lengths:
+        assert [n.op for n in graph.nodes] == ["MoaAttention"] and block.inputs[4] == "L"
+        assert spec.is_causal == causal and spec.causal_offset == (-4 if causal else 0)
+        ours = run_reference(graph, feeds)
+        theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+        np.testing.assert_allclose(ours["y"], theirs[0], rtol=1e-5, atol=1e-6)
+    else:
+        assert block.inputs[3] and spec.mask_kind == "float"  # stays a mask the graph computes

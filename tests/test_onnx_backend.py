@@ -29,8 +29,6 @@ CASES = {c.name: c for c in load_model_tests(kind="node")
 # Features not implemented yet, by the pattern of the test names that need them. float16
 # models are refused by design (the runtime is fp32): their error must name the type.
 NOT_YET = {
-    r"nonpad.*_expanded$": "the function body of nonpad_kv_seqlen (its bias is computed at run time)",
-    r"padded_kv.*_expanded$": "the function body's Pad of a short mask",
     r"fp16|softmax_precision": "float16 inputs (FLOAT16)",
 }
 

@@ -9,7 +9,7 @@ from models import Case, case_inputs, expected, export
 from moa_edge.harness import compare as cmp
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import check_inputs, run
-from moa_edge.pipeline import convert
+from moa_edge.pipeline import convert, load_graph
 
 CASES = [
     Case("op23_plain", "op23", q_len=8, kv_len=8, head_dim=16),
@@ -100,3 +100,31 @@ def test_opset24_mask_shorter_than_the_keys(board_name, mask_type, tmp_path):
     outputs, _ = run(build(tmp_path / "p", board), board, report["io"], check_inputs(report["io"], inputs, "short mask"))
     expected = ReferenceEvaluator(model).run(None, inputs)[0]
     assert cmp.compare(outputs["y"], expected.astype(np.float64))["ok"]
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+@pytest.mark.parametrize("dtype", ["bool", "float"])
+def test_constant_pad_becomes_one_copy(board_name, dtype, tmp_path):
+    """Pad(constant) of run-time data on a middle axis, before and after: one MoaConcat whose
+    fill is one stored element; expected values from the ONNX reference."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+    board = require_board(board_name)
+    elem, value = (TensorProto.BOOL, np.array(True)) if dtype == "bool" else (TensorProto.FLOAT, np.array(-2.5, np.float32))
+    inits = [numpy_helper.from_array(np.array([1, 2], np.int64), "pads"), numpy_helper.from_array(value, "value"),
+             numpy_helper.from_array(np.array([-2], np.int64), "axes")]
+    graph = helper.make_graph([helper.make_node("Pad", ["x", "pads", "value", "axes"], ["y"], name="pad")], "g",
+                              [helper.make_tensor_value_info("x", elem, [2, 3, 4])],
+                              [helper.make_tensor_value_info("y", elem, [2, 6, 4])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, tmp_path / "m.onnx")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    inputs = {"x": x > 0 if dtype == "bool" else x}
+    lowered = load_graph(tmp_path / "m.onnx")
+    assert [n.op for n in lowered.nodes] == ["MoaConcat"] and [w.size for w in lowered.weights()] == [1]
+    report = convert(tmp_path / "m.onnx", tmp_path / "p")
+    outputs, _ = run(build(tmp_path / "p", board), board, report["io"], check_inputs(report["io"], inputs, "pad"))
+    np.testing.assert_array_equal(outputs["y"], ReferenceEvaluator(model).run(None, inputs)[0])

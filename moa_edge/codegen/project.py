@@ -64,6 +64,9 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
         "P": P, "p": prefix, "SOURCE": source, "BOARD": board,
         "ARENA_BYTES": str(plan.total_bytes), "WEIGHTS_BYTES": str(weights_bytes),
         "NUM_INPUTS": str(len(graph.inputs)), "NUM_OUTPUTS": str(len(graph.outputs)),
+        # (A model with no intermediates needs no arena bytes: `size < 0u` would not compile with -Werror.)
+        "ARENA_SIZE_CHECK": (f"    if (arena_bytes < {P}_ARENA_BYTES) {{\n        return MOA_ERR_ARENA_TOO_SMALL;\n    }}\n"
+                             if plan.total_bytes else "    (void)arena_bytes;\n"),
     }
     io_macros, args, v_unpack = [], [], []
     for e in io:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 import math
+import re
 
 from . import dnf
 from .layout import Layout
@@ -255,7 +256,8 @@ def _score_tile(bc, score, store, w):
     w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
     w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
     w("            for (ii = 0; ii < rows; ii++) {")
-    w("                const ptrdiff_t i = ib + ii;")
+    if any(re.search(r"\bi\b", line) for line in score):  # a single query row folds i away
+        w("                const ptrdiff_t i = ib + ii;")
     w("                for (kk = 0; kk < cols; kk++) {")
     w("                    const ptrdiff_t k = kb + kk;")
     for line in list(score) + list(store):

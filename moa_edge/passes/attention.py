@@ -22,9 +22,11 @@ from moa_edge.moa import Layout
 from moa_edge.ops.attention import MASK_BOOL, MASK_FLOAT, MASK_NONE, AttentionSpec
 
 from .bias import classify_bias
+from .canonical import pad_nodes
 from .contrib_attention import RULES as CONTRIB_RULES
 from .match import MASKED, produced_by, scalar
 from .views import as_4d, broadcast_mask, kv_heads_of, trace_output_view, trace_view
+
 
 def rewrite_attention(graph: Graph) -> int:
     """Rewrite every attention block in place; returns how many were found."""
@@ -166,19 +168,19 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     if y_lay is None or y_lay.shape != (B, Hq, Sq, Dv):
         return None
 
-    mask_kind, mask_fill, mask_src, causal, offset, extra_nodes = classify_bias(
-        graph, terms, Sq, Skv, absorbed, exact_scores=any(mode == 2 for mode, _ in taps))
-    if mask_kind is None:
+    bias = classify_bias(graph, terms, B, Sq, Skv, absorbed, exact_scores=any(mode == 2 for mode, _ in taps))
+    if bias is None:
         return None
-    mask_lay = broadcast_mask(graph, mask_src, (B, Hq, Sq, Skv), softmax.name) if mask_src else None
-    spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, q_scale * k_scale * post_scale, causal,
-                         mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
+    mask_lay = broadcast_mask(graph, bias.mask, (B, Hq, Sq, Skv), softmax.name) if bias.mask else None
+    spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, q_scale * k_scale * post_scale, bias.causal,
+                         bias.mask_kind, bias.mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]),
-                         softcap=softcap, causal_offset=offset)
+                         softcap=softcap, causal_offset=bias.causal_offset, kv_lengths=bool(bias.lengths))
     if taps:
         spec = dataclasses.replace(spec, qk_mode=taps[0][0])
-    graph.nodes[graph.nodes.index(pv):graph.nodes.index(pv)] = extra_nodes
-    return spec, [q_src, k_src, v_src, mask_src], [y] + [name for _, name in taps], pv
+    graph.nodes[graph.nodes.index(pv):graph.nodes.index(pv)] = bias.new_nodes
+    inputs = [q_src, k_src, v_src, bias.mask] + ([bias.lengths] if bias.lengths else [])
+    return spec, inputs, [y] + [name for _, name in taps], pv
 
 
 def _is_empty_row_guard(graph: Graph, node: Node, probs: str) -> bool:
@@ -302,14 +304,9 @@ def _attention_op(graph: Graph, node: Node):
             raise MoaEdgeError(f"{where}: attn_mask's last axis ({mask_shape[-1]}) is longer than the keys ({Skv})")
         if mask_shape[-1] < Skv:
             # Opset 24: the keys past the mask are hidden. Pad it (False / -inf) once, by a copy.
-            fill = np.zeros if dtype == "bool" else (lambda shape, dtype: np.full(shape, -np.inf, dtype))
-            pad_shape = mask_shape[:-1] + (Skv - mask_shape[-1],)
-            pad, padded = f"{node.name}__mask_pad", f"{node.name}__mask_padded"
-            graph.tensors[pad] = Tensor(pad, pad_shape, dtype, fill(pad_shape, dtype=np.bool_ if dtype == "bool" else np.float32))
-            graph.tensors[padded] = Tensor(padded, mask_shape[:-1] + (Skv,), dtype)
-            extra_nodes.append(Node("MoaConcat", f"{node.name}__pad_mask", [mask_src, pad], [padded],
-                                    {"layouts": [Layout.row_major(mask_shape), Layout.row_major(pad_shape)],
-                                     "axis": len(mask_shape) - 1}))
+            padded = f"{node.name}__mask_padded"
+            extra_nodes.append(pad_nodes(graph, mask_src, len(mask_shape) - 1, 0, Skv - mask_shape[-1],
+                                         False if dtype == "bool" else -np.inf, padded, f"{node.name}__pad_mask"))
             mask_src = padded
         mask_kind = MASK_BOOL if dtype == "bool" else MASK_FLOAT
         mask_fill = -math.inf

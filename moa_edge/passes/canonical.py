@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from moa_edge.ir import Graph
+from moa_edge.ir import DTYPES, Graph, Node, Tensor
+from moa_edge.moa import Layout
 
 from .fold import DTYPE_OF_ONNX
 
@@ -46,11 +47,56 @@ def bypass_no_ops(graph: Graph) -> int:
     return bypassed
 
 
+def pad_nodes(graph: Graph, name: str, axis: int, before: int, after: int, value, out: str, stem: str) -> Node:
+    """`out` = `name` padded along `axis` with `value`, as one MoaConcat: the fill parts are a
+    single stored element read through a stride-0 map, whatever their size."""
+    source = graph.tensors[name]
+    fill = f"{stem}__fill"
+    graph.tensors[fill] = Tensor(fill, (1,) * len(source.shape), source.dtype,
+                                 np.full((1,) * len(source.shape), value, DTYPES[source.dtype][0]))
+    parts, layouts = [], []
+    for size, part in ((before, fill), (None, name), (after, fill)):
+        if size == 0:
+            continue
+        shape = source.shape if size is None else source.shape[:axis] + (size,) + source.shape[axis + 1:]
+        parts.append(part)
+        layouts.append(Layout.row_major(shape) if size is None else Layout(shape, (0,) * len(shape)))
+    out_shape = source.shape[:axis] + (source.shape[axis] + before + after,) + source.shape[axis + 1:]
+    graph.tensors.setdefault(out, Tensor(out, out_shape, source.dtype))
+    return Node("MoaConcat", stem, parts, [out], {"layouts": layouts, "axis": axis})
+
+
+def _constant_pad(graph: Graph, node) -> Node | None:
+    """Pad(mode=constant) along one axis by constant, non-negative amounts (the opset-24
+    function body pads a short mask to the key length so) -> one MoaConcat."""
+    if node.op != "Pad" or node.attrs.get("mode", "constant") != "constant" or len(node.inputs) < 2:
+        return None
+    data = graph.tensors.get(node.inputs[0])
+    pads = graph.constant(node.inputs[1])
+    has_value, has_axes = (len(node.inputs) > k and bool(node.inputs[k]) for k in (2, 3))
+    value = graph.constant(node.inputs[2]) if has_value else np.zeros(())
+    axes = graph.constant(node.inputs[3]) if has_axes else None
+    if data is None or data.dtype not in ("float32", "bool") or pads is None or value is None or (has_axes and axes is None):
+        return None
+    rank = len(data.shape)
+    axes = [int(a) % rank for a in (range(rank) if axes is None else axes.reshape(-1))]
+    amounts = pads.reshape(2, len(axes))
+    padded = [(axis, int(b), int(a)) for axis, b, a in zip(axes, amounts[0], amounts[1]) if b or a]
+    if len(padded) != 1 or min(padded[0][1:]) < 0:
+        return None
+    axis, before, after = padded[0]
+    return pad_nodes(graph, node.inputs[0], axis, before, after, value.reshape(-1)[0], node.outputs[0], node.name)
+
+
 def lower_copies(graph: Graph) -> None:
-    """ONNX Concat and the Identity ops still left become MoaConcat (a copy through access
-    maps), the one data-movement op the runtime has."""
+    """ONNX Concat, constant Pad and the Identity ops still left become MoaConcat (a copy
+    through access maps), the one data-movement op the runtime has."""
     from .views import trace_view  # the parts are read in place through their layout ops
     for k, node in enumerate(graph.nodes):
+        pad = _constant_pad(graph, node)
+        if pad is not None:
+            graph.nodes[k] = pad
+            continue
         if node.op not in ("Concat", "Identity") or any(graph.tensors.get(i) is None for i in node.inputs):
             continue
         if any(graph.tensors[i].dtype != "float32" for i in node.inputs):

@@ -133,3 +133,38 @@ def infer_missing_shapes(graph: Graph) -> None:
                         and all(d.HasField("dim_value") for d in tt.shape.dim)):
                     graph.tensors[vi.name] = Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim),
                                                     DTYPE_OF_ONNX[tt.elem_type])
+
+
+def cone(graph: Graph, name: str) -> tuple[list, set[str]]:
+    """The nodes computing `name` from runtime data, in graph order, and the runtime
+    tensors (graph inputs) they start from. Constants end the walk."""
+    nodes, leaves, seen, todo = set(), set(), set(), [name]
+    while todo:
+        current = todo.pop()
+        if not current or current in seen or graph.constant(current) is not None:
+            continue
+        seen.add(current)
+        producer = graph.producer(current)
+        if producer is None:
+            leaves.add(current)
+        elif id(producer) not in nodes:
+            nodes.add(id(producer))
+            todo += producer.inputs
+    return [n for n in graph.nodes if id(n) in nodes], leaves
+
+
+def subgraph_function(graph: Graph, nodes, inputs: list[str], outputs: list[str]):
+    """`nodes` as a function of the runtime tensors `inputs` (constants baked in), run by
+    onnx's reference evaluator: arrays in, arrays of `outputs` out."""
+    used = {i for n in nodes for i in n.inputs if i}
+    initializers = [onnx.numpy_helper.from_array(np.asarray(graph.constant(i)), i)
+                    for i in sorted(used) if graph.constant(i) is not None]
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **n.attrs) for n in nodes], "cone",
+            [onnx.helper.make_tensor_value_info(i, ONNX_DTYPES[graph.tensors[i].dtype], graph.tensors[i].shape)
+             for i in inputs],
+            [onnx.helper.make_empty_tensor_value_info(o) for o in outputs], initializer=initializers),
+        opset_imports=[onnx.helper.make_opsetid("", graph.opsets.get("", graph.opsets.get("ai.onnx", 18)))])
+    evaluator = ReferenceEvaluator(model)
+    return lambda *arrays: evaluator.run(outputs, dict(zip(inputs, arrays)))
