@@ -151,6 +151,10 @@ def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) ->
     _pin_shapes(model, path, input_shapes or {})
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        if any(n.domain == "com.microsoft" for n in model.graph.node):
+            # onnxruntime's optimizer output: its own shape inference knows its contrib ops.
+            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+            model = SymbolicShapeInference.infer_shapes(model)
     except Exception as exc:
         raise MoaEdgeError(f"{path}: ONNX shape inference failed: {str(exc).strip().splitlines()[-1]}") from None
 

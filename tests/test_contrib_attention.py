@@ -11,7 +11,8 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.harness import compare as cmp
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
-from moa_edge.pipeline import convert
+from moa_edge.harness.reference import run_reference
+from moa_edge.pipeline import convert, load_graph
 
 B, S, SKV, H, HKV, D = 2, 5, 7, 4, 2, 8
 OPSETS = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
@@ -26,9 +27,12 @@ def _model(op, inputs, shapes, out_shape, initializers=(), **attrs):
 
 
 def _inputs(model, seed=0):
+    """Normal floats; int32 inputs are per-batch key counts (at least one key each)."""
     rng = np.random.default_rng(seed)
-    return {vi.name: rng.standard_normal([d.dim_value for d in vi.type.tensor_type.shape.dim]).astype(np.float32)
-            for vi in model.graph.input}
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in model.graph.input}
+    keys = shapes["k"][1] if "k" in shapes else shapes["x"][1]
+    return {vi.name: rng.standard_normal(shapes[vi.name]).astype(np.float32) if vi.type.tensor_type.elem_type == T.FLOAT
+            else rng.integers(1, keys + 1, shapes[vi.name]).astype(np.int32) for vi in model.graph.input}
 
 
 def _check_against_onnxruntime(model, tmp_path):
@@ -63,6 +67,60 @@ def test_multi_head_attention_unidirectional(tmp_path):
     _check_against_onnxruntime(model, tmp_path)
 
 
+def test_multi_head_attention_key_lengths(tmp_path):
+    """A 1-D int32 key_padding_mask (MaskIndexEnd, as the BERT optimizer emits it) is the
+    kernel's key lengths, read as int32."""
+    model = _model("MultiHeadAttention", ["q", "k", "v", "", "lengths"], [[B, S, H * D], [B, SKV, H * D],
+                   [B, SKV, H * D]], [B, S, H * D], num_heads=H)
+    model.graph.input.append(helper.make_tensor_value_info("lengths", T.INT32, [B]))
+    _check_against_onnxruntime(model, tmp_path)
+
+
+def _reference_check(model, tmp_path, ops):
+    """Ops the runtime does not have yet (the projection MatMul, bias Adds) stay in the graph:
+    the rewritten IR, run by the reference executor, against onnxruntime's kernels."""
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    graph = load_graph(path, strict=False)
+    assert sorted(n.op for n in graph.nodes) == sorted(ops)
+    inputs = _inputs(model, seed=3)
+    ours = run_reference(graph, inputs)["y"]
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
+    np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=2e-6)
+    return graph
+
+
+def test_multi_head_attention_packed_bias(tmp_path):
+    rng = np.random.default_rng(4)
+    bias = numpy_helper.from_array(rng.standard_normal(3 * H * D).astype(np.float32), "bias")
+    model = _model("MultiHeadAttention", ["q", "k", "v", "bias", "lengths"], [[B, S, H * D], [B, SKV, H * D],
+                   [B, SKV, H * D]], [B, S, H * D], [bias], num_heads=H)
+    model.graph.input.append(helper.make_tensor_value_info("lengths", T.INT32, [B]))
+    _reference_check(model, tmp_path, ["Add", "Add", "Add", "MoaAttention"])
+
+
+@pytest.mark.parametrize("sizes, unidirectional, lengths", [
+    (None, 0, True), (None, 1, False), ([H * D, H * D, 2 * H * D], 0, True), (None, 0, False),
+], ids=["mask_index", "unidirectional", "wider_values", "no_mask"])
+def test_packed_attention(sizes, unidirectional, lengths, tmp_path):
+    """com.microsoft.Attention: one projection MatMul (+ bias Add) left in the graph, Q, K and V
+    read from its rows at their column offsets, no copy."""
+    width = sum(sizes) if sizes else 3 * H * D
+    rng = np.random.default_rng(5)
+    consts = [numpy_helper.from_array(rng.standard_normal((H * D, width)).astype(np.float32) / 4, "w"),
+              numpy_helper.from_array(rng.standard_normal(width).astype(np.float32), "b")]
+    attrs = {"num_heads": H, "unidirectional": unidirectional} | ({"qkv_hidden_sizes": sizes} if sizes else {})
+    out_width = sizes[2] if sizes else H * D
+    model = _model("Attention", ["x", "w", "b"] + (["lengths"] if lengths else []), [[B, SKV, H * D]],
+                   [B, SKV, out_width], consts, **attrs)
+    if lengths:
+        model.graph.input.append(helper.make_tensor_value_info("lengths", T.INT32, [B]))
+    graph = _reference_check(model, tmp_path, ["MatMul", "Add", "MoaAttention"])
+    spec = graph.nodes[-1].attrs["spec"]
+    assert spec.kv_lengths == lengths and spec.is_causal == bool(unidirectional)
+    assert graph.nodes[-1].inputs[:3] == [graph.nodes[1].outputs[0]] * 3  # Q, K, V: one buffer
+
+
 def _gqa(seqlens, **attrs):
     consts = [numpy_helper.from_array(np.array(seqlens, np.int32), "seqlens_k"),
               numpy_helper.from_array(np.array([S], np.int32), "total")]
@@ -90,9 +148,9 @@ def test_group_query_attention_softcap(tmp_path):
             num_heads=H, unidirectional=1), "unidirectional"),
 ])
 def test_what_does_not_map_is_refused(model, feature, tmp_path):
-    if feature is None:  # key_padding_mask: an int32 input
+    if feature is None:  # a 2-D key_padding_mask: an int32 input
         model.graph.input.append(helper.make_tensor_value_info("kpm", T.INT32, [B, S]))
-        feature = "key_padding_mask"
+        feature = "only 1-D key lengths"
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     with pytest.raises(MoaEdgeError, match=f"node 'contrib': .*{feature}"):

@@ -29,8 +29,8 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
     for kind, names in (("input", graph.inputs), ("output", graph.outputs)):
         for name in names:
             t = graph.tensors[name]
-            if t.dtype not in ("float32", "bool", "int64"):
-                raise MoaEdgeError(f"{kind} {name!r} has dtype {t.dtype}; only float32, bool and int64 are supported")
+            if t.dtype not in DTYPES:
+                raise MoaEdgeError(f"{kind} {name!r} has dtype {t.dtype}; only {', '.join(DTYPES)} are supported")
             io.append({"kind": kind, "name": name, "c_name": c_identifier(name, taken), "shape": list(t.shape),
                        "dtype": t.dtype, "c_type": DTYPES[t.dtype][1], "elems": t.size, "bytes": t.nbytes})
 

@@ -10,10 +10,11 @@ import tempfile
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import DTYPES
 
 from .boards import Board
 
-_NUMPY = {"float32": np.float32, "bool": np.bool_, "int64": np.int64}
+_NUMPY = {name: numpy_type for name, (numpy_type, _) in DTYPES.items()}
 
 
 def project_io(project: Path) -> list[dict]:

@@ -98,7 +98,7 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str
       f"{spec.kv_len},{spec.head_dim}|{spec.value_dim}] -> Y[{spec.batch},{spec.q_heads},{spec.q_len},{spec.value_dim}]\n"
       f" * lifted: i = ib*{br} + ii, k = kb*{bc} + kk; scratch {scratch.elements} x {real}: "
       + ", ".join(f"{r}[{n}]" for r, n in scratch.regions) + " */")
-    lengths = ", const int64_t *restrict L" if getattr(spec, "kv_lengths", False) else ""
+    lengths = f", const {getattr(spec, 'lengths_ctype', 'int64_t')} *restrict L" if getattr(spec, "kv_lengths", False) else ""
     w(f"moa_status {name}(const {real} *restrict Q, const {real} *restrict K, const {real} *restrict V,\n"
       f"    const {mask_type} *restrict M, {real} *restrict Y, {real} *restrict scratch{lengths})")
     w("{")
@@ -229,7 +229,7 @@ def emit_scores_kernel(spec, name: str, real: str = "float") -> str:
     skv = spec.kv_len
     L = [f"/* {name}: scores of stage {spec.qk_mode} (0 scaled Q K^T, 1 softcapped, 2 biased, 3 softmax) */",
          f"void {name}(const {real} *restrict Q, const {real} *restrict K, const {mask_type} *restrict M,"
-         f" {real} *restrict P" + (", const int64_t *restrict L)" if getattr(spec, "kv_lengths", False) else ")"),
+         f" {real} *restrict P" + (f", const {getattr(spec, 'lengths_ctype', 'int64_t')} *restrict L)" if getattr(spec, "kv_lengths", False) else ")"),
          "{", "    ptrdiff_t b, h, i, k, j;", "    (void)M;",
          f"    for (b = 0; b < {spec.batch}; b++) {{", f"    for (h = 0; h < {spec.q_heads}; h++) {{",
          f"    for (i = 0; i < {spec.q_len}; i++) {{",

@@ -41,8 +41,9 @@ class AttentionSpec:
     absorbed: tuple[str, ...] = field(default=())
     softcap: float = 0.0  # softcap * tanh(s / softcap) on the scaled scores, before the bias
     causal_offset: int = 0  # causal: key k hidden from query i when k > i + causal_offset (cached keys)
-    kv_lengths: bool = False  # a 5th input L (int64, per batch): only keys k < L[b] are valid, and a
+    kv_lengths: bool = False  # a 5th input L (per batch): only keys k < L[b] are valid, and a
                               # causal diagonal sits at k = i + L[b] + causal_offset (ONNX nonpad_kv_seqlen)
+    lengths_ctype: str = "int64_t"  # L's C type: int32_t for onnxruntime's mask_index
     qk_mode: int = -1  # a second output of the scores (B, Hq, Sq, Skv): 0 scaled Q K^T, 1 after
                        # softcap, 2 after the bias, 3 after softmax (ONNX qk_matmul_output_mode); -1 none
 
@@ -150,7 +151,7 @@ def emit(node, ctx):
               f"{c.dram_bytes} B from DRAM, {c.flops} flops, {c.scratch_bytes} B scratch */\n"
               + emit_kernel(node, ctx.name))
     mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
-    lengths_param = ", const int64_t *restrict L" if spec.kv_lengths else ""
+    lengths_param = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""
     declaration = (f"moa_status {ctx.name}(const float *restrict Q, const float *restrict K, "
                    f"const float *restrict V,\n    const {mask_type} *restrict M, float *restrict Y, "
                    f"float *restrict scratch{lengths_param});\n")

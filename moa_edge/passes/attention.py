@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import Graph, Node, Tensor
+from moa_edge.ir import DTYPES, Graph, Node, Tensor
 from moa_edge.moa import Layout
 from moa_edge.ops.attention import MASK_BOOL, MASK_FLOAT, MASK_NONE, AttentionSpec
 
@@ -175,7 +175,8 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, q_scale * k_scale * post_scale, bias.causal,
                          bias.mask_kind, bias.mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]),
-                         softcap=softcap, causal_offset=bias.causal_offset, kv_lengths=bool(bias.lengths))
+                         softcap=softcap, causal_offset=bias.causal_offset, kv_lengths=bool(bias.lengths),
+                         lengths_ctype=DTYPES[graph.tensors[bias.lengths].dtype][1] if bias.lengths else "int64_t")
     if taps:
         spec = dataclasses.replace(spec, qk_mode=taps[0][0])
     graph.nodes[graph.nodes.index(pv):graph.nodes.index(pv)] = bias.new_nodes

@@ -8,7 +8,7 @@ import math
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import Graph, Node
+from moa_edge.ir import Graph, Node, Tensor
 from moa_edge.moa import Layout
 from moa_edge.ops.attention import MASK_FLOAT, MASK_NONE, AttentionSpec
 
@@ -45,11 +45,42 @@ def _only_known(node: Node, attrs: dict, last_input: int) -> None:
         _refuse(node, f"input {extra[0]} ({node.inputs[extra[0]]!r})")
 
 
+def _key_lengths(graph: Graph, node: Node, index: int, batch: int, causal: bool) -> str:
+    """A 1-D int32 mask_index / key_padding_mask of shape (B,) holds each batch's key count
+    (MaskIndexEnd): the kernel's key lengths. onnxruntime adds mask_filter_value (-10000)
+    to the keys past it where the kernel skips them: the same in float32 unless a row's
+    hidden scores exceed its visible ones by ~1e4, or a row has no key at all."""
+    name = _present(node, index)
+    if not name:
+        return ""
+    shape, dtype = graph.tensors[name].shape, graph.tensors[name].dtype
+    if shape != (batch,) or dtype != "int32":
+        _refuse(node, f"mask {name!r} of shape {list(shape)} ({dtype}); only 1-D key lengths (MaskIndexEnd) map")
+    if causal:
+        _refuse(node, "unidirectional together with a key mask")
+    return name
+
+
+def _add_bias(graph: Graph, node: Node, sources: list[str], bias: str, widths: list[int]) -> list[Node]:
+    """The packed Q|K|V bias added to each projection: Add nodes with constant slices."""
+    data = graph.constant(bias)
+    if data is None:
+        _refuse(node, f"a bias {bias!r} that is not a constant")
+    nodes, start = [], 0
+    for k, (source, width) in enumerate(zip(sources, widths)):
+        part, out = f"{node.name}__bias_{'qkv'[k]}", f"{node.name}__{'qkv'[k]}_biased"
+        graph.tensors[part] = Tensor(part, (width,), "float32", np.asarray(data[start:start + width], np.float32))
+        graph.tensors[out] = Tensor(out, graph.tensors[source].shape, "float32")
+        nodes.append(Node("Add", f"{node.name}__add_bias_{'qkv'[k]}", [source, part], [out]))
+        sources[k], start = out, start + width
+    return nodes
+
+
 def multi_head_attention(graph: Graph, node: Node):
-    """com.microsoft.MultiHeadAttention: separate 3-D Q, K, V, an optional attention_bias."""
+    """com.microsoft.MultiHeadAttention: separate 3-D Q, K, V, an optional packed bias
+    (added by the graph), key lengths and attention_bias."""
     _only_known(node, {"num_heads": None, "scale": None, "mask_filter_value": None, "unidirectional": None}, 5)
-    for index, feature in ((3, "the packed QKV bias input"), (4, "key_padding_mask"), (6, "past_key"),
-                           (7, "past_value")):
+    for index, feature in ((6, "past_key"), (7, "past_value")):
         if _present(node, index):
             _refuse(node, feature)
     if not _present(node, 1) or not _present(node, 2):
@@ -63,17 +94,22 @@ def multi_head_attention(graph: Graph, node: Node):
     q_lay, k_lay, v_lay = _heads(q, heads), _heads(k, heads), _heads(v, heads)
     B, H, Sq, D = q_lay.shape
     Skv, Dv = k_lay.shape[2], v_lay.shape[3]
-    if node.attrs.get("unidirectional", 0) and Sq != Skv:
+    causal = bool(node.attrs.get("unidirectional", 0))
+    if causal and Sq != Skv:
         _refuse(node, "unidirectional with query and key lengths that differ")
+    sources = list(node.inputs[:3])
+    new = _add_bias(graph, node, sources, _present(node, 3), [q[2], k[2], v[2]]) if _present(node, 3) else []
+    lengths = _key_lengths(graph, node, 4, B, causal)
     y = node.outputs[0]
     y_lay = _heads(graph.tensors[y].shape, heads)
     bias = _present(node, 5)
     mask_lay = broadcast_mask(graph, bias, (B, H, Sq, Skv), node.name) if bias else None
     spec = AttentionSpec(B, H, H, Sq, Skv, D, Dv, float(node.attrs.get("scale", 0.0)) or 1 / math.sqrt(D),
-                         bool(node.attrs.get("unidirectional", 0)), MASK_FLOAT if bias else MASK_NONE, 0.0,
+                         causal, MASK_FLOAT if bias else MASK_NONE, 0.0,
                          q_lay, k_lay, v_lay, y_lay, mask_lay, pattern="com.microsoft.MultiHeadAttention",
-                         absorbed=(node.name,))
-    return spec, list(node.inputs[:3]) + [bias], y, node
+                         absorbed=(node.name,), kv_lengths=bool(lengths), lengths_ctype="int32_t")
+    graph.nodes[graph.nodes.index(node):graph.nodes.index(node)] = new
+    return spec, sources + [bias] + ([lengths] if lengths else []), y, node
 
 
 def group_query_attention(graph: Graph, node: Node):
@@ -107,9 +143,52 @@ def group_query_attention(graph: Graph, node: Node):
 
 
 def packed_attention(graph: Graph, node: Node):
-    """com.microsoft.Attention multiplies the input by packed QKV weights first: that
-    projection is a MatMul, which the runtime does not have yet."""
-    _refuse(node, "the packed QKV projection of com.microsoft.Attention (a MatMul inside the op)")
+    """com.microsoft.Attention: input (B, S, W) times packed weights (W, Wq+Wk+Wv), plus a
+    bias, then self-attention. The projection stays in the graph (MatMul, Add); Q, K and V
+    are read out of its rows through access maps at column offsets 0, Wq and Wq+Wk."""
+    _only_known(node, {"num_heads": None, "scale": None, "unidirectional": None, "qkv_hidden_sizes": None,
+                       "mask_filter_value": None}, 5)
+    if _present(node, 4):
+        _refuse(node, "past (a KV cache)")
+    if any(_used(graph, o) for o in node.outputs[1:]):
+        _refuse(node, "the present output")
+    x, weights = node.inputs[:2]
+    if len(graph.tensors[x].shape) != 3:
+        _refuse(node, f"input of shape {list(graph.tensors[x].shape)} (expected B x S x W)")
+    B, S, _ = graph.tensors[x].shape
+    width = graph.tensors[weights].shape[1]
+    heads = node.attrs["num_heads"]
+    sizes = list(node.attrs.get("qkv_hidden_sizes") or [width // 3] * 3)
+    if sum(sizes) != width or sizes[0] != sizes[1] or sizes[0] % heads or sizes[2] % heads:
+        _refuse(node, f"qkv_hidden_sizes {sizes} for weights of width {width} and {heads} heads")
+    qkv = f"{node.name}__qkv"
+    graph.tensors[qkv] = Tensor(qkv, (B, S, width), "float32")
+    new = [Node("MatMul", f"{node.name}__projection", [x, weights], [qkv])]
+    if _present(node, 2):
+        biased = f"{node.name}__qkv_biased"
+        graph.tensors[biased] = Tensor(biased, (B, S, width), "float32")
+        new.append(Node("Add", f"{node.name}__projection_bias", [qkv, node.inputs[2]], [biased]))
+        qkv = biased
+
+    def heads_at(offset: int, size: int) -> Layout:  # (B, H, S, d) inside rows of `width` columns
+        return Layout((B, heads, S, size // heads), (S * width, size // heads, width, 1), offset)
+
+    causal = bool(node.attrs.get("unidirectional", 0))
+    lengths = _key_lengths(graph, node, 3, B, causal)
+    bias = _present(node, 5)
+    if bias and lengths:
+        _refuse(node, "attention_bias together with mask_index")
+    y = node.outputs[0]
+    mask_lay = broadcast_mask(graph, bias, (B, heads, S, S), node.name) if bias else None
+    D, Dv = sizes[0] // heads, sizes[2] // heads
+    spec = AttentionSpec(B, heads, heads, S, S, D, Dv, float(node.attrs.get("scale", 0.0)) or 1 / math.sqrt(D),
+                         causal, MASK_FLOAT if bias else MASK_NONE, 0.0, heads_at(0, sizes[0]),
+                         heads_at(sizes[0], sizes[1]), heads_at(sizes[0] + sizes[1], sizes[2]),
+                         _heads(graph.tensors[y].shape, heads), mask_lay,
+                         pattern="com.microsoft.Attention (packed QKV)", absorbed=(node.name,),
+                         kv_lengths=bool(lengths), lengths_ctype="int32_t")
+    graph.nodes[graph.nodes.index(node):graph.nodes.index(node)] = new
+    return spec, [qkv, qkv, qkv, bias] + ([lengths] if lengths else []), y, node
 
 
 RULES = {"com.microsoft.MultiHeadAttention": multi_head_attention,

@@ -68,9 +68,15 @@ def _evaluate(graph: Graph, node):
 
 def evaluate_onnx_node(node, values: list, opset: int) -> list:
     """Run one node with onnx's reference implementation, or onnxruntime where the
-    reference evaluator has a gap (None marks an absent input)."""
+    reference evaluator has a gap (None marks an absent input). onnxruntime's own ops
+    (com.microsoft) run in onnxruntime, in float32: their CPU kernels have no float64."""
+    domain, _, op = node.op.rpartition(".")
+    if domain:
+        values = [v.astype(np.float32) if v is not None and np.asarray(v).dtype == np.float64 else v for v in values]
     model, feeds = _one_node_model(node, values, opset)
     try:
+        if domain:
+            raise NotImplementedError(domain)
         return ReferenceEvaluator(model).run(None, feeds)
     except Exception:
         import onnxruntime
@@ -79,15 +85,16 @@ def evaluate_onnx_node(node, values: list, opset: int) -> list:
 
 
 def _one_node_model(node, values: list, opset: int):
-    proto = onnx.helper.make_node(node.op, [f"i{k}" if n else "" for k, n in enumerate(node.inputs)],
-                                  [f"o{k}" for k in range(len(node.outputs))], **node.attrs)
+    domain, _, op = node.op.rpartition(".")
+    proto = onnx.helper.make_node(op, [f"i{k}" if n else "" for k, n in enumerate(node.inputs)],
+                                  [f"o{k}" for k in range(len(node.outputs))], domain=domain or None, **node.attrs)
     feeds = {f"i{k}": np.asarray(v) for k, v in enumerate(values) if v is not None}
     model = onnx.helper.make_model(
         onnx.helper.make_graph([proto], "fold",
                                [onnx.helper.make_tensor_value_info(k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
                                 for k, v in feeds.items()],
                                [onnx.helper.make_empty_tensor_value_info(f"o{k}") for k in range(len(node.outputs))]),
-        opset_imports=[onnx.helper.make_opsetid("", opset)])
+        opset_imports=[onnx.helper.make_opsetid("", opset)] + ([onnx.helper.make_opsetid(domain, 1)] if domain else []))
     return model, feeds
 
 
