@@ -255,6 +255,39 @@ def _build_hf(family: str, attn_implementation: str, exporter: str, opset: int):
     return build
 
 
+# --- onnxruntime's transformer optimizer output --------------------------------------------------
+
+def _build_ort_fused(multi_head: bool):
+    """BERT (eager attention, TorchScript exporter, opset 17, a padding mask input: the export
+    onnxruntime's BERT fuser matches) run through onnxruntime.transformers.optimizer."""
+    @_quietly
+    def build(path) -> Inputs:
+        from onnxruntime.transformers import optimizer
+        from onnxruntime.transformers.fusion_options import FusionOptions
+        raw = f"{path}.raw.onnx"
+        model_class, config, inputs = _bert("eager")
+        torch.manual_seed(SEED)
+        model = _LastHiddenState(model_class(config), list(inputs)).eval()
+        # Dynamic batch and sequence axes, as users export for serving: with static ones the
+        # exporter folds the mask plumbing and the fuser no longer recognises the pattern.
+        axes = {name: {0: "batch", 1: "sequence"} for name in [*inputs, "last_hidden_state"]}
+        torch.onnx.export(model, tuple(torch.from_numpy(v) for v in inputs.values()), raw, dynamo=False,
+                          opset_version=17, input_names=list(inputs), output_names=["last_hidden_state"],
+                          dynamic_axes=axes, external_data=False, verbose=False)
+        options = FusionOptions("bert")
+        options.use_multi_head_attention = multi_head
+        fused = optimizer.optimize_model(raw, model_type="bert", num_heads=_SIZES["num_attention_heads"],
+                                         hidden_size=_SIZES["hidden_size"], optimization_options=options,
+                                         opt_level=1, use_gpu=False)
+        op = "MultiHeadAttention" if multi_head else "Attention"
+        if sum(n.op_type == op and n.domain == "com.microsoft" for n in fused.model.graph.node) != 2:
+            raise RuntimeError(f"onnxruntime's optimizer no longer fuses this BERT into {op}")
+        fused.save_model_to_file(str(path))
+        os.remove(raw)
+        return inputs
+    return build
+
+
 # --- the registry ---------------------------------------------------------------------------------
 
 _EXPORTS = [("dynamo", 18), ("dynamo", 23), ("torchscript", 17)]
@@ -292,4 +325,11 @@ def _entries():
                                notes=f"{_HF_FAMILIES[family].__doc__}, {attn_implementation} attention")
 
 
+    for multi_head, op in ((False, "Attention"), (True, "MultiHeadAttention")):
+        yield ZooModel(f"bert_eager_torchscript17_ort_{op.lower()}", _build_ort_fused(multi_head), layers=2,
+                       exporter="torchscript", opset=17,
+                       notes=f"{_bert.__doc__}, fused by onnxruntime's transformer optimizer into com.microsoft.{op}")
+
+
 ZOO: dict[str, ZooModel] = {model.name: model for model in _entries()}
+
