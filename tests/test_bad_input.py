@@ -155,9 +155,20 @@ def test_mismatched_shapes(tmp_path):
 
 
 def test_attention_feature_the_kernel_cannot_do_names_the_node(tmp_path):
-    onnx.save(_attention_model(left_window_size=2, opset=25), tmp_path / "window.onnx")
-    r = moa("convert", tmp_path / "window.onnx", "-o", tmp_path / "out")
-    assert_clean_failure(r, tmp_path / "out", "Attention node 'attn'", "sliding-window")
+    """Rotary embedding inside onnxruntime's GroupQueryAttention is not something the kernel does."""
+    from onnx import numpy_helper
+    import numpy as np
+    shapes = {"q": [1, 4, 32], "k": [1, 4, 16], "v": [1, 4, 16]}
+    node = helper.make_node("GroupQueryAttention", ["q", "k", "v", "", "", "seqlens", "total"], ["y"],
+                            domain="com.microsoft", name="gqa", num_heads=4, kv_num_heads=2, do_rotary=1)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 32])],
+                              initializer=[numpy_helper.from_array(np.array([3], np.int32), "seqlens"),
+                                           numpy_helper.from_array(np.array([4], np.int32), "total")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]),
+              tmp_path / "rotary.onnx")
+    r = moa("convert", tmp_path / "rotary.onnx", "-o", tmp_path / "out")
+    assert_clean_failure(r, tmp_path / "out", "GroupQueryAttention node 'gqa'", "do_rotary=1")
 
 
 def test_opset_outside_the_supported_range(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from moa_edge.moa.dnf import (
-    RULES, AddBias, AttentionFeatures, CausalBias, KeyPadding, Exp, FloorDiv, Index, InnerProduct, Load, Psi, Reduce,
+    RULES, AddBias, AttentionFeatures, CausalBias, KeyPadding, WindowBias, Exp, FloorDiv, Index, InnerProduct, Load, Psi, Reduce,
     ReduceRows, RepeatKV, RowBroadcast, Scale, Softcap, Term, Transpose, Var, ZeroEmptyRows, derive, evaluate_array,
     evaluate_dnf, evaluate_term, format_derivation, free_index_vars, index_vars, psi_inner_product, psi_reduce,
     reference_expression, score_term, subterms, value_term,
@@ -87,6 +87,8 @@ RULE_CASES = [
     ("psi-mask", Psi(BHIK, AddBias(SCORES, M, "bool", -3.4e38)), "bool"),
     ("psi-causal", Psi(BHIK, CausalBias(SCORES)), "float"),
     ("psi-causal", Psi(BHIK, CausalBias(SCORES, -3, per_batch=True)), "lengths"),
+    ("psi-window", Psi(BHIK, WindowBias(SCORES, -1)), "float"),
+    ("psi-window", Psi(BHIK, WindowBias(SCORES, -4, per_batch=True)), "lengths"),
     ("psi-key-padding", Psi(BHIK, KeyPadding(SCORES)), "lengths"),
     ("psi-reduce", Psi(BHI, ReduceRows("max", SCORES)), "float"),
     ("psi-reduce", Psi(BHI, ReduceRows("+", SCORES)), "float"),
@@ -178,7 +180,7 @@ def test_steps_replay(features):
 
 
 def test_every_rule_is_used_and_printed():
-    derivation = derive(dataclasses.replace(EVERY_FEATURE, kv_lengths=True, causal_offset=-3))
+    derivation = derive(dataclasses.replace(EVERY_FEATURE, kv_lengths=True, causal_offset=-3, window_start=-5))
     used = {step.rule for step in derivation.steps}
     assert used == set(RULES)
     text = format_derivation(derivation)
@@ -341,20 +343,24 @@ def test_matches_torch_float64(name):
 
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_valid_key_lengths_agree_with_pytorch(causal):
+@pytest.mark.parametrize("causal, window", [(False, None), (True, None), (True, 1), (False, 0)])
+def test_valid_key_lengths_agree_with_pytorch(causal, window):
     """nonpad_kv_seqlen: batch b sees its first L[b] keys; causal aligns query i to key
-    i + L[b] - Sq (an external cache); a row with nothing visible gives 0."""
+    i + L[b] - Sq (an external cache), a left window of w keys starts at i + L[b] - Sq - w;
+    a row with nothing visible gives 0."""
     rng = np.random.default_rng(3)
     B, H, Sq, Skv, D = 3, 2, 3, 6, 4
     q, k, v = (rng.standard_normal(s) for s in ((B, H, Sq, D), (B, H, Skv, D), (B, H, Skv, D)))
     lengths = np.array([6, 4, 1])
-    features = AttentionFeatures(scale=0.5, causal=causal, causal_offset=-Sq if causal else 0, kv_lengths=True)
+    features = AttentionFeatures(scale=0.5, causal=causal, causal_offset=-Sq if causal else 0, kv_lengths=True,
+                                 window_start=None if window is None else -Sq - window)
     got = evaluate_dnf(derive(features), q, k, v, L=lengths)
     keys, queries = np.arange(Skv), np.arange(Sq)[:, None]
     hidden = keys >= lengths.reshape(-1, 1, 1, 1)
     if causal:
         hidden = hidden | (keys > queries + lengths.reshape(-1, 1, 1, 1) - Sq)
+    if window is not None:
+        hidden = hidden | (keys < queries + lengths.reshape(-1, 1, 1, 1) - Sq - window)
     bias = torch.from_numpy(np.where(hidden, -np.inf, 0.0))
     want = torch.nn.functional.scaled_dot_product_attention(
         torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v), attn_mask=bias, scale=0.5)

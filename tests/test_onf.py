@@ -34,6 +34,7 @@ class Block:
     k_stored_transposed: bool = False   # K kept as (B, Hkv, D, Skv): read through a transposed map
     q_heads_interleaved: bool = False   # Q kept as (B, Sq, Hq*D): read through a head-split map
     causal_offset: int = 0              # keys cached before the queries (bottom-right alignment)
+    window_start: int | None = None     # a sliding window: keys k < i + window_start hidden
 
 
 BLOCKS = [
@@ -48,6 +49,8 @@ BLOCKS = [
     Block("access_maps", k_stored_transposed=True, q_heads_interleaved=True, causal=True),
     Block("causal_past_keys", sq=4, skv=11, causal=True, causal_offset=7),
     Block("causal_rows_fully_hidden", sq=6, skv=6, causal=True, causal_offset=-2),
+    Block("sliding_window", sq=9, skv=13, causal=True, causal_offset=4, window_start=1),
+    Block("window_without_diagonal", sq=7, skv=11, mask="float", window_start=-3),
 ]
 SCHEDULES = [Schedule("online", 4, 4), Schedule("online", 3, 5), Schedule("online", 64, 64),
              Schedule("two_pass", 2, 4), Schedule("two_pass", 5, 3), Schedule("two_pass", 1, 64)]
@@ -84,7 +87,7 @@ def make(block: Block, seed=0):
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, 1 / math.sqrt(D), block.causal,
                          block.mask, -math.inf, q_lay, k_lay, Layout.row_major(v.shape),
                          Layout.row_major((B, Hq, Sq, Dv)), m_lay, softcap=block.softcap,
-                         causal_offset=block.causal_offset)
+                         causal_offset=block.causal_offset, window_start=block.window_start)
 
     t = {n: torch.from_numpy(x) for n, x in (("q", q), ("k", k), ("v", v))}
     kk = t["k"].repeat_interleave(Hq // Hkv, 1)
@@ -92,6 +95,8 @@ def make(block: Block, seed=0):
     tb = torch.from_numpy(np.broadcast_to(bias, full).copy())
     if block.causal:
         tb = tb.masked_fill(torch.ones(Sq, Skv, dtype=torch.bool).triu(1 + block.causal_offset), -math.inf)
+    if block.window_start is not None:
+        tb = tb.masked_fill(torch.ones(Sq, Skv, dtype=torch.bool).tril(block.window_start - 1), -math.inf)
     if block.softcap:
         s = (t["q"] @ kk.transpose(-1, -2)) * spec.scale
         y = torch.softmax(block.softcap * torch.tanh(s / block.softcap) + tb, -1) @ vv

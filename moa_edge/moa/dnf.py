@@ -53,6 +53,7 @@ class AttentionFeatures:
     causal: bool = False
     causal_offset: int = 0  # key k is hidden from query i when k > i + causal_offset (keys cached before)
     kv_lengths: bool = False  # only the first L[b] keys of batch b are valid; causal then aligns to L[b]
+    window_start: int | None = None  # a sliding window: key k is hidden from query i when k < i + window_start
     mask: str = "none"  # "none" | "float" (added to the scores) | "bool" (True keeps a key)
     mask_fill: float = -math.inf  # bias of a False entry of a bool mask
     softcap: float = 0.0  # 0 means no softcap
@@ -210,6 +211,15 @@ class AddBias(_SameShape):
 class CausalBias(_SameShape):
     """A with -inf where key k comes after query i + offset (top-left aligned when offset is 0);
     per_batch adds L[b], the valid key count of the batch (an external cache)."""
+    array: Array
+    offset: int = 0
+    per_batch: bool = False
+
+
+@dataclass(frozen=True)
+class WindowBias(_SameShape):
+    """A with -inf where key k comes before query i + offset (the start of a sliding window);
+    per_batch adds L[b], as for CausalBias."""
     array: Array
     offset: int = 0
     per_batch: bool = False
@@ -411,13 +421,15 @@ def reference_definitions(features: AttentionFeatures) -> tuple[tuple[str, Array
         x = KeyPadding(x)
     if features.causal:
         x = CausalBias(x, features.causal_offset, features.kv_lengths)
+    if features.window_start is not None:
+        x = WindowBias(x, features.window_start, features.kv_lengths)
     m = ReduceRows("max", x)  # I: row max
     z = RowBroadcast("-", x, m)  # I: shift
     num = Exp(z)  # II
     den = ReduceRows("+", num)  # III
     y = RowBroadcast("/", num, den)  # IV
-    if features.mask != "none" or features.causal_offset < 0 or features.kv_lengths:
-        # Only a mask, or a diagonal moved left, can hide a whole row: otherwise key 0 is visible.
+    if features.mask != "none" or features.causal_offset < 0 or features.kv_lengths or features.window_start is not None:
+        # Only a mask, a diagonal moved left or a window can hide a whole row: otherwise key 0 is visible.
         y = ZeroEmptyRows(y, m)
     return (("x", x), ("m", m), ("z", z), ("num", num), ("den", den), ("Y", y), ("Out", InnerProduct(y, values)))
 
@@ -504,6 +516,16 @@ def psi_causal(term: Psi) -> Term | None:
     return Where(IndexGreater(key, limit), Literal(-math.inf), Psi(term.index, term.array.array))
 
 
+def psi_window(term: Psi) -> Term | None:
+    """<..,i,k> psi window_s A = where(i + s > k, -inf, <..,i,k> psi A): keys before the window are not read."""
+    if not isinstance(term.array, WindowBias):
+        return None
+    batch, *_, query, key = term.index
+    start = Sum(query, KeyCount(batch)) if term.array.per_batch else query
+    start = Shift(start, term.array.offset) if term.array.offset else start
+    return Where(IndexGreater(start, key), Literal(-math.inf), Psi(term.index, term.array.array))
+
+
 def psi_key_padding(term: Psi) -> Term | None:
     """<b,..,k> psi keypad A = where(k > L[b] - 1, -inf, <b,..,k> psi A): keys past the valid length are hidden."""
     if not isinstance(term.array, KeyPadding):
@@ -547,7 +569,7 @@ def psi_empty_row(term: Psi) -> Term | None:
 RULES: dict[str, Callable[[Psi], Term | None]] = {
     rule.__name__.replace("_", "-"): rule
     for rule in (psi_load, psi_transpose, psi_repeat_kv, psi_inner_product, psi_scalar, psi_softcap, psi_mask,
-                 psi_causal, psi_key_padding, psi_reduce, psi_row_broadcast, psi_elementwise, psi_empty_row)
+                 psi_causal, psi_window, psi_key_padding, psi_reduce, psi_row_broadcast, psi_elementwise, psi_empty_row)
 }
 
 
@@ -685,6 +707,9 @@ def format_array(array: Array, names=None) -> str:
         case CausalBias(a, offset, per_batch):
             shift = ("+L[b]" if per_batch else "") + (f"{offset:+d}" if offset else "")
             return f"causal{'_' + shift if shift else ''} {arg(a)}"
+        case WindowBias(a, offset, per_batch):
+            shift = ("+L[b]" if per_batch else "") + (f"{offset:+d}" if offset else "")
+            return f"window{'_' + shift if shift else ''} {arg(a)}"
         case KeyPadding(a):
             return f"keypad_L {arg(a)}"
         case ReduceRows(op, a):
@@ -815,6 +840,13 @@ def _materialise(array: Array, operands: _Operands) -> np.ndarray:
             if per_batch:  # (B, 1, Sq, 1): each batch's diagonal moves by its valid length
                 limit = limit + operands.arrays["L"].reshape(-1, 1, 1, 1)
             return np.where(np.arange(keys) > limit, -math.inf, scores)
+        case WindowBias(a, offset, per_batch):
+            scores = value(a)
+            queries, keys = scores.shape[-2:]
+            start = np.arange(queries)[:, None] + offset
+            if per_batch:
+                start = start + operands.arrays["L"].reshape(-1, 1, 1, 1)
+            return np.where(np.arange(keys) < start, -math.inf, scores)
         case KeyPadding(a):
             scores = value(a)
             valid = np.arange(scores.shape[-1]) < operands.arrays["L"].reshape(-1, 1, 1, 1)

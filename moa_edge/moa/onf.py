@@ -139,7 +139,7 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str
 def features_of(spec) -> dnf.AttentionFeatures:
     return dnf.AttentionFeatures(scale=spec.scale, causal=spec.is_causal, causal_offset=spec.causal_offset,
                                  kv_lengths=getattr(spec, "kv_lengths", False),
-                                 mask=spec.mask_kind,
+                                 window_start=getattr(spec, "window_start", None), mask=spec.mask_kind,
                                  mask_fill=spec.mask_fill, softcap=spec.softcap,
                                  group=spec.q_heads // spec.kv_heads)
 

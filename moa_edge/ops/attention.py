@@ -44,6 +44,8 @@ class AttentionSpec:
     kv_lengths: bool = False  # a 5th input L (per batch): only keys k < L[b] are valid, and a
                               # causal diagonal sits at k = i + L[b] + causal_offset (ONNX nonpad_kv_seqlen)
     lengths_ctype: str = "int64_t"  # L's C type: int32_t for onnxruntime's mask_index
+    window_start: int | None = None  # a sliding window: key k hidden from query i when k < i + window_start
+                                     # (+ L[b] with kv_lengths), ONNX left_window_size
     qk_mode: int = -1  # a second output of the scores (B, Hq, Sq, Skv): 0 scaled Q K^T, 1 after
                        # softcap, 2 after the bias, 3 after softmax (ONNX qk_matmul_output_mode); -1 none
 
@@ -56,6 +58,7 @@ class AttentionSpec:
             "scale": self.scale,
             "is_causal": self.is_causal,
             "causal_offset": self.causal_offset,
+            "window_start": self.window_start,
             "softcap": self.softcap,
             "mask": self.mask_kind if self.mask_kind != MASK_BOOL else f"bool (fill {self.mask_fill:g})",
             "absorbed_nodes": list(self.absorbed),
@@ -112,6 +115,8 @@ def _bias(spec: AttentionSpec, mask, lengths=None) -> torch.Tensor:
         bias = bias.masked_fill(keys >= shift, -math.inf)
     if spec.is_causal:
         bias = bias.masked_fill(keys > queries + spec.causal_offset + shift, -math.inf)
+    if spec.window_start is not None:
+        bias = bias.masked_fill(keys < queries + spec.window_start + shift, -math.inf)
     return bias
 
 

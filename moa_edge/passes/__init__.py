@@ -8,7 +8,7 @@ from moa_edge.ir import Graph
 from moa_edge.ops import SUPPORTED_OPS
 
 from .attention import rewrite_attention
-from .canonical import bypass_no_ops, lower_copies
+from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision
 from .fold import fold_constants, infer_missing_shapes
 
 
@@ -28,6 +28,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True) -> Graph:
         if not fold_constants(graph):
             break
     bypass_no_ops(graph)
+    narrow_softmax_precision(graph)
     rewrite_attention(graph)
     lower_copies(graph)
     fold_constants(graph)

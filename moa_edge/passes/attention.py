@@ -175,7 +175,8 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, q_scale * k_scale * post_scale, bias.causal,
                          bias.mask_kind, bias.mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]),
-                         softcap=softcap, causal_offset=bias.causal_offset, kv_lengths=bool(bias.lengths),
+                         softcap=softcap, causal_offset=bias.causal_offset, window_start=bias.window_start,
+                         kv_lengths=bool(bias.lengths),
                          lengths_ctype=DTYPES[graph.tensors[bias.lengths].dtype][1] if bias.lengths else "int64_t")
     if taps:
         spec = dataclasses.replace(spec, qk_mode=taps[0][0])
@@ -233,8 +234,6 @@ def _attention_op(graph: Graph, node: Node):
     if qk_out and not (graph.consumers(qk_out) or qk_out in graph.outputs):
         qk_out = ""
     past_k, past_v = (node.inputs[i] if len(node.inputs) > i else "" for i in (4, 5))
-    if node.attrs.get("left_window_size", -1) != -1 or node.attrs.get("right_window_size", -1) != -1:
-        raise MoaEdgeError(f"{where}: sliding-window attention is not supported yet")
     q_shape = graph.tensors[node.inputs[0]].shape
     k_shape = graph.tensors[node.inputs[1]].shape
     v_shape = graph.tensors[node.inputs[2]].shape
@@ -316,11 +315,20 @@ def _attention_op(graph: Graph, node: Node):
         if const is not None and (np.all(const) if dtype == "bool" else not np.any(const)):
             mask_kind, mask_src, mask_lay = MASK_NONE, "", None  # keeps every key: no mask at all
 
-    spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, scale, bool(node.attrs.get("is_causal", 0)),
+    # Query i sits at absolute position i + offset (after the cache, or L[b] - Sq with nonpad_kv_seqlen);
+    # a right window bounds its keys from above like the causal diagonal, a left window from below.
+    offset = -Sq if nonpad else causal_offset
+    causal, left, right = bool(node.attrs.get("is_causal", 0)), *(
+        int(node.attrs.get(f"{side}_window_size", -1)) for side in ("left", "right"))
+    if right >= 0 and not causal:
+        causal, offset_right = True, offset + right
+    else:
+        offset_right = offset
+    spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, scale, causal,
                          mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern=f"ONNX Attention ({len(q_shape)}-D)", absorbed=tuple(absorbed),
-                         softcap=float(node.attrs.get("softcap", 0.0)),
-                         causal_offset=-Sq if nonpad else causal_offset, kv_lengths=bool(nonpad),
+                         softcap=float(node.attrs.get("softcap", 0.0)), window_start=offset - left if left >= 0 else None,
+                         causal_offset=offset_right, kv_lengths=bool(nonpad),
                          qk_mode=int(node.attrs.get("qk_matmul_output_mode", 0)) if qk_out else -1)
     graph.nodes[graph.nodes.index(node):graph.nodes.index(node)] = extra_nodes
     inputs = sources + [mask_src] + ([nonpad] if nonpad else [])

@@ -22,22 +22,50 @@ class Bias:
     mask: str = ""                 # the one mask tensor the kernel reads
     causal: bool = False
     causal_offset: int = 0
+    window_start: int | None = None  # keys k < i + window_start hidden (a sliding window)
     lengths: str = ""              # per-batch key lengths the kernel applies itself
     new_nodes: list = field(default_factory=list)  # ops computing the mask, when several were summed
 
 
-def causal_offset_of(bias: np.ndarray, q_len: int, kv_len: int) -> int | None:
-    """o when a constant 0 / masked bias is exactly the causal triangle k > i + o (o = 0:
-    top-left; o = past length: bottom-right after a cache), else None."""
+Band = tuple  # (c, s): keys k > i + c and k < i + s hidden; None for a side with no bound
+
+
+def band_of(bias: np.ndarray, q_len: int, kv_len: int) -> Band | None:
+    """(c, s) when a constant 0 / masked bias hides exactly the keys k > i + c (a causal
+    diagonal, moved by c) and k < i + s (the start of a sliding window), either bound
+    possibly absent; None for any other bias, or one that hides nothing."""
     if bias.ndim < 2 or bias.shape[-2:] != (q_len, kv_len) or bias.size != q_len * kv_len:
         return None
-    masked = bias.reshape(q_len, kv_len).astype(np.float64) <= MASKED
-    if not np.all(bias.reshape(q_len, kv_len)[~masked] == 0):
+    values = bias.reshape(q_len, kv_len).astype(np.float64)
+    masked = values <= MASKED
+    if not masked.any() or not np.all(values[~masked] == 0):
         return None
-    visible = (~masked).sum(axis=1)  # keys each query row sees
-    offset = int(visible[0]) - 1
-    above = np.triu(np.ones((q_len, kv_len), dtype=bool), 1 + offset)
-    return offset if np.array_equal(masked, above) and offset >= 0 else None
+    upper = lower = None
+    for i, row in enumerate(~masked):  # read the bounds off rows that see some keys
+        seen = np.nonzero(row)[0]
+        if seen.size and seen[-1] < kv_len - 1 and upper is None:
+            upper = int(seen[-1]) - i
+        if seen.size and seen[0] > 0 and lower is None:
+            lower = int(seen[0]) - i
+    return (upper, lower) if np.array_equal(_band_hides((upper, lower), q_len, kv_len), masked) else None
+
+
+def _band_hides(band: Band, q_len: int, kv_len: int, lengths=0) -> np.ndarray:
+    upper, lower = band
+    rows, keys = np.arange(q_len)[:, None], np.arange(kv_len)[None, :]
+    hidden = np.zeros((q_len, kv_len), dtype=bool) | (keys >= lengths if np.ndim(lengths) else False)
+    if upper is not None:
+        hidden = hidden | (keys > rows + lengths + upper)
+    if lower is not None:
+        hidden = hidden | (keys < rows + lengths + lower)
+    return hidden
+
+
+def _intersect(a: Band, b: Band) -> Band:
+    """Keys visible under both bands."""
+    upper = min((c for c in (a[0], b[0]) if c is not None), default=None)
+    lower = max((s for s in (a[1], b[1]) if s is not None), default=None)
+    return upper, lower
 
 
 def _split_sums(graph: Graph, terms, absorbed: list[str]):
@@ -63,34 +91,34 @@ def classify_bias(graph: Graph, terms, batch: int, q_len: int, kv_len: int, abso
     A causal triangle drawn with a finite minimum (finfo.min, as exporters do) is is_causal
     only when nothing else can hide a row's remaining keys and the biased scores are not an
     output: otherwise -inf would change fully hidden rows and the scores the graph sees."""
-    causal, offset, masks, finite_causal = False, 0, [], []
+    band, masks, finite_bands = (None, None), [], []
     terms = _split_sums(graph, terms, absorbed)
     lengths = _length_bias(graph, terms, batch, q_len, kv_len, absorbed)
     if lengths is not None:
-        length_terms, source, length_offset = lengths
+        length_terms, source, length_band = lengths
         terms = [t for t in terms if t not in length_terms]
     for term in terms:
         if term[0] == "keep":
             _, cond, fill = term
             keep = graph.constant(cond)
-            found = None if keep is None else causal_offset_of(np.where(keep, 0.0, -np.inf), q_len, kv_len)
+            found = None if keep is None else band_of(np.where(keep, 0.0, -np.inf), q_len, kv_len)
             if found is None:
                 masks.append(("bool", cond, fill))
             elif math.isinf(fill):
-                causal, offset = True, found
+                band = _intersect(band, found)
             else:
-                finite_causal.append((("bool", cond, fill), found))
+                finite_bands.append((("bool", cond, fill), found))
             continue
         name = term[1]
         where = produced_by(graph, name, "Where")
         const = graph.constant(name)
         if const is not None and not np.any(const):
             continue  # an all-zero bias (ViT exports one): nothing to add
-        found = None if const is None else causal_offset_of(const, q_len, kv_len)
+        found = None if const is None else band_of(const, q_len, kv_len)
         if found is not None and np.all(np.isinf(const[const != 0])):
-            causal, offset = True, found
+            band = _intersect(band, found)
         elif found is not None:
-            finite_causal.append((("float", name, 0.0), found))
+            finite_bands.append((("float", name, 0.0), found))
         elif (where is not None and graph.tensors[where.inputs[0]].dtype == "bool"
               and scalar(graph, where.inputs[1]) == 0.0 and scalar(graph, where.inputs[2]) is not None
               and scalar(graph, where.inputs[2]) <= MASKED):  # shared by every layer: stays until dead
@@ -100,16 +128,19 @@ def classify_bias(graph: Graph, terms, batch: int, q_len: int, kv_len: int, abso
             masks.append(("float", name, 0.0))
         else:
             return None
-    for mask, found in finite_causal:
-        if masks or exact_scores or lengths is not None:
+    for mask, found in finite_bands:
+        # finfo.min hides a key only while the row keeps another: then (and only then) it is -inf.
+        combined = _intersect(band, found)
+        if masks or exact_scores or lengths is not None or _band_hides(combined, q_len, kv_len).all(axis=1).any():
             masks.append(mask)
         else:
-            causal, offset = True, found
+            band = combined
     if lengths is not None:
-        if causal:
-            return None  # a fixed triangle and a length-relative one: the kernel has one diagonal
-        causal, offset = length_offset is not None, length_offset or 0
-    bias = Bias(causal=causal, causal_offset=offset, lengths=lengths[1] if lengths else "")
+        if band != (None, None):
+            return None  # fixed bands and length-relative ones: the kernel has one of each bound
+        band = length_band
+    causal, offset = band[0] is not None, band[0] or 0
+    bias = Bias(causal=causal, causal_offset=offset, window_start=band[1], lengths=lengths[1] if lengths else "")
     if not masks:
         return bias
     if len(masks) == 1:
@@ -146,8 +177,8 @@ _ELEMENTWISE = {"Add", "Sub", "Mul", "Neg", "Less", "LessOrEqual", "Greater", "G
 
 def _length_bias(graph: Graph, terms, batch: int, q_len: int, kv_len: int, absorbed: list[str]):
     """Bias terms built at run time from one integer vector L of per-batch key counts (the
-    ONNX function body of nonpad_kv_seqlen): (the terms, L, causal offset c or None) when
-    their sum hides exactly the keys k >= L[b], and with c also those k > i + L[b] + c.
+    ONNX function body of nonpad_kv_seqlen): (the terms, L, band (c, s)) when their sum hides
+    exactly the keys k >= L[b], and k > i + L[b] + c or k < i + L[b] + s for the bounds present.
 
     Proved by running the terms' subgraph for every L[b] in 0..kv_len (valid ONNX lengths):
     the subgraph is element-wise, so each batch row sees its own length only; vectors
@@ -181,22 +212,21 @@ def _length_bias(graph: Graph, terms, batch: int, q_len: int, kv_len: int, absor
         if not np.all((total == 0) | np.isneginf(total)):
             return None  # finite minimums change fully hidden rows: leave the terms as a mask
         hidden.append(np.isneginf(total))
-    rows, keys = np.arange(q_len)[:, None], np.arange(kv_len)[None, :]
-
-    def hides(lengths, offset):
-        L = lengths.reshape(-1, 1, 1, 1)
-        past_diagonal = keys > rows + L + offset if offset is not None else False
-        return (keys >= L) | past_diagonal
-
-    # Candidate diagonals: read off any row that sees some but not all of its keys.
-    candidates = {None, -(q_len + kv_len)}
+    # Candidate bounds, read off rows that see some but not all of their keys.
+    uppers, lowers = {None, -(q_len + kv_len)}, {None}
     for lengths, mask in zip(samples, hidden):
-        seen = (~mask[:, 0]).sum(axis=-1)  # (batch, rows)
-        for b, i in zip(*np.nonzero((seen > 0) & (seen < lengths[:, None]))):
-            candidates.add(int(seen[b, i]) - 1 - int(i) - int(lengths[b]))
-    for offset in sorted(candidates, key=lambda c: (c is not None, c or 0)):
-        if all(np.array_equal(mask, np.broadcast_to(hides(lengths, offset), mask.shape))
+        seen = ~mask[:, 0]  # (batch, rows, keys)
+        for b, i in zip(*np.nonzero(seen.any(axis=-1))):
+            keys = np.nonzero(seen[b, i])[0]
+            if keys[-1] < lengths[b] - 1:
+                uppers.add(int(keys[-1]) - int(i) - int(lengths[b]))
+            if keys[0] > 0:
+                lowers.add(int(keys[0]) - int(i) - int(lengths[b]))
+    first = lambda c: (c is not None, c or 0)  # noqa: E731 (no bound first)
+    for band in ((c, s) for c in sorted(uppers, key=first) for s in sorted(lowers, key=first)):
+        if all(np.array_equal(mask, np.broadcast_to(_band_hides(band, q_len, kv_len, lengths.reshape(-1, 1, 1, 1)),
+                                                    mask.shape))
                for lengths, mask in zip(samples, hidden)):
             absorbed.extend(n.name for n in nodes)
-            return found, source, offset
+            return found, source, band
     return None

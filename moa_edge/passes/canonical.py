@@ -47,6 +47,28 @@ def bypass_no_ops(graph: Graph) -> int:
     return bypassed
 
 
+def narrow_softmax_precision(graph: Graph) -> int:
+    """Cast(float32 -> float64) -> Softmax -> Cast(-> float32), the ONNX function body's
+    softmax_precision=DOUBLE, becomes a float32 Softmax: the runtime computes in float32
+    (as it does for the Attention op's softmax_precision attribute)."""
+    narrowed = 0
+    for softmax in [n for n in graph.nodes if n.op == "Softmax"]:
+        widen = graph.producer(softmax.inputs[0])
+        users = graph.consumers(softmax.outputs[0])
+        if (widen is None or widen.op != "Cast" or DTYPE_OF_ONNX.get(widen.attrs.get("to")) != "float64"
+                or graph.tensors.get(widen.inputs[0]) is None or graph.tensors[widen.inputs[0]].dtype != "float32"
+                or len(users) != 1 or users[0].op != "Cast" or DTYPE_OF_ONNX.get(users[0].attrs.get("to")) != "float32"
+                or softmax.outputs[0] in graph.outputs):
+            continue
+        narrow = users[0]
+        softmax.inputs = [widen.inputs[0]]
+        softmax.outputs = list(narrow.outputs)
+        graph.nodes.remove(narrow)
+        narrowed += 1
+    graph.remove_dead()
+    return narrowed
+
+
 def pad_nodes(graph: Graph, name: str, axis: int, before: int, after: int, value, out: str, stem: str) -> Node:
     """`out` = `name` padded along `axis` with `value`, as one MoaConcat: the fill parts are a
     single stored element read through a stride-0 map, whatever their size."""
