@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from moa_edge.ir import Graph
-from moa_edge.ops import attention, concat
+from moa_edge.ops import SUPPORTED_OPS
 from moa_edge.passes.fold import evaluate_onnx_node
 
 
@@ -23,18 +23,13 @@ def run_reference(graph: Graph, inputs: dict[str, np.ndarray]) -> dict[str, np.n
         env[t.name] = _torch(t.data)
     with torch.no_grad():
         for node in graph.nodes:
-            if node.op == "MoaAttention":
-                q, k, v, mask, lengths = (env[n] if n else None for n in (node.inputs + [""])[:5])
-                out = node.outputs[0]
-                env[out] = attention.reference(node.attrs["spec"], q, k, v, mask, graph.tensors[out].shape, lengths)
-                if len(node.outputs) > 1:
-                    scores = attention.scores_reference(node.attrs["spec"], q, k, mask, lengths)
-                    env[node.outputs[1]] = scores.reshape(graph.tensors[node.outputs[1]].shape)
-            elif node.op == "MoaConcat":
-                env[node.outputs[0]] = concat.reference(node, [env[n] for n in node.inputs])
+            values = [env[n] if n else None for n in node.inputs]
+            if node.op in SUPPORTED_OPS:
+                outputs = SUPPORTED_OPS[node.op].evaluate(node, values, graph)
             else:  # ops outside the runtime (inspect, detection checks): onnx's reference, in float64
-                values = [env[n].numpy() if n else None for n in node.inputs]
                 opset = graph.opsets.get("", graph.opsets.get("ai.onnx", 18))
-                for name, value in zip(node.outputs, evaluate_onnx_node(node, values, opset)):
-                    env[name] = _torch(value)
+                arrays = [v.numpy() if v is not None else None for v in values]
+                outputs = [_torch(o) for o in evaluate_onnx_node(node, arrays, opset)]
+            for name, value in zip(node.outputs, outputs):
+                env[name] = value
     return {name: env[name].numpy() for name in graph.outputs}

@@ -1,9 +1,17 @@
 """One module per op family: its shape rule, torch reference and C emission.
 
-Each module offers `reference(node, inputs, graph) -> list of torch tensors`,
-`scratch_bytes(node)`, `emit(node, ctx) -> EmittedUnit` and `C_SOURCES` (runtime files).
+Each module offers:
+  OPS                           the IR op types it implements (ONNX names, or Moa* for our own)
+  C_SOURCES                     the c_runtime/src files its calls need (copied into the project)
+  scratch_bytes(node, graph)    arena bytes the node needs while it runs (0: none)
+  emit(node, ctx)               -> EmittedUnit: the C statements that run it
+  evaluate(node, inputs, graph) -> the outputs as float64 torch tensors (the reference executor)
+and, for ops whose output is its input seen another way (Reshape, Squeeze, ...):
+  ALIASES = True                the output shares the input's storage; emit is never called
 """
 from dataclasses import dataclass, field
+
+from moa_edge.ir import Graph
 
 from . import attention, concat
 
@@ -14,6 +22,7 @@ class EmitContext:
     board: str
     where: dict              # tensor name -> C expression of its buffer
     scratch: str             # C expression of the node's scratch, or "NULL"
+    graph: Graph | None = None  # shapes and dtypes of every tensor
 
 
 @dataclass
@@ -23,7 +32,9 @@ class EmittedUnit:
     declarations: list[str] = field(default_factory=list)  # their prototypes for attention.h
 
 
+_MODULES = (attention, concat)
+
 # IR op name -> the module that implements it. An op missing here is unsupported.
-SUPPORTED_OPS = {"MoaAttention": attention, "MoaConcat": concat}
+SUPPORTED_OPS = {op: module for module in _MODULES for op in module.OPS}
 
 __all__ = ["EmitContext", "EmittedUnit", "SUPPORTED_OPS", "attention", "concat"]

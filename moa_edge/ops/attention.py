@@ -16,6 +16,7 @@ import torch
 from moa_edge.moa import Layout, cost, onf
 
 MASK_NONE, MASK_FLOAT, MASK_BOOL = "none", "float", "bool"
+OPS = ("MoaAttention",)
 C_SOURCES: list[str] = []  # the kernel is generated per block (attention.c)
 
 
@@ -65,7 +66,7 @@ class AttentionSpec:
         }
 
 
-def scratch_bytes(node) -> int:
+def scratch_bytes(node, graph=None) -> int:
     """Kernel scratch of the node's chosen ONF schedule; never an Sq x Skv score matrix
     for the online strategy."""
     return onf.scratch_bytes(node.attrs["spec"], node.attrs["schedule"])
@@ -143,6 +144,16 @@ def reference(spec: AttentionSpec, q, k, v, mask, out_shape, lengths=None) -> to
 
 
 # --- C emission --------------------------------------------------------------------
+
+def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    """The block's outputs: Y, and the scores of its qk mode when it has a second output."""
+    q, k, v, mask, lengths = (inputs + [None] * 5)[:5]
+    spec = node.attrs["spec"]
+    outputs = [reference(spec, q, k, v, mask, graph.tensors[node.outputs[0]].shape, lengths)]
+    if len(node.outputs) > 1:
+        outputs.append(scores_reference(spec, q, k, mask, lengths).reshape(graph.tensors[node.outputs[1]].shape))
+    return outputs
+
 
 def emit_kernel(node, name: str, real: str = "float") -> str:
     return onf.emit_kernel(node.attrs["spec"], node.attrs["schedule"], name, real)

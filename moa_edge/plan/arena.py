@@ -47,7 +47,7 @@ def plan_arena(graph: Graph) -> ArenaPlan:
             if name in intervals:
                 first, _, size = intervals[name]
                 intervals[name] = (first, step, size)
-        scratch = SUPPORTED_OPS[node.op].scratch_bytes(node)
+        scratch = SUPPORTED_OPS[node.op].scratch_bytes(node, graph)
         if scratch:
             intervals[f"scratch:{node.name}"] = (step, step, scratch)
 
