@@ -173,7 +173,7 @@ def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) ->
         tensors[vi.name] = Tensor(vi.name, shape, dtype)
     for vi in g.value_info:
         tt = vi.type.tensor_type
-        if tt.elem_type in _ONNX_DTYPES and all(d.HasField("dim_value") for d in tt.shape.dim):
+        if tt.elem_type in _ONNX_DTYPES and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
             tensors.setdefault(vi.name, Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim),
                                                _ONNX_DTYPES[tt.elem_type]))
 

@@ -149,6 +149,8 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
             except MoaEdgeError as exc:
                 row = {"ok": False, "error": str(exc), "max_abs_err": None, "max_rel_err": None, "max_ulp": None}
             row["schedule"] = [b["predicted"] for b in report["attention_blocks"]]
+            result["arena_bytes"] = report["memory"]["arena_bytes"]
+            result["weights_bytes"] = report["memory"]["weights_bytes"]
             result["boards"][board.name] = row
             result["ok"] = result["ok"] and row["ok"]
     return result

@@ -41,7 +41,7 @@ def test_convert_build_run(model, tmp_path):
     assert r.returncode == 0, r.stderr
     header = (project / "model.h").read_text()
     assert "#define MODEL_ARENA_BYTES" in header and "#define MODEL_WEIGHTS_BYTES" in header
-    for f in ("model.c", "attention.c", "attention.h", "main.c", "SConstruct", "weights.c",
+    for f in ("model.c", "attention.c", "attention.h", "main.c", "SConstruct", "weights.S", "weights.bin",
               "runtime/include/moa/status.h", "report.json"):
         assert (project / f).is_file(), f
     r = moa("build", project, "--board", "rpi4")

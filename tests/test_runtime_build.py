@@ -12,7 +12,7 @@ from moa_edge.harness.build import build
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.pipeline import convert
 
-# A model with a constant mask, so weights.c holds data too.
+# A model with a constant mask, so weights.S holds data too.
 CASE = Case("symbols", "sdpa18", q_len=4, kv_len=6, head_dim=8, mask="const_float")
 MODEL_OBJECTS = ["model.o", "attention.o", "weights.o"]  # everything but the runner's main.o
 ALLOCATORS = {"malloc", "calloc", "realloc", "free", "aligned_alloc", "posix_memalign"}

@@ -27,13 +27,3 @@ def c_float(x: float) -> str:
     if math.isinf(x):
         return "INFINITY" if x > 0 else "-INFINITY"
     return x.hex() + "f"
-
-
-def c_array_body(data: np.ndarray, per_line: int = 8) -> str:
-    flat = data.reshape(-1)
-    if data.dtype == np.bool_:
-        items = ["1" if b else "0" for b in flat]
-    else:
-        items = [c_float(x) for x in flat]
-    lines = [", ".join(items[k:k + per_line]) for k in range(0, len(items), per_line)]
-    return "    " + ",\n    ".join(lines)

@@ -1,4 +1,4 @@
-"""Writes the generated C project: model.h, model.c, weights.[ch], main.c, SConstruct,
+"""Writes the generated C project: model.h, model.c, weights.h/.S/.bin, main.c, SConstruct,
 the c_runtime sources it needs, and report.json."""
 from __future__ import annotations
 
@@ -6,15 +6,31 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import DTYPES, Graph
 from moa_edge.ops import SUPPORTED_OPS, EmitContext
 from moa_edge.plan import plan_arena
 
-from .cnames import c_array_body, c_identifier
+from .cnames import c_identifier
 
 TEMPLATES = Path(__file__).parent / "templates"
+
+
+def _weights_blob(weights) -> tuple[bytes, str]:
+    """weights.bin (every constant, 64-byte aligned, little-endian as the boards are) and the
+    assembler lines that give each its own symbol inside it."""
+    blob, lines = bytearray(), []
+    for t, sym in weights:
+        blob += bytes(-len(blob) % 64)
+        data = np.ascontiguousarray(t.data, dtype=DTYPES[t.dtype][0]).astype(DTYPES[t.dtype][0]).tobytes()
+        lines += [f"    /* {t.name}: {t.dtype} {list(t.shape)} */", "    .balign 64", f"    .global {sym}",
+                  f"    .type {sym}, %object", f"    .size {sym}, {max(len(data), 1)}", f"{sym}:",
+                  f'    .incbin "weights.bin", {len(blob)}, {len(data)}' if data else "    .byte 0"]
+        blob += data
+    return bytes(blob), "\n".join(lines)
 
 
 def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str = "host",
@@ -36,8 +52,8 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
 
     weights = []
     for t in graph.weights():
-        if t.dtype not in ("float32", "bool"):
-            raise MoaEdgeError(f"constant {t.name!r} has dtype {t.dtype}; only float32 and bool weights are supported")
+        if t.dtype not in DTYPES:
+            raise MoaEdgeError(f"constant {t.name!r} has dtype {t.dtype}; only {', '.join(DTYPES)} weights are supported")
         weights.append((t, f"{prefix}_w_{c_identifier(t.name, taken)}"))
     weights_bytes = sum(t.nbytes for t, _ in weights)
 
@@ -48,10 +64,17 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
         if not name.startswith("scratch:"):
             ctype = DTYPES[graph.tensors[name].dtype][1]
             where[name] = f"(({ctype} *)(base + {offset}))"
+    for name in plan.storage_of:  # views and in-place outputs: another tensor's storage
+        root = name
+        while root in plan.storage_of:
+            root = plan.storage_of[root]
+        where[name] = f"(({DTYPES[graph.tensors[name].dtype][1]} *){where[root]})"
 
     kernels, kernel_decls, calls, sources = [], [], [], set()
     for k, node in enumerate(graph.nodes):
         op = SUPPORTED_OPS[node.op]
+        if node.outputs[0] in plan.storage_of and getattr(op, "ALIASES", False):
+            continue  # a view: nothing to run
         sources.update(op.C_SOURCES)
         scratch = plan.offsets.get("scratch:" + node.name)
         unit = op.emit(node, EmitContext(name=f"{prefix}_{node.op.lower()}_{k}", board=board, where=where,
@@ -86,12 +109,13 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
     subst["RUN_V_CALL"] = ", ".join(v_unpack + ["arena", "arena_bytes"])
     subst["KERNELS"] = "\n".join(kernels)
     subst["KERNEL_DECLS"] = "\n".join(kernel_decls)
-    subst["CALLS"] = "".join(calls)
+    # An input only shape inference needed (a Reshape target) is not read at run time.
+    subst["CALLS"] = "".join(f"    (void){e['c_name']};\n" for e in ins) + "".join(calls)
     subst["WEIGHT_DECLS"] = "".join(
         f"extern const {DTYPES[t.dtype][1]} {sym}[{t.size}];\n" for t, sym in weights)
-    subst["WEIGHT_DEFS"] = "".join(
-        f"/* {t.name}: {t.dtype} {list(t.shape)} */\nconst {DTYPES[t.dtype][1]} {sym}[{t.size}] MOA_WEIGHTS_SECTION = {{\n"
-        f"{c_array_body(t.data)}\n}};\n" for t, sym in weights)
+    blob, symbols = _weights_blob(weights)
+    subst["WEIGHT_SYMBOLS"] = symbols
+    subst["WEIGHTS_PRESENT"] = "1" if weights else "0"
     subst["MAIN_BUFFERS"] = "".join(
         f"static {e['c_type']} {e['kind']}_{k}[{e['elems']}];\n" for k, e in enumerate(ins)) + "".join(
         f"static {e['c_type']} {e['kind']}_{k}[{e['elems']}];\n" for k, e in enumerate(outs))
@@ -101,7 +125,8 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
     subst["MAIN_OUTPUT_BYTES"] = ", ".join(f"sizeof output_{k}" for k in range(len(outs)))
     subst["RUNTIME_SOURCES"] = "".join(f', "runtime/src/{s}"' for s in sorted(sources))
 
-    for template in ("model.h", "model.c", "attention.h", "attention.c", "weights.h", "weights.c", "main.c",
+    (out_dir / "weights.bin").write_bytes(blob)
+    for template in ("model.h", "model.c", "attention.h", "attention.c", "weights.h", "weights.S", "main.c",
                      "SConstruct"):
         text = (TEMPLATES / (template + ".in")).read_text()
         for key, value in subst.items():

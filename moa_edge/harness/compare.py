@@ -30,8 +30,10 @@ def compare(got: np.ndarray, ref: np.ndarray) -> dict:
     abs_err = float(np.max(np.abs(got - ref))) if got.size else 0.0
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
     rel_err = abs_err / scale if scale > 0 else abs_err
+    norms = float(np.linalg.norm(got) * np.linalg.norm(ref))
+    cosine = float(np.dot(got.reshape(-1), ref.reshape(-1)) / norms) if norms > 0 else float(abs_err == 0)
     return {"ok": abs_err <= MAX_ABS_ERR and rel_err <= MAX_REL_ERR, "max_abs_err": abs_err,
-            "max_rel_err": rel_err, "max_ulp": _ulp_distance(got, ref)}
+            "max_rel_err": rel_err, "max_ulp": _ulp_distance(got, ref), "cosine": cosine}
 
 
 def compare_all(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict:
@@ -40,7 +42,8 @@ def compare_all(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict:
     worst = {"ok": all(r["ok"] for r in per.values()),
              "max_abs_err": max(r["max_abs_err"] for r in per.values()),
              "max_rel_err": max(r["max_rel_err"] for r in per.values()),
-             "max_ulp": max((r["max_ulp"] or 0) for r in per.values())}
+             "max_ulp": max((r["max_ulp"] or 0) for r in per.values()),
+             "min_cosine": min(r.get("cosine", 0.0) for r in per.values()), "outputs": per}
     errors = [f"{n}: {r['error']}" for n, r in per.items() if "error" in r]
     if errors:
         worst["error"] = "; ".join(errors)

@@ -30,6 +30,21 @@ class Layout:
                 object.__setattr__(self, "divisors", None)
 
     @staticmethod
+    def fit(offsets: np.ndarray) -> "Layout | None":
+        """The strided map whose storage offsets are exactly `offsets` (one per index of its
+        shape), or None when they are not affine in the index."""
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if offsets.size == 0 or offsets.min() < 0:
+            return None
+        origin = (0,) * offsets.ndim
+        strides = tuple(int(offsets[tuple(1 if a == axis else 0 for a in range(offsets.ndim))] - offsets[origin])
+                        if n > 1 else 0 for axis, n in enumerate(offsets.shape))
+        if min(strides, default=0) < 0:
+            return None
+        layout = Layout(tuple(int(n) for n in offsets.shape), strides, int(offsets[origin]))
+        return layout if np.array_equal(layout.offsets().reshape(offsets.shape), offsets) else None
+
+    @staticmethod
     def row_major(shape) -> "Layout":
         shape = tuple(int(s) for s in shape)
         strides, step = [], 1

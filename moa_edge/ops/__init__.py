@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from moa_edge.ir import Graph
 
-from . import attention, concat
+from . import attention, concat, elementwise, gather, matmul, normalization, reduce, views
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class EmittedUnit:
     declarations: list[str] = field(default_factory=list)  # their prototypes for attention.h
 
 
-_MODULES = (attention, concat)
+_MODULES = (attention, concat, elementwise, gather, matmul, normalization, reduce, views)
 
 # IR op name -> the module that implements it. An op missing here is unsupported.
 SUPPORTED_OPS = {op: module for module in _MODULES for op in module.OPS}

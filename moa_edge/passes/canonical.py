@@ -7,7 +7,7 @@ import numpy as np
 from moa_edge.ir import DTYPES, Graph, Node, Tensor
 from moa_edge.moa import Layout
 
-from .fold import DTYPE_OF_ONNX
+from .fold import DTYPE_OF_ONNX, evaluate_onnx_node
 
 
 def _is_no_op(graph: Graph, node) -> bool:
@@ -110,22 +110,68 @@ def _constant_pad(graph: Graph, node) -> Node | None:
     return pad_nodes(graph, node.inputs[0], axis, before, after, value.reshape(-1)[0], node.outputs[0], node.name)
 
 
+def _copy_through_view(graph: Graph, node, out: str) -> Node | None:
+    """A layout op left after the rewrites (a head merge the kernel could not write through, a
+    Split, a broadcast): one copy of its input read through the op's access map."""
+    from .views import trace_view
+    if out not in graph.tensors:
+        return None
+    rank = len(graph.tensors[node.inputs[0]].shape)
+    if node.op == "Transpose" and len(node.attrs.get("perm", range(rank))) != rank:
+        return None  # a shape inference could not give: leave the op, to be reported
+    source, layout = trace_view(graph, out, [])
+    if source == out:
+        return None
+    return Node("MoaConcat", f"{node.name}__{out}" if len(node.outputs) > 1 else node.name, [source], [out],
+                {"layouts": [layout], "axis": 0})
+
+
+def _constant_gather(graph: Graph, node, trace_view) -> Node | None:
+    """A gather by constant indices (the batch/key index grids transformers' mask code feeds
+    GatherND) reads its data through a strided map when the picked offsets are affine: then
+    it is a copy through that map. The op's own semantics pick the offsets: it is run on the
+    storage positions of its data."""
+    indices, data = graph.constant(node.inputs[1]), graph.tensors[node.inputs[0]]
+    if indices is None or graph.constant(node.inputs[0]) is not None or data.dtype not in DTYPES:
+        return None
+    positions = np.arange(data.size, dtype=np.int64).reshape(data.shape)
+    picked = evaluate_onnx_node(node, [positions, indices], graph.opsets.get("", graph.opsets.get("ai.onnx", 18)))[0]
+    source, view = trace_view(graph, node.inputs[0], [])
+    layout = Layout.fit(view.offsets().reshape(-1)[picked])
+    if layout is None:
+        return None
+    return Node("MoaConcat", node.name, [source], list(node.outputs), {"layouts": [layout], "axis": 0})
+
+
 def lower_copies(graph: Graph) -> None:
-    """ONNX Concat, constant Pad and the Identity ops still left become MoaConcat (a copy
-    through access maps), the one data-movement op the runtime has."""
+    """ONNX Concat, constant Pad, the Identity ops still left and the layout ops no kernel
+    absorbed (Transpose, Expand, Slice, Split) become MoaConcat: a copy through access maps."""
     from .views import trace_view  # the parts are read in place through their layout ops
-    for k, node in enumerate(graph.nodes):
-        pad = _constant_pad(graph, node)
-        if pad is not None:
-            graph.nodes[k] = pad
-            continue
-        if node.op not in ("Concat", "Identity") or any(graph.tensors.get(i) is None for i in node.inputs):
-            continue
-        if any(graph.tensors[i].dtype != "float32" for i in node.inputs):
-            continue
-        rank = len(graph.tensors[node.inputs[0]].shape)
-        axis = node.attrs.get("axis", 0) % rank if node.op == "Concat" else 0
-        traced = [trace_view(graph, i, []) for i in node.inputs]
-        graph.nodes[k] = type(node)("MoaConcat", node.name, [src for src, _ in traced], list(node.outputs),
-                                    {"layouts": [lay for _, lay in traced], "axis": axis})
+    lowered = []
+    for node in graph.nodes:
+        lowered += _lowered_copy(graph, node, trace_view) or [node]
+    graph.nodes = lowered
     graph.remove_dead()
+
+
+def _lowered_copy(graph: Graph, node, trace_view) -> list[Node] | None:
+    if any(name and graph.tensors.get(name) is None for name in node.inputs[:1]):
+        return None
+    pad = _constant_pad(graph, node)
+    if pad is not None:
+        return [pad]
+    if node.op in ("Gather", "GatherND", "GatherElements"):
+        gathered = _constant_gather(graph, node, trace_view)
+        return [gathered] if gathered is not None else None
+    if node.op in ("Transpose", "Expand", "Slice", "Split") and graph.tensors[node.inputs[0]].dtype in DTYPES:
+        copies = [_copy_through_view(graph, node, out) for out in node.outputs]
+        return copies if all(copies) else None
+    if node.op not in ("Concat", "Identity") or any(graph.tensors.get(i) is None for i in node.inputs):
+        return None
+    if len({graph.tensors[i].dtype for i in node.inputs}) != 1 or graph.tensors[node.inputs[0]].dtype not in DTYPES:
+        return None
+    rank = len(graph.tensors[node.inputs[0]].shape)
+    axis = node.attrs.get("axis", 0) % rank if node.op == "Concat" else 0
+    traced = [trace_view(graph, i, []) for i in node.inputs if graph.tensors[i].size]  # empty parts add nothing
+    return [Node("MoaConcat", node.name, [src for src, _ in traced], list(node.outputs),
+                 {"layouts": [lay for _, lay in traced], "axis": axis})]

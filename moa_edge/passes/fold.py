@@ -137,7 +137,7 @@ def infer_missing_shapes(graph: Graph) -> None:
             for vi in inferred:
                 tt = vi.type.tensor_type
                 if (vi.name in node.outputs and tt.elem_type in DTYPE_OF_ONNX
-                        and all(d.HasField("dim_value") for d in tt.shape.dim)):
+                        and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)):
                     graph.tensors[vi.name] = Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim),
                                                     DTYPE_OF_ONNX[tt.elem_type])
 

@@ -9,7 +9,7 @@ from moa_edge.moa import Layout
 
 def trace_view(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, Layout]:
     """Follow layout ops back to stored data: (source tensor, access map). Transpose,
-    view-compatible Reshape, Unsqueeze/Squeeze and Identity are index maps; so is
+    view-compatible Reshape, Unsqueeze/Squeeze, Identity, Slice and Split are index maps; so is
     Unsqueeze -> Expand -> Reshape merging the expanded axis into the one before it,
     which is repeat_kv (the merged index h reads h // group)."""
     node = graph.producer(name)
@@ -29,10 +29,50 @@ def trace_view(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, Layou
         source, layout = trace_view(graph, node.inputs[0], inner)
         if len(layout.shape) == len(shape):
             view = layout.broadcast_to(shape)
+    elif node.op in ("Slice", "Split"):
+        cut = slice_of(graph, node, name)
+        if cut is not None:
+            source, layout = trace_view(graph, node.inputs[0], inner)
+            for axis, start, stop, step in cut:
+                layout = layout.slice(axis, start, stop, step) if layout is not None else None
+            view = layout
     if view is None:
         return name, Layout.row_major(shape)
     absorbed[:] = inner + [node.name]
     return source, view
+
+
+def slice_of(graph: Graph, node, output: str) -> list[tuple[int, int, int, int]] | None:
+    """Slice (constant starts/ends/axes, positive steps) and Split as (axis, start, stop, step)
+    cuts of the input giving `output`; None for anything else."""
+    shape = graph.tensors[node.inputs[0]].shape
+    rank = len(shape)
+    if node.op == "Split":
+        axis = node.attrs.get("axis", 0) % rank
+        count = len(node.outputs)
+        sizes = graph.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
+        if sizes is None and len(node.inputs) > 1 and node.inputs[1]:
+            return None
+        if sizes is None:
+            sizes = [-(-shape[axis] // count)] * count
+            sizes[-1] = shape[axis] - sum(sizes[:-1])
+        k = node.outputs.index(output)
+        start = int(sum(int(n) for n in list(sizes)[:k]))
+        return [(axis, start, start + int(list(sizes)[k]), 1)]
+    values = [graph.constant(n) if k < len(node.inputs) and n else None for k, n in enumerate(node.inputs[1:5])]
+    starts, ends = values[0], values[1]
+    if starts is None or ends is None or any(n and v is None for n, v in zip(node.inputs[3:5], values[2:4])):
+        return None
+    axes = values[2] if values[2] is not None else range(len(starts))
+    steps = values[3] if values[3] is not None else [1] * len(starts)
+    cuts = []
+    for axis, start, end, step in zip(axes, starts, ends, steps):
+        if step <= 0:
+            return None
+        extent = shape[int(axis) % rank]
+        cuts.append((int(axis) % rank, max(min(int(start), extent), -extent - 1), max(min(int(end), extent), -extent - 1),
+                     int(step)))
+    return cuts
 
 
 def _repeat_kv_merge(layout: Layout, shape) -> Layout | None:

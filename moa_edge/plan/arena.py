@@ -1,8 +1,13 @@
-"""Liveness and first-fit arena placement.
+"""Liveness and static arena placement.
 
 Graph inputs and outputs are caller-owned and constants live in weights.c, so the arena
-holds only intermediates (live from producer to last consumer) and each node's kernel
-scratch (live during that node alone).
+holds only intermediates (live from their producer to their last reader) and each node's
+kernel scratch (live during that node alone). A view (Reshape, Squeeze, ...) has no buffer
+of its own: it names its input's storage, which then lives until the view's last reader.
+An element-wise op whose input dies at that op writes over it (in place).
+
+Two placement algorithms run and the smaller arena wins; a validator proves that no two
+buffers that are live at the same step share a byte.
 """
 from __future__ import annotations
 
@@ -18,50 +23,168 @@ def _aligned(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
 
+@dataclass(frozen=True)
+class Buffer:
+    name: str     # a tensor, or "scratch:<node>"
+    first: int    # the step that writes it
+    last: int     # the last step that reads it
+    size: int     # bytes, aligned
+
+
 @dataclass
 class ArenaPlan:
-    offsets: dict[str, int] = field(default_factory=dict)  # tensor name or "scratch:<node>" -> byte offset
+    offsets: dict[str, int] = field(default_factory=dict)  # buffer name -> byte offset
     sizes: dict[str, int] = field(default_factory=dict)
     total_bytes: int = 0
+    storage_of: dict[str, str] = field(default_factory=dict)  # view or in-place tensor -> the tensor it shares
+    algorithm: str = ""
+    buffers: list[Buffer] = field(default_factory=list)
+    steps: list[str] = field(default_factory=list)  # node names in schedule order
+
+    def live_bytes(self, step: int) -> int:
+        return sum(b.size for b in self.buffers if b.first <= step <= b.last)
 
     def describe(self) -> dict:
-        return {"arena_bytes": self.total_bytes,
+        per_step = [self.live_bytes(k) for k in range(len(self.steps))]
+        peak_step = max(range(len(per_step)), key=per_step.__getitem__) if per_step else 0
+        return {"arena_bytes": self.total_bytes, "algorithm": self.algorithm,
+                "live_bytes_lower_bound": max(per_step, default=0),
+                "peak_step": self.steps[peak_step] if self.steps else "",
+                "live_at_peak": [b.name for b in self.buffers if b.first <= peak_step <= b.last],
+                "per_op_live_bytes": dict(zip(self.steps, per_step)),
+                "shared_storage": dict(self.storage_of),
                 "buffers": [{"name": k, "offset": self.offsets[k], "bytes": self.sizes[k]} for k in self.offsets]}
 
 
-def plan_arena(graph: Graph) -> ArenaPlan:
-    # Live interval [first step, last step] of every arena buffer.
-    intervals: dict[str, tuple[int, int, int]] = {}
+def shared_storage(graph: Graph) -> dict[str, str]:
+    """Tensor -> the tensor whose storage it uses: views of their input, in-place outputs of
+    the input they overwrite. Caller-owned outputs always keep their own storage."""
+    caller_owned = set(graph.inputs) | set(graph.outputs)
+    last_reader: dict[str, int] = {}
+    for step, node in enumerate(graph.nodes):
+        for name in node.inputs:
+            last_reader[name] = step
+    storage: dict[str, str] = {}
+    for step, node in enumerate(graph.nodes):
+        module = SUPPORTED_OPS[node.op]
+        out = node.outputs[0] if node.outputs else ""
+        if not out or out in caller_owned:
+            continue
+        if getattr(module, "ALIASES", False):
+            storage[out] = node.inputs[0]
+        elif getattr(module, "IN_PLACE", False):
+            for name in node.inputs:
+                base = _root(name, storage) if name else ""
+                if (base and base not in caller_owned and graph.constant(base) is None
+                        and graph.tensors[name].shape == graph.tensors[out].shape
+                        and graph.tensors[name].dtype == graph.tensors[out].dtype
+                        and _dies_at(base, step, storage, last_reader)
+                        # another operand reading the same storage another way would see overwritten elements
+                        and all(other == name or _root(other, storage) != base for other in node.inputs if other)):
+                    storage[out] = name
+                    break
+    return storage
+
+
+def _dies_at(base: str, step: int, storage: dict[str, str], last_reader: dict[str, int]) -> bool:
+    """No tensor sharing `base`'s storage is read after `step`."""
+    sharing = [base] + [name for name in storage if _root(name, storage) == base]
+    return all(last_reader.get(name, -1) <= step for name in sharing)
+
+
+def _root(name: str, storage: dict[str, str]) -> str:
+    while name in storage:
+        name = storage[name]
+    return name
+
+
+def live_buffers(graph: Graph, storage: dict[str, str]) -> list[Buffer]:
     caller_owned = set(graph.inputs) | set(graph.outputs)
     ready = set(graph.inputs) | {t.name for t in graph.tensors.values() if t.is_constant}
     for node in graph.nodes:  # the schedule is the node order: every input must exist by then
         missing = [name for name in node.inputs if name and name not in ready]
         assert not missing, f"node {node.name} reads {missing} before they are computed"
         ready.update(node.outputs)
+    spans: dict[str, list[int]] = {}
     for step, node in enumerate(graph.nodes):
         for name in node.outputs:
-            t = graph.tensors[name]
-            if name not in caller_owned and not t.is_constant:
-                intervals[name] = (step, step, t.nbytes)
+            base = _root(name, storage)
+            if base not in caller_owned and graph.constant(base) is None:
+                spans.setdefault(base, [step, step])
         for name in node.inputs:
-            if name in intervals:
-                first, _, size = intervals[name]
-                intervals[name] = (first, step, size)
+            base = _root(name, storage) if name else ""
+            if base in spans:
+                spans[base][1] = step
+    buffers = [Buffer(name, first, last, _aligned(graph.tensors[name].nbytes)) for name, (first, last) in spans.items()]
+    for step, node in enumerate(graph.nodes):
         scratch = SUPPORTED_OPS[node.op].scratch_bytes(node, graph)
         if scratch:
-            intervals[f"scratch:{node.name}"] = (step, step, scratch)
+            buffers.append(Buffer(f"scratch:{node.name}", step, step, _aligned(scratch)))
+    return buffers
 
-    plan = ArenaPlan()
-    placed: list[tuple[int, int, int, int]] = []  # (offset, end, first, last)
-    for name, (first, last, size) in sorted(intervals.items(), key=lambda kv: -kv[1][2]):
-        size = _aligned(size)
+
+def _overlap_in_time(a: Buffer, b: Buffer) -> bool:
+    return not (a.last < b.first or b.last < a.first)
+
+
+def greedy_by_size(buffers: list[Buffer]) -> dict[str, int]:
+    """Largest first, each at the lowest offset clear of every placed buffer live at the same time."""
+    placed: list[tuple[int, Buffer]] = []
+    offsets = {}
+    for buf in sorted(buffers, key=lambda b: (-b.size, b.first, b.name)):
         offset = 0
-        for o, e, f, l in sorted(placed):
-            overlaps_in_time = not (last < f or l < first)
-            if overlaps_in_time and offset < e and o < offset + size:
-                offset = _aligned(e)
-        placed.append((offset, offset + size, first, last))
-        plan.offsets[name] = offset
-        plan.sizes[name] = size
-        plan.total_bytes = max(plan.total_bytes, offset + size)
-    return plan
+        for o, other in sorted(placed, key=lambda p: p[0]):
+            if _overlap_in_time(buf, other) and offset < o + other.size and o < offset + buf.size:
+                offset = o + other.size
+        placed.append((offset, buf))
+        offsets[buf.name] = offset
+    return offsets
+
+
+def greedy_by_conflicts(buffers: list[Buffer]) -> dict[str, int]:
+    """Longest-lived, most-contended buffers first, each into the tightest gap (best fit)
+    left by those live with it: long lives settle low and short ones fill the holes."""
+    contention = {b.name: sum(o.size for o in buffers if o is not b and _overlap_in_time(b, o)) for b in buffers}
+    placed: list[tuple[int, Buffer]] = []
+    offsets = {}
+    for buf in sorted(buffers, key=lambda b: (-(b.last - b.first), -contention[b.name], -b.size, b.name)):
+        busy = sorted((o, o + other.size) for o, other in placed if _overlap_in_time(buf, other))
+        gaps, cursor = [], 0  # (gap size, start) of every hole the buffer fits in
+        for start, end in busy:
+            if start - cursor >= buf.size:
+                gaps.append((start - cursor, cursor))
+            cursor = max(cursor, end)
+        offset = min(gaps)[1] if gaps else cursor
+        placed.append((offset, buf))
+        offsets[buf.name] = offset
+    return offsets
+
+
+ALGORITHMS = {"greedy_by_size": greedy_by_size, "greedy_by_conflicts": greedy_by_conflicts}
+
+
+def validate(buffers: list[Buffer], offsets: dict[str, int]) -> None:
+    """Raise when two buffers live at the same step share a byte."""
+    for k, a in enumerate(buffers):
+        for b in buffers[k + 1:]:
+            if _overlap_in_time(a, b) and offsets[a.name] < offsets[b.name] + b.size \
+                    and offsets[b.name] < offsets[a.name] + a.size:
+                raise AssertionError(f"arena overlap: {a} at {offsets[a.name]} and {b} at {offsets[b.name]}")
+        if offsets[a.name] % ALIGN:
+            raise AssertionError(f"arena buffer {a.name} at {offsets[a.name]} is not {ALIGN}-byte aligned")
+
+
+def plan_arena(graph: Graph, algorithm: str | None = None) -> ArenaPlan:
+    storage = shared_storage(graph)
+    buffers = live_buffers(graph, storage)
+    plans = []
+    for name, place in ALGORITHMS.items():
+        if algorithm not in (None, name):
+            continue
+        offsets = place(buffers)
+        validate(buffers, offsets)
+        total = max((offsets[b.name] + b.size for b in buffers), default=0)
+        plans.append((total, name, offsets))
+    total, name, offsets = min(plans, key=lambda p: (p[0], p[1]))
+    return ArenaPlan(offsets=offsets, sizes={b.name: b.size for b in buffers}, total_bytes=total,
+                     storage_of=storage, algorithm=name, buffers=buffers, steps=[n.name for n in graph.nodes])

@@ -7,7 +7,8 @@ typedef enum {
     MOA_ERR_NULL_ARGUMENT = 1, /* a required pointer was NULL */
     MOA_ERR_ARENA_TOO_SMALL = 2, /* arena_bytes < <PREFIX>_ARENA_BYTES */
     MOA_ERR_ARENA_MISALIGNED = 3, /* arena not aligned to MOA_ARENA_ALIGN */
-    MOA_ERR_BAD_PARAMS = 4 /* inconsistent kernel parameters */
+    MOA_ERR_BAD_PARAMS = 4, /* inconsistent kernel parameters */
+    MOA_ERR_INDEX_OUT_OF_RANGE = 5 /* a run-time index (Gather, token id) outside its axis */
 } moa_status;
 
 /* Alignment the caller must give the arena. */

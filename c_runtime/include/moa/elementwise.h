@@ -1,0 +1,24 @@
+/* Scalar functions of the element-wise ops that <math.h> does not spell directly.
+ * Generated loops call them once per element; NaN propagates as ONNX expects. */
+#ifndef MOA_ELEMENTWISE_H
+#define MOA_ELEMENTWISE_H
+
+#include <math.h>
+
+static inline float moa_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* Gelu(x) = x/2 (1 + erf(x / sqrt 2)), and the tanh approximation of opset 20. */
+static inline float moa_gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+static inline float moa_gelu_tanh(float x)
+{
+    return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+}
+
+/* x^2 is what exporters emit (RMSNorm, variance): the same value as powf, without the call. */
+static inline float moa_pow(float x, float y) { return y == 2.0f ? x * x : powf(x, y); }
+
+static inline float moa_max(float a, float b) { return (a > b || a != a) ? a : b; }
+static inline float moa_min(float a, float b) { return (a < b || a != a) ? a : b; }
+static inline float moa_clip(float x, float lo, float hi) { return moa_min(moa_max(x, lo), hi); }
+
+#endif

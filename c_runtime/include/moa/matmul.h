@@ -1,0 +1,43 @@
+/* fp32 matrix multiply for MatMul and Gemm:
+ *
+ *     Y[m][n] = alpha * sum_k A[m][k] B[k][n]  +  beta * C[m][n]
+ *
+ * Every operand is read through a strided view, so a transposed operand (Gemm's transA and
+ * transB) or a broadcast bias (Gemm's C of shape [N], [M, 1], [1, 1]: stride 0) is never
+ * copied. Y is row-major with its own row stride. No allocation, no globals. */
+#ifndef MOA_MATMUL_H
+#define MOA_MATMUL_H
+
+#include <stddef.h>
+
+#include "moa/status.h"
+
+/* A read-only strided view: element [i][j] is data[i * row_stride + j * col_stride].
+ * Strides count elements; 0 repeats one row or column (a broadcast operand). */
+typedef struct {
+    const float *data;
+    ptrdiff_t row_stride;
+    ptrdiff_t col_stride;
+} moa_matrix_f32;
+
+/* Cache blocking (Goto's loop order; see matmul.c). The defaults keep a KC x NR panel of
+ * B in a 32 KiB L1D and an MC x KC block of A in L2; a board may override them with -D. */
+#ifndef MOA_GEMM_KC
+#define MOA_GEMM_KC 256
+#endif
+#ifndef MOA_GEMM_MC
+#define MOA_GEMM_MC 64
+#endif
+#ifndef MOA_GEMM_NC
+#define MOA_GEMM_NC 256
+#endif
+
+/* Y (M x N, row stride y_row_stride >= N) = alpha * A (M x K) B (K x N) + beta * C.
+ * C is optional: c.data == NULL adds nothing. C may be Y itself (same strides) for an
+ * in-place update; otherwise Y must not overlap an operand. K == 0 gives beta * C (or 0).
+ * Returns MOA_ERR_NULL_ARGUMENT for a missing A, B or Y that would be read or written,
+ * MOA_ERR_BAD_PARAMS when the rows of Y would overlap. */
+moa_status moa_gemm_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_matrix_f32 b,
+                        float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
+
+#endif

@@ -1,0 +1,145 @@
+"""MatMul and Gemm: one moa_gemm_f32 call per matrix of the product.
+
+MatMul follows numpy: 1-D operands gain (and the result loses) a unit row or column, and
+the batch axes broadcast; the generated C loops over the output's batch axes and offsets
+each operand by its row-major batch strides (0 on an axis it broadcasts), so no operand is
+ever expanded. Gemm's transposes and its broadcast bias C are strides of the views the
+kernel reads through, never copies.
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import torch
+
+from moa_edge.errors import MoaEdgeError
+from moa_edge.moa import Layout
+
+OPS = ("MatMul", "Gemm")
+C_SOURCES = ["matmul.c"]
+HEADER = '#include "moa/matmul.h"'
+
+
+def scratch_bytes(node, graph=None) -> int:
+    return 0
+
+
+def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    if node.op == "MatMul":
+        return [torch.matmul(inputs[0], inputs[1])]
+    a, b = inputs[0], inputs[1]
+    c = inputs[2] if len(inputs) > 2 else None
+    if node.attrs.get("transA", 0):
+        a = a.T
+    if node.attrs.get("transB", 0):
+        b = b.T
+    y = node.attrs.get("alpha", 1.0) * (a @ b)
+    if c is not None:
+        y = y + node.attrs.get("beta", 1.0) * c
+    return [y]
+
+
+def _view(pointer: str, row_stride: int, col_stride: int) -> str:
+    return f"(moa_matrix_f32){{{pointer}, {row_stride}, {col_stride}}}"
+
+
+def _offset(pointer: str, terms) -> str:
+    """pointer + sum of index * stride, leaving out the zero strides."""
+    return " + ".join([pointer] + [f"{v} * {s}" for v, s in terms if s])
+
+
+def _float(x: float) -> str:
+    """A float32 literal as short as round-trips (1.0f, 0.5f); c_float's exact hex otherwise."""
+    if not np.isfinite(np.float32(x)):
+        from moa_edge.codegen.cnames import c_float  # here: codegen imports this package
+        return c_float(x)
+    return f"{np.float32(x)}f"
+
+
+def _gemm_call(M, N, K, alpha, a, b, beta, c, y) -> str:
+    """The call grouped as the equation reads: alpha A B, beta C, then Y."""
+    indent = " " * len("status = moa_gemm_f32(")
+    return (f"status = moa_gemm_f32({M}, {N}, {K},\n"
+            f"{indent}{_float(alpha)}, {a}, {b},\n"
+            f"{indent}{_float(beta)}, {c},\n"
+            f"{indent}{y}, {N});\n"
+            f"if (status != MOA_OK) {{\n    return status;\n}}\n")
+
+
+def _indent(text: str, depth: int) -> list[str]:
+    return ["    " * depth + line for line in text.splitlines()]
+
+
+def _loop_names(count: int, ctx) -> list[str]:
+    """Batch loop variables that shadow no buffer the call names (inputs and weights are
+    named after the model's tensors, so a plain `b0` could be one)."""
+    used = set(re.findall(r"[A-Za-z_]\w*", " ".join(ctx.where.values())))
+    stem = "batch"
+    while any(f"{stem}{k}" in used for k in range(count)):
+        stem += "_"
+    return [f"{stem}{k}" for k in range(count)]
+
+
+def _check_float(node, graph) -> None:
+    for name in [n for n in node.inputs if n] + node.outputs:
+        if graph.tensors[name].dtype != "float32":
+            raise MoaEdgeError(f"{node.op} node {node.name!r}: {name!r} is {graph.tensors[name].dtype}; "
+                               f"only float32 is supported")
+
+
+def emit(node, ctx):
+    from . import EmittedUnit
+    _check_float(node, ctx.graph)
+    emit_op = _emit_gemm if node.op == "Gemm" else _emit_matmul
+    return EmittedUnit(emit_op(node, ctx), declarations=[HEADER])
+
+
+def _emit_gemm(node, ctx) -> str:
+    shapes = [ctx.graph.tensors[n].shape if n else None for n in (node.inputs + [""])[:3]]
+    trans_a, trans_b = node.attrs.get("transA", 0), node.attrs.get("transB", 0)
+    (M, K), N = (shapes[0][::-1] if trans_a else shapes[0]), shapes[1][0 if trans_b else 1]
+    # A stored [K, M] when transposed: A[m][k] sits at k * M + m; likewise B stored [N, K].
+    a = _view(ctx.where[node.inputs[0]], *((1, M) if trans_a else (K, 1)))
+    b = _view(ctx.where[node.inputs[1]], *((1, K) if trans_b else (N, 1)))
+    if shapes[2] is None:
+        c = _view("NULL", 0, 0)
+    else:  # C broadcasts to [M, N]: a size-1 (or missing) axis is read with stride 0
+        rows, cols = ((1, 1) + tuple(shapes[2]))[-2:]
+        c = _view(ctx.where[node.inputs[2]], cols if rows != 1 else 0, 1 if cols != 1 else 0)
+    flags = ", ".join(f for f, on in (("transA", trans_a), ("transB", trans_b)) if on)
+    call = _gemm_call(M, N, K, node.attrs.get("alpha", 1.0), a, b, node.attrs.get("beta", 1.0), c,
+                      ctx.where[node.outputs[0]])
+    return "\n".join([f"    /* {node.name}: Gemm{f' ({flags})' if flags else ''} M={M} N={N} K={K} */",
+                      *_indent(call, 1)]) + "\n"
+
+
+def _emit_matmul(node, ctx) -> str:
+    a_shape, b_shape = (tuple(ctx.graph.tensors[n].shape) for n in node.inputs)
+    # numpy's 1-D rules: a vector on the left is one row, on the right one column.
+    a_shape = (1,) + a_shape if len(a_shape) == 1 else a_shape
+    b_shape = b_shape + (1,) if len(b_shape) == 1 else b_shape
+    (M, K), N = a_shape[-2:], b_shape[-1]
+    batch = tuple(torch.broadcast_shapes(a_shape[:-2], b_shape[:-2]))
+    a_strides = Layout.row_major(a_shape).broadcast_to(batch + (M, K)).strides[:-2]
+    b_strides = Layout.row_major(b_shape).broadcast_to(batch + (K, N)).strides[:-2]
+    y_strides = Layout.row_major(batch + (M, N)).strides[:-2]
+    # Unit batch axes need no loop.
+    axes = [d for d, n in enumerate(batch) if n != 1]
+    names = _loop_names(len(axes), ctx)
+    a_ptr = _offset(ctx.where[node.inputs[0]], [(v, a_strides[d]) for v, d in zip(names, axes)])
+    b_ptr = _offset(ctx.where[node.inputs[1]], [(v, b_strides[d]) for v, d in zip(names, axes)])
+    y_ptr = _offset(ctx.where[node.outputs[0]], [(v, y_strides[d]) for v, d in zip(names, axes)])
+    call = _gemm_call(M, N, K, 1.0, _view(a_ptr, K, 1), _view(b_ptr, N, 1), 0.0, _view("NULL", 0, 0), y_ptr)
+
+    count = math.prod(batch)
+    lines = [f"    {{ /* {node.name}: MatMul, {count} product{'s' if count != 1 else ''} of [{M}, {K}] x [{K}, {N}] */"]
+    if names:
+        lines.append(f"        ptrdiff_t {', '.join(names)};")
+    for depth, (v, d) in enumerate(zip(names, axes)):
+        lines.append("    " * (depth + 2) + f"for ({v} = 0; {v} < {batch[d]}; {v}++) {{")
+    lines += _indent(call, len(names) + 2)
+    lines += ["    " * (depth + 2) + "}" for depth in reversed(range(len(names)))]
+    lines.append("    }")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,103 @@
+"""LayerNormalization, RMSNormalization and Softmax: each row (or axis) at a time, by the
+kernels of c_runtime/src/normalization.c. The tensors stay where they are: a norm's rows
+are the trailing axes from `axis` on (contiguous), softmax walks its axis with a stride."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from moa_edge.errors import MoaEdgeError
+
+OPS = ("LayerNormalization", "RMSNormalization", "Softmax")
+C_SOURCES = ["normalization.c"]
+DECLARATIONS = ['#include "moa/normalization.h"\n']
+# The kernels write each element after its last read of the input, so y may be x.
+IN_PLACE = True
+
+
+def scratch_bytes(node, graph=None) -> int:
+    return 0
+
+
+def _axis(node, rank: int) -> int:
+    axis = node.attrs.get("axis", -1)
+    if not -rank <= axis < rank:
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: axis {axis} is outside a rank-{rank} input")
+    return axis % rank
+
+
+def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    x = inputs[0]
+    axis = _axis(node, x.dim())
+    if node.op == "Softmax":
+        return [torch.softmax(x, dim=axis)]
+    normalized = x.shape[axis:]
+    eps = node.attrs.get("epsilon", 1e-5)
+    if node.op == "RMSNormalization":
+        return [F.rms_norm(x, normalized, eps=eps) * inputs[1]]
+    # The scale and bias broadcast as ONNX's Mul and Add do (they may have leading 1s).
+    bias = inputs[2] if len(inputs) > 2 and inputs[2] is not None else 0.0
+    y = F.layer_norm(x, normalized, eps=eps) * inputs[1] + bias
+    dims = tuple(range(axis, x.dim()))
+    mean = x.mean(dim=dims, keepdim=True)
+    inv_std_dev = 1.0 / torch.sqrt(x.var(dim=dims, unbiased=False, keepdim=True) + eps)
+    return [y, mean, inv_std_dev][:len(node.outputs)]
+
+
+def _rows_cols(node, graph) -> tuple[int, int]:
+    shape = graph.tensors[node.inputs[0]].shape
+    axis = _axis(node, len(shape))
+    return math.prod(shape[:axis]), math.prod(shape[axis:])
+
+
+def _float32_only(node, graph) -> None:
+    for name in [*node.inputs, *node.outputs]:
+        if name and graph.tensors[name].dtype != "float32":
+            raise MoaEdgeError(f"{node.op} node {node.name!r}: {name!r} is {graph.tensors[name].dtype}; "
+                               f"the runtime supports only float32 here")
+
+
+def _per_column(node, graph, k: int, what: str, cols: int) -> None:
+    """The kernels read scale and bias as one value per column: refuse other broadcasts."""
+    t = graph.tensors[node.inputs[k]]
+    if t.size != cols:
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: {what} {t.name!r} of shape {list(t.shape)} is not "
+                           f"one value per normalized element ({cols}); broadcast {what}s are not supported")
+
+
+def _checked(call: str) -> str:
+    return f"    status = {call};\n    if (status != MOA_OK) {{\n        return status;\n    }}\n"
+
+
+def emit(node, ctx):
+    from . import EmittedUnit
+    graph, where = ctx.graph, ctx.where
+    _float32_only(node, graph)
+    x, y = where[node.inputs[0]], where[node.outputs[0]]
+    if graph.tensors[node.outputs[0]].shape != graph.tensors[node.inputs[0]].shape:
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: the output shape differs from the input's "
+                           f"(broadcast scale or bias); not supported")
+    if node.op == "Softmax":
+        shape = graph.tensors[node.inputs[0]].shape
+        axis = _axis(node, len(shape))
+        call = f"moa_softmax_f32({x}, {y}, {math.prod(shape[:axis])}u, {shape[axis]}u, {math.prod(shape[axis + 1:])}u)"
+        return EmittedUnit(f"    /* {node.name}: Softmax along axis {axis} */\n" + _checked(call),
+                           declarations=DECLARATIONS)
+    rows, cols = _rows_cols(node, graph)
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    _per_column(node, graph, 1, "scale", cols)
+    scale = where[node.inputs[1]]
+    if node.op == "RMSNormalization":
+        call = f"moa_rms_norm_f32({x}, {scale}, {y}, {rows}u, {cols}u, {eps!r}f)"
+    else:
+        has_bias = len(node.inputs) > 2 and node.inputs[2]
+        if has_bias:
+            _per_column(node, graph, 2, "bias", cols)
+        bias = where[node.inputs[2]] if has_bias else "NULL"
+        # Mean and InvStdDev, when the graph keeps them: one value per row, written alongside.
+        stats = [where.get(name, "NULL") if name else "NULL" for name in (node.outputs[1:] + ["", ""])[:2]]
+        call = f"moa_layer_norm_f32({x}, {scale}, {bias}, {y}, {stats[0]}, {stats[1]}, {rows}u, {cols}u, {eps!r}f)"
+    return EmittedUnit(f"    /* {node.name}: {node.op} of {rows} rows of {cols} */\n" + _checked(call),
+                       declarations=DECLARATIONS)

@@ -1,0 +1,100 @@
+"""ReduceSum, ReduceMean and ReduceMax over constant axes, by the kernels of
+c_runtime/src/normalization.c.
+
+Adjacent axes merge, so any axis set is a few (outer, n, inner) passes: one per run of
+reduced axes, innermost first, each reducing the previous pass's result. That is exact
+for all three ops (a mean of equal-sized means is the mean); passes before the last
+write to the node's scratch."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from moa_edge.errors import MoaEdgeError
+
+from .normalization import DECLARATIONS
+
+OPS = ("ReduceMean", "ReduceSum", "ReduceMax")
+C_SOURCES = ["normalization.c"]
+_KERNEL = {"ReduceSum": "moa_reduce_sum_f32", "ReduceMean": "moa_reduce_mean_f32", "ReduceMax": "moa_reduce_max_f32"}
+
+
+def reduced_axes(node, graph, rank: int) -> list[int]:
+    """The axes reduced, sorted; [] for none (noop_with_empty_axes with empty axes)."""
+    if len(node.inputs) > 1 and node.inputs[1]:  # opset 18 (ReduceSum: 13): axes is an input
+        axes = graph.constant(node.inputs[1])
+        if axes is None:
+            raise MoaEdgeError(f"{node.op} node {node.name!r}: axes {node.inputs[1]!r} are computed at run time; "
+                               f"only constant axes are supported")
+        axes = [int(a) for a in np.asarray(axes).reshape(-1)]
+    else:  # older ReduceMean/ReduceMax: an attribute, or nothing
+        axes = list(node.attrs.get("axes", []))
+    if not axes:
+        return [] if node.attrs.get("noop_with_empty_axes", 0) else list(range(rank))
+    if any(not -rank <= a < rank for a in axes):
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: axes {axes} are outside a rank-{rank} input")
+    return sorted({a % rank for a in axes})
+
+
+def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    x = inputs[0]
+    axes = reduced_axes(node, graph, x.dim())
+    if not axes:
+        return [x.clone()]
+    keep = bool(node.attrs.get("keepdims", 1))
+    if node.op == "ReduceSum":
+        return [x.sum(dim=axes, keepdim=keep)]
+    if node.op == "ReduceMean":
+        return [x.mean(dim=axes, keepdim=keep)]
+    return [x.amax(dim=axes, keepdim=keep)]
+
+
+def passes(shape: tuple[int, ...], axes: list[int]) -> list[tuple[int, int, int]]:
+    """(outer, n, inner) of each kernel call, innermost run of reduced axes first."""
+    if math.prod(shape) == 0:  # nothing to read: every output is the empty reduction
+        return [(math.prod(d for k, d in enumerate(shape) if k not in axes), 0, 1)]
+    runs: list[list] = []  # [size, reduced] of runs of adjacent axes; size-1 axes join any run
+    for k, size in enumerate(shape):
+        if size == 1:
+            continue
+        if runs and runs[-1][1] == (k in axes):
+            runs[-1][0] *= size
+        else:
+            runs.append([size, k in axes])
+    calls = []
+    while any(reduced for _, reduced in runs):
+        last = max(j for j, (_, reduced) in enumerate(runs) if reduced)
+        calls.append((math.prod(s for s, _ in runs[:last]), runs[last][0], math.prod(s for s, _ in runs[last + 1:])))
+        del runs[last]
+    return calls or [(math.prod(shape), 1, 1)]  # nothing reduced: a copy, one element per "row"
+
+
+def scratch_bytes(node, graph) -> int:
+    shape = graph.tensors[node.inputs[0]].shape
+    calls = passes(shape, reduced_axes(node, graph, len(shape)))
+    return 4 * sum(outer * inner for outer, _, inner in calls[:-1])
+
+
+def emit(node, ctx):
+    from . import EmittedUnit
+    graph = ctx.graph
+    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+    if x.dtype != "float32" or y.dtype != "float32":
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: input {x.name!r} is {x.dtype}; "
+                           f"the runtime supports only float32 reductions")
+    axes = reduced_axes(node, graph, len(x.shape))
+    calls = passes(x.shape, axes)
+    lines = [f"    /* {node.name}: {node.op} over axes {axes} of {list(x.shape)}, in {len(calls)} pass(es) */\n"]
+    if y.size == 0:  # nothing to write; the casts keep -Wunused-parameter quiet
+        return EmittedUnit(lines[0] + f"    (void){ctx.where[x.name]};\n    (void){ctx.where[y.name]};\n",
+                           declarations=DECLARATIONS)
+    source, offset = ctx.where[x.name], 0
+    for k, (outer, n, inner) in enumerate(calls):
+        target = (ctx.where[y.name] if k == len(calls) - 1
+                  else f"({ctx.scratch} + {offset})" if offset else ctx.scratch)
+        lines.append(f"    status = {_KERNEL[node.op]}({source}, {target}, {outer}u, {n}u, {inner}u);\n"
+                     f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
+        source, offset = target, offset + outer * inner
+    return EmittedUnit("".join(lines), declarations=DECLARATIONS)

@@ -1,0 +1,91 @@
+"""The ONNX backend node tests (onnx 1.23's own cases, generated in memory) for every op the
+runtime implements outside attention: convert -> generated C -> host run, against the
+expected outputs that ship with each case (issue 5, item 4).
+
+A case is taken when its one node is a runtime op and every tensor is float32, bool,
+int32 or int64. Cases that need something the converter cannot do (a shape given as a run-time
+input, an output that is an input) must be refused with one clear error; they are listed in
+NOT_YET by name pattern and reported as xfail, so this file fails the day one starts to pass."""
+from collections import Counter
+import re
+
+import numpy as np
+import onnx
+from onnx.backend.test.loader import load_model_tests
+import pytest
+
+from conftest import require_board
+from moa_edge.errors import MoaEdgeError
+from moa_edge.harness.build import build
+from moa_edge.harness.runner import run
+from moa_edge.ops import SUPPORTED_OPS
+from moa_edge.pipeline import convert
+
+_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL, onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+# Ops whose own test files run their backend cases (attention: test_onnx_backend.py;
+# normalization and reductions, whose axes inputs become constants: test_normalization.py).
+_ELSEWHERE = {"MoaAttention", "MoaConcat", "LayerNormalization", "RMSNormalization", "Softmax", "ReduceMean",
+              "ReduceSum", "ReduceMax"}
+
+
+def _runtime_case(case) -> str | None:
+    """The op type of a one-node case the runtime implements, else None."""
+    nodes = case.model.graph.node
+    if len(nodes) != 1 or nodes[0].domain not in ("", "ai.onnx") or nodes[0].op_type in _ELSEWHERE:
+        return None
+    if nodes[0].op_type not in SUPPORTED_OPS or case.name.endswith("_expanded"):
+        return None
+    opset = max(o.version for o in case.model.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:  # before the supported range (the importer refuses it, by design)
+        return None
+    values = list(case.model.graph.input) + list(case.model.graph.output)
+    if any(v.type.tensor_type.elem_type not in _TYPES for v in values):
+        return None
+    return nodes[0].op_type
+
+
+CASES = {c.name: (op, c) for c in load_model_tests(kind="node") if (op := _runtime_case(c))}
+
+# What the converter refuses, by case-name pattern (reason in the value).
+NOT_YET: dict[str, str] = {
+}
+
+
+def _not_yet(name: str) -> str | None:
+    return next((why for pattern, why in NOT_YET.items() if re.search(pattern, name)), None)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_backend_op_case(name, tmp_path):
+    board = require_board("host")
+    op, case = CASES[name]
+    path = tmp_path / "model.onnx"
+    onnx.save(case.model, path)
+    missing = _not_yet(name)
+    try:
+        report = convert(path, tmp_path / "project")
+    except MoaEdgeError as exc:
+        if missing:
+            pytest.xfail(f"not yet: {missing} ({str(exc).splitlines()[0]})")
+        raise
+    assert missing is None, f"{name} now converts: remove it from NOT_YET ({missing})"
+    (inputs, expected), = case.data_sets
+    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, inputs)}
+    outputs, _ = run(build(tmp_path / "project", board), board, report["io"], feeds)
+    for vi, want in zip(case.model.graph.output, expected):
+        got = outputs[vi.name]
+        if want.dtype.kind == "f":
+            np.testing.assert_allclose(got, want, rtol=max(case.rtol, 1e-5), atol=max(case.atol, 1e-6))
+        else:
+            np.testing.assert_array_equal(got, want)
+
+
+def test_backend_op_pass_count(capsys):
+    """Prints, per op, how many backend cases exist and how many must run end to end."""
+    per_op = Counter(op for op, _ in CASES.values())
+    passing = Counter(op for name, (op, _) in CASES.items() if _not_yet(name) is None)
+    with capsys.disabled():
+        print("\nONNX backend node tests per runtime op (runs end to end / cases): " +
+              ", ".join(f"{op} {passing[op]}/{n}" for op, n in sorted(per_op.items())))
+    assert sum(passing.values()) >= len(CASES) * 0.8

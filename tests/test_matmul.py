@@ -1,0 +1,264 @@
+"""MatMul and Gemm (issue 5): single-node ONNX models converted, built and run on every
+board against onnxruntime on the original file; moa_gemm_f32 itself against numpy in
+float64 at sizes that are not multiples of its tiles, under ASan and UBSan."""
+from dataclasses import dataclass
+from pathlib import Path
+import shutil
+import subprocess
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+import onnxruntime as ort
+import pytest
+
+from conftest import BOARDS, require_board
+from moa_edge import C_RUNTIME_DIR
+from moa_edge.harness.build import build
+from moa_edge.harness.reference import run_reference
+from moa_edge.harness.runner import check_inputs, run
+from moa_edge.pipeline import convert, load_graph
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    op: str
+    shapes: tuple            # operand shapes (A, B[, C])
+    constant: tuple = ()     # indices of the operands stored as initializers (weights.c)
+    attrs: tuple = ()        # Gemm's (name, value) pairs
+
+    @property
+    def depth(self) -> int:  # K: the length of each dot product, which sets the rounding error
+        a = self.shapes[0]
+        return a[-2] if dict(self.attrs).get("transA") else a[-1]
+
+
+CASES = [
+    Case("matmul_2d", "MatMul", ((4, 8), (8, 5))),
+    Case("matmul_2d_odd_tiles", "MatMul", ((9, 33), (33, 13)), constant=(1,)),
+    Case("matmul_deep_and_wide", "MatMul", ((3, 300), (300, 260))),  # K and N past one cache block
+    Case("matmul_batched_3d", "MatMul", ((2, 4, 8), (2, 8, 5))),
+    Case("matmul_batched_4d", "MatMul", ((2, 3, 4, 8), (2, 3, 8, 5))),
+    Case("matmul_broadcast_batch", "MatMul", ((2, 1, 4, 8), (3, 8, 5))),
+    Case("matmul_shared_weight", "MatMul", ((3, 4, 8), (8, 5)), constant=(1,)),
+    Case("matmul_vector_matrix", "MatMul", ((8,), (8, 5))),
+    Case("matmul_matrix_vector", "MatMul", ((4, 8), (8,))),
+    Case("matmul_batched_matrix_vector", "MatMul", ((2, 4, 8), (8,))),
+    Case("gemm_plain_bias_n", "Gemm", ((4, 8), (8, 5), (5,))),
+    Case("gemm_transA_bias_1xn", "Gemm", ((8, 4), (8, 5), (1, 5)), attrs=(("transA", 1),)),
+    Case("gemm_transB_bias_mx1", "Gemm", ((4, 8), (5, 8), (4, 1)), attrs=(("transB", 1),)),
+    Case("gemm_both_alpha_beta_full_c", "Gemm", ((8, 7), (13, 8), (7, 13)),
+         attrs=(("transA", 1), ("transB", 1), ("alpha", 0.5), ("beta", -2.0))),
+    Case("gemm_no_c", "Gemm", ((9, 33), (33, 13)), attrs=(("alpha", 1.5),)),
+    Case("gemm_scalar_c", "Gemm", ((3, 8), (8, 5), ()), attrs=(("beta", 0.25),)),
+    Case("gemm_linear_layer", "Gemm", ((6, 16), (10, 16), (10,)), constant=(1, 2), attrs=(("transB", 1),)),
+]
+
+_projects: dict[str, tuple[Path, Path, dict]] = {}
+
+
+def _operands(case: Case) -> list[np.ndarray]:
+    rng = np.random.default_rng(sum(map(ord, case.name)))
+    return [rng.standard_normal(shape).astype(np.float32) for shape in case.shapes]
+
+
+def _model(case: Case) -> onnx.ModelProto:
+    names = "ABC"[:len(case.shapes)]
+    values = _operands(case)
+    a, b = values[0], values[1]
+    attrs = dict(case.attrs)
+    if case.op == "MatMul":
+        out_shape = np.matmul(a, b).shape
+    else:
+        out_shape = ((a.T if attrs.get("transA") else a) @ (b.T if attrs.get("transB") else b)).shape
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+              for k, (n, s) in enumerate(zip(names, case.shapes)) if k not in case.constant]
+    inits = [numpy_helper.from_array(values[k], names[k]) for k in case.constant]
+    node = helper.make_node(case.op, list(names), ["Y"], name=case.name, **attrs)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, out_shape)],
+                              initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _feeds(case: Case) -> dict[str, np.ndarray]:
+    return {n: v for k, (n, v) in enumerate(zip("ABC", _operands(case))) if k not in case.constant}
+
+
+def _expected(path: Path, feeds) -> np.ndarray:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)[0]
+
+
+def _assert_close(got, expected, case: Case):
+    # fp32 sums of K products of unit normals: rounding error grows like sqrt(K).
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.sqrt(case.depth), err_msg=case.name)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("matmul")
+
+
+def project_for(case: Case, workdir: Path):
+    if case.name not in _projects:
+        path = workdir / f"{case.name}.onnx"
+        onnx.save(_model(case), path)
+        _projects[case.name] = (path, workdir / case.name, convert(path, workdir / case.name))
+    return _projects[case.name]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_torch_reference_matches_onnxruntime(case, workdir):
+    """The float64 reference executor (evaluate) against onnxruntime's kernels."""
+    path, _, _ = project_for(case, workdir)
+    graph = load_graph(path)
+    assert [n.op for n in graph.nodes] == [case.op]
+    feeds = _feeds(case)
+    _assert_close(run_reference(graph, feeds)["Y"], _expected(path, feeds), case)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_generated_c_matches_onnxruntime(case, board_name, workdir):
+    board = require_board(board_name)
+    path, project, report = project_for(case, workdir)
+    feeds = _feeds(case)
+    outputs, _ = run(build(project, board), board, report["io"], check_inputs(report["io"], feeds, case.name))
+    _assert_close(outputs["Y"], _expected(path, feeds), case)
+
+
+def test_broadcast_operand_is_never_expanded(workdir):
+    """[2,1,4,8] x [3,8,5]: six calls over two loops, each operand offset by its own batch
+    strides (A skips the broadcast axis), and no arena: nothing is copied."""
+    case = next(c for c in CASES if c.name == "matmul_broadcast_batch")
+    _, project, report = project_for(case, workdir)
+    code = (project / "model.c").read_text()
+    assert code.count("moa_gemm_f32(") == 1 and code.count("for (") == 2
+    assert "A + batch0 * 32," in code and "B + batch1 * 40," in code and "Y + batch0 * 60 + batch1 * 20," in code
+    assert report["memory"]["arena_bytes"] == 0
+
+
+# --- moa_gemm_f32 on its own -------------------------------------------------------------
+
+HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "moa/matmul.h"
+
+/* argv: M N K trans_a trans_b c_rows c_cols alpha beta y_row_stride
+ * stdin: A (stored [K][M] when trans_a), B (stored [N][K] when trans_b), C (c_rows x c_cols,
+ *        none when c_rows is 0, broadcast to M x N), then Y's initial M x y_row_stride floats
+ * stdout: Y. Every buffer is its exact size on the heap, so ASan sees any overrun. */
+static float *read_floats(size_t n)
+{
+    float *p = malloc(n ? n * sizeof *p : 1);
+    if (p == NULL || fread(p, sizeof *p, n, stdin) != n) {
+        exit(2);
+    }
+    return p;
+}
+
+int main(int argc, char **argv)
+{
+    size_t M, N, K, c_rows, c_cols, y_row_stride;
+    int trans_a, trans_b;
+    float *A, *B, *C, *Y;
+    moa_matrix_f32 a, b, c;
+    moa_status status;
+    if (argc != 11) {
+        return 2;
+    }
+    M = strtoul(argv[1], NULL, 10), N = strtoul(argv[2], NULL, 10), K = strtoul(argv[3], NULL, 10);
+    trans_a = atoi(argv[4]), trans_b = atoi(argv[5]);
+    c_rows = strtoul(argv[6], NULL, 10), c_cols = strtoul(argv[7], NULL, 10);
+    y_row_stride = strtoul(argv[10], NULL, 10);
+    A = read_floats(M * K), B = read_floats(K * N), C = read_floats(c_rows * c_cols);
+    Y = read_floats(M * y_row_stride);
+    a.data = A, a.row_stride = trans_a ? 1 : (ptrdiff_t)K, a.col_stride = trans_a ? (ptrdiff_t)M : 1;
+    b.data = B, b.row_stride = trans_b ? 1 : (ptrdiff_t)N, b.col_stride = trans_b ? (ptrdiff_t)K : 1;
+    c.data = c_rows ? C : NULL, c.row_stride = c_rows == 1 ? 0 : (ptrdiff_t)c_cols, c.col_stride = c_cols == 1 ? 0 : 1;
+    status = moa_gemm_f32(M, N, K, (float)atof(argv[8]), a, b, (float)atof(argv[9]), c, Y, (ptrdiff_t)y_row_stride);
+    if (fwrite(Y, sizeof *Y, M * y_row_stride, stdout) != M * y_row_stride) {
+        return 2;
+    }
+    free(A), free(B), free(C), free(Y);
+    return status == MOA_OK ? 0 : 100 + (int)status;
+}
+"""
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer"]
+SENTINEL = np.float32(12345.0)
+
+
+@pytest.fixture(scope="module")
+def gemm_exe(tmp_path_factory):
+    if shutil.which("cc") is None:
+        pytest.skip("no host C compiler (cc)")
+    tmp = tmp_path_factory.mktemp("gemm")
+    (tmp / "main.c").write_text(HARNESS)
+    exe = tmp / "gemm_main"
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", *SANITIZE, f"-I{C_RUNTIME_DIR / 'include'}",
+                    str(tmp / "main.c"), str(C_RUNTIME_DIR / "src" / "matmul.c"), "-o", str(exe)], check=True)
+    return exe
+
+
+def _run_gemm(exe, M, N, K, trans_a=False, trans_b=False, c_shape=None, alpha=1.0, beta=1.0, pad=0, seed=0):
+    """(moa_gemm_f32's Y including the padding columns, numpy's float64 Y, the exit code)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    c = rng.standard_normal(c_shape).astype(np.float32) if c_shape else np.zeros((0, 0), np.float32)
+    y0 = np.full((M, N + pad), SENTINEL, np.float32)
+    stdin = b"".join(np.ascontiguousarray(x).tobytes() for x in (a.T if trans_a else a, b.T if trans_b else b, c, y0))
+    args = [M, N, K, int(trans_a), int(trans_b), *(c_shape or (0, 0)), alpha, beta, N + pad]
+    proc = subprocess.run([str(exe), *map(str, args)], input=stdin, capture_output=True)
+    assert proc.returncode == 0 or proc.returncode > 100, proc.stderr.decode()  # else the harness itself failed
+    got = np.frombuffer(proc.stdout, np.float32).reshape(M, N + pad)
+    expected = alpha * (a.astype(np.float64) @ b.astype(np.float64))
+    if c_shape:
+        expected = expected + beta * c.astype(np.float64)
+    return got, expected, proc.returncode
+
+
+def _assert_gemm_close(got, expected, K, N):
+    np.testing.assert_allclose(got[:, :N], expected, rtol=1e-5, atol=1e-5 * max(1.0, np.sqrt(K)))
+    assert np.all(got[:, N:] == SENTINEL), "Y's padding columns were written"
+
+
+SIZES = [(1, 1, 1), (1, 3, 7), (3, 7, 13), (7, 13, 33), (13, 33, 1), (33, 1, 13), (4, 8, 16), (8, 16, 9),
+         (70, 300, 260)]  # the last: M past MOA_GEMM_MC, N past MOA_GEMM_NC, K past MOA_GEMM_KC
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(0, 0), (1, 0), (0, 1), (1, 1)], ids=["nn", "tn", "nt", "tt"])
+@pytest.mark.parametrize("M, N, K", SIZES, ids=lambda s: str(s))
+def test_gemm_kernel_matches_numpy(gemm_exe, M, N, K, trans_a, trans_b):
+    """Transposed operands and a full C through strides, into a Y with padded rows."""
+    got, expected, rc = _run_gemm(gemm_exe, M, N, K, trans_a, trans_b, c_shape=(M, N), alpha=0.75, beta=-1.5,
+                                  pad=3, seed=M * 10000 + N * 100 + K)
+    assert rc == 0
+    _assert_gemm_close(got, expected, K, N)
+
+
+@pytest.mark.parametrize("c_shape", [None, (1, 1), (1, 13), (7, 1), (7, 13)], ids=str)
+def test_gemm_kernel_broadcasts_c_by_zero_strides(gemm_exe, c_shape):
+    got, expected, rc = _run_gemm(gemm_exe, 7, 13, 33, c_shape=c_shape, alpha=2.0, beta=0.5, seed=3)
+    assert rc == 0
+    _assert_gemm_close(got, expected, 33, 13)
+
+
+def test_gemm_kernel_with_empty_sum_gives_beta_c(gemm_exe):
+    got, expected, rc = _run_gemm(gemm_exe, 5, 9, 0, c_shape=(1, 9), beta=3.0)
+    assert rc == 0 and np.all(expected != 0)
+    _assert_gemm_close(got, expected, 0, 9)
+
+
+def test_gemm_kernel_rejects_overlapping_rows_of_y(gemm_exe, tmp_path):
+    """y_row_stride < N would make row 1 overwrite row 0: MOA_ERR_BAD_PARAMS, Y untouched."""
+    rng = np.random.default_rng(0)
+    stdin = rng.standard_normal(3 * 4 + 4 * 5).astype(np.float32).tobytes() + np.full(3 * 4, SENTINEL).astype(np.float32).tobytes()
+    proc = subprocess.run([str(gemm_exe), "3", "5", "4", "0", "0", "0", "0", "1", "1", "4"], input=stdin,
+                          capture_output=True)
+    assert proc.returncode == 104  # 100 + MOA_ERR_BAD_PARAMS
+    assert np.all(np.frombuffer(proc.stdout, np.float32) == SENTINEL)

@@ -1,0 +1,40 @@
+"""Whole transformer models, as users export them, become one C program each and run on the
+host and the emulated boards within tolerance of the PyTorch float64 executor; the
+original file run by onnxruntime checks the import and the rewrites (issue 5, item 3)."""
+import numpy as np
+import pytest
+
+from conftest import BOARDS, require_board
+from moa_edge.pipeline import validate
+from zoo import ZOO
+
+# Zoo entries whose every op the runtime has (ViT waits for Conv).
+WHOLE_MODELS = ["bert_eager_torchscript17", "bert_sdpa_dynamo18", "gpt2_sdpa_dynamo18", "llama_sdpa_dynamo23",
+                "encoder_layer_dynamo18"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            path = folder / f"{name}.onnx"
+            inputs = ZOO[name].build(path)
+            np.savez(folder / f"{name}.npz", **inputs)
+            cache[name] = (path, folder / f"{name}.npz")
+        return cache[name]
+    return get
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("name", WHOLE_MODELS)
+def test_whole_model_on_every_board(name, exported):
+    boards = [require_board(b) for b in BOARDS]
+    path, inputs = exported(name)
+    report = validate(path, boards, inputs_path=inputs)
+    assert report["importer_check"]["ok"], report["importer_check"]
+    for board, result in report["boards"].items():
+        assert result["ok"], (board, result)
+    assert report["ok"]
