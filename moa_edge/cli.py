@@ -129,6 +129,11 @@ def cmd_inspect(a) -> int:
     print(f"  op types left: {', '.join(result['op_types']) or '-'}")
     for op, nodes in result["unsupported_ops"].items():
         print(f"  unsupported: {op} ({', '.join(nodes)})")
+    if result["memory"]:
+        m = result["memory"]
+        print(f"  memory: arena {m['arena_bytes']} B ({m['algorithm']}; live-bytes lower bound "
+              f"{m['live_bytes_lower_bound']} B), weights {m['weights_bytes']} B; peak at {m['peak_step']}: "
+              f"{', '.join(m['live_at_peak'])}")
     _write_json(a.json, result)
     return 0
 

@@ -39,8 +39,14 @@ def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None =
             spec = node.attrs["spec"]
             blocks.append(dict(node=node.name, **spec.describe(), predicted=node.attrs["cost"].describe(),
                                derivation=dnf.format_derivation(dnf.derive(onf.features_of(spec)))))
+    unsupported = unsupported_ops(graph)
+    memory = None
+    if not unsupported:  # the memory plan convert would make (views, in-place writes, kernel scratch)
+        from moa_edge.plan import plan_arena
+        memory = {**plan_arena(graph).describe(), "weights_bytes": sum(t.nbytes for t in graph.weights())}
+        memory.pop("buffers")
     return {"model": str(model), "board": board.name, "attention_blocks": blocks,
-            "op_types": sorted({n.op for n in graph.nodes}), "unsupported_ops": unsupported_ops(graph)}
+            "op_types": sorted({n.op for n in graph.nodes}), "unsupported_ops": unsupported, "memory": memory}
 
 
 def parse_schedule(text: str | None) -> Schedule | None:
