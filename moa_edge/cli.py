@@ -26,7 +26,8 @@ def cmd_convert(a) -> int:
     from moa_edge.pipeline import convert
     from moa_edge.pipeline import parse_schedule
     report = convert(a.model, a.output, board=a.board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix,
-                     scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule))
+                     scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
+                     fuse_attention=a.attention == "fused")
     blocks = report["attention_blocks"]
     print(f"{a.model} -> {a.output}: {len(blocks)} attention block(s), arena {report['memory']['arena_bytes']} B, "
           f"weights {report['memory']['weights_bytes']} B")
@@ -139,6 +140,8 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_bench(a) -> int:
+    if a.what == "model":
+        return _bench_model(a)
     from moa_edge.harness.boards import parse_board_list
     from moa_edge.harness.traffic import measure, plot
     if not a.traffic:
@@ -167,6 +170,31 @@ def cmd_bench(a) -> int:
     (out / "traffic.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(points, out / "traffic.png")
     print(f"wrote {out / 'traffic.json'} and {out / 'traffic.png'}")
+    _write_json(a.json, result)
+    return 0
+
+
+def _bench_model(a) -> int:
+    from moa_edge.converters import parse_input_shapes
+    from moa_edge.harness.model_bench import bench_model, plot
+    if not a.model:
+        raise MoaEdgeError("bench model needs the model file: moa-edge bench model MODEL.onnx")
+    result = bench_model(a.model, parse_input_shapes(a.input_shape), a.repeat, a.inputs, progress=_progress)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = Path(a.model).stem
+    (out / f"model-{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / f"model-{stem}.png")
+    lat, mem = result["latency_us"], result["memory_bytes"]
+    print(f"{a.model}: host latency {lat['moa_edge']:.0f} us vs onnxruntime {lat['onnxruntime']:.0f} us "
+          f"(ratio {lat['ratio']:.2f}, one thread, best of {result['repeat']})")
+    unfused = (f"without the attention rewrite {mem['arena_without_attention_rewrite']} B, ratio "
+               f"{mem['arena_ratio_to_unfused']:.2f}" if mem["arena_without_attention_rewrite"]
+               else f"no unfused baseline: {mem['unfused_error']}")
+    print(f"  arena {mem['arena']} B ({unfused}); arena + weights {mem['arena'] + mem['weights']} B vs "
+          f"onnxruntime resident growth {mem['onnxruntime_resident_growth']} B (ratio {mem['total_ratio_to_onnxruntime']:.2f})")
+    print(f"  convert {result['convert_s']:.1f} s, host build {result['host_build_s']:.1f} s")
+    print(f"wrote {out / f'model-{stem}.json'} and {out / f'model-{stem}.png'}")
     _write_json(a.json, result)
     return 0
 
@@ -216,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefix", default="model", help="C symbol prefix (default: model)")
     s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: L1D size)")
     s.add_argument("--schedule", metavar="STRATEGY:BRxBC", help="force an ONF schedule, e.g. online:16x64")
+    s.add_argument("--attention", choices=["fused", "unfused"], default="fused",
+                   help="unfused: keep the exported attention ops (scores materialised), the baseline")
 
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")
@@ -244,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--derivation", action="store_true", help="print the MoA derivation of each block's DNF")
 
     s = verb("bench", cmd_bench, "benchmarks: `bench attention --traffic` (cachegrind vs the cost model)")
-    s.add_argument("what", choices=["attention"])
+    s.add_argument("what", choices=["attention", "model"])
+    s.add_argument("model", nargs="?", help="bench model: the ONNX file")
+    s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
+    s.add_argument("--inputs", help="bench model: .npz of inputs (default: seeded)")
+    s.add_argument("--repeat", type=int, default=20, help="bench model: runs per side (the fastest counts)")
     s.add_argument("--traffic", action="store_true", help="measure DRAM traffic under cachegrind")
     s.add_argument("--board", default="rpi4,k230", help="boards whose cache geometry to simulate")
     s.add_argument("--seq", type=_int_list, default=[256, 1024, 4096])

@@ -24,8 +24,8 @@ from moa_edge.ops import attention
 from moa_edge.passes import lower
 
 
-def load_graph(model: Path, input_shapes=None, strict: bool = True) -> Graph:
-    return lower(import_onnx(model, input_shapes), source=str(model), strict=strict)
+def load_graph(model: Path, input_shapes=None, strict: bool = True, fuse_attention: bool = True) -> Graph:
+    return lower(import_onnx(model, input_shapes), source=str(model), strict=strict, fuse_attention=fuse_attention)
 
 
 def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None = None) -> dict:
@@ -72,7 +72,7 @@ def schedule_graph(graph: Graph, board: Board, scratch_budget: int | None = None
 
 
 def convert(model, out_dir, board: str = "host", input_shapes=None, prefix: str = "model",
-            scratch_budget: int | None = None, schedule: Schedule | None = None) -> dict:
+            scratch_budget: int | None = None, schedule: Schedule | None = None, fuse_attention: bool = True) -> dict:
     """Write the C project for `model` into out_dir, all or nothing."""
     model, out_dir = Path(model), Path(out_dir)
     board_profile = load_board(board)
@@ -83,7 +83,8 @@ def convert(model, out_dir, board: str = "host", input_shapes=None, prefix: str 
     blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise MoaEdgeError(f"cannot create {out_dir}: {blocking} is a file, not a folder")
-    graph = schedule_graph(load_graph(model, input_shapes), board_profile, scratch_budget, schedule)
+    graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention), board_profile,
+                           scratch_budget, schedule)
 
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -114,3 +114,20 @@ def test_bench_traffic_writes_json_and_png(tmp_path):
     (point,) = result["points"]
     assert point["fused_dram_bytes"] > 0 and point["naive_dram_bytes"] > 0 and point["compulsory_bytes"] > 0
     assert (tmp_path / "bench" / "traffic.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.board
+def test_bench_model_writes_its_figures(tmp_path):
+    """bench model measures both sides in one run and says what it measured (no timing asserted)."""
+    require_board("host")
+    model = tmp_path / "attn.onnx"
+    export(Case("bench", "sdpa18", q_len=6, kv_len=6, head_dim=8, causal=True), model)
+    r = moa("bench", "model", model, "--repeat", "2", "--out", tmp_path, "--json", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["latency_us"]["moa_edge"] > 0 and result["latency_us"]["onnxruntime"] > 0
+    memory = result["memory_bytes"]
+    assert memory["arena_without_attention_rewrite"] > 0 and memory["onnxruntime_resident_growth"] > 0
+    # The unfused baseline materialises the 6 x 6 scores the fused kernel never stores.
+    assert memory["arena_without_attention_rewrite"] >= 6 * 6 * 4
+    assert (tmp_path / "model-attn.png").is_file() and "onnxruntime" in r.stdout

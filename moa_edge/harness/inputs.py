@@ -10,7 +10,8 @@ from moa_edge.errors import MoaEdgeError
 
 
 def random_inputs(io: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
-    """Standard normal floats; bool masks with at least one True per row (as padding masks are)."""
+    """Standard normal floats; bool masks with at least one True per row (as padding masks are);
+    integers 1 (a token id every vocabulary has, and "attend" in a 0/1 attention mask)."""
     rng = np.random.default_rng(seed)
     out = {}
     for e in io:
@@ -23,6 +24,8 @@ def random_inputs(io: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
                 first = rng.integers(0, shape[-1], size=shape[:-1])
                 np.put_along_axis(keep, first[..., None], True, axis=-1)
             out[e["name"]] = keep
+        elif e["dtype"] in ("int64", "int32"):
+            out[e["name"]] = np.ones(shape, dtype=np.int64 if e["dtype"] == "int64" else np.int32)
         else:
             out[e["name"]] = rng.standard_normal(shape).astype(np.float32)
     return out

@@ -21,15 +21,18 @@ def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
     return dict(sorted(unsupported.items()))
 
 
-def lower(graph: Graph, source: str = "model", strict: bool = True) -> Graph:
-    """Fold shape plumbing, rewrite attention, drop dead nodes, then (strict) insist every op is supported."""
+def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attention: bool = True) -> Graph:
+    """Fold shape plumbing, rewrite attention, drop dead nodes, then (strict) insist every op is supported.
+    Without `fuse_attention` the attention subgraphs stay as they are (scores materialised),
+    the baseline the rewrite is measured against."""
     for _ in range(8):  # folding can reveal shapes, and shapes more folding
         infer_missing_shapes(graph)
         if not fold_constants(graph):
             break
     bypass_no_ops(graph)
     narrow_softmax_precision(graph)
-    rewrite_attention(graph)
+    if fuse_attention:
+        rewrite_attention(graph)
     lower_copies(graph)
     fold_constants(graph)
     graph.remove_dead()

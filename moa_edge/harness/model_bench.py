@@ -1,0 +1,113 @@
+"""`moa-edge bench model`: a whole model, side by side in one run, against onnxruntime on the
+same file (one intra-op thread, every graph optimisation): host latency, memory (arena +
+weights against onnxruntime's resident-memory growth), the arena the same schedule would
+need without the attention rewrite, and the conversion and build times."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from moa_edge.errors import MoaEdgeError
+
+from .boards import load_board
+from .build import build
+from .inputs import random_inputs
+from .runner import run
+
+# Run in a fresh interpreter so that the growth measured is the session's alone.
+_ORT_PROBE = r"""
+import json, sys, time
+import numpy as np
+import onnxruntime as ort
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
+model, feeds, repeat = sys.argv[1], dict(np.load(sys.argv[2])), int(sys.argv[3])
+before = rss()
+options = ort.SessionOptions()
+options.intra_op_num_threads = 1
+options.inter_op_num_threads = 1
+options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+session.run(None, feeds)
+grown = rss() - before
+best = float("inf")
+for _ in range(repeat):
+    t0 = time.perf_counter()
+    session.run(None, feeds)
+    best = min(best, time.perf_counter() - t0)
+print(json.dumps({"run_us": best * 1e6, "resident_growth_bytes": grown}))
+"""
+
+
+def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, seed: int = 0,
+                progress=lambda msg: None) -> dict:
+    from moa_edge.pipeline import convert
+    model = Path(model)
+    board = load_board("host")
+    with tempfile.TemporaryDirectory(prefix="moa-bench-") as tmp:
+        tmp = Path(tmp)
+        progress("convert")
+        t0 = time.perf_counter()
+        report = convert(model, tmp / "fused", input_shapes=input_shapes)
+        convert_s = time.perf_counter() - t0
+        progress("build for the host")
+        t0 = time.perf_counter()
+        binary = build(tmp / "fused", board)
+        build_s = time.perf_counter() - t0
+        progress("convert without the attention rewrite (arena baseline)")
+        try:
+            unfused_arena = convert(model, tmp / "unfused", input_shapes=input_shapes,
+                                    fuse_attention=False)["memory"]["arena_bytes"]
+        except MoaEdgeError as exc:  # e.g. the ONNX Attention op itself: no unfused form to run
+            unfused_arena, unfused_error = None, str(exc)
+        else:
+            unfused_error = ""
+
+        from .inputs import load_npz
+        inputs = load_npz(inputs_path) if inputs_path else random_inputs(report["io"], seed)
+        np.savez(tmp / "inputs.npz", **inputs)
+        progress(f"moa-edge: {repeat} runs")
+        _, ours_us = run(binary, board, report["io"], inputs, repeat=repeat)
+        progress(f"onnxruntime: {repeat} runs, one thread")
+        probe = subprocess.run([sys.executable, "-c", _ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat)],
+                               capture_output=True, text=True, check=True)
+        ort = json.loads(probe.stdout)
+    arena, weights = report["memory"]["arena_bytes"], report["memory"]["weights_bytes"]
+    return {
+        "model": str(model), "repeat": repeat,
+        "latency_us": {"moa_edge": ours_us, "onnxruntime": ort["run_us"], "ratio": ours_us / ort["run_us"]},
+        "memory_bytes": {"arena": arena, "weights": weights, "arena_without_attention_rewrite": unfused_arena,
+                         "unfused_error": unfused_error, "onnxruntime_resident_growth": ort["resident_growth_bytes"],
+                         "arena_ratio_to_unfused": arena / unfused_arena if unfused_arena else None,
+                         "total_ratio_to_onnxruntime": (arena + weights) / max(ort["resident_growth_bytes"], 1)},
+        "convert_s": convert_s, "host_build_s": build_s,
+    }
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
+    lat = result["latency_us"]
+    left.bar(["moa-edge", "onnxruntime"], [lat["moa_edge"] / 1e3, lat["onnxruntime"] / 1e3], color=["C0", "C1"])
+    left.set_ylabel("host latency, one thread (ms)")
+    mem = result["memory_bytes"]
+    right.bar(["arena", "arena, no\nrewrite", "arena +\nweights", "onnxruntime\nRSS growth"],
+              [mem["arena"] / 2**20, (mem["arena_without_attention_rewrite"] or 0) / 2**20,
+               (mem["arena"] + mem["weights"]) / 2**20, mem["onnxruntime_resident_growth"] / 2**20],
+              color=["C0", "C2", "C0", "C1"])
+    right.set_ylabel("MiB")
+    fig.suptitle(Path(result["model"]).name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
