@@ -25,7 +25,7 @@ _TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL, onnx.TensorProto.INT64,
 # Ops whose own test files run their backend cases (attention: test_onnx_backend.py;
 # normalization and reductions, whose axes inputs become constants: test_normalization.py).
 _ELSEWHERE = {"MoaAttention", "MoaConcat", "LayerNormalization", "RMSNormalization", "Softmax", "ReduceMean",
-              "ReduceSum", "ReduceMax"}
+              "ReduceSum", "ReduceMax", "ReduceL1", "ReduceL2", "ReduceSumSquare", "Conv"}
 
 
 def _runtime_case(case) -> str | None:
@@ -48,6 +48,9 @@ CASES = {c.name: (op, c) for c in load_model_tests(kind="node") if (op := _runti
 
 # What the converter refuses, by case-name pattern (reason in the value).
 NOT_YET: dict[str, str] = {
+    # onnx 1.23 stamps its Range cases opset 27; the importer takes 13-25 (the Range kernel
+    # itself runs in tests/test_indexing.py on these cases' inputs at opset 21).
+    r"^test_range_": "Range cases are opset 27, outside the importer's 13-25",
 }
 
 

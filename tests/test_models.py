@@ -10,7 +10,7 @@ from zoo import ZOO
 
 # Zoo entries whose every op the runtime has (ViT waits for Conv).
 WHOLE_MODELS = ["bert_eager_torchscript17", "bert_sdpa_dynamo18", "gpt2_sdpa_dynamo18", "llama_sdpa_dynamo23",
-                "encoder_layer_dynamo18"]
+                "encoder_layer_dynamo18", "vit_sdpa_dynamo18"]
 
 
 @pytest.fixture(scope="module")

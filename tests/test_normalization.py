@@ -177,9 +177,10 @@ def test_broadcast_scale_is_refused_naming_the_node(tmp_path):
 
 # ---- the ONNX backend node tests of these ops ------------------------------------------
 
-BACKEND_OPS = ("LayerNormalization", "RMSNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax")
+BACKEND_OPS = ("LayerNormalization", "RMSNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax",
+               "ReduceL1", "ReduceL2", "ReduceSumSquare")
 BACKEND_PREFIXES = ("test_layer_normalization", "test_rms_normalization", "test_softmax", "test_reduce_mean",
-                    "test_reduce_sum", "test_reduce_max")
+                    "test_reduce_sum", "test_reduce_max", "test_reduce_l1", "test_reduce_l2")
 
 
 def _backend_op(case) -> str:
@@ -191,7 +192,7 @@ def _is_float32(case) -> bool:
     return all(vi.type.tensor_type.elem_type == TensorProto.FLOAT for vi in [*data, *case.model.graph.output])
 
 
-# ReduceSumSquare's tests share the test_reduce_sum prefix; they are another op and not listed.
+# (ReduceSumSquare's tests share the test_reduce_sum prefix.)
 BACKEND_CASES = {c.name: c for c in load_model_tests(kind="node")
                  if c.name.startswith(BACKEND_PREFIXES) and "_expanded" not in c.name
                  and len(c.model.graph.node) == 1 and _backend_op(c) in BACKEND_OPS and _is_float32(c)}

@@ -1,0 +1,33 @@
+/* fp32 convolution for ONNX Conv over NCHW tensors (a 1-D convolution is H = 1):
+ *
+ *     Y[n][m][oh][ow] = B[m] + sum_{c, kh, kw} W[m][c][kh][kw]
+ *                              * X[n][g*Cg + c][oh*sh + kh*dh - pad_top][ow*sw + kw*dw - pad_left]
+ *
+ * where g = m / Mg is the output channel's group (Cg = C / groups, Mg = M / groups) and X
+ * reads as 0 outside its H x W plane (the padding). The padding is never materialised: each
+ * kernel tap (kh, kw) is one GEMM, W[:, :, kh, kw] times X seen through a strided view, over
+ * the output positions whose tap lands inside X. No im2col buffer, no allocation, no globals. */
+#ifndef MOA_CONV_H
+#define MOA_CONV_H
+
+#include <stddef.h>
+
+#include "moa/status.h"
+
+typedef struct {
+    size_t batch, channels, height, width;           /* X: N x C x H x W */
+    size_t out_channels, out_height, out_width;      /* Y: N x M x OH x OW */
+    size_t kernel_height, kernel_width;              /* W: M x C/groups x KH x KW */
+    size_t stride_height, stride_width;              /* sh, sw >= 1 */
+    size_t dilation_height, dilation_width;          /* dh, dw >= 1 */
+    size_t pad_top, pad_left;                        /* the bottom and right pads follow from OH and OW */
+    size_t groups;                                   /* divides C and M; groups == C is depthwise */
+} moa_conv2d_params;
+
+/* Y = conv(X, W) + B as above. B (M values) is optional: NULL adds nothing. Y must not
+ * overlap X, W or B. Returns MOA_ERR_NULL_ARGUMENT for a missing X, W or Y, and
+ * MOA_ERR_BAD_PARAMS for a zero stride, dilation or group count, or groups not dividing C and M. */
+moa_status moa_conv2d_f32(const moa_conv2d_params *p, const float *x, const float *w, const float *bias,
+                          float *y);
+
+#endif

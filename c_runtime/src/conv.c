@@ -1,0 +1,116 @@
+/* moa_conv2d_f32: a convolution as a sum of GEMMs, one per kernel tap.
+ *
+ * For a fixed tap (kh, kw) and output row oh, the equation of conv.h is a matrix product
+ *
+ *     Y[m][ow] += sum_c W[m][c][kh][kw] * X[c][ih][ow*sw + kw*dw - pad_left]
+ *                 ih = oh*sh + kh*dh - pad_top
+ *
+ * with W read at row stride Cg*KH*KW and column stride KH*KW, and X at row stride H*W and
+ * column stride sw: both are strided views of the tensors as they are, so nothing is copied.
+ * Only the output positions whose tap lands inside X take part; the padding adds nothing.
+ * When a tap covers whole output rows and the rows follow one another in X at the same
+ * stride as the columns (a 1x1 convolution, any 1-D one), the rows merge into one GEMM. */
+#include "moa/conv.h"
+
+#include "moa/matmul.h"
+
+/* The output positions o in [begin, end) whose input o*stride + offset - pad lies in [0, size). */
+typedef struct {
+    size_t begin, end;
+} moa_span;
+
+static moa_span taps_inside(size_t out, size_t stride, size_t offset, size_t pad, size_t size)
+{
+    moa_span s;
+    s.begin = offset >= pad ? 0 : (pad - offset + stride - 1) / stride;
+    s.end = offset >= pad + size ? 0 : (pad + size - offset - 1) / stride + 1;
+    s.end = s.end < out ? s.end : out;
+    s.begin = s.begin < s.end ? s.begin : s.end;
+    return s;
+}
+
+static moa_matrix_f32 view(const float *data, size_t row_stride, size_t col_stride)
+{
+    moa_matrix_f32 v;
+    v.data = data;
+    v.row_stride = (ptrdiff_t)row_stride;
+    v.col_stride = (ptrdiff_t)col_stride;
+    return v;
+}
+
+/* Y (Mg rows at stride OH*OW) = B, or 0: the sum over the taps then accumulates into it. */
+static void fill_bias(const moa_conv2d_params *p, const float *bias, size_t out_group, float *y)
+{
+    const size_t plane = p->out_height * p->out_width, mg = p->out_channels / p->groups;
+    size_t m, i;
+    for (m = 0; m < mg; m++) {
+        const float b = bias != NULL ? bias[out_group * mg + m] : 0.0f;
+        for (i = 0; i < plane; i++) {
+            y[m * plane + i] = b;
+        }
+    }
+}
+
+/* Y[n][group] += W[group][:, :, kh, kw] X[n][group] at one tap: one GEMM per output row, or
+ * one for all the rows the tap reaches when they merge. */
+static moa_status conv_tap(const moa_conv2d_params *p, const float *x, const float *w, float *y, size_t kh,
+                           size_t kw)
+{
+    const size_t cg = p->channels / p->groups, mg = p->out_channels / p->groups;
+    const size_t plane = p->out_height * p->out_width, taps = p->kernel_height * p->kernel_width;
+    const moa_span rows = taps_inside(p->out_height, p->stride_height, kh * p->dilation_height, p->pad_top,
+                                      p->height);
+    const moa_span cols = taps_inside(p->out_width, p->stride_width, kw * p->dilation_width, p->pad_left,
+                                      p->width);
+    const moa_matrix_f32 w_tap = view(w + kh * p->kernel_width + kw, cg * taps, taps);
+    const int whole_rows = cols.begin == 0 && cols.end == p->out_width
+                           && p->stride_height * p->width == p->stride_width * p->out_width;
+    const size_t row_count = whole_rows ? rows.end - rows.begin : 1, n_cols = cols.end - cols.begin;
+    size_t oh;
+    if (n_cols == 0) {
+        return MOA_OK; /* the tap lies in the padding for every output column */
+    }
+    for (oh = rows.begin; oh < rows.end; oh += row_count) {
+        const size_t ih = oh * p->stride_height + kh * p->dilation_height - p->pad_top;
+        const size_t iw = cols.begin * p->stride_width + kw * p->dilation_width - p->pad_left;
+        const moa_matrix_f32 x_tap = view(x + ih * p->width + iw, p->height * p->width, p->stride_width);
+        float *y_tap = y + oh * p->out_width + cols.begin;
+        const moa_status status = moa_gemm_f32(mg, row_count * n_cols, cg, 1.0f, w_tap, x_tap,
+                                               1.0f, view(y_tap, plane, 1), y_tap, (ptrdiff_t)plane);
+        if (status != MOA_OK) {
+            return status;
+        }
+    }
+    return MOA_OK;
+}
+
+moa_status moa_conv2d_f32(const moa_conv2d_params *p, const float *x, const float *w, const float *bias,
+                          float *y)
+{
+    size_t n, group, kh, kw;
+    if (p == NULL || x == NULL || w == NULL || y == NULL) {
+        return MOA_ERR_NULL_ARGUMENT;
+    }
+    if (p->stride_height == 0 || p->stride_width == 0 || p->dilation_height == 0 || p->dilation_width == 0
+        || p->groups == 0 || p->channels % p->groups != 0 || p->out_channels % p->groups != 0) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    for (n = 0; n < p->batch; n++) {
+        for (group = 0; group < p->groups; group++) {
+            const size_t cg = p->channels / p->groups, mg = p->out_channels / p->groups;
+            const float *x_group = x + (n * p->channels + group * cg) * p->height * p->width;
+            const float *w_group = w + group * mg * cg * p->kernel_height * p->kernel_width;
+            float *y_group = y + (n * p->out_channels + group * mg) * p->out_height * p->out_width;
+            fill_bias(p, bias, group, y_group);
+            for (kh = 0; kh < p->kernel_height; kh++) {
+                for (kw = 0; kw < p->kernel_width; kw++) {
+                    const moa_status status = conv_tap(p, x_group, w_group, y_group, kh, kw);
+                    if (status != MOA_OK) {
+                        return status;
+                    }
+                }
+            }
+        }
+    }
+    return MOA_OK;
+}

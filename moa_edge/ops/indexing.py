@@ -1,0 +1,298 @@
+"""Run-time indexing ops: GatherElements, GatherND, Trilu, CumSum and Range.
+
+Each is a short loop nest in the model's run function over the static shapes:
+  GatherElements  out[i] = data[i with i[axis] := wrap(idx[i])]
+  GatherND        out[b, n, r] = data[b, wrap(idx[b, n, 0]), ..., wrap(idx[b, n, m-1]), r]
+  Trilu           out[.., i, j] = x[.., i, j] if j - i >= k (upper; <= k lower) else 0
+  CumSum          out[o, t, r] = out[o, t-1, r] + x[o, t, r]  (exclusive: + x[o, t-1, r]; reverse: t+1)
+  Range           out[i] = start + i * delta
+Constant-index gathers and all-constant Ranges never reach here (they are copies through
+access maps and folded constants). A negative index counts from the end, as ONNX says; one
+outside its axis stops the model with MOA_ERR_INDEX_OUT_OF_RANGE rather than read past it.
+Trilu's k and CumSum's axis may be constants or run-time scalars; a run-time axis outside
+the rank is out of range too. Range checks the element count its run-time scalars give
+against the static output shape (MOA_ERR_BAD_PARAMS when they disagree, or delta is 0).
+"""
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import DTYPES
+
+OPS = ("GatherElements", "GatherND", "Trilu", "CumSum", "Range")
+C_SOURCES: list[str] = []
+
+_OUT_OF_RANGE = "return MOA_ERR_INDEX_OUT_OF_RANGE;"
+# The locals the emitted blocks declare: a buffer named like one of them would be shadowed.
+_LOCALS = {"at", "src", "row", "ax", "outer_of", "extent_of", "inner_of", "outer", "extent", "inner", "o", "s", "t",
+           "r", "prev", "before", "steps", "count", "diff", "begin", "end", "step"}
+
+
+def scratch_bytes(node, graph=None) -> int:
+    return 0
+
+
+# ---- helpers -------------------------------------------------------------------------
+
+def _strides(shape) -> list[int]:
+    return [math.prod(shape[k + 1:]) for k in range(len(shape))]
+
+
+def _offset(terms) -> str:
+    """' + '.join of (variable, stride) terms, dropping zero strides; '0' when empty."""
+    parts = [v if s == 1 else f"{v} * {s}" for v, s in terms if s]
+    return " + ".join(parts) or "0"
+
+
+def _loops(shape, body: list[str], depth: int = 2) -> list[str]:
+    """Nested loops over `shape` with indices d0, d1, ... around `body`."""
+    lines = []
+    for k, n in enumerate(shape):
+        lines.append("    " * (depth + k) + f"for (d{k} = 0; d{k} < {n}; d{k}++) {{")
+    lines += ["    " * (depth + len(shape)) + b for b in body]
+    lines += ["    " * (depth + k) + "}" for k in reversed(range(len(shape)))]
+    return lines
+
+
+def _declare_loop_indices(rank: int) -> list[str]:
+    return [f"        ptrdiff_t {', '.join(f'd{k}' for k in range(rank))};"] if rank else []
+
+
+def _buffers(node, ctx) -> dict[str, str]:
+    """Tensor name -> its buffer expression; refuses a buffer named like a local of the block."""
+    where = {n: ctx.where[n] for n in [*node.inputs, *node.outputs] if n}
+    for name, expr in where.items():
+        if set(re.findall(r"[A-Za-z_]\w*", expr)) & (_LOCALS | {f"d{k}" for k in range(16)}):
+            raise MoaEdgeError(f"{node.op} node {node.name!r}: the C name of tensor {name!r} ({expr}) "
+                               f"collides with a local of the generated loop; rename the tensor")
+    return where
+
+
+def _wrap_index(node, var: str, value: str, extent: int, indent: str) -> list[str]:
+    """`var` = the index `value` wrapped into [0, extent), or a return when it is outside."""
+    return [f"{indent}const ptrdiff_t {var} = {value} < 0 ? (ptrdiff_t){value} + {extent} : (ptrdiff_t){value};",
+            f"{indent}if ({var} < 0 || {var} >= {extent}) {{ {_OUT_OF_RANGE} }}"]
+
+
+def _wrapped(indices: torch.Tensor, extent: int, node) -> torch.Tensor:
+    indices = indices.long()
+    wrapped = torch.where(indices < 0, indices + extent, indices)
+    if wrapped.numel() and (wrapped.min() < 0 or wrapped.max() >= extent):
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: an index is outside [-{extent}, {extent})")
+    return wrapped
+
+
+def _ctype(graph, name) -> str:
+    dtype = graph.tensors[name].dtype
+    if dtype not in DTYPES:
+        raise MoaEdgeError(f"tensor {name!r} has dtype {dtype}; the runtime supports {', '.join(DTYPES)}")
+    return DTYPES[dtype][1]
+
+
+def _scalar(graph, name):
+    """A constant scalar input's Python value, None for a run-time one."""
+    value = graph.constant(name)
+    return None if value is None else value.reshape(-1)[0].item()
+
+
+# ---- the torch references ------------------------------------------------------------
+
+def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    return [_EVALUATE[node.op](node, inputs, graph)]
+
+
+def _gather_elements(node, inputs, graph):
+    data, indices = inputs
+    axis = node.attrs.get("axis", 0) % data.dim()
+    return torch.gather(data, axis, _wrapped(indices, data.shape[axis], node))
+
+
+def _gather_nd(node, inputs, graph):
+    data, indices = inputs
+    b, m = node.attrs.get("batch_dims", 0), indices.shape[-1]
+    batches, rest = math.prod(data.shape[:b]), data.shape[b + m:]
+    flat = indices.reshape(batches, -1, m)
+    picks = [_wrapped(flat[..., k], data.shape[b + k], node) for k in range(m)]
+    table = data.reshape(batches, *data.shape[b:])
+    out = table[(torch.arange(batches)[:, None], *picks)]
+    return out.reshape(*indices.shape[:-1], *rest)
+
+
+def _trilu(node, inputs, graph):
+    x = inputs[0]
+    k = int(inputs[1].reshape(-1)[0]) if len(inputs) > 1 and inputs[1] is not None else 0
+    return torch.triu(x, k) if node.attrs.get("upper", 1) else torch.tril(x, k)
+
+
+def _cumsum(node, inputs, graph):
+    x, axis = inputs[0], int(inputs[1].reshape(-1)[0])
+    if not -x.dim() <= axis < x.dim():
+        raise MoaEdgeError(f"CumSum node {node.name!r}: axis {axis} is outside the rank {x.dim()}")
+    axis %= x.dim()
+    reverse = bool(node.attrs.get("reverse", 0))
+    y = torch.flip(x, [axis]) if reverse else x
+    y = torch.cumsum(y, axis, dtype=x.dtype)
+    if node.attrs.get("exclusive", 0):
+        y = torch.cat([torch.zeros_like(y.narrow(axis, 0, min(1, y.shape[axis]))),
+                       y.narrow(axis, 0, max(y.shape[axis] - 1, 0))], axis)
+    return torch.flip(y, [axis]) if reverse else y
+
+
+def _range(node, inputs, graph):
+    start, limit, delta = (v.reshape(-1)[0].item() for v in inputs)
+    out = torch.arange(start, limit, delta, dtype=inputs[0].dtype)
+    want = graph.tensors[node.outputs[0]].shape
+    if tuple(out.shape) != tuple(want):
+        raise MoaEdgeError(f"Range node {node.name!r}: start {start}, limit {limit}, delta {delta} give "
+                           f"{out.numel()} elements; the model was converted for {list(want)}")
+    return out
+
+
+_EVALUATE = {"GatherElements": _gather_elements, "GatherND": _gather_nd, "Trilu": _trilu, "CumSum": _cumsum,
+             "Range": _range}
+
+
+# ---- the C emission ------------------------------------------------------------------
+
+def emit(node, ctx):
+    from . import EmittedUnit
+    for name in [*node.inputs, *node.outputs]:
+        if name:
+            _ctype(ctx.graph, name)
+    lines = _EMIT[node.op](node, ctx, _buffers(node, ctx))
+    return EmittedUnit("\n".join(lines) + "\n")
+
+
+def _emit_gather_elements(node, ctx, where):
+    graph = ctx.graph
+    data_shape, idx_shape = graph.tensors[node.inputs[0]].shape, graph.tensors[node.inputs[1]].shape
+    axis = node.attrs.get("axis", 0) % len(data_shape)
+    data, idx, out = (where[n] for n in (node.inputs[0], node.inputs[1], node.outputs[0]))
+    loop = [f"d{k}" for k in range(len(idx_shape))]
+    at = _offset(zip(loop, _strides(idx_shape)))
+    src = _offset((("row" if k == axis else v), s) for k, (v, s) in enumerate(zip(loop, _strides(data_shape))))
+    body = _wrap_index(node, "row", f"{idx}[{at}]", data_shape[axis], "") + [f"{out}[{at}] = {data}[{src}];"]
+    return ([f"    {{ /* {node.name}: GatherElements along axis {axis} */"] + _declare_loop_indices(len(idx_shape))
+            + _loops(idx_shape, body) + ["    }"])
+
+
+def _emit_gather_nd(node, ctx, where):
+    graph = ctx.graph
+    data_shape, idx_shape = graph.tensors[node.inputs[0]].shape, graph.tensors[node.inputs[1]].shape
+    b, m = node.attrs.get("batch_dims", 0), idx_shape[-1]
+    batches, picks = math.prod(data_shape[:b]), math.prod(idx_shape[b:-1])
+    inner, table = math.prod(data_shape[b + m:]), math.prod(data_shape[b:])
+    data, idx, out = (where[n] for n in (node.inputs[0], node.inputs[1], node.outputs[0]))
+    strides = _strides(data_shape[b:])
+    lines = [f"    {{ /* {node.name}: GatherND, batch_dims {b}, {m} index(es) per pick, slices of {inner} */",
+             "        ptrdiff_t o, t, r;",
+             f"        for (o = 0; o < {batches}; o++) {{",
+             f"            for (t = 0; t < {picks}; t++) {{",
+             f"                ptrdiff_t src = o * {table};"]
+    for k in range(m):
+        lines += ["                {",
+                  *_wrap_index(node, "at", f"{idx}[(o * {picks} + t) * {m} + {k}]", data_shape[b + k], " " * 20),
+                  f"                    src += at * {strides[k]};",
+                  "                }"]
+    lines += [f"                for (r = 0; r < {inner}; r++) {{",
+              f"                    {out}[(o * {picks} + t) * {inner} + r] = {data}[src + r];",
+              "                }", "            }", "        }", "    }"]
+    return lines
+
+
+def _emit_trilu(node, ctx, where):
+    graph = ctx.graph
+    shape = graph.tensors[node.inputs[0]].shape
+    if len(shape) < 2:
+        raise MoaEdgeError(f"Trilu node {node.name!r}: input {node.inputs[0]!r} has rank {len(shape)}; ONNX needs >= 2")
+    rows, cols = shape[-2:]
+    batches = math.prod(shape[:-2])
+    has_k = len(node.inputs) > 1 and node.inputs[1]
+    k = _scalar(graph, node.inputs[1]) if has_k else 0
+    if k is None:
+        k_expr = f"{where[node.inputs[1]]}[0]"
+    else:  # beyond +-(rows + cols) every k keeps all or nothing: clamp so the literal stays small
+        k_expr = f"(int64_t){max(-(rows + cols), min(rows + cols, int(k)))}"
+    upper = bool(node.attrs.get("upper", 1))
+    x, out = where[node.inputs[0]], where[node.outputs[0]]
+    keep = f"(int64_t)(d2 - d1) {'>=' if upper else '<='} {k_expr}"
+    body = [f"const ptrdiff_t at = (d0 * {rows} + d1) * {cols} + d2;",
+            f"{out}[at] = {keep} ? {x}[at] : 0;"]
+    return ([f"    {{ /* {node.name}: Trilu, {'upper' if upper else 'lower'} triangle, k = "
+             f"{k if k is not None else 'from ' + node.inputs[1]} */"]
+            + _declare_loop_indices(3) + _loops((batches, rows, cols), body) + ["    }"])
+
+
+def _emit_cumsum(node, ctx, where):
+    graph = ctx.graph
+    shape = graph.tensors[node.inputs[0]].shape
+    rank = len(shape)
+    if rank == 0:
+        raise MoaEdgeError(f"CumSum node {node.name!r}: input {node.inputs[0]!r} is a scalar; ONNX needs rank >= 1")
+    x, out = where[node.inputs[0]], where[node.outputs[0]]
+    reverse, exclusive = bool(node.attrs.get("reverse", 0)), bool(node.attrs.get("exclusive", 0))
+    axis = _scalar(graph, node.inputs[1])
+    split = [(math.prod(shape[:a]), shape[a], math.prod(shape[a + 1:])) for a in range(rank)]
+    if axis is not None:
+        if not -rank <= axis < rank:
+            raise MoaEdgeError(f"CumSum node {node.name!r}: axis {axis} is outside the rank {rank} "
+                               f"of {node.inputs[0]!r}")
+        outer, extent, inner = split[axis % rank]
+        lines = [f"    {{ /* {node.name}: CumSum along axis {axis % rank}"
+                 f"{', reverse' if reverse else ''}{', exclusive' if exclusive else ''} */",
+                 f"        const ptrdiff_t outer = {outer}, extent = {extent}, inner = {inner};"]
+    else:  # the axis arrives at run time: the (outer, extent, inner) split of every axis is tabled
+        def table(k):
+            return "{" + ", ".join(str(s[k]) for s in split) + "}"
+        lines = [f"    {{ /* {node.name}: CumSum along the axis in {node.inputs[1]!r}"
+                 f"{', reverse' if reverse else ''}{', exclusive' if exclusive else ''} */",
+                 f"        static const ptrdiff_t outer_of[{rank}] = {table(0)}, extent_of[{rank}] = {table(1)}, "
+                 f"inner_of[{rank}] = {table(2)};",
+                 *_wrap_index(node, "ax", f"{where[node.inputs[1]]}[0]", rank, " " * 8),
+                 "        const ptrdiff_t outer = outer_of[ax], extent = extent_of[ax], inner = inner_of[ax];"]
+    t, prev = ("extent - 1 - s", "t + 1") if reverse else ("s", "t - 1")
+    value = (f"s == 0 ? 0 : {out}[before] + {x}[before]" if exclusive
+             else f"(s == 0 ? 0 : {out}[before]) + {x}[at]")
+    lines += ["        ptrdiff_t o, s, r;",
+              "        for (o = 0; o < outer; o++) {",
+              "            for (s = 0; s < extent; s++) {",
+              f"                const ptrdiff_t t = {t}, prev = {prev};",
+              "                for (r = 0; r < inner; r++) {",
+              "                    const ptrdiff_t at = (o * extent + t) * inner + r;",
+              "                    const ptrdiff_t before = (o * extent + prev) * inner + r;",
+              f"                    {out}[at] = {value};",
+              "                }", "            }", "        }", "    }"]
+    return lines
+
+
+def _emit_range(node, ctx, where):
+    graph = ctx.graph
+    out_t = graph.tensors[node.outputs[0]]
+    ctype = _ctype(graph, node.outputs[0])
+    begin, end, step = (where[n] for n in node.inputs[:3])
+    if out_t.dtype == "float32":
+        count = ["        const double steps = ceil(((double)end - (double)begin) / (double)step);",
+                 "        const ptrdiff_t count = steps > 0 ? (ptrdiff_t)steps : 0;"]
+        value = "begin + (float)d0 * step"
+    else:  # integers: the exact ceiling of (limit - start) / delta
+        count = ["        const int64_t diff = (int64_t)end - (int64_t)begin;",
+                 "        const int64_t steps = diff / step + ((diff % step != 0) && ((diff < 0) == (step < 0)));",
+                 "        const ptrdiff_t count = steps > 0 ? (ptrdiff_t)steps : 0;"]
+        value = f"({ctype})(begin + ({ctype})d0 * step)"
+    return [f"    {{ /* {node.name}: Range, {out_t.size} elements (checked against the run-time scalars) */",
+            f"        const {ctype} begin = {begin}[0], end = {end}[0], step = {step}[0];",
+            "        ptrdiff_t d0;",
+            "        if (step == 0) { return MOA_ERR_BAD_PARAMS; }",
+            *count,
+            f"        if (count != {out_t.size}) {{ return MOA_ERR_BAD_PARAMS; }}",
+            f"        for (d0 = 0; d0 < {out_t.size}; d0++) {{",
+            f"            {where[node.outputs[0]]}[d0] = {value};",
+            "        }", "    }"]
+
+
+_EMIT = {"GatherElements": _emit_gather_elements, "GatherND": _emit_gather_nd, "Trilu": _emit_trilu,
+         "CumSum": _emit_cumsum, "Range": _emit_range}

@@ -1,0 +1,68 @@
+"""ReduceL2, ReduceL1 and ReduceSumSquare over constant axes, by the kernels of
+c_runtime/src/reduce_norm.c (ReduceL2 is the norm in F.normalize, e.g. sentence
+embeddings made unit length).
+
+The axes split into (outer, n, inner) passes as in reduce.py: the first pass squares (or
+takes |x|) and sums, later passes only sum (moa_reduce_sum_f32), and ReduceL2 takes the
+square root of the last pass's result in place. One pass (the usual case) is one call;
+noop_with_empty_axes is one pass over one element per row, so |x|, x^2 or sqrt(x^2), as
+onnxruntime and the ONNX reference evaluator give."""
+from __future__ import annotations
+
+import torch
+
+from moa_edge.errors import MoaEdgeError
+
+from .reduce import passes, reduced_axes, scratch_bytes  # noqa: F401  (scratch_bytes: same passes)
+
+OPS = ("ReduceL2", "ReduceL1", "ReduceSumSquare")
+C_SOURCES = ["normalization.c", "reduce_norm.c"]
+DECLARATIONS = ['#include "moa/normalization.h"\n', '#include "moa/reduce_norm.h"\n']
+# The whole reduction in one call, and the first of several passes.
+_ONE_CALL = {"ReduceL2": "moa_reduce_l2_f32", "ReduceL1": "moa_reduce_l1_f32",
+             "ReduceSumSquare": "moa_reduce_sum_square_f32"}
+_FIRST_PASS = {"ReduceL2": "moa_reduce_sum_square_f32", "ReduceL1": "moa_reduce_l1_f32",
+               "ReduceSumSquare": "moa_reduce_sum_square_f32"}
+
+
+def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    x = inputs[0]
+    axes = reduced_axes(node, graph, x.dim())
+    keep = bool(node.attrs.get("keepdims", 1))
+    terms = x.abs() if node.op == "ReduceL1" else x * x
+    # noop_with_empty_axes reduces nothing but still maps each element (|x|, x^2, sqrt(x^2)),
+    # as onnxruntime and the ONNX reference evaluator do.
+    total = terms.sum(dim=axes, keepdim=keep) if axes else terms
+    return [total.sqrt() if node.op == "ReduceL2" else total]
+
+
+def _checked(status_call: str) -> str:
+    return f"    status = {status_call};\n    if (status != MOA_OK) {{\n        return status;\n    }}\n"
+
+
+def emit(node, ctx):
+    from . import EmittedUnit
+    graph = ctx.graph
+    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+    if x.dtype != "float32" or y.dtype != "float32":
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: input {x.name!r} is {x.dtype}; "
+                           f"the runtime supports only float32 reductions")
+    axes = reduced_axes(node, graph, len(x.shape))
+    calls = passes(x.shape, axes)
+    head = f"    /* {node.name}: {node.op} over axes {axes} of {list(x.shape)}, in {len(calls)} pass(es) */\n"
+    if y.size == 0:  # nothing to write; the casts keep -Wunused-parameter quiet
+        return EmittedUnit(head + f"    (void){ctx.where[x.name]};\n    (void){ctx.where[y.name]};\n",
+                           declarations=DECLARATIONS)
+    lines = [head]
+    source, offset = ctx.where[x.name], 0
+    for k, (outer, n, inner) in enumerate(calls):
+        last = k == len(calls) - 1
+        target = (ctx.where[y.name] if last
+                  else f"({ctx.scratch} + {offset})" if offset else ctx.scratch)
+        kernel = (_ONE_CALL[node.op] if len(calls) == 1 else _FIRST_PASS[node.op] if k == 0
+                  else "moa_reduce_sum_f32")
+        lines.append(_checked(f"{kernel}({source}, {target}, {outer}u, {n}u, {inner}u)"))
+        source, offset = target, offset + outer * inner
+    if node.op == "ReduceL2" and len(calls) > 1:
+        lines.append(_checked(f"moa_sqrt_f32({ctx.where[y.name]}, {ctx.where[y.name]}, {y.size}u)"))
+    return EmittedUnit("".join(lines), declarations=DECLARATIONS)
