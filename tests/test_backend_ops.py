@@ -7,19 +7,13 @@ int32 or int64. Cases that need something the converter cannot do (a shape given
 input, an output that is an input) must be refused with one clear error; they are listed in
 NOT_YET by name pattern and reported as xfail, so this file fails the day one starts to pass."""
 from collections import Counter
-import re
 
-import numpy as np
 import onnx
 from onnx.backend.test.loader import load_model_tests
 import pytest
 
-from conftest import require_board
-from moa_edge.errors import MoaEdgeError
-from moa_edge.harness.build import build
-from moa_edge.harness.runner import run
+from backend_cases import not_yet, run_backend_case
 from moa_edge.ops import SUPPORTED_OPS
-from moa_edge.pipeline import convert
 
 _TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.BOOL, onnx.TensorProto.INT64, onnx.TensorProto.INT32}
 # Ops whose own test files run their backend cases (attention: test_onnx_backend.py;
@@ -55,33 +49,13 @@ NOT_YET: dict[str, str] = {
 
 
 def _not_yet(name: str) -> str | None:
-    return next((why for pattern, why in NOT_YET.items() if re.search(pattern, name)), None)
+    return not_yet(name, NOT_YET)
 
 
 @pytest.mark.board
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_backend_op_case(name, tmp_path):
-    board = require_board("host")
-    op, case = CASES[name]
-    path = tmp_path / "model.onnx"
-    onnx.save(case.model, path)
-    missing = _not_yet(name)
-    try:
-        report = convert(path, tmp_path / "project")
-    except MoaEdgeError as exc:
-        if missing:
-            pytest.xfail(f"not yet: {missing} ({str(exc).splitlines()[0]})")
-        raise
-    assert missing is None, f"{name} now converts: remove it from NOT_YET ({missing})"
-    (inputs, expected), = case.data_sets
-    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, inputs)}
-    outputs, _ = run(build(tmp_path / "project", board), board, report["io"], feeds)
-    for vi, want in zip(case.model.graph.output, expected):
-        got = outputs[vi.name]
-        if want.dtype.kind == "f":
-            np.testing.assert_allclose(got, want, rtol=max(case.rtol, 1e-5), atol=max(case.atol, 1e-6))
-        else:
-            np.testing.assert_array_equal(got, want)
+    run_backend_case(name, CASES[name][1], tmp_path, NOT_YET)
 
 
 def test_backend_op_pass_count(capsys):

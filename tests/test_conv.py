@@ -20,6 +20,7 @@ from onnx.backend.test.loader import load_model_tests
 import onnxruntime as ort
 import pytest
 
+from backend_cases import not_yet, run_backend_case
 from conftest import BOARDS, require_board
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
@@ -262,31 +263,13 @@ NOT_YET: dict[str, str] = {}
 
 
 def _not_yet(name: str) -> str | None:
-    return next((why for pattern, why in NOT_YET.items() if re.search(pattern, name)), None)
+    return not_yet(name, NOT_YET)
 
 
 @pytest.mark.board
 @pytest.mark.parametrize("name", sorted(BACKEND))
 def test_backend_conv_case(name, tmp_path):
-    board = require_board("host")
-    case = BACKEND[name]
-    path = tmp_path / "model.onnx"
-    onnx.save(case.model, path)
-    missing = _not_yet(name)
-    try:
-        report = convert(path, tmp_path / "project")
-    except MoaEdgeError as exc:
-        if missing:
-            message = str(exc).splitlines()[0]
-            assert "support" in message, message
-            pytest.xfail(f"not yet: {missing} ({message})")
-        raise
-    assert missing is None, f"{name} now converts: remove it from NOT_YET ({missing})"
-    (inputs, expected), = case.data_sets
-    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, inputs)}
-    outputs, _ = run(build(tmp_path / "project", board), board, report["io"], feeds)
-    for vi, want in zip(case.model.graph.output, expected):
-        np.testing.assert_allclose(outputs[vi.name], want, rtol=max(case.rtol, 1e-5), atol=max(case.atol, 1e-6))
+    run_backend_case(name, BACKEND[name], tmp_path, NOT_YET)
 
 
 def test_backend_conv_pass_count(capsys):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-import re
 
 import numpy as np
 import onnx
@@ -17,6 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.test.loader import load_model_tests
 import pytest
 
+from backend_cases import not_yet, run_case
 from conftest import BOARDS, require_board
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
@@ -202,7 +202,7 @@ NOT_YET: dict[str, str] = {}
 
 
 def _not_yet(name: str) -> str | None:
-    return next((feature for pattern, feature in NOT_YET.items() if re.search(pattern, name)), None)
+    return not_yet(name, NOT_YET)
 
 
 def constant_axes(case) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -224,30 +224,14 @@ def constant_axes(case) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
 @pytest.mark.board
 @pytest.mark.parametrize("name", sorted(BACKEND_CASES))
 def test_backend_case(name, tmp_path):
-    board = require_board("host")
     case = BACKEND_CASES[name]
     model, feeds = constant_axes(case)
     unconvertible = {o.name for o in model.graph.output} & ({i.name for i in model.graph.input}
                                                             | {i.name for i in model.graph.initializer})
     if unconvertible:
         pytest.skip(f"output(s) {sorted(unconvertible)} are a graph input or constant: no node computes them")
-    path = tmp_path / "model.onnx"
-    onnx.save(model, path)
-    missing = _not_yet(name)
-    try:
-        report = convert(path, tmp_path / "project")
-    except MoaEdgeError as exc:
-        if missing:
-            message = str(exc).splitlines()[0]
-            assert "support" in message, message  # names the feature it cannot do
-            pytest.xfail(f"not yet: {missing} ({message})")
-        raise
-    assert missing is None, f"{name} now converts: remove it from NOT_YET ({missing})"
-    outputs, _ = run(build(tmp_path / "project", board), board, report["io"], feeds)
     (_, expected), = case.data_sets
-    for vi, want in zip(case.model.graph.output, expected):
-        np.testing.assert_allclose(outputs[vi.name], want, rtol=max(case.rtol, 1e-5), atol=max(case.atol, 1e-5),
-                                   err_msg=f"{name}: {vi.name}")
+    run_case(name, model, feeds, expected, tmp_path, NOT_YET, rtol=max(case.rtol, 1e-5), atol=max(case.atol, 1e-5))
 
 
 def test_backend_pass_count_report(capsys):

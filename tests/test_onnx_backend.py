@@ -5,18 +5,11 @@ Each non-bf16 test of opsets 23 to 25 (25: sliding windows), and its `_expanded`
 the detector must fold back into one block), runs. Cases that use a feature the runtime
 does not have yet must be refused with one clear error naming it; they are listed in
 NOT_YET and reported as xfail, so this file fails the day one of them starts to pass."""
-import re
 
-import numpy as np
-import onnx
 from onnx.backend.test.loader import load_model_tests
 import pytest
 
-from conftest import require_board
-from moa_edge.errors import MoaEdgeError
-from moa_edge.harness.build import build
-from moa_edge.harness.runner import run
-from moa_edge.pipeline import convert
+from backend_cases import not_yet, run_backend_case
 
 
 def _opset(case) -> int:
@@ -34,34 +27,13 @@ NOT_YET = {
 
 
 def _not_yet(name: str) -> str | None:
-    for pattern, feature in NOT_YET.items():
-        if re.search(pattern, name):
-            return feature
-    return None
+    return not_yet(name, NOT_YET)
 
 
 @pytest.mark.board
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_backend_attention_case(name, tmp_path):
-    board = require_board("host")
-    case = CASES[name]
-    (inputs, expected), = case.data_sets
-    path = tmp_path / "model.onnx"
-    onnx.save(case.model, path)
-    missing = _not_yet(name)
-    try:
-        report = convert(path, tmp_path / "project")
-    except MoaEdgeError as exc:
-        if missing:
-            message = str(exc).splitlines()[0]
-            assert "support" in message, message  # names the feature or type it cannot do
-            pytest.xfail(f"not yet: {missing} ({message})")
-        raise
-    assert missing is None, f"{name} now converts: remove it from NOT_YET ({missing})"
-    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, inputs)}
-    outputs, _ = run(build(tmp_path / "project", board), board, report["io"], feeds)
-    for vi, want in zip(case.model.graph.output, expected):
-        np.testing.assert_allclose(outputs[vi.name], want, rtol=max(case.rtol, 1e-4), atol=max(case.atol, 1e-6))
+    run_backend_case(name, CASES[name], tmp_path, NOT_YET, rtol=1e-4)
 
 
 def test_backend_pass_count_report(capsys):

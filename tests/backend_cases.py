@@ -1,0 +1,55 @@
+"""Running one of onnx's own backend node tests through convert -> generated C -> host run,
+shared by the files that check an op family against them.
+
+Cases that need something the converter cannot do are listed by each file in a NOT_YET
+dict (name pattern -> the missing feature): they must be refused with one clear error and
+are reported as xfail, so a file fails the day one of them starts to pass."""
+import re
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import require_board
+from moa_edge.errors import MoaEdgeError
+from moa_edge.harness.build import build
+from moa_edge.harness.runner import run
+from moa_edge.pipeline import convert
+
+
+def not_yet(name: str, missing: dict[str, str]) -> str | None:
+    return next((why for pattern, why in missing.items() if re.search(pattern, name)), None)
+
+
+def run_case(name: str, model: onnx.ModelProto, feeds: dict, expected: list, tmp_path, missing: dict[str, str],
+             rtol: float = 1e-5, atol: float = 1e-6) -> None:
+    """Convert, build and run `model` on the host; compare each output with `expected`
+    (floats within rtol/atol, everything else exactly)."""
+    board = require_board("host")
+    path = tmp_path / "model.onnx"
+    onnx.save(model, path)
+    reason = not_yet(name, missing)
+    try:
+        report = convert(path, tmp_path / "project")
+    except MoaEdgeError as exc:
+        if reason:
+            message = str(exc).splitlines()[0]
+            assert "support" in message, message  # names the feature or type it cannot do
+            pytest.xfail(f"not yet: {reason} ({message})")
+        raise
+    assert reason is None, f"{name} now converts: remove it from NOT_YET ({reason})"
+    outputs, _ = run(build(tmp_path / "project", board), board, report["io"], feeds)
+    for vi, want in zip(model.graph.output, expected):
+        got = outputs[vi.name]
+        if np.asarray(want).dtype.kind == "f":
+            np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{name}: {vi.name}")
+        else:
+            np.testing.assert_array_equal(got, want, err_msg=f"{name}: {vi.name}")
+
+
+def run_backend_case(name: str, case, tmp_path, missing: dict[str, str], rtol: float = 1e-5,
+                     atol: float = 1e-6) -> None:
+    """One backend case as onnx ships it: its own inputs, its own expected outputs."""
+    (inputs, expected), = case.data_sets
+    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, inputs)}
+    run_case(name, case.model, feeds, expected, tmp_path, missing, rtol=max(case.rtol, rtol), atol=max(case.atol, atol))
