@@ -8,8 +8,9 @@ from conftest import BOARDS, require_board
 from moa_edge.pipeline import validate
 from zoo import ZOO
 
-# Zoo entries whose every op the runtime has (ViT waits for Conv).
-WHOLE_MODELS = ["bert_eager_torchscript17", "bert_sdpa_dynamo18", "gpt2_sdpa_dynamo18", "llama_sdpa_dynamo23",
+# Zoo entries of each family and exporter; every HF zoo export (24) validates on the host.
+WHOLE_MODELS = ["bert_eager_torchscript17", "bert_sdpa_dynamo18", "bert_sdpa_dynamo23", "gpt2_sdpa_dynamo18",
+                "gpt2_eager_dynamo23", "llama_sdpa_dynamo23", "vit_eager_dynamo23",
                 "encoder_layer_dynamo18", "vit_sdpa_dynamo18"]
 
 
