@@ -8,6 +8,7 @@ import re
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 import pytest
 
 from conftest import require_board
@@ -19,6 +20,26 @@ from moa_edge.pipeline import convert
 
 def not_yet(name: str, missing: dict[str, str]) -> str | None:
     return next((why for pattern, why in missing.items() if re.search(pattern, name)), None)
+
+
+def with_constant_inputs(case, positions) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The case's model with the node inputs at `positions` (axes, pads, starts and ends,
+    split sizes, ratios: parameters a real export holds as constants, but the backend models
+    pass as graph inputs) turned into initializers holding the test's own values; and the
+    remaining feeds."""
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    (inputs, _), = case.data_sets
+    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, inputs)}
+    node = model.graph.node[0]
+    for k in positions:
+        name = node.input[k] if k < len(node.input) else ""
+        if name in feeds:
+            model.graph.initializer.append(numpy_helper.from_array(feeds.pop(name), name))
+    kept = [vi for vi in model.graph.input if vi.name in feeds]
+    del model.graph.input[:]
+    model.graph.input.extend(kept)
+    return model, feeds
 
 
 def run_case(name: str, model: onnx.ModelProto, feeds: dict, expected: list, tmp_path, missing: dict[str, str],

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.backend.test.loader import load_model_tests
 import pytest
 
-from backend_cases import not_yet, run_case
+from backend_cases import not_yet, run_case, with_constant_inputs
 from conftest import BOARDS, require_board
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
@@ -208,17 +208,7 @@ def _not_yet(name: str) -> str | None:
 def constant_axes(case) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The backend models pass Reduce axes as a graph input; the runtime reads axes when it
     generates the C, so they become initializers holding the test's own values."""
-    model = onnx.ModelProto()
-    model.CopyFrom(case.model)
-    (inputs, _), = case.data_sets
-    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, inputs)}
-    node = model.graph.node[0]
-    if node.op_type.startswith("Reduce") and len(node.input) > 1 and node.input[1] in feeds:
-        model.graph.initializer.append(numpy_helper.from_array(feeds.pop(node.input[1]), node.input[1]))
-        kept = [vi for vi in model.graph.input if vi.name != node.input[1]]
-        del model.graph.input[:]
-        model.graph.input.extend(kept)
-    return model, feeds
+    return with_constant_inputs(case, [1] if case.model.graph.node[0].op_type.startswith("Reduce") else [])
 
 
 @pytest.mark.board

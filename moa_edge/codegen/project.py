@@ -38,7 +38,9 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
     """Write the project into out_dir (which must exist and be empty); returns report.json's content."""
     out_dir = Path(out_dir)
     P = prefix.upper()
-    taken: set[str] = {"arena", "arena_bytes", "base", "status"}
+    # Names the generated statements use for their own locals: no tensor may take one.
+    taken: set[str] = {"arena", "arena_bytes", "base", "status", *"abcdefghijknoqrs", "row", "at", "cs",
+                       *(f"{v}{k}" for v in ("i", "d", "batch") for k in range(16))}
     plan = plan_arena(graph)
 
     io = []

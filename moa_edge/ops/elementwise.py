@@ -54,6 +54,9 @@ _TORCH = {
     "Min": torch.minimum, "Clip": lambda a, lo, hi: torch.clamp(a, lo, hi),
 }
 OPS = tuple(_C_EXPR) + ("Gelu", "Cast", "IsInf")
+# Integer forms of the ops whose float form would round (|x| > 2^24) or not compile.
+_INTEGER_C_EXPR = {"Pow": "moa_ipow(a, b)", "Abs": "(a < 0 ? -a : a)"}
+_FLOAT_ONLY = {"Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Floor", "Ceil", "Sin", "Cos", "Gelu"}
 
 _TORCH_DTYPES = {"float32": torch.float64, "bool": torch.bool, "int64": torch.int64, "int32": torch.int32}
 
@@ -97,11 +100,22 @@ def _expression(node, graph) -> tuple[str, list[str]]:
         sides = [f"a == {sign}INFINITY" for sign, attr in (("", "detect_positive"), ("-", "detect_negative"))
                  if node.attrs.get(attr, 1)]
         return "(" + (" || ".join(sides) or "0") + ")", names
+    if node.op == "Clip" and graph.tensors[node.outputs[0]].dtype != "float32":
+        lo = names[1] if len(names) > 1 and names[1] else ""
+        hi = names[2] if len(names) > 2 and names[2] else ""
+        low, high = ("(a < b ? b : a)", "c" if lo else "b") if lo else ("a", "b")
+        expr = f"({low} > {high} ? {high} : {low})" if hi else low
+        return expr, [names[0]] + [n for n in (lo, hi) if n]
     if node.op == "Clip":
         lo = names[1] if len(names) > 1 and names[1] else ""
         hi = names[2] if len(names) > 2 and names[2] else ""
         bound = {("", ""): "a", ("x", ""): "moa_max(a, b)", ("", "x"): "moa_min(a, b)", ("x", "x"): "moa_clip(a, b, c)"}
         return bound[("x" if lo else "", "x" if hi else "")], [names[0]] + [n for n in (lo, hi) if n]
+    out_dtype = graph.tensors[node.outputs[0]].dtype
+    if out_dtype != "float32" and node.op in _INTEGER_C_EXPR:
+        return _INTEGER_C_EXPR[node.op], names  # integers must not round-trip through float
+    if out_dtype != "float32" and node.op in _FLOAT_ONLY:
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: {out_dtype} operands are not supported (float32 only)")
     if node.op in ("Max", "Min"):
         # Floats propagate NaN (moa_max/moa_min); integers compare plainly.
         floating = graph.tensors[node.outputs[0]].dtype == "float32"

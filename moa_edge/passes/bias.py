@@ -180,9 +180,11 @@ def _length_bias(graph: Graph, terms, batch: int, q_len: int, kv_len: int, absor
     ONNX function body of nonpad_kv_seqlen): (the terms, L, band (c, s)) when their sum hides
     exactly the keys k >= L[b], and k > i + L[b] + c or k < i + L[b] + s for the bounds present.
 
-    Proved by running the terms' subgraph for every L[b] in 0..kv_len (valid ONNX lengths):
-    the subgraph is element-wise, so each batch row sees its own length only; vectors
-    with different lengths per batch check that the batch axes line up."""
+    Checked by running the terms' subgraph for every length 0..kv_len given to all batches
+    at once (the subgraph is element-wise, so each batch row sees its own length only), and
+    for a few vectors with different lengths per batch, which catch batch axes that do not
+    line up: exhaustive over the lengths, sampled over their mixtures.
+    """
     found, source, nodes = [], None, []
     for term in terms:
         if term[0] != "add" or graph.constant(term[1]) is not None:

@@ -13,8 +13,11 @@ from .fold import DTYPE_OF_ONNX, evaluate_onnx_node
 def _is_no_op(graph: Graph, node) -> bool:
     if node.op == "Identity":
         return True
-    if node.op == "Dropout":  # inference: the input, whatever the ratio
-        return len([o for o in node.outputs if o]) == 1
+    if node.op == "Dropout":  # inference (no training_mode, or a constant False), or a ratio of 0: the input
+        training = graph.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(())
+        ratio = graph.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
+        identity = (training is not None and not training.any()) or (ratio is not None and not ratio.any())
+        return identity and len([o for o in node.outputs if o]) == 1
     if node.op == "Cast":
         source = graph.tensors.get(node.inputs[0])
         return source is not None and DTYPE_OF_ONNX.get(node.attrs.get("to")) == source.dtype
@@ -34,9 +37,12 @@ def bypass_no_ops(graph: Graph) -> int:
             continue
         old, new = node.outputs[0], node.inputs[0]
         if old in graph.outputs:
-            # A no-op that names a graph output: let the producer write that output itself.
+            # A no-op that names a graph output: let the producer write that output itself,
+            # or, with no producer to ask (a graph input, a constant), copy into it.
             producer = graph.producer(new)
             if producer is None or new in graph.outputs or len(graph.consumers(new)) != 1:
+                if node.op != "Identity":
+                    node.op, node.inputs, node.outputs, node.attrs = "Identity", [new], [old], {}
                 continue
             producer.outputs = [old if name == new else name for name in producer.outputs]
         else:
@@ -88,10 +94,10 @@ def pad_nodes(graph: Graph, name: str, axis: int, before: int, after: int, value
     return Node("MoaConcat", stem, parts, [out], {"layouts": layouts, "axis": axis})
 
 
-def _constant_pad(graph: Graph, node) -> Node | None:
-    """Pad(mode=constant) along one axis by constant, non-negative amounts (the opset-24
-    function body pads a short mask to the key length so) -> one MoaConcat."""
-    if node.op != "Pad" or node.attrs.get("mode", "constant") != "constant" or len(node.inputs) < 2:
+def _constant_pad(graph: Graph, node) -> list[Node] | None:
+    """Pad(mode=constant) by constant, non-negative amounts (the opset-24 function body pads
+    a short mask to the key length so) -> one MoaConcat per padded axis."""
+    if node.op != "Pad" or node.attrs.get("mode", b"constant") not in ("constant", b"constant") or len(node.inputs) < 2:
         return None
     data = graph.tensors.get(node.inputs[0])
     pads = graph.constant(node.inputs[1])
@@ -104,10 +110,16 @@ def _constant_pad(graph: Graph, node) -> Node | None:
     axes = [int(a) % rank for a in (range(rank) if axes is None else axes.reshape(-1))]
     amounts = pads.reshape(2, len(axes))
     padded = [(axis, int(b), int(a)) for axis, b, a in zip(axes, amounts[0], amounts[1]) if b or a]
-    if len(padded) != 1 or min(padded[0][1:]) < 0:
+    if not padded or min(min(b, a) for _, b, a in padded) < 0:
         return None
-    axis, before, after = padded[0]
-    return pad_nodes(graph, node.inputs[0], axis, before, after, value.reshape(-1)[0], node.outputs[0], node.name)
+    # One copy per padded axis, each padding the previous one's result.
+    nodes, source = [], node.inputs[0]
+    for k, (axis, before, after) in enumerate(padded):
+        out = node.outputs[0] if k == len(padded) - 1 else f"{node.name}__padded_{axis}"
+        nodes.append(pad_nodes(graph, source, axis, before, after, value.reshape(-1)[0], out, f"{node.name}__{k}"
+                               if len(padded) > 1 else node.name))
+        source = out
+    return nodes
 
 
 def _copy_through_view(graph: Graph, node, out: str) -> Node | None:
@@ -159,7 +171,7 @@ def _lowered_copy(graph: Graph, node, trace_view) -> list[Node] | None:
         return None
     pad = _constant_pad(graph, node)
     if pad is not None:
-        return [pad]
+        return pad
     if node.op in ("Gather", "GatherND", "GatherElements"):
         gathered = _constant_gather(graph, node, trace_view)
         return [gathered] if gathered is not None else None

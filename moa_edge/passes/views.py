@@ -27,7 +27,9 @@ def trace_view(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, Layou
         view = view or layout.reshape(shape)
     elif node.op == "Expand" and graph.constant(node.inputs[1]) is not None:
         source, layout = trace_view(graph, node.inputs[0], inner)
-        if len(layout.shape) == len(shape):
+        if len(layout.shape) < len(shape):  # numpy broadcasting: leading unit axes first
+            layout = layout.reshape((1,) * (len(shape) - len(layout.shape)) + layout.shape)
+        if layout is not None and len(layout.shape) == len(shape):
             view = layout.broadcast_to(shape)
     elif node.op in ("Slice", "Split"):
         cut = slice_of(graph, node, name)
@@ -59,9 +61,10 @@ def slice_of(graph: Graph, node, output: str) -> list[tuple[int, int, int, int]]
         k = node.outputs.index(output)
         start = int(sum(int(n) for n in list(sizes)[:k]))
         return [(axis, start, start + int(list(sizes)[k]), 1)]
-    values = [graph.constant(n) if k < len(node.inputs) and n else None for k, n in enumerate(node.inputs[1:5])]
+    names = (list(node.inputs[1:5]) + [""] * 4)[:4]
+    values = [graph.constant(n) if n else None for n in names]
     starts, ends = values[0], values[1]
-    if starts is None or ends is None or any(n and v is None for n, v in zip(node.inputs[3:5], values[2:4])):
+    if starts is None or ends is None or any(n and v is None for n, v in zip(names[2:], values[2:])):
         return None
     axes = values[2] if values[2] is not None else range(len(starts))
     steps = values[3] if values[3] is not None else [1] * len(starts)

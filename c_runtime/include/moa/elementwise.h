@@ -4,6 +4,7 @@
 #define MOA_ELEMENTWISE_H
 
 #include <math.h>
+#include <stdint.h>
 
 static inline float moa_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
@@ -16,6 +17,20 @@ static inline float moa_gelu_tanh(float x)
 
 /* x^2 is what exporters emit (RMSNorm, variance): the same value as powf, without the call. */
 static inline float moa_pow(float x, float y) { return y == 2.0f ? x * x : powf(x, y); }
+
+/* Integer power by squaring, wrapping on overflow as onnxruntime does (unsigned arithmetic:
+ * signed overflow would be undefined); a negative exponent gives 0 unless |a| = 1. */
+static inline int64_t moa_ipow(int64_t a, int64_t b)
+{
+    uint64_t result = 1, base = (uint64_t)a;
+    if (b < 0) { return a == 1 ? 1 : (a == -1 ? ((-b) % 2 ? -1 : 1) : 0); }
+    while (b > 0) {
+        if (b & 1) { result *= base; }
+        base *= base;
+        b >>= 1;
+    }
+    return (int64_t)result;
+}
 
 static inline float moa_max(float a, float b) { return (a > b || a != a) ? a : b; }
 static inline float moa_min(float a, float b) { return (a < b || a != a) ? a : b; }

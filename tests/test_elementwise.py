@@ -1,0 +1,65 @@
+"""Element-wise corner cases the backend node tests do not reach: integers past float32's
+24-bit mantissa, tensors named like the generated code's locals, types the runtime lacks."""
+import numpy as np
+import onnx
+from onnx import TensorProto as T, helper, numpy_helper
+import onnxruntime as ort
+import pytest
+
+from conftest import BOARDS, require_board
+from moa_edge.errors import MoaEdgeError
+from moa_edge.harness.build import build
+from moa_edge.harness.runner import run
+from moa_edge.pipeline import convert
+
+
+def _model(nodes, inputs, outputs, initializers=()):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def _run_against_onnxruntime(model, feeds, board_name, tmp_path):
+    board = require_board(board_name)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    report = convert(path, tmp_path / "p")
+    got, _ = run(build(tmp_path / "p", board), board, report["io"], feeds)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+    for out, expected in zip(model.graph.output, want):
+        np.testing.assert_array_equal(got[out.name], expected, err_msg=out.name)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+def test_integers_do_not_round_through_float(board_name, tmp_path):
+    """int64 Pow, Clip and Abs on values past 2^24 (float32 would round them)."""
+    big = 2 ** 30 + 1
+    i64 = lambda n, s: helper.make_tensor_value_info(n, T.INT64, s)  # noqa: E731
+    nodes = [helper.make_node("Pow", ["x", "e"], ["pow"]), helper.make_node("Clip", ["x", "lo"], ["clip"]),
+             helper.make_node("Abs", ["neg"], ["abs"])]
+    model = _model(nodes, [i64("x", [4]), i64("e", [4]), i64("neg", [4])],
+                   [i64("pow", [4]), i64("clip", [4]), i64("abs", [4])],
+                   [numpy_helper.from_array(np.array(0, np.int64), "lo")])
+    feeds = {"x": np.array([3, 5, 7, big], np.int64), "e": np.array([20, 13, 11, 1], np.int64),
+             "neg": np.array([-big, 4, -(2 ** 40) - 3, 0], np.int64)}
+    _run_against_onnxruntime(model, feeds, board_name, tmp_path)
+
+
+@pytest.mark.board
+def test_tensors_named_like_the_generated_locals(tmp_path):
+    """Inputs `a`, `b` and an output `i0` are renamed in C, not shadowed by the loop's locals."""
+    f = lambda n: helper.make_tensor_value_info(n, T.FLOAT, [2, 3])  # noqa: E731
+    model = _model([helper.make_node("Add", ["b", "a"], ["i0"])], [f("a"), f("b")], [f("i0")])
+    feeds = {"a": np.ones((2, 3), np.float32), "b": np.full((2, 3), 3.0, np.float32)}
+    _run_against_onnxruntime(model, feeds, "host", tmp_path)
+
+
+@pytest.mark.parametrize("to", [T.DOUBLE, T.UINT8])
+def test_a_type_the_runtime_lacks_is_one_clear_error(to, tmp_path):
+    f = lambda n: helper.make_tensor_value_info(n, T.FLOAT, [4])  # noqa: E731
+    model = _model([helper.make_node("Cast", ["x"], ["d"], to=to, name="widen"),
+                    helper.make_node("Cast", ["d"], ["y"], to=T.FLOAT)], [f("x")], [f("y")])
+    onnx.save(model, tmp_path / "m.onnx")
+    with pytest.raises(MoaEdgeError, match="node 'widen' \\(Cast\\) makes 'd'"):
+        convert(tmp_path / "m.onnx", tmp_path / "p")
+    assert not (tmp_path / "p").exists()
