@@ -11,7 +11,7 @@ from zoo import ZOO
 # Zoo entries of each family and exporter; every HF zoo export (24) validates on the host.
 WHOLE_MODELS = ["bert_eager_torchscript17", "bert_sdpa_dynamo18", "bert_sdpa_dynamo23", "gpt2_sdpa_dynamo18",
                 "gpt2_eager_dynamo23", "llama_sdpa_dynamo23", "vit_eager_dynamo23",
-                "encoder_layer_dynamo18", "vit_sdpa_dynamo18"]
+                "encoder_layer_dynamo18", "vit_sdpa_dynamo18", "distilbert_sdpa_dynamo18", "whisper_encoder_sdpa_dynamo23"]
 
 
 @pytest.fixture(scope="module")

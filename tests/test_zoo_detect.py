@@ -1,7 +1,8 @@
 """Every attention block of real exporter output is found and rewritten exactly (issue 4, item 6).
 
 For each zoo model (torch 2.13 dynamo at opsets 18 and 23, TorchScript at 17; SDPA,
-nn.MultiheadAttention, nn.TransformerEncoderLayer, BERT, GPT-2, Llama with GQA, ViT; BERT
+nn.MultiheadAttention, nn.TransformerEncoderLayer, BERT, GPT-2, Llama with GQA, ViT, DistilBERT and
+the Whisper encoder (dynamo only); BERT
 fused by onnxruntime's transformer optimizer into com.microsoft Attention or MultiHeadAttention):
 one MoaAttention per layer, no Softmax left, and the rewritten graph's outputs equal
 onnxruntime's on the original file."""

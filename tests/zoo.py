@@ -242,13 +242,32 @@ def _vit(attn_implementation: str):
     return ViTModel, config, _image_inputs()
 
 
+def _distilbert(attn_implementation: str):
+    """DistilBertModel, 2 layers, dim 32, 4 heads, padding mask"""
+    from transformers import DistilBertConfig, DistilBertModel
+    config = DistilBertConfig(vocab_size=_VOCAB, max_position_embeddings=64, dim=32, n_layers=2, n_heads=4,
+                              hidden_dim=64, attn_implementation=attn_implementation)
+    return DistilBertModel, config, _text_inputs(_VOCAB)
+
+
+def _whisper_encoder(attn_implementation: str):
+    """Whisper encoder, 2 layers, d_model 32, 4 heads, 16 mel bins x 40 frames (two 1-D convs in front)"""
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+    config = WhisperConfig(num_mel_bins=16, d_model=32, encoder_layers=2, encoder_attention_heads=4,
+                           encoder_ffn_dim=64, max_source_positions=20, attn_implementation=attn_implementation)
+    return WhisperEncoder, config, {"input_features": _rng().standard_normal((1, 16, 40)).astype(np.float32)}
+
+
 _HF_FAMILIES = {"bert": _bert, "gpt2": _gpt2, "llama": _llama, "vit": _vit}
+# Families exported with the dynamo exporter only (what their users run).
+_DYNAMO_FAMILIES = {"distilbert": _distilbert, "whisper_encoder": _whisper_encoder}
 
 
 def _build_hf(family: str, attn_implementation: str, exporter: str, opset: int):
     @_quietly
     def build(path) -> Inputs:
-        model_class, config, inputs = _HF_FAMILIES[family](attn_implementation)
+        model_class, config, inputs = {**_HF_FAMILIES, **_DYNAMO_FAMILIES}[family](attn_implementation)
         torch.manual_seed(SEED)
         model = _LastHiddenState(model_class(config), list(inputs))
         return _export(model, inputs, path, exporter, opset, output_name="last_hidden_state")
@@ -325,6 +344,10 @@ def _entries():
                                notes=f"{_HF_FAMILIES[family].__doc__}, {attn_implementation} attention")
 
 
+    for family, describe in _DYNAMO_FAMILIES.items():
+        for exporter, opset in (("dynamo", 18), ("dynamo", 23)):
+            yield ZooModel(f"{family}_sdpa_{exporter}{opset}", _build_hf(family, "sdpa", exporter, opset), layers=2,
+                           exporter=exporter, opset=opset, notes=f"{describe.__doc__}, sdpa attention")
     for multi_head, op in ((False, "Attention"), (True, "MultiHeadAttention")):
         yield ZooModel(f"bert_eager_torchscript17_ort_{op.lower()}", _build_ort_fused(multi_head), layers=2,
                        exporter="torchscript", opset=17,
