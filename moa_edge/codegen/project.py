@@ -114,7 +114,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
     # An input only shape inference needed (a Reshape target) is not read at run time.
     subst["CALLS"] = "".join(f"    (void){e['c_name']};\n" for e in ins) + "".join(calls)
     subst["WEIGHT_DECLS"] = "".join(
-        f"extern const {DTYPES[t.dtype][1]} {sym}[{t.size}];\n" for t, sym in weights)
+        f"extern const {DTYPES[t.dtype][1]} {sym}[{max(t.size, 1)}];\n" for t, sym in weights)  # C99 has no [0]
     blob, symbols = _weights_blob(weights)
     subst["WEIGHT_SYMBOLS"] = symbols
     subst["WEIGHTS_PRESENT"] = "1" if weights else "0"

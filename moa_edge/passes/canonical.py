@@ -108,6 +108,8 @@ def _constant_pad(graph: Graph, node) -> list[Node] | None:
         return None
     rank = len(data.shape)
     axes = [int(a) % rank for a in (range(rank) if axes is None else axes.reshape(-1))]
+    if pads.size != 2 * len(axes):
+        return None  # malformed: left as Pad, reported unsupported by name
     amounts = pads.reshape(2, len(axes))
     padded = [(axis, int(b), int(a)) for axis, b, a in zip(axes, amounts[0], amounts[1]) if b or a]
     if not padded or min(min(b, a) for _, b, a in padded) < 0:
