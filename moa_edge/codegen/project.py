@@ -39,7 +39,9 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
     out_dir = Path(out_dir)
     P = prefix.upper()
     # Names the generated statements use for their own locals: no tensor may take one.
-    taken: set[str] = {"arena", "arena_bytes", "base", "status", *"abcdefghijknoqrs", "row", "at", "cs",
+    # (Element-wise operands a..h and indices i0.., Gather's o/i/r/row, views' n, the index ops'
+    # s/t/at/src, rotary's p/cs: q, k, v, x, y and m stay free for the usual model names.)
+    taken: set[str] = {"arena", "arena_bytes", "base", "status", *"abcdefghinoprst", "row", "at", "cs", "src",
                        *(f"{v}{k}" for v in ("i", "d", "batch") for k in range(16))}
     plan = plan_arena(graph)
 
