@@ -77,8 +77,11 @@ def scratch_bytes(node, graph) -> int:
     return 4 * sum(outer * inner for outer, _, inner in calls[:-1])
 
 
-def emit(node, ctx):
-    from . import EmittedUnit
+def emit_passes(node, ctx, kernel_of_pass) -> tuple[list[str], str, int]:
+    """The C of a reduction done in passes over (outer, n, inner) runs: pass k reads the
+    previous pass's result (in the node's scratch) and calls kernel_of_pass(k, passes); the
+    last writes the output. Returns the statements, the output's C expression ("" when it is
+    empty) and the number of passes."""
     graph = ctx.graph
     x, y = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
     if x.dtype != "float32" or y.dtype != "float32":
@@ -88,13 +91,18 @@ def emit(node, ctx):
     calls = passes(x.shape, axes)
     lines = [f"    /* {node.name}: {node.op} over axes {axes} of {list(x.shape)}, in {len(calls)} pass(es) */\n"]
     if y.size == 0:  # nothing to write; the casts keep -Wunused-parameter quiet
-        return EmittedUnit(lines[0] + f"    (void){ctx.where[x.name]};\n    (void){ctx.where[y.name]};\n",
-                           declarations=DECLARATIONS)
+        return lines + [f"    (void){ctx.where[x.name]};\n    (void){ctx.where[y.name]};\n"], "", 0
     source, offset = ctx.where[x.name], 0
     for k, (outer, n, inner) in enumerate(calls):
         target = (ctx.where[y.name] if k == len(calls) - 1
                   else f"({ctx.scratch} + {offset})" if offset else ctx.scratch)
-        lines.append(f"    status = {_KERNEL[node.op]}({source}, {target}, {outer}u, {n}u, {inner}u);\n"
+        lines.append(f"    status = {kernel_of_pass(k, len(calls))}({source}, {target}, {outer}u, {n}u, {inner}u);\n"
                      f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
         source, offset = target, offset + outer * inner
+    return lines, ctx.where[y.name], len(calls)
+
+
+def emit(node, ctx):
+    from . import EmittedUnit
+    lines, _, _ = emit_passes(node, ctx, lambda k, count: _KERNEL[node.op])
     return EmittedUnit("".join(lines), declarations=DECLARATIONS)

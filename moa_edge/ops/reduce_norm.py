@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from moa_edge.errors import MoaEdgeError
-
-from .reduce import passes, reduced_axes, scratch_bytes  # noqa: F401  (scratch_bytes: same passes)
+from .reduce import emit_passes, reduced_axes, scratch_bytes  # noqa: F401  (scratch_bytes: same passes)
 
 OPS = ("ReduceL2", "ReduceL1", "ReduceSumSquare")
 C_SOURCES = ["normalization.c", "reduce_norm.c"]
@@ -36,33 +34,12 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     return [total.sqrt() if node.op == "ReduceL2" else total]
 
 
-def _checked(status_call: str) -> str:
-    return f"    status = {status_call};\n    if (status != MOA_OK) {{\n        return status;\n    }}\n"
-
-
 def emit(node, ctx):
     from . import EmittedUnit
-    graph = ctx.graph
-    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
-    if x.dtype != "float32" or y.dtype != "float32":
-        raise MoaEdgeError(f"{node.op} node {node.name!r}: input {x.name!r} is {x.dtype}; "
-                           f"the runtime supports only float32 reductions")
-    axes = reduced_axes(node, graph, len(x.shape))
-    calls = passes(x.shape, axes)
-    head = f"    /* {node.name}: {node.op} over axes {axes} of {list(x.shape)}, in {len(calls)} pass(es) */\n"
-    if y.size == 0:  # nothing to write; the casts keep -Wunused-parameter quiet
-        return EmittedUnit(head + f"    (void){ctx.where[x.name]};\n    (void){ctx.where[y.name]};\n",
-                           declarations=DECLARATIONS)
-    lines = [head]
-    source, offset = ctx.where[x.name], 0
-    for k, (outer, n, inner) in enumerate(calls):
-        last = k == len(calls) - 1
-        target = (ctx.where[y.name] if last
-                  else f"({ctx.scratch} + {offset})" if offset else ctx.scratch)
-        kernel = (_ONE_CALL[node.op] if len(calls) == 1 else _FIRST_PASS[node.op] if k == 0
-                  else "moa_reduce_sum_f32")
-        lines.append(_checked(f"{kernel}({source}, {target}, {outer}u, {n}u, {inner}u)"))
-        source, offset = target, offset + outer * inner
-    if node.op == "ReduceL2" and len(calls) > 1:
-        lines.append(_checked(f"moa_sqrt_f32({ctx.where[y.name]}, {ctx.where[y.name]}, {y.size}u)"))
+    lines, y, count = emit_passes(node, ctx, lambda k, count: _ONE_CALL[node.op] if count == 1
+                                  else _FIRST_PASS[node.op] if k == 0 else "moa_reduce_sum_f32")
+    if node.op == "ReduceL2" and count > 1:  # several passes: the root of the last sum, in place
+        size = ctx.graph.tensors[node.outputs[0]].size
+        lines.append(f"    status = moa_sqrt_f32({y}, {y}, {size}u);\n"
+                     f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
     return EmittedUnit("".join(lines), declarations=DECLARATIONS)
