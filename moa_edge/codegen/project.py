@@ -137,9 +137,9 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
             text = text.replace("@" + key + "@", value)
         (out_dir / template).write_text(text)
 
-    (out_dir / "runtime" / "src").mkdir(parents=True)
     shutil.copytree(C_RUNTIME_DIR / "include", out_dir / "runtime" / "include")
-    for s in sorted(sources):
+    for s in sorted(sources):  # "x86/gemm_f32_avx2.c": ISA variants sit in their own folders
+        (out_dir / "runtime" / "src" / s).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(C_RUNTIME_DIR / "src" / s, out_dir / "runtime" / "src" / s)
 
     report = {
