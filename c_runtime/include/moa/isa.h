@@ -5,7 +5,7 @@
  *     MOA_ISA_AVX2    x86-64 with AVX2 and FMA            src/x86/
  *     MOA_ISA_NEON    AArch64 Advanced SIMD               src/neon/
  *     MOA_ISA_RVV     RISC-V vector extension 1.0         src/rvv/
- *     MOA_ISA_SCALAR  anything else (rv64gc, -O2 alone)   src/*.c
+ *     MOA_ISA_SCALAR  anything else (rv64gc, -O2 alone)   src/ itself
  *
  * Exactly one is 1. -DMOA_FORCE_SCALAR builds the portable reference on any target: the
  * tests compare every variant with it and the benchmarks count its instructions. Every
