@@ -3,7 +3,7 @@ board against onnxruntime on the original file; moa_gemm_f32 itself against nump
 float64 at sizes that are not multiples of its tiles, under ASan and UBSan."""
 from dataclasses import dataclass
 from pathlib import Path
-import shutil
+import platform
 import subprocess
 
 import numpy as np
@@ -53,6 +53,9 @@ CASES = [
     Case("gemm_no_c", "Gemm", ((9, 33), (33, 13)), attrs=(("alpha", 1.5),)),
     Case("gemm_scalar_c", "Gemm", ((3, 8), (8, 5), ()), attrs=(("beta", 0.25),)),
     Case("gemm_linear_layer", "Gemm", ((6, 16), (10, 16), (10,)), constant=(1, 2), attrs=(("transB", 1),)),
+    Case("gemm_transA_packed_alpha_beta", "Gemm", ((37, 20), (37, 45), (20, 45)), constant=(1,),
+         attrs=(("transA", 1), ("alpha", 0.5), ("beta", -2.0))),
+    Case("matmul_weight_batched_rows", "MatMul", ((2, 3, 17, 40), (40, 33)), constant=(1,)),
 ]
 
 _projects: dict[str, tuple[Path, Path, dict]] = {}
@@ -113,7 +116,7 @@ def test_torch_reference_matches_onnxruntime(case, workdir):
     """The float64 reference executor (evaluate) against onnxruntime's kernels."""
     path, _, _ = project_for(case, workdir)
     graph = load_graph(path)
-    assert [n.op for n in graph.nodes] == [case.op]
+    assert [n.op for n in graph.nodes] == ["MoaGemm" if 1 in case.constant else case.op]  # a weight B is packed
     feeds = _feeds(case)
     _assert_close(run_reference(graph, feeds)["Y"], _expected(path, feeds), case)
 
@@ -127,6 +130,38 @@ def test_generated_c_matches_onnxruntime(case, board_name, workdir):
     feeds = _feeds(case)
     outputs, _ = run(build(project, board), board, report["io"], check_inputs(report["io"], feeds, case.name))
     _assert_close(outputs["Y"], _expected(path, feeds), case)
+
+
+def _linear_model(x_shape, n, bias_shape, rng) -> onnx.ModelProto:
+    """Y = X W + bias, as torch.nn.Linear exports it: MatMul then Add."""
+    w = rng.standard_normal((x_shape[-1], n)).astype(np.float32)
+    bias = rng.standard_normal(bias_shape).astype(np.float32)
+    nodes = [helper.make_node("MatMul", ["X", "W"], ["XW"], name="matmul"),
+             helper.make_node("Add", ["XW", "bias"], ["Y"], name="add_bias")]
+    graph = helper.make_graph(nodes, "linear", [helper.make_tensor_value_info("X", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, (*x_shape[:-1], n))],
+                              initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(bias, "bias")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+@pytest.mark.parametrize("bias_shape", [(35,), (1, 1, 35), ()], ids=["row", "row3d", "scalar"])
+def test_linear_layer_packs_its_weight_and_adds_its_bias_in_the_kernel(bias_shape, board_name, workdir):
+    """MatMul + Add(bias) becomes one MoaGemm: W packed in 16-column panels (zero-padded,
+    so the weights grow from 35 to 48 columns), the bias its C; equal to onnxruntime."""
+    board = require_board(board_name)
+    path = workdir / f"linear_{len(bias_shape)}.onnx"
+    onnx.save(_linear_model((2, 19, 70), 35, bias_shape, np.random.default_rng(7)), path)
+    graph = load_graph(path)
+    assert [n.op for n in graph.nodes] == ["MoaGemm"]
+    project = workdir / f"linear_{len(bias_shape)}_{board_name}"
+    report = convert(path, project)
+    assert report["memory"]["weights_bytes"] == 4 * (70 * 48 + max(1, int(np.prod(bias_shape))))
+    assert "moa_gemm_packed_f32(38, 35, 70," in (project / "model.c").read_text()  # both batches one product
+    feeds = {"X": np.random.default_rng(1).standard_normal((2, 19, 70)).astype(np.float32)}
+    outputs, _ = run(build(project, board), board, report["io"], check_inputs(report["io"], feeds, "linear"))
+    np.testing.assert_allclose(outputs["Y"], _expected(path, feeds), rtol=1e-5, atol=1e-4)
 
 
 def test_broadcast_operand_is_never_expanded(workdir):
@@ -146,12 +181,14 @@ HARNESS = r"""
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "moa/isa.h"
 #include "moa/matmul.h"
 
-/* argv: M N K trans_a trans_b c_rows c_cols alpha beta y_row_stride
+/* argv: M N K trans_a trans_b c_rows c_cols alpha beta y_row_stride packed
  * stdin: A (stored [K][M] when trans_a), B (stored [N][K] when trans_b), C (c_rows x c_cols,
  *        none when c_rows is 0, broadcast to M x N), then Y's initial M x y_row_stride floats
- * stdout: Y. Every buffer is its exact size on the heap, so ASan sees any overrun. */
+ * stdout: Y; stderr: the kernel variant. Every buffer is its exact size on the heap, so ASan
+ * sees any overrun. With `packed`, B is first packed (moa_gemm_pack_b_f32). */
 static float *read_floats(size_t n)
 {
     float *p = malloc(n ? n * sizeof *p : 1);
@@ -164,15 +201,15 @@ static float *read_floats(size_t n)
 int main(int argc, char **argv)
 {
     size_t M, N, K, c_rows, c_cols, y_row_stride;
-    int trans_a, trans_b;
-    float *A, *B, *C, *Y;
+    int trans_a, trans_b, packed;
+    float *A, *B, *C, *Y, *P;
     moa_matrix_f32 a, b, c;
     moa_status status;
-    if (argc != 11) {
+    if (argc != 12) {
         return 2;
     }
     M = strtoul(argv[1], NULL, 10), N = strtoul(argv[2], NULL, 10), K = strtoul(argv[3], NULL, 10);
-    trans_a = atoi(argv[4]), trans_b = atoi(argv[5]);
+    trans_a = atoi(argv[4]), trans_b = atoi(argv[5]), packed = atoi(argv[11]);
     c_rows = strtoul(argv[6], NULL, 10), c_cols = strtoul(argv[7], NULL, 10);
     y_row_stride = strtoul(argv[10], NULL, 10);
     A = read_floats(M * K), B = read_floats(K * N), C = read_floats(c_rows * c_cols);
@@ -180,31 +217,67 @@ int main(int argc, char **argv)
     a.data = A, a.row_stride = trans_a ? 1 : (ptrdiff_t)K, a.col_stride = trans_a ? (ptrdiff_t)M : 1;
     b.data = B, b.row_stride = trans_b ? 1 : (ptrdiff_t)N, b.col_stride = trans_b ? (ptrdiff_t)K : 1;
     c.data = c_rows ? C : NULL, c.row_stride = c_rows == 1 ? 0 : (ptrdiff_t)c_cols, c.col_stride = c_cols == 1 ? 0 : 1;
-    status = moa_gemm_f32(M, N, K, (float)atof(argv[8]), a, b, (float)atof(argv[9]), c, Y, (ptrdiff_t)y_row_stride);
+    P = malloc(MOA_GEMM_PACKED_B_ELEMS(K, N) * sizeof *P + 1);
+    if (P == NULL) {
+        return 2;
+    }
+    moa_gemm_pack_b_f32(K, N, b, P);
+    status = packed ? moa_gemm_packed_f32(M, N, K, (float)atof(argv[8]), a, P, (float)atof(argv[9]), c, Y,
+                                          (ptrdiff_t)y_row_stride)
+                    : moa_gemm_f32(M, N, K, (float)atof(argv[8]), a, b, (float)atof(argv[9]), c, Y,
+                                   (ptrdiff_t)y_row_stride);
+    fprintf(stderr, "isa=%s\n", MOA_ISA_NAME);
     if (fwrite(Y, sizeof *Y, M * y_row_stride, stdout) != M * y_row_stride) {
         return 2;
     }
-    free(A), free(B), free(C), free(Y);
+    free(A), free(B), free(C), free(Y), free(P);
     return status == MOA_OK ? 0 : 100 + (int)status;
 }
 """
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer"]
 SENTINEL = np.float32(12345.0)
+GEMM_SOURCES = [C_RUNTIME_DIR / "src" / "matmul.c", *sorted(C_RUNTIME_DIR.glob("src/*/gemm_f32_*.c"))]
+
+# Every register-tile variant (moa/gemm_tile.h): (board, extra C flags, emulator options, the
+# variant the build must report). The host builds cover AVX-512 under the sanitizers (when
+# the host has it: -march=native), AVX2 + FMA, and the scalar reference.
+GEMM_VARIANTS = {
+    "host-native-sanitized": ("host", SANITIZE, None, None),
+    "host-avx2": ("host", ["-mavx2", "-mfma", "-mno-avx512f"], None, "avx2"),
+    "host-scalar": ("host", ["-DMOA_FORCE_SCALAR"], None, "scalar"),
+    "rpi4-neon": ("rpi4", [], None, "neon"),
+    "rpi4-scalar": ("rpi4", ["-DMOA_FORCE_SCALAR"], None, "scalar"),
+    "k230-rvv-vlen128": ("k230", [], None, "rvv"),
+    "k230-rvv-vlen256": ("k230", [], "vlen=256", "rvv"),
+}
 
 
-@pytest.fixture(scope="module")
-def gemm_exe(tmp_path_factory):
-    if shutil.which("cc") is None:
-        pytest.skip("no host C compiler (cc)")
+@dataclass(frozen=True)
+class GemmExe:
+    command: list
+    isa: str | None
+
+
+@pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)
+def gemm_exe(request, tmp_path_factory):
+    board_name, extra, vlen, isa = GEMM_VARIANTS[request.param]
+    if isa in ("avx2",) and platform.machine() != "x86_64":
+        pytest.skip("an x86-64 variant on a non-x86 host")
+    board = require_board(board_name)
     tmp = tmp_path_factory.mktemp("gemm")
     (tmp / "main.c").write_text(HARNESS)
     exe = tmp / "gemm_main"
-    subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", *SANITIZE, f"-I{C_RUNTIME_DIR / 'include'}",
-                    str(tmp / "main.c"), str(C_RUNTIME_DIR / "src" / "matmul.c"), "-o", str(exe)], check=True)
-    return exe
+    flags = [*board.toolchain.get("cflags", []), *extra, "-std=c99", "-Wall", "-Wextra", "-Werror"]
+    subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"),
+                    *map(str, GEMM_SOURCES), *board.toolchain.get("ldflags", []), "-o", str(exe)], check=True)
+    runner = board.runner()
+    if vlen:
+        runner = [part.replace("vlen=128", vlen) for part in runner]
+    return GemmExe(runner + [str(exe)], isa)
 
 
-def _run_gemm(exe, M, N, K, trans_a=False, trans_b=False, c_shape=None, alpha=1.0, beta=1.0, pad=0, seed=0):
+def _run_gemm(exe, M, N, K, trans_a=False, trans_b=False, c_shape=None, alpha=1.0, beta=1.0, pad=0, seed=0,
+              packed=False):
     """(moa_gemm_f32's Y including the padding columns, numpy's float64 Y, the exit code)."""
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((M, K)).astype(np.float32)
@@ -212,9 +285,11 @@ def _run_gemm(exe, M, N, K, trans_a=False, trans_b=False, c_shape=None, alpha=1.
     c = rng.standard_normal(c_shape).astype(np.float32) if c_shape else np.zeros((0, 0), np.float32)
     y0 = np.full((M, N + pad), SENTINEL, np.float32)
     stdin = b"".join(np.ascontiguousarray(x).tobytes() for x in (a.T if trans_a else a, b.T if trans_b else b, c, y0))
-    args = [M, N, K, int(trans_a), int(trans_b), *(c_shape or (0, 0)), alpha, beta, N + pad]
-    proc = subprocess.run([str(exe), *map(str, args)], input=stdin, capture_output=True)
+    args = [M, N, K, int(trans_a), int(trans_b), *(c_shape or (0, 0)), alpha, beta, N + pad, int(packed)]
+    proc = subprocess.run([*exe.command, *map(str, args)], input=stdin, capture_output=True)
     assert proc.returncode == 0 or proc.returncode > 100, proc.stderr.decode()  # else the harness itself failed
+    if exe.isa is not None:
+        assert f"isa={exe.isa}" in proc.stderr.decode(), proc.stderr.decode()
     got = np.frombuffer(proc.stdout, np.float32).reshape(M, N + pad)
     expected = alpha * (a.astype(np.float64) @ b.astype(np.float64))
     if c_shape:
@@ -227,20 +302,26 @@ def _assert_gemm_close(got, expected, K, N):
     assert np.all(got[:, N:] == SENTINEL), "Y's padding columns were written"
 
 
+# Below, at and past one register tile (MR is 4 to 14, NR 16) and one cache block: the last
+# has M past MOA_GEMM_MC and K past MOA_GEMM_KC, so the sum is split and Y accumulated.
 SIZES = [(1, 1, 1), (1, 3, 7), (3, 7, 13), (7, 13, 33), (13, 33, 1), (33, 1, 13), (4, 8, 16), (8, 16, 9),
-         (70, 300, 260)]  # the last: M past MOA_GEMM_MC, N past MOA_GEMM_NC, K past MOA_GEMM_KC
+         (14, 16, 5), (15, 17, 19), (29, 48, 40), (70, 300, 260), (130, 40, 600)]
 
 
-@pytest.mark.parametrize("trans_a, trans_b", [(0, 0), (1, 0), (0, 1), (1, 1)], ids=["nn", "tn", "nt", "tt"])
+@pytest.mark.board
+@pytest.mark.parametrize("trans_a, trans_b, packed", [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1)],
+                         ids=["nn", "tn", "nt", "tt", "n-packed", "t-packed"])
 @pytest.mark.parametrize("M, N, K", SIZES, ids=lambda s: str(s))
-def test_gemm_kernel_matches_numpy(gemm_exe, M, N, K, trans_a, trans_b):
-    """Transposed operands and a full C through strides, into a Y with padded rows."""
+def test_gemm_kernel_matches_numpy(gemm_exe, M, N, K, trans_a, trans_b, packed):
+    """Transposed operands and a full C through strides, into a Y with padded rows; B read
+    in place, through a stack panel, or packed."""
     got, expected, rc = _run_gemm(gemm_exe, M, N, K, trans_a, trans_b, c_shape=(M, N), alpha=0.75, beta=-1.5,
-                                  pad=3, seed=M * 10000 + N * 100 + K)
+                                  pad=3, seed=M * 10000 + N * 100 + K, packed=packed)
     assert rc == 0
     _assert_gemm_close(got, expected, K, N)
 
 
+@pytest.mark.board
 @pytest.mark.parametrize("c_shape", [None, (1, 1), (1, 13), (7, 1), (7, 13)], ids=str)
 def test_gemm_kernel_broadcasts_c_by_zero_strides(gemm_exe, c_shape):
     got, expected, rc = _run_gemm(gemm_exe, 7, 13, 33, c_shape=c_shape, alpha=2.0, beta=0.5, seed=3)
@@ -258,7 +339,7 @@ def test_gemm_kernel_rejects_overlapping_rows_of_y(gemm_exe, tmp_path):
     """y_row_stride < N would make row 1 overwrite row 0: MOA_ERR_BAD_PARAMS, Y untouched."""
     rng = np.random.default_rng(0)
     stdin = rng.standard_normal(3 * 4 + 4 * 5).astype(np.float32).tobytes() + np.full(3 * 4, SENTINEL).astype(np.float32).tobytes()
-    proc = subprocess.run([str(gemm_exe), "3", "5", "4", "0", "0", "0", "0", "1", "1", "4"], input=stdin,
+    proc = subprocess.run([*gemm_exe.command, "3", "5", "4", "0", "0", "0", "0", "1", "1", "4", "0"], input=stdin,
                           capture_output=True)
     assert proc.returncode == 104  # 100 + MOA_ERR_BAD_PARAMS
     assert np.all(np.frombuffer(proc.stdout, np.float32) == SENTINEL)

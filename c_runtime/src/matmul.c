@@ -1,15 +1,20 @@
-/* moa_gemm_f32, the portable scalar reference.
+/* moa_gemm_f32 and moa_gemm_packed_f32: Goto's loop order around one register tile.
  *
- * Goto's loop order without packing: an NC-wide slab of columns, a KC-deep slice of the
- * sum, an MC-tall block of rows, then MR x NR register tiles. Each tile's KC x NR panel of
- * B stays in L1 while the MC x KC block of A is reused from L2 across the panels. The
- * full-tile micro-kernel is the one an ISA variant (NEON, RVV) replaces; partial tiles at
- * the edges stay scalar. */
+ * A KC-deep slice of the sum, an MC-tall block of rows of A (kept in L2), a 16-wide panel
+ * of B (KC x 16, kept in L1), then MR x 16 register tiles (moa/gemm_tile.h, one per ISA).
+ * Weights arrive packed (the panel layout of matmul.h, made at conversion); any other B is
+ * read in place when a panel is 16 contiguous columns and copied to a stack panel when it
+ * is not. Y = beta * C is written first, so every slice of the sum only adds to Y. */
 #include "moa/matmul.h"
+#include "moa/gemm_tile.h"
 
-/* Register tile: MR x NR accumulators live in registers for a whole KC slice. */
-#define MOA_GEMM_MR 4
-#define MOA_GEMM_NR 8
+#define MOA_GEMM_MC (MOA_GEMM_MR * MOA_GEMM_MC_TILES)
+
+/* Where B comes from: a packed copy, or a strided view. */
+typedef struct {
+    const float *packed;
+    moa_matrix_f32 view;
+} b_source;
 
 static size_t min_size(size_t a, size_t b)
 {
@@ -21,112 +26,172 @@ static float at(moa_matrix_f32 m, size_t i, size_t j)
     return m.data[(ptrdiff_t)i * m.row_stride + (ptrdiff_t)j * m.col_stride];
 }
 
-/* The view whose [0][0] is m[i][j]. An absent operand (NULL) stays absent: offsetting a
- * null pointer is undefined even when nothing is read through it. */
-static moa_matrix_f32 view_at(moa_matrix_f32 m, size_t i, size_t j)
+#if MOA_ISA_SCALAR
+/* The reference tile: kc rank-1 updates, a column of A times a row of B. */
+void moa_gemm_tile_f32_4x16_scalar(MOA_GEMM_TILE_PARAMS)
 {
-    if (m.data != NULL) {
-        m.data += (ptrdiff_t)i * m.row_stride + (ptrdiff_t)j * m.col_stride;
-    }
-    return m;
-}
-
-/* acc = A[0:MR, 0:kc] B[0:kc, 0:NR] as kc rank-1 updates: a column of A times a row of B.
- * Constant trip counts let the compiler unroll the tile and keep acc in registers. */
-static void tile_f32_4x8_scalar(size_t kc, moa_matrix_f32 a, moa_matrix_f32 b,
-                                float acc[MOA_GEMM_MR][MOA_GEMM_NR])
-{
+    float acc[MOA_GEMM_MR][MOA_GEMM_NR] = {{0.0f}};
     size_t i, j, p;
-    for (i = 0; i < MOA_GEMM_MR; i++) {
-        for (j = 0; j < MOA_GEMM_NR; j++) {
-            acc[i][j] = 0.0f;
-        }
-    }
     for (p = 0; p < kc; p++) {
-        float a_col[MOA_GEMM_MR], b_row[MOA_GEMM_NR];
+        const float *b_row = b + (ptrdiff_t)p * b_row_stride;
         for (i = 0; i < MOA_GEMM_MR; i++) {
-            a_col[i] = at(a, i, p);
-        }
-        for (j = 0; j < MOA_GEMM_NR; j++) {
-            b_row[j] = at(b, p, j);
-        }
-        for (i = 0; i < MOA_GEMM_MR; i++) {
+            const float a_ip = a[(ptrdiff_t)i * a_row_stride + (ptrdiff_t)p * a_col_stride];
             for (j = 0; j < MOA_GEMM_NR; j++) {
-                acc[i][j] += a_col[i] * b_row[j];
+                acc[i][j] += a_ip * b_row[j];
             }
         }
     }
+    for (i = 0; i < MOA_GEMM_MR; i++) {
+        float *y_row = y + (ptrdiff_t)i * y_row_stride;
+        for (j = 0; j < MOA_GEMM_NR; j++) {
+            y_row[j] = alpha * acc[i][j] + (accumulate ? y_row[j] : 0.0f);
+        }
+    }
+}
+#endif
+
+/* Rows p0 .. p0 + kc of B's panel q as (pointer, row stride): in place when they are 16
+ * contiguous columns, else copied into `buffer` (kc x 16, zero past column N). */
+static const float *panel_rows(b_source b, size_t K, size_t N, size_t q, size_t p0, size_t kc, float *buffer,
+                               ptrdiff_t *row_stride)
+{
+    const size_t j0 = q * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NR, N - j0);
+    size_t p, j;
+    if (b.packed != NULL) {
+        *row_stride = MOA_GEMM_NR;
+        return b.packed + (q * K + p0) * MOA_GEMM_NR;
+    }
+    if (b.view.col_stride == 1 && nr == MOA_GEMM_NR) {
+        *row_stride = b.view.row_stride;
+        return b.view.data + (ptrdiff_t)p0 * b.view.row_stride + (ptrdiff_t)j0;
+    }
+    for (p = 0; p < kc; p++) {
+        for (j = 0; j < MOA_GEMM_NR; j++) {
+            buffer[p * MOA_GEMM_NR + j] = j < nr ? at(b.view, p0 + p, j0 + j) : 0.0f;
+        }
+    }
+    *row_stride = MOA_GEMM_NR;
+    return buffer;
 }
 
-/* The same sum for a partial tile at the bottom or right edge (mr <= MR, nr <= NR). */
-static void tile_f32_edge_scalar(size_t kc, size_t mr, size_t nr, moa_matrix_f32 a, moa_matrix_f32 b,
-                                 float acc[MOA_GEMM_MR][MOA_GEMM_NR])
+/* An mr x nr tile at the bottom or right edge. With M >= MR the full tile is computed from
+ * the MR rows ending at the tile's last row (all inside A) and only the edge is stored;
+ * a matrix shorter than one tile takes the plain sums. */
+static void edge_tile(size_t M, size_t i, size_t mr, size_t nr, size_t kc, moa_matrix_f32 a_slice,
+                      const float *b, ptrdiff_t b_row_stride, float alpha, float *y, ptrdiff_t y_row_stride,
+                      int accumulate)
 {
-    size_t i, j, p;
-    for (i = 0; i < mr; i++) {
+    size_t r, j, p;
+    if (M >= MOA_GEMM_MR) {
+        const size_t first = min_size(i, M - MOA_GEMM_MR);
+        float tile[MOA_GEMM_MR * MOA_GEMM_NR];
+        moa_gemm_tile_f32(kc, a_slice.data + (ptrdiff_t)first * a_slice.row_stride, a_slice.row_stride,
+                          a_slice.col_stride, b, b_row_stride, alpha, tile, MOA_GEMM_NR, 0);
+        for (r = i; r < i + mr; r++) {
+            float *y_row = y + (ptrdiff_t)r * y_row_stride;
+            for (j = 0; j < nr; j++) {
+                y_row[j] = tile[(r - first) * MOA_GEMM_NR + j] + (accumulate ? y_row[j] : 0.0f);
+            }
+        }
+        return;
+    }
+    for (r = i; r < i + mr; r++) {
+        float *y_row = y + (ptrdiff_t)r * y_row_stride;
         for (j = 0; j < nr; j++) {
             float sum = 0.0f;
             for (p = 0; p < kc; p++) {
-                sum += at(a, i, p) * at(b, p, j);
+                sum += at(a_slice, r, p) * b[(ptrdiff_t)p * b_row_stride + (ptrdiff_t)j];
             }
-            acc[i][j] = sum;
+            y_row[j] = alpha * sum + (accumulate ? y_row[j] : 0.0f);
         }
     }
 }
 
-/* Y tile = alpha * acc + what came before: beta * C in the first K slice (C read just
- * before its element of Y is written, so C may be Y), the partial sum in Y after it. */
-static void store_tile(size_t mr, size_t nr, float acc[MOA_GEMM_MR][MOA_GEMM_NR], float alpha, float beta,
-                       moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride, int first_k_slice)
+static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b, float beta,
+                       moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
-    size_t i, j;
-    for (i = 0; i < mr; i++) {
-        for (j = 0; j < nr; j++) {
-            float *out = &y[(ptrdiff_t)i * y_row_stride + (ptrdiff_t)j];
-            const float before = !first_k_slice ? *out : c.data != NULL ? beta * at(c, i, j) : 0.0f;
-            *out = alpha * acc[i][j] + before;
-        }
-    }
-}
-
-moa_status moa_gemm_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_matrix_f32 b,
-                        float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
-{
-    size_t j0, p0, i0, jr, ir;
+    float buffer[MOA_GEMM_KC * MOA_GEMM_NR];
+    size_t i, j, p0, i0, q;
     if (M == 0 || N == 0) {
         return MOA_OK;
     }
-    if (y == NULL || (K > 0 && (a.data == NULL || b.data == NULL))) {
+    if (y == NULL || (K > 0 && (a.data == NULL || (b.packed == NULL && b.view.data == NULL)))) {
         return MOA_ERR_NULL_ARGUMENT;
     }
     if (M > 1 && y_row_stride < (ptrdiff_t)N) {
         return MOA_ERR_BAD_PARAMS;
     }
-    for (j0 = 0; j0 < N; j0 += MOA_GEMM_NC) {
-        const size_t nc = min_size(MOA_GEMM_NC, N - j0);
-        p0 = 0;
-        do { /* at least once: with K == 0 the first slice still writes beta * C */
-            const size_t kc = min_size(MOA_GEMM_KC, K - p0);
-            for (i0 = 0; i0 < M; i0 += MOA_GEMM_MC) {
-                const size_t mc = min_size(MOA_GEMM_MC, M - i0);
-                for (jr = 0; jr < nc; jr += MOA_GEMM_NR) {
-                    for (ir = 0; ir < mc; ir += MOA_GEMM_MR) {
-                        const size_t i = i0 + ir, j = j0 + jr;
-                        const size_t mr = min_size(MOA_GEMM_MR, mc - ir), nr = min_size(MOA_GEMM_NR, nc - jr);
-                        const moa_matrix_f32 a_tile = view_at(a, i, p0), b_tile = view_at(b, p0, j);
-                        float acc[MOA_GEMM_MR][MOA_GEMM_NR];
-                        if (mr == MOA_GEMM_MR && nr == MOA_GEMM_NR) {
-                            tile_f32_4x8_scalar(kc, a_tile, b_tile, acc);
-                        } else {
-                            tile_f32_edge_scalar(kc, mr, nr, a_tile, b_tile, acc);
-                        }
-                        store_tile(mr, nr, acc, alpha, beta, view_at(c, i, j),
-                                   y + (ptrdiff_t)i * y_row_stride + (ptrdiff_t)j, y_row_stride, p0 == 0);
+    /* Y = beta * C (C read just before its element of Y is written, so C may be Y). */
+    for (i = 0; i < M; i++) {
+        for (j = 0; j < N; j++) {
+            float *out = &y[(ptrdiff_t)i * y_row_stride + (ptrdiff_t)j];
+            if (c.data != NULL) {
+                *out = beta * at(c, i, j);
+            } else if (K == 0) {
+                *out = 0.0f;
+            }
+        }
+    }
+    for (p0 = 0; p0 < K; p0 += MOA_GEMM_KC) {
+        const size_t kc = min_size(MOA_GEMM_KC, K - p0);
+        const int accumulate = p0 > 0 || c.data != NULL;
+        moa_matrix_f32 a_slice = a;
+        a_slice.data += (ptrdiff_t)p0 * a.col_stride;
+        for (i0 = 0; i0 < M; i0 += MOA_GEMM_MC) {
+            const size_t mc = min_size(MOA_GEMM_MC, M - i0);
+            for (q = 0; q * MOA_GEMM_NR < N; q++) {
+                const size_t j0 = q * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NR, N - j0);
+                ptrdiff_t b_row_stride;
+                const float *b_rows = panel_rows(b, K, N, q, p0, kc, buffer, &b_row_stride);
+                float *y_cols = y + (ptrdiff_t)j0;
+                for (i = i0; i < i0 + mc; i += MOA_GEMM_MR) {
+                    const size_t mr = min_size(MOA_GEMM_MR, i0 + mc - i);
+                    if (mr == MOA_GEMM_MR && nr == MOA_GEMM_NR) {
+                        moa_gemm_tile_f32(kc, a_slice.data + (ptrdiff_t)i * a.row_stride, a.row_stride, a.col_stride,
+                                          b_rows, b_row_stride, alpha, y_cols + (ptrdiff_t)i * y_row_stride,
+                                          y_row_stride, accumulate);
+                    } else {
+                        edge_tile(M, i, mr, nr, kc, a_slice, b_rows, b_row_stride, alpha, y_cols, y_row_stride,
+                                  accumulate);
                     }
                 }
             }
-            p0 += kc;
-        } while (p0 < K);
+        }
     }
     return MOA_OK;
+}
+
+moa_status moa_gemm_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_matrix_f32 b,
+                        float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
+    b_source source;
+    source.packed = NULL;
+    source.view = b;
+    return gemm(M, N, K, alpha, a, source, beta, c, y, y_row_stride);
+}
+
+moa_status moa_gemm_packed_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, const float *packed_b,
+                               float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
+    b_source source;
+    if (packed_b == NULL && K > 0 && M > 0 && N > 0) {
+        return MOA_ERR_NULL_ARGUMENT;
+    }
+    source.packed = packed_b;
+    source.view.data = NULL;
+    source.view.row_stride = source.view.col_stride = 0;
+    return gemm(M, N, K, alpha, a, source, beta, c, y, y_row_stride);
+}
+
+void moa_gemm_pack_b_f32(size_t K, size_t N, moa_matrix_f32 b, float *packed)
+{
+    size_t q, p, j;
+    for (q = 0; q * MOA_GEMM_NR < N; q++) {
+        for (p = 0; p < K; p++) {
+            for (j = 0; j < MOA_GEMM_NR; j++) {
+                const size_t col = q * MOA_GEMM_NR + j;
+                *packed++ = col < N ? at(b, p, col) : 0.0f;
+            }
+        }
+    }
 }

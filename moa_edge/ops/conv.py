@@ -14,8 +14,10 @@ import torch.nn.functional as F
 
 from moa_edge.errors import MoaEdgeError
 
+from . import matmul
+
 OPS = ("Conv",)
-C_SOURCES = ["conv.c", "matmul.c"]
+C_SOURCES = ["conv.c", *matmul.C_SOURCES]
 HEADER = '#include "moa/conv.h"'
 
 

@@ -1,10 +1,14 @@
-"""MatMul and Gemm: one moa_gemm_f32 call per matrix of the product.
+"""MatMul, Gemm and MoaGemm: one moa_gemm_f32 call per matrix of the product.
 
 MatMul follows numpy: 1-D operands gain (and the result loses) a unit row or column, and
 the batch axes broadcast; the generated C loops over the output's batch axes and offsets
 each operand by its row-major batch strides (0 on an axis it broadcasts), so no operand is
 ever expanded. Gemm's transposes and its broadcast bias C are strides of the views the
 kernel reads through, never copies.
+
+MoaGemm (made by passes/pack.py) is a MatMul or Gemm whose B is a weight, packed at
+conversion in the kernel's panel layout (matmul.h), Y[..., M, N] = alpha A[..., M, K] B + beta C
+with C a bias row or scalar; A's batch axes are more rows of one product, since B is shared.
 """
 from __future__ import annotations
 
@@ -17,8 +21,11 @@ import torch
 from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import Layout
 
-OPS = ("MatMul", "Gemm")
-C_SOURCES = ["matmul.c"]
+OPS = ("MatMul", "Gemm", "MoaGemm")
+# The driver and every ISA's register tile (moa/gemm_tile.h); all but one compile empty.
+C_SOURCES = ["matmul.c", "x86/gemm_f32_avx512.c", "x86/gemm_f32_avx2.c", "neon/gemm_f32_neon.c",
+             "rvv/gemm_f32_rvv.c"]
+PANEL = 16  # MOA_GEMM_NR: the columns of B in one packed panel
 HEADER = '#include "moa/matmul.h"'
 
 
@@ -26,7 +33,29 @@ def scratch_bytes(node, graph=None) -> int:
     return 0
 
 
+def pack_b(b: np.ndarray) -> np.ndarray:
+    """B (K x N) as matmul.h's packed panels (panels, K, 16): panel q holds columns
+    16q .. 16q + 15 row after row, the last zero-padded."""
+    k, n = b.shape
+    panels = -(-n // PANEL)
+    padded = np.zeros((k, panels * PANEL), np.float32)
+    padded[:, :n] = b
+    return np.ascontiguousarray(padded.reshape(k, panels, PANEL).transpose(1, 0, 2))
+
+
+def unpack_b(packed: torch.Tensor, n: int) -> torch.Tensor:
+    """pack_b undone: the K x N matrix."""
+    panels, k, _ = packed.shape
+    return packed.permute(1, 0, 2).reshape(k, panels * PANEL)[:, :n]
+
+
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    if node.op == "MoaGemm":
+        a = inputs[0].T if node.attrs["trans_a"] else inputs[0]
+        y = node.attrs["alpha"] * (a @ unpack_b(inputs[1], node.attrs["n"]))
+        if len(inputs) > 2 and inputs[2] is not None:
+            y = y + node.attrs["beta"] * inputs[2]
+        return [y]
     if node.op == "MatMul":
         return [torch.matmul(inputs[0], inputs[1])]
     a, b = inputs[0], inputs[1]
@@ -58,10 +87,10 @@ def _float(x: float) -> str:
     return f"{np.float32(x)}f"
 
 
-def _gemm_call(M, N, K, alpha, a, b, beta, c, y) -> str:
+def _gemm_call(M, N, K, alpha, a, b, beta, c, y, function="moa_gemm_f32") -> str:
     """The call grouped as the equation reads: alpha A B, beta C, then Y."""
-    indent = " " * len("status = moa_gemm_f32(")
-    return (f"status = moa_gemm_f32({M}, {N}, {K},\n"
+    indent = " " * len(f"status = {function}(")
+    return (f"status = {function}({M}, {N}, {K},\n"
             f"{indent}{_float(alpha)}, {a}, {b},\n"
             f"{indent}{_float(beta)}, {c},\n"
             f"{indent}{y}, {N});\n"
@@ -92,8 +121,28 @@ def _check_float(node, graph) -> None:
 def emit(node, ctx):
     from . import EmittedUnit
     _check_float(node, ctx.graph)
-    emit_op = _emit_gemm if node.op == "Gemm" else _emit_matmul
+    emit_op = {"Gemm": _emit_gemm, "MatMul": _emit_matmul, "MoaGemm": _emit_packed}[node.op]
     return EmittedUnit(emit_op(node, ctx), declarations=[HEADER])
+
+
+def _bias_view(node, ctx) -> str:
+    """C broadcast to [M, N]: a size-1 (or missing) axis is read with stride 0."""
+    if len(node.inputs) < 3 or not node.inputs[2]:
+        return _view("NULL", 0, 0)
+    rows, cols = ((1, 1) + tuple(ctx.graph.tensors[node.inputs[2]].shape))[-2:]
+    return _view(ctx.where[node.inputs[2]], cols if rows != 1 else 0, 1 if cols != 1 else 0)
+
+
+def _emit_packed(node, ctx) -> str:
+    a_shape = tuple(ctx.graph.tensors[node.inputs[0]].shape)
+    _, K, _ = ctx.graph.tensors[node.inputs[1]].shape
+    N, trans_a = node.attrs["n"], node.attrs["trans_a"]
+    M = a_shape[-1] if trans_a else math.prod(a_shape[:-1])  # transA only on a 2-D Gemm
+    a = _view(ctx.where[node.inputs[0]], *((1, M) if trans_a else (K, 1)))
+    call = _gemm_call(M, N, K, node.attrs["alpha"], a, ctx.where[node.inputs[1]], node.attrs["beta"],
+                      _bias_view(node, ctx), ctx.where[node.outputs[0]], function="moa_gemm_packed_f32")
+    return "\n".join([f"    /* {node.name}: {node.attrs.get('source', 'MatMul')} with packed weights, "
+                      f"M={M} N={N} K={K}{' (transA)' if trans_a else ''} */", *_indent(call, 1)]) + "\n"
 
 
 def _emit_gemm(node, ctx) -> str:
@@ -103,11 +152,7 @@ def _emit_gemm(node, ctx) -> str:
     # A stored [K, M] when transposed: A[m][k] sits at k * M + m; likewise B stored [N, K].
     a = _view(ctx.where[node.inputs[0]], *((1, M) if trans_a else (K, 1)))
     b = _view(ctx.where[node.inputs[1]], *((1, K) if trans_b else (N, 1)))
-    if shapes[2] is None:
-        c = _view("NULL", 0, 0)
-    else:  # C broadcasts to [M, N]: a size-1 (or missing) axis is read with stride 0
-        rows, cols = ((1, 1) + tuple(shapes[2]))[-2:]
-        c = _view(ctx.where[node.inputs[2]], cols if rows != 1 else 0, 1 if cols != 1 else 0)
+    c = _bias_view(node, ctx)
     flags = ", ".join(f for f, on in (("transA", trans_a), ("transB", trans_b)) if on)
     call = _gemm_call(M, N, K, node.attrs.get("alpha", 1.0), a, b, node.attrs.get("beta", 1.0), c,
                       ctx.where[node.outputs[0]])

@@ -10,6 +10,7 @@ from moa_edge.ops import SUPPORTED_OPS
 from .attention import rewrite_attention
 from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision
 from .fold import fold_constants, infer_missing_shapes
+from .pack import pack_weights
 
 
 def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
@@ -35,6 +36,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         rewrite_attention(graph)
     lower_copies(graph)
     fold_constants(graph)
+    pack_weights(graph)
     graph.remove_dead()
     if not strict:
         return graph

@@ -20,23 +20,36 @@ typedef struct {
     ptrdiff_t col_stride;
 } moa_matrix_f32;
 
-/* Cache blocking (Goto's loop order; see matmul.c). The defaults keep a KC x NR panel of
- * B in a 32 KiB L1D and an MC x KC block of A in L2; a board may override them with -D. */
+/* Cache blocking (Goto's loop order; see matmul.c). A KC x 16 panel of B stays in a
+ * 32 KiB L1D and an MC x KC block of A in L2; a board may override them with -D. */
 #ifndef MOA_GEMM_KC
 #define MOA_GEMM_KC 256
 #endif
-#ifndef MOA_GEMM_MC
-#define MOA_GEMM_MC 64
+#ifndef MOA_GEMM_MC_TILES
+#define MOA_GEMM_MC_TILES 8 /* MC = this many register tiles of rows */
 #endif
-#ifndef MOA_GEMM_NC
-#define MOA_GEMM_NC 256
-#endif
+
+/* Packed B: the columns of B (K x N) in panels of MOA_GEMM_NR; panel q holds
+ * B[0:K][q*NR : q*NR + NR] row after row (K * NR contiguous floats), the last panel padded
+ * with zeros. The layout is the same on every ISA, so weights are packed once, when the
+ * model is converted, and the kernel's innermost load is one contiguous row of a panel. */
+#define MOA_GEMM_NR 16
+#define MOA_GEMM_PACKED_B_ELEMS(K, N) ((size_t)(K) * (((size_t)(N) + MOA_GEMM_NR - 1) / MOA_GEMM_NR) * MOA_GEMM_NR)
+
+/* packed (MOA_GEMM_PACKED_B_ELEMS(K, N) floats) = B in the panel layout above. */
+void moa_gemm_pack_b_f32(size_t K, size_t N, moa_matrix_f32 b, float *packed);
+
+/* As moa_gemm_f32, with B given packed. */
+moa_status moa_gemm_packed_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, const float *packed_b,
+                               float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
 
 /* Y (M x N, row stride y_row_stride >= N) = alpha * A (M x K) B (K x N) + beta * C.
  * C is optional: c.data == NULL adds nothing. C may be Y itself (same strides) for an
  * in-place update; otherwise Y must not overlap an operand. K == 0 gives beta * C (or 0).
  * Returns MOA_ERR_NULL_ARGUMENT for a missing A, B or Y that would be read or written,
- * MOA_ERR_BAD_PARAMS when the rows of Y would overlap. */
+ * MOA_ERR_BAD_PARAMS when the rows of Y would overlap. A panel of B that is not already 16
+ * contiguous columns (transposed, or the last panel) is copied to MOA_GEMM_KC * 16 floats
+ * of stack (16 KiB by default). */
 moa_status moa_gemm_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_matrix_f32 b,
                         float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
 

@@ -1,0 +1,82 @@
+"""Weights packed for the GEMM kernel once, at conversion, never at run time.
+
+A MatMul or Gemm whose B is a float32 weight becomes MoaGemm over B in the kernel's panel
+layout (ops/matmul.py pack_b). A bias added right after a MatMul (a constant row [N] or a
+scalar, as every Linear layer exports it) becomes MoaGemm's C: the kernel writes Y = bias
+first and adds A B to it, so the bias costs no pass of its own.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from moa_edge.ir import Graph, Node, Tensor
+from moa_edge.ops.matmul import pack_b
+
+
+def _packed_weight(graph: Graph, name: str, transposed: bool) -> str:
+    """The name of B packed (made once per weight and orientation)."""
+    packed = f"{name}__packed{'_t' if transposed else ''}"
+    if packed not in graph.tensors:
+        b = graph.constant(name)
+        data = pack_b(np.ascontiguousarray(b.T if transposed else b))
+        graph.tensors[packed] = Tensor(packed, tuple(data.shape), "float32", data)
+    return packed
+
+
+def _bias_row(graph: Graph, y: str) -> tuple[Node, str] | None:
+    """The Add consuming Y alone that adds a constant row [N] or scalar, and that bias."""
+    consumers = graph.consumers(y)
+    if y in graph.outputs or len(consumers) != 1 or consumers[0].op != "Add":
+        return None
+    add = consumers[0]
+    if len(add.inputs) != 2 or add.inputs.count(y) != 1:
+        return None
+    bias = add.inputs[1] if add.inputs[0] == y else add.inputs[0]
+    data, shape = graph.constant(bias), tuple(graph.tensors[y].shape)
+    if data is None or data.dtype != np.float32 or tuple(graph.tensors[add.outputs[0]].shape) != shape:
+        return None
+    if math.prod(data.shape[:-1]) != 1 or data.ndim > len(shape) or (data.ndim and data.shape[-1] not in (1, shape[-1])):
+        return None
+    return add, bias
+
+
+def _packable(graph: Graph, node: Node) -> bool:
+    if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
+        return False
+    a, b = (graph.tensors.get(n) for n in node.inputs[:2])
+    weight = graph.constant(node.inputs[1])
+    return (a is not None and weight is not None and weight.ndim == 2 and weight.dtype == np.float32
+            and a.dtype == "float32" and len(a.shape) >= 2)
+
+
+def pack_weights(graph: Graph) -> int:
+    """Rewrite every MatMul and Gemm with a weight B; returns how many."""
+    count = 0
+    for node in list(graph.nodes):
+        if not _packable(graph, node):
+            continue
+        a, weight = node.inputs[0], node.inputs[1]
+        if node.op == "Gemm":
+            attrs = node.attrs
+            n = graph.constant(weight).shape[0 if attrs.get("transB", 0) else 1]
+            inputs = [a, _packed_weight(graph, weight, bool(attrs.get("transB", 0)))] + node.inputs[2:3]
+            gemm = Node("MoaGemm", node.name, inputs, list(node.outputs),
+                        {"n": n, "trans_a": int(attrs.get("transA", 0)), "alpha": float(attrs.get("alpha", 1.0)),
+                         "beta": float(attrs.get("beta", 1.0)), "source": "Gemm"})
+        else:
+            n = graph.constant(weight).shape[1]
+            inputs, outputs = [a, _packed_weight(graph, weight, False)], list(node.outputs)
+            bias = _bias_row(graph, node.outputs[0])
+            if bias is not None:  # Y = A B + bias: the Add's output is the MoaGemm's
+                add, bias_name = bias
+                inputs.append(bias_name)
+                outputs = list(add.outputs)
+                graph.nodes.remove(add)
+            gemm = Node("MoaGemm", node.name, inputs, outputs,
+                        {"n": n, "trans_a": 0, "alpha": 1.0, "beta": 1.0,
+                         "source": "MatMul + Add" if bias is not None else "MatMul"})
+        graph.nodes[graph.nodes.index(node)] = gemm
+        count += 1
+    return count
