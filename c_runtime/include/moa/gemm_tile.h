@@ -9,7 +9,7 @@
  * over cache blocks and handles the edges.
  *
  *     variant                          MR x NR   registers
- *     moa_gemm_tile_f32_14x16_avx512   14 x 16   14 zmm accumulators (of 32)
+ *     moa_gemm_tile_f32_16x16_avx512   16 x 16   16 zmm accumulators (of 32)
  *     moa_gemm_tile_f32_6x16_avx2       6 x 16   12 ymm accumulators (of 16)
  *     moa_gemm_tile_f32_5x16_neon       5 x 16   20 q accumulators (of 32)
  *     moa_gemm_tile_f32_7x16_rvv        7 x 16   7 m4 groups (of 8), vl = 16 for any VLEN >= 128
@@ -27,8 +27,8 @@
         ptrdiff_t b_row_stride, float alpha, float *y, ptrdiff_t y_row_stride, int accumulate
 
 #if MOA_ISA_AVX512
-#define MOA_GEMM_MR 14
-#define moa_gemm_tile_f32 moa_gemm_tile_f32_14x16_avx512
+#define MOA_GEMM_MR 16
+#define moa_gemm_tile_f32 moa_gemm_tile_f32_16x16_avx512
 #elif MOA_ISA_AVX2
 #define MOA_GEMM_MR 6
 #define moa_gemm_tile_f32 moa_gemm_tile_f32_6x16_avx2
