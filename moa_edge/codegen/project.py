@@ -41,7 +41,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
     # Names the generated statements use for their own locals: no tensor may take one.
     # (Element-wise operands a..h and indices i0.., Gather's o/i/r/row, views' n, the index ops'
     # s/t/at/src, rotary's p/cs: q, k, v, x, y and m stay free for the usual model names.)
-    taken: set[str] = {"arena", "arena_bytes", "base", "status", *"abcdefghinoprst", "row", "at", "cs", "src",
+    taken: set[str] = {"arena", "arena_bytes", "base", "status", *"abcdefghinoprst", "row", "row0", "at", "cs", "src",
                        *(f"{v}{k}" for v in ("i", "d", "batch") for k in range(16))}
     plan = plan_arena(graph)
 

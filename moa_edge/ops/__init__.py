@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from moa_edge.ir import Graph
 
-from . import (attention, concat, conv, elementwise, gather, indexing, matmul, normalization, reduce, reduce_norm,
-               rotary, views)
+from . import (attention, concat, conv, elementwise, gather, indexing, matmul, mlp, normalization, reduce,
+               reduce_norm, rotary, views)
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class EmittedUnit:
     declarations: list[str] = field(default_factory=list)  # their prototypes for attention.h
 
 
-_MODULES = (attention, concat, conv, elementwise, gather, indexing, matmul, normalization, reduce, reduce_norm, rotary,
-            views)
+_MODULES = (attention, concat, conv, elementwise, gather, indexing, matmul, mlp, normalization, reduce, reduce_norm,
+            rotary, views)
 
 # IR op name -> the module that implements it. An op missing here is unsupported.
 SUPPORTED_OPS = {op: module for module in _MODULES for op in module.OPS}

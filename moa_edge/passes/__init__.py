@@ -10,6 +10,7 @@ from moa_edge.ops import SUPPORTED_OPS
 from .attention import rewrite_attention
 from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision
 from .fold import fold_constants, infer_missing_shapes
+from .mlp import tile_mlp_rows
 from .pack import pack_weights
 
 
@@ -38,6 +39,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     fold_constants(graph)
     pack_weights(graph)
     graph.remove_dead()
+    tile_mlp_rows(graph)
     if not strict:
         return graph
     unsupported = unsupported_ops(graph)

@@ -1,0 +1,127 @@
+"""MoaMlp: a feed-forward block run ROWS rows at a time (made by passes/mlp.py).
+
+The members (MoaGemm, element-wise ops, MoaGemm) are emitted by their own units, for a
+block of rows: X and Y are offset to the block's first row, each intermediate is a slot of
+the node's scratch holding one block. An element-wise member writes over an operand that
+dies there (as the arena does for whole tensors), so GELU's chain needs one or two slots.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+import math
+
+import torch
+
+from moa_edge.ir import Graph, Node, Tensor
+
+from . import elementwise, matmul
+
+OPS = ("MoaMlp",)
+C_SOURCES = list(dict.fromkeys(matmul.C_SOURCES + elementwise.C_SOURCES))  # the members' sources
+
+
+def rows_of(node: Node) -> int:
+    body = node.attrs["body"]
+    return math.prod(body.tensors[body.inputs[0]].shape[:-1])
+
+
+def _slots(body: Graph) -> tuple[dict[str, int], int]:
+    """Scratch slot of every intermediate, and how many slots: a slot is free again after
+    its tensor's last reader; an element-wise member takes over a dying operand's slot."""
+    from . import SUPPORTED_OPS
+    y = body.outputs[0]
+    last_read = {}
+    for k, n in enumerate(body.nodes):
+        for name in n.inputs:
+            last_read[name] = k
+    slot, free, count = {}, [], 0
+    for k, n in enumerate(body.nodes):
+        out = n.outputs[0]
+        dying = [i for i in dict.fromkeys(n.inputs) if i in slot and last_read[i] == k]
+        if out != y:
+            if dying and getattr(SUPPORTED_OPS[n.op], "IN_PLACE", False):
+                slot[out] = slot[dying.pop(0)]
+            elif free:
+                slot[out] = free.pop()
+            else:
+                slot[out], count = count, count + 1
+        free += [slot[i] for i in dying]
+    return slot, count
+
+
+def _width(body: Graph) -> int:
+    """Floats in one row of the widest intermediate."""
+    made = {o for n in body.nodes for o in n.outputs} - set(body.outputs)
+    return max(body.tensors[name].shape[-1] for name in made)
+
+
+def scratch_bytes(node, graph=None) -> int:
+    body = node.attrs["body"]
+    return _slots(body)[1] * min(node.attrs["rows"], rows_of(node)) * _width(body) * 4
+
+
+def _block(graph: Graph, rows: int) -> Graph:
+    """The body for a block of `rows` rows: every computed tensor [rows, width]; constants as they are."""
+    def with_rows(t: Tensor) -> Tensor:
+        return t if t.is_constant else Tensor(t.name, (rows, t.shape[-1]), t.dtype)
+
+    def node_with_rows(n: Node) -> Node:
+        if isinstance(n.attrs.get("body"), Graph):  # a fused element-wise node carries its own
+            return replace(n, attrs={**n.attrs, "body": _block(n.attrs["body"], rows)})
+        return n
+
+    return Graph(graph.name, list(graph.inputs), list(graph.outputs), [node_with_rows(n) for n in graph.nodes],
+                 {name: with_rows(t) for name, t in graph.tensors.items()}, dict(graph.opsets))
+
+
+def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    """The members in order on the whole tensors (rows are independent, so blocks change nothing)."""
+    from . import SUPPORTED_OPS
+    body = node.attrs["body"]
+    env = dict(zip(node.inputs, inputs))
+    for member in body.nodes:
+        values = [env[n] if n else None for n in member.inputs]
+        env.update(zip(member.outputs, SUPPORTED_OPS[member.op].evaluate(member, values, body)))
+    return [env[body.outputs[0]]]
+
+
+def _emit_block(node, ctx, rows: int, first_row: str) -> tuple[list[str], list[str]]:
+    """The members' statements for `rows` rows from row `first_row`, and their declarations."""
+    from . import SUPPORTED_OPS, EmitContext
+    body = node.attrs["body"]
+    block = _block(body, rows)
+    x, y = body.inputs[0], body.outputs[0]
+    slot, _ = _slots(body)
+    stride = min(node.attrs["rows"], rows_of(node)) * _width(body)
+    where = dict(ctx.where)
+    where[x] = f"({ctx.where[x]} + {first_row} * {body.tensors[x].shape[-1]})"
+    where[y] = f"({ctx.where[y]} + {first_row} * {body.tensors[y].shape[-1]})"
+    where.update({name: f"({ctx.scratch} + {s * stride})" for name, s in slot.items()})
+    lines, declarations = [], []
+    for k, member in enumerate(block.nodes):
+        unit = SUPPORTED_OPS[member.op].emit(member, EmitContext(name=f"{ctx.name}_{k}", board=ctx.board, where=where,
+                                                                 scratch="NULL", graph=block))
+        lines += ["    " + line if line else line for line in unit.call.rstrip("\n").splitlines()]
+        declarations += unit.declarations
+    return lines, declarations
+
+
+def emit(node, ctx):
+    from . import EmittedUnit
+    body, rows = node.attrs["body"], node.attrs["rows"]
+    total = rows_of(node)
+    full, rest = divmod(total, rows)
+    ops = ", ".join(n.op for n in body.nodes)
+    lines = [f"    {{ /* {node.name}: feed-forward block ({ops}) over {total} rows, {rows} at a time; "
+             f"each intermediate one [{rows}, {_width(body)}] slot of scratch */",
+             "        ptrdiff_t row0;",
+             f"        for (row0 = 0; row0 < {full * rows}; row0 += {rows}) {{"]
+    block, declarations = _emit_block(node, ctx, rows, "row0")
+    lines += ["    " + line if line else line for line in block] + ["        }"]
+    if rest:
+        lines.append(f"        row0 = {full * rows}; /* the last {rest} rows */")
+        block, more = _emit_block(node, ctx, rest, "row0")
+        lines += block
+        declarations += more
+    lines.append("    }")
+    return EmittedUnit("\n".join(lines) + "\n", declarations=list(dict.fromkeys(declarations)))
