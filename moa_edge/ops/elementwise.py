@@ -3,11 +3,18 @@
 Every operand is read through a broadcast access map (stride 0 on a broadcast axis), so
 no operand is ever expanded in memory; axes that every operand walks contiguously are
 merged, so the common same-shape case is a single flat loop. Each op is one C expression
-(the scalar function, from <math.h> or moa/elementwise.h) and one torch function for the
-float64 reference.
+(the scalar function, from <math.h>, moa/elementwise.h or moa/vmath.h) and one torch
+function for the float64 reference.
+
+MoaElementwise (made by passes/fuse.py) is a tree of these ops in one loop: its body Graph
+lists the members in order, each one C statement over the values before it, and its
+reference runs the members' own references in the same order.
 """
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import torch
 
 from moa_edge.errors import MoaEdgeError
@@ -36,7 +43,7 @@ def _gelu_torch(node, a):
 _C_EXPR = {
     "Add": "a + b", "Sub": "a - b", "Mul": "a * b", "Div": "a / b", "Pow": "moa_pow(a, b)",
     "Sqrt": "sqrtf(a)", "Reciprocal": "1.0f / a", "Neg": "-a", "Exp": "expf(a)", "Log": "logf(a)",
-    "Erf": "erff(a)", "Tanh": "tanhf(a)", "Sigmoid": "moa_sigmoid(a)", "Relu": "(a < 0 ? 0 : a)",
+    "Erf": "moa_erf_f32(a)", "Tanh": "moa_tanh_f32(a)", "Sigmoid": "moa_sigmoid(a)", "Relu": "(a < 0 ? 0 : a)",
     "Abs": "fabsf(a)", "Floor": "floorf(a)", "Ceil": "ceilf(a)", "Sin": "sinf(a)", "Cos": "cosf(a)",
     "Where": "(a ? b : c)", "Equal": "(a == b)", "Less": "(a < b)", "Greater": "(a > b)",
     "LessOrEqual": "(a <= b)", "GreaterOrEqual": "(a >= b)", "And": "(a && b)", "Or": "(a || b)",
@@ -53,7 +60,7 @@ _TORCH = {
     "Not": torch.logical_not, "IsNaN": torch.isnan, "Max": torch.maximum,
     "Min": torch.minimum, "Clip": lambda a, lo, hi: torch.clamp(a, lo, hi),
 }
-OPS = tuple(_C_EXPR) + ("Gelu", "Cast", "IsInf")
+OPS = tuple(_C_EXPR) + ("Gelu", "Cast", "IsInf", "MoaElementwise")
 # Integer forms of the ops whose float form would round (|x| > 2^24) or not compile.
 _INTEGER_C_EXPR = {"Pow": "moa_ipow(a, b)", "Abs": "(a < 0 ? -a : a)"}
 _FLOAT_ONLY = {"Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Floor", "Ceil", "Sin", "Cos", "Gelu"}
@@ -65,7 +72,39 @@ def scratch_bytes(node, graph=None) -> int:
     return 0
 
 
+def literal(tensor) -> str | None:
+    """A one-element constant as a C literal (fused loops inline them), or None."""
+    if tensor.data is None or tensor.data.size != 1:
+        return None
+    value = tensor.data.reshape(())
+    if tensor.dtype == "float32":
+        if not np.isfinite(value):
+            from moa_edge.codegen.cnames import c_float  # here: codegen imports this package
+            return c_float(float(value))
+        text = str(np.float32(value))  # the shortest decimal that reads back as the same float32
+        text += "f" if "." in text or "e" in text else ".0f"
+        return f"({text})" if text.startswith("-") else text  # `-a` of it must not read `--`
+    if tensor.dtype in ("bool", "int32", "int64") and abs(int(value)) < 2 ** 31:
+        return f"(({DTYPES[tensor.dtype][1]}){int(value)})"
+    return None
+
+
+def _evaluate_fused(node, inputs, graph) -> list[torch.Tensor]:
+    """The members' own references, in order: the float64 result of the unfused ops."""
+    body = node.attrs["body"]
+    env = dict(zip(node.inputs, inputs))
+    for name in body.inputs:
+        if name not in env:  # an inlined scalar constant
+            data = np.asarray(body.tensors[name].data)
+            env[name] = torch.from_numpy(data.astype(np.float64) if data.dtype.kind == "f" else data.copy())
+    for member in body.nodes:
+        env[member.outputs[0]] = evaluate(member, [env[n] if n else None for n in member.inputs], body)[0]
+    return [env[node.outputs[0]]]
+
+
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    if node.op == "MoaElementwise":
+        return _evaluate_fused(node, inputs, graph)
     if node.op == "Cast":
         return [inputs[0].to(_TORCH_DTYPES[graph.tensors[node.outputs[0]].dtype])]
     if node.op == "Gelu":
@@ -150,16 +189,15 @@ def _merged_axes(out_shape, layouts: list[Layout]):
     return extents, strides
 
 
-def emit(node, ctx):
-    from . import EmittedUnit
-    graph = ctx.graph
+def _loop(node, graph, title: str, where: dict, loads: list[str], statements) -> str:
+    """One loop over the elements of node's output: load each operand through its broadcast
+    map, run `statements(values)` (C lines, values naming each load's local), store the last."""
     out = node.outputs[0]
     out_shape = graph.tensors[out].shape
-    expr, names = _expression(node, graph)
-    for name in names:
+    for name in loads:
         if graph.tensors[name].dtype not in DTYPES:
             raise MoaEdgeError(f"{node.op} node {node.name!r}: input {name!r} is {graph.tensors[name].dtype}")
-    layouts = [Layout.row_major(out_shape)] + [_broadcast_layout(graph.tensors[n].shape, out_shape) for n in names]
+    layouts = [Layout.row_major(out_shape)] + [_broadcast_layout(graph.tensors[n].shape, out_shape) for n in loads]
     extents, strides = _merged_axes(out_shape, layouts)
     idx = [f"i{k}" for k in range(len(extents))] or ["i0"]
     extents = extents or [1]
@@ -169,18 +207,56 @@ def emit(node, ctx):
         offset = " + ".join(f"{v} * {s}" if s != 1 else v for v, s in zip(idx, stride) if s) or "0"
         return f"{buffer}[{offset}]"
 
-    ctype = DTYPES[graph.tensors[out].dtype][1]
-    lines = [f"    {{ /* {node.name}: {node.op} */", f"        ptrdiff_t {', '.join(idx)};"]
+    lines = [f"    {{ /* {title} */", f"        ptrdiff_t {', '.join(idx)};"]
     for depth, (v, n) in enumerate(zip(idx, extents)):
         lines.append("        " + "    " * depth + f"for ({v} = 0; {v} < {n}; {v}++) {{")
     body = "        " + "    " * len(idx)
-    operands = []
-    for letter, name, stride in zip("abcdefgh", names, strides[1:]):
-        operands.append(f"const {DTYPES[graph.tensors[name].dtype][1]} {letter} = {at(ctx.where[name], stride)};")
-    lines += [body + o for o in operands]
-    lines.append(body + f"{at(ctx.where[out], strides[0])} = ({ctype})({expr});")
+    values = {}
+    for k, (name, stride) in enumerate(zip(loads, strides[1:])):
+        values[name] = f"d{k}"
+        lines.append(body + f"const {DTYPES[graph.tensors[name].dtype][1]} d{k} = {at(where[name], stride)};")
+    *computed, result = statements(values)
+    lines += [body + line for line in computed]
+    lines.append(body + f"{at(where[out], strides[0])} = {result};")
     for depth in reversed(range(len(idx))):
         lines.append("        " + "    " * depth + "}")
     lines.append("    }")
-    return EmittedUnit("\n".join(lines) + "\n", declarations=[HEADER])
+    return "\n".join(lines) + "\n"
 
+
+def _value(node, graph):
+    """(the operands one op reads, values -> the C expression of its element), `values`
+    naming each operand's local or literal."""
+    expr, names = _expression(node, graph)
+    ctype = DTYPES[graph.tensors[node.outputs[0]].dtype][1]
+
+    def value(values: dict) -> str:
+        return f"({ctype})(" + re.sub(r"\b[a-h]\b", lambda m: values[names["abcdefgh".index(m.group())]], expr) + ")"
+    return names, value
+
+
+def emit(node, ctx):
+    from . import EmittedUnit
+    graph = ctx.graph
+    if node.op != "MoaElementwise":
+        names, value = _value(node, graph)
+        call = _loop(node, graph, f"{node.name}: {node.op}", ctx.where, list(dict.fromkeys(names)),
+                     lambda values: [value(values)])
+        return EmittedUnit(call, declarations=[HEADER])
+
+    body = node.attrs["body"]
+    members = [(m, _value(m, body)[1]) for m in body.nodes]
+
+    def statements(values: dict) -> list[str]:
+        """One local per member (d<loads + k>), each from the values before it; the last is stored."""
+        values = {**values, **{n: literal(body.tensors[n]) for n in body.inputs if n not in values}}
+        lines = []
+        for k, (m, value) in enumerate(members):
+            local = f"d{len(node.inputs) + k}"
+            ctype = DTYPES[body.tensors[m.outputs[0]].dtype][1]
+            lines.append(f"const {ctype} {local} = {value(values)}; /* {m.name}: {m.op} */")
+            values[m.outputs[0]] = local
+        return lines + [values[node.outputs[0]]]
+
+    title = f"{node.name}: " + " -> ".join(m.op for m in body.nodes) + " in one loop"
+    return EmittedUnit(_loop(node, graph, title, ctx.where, node.inputs, statements), declarations=[HEADER])

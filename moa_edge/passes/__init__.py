@@ -12,6 +12,7 @@ from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision
 from .fold import fold_constants, infer_missing_shapes
 from .mlp import tile_mlp_rows
 from .pack import pack_weights
+from .fuse import fuse_elementwise
 
 
 def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
@@ -39,6 +40,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     fold_constants(graph)
     pack_weights(graph)
     graph.remove_dead()
+    fuse_elementwise(graph)
     tile_mlp_rows(graph)
     if not strict:
         return graph
@@ -60,4 +62,4 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     return graph
 
 
-__all__ = ["fold_constants", "lower", "rewrite_attention", "unsupported_ops"]
+__all__ = ["fold_constants", "fuse_elementwise", "lower", "rewrite_attention", "unsupported_ops"]

@@ -6,13 +6,15 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "moa/vmath.h"
+
 static inline float moa_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* Gelu(x) = x/2 (1 + erf(x / sqrt 2)), and the tanh approximation of opset 20. */
-static inline float moa_gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+static inline float moa_gelu_erf(float x) { return 0.5f * x * (1.0f + moa_erf_f32(x * 0.70710678118654752f)); }
 static inline float moa_gelu_tanh(float x)
 {
-    return 0.5f * x * (1.0f + tanhf(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+    return 0.5f * x * (1.0f + moa_tanh_f32(0.79788456080286536f * (x + 0.044715f * x * x * x)));
 }
 
 /* x^2 is what exporters emit (RMSNorm, variance): the same value as powf, without the call. */
