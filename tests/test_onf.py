@@ -1,6 +1,7 @@
-"""ONF lowering: generated C against PyTorch float64, in double (exactness) and float
-(on every board), for both softmax strategies and tiles that do and do not divide the
-sequence lengths; and the scratch the kernel really uses against the cost model's figure."""
+"""ONF lowering: generated C against PyTorch float64, in double (exactness: the DNF printed
+whole) and float (the inner loops as moa/attention.h micro-kernel calls, on every board),
+for both softmax strategies and tiles that do and do not divide the sequence lengths; and
+the scratch the kernel really uses against the cost model's figure."""
 from dataclasses import dataclass
 import math
 import subprocess
@@ -13,7 +14,7 @@ from conftest import BOARDS, require_board
 from moa_edge.harness import compare as cmp
 from moa_edge.harness.kernel_harness import build_harness
 from moa_edge.moa import Layout
-from moa_edge.moa.onf import Schedule, scratch_bytes
+from moa_edge.moa.onf import Schedule, emit_kernel, rows_of, scratch_bytes
 from moa_edge.ops.attention import AttentionSpec
 
 
@@ -177,5 +178,47 @@ def test_nan_in_a_row_gives_nan_not_zero(schedule, tmp_path):
     storage["q"][0, 0, 2, :] = np.nan  # query row 2 of head 0: every score NaN
     exe = build_harness(spec, schedule, tmp_path, real="double")
     got, _ = run_harness(exe, storage, tmp_path, "double")
+    got = got.reshape(1, 2, 5, 8)
+    assert np.all(np.isnan(got[0, 0, 2])) and not np.any(np.isnan(got[0, 1]))
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("schedule", [Schedule("online", 3, 16), Schedule("two_pass", 5, 3)],
+                         ids=lambda s: f"{s.strategy}-{s.block_q}x{s.block_k}")
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.name)
+def test_float_micro_kernel_onf_meets_tolerance(block, schedule, tmp_path):
+    """Every feature through the micro-kernel form, built for the host's own SIMD variant:
+    the score tile (by dot products, or as a GEMM tile when K is stored transposed), the
+    DNF's pass over it, and the row max / exp / P V kernels, against PyTorch float64."""
+    board = require_board("host")
+    spec, storage, expected = make(block)
+    code = emit_kernel(spec, schedule, "kernel")
+    assert "moa_attn_pv_f32(" in code and "moa_attn_exp_f32(" in code and "red1" not in code
+    assert ("moa_attn_scores_f32(" in code) == (not block.k_stored_transposed)
+    exe = build_harness(spec, schedule, tmp_path, cflags=board.toolchain["cflags"])
+    got, _ = run_harness(exe, storage, tmp_path, "float")
+    assert cmp.compare(got.reshape(expected.shape), expected)["ok"]
+
+
+def test_layouts_the_micro_kernels_cannot_read_keep_the_scalar_loop_nest():
+    """Q whose head dims are not contiguous (stride 2): the DNF term is printed whole."""
+    spec, _, _ = make(Block("strided"))
+    q = Layout((1, 2, 7, 8), (224, 112, 16, 2))
+    import dataclasses
+    odd = dataclasses.replace(spec, q=q)
+    assert rows_of(spec) is not None and rows_of(odd) is None
+    code = emit_kernel(odd, Schedule("online", 4, 4), "kernel")
+    assert "moa_attn_" not in code and "red1" in code
+
+
+@pytest.mark.parametrize("schedule", [Schedule("online", 4, 4), Schedule("two_pass", 3, 4)],
+                         ids=lambda s: s.strategy)
+def test_nan_in_a_row_gives_nan_not_zero_through_the_micro_kernels(schedule, tmp_path):
+    require_board("host")
+    spec, storage, _ = make(Block("nan", sq=5, skv=6))
+    storage["q"] = storage["q"].copy()
+    storage["q"][0, 0, 2, :] = np.nan
+    exe = build_harness(spec, schedule, tmp_path, real="float", cflags=["-O2", "-march=native"])
+    got, _ = run_harness(exe, storage, tmp_path, "float")
     got = got.reshape(1, 2, 5, 8)
     assert np.all(np.isnan(got[0, 0, 2])) and not np.any(np.isnan(got[0, 1]))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 import subprocess
+import tempfile
 
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
@@ -31,7 +32,7 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
     if has_mask:
         reads.append(("M", mask_type, m_elems))
     lines = ["#include <math.h>", "#include <stddef.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
-             '#include "moa/status.h"', "",
+             '#include "moa/attention.h"', '#include "moa/status.h"', "",
              onf.emit_kernel(spec, schedule, "kernel", real),
              "static void *load(const char *path, size_t bytes)", "{",
              "    FILE *f = fopen(path, \"rb\");",
@@ -57,6 +58,29 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
     return "\n".join(lines) + "\n"
 
 
+_objects: dict[tuple, list[Path]] = {}
+
+
+def runtime_objects(cc: str, cflags: tuple) -> list[Path]:
+    """The attention micro-kernels (ops/attention.py's C_SOURCES) compiled once per compiler
+    and flags in this process, for every harness built with them."""
+    from moa_edge.ops.attention import C_SOURCES
+    key = (cc, cflags)
+    if key not in _objects:
+        out = Path(tempfile.mkdtemp(prefix="moa-runtime-"))
+        objs = []
+        for k, source in enumerate(C_SOURCES):
+            obj = out / f"{k}_{Path(source).stem}.o"
+            cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{RUNTIME_INCLUDE}",
+                   "-c", str(C_RUNTIME_DIR / "src" / source), "-o", str(obj)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                raise MoaEdgeError(f"runtime source {source} failed to compile:\n{proc.stderr}")
+            objs.append(obj)
+        _objects[key] = objs
+    return _objects[key]
+
+
 def build_harness(spec, schedule, workdir: Path, real: str = "float", cc: str = "cc",
                   cflags=("-O2",), ldflags=()) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +88,7 @@ def build_harness(spec, schedule, workdir: Path, real: str = "float", cc: str = 
     src.write_text(harness_source(spec, schedule, real))
     exe = workdir / "kernel_main"
     cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{RUNTIME_INCLUDE}",
-           str(src), "-o", str(exe), *ldflags, "-lm"]
+           str(src), *map(str, runtime_objects(cc, tuple(cflags))), "-o", str(exe), *ldflags, "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
         raise MoaEdgeError(f"kernel harness failed to compile:\n{proc.stderr}")

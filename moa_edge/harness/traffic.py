@@ -19,7 +19,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import Layout, cost, onf
 from moa_edge.ops.attention import AttentionSpec
 
-from .kernel_harness import RUNTIME_INCLUDE
+from .kernel_harness import RUNTIME_INCLUDE, runtime_objects
 
 # Vectorised, but still IEEE infinities: the kernels rely on -INFINITY.
 BENCH_CFLAGS = ["-O3", "-march=x86-64-v3", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros",
@@ -122,7 +122,7 @@ def bench_spec(seq: int, heads: int, head_dim: int) -> AttentionSpec:
 
 def _program(spec, schedule) -> str:
     header = ["#include <math.h>", "#include <stddef.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
-              "#include <string.h>", '#include "moa/status.h"',
+              "#include <string.h>", '#include "moa/attention.h"', '#include "moa/status.h"',
               f"#define HEADS {spec.q_heads}", f"#define SQ {spec.q_len}", f"#define SKV {spec.kv_len}",
               f"#define D {spec.head_dim}", f"#define DV {spec.value_dim}", f"#define SCALE {spec.scale!r}f",
               f"#define SCRATCH_BYTES {onf.scratch_bytes(spec, schedule)}u"]
@@ -156,7 +156,8 @@ def measure(seq: int, heads: int, head_dim: int, board, workdir: Path, naive: bo
     src = workdir / "traffic.c"
     src.write_text(_program(spec, schedule))
     exe = workdir / "traffic"
-    proc = subprocess.run(["cc", *BENCH_CFLAGS, f"-I{RUNTIME_INCLUDE}", str(src), "-o", str(exe), "-lm"],
+    proc = subprocess.run(["cc", *BENCH_CFLAGS, f"-I{RUNTIME_INCLUDE}", str(src),
+                           *map(str, runtime_objects("cc", tuple(BENCH_CFLAGS))), "-o", str(exe), "-lm"],
                           capture_output=True, text=True)
     if proc.returncode:
         raise MoaEdgeError(f"traffic benchmark failed to compile:\n{proc.stderr}")

@@ -16,6 +16,10 @@ import math
 from .onf import STRATEGIES, Schedule, scratch_bytes
 
 ELEM = 4  # fp32
+# Key tiles narrower than this leave the micro-kernels (moa/attention.h) too little work per
+# call: the score tile's width is its vector dimension (16 floats per AVX-512 register, 32
+# per RVV VLEN-256 LMUL-4 group), and every tile costs each row a max, an exp and a rescale.
+MIN_BLOCK_K = 64
 
 
 @dataclass(frozen=True)
@@ -127,20 +131,23 @@ def _candidates(extent: int) -> list[int]:
 def choose(spec, board, scratch_budget: int | None = None) -> Cost:
     """The schedule with the least predicted DRAM traffic whose scratch fits the budget
     (default: the board's L1D, so the tile state stays resident); ties go to fewer L1
-    fills, then less scratch."""
+    fills, then fewer key tiles, then less scratch."""
     l1, _ = _caches(board)
     budget = scratch_budget or l1["size"]
     best = None
     for strategy in STRATEGIES:
         for br in _candidates(spec.q_len):
             for bc in _candidates(spec.kv_len):
-                if bc < min(16, spec.kv_len):
+                if bc < min(MIN_BLOCK_K, spec.kv_len):
                     continue
                 schedule = Schedule(strategy, br, bc)
                 if scratch_bytes(spec, schedule) > budget:
                     continue
                 cost = predict(spec, schedule, board)
-                key = (cost.dram_bytes, cost.l1_fill_bytes, cost.scratch_bytes, strategy != "online")
+                # Then fewer key tiles: each costs every row a call of the max, exp and (online)
+                # rescale micro-kernels, which wider tiles amortise.
+                key = (cost.dram_bytes, cost.l1_fill_bytes, math.ceil(spec.kv_len / bc), cost.scratch_bytes,
+                       strategy != "online")
                 if best is None or key < best[0]:
                     best = (key, cost)
     if best is None:  # nothing fits: the smallest online tile

@@ -12,6 +12,14 @@ Two softmax schedules, both exact rewrites of the DNF
     max, then exp and sum, then the output (O(Br * Skv) scratch);
   * "online": per Br x Bc tile keep the running max m, normaliser l and accumulator acc,
     rescaling by exp(m_old - m_new) (O(Br * (Bc + Dv)) scratch, independent of Skv).
+
+In float, when Q, K, V and the output are read row by row (each row contiguous, rows at a
+constant stride: every layout attention produces), the inner loops are calls to the SIMD
+micro-kernels of c_runtime's moa/attention.h: the Br x Bc score tile (Q K^T, or Q times K^T
+stored as such), the row max, exp in place with its sum, the rescale, and the P V update as
+a small GEMM tile. What the DNF adds to Q.K (softcap, mask, causal, window, key lengths) is
+printed as one pass over the tile with the reduction replaced by the tile's value. Other
+layouts, and the double build that proves the lowering exact, print the whole DNF term.
 """
 from __future__ import annotations
 
@@ -81,8 +89,9 @@ def _kv_head(spec) -> str:  # the value load's head index, as the DNF's psi-repe
 
 # --- C emission ------------------------------------------------------------------------
 
-def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str:
-    """A C function `moa_status name(Q, K, V, M, Y, scratch)` computing the block."""
+def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_kernels: bool = True) -> str:
+    """A C function `moa_status name(Q, K, V, M, Y, scratch)` computing the block; its inner
+    loops call moa/attention.h's micro-kernels when `micro_kernels` and rows_of(spec) allow."""
     exp = "expf" if real == "float" else "exp"
     tanh = "tanhf" if real == "float" else "tanh"
     suffix = "f" if real == "float" else ""
@@ -124,12 +133,19 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float") -> str
         w(f"        const ptrdiff_t kv_end = {last} < 0 ? 0 : ({last} < kv_limit ? {last} : kv_limit);")
     else:
         w("        const ptrdiff_t kv_end = kv_limit < 0 ? 0 : kv_limit;")
-    w("        ptrdiff_t ii, kb, kk, j, q;")
-    score = _score_lines(spec, real, exp, tanh, suffix)
-    if schedule.strategy == "online":
-        _online_body(spec, bc, real, exp, suffix, score, w)
+    rows_form = rows_of(spec) if micro_kernels and real == "float" else None
+    if rows_form is not None:
+        w("        ptrdiff_t ii, kb, kk;")
+        w("        (void)kk;")
+        tile = _TileEmitter(spec, rows_form, real, {"exp": exp, "tanh": tanh}, suffix)
+        (_online_tiles if schedule.strategy == "online" else _two_pass_tiles)(spec, bc, tile, w)
     else:
-        _two_pass_body(spec, bc, real, exp, suffix, score, w)
+        w("        ptrdiff_t ii, kb, kk, j, q;")
+        score = _score_lines(spec, real, exp, tanh, suffix)
+        if schedule.strategy == "online":
+            _online_body(spec, bc, real, exp, suffix, score, w)
+        else:
+            _two_pass_body(spec, bc, real, exp, suffix, score, w)
     w("    }\n    }\n    }")
     w("    return MOA_OK;")
     w("}")
@@ -161,6 +177,7 @@ class _CPrinter:
         self.extents = {"D": spec.head_dim, "Dv": spec.value_dim, "Skv": spec.kv_len, "Sq": spec.q_len}
         self.layouts = {"Q": spec.q, "K": spec.k, "V": spec.v, "M": spec.mask}
         self.temps = 0
+        self.tile = "s[ii * ld + kk]"  # what a TileScore prints as
 
     def assign(self, target: str, term) -> list[str]:
         if isinstance(term, dnf.Where) and self._has_reduce(term):
@@ -177,6 +194,8 @@ class _CPrinter:
         return any(isinstance(t, dnf.Reduce) for t in dnf.subterms(term))
 
     def expr(self, term, pre: list[str]) -> str:
+        if isinstance(term, TileScore):
+            return self.tile
         if isinstance(term, dnf.Literal):
             return _c_real(term.value, self.suffix)
         if isinstance(term, dnf.Load):
@@ -337,3 +356,176 @@ def _two_pass_body(spec, bc, real, exp, suffix, score, w):
 
 def _stride_term(stride: int, var: str) -> str:
     return var if stride == 1 else f"{var} * {stride}"
+
+
+# --- the micro-kernel form -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TileScore(dnf.Term):
+    """The score tile's element (ii, kk) as the score kernel left it: Q.K, scaled when the
+    kernel folded the scale in."""
+
+
+@dataclass(frozen=True)
+class Rows:
+    """How the micro-kernels read a block: row strides (in elements) of Q, K, V and Y, and
+    whether K's rows are keys ("nt": s = Q K^T by dot products) or head dims ("nn": K is
+    stored transposed, s = Q (K^T) as a GEMM tile)."""
+    q: int
+    k: int
+    v: int
+    y: int
+    k_form: str
+
+
+def _row_stride(layout: Layout, extent_inner: int, transposed: bool = False) -> int | None:
+    """The stride between rows of the (row, element) axes 2 and 3 when elements are
+    contiguous (axes swapped when `transposed`), else None."""
+    row, inner = (3, 2) if transposed else (2, 3)
+    if any(layout.axis_divisors()[a] != 1 for a in (2, 3)):
+        return None
+    if extent_inner > 1 and layout.strides[inner] != 1:
+        return None
+    return layout.strides[row] if layout.shape[row] > 1 else 0
+
+
+def rows_of(spec) -> Rows | None:
+    q = _row_stride(spec.q, spec.head_dim)
+    v = _row_stride(spec.v, spec.value_dim)
+    y = _row_stride(spec.y, spec.value_dim)
+    k, form = _row_stride(spec.k, spec.head_dim), "nt"
+    if k is None:
+        k, form = _row_stride(spec.k, spec.kv_len, transposed=True), "nn"
+    if None in (q, k, v, y):
+        return None
+    return Rows(q, k, v, y, form)
+
+
+def _substitute(term, scale_folded: bool):
+    """(term with its Q.K reduction replaced by TileScore, the scale the score kernel
+    applies): the kernel computes `scale * Q.K` when the term has that product."""
+    found = []
+
+    def sub(t):
+        if (scale_folded and isinstance(t, dnf.Binary) and t.op == "*" and isinstance(t.left, dnf.Literal)
+                and isinstance(t.right, dnf.Reduce)):
+            found.append(t.left.value)
+            return TileScore()
+        if isinstance(t, dnf.Reduce):
+            return TileScore()
+        if isinstance(t, dnf.Term) and dataclasses.is_dataclass(t):
+            return dataclasses.replace(t, **{f.name: sub(getattr(t, f.name)) for f in dataclasses.fields(t)
+                                             if isinstance(getattr(t, f.name), dnf.Term)})
+        return t
+
+    out = sub(term)
+    assert len(set(found)) <= 1
+    return out, (found[0] if found else 1.0)
+
+
+class _TileEmitter:
+    """The score tile of one key block: the kernel call and the DNF's pass over it."""
+
+    def __init__(self, spec, rows: Rows, real, functions, suffix):
+        self.spec, self.rows, self.real = spec, rows, real
+        term = dnf.score_term(dnf.derive(features_of(spec)))
+        self.term, self.scale = _substitute(term, scale_folded=rows.k_form == "nt")
+        self.printer = _CPrinter(spec, real, functions, suffix)
+
+    def emit(self, w, ld: int, col0: str, indent: str):
+        """Fills s[ii * ld + col0 + kk] for ii < rows, kk < cols, keys kb + kk."""
+        spec, rows = self.spec, self.rows
+        tile = f"s + {col0}" if col0 != "0" else "s"
+        element = f"s[ii * {ld} + {col0} + kk]" if col0 != "0" else f"s[ii * {ld} + kk]"
+        q = f"Q + {_gamma(spec.q, 'b', 'h', 'ib', '0')}"
+        k = f"K + {_gamma(spec.k, 'b', _kv_head(spec), 'kb', '0')}"
+        if rows.k_form == "nt":
+            w(f"{indent}moa_attn_scores_f32((size_t)rows, (size_t)cols, {spec.head_dim}, {_c_real(self.scale, 'f')}, "
+              f"{q}, {rows.q}, {k}, {rows.k}, {tile}, {ld});")
+        else:  # K^T stored: the tile is Q (rows x D) times K^T (D x cols), a GEMM tile from zero
+            w(f"{indent}for (ii = 0; ii < rows; ii++) {{ for (kk = 0; kk < cols; kk++) {{ {element} = 0; }} }}")
+            w(f"{indent}moa_attn_pv_f32((size_t)rows, {spec.head_dim}, (size_t)cols, {q}, {rows.q}, {k}, {rows.k}, {tile}, {ld});")
+        if self.term == TileScore():
+            return
+        self.printer.tile = element
+        pre: list[str] = []
+        value = self.printer.expr(self.term, pre)
+        assert not pre
+        w(f"{indent}for (ii = 0; ii < rows; ii++) {{ /* the DNF's terms around Q.K: softcap, bias, hidden keys */")
+        if re.search(r"\bi\b", value):
+            w(f"{indent}    const ptrdiff_t i = ib + ii;")
+        w(f"{indent}    for (kk = 0; kk < cols; kk++) {{")
+        if re.search(r"\bk\b", value):
+            w(f"{indent}        const ptrdiff_t k = kb + kk;")
+        w(f"{indent}        {element} = {value};")
+        w(f"{indent}    }}")
+        w(f"{indent}}}")
+
+
+def _online_tiles(spec, bc, tile: _TileEmitter, w):
+    dv, rows = spec.value_dim, tile.rows
+    v = f"V + {_gamma(spec.v, 'b', _kv_head(spec), 'kb', '0')}"
+    w("        for (ii = 0; ii < rows; ii++) {")
+    w("            m[ii] = -INFINITY;")
+    w("            l[ii] = 0;")
+    w(f"            for (kk = 0; kk < {dv}; kk++) {{ acc[ii * {dv} + kk] = 0; }}")
+    w("        }")
+    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
+    w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
+    tile.emit(w, bc, "0", "            ")
+    w("            for (ii = 0; ii < rows; ii++) {")
+    w(f"                float *const p = s + ii * {bc};")
+    w("                const float row_max = moa_attn_max_f32((size_t)cols, p);")
+    w("                const float m_new = !(row_max <= m[ii]) ? row_max : m[ii]; /* a NaN wins, so NaN propagates */")
+    w("                if (m_new == -INFINITY) { /* every key so far hidden: nothing to add */")
+    w("                    for (kk = 0; kk < cols; kk++) { p[kk] = 0; }")
+    w("                    continue;")
+    w("                }")
+    w("                if (m_new != m[ii]) {")
+    w("                    if (m[ii] != -INFINITY) { /* rescale what the earlier key tiles summed */")
+    w("                        const float rescale = moa_expf(m[ii] - m_new);")
+    w("                        l[ii] *= rescale;")
+    w(f"                        moa_attn_scale_f32({dv}, rescale, acc + ii * {dv}, acc + ii * {dv});")
+    w("                    }")
+    w("                    m[ii] = m_new;")
+    w("                }")
+    w("                l[ii] += moa_attn_exp_f32((size_t)cols, p, m_new);")
+    w("            }")
+    w(f"            moa_attn_pv_f32((size_t)rows, (size_t)cols, {dv}, s, {bc}, {v}, {rows.v}, acc, {dv});")
+    w("        }")
+    w("        for (ii = 0; ii < rows; ii++) {")
+    w("            const float inv_l = l[ii] > 0 ? 1.0f / l[ii] : 0; /* fully hidden row -> 0 */")
+    w(f"            moa_attn_scale_f32({dv}, inv_l, acc + ii * {dv}, Y + {_gamma(spec.y, 'b', 'h', 'ib + ii', '0')});")
+    w("        }")
+
+
+def _two_pass_tiles(spec, bc, tile: _TileEmitter, w):
+    """Scores of all visible keys per key tile, then per row max and exp in place, then
+    Y += P V tile by tile (each V tile serves all Br rows), then Y *= 1 / l."""
+    dv, skv, rows = spec.value_dim, spec.kv_len, tile.rows
+    v = f"V + {_gamma(spec.v, 'b', _kv_head(spec), 'kb', '0')}"
+    y_row = f"Y + {_gamma(spec.y, 'b', 'h', 'ib + ii', '0')}"
+    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{ /* Step I: the scores */")
+    w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
+    tile.emit(w, skv, "kb", "            ")
+    w("        }")
+    w("        for (ii = 0; ii < rows; ii++) { /* Steps II-III: max, exponentiate and sum */")
+    w(f"            float *const row = s + ii * {skv};")
+    w("            m[ii] = moa_attn_max_f32((size_t)kv_end, row);")
+    w("            if (m[ii] == -INFINITY) { /* every key hidden: the row adds nothing */")
+    w("                l[ii] = 0;")
+    w("                for (kk = 0; kk < kv_end; kk++) { row[kk] = 0; }")
+    w("            } else {")
+    w("                l[ii] = moa_attn_exp_f32((size_t)kv_end, row, m[ii]);")
+    w("            }")
+    w(f"            for (kk = 0; kk < {dv}; kk++) {{ ({y_row})[kk] = 0; }}")
+    w("        }")
+    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{ /* Step IV and Eq. 21 */")
+    w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
+    w(f"            moa_attn_pv_f32((size_t)rows, (size_t)cols, {dv}, s + kb, {skv}, {v}, {rows.v}, "
+      f"Y + {_gamma(spec.y, 'b', 'h', 'ib', '0')}, {rows.y});")
+    w("        }")
+    w("        for (ii = 0; ii < rows; ii++) {")
+    w("            const float inv_l = l[ii] > 0 ? 1.0f / l[ii] : 0; /* fully hidden row stays 0 */")
+    w(f"            moa_attn_scale_f32({dv}, inv_l, {y_row}, {y_row});")
+    w("        }")

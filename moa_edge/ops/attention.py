@@ -17,7 +17,11 @@ from moa_edge.moa import Layout, cost, onf
 
 MASK_NONE, MASK_FLOAT, MASK_BOOL = "none", "float", "bool"
 OPS = ("MoaAttention",)
-C_SOURCES: list[str] = []  # the kernel is generated per block (attention.c)
+# The loop nest is generated per block (attention.c); its inner loops call the micro-kernels
+# of moa/attention.h: the scalar reference and one variant per ISA folder, each compiled to
+# nothing unless moa/isa.h selects it for the build's target.
+C_SOURCES: list[str] = ["attention_f32.c", "x86/attention_f32_avx512.c", "x86/attention_f32_avx2.c",
+                        "neon/attention_f32_neon.c", "rvv/attention_f32_rvv.c"]
 
 
 @dataclass(frozen=True)

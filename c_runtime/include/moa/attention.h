@@ -1,0 +1,158 @@
+/* fp32 micro-kernels for the inner loops of the generated ONF attention (attention.c):
+ *
+ *     scores   s[r][c]  = scale * sum_j q[r][j] k[c][j]        a Br x Bc tile of Q K^T
+ *     max      m        = max_c x[c]                           row maximum (NaN wins)
+ *     exp      x[c]     = exp(x[c] - m),  returns sum_c x[c]   softmax numerators and their sum
+ *     scale    y[c]     = alpha * x[c]                         online rescale, final 1 / l
+ *     pv       acc[r][q] += sum_c p[r][c] v[c][q]              a Br x Dv tile of P V
+ *     vexp     y[c]     = exp(x[c])                            the shared exp, on its own
+ *
+ * Rows are strided (ld* count floats between consecutive rows); the elements of a row are
+ * contiguous. Nothing here allocates or keeps state: the caller owns every buffer.
+ *
+ * Names follow XNNPACK's scheme: op, type, tile, ISA. A tile RxC is the register tile
+ * (rows x columns, columns in floats); uN is N elements per step of a 1-D kernel; "m4" is
+ * RVV LMUL 4, so the tile grows with VLEN. The portable reference (src/attention_f32.c,
+ * suffix _scalar) is always compiled; the variant named by moa/isa.h (src/x86/, src/neon/,
+ * src/rvv/) is what the unsuffixed names below call.
+ *
+ * exp (moa_expf, vexp and exp above) is one algorithm on every ISA: x is clamped to
+ * [ln(FLT_MIN), 88.376], n = round(x / ln 2) by adding 1.5 * 2^23, r = x - n ln 2 in two
+ * FMAs (Cody-Waite, ln 2 = 0.693359375 - 2.12194440e-4), exp(r) = 1 + r + r^2 P(r) with
+ * Cephes' degree-5 P in Horner form (FMA), times 2^n built in the exponent bits. Inputs
+ * below ln(FLT_MIN) = -87.3365 (results under FLT_MIN, where exp underflows) give 0;
+ * exp(-inf) = 0, exp(NaN) = NaN.
+ *
+ * Its maximum error over the range softmax uses, ln(FLT_MIN) <= x <= 0, against float64
+ * exp, in ulp of the true value (MOA_EXPF_MAX_ULP; tests/test_attention_kernels.py measures
+ * every variant against it):
+ *     1.0104 ulp (at x = -5.87788) for the SIMD variants, which compute the same bits with
+ *            FMA on every ISA (AVX-512, AVX2, NEON, RVV): exhaustive over all 1.12e9 floats
+ *            of the range on the AVX-512 build, sampled on the others;
+ *     0.982 ulp for the scalar reference built without FMA contraction (gcc -std=c99). */
+#ifndef MOA_ATTENTION_H
+#define MOA_ATTENTION_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "moa/isa.h"
+
+#define MOA_EXPF_MAX_ULP 1.0104f
+
+/* The exp constants, shared by every variant. */
+#define MOA_EXPF_LO (-87.33654475f)   /* ln(FLT_MIN): below it the result is 0 */
+#define MOA_EXPF_HI 88.37626266f      /* n <= 127 */
+#define MOA_EXPF_LOG2E 1.44269504088896341f
+#define MOA_EXPF_ROUND 12582912.0f    /* 1.5 * 2^23: t = x log2(e) + this has n in its low bits */
+#define MOA_EXPF_LN2_HI 0.693359375f
+#define MOA_EXPF_LN2_LO (-2.12194440e-4f)
+#define MOA_EXPF_P0 1.9875691500e-4f
+#define MOA_EXPF_P1 1.3981999507e-3f
+#define MOA_EXPF_P2 8.3334519073e-3f
+#define MOA_EXPF_P3 4.1665795894e-2f
+#define MOA_EXPF_P4 1.6666665459e-1f
+#define MOA_EXPF_P5 5.0000001201e-1f
+
+/* The scalar form of the shared exp (also the rescale factor exp(m_old - m_new)). */
+static inline float moa_expf(float x)
+{
+    float t, n, r, p;
+    uint32_t bits;
+    if (x < MOA_EXPF_LO) {
+        return 0.0f;
+    }
+    if (x > MOA_EXPF_HI) {
+        x = MOA_EXPF_HI;
+    }
+    t = x * MOA_EXPF_LOG2E + MOA_EXPF_ROUND;
+    n = t - MOA_EXPF_ROUND;
+    r = x - n * MOA_EXPF_LN2_HI;
+    r = r - n * MOA_EXPF_LN2_LO;
+    p = MOA_EXPF_P0;
+    p = p * r + MOA_EXPF_P1;
+    p = p * r + MOA_EXPF_P2;
+    p = p * r + MOA_EXPF_P3;
+    p = p * r + MOA_EXPF_P4;
+    p = p * r + MOA_EXPF_P5;
+    p = p * (r * r) + r + 1.0f;
+    memcpy(&bits, &t, sizeof bits); /* t's low bits hold n + 2^22; << 23 moves n into the exponent */
+    bits = (bits << 23) + (127u << 23);
+    memcpy(&t, &bits, sizeof t);
+    return p * t;
+}
+
+/* Every kernel once per variant; MOA_ATTN_DECLARE(suffix) declares one variant's set. */
+#define MOA_ATTN_DECLARE(scores, pv, max, exp, scale, vexp)                                              \
+    void scores(size_t rows, size_t cols, size_t depth, float scale_, const float *q, ptrdiff_t ldq,   \
+                const float *k, ptrdiff_t ldk, float *s, ptrdiff_t lds);                                \
+    void pv(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const float *v,        \
+            ptrdiff_t ldv, float *acc, ptrdiff_t lda);                                                 \
+    float max(size_t n, const float *x);                                                               \
+    float exp(size_t n, float *x, float m);                                                            \
+    void scale(size_t n, float alpha, const float *x, float *y);                                       \
+    void vexp(size_t n, const float *x, float *y);
+
+/* The portable reference, compiled on every target. */
+MOA_ATTN_DECLARE(moa_attn_scores_f32_1x1_scalar, moa_attn_pv_f32_1x1_scalar, moa_attn_max_f32_u1_scalar,
+                 moa_attn_exp_f32_u1_scalar, moa_attn_scale_f32_u1_scalar, moa_vexp_f32_u1_scalar)
+
+#if MOA_ISA_AVX512
+MOA_ATTN_DECLARE(moa_attn_scores_f32_4x4_avx512, moa_attn_pv_f32_4x64_avx512, moa_attn_max_f32_u32_avx512,
+                 moa_attn_exp_f32_u32_avx512, moa_attn_scale_f32_u32_avx512, moa_vexp_f32_u32_avx512)
+#define moa_attn_scores_f32 moa_attn_scores_f32_4x4_avx512
+#define moa_attn_pv_f32 moa_attn_pv_f32_4x64_avx512
+#define moa_attn_max_f32 moa_attn_max_f32_u32_avx512
+#define moa_attn_exp_f32 moa_attn_exp_f32_u32_avx512
+#define moa_attn_scale_f32 moa_attn_scale_f32_u32_avx512
+#define moa_vexp_f32 moa_vexp_f32_u32_avx512
+#elif MOA_ISA_AVX2
+MOA_ATTN_DECLARE(moa_attn_scores_f32_2x4_avx2, moa_attn_pv_f32_4x16_avx2, moa_attn_max_f32_u16_avx2,
+                 moa_attn_exp_f32_u16_avx2, moa_attn_scale_f32_u16_avx2, moa_vexp_f32_u16_avx2)
+#define moa_attn_scores_f32 moa_attn_scores_f32_2x4_avx2
+#define moa_attn_pv_f32 moa_attn_pv_f32_4x16_avx2
+#define moa_attn_max_f32 moa_attn_max_f32_u16_avx2
+#define moa_attn_exp_f32 moa_attn_exp_f32_u16_avx2
+#define moa_attn_scale_f32 moa_attn_scale_f32_u16_avx2
+#define moa_vexp_f32 moa_vexp_f32_u16_avx2
+#elif MOA_ISA_NEON
+MOA_ATTN_DECLARE(moa_attn_scores_f32_4x4_neon, moa_attn_pv_f32_4x16_neon, moa_attn_max_f32_u16_neon,
+                 moa_attn_exp_f32_u8_neon, moa_attn_scale_f32_u16_neon, moa_vexp_f32_u8_neon)
+#define moa_attn_scores_f32 moa_attn_scores_f32_4x4_neon
+#define moa_attn_pv_f32 moa_attn_pv_f32_4x16_neon
+#define moa_attn_max_f32 moa_attn_max_f32_u16_neon
+#define moa_attn_exp_f32 moa_attn_exp_f32_u8_neon
+#define moa_attn_scale_f32 moa_attn_scale_f32_u16_neon
+#define moa_vexp_f32 moa_vexp_f32_u8_neon
+#elif MOA_ISA_RVV
+MOA_ATTN_DECLARE(moa_attn_scores_f32_4xm4_rvv, moa_attn_pv_f32_4xm4_rvv, moa_attn_max_f32_um8_rvv,
+                 moa_attn_exp_f32_um2_rvv, moa_attn_scale_f32_um8_rvv, moa_vexp_f32_um2_rvv)
+#define moa_attn_scores_f32 moa_attn_scores_f32_4xm4_rvv
+#define moa_attn_pv_f32 moa_attn_pv_f32_4xm4_rvv
+#define moa_attn_max_f32 moa_attn_max_f32_um8_rvv
+#define moa_attn_exp_f32 moa_attn_exp_f32_um2_rvv
+#define moa_attn_scale_f32 moa_attn_scale_f32_um8_rvv
+#define moa_vexp_f32 moa_vexp_f32_um2_rvv
+#else
+#define moa_attn_scores_f32 moa_attn_scores_f32_1x1_scalar
+#define moa_attn_pv_f32 moa_attn_pv_f32_1x1_scalar
+#define moa_attn_max_f32 moa_attn_max_f32_u1_scalar
+#define moa_attn_exp_f32 moa_attn_exp_f32_u1_scalar
+#define moa_attn_scale_f32 moa_attn_scale_f32_u1_scalar
+#define moa_vexp_f32 moa_vexp_f32_u1_scalar
+#endif
+
+/* What the unsuffixed names do, for every variant:
+ *
+ * moa_attn_scores_f32: s[r * lds + c] = scale * sum_{j < depth} q[r * ldq + j] * k[c * ldk + j]
+ *     for r < rows, c < cols. s must not overlap q or k.
+ * moa_attn_pv_f32: acc[r * lda + e] += sum_{c < cols} p[r * ldp + c] * v[c * ldv + e]
+ *     for r < rows, e < dv. acc must not overlap p or v.
+ * moa_attn_max_f32: the largest of x[0..n); NaN when any x is NaN; -INFINITY when n == 0.
+ * moa_attn_exp_f32: x[c] = exp(x[c] - m) in place; returns the sum of the new x (float).
+ *     Call it with m = the row maximum (finite): every x[c] - m <= 0.
+ * moa_attn_scale_f32: y[c] = alpha * x[c]; y may be x.
+ * moa_vexp_f32: y[c] = exp(x[c]); y may be x. */
+
+#endif

@@ -1,0 +1,76 @@
+/* The portable reference of the attention micro-kernels (moa/attention.h): each loop reads
+ * like its equation. Every ISA variant is tested against these. */
+#include <math.h>
+
+#include "moa/attention.h"
+
+void moa_attn_scores_f32_1x1_scalar(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                    ptrdiff_t ldq, const float *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
+{
+    size_t r, c, j;
+    for (r = 0; r < rows; r++) {
+        for (c = 0; c < cols; c++) {
+            const float *q_row = q + (ptrdiff_t)r * ldq, *k_row = k + (ptrdiff_t)c * ldk;
+            float dot = 0.0f;
+            for (j = 0; j < depth; j++) {
+                dot += q_row[j] * k_row[j];
+            }
+            s[(ptrdiff_t)r * lds + (ptrdiff_t)c] = scale * dot;
+        }
+    }
+}
+
+void moa_attn_pv_f32_1x1_scalar(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                const float *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    size_t r, c, e;
+    for (r = 0; r < rows; r++) {
+        float *acc_row = acc + (ptrdiff_t)r * lda;
+        for (c = 0; c < cols; c++) {
+            const float weight = p[(ptrdiff_t)r * ldp + (ptrdiff_t)c];
+            const float *v_row = v + (ptrdiff_t)c * ldv;
+            for (e = 0; e < dv; e++) {
+                acc_row[e] += weight * v_row[e];
+            }
+        }
+    }
+}
+
+float moa_attn_max_f32_u1_scalar(size_t n, const float *x)
+{
+    float m = -INFINITY;
+    size_t c;
+    for (c = 0; c < n; c++) {
+        if (!(x[c] <= m)) { /* a NaN wins and stays */
+            m = isnan(m) ? m : x[c];
+        }
+    }
+    return m;
+}
+
+float moa_attn_exp_f32_u1_scalar(size_t n, float *x, float m)
+{
+    float sum = 0.0f;
+    size_t c;
+    for (c = 0; c < n; c++) {
+        x[c] = moa_expf(x[c] - m);
+        sum += x[c];
+    }
+    return sum;
+}
+
+void moa_attn_scale_f32_u1_scalar(size_t n, float alpha, const float *x, float *y)
+{
+    size_t c;
+    for (c = 0; c < n; c++) {
+        y[c] = alpha * x[c];
+    }
+}
+
+void moa_vexp_f32_u1_scalar(size_t n, const float *x, float *y)
+{
+    size_t c;
+    for (c = 0; c < n; c++) {
+        y[c] = moa_expf(x[c]);
+    }
+}

@@ -1,0 +1,521 @@
+"""The attention micro-kernels (c_runtime/include/moa/attention.h): every variant (AVX-512,
+AVX2, NEON under qemu-aarch64, RVV under qemu-riscv64 at VLEN 128 and 256, and the forced
+scalar build) runs one table of cases; each output is checked against PyTorch float64 and
+against the scalar reference of the same build. One process per build runs the whole table,
+every buffer at its exact size on the heap (one build under ASan and UBSan). The shared exp
+is measured in ulp against float64 over the range softmax uses, and the bound is the one
+the header states."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+import os
+from pathlib import Path
+import platform
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import require_board
+from moa_edge import C_RUNTIME_DIR
+from moa_edge.ops.attention import C_SOURCES
+
+HEADER = C_RUNTIME_DIR / "include" / "moa" / "attention.h"
+
+HARNESS = r"""
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moa/attention.h"
+
+/* stdin: records of 8 int32 (op, six sizes, unused) then the op's float32 operands; stdout:
+ * per record the variant's outputs, then the scalar reference's. Buffers are exactly sized. */
+static float *take(size_t n)
+{
+    float *p = malloc(n ? n * sizeof *p : 1);
+    if (p == NULL || fread(p, sizeof *p, n, stdin) != n) {
+        exit(2);
+    }
+    return p;
+}
+
+static float *copy(const float *x, size_t n)
+{
+    float *p = malloc(n ? n * sizeof *p : 1);
+    if (p == NULL) {
+        exit(2);
+    }
+    memcpy(p, x, n * sizeof *p);
+    return p;
+}
+
+static void put(const float *x, size_t n)
+{
+    if (fwrite(x, sizeof *x, n, stdout) != n) {
+        exit(2);
+    }
+}
+
+int main(void)
+{
+    int32_t h[8];
+    fprintf(stderr, "isa=%s\n", MOA_ISA_NAME);
+    while (fread(h, sizeof h, 1, stdin) == 1) {
+        const size_t a = (size_t)h[1], b = (size_t)h[2], c = (size_t)h[3];
+        const ptrdiff_t la = h[4], lb = h[5], lc = h[6];
+        if (h[0] == 0) { /* scores: rows a, cols b, depth c, ldq la, ldk lb, lds lc */
+            float *scale = take(1), *q = take(a * (size_t)la), *k = take(b * (size_t)lb), *s = take(a * (size_t)lc);
+            float *s2 = copy(s, a * (size_t)lc);
+            moa_attn_scores_f32(a, b, c, *scale, q, la, k, lb, s, lc);
+            moa_attn_scores_f32_1x1_scalar(a, b, c, *scale, q, la, k, lb, s2, lc);
+            put(s, a * (size_t)lc), put(s2, a * (size_t)lc);
+            free(scale), free(q), free(k), free(s), free(s2);
+        } else if (h[0] == 1) { /* pv: rows a, cols b, dv c, ldp la, ldv lb, lda lc */
+            float *p = take(a * (size_t)la), *v = take(b * (size_t)lb), *acc = take(a * (size_t)lc);
+            float *acc2 = copy(acc, a * (size_t)lc);
+            moa_attn_pv_f32(a, b, c, p, la, v, lb, acc, lc);
+            moa_attn_pv_f32_1x1_scalar(a, b, c, p, la, v, lb, acc2, lc);
+            put(acc, a * (size_t)lc), put(acc2, a * (size_t)lc);
+            free(p), free(v), free(acc), free(acc2);
+        } else if (h[0] == 2) { /* max of a */
+            float *x = take(a), m[2];
+            m[0] = moa_attn_max_f32(a, x), m[1] = moa_attn_max_f32_u1_scalar(a, x);
+            put(m, 1), put(m + 1, 1);
+            free(x);
+        } else if (h[0] == 3) { /* exp: x[a] = exp(x - m), returns the sum */
+            float *m = take(1), *x = take(a), *x2 = copy(x, a), sum[2];
+            sum[0] = moa_attn_exp_f32(a, x, *m), sum[1] = moa_attn_exp_f32_u1_scalar(a, x2, *m);
+            put(x, a), put(sum, 1), put(x2, a), put(sum + 1, 1);
+            free(m), free(x), free(x2);
+        } else if (h[0] == 4) { /* scale: y = alpha x, out of place, and in place */
+            float *alpha = take(1), *x = take(a), *y = take(a), *y2 = copy(y, a), *x_in = copy(x, a), *x_in2 = copy(x, a);
+            moa_attn_scale_f32(a, *alpha, x, y), moa_attn_scale_f32(a, *alpha, x_in, x_in);
+            moa_attn_scale_f32_u1_scalar(a, *alpha, x, y2), moa_attn_scale_f32_u1_scalar(a, *alpha, x_in2, x_in2);
+            put(y, a), put(x_in, a), put(y2, a), put(x_in2, a);
+            free(alpha), free(x), free(y), free(y2), free(x_in), free(x_in2);
+        } else if (h[0] == 5) { /* vexp: y = exp(x) */
+            float *x = take(a), *y = take(a), *y2 = copy(y, a);
+            moa_vexp_f32(a, x, y), moa_vexp_f32_u1_scalar(a, x, y2);
+            put(y, a), put(y2, a);
+            free(x), free(y), free(y2);
+        } else {
+            return 3;
+        }
+    }
+    return 0;
+}
+"""
+
+SENTINEL = np.float32(12345.0)
+LN_FLT_MIN = math.log(np.finfo(np.float32).tiny)  # -87.3365: below it exp(x) < FLT_MIN
+
+
+# --- the table ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    op: str
+    sizes: tuple
+    seed: int = 0
+    fill: str = "normal"  # operand values: normal | nan | hidden (-inf entries) | allhidden
+
+    @property
+    def name(self) -> str:
+        return f"{self.op}{'x'.join(map(str, self.sizes))}{'' if self.fill == 'normal' else '-' + self.fill}"
+
+
+def _table() -> list[Case]:
+    cases = []
+    # scores: rows, cols, depth (row pads are added below); tiles 4x4 / 2x4 / 4xvl and every edge
+    for rows, cols, depth in [(1, 1, 1), (1, 5, 3), (2, 4, 8), (3, 7, 5), (4, 4, 16), (4, 16, 32), (5, 17, 33),
+                              (8, 33, 64), (7, 64, 17), (16, 16, 80), (64, 16, 32), (4, 40, 128), (9, 3, 0)]:
+        cases.append(Case("scores", (rows, cols, depth)))
+    # pv: rows, cols, dv
+    for rows, cols, dv in [(1, 1, 1), (1, 3, 5), (4, 4, 4), (3, 5, 8), (4, 16, 16), (5, 7, 12), (4, 9, 17),
+                           (8, 16, 31), (4, 16, 32), (6, 13, 33), (4, 64, 64), (7, 20, 65), (4, 8, 80),
+                           (2, 5, 100), (64, 16, 32), (3, 0, 9)]:
+        cases.append(Case("pv", (rows, cols, dv)))
+    for n in [0, 1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 100, 257]:
+        cases.append(Case("max", (n,)))
+        cases.append(Case("exp", (n,)))
+        cases.append(Case("scale", (n,)))
+    for n in [1, 5, 16, 33, 100]:
+        cases += [Case("max", (n,), fill="nan"), Case("exp", (n,), fill="hidden"),
+                  Case("max", (n,), fill="allhidden")]
+    cases.append(Case("exp", (37,), fill="nan"))
+    for n in [1, 3, 8, 15, 16, 17, 31, 33]:
+        cases.append(Case("vexp", (n,)))
+    return cases
+
+
+TABLE = _table()
+OPS = {"scores": 0, "pv": 1, "max": 2, "exp": 3, "scale": 4, "vexp": 5}
+
+
+def _operands(case: Case) -> dict:
+    rng = np.random.default_rng(sum(map(ord, case.name)) + case.seed)
+    f32 = np.float32
+    if case.op == "scores":
+        rows, cols, depth = case.sizes
+        ldq, ldk, lds = depth + 3, depth + 1, cols + 2  # padded rows: strides are honoured
+        return dict(ld=(ldq, ldk, lds), scale=f32(1 / math.sqrt(max(depth, 1))),
+                    q=rng.standard_normal((rows, ldq)).astype(f32), k=rng.standard_normal((cols, ldk)).astype(f32),
+                    s=np.full((rows, lds), SENTINEL, f32))
+    if case.op == "pv":
+        rows, cols, dv = case.sizes
+        ldp, ldv, lda = cols + 1, dv + 5, dv + 3
+        return dict(ld=(ldp, ldv, lda), p=rng.random((rows, ldp)).astype(f32),
+                    v=rng.standard_normal((cols, ldv)).astype(f32), acc=rng.standard_normal((rows, lda)).astype(f32))
+    (n,) = case.sizes
+    x = (3 * rng.standard_normal(n)).astype(f32)
+    if case.fill == "nan" and n:
+        x[rng.integers(n)] = np.nan
+    if case.fill == "hidden":
+        x[rng.random(n) < 0.5] = -np.inf
+        x[0] = 0.5
+    if case.fill == "allhidden":
+        x[:] = -np.inf
+    if case.op == "exp":
+        finite = x[np.isfinite(x)]
+        m = f32(finite.max()) if finite.size else f32(0)
+        return dict(m=m, x=x)
+    if case.op == "scale":
+        return dict(alpha=f32(rng.standard_normal()), x=x, y=np.full(n, SENTINEL, f32))
+    if case.op == "vexp":
+        return dict(x=np.minimum(x, 0), y=np.full(n, SENTINEL, f32))
+    return dict(x=x)
+
+
+def _record(case: Case, ops: dict) -> bytes:
+    sizes = list(case.sizes) + [0] * (3 - len(case.sizes))
+    ld = list(ops.get("ld", (0, 0, 0)))
+    head = np.array([OPS[case.op], *sizes, *ld, 0], np.int32).tobytes()
+    order = {"scores": ("scale", "q", "k", "s"), "pv": ("p", "v", "acc"), "max": ("x",), "exp": ("m", "x"),
+             "scale": ("alpha", "x", "y"), "vexp": ("x", "y")}[case.op]
+    return head + b"".join(np.asarray(ops[k], np.float32).tobytes() for k in order)
+
+
+def _output_sizes(case: Case, ops: dict) -> list[int]:
+    """Float counts of the variant's outputs (the scalar reference's follow, the same)."""
+    if case.op == "scores":
+        return [ops["s"].size]
+    if case.op == "pv":
+        return [ops["acc"].size]
+    (n,) = case.sizes
+    return {"max": [1], "exp": [n, 1], "scale": [n, n], "vexp": [n]}[case.op]
+
+
+def _expected(case: Case, ops: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(PyTorch float64 result, its fp32 tolerance) per output, the untouched padding
+    included. Tolerances are rounding bounds: a sum of d terms errs by at most ~d eps times
+    the sum of their magnitudes (sqrt(d) typically; 4 sqrt(d) allowed); exp(x - m) carries
+    the rounding of x - m, |x - m| eps / 2 relative, besides its own ulp."""
+    t = lambda a: torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
+    eps = float(np.finfo(np.float32).eps)
+    if case.op == "scores":
+        rows, cols, depth = case.sizes
+        q, k = t(ops["q"])[:, :depth], t(ops["k"])[:, :depth]
+        s, tol = t(ops["s"]).clone(), torch.zeros(ops["s"].shape, dtype=torch.float64)
+        scale = float(ops["scale"])
+        s[:, :cols] = scale * q @ k.T
+        tol[:, :cols] = 4 * eps * math.sqrt(depth + 1) * scale * (q.abs() @ k.abs().T) + eps * s[:, :cols].abs()
+        return [(s.numpy().reshape(-1), tol.numpy().reshape(-1))]
+    if case.op == "pv":
+        rows, cols, dv = case.sizes
+        p, v = t(ops["p"])[:, :cols], t(ops["v"])[:, :dv]
+        acc, tol = t(ops["acc"]).clone(), torch.zeros(ops["acc"].shape, dtype=torch.float64)
+        acc[:, :dv] += p @ v
+        tol[:, :dv] = 4 * eps * math.sqrt(cols + 1) * (t(ops["acc"])[:, :dv].abs() + p.abs() @ v.abs())
+        return [(acc.numpy().reshape(-1), tol.numpy().reshape(-1))]
+    x = t(ops["x"])
+    if case.op == "max":
+        m = -math.inf if x.numel() == 0 else (math.nan if torch.isnan(x).any() else float(x.max()))
+        return [(np.array([m]), np.zeros(1))]
+    if case.op == "exp":
+        d = x - float(ops["m"])
+        e = torch.exp(d)
+        rel = eps * (4 + torch.nan_to_num(d.abs(), posinf=0.0))
+        total = float(e.sum())
+        return [(e.numpy(), (rel * e).numpy()), (np.array([total]), np.array([float((rel * e).sum()) + 4 * eps * x.numel() * abs(total)]))]
+    if case.op == "scale":
+        y = float(ops["alpha"]) * x
+        return [(y.numpy(), eps * y.abs().numpy())] * 2
+    e = torch.exp(x)
+    return [(e.numpy(), 4 * eps * e.numpy())]
+
+
+# --- builds ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Build:
+    name: str
+    board: str
+    isa: str  # the MOA_ISA_NAME the build must select
+    cflags: tuple = ()  # replaces the board's optimisation and target flags when given
+    extra: tuple = ()   # added to the board's flags
+    vlen: int = 0       # RVV: the qemu vector length
+
+
+def _x86() -> bool:
+    return platform.machine() in ("x86_64", "AMD64")
+
+
+def _host_has(flag: str) -> bool:
+    try:
+        return re.search(rf"\b{flag}\b", Path("/proc/cpuinfo").read_text()) is not None
+    except OSError:
+        return False
+
+
+SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer")
+BUILDS = [
+    Build("host-native", "host", "native"),
+    Build("host-avx2", "host", "avx2", cflags=("-O2", "-mavx2", "-mfma", "-mno-avx512f")),
+    Build("host-scalar", "host", "scalar", extra=("-DMOA_FORCE_SCALAR",)),
+    Build("host-asan", "host", "native", cflags=("-O1", "-march=native", *SANITIZE)),
+    Build("rpi4-neon", "rpi4", "neon"),
+    Build("rpi4-scalar", "rpi4", "scalar", extra=("-DMOA_FORCE_SCALAR",)),
+    Build("k230-rvv-vlen128", "k230", "rvv", vlen=128),
+    Build("k230-rvv-vlen256", "k230", "rvv", vlen=256),
+]
+
+
+def _native_isa() -> str:
+    if _x86():
+        return "avx512" if _host_has("avx512f") else "avx2" if _host_has("avx2") and _host_has("fma") else "scalar"
+    return "neon" if platform.machine() == "aarch64" else "scalar"
+
+
+@dataclass
+class Built:
+    build: Build
+    exe: Path
+    runner: list
+
+
+_built: dict[str, Built] = {}
+
+
+def build_kernels(build: Build, workdir: Path) -> Built:
+    if build.name in _built:
+        return _built[build.name]
+    if build.board == "host" and build.isa == "avx2" and not (_x86() and _host_has("avx2")):
+        pytest.skip("the AVX2 build needs an x86-64 host with AVX2")
+    board = require_board(build.board)
+    cc = board.compiler()
+    cflags = list(build.cflags) if build.cflags else list(board.toolchain["cflags"])
+    if build.cflags and board.name != "host":
+        cflags = [f for f in board.toolchain["cflags"] if not f.startswith("-O")] + cflags
+    cflags += list(build.extra)
+    ldflags = list(board.toolchain["ldflags"])
+    if any(f.startswith("-fsanitize") for f in cflags):
+        ldflags += [f for f in cflags if f.startswith("-fsanitize")]
+    out = workdir / build.name
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "main.c").write_text(HARNESS)
+    exe = out / "kernels"
+    sources = [str(C_RUNTIME_DIR / "src" / s) for s in C_SOURCES]
+    cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{C_RUNTIME_DIR / 'include'}",
+           str(out / "main.c"), *sources, "-o", str(exe), *ldflags, "-lm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)}\n{proc.stderr}"
+    runner = board.runner()
+    if build.vlen:
+        runner = [re.sub(r"vlen=\d+", f"vlen={build.vlen}", a) for a in runner]
+    _built[build.name] = Built(build, exe, runner)
+    return _built[build.name]
+
+
+def run_table(built: Built, records: bytes) -> tuple[bytes, str]:
+    proc = subprocess.run([*built.runner, str(built.exe)], input=records, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout, proc.stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return tmp_path_factory.mktemp("attention_kernels")
+
+
+def _expected_isa(build: Build) -> str:
+    return _native_isa() if build.isa == "native" else build.isa
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("build", BUILDS, ids=lambda b: b.name)
+def test_every_variant_matches_scalar_reference_and_torch(build, workdir):
+    """The whole table on one build: each output within fp32 rounding of PyTorch float64,
+    and the variant within the same bound of the scalar reference; padding never written;
+    NaN propagates through max and exp; a hidden (-inf) entry gives exp 0."""
+    built = build_kernels(build, workdir)
+    operands = [_operands(c) for c in TABLE]
+    stdout, stderr = run_table(built, b"".join(_record(c, o) for c, o in zip(TABLE, operands)))
+    assert f"isa={_expected_isa(build)}" in stderr
+    got = np.frombuffer(stdout, np.float32)
+    at = 0
+    failures = []
+    for case, ops in zip(TABLE, operands):
+        sizes = _output_sizes(case, ops)
+        n = sum(sizes)
+        variant, scalar = got[at:at + n], got[at + n:at + 2 * n]
+        at += 2 * n
+        pieces = _expected(case, ops)
+        expected = np.concatenate([e for e, _ in pieces])
+        tolerance = np.concatenate([tol for _, tol in pieces]) + np.finfo(np.float32).tiny  # results under FLT_MIN give 0
+        for who, out in (("variant", variant), ("scalar", scalar)):
+            out = out.astype(np.float64)
+            nan = np.isnan(expected)
+            if not np.array_equal(np.isnan(out), nan):
+                failures.append(f"{case.name} {who}: NaN where PyTorch has {expected[np.isnan(out) != nan][:3]}")
+                continue
+            same = out[~nan] == expected[~nan]  # infinities included
+            with np.errstate(invalid="ignore"):  # inf - inf where both are the same infinity
+                err = np.where(same, 0.0, np.abs(out[~nan] - expected[~nan]))
+            tol = tolerance[~nan]
+            if np.any(err > tol):
+                k = int(np.argmax(err - tol))
+                failures.append(f"{case.name} {who}: |{out[~nan][k]} - {expected[~nan][k]}| > {tol[k]:.3g}")
+        close = np.isclose(variant, scalar, rtol=1e-5, atol=1e-5, equal_nan=True)
+        if not np.all(close):
+            failures.append(f"{case.name}: variant and scalar reference differ")
+    assert at == got.size
+    assert not failures, "\n".join(failures[:20])
+
+
+def _exp_points() -> np.ndarray:
+    """The softmax range [ln FLT_MIN, 0]: every exponent, sampled evenly in value and in
+    float bits (so the small |x| near 0 are as dense as the large), plus the edges."""
+    rng = np.random.default_rng(7)
+    lo = np.float32(LN_FLT_MIN)
+    even = np.linspace(lo, 0, 100_003, dtype=np.float32)
+    lo_bits, zero_bits = int(np.float32(lo).view(np.uint32)), int(np.float32(-0.0).view(np.uint32))
+    bits = rng.integers(zero_bits, lo_bits + 1, 150_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    edges = np.array([0.0, -0.0, lo, np.nextafter(lo, np.float32(0)), -1e-30, -1e-7, -0.5 * math.log(2),
+                      -math.log(2), -1, -10, -80], np.float32)
+    return np.concatenate([even, bits, edges]).astype(np.float32)
+
+
+def _ulp_errors(got: np.ndarray, x: np.ndarray) -> np.ndarray:
+    true = np.exp(x.astype(np.float64))
+    ulp = np.exp2(np.floor(np.log2(true)) - 23)  # one float32 ulp at the true value (all normal here)
+    return np.abs(got.astype(np.float64) - true) / ulp
+
+
+def _header_ulp_bound() -> float:
+    return float(re.search(r"#define MOA_EXPF_MAX_ULP ([0-9.]+)f", HEADER.read_text()).group(1))
+
+
+EXP_BUILDS = [b for b in BUILDS if b.name != "host-asan"]
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("build", EXP_BUILDS, ids=lambda b: b.name)
+def test_exp_ulp_error_is_the_header_bound(build, workdir):
+    """moa_vexp_f32 (and the scalar moa_expf of the same build) against float64 exp over
+    [ln FLT_MIN, 0], sampled: the maximum error is at most MOA_EXPF_MAX_ULP (the exhaustive
+    figure, test_exp_ulp_error_exhaustively). Past the range: results under FLT_MIN give 0,
+    exp(-inf) = 0, exp(NaN) = NaN."""
+    built = build_kernels(build, workdir)
+    x = _exp_points()
+    tails = np.array([LN_FLT_MIN - 0.01, -100, -104, -1e30, -np.inf, np.nan], np.float32)
+    xs = np.concatenate([x, tails])
+    head = np.array([OPS["vexp"], xs.size, 0, 0, 0, 0, 0, 0], np.int32).tobytes()
+    stdout, _ = run_table(built, head + xs.tobytes() + np.zeros(xs.size, np.float32).tobytes())
+    got = np.frombuffer(stdout, np.float32).reshape(2, -1)
+    worst = 0.0
+    for out in got:
+        err = _ulp_errors(out[:x.size], x)
+        worst = max(worst, float(err.max()))
+        assert out[x.size:x.size + 5].tolist() == [0, 0, 0, 0, 0]
+        assert np.isnan(out[-1])
+    _exp_worst[build.name] = worst
+    assert worst <= _header_ulp_bound(), f"{build.name}: exp is {worst:.4f} ulp off; the header states {_header_ulp_bound()}"
+
+
+_exp_worst: dict[str, float] = {}
+
+
+@pytest.mark.board
+def test_exp_bound_is_tight():
+    """The samples come within 0.02 ulp of the header's figure: it is the measured worst
+    case, not a loose guess."""
+    if not _exp_worst:
+        pytest.skip("no exp measurement ran")
+    assert max(_exp_worst.values()) >= _header_ulp_bound() - 0.02, _exp_worst
+
+
+EXHAUSTIVE = r"""
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "moa/attention.h"
+
+int main(void) /* every float in [ln FLT_MIN, 0]: the worst ulp error of moa_vexp_f32 */
+{
+    enum { N = 4096 };
+    static float x[N], y[N];
+    const float lo_f = MOA_EXPF_LO;
+    uint32_t lo, bits = 0x80000000u;
+    double worst = 0;
+    memcpy(&lo, &lo_f, sizeof lo);
+    while (bits <= lo) {
+        size_t n = 0, i;
+        for (; n < N && bits <= lo; n++, bits++) {
+            memcpy(&x[n], &bits, sizeof bits);
+        }
+        moa_vexp_f32(n, x, y);
+        for (i = 0; i < n; i++) {
+            const double t = exp((double)x[i]);
+            int e;
+            double err;
+            frexp(t, &e);
+            err = fabs((double)y[i] - t) / ldexp(1.0, e - 24);
+            worst = err > worst ? err : worst;
+        }
+    }
+    printf("%.6f\n", worst);
+    return 0;
+}
+"""
+
+
+@pytest.mark.slow
+def test_exp_ulp_error_exhaustively(workdir):
+    """All 1.12e9 floats of [ln FLT_MIN, 0] through the host's own variant (about 30 s):
+    the header's figure is this maximum, rounded up in the fourth decimal."""
+    board = require_board("host")
+    src, exe = workdir / "exhaustive.c", workdir / "exhaustive"
+    src.write_text(EXHAUSTIVE)
+    subprocess.run([board.compiler(), *board.toolchain["cflags"], "-std=c99", f"-I{C_RUNTIME_DIR / 'include'}",
+                    str(src), *(str(C_RUNTIME_DIR / "src" / s) for s in C_SOURCES), "-o", str(exe), "-lm"],
+                   check=True)
+    worst = float(subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout)
+    assert _header_ulp_bound() - 1e-4 <= worst <= _header_ulp_bound()
+
+
+def test_sources_list_every_variant_and_basenames_are_unique():
+    """ops/attention.py's C_SOURCES hold the reference and one file per ISA folder; each file
+    compiles to nothing unless moa/isa.h selects its ISA."""
+    folders = {Path(s).parent.name for s in C_SOURCES}
+    assert {"x86", "neon", "rvv"} <= folders
+    names = [Path(s).name for s in C_SOURCES]
+    assert len(set(names)) == len(names)
+    for s in C_SOURCES:
+        text = (C_RUNTIME_DIR / "src" / s).read_text()
+        if "/" in s:
+            assert re.search(r"#if MOA_ISA_(AVX512|AVX2|NEON|RVV)\b", text), s
+
+
+def test_runtime_keeps_no_state_and_never_allocates():
+    for s in C_SOURCES:
+        text = (C_RUNTIME_DIR / "src" / s).read_text()
+        assert not re.search(r"\b(malloc|calloc|realloc|free)\s*\(", text), s
+        assert not re.search(r"^static\s+(?!inline)[^(]*[;=]", text, re.M), f"{s}: a file-scope static"
