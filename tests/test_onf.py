@@ -183,13 +183,14 @@ def test_nan_in_a_row_gives_nan_not_zero(schedule, tmp_path):
 
 
 @pytest.mark.board
-@pytest.mark.parametrize("schedule", [Schedule("online", 3, 16), Schedule("two_pass", 5, 3)],
+@pytest.mark.parametrize("schedule", [Schedule("online", 3, 16), Schedule("online", 2, 2), Schedule("two_pass", 5, 3)],
                          ids=lambda s: f"{s.strategy}-{s.block_q}x{s.block_k}")
 @pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.name)
 def test_float_micro_kernel_onf_meets_tolerance(block, schedule, tmp_path):
     """Every feature through the micro-kernel form, built for the host's own SIMD variant:
     the score tile (by dot products, or as a GEMM tile when K is stored transposed), the
-    DNF's pass over it, and the row max / exp / P V kernels, against PyTorch float64."""
+    DNF's pass over it (small tiles: some wholly visible, so the pass that skips the causal
+    and window tests runs too), and the row max / exp / P V kernels, against PyTorch float64."""
     board = require_board("host")
     spec, storage, expected = make(block)
     code = emit_kernel(spec, schedule, "kernel")
@@ -222,3 +223,9 @@ def test_nan_in_a_row_gives_nan_not_zero_through_the_micro_kernels(schedule, tmp
     got, _ = run_harness(exe, storage, tmp_path, "float")
     got = got.reshape(1, 2, 5, 8)
     assert np.all(np.isnan(got[0, 0, 2])) and not np.any(np.isnan(got[0, 1]))
+
+
+def test_tiles_no_key_of_which_is_hidden_skip_the_causal_test():
+    spec, _, _ = make(Block("causal", sq=12, skv=12, causal=True))
+    code = emit_kernel(spec, Schedule("online", 4, 4), "kernel")
+    assert "some key of the tile is hidden" in code and code.count("(k > i)") == 1

@@ -445,11 +445,30 @@ class _TileEmitter:
         else:  # K^T stored: the tile is Q (rows x D) times K^T (D x cols), a GEMM tile from zero
             w(f"{indent}for (ii = 0; ii < rows; ii++) {{ for (kk = 0; kk < cols; kk++) {{ {element} = 0; }} }}")
             w(f"{indent}moa_attn_pv_f32((size_t)rows, {spec.head_dim}, (size_t)cols, {q}, {rows.q}, {k}, {rows.k}, {tile}, {ld});")
-        if self.term == TileScore():
-            return
         self.printer.tile = element
+        hidden, rest = _split_hidden(self.term)
+        if not hidden:
+            self._pass(w, self.term, element, indent)
+            return
+        # Keys hidden by index alone (causal, window, key lengths) are affine in (i, k), so a
+        # tile hides one iff one of its corners does; a tile no corner hides skips them.
+        corners = [(i, k) for i in ("ib", "(ib + rows - 1)") for k in ("kb", "(kb + cols - 1)")]
+        tests = " || ".join(self.printer.expr(_rename(cond, {"i": i, "k": k}), [])
+                            for cond in hidden for i, k in corners)
+        w(f"{indent}if ({tests}) {{ /* some key of the tile is hidden */")
+        self._pass(w, self.term, element, indent + "    ")
+        if rest == TileScore():
+            w(f"{indent}}}")
+            return
+        w(f"{indent}}} else {{")
+        self._pass(w, rest, element, indent + "    ")
+        w(f"{indent}}}")
+
+    def _pass(self, w, term, element, indent):
+        if term == TileScore():
+            return
         pre: list[str] = []
-        value = self.printer.expr(self.term, pre)
+        value = self.printer.expr(term, pre)
         assert not pre
         w(f"{indent}for (ii = 0; ii < rows; ii++) {{ /* the DNF's terms around Q.K: softcap, bias, hidden keys */")
         if re.search(r"\bi\b", value):
@@ -460,6 +479,40 @@ class _TileEmitter:
         w(f"{indent}        {element} = {value};")
         w(f"{indent}    }}")
         w(f"{indent}}}")
+
+
+def _split_hidden(term):
+    """(the index-only conditions hiding a key, the term when none holds): the chain of
+    Where(i/k comparison, -inf, ...) the DNF puts around the score, peeled while affine."""
+    conditions = []
+    while (isinstance(term, dnf.Where) and isinstance(term.cond, dnf.IndexGreater)
+           and isinstance(term.then, dnf.Literal) and term.then.value == -math.inf
+           and _affine(term.cond.left) and _affine(term.cond.right)):
+        conditions.append(term.cond)
+        term = term.otherwise
+    return conditions, term
+
+
+def _affine(ix) -> bool:
+    if isinstance(ix, dnf.FloorDiv):
+        return False
+    if isinstance(ix, dnf.Sum):
+        return _affine(ix.left) and _affine(ix.right)
+    if isinstance(ix, (dnf.Shift, dnf.KeyCount)):
+        return isinstance(ix, dnf.KeyCount) or _affine(ix.arg)
+    return True
+
+
+def _rename(cond: dnf.IndexGreater, names: dict) -> dnf.IndexGreater:
+    def ren(ix):
+        if isinstance(ix, dnf.Index):
+            return dnf.Index(names.get(ix.name, ix.name))
+        if isinstance(ix, dnf.Sum):
+            return dnf.Sum(ren(ix.left), ren(ix.right))
+        if isinstance(ix, dnf.KeyCount):
+            return ix  # L[b]: b is fixed over the tile
+        return dataclasses.replace(ix, arg=ren(ix.arg))
+    return dnf.IndexGreater(ren(cond.left), ren(cond.right))
 
 
 def _online_tiles(spec, bc, tile: _TileEmitter, w):
