@@ -77,8 +77,8 @@ def test_multi_head_attention_key_lengths(tmp_path):
 
 
 def _reference_check(model, tmp_path, ops):
-    """Ops the runtime does not have yet (the projection MatMul, bias Adds) stay in the graph:
-    the rewritten IR, run by the reference executor, against onnxruntime's kernels."""
+    """What the attention rewrite leaves (projections, bias Adds) stays in the graph: the
+    rewritten IR, run by the reference executor, against onnxruntime's kernels."""
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     graph = load_graph(path, strict=False)
@@ -103,8 +103,8 @@ def test_multi_head_attention_packed_bias(tmp_path):
     (None, 0, True), (None, 1, False), ([H * D, H * D, 2 * H * D], 0, True), (None, 0, False),
 ], ids=["mask_index", "unidirectional", "wider_values", "no_mask"])
 def test_packed_attention(sizes, unidirectional, lengths, tmp_path):
-    """com.microsoft.Attention: one projection MatMul (+ bias Add) left in the graph, Q, K and V
-    read from its rows at their column offsets, no copy."""
+    """com.microsoft.Attention: one projection left in the graph (MatMul + bias Add, one MoaGemm
+    with its weight packed), Q, K and V read from its rows at their column offsets, no copy."""
     width = sum(sizes) if sizes else 3 * H * D
     rng = np.random.default_rng(5)
     consts = [numpy_helper.from_array(rng.standard_normal((H * D, width)).astype(np.float32) / 4, "w"),
@@ -115,10 +115,10 @@ def test_packed_attention(sizes, unidirectional, lengths, tmp_path):
                    [B, SKV, out_width], consts, **attrs)
     if lengths:
         model.graph.input.append(helper.make_tensor_value_info("lengths", T.INT32, [B]))
-    graph = _reference_check(model, tmp_path, ["MatMul", "Add", "MoaAttention"])
+    graph = _reference_check(model, tmp_path, ["MoaGemm", "MoaAttention"])
     spec = graph.nodes[-1].attrs["spec"]
     assert spec.kv_lengths == lengths and spec.is_causal == bool(unidirectional)
-    assert graph.nodes[-1].inputs[:3] == [graph.nodes[1].outputs[0]] * 3  # Q, K, V: one buffer
+    assert graph.nodes[-1].inputs[:3] == [graph.nodes[0].outputs[0]] * 3  # Q, K, V: one buffer
 
 
 def _gqa(seqlens, **attrs):
