@@ -180,6 +180,34 @@ def test_fused_model_equals_onnxruntime_and_the_reference(board_name, tmp_path):
     np.testing.assert_array_equal(got["ids_plus"], want["ids_plus"])
 
 
+def test_every_fused_loop_of_a_deep_model_is_vectorised(tmp_path):
+    """Forty blocks of LayerNorm then Gelu (erf form): gcc -O2 must vectorise the Gelu loop
+    of the last block as well as the first (error checks marked unlikely keep the schedule
+    hot; moa_erf_f32 is always inlined)."""
+    nodes, consts = [], list(SCALARS)
+    x = "x"
+    for k in range(40):
+        consts += [(f"s{k}", np.ones(64, np.float32)), (f"b{k}", np.zeros(64, np.float32))]
+        nodes += [_node("LayerNormalization", [x, f"s{k}", f"b{k}"], f"ln{k}", axis=-1)]
+        nodes += _gelu_erf(f"ln{k}", f"g{k}", tag=f"t{k}_")
+        x = f"g{k}"
+    model = _model(nodes, [("x", F, [16, 64])], [(x, F, [16, 64])], consts)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    convert(path, tmp_path / "p")
+    source = (tmp_path / "p" / "model.c").read_text().splitlines()
+    gelu_loops = [n + 1 for n, line in enumerate(source) if "in one loop" in line]
+    assert len(gelu_loops) == 40
+    proc = subprocess.run(["gcc", "-O2", "-march=x86-64-v4", "-std=c99", "-I", str(tmp_path / "p"),
+                           "-I", str(tmp_path / "p" / "runtime" / "include"), "-c", "model.c", "-o", "/dev/null",
+                           "-fopt-info-vec-optimized"], cwd=tmp_path / "p", capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    vectorised = {int(m) for m in re.findall(r"model\.c:(\d+):\d+: optimized: loop vectorized", proc.stderr)}
+    # the loop statement is the line after the unit's comment, or one more for the declaration
+    missed = [n for n in gelu_loops if not vectorised & {n + 1, n + 2}]
+    assert not missed, f"fused loops at model.c lines {missed} were not vectorised"
+
+
 # -- moa/vmath.h -----------------------------------------------------------------------------
 
 VMATH = REPO / "c_runtime" / "include" / "moa" / "vmath.h"

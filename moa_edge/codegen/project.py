@@ -19,6 +19,12 @@ from .cnames import c_identifier
 TEMPLATES = Path(__file__).parent / "templates"
 
 
+def _unlikely_errors(call: str) -> str:
+    """Every op's `if (status != MOA_OK)` as MOA_UNLIKELY (moa/status.h): gcc then keeps the
+    whole schedule hot instead of judging the layers after a long chain of checks cold."""
+    return call.replace("if (status != MOA_OK)", "if (MOA_UNLIKELY(status != MOA_OK))")
+
+
 def _weights_blob(weights) -> tuple[bytes, str]:
     """weights.bin (every constant, 64-byte aligned, little-endian as the boards are) and the
     assembler lines that give each its own symbol inside it."""
@@ -86,7 +92,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
                                          graph=graph))
         kernels += unit.kernels
         kernel_decls += unit.declarations
-        calls.append(unit.call)
+        calls.append(_unlikely_errors(unit.call))
 
     subst = {
         "P": P, "p": prefix, "SOURCE": source, "BOARD": board,
@@ -110,6 +116,10 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
                 + [f"({e['c_type']} *)outputs[{k}]" for k, e in enumerate(outs)])
     subst["IO_MACROS"] = "\n".join(io_macros)
     subst["RUN_ARGS"] = ",\n        ".join(args + ["void *arena", "size_t arena_bytes"])
+    # The definition's pointers are restrict (the prototype's need not be, and C++ has no
+    # restrict): a loop between an input or output and the arena may then be vectorised.
+    subst["RUN_PARAMS"] = ",\n        ".join([a.replace(" *", " *restrict ") for a in args]
+                                            + ["void *restrict arena", "size_t arena_bytes"])
     subst["RUN_V_CALL"] = ", ".join(v_unpack + ["arena", "arena_bytes"])
     subst["KERNELS"] = "\n".join(kernels)
     subst["KERNEL_DECLS"] = "\n".join(kernel_decls)

@@ -45,7 +45,7 @@ def emit(node, ctx):
         f"        for (o = 0; o < {outer}; o++) {{\n"
         f"            for (i = 0; i < {count}; i++) {{\n"
         f"                const ptrdiff_t row = {idx}[i] < 0 ? (ptrdiff_t){idx}[i] + {extent} : (ptrdiff_t){idx}[i];\n"
-        f"                if (row < 0 || row >= {extent}) {{ return MOA_ERR_INDEX_OUT_OF_RANGE; }}\n"
+        f"                if (MOA_UNLIKELY(row < 0 || row >= {extent})) {{ return MOA_ERR_INDEX_OUT_OF_RANGE; }}\n"
         f"                for (r = 0; r < {inner}; r++) {{\n"
         f"                    {out}[(o * {count} + i) * {inner} + r] = {data}[(o * {extent} + row) * {inner} + r];\n"
         f"                }}\n"

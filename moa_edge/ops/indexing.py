@@ -75,7 +75,7 @@ def _buffers(node, ctx) -> dict[str, str]:
 def _wrap_index(node, var: str, value: str, extent: int, indent: str) -> list[str]:
     """`var` = the index `value` wrapped into [0, extent), or a return when it is outside."""
     return [f"{indent}const ptrdiff_t {var} = {value} < 0 ? (ptrdiff_t){value} + {extent} : (ptrdiff_t){value};",
-            f"{indent}if ({var} < 0 || {var} >= {extent}) {{ {_OUT_OF_RANGE} }}"]
+            f"{indent}if (MOA_UNLIKELY({var} < 0 || {var} >= {extent})) {{ {_OUT_OF_RANGE} }}"]
 
 
 def _wrapped(indices: torch.Tensor, extent: int, node) -> torch.Tensor:

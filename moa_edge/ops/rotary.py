@@ -97,7 +97,7 @@ def emit(node, ctx):
     row = f"((b * {H} + h) * {S} + t) * {D}" if g["layout"] == "bhsd" else f"((b * {S} + t) * {H} + h) * {D}"
     if g["positions"] is not None:
         cache_row = [f"const int64_t p = {ctx.where[node.inputs[3]]}[b * {S} + t];",
-                     f"if (p < 0 || p >= {g['positions']}) {{ return MOA_ERR_INDEX_OUT_OF_RANGE; }}"]
+                     f"if (MOA_UNLIKELY(p < 0 || p >= {g['positions']})) {{ return MOA_ERR_INDEX_OUT_OF_RANGE; }}"]
         cache_at = f"p * {half}"
     else:
         cache_row, cache_at = [], f"(b * {S} + t) * {half}"

@@ -11,8 +11,8 @@
 static inline float moa_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* Gelu(x) = x/2 (1 + erf(x / sqrt 2)), and the tanh approximation of opset 20. */
-static inline float moa_gelu_erf(float x) { return 0.5f * x * (1.0f + moa_erf_f32(x * 0.70710678118654752f)); }
-static inline float moa_gelu_tanh(float x)
+MOA_VMATH_INLINE float moa_gelu_erf(float x) { return 0.5f * x * (1.0f + moa_erf_f32(x * 0.70710678118654752f)); }
+MOA_VMATH_INLINE float moa_gelu_tanh(float x)
 {
     return 0.5f * x * (1.0f + moa_tanh_f32(0.79788456080286536f * (x + 0.044715f * x * x * x)));
 }

@@ -25,7 +25,15 @@
 
 #include <math.h>
 
-static inline float moa_erf_f32(float x)
+/* Always inlined: gcc -O2 otherwise keeps a call in some of a model's loops (it judges the
+ * body too large to inline everywhere), and a loop with a call is not vectorised. */
+#if defined(__GNUC__) || defined(__clang__)
+#define MOA_VMATH_INLINE static inline __attribute__((always_inline))
+#else
+#define MOA_VMATH_INLINE static inline
+#endif
+
+MOA_VMATH_INLINE float moa_erf_f32(float x)
 {
     const float a = fabsf(x) > 4.0f ? 4.0f : fabsf(x); /* NaN > 4 is false: NaN flows on */
     const float u = a * a, t = a - 1.375f, s = a - 3.0f;
@@ -64,7 +72,7 @@ static inline float moa_erf_f32(float x)
     return copysignf(a < 0.75f ? small : (a < 2.0f ? middle : 1.0f - 1.0f / q), x);
 }
 
-static inline float moa_tanh_f32(float x)
+MOA_VMATH_INLINE float moa_tanh_f32(float x)
 {
     const float a = fabsf(x) > 9.1f ? 9.1f : fabsf(x);
     const float u = a * a, t = a - 1.425f, s = a - 5.675f;
