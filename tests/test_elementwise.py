@@ -63,3 +63,33 @@ def test_a_type_the_runtime_lacks_is_one_clear_error(to, tmp_path):
     with pytest.raises(MoaEdgeError, match="node 'widen' \\(Cast\\) makes 'd'"):
         convert(tmp_path / "m.onnx", tmp_path / "p")
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+def test_integer_division_by_zero_does_not_trap(board_name, tmp_path):
+    """int64 and int32 Div: C truncation where onnxruntime answers (checked against it), and
+    the documented results where C would trap: x / 0 = 0 and INT_MIN / -1 = INT_MIN (numpy's
+    results; onnxruntime stops on the first and itself traps on the second)."""
+    board = require_board(board_name)
+    nodes = [helper.make_node("Div", ["a", "b"], ["q"]), helper.make_node("Div", ["c", "d"], ["r"])]
+    spec = lambda n, t: helper.make_tensor_value_info(n, t, [8])  # noqa: E731
+    model = _model(nodes, [spec("a", T.INT64), spec("b", T.INT64), spec("c", T.INT32), spec("d", T.INT32)],
+                   [spec("q", T.INT64), spec("r", T.INT32)])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    report = convert(path, tmp_path / "p")
+    defined = np.array([False, False, False, False, True, True, True, True])
+    feeds = {}
+    for a, b, dtype in (("a", "b", np.int64), ("c", "d", np.int32)):
+        low = np.iinfo(dtype).min
+        feeds[a] = np.array([7, -7, 2 ** 20 + 3, low, 5, -5, 0, low], dtype)
+        feeds[b] = np.array([2, 2, -3, 7, 0, 0, 0, -1], dtype)
+    got, _ = run(build(tmp_path / "p", board), board, report["io"], feeds)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    safe = {k: np.where(defined, 1, v).astype(v.dtype) if k in "bd" else v for k, v in feeds.items()}
+    want = {k: v[~defined] for k, v in zip(["q", "r"], session.run(None, safe))}
+    with np.errstate(divide="ignore", over="ignore"):
+        for out, a, b in (("q", "a", "b"), ("r", "c", "d")):
+            np.testing.assert_array_equal(got[out][~defined], want[out], err_msg=out)
+            np.testing.assert_array_equal(got[out][defined], feeds[a][defined] // feeds[b][defined], err_msg=out)

@@ -62,7 +62,9 @@ _TORCH = {
 }
 OPS = tuple(_C_EXPR) + ("Gelu", "Cast", "IsInf", "MoaElementwise")
 # Integer forms of the ops whose float form would round (|x| > 2^24) or not compile.
-_INTEGER_C_EXPR = {"Pow": "moa_ipow(a, b)", "Abs": "(a < 0 ? -a : a)"}
+# Integer Div never traps (moa_idiv in moa/elementwise.h): x / 0 is 0 and INT_MIN / -1 wraps to
+# INT_MIN, as numpy gives; onnxruntime stops with an error on the first and traps on the second.
+_INTEGER_C_EXPR = {"Pow": "moa_ipow(a, b)", "Abs": "(a < 0 ? -a : a)", "Div": "moa_idiv(a, b)"}
 _FLOAT_ONLY = {"Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Floor", "Ceil", "Sin", "Cos", "Gelu"}
 
 _TORCH_DTYPES = {"float32": torch.float64, "bool": torch.bool, "int64": torch.int64, "int32": torch.int32}
@@ -102,6 +104,14 @@ def _evaluate_fused(node, inputs, graph) -> list[torch.Tensor]:
     return [env[node.outputs[0]]]
 
 
+def _integer_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """C's truncating a / b, with moa_idiv's results where C has none: a / 0 = 0, a / -1 = -a
+    (wrapping, so INT_MIN / -1 = INT_MIN)."""
+    a, b = torch.broadcast_tensors(a, b)
+    plain = torch.div(a, torch.where((b == 0) | (b == -1), torch.ones_like(b), b), rounding_mode="trunc")
+    return torch.where(b == 0, torch.zeros_like(a), torch.where(b == -1, -a, plain))
+
+
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     if node.op == "MoaElementwise":
         return _evaluate_fused(node, inputs, graph)
@@ -116,6 +126,8 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     if node.op == "Clip":
         lo, hi = (inputs + [None, None])[1:3]
         return [torch.clamp(inputs[0], lo, hi)]
+    if node.op == "Div" and not inputs[0].is_floating_point() and inputs[0].dtype != torch.bool:
+        return [_integer_div(*inputs)]
     if node.op in ("Max", "Min") and len(inputs) > 2:
         out = inputs[0]
         for other in inputs[1:]:

@@ -34,6 +34,16 @@ static inline int64_t moa_ipow(int64_t a, int64_t b)
     return (int64_t)result;
 }
 
+/* Integer a / b, truncating as C does, and defined where C traps (SIGFPE on x86): a / 0 is 0,
+ * and a / -1 is -a wrapped, so INT64_MIN / -1 is INT64_MIN (numpy's results for both).
+ * int32 operands convert to int64 and back, which gives the same. */
+static inline int64_t moa_idiv(int64_t a, int64_t b)
+{
+    if (b == 0) { return 0; }
+    if (b == -1) { return (int64_t)(0u - (uint64_t)a); }
+    return a / b;
+}
+
 static inline float moa_max(float a, float b) { return (a > b || a != a) ? a : b; }
 static inline float moa_min(float a, float b) { return (a < b || a != a) ? a : b; }
 static inline float moa_clip(float x, float lo, float hi) { return moa_min(moa_max(x, lo), hi); }
