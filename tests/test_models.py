@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import BOARDS, require_board
-from moa_edge.pipeline import validate
+from moa_edge.pipeline import load_graph, validate
+from moa_edge.plan.arena import shared_storage
 from zoo import ZOO
 
 # Zoo entries of each family and exporter; every HF zoo export (24) validates on the host.
@@ -39,3 +40,13 @@ def test_whole_model_on_every_board(name, exported):
     for board, result in report["boards"].items():
         assert result["ok"], (board, result)
     assert report["ok"]
+
+
+def test_attention_output_takes_the_storage_of_q(exported):
+    """BERT's attention output has Q's layout and Q dies there, so the arena writes it over Q
+    (as FlashAttention writes O over Q); test_whole_model_on_every_board checks the results."""
+    path, _ = exported("bert_sdpa_dynamo18")
+    graph = load_graph(path)
+    storage = shared_storage(graph)
+    blocks = [n for n in graph.nodes if n.op == "MoaAttention"]
+    assert blocks and all(storage.get(n.outputs[0]) == n.inputs[0] for n in blocks)

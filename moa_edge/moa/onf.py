@@ -89,6 +89,14 @@ def _kv_head(spec) -> str:  # the value load's head index, as the DNF's psi-repe
 
 # --- C emission ------------------------------------------------------------------------
 
+def output_over_q(spec) -> bool:
+    """Y may be written over Q (FlashAttention's O over Q): element (b, h, i, d) of both at
+    one address, and every schedule here reads a row block's Q rows (for all its key tiles)
+    before it writes those rows of Y, rows no other block reads. Not with a second scores
+    output: its kernel reads Q again after this one."""
+    return spec.q == spec.y and spec.qk_mode < 0
+
+
 def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_kernels: bool = True) -> str:
     """A C function `moa_status name(Q, K, V, M, Y, scratch)` computing the block; its inner
     loops call moa/attention.h's micro-kernels when `micro_kernels` and rows_of(spec) allow."""
@@ -108,8 +116,9 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_
       f" * lifted: i = ib*{br} + ii, k = kb*{bc} + kk; scratch {scratch.elements} x {real}: "
       + ", ".join(f"{r}[{n}]" for r, n in scratch.regions) + " */")
     lengths = f", const {getattr(spec, 'lengths_ctype', 'int64_t')} *restrict L" if getattr(spec, "kv_lengths", False) else ""
-    w(f"moa_status {name}(const {real} *restrict Q, const {real} *restrict K, const {real} *restrict V,\n"
-      f"    const {mask_type} *restrict M, {real} *restrict Y, {real} *restrict scratch{lengths})")
+    shared = "" if output_over_q(spec) else "restrict "  # Y may be Q's storage
+    w(f"moa_status {name}(const {real} *{shared}Q, const {real} *restrict K, const {real} *restrict V,\n"
+      f"    const {mask_type} *restrict M, {real} *{shared}Y, {real} *restrict scratch{lengths})")
     w("{")
     offset = 0
     for region, n in scratch.regions:

@@ -8,6 +8,9 @@ Each module offers:
   evaluate(node, inputs, graph) -> the outputs as float64 torch tensors (the reference executor)
 and, for ops whose output is its input seen another way (Reshape, Squeeze, ...):
   ALIASES = True                the output shares the input's storage; emit is never called
+and, for ops that may write their output over an input that dies there:
+  IN_PLACE = True               over any input of the output's shape and type, or
+  in_place_inputs(node, graph)  -> the inputs it may overwrite
 """
 from dataclasses import dataclass, field
 

@@ -76,6 +76,12 @@ def scratch_bytes(node, graph=None) -> int:
     return onf.scratch_bytes(node.attrs["spec"], node.attrs["schedule"])
 
 
+def in_place_inputs(node, graph) -> list[str]:
+    """The arena may give Y the storage of a Q that dies here (FlashAttention's O over Q)."""
+    q = node.inputs[0]
+    return [q] if onf.output_over_q(node.attrs["spec"]) and q not in node.inputs[1:] else []  # not a packed QKV
+
+
 def schedule(node, board, scratch_budget=None, forced: "onf.Schedule | None" = None) -> None:
     """Pick the ONF schedule with the cost model and record the prediction on the node."""
     spec = node.attrs["spec"]
@@ -172,8 +178,9 @@ def emit(node, ctx):
               + emit_kernel(node, ctx.name))
     mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
     lengths_param = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""
-    declaration = (f"moa_status {ctx.name}(const float *restrict Q, const float *restrict K, "
-                   f"const float *restrict V,\n    const {mask_type} *restrict M, float *restrict Y, "
+    shared = "" if onf.output_over_q(spec) else "restrict "
+    declaration = (f"moa_status {ctx.name}(const float *{shared}Q, const float *restrict K, "
+                   f"const float *restrict V,\n    const {mask_type} *restrict M, float *{shared}Y, "
                    f"float *restrict scratch{lengths_param});\n")
     q, k, v, mask = (ctx.where[n] if n else "NULL" for n in node.inputs[:4])
     lengths = f", {ctx.where[node.inputs[4]]}" if spec.kv_lengths else ""

@@ -72,8 +72,10 @@ def shared_storage(graph: Graph) -> dict[str, str]:
             continue
         if getattr(module, "ALIASES", False):
             storage[out] = node.inputs[0]
-        elif getattr(module, "IN_PLACE", False):
-            for name in node.inputs:
+        elif getattr(module, "IN_PLACE", False) or hasattr(module, "in_place_inputs"):
+            # in_place_inputs(node, graph): the inputs an op may overwrite, when not all of them
+            candidates = module.in_place_inputs(node, graph) if hasattr(module, "in_place_inputs") else node.inputs
+            for name in candidates:
                 base = _root(name, storage) if name else ""
                 if (base and base not in caller_owned and graph.constant(base) is None
                         and graph.tensors[name].shape == graph.tensors[out].shape
