@@ -1,0 +1,108 @@
+"""Power sensors as the files a sampler reads, and what their integers mean.
+
+A sensor is named by a spec (the --sensor option, or a board's [power_sensor] table):
+
+    hwmon:DIR[:N]      a Linux hwmon power monitor (INA219/INA226/INA3221, ...): powerN_input
+                       in microwatts, or currN_input (mA) x inN_input (mV) when it has no power
+                       attribute; N defaults to 1
+    hwmon-label:LABEL  the hwmon channel whose inN_label is LABEL, searched under every
+                       /sys/class/hwmon/hwmon*/ (how Jetson boards name their rails: VDD_IN, ...)
+    jetson:RAIL        the same search under the Jetson INA3221 driver's folders
+    rapl:DIR           an Intel RAPL powercap domain: energy_uj (microjoules, a counter that
+                       wraps at max_energy_range_uj)
+
+Paths are of the board's file system; `sysfs_root` prefixes them (a fake sysfs folder in
+tests, or a mounted copy). Reading them is the sampler's job (c_runtime/tools/moa_sampler.c),
+on the board itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+import os
+from pathlib import Path
+
+from moa_edge.errors import MoaEdgeError
+
+JETSON_HWMON = "sys/bus/i2c/drivers/ina3221/*/hwmon/hwmon*"
+HWMON = "sys/class/hwmon/hwmon*"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """What the sampler reads and how its integers become watts or joules."""
+    description: str
+    kind: str                 # "power": the product of the files' values x scale is watts;
+                              # "energy": the one file's value x scale is a counter in joules
+    files: tuple[str, ...]
+    scale: float
+    wrap_joules: float = 0.0  # an energy counter's range (0: never wraps)
+
+    def value(self, raw: tuple[int, ...]) -> float:
+        return math.prod(raw) * self.scale
+
+
+def _readable(path: Path, spec: str) -> Path:
+    if not path.is_file():
+        raise MoaEdgeError(f"sensor {spec!r}: {path} does not exist")
+    if not os.access(path, os.R_OK):
+        raise MoaEdgeError(f"sensor {spec!r}: {path} is not readable (permissions; try as root)")
+    try:
+        int(path.read_text().strip())
+    except (OSError, ValueError) as e:
+        raise MoaEdgeError(f"sensor {spec!r}: {path} does not hold an integer reading ({e})") from None
+    return path
+
+
+def _hwmon_channel(folder: Path, n: int, spec: str) -> Channel:
+    power = folder / f"power{n}_input"
+    if power.exists():
+        return Channel(f"hwmon {folder} power{n}_input (uW)", "power", (str(_readable(power, spec)),), 1e-6)
+    current, voltage = folder / f"curr{n}_input", folder / f"in{n}_input"
+    if current.exists() and voltage.exists():
+        files = (str(_readable(current, spec)), str(_readable(voltage, spec)))
+        return Channel(f"hwmon {folder} curr{n}_input (mA) x in{n}_input (mV)", "power", files, 1e-6)
+    raise MoaEdgeError(f"sensor {spec!r}: {folder} has neither power{n}_input nor curr{n}_input and in{n}_input")
+
+
+def _by_label(root: Path, pattern: str, label: str, spec: str) -> Channel:
+    for folder in sorted(root.glob(pattern)):
+        for label_file in sorted(folder.glob("in*_label")):
+            if label_file.read_text().strip() == label:
+                n = int(label_file.name[2:-len("_label")])
+                return _hwmon_channel(folder, n, spec)
+    raise MoaEdgeError(f"sensor {spec!r}: no channel labelled {label!r} under {root / pattern}")
+
+
+def parse_sensor(spec: str, sysfs_root: str | Path = "/") -> Channel:
+    """The channel a sensor spec names, its files checked to be readable integers."""
+    root = Path(sysfs_root)
+    kind, _, rest = spec.partition(":")
+    if not rest:
+        raise MoaEdgeError(f"sensor {spec!r}: expected KIND:WHERE (hwmon:DIR[:N], hwmon-label:LABEL, jetson:RAIL, "
+                           f"rapl:DIR)")
+    if kind == "hwmon":
+        folder, _, n = rest.partition(":")
+        if n and not n.isdigit():
+            raise MoaEdgeError(f"sensor {spec!r}: channel {n!r} is not a number")
+        return _hwmon_channel(root / folder.lstrip("/"), int(n or 1), spec)
+    if kind == "hwmon-label":
+        return _by_label(root, HWMON, rest, spec)
+    if kind == "jetson":
+        return _by_label(root, JETSON_HWMON, rest, spec)
+    if kind == "rapl":
+        folder = root / rest.lstrip("/")
+        counter = _readable(folder / "energy_uj", spec)
+        wrap = int(_readable(folder / "max_energy_range_uj", spec).read_text()) * 1e-6
+        return Channel(f"RAPL {folder} energy_uj (uJ, wraps at {wrap:g} J)", "energy", (str(counter),), 1e-6, wrap)
+    raise MoaEdgeError(f"sensor {spec!r}: unknown kind {kind!r} (hwmon, hwmon-label, jetson, rapl)")
+
+
+def board_sensor(board) -> str | None:
+    """The sensor spec of a board's [power_sensor] table, or None when it has none."""
+    sensor = board.power_sensor
+    if sensor.get("kind", "none") == "none":
+        return None
+    if "spec" not in sensor:
+        raise MoaEdgeError(f"{board.path}: [power_sensor] kind {sensor['kind']!r} needs spec = \"KIND:WHERE\"")
+    return sensor["spec"]
