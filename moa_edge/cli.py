@@ -142,10 +142,12 @@ def cmd_inspect(a) -> int:
 def cmd_bench(a) -> int:
     if a.what == "model":
         return _bench_model(a)
+    if not a.traffic:
+        return _bench_attention(a)
     from moa_edge.harness.boards import parse_board_list
     from moa_edge.harness.traffic import measure, plot
-    if not a.traffic:
-        raise MoaEdgeError("only `bench attention --traffic` exists yet; timing benchmarks come with the SIMD kernels")
+    a.seq = a.seq or [256, 1024, 4096]
+    a.heads = a.heads or [1, 8]
     boards = parse_board_list(a.board)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,12 +176,37 @@ def cmd_bench(a) -> int:
     return 0
 
 
+def _bench_attention(a) -> int:
+    from moa_edge.harness.attention_bench import SEQS, bench_attention, plot, table
+    heads = a.heads or [8]
+    if len(heads) != 1:
+        raise MoaEdgeError("bench attention times one head count: give --heads a single number")
+    if a.count_seq is None:
+        a.count_seq = 1024
+    result = bench_attention(seqs=a.seq or list(SEQS), causals={"both": (False, True), "yes": (True,), "no": (False,)}[a.causal],
+                             heads=heads[0], head_dim=a.head_dim, repeat=a.repeat or 10, budget=a.budget,
+                             count_seq=0 if a.no_count else a.count_seq, count_heads=a.count_heads,
+                             time_host_side=not a.no_time, command="moa-edge " + " ".join(sys.argv[1:]),
+                             progress=_progress)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "attention.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / "attention.png")
+    print(table(result))
+    for target, verdict in result["targets"].items():
+        print(f"target {'met    ' if verdict['met'] else 'not met'}: {target} "
+              f"({verdict.get('values', verdict.get('value'))})")
+    print(f"wrote {out / 'attention.json'} and {out / 'attention.png'}")
+    _write_json(a.json, result)
+    return 0
+
+
 def _bench_model(a) -> int:
     from moa_edge.converters import parse_input_shapes
     from moa_edge.harness.model_bench import bench_model, plot
     if not a.model:
         raise MoaEdgeError("bench model needs the model file: moa-edge bench model MODEL.onnx")
-    result = bench_model(a.model, parse_input_shapes(a.input_shape), a.repeat, a.inputs, progress=_progress)
+    result = bench_model(a.model, parse_input_shapes(a.input_shape), a.repeat or 20, a.inputs, progress=_progress)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(a.model).stem
@@ -209,9 +236,9 @@ def cmd_boards(a) -> int:
         missing = b.missing_tools()
         rows.append({"name": b.name, "arch": b.arch, "isa": b.isa, "vlen": b.vlen, "caches": caches,
                      "run": b.run["kind"], "ready": not missing, "missing": missing, "description": b.description})
-        print(f"{b.name:8} {b.arch:8} {b.isa:5} {caches:32} {b.run['kind']:7} "
+        print(f"{b.name:12} {b.arch:8} {b.isa:6} {caches:32} {b.run['kind']:7} "
               f"{'ready' if not missing else 'missing: ' + '; '.join(missing)}")
-        print(f"         {b.description}")
+        print(f"             {b.description}")
     _write_json(a.json, {"boards": rows})
     return 0
 
@@ -224,6 +251,13 @@ def _int_list(text: str) -> list[int]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of positive integers")
     return values
+
+
+def _positive_int(text: str) -> int:
+    values = _int_list(text)
+    if len(values) != 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return values[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,20 +307,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: L1D size)")
     s.add_argument("--derivation", action="store_true", help="print the MoA derivation of each block's DNF")
 
-    s = verb("bench", cmd_bench, "benchmarks: `bench attention --traffic` (cachegrind vs the cost model)")
+    s = verb("bench", cmd_bench, "benchmarks: `bench attention` (host time vs PyTorch, onnxruntime, naive C; "
+             "instructions under qemu), `bench attention --traffic` (cachegrind vs the cost model), `bench model`")
     s.add_argument("what", choices=["attention", "model"])
     s.add_argument("model", nargs="?", help="bench model: the ONNX file")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
     s.add_argument("--inputs", help="bench model: .npz of inputs (default: seeded)")
-    s.add_argument("--repeat", type=int, default=20, help="bench model: runs per side (the fastest counts)")
+    s.add_argument("--repeat", type=_positive_int, help="runs per side, the fastest counts (model: 20, attention: 10)")
+    s.add_argument("--budget", type=float, default=3.0, metavar="SECONDS",
+                   help="bench attention: stop repeating a side once it has run this long (default 3)")
+    s.add_argument("--causal", choices=["both", "yes", "no"], default="both", help="bench attention: which masks")
+    s.add_argument("--count-seq", type=_positive_int, metavar="N",
+                   help="bench attention: sequence length of the qemu instruction counts (default 1024)")
+    s.add_argument("--count-heads", type=_positive_int, default=1, help="bench attention: heads in the counted runs")
+    s.add_argument("--no-count", action="store_true", help="bench attention: skip the qemu instruction counts")
+    s.add_argument("--no-time", action="store_true", help="bench attention: skip the host timing")
     s.add_argument("--traffic", action="store_true", help="measure DRAM traffic under cachegrind")
     s.add_argument("--board", default="rpi4,k230", help="boards whose cache geometry to simulate")
-    s.add_argument("--seq", type=_int_list, default=[256, 1024, 4096])
-    s.add_argument("--heads", type=_int_list, default=[1, 8])
+    s.add_argument("--seq", type=_int_list, help="sequence lengths (attention: 128,512,1024,2048,4096; "
+                   "--traffic: 256,1024,4096)")
+    s.add_argument("--heads", type=_int_list, help="heads (attention: 8; --traffic: 1,8)")
     s.add_argument("--head-dim", type=int, default=64)
     s.add_argument("--scratch-budget", type=int, metavar="BYTES")
     s.add_argument("--no-naive", action="store_true", help="skip the naive n x n kernel")
-    s.add_argument("--out", default="benchmarks/results", help="folder for traffic.json and traffic.png")
+    s.add_argument("--out", default="benchmarks/results",
+                   help="folder for attention.json/.png (traffic.json/.png with --traffic)")
 
     verb("boards", cmd_boards, "list the board catalogue")
     return p

@@ -1,0 +1,566 @@
+"""`moa-edge bench attention`: the generated ONF kernel side by side with PyTorch, onnxruntime
+and a naive C kernel, in one run.
+
+Host time: one C driver per shape holds the generated kernel (onf.emit_kernel, the schedule
+the cost model picks for the host board) and a naive kernel that materialises the Sq x Skv
+scores; it times either inside C with clock_gettime, best of N. PyTorch runs
+`scaled_dot_product_attention` in fp32 with one thread; onnxruntime a one-node opset-23
+`Attention` model with one intra-op thread. Every side's output is compared with PyTorch
+float64 (compare.py's tolerances): a side that computes garbage fails the benchmark.
+
+Instructions: the same driver built for the boards (aarch64 NEON and -DMOA_FORCE_SCALAR;
+RISC-V RVV and -DMOA_FORCE_SCALAR, plus the rv64gc visionfive2 build) runs under qemu-user
+with a small TCG plugin that adds each executed translation block's instruction count
+(exact: it equals the `-d in_asm,exec,nochain` trace sum). The kernel's count is the run's
+minus a run of the same program that skips the kernel, both under `env -i`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+import os
+from pathlib import Path
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+import numpy as np
+
+from moa_edge import C_RUNTIME_DIR
+from moa_edge.errors import MoaEdgeError
+from moa_edge.moa import Layout, cost, onf
+from moa_edge.ops.attention import C_SOURCES, AttentionSpec
+
+from . import compare
+from .boards import load_board
+from .kernel_harness import RUNTIME_INCLUDE, runtime_objects
+
+SEQS = (128, 512, 1024, 2048, 4096)
+SIDES = ("moa_edge", "torch_sdpa", "onnxruntime", "naive_c")
+
+NAIVE_KERNEL = r"""
+/* The unfused shape of attention: S = scale Q K^T (Sq x Skv, in memory; causal: only the
+ * keys k <= i), row softmax in place, O = S V. */
+static void naive(const float *Q, const float *K, const float *V, float *S, float *O)
+{
+    long h, i, k, j, q;
+    for (h = 0; h < HEADS; h++) {
+        const float *Qh = Q + h * SQ * D, *Kh = K + h * SKV * D, *Vh = V + h * SKV * DV;
+        float *Oh = O + h * SQ * DV;
+        for (i = 0; i < SQ; i++) {
+            const long keys = CAUSAL ? i + 1 : SKV;
+            float *Si = S + i * SKV, m = -INFINITY, l = 0;
+            for (k = 0; k < keys; k++) {
+                float s = 0;
+                for (j = 0; j < D; j++) { s += Qh[i * D + j] * Kh[k * D + j]; }
+                Si[k] = s * SCALE;
+            }
+            for (k = 0; k < keys; k++) { m = Si[k] > m ? Si[k] : m; }
+            for (k = 0; k < keys; k++) { Si[k] = expf(Si[k] - m); l += Si[k]; }
+            for (k = 0; k < keys; k++) { Si[k] /= l; }
+            for (q = 0; q < DV; q++) { Oh[i * DV + q] = 0; }
+            for (k = 0; k < keys; k++) {
+                for (q = 0; q < DV; q++) { Oh[i * DV + q] += Si[k] * Vh[k * DV + q]; }
+            }
+        }
+    }
+}
+"""
+
+MAIN = r"""
+static double now_ns(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
+}
+
+static float *load(const char *path, size_t n)
+{
+    FILE *f = fopen(path, "rb");
+    float *p = malloc(n * sizeof *p);
+    if (!f || !p || fread(p, sizeof *p, n, f) != n) { fprintf(stderr, "cannot read %s\n", path); exit(2); }
+    fclose(f);
+    return p;
+}
+
+/* bench MODE REPEAT BUDGET_S Q.bin K.bin V.bin Y.bin; MODE is fused, naive or empty (the
+ * same program without a kernel: the instruction-count baseline). Runs MODE up to REPEAT
+ * times, stopping once BUDGET_S seconds are spent, and prints the fastest run. */
+int main(int argc, char **argv)
+{
+    const size_t nq = (size_t)HEADS * SQ * D, nk = (size_t)HEADS * SKV * D, nv = (size_t)HEADS * SKV * DV;
+    const size_t no = (size_t)HEADS * SQ * DV;
+    float *Q, *K, *V, *O, *S = NULL, *scratch;
+    double best = INFINITY, spent = 0, budget;
+    int repeat, runs = 0;
+    FILE *out;
+    if (argc != 8) { return 2; }
+    repeat = atoi(argv[2]);
+    budget = atof(argv[3]) * 1e9;
+    Q = load(argv[4], nq), K = load(argv[5], nk), V = load(argv[6], nv);
+    O = calloc(no, sizeof *O);
+    scratch = malloc(SCRATCH_ELEMS * sizeof *scratch);
+    if (strcmp(argv[1], "naive") == 0) { S = malloc((size_t)SQ * SKV * sizeof *S); }
+    if (!O || !scratch || (strcmp(argv[1], "naive") == 0 && !S)) { return 2; }
+    while (runs < repeat && (runs == 0 || spent < budget)) {
+        const double t0 = now_ns();
+        double t;
+        if (strcmp(argv[1], "fused") == 0) {
+            if (kernel(Q, K, V, NULL, O, scratch) != MOA_OK) { return 3; }
+        } else if (strcmp(argv[1], "naive") == 0) {
+            naive(Q, K, V, S, O);
+        } else if (strcmp(argv[1], "empty") != 0) {
+            return 2;
+        }
+        t = now_ns() - t0;
+        best = t < best ? t : best;
+        spent += t;
+        runs++;
+    }
+    fprintf(stderr, "isa=%s\n", MOA_ISA_NAME);
+    printf("best_ns=%.0f runs=%d\n", best, runs);
+    out = fopen(argv[7], "wb");
+    if (!out || fwrite(O, sizeof *O, no, out) != no) { return 2; }
+    fclose(out);
+    free(Q), free(K), free(V), free(O), free(S), free(scratch);
+    return 0;
+}
+"""
+
+# A TCG plugin (QEMU plugin API v1, as in qemu 7.2): every translated block adds its
+# instruction count to one counter each time it executes (an inline add, no callback).
+# Debian ships no qemu-plugin.h, so the five functions it uses are declared here.
+PLUGIN = r"""
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+typedef uint64_t qemu_plugin_id_t;
+struct qemu_plugin_tb;
+enum { QEMU_PLUGIN_INLINE_ADD_U64 = 0 };
+extern void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t, struct qemu_plugin_tb *));
+extern void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *, int, void *, uint64_t);
+extern size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *);
+extern void qemu_plugin_register_atexit_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t, void *), void *);
+extern void qemu_plugin_outs(const char *);
+
+__attribute__((visibility("default"))) int qemu_plugin_version = 1;
+static uint64_t executed;
+
+static void translated(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
+{
+    (void)id;
+    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &executed, qemu_plugin_tb_n_insns(tb));
+}
+
+static void finished(qemu_plugin_id_t id, void *unused)
+{
+    char line[64];
+    (void)id, (void)unused;
+    snprintf(line, sizeof line, "insns=%llu\n", (unsigned long long)executed);
+    qemu_plugin_outs(line);
+}
+
+__attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t id, const void *info, int argc, char **argv)
+{
+    (void)info, (void)argc, (void)argv;
+    qemu_plugin_register_vcpu_tb_trans_cb(id, translated);
+    qemu_plugin_register_atexit_cb(id, finished, NULL);
+    return 0;
+}
+"""
+
+
+@dataclass(frozen=True)
+class CountBuild:
+    """A cross build whose kernel instructions are counted under qemu."""
+    name: str
+    board: str           # whose compiler and flags build it
+    isa: str             # the MOA_ISA_NAME it must report
+    schedule_board: str  # whose cost model picks the tiles (one per architecture, so only the ISA differs)
+    extra: tuple = ()
+    vlen: int = 0        # RVV: the qemu vector length (0: the board's runner as it is)
+
+
+COUNT_BUILDS = (
+    CountBuild("aarch64-neon", "rpi4", "neon", "rpi4"),
+    CountBuild("aarch64-scalar", "rpi4", "scalar", "rpi4", ("-DMOA_FORCE_SCALAR",)),
+    CountBuild("rvv-vlen128", "k230", "rvv", "k230", vlen=128),
+    CountBuild("rvv-vlen256", "k230", "rvv", "k230", vlen=256),
+    CountBuild("riscv-scalar", "k230", "scalar", "k230", ("-DMOA_FORCE_SCALAR",), vlen=128),
+    CountBuild("visionfive2-rv64gc", "visionfive2", "scalar", "k230"),
+)
+# (what, numerator build, denominator build): "x times fewer instructions"
+COUNT_RATIOS = (
+    ("scalar_over_neon", "aarch64-scalar", "aarch64-neon"),
+    ("scalar_over_rvv128", "riscv-scalar", "rvv-vlen128"),
+    ("rvv128_over_rvv256", "rvv-vlen128", "rvv-vlen256"),
+    ("rv64gc_over_rvv128", "visionfive2-rv64gc", "rvv-vlen128"),
+)
+
+
+def bench_spec(seq: int, heads: int, head_dim: int, causal: bool) -> AttentionSpec:
+    lay = Layout.row_major((1, heads, seq, head_dim))
+    return AttentionSpec(1, heads, heads, seq, seq, head_dim, head_dim, 1 / math.sqrt(head_dim), causal, "none", 0.0,
+                         lay, lay, lay, lay, None, pattern="benchmark")
+
+
+def program(spec: AttentionSpec, schedule: onf.Schedule) -> str:
+    header = ["#define _POSIX_C_SOURCE 199309L", "#include <math.h>", "#include <stddef.h>", "#include <stdint.h>",
+              "#include <stdio.h>", "#include <stdlib.h>", "#include <string.h>", "#include <time.h>",
+              '#include "moa/attention.h"', '#include "moa/isa.h"', '#include "moa/status.h"',
+              f"#define HEADS {spec.q_heads}L", f"#define SQ {spec.q_len}L", f"#define SKV {spec.kv_len}L",
+              f"#define D {spec.head_dim}L", f"#define DV {spec.value_dim}L", f"#define SCALE {spec.scale!r}f",
+              f"#define CAUSAL {int(spec.is_causal)}",
+              f"#define SCRATCH_ELEMS {max(1, onf.scratch_layout(spec, schedule).elements)}u"]
+    return "\n".join(header) + "\n" + onf.emit_kernel(spec, schedule, "kernel") + NAIVE_KERNEL + MAIN
+
+
+def _schedule(spec, board) -> tuple[onf.Schedule, dict]:
+    c = cost.choose(spec, board)
+    return onf.Schedule(c.strategy, c.block_q, c.block_k), {"strategy": c.strategy, "block_q": c.block_q,
+                                                           "block_k": c.block_k}
+
+
+def _operands(spec, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shape = (1, spec.q_heads, spec.q_len, spec.head_dim)
+    return {n: rng.standard_normal(shape).astype(np.float32) for n in "QKV"}
+
+
+def _write_operands(ops: dict, folder: Path) -> list[str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in "QKV":
+        path = folder / f"{name}.bin"
+        ops[name].tofile(path)
+        paths.append(str(path))
+    return paths
+
+
+def _reference(ops: dict, causal: bool) -> np.ndarray:
+    import torch
+    q, k, v = (torch.from_numpy(ops[n]).double() for n in "QKV")
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal).numpy()
+
+
+def _check(side: str, got: np.ndarray, ref: np.ndarray, where: str) -> dict:
+    result = compare.compare(got.reshape(ref.shape), ref)
+    if not result["ok"]:
+        raise MoaEdgeError(f"bench attention: {side} at {where} disagrees with PyTorch float64 "
+                           f"(max abs err {result['max_abs_err']:.3g}, max rel err {result['max_rel_err']:.3g}; "
+                           f"tolerance {compare.MAX_ABS_ERR:g} / {compare.MAX_REL_ERR:g})"
+                           + (f": {result['error']}" if "error" in result else ""))
+    return {k: result[k] for k in ("max_abs_err", "max_rel_err", "max_ulp")}
+
+
+def _compile(cc: str, cflags: list, ldflags: list, source: str, folder: Path, objects=None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    src, exe = folder / "bench.c", folder / "bench"
+    src.write_text(source)
+    inputs = [str(o) for o in objects] if objects is not None else [str(C_RUNTIME_DIR / "src" / s) for s in C_SOURCES]
+    cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{RUNTIME_INCLUDE}", str(src), *inputs,
+           "-o", str(exe), *ldflags, "-lm"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        raise MoaEdgeError(f"bench attention: {folder.name} failed to compile ({' '.join(cmd[:3])} ...):\n"
+                           f"{proc.stderr[-3000:]}")
+    return exe
+
+
+def _run_c(cmd: list, mode: str, repeat: int, budget: float, paths: list, y_path: Path) -> tuple[dict, np.ndarray]:
+    proc = subprocess.run([*cmd, mode, str(repeat), repr(budget), *paths, str(y_path)], capture_output=True, text=True)
+    if proc.returncode:
+        raise MoaEdgeError(f"bench attention: the {mode} C kernel exited with status {proc.returncode}: "
+                           f"{proc.stderr.strip()[-500:]}")
+    m = re.search(r"best_ns=(\d+) runs=(\d+)", proc.stdout)
+    isa = re.search(r"isa=(\w+)", proc.stderr)
+    return ({"best_ns": int(m.group(1)), "runs": int(m.group(2)), "isa": isa.group(1) if isa else None},
+            np.fromfile(y_path, np.float32))
+
+
+def _time_python(fn, repeat: int, budget: float) -> tuple[float, int, object]:
+    best, spent, runs, out = math.inf, 0.0, 0, None
+    while runs < repeat and (runs == 0 or spent < budget):
+        t0 = time.perf_counter()
+        out = fn()
+        t = time.perf_counter() - t0
+        best, spent, runs = min(best, t), spent + t, runs + 1
+    return best, runs, out
+
+
+def _ort_model(spec) -> bytes:
+    from onnx import TensorProto, helper
+    shape = [1, spec.q_heads, spec.q_len, spec.head_dim]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("Q", "K", "V", "Y")]
+    node = helper.make_node("Attention", ["Q", "K", "V"], ["Y"], is_causal=int(spec.is_causal))
+    graph = helper.make_graph([node], "attention", io[:3], io[3:])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]).SerializeToString()
+
+
+def host_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: float, workdir: Path,
+              progress=lambda msg: None) -> tuple[list[dict], dict]:
+    """Host wall time of the four sides at every (seq, causal), best of `repeat` runs (fewer
+    once a side has spent `budget` seconds), each output checked against PyTorch float64."""
+    import onnxruntime as ort
+    import torch
+    board = load_board("host")
+    cc = board.compiler()
+    if cc is None:
+        raise MoaEdgeError("bench attention: no host C compiler (cc, gcc or clang) on PATH")
+    cflags = list(board.toolchain["cflags"])
+    objects = runtime_objects(cc, tuple(cflags))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    points, isa = [], None
+    try:
+        for seq in seqs:
+            for causal in causals:
+                where = f"seq {seq}, {'causal' if causal else 'not causal'}"
+                spec = bench_spec(seq, heads, head_dim, causal)
+                schedule, sched = _schedule(spec, board)
+                folder = workdir / f"host-{seq}-{'causal' if causal else 'full'}"
+                progress(f"host {where}: build (ONF {sched['strategy']} {sched['block_q']}x{sched['block_k']})")
+                exe = _compile(cc, cflags, list(board.toolchain["ldflags"]), program(spec, schedule), folder, objects)
+                ops = _operands(spec, seed=seq)
+                paths = _write_operands(ops, folder)
+                ref = _reference(ops, causal)
+                times, runs, errors = {}, {}, {}
+                progress(f"host {where}: moa-edge fused kernel")
+                r, y = _run_c([str(exe)], "fused", repeat, budget, paths, folder / "Y.fused.bin")
+                times["moa_edge"], runs["moa_edge"], isa = r["best_ns"] / 1e3, r["runs"], r["isa"]
+                errors["moa_edge"] = _check("the moa-edge kernel", y, ref, where)
+                progress(f"host {where}: PyTorch SDPA (fp32, 1 thread)")
+                q, k, v = (torch.from_numpy(ops[n]) for n in "QKV")
+                with torch.inference_mode():
+                    t, n, out = _time_python(lambda: torch.nn.functional.scaled_dot_product_attention(
+                        q, k, v, is_causal=causal), repeat, budget)
+                times["torch_sdpa"], runs["torch_sdpa"] = t * 1e6, n
+                errors["torch_sdpa"] = _check("PyTorch SDPA fp32", out.numpy(), ref, where)
+                progress(f"host {where}: onnxruntime Attention-23 (1 thread)")
+                session = ort.InferenceSession(_ort_model(spec), options, providers=["CPUExecutionProvider"])
+                feeds = {n: ops[n] for n in "QKV"}
+                t, n, out = _time_python(lambda: session.run(None, feeds)[0], repeat, budget)
+                times["onnxruntime"], runs["onnxruntime"] = t * 1e6, n
+                errors["onnxruntime"] = _check("onnxruntime", out, ref, where)
+                progress(f"host {where}: naive C kernel (scores in memory)")
+                r, y = _run_c([str(exe)], "naive", repeat, budget, paths, folder / "Y.naive.bin")
+                times["naive_c"], runs["naive_c"] = r["best_ns"] / 1e3, r["runs"]
+                errors["naive_c"] = _check("the naive C kernel", y, ref, where)
+                flops = 4 * heads * head_dim * (seq * (seq + 1) // 2 if causal else seq * seq)
+                points.append({"seq": seq, "causal": causal, "schedule": sched, "time_us": times, "runs": runs,
+                               "ratio_to_torch": {s: times[s] / times["torch_sdpa"] for s in SIDES},
+                               "gflops": {s: flops / (times[s] * 1e3) for s in SIDES}, "errors": errors})
+                progress(f"host {where}: " + ", ".join(f"{s} {times[s]:.0f} us" for s in SIDES))
+    finally:
+        torch.set_num_threads(threads)
+    return points, {"cpu": host_cpu(), "isa": isa, "cc": cc, "cflags": cflags, "torch": torch.__version__,
+                    "torch_threads": 1, "onnxruntime": ort.__version__, "onnxruntime_intra_op_threads": 1}
+
+
+def _plugin(workdir: Path) -> Path:
+    lib = workdir / "libinsncount.so"
+    if not lib.exists():
+        src = workdir / "insncount.c"
+        src.write_text(PLUGIN)
+        cc = shutil.which("cc") or shutil.which("gcc")
+        proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", str(src), "-o", str(lib)], capture_output=True, text=True)
+        if proc.returncode:
+            raise MoaEdgeError(f"bench attention: the qemu instruction-count plugin failed to compile:\n{proc.stderr}")
+    return lib
+
+
+def count_instructions(runner: list, exe: Path, args: list, workdir: Path) -> int:
+    """Instructions qemu-user executes for `runner exe args` (the whole process), exactly,
+    under `env -i` so that the environment's size does not move the count."""
+    qemu = shutil.which(runner[0])
+    if qemu is None:
+        raise MoaEdgeError(f"bench attention: {runner[0]} is not installed (Debian: qemu-user); run make setup")
+    log = workdir / f"insns.{os.getpid()}.log"
+    cmd = ["env", "-i", qemu, *runner[1:], "-plugin", str(_plugin(workdir)), "-d", "plugin", "-D", str(log),
+           str(exe), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        hint = " (this qemu has no plugin support: use the dynamic qemu-user, not -static)" \
+            if "plugin" in proc.stderr else ""
+        raise MoaEdgeError(f"bench attention: {' '.join(map(str, cmd[2:4]))} {exe.name} failed{hint}: "
+                           f"{proc.stderr.strip()[-500:]}")
+    m = re.search(r"insns=(\d+)", log.read_text())
+    log.unlink()
+    if m is None:
+        raise MoaEdgeError("bench attention: the qemu plugin reported no instruction count")
+    return int(m.group(1))
+
+
+def count_kernels(seq: int, heads: int, head_dim: int, causal: bool, workdir: Path, builds=COUNT_BUILDS,
+                  progress=lambda msg: None) -> dict:
+    """Executed instructions of the fused kernel in each cross build under qemu, with the
+    kernel's output checked against PyTorch float64."""
+    from .boards import load_board as board_of
+    spec = bench_spec(seq, heads, head_dim, causal)
+    ops = _operands(spec, seed=seq + 1)
+    paths = _write_operands(ops, workdir / f"count-{seq}")
+    ref = _reference(ops, causal)
+    where = f"seq {seq}, {heads} head(s), {'causal' if causal else 'not causal'}"
+    rows, exes = [], {}
+    for b in builds:
+        board = board_of(b.board)
+        missing = board.missing_tools()
+        if missing:
+            raise MoaEdgeError(f"bench attention: board {b.board} is not ready: missing {'; '.join(missing)}")
+        schedule, sched = _schedule(spec, board_of(b.schedule_board))
+        key = (b.board, b.extra, b.schedule_board)
+        if key not in exes:
+            progress(f"{b.name}: build for {b.board}{' ' + ' '.join(b.extra) if b.extra else ''}")
+            exes[key] = _compile(board.compiler(), [*board.toolchain["cflags"], *b.extra], list(board.toolchain["ldflags"]),
+                                 program(spec, schedule), workdir / f"count-{seq}" / b.name)
+        exe = exes[key]
+        runner = board.runner()
+        if b.vlen:
+            runner = [re.sub(r"vlen=\d+", f"vlen={b.vlen}", a) for a in runner]
+        progress(f"{b.name}: {where} under {' '.join(runner)}")
+        y_path = workdir / f"count-{seq}" / f"Y.{b.name}.bin"
+        r, y = _run_c([*runner, str(exe)], "fused", 1, 0.0, paths, y_path)
+        if r["isa"] != b.isa:
+            raise MoaEdgeError(f"bench attention: build {b.name} selected the {r['isa']} kernels, not {b.isa}")
+        errors = _check(f"the {b.name} build", y, ref, where)
+        total = count_instructions(runner, exe, ["fused", "1", "0", *paths, str(y_path)], workdir)
+        base = count_instructions(runner, exe, ["empty", "1", "0", *paths, str(y_path)], workdir)
+        rows.append({"name": b.name, "board": b.board, "isa": r["isa"], "vlen": b.vlen or board.vlen,
+                     "flags": [*board.toolchain["cflags"], *b.extra], "schedule": sched,
+                     "instructions": total - base, "process_instructions": total, "baseline_instructions": base,
+                     "errors": errors})
+        progress(f"{b.name}: {total - base:,} kernel instructions")
+    counts = {r["name"]: r["instructions"] for r in rows}
+    ratios = {name: counts[a] / counts[b] for name, a, b in COUNT_RATIOS if a in counts and b in counts}
+    return {"seq": seq, "heads": heads, "head_dim": head_dim, "causal": causal, "builds": rows, "ratios": ratios,
+            "method": "qemu-user 7.2 TCG plugin counting every executed translation block's instructions; "
+                      "kernel = run - run without the kernel, both under env -i"}
+
+
+TARGETS = {
+    "host time(moa-edge)/time(SDPA) <= 1.0 at seq 1024 and 4096, causal and not": None,
+    "NEON >= 3x fewer instructions than scalar at seq 1024": ("scalar_over_neon", 3.0),
+    "RVV VLEN 128 >= 3x fewer instructions than scalar at seq 1024": ("scalar_over_rvv128", 3.0),
+    "RVV VLEN 256 fewer instructions than VLEN 128": ("rvv128_over_rvv256", 1.0),
+}
+
+
+def targets(timing: list[dict], counts: dict | None) -> dict:
+    out = {}
+    host = [p for p in timing if p["seq"] in (1024, 4096)]
+    name = next(iter(TARGETS))
+    if host:
+        out[name] = {"met": all(p["ratio_to_torch"]["moa_edge"] <= 1.0 for p in host),
+                     "values": {f"{p['seq']}{' causal' if p['causal'] else ''}": round(p["ratio_to_torch"]["moa_edge"], 3)
+                                for p in host}}
+    if counts and counts["seq"] == 1024:
+        for name, goal in list(TARGETS.items())[1:]:
+            key, bound = goal
+            if key in counts["ratios"]:
+                value = counts["ratios"][key]
+                out[name] = {"met": value >= bound if bound > 1 else value > bound, "value": round(value, 3)}
+    return out
+
+
+def bench_attention(seqs=SEQS, causals=(False, True), heads: int = 8, head_dim: int = 64, repeat: int = 10,
+                    budget: float = 3.0, count_seq: int | None = 1024, count_heads: int = 1, count_causal: bool = False,
+                    time_host_side: bool = True, builds=COUNT_BUILDS, command: str = "",
+                    progress=lambda msg: None) -> dict:
+    with tempfile.TemporaryDirectory(prefix="moa-bench-attention-") as tmp:
+        tmp = Path(tmp)
+        timing, host = ([], {})
+        if time_host_side:
+            timing, host = time_host(seqs, causals, heads, head_dim, repeat, budget, tmp, progress)
+        counts = count_kernels(count_seq, count_heads, head_dim, count_causal, tmp, builds, progress) \
+            if count_seq else None
+    return {"benchmark": "attention", "command": command, "batch": 1, "heads": heads, "head_dim": head_dim,
+            "repeat": repeat, "budget_s": budget, "host": host, "timing": timing, "instructions": counts,
+            "targets": targets(timing, counts)}
+
+
+def table(result: dict) -> str:
+    """The result as Markdown tables (the README's Performance section is one)."""
+    lines = []
+    if result["timing"]:
+        lines += ["| seq | causal | moa-edge (us) | PyTorch SDPA (us) | moa-edge / SDPA | onnxruntime / SDPA | naive C / SDPA |",
+                  "|---:|:---:|---:|---:|---:|---:|---:|"]
+        for p in result["timing"]:
+            t, r = p["time_us"], p["ratio_to_torch"]
+            lines.append(f"| {p['seq']} | {'yes' if p['causal'] else 'no'} | {t['moa_edge']:.0f} | {t['torch_sdpa']:.0f} | "
+                         f"{r['moa_edge']:.2f} | {r['onnxruntime']:.2f} | {r['naive_c']:.2f} |")
+    c = result["instructions"]
+    if c:
+        if lines:
+            lines.append("")
+        lines += [f"| build (seq {c['seq']}, {c['heads']} head, qemu) | ISA | kernel instructions |", "|---|---|---:|"]
+        for b in c["builds"]:
+            vlen = f" VLEN {b['vlen']}" if b["isa"] == "rvv" else ""
+            lines.append(f"| {b['name']} | {b['isa']}{vlen} | {b['instructions']:,} |")
+        lines.append("")
+        lines.append("Ratios: " + ", ".join(f"{k.replace('_over_', ' / ')} = {v:.2f}" for k, v in c["ratios"].items()))
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    panels = (1 if result["timing"] else 0) + (1 if result["instructions"] else 0)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(6 * max(panels, 1), 4.2), squeeze=False)
+    axes = list(axes[0])
+    if result["timing"]:
+        ax = axes.pop(0)
+        colours = {"moa_edge": "tab:blue", "onnxruntime": "tab:green", "naive_c": "tab:red", "torch_sdpa": "k"}
+        labels = {"moa_edge": "moa-edge ONF kernel", "onnxruntime": "onnxruntime Attention-23", "naive_c": "naive C",
+                  "torch_sdpa": "PyTorch SDPA"}
+        for causal, style in ((False, "-o"), (True, "--s")):
+            rows = [p for p in result["timing"] if p["causal"] == causal]
+            if not rows:
+                continue
+            for side in ("moa_edge", "onnxruntime", "naive_c"):
+                ax.plot([p["seq"] for p in rows], [p["ratio_to_torch"][side] for p in rows], style, color=colours[side],
+                        label=f"{labels[side]}{', causal' if causal else ''}")
+        ax.axhline(1.0, color="k", lw=0.8, label="PyTorch SDPA (fp32, 1 thread)")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel("time / PyTorch SDPA time")
+        ax.set_title(f"host, 1 thread, {result['heads']} heads, d={result['head_dim']}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6)
+    c = result["instructions"]
+    if c:
+        ax = axes.pop(0)
+        names = [b["name"] for b in c["builds"]]
+        values = [b["instructions"] / 1e6 for b in c["builds"]]
+        colours = ["tab:blue" if b["isa"] != "scalar" else "tab:gray" for b in c["builds"]]
+        ax.bar(range(len(names)), values, color=colours)
+        for x, v in enumerate(values):
+            ax.text(x, v, f"{v:.0f}M", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=25, ha="right", fontsize=7)
+        ax.set_ylabel("executed instructions (millions)")
+        ax.set_title(f"fused kernel under qemu, seq {c['seq']}, {c['heads']} head, d={c['head_dim']}")
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,144 @@
+"""`moa-edge bench attention` end to end at a small size, one repeat: the JSON's structure,
+every side's output against PyTorch float64, the build each count ran, and that the qemu
+instruction counter is exact. No timed assertions: the host is shared and noisy."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import require_board
+from moa_edge.errors import MoaEdgeError
+from moa_edge.harness import attention_bench as ab
+from moa_edge.harness import compare as cmp
+
+SEQ = 64
+
+
+@pytest.fixture(scope="module")
+def cross_boards():
+    return [require_board(name) for name in ("rpi4", "k230", "visionfive2")]
+
+
+@pytest.mark.board
+def test_bench_attention_end_to_end(tmp_path, cross_boards):
+    out = tmp_path / "results"
+    r = subprocess.run([sys.executable, "-m", "moa_edge.cli", "bench", "attention", "--seq", str(SEQ), "--repeat", "1",
+                        "--count-seq", str(SEQ), "--out", str(out), "--json", str(tmp_path / "r.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "moa-edge fused kernel" in r.stderr and "kernel instructions" in r.stderr  # progress
+    assert "| seq | causal |" in r.stdout and "wrote" in r.stdout
+    result = json.loads((out / "attention.json").read_text())
+    assert result == json.loads((tmp_path / "r.json").read_text())
+    assert (out / "attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert result["command"].startswith("moa-edge bench attention --seq 64")
+    assert (result["batch"], result["heads"], result["head_dim"]) == (1, 8, 64)
+    assert result["host"]["torch_threads"] == 1 and result["host"]["onnxruntime_intra_op_threads"] == 1
+    assert result["host"]["isa"] in ("avx512", "avx2", "neon", "scalar")
+
+    timing = result["timing"]
+    assert [(p["seq"], p["causal"]) for p in timing] == [(SEQ, False), (SEQ, True)]
+    for p in timing:
+        assert set(p["time_us"]) == set(ab.SIDES) == set(p["ratio_to_torch"]) == set(p["errors"])
+        assert all(t > 0 for t in p["time_us"].values())
+        assert p["ratio_to_torch"]["torch_sdpa"] == 1.0
+        for side, t in p["time_us"].items():
+            assert p["ratio_to_torch"][side] == pytest.approx(t / p["time_us"]["torch_sdpa"])
+        assert all(n == 1 for n in p["runs"].values())
+        for side, e in p["errors"].items():
+            assert e["max_abs_err"] <= cmp.MAX_ABS_ERR and e["max_rel_err"] <= cmp.MAX_REL_ERR, (side, e)
+        assert {"strategy", "block_q", "block_k"} <= set(p["schedule"])
+
+    counts = result["instructions"]
+    assert (counts["seq"], counts["heads"], counts["causal"]) == (SEQ, 1, False)
+    builds = {b["name"]: b for b in counts["builds"]}
+    assert set(builds) == {b.name for b in ab.COUNT_BUILDS}
+    for b in ab.COUNT_BUILDS:
+        row = builds[b.name]
+        assert row["isa"] == b.isa
+        assert 0 < row["instructions"] < row["process_instructions"]
+        assert row["errors"]["max_abs_err"] <= cmp.MAX_ABS_ERR
+    assert builds["rvv-vlen256"]["vlen"] == 256 and builds["rvv-vlen128"]["vlen"] == 128
+    # the same RVV binary at two vector lengths executes different instruction streams
+    assert builds["rvv-vlen128"]["instructions"] != builds["rvv-vlen256"]["instructions"]
+    assert set(counts["ratios"]) == {name for name, _, _ in ab.COUNT_RATIOS}
+    assert isinstance(result["targets"], dict)
+
+
+def _garbage(source: str) -> str:
+    """The fused kernel's output nudged after it returns: what a broken kernel looks like."""
+    call = "if (kernel(Q, K, V, NULL, O, scratch) != MOA_OK) { return 3; }"
+    assert call in source
+    return source.replace(call, call + " O[no / 2] += 1e-3f;")
+
+
+def test_garbage_fused_kernel_fails_the_host_bench(tmp_path, monkeypatch):
+    require_board("host")
+    real = ab.program
+    monkeypatch.setattr(ab, "program", lambda spec, schedule: _garbage(real(spec, schedule)))
+    with pytest.raises(MoaEdgeError, match="the moa-edge kernel at seq 64, not causal disagrees with PyTorch"):
+        ab.time_host([SEQ], [False], 2, 64, 1, 0.0, tmp_path)
+
+
+def test_garbage_naive_kernel_fails_the_host_bench(tmp_path, monkeypatch):
+    require_board("host")
+    monkeypatch.setattr(ab, "NAIVE_KERNEL", ab.NAIVE_KERNEL.replace("Si[k] /= l;", "Si[k] /= 2 * l;"))
+    with pytest.raises(MoaEdgeError, match="naive C kernel at seq 64, causal disagrees"):
+        ab.time_host([SEQ], [True], 2, 64, 1, 0.0, tmp_path)
+
+
+@pytest.mark.board
+def test_garbage_cross_build_fails_the_count(tmp_path, monkeypatch):
+    require_board("visionfive2")
+    real = ab.program
+    monkeypatch.setattr(ab, "program", lambda spec, schedule: _garbage(real(spec, schedule)))
+    builds = [b for b in ab.COUNT_BUILDS if b.name == "visionfive2-rv64gc"]
+    with pytest.raises(MoaEdgeError, match="visionfive2-rv64gc build .* disagrees"):
+        ab.count_kernels(SEQ, 1, 64, False, tmp_path, builds)
+
+
+@pytest.mark.board
+def test_count_build_must_select_its_isa(tmp_path):
+    """A build that silently falls back to other kernels is an error, not a count."""
+    require_board("visionfive2")
+    wrong = [ab.CountBuild("claims-rvv", "visionfive2", "rvv", "k230")]
+    with pytest.raises(MoaEdgeError, match="selected the scalar kernels, not rvv"):
+        ab.count_kernels(SEQ, 1, 64, False, tmp_path, wrong)
+
+
+LOOP = "int main(void) { volatile long s = 0; long i; for (i = 0; i < 100000; i++) { s += i; } return 0; }\n"
+
+
+def _trace_count(log: str) -> int:
+    """reference/toolchains.md's trace method: TB sizes from `IN:` blocks, one `Trace` line per execution."""
+    size, total, cur = {}, 0, None
+    for line in log.splitlines():
+        if line.startswith("IN:"):
+            cur = "new"
+        elif line.startswith("0x") and cur is not None:
+            if cur == "new":
+                cur = int(line.split(":")[0], 16)
+                size[cur] = 0
+            size[cur] += 1
+        elif line.startswith("Trace "):
+            total += size[int(line.split("[")[1].split("/")[1], 16)]
+            cur = None
+        elif not line.strip():
+            cur = None
+    return total
+
+
+@pytest.mark.board
+def test_plugin_count_equals_the_trace_count(tmp_path):
+    board = require_board("rpi4")
+    src, exe = tmp_path / "loop.c", tmp_path / "loop"
+    src.write_text(LOOP)
+    subprocess.run([board.compiler(), "-O1", str(src), "-o", str(exe), *board.toolchain["ldflags"]], check=True)
+    counted = ab.count_instructions(board.runner(), exe, [], tmp_path)
+    log = tmp_path / "trace.log"
+    subprocess.run(["env", "-i", *board.runner(), "-d", "in_asm,exec,nochain", "-D", str(log), str(exe)], check=True)
+    assert counted == _trace_count(log.read_text(errors="replace"))
+    assert counted > 100000 * 3
