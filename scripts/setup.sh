@@ -47,6 +47,8 @@ declare -A NEED=(
     [qemu-aarch64]=qemu-user
     [qemu-riscv64]=qemu-user
     [valgrind]=valgrind
+    [ssh]=openssh-client
+    [scp]=openssh-client
     [cc]=gcc
     [make]=make
 )
@@ -64,6 +66,8 @@ done
 [ -f /usr/aarch64-linux-gnu/lib/libc.a ] || missing_pkgs+=(libc6-dev-arm64-cross)
 [ -f /usr/riscv64-linux-gnu/lib/libc.a ] || missing_pkgs+=(libc6-dev-riscv64-cross)
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing_pkgs+=(python3-venv); fi
+# The ssh tests start their own sshd on 127.0.0.1 (never the system's service).
+[ -x /usr/sbin/sshd ] || missing_pkgs+=(openssh-server)
 if [ ${#missing_pkgs[@]} -gt 0 ]; then
     mapfile -t missing_pkgs < <(printf '%s\n' "${missing_pkgs[@]}" | sort -u)
     if can_be_root; then

@@ -14,6 +14,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import DTYPES
 
 from .boards import Board
+from .ssh import RemoteFolder, SshTarget
 
 _NUMPY = {name: numpy_type for name, (numpy_type, _) in DTYPES.items()}
 
@@ -44,9 +45,9 @@ def check_inputs(io: list[dict], inputs: dict[str, np.ndarray], source: str) -> 
 
 
 def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray],
-        timeout: float = 600, repeat: int = 1) -> tuple[dict[str, np.ndarray], float]:
-    """Run `repeat` times in one process; returns (outputs by name, the fastest run's time in
-    microseconds, as the runner measures it)."""
+        timeout: float = 600, repeat: int = 1, ssh: SshTarget | None = None) -> tuple[dict[str, np.ndarray], float]:
+    """Run `repeat` times in one process (on a real board when `ssh` is given); returns
+    (outputs by name, the fastest run's time in microseconds, as the runner measures it)."""
     with tempfile.TemporaryDirectory(prefix="moa-run-") as tmp:
         tmp = Path(tmp)
         args = []
@@ -56,14 +57,38 @@ def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray
             args.append(str(path))
         outs = [e for e in io if e["kind"] == "output"]
         out_paths = [tmp / f"out{k}.bin" for k in range(len(outs))]
-        cmd = board.runner() + [str(binary)] + args + [str(p) for p in out_paths]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                                  env={**os.environ, "MOA_REPEAT": str(repeat)})
-        except FileNotFoundError:
-            raise MoaEdgeError(f"board {board.name}: cannot execute {cmd[0]}; missing {'; '.join(board.missing_tools())}") from None
-        if proc.returncode != 0:
-            raise MoaEdgeError(f"board {board.name}: {binary.name} exited with {proc.returncode}: {proc.stderr.strip()}")
+        if ssh is not None:
+            stderr = _run_over_ssh(ssh, binary, board, args, out_paths, repeat, timeout)
+        else:
+            stderr = _run_here(binary, board, args, out_paths, repeat, timeout)
         outputs = {e["name"]: np.fromfile(p, dtype=_NUMPY[e["dtype"]]).reshape(e["shape"]) for e, p in zip(outs, out_paths)}
-        match = re.search(r"run_us=([0-9.]+)", proc.stderr)
+        match = re.search(r"run_us=([0-9.]+)", stderr)
         return outputs, float(match.group(1)) if match else float("nan")
+
+
+def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path], repeat: int, timeout: float) -> str:
+    cmd = board.runner() + [str(binary)] + args + [str(p) for p in out_paths]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, "MOA_REPEAT": str(repeat)})
+    except FileNotFoundError:
+        raise MoaEdgeError(f"board {board.name}: cannot execute {cmd[0]}; missing {'; '.join(board.missing_tools())}") from None
+    if proc.returncode != 0:
+        raise MoaEdgeError(f"board {board.name}: {binary.name} exited with {proc.returncode}: {proc.stderr.strip()}")
+    return proc.stderr
+
+
+def _run_over_ssh(ssh: SshTarget, binary: Path, board: Board, args: list[str], out_paths: list[Path], repeat: int,
+                  timeout: float) -> str:
+    """Copy the runner and its inputs to a fresh folder on the board, run it there (under the
+    board's emulator command, if it has one), fetch the outputs."""
+    with RemoteFolder(ssh) as folder:
+        ssh.copy([Path(binary), *map(Path, args)], folder + "/")
+        remote_args = [Path(a).name for a in args] + [p.name for p in out_paths]
+        proc = ssh.run(board.runner() + ["./" + Path(binary).name, *remote_args], env={"MOA_REPEAT": str(repeat)},
+                       cwd=folder, timeout=timeout)
+        if proc.returncode != 0:
+            raise MoaEdgeError(f"board {board.name} over ssh {ssh.destination}: {Path(binary).name} exited with "
+                               f"{proc.returncode}: {proc.stderr.strip()}")
+        ssh.copy([f"{folder}/{p.name}" for p in out_paths], out_paths[0].parent, upload=False)
+    return proc.stderr

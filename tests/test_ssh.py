@@ -1,0 +1,131 @@
+"""Running on a board over ssh (issue 7, item 2), for real: an OpenSSH server the test starts
+on 127.0.0.1 with its own host key and user key in a temporary folder. The "board" behind
+it runs the host build natively, or a board build under the board's qemu-user command."""
+import os
+from pathlib import Path
+import shutil
+import socket
+import subprocess
+import time
+
+import numpy as np
+import onnx
+from onnx import TensorProto as T, helper, numpy_helper
+import onnxruntime as ort
+import pytest
+
+from conftest import require_board
+from moa_edge.errors import MoaEdgeError
+from moa_edge.harness.build import build
+from moa_edge.harness.runner import run
+from moa_edge.harness.ssh import SshTarget
+from moa_edge.pipeline import convert
+
+SSHD = "/usr/sbin/sshd"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """(user@127.0.0.1:port, an ssh_config with the user key and the server's host key)."""
+    missing = [tool for tool in ("ssh", "scp", "ssh-keygen") if shutil.which(tool) is None]
+    if missing or not os.access(SSHD, os.X_OK):
+        message = f"OpenSSH is not installed here (missing {missing or [SSHD]}); run make setup as root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true: skipping is not allowed)")
+        pytest.skip(message)
+    folder = tmp_path_factory.mktemp("sshd")
+    os.chmod(folder, 0o700)
+    for key in ("host_key", "user_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key)], check=True)
+    shutil.copy(folder / "user_key.pub", folder / "authorized_keys")
+    port, user = _free_port(), os.environ.get("USER") or subprocess.run(["id", "-un"], capture_output=True,
+                                                                            text=True).stdout.strip()
+    (folder / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {folder / 'host_key'}\nPidFile {folder / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {folder / 'authorized_keys'}\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PubkeyAuthentication yes\nUsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n"
+        "Subsystem sftp internal-sftp\n")  # scp speaks SFTP since OpenSSH 9
+    host_key = (folder / "host_key.pub").read_text().split()
+    (folder / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+    (folder / "ssh_config").write_text(
+        f"Host 127.0.0.1\n  IdentityFile {folder / 'user_key'}\n  IdentitiesOnly yes\n"
+        f"  UserKnownHostsFile {folder / 'known_hosts'}\n  StrictHostKeyChecking yes\n")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    server = subprocess.Popen([SSHD, "-D", "-e", "-f", str(folder / "sshd_config")], stderr=subprocess.PIPE)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        if server.poll() is not None:
+            pytest.fail(f"sshd did not start: {server.stderr.read().decode()}")
+        time.sleep(0.05)
+    yield f"{user}@127.0.0.1:{port}", str(folder / "ssh_config")
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def _model(path: Path) -> Path:
+    rng = np.random.default_rng(3)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Tanh", ["xw"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", T.FLOAT, [5, 40])], [helper.make_tensor_value_info("y", T.FLOAT, [5, 24])],
+        initializer=[numpy_helper.from_array(rng.standard_normal((40, 24)).astype(np.float32) / 6, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    return path
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", ["host", "rpi4"])
+def test_run_over_ssh_matches_onnxruntime(board_name, sshd, tmp_path):
+    board = require_board(board_name)
+    destination, config = sshd
+    path = _model(tmp_path / "m.onnx")
+    report = convert(path, tmp_path / "p")
+    feeds = {"x": np.random.default_rng(0).standard_normal((5, 40)).astype(np.float32)}
+    outputs, run_us = run(build(tmp_path / "p", board), board, report["io"], feeds,
+                          ssh=SshTarget.parse(destination, config))
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(outputs["y"], want, rtol=1e-5, atol=1e-6)
+    assert run_us > 0
+
+
+def test_a_board_that_refuses_the_key_is_one_clear_error(sshd, tmp_path):
+    """Another key than the authorised one: BatchMode gives up at once, no password prompt."""
+    destination, config = sshd
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = Path(config).read_text().replace(str(Path(config).parent / "user_key"), str(tmp_path / "other"))
+    (tmp_path / "config").write_text(other)
+    with pytest.raises(MoaEdgeError, match="mktemp failed"):
+        run(Path("/bin/true"), require_board("host"), [], {}, ssh=SshTarget.parse(destination, str(tmp_path / "config")))
+
+
+def test_arguments_reach_the_board_word_for_word(sshd):
+    """Each argv word arrives as one word, whatever its spaces and quotes: nothing is re-split."""
+    destination, config = sshd
+    words = ["a b", "it's", "$(echo no)", "*", ";", ""]
+    out = SshTarget.parse(destination, config).check(["printf", "[%s]\\n", *words], "printf")
+    assert out.splitlines() == [f"[{w}]" for w in words]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pi@raspberrypi.local", ("pi@raspberrypi.local", None)),
+    ("root@10.0.0.7:2222", ("root@10.0.0.7", 2222)),
+    ("board", ("board", None)),
+    ("me@[::1]:22", ("me@::1", 22)),
+])
+def test_ssh_destinations(text, expected):
+    target = SshTarget.parse(text)
+    assert (target.destination, target.port) == expected
+
+
+@pytest.mark.parametrize("text", ["user@", "a@b:0", "a@b:99999", "a b@c", "@host", "user@host;rm -rf"])
+def test_bad_ssh_destinations_are_refused(text):
+    with pytest.raises(MoaEdgeError, match="expected user@host"):
+        SshTarget.parse(text)
