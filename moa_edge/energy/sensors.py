@@ -11,16 +11,16 @@ A sensor is named by a spec (the --sensor option, or a board's [power_sensor] ta
     rapl:DIR           an Intel RAPL powercap domain: energy_uj (microjoules, a counter that
                        wraps at max_energy_range_uj)
 
-Paths are of the board's file system; `sysfs_root` prefixes them (a fake sysfs folder in
-tests, or a mounted copy). Reading them is the sampler's job (c_runtime/tools/moa_sampler.c),
-on the board itself.
+Paths are of the board's file system (this machine's for native and emulated boards, the
+board's over ssh); `sysfs_root` prefixes them (a fake sysfs folder in tests). Sampling them
+is the sampler's job (c_runtime/tools/moa_sampler.c), on the board itself.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 import math
-import os
 from pathlib import Path
+import posixpath
 
 from moa_edge.errors import MoaEdgeError
 
@@ -42,41 +42,58 @@ class Channel:
         return math.prod(raw) * self.scale
 
 
-def _readable(path: Path, spec: str) -> Path:
-    if not path.is_file():
-        raise MoaEdgeError(f"sensor {spec!r}: {path} does not exist")
-    if not os.access(path, os.R_OK):
-        raise MoaEdgeError(f"sensor {spec!r}: {path} is not readable (permissions; try as root)")
+class LocalFiles:
+    """The sensor's files on this machine (native and emulated boards)."""
+
+    def read(self, path: str) -> str | None:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            return None
+
+    def exists(self, path: str) -> bool:
+        return Path(path).exists()
+
+    def glob(self, pattern: str) -> list[str]:
+        return sorted(str(p) for p in Path("/").glob(pattern.lstrip("/")))
+
+
+def _readable(files, path: str, spec: str) -> str:
+    text = files.read(path)
+    if text is None:
+        why = "is not readable (permissions? try as root)" if files.exists(path) else "does not exist"
+        raise MoaEdgeError(f"sensor {spec!r}: {path} {why}")
     try:
-        int(path.read_text().strip())
-    except (OSError, ValueError) as e:
-        raise MoaEdgeError(f"sensor {spec!r}: {path} does not hold an integer reading ({e})") from None
+        int(text.strip())
+    except ValueError:
+        raise MoaEdgeError(f"sensor {spec!r}: {path} does not hold an integer reading ({text.strip()[:40]!r})") from None
     return path
 
 
-def _hwmon_channel(folder: Path, n: int, spec: str) -> Channel:
-    power = folder / f"power{n}_input"
-    if power.exists():
-        return Channel(f"hwmon {folder} power{n}_input (uW)", "power", (str(_readable(power, spec)),), 1e-6)
-    current, voltage = folder / f"curr{n}_input", folder / f"in{n}_input"
-    if current.exists() and voltage.exists():
-        files = (str(_readable(current, spec)), str(_readable(voltage, spec)))
-        return Channel(f"hwmon {folder} curr{n}_input (mA) x in{n}_input (mV)", "power", files, 1e-6)
+def _hwmon_channel(files, folder: str, n: int, spec: str) -> Channel:
+    power = posixpath.join(folder, f"power{n}_input")
+    if files.exists(power):
+        return Channel(f"hwmon {folder} power{n}_input (uW)", "power", (_readable(files, power, spec),), 1e-6)
+    current, voltage = posixpath.join(folder, f"curr{n}_input"), posixpath.join(folder, f"in{n}_input")
+    if files.exists(current) and files.exists(voltage):
+        return Channel(f"hwmon {folder} curr{n}_input (mA) x in{n}_input (mV)", "power",
+                       (_readable(files, current, spec), _readable(files, voltage, spec)), 1e-6)
     raise MoaEdgeError(f"sensor {spec!r}: {folder} has neither power{n}_input nor curr{n}_input and in{n}_input")
 
 
-def _by_label(root: Path, pattern: str, label: str, spec: str) -> Channel:
-    for folder in sorted(root.glob(pattern)):
-        for label_file in sorted(folder.glob("in*_label")):
-            if label_file.read_text().strip() == label:
-                n = int(label_file.name[2:-len("_label")])
-                return _hwmon_channel(folder, n, spec)
-    raise MoaEdgeError(f"sensor {spec!r}: no channel labelled {label!r} under {root / pattern}")
+def _by_label(files, root: str, pattern: str, label: str, spec: str) -> Channel:
+    for label_file in files.glob(posixpath.join(root, pattern, "in*_label")):
+        if (files.read(label_file) or "").strip() == label:
+            name = posixpath.basename(label_file)
+            return _hwmon_channel(files, posixpath.dirname(label_file), int(name[2:-len("_label")]), spec)
+    raise MoaEdgeError(f"sensor {spec!r}: no channel labelled {label!r} under {posixpath.join(root, pattern)}")
 
 
-def parse_sensor(spec: str, sysfs_root: str | Path = "/") -> Channel:
-    """The channel a sensor spec names, its files checked to be readable integers."""
-    root = Path(sysfs_root)
+def parse_sensor(spec: str, sysfs_root: str | Path = "/", files=None) -> Channel:
+    """The channel a sensor spec names, its files checked to be readable integers (on this
+    machine, or through `files`: the board's, over ssh)."""
+    files = files or LocalFiles()
+    root = str(sysfs_root)
     kind, _, rest = spec.partition(":")
     if not rest:
         raise MoaEdgeError(f"sensor {spec!r}: expected KIND:WHERE (hwmon:DIR[:N], hwmon-label:LABEL, jetson:RAIL, "
@@ -85,16 +102,16 @@ def parse_sensor(spec: str, sysfs_root: str | Path = "/") -> Channel:
         folder, _, n = rest.partition(":")
         if n and not n.isdigit():
             raise MoaEdgeError(f"sensor {spec!r}: channel {n!r} is not a number")
-        return _hwmon_channel(root / folder.lstrip("/"), int(n or 1), spec)
+        return _hwmon_channel(files, posixpath.join(root, folder.lstrip("/")), int(n or 1), spec)
     if kind == "hwmon-label":
-        return _by_label(root, HWMON, rest, spec)
+        return _by_label(files, root, HWMON, rest, spec)
     if kind == "jetson":
-        return _by_label(root, JETSON_HWMON, rest, spec)
+        return _by_label(files, root, JETSON_HWMON, rest, spec)
     if kind == "rapl":
-        folder = root / rest.lstrip("/")
-        counter = _readable(folder / "energy_uj", spec)
-        wrap = int(_readable(folder / "max_energy_range_uj", spec).read_text()) * 1e-6
-        return Channel(f"RAPL {folder} energy_uj (uJ, wraps at {wrap:g} J)", "energy", (str(counter),), 1e-6, wrap)
+        folder = posixpath.join(root, rest.lstrip("/"))
+        counter = _readable(files, posixpath.join(folder, "energy_uj"), spec)
+        wrap = int(files.read(_readable(files, posixpath.join(folder, "max_energy_range_uj"), spec))) * 1e-6
+        return Channel(f"RAPL {folder} energy_uj (uJ, wraps at {wrap:g} J)", "energy", (counter,), 1e-6, wrap)
     raise MoaEdgeError(f"sensor {spec!r}: unknown kind {kind!r} (hwmon, hwmon-label, jetson, rapl)")
 
 
