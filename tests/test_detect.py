@@ -238,3 +238,35 @@ def test_bias_built_from_key_lengths(causal, past_last_key, fill, lengths, tmp_p
         np.testing.assert_allclose(ours["y"], theirs[0], rtol=1e-5, atol=1e-6)
     else:
         assert block.inputs[3] and spec.mask_kind == "float"  # stays a mask the graph computes
+
+
+def test_k_transposed_through_a_merged_batch_is_an_access_map(tmp_path):
+    """BERT's export: K -> Reshape [B, S, H, d] -> Transpose -> Reshape [B*H, S, d] ->
+    Transpose -> Reshape [B, H, d, S]. With B > 1 the merged batch of a strided head split
+    is no access map; unfold_batched_transposes makes the chain one Transpose, so K is read
+    in place and no transposed copy is left."""
+    import onnx
+    from onnx import TensorProto as T, helper, numpy_helper
+    B, S, H, d = 2, 5, 3, 8
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v, np.int64 if name.startswith("s_") else np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("Reshape", ["q", "s_heads"], ["q4"]), helper.make_node("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["k", "s_heads"], ["k4"]), helper.make_node("Transpose", ["k4"], ["kh"], perm=[0, 2, 1, 3]),
+             helper.make_node("Reshape", ["kh", "s_merged"], ["k3"]), helper.make_node("Transpose", ["k3"], ["kt3"], perm=[0, 2, 1]),
+             helper.make_node("Reshape", ["kt3", "s_split"], ["kt"]),
+             helper.make_node("Reshape", ["v", "s_heads"], ["v4"]), helper.make_node("Transpose", ["v4"], ["vh"], perm=[0, 2, 1, 3]),
+             helper.make_node("MatMul", ["qh", "kt"], ["scores"]), helper.make_node("Mul", ["scores", "scale"], ["scaled"]),
+             helper.make_node("Softmax", ["scaled"], ["p"], axis=-1), helper.make_node("MatMul", ["p", "vh"], ["oh"]),
+             helper.make_node("Transpose", ["oh"], ["o4"], perm=[0, 2, 1, 3]), helper.make_node("Reshape", ["o4", "s_out"], ["y"])]
+    io = lambda n: helper.make_tensor_value_info(n, T.FLOAT, [B, S, H * d])  # noqa: E731
+    graph = helper.make_graph(nodes, "g", [io("q"), io("k"), io("v")], [io("y")],
+                              initializer=[c("s_heads", [B, S, H, d]), c("s_merged", [-1, S, d]), c("s_split", [B, H, d, S]),
+                                           c("s_out", [B, S, H * d]), c("scale", 1 / math.sqrt(d))])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    lowered = load_graph(path)
+    assert [n.op for n in lowered.nodes] == ["MoaAttention"]
+    assert lowered.nodes[0].inputs[:3] == ["q", "k", "v"]
+    rng = np.random.default_rng(5)
+    feeds = {n: rng.standard_normal((B, S, H * d)).astype(np.float32) for n in "qkv"}
+    theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert cmp.compare(theirs, run_reference(lowered, feeds)["y"])["ok"]

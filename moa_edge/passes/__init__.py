@@ -8,7 +8,7 @@ from moa_edge.ir import DTYPES, Graph
 from moa_edge.ops import SUPPORTED_OPS
 
 from .attention import rewrite_attention
-from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision
+from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision, unfold_batched_transposes
 from .fold import fold_constants, infer_missing_shapes
 from .mlp import tile_mlp_rows
 from .pack import pack_weights
@@ -34,6 +34,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
             break
     bypass_no_ops(graph)
     narrow_softmax_precision(graph)
+    unfold_batched_transposes(graph)
     if fuse_attention:
         rewrite_attention(graph)
     lower_copies(graph)

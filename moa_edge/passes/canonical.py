@@ -75,6 +75,36 @@ def narrow_softmax_precision(graph: Graph) -> int:
     return narrowed
 
 
+def unfold_batched_transposes(graph: Graph) -> int:
+    """Reshape(merge the leading axes) -> Transpose(axis 0 kept) -> Reshape(split them back),
+    BERT's K^T through a [B*H, S, d] batch, becomes one Transpose of the unmerged tensor: the
+    merge of a transposed (strided) head split is no access map, so the chain would otherwise
+    cost attention detection the K operand and the graph a transposed copy per layer."""
+    unfolded = 0
+    for split in [n for n in graph.nodes if n.op == "Reshape"]:
+        turn = graph.producer(split.inputs[0])
+        merge = graph.producer(turn.inputs[0]) if turn is not None and turn.op == "Transpose" else None
+        if merge is None or merge.op != "Reshape" or split.outputs[0] in graph.outputs:
+            continue
+        source = graph.tensors[merge.inputs[0]].shape
+        merged, final = graph.tensors[merge.outputs[0]].shape, graph.tensors[split.outputs[0]].shape
+        perm = list(turn.attrs.get("perm", range(len(merged))[::-1]))
+        lead = len(source) - len(merged) + 1  # leading source axes folded into merged axis 0
+        if (lead < 2 or perm[0] != 0 or tuple(source[lead:]) != tuple(merged[1:])
+                or int(np.prod(source[:lead])) != merged[0] or tuple(final[:lead]) != tuple(source[:lead])
+                or tuple(final[lead:]) != tuple(graph.tensors[turn.outputs[0]].shape[1:])):
+            continue
+        full = list(range(lead)) + [p + lead - 1 for p in perm[1:]]
+        # Named after the Transpose it stands for, unless that one stays for another reader.
+        name = turn.name if graph.consumers(turn.outputs[0]) == [split] else split.name
+        graph.nodes[graph.nodes.index(split)] = Node("Transpose", name, [merge.inputs[0]], list(split.outputs),
+                                                     {"perm": full})
+        unfolded += 1
+    graph.toposort()
+    graph.remove_dead()
+    return unfolded
+
+
 def pad_nodes(graph: Graph, name: str, axis: int, before: int, after: int, value, out: str, stem: str) -> Node:
     """`out` = `name` padded along `axis` with `value`, as one MoaConcat: the fill parts are a
     single stored element read through a stride-0 map, whatever their size."""
