@@ -59,10 +59,13 @@ def cmd_run(a) -> int:
     io = project_io(project)
     inputs = check_inputs(io, load_npz(a.inputs), a.inputs)
     binary = build(project, board)
-    outputs, run_us = run(binary, board, io, inputs)
+    ssh = _ssh_target(a, [board])
+    outputs, run_us = run(binary, board, io, inputs, ssh=ssh)
     np.savez(a.outputs, **outputs)
-    print(f"{board.name}: wrote {', '.join(outputs)} to {a.outputs} (run {run_us:.1f} us)")
-    _write_json(a.json, {"ok": True, "board": board.name, "outputs": a.outputs, "run_us": run_us})
+    where = f" over ssh {ssh.destination}" if ssh else ""
+    print(f"{board.name}{where}: wrote {', '.join(outputs)} to {a.outputs} (run {run_us:.1f} us)")
+    _write_json(a.json, {"ok": True, "board": board.name, "outputs": a.outputs, "run_us": run_us,
+                         "ssh": ssh.destination if ssh else None})
     return 0
 
 
@@ -74,10 +77,41 @@ def cmd_validate(a) -> int:
     from moa_edge.pipeline import parse_schedule
     result = validate(a.model, boards, inputs_path=a.inputs, input_shapes=parse_input_shapes(a.input_shape),
                       seed=a.seed, scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
-                      progress=_progress)
+                      ssh=_ssh_target(a, boards), progress=_progress)
     print(format_table(result))
     _write_json(a.json, result)
     return 0 if result["ok"] else 1
+
+
+def _ssh_target(a, boards):
+    """--ssh (or the one board's [run] ssh address), for a single board."""
+    from moa_edge.harness.ssh import SshTarget
+    address = a.ssh or (boards[0].run.get("ssh") if len(boards) == 1 else None)
+    if address is None:
+        return None
+    if len(boards) != 1:
+        raise MoaEdgeError("--ssh names one board's address: give a single --board with it")
+    return SshTarget.parse(address, a.ssh_config)
+
+
+def cmd_energy(a) -> int:
+    from moa_edge.energy import measure_energy
+    from moa_edge.harness.boards import load_board
+    from moa_edge.harness.inputs import load_npz
+    board = load_board(a.board)
+    result = measure_energy(a.project, board, a.sensor, a.sysfs_root, a.iterations, a.idle_ms, a.interval_us,
+                            load_npz(a.inputs) if a.inputs else None, ssh=_ssh_target(a, [board]), progress=_progress)
+    ci = result["ci95_joules"]
+    print(f"{board.name}: {result['joules_per_inference'] * 1e3:.3f} mJ per inference"
+          + (f" (95% CI +/- {ci * 1e3:.3f} mJ)" if ci is not None else " (too few samples for an interval)"))
+    print(f"  mean power {result['active_power_w']:.3f} W running, {result['idle_power_w']:.3f} W idle; "
+          f"{result['iterations']} runs in {result['active_s']:.3f} s ({result['mean_run_s'] * 1e3:.3f} ms each); "
+          f"{result['samples']['active']} + {result['samples']['idle']} samples of {result['sensor']}")
+    pred = result["predicted"]
+    for block in pred["attention_blocks"]:
+        print(f"  predicted {block['node']}: {block['energy_j'] * 1e3:.3f} mJ, {block['dram_bytes']} B from DRAM")
+    _write_json(a.json, result)
+    return 0
 
 
 def format_table(result: dict) -> str:
@@ -291,6 +325,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", required=True, help=".npz keyed by graph input names")
     s.add_argument("--outputs", required=True, help=".npz to write, keyed by graph output names")
 
+    def ssh_options(s):
+        s.add_argument("--ssh", metavar="USER@HOST[:PORT]", help="run on a real board over ssh (key authentication)")
+        s.add_argument("--ssh-config", metavar="FILE", help="an ssh_config file for that connection (ssh -F)")
+
+    ssh_options(s)
+
+    s = verb("energy", cmd_energy, "joules per inference from a power sensor, beside the cost model's prediction")
+    s.add_argument("project", help="a converted project folder")
+    s.add_argument("--board", default="host")
+    s.add_argument("--sensor", metavar="SPEC", help="hwmon:DIR[:N], hwmon-label:LABEL, jetson:RAIL or rapl:DIR "
+                   "(default: the board's [power_sensor])")
+    s.add_argument("--sysfs-root", default="/", metavar="DIR", help="prefix of the sensor's paths (a fake sysfs)")
+    s.add_argument("--iterations", type=_positive_int, default=100, help="runs of the model while sampling")
+    s.add_argument("--idle-ms", type=int, default=1000, help="idle sampling before the runs (default 1000)")
+    s.add_argument("--interval-us", type=_positive_int, default=10000, help="sampling interval (default 10000)")
+    s.add_argument("--inputs", help=".npz keyed by graph input names (default: seeded random)")
+    ssh_options(s)
+
     s = verb("validate", cmd_validate, "convert, build, run on boards and compare with PyTorch float64")
     s.add_argument("model")
     s.add_argument("--board", default="host", help="comma-separated board names")
@@ -299,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: L1D size)")
     s.add_argument("--schedule", metavar="STRATEGY:BRxBC", help="force an ONF schedule, e.g. two_pass:1x64")
+    ssh_options(s)
 
     s = verb("inspect", cmd_inspect, "attention blocks found, what was absorbed, schedule and predicted cost")
     s.add_argument("model")

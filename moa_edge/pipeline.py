@@ -118,9 +118,10 @@ def onnx_reference(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.n
 
 
 def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, seed: int = 0,
-             scratch_budget: int | None = None, schedule: Schedule | None = None,
+             scratch_budget: int | None = None, schedule: Schedule | None = None, ssh=None,
              progress=lambda msg: None) -> dict:
-    """Convert for each board (its own schedule), build, run, compare with PyTorch float64."""
+    """Convert for each board (its own schedule), build, run (on a real board over `ssh`),
+    compare with PyTorch float64."""
     model = Path(model)
     graph = load_graph(model, input_shapes)
     result = {"model": str(model), "ok": True, "tolerance": {"max_abs_err": cmp.MAX_ABS_ERR,
@@ -150,7 +151,7 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
             try:
                 binary = build(project, board)
                 progress(f"{board.name}: run")
-                outputs, run_us = run(binary, board, io, inputs)
+                outputs, run_us = run(binary, board, io, inputs, ssh=ssh)
                 row = cmp.compare_all(outputs, reference)
                 row["run_us"] = run_us
             except MoaEdgeError as exc:

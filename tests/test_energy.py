@@ -220,3 +220,23 @@ def test_energy_of_a_built_model_beside_a_known_profile(board_name, sensor, tiny
 def test_no_sensor_is_one_clear_error(tiny_project):
     with pytest.raises(MoaEdgeError, match="no power sensor; give one with --sensor"):
         measure_energy(tiny_project, require_board("host"))
+
+
+def test_energy_verb(tiny_project, tmp_path, capsys):
+    """`moa-edge energy` prints joules per inference and the interval, and writes the JSON."""
+    import json
+    from moa_edge.cli import main
+    profile = Profile(_hwmon(tmp_path, power_uw=4_000_000) / "power1_input", counter=False)
+    profile.start()
+    try:
+        code = main(["energy", str(tiny_project), "--sensor", "hwmon:/sys/class/hwmon/hwmon3", "--sysfs-root",
+                     str(tmp_path), "--iterations", "1000", "--idle-ms", "300", "--interval-us", "5000",
+                     "--json", str(tmp_path / "e.json")])
+    finally:
+        profile.stop.set()
+        profile.join()
+    out = capsys.readouterr().out
+    assert code == 0 and "mJ per inference" in out and "W running" in out
+    assert json.loads((tmp_path / "e.json").read_text())["active_power_w"] == pytest.approx(4.0, rel=0.05)
+    assert main(["energy", str(tiny_project), "--board", "rpi4"]) == 1
+    assert "has no power sensor" in capsys.readouterr().err

@@ -129,3 +129,51 @@ def test_ssh_destinations(text, expected):
 def test_bad_ssh_destinations_are_refused(text):
     with pytest.raises(MoaEdgeError, match="expected user@host"):
         SshTarget.parse(text)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", ["host", "rpi4"])
+def test_energy_over_ssh_samples_on_the_board(board_name, sshd, tmp_path):
+    """The board's own sampler build (rpi4: under its qemu, which starts the runner's qemu)
+    reads the board's sensor files, found over ssh; a flat 4 W profile reads as 4 W."""
+    from test_energy import Profile, _hwmon, _tiny_model
+    from moa_edge.energy import measure_energy
+    board = require_board(board_name)
+    destination, config = sshd
+    convert(_tiny_model(tmp_path / "t.onnx"), tmp_path / "p")
+    profile = Profile(_hwmon(tmp_path / "root", power_uw=4_000_000) / "power1_input", counter=False)
+    profile.start()
+    try:
+        result = measure_energy(tmp_path / "p", board, "hwmon:/sys/class/hwmon/hwmon3", sysfs_root=tmp_path / "root",
+                                iterations=1000 if board_name == "host" else 40, idle_ms=300, interval_us=5000,
+                                ssh=SshTarget.parse(destination, config))
+    finally:
+        profile.stop.set()
+        profile.join()
+    assert result["ssh"] == destination.rsplit(":", 1)[0]
+    assert result["idle_power_w"] == pytest.approx(4.0, rel=0.05)
+    assert result["active_power_w"] == pytest.approx(4.0, rel=0.05)
+
+
+def test_a_sensor_missing_on_the_board_is_one_clear_error(sshd, tmp_path):
+    from moa_edge.energy.sensors import parse_sensor
+    from moa_edge.energy import RemoteFiles
+    destination, config = sshd
+    with pytest.raises(MoaEdgeError, match="no channel labelled 'VDD_IN'"):
+        parse_sensor("hwmon-label:VDD_IN", tmp_path, RemoteFiles(SshTarget.parse(destination, config)))
+
+
+def test_validate_and_run_verbs_take_ssh(sshd, tmp_path, capsys):
+    from moa_edge.cli import main
+    destination, config = sshd
+    path = _model(tmp_path / "m.onnx")
+    assert main(["validate", str(path), "--board", "rpi4", "--ssh", destination, "--ssh-config", config,
+                 "--json", str(tmp_path / "v.json")]) == 0
+    assert "ALL PASS" in capsys.readouterr().out
+    convert(path, tmp_path / "p")
+    np.savez(tmp_path / "in.npz", x=np.ones((5, 40), np.float32))
+    assert main(["run", str(tmp_path / "p"), "--inputs", str(tmp_path / "in.npz"), "--outputs",
+                 str(tmp_path / "out.npz"), "--ssh", destination, "--ssh-config", config]) == 0
+    assert f"over ssh {destination.rsplit(':', 1)[0]}" in capsys.readouterr().out
+    assert main(["validate", str(path), "--board", "host,rpi4", "--ssh", destination]) == 1
+    assert "give a single --board" in capsys.readouterr().err

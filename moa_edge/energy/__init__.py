@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -18,18 +19,44 @@ from .sensors import Channel, board_sensor, parse_sensor
 SAMPLER_SOURCE = C_RUNTIME_DIR / "tools" / "moa_sampler.c"
 
 
-def build_sampler(workdir: Path) -> Path:
-    """The sampler for the machine that reads the sensor. An emulated board's sensor is the
-    host's own, so this is the host build (a real board over ssh needs its own, with its runner)."""
-    cc = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    if cc is None:
-        raise MoaEdgeError("no host C compiler (cc, gcc or clang) to build the power sampler")
+def build_sampler(workdir: Path, board=None) -> Path:
+    """The sampler for the machine that reads the sensor: the host's for native and emulated
+    boards (their sensor is the host's), the board's own (its toolchain) for one over ssh."""
+    if board is None:
+        cc, flags = next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None), ["-O2"]
+        if cc is None:
+            raise MoaEdgeError("no host C compiler (cc, gcc or clang) to build the power sampler")
+    else:
+        cc = board.compiler()
+        if cc is None:
+            raise MoaEdgeError(f"board {board.name}: missing {'; '.join(board.missing_tools())}; run `make setup` as root")
+        flags = [*board.toolchain.get("cflags", []), *board.toolchain.get("ldflags", [])]
     exe = Path(workdir) / "moa_sampler"
-    proc = subprocess.run([cc, "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", str(SAMPLER_SOURCE), "-o", str(exe)],
+    proc = subprocess.run([cc, *flags, "-std=c99", "-Wall", "-Wextra", "-Werror", str(SAMPLER_SOURCE), "-o", str(exe)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise MoaEdgeError(f"building the power sampler failed:\n{proc.stderr.strip()}")
     return exe
+
+
+class RemoteFiles:
+    """The sensor's files on a board over ssh."""
+
+    def __init__(self, ssh):
+        self.ssh = ssh
+
+    def read(self, path: str) -> str | None:
+        proc = self.ssh.run(["cat", path])
+        return proc.stdout if proc.returncode == 0 else None
+
+    def exists(self, path: str) -> bool:
+        return self.ssh.run(["test", "-e", path]).returncode == 0
+
+    def glob(self, pattern: str) -> list[str]:
+        # The board's shell expands the pattern; only the fixed sysfs part of it is unquoted.
+        root, _, rest = pattern.partition("/sys/")
+        loop = f'for f in {shlex.quote(root)}/sys/{rest}; do [ -e "$f" ] && echo "$f"; done; true'
+        return sorted(self.ssh.check(["sh", "-c", loop], "listing the sensor's files").split())
 
 
 def predicted(project: Path) -> dict:
@@ -41,12 +68,15 @@ def predicted(project: Path) -> dict:
 
 
 def measure_energy(project, board, sensor: str | None = None, sysfs_root="/", iterations: int = 100,
-                   idle_ms: int = 1000, interval_us: int = 10000, inputs=None, progress=lambda msg: None) -> dict:
+                   idle_ms: int = 1000, interval_us: int = 10000, inputs=None, ssh=None,
+                   progress=lambda msg: None) -> dict:
     """Sample the sensor while the board idles for idle_ms, then while the built model runs
-    `iterations` times in one process; joules per inference with its confidence interval."""
+    `iterations` times in one process (on a real board when `ssh` is given); joules per
+    inference with its confidence interval, beside the cost model's prediction."""
     from moa_edge.harness.build import build
     from moa_edge.harness.inputs import random_inputs
     from moa_edge.harness.runner import check_inputs, project_io
+    from moa_edge.harness.ssh import RemoteFolder
 
     spec = sensor or board_sensor(board)
     if spec is None:
@@ -54,35 +84,46 @@ def measure_energy(project, board, sensor: str | None = None, sysfs_root="/", it
                            f"(hwmon:DIR[:N], hwmon-label:LABEL, jetson:RAIL, rapl:DIR)")
     if iterations < 1 or idle_ms < 0 or interval_us < 100:
         raise MoaEdgeError("need --iterations >= 1, --idle-ms >= 0 and a sampling interval of at least 100 us")
-    channel: Channel = parse_sensor(spec, sysfs_root)
+    channel: Channel = parse_sensor(spec, sysfs_root, RemoteFiles(ssh) if ssh else None)
     project = Path(project)
     io = project_io(project)
     feeds = check_inputs(io, inputs if inputs is not None else random_inputs(io), str(project))
     progress(f"{board.name}: build")
-    binary = build(project, board)
+    binary = Path(build(project, board)).resolve()
+    env = {"MOA_REPEAT": str(iterations)}
     with tempfile.TemporaryDirectory(prefix="moa-energy-") as tmp:
         tmp = Path(tmp)
-        sampler = build_sampler(tmp)
-        args = []
+        sampler = build_sampler(tmp, board if ssh else None)
+        files = []
         for k, e in enumerate(e for e in io if e["kind"] == "input"):
             feeds[e["name"]].tofile(tmp / f"in{k}.bin")
-            args.append(str(tmp / f"in{k}.bin"))
-        args += [str(tmp / f"out{k}.bin") for k, e in enumerate(e for e in io if e["kind"] == "output")]
-        runner = board.runner()
-        if runner:  # the sampler starts the runner with execv: no PATH search
-            runner[0] = shutil.which(runner[0]) or runner[0]
-        cmd = [str(sampler), str(interval_us), str(idle_ms), *channel.files, "--", *runner,
-               str(Path(binary).resolve()), *args]
+            files.append(tmp / f"in{k}.bin")
+        outs = [f"out{k}.bin" for k, e in enumerate(e for e in io if e["kind"] == "output")]
         progress(f"{board.name}: {idle_ms} ms idle, then {iterations} runs, sampling every {interval_us} us")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MOA_REPEAT": str(iterations)})
-        if proc.returncode not in (0,) and "exit " not in proc.stdout:
-            raise MoaEdgeError(f"the power sampler failed ({proc.returncode}): {proc.stderr.strip()}")
+        if ssh is None:
+            runner = board.runner()
+            if runner:  # the sampler starts the runner with execv: no PATH search
+                runner[0] = shutil.which(runner[0]) or runner[0]
+            cmd = [str(sampler), str(interval_us), str(idle_ms), *channel.files, "--", *runner, str(binary),
+                   *map(str, files), *(str(tmp / o) for o in outs)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+        else:
+            with RemoteFolder(ssh) as folder:
+                ssh.copy([sampler, binary, *files], folder + "/")
+                runner = board.runner()
+                if runner:
+                    runner[0] = ssh.check(["sh", "-c", 'command -v "$1"', "sh", runner[0]], "finding the emulator").strip()
+                cmd = [*runner, "./moa_sampler", str(interval_us), str(idle_ms), *channel.files, "--", *runner,
+                       "./" + binary.name, *(f.name for f in files), *outs]
+                proc = ssh.run(cmd, env=env, cwd=folder)
+    if "exit " not in proc.stdout:
+        raise MoaEdgeError(f"the power sampler failed ({proc.returncode}): {proc.stderr.strip()}")
     run = parse_sampler_output(proc.stdout, channel)
     if run.exit_status != 0:
         raise MoaEdgeError(f"board {board.name}: the runner exited with {run.exit_status}: {proc.stderr.strip()}")
     result = joules_per_inference(channel, run, iterations)
     result.update(board=board.name, project=str(project), predicted=predicted(project),
-                  mean_run_s=run.active_seconds / iterations)
+                  mean_run_s=run.active_seconds / iterations, ssh=ssh.destination if ssh else None)
     return result
 
 
