@@ -47,13 +47,15 @@ class ArenaPlan:
     def describe(self) -> dict:
         per_step = [self.live_bytes(k) for k in range(len(self.steps))]
         peak_step = max(range(len(per_step)), key=per_step.__getitem__) if per_step else 0
+        span = {b.name: (b.first, b.last) for b in self.buffers}  # schedule steps that write and last read it
         return {"arena_bytes": self.total_bytes, "algorithm": self.algorithm,
                 "live_bytes_lower_bound": max(per_step, default=0),
                 "peak_step": self.steps[peak_step] if self.steps else "",
                 "live_at_peak": [b.name for b in self.buffers if b.first <= peak_step <= b.last],
                 "per_op_live_bytes": dict(zip(self.steps, per_step)),
                 "shared_storage": dict(self.storage_of),
-                "buffers": [{"name": k, "offset": self.offsets[k], "bytes": self.sizes[k]} for k in self.offsets]}
+                "buffers": [{"name": k, "offset": self.offsets[k], "bytes": self.sizes[k],
+                             "first_step": span[k][0], "last_step": span[k][1]} for k in self.offsets]}
 
 
 def shared_storage(graph: Graph) -> dict[str, str]:
