@@ -108,8 +108,11 @@ def cmd_energy(a) -> int:
           f"{result['iterations']} runs in {result['active_s']:.3f} s ({result['mean_run_s'] * 1e3:.3f} ms each); "
           f"{result['samples']['active']} + {result['samples']['idle']} samples of {result['sensor']}")
     pred = result["predicted"]
+    print(f"  predicted (cost model, {board.name}'s constants): {pred['energy_j'] * 1e3:.3f} mJ per inference, "
+          f"of which attention {pred['attention_energy_j'] * 1e3:.3f} mJ")
     for block in pred["attention_blocks"]:
-        print(f"  predicted {block['node']}: {block['energy_j'] * 1e3:.3f} mJ, {block['dram_bytes']} B from DRAM")
+        print(f"    {block['node']}: {block['energy_j'] * 1e3:.3f} mJ, {block['dram_bytes']} B from DRAM "
+              f"(unfused, scores materialised: {block['unfused_dram_bytes']} B)")
     _write_json(a.json, result)
     return 0
 
@@ -261,18 +264,18 @@ def _bench_model(a) -> int:
 
 
 def cmd_boards(a) -> int:
-    from moa_edge.harness.boards import board_names, load_board
-    boards = [load_board(n) for n in board_names()]
+    from moa_edge.harness.boards import load_catalogue
+    boards = load_catalogue(a.dir)  # every file validated: one error lists every broken one
     rows = []
     for b in boards:
         c = b.caches
         caches = ", ".join(f"{lvl.upper()} {c[lvl]['size'] // 1024} KiB" for lvl in ("l1d", "l2", "l3") if lvl in c)
         missing = b.missing_tools()
-        rows.append({"name": b.name, "arch": b.arch, "isa": b.isa, "vlen": b.vlen, "caches": caches,
-                     "run": b.run["kind"], "ready": not missing, "missing": missing, "description": b.description})
-        print(f"{b.name:12} {b.arch:8} {b.isa:6} {caches:32} {b.run['kind']:7} "
+        rows.append({**b.catalogue_entry(), "ready": not missing, "missing": missing})
+        sensor = b.power_sensor.get("spec", b.power_sensor["kind"])
+        print(f"{b.name:16} {b.arch:8} {b.isa:6} {caches:36} {b.run['kind']:7} {sensor:16} "
               f"{'ready' if not missing else 'missing: ' + '; '.join(missing)}")
-        print(f"             {b.description}")
+        print(f"                 {b.description}")
     _write_json(a.json, {"boards": rows})
     return 0
 
@@ -334,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("energy", cmd_energy, "joules per inference from a power sensor, beside the cost model's prediction")
     s.add_argument("project", help="a converted project folder")
     s.add_argument("--board", default="host")
-    s.add_argument("--sensor", metavar="SPEC", help="hwmon:DIR[:N], hwmon-label:LABEL, jetson:RAIL or rapl:DIR "
+    s.add_argument("--sensor", metavar="SPEC", help="hwmon:DIR[:N], hwmon-label:LABEL, jetson:RAIL, rapl:DIR, or "
+                   "command:[--unit=U ]CMD (an external meter run here that prints '12.5 W' or '3.2 J') "
                    "(default: the board's [power_sensor])")
     s.add_argument("--sysfs-root", default="/", metavar="DIR", help="prefix of the sensor's paths (a fake sysfs)")
     s.add_argument("--iterations", type=_positive_int, default=100, help="runs of the model while sampling")
@@ -386,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="benchmarks/results",
                    help="folder for attention.json/.png (traffic.json/.png with --traffic)")
 
-    verb("boards", cmd_boards, "list the board catalogue")
+    s = verb("boards", cmd_boards, "list the board catalogue (every file validated)")
+    s.add_argument("--dir", metavar="DIR", help="a folder of board TOML files to check and list instead of boards/")
     return p
 
 

@@ -240,3 +240,40 @@ def test_energy_verb(tiny_project, tmp_path, capsys):
     assert json.loads((tmp_path / "e.json").read_text())["active_power_w"] == pytest.approx(4.0, rel=0.05)
     assert main(["energy", str(tiny_project), "--board", "rpi4"]) == 1
     assert "has no power sensor" in capsys.readouterr().err
+
+
+# --- the prediction beside the measurement ---------------------------------------------------
+
+def test_prediction_counts_gemm_flops_and_weights_from_the_shapes(tiny_project):
+    """The tiny model is one 256 x 256 x 256 product with a 256 x 256 weight: 2 M N K flops,
+    the weight read once from DRAM, X and Y moved once, at the host's constants."""
+    import json
+    from moa_edge.harness.boards import load_board
+    predicted = json.loads((tiny_project / "report.json").read_text())["predicted"]
+    (op,) = predicted["ops"]
+    assert op["flops"] == 2 * 256 ** 3
+    e = load_board("host").energy
+    weights = 256 * 256 * 4  # packed panels of 16 columns: no padding at N = 256
+    expected = 2 * 256 ** 3 * e["pj_per_flop"] + weights * e["pj_per_byte_dram"] + 2 * 256 * 256 * 4 * e["pj_per_byte_l2"]
+    assert op["weight_bytes"] == weights
+    assert predicted["energy_j"] == pytest.approx(expected * 1e-12)
+
+
+def test_attention_prediction_sets_the_unfused_traffic_beside_the_fused(tmp_path):
+    """At 8 heads x 2048 x 2048 the materialised scores (128 MiB) exceed any cache: the
+    unfused form moves them four times more than the fused kernel's compulsory traffic."""
+    import torch
+    import json
+
+    class Sdpa(torch.nn.Module):
+        def forward(self, q, k, v):
+            return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+    q = torch.zeros(1, 8, 2048, 64)
+    torch.onnx.export(Sdpa(), (q, q, q), tmp_path / "sdpa.onnx", input_names=["q", "k", "v"], opset_version=18,
+                      dynamo=True)
+    report = convert(tmp_path / "sdpa.onnx", tmp_path / "p")
+    (block,) = json.loads((tmp_path / "p" / "report.json").read_text())["predicted"]["attention_blocks"]
+    scores = 8 * 2048 * 2048 * 4
+    assert block["unfused_dram_bytes"] >= 4 * scores > 10 * block["dram_bytes"]
+    assert block["energy_j"] == pytest.approx(report["attention_blocks"][0]["predicted"]["energy_uj"] * 1e-6)

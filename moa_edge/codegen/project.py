@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from moa_edge import C_RUNTIME_DIR
+from moa_edge.energy.predict import predict_model
 from moa_edge.errors import MoaEdgeError
+from moa_edge.harness.boards import load_board
 from moa_edge.ir import DTYPES, Graph
 from moa_edge.ops import SUPPORTED_OPS, EmitContext
 from moa_edge.plan import plan_arena
@@ -162,6 +164,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
         "ops": [{"node": n.name, "op": n.op} for n in graph.nodes],
         "memory": {**plan.describe(), "weights_bytes": weights_bytes,
                    "io_bytes": sum(e["bytes"] for e in io)},
+        "predicted": predict_model(graph, load_board(board), plan.total_bytes),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -14,7 +14,7 @@ from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 
 from .measure import joules_per_inference, parse_sampler_output
-from .sensors import Channel, board_sensor, parse_sensor
+from .sensors import Channel, CommandMeter, board_sensor, parse_sensor
 
 SAMPLER_SOURCE = C_RUNTIME_DIR / "tools" / "moa_sampler.c"
 
@@ -60,11 +60,11 @@ class RemoteFiles:
 
 
 def predicted(project: Path) -> dict:
-    """The cost model's energy per inference for the attention blocks (report.json)."""
+    """The prediction `convert` wrote into report.json (energy/predict.py), without the per-op list."""
     report = json.loads((Path(project) / "report.json").read_text())
-    blocks = [{"node": b["node"], "energy_j": b["predicted"]["energy_uj"] * 1e-6,
-               "dram_bytes": b["predicted"]["dram_bytes"]} for b in report.get("attention_blocks", [])]
-    return {"attention_blocks": blocks, "attention_energy_j": sum(b["energy_j"] for b in blocks)}
+    if "predicted" not in report:
+        raise MoaEdgeError(f"{project}/report.json has no prediction: convert the model again with this moa-edge")
+    return {k: v for k, v in report["predicted"].items() if k != "ops"}
 
 
 def measure_energy(project, board, sensor: str | None = None, sysfs_root="/", iterations: int = 100,
@@ -81,10 +81,13 @@ def measure_energy(project, board, sensor: str | None = None, sysfs_root="/", it
     spec = sensor or board_sensor(board)
     if spec is None:
         raise MoaEdgeError(f"board {board.name} has no power sensor; give one with --sensor "
-                           f"(hwmon:DIR[:N], hwmon-label:LABEL, jetson:RAIL, rapl:DIR)")
+                           f"(hwmon:DIR[:N], hwmon-label:LABEL, jetson:RAIL, rapl:DIR, command:CMD)")
     if iterations < 1 or idle_ms < 0 or interval_us < 100:
         raise MoaEdgeError("need --iterations >= 1, --idle-ms >= 0 and a sampling interval of at least 100 us")
-    channel: Channel = parse_sensor(spec, sysfs_root, RemoteFiles(ssh) if ssh else None)
+    # An external meter runs here and samples in this process; a sensor's files are read by
+    # the sampler beside the runner, on the board.
+    meter = CommandMeter.parse(spec) if spec.startswith("command:") else None
+    channel: Channel = meter.channel if meter else parse_sensor(spec, sysfs_root, RemoteFiles(ssh) if ssh else None)
     project = Path(project)
     io = project_io(project)
     feeds = check_inputs(io, inputs if inputs is not None else random_inputs(io), str(project))
@@ -93,7 +96,7 @@ def measure_energy(project, board, sensor: str | None = None, sysfs_root="/", it
     env = {"MOA_REPEAT": str(iterations)}
     with tempfile.TemporaryDirectory(prefix="moa-energy-") as tmp:
         tmp = Path(tmp)
-        sampler = build_sampler(tmp, board if ssh else None)
+        sampler = None if meter else build_sampler(tmp, board if ssh else None)
         files = []
         for k, e in enumerate(e for e in io if e["kind"] == "input"):
             feeds[e["name"]].tofile(tmp / f"in{k}.bin")
@@ -104,18 +107,25 @@ def measure_energy(project, board, sensor: str | None = None, sysfs_root="/", it
             runner = board.runner()
             if runner:  # the sampler starts the runner with execv: no PATH search
                 runner[0] = shutil.which(runner[0]) or runner[0]
-            cmd = [str(sampler), str(interval_us), str(idle_ms), *channel.files, "--", *runner, str(binary),
-                   *map(str, files), *(str(tmp / o) for o in outs)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+            model = [*runner, str(binary), *map(str, files), *(str(tmp / o) for o in outs)]
+            if meter:
+                proc = meter.sample(idle_ms, interval_us, lambda: subprocess.run(
+                    model, capture_output=True, text=True, env={**os.environ, **env}))
+            else:
+                cmd = [str(sampler), str(interval_us), str(idle_ms), *channel.files, "--", *model]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
         else:
             with RemoteFolder(ssh) as folder:
-                ssh.copy([sampler, binary, *files], folder + "/")
+                ssh.copy([*([sampler] if sampler else []), binary, *files], folder + "/")
                 runner = board.runner()
                 if runner:
                     runner[0] = ssh.check(["sh", "-c", 'command -v "$1"', "sh", runner[0]], "finding the emulator").strip()
-                cmd = [*runner, "./moa_sampler", str(interval_us), str(idle_ms), *channel.files, "--", *runner,
-                       "./" + binary.name, *(f.name for f in files), *outs]
-                proc = ssh.run(cmd, env=env, cwd=folder)
+                model = [*runner, "./" + binary.name, *(f.name for f in files), *outs]
+                if meter:  # the meter's window includes the ssh session's start: at idle power
+                    proc = meter.sample(idle_ms, interval_us, lambda: ssh.run(model, env=env, cwd=folder))
+                else:
+                    cmd = [*runner, "./moa_sampler", str(interval_us), str(idle_ms), *channel.files, "--", *model]
+                    proc = ssh.run(cmd, env=env, cwd=folder)
     if "exit " not in proc.stdout:
         raise MoaEdgeError(f"the power sampler failed ({proc.returncode}): {proc.stderr.strip()}")
     run = parse_sampler_output(proc.stdout, channel)
