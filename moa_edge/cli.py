@@ -240,10 +240,14 @@ def _bench_attention(a) -> int:
 
 def _bench_model(a) -> int:
     from moa_edge.converters import parse_input_shapes
+    from moa_edge.harness.boards import parse_board_list
     from moa_edge.harness.model_bench import bench_model, plot
     if not a.model:
         raise MoaEdgeError("bench model needs the model file: moa-edge bench model MODEL.onnx")
-    result = bench_model(a.model, parse_input_shapes(a.input_shape), a.repeat or 20, a.inputs, progress=_progress)
+    boards = parse_board_list(a.board) if a.ssh else []
+    ssh = _ssh_target(a, boards) if a.ssh else None
+    result = bench_model(a.model, parse_input_shapes(a.input_shape), a.repeat or 20, a.inputs,
+                         remote_board=boards[0] if boards else None, ssh=ssh, progress=_progress)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(a.model).stem
@@ -258,6 +262,9 @@ def _bench_model(a) -> int:
     print(f"  arena {mem['arena']} B ({unfused}); arena + weights {mem['arena'] + mem['weights']} B vs "
           f"onnxruntime resident growth {mem['onnxruntime_resident_growth']} B (ratio {mem['total_ratio_to_onnxruntime']:.2f})")
     print(f"  convert {result['convert_s']:.1f} s, host build {result['host_build_s']:.1f} s")
+    if result["board_latency"]:
+        remote = result["board_latency"]
+        print(f"  {remote['board']} over ssh {remote['ssh']}: {remote['moa_edge_us']:.0f} us (best of {result['repeat']})")
     print(f"wrote {out / f'model-{stem}.json'} and {out / f'model-{stem}.png'}")
     _write_json(a.json, result)
     return 0
@@ -389,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-naive", action="store_true", help="skip the naive n x n kernel")
     s.add_argument("--out", default="benchmarks/results",
                    help="folder for attention.json/.png (traffic.json/.png with --traffic)")
+    ssh_options(s)  # bench model: also time the model on the one --board over ssh
 
     s = verb("boards", cmd_boards, "list the board catalogue (every file validated)")
     s.add_argument("--dir", metavar="DIR", help="a folder of board TOML files to check and list instead of boards/")

@@ -177,3 +177,15 @@ def test_validate_and_run_verbs_take_ssh(sshd, tmp_path, capsys):
     assert f"over ssh {destination.rsplit(':', 1)[0]}" in capsys.readouterr().out
     assert main(["validate", str(path), "--board", "host,rpi4", "--ssh", destination]) == 1
     assert "give a single --board" in capsys.readouterr().err
+
+
+def test_bench_model_times_the_board_over_ssh(sshd, tmp_path, capsys):
+    import json
+    from moa_edge.cli import main
+    destination, config = sshd
+    path = _model(tmp_path / "m.onnx")
+    assert main(["bench", "model", str(path), "--repeat", "3", "--board", "rpi4", "--ssh", destination,
+                 "--ssh-config", config, "--out", str(tmp_path / "out"), "--json", str(tmp_path / "b.json")]) == 0
+    remote = json.loads((tmp_path / "b.json").read_text())["board_latency"]
+    assert remote["board"] == "rpi4" and remote["moa_edge_us"] > 0
+    assert "rpi4 over ssh" in capsys.readouterr().out

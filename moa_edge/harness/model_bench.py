@@ -48,8 +48,10 @@ print(json.dumps({"run_us": best * 1e6, "resident_growth_bytes": grown}))
 """
 
 
-def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, seed: int = 0,
-                progress=lambda msg: None) -> dict:
+def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, seed: int = 0, remote_board=None,
+                ssh=None, progress=lambda msg: None) -> dict:
+    """Host latency and memory against onnxruntime; with `ssh`, also the latency on that real
+    board (`remote_board`), where onnxruntime is not there to compare with."""
     from moa_edge.pipeline import convert
     model = Path(model)
     board = load_board("host")
@@ -81,6 +83,13 @@ def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, se
         probe = subprocess.run([sys.executable, "-c", _ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat)],
                                capture_output=True, text=True, check=True)
         ort = json.loads(probe.stdout)
+        remote = None
+        if ssh is not None:
+            progress(f"{remote_board.name} over ssh {ssh.destination}: convert, build, {repeat} runs")
+            convert(model, tmp / remote_board.name, board=remote_board.name, input_shapes=input_shapes)
+            _, board_us = run(build(tmp / remote_board.name, remote_board), remote_board, report["io"], inputs,
+                              repeat=repeat, ssh=ssh)
+            remote = {"board": remote_board.name, "ssh": ssh.destination, "moa_edge_us": board_us}
     arena, weights = report["memory"]["arena_bytes"], report["memory"]["weights_bytes"]
     return {
         "model": str(model), "repeat": repeat,
@@ -89,7 +98,7 @@ def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, se
                          "unfused_error": unfused_error, "onnxruntime_resident_growth": ort["resident_growth_bytes"],
                          "arena_ratio_to_unfused": arena / unfused_arena if unfused_arena else None,
                          "total_ratio_to_onnxruntime": (arena + weights) / max(ort["resident_growth_bytes"], 1)},
-        "convert_s": convert_s, "host_build_s": build_s,
+        "convert_s": convert_s, "host_build_s": build_s, "board_latency": remote,
     }
 
 
