@@ -117,6 +117,15 @@ def cmd_energy(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from moa_edge.harness.report import write_report
+    result = write_report(a.project, a.output, validation=a.validation, energy=a.energy)
+    print(f"wrote {result['html']} (self-contained) and {len(result['pngs'])} PNG(s) beside it"
+          + "".join(f"; {k} from {v}" for k, v in result["sources"].items() if k != "report"))
+    _write_json(a.json, result)
+    return 0
+
+
 def format_table(result: dict) -> str:
     def num(x):
         return "-" if x is None else f"{x:.2e}"
@@ -353,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interval-us", type=_positive_int, default=10000, help="sampling interval (default 10000)")
     s.add_argument("--inputs", help=".npz keyed by graph input names (default: seeded random)")
     ssh_options(s)
+
+    s = verb("report", cmd_report, "one self-contained HTML page (and PNGs) about a converted project")
+    s.add_argument("project", help="a converted project folder")
+    s.add_argument("-o", "--output", metavar="FILE", help="the HTML file (default: PROJECT/report.html)")
+    s.add_argument("--validation", metavar="FILE", help="a `validate --json` result (default: PROJECT/validation.json)")
+    s.add_argument("--energy", metavar="FILE", help="an `energy --json` result (default: PROJECT/energy.json)")
 
     s = verb("validate", cmd_validate, "convert, build, run on boards and compare with PyTorch float64")
     s.add_argument("model")
