@@ -104,6 +104,14 @@ int main(void)
             moa_vexp_f32(a, x, y), moa_vexp_f32_u1_scalar(a, x, y2);
             put(y, a), put(y2, a);
             free(x), free(y), free(y2);
+        } else if (h[0] == 6) { /* softmax tile: rows a, cols b, lds la; s, m, l in; s, m, l, alpha out */
+            float *s = take(a * (size_t)la), *m = take(a), *l = take(a), *alpha = take(a);
+            float *s2 = copy(s, a * (size_t)la), *m2 = copy(m, a), *l2 = copy(l, a), *alpha2 = copy(alpha, a);
+            moa_attn_softmax_f32(a, b, s, la, m, l, alpha);
+            moa_attn_softmax_f32_1x1_scalar(a, b, s2, la, m2, l2, alpha2);
+            put(s, a * (size_t)la), put(m, a), put(l, a), put(alpha, a);
+            put(s2, a * (size_t)la), put(m2, a), put(l2, a), put(alpha2, a);
+            free(s), free(m), free(l), free(alpha), free(s2), free(m2), free(l2), free(alpha2);
         } else {
             return 3;
         }
@@ -151,11 +159,16 @@ def _table() -> list[Case]:
     cases.append(Case("exp", (37,), fill="nan"))
     for n in [1, 3, 8, 15, 16, 17, 31, 33]:
         cases.append(Case("vexp", (n,)))
+    # softmax tile: rows, cols; the running max before the tile: none yet, below, above the tile's
+    for rows, cols in [(1, 1), (3, 5), (4, 16), (5, 17), (8, 64), (9, 33), (4, 0), (13, 128)]:
+        for fill in ("first", "normal", "hidden"):
+            cases.append(Case("softmax", (rows, cols), fill=fill))
+    cases.append(Case("softmax", (6, 40), fill="nan"))
     return cases
 
 
 TABLE = _table()
-OPS = {"scores": 0, "pv": 1, "max": 2, "exp": 3, "scale": 4, "vexp": 5}
+OPS = {"scores": 0, "pv": 1, "max": 2, "exp": 3, "scale": 4, "vexp": 5, "softmax": 6}
 
 
 def _operands(case: Case) -> dict:
@@ -172,6 +185,21 @@ def _operands(case: Case) -> dict:
         ldp, ldv, lda = cols + 1, dv + 5, dv + 3
         return dict(ld=(ldp, ldv, lda), p=rng.random((rows, ldp)).astype(f32),
                     v=rng.standard_normal((cols, ldv)).astype(f32), acc=rng.standard_normal((rows, lda)).astype(f32))
+    if case.op == "softmax":
+        rows, cols = case.sizes
+        lds = cols + 3
+        s = (3 * rng.standard_normal((rows, lds))).astype(f32)
+        m = (3 * rng.standard_normal(rows) + 1).astype(f32)  # some above the tile's maxima, some below
+        if case.fill == "first":
+            m[:] = -np.inf
+        if case.fill == "hidden":  # half the keys hidden; row 0 all hidden, with no max before
+            s[rng.random((rows, lds)) < 0.5] = -np.inf
+            s[0, :] = -np.inf
+            m[0] = -np.inf
+        if case.fill == "nan" and cols:
+            s[rows // 2, cols // 2] = np.nan
+        l = np.where(np.isneginf(m), 0, rng.random(rows) * cols).astype(f32)
+        return dict(ld=(lds, 0, 0), s=s, m=m, l=l, alpha=np.full(rows, SENTINEL, f32))
     (n,) = case.sizes
     x = (3 * rng.standard_normal(n)).astype(f32)
     if case.fill == "nan" and n:
@@ -197,7 +225,7 @@ def _record(case: Case, ops: dict) -> bytes:
     ld = list(ops.get("ld", (0, 0, 0)))
     head = np.array([OPS[case.op], *sizes, *ld, 0], np.int32).tobytes()
     order = {"scores": ("scale", "q", "k", "s"), "pv": ("p", "v", "acc"), "max": ("x",), "exp": ("m", "x"),
-             "scale": ("alpha", "x", "y"), "vexp": ("x", "y")}[case.op]
+             "scale": ("alpha", "x", "y"), "vexp": ("x", "y"), "softmax": ("s", "m", "l", "alpha")}[case.op]
     return head + b"".join(np.asarray(ops[k], np.float32).tobytes() for k in order)
 
 
@@ -207,6 +235,9 @@ def _output_sizes(case: Case, ops: dict) -> list[int]:
         return [ops["s"].size]
     if case.op == "pv":
         return [ops["acc"].size]
+    if case.op == "softmax":
+        rows = case.sizes[0]
+        return [ops["s"].size, rows, rows, rows]
     (n,) = case.sizes
     return {"max": [1], "exp": [n, 1], "scale": [n, n], "vexp": [n]}[case.op]
 
@@ -233,6 +264,26 @@ def _expected(case: Case, ops: dict) -> list[tuple[np.ndarray, np.ndarray]]:
         acc[:, :dv] += p @ v
         tol[:, :dv] = 4 * eps * math.sqrt(cols + 1) * (t(ops["acc"])[:, :dv].abs() + p.abs() @ v.abs())
         return [(acc.numpy().reshape(-1), tol.numpy().reshape(-1))]
+    if case.op == "softmax":
+        rows, cols = case.sizes
+        s, m, l = t(ops["s"]), t(ops["m"]), t(ops["l"])
+        tile = s[:, :cols]
+        nan = torch.isnan(tile).any(dim=1)
+        row_max = torch.where(nan, math.nan, tile.max(dim=1).values if cols else torch.full((rows,), -math.inf, dtype=torch.float64))
+        m_new = torch.where(torch.isnan(row_max) | (row_max > m), row_max, m)
+        hidden = torch.isneginf(m_new)
+        d = tile - torch.where(hidden, 0.0, m_new)[:, None]
+        p = torch.where(hidden[:, None], 0.0, torch.exp(d))
+        alpha = torch.where(hidden | (m_new == m) | torch.isneginf(m), 1.0, torch.exp(m - m_new))
+        l_new = torch.where(hidden, l, l * alpha + p.sum(dim=1))
+        m_out = torch.where(hidden, m, m_new)
+        rel = eps * (4 + torch.nan_to_num(d.abs(), posinf=0.0))
+        s_out, s_tol = s.clone(), torch.zeros_like(s)
+        s_out[:, :cols], s_tol[:, :cols] = p, rel * p
+        a_tol = eps * (4 + torch.nan_to_num((m - m_new).abs(), posinf=0.0)) * alpha.abs()
+        l_tol = (l * a_tol + (rel * p).sum(dim=1) + 4 * eps * (cols + 1) * l_new.abs()).nan_to_num(posinf=0.0)
+        return [(s_out.numpy().reshape(-1), s_tol.numpy().reshape(-1)), (m_out.numpy(), np.zeros(rows)),
+                (l_new.numpy(), l_tol.numpy()), (alpha.numpy(), a_tol.numpy())]
     x = t(ops["x"])
     if case.op == "max":
         m = -math.inf if x.numel() == 0 else (math.nan if torch.isnan(x).any() else float(x.max()))

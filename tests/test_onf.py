@@ -165,7 +165,7 @@ def test_kernel_scratch_is_exactly_the_cost_model_figure(schedule, tmp_path):
     assert "scratch_tail_touched=1" in stderr
     assert cmp.compare(got.reshape(expected.shape), expected)["ok"]
     br, bc = min(schedule.block_q, 7), min(schedule.block_k, 11)
-    per_strategy = {"online": br * bc + 2 * br + br * 8, "two_pass": br * 11 + 2 * br}
+    per_strategy = {"online": br * bc + 3 * br + br * 8, "two_pass": br * 11 + 2 * br}
     assert scratch_bytes(spec, schedule) == 4 * per_strategy[schedule.strategy]
 
 
@@ -194,7 +194,7 @@ def test_float_micro_kernel_onf_meets_tolerance(block, schedule, tmp_path):
     board = require_board("host")
     spec, storage, expected = make(block)
     code = emit_kernel(spec, schedule, "kernel")
-    assert "moa_attn_pv_f32(" in code and "moa_attn_exp_f32(" in code and "red1" not in code
+    assert "moa_attn_pv_f32(" in code and ("moa_attn_exp_f32(" in code or "moa_attn_softmax_f32(" in code) and "red1" not in code
     assert ("moa_attn_scores_f32(" in code) == (not block.k_stored_transposed)
     exe = build_harness(spec, schedule, tmp_path, cflags=board.toolchain["cflags"])
     got, _ = run_harness(exe, storage, tmp_path, "float")

@@ -19,7 +19,11 @@ ELEM = 4  # fp32
 # Key tiles narrower than this leave the micro-kernels (moa/attention.h) too little work per
 # call: the score tile's width is its vector dimension (16 floats per AVX-512 register, 32
 # per RVV VLEN-256 LMUL-4 group), and every tile costs each row a max, an exp and a rescale.
-MIN_BLOCK_K = 64
+MIN_BLOCK_K = 128
+# Query tiles narrower than this leave the register tiles idle: the score tile packs each 16-key
+# panel of K once per call and reuses it over the tile's rows (16 per register tile), and the P V
+# tile keeps 12 rows in registers, so each tile should hold several of both.
+MIN_BLOCK_Q = 64
 
 
 @dataclass(frozen=True)
@@ -130,26 +134,30 @@ def _candidates(extent: int) -> list[int]:
 
 def choose(spec, board, scratch_budget: int | None = None) -> Cost:
     """The schedule with the least predicted DRAM traffic whose scratch fits the budget
-    (default: the board's L1D, so the tile state stays resident); ties go to fewer L1
-    fills, then fewer key tiles, then less scratch."""
+    (default: the L1D, or an eighth of the next level when that is larger: the register-blocked
+    micro-kernels move few bytes per flop and run at full speed with their tiles in L2); ties go
+    to fewer L1 fills, then fewer key tiles, then less scratch. Tiles of at least MIN_BLOCK_Q
+    rows and MIN_BLOCK_K keys (or the whole axis) come first; smaller ones only when none fits."""
     l1, _ = _caches(board)
-    budget = scratch_budget or l1["size"]
-    best = None
-    for strategy in STRATEGIES:
-        for br in _candidates(spec.q_len):
-            for bc in _candidates(spec.kv_len):
-                if bc < min(MIN_BLOCK_K, spec.kv_len):
-                    continue
-                schedule = Schedule(strategy, br, bc)
-                if scratch_bytes(spec, schedule) > budget:
-                    continue
-                cost = predict(spec, schedule, board)
-                # Then fewer key tiles: each costs every row a call of the max, exp and (online)
-                # rescale micro-kernels, which wider tiles amortise.
-                key = (cost.dram_bytes, cost.l1_fill_bytes, math.ceil(spec.kv_len / bc), cost.scratch_bytes,
-                       strategy != "online")
-                if best is None or key < best[0]:
-                    best = (key, cost)
-    if best is None:  # nothing fits: the smallest online tile
-        return predict(spec, Schedule("online", 1, min(16, spec.kv_len)), board)
-    return best[1]
+    levels = [board.caches[k] for k in ("l1d", "l2", "l3") if k in board.caches]
+    budget = scratch_budget or max(l1["size"], levels[1]["size"] // 8 if len(levels) > 1 else 0)
+    for min_q, min_k in ((MIN_BLOCK_Q, MIN_BLOCK_K), (1, MIN_BLOCK_K), (1, 1)):
+        best = None
+        for strategy in STRATEGIES:
+            for br in _candidates(spec.q_len):
+                for bc in _candidates(spec.kv_len):
+                    if bc < min(min_k, spec.kv_len) or br < min(min_q, spec.q_len):
+                        continue
+                    schedule = Schedule(strategy, br, bc)
+                    if scratch_bytes(spec, schedule) > budget:
+                        continue
+                    cost = predict(spec, schedule, board)
+                    # Then fewer key tiles: each costs every row a call of the max, exp and (online)
+                    # rescale micro-kernels, which wider tiles amortise.
+                    key = (cost.dram_bytes, cost.l1_fill_bytes, math.ceil(spec.kv_len / bc), cost.scratch_bytes,
+                           strategy != "online")
+                    if best is None or key < best[0]:
+                        best = (key, cost)
+        if best is not None:
+            return best[1]
+    return predict(spec, Schedule("online", 1, min(16, spec.kv_len)), board)  # nothing fits: the smallest tile

@@ -58,7 +58,7 @@ def scratch_layout(spec, schedule: Schedule) -> Scratch:
     br = min(schedule.block_q, spec.q_len)
     bc = min(schedule.block_k, spec.kv_len)
     if schedule.strategy == "online":
-        return Scratch((("s", br * bc), ("m", br), ("l", br), ("acc", br * spec.value_dim)))
+        return Scratch((("s", br * bc), ("m", br), ("l", br), ("alpha", br), ("acc", br * spec.value_dim)))
     return Scratch((("s", br * spec.kv_len), ("m", br), ("l", br)))
 
 
@@ -124,6 +124,8 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_
     for region, n in scratch.regions:
         w(f"    {real} *const {region} = scratch + {offset};")
         offset += n
+    if any(region == "alpha" for region, _ in scratch.regions):
+        w("    (void)alpha; /* the micro-kernel form's per-row rescale factors */")
     w("    ptrdiff_t b, h, ib; /* 64-bit on 64-bit targets: offsets past 2^31 stay defined */")
     if spec.mask_kind == "none":
         w("    (void)M;")
@@ -535,23 +537,11 @@ def _online_tiles(spec, bc, tile: _TileEmitter, w):
     w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
     w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
     tile.emit(w, bc, "0", "            ")
+    w(f"            moa_attn_softmax_f32((size_t)rows, (size_t)cols, s, {bc}, m, l, alpha); /* p = exp(s - m), m, l */")
     w("            for (ii = 0; ii < rows; ii++) {")
-    w(f"                float *const p = s + ii * {bc};")
-    w("                const float row_max = moa_attn_max_f32((size_t)cols, p);")
-    w("                const float m_new = !(row_max <= m[ii]) ? row_max : m[ii]; /* a NaN wins, so NaN propagates */")
-    w("                if (m_new == -INFINITY) { /* every key so far hidden: nothing to add */")
-    w("                    for (kk = 0; kk < cols; kk++) { p[kk] = 0; }")
-    w("                    continue;")
+    w("                if (alpha[ii] != 1.0f) { /* the running max moved: rescale what earlier key tiles summed */")
+    w(f"                    moa_attn_scale_f32({dv}, alpha[ii], acc + ii * {dv}, acc + ii * {dv});")
     w("                }")
-    w("                if (m_new != m[ii]) {")
-    w("                    if (m[ii] != -INFINITY) { /* rescale what the earlier key tiles summed */")
-    w("                        const float rescale = moa_expf(m[ii] - m_new);")
-    w("                        l[ii] *= rescale;")
-    w(f"                        moa_attn_scale_f32({dv}, rescale, acc + ii * {dv}, acc + ii * {dv});")
-    w("                    }")
-    w("                    m[ii] = m_new;")
-    w("                }")
-    w("                l[ii] += moa_attn_exp_f32((size_t)cols, p, m_new);")
     w("            }")
     w(f"            moa_attn_pv_f32((size_t)rows, (size_t)cols, {dv}, s, {bc}, {v}, {rows.v}, acc, {dv});")
     w("        }")

@@ -6,6 +6,9 @@
  *     scale    y[c]     = alpha * x[c]                         online rescale, final 1 / l
  *     pv       acc[r][q] += sum_c p[r][c] v[c][q]              a Br x Dv tile of P V
  *     vexp     y[c]     = exp(x[c])                            the shared exp, on its own
+ *     softmax  the online-softmax step of a whole Br x Bc score tile: per row the new running
+ *              max, p = exp(s - max) in place, the running sum, and the factor alpha that
+ *              rescales what earlier key tiles accumulated (max, exp and a scalar exp per row)
  *
  * Rows are strided (ld* count floats between consecutive rows); the elements of a row are
  * contiguous. Nothing here allocates or keeps state: the caller owns every buffer.
@@ -33,6 +36,7 @@
 #ifndef MOA_ATTENTION_H
 #define MOA_ATTENTION_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -99,10 +103,10 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_1x1_scalar, moa_attn_pv_f32_1x1_scalar, moa
                  moa_attn_exp_f32_u1_scalar, moa_attn_scale_f32_u1_scalar, moa_vexp_f32_u1_scalar)
 
 #if MOA_ISA_AVX512
-MOA_ATTN_DECLARE(moa_attn_scores_f32_4x4_avx512, moa_attn_pv_f32_4x64_avx512, moa_attn_max_f32_u32_avx512,
+MOA_ATTN_DECLARE(moa_attn_scores_f32_16x16_avx512, moa_attn_pv_f32_12x32_avx512, moa_attn_max_f32_u32_avx512,
                  moa_attn_exp_f32_u32_avx512, moa_attn_scale_f32_u32_avx512, moa_vexp_f32_u32_avx512)
-#define moa_attn_scores_f32 moa_attn_scores_f32_4x4_avx512
-#define moa_attn_pv_f32 moa_attn_pv_f32_4x64_avx512
+#define moa_attn_scores_f32 moa_attn_scores_f32_16x16_avx512
+#define moa_attn_pv_f32 moa_attn_pv_f32_12x32_avx512
 #define moa_attn_max_f32 moa_attn_max_f32_u32_avx512
 #define moa_attn_exp_f32 moa_attn_exp_f32_u32_avx512
 #define moa_attn_scale_f32 moa_attn_scale_f32_u32_avx512
@@ -143,6 +147,41 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_4xm4_rvv, moa_attn_pv_f32_4xm4_rvv, moa_att
 #define moa_vexp_f32 moa_vexp_f32_u1_scalar
 #endif
 
+/* The online-softmax step of a score tile. The reference composes the scalar kernels; AVX-512
+ * has its own (rows interleaved four at a time, so the max, its reduction and the exp chains of
+ * four rows overlap); the other variants compose their own max and exp in moa_attn_softmax_f32_rows. */
+void moa_attn_softmax_f32_1x1_scalar(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
+                                     float *alpha);
+#if MOA_ISA_AVX512
+void moa_attn_softmax_f32_4x32_avx512(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
+                                      float *alpha);
+#define moa_attn_softmax_f32 moa_attn_softmax_f32_4x32_avx512
+#else
+static inline void moa_attn_softmax_f32_rows(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
+                                             float *alpha)
+{
+    size_t r, c;
+    for (r = 0; r < rows; r++) {
+        float *const p = s + (ptrdiff_t)r * lds;
+        const float row_max = moa_attn_max_f32(cols, p);
+        const float m_new = !(row_max <= m[r]) ? row_max : m[r]; /* a NaN wins, so NaN propagates */
+        alpha[r] = 1.0f;
+        if (m_new == -INFINITY) { /* every key so far hidden: nothing to add */
+            for (c = 0; c < cols; c++) {
+                p[c] = 0;
+            }
+            continue;
+        }
+        if (m_new != m[r] && m[r] != -INFINITY) {
+            alpha[r] = moa_expf(m[r] - m_new);
+        }
+        m[r] = m_new;
+        l[r] = l[r] * alpha[r] + moa_attn_exp_f32(cols, p, m_new);
+    }
+}
+#define moa_attn_softmax_f32 moa_attn_softmax_f32_rows
+#endif
+
 /* What the unsuffixed names do, for every variant:
  *
  * moa_attn_scores_f32: s[r * lds + c] = scale * sum_{j < depth} q[r * ldq + j] * k[c * ldk + j]
@@ -153,6 +192,12 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_4xm4_rvv, moa_attn_pv_f32_4xm4_rvv, moa_att
  * moa_attn_exp_f32: x[c] = exp(x[c] - m) in place; returns the sum of the new x (float).
  *     Call it with m = the row maximum (finite): every x[c] - m <= 0.
  * moa_attn_scale_f32: y[c] = alpha * x[c]; y may be x.
- * moa_vexp_f32: y[c] = exp(x[c]); y may be x. */
+ * moa_vexp_f32: y[c] = exp(x[c]); y may be x.
+ * moa_attn_softmax_f32: for each row r < rows of s (lds apart, cols entries), with the running
+ *     max m[r] (-INFINITY before the first tile) and sum l[r]: m_new = max(m[r], max_c s) (NaN
+ *     wins); if m_new is -INFINITY the row's s become 0 and alpha[r] = 1; else alpha[r] =
+ *     moa_expf(m[r] - m_new) when m[r] is finite and differs (else 1), s[c] = exp(s[c] - m_new),
+ *     l[r] = l[r] * alpha[r] + sum_c s[c] and m[r] = m_new. The caller rescales its accumulator
+ *     rows by alpha[r] (skipping alpha == 1). */
 
 #endif

@@ -1,8 +1,7 @@
 /* AVX-512F attention micro-kernels (moa/attention.h), 16 floats per zmm.
- *   scores 4x4: 16 dot products at once, accumulated along the depth in zmm lanes (a masked
- *               load takes the depth tail), then reduced together by a transpose-and-add tree;
- *   pv 4x64:    4 rows x 4 zmm of the accumulator stay in registers over all keys, each key a
- *               broadcast weight (embedded broadcast) times one row of V;
+ *   scores 16x16: a GEMM tile over a packed, transposed panel of 16 keys (see below);
+ *   pv 12x32:   12 rows x 2 zmm of the accumulator stay in registers over all keys, each key a
+ *               broadcast weight (embedded broadcast) times two vectors of one row of V;
  *   max, exp, scale, vexp: 32 floats per step, a masked step for the tail. */
 #include "moa/isa.h"
 
@@ -14,12 +13,17 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-INLINE __m512 exp_ps(__m512 x)
+/* The shared exp (moa/attention.h). p * 2^n is one VSCALEFPS: the same product, rounded once, as
+ * the bit-built 2^n times p of the other variants (2^n is exact for every n >= -126 the clamp
+ * leaves), and its zero mask gives the results under FLT_MIN their 0. `clamp_hi` is 0 where
+ * every x <= 0 (softmax: x = s - max) and the upper clamp cannot act. */
+INLINE __m512 exp_ps_(__m512 x, int clamp_hi)
 {
     const __mmask16 under = _mm512_cmp_ps_mask(x, _mm512_set1_ps(MOA_EXPF_LO), _CMP_LT_OQ); /* NaN: no */
     __m512 t, n, r, p;
-    __m512i bits;
-    x = _mm512_min_ps(_mm512_set1_ps(MOA_EXPF_HI), x); /* the second operand is kept when x is NaN */
+    if (clamp_hi) {
+        x = _mm512_min_ps(_mm512_set1_ps(MOA_EXPF_HI), x); /* the second operand is kept when x is NaN */
+    }
     x = _mm512_max_ps(_mm512_set1_ps(MOA_EXPF_LO), x);
     t = _mm512_fmadd_ps(x, _mm512_set1_ps(MOA_EXPF_LOG2E), _mm512_set1_ps(MOA_EXPF_ROUND));
     n = _mm512_sub_ps(t, _mm512_set1_ps(MOA_EXPF_ROUND));
@@ -31,8 +35,12 @@ INLINE __m512 exp_ps(__m512 x)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(MOA_EXPF_P4));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(MOA_EXPF_P5));
     p = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    bits = _mm512_add_epi32(_mm512_slli_epi32(_mm512_castps_si512(t), 23), _mm512_set1_epi32(127 << 23));
-    return _mm512_maskz_mov_ps((__mmask16)~under, _mm512_mul_ps(p, _mm512_castsi512_ps(bits)));
+    return _mm512_maskz_scalef_ps((__mmask16)~under, p, n);
+}
+
+INLINE __m512 exp_ps(__m512 x)
+{
+    return exp_ps_(x, 1);
 }
 
 INLINE __mmask16 tail_mask(size_t n) /* the first n < 16 lanes */
@@ -40,90 +48,127 @@ INLINE __mmask16 tail_mask(size_t n) /* the first n < 16 lanes */
     return (__mmask16)((1u << n) - 1u);
 }
 
-/* 16 accumulators a[4r + c] -> one zmm whose 128-bit chunk r holds the 4 sums of row r. */
-INLINE __m512 reduce_4x4(const __m512 *a)
+/* The score tile is a register-blocked GEMM tile, s = Q (K^T): 16 keys of K are packed, transposed,
+ * into a depth x 16 panel on the stack (at most KT_DEPTH x 16 floats = 16 KiB, L1-resident), as
+ * every GEMM packs its B panel; the panel then serves all `rows` query rows, 16 at a time, each
+ * row one zmm accumulator (16 keys), Q[r][j] broadcast from memory: 16 FMAs per panel row load.
+ * This copies one small key tile inside the kernel; it is not K^T (nor any n x n array) in
+ * memory, which is what DESIGN's "no transposed-key copy" rules out. */
+#define KT_DEPTH 256
+
+/* The 16 x 16 block at x (rows ldx apart; the first nr rows and the columns in jm real, the rest
+ * read as 0) transposed into kt[j * 16 + c] for j < nj. */
+INLINE void pack_16x16(int nr, __mmask16 jm, size_t nj, const float *x, ptrdiff_t ldx, float *kt)
 {
-    __m512 h[8], u[4], v0, v1;
+    __m512 a[16], b[16];
     int i;
     _Pragma("GCC unroll 16")
-    for (i = 0; i < 8; i++) { /* pairs: (a0+a2, b0+b2, a1+a3, b1+b3) per 128-bit chunk */
-        h[i] = _mm512_add_ps(_mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]), _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]));
+    for (i = 0; i < 16; i++) {
+        a[i] = i < nr ? _mm512_maskz_loadu_ps(jm, x + i * ldx) : _mm512_setzero_ps();
     }
     _Pragma("GCC unroll 16")
-    for (i = 0; i < 4; i++) { /* quads: (a, b, c, d) partial sums per chunk */
-        const __m512d x = _mm512_castps_pd(h[2 * i]), y = _mm512_castps_pd(h[2 * i + 1]);
-        u[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+    for (i = 0; i < 8; i++) { /* pairs of rows interleaved */
+        b[2 * i] = _mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]);
+        b[2 * i + 1] = _mm512_unpackhi_ps(a[2 * i], a[2 * i + 1]);
     }
-    v0 = _mm512_add_ps(_mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                       _mm512_shuffle_f32x4(u[0], u[1], _MM_SHUFFLE(3, 2, 3, 2)));
-    v1 = _mm512_add_ps(_mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(1, 0, 1, 0)),
-                       _mm512_shuffle_f32x4(u[2], u[3], _MM_SHUFFLE(3, 2, 3, 2)));
-    return _mm512_add_ps(_mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(2, 0, 2, 0)),
-                         _mm512_shuffle_f32x4(v0, v1, _MM_SHUFFLE(3, 1, 3, 1)));
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < 4; i++) { /* quads: a[4g + t] holds in 128-bit chunk h column 4h + t of rows 4g..4g+3 */
+        const __m512d x0 = _mm512_castps_pd(b[4 * i]), x1 = _mm512_castps_pd(b[4 * i + 1]);
+        const __m512d x2 = _mm512_castps_pd(b[4 * i + 2]), x3 = _mm512_castps_pd(b[4 * i + 3]);
+        a[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(x0, x2));
+        a[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(x0, x2));
+        a[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(x1, x3));
+        a[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(x1, x3));
+    }
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < 4; i++) {
+        b[i] = _mm512_shuffle_f32x4(a[i], a[4 + i], _MM_SHUFFLE(2, 0, 2, 0));
+        b[4 + i] = _mm512_shuffle_f32x4(a[i], a[4 + i], _MM_SHUFFLE(3, 1, 3, 1));
+        b[8 + i] = _mm512_shuffle_f32x4(a[8 + i], a[12 + i], _MM_SHUFFLE(2, 0, 2, 0));
+        b[12 + i] = _mm512_shuffle_f32x4(a[8 + i], a[12 + i], _MM_SHUFFLE(3, 1, 3, 1));
+    }
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < 4; i++) { /* columns t, 8 + t, 4 + t, 12 + t of all 16 rows */
+        const __m512 c0 = _mm512_shuffle_f32x4(b[i], b[8 + i], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512 c2 = _mm512_shuffle_f32x4(b[i], b[8 + i], _MM_SHUFFLE(3, 1, 3, 1));
+        const __m512 c1 = _mm512_shuffle_f32x4(b[4 + i], b[12 + i], _MM_SHUFFLE(2, 0, 2, 0));
+        const __m512 c3 = _mm512_shuffle_f32x4(b[4 + i], b[12 + i], _MM_SHUFFLE(3, 1, 3, 1));
+        if ((size_t)i < nj) {
+            _mm512_store_ps(kt + 16 * i, c0);
+        }
+        if ((size_t)(4 + i) < nj) {
+            _mm512_store_ps(kt + 16 * (4 + i), c1);
+        }
+        if ((size_t)(8 + i) < nj) {
+            _mm512_store_ps(kt + 16 * (8 + i), c2);
+        }
+        if ((size_t)(12 + i) < nj) {
+            _mm512_store_ps(kt + 16 * (12 + i), c3);
+        }
+    }
 }
 
-INLINE float dot(size_t depth, const float *x, const float *y)
+/* s[0:mr][lanes cm] = scale * q[0:mr][0:nj] kt[0:nj][0:16], plus s when `add`. */
+INLINE void scores_tile(int mr, size_t nj, const float *q, ptrdiff_t ldq, const float *kt, float scale,
+                        __mmask16 cm, int add, float *s, ptrdiff_t lds)
 {
-    __m512 acc = _mm512_setzero_ps();
-    size_t j = 0;
-    for (; j + 16 <= depth; j += 16) {
-        acc = _mm512_fmadd_ps(_mm512_loadu_ps(x + j), _mm512_loadu_ps(y + j), acc);
+    __m512 acc[16];
+    size_t j;
+    int i;
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < mr; i++) {
+        acc[i] = _mm512_setzero_ps();
     }
-    if (j < depth) {
-        const __mmask16 m = tail_mask(depth - j);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + j), _mm512_maskz_loadu_ps(m, y + j), acc);
+    for (j = 0; j < nj; j++) {
+        const __m512 kv = _mm512_load_ps(kt + 16 * j);
+        _Pragma("GCC unroll 16")
+        for (i = 0; i < mr; i++) {
+            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i * ldq + (ptrdiff_t)j]), kv, acc[i]);
+        }
     }
-    return _mm512_reduce_add_ps(acc);
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < mr; i++) {
+        const __m512 before = add ? _mm512_maskz_loadu_ps(cm, s + i * lds) : _mm512_setzero_ps();
+        _mm512_mask_storeu_ps(s + i * lds, cm, _mm512_fmadd_ps(acc[i], _mm512_set1_ps(scale), before));
+    }
 }
 
-void moa_attn_scores_f32_4x4_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
-                                    ptrdiff_t ldq, const float *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
+void moa_attn_scores_f32_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                      ptrdiff_t ldq, const float *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
 {
-    const __m512 vscale = _mm512_set1_ps(scale);
-    size_t r = 0, c, j;
-    int i, x;
-    for (; r + 4 <= rows; r += 4) {
-        const float *q0 = q + (ptrdiff_t)r * ldq;
-        float *s0 = s + (ptrdiff_t)r * lds;
-        for (c = 0; c + 4 <= cols; c += 4) {
-            const float *k0 = k + (ptrdiff_t)c * ldk;
-            __m512 acc[16], qv[4], kv[4], sum;
-            _Pragma("GCC unroll 16")
-            for (i = 0; i < 16; i++) {
-                acc[i] = _mm512_setzero_ps();
+    float kt[KT_DEPTH * 16] __attribute__((aligned(64))); /* the packed panel: 16 keys, transposed */
+    size_t c, j0, j, r;
+    for (c = 0; c < cols; c += 16) {
+        const int nc = cols - c >= 16 ? 16 : (int)(cols - c);
+        const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : tail_mask((size_t)nc);
+        const float *k0 = k + (ptrdiff_t)c * ldk;
+        float *s0 = s + (ptrdiff_t)c;
+        j0 = 0;
+        do { /* the depth in chunks of KT_DEPTH; depth 0 still writes s = 0 */
+            const size_t nj = depth - j0 < KT_DEPTH ? depth - j0 : KT_DEPTH;
+            const int add = j0 > 0;
+            const float *q0 = q + (ptrdiff_t)j0;
+            for (j = 0; j < nj; j += 16) {
+                const size_t mj = nj - j < 16 ? nj - j : 16;
+                pack_16x16(nc, mj == 16 ? (__mmask16)0xFFFF : tail_mask(mj), mj, k0 + (ptrdiff_t)(j0 + j), ldk,
+                           kt + 16 * j);
             }
-            for (j = 0; j < depth; j += 16) {
-                const __mmask16 m = depth - j >= 16 ? (__mmask16)0xFFFF : tail_mask(depth - j);
-                _Pragma("GCC unroll 16")
-                for (i = 0; i < 4; i++) {
-                    qv[i] = _mm512_maskz_loadu_ps(m, q0 + i * ldq + j);
-                    kv[i] = _mm512_maskz_loadu_ps(m, k0 + i * ldk + j);
-                }
-                _Pragma("GCC unroll 16")
-                for (i = 0; i < 4; i++) {
-                    _Pragma("GCC unroll 16")
-                    for (x = 0; x < 4; x++) {
-                        acc[4 * i + x] = _mm512_fmadd_ps(qv[i], kv[x], acc[4 * i + x]);
-                    }
-                }
+            for (r = 0; r + 16 <= rows; r += 16) {
+                scores_tile(16, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
             }
-            sum = _mm512_mul_ps(reduce_4x4(acc), vscale);
-            _mm_storeu_ps(s0 + c, _mm512_extractf32x4_ps(sum, 0));
-            _mm_storeu_ps(s0 + lds + c, _mm512_extractf32x4_ps(sum, 1));
-            _mm_storeu_ps(s0 + 2 * lds + c, _mm512_extractf32x4_ps(sum, 2));
-            _mm_storeu_ps(s0 + 3 * lds + c, _mm512_extractf32x4_ps(sum, 3));
-        }
-        for (; c < cols; c++) {
-            _Pragma("GCC unroll 16")
-            for (i = 0; i < 4; i++) {
-                s0[i * lds + (ptrdiff_t)c] = scale * dot(depth, q0 + i * ldq, k + (ptrdiff_t)c * ldk);
+            if (rows - r >= 8) {
+                scores_tile(8, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+                r += 8;
             }
-        }
-    }
-    for (; r < rows; r++) {
-        for (c = 0; c < cols; c++) {
-            s[(ptrdiff_t)r * lds + (ptrdiff_t)c] = scale * dot(depth, q + (ptrdiff_t)r * ldq, k + (ptrdiff_t)c * ldk);
-        }
+            if (rows - r >= 4) {
+                scores_tile(4, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+                r += 4;
+            }
+            for (; r < rows; r++) {
+                scores_tile(1, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+            }
+            j0 += nj;
+        } while (j0 < depth);
     }
 }
 
@@ -131,7 +176,7 @@ void moa_attn_scores_f32_4x4_avx512(size_t rows, size_t cols, size_t depth, floa
 INLINE void pv_tile(int mr, int nv, __mmask16 last, size_t cols, const float *p, ptrdiff_t ldp, const float *v,
                     ptrdiff_t ldv, float *acc, ptrdiff_t lda)
 {
-    __m512 a[4][4], w[4];
+    __m512 a[12][2], w[2];
     size_t c;
     int i, x;
     _Pragma("GCC unroll 16")
@@ -165,26 +210,28 @@ INLINE void pv_tile(int mr, int nv, __mmask16 last, size_t cols, const float *p,
     }
 }
 
+/* mr rows of acc, all dv columns: 32 at a time (two zmm per row), then a masked 16. */
 INLINE void pv_rows(int mr, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const float *v, ptrdiff_t ldv,
                     float *acc, ptrdiff_t lda)
 {
     size_t e = 0;
-    for (; e + 64 <= dv; e += 64) {
-        pv_tile(mr, 4, 0xFFFF, cols, p, ldp, v + e, ldv, acc + e, lda);
-    }
-    if (e + 32 <= dv) {
+    for (; e + 32 <= dv; e += 32) {
         pv_tile(mr, 2, 0xFFFF, cols, p, ldp, v + e, ldv, acc + e, lda);
-        e += 32;
     }
     for (; e < dv; e += 16) {
         pv_tile(mr, 1, dv - e >= 16 ? (__mmask16)0xFFFF : tail_mask(dv - e), cols, p, ldp, v + e, ldv, acc + e, lda);
     }
 }
 
-void moa_attn_pv_f32_4x64_avx512(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const float *v,
-                                 ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+/* 12 rows x 32 columns of the accumulator in 24 zmm over all keys: each key one row of V (two
+ * loads) serves 24 FMAs, its weights P[r][c] broadcast from memory. */
+void moa_attn_pv_f32_12x32_avx512(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                  const float *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
 {
     size_t r = 0;
+    for (; r + 12 <= rows; r += 12) {
+        pv_rows(12, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
+    }
     for (; r + 4 <= rows; r += 4) {
         pv_rows(4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
     }
@@ -220,8 +267,8 @@ float moa_attn_exp_f32_u32_avx512(size_t n, float *x, float m)
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
     size_t c = 0;
     for (; c + 32 <= n; c += 32) {
-        const __m512 e0 = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c), vm));
-        const __m512 e1 = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(x + c + 16), vm));
+        const __m512 e0 = exp_ps_(_mm512_sub_ps(_mm512_loadu_ps(x + c), vm), 0);
+        const __m512 e1 = exp_ps_(_mm512_sub_ps(_mm512_loadu_ps(x + c + 16), vm), 0);
         _mm512_storeu_ps(x + c, e0);
         _mm512_storeu_ps(x + c + 16, e1);
         s0 = _mm512_add_ps(s0, e0);
@@ -229,11 +276,79 @@ float moa_attn_exp_f32_u32_avx512(size_t n, float *x, float m)
     }
     for (; c < n; c += 16) {
         const __mmask16 k = n - c >= 16 ? (__mmask16)0xFFFF : tail_mask(n - c);
-        const __m512 e0 = _mm512_maskz_mov_ps(k, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + c), vm)));
+        const __m512 e0 = _mm512_maskz_mov_ps(k, exp_ps_(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + c), vm), 0));
         _mm512_mask_storeu_ps(x + c, k, e0);
         s0 = _mm512_add_ps(s0, e0);
     }
     return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+/* The online-softmax step of R rows at once: their max loops, reductions and exp loops are
+ * independent chains the core overlaps (one row at a time is latency-bound). */
+INLINE void softmax_rows(int R, size_t cols, float *s, ptrdiff_t lds, float *m, float *l, float *alpha)
+{
+    const __m512 lowest = _mm512_set1_ps(-INFINITY);
+    __m512 mx[4], vm[4], sum[4];
+    __mmask16 unordered[4];
+    float m_new[4];
+    size_t c;
+    int i;
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < R; i++) {
+        mx[i] = lowest;
+        unordered[i] = 0;
+        sum[i] = _mm512_setzero_ps();
+    }
+    for (c = 0; c < cols; c += 16) {
+        const __mmask16 k = cols - c >= 16 ? (__mmask16)0xFFFF : tail_mask(cols - c);
+        _Pragma("GCC unroll 4")
+        for (i = 0; i < R; i++) {
+            const __m512 x = _mm512_mask_loadu_ps(lowest, k, s + i * lds + (ptrdiff_t)c);
+            unordered[i] |= _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q);
+            mx[i] = _mm512_max_ps(mx[i], x);
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < R; i++) {
+        const float row_max = unordered[i] ? NAN : _mm512_reduce_max_ps(mx[i]);
+        m_new[i] = !(row_max <= m[i]) ? row_max : m[i]; /* a NaN wins, so NaN propagates */
+        alpha[i] = 1.0f;
+        /* a row whose keys are all hidden so far: exp(-inf - 0) makes its p 0 */
+        vm[i] = _mm512_set1_ps(m_new[i] == -INFINITY ? 0.0f : m_new[i]);
+    }
+    for (c = 0; c < cols; c += 16) {
+        const __mmask16 k = cols - c >= 16 ? (__mmask16)0xFFFF : tail_mask(cols - c);
+        _Pragma("GCC unroll 4")
+        for (i = 0; i < R; i++) {
+            float *x = s + i * lds + (ptrdiff_t)c;
+            const __m512 e = _mm512_maskz_mov_ps(k, exp_ps_(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x), vm[i]), 0));
+            _mm512_mask_storeu_ps(x, k, e);
+            sum[i] = _mm512_add_ps(sum[i], e);
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < R; i++) {
+        if (m_new[i] == -INFINITY) {
+            continue;
+        }
+        if (m_new[i] != m[i] && m[i] != -INFINITY) { /* rescale what the earlier key tiles summed */
+            alpha[i] = moa_expf(m[i] - m_new[i]);
+        }
+        m[i] = m_new[i];
+        l[i] = l[i] * alpha[i] + _mm512_reduce_add_ps(sum[i]);
+    }
+}
+
+void moa_attn_softmax_f32_4x32_avx512(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
+                                      float *alpha)
+{
+    size_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        softmax_rows(4, cols, s + (ptrdiff_t)r * lds, lds, m + r, l + r, alpha + r);
+    }
+    for (; r < rows; r++) {
+        softmax_rows(1, cols, s + (ptrdiff_t)r * lds, lds, m + r, l + r, alpha + r);
+    }
 }
 
 void moa_attn_scale_f32_u32_avx512(size_t n, float alpha, const float *x, float *y)
