@@ -51,6 +51,7 @@ declare -A NEED=(
     [scp]=openssh-client
     [cc]=gcc
     [make]=make
+    [chromium]=chromium  # tests/test_report.py renders `moa-edge report`'s page headless
 )
 CLANG=$(pick_clang)
 if [ -n "$CLANG" ]; then

@@ -217,7 +217,11 @@ def plot_attention(blocks: list[dict], unfused: dict, path: Path) -> None:
     ax.set_xticks([i + width * (len(series) - 1 + bool(unfused)) / 2 for i in range(len(blocks))],
                   [b["node"] for b in blocks], rotation=30 if len(blocks) > 6 else 0, ha="right" if len(blocks) > 6 else "center",
                   fontsize=7)
-    ax.set_yscale("log")
+    values = [b["predicted"][key] for b in blocks for _, key, _ in series] + [v for v in unfused.values() if v]
+    if min(values, default=1) > 0 and max(values, default=1) / min(values, default=1) > 30:
+        ax.set_yscale("log")
+    else:
+        ax.set_ylim(0, max(values, default=1) * 1.5)  # room for the legend
     ax.set_ylabel("bytes")
     ax.set_title("Attention blocks: predicted traffic (cost model)")
     ax.legend(fontsize=8)
@@ -229,21 +233,20 @@ def plot_attention(blocks: list[dict], unfused: dict, path: Path) -> None:
 def plot_energy(energy: dict, path: Path) -> None:
     plt = _pyplot()
     pred = energy.get("predicted") or {}
-    labels, values, errs, colors = ["measured"], [energy["joules_per_inference"] * 1e3], [
-        (energy.get("ci95_joules") or 0) * 1e3], ["C0"]
-    if pred.get("energy_j") is not None:
-        labels.append("predicted, whole model")
-        values.append(pred["energy_j"] * 1e3)
-        errs.append(0)
-        colors.append("C1")
-    if pred.get("attention_energy_j") is not None:
-        labels.append("predicted, attention")
-        values.append(pred["attention_energy_j"] * 1e3)
-        errs.append(0)
-        colors.append("C3")
+    labels, joules, errs, colors = ["measured"], [energy["joules_per_inference"]], [energy.get("ci95_joules") or 0], ["C0"]
+    for label, key, color in (("predicted, whole model", "energy_j", "C1"),
+                              ("predicted, attention", "attention_energy_j", "C3")):
+        if pred.get(key) is not None:
+            labels.append(label)
+            joules.append(pred[key])
+            errs.append(0)
+            colors.append(color)
+    top = max(abs(j) + e for j, e in zip(joules, errs)) or 1.0
+    unit, scale = next(((u, s) for u, s in (("J", 1.0), ("mJ", 1e-3), ("uJ", 1e-6)) if top >= s), ("nJ", 1e-9))
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.bar(labels, values, yerr=errs, capsize=6, color=colors)
-    ax.set_ylabel("mJ per inference")
+    ax.bar(labels, [j / scale for j in joules], yerr=[e / scale for e in errs], capsize=6, color=colors)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_ylabel(f"{unit} per inference")
     ax.set_title(f"Energy on {energy.get('board', '?')} (measured: 95% interval)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -263,7 +266,7 @@ tr.attn td { background: #fdeaea; } tr.peak td { background: #fff3d6; }
 .cards { display: flex; flex-wrap: wrap; gap: 10px; } .card { border: 1px solid #ccc; border-radius: 6px; padding: 8px 12px; }
 .card b { display: block; font-size: 1.15em; } .note { color: #666; font-size: 0.85em; }
 .pass { color: #080; font-weight: bold; } .fail { color: #b00; font-weight: bold; }
-img { max-width: 100%; border: 1px solid #eee; }
+img { max-width: 100%; border: 1px solid #eee; } .wide { overflow-x: auto; }
 """
 
 
@@ -275,12 +278,12 @@ def _table(header: list[str], rows: list[list], left: int = 1, row_class=None) -
     def cell(v, k):
         return f"<td{align(k)}>{v.html if isinstance(v, _Raw) else escape(str(v))}</td>"
 
-    out = ["<table><tr>" + "".join(f"<th{align(k)}>{escape(h)}</th>" for k, h in enumerate(header)) + "</tr>"]
+    out = ['<div class="wide"><table><tr>' + "".join(f"<th{align(k)}>{escape(h)}</th>" for k, h in enumerate(header)) + "</tr>"]
     for i, r in enumerate(rows):
         cls = row_class(i) if row_class else None
         tr = f'<tr class="{cls}">' if cls else "<tr>"
         out.append(tr + "".join(cell(v, k) for k, v in enumerate(r)) + "</tr>")
-    return "\n".join(out) + "</table>"
+    return "\n".join(out) + "</table></div>"
 
 
 class _Raw:
@@ -391,20 +394,24 @@ def _attention_section(report: dict, pngs: dict) -> str:
                  f"{escape(str(report.get('board', '?')))}; traffic and energy are the cost model's predictions.</p>")
     if "attention" in pngs:
         parts.append(_img(pngs["attention"], "attention blocks: predicted traffic"))
-    rows = []
+    schedule, traffic = [], []
     for b in blocks:
         s, p = b["shape"], b["predicted"]
-        rows.append([b["node"], b["pattern"],
-                     f"B{s['batch']} H{s['q_heads']}/{s['kv_heads']} Sq{s['q_len']} Skv{s['kv_len']} "
-                     f"D{s['head_dim']} Dv{s['value_dim']}",
-                     ("causal" if b.get("is_causal") else "-") + f", mask {b.get('mask', '-')}",
-                     p["strategy"], f"{p['block_q']} x {p['block_k']}", p["scratch_bytes"], p["compulsory_bytes"],
-                     p["dram_bytes"], unfused.get(b["node"]) if unfused.get(b["node"]) is not None else "-",
-                     p["l1_fill_bytes"], p["flops"], p["exps"], _joules(p["energy_uj"] * 1e-6),
-                     "yes" if p.get("kv_fits_llc") else "no"])
-    parts.append(_table(["block", "pattern", "shape", "masking", "softmax", "tile Br x Bc", "scratch B",
-                         "compulsory B", "DRAM B (fused)", "DRAM B (unfused)", "L1 fills B", "flops", "exps",
-                         "energy", "K/V fit LLC"], rows, left=4))
+        masking = ", ".join((["causal"] if b.get("is_causal") else []) + [f"mask {b.get('mask', '-')}"])
+        schedule.append([b["node"], b["pattern"],
+                         f"B{s['batch']} H{s['q_heads']}/{s['kv_heads']} Sq{s['q_len']} Skv{s['kv_len']} "
+                         f"D{s['head_dim']} Dv{s['value_dim']}", masking,
+                         p["strategy"], f"{p['block_q']} x {p['block_k']}", p["scratch_bytes"]])
+        traffic.append([b["node"], p["compulsory_bytes"], p["dram_bytes"],
+                        unfused.get(b["node"]) if unfused.get(b["node"]) is not None else "-",
+                        p["l1_fill_bytes"], p["flops"], p["exps"], _joules(p["energy_uj"] * 1e-6),
+                        "yes" if p.get("kv_fits_llc") else "no"])
+    parts.append("<h3>Schedule and tiles</h3>" + _table(
+        ["block", "pattern", "shape (batch, q/kv heads, lengths, dims)", "masking", "softmax", "tile Br x Bc",
+         "scratch B"], schedule, left=4))
+    parts.append("<h3>Predicted traffic and cost</h3>" + _table(
+        ["block", "compulsory B", "DRAM B (fused)", "DRAM B (unfused)", "L1 fills B", "flops", "exps", "energy",
+         "K/V fit LLC"], traffic))
     absorbed = [f"{b['node']}: {', '.join(b.get('absorbed_nodes', []))}" for b in blocks]
     parts.append("<p class=\"note\">Absorbed into each block (index maps and attributes, never copies): "
                  + escape("; ".join(absorbed)) + "</p>")
