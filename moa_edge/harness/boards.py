@@ -1,4 +1,10 @@
-"""The board catalogue: boards/*.toml."""
+"""The board catalogue: boards/*.toml, each checked against one schema when it is loaded.
+
+Adding a board is adding one TOML file. Every key is checked: an unknown key (at any
+level), a missing required field, a value of the wrong type or unit (sizes are integers of
+bytes, energy constants positive numbers of picojoules) is an error naming the file, the
+table and the key.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,8 +12,13 @@ from pathlib import Path
 import shutil
 import tomllib
 
-from moa_edge import BOARDS_DIR
+from moa_edge import BOARDS_DIR, PROJECT_ROOT
 from moa_edge.errors import MoaEdgeError
+
+ISAS = ("native", "neon", "rvv", "avx2", "avx512", "none")
+RUN_KINDS = ("native", "qemu")
+SENSOR_KINDS = ("none", "hwmon", "hwmon-label", "jetson", "rapl", "command")
+CACHE_LEVELS = ("l1d", "l2", "l3")
 
 
 @dataclass(frozen=True)
@@ -24,6 +35,7 @@ class Board:
     energy: dict
     power_sensor: dict
     path: Path
+    cores: int | None = None   # None: the build machine's (host)
 
     def compiler(self) -> str | None:
         """The first of the board's compilers found on PATH, or None."""
@@ -45,19 +57,200 @@ class Board:
             missing.append(f"{cmd[0]} (Debian: {' '.join(self.run.get('apt', []))})")
         return missing
 
+    def catalogue_entry(self) -> dict:
+        """Everything the TOML file says, for `moa-edge boards --json`."""
+        return {"name": self.name, "description": self.description, "arch": self.arch, "isa": self.isa,
+                "vlen": self.vlen, "cores": self.cores, "toolchain": self.toolchain, "run": self.run, "caches": self.caches,
+                "memory": self.memory, "energy": self.energy, "power_sensor": self.power_sensor,
+                "path": _shown(self.path)}
 
-def board_names() -> list[str]:
-    return sorted(p.stem for p in BOARDS_DIR.glob("*.toml"))
+
+# --- the schema -------------------------------------------------------------------------------
+# A field is (required, check); a check returns None when the value is right, or what it
+# should have been.
+
+def _text(v):
+    return None if isinstance(v, str) and v.strip() else "a non-empty string"
 
 
-def load_board(name: str) -> Board:
-    path = BOARDS_DIR / f"{name}.toml"
+def _words(v):
+    return None if isinstance(v, list) and all(isinstance(w, str) and w for w in v) else "a list of strings"
+
+
+def _some_words(v):
+    return _words(v) if v else "a non-empty list of strings"
+
+
+def _one_of(*choices):
+    return lambda v: None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
+
+
+def _int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _bytes(v):
+    return None if _int(v) and v > 0 else "a positive integer number of bytes (no units: 32 KiB is 32768)"
+
+
+def _bytes_or_zero(v):
+    return None if _int(v) and v >= 0 else "an integer number of bytes, 0 or more (no units: 2 MiB is 2097152)"
+
+
+def _ways(v):
+    return None if _int(v) and v > 0 else "a positive integer (ways)"
+
+
+def _count(v):
+    return None if _int(v) and v > 0 else "a positive integer"
+
+
+def _bits(v):
+    return None if _int(v) and v >= 0 else "an integer number of bits, 0 or more (0: no vector unit, or the host's)"
+
+
+def _picojoules(v):
+    return (None if (_int(v) or isinstance(v, float)) and v > 0 and v != float("inf")
+            else "a positive number of picojoules")
+
+
+CACHE = {"size": (True, _bytes), "line": (True, _bytes), "assoc": (True, _ways)}
+
+SCHEMA = {
+    "name": (True, _text),
+    "description": (True, _text),
+    "arch": (True, _text),
+    "isa": (True, _one_of(*ISAS)),
+    "vlen": (True, _bits),
+    "cores": (False, _count),
+    "toolchain": (True, {"cc": (True, _some_words), "cflags": (True, _words), "ldflags": (True, _words),
+                         "nm": (False, _some_words), "apt": (False, _words)}),
+    "run": (True, {"kind": (True, _one_of(*RUN_KINDS)), "command": (False, _words), "apt": (False, _words),
+                   "ssh": (False, _text)}),
+    "caches": (True, {"source": (True, _text), "l1d": (True, CACHE), "l2": (False, CACHE), "l3": (False, CACHE)}),
+    "memory": (True, {"dram_bytes": (True, _bytes), "sram_bytes": (True, _bytes_or_zero), "source": (True, _text)}),
+    "energy": (True, {"pj_per_flop": (True, _picojoules), "pj_per_byte_l1": (True, _picojoules),
+                      "pj_per_byte_l2": (True, _picojoules), "pj_per_byte_dram": (True, _picojoules),
+                      "source": (True, _text)}),
+    "power_sensor": (True, {"kind": (True, _one_of(*SENSOR_KINDS)), "spec": (False, _text)}),
+}
+
+
+def _where(table: str) -> str:
+    return f"[{table}] " if table else ""
+
+
+def _check_table(data: dict, schema: dict, table: str, errors: list[str]) -> None:
+    for key in data:
+        if key not in schema:
+            errors.append(f"{_where(table)}unknown key {key!r} (expected {', '.join(schema)})")
+    for key, (required, check) in schema.items():
+        name = f"{table}.{key}" if table else key
+        if key not in data:
+            if required:
+                errors.append(f"{_where(table)}missing required {'table' if isinstance(check, dict) else 'field'} "
+                              f"{key!r}")
+            continue
+        value = data[key]
+        if isinstance(check, dict):
+            if not isinstance(value, dict):
+                errors.append(f"{_where(table)}{key!r} must be a table, got {value!r}")
+            else:
+                _check_table(value, check, name, errors)
+            continue
+        wanted = check(value)
+        if wanted is not None:
+            errors.append(f"{_where(table)}{key} must be {wanted}, got {value!r}")
+
+
+def _check_meaning(d: dict, errors: list[str]) -> None:
+    """What the schema cannot say field by field."""
+    caches = d.get("caches")
+    if isinstance(caches, dict):
+        present = [lvl for lvl in CACHE_LEVELS if lvl in caches]
+        if present != list(CACHE_LEVELS[:len(present)]):
+            gap = next(lvl for lvl in CACHE_LEVELS if lvl not in caches)
+            errors.append(f"[caches] {present[-1]} without {gap}: the levels are l1d, l2, l3, in order")
+        for lvl in present:
+            c = caches[lvl]
+            if all(_int(c.get(f)) and c[f] > 0 for f in ("size", "line", "assoc")) and c["size"] % (c["line"] * c["assoc"]):
+                errors.append(f"[caches] {lvl}: size {c['size']} is not a whole number of sets of "
+                              f"{c['assoc']} ways x {c['line']} B lines")
+    sensor = d.get("power_sensor")
+    if isinstance(sensor, dict) and sensor.get("kind") in SENSOR_KINDS and isinstance(sensor.get("spec", ""), str):
+        kind, spec = sensor["kind"], sensor.get("spec")
+        if kind == "none" and spec is not None:
+            errors.append("[power_sensor] kind 'none' takes no spec")
+        elif kind != "none" and spec is None:
+            errors.append(f"[power_sensor] kind {kind!r} needs spec = \"{kind}:...\"")
+        elif kind != "none" and not spec.startswith(kind + ":"):
+            errors.append(f"[power_sensor] spec {spec!r} does not start with its kind, {kind + ':'!r}")
+    run = d.get("run")
+    if isinstance(run, dict) and run.get("kind") == "qemu" and not run.get("command"):
+        errors.append("[run] kind 'qemu' needs command = [\"qemu-...\", ...]")
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
+
+
+def validate_board(data: dict, path: Path) -> None:
+    """Raise one MoaEdgeError listing everything wrong with a board file's contents."""
+    errors: list[str] = []
+    _check_table(data, SCHEMA, "", errors)
+    if not errors:
+        _check_meaning(data, errors)
+    if isinstance(data.get("name"), str) and data["name"] != Path(path).stem:
+        errors.append(f"name {data['name']!r} differs from the file's name ({Path(path).stem!r})")
+    if errors:
+        shown = _shown(path)
+        raise MoaEdgeError("\n".join(f"{shown}: {e}" for e in errors))
+
+
+def load_board_file(path: str | Path) -> Board:
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            d = tomllib.load(f)
+    except OSError as e:
+        raise MoaEdgeError(f"{_shown(path)}: cannot read the board file ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise MoaEdgeError(f"{_shown(path)}: not valid TOML ({e})") from None
+    validate_board(d, path)
+    return Board(d["name"], d["description"], d["arch"], d["isa"], d["vlen"], d["toolchain"], d["run"],
+                 d["caches"], d["memory"], d["energy"], d["power_sensor"], path, d.get("cores"))
+
+
+def board_names(boards_dir: str | Path | None = None) -> list[str]:
+    return sorted(p.stem for p in Path(boards_dir or BOARDS_DIR).glob("*.toml"))
+
+
+def load_board(name: str, boards_dir: str | Path | None = None) -> Board:
+    """A board by name from the catalogue folder (boards/, or `boards_dir`), or from a
+    TOML file given by its path (NAME.toml)."""
+    if name.endswith(".toml"):
+        return load_board_file(name)
+    folder = Path(boards_dir or BOARDS_DIR)
+    path = folder / f"{name}.toml"
     if not path.is_file():
-        raise MoaEdgeError(f"unknown board {name!r}; known boards: {', '.join(board_names())}")
-    with path.open("rb") as f:
-        d = tomllib.load(f)
-    return Board(d["name"], d["description"], d["arch"], d["isa"], d.get("vlen", 0), d["toolchain"], d["run"],
-                 d["caches"], d["memory"], d["energy"], d.get("power_sensor", {"kind": "none"}), path)
+        raise MoaEdgeError(f"unknown board {name!r}; known boards: {', '.join(board_names(folder))}")
+    return load_board_file(path)
+
+
+def load_catalogue(boards_dir: str | Path | None = None) -> list[Board]:
+    """Every board of the folder, all validated: one error lists every broken file."""
+    boards, errors = [], []
+    for name in board_names(boards_dir):
+        try:
+            boards.append(load_board(name, boards_dir))
+        except MoaEdgeError as e:
+            errors.append(str(e))
+    if errors:
+        raise MoaEdgeError("\n".join(errors))
+    return boards
 
 
 def parse_board_list(text: str) -> list[Board]:

@@ -1,0 +1,132 @@
+"""The board catalogue (issue 7): every shipped board validates, and a broken board file is
+one clear error naming the file, the table and the key."""
+import json
+from pathlib import Path
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from moa_edge import BOARDS_DIR
+from moa_edge.errors import MoaEdgeError
+from moa_edge.harness.boards import board_names, load_board, load_catalogue
+
+SHIPPED = ["bpi-f3", "host", "jetson-orin-nano", "k230", "rpi4", "rpi5", "visionfive2"]
+
+
+def test_every_shipped_board_validates():
+    boards = load_catalogue()
+    assert [b.name for b in boards] == SHIPPED == board_names()
+    for b in boards:
+        assert b.energy["source"] and b.caches["source"] and b.memory["source"]
+        assert b.caches["l1d"]["size"] % (b.caches["l1d"]["line"] * b.caches["l1d"]["assoc"]) == 0
+
+
+def test_the_new_boards_carry_their_published_figures():
+    rpi5, orin = load_board("rpi5"), load_board("jetson-orin-nano")
+    assert (rpi5.isa, rpi5.vlen, rpi5.cores) == ("neon", 128, 4)
+    assert [rpi5.caches[k]["size"] for k in ("l1d", "l2", "l3")] == [64 << 10, 512 << 10, 2 << 20]
+    assert "-mcpu=cortex-a76" in rpi5.toolchain["cflags"] and rpi5.runner()[-1] == "cortex-a76"
+    assert (orin.isa, orin.cores) == ("neon", 6)
+    assert [orin.caches[k]["size"] for k in ("l1d", "l2", "l3")] == [64 << 10, 256 << 10, 2 << 20]
+    assert orin.power_sensor == {"kind": "jetson", "spec": "jetson:VDD_IN"}
+
+
+def _broken(tmp_path: Path, old: str, new: str, name: str = "rpi5") -> Path:
+    """A copy of a shipped board with one edit, alone in a folder."""
+    text = (BOARDS_DIR / f"{name}.toml").read_text()
+    assert old in text, old
+    (tmp_path / f"{name}.toml").write_text(text.replace(old, new, 1))
+    return tmp_path
+
+
+@pytest.mark.parametrize("old, new, message", [
+    # unknown keys, at every level
+    ("l3 = {", "l4 = { size = 1, line = 1, assoc = 1 }\nl3 = {", r"\[caches\] unknown key 'l4'"),
+    ("vlen = 128", "vlen = 128\nvlan = 128", r"rpi5.toml: unknown key 'vlan'"),
+    ("l1d = { size = 65536,", "l1d = { sets = 256, size = 65536,", r"\[caches.l1d\] unknown key 'sets'"),
+    ('kind = "none"', 'kind = "none"\nchip = "DA9091"', r"\[power_sensor\] unknown key 'chip'"),
+    # missing fields and tables
+    ('isa = "neon"\n', "", r"missing required field 'isa'"),
+    ("pj_per_flop = 2.3\n", "", r"\[energy\] missing required field 'pj_per_flop'"),
+    ("line = 64, assoc = 8 }", "line = 64 }", r"\[caches.l2\] missing required field 'assoc'"),
+    ("[memory]", "[memroy]", r"missing required table 'memory'.*|unknown key 'memroy'"),
+    # wrong types and units
+    ("size = 65536,", 'size = "64K",', r"\[caches.l1d\] size must be a positive integer number of bytes.*'64K'"),
+    ("size = 524288,", "size = -524288,", r"\[caches.l2\] size must be a positive integer number of bytes"),
+    ("size = 65536,", "size = 65536.0,", r"size must be a positive integer number of bytes.*65536.0"),
+    ("dram_bytes = 4294967296", 'dram_bytes = "4 GiB"', r"\[memory\] dram_bytes must be a positive integer"),
+    ("pj_per_byte_dram = 250.0", "pj_per_byte_dram = -250.0", r"\[energy\] pj_per_byte_dram must be a positive number of picojoules"),
+    ("pj_per_flop = 2.3", 'pj_per_flop = "2.3 pJ"', r"\[energy\] pj_per_flop must be a positive number"),
+    ("vlen = 128", 'vlen = "128b"', r"vlen must be an integer number of bits"),
+    ('isa = "neon"', 'isa = "sve"', r"isa must be one of 'native', 'neon'"),
+    ('cflags = ["-O2", "-mcpu=cortex-a76"]', 'cflags = "-O2 -mcpu=cortex-a76"', r"\[toolchain\] cflags must be a list of strings"),
+    ('kind = "qemu"', 'kind = "docker"', r"\[run\] kind must be one of 'native', 'qemu'"),
+    ('kind = "none"', 'kind = "ina219"', r"\[power_sensor\] kind must be one of"),
+    ('[power_sensor]\nkind = "none"', "", r"missing required table 'power_sensor'"),
+    # what the fields mean together
+    ("assoc = 4 }", "assoc = 3 }", r"\[caches\] l1d: size 65536 is not a whole number of sets"),
+    ("l2 = { size = 524288, line = 64, assoc = 8 }\n", "", r"\[caches\] l3 without l2"),
+    ('kind = "none"', 'kind = "jetson"', r"\[power_sensor\] kind 'jetson' needs spec"),
+    ('kind = "none"', 'kind = "hwmon"\nspec = "rapl:/sys/class/powercap/intel-rapl:0"', r"does not start with its kind"),
+    ('name = "rpi5"', 'name = "rpi6"', r"name 'rpi6' differs from the file's name \('rpi5'\)"),
+    ("[energy]", "[energy", r"not valid TOML"),
+])
+def test_a_broken_board_is_one_clear_error(tmp_path, old, new, message):
+    folder = _broken(tmp_path, old, new)
+    with pytest.raises(MoaEdgeError, match=message) as e:
+        load_board("rpi5", folder)
+    assert str(e.value).startswith(str(folder / "rpi5.toml") + ": ")
+
+
+def test_a_value_where_a_table_belongs(tmp_path):
+    text = (BOARDS_DIR / "rpi5.toml").read_text().replace('[power_sensor]\nkind = "none"', "")
+    (tmp_path / "rpi5.toml").write_text('power_sensor = "none"\n' + text)
+    with pytest.raises(MoaEdgeError, match=r"rpi5.toml: 'power_sensor' must be a table, got 'none'"):
+        load_board("rpi5", tmp_path)
+
+
+def test_every_error_of_a_file_is_listed(tmp_path):
+    folder = _broken(tmp_path, "vlen = 128", 'vlen = "wide"\nflavour = "pi"')
+    with pytest.raises(MoaEdgeError) as e:
+        load_catalogue(folder)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 2 and any("unknown key 'flavour'" in x for x in lines)
+    assert any("vlen must be" in x for x in lines)
+
+
+def test_adding_a_board_is_adding_one_file(tmp_path):
+    """A copy of rpi4 under a new name is a board: by name from its folder, or by its path."""
+    text = (BOARDS_DIR / "rpi4.toml").read_text().replace('name = "rpi4"', 'name = "my-pi"')
+    (tmp_path / "my-pi.toml").write_text(text)
+    assert board_names(tmp_path) == ["my-pi"]
+    assert load_board("my-pi", tmp_path).caches == load_board("rpi4").caches
+    assert load_board(str(tmp_path / "my-pi.toml")).name == "my-pi"
+    with pytest.raises(MoaEdgeError, match="unknown board 'rpi9'; known boards: my-pi"):
+        load_board("rpi9", tmp_path)
+
+
+def _moa(*args):
+    return subprocess.run([sys.executable, "-m", "moa_edge.cli", *map(str, args)], capture_output=True, text=True)
+
+
+def test_boards_verb_prints_the_whole_catalogue(tmp_path):
+    r = _moa("boards", "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    rows = {b["name"]: b for b in json.loads((tmp_path / "b.json").read_text())["boards"]}
+    assert sorted(rows) == SHIPPED
+    orin = rows["jetson-orin-nano"]
+    for key in ("isa", "vlen", "cores", "toolchain", "run", "caches", "memory", "energy", "power_sensor", "ready"):
+        assert key in orin, key
+    assert orin["caches"]["l2"] == {"size": 262144, "line": 64, "assoc": 8}
+    assert orin["energy"]["pj_per_byte_dram"] == 250.0 and "Horowitz" in orin["energy"]["source"]
+    assert orin["power_sensor"]["spec"] == "jetson:VDD_IN" and "jetson:VDD_IN" in r.stdout
+
+
+def test_boards_verb_reports_a_broken_folder(tmp_path):
+    shutil.copy(BOARDS_DIR / "host.toml", tmp_path)
+    _broken(tmp_path, "size = 65536,", 'size = "32K",')
+    r = _moa("boards", "--dir", tmp_path)
+    assert r.returncode != 0
+    assert "rpi5.toml: [caches.l1d] size must be a positive integer number of bytes" in r.stderr
