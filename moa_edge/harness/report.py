@@ -19,8 +19,6 @@ from pathlib import Path
 
 from moa_edge.errors import MoaEdgeError
 
-PLOTS = ("memory", "arena", "cost", "attention", "energy")
-
 
 def _load_json(path: Path, what: str) -> dict:
     try:
