@@ -64,7 +64,8 @@ def test_causal_constant_mask_is_recognised_only_when_exact(tmp_path):
 @pytest.mark.parametrize("seq", [16, 512])
 def test_arena_does_not_grow_with_sequence_length(seq, tmp_path):
     """No n x n scores and no K^T copy: with the online schedule the arena holds one
-    Br x Bc score tile, Br running maxima and sums and a Br x Dv accumulator, at any length."""
+    Br x Bc score tile, Br running maxima, sums and rescale factors and a Br x Dv accumulator,
+    at any length."""
     from moa_edge.harness.boards import load_board
     from moa_edge.moa.onf import Schedule
     from moa_edge.pipeline import schedule_graph
@@ -73,7 +74,7 @@ def test_arena_does_not_grow_with_sequence_length(seq, tmp_path):
     export(Case("t", "op23", q_len=seq, kv_len=seq, head_dim=32), model)
     graph = schedule_graph(load_graph(model), load_board("host"), forced=Schedule("online", 8, 16))
     br, bc, dv = 8, 16, 32
-    assert plan_arena(graph).total_bytes == 4 * (br * bc + 2 * br + br * dv)
+    assert plan_arena(graph).total_bytes == 4 * (br * bc + 3 * br + br * dv)
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo18", "torchscript17"])
@@ -270,3 +271,48 @@ def test_k_transposed_through_a_merged_batch_is_an_access_map(tmp_path):
     feeds = {n: rng.standard_normal((B, S, H * d)).astype(np.float32) for n in "qkv"}
     theirs = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
     assert cmp.compare(theirs, run_reference(lowered, feeds)["y"])["ok"]
+
+
+def test_key_padding_mask_anded_with_all_true_is_read_in_place(tmp_path):
+    """BERT's exports AND the key-padding mask [B,1,1,S] with an all-True [1,1,S,1] band:
+    x AND True is x, and the widening Expand is a stride-0 map, so the kernel reads the B x S
+    mask itself (no B x S x S copy, no And), and the result equals onnxruntime."""
+    import onnx
+    from onnx import TensorProto as T, helper, numpy_helper
+    from moa_edge.harness.build import build
+    from moa_edge.harness.boards import load_board
+    from moa_edge.harness.runner import run
+    from moa_edge.pipeline import convert
+    B, H, S, D = 2, 2, 8, 4
+    f = lambda n, s: helper.make_tensor_value_info(n, T.FLOAT, s)  # noqa: E731
+    nodes = [
+        helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+        helper.make_node("MatMul", ["q", "kt"], ["qk"]),
+        helper.make_node("Mul", ["qk", "scale"], ["scores"]),
+        helper.make_node("Expand", ["keep_keys", "full"], ["keep_wide"]),
+        helper.make_node("And", ["band", "keep_wide"], ["keep"]),
+        helper.make_node("Where", ["keep", "scores", "minus_inf"], ["masked"]),
+        helper.make_node("Softmax", ["masked"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(np.array(0.5, np.float32), "scale"),
+             numpy_helper.from_array(np.array([B, 1, S, S], np.int64), "full"),
+             numpy_helper.from_array(np.ones((1, 1, S, 1), bool), "band"),
+             numpy_helper.from_array(np.array(-np.inf, np.float32), "minus_inf")]
+    graph = helper.make_graph(nodes, "bert_mask", [f("q", [B, H, S, D]), f("k", [B, H, S, D]), f("v", [B, H, S, D]),
+                              helper.make_tensor_value_info("keep_keys", T.BOOL, [B, 1, 1, S])],
+                              [f("y", [B, H, S, D])], initializer=inits)
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    lowered = load_graph(path)
+    (block,) = lowered.nodes
+    assert block.op == "MoaAttention" and block.inputs[3] == "keep_keys"
+    rng = np.random.default_rng(2)
+    feeds = {n: rng.standard_normal((B, H, S, D)).astype(np.float32) for n in "qkv"}
+    feeds["keep_keys"] = np.arange(S)[None, None, None, :] < np.array([S, 5])[:, None, None, None]
+    report = convert(path, tmp_path / "p")
+    assert all(b["name"].startswith("scratch:") for b in report["memory"]["buffers"])  # no mask copy
+    board = load_board("host")
+    got, _ = run(build(tmp_path / "p", board), board, report["io"], feeds)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got["y"], want, rtol=1e-5, atol=1e-6)

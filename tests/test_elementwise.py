@@ -93,3 +93,22 @@ def test_integer_division_by_zero_does_not_trap(board_name, tmp_path):
         for out, a, b in (("q", "a", "b"), ("r", "c", "d")):
             np.testing.assert_array_equal(got[out][~defined], want[out], err_msg=out)
             np.testing.assert_array_equal(got[out][defined], feeds[a][defined] // feeds[b][defined], err_msg=out)
+
+
+@pytest.mark.board
+def test_neutral_operands_leave_the_other_operand(tmp_path):
+    """x * 1 (keeping -0, inf and NaN), x OR False widened to a larger shape, True AND x:
+    each is x (or x expanded), equal to onnxruntime bit for bit."""
+    from moa_edge.pipeline import load_graph
+    f = lambda n, s: helper.make_tensor_value_info(n, T.FLOAT, s)  # noqa: E731
+    b = lambda n, s: helper.make_tensor_value_info(n, T.BOOL, s)  # noqa: E731
+    nodes = [helper.make_node("Mul", ["x", "ones"], ["times_one"]), helper.make_node("Or", ["m", "none"], ["wide"]),
+             helper.make_node("And", ["all", "m"], ["same"])]
+    model = _model(nodes, [f("x", [2, 3]), b("m", [1, 3])], [f("times_one", [2, 3]), b("wide", [2, 2, 3]), b("same", [1, 3])],
+                   [numpy_helper.from_array(np.ones(3, np.float32), "ones"),
+                    numpy_helper.from_array(np.zeros((2, 2, 1), bool), "none"),
+                    numpy_helper.from_array(np.ones((1, 3), bool), "all")])
+    onnx.save(model, tmp_path / "n.onnx")
+    assert not {"Mul", "Or", "And"} & {n.op for n in load_graph(tmp_path / "n.onnx").nodes}
+    feeds = {"x": np.array([[-0.0, np.inf, np.nan], [1.5, -2.0, 3.0]], np.float32), "m": np.array([[True, False, True]])}
+    _run_against_onnxruntime(model, feeds, "host", tmp_path)

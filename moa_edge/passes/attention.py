@@ -25,7 +25,7 @@ from .bias import classify_bias
 from .canonical import pad_nodes
 from .contrib_attention import RULES as CONTRIB_RULES
 from .match import MASKED, produced_by, scalar
-from .views import as_4d, broadcast_mask, kv_heads_of, trace_output_view, trace_view
+from .views import as_4d, broadcast_mask, kv_heads_of, trace_output_view, trace_view, traced_mask
 
 
 def rewrite_attention(graph: Graph) -> int:
@@ -171,7 +171,7 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     bias = classify_bias(graph, terms, B, Sq, Skv, absorbed, exact_scores=any(mode == 2 for mode, _ in taps))
     if bias is None:
         return None
-    mask_lay = broadcast_mask(graph, bias.mask, (B, Hq, Sq, Skv), softmax.name) if bias.mask else None
+    mask_src, mask_lay = traced_mask(graph, bias.mask, (B, Hq, Sq, Skv), softmax.name) if bias.mask else ("", None)
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, q_scale * k_scale * post_scale, bias.causal,
                          bias.mask_kind, bias.mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]),
@@ -181,7 +181,7 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     if taps:
         spec = dataclasses.replace(spec, qk_mode=taps[0][0])
     graph.nodes[graph.nodes.index(pv):graph.nodes.index(pv)] = bias.new_nodes
-    inputs = [q_src, k_src, v_src, bias.mask] + ([bias.lengths] if bias.lengths else [])
+    inputs = [q_src, k_src, v_src, mask_src] + ([bias.lengths] if bias.lengths else [])
     return spec, inputs, [y] + [name for _, name in taps], pv
 
 

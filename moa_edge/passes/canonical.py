@@ -1,5 +1,6 @@
 """Canonicalisation: ops that do nothing at inference are bypassed, so patterns need not
-list every place an exporter may put them (Identity, Cast or CastLike to the same type, Dropout, Pad by zero)."""
+list every place an exporter may put them (Identity, Cast or CastLike to the same type, Dropout, Pad by zero,
+x AND True, x OR False, x * 1)."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +31,48 @@ def _is_no_op(graph: Graph, node) -> bool:
     return False
 
 
+# op -> the constant that leaves the other operand unchanged, exactly (x * 1 keeps -0, NaN
+# and inf; x + 0 would not keep -0, so Add is not here).
+_NEUTRAL = {"And": True, "Or": False, "Mul": 1}
+
+
+def _neutral_operand(graph: Graph, node) -> str | None:
+    """The operand a Mul by ones, And with all-True or Or with all-False passes through."""
+    if node.op not in _NEUTRAL or len(node.inputs) != 2:
+        return None
+    for k in (0, 1):
+        value, other = graph.constant(node.inputs[k]), node.inputs[1 - k]
+        if (value is not None and value.size and np.all(value == _NEUTRAL[node.op])
+                and graph.tensors.get(other) is not None
+                and graph.tensors[other].dtype == graph.tensors[node.outputs[0]].dtype
+                and len(value.shape) <= len(graph.tensors[node.outputs[0]].shape)):
+            return other
+    return None
+
+
+def drop_neutral_operands(graph: Graph) -> int:
+    """x AND True, x OR False, x * 1 become x (an Expand when the constant only widened x's
+    shape, which attention then reads as a broadcast map): the attention mask of BERT
+    exports is the key-padding mask ANDed with an all-True band, an Sq x Skv copy for nothing."""
+    dropped = 0
+    for node in list(graph.nodes):
+        other = _neutral_operand(graph, node)
+        if other is None:
+            continue
+        out = node.outputs[0]
+        if graph.tensors[other].shape == graph.tensors[out].shape:
+            node.op, node.inputs, node.attrs = "Identity", [other], {}
+        else:
+            shape = f"{node.name}__shape"
+            dims = np.array(graph.tensors[out].shape, np.int64)
+            graph.tensors[shape] = Tensor(shape, dims.shape, "int64", dims)
+            node.op, node.inputs, node.attrs = "Expand", [other, shape], {}
+        dropped += 1
+    return dropped
+
+
 def bypass_no_ops(graph: Graph) -> int:
+    drop_neutral_operands(graph)
     bypassed = 0
     for node in list(graph.nodes):
         if not _is_no_op(graph, node):

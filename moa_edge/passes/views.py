@@ -152,3 +152,14 @@ def broadcast_mask(graph: Graph, name: str, full, where: str) -> Layout:
         raise MoaEdgeError(f"node {where}: mask {name!r} of shape {list(shape)} does not broadcast "
                            f"to the scores' shape {list(full)}")
     return Layout.row_major(shape).broadcast_to(full)
+
+
+def traced_mask(graph: Graph, name: str, full, where: str) -> tuple[str, Layout]:
+    """The mask as stored and its broadcast map to the scores' shape, through the views that
+    made it (an Expand of a key-padding mask to Sq x Skv is a stride 0, not a copy). The
+    view nodes stay for any other reader; unread, they are dropped as dead code."""
+    source, layout = trace_view(graph, name, [])
+    if source != name and len(layout.shape) <= len(full) and all(
+            m in (1, n) for m, n in zip(layout.shape[::-1], full[::-1])):
+        return source, layout.broadcast_to(full)
+    return name, broadcast_mask(graph, name, full, where)
