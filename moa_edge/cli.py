@@ -329,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--board", default="host")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...", help="pin a symbolic input shape")
     s.add_argument("--prefix", default="model", help="C symbol prefix (default: model)")
-    s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: L1D size)")
+    s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: the larger of L1D and L2/8)")
     s.add_argument("--schedule", metavar="STRATEGY:BRxBC", help="force an ONF schedule, e.g. online:16x64")
     s.add_argument("--attention", choices=["fused", "unfused"], default="fused",
                    help="unfused: keep the exported attention ops (scores materialised), the baseline")
@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", help=".npz keyed by graph input names (default: seeded random)")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: L1D size)")
+    s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: the larger of L1D and L2/8)")
     s.add_argument("--schedule", metavar="STRATEGY:BRxBC", help="force an ONF schedule, e.g. two_pass:1x64")
     ssh_options(s)
 
@@ -383,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--board", default="host", help="board whose caches the cost model uses")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
-    s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: L1D size)")
+    s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: the larger of L1D and L2/8)")
     s.add_argument("--derivation", action="store_true", help="print the MoA derivation of each block's DNF")
 
     s = verb("bench", cmd_bench, "benchmarks: `bench attention` (host time vs PyTorch, onnxruntime, naive C; "
