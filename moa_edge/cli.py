@@ -224,21 +224,29 @@ def cmd_bench(a) -> int:
 
 def _bench_attention(a) -> int:
     from moa_edge.harness.attention_bench import SEQS, bench_attention, plot, table
+    from moa_edge.harness.boards import parse_board_list
     heads = a.heads or [8]
     if len(heads) != 1:
         raise MoaEdgeError("bench attention times one head count: give --heads a single number")
     if a.count_seq is None:
         a.count_seq = 1024
+    remote = parse_board_list(a.board) if a.ssh else []  # with --ssh, --board names the one board there
+    ssh = _ssh_target(a, remote) if a.ssh else None
     result = bench_attention(seqs=a.seq or list(SEQS), causals={"both": (False, True), "yes": (True,), "no": (False,)}[a.causal],
                              heads=heads[0], head_dim=a.head_dim, repeat=a.repeat or 10, budget=a.budget,
                              count_seq=0 if a.no_count else a.count_seq, count_heads=a.count_heads,
                              time_host_side=not a.no_time, command="moa-edge " + " ".join(sys.argv[1:]),
-                             progress=_progress)
+                             board=remote[0] if remote else None, ssh=ssh, progress=_progress)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "attention.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / "attention.png")
     print(table(result))
+    if result["board"]:
+        for point in result["board"]["timing"]:
+            print(f"{result['board']['board']} over ssh, seq {point['seq']}{' causal' if point['causal'] else ''}: "
+                  f"moa-edge {point['time_us']['moa_edge']:.0f} us, naive C {point['time_us']['naive_c']:.0f} us "
+                  f"({point['naive_over_moa_edge']:.1f}x)")
     for target, verdict in result["targets"].items():
         print(f"target {'met    ' if verdict['met'] else 'not met'}: {target} "
               f"({verdict.get('values', verdict.get('value'))})")

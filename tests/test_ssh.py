@@ -189,3 +189,17 @@ def test_bench_model_times_the_board_over_ssh(sshd, tmp_path, capsys):
     remote = json.loads((tmp_path / "b.json").read_text())["board_latency"]
     assert remote["board"] == "rpi4" and remote["moa_edge_us"] > 0
     assert "rpi4 over ssh" in capsys.readouterr().out
+
+
+def test_bench_attention_times_the_kernels_on_the_board_over_ssh(sshd, tmp_path, capsys):
+    """The board's build of the generated kernel and of the naive one, run over ssh, each
+    output checked against PyTorch float64 on the host."""
+    import json
+    from moa_edge.cli import main
+    destination, config = sshd
+    assert main(["bench", "attention", "--seq", "64", "--causal", "yes", "--repeat", "1", "--no-time", "--no-count",
+                 "--board", "rpi4", "--ssh", destination, "--ssh-config", config, "--out", str(tmp_path),
+                 "--json", str(tmp_path / "a.json")]) == 0
+    (point,) = json.loads((tmp_path / "a.json").read_text())["board"]["timing"]
+    assert point["time_us"]["moa_edge"] > 0 and point["errors"]["moa_edge"]["max_abs_err"] < 1e-5
+    assert "rpi4 over ssh, seq 64 causal" in capsys.readouterr().out

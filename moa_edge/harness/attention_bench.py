@@ -376,6 +376,47 @@ def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: flo
                     "torch_threads": 1, "onnxruntime": ort.__version__, "onnxruntime_intra_op_threads": 1}
 
 
+def time_board(seqs, causals, heads: int, head_dim: int, repeat: int, budget: float, workdir: Path, board, ssh,
+               progress=lambda msg: None) -> list[dict]:
+    """The generated kernel and the naive one timed on a real board over ssh (the board's own
+    build and schedule; no PyTorch there to compare with), each output checked on the host."""
+    from .ssh import RemoteFolder
+    cc = board.compiler()
+    if cc is None:
+        raise MoaEdgeError(f"board {board.name}: missing {'; '.join(board.missing_tools())}; run `make setup` as root")
+    points = []
+    with RemoteFolder(ssh) as remote:
+        for seq in seqs:
+            for causal in causals:
+                where = f"{board.name} seq {seq}, {'causal' if causal else 'not causal'}"
+                spec = bench_spec(seq, heads, head_dim, causal)
+                schedule, sched = _schedule(spec, board)
+                folder = workdir / f"{board.name}-{seq}-{'causal' if causal else 'full'}"
+                progress(f"{where}: build (ONF {sched['strategy']} {sched['block_q']}x{sched['block_k']}), copy")
+                exe = _compile(cc, list(board.toolchain["cflags"]), list(board.toolchain["ldflags"]),
+                               program(spec, schedule), folder)
+                ops = _operands(spec, seed=seq)
+                paths = [Path(x) for x in _write_operands(ops, folder)]
+                ssh.copy([exe, *paths], remote + "/")
+                ref = _reference(ops, causal)
+                times, errors = {}, {}
+                for mode, side in (("fused", "moa_edge"), ("naive", "naive_c")):
+                    progress(f"{where}: {side}")
+                    proc = ssh.run([*board.runner(), "./" + exe.name, mode, str(repeat), repr(budget),
+                                    *(x.name for x in paths), f"Y.{mode}.bin"], cwd=remote)
+                    m = re.search(r"best_ns=(\d+) runs=(\d+)", proc.stdout)
+                    if proc.returncode or m is None:
+                        raise MoaEdgeError(f"bench attention: the {mode} kernel on {board.name} failed "
+                                           f"({proc.returncode}): {proc.stderr.strip()[-500:]}")
+                    ssh.copy([f"{remote}/Y.{mode}.bin"], folder, upload=False)
+                    times[side] = int(m.group(1)) / 1e3
+                    errors[side] = _check(f"{side} on {board.name}", np.fromfile(folder / f"Y.{mode}.bin", np.float32),
+                                          ref, where)
+                points.append({"seq": seq, "causal": causal, "schedule": sched, "time_us": times, "errors": errors,
+                               "naive_over_moa_edge": times["naive_c"] / times["moa_edge"]})
+    return points
+
+
 def _plugin(workdir: Path) -> Path:
     lib = workdir / "libinsncount.so"
     if not lib.exists():
@@ -483,18 +524,22 @@ def targets(timing: list[dict], counts: dict | None) -> dict:
 
 def bench_attention(seqs=SEQS, causals=(False, True), heads: int = 8, head_dim: int = 64, repeat: int = 10,
                     budget: float = 3.0, count_seq: int | None = 1024, count_heads: int = 1, count_causal: bool = False,
-                    time_host_side: bool = True, builds=COUNT_BUILDS, command: str = "",
+                    time_host_side: bool = True, builds=COUNT_BUILDS, command: str = "", board=None, ssh=None,
                     progress=lambda msg: None) -> dict:
     with tempfile.TemporaryDirectory(prefix="moa-bench-attention-") as tmp:
         tmp = Path(tmp)
         timing, host = ([], {})
         if time_host_side:
             timing, host = time_host(seqs, causals, heads, head_dim, repeat, budget, tmp, progress)
+        remote = None
+        if ssh is not None:
+            remote = {"board": board.name, "ssh": ssh.destination,
+                      "timing": time_board(seqs, causals, heads, head_dim, repeat, budget, tmp, board, ssh, progress)}
         counts = count_kernels(count_seq, count_heads, head_dim, count_causal, tmp, builds, progress) \
             if count_seq else None
     return {"benchmark": "attention", "command": command, "batch": 1, "heads": heads, "head_dim": head_dim,
             "repeat": repeat, "budget_s": budget, "host": host, "timing": timing, "instructions": counts,
-            "targets": targets(timing, counts)}
+            "board": remote, "targets": targets(timing, counts)}
 
 
 def table(result: dict) -> str:
