@@ -174,6 +174,50 @@ class Profile(threading.Thread):
             time.sleep(0.001)
 
 
+RUNNERS = {"model_main", "qemu-aarch64", "qemu-riscv64"}
+
+
+def _runner_alive() -> bool:
+    """Whether a model runner (native or under qemu-user) is running on this machine."""
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() in RUNNERS:
+                return True
+        except OSError:
+            pass
+    return False
+
+
+class LoadProfile(threading.Thread):
+    """A power monitor that reads 2 W while no runner runs and 5 W while one does: each
+    inference then costs 3 W times its run time, a figure known in advance."""
+
+    def __init__(self, path: Path):
+        super().__init__(daemon=True)
+        self.path = path
+        self.stop = threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            _write(self.path, 5_000_000 if _runner_alive() else 2_000_000)
+            time.sleep(0.001)
+
+
+def test_energy_of_a_built_model_under_load_is_the_power_step_times_the_run_time(tiny_project, tmp_path):
+    board = require_board("host")
+    profile = LoadProfile(_hwmon(tmp_path, power_uw=2_000_000) / "power1_input")
+    profile.start()
+    try:
+        result = measure_energy(tiny_project, board, "hwmon:/sys/class/hwmon/hwmon3", sysfs_root=tmp_path,
+                                iterations=1000, idle_ms=300, interval_us=5000)
+    finally:
+        profile.stop.set()
+        profile.join()
+    assert result["idle_power_w"] == pytest.approx(2.0, rel=0.02)
+    assert result["active_power_w"] == pytest.approx(5.0, rel=0.05)
+    assert result["joules_per_inference"] == pytest.approx(3.0 * result["mean_run_s"], rel=0.1)
+
+
 def _tiny_model(path: Path) -> Path:
     rng = np.random.default_rng(0)
     graph = helper.make_graph(
