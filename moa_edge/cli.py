@@ -278,6 +278,9 @@ def _bench_model(a) -> int:
                else f"no unfused baseline: {mem['unfused_error']}")
     print(f"  arena {mem['arena']} B ({unfused}); arena + weights {mem['arena'] + mem['weights']} B vs "
           f"onnxruntime resident growth {mem['onnxruntime_resident_growth']} B (ratio {mem['total_ratio_to_onnxruntime']:.2f})")
+    if mem["moa_edge_max_resident"]:
+        print(f"  measured: the C runner's peak resident memory {mem['moa_edge_max_resident']} B, whole process "
+              f"(ratio {mem['resident_ratio_to_onnxruntime']:.2f} to onnxruntime's growth)")
     print(f"  convert {result['convert_s']:.1f} s, host build {result['host_build_s']:.1f} s")
     if result["board_latency"]:
         remote = result["board_latency"]

@@ -84,3 +84,27 @@ def test_host_build_is_clean_under_asan_and_ubsan(project):
     inputs = case_inputs(CASE)
     outputs, _ = run(binary, board, io, check_inputs(io, inputs, "asan"))
     assert cmp.compare(outputs["y"], expected(CASE, inputs))["ok"]
+
+
+@pytest.mark.board
+def test_the_runner_reports_its_peak_resident_memory(tmp_path):
+    """An embedding table of 8 MB of which a run reads 4 rows: the runner's peak resident
+    memory (VmHWM, reported as max_rss_kb) stays far below the table, because weights are
+    file-backed pages of the program and untouched rows are never read in."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto as T, helper, numpy_helper
+    rows, width = 32768, 64
+    table = np.random.default_rng(0).standard_normal((rows, width)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Gather", ["table", "ids"], ["y"])], "embed",
+                              [helper.make_tensor_value_info("ids", T.INT64, [4])],
+                              [helper.make_tensor_value_info("y", T.FLOAT, [4, width])],
+                              initializer=[numpy_helper.from_array(table, "table")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "e.onnx")
+    report = convert(tmp_path / "e.onnx", tmp_path / "p")
+    board = load_board("host")
+    ids = np.array([3, 70000 % rows, 12345, rows - 1], np.int64)
+    stats = {}
+    outputs, _ = run(build(tmp_path / "p", board), board, report["io"], {"ids": ids}, stats=stats)
+    np.testing.assert_array_equal(outputs["y"], table[ids])
+    assert 0 < stats["max_rss_bytes"] < table.nbytes / 2

@@ -78,7 +78,8 @@ def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, se
         inputs = load_npz(inputs_path) if inputs_path else random_inputs(report["io"], seed)
         np.savez(tmp / "inputs.npz", **inputs)
         progress(f"moa-edge: {repeat} runs")
-        _, ours_us = run(binary, board, report["io"], inputs, repeat=repeat)
+        stats = {}
+        _, ours_us = run(binary, board, report["io"], inputs, repeat=repeat, stats=stats)
         progress(f"onnxruntime: {repeat} runs, one thread")
         probe = subprocess.run([sys.executable, "-c", _ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat)],
                                capture_output=True, text=True, check=True)
@@ -97,7 +98,10 @@ def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, se
         "memory_bytes": {"arena": arena, "weights": weights, "arena_without_attention_rewrite": unfused_arena,
                          "unfused_error": unfused_error, "onnxruntime_resident_growth": ort["resident_growth_bytes"],
                          "arena_ratio_to_unfused": arena / unfused_arena if unfused_arena else None,
-                         "total_ratio_to_onnxruntime": (arena + weights) / max(ort["resident_growth_bytes"], 1)},
+                         "total_ratio_to_onnxruntime": (arena + weights) / max(ort["resident_growth_bytes"], 1),
+                         # measured: the whole runner process at its peak (weights never touched stay on disk)
+                         "moa_edge_max_resident": stats["max_rss_bytes"],
+                         "resident_ratio_to_onnxruntime": (stats["max_rss_bytes"] or 0) / max(ort["resident_growth_bytes"], 1)},
         "convert_s": convert_s, "host_build_s": build_s, "board_latency": remote,
     }
 

@@ -45,9 +45,11 @@ def check_inputs(io: list[dict], inputs: dict[str, np.ndarray], source: str) -> 
 
 
 def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray],
-        timeout: float = 600, repeat: int = 1, ssh: SshTarget | None = None) -> tuple[dict[str, np.ndarray], float]:
+        timeout: float = 600, repeat: int = 1, ssh: SshTarget | None = None,
+        stats: dict | None = None) -> tuple[dict[str, np.ndarray], float]:
     """Run `repeat` times in one process (on a real board when `ssh` is given); returns
-    (outputs by name, the fastest run's time in microseconds, as the runner measures it)."""
+    (outputs by name, the fastest run's time in microseconds, as the runner measures it).
+    `stats`, when given, gets the runner's peak resident memory (max_rss_bytes)."""
     with tempfile.TemporaryDirectory(prefix="moa-run-") as tmp:
         tmp = Path(tmp)
         args = []
@@ -63,6 +65,9 @@ def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray
             stderr = _run_here(binary, board, args, out_paths, repeat, timeout)
         outputs = {e["name"]: np.fromfile(p, dtype=_NUMPY[e["dtype"]]).reshape(e["shape"]) for e, p in zip(outs, out_paths)}
         match = re.search(r"run_us=([0-9.]+)", stderr)
+        rss = re.search(r"max_rss_kb=(\d+)", stderr)
+        if stats is not None:
+            stats["max_rss_bytes"] = int(rss.group(1)) * 1024 if rss else None
         return outputs, float(match.group(1)) if match else float("nan")
 
 
