@@ -78,22 +78,6 @@ void moa_vexp_f32_u1_scalar(size_t n, const float *x, float *y)
 void moa_attn_softmax_f32_1x1_scalar(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
                                      float *alpha)
 {
-    size_t r, c;
-    for (r = 0; r < rows; r++) {
-        float *const p = s + (ptrdiff_t)r * lds;
-        const float row_max = moa_attn_max_f32_u1_scalar(cols, p);
-        const float m_new = !(row_max <= m[r]) ? row_max : m[r]; /* a NaN wins, so NaN propagates */
-        alpha[r] = 1.0f;
-        if (m_new == -INFINITY) { /* every key so far hidden: nothing to add */
-            for (c = 0; c < cols; c++) {
-                p[c] = 0;
-            }
-            continue;
-        }
-        if (m_new != m[r] && m[r] != -INFINITY) { /* rescale what the earlier key tiles summed */
-            alpha[r] = moa_expf(m[r] - m_new);
-        }
-        m[r] = m_new;
-        l[r] = l[r] * alpha[r] + moa_attn_exp_f32_u1_scalar(cols, p, m_new);
-    }
+    moa_attn_softmax_f32_composed(rows, cols, s, lds, m, l, alpha, moa_attn_max_f32_u1_scalar,
+                                  moa_attn_exp_f32_u1_scalar);
 }

@@ -147,9 +147,35 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_4xm4_rvv, moa_attn_pv_f32_4xm4_rvv, moa_att
 #define moa_vexp_f32 moa_vexp_f32_u1_scalar
 #endif
 
-/* The online-softmax step of a score tile. The reference composes the scalar kernels; AVX-512
- * has its own (rows interleaved four at a time, so the max, its reduction and the exp chains of
- * four rows overlap); the other variants compose their own max and exp in moa_attn_softmax_f32_rows. */
+/* The online-softmax step of a score tile (its contract is below), composed of a row-max and an
+ * exp kernel: the scalar reference passes the scalar ones, every variant but AVX-512 its own
+ * (AVX-512 has a kernel of its own that interleaves four rows, so the max, its reduction and
+ * the exp chains of four rows overlap). Inlined, the two kernel pointers are constants. */
+static inline void moa_attn_softmax_f32_composed(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m,
+                                                 float *l, float *alpha,
+                                                 float (*row_max)(size_t n, const float *x),
+                                                 float (*exp_in_place)(size_t n, float *x, float m))
+{
+    size_t r, c;
+    for (r = 0; r < rows; r++) {
+        float *const p = s + (ptrdiff_t)r * lds;
+        const float tile_max = row_max(cols, p);
+        const float m_new = !(tile_max <= m[r]) ? tile_max : m[r]; /* a NaN wins, so NaN propagates */
+        alpha[r] = 1.0f;
+        if (m_new == -INFINITY) { /* every key so far hidden: nothing to add */
+            for (c = 0; c < cols; c++) {
+                p[c] = 0;
+            }
+            continue;
+        }
+        if (m_new != m[r] && m[r] != -INFINITY) { /* rescale what the earlier key tiles summed */
+            alpha[r] = moa_expf(m[r] - m_new);
+        }
+        m[r] = m_new;
+        l[r] = l[r] * alpha[r] + exp_in_place(cols, p, m_new);
+    }
+}
+
 void moa_attn_softmax_f32_1x1_scalar(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
                                      float *alpha);
 #if MOA_ISA_AVX512
@@ -160,24 +186,7 @@ void moa_attn_softmax_f32_4x32_avx512(size_t rows, size_t cols, float *s, ptrdif
 static inline void moa_attn_softmax_f32_rows(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
                                              float *alpha)
 {
-    size_t r, c;
-    for (r = 0; r < rows; r++) {
-        float *const p = s + (ptrdiff_t)r * lds;
-        const float row_max = moa_attn_max_f32(cols, p);
-        const float m_new = !(row_max <= m[r]) ? row_max : m[r]; /* a NaN wins, so NaN propagates */
-        alpha[r] = 1.0f;
-        if (m_new == -INFINITY) { /* every key so far hidden: nothing to add */
-            for (c = 0; c < cols; c++) {
-                p[c] = 0;
-            }
-            continue;
-        }
-        if (m_new != m[r] && m[r] != -INFINITY) {
-            alpha[r] = moa_expf(m[r] - m_new);
-        }
-        m[r] = m_new;
-        l[r] = l[r] * alpha[r] + moa_attn_exp_f32(cols, p, m_new);
-    }
+    moa_attn_softmax_f32_composed(rows, cols, s, lds, m, l, alpha, moa_attn_max_f32, moa_attn_exp_f32);
 }
 #define moa_attn_softmax_f32 moa_attn_softmax_f32_rows
 #endif
