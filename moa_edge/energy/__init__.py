@@ -75,7 +75,7 @@ def measure_energy(project, board, sensor: str | None = None, sysfs_root="/", it
     inference with its confidence interval, beside the cost model's prediction."""
     from moa_edge.harness.build import build
     from moa_edge.harness.inputs import random_inputs
-    from moa_edge.harness.runner import check_inputs, project_io
+    from moa_edge.harness.runner import check_inputs, project_io, runner_files
     from moa_edge.harness.ssh import RemoteFolder
 
     spec = sensor or board_sensor(board)
@@ -97,11 +97,8 @@ def measure_energy(project, board, sensor: str | None = None, sysfs_root="/", it
     with tempfile.TemporaryDirectory(prefix="moa-energy-") as tmp:
         tmp = Path(tmp)
         sampler = None if meter else build_sampler(tmp, board if ssh else None)
-        files = []
-        for k, e in enumerate(e for e in io if e["kind"] == "input"):
-            feeds[e["name"]].tofile(tmp / f"in{k}.bin")
-            files.append(tmp / f"in{k}.bin")
-        outs = [f"out{k}.bin" for k, e in enumerate(e for e in io if e["kind"] == "output")]
+        files, out_paths = runner_files(io, feeds, tmp)
+        outs = [p.name for p in out_paths]
         progress(f"{board.name}: {idle_ms} ms idle, then {iterations} runs, sampling every {interval_us} us")
         if ssh is None:
             runner = board.runner()

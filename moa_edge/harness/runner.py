@@ -44,6 +44,16 @@ def check_inputs(io: list[dict], inputs: dict[str, np.ndarray], source: str) -> 
     return out
 
 
+def runner_files(io: list[dict], inputs: dict[str, np.ndarray], folder: Path) -> tuple[list[Path], list[Path]]:
+    """The runner's arguments in `folder`: each input written raw (in0.bin, ...), in graph order,
+    and the paths it is to write its outputs to (out0.bin, ...)."""
+    ins = []
+    for k, e in enumerate(e for e in io if e["kind"] == "input"):
+        ins.append(folder / f"in{k}.bin")
+        inputs[e["name"]].tofile(ins[-1])
+    return ins, [folder / f"out{k}.bin" for k in range(sum(e["kind"] == "output" for e in io))]
+
+
 def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray],
         timeout: float = 600, repeat: int = 1, ssh: SshTarget | None = None,
         stats: dict | None = None) -> tuple[dict[str, np.ndarray], float]:
@@ -51,14 +61,9 @@ def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray
     (outputs by name, the fastest run's time in microseconds, as the runner measures it).
     `stats`, when given, gets the runner's peak resident memory (max_rss_bytes)."""
     with tempfile.TemporaryDirectory(prefix="moa-run-") as tmp:
-        tmp = Path(tmp)
-        args = []
-        for k, e in enumerate(e for e in io if e["kind"] == "input"):
-            path = tmp / f"in{k}.bin"
-            inputs[e["name"]].tofile(path)
-            args.append(str(path))
+        args, out_paths = runner_files(io, inputs, Path(tmp))
+        args = [str(a) for a in args]
         outs = [e for e in io if e["kind"] == "output"]
-        out_paths = [tmp / f"out{k}.bin" for k in range(len(outs))]
         if ssh is not None:
             stderr = _run_over_ssh(ssh, binary, board, args, out_paths, repeat, timeout)
         else:
