@@ -45,8 +45,7 @@ def _bias_row(graph: Graph, y: str) -> tuple[Node, str] | None:
 def _packable(graph: Graph, node: Node) -> bool:
     if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
         return False
-    a, b = (graph.tensors.get(n) for n in node.inputs[:2])
-    weight = graph.constant(node.inputs[1])
+    a, weight = graph.tensors.get(node.inputs[0]), graph.constant(node.inputs[1])
     return (a is not None and weight is not None and weight.ndim == 2 and weight.dtype == np.float32
             and a.dtype == "float32" and len(a.shape) >= 2)
 
