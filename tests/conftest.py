@@ -9,7 +9,7 @@ os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="moa-test-cache-
 os.environ.setdefault("HF_HOME", os.path.join(os.environ["XDG_CACHE_HOME"], "huggingface"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from moa_edge.harness.boards import load_board  # noqa: E402
+from moa_edge.target import load_board  # noqa: E402
 
 BOARDS = ["host", "rpi4", "k230"]
 REPO = Path(__file__).resolve().parent.parent
