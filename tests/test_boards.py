@@ -1,5 +1,6 @@
 """The board catalogue (issue 7): every shipped board validates, and a broken board file is
 one clear error naming the file, the table and the key."""
+import ast
 import json
 from pathlib import Path
 import shutil
@@ -130,3 +131,15 @@ def test_boards_verb_reports_a_broken_folder(tmp_path):
     r = _moa("boards", "--dir", tmp_path)
     assert r.returncode != 0
     assert "rpi5.toml: [caches.l1d] size must be a positive integer number of bytes" in r.stderr
+
+
+def test_the_target_imports_nothing_above_it():
+    """moa_edge/target sits above errors and ir only, below moa/, ops, codegen, energy and the
+    harness, which all take a Board."""
+    below = ("moa_edge", "moa_edge.errors", "moa_edge.ir")
+    for path in (Path(__file__).parent.parent / "moa_edge" / "target").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.startswith("moa_edge"):
+                assert node.module in below or node.module.startswith("moa_edge.ir."), f"{path.name} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("moa_edge") for a in node.names), path.name

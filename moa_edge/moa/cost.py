@@ -134,8 +134,8 @@ def choose(spec, board: Board, scratch_budget: int | None = None) -> Cost:
     micro-kernels move few bytes per flop and run at full speed with their tiles in L2); ties go
     to fewer L1 fills, then fewer key tiles, then less scratch. Tiles of at least MIN_BLOCK_Q
     rows and MIN_BLOCK_K keys (or the whole axis) come first; smaller ones only when none fits."""
-    levels = board.caches
-    budget = scratch_budget or max(board.l1d().size, levels[1].size // 8 if len(levels) > 1 else 0)
+    outer = board.caches[1:]  # the levels after L1D, if any
+    budget = scratch_budget or max(board.l1d().size, outer[0].size // 8 if outer else 0)
     for min_q, min_k in ((MIN_BLOCK_Q, MIN_BLOCK_K), (1, MIN_BLOCK_K), (1, 1)):
         best = None
         for strategy in STRATEGIES:
