@@ -10,6 +10,21 @@ import sys
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.target import Board, load_board, load_catalogue
+
+
+def board_arg(text: str) -> Board:
+    """A --board value: a catalogue name (boards/NAME.toml) or the path of a board's TOML file.
+    The one place a board's name becomes the Board that everything below is given."""
+    return load_board(text.strip())
+
+
+def board_list_arg(text: str) -> list[Board]:
+    """A comma-separated --board value (validate, bench): each a catalogue name or a TOML path."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise MoaEdgeError("--board needs at least one board name")
+    return [board_arg(n) for n in names]
 
 
 def _progress(msg: str) -> None:
@@ -25,7 +40,8 @@ def cmd_convert(a) -> int:
     from moa_edge.converters import parse_input_shapes
     from moa_edge.pipeline import convert
     from moa_edge.pipeline import parse_schedule
-    report = convert(a.model, a.output, board=a.board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix,
+    board = board_arg(a.board)
+    report = convert(a.model, a.output, board=board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix,
                      scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
                      fuse_attention=a.attention == "fused")
     blocks = report["attention_blocks"]
@@ -35,26 +51,25 @@ def cmd_convert(a) -> int:
         p = b["predicted"]
         print(f"  {b['node']}: {b['pattern']}, shape {b['shape']}, causal={b['is_causal']}, mask={b['mask']}")
         print(f"    ONF {p['strategy']} Br={p['block_q']} Bc={p['block_k']}: scratch {p['scratch_bytes']} B, "
-              f"predicted DRAM {p['dram_bytes']} B on {a.board}")
+              f"predicted DRAM {p['dram_bytes']} B on {board.name}")
     _write_json(a.json, report)
     return 0
 
 
 def cmd_build(a) -> int:
-    from moa_edge.harness.boards import load_board
     from moa_edge.harness.build import build
-    binary = build(Path(a.project), load_board(a.board))
+    board = board_arg(a.board)
+    binary = build(Path(a.project), board)
     print(binary)
-    _write_json(a.json, {"ok": True, "binary": str(binary), "board": a.board})
+    _write_json(a.json, {"ok": True, "binary": str(binary), "board": board.name})
     return 0
 
 
 def cmd_run(a) -> int:
-    from moa_edge.harness.boards import load_board
     from moa_edge.harness.build import build
     from moa_edge.harness.inputs import load_npz
     from moa_edge.harness.runner import check_inputs, project_io, run
-    board = load_board(a.board)
+    board = board_arg(a.board)
     project = Path(a.project)
     io = project_io(project)
     inputs = check_inputs(io, load_npz(a.inputs), a.inputs)
@@ -71,9 +86,8 @@ def cmd_run(a) -> int:
 
 def cmd_validate(a) -> int:
     from moa_edge.converters import parse_input_shapes
-    from moa_edge.harness.boards import parse_board_list
     from moa_edge.pipeline import validate
-    boards = parse_board_list(a.board)
+    boards = board_list_arg(a.board)
     from moa_edge.pipeline import parse_schedule
     result = validate(a.model, boards, inputs_path=a.inputs, input_shapes=parse_input_shapes(a.input_shape),
                       seed=a.seed, scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
@@ -96,9 +110,8 @@ def _ssh_target(a, boards):
 
 def cmd_energy(a) -> int:
     from moa_edge.energy import measure_energy
-    from moa_edge.harness.boards import load_board
     from moa_edge.harness.inputs import load_npz
-    board = load_board(a.board)
+    board = board_arg(a.board)
     result = measure_energy(a.project, board, a.sensor, a.sysfs_root, a.iterations, a.idle_ms, a.interval_us,
                             load_npz(a.inputs) if a.inputs else None, ssh=_ssh_target(a, [board]), progress=_progress)
     ci = result["ci95_joules"]
@@ -151,13 +164,13 @@ def format_table(result: dict) -> str:
 
 def cmd_inspect(a) -> int:
     from moa_edge.converters import parse_input_shapes
-    from moa_edge.harness.boards import load_board
     from moa_edge.pipeline import inspect
-    result = inspect(a.model, load_board(a.board), parse_input_shapes(a.input_shape), a.scratch_budget)
+    board = board_arg(a.board)
+    result = inspect(a.model, board, parse_input_shapes(a.input_shape), a.scratch_budget)
     if not a.derivation:
         for b in result["attention_blocks"]:
             b.pop("derivation")
-    print(f"{a.model}: {len(result['attention_blocks'])} attention block(s); predictions for board {a.board}")
+    print(f"{a.model}: {len(result['attention_blocks'])} attention block(s); predictions for board {board.name}")
     for b in result["attention_blocks"]:
         s, p = b["shape"], b["predicted"]
         print(f"  {b['node']}: {b['pattern']}")
@@ -190,11 +203,10 @@ def cmd_bench(a) -> int:
         return _bench_model(a)
     if not a.traffic:
         return _bench_attention(a)
-    from moa_edge.harness.boards import parse_board_list
     from moa_edge.harness.traffic import measure, plot
     a.seq = a.seq or [256, 1024, 4096]
     a.heads = a.heads or [1, 8]
-    boards = parse_board_list(a.board)
+    boards = board_list_arg(a.board)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     points = []
@@ -224,13 +236,12 @@ def cmd_bench(a) -> int:
 
 def _bench_attention(a) -> int:
     from moa_edge.harness.attention_bench import SEQS, bench_attention, plot, table
-    from moa_edge.harness.boards import parse_board_list
     heads = a.heads or [8]
     if len(heads) != 1:
         raise MoaEdgeError("bench attention times one head count: give --heads a single number")
     if a.count_seq is None:
         a.count_seq = 1024
-    remote = parse_board_list(a.board) if a.ssh else []  # with --ssh, --board names the one board there
+    remote = board_list_arg(a.board) if a.ssh else []  # with --ssh, --board names the one board there
     ssh = _ssh_target(a, remote) if a.ssh else None
     result = bench_attention(seqs=a.seq or list(SEQS), causals={"both": (False, True), "yes": (True,), "no": (False,)}[a.causal],
                              heads=heads[0], head_dim=a.head_dim, repeat=a.repeat or 10, budget=a.budget,
@@ -257,11 +268,10 @@ def _bench_attention(a) -> int:
 
 def _bench_model(a) -> int:
     from moa_edge.converters import parse_input_shapes
-    from moa_edge.harness.boards import parse_board_list
     from moa_edge.harness.model_bench import bench_model, plot
     if not a.model:
         raise MoaEdgeError("bench model needs the model file: moa-edge bench model MODEL.onnx")
-    boards = parse_board_list(a.board) if a.ssh else []
+    boards = board_list_arg(a.board) if a.ssh else []
     ssh = _ssh_target(a, boards) if a.ssh else None
     result = bench_model(a.model, parse_input_shapes(a.input_shape), a.repeat or 20, a.inputs,
                          remote_board=boards[0] if boards else None, ssh=ssh, progress=_progress)
@@ -291,12 +301,10 @@ def _bench_model(a) -> int:
 
 
 def cmd_boards(a) -> int:
-    from moa_edge.harness.boards import load_catalogue
     boards = load_catalogue(a.dir)  # every file validated: one error lists every broken one
     rows = []
     for b in boards:
-        c = b.caches
-        caches = ", ".join(f"{lvl.upper()} {c[lvl]['size'] // 1024} KiB" for lvl in ("l1d", "l2", "l3") if lvl in c)
+        caches = ", ".join(f"{c.name.upper()} {c.size // 1024} KiB" for c in b.caches)
         missing = b.missing_tools()
         rows.append({**b.catalogue_entry(), "ready": not missing, "missing": missing})
         sensor = b.power_sensor.get("spec", b.power_sensor["kind"])
@@ -324,6 +332,10 @@ def _positive_int(text: str) -> int:
     return values[0]
 
 
+ONE_BOARD = "a catalogue board's name (see `moa-edge boards`) or the path of a board TOML file"
+SOME_BOARDS = "catalogue board names or paths of board TOML files"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="moa-edge", description="ONNX transformers to fixed-memory C for edge boards")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -337,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("convert", cmd_convert, "import an ONNX model, rewrite attention, emit a C project")
     s.add_argument("model")
     s.add_argument("-o", "--output", required=True, help="project folder to create")
-    s.add_argument("--board", default="host")
+    s.add_argument("--board", default="host", help=ONE_BOARD)
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...", help="pin a symbolic input shape")
     s.add_argument("--prefix", default="model", help="C symbol prefix (default: model)")
     s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: the larger of L1D and L2/8)")
@@ -347,11 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")
-    s.add_argument("--board", default="host")
+    s.add_argument("--board", default="host", help=ONE_BOARD)
 
     s = verb("run", cmd_run, "run a converted project on a board")
     s.add_argument("project")
-    s.add_argument("--board", default="host")
+    s.add_argument("--board", default="host", help=ONE_BOARD)
     s.add_argument("--inputs", required=True, help=".npz keyed by graph input names")
     s.add_argument("--outputs", required=True, help=".npz to write, keyed by graph output names")
 
@@ -363,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = verb("energy", cmd_energy, "joules per inference from a power sensor, beside the cost model's prediction")
     s.add_argument("project", help="a converted project folder")
-    s.add_argument("--board", default="host")
+    s.add_argument("--board", default="host", help=ONE_BOARD)
     s.add_argument("--sensor", metavar="SPEC", help="hwmon:DIR[:N], hwmon-label:LABEL, jetson:RAIL, rapl:DIR, or "
                    "command:[--unit=U ]CMD (an external meter run here that prints '12.5 W' or '3.2 J') "
                    "(default: the board's [power_sensor])")
@@ -382,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = verb("validate", cmd_validate, "convert, build, run on boards and compare with PyTorch float64")
     s.add_argument("model")
-    s.add_argument("--board", default="host", help="comma-separated board names")
+    s.add_argument("--board", default="host", help="comma-separated " + SOME_BOARDS)
     s.add_argument("--inputs", help=".npz keyed by graph input names (default: seeded random)")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
     s.add_argument("--seed", type=int, default=0)
@@ -392,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = verb("inspect", cmd_inspect, "attention blocks found, what was absorbed, schedule and predicted cost")
     s.add_argument("model")
-    s.add_argument("--board", default="host", help="board whose caches the cost model uses")
+    s.add_argument("--board", default="host", help=ONE_BOARD + "; its caches are the cost model's")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
     s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: the larger of L1D and L2/8)")
     s.add_argument("--derivation", action="store_true", help="print the MoA derivation of each block's DNF")
@@ -413,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-count", action="store_true", help="bench attention: skip the qemu instruction counts")
     s.add_argument("--no-time", action="store_true", help="bench attention: skip the host timing")
     s.add_argument("--traffic", action="store_true", help="measure DRAM traffic under cachegrind")
-    s.add_argument("--board", default="rpi4,k230", help="boards whose cache geometry to simulate")
+    s.add_argument("--board", default="rpi4,k230", help="comma-separated " + SOME_BOARDS + " whose cache "
+                   "geometry to simulate (bench model and attention with --ssh: the one board there)")
     s.add_argument("--seq", type=_int_list, help="sequence lengths (attention: 128,512,1024,2048,4096; "
                    "--traffic: 256,1024,4096)")
     s.add_argument("--heads", type=_int_list, help="heads (attention: 8; --traffic: 1,8)")

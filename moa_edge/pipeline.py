@@ -12,7 +12,6 @@ from moa_edge.codegen import emit_project
 from moa_edge.converters import import_onnx
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness import compare as cmp
-from moa_edge.harness.boards import Board, load_board
 from moa_edge.harness.build import build
 from moa_edge.harness.inputs import load_npz, random_inputs
 from moa_edge.harness.reference import run_reference
@@ -22,6 +21,7 @@ from moa_edge.moa import dnf, onf
 from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
 from moa_edge.passes import lower
+from moa_edge.target import Board, load_board
 
 
 def load_graph(model: Path, input_shapes=None, strict: bool = True, fuse_attention: bool = True) -> Graph:
@@ -71,11 +71,11 @@ def schedule_graph(graph: Graph, board: Board, scratch_budget: int | None = None
     return graph
 
 
-def convert(model, out_dir, board: str = "host", input_shapes=None, prefix: str = "model",
+def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefix: str = "model",
             scratch_budget: int | None = None, schedule: Schedule | None = None, fuse_attention: bool = True) -> dict:
-    """Write the C project for `model` into out_dir, all or nothing."""
+    """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing."""
     model, out_dir = Path(model), Path(out_dir)
-    board_profile = load_board(board)
+    board = board or load_board("host")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
         raise MoaEdgeError(f"--prefix {prefix!r} is not a C identifier")
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "report.json").is_file())):
@@ -83,7 +83,7 @@ def convert(model, out_dir, board: str = "host", input_shapes=None, prefix: str 
     blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise MoaEdgeError(f"cannot create {out_dir}: {blocking} is a file, not a folder")
-    graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention), board_profile,
+    graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention), board,
                            scratch_budget, schedule)
 
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
@@ -132,7 +132,7 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
             project = Path(tmp) / board.name
             project.mkdir()
             report = emit_project(schedule_graph(graph, board, scratch_budget, schedule), project,
-                                  board=board.name, source=model.name)
+                                  board=board, source=model.name)
             if inputs is None:
                 io = report["io"]
                 given = load_npz(inputs_path) if inputs_path else random_inputs(io, seed)

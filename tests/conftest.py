@@ -9,7 +9,7 @@ os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="moa-test-cache-
 os.environ.setdefault("HF_HOME", os.path.join(os.environ["XDG_CACHE_HOME"], "huggingface"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from moa_edge.harness.boards import load_board  # noqa: E402
+from moa_edge.target import load_board  # noqa: E402
 
 BOARDS = ["host", "rpi4", "k230"]
 REPO = Path(__file__).resolve().parent.parent
@@ -25,3 +25,13 @@ def require_board(name: str):
             pytest.fail(message + " (CI=true: skipping is not allowed)")
         pytest.skip(message)
     return board
+
+
+def board_file(folder: Path, name: str = "my board", like: str = "host") -> Path:
+    """A copy of boards/LIKE.toml renamed NAME, outside the catalogue: a board given to --board
+    by the path of its TOML file."""
+    text = (REPO / "boards" / f"{like}.toml").read_text()
+    assert f'name = "{like}"' in text
+    path = folder / f"{name}.toml"
+    path.write_text(text.replace(f'name = "{like}"', f'name = "{name}"', 1))
+    return path

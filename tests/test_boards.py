@@ -1,5 +1,6 @@
 """The board catalogue (issue 7): every shipped board validates, and a broken board file is
 one clear error naming the file, the table and the key."""
+import ast
 import json
 from pathlib import Path
 import shutil
@@ -10,7 +11,7 @@ import pytest
 
 from moa_edge import BOARDS_DIR
 from moa_edge.errors import MoaEdgeError
-from moa_edge.harness.boards import board_names, load_board, load_catalogue
+from moa_edge.target import board_names, load_board, load_catalogue
 
 SHIPPED = ["bpi-f3", "host", "jetson-orin-nano", "k230", "rpi4", "rpi5", "visionfive2"]
 
@@ -19,17 +20,17 @@ def test_every_shipped_board_validates():
     boards = load_catalogue()
     assert [b.name for b in boards] == SHIPPED == board_names()
     for b in boards:
-        assert b.energy["source"] and b.caches["source"] and b.memory["source"]
-        assert b.caches["l1d"]["size"] % (b.caches["l1d"]["line"] * b.caches["l1d"]["assoc"]) == 0
+        assert b.energy["source"] and b.cache_source and b.memory["source"]
+        assert b.l1d().size % (b.l1d().line * b.l1d().associativity) == 0
 
 
 def test_the_new_boards_carry_their_published_figures():
     rpi5, orin = load_board("rpi5"), load_board("jetson-orin-nano")
     assert (rpi5.isa, rpi5.vlen, rpi5.cores) == ("neon", 128, 4)
-    assert [rpi5.caches[k]["size"] for k in ("l1d", "l2", "l3")] == [64 << 10, 512 << 10, 2 << 20]
+    assert [(c.name, c.size) for c in rpi5.caches] == [("l1d", 64 << 10), ("l2", 512 << 10), ("l3", 2 << 20)]
     assert "-mcpu=cortex-a76" in rpi5.toolchain["cflags"] and rpi5.runner()[-1] == "cortex-a76"
     assert (orin.isa, orin.cores) == ("neon", 6)
-    assert [orin.caches[k]["size"] for k in ("l1d", "l2", "l3")] == [64 << 10, 256 << 10, 2 << 20]
+    assert [(c.name, c.size) for c in orin.caches] == [("l1d", 64 << 10), ("l2", 256 << 10), ("l3", 2 << 20)]
     assert orin.power_sensor == {"kind": "jetson", "spec": "jetson:VDD_IN"}
 
 
@@ -130,3 +131,15 @@ def test_boards_verb_reports_a_broken_folder(tmp_path):
     r = _moa("boards", "--dir", tmp_path)
     assert r.returncode != 0
     assert "rpi5.toml: [caches.l1d] size must be a positive integer number of bytes" in r.stderr
+
+
+def test_the_target_imports_nothing_above_it():
+    """moa_edge/target sits above errors and ir only, below moa/, ops, codegen, energy and the
+    harness, which all take a Board."""
+    below = ("moa_edge", "moa_edge.errors", "moa_edge.ir")
+    for path in (Path(__file__).parent.parent / "moa_edge" / "target").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module.startswith("moa_edge"):
+                assert node.module in below or node.module.startswith("moa_edge.ir."), f"{path.name} imports {node.module}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("moa_edge") for a in node.names), path.name

@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import require_board
+from conftest import board_file, require_board
 from models import Case, case_inputs, expected, export
 from moa_edge.harness import compare as cmp
 
@@ -131,3 +131,75 @@ def test_bench_model_writes_its_figures(tmp_path):
     # The unfused baseline materialises the 6 x 6 scores the fused kernel never stores.
     assert memory["arena_without_attention_rewrite"] >= 6 * 6 * 4
     assert (tmp_path / "model-attn.png").is_file() and "onnxruntime" in r.stdout
+
+
+# --- every verb that takes --board takes a board's TOML file too ----------------------------
+
+@pytest.fixture(scope="module")
+def my_board(tmp_path_factory):
+    """A renamed copy of the host board, given by its path (a space in the name on purpose)."""
+    require_board("host")
+    return board_file(tmp_path_factory.mktemp("my_board"))
+
+
+@pytest.fixture(scope="module")
+def my_project(model, my_board, tmp_path_factory):
+    project = tmp_path_factory.mktemp("my_project") / "proj"
+    r = moa("convert", model, "-o", project, "--board", my_board)
+    assert r.returncode == 0, r.stderr
+    assert "on my board" in r.stdout
+    return project
+
+
+def test_convert_takes_a_board_file(my_project):
+    assert json.loads((my_project / "report.json").read_text())["board"] == "my board"
+    assert "for board my board." in (my_project / "model.c").read_text()
+
+
+def test_build_takes_a_board_file(my_project, my_board, tmp_path):
+    r = moa("build", my_project, "--board", my_board, "--json", tmp_path / "b.json")
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["board"] == "my board" and result["binary"] == str(my_project / "build" / "my board" / "model_main")
+
+
+def test_run_takes_a_board_file(my_project, my_board, tmp_path):
+    inputs = case_inputs(CASE)
+    np.savez(tmp_path / "in.npz", **inputs)
+    r = moa("run", my_project, "--board", my_board, "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out.npz",
+            "--json", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["board"] == "my board"
+    with np.load(tmp_path / "out.npz") as out:
+        assert cmp.compare(out["y"], expected(CASE, inputs))["ok"]
+
+
+def test_validate_takes_board_files_among_names(model, my_board, tmp_path):
+    r = moa("validate", model, "--board", f"host,{my_board}", "--json", tmp_path / "v.json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads((tmp_path / "v.json").read_text())
+    assert list(result["boards"]) == ["host", "my board"] and result["ok"] is True
+
+
+def test_inspect_takes_a_board_file(model, my_board, tmp_path):
+    r = moa("inspect", model, "--board", my_board, "--json", tmp_path / "i.json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "i.json").read_text())["board"] == "my board"
+    assert "predictions for board my board" in r.stdout
+
+
+def test_bench_traffic_takes_a_board_file(my_board, tmp_path):
+    import shutil
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind not installed")
+    r = moa("bench", "attention", "--traffic", "--board", my_board, "--seq", "64", "--heads", "1", "--head-dim", "16",
+            "--no-naive", "--out", tmp_path / "bench")
+    assert r.returncode == 0, r.stderr
+    (point,) = json.loads((tmp_path / "bench" / "traffic.json").read_text())["points"]
+    assert point["board"] == "my board" and point["fused_dram_bytes"] > 0
+
+
+def test_a_missing_board_file_is_one_clear_error(model, tmp_path):
+    r = moa("inspect", model, "--board", tmp_path / "nowhere.toml")
+    assert r.returncode == 1
+    assert "nowhere.toml: cannot read the board file" in r.stderr

@@ -4,17 +4,16 @@ import shutil
 
 import pytest
 
-from moa_edge.harness.boards import load_board
 from moa_edge.harness.traffic import bench_spec, measure
 from moa_edge.moa import cost
 from moa_edge.moa.onf import Schedule, scratch_bytes
+from moa_edge.target import CacheLevel, load_board
 
 
 def board_with_llc(size: int):
     """The rpi4 profile with its last-level cache resized, to put K/V in or out of it."""
     board = load_board("rpi4")
-    caches = dict(board.caches, l2={"size": size, "line": 64, "assoc": 16})
-    return replace(board, caches=caches)
+    return replace(board, caches=(board.l1d(), CacheLevel("l2", size, 64, 16)))
 
 
 @pytest.fixture(autouse=True)

@@ -66,7 +66,7 @@ def test_arena_does_not_grow_with_sequence_length(seq, tmp_path):
     """No n x n scores and no K^T copy: with the online schedule the arena holds one
     Br x Bc score tile, Br running maxima, sums and rescale factors and a Br x Dv accumulator,
     at any length."""
-    from moa_edge.harness.boards import load_board
+    from moa_edge.target import load_board
     from moa_edge.moa.onf import Schedule
     from moa_edge.pipeline import schedule_graph
     from moa_edge.plan import plan_arena
@@ -280,7 +280,7 @@ def test_key_padding_mask_anded_with_all_true_is_read_in_place(tmp_path):
     import onnx
     from onnx import TensorProto as T, helper, numpy_helper
     from moa_edge.harness.build import build
-    from moa_edge.harness.boards import load_board
+    from moa_edge.target import load_board
     from moa_edge.harness.runner import run
     from moa_edge.pipeline import convert
     B, H, S, D = 2, 2, 8, 4

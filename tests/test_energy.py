@@ -292,7 +292,7 @@ def test_prediction_counts_gemm_flops_and_weights_from_the_shapes(tiny_project):
     """The tiny model is one 256 x 256 x 256 product with a 256 x 256 weight: 2 M N K flops,
     the weight read once from DRAM, X and Y moved once, at the host's constants."""
     import json
-    from moa_edge.harness.boards import load_board
+    from moa_edge.target import load_board
     predicted = json.loads((tiny_project / "report.json").read_text())["predicted"]
     (op,) = predicted["ops"]
     assert op["flops"] == 2 * 256 ** 3

@@ -11,7 +11,7 @@ import onnx
 from onnx import TensorProto as T, helper, numpy_helper
 import pytest
 
-from conftest import require_board
+from conftest import board_file, require_board
 from moa_edge.energy import measure_energy, parse_sensor
 from moa_edge.energy.measure import joules_per_inference, parse_sampler_output
 from moa_edge.energy.sensors import Channel, CommandMeter
@@ -196,3 +196,21 @@ def test_energy_verb_with_a_command_meter(tiny_project, tmp_path, capsys):
     assert json.loads((tmp_path / "e.json").read_text())["active_power_w"] == pytest.approx(3.0, rel=0.05)
     assert main(["energy", str(tiny_project), "--sensor", "command:/nonexistent/meter"]) == 1
     assert "'/nonexistent/meter' was not found" in capsys.readouterr().err
+
+
+def test_energy_verb_takes_a_board_file_and_its_sensor(tiny_project, tmp_path, capsys):
+    """--board a TOML file: the board and its [power_sensor] (here a command meter) are that file's."""
+    import json
+    from moa_edge.cli import main
+    path = board_file(tmp_path)
+    text = path.read_text()
+    none = 'kind = "none"   # no RAPL or hwmon on the build VMs'
+    assert none in text
+    meter = _meter(tmp_path, idle="3", active="3", wobble=True)
+    path.write_text(text.replace(none, f'kind = "command"\nspec = {json.dumps(meter)}'))
+    assert main(["energy", str(tiny_project), "--board", str(path), "--iterations", "300", "--idle-ms", "100",
+                 "--interval-us", "10000", "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["board"] == "my board" and result["sensor"].startswith("command meter `")
+    assert result["idle_power_w"] == pytest.approx(3.0, rel=0.05)
+    assert capsys.readouterr().out.startswith("my board: ")

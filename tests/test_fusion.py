@@ -170,7 +170,7 @@ def test_fused_model_equals_onnxruntime_and_the_reference(board_name, tmp_path):
     rng = np.random.default_rng(1)
     feeds = {"x": (rng.standard_normal((2, 5, 16)) * 3).astype(np.float32),
              "ids": rng.integers(0, 3, (2, 5, 1)).astype(np.int64)}
-    report = convert(path, tmp_path / "p", board=board_name)
+    report = convert(path, tmp_path / "p", board=board)
     assert "in one loop" in (tmp_path / "p" / "model.c").read_text()
     got, _ = run(build(tmp_path / "p", board), board, report["io"], feeds)
     want = dict(zip(["y", "ids_plus"], ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)))

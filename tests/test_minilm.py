@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from conftest import BOARDS, REPO, require_board
-from moa_edge.harness.boards import load_board
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
 from moa_edge.pipeline import convert
+from moa_edge.target import load_board
 
 pytestmark = [pytest.mark.board, pytest.mark.slow]
 
@@ -56,7 +56,7 @@ def minilm(tmp_path_factory):
 def _convert_build_run(board, minilm) -> dict:
     timings = {}
     start = time.perf_counter()
-    report = convert(minilm["paths"]["onnx"], minilm["folder"] / board.name, board=board.name)
+    report = convert(minilm["paths"]["onnx"], minilm["folder"] / board.name, board=board)
     timings["convert_s"] = time.perf_counter() - start
     start = time.perf_counter()
     binary = build(minilm["folder"] / board.name, board)

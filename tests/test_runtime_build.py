@@ -7,10 +7,10 @@ import pytest
 from conftest import BOARDS, require_board
 from models import Case, case_inputs, expected, export
 from moa_edge.harness import compare as cmp
-from moa_edge.harness.boards import load_board, symbol_lister
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.pipeline import convert
+from moa_edge.target import load_board, symbol_lister
 
 # A model with a constant mask, so weights.S holds data too.
 CASE = Case("symbols", "sdpa18", q_len=4, kv_len=6, head_dim=8, mask="const_float")

@@ -14,7 +14,7 @@ from onnx import TensorProto as T, helper, numpy_helper
 import onnxruntime as ort
 import pytest
 
-from conftest import require_board
+from conftest import board_file, require_board
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
@@ -203,3 +203,31 @@ def test_bench_attention_times_the_kernels_on_the_board_over_ssh(sshd, tmp_path,
     (point,) = json.loads((tmp_path / "a.json").read_text())["board"]["timing"]
     assert point["time_us"]["moa_edge"] > 0 and point["errors"]["moa_edge"]["max_abs_err"] < 1e-5
     assert "rpi4 over ssh, seq 64 causal" in capsys.readouterr().out
+
+
+
+def test_bench_model_over_ssh_takes_a_board_file(sshd, tmp_path, capsys):
+    """--board may be the path of the board's TOML file (a renamed copy of host: native build,
+    run over ssh)."""
+    import json
+    from moa_edge.cli import main
+    destination, config = sshd
+    path = _model(tmp_path / "m.onnx")
+    assert main(["bench", "model", str(path), "--repeat", "1", "--board", str(board_file(tmp_path)), "--ssh",
+                 destination, "--ssh-config", config, "--out", str(tmp_path / "out"),
+                 "--json", str(tmp_path / "b.json")]) == 0
+    remote = json.loads((tmp_path / "b.json").read_text())["board_latency"]
+    assert remote["board"] == "my board" and remote["moa_edge_us"] > 0
+    assert "my board over ssh" in capsys.readouterr().out
+
+
+def test_bench_attention_over_ssh_takes_a_board_file(sshd, tmp_path, capsys):
+    import json
+    from moa_edge.cli import main
+    destination, config = sshd
+    assert main(["bench", "attention", "--seq", "64", "--causal", "yes", "--repeat", "1", "--no-time", "--no-count",
+                 "--board", str(board_file(tmp_path)), "--ssh", destination, "--ssh-config", config,
+                 "--out", str(tmp_path), "--json", str(tmp_path / "a.json")]) == 0
+    remote = json.loads((tmp_path / "a.json").read_text())["board"]
+    assert remote["board"] == "my board" and remote["timing"][0]["errors"]["moa_edge"]["max_abs_err"] < 1e-5
+    assert "my board over ssh, seq 64 causal" in capsys.readouterr().out

@@ -11,10 +11,10 @@ import numpy as np
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.energy.predict import predict_model
 from moa_edge.errors import MoaEdgeError
-from moa_edge.harness.boards import load_board
 from moa_edge.ir import DTYPES, Graph
 from moa_edge.ops import SUPPORTED_OPS, EmitContext
 from moa_edge.plan import plan_arena
+from moa_edge.target import Board, load_board
 
 from .cnames import c_identifier
 
@@ -41,10 +41,12 @@ def _weights_blob(weights) -> tuple[bytes, str]:
     return bytes(blob), "\n".join(lines)
 
 
-def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str = "host",
+def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Board | None = None,
                  source: str = "") -> dict:
-    """Write the project into out_dir (which must exist and be empty); returns report.json's content."""
+    """Write the project for `board` (default: the host) into out_dir (which must exist and be
+    empty); returns report.json's content."""
     out_dir = Path(out_dir)
+    board = board or load_board("host")
     P = prefix.upper()
     # Names the generated statements use for their own locals: no tensor may take one.
     # (Element-wise operands a..h and indices i0.., Gather's o/i/r/row, views' n, the index ops'
@@ -97,7 +99,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
         calls.append(_unlikely_errors(unit.call))
 
     subst = {
-        "P": P, "p": prefix, "SOURCE": source, "BOARD": board,
+        "P": P, "p": prefix, "SOURCE": source, "BOARD": board.name,
         "ARENA_BYTES": str(plan.total_bytes), "WEIGHTS_BYTES": str(weights_bytes),
         "NUM_INPUTS": str(len(graph.inputs)), "NUM_OUTPUTS": str(len(graph.outputs)),
         # (A model with no intermediates needs no arena bytes: `size < 0u` would not compile with -Werror.)
@@ -156,7 +158,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
 
     report = {
         "source": source,
-        "board": board,
+        "board": board.name,
         "prefix": prefix,
         "io": io,
         "attention_blocks": [dict(node=n.name, **n.attrs["spec"].describe(), predicted=n.attrs["cost"].describe())
@@ -164,7 +166,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
         "ops": [{"node": n.name, "op": n.op} for n in graph.nodes],
         "memory": {**plan.describe(), "weights_bytes": weights_bytes,
                    "io_bytes": sum(e["bytes"] for e in io)},
-        "predicted": predict_model(graph, load_board(board), plan.total_bytes),
+        "predicted": predict_model(graph, board, plan.total_bytes),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -12,6 +12,7 @@ import tempfile
 
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
+from moa_edge.target import Board
 
 from .measure import joules_per_inference, parse_sampler_output
 from .sensors import Channel, CommandMeter, board_sensor, parse_sensor
@@ -19,7 +20,7 @@ from .sensors import Channel, CommandMeter, board_sensor, parse_sensor
 SAMPLER_SOURCE = C_RUNTIME_DIR / "tools" / "moa_sampler.c"
 
 
-def build_sampler(workdir: Path, board=None) -> Path:
+def build_sampler(workdir: Path, board: Board | None = None) -> Path:
     """The sampler for the machine that reads the sensor: the host's for native and emulated
     boards (their sensor is the host's), the board's own (its toolchain) for one over ssh."""
     if board is None:
@@ -67,7 +68,7 @@ def predicted(project: Path) -> dict:
     return {k: v for k, v in report["predicted"].items() if k != "ops"}
 
 
-def measure_energy(project, board, sensor: str | None = None, sysfs_root="/", iterations: int = 100,
+def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root="/", iterations: int = 100,
                    idle_ms: int = 1000, interval_us: int = 10000, inputs=None, ssh=None,
                    progress=lambda msg: None) -> dict:
     """Sample the sensor while the board idles for idle_ms, then while the built model runs

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from moa_edge.target import Board
+
 ELEM = 4
 # flops per output element of the non-GEMM ops (normalisations: mean, variance, scale, shift)
 PER_ELEMENT = {"LayerNormalization": 8, "RMSNormalization": 5, "Softmax": 5, "ReduceMean": 1, "ReduceSum": 1,
@@ -54,21 +56,19 @@ def op_bytes(node, graph) -> tuple[int, int]:
     return weights, sum(graph.tensors[n].nbytes for n in names if n in graph.tensors) - weights
 
 
-def unfused_attention_dram_bytes(node, board) -> int:
+def unfused_attention_dram_bytes(node, board: Board) -> int:
     """DRAM bytes of the materialising form: the compulsory operands, plus the Sq x Skv scores
     written by Q K^T, read and written by the softmax, read by P V, whenever they do not fit
     the last-level cache."""
     spec, cost = node.attrs["spec"], node.attrs["cost"]
     scores = spec.batch * spec.q_heads * spec.q_len * spec.kv_len * ELEM
-    llc = [board.caches[k] for k in ("l1d", "l2", "l3") if k in board.caches][-1]["size"]
-    return cost.compulsory_bytes + (4 * scores if scores > llc else 0)
+    return cost.compulsory_bytes + (4 * scores if scores > board.last_level_cache().size else 0)
 
 
-def predict_model(graph, board, arena_bytes: int) -> dict:
+def predict_model(graph, board: Board, arena_bytes: int) -> dict:
     """Predicted energy per inference: per op and in total (joules)."""
     e = board.energy
-    llc = [board.caches[k] for k in ("l1d", "l2", "l3") if k in board.caches][-1]["size"]
-    activation_pj = e["pj_per_byte_l2"] if arena_bytes <= llc else e["pj_per_byte_dram"]
+    activation_pj = e["pj_per_byte_l2"] if arena_bytes <= board.last_level_cache().size else e["pj_per_byte_dram"]
     ops, blocks = [], []
     for node in graph.nodes:
         if node.op == "MoaAttention":

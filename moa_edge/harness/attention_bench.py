@@ -33,9 +33,9 @@ from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import Layout, cost, onf
 from moa_edge.ops.attention import C_SOURCES, AttentionSpec
+from moa_edge.target import Board, load_board
 
 from . import compare
-from .boards import load_board
 from .kernel_harness import RUNTIME_INCLUDE, runtime_objects
 
 SEQS = (128, 512, 1024, 2048, 4096)
@@ -376,7 +376,7 @@ def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: flo
                     "torch_threads": 1, "onnxruntime": ort.__version__, "onnxruntime_intra_op_threads": 1}
 
 
-def time_board(seqs, causals, heads: int, head_dim: int, repeat: int, budget: float, workdir: Path, board, ssh,
+def time_board(seqs, causals, heads: int, head_dim: int, repeat: int, budget: float, workdir: Path, board: Board, ssh,
                progress=lambda msg: None) -> list[dict]:
     """The generated kernel and the naive one timed on a real board over ssh (the board's own
     build and schedule; no PyTorch there to compare with), each output checked on the host."""
@@ -455,7 +455,6 @@ def count_kernels(seq: int, heads: int, head_dim: int, causal: bool, workdir: Pa
                   progress=lambda msg: None) -> dict:
     """Executed instructions of the fused kernel in each cross build under qemu, with the
     kernel's output checked against PyTorch float64."""
-    from .boards import load_board as board_of
     spec = bench_spec(seq, heads, head_dim, causal)
     ops = _operands(spec, seed=seq + 1)
     paths = _write_operands(ops, workdir / f"count-{seq}")
@@ -463,11 +462,11 @@ def count_kernels(seq: int, heads: int, head_dim: int, causal: bool, workdir: Pa
     where = f"seq {seq}, {heads} head(s), {'causal' if causal else 'not causal'}"
     rows, exes = [], {}
     for b in builds:
-        board = board_of(b.board)
+        board = load_board(b.board)
         missing = board.missing_tools()
         if missing:
             raise MoaEdgeError(f"bench attention: board {b.board} is not ready: missing {'; '.join(missing)}")
-        schedule, sched = _schedule(spec, board_of(b.schedule_board))
+        schedule, sched = _schedule(spec, load_board(b.schedule_board))
         key = (b.board, b.extra, b.schedule_board)
         if key not in exes:
             progress(f"{b.name}: build for {b.board}{' ' + ' '.join(b.extra) if b.extra else ''}")
@@ -524,8 +523,8 @@ def targets(timing: list[dict], counts: dict | None) -> dict:
 
 def bench_attention(seqs=SEQS, causals=(False, True), heads: int = 8, head_dim: int = 64, repeat: int = 10,
                     budget: float = 3.0, count_seq: int | None = 1024, count_heads: int = 1, count_causal: bool = False,
-                    time_host_side: bool = True, builds=COUNT_BUILDS, command: str = "", board=None, ssh=None,
-                    progress=lambda msg: None) -> dict:
+                    time_host_side: bool = True, builds=COUNT_BUILDS, command: str = "", board: Board | None = None,
+                    ssh=None, progress=lambda msg: None) -> dict:
     with tempfile.TemporaryDirectory(prefix="moa-bench-attention-") as tmp:
         tmp = Path(tmp)
         timing, host = ([], {})

@@ -6,8 +6,7 @@ import subprocess
 import sys
 
 from moa_edge.errors import MoaEdgeError
-
-from .boards import Board
+from moa_edge.target import Board
 
 
 def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldflags: list[str] = (),

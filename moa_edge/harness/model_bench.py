@@ -14,8 +14,8 @@ import time
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.target import Board, load_board
 
-from .boards import load_board
 from .build import build
 from .inputs import random_inputs
 from .runner import run
@@ -48,8 +48,8 @@ print(json.dumps({"run_us": best * 1e6, "resident_growth_bytes": grown}))
 """
 
 
-def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, seed: int = 0, remote_board=None,
-                ssh=None, progress=lambda msg: None) -> dict:
+def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, seed: int = 0,
+                remote_board: Board | None = None, ssh=None, progress=lambda msg: None) -> dict:
     """Host latency and memory against onnxruntime; with `ssh`, also the latency on that real
     board (`remote_board`), where onnxruntime is not there to compare with."""
     from moa_edge.pipeline import convert
@@ -87,7 +87,7 @@ def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, se
         remote = None
         if ssh is not None:
             progress(f"{remote_board.name} over ssh {ssh.destination}: convert, build, {repeat} runs")
-            convert(model, tmp / remote_board.name, board=remote_board.name, input_shapes=input_shapes)
+            convert(model, tmp / remote_board.name, board=remote_board, input_shapes=input_shapes)
             _, board_us = run(build(tmp / remote_board.name, remote_board), remote_board, report["io"], inputs,
                               repeat=repeat, ssh=ssh)
             remote = {"board": remote_board.name, "ssh": ssh.destination, "moa_edge_us": board_us}

@@ -12,8 +12,8 @@ import numpy as np
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import DTYPES
+from moa_edge.target import Board
 
-from .boards import Board
 from .ssh import RemoteFolder, SshTarget
 
 _NUMPY = {name: numpy_type for name, (numpy_type, _) in DTYPES.items()}

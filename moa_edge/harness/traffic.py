@@ -18,6 +18,7 @@ import subprocess
 from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import Layout, cost, onf
 from moa_edge.ops.attention import AttentionSpec
+from moa_edge.target import Board
 
 from .kernel_harness import RUNTIME_INCLUDE, runtime_objects
 
@@ -129,12 +130,11 @@ def _program(spec, schedule) -> str:
     return "\n".join(header) + "\n" + onf.emit_kernel(spec, schedule, "kernel") + NAIVE_KERNEL + MAIN
 
 
-def _cachegrind(exe: Path, mode: str, board, workdir: Path) -> dict:
-    l1 = board.caches["l1d"]
-    llc = [board.caches[k] for k in ("l1d", "l2", "l3") if k in board.caches][-1]
+def _cachegrind(exe: Path, mode: str, board: Board, workdir: Path) -> dict:
+    l1, llc = board.l1d(), board.last_level_cache()
     out = workdir / f"cg.{mode}.out"
     cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=yes", "--I1=32768,8,64",
-           f"--D1={l1['size']},{l1['assoc']},{l1['line']}", f"--LL={llc['size']},{llc['assoc']},{llc['line']}",
+           f"--D1={l1.size},{l1.associativity},{l1.line}", f"--LL={llc.size},{llc.associativity},{llc.line}",
            f"--cachegrind-out-file={out}", str(exe), mode]
     proc = subprocess.run(["env", "-i", *cmd], capture_output=True, text=True)
     if proc.returncode:
@@ -145,7 +145,7 @@ def _cachegrind(exe: Path, mode: str, board, workdir: Path) -> dict:
     return dict(zip(events, summary))
 
 
-def measure(seq: int, heads: int, head_dim: int, board, workdir: Path, naive: bool = True,
+def measure(seq: int, heads: int, head_dim: int, board: Board, workdir: Path, naive: bool = True,
             schedule: onf.Schedule | None = None, scratch_budget: int | None = None) -> TrafficPoint:
     if shutil.which("valgrind") is None:
         raise MoaEdgeError("valgrind is not installed (Debian: valgrind); run make setup")
@@ -161,8 +161,8 @@ def measure(seq: int, heads: int, head_dim: int, board, workdir: Path, naive: bo
                           capture_output=True, text=True)
     if proc.returncode:
         raise MoaEdgeError(f"traffic benchmark failed to compile:\n{proc.stderr}")
-    line = [board.caches[k] for k in ("l1d", "l2", "l3") if k in board.caches][-1]["line"]
-    l1_line = board.caches["l1d"]["line"]
+    line = board.last_level_cache().line
+    l1_line = board.l1d().line
     base = _cachegrind(exe, "baseline", board, workdir)
 
     def kernel_only(mode):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 import math
 
+from moa_edge.target import Board
+
 from .onf import STRATEGIES, Schedule, scratch_bytes
 
 ELEM = 4  # fp32
@@ -44,12 +46,6 @@ class Cost:
         return asdict(self)
 
 
-def _caches(board) -> tuple[dict, dict]:
-    caches = board.caches
-    levels = [caches[k] for k in ("l1d", "l2", "l3") if k in caches]
-    return levels[0], levels[-1]
-
-
 def _mask_bytes(spec) -> int:
     if spec.mask_kind == "none":
         return 0
@@ -66,8 +62,8 @@ def _visible_keys(spec, block_q: int) -> int:
     return sum(max(0, min(spec.kv_len, min((t + 1) * br, spec.q_len) + spec.causal_offset)) for t in range(tiles))
 
 
-def predict(spec, schedule: Schedule, board) -> Cost:
-    l1, llc = _caches(board)
+def predict(spec, schedule: Schedule, board: Board) -> Cost:
+    l1, llc = board.l1d(), board.last_level_cache()
     br = min(schedule.block_q, spec.q_len)
     bc = min(schedule.block_k, spec.kv_len)
     heads = spec.batch * spec.q_heads
@@ -82,9 +78,9 @@ def predict(spec, schedule: Schedule, board) -> Cost:
     # DRAM: K/V of a head stay in the LLC across query tiles only if everything touched
     # between two uses of a K line fits: K and V, one Q tile, one output tile, scratch.
     between_uses = spec.kv_len * kv_row + br * (spec.head_dim + spec.value_dim) * ELEM + scratch
-    kv_fits = between_uses <= llc["size"]
+    kv_fits = between_uses <= llc.size
     kv_dram = kv_bytes if kv_fits else heads * visited * kv_row
-    if not mask_bytes or mask_bytes + between_uses <= llc["size"]:
+    if not mask_bytes or mask_bytes + between_uses <= llc.size:
         mask_dram = mask_bytes  # read once
     else:  # re-read for every head
         mask_dram = heads * spec.q_len * spec.kv_len * (4 if spec.mask_kind == "float" else 1)
@@ -97,11 +93,11 @@ def predict(spec, schedule: Schedule, board) -> Cost:
     e = ELEM
     score_set = br * spec.head_dim * e + bc * spec.head_dim * e + br * bc * e
     value_set = bc * spec.value_dim * e + br * spec.value_dim * e + br * bc * e
-    k_tile_fills = 1 if score_set <= l1["size"] else br
-    v_tile_fills = 1 if value_set <= l1["size"] else br
+    k_tile_fills = 1 if score_set <= l1.size else br
+    v_tile_fills = 1 if value_set <= l1.size else br
     key_tiles = math.ceil(visited / bc)  # per head, over all query tiles
     per_key_tile = bc * (spec.head_dim * k_tile_fills + spec.value_dim * v_tile_fills) * e
-    if score_set + value_set - br * bc * e > l1["size"]:
+    if score_set + value_set - br * bc * e > l1.size:
         per_key_tile += br * (spec.head_dim + spec.value_dim) * e
     # The mask is read anew for every (batch, head) even when it is broadcast over heads.
     mask_l1 = heads * spec.q_len * spec.kv_len * (4 if spec.mask_kind == "float" else 1) if mask_bytes else 0
@@ -132,15 +128,14 @@ def _candidates(extent: int) -> list[int]:
     return sorted(sizes)
 
 
-def choose(spec, board, scratch_budget: int | None = None) -> Cost:
+def choose(spec, board: Board, scratch_budget: int | None = None) -> Cost:
     """The schedule with the least predicted DRAM traffic whose scratch fits the budget
     (default: the L1D, or an eighth of the next level when that is larger: the register-blocked
     micro-kernels move few bytes per flop and run at full speed with their tiles in L2); ties go
     to fewer L1 fills, then fewer key tiles, then less scratch. Tiles of at least MIN_BLOCK_Q
     rows and MIN_BLOCK_K keys (or the whole axis) come first; smaller ones only when none fits."""
-    l1, _ = _caches(board)
-    levels = [board.caches[k] for k in ("l1d", "l2", "l3") if k in board.caches]
-    budget = scratch_budget or max(l1["size"], levels[1]["size"] // 8 if len(levels) > 1 else 0)
+    outer = board.caches[1:]  # the levels after L1D, if any
+    budget = scratch_budget or max(board.l1d().size, outer[0].size // 8 if outer else 0)
     for min_q, min_k in ((MIN_BLOCK_Q, MIN_BLOCK_K), (1, MIN_BLOCK_K), (1, 1)):
         best = None
         for strategy in STRATEGIES:

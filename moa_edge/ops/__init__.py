@@ -15,6 +15,7 @@ and, for ops that may write their output over an input that dies there:
 from dataclasses import dataclass, field
 
 from moa_edge.ir import Graph
+from moa_edge.target import Board
 
 from . import (attention, concat, conv, elementwise, gather, indexing, matmul, mlp, normalization, reduce,
                reduce_norm, rotary, views)
@@ -23,7 +24,7 @@ from . import (attention, concat, conv, elementwise, gather, indexing, matmul, m
 @dataclass(frozen=True)
 class EmitContext:
     name: str                # a unique C symbol stem for this node
-    board: str
+    board: Board             # the target: the kernels' tiles were chosen for its caches
     where: dict              # tensor name -> C expression of its buffer
     scratch: str             # C expression of the node's scratch, or "NULL"
     graph: Graph | None = None  # shapes and dtypes of every tensor

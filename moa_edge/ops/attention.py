@@ -173,7 +173,7 @@ def emit(node, ctx):
     from . import EmittedUnit
     spec, c = node.attrs["spec"], node.attrs["cost"]
     kernel = (f"/* {node.name}: {spec.pattern}; absorbed {len(spec.absorbed)} ONNX nodes.\n"
-              f" * schedule {c.strategy} Br={c.block_q} Bc={c.block_k}; predicted on {ctx.board}: "
+              f" * schedule {c.strategy} Br={c.block_q} Bc={c.block_k}; predicted on {ctx.board.name}: "
               f"{c.dram_bytes} B from DRAM, {c.flops} flops, {c.scratch_bytes} B scratch */\n"
               + emit_kernel(node, ctx.name))
     mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")

@@ -7,62 +7,17 @@ table and the key.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-import shutil
 import tomllib
 
-from moa_edge import BOARDS_DIR, PROJECT_ROOT
+from moa_edge import BOARDS_DIR
 from moa_edge.errors import MoaEdgeError
+
+from .board import CACHE_LEVELS, Board, CacheLevel, shown
 
 ISAS = ("native", "neon", "rvv", "avx2", "avx512", "none")
 RUN_KINDS = ("native", "qemu")
 SENSOR_KINDS = ("none", "hwmon", "hwmon-label", "jetson", "rapl", "command")
-CACHE_LEVELS = ("l1d", "l2", "l3")
-
-
-@dataclass(frozen=True)
-class Board:
-    name: str
-    description: str
-    arch: str
-    isa: str
-    vlen: int
-    toolchain: dict
-    run: dict
-    caches: dict
-    memory: dict
-    energy: dict
-    power_sensor: dict
-    path: Path
-    cores: int | None = None   # None: the build machine's (host)
-
-    def compiler(self) -> str | None:
-        """The first of the board's compilers found on PATH, or None."""
-        for cc in self.toolchain["cc"]:
-            if shutil.which(cc):
-                return cc
-        return None
-
-    def runner(self) -> list[str]:
-        return list(self.run.get("command", []))
-
-    def missing_tools(self) -> list[str]:
-        """What this machine lacks to build and run for the board, as a readable list."""
-        missing = []
-        if self.compiler() is None:
-            missing.append(f"a C compiler ({' or '.join(self.toolchain['cc'])}; Debian: {' '.join(self.toolchain.get('apt', []))})")
-        cmd = self.runner()
-        if cmd and shutil.which(cmd[0]) is None:
-            missing.append(f"{cmd[0]} (Debian: {' '.join(self.run.get('apt', []))})")
-        return missing
-
-    def catalogue_entry(self) -> dict:
-        """Everything the TOML file says, for `moa-edge boards --json`."""
-        return {"name": self.name, "description": self.description, "arch": self.arch, "isa": self.isa,
-                "vlen": self.vlen, "cores": self.cores, "toolchain": self.toolchain, "run": self.run, "caches": self.caches,
-                "memory": self.memory, "energy": self.energy, "power_sensor": self.power_sensor,
-                "path": _shown(self.path)}
 
 
 # --- the schema -------------------------------------------------------------------------------
@@ -190,13 +145,6 @@ def _check_meaning(d: dict, errors: list[str]) -> None:
         errors.append("[run] kind 'qemu' needs command = [\"qemu-...\", ...]")
 
 
-def _shown(path: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
-    except ValueError:
-        return str(path)
-
-
 def validate_board(data: dict, path: Path) -> None:
     """Raise one MoaEdgeError listing everything wrong with a board file's contents."""
     errors: list[str] = []
@@ -206,8 +154,8 @@ def validate_board(data: dict, path: Path) -> None:
     if isinstance(data.get("name"), str) and data["name"] != Path(path).stem:
         errors.append(f"name {data['name']!r} differs from the file's name ({Path(path).stem!r})")
     if errors:
-        shown = _shown(path)
-        raise MoaEdgeError("\n".join(f"{shown}: {e}" for e in errors))
+        where = shown(path)
+        raise MoaEdgeError("\n".join(f"{where}: {e}" for e in errors))
 
 
 def load_board_file(path: str | Path) -> Board:
@@ -216,12 +164,14 @@ def load_board_file(path: str | Path) -> Board:
         with path.open("rb") as f:
             d = tomllib.load(f)
     except OSError as e:
-        raise MoaEdgeError(f"{_shown(path)}: cannot read the board file ({e.strerror})") from None
+        raise MoaEdgeError(f"{shown(path)}: cannot read the board file ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
-        raise MoaEdgeError(f"{_shown(path)}: not valid TOML ({e})") from None
+        raise MoaEdgeError(f"{shown(path)}: not valid TOML ({e})") from None
     validate_board(d, path)
+    caches = tuple(CacheLevel(level, d["caches"][level]["size"], d["caches"][level]["line"], d["caches"][level]["assoc"])
+                   for level in CACHE_LEVELS if level in d["caches"])
     return Board(d["name"], d["description"], d["arch"], d["isa"], d["vlen"], d["toolchain"], d["run"],
-                 d["caches"], d["memory"], d["energy"], d["power_sensor"], path, d.get("cores"))
+                 caches, d["caches"]["source"], d["memory"], d["energy"], d["power_sensor"], path, d.get("cores"))
 
 
 def board_names(boards_dir: str | Path | None = None) -> list[str]:
@@ -251,18 +201,3 @@ def load_catalogue(boards_dir: str | Path | None = None) -> list[Board]:
     if errors:
         raise MoaEdgeError("\n".join(errors))
     return boards
-
-
-def parse_board_list(text: str) -> list[Board]:
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    if not names:
-        raise MoaEdgeError("--board needs at least one board name")
-    return [load_board(n) for n in names]
-
-
-def symbol_lister(board: Board) -> str | None:
-    """The board's nm, for reading the symbols of built objects."""
-    for nm in board.toolchain.get("nm", ["nm"]):
-        if shutil.which(nm):
-            return nm
-    return None

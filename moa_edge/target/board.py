@@ -1,0 +1,92 @@
+"""The target: one board as a typed object (its caches as typed levels), passed as an object
+from the command line down to the cost model, codegen, energy and the harness."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+import shutil
+
+from moa_edge import PROJECT_ROOT
+
+CACHE_LEVELS = ("l1d", "l2", "l3")  # innermost first, as the TOML names them
+
+
+@dataclass(frozen=True)
+class CacheLevel:
+    name: str           # "l1d", "l2" or "l3"
+    size: int           # bytes
+    line: int           # bytes
+    associativity: int  # ways
+
+    def as_toml(self) -> dict:
+        """The level as the board file writes it."""
+        return {"size": self.size, "line": self.line, "assoc": self.associativity}
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    description: str
+    arch: str
+    isa: str
+    vlen: int
+    toolchain: dict
+    run: dict
+    caches: tuple[CacheLevel, ...]  # l1d first, then outwards to the last level
+    cache_source: str               # where the cache figures come from
+    memory: dict
+    energy: dict
+    power_sensor: dict
+    path: Path
+    cores: int | None = None   # None: the build machine's (host)
+
+    def l1d(self) -> CacheLevel:
+        return self.caches[0]
+
+    def last_level_cache(self) -> CacheLevel:
+        """The level whose misses go to DRAM."""
+        return self.caches[-1]
+
+    def compiler(self) -> str | None:
+        """The first of the board's compilers found on PATH, or None."""
+        for cc in self.toolchain["cc"]:
+            if shutil.which(cc):
+                return cc
+        return None
+
+    def runner(self) -> list[str]:
+        return list(self.run.get("command", []))
+
+    def missing_tools(self) -> list[str]:
+        """What this machine lacks to build and run for the board, as a readable list."""
+        missing = []
+        if self.compiler() is None:
+            missing.append(f"a C compiler ({' or '.join(self.toolchain['cc'])}; Debian: {' '.join(self.toolchain.get('apt', []))})")
+        cmd = self.runner()
+        if cmd and shutil.which(cmd[0]) is None:
+            missing.append(f"{cmd[0]} (Debian: {' '.join(self.run.get('apt', []))})")
+        return missing
+
+    def catalogue_entry(self) -> dict:
+        """Everything the TOML file says, for `moa-edge boards --json`."""
+        caches = {"source": self.cache_source, **{c.name: c.as_toml() for c in self.caches}}
+        return {"name": self.name, "description": self.description, "arch": self.arch, "isa": self.isa,
+                "vlen": self.vlen, "cores": self.cores, "toolchain": self.toolchain, "run": self.run, "caches": caches,
+                "memory": self.memory, "energy": self.energy, "power_sensor": self.power_sensor,
+                "path": shown(self.path)}
+
+
+def symbol_lister(board: Board) -> str | None:
+    """The board's nm, for reading the symbols of built objects."""
+    for nm in board.toolchain.get("nm", ["nm"]):
+        if shutil.which(nm):
+            return nm
+    return None
+
+
+def shown(path: Path) -> str:
+    """A board file's path as messages show it: relative to the source tree when inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(path)
