@@ -15,7 +15,7 @@ from moa_edge.harness import compare as cmp
 from moa_edge.harness.kernel_harness import build_harness
 from moa_edge.moa import Layout
 from moa_edge.moa.onf import Schedule, emit_kernel, rows_of, scratch_bytes
-from moa_edge.ops.attention import AttentionSpec
+from moa_edge.moa.spec import AttentionSpec
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-MASK_KINDS = ("none", "float", "bool")
+from .mask import MASK_KINDS
 
 # Symbolic shapes of the operands. M is seen broadcast to the scores' shape.
 OPERAND_SHAPES = {

@@ -30,6 +30,8 @@ import re
 
 from . import dnf
 from .layout import Layout
+from .mask import MASK_NONE
+from .spec import AttentionSpec
 
 STRATEGIES = ("online", "two_pass")
 
@@ -54,7 +56,7 @@ class Scratch:
         return sum(n for _, n in self.regions)
 
 
-def scratch_layout(spec, schedule: Schedule) -> Scratch:
+def scratch_layout(spec: AttentionSpec, schedule: Schedule) -> Scratch:
     br = min(schedule.block_q, spec.q_len)
     bc = min(schedule.block_k, spec.kv_len)
     if schedule.strategy == "online":
@@ -62,7 +64,7 @@ def scratch_layout(spec, schedule: Schedule) -> Scratch:
     return Scratch((("s", br * spec.kv_len), ("m", br), ("l", br)))
 
 
-def scratch_bytes(spec, schedule: Schedule, elem_bytes: int = 4) -> int:
+def scratch_bytes(spec: AttentionSpec, schedule: Schedule, elem_bytes: int = 4) -> int:
     return scratch_layout(spec, schedule).elements * elem_bytes
 
 
@@ -70,7 +72,7 @@ def scratch_bytes(spec, schedule: Schedule, elem_bytes: int = 4) -> int:
 
 def _gamma(layout: Layout, *index: str) -> str:
     """C expression for layout's offset at a symbolic index; zero strides vanish."""
-    divisors = getattr(layout, "divisors", None) or (1,) * len(layout.shape)
+    divisors = layout.axis_divisors()
     terms = [str(layout.offset)] if layout.offset else []
     for var, stride, div, extent in zip(index, layout.strides, divisors, layout.shape):
         if stride == 0 or extent == 1 or var == "0":
@@ -82,14 +84,14 @@ def _gamma(layout: Layout, *index: str) -> str:
     return " + ".join(terms) or "0"
 
 
-def _kv_head(spec) -> str:  # the value load's head index, as the DNF's psi-repeat-kv gives it
+def _kv_head(spec: AttentionSpec) -> str:  # the value load's head index, as the DNF's psi-repeat-kv gives it
     group = spec.q_heads // spec.kv_heads
     return "h" if group == 1 else f"(h / {group})"
 
 
 # --- C emission ------------------------------------------------------------------------
 
-def output_over_q(spec) -> bool:
+def output_over_q(spec: AttentionSpec) -> bool:
     """Y may be written over Q (FlashAttention's O over Q): element (b, h, i, d) of both at
     one address, and every schedule here reads a row block's Q rows (for all its key tiles)
     before it writes those rows of Y, rows no other block reads. Not with a second scores
@@ -97,7 +99,7 @@ def output_over_q(spec) -> bool:
     return spec.q == spec.y and spec.qk_mode < 0
 
 
-def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_kernels: bool = True) -> str:
+def emit_kernel(spec: AttentionSpec, schedule: Schedule, name: str, real: str = "float", micro_kernels: bool = True) -> str:
     """A C function `moa_status name(Q, K, V, M, Y, scratch)` computing the block; its inner
     loops call moa/attention.h's micro-kernels when `micro_kernels` and rows_of(spec) allow."""
     exp = "expf" if real == "float" else "exp"
@@ -106,7 +108,6 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_
     br = min(schedule.block_q, spec.q_len)
     bc = min(schedule.block_k, spec.kv_len)
     scratch = scratch_layout(spec, schedule)
-    mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
     L = []
     w = L.append
 
@@ -115,10 +116,10 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_
       f"{spec.kv_len},{spec.head_dim}|{spec.value_dim}] -> Y[{spec.batch},{spec.q_heads},{spec.q_len},{spec.value_dim}]\n"
       f" * lifted: i = ib*{br} + ii, k = kb*{bc} + kk; scratch {scratch.elements} x {real}: "
       + ", ".join(f"{r}[{n}]" for r, n in scratch.regions) + " */")
-    lengths = f", const {getattr(spec, 'lengths_ctype', 'int64_t')} *restrict L" if getattr(spec, "kv_lengths", False) else ""
+    lengths = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""
     shared = "" if output_over_q(spec) else "restrict "  # Y may be Q's storage
     w(f"moa_status {name}(const {real} *{shared}Q, const {real} *restrict K, const {real} *restrict V,\n"
-      f"    const {mask_type} *restrict M, {real} *{shared}Y, {real} *restrict scratch{lengths})")
+      f"    const {spec.mask_ctype} *restrict M, {real} *{shared}Y, {real} *restrict scratch{lengths})")
     w("{")
     offset = 0
     for region, n in scratch.regions:
@@ -127,7 +128,7 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_
     if any(region == "alpha" for region, _ in scratch.regions):
         w("    (void)alpha; /* the micro-kernel form's per-row rescale factors */")
     w("    ptrdiff_t b, h, ib; /* 64-bit on 64-bit targets: offsets past 2^31 stay defined */")
-    if spec.mask_kind == "none":
+    if spec.mask_kind == MASK_NONE:
         w("    (void)M;")
     w(f"    for (b = 0; b < {spec.batch}; b++) {{")
     w(f"    for (h = 0; h < {spec.q_heads}; h++) {{")
@@ -135,12 +136,11 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_
     w(f"        const ptrdiff_t rows = {spec.q_len} - ib < {br} ? {spec.q_len} - ib : {br};")
     # Causal: keys past the tile's last row are hidden for every row of the tile.
     # Keys past kv_end are hidden for every row of the tile: causal, or past a batch's valid length.
-    limit = f"(ptrdiff_t)L[b] < {spec.kv_len} ? (ptrdiff_t)L[b] : {spec.kv_len}" if getattr(spec, "kv_lengths", False) \
-        else str(spec.kv_len)
+    limit = f"(ptrdiff_t)L[b] < {spec.kv_len} ? (ptrdiff_t)L[b] : {spec.kv_len}" if spec.kv_lengths else str(spec.kv_len)
     w(f"        const ptrdiff_t kv_limit = {limit};")
     if spec.is_causal:
         last = "ib + rows" + (f" + {spec.causal_offset}" if spec.causal_offset else "") + \
-            (" + (ptrdiff_t)L[b]" if getattr(spec, "kv_lengths", False) else "")
+            (" + (ptrdiff_t)L[b]" if spec.kv_lengths else "")
         w(f"        const ptrdiff_t kv_end = {last} < 0 ? 0 : ({last} < kv_limit ? {last} : kv_limit);")
     else:
         w("        const ptrdiff_t kv_end = kv_limit < 0 ? 0 : kv_limit;")
@@ -163,18 +163,10 @@ def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_
     return "\n".join(L) + "\n"
 
 
-def features_of(spec) -> dnf.AttentionFeatures:
-    return dnf.AttentionFeatures(scale=spec.scale, causal=spec.is_causal, causal_offset=spec.causal_offset,
-                                 kv_lengths=getattr(spec, "kv_lengths", False),
-                                 window_start=getattr(spec, "window_start", None), mask=spec.mask_kind,
-                                 mask_fill=spec.mask_fill, softcap=spec.softcap,
-                                 group=spec.q_heads // spec.kv_heads)
-
-
-def _score_lines(spec, real, exp, tanh, suffix) -> list[str]:
+def _score_lines(spec: AttentionSpec, real, exp, tanh, suffix) -> list[str]:
     """Statements assigning `sc`, the biased score s(b, h, i, k): the DNF's score term
     printed as C, each Load through its operand's access map (gamma folded in)."""
-    term = dnf.score_term(dnf.derive(features_of(spec)))
+    term = dnf.score_term(dnf.derive(spec.features()))
     printer = _CPrinter(spec, real, {"exp": exp, "tanh": tanh}, suffix)
     return [f"{real} sc;"] + printer.assign("sc", term)
 
@@ -246,20 +238,19 @@ class _CPrinter:
         return ix.name
 
 
-def emit_scores_kernel(spec, name: str, real: str = "float") -> str:
+def emit_scores_kernel(spec: AttentionSpec, name: str, real: str = "float") -> str:
     """The qk_matmul_output stage, row by row: modes 0-2 are the DNF's score term for fewer
     features (no softcap, no bias), mode 3 the row softmax of the full score."""
-    features = {0: dict(softcap=0.0, causal=False, mask="none"), 1: dict(causal=False, mask="none"),
+    features = {0: dict(softcap=0.0, causal=False, mask=MASK_NONE), 1: dict(causal=False, mask=MASK_NONE),
                 2: {}, 3: {}}[spec.qk_mode]
-    term = dnf.score_term(dnf.derive(dataclasses.replace(features_of(spec), **features)))
+    term = dnf.score_term(dnf.derive(dataclasses.replace(spec.features(), **features)))
     exp = "expf" if real == "float" else "exp"
     printer = _CPrinter(spec, real, {"exp": exp, "tanh": "tanhf" if real == "float" else "tanh"},
                         "f" if real == "float" else "")
-    mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
     skv = spec.kv_len
     L = [f"/* {name}: scores of stage {spec.qk_mode} (0 scaled Q K^T, 1 softcapped, 2 biased, 3 softmax) */",
-         f"void {name}(const {real} *restrict Q, const {real} *restrict K, const {mask_type} *restrict M,"
-         f" {real} *restrict P" + (f", const {getattr(spec, 'lengths_ctype', 'int64_t')} *restrict L)" if getattr(spec, "kv_lengths", False) else ")"),
+         f"void {name}(const {real} *restrict Q, const {real} *restrict K, const {spec.mask_ctype} *restrict M,"
+         f" {real} *restrict P" + (f", const {spec.lengths_ctype} *restrict L)" if spec.kv_lengths else ")"),
          "{", "    ptrdiff_t b, h, i, k, j;", "    (void)M;",
          f"    for (b = 0; b < {spec.batch}; b++) {{", f"    for (h = 0; h < {spec.q_heads}; h++) {{",
          f"    for (i = 0; i < {spec.q_len}; i++) {{",
@@ -400,7 +391,7 @@ def _row_stride(layout: Layout, extent_inner: int, transposed: bool = False) -> 
     return layout.strides[row] if layout.shape[row] > 1 else 0
 
 
-def rows_of(spec) -> Rows | None:
+def rows_of(spec: AttentionSpec) -> Rows | None:
     q = _row_stride(spec.q, spec.head_dim)
     v = _row_stride(spec.v, spec.value_dim)
     y = _row_stride(spec.y, spec.value_dim)
@@ -439,7 +430,7 @@ class _TileEmitter:
 
     def __init__(self, spec, rows: Rows, real, functions, suffix):
         self.spec, self.rows, self.real = spec, rows, real
-        term = dnf.score_term(dnf.derive(features_of(spec)))
+        term = dnf.score_term(dnf.derive(spec.features()))
         self.term, self.scale = _substitute(term, scale_folded=rows.k_form == "nt")
         self.printer = _CPrinter(spec, real, functions, suffix)
 
