@@ -119,8 +119,8 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     return outputs
 
 
-def emit_kernel(node, name: str, real: str = "float") -> str:
-    return onf.emit_kernel(node.attrs["spec"], node.attrs["schedule"], name, real)
+def emit_kernel(node, name: str) -> str:
+    return onf.emit_kernel(node.attrs["spec"], node.attrs["schedule"], name)
 
 
 def emit(node, ctx):
