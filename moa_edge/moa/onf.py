@@ -99,9 +99,10 @@ def _packing_regions(spec: AttentionSpec, schedule: Schedule) -> tuple[tuple[str
     br = min(schedule.block_q, spec.q_len)
     bc = min(schedule.block_k, spec.kv_len)
     rows = rows_of(spec)
-    wanted = (("q_pack", rows.q, br * spec.head_dim), ("k_pack", rows.k, bc * spec.head_dim),
-              ("v_pack", rows.v, bc * spec.value_dim),
-              ("y_pack", rows.y if schedule.strategy == "two_pass" else 0, br * spec.value_dim))
+    wanted = [("q_pack", rows.q, br * spec.head_dim), ("k_pack", rows.k, bc * spec.head_dim),
+              ("v_pack", rows.v, bc * spec.value_dim)]
+    if schedule.strategy == "two_pass":
+        wanted.append(("y_pack", rows.y, br * spec.value_dim))
     return tuple((region, n) for region, stride, n in wanted if stride is None)
 
 
