@@ -290,3 +290,33 @@ def test_tiles_no_key_of_which_is_hidden_skip_the_causal_test():
     spec, _, _ = make(Block("causal", sq=12, skv=12, causal=True))
     code = emit_kernel(spec, Schedule("online", 4, 4), "kernel")
     assert "some key of the tile is hidden" in code and code.count("(k > i)") == 1
+
+
+def test_a_model_reading_q_and_k_through_strided_slices_runs_packed(tmp_path):
+    """End to end: Q and K are every other feature of their inputs (Slice with step 2), which
+    the detector folds into their access maps; the generated kernel packs their rows and
+    agrees with onnxruntime."""
+    import onnx
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    import onnxruntime as ort
+    from backend_cases import run_case
+    vi = lambda n, s: h.make_tensor_value_info(n, T.FLOAT, s)  # noqa: E731
+    const = lambda n, x: nh.from_array(np.array(x, np.int64), n)  # noqa: E731
+    nodes = [h.make_node("Slice", [x, "start", "end", "axis", "step"], [x + "s"]) for x in ("qx", "kx")]
+    nodes += [h.make_node("Transpose", ["kxs"], ["kt"], perm=[0, 1, 3, 2]), h.make_node("MatMul", ["qxs", "kt"], ["qk"]),
+              h.make_node("Mul", ["qk", "sc"], ["s"]), h.make_node("Softmax", ["s"], ["p"], axis=-1),
+              h.make_node("MatMul", ["p", "v"], ["y"])]
+    inits = [const("start", [0]), const("end", [16]), const("axis", [3]), const("step", [2]),
+             nh.from_array(np.array(0.35, np.float32), "sc")]
+    model = h.make_model(h.make_graph(nodes, "g", [vi("qx", [1, 2, 5, 16]), vi("kx", [1, 2, 7, 16]), vi("v", [1, 2, 7, 8])],
+                                      [vi("y", [1, 2, 5, 8])], initializer=inits),
+                         opset_imports=[h.make_opsetid("", 18)])
+    rng = np.random.default_rng(3)
+    feeds = {"qx": rng.standard_normal((1, 2, 5, 16)).astype(np.float32),
+             "kx": rng.standard_normal((1, 2, 7, 16)).astype(np.float32),
+             "v": rng.standard_normal((1, 2, 7, 8)).astype(np.float32)}
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    run_case("strided_slices", model, feeds, expected, tmp_path, {})
+    source = "".join(p.read_text() for p in (tmp_path / "project").rglob("*.c"))
+    assert "MoaAttention" in (tmp_path / "project" / "report.json").read_text()
+    assert "q_pack" in source and "k_pack" in source and "for (q = 0;" not in source
