@@ -1,5 +1,7 @@
 """ONF lowering: generated C against PyTorch float64, in double (exactness: the DNF printed
-whole) and float (the inner loops as moa/attention.h micro-kernel calls, on every board),
+whole, onf.emit_oracle_kernel) and float (the production form: the inner loops as
+moa/attention.h micro-kernel calls, on every board, with the rows of operands stored
+otherwise packed into scratch),
 for both softmax strategies and tiles that do and do not divide the sequence lengths; and
 the scratch the kernel really uses against the cost model's figure."""
 import dataclasses
