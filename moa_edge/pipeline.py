@@ -17,7 +17,7 @@ from moa_edge.harness.inputs import load_npz, random_inputs
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.ir import Graph
-from moa_edge.moa import dnf, onf
+from moa_edge.moa import dnf
 from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
 from moa_edge.passes import lower
@@ -38,7 +38,7 @@ def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None =
             attention.schedule(node, board, scratch_budget)
             spec = node.attrs["spec"]
             blocks.append(dict(node=node.name, **spec.describe(), predicted=node.attrs["cost"].describe(),
-                               derivation=dnf.format_derivation(dnf.derive(onf.features_of(spec)))))
+                               derivation=dnf.format_derivation(dnf.derive(spec.features()))))
     unsupported = unsupported_ops(graph)
     memory = None
     if not unsupported:  # the memory plan convert would make (views, in-place writes, kernel scratch)

@@ -1,7 +1,10 @@
 """ONF lowering: generated C against PyTorch float64, in double (exactness: the DNF printed
-whole) and float (the inner loops as moa/attention.h micro-kernel calls, on every board),
+whole, onf.emit_oracle_kernel) and float (the production form: the inner loops as
+moa/attention.h micro-kernel calls, on every board, with the rows of operands stored
+otherwise packed into scratch),
 for both softmax strategies and tiles that do and do not divide the sequence lengths; and
 the scratch the kernel really uses against the cost model's figure."""
+import dataclasses
 from dataclasses import dataclass
 import math
 import subprocess
@@ -14,8 +17,8 @@ from conftest import BOARDS, require_board
 from moa_edge.harness import compare as cmp
 from moa_edge.harness.kernel_harness import build_harness
 from moa_edge.moa import Layout
-from moa_edge.moa.onf import Schedule, emit_kernel, rows_of, scratch_bytes
-from moa_edge.ops.attention import AttentionSpec
+from moa_edge.moa.onf import Schedule, emit_kernel, emit_oracle_kernel, scratch_bytes, scratch_layout
+from moa_edge.moa.spec import AttentionSpec
 
 
 @dataclass(frozen=True)
@@ -201,15 +204,75 @@ def test_float_micro_kernel_onf_meets_tolerance(block, schedule, tmp_path):
     assert cmp.compare(got.reshape(expected.shape), expected)["ok"]
 
 
-def test_layouts_the_micro_kernels_cannot_read_keep_the_scalar_loop_nest():
-    """Q whose head dims are not contiguous (stride 2): the DNF term is printed whole."""
-    spec, _, _ = make(Block("strided"))
-    q = Layout((1, 2, 7, 8), (224, 112, 16, 2))
-    import dataclasses
-    odd = dataclasses.replace(spec, q=q)
-    assert rows_of(spec) is not None and rows_of(odd) is None
-    code = emit_kernel(odd, Schedule("online", 4, 4), "kernel")
-    assert "moa_attn_" not in code and "red1" in code
+# Layouts whose rows the micro-kernels cannot read in place (elements not contiguous, or rows
+# repeated by a divisor): (operand, layout) per operand replaced in Block("packed")'s spec.
+STRIDED = Layout((1, 2, 7, 8), (224, 112, 16, 2))  # every other element of a (1, 2, 7, 16) tensor
+PACKED_LAYOUTS = {
+    "q_head_dim_strided": {"q": STRIDED},
+    "k_neither_rows_nor_columns": {"k": Layout((1, 2, 11, 8), (352, 176, 16, 2))},
+    "v_strided": {"v": Layout((1, 2, 11, 8), (352, 176, 16, 2))},
+    "y_strided": {"y": STRIDED},
+    "kv_keys_repeated": {"k": Layout((1, 2, 11, 8), (48, 24, 8, 1), 0, (1, 1, 2, 1)),
+                         "v": Layout((1, 2, 11, 8), (48, 24, 8, 1), 0, (1, 1, 2, 1))},
+    "q_rows_repeated": {"q": Layout((1, 2, 7, 8), (32, 16, 8, 1), 0, (1, 1, 2, 1))},
+    "all_packed": {"q": STRIDED, "k": Layout((1, 2, 11, 8), (352, 176, 16, 2)),
+                   "v": Layout((1, 2, 11, 8), (352, 176, 16, 2)), "y": STRIDED},
+}
+
+
+def packed_case(layouts: dict, seed=0):
+    """(spec, storage, expected Y storage): Block("packed")'s spec with some operands read
+    through `layouts`, random storage for each, and ops.attention's float64 reference (which
+    reads every operand through its map) on the float32-rounded storage."""
+    from moa_edge.ops.attention import reference
+    spec, storage, _ = make(Block("packed", causal=True, mask="float"), seed)
+    spec = dataclasses.replace(spec, **layouts)
+    rng = np.random.default_rng(seed + 1)
+    storage = dict(storage)
+    for name in ("q", "k", "v"):
+        layout = getattr(spec, name)
+        storage[name] = rng.standard_normal(layout.storage_extent()).astype(np.float32)
+    t = {n: torch.from_numpy(storage[n].astype(np.float64)) for n in ("q", "k", "v")}
+    mask = torch.from_numpy(storage["m"])
+    expected = reference(spec, t["q"], t["k"], t["v"], mask, (spec.y.storage_extent(),)).numpy()
+    return spec, storage, expected
+
+
+@pytest.mark.parametrize("schedule", [Schedule("online", 4, 4), Schedule("online", 3, 5), Schedule("two_pass", 3, 4)],
+                         ids=lambda s: f"{s.strategy}-{s.block_q}x{s.block_k}")
+@pytest.mark.parametrize("case", PACKED_LAYOUTS, ids=str)
+def test_layouts_the_micro_kernels_cannot_read_are_packed_into_scratch(case, schedule, tmp_path):
+    """Such an operand's rows are copied into scratch through its access map per tile and the
+    same micro-kernels run on the copy: no DNF-printed loop nest, agreement with PyTorch
+    float64 to 1e-5, and under ASan a scratch of exactly scratch_layout's size (packing
+    regions included) is never overrun and its last element is used."""
+    require_board("host")
+    spec, storage, expected = packed_case(PACKED_LAYOUTS[case])
+    regions = dict(scratch_layout(spec, schedule).regions)
+    for name in PACKED_LAYOUTS[case]:
+        packed = name != "y" or schedule.strategy == "two_pass"  # online normalises Y's rows in acc
+        assert (f"{name}_pack" in regions) == packed
+    code = emit_kernel(spec, schedule, "kernel")
+    assert "moa_attn_pv_f32(" in code and "red1" not in code and "for (q = 0;" not in code
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
+    exe = build_harness(spec, schedule, tmp_path, real="float", cflags=["-O1", *sanitize], ldflags=sanitize[:1])
+    got, stderr = run_harness(exe, storage, tmp_path, "float")
+    assert "scratch_tail_touched=1" in stderr
+    written = spec.y.offsets()
+    assert np.max(np.abs(got[written] - expected[written])) <= 1e-5
+
+
+def test_no_production_kernel_prints_the_dnf_loop_nest():
+    """emit_kernel never prints the oracle's literal bodies (the scalar P V loop over q, the
+    Q.K reduction into red1), for any block, schedule or layout; the oracle does."""
+    specs = [make(block)[0] for block in BLOCKS] + [packed_case(layouts)[0] for layouts in PACKED_LAYOUTS.values()]
+    for spec in specs:
+        for schedule in SCHEDULES:
+            code = emit_kernel(spec, schedule, "kernel")
+            assert "for (q = 0;" not in code and "red1" not in code and "v_row" not in code, (spec, schedule)
+            assert "moa_attn_pv_f32(" in code
+            oracle = emit_oracle_kernel(spec, schedule, "kernel")
+            assert "for (q = 0;" in oracle and "red1" in oracle and "moa_attn_" not in oracle
 
 
 @pytest.mark.parametrize("schedule", [Schedule("online", 4, 4), Schedule("two_pass", 3, 4)],
@@ -229,3 +292,33 @@ def test_tiles_no_key_of_which_is_hidden_skip_the_causal_test():
     spec, _, _ = make(Block("causal", sq=12, skv=12, causal=True))
     code = emit_kernel(spec, Schedule("online", 4, 4), "kernel")
     assert "some key of the tile is hidden" in code and code.count("(k > i)") == 1
+
+
+def test_a_model_reading_q_and_k_through_strided_slices_runs_packed(tmp_path):
+    """End to end: Q and K are every other feature of their inputs (Slice with step 2), which
+    the detector folds into their access maps; the generated kernel packs their rows and
+    agrees with onnxruntime."""
+    import onnx
+    from onnx import TensorProto as T, helper as h, numpy_helper as nh
+    import onnxruntime as ort
+    from backend_cases import run_case
+    vi = lambda n, s: h.make_tensor_value_info(n, T.FLOAT, s)  # noqa: E731
+    const = lambda n, x: nh.from_array(np.array(x, np.int64), n)  # noqa: E731
+    nodes = [h.make_node("Slice", [x, "start", "end", "axis", "step"], [x + "s"]) for x in ("qx", "kx")]
+    nodes += [h.make_node("Transpose", ["kxs"], ["kt"], perm=[0, 1, 3, 2]), h.make_node("MatMul", ["qxs", "kt"], ["qk"]),
+              h.make_node("Mul", ["qk", "sc"], ["s"]), h.make_node("Softmax", ["s"], ["p"], axis=-1),
+              h.make_node("MatMul", ["p", "v"], ["y"])]
+    inits = [const("start", [0]), const("end", [16]), const("axis", [3]), const("step", [2]),
+             nh.from_array(np.array(0.35, np.float32), "sc")]
+    model = h.make_model(h.make_graph(nodes, "g", [vi("qx", [1, 2, 5, 16]), vi("kx", [1, 2, 7, 16]), vi("v", [1, 2, 7, 8])],
+                                      [vi("y", [1, 2, 5, 8])], initializer=inits),
+                         opset_imports=[h.make_opsetid("", 18)])
+    rng = np.random.default_rng(3)
+    feeds = {"qx": rng.standard_normal((1, 2, 5, 16)).astype(np.float32),
+             "kx": rng.standard_normal((1, 2, 7, 16)).astype(np.float32),
+             "v": rng.standard_normal((1, 2, 7, 8)).astype(np.float32)}
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+    run_case("strided_slices", model, feeds, expected, tmp_path, {})
+    source = "".join(p.read_text() for p in (tmp_path / "project").rglob("*.c"))
+    assert "MoaAttention" in (tmp_path / "project" / "report.json").read_text()
+    assert "q_pack" in source and "k_pack" in source and "for (q = 0;" not in source

@@ -32,7 +32,8 @@ import numpy as np
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import Layout, cost, onf
-from moa_edge.ops.attention import C_SOURCES, AttentionSpec
+from moa_edge.moa.spec import AttentionSpec
+from moa_edge.ops.attention import C_SOURCES
 from moa_edge.target import Board, load_board
 
 from . import compare

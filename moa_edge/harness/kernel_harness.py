@@ -1,8 +1,8 @@
 """Standalone C programs around one generated ONF kernel, for exactness tests and benchmarks.
 
     kernel_main Q.bin K.bin V.bin [M.bin] Y.bin
-reads raw operands (`real` = float or double; a float mask as float32, a bool mask as
-bytes), gives the kernel a heap scratch buffer of exactly the cost model's size filled
+reads raw operands (`real` = float: the production kernel; double: the DNF-printed oracle
+of onf.emit_oracle_kernel; a float mask as float32, a bool mask as bytes), gives the kernel a heap scratch buffer of exactly the cost model's size filled
 with a sentinel (so ASan catches any overrun), writes Y, and prints
 `scratch_tail_touched=0|1` on stderr: whether the last scratch element was used.
 """
@@ -15,25 +15,25 @@ import tempfile
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import onf
+from moa_edge.moa.mask import MASK_NONE
 
 RUNTIME_INCLUDE = C_RUNTIME_DIR / "include"  # moa/status.h
 
 
 def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
     scratch = onf.scratch_layout(spec, schedule).elements
-    mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind)
     q_elems = spec.q.storage_extent()
     k_elems = spec.k.storage_extent()
     v_elems = spec.v.storage_extent()
     y_elems = spec.y.storage_extent()
-    has_mask = mask_type is not None
+    has_mask = spec.mask_kind != MASK_NONE
     m_elems = spec.mask.storage_extent() if has_mask else 0
     reads = [("Q", real, q_elems), ("K", real, k_elems), ("V", real, v_elems)]
     if has_mask:
-        reads.append(("M", mask_type, m_elems))
+        reads.append(("M", spec.mask_ctype, m_elems))
     lines = ["#include <math.h>", "#include <stddef.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
              '#include "moa/attention.h"', '#include "moa/status.h"', "",
-             onf.emit_kernel(spec, schedule, "kernel", real),
+             (onf.emit_oracle_kernel if real == "double" else onf.emit_kernel)(spec, schedule, "kernel"),
              "static void *load(const char *path, size_t bytes)", "{",
              "    FILE *f = fopen(path, \"rb\");",
              "    void *p = malloc(bytes ? bytes : 1);",

@@ -17,7 +17,7 @@ import subprocess
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import Layout, cost, onf
-from moa_edge.ops.attention import AttentionSpec
+from moa_edge.moa.spec import AttentionSpec
 from moa_edge.target import Board
 
 from .kernel_harness import RUNTIME_INCLUDE, runtime_objects

@@ -15,7 +15,9 @@ import math
 
 from moa_edge.target import Board
 
+from .mask import MASK_NONE
 from .onf import STRATEGIES, Schedule, scratch_bytes
+from .spec import AttentionSpec
 
 ELEM = 4  # fp32
 # Key tiles narrower than this leave the micro-kernels (moa/attention.h) too little work per
@@ -46,14 +48,14 @@ class Cost:
         return asdict(self)
 
 
-def _mask_bytes(spec) -> int:
-    if spec.mask_kind == "none":
+def _mask_bytes(spec: AttentionSpec) -> int:
+    if spec.mask_kind == MASK_NONE:
         return 0
     distinct = math.prod(n for n, s in zip(spec.mask.shape, spec.mask.strides) if s != 0)
     return distinct * (4 if spec.mask_kind == "float" else 1)
 
 
-def _visible_keys(spec, block_q: int) -> int:
+def _visible_keys(spec: AttentionSpec, block_q: int) -> int:
     """Keys visited summed over the query tiles of one head."""
     br = min(block_q, spec.q_len)
     tiles = math.ceil(spec.q_len / br)
@@ -62,7 +64,7 @@ def _visible_keys(spec, block_q: int) -> int:
     return sum(max(0, min(spec.kv_len, min((t + 1) * br, spec.q_len) + spec.causal_offset)) for t in range(tiles))
 
 
-def predict(spec, schedule: Schedule, board: Board) -> Cost:
+def predict(spec: AttentionSpec, schedule: Schedule, board: Board) -> Cost:
     l1, llc = board.l1d(), board.last_level_cache()
     br = min(schedule.block_q, spec.q_len)
     bc = min(schedule.block_k, spec.kv_len)
@@ -114,7 +116,7 @@ def predict(spec, schedule: Schedule, board: Board) -> Cost:
                 q_bytes + y_bytes + kv_bytes + mask_bytes, kv_fits, energy_pj / 1e6)
 
 
-def _causal_pairs(spec) -> int:
+def _causal_pairs(spec: AttentionSpec) -> int:
     """(i, k) pairs with k <= i: the scores a causal kernel computes."""
     return sum(max(0, min(i + 1 + spec.causal_offset, spec.kv_len)) for i in range(spec.q_len))
 
@@ -128,7 +130,7 @@ def _candidates(extent: int) -> list[int]:
     return sorted(sizes)
 
 
-def choose(spec, board: Board, scratch_budget: int | None = None) -> Cost:
+def choose(spec: AttentionSpec, board: Board, scratch_budget: int | None = None) -> Cost:
     """The schedule with the least predicted DRAM traffic whose scratch fits the budget
     (default: the L1D, or an eighth of the next level when that is larger: the register-blocked
     micro-kernels move few bytes per flop and run at full speed with their tiles in L2); ties go

@@ -13,13 +13,17 @@ Two softmax schedules, both exact rewrites of the DNF
   * "online": per Br x Bc tile keep the running max m, normaliser l and accumulator acc,
     rescaling by exp(m_old - m_new) (O(Br * (Bc + Dv)) scratch, independent of Skv).
 
-In float, when Q, K, V and the output are read row by row (each row contiguous, rows at a
-constant stride: every layout attention produces), the inner loops are calls to the SIMD
-micro-kernels of c_runtime's moa/attention.h: the Br x Bc score tile (Q K^T, or Q times K^T
-stored as such), the row max, exp in place with its sum, the rescale, and the P V update as
-a small GEMM tile. What the DNF adds to Q.K (softcap, mask, causal, window, key lengths) is
-printed as one pass over the tile with the reduction replaced by the tile's value. Other
-layouts, and the double build that proves the lowering exact, print the whole DNF term.
+Production kernels (emit_kernel) have one form: the inner loops are calls to the micro-kernels
+of a KernelSet (for fp32, the SIMD kernels of c_runtime's moa/attention.h): the Br x Bc score
+tile (Q K^T, or Q times K^T stored as such), the row max, exp in place with its sum, the
+rescale, and the P V update as a small GEMM tile. What the DNF adds to Q.K (softcap, mask,
+causal, window, key lengths) is printed as one pass over the tile with the reduction replaced
+by the tile's value. The kernels read rows (contiguous elements, rows at a constant stride:
+every layout attention produces); an operand stored otherwise has the rows a tile needs
+copied into scratch through its access map first.
+
+The oracle (emit_oracle_kernel) prints the whole DNF term as a float64 loop nest: what the
+exactness harness compares with PyTorch float64, never what a model runs.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ import re
 
 from . import dnf
 from .layout import Layout
+from .mask import MASK_NONE
+from .spec import AttentionSpec
 
 STRATEGIES = ("online", "two_pass")
 
@@ -54,15 +60,58 @@ class Scratch:
         return sum(n for _, n in self.regions)
 
 
-def scratch_layout(spec, schedule: Schedule) -> Scratch:
+@dataclass(frozen=True)
+class KernelSet:
+    """What the micro-kernel form needs of one datatype: the C types it prints and the names
+    of the micro-kernels its inner loops call (signatures as moa/attention.h's fp32 ones).
+    A new datatype, or another family of kernels, is a new record, not a new loop nest."""
+    name: str        # suffix of the kernels' family, e.g. "f32"
+    dtype: str       # the tensors' element type, e.g. "float32"
+    ctype: str       # C type of Q, K, V, Y and the scratch
+    acc_ctype: str   # C type of the per-row scalars (1 / l)
+    math_suffix: str  # of <math.h> functions and literals in ctype: expf, 1.0f
+    scores: str      # s = scale * Q K^T, a Br x Bc tile
+    pv: str          # acc += P V, a small GEMM tile
+    softmax: str     # the online step of a tile: running max, exp in place, sum, rescale factors
+    scale: str       # y = alpha * x
+    max: str         # row maximum (NaN wins)
+    exp: str         # x = exp(x - m) in place, returns the sum
+
+
+F32_KERNELS = KernelSet("f32", "float32", "float", "float", "f", scores="moa_attn_scores_f32",
+                        pv="moa_attn_pv_f32", softmax="moa_attn_softmax_f32", scale="moa_attn_scale_f32",
+                        max="moa_attn_max_f32", exp="moa_attn_exp_f32")
+
+
+def _softmax_regions(spec: AttentionSpec, schedule: Schedule) -> tuple[tuple[str, int], ...]:
     br = min(schedule.block_q, spec.q_len)
     bc = min(schedule.block_k, spec.kv_len)
     if schedule.strategy == "online":
-        return Scratch((("s", br * bc), ("m", br), ("l", br), ("alpha", br), ("acc", br * spec.value_dim)))
-    return Scratch((("s", br * spec.kv_len), ("m", br), ("l", br)))
+        return (("s", br * bc), ("m", br), ("l", br), ("alpha", br), ("acc", br * spec.value_dim))
+    return (("s", br * spec.kv_len), ("m", br), ("l", br))
 
 
-def scratch_bytes(spec, schedule: Schedule, elem_bytes: int = 4) -> int:
+def _packing_regions(spec: AttentionSpec, schedule: Schedule) -> tuple[tuple[str, int], ...]:
+    """Rows of the operands the micro-kernels cannot read where they are stored, copied per
+    tile: Q rows of the block, K and V rows of the key tile, and (two_pass, which sums into
+    the output rows) Y rows of the block. The online form scales its accumulator in place
+    and scatters it, so it never packs Y."""
+    br = min(schedule.block_q, spec.q_len)
+    bc = min(schedule.block_k, spec.kv_len)
+    rows = rows_of(spec)
+    wanted = [("q_pack", rows.q, br * spec.head_dim), ("k_pack", rows.k, bc * spec.head_dim),
+              ("v_pack", rows.v, bc * spec.value_dim)]
+    if schedule.strategy == "two_pass":
+        wanted.append(("y_pack", rows.y, br * spec.value_dim))
+    return tuple((region, n) for region, stride, n in wanted if stride is None)
+
+
+def scratch_layout(spec: AttentionSpec, schedule: Schedule) -> Scratch:
+    """The production kernel's scratch: the softmax's regions, then any packed rows."""
+    return Scratch(_softmax_regions(spec, schedule) + _packing_regions(spec, schedule))
+
+
+def scratch_bytes(spec: AttentionSpec, schedule: Schedule, elem_bytes: int = 4) -> int:
     return scratch_layout(spec, schedule).elements * elem_bytes
 
 
@@ -70,7 +119,7 @@ def scratch_bytes(spec, schedule: Schedule, elem_bytes: int = 4) -> int:
 
 def _gamma(layout: Layout, *index: str) -> str:
     """C expression for layout's offset at a symbolic index; zero strides vanish."""
-    divisors = getattr(layout, "divisors", None) or (1,) * len(layout.shape)
+    divisors = layout.axis_divisors()
     terms = [str(layout.offset)] if layout.offset else []
     for var, stride, div, extent in zip(index, layout.strides, divisors, layout.shape):
         if stride == 0 or extent == 1 or var == "0":
@@ -82,14 +131,14 @@ def _gamma(layout: Layout, *index: str) -> str:
     return " + ".join(terms) or "0"
 
 
-def _kv_head(spec) -> str:  # the value load's head index, as the DNF's psi-repeat-kv gives it
+def _kv_head(spec: AttentionSpec) -> str:  # the value load's head index, as the DNF's psi-repeat-kv gives it
     group = spec.q_heads // spec.kv_heads
     return "h" if group == 1 else f"(h / {group})"
 
 
 # --- C emission ------------------------------------------------------------------------
 
-def output_over_q(spec) -> bool:
+def output_over_q(spec: AttentionSpec) -> bool:
     """Y may be written over Q (FlashAttention's O over Q): element (b, h, i, d) of both at
     one address, and every schedule here reads a row block's Q rows (for all its key tiles)
     before it writes those rows of Y, rows no other block reads. Not with a second scores
@@ -97,84 +146,87 @@ def output_over_q(spec) -> bool:
     return spec.q == spec.y and spec.qk_mode < 0
 
 
-def emit_kernel(spec, schedule: Schedule, name: str, real: str = "float", micro_kernels: bool = True) -> str:
-    """A C function `moa_status name(Q, K, V, M, Y, scratch)` computing the block; its inner
-    loops call moa/attention.h's micro-kernels when `micro_kernels` and rows_of(spec) allow."""
-    exp = "expf" if real == "float" else "exp"
-    tanh = "tanhf" if real == "float" else "tanh"
-    suffix = "f" if real == "float" else ""
+def _open_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str, scratch: Scratch, w):
+    """The function head, its scratch regions, and the loops over (b, h, ib) with each
+    block's row count and last visible key; _close_kernel ends them."""
     br = min(schedule.block_q, spec.q_len)
     bc = min(schedule.block_k, spec.kv_len)
-    scratch = scratch_layout(spec, schedule)
-    mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
-    L = []
-    w = L.append
-
     w(f"/* {name}: ONF of one attention block ({schedule.strategy} softmax).\n"
       f" * Q[{spec.batch},{spec.q_heads},{spec.q_len},{spec.head_dim}] K,V[{spec.batch},{spec.kv_heads},"
       f"{spec.kv_len},{spec.head_dim}|{spec.value_dim}] -> Y[{spec.batch},{spec.q_heads},{spec.q_len},{spec.value_dim}]\n"
-      f" * lifted: i = ib*{br} + ii, k = kb*{bc} + kk; scratch {scratch.elements} x {real}: "
+      f" * lifted: i = ib*{br} + ii, k = kb*{bc} + kk; scratch {scratch.elements} x {ctype}: "
       + ", ".join(f"{r}[{n}]" for r, n in scratch.regions) + " */")
-    lengths = f", const {getattr(spec, 'lengths_ctype', 'int64_t')} *restrict L" if getattr(spec, "kv_lengths", False) else ""
+    lengths = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""
     shared = "" if output_over_q(spec) else "restrict "  # Y may be Q's storage
-    w(f"moa_status {name}(const {real} *{shared}Q, const {real} *restrict K, const {real} *restrict V,\n"
-      f"    const {mask_type} *restrict M, {real} *{shared}Y, {real} *restrict scratch{lengths})")
+    w(f"moa_status {name}(const {ctype} *{shared}Q, const {ctype} *restrict K, const {ctype} *restrict V,\n"
+      f"    const {spec.mask_ctype} *restrict M, {ctype} *{shared}Y, {ctype} *restrict scratch{lengths})")
     w("{")
     offset = 0
     for region, n in scratch.regions:
-        w(f"    {real} *const {region} = scratch + {offset};")
+        w(f"    {ctype} *const {region} = scratch + {offset};")
         offset += n
-    if any(region == "alpha" for region, _ in scratch.regions):
-        w("    (void)alpha; /* the micro-kernel form's per-row rescale factors */")
     w("    ptrdiff_t b, h, ib; /* 64-bit on 64-bit targets: offsets past 2^31 stay defined */")
-    if spec.mask_kind == "none":
+    if spec.mask_kind == MASK_NONE:
         w("    (void)M;")
     w(f"    for (b = 0; b < {spec.batch}; b++) {{")
     w(f"    for (h = 0; h < {spec.q_heads}; h++) {{")
     w(f"    for (ib = 0; ib < {spec.q_len}; ib += {br}) {{")
     w(f"        const ptrdiff_t rows = {spec.q_len} - ib < {br} ? {spec.q_len} - ib : {br};")
-    # Causal: keys past the tile's last row are hidden for every row of the tile.
     # Keys past kv_end are hidden for every row of the tile: causal, or past a batch's valid length.
-    limit = f"(ptrdiff_t)L[b] < {spec.kv_len} ? (ptrdiff_t)L[b] : {spec.kv_len}" if getattr(spec, "kv_lengths", False) \
-        else str(spec.kv_len)
+    limit = f"(ptrdiff_t)L[b] < {spec.kv_len} ? (ptrdiff_t)L[b] : {spec.kv_len}" if spec.kv_lengths else str(spec.kv_len)
     w(f"        const ptrdiff_t kv_limit = {limit};")
     if spec.is_causal:
         last = "ib + rows" + (f" + {spec.causal_offset}" if spec.causal_offset else "") + \
-            (" + (ptrdiff_t)L[b]" if getattr(spec, "kv_lengths", False) else "")
+            (" + (ptrdiff_t)L[b]" if spec.kv_lengths else "")
         w(f"        const ptrdiff_t kv_end = {last} < 0 ? 0 : ({last} < kv_limit ? {last} : kv_limit);")
     else:
         w("        const ptrdiff_t kv_end = kv_limit < 0 ? 0 : kv_limit;")
-    rows_form = rows_of(spec) if micro_kernels and real == "float" else None
-    if rows_form is not None:
-        w("        ptrdiff_t ii, kb, kk;")
-        w("        (void)kk;")
-        tile = _TileEmitter(spec, rows_form, real, {"exp": exp, "tanh": tanh}, suffix)
-        (_online_tiles if schedule.strategy == "online" else _two_pass_tiles)(spec, bc, tile, w)
-    else:
-        w("        ptrdiff_t ii, kb, kk, j, q;")
-        score = _score_lines(spec, real, exp, tanh, suffix)
-        if schedule.strategy == "online":
-            _online_body(spec, bc, real, exp, suffix, score, w)
-        else:
-            _two_pass_body(spec, bc, real, exp, suffix, score, w)
+
+
+def _close_kernel(w):
     w("    }\n    }\n    }")
     w("    return MOA_OK;")
     w("}")
+
+
+def emit_kernel(spec: AttentionSpec, schedule: Schedule, name: str, kernels: KernelSet = F32_KERNELS) -> str:
+    """A C function `moa_status name(Q, K, V, M, Y, scratch)` computing the block, its inner
+    loops calls to the micro-kernels of `kernels`."""
+    L: list[str] = []
+    w = L.append
+    _open_kernel(spec, schedule, name, kernels.ctype, scratch_layout(spec, schedule), w)
+    form = _MicroKernels(spec, schedule, kernels)
+    w("        ptrdiff_t ii, kb, kk" + (", j" if form.copies else "") + ";")
+    w("        (void)kk;")
+    (_online_tiles if schedule.strategy == "online" else _two_pass_tiles)(form, w)
+    _close_kernel(w)
     return "\n".join(L) + "\n"
 
 
-def features_of(spec) -> dnf.AttentionFeatures:
-    return dnf.AttentionFeatures(scale=spec.scale, causal=spec.is_causal, causal_offset=spec.causal_offset,
-                                 kv_lengths=getattr(spec, "kv_lengths", False),
-                                 window_start=getattr(spec, "window_start", None), mask=spec.mask_kind,
-                                 mask_fill=spec.mask_fill, softcap=spec.softcap,
-                                 group=spec.q_heads // spec.kv_heads)
+def emit_oracle_kernel(spec: AttentionSpec, schedule: Schedule, name: str) -> str:
+    """The same function in double with the whole DNF term printed as loops (no micro-kernel,
+    no packing): the exactness harness's oracle, compared with PyTorch float64 to 1e-12."""
+    real, exp, tanh, suffix = "double", "exp", "tanh", ""
+    bc = min(schedule.block_k, spec.kv_len)
+    L: list[str] = []
+    w = L.append
+    _open_kernel(spec, schedule, name, real, Scratch(_softmax_regions(spec, schedule)), w)
+    w("        ptrdiff_t ii, kb, kk, j, q;")
+    if schedule.strategy == "online":
+        w("        (void)alpha; /* the micro-kernel form's per-row rescale factors */")
+    score = _score_lines(spec, real, exp, tanh, suffix)
+    if schedule.strategy == "online":
+        _online_body(spec, bc, real, exp, suffix, score, w)
+    else:
+        _two_pass_body(spec, bc, real, exp, suffix, score, w)
+    _close_kernel(w)
+    return "\n".join(L) + "\n"
 
 
-def _score_lines(spec, real, exp, tanh, suffix) -> list[str]:
+def _score_lines(spec: AttentionSpec, real, exp, tanh, suffix) -> list[str]:
     """Statements assigning `sc`, the biased score s(b, h, i, k): the DNF's score term
     printed as C, each Load through its operand's access map (gamma folded in)."""
-    term = dnf.score_term(dnf.derive(features_of(spec)))
+    term = dnf.score_term(dnf.derive(spec.features()))
     printer = _CPrinter(spec, real, {"exp": exp, "tanh": tanh}, suffix)
     return [f"{real} sc;"] + printer.assign("sc", term)
 
@@ -246,20 +298,19 @@ class _CPrinter:
         return ix.name
 
 
-def emit_scores_kernel(spec, name: str, real: str = "float") -> str:
+def emit_scores_kernel(spec: AttentionSpec, name: str, real: str = "float") -> str:
     """The qk_matmul_output stage, row by row: modes 0-2 are the DNF's score term for fewer
     features (no softcap, no bias), mode 3 the row softmax of the full score."""
-    features = {0: dict(softcap=0.0, causal=False, mask="none"), 1: dict(causal=False, mask="none"),
+    features = {0: dict(softcap=0.0, causal=False, mask=MASK_NONE), 1: dict(causal=False, mask=MASK_NONE),
                 2: {}, 3: {}}[spec.qk_mode]
-    term = dnf.score_term(dnf.derive(dataclasses.replace(features_of(spec), **features)))
+    term = dnf.score_term(dnf.derive(dataclasses.replace(spec.features(), **features)))
     exp = "expf" if real == "float" else "exp"
     printer = _CPrinter(spec, real, {"exp": exp, "tanh": "tanhf" if real == "float" else "tanh"},
                         "f" if real == "float" else "")
-    mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
     skv = spec.kv_len
     L = [f"/* {name}: scores of stage {spec.qk_mode} (0 scaled Q K^T, 1 softcapped, 2 biased, 3 softmax) */",
-         f"void {name}(const {real} *restrict Q, const {real} *restrict K, const {mask_type} *restrict M,"
-         f" {real} *restrict P" + (f", const {getattr(spec, 'lengths_ctype', 'int64_t')} *restrict L)" if getattr(spec, "kv_lengths", False) else ")"),
+         f"void {name}(const {real} *restrict Q, const {real} *restrict K, const {spec.mask_ctype} *restrict M,"
+         f" {real} *restrict P" + (f", const {spec.lengths_ctype} *restrict L)" if spec.kv_lengths else ")"),
          "{", "    ptrdiff_t b, h, i, k, j;", "    (void)M;",
          f"    for (b = 0; b < {spec.batch}; b++) {{", f"    for (h = 0; h < {spec.q_heads}; h++) {{",
          f"    for (i = 0; i < {spec.q_len}; i++) {{",
@@ -379,13 +430,14 @@ class TileScore(dnf.Term):
 
 @dataclass(frozen=True)
 class Rows:
-    """How the micro-kernels read a block: row strides (in elements) of Q, K, V and Y, and
-    whether K's rows are keys ("nt": s = Q K^T by dot products) or head dims ("nn": K is
-    stored transposed, s = Q (K^T) as a GEMM tile)."""
-    q: int
-    k: int
-    v: int
-    y: int
+    """How the micro-kernels read a block: row strides (in elements) of Q, K, V and Y, None
+    for an operand whose rows are packed into scratch first, and whether K's rows are keys
+    ("nt": s = Q K^T by dot products; packed K is) or head dims ("nn": K is stored
+    transposed, s = Q (K^T) as a GEMM tile)."""
+    q: int | None
+    k: int | None
+    v: int | None
+    y: int | None
     k_form: str
 
 
@@ -400,15 +452,15 @@ def _row_stride(layout: Layout, extent_inner: int, transposed: bool = False) -> 
     return layout.strides[row] if layout.shape[row] > 1 else 0
 
 
-def rows_of(spec) -> Rows | None:
+def rows_of(spec: AttentionSpec) -> Rows:
     q = _row_stride(spec.q, spec.head_dim)
     v = _row_stride(spec.v, spec.value_dim)
     y = _row_stride(spec.y, spec.value_dim)
     k, form = _row_stride(spec.k, spec.head_dim), "nt"
     if k is None:
         k, form = _row_stride(spec.k, spec.kv_len, transposed=True), "nn"
-    if None in (q, k, v, y):
-        return None
+    if k is None:
+        form = "nt"
     return Rows(q, k, v, y, form)
 
 
@@ -434,28 +486,93 @@ def _substitute(term, scale_folded: bool):
     return out, (found[0] if found else 1.0)
 
 
-class _TileEmitter:
-    """The score tile of one key block: the kernel call and the DNF's pass over it."""
+class _MicroKernels:
+    """The micro-kernel form of one block: where the kernels read each operand (in place, or
+    rows packed into scratch through its access map), the loop over key tiles, the score
+    tile (the kernel call and the DNF's pass over it) and the final normalisation. The two
+    schedules below are only the order of these parts and their softmax calls."""
 
-    def __init__(self, spec, rows: Rows, real, functions, suffix):
-        self.spec, self.rows, self.real = spec, rows, real
-        term = dnf.score_term(dnf.derive(features_of(spec)))
-        self.term, self.scale = _substitute(term, scale_folded=rows.k_form == "nt")
-        self.printer = _CPrinter(spec, real, functions, suffix)
+    def __init__(self, spec: AttentionSpec, schedule: Schedule, kernels: KernelSet):
+        self.spec, self.kernels, self.rows = spec, kernels, rows_of(spec)
+        self.bc = min(schedule.block_k, spec.kv_len)
+        self.packs = {region for region, _ in _packing_regions(spec, schedule)}
+        self.copies = bool(self.packs) or self.rows.y is None  # element loops over j: packing, or Y's scatter
+        term = dnf.score_term(dnf.derive(spec.features()))
+        self.term, self.scale = _substitute(term, scale_folded=self.rows.k_form == "nt")
+        suffix = kernels.math_suffix
+        self.printer = _CPrinter(spec, kernels.ctype, {"exp": "exp" + suffix, "tanh": "tanh" + suffix}, suffix)
 
-    def emit(self, w, ld: int, col0: str, indent: str):
+    def real(self, x: float) -> str:
+        return _c_real(x, self.kernels.math_suffix)
+
+    # Each (pointer to the first row, row stride) the kernels read.
+    def q_rows(self) -> tuple[str, int]:
+        if "q_pack" in self.packs:
+            return "q_pack", self.spec.head_dim
+        return f"Q + {_gamma(self.spec.q, 'b', 'h', 'ib', '0')}", self.rows.q
+
+    def k_rows(self) -> tuple[str, int]:
+        if "k_pack" in self.packs:
+            return "k_pack", self.spec.head_dim
+        return f"K + {_gamma(self.spec.k, 'b', _kv_head(self.spec), 'kb', '0')}", self.rows.k
+
+    def v_rows(self) -> tuple[str, int]:
+        if "v_pack" in self.packs:
+            return "v_pack", self.spec.value_dim
+        return f"V + {_gamma(self.spec.v, 'b', _kv_head(self.spec), 'kb', '0')}", self.rows.v
+
+    def y_rows(self) -> tuple[str, int]:
+        if "y_pack" in self.packs:
+            return "y_pack", self.spec.value_dim
+        return f"Y + {_gamma(self.spec.y, 'b', 'h', 'ib', '0')}", self.rows.y
+
+    def _pack(self, w, region, array, layout, head, row0, count, width, indent):
+        if region not in self.packs:
+            return
+        w(f"{indent}for (ii = 0; ii < {count}; ii++) {{ /* {array}'s rows as the micro-kernels read them */")
+        w(f"{indent}    for (j = 0; j < {width}; j++) {{ {region}[ii * {width} + j] = "
+          f"{array}[{_gamma(layout, 'b', head, f'{row0} + ii', 'j')}]; }}")
+        w(f"{indent}}}")
+
+    def pack_q(self, w):
+        self._pack(w, "q_pack", "Q", self.spec.q, "h", "ib", "rows", self.spec.head_dim, "        ")
+
+    def pack_k(self, w):
+        self._pack(w, "k_pack", "K", self.spec.k, _kv_head(self.spec), "kb", "cols", self.spec.head_dim, "            ")
+
+    def pack_v(self, w):
+        self._pack(w, "v_pack", "V", self.spec.v, _kv_head(self.spec), "kb", "cols", self.spec.value_dim, "            ")
+
+    def key_tiles(self, w, comment: str = ""):
+        """Opens the loop over the visible key tiles; the caller closes it."""
+        w(f"        for (kb = 0; kb < kv_end; kb += {self.bc}) {{{comment}")
+        w(f"            const ptrdiff_t cols = kv_end - kb < {self.bc} ? kv_end - kb : {self.bc};")
+
+    def write_y(self, w, acc: str, ld: int):
+        """Y rows of the block = acc rows / l; a fully hidden row (l = 0) gives 0."""
+        spec, k = self.spec, self.kernels
+        dv = spec.value_dim
+        w("        for (ii = 0; ii < rows; ii++) {")
+        w(f"            const {k.acc_ctype} inv_l = l[ii] > 0 ? {self.real(1.0)} / l[ii] : 0;")
+        if self.rows.y is not None:
+            w(f"            {k.scale}({dv}, inv_l, {acc} + ii * {ld}, Y + {_gamma(spec.y, 'b', 'h', 'ib + ii', '0')});")
+        else:  # Y's rows are not contiguous: normalise in place, then store through Y's map
+            w(f"            {k.scale}({dv}, inv_l, {acc} + ii * {ld}, {acc} + ii * {ld});")
+            w(f"            for (j = 0; j < {dv}; j++) {{ Y[{_gamma(spec.y, 'b', 'h', 'ib + ii', 'j')}] = {acc}[ii * {ld} + j]; }}")
+        w("        }")
+
+    def score_tile(self, w, ld: int, col0: str, indent: str):
         """Fills s[ii * ld + col0 + kk] for ii < rows, kk < cols, keys kb + kk."""
-        spec, rows = self.spec, self.rows
+        spec, k = self.spec, self.kernels
         tile = f"s + {col0}" if col0 != "0" else "s"
         element = f"s[ii * {ld} + {col0} + kk]" if col0 != "0" else f"s[ii * {ld} + kk]"
-        q = f"Q + {_gamma(spec.q, 'b', 'h', 'ib', '0')}"
-        k = f"K + {_gamma(spec.k, 'b', _kv_head(spec), 'kb', '0')}"
-        if rows.k_form == "nt":
-            w(f"{indent}moa_attn_scores_f32((size_t)rows, (size_t)cols, {spec.head_dim}, {_c_real(self.scale, 'f')}, "
-              f"{q}, {rows.q}, {k}, {rows.k}, {tile}, {ld});")
+        (q, ldq), (keys, ldk) = self.q_rows(), self.k_rows()
+        if self.rows.k_form == "nt":
+            w(f"{indent}{k.scores}((size_t)rows, (size_t)cols, {spec.head_dim}, {self.real(self.scale)}, "
+              f"{q}, {ldq}, {keys}, {ldk}, {tile}, {ld});")
         else:  # K^T stored: the tile is Q (rows x D) times K^T (D x cols), a GEMM tile from zero
             w(f"{indent}for (ii = 0; ii < rows; ii++) {{ for (kk = 0; kk < cols; kk++) {{ {element} = 0; }} }}")
-            w(f"{indent}moa_attn_pv_f32((size_t)rows, {spec.head_dim}, (size_t)cols, {q}, {rows.q}, {k}, {rows.k}, {tile}, {ld});")
+            w(f"{indent}{k.pv}((size_t)rows, {spec.head_dim}, (size_t)cols, {q}, {ldq}, {keys}, {ldk}, {tile}, {ld});")
         self.printer.tile = element
         hidden, rest = _split_hidden(self.term)
         if not hidden:
@@ -526,58 +643,54 @@ def _rename(cond: dnf.IndexGreater, names: dict) -> dnf.IndexGreater:
     return dnf.IndexGreater(ren(cond.left), ren(cond.right))
 
 
-def _online_tiles(spec, bc, tile: _TileEmitter, w):
-    dv, rows = spec.value_dim, tile.rows
-    v = f"V + {_gamma(spec.v, 'b', _kv_head(spec), 'kb', '0')}"
+def _online_tiles(form: _MicroKernels, w):
+    k, dv, bc = form.kernels, form.spec.value_dim, form.bc
     w("        for (ii = 0; ii < rows; ii++) {")
     w("            m[ii] = -INFINITY;")
     w("            l[ii] = 0;")
     w(f"            for (kk = 0; kk < {dv}; kk++) {{ acc[ii * {dv} + kk] = 0; }}")
     w("        }")
-    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
-    w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
-    tile.emit(w, bc, "0", "            ")
-    w(f"            moa_attn_softmax_f32((size_t)rows, (size_t)cols, s, {bc}, m, l, alpha); /* p = exp(s - m), m, l */")
+    form.pack_q(w)
+    form.key_tiles(w)
+    form.pack_k(w)
+    form.pack_v(w)
+    form.score_tile(w, bc, "0", "            ")
+    w(f"            {k.softmax}((size_t)rows, (size_t)cols, s, {bc}, m, l, alpha); /* p = exp(s - m), m, l */")
     w("            for (ii = 0; ii < rows; ii++) {")
-    w("                if (alpha[ii] != 1.0f) { /* the running max moved: rescale what earlier key tiles summed */")
-    w(f"                    moa_attn_scale_f32({dv}, alpha[ii], acc + ii * {dv}, acc + ii * {dv});")
+    w(f"                if (alpha[ii] != {form.real(1.0)}) {{ /* the running max moved: rescale what earlier key tiles summed */")
+    w(f"                    {k.scale}({dv}, alpha[ii], acc + ii * {dv}, acc + ii * {dv});")
     w("                }")
     w("            }")
-    w(f"            moa_attn_pv_f32((size_t)rows, (size_t)cols, {dv}, s, {bc}, {v}, {rows.v}, acc, {dv});")
+    v, ldv = form.v_rows()
+    w(f"            {k.pv}((size_t)rows, (size_t)cols, {dv}, s, {bc}, {v}, {ldv}, acc, {dv});")
     w("        }")
-    w("        for (ii = 0; ii < rows; ii++) {")
-    w("            const float inv_l = l[ii] > 0 ? 1.0f / l[ii] : 0; /* fully hidden row -> 0 */")
-    w(f"            moa_attn_scale_f32({dv}, inv_l, acc + ii * {dv}, Y + {_gamma(spec.y, 'b', 'h', 'ib + ii', '0')});")
-    w("        }")
+    form.write_y(w, "acc", dv)
 
 
-def _two_pass_tiles(spec, bc, tile: _TileEmitter, w):
+def _two_pass_tiles(form: _MicroKernels, w):
     """Scores of all visible keys per key tile, then per row max and exp in place, then
     Y += P V tile by tile (each V tile serves all Br rows), then Y *= 1 / l."""
-    dv, skv, rows = spec.value_dim, spec.kv_len, tile.rows
-    v = f"V + {_gamma(spec.v, 'b', _kv_head(spec), 'kb', '0')}"
-    y_row = f"Y + {_gamma(spec.y, 'b', 'h', 'ib + ii', '0')}"
-    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{ /* Step I: the scores */")
-    w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
-    tile.emit(w, skv, "kb", "            ")
+    k, dv, skv = form.kernels, form.spec.value_dim, form.spec.kv_len
+    y, ldy = form.y_rows()
+    form.pack_q(w)
+    form.key_tiles(w, " /* Step I: the scores */")
+    form.pack_k(w)
+    form.score_tile(w, skv, "kb", "            ")
     w("        }")
     w("        for (ii = 0; ii < rows; ii++) { /* Steps II-III: max, exponentiate and sum */")
-    w(f"            float *const row = s + ii * {skv};")
-    w("            m[ii] = moa_attn_max_f32((size_t)kv_end, row);")
+    w(f"            {k.ctype} *const row = s + ii * {skv};")
+    w(f"            m[ii] = {k.max}((size_t)kv_end, row);")
     w("            if (m[ii] == -INFINITY) { /* every key hidden: the row adds nothing */")
     w("                l[ii] = 0;")
     w("                for (kk = 0; kk < kv_end; kk++) { row[kk] = 0; }")
     w("            } else {")
-    w("                l[ii] = moa_attn_exp_f32((size_t)kv_end, row, m[ii]);")
+    w(f"                l[ii] = {k.exp}((size_t)kv_end, row, m[ii]);")
     w("            }")
-    w(f"            for (kk = 0; kk < {dv}; kk++) {{ ({y_row})[kk] = 0; }}")
+    w(f"            for (kk = 0; kk < {dv}; kk++) {{ ({y} + ii * {ldy})[kk] = 0; }}")
     w("        }")
-    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{ /* Step IV and Eq. 21 */")
-    w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
-    w(f"            moa_attn_pv_f32((size_t)rows, (size_t)cols, {dv}, s + kb, {skv}, {v}, {rows.v}, "
-      f"Y + {_gamma(spec.y, 'b', 'h', 'ib', '0')}, {rows.y});")
+    form.key_tiles(w, " /* Step IV and Eq. 21 */")
+    form.pack_v(w)
+    v, ldv = form.v_rows()
+    w(f"            {k.pv}((size_t)rows, (size_t)cols, {dv}, s + kb, {skv}, {v}, {ldv}, {y}, {ldy});")
     w("        }")
-    w("        for (ii = 0; ii < rows; ii++) {")
-    w("            const float inv_l = l[ii] > 0 ? 1.0f / l[ii] : 0; /* fully hidden row stays 0 */")
-    w(f"            moa_attn_scale_f32({dv}, inv_l, {y_row}, {y_row});")
-    w("        }")
+    form.write_y(w, y, ldy)

@@ -7,67 +7,21 @@ bias is -inf everywhere gives 0.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 import math
 
 import numpy as np
 import torch
 
 from moa_edge.moa import Layout, cost, onf
+from moa_edge.moa.mask import MASK_BOOL, MASK_FLOAT
+from moa_edge.moa.spec import AttentionSpec
 
-MASK_NONE, MASK_FLOAT, MASK_BOOL = "none", "float", "bool"
 OPS = ("MoaAttention",)
 # The loop nest is generated per block (attention.c); its inner loops call the micro-kernels
 # of moa/attention.h: the scalar reference and one variant per ISA folder, each compiled to
 # nothing unless moa/isa.h selects it for the build's target.
 C_SOURCES: list[str] = ["attention_f32.c", "x86/attention_f32_avx512.c", "x86/attention_f32_avx2.c",
                         "neon/attention_f32_neon.c", "rvv/attention_f32_rvv.c"]
-
-
-@dataclass(frozen=True)
-class AttentionSpec:
-    batch: int
-    q_heads: int
-    kv_heads: int
-    q_len: int
-    kv_len: int
-    head_dim: int
-    value_dim: int
-    scale: float
-    is_causal: bool
-    mask_kind: str
-    mask_fill: float  # bias for a False entry of a bool mask
-    q: Layout  # (B, Hq, Sq, D) over the Q input's storage
-    k: Layout  # (B, Hkv, Skv, D)
-    v: Layout  # (B, Hkv, Skv, Dv)
-    y: Layout  # (B, Hq, Sq, Dv) over the output's storage
-    mask: Layout | None  # broadcast to (B, Hq, Sq, Skv)
-    pattern: str = ""
-    absorbed: tuple[str, ...] = field(default=())
-    softcap: float = 0.0  # softcap * tanh(s / softcap) on the scaled scores, before the bias
-    causal_offset: int = 0  # causal: key k hidden from query i when k > i + causal_offset (cached keys)
-    kv_lengths: bool = False  # a 5th input L (per batch): only keys k < L[b] are valid, and a
-                              # causal diagonal sits at k = i + L[b] + causal_offset (ONNX nonpad_kv_seqlen)
-    lengths_ctype: str = "int64_t"  # L's C type: int32_t for onnxruntime's mask_index
-    window_start: int | None = None  # a sliding window: key k hidden from query i when k < i + window_start
-                                     # (+ L[b] with kv_lengths), ONNX left_window_size
-    qk_mode: int = -1  # a second output of the scores (B, Hq, Sq, Skv): 0 scaled Q K^T, 1 after
-                       # softcap, 2 after the bias, 3 after softmax (ONNX qk_matmul_output_mode); -1 none
-
-    def describe(self) -> dict:
-        return {
-            "pattern": self.pattern,
-            "shape": {"batch": self.batch, "q_heads": self.q_heads, "kv_heads": self.kv_heads,
-                      "q_len": self.q_len, "kv_len": self.kv_len, "head_dim": self.head_dim,
-                      "value_dim": self.value_dim},
-            "scale": self.scale,
-            "is_causal": self.is_causal,
-            "causal_offset": self.causal_offset,
-            "window_start": self.window_start,
-            "softcap": self.softcap,
-            "mask": self.mask_kind if self.mask_kind != MASK_BOOL else f"bool (fill {self.mask_fill:g})",
-            "absorbed_nodes": list(self.absorbed),
-        }
 
 
 def scratch_bytes(node, graph=None) -> int:
@@ -165,8 +119,8 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     return outputs
 
 
-def emit_kernel(node, name: str, real: str = "float") -> str:
-    return onf.emit_kernel(node.attrs["spec"], node.attrs["schedule"], name, real)
+def emit_kernel(node, name: str) -> str:
+    return onf.emit_kernel(node.attrs["spec"], node.attrs["schedule"], name)
 
 
 def emit(node, ctx):
@@ -176,11 +130,10 @@ def emit(node, ctx):
               f" * schedule {c.strategy} Br={c.block_q} Bc={c.block_k}; predicted on {ctx.board.name}: "
               f"{c.dram_bytes} B from DRAM, {c.flops} flops, {c.scratch_bytes} B scratch */\n"
               + emit_kernel(node, ctx.name))
-    mask_type = {"float": "float", "bool": "uint8_t"}.get(spec.mask_kind, "void")
     lengths_param = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""
     shared = "" if onf.output_over_q(spec) else "restrict "
     declaration = (f"moa_status {ctx.name}(const float *{shared}Q, const float *restrict K, "
-                   f"const float *restrict V,\n    const {mask_type} *restrict M, float *{shared}Y, "
+                   f"const float *restrict V,\n    const {spec.mask_ctype} *restrict M, float *{shared}Y, "
                    f"float *restrict scratch{lengths_param});\n")
     q, k, v, mask = (ctx.where[n] if n else "NULL" for n in node.inputs[:4])
     lengths = f", {ctx.where[node.inputs[4]]}" if spec.kv_lengths else ""
@@ -191,6 +144,6 @@ def emit(node, ctx):
         scores = f"{ctx.name}_scores"
         kernels.append(onf.emit_scores_kernel(spec, scores))
         declarations.append(f"void {scores}(const float *restrict Q, const float *restrict K, "
-                            f"const {mask_type} *restrict M, float *restrict P{lengths_param});\n")
+                            f"const {spec.mask_ctype} *restrict M, float *restrict P{lengths_param});\n")
         call += f"    {scores}({q}, {k}, {mask}, {ctx.where[node.outputs[1]]}{lengths});\n"
     return EmittedUnit(call, kernels, declarations)

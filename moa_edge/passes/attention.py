@@ -19,7 +19,8 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import DTYPES, Graph, Node, Tensor
 from moa_edge.moa import Layout
-from moa_edge.ops.attention import MASK_BOOL, MASK_FLOAT, MASK_NONE, AttentionSpec
+from moa_edge.moa.mask import MASK_BOOL, MASK_FLOAT, MASK_NONE
+from moa_edge.moa.spec import AttentionSpec
 
 from .bias import classify_bias
 from .canonical import pad_nodes

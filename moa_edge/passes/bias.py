@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from moa_edge.ir import DTYPES, Graph, Node, Tensor
-from moa_edge.ops.attention import MASK_BOOL, MASK_FLOAT, MASK_NONE
+from moa_edge.moa.mask import MASK_BOOL, MASK_FLOAT, MASK_NONE
 
 from .fold import cone, subgraph_function
 from .match import MASKED, produced_by, scalar

@@ -10,7 +10,8 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Node, Tensor
 from moa_edge.moa import Layout
-from moa_edge.ops.attention import MASK_FLOAT, MASK_NONE, AttentionSpec
+from moa_edge.moa.mask import MASK_FLOAT, MASK_NONE
+from moa_edge.moa.spec import AttentionSpec
 
 from .views import broadcast_mask
 

@@ -16,7 +16,7 @@ import itertools
 import math
 from typing import Callable, Iterator
 
-MASK_KINDS = ("none", "float", "bool")
+from ..mask import MASK_KINDS
 
 # Symbolic shapes of the operands. M is seen broadcast to the scores' shape.
 OPERAND_SHAPES = {
