@@ -167,8 +167,8 @@ def _expression(node, graph) -> tuple[str, list[str]]:
     out_dtype = graph.tensors[node.outputs[0]].dtype
     if out_dtype != "float32" and node.op in _INTEGER_C_EXPR:
         return _INTEGER_C_EXPR[node.op], names  # integers must not round-trip through float
-    if out_dtype != "float32" and node.op in _FLOAT_ONLY:
-        raise MoaEdgeError(f"{node.op} node {node.name!r}: {out_dtype} operands are not supported (float32 only)")
+    if node.op in _FLOAT_ONLY:
+        dtypes.require_dtypes(node, graph, names=node.outputs)
     if node.op in ("Max", "Min"):
         # Floats propagate NaN (moa_max/moa_min); integers compare plainly.
         floating = graph.tensors[node.outputs[0]].dtype == "float32"
