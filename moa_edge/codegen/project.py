@@ -93,7 +93,8 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: str 
         sources.update(op.C_SOURCES)
         scratch = plan.offsets.get("scratch:" + node.name)
         unit = op.emit(node, EmitContext(name=f"{prefix}_{node.op.lower()}_{k}", board=board, where=where,
-                                         scratch=f"(float *)(base + {scratch})" if scratch is not None else "NULL",
+                                         scratch=f"({dtypes.COMPUTE_DTYPE.c_type} *)(base + {scratch})"
+                                         if scratch is not None else "NULL",
                                          graph=graph))
         kernels += unit.kernels
         kernel_decls += unit.declarations

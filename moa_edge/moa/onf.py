@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import math
 import re
 
+from moa_edge.ir import dtypes
+
 from . import dnf
 from .layout import Layout
 
@@ -62,7 +64,7 @@ def scratch_layout(spec, schedule: Schedule) -> Scratch:
     return Scratch((("s", br * spec.kv_len), ("m", br), ("l", br)))
 
 
-def scratch_bytes(spec, schedule: Schedule, elem_bytes: int = 4) -> int:
+def scratch_bytes(spec, schedule: Schedule, elem_bytes: int = dtypes.COMPUTE_DTYPE.itemsize) -> int:
     return scratch_layout(spec, schedule).elements * elem_bytes
 
 

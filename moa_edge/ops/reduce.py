@@ -75,7 +75,7 @@ def passes(shape: tuple[int, ...], axes: list[int]) -> list[tuple[int, int, int]
 def scratch_bytes(node, graph) -> int:
     shape = graph.tensors[node.inputs[0]].shape
     calls = passes(shape, reduced_axes(node, graph, len(shape)))
-    return 4 * sum(outer * inner for outer, _, inner in calls[:-1])
+    return dtypes.COMPUTE_DTYPE.itemsize * sum(outer * inner for outer, _, inner in calls[:-1])
 
 
 def emit_passes(node, ctx, kernel_of_pass) -> tuple[list[str], str, int]:
