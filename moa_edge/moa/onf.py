@@ -65,6 +65,7 @@ def scratch_layout(spec, schedule: Schedule) -> Scratch:
 
 
 def scratch_bytes(spec, schedule: Schedule, elem_bytes: int = dtypes.COMPUTE_DTYPE.itemsize) -> int:
+    """Bytes of the block's scratch; its elements are of the compute type (the spec names no type yet)."""
     return scratch_layout(spec, schedule).elements * elem_bytes
 
 
