@@ -14,14 +14,7 @@ import onnx.inliner
 from onnx import numpy_helper
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import Graph, Node, Tensor
-
-_ONNX_DTYPES = {
-    onnx.TensorProto.FLOAT: "float32",
-    onnx.TensorProto.BOOL: "bool",
-    onnx.TensorProto.INT64: "int64",
-    onnx.TensorProto.INT32: "int32",
-}
+from moa_edge.ir import Graph, Node, Tensor, dtypes
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -136,13 +129,21 @@ def _pin_shapes(model: onnx.ModelProto, path: Path, pinned: dict[str, tuple[int,
 
 def _tensor_type(vi, path: Path, what: str) -> tuple[tuple[int, ...], str]:
     tt = vi.type.tensor_type
-    if tt.elem_type not in _ONNX_DTYPES:
+    dtype = _runtime_dtype(tt.elem_type)
+    if dtype is None:
         raise MoaEdgeError(f"{path}: {what} {vi.name!r} has element type "
                            f"{onnx.TensorProto.DataType.Name(tt.elem_type)}, which moa-edge does not support yet")
     dims = tt.shape.dim
     if any(not d.HasField("dim_value") for d in dims):
         raise MoaEdgeError(f"{path}: the shape of {what} {vi.name!r} could not be inferred statically")
-    return tuple(d.dim_value for d in dims), _ONNX_DTYPES[tt.elem_type]
+    return tuple(d.dim_value for d in dims), dtype
+
+
+def _runtime_dtype(elem_type: int) -> str | None:
+    """The name of an ONNX element type the runtime holds, None for any other: a graph's inputs,
+    outputs and activations must be of such a type."""
+    record = dtypes.from_onnx(elem_type)
+    return record.name if record is not None and record.runtime else None
 
 
 def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
@@ -162,7 +163,7 @@ def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) ->
     tensors: dict[str, Tensor] = {}
     for init in g.initializer:
         arr = numpy_helper.to_array(init)
-        tensors[init.name] = Tensor(init.name, tuple(arr.shape), _dtype_name(arr.dtype), arr)
+        tensors[init.name] = Tensor(init.name, tuple(arr.shape), dtypes.name_of_numpy(arr.dtype), arr)
     inputs = [i.name for i in g.input if i.name not in tensors]
     for vi in g.input:
         if vi.name not in tensors:
@@ -173,9 +174,9 @@ def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) ->
         tensors[vi.name] = Tensor(vi.name, shape, dtype)
     for vi in g.value_info:
         tt = vi.type.tensor_type
-        if tt.elem_type in _ONNX_DTYPES and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
-            tensors.setdefault(vi.name, Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim),
-                                               _ONNX_DTYPES[tt.elem_type]))
+        dtype = _runtime_dtype(tt.elem_type)
+        if dtype and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim):
+            tensors.setdefault(vi.name, Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim), dtype))
 
     nodes = []
     for k, n in enumerate(g.node):
@@ -183,7 +184,7 @@ def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) ->
         name = n.name or f"{n.op_type}_{k}"
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
             arr = _constant_value(attrs)
-            tensors[n.output[0]] = Tensor(n.output[0], tuple(arr.shape), _dtype_name(arr.dtype), arr)
+            tensors[n.output[0]] = Tensor(n.output[0], tuple(arr.shape), dtypes.name_of_numpy(arr.dtype), arr)
             continue
         op = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
         nodes.append(Node(op, name, list(n.input), list(n.output), attrs))
@@ -201,7 +202,3 @@ def _constant_value(attrs) -> np.ndarray:
         if key in attrs:
             return np.array(attrs[key], dtype=dtype)
     raise MoaEdgeError(f"Constant node with attributes {sorted(attrs)} is not supported")
-
-
-def _dtype_name(dtype) -> str:
-    return {np.dtype(np.float32): "float32", np.dtype(np.bool_): "bool"}.get(np.dtype(dtype), np.dtype(dtype).name)

@@ -11,7 +11,7 @@ import numpy as np
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.energy.predict import predict_model
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import DTYPES, Graph
+from moa_edge.ir import Graph, dtypes
 from moa_edge.ops import SUPPORTED_OPS, EmitContext
 from moa_edge.plan import plan_arena
 from moa_edge.target import Board, load_board
@@ -33,7 +33,8 @@ def _weights_blob(weights) -> tuple[bytes, str]:
     blob, lines = bytearray(), []
     for t, sym in weights:
         blob += bytes(-len(blob) % 64)
-        data = np.ascontiguousarray(t.data, dtype=DTYPES[t.dtype][0]).astype(DTYPES[t.dtype][0]).tobytes()
+        numpy_type = dtypes.dtype(t.dtype).numpy
+        data = np.ascontiguousarray(t.data, dtype=numpy_type).astype(numpy_type).tobytes()
         lines += [f"    /* {t.name}: {t.dtype} {list(t.shape)} */", "    .balign 64", f"    .global {sym}",
                   f"    .type {sym}, %object", f"    .size {sym}, {max(len(data), 1)}", f"{sym}:",
                   f'    .incbin "weights.bin", {len(blob)}, {len(data)}' if data else "    .byte 0"]
@@ -59,15 +60,17 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     for kind, names in (("input", graph.inputs), ("output", graph.outputs)):
         for name in names:
             t = graph.tensors[name]
-            if t.dtype not in DTYPES:
-                raise MoaEdgeError(f"{kind} {name!r} has dtype {t.dtype}; only {', '.join(DTYPES)} are supported")
+            if t.dtype not in dtypes.RUNTIME_DTYPES:
+                raise MoaEdgeError(f"{kind} {name!r} has dtype {t.dtype}; "
+                                   f"only {', '.join(dtypes.RUNTIME_DTYPES)} are supported")
             io.append({"kind": kind, "name": name, "c_name": c_identifier(name, taken), "shape": list(t.shape),
-                       "dtype": t.dtype, "c_type": DTYPES[t.dtype][1], "elems": t.size, "bytes": t.nbytes})
+                       "dtype": t.dtype, "c_type": dtypes.dtype(t.dtype).c_type, "elems": t.size, "bytes": t.nbytes})
 
     weights = []
     for t in graph.weights():
-        if t.dtype not in DTYPES:
-            raise MoaEdgeError(f"constant {t.name!r} has dtype {t.dtype}; only {', '.join(DTYPES)} weights are supported")
+        if t.dtype not in dtypes.RUNTIME_DTYPES:
+            raise MoaEdgeError(f"constant {t.name!r} has dtype {t.dtype}; "
+                               f"only {', '.join(dtypes.RUNTIME_DTYPES)} weights are supported")
         weights.append((t, f"{prefix}_w_{c_identifier(t.name, taken)}"))
     weights_bytes = sum(t.nbytes for t, _ in weights)
 
@@ -76,13 +79,13 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     where.update({t.name: sym for t, sym in weights})
     for name, offset in plan.offsets.items():
         if not name.startswith("scratch:"):
-            ctype = DTYPES[graph.tensors[name].dtype][1]
+            ctype = dtypes.dtype(graph.tensors[name].dtype).c_type
             where[name] = f"(({ctype} *)(base + {offset}))"
     for name in plan.storage_of:  # views and in-place outputs: another tensor's storage
         root = name
         while root in plan.storage_of:
             root = plan.storage_of[root]
-        where[name] = f"(({DTYPES[graph.tensors[name].dtype][1]} *){where[root]})"
+        where[name] = f"(({dtypes.dtype(graph.tensors[name].dtype).c_type} *){where[root]})"
 
     kernels, kernel_decls, calls, sources = [], [], [], set()
     for k, node in enumerate(graph.nodes):
@@ -92,7 +95,8 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
         sources.update(op.C_SOURCES)
         scratch = plan.offsets.get("scratch:" + node.name)
         unit = op.emit(node, EmitContext(name=f"{prefix}_{node.op.lower()}_{k}", board=board, where=where,
-                                         scratch=f"(float *)(base + {scratch})" if scratch is not None else "NULL",
+                                         scratch=f"({dtypes.COMPUTE_DTYPE.c_type} *)(base + {scratch})"
+                                         if scratch is not None else "NULL",
                                          graph=graph))
         kernels += unit.kernels
         kernel_decls += unit.declarations
@@ -130,7 +134,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     # An input only shape inference needed (a Reshape target) is not read at run time.
     subst["CALLS"] = "".join(f"    (void){e['c_name']};\n" for e in ins) + "".join(calls)
     subst["WEIGHT_DECLS"] = "".join(
-        f"extern const {DTYPES[t.dtype][1]} {sym}[{max(t.size, 1)}];\n" for t, sym in weights)  # C99 has no [0]
+        f"extern const {dtypes.dtype(t.dtype).c_type} {sym}[{max(t.size, 1)}];\n" for t, sym in weights)  # C99 has no [0]
     blob, symbols = _weights_blob(weights)
     subst["WEIGHT_SYMBOLS"] = symbols
     subst["WEIGHTS_PRESENT"] = "1" if weights else "0"

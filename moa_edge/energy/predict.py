@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 
+from moa_edge.ir import dtypes
 from moa_edge.target import Board
 
-ELEM = 4
+ELEM = dtypes.COMPUTE_DTYPE.itemsize  # attention's scores (the spec names no type yet)
 # flops per output element of the non-GEMM ops (normalisations: mean, variance, scale, shift)
 PER_ELEMENT = {"LayerNormalization": 8, "RMSNormalization": 5, "Softmax": 5, "ReduceMean": 1, "ReduceSum": 1,
                "ReduceMax": 1, "RotaryEmbedding": 3}

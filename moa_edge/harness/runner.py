@@ -11,12 +11,10 @@ import tempfile
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import DTYPES
+from moa_edge.ir import dtypes
 from moa_edge.target import Board
 
 from .ssh import RemoteFolder, SshTarget
-
-_NUMPY = {name: numpy_type for name, (numpy_type, _) in DTYPES.items()}
 
 
 def project_io(project: Path) -> list[dict]:
@@ -40,7 +38,7 @@ def check_inputs(io: list[dict], inputs: dict[str, np.ndarray], source: str) -> 
         arr = np.asarray(inputs[e["name"]])
         if list(arr.shape) != e["shape"]:
             raise MoaEdgeError(f"{source}: input {e['name']!r} has shape {list(arr.shape)}, the model expects {e['shape']}")
-        out[e["name"]] = np.ascontiguousarray(arr, dtype=_NUMPY[e["dtype"]])
+        out[e["name"]] = np.ascontiguousarray(arr, dtype=dtypes.dtype(e["dtype"]).numpy)
     return out
 
 
@@ -68,7 +66,8 @@ def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray
             stderr = _run_over_ssh(ssh, binary, board, args, out_paths, repeat, timeout)
         else:
             stderr = _run_here(binary, board, args, out_paths, repeat, timeout)
-        outputs = {e["name"]: np.fromfile(p, dtype=_NUMPY[e["dtype"]]).reshape(e["shape"]) for e, p in zip(outs, out_paths)}
+        outputs = {e["name"]: np.fromfile(p, dtype=dtypes.dtype(e["dtype"]).numpy).reshape(e["shape"])
+                   for e, p in zip(outs, out_paths)}
         match = re.search(r"run_us=([0-9.]+)", stderr)
         rss = re.search(r"max_rss_kb=(\d+)", stderr)
         if stats is not None:

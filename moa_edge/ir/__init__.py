@@ -1,4 +1,5 @@
-"""The moa-edge IR: a Graph of Nodes over Tensors with static shapes and dtypes."""
-from .graph import DTYPES, Graph, Node, Tensor
+"""The moa-edge IR: a Graph of Nodes over Tensors with static shapes and dtypes (records in ir.dtypes)."""
+from . import dtypes
+from .graph import Graph, Node, Tensor
 
-__all__ = ["DTYPES", "Graph", "Node", "Tensor"]
+__all__ = ["Graph", "Node", "Tensor", "dtypes"]

@@ -6,13 +6,7 @@ from typing import Any
 
 import numpy as np
 
-# dtype name -> (numpy dtype, C type)
-DTYPES = {
-    "float32": (np.float32, "float"),
-    "bool": (np.bool_, "uint8_t"),
-    "int64": (np.int64, "int64_t"),
-    "int32": (np.int32, "int32_t"),
-}
+from . import dtypes
 
 
 @dataclass
@@ -21,6 +15,7 @@ class Tensor:
     shape: tuple[int, ...]
     dtype: str
     data: np.ndarray | None = None  # set for constants (initializers)
+    quant: dtypes.Quantization | None = None  # set for quantised tensors (none yet: float32 needs none)
 
     @property
     def is_constant(self) -> bool:
@@ -32,7 +27,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return self.size * np.dtype(DTYPES[self.dtype][0]).itemsize
+        return self.size * dtypes.dtype(self.dtype).itemsize
 
 
 @dataclass

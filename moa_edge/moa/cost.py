@@ -13,13 +13,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 import math
 
+from moa_edge.ir import dtypes
 from moa_edge.target import Board
 
 from .mask import MASK_NONE
 from .onf import STRATEGIES, Schedule, scratch_bytes
 from .spec import AttentionSpec
 
-ELEM = 4  # fp32
+ELEM = dtypes.COMPUTE_DTYPE.itemsize  # Q, K, V, the output and scratch (the spec names no type yet)
+MASK_ELEM = {"float": dtypes.dtype("float32").itemsize, "bool": dtypes.dtype("bool").itemsize}  # by mask_kind
 # Key tiles narrower than this leave the micro-kernels (moa/attention.h) too little work per
 # call: the score tile's width is its vector dimension (16 floats per AVX-512 register, 32
 # per RVV VLEN-256 LMUL-4 group), and every tile costs each row a max, an exp and a rescale.
@@ -52,7 +54,7 @@ def _mask_bytes(spec: AttentionSpec) -> int:
     if spec.mask_kind == MASK_NONE:
         return 0
     distinct = math.prod(n for n, s in zip(spec.mask.shape, spec.mask.strides) if s != 0)
-    return distinct * (4 if spec.mask_kind == "float" else 1)
+    return distinct * MASK_ELEM[spec.mask_kind]
 
 
 def _visible_keys(spec: AttentionSpec, block_q: int) -> int:
@@ -85,7 +87,7 @@ def predict(spec: AttentionSpec, schedule: Schedule, board: Board) -> Cost:
     if not mask_bytes or mask_bytes + between_uses <= llc.size:
         mask_dram = mask_bytes  # read once
     else:  # re-read for every head
-        mask_dram = heads * spec.q_len * spec.kv_len * (4 if spec.mask_kind == "float" else 1)
+        mask_dram = heads * spec.q_len * spec.kv_len * MASK_ELEM[spec.mask_kind]
     dram = q_bytes + y_bytes + kv_dram + mask_dram
 
     # L1: per key tile the K and V tiles are filled once and serve all Br rows while the
@@ -102,7 +104,7 @@ def predict(spec: AttentionSpec, schedule: Schedule, board: Board) -> Cost:
     if score_set + value_set - br * bc * e > l1.size:
         per_key_tile += br * (spec.head_dim + spec.value_dim) * e
     # The mask is read anew for every (batch, head) even when it is broadcast over heads.
-    mask_l1 = heads * spec.q_len * spec.kv_len * (4 if spec.mask_kind == "float" else 1) if mask_bytes else 0
+    mask_l1 = heads * spec.q_len * spec.kv_len * MASK_ELEM[spec.mask_kind] if mask_bytes else 0
     l1_fill = q_bytes + y_bytes + heads * key_tiles * per_key_tile + mask_l1
 
     pairs = heads * (visited * br if not spec.is_causal else _causal_pairs(spec))

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import math
 import re
 
+from moa_edge.ir import dtypes
+
 from . import dnf
 from .layout import Layout
 from .mask import MASK_NONE
@@ -111,7 +113,8 @@ def scratch_layout(spec: AttentionSpec, schedule: Schedule) -> Scratch:
     return Scratch(_softmax_regions(spec, schedule) + _packing_regions(spec, schedule))
 
 
-def scratch_bytes(spec: AttentionSpec, schedule: Schedule, elem_bytes: int = 4) -> int:
+def scratch_bytes(spec: AttentionSpec, schedule: Schedule, elem_bytes: int = dtypes.COMPUTE_DTYPE.itemsize) -> int:
+    """Bytes of the block's scratch; its elements are of the compute type (the spec names no type yet)."""
     return scratch_layout(spec, schedule).elements * elem_bytes
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import dtypes
 
 from . import matmul
 
@@ -95,9 +96,7 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
 
 
 def _check(node, graph, g: Geometry, x_shape, w_shape, y_shape) -> None:
-    for name in [n for n in node.inputs if n] + node.outputs:
-        if graph.tensors[name].dtype != "float32":
-            _refuse(node, f"{name!r} of type {graph.tensors[name].dtype} (only float32)")
+    dtypes.require_dtypes(node, graph)
     expected = (x_shape[0], w_shape[0]) + g.out_shape(x_shape[2:])
     if tuple(y_shape) != expected:
         raise MoaEdgeError(f"Conv node {node.name!r}: output {node.outputs[0]!r} has shape {list(y_shape)}, "

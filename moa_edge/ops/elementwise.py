@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import DTYPES
+from moa_edge.ir import dtypes
 from moa_edge.moa import Layout
 
 C_SOURCES: list[str] = []
@@ -89,7 +89,7 @@ def literal(tensor) -> str | None:
         text += "f" if "." in text or "e" in text else ".0f"
         return f"({text})" if text.startswith("-") else text  # `-a` of it must not read `--`
     if tensor.dtype in ("bool", "int32", "int64") and abs(int(value)) < 2 ** 31:
-        return f"(({DTYPES[tensor.dtype][1]}){int(value)})"
+        return f"(({dtypes.dtype(tensor.dtype).c_type}){int(value)})"
     return None
 
 
@@ -146,7 +146,7 @@ def _expression(node, graph) -> tuple[str, list[str]]:
         target = graph.tensors[node.outputs[0]].dtype
         if target == "bool":
             return "(a != 0)", names[:1]
-        return f"({DTYPES[target][1]})a", names[:1]  # float to integer: towards zero, as C and onnxruntime
+        return f"({dtypes.dtype(target).c_type})a", names[:1]  # float to integer: towards zero, as C and onnxruntime
     if node.op == "Gelu":
         return _gelu_c(node), names
     if node.op == "IsInf":
@@ -167,8 +167,8 @@ def _expression(node, graph) -> tuple[str, list[str]]:
     out_dtype = graph.tensors[node.outputs[0]].dtype
     if out_dtype != "float32" and node.op in _INTEGER_C_EXPR:
         return _INTEGER_C_EXPR[node.op], names  # integers must not round-trip through float
-    if out_dtype != "float32" and node.op in _FLOAT_ONLY:
-        raise MoaEdgeError(f"{node.op} node {node.name!r}: {out_dtype} operands are not supported (float32 only)")
+    if node.op in _FLOAT_ONLY:
+        dtypes.require_dtypes(node, graph, names=node.outputs)
     if node.op in ("Max", "Min"):
         # Floats propagate NaN (moa_max/moa_min); integers compare plainly.
         floating = graph.tensors[node.outputs[0]].dtype == "float32"
@@ -209,7 +209,7 @@ def _loop(node, graph, title: str, where: dict, loads: list[str], statements) ->
     out = node.outputs[0]
     out_shape = graph.tensors[out].shape
     for name in loads:
-        if graph.tensors[name].dtype not in DTYPES:
+        if graph.tensors[name].dtype not in dtypes.RUNTIME_DTYPES:
             raise MoaEdgeError(f"{node.op} node {node.name!r}: input {name!r} is {graph.tensors[name].dtype}")
     layouts = [Layout.row_major(out_shape)] + [_broadcast_layout(graph.tensors[n].shape, out_shape) for n in loads]
     extents, strides = _merged_axes(out_shape, layouts)
@@ -225,7 +225,7 @@ def _loop(node, graph, title: str, where: dict, loads: list[str], statements) ->
     values = {}
     for k, (name, stride) in enumerate(zip(loads, strides[1:])):
         values[name] = f"d{k}"
-        inner.append(f"const {DTYPES[graph.tensors[name].dtype][1]} d{k} = {at(where[name], stride)};")
+        inner.append(f"const {dtypes.dtype(graph.tensors[name].dtype).c_type} d{k} = {at(where[name], stride)};")
     *computed, result = statements(values)
     inner += computed + [f"{at(where[out], strides[0])} = {result};"]
 
@@ -252,7 +252,7 @@ def _value(node, graph):
     """(the operands one op reads, values -> the C expression of its element), `values`
     naming each operand's local or literal."""
     expr, names = _expression(node, graph)
-    ctype = DTYPES[graph.tensors[node.outputs[0]].dtype][1]
+    ctype = dtypes.dtype(graph.tensors[node.outputs[0]].dtype).c_type
 
     def value(values: dict) -> str:
         return f"({ctype})(" + re.sub(r"\b[a-h]\b", lambda m: values[names["abcdefgh".index(m.group())]], expr) + ")"
@@ -277,7 +277,7 @@ def emit(node, ctx):
         lines = []
         for k, (m, value) in enumerate(members):
             local = f"d{len(node.inputs) + k}"
-            ctype = DTYPES[body.tensors[m.outputs[0]].dtype][1]
+            ctype = dtypes.dtype(body.tensors[m.outputs[0]].dtype).c_type
             lines.append(f"const {ctype} {local} = {value(values)}; /* {m.name}: {m.op} */")
             values[m.outputs[0]] = local
         return lines + [values[node.outputs[0]]]

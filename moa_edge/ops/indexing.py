@@ -21,7 +21,7 @@ import re
 import torch
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import DTYPES
+from moa_edge.ir import dtypes
 
 OPS = ("GatherElements", "GatherND", "Trilu", "CumSum", "Range")
 C_SOURCES: list[str] = []
@@ -88,9 +88,9 @@ def _wrapped(indices: torch.Tensor, extent: int, node) -> torch.Tensor:
 
 def _ctype(graph, name) -> str:
     dtype = graph.tensors[name].dtype
-    if dtype not in DTYPES:
-        raise MoaEdgeError(f"tensor {name!r} has dtype {dtype}; the runtime supports {', '.join(DTYPES)}")
-    return DTYPES[dtype][1]
+    if dtype not in dtypes.RUNTIME_DTYPES:
+        raise MoaEdgeError(f"tensor {name!r} has dtype {dtype}; the runtime supports {', '.join(dtypes.RUNTIME_DTYPES)}")
+    return dtypes.dtype(dtype).c_type
 
 
 def _scalar(graph, name):

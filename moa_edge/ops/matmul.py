@@ -18,7 +18,7 @@ import re
 import numpy as np
 import torch
 
-from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import dtypes
 from moa_edge.moa import Layout
 
 OPS = ("MatMul", "Gemm", "MoaGemm")
@@ -111,16 +111,9 @@ def _loop_names(count: int, ctx) -> list[str]:
     return [f"{stem}{k}" for k in range(count)]
 
 
-def _check_float(node, graph) -> None:
-    for name in [n for n in node.inputs if n] + node.outputs:
-        if graph.tensors[name].dtype != "float32":
-            raise MoaEdgeError(f"{node.op} node {node.name!r}: {name!r} is {graph.tensors[name].dtype}; "
-                               f"only float32 is supported")
-
-
 def emit(node, ctx):
     from . import EmittedUnit
-    _check_float(node, ctx.graph)
+    dtypes.require_dtypes(node, ctx.graph)
     emit_op = {"Gemm": _emit_gemm, "MatMul": _emit_matmul, "MoaGemm": _emit_packed}[node.op]
     return EmittedUnit(emit_op(node, ctx), declarations=[HEADER])
 

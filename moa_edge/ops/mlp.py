@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from moa_edge.ir import Graph, Node, Tensor
+from moa_edge.ir import Graph, Node, Tensor, dtypes
 
 from . import elementwise, matmul
 
@@ -57,7 +57,7 @@ def _width(body: Graph) -> int:
 
 def scratch_bytes(node, graph=None) -> int:
     body = node.attrs["body"]
-    return _slots(body)[1] * min(node.attrs["rows"], rows_of(node)) * _width(body) * 4
+    return _slots(body)[1] * min(node.attrs["rows"], rows_of(node)) * _width(body) * dtypes.COMPUTE_DTYPE.itemsize
 
 
 def _block(graph: Graph, rows: int) -> Graph:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import dtypes
 
 OPS = ("LayerNormalization", "RMSNormalization", "Softmax")
 C_SOURCES = ["normalization.c"]
@@ -52,13 +53,6 @@ def _rows_cols(node, graph) -> tuple[int, int]:
     return math.prod(shape[:axis]), math.prod(shape[axis:])
 
 
-def _float32_only(node, graph) -> None:
-    for name in [*node.inputs, *node.outputs]:
-        if name and graph.tensors[name].dtype != "float32":
-            raise MoaEdgeError(f"{node.op} node {node.name!r}: {name!r} is {graph.tensors[name].dtype}; "
-                               f"the runtime supports only float32 here")
-
-
 def _per_column(node, graph, k: int, what: str, cols: int) -> None:
     """The kernels read scale and bias as one value per column: refuse other broadcasts."""
     t = graph.tensors[node.inputs[k]]
@@ -74,7 +68,7 @@ def _checked(call: str) -> str:
 def emit(node, ctx):
     from . import EmittedUnit
     graph, where = ctx.graph, ctx.where
-    _float32_only(node, graph)
+    dtypes.require_dtypes(node, graph)
     x, y = where[node.inputs[0]], where[node.outputs[0]]
     if graph.tensors[node.outputs[0]].shape != graph.tensors[node.inputs[0]].shape:
         raise MoaEdgeError(f"{node.op} node {node.name!r}: the output shape differs from the input's "

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import dtypes
 
 from .normalization import DECLARATIONS
 
@@ -74,7 +75,7 @@ def passes(shape: tuple[int, ...], axes: list[int]) -> list[tuple[int, int, int]
 def scratch_bytes(node, graph) -> int:
     shape = graph.tensors[node.inputs[0]].shape
     calls = passes(shape, reduced_axes(node, graph, len(shape)))
-    return 4 * sum(outer * inner for outer, _, inner in calls[:-1])
+    return dtypes.COMPUTE_DTYPE.itemsize * sum(outer * inner for outer, _, inner in calls[:-1])
 
 
 def emit_passes(node, ctx, kernel_of_pass) -> tuple[list[str], str, int]:
@@ -84,9 +85,7 @@ def emit_passes(node, ctx, kernel_of_pass) -> tuple[list[str], str, int]:
     empty) and the number of passes."""
     graph = ctx.graph
     x, y = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
-    if x.dtype != "float32" or y.dtype != "float32":
-        raise MoaEdgeError(f"{node.op} node {node.name!r}: input {x.name!r} is {x.dtype}; "
-                           f"the runtime supports only float32 reductions")
+    dtypes.require_dtypes(node, graph, names=[x.name, y.name])
     axes = reduced_axes(node, graph, len(x.shape))
     calls = passes(x.shape, axes)
     lines = [f"    /* {node.name}: {node.op} over axes {axes} of {list(x.shape)}, in {len(calls)} pass(es) */\n"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import dtypes
 
 OPS = ("RotaryEmbedding",)
 C_SOURCES: list[str] = []
@@ -85,10 +86,10 @@ def emit(node, ctx):
     B, S, H, D, R = (g[k] for k in "BSHDR")
     half = R // 2
     names = [n for n in [*node.inputs, *node.outputs] if n]
+    position_ids = (node.inputs[3:4] or [""])[0]
+    dtypes.require_dtypes(node, graph, ("int64",), names=[position_ids])
+    dtypes.require_dtypes(node, graph, names=[n for n in names if n != position_ids])
     for name in names:
-        if graph.tensors[name].dtype != ("int64" if name == (node.inputs[3:4] or [""])[0] else "float32"):
-            raise MoaEdgeError(f"RotaryEmbedding node {node.name!r}: tensor {name!r} is {graph.tensors[name].dtype}; "
-                               f"the runtime runs float32 X and caches with int64 position_ids")
         if ctx.where[name] in _LOCALS:
             raise MoaEdgeError(f"RotaryEmbedding node {node.name!r}: the C name of tensor {name!r} collides "
                                f"with a local of the generated loop; rename the tensor")

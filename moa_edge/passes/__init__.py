@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import DTYPES, Graph
+from moa_edge.ir import Graph, dtypes
 from moa_edge.ops import SUPPORTED_OPS
 
 from .attention import rewrite_attention
@@ -53,10 +53,11 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         for name in node.outputs:
             if name and graph.tensors.get(name) is None:
                 raise MoaEdgeError(f"{source}: node {node.name!r} ({node.op}) makes {name!r}, whose element type "
-                                   f"or shape is unknown or not supported (the runtime has {', '.join(DTYPES)})")
-            if name and graph.tensors[name].dtype not in DTYPES:
+                                   f"or shape is unknown or not supported "
+                                   f"(the runtime has {', '.join(dtypes.RUNTIME_DTYPES)})")
+            if name and graph.tensors[name].dtype not in dtypes.RUNTIME_DTYPES:
                 raise MoaEdgeError(f"{source}: node {node.name!r} ({node.op}) makes {name!r} of type "
-                                   f"{graph.tensors[name].dtype}; the runtime has {', '.join(DTYPES)} only")
+                                   f"{graph.tensors[name].dtype}; the runtime has {', '.join(dtypes.RUNTIME_DTYPES)} only")
     for name in graph.outputs:
         if graph.producer(name) is None:
             raise MoaEdgeError(f"{source}: output {name!r} is not computed by any node (constant or pass-through outputs are not supported yet)")

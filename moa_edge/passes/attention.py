@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import DTYPES, Graph, Node, Tensor
+from moa_edge.ir import Graph, Node, Tensor, dtypes
 from moa_edge.moa import Layout
 from moa_edge.moa.mask import MASK_BOOL, MASK_FLOAT, MASK_NONE
 from moa_edge.moa.spec import AttentionSpec
@@ -178,7 +178,7 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
                          pattern="decomposed SDPA (Softmax anchor)", absorbed=tuple(absorbed + [pv.name]),
                          softcap=softcap, causal_offset=bias.causal_offset, window_start=bias.window_start,
                          kv_lengths=bool(bias.lengths),
-                         lengths_ctype=DTYPES[graph.tensors[bias.lengths].dtype][1] if bias.lengths else "int64_t")
+                         lengths_ctype=dtypes.dtype(graph.tensors[bias.lengths].dtype).c_type if bias.lengths else "int64_t")
     if taps:
         spec = dataclasses.replace(spec, qk_mode=taps[0][0])
     graph.nodes[graph.nodes.index(pv):graph.nodes.index(pv)] = bias.new_nodes

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from moa_edge.ir import DTYPES, Graph, Node, Tensor
+from moa_edge.ir import Graph, Node, Tensor, dtypes
 from moa_edge.moa.mask import MASK_BOOL, MASK_FLOAT, MASK_NONE
 
 from .fold import cone, subgraph_function
@@ -207,7 +207,7 @@ def _length_bias(graph: Graph, terms, batch: int, q_len: int, kv_len: int, absor
         samples += [alternate, kv_len - alternate] + [rng.integers(0, kv_len + 1, batch) for _ in range(4)]
     hidden = []
     for lengths in samples:
-        total = sum(np.asarray(v, np.float64) for v in run(lengths.astype(DTYPES[graph.tensors[source].dtype][0])))
+        total = sum(np.asarray(v, np.float64) for v in run(lengths.astype(dtypes.dtype(graph.tensors[source].dtype).numpy)))
         if total.ndim != 4 or total.shape[0] != batch or total.shape[2:] not in ((1, kv_len), (q_len, kv_len)):
             return None
         total = np.broadcast_to(total, (batch, total.shape[1], q_len, kv_len))

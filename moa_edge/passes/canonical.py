@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from moa_edge.ir import DTYPES, Graph, Node, Tensor
+from moa_edge.ir import Graph, Node, Tensor, dtypes
 from moa_edge.moa import Layout
 
-from .fold import DTYPE_OF_ONNX, evaluate_onnx_node
+from .fold import evaluate_onnx_node
+
+
+def _cast_to(node) -> str | None:
+    """The type a Cast node makes; None for one moa-edge does not name."""
+    record = dtypes.from_onnx(node.attrs.get("to"))
+    return record.name if record is not None else None
 
 
 def _is_no_op(graph: Graph, node) -> bool:
@@ -21,7 +27,7 @@ def _is_no_op(graph: Graph, node) -> bool:
         return identity and len([o for o in node.outputs if o]) == 1
     if node.op == "Cast":
         source = graph.tensors.get(node.inputs[0])
-        return source is not None and DTYPE_OF_ONNX.get(node.attrs.get("to")) == source.dtype
+        return source is not None and _cast_to(node) == source.dtype
     if node.op == "Pad":  # padding by nothing (the opset-24 function body pads masks to the key length)
         pads = graph.constant(node.inputs[1]) if len(node.inputs) > 1 else None
         return pads is not None and not np.any(pads)
@@ -103,9 +109,9 @@ def narrow_softmax_precision(graph: Graph) -> int:
     for softmax in [n for n in graph.nodes if n.op == "Softmax"]:
         widen = graph.producer(softmax.inputs[0])
         users = graph.consumers(softmax.outputs[0])
-        if (widen is None or widen.op != "Cast" or DTYPE_OF_ONNX.get(widen.attrs.get("to")) != "float64"
+        if (widen is None or widen.op != "Cast" or _cast_to(widen) != "float64"
                 or graph.tensors.get(widen.inputs[0]) is None or graph.tensors[widen.inputs[0]].dtype != "float32"
-                or len(users) != 1 or users[0].op != "Cast" or DTYPE_OF_ONNX.get(users[0].attrs.get("to")) != "float32"
+                or len(users) != 1 or users[0].op != "Cast" or _cast_to(users[0]) != "float32"
                 or softmax.outputs[0] in graph.outputs):
             continue
         narrow = users[0]
@@ -153,7 +159,7 @@ def pad_nodes(graph: Graph, name: str, axis: int, before: int, after: int, value
     source = graph.tensors[name]
     fill = f"{stem}__fill"
     graph.tensors[fill] = Tensor(fill, (1,) * len(source.shape), source.dtype,
-                                 np.full((1,) * len(source.shape), value, DTYPES[source.dtype][0]))
+                                 np.full((1,) * len(source.shape), value, dtypes.dtype(source.dtype).numpy))
     parts, layouts = [], []
     for size, part in ((before, fill), (None, name), (after, fill)):
         if size == 0:
@@ -218,7 +224,7 @@ def _constant_gather(graph: Graph, node, trace_view) -> Node | None:
     it is a copy through that map. The op's own semantics pick the offsets: it is run on the
     storage positions of its data."""
     indices, data = graph.constant(node.inputs[1]), graph.tensors[node.inputs[0]]
-    if indices is None or graph.constant(node.inputs[0]) is not None or data.dtype not in DTYPES:
+    if indices is None or graph.constant(node.inputs[0]) is not None or data.dtype not in dtypes.RUNTIME_DTYPES:
         return None
     positions = np.arange(data.size, dtype=np.int64).reshape(data.shape)
     picked = evaluate_onnx_node(node, [positions, indices], graph.opsets.get("", graph.opsets.get("ai.onnx", 18)))[0]
@@ -249,12 +255,13 @@ def _lowered_copy(graph: Graph, node, trace_view) -> list[Node] | None:
     if node.op in ("Gather", "GatherND", "GatherElements"):
         gathered = _constant_gather(graph, node, trace_view)
         return [gathered] if gathered is not None else None
-    if node.op in ("Transpose", "Expand", "Slice", "Split") and graph.tensors[node.inputs[0]].dtype in DTYPES:
+    if node.op in ("Transpose", "Expand", "Slice", "Split") and graph.tensors[node.inputs[0]].dtype in dtypes.RUNTIME_DTYPES:
         copies = [_copy_through_view(graph, node, out) for out in node.outputs]
         return copies if all(copies) else None
     if node.op not in ("Concat", "Identity") or any(graph.tensors.get(i) is None for i in node.inputs):
         return None
-    if len({graph.tensors[i].dtype for i in node.inputs}) != 1 or graph.tensors[node.inputs[0]].dtype not in DTYPES:
+    if (len({graph.tensors[i].dtype for i in node.inputs}) != 1
+            or graph.tensors[node.inputs[0]].dtype not in dtypes.RUNTIME_DTYPES):
         return None
     rank = len(graph.tensors[node.inputs[0]].shape)
     axis = node.attrs.get("axis", 0) % rank if node.op == "Concat" else 0

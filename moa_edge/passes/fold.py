@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
 
-from moa_edge.ir import Graph, Tensor
+from moa_edge.ir import Graph, Tensor, dtypes
 
 # Never fold these: they have no value to compute, or the folded value would be huge.
 _KEEP = {"MoaAttention", "MoaConcat"}
@@ -27,7 +27,7 @@ def fold_constants(graph: Graph) -> bool:
             continue
         for name, value in zip(node.outputs, values):
             value = np.asarray(value)
-            graph.tensors[name] = Tensor(name, tuple(value.shape), _dtype(value), value)
+            graph.tensors[name] = Tensor(name, tuple(value.shape), dtypes.name_of_numpy(value.dtype), value)
         changed = True
     graph.nodes = kept
     return changed
@@ -98,15 +98,6 @@ def _one_node_model(node, values: list, opset: int):
     return model, feeds
 
 
-def _dtype(value: np.ndarray) -> str:
-    return "bool" if value.dtype == np.bool_ else value.dtype.name
-
-
-ONNX_DTYPES = {"float32": onnx.TensorProto.FLOAT, "bool": onnx.TensorProto.BOOL, "int64": onnx.TensorProto.INT64,
-           "float64": onnx.TensorProto.DOUBLE, "int32": onnx.TensorProto.INT32}
-DTYPE_OF_ONNX = {v: k for k, v in ONNX_DTYPES.items()}
-
-
 def infer_missing_shapes(graph: Graph) -> None:
     """Shapes ONNX inference could not give on the whole file (shape plumbing computed at
     run time) follow once that plumbing is folded: infer them node by node, in order."""
@@ -123,8 +114,8 @@ def infer_missing_shapes(graph: Graph) -> None:
                 continue
             if t.is_constant:
                 initializers.append(onnx.numpy_helper.from_array(np.asarray(t.data), name))
-            elif t.dtype in ONNX_DTYPES:
-                inputs.append(onnx.helper.make_tensor_value_info(name, ONNX_DTYPES[t.dtype], t.shape))
+            elif t.dtype in dtypes.KNOWN_DTYPES:
+                inputs.append(onnx.helper.make_tensor_value_info(name, dtypes.dtype(t.dtype).onnx, t.shape))
         else:
             proto = onnx.helper.make_node(node.op, node.inputs, node.outputs, **node.attrs)
             model = onnx.helper.make_model(
@@ -136,10 +127,10 @@ def infer_missing_shapes(graph: Graph) -> None:
                 continue
             for vi in inferred:
                 tt = vi.type.tensor_type
-                if (vi.name in node.outputs and tt.elem_type in DTYPE_OF_ONNX
+                record = dtypes.from_onnx(tt.elem_type)
+                if (vi.name in node.outputs and record is not None
                         and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)):
-                    graph.tensors[vi.name] = Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim),
-                                                    DTYPE_OF_ONNX[tt.elem_type])
+                    graph.tensors[vi.name] = Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim), record.name)
 
 
 def cone(graph: Graph, name: str) -> tuple[list, set[str]]:
@@ -169,7 +160,7 @@ def subgraph_function(graph: Graph, nodes, inputs: list[str], outputs: list[str]
     model = onnx.helper.make_model(
         onnx.helper.make_graph(
             [onnx.helper.make_node(n.op, n.inputs, n.outputs, name=n.name, **n.attrs) for n in nodes], "cone",
-            [onnx.helper.make_tensor_value_info(i, ONNX_DTYPES[graph.tensors[i].dtype], graph.tensors[i].shape)
+            [onnx.helper.make_tensor_value_info(i, dtypes.dtype(graph.tensors[i].dtype).onnx, graph.tensors[i].shape)
              for i in inputs],
             [onnx.helper.make_empty_tensor_value_info(o) for o in outputs], initializer=initializers),
         opset_imports=[onnx.helper.make_opsetid("", graph.opsets.get("", graph.opsets.get("ai.onnx", 18)))])

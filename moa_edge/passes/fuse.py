@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from moa_edge.ir import DTYPES, Graph, Node
+from moa_edge.ir import Graph, Node, dtypes
 
 MAX_VALUES = 16  # named values in one loop body: its operand loads and members (d0..d15, names no tensor takes)
 
@@ -24,7 +24,7 @@ def _fusable(graph: Graph, node: Node) -> bool:
     if node.op not in elementwise.OPS or node.op == "MoaElementwise" or len(node.outputs) != 1:
         return False
     t = graph.tensors.get(node.outputs[0])
-    return t is not None and t.dtype in DTYPES
+    return t is not None and t.dtype in dtypes.RUNTIME_DTYPES
 
 
 def _loads(graph: Graph, members: list[Node]) -> list[str]:

@@ -1,0 +1,104 @@
+"""Datatypes: one record per element type the IR names, and the quantisation slot of a tensor.
+
+Everything that depends on an element type (its numpy and C types, the suffix of the kernels
+that compute in it, its size in bytes, its ONNX enum) reads it from the record: nothing else
+assumes four-byte floats. The generated C holds tensors of the runtime types only; the others
+are named so that constants of them can be imported and folded, and refused by name later.
+float32 is the only type the kernels compute in (COMPUTE_DTYPE).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from moa_edge.errors import MoaEdgeError
+
+_T = onnx.TensorProto
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str         # Tensor.dtype: numpy's name of the type
+    numpy: np.dtype
+    c_type: str
+    suffix: str       # of the kernels that compute in it: moa_gemm_f32
+    itemsize: int     # bytes per element
+    onnx: int         # onnx.TensorProto.DataType
+    is_float: bool
+    runtime: bool     # the generated C holds tensors of this type
+
+
+def _record(name: str, c_type: str, suffix: str, itemsize: int, onnx_type: int, runtime: bool = False) -> DType:
+    numpy_type = np.dtype(name)
+    return DType(name, numpy_type, c_type, suffix, itemsize, onnx_type, numpy_type.kind == "f", runtime)
+
+
+# The runtime types first, in the order error messages list them.
+_RECORDS = (
+    _record("float32", "float", "f32", 4, _T.FLOAT, runtime=True),
+    _record("bool", "uint8_t", "u8", 1, _T.BOOL, runtime=True),  # C's bool has no fixed size: one byte, 0 or 1
+    _record("int64", "int64_t", "i64", 8, _T.INT64, runtime=True),
+    _record("int32", "int32_t", "i32", 4, _T.INT32, runtime=True),
+    _record("float64", "double", "f64", 8, _T.DOUBLE),
+    _record("float16", "uint16_t", "f16", 2, _T.FLOAT16),  # C99 has no half type: its bits
+    _record("int8", "int8_t", "i8", 1, _T.INT8),
+    _record("uint8", "uint8_t", "u8", 1, _T.UINT8),
+    _record("int16", "int16_t", "i16", 2, _T.INT16),
+    _record("uint16", "uint16_t", "u16", 2, _T.UINT16),
+    _record("uint32", "uint32_t", "u32", 4, _T.UINT32),
+    _record("uint64", "uint64_t", "u64", 8, _T.UINT64),
+)
+_BY_NAME = {r.name: r for r in _RECORDS}
+_BY_ONNX = {r.onnx: r for r in _RECORDS}
+_BY_NUMPY = {r.numpy: r for r in _RECORDS}
+
+KNOWN_DTYPES = tuple(_BY_NAME)
+RUNTIME_DTYPES = tuple(r.name for r in _RECORDS if r.runtime)
+COMPUTE_DTYPE = _BY_NAME["float32"]  # the one type kernels, their scratch and attention compute in
+
+
+def dtype(name: str) -> DType:
+    record = _BY_NAME.get(name)
+    if record is None:
+        raise MoaEdgeError(f"element type {name!r} is unknown to moa-edge (it knows {', '.join(KNOWN_DTYPES)})")
+    return record
+
+
+def from_onnx(elem_type: int) -> DType | None:
+    """The record of an onnx.TensorProto element type; None for one moa-edge does not name."""
+    return _BY_ONNX.get(elem_type)
+
+
+def from_numpy(numpy_type) -> DType | None:
+    """The record of a numpy dtype; None for one moa-edge does not name."""
+    return _BY_NUMPY.get(np.dtype(numpy_type))
+
+
+def name_of_numpy(numpy_type) -> str:
+    """Tensor.dtype of an array: its record's name, or numpy's for a type without a record (a
+    constant of it can still be folded away, or is refused by name where the runtime needs it)."""
+    record = from_numpy(numpy_type)
+    return record.name if record is not None else np.dtype(numpy_type).name
+
+
+def require_dtypes(node, graph, allowed=(COMPUTE_DTYPE.name,), names=None) -> None:
+    """Refuse `node` unless each tensor of `names` (default: all its inputs and outputs) has one
+    of the `allowed` types: the one check every kernel that computes in fixed types makes."""
+    for name in [*node.inputs, *node.outputs] if names is None else names:
+        if name and graph.tensors[name].dtype not in allowed:
+            raise MoaEdgeError(f"{node.op} node {node.name!r}: {name!r} is {graph.tensors[name].dtype}; "
+                               f"only {' or '.join(allowed)} is supported")
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: the fields are arrays, compared by identity
+class Quantization:
+    """How a tensor's stored integers map to reals: real = (q - zero_point) * scale, as ONNX's
+    DequantizeLinear. Per tensor (axis None), per channel along `axis`, or per block of
+    `block_size` elements along `axis`. No tensor carries one yet: float32 tensors never will,
+    and the quantised types (issue 14) fill the slot."""
+    scale: np.ndarray                 # a scalar, one per channel, or one per block
+    zero_point: np.ndarray | None = None  # same shape as scale, of the tensor's type; None: 0
+    axis: int | None = None
+    block_size: int | None = None
