@@ -114,12 +114,10 @@ def foreign_entry(folder: Path) -> str | None:
 
 def remove_owned(folder: Path) -> bool:
     """Delete every entry that is moa-edge's (found by walking the folder, never by trusting the
-    manifest's paths), deepest first; True if the folder itself is then empty and gone."""
+    manifest's paths), deepest first; True if the folder itself (or an empty one) is then gone."""
     folder = Path(folder)
     manifest = _load(folder)
-    if manifest is None:
-        return False
-    for rel, path in reversed(list(_entries(folder))):
+    for rel, path in reversed(list(_entries(folder)) if manifest else []):
         if rel != MARKER and _ours(rel, path, manifest):
             if rel.endswith("/"):
                 try:
