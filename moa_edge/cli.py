@@ -22,11 +22,13 @@ def _progress(msg: str) -> None:
 def _write_file(option: str, path: str, write) -> None:
     """write(file object) to path: a failure (disk full, /proc, an immutable folder) is one clear
     error and leaves no partial file; a file written into a project folder is listed there as moa-edge's."""
+    opened = False
     try:
         with open(path, "wb") as f:
+            opened = True
             write(f)
     except OSError as exc:
-        if Path(path).is_file():
+        if opened and Path(path).is_file():  # what we truncated and half wrote
             Path(path).unlink(missing_ok=True)
         raise MoaEdgeError(f"{option} {path}: cannot write it: {exc.strerror or exc}") from None
     ownership.claim(path)

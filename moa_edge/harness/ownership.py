@@ -87,7 +87,10 @@ def claim(path) -> None:
     if manifest is None or not path.is_file() or path.is_symlink():
         return
     manifest["files"][path.name] = _digest(path)
-    _save(folder, manifest)
+    try:
+        _save(folder, manifest)
+    except OSError:  # unlisted, the file is taken for the user's: convert then refuses, the safe side
+        pass
 
 
 def is_project(folder: Path) -> bool:
