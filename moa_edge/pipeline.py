@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import re
+import secrets
 import shutil
 import tempfile
 
@@ -114,37 +115,34 @@ def convert(model, out_dir, board: str = "host", input_shapes=None, prefix: str 
         raise MoaEdgeError(f"cannot create {out_dir}: {blocking} is a file, not a folder")
 
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
-    staging = old = None
+    # Names chosen before anything is made, so that a signal at any point finds what to clean up.
+    staging, old = (out_dir.parent / f".{out_dir.name}.{kind}-{secrets.token_hex(8)}" for kind in ("partial", "old"))
     try:
         try:
             out_dir.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+            staging.mkdir()
         except OSError as exc:
             raise MoaEdgeError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
         graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention), board_profile,
                                scratch_budget, schedule)
         report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name)
         ownership.write_manifest(staging)
-        staging.chmod(ownership.ordinary_mode(0o777))  # mkdtemp made it private; the project is an ordinary folder
         _check_replaceable(out_dir, model)  # again: the user may have written into it meanwhile
         if out_dir.exists():  # moved aside in one rename, so out_dir is always whole
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.rename(out_dir, old)
         staging.rename(out_dir)
-        staging = None
     except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if old is not None:  # interrupted mid-swap: the old project goes back where it was
-            if out_dir.exists():  # either nothing was moved yet, or the new project is already in place
-                old.rmdir() if not any(old.iterdir()) else ownership.remove_owned(old)
-            else:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old.exists():  # interrupted mid-swap
+            if out_dir.exists():  # the new project is already in place
+                ownership.remove_owned(old)
+            else:  # the old project goes back where it was
                 os.rename(old, out_dir)
         for p in created:  # innermost first
             if p.exists() and not any(p.iterdir()):
                 p.rmdir()
         raise
-    if old is not None and not ownership.remove_owned(old):
+    if old.exists() and not ownership.remove_owned(old):
         raise MoaEdgeError(f"converted into {out_dir}, but files that appeared in the old project meanwhile "
                            f"are kept in {old}")
     return report
