@@ -5,11 +5,14 @@ import argparse
 import json
 import os
 from pathlib import Path
+import signal
 import sys
+import threading
 
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.harness import ownership
 from moa_edge.target import Board, load_board, load_catalogue
 
 
@@ -31,9 +34,25 @@ def _progress(msg: str) -> None:
     print(f"  .. {msg}", file=sys.stderr, flush=True)
 
 
+def _write_file(option: str, path: str, write) -> None:
+    """write(file object) to path: a failure (disk full, /proc, an immutable folder) is one clear
+    error and leaves no partial file; a file written into a project folder is listed there as moa-edge's."""
+    opened = False
+    try:
+        with open(path, "wb") as f:
+            opened = True
+            write(f)
+    except OSError as exc:
+        if opened and Path(path).is_file():  # what we truncated and half wrote
+            Path(path).unlink(missing_ok=True)
+        raise MoaEdgeError(f"{option} {path}: cannot write it: {exc.strerror or exc}") from None
+    ownership.claim(path)
+
+
 def _write_json(path: str | None, data: dict) -> None:
     if path:
-        Path(path).write_text(json.dumps(data, indent=2, default=str) + "\n")
+        text = json.dumps(data, indent=2, default=str) + "\n"
+        _write_file("--json", path, lambda f: f.write(text.encode()))
 
 
 def cmd_convert(a) -> int:
@@ -76,7 +95,7 @@ def cmd_run(a) -> int:
     binary = build(project, board)
     ssh = _ssh_target(a, [board])
     outputs, run_us = run(binary, board, io, inputs, ssh=ssh)
-    np.savez(a.outputs, **outputs)
+    _write_file("--outputs", a.outputs, lambda f: np.savez(f, **outputs))
     where = f" over ssh {ssh.destination}" if ssh else ""
     print(f"{board.name}{where}: wrote {', '.join(outputs)} to {a.outputs} (run {run_us:.1f} us)")
     _write_json(a.json, {"ok": True, "board": board.name, "outputs": a.outputs, "run_us": run_us,
@@ -442,16 +461,56 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+NAME_MAX = 255  # bytes in one file name on Linux file systems
+
+
 def _check_output_paths(args) -> None:
-    """Files the verb will write must have a folder to go in: say so before any work."""
-    for option in ("json", "outputs"):
+    """Files the verb will write must have a folder to go in, a name the file system takes, and
+    must not be a folder or each other: say so before any work."""
+    seen = {}
+    for option, flag in (("output", "-o"), ("json", "--json"), ("outputs", "--outputs")):
         path = getattr(args, option, None)
-        if path and not Path(path).resolve().parent.is_dir():
-            raise MoaEdgeError(f"--{option} {path}: the folder {Path(path).parent} does not exist")
+        if path is None:
+            continue
+        if not path.strip():
+            raise MoaEdgeError(f"{flag} is empty: name the {'folder' if option == 'output' else 'file'} to write")
+        p = Path(path)
+        long = next((part for part in p.parts if len(part.encode()) > NAME_MAX), None)
+        if long is not None:
+            raise MoaEdgeError(f"{flag}: the name {long[:40]}... is {len(long.encode())} bytes long, "
+                               f"more than the {NAME_MAX} a file system takes")
+        if option == "output" and args.verb == "convert":
+            pass  # a folder: convert checks it (pipeline._check_replaceable)
+        elif p.is_dir():
+            raise MoaEdgeError(f"{flag} {path} is a folder; name a file to write")
+        elif not p.resolve().parent.is_dir():
+            raise MoaEdgeError(f"{flag} {path}: the folder {p.parent} does not exist")
+        if option == "outputs" and p.suffix != ".npz":
+            raise MoaEdgeError(f"{flag} {path}: name a .npz file (numpy would otherwise write {path}.npz)")
+        same = seen.get(p.resolve())
+        if same is not None:
+            raise MoaEdgeError(f"{same} and {flag} are the same path {path}; each output needs its own")
+        seen[p.resolve()] = flag
+
+
+class _Signalled(KeyboardInterrupt):
+    """SIGTERM or SIGHUP as an exception, so that the cleanup Ctrl-C gets (convert's staging
+    folder, validate's temporary folder, running children) happens for them too."""
+
+
+def _on_signal(signum, frame):
+    for s in _CAUGHT:  # a second signal must not cut the cleanup short
+        signal.signal(s, signal.SIG_IGN)
+    raise _Signalled(signum)
+
+
+_CAUGHT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _on_signal) for s in _CAUGHT} if in_main_thread else {}
     try:
         _check_output_paths(args)
         return args.fn(args)
@@ -461,9 +520,17 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # output piped into head and closed early
         sys.stdout = open(os.devnull, "w")
         return 0
-    except KeyboardInterrupt:
-        print("moa-edge: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = exc.args[0] if isinstance(exc, _Signalled) else signal.SIGINT
+        print(f"moa-edge: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
+    except OSError as exc:  # a file the verb reads or writes: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"moa-edge: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """The verbs' work: convert a model to a C project, validate it on boards."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 import re
+import secrets
 import shutil
 import tempfile
 
@@ -12,6 +14,7 @@ from moa_edge.codegen import emit_project
 from moa_edge.converters import import_onnx
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness import compare as cmp
+from moa_edge.harness import ownership
 from moa_edge.harness.build import build
 from moa_edge.harness.inputs import load_npz, random_inputs
 from moa_edge.harness.reference import run_reference
@@ -71,35 +74,77 @@ def schedule_graph(graph: Graph, board: Board, scratch_budget: int | None = None
     return graph
 
 
+def _check_replaceable(out_dir: Path, model: Path) -> None:
+    """out_dir may be created, or replaced if it is empty or holds only what moa-edge wrote;
+    anything else is the user's, and convert refuses before any work."""
+    if out_dir.is_symlink():
+        raise MoaEdgeError(f"{out_dir} is a symbolic link; refusing to replace it: give the folder it points to, or another -o")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise MoaEdgeError(f"{out_dir} exists and is not a moa-edge project; refusing to overwrite it")
+    here, target = Path.cwd().resolve(), out_dir.resolve()
+    if here == target or target in here.parents:
+        raise MoaEdgeError(f"{out_dir} is the current folder or holds it; refusing to replace it: choose another -o")
+    if target in model.resolve().parents:
+        raise MoaEdgeError(f"{out_dir} holds the model being converted ({model}); refusing to replace it: choose another -o")
+    if not any(out_dir.iterdir()):
+        return
+    if not ownership.is_project(out_dir):
+        raise MoaEdgeError(f"{out_dir} exists and is not a moa-edge project (it has no {ownership.MARKER}); "
+                           "refusing to overwrite it")
+    foreign = ownership.foreign_entry(out_dir)
+    if foreign is not None:
+        raise MoaEdgeError(f"{out_dir} holds {foreign!r}, which moa-edge did not write (or which was changed since); "
+                           "refusing to overwrite it: move it out, or choose another -o")
+
+
 def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefix: str = "model",
             scratch_budget: int | None = None, schedule: Schedule | None = None, fuse_attention: bool = True) -> dict:
-    """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing."""
+    """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing. An existing out_dir is
+    replaced only if everything in it is moa-edge's (ownership.MARKER lists what convert wrote)."""
+    if not str(out_dir).strip():
+        raise MoaEdgeError("-o is empty: name the project folder to create")
     model, out_dir = Path(model), Path(out_dir)
     board = board or load_board("host")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
         raise MoaEdgeError(f"--prefix {prefix!r} is not a C identifier")
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / "report.json").is_file())):
-        raise MoaEdgeError(f"{out_dir} exists and is not a moa-edge project; refusing to overwrite it")
+    _check_replaceable(out_dir, model)
     blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise MoaEdgeError(f"cannot create {out_dir}: {blocking} is a file, not a folder")
-    graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention), board,
-                           scratch_budget, schedule)
 
     created = [p for p in [out_dir.parent, *out_dir.parent.parents] if not p.exists()]
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    # Names chosen before anything is made, so that a signal at any point finds what to clean up.
+    staging, old = (out_dir.parent / f".{out_dir.name}.{kind}-{secrets.token_hex(8)}" for kind in ("partial", "old"))
     try:
+        try:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            staging.mkdir()
+        except OSError as exc:
+            raise MoaEdgeError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
+        graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention), board,
+                               scratch_budget, schedule)
         report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
+        ownership.write_manifest(staging)
+        _check_replaceable(out_dir, model)  # again: the user may have written into it meanwhile
+        if out_dir.exists():  # moved aside in one rename, so out_dir is always whole
+            os.rename(out_dir, old)
         staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if old.exists():  # interrupted mid-swap
+            if out_dir.exists():  # the new project is already in place
+                ownership.remove_owned(old)
+            else:  # the old project goes back where it was
+                os.rename(old, out_dir)
         for p in created:  # innermost first
             if p.exists() and not any(p.iterdir()):
                 p.rmdir()
         raise
+    if old.exists() and not ownership.remove_owned(old):
+        raise MoaEdgeError(f"converted into {out_dir}, but files that appeared in the old project meanwhile "
+                           f"are kept in {old}")
     return report
 
 

@@ -18,7 +18,7 @@ from conftest import board_file, require_board
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
-from moa_edge.harness.ssh import SshTarget
+from moa_edge.harness.ssh import RemoteFolder, SshTarget
 from moa_edge.pipeline import convert
 
 SSHD = "/usr/sbin/sshd"
@@ -112,6 +112,20 @@ def test_arguments_reach_the_board_word_for_word(sshd):
     words = ["a b", "it's", "$(echo no)", "*", ";", ""]
     out = SshTarget.parse(destination, config).check(["printf", "[%s]\\n", *words], "printf")
     assert out.splitlines() == [f"[{w}]" for w in words]
+
+
+def test_local_paths_that_look_like_a_host_or_an_option_are_copied_as_files(sshd, tmp_path, monkeypatch):
+    """scp reads a relative "a:b/f" as a host and "-oProxyCommand=..." as an option (a command run here)."""
+    destination, config = sshd
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a:b").mkdir()
+    (tmp_path / "a:b" / "f").write_text("one")
+    (tmp_path / "-oProxyCommand=touch PWNED").write_text("two")
+    target = SshTarget.parse(destination, config)
+    with RemoteFolder(target) as folder:
+        target.copy([Path("a:b/f"), Path("-oProxyCommand=touch PWNED")], folder + "/")
+        out = target.check(["cat", "--", "f", "-oProxyCommand=touch PWNED"], "cat", cwd=folder)
+    assert out == "onetwo" and not (tmp_path / "PWNED").exists()
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -1,7 +1,9 @@
 """Build a generated project for a board with SCons."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
+import signal
 import subprocess
 import sys
 
@@ -23,7 +25,20 @@ def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldfla
     ldflags = list(board.toolchain.get("ldflags", [])) + list(extra_ldflags)
     cmd = [sys.executable, "-m", "SCons", "-Q", "-C", str(project), f"CC={cc}",
            f"CFLAGS={' '.join(cflags)}", f"LINKFLAGS={' '.join(ldflags)}", f"VARIANT={variant}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # Its own process group: if we are interrupted, scons and the compilers it started stop with
+    # us, before our caller removes the folder they write into.
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate()
+        except BaseException:  # SIGTERM first: the compiler driver then deletes its temporary files
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            raise
     if proc.returncode != 0:
-        raise MoaEdgeError(f"build of {project} for {board.name} failed:\n{proc.stdout}{proc.stderr}".rstrip())
+        raise MoaEdgeError(f"build of {project} for {board.name} failed:\n{stdout}{stderr}".rstrip())
     return project / "build" / variant / "model_main"

@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.harness import ownership
 
 
 def _load_json(path: Path, what: str) -> dict:
@@ -535,5 +536,7 @@ def write_report(project, out: Path | None = None, validation=None, energy=None)
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
             f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
     out.write_text(page)
+    for written in (out, *pngs.values()):  # listed as moa-edge's, if out is in a project folder
+        ownership.claim(written)
     return {"html": str(out), "pngs": {k: str(v) for k, v in pngs.items()}, "sources": sources,
             "validation": val is not None, "energy": en is not None, "per_op_prediction": have_prediction}

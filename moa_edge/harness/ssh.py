@@ -68,8 +68,9 @@ class SshTarget:
     def copy(self, sources: list[Path], destination: str, upload: bool = True) -> None:
         """scp local files to a remote folder, or (upload=False) remote files to a local folder."""
         remote = lambda path: f"{self._host()}:{path}"  # noqa: E731
-        args = ([*map(str, sources), remote(destination)] if upload
-                else [*(remote(s) for s in sources), str(destination)])
+        # Local paths absolute: scp would take a relative "a:b/f" for a host, and "-oX=..." for an option.
+        args = ([*(str(Path(s).absolute()) for s in sources), remote(destination)] if upload
+                else [*(remote(s) for s in sources), str(Path(destination).absolute())])
         cmd = ["scp", "-q", *self._options("-P"), *args]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
