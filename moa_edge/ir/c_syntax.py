@@ -1,4 +1,4 @@
-"""C identifiers and literals."""
+"""C identifiers and literals, as the generated C spells them (op emitters and codegen alike)."""
 from __future__ import annotations
 
 import math
