@@ -354,7 +354,7 @@ def _cost_section(report: dict, rows: list[dict], have_prediction: bool, pngs: d
         consts = pred.get("constants", {})
         parts.append(
             "<p>Attention ops: the ONF cost model's counts for the chosen tiles. Every other op: an "
-            "<b>estimate from shapes</b> made at conversion (energy/predict.py: 2&middot;M&middot;N&middot;K flops for a "
+            "<b>estimate from shapes</b> made at conversion (each op module's op_cost: 2&middot;M&middot;N&middot;K flops for a "
             "GEMM, a few flops per element elsewhere; weights read once, activations read and written once). "
             f"Energy uses board {escape(str(report.get('board', '?')))}'s constants "
             f"({escape(', '.join(f'{k} {v:g}' for k, v in consts.items()))}"
