@@ -19,7 +19,7 @@ import torch
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import DTYPES, Graph, Tensor
-from moa_edge.ir.c_syntax import c_float
+from moa_edge.ir.c_syntax import c_float_short
 from moa_edge.moa import Layout
 
 from .contract import EmittedUnit, OpCost, TensorType, operand_bytes
@@ -120,10 +120,7 @@ def literal(tensor) -> str | None:
         return None
     value = tensor.data.reshape(())
     if tensor.dtype == "float32":
-        if not np.isfinite(value):
-            return c_float(float(value))
-        text = str(np.float32(value))  # the shortest decimal that reads back as the same float32
-        text += "f" if "." in text or "e" in text else ".0f"
+        text = c_float_short(value)
         return f"({text})" if text.startswith("-") else text  # `-a` of it must not read `--`
     if tensor.dtype in ("bool", "int32", "int64") and abs(int(value)) < 2 ** 31:
         return f"(({DTYPES[tensor.dtype][1]}){int(value)})"

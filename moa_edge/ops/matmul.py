@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir.c_syntax import c_float
+from moa_edge.ir.c_syntax import c_float_short
 from moa_edge.moa import Layout
 
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
@@ -105,19 +105,12 @@ def _offset(pointer: str, terms) -> str:
     return " + ".join([pointer] + [f"{v} * {s}" for v, s in terms if s])
 
 
-def _float(x: float) -> str:
-    """A float32 literal as short as round-trips (1.0f, 0.5f); c_float's exact hex otherwise."""
-    if not np.isfinite(np.float32(x)):
-        return c_float(x)
-    return f"{np.float32(x)}f"
-
-
 def _gemm_call(M, N, K, alpha, a, b, beta, c, y, function="moa_gemm_f32") -> str:
     """The call grouped as the equation reads: alpha A B, beta C, then Y."""
     indent = " " * len(f"status = {function}(")
     return check_status(f"{function}({M}, {N}, {K},\n"
-                        f"{indent}{_float(alpha)}, {a}, {b},\n"
-                        f"{indent}{_float(beta)}, {c},\n"
+                        f"{indent}{c_float_short(alpha)}, {a}, {b},\n"
+                        f"{indent}{c_float_short(beta)}, {c},\n"
                         f"{indent}{y}, {N})", indent="")
 
 
