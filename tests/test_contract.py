@@ -127,3 +127,13 @@ def test_a_recorded_type_the_rule_disagrees_with_is_named():
         check_output_types(graph, "m.onnx")
     graph.tensors["y"] = Tensor("y", (2, 5), "float32")
     check_output_types(graph, "m.onnx")
+
+
+def test_short_float_literals_read_back_as_the_same_float32():
+    from moa_edge.ir.c_syntax import c_float, c_float_short
+    rng = np.random.default_rng(0)
+    for x in np.concatenate([rng.standard_normal(200), 10.0 ** rng.uniform(-40, 38, 200)]).astype(np.float32):
+        text = c_float_short(x)
+        assert text.endswith("f") and np.float32(float(text[:-1])) == x, text
+    assert (c_float_short(0.1), c_float_short(3), c_float_short(-0.5)) == ("0.1f", "3.0f", "-0.5f")
+    assert c_float_short(float("inf")) == c_float(float("inf")) == "INFINITY"
