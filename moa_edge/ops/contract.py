@@ -111,7 +111,7 @@ def _no_scratch(node: Node, graph: Graph) -> int:
     return 0
 
 
-def op_of(module) -> Op:
+def op_of(module: OpModule) -> Op:
     """The module's hooks, defaults filled in; a module missing a required hook is refused."""
     missing = [name for name in REQUIRED if not hasattr(module, name)]
     if missing:
