@@ -288,11 +288,12 @@ def _bench_attention(a) -> int:
 def _bench_model(a) -> int:
     from moa_edge.converters import parse_input_shapes
     from moa_edge.harness.model_bench import bench_model, plot
+    from moa_edge.pipeline import convert
     if not a.model:
         raise MoaEdgeError("bench model needs the model file: moa-edge bench model MODEL.onnx")
     boards = board_list_arg(a.board) if a.ssh else []
     ssh = _ssh_target(a, boards) if a.ssh else None
-    result = bench_model(a.model, parse_input_shapes(a.input_shape), a.repeat or 20, a.inputs,
+    result = bench_model(a.model, convert, parse_input_shapes(a.input_shape), a.repeat or 20, a.inputs,
                          remote_board=boards[0] if boards else None, ssh=ssh, progress=_progress)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

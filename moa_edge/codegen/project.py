@@ -9,22 +9,16 @@ from pathlib import Path
 import numpy as np
 
 from moa_edge import C_RUNTIME_DIR
-from moa_edge.energy.predict import predict_model
+from moa_edge.plan.predict import predict_model
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, dtypes
+from moa_edge.ir.c_syntax import c_identifier
 from moa_edge.ops import SUPPORTED_OPS, EmitContext
+from moa_edge.ops.contract import RUN_LOCALS
 from moa_edge.plan import plan_arena
 from moa_edge.target import Board, load_board
 
-from .cnames import c_identifier
-
 TEMPLATES = Path(__file__).parent / "templates"
-
-
-def _unlikely_errors(call: str) -> str:
-    """Every op's `if (status != MOA_OK)` as MOA_UNLIKELY (moa/status.h): gcc then keeps the
-    whole schedule hot instead of judging the layers after a long chain of checks cold."""
-    return call.replace("if (status != MOA_OK)", "if (MOA_UNLIKELY(status != MOA_OK))")
 
 
 def _weights_blob(weights) -> tuple[bytes, str]:
@@ -49,11 +43,9 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     out_dir = Path(out_dir)
     board = board or load_board("host")
     P = prefix.upper()
-    # Names the generated statements use for their own locals: no tensor may take one.
-    # (Element-wise operands a..h and indices i0.., Gather's o/i/r/row, views' n, the index ops'
-    # s/t/at/src, rotary's p/cs: q, k, v, x, y and m stay free for the usual model names.)
-    taken: set[str] = {"arena", "arena_bytes", "base", "status", *"abcdefghinoprst", "row", "row0", "at", "cs", "src",
-                       *(f"{v}{k}" for v in ("i", "d", "batch") for k in range(16))}
+    # Names the generated statements use for their own locals (each op module's C_LOCALS): no
+    # tensor may take one. q, k, v, x, y and m stay free for the usual model names.
+    taken: set[str] = set(RUN_LOCALS).union(*(op.C_LOCALS for op in SUPPORTED_OPS.values()))
     plan = plan_arena(graph)
 
     io = []
@@ -90,7 +82,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     kernels, kernel_decls, calls, sources = [], [], [], set()
     for k, node in enumerate(graph.nodes):
         op = SUPPORTED_OPS[node.op]
-        if node.outputs[0] in plan.storage_of and getattr(op, "ALIASES", False):
+        if node.outputs[0] in plan.storage_of and op.ALIASES:
             continue  # a view: nothing to run
         sources.update(op.C_SOURCES)
         scratch = plan.offsets.get("scratch:" + node.name)
@@ -100,7 +92,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
                                          graph=graph))
         kernels += unit.kernels
         kernel_decls += unit.declarations
-        calls.append(_unlikely_errors(unit.call))
+        calls.append(unit.call)
 
     subst = {
         "P": P, "p": prefix, "SOURCE": source, "BOARD": board.name,

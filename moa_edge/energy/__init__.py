@@ -61,7 +61,7 @@ class RemoteFiles:
 
 
 def predicted(project: Path) -> dict:
-    """The prediction `convert` wrote into report.json (energy/predict.py), without the per-op list."""
+    """The prediction `convert` wrote into report.json (plan/predict.py), without the per-op list."""
     report = json.loads((Path(project) / "report.json").read_text())
     if "predicted" not in report:
         raise MoaEdgeError(f"{project}/report.json has no prediction: convert the model again with this moa-edge")

@@ -17,7 +17,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board, load_board
 
 from .build import build
-from .inputs import random_inputs
+from .inputs import load_npz, random_inputs
 from .runner import run
 
 # Run in a fresh interpreter so that the growth measured is the session's alone.
@@ -48,11 +48,11 @@ print(json.dumps({"run_us": best * 1e6, "resident_growth_bytes": grown}))
 """
 
 
-def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, seed: int = 0,
+def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path=None, seed: int = 0,
                 remote_board: Board | None = None, ssh=None, progress=lambda msg: None) -> dict:
     """Host latency and memory against onnxruntime; with `ssh`, also the latency on that real
-    board (`remote_board`), where onnxruntime is not there to compare with."""
-    from moa_edge.pipeline import convert
+    board (`remote_board`), where onnxruntime is not there to compare with. `convert` is
+    pipeline.convert, passed in by the caller: the harness sits below the pipeline."""
     model = Path(model)
     board = load_board("host")
     with tempfile.TemporaryDirectory(prefix="moa-bench-") as tmp:
@@ -74,7 +74,6 @@ def bench_model(model, input_shapes=None, repeat: int = 20, inputs_path=None, se
         else:
             unfused_error = ""
 
-        from .inputs import load_npz
         inputs = load_npz(inputs_path) if inputs_path else random_inputs(report["io"], seed)
         np.savez(tmp / "inputs.npz", **inputs)
         progress(f"moa-edge: {repeat} runs")

@@ -2,7 +2,7 @@
 
 Everything on the page comes from files: BUILD/report.json (written by `convert`: I/O,
 attention blocks with their ONF schedule and the cost model's prediction, the arena plan,
-and the per-op prediction of energy/predict.py), and, when present, the JSON results of
+and the per-op prediction of plan/predict.py), and, when present, the JSON results of
 `moa-edge validate ... --json F` and `moa-edge energy BUILD --json F` (by default
 BUILD/validation.json and BUILD/energy.json). Nothing is measured or re-predicted here; a
 figure that is an estimate says so, as report.json labels it.
@@ -301,7 +301,7 @@ def _verdict(ok) -> _Raw:
 
 
 def per_op_rows(report: dict) -> tuple[list[dict], bool]:
-    """One row per scheduled op: report.json's per-op prediction (energy/predict.py) merged with
+    """One row per scheduled op: report.json's per-op prediction (plan/predict.py) merged with
     the live bytes at its step; attention ops take their block's cost-model figures. The flag
     says whether report.json had a per-op prediction at all."""
     predicted = {o["node"]: o for o in (report.get("predicted") or {}).get("ops", [])}
@@ -355,7 +355,7 @@ def _cost_section(report: dict, rows: list[dict], have_prediction: bool, pngs: d
         consts = pred.get("constants", {})
         parts.append(
             "<p>Attention ops: the ONF cost model's counts for the chosen tiles. Every other op: an "
-            "<b>estimate from shapes</b> made at conversion (energy/predict.py: 2&middot;M&middot;N&middot;K flops for a "
+            "<b>estimate from shapes</b> made at conversion (each op module's op_cost: 2&middot;M&middot;N&middot;K flops for a "
             "GEMM, a few flops per element elsewhere; weights read once, activations read and written once). "
             f"Energy uses board {escape(str(report.get('board', '?')))}'s constants "
             f"({escape(', '.join(f'{k} {v:g}' for k, v in consts.items()))}"

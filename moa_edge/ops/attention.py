@@ -16,6 +16,7 @@ from moa_edge.moa import Layout, cost, onf
 from moa_edge.moa.mask import MASK_BOOL, MASK_FLOAT
 from moa_edge.moa.spec import AttentionSpec
 
+from .contract import EmittedUnit, OpCost, TensorType, check_status
 OPS = ("MoaAttention",)
 # The loop nest is generated per block (attention.c); its inner loops call the micro-kernels
 # of moa/attention.h: the scalar reference and one variant per ISA folder, each compiled to
@@ -34,6 +35,18 @@ def in_place_inputs(node, graph) -> list[str]:
     """The arena may give Y the storage of a Q that dies here (FlashAttention's O over Q)."""
     q = node.inputs[0]
     return [q] if onf.output_over_q(node.attrs["spec"]) and q not in node.inputs[1:] else []  # not a packed QKV
+
+
+def infer(node, graph) -> list[TensorType]:
+    """float32 Y (and scores); their shapes are the replaced subgraph's, which spec.y (and the
+    scores' row-major (B, Hq, Sq, Skv) order) map onto, so the rule leaves them to the graph."""
+    return [TensorType(None, "float32") for _ in node.outputs]
+
+
+def op_cost(node, graph) -> OpCost:
+    """The ONF cost model's prediction for the chosen schedule: its flops and its DRAM bytes."""
+    c = node.attrs["cost"]
+    return OpCost(c.flops, 0, c.dram_bytes)
 
 
 def schedule(node, board, scratch_budget=None, forced: "onf.Schedule | None" = None) -> None:
@@ -124,7 +137,6 @@ def emit_kernel(node, name: str) -> str:
 
 
 def emit(node, ctx):
-    from . import EmittedUnit
     spec, c = node.attrs["spec"], node.attrs["cost"]
     kernel = (f"/* {node.name}: {spec.pattern}; absorbed {len(spec.absorbed)} ONNX nodes.\n"
               f" * schedule {c.strategy} Br={c.block_q} Bc={c.block_k}; predicted on {ctx.board.name}: "
@@ -137,8 +149,7 @@ def emit(node, ctx):
                    f"float *restrict scratch{lengths_param});\n")
     q, k, v, mask = (ctx.where[n] if n else "NULL" for n in node.inputs[:4])
     lengths = f", {ctx.where[node.inputs[4]]}" if spec.kv_lengths else ""
-    call = (f"    status = {ctx.name}({q}, {k}, {v}, {mask}, {ctx.where[node.outputs[0]]}, {ctx.scratch}{lengths});\n"
-            f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
+    call = check_status(f"{ctx.name}({q}, {k}, {v}, {mask}, {ctx.where[node.outputs[0]]}, {ctx.scratch}{lengths})")
     kernels, declarations = [kernel], [declaration]
     if spec.qk_mode >= 0:  # the scores the graph also outputs: an Sq x Skv tensor it asked for
         scores = f"{ctx.name}_scores"

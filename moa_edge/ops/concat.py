@@ -7,13 +7,22 @@ import torch
 from moa_edge.moa import Layout
 
 from .attention import gather
+from .contract import EmittedUnit, TensorType
 
 OPS = ("MoaConcat",)
 C_SOURCES: list[str] = []
 
 
-def scratch_bytes(node, graph=None) -> int:
-    return 0
+def _out_shape(node) -> list[int]:
+    """The parts' common shape, summed along the axis."""
+    layouts, axis = node.attrs["layouts"], node.attrs["axis"]
+    shape = list(layouts[0].shape)
+    shape[axis] = sum(lay.shape[axis] for lay in layouts)
+    return shape
+
+
+def infer(node, graph) -> list[TensorType]:
+    return [TensorType(tuple(_out_shape(node)), graph.tensors[node.inputs[0]].dtype)]
 
 
 def reference(node, parts: list[torch.Tensor]) -> torch.Tensor:
@@ -26,11 +35,8 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
 
 
 def emit(node, ctx):
-    from . import EmittedUnit
     layouts, axis = node.attrs["layouts"], node.attrs["axis"]
-    out_shape = list(layouts[0].shape)
-    out_shape[axis] = sum(lay.shape[axis] for lay in layouts)
-    out_strides = Layout.row_major(out_shape).strides
+    out_strides = Layout.row_major(_out_shape(node)).strides
     dst = ctx.where[node.outputs[0]]
     lines = [f"    {{ /* {node.name}: concatenate {len(layouts)} parts along axis {axis} */"]
     start = 0

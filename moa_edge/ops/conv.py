@@ -8,6 +8,7 @@ into begin pads; the end pads only shape the output, which the kernel is told di
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +17,11 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 
 from . import matmul
+from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 
 OPS = ("Conv",)
 C_SOURCES = ["conv.c", *matmul.C_SOURCES]
 HEADER = '#include "moa/conv.h"'
-
-
-def scratch_bytes(node, graph=None) -> int:
-    return 0
 
 
 @dataclass(frozen=True)
@@ -85,6 +83,21 @@ def geometry(node, x_shape, w_shape) -> Geometry:
     return Geometry(kernel, strides, dilations, tuple(begin), tuple(end), group)
 
 
+def infer(node, graph) -> list[TensorType]:
+    """[N, out channels, *the geometry's output extents], of X's dtype."""
+    x, w = graph.tensors[node.inputs[0]], graph.tensors[node.inputs[1]]
+    g = geometry(node, tuple(x.shape), tuple(w.shape))
+    return [TensorType((x.shape[0], w.shape[0]) + g.out_shape(x.shape[2:]), x.dtype)]
+
+
+def op_cost(node, graph) -> OpCost:
+    """Two flops per output element and weight it meets (in channels of a group x kernel taps)."""
+    w = graph.tensors[node.inputs[1]].shape
+    moved = operand_bytes(node, graph)
+    return OpCost(2 * graph.tensors[node.outputs[0]].size * math.prod(w[1:]), moved.weight_bytes,
+                  moved.activation_bytes)
+
+
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
@@ -112,7 +125,6 @@ def _as_2d(values, unit) -> tuple[int, int]:
 
 
 def emit(node, ctx):
-    from . import EmittedUnit
     shapes = [tuple(ctx.graph.tensors[n].shape) for n in (node.inputs[0], node.inputs[1], node.outputs[0])]
     x_shape, w_shape, y_shape = shapes
     g = geometry(node, x_shape, w_shape)
@@ -134,9 +146,6 @@ def emit(node, ctx):
              "        const moa_conv2d_params params = {",
              *[f"            .{name} = {value}u," for name, value in fields],
              "        };",
-             f"        status = moa_conv2d_f32(&params, {', '.join(args)});",
-             "        if (status != MOA_OK) {",
-             "            return status;",
-             "        }",
+             check_status(f"moa_conv2d_f32(&params, {', '.join(args)})", indent="        ").rstrip("\n"),
              "    }"]
     return EmittedUnit("\n".join(lines) + "\n", declarations=[HEADER])

@@ -18,8 +18,11 @@ import numpy as np
 import torch
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import dtypes
+from moa_edge.ir import Graph, Tensor, dtypes
+from moa_edge.ir.c_syntax import c_float_short
 from moa_edge.moa import Layout
+
+from .contract import EmittedUnit, OpCost, TensorType, operand_bytes
 
 C_SOURCES: list[str] = []
 IN_PLACE = True  # element i of the output is written after element i of each same-shape input is read
@@ -70,10 +73,45 @@ _FLOAT_ONLY = {"Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Fl
 VECTOR_BLOCK = 16  # elements: a whole number of vectors of every type on every ISA the boards have
 
 _TORCH_DTYPES = {"float32": torch.float64, "bool": torch.bool, "int64": torch.int64, "int32": torch.int32}
+# The operand letters of the C expressions, and the loop's indices and values (i0.., d0..).
+C_LOCALS = frozenset([*"abcdefgh", *(f"{v}{k}" for v in ("i", "d") for k in range(16))])
+
+_BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf"}
+_ONNX_DTYPE = {1: "float32", 6: "int32", 7: "int64", 9: "bool"}  # Cast's `to` (onnx.TensorProto codes)
 
 
-def scratch_bytes(node, graph=None) -> int:
-    return 0
+def infer(node, graph) -> list[TensorType]:
+    """numpy broadcasting of the operands; comparisons and logic give bool, Cast its `to`,
+    Where its branches' type, everything else its first operand's."""
+    if node.op == "MoaElementwise":
+        return _infer_fused(node, graph)
+    operands = [graph.tensors[n] for n in node.inputs if n]
+    shape = tuple(np.broadcast_shapes(*(tuple(t.shape) for t in operands)))
+    if node.op == "Cast":
+        to = node.attrs.get("to")
+        return [TensorType(shape, _ONNX_DTYPE.get(to, f"onnx type {to}"))]
+    if node.op in _BOOLEAN:
+        return [TensorType(shape, "bool")]
+    return [TensorType(shape, operands[1 if node.op == "Where" else 0].dtype)]
+
+
+def _infer_fused(node, graph) -> list[TensorType]:
+    """The members' rules in order, from the fused node's operands."""
+    body = node.attrs["body"]
+    tensors = {**body.tensors, **{n: graph.tensors[n] for n in node.inputs if n}}
+    scope = Graph(body.name, list(body.inputs), list(body.outputs), body.nodes, tensors, dict(body.opsets))
+    for member in body.nodes:
+        (made,) = infer(member, scope)
+        tensors[member.outputs[0]] = Tensor(member.outputs[0], made.shape, made.dtype)
+    out = tensors[node.outputs[0]]
+    return [TensorType(tuple(out.shape), out.dtype)]
+
+
+def op_cost(node, graph) -> OpCost:
+    """One flop per output element and member; every operand moved once."""
+    members = len(node.attrs["body"].nodes) if node.op == "MoaElementwise" else 1
+    moved = operand_bytes(node, graph)
+    return OpCost(graph.tensors[node.outputs[0]].size * members, moved.weight_bytes, moved.activation_bytes)
 
 
 def literal(tensor) -> str | None:
@@ -82,11 +120,7 @@ def literal(tensor) -> str | None:
         return None
     value = tensor.data.reshape(())
     if tensor.dtype == "float32":
-        if not np.isfinite(value):
-            from moa_edge.codegen.cnames import c_float  # here: codegen imports this package
-            return c_float(float(value))
-        text = str(np.float32(value))  # the shortest decimal that reads back as the same float32
-        text += "f" if "." in text or "e" in text else ".0f"
+        text = c_float_short(value)
         return f"({text})" if text.startswith("-") else text  # `-a` of it must not read `--`
     if tensor.dtype in ("bool", "int32", "int64") and abs(int(value)) < 2 ** 31:
         return f"(({dtypes.dtype(tensor.dtype).c_type}){int(value)})"
@@ -260,7 +294,6 @@ def _value(node, graph):
 
 
 def emit(node, ctx):
-    from . import EmittedUnit
     graph = ctx.graph
     if node.op != "MoaElementwise":
         names, value = _value(node, graph)

@@ -10,16 +10,22 @@ import math
 
 import torch
 
+from .contract import EmittedUnit, TensorType
+
 OPS = ("Gather",)
 C_SOURCES: list[str] = []
-
-
-def scratch_bytes(node, graph=None) -> int:
-    return 0
+C_LOCALS = frozenset({"o", "i", "r", "row"})  # its loop's indices and the wrapped row
 
 
 def _axis(node, graph) -> int:
     return node.attrs.get("axis", 0) % len(graph.tensors[node.inputs[0]].shape)
+
+
+def infer(node, graph) -> list[TensorType]:
+    """data.shape[:axis] + indices.shape + data.shape[axis + 1:], of data's dtype."""
+    data, indices = graph.tensors[node.inputs[0]], graph.tensors[node.inputs[1]]
+    axis = _axis(node, graph)
+    return [TensorType(tuple(data.shape[:axis]) + tuple(indices.shape) + tuple(data.shape[axis + 1:]), data.dtype)]
 
 
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
@@ -32,7 +38,6 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
 
 
 def emit(node, ctx):
-    from . import EmittedUnit
     graph = ctx.graph
     data_shape = graph.tensors[node.inputs[0]].shape
     axis = _axis(node, graph)

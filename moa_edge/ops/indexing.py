@@ -23,8 +23,13 @@ import torch
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 
+from .contract import EmittedUnit, TensorType
+
 OPS = ("GatherElements", "GatherND", "Trilu", "CumSum", "Range")
 C_SOURCES: list[str] = []
+# Locals of the generated blocks that codegen keeps every tensor's C name clear of (the rest
+# of _LOCALS are checked by _buffers instead).
+C_LOCALS = frozenset({"o", "s", "t", "r", "row", "at", "src", *(f"d{k}" for k in range(16))})
 
 _OUT_OF_RANGE = "return MOA_ERR_INDEX_OUT_OF_RANGE;"
 # The locals the emitted blocks declare: a buffer named like one of them would be shadowed.
@@ -32,8 +37,25 @@ _LOCALS = {"at", "src", "row", "ax", "outer_of", "extent_of", "inner_of", "outer
            "r", "prev", "before", "steps", "count", "diff", "begin", "end", "step"}
 
 
-def scratch_bytes(node, graph=None) -> int:
-    return 0
+# ---- the shape and dtype rule -----------------------------------------------------------
+
+def infer(node, graph) -> list[TensorType]:
+    """GatherElements: the indices' shape; GatherND: the index tuples' shape then the slices';
+    Trilu and CumSum: the input's; Range: the element count of constant scalars (shape None
+    when they arrive at run time: run-time checked against the recorded shape)."""
+    x = graph.tensors[node.inputs[0]]
+    if node.op == "GatherElements":
+        return [TensorType(tuple(graph.tensors[node.inputs[1]].shape), x.dtype)]
+    if node.op == "GatherND":
+        idx = tuple(graph.tensors[node.inputs[1]].shape)
+        b = node.attrs.get("batch_dims", 0)
+        return [TensorType(idx[:-1] + tuple(x.shape[b + idx[-1]:]), x.dtype)]
+    if node.op == "Range":
+        start, limit, delta = (_scalar(graph, n) for n in node.inputs[:3])
+        if None in (start, limit, delta) or delta == 0:
+            return [TensorType(None, x.dtype)]
+        return [TensorType((max(math.ceil((limit - start) / delta), 0),), x.dtype)]
+    return [TensorType(tuple(x.shape), x.dtype)]
 
 
 # ---- helpers -------------------------------------------------------------------------
@@ -159,7 +181,6 @@ _EVALUATE = {"GatherElements": _gather_elements, "GatherND": _gather_nd, "Trilu"
 # ---- the C emission ------------------------------------------------------------------
 
 def emit(node, ctx):
-    from . import EmittedUnit
     for name in [*node.inputs, *node.outputs]:
         if name:
             _ctype(ctx.graph, name)

@@ -19,7 +19,10 @@ import numpy as np
 import torch
 
 from moa_edge.ir import dtypes
+from moa_edge.ir.c_syntax import c_float_short
 from moa_edge.moa import Layout
+
+from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 
 OPS = ("MatMul", "Gemm", "MoaGemm")
 # The driver and every ISA's register tile (moa/gemm_tile.h); all but one compile empty.
@@ -27,10 +30,33 @@ C_SOURCES = ["matmul.c", "x86/gemm_f32_avx512.c", "x86/gemm_f32_avx2.c", "neon/g
              "rvv/gemm_f32_rvv.c"]
 PANEL = 16  # MOA_GEMM_NR: the columns of B in one packed panel
 HEADER = '#include "moa/matmul.h"'
+C_LOCALS = frozenset(f"batch{k}" for k in range(16))  # the batch loops' indices (_loop_names avoids buffers too)
 
 
-def scratch_bytes(node, graph=None) -> int:
-    return 0
+def infer(node, graph) -> list[TensorType]:
+    """numpy matmul (1-D operands gain and lose a unit axis, batch axes broadcast); Gemm
+    [M, K] x [K, N] after its transposes; MoaGemm A's rows x n (B packed as panels)."""
+    a = tuple(graph.tensors[node.inputs[0]].shape)
+    dtype = graph.tensors[node.inputs[0]].dtype
+    if node.op == "MoaGemm":
+        shape = (a[-1], node.attrs["n"]) if node.attrs["trans_a"] else a[:-1] + (node.attrs["n"],)
+    elif node.op == "Gemm":
+        b = graph.tensors[node.inputs[1]].shape
+        shape = (a[1 if node.attrs.get("transA", 0) else 0], b[0 if node.attrs.get("transB", 0) else 1])
+    else:
+        b = tuple(graph.tensors[node.inputs[1]].shape)
+        a2, b2 = ((1,) + a if len(a) == 1 else a), (b + (1,) if len(b) == 1 else b)
+        shape = tuple(np.broadcast_shapes(a2[:-2], b2[:-2])) + (a2[-2], b2[-1])
+        shape = shape[:-2] + shape[-2 + (len(a) == 1):len(shape) - (len(b) == 1)]
+    return [TensorType(tuple(shape), dtype)]
+
+
+def op_cost(node, graph) -> OpCost:
+    """2 M N K flops: two per output element and step of the contraction."""
+    a = graph.tensors[node.inputs[0]].shape
+    k = a[0] if node.attrs.get("transA") or node.attrs.get("trans_a") else a[-1]
+    moved = operand_bytes(node, graph)
+    return OpCost(2 * graph.tensors[node.outputs[0]].size * k, moved.weight_bytes, moved.activation_bytes)
 
 
 def pack_b(b: np.ndarray) -> np.ndarray:
@@ -79,22 +105,13 @@ def _offset(pointer: str, terms) -> str:
     return " + ".join([pointer] + [f"{v} * {s}" for v, s in terms if s])
 
 
-def _float(x: float) -> str:
-    """A float32 literal as short as round-trips (1.0f, 0.5f); c_float's exact hex otherwise."""
-    if not np.isfinite(np.float32(x)):
-        from moa_edge.codegen.cnames import c_float  # here: codegen imports this package
-        return c_float(x)
-    return f"{np.float32(x)}f"
-
-
 def _gemm_call(M, N, K, alpha, a, b, beta, c, y, function="moa_gemm_f32") -> str:
     """The call grouped as the equation reads: alpha A B, beta C, then Y."""
     indent = " " * len(f"status = {function}(")
-    return (f"status = {function}({M}, {N}, {K},\n"
-            f"{indent}{_float(alpha)}, {a}, {b},\n"
-            f"{indent}{_float(beta)}, {c},\n"
-            f"{indent}{y}, {N});\n"
-            f"if (status != MOA_OK) {{\n    return status;\n}}\n")
+    return check_status(f"{function}({M}, {N}, {K},\n"
+                        f"{indent}{c_float_short(alpha)}, {a}, {b},\n"
+                        f"{indent}{c_float_short(beta)}, {c},\n"
+                        f"{indent}{y}, {N})", indent="")
 
 
 def _indent(text: str, depth: int) -> list[str]:
@@ -112,7 +129,6 @@ def _loop_names(count: int, ctx) -> list[str]:
 
 
 def emit(node, ctx):
-    from . import EmittedUnit
     dtypes.require_dtypes(node, ctx.graph)
     emit_op = {"Gemm": _emit_gemm, "MatMul": _emit_matmul, "MoaGemm": _emit_packed}[node.op]
     return EmittedUnit(emit_op(node, ctx), declarations=[HEADER])

@@ -15,9 +15,13 @@ import torch
 from moa_edge.ir import Graph, Node, Tensor, dtypes
 
 from . import elementwise, matmul
+from .contract import EmitContext, EmittedUnit, OpCost, TensorType, op_of, operand_bytes
 
 OPS = ("MoaMlp",)
 C_SOURCES = list(dict.fromkeys(matmul.C_SOURCES + elementwise.C_SOURCES))  # the members' sources
+C_LOCALS = frozenset({"row0"})  # the first row of the block
+# What a member can be (passes/mlp.py): a MoaGemm or an element-wise op.
+_MEMBER_OPS = {op: op_of(module) for module in (matmul, elementwise) for op in module.OPS}
 
 
 def rows_of(node: Node) -> int:
@@ -28,7 +32,6 @@ def rows_of(node: Node) -> int:
 def _slots(body: Graph) -> tuple[dict[str, int], int]:
     """Scratch slot of every intermediate, and how many slots: a slot is free again after
     its tensor's last reader; an element-wise member takes over a dying operand's slot."""
-    from . import SUPPORTED_OPS
     y = body.outputs[0]
     last_read = {}
     for k, n in enumerate(body.nodes):
@@ -39,7 +42,7 @@ def _slots(body: Graph) -> tuple[dict[str, int], int]:
         out = n.outputs[0]
         dying = [i for i in dict.fromkeys(n.inputs) if i in slot and last_read[i] == k]
         if out != y:
-            if dying and getattr(SUPPORTED_OPS[n.op], "IN_PLACE", False):
+            if dying and _MEMBER_OPS[n.op].IN_PLACE:
                 slot[out] = slot[dying.pop(0)]
             elif free:
                 slot[out] = free.pop()
@@ -74,20 +77,35 @@ def _block(graph: Graph, rows: int) -> Graph:
                  {name: with_rows(t) for name, t in graph.tensors.items()}, dict(graph.opsets))
 
 
+def infer(node, graph) -> list[TensorType]:
+    """Y as X's rows by the last member's width (its rule, in the body), of X's dtype."""
+    body = node.attrs["body"]
+    x, last = graph.tensors[node.inputs[0]], body.nodes[-1]
+    (y,) = _MEMBER_OPS[last.op].infer(last, body)
+    return [TensorType(tuple(x.shape[:-1]) + tuple(y.shape[-1:]), x.dtype)]
+
+
+def op_cost(node, graph) -> OpCost:
+    """The members' arithmetic on the whole tensors; only X, the weights and Y move (the
+    intermediates stay in scratch)."""
+    body = node.attrs["body"]
+    moved = operand_bytes(node, graph)
+    return OpCost(sum(_MEMBER_OPS[m.op].op_cost(m, body).flops for m in body.nodes), moved.weight_bytes,
+                  moved.activation_bytes)
+
+
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     """The members in order on the whole tensors (rows are independent, so blocks change nothing)."""
-    from . import SUPPORTED_OPS
     body = node.attrs["body"]
     env = dict(zip(node.inputs, inputs))
     for member in body.nodes:
         values = [env[n] if n else None for n in member.inputs]
-        env.update(zip(member.outputs, SUPPORTED_OPS[member.op].evaluate(member, values, body)))
+        env.update(zip(member.outputs, _MEMBER_OPS[member.op].evaluate(member, values, body)))
     return [env[body.outputs[0]]]
 
 
 def _emit_block(node, ctx, rows: int, first_row: str) -> tuple[list[str], list[str]]:
     """The members' statements for `rows` rows from row `first_row`, and their declarations."""
-    from . import SUPPORTED_OPS, EmitContext
     body = node.attrs["body"]
     block = _block(body, rows)
     x, y = body.inputs[0], body.outputs[0]
@@ -99,7 +117,7 @@ def _emit_block(node, ctx, rows: int, first_row: str) -> tuple[list[str], list[s
     where.update({name: f"({ctx.scratch} + {s * stride})" for name, s in slot.items()})
     lines, declarations = [], []
     for k, member in enumerate(block.nodes):
-        unit = SUPPORTED_OPS[member.op].emit(member, EmitContext(name=f"{ctx.name}_{k}", board=ctx.board, where=where,
+        unit = _MEMBER_OPS[member.op].emit(member, EmitContext(name=f"{ctx.name}_{k}", board=ctx.board, where=where,
                                                                  scratch="NULL", graph=block))
         lines += ["    " + line if line else line for line in unit.call.rstrip("\n").splitlines()]
         declarations += unit.declarations
@@ -107,7 +125,6 @@ def _emit_block(node, ctx, rows: int, first_row: str) -> tuple[list[str], list[s
 
 
 def emit(node, ctx):
-    from . import EmittedUnit
     body, rows = node.attrs["body"], node.attrs["rows"]
     total = rows_of(node)
     full, rest = divmod(total, rows)

@@ -11,15 +11,15 @@ import torch.nn.functional as F
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 
+from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
+
 OPS = ("LayerNormalization", "RMSNormalization", "Softmax")
 C_SOURCES = ["normalization.c"]
 DECLARATIONS = ['#include "moa/normalization.h"\n']
 # The kernels write each element after its last read of the input, so y may be x.
 IN_PLACE = True
-
-
-def scratch_bytes(node, graph=None) -> int:
-    return 0
+# flops per input element (the norms: mean, variance, scale, shift)
+_FLOPS_PER_ELEMENT = {"LayerNormalization": 8, "RMSNormalization": 5, "Softmax": 5}
 
 
 def _axis(node, rank: int) -> int:
@@ -27,6 +27,20 @@ def _axis(node, rank: int) -> int:
     if not -rank <= axis < rank:
         raise MoaEdgeError(f"{node.op} node {node.name!r}: axis {axis} is outside a rank-{rank} input")
     return axis % rank
+
+
+def infer(node, graph) -> list[TensorType]:
+    """Y as X; LayerNormalization's Mean and InvStdDev one float32 per row, the normalized axes kept as 1s."""
+    x = graph.tensors[node.inputs[0]]
+    axis = _axis(node, len(x.shape))
+    stats = TensorType(tuple(x.shape[:axis]) + (1,) * (len(x.shape) - axis), "float32")
+    return [TensorType(tuple(x.shape), x.dtype), stats, stats][:len(node.outputs)]
+
+
+def op_cost(node, graph) -> OpCost:
+    moved = operand_bytes(node, graph)
+    return OpCost(_FLOPS_PER_ELEMENT[node.op] * graph.tensors[node.inputs[0]].size, moved.weight_bytes,
+                  moved.activation_bytes)
 
 
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
@@ -61,12 +75,7 @@ def _per_column(node, graph, k: int, what: str, cols: int) -> None:
                            f"one value per normalized element ({cols}); broadcast {what}s are not supported")
 
 
-def _checked(call: str) -> str:
-    return f"    status = {call};\n    if (status != MOA_OK) {{\n        return status;\n    }}\n"
-
-
 def emit(node, ctx):
-    from . import EmittedUnit
     graph, where = ctx.graph, ctx.where
     dtypes.require_dtypes(node, graph)
     x, y = where[node.inputs[0]], where[node.outputs[0]]
@@ -77,7 +86,7 @@ def emit(node, ctx):
         shape = graph.tensors[node.inputs[0]].shape
         axis = _axis(node, len(shape))
         call = f"moa_softmax_f32({x}, {y}, {math.prod(shape[:axis])}u, {shape[axis]}u, {math.prod(shape[axis + 1:])}u)"
-        return EmittedUnit(f"    /* {node.name}: Softmax along axis {axis} */\n" + _checked(call),
+        return EmittedUnit(f"    /* {node.name}: Softmax along axis {axis} */\n" + check_status(call),
                            declarations=DECLARATIONS)
     rows, cols = _rows_cols(node, graph)
     eps = float(node.attrs.get("epsilon", 1e-5))
@@ -93,5 +102,5 @@ def emit(node, ctx):
         # Mean and InvStdDev, when the graph keeps them: one value per row, written alongside.
         stats = [where.get(name, "NULL") if name else "NULL" for name in (node.outputs[1:] + ["", ""])[:2]]
         call = f"moa_layer_norm_f32({x}, {scale}, {bias}, {y}, {stats[0]}, {stats[1]}, {rows}u, {cols}u, {eps!r}f)"
-    return EmittedUnit(f"    /* {node.name}: {node.op} of {rows} rows of {cols} */\n" + _checked(call),
+    return EmittedUnit(f"    /* {node.name}: {node.op} of {rows} rows of {cols} */\n" + check_status(call),
                        declarations=DECLARATIONS)

@@ -15,6 +15,7 @@ import torch
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 
+from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 from .normalization import DECLARATIONS
 
 OPS = ("ReduceMean", "ReduceSum", "ReduceMax")
@@ -37,6 +38,21 @@ def reduced_axes(node, graph, rank: int) -> list[int]:
     if any(not -rank <= a < rank for a in axes):
         raise MoaEdgeError(f"{node.op} node {node.name!r}: axes {axes} are outside a rank-{rank} input")
     return sorted({a % rank for a in axes})
+
+
+def infer(node, graph) -> list[TensorType]:
+    """The input's shape less the reduced axes (kept as 1s with keepdims), and its dtype."""
+    x = graph.tensors[node.inputs[0]]
+    axes = reduced_axes(node, graph, len(x.shape))
+    keep = bool(node.attrs.get("keepdims", 1))
+    shape = tuple(1 if k in axes else d for k, d in enumerate(x.shape) if keep or k not in axes)
+    return [TensorType(shape, x.dtype)]
+
+
+def op_cost(node, graph) -> OpCost:
+    """One flop per input element."""
+    moved = operand_bytes(node, graph)
+    return OpCost(graph.tensors[node.inputs[0]].size, moved.weight_bytes, moved.activation_bytes)
 
 
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
@@ -95,13 +111,11 @@ def emit_passes(node, ctx, kernel_of_pass) -> tuple[list[str], str, int]:
     for k, (outer, n, inner) in enumerate(calls):
         target = (ctx.where[y.name] if k == len(calls) - 1
                   else f"({ctx.scratch} + {offset})" if offset else ctx.scratch)
-        lines.append(f"    status = {kernel_of_pass(k, len(calls))}({source}, {target}, {outer}u, {n}u, {inner}u);\n"
-                     f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
+        lines.append(check_status(f"{kernel_of_pass(k, len(calls))}({source}, {target}, {outer}u, {n}u, {inner}u)"))
         source, offset = target, offset + outer * inner
     return lines, ctx.where[y.name], len(calls)
 
 
 def emit(node, ctx):
-    from . import EmittedUnit
     lines, _, _ = emit_passes(node, ctx, lambda k, count: _KERNEL[node.op])
     return EmittedUnit("".join(lines), declarations=DECLARATIONS)

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from .reduce import emit_passes, reduced_axes, scratch_bytes  # noqa: F401  (scratch_bytes: same passes)
+from .contract import EmittedUnit, check_status
+from .reduce import emit_passes, infer, reduced_axes, scratch_bytes  # noqa: F401  (infer, scratch_bytes: as reduce's)
 
 OPS = ("ReduceL2", "ReduceL1", "ReduceSumSquare")
 C_SOURCES = ["normalization.c", "reduce_norm.c"]
@@ -35,11 +36,9 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
 
 
 def emit(node, ctx):
-    from . import EmittedUnit
     lines, y, count = emit_passes(node, ctx, lambda k, count: _ONE_CALL[node.op] if count == 1
                                   else _FIRST_PASS[node.op] if k == 0 else "moa_reduce_sum_f32")
     if node.op == "ReduceL2" and count > 1:  # several passes: the root of the last sum, in place
         size = ctx.graph.tensors[node.outputs[0]].size
-        lines.append(f"    status = moa_sqrt_f32({y}, {y}, {size}u);\n"
-                     f"    if (status != MOA_OK) {{\n        return status;\n    }}\n")
+        lines.append(check_status(f"moa_sqrt_f32({y}, {y}, {size}u)"))
     return EmittedUnit("".join(lines), declarations=DECLARATIONS)

@@ -17,15 +17,27 @@ import torch
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 
+from .contract import EmittedUnit, OpCost, TensorType, operand_bytes
+
 OPS = ("RotaryEmbedding",)
 C_SOURCES: list[str] = []
 IN_PLACE = True  # every (x1, x2) pair is read before it is written; caches never share X's shape
 
 _LOCALS = {"b", "h", "t", "i", "p", "cs", "sn", "xr", "yr", "x1", "x2"}
+# The ones codegen keeps every tensor's C name clear of (emit refuses a tensor named like the others).
+C_LOCALS = frozenset({"b", "h", "t", "i", "p", "cs"})
 
 
-def scratch_bytes(node, graph=None) -> int:
-    return 0
+def infer(node, graph) -> list[TensorType]:
+    """Y as X."""
+    x = graph.tensors[node.inputs[0]]
+    return [TensorType(tuple(x.shape), x.dtype)]
+
+
+def op_cost(node, graph) -> OpCost:
+    """Three flops per element of X (two products and a sum per turned entry)."""
+    moved = operand_bytes(node, graph)
+    return OpCost(3 * graph.tensors[node.inputs[0]].size, moved.weight_bytes, moved.activation_bytes)
 
 
 def geometry(node, graph) -> dict:
@@ -80,7 +92,6 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
 
 
 def emit(node, ctx):
-    from . import EmittedUnit
     graph = ctx.graph
     g = geometry(node, graph)
     B, S, H, D, R = (g[k] for k in "BSHDR")

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, dtypes
-from moa_edge.ops import SUPPORTED_OPS
+from moa_edge.ops import SUPPORTED_OPS, check_output_types
 
 from .attention import rewrite_attention
 from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision, unfold_batched_transposes
@@ -58,6 +58,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
             if name and graph.tensors[name].dtype not in dtypes.RUNTIME_DTYPES:
                 raise MoaEdgeError(f"{source}: node {node.name!r} ({node.op}) makes {name!r} of type "
                                    f"{graph.tensors[name].dtype}; the runtime has {', '.join(dtypes.RUNTIME_DTYPES)} only")
+    check_output_types(graph, source)
     for name in graph.outputs:
         if graph.producer(name) is None:
             raise MoaEdgeError(f"{source}: output {name!r} is not computed by any node (constant or pass-through outputs are not supported yet)")

@@ -15,6 +15,7 @@ def _cast_to(node) -> str | None:
     """The type a Cast node makes; None for one moa-edge does not name."""
     record = dtypes.from_onnx(node.attrs.get("to"))
     return record.name if record is not None else None
+from .views import trace_view
 
 
 def _is_no_op(graph: Graph, node) -> bool:
@@ -205,7 +206,6 @@ def _constant_pad(graph: Graph, node) -> list[Node] | None:
 def _copy_through_view(graph: Graph, node, out: str) -> Node | None:
     """A layout op left after the rewrites (a head merge the kernel could not write through, a
     Split, a broadcast): one copy of its input read through the op's access map."""
-    from .views import trace_view
     if out not in graph.tensors:
         return None
     rank = len(graph.tensors[node.inputs[0]].shape)
@@ -238,8 +238,7 @@ def _constant_gather(graph: Graph, node, trace_view) -> Node | None:
 def lower_copies(graph: Graph) -> None:
     """ONNX Concat, constant Pad, the Identity ops still left and the layout ops no kernel
     absorbed (Transpose, Expand, Slice, Split) become MoaConcat: a copy through access maps."""
-    from .views import trace_view  # the parts are read in place through their layout ops
-    lowered = []
+    lowered = []  # the parts are read in place through their layout ops (trace_view)
     for node in graph.nodes:
         lowered += _lowered_copy(graph, node, trace_view) or [node]
     graph.nodes = lowered

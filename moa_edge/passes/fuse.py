@@ -15,12 +15,12 @@ from __future__ import annotations
 from collections import defaultdict
 
 from moa_edge.ir import Graph, Node, dtypes
+from moa_edge.ops import elementwise
 
 MAX_VALUES = 16  # named values in one loop body: its operand loads and members (d0..d15, names no tensor takes)
 
 
 def _fusable(graph: Graph, node: Node) -> bool:
-    from moa_edge.ops import elementwise
     if node.op not in elementwise.OPS or node.op == "MoaElementwise" or len(node.outputs) != 1:
         return False
     t = graph.tensors.get(node.outputs[0])
@@ -29,10 +29,9 @@ def _fusable(graph: Graph, node: Node) -> bool:
 
 def _loads(graph: Graph, members: list[Node]) -> list[str]:
     """The tensors a group reads from memory: operands no member makes, less scalar literals."""
-    from moa_edge.ops.elementwise import literal
     made = {m.outputs[0] for m in members}
     names = dict.fromkeys(n for m in members for n in m.inputs if n and n not in made)
-    return [n for n in names if literal(graph.tensors[n]) is None]
+    return [n for n in names if elementwise.literal(graph.tensors[n]) is None]
 
 
 def _group(graph: Graph, root: Node, producer: dict, readers: dict, taken: set) -> list[Node]:

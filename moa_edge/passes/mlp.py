@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from moa_edge.ir import Graph, Node
+from moa_edge.ops import elementwise
 
 ROWS = 64  # a whole number of register tiles on every ISA (moa/gemm_tile.h: MR of 16, 8, 4, ...)
 
@@ -34,7 +35,6 @@ def _row_broadcast(graph: Graph, name: str, width: int) -> bool:
 def _chain(graph: Graph, first: Node, last: Node) -> list[Node] | None:
     """The element-wise members between two MoaGemms (in schedule order), or None when
     something outside the block reads an intermediate or a member is not row-local."""
-    from moa_edge.ops import elementwise
     hidden = first.outputs[0]
     shape = graph.tensors[hidden].shape
     members, names = [], {hidden}
@@ -92,7 +92,6 @@ def tile_mlp_rows(graph: Graph, rows: int = ROWS) -> int:
 
 def _first_gemm(graph: Graph, last: Node) -> Node | None:
     """The MoaGemm whose output the element-wise chain into `last` starts from."""
-    from moa_edge.ops import elementwise
     seen, stack = set(), [last.inputs[0]]
     while stack:
         name = stack.pop()

@@ -68,16 +68,14 @@ def shared_storage(graph: Graph) -> dict[str, str]:
             last_reader[name] = step
     storage: dict[str, str] = {}
     for step, node in enumerate(graph.nodes):
-        module = SUPPORTED_OPS[node.op]
+        op = SUPPORTED_OPS[node.op]
         out = node.outputs[0] if node.outputs else ""
         if not out or out in caller_owned:
             continue
-        if getattr(module, "ALIASES", False):
+        if op.ALIASES:
             storage[out] = node.inputs[0]
-        elif getattr(module, "IN_PLACE", False) or hasattr(module, "in_place_inputs"):
-            # in_place_inputs(node, graph): the inputs an op may overwrite, when not all of them
-            candidates = module.in_place_inputs(node, graph) if hasattr(module, "in_place_inputs") else node.inputs
-            for name in candidates:
+        else:
+            for name in op.in_place_inputs(node, graph):  # the inputs the op may overwrite
                 base = _root(name, storage) if name else ""
                 if (base and base not in caller_owned and graph.constant(base) is None
                         and graph.tensors[name].shape == graph.tensors[out].shape

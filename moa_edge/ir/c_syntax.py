@@ -1,4 +1,4 @@
-"""C identifiers and literals."""
+"""C identifiers and literals, as the generated C spells them (op emitters and codegen alike)."""
 from __future__ import annotations
 
 import math
@@ -27,3 +27,13 @@ def c_float(x: float) -> str:
     if math.isinf(x):
         return "INFINITY" if x > 0 else "-INFINITY"
     return x.hex() + "f"
+
+
+def c_float_short(x: float) -> str:
+    """A float32 literal as short as reads back as the same float32 (1.0f, 0.5f, 1e-10f); c_float
+    for inf and nan."""
+    x = np.float32(x)
+    if not np.isfinite(x):
+        return c_float(float(x))
+    text = str(x)
+    return text + ("f" if "." in text or "e" in text else ".0f")
