@@ -23,7 +23,8 @@ from moa_edge.ir import Graph
 from moa_edge.moa import dnf
 from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
-from moa_edge.passes import lower
+from moa_edge.passes import lower, unsupported_ops
+from moa_edge.plan import plan_arena
 from moa_edge.target import Board, load_board
 
 
@@ -33,7 +34,6 @@ def load_graph(model: Path, input_shapes=None, strict: bool = True, fuse_attenti
 
 def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None = None) -> dict:
     """What convert would do: blocks found and absorbed, schedules and predicted cost, ops left."""
-    from moa_edge.passes import unsupported_ops
     graph = load_graph(Path(model), input_shapes, strict=False)
     blocks = []
     for node in graph.nodes:
@@ -45,7 +45,6 @@ def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None =
     unsupported = unsupported_ops(graph)
     memory = None
     if not unsupported:  # the memory plan convert would make (views, in-place writes, kernel scratch)
-        from moa_edge.plan import plan_arena
         memory = {**plan_arena(graph).describe(), "weights_bytes": sum(t.nbytes for t in graph.weights())}
         memory.pop("buffers")
     return {"model": str(model), "board": board.name, "attention_blocks": blocks,

@@ -12,6 +12,10 @@ import tempfile
 
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
+from moa_edge.harness.build import build
+from moa_edge.harness.inputs import random_inputs
+from moa_edge.harness.runner import check_inputs, project_io, runner_files
+from moa_edge.harness.ssh import RemoteFolder
 from moa_edge.target import Board
 
 from .measure import joules_per_inference, parse_sampler_output
@@ -74,10 +78,6 @@ def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root=
     """Sample the sensor while the board idles for idle_ms, then while the built model runs
     `iterations` times in one process (on a real board when `ssh` is given); joules per
     inference with its confidence interval, beside the cost model's prediction."""
-    from moa_edge.harness.build import build
-    from moa_edge.harness.inputs import random_inputs
-    from moa_edge.harness.runner import check_inputs, project_io, runner_files
-    from moa_edge.harness.ssh import RemoteFolder
 
     spec = sensor or board_sensor(board)
     if spec is None:

@@ -38,6 +38,7 @@ from moa_edge.target import Board, load_board
 
 from . import compare
 from .kernel_harness import RUNTIME_INCLUDE, runtime_objects
+from .ssh import RemoteFolder
 
 SEQS = (128, 512, 1024, 2048, 4096)
 SIDES = ("moa_edge", "torch_sdpa", "onnxruntime", "naive_c")
@@ -381,7 +382,6 @@ def time_board(seqs, causals, heads: int, head_dim: int, repeat: int, budget: fl
                progress=lambda msg: None) -> list[dict]:
     """The generated kernel and the naive one timed on a real board over ssh (the board's own
     build and schedule; no PyTorch there to compare with), each output checked on the host."""
-    from .ssh import RemoteFolder
     cc = board.compiler()
     if cc is None:
         raise MoaEdgeError(f"board {board.name}: missing {'; '.join(board.missing_tools())}; run `make setup` as root")

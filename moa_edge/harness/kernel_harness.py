@@ -16,6 +16,7 @@ from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import onf
 from moa_edge.moa.mask import MASK_NONE
+from moa_edge.ops.attention import C_SOURCES
 
 RUNTIME_INCLUDE = C_RUNTIME_DIR / "include"  # moa/status.h
 
@@ -64,7 +65,6 @@ _objects: dict[tuple, list[Path]] = {}
 def runtime_objects(cc: str, cflags: tuple) -> list[Path]:
     """The attention micro-kernels (ops/attention.py's C_SOURCES) compiled once per compiler
     and flags in this process, for every harness built with them."""
-    from moa_edge.ops.attention import C_SOURCES
     key = (cc, cflags)
     if key not in _objects:
         out = Path(tempfile.mkdtemp(prefix="moa-runtime-"))
