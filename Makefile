@@ -10,8 +10,9 @@ setup:
 demo: setup
 	bash examples/attention_block/demo.sh
 
+# Both cores (pytest-xdist); worksteal evens out the workers' loads at the end of the run.
 test: setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n auto --dist worksteal --durations=30
 
 clean:
 	rm -rf build examples/out .pytest_cache

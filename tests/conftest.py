@@ -35,3 +35,20 @@ def board_file(folder: Path, name: str = "my board", like: str = "host") -> Path
     path = folder / f"{name}.toml"
     path.write_text(text.replace(f'name = "{like}"', f'name = "{name}"', 1))
     return path
+
+
+# `make test` runs under pytest-xdist with --dist worksteal: each worker gets a contiguous share
+# of the tests and an idle worker steals from the END of another's share. These files start first,
+# at the head of worker 0's share: the longest one is then not left running alone at the end, and
+# test_report's module fixture (the slowest set-up, ~45 s on a busy machine) is not made twice
+# because a steal split its file between the workers.
+START_FIRST = ("test_minilm.py", "test_report.py")
+
+
+def _start_rank(item) -> int:
+    name = item.path.name
+    return START_FIRST.index(name) if name in START_FIRST else len(START_FIRST)
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=_start_rank)  # stable: the rest stays as collected

@@ -1,6 +1,7 @@
 """Energy measurement (issue 7): sensor specs over a sysfs-shaped folder, the integration
 with exactly known answers, its errors, and whole runs of a built model beside a fake
 sensor that a test thread drives with a known power profile."""
+import os
 from pathlib import Path
 import threading
 import time
@@ -178,13 +179,26 @@ RUNNERS = {"model_main", "qemu-aarch64", "qemu-riscv64"}
 
 
 def _runner_alive() -> bool:
-    """Whether a model runner (native or under qemu-user) is running on this machine."""
-    for comm in Path("/proc").glob("[0-9]*/comm"):
+    """Whether a model runner (native or under qemu-user) started by this test process is running.
+    Only this process's descendants count: other pytest workers and other users of the machine
+    run their own runners at the same time."""
+    parent, runners = {}, []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if comm.read_text().strip() in RUNNERS:
-                return True
+            text = stat.read_text()
         except OSError:
-            pass
+            continue  # the process has ended
+        comm, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        pid = int(stat.parent.name)
+        parent[pid] = int(fields[1])
+        if comm in RUNNERS:
+            runners.append(pid)
+    me = os.getpid()
+    for pid in runners:
+        while pid > 1 and pid != me:
+            pid = parent.get(pid, 0)
+        if pid == me:
+            return True
     return False
 
 
