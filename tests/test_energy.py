@@ -259,13 +259,15 @@ def test_energy_of_a_built_model_beside_a_known_profile(board_name, sensor, tiny
         path, spec = _hwmon(tmp_path, power_uw=4_000_000) / "power1_input", "hwmon:/sys/class/hwmon/hwmon3"
         profile = Profile(path, counter=False)
     else:
-        path, spec = _rapl(tmp_path, 0, 300_000) / "energy_uj", "rapl:/sys/class/powercap/intel-rapl:0"
-        profile = Profile(path, counter=True, wrap_uj=300_000)  # wraps every 75 ms at 4 W
+        path, spec = _rapl(tmp_path, 0, 1_000_000) / "energy_uj", "rapl:/sys/class/powercap/intel-rapl:0"
+        # wraps every 250 ms at 4 W: several times in the run, yet a sampler stalled for a while
+        # by a busy machine (the other pytest worker) still sees each wrap
+        profile = Profile(path, counter=True, wrap_uj=1_000_000)
     profile.start()
     try:
         # ~0.2 s of runs (a 256 x 256 product: ~0.2 ms on the host, ~5 ms under qemu)
         result = measure_energy(tiny_project, board, spec, sysfs_root=tmp_path, iterations=1000 if board_name == "host"
-                                else 40, idle_ms=300, interval_us=5000)
+                                else 40, idle_ms=600 if sensor == "rapl" else 300, interval_us=5000)
     finally:
         profile.stop.set()
         profile.join()
