@@ -35,3 +35,13 @@ def board_file(folder: Path, name: str = "my board", like: str = "host") -> Path
     path = folder / f"{name}.toml"
     path.write_text(text.replace(f'name = "{like}"', f'name = "{name}"', 1))
     return path
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzzing campaign's counts per family (tests/test_fuzz.py), when it ran."""
+    from fuzz_oracle import summary_lines
+    lines = summary_lines()
+    if lines:
+        terminalreporter.section("fuzzing campaign (issue 18): outcomes per family")
+        for line in lines:
+            terminalreporter.write_line(line)
