@@ -89,13 +89,15 @@ def snapshot(folder: Path) -> dict:
     return out
 
 
-def _one_clear_line(stderr: str) -> bool:
-    """One `moa-edge: error:` (or `interrupted`) line, after any progress lines; argparse's usage
-    plus its one error line counts too."""
-    lines = [line for line in stderr.strip().splitlines() if not line.startswith("  .. ")]
-    if len(lines) == 1:
-        return lines[0].startswith(("moa-edge: error:", "moa-edge: interrupted ("))
-    return bool(lines) and lines[0].startswith("usage:") and ": error:" in lines[-1]
+def _one_clear_error(stderr: str) -> bool:
+    """One `moa-edge: error:` (or `interrupted`) message after any progress lines; it may go on over
+    further lines (a board file's problems, one a line) but holds no second message. argparse's
+    usage plus its one error line counts too. (split on \\n only: a path may hold other line breaks.)"""
+    lines = [line for line in stderr.split("\n") if line.strip() and not line.startswith("  .. ")]
+    if lines and lines[0].startswith("usage:"):
+        return ": error:" in lines[-1]
+    return (bool(lines) and lines[0].startswith(("moa-edge: error:", "moa-edge: interrupted ("))
+            and not any(line.startswith("moa-edge:") for line in lines[1:]))
 
 
 def leftovers(tmpdir: Path, parents: list[Path]) -> list[str]:
@@ -127,7 +129,7 @@ def judge(family: str, case: str, r: Result, *, group: str = "", tmpdir: Path, p
         verdict = check() if check else None
         if verdict not in (None, UNVERIFIED):
             problems.append(("accepted but wrong", verdict))
-    elif not _one_clear_line(r.stderr):
+    elif not _one_clear_error(r.stderr):
         problems.append(("unclear error", repr(r.stderr.strip()[-300:])))
     else:
         made = [str(p) for p in absent_on_error if os.path.lexists(p)]

@@ -538,8 +538,10 @@ def test_fuzz_board_files(tmp_path):
     def one(example):
         kind, param = example
         case = Case(tmp_path)
-        board = case.dir / "b.toml"
-        board.write_bytes(board_text(kind, param))
+        text = board_text(kind, param)
+        name = param if kind == "renamed" else "host"  # a board file is named after its board
+        board = case.dir / f"{name}.toml"
+        board.write_bytes(text)
         model = case.dir / "m.onnx"
         shutil.copy(source, model)
         shown = repr(param)[:80]
@@ -676,7 +678,7 @@ def test_fuzz_hostile_paths(tmp_path):
             pwned = [str(p) for p in (*case.dir.rglob("PWNED"), REPO / "PWNED", Path.cwd() / "PWNED") if p.exists()]
             return f"a shell ran the path: {pwned}" if pwned else verdict
 
-        judge(family, f"model, -o and --json named {name!r}" + (" (relative)" if relative else ""), r,
+        judge(family, f"model, -o and --json named {name!r}" + (" (relative)" if relative else ""), r, group=payload,
               tmpdir=case.tmp, precious={model.parent: before}, absent_on_error=[out, json_path],
               staging_parents=[out.parent], check=check)
         case.done()
