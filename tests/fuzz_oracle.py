@@ -126,7 +126,10 @@ def judge(family: str, case: str, r: Result, *, group: str = "", tmpdir: Path, p
     elif r.crash or "Traceback" in r.stderr:
         problems.append(("traceback", (r.crash or r.stderr).strip().splitlines()[-1]))
     elif r.code == 0:
-        verdict = check() if check else None
+        try:
+            verdict = check() if check else None
+        except Exception as exc:  # noqa: BLE001 - the result could not even be read back
+            verdict = f"the oracle could not check the result: {type(exc).__name__}: {exc}"
         if verdict not in (None, UNVERIFIED):
             problems.append(("accepted but wrong", verdict))
     elif not _one_clear_error(r.stderr):

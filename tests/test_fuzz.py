@@ -8,6 +8,7 @@ The CLI runs in this process (a subprocess costs seconds of imports); only signa
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 import shutil
@@ -30,6 +31,7 @@ import fuzz_oracle as oracle
 from fuzz_oracle import UNVERIFIED, judge, run_cli, snapshot
 from moa_edge.harness.inputs import random_inputs
 from moa_edge.harness.ownership import MARKER
+from moa_edge.target import load_board
 
 
 def campaign(max_examples: int):
@@ -39,6 +41,8 @@ def campaign(max_examples: int):
                     phases=[Phase.generate], suppress_health_check=list(HealthCheck))
 
 
+HOST_MEMORY = load_board("host").memory["dram_bytes"]
+RUNNABLE_BYTES = 1 << 26  # larger inputs and outputs are not run by the campaign (counted as not run)
 BUILD_BUDGET = 2  # per family: accepted models built and run against onnxruntime (about 4 s each)
 _builds: dict[str, int] = {}
 
@@ -152,7 +156,17 @@ def project_check(family: str, project: Path, model: Path, tmp: Path, extra=()):
     def check():
         if not (project / MARKER).is_file() or not (project / "model.c").is_file():
             return f"exit 0 but {project} is not a complete project"
-        io = json.loads((project / "report.json").read_text())["io"]
+        report = json.loads((project / "report.json").read_text())
+        io = report["io"]
+        negative = [e["name"] for e in io if any(d < 0 for d in e["shape"])]
+        if negative:
+            return f"converted with negative dimensions in {negative}"
+        io_bytes = sum(math.prod(e["shape"]) * np.dtype(e["dtype"]).itemsize for e in io)
+        needed = io_bytes + report["memory"]["arena_bytes"] + report["memory"]["weights_bytes"]
+        if needed > HOST_MEMORY:
+            return f"converted for the host although it needs {needed} B, more than its {HOST_MEMORY} B"
+        if io_bytes > RUNNABLE_BYTES:
+            return UNVERIFIED
         inputs = random_inputs(io, seed=1)
         try:
             want = onnxruntime_outputs(model, inputs)
