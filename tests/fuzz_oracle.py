@@ -133,7 +133,7 @@ def judge(family: str, case: str, r: Result, *, group: str = "", tmpdir: Path, p
         if verdict not in (None, UNVERIFIED):
             problems.append(("accepted but wrong", verdict))
     elif not _one_clear_error(r.stderr):
-        problems.append(("unclear error", repr(r.stderr.strip()[-300:])))
+        problems.append(("unclear error", f"exit {r.code}, stderr {r.stderr.strip()[-300:]!r}"))
     else:
         made = [str(p) for p in absent_on_error if os.path.lexists(p)]
         if made:
