@@ -52,3 +52,27 @@ def _start_rank(item) -> int:
 
 def pytest_collection_modifyitems(items):
     items.sort(key=_start_rank)  # stable: the rest stays as collected
+
+
+def pytest_sessionfinish(session):
+    """Under pytest-xdist a worker hands its fuzzing counts to the controller, which prints them."""
+    if hasattr(session.config, "workeroutput"):
+        from fuzz_oracle import COUNTS
+        session.config.workeroutput["fuzz_counts"] = {f: dict(c) for f, c in COUNTS.items()}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    from fuzz_oracle import COUNTS
+    for family, counts in getattr(node, "workeroutput", {}).get("fuzz_counts", {}).items():
+        COUNTS[family].update(counts)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fuzzing campaign's counts per family (tests/test_fuzz.py), when it ran."""
+    from fuzz_oracle import summary_lines
+    lines = summary_lines()
+    if lines:
+        terminalreporter.section("fuzzing campaign (issue 18): outcomes per family")
+        for line in lines:
+            terminalreporter.write_line(line)
