@@ -9,11 +9,15 @@ import signal
 import sys
 import threading
 
-import numpy as np
+try:  # Ctrl-C while the libraries load: nothing made yet, so one line and 130, not a traceback
+    import numpy as np
 
-from moa_edge.errors import MoaEdgeError
-from moa_edge.harness import ownership
-from moa_edge.target import Board, load_board, load_catalogue
+    from moa_edge.errors import MoaEdgeError
+    from moa_edge.harness import ownership
+    from moa_edge.target import Board, load_board, load_catalogue
+except KeyboardInterrupt:
+    print("moa-edge: interrupted (SIGINT)", file=sys.stderr)
+    raise SystemExit(128 + signal.SIGINT) from None
 
 
 def board_arg(text: str) -> Board:
