@@ -471,7 +471,9 @@ NAME_MAX = 255  # bytes in one file name on Linux file systems
 
 def _check_output_paths(args) -> None:
     """Files the verb will write must have a folder to go in, a name the file system takes, and
-    must not be a folder or each other: say so before any work."""
+    must not be a folder, each other or a file the verb reads: say so before any work."""
+    read = {Path(path).resolve(): flag for option, flag in (("model", "the model"), ("inputs", "--inputs"))
+            if isinstance(path := getattr(args, option, None), str) and path.strip()}
     seen = {}
     for option, flag in (("output", "-o"), ("json", "--json"), ("outputs", "--outputs")):
         path = getattr(args, option, None)
@@ -490,8 +492,16 @@ def _check_output_paths(args) -> None:
             raise MoaEdgeError(f"{flag} {path} is a folder; name a file to write")
         elif not p.resolve().parent.is_dir():
             raise MoaEdgeError(f"{flag} {path}: the folder {p.parent} does not exist")
+        if option != "output" and not p.exists():  # a folder that takes no new file: say so now, not after the work
+            try:
+                p.open("xb").close()
+                p.unlink()
+            except OSError as exc:
+                raise MoaEdgeError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
         if option == "outputs" and p.suffix != ".npz":
             raise MoaEdgeError(f"{flag} {path}: name a .npz file (numpy would otherwise write {path}.npz)")
+        if p.resolve() in read:
+            raise MoaEdgeError(f"{flag} {path} is {read[p.resolve()]} this command reads; name another file")
         same = seen.get(p.resolve())
         if same is not None:
             raise MoaEdgeError(f"{same} and {flag} are the same path {path}; each output needs its own")

@@ -8,6 +8,7 @@ table and the key.
 from __future__ import annotations
 
 from pathlib import Path
+import re
 import tomllib
 
 from moa_edge import BOARDS_DIR
@@ -151,6 +152,9 @@ def validate_board(data: dict, path: Path) -> None:
     _check_table(data, SCHEMA, "", errors)
     if not errors:
         _check_meaning(data, errors)
+    if isinstance(data.get("name"), str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9 ._+-]*", data["name"]):
+        # the name becomes a build folder and part of SCons and qemu command lines
+        errors.append(f"name {data['name']!r}: use letters, digits, spaces and . _ + - only")
     if isinstance(data.get("name"), str) and data["name"] != Path(path).stem:
         errors.append(f"name {data['name']!r} differs from the file's name ({Path(path).stem!r})")
     if errors:
@@ -167,6 +171,8 @@ def load_board_file(path: str | Path) -> Board:
         raise MoaEdgeError(f"{shown(path)}: cannot read the board file ({e.strerror})") from None
     except tomllib.TOMLDecodeError as e:
         raise MoaEdgeError(f"{shown(path)}: not valid TOML ({e})") from None
+    except UnicodeDecodeError as e:
+        raise MoaEdgeError(f"{shown(path)}: not valid TOML (not UTF-8 text: byte {e.start})") from None
     validate_board(d, path)
     caches = tuple(CacheLevel(level, d["caches"][level]["size"], d["caches"][level]["line"], d["caches"][level]["assoc"])
                    for level in CACHE_LEVELS if level in d["caches"])
