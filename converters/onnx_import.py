@@ -6,6 +6,7 @@ subgraphs (shape plumbing) so the passes see plain constants.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import onnx.inliner
 from onnx import numpy_helper
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import Graph, Node, Tensor, dtypes
+from moa_edge.ir import Graph, Node, Tensor, check_sizes, dtypes
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -35,6 +36,14 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
 SUPPORTED_OPSETS = range(13, 26)
 
 
+def model_path(text) -> Path:
+    """The model file named on the command line. A trailing slash names a folder: Path() would
+    drop it silently and read the file, so it is refused here, before the text becomes a Path."""
+    if str(text).endswith(("/", os.sep)):
+        raise MoaEdgeError(f"{text}: names a folder (trailing slash), not an ONNX file")
+    return Path(text)
+
+
 def load_model(path: Path) -> onnx.ModelProto:
     if path.is_dir():
         raise MoaEdgeError(f"{path}: is a folder, not an ONNX file")
@@ -46,9 +55,17 @@ def load_model(path: Path) -> onnx.ModelProto:
         raise MoaEdgeError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
     _load_external_data(model, path)
     try:
-        onnx.checker.check_model(model)
+        # full_check adds strict shape and type inference: ops fed shapes or types they do not take.
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.shape_inference.InferenceError as exc:
+        raise MoaEdgeError(f"{path}: not a valid ONNX model: ONNX shape inference failed ({_first_line(exc)})") from None
     except Exception as exc:  # cycles, dangling names, bad attributes
         raise MoaEdgeError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    undefined = next((vi.name for vi in [*model.graph.input, *model.graph.output, *model.graph.value_info]
+                      if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type == onnx.TensorProto.UNDEFINED),
+                     None)
+    if undefined is not None:  # the checker lets it pass; onnxruntime refuses ("Invalid tensor data type 0")
+        raise MoaEdgeError(f"{path}: not a valid ONNX model (tensor {undefined!r} has element type 0, UNDEFINED)")
     if not model.graph.node:
         raise MoaEdgeError(f"{path}: the ONNX graph has no nodes")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -191,6 +208,7 @@ def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) ->
 
     opsets = {o.domain: o.version for o in model.opset_import}
     graph = Graph(g.name or path.stem, inputs, [o.name for o in g.output], nodes, tensors, opsets)
+    check_sizes(graph, str(path))
     return graph
 
 

@@ -11,7 +11,7 @@ import tempfile
 import numpy as np
 
 from moa_edge.codegen import emit_project
-from moa_edge.converters import import_onnx
+from moa_edge.converters import import_onnx, model_path
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness import compare as cmp
 from moa_edge.harness import ownership
@@ -19,7 +19,7 @@ from moa_edge.harness.build import build
 from moa_edge.harness.inputs import load_npz, random_inputs
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
-from moa_edge.ir import Graph
+from moa_edge.ir import Graph, check_sizes
 from moa_edge.moa import dnf
 from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
@@ -29,12 +29,14 @@ from moa_edge.target import Board, load_board
 
 
 def load_graph(model: Path, input_shapes=None, strict: bool = True, fuse_attention: bool = True) -> Graph:
-    return lower(import_onnx(model, input_shapes), source=str(model), strict=strict, fuse_attention=fuse_attention)
+    graph = lower(import_onnx(model, input_shapes), source=str(model), strict=strict, fuse_attention=fuse_attention)
+    check_sizes(graph, str(model))  # again: folding and the rewrites made tensors of their own
+    return graph
 
 
 def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None = None) -> dict:
     """What convert would do: blocks found and absorbed, schedules and predicted cost, ops left."""
-    graph = load_graph(Path(model), input_shapes, strict=False)
+    graph = load_graph(model_path(model), input_shapes, strict=False)
     blocks = []
     for node in graph.nodes:
         if node.op == "MoaAttention":
@@ -104,7 +106,7 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
     replaced only if everything in it is moa-edge's (ownership.MARKER lists what convert wrote)."""
     if not str(out_dir).strip():
         raise MoaEdgeError("-o is empty: name the project folder to create")
-    model, out_dir = Path(model), Path(out_dir)
+    model, out_dir = model_path(model), Path(out_dir)
     board = board or load_board("host")
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
         raise MoaEdgeError(f"--prefix {prefix!r} is not a C identifier")
@@ -166,7 +168,7 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
              progress=lambda msg: None) -> dict:
     """Convert for each board (its own schedule), build, run (on a real board over `ssh`),
     compare with PyTorch float64."""
-    model = Path(model)
+    model = model_path(model)
     graph = load_graph(model, input_shapes)
     result = {"model": str(model), "ok": True, "tolerance": {"max_abs_err": cmp.MAX_ABS_ERR,
                                                               "max_rel_err": cmp.MAX_REL_ERR}, "boards": {}}

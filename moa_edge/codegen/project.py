@@ -65,6 +65,11 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
                                f"only {', '.join(dtypes.RUNTIME_DTYPES)} weights are supported")
         weights.append((t, f"{prefix}_w_{c_identifier(t.name, taken)}"))
     weights_bytes = sum(t.nbytes for t, _ in weights)
+    needed = {"weights": weights_bytes, "arena": plan.total_bytes, "inputs and outputs": sum(e["bytes"] for e in io)}
+    if sum(needed.values()) > board.memory_bytes():  # refused before weights.bin is written
+        raise MoaEdgeError(f"{source or 'the model'} needs {sum(needed.values())} bytes of memory ("
+                           + ", ".join(f"{k} {v}" for k, v in needed.items())
+                           + f"), more than the {board.memory_bytes()} bytes board {board.name} states")
 
     # Where each tensor lives, as a C expression.
     where = {e["name"]: e["c_name"] for e in io}

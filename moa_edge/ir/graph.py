@@ -2,11 +2,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+import math
 from typing import Any
 
 import numpy as np
 
+from moa_edge.errors import MoaEdgeError
+
 from . import dtypes
+
+# No tensor may hold 2**62 bytes or more: far beyond any board, and every size the generated C
+# and the planner add up stays clear of a 64-bit overflow.
+MAX_TENSOR_BYTES = 1 << 62
 
 
 @dataclass
@@ -96,3 +103,19 @@ class Graph:
     def weights(self) -> list[Tensor]:
         used = {i for n in self.nodes for i in n.inputs}
         return [t for t in self.tensors.values() if t.is_constant and t.name in used]
+
+
+def check_sizes(graph: Graph, source: str) -> None:
+    """Every tensor's dimensions are whole and non-negative, and its element count and byte size
+    (Python integers: no wrap-around) stay below MAX_TENSOR_BYTES: a model stating impossible sizes
+    is refused before any byte is planned or written."""
+    for t in graph.tensors.values():
+        if any(not isinstance(d, (int, np.integer)) or d < 0 for d in t.shape):
+            raise MoaEdgeError(f"{source}: tensor {t.name!r} has shape {list(t.shape)}; dimensions must be 0 or more")
+        elems = math.prod(int(d) for d in t.shape)
+        itemsize = dtypes.dtype(t.dtype).itemsize if t.dtype in dtypes.KNOWN_DTYPES else 1
+        if elems * itemsize >= MAX_TENSOR_BYTES:
+            raise MoaEdgeError(f"{source}: tensor {t.name!r} of shape {list(t.shape)} would hold {elems} elements "
+                               f"({elems * itemsize} bytes), more than any board has (limit 2**62 bytes)")
+    if not graph.outputs:
+        raise MoaEdgeError(f"{source}: the graph has no outputs: nothing to compute")

@@ -13,6 +13,7 @@ from .fold import fold_constants, infer_missing_shapes
 from .mlp import tile_mlp_rows
 from .pack import pack_weights
 from .fuse import fuse_elementwise
+from .views import check_views
 
 
 def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
@@ -32,6 +33,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         infer_missing_shapes(graph)
         if not fold_constants(graph):
             break
+    check_views(graph, source)  # before the rewrites turn views into access maps
     bypass_no_ops(graph)
     narrow_softmax_precision(graph)
     unfold_batched_transposes(graph)

@@ -226,6 +226,44 @@ def _peel_softcap(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, fl
 
 # --- rule: the ONNX Attention op ---------------------------------------------------
 
+def _check_attention_shapes(where: str, node: Node, q_shape, k_shape, v_shape, past_k_shape, past_v_shape) -> None:
+    """Q, K and V agree as the ONNX Attention op requires (onnxruntime and the reference
+    evaluator refuse the rest): one batch, K's head size that of Q, K and V as long and with as
+    many heads, query heads a multiple of them. The kernel trusts these sizes when it reads."""
+    def heads(what, shape, num_heads):  # (B, H, S, d) from a 4-D shape, or a 3-D one with H heads
+        if len(shape) == 4:
+            return tuple(shape)
+        if len(shape) != 3:
+            raise MoaEdgeError(f"{where}: inputs must be 3-D or 4-D, {what} has shape {list(shape)}")
+        if not hq or not hkv:
+            raise MoaEdgeError(f"{where}: 3-D inputs need the q_num_heads and kv_num_heads attributes")
+        if shape[2] % num_heads:
+            raise MoaEdgeError(f"{where}: {what}'s hidden size {shape[2]} is not a multiple of its "
+                               f"{num_heads} heads (shape {list(shape)})")
+        return shape[0], num_heads, shape[1], shape[2] // num_heads
+    hq, hkv = node.attrs.get("q_num_heads"), node.attrs.get("kv_num_heads")
+    (b, heads_q, _, d), (bk, heads_k, len_k, dk), (bv, heads_v, len_v, _) = (
+        heads(what, shape, h) for what, shape, h in (("Q", q_shape, hq), ("K", k_shape, hkv), ("V", v_shape, hkv)))
+    problems = []
+    if not b == bk == bv:
+        problems.append(f"batch sizes differ (Q {b}, K {bk}, V {bv})")
+    if dk != d:
+        problems.append(f"K's head size {dk} is not Q's {d}")
+    if len_k != len_v:
+        problems.append(f"K has {len_k} positions, V {len_v}")
+    if heads_k != heads_v:
+        problems.append(f"K has {heads_k} heads, V {heads_v}")
+    elif heads_q % heads_k:
+        problems.append(f"{heads_q} query heads are not a multiple of {heads_k} key/value heads")
+    for what, past, depth in (("past_key", past_k_shape, dk), ("past_value", past_v_shape, None)):
+        if past is not None and (len(past) != 4 or past[0] != b or past[1] != heads_k
+                                 or (depth is not None and past[3] != depth)):
+            problems.append(f"{what} has shape {list(past)}, expected ({b}, {heads_k}, length, head size)")
+    if problems:
+        raise MoaEdgeError(f"{where}: inconsistent shapes (Q {list(q_shape)}, K {list(k_shape)}, "
+                           f"V {list(v_shape)}): " + "; ".join(problems))
+
+
 def _attention_op(graph: Graph, node: Node):
     where = f"Attention node {node.name!r}"
     nonpad = node.inputs[6] if len(node.inputs) > 6 and node.inputs[6] else ""
@@ -239,6 +277,8 @@ def _attention_op(graph: Graph, node: Node):
     k_shape = graph.tensors[node.inputs[1]].shape
     v_shape = graph.tensors[node.inputs[2]].shape
     y_shape = graph.tensors[node.outputs[0]].shape
+    _check_attention_shapes(where, node, q_shape, k_shape, v_shape,
+                            *(graph.tensors[p].shape if p else None for p in (past_k, past_v)))
     for name in node.inputs[:3]:
         if graph.tensors[name].dtype != "float32":
             raise MoaEdgeError(f"{where}: input {name!r} is {graph.tensors[name].dtype}; only float32 is supported yet")

@@ -10,6 +10,7 @@ import numpy as np
 import onnx
 from onnx.reference import ReferenceEvaluator
 
+from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Tensor, dtypes
 
 # Never fold these: they have no value to compute, or the folded value would be huge.
@@ -59,6 +60,8 @@ def _evaluate(graph: Graph, node):
         return None
     try:
         outputs = evaluate_onnx_node(node, values, graph.opsets.get("", graph.opsets.get("ai.onnx", 18)))
+    except MoaEdgeError:  # the node cannot be computed from its constants: the model is wrong
+        raise
     except Exception:  # an evaluator gap: leave the node for the runtime rather than fail
         return None
     if any(np.asarray(o).size > _MAX_FOLDED_ELEMENTS for o in outputs):
@@ -69,7 +72,10 @@ def _evaluate(graph: Graph, node):
 def evaluate_onnx_node(node, values: list, opset: int) -> list:
     """Run one node with onnx's reference implementation, or onnxruntime where the
     reference evaluator has a gap (None marks an absent input). onnxruntime's own ops
-    (com.microsoft) run in onnxruntime, in float32: their CPU kernels have no float64."""
+    (com.microsoft) run in onnxruntime, in float32: their CPU kernels have no float64.
+    A node onnxruntime has a kernel for but cannot run on these values (indices out of range, a
+    reshape to another element count) is an error naming the node; any other failure is a gap,
+    raised as it is."""
     domain, _, op = node.op.rpartition(".")
     if domain:
         values = [v.astype(np.float32) if v is not None and np.asarray(v).dtype == np.float64 else v for v in values]
@@ -80,8 +86,16 @@ def evaluate_onnx_node(node, values: list, opset: int) -> list:
         return ReferenceEvaluator(model).run(None, feeds)
     except Exception:
         import onnxruntime
-        session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-        return session.run(None, feeds)
+        options = onnxruntime.SessionOptions()
+        options.log_severity_level = 4  # fatal only: a failure comes back as the exception below, once
+        session = onnxruntime.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        try:
+            return session.run(None, feeds)
+        except Exception as exc:
+            reason = str(exc).partition("Status Message: ")[2] or str(exc)
+            raise MoaEdgeError(f"node {node.name!r} ({node.op}) cannot be computed from its inputs "
+                               f"(shapes {[list(np.shape(v)) for v in values if v is not None]}): "
+                               f"{reason.strip().splitlines()[0]}") from None
 
 
 def _one_node_model(node, values: list, opset: int):

@@ -2,9 +2,27 @@
 is really written, so that head splits, transposes and repeat_kv cost no copy."""
 from __future__ import annotations
 
+import math
+
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph
 from moa_edge.moa import Layout
+
+VIEW_OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+
+
+def check_views(graph: Graph, source: str) -> None:
+    """A view sees the same elements with another shape: one whose output holds more or fewer
+    elements than its input (a Reshape of [1, 4, 8] to [5, 7]) would make the generated C read
+    past the input's buffer, so it is refused, naming the node."""
+    for node in graph.nodes:
+        data, out = (graph.tensors.get(name) for name in (node.inputs[0], node.outputs[0]))
+        if node.op not in VIEW_OPS or data is None or out is None:
+            continue
+        if math.prod(data.shape) != math.prod(out.shape):
+            raise MoaEdgeError(f"{source}: {node.op} node {node.name!r} turns {node.inputs[0]!r} of shape "
+                               f"{list(data.shape)} ({math.prod(data.shape)} elements) into shape {list(out.shape)} "
+                               f"({math.prod(out.shape)} elements); a reshape must keep the element count")
 
 
 def trace_view(graph: Graph, name: str, absorbed: list[str]) -> tuple[str, Layout]:

@@ -47,6 +47,10 @@ class Board:
         """The level whose misses go to DRAM."""
         return self.caches[-1]
 
+    def memory_bytes(self) -> int:
+        """The memory the board file states: DRAM and on-chip SRAM together."""
+        return self.memory["dram_bytes"] + self.memory["sram_bytes"]
+
     def compiler(self) -> str | None:
         """The first of the board's compilers found on PATH, or None."""
         for cc in self.toolchain["cc"]:
