@@ -38,8 +38,31 @@ def check_inputs(io: list[dict], inputs: dict[str, np.ndarray], source: str) -> 
         arr = np.asarray(inputs[e["name"]])
         if list(arr.shape) != e["shape"]:
             raise MoaEdgeError(f"{source}: input {e['name']!r} has shape {list(arr.shape)}, the model expects {e['shape']}")
-        out[e["name"]] = np.ascontiguousarray(arr, dtype=dtypes.dtype(e["dtype"]).numpy)
+        out[e["name"]] = np.ascontiguousarray(_exact_cast(arr, e, source))
     return out
+
+
+def _exact_cast(arr: np.ndarray, entry: dict, source: str) -> np.ndarray:
+    """arr as the input's dtype where that keeps every value: floats to float32 (rounding, as
+    the model computes in it), integers and bools to an integer type whose range holds every
+    value, 0/1 integers to bool. Never floats to integers (token ids would be truncated) and
+    never complex numbers (the imaginary part would be dropped)."""
+    want = dtypes.dtype(entry["dtype"]).numpy
+    have = arr.dtype
+    if have == want:
+        return arr
+    if want.kind == "f":
+        fits = have.kind == "f" or (have.kind in "iub" and np.array_equal(arr.astype(want).astype(have), arr))
+    elif want.kind in "iu":
+        info = np.iinfo(want)
+        fits = have.kind == "b" or (have.kind in "iu" and (arr.size == 0 or (int(arr.min()) >= info.min
+                                                                             and int(arr.max()) <= info.max)))
+    else:  # bool
+        fits = have.kind in "iu" and bool(np.isin(arr, (0, 1)).all())
+    if not fits:
+        raise MoaEdgeError(f"{source}: input {entry['name']!r} has dtype {have}, the model expects {want}"
+                           + (" (not every value fits)" if have.kind in "iub" and want.kind in "iub" else ""))
+    return arr.astype(want)
 
 
 def runner_files(io: list[dict], inputs: dict[str, np.ndarray], folder: Path) -> tuple[list[Path], list[Path]]:
