@@ -10,11 +10,30 @@ import tempfile
 
 import numpy as np
 
+from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 from moa_edge.target import Board
 
 from .ssh import RemoteFolder, SshTarget
+
+
+def _status_names() -> dict[int, str]:
+    """moa_status values by number, each as its name and what it means (moa/status.h)."""
+    text = (C_RUNTIME_DIR / "include" / "moa" / "status.h").read_text()
+    return {int(number): f"{name}: {meaning.strip()}"
+            for name, number, meaning in re.findall(r"(MOA_\w+) = (\d+),? */\* (.*?) \*/", text)}
+
+
+STATUS_NAMES = _status_names()
+
+
+def runner_failure(where: str, binary: Path, returncode: int, stderr: str) -> MoaEdgeError:
+    """One error for a runner that exited non-zero; a model status is named as in moa/status.h."""
+    text = re.sub(r"failed with status (\d+)\b",
+                  lambda m: m.group(0) + (f" ({STATUS_NAMES[int(m.group(1))]})" if int(m.group(1)) in STATUS_NAMES else ""),
+                  stderr.strip())
+    return MoaEdgeError(f"{where}: {Path(binary).name} exited with {returncode}: {text}")
 
 
 def project_io(project: Path) -> list[dict]:
@@ -106,7 +125,7 @@ def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path]
     except FileNotFoundError:
         raise MoaEdgeError(f"board {board.name}: cannot execute {cmd[0]}; missing {'; '.join(board.missing_tools())}") from None
     if proc.returncode != 0:
-        raise MoaEdgeError(f"board {board.name}: {binary.name} exited with {proc.returncode}: {proc.stderr.strip()}")
+        raise runner_failure(f"board {board.name}", binary, proc.returncode, proc.stderr)
     return proc.stderr
 
 
@@ -120,7 +139,6 @@ def _run_over_ssh(ssh: SshTarget, binary: Path, board: Board, args: list[str], o
         proc = ssh.run(board.runner() + ["./" + Path(binary).name, *remote_args], env={"MOA_REPEAT": str(repeat)},
                        cwd=folder, timeout=timeout)
         if proc.returncode != 0:
-            raise MoaEdgeError(f"board {board.name} over ssh {ssh.destination}: {Path(binary).name} exited with "
-                               f"{proc.returncode}: {proc.stderr.strip()}")
+            raise runner_failure(f"board {board.name} over ssh {ssh.destination}", binary, proc.returncode, proc.stderr)
         ssh.copy([f"{folder}/{p.name}" for p in out_paths], out_paths[0].parent, upload=False)
     return proc.stderr
