@@ -5,6 +5,7 @@ import json
 import os
 from pathlib import Path
 import re
+import signal
 import subprocess
 import tempfile
 
@@ -15,7 +16,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 from moa_edge.target import Board
 
-from .ssh import RemoteFolder, SshTarget
+from .ssh import TIMEOUT_S, RemoteFolder, SshTarget
 
 
 def _status_names() -> dict[int, str]:
@@ -95,7 +96,7 @@ def runner_files(io: list[dict], inputs: dict[str, np.ndarray], folder: Path) ->
 
 
 def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray],
-        timeout: float = 600, repeat: int = 1, ssh: SshTarget | None = None,
+        timeout: float = TIMEOUT_S, repeat: int = 1, ssh: SshTarget | None = None,
         stats: dict | None = None) -> tuple[dict[str, np.ndarray], float]:
     """Run `repeat` times in one process (on a real board when `ssh` is given); returns
     (outputs by name, the fastest run's time in microseconds, as the runner measures it).
@@ -117,11 +118,31 @@ def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray
         return outputs, float(match.group(1)) if match else float("nan")
 
 
+def run_limited(cmd: list[str], timeout: float, env: dict[str, str], what: str) -> subprocess.CompletedProcess:
+    """cmd in a process group of its own (qemu, the sampler and the runner it starts), all of it
+    killed when it outlives `timeout` seconds (one MoaEdgeError naming `what` and the limit) or
+    when we are interrupted. FileNotFoundError when cmd[0] cannot be executed."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                          env=env, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException as exc:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended meanwhile
+                pass
+            proc.communicate()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise MoaEdgeError(f"{what} did not finish within the time limit of {timeout:g} s "
+                                   f"(--timeout SECONDS); it was stopped") from None
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path], repeat: int, timeout: float) -> str:
     cmd = board.runner() + [str(binary)] + args + [str(p) for p in out_paths]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "MOA_REPEAT": str(repeat)})
+        proc = run_limited(cmd, timeout, {**os.environ, "MOA_REPEAT": str(repeat)}, f"board {board.name}: {binary.name}")
     except FileNotFoundError:
         raise MoaEdgeError(f"board {board.name}: cannot execute {cmd[0]}; missing {'; '.join(board.missing_tools())}") from None
     if proc.returncode != 0:
@@ -136,8 +157,11 @@ def _run_over_ssh(ssh: SshTarget, binary: Path, board: Board, args: list[str], o
     with RemoteFolder(ssh) as folder:
         ssh.copy([Path(binary), *map(Path, args)], folder + "/")
         remote_args = [Path(a).name for a in args] + [p.name for p in out_paths]
-        proc = ssh.run(board.runner() + ["./" + Path(binary).name, *remote_args], env={"MOA_REPEAT": str(repeat)},
-                       cwd=folder, timeout=timeout)
+        try:
+            proc = ssh.run(board.runner() + ["./" + Path(binary).name, *remote_args], env={"MOA_REPEAT": str(repeat)},
+                           cwd=folder, timeout=timeout)
+        except MoaEdgeError as exc:  # the time limit
+            raise MoaEdgeError(f"board {board.name}: {exc}") from None
         if proc.returncode != 0:
             raise runner_failure(f"board {board.name} over ssh {ssh.destination}", binary, proc.returncode, proc.stderr)
         ssh.copy([f"{folder}/{p.name}" for p in out_paths], out_paths[0].parent, upload=False)
