@@ -153,8 +153,10 @@ def test_exact_casts_are_made(name, value):
     ("n", np.array([0, 1, -2**31 - 1]), "not every value fits"),
     ("mask", np.array([0, 1, 2]), "has dtype int64, the model expects bool"),
     ("mask", np.array([0.0, 1.0, 1.0]), "has dtype float64, the model expects bool"),
+    ("ids", np.array([0.0, 1.0, 2.0], np.float32), "has dtype float32, the model expects int64"),
     ("x", np.array([1, 2, 3], np.complex64), "has dtype complex64, the model expects float32"),
-    ("x", np.array([1, 2, 2**24 + 1]), "has dtype int64, the model expects float32"),
+    ("x", np.array([1, 2, 2**24 + 1]), "has dtype int64, the model expects float32 (not every value fits)"),
+    ("x", np.array([1.0, 2.0, 1e300]), "has dtype float64, the model expects float32 (not every value fits)"),
     ("x", np.array(["a", "b", "c"]), "the model expects float32")])
 def test_inexact_casts_are_refused(name, value, needle):
     with pytest.raises(MoaEdgeError) as err:

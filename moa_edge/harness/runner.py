@@ -63,26 +63,33 @@ def check_inputs(io: list[dict], inputs: dict[str, np.ndarray], source: str) -> 
 
 
 def _exact_cast(arr: np.ndarray, entry: dict, source: str) -> np.ndarray:
-    """arr as the input's dtype where that keeps every value: floats to float32 (rounding, as
-    the model computes in it), integers and bools to an integer type whose range holds every
-    value, 0/1 integers to bool. Never floats to integers (token ids would be truncated) and
-    never complex numbers (the imaginary part would be dropped)."""
+    """arr as the input's dtype where that keeps every value: floats to float32 (rounded, as the
+    model computes in it, but never a finite value to infinity), integers and bools to an integer
+    type whose range holds every value, 0/1 integers to bool. Never floats to integers (token
+    ids would be truncated) and never complex numbers (the imaginary part would be dropped)."""
     want = dtypes.dtype(entry["dtype"]).numpy
     have = arr.dtype
     if have == want:
         return arr
-    if want.kind == "f":
-        fits = have.kind == "f" or (have.kind in "iub" and np.array_equal(arr.astype(want).astype(have), arr))
-    elif want.kind in "iu":
-        info = np.iinfo(want)
-        fits = have.kind == "b" or (have.kind in "iu" and (arr.size == 0 or (int(arr.min()) >= info.min
-                                                                             and int(arr.max()) <= info.max)))
-    else:  # bool
-        fits = have.kind in "iu" and bool(np.isin(arr, (0, 1)).all())
+    # Which kinds may become which; then whether every value does.
+    kinds = {"f": "fiub", "i": "iub", "u": "iub", "b": "iu"}[want.kind]
+    fits = False
+    if have.kind in kinds:
+        with np.errstate(invalid="ignore", over="ignore"):  # a value that does not fit fails the check, quietly
+            cast = arr.astype(want)
+            if want.kind == "f" and have.kind == "f":
+                fits = np.array_equal(np.isfinite(cast), np.isfinite(arr))
+            elif want.kind == "f":
+                fits = np.array_equal(cast.astype(have), arr)
+            elif want.kind == "b":
+                fits = bool(np.isin(arr, (0, 1)).all())
+            else:
+                info = np.iinfo(want)
+                fits = have.kind == "b" or arr.size == 0 or (int(arr.min()) >= info.min and int(arr.max()) <= info.max)
     if not fits:
         raise MoaEdgeError(f"{source}: input {entry['name']!r} has dtype {have}, the model expects {want}"
-                           + (" (not every value fits)" if have.kind in "iub" and want.kind in "iub" else ""))
-    return arr.astype(want)
+                           + (" (not every value fits)" if have.kind in kinds else ""))
+    return cast
 
 
 def runner_files(io: list[dict], inputs: dict[str, np.ndarray], folder: Path) -> tuple[list[Path], list[Path]]:
