@@ -14,6 +14,7 @@ try:  # Ctrl-C while the libraries load: nothing made yet, so one line and 130, 
 
     from moa_edge.errors import MoaEdgeError
     from moa_edge.harness import ownership
+    from moa_edge.harness.ssh import TIMEOUT_S
     from moa_edge.target import Board, load_board, load_catalogue
 except KeyboardInterrupt:
     print("moa-edge: interrupted (SIGINT)", file=sys.stderr)
@@ -98,7 +99,7 @@ def cmd_run(a) -> int:
     inputs = check_inputs(io, load_npz(a.inputs), a.inputs)
     binary = build(project, board)
     ssh = _ssh_target(a, [board])
-    outputs, run_us = run(binary, board, io, inputs, ssh=ssh)
+    outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=a.timeout)
     _write_file("--outputs", a.outputs, lambda f: np.savez(f, **outputs))
     where = f" over ssh {ssh.destination}" if ssh else ""
     print(f"{board.name}{where}: wrote {', '.join(outputs)} to {a.outputs} (run {run_us:.1f} us)")
@@ -114,7 +115,7 @@ def cmd_validate(a) -> int:
     from moa_edge.pipeline import parse_schedule
     result = validate(a.model, boards, inputs_path=a.inputs, input_shapes=parse_input_shapes(a.input_shape),
                       seed=a.seed, scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
-                      ssh=_ssh_target(a, boards), progress=_progress)
+                      ssh=_ssh_target(a, boards), timeout=a.timeout, progress=_progress)
     print(format_table(result))
     _write_json(a.json, result)
     return 0 if result["ok"] else 1
@@ -136,7 +137,8 @@ def cmd_energy(a) -> int:
     from moa_edge.harness.inputs import load_npz
     board = board_arg(a.board)
     result = measure_energy(a.project, board, a.sensor, a.sysfs_root, a.iterations, a.idle_ms, a.interval_us,
-                            load_npz(a.inputs) if a.inputs else None, ssh=_ssh_target(a, [board]), progress=_progress)
+                            load_npz(a.inputs) if a.inputs else None, ssh=_ssh_target(a, [board]), timeout=a.timeout,
+                            progress=_progress)
     ci = result["ci95_joules"]
     print(f"{board.name}: {result['joules_per_inference'] * 1e3:.3f} mJ per inference"
           + (f" (95% CI +/- {ci * 1e3:.3f} mJ)" if ci is not None else " (too few samples for an interval)"))
@@ -349,6 +351,16 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
 def _positive_int(text: str) -> int:
     values = _int_list(text)
     if len(values) != 1:
@@ -391,11 +403,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", required=True, help=".npz keyed by graph input names")
     s.add_argument("--outputs", required=True, help=".npz to write, keyed by graph output names")
 
+    def timeout_option(s):
+        s.add_argument("--timeout", type=_seconds, default=TIMEOUT_S, metavar="SECONDS",
+                       help=f"stop the runner (and fail) when it runs longer (default {TIMEOUT_S})")
+
     def ssh_options(s):
         s.add_argument("--ssh", metavar="USER@HOST[:PORT]", help="run on a real board over ssh (key authentication)")
         s.add_argument("--ssh-config", metavar="FILE", help="an ssh_config file for that connection (ssh -F)")
 
     ssh_options(s)
+    timeout_option(s)
 
     s = verb("energy", cmd_energy, "joules per inference from a power sensor, beside the cost model's prediction")
     s.add_argument("project", help="a converted project folder")
@@ -409,6 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--interval-us", type=_positive_int, default=10000, help="sampling interval (default 10000)")
     s.add_argument("--inputs", help=".npz keyed by graph input names (default: seeded random)")
     ssh_options(s)
+    timeout_option(s)
 
     s = verb("report", cmd_report, "one self-contained HTML page (and PNGs) about a converted project")
     s.add_argument("project", help="a converted project folder")
@@ -425,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: the larger of L1D and L2/8)")
     s.add_argument("--schedule", metavar="STRATEGY:BRxBC", help="force an ONF schedule, e.g. two_pass:1x64")
     ssh_options(s)
+    timeout_option(s)
 
     s = verb("inspect", cmd_inspect, "attention blocks found, what was absorbed, schedule and predicted cost")
     s.add_argument("model")

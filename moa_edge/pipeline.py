@@ -19,6 +19,7 @@ from moa_edge.harness.build import build
 from moa_edge.harness.inputs import load_npz, random_inputs
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
+from moa_edge.harness.ssh import TIMEOUT_S
 from moa_edge.ir import Graph, check_sizes
 from moa_edge.moa import dnf
 from moa_edge.moa.onf import STRATEGIES, Schedule
@@ -165,7 +166,7 @@ def onnx_reference(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.n
 
 def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, seed: int = 0,
              scratch_budget: int | None = None, schedule: Schedule | None = None, ssh=None,
-             progress=lambda msg: None) -> dict:
+             timeout: float = TIMEOUT_S, progress=lambda msg: None) -> dict:
     """Convert for each board (its own schedule), build, run (on a real board over `ssh`),
     compare with PyTorch float64."""
     model = model_path(model)
@@ -197,7 +198,7 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
             try:
                 binary = build(project, board)
                 progress(f"{board.name}: run")
-                outputs, run_us = run(binary, board, io, inputs, ssh=ssh)
+                outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=timeout)
                 row = cmp.compare_all(outputs, reference)
                 row["run_us"] = run_us
             except MoaEdgeError as exc:

@@ -1,6 +1,6 @@
 /* moa_sampler: the power sampler moa-edge energy runs on the board, beside the runner.
  *
- *     moa_sampler INTERVAL_US IDLE_MS FILE... -- RUNNER [ARG...]
+ *     moa_sampler [-t LIMIT_S] INTERVAL_US IDLE_MS FILE... -- RUNNER [ARG...]
  *
  * Reads every FILE (one integer each: sysfs power, current, voltage or energy counters)
  * every INTERVAL_US microseconds: first for IDLE_MS milliseconds with nothing running
@@ -10,12 +10,16 @@
  *     active_ns N                      (from the child's start to its exit)
  *     exit STATUS
  *
+ * A runner still running LIMIT_S seconds after its start is killed with its process group
+ * (an emulator and whatever it started), after a line "timeout LIMIT_S"; its exit status is
+ * then 128 + SIGKILL.
  * Files are opened for every read: a sysfs attribute is re-read from the start, and a
  * file replaced by rename (as a test's fake sysfs does) is seen anew. Exit code: the
  * runner's, or 2 for bad arguments. POSIX only; nothing but libc. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,12 +78,22 @@ static void sample(int phase, int count, char **files)
 
 int main(int argc, char **argv)
 {
-    long long interval_ns, idle_ns, next, start, end;
+    long long interval_ns, idle_ns, limit_ns = 0, next, start, end;
     int count = 0, status = 0, k;
     char **files;
     pid_t child;
+    if (argc > 2 && strcmp(argv[1], "-t") == 0) {
+        limit_ns = atoll(argv[2]) * 1000000000LL;
+        if (limit_ns <= 0) {
+            fprintf(stderr, "%s: -t needs a positive number of seconds\n", argv[0]);
+            return 2;
+        }
+        argv[2] = argv[0];
+        argv += 2;
+        argc -= 2;
+    }
     if (argc < 5) {
-        fprintf(stderr, "usage: %s INTERVAL_US IDLE_MS FILE... -- RUNNER [ARG...]\n", argv[0]);
+        fprintf(stderr, "usage: %s [-t LIMIT_S] INTERVAL_US IDLE_MS FILE... -- RUNNER [ARG...]\n", argv[0]);
         return 2;
     }
     interval_ns = atoll(argv[1]) * 1000LL;
@@ -107,6 +121,7 @@ int main(int argc, char **argv)
         return 2;
     }
     if (child == 0) {
+        setpgid(0, 0); /* a group of its own, killed whole at the time limit */
         execv(argv[3 + count + 1], argv + 3 + count + 1);
         perror(argv[3 + count + 1]);
         _exit(127);
@@ -116,6 +131,13 @@ int main(int argc, char **argv)
         pid_t done = waitpid(child, &status, WNOHANG);
         sample(1, count, files);
         if (done == child) {
+            break;
+        }
+        if (limit_ns > 0 && now_ns() - start >= limit_ns) {
+            kill(-child, SIGKILL);
+            kill(child, SIGKILL); /* should it have had no time to make its group */
+            waitpid(child, &status, 0);
+            printf("timeout %lld\n", limit_ns / 1000000000LL);
             break;
         }
         next += interval_ns;

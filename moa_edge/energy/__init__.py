@@ -3,6 +3,7 @@ and the cost model's prediction set beside the measurement."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 import shlex
@@ -14,8 +15,8 @@ from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.inputs import random_inputs
-from moa_edge.harness.runner import check_inputs, project_io, runner_files
-from moa_edge.harness.ssh import RemoteFolder
+from moa_edge.harness.runner import check_inputs, project_io, run_limited, runner_failure, runner_files
+from moa_edge.harness.ssh import TIMEOUT_S, RemoteFolder
 from moa_edge.target import Board
 
 from .measure import joules_per_inference, parse_sampler_output
@@ -73,11 +74,12 @@ def predicted(project: Path) -> dict:
 
 
 def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root="/", iterations: int = 100,
-                   idle_ms: int = 1000, interval_us: int = 10000, inputs=None, ssh=None,
+                   idle_ms: int = 1000, interval_us: int = 10000, inputs=None, ssh=None, timeout: float = TIMEOUT_S,
                    progress=lambda msg: None) -> dict:
     """Sample the sensor while the board idles for idle_ms, then while the built model runs
     `iterations` times in one process (on a real board when `ssh` is given); joules per
-    inference with its confidence interval, beside the cost model's prediction."""
+    inference with its confidence interval, beside the cost model's prediction. The runs
+    together may take `timeout` seconds: then the runner (and its emulator) is killed."""
 
     spec = sensor or board_sensor(board)
     if spec is None:
@@ -95,6 +97,17 @@ def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root=
     progress(f"{board.name}: build")
     binary = Path(build(project, board)).resolve()
     env = {"MOA_REPEAT": str(iterations)}
+    # The sampler stops the runner at the limit (whole seconds); ours stops the sampler, should
+    # it hang itself (a sensor file that blocks), a while later.
+    limit = ["-t", str(math.ceil(timeout))]
+    sampler_timeout = math.ceil(timeout) + idle_ms / 1000 + 30
+    where = f"board {board.name}"
+
+    def on_board(cmd, limit_s, folder):
+        try:
+            return ssh.run(cmd, env=env, cwd=folder, timeout=limit_s)
+        except MoaEdgeError as exc:  # a time limit: name the board
+            raise MoaEdgeError(f"{where}: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="moa-energy-") as tmp:
         tmp = Path(tmp)
         sampler = None if meter else build_sampler(tmp, board if ssh else None)
@@ -107,11 +120,11 @@ def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root=
                 runner[0] = shutil.which(runner[0]) or runner[0]
             model = [*runner, str(binary), *map(str, files), *(str(tmp / o) for o in outs)]
             if meter:
-                proc = meter.sample(idle_ms, interval_us, lambda: subprocess.run(
-                    model, capture_output=True, text=True, env={**os.environ, **env}))
+                proc = meter.sample(idle_ms, interval_us, lambda: run_limited(
+                    model, timeout, {**os.environ, **env}, f"{where}: {binary.name}"))
             else:
-                cmd = [str(sampler), str(interval_us), str(idle_ms), *channel.files, "--", *model]
-                proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **env})
+                cmd = [str(sampler), *limit, str(interval_us), str(idle_ms), *channel.files, "--", *model]
+                proc = run_limited(cmd, sampler_timeout, {**os.environ, **env}, f"{where}: the power sampler")
         else:
             with RemoteFolder(ssh) as folder:
                 ssh.copy([*([sampler] if sampler else []), binary, *files], folder + "/")
@@ -120,15 +133,18 @@ def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root=
                     runner[0] = ssh.check(["sh", "-c", 'command -v "$1"', "sh", runner[0]], "finding the emulator").strip()
                 model = [*runner, "./" + binary.name, *(f.name for f in files), *outs]
                 if meter:  # the meter's window includes the ssh session's start: at idle power
-                    proc = meter.sample(idle_ms, interval_us, lambda: ssh.run(model, env=env, cwd=folder))
+                    proc = meter.sample(idle_ms, interval_us, lambda: on_board(model, timeout, folder))
                 else:
-                    cmd = [*runner, "./moa_sampler", str(interval_us), str(idle_ms), *channel.files, "--", *model]
-                    proc = ssh.run(cmd, env=env, cwd=folder)
+                    cmd = [*runner, "./moa_sampler", *limit, str(interval_us), str(idle_ms), *channel.files, "--", *model]
+                    proc = on_board(cmd, sampler_timeout, folder)
+    if any(line.startswith("timeout ") for line in proc.stdout.splitlines()):
+        raise MoaEdgeError(f"{where}: {binary.name} did not finish within the time limit of {timeout:g} s "
+                           f"(--timeout SECONDS); it was stopped")
     if "exit " not in proc.stdout:
         raise MoaEdgeError(f"the power sampler failed ({proc.returncode}): {proc.stderr.strip()}")
     run = parse_sampler_output(proc.stdout, channel)
     if run.exit_status != 0:
-        raise MoaEdgeError(f"board {board.name}: the runner exited with {run.exit_status}: {proc.stderr.strip()}")
+        raise runner_failure(where, binary, run.exit_status, proc.stderr)
     result = joules_per_inference(channel, run, iterations)
     result.update(board=board.name, project=str(project), predicted=predicted(project),
                   mean_run_s=run.active_seconds / iterations, ssh=ssh.destination if ssh else None)

@@ -10,6 +10,14 @@ import sys
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board
 
+from . import ownership
+
+BUILD_SUFFIXES = (".c", ".h", ".S", ".bin")  # and SConstruct: what the build reads
+
+
+def _is_build_input(rel: str) -> bool:
+    return rel == "SConstruct" or rel.endswith(BUILD_SUFFIXES)
+
 
 def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldflags: list[str] = (),
           variant: str | None = None) -> Path:
@@ -17,6 +25,12 @@ def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldfla
     project = Path(project)
     if not (project / "SConstruct").is_file() or not (project / "model.h").is_file():
         raise MoaEdgeError(f"{project}: not a project made by `moa-edge convert` (no SConstruct/model.h)")
+    changed = ownership.changed_files(project, _is_build_input)
+    if changed:
+        raise MoaEdgeError(f"{project}: {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} "
+                           f"{'is' if len(changed) == 1 else 'are'} missing or not as `moa-edge convert` wrote "
+                           f"{'it' if len(changed) == 1 else 'them'} ({ownership.MARKER}); convert the model again "
+                           f"(or, to build an edited project, run scons in it yourself)")
     cc = board.compiler()
     if cc is None:
         raise MoaEdgeError(f"board {board.name}: missing {'; '.join(board.missing_tools())}; run `make setup` as root")
@@ -25,19 +39,24 @@ def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldfla
     ldflags = list(board.toolchain.get("ldflags", [])) + list(extra_ldflags)
     cmd = [sys.executable, "-m", "SCons", "-Q", "-C", str(project), f"CC={cc}",
            f"CFLAGS={' '.join(cflags)}", f"LINKFLAGS={' '.join(ldflags)}", f"VARIANT={variant}"]
+    # SCons rebuilds what changed sources need, but never checks its outputs: a runner changed
+    # or damaged since would be run as it is. Linking it anew is cheap.
+    (project / "build" / variant / "model_main").unlink(missing_ok=True)
     # Its own process group: if we are interrupted, scons and the compilers it started stop with
     # us, before our caller removes the folder they write into.
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as proc:
+                          errors="replace", start_new_session=True) as proc:
         try:
             stdout, stderr = proc.communicate()
         except BaseException:  # SIGTERM first: the compiler driver then deletes its temporary files
-            os.killpg(proc.pid, signal.SIGTERM)
             try:
+                os.killpg(proc.pid, signal.SIGTERM)
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+            except ProcessLookupError:  # it had ended
+                pass
             raise
     if proc.returncode != 0:
         raise MoaEdgeError(f"build of {project} for {board.name} failed:\n{stdout}{stderr}".rstrip())

@@ -93,6 +93,21 @@ def claim(path) -> None:
         pass
 
 
+def changed_files(folder: Path, wanted) -> list[str]:
+    """Files convert listed (of those `wanted(name)` picks) that are gone or differ now; none for
+    a folder without a manifest. Only regular files inside the folder are read."""
+    folder = Path(folder)
+    manifest = _load(folder)
+    changed = []
+    for rel, record in sorted((manifest or {"files": {}})["files"].items()):
+        if not wanted(rel) or Path(rel).is_absolute() or ".." in Path(rel).parts:
+            continue
+        path = folder / rel
+        if path.is_symlink() or not path.is_file() or _digest(path) != record:
+            changed.append(rel)
+    return changed
+
+
 def is_project(folder: Path) -> bool:
     return _load(Path(folder)) is not None
 

@@ -5,16 +5,36 @@ import json
 import os
 from pathlib import Path
 import re
+import signal
 import subprocess
 import tempfile
 
 import numpy as np
 
+from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 from moa_edge.target import Board
 
-from .ssh import RemoteFolder, SshTarget
+from .ssh import TIMEOUT_S, RemoteFolder, SshTarget
+
+
+def _status_names() -> dict[int, str]:
+    """moa_status values by number, each as its name and what it means (moa/status.h)."""
+    text = (C_RUNTIME_DIR / "include" / "moa" / "status.h").read_text()
+    return {int(number): f"{name}: {meaning.strip()}"
+            for name, number, meaning in re.findall(r"(MOA_\w+) = (\d+),? */\* (.*?) \*/", text)}
+
+
+STATUS_NAMES = _status_names()
+
+
+def runner_failure(where: str, binary: Path, returncode: int, stderr: str) -> MoaEdgeError:
+    """One error for a runner that exited non-zero; a model status is named as in moa/status.h."""
+    text = re.sub(r"failed with status (\d+)\b",
+                  lambda m: m.group(0) + (f" ({STATUS_NAMES[int(m.group(1))]})" if int(m.group(1)) in STATUS_NAMES else ""),
+                  stderr.strip())
+    return MoaEdgeError(f"{where}: {Path(binary).name} exited with {returncode}: {text}")
 
 
 def project_io(project: Path) -> list[dict]:
@@ -38,8 +58,38 @@ def check_inputs(io: list[dict], inputs: dict[str, np.ndarray], source: str) -> 
         arr = np.asarray(inputs[e["name"]])
         if list(arr.shape) != e["shape"]:
             raise MoaEdgeError(f"{source}: input {e['name']!r} has shape {list(arr.shape)}, the model expects {e['shape']}")
-        out[e["name"]] = np.ascontiguousarray(arr, dtype=dtypes.dtype(e["dtype"]).numpy)
+        out[e["name"]] = np.ascontiguousarray(_exact_cast(arr, e, source))
     return out
+
+
+def _exact_cast(arr: np.ndarray, entry: dict, source: str) -> np.ndarray:
+    """arr as the input's dtype where that keeps every value: floats to float32 (rounded, as the
+    model computes in it, but never a finite value to infinity), integers and bools to an integer
+    type whose range holds every value, 0/1 integers to bool. Never floats to integers (token
+    ids would be truncated) and never complex numbers (the imaginary part would be dropped)."""
+    want = dtypes.dtype(entry["dtype"]).numpy
+    have = arr.dtype
+    if have == want:
+        return arr
+    # Which kinds may become which; then whether every value does.
+    kinds = {"f": "fiub", "i": "iub", "u": "iub", "b": "iu"}[want.kind]
+    fits = False
+    if have.kind in kinds:
+        with np.errstate(invalid="ignore", over="ignore"):  # a value that does not fit fails the check, quietly
+            cast = arr.astype(want)
+            if want.kind == "f" and have.kind == "f":
+                fits = np.array_equal(np.isfinite(cast), np.isfinite(arr))
+            elif want.kind == "f":
+                fits = np.array_equal(cast.astype(have), arr)
+            elif want.kind == "b":
+                fits = bool(np.isin(arr, (0, 1)).all())
+            else:
+                info = np.iinfo(want)
+                fits = have.kind == "b" or arr.size == 0 or (int(arr.min()) >= info.min and int(arr.max()) <= info.max)
+    if not fits:
+        raise MoaEdgeError(f"{source}: input {entry['name']!r} has dtype {have}, the model expects {want}"
+                           + (" (not every value fits)" if have.kind in kinds else ""))
+    return cast
 
 
 def runner_files(io: list[dict], inputs: dict[str, np.ndarray], folder: Path) -> tuple[list[Path], list[Path]]:
@@ -53,7 +103,7 @@ def runner_files(io: list[dict], inputs: dict[str, np.ndarray], folder: Path) ->
 
 
 def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray],
-        timeout: float = 600, repeat: int = 1, ssh: SshTarget | None = None,
+        timeout: float = TIMEOUT_S, repeat: int = 1, ssh: SshTarget | None = None,
         stats: dict | None = None) -> tuple[dict[str, np.ndarray], float]:
     """Run `repeat` times in one process (on a real board when `ssh` is given); returns
     (outputs by name, the fastest run's time in microseconds, as the runner measures it).
@@ -75,15 +125,35 @@ def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray
         return outputs, float(match.group(1)) if match else float("nan")
 
 
+def run_limited(cmd: list[str], timeout: float, env: dict[str, str], what: str) -> subprocess.CompletedProcess:
+    """cmd in a process group of its own (qemu, the sampler and the runner it starts), all of it
+    killed when it outlives `timeout` seconds (one MoaEdgeError naming `what` and the limit) or
+    when we are interrupted. FileNotFoundError when cmd[0] cannot be executed."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                          env=env, start_new_session=True) as proc:
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout)
+        except BaseException as exc:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:  # it ended meanwhile
+                pass
+            proc.communicate()
+            if isinstance(exc, subprocess.TimeoutExpired):
+                raise MoaEdgeError(f"{what} did not finish within the time limit of {timeout:g} s "
+                                   f"(--timeout SECONDS); it was stopped") from None
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path], repeat: int, timeout: float) -> str:
     cmd = board.runner() + [str(binary)] + args + [str(p) for p in out_paths]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env={**os.environ, "MOA_REPEAT": str(repeat)})
+        proc = run_limited(cmd, timeout, {**os.environ, "MOA_REPEAT": str(repeat)}, f"board {board.name}: {binary.name}")
     except FileNotFoundError:
         raise MoaEdgeError(f"board {board.name}: cannot execute {cmd[0]}; missing {'; '.join(board.missing_tools())}") from None
     if proc.returncode != 0:
-        raise MoaEdgeError(f"board {board.name}: {binary.name} exited with {proc.returncode}: {proc.stderr.strip()}")
+        raise runner_failure(f"board {board.name}", binary, proc.returncode, proc.stderr)
     return proc.stderr
 
 
@@ -94,10 +164,12 @@ def _run_over_ssh(ssh: SshTarget, binary: Path, board: Board, args: list[str], o
     with RemoteFolder(ssh) as folder:
         ssh.copy([Path(binary), *map(Path, args)], folder + "/")
         remote_args = [Path(a).name for a in args] + [p.name for p in out_paths]
-        proc = ssh.run(board.runner() + ["./" + Path(binary).name, *remote_args], env={"MOA_REPEAT": str(repeat)},
-                       cwd=folder, timeout=timeout)
+        try:
+            proc = ssh.run(board.runner() + ["./" + Path(binary).name, *remote_args], env={"MOA_REPEAT": str(repeat)},
+                           cwd=folder, timeout=timeout)
+        except MoaEdgeError as exc:  # the time limit
+            raise MoaEdgeError(f"board {board.name}: {exc}") from None
         if proc.returncode != 0:
-            raise MoaEdgeError(f"board {board.name} over ssh {ssh.destination}: {Path(binary).name} exited with "
-                               f"{proc.returncode}: {proc.stderr.strip()}")
+            raise runner_failure(f"board {board.name} over ssh {ssh.destination}", binary, proc.returncode, proc.stderr)
         ssh.copy([f"{folder}/{p.name}" for p in out_paths], out_paths[0].parent, upload=False)
     return proc.stderr

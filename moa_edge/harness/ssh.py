@@ -15,7 +15,7 @@ import subprocess
 
 from moa_edge.errors import MoaEdgeError
 
-TIMEOUT_S = 600
+TIMEOUT_S = 600  # a runner's (here or over ssh) and a remote command's time limit unless --timeout gives one
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,12 @@ class SshTarget:
         line = " ".join(words) if cwd is None else f"cd {shlex.quote(cwd)} && " + " ".join(words)
         cmd = ["ssh", *self._options("-p"), self.destination, line]
         try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+            return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
         except FileNotFoundError:
             raise MoaEdgeError("ssh: the OpenSSH client is not installed (Debian: openssh-client)") from None
+        except subprocess.TimeoutExpired:  # ssh is killed; the board's sshd ends the session
+            raise MoaEdgeError(f"over ssh {self.destination}: {argv[0] if argv else 'the command'} did not finish "
+                               f"within the time limit of {timeout:g} s (--timeout SECONDS); it was stopped") from None
 
     def check(self, argv: list[str], what: str, **kw) -> str:
         proc = self.run(argv, **kw)
@@ -73,9 +76,12 @@ class SshTarget:
                 else [*(remote(s) for s in sources), str(Path(destination).absolute())])
         cmd = ["scp", "-q", *self._options("-P"), *args]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+            proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=TIMEOUT_S)
         except FileNotFoundError:
             raise MoaEdgeError("scp: the OpenSSH client is not installed (Debian: openssh-client)") from None
+        except subprocess.TimeoutExpired:
+            raise MoaEdgeError(f"scp {'to' if upload else 'from'} {self.destination} did not finish within "
+                               f"{TIMEOUT_S} s") from None
         if proc.returncode != 0:
             raise MoaEdgeError(f"scp {'to' if upload else 'from'} {self.destination} failed ({proc.returncode}): "
                                f"{proc.stderr.strip()}")
