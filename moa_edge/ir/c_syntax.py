@@ -57,7 +57,8 @@ def c_identifier(name: str, taken: set[str], avoid_prefixes: tuple[str, ...] = (
     """A C identifier for `name`, made only of [A-Za-z0-9_], new to `taken` (which it joins), never
     a keyword or reserved name nor starting with one of avoid_prefixes (compared ignoring case);
     given distinct_upper, new to it also in capitals (the name also spells macros in capitals)."""
-    ident = re.sub(r"[^0-9A-Za-z_]", "_", name) or "t"
+    # At most 63 characters: what C99 promises to tell apart (the prefix and _1 come on top).
+    ident = re.sub(r"[^0-9A-Za-z_]", "_", name)[:63] or "t"
     if ident[0].isdigit() or _reserved(ident, avoid_prefixes):
         ident = "t_" + ident
     base, k = ident, 1
