@@ -17,7 +17,9 @@ from moa_edge.ir.c_syntax import c_comment_text, c_identifier, c_string_literal,
 from moa_edge.pipeline import convert, validate
 from moa_edge.target import symbol_lister
 
-ATTACK = 'x */ __attribute__((constructor)) static void pwn(void){system("touch PWNED");} /*'
+ATTACK = ('x */ int system(const char *); __attribute__((constructor)) static void pwn(void){system("touch PWNED");}'
+          ' /*')  # at file scope (model.h): runs before main
+NODE_ATTACK = 'n */ { int system(const char *); system("touch PWNED"); } /*'  # in the run function's body
 ASM_ATTACK = "w */\n.global evil\nevil:\n/*"
 HOSTILE_PIECES = ["*/ __attribute__", "system(", ".global evil", "evil:"]
 
@@ -26,8 +28,8 @@ HOSTILE_PIECES = ["*/ __attribute__", "system(", ".global evil", "evil:"]
 # names equal after sanitising (a-b, a_b, A_B all spell MODEL_INPUT_A_B).
 INPUTS = [ATTACK, "int", "a-b", "a_b", "A_B"]
 OUTPUTS = ["return", 'y\n#define float int */ // "quoted" \\ back\\\nslash']
-NODE_NAMES = ["n1 */ int evil_node; /*", "n2 // line\n#include <stdio.h>", "n3 ??/\n??=", "n4 \x00 nul",
-              "n5 é 漢字 $\\frac$ <script>alert(1)</script>", "n6 " + "*/" * 5000, "n7 main", "n8 model_run"]
+NODE_NAMES = [NODE_ATTACK, "n1 */ int evil_node; /*", "n2 // line\n#include <stdio.h>", "n3 ??/\n??=", "n4 \x00 nul",
+              "n5 é 漢字 $\\frac$ <script>alert(1)</script>", "n6 " + "*/" * 5000, "n7 main"]
 MIDDLE = ["t1 */ /*", "t2\n#error injected", "t3 ??/", "t4 \x00", "t5 " + "z" * 10000, "t6 '\"'"]
 WEIGHT = ASM_ATTACK
 
@@ -159,3 +161,78 @@ def test_report_of_hostile_names_escapes_them(hostile, tmp_path):
     written = write_report(project)
     page = Path(written["html"]).read_text(encoding="utf-8")
     assert "<script>" not in page and "&lt;script&gt;" in page
+
+
+def _rename_everything(model: onnx.ModelProto, spell) -> None:
+    """Every tensor and node of the model renamed spell(kind, k) in place, consistently."""
+    g = model.graph
+    names = {}
+    for value in [*g.input, *g.output, *g.value_info, *g.initializer]:
+        names.setdefault(value.name, spell("tensor", len(names)))
+    for node in g.node:
+        for n in [*node.input, *node.output]:
+            if n:
+                names.setdefault(n, spell("tensor", len(names)))
+    for value in [*g.input, *g.output, *g.value_info, *g.initializer]:
+        value.name = names[value.name]
+    for k, node in enumerate(g.node):
+        node.input[:] = [names[n] if n else n for n in node.input]
+        node.output[:] = [names[n] if n else n for n in node.output]
+        node.name = spell("node", k)
+
+
+def test_hostile_names_through_a_fused_attention_block(tmp_path, monkeypatch):
+    """The attention path (an MoaAttention kernel with its own comment, absorbed nodes, a constant
+    mask in weights.S) with every name an attack; validates on the host, runs nothing foreign."""
+    from models import Case, export
+    board = require_board("host")
+    monkeypatch.chdir(tmp_path)
+    export(Case("hostile", "sdpa18", q_len=4, kv_len=6, head_dim=8, mask="const_float"), tmp_path / "a.onnx")
+    model = onnx.load(str(tmp_path / "a.onnx"))
+    _rename_everything(model, lambda kind, k: f"{kind}{k} */ int pwn{k}; /* \n.global evil{k}\nevil{k}: ??/ é\x00 \"")
+    onnx.save(model, str(tmp_path / "h.onnx"))
+    result = validate(tmp_path / "h.onnx", [board])
+    assert result["ok"] is True, result
+    project = tmp_path / "p"
+    report = convert(tmp_path / "h.onnx", project)
+    assert report["attention_blocks"], "the renamed graph must still fuse into an attention block"
+    binary = build(project, board)
+    symbols = subprocess.run([symbol_lister(board), str(binary)], capture_output=True, text=True, check=True).stdout
+    assert not re.search(r"\bevil\d|\bpwn\d", symbols)
+    for path in [*project.glob("*.[chS]")]:
+        assert not re.search(r"\bint pwn\d|\.global evil|^evil", _code(path.read_text()), re.M), path
+
+
+def test_project_path_with_quotes_dollar_and_backticks_builds(hostile, tmp_path, monkeypatch):
+    board = require_board("host")
+    monkeypatch.chdir(tmp_path)
+    project = tmp_path / "o $HOME \"q\" 's' `touch PWNED` é"
+    convert(hostile, project)
+    assert build(project, board).is_file()
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("where", ["input", "node", "initializer"])
+def test_the_classic_attack_alone_runs_nothing_and_adds_no_symbol(where, tmp_path, monkeypatch):
+    """Each attack alone, in a model that would otherwise build: without the escaping the runner
+    would touch PWNED (input, node) or export `evil` (initializer)."""
+    board = require_board("host")
+    monkeypatch.chdir(tmp_path)
+    pwned = tmp_path / "PWNED"
+    x = ATTACK.replace("touch PWNED", f"touch {pwned}") if where == "input" else "x"
+    weight = ASM_ATTACK if where == "initializer" else "w"
+    node = NODE_ATTACK.replace("touch PWNED", f"touch {pwned}") if where == "node" else "add"
+    nodes = [helper.make_node("Add", [x, weight], ["s"], name=node),
+             helper.make_node("Relu", ["s"], ["y"], name="relu")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(x, TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])],
+                              [numpy_helper.from_array(np.arange(-3, 3, dtype=np.float32).reshape(2, 3), weight)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "m.onnx"))
+    result = validate(tmp_path / "m.onnx", [board])
+    assert not pwned.exists()
+    assert result["ok"] is True, result
+    convert(tmp_path / "m.onnx", tmp_path / "p")
+    build(tmp_path / "p", board)
+    obj = tmp_path / "p" / "build" / "host" / "obj" / "weights.o"
+    symbols = subprocess.run([symbol_lister(board), str(obj)], capture_output=True, text=True, check=True).stdout
+    assert not re.search(r"\bevil\b", symbols), symbols
