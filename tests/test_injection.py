@@ -3,6 +3,7 @@ report, nor stop the project from building (issue 18, item 1)."""
 from pathlib import Path
 import re
 import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -10,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import pytest
 
 from conftest import require_board
+from models import Case, export
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.report import write_report
@@ -184,7 +186,6 @@ def _rename_everything(model: onnx.ModelProto, spell) -> None:
 def test_hostile_names_through_a_fused_attention_block(tmp_path, monkeypatch):
     """The attention path (an MoaAttention kernel with its own comment, absorbed nodes, a constant
     mask in weights.S) with every name an attack; validates on the host, runs nothing foreign."""
-    from models import Case, export
     board = require_board("host")
     monkeypatch.chdir(tmp_path)
     export(Case("hostile", "sdpa18", q_len=4, kv_len=6, head_dim=8, mask="const_float"), tmp_path / "a.onnx")
@@ -236,3 +237,11 @@ def test_the_classic_attack_alone_runs_nothing_and_adds_no_symbol(where, tmp_pat
     obj = tmp_path / "p" / "build" / "host" / "obj" / "weights.o"
     symbols = subprocess.run([symbol_lister(board), str(obj)], capture_output=True, text=True, check=True).stdout
     assert not re.search(r"\bevil\b", symbols), symbols
+
+
+@pytest.mark.parametrize("prefix", ["moa", "int"])
+def test_cli_refuses_a_colliding_prefix_in_one_line(prefix, hostile, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "moa_edge.cli", "convert", str(hostile), "-o", str(tmp_path / "p"),
+                        "--prefix", prefix], capture_output=True, text=True)
+    assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+    assert "--prefix" in r.stderr and not (tmp_path / "p").exists()

@@ -110,7 +110,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     io_macros, args, v_unpack = [], [], []
     for e in io:
         M = f"{P}_{e['kind'].upper()}_{e['c_name'].upper()}"
-        io_macros.append(f"/* {e['kind']} {c_comment_text(e['name'])}: {e['dtype']} {e['shape']} */\n"
+        io_macros.append(f"/* {e['kind']} '{c_comment_text(e['name'])}': {e['dtype']} {e['shape']} */\n"
                          f"#define {M}_NAME {c_string_literal(e['name'])}\n#define {M}_ELEMS {e['elems']}u\n#define {M}_BYTES {e['bytes']}u\n"
                          f"#define {M}_SHAPE {{{', '.join(map(str, e['shape']))}}}\n")
         const = "const " if e["kind"] == "input" else ""
