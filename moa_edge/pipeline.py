@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-import re
 import secrets
 import shutil
 import tempfile
@@ -21,6 +20,7 @@ from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.harness.ssh import TIMEOUT_S
 from moa_edge.ir import Graph, check_sizes
+from moa_edge.ir.c_syntax import check_prefix
 from moa_edge.moa import dnf
 from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
@@ -109,8 +109,7 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
         raise MoaEdgeError("-o is empty: name the project folder to create")
     model, out_dir = model_path(model), Path(out_dir)
     board = board or load_board("host")
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", prefix):
-        raise MoaEdgeError(f"--prefix {prefix!r} is not a C identifier")
+    check_prefix(prefix)  # before any work
     _check_replaceable(out_dir, model)
     blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:

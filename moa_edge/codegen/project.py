@@ -3,6 +3,7 @@ the c_runtime sources it needs, and report.json."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from moa_edge import C_RUNTIME_DIR
 from moa_edge.plan.predict import predict_model
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, dtypes
-from moa_edge.ir.c_syntax import c_identifier
+from moa_edge.ir.c_syntax import c_comment_text, c_identifier, c_string_literal, check_prefix
 from moa_edge.ops import SUPPORTED_OPS, EmitContext
 from moa_edge.ops.contract import RUN_LOCALS
 from moa_edge.plan import plan_arena
@@ -29,7 +30,7 @@ def _weights_blob(weights) -> tuple[bytes, str]:
         blob += bytes(-len(blob) % 64)
         numpy_type = dtypes.dtype(t.dtype).numpy
         data = np.ascontiguousarray(t.data, dtype=numpy_type).astype(numpy_type).tobytes()
-        lines += [f"    /* {t.name}: {t.dtype} {list(t.shape)} */", "    .balign 64", f"    .global {sym}",
+        lines += [f"    /* {c_comment_text(t.name)}: {t.dtype} {list(t.shape)} */", "    .balign 64", f"    .global {sym}",
                   f"    .type {sym}, %object", f"    .size {sym}, {max(len(data), 1)}", f"{sym}:",
                   f'    .incbin "weights.bin", {len(blob)}, {len(data)}' if data else "    .byte 0"]
         blob += data
@@ -42,12 +43,15 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     empty); returns report.json's content."""
     out_dir = Path(out_dir)
     board = board or load_board("host")
-    P = prefix.upper()
+    P = check_prefix(prefix).upper()
     # Names the generated statements use for their own locals (each op module's C_LOCALS): no
     # tensor may take one. q, k, v, x, y and m stay free for the usual model names.
     taken: set[str] = set(RUN_LOCALS).union(*(op.C_LOCALS for op in SUPPORTED_OPS.values()))
     plan = plan_arena(graph)
 
+    # A name the code uses is never a keyword, a library name or one of the runtime's (moa_) or
+    # this project's (<prefix>_) symbols; inputs and outputs also name macros, so differ in capitals.
+    avoid, macro_names = ("moa_", prefix + "_"), set()
     io = []
     for kind, names in (("input", graph.inputs), ("output", graph.outputs)):
         for name in names:
@@ -55,7 +59,8 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
             if t.dtype not in dtypes.RUNTIME_DTYPES:
                 raise MoaEdgeError(f"{kind} {name!r} has dtype {t.dtype}; "
                                    f"only {', '.join(dtypes.RUNTIME_DTYPES)} are supported")
-            io.append({"kind": kind, "name": name, "c_name": c_identifier(name, taken), "shape": list(t.shape),
+            io.append({"kind": kind, "name": name, "c_name": c_identifier(name, taken, avoid, macro_names),
+                       "shape": list(t.shape),
                        "dtype": t.dtype, "c_type": dtypes.dtype(t.dtype).c_type, "elems": t.size, "bytes": t.nbytes})
 
     weights = []
@@ -63,7 +68,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
         if t.dtype not in dtypes.RUNTIME_DTYPES:
             raise MoaEdgeError(f"constant {t.name!r} has dtype {t.dtype}; "
                                f"only {', '.join(dtypes.RUNTIME_DTYPES)} weights are supported")
-        weights.append((t, f"{prefix}_w_{c_identifier(t.name, taken)}"))
+        weights.append((t, f"{prefix}_w_{c_identifier(t.name, taken, avoid)}"))
     weights_bytes = sum(t.nbytes for t, _ in weights)
     needed = {"weights": weights_bytes, "arena": plan.total_bytes, "inputs and outputs": sum(e["bytes"] for e in io)}
     if sum(needed.values()) > board.memory_bytes():  # refused before weights.bin is written
@@ -100,7 +105,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
         calls.append(unit.call)
 
     subst = {
-        "P": P, "p": prefix, "SOURCE": source, "BOARD": board.name,
+        "P": P, "p": prefix, "SOURCE": c_comment_text(source), "BOARD": c_comment_text(board.name),
         "ARENA_BYTES": str(plan.total_bytes), "WEIGHTS_BYTES": str(weights_bytes),
         "NUM_INPUTS": str(len(graph.inputs)), "NUM_OUTPUTS": str(len(graph.outputs)),
         # (A model with no intermediates needs no arena bytes: `size < 0u` would not compile with -Werror.)
@@ -110,8 +115,8 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     io_macros, args, v_unpack = [], [], []
     for e in io:
         M = f"{P}_{e['kind'].upper()}_{e['c_name'].upper()}"
-        io_macros.append(f"/* {e['kind']} {e['name']!r}: {e['dtype']} {e['shape']} */\n"
-                         f"#define {M}_ELEMS {e['elems']}u\n#define {M}_BYTES {e['bytes']}u\n"
+        io_macros.append(f"/* {e['kind']} '{c_comment_text(e['name'])}': {e['dtype']} {e['shape']} */\n"
+                         f"#define {M}_NAME {c_string_literal(e['name'])}\n#define {M}_ELEMS {e['elems']}u\n#define {M}_BYTES {e['bytes']}u\n"
                          f"#define {M}_SHAPE {{{', '.join(map(str, e['shape']))}}}\n")
         const = "const " if e["kind"] == "input" else ""
         args.append(f"{const}{e['c_type']} *{e['c_name']}")
@@ -147,9 +152,9 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     (out_dir / "weights.bin").write_bytes(blob)
     for template in ("model.h", "model.c", "attention.h", "attention.c", "weights.h", "weights.S", "main.c",
                      "SConstruct"):
-        text = (TEMPLATES / (template + ".in")).read_text()
-        for key, value in subst.items():
-            text = text.replace("@" + key + "@", value)
+        # One pass: text substituted (kernels, comments) is never searched for @KEY@ again.
+        text = re.sub(r"@([A-Za-z_]+)@", lambda m: subst.get(m.group(1), m.group(0)),
+                      (TEMPLATES / (template + ".in")).read_text())
         (out_dir / template).write_text(text)
 
     shutil.copytree(C_RUNTIME_DIR / "include", out_dir / "runtime" / "include")

@@ -107,10 +107,21 @@ def _pyplot():
     return plt
 
 
+LABEL_LIMIT = 40
+
+
+def _label(name: str) -> str:
+    """A model's name as plot text: printable, `$` escaped (matplotlib would parse $...$ as math, and
+    fail on a malformed one), at most LABEL_LIMIT characters (a long name would stretch the figure)."""
+    text = "".join(c if c.isprintable() else "?" for c in str(name))
+    text = text[:LABEL_LIMIT] + ("..." if len(text) > LABEL_LIMIT else "")
+    return text.replace("$", r"\$")
+
+
 def _step_ticks(ax, names: list[str]) -> None:
     ax.set_xlim(-0.6, len(names) - 0.4)
     if len(names) <= 40:
-        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_xticks(range(len(names)), [_label(n) for n in names], rotation=60, ha="right", fontsize=7)
     else:
         ax.set_xlabel("schedule step (the per-op table names each step)")
 
@@ -155,7 +166,7 @@ def plot_arena(report: dict, path: Path) -> bool:
         ax.add_patch(Rectangle((x, b["offset"]), w, b["bytes"], facecolor="C1" if scratch else palette[k % len(palette)],
                                edgecolor="k", lw=0.5, alpha=0.75))
         if len(buffers) <= 40 and b["bytes"] >= 0.06 * mem["arena_bytes"]:
-            ax.text(x + w / 2, b["offset"] + b["bytes"] / 2, b["name"].replace("scratch:", "scratch "),
+            ax.text(x + w / 2, b["offset"] + b["bytes"] / 2, _label(b["name"].replace("scratch:", "scratch ")),
                     ha="center", va="center", fontsize=7, clip_on=True)
     ax.axhline(mem["arena_bytes"], color="k", lw=1.2)
     ax.set_ylim(0, mem["arena_bytes"] * 1.08 or 1)
@@ -214,7 +225,7 @@ def plot_attention(blocks: list[dict], unfused: dict, path: Path) -> None:
         ax.bar([i + len(series) * width for i in range(len(blocks))], [unfused.get(b["node"], 0) for b in blocks],
                width, label="predicted DRAM, unfused (scores materialised)", color="C3")
     ax.set_xticks([i + width * (len(series) - 1 + bool(unfused)) / 2 for i in range(len(blocks))],
-                  [b["node"] for b in blocks], rotation=30 if len(blocks) > 6 else 0, ha="right" if len(blocks) > 6 else "center",
+                  [_label(b["node"]) for b in blocks], rotation=30 if len(blocks) > 6 else 0, ha="right" if len(blocks) > 6 else "center",
                   fontsize=7)
     values = [b["predicted"][key] for b in blocks for _, key, _ in series] + [v for v in unfused.values() if v]
     if min(values, default=1) > 0 and max(values, default=1) / min(values, default=1) > 30:
@@ -246,7 +257,7 @@ def plot_energy(energy: dict, path: Path) -> None:
     ax.bar(labels, [j / scale for j in joules], yerr=[e / scale for e in errs], capsize=6, color=colors)
     ax.axhline(0, color="k", lw=0.6)
     ax.set_ylabel(f"{unit} per inference")
-    ax.set_title(f"Energy on {energy.get('board', '?')} (measured: 95% interval)")
+    ax.set_title(f"Energy on {_label(energy.get('board', '?'))} (measured: 95% interval)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -535,7 +546,7 @@ def write_report(project, out: Path | None = None, validation=None, energy=None)
             _io_section(report)]
     page = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
             f"<style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
-    out.write_text(page)
+    out.write_text(page, encoding="utf-8")
     for written in (out, *pngs.values()):  # listed as moa-edge's, if out is in a project folder
         ownership.claim(written)
     return {"html": str(out), "pngs": {k: str(v) for k, v in pngs.items()}, "sources": sources,

@@ -12,6 +12,7 @@ import math
 import numpy as np
 import torch
 
+from moa_edge.ir.c_syntax import c_comment_text
 from moa_edge.moa import Layout, cost, onf
 from moa_edge.moa.mask import MASK_BOOL, MASK_FLOAT
 from moa_edge.moa.spec import AttentionSpec
@@ -138,8 +139,8 @@ def emit_kernel(node, name: str) -> str:
 
 def emit(node, ctx):
     spec, c = node.attrs["spec"], node.attrs["cost"]
-    kernel = (f"/* {node.name}: {spec.pattern}; absorbed {len(spec.absorbed)} ONNX nodes.\n"
-              f" * schedule {c.strategy} Br={c.block_q} Bc={c.block_k}; predicted on {ctx.board.name}: "
+    kernel = (f"/* {c_comment_text(node.name)}: {spec.pattern}; absorbed {len(spec.absorbed)} ONNX nodes.\n"
+              f" * schedule {c.strategy} Br={c.block_q} Bc={c.block_k}; predicted on {c_comment_text(ctx.board.name)}: "
               f"{c.dram_bytes} B from DRAM, {c.flops} flops, {c.scratch_bytes} B scratch */\n"
               + emit_kernel(node, ctx.name))
     lengths_param = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""

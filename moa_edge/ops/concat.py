@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from moa_edge.ir.c_syntax import c_comment_text
 from moa_edge.moa import Layout
 
 from .attention import gather
@@ -38,7 +39,7 @@ def emit(node, ctx):
     layouts, axis = node.attrs["layouts"], node.attrs["axis"]
     out_strides = Layout.row_major(_out_shape(node)).strides
     dst = ctx.where[node.outputs[0]]
-    lines = [f"    {{ /* {node.name}: concatenate {len(layouts)} parts along axis {axis} */"]
+    lines = [f"    {{ /* {c_comment_text(node.name)}: concatenate {len(layouts)} parts along axis {axis} */"]
     start = 0
     for part, lay in zip(node.inputs, layouts):
         idx = [f"i{k}" for k in range(len(lay.shape))]

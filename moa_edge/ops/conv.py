@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
+from moa_edge.ir.c_syntax import c_comment_text
 
 from . import matmul
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
@@ -141,7 +142,7 @@ def emit(node, ctx):
     args = [ctx.where[node.inputs[0]], ctx.where[node.inputs[1]],
             ctx.where[node.inputs[2]] if has_bias else "NULL", ctx.where[node.outputs[0]]]
     kind = f"{len(x_shape) - 2}-D" + (f", {g.group} groups" if g.group > 1 else "")
-    lines = [f"    {{ /* {node.name}: Conv {kind}, kernel {list(g.kernel)}, strides {list(g.strides)}, "
+    lines = [f"    {{ /* {c_comment_text(node.name)}: Conv {kind}, kernel {list(g.kernel)}, strides {list(g.strides)}, "
              f"pads {list(g.pads_begin + g.pads_end)}, dilations {list(g.dilations)} */",
              "        const moa_conv2d_params params = {",
              *[f"            .{name} = {value}u," for name, value in fields],

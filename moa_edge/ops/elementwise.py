@@ -19,7 +19,7 @@ import torch
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Tensor, dtypes
-from moa_edge.ir.c_syntax import c_float_short
+from moa_edge.ir.c_syntax import c_comment_text, c_float_short
 from moa_edge.moa import Layout
 
 from .contract import EmittedUnit, OpCost, TensorType, operand_bytes
@@ -297,7 +297,7 @@ def emit(node, ctx):
     graph = ctx.graph
     if node.op != "MoaElementwise":
         names, value = _value(node, graph)
-        call = _loop(node, graph, f"{node.name}: {node.op}", ctx.where, list(dict.fromkeys(names)),
+        call = _loop(node, graph, f"{c_comment_text(node.name)}: {node.op}", ctx.where, list(dict.fromkeys(names)),
                      lambda values: [value(values)])
         return EmittedUnit(call, declarations=[HEADER])
 
@@ -311,9 +311,9 @@ def emit(node, ctx):
         for k, (m, value) in enumerate(members):
             local = f"d{len(node.inputs) + k}"
             ctype = dtypes.dtype(body.tensors[m.outputs[0]].dtype).c_type
-            lines.append(f"const {ctype} {local} = {value(values)}; /* {m.name}: {m.op} */")
+            lines.append(f"const {ctype} {local} = {value(values)}; /* {c_comment_text(m.name)}: {m.op} */")
             values[m.outputs[0]] = local
         return lines + [values[node.outputs[0]]]
 
-    title = f"{node.name}: " + " -> ".join(m.op for m in body.nodes) + " in one loop"
+    title = f"{c_comment_text(node.name)}: " + " -> ".join(m.op for m in body.nodes) + " in one loop"
     return EmittedUnit(_loop(node, graph, title, ctx.where, node.inputs, statements), declarations=[HEADER])

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from moa_edge.ir.c_syntax import c_comment_text
+
 from .contract import EmittedUnit, TensorType
 
 OPS = ("Gather",)
@@ -45,7 +47,7 @@ def emit(node, ctx):
     inner, count = math.prod(data_shape[axis + 1:]), graph.tensors[node.inputs[1]].size
     data, idx, out = (ctx.where[n] for n in (node.inputs[0], node.inputs[1], node.outputs[0]))
     return EmittedUnit(
-        f"    {{ /* {node.name}: Gather along axis {axis} */\n"
+        f"    {{ /* {c_comment_text(node.name)}: Gather along axis {axis} */\n"
         f"        ptrdiff_t o, i, r;\n"
         f"        for (o = 0; o < {outer}; o++) {{\n"
         f"            for (i = 0; i < {count}; i++) {{\n"

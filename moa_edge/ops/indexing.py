@@ -22,6 +22,7 @@ import torch
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
+from moa_edge.ir.c_syntax import c_comment_text
 
 from .contract import EmittedUnit, TensorType
 
@@ -197,7 +198,7 @@ def _emit_gather_elements(node, ctx, where):
     at = _offset(zip(loop, _strides(idx_shape)))
     src = _offset((("row" if k == axis else v), s) for k, (v, s) in enumerate(zip(loop, _strides(data_shape))))
     body = _wrap_index(node, "row", f"{idx}[{at}]", data_shape[axis], "") + [f"{out}[{at}] = {data}[{src}];"]
-    return ([f"    {{ /* {node.name}: GatherElements along axis {axis} */"] + _declare_loop_indices(len(idx_shape))
+    return ([f"    {{ /* {c_comment_text(node.name)}: GatherElements along axis {axis} */"] + _declare_loop_indices(len(idx_shape))
             + _loops(idx_shape, body) + ["    }"])
 
 
@@ -209,7 +210,7 @@ def _emit_gather_nd(node, ctx, where):
     inner, table = math.prod(data_shape[b + m:]), math.prod(data_shape[b:])
     data, idx, out = (where[n] for n in (node.inputs[0], node.inputs[1], node.outputs[0]))
     strides = _strides(data_shape[b:])
-    lines = [f"    {{ /* {node.name}: GatherND, batch_dims {b}, {m} index(es) per pick, slices of {inner} */",
+    lines = [f"    {{ /* {c_comment_text(node.name)}: GatherND, batch_dims {b}, {m} index(es) per pick, slices of {inner} */",
              "        ptrdiff_t o, t, r;",
              f"        for (o = 0; o < {batches}; o++) {{",
              f"            for (t = 0; t < {picks}; t++) {{",
@@ -243,8 +244,8 @@ def _emit_trilu(node, ctx, where):
     keep = f"(int64_t)(d2 - d1) {'>=' if upper else '<='} {k_expr}"
     body = [f"const ptrdiff_t at = (d0 * {rows} + d1) * {cols} + d2;",
             f"{out}[at] = {keep} ? {x}[at] : 0;"]
-    return ([f"    {{ /* {node.name}: Trilu, {'upper' if upper else 'lower'} triangle, k = "
-             f"{k if k is not None else 'from ' + node.inputs[1]} */"]
+    return ([f"    {{ /* {c_comment_text(node.name)}: Trilu, {'upper' if upper else 'lower'} triangle, k = "
+             f"{k if k is not None else 'from ' + c_comment_text(node.inputs[1])} */"]
             + _declare_loop_indices(3) + _loops((batches, rows, cols), body) + ["    }"])
 
 
@@ -263,13 +264,13 @@ def _emit_cumsum(node, ctx, where):
             raise MoaEdgeError(f"CumSum node {node.name!r}: axis {axis} is outside the rank {rank} "
                                f"of {node.inputs[0]!r}")
         outer, extent, inner = split[axis % rank]
-        lines = [f"    {{ /* {node.name}: CumSum along axis {axis % rank}"
+        lines = [f"    {{ /* {c_comment_text(node.name)}: CumSum along axis {axis % rank}"
                  f"{', reverse' if reverse else ''}{', exclusive' if exclusive else ''} */",
                  f"        const ptrdiff_t outer = {outer}, extent = {extent}, inner = {inner};"]
     else:  # the axis arrives at run time: the (outer, extent, inner) split of every axis is tabled
         def table(k):
             return "{" + ", ".join(str(s[k]) for s in split) + "}"
-        lines = [f"    {{ /* {node.name}: CumSum along the axis in {node.inputs[1]!r}"
+        lines = [f"    {{ /* {c_comment_text(node.name)}: CumSum along the axis in {c_comment_text(node.inputs[1])}"
                  f"{', reverse' if reverse else ''}{', exclusive' if exclusive else ''} */",
                  f"        static const ptrdiff_t outer_of[{rank}] = {table(0)}, extent_of[{rank}] = {table(1)}, "
                  f"inner_of[{rank}] = {table(2)};",
@@ -304,7 +305,7 @@ def _emit_range(node, ctx, where):
                  "        const int64_t steps = diff / step + ((diff % step != 0) && ((diff < 0) == (step < 0)));",
                  "        const ptrdiff_t count = steps > 0 ? (ptrdiff_t)steps : 0;"]
         value = f"({ctype})(begin + ({ctype})d0 * step)"
-    return [f"    {{ /* {node.name}: Range, {out_t.size} elements (checked against the run-time scalars) */",
+    return [f"    {{ /* {c_comment_text(node.name)}: Range, {out_t.size} elements (checked against the run-time scalars) */",
             f"        const {ctype} begin = {begin}[0], end = {end}[0], step = {step}[0];",
             "        ptrdiff_t d0;",
             "        if (step == 0) { return MOA_ERR_BAD_PARAMS; }",

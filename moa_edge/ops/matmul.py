@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from moa_edge.ir import dtypes
-from moa_edge.ir.c_syntax import c_float_short
+from moa_edge.ir.c_syntax import c_comment_text, c_float_short
 from moa_edge.moa import Layout
 
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
@@ -150,7 +150,7 @@ def _emit_packed(node, ctx) -> str:
     a = _view(ctx.where[node.inputs[0]], *((1, M) if trans_a else (K, 1)))
     call = _gemm_call(M, N, K, node.attrs["alpha"], a, ctx.where[node.inputs[1]], node.attrs["beta"],
                       _bias_view(node, ctx), ctx.where[node.outputs[0]], function="moa_gemm_packed_f32")
-    return "\n".join([f"    /* {node.name}: {node.attrs.get('source', 'MatMul')} with packed weights, "
+    return "\n".join([f"    /* {c_comment_text(node.name)}: {node.attrs.get('source', 'MatMul')} with packed weights, "
                       f"M={M} N={N} K={K}{' (transA)' if trans_a else ''} */", *_indent(call, 1)]) + "\n"
 
 
@@ -165,7 +165,7 @@ def _emit_gemm(node, ctx) -> str:
     flags = ", ".join(f for f, on in (("transA", trans_a), ("transB", trans_b)) if on)
     call = _gemm_call(M, N, K, node.attrs.get("alpha", 1.0), a, b, node.attrs.get("beta", 1.0), c,
                       ctx.where[node.outputs[0]])
-    return "\n".join([f"    /* {node.name}: Gemm{f' ({flags})' if flags else ''} M={M} N={N} K={K} */",
+    return "\n".join([f"    /* {c_comment_text(node.name)}: Gemm{f' ({flags})' if flags else ''} M={M} N={N} K={K} */",
                       *_indent(call, 1)]) + "\n"
 
 
@@ -188,7 +188,7 @@ def _emit_matmul(node, ctx) -> str:
     call = _gemm_call(M, N, K, 1.0, _view(a_ptr, K, 1), _view(b_ptr, N, 1), 0.0, _view("NULL", 0, 0), y_ptr)
 
     count = math.prod(batch)
-    lines = [f"    {{ /* {node.name}: MatMul, {count} product{'s' if count != 1 else ''} of [{M}, {K}] x [{K}, {N}] */"]
+    lines = [f"    {{ /* {c_comment_text(node.name)}: MatMul, {count} product{'s' if count != 1 else ''} of [{M}, {K}] x [{K}, {N}] */"]
     if names:
         lines.append(f"        ptrdiff_t {', '.join(names)};")
     for depth, (v, d) in enumerate(zip(names, axes)):

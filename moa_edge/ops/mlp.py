@@ -13,6 +13,7 @@ import math
 import torch
 
 from moa_edge.ir import Graph, Node, Tensor, dtypes
+from moa_edge.ir.c_syntax import c_comment_text
 
 from . import elementwise, matmul
 from .contract import EmitContext, EmittedUnit, OpCost, TensorType, op_of, operand_bytes
@@ -129,7 +130,7 @@ def emit(node, ctx):
     total = rows_of(node)
     full, rest = divmod(total, rows)
     ops = ", ".join(n.op for n in body.nodes)
-    lines = [f"    {{ /* {node.name}: feed-forward block ({ops}) over {total} rows, {rows} at a time; "
+    lines = [f"    {{ /* {c_comment_text(node.name)}: feed-forward block ({ops}) over {total} rows, {rows} at a time; "
              f"each intermediate one [{rows}, {_width(body)}] slot of scratch */",
              "        ptrdiff_t row0;",
              f"        for (row0 = 0; row0 < {full * rows}; row0 += {rows}) {{"]

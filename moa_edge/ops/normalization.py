@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
+from moa_edge.ir.c_syntax import c_comment_text, c_float_short
 
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 
@@ -86,14 +87,14 @@ def emit(node, ctx):
         shape = graph.tensors[node.inputs[0]].shape
         axis = _axis(node, len(shape))
         call = f"moa_softmax_f32({x}, {y}, {math.prod(shape[:axis])}u, {shape[axis]}u, {math.prod(shape[axis + 1:])}u)"
-        return EmittedUnit(f"    /* {node.name}: Softmax along axis {axis} */\n" + check_status(call),
+        return EmittedUnit(f"    /* {c_comment_text(node.name)}: Softmax along axis {axis} */\n" + check_status(call),
                            declarations=DECLARATIONS)
     rows, cols = _rows_cols(node, graph)
     eps = float(node.attrs.get("epsilon", 1e-5))
     _per_column(node, graph, 1, "scale", cols)
     scale = where[node.inputs[1]]
     if node.op == "RMSNormalization":
-        call = f"moa_rms_norm_f32({x}, {scale}, {y}, {rows}u, {cols}u, {eps!r}f)"
+        call = f"moa_rms_norm_f32({x}, {scale}, {y}, {rows}u, {cols}u, {c_float_short(eps)})"
     else:
         has_bias = len(node.inputs) > 2 and node.inputs[2]
         if has_bias:
@@ -101,6 +102,6 @@ def emit(node, ctx):
         bias = where[node.inputs[2]] if has_bias else "NULL"
         # Mean and InvStdDev, when the graph keeps them: one value per row, written alongside.
         stats = [where.get(name, "NULL") if name else "NULL" for name in (node.outputs[1:] + ["", ""])[:2]]
-        call = f"moa_layer_norm_f32({x}, {scale}, {bias}, {y}, {stats[0]}, {stats[1]}, {rows}u, {cols}u, {eps!r}f)"
-    return EmittedUnit(f"    /* {node.name}: {node.op} of {rows} rows of {cols} */\n" + check_status(call),
+        call = f"moa_layer_norm_f32({x}, {scale}, {bias}, {y}, {stats[0]}, {stats[1]}, {rows}u, {cols}u, {c_float_short(eps)})"
+    return EmittedUnit(f"    /* {c_comment_text(node.name)}: {node.op} of {rows} rows of {cols} */\n" + check_status(call),
                        declarations=DECLARATIONS)

@@ -14,6 +14,7 @@ import torch
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
+from moa_edge.ir.c_syntax import c_comment_text
 
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 from .normalization import DECLARATIONS
@@ -104,7 +105,7 @@ def emit_passes(node, ctx, kernel_of_pass) -> tuple[list[str], str, int]:
     dtypes.require_dtypes(node, graph, names=[x.name, y.name])
     axes = reduced_axes(node, graph, len(x.shape))
     calls = passes(x.shape, axes)
-    lines = [f"    /* {node.name}: {node.op} over axes {axes} of {list(x.shape)}, in {len(calls)} pass(es) */\n"]
+    lines = [f"    /* {c_comment_text(node.name)}: {node.op} over axes {axes} of {list(x.shape)}, in {len(calls)} pass(es) */\n"]
     if y.size == 0:  # nothing to write; the casts keep -Wunused-parameter quiet
         return lines + [f"    (void){ctx.where[x.name]};\n    (void){ctx.where[y.name]};\n"], "", 0
     source, offset = ctx.where[x.name], 0

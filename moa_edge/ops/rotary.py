@@ -16,6 +16,7 @@ import torch
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
+from moa_edge.ir.c_syntax import c_comment_text
 
 from .contract import EmittedUnit, OpCost, TensorType, operand_bytes
 
@@ -125,7 +126,7 @@ def emit(node, ctx):
         head += [f"for (i = {R}; i < {D}; i++) {{", "    yr[i] = xr[i];", "}"]
     position = [*cache_row, f"const float *const cs = {cos} + {cache_at}, *const sn = {sin} + {cache_at};",
                 f"for (h = 0; h < {H}; h++) {{", *("    " + line for line in head), "}"]
-    lines = [f"    {{ /* {node.name}: RotaryEmbedding, {'interleaved' if interleaved else 'half-split'} pairs, "
+    lines = [f"    {{ /* {c_comment_text(node.name)}: RotaryEmbedding, {'interleaved' if interleaved else 'half-split'} pairs, "
              f"{R} of {D} dims turned, X as [{g['layout']}] */",
              "        ptrdiff_t b, t, h, i;",
              f"        for (b = 0; b < {B}; b++) {{",

@@ -8,6 +8,8 @@ import math
 import numpy as np
 import torch
 
+from moa_edge.ir.c_syntax import c_comment_text
+
 from .contract import EmittedUnit, OpCost, TensorType
 
 OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
@@ -72,7 +74,7 @@ def emit(node, ctx):
     """Only called when the output is the caller's buffer: copy the elements into it."""
     source, out = node.inputs[0], node.outputs[0]
     count = ctx.graph.tensors[out].size
-    return EmittedUnit(f"    {{ /* {node.name}: {node.op} into the caller's output */\n"
+    return EmittedUnit(f"    {{ /* {c_comment_text(node.name)}: {node.op} into the caller's output */\n"
                        f"        ptrdiff_t n;\n"
                        f"        for (n = 0; n < {count}; n++) {{ {ctx.where[out]}[n] = {ctx.where[source]}[n]; }}\n"
                        f"    }}\n")
