@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 import secrets
 import shutil
-import tempfile
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from moa_edge.harness.build import build
 from moa_edge.harness.inputs import load_npz, random_inputs
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
+from moa_edge.harness.scratch_folder import scratch_folder, signals_held
 from moa_edge.harness.ssh import TIMEOUT_S
 from moa_edge.ir import Graph, check_sizes
 from moa_edge.ir.c_syntax import check_prefix
@@ -129,9 +129,10 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
         report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name)
         ownership.write_manifest(staging)
         _check_replaceable(out_dir, model)  # again: the user may have written into it meanwhile
-        if out_dir.exists():  # moved aside in one rename, so out_dir is always whole
-            os.rename(out_dir, old)
-        staging.rename(out_dir)
+        with signals_held():  # both renames, or neither
+            if out_dir.exists():  # moved aside in one rename, so out_dir is always whole
+                os.rename(out_dir, old)
+            staging.rename(out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if old.exists():  # interrupted mid-swap
@@ -143,7 +144,9 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
             if p.exists() and not any(p.iterdir()):
                 p.rmdir()
         raise
-    if old.exists() and not ownership.remove_owned(old):
+    with signals_held():
+        kept = old.exists() and not ownership.remove_owned(old)
+    if kept:
         raise MoaEdgeError(f"converted into {out_dir}, but files that appeared in the old project meanwhile "
                            f"are kept in {old}")
     return report
@@ -172,7 +175,7 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
     graph = load_graph(model, input_shapes)
     result = {"model": str(model), "ok": True, "tolerance": {"max_abs_err": cmp.MAX_ABS_ERR,
                                                               "max_rel_err": cmp.MAX_REL_ERR}, "boards": {}}
-    with tempfile.TemporaryDirectory(prefix="moa-validate-") as tmp:
+    with scratch_folder("moa-validate-") as tmp:
         inputs = reference = None
         for board in boards:
             project = Path(tmp) / board.name

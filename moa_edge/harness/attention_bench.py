@@ -24,7 +24,6 @@ import platform
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 
 import numpy as np
@@ -38,6 +37,7 @@ from moa_edge.target import Board, load_board
 
 from . import compare
 from .kernel_harness import RUNTIME_INCLUDE, runtime_objects
+from .scratch_folder import scratch_folder
 from .ssh import RemoteFolder
 
 SEQS = (128, 512, 1024, 2048, 4096)
@@ -526,7 +526,7 @@ def bench_attention(seqs=SEQS, causals=(False, True), heads: int = 8, head_dim: 
                     budget: float = 3.0, count_seq: int | None = 1024, count_heads: int = 1, count_causal: bool = False,
                     time_host_side: bool = True, builds=COUNT_BUILDS, command: str = "", board: Board | None = None,
                     ssh=None, progress=lambda msg: None) -> dict:
-    with tempfile.TemporaryDirectory(prefix="moa-bench-attention-") as tmp:
+    with scratch_folder("moa-bench-attention-") as tmp:
         tmp = Path(tmp)
         timing, host = ([], {})
         if time_host_side:

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 import subprocess
 import sys
-import tempfile
 import time
 
 import numpy as np
@@ -19,6 +18,7 @@ from moa_edge.target import Board, load_board
 from .build import build
 from .inputs import load_npz, random_inputs
 from .runner import run
+from .scratch_folder import scratch_folder
 
 # Run in a fresh interpreter so that the growth measured is the session's alone.
 _ORT_PROBE = r"""
@@ -55,7 +55,7 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
     pipeline.convert, passed in by the caller: the harness sits below the pipeline."""
     model = Path(model)
     board = load_board("host")
-    with tempfile.TemporaryDirectory(prefix="moa-bench-") as tmp:
+    with scratch_folder("moa-bench-") as tmp:
         tmp = Path(tmp)
         progress("convert")
         t0 = time.perf_counter()

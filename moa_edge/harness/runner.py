@@ -7,7 +7,6 @@ from pathlib import Path
 import re
 import signal
 import subprocess
-import tempfile
 
 import numpy as np
 
@@ -16,6 +15,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 from moa_edge.target import Board
 
+from .scratch_folder import scratch_folder
 from .ssh import TIMEOUT_S, RemoteFolder, SshTarget
 
 
@@ -108,7 +108,7 @@ def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray
     """Run `repeat` times in one process (on a real board when `ssh` is given); returns
     (outputs by name, the fastest run's time in microseconds, as the runner measures it).
     `stats`, when given, gets the runner's peak resident memory (max_rss_bytes)."""
-    with tempfile.TemporaryDirectory(prefix="moa-run-") as tmp:
+    with scratch_folder("moa-run-") as tmp:
         args, out_paths = runner_files(io, inputs, Path(tmp))
         args = [str(a) for a in args]
         outs = [e for e in io if e["kind"] == "output"]
