@@ -541,13 +541,31 @@ def _on_signal(signum, frame):
 _CAUGHT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
+def _finalizer_hook(default):
+    """A signal whose handler ran inside a finalizer (__del__, a weakref callback) is printed by
+    Python as "Exception ignored" with a traceback, and the run goes on: keep it for main()."""
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, _Signalled):
+            _SWALLOWED.append(unraisable.exc_value.args[0])
+        else:
+            default(unraisable)
+    return hook
+
+
+_SWALLOWED: list[int] = []
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = {s: signal.signal(s, _on_signal) for s in _CAUGHT} if in_main_thread else {}
+    unraisable_hook, sys.unraisablehook = sys.unraisablehook, _finalizer_hook(sys.unraisablehook)
     try:
         _check_output_paths(args)
-        return args.fn(args)
+        code = args.fn(args)
+        if _SWALLOWED:  # the work ran to its end all the same; say that a signal came
+            raise _Signalled(_SWALLOWED[0])
+        return code
     except MoaEdgeError as exc:
         print(f"moa-edge: error: {exc}", file=sys.stderr)
         return 1
@@ -563,6 +581,8 @@ def main(argv=None) -> int:
         print(f"moa-edge: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     finally:
+        sys.unraisablehook = unraisable_hook
+        _SWALLOWED.clear()
         for s, handler in previous.items():
             signal.signal(s, handler)
 

@@ -203,3 +203,30 @@ def test_a_missing_board_file_is_one_clear_error(model, tmp_path):
     r = moa("inspect", model, "--board", tmp_path / "nowhere.toml")
     assert r.returncode == 1
     assert "nowhere.toml: cannot read the board file" in r.stderr
+
+
+def test_a_signal_inside_a_finalizer_still_ends_the_run_as_interrupted(monkeypatch, capsys):
+    """Python runs a signal's handler wherever the main thread is, a __del__ included, and there
+    it only prints the exception ("Exception ignored", a traceback) and goes on: main() still
+    ends the run as interrupted, in one line."""
+    import gc
+    import os
+    import signal
+
+    from moa_edge import cli
+
+    class SignalledWhileCollected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGHUP)
+            sum(range(10_000))  # the handler runs at one of these steps, inside __del__
+
+    def verb(args):
+        SignalledWhileCollected()
+        gc.collect()
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_boards", verb)
+    code = cli.main(["boards"])
+    err = capsys.readouterr().err
+    assert code == 128 + signal.SIGHUP, err
+    assert err.strip() == "moa-edge: interrupted (SIGHUP)"
