@@ -109,6 +109,12 @@ def c_string_literal(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
+def c_real(x: float, suffix: str) -> str:
+    """A decimal literal that reads back as the same double (repr), with `suffix` ("f" for float,
+    "" for double); math.h names for the infinities. The ONF kernels print in either type."""
+    return repr(float(x)) + suffix if math.isfinite(x) else ("INFINITY" if x > 0 else "-INFINITY")
+
+
 def c_float(x: float) -> str:
     """Exact C99 literal for a float32 value (hex float), with math.h names for inf and nan."""
     x = float(np.float32(x))

@@ -33,6 +33,7 @@ import math
 import re
 
 from moa_edge.ir import dtypes
+from moa_edge.ir.c_syntax import c_real
 
 from . import dnf
 from .layout import Layout
@@ -263,7 +264,7 @@ class _CPrinter:
         if isinstance(term, TileScore):
             return self.tile
         if isinstance(term, dnf.Literal):
-            return _c_real(term.value, self.suffix)
+            return c_real(term.value, self.suffix)
         if isinstance(term, dnf.Load):
             index = [self._index(ix) for ix in term.index]
             return f"{term.array}[{_gamma(self.layouts[term.array], *index)}]"
@@ -328,10 +329,6 @@ def emit_scores_kernel(spec: AttentionSpec, name: str, real: str = "float") -> s
               f"          for (k = 0; k < {skv}; k++) {{ if (l > 0) {{ row[k] /= l; }} }} }}"]
     L += ["    }", "    }", "    }", "    (void)j;", "}"]
     return "\n".join(L) + "\n"
-
-
-def _c_real(x: float, suffix: str) -> str:
-    return repr(float(x)) + suffix if math.isfinite(x) else ("INFINITY" if x > 0 else "-INFINITY")
 
 
 def _score_tile(bc, score, store, w):
@@ -506,28 +503,17 @@ class _MicroKernels:
         self.printer = _CPrinter(spec, kernels.ctype, {"exp": "exp" + suffix, "tanh": "tanh" + suffix}, suffix)
 
     def real(self, x: float) -> str:
-        return _c_real(x, self.kernels.math_suffix)
+        return c_real(x, self.kernels.math_suffix)
 
-    # Each (pointer to the first row, row stride) the kernels read.
-    def q_rows(self) -> tuple[str, int]:
-        if "q_pack" in self.packs:
-            return "q_pack", self.spec.head_dim
-        return f"Q + {_gamma(self.spec.q, 'b', 'h', 'ib', '0')}", self.rows.q
-
-    def k_rows(self) -> tuple[str, int]:
-        if "k_pack" in self.packs:
-            return "k_pack", self.spec.head_dim
-        return f"K + {_gamma(self.spec.k, 'b', _kv_head(self.spec), 'kb', '0')}", self.rows.k
-
-    def v_rows(self) -> tuple[str, int]:
-        if "v_pack" in self.packs:
-            return "v_pack", self.spec.value_dim
-        return f"V + {_gamma(self.spec.v, 'b', _kv_head(self.spec), 'kb', '0')}", self.rows.v
-
-    def y_rows(self) -> tuple[str, int]:
-        if "y_pack" in self.packs:
-            return "y_pack", self.spec.value_dim
-        return f"Y + {_gamma(self.spec.y, 'b', 'h', 'ib', '0')}", self.rows.y
+    def operand_rows(self, operand: str) -> tuple[str, int]:
+        """(pointer to the tile's first row, row stride) of operand Q, K, V or Y as the kernels
+        read it: its packed copy in scratch, or the operand where it is stored."""
+        spec = self.spec
+        if f"{operand.lower()}_pack" in self.packs:
+            return f"{operand.lower()}_pack", spec.head_dim if operand in ("Q", "K") else spec.value_dim
+        layout, head, row0 = {"Q": (spec.q, "h", "ib"), "K": (spec.k, _kv_head(spec), "kb"),
+                              "V": (spec.v, _kv_head(spec), "kb"), "Y": (spec.y, "h", "ib")}[operand]
+        return f"{operand} + {_gamma(layout, 'b', head, row0, '0')}", getattr(self.rows, operand.lower())
 
     def _pack(self, w, region, array, layout, head, row0, count, width, indent):
         if region not in self.packs:
@@ -569,7 +555,7 @@ class _MicroKernels:
         spec, k = self.spec, self.kernels
         tile = f"s + {col0}" if col0 != "0" else "s"
         element = f"s[ii * {ld} + {col0} + kk]" if col0 != "0" else f"s[ii * {ld} + kk]"
-        (q, ldq), (keys, ldk) = self.q_rows(), self.k_rows()
+        (q, ldq), (keys, ldk) = self.operand_rows("Q"), self.operand_rows("K")
         if self.rows.k_form == "nt":
             w(f"{indent}{k.scores}((size_t)rows, (size_t)cols, {spec.head_dim}, {self.real(self.scale)}, "
               f"{q}, {ldq}, {keys}, {ldk}, {tile}, {ld});")
@@ -664,7 +650,7 @@ def _online_tiles(form: _MicroKernels, w):
     w(f"                    {k.scale}({dv}, alpha[ii], acc + ii * {dv}, acc + ii * {dv});")
     w("                }")
     w("            }")
-    v, ldv = form.v_rows()
+    v, ldv = form.operand_rows("V")
     w(f"            {k.pv}((size_t)rows, (size_t)cols, {dv}, s, {bc}, {v}, {ldv}, acc, {dv});")
     w("        }")
     form.write_y(w, "acc", dv)
@@ -674,7 +660,7 @@ def _two_pass_tiles(form: _MicroKernels, w):
     """Scores of all visible keys per key tile, then per row max and exp in place, then
     Y += P V tile by tile (each V tile serves all Br rows), then Y *= 1 / l."""
     k, dv, skv = form.kernels, form.spec.value_dim, form.spec.kv_len
-    y, ldy = form.y_rows()
+    y, ldy = form.operand_rows("Y")
     form.pack_q(w)
     form.key_tiles(w, " /* Step I: the scores */")
     form.pack_k(w)
@@ -693,7 +679,7 @@ def _two_pass_tiles(form: _MicroKernels, w):
     w("        }")
     form.key_tiles(w, " /* Step IV and Eq. 21 */")
     form.pack_v(w)
-    v, ldv = form.v_rows()
+    v, ldv = form.operand_rows("V")
     w(f"            {k.pv}((size_t)rows, (size_t)cols, {dv}, s + kb, {skv}, {v}, {ldv}, {y}, {ldy});")
     w("        }")
     form.write_y(w, y, ldy)
