@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-import signal
-import subprocess
 import sys
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board
 
 from . import ownership
+from .runner import run_limited
 
 BUILD_SUFFIXES = (".c", ".h", ".S", ".bin")  # and SConstruct: what the build reads
 
@@ -44,20 +43,7 @@ def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldfla
     (project / "build" / variant / "model_main").unlink(missing_ok=True)
     # Its own process group: if we are interrupted, scons and the compilers it started stop with
     # us, before our caller removes the folder they write into.
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          errors="replace", start_new_session=True) as proc:
-        try:
-            stdout, stderr = proc.communicate()
-        except BaseException:  # SIGTERM first: the compiler driver then deletes its temporary files
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-            except ProcessLookupError:  # it had ended
-                pass
-            raise
+    proc = run_limited(cmd, None, dict(os.environ), f"build of {project}")
     if proc.returncode != 0:
-        raise MoaEdgeError(f"build of {project} for {board.name} failed:\n{stdout}{stderr}".rstrip())
+        raise MoaEdgeError(f"build of {project} for {board.name} failed:\n{proc.stdout}{proc.stderr}".rstrip())
     return project / "build" / variant / "model_main"

@@ -125,25 +125,35 @@ def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray
         return outputs, float(match.group(1)) if match else float("nan")
 
 
-def run_limited(cmd: list[str], timeout: float, env: dict[str, str], what: str) -> subprocess.CompletedProcess:
-    """cmd in a process group of its own (qemu, the sampler and the runner it starts), all of it
-    killed when it outlives `timeout` seconds (one MoaEdgeError naming `what` and the limit) or
-    when we are interrupted. FileNotFoundError when cmd[0] cannot be executed."""
+def run_limited(cmd: list[str], timeout: float | None, env: dict[str, str], what: str) -> subprocess.CompletedProcess:
+    """cmd in a process group of its own (qemu, the sampler and the runner it starts; scons and
+    its compilers), all of it stopped when it outlives `timeout` seconds (None: no limit; one
+    MoaEdgeError naming `what` and the limit) or when we are interrupted. FileNotFoundError when cmd[0] cannot be executed."""
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
                           env=env, start_new_session=True) as proc:
         try:
             stdout, stderr = proc.communicate(timeout=timeout)
         except BaseException as exc:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:  # it ended meanwhile
-                pass
-            proc.communicate()
+            _stop_group(proc)
             if isinstance(exc, subprocess.TimeoutExpired):
                 raise MoaEdgeError(f"{what} did not finish within the time limit of {timeout:g} s "
                                    f"(--timeout SECONDS); it was stopped") from None
             raise
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM to the process group first (a compiler driver then deletes its temporary files),
+    SIGKILL to what is left after 10 s; returns once the leader has ended and its pipes are read."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=10)
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had ended
+        pass
+    proc.communicate()
 
 
 def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path], repeat: int, timeout: float) -> str:
