@@ -16,6 +16,7 @@ from onnx import numpy_helper
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Node, Tensor, check_sizes, dtypes
+from moa_edge.passes import kv_cache
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -165,8 +166,34 @@ def _runtime_dtype(elem_type: int) -> str | None:
 
 def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
     path = Path(path)
+    return _import_proto(load_model(path), path, input_shapes or {})
+
+
+def import_decoder(path, max_context: int, chunks: list[int]) -> list[Graph]:
+    """A decoder exported with its cache (passes/kv_cache.py), as one graph per chunk size: each
+    runs that many new tokens over a cache of max_context rows kept in the caller's state."""
+    path = Path(path)
     model = load_model(path)
-    _pin_shapes(model, path, input_shapes or {})
+    initializers = {i.name for i in model.graph.initializer}
+    dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            for vi in model.graph.input if vi.name not in initializers}
+    if not kv_cache.is_decoder_with_cache(dims):
+        raise MoaEdgeError(f"{path}: has no cache inputs (past_key_values.N.key/value): it was not exported for "
+                           "generation with a key/value cache")
+    graphs = []
+    for chunk in chunks:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)  # pinning and shape inference change the proto
+        graph = _import_proto(copy, path, kv_cache.generation_shapes(dims, max_context, chunk, str(path)),
+                              infer_later=True)
+        kv_cache.attach_cache(graph, max_context, chunk, str(path))
+        graphs.append(graph)
+    return graphs
+
+
+def _import_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, tuple[int, ...]],
+                  infer_later: bool = False) -> Graph:
+    _pin_shapes(model, path, input_shapes)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
         if any(n.domain == "com.microsoft" for n in model.graph.node):
@@ -187,6 +214,8 @@ def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) ->
             shape, dtype = _tensor_type(vi, path, "input")
             tensors[vi.name] = Tensor(vi.name, shape, dtype)
     for vi in g.output:
+        if infer_later and any(not d.HasField("dim_value") for d in vi.type.tensor_type.shape.dim):
+            continue  # ONNX's data propagation stopped short (a Range over folded sizes): our folding goes on
         shape, dtype = _tensor_type(vi, path, "output")
         tensors[vi.name] = Tensor(vi.name, shape, dtype)
     for vi in g.value_info:

@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 
-from moa_edge.codegen import emit_project
-from moa_edge.converters import import_onnx, model_path
+from moa_edge.codegen import emit_generation_project, emit_project
+from moa_edge.converters import import_decoder, import_onnx, model_path
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness import compare as cmp
 from moa_edge.harness import ownership
@@ -24,7 +24,7 @@ from moa_edge.ir.c_syntax import check_prefix
 from moa_edge.moa import dnf
 from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
-from moa_edge.passes import lower, unsupported_ops
+from moa_edge.passes import kv_cache, lower, unsupported_ops
 from moa_edge.plan import plan_arena
 from moa_edge.target import Board, load_board
 
@@ -33,6 +33,24 @@ def load_graph(model: Path, input_shapes=None, strict: bool = True, fuse_attenti
     graph = lower(import_onnx(model, input_shapes), source=str(model), strict=strict, fuse_attention=fuse_attention)
     check_sizes(graph, str(model))  # again: folding and the rewrites made tensors of their own
     return graph
+
+
+PREFILL_CHUNK = 16  # prompt tokens per prefill call: a GEMM of 16 rows, not 16 GEMVs
+
+
+def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHUNK) -> dict[int, Graph]:
+    """A decoder exported with its cache, lowered once per chunk size: chunk -> graph (1, the
+    decode step, always; prefill_chunk when larger and within max_context)."""
+    if max_context < 1:
+        raise MoaEdgeError(f"--max-context {max_context}: must be a positive number of tokens")
+    chunks = sorted({1, min(prefill_chunk, max_context)}, reverse=True)
+    graphs = {}
+    for chunk, graph in zip(chunks, import_decoder(model, max_context, chunks)):
+        lower(graph, source=str(model))
+        kv_cache.bind_cache_attention(graph, chunk, str(model))
+        check_sizes(graph, str(model))
+        graphs[chunk] = graph
+    return graphs
 
 
 def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None = None) -> dict:
@@ -102,9 +120,11 @@ def _check_replaceable(out_dir: Path, model: Path) -> None:
 
 
 def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefix: str = "model",
-            scratch_budget: int | None = None, schedule: Schedule | None = None, fuse_attention: bool = True) -> dict:
+            scratch_budget: int | None = None, schedule: Schedule | None = None, fuse_attention: bool = True,
+            max_context: int | None = None, prefill_chunk: int = PREFILL_CHUNK) -> dict:
     """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing. An existing out_dir is
-    replaced only if everything in it is moa-edge's (ownership.MARKER lists what convert wrote)."""
+    replaced only if everything in it is moa-edge's (ownership.MARKER lists what convert wrote).
+    With max_context, the model is a decoder exported with its cache, built for generation."""
     if not str(out_dir).strip():
         raise MoaEdgeError("-o is empty: name the project folder to create")
     model, out_dir = model_path(model), Path(out_dir)
@@ -124,9 +144,15 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
             staging.mkdir()
         except OSError as exc:
             raise MoaEdgeError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
-        graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention), board,
-                               scratch_budget, schedule)
-        report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name)
+        if max_context is not None:
+            graphs = {chunk: schedule_graph(graph, board, scratch_budget, schedule)
+                      for chunk, graph in load_decoder(model, max_context, prefill_chunk).items()}
+            report = emit_generation_project(graphs, staging, max_context, prefix=prefix, board=board,
+                                             source=model.name)
+        else:
+            graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention), board,
+                                   scratch_budget, schedule)
+            report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name)
         ownership.write_manifest(staging)
         _check_replaceable(out_dir, model)  # again: the user may have written into it meanwhile
         with signals_held():  # both renames, or neither

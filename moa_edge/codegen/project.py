@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,12 @@ import numpy as np
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.plan.predict import predict_model
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import Graph, dtypes
+from moa_edge.ir import Graph, Tensor, dtypes
 from moa_edge.ir.c_syntax import c_comment_text, c_identifier, c_string_literal, check_prefix
 from moa_edge.ops import SUPPORTED_OPS, EmitContext
 from moa_edge.ops.contract import RUN_LOCALS
 from moa_edge.plan import plan_arena
+from moa_edge.plan.arena import ArenaPlan
 from moa_edge.target import Board, load_board
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -37,17 +39,47 @@ def _weights_blob(weights) -> tuple[bytes, str]:
     return bytes(blob), "\n".join(lines)
 
 
-def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Board | None = None,
-                 source: str = "") -> dict:
-    """Write the project for `board` (default: the host) into out_dir (which must exist and be
-    empty); returns report.json's content."""
-    out_dir = Path(out_dir)
-    board = board or load_board("host")
-    P = check_prefix(prefix).upper()
+@dataclass
+class GraphCode:
+    """One lowered graph as C: where each tensor lives, the kernels and the calls that run it."""
+    plan: ArenaPlan
+    io: list[dict]                       # inputs then outputs: names, C names, shapes, types, bytes
+    weights: list[tuple[Tensor, str]]    # each constant and its symbol
+    kernels: list[str] = field(default_factory=list)
+    kernel_decls: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    sources: set[str] = field(default_factory=set)
+
+
+class WeightSymbols:
+    """The symbol of each constant, shared by the graphs of one project: a constant two graphs
+    hold alike (same name, type and bytes) is stored once."""
+
+    def __init__(self, prefix: str):
+        self.prefix = prefix
+        self.taken: set[str] = set()
+        self.known: dict[str, list[tuple[Tensor, str]]] = {}
+
+    def symbol(self, t: Tensor) -> str:
+        for other, sym in self.known.get(t.name, []):
+            if other.dtype == t.dtype and other.shape == t.shape and np.array_equal(other.data, t.data):
+                return sym
+        sym = f"{self.prefix}_w_{c_identifier(t.name, self.taken, ('moa_', self.prefix + '_'))}"
+        self.known.setdefault(t.name, []).append((t, sym))
+        return sym
+
+
+def graph_code(graph: Graph, prefix: str, board: Board, stem: str, where: dict[str, str] | None = None,
+               symbols: WeightSymbols | None = None) -> GraphCode:
+    """The C of `graph`: its kernels named stem_<op>_<k>, intermediates in `base` (the arena),
+    inputs and outputs under their C names unless `where` places them (and the state), and
+    constants under their symbols (`symbols`, when shared, holds another graph's)."""
     # Names the generated statements use for their own locals (each op module's C_LOCALS): no
     # tensor may take one. q, k, v, x, y and m stay free for the usual model names.
     taken: set[str] = set(RUN_LOCALS).union(*(op.C_LOCALS for op in SUPPORTED_OPS.values()))
     plan = plan_arena(graph)
+    symbols = symbols or WeightSymbols(prefix)
+    symbols.taken |= taken
 
     # A name the code uses is never a keyword, a library name or one of the runtime's (moa_) or
     # this project's (<prefix>_) symbols; inputs and outputs also name macros, so differ in capitals.
@@ -68,41 +100,86 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
         if t.dtype not in dtypes.RUNTIME_DTYPES:
             raise MoaEdgeError(f"constant {t.name!r} has dtype {t.dtype}; "
                                f"only {', '.join(dtypes.RUNTIME_DTYPES)} weights are supported")
-        weights.append((t, f"{prefix}_w_{c_identifier(t.name, taken, avoid)}"))
-    weights_bytes = sum(t.nbytes for t, _ in weights)
-    needed = {"weights": weights_bytes, "arena": plan.total_bytes, "inputs and outputs": sum(e["bytes"] for e in io)}
-    if sum(needed.values()) > board.memory_bytes():  # refused before weights.bin is written
-        raise MoaEdgeError(f"{source or 'the model'} needs {sum(needed.values())} bytes of memory ("
-                           + ", ".join(f"{k} {v}" for k, v in needed.items())
-                           + f"), more than the {board.memory_bytes()} bytes board {board.name} states")
+        weights.append((t, symbols.symbol(t)))
 
     # Where each tensor lives, as a C expression.
-    where = {e["name"]: e["c_name"] for e in io}
-    where.update({t.name: sym for t, sym in weights})
+    place = {e["name"]: e["c_name"] for e in io}
+    place.update(where or {})
+    place.update({t.name: sym for t, sym in weights})
     for name, offset in plan.offsets.items():
         if not name.startswith("scratch:"):
             ctype = dtypes.dtype(graph.tensors[name].dtype).c_type
-            where[name] = f"(({ctype} *)(base + {offset}))"
+            place[name] = f"(({ctype} *)(base + {offset}))"
     for name in plan.storage_of:  # views and in-place outputs: another tensor's storage
         root = name
         while root in plan.storage_of:
             root = plan.storage_of[root]
-        where[name] = f"(({dtypes.dtype(graph.tensors[name].dtype).c_type} *){where[root]})"
+        place[name] = f"(({dtypes.dtype(graph.tensors[name].dtype).c_type} *){place[root]})"
 
-    kernels, kernel_decls, calls, sources = [], [], [], set()
+    code = GraphCode(plan, io, weights)
     for k, node in enumerate(graph.nodes):
         op = SUPPORTED_OPS[node.op]
         if node.outputs[0] in plan.storage_of and op.ALIASES:
             continue  # a view: nothing to run
-        sources.update(op.C_SOURCES)
+        code.sources.update(op.C_SOURCES)
         scratch = plan.offsets.get("scratch:" + node.name)
-        unit = op.emit(node, EmitContext(name=f"{prefix}_{node.op.lower()}_{k}", board=board, where=where,
+        unit = op.emit(node, EmitContext(name=f"{stem}_{node.op.lower()}_{k}", board=board, where=place,
                                          scratch=f"({dtypes.COMPUTE_DTYPE.c_type} *)(base + {scratch})"
                                          if scratch is not None else "NULL",
                                          graph=graph))
-        kernels += unit.kernels
-        kernel_decls += unit.declarations
-        calls.append(unit.call)
+        code.kernels += unit.kernels
+        code.kernel_decls += unit.declarations
+        code.calls.append(unit.call)
+    return code
+
+
+def check_memory(board: Board, source: str, needed: dict[str, int]) -> None:
+    """Refused before weights.bin is written: the model's memory past what the board states."""
+    if sum(needed.values()) > board.memory_bytes():
+        raise MoaEdgeError(f"{source or 'the model'} needs {sum(needed.values())} bytes of memory ("
+                           + ", ".join(f"{k} {v}" for k, v in needed.items())
+                           + f"), more than the {board.memory_bytes()} bytes board {board.name} states")
+
+
+TEMPLATE_FILES = ("model.h", "model.c", "attention.h", "attention.c", "weights.h", "weights.S", "main.c", "SConstruct")
+
+
+def write_project(out_dir: Path, subst: dict[str, str], templates: dict[str, str], weights: list[tuple[Tensor, str]],
+                  sources: set[str]) -> None:
+    """The project's files: each template (file name -> template name) with @KEY@ replaced from
+    subst, the weights (weights.bin and their symbols) and the runtime sources the calls need."""
+    subst = dict(subst)
+    subst["WEIGHT_DECLS"] = "".join(
+        f"extern const {dtypes.dtype(t.dtype).c_type} {sym}[{max(t.size, 1)}];\n" for t, sym in weights)  # C99 has no [0]
+    blob, symbols = _weights_blob(weights)
+    subst["WEIGHT_SYMBOLS"] = symbols
+    subst["WEIGHTS_PRESENT"] = "1" if weights else "0"
+    subst["RUNTIME_SOURCES"] = "".join(f', "runtime/src/{s}"' for s in sorted(sources))
+    (out_dir / "weights.bin").write_bytes(blob)
+    for name, template in templates.items():
+        # One pass: text substituted (kernels, comments) is never searched for @KEY@ again.
+        text = re.sub(r"@([A-Za-z_]+)@", lambda m: subst.get(m.group(1), m.group(0)),
+                      (TEMPLATES / (template + ".in")).read_text())
+        (out_dir / name).write_text(text)
+    shutil.copytree(C_RUNTIME_DIR / "include", out_dir / "runtime" / "include")
+    for s in sorted(sources):  # "x86/gemm_f32_avx2.c": ISA variants sit in their own folders
+        (out_dir / "runtime" / "src" / s).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(C_RUNTIME_DIR / "src" / s, out_dir / "runtime" / "src" / s)
+
+
+def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Board | None = None,
+                 source: str = "") -> dict:
+    """Write the project for `board` (default: the host) into out_dir (which must exist and be
+    empty); returns report.json's content."""
+    out_dir = Path(out_dir)
+    board = board or load_board("host")
+    P = check_prefix(prefix).upper()
+    code = graph_code(graph, prefix, board, prefix)
+    plan, io, weights = code.plan, code.io, code.weights
+    kernels, kernel_decls, calls, sources = code.kernels, code.kernel_decls, code.calls, code.sources
+    weights_bytes = sum(t.nbytes for t, _ in weights)
+    check_memory(board, source, {"weights": weights_bytes, "arena": plan.total_bytes,
+                                 "inputs and outputs": sum(e["bytes"] for e in io)})
 
     subst = {
         "P": P, "p": prefix, "SOURCE": c_comment_text(source), "BOARD": c_comment_text(board.name),
@@ -135,11 +212,6 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     subst["KERNEL_DECLS"] = "\n".join(kernel_decls)
     # An input only shape inference needed (a Reshape target) is not read at run time.
     subst["CALLS"] = "".join(f"    (void){e['c_name']};\n" for e in ins) + "".join(calls)
-    subst["WEIGHT_DECLS"] = "".join(
-        f"extern const {dtypes.dtype(t.dtype).c_type} {sym}[{max(t.size, 1)}];\n" for t, sym in weights)  # C99 has no [0]
-    blob, symbols = _weights_blob(weights)
-    subst["WEIGHT_SYMBOLS"] = symbols
-    subst["WEIGHTS_PRESENT"] = "1" if weights else "0"
     subst["MAIN_BUFFERS"] = "".join(
         f"static {e['c_type']} {e['kind']}_{k}[{e['elems']}];\n" for k, e in enumerate(ins)) + "".join(
         f"static {e['c_type']} {e['kind']}_{k}[{e['elems']}];\n" for k, e in enumerate(outs))
@@ -147,20 +219,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     subst["MAIN_OUTPUTS"] = ", ".join(f"output_{k}" for k in range(len(outs)))
     subst["MAIN_INPUT_BYTES"] = ", ".join(f"sizeof input_{k}" for k in range(len(ins))) or "0"
     subst["MAIN_OUTPUT_BYTES"] = ", ".join(f"sizeof output_{k}" for k in range(len(outs)))
-    subst["RUNTIME_SOURCES"] = "".join(f', "runtime/src/{s}"' for s in sorted(sources))
-
-    (out_dir / "weights.bin").write_bytes(blob)
-    for template in ("model.h", "model.c", "attention.h", "attention.c", "weights.h", "weights.S", "main.c",
-                     "SConstruct"):
-        # One pass: text substituted (kernels, comments) is never searched for @KEY@ again.
-        text = re.sub(r"@([A-Za-z_]+)@", lambda m: subst.get(m.group(1), m.group(0)),
-                      (TEMPLATES / (template + ".in")).read_text())
-        (out_dir / template).write_text(text)
-
-    shutil.copytree(C_RUNTIME_DIR / "include", out_dir / "runtime" / "include")
-    for s in sorted(sources):  # "x86/gemm_f32_avx2.c": ISA variants sit in their own folders
-        (out_dir / "runtime" / "src" / s).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(C_RUNTIME_DIR / "src" / s, out_dir / "runtime" / "src" / s)
+    write_project(out_dir, subst, {name: name for name in TEMPLATE_FILES}, weights, sources)
 
     report = {
         "source": source,

@@ -54,6 +54,9 @@ class Graph:
     nodes: list[Node]
     tensors: dict[str, Tensor]
     opsets: dict[str, int] = field(default_factory=lambda: {"": 18})
+    # Tensors that persist across calls in the caller's state buffer (a decoder's key/value
+    # caches), neither inputs, outputs nor arena.
+    state: list[str] = field(default_factory=list)
 
     def producer(self, name: str) -> Node | None:
         for node in self.nodes:

@@ -22,7 +22,7 @@ from moa_edge.moa import Layout
 from moa_edge.moa.mask import MASK_BOOL, MASK_FLOAT, MASK_NONE
 from moa_edge.moa.spec import AttentionSpec
 
-from .bias import classify_bias
+from .bias import band_of, classify_bias
 from .canonical import pad_nodes
 from .contrib_attention import RULES as CONTRIB_RULES
 from .match import MASKED, produced_by, scalar
@@ -334,7 +334,7 @@ def _attention_op(graph: Graph, node: Node):
         v_lay = Layout.row_major((B, Hkv, total, Dv))
         Skv, causal_offset = total, past_len
 
-    mask_kind, mask_fill, mask_src, mask_lay = MASK_NONE, 0.0, "", None
+    mask_kind, mask_fill, mask_src, mask_lay, band_upper = MASK_NONE, 0.0, "", None, None
     if len(node.inputs) > 3 and node.inputs[3]:
         mask_src = node.inputs[3]
         dtype = graph.tensors[mask_src].dtype
@@ -355,6 +355,12 @@ def _attention_op(graph: Graph, node: Node):
         const = graph.constant(mask_src)
         if const is not None and (np.all(const) if dtype == "bool" else not np.any(const)):
             mask_kind, mask_src, mask_lay = MASK_NONE, "", None  # keeps every key: no mask at all
+        elif const is not None and not qk_out:
+            # A constant causal triangle (a decoder's mask folded over its cache) is the kernel's
+            # own diagonal. It hides no row's every key, so a finite fill acts as -inf does.
+            band = band_of(np.where(const, 0.0, -np.inf) if dtype == "bool" else const, Sq, Skv)
+            if band is not None and band[0] is not None and band[0] >= 0 and band[1] is None:
+                mask_kind, mask_src, mask_lay, band_upper = MASK_NONE, "", None, band[0]
 
     # Query i sits at absolute position i + offset (after the cache, or L[b] - Sq with nonpad_kv_seqlen);
     # a right window bounds its keys from above like the causal diagonal, a left window from below.
@@ -365,6 +371,9 @@ def _attention_op(graph: Graph, node: Node):
         causal, offset_right = True, offset + right
     else:
         offset_right = offset
+    if band_upper is not None:
+        offset_right = min(offset_right, band_upper) if causal else band_upper
+        causal = True
     spec = AttentionSpec(B, Hq, Hkv, Sq, Skv, D, Dv, scale, causal,
                          mask_kind, mask_fill, q_lay, k_lay, v_lay, y_lay, mask_lay,
                          pattern=f"ONNX Attention ({len(q_shape)}-D)", absorbed=tuple(absorbed),

@@ -1,8 +1,8 @@
 """Liveness and static arena placement.
 
-Graph inputs and outputs are caller-owned and constants live in weights.c, so the arena
-holds only intermediates (live from their producer to their last reader) and each node's
-kernel scratch (live during that node alone). A view (Reshape, Squeeze, ...) has no buffer
+Graph inputs, outputs and state (a decoder's caches) are caller-owned and constants live in
+weights.c, so the arena holds only intermediates (live from their producer to their last
+reader) and each node's kernel scratch (live during that node alone). A view (Reshape, Squeeze, ...) has no buffer
 of its own: it names its input's storage, which then lives until the view's last reader.
 An element-wise op whose input dies at that op writes over it (in place).
 
@@ -61,7 +61,7 @@ class ArenaPlan:
 def shared_storage(graph: Graph) -> dict[str, str]:
     """Tensor -> the tensor whose storage it uses: views of their input, in-place outputs of
     the input they overwrite. Caller-owned outputs always keep their own storage."""
-    caller_owned = set(graph.inputs) | set(graph.outputs)
+    caller_owned = set(graph.inputs) | set(graph.outputs) | set(graph.state)
     last_reader: dict[str, int] = {}
     for step, node in enumerate(graph.nodes):
         for name in node.inputs:
@@ -101,7 +101,7 @@ def _root(name: str, storage: dict[str, str]) -> str:
 
 
 def live_buffers(graph: Graph, storage: dict[str, str]) -> list[Buffer]:
-    caller_owned = set(graph.inputs) | set(graph.outputs)
+    caller_owned = set(graph.inputs) | set(graph.outputs) | set(graph.state)
     ready = set(graph.inputs) | {t.name for t in graph.tensors.values() if t.is_constant}
     for node in graph.nodes:  # the schedule is the node order: every input must exist by then
         missing = [name for name in node.inputs if name and name not in ready]

@@ -8,7 +8,9 @@ typedef enum {
     MOA_ERR_ARENA_TOO_SMALL = 2, /* arena_bytes < <PREFIX>_ARENA_BYTES */
     MOA_ERR_ARENA_MISALIGNED = 3, /* arena not aligned to MOA_ARENA_ALIGN */
     MOA_ERR_BAD_PARAMS = 4, /* inconsistent kernel parameters */
-    MOA_ERR_INDEX_OUT_OF_RANGE = 5 /* a run-time index (Gather, token id) outside its axis */
+    MOA_ERR_INDEX_OUT_OF_RANGE = 5, /* a run-time index (Gather, token id) outside its axis */
+    MOA_ERR_CONTEXT_FULL = 6, /* the tokens would pass the key/value cache's max context */
+    MOA_ERR_STATE_UNINITIALISED = 7 /* a decoder's state that <prefix>_init did not set up */
 } moa_status;
 
 /* A test for an error path: generated code marks each one unlikely. Without it, gcc's
