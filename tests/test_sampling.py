@@ -85,9 +85,9 @@ class C:
         assert status == self.lib.MOA_OK
         return token[0]
 
-    def probs(self, logits: np.ndarray, sampling: Sampling) -> np.ndarray:
-        logits = np.ascontiguousarray(logits, np.float32)
-        probs = np.empty(logits.size, np.float32)
+    def probs(self, logits: np.ndarray, sampling: Sampling, alias: bool = False) -> np.ndarray:
+        logits = np.array(logits, np.float32)  # a copy: with alias the probabilities overwrite it
+        probs = logits if alias else np.empty(logits.size, np.float32)
         index_work = np.empty(logits.size, np.int32)
         status = self.lib.moa_sampling_probs_f32(self._floats(logits), logits.size, self._params(sampling),
                                                  self._floats(probs), self.ffi.from_buffer("int32_t[]", index_work))
@@ -142,8 +142,9 @@ def test_greedy_is_numpy_argmax_with_ties_nan_and_infinities(lib):
         assert c.lib.moa_argmax_f32(c._floats(logits), logits.size) == expected
         assert argmax(logits) == expected
         assert c.sample(logits, Sampling(temperature=0.0, top_k=5, top_p=0.5)) == expected
-        probs = c.probs(logits, Sampling())
-        assert probs[expected] == 1 and probs.sum() == 1
+        for alias in (False, True):
+            probs = c.probs(logits, Sampling(), alias=alias)
+            assert probs[expected] == 1 and probs.sum() == 1
     assert (c.rng.state, c.rng.inc) == before  # greedy takes nothing from the rng
     assert c.lib.moa_argmax_f32(c.ffi.NULL, 3) == -1
     assert c.lib.moa_argmax_f32(c._floats(np.ones(3, np.float32)), 0) == -1
@@ -166,6 +167,7 @@ def test_probabilities_are_transformers_warpers(lib, sampling):
             np.testing.assert_array_equal(np.flatnonzero(got), np.flatnonzero(expected))
             np.testing.assert_allclose(got, expected, rtol=2e-6, atol=1e-9)
             np.testing.assert_allclose(sampling_probs(logits, sampling), got, rtol=1e-6, atol=0)
+            np.testing.assert_array_equal(c.probs(logits, sampling, alias=True), got)  # probs may be the logits
 
 
 def test_top_k_keeps_every_token_tied_with_the_kth(lib):
