@@ -65,12 +65,21 @@ def cmd_convert(a) -> int:
     from moa_edge.pipeline import convert
     from moa_edge.pipeline import parse_schedule
     board = board_arg(a.board)
+    if a.max_context is None and a.prefill_chunk is not None:
+        raise MoaEdgeError("--prefill-chunk is for a generation build: give --max-context N too")
     report = convert(a.model, a.output, board=board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix,
                      scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
-                     fuse_attention=a.attention == "fused")
+                     fuse_attention=a.attention == "fused", max_context=a.max_context,
+                     **({"prefill_chunk": a.prefill_chunk} if a.prefill_chunk else {}))
     blocks = report["attention_blocks"]
     print(f"{a.model} -> {a.output}: {len(blocks)} attention block(s), arena {report['memory']['arena_bytes']} B, "
           f"weights {report['memory']['weights_bytes']} B")
+    if "generation" in report:
+        g = report["generation"]
+        print(f"  generation: max context {g['max_context']} tokens, key/value cache {report['memory']['cache_bytes']} B "
+              f"({g['layers']} layers x 2 x {g['kv_heads']} heads x {g['max_context']} x {g['head_dim']} x 4), "
+              f"state {report['memory']['state_bytes']} B, prefill chunk {g['prefill_chunk']}"
+              + (", tokenizer copied" if g["tokenizer"] else ""))
     for b in blocks:
         p = b["predicted"]
         print(f"  {b['node']}: {b['pattern']}, shape {b['shape']}, causal={b['is_causal']}, mask={b['mask']}")
@@ -119,6 +128,70 @@ def cmd_validate(a) -> int:
     print(format_table(result))
     _write_json(a.json, result)
     return 0 if result["ok"] else 1
+
+
+def cmd_generate(a) -> int:
+    from moa_edge.harness.build import build
+    from moa_edge.harness.generation import Sampling, generate_ids, generation_info
+    board = board_arg(a.board)
+    project = Path(a.project)
+    info = generation_info(project)
+    sampling = Sampling(a.temperature, a.top_k, a.top_p, a.seed)
+    sampling.check()
+    tokenizer = None
+    if a.prompt is not None:
+        from moa_edge.harness.tokenizer import Tokenizer
+        tokenizer = Tokenizer(Path(a.tokenizer) if a.tokenizer else project / "tokenizer")
+        prompt_ids = tokenizer.encode(a.prompt, chat=a.chat)
+    else:
+        if a.tokenizer or a.chat:
+            raise MoaEdgeError("--tokenizer and --chat go with --prompt TEXT, not --prompt-ids")
+        prompt_ids = _id_list("--prompt-ids", a.prompt_ids)
+    stop_ids = _id_list("--stop-ids", a.stop_ids) if a.stop_ids else (tokenizer.stop_ids if tokenizer else [])
+    binary = build(project, board)
+    ssh = _ssh_target(a, [board])
+    shown, new = "", []
+
+    def on_token(token: int) -> None:  # the text as it comes (a character may span tokens)
+        nonlocal shown
+        new.append(token)
+        if tokenizer is None:
+            print(token, end=" ", flush=True)
+            return
+        text = tokenizer.decode(new)
+        if text.startswith(shown) and not text.endswith("\ufffd"):
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    result = generate_ids(binary, board, info, prompt_ids, a.max_new_tokens, sampling, stop_ids, ssh=ssh,
+                          timeout=a.timeout, on_token=on_token)
+    result.pop("logits")
+    if tokenizer is not None:
+        result["text"] = tokenizer.decode(result["tokens"])
+        print(result["text"][len(shown):])
+    else:
+        print()
+    rate = lambda r: f"{r:.1f} tokens/s" if r else "n/a"  # noqa: E731
+    memory = info["memory"]
+    print(f"{board.name}{f' over ssh {ssh.destination}' if ssh else ''}: prefill {len(prompt_ids)} tokens "
+          f"{rate(result['prefill_tokens_per_s'])}, decode {result['decode_steps']} steps "
+          f"{rate(result['decode_tokens_per_s'])}; peak resident "
+          + (f"{result['max_rss_bytes'] / 2**20:.1f} MiB" if result["max_rss_bytes"] else "n/a")
+          + f" (weights {memory['weights_bytes'] / 2**20:.1f} MiB, cache {memory['cache_bytes'] / 2**20:.1f} MiB, "
+          f"arena {memory['arena_bytes'] / 2**20:.2f} MiB)"
+          + ("; stopped at the end of the context" if result["context_full"] else ""), file=sys.stderr)
+    result.update({"ok": True, "board": board.name, "ssh": ssh.destination if ssh else None, "prompt_ids": prompt_ids,
+                   "state_bytes": memory["state_bytes"], "arena_bytes": memory["arena_bytes"],
+                   "weights_bytes": memory["weights_bytes"]})
+    _write_json(a.json, result)
+    return 0
+
+
+def _id_list(option: str, text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.split(",")]
+    except ValueError:
+        raise MoaEdgeError(f"{option} {text!r} is not a comma-separated list of token ids") from None
+    return ids
 
 
 def _ssh_target(a, boards):
@@ -393,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--attention", choices=["fused", "unfused"], default="fused",
                    help="unfused: keep the exported attention ops (scores materialised), the baseline")
 
+    s.add_argument("--max-context", type=_positive_int, metavar="N",
+                   help="a decoder exported with its key/value cache: build for generation, the cache holding N tokens "
+                        "(the longest prompt + generation)")
+    s.add_argument("--prefill-chunk", type=_positive_int, metavar="N",
+                   help="prompt tokens per prefill call of a generation build (default 16)")
+
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")
     s.add_argument("--board", default="host", help=ONE_BOARD)
@@ -411,6 +490,24 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--ssh", metavar="USER@HOST[:PORT]", help="run on a real board over ssh (key authentication)")
         s.add_argument("--ssh-config", metavar="FILE", help="an ssh_config file for that connection (ssh -F)")
 
+    ssh_options(s)
+    timeout_option(s)
+
+    s = verb("generate", cmd_generate, "generate text with a generation build (convert --max-context) on a board")
+    s.add_argument("project", help="a project converted with --max-context")
+    s.add_argument("--board", default="host", help=ONE_BOARD)
+    prompt = s.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", metavar="TEXT", help="the prompt, tokenized with the model's tokenizer")
+    prompt.add_argument("--prompt-ids", metavar="ID,ID,...", help="the prompt as token ids")
+    s.add_argument("--tokenizer", metavar="PATH", help="tokenizer folder or tokenizer.json (default: PROJECT/tokenizer, "
+                   "copied by convert from beside the model)")
+    s.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template (a user turn)")
+    s.add_argument("--max-new-tokens", type=_positive_int, default=32, metavar="K", help="tokens to generate (default 32)")
+    s.add_argument("--temperature", type=float, default=0.0, help="0 (default): greedy; > 0: sample")
+    s.add_argument("--top-k", type=int, default=0, help="sample among the K most likely (default 0: off)")
+    s.add_argument("--top-p", type=float, default=1.0, help="sample within probability mass P (default 1: off)")
+    s.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0)")
+    s.add_argument("--stop-ids", metavar="ID,ID,...", help="stop at these ids (default: the tokenizer's end of sequence)")
     ssh_options(s)
     timeout_option(s)
 

@@ -148,7 +148,7 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
             graphs = {chunk: schedule_graph(graph, board, scratch_budget, schedule)
                       for chunk, graph in load_decoder(model, max_context, prefill_chunk).items()}
             report = emit_generation_project(graphs, staging, max_context, prefix=prefix, board=board,
-                                             source=model.name)
+                                             source=model.name, model_folder=model.parent)
         else:
             graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention), board,
                                    scratch_budget, schedule)

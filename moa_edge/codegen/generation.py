@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+import shutil
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, dtypes
@@ -19,6 +20,20 @@ from .project import GraphCode, WeightSymbols, check_memory, graph_code, write_p
 STATE_HEADER = 64  # the position and a tag, padded so that every cache starts 64-byte aligned
 ALIGN = 64
 SAMPLING_SOURCE = "sampling.c"  # the runner's token sampler (moa/sampling.h)
+# What is copied from beside the model into BUILD/tokenizer, when it is there: `generate` reads it.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
+
+
+def copy_tokenizer(model_folder: Path, project: Path) -> bool:
+    """The tokenizer files beside the model into project/tokenizer; False when there are none."""
+    found = [model_folder / name for name in TOKENIZER_FILES if (model_folder / name).is_file()]
+    if not any(p.name in ("tokenizer.json", "tokenizer.model", "vocab.json") for p in found):
+        return False
+    (project / "tokenizer").mkdir()
+    for path in found:
+        shutil.copyfile(path, project / "tokenizer" / path.name)
+    return True
 
 
 def _aligned(n: int) -> int:
@@ -80,9 +95,9 @@ def _check_interface(graph: Graph, first: Graph, source: str) -> None:
 
 
 def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context: int, prefix: str = "model",
-                            board: Board | None = None, source: str = "") -> dict:
+                            board: Board | None = None, source: str = "", model_folder: Path | None = None) -> dict:
     """The project for a decoder specialised once per chunk size (graphs: chunk -> graph; chunk 1
-    is the decode step); returns report.json's content."""
+    is the decode step), with the tokenizer found in model_folder; returns report.json's content."""
     out_dir = Path(out_dir)
     P = check_prefix(prefix).upper()
     if 1 not in graphs:
@@ -132,6 +147,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
                                    "main.c": "generate_main.c", "attention.h": "attention.h",
                                    "attention.c": "attention.c", "weights.h": "weights.h", "weights.S": "weights.S",
                                    "SConstruct": "SConstruct"}, weights, sources)
+    tokenizer = model_folder is not None and copy_tokenizer(Path(model_folder), out_dir)
     step = graphs[1]
     report = {
         "source": source,
@@ -139,7 +155,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
         "prefix": prefix,
         "generation": {"max_context": max_context, "vocab": vocab, "prefill_chunk": max(graphs),
                        "layers": len(cache) // 2, "kv_heads": kv_heads, "head_dim": head_dim,
-                       "token_input": TOKENS, "logits": step.outputs[0]},
+                       "token_input": TOKENS, "logits": step.outputs[0], "tokenizer": bool(tokenizer)},
         "io": [],
         "attention_blocks": [dict(node=n.name, chunk=chunk, **n.attrs["spec"].describe(),
                                   predicted=n.attrs["cost"].describe())

@@ -7,6 +7,8 @@ from pathlib import Path
 import re
 import signal
 import subprocess
+import threading
+from typing import Callable
 
 import numpy as np
 
@@ -140,6 +142,54 @@ def run_limited(cmd: list[str], timeout: float | None, env: dict[str, str], what
                                    f"(--timeout SECONDS); it was stopped") from None
             raise
     return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def stream_limited(cmd: list[str], timeout: float | None, env: dict[str, str] | None, what: str,
+                   on_line: Callable[[str], None], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """run_limited for a program that reports as it goes: on_line gets each line of its stdout
+    as soon as it is written. FileNotFoundError when cmd[0] cannot be executed."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, errors="replace",
+                          env=env, cwd=cwd, start_new_session=True) as proc:
+        stderr: list[str] = []
+        reader = threading.Thread(target=lambda: stderr.append(proc.stderr.read()), daemon=True)
+        reader.start()
+        expired = threading.Event()
+
+        def expire():
+            expired.set()
+            _end_group(proc)
+        timer = threading.Timer(timeout, expire) if timeout is not None else None
+        lines = []
+        try:
+            if timer is not None:
+                timer.start()
+            for line in proc.stdout:
+                lines.append(line)
+                on_line(line.rstrip("\n"))
+            proc.wait()
+        except BaseException:
+            _end_group(proc)
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+            reader.join()
+        if expired.is_set():
+            raise MoaEdgeError(f"{what} did not finish within the time limit of {timeout:g} s "
+                               f"(--timeout SECONDS); it was stopped")
+    return subprocess.CompletedProcess(cmd, proc.returncode, "".join(lines), "".join(stderr))
+
+
+def _end_group(proc: subprocess.Popen) -> None:
+    """_stop_group for a process whose pipes other threads read: SIGTERM, SIGKILL after 10 s."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:  # it had ended
+        pass
 
 
 def _stop_group(proc: subprocess.Popen) -> None:

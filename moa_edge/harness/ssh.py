@@ -48,11 +48,7 @@ class SshTarget:
     def run(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
             timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
         """argv on the board (in cwd, with env added), quoted word by word."""
-        words = [shlex.quote(w) for w in argv]
-        if env:
-            words = ["env", *(shlex.quote(f"{k}={v}") for k, v in env.items()), *words]
-        line = " ".join(words) if cwd is None else f"cd {shlex.quote(cwd)} && " + " ".join(words)
-        cmd = ["ssh", *self._options("-p"), self.destination, line]
+        cmd = self.command(argv, env, cwd)
         try:
             return subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=timeout)
         except FileNotFoundError:
@@ -60,6 +56,14 @@ class SshTarget:
         except subprocess.TimeoutExpired:  # ssh is killed; the board's sshd ends the session
             raise MoaEdgeError(f"over ssh {self.destination}: {argv[0] if argv else 'the command'} did not finish "
                                f"within the time limit of {timeout:g} s (--timeout SECONDS); it was stopped") from None
+
+    def command(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> list[str]:
+        """The local ssh command that runs argv on the board (in cwd, with env added), quoted word by word."""
+        words = [shlex.quote(w) for w in argv]
+        if env:
+            words = ["env", *(shlex.quote(f"{k}={v}") for k, v in env.items()), *words]
+        line = " ".join(words) if cwd is None else f"cd {shlex.quote(cwd)} && " + " ".join(words)
+        return ["ssh", *self._options("-p"), self.destination, line]
 
     def check(self, argv: list[str], what: str, **kw) -> str:
         proc = self.run(argv, **kw)
