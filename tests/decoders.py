@@ -1,0 +1,254 @@
+"""Tiny random-weight decoders exported for generation the way real tools write them: the Hugging
+Face convention of transformers' CausalLM classes with their key/value cache (inputs input_ids
+[1, S], attention_mask [1, P+S], position_ids [1, S], past_key_values.{i}.key/.value [1, KVH, P, D];
+outputs logits [1, S, V], present.{i}.key/.value [1, KVH, P+S, D]), from torch.onnx.export with the
+TorchScript exporter (opset 17) or dynamo (opset 18 decomposes attention into MatMul/Softmax,
+opset 23 emits the ONNX Attention op with the cache Concat outside it).
+
+Expected values never come from moa-edge: `reference_generate` is transformers' own greedy
+`generate`, `reference_logits` the same torch model run in float64 on the whole sequence."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from transformers import (GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
+                          MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM)
+from transformers.cache_utils import DynamicCache
+
+EXPORTERS = {("torchscript", 17), ("dynamo", 18), ("dynamo", 23)}
+# Random init with this spread gives logits that are far from flat (greedy tokens vary) while the
+# attention scores stay moderate (softmax not saturated); transformers' default 0.02 makes every
+# logit nearly equal.
+INIT_STD = 0.25
+SEED = 0
+# The example shapes the exporters trace with: a prompt of 3 tokens after a past of 5.
+TRACE_PAST, TRACE_NEW = 5, 3
+
+
+def _common(vocab: int) -> dict:
+    return dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                tie_word_embeddings=True, initializer_range=INIT_STD, bos_token_id=None,
+                eos_token_id=None, pad_token_id=None)
+
+
+def _llama():
+    return LlamaForCausalLM(LlamaConfig(**_common(128)))
+
+
+def _qwen2():
+    # Qwen2 has biases on the q, k and v projections (not on o); rope_theta as in Qwen2.5.
+    return Qwen2ForCausalLM(Qwen2Config(**_common(160), rope_theta=1e6))
+
+
+def _mistral():
+    return MistralForCausalLM(MistralConfig(**_common(144), sliding_window=None))
+
+
+def _phi3():
+    # Phi-3 fuses q, k and v into one qkv_proj and gate and up into one gate_up_proj.
+    return Phi3ForCausalLM(Phi3Config(**_common(176)))
+
+
+def _gpt2():
+    # GPT-2: learned positions, LayerNorm, GELU, fused c_attn (Conv1D), no GQA.
+    return GPT2LMHeadModel(GPT2Config(vocab_size=192, n_embd=64, n_layer=2, n_head=4, n_positions=256,
+                                      initializer_range=INIT_STD, bos_token_id=None, eos_token_id=None,
+                                      tie_word_embeddings=True))
+
+
+FAMILIES = {"llama": _llama, "qwen2": _qwen2, "mistral": _mistral, "phi3": _phi3, "gpt2": _gpt2}
+
+
+@dataclass(frozen=True)
+class DecoderGeometry:
+    layers: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+
+
+@dataclass
+class DecoderCase:
+    family: str
+    exporter: str          # "torchscript" | "dynamo"
+    opset: int
+    path: Path             # the .onnx file (dynamo may write external data beside it: see export_decoder)
+    model: torch.nn.Module  # the float32 torch model the file was exported from, in eval mode
+    geometry: DecoderGeometry
+
+    @property
+    def input_names(self) -> list[str]:
+        return input_names(self.geometry.layers)
+
+    @property
+    def output_names(self) -> list[str]:
+        return output_names(self.geometry.layers)
+
+
+def geometry_of(model: torch.nn.Module) -> DecoderGeometry:
+    cfg = model.config
+    q_heads = cfg.num_attention_heads
+    return DecoderGeometry(layers=cfg.num_hidden_layers, q_heads=q_heads,
+                           kv_heads=getattr(cfg, "num_key_value_heads", None) or q_heads,
+                           head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // q_heads,
+                           vocab=cfg.vocab_size)
+
+
+def input_names(layers: int) -> list[str]:
+    return ["input_ids", "attention_mask", "position_ids"] + [
+        f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def output_names(layers: int) -> list[str]:
+    return ["logits"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def build_model(family: str) -> torch.nn.Module:
+    """The family's tiny model with deterministic random weights, float32, eval mode."""
+    torch.manual_seed(SEED)
+    return FAMILIES[family]().float().eval()
+
+
+class WithFlatCache(torch.nn.Module):
+    """forward(input_ids, attention_mask, position_ids, *past) -> (logits, *present): the cache as
+    flat key/value tensors per layer, as exported decoders take and give it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        self.layers = model.config.num_hidden_layers
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(self.layers):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        present = []
+        for layer in out.past_key_values.layers:
+            present += [layer.keys, layer.values]
+        return (out.logits, *present)
+
+
+def _trace_inputs(geometry: DecoderGeometry) -> tuple:
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, geometry.vocab, (1, TRACE_NEW), generator=generator)
+    mask = torch.ones(1, TRACE_PAST + TRACE_NEW, dtype=torch.int64)
+    positions = torch.arange(TRACE_PAST, TRACE_PAST + TRACE_NEW)[None]
+    past = [torch.randn(1, geometry.kv_heads, TRACE_PAST, geometry.head_dim, generator=generator)
+            for _ in range(2 * geometry.layers)]
+    return (ids, mask, positions, *past)
+
+
+def export_model(model: torch.nn.Module, exporter: str, opset: int, path, external_data: bool = False) -> None:
+    """Export a transformers CausalLM with its cache to path (HF names, dynamic sequence/past axes)."""
+    if (exporter, opset) not in EXPORTERS:
+        raise ValueError(f"exporter {exporter} at opset {opset}: choose one of {sorted(EXPORTERS)}")
+    geometry = geometry_of(model)
+    names_in, names_out = input_names(geometry.layers), output_names(geometry.layers)
+    args = _trace_inputs(geometry)
+    wrapper = WithFlatCache(model).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        if exporter == "dynamo":
+            dim = torch.export.Dim.DYNAMIC
+            shapes = ({1: dim}, {1: dim}, {1: dim}, tuple({2: dim} for _ in names_in[3:]))
+            torch.onnx.export(wrapper, args, str(path), dynamo=True, opset_version=opset,
+                              input_names=names_in, output_names=names_out, dynamic_shapes=shapes,
+                              external_data=external_data, verbose=False)
+        else:
+            axes = {"input_ids": {1: "sequence_length"}, "position_ids": {1: "sequence_length"},
+                    "attention_mask": {1: "total_sequence_length"}}
+            axes.update({name: {2: "past_sequence_length"} for name in names_in[3:]})
+            axes.update({name: {2: "total_sequence_length"} for name in names_out[1:]})
+            axes["logits"] = {1: "sequence_length"}
+            torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=opset,
+                              input_names=names_in, output_names=names_out, dynamic_axes=axes)
+
+
+def export_decoder(family: str, exporter: str, opset: int, path) -> DecoderCase:
+    """Build the family's tiny model and export it to path (one self-contained .onnx file)."""
+    model = build_model(family)
+    path = Path(path)
+    export_model(model, exporter, opset, path)
+    return DecoderCase(family, exporter, opset, path, model, geometry_of(model))
+
+
+_CACHE: dict[tuple[str, str, int], DecoderCase] = {}
+
+
+def cached_decoder(family: str, exporter: str, opset: int, folder) -> DecoderCase:
+    """export_decoder once per process for these arguments, into folder/<family>-<exporter><opset>.onnx;
+    later calls return the same case (and file) whatever folder they give."""
+    key = (family, exporter, opset)
+    if key not in _CACHE or not _CACHE[key].path.exists():
+        _CACHE[key] = export_decoder(family, exporter, opset, Path(folder) / f"{family}-{exporter}{opset}.onnx")
+    return _CACHE[key]
+
+
+def reference_generate(case: DecoderCase | torch.nn.Module, prompt_ids, max_new_tokens: int,
+                       eos_token_id: int | list[int] | None = None) -> list[int]:
+    """transformers' own greedy generate (float32, with its cache); the new tokens only. It stops at
+    eos_token_id only when one is given."""
+    model = case.model if isinstance(case, DecoderCase) else case
+    ids = torch.tensor([list(prompt_ids)], dtype=torch.int64)
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=0,
+                              eos_token_id=eos_token_id, pad_token_id=0, bos_token_id=None)
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
+    return out[0, ids.shape[1]:].tolist()
+
+
+_DOUBLE: dict[int, torch.nn.Module] = {}
+
+
+def reference_logits(case: DecoderCase | torch.nn.Module, ids) -> np.ndarray:
+    """Teacher-forced logits [len(ids), vocab] in float64: the torch model in float64 on the whole
+    sequence at once (no cache), so row t is the prediction after ids[:t+1]."""
+    model = case.model if isinstance(case, DecoderCase) else case
+    if id(model) not in _DOUBLE:
+        _DOUBLE[id(model)] = copy.deepcopy(model).double().eval()
+    tokens = torch.tensor([list(ids)], dtype=torch.int64)
+    with torch.no_grad():
+        out = _DOUBLE[id(model)](input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False)
+    return out.logits[0].numpy()
+
+
+def ort_greedy(path, geometry: DecoderGeometry, prompt_ids, max_new_tokens: int, prefill: int | None = None,
+               threads: int = 1) -> tuple[list[int], np.ndarray]:
+    """Greedy decoding of the exported file with onnxruntime, the cache fed back between calls: the
+    first `prefill` prompt tokens (default all) in one call with an empty past (length 0), the rest
+    of the prompt and then every new token one per call. Returns the new tokens and the logits of
+    every position fed, [len(prompt) + max_new_tokens - 1, vocab] (float32)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    prompt = list(prompt_ids)
+    first = len(prompt) if prefill is None else prefill
+    chunks = [prompt[:first]] + [[t] for t in prompt[first:]]
+    names_in = input_names(geometry.layers)
+    past = [np.zeros((1, geometry.kv_heads, 0, geometry.head_dim), np.float32) for _ in names_in[3:]]
+    position, rows, tokens = 0, [], []
+    while True:
+        chunk = chunks.pop(0) if chunks else [tokens[-1]]
+        feed = {"input_ids": np.array([chunk], np.int64),
+                "attention_mask": np.ones((1, position + len(chunk)), np.int64),
+                "position_ids": np.arange(position, position + len(chunk), dtype=np.int64)[None]}
+        feed.update(zip(names_in[3:], past))
+        logits, *past = session.run(None, feed)
+        position += len(chunk)
+        rows.append(logits[0])
+        if not chunks:
+            tokens.append(int(np.argmax(logits[0, -1])))
+            if len(tokens) == max_new_tokens:
+                return tokens, np.concatenate(rows)
