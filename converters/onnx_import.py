@@ -141,6 +141,10 @@ def _pin_shapes(model: onnx.ModelProto, path: Path, pinned: dict[str, tuple[int,
             unpinned.append(f"input {vi.name!r} has symbolic dimension(s) {', '.join(symbolic)}; pin with "
                             f"--input-shape {vi.name}=" + "x".join(
                                 str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims))
+    if unpinned and kv_cache.is_decoder_with_cache(known):
+        raise MoaEdgeError(f"{path}: a decoder exported with its key/value cache (past_key_values.N.key/value "
+                           "inputs): convert it for generation with --max-context N, or pin every symbolic dimension "
+                           "with --input-shape for one fixed-length pass")
     if unpinned:
         raise MoaEdgeError(f"{path}: " + "; ".join(unpinned))
 

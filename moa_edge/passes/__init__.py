@@ -29,9 +29,9 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     """Fold shape plumbing, rewrite attention, drop dead nodes, then (strict) insist every op is supported.
     Without `fuse_attention` the attention subgraphs stay as they are (scores materialised),
     the baseline the rewrite is measured against."""
-    for _ in range(8):  # folding can reveal shapes, and shapes more folding
-        infer_missing_shapes(graph)
-        if not fold_constants(graph):
+    while True:  # folding can reveal shapes, and shapes more folding (layer after layer)
+        inferred = infer_missing_shapes(graph)
+        if not fold_constants(graph) and not inferred:
             break
     check_views(graph, source)  # before the rewrites turn views into access maps
     bypass_no_ops(graph)

@@ -112,10 +112,12 @@ def _one_node_model(node, values: list, opset: int):
     return model, feeds
 
 
-def infer_missing_shapes(graph: Graph) -> None:
+def infer_missing_shapes(graph: Graph) -> int:
     """Shapes ONNX inference could not give on the whole file (shape plumbing computed at
-    run time) follow once that plumbing is folded: infer them node by node, in order."""
+    run time) follow once that plumbing is folded: infer them node by node, in order.
+    Returns how many tensors it gave a shape."""
     opset = graph.opsets.get("", graph.opsets.get("ai.onnx", 18))
+    known = len(graph.tensors)
     for node in graph.nodes:
         if all(not o or o in graph.tensors for o in node.outputs):
             continue
@@ -145,6 +147,7 @@ def infer_missing_shapes(graph: Graph) -> None:
                 if (vi.name in node.outputs and record is not None
                         and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)):
                     graph.tensors[vi.name] = Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim), record.name)
+    return len(graph.tensors) - known
 
 
 def cone(graph: Graph, name: str) -> tuple[list, set[str]]:
