@@ -497,3 +497,29 @@ def test_head_form_is_unchanged_by_the_decode_form():
     assert "for (h = 0; h < 8; h++)" in code and "for (g = 0;" not in code
     with pytest.raises(AssertionError):
         Schedule("two_pass", 4, 16, 2)
+
+
+# (Br beyond Sq, Bc, key splits): Br = Sq + 2 makes blocks that wrap from one query head to the next
+GQA_SCHEDULES = [(2, 4, 1), (2, 4, 3), (64, 5, 2)]
+
+
+@pytest.mark.parametrize("rows, keys, splits", GQA_SCHEDULES, ids=lambda s: str(s))
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.name)
+def test_every_feature_through_the_decode_form(block, rows, keys, splits, tmp_path):
+    """Each block of the table with its query heads grouped two to a K/V head, in the decode form
+    (stacked rows, Br = Sq + 2: blocks that wrap from one query head to the next; key splits):
+    masks, softcap, causal diagonals and windows, K stored transposed, Q read through a head
+    split (its stacked rows packed), in double to 1e-12 and through the micro-kernels under ASan
+    and UBSan within the float tolerance, against PyTorch float64."""
+    require_board("host")
+    grouped = dataclasses.replace(block, hkv=block.hq // 2)
+    spec, storage, expected = make(grouped)
+    schedule = Schedule("online", block.sq + rows, keys, splits)
+    assert decode_form(spec, schedule)
+    exe = build_harness(spec, schedule, tmp_path / "double", real="double")
+    got, _ = run_harness(exe, storage, tmp_path, "double")
+    assert np.max(np.abs(got.reshape(expected.shape) - expected)) <= 1e-12
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
+    exe = build_harness(spec, schedule, tmp_path / "float", cflags=["-O1", *sanitize], ldflags=sanitize[:1])
+    got, _ = run_harness(exe, storage, tmp_path, "float")
+    assert cmp.compare(got.reshape(expected.shape), expected)["ok"]
