@@ -22,6 +22,17 @@ by the tile's value. The kernels read rows (contiguous elements, rows at a const
 every layout attention produces); an operand stored otherwise has the rows a tile needs
 copied into scratch through its access map first.
 
+The decode form (decode_form: few query rows against a K/V cache, grouped-query attention)
+loops over K/V heads g instead of query heads: the rows of g's `group` query heads are stacked
+as one row block (row = r * Sq + i is query i of head g * group + r), so every K and V tile is
+read once for all of them and the score and P V micro-kernels see group x Sq rows per tile; a
+decode step reads K and V bytes = kv_heads x L x (D + Dv) x 4 (L the run-time key count), not
+q_heads x ... (tests/test_cost.py measures it). Split-K (flash-decoding, Schedule.splits = S)
+cuts the visible keys [0, kv_end) at run time into S chunks of whole key tiles; each runs the
+online form into its own partial (m_s, l_s, acc_s) in scratch, and the partials combine
+exactly: m = max_s m_s, l = sum_s l_s e^(m_s - m), y = sum_s acc_s e^(m_s - m) / l, as the
+DNF's split_keys rewrite (dnf/split.py) states it.
+
 The oracle (emit_oracle_kernel) prints the whole DNF term as a float64 loop nest: what the
 exactness harness compares with PyTorch float64, never what a model runs.
 """
