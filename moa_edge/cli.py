@@ -462,7 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...", help="pin a symbolic input shape")
     s.add_argument("--prefix", default="model", help="C symbol prefix (default: model)")
     s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: the larger of L1D and L2/8)")
-    s.add_argument("--schedule", metavar="STRATEGY:BRxBC", help="force an ONF schedule, e.g. online:16x64")
+    s.add_argument("--schedule", metavar="STRATEGY:BRxBC[/sS]",
+                   help="force an ONF schedule, e.g. online:16x64; /sS splits the key axis in S chunks "
+                        "(split-K, online only, e.g. online:16x64/s4); Br above the query length stacks "
+                        "the query heads of a K/V head (grouped-query decode)")
     s.add_argument("--attention", choices=["fused", "unfused"], default="fused",
                    help="unfused: keep the exported attention ops (scores materialised), the baseline")
 
@@ -538,7 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: the larger of L1D and L2/8)")
-    s.add_argument("--schedule", metavar="STRATEGY:BRxBC", help="force an ONF schedule, e.g. two_pass:1x64")
+    s.add_argument("--schedule", metavar="STRATEGY:BRxBC[/sS]",
+                   help="force an ONF schedule, e.g. two_pass:1x64 or online:16x64/s4 (S key splits)")
     ssh_options(s)
     timeout_option(s)
 

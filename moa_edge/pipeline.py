@@ -73,16 +73,20 @@ def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None =
 
 
 def parse_schedule(text: str | None) -> Schedule | None:
-    """'online:16x64' -> Schedule('online', 16, 64); None keeps the cost model's choice."""
+    """'online:16x64' -> Schedule('online', 16, 64); 'online:16x64/s4' splits the key axis in 4
+    (split-K, online only); None keeps the cost model's choice."""
     if not text:
         return None
     strategy, _, tiles = text.partition(":")
+    tiles, slash, splits = tiles.partition("/")
     try:
         br, bc = (int(x) for x in tiles.split("x"))
-        return Schedule(strategy, br, bc)
+        if slash and not splits.startswith("s"):
+            raise ValueError(splits)
+        return Schedule(strategy, br, bc, int(splits[1:]) if slash else 1)
     except (ValueError, AssertionError):
-        raise MoaEdgeError(f"--schedule {text!r} is not STRATEGY:BRxBC with STRATEGY one of "
-                           f"{', '.join(STRATEGIES)} and positive tile sizes") from None
+        raise MoaEdgeError(f"--schedule {text!r} is not STRATEGY:BRxBC[/sS] with STRATEGY one of "
+                           f"{', '.join(STRATEGIES)}, positive tile sizes and S key splits (online only)") from None
 
 
 def schedule_graph(graph: Graph, board: Board, scratch_budget: int | None = None,

@@ -142,12 +142,16 @@ def _table() -> list[Case]:
     cases = []
     # scores: rows, cols, depth (row pads are added below); tiles 4x4 / 2x4 / 4xvl and every edge
     for rows, cols, depth in [(1, 1, 1), (1, 5, 3), (2, 4, 8), (3, 7, 5), (4, 4, 16), (4, 16, 32), (5, 17, 33),
-                              (8, 33, 64), (7, 64, 17), (16, 16, 80), (64, 16, 32), (4, 40, 128), (9, 3, 0)]:
+                              (8, 33, 64), (7, 64, 17), (16, 16, 80), (64, 16, 32), (4, 40, 128), (9, 3, 0),
+                              # the decode form's stacked rows: a group of 3 or 9 query heads, 4 x 3 rows
+                              (3, 128, 64), (9, 64, 64), (12, 37, 64)]:
         cases.append(Case("scores", (rows, cols, depth)))
     # pv: rows, cols, dv
     for rows, cols, dv in [(1, 1, 1), (1, 3, 5), (4, 4, 4), (3, 5, 8), (4, 16, 16), (5, 7, 12), (4, 9, 17),
                            (8, 16, 31), (4, 16, 32), (6, 13, 33), (4, 64, 64), (7, 20, 65), (4, 8, 80),
-                           (2, 5, 100), (64, 16, 32), (3, 0, 9)]:
+                           (2, 5, 100), (64, 16, 32), (3, 0, 9),
+                           # stacked decode rows, and one row of split-K weights over S - 1 partials
+                           (3, 128, 64), (12, 37, 64), (1, 1, 64), (1, 6, 64)]:
         cases.append(Case("pv", (rows, cols, dv)))
     for n in [0, 1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 100, 257]:
         cases.append(Case("max", (n,)))

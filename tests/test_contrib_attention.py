@@ -12,7 +12,7 @@ from moa_edge.harness import compare as cmp
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
 from moa_edge.harness.reference import run_reference
-from moa_edge.pipeline import convert, load_graph
+from moa_edge.pipeline import convert, load_graph, parse_schedule
 
 B, S, SKV, H, HKV, D = 2, 5, 7, 4, 2, 8
 OPSETS = [helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1)]
@@ -35,11 +35,11 @@ def _inputs(model, seed=0):
             else rng.integers(1, keys + 1, shapes[vi.name]).astype(np.int32) for vi in model.graph.input}
 
 
-def _check_against_onnxruntime(model, tmp_path):
+def _check_against_onnxruntime(model, tmp_path, schedule=None):
     board = require_board("host")
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
-    report = convert(path, tmp_path / "p")
+    report = convert(path, tmp_path / "p", schedule=schedule)
     assert len(report["attention_blocks"]) == 1
     inputs = _inputs(model)
     outputs, _ = run(build(tmp_path / "p", board), board, report["io"], inputs)
@@ -135,6 +135,15 @@ def test_group_query_attention_prompt(tmp_path):
 
 def test_group_query_attention_softcap(tmp_path):
     _check_against_onnxruntime(_gqa([S - 1] * B, softcap=3.0), tmp_path)
+
+
+@pytest.mark.parametrize("text", ["online:8x4/s3", "online:7x16", "online:64x64/s2"])
+def test_group_query_attention_in_the_decode_form(text, tmp_path):
+    """A forced decode-form schedule (--schedule): the two query heads of each K/V head stacked
+    (Br above S = 5: blocks of 8 or 7 of the 10 stacked rows, wrapping into the next head), the keys split in 3 or
+    2; the same output as onnxruntime's kernel."""
+    _check_against_onnxruntime(_gqa([S - 1] * B), tmp_path, parse_schedule(text))
+    assert "for (g = 0; g < 2; g++)" in (tmp_path / "p" / "attention.c").read_text()
 
 
 @pytest.mark.parametrize("model, feature", [

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from moa_edge.moa.dnf import (
-    RULES, AddBias, AttentionFeatures, CausalBias, KeyPadding, WindowBias, Exp, FloorDiv, Index, InnerProduct, Load, Psi, Reduce,
-    ReduceRows, RepeatKV, RowBroadcast, Scale, Softcap, Term, Transpose, Var, ZeroEmptyRows, derive, evaluate_array,
-    evaluate_dnf, evaluate_term, format_derivation, free_index_vars, index_vars, psi_inner_product, psi_reduce,
-    reference_expression, score_term, subterms, value_term,
+    RULES, AddBias, AttentionFeatures, CausalBias, KeyPadding, WindowBias, Exp, FloorDiv, Index, InnerProduct, Lifted, Load,
+    Psi, Reduce, ReduceRows, RepeatKV, RowBroadcast, Scale, Softcap, Term, Transpose, Var, ZeroEmptyRows, derive,
+    evaluate_array, evaluate_dnf, evaluate_term, format_derivation, free_index_vars, index_vars, psi_inner_product,
+    psi_reduce, reference_expression, score_term, split_keys, subterms, value_term,
 )
 
 # --- the paper's worked example (section 7) -------------------------------------------
@@ -366,3 +366,61 @@ def test_valid_key_lengths_agree_with_pytorch(causal, window):
         torch.from_numpy(q), torch.from_numpy(k), torch.from_numpy(v), attn_mask=bias, scale=0.5)
     want = torch.where(torch.isneginf(bias).all(-1, keepdim=True), 0.0, want).numpy()
     np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+# --- split-K (flash-decoding): the key axis lifted into chunks ---------------------------------
+
+def decode_case(rng, q_len, group, kv_heads, kv_len, head_dim=4):
+    """A decode block: Q (1, Hq, Sq, D) against a cache of kv_len keys of which the first L are
+    valid, the causal diagonal at key i + L - Sq (causal_offset = -Sq)."""
+    q = rng.standard_normal((1, kv_heads * group, q_len, head_dim))
+    k = rng.standard_normal((1, kv_heads, kv_len, head_dim))
+    v = rng.standard_normal((1, kv_heads, kv_len, head_dim + 1))
+    features = AttentionFeatures(scale=1 / math.sqrt(head_dim), causal=True, causal_offset=-q_len, kv_lengths=True,
+                                 group=group)
+    return features, q, k, v
+
+
+def torch_decode(q, k, v, length, scale):
+    """SDPA on the first L keys, query i seeing keys k <= i + L - Sq; a row that sees none gives 0."""
+    q_len, group = q.shape[2], q.shape[1] // k.shape[1]
+    keys = torch.from_numpy(k[:, :, :length]).repeat_interleave(group, 1)
+    values = torch.from_numpy(v[:, :, :length]).repeat_interleave(group, 1)
+    hidden = torch.arange(length) > torch.arange(q_len)[:, None] + length - q_len
+    bias = torch.zeros(q_len, length, dtype=torch.float64).masked_fill(hidden, -math.inf)
+    out = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q), keys, values, attn_mask=bias,
+                                                           scale=scale)
+    return torch.where(hidden.all(-1, keepdim=True), 0.0, out).numpy()
+
+
+@pytest.mark.parametrize("splits", [1, 2, 4, 7])
+@pytest.mark.parametrize("q_len, group, kv_heads, kv_len", [(1, 1, 2, 13), (1, 3, 1, 16), (4, 4, 1, 11), (4, 3, 2, 9)])
+def test_split_keys_equals_the_unsplit_dnf_for_run_time_lengths(q_len, group, kv_heads, kv_len, splits):
+    """Out with the key axis lifted into `splits` chunks, each reduced with its own maximum and
+    combined by exp(m_c - m), is the unsplit DNF's value and PyTorch's, for valid lengths L of 1,
+    a value inside a chunk and kv_len (chunks past L and rows that see no key included)."""
+    rng = np.random.default_rng(q_len * 100 + group * 10 + splits)
+    features, q, k, v = decode_case(rng, q_len, group, kv_heads, kv_len)
+    derivation = derive(features)
+    split = split_keys(derivation, splits, kv_len)
+    for length in sorted({1, kv_len // 2 + 1, kv_len}):
+        lengths = np.array([length])
+        got = evaluate_dnf(split, q, k, v, L=lengths)
+        np.testing.assert_allclose(got, evaluate_dnf(derivation, q, k, v, L=lengths), rtol=0, atol=1e-13)
+        np.testing.assert_allclose(got, torch_decode(q, k, v, length, features.scale), rtol=0, atol=1e-12)
+
+
+def test_split_keys_is_a_combination_of_per_chunk_partials():
+    """The rewritten DNF reduces the key axis only inside chunks (k = c·C+kk), keeps the reads of
+    K and V through the shared head h//G, and prints as MoA notation."""
+    features = AttentionFeatures(scale=0.5, causal=True, causal_offset=-1, kv_lengths=True, group=3)
+    split = split_keys(derive(features), 4, 10)
+    reduces = [t for t in subterms(split.dnf) if isinstance(t, Reduce)]
+    assert {r.extent for r in reduces} >= {4, 3, "D"} and "Skv" not in {r.extent for r in reduces}
+    loads = {t.array: t.index for t in subterms(split.dnf) if isinstance(t, Load)}
+    assert loads["V"][1] == FloorDiv(Index("h"), 3) and isinstance(loads["V"][2], Lifted)
+    text = format_derivation(split).splitlines()[-1]
+    assert "c·3+kk" in text and "V[b,h//3,c·3+kk" in text
+    assert free_index_vars(split.dnf) == {"b", "h", "i", "q"}
+    with pytest.raises(ValueError, match="Out"):
+        split_keys(derive(features, "Y"), 2, 10)

@@ -17,7 +17,7 @@ from conftest import BOARDS, require_board
 from moa_edge.harness import compare as cmp
 from moa_edge.harness.kernel_harness import build_harness
 from moa_edge.moa import Layout
-from moa_edge.moa.onf import Schedule, emit_kernel, emit_oracle_kernel, scratch_bytes, scratch_layout
+from moa_edge.moa.onf import Schedule, decode_form, emit_kernel, emit_oracle_kernel, scratch_bytes, scratch_layout
 from moa_edge.moa.spec import AttentionSpec
 
 
@@ -114,12 +114,15 @@ def make(block: Block, seed=0):
 def run_harness(exe, storage, workdir, real, runner=()):
     dtype = np.float64 if real == "double" else np.float32
     args = []
-    for name in ("q", "k", "v", "m"):
-        if storage[name] is None:
+    for name in ("q", "k", "v", "m", "l"):
+        if storage.get(name) is None:
             continue
         path = workdir / f"{name}.bin"
         arr = storage[name]
-        arr = arr.astype(np.float32 if name == "m" else dtype) if arr.dtype != np.bool_ else arr
+        if name == "l":  # the valid key counts, int64 (the spec's lengths type)
+            arr = arr.astype(np.int64)
+        elif arr.dtype != np.bool_:
+            arr = arr.astype(np.float32 if name == "m" else dtype)
         np.ascontiguousarray(arr).tofile(path)
         args.append(str(path))
     out = workdir / "y.bin"
@@ -322,3 +325,201 @@ def test_a_model_reading_q_and_k_through_strided_slices_runs_packed(tmp_path):
     source = "".join(p.read_text() for p in (tmp_path / "project").rglob("*.c"))
     assert "MoaAttention" in (tmp_path / "project" / "report.json").read_text()
     assert "q_pack" in source and "k_pack" in source and "for (q = 0;" not in source
+
+
+# --- the decode form: a few query rows against a cache of run-time length -------------------
+
+@dataclass(frozen=True)
+class Decode:
+    """One decode block: batch 1, Q (1, Hq, Sq, D) row-major, K and V the cache (1, Hkv, Skv,
+    D|Dv) row-major, L the run-time count of valid keys, causal_offset = -Sq (query i sees keys
+    k <= i + L - Sq), as the KV-cache importer makes them."""
+    name: str
+    hq: int
+    hkv: int
+    sq: int
+    skv: int
+    d: int = 16
+    dv: int = 16
+
+
+DECODE = [
+    Decode("step_mha", hq=2, hkv=2, sq=1, skv=64),
+    Decode("step_gqa3_smollm2", hq=9, hkv=3, sq=1, skv=256, d=64, dv=64),
+    Decode("chunk4_gqa4", hq=8, hkv=2, sq=4, skv=128),
+    Decode("prefill16_gqa3", hq=6, hkv=2, sq=16, skv=1024, dv=8),
+    Decode("step_mqa4_long", hq=4, hkv=1, sq=1, skv=1024),
+]
+SPLITS = [1, 2, 4, 7]
+
+
+def decode_lengths(block: Decode) -> list[int]:
+    """L = 1 (rows of a chunk see nothing but the last one's first key), a count that is no
+    multiple of any tile, and the whole cache."""
+    return [1, min(block.skv, 37 + block.sq), block.skv]
+
+
+def decode_schedule(block: Decode, splits: int, rows: int = 64, keys: int = 16) -> Schedule:
+    """The decode form: Br above Sq stacks the group's query heads (a split alone asks for it too)."""
+    return Schedule("online", rows, keys, splits)
+
+
+def make_decode(block: Decode, length: int, seed=0, nan_past_length=False):
+    """(spec, storage with L, PyTorch float64 output): SDPA on the first L keys with the causal
+    diagonal at i + L - Sq; a row that sees no key gives 0. nan_past_length fills the cache rows
+    k >= L with NaN: a kernel that read one would put NaN in the output."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((1, block.hq, block.sq, block.d))
+    k = rng.standard_normal((1, block.hkv, block.skv, block.d))
+    v = rng.standard_normal((1, block.hkv, block.skv, block.dv))
+    if nan_past_length:
+        k[:, :, length:], v[:, :, length:] = np.nan, np.nan
+    spec = AttentionSpec(1, block.hq, block.hkv, block.sq, block.skv, block.d, block.dv, 1 / math.sqrt(block.d),
+                         True, "none", -math.inf, Layout.row_major(q.shape), Layout.row_major(k.shape),
+                         Layout.row_major(v.shape), Layout.row_major((1, block.hq, block.sq, block.dv)), None,
+                         causal_offset=-block.sq, kv_lengths=True)
+    group = block.hq // block.hkv
+    keys = torch.from_numpy(k[:, :, :length]).repeat_interleave(group, 1)
+    values = torch.from_numpy(v[:, :, :length]).repeat_interleave(group, 1)
+    hidden = torch.arange(length) > torch.arange(block.sq)[:, None] + length - block.sq
+    bias = torch.zeros(block.sq, length, dtype=torch.float64).masked_fill(hidden, -math.inf)
+    y = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q), keys, values, attn_mask=bias,
+                                                         scale=spec.scale)
+    y = torch.where(hidden.all(-1, keepdim=True), 0.0, y)
+    return spec, {"q": q, "k": k, "v": v, "m": None, "l": np.array([length])}, y.numpy()
+
+
+def _decode_runs(block, schedule, tmp_path, real, runner=(), build=None, **make_args):
+    """Builds the block's kernel once and runs it for each run-time length: (length, got, expected)."""
+    spec, _, _ = make_decode(block, block.skv)
+    exe = (build or (lambda: build_harness(spec, schedule, tmp_path, real=real)))()
+    for length in decode_lengths(block):
+        _, storage, expected = make_decode(block, length, **make_args)
+        got, stderr = run_harness(exe, storage, tmp_path, real, runner)
+        yield length, got.reshape(expected.shape), expected, stderr
+
+
+@pytest.mark.parametrize("splits", SPLITS)
+@pytest.mark.parametrize("block", DECODE, ids=lambda b: b.name)
+def test_decode_oracle_is_exact(block, splits, tmp_path):
+    """The decode form printed whole in double (stacked rows, each key split's partial, the
+    exact combination) agrees with PyTorch float64 to 1e-12 for L = 1, a length that is no
+    multiple of the tile, and the whole cache."""
+    schedule = decode_schedule(block, splits)
+    spec = make_decode(block, 1)[0]
+    code = emit_oracle_kernel(spec, schedule, "kernel")
+    assert decode_form(spec, schedule) == (block.hq > block.hkv or splits > 1)  # MHA unsplit: the head form is it
+    assert ("for (g = 0;" in code) == decode_form(spec, schedule) and ("for (c = 0;" in code) == (splits > 1)
+    for length, got, expected, _ in _decode_runs(block, schedule, tmp_path, "double"):
+        assert np.max(np.abs(got - expected)) <= 1e-12, (length, np.max(np.abs(got - expected)))
+
+
+@pytest.mark.parametrize("wrapping", [False, True], ids=["all_rows", "wrapping_blocks"])
+@pytest.mark.parametrize("splits", SPLITS)
+@pytest.mark.parametrize("block", DECODE, ids=lambda b: b.name)
+def test_decode_micro_kernels_meet_tolerance(block, splits, wrapping, tmp_path):
+    """The decode form through the host's micro-kernels: the score and P V tiles see the
+    group's stacked rows (Br = 64: all of them; Br = Sq + 3: blocks that wrap from one query
+    head to the next), each K/V head is walked by head g only, never by query head, and no
+    DNF-printed loop nest is left."""
+    board = require_board("host")
+    rows = block.sq + 3 if wrapping else 64
+    schedule = decode_schedule(block, splits, rows=rows)
+    spec = make_decode(block, 1)[0]
+    code = emit_kernel(spec, schedule, "kernel")
+    group = block.hq // block.hkv
+    assert "moa_attn_scores_f32(" in code and "red1" not in code and "v_row" not in code
+    if decode_form(spec, schedule):
+        assert f"for (g = 0; g < {block.hkv}; g++)" in code and "for (h = 0;" not in code
+        assert f"for (ib = 0; ib < {group * block.sq}; ib += {min(rows, group * block.sq)})" in code
+    else:
+        assert group == 1 and splits == 1
+    build = lambda: build_harness(spec, schedule, tmp_path, cflags=board.toolchain["cflags"])  # noqa: E731
+    for length, got, expected, _ in _decode_runs(block, schedule, tmp_path, "float", build=build):
+        assert cmp.compare(got, expected)["ok"], (length, cmp.compare(got, expected))
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+@pytest.mark.parametrize("splits", [1, 4, 7])
+@pytest.mark.parametrize("block", [DECODE[1], DECODE[3]], ids=lambda b: b.name)
+def test_decode_meets_tolerance_on_boards(block, splits, board_name, tmp_path):
+    """The decode form on every board's own micro-kernels (NEON under qemu-aarch64, RVV under
+    qemu-riscv64)."""
+    board = require_board(board_name)
+    schedule = decode_schedule(block, splits)
+    spec = make_decode(block, 1)[0]
+    build = lambda: build_harness(spec, schedule, tmp_path, cc=board.compiler(),  # noqa: E731
+                                  cflags=board.toolchain["cflags"], ldflags=board.toolchain["ldflags"])
+    for length, got, expected, _ in _decode_runs(block, schedule, tmp_path, "float", board.runner(), build):
+        assert cmp.compare(got, expected)["ok"], (length, cmp.compare(got, expected))
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+@pytest.mark.parametrize("real", ["float", "double"])
+def test_decode_never_reads_the_cache_past_its_length(real, splits, tmp_path):
+    """K and V rows k >= L are NaN: the output stays finite and exact (1e-12 in double, the
+    float tolerance through the micro-kernels), built with ASan and UBSan and a scratch of
+    exactly scratch_bytes, so neither the cache past L nor the scratch is touched wrongly."""
+    require_board("host")
+    block = Decode("sanitized", hq=6, hkv=2, sq=4, skv=96)
+    schedule = decode_schedule(block, splits, rows=5)  # blocks of 5 of the 12 stacked rows: some wrap
+    spec = make_decode(block, 1)[0]
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
+    build = lambda: build_harness(spec, schedule, tmp_path, real=real, cflags=["-O1", *sanitize],  # noqa: E731
+                                  ldflags=sanitize[:1])
+    for length, got, expected, _ in _decode_runs(block, schedule, tmp_path, real, build=build, nan_past_length=True):
+        assert np.all(np.isfinite(got)), length
+        if real == "double":
+            assert np.max(np.abs(got - expected)) <= 1e-12
+        else:
+            assert cmp.compare(got, expected)["ok"], (length, cmp.compare(got, expected))
+
+
+def test_decode_scratch_is_per_split_partials_never_a_score_matrix():
+    """Split-K scratch: the Br x Bc score tile and S partials (m, l, acc) of Br rows, whatever
+    the cache length; one split is the online form's scratch."""
+    block = DECODE[1]
+    spec = make_decode(block, 1)[0]
+    br, bc, dv = 3, 16, block.dv  # the 3 query heads of a K/V head, one row each
+    for splits in SPLITS:
+        regions = dict(scratch_layout(spec, decode_schedule(block, splits)).regions)
+        assert regions == {"s": br * bc, "m": splits * br, "l": splits * br, "alpha": br, "acc": splits * br * dv}
+    longer = dataclasses.replace(spec, kv_len=4096, k=Layout.row_major((1, 3, 4096, 64)), v=Layout.row_major((1, 3, 4096, 64)))
+    assert scratch_bytes(longer, decode_schedule(block, 4)) == scratch_bytes(spec, decode_schedule(block, 4))
+    assert scratch_bytes(spec, Schedule("online", 1, 16)) == 4 * (bc + 3 + dv)  # the head form: one row
+
+
+def test_head_form_is_unchanged_by_the_decode_form():
+    """Br <= Sq and no split keeps the query-head loop (the prefill kernels); two_pass cannot split."""
+    spec = make_decode(DECODE[2], 1)[0]
+    code = emit_kernel(spec, Schedule("online", 4, 16), "kernel")
+    assert "for (h = 0; h < 8; h++)" in code and "for (g = 0;" not in code
+    with pytest.raises(AssertionError):
+        Schedule("two_pass", 4, 16, 2)
+
+
+# (Br beyond Sq, Bc, key splits): Br = Sq + 2 makes blocks that wrap from one query head to the next
+GQA_SCHEDULES = [(2, 4, 1), (2, 4, 3), (64, 5, 2)]
+
+
+@pytest.mark.parametrize("rows, keys, splits", GQA_SCHEDULES, ids=lambda s: str(s))
+@pytest.mark.parametrize("block", BLOCKS, ids=lambda b: b.name)
+def test_every_feature_through_the_decode_form(block, rows, keys, splits, tmp_path):
+    """Each block of the table with its query heads grouped two to a K/V head, in the decode form
+    (stacked rows, Br = Sq + 2: blocks that wrap from one query head to the next; key splits):
+    masks, softcap, causal diagonals and windows, K stored transposed, Q read through a head
+    split (its stacked rows packed), in double to 1e-12 and through the micro-kernels under ASan
+    and UBSan within the float tolerance, against PyTorch float64."""
+    require_board("host")
+    grouped = dataclasses.replace(block, hkv=block.hq // 2)
+    spec, storage, expected = make(grouped)
+    schedule = Schedule("online", block.sq + rows, keys, splits)
+    assert decode_form(spec, schedule)
+    exe = build_harness(spec, schedule, tmp_path / "double", real="double")
+    got, _ = run_harness(exe, storage, tmp_path, "double")
+    assert np.max(np.abs(got.reshape(expected.shape) - expected)) <= 1e-12
+    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
+    exe = build_harness(spec, schedule, tmp_path / "float", cflags=["-O1", *sanitize], ldflags=sanitize[:1])
+    got, _ = run_harness(exe, storage, tmp_path, "float")
+    assert cmp.compare(got.reshape(expected.shape), expected)["ok"]

@@ -1,8 +1,9 @@
 """Standalone C programs around one generated ONF kernel, for exactness tests and benchmarks.
 
-    kernel_main Q.bin K.bin V.bin [M.bin] Y.bin
+    kernel_main Q.bin K.bin V.bin [M.bin] [L.bin] Y.bin
 reads raw operands (`real` = float: the production kernel; double: the DNF-printed oracle
-of onf.emit_oracle_kernel; a float mask as float32, a bool mask as bytes), gives the kernel a heap scratch buffer of exactly the cost model's size filled
+of onf.emit_oracle_kernel; a float mask as float32, a bool mask as bytes; the valid key
+counts L, per batch, in the spec's lengths type when it has kv_lengths), gives the kernel a heap scratch buffer of exactly the cost model's size filled
 with a sentinel (so ASan catches any overrun), writes Y, and prints
 `scratch_tail_touched=0|1` on stderr: whether the last scratch element was used.
 """
@@ -32,6 +33,8 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
     reads = [("Q", real, q_elems), ("K", real, k_elems), ("V", real, v_elems)]
     if has_mask:
         reads.append(("M", spec.mask_ctype, m_elems))
+    if spec.kv_lengths:
+        reads.append(("L", spec.lengths_ctype, spec.batch))
     lines = ["#include <math.h>", "#include <stddef.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
              '#include "moa/attention.h"', '#include "moa/status.h"', "",
              (onf.emit_oracle_kernel if real == "double" else onf.emit_kernel)(spec, schedule, "kernel"),
@@ -49,7 +52,7 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
         lines.append(f"    {ctype} *{name} = load(argv[{k + 1}], {elems} * sizeof({ctype}));")
     lines += [f"    if (argc != {len(reads) + 2} || !scratch || !Y) {{ return 2; }}",
               f"    for (n = 0; n < scratch_elems; n++) {{ scratch[n] = ({real})12345.0; }}",
-              f"    status = kernel(Q, K, V, {'M' if has_mask else 'NULL'}, Y, scratch);",
+              f"    status = kernel(Q, K, V, {'M' if has_mask else 'NULL'}, Y, scratch{', L' if spec.kv_lengths else ''});",
               "    if (status != MOA_OK) { return 3; }",
               f"    fprintf(stderr, \"scratch_tail_touched=%d\\n\", scratch[scratch_elems - 1] != ({real})12345.0);",
               f"    out = fopen(argv[{len(reads) + 1}], \"wb\");",

@@ -4,7 +4,9 @@ One C program holds the generated ONF kernel and a naive kernel that materialise
 Sq x Skv score matrix. It initialises Q, K, V, streams 8 MiB through the cache so the
 kernel starts cold, then runs one kernel ("fused" or "naive") or nothing ("baseline").
 Each runs under cachegrind with the board's L1D and last-level cache geometry given
-explicitly; the kernel's own misses are the run's minus the baseline's.
+explicitly; the kernel's own misses are the run's minus the baseline's. measure() runs
+the benchmark block (bench_spec); measure_kernel() any block the generated kernel reads
+row-major, with its run-time key count L (a decode step against a cache).
 """
 from __future__ import annotations
 
@@ -65,8 +67,7 @@ static float fill(unsigned *state) { *state = *state * 1664525u + 1013904223u; r
 
 int main(int argc, char **argv)
 {
-    const size_t nq = (size_t)HEADS * SQ * D, nk = (size_t)HEADS * SKV * D, nv = (size_t)HEADS * SKV * DV;
-    const size_t no = (size_t)HEADS * SQ * DV;
+    const size_t nq = NQ, nk = NK, nv = NV, no = NO;
     float *Q = malloc(nq * 4), *K = malloc(nk * 4), *V = malloc(nv * 4), *O = malloc(no * 4);
     float *S = malloc((size_t)SQ * SKV * 4), *scratch = malloc(SCRATCH_BYTES + 4);
     volatile unsigned char *evict = malloc(EVICT_BYTES);
@@ -79,7 +80,7 @@ int main(int argc, char **argv)
     for (n = 0; n < EVICT_BYTES; n += 64) { evict[n] = (unsigned char)n; }
     for (n = 0; n < EVICT_BYTES; n += 64) { sink += evict[n]; }
     if (strcmp(argv[1], "fused") == 0) {
-        if (kernel(Q, K, V, NULL, O, scratch) != MOA_OK) { return 3; }
+        if (kernel(Q, K, V, NULL, O, scratch KEY_COUNT) != MOA_OK) { return 3; }
     } else if (strcmp(argv[1], "naive") == 0) {
         naive(Q, K, V, S, O);
     } else if (strcmp(argv[1], "baseline") != 0) {
@@ -121,12 +122,21 @@ def bench_spec(seq: int, heads: int, head_dim: int) -> AttentionSpec:
                          lay, lay, lay, lay, None, pattern="benchmark")
 
 
-def _program(spec, schedule) -> str:
+def _program(spec, schedule, length: int | None = None) -> str:
+    """The benchmark program; `length` is the valid key count L of a block with kv_lengths."""
     header = ["#include <math.h>", "#include <stddef.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
               "#include <string.h>", '#include "moa/attention.h"', '#include "moa/status.h"',
               f"#define HEADS {spec.q_heads}", f"#define SQ {spec.q_len}", f"#define SKV {spec.kv_len}",
               f"#define D {spec.head_dim}", f"#define DV {spec.value_dim}", f"#define SCALE {spec.scale!r}f",
+              f"#define NQ {spec.q.storage_extent()}u", f"#define NK {spec.k.storage_extent()}u",
+              f"#define NV {spec.v.storage_extent()}u", f"#define NO {spec.y.storage_extent()}u",
               f"#define SCRATCH_BYTES {onf.scratch_bytes(spec, schedule)}u"]
+    if spec.kv_lengths:
+        header += [f"static const {spec.lengths_ctype} key_count[{spec.batch}] = {{"
+                   + ", ".join([str(length if length is not None else spec.kv_len)] * spec.batch) + "};",
+                   "#define KEY_COUNT , key_count"]
+    else:
+        header.append("#define KEY_COUNT")
     return "\n".join(header) + "\n" + onf.emit_kernel(spec, schedule, "kernel") + NAIVE_KERNEL + MAIN
 
 
@@ -145,38 +155,61 @@ def _cachegrind(exe: Path, mode: str, board: Board, workdir: Path) -> dict:
     return dict(zip(events, summary))
 
 
-def measure(seq: int, heads: int, head_dim: int, board: Board, workdir: Path, naive: bool = True,
-            schedule: onf.Schedule | None = None, scratch_budget: int | None = None) -> TrafficPoint:
-    if shutil.which("valgrind") is None:
-        raise MoaEdgeError("valgrind is not installed (Debian: valgrind); run make setup")
-    spec = bench_spec(seq, heads, head_dim)
-    predicted = cost.predict(spec, schedule, board) if schedule else cost.choose(spec, board, scratch_budget)
-    schedule = onf.Schedule(predicted.strategy, predicted.block_q, predicted.block_k)
+def _build(spec, schedule, workdir: Path, length: int | None = None) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     src = workdir / "traffic.c"
-    src.write_text(_program(spec, schedule))
+    src.write_text(_program(spec, schedule, length))
     exe = workdir / "traffic"
     proc = subprocess.run(["cc", *BENCH_CFLAGS, f"-I{RUNTIME_INCLUDE}", str(src),
                            *map(str, runtime_objects("cc", tuple(BENCH_CFLAGS))), "-o", str(exe), "-lm"],
                           capture_output=True, text=True)
     if proc.returncode:
         raise MoaEdgeError(f"traffic benchmark failed to compile:\n{proc.stderr}")
+    return exe
+
+
+def _kernel_traffic(exe: Path, board: Board, workdir: Path, modes=("fused",)) -> dict[str, tuple[int, int]]:
+    """(DRAM bytes, L1 fill bytes) of each mode's kernel alone: its run's misses minus the baseline's."""
     line = board.last_level_cache().line
     l1_line = board.l1d().line
     base = _cachegrind(exe, "baseline", board, workdir)
-
-    def kernel_only(mode):
+    traffic = {}
+    for mode in modes:
         run = _cachegrind(exe, mode, board, workdir)
-        dram = (run["DLmr"] + run["DLmw"] - base["DLmr"] - base["DLmw"]) * line
-        l1 = (run["D1mr"] + run["D1mw"] - base["D1mr"] - base["D1mw"]) * l1_line
-        return dram, l1
+        traffic[mode] = ((run["DLmr"] + run["DLmw"] - base["DLmr"] - base["DLmw"]) * line,
+                         (run["D1mr"] + run["D1mw"] - base["D1mr"] - base["D1mw"]) * l1_line)
+    return traffic
 
-    fused_dram, fused_l1 = kernel_only("fused")
-    naive_dram = kernel_only("naive")[0] if naive else None
+
+def _require_valgrind():
+    if shutil.which("valgrind") is None:
+        raise MoaEdgeError("valgrind is not installed (Debian: valgrind); run make setup")
+
+
+def measure(seq: int, heads: int, head_dim: int, board: Board, workdir: Path, naive: bool = True,
+            schedule: onf.Schedule | None = None, scratch_budget: int | None = None) -> TrafficPoint:
+    _require_valgrind()
+    spec = bench_spec(seq, heads, head_dim)
+    predicted = cost.predict(spec, schedule, board) if schedule else cost.choose(spec, board, scratch_budget)
+    schedule = predicted.schedule
+    exe = _build(spec, schedule, workdir)
+    traffic = _kernel_traffic(exe, board, workdir, ("fused", "naive") if naive else ("fused",))
+    fused_dram, fused_l1 = traffic["fused"]
+    naive_dram = traffic["naive"][0] if naive else None
     return TrafficPoint(board.name, seq, heads, head_dim,
                         {"strategy": schedule.strategy, "block_q": schedule.block_q, "block_k": schedule.block_k},
                         predicted.compulsory_bytes, predicted.dram_bytes, fused_dram, naive_dram,
                         predicted.l1_fill_bytes, fused_l1, predicted.scratch_bytes, predicted.kv_fits_llc)
+
+
+def measure_kernel(spec: AttentionSpec, schedule: onf.Schedule, board: Board, workdir: Path,
+                   length: int | None = None) -> tuple[int, cost.Cost]:
+    """(the DRAM bytes cachegrind counts for the generated kernel alone, the cost model's
+    prediction) for a block whose operands are row-major, with `length` valid keys when it
+    has run-time key lengths."""
+    _require_valgrind()
+    exe = _build(spec, schedule, workdir, length)
+    return _kernel_traffic(exe, board, workdir)["fused"][0], cost.predict(spec, schedule, board, length)
 
 
 def plot(points: list[dict], path: Path) -> None:

@@ -1,23 +1,30 @@
 """Cost model of one attention block on one board, and the choice of its schedule.
 
-For shapes, a Schedule (strategy, Br, Bc) and the board's cache geometry it predicts the
-bytes filled into the last-level cache from DRAM, the bytes filled into L1D, flops, exps,
-scratch bytes and energy. It does not assume K and V fit in cache: each query tile walks
-all (causal: the visible prefix of) K and V, and those re-reads hit the last-level cache
-only while K and V of one head, the tile's Q and output rows and the scratch all fit in
-it together (LRU: everything touched between two uses of a K line must fit).
-Write-allocate fills of the output count as traffic, as cachegrind counts them.
+For shapes, a Schedule (strategy, Br, Bc, key splits) and the board's cache geometry it
+predicts the bytes filled into the last-level cache from DRAM, the bytes filled into L1D,
+flops, exps, scratch bytes and energy. It does not assume K and V fit in cache: each row
+block walks all (causal: the visible prefix of) K and V of its K/V head, and those re-reads
+hit the last-level cache only while K and V of one head, the block's Q and output rows and
+the scratch all fit in it together (LRU: everything touched between two uses of a K line
+must fit). Write-allocate fills of the output count as traffic, as cachegrind counts them.
+
+Row blocks: in the head form each query head walks its K/V head for its own rows, so a K/V
+head is walked `group` times per block of rows; in the decode form (onf.decode_form) the
+group's rows are stacked, and a block holding all of them walks each K/V head once: a
+grouped-query decode step reads K and V bytes = kv_heads x L x (D + Dv) x 4, not q_heads x ...
+With run-time key lengths (kv_lengths) the prediction is for `keys` valid keys (default: the
+whole cache, the worst case).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 import math
 
 from moa_edge.ir import dtypes
 from moa_edge.target import Board
 
 from .mask import MASK_NONE
-from .onf import STRATEGIES, Schedule, scratch_bytes
+from .onf import STRATEGIES, Schedule, block_rows, decode_form, scratch_bytes
 from .spec import AttentionSpec
 
 ELEM = dtypes.COMPUTE_DTYPE.itemsize  # Q, K, V, the output and scratch (the spec names no type yet)
@@ -30,6 +37,13 @@ MIN_BLOCK_K = 128
 # panel of K once per call and reuses it over the tile's rows (16 per register tile), and the P V
 # tile keeps 12 rows in registers, so each tile should hold several of both.
 MIN_BLOCK_Q = 64
+# Rows of the score and P V micro-kernels' register tiles (NEON and RVV: 4; AVX2 2, AVX-512 16
+# and 12): a K or V tile larger than L1 is streamed through it once per this many rows of the
+# block, not once per row.
+REGISTER_ROWS = 4
+# A key split shorter than this costs its partial's start and its share of the combination
+# more than the parallel work it adds (two micro-kernel tiles of MIN_BLOCK_K keys).
+MIN_SPLIT_KEYS = 2 * MIN_BLOCK_K
 
 
 @dataclass(frozen=True)
@@ -37,6 +51,7 @@ class Cost:
     strategy: str
     block_q: int
     block_k: int
+    splits: int
     flops: int
     exps: int
     scratch_bytes: int
@@ -45,9 +60,16 @@ class Cost:
     compulsory_bytes: int   # Q, K, V, mask read once and the output written once
     kv_fits_llc: bool
     energy_uj: float
+    kv_dram_bytes: int = 0  # the K and V part of dram_bytes
+    kv_walks: int = 0       # row blocks that walk a K/V head (head form: `group` per block of rows)
 
     def describe(self) -> dict:
         return asdict(self)
+
+    @property
+    def schedule(self) -> Schedule:
+        """The schedule this predicts (tiles as the kernel uses them: Br > Sq still asks for the decode form)."""
+        return Schedule(self.strategy, self.block_q, self.block_k, self.splits)
 
 
 def _mask_bytes(spec: AttentionSpec) -> int:
@@ -57,33 +79,57 @@ def _mask_bytes(spec: AttentionSpec) -> int:
     return distinct * MASK_ELEM[spec.mask_kind]
 
 
-def _visible_keys(spec: AttentionSpec, block_q: int) -> int:
-    """Keys visited summed over the query tiles of one head."""
-    br = min(block_q, spec.q_len)
-    tiles = math.ceil(spec.q_len / br)
+def _valid_keys(spec: AttentionSpec, keys: int | None) -> int:
+    """Keys a kernel may see: the run-time count L (kv_lengths; default the whole cache), else Skv."""
+    return min(spec.kv_len, keys if keys is not None else spec.kv_len) if spec.kv_lengths else spec.kv_len
+
+
+def _visible(spec: AttentionSpec, keys: int, query_end: int) -> int:
+    """Keys walked by a row block whose last query index is query_end - 1."""
     if not spec.is_causal:
-        return tiles * spec.kv_len
-    return sum(max(0, min(spec.kv_len, min((t + 1) * br, spec.q_len) + spec.causal_offset)) for t in range(tiles))
+        return keys
+    return max(0, min(keys, query_end + spec.causal_offset + (keys if spec.kv_lengths else 0)))
 
 
-def predict(spec: AttentionSpec, schedule: Schedule, board: Board) -> Cost:
+def row_blocks(spec: AttentionSpec, schedule: Schedule, keys: int | None = None) -> list[tuple[int, int]]:
+    """(rows, keys walked) of every row block that walks one K/V head (per batch): `group`
+    query heads' blocks in the head form, the stacked group's blocks in the decode form."""
+    br, sq, group = block_rows(spec, schedule), spec.q_len, spec.q_heads // spec.kv_heads
+    valid = _valid_keys(spec, keys)
+    if not decode_form(spec, schedule):
+        return [(min(br, sq - start), _visible(spec, valid, min(start + br, sq))) for start in range(0, sq, br)] * group
+    blocks = []
+    for start in range(0, group * sq, br):  # stacked rows r * Sq + i; a block may wrap into the next head
+        rows = min(br, group * sq - start)
+        last = sq - 1 if start % sq + rows > sq else (start + rows - 1) % sq
+        blocks.append((rows, _visible(spec, valid, last + 1)))
+    return blocks
+
+
+def predict(spec: AttentionSpec, schedule: Schedule, board: Board, keys: int | None = None) -> Cost:
+    """The cost of one block under `schedule` on `board`, for `keys` valid keys when the block
+    has run-time key lengths (default: a full cache)."""
     l1, llc = board.l1d(), board.last_level_cache()
-    br = min(schedule.block_q, spec.q_len)
+    br = block_rows(spec, schedule)
     bc = min(schedule.block_k, spec.kv_len)
+    decode = decode_form(spec, schedule)
     heads = spec.batch * spec.q_heads
+    kv_walkers = spec.batch * spec.kv_heads
     kv_row = (spec.head_dim + spec.value_dim) * ELEM
     q_bytes = heads * spec.q_len * spec.head_dim * ELEM
     y_bytes = heads * spec.q_len * spec.value_dim * ELEM
-    kv_bytes = spec.batch * spec.kv_heads * spec.kv_len * kv_row
+    blocks = row_blocks(spec, schedule, keys)
+    walked = sum(v for _, v in blocks)  # key rows walked per K/V head
+    read = max((v for _, v in blocks), default=0)  # distinct key rows of a K/V head read at all
+    kv_bytes = kv_walkers * read * kv_row
     mask_bytes = _mask_bytes(spec)
     scratch = scratch_bytes(spec, schedule)
-    visited = _visible_keys(spec, br)  # per head
 
-    # DRAM: K/V of a head stay in the LLC across query tiles only if everything touched
+    # DRAM: K/V of a head stay in the LLC across row blocks only if everything touched
     # between two uses of a K line fits: K and V, one Q tile, one output tile, scratch.
-    between_uses = spec.kv_len * kv_row + br * (spec.head_dim + spec.value_dim) * ELEM + scratch
+    between_uses = read * kv_row + br * (spec.head_dim + spec.value_dim) * ELEM + scratch
     kv_fits = between_uses <= llc.size
-    kv_dram = kv_bytes if kv_fits else heads * visited * kv_row
+    kv_dram = kv_bytes if kv_fits else kv_walkers * walked * kv_row
     if not mask_bytes or mask_bytes + between_uses <= llc.size:
         mask_dram = mask_bytes  # read once
     else:  # re-read for every head
@@ -97,30 +143,37 @@ def predict(spec: AttentionSpec, schedule: Schedule, board: Board) -> Cost:
     e = ELEM
     score_set = br * spec.head_dim * e + bc * spec.head_dim * e + br * bc * e
     value_set = bc * spec.value_dim * e + br * spec.value_dim * e + br * bc * e
-    k_tile_fills = 1 if score_set <= l1.size else br
-    v_tile_fills = 1 if value_set <= l1.size else br
-    key_tiles = math.ceil(visited / bc)  # per head, over all query tiles
+    k_tile_fills = 1 if score_set <= l1.size else math.ceil(br / REGISTER_ROWS)
+    v_tile_fills = 1 if value_set <= l1.size else math.ceil(br / REGISTER_ROWS)
+    group = spec.q_heads // spec.kv_heads
+    # key tiles per K/V head, over all row blocks (the splits start on tile boundaries)
+    key_tiles = sum(math.ceil(v / bc) for _, v in blocks) if decode else group * math.ceil(walked / group / bc)
     per_key_tile = bc * (spec.head_dim * k_tile_fills + spec.value_dim * v_tile_fills) * e
     if score_set + value_set - br * bc * e > l1.size:
         per_key_tile += br * (spec.head_dim + spec.value_dim) * e
     # The mask is read anew for every (batch, head) even when it is broadcast over heads.
     mask_l1 = heads * spec.q_len * spec.kv_len * MASK_ELEM[spec.mask_kind] if mask_bytes else 0
-    l1_fill = q_bytes + y_bytes + heads * key_tiles * per_key_tile + mask_l1
+    l1_fill = q_bytes + y_bytes + kv_walkers * key_tiles * per_key_tile + mask_l1
 
-    pairs = heads * (visited * br if not spec.is_causal else _causal_pairs(spec))
-    pairs = min(pairs, heads * spec.q_len * spec.kv_len)
+    if spec.is_causal:
+        pairs = heads * sum(_visible(spec, _valid_keys(spec, keys), i + 1) for i in range(spec.q_len))
+    else:
+        pairs = heads * spec.q_len * _valid_keys(spec, keys)
+    rows = heads * spec.q_len
     flops = pairs * (2 * spec.head_dim + 2 * spec.value_dim + 4)
-    exps = pairs + (heads * br * math.ceil(visited / max(bc, 1)) if schedule.strategy == "online" else 0)
+    flops += rows * (schedule.splits - 1) * (2 * spec.value_dim + 4)  # combining the splits' partials
+    if schedule.strategy != "online":
+        exps = pairs
+    elif decode:  # a rescale per row and key tile, and a weight per row and split
+        exps = pairs + kv_walkers * sum(r * math.ceil(v / bc) for r, v in blocks) + rows * (schedule.splits - 1)
+    else:
+        exps = pairs + heads * br * math.ceil(walked / group / max(bc, 1))
     e = board.energy
     energy_pj = (flops * e["pj_per_flop"] + flops * ELEM * e["pj_per_byte_l1"]
                  + l1_fill * e["pj_per_byte_l2"] + dram * e["pj_per_byte_dram"])
-    return Cost(schedule.strategy, br, bc, int(flops), int(exps), scratch, int(dram), int(l1_fill),
-                q_bytes + y_bytes + kv_bytes + mask_bytes, kv_fits, energy_pj / 1e6)
-
-
-def _causal_pairs(spec: AttentionSpec) -> int:
-    """(i, k) pairs with k <= i: the scores a causal kernel computes."""
-    return sum(max(0, min(i + 1 + spec.causal_offset, spec.kv_len)) for i in range(spec.q_len))
+    return Cost(schedule.strategy, br, bc, schedule.splits, int(flops), int(exps), scratch, int(dram), int(l1_fill),
+                q_bytes + y_bytes + kv_bytes + mask_bytes, kv_fits, energy_pj / 1e6, int(kv_dram),
+                kv_walkers * len(blocks))
 
 
 def _candidates(extent: int) -> list[int]:
@@ -132,18 +185,50 @@ def _candidates(extent: int) -> list[int]:
     return sorted(sizes)
 
 
-def choose(spec: AttentionSpec, board: Board, scratch_budget: int | None = None) -> Cost:
+def _row_candidates(spec: AttentionSpec, strategy: str) -> list[int]:
+    """Br values: the head form's (up to Sq), and for the online form under grouped-query
+    attention the decode form's stacked blocks (above Sq, up to group x Sq)."""
+    sizes = _candidates(spec.q_len)
+    group = spec.q_heads // spec.kv_heads
+    if strategy == "online" and group > 1:
+        sizes += [n for n in _candidates(group * spec.q_len) if n > spec.q_len]
+    return sizes
+
+
+def choose_splits(spec: AttentionSpec, schedule: Schedule, workers: int, budget: int | None = None,
+                  keys: int | None = None) -> int:
+    """Split-K when one block's work is too little for the workers: the independent (batch,
+    K/V head, row block) items of the decode form are fewer than `workers`, so the key axis is
+    split until there are as many items as workers, while each split keeps at least
+    MIN_SPLIT_KEYS keys and the partials fit the scratch budget. On one worker (every kernel
+    until the multi-core issue) splitting only adds scratch and a combination: 1."""
+    if workers <= 1 or schedule.strategy != "online":
+        return 1
+    split_form = replace(schedule, splits=2)  # a split schedule runs in the decode form
+    items = spec.batch * spec.kv_heads * len(row_blocks(spec, split_form, keys))
+    splits = min(math.ceil(workers / max(items, 1)), max(1, _valid_keys(spec, keys) // MIN_SPLIT_KEYS))
+    while splits > 1 and budget is not None and scratch_bytes(spec, replace(schedule, splits=splits)) > budget:
+        splits -= 1
+    return splits
+
+
+def choose(spec: AttentionSpec, board: Board, scratch_budget: int | None = None, workers: int = 1) -> Cost:
     """The schedule with the least predicted DRAM traffic whose scratch fits the budget
     (default: the L1D, or an eighth of the next level when that is larger: the register-blocked
     micro-kernels move few bytes per flop and run at full speed with their tiles in L2); ties go
-    to fewer L1 fills, then fewer key tiles, then less scratch. Tiles of at least MIN_BLOCK_Q
-    rows and MIN_BLOCK_K keys (or the whole axis) come first; smaller ones only when none fits."""
+    to fewer L1 fills, then fewer walks over K/V heads (each streams them through L2 again),
+    then fewer key tiles, then less scratch. Tiles of at least MIN_BLOCK_Q
+    rows and MIN_BLOCK_K keys (or the whole axis) come first; smaller ones only when none fits.
+    Under grouped-query attention the decode form's stacked row blocks are candidates too (a
+    block of all the group's rows reads each K/V tile once for them). Then the key splits for
+    `workers` (choose_splits; 1 on one core)."""
     outer = board.caches[1:]  # the levels after L1D, if any
     budget = scratch_budget or max(board.l1d().size, outer[0].size // 8 if outer else 0)
+    chosen = None
     for min_q, min_k in ((MIN_BLOCK_Q, MIN_BLOCK_K), (1, MIN_BLOCK_K), (1, 1)):
         best = None
         for strategy in STRATEGIES:
-            for br in _candidates(spec.q_len):
+            for br in _row_candidates(spec, strategy):
                 for bc in _candidates(spec.kv_len):
                     if bc < min(min_k, spec.kv_len) or br < min(min_q, spec.q_len):
                         continue
@@ -153,10 +238,14 @@ def choose(spec: AttentionSpec, board: Board, scratch_budget: int | None = None)
                     cost = predict(spec, schedule, board)
                     # Then fewer key tiles: each costs every row a call of the max, exp and (online)
                     # rescale micro-kernels, which wider tiles amortise.
-                    key = (cost.dram_bytes, cost.l1_fill_bytes, math.ceil(spec.kv_len / bc), cost.scratch_bytes,
-                           strategy != "online")
+                    key = (cost.dram_bytes, cost.l1_fill_bytes, cost.kv_walks, math.ceil(spec.kv_len / bc),
+                           cost.scratch_bytes, strategy != "online")
                     if best is None or key < best[0]:
                         best = (key, cost)
         if best is not None:
-            return best[1]
-    return predict(spec, Schedule("online", 1, min(16, spec.kv_len)), board)  # nothing fits: the smallest tile
+            chosen = best[1]
+            break
+    if chosen is None:
+        return predict(spec, Schedule("online", 1, min(16, spec.kv_len)), board)  # nothing fits: the smallest tile
+    splits = choose_splits(spec, chosen.schedule, workers, budget)
+    return chosen if splits == 1 else predict(spec, replace(chosen.schedule, splits=splits), board)

@@ -22,6 +22,17 @@ by the tile's value. The kernels read rows (contiguous elements, rows at a const
 every layout attention produces); an operand stored otherwise has the rows a tile needs
 copied into scratch through its access map first.
 
+The decode form (decode_form: few query rows against a K/V cache, grouped-query attention)
+loops over K/V heads g instead of query heads: the rows of g's `group` query heads are stacked
+as one row block (row = r * Sq + i is query i of head g * group + r), so every K and V tile is
+read once for all of them and the score and P V micro-kernels see group x Sq rows per tile; a
+decode step reads K and V bytes = kv_heads x L x (D + Dv) x 4 (L the run-time key count), not
+q_heads x ... (tests/test_cost.py measures it). Split-K (flash-decoding, Schedule.splits = S)
+cuts the visible keys [0, kv_end) at run time into S chunks of whole key tiles; each runs the
+online form into its own partial (m_s, l_s, acc_s) in scratch, and the partials combine
+exactly: m = max_s m_s, l = sum_s l_s e^(m_s - m), y = sum_s acc_s e^(m_s - m) / l, as the
+DNF's split_keys rewrite (dnf/split.py) states it.
+
 The oracle (emit_oracle_kernel) prints the whole DNF term as a float64 loop nest: what the
 exactness harness compares with PyTorch float64, never what a model runs.
 """
@@ -46,11 +57,29 @@ STRATEGIES = ("online", "two_pass")
 @dataclass(frozen=True)
 class Schedule:
     strategy: str
-    block_q: int  # Br: query rows per tile
+    block_q: int  # Br: query rows per tile (of the stacked group's rows in the decode form)
     block_k: int  # Bc: keys per tile
+    splits: int = 1  # S: chunks of the key axis, each an online partial (m, l, acc) combined exactly
 
     def __post_init__(self):
         assert self.strategy in STRATEGIES and self.block_q >= 1 and self.block_k >= 1
+        assert self.splits >= 1 and (self.splits == 1 or self.strategy == "online")
+
+
+def decode_form(spec: AttentionSpec, schedule: Schedule) -> bool:
+    """Whether the block runs in the decode form: per K/V head g, the rows of its `group` query
+    heads stacked into one row block (row rho = r * Sq + i is query i of head g * group + r), so
+    each K and V tile is read once for all of them; the key axis may be split (split-K). The
+    online schedule asks for it with a key split, or with Br > Sq under grouped-query attention
+    (rows of one head cannot fill the block)."""
+    grouped = spec.q_heads > spec.kv_heads and schedule.block_q > spec.q_len
+    return schedule.strategy == "online" and (schedule.splits > 1 or grouped)
+
+
+def block_rows(spec: AttentionSpec, schedule: Schedule) -> int:
+    """Br as the kernel uses it: at most the rows there are (the stacked group's in the decode form)."""
+    rows = spec.q_len * (spec.q_heads // spec.kv_heads if decode_form(spec, schedule) else 1)
+    return min(schedule.block_q, rows)
 
 
 @dataclass(frozen=True)
@@ -79,18 +108,23 @@ class KernelSet:
     scale: str       # y = alpha * x
     max: str         # row maximum (NaN wins)
     exp: str         # x = exp(x - m) in place, returns the sum
+    scalar_exp: str  # exp of one value: the weights e^(m_s - m) combining split-K partials
 
 
 F32_KERNELS = KernelSet("f32", "float32", "float", "float", "f", scores="moa_attn_scores_f32",
                         pv="moa_attn_pv_f32", softmax="moa_attn_softmax_f32", scale="moa_attn_scale_f32",
-                        max="moa_attn_max_f32", exp="moa_attn_exp_f32")
+                        max="moa_attn_max_f32", exp="moa_attn_exp_f32", scalar_exp="moa_expf")
 
 
 def _softmax_regions(spec: AttentionSpec, schedule: Schedule) -> tuple[tuple[str, int], ...]:
-    br = min(schedule.block_q, spec.q_len)
+    """The online form's score tile, row state and accumulator; split-K keeps one partial
+    (m, l, acc) per split side by side, S x Br x (Dv + 2), never an Sq x Skv matrix."""
+    br = block_rows(spec, schedule)
     bc = min(schedule.block_k, spec.kv_len)
     if schedule.strategy == "online":
-        return (("s", br * bc), ("m", br), ("l", br), ("alpha", br), ("acc", br * spec.value_dim))
+        parts = schedule.splits
+        return (("s", br * bc), ("m", parts * br), ("l", parts * br), ("alpha", br),
+                ("acc", parts * br * spec.value_dim))
     return (("s", br * spec.kv_len), ("m", br), ("l", br))
 
 
@@ -99,9 +133,9 @@ def _packing_regions(spec: AttentionSpec, schedule: Schedule) -> tuple[tuple[str
     tile: Q rows of the block, K and V rows of the key tile, and (two_pass, which sums into
     the output rows) Y rows of the block. The online form scales its accumulator in place
     and scatters it, so it never packs Y."""
-    br = min(schedule.block_q, spec.q_len)
+    br = block_rows(spec, schedule)
     bc = min(schedule.block_k, spec.kv_len)
-    rows = rows_of(spec)
+    rows = rows_of(spec, decode_form(spec, schedule))
     wanted = [("q_pack", rows.q, br * spec.head_dim), ("k_pack", rows.k, bc * spec.head_dim),
               ("v_pack", rows.v, bc * spec.value_dim)]
     if schedule.strategy == "two_pass":
@@ -150,15 +184,47 @@ def output_over_q(spec: AttentionSpec) -> bool:
     return spec.q == spec.y and spec.qk_mode < 0
 
 
+def _stacked_index(spec: AttentionSpec, row: str) -> tuple[str, str]:
+    """(query head, query index) of row `row` of K/V head g's stacked block: row = r * Sq + i is
+    query i of head g * group + r."""
+    group, sq = spec.q_heads // spec.kv_heads, spec.q_len
+    if group == 1:
+        return "g", row
+    if sq == 1:
+        return f"g * {group} + {row}", "0"
+    return f"g * {group} + ({row}) / {sq}", f"({row}) % {sq}"
+
+
+def _sum_terms(*terms) -> str:
+    """C sum of the terms in order (strings, and integers folded into the first one's place;
+    zero terms dropped)."""
+    constant, out = sum(t for t in terms if isinstance(t, int)), []
+    for t in terms:
+        if isinstance(t, int) and not any(isinstance(o, int) for o in out):
+            out.append(constant)
+        elif isinstance(t, str):
+            out.append(t)
+    return " + ".join(str(t) for t in out if t != 0) or "0"
+
+
 def _open_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str, scratch: Scratch, w):
-    """The function head, its scratch regions, and the loops over (b, h, ib) with each
-    block's row count and last visible key; _close_kernel ends them."""
-    br = min(schedule.block_q, spec.q_len)
+    """The function head, its scratch regions, and the loops over (b, h, ib) (decode form:
+    (b, g, ib) over the stacked rows) with each block's row count and last visible key;
+    _close_kernel ends them."""
+    decode = decode_form(spec, schedule)
+    br = block_rows(spec, schedule)
     bc = min(schedule.block_k, spec.kv_len)
+    group = spec.q_heads // spec.kv_heads
+    if decode:
+        lifted = (f"decode form: K/V head g's {group} query heads stacked, row = r*{spec.q_len} + i of head "
+                  f"g*{group} + r, row = ib*{br} + ii, k = kb*{bc} + kk"
+                  + (f", the keys split in {schedule.splits} chunks" if schedule.splits > 1 else ""))
+    else:
+        lifted = f"lifted: i = ib*{br} + ii, k = kb*{bc} + kk"
     w(f"/* {name}: ONF of one attention block ({schedule.strategy} softmax).\n"
       f" * Q[{spec.batch},{spec.q_heads},{spec.q_len},{spec.head_dim}] K,V[{spec.batch},{spec.kv_heads},"
       f"{spec.kv_len},{spec.head_dim}|{spec.value_dim}] -> Y[{spec.batch},{spec.q_heads},{spec.q_len},{spec.value_dim}]\n"
-      f" * lifted: i = ib*{br} + ii, k = kb*{bc} + kk; scratch {scratch.elements} x {ctype}: "
+      f" * {lifted}; scratch {scratch.elements} x {ctype}: "
       + ", ".join(f"{r}[{n}]" for r, n in scratch.regions) + " */")
     lengths = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""
     shared = "" if output_over_q(spec) else "restrict "  # Y may be Q's storage
@@ -169,19 +235,28 @@ def _open_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str,
     for region, n in scratch.regions:
         w(f"    {ctype} *const {region} = scratch + {offset};")
         offset += n
-    w("    ptrdiff_t b, h, ib; /* 64-bit on 64-bit targets: offsets past 2^31 stay defined */")
+    head, heads, row_count = ("g", spec.kv_heads, group * spec.q_len) if decode else ("h", spec.q_heads, spec.q_len)
+    w(f"    ptrdiff_t b, {head}, ib; /* 64-bit on 64-bit targets: offsets past 2^31 stay defined */")
     if spec.mask_kind == MASK_NONE:
         w("    (void)M;")
     w(f"    for (b = 0; b < {spec.batch}; b++) {{")
-    w(f"    for (h = 0; h < {spec.q_heads}; h++) {{")
-    w(f"    for (ib = 0; ib < {spec.q_len}; ib += {br}) {{")
-    w(f"        const ptrdiff_t rows = {spec.q_len} - ib < {br} ? {spec.q_len} - ib : {br};")
+    w(f"    for ({head} = 0; {head} < {heads}; {head}++) {{")
+    w(f"    for (ib = 0; ib < {row_count}; ib += {br}) {{")
+    w(f"        const ptrdiff_t rows = {row_count} - ib < {br} ? {row_count} - ib : {br};")
+    query_end = "ib + rows"  # one past the block's last query index
+    if decode and spec.q_len > 1 and group > 1:  # a block of stacked rows may wrap from one head to the next
+        sq = spec.q_len
+        w(f"        const ptrdiff_t wraps = ib % {sq} + rows > {sq}; /* rows of two heads: every query index */")
+        w(f"        const ptrdiff_t i_first = wraps ? 0 : ib % {sq}, i_last = wraps ? {sq - 1} : (ib + rows - 1) % {sq};")
+        w("        (void)i_first, (void)i_last;")
+        query_end = "i_last + 1"
+    elif decode and spec.q_len == 1:
+        query_end = 1
     # Keys past kv_end are hidden for every row of the tile: causal, or past a batch's valid length.
     limit = f"(ptrdiff_t)L[b] < {spec.kv_len} ? (ptrdiff_t)L[b] : {spec.kv_len}" if spec.kv_lengths else str(spec.kv_len)
     w(f"        const ptrdiff_t kv_limit = {limit};")
     if spec.is_causal:
-        last = "ib + rows" + (f" + {spec.causal_offset}" if spec.causal_offset else "") + \
-            (" + (ptrdiff_t)L[b]" if spec.kv_lengths else "")
+        last = _sum_terms(query_end, spec.causal_offset, *(["(ptrdiff_t)L[b]"] if spec.kv_lengths else []))
         w(f"        const ptrdiff_t kv_end = {last} < 0 ? 0 : ({last} < kv_limit ? {last} : kv_limit);")
     else:
         w("        const ptrdiff_t kv_end = kv_limit < 0 ? 0 : kv_limit;")
@@ -200,9 +275,12 @@ def emit_kernel(spec: AttentionSpec, schedule: Schedule, name: str, kernels: Ker
     w = L.append
     _open_kernel(spec, schedule, name, kernels.ctype, scratch_layout(spec, schedule), w)
     form = _MicroKernels(spec, schedule, kernels)
-    w("        ptrdiff_t ii, kb, kk" + (", j" if form.copies else "") + ";")
+    w("        ptrdiff_t ii, kb, kk" + (", j" if form.copies else "") + (", c" if schedule.splits > 1 else "") + ";")
     w("        (void)kk;")
-    (_online_tiles if schedule.strategy == "online" else _two_pass_tiles)(form, w)
+    if form.decode:
+        _decode_tiles(form, w)
+    else:
+        (_online_tiles if schedule.strategy == "online" else _two_pass_tiles)(form, w)
     _close_kernel(w)
     return "\n".join(L) + "\n"
 
@@ -215,11 +293,13 @@ def emit_oracle_kernel(spec: AttentionSpec, schedule: Schedule, name: str) -> st
     L: list[str] = []
     w = L.append
     _open_kernel(spec, schedule, name, real, Scratch(_softmax_regions(spec, schedule)), w)
-    w("        ptrdiff_t ii, kb, kk, j, q;")
+    w("        ptrdiff_t ii, kb, kk, j, q" + (", c" if schedule.splits > 1 else "") + ";")
     if schedule.strategy == "online":
         w("        (void)alpha; /* the micro-kernel form's per-row rescale factors */")
     score = _score_lines(spec, real, exp, tanh, suffix)
-    if schedule.strategy == "online":
+    if decode_form(spec, schedule):
+        _decode_body(spec, schedule, real, exp, score, w)
+    elif schedule.strategy == "online":
         _online_body(spec, bc, real, exp, suffix, score, w)
     else:
         _two_pass_body(spec, bc, real, exp, suffix, score, w)
@@ -331,20 +411,24 @@ def emit_scores_kernel(spec: AttentionSpec, name: str, real: str = "float") -> s
     return "\n".join(L) + "\n"
 
 
-def _score_tile(bc, score, store, w):
-    """Opens the key-tile loop (kb) and fills the Br x Bc tile of biased scores; the caller
-    closes the loop after its own use of the tile."""
-    w(f"        for (kb = 0; kb < kv_end; kb += {bc}) {{")
-    w(f"            const ptrdiff_t cols = kv_end - kb < {bc} ? kv_end - kb : {bc};")
-    w("            for (ii = 0; ii < rows; ii++) {")
+def _score_tile(bc, score, store, w, begin="0", end="kv_end", indent="        ", query=None):
+    """Opens the key-tile loop (kb over [begin, end)) and fills the Br x Bc tile of biased
+    scores; the caller closes the loop after its own use of the tile. `query` gives a block
+    row's (query head, query index) in the decode form (default: head h, row ib + ii)."""
+    w(f"{indent}for (kb = {begin}; kb < {end}; kb += {bc}) {{")
+    w(f"{indent}    const ptrdiff_t cols = {end} - kb < {bc} ? {end} - kb : {bc};")
+    w(f"{indent}    for (ii = 0; ii < rows; ii++) {{")
+    head, row = query("ib + ii") if query else ("h", "ib + ii")
+    if query and any(re.search(r"\bh\b", line) for line in score):
+        w(f"{indent}        const ptrdiff_t h = {head};")
     if any(re.search(r"\bi\b", line) for line in score):  # a single query row folds i away
-        w("                const ptrdiff_t i = ib + ii;")
-    w("                for (kk = 0; kk < cols; kk++) {")
-    w("                    const ptrdiff_t k = kb + kk;")
+        w(f"{indent}        const ptrdiff_t i = {row};")
+    w(f"{indent}        for (kk = 0; kk < cols; kk++) {{")
+    w(f"{indent}            const ptrdiff_t k = kb + kk;")
     for line in list(score) + list(store):
-        w("                    " + line)
-    w("                }")
-    w("            }")
+        w(f"{indent}            " + line)
+    w(f"{indent}        }}")
+    w(f"{indent}    }}")
 
 
 def _online_body(spec, bc, real, exp, suffix, score, w):
@@ -374,9 +458,8 @@ def _online_body(spec, bc, real, exp, suffix, score, w):
     w("            }")
     w("        }")
     w("        for (ii = 0; ii < rows; ii++) {")
-    w("            const ptrdiff_t i = ib + ii;")
     w(f"            const {real} inv_l = l[ii] > 0 ? ({real})1 / l[ii] : 0; /* fully hidden row -> 0 */")
-    w(f"            {real} *restrict y_row = Y + {_gamma(spec.y, 'b', 'h', 'i', '0')};")
+    w(f"            {real} *restrict y_row = Y + {_gamma(spec.y, 'b', 'h', 'ib + ii', '0')};  /* a single query row folds i away */")
     w(f"            for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] = acc[ii * {dv} + q] * inv_l; }}")
     w("        }")
 
@@ -452,7 +535,26 @@ def _row_stride(layout: Layout, extent_inner: int, transposed: bool = False) -> 
     return layout.strides[row] if layout.shape[row] > 1 else 0
 
 
-def rows_of(spec: AttentionSpec) -> Rows:
+def _stacked_row_stride(layout: Layout, spec: AttentionSpec, width: int) -> int | None:
+    """The stride between consecutive stacked rows (row = r * Sq + i over the group's heads r)
+    of a Q-shaped layout when it is one constant with contiguous elements, else None."""
+    group, sq = spec.q_heads // spec.kv_heads, spec.q_len
+    if group == 1:
+        return _row_stride(layout, width)
+    if any(d != 1 for d in layout.axis_divisors()[1:]) or (width > 1 and layout.strides[3] != 1):
+        return None
+    if sq == 1:
+        return layout.strides[1]
+    return layout.strides[2] if layout.strides[1] == sq * layout.strides[2] else None
+
+
+def rows_of(spec: AttentionSpec, decode: bool = False) -> Rows:
+    """The block's Rows; in the decode form Q's rows are the stacked group's (Y is written row
+    by row there, so its entry only says whether a row's elements are contiguous)."""
+    if decode:
+        y_elements = spec.y.axis_divisors()[3] == 1 and (spec.value_dim == 1 or spec.y.strides[3] == 1)
+        return dataclasses.replace(rows_of(spec), q=_stacked_row_stride(spec.q, spec, spec.head_dim),
+                                   y=0 if y_elements else None)
     q = _row_stride(spec.q, spec.head_dim)
     v = _row_stride(spec.v, spec.value_dim)
     y = _row_stride(spec.y, spec.value_dim)
@@ -493,8 +595,17 @@ class _MicroKernels:
     schedules below are only the order of these parts and their softmax calls."""
 
     def __init__(self, spec: AttentionSpec, schedule: Schedule, kernels: KernelSet):
-        self.spec, self.kernels, self.rows = spec, kernels, rows_of(spec)
+        self.decode = decode_form(spec, schedule)
+        self.spec, self.schedule, self.kernels, self.rows = spec, schedule, kernels, rows_of(spec, self.decode)
         self.bc = min(schedule.block_k, spec.kv_len)
+        self.br = block_rows(spec, schedule)
+        # Query head and index of a block row, the K/V head, and the query indices a block spans.
+        self.query = (lambda row: _stacked_index(spec, row)) if self.decode else (lambda row: ("h", row))
+        self.kv_head = "g" if self.decode else _kv_head(spec)
+        self.query_range = ("ib", "(ib + rows - 1)")
+        if self.decode:
+            self.query_range = ("0", "0") if spec.q_len == 1 else \
+                ("i_first", "i_last") if spec.q_heads > spec.kv_heads else self.query_range
         self.packs = {region for region, _ in _packing_regions(spec, schedule)}
         self.copies = bool(self.packs) or self.rows.y is None  # element loops over j: packing, or Y's scatter
         term = dnf.score_term(dnf.derive(spec.features()))
@@ -511,31 +622,31 @@ class _MicroKernels:
         spec = self.spec
         if f"{operand.lower()}_pack" in self.packs:
             return f"{operand.lower()}_pack", spec.head_dim if operand in ("Q", "K") else spec.value_dim
-        layout, head, row0 = {"Q": (spec.q, "h", "ib"), "K": (spec.k, _kv_head(spec), "kb"),
-                              "V": (spec.v, _kv_head(spec), "kb"), "Y": (spec.y, "h", "ib")}[operand]
-        return f"{operand} + {_gamma(layout, 'b', head, row0, '0')}", getattr(self.rows, operand.lower())
+        layout, index = {"Q": (spec.q, self.query("ib")), "K": (spec.k, (self.kv_head, "kb")),
+                         "V": (spec.v, (self.kv_head, "kb")), "Y": (spec.y, self.query("ib"))}[operand]
+        return f"{operand} + {_gamma(layout, 'b', *index, '0')}", getattr(self.rows, operand.lower())
 
-    def _pack(self, w, region, array, layout, head, row0, count, width, indent):
+    def _pack(self, w, region, array, layout, index, count, width, indent):
         if region not in self.packs:
             return
         w(f"{indent}for (ii = 0; ii < {count}; ii++) {{ /* {array}'s rows as the micro-kernels read them */")
         w(f"{indent}    for (j = 0; j < {width}; j++) {{ {region}[ii * {width} + j] = "
-          f"{array}[{_gamma(layout, 'b', head, f'{row0} + ii', 'j')}]; }}")
+          f"{array}[{_gamma(layout, 'b', *index, 'j')}]; }}")
         w(f"{indent}}}")
 
     def pack_q(self, w):
-        self._pack(w, "q_pack", "Q", self.spec.q, "h", "ib", "rows", self.spec.head_dim, "        ")
+        self._pack(w, "q_pack", "Q", self.spec.q, self.query("ib + ii"), "rows", self.spec.head_dim, "        ")
 
-    def pack_k(self, w):
-        self._pack(w, "k_pack", "K", self.spec.k, _kv_head(self.spec), "kb", "cols", self.spec.head_dim, "            ")
+    def pack_k(self, w, indent="            "):
+        self._pack(w, "k_pack", "K", self.spec.k, (self.kv_head, "kb + ii"), "cols", self.spec.head_dim, indent)
 
-    def pack_v(self, w):
-        self._pack(w, "v_pack", "V", self.spec.v, _kv_head(self.spec), "kb", "cols", self.spec.value_dim, "            ")
+    def pack_v(self, w, indent="            "):
+        self._pack(w, "v_pack", "V", self.spec.v, (self.kv_head, "kb + ii"), "cols", self.spec.value_dim, indent)
 
-    def key_tiles(self, w, comment: str = ""):
-        """Opens the loop over the visible key tiles; the caller closes it."""
-        w(f"        for (kb = 0; kb < kv_end; kb += {self.bc}) {{{comment}")
-        w(f"            const ptrdiff_t cols = kv_end - kb < {self.bc} ? kv_end - kb : {self.bc};")
+    def key_tiles(self, w, comment: str = "", begin: str = "0", end: str = "kv_end", indent: str = "        "):
+        """Opens the loop over the visible key tiles of [begin, end); the caller closes it."""
+        w(f"{indent}for (kb = {begin}; kb < {end}; kb += {self.bc}) {{{comment}")
+        w(f"{indent}    const ptrdiff_t cols = {end} - kb < {self.bc} ? {end} - kb : {self.bc};")
 
     def write_y(self, w, acc: str, ld: int):
         """Y rows of the block = acc rows / l; a fully hidden row (l = 0) gives 0."""
@@ -544,10 +655,10 @@ class _MicroKernels:
         w("        for (ii = 0; ii < rows; ii++) {")
         w(f"            const {k.acc_ctype} inv_l = l[ii] > 0 ? {self.real(1.0)} / l[ii] : 0;")
         if self.rows.y is not None:
-            w(f"            {k.scale}({dv}, inv_l, {acc} + ii * {ld}, Y + {_gamma(spec.y, 'b', 'h', 'ib + ii', '0')});")
+            w(f"            {k.scale}({dv}, inv_l, {acc} + ii * {ld}, Y + {_gamma(spec.y, 'b', *self.query('ib + ii'), '0')});")
         else:  # Y's rows are not contiguous: normalise in place, then store through Y's map
             w(f"            {k.scale}({dv}, inv_l, {acc} + ii * {ld}, {acc} + ii * {ld});")
-            w(f"            for (j = 0; j < {dv}; j++) {{ Y[{_gamma(spec.y, 'b', 'h', 'ib + ii', 'j')}] = {acc}[ii * {ld} + j]; }}")
+            w(f"            for (j = 0; j < {dv}; j++) {{ Y[{_gamma(spec.y, 'b', *self.query('ib + ii'), 'j')}] = {acc}[ii * {ld} + j]; }}")
         w("        }")
 
     def score_tile(self, w, ld: int, col0: str, indent: str):
@@ -569,7 +680,7 @@ class _MicroKernels:
             return
         # Keys hidden by index alone (causal, window, key lengths) are affine in (i, k), so a
         # tile hides one iff one of its corners does; a tile no corner hides skips them.
-        corners = [(i, k) for i in ("ib", "(ib + rows - 1)") for k in ("kb", "(kb + cols - 1)")]
+        corners = [(i, k) for i in self.query_range for k in ("kb", "(kb + cols - 1)")]
         tests = " || ".join(self.printer.expr(_rename(cond, {"i": i, "k": k}), [])
                             for cond in hidden for i, k in corners)
         w(f"{indent}if ({tests}) {{ /* some key of the tile is hidden */")
@@ -588,8 +699,11 @@ class _MicroKernels:
         value = self.printer.expr(term, pre)
         assert not pre
         w(f"{indent}for (ii = 0; ii < rows; ii++) {{ /* the DNF's terms around Q.K: softcap, bias, hidden keys */")
+        head, query = self.query("ib + ii")
+        if self.decode and re.search(r"\bh\b", value):
+            w(f"{indent}    const ptrdiff_t h = {head};")
         if re.search(r"\bi\b", value):
-            w(f"{indent}    const ptrdiff_t i = ib + ii;")
+            w(f"{indent}    const ptrdiff_t i = {query};")
         w(f"{indent}    for (kk = 0; kk < cols; kk++) {{")
         if re.search(r"\bk\b", value):
             w(f"{indent}        const ptrdiff_t k = kb + kk;")
@@ -683,3 +797,125 @@ def _two_pass_tiles(form: _MicroKernels, w):
     w(f"            {k.pv}((size_t)rows, (size_t)cols, {dv}, s + kb, {skv}, {v}, {ldv}, {y}, {ldy});")
     w("        }")
     form.write_y(w, y, ldy)
+
+
+# --- the decode form: stacked query heads, split key axis -----------------------------
+
+def _splits(schedule: Schedule, bc: int, dv: int, real: str, body, w):
+    """The key axis [0, kv_end) in S chunks of whole key tiles (sized at run time from kv_end),
+    each reduced by body(indent, m, l, acc, begin, end) into its own partial; one chunk (S = 1)
+    is the whole axis into m, l, acc."""
+    parts = schedule.splits
+    if parts == 1:
+        body("        ", "m", "l", "acc", "0", "kv_end")
+        return
+    w(f"        const ptrdiff_t chunk = ((kv_end + {parts - 1}) / {parts} + {bc - 1}) / {bc} * {bc}; /* keys per split, whole tiles */")
+    w(f"        for (c = 0; c < {parts}; c++) {{ /* split c: keys [c*chunk, (c+1)*chunk) into its partial (m_c, l_c, acc_c) */")
+    w(f"            {real} *const m_c = m + c * rows, *const l_c = l + c * rows, *const acc_c = acc + c * rows * {dv};")
+    w("            const ptrdiff_t k_begin = c * chunk < kv_end ? c * chunk : kv_end;")
+    w("            const ptrdiff_t k_end = k_begin + chunk < kv_end ? k_begin + chunk : kv_end;")
+    body("            ", "m_c", "l_c", "acc_c", "k_begin", "k_end")
+    w("        }")
+
+
+def _combine_comment(parts: int) -> str:
+    return (f"/* combine the {parts} splits exactly: m = max_c m_c, w_c = e^(m_c - m), l = sum_c w_c l_c, "
+            "acc = sum_c w_c acc_c */")
+
+
+def _decode_tiles(form: _MicroKernels, w):
+    """The decode form through the micro-kernels: each K and V tile of head g serves all the
+    stacked rows of its query heads (one score tile, one P V tile); with S splits each chunk
+    of keys runs the online form into its own partial, then the partials combine exactly."""
+    spec, k, bc, parts = form.spec, form.kernels, form.bc, form.schedule.splits
+    dv = spec.value_dim
+    form.pack_q(w)
+
+    def chunk(indent, m, l, acc, begin, end):
+        inner = indent + "    "
+        w(f"{indent}for (ii = 0; ii < rows; ii++) {{")
+        w(f"{indent}    {m}[ii] = -INFINITY;")
+        w(f"{indent}    {l}[ii] = 0;")
+        w(f"{indent}    for (kk = 0; kk < {dv}; kk++) {{ {acc}[ii * {dv} + kk] = 0; }}")
+        w(f"{indent}}}")
+        form.key_tiles(w, "", begin, end, indent)
+        form.pack_k(w, inner)
+        form.pack_v(w, inner)
+        form.score_tile(w, bc, "0", inner)
+        w(f"{inner}{k.softmax}((size_t)rows, (size_t)cols, s, {bc}, {m}, {l}, alpha); /* p = exp(s - m), m, l */")
+        w(f"{inner}for (ii = 0; ii < rows; ii++) {{")
+        w(f"{inner}    if (alpha[ii] != {form.real(1.0)}) {{ /* the running max moved: rescale what earlier key tiles summed */")
+        w(f"{inner}        {k.scale}({dv}, alpha[ii], {acc} + ii * {dv}, {acc} + ii * {dv});")
+        w(f"{inner}    }}")
+        w(f"{inner}}}")
+        v, ldv = form.operand_rows("V")
+        w(f"{inner}{k.pv}((size_t)rows, (size_t)cols, {dv}, s, {bc}, {v}, {ldv}, {acc}, {dv});")
+        w(f"{indent}}}")
+
+    _splits(form.schedule, bc, dv, k.ctype, chunk, w)
+    if parts > 1:
+        w(f"        for (ii = 0; ii < rows; ii++) {{ {_combine_comment(parts)}")
+        w(f"            {k.ctype} m_all = m[ii], l_all = 0, weight[{parts}];")
+        w(f"            for (c = 1; c < {parts}; c++) {{ if (!(m[c * rows + ii] <= m_all)) {{ m_all = m[c * rows + ii]; }} }} /* a NaN wins */")
+        w(f"            for (c = 0; c < {parts}; c++) {{")
+        w(f"                weight[c] = m_all == -INFINITY ? 0 : {k.scalar_exp}(m[c * rows + ii] - m_all);")
+        w("                l_all += weight[c] * l[c * rows + ii];")
+        w("            }")
+        w(f"            {k.scale}({dv}, weight[0], acc + ii * {dv}, acc + ii * {dv});")
+        w(f"            {k.pv}(1, {parts - 1}, {dv}, weight + 1, {parts - 1}, acc + (rows + ii) * {dv}, rows * {dv}, "
+          f"acc + ii * {dv}, {dv}); /* + sum_c>0 w_c acc_c */")
+        w("            l[ii] = l_all;")
+        w("        }")
+    form.write_y(w, "acc", dv)
+
+
+def _decode_body(spec: AttentionSpec, schedule: Schedule, real, exp, score, w):
+    """The oracle's decode form: the online body over the stacked rows, per key split, the
+    partials combined as split_keys (dnf/split.py) combines them."""
+    bc, dv, parts = min(schedule.block_k, spec.kv_len), spec.value_dim, schedule.splits
+    query = lambda row: _stacked_index(spec, row)  # noqa: E731
+
+    def chunk(indent, m, l, acc, begin, end):
+        inner = indent + "    "
+        w(f"{indent}for (ii = 0; ii < rows; ii++) {{")
+        w(f"{indent}    {m}[ii] = -INFINITY;")
+        w(f"{indent}    {l}[ii] = 0;")
+        w(f"{indent}    for (q = 0; q < {dv}; q++) {{ {acc}[ii * {dv} + q] = 0; }}")
+        w(f"{indent}}}")
+        _score_tile(bc, score, [f"s[ii * {bc} + kk] = sc;"], w, begin, end, indent, query)
+        w(f"{inner}for (ii = 0; ii < rows; ii++) {{")
+        w(f"{inner}    {real} m_new = {m}[ii], rescale;")
+        w(f"{inner}    for (kk = 0; kk < cols; kk++) {{ if (!(s[ii * {bc} + kk] <= m_new)) {{ m_new = s[ii * {bc} + kk]; }} }}")
+        w(f"{inner}    if (m_new == -INFINITY) {{ continue; }} /* every key so far hidden */")
+        w(f"{inner}    rescale = {exp}({m}[ii] - m_new);")
+        w(f"{inner}    {l}[ii] *= rescale;")
+        w(f"{inner}    for (q = 0; q < {dv}; q++) {{ {acc}[ii * {dv} + q] *= rescale; }}")
+        w(f"{inner}    for (kk = 0; kk < cols; kk++) {{")
+        w(f"{inner}        const {real} p = {exp}(s[ii * {bc} + kk] - m_new);")
+        w(f"{inner}        const {real} *restrict v_row = V + {_gamma(spec.v, 'b', 'g', 'kb + kk', '0')};")
+        w(f"{inner}        {l}[ii] += p;")
+        w(f"{inner}        for (q = 0; q < {dv}; q++) {{ {acc}[ii * {dv} + q] += p * v_row[{_stride_term(spec.v.strides[3], 'q')}]; }}")
+        w(f"{inner}    }}")
+        w(f"{inner}    {m}[ii] = m_new;")
+        w(f"{inner}}}")
+        w(f"{indent}}}")
+
+    _splits(schedule, bc, dv, real, chunk, w)
+    w("        for (ii = 0; ii < rows; ii++) {" + (" " + _combine_comment(parts) if parts > 1 else ""))
+    head, row = query("ib + ii")
+    w(f"            {real} *restrict y_row = Y + {_gamma(spec.y, 'b', head, row, '0')};")
+    if parts > 1:
+        w(f"            {real} m_all = m[ii], l_all = 0;")
+        w(f"            for (c = 1; c < {parts}; c++) {{ if (!(m[c * rows + ii] <= m_all)) {{ m_all = m[c * rows + ii]; }} }}")
+        w(f"            for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] = 0; }}")
+        w("            if (m_all == -INFINITY) { continue; } /* no split saw a key: the row gives 0 */")
+        w(f"            for (c = 0; c < {parts}; c++) {{")
+        w(f"                const {real} weight = {exp}(m[c * rows + ii] - m_all);")
+        w("                l_all += weight * l[c * rows + ii];")
+        w(f"                for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] += weight * acc[(c * rows + ii) * {dv} + q]; }}")
+        w("            }")
+        w(f"            for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] /= l_all; }}")
+    else:
+        w(f"            const {real} inv_l = l[ii] > 0 ? ({real})1 / l[ii] : 0; /* fully hidden row -> 0 */")
+        w(f"            for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] = acc[ii * {dv} + q] * inv_l; }}")
+    w("        }")

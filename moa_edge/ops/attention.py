@@ -54,8 +54,7 @@ def schedule(node, board, scratch_budget=None, forced: "onf.Schedule | None" = N
     """Pick the ONF schedule with the cost model and record the prediction on the node."""
     spec = node.attrs["spec"]
     node.attrs["cost"] = cost.predict(spec, forced, board) if forced else cost.choose(spec, board, scratch_budget)
-    c = node.attrs["cost"]
-    node.attrs["schedule"] = onf.Schedule(c.strategy, c.block_q, c.block_k)
+    node.attrs["schedule"] = node.attrs["cost"].schedule
 
 
 # --- torch float64 reference -------------------------------------------------------
@@ -140,7 +139,8 @@ def emit_kernel(node, name: str) -> str:
 def emit(node, ctx):
     spec, c = node.attrs["spec"], node.attrs["cost"]
     kernel = (f"/* {c_comment_text(node.name)}: {spec.pattern}; absorbed {len(spec.absorbed)} ONNX nodes.\n"
-              f" * schedule {c.strategy} Br={c.block_q} Bc={c.block_k}; predicted on {c_comment_text(ctx.board.name)}: "
+              f" * schedule {c.strategy} Br={c.block_q} Bc={c.block_k}" + (f" S={c.splits}" if c.splits > 1 else "")
+              + f"; predicted on {c_comment_text(ctx.board.name)}: "
               f"{c.dram_bytes} B from DRAM, {c.flops} flops, {c.scratch_bytes} B scratch */\n"
               + emit_kernel(node, ctx.name))
     lengths_param = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""

@@ -21,6 +21,7 @@ Modules, each importing only those above it in this list:
   rules      the psi-reduction rules (RULES), the driver (derive, derive_term, score_term,
              value_term), its record (Step, Derivation) and format_derivation
   interpret  the float64 interpreters: evaluate_array, evaluate_term, evaluate_dnf
+  split      the split-K (flash-decoding) rewrite of Out's key axis: split_keys
 """
 from .interpret import evaluate_array, evaluate_dnf, evaluate_term
 from .printing import format_array, format_index, format_term
@@ -29,23 +30,24 @@ from .rules import (
     psi_inner_product, psi_key_padding, psi_load, psi_mask, psi_reduce, psi_repeat_kv, psi_row_broadcast, psi_scalar,
     psi_softcap, psi_transpose, psi_window, score_term, value_term,
 )
+from .split import CHUNK_KEY_INDEX, split_keys
 from .terms import (
-    FREE_INDEX_NAMES, MASK_KINDS, OPERAND_SHAPES, OUT_INDEX_NAMES, OUT_SHAPE, AddBias, Array, AttentionFeatures, Binary,
-    Call, CausalBias, Exp, FloorDiv, Index, IndexExpr, IndexGreater, InnerProduct, IsNegInf, KeyCount, KeyPadding,
-    Literal, Load, Psi, Reduce, ReduceRows, RepeatKV, RowBroadcast, Scale, Shift, Softcap, Sum, Term, Transpose, Var,
-    Where, WindowBias, ZeroEmptyRows, free_index_vars, index_vars, reference_definitions, reference_expression,
-    subterms,
+    FREE_INDEX_NAMES, MASK_KINDS, OPERAND_SHAPES, OUT_INDEX_NAMES, OUT_SHAPE, SPLIT_INDEX, AddBias, Array,
+    AttentionFeatures, Binary, Call, CausalBias, Const, Exp, FloorDiv, Index, IndexExpr, IndexGreater, InnerProduct,
+    IsNegInf, KeyCount, KeyPadding, Lifted, Literal, Load, Psi, Reduce, ReduceRows, RepeatKV, RowBroadcast, Scale, Shift,
+    Softcap, Sum, Term, Transpose, Var, Where, WindowBias, ZeroEmptyRows, free_index_vars, index_vars,
+    reference_definitions, reference_expression, substitute_index, subterms,
 )
 
 __all__ = [
-    "FREE_INDEX_NAMES", "MASK_KINDS", "OPERAND_SHAPES", "OUT_INDEX_NAMES", "OUT_SHAPE", "RULES", "AddBias", "Array",
-    "AttentionFeatures", "Binary", "Call", "CausalBias", "Derivation", "Exp", "FloorDiv", "Index", "IndexExpr",
-    "IndexGreater", "InnerProduct", "IsNegInf", "KeyCount", "KeyPadding", "Literal", "Load", "Psi", "Reduce",
-    "ReduceRows", "RepeatKV", "RowBroadcast", "Scale", "Shift", "Softcap", "Step", "Sum", "Term", "Transpose", "Var",
-    "Where", "WindowBias", "ZeroEmptyRows", "derive", "derive_term", "evaluate_array", "evaluate_dnf",
+    "CHUNK_KEY_INDEX", "FREE_INDEX_NAMES", "MASK_KINDS", "OPERAND_SHAPES", "OUT_INDEX_NAMES", "OUT_SHAPE", "RULES",
+    "SPLIT_INDEX", "AddBias", "Array", "AttentionFeatures", "Binary", "Call", "CausalBias", "Const", "Derivation", "Exp",
+    "FloorDiv", "Index", "IndexExpr", "IndexGreater", "InnerProduct", "IsNegInf", "KeyCount", "KeyPadding", "Lifted",
+    "Literal", "Load", "Psi", "Reduce", "ReduceRows", "RepeatKV", "RowBroadcast", "Scale", "Shift", "Softcap", "Step",
+    "Sum", "Term", "Transpose", "Var", "Where", "WindowBias", "ZeroEmptyRows", "derive", "derive_term", "evaluate_array", "evaluate_dnf",
     "evaluate_term", "format_array", "format_derivation", "format_index", "format_term", "free_index_vars",
     "index_vars", "psi_causal", "psi_elementwise", "psi_empty_row", "psi_inner_product", "psi_key_padding",
     "psi_load", "psi_mask", "psi_reduce", "psi_repeat_kv", "psi_row_broadcast", "psi_scalar", "psi_softcap",
-    "psi_transpose", "psi_window", "reference_definitions", "reference_expression", "score_term", "subterms",
-    "value_term",
+    "psi_transpose", "psi_window", "reference_definitions", "reference_expression", "score_term", "split_keys",
+    "substitute_index", "subterms", "value_term",
 ]

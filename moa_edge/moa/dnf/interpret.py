@@ -17,10 +17,10 @@ import numpy as np
 from .printing import format_term
 from .rules import Derivation
 from .terms import (
-    OUT_INDEX_NAMES, OUT_SHAPE, AddBias, Array, AttentionFeatures, Binary, Call, CausalBias, Exp, Index, IndexExpr,
-    IndexGreater, InnerProduct, IsNegInf, KeyCount, KeyPadding, Literal, Load, Psi, Reduce, ReduceRows, RepeatKV,
-    RowBroadcast, Scale, Shift, Softcap, Sum, Term, Transpose, Var, Where, WindowBias, ZeroEmptyRows,
-    free_index_vars, subterms,
+    OUT_INDEX_NAMES, OUT_SHAPE, SPLIT_INDEX, AddBias, Array, AttentionFeatures, Binary, Call, CausalBias, Const, Exp,
+    Index, IndexExpr, IndexGreater, InnerProduct, IsNegInf, KeyCount, KeyPadding, Lifted, Literal, Load, Psi, Reduce,
+    ReduceRows, RepeatKV, RowBroadcast, Scale, Shift, Softcap, Sum, Term, Transpose, Var, Where, WindowBias,
+    ZeroEmptyRows, free_index_vars, subterms,
 )
 
 
@@ -116,6 +116,10 @@ def _index_value(expr: IndexExpr, env: dict[str, int], lengths=None) -> int:
         return int(lengths[_index_value(expr.arg, env, lengths)])
     if isinstance(expr, Sum):
         return _index_value(expr.left, env, lengths) + _index_value(expr.right, env, lengths)
+    if isinstance(expr, Lifted):
+        return _index_value(expr.outer, env, lengths) * expr.size + _index_value(expr.inner, env, lengths)
+    if isinstance(expr, Const):
+        return expr.value
     return _index_value(expr.arg, env, lengths) // expr.divisor
 
 
@@ -172,7 +176,8 @@ class _Interpreter:
                 return self.reductions[key]
         combine, total = (max, -math.inf) if term.op == "max" else (operator.add, 0.0)
         inner = dict(env)
-        for position in range(self.operands.extents[term.extent]):
+        extent = term.extent if isinstance(term.extent, int) else self.operands.extents[term.extent]
+        for position in range(extent):
             inner[term.var] = position
             total = combine(total, self.value(term.body, inner))
         if key is not None:
@@ -196,7 +201,8 @@ def _check_features(features: AttentionFeatures, Q, K, M) -> None:
 def evaluate_dnf(derivation_or_dnf: Derivation | Term, Q, K, V, M=None, L=None) -> np.ndarray:
     """Evaluate the DNF literally in float64: loops over its free indices, reductions as loops
     over scalars. No transposed K and no Sq x Skv array is built; a reduction that depends only
-    on the free indices (the row max and row sum) is kept per binding, O(rows) memory.
+    on the free indices (the row max and row sum, and with a split key axis each chunk's) is
+    kept per binding, O(rows) memory (O(rows x chunks) split).
 
     A bare DNF is taken as Out[b,h,i,q]; a Derivation gives its own free indices and shape.
     """
@@ -213,7 +219,8 @@ def evaluate_dnf(derivation_or_dnf: Derivation | Term, Q, K, V, M=None, L=None) 
     missing = {t.array for t in subterms(dnf) if isinstance(t, Load)} - operands.arrays.keys()
     if missing:
         raise ValueError(f"the DNF reads {sorted(missing)}, which was not given")
-    interpreter = _Interpreter(operands, cached_vars=frozenset(free_vars))
+    # A split key axis (split_keys) keeps its chunks' maxima and sums too: O(rows x chunks).
+    interpreter = _Interpreter(operands, cached_vars=frozenset(free_vars) | {SPLIT_INDEX})
     out = np.empty(tuple(operands.extents[extent] for extent in shape))
     for position in np.ndindex(out.shape):
         out[position] = interpreter.value(dnf, dict(zip(free_vars, position)))

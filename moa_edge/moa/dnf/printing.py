@@ -12,8 +12,8 @@ import functools
 import math
 
 from .terms import (
-    AddBias, Array, Binary, Call, CausalBias, Exp, Index, IndexExpr, IndexGreater, InnerProduct, IsNegInf, KeyCount,
-    KeyPadding, Literal, Load, Psi, Reduce, ReduceRows, RepeatKV, RowBroadcast, Scale, Shift, Softcap, Sum, Term,
+    AddBias, Array, Binary, Call, CausalBias, Const, Exp, Index, IndexExpr, IndexGreater, InnerProduct, IsNegInf, KeyCount,
+    KeyPadding, Lifted, Literal, Load, Psi, Reduce, ReduceRows, RepeatKV, RowBroadcast, Scale, Shift, Softcap, Sum, Term,
     Transpose, Var, Where, WindowBias, ZeroEmptyRows,
 )
 
@@ -30,6 +30,10 @@ def format_index(expr: IndexExpr) -> str:
         return f"L[{format_index(expr.arg)}]"
     if isinstance(expr, Sum):
         return f"{format_index(expr.left)}+{format_index(expr.right)}"
+    if isinstance(expr, Lifted):
+        return f"{format_index(expr.outer)}·{expr.size}+{format_index(expr.inner)}"
+    if isinstance(expr, Const):
+        return str(expr.value)
     return f"{format_index(expr.arg)}//{expr.divisor}"
 
 

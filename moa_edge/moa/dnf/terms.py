@@ -88,6 +88,26 @@ class Sum(IndexExpr):
     right: IndexExpr
 
 
+@dataclass(frozen=True)
+class Lifted(IndexExpr):
+    """outer * size + inner: one axis lifted into (outer, inner) blocks of `size` (the paper's
+    N -> Pi # (N / Pi)), as the split key axis k = c * C + kk."""
+    outer: IndexExpr
+    inner: IndexExpr
+    size: int
+
+
+@dataclass(frozen=True)
+class Const(IndexExpr):
+    """A fixed index, such as the last key Skv - 1 of a key axis of known length."""
+    value: int
+
+
+# The index over the chunks of a split key axis (split_keys): reductions that depend only on
+# it and on the output's indices (each chunk's max and sum) are per-row values.
+SPLIT_INDEX = "c"
+
+
 def index_vars(*names: str) -> tuple[Index, ...]:
     return tuple(Index(name) for name in names)
 
@@ -95,17 +115,31 @@ def index_vars(*names: str) -> tuple[Index, ...]:
 def _index_names(expr: IndexExpr) -> set[str]:
     if isinstance(expr, Index):
         return {expr.name}
+    if isinstance(expr, Const):
+        return set()
     if isinstance(expr, Sum):
         return _index_names(expr.left) | _index_names(expr.right)
+    if isinstance(expr, Lifted):
+        return _index_names(expr.outer) | _index_names(expr.inner)
     return _index_names(expr.arg)
 
 
-def _rename_in_index(expr: IndexExpr, old: str, new: str) -> IndexExpr:
+def substitute_in_index(expr: IndexExpr, name: str, value: IndexExpr) -> IndexExpr:
+    """expr with every Index(name) replaced by `value`."""
     if isinstance(expr, Index):
-        return Index(new) if expr.name == old else expr
+        return value if expr.name == name else expr
+    if isinstance(expr, Const):
+        return expr
     if isinstance(expr, Sum):
-        return Sum(_rename_in_index(expr.left, old, new), _rename_in_index(expr.right, old, new))
-    return replace(expr, arg=_rename_in_index(expr.arg, old, new))
+        return Sum(substitute_in_index(expr.left, name, value), substitute_in_index(expr.right, name, value))
+    if isinstance(expr, Lifted):
+        return replace(expr, outer=substitute_in_index(expr.outer, name, value),
+                       inner=substitute_in_index(expr.inner, name, value))
+    return replace(expr, arg=substitute_in_index(expr.arg, name, value))
+
+
+def _rename_in_index(expr: IndexExpr, old: str, new: str) -> IndexExpr:
+    return substitute_in_index(expr, old, Index(new))
 
 
 # --- array expressions -----------------------------------------------------------------
@@ -290,10 +324,11 @@ class Call(Term):
 
 @dataclass(frozen=True)
 class Reduce(Term):
-    """red_op over var in iota(extent) of body; var is bound in body only."""
+    """red_op over var in iota(extent) of body; var is bound in body only. The extent is an
+    axis name ("Skv"), or a count when the axis was lifted for a known length (split_keys)."""
     op: str  # "+", "max"
     var: str
-    extent: str
+    extent: str | int
     body: Term
 
 
@@ -362,15 +397,22 @@ def _fresh(base: str, taken) -> str:
     return next(name for name in candidates if name not in taken)
 
 
+def substitute_index(term: Term, name: str, value: IndexExpr) -> Term:
+    """term with its free index variable `name` replaced by the index expression `value`
+    (whose own indices no reduction of term may bind)."""
+    if isinstance(term, Reduce) and term.var == name:
+        return term  # `name` is rebound here
+    if isinstance(term, (Psi, Load)):
+        term = replace(term, index=tuple(substitute_in_index(e, name, value) for e in term.index))
+    elif isinstance(term, IndexGreater):
+        term = replace(term, left=substitute_in_index(term.left, name, value),
+                       right=substitute_in_index(term.right, name, value))
+    return _map_children(term, lambda child: substitute_index(child, name, value))
+
+
 def _rename(term: Term, old: str, new: str) -> Term:
     """term with its free index variable `old` renamed `new`."""
-    if isinstance(term, Reduce) and term.var == old:
-        return term  # `old` is rebound here
-    if isinstance(term, (Psi, Load)):
-        term = replace(term, index=tuple(_rename_in_index(e, old, new) for e in term.index))
-    elif isinstance(term, IndexGreater):
-        term = replace(term, left=_rename_in_index(term.left, old, new), right=_rename_in_index(term.right, old, new))
-    return _map_children(term, lambda child: _rename(child, old, new))
+    return substitute_index(term, old, Index(new))
 
 
 def _hygienic(term: Term, scope: frozenset[str]) -> Term:
