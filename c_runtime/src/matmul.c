@@ -95,14 +95,21 @@ static void edge_tile(size_t M, size_t i, size_t mr, size_t nr, size_t kc, moa_m
         }
         return;
     }
+    /* Row by row, a whole panel row at a time (the decode step's GEMV): every panel row holds
+     * MOA_GEMM_NR floats (zero past the edge), so the j loop is one fixed-width vector. */
     for (r = i; r < i + mr; r++) {
         float *y_row = y + (ptrdiff_t)r * y_row_stride;
-        for (j = 0; j < nr; j++) {
-            float sum = 0.0f;
-            for (p = 0; p < kc; p++) {
-                sum += at(a_slice, r, p) * b[(ptrdiff_t)p * b_row_stride + (ptrdiff_t)j];
+        const float *a_row = a_slice.data + (ptrdiff_t)r * a_slice.row_stride;
+        float sum[MOA_GEMM_NR] = {0.0f};
+        for (p = 0; p < kc; p++) {
+            const float x = a_row[(ptrdiff_t)p * a_slice.col_stride];
+            const float *b_row = b + (ptrdiff_t)p * b_row_stride;
+            for (j = 0; j < MOA_GEMM_NR; j++) {
+                sum[j] += x * b_row[j];
             }
-            y_row[j] = alpha * sum + (accumulate ? y_row[j] : 0.0f);
+        }
+        for (j = 0; j < nr; j++) {
+            y_row[j] = alpha * sum[j] + (accumulate ? y_row[j] : 0.0f);
         }
     }
 }
