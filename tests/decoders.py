@@ -5,6 +5,11 @@ outputs logits [1, S, V], present.{i}.key/.value [1, KVH, P+S, D]), from torch.o
 TorchScript exporter (opset 17) or dynamo (opset 18 decomposes attention into MatMul/Softmax,
 opset 23 emits the ONNX Attention op with the cache Concat outside it).
 
+Families (2 layers, hidden 64, head_dim 16, tied embeddings): llama (4 query heads on 2 key/value
+heads), llama-mqa (4 on 1), qwen2 (q/k/v biases), mistral, phi3 (fused qkv and gate_up) and gpt2
+(4 heads, learned positions). The prompt goes in as a first call with a past of length 0, which
+every exported file accepts; later calls feed the presents back as the past.
+
 Expected values never come from moa-edge: `reference_generate` is transformers' own greedy
 `generate`, `reference_logits` the same torch model run in float64 on the whole sequence."""
 from __future__ import annotations
@@ -54,6 +59,11 @@ def _llama():
     return LlamaForCausalLM(LlamaConfig(**_common(128)))
 
 
+def _llama_mqa():
+    # Multi-query attention: all 4 query heads share one key/value head.
+    return LlamaForCausalLM(LlamaConfig(**{**_common(136), "num_key_value_heads": 1}))
+
+
 def _qwen2():
     # Qwen2 has biases on the q, k and v projections (not on o); rope_theta as in Qwen2.5.
     return Qwen2ForCausalLM(Qwen2Config(**_common(160), rope_theta=1e6))
@@ -75,7 +85,7 @@ def _gpt2():
                                       tie_word_embeddings=True))
 
 
-FAMILIES = {"llama": _llama, "qwen2": _qwen2, "mistral": _mistral, "phi3": _phi3, "gpt2": _gpt2}
+FAMILIES = {"llama": _llama, "llama-mqa": _llama_mqa, "qwen2": _qwen2, "mistral": _mistral, "phi3": _phi3, "gpt2": _gpt2}
 
 
 @dataclass(frozen=True)
