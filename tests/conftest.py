@@ -42,7 +42,7 @@ def board_file(folder: Path, name: str = "my board", like: str = "host") -> Path
 # at the head of worker 0's share: the longest one is then not left running alone at the end, and
 # test_report's module fixture (the slowest set-up, ~45 s on a busy machine) is not made twice
 # because a steal split its file between the workers.
-START_FIRST = ("test_minilm.py", "test_report.py")
+START_FIRST = ("test_minilm.py", "test_smollm2.py", "test_report.py")
 
 
 def _start_rank(item) -> int:

@@ -41,6 +41,11 @@ smollm2_export = _load_example("smollm2_export", REPO / "examples" / "smollm2" /
 input_names, output_names = smollm2_export.input_names, smollm2_export.output_names
 
 EXPORTERS = {("torchscript", 17), ("dynamo", 18), ("dynamo", 23)}
+# The files the generation tests convert: every family once, each exporter at least twice, the
+# decomposed (17, 18) and Attention-op (23) forms (test_decoders checks each with onnxruntime).
+GENERATION_CASES = [("llama", "torchscript", 17), ("llama", "dynamo", 18), ("llama", "dynamo", 23),
+                    ("llama-mqa", "torchscript", 17), ("qwen2", "torchscript", 17), ("mistral", "torchscript", 17),
+                    ("phi3", "dynamo", 23), ("gpt2", "torchscript", 17)]
 # Random init with this spread gives logits that are far from flat (greedy tokens vary) while the
 # attention scores stay moderate (softmax not saturated); transformers' default 0.02 makes every
 # logit nearly equal.

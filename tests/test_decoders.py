@@ -5,7 +5,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from decoders import (EXPORTERS, FAMILIES, build_model, cached_decoder, input_names, ort_greedy,
+from decoders import (FAMILIES, GENERATION_CASES, build_model, cached_decoder, input_names, ort_greedy,
                       reference_generate, reference_logits)
 
 PROMPT = [3, 17, 42, 5, 99, 64, 11]
@@ -13,7 +13,7 @@ NEW_TOKENS = 16
 # float32 through two layers: observed below 2e-6 of the largest |logit|.
 LOGIT_TOLERANCE = 2e-5
 
-CASES = [(family, exporter, opset) for family in FAMILIES for exporter, opset in sorted(EXPORTERS)]
+CASES = GENERATION_CASES
 
 
 @pytest.fixture(scope="module")

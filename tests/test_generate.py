@@ -25,9 +25,7 @@ from moa_edge.target import load_board
 
 MAX_CONTEXT, CHUNK = 48, 4
 PROMPT_LEN, NEW = 11, 16  # two whole prefill chunks, then three single steps
-# Every family once, each exporter at least twice; the decomposed (17, 18) and Attention-op (23) forms.
-CASES = [("llama", "torchscript", 17), ("llama", "dynamo", 18), ("llama", "dynamo", 23), ("qwen2", "torchscript", 17),
-         ("mistral", "torchscript", 17), ("phi3", "dynamo", 23), ("gpt2", "torchscript", 17)]
+CASES = decoders.GENERATION_CASES
 RELATIVE_LOGITS = 1e-4  # issue 13: |logit - reference| within 1e-4 of the largest |logit|
 
 
