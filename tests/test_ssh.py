@@ -1,6 +1,7 @@
 """Running on a board over ssh (issue 7, item 2), for real: an OpenSSH server the test starts
 on 127.0.0.1 with its own host key and user key in a temporary folder. The "board" behind
 it runs the host build natively, or a board build under the board's qemu-user command."""
+import json
 import os
 from pathlib import Path
 import shutil
@@ -15,11 +16,13 @@ import onnxruntime as ort
 import pytest
 
 from conftest import board_file, require_board
+import decoders
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
 from moa_edge.harness.ssh import RemoteFolder, SshTarget
 from moa_edge.pipeline import convert
+from moa_edge.target import load_board
 
 SSHD = "/usr/sbin/sshd"
 
@@ -245,3 +248,22 @@ def test_bench_attention_over_ssh_takes_a_board_file(sshd, tmp_path, capsys):
     remote = json.loads((tmp_path / "a.json").read_text())["board"]
     assert remote["board"] == "my board" and remote["timing"][0]["errors"]["moa_edge"]["max_abs_err"] < 1e-5
     assert "my board over ssh, seq 64 causal" in capsys.readouterr().out
+
+
+def test_generate_over_ssh_gives_transformers_tokens(sshd, tmp_path, capsys):
+    """The token loop on the board over ssh (the emulated rpi4 behind the local sshd): the ids
+    stream back and are transformers' own greedy tokens."""
+    from moa_edge.cli import main
+    require_board("rpi4")
+    destination, config = sshd
+    case = decoders.cached_decoder("llama", "torchscript", 17, tmp_path)
+    convert(case.path, tmp_path / "p", board=load_board("rpi4"), max_context=32, prefill_chunk=4)
+    prompt = [5, 9, 1, 33, 70, 2]
+    want = decoders.reference_generate(case, prompt, 6)
+    assert main(["generate", str(tmp_path / "p"), "--board", "rpi4", "--prompt-ids", ",".join(map(str, prompt)),
+                 "--max-new-tokens", "6", "--ssh", destination, "--ssh-config", config,
+                 "--json", str(tmp_path / "g.json")]) == 0
+    out = capsys.readouterr()
+    assert out.out.split() == [str(t) for t in want]
+    assert f"over ssh {destination.rsplit(':', 1)[0]}" in out.err
+    assert json.loads((tmp_path / "g.json").read_text())["tokens"] == want
