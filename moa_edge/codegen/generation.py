@@ -68,15 +68,16 @@ def _chunk_function(prefix: str, chunk: int, code: GraphCode) -> str:
             + "".join(code.calls) + "    return status;\n}\n")
 
 
-def _prefill_loop(prefix: str, P: str, chunk: int, logits_offset: int) -> str:
-    """Whole chunks of the prompt through the chunk function; the last row's scores are the logits."""
+def _prefill_loop(prefix: str, P: str, chunk: int, logits_offset: int, rows: int) -> str:
+    """Whole chunks of the prompt through the chunk function; the last of its `rows` rows of
+    scores (the last token's) are the logits."""
     return (f"    for (; count - done >= {chunk}; done += {chunk}) {{\n"
             f"        float *const chunk_logits = (float *)((uint8_t *)arena + {logits_offset});\n"
             f"        status = {prefix}_chunk_{chunk}(token_ids + done, chunk_logits, (uint8_t *)state, header->position, arena);\n"
             "        if (status != MOA_OK) {\n            return status;\n        }\n"
             f"        header->position += {chunk};\n"
             f"        if (count - done == {chunk}) {{\n"
-            f"            memcpy(logits, chunk_logits + ({chunk} - 1) * (size_t){P}_VOCAB, sizeof(float) * {P}_VOCAB);\n"
+            f"            memcpy(logits, chunk_logits + ({rows} - 1) * (size_t){P}_VOCAB, sizeof(float) * {P}_VOCAB);\n"
             "        }\n    }\n")
 
 
@@ -123,7 +124,8 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
         sources |= code.sources
         logits_offset = code.plan.total_bytes  # a multiple of the arena's alignment
         if chunk > 1:  # its logits (chunk x vocab) go to the arena, after the graph's own buffers
-            prefill.append(_prefill_loop(prefix, P, chunk, logits_offset))
+            rows = graph.tensors[graph.outputs[0]].shape[-2]  # one when only the last token's are computed
+            prefill.append(_prefill_loop(prefix, P, chunk, logits_offset, rows))
             arena_bytes = max(arena_bytes, logits_offset + graph.tensors[graph.outputs[0]].nbytes)
         else:
             arena_bytes = max(arena_bytes, logits_offset)

@@ -123,6 +123,25 @@ def attach_cache(graph: Graph, max_context: int, chunk: int, source: str) -> Non
     if len(graph.outputs) != 1:
         raise MoaEdgeError(f"{source}: a decoder with a cache must have one output besides the presents "
                            f"(the logits); it has {graph.outputs}")
+    if chunk > 1:
+        _last_row_logits(graph)
+
+
+def _last_row_logits(graph: Graph) -> None:
+    """A prefill chunk needs the scores of its last token only: the vocabulary projection
+    (lm_head, a fifth of a small model's prefill work) gets that row alone, by a Slice of its
+    input along the sequence axis. The logits then have one row."""
+    logits = graph.outputs[0]
+    head = graph.producer(logits)
+    if head is None or head.op not in ("MatMul", "Gemm") or graph.constant(head.inputs[1]) is None:
+        return  # another head: all rows are computed, and the last one used
+    rows, name = head.inputs[0], f"{head.name}__last_row"
+    for suffix, value in (("starts", -1), ("ends", np.iinfo(np.int64).max), ("axes", -2)):
+        graph.tensors[f"{name}_{suffix}"] = Tensor(f"{name}_{suffix}", (1,), "int64", np.array([value], np.int64))
+    graph.tensors.pop(logits, None)  # shape inference gives its one row
+    graph.nodes.insert(graph.nodes.index(head), Node("Slice", name, [rows, f"{name}_starts", f"{name}_ends",
+                                                                     f"{name}_axes"], [f"{name}_out"]))
+    head.inputs = [f"{name}_out", *head.inputs[1:]]
 
 
 def _peel_copies(graph: Graph, name: str, passed: list[Node]) -> str:
