@@ -264,7 +264,7 @@ def cmd_inspect(a) -> int:
     from moa_edge.converters import parse_input_shapes
     from moa_edge.pipeline import inspect
     board = board_arg(a.board)
-    result = inspect(a.model, board, parse_input_shapes(a.input_shape), a.scratch_budget)
+    result = inspect(a.model, board, parse_input_shapes(a.input_shape), a.scratch_budget, a.max_context)
     if not a.derivation:
         for b in result["attention_blocks"]:
             b.pop("derivation")
@@ -552,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
     s.add_argument("--scratch-budget", type=int, metavar="BYTES", help="kernel scratch limit (default: the larger of L1D and L2/8)")
     s.add_argument("--derivation", action="store_true", help="print the MoA derivation of each block's DNF")
+    s.add_argument("--max-context", type=_positive_int, metavar="N",
+                   help="a decoder exported with its cache: inspect its decode step over a cache of N tokens")
 
     s = verb("bench", cmd_bench, "benchmarks: `bench attention` (host time vs PyTorch, onnxruntime, naive C; "
              "instructions under qemu), `bench attention --traffic` (cachegrind vs the cost model), `bench model`")

@@ -53,9 +53,14 @@ def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHU
     return graphs
 
 
-def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None = None) -> dict:
-    """What convert would do: blocks found and absorbed, schedules and predicted cost, ops left."""
-    graph = load_graph(model_path(model), input_shapes, strict=False)
+def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None = None,
+            max_context: int | None = None) -> dict:
+    """What convert would do: blocks found and absorbed, schedules and predicted cost, ops left
+    (with max_context, of a decoder's decode step over its cache)."""
+    if max_context is not None:
+        graph = load_decoder(model_path(model), max_context)[1]
+    else:
+        graph = load_graph(model_path(model), input_shapes, strict=False)
     blocks = []
     for node in graph.nodes:
         if node.op == "MoaAttention":

@@ -255,3 +255,12 @@ def test_generate_cli_streams_and_writes_json(folder, tmp_path):
 def test_a_bad_sampling_request_is_refused():
     with pytest.raises(MoaEdgeError, match="--temperature"):
         Sampling(temperature=-1).check()
+
+
+def test_inspect_shows_the_decode_step_and_its_derivation(folder):
+    case, _ = _project(folder, "llama", "torchscript", 17)
+    proc = _cli("inspect", case.path, "--max-context", MAX_CONTEXT, "--derivation")
+    assert proc.returncode == 0, proc.stderr
+    g = case.geometry
+    assert proc.stdout.count(f"heads {g.q_heads} (kv {g.kv_heads}), q_len 1, kv_len {MAX_CONTEXT}") == g.layers
+    assert "keypad_L" in proc.stdout and "i+L[b]-1" in proc.stdout  # run-time key length, causal at its end
