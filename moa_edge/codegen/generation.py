@@ -13,7 +13,7 @@ from moa_edge.ir.c_syntax import c_comment_text, check_prefix
 from moa_edge.ops.kv_cache import POSITION
 from moa_edge.passes.kv_cache import KV_LENGTH, POSITIONS, TOKENS
 from moa_edge.plan.predict import predict_model
-from moa_edge.target import Board
+from moa_edge.target import Board, load_board
 
 from .project import GraphCode, WeightSymbols, check_memory, graph_code, write_project
 
@@ -82,7 +82,7 @@ def _prefill_loop(prefix: str, P: str, chunk: int, logits_offset: int, rows: int
 
 
 def _check_interface(graph: Graph, first: Graph, source: str) -> None:
-    if sorted(graph.inputs) != sorted([TOKENS, POSITIONS, KV_LENGTH]) and sorted(graph.inputs) != sorted([TOKENS, KV_LENGTH]):
+    if sorted(graph.inputs) != sorted([TOKENS, POSITIONS, KV_LENGTH]):
         raise MoaEdgeError(f"{source}: the decoder's inputs after binding the cache are {graph.inputs}; "
                            f"expected {TOKENS}, {POSITIONS} and the key lengths")
     if graph.tensors[TOKENS].dtype != "int64":
@@ -100,6 +100,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
     """The project for a decoder specialised once per chunk size (graphs: chunk -> graph; chunk 1
     is the decode step), with the tokenizer found in model_folder; returns report.json's content."""
     out_dir = Path(out_dir)
+    board = board or load_board("host")
     P = check_prefix(prefix).upper()
     if 1 not in graphs:
         raise MoaEdgeError("a generation build needs the single-token graph")
@@ -107,11 +108,13 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
     for graph in graphs.values():
         _check_interface(graph, first, source)
     cache = [first.tensors[n] for n in first.state]
-    batch, kv_heads, rows, head_dim = cache[0].shape
+    _, kv_heads, _, head_dim = cache[0].shape
     vocab = first.tensors[first.outputs[0]].shape[-1]
     offsets = state_layout(first)
-    state_bytes = STATE_HEADER + sum(t.nbytes for t in cache)
-    assert max(o + graphs[1].tensors[n].nbytes for n, o in offsets.items()) == state_bytes  # caches fill 64-byte rows
+    cache_bytes = sum(t.nbytes for t in cache)
+    # The header and the caches, each cache from a 64-byte boundary (no padding when, as usual,
+    # max_context x head_dim x 4 is a multiple of 64).
+    state_bytes = _aligned(max(o + first.tensors[n].nbytes for n, o in offsets.items()))
 
     symbols = WeightSymbols(prefix)
     codes, functions, arena_bytes, prefill, sources = {}, [], 0, [], {SAMPLING_SOURCE}
@@ -129,8 +132,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
             arena_bytes = max(arena_bytes, logits_offset + graph.tensors[graph.outputs[0]].nbytes)
         else:
             arena_bytes = max(arena_bytes, logits_offset)
-    weights = list({sym: t for code in codes.values() for t, sym in code.weights}.items())
-    weights = [(t, sym) for sym, t in weights]
+    weights = [(t, sym) for sym, t in {sym: t for code in codes.values() for t, sym in code.weights}.items()]
     weights_bytes = sum(t.nbytes for t, _ in weights)
     check_memory(board, source, {"weights": weights_bytes, "arena": arena_bytes, "state": state_bytes})
 
@@ -139,7 +141,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
         "MAX_CONTEXT": str(max_context), "VOCAB": str(vocab), "PREFILL_CHUNK": str(max(graphs)),
         "LAYERS": str(len(cache) // 2), "KV_HEADS": str(kv_heads), "HEAD_DIM": str(head_dim),
         "ELEMENT_BYTES": str(dtypes.dtype(cache[0].dtype).itemsize), "STATE_HEADER": str(STATE_HEADER),
-        "CACHE_BYTES": str(state_bytes - STATE_HEADER), "STATE_BYTES": str(state_bytes),
+        "CACHE_BYTES": str(cache_bytes), "STATE_BYTES": str(state_bytes),
         "ARENA_BYTES": str(arena_bytes), "WEIGHTS_BYTES": str(weights_bytes),
         "CHUNK_FUNCTIONS": "\n".join(functions), "PREFILL_CHUNKS": "".join(prefill),
         "KERNELS": "\n".join(k for code in codes.values() for k in code.kernels),
@@ -164,7 +166,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
                              for chunk, graph in graphs.items() for n in graph.nodes if n.op == "MoaAttention"],
         "ops": [{"node": n.name, "op": n.op} for n in step.nodes],
         "memory": {"arena_bytes": arena_bytes, "state_bytes": state_bytes, "weights_bytes": weights_bytes,
-                   "cache_bytes": state_bytes - STATE_HEADER,
+                   "cache_bytes": cache_bytes,
                    "chunks": {str(chunk): code.plan.describe() for chunk, code in codes.items()}},
         "predicted": predict_model(step, board, codes[1].plan.total_bytes),
     }

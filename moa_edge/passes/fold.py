@@ -112,6 +112,9 @@ def _one_node_model(node, values: list, opset: int):
     return model, feeds
 
 
+SHAPE_VALUES = 1024  # constants at most this long go to shape inference with their values (shapes, axes, pads)
+
+
 def infer_missing_shapes(graph: Graph) -> int:
     """Shapes ONNX inference could not give on the whole file (shape plumbing computed at
     run time) follow once that plumbing is folded: infer them node by node, in order.
@@ -128,8 +131,10 @@ def infer_missing_shapes(graph: Graph) -> int:
                 break
             if t is None:
                 continue
-            if t.is_constant:
+            if t.is_constant and t.size <= SHAPE_VALUES:
                 initializers.append(onnx.numpy_helper.from_array(np.asarray(t.data), name))
+            elif t.is_constant:  # a weight: its shape is all inference needs (not serialised per node)
+                inputs.append(onnx.helper.make_tensor_value_info(name, dtypes.dtype(t.dtype).onnx, t.shape))
             elif t.dtype in dtypes.KNOWN_DTYPES:
                 inputs.append(onnx.helper.make_tensor_value_info(name, dtypes.dtype(t.dtype).onnx, t.shape))
         else:
