@@ -219,3 +219,47 @@ def test_group_query_attention_generates_as_onnxruntime(folder):
     model = gqa_decoder(folder / "gqa.onnx")
     info = _check_generation(model, folder / "p-gqa")
     assert info["memory"]["cache_bytes"] == LAYERS * 2 * KV_HEADS * MAX_CONTEXT * HEAD_DIM * 4
+
+
+# --- what cannot be mapped: one clear error naming the node, non-zero exit, nothing written ------
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "moa_edge.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
+
+
+def _one_error(proc, *fragments):
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moa-edge: error:"), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_a_past_sharing_its_buffer_with_the_present_is_refused_by_node(folder):
+    """onnxruntime-genai's past_present_share_buffer: past and present of max_sequence_length rows,
+    the new rows written in place at seqlens_k. The file's past has a fixed length that is not
+    max_context - C rows before the chunk; refused, naming the GroupQueryAttention node."""
+    model = onnx.load(str(gqa_decoder(folder / "gqa-shared.onnx")))
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name.startswith(("past_key_values", "present")):
+            value.type.tensor_type.shape.dim[2].Clear()
+            value.type.tensor_type.shape.dim[2].dim_value = 64  # max_sequence_length
+    onnx.save(model, str(folder / "gqa-shared.onnx"))
+    _one_error(_cli("convert", folder / "gqa-shared.onnx", "-o", folder / "p-shared", "--max-context", MAX_CONTEXT),
+               "'/model/layers.0/attn/GroupQueryAttention'", "past_key_values.0.key", "fixed length 64",
+               "shar", "cannot map")
+    assert not (folder / "p-shared").exists()
+
+
+def test_seqlens_that_do_not_cover_the_cache_are_refused_by_node(folder):
+    """seqlens_k must be the total length minus one (the builder's ReduceSum - 1); without the
+    subtraction the last key would be hidden from every query: refused, naming the node."""
+    model = onnx.load(str(gqa_decoder(folder / "gqa-seqlens.onnx")))
+    cast = next(n for n in model.graph.node if n.output[0] == "seqlens_k")
+    cast.input[0] = "mask_sum"
+    model.graph.node.remove(next(n for n in model.graph.node if n.output[0] == "mask_sum_minus_1"))
+    onnx.save(model, str(folder / "gqa-seqlens.onnx"))
+    with pytest.raises(MoaEdgeError, match="node '/model/layers.0/attn/GroupQueryAttention': seqlens_k"):
+        convert(folder / "gqa-seqlens.onnx", folder / "p-seqlens", max_context=MAX_CONTEXT, prefill_chunk=CHUNK)
+    assert not (folder / "p-seqlens").exists()
