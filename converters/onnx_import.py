@@ -199,9 +199,10 @@ def import_decoder(path, max_context: int, chunks: list[int]) -> list[Graph]:
 
 def _links(model: onnx.ModelProto) -> list[Node]:
     """The top graph's nodes as the cache pairing sees them: op (domain-qualified as the importer
-    names it), name, inputs and outputs."""
+    names it), name, inputs, outputs and attributes."""
     return [Node(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}", n.name or f"{n.op_type}_{k}",
-                 list(n.input), list(n.output)) for k, n in enumerate(model.graph.node)]
+                 list(n.input), list(n.output), {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute})
+            for k, n in enumerate(model.graph.node)]
 
 
 def _import_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, tuple[int, ...]],

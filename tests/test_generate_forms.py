@@ -25,7 +25,7 @@ from moa_edge.harness.generation import generate_ids, generation_info
 from moa_edge.pipeline import convert
 from moa_edge.target import load_board
 
-LAYERS, Q_HEADS, KV_HEADS, HEAD_DIM, HIDDEN, VOCAB, POSITIONS = 2, 4, 2, 8, 32, 96, 64
+LAYERS, Q_HEADS, KV_HEADS, HEAD_DIM, HIDDEN, VOCAB, POSITIONS = 2, 4, 2, 16, 32, 96, 64  # ORT's GQA rotary: head_dim % 16 == 0
 MAX_CONTEXT, CHUNK = 40, 4
 PROMPT_LEN, NEW = 7, 10  # one whole prefill chunk, three single prompt steps, then the token loop
 RELATIVE_LOGITS = 1e-4  # issue 13: |logit - reference| within 1e-4 of the largest |logit|
@@ -61,10 +61,13 @@ class _Builder:
         self.nodes.append(helper.make_node(op, inputs, outputs, name=name, domain=domain, **attrs))
         return outputs[0]
 
-    def body(self, attention) -> str:
-        tokens = self.node("Gather", ["wte", "input_ids"], ["tok"], "/embed/tokens")
-        where = self.node("Gather", ["wpe", "position_ids"], ["pos"], "/embed/positions")
-        x = self.node("Add", [tokens, where], ["x_0"], "/embed/add")
+    def body(self, attention, learned_positions: bool = True) -> str:
+        x = self.node("Gather", ["wte", "input_ids"], ["tok"], "/embed/tokens")
+        if learned_positions:
+            where = self.node("Gather", ["wpe", "position_ids"], ["pos"], "/embed/positions")
+            x = self.node("Add", [x, where], ["x_0"], "/embed/add")
+        else:
+            del self.weights["wpe"]
         for i in range(LAYERS):
             h = self.node("LayerNormalization", [x, f"ln{i}", f"lnb{i}"], [f"h{i}"], f"/layers.{i}/norm", axis=-1)
             q, k, v = (self.node("MatMul", [h, f"w{c}{i}"], [f"{c}{i}"], f"/layers.{i}/attn/{c}_proj") for c in "qkv")
@@ -85,9 +88,10 @@ class _Builder:
         return model
 
 
-def _token_inputs(b: _Builder, with_mask: bool) -> None:
-    b.inputs += [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-                 helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"])]
+def _token_inputs(b: _Builder, with_mask: bool, with_positions: bool = True) -> None:
+    b.inputs.append(helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]))
+    if with_positions:
+        b.inputs.append(helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "sequence"]))
     if with_mask:
         b.inputs.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]))
     b.outputs.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", "sequence", VOCAB]))
@@ -130,12 +134,20 @@ def attention_op_decoder(path: Path, opset: int, four_d: bool, seed: int = 0) ->
     return path
 
 
-def gqa_decoder(path: Path, seed: int = 0) -> Path:
+def gqa_decoder(path: Path, seed: int = 0, rotary: bool = False) -> Path:
     """com.microsoft.GroupQueryAttention per layer as onnxruntime-genai's builder writes it:
     past_key_values.i.key/value (B, kv_heads, past, head_dim) in, present.i.key/value out, and
-    seqlens_k / total_sequence_length made from attention_mask by the attn_mask_reformat subgraph."""
+    seqlens_k / total_sequence_length made from attention_mask by the attn_mask_reformat subgraph.
+    With `rotary`, no position input at all: GQA turns q and k itself (do_rotary=1, its cos/sin
+    caches of 64 positions), at positions it derives from seqlens_k."""
     b = _Builder(seed)
-    _token_inputs(b, with_mask=True)
+    _token_inputs(b, with_mask=True, with_positions=not rotary)
+    rope = {}
+    if rotary:
+        angles = np.outer(np.arange(POSITIONS), 10000.0 ** (-np.arange(0, HEAD_DIM, 2) / HEAD_DIM))
+        b.extra_inits += [numpy_helper.from_array(np.cos(angles).astype(np.float32), "cos_cache"),
+                          numpy_helper.from_array(np.sin(angles).astype(np.float32), "sin_cache")]
+        rope = dict(do_rotary=1)
     b.extra_inits += [_const("one", 1), _const("axis_1", [1]), _const("index_1", 1)]
     stem = "/model/attn_mask_reformat/attn_mask_subgraph"
     total = b.node("ReduceSum", ["attention_mask", "axis_1"], ["mask_sum"], f"{stem}/ReduceSum", keepdims=0)
@@ -150,11 +162,12 @@ def gqa_decoder(path: Path, seed: int = 0) -> Path:
         presents = [f"present.{i}.key", f"present.{i}.value"]
         for past, present in zip(pasts, presents):
             _cache_io(b, past, present)
-        return b.node("GroupQueryAttention", [q, k, v, *pasts, seqlens, total_length], [f"y{i}", *presents],
-                      f"/model/layers.{i}/attn/GroupQueryAttention", domain="com.microsoft",
-                      num_heads=Q_HEADS, kv_num_heads=KV_HEADS)
+        caches = ["cos_cache", "sin_cache"] if rotary else []
+        return b.node("GroupQueryAttention", [q, k, v, *pasts, seqlens, total_length, *caches],
+                      [f"y{i}", *presents], f"/model/layers.{i}/attn/GroupQueryAttention", domain="com.microsoft",
+                      num_heads=Q_HEADS, kv_num_heads=KV_HEADS, **rope)
 
-    b.body(attention)
+    b.body(attention, learned_positions=not rotary)
     onnx.save(b.model({"": 21, "com.microsoft": 1}), str(path))
     return path
 
@@ -165,6 +178,9 @@ def ort_greedy(path: Path, prompt: list[int], new: int) -> tuple[list[int], np.n
     logits after the prompt and after each new token but the last, (new, vocab)."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
+    assert [o.name for o in session.get_outputs()][1:] == [n.replace("past_k_", "cache_k_").replace(
+        "past_v_", "cache_v_").replace("past_key_values", "present") for n in names[len(names) - len(
+            session.get_outputs()) + 1:]]
     pasts = [n for n in names if n not in ("input_ids", "position_ids", "attention_mask")]
     cache = {n: np.zeros((1, KV_HEADS, 0, HEAD_DIM), np.float32) for n in pasts}
     position, chunk, tokens, rows = 0, list(prompt), [], []
@@ -215,9 +231,10 @@ def test_attention_op_with_its_own_cache_generates_as_onnxruntime(folder, opset,
     assert info["memory"]["cache_bytes"] == LAYERS * 2 * KV_HEADS * MAX_CONTEXT * HEAD_DIM * 4
 
 
-def test_group_query_attention_generates_as_onnxruntime(folder):
-    model = gqa_decoder(folder / "gqa.onnx")
-    info = _check_generation(model, folder / "p-gqa")
+@pytest.mark.parametrize("rotary", [False, True], ids=["positions-input", "do_rotary"])
+def test_group_query_attention_generates_as_onnxruntime(folder, rotary):
+    model = gqa_decoder(folder / f"gqa-{rotary}.onnx", rotary=rotary)
+    info = _check_generation(model, folder / f"p-gqa-{rotary}")
     assert info["memory"]["cache_bytes"] == LAYERS * 2 * KV_HEADS * MAX_CONTEXT * HEAD_DIM * 4
 
 

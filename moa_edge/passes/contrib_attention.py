@@ -114,13 +114,17 @@ def multi_head_attention(graph: Graph, node: Node):
 
 
 def group_query_attention(graph: Graph, node: Node):
-    """com.microsoft.GroupQueryAttention, causal, no rotary: for a whole prompt (no cache), or
-    with its past_key/past_value (B, kv_heads, P, D) appended to as present = MoaConcat(past,
-    new), the query rows after the past (bottom-right diagonal: causal_offset P), as a
-    generation build pins it (kv_cache.py)."""
+    """com.microsoft.GroupQueryAttention, causal: for a whole prompt (no cache), or with its
+    past_key/past_value (B, kv_heads, P, D) appended to as present = MoaConcat(past, new), the
+    query rows after the past (bottom-right diagonal: causal_offset P), as a generation build pins
+    it (kv_cache.py). With do_rotary, the query and new keys turn first (RotaryEmbedding nodes)
+    at positions P .. P + S - 1, as onnxruntime derives them from seqlens_k."""
+    rotary = node.attrs.get("do_rotary", 0) == 1
     _only_known(node, {"num_heads": None, "kv_num_heads": None, "scale": None, "softcap": None,
-                       "local_window_size": -1, "do_rotary": 0, "rotary_interleaved": None,
-                       "smooth_softmax": 0}, 6)
+                       "local_window_size": -1, "do_rotary": 1 if rotary else 0, "rotary_interleaved": None,
+                       "smooth_softmax": 0}, 8 if rotary else 6)
+    if rotary and not (_present(node, 7) and _present(node, 8)):
+        _refuse(node, "do_rotary=1 without cos_cache and sin_cache")
     past_k, past_v = _present(node, 3), _present(node, 4)
     if bool(past_k) != bool(past_v):
         _refuse(node, "a past_key without a past_value (or the reverse)")
@@ -145,6 +149,8 @@ def group_query_attention(graph: Graph, node: Node):
         _refuse(node, "seqlens_k/total_sequence_length that are not constants covering every key "
                       f"({Skv}: the past's {past_len} rows and {k_lay.shape[2]} new)")
     sources, new = list(node.inputs[:3]), []
+    if rotary:
+        new = _rotary_nodes(graph, node, sources, past_len, heads, kv_heads)
     if past_k:
         for index, (past, lay, depth) in enumerate(((past_k, k_lay, D), (past_v, v_lay, Dv))):
             shape = graph.tensors[past].shape
@@ -166,6 +172,29 @@ def group_query_attention(graph: Graph, node: Node):
                          softcap=float(node.attrs.get("softcap", 0.0)), causal_offset=past_len)
     graph.nodes[graph.nodes.index(node):graph.nodes.index(node)] = new
     return spec, sources + [""], y, node
+
+
+def _rotary_nodes(graph: Graph, node: Node, sources: list[str], past_len: int, heads: int,
+                  kv_heads: int) -> list[Node]:
+    """RotaryEmbedding of the query and the new keys (sources[0], sources[1], replaced by the
+    turned ones) over the op's cos_cache/sin_cache (max_sequence_length, R/2), at the positions
+    onnxruntime gives them: past_len + s (kv_cache.py binds them to the run-time positions)."""
+    cos, sin = _present(node, 7), _present(node, 8)
+    batch, rows = graph.tensors[sources[0]].shape[:2]
+    positions = f"{node.name}__positions"
+    graph.tensors[positions] = Tensor(positions, (batch, rows), "int64",
+                                      np.broadcast_to(np.arange(past_len, past_len + rows, dtype=np.int64),
+                                                      (batch, rows)).copy())
+    nodes = []
+    for k, count in ((0, heads), (1, kv_heads)):
+        turned = f"{node.name}__{'qk'[k]}_rotary"
+        graph.tensors[turned] = Tensor(turned, graph.tensors[sources[k]].shape, "float32")
+        nodes.append(Node("RotaryEmbedding", f"{node.name}__rotary_{'qk'[k]}", [sources[k], cos, sin, positions],
+                          [turned], {"num_heads": count,
+                                     "interleaved": int(node.attrs.get("rotary_interleaved", 0)),
+                                     "rotary_embedding_dim": 2 * graph.tensors[cos].shape[1]}))
+        sources[k] = turned
+    return nodes
 
 
 def packed_attention(graph: Graph, node: Node):

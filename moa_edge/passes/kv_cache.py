@@ -46,12 +46,12 @@ APPENDS = {("Concat", 0): 0, ("Attention", 4): 1, ("Attention", 5): 2,
 ATTENTION_OPS = {op for op, _ in APPENDS} - {"Concat"}
 
 
-def cache_pairs(nodes: list[Node], inputs: list[str], outputs: list[str]) -> list[tuple[str, str | None, str]]:
+def cache_pairs(nodes: list[Node], inputs: list[str], outputs: list[str]) -> list[tuple[str, str | None, Node | None]]:
     """(past input, present output, the node reading the past) for every cache of the graph:
     by name first (present None when the name has no partner), then by structure."""
     presents = {(int(m.group(1)), m.group(2)): name for name in outputs if (m := CACHE_OUTPUT.match(name))}
     named = sorted((int(m.group(1)), m.group(2), name) for name in inputs if (m := CACHE_INPUT.match(name)))
-    pairs = [(name, presents.get((layer, kind)), _reader_name(nodes, name)) for layer, kind, name in named]
+    pairs = [(name, presents.get((layer, kind)), _reader(nodes, name)) for layer, kind, name in named]
     for name in inputs:
         if CACHE_INPUT.match(name) or name in (TOKENS, POSITIONS, ATTENTION_MASK):
             continue
@@ -69,12 +69,12 @@ def cache_pairs(nodes: list[Node], inputs: list[str], outputs: list[str]) -> lis
                 break
             present = copies[0].outputs[0]
         if present in outputs:
-            pairs.append((name, present, node.name))
+            pairs.append((name, present, node))
     return pairs
 
 
-def _reader_name(nodes: list[Node], name: str) -> str:
-    return next((n.name for n in nodes if name in n.inputs and n.op != "Shape"), "")
+def _reader(nodes: list[Node], name: str) -> Node | None:
+    return next((n for n in nodes if name in n.inputs and n.op != "Shape"), None)
 
 
 def is_decoder_with_cache(nodes: list[Node], inputs: list[str], outputs: list[str]) -> bool:
@@ -82,7 +82,7 @@ def is_decoder_with_cache(nodes: list[Node], inputs: list[str], outputs: list[st
 
 
 def generation_shapes(inputs: dict[str, list[int | None]], max_context: int, chunk: int, source: str,
-                      caches: dict[str, str]) -> dict[str, tuple[int, ...]]:
+                      caches: dict[str, Node | None]) -> dict[str, tuple[int, ...]]:
     """The static shape of every graph input for one chunk of `chunk` tokens over a cache of
     `max_context` rows; `inputs` gives each input's dims (None where symbolic), `caches` names the
     cache inputs and the node reading each."""
@@ -98,7 +98,8 @@ def generation_shapes(inputs: dict[str, list[int | None]], max_context: int, chu
                 # A past of fixed length: the buffer of max_sequence_length rows that onnxruntime-genai
                 # shares between past and present and updates in place. Its rows past the
                 # sequence are not a past to append to; pinning it to max_context - C would change the file.
-                raise MoaEdgeError(f"{source}: node {caches[name]!r} reads the cache input {name!r} of fixed length "
+                reader = caches[name].name if caches[name] is not None else "?"
+                raise MoaEdgeError(f"{source}: node {reader!r} reads the cache input {name!r} of fixed length "
                                    f"{dims[2]} (dims {_dims_text(dims)}), a past sharing one buffer with the present "
                                    "and updated in place: moa-edge cannot map that cache layout; export the past "
                                    "with a symbolic length (past_sequence_length)")
@@ -117,7 +118,10 @@ def generation_shapes(inputs: dict[str, list[int | None]], max_context: int, chu
                                "a key/value cache: moa-edge cannot feed it during generation")
     if TOKENS not in shapes:
         raise MoaEdgeError(f"{source}: a decoder with a cache must take token ids as input {TOKENS!r}")
-    if POSITIONS not in shapes:
+    # GroupQueryAttention's own rotary derives the positions (bound to the run-time ones after lowering).
+    own_rotary = all(node is not None and node.op == "com.microsoft.GroupQueryAttention"
+                     and node.attrs.get("do_rotary") == 1 for node in caches.values())
+    if POSITIONS not in shapes and not own_rotary:
         raise MoaEdgeError(f"{source}: a decoder with a cache must take input {POSITIONS!r} (export it with "
                            "position ids): positions computed inside the graph from the past length cannot be "
                            "mapped onto a cache of fixed size")
@@ -203,6 +207,7 @@ def bind_cache_attention(graph: Graph, chunk: int, source: str) -> None:
     """Attention over a cache reads its first L = position + C rows, causal on the diagonal
     k = i + L - C; any other reader, or a mask other than that diagonal, cannot be mapped."""
     _write_attention_caches(graph, source)
+    _bind_rotary_positions(graph, chunk)
     state = set(graph.state)
     read = set()
     for node in graph.nodes:
@@ -258,3 +263,21 @@ def _write_attention_caches(graph: Graph, source: str) -> None:
         graph.inputs.remove(past)
         graph.outputs.remove(present)
         graph.state.append(present)
+
+
+def _bind_rotary_positions(graph: Graph, chunk: int) -> None:
+    """A rotary embedding at constant positions max_context - C .. max_context - 1 (an attention
+    op's own rotary, at the rows after its pinned past) turns the chunk's run-time positions:
+    position_ids, an input of the chunk function (added when the file has none)."""
+    if not graph.state:
+        return
+    rows = graph.tensors[graph.state[0]].shape[2]
+    static = np.arange(rows - chunk, rows, dtype=np.int64)[None]
+    for node in graph.nodes:
+        positions = graph.constant(node.inputs[3]) if node.op == "RotaryEmbedding" and len(node.inputs) > 3 else None
+        if positions is None or positions.shape != static.shape or np.any(positions != static):
+            continue
+        if POSITIONS not in graph.inputs:
+            graph.inputs.append(POSITIONS)
+            graph.tensors[POSITIONS] = Tensor(POSITIONS, static.shape, "int64")
+        node.inputs[3] = POSITIONS
