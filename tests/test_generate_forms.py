@@ -103,11 +103,25 @@ def _cache_io(b: _Builder, past: str, present: str) -> None:
                                                    ["batch", KV_HEADS, "total", HEAD_DIM]))
 
 
-def attention_op_decoder(path: Path, opset: int, four_d: bool, seed: int = 0) -> Path:
+def attention_op_decoder(path: Path, opset: int, four_d: bool, seed: int = 0, masked: bool = False) -> Path:
     """ONNX Attention with its own past inputs and present outputs, is_causal=1; the cache names
-    are the file's own (past_k_i / past_v_i, cache_k_i / cache_v_i), none of the Hugging Face ones."""
+    are the file's own (past_k_i / past_v_i, cache_k_i / cache_v_i), none of the Hugging Face ones.
+    `masked`: an attention_mask input too, as Attention's boolean attn_mask (B, 1, 1, past + S)."""
     b = _Builder(seed)
-    _token_inputs(b, with_mask=False)
+    _token_inputs(b, with_mask=masked)
+    mask = ""
+    if masked:
+        # (B, 1, S, past + S): onnxruntime wants the query axis whole, not broadcast.
+        b.extra_inits += [_const("one", 1), _const("mask_axes", [1, 2]), _const("ones_2", [1, 1]),
+                          _const("at_1", [1]), _const("at_2", [2])]
+        keep = b.node("Equal", ["attention_mask", "one"], ["keep"], "/model/mask/Equal")
+        keep = b.node("Unsqueeze", [keep, "mask_axes"], ["keep_4d"], "/model/mask/Unsqueeze")
+        rows = b.node("Slice", [b.node("Shape", ["input_ids"], ["ids_shape"], "/model/mask/Shape_ids"),
+                                "at_1", "at_2"], ["rows"], "/model/mask/Slice_ids")
+        keys = b.node("Slice", [b.node("Shape", ["attention_mask"], ["mask_shape"], "/model/mask/Shape_mask"),
+                                "at_1", "at_2"], ["keys"], "/model/mask/Slice_mask")
+        shape = b.node("Concat", ["ones_2", rows, keys], ["mask_4d_shape"], "/model/mask/Concat", axis=0)
+        mask = b.node("Expand", [keep, shape], ["attn_mask"], "/model/mask/Expand")
     if four_d:
         b.extra_inits += [_const("split_q", [0, 0, Q_HEADS, HEAD_DIM]),
                           _const("split_kv", [0, 0, KV_HEADS, HEAD_DIM]), _const("merge", [0, 0, Q_HEADS * HEAD_DIM])]
@@ -118,14 +132,14 @@ def attention_op_decoder(path: Path, opset: int, four_d: bool, seed: int = 0) ->
             _cache_io(b, past, present)
         name = f"/layers.{i}/attn/Attention"
         if not four_d:
-            return b.node("Attention", [q, k, v, "", *pasts], [f"y{i}", *presents], name,
+            return b.node("Attention", [q, k, v, mask, *pasts], [f"y{i}", *presents], name,
                           is_causal=1, q_num_heads=Q_HEADS, kv_num_heads=KV_HEADS)
         heads = []
         for c, src, split in (("q", q, "split_q"), ("k", k, "split_kv"), ("v", v, "split_kv")):
             split = b.node("Reshape", [src, split], [f"{c}{i}_split"], f"/layers.{i}/attn/{c}_reshape")
             heads.append(b.node("Transpose", [split], [f"{c}{i}_heads"], f"/layers.{i}/attn/{c}_transpose",
                                 perm=[0, 2, 1, 3]))
-        y = b.node("Attention", [*heads, "", *pasts], [f"y{i}_heads", *presents], name, is_causal=1)
+        y = b.node("Attention", [*heads, mask, *pasts], [f"y{i}_heads", *presents], name, is_causal=1)
         y = b.node("Transpose", [y], [f"y{i}_rows"], f"/layers.{i}/attn/y_transpose", perm=[0, 2, 1, 3])
         return b.node("Reshape", [y, "merge"], [f"y{i}"], f"/layers.{i}/attn/y_reshape")
 
@@ -225,10 +239,12 @@ def _check_generation(model: Path, project: Path) -> dict:
     return info
 
 
-@pytest.mark.parametrize("opset,four_d", [(23, False), (23, True), (24, False), (24, True)])
-def test_attention_op_with_its_own_cache_generates_as_onnxruntime(folder, opset, four_d):
-    model = attention_op_decoder(folder / f"attention{opset}-{'4d' if four_d else '3d'}.onnx", opset, four_d)
-    info = _check_generation(model, folder / f"p-attention{opset}-{four_d}")
+@pytest.mark.parametrize("opset,four_d,masked", [(23, False, False), (23, True, False), (24, False, False),
+                                                  (24, True, False), (23, False, True)])
+def test_attention_op_with_its_own_cache_generates_as_onnxruntime(folder, opset, four_d, masked):
+    name = f"attention{opset}-{'4d' if four_d else '3d'}{'-masked' if masked else ''}"
+    model = attention_op_decoder(folder / f"{name}.onnx", opset, four_d, masked=masked)
+    info = _check_generation(model, folder / f"p-{name}")
     assert info["layers"] == LAYERS and info["kv_heads"] == KV_HEADS and info["head_dim"] == HEAD_DIM
     assert info["memory"]["cache_bytes"] == LAYERS * 2 * KV_HEADS * MAX_CONTEXT * HEAD_DIM * 4
 

@@ -95,14 +95,14 @@ def generation_shapes(inputs: dict[str, list[int | None]], max_context: int, chu
                 raise MoaEdgeError(f"{source}: cache input {name!r} has dims {_dims_text(dims)}; "
                                    "expected (batch, kv_heads, past_length, head_dim) with static heads and head_dim")
             if dims[2] is not None:
-                # A past of fixed length: the buffer of max_sequence_length rows that onnxruntime-genai
-                # shares between past and present and updates in place. Its rows past the
-                # sequence are not a past to append to; pinning it to max_context - C would change the file.
+                # A past of fixed length, such as the buffer of max_sequence_length rows that
+                # onnxruntime-genai shares between past and present and updates in place: its rows
+                # are not all a past that the call appends to, and they cannot be pinned to max_context - C.
                 reader = caches[name].name if caches[name] is not None else "?"
                 raise MoaEdgeError(f"{source}: node {reader!r} reads the cache input {name!r} of fixed length "
-                                   f"{dims[2]} (dims {_dims_text(dims)}), a past sharing one buffer with the present "
-                                   "and updated in place: moa-edge cannot map that cache layout; export the past "
-                                   "with a symbolic length (past_sequence_length)")
+                                   f"{dims[2]} (dims {_dims_text(dims)}; a past sharing one buffer with the present "
+                                   "and updated in place, or a past of one length only): moa-edge cannot map that "
+                                   "cache layout; export the past with a symbolic length (past_sequence_length)")
             shapes[name] = (BATCH, dims[1], max_context - chunk, dims[3])
         elif name in (TOKENS, POSITIONS):
             if len(dims) != 2:
