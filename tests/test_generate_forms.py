@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxruntime as ort
 import pytest
 
+from conftest import require_board
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.generation import generate_ids, generation_info
@@ -223,9 +224,9 @@ def _prompt(seed: int = 0) -> list[int]:
     return [int(t) for t in np.random.default_rng(seed).integers(0, VOCAB, PROMPT_LEN)]
 
 
-def _check_generation(model: Path, project: Path) -> dict:
-    convert(model, project, max_context=MAX_CONTEXT, prefill_chunk=CHUNK)
-    board = load_board("host")
+def _check_generation(model: Path, project: Path, board=None) -> dict:
+    board = board or load_board("host")
+    convert(model, project, board=board, max_context=MAX_CONTEXT, prefill_chunk=CHUNK)
     binary, info = build(project, board), generation_info(project)
     prompt = _prompt()
     want, reference = ort_greedy(model, prompt, NEW)
@@ -254,6 +255,15 @@ def test_group_query_attention_generates_as_onnxruntime(folder, rotary):
     model = gqa_decoder(folder / f"gqa-{rotary}.onnx", rotary=rotary)
     info = _check_generation(model, folder / f"p-gqa-{rotary}")
     assert info["memory"]["cache_bytes"] == LAYERS * 2 * KV_HEADS * MAX_CONTEXT * HEAD_DIM * 4
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", ["rpi4", "k230"])
+def test_both_forms_generate_on_the_emulated_boards(folder, board_name):
+    board = require_board(board_name)
+    _check_generation(attention_op_decoder(folder / "attention-board.onnx", 24, four_d=True),
+                      folder / f"p-attention-{board_name}", board)
+    _check_generation(gqa_decoder(folder / "gqa-board.onnx", rotary=True), folder / f"p-gqa-{board_name}", board)
 
 
 # --- what cannot be mapped: one clear error naming the node, non-zero exit, nothing written ------
