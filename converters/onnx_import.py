@@ -143,8 +143,8 @@ def _pin_shapes(model: onnx.ModelProto, path: Path, pinned: dict[str, tuple[int,
                                 str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims))
     if unpinned and kv_cache.is_decoder_with_cache(_links(model), list(known), [o.name for o in model.graph.output]):
         raise MoaEdgeError(f"{path}: a decoder exported with its key/value cache (past_key_values.N.key/value "
-                           "inputs, or inputs appended to and returned as outputs): convert it for generation with --max-context N, or pin every symbolic dimension "
-                           "with --input-shape for one fixed-length pass")
+                           "inputs, or inputs appended to and returned as outputs): convert it for generation with "
+                           "--max-context N, or pin every symbolic dimension with --input-shape for one fixed-length pass")
     if unpinned:
         raise MoaEdgeError(f"{path}: " + "; ".join(unpinned))
 

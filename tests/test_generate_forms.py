@@ -7,8 +7,8 @@ run-time key lengths):
     inputs and outputs named freely (found by structure, not by name);
   * com.microsoft.GroupQueryAttention as onnxruntime-genai's model builder emits it, with seqlens_k
     and total_sequence_length computed in the graph from attention_mask.
-Expected values: onnxruntime running the original file step by step, the cache fed back (never
-moa-edge)."""
+Expected values: onnxruntime running the original file step by step, the cache fed back, or
+transformers' own generate (never moa-edge)."""
 from pathlib import Path
 import subprocess
 import sys
@@ -20,13 +20,15 @@ import onnxruntime as ort
 import pytest
 
 from conftest import require_board
+import decoders
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.generation import generate_ids, generation_info
 from moa_edge.pipeline import convert
 from moa_edge.target import load_board
 
-LAYERS, Q_HEADS, KV_HEADS, HEAD_DIM, HIDDEN, VOCAB, POSITIONS = 2, 4, 2, 16, 32, 96, 64  # ORT's GQA rotary: head_dim % 16 == 0
+# head_dim 16: onnxruntime's GroupQueryAttention rotary wants a multiple of 16.
+LAYERS, Q_HEADS, KV_HEADS, HEAD_DIM, HIDDEN, VOCAB, POSITIONS = 2, 4, 2, 16, 32, 96, 64
 MAX_CONTEXT, CHUNK = 40, 4
 PROMPT_LEN, NEW = 7, 10  # one whole prefill chunk, three single prompt steps, then the token loop
 RELATIVE_LOGITS = 1e-4  # issue 13: |logit - reference| within 1e-4 of the largest |logit|
@@ -323,3 +325,26 @@ def test_the_cli_converts_and_generates_an_attention_op_decoder(folder, tmp_path
     proc = _cli("generate", tmp_path / "p", "--prompt-ids", ",".join(map(str, prompt)), "--max-new-tokens", 8)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(t) for t in want]
+
+
+def test_a_concat_cache_under_other_names_is_found_by_structure(folder):
+    """The Hugging Face form (present = Concat(past, new)) with its caches renamed kv_in_N_k /
+    kv_out_N_k: found by structure, transformers' greedy tokens as under the usual names."""
+    case = decoders.cached_decoder("llama", "torchscript", 17, folder)
+    model = onnx.load(str(case.path))
+    renamed = {}
+    for value in [*model.graph.input, *model.graph.output]:
+        for old, new in (("past_key_values.", "kv_in_"), ("present.", "kv_out_")):
+            if value.name.startswith(old):
+                renamed[value.name] = new + value.name[len(old):].replace(".", "_")
+                value.name = renamed[value.name]
+    assert len(renamed) == 4 * case.geometry.layers
+    for node in model.graph.node:
+        node.input[:] = [renamed.get(n, n) for n in node.input]
+        node.output[:] = [renamed.get(n, n) for n in node.output]
+    onnx.save(model, str(folder / "renamed.onnx"))
+    convert(folder / "renamed.onnx", folder / "p-renamed", max_context=MAX_CONTEXT, prefill_chunk=CHUNK)
+    board = load_board("host")
+    prompt = [int(t) for t in np.random.default_rng(0).integers(0, case.geometry.vocab, PROMPT_LEN)]
+    got = generate_ids(build(folder / "p-renamed", board), board, generation_info(folder / "p-renamed"), prompt, NEW)
+    assert got["tokens"] == decoders.reference_generate(case, prompt, NEW)

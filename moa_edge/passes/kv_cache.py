@@ -55,7 +55,12 @@ def cache_pairs(nodes: list[Node], inputs: list[str], outputs: list[str]) -> lis
     for name in inputs:
         if CACHE_INPUT.match(name) or name in (TOKENS, POSITIONS, ATTENTION_MASK):
             continue
-        readers = [(n, k) for n in nodes for k, i in enumerate(n.inputs) if i == name and n.op != "Shape"]
+        copy = name
+        while True:  # through copies on the way (TorchScript writes a one-input Concat)
+            readers = [(n, k) for n in nodes for k, i in enumerate(n.inputs) if i == copy and n.op != "Shape"]
+            if len(readers) != 1 or not _is_copy(readers[0][0]):
+                break
+            copy = readers[0][0].outputs[0]
         if len(readers) != 1:
             continue
         node, index = readers[0]
@@ -71,6 +76,10 @@ def cache_pairs(nodes: list[Node], inputs: list[str], outputs: list[str]) -> lis
         if present in outputs:
             pairs.append((name, present, node))
     return pairs
+
+
+def _is_copy(node: Node) -> bool:
+    return node.op == "Identity" or (node.op == "Concat" and len(node.inputs) == 1)
 
 
 def _reader(nodes: list[Node], name: str) -> Node | None:
