@@ -141,10 +141,10 @@ def _pin_shapes(model: onnx.ModelProto, path: Path, pinned: dict[str, tuple[int,
             unpinned.append(f"input {vi.name!r} has symbolic dimension(s) {', '.join(symbolic)}; pin with "
                             f"--input-shape {vi.name}=" + "x".join(
                                 str(d.dim_value) if d.HasField("dim_value") else "N" for d in dims))
-    if unpinned and kv_cache.is_decoder_with_cache(known):
+    if unpinned and kv_cache.is_decoder_with_cache(_links(model), list(known), [o.name for o in model.graph.output]):
         raise MoaEdgeError(f"{path}: a decoder exported with its key/value cache (past_key_values.N.key/value "
-                           "inputs): convert it for generation with --max-context N, or pin every symbolic dimension "
-                           "with --input-shape for one fixed-length pass")
+                           "inputs, or inputs appended to and returned as outputs): convert it for generation with "
+                           "--max-context N, or pin every symbolic dimension with --input-shape for one fixed-length pass")
     if unpinned:
         raise MoaEdgeError(f"{path}: " + "; ".join(unpinned))
 
@@ -181,18 +181,28 @@ def import_decoder(path, max_context: int, chunks: list[int]) -> list[Graph]:
     initializers = {i.name for i in model.graph.initializer}
     dims = {vi.name: [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
             for vi in model.graph.input if vi.name not in initializers}
-    if not kv_cache.is_decoder_with_cache(dims):
-        raise MoaEdgeError(f"{path}: has no cache inputs (past_key_values.N.key/value): it was not exported for "
-                           "generation with a key/value cache")
+    pairs = kv_cache.cache_pairs(_links(model), list(dims), [o.name for o in model.graph.output])
+    if not pairs:
+        raise MoaEdgeError(f"{path}: has no cache inputs (past_key_values.N.key/value, or inputs appended to and "
+                           "returned as outputs): it was not exported for generation with a key/value cache")
+    caches = {past: reader for past, _, reader in pairs}
     graphs = []
     for chunk in chunks:
         copy = onnx.ModelProto()
         copy.CopyFrom(model)  # pinning and shape inference change the proto
-        graph = _import_proto(copy, path, kv_cache.generation_shapes(dims, max_context, chunk, str(path)),
+        graph = _import_proto(copy, path, kv_cache.generation_shapes(dims, max_context, chunk, str(path), caches),
                               infer_later=True)
         kv_cache.attach_cache(graph, max_context, chunk, str(path))
         graphs.append(graph)
     return graphs
+
+
+def _links(model: onnx.ModelProto) -> list[Node]:
+    """The top graph's nodes as the cache pairing sees them: op (domain-qualified as the importer
+    names it), name, inputs, outputs and attributes."""
+    return [Node(n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}", n.name or f"{n.op_type}_{k}",
+                 list(n.input), list(n.output), {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute})
+            for k, n in enumerate(model.graph.node)]
 
 
 def _import_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, tuple[int, ...]],

@@ -114,33 +114,87 @@ def multi_head_attention(graph: Graph, node: Node):
 
 
 def group_query_attention(graph: Graph, node: Node):
-    """com.microsoft.GroupQueryAttention for a whole prompt: causal, no cache, no rotary."""
+    """com.microsoft.GroupQueryAttention, causal: for a whole prompt (no cache), or with its
+    past_key/past_value (B, kv_heads, P, D) appended to as present = MoaConcat(past, new), the
+    query rows after the past (bottom-right diagonal: causal_offset P), as a generation build pins
+    it (kv_cache.py). With do_rotary, the query and new keys turn first (RotaryEmbedding nodes)
+    at positions P .. P + S - 1, as onnxruntime derives them from seqlens_k."""
+    rotary = node.attrs.get("do_rotary", 0) == 1
     _only_known(node, {"num_heads": None, "kv_num_heads": None, "scale": None, "softcap": None,
-                       "local_window_size": -1, "do_rotary": 0, "rotary_interleaved": None,
-                       "smooth_softmax": 0}, 6)
-    if _present(node, 3) or _present(node, 4):
-        _refuse(node, "past_key/past_value (a KV cache with per-batch lengths)")
+                       "local_window_size": -1, "do_rotary": 1 if rotary else 0, "rotary_interleaved": None,
+                       "smooth_softmax": 0}, 8 if rotary else 6)
+    if rotary and not (_present(node, 7) and _present(node, 8)):
+        _refuse(node, "do_rotary=1 without cos_cache and sin_cache")
+    past_k, past_v = _present(node, 3), _present(node, 4)
+    if bool(past_k) != bool(past_v):
+        _refuse(node, "a past_key without a past_value (or the reverse)")
     if not _present(node, 1) or not _present(node, 2):
         _refuse(node, "packed QKV (query holding keys and values)")
-    if any(_used(graph, o) for o in node.outputs[1:]):
-        _refuse(node, "the present outputs")
+    presents = [node.outputs[i] if len(node.outputs) > i and _used(graph, node.outputs[i]) else "" for i in (1, 2)]
+    if any(presents) and not past_k:
+        _refuse(node, "the present outputs without a past")
     heads, kv_heads = node.attrs["num_heads"], node.attrs["kv_num_heads"]
     q, k, v = (graph.tensors[n].shape for n in node.inputs[:3])
+    if len(q) != 3 or len(k) != 3 or len(v) != 3:
+        _refuse(node, "query, key or value that is not 3-D (B, S, hidden)")
     q_lay, k_lay, v_lay = _heads(q, heads), _heads(k, kv_heads), _heads(v, kv_heads)
     B, H, Sq, D = q_lay.shape
-    Skv = k_lay.shape[2]
+    Dv = v_lay.shape[3]
+    past_len = graph.tensors[past_k].shape[2] if past_k else 0
+    Skv = past_len + k_lay.shape[2]
     # seqlens_k holds each batch's total length minus one: only "every key valid" maps exactly.
     seqlens, total = graph.constant(_present(node, 5)), graph.constant(_present(node, 6))
     if (seqlens is None or total is None or int(np.asarray(total).reshape(-1)[0]) != Skv
             or np.any(np.asarray(seqlens) != Skv - 1)):
-        _refuse(node, "seqlens_k/total_sequence_length that are not constants covering every key")
+        _refuse(node, "seqlens_k/total_sequence_length that are not constants covering every key "
+                      f"({Skv}: the past's {past_len} rows and {k_lay.shape[2]} new)")
+    sources, new = list(node.inputs[:3]), []
+    if rotary:
+        new = _rotary_nodes(graph, node, sources, past_len, heads, kv_heads)
+    if past_k:
+        for index, (past, lay, depth) in enumerate(((past_k, k_lay, D), (past_v, v_lay, Dv))):
+            shape = graph.tensors[past].shape
+            if shape != (B, kv_heads, past_len, depth):
+                _refuse(node, f"past {past!r} of shape {list(shape)}, not ({B}, {kv_heads}, {past_len}, {depth})")
+            # max(past, total) rows in onnxruntime: the total, checked above (shape inference may
+            # have given the past's length, not knowing total_sequence_length then).
+            present = presents[index] or f"{node.name}__present_{'kv'[index]}"
+            graph.tensors[present] = Tensor(present, (B, kv_heads, Skv, depth), "float32")
+            new.append(Node("MoaConcat", f"{node.name}__concat_{'kv'[index]}", [past, sources[1 + index]], [present],
+                            {"layouts": [Layout.row_major(shape), lay], "axis": 2}))
+            sources[1 + index] = present
+        k_lay, v_lay = Layout.row_major((B, kv_heads, Skv, D)), Layout.row_major((B, kv_heads, Skv, Dv))
     y = node.outputs[0]
-    spec = AttentionSpec(B, H, kv_heads, Sq, Skv, D, v_lay.shape[3],
+    spec = AttentionSpec(B, H, kv_heads, Sq, Skv, D, Dv,
                          float(node.attrs.get("scale", 0.0)) or 1 / math.sqrt(D), True, MASK_NONE, 0.0,
                          q_lay, k_lay, v_lay, _heads(graph.tensors[y].shape, heads), None,
                          pattern="com.microsoft.GroupQueryAttention", absorbed=(node.name,),
-                         softcap=float(node.attrs.get("softcap", 0.0)))
-    return spec, list(node.inputs[:3]) + [""], y, node
+                         softcap=float(node.attrs.get("softcap", 0.0)), causal_offset=past_len)
+    graph.nodes[graph.nodes.index(node):graph.nodes.index(node)] = new
+    return spec, sources + [""], y, node
+
+
+def _rotary_nodes(graph: Graph, node: Node, sources: list[str], past_len: int, heads: int,
+                  kv_heads: int) -> list[Node]:
+    """RotaryEmbedding of the query and the new keys (sources[0], sources[1], replaced by the
+    turned ones) over the op's cos_cache/sin_cache (max_sequence_length, R/2), at the positions
+    onnxruntime gives them: past_len + s (kv_cache.py binds them to the run-time positions)."""
+    cos, sin = _present(node, 7), _present(node, 8)
+    batch, rows = graph.tensors[sources[0]].shape[:2]
+    positions = f"{node.name}__positions"
+    graph.tensors[positions] = Tensor(positions, (batch, rows), "int64",
+                                      np.broadcast_to(np.arange(past_len, past_len + rows, dtype=np.int64),
+                                                      (batch, rows)).copy())
+    nodes = []
+    for k, count in ((0, heads), (1, kv_heads)):
+        turned = f"{node.name}__{'qk'[k]}_rotary"
+        graph.tensors[turned] = Tensor(turned, graph.tensors[sources[k]].shape, "float32")
+        nodes.append(Node("RotaryEmbedding", f"{node.name}__rotary_{'qk'[k]}", [sources[k], cos, sin, positions],
+                          [turned], {"num_heads": count,
+                                     "interleaved": int(node.attrs.get("rotary_interleaved", 0)),
+                                     "rotary_embedding_dim": 2 * graph.tensors[cos].shape[1]}))
+        sources[k] = turned
+    return nodes
 
 
 def packed_attention(graph: Graph, node: Node):
