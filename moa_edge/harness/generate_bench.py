@@ -113,9 +113,12 @@ before = status_bytes("VmRSS")
 llm = llama_cpp.Llama(model_path=gguf, n_ctx=request["n_ctx"], n_threads=threads, n_threads_batch=threads,
                       n_batch=max(len(prompt), 8), n_ubatch=max(len(prompt), 8), verbose=False)
 
-def feed(ids):  # llama.cpp's logits of the last position fed, then greedy
-    llm.eval(ids)
-    return int(np.argmax(llm.scores[llm.n_tokens - 1]))
+vocab = llm.n_vocab()
+
+def feed(ids):  # greedy on llama.cpp's logits of the last position fed (Llama.scores stays empty
+    llm.eval(ids)  # without logits_all, which would compute every position's)
+    logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1), shape=(vocab,))
+    return int(np.argmax(logits))
 
 best_prefill = best_decode = float("inf")
 for _ in range(request["repeat"]):
@@ -128,7 +131,7 @@ for _ in range(request["repeat"]):
     t2 = time.perf_counter()
     best_prefill, best_decode = min(best_prefill, t1 - t0), min(best_decode, t2 - t1)
 print(json.dumps({"prefill_s": best_prefill, "decode_s": best_decode, "tokens": tokens,
-                  "version": llama_cpp.__version__, "gguf_file_type": llm.metadata.get("general.file_type"),
+                  "version": llama_cpp.__version__, "gguf_file_type": int(llm.metadata.get("general.file_type", -1)),
                   "peak_rss_bytes": status_bytes("VmHWM"), "rss_before_load_bytes": before}))
 """
 
