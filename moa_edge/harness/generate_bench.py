@@ -101,7 +101,7 @@ print(json.dumps({"prefill_s": best_prefill, "decode_s": best_decode, "tokens": 
                   "rss_before_load_bytes": before}))
 """
 
-# argv: model.gguf, request.json ({prompt, new_tokens, threads, repeat, n_ctx}); prints one JSON line.
+# argv: model.gguf, request.json ({prompt, new_tokens, threads, repeat, n_ctx, vocab}); prints one JSON line.
 _LLAMA_CHILD = _MEMORY + r"""
 import json, sys, time
 import numpy as np
@@ -114,6 +114,8 @@ llm = llama_cpp.Llama(model_path=gguf, n_ctx=request["n_ctx"], n_threads=threads
                       n_batch=max(len(prompt), 8), n_ubatch=max(len(prompt), 8), verbose=False)
 
 vocab = llm.n_vocab()
+if vocab != request["vocab"]:
+    sys.exit(f"the GGUF's vocabulary has {vocab} tokens, the ONNX model's {request['vocab']}: not the same model")
 
 def feed(ids):  # greedy on llama.cpp's logits of the last position fed (Llama.scores stays empty
     llm.eval(ids)  # without logits_all, which would compute every position's)
@@ -248,7 +250,8 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
             runtimes["llama_cpp"] = {"status": "no weights: give --gguf FILE (benchmarks/gguf_f32.py makes an F32 one)"}
         else:
             progress(f"llama.cpp: {repeat} runs, {threads} thread(s)")
-            runtimes["llama_cpp"] = _child(_LLAMA_CHILD, Path(gguf), {**request, "n_ctx": max_context}, folder, timeout)
+            runtimes["llama_cpp"] = _child(_LLAMA_CHILD, Path(gguf), {**request, "n_ctx": max_context,
+                                                                      "vocab": info["vocab"]}, folder, timeout)
         on_board = None
         if board is not None and (board.name != "host" or ssh is not None):
             binary, info = _prepare(model, convert, board, folder, max_context, progress)
