@@ -3,10 +3,13 @@ its cache: one run gives moa-edge's and onnxruntime's rates, memory and greedy t
 No timing is asserted (the machine is shared); the tokens are: both sides must give transformers'
 own greedy tokens, and the bench must say whether the sides agree. llama.cpp is left out (no
 --gguf): its column then says why it did not run."""
+import importlib.util
 import json
+from pathlib import Path
 import subprocess
 import sys
 
+import gguf
 import numpy as np
 import pytest
 
@@ -15,6 +18,9 @@ import decoders
 from moa_edge.harness.generate_bench import context_for, first_difference, table
 
 PROMPT, NEW = 9, 6
+_spec = importlib.util.spec_from_file_location("gguf_f32", Path(__file__).parent.parent / "benchmarks" / "gguf_f32.py")
+gguf_f32 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gguf_f32)
 
 
 @pytest.mark.board
@@ -63,3 +69,35 @@ def test_first_difference():
 
 def test_context_rounds_up():
     assert context_for(64, 64) == 128 and context_for(9, 6) == 16 and context_for(60, 10) == 80
+
+
+def test_gguf_f32_dequantises_every_tensor_and_keeps_the_metadata(tmp_path):
+    """benchmarks/gguf_f32.py: each tensor equals gguf's own dequantisation, in F32; every key kept."""
+    rng = np.random.default_rng(0)
+    weight, norm = rng.standard_normal((4, 64)).astype(np.float32), rng.standard_normal(64).astype(np.float32)
+    writer = gguf.GGUFWriter(tmp_path / "q.gguf", "llama")
+    writer.add_block_count(1)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0)
+    writer.add_token_list(["<s>", "a", "b"])
+    writer.add_tensor("blk.0.attn_q.weight", gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q8_0),
+                      raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor("output_norm.weight", norm)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    assert gguf_f32.main([str(tmp_path / "q.gguf"), str(tmp_path / "f32.gguf")]) == 0
+    source, target = gguf.GGUFReader(tmp_path / "q.gguf"), gguf.GGUFReader(tmp_path / "f32.gguf")
+    assert set(source.fields) == set(target.fields)
+    for name in ("general.architecture", "llama.block_count", "tokenizer.ggml.tokens"):
+        assert target.get_field(name).contents() == source.get_field(name).contents()
+    assert target.get_field("general.file_type").contents() == gguf.LlamaFileType.ALL_F32
+    converted = {t.name: t for t in target.tensors}
+    for tensor in source.tensors:
+        out = converted[tensor.name]
+        assert out.tensor_type == gguf.GGMLQuantizationType.F32 and list(out.shape) == list(tensor.shape)
+        want = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        np.testing.assert_array_equal(np.asarray(out.data).reshape(want.shape), want)
+    # The quantised weight really was rounded: the copy is its dequantisation, not the original.
+    assert not np.array_equal(np.asarray(converted["blk.0.attn_q.weight"].data), weight)
