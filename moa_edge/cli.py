@@ -297,6 +297,9 @@ def cmd_inspect(a) -> int:
 
 
 def cmd_bench(a) -> int:
+    if a.what == "generate":
+        return _bench_generate(a)
+    a.board = a.board or "rpi4,k230"  # bench generate's default is the host alone
     if a.what == "model":
         return _bench_model(a)
     if not a.traffic:
@@ -395,6 +398,28 @@ def _bench_model(a) -> int:
         remote = result["board_latency"]
         print(f"  {remote['board']} over ssh {remote['ssh']}: {remote['moa_edge_us']:.0f} us (best of {result['repeat']})")
     print(f"wrote {out / f'model-{stem}.json'} and {out / f'model-{stem}.png'}")
+    _write_json(a.json, result)
+    return 0
+
+
+def _bench_generate(a) -> int:
+    from moa_edge.harness.generate_bench import bench_generate, table
+    from moa_edge.pipeline import convert
+    if not a.model:
+        raise MoaEdgeError("bench generate needs the model file: moa-edge bench generate MODEL.onnx")
+    board = board_arg(a.board) if a.board else None
+    ssh = _ssh_target(a, [board]) if board else None
+    if a.ssh and board is None:
+        raise MoaEdgeError("--ssh runs moa-edge's side on a real board: name it with --board")
+    prompt_ids = _id_list("--prompt-ids", a.prompt_ids) if a.prompt_ids else None
+    result = bench_generate(a.model, convert, prompt_ids, a.prompt_tokens, a.new_tokens, a.threads, a.repeat or 3,
+                            a.gguf, board, ssh, progress=_progress)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"generate-{Path(a.model).stem}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    print(f"wrote {path}")
     _write_json(a.json, result)
     return 0
 
@@ -556,12 +581,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a decoder exported with its cache: inspect its decode step over a cache of N tokens")
 
     s = verb("bench", cmd_bench, "benchmarks: `bench attention` (host time vs PyTorch, onnxruntime, naive C; "
-             "instructions under qemu), `bench attention --traffic` (cachegrind vs the cost model), `bench model`")
-    s.add_argument("what", choices=["attention", "model"])
-    s.add_argument("model", nargs="?", help="bench model: the ONNX file")
+             "instructions under qemu), `bench attention --traffic` (cachegrind vs the cost model), `bench model`, "
+             "`bench generate` (a decoder with its cache: tokens/s and memory vs onnxruntime and llama.cpp)")
+    s.add_argument("what", choices=["attention", "model", "generate"])
+    s.add_argument("model", nargs="?", help="bench model, bench generate: the ONNX file")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
     s.add_argument("--inputs", help="bench model: .npz of inputs (default: seeded)")
-    s.add_argument("--repeat", type=_positive_int, help="runs per side, the fastest counts (model: 20, attention: 10)")
+    s.add_argument("--repeat", type=_positive_int,
+                   help="runs per side, the fastest counts (model: 20, attention: 10, generate: 3)")
     s.add_argument("--budget", type=float, default=3.0, metavar="SECONDS",
                    help="bench attention: stop repeating a side once it has run this long (default 3)")
     s.add_argument("--causal", choices=["both", "yes", "no"], default="both", help="bench attention: which masks")
@@ -571,8 +598,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-count", action="store_true", help="bench attention: skip the qemu instruction counts")
     s.add_argument("--no-time", action="store_true", help="bench attention: skip the host timing")
     s.add_argument("--traffic", action="store_true", help="measure DRAM traffic under cachegrind")
-    s.add_argument("--board", default="rpi4,k230", help="comma-separated " + SOME_BOARDS + " whose cache "
-                   "geometry to simulate (bench model and attention with --ssh: the one board there)")
+    s.add_argument("--board", help="comma-separated " + SOME_BOARDS + " whose cache geometry to simulate "
+                   "(default rpi4,k230; bench model and attention with --ssh: the one board there; bench generate: "
+                   "one board where moa-edge's side also runs, default the host alone)")
     s.add_argument("--seq", type=_int_list, help="sequence lengths (attention: 128,512,1024,2048,4096; "
                    "--traffic: 256,1024,4096)")
     s.add_argument("--heads", type=_int_list, help="heads (attention: 8; --traffic: 1,8)")
@@ -581,7 +609,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-naive", action="store_true", help="skip the naive n x n kernel")
     s.add_argument("--out", default="benchmarks/results",
                    help="folder for attention.json/.png (traffic.json/.png with --traffic)")
-    ssh_options(s)  # bench model: also time the model on the one --board over ssh
+    s.add_argument("--prompt-tokens", type=_positive_int, default=64, metavar="N",
+                   help="bench generate: a prompt of N seeded random token ids (default 64)")
+    s.add_argument("--prompt-ids", metavar="ID,ID,...", help="bench generate: this prompt instead")
+    s.add_argument("--new-tokens", type=_positive_int, default=64, metavar="K",
+                   help="bench generate: greedy tokens to generate (default 64; decode is the K-1 after the first)")
+    s.add_argument("--threads", type=_positive_int, default=1,
+                   help="bench generate: onnxruntime's and llama.cpp's threads (default 1; moa-edge runs on one)")
+    s.add_argument("--gguf", metavar="FILE", help="bench generate: llama.cpp's weights, a GGUF of the same model "
+                   "(benchmarks/gguf_f32.py writes an F32 one)")
+    ssh_options(s)  # bench model, generate: also time the model on the one --board over ssh
 
     s = verb("boards", cmd_boards, "list the board catalogue (every file validated)")
     s.add_argument("--dir", metavar="DIR", help="a folder of board TOML files to check and list instead of boards/")
