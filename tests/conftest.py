@@ -1,5 +1,7 @@
 import os
 from pathlib import Path
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -35,6 +37,21 @@ def board_file(folder: Path, name: str = "my board", like: str = "host") -> Path
     path = folder / f"{name}.toml"
     path.write_text(text.replace(f'name = "{like}"', f'name = "{name}"', 1))
     return path
+
+
+def run_cli(*args, cwd=None):
+    """`moa-edge ARGS` in a child process (arguments as strings); its CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "moa_edge.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def one_error(proc, *fragments):
+    """The command failed with exactly one line, moa-edge's error, holding every fragment."""
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("moa-edge: error:"), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
 
 
 # `make test` runs under pytest-xdist with --dist worksteal: each worker gets a contiguous share

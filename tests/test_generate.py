@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 import re
 import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 
-from conftest import require_board
+from conftest import one_error, require_board, run_cli
 import decoders
 from models import Case, export
 from moa_edge.errors import MoaEdgeError
@@ -179,41 +178,28 @@ int main(void)
 
 # --- bad input: one clear error each, non-zero exit -------------------------------------------
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "moa_edge.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=600)
-
-
-def _one_error(proc, *fragments):
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("moa-edge: error:"), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def test_bad_prompts_are_refused_before_the_runner_starts(folder):
     case, project = _project(folder, "llama", "torchscript", 17)
     vocab = case.geometry.vocab
-    _one_error(_cli("generate", project, "--prompt-ids", ",".join(["1"] * (MAX_CONTEXT + 1))),
+    one_error(run_cli("generate", project, "--prompt-ids", ",".join(["1"] * (MAX_CONTEXT + 1))),
                f"{MAX_CONTEXT + 1} tokens", f"max context of {MAX_CONTEXT}")
-    _one_error(_cli("generate", project, "--prompt-ids", f"1,2,{vocab}"), f"token id {vocab}", f"[0, {vocab})")
-    _one_error(_cli("generate", project, "--prompt-ids", "1,-3"), "token id -3")
-    _one_error(_cli("generate", project, "--prompt-ids", "1,x"), "--prompt-ids")
-    _one_error(_cli("generate", project, "--prompt", "hello"), "no tokenizer")
-    _one_error(_cli("generate", project, "--prompt-ids", "1", "--top-p", "0"), "--top-p")
+    one_error(run_cli("generate", project, "--prompt-ids", f"1,2,{vocab}"), f"token id {vocab}", f"[0, {vocab})")
+    one_error(run_cli("generate", project, "--prompt-ids", "1,-3"), "token id -3")
+    one_error(run_cli("generate", project, "--prompt-ids", "1,x"), "--prompt-ids")
+    one_error(run_cli("generate", project, "--prompt", "hello"), "no tokenizer")
+    one_error(run_cli("generate", project, "--prompt-ids", "1", "--top-p", "0"), "--top-p")
 
 
 def test_generate_on_a_build_without_a_cache_is_refused(folder):
     one_shot = folder / "one-shot"
     export(Case("one-shot", "sdpa18", q_len=4, kv_len=4, head_dim=8), folder / "one-shot.onnx")
     convert(folder / "one-shot.onnx", one_shot)
-    _one_error(_cli("generate", one_shot, "--prompt-ids", "1,2"), "not converted for generation", "--max-context")
+    one_error(run_cli("generate", one_shot, "--prompt-ids", "1,2"), "not converted for generation", "--max-context")
 
 
 def test_a_decoder_with_a_cache_needs_max_context(folder):
     case, _ = _project(folder, "llama", "torchscript", 17)
-    _one_error(_cli("convert", case.path, "-o", folder / "no-context"), "key/value cache", "--max-context")
+    one_error(run_cli("convert", case.path, "-o", folder / "no-context"), "key/value cache", "--max-context")
     assert not (folder / "no-context").exists()
 
 
@@ -230,10 +216,10 @@ def test_a_cache_that_is_not_appended_to_is_refused_by_node(folder):
     model.graph.node.insert(list(model.graph.node).index(concat), scale)
     bad = folder / "scaled-past.onnx"
     onnx.save(model, str(bad))
-    proc = _cli("convert", bad, "-o", folder / "scaled", "--max-context", "32")
-    _one_error(proc, "present.1.key", "cannot be mapped")
+    proc = run_cli("convert", bad, "-o", folder / "scaled", "--max-context", "32")
+    one_error(proc, "present.1.key", "cannot be mapped")
     assert not (folder / "scaled").exists()
-    proc = _cli("convert", case.path, "-o", folder / "tiny-context", "--max-context", "0")
+    proc = run_cli("convert", case.path, "-o", folder / "tiny-context", "--max-context", "0")
     assert proc.returncode != 0
 
 
@@ -241,7 +227,7 @@ def test_generate_cli_streams_and_writes_json(folder, tmp_path):
     case, project = _project(folder, "llama", "torchscript", 17)
     prompt = _prompt(case)
     want = decoders.reference_generate(case, prompt, 8)
-    proc = _cli("generate", project, "--prompt-ids", ",".join(map(str, prompt)), "--max-new-tokens", 8,
+    proc = run_cli("generate", project, "--prompt-ids", ",".join(map(str, prompt)), "--max-new-tokens", 8,
                 "--json", tmp_path / "g.json")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(t) for t in want]
@@ -259,7 +245,7 @@ def test_a_bad_sampling_request_is_refused():
 
 def test_inspect_shows_the_decode_step_and_its_derivation(folder):
     case, _ = _project(folder, "llama", "torchscript", 17)
-    proc = _cli("inspect", case.path, "--max-context", MAX_CONTEXT, "--derivation")
+    proc = run_cli("inspect", case.path, "--max-context", MAX_CONTEXT, "--derivation")
     assert proc.returncode == 0, proc.stderr
     g = case.geometry
     assert proc.stdout.count(f"heads {g.q_heads} (kv {g.kv_heads}), q_len 1, kv_len {MAX_CONTEXT}") == g.layers

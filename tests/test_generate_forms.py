@@ -10,8 +10,6 @@ run-time key lengths):
 Expected values: onnxruntime running the original file step by step, the cache fed back, or
 transformers' own generate (never moa-edge)."""
 from pathlib import Path
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -19,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxruntime as ort
 import pytest
 
-from conftest import require_board
+from conftest import one_error, require_board, run_cli
 import decoders
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
@@ -270,19 +268,6 @@ def test_both_forms_generate_on_the_emulated_boards(folder, board_name):
 
 # --- what cannot be mapped: one clear error naming the node, non-zero exit, nothing written ------
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "moa_edge.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600)
-
-
-def _one_error(proc, *fragments):
-    assert proc.returncode != 0
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("moa-edge: error:"), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def test_a_past_sharing_its_buffer_with_the_present_is_refused_by_node(folder):
     """onnxruntime-genai's past_present_share_buffer: past and present of max_sequence_length rows,
     the new rows written in place at seqlens_k. The file's past has a fixed length that is not
@@ -293,7 +278,7 @@ def test_a_past_sharing_its_buffer_with_the_present_is_refused_by_node(folder):
             value.type.tensor_type.shape.dim[2].Clear()
             value.type.tensor_type.shape.dim[2].dim_value = 64  # max_sequence_length
     onnx.save(model, str(folder / "gqa-shared.onnx"))
-    _one_error(_cli("convert", folder / "gqa-shared.onnx", "-o", folder / "p-shared", "--max-context", MAX_CONTEXT),
+    one_error(run_cli("convert", folder / "gqa-shared.onnx", "-o", folder / "p-shared", "--max-context", MAX_CONTEXT),
                "'/model/layers.0/attn/GroupQueryAttention'", "past_key_values.0.key", "fixed length 64",
                "shar", "cannot map")
     assert not (folder / "p-shared").exists()
@@ -317,12 +302,12 @@ def test_the_cli_converts_and_generates_an_attention_op_decoder(folder, tmp_path
     --max-context the file is recognised as a decoder with a cache (by structure: its cache
     inputs are named past_k_i / past_v_i) and refused with the hint."""
     model = attention_op_decoder(folder / "attention-cli.onnx", 23, four_d=False, seed=3)
-    _one_error(_cli("convert", model, "-o", tmp_path / "no-context"), "key/value cache", "--max-context")
-    proc = _cli("convert", model, "-o", tmp_path / "p", "--max-context", MAX_CONTEXT)
+    one_error(run_cli("convert", model, "-o", tmp_path / "no-context"), "key/value cache", "--max-context")
+    proc = run_cli("convert", model, "-o", tmp_path / "p", "--max-context", MAX_CONTEXT)
     assert proc.returncode == 0, proc.stderr
     prompt = _prompt(1)
     want, _ = ort_greedy(model, prompt, 8)
-    proc = _cli("generate", tmp_path / "p", "--prompt-ids", ",".join(map(str, prompt)), "--max-new-tokens", 8)
+    proc = run_cli("generate", tmp_path / "p", "--prompt-ids", ",".join(map(str, prompt)), "--max-new-tokens", 8)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == [str(t) for t in want]
 
