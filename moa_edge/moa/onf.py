@@ -833,11 +833,7 @@ def _decode_tiles(form: _MicroKernels, w):
 
     def chunk(indent, m, l, acc, begin, end):
         inner = indent + "    "
-        w(f"{indent}for (ii = 0; ii < rows; ii++) {{")
-        w(f"{indent}    {m}[ii] = -INFINITY;")
-        w(f"{indent}    {l}[ii] = 0;")
-        w(f"{indent}    for (kk = 0; kk < {dv}; kk++) {{ {acc}[ii * {dv} + kk] = 0; }}")
-        w(f"{indent}}}")
+        _empty_partial(w, indent, m, l, acc, dv, "kk")
         form.key_tiles(w, "", begin, end, indent)
         form.pack_k(w, inner)
         form.pack_v(w, inner)
@@ -869,6 +865,15 @@ def _decode_tiles(form: _MicroKernels, w):
     form.write_y(w, "acc", dv)
 
 
+def _empty_partial(w, indent: str, m: str, l: str, acc: str, dv: int, var: str) -> None:
+    """A key chunk's partial (row max, row sum, accumulator) before its first key tile."""
+    w(f"{indent}for (ii = 0; ii < rows; ii++) {{")
+    w(f"{indent}    {m}[ii] = -INFINITY;")
+    w(f"{indent}    {l}[ii] = 0;")
+    w(f"{indent}    for ({var} = 0; {var} < {dv}; {var}++) {{ {acc}[ii * {dv} + {var}] = 0; }}")
+    w(f"{indent}}}")
+
+
 def _decode_body(spec: AttentionSpec, schedule: Schedule, real, exp, score, w):
     """The oracle's decode form: the online body over the stacked rows, per key split, the
     partials combined as split_keys (dnf/split.py) combines them."""
@@ -877,11 +882,7 @@ def _decode_body(spec: AttentionSpec, schedule: Schedule, real, exp, score, w):
 
     def chunk(indent, m, l, acc, begin, end):
         inner = indent + "    "
-        w(f"{indent}for (ii = 0; ii < rows; ii++) {{")
-        w(f"{indent}    {m}[ii] = -INFINITY;")
-        w(f"{indent}    {l}[ii] = 0;")
-        w(f"{indent}    for (q = 0; q < {dv}; q++) {{ {acc}[ii * {dv} + q] = 0; }}")
-        w(f"{indent}}}")
+        _empty_partial(w, indent, m, l, acc, dv, "q")
         _score_tile(bc, score, [f"s[ii * {bc} + kk] = sc;"], w, begin, end, indent, query)
         w(f"{inner}for (ii = 0; ii < rows; ii++) {{")
         w(f"{inner}    {real} m_new = {m}[ii], rescale;")
