@@ -58,7 +58,7 @@ def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None =
     """What convert would do: blocks found and absorbed, schedules and predicted cost, ops left
     (with max_context, of a decoder's decode step over its cache)."""
     if max_context is not None:
-        graph = load_decoder(model_path(model), max_context)[1]
+        graph = load_decoder(model_path(model), max_context, prefill_chunk=1)[1]  # the step alone
     else:
         graph = load_graph(model_path(model), input_shapes, strict=False)
     blocks = []
