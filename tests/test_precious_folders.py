@@ -251,12 +251,34 @@ def test_run_outputs_that_cannot_be_written(model, tmp_path, tmpdir_env):
 
 # --- signals ----------------------------------------------------------------------------------
 
-def _interrupt(env, args, ready, sig, cwd):
-    """Start the CLI, wait until ready() (at most 120 s), send sig; returns (exit code, stderr)."""
+# Runs the CLI with one pipeline function made to stop for a while after it returns, so that the
+# signal lands inside the work whatever the machine's load (a tiny model converts faster than a
+# busy test machine polls).
+_PAUSED_CLI = """
+import sys, time, importlib
+module, name = sys.argv.pop(1).rsplit(":", 1)
+module = importlib.import_module(module)
+work = getattr(module, name)
+def paused(*args, **kwargs):
+    result = work(*args, **kwargs)
+    print("test: paused in", name, file=sys.stderr, flush=True)
+    time.sleep(120)
+    return result
+setattr(module, name, paused)
+from moa_edge.cli import main
+sys.exit(main())
+"""
+
+
+def _interrupt(env, args, ready, sig, cwd, pause_after=None):
+    """Start the CLI, wait until ready() (at most 120 s), send sig; returns (exit code, stderr).
+    pause_after="module:function" holds the CLI still once that function has returned."""
     err = cwd / "stderr.txt"
+    start = [sys.executable, "-c", _PAUSED_CLI, pause_after] if pause_after else [sys.executable, "-m", "moa_edge.cli"]
     with open(err, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "moa_edge.cli", *map(str, args)], stdout=subprocess.DEVNULL,
-                                stderr=f, env=env, cwd=cwd)
+        proc = subprocess.Popen([*start, *map(str, args)], stdout=subprocess.DEVNULL, stderr=f, env=env, cwd=cwd)
+    if pause_after:
+        ready = lambda text, ready=ready: "test: paused in" in text and ready(text)  # noqa: E731
     deadline = time.monotonic() + 120
     while not ready(err.read_text()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -277,7 +299,8 @@ def test_a_signal_during_convert_leaves_no_folder_behind(model, tmp_path, tmpdir
     work.mkdir()
     out = work / "new" / "proj"
     code, err = _interrupt(tmpdir_env, ["convert", model, "-o", out],
-                           lambda _: (work / "new").is_dir() and no_leftovers(work / "new"), sig, work)
+                           lambda _: (work / "new").is_dir() and no_leftovers(work / "new"), sig, work,
+                           pause_after="moa_edge.pipeline:schedule_graph")
     assert code == 128 + sig and f"interrupted ({sig.name})" in err and "Traceback" not in err, err
     assert sorted(p.name for p in work.iterdir()) == []  # not the project, its staging folder, nor new/
 
@@ -287,7 +310,7 @@ def test_a_signal_during_a_reconvert_keeps_the_old_project(model, tmp_path, tmpd
     assert moa(tmpdir_env, "convert", model, "-o", project).returncode == 0
     before = snapshot(project)
     code, err = _interrupt(tmpdir_env, ["convert", model, "-o", project], lambda _: no_leftovers(tmp_path),
-                           signal.SIGTERM, tmp_path)
+                           signal.SIGTERM, tmp_path, pause_after="moa_edge.pipeline:schedule_graph")
     assert code == 128 + signal.SIGTERM, err
     assert snapshot(project) == before and no_leftovers(tmp_path) == []
 
