@@ -60,8 +60,17 @@ def _write_json(path: str | None, data: dict) -> None:
         _write_file("--json", path, lambda f: f.write(text.encode()))
 
 
+def _by_type(totals: dict) -> str:
+    return ", ".join(f"{kind} {n} B" for kind, n in totals.items()) or "none"
+
+
+WEIGHTS_HELP = ("store the float weights of MatMul and Gemm quantized: int8 (a scale per output column), int8:BLOCK, "
+                "int4[:BLOCK] (a scale per BLOCK rows, default 32; llama.cpp's Q4_0 rounding)")
+
+
 def cmd_convert(a) -> int:
     from moa_edge.converters import parse_input_shapes
+    from moa_edge.passes import parse_weights
     from moa_edge.pipeline import convert
     from moa_edge.pipeline import parse_schedule
     board = board_arg(a.board)
@@ -70,10 +79,10 @@ def cmd_convert(a) -> int:
     report = convert(a.model, a.output, board=board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix,
                      scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
                      fuse_attention=a.attention == "fused", max_context=a.max_context,
-                     **({"prefill_chunk": a.prefill_chunk} if a.prefill_chunk else {}))
+                     weights=parse_weights(a.weights), **({"prefill_chunk": a.prefill_chunk} if a.prefill_chunk else {}))
     blocks = report["attention_blocks"]
     print(f"{a.model} -> {a.output}: {len(blocks)} attention block(s), arena {report['memory']['arena_bytes']} B, "
-          f"weights {report['memory']['weights_bytes']} B")
+          f"weights {report['memory']['weights_bytes']} B ({_by_type(report['memory']['weights_bytes_by_type'])})")
     if "generation" in report:
         g = report["generation"]
         print(f"  generation: max context {g['max_context']} tokens, key/value cache {report['memory']['cache_bytes']} B "
@@ -262,9 +271,11 @@ def format_table(result: dict) -> str:
 
 def cmd_inspect(a) -> int:
     from moa_edge.converters import parse_input_shapes
+    from moa_edge.passes import parse_weights
     from moa_edge.pipeline import inspect
     board = board_arg(a.board)
-    result = inspect(a.model, board, parse_input_shapes(a.input_shape), a.scratch_budget, a.max_context)
+    result = inspect(a.model, board, parse_input_shapes(a.input_shape), a.scratch_budget, a.max_context,
+                     parse_weights(a.weights))
     if not a.derivation:
         for b in result["attention_blocks"]:
             b.pop("derivation")
@@ -290,7 +301,8 @@ def cmd_inspect(a) -> int:
     if result["memory"]:
         m = result["memory"]
         print(f"  memory: arena {m['arena_bytes']} B ({m['algorithm']}; live-bytes lower bound "
-              f"{m['live_bytes_lower_bound']} B), weights {m['weights_bytes']} B; peak at {m['peak_step']}: "
+              f"{m['live_bytes_lower_bound']} B), weights {m['weights_bytes']} B "
+              f"({_by_type(m['weights_bytes_by_type'])}); peak at {m['peak_step']}: "
               f"{', '.join(m['live_at_peak'])}")
     _write_json(a.json, result)
     return 0
@@ -499,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the longest prompt + generation)")
     s.add_argument("--prefill-chunk", type=_positive_int, metavar="N",
                    help="prompt tokens per prefill call of a generation build (default 16)")
+    s.add_argument("--weights", metavar="FORMAT", help=WEIGHTS_HELP)
 
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")
@@ -579,6 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--derivation", action="store_true", help="print the MoA derivation of each block's DNF")
     s.add_argument("--max-context", type=_positive_int, metavar="N",
                    help="a decoder exported with its cache: inspect its decode step over a cache of N tokens")
+    s.add_argument("--weights", metavar="FORMAT", help=WEIGHTS_HELP)
 
     s = verb("bench", cmd_bench, "benchmarks: `bench attention` (host time vs PyTorch, onnxruntime, naive C; "
              "instructions under qemu), `bench attention --traffic` (cachegrind vs the cost model), `bench model`, "

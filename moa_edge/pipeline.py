@@ -24,13 +24,15 @@ from moa_edge.ir.c_syntax import check_prefix
 from moa_edge.moa import dnf
 from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
-from moa_edge.passes import kv_cache, lower, unsupported_ops
+from moa_edge.passes import WeightFormat, kv_cache, lower, unsupported_ops
 from moa_edge.plan import plan_arena
 from moa_edge.target import Board, load_board
 
 
-def load_graph(model: Path, input_shapes=None, strict: bool = True, fuse_attention: bool = True) -> Graph:
-    graph = lower(import_onnx(model, input_shapes), source=str(model), strict=strict, fuse_attention=fuse_attention)
+def load_graph(model: Path, input_shapes=None, strict: bool = True, fuse_attention: bool = True,
+               weights: WeightFormat | None = None) -> Graph:
+    graph = lower(import_onnx(model, input_shapes), source=str(model), strict=strict, fuse_attention=fuse_attention,
+                  weights=weights)
     check_sizes(graph, str(model))  # again: folding and the rewrites made tensors of their own
     return graph
 
@@ -38,7 +40,8 @@ def load_graph(model: Path, input_shapes=None, strict: bool = True, fuse_attenti
 PREFILL_CHUNK = 16  # prompt tokens per prefill call: a GEMM of 16 rows, not 16 GEMVs
 
 
-def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHUNK) -> dict[int, Graph]:
+def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHUNK,
+                 weights: WeightFormat | None = None) -> dict[int, Graph]:
     """A decoder exported with its cache, lowered once per chunk size: chunk -> graph (1, the
     decode step, always; prefill_chunk when larger and within max_context)."""
     if max_context < 1:
@@ -46,7 +49,7 @@ def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHU
     chunks = sorted({1, min(prefill_chunk, max_context)}, reverse=True)
     graphs = {}
     for chunk, graph in zip(chunks, import_decoder(model, max_context, chunks)):
-        lower(graph, source=str(model))
+        lower(graph, source=str(model), weights=weights)
         kv_cache.bind_cache_attention(graph, chunk, str(model))
         check_sizes(graph, str(model))
         graphs[chunk] = graph
@@ -54,13 +57,13 @@ def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHU
 
 
 def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None = None,
-            max_context: int | None = None) -> dict:
+            max_context: int | None = None, weights: WeightFormat | None = None) -> dict:
     """What convert would do: blocks found and absorbed, schedules and predicted cost, ops left
     (with max_context, of a decoder's decode step over its cache)."""
     if max_context is not None:
-        graph = load_decoder(model_path(model), max_context, prefill_chunk=1)[1]  # the step alone
+        graph = load_decoder(model_path(model), max_context, prefill_chunk=1, weights=weights)[1]  # the step alone
     else:
-        graph = load_graph(model_path(model), input_shapes, strict=False)
+        graph = load_graph(model_path(model), input_shapes, strict=False, weights=weights)
     blocks = []
     for node in graph.nodes:
         if node.op == "MoaAttention":
@@ -71,7 +74,8 @@ def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None =
     unsupported = unsupported_ops(graph)
     memory = None
     if not unsupported:  # the memory plan convert would make (views, in-place writes, kernel scratch)
-        memory = {**plan_arena(graph).describe(), "weights_bytes": sum(t.nbytes for t in graph.weights())}
+        memory = {**plan_arena(graph).describe(), "weights_bytes": sum(t.nbytes for t in graph.weights()),
+                  "weights_bytes_by_type": graph.weight_bytes_by_type()}
         memory.pop("buffers")
     return {"model": str(model), "board": board.name, "attention_blocks": blocks,
             "op_types": sorted({n.op for n in graph.nodes}), "unsupported_ops": unsupported, "memory": memory}
@@ -130,7 +134,8 @@ def _check_replaceable(out_dir: Path, model: Path) -> None:
 
 def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefix: str = "model",
             scratch_budget: int | None = None, schedule: Schedule | None = None, fuse_attention: bool = True,
-            max_context: int | None = None, prefill_chunk: int = PREFILL_CHUNK) -> dict:
+            max_context: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
+            weights: WeightFormat | None = None) -> dict:
     """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing. An existing out_dir is
     replaced only if everything in it is moa-edge's (ownership.MARKER lists what convert wrote).
     With max_context, the model is a decoder exported with its cache, built for generation."""
@@ -155,11 +160,11 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
             raise MoaEdgeError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
         if max_context is not None:
             graphs = {chunk: schedule_graph(graph, board, scratch_budget, schedule)
-                      for chunk, graph in load_decoder(model, max_context, prefill_chunk).items()}
+                      for chunk, graph in load_decoder(model, max_context, prefill_chunk, weights).items()}
             report = emit_generation_project(graphs, staging, max_context, prefix=prefix, board=board,
                                              source=model.name, model_folder=model.parent)
         else:
-            graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention), board,
+            graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention, weights=weights), board,
                                    scratch_budget, schedule)
             report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name)
         ownership.write_manifest(staging)

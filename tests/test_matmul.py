@@ -15,6 +15,7 @@ import pytest
 from conftest import BOARDS, require_board
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.harness.build import build
+from moa_edge.ops import matmul
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.pipeline import convert, load_graph
@@ -236,7 +237,7 @@ int main(int argc, char **argv)
 """
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer"]
 SENTINEL = np.float32(12345.0)
-GEMM_SOURCES = [C_RUNTIME_DIR / "src" / "matmul.c", *sorted(C_RUNTIME_DIR.glob("src/*/gemm_f32_*.c"))]
+GEMM_SOURCES = [C_RUNTIME_DIR / "src" / s for s in matmul.C_SOURCES]
 
 # Every register-tile variant (moa/gemm_tile.h): (board, extra C flags, emulator options, the
 # variant the build must report). The host builds cover AVX-512 under the sanitizers (when

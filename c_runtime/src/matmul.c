@@ -7,14 +7,29 @@
  * is not. Y = beta * C is written first, so every slice of the sum only adds to Y. */
 #include "moa/matmul.h"
 #include "moa/gemm_tile.h"
+#include "moa/qgemm_panel.h"
+#include "moa/qmatmul.h"
 
 #define MOA_GEMM_MC (MOA_GEMM_MR * MOA_GEMM_MC_TILES)
 
-/* Where B comes from: a packed copy, or a strided view. */
+/* Where B comes from: a packed copy, quantized weights (qmatmul.h), or a strided view. */
 typedef struct {
     const float *packed;
+    const moa_qweights *quantized;
     moa_matrix_f32 view;
 } b_source;
+
+/* Panel `panel` of quantized weights: its values, scales and offsets. */
+static moa_qweights quantized_panel(const moa_qweights *w, size_t K, size_t panel)
+{
+    const size_t rows = MOA_QW_ROWS(K, w->block), scales = MOA_QW_BLOCKS(K, w->block) * MOA_GEMM_NR;
+    moa_qweights p = *w;
+    p.q = w->type == MOA_QW_I8 ? (const void *)((const int8_t *)w->q + panel * rows * MOA_GEMM_NR)
+                               : (const void *)((const uint8_t *)w->q + panel * rows / 2 * MOA_GEMM_NR);
+    p.scale = w->scale + panel * scales;
+    p.offset = w->offset != NULL ? w->offset + panel * scales : NULL;
+    return p;
+}
 
 static size_t min_size(size_t a, size_t b)
 {
@@ -60,6 +75,12 @@ static const float *panel_rows(b_source b, size_t K, size_t N, size_t q, size_t 
     if (b.packed != NULL) {
         *row_stride = MOA_GEMM_NR;
         return b.packed + (q * K + p0) * MOA_GEMM_NR;
+    }
+    if (b.quantized != NULL) {
+        const moa_qweights w = quantized_panel(b.quantized, K, q);
+        (w.type == MOA_QW_I8 ? moa_qw_dequant_i8 : moa_qw_dequant_u4)(w.block, w.q, w.scale, w.offset, p0, kc, buffer);
+        *row_stride = MOA_GEMM_NR;
+        return buffer;
     }
     if (b.view.col_stride == 1 && nr == MOA_GEMM_NR) {
         *row_stride = b.view.row_stride;
@@ -148,6 +169,26 @@ static void gemv_packed(size_t M, size_t N, size_t K, float alpha, moa_matrix_f3
     }
 }
 
+/* As gemv_packed, over quantized panels: the scales are applied per block to sums of x * q. */
+static void gemv_quantized(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, const moa_qweights *quantized,
+                           int accumulate, float *y, ptrdiff_t y_row_stride)
+{
+    size_t q, i, j;
+    for (q = 0; q * MOA_GEMM_NR < N; q++) {
+        const size_t j0 = q * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NR, N - j0);
+        const moa_qweights w = quantized_panel(quantized, K, q);
+        for (i = 0; i < M; i++) {
+            float *y_row = y + (ptrdiff_t)i * y_row_stride + (ptrdiff_t)j0;
+            float sum[MOA_GEMM_NR];
+            (w.type == MOA_QW_I8 ? moa_qw_dot_i8 : moa_qw_dot_u4)(K, w.block, a.data + (ptrdiff_t)i * a.row_stride,
+                                                                a.col_stride, w.q, w.scale, w.offset, sum);
+            for (j = 0; j < nr; j++) {
+                y_row[j] = alpha * sum[j] + (accumulate ? y_row[j] : 0.0f);
+            }
+        }
+    }
+}
+
 static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b, float beta,
                        moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
@@ -156,7 +197,7 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
     if (M == 0 || N == 0) {
         return MOA_OK;
     }
-    if (y == NULL || (K > 0 && (a.data == NULL || (b.packed == NULL && b.view.data == NULL)))) {
+    if (y == NULL || (K > 0 && (a.data == NULL || (b.packed == NULL && b.quantized == NULL && b.view.data == NULL)))) {
         return MOA_ERR_NULL_ARGUMENT;
     }
     if (M > 1 && y_row_stride < (ptrdiff_t)N) {
@@ -175,6 +216,10 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
     }
     if (M < MOA_GEMM_MR && b.packed != NULL) {
         gemv_packed(M, N, K, alpha, a, b.packed, c.data != NULL, y, y_row_stride);
+        return MOA_OK;
+    }
+    if (M < MOA_GEMM_MR && b.quantized != NULL) {
+        gemv_quantized(M, N, K, alpha, a, b.quantized, c.data != NULL, y, y_row_stride);
         return MOA_OK;
     }
     for (p0 = 0; p0 < K; p0 += MOA_GEMM_KC) {
@@ -211,6 +256,7 @@ moa_status moa_gemm_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f3
 {
     b_source source;
     source.packed = NULL;
+    source.quantized = NULL;
     source.view = b;
     return gemm(M, N, K, alpha, a, source, beta, c, y, y_row_stride);
 }
@@ -223,6 +269,24 @@ moa_status moa_gemm_packed_f32(size_t M, size_t N, size_t K, float alpha, moa_ma
         return MOA_ERR_NULL_ARGUMENT;
     }
     source.packed = packed_b;
+    source.quantized = NULL;
+    source.view.data = NULL;
+    source.view.row_stride = source.view.col_stride = 0;
+    return gemm(M, N, K, alpha, a, source, beta, c, y, y_row_stride);
+}
+
+moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_qweights w,
+                           float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
+    b_source source;
+    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4) || w.block == 0 || (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    if ((w.q == NULL || w.scale == NULL) && K > 0 && M > 0 && N > 0) {
+        return MOA_ERR_NULL_ARGUMENT;
+    }
+    source.packed = NULL;
+    source.quantized = &w;
     source.view.data = NULL;
     source.view.row_stride = source.view.col_stride = 0;
     return gemm(M, N, K, alpha, a, source, beta, c, y, y_row_stride);

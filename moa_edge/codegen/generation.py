@@ -9,13 +9,14 @@ import shutil
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, dtypes
+from moa_edge.ir.graph import bytes_by_type
 from moa_edge.ir.c_syntax import c_comment_text, check_prefix
 from moa_edge.ops.kv_cache import POSITION
 from moa_edge.passes.kv_cache import KV_LENGTH, POSITIONS, TOKENS
 from moa_edge.plan.predict import predict_model
 from moa_edge.target import Board, load_board
 
-from .project import GraphCode, WeightSymbols, check_memory, graph_code, write_project
+from .project import GraphCode, WeightSymbols, check_memory, graph_code, weight_type_macros, write_project
 
 STATE_HEADER = 64  # the position and a tag, padded so that every cache starts 64-byte aligned
 ALIGN = 64
@@ -143,6 +144,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
         "ELEMENT_BYTES": str(dtypes.dtype(cache[0].dtype).itemsize), "STATE_HEADER": str(STATE_HEADER),
         "CACHE_BYTES": str(cache_bytes), "STATE_BYTES": str(state_bytes),
         "ARENA_BYTES": str(arena_bytes), "WEIGHTS_BYTES": str(weights_bytes),
+        "WEIGHTS_BY_TYPE": weight_type_macros(P, weights),
         "CHUNK_FUNCTIONS": "\n".join(functions), "PREFILL_CHUNKS": "".join(prefill),
         "KERNELS": "\n".join(k for code in codes.values() for k in code.kernels),
         "KERNEL_DECLS": "\n".join(d for code in codes.values() for d in code.kernel_decls),
@@ -166,6 +168,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
                              for chunk, graph in graphs.items() for n in graph.nodes if n.op == "MoaAttention"],
         "ops": [{"node": n.name, "op": n.op} for n in step.nodes],
         "memory": {"arena_bytes": arena_bytes, "state_bytes": state_bytes, "weights_bytes": weights_bytes,
+                   "weights_bytes_by_type": bytes_by_type(t for t, _ in weights),
                    "cache_bytes": cache_bytes,
                    "chunks": {str(chunk): code.plan.describe() for chunk, code in codes.items()}},
         "predicted": predict_model(step, board, codes[1].plan.total_bytes),

@@ -14,6 +14,7 @@ from moa_edge import C_RUNTIME_DIR
 from moa_edge.plan.predict import predict_model
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Tensor, dtypes
+from moa_edge.ir.graph import bytes_by_type
 from moa_edge.ir.c_syntax import c_comment_text, c_identifier, c_string_literal, check_prefix
 from moa_edge.ops import SUPPORTED_OPS, EmitContext
 from moa_edge.ops.contract import RUN_LOCALS
@@ -37,6 +38,12 @@ def _weights_blob(weights) -> tuple[bytes, str]:
                   f'    .incbin "weights.bin", {len(blob)}, {len(data)}' if data else "    .byte 0"]
         blob += data
     return bytes(blob), "\n".join(lines)
+
+
+def weight_type_macros(P: str, weights) -> str:
+    """model.h's weight bytes per stored type (float32, int8, int4, ...): what --weights saved."""
+    return "".join(f"#define {P}_WEIGHTS_BYTES_{kind.upper()} {n}u\n"
+                   for kind, n in bytes_by_type(t for t, _ in weights).items())
 
 
 @dataclass
@@ -97,9 +104,9 @@ def graph_code(graph: Graph, prefix: str, board: Board, stem: str, where: dict[s
 
     weights = []
     for t in graph.weights():
-        if t.dtype not in dtypes.RUNTIME_DTYPES:
+        if t.dtype not in dtypes.WEIGHT_DTYPES:
             raise MoaEdgeError(f"constant {t.name!r} has dtype {t.dtype}; "
-                               f"only {', '.join(dtypes.RUNTIME_DTYPES)} weights are supported")
+                               f"only {', '.join(dtypes.WEIGHT_DTYPES)} weights are supported")
         weights.append((t, symbols.symbol(t)))
 
     # Where each tensor lives, as a C expression.
@@ -184,6 +191,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     subst = {
         "P": P, "p": prefix, "SOURCE": c_comment_text(source), "BOARD": c_comment_text(board.name),
         "ARENA_BYTES": str(plan.total_bytes), "WEIGHTS_BYTES": str(weights_bytes),
+        "WEIGHTS_BY_TYPE": weight_type_macros(P, weights),
         "NUM_INPUTS": str(len(graph.inputs)), "NUM_OUTPUTS": str(len(graph.outputs)),
         # (A model with no intermediates needs no arena bytes: `size < 0u` would not compile with -Werror.)
         "ARENA_SIZE_CHECK": (f"    if (arena_bytes < {P}_ARENA_BYTES) {{\n        return MOA_ERR_ARENA_TOO_SMALL;\n    }}\n"
@@ -230,6 +238,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
                              for n in graph.nodes if n.op == "MoaAttention"],
         "ops": [{"node": n.name, "op": n.op} for n in graph.nodes],
         "memory": {**plan.describe(), "weights_bytes": weights_bytes,
+                   "weights_bytes_by_type": bytes_by_type(t for t, _ in weights),
                    "io_bytes": sum(e["bytes"] for e in io)},
         "predicted": predict_model(graph, board, plan.total_bytes),
     }

@@ -56,6 +56,9 @@ _BY_NUMPY = {r.numpy: r for r in _RECORDS}
 
 KNOWN_DTYPES = tuple(_BY_NAME)
 RUNTIME_DTYPES = tuple(r.name for r in _RECORDS if r.runtime)
+# Constants may also be stored in these: quantized weights (int8, 4-bit pairs as uint8) and
+# float16 weights, which only their own kernels read (each checks with require_dtypes).
+WEIGHT_DTYPES = RUNTIME_DTYPES + ("int8", "uint8", "float16")
 COMPUTE_DTYPE = _BY_NAME["float32"]  # the one type kernels, their scratch and attention compute in
 
 
@@ -96,9 +99,10 @@ def require_dtypes(node, graph, allowed=(COMPUTE_DTYPE.name,), names=None) -> No
 class Quantization:
     """How a tensor's stored integers map to reals: real = (q - zero_point) * scale, as ONNX's
     DequantizeLinear. Per tensor (axis None), per channel along `axis`, or per block of
-    `block_size` elements along `axis`. No tensor carries one yet: float32 tensors never will,
-    and the quantised types (issue 14) fill the slot."""
+    `block_size` elements along `axis`; `bits` of each stored value (4: two to a byte).
+    float32 tensors never carry one."""
     scale: np.ndarray                 # a scalar, one per channel, or one per block
     zero_point: np.ndarray | None = None  # same shape as scale, of the tensor's type; None: 0
     axis: int | None = None
     block_size: int | None = None
+    bits: int = 8

@@ -22,7 +22,7 @@ class Tensor:
     shape: tuple[int, ...]
     dtype: str
     data: np.ndarray | None = None  # set for constants (initializers)
-    quant: dtypes.Quantization | None = None  # set for quantised tensors (none yet: float32 needs none)
+    quant: dtypes.Quantization | None = None  # how stored integers map to reals (quantized weights)
 
     @property
     def is_constant(self) -> bool:
@@ -35,6 +35,11 @@ class Tensor:
     @property
     def nbytes(self) -> int:
         return self.size * dtypes.dtype(self.dtype).itemsize
+
+    @property
+    def stored_type(self) -> str:
+        """What one element holds, for reports: the dtype, or int4 for 4-bit pairs in uint8."""
+        return f"int{self.quant.bits}" if self.quant is not None else self.dtype
 
 
 @dataclass(eq=False)  # a node is itself: list.index and `in` find this one, at once, not an equal copy
@@ -106,6 +111,18 @@ class Graph:
     def weights(self) -> list[Tensor]:
         used = {i for n in self.nodes for i in n.inputs}
         return [t for t in self.tensors.values() if t.is_constant and t.name in used]
+
+    def weight_bytes_by_type(self) -> dict[str, int]:
+        """Bytes of the weights per stored type: float32, int8, int4 (two to a byte), ... A quantized
+        weight's scales and offsets count as the float32 they are."""
+        return bytes_by_type(self.weights())
+
+
+def bytes_by_type(tensors) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for t in tensors:
+        totals[t.stored_type] = totals.get(t.stored_type, 0) + t.nbytes
+    return dict(sorted(totals.items()))
 
 
 def check_sizes(graph: Graph, source: str) -> None:

@@ -12,6 +12,7 @@ from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision, un
 from .fold import fold_constants, infer_missing_shapes
 from .mlp import tile_mlp_rows
 from .pack import pack_weights
+from .quantize import WeightFormat, parse_weights
 from .fuse import fuse_elementwise
 from .views import check_views
 
@@ -25,10 +26,11 @@ def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
     return dict(sorted(unsupported.items()))
 
 
-def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attention: bool = True) -> Graph:
+def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attention: bool = True,
+          weights: WeightFormat | None = None) -> Graph:
     """Fold shape plumbing, rewrite attention, drop dead nodes, then (strict) insist every op is supported.
     Without `fuse_attention` the attention subgraphs stay as they are (scores materialised),
-    the baseline the rewrite is measured against."""
+    the baseline the rewrite is measured against. `weights` quantizes the float weights (convert --weights)."""
     while True:  # folding can reveal shapes, and shapes more folding (layer after layer)
         inferred = infer_missing_shapes(graph)
         if not fold_constants(graph) and not inferred:
@@ -41,7 +43,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         rewrite_attention(graph)
     lower_copies(graph)
     fold_constants(graph)
-    pack_weights(graph)
+    pack_weights(graph, weights)
     graph.remove_dead()
     fuse_elementwise(graph)
     tile_mlp_rows(graph)

@@ -12,7 +12,11 @@ import math
 import numpy as np
 
 from moa_edge.ir import Graph, Node, Tensor
+from moa_edge.ir.dtypes import Quantization
+from moa_edge.ops import qmatmul
 from moa_edge.ops.matmul import pack_b
+
+from .quantize import WeightFormat, quantize
 
 
 def _packed_weight(graph: Graph, name: str, transposed: bool) -> str:
@@ -23,6 +27,25 @@ def _packed_weight(graph: Graph, name: str, transposed: bool) -> str:
         data = pack_b(np.ascontiguousarray(b.T if transposed else b))
         graph.tensors[packed] = Tensor(packed, tuple(data.shape), "float32", data)
     return packed
+
+
+def _quantized_weight(graph: Graph, name: str, transposed: bool, fmt: WeightFormat, node: str) -> list[str]:
+    """The names of B quantized in the kernel's layout: [values, scale, offset or ""] (made once per
+    weight, orientation and format)."""
+    b = graph.constant(name)
+    b = np.ascontiguousarray(b.T if transposed else b)
+    block = fmt.block_for(b.shape[0], node)
+    stem = f"{name}__{fmt.qtype}_{block}{'_t' if transposed else ''}"
+    if stem not in graph.tensors:
+        q, scale, offset = quantize(b, fmt.qtype, block)
+        values, scales, offsets = qmatmul.pack_quantized(q, scale, offset, fmt.qtype, block)
+        quant = Quantization(scale, None if offset is None else offset, axis=0, block_size=block,
+                             bits=4 if fmt.qtype == "u4" else 8)
+        graph.tensors[stem] = Tensor(stem, tuple(values.shape), qmatmul.STORAGE[fmt.qtype], values, quant=quant)
+        graph.tensors[stem + "_scale"] = Tensor(stem + "_scale", tuple(scales.shape), "float32", scales)
+        if offsets is not None:
+            graph.tensors[stem + "_offset"] = Tensor(stem + "_offset", tuple(offsets.shape), "float32", offsets)
+    return [stem, stem + "_scale", stem + "_offset" if stem + "_offset" in graph.tensors else ""]
 
 
 def _bias_row(graph: Graph, y: str) -> tuple[Node, str] | None:
@@ -50,32 +73,36 @@ def _packable(graph: Graph, node: Node) -> bool:
             and a.dtype == "float32" and len(a.shape) >= 2)
 
 
-def pack_weights(graph: Graph) -> int:
-    """Rewrite every MatMul and Gemm with a weight B; returns how many."""
+def pack_weights(graph: Graph, weights: WeightFormat | None = None) -> int:
+    """Rewrite every MatMul and Gemm with a weight B (quantized to `weights` when given); returns how many."""
     count = 0
     for node in list(graph.nodes):
         if not _packable(graph, node):
             continue
         a, weight = node.inputs[0], node.inputs[1]
+        trans_b = node.op == "Gemm" and bool(node.attrs.get("transB", 0))
+        k, n = graph.constant(weight).shape[::-1] if trans_b else graph.constant(weight).shape
         if node.op == "Gemm":
             attrs = node.attrs
-            n = graph.constant(weight).shape[0 if attrs.get("transB", 0) else 1]
-            inputs = [a, _packed_weight(graph, weight, bool(attrs.get("transB", 0)))] + node.inputs[2:3]
-            gemm = Node("MoaGemm", node.name, inputs, list(node.outputs),
-                        {"n": n, "trans_a": int(attrs.get("transA", 0)), "alpha": float(attrs.get("alpha", 1.0)),
-                         "beta": float(attrs.get("beta", 1.0)), "source": "Gemm"})
+            bias, outputs = node.inputs[2:3], list(node.outputs)
+            gemm_attrs = {"n": n, "trans_a": int(attrs.get("transA", 0)), "alpha": float(attrs.get("alpha", 1.0)),
+                          "beta": float(attrs.get("beta", 1.0)), "source": "Gemm"}
         else:
-            n = graph.constant(weight).shape[1]
-            inputs, outputs = [a, _packed_weight(graph, weight, False)], list(node.outputs)
-            bias = _bias_row(graph, node.outputs[0])
-            if bias is not None:  # Y = A B + bias: the Add's output is the MoaGemm's
-                add, bias_name = bias
-                inputs.append(bias_name)
-                outputs = list(add.outputs)
+            bias, outputs = [], list(node.outputs)
+            found = _bias_row(graph, node.outputs[0])
+            if found is not None:  # Y = A B + bias: the Add's output is the MoaGemm's
+                add, bias_name = found
+                bias, outputs = [bias_name], list(add.outputs)
                 graph.nodes.remove(add)
-            gemm = Node("MoaGemm", node.name, inputs, outputs,
-                        {"n": n, "trans_a": 0, "alpha": 1.0, "beta": 1.0,
-                         "source": "MatMul + Add" if bias is not None else "MatMul"})
+            gemm_attrs = {"n": n, "trans_a": 0, "alpha": 1.0, "beta": 1.0,
+                          "source": "MatMul + Add" if found is not None else "MatMul"}
+        if weights is None:
+            gemm = Node("MoaGemm", node.name, [a, _packed_weight(graph, weight, trans_b), *bias], outputs, gemm_attrs)
+        else:
+            stored = _quantized_weight(graph, weight, trans_b, weights, node.name)
+            block = graph.tensors[stored[0]].quant.block_size
+            gemm = Node("MoaQGemm", node.name, [a, *stored, *bias], outputs,
+                        {**gemm_attrs, "k": k, "qtype": weights.qtype, "block": block})
         graph.nodes[graph.nodes.index(node)] = gemm
         count += 1
     return count

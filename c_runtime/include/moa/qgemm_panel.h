@@ -1,0 +1,51 @@
+/* The micro-kernels of moa_gemm_qw_f32 (qmatmul.h), one set per ISA (moa/isa.h picks it at
+ * compile time), on one 16-column panel of quantized weights W (qmatmul.h's layout):
+ *
+ *     moa_qw_dot_<type>:     y16[j] = sum_{p < K} x[p] W[p][j]
+ *                            computed per block as scale[b][j] sum x[p] q[p][j] + offset[b][j] sum x[p],
+ *                            so a weight is converted, never dequantized (the decode step's GEMV);
+ *     moa_qw_dequant_<type>: out[p - p0][j] = W[p][j] for p0 <= p < p0 + kc (the GEMM's float panel).
+ *
+ *     variant                                   vectors
+ *     moa_qw_{dot,dequant}_{i8,u4}_avx512       one zmm: 16 columns
+ *     moa_qw_{dot,dequant}_{i8,u4}_avx2         two ymm
+ *     moa_qw_{dot,dequant}_{i8,u4}_scalar       the portable reference (and NEON, RVV until theirs) */
+#ifndef MOA_QGEMM_PANEL_H
+#define MOA_QGEMM_PANEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moa/isa.h"
+#include "moa/qmatmul.h"
+
+/* x[p] = x[p * x_stride]; q, scale and offset (NULL: 0) point at the panel's own. */
+#define MOA_QW_DOT_PARAMS                                                                              \
+    size_t K, size_t block, const float *x, ptrdiff_t x_stride, const void *q, const float *scale, \
+        const float *offset, float *y16
+#define MOA_QW_DEQUANT_PARAMS                                                                          \
+    size_t block, const void *q, const float *scale, const float *offset, size_t p0, size_t kc, float *out
+
+#if MOA_ISA_AVX512
+#define MOA_QW_VARIANT(name) name##_avx512
+#elif MOA_ISA_AVX2
+#define MOA_QW_VARIANT(name) name##_avx2
+#else
+#define MOA_QW_SCALAR 1
+#define MOA_QW_VARIANT(name) name##_scalar
+#endif
+#ifndef MOA_QW_SCALAR
+#define MOA_QW_SCALAR 0
+#endif
+
+#define moa_qw_dot_i8 MOA_QW_VARIANT(moa_qw_dot_i8)
+#define moa_qw_dot_u4 MOA_QW_VARIANT(moa_qw_dot_u4)
+#define moa_qw_dequant_i8 MOA_QW_VARIANT(moa_qw_dequant_i8)
+#define moa_qw_dequant_u4 MOA_QW_VARIANT(moa_qw_dequant_u4)
+
+void moa_qw_dot_i8(MOA_QW_DOT_PARAMS);
+void moa_qw_dot_u4(MOA_QW_DOT_PARAMS);
+void moa_qw_dequant_i8(MOA_QW_DEQUANT_PARAMS);
+void moa_qw_dequant_u4(MOA_QW_DEQUANT_PARAMS);
+
+#endif

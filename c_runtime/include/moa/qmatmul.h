@@ -1,0 +1,52 @@
+/* Matrix multiply with weights stored in fewer bits (int8, or 4 bits in blocks), float32
+ * activations, float32 accumulation: the decode path of an LLM and every weight-only
+ * quantized model.
+ *
+ *     Y[m][n] = alpha * sum_k A[m][k] W[k][n]  +  beta * C[m][n]
+ *     W[k][n] = scale[k / block][n] * q[k][n]  +  offset[k / block][n]     (offset 0 when NULL)
+ *
+ * q is int8 (MOA_QW_I8, symmetric: no offset) or an unsigned 4-bit 0..15 (MOA_QW_U4, offset
+ * = -zero_point * scale, or GGUF's block minimum). `block` rows of W share one scale and offset
+ * per column: block == K is one per column (per output channel).
+ *
+ * Layout: the panels of matmul.h (16 columns each, the last zero-padded), K padded to whole
+ * blocks with zero rows (Kp = MOA_QW_ROWS(K, block)). Panel p holds
+ *     MOA_QW_I8: Kp rows of 16 int8, row after row (Kp * 16 bytes);
+ *     MOA_QW_U4: Kp / 2 pairs of rows in 16 bytes, byte j = q[2r][j] | q[2r + 1][j] << 4;
+ * and scale (and offset) hold, per panel, one row of 16 floats per block (Kp / block rows).
+ * Weights are quantized and laid out once, at conversion; the kernel reads them as they are. */
+#ifndef MOA_QMATMUL_H
+#define MOA_QMATMUL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moa/matmul.h"
+#include "moa/status.h"
+
+typedef enum { MOA_QW_I8 = 1, MOA_QW_U4 = 2 } moa_qw_type;
+
+typedef struct {
+    moa_qw_type type;
+    size_t block;        /* rows of W per scale; even for MOA_QW_U4 */
+    const void *q;       /* int8_t (MOA_QW_I8) or uint8_t pairs (MOA_QW_U4), in panels */
+    const float *scale;  /* per panel: Kp / block rows of 16 */
+    const float *offset; /* as scale, or NULL */
+} moa_qweights;
+
+#define MOA_QW_BLOCKS(K, block) (((size_t)(K) + (size_t)(block) - 1) / (size_t)(block))
+#define MOA_QW_ROWS(K, block) (MOA_QW_BLOCKS(K, block) * (size_t)(block))
+#define MOA_QW_PANELS(N) (((size_t)(N) + MOA_GEMM_NR - 1) / MOA_GEMM_NR)
+/* Bytes of q, and floats of scale (and of offset). */
+#define MOA_QW_I8_BYTES(K, N, block) (MOA_QW_PANELS(N) * MOA_QW_ROWS(K, block) * MOA_GEMM_NR)
+#define MOA_QW_U4_BYTES(K, N, block) (MOA_QW_PANELS(N) * MOA_QW_ROWS(K, block) / 2 * MOA_GEMM_NR)
+#define MOA_QW_SCALES(K, N, block) (MOA_QW_PANELS(N) * MOA_QW_BLOCKS(K, block) * MOA_GEMM_NR)
+
+/* As moa_gemm_f32 (matmul.h), with B = W. Fewer rows than one register tile stream each panel
+ * once and apply the scale per block to sums of x * q (the decode step's GEMV); more rows
+ * dequantize a KC x 16 slice of a panel to the stack and run the float register tile.
+ * MOA_ERR_BAD_PARAMS for an unknown type, a block of 0 or an odd 4-bit block. */
+moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_qweights w,
+                           float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
+
+#endif

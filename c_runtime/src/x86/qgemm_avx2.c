@@ -1,0 +1,95 @@
+/* The quantized-weight panel kernels (moa/qgemm_panel.h) for AVX2 + FMA: a row of a panel's 16
+ * columns is two ymm halves; int8 (or a nibble) widened to int32 and converted, then one FMA
+ * per half with x[p] broadcast. */
+#include "moa/qgemm_panel.h"
+
+#if MOA_ISA_AVX2
+#include <immintrin.h>
+
+/* Columns 8h .. 8h + 7 of row p. */
+static __m256 half_i8(const int8_t *q, size_t p, int h)
+{
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + p * MOA_GEMM_NR + 8 * h))));
+}
+
+/* Columns 8h .. 8h + 7 of row p of a 4-bit panel: a nibble of pair p / 2. */
+static __m256 half_u4(const uint8_t *q, size_t p, int h)
+{
+    const __m256i pair = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + p / 2 * MOA_GEMM_NR + 8 * h)));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(pair, p % 2 ? 4 : 0), _mm256_set1_epi32(15)));
+}
+
+typedef __m256 (*half_row)(const void *, size_t, int);
+
+static __m256 half_i8_any(const void *q, size_t p, int h)
+{
+    return half_i8(q, p, h);
+}
+
+static __m256 half_u4_any(const void *q, size_t p, int h)
+{
+    return half_u4(q, p, h);
+}
+
+static inline void dot(half_row row, MOA_QW_DOT_PARAMS)
+{
+    __m256 sum[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    size_t b0, p;
+    int h;
+    for (b0 = 0; b0 < K; b0 += block) {
+        const size_t end = K - b0 < block ? K : b0 + block;
+        const size_t b = b0 / block;
+        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        float x_sum = 0.0f;
+        for (p = b0; p < end; p++) {
+            const float x_p = x[(ptrdiff_t)p * x_stride];
+            const __m256 x_v = _mm256_set1_ps(x_p);
+            acc[0] = _mm256_fmadd_ps(x_v, row(q, p, 0), acc[0]);
+            acc[1] = _mm256_fmadd_ps(x_v, row(q, p, 1), acc[1]);
+            x_sum += x_p;
+        }
+        for (h = 0; h < 2; h++) {
+            sum[h] = _mm256_fmadd_ps(_mm256_loadu_ps(scale + b * MOA_GEMM_NR + 8 * h), acc[h], sum[h]);
+            if (offset != NULL) {
+                sum[h] = _mm256_fmadd_ps(_mm256_loadu_ps(offset + b * MOA_GEMM_NR + 8 * h), _mm256_set1_ps(x_sum), sum[h]);
+            }
+        }
+    }
+    _mm256_storeu_ps(y16, sum[0]);
+    _mm256_storeu_ps(y16 + 8, sum[1]);
+}
+
+static inline void dequant(half_row row, MOA_QW_DEQUANT_PARAMS)
+{
+    size_t p;
+    int h;
+    for (p = p0; p < p0 + kc; p++) {
+        const size_t b = p / block;
+        for (h = 0; h < 2; h++) {
+            const __m256 shift = offset != NULL ? _mm256_loadu_ps(offset + b * MOA_GEMM_NR + 8 * h) : _mm256_setzero_ps();
+            _mm256_storeu_ps(out + (p - p0) * MOA_GEMM_NR + 8 * h,
+                             _mm256_fmadd_ps(_mm256_loadu_ps(scale + b * MOA_GEMM_NR + 8 * h), row(q, p, h), shift));
+        }
+    }
+}
+
+void moa_qw_dot_i8_avx2(MOA_QW_DOT_PARAMS)
+{
+    dot(half_i8_any, K, block, x, x_stride, q, scale, offset, y16);
+}
+
+void moa_qw_dot_u4_avx2(MOA_QW_DOT_PARAMS)
+{
+    dot(half_u4_any, K, block, x, x_stride, q, scale, offset, y16);
+}
+
+void moa_qw_dequant_i8_avx2(MOA_QW_DEQUANT_PARAMS)
+{
+    dequant(half_i8_any, block, q, scale, offset, p0, kc, out);
+}
+
+void moa_qw_dequant_u4_avx2(MOA_QW_DEQUANT_PARAMS)
+{
+    dequant(half_u4_any, block, q, scale, offset, p0, kc, out);
+}
+#endif

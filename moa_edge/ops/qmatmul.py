@@ -1,0 +1,111 @@
+"""MoaQGemm: a MatMul or Gemm whose weight is stored quantized (int8, or 4 bits in blocks), one
+moa_gemm_qw_f32 call (qmatmul.h) over float32 activations.
+
+    Y[..., M, N] = alpha A[..., M, K] W + beta C,   W[k][n] = scale[k // block][n] q[k][n] + offset[k // block][n]
+
+Inputs: A, q (the panels of qmatmul.h), scale, offset ("" for none), C ("" or absent for none).
+The weight's layout is made here (pack_quantized) and undone for the reference (dequantize), so
+the C kernel, the float64 interpreter and the quantizers of passes/quantize.py agree on one form.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from moa_edge.ir import dtypes
+from moa_edge.ir.c_syntax import c_comment_text
+
+from .contract import EmittedUnit, OpCost, TensorType, operand_bytes
+from .matmul import C_SOURCES, PANEL, _bias_view, _gemm_call, _indent, _view
+
+OPS = ("MoaQGemm",)
+C_SOURCES = C_SOURCES  # the driver of matmul.c serves both
+HEADER = '#include "moa/qmatmul.h"'
+C_TYPES = {"i8": "MOA_QW_I8", "u4": "MOA_QW_U4"}
+STORAGE = {"i8": "int8", "u4": "uint8"}  # the element type of q's tensor
+
+
+def blocks(k: int, block: int) -> int:
+    return -(-k // block)
+
+
+def pack_quantized(q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, qtype: str, block: int):
+    """q (K x N integers: int8, or 0..15 for u4), scale and offset (blocks x N) in qmatmul.h's
+    panels: (values, scales, offsets or None)."""
+    k, n = q.shape
+    rows, panels = blocks(k, block) * block, -(-n // PANEL)
+    padded = np.zeros((rows, panels * PANEL), np.int16)
+    padded[:k, :n] = q
+    panel_rows = padded.reshape(rows, panels, PANEL).transpose(1, 0, 2)  # panel, row, column
+    if qtype == "i8":
+        values = panel_rows.astype(np.int8)
+    else:
+        pairs = panel_rows.astype(np.uint8).reshape(panels, rows // 2, 2, PANEL)
+        values = pairs[:, :, 0] | (pairs[:, :, 1] << 4)
+
+    def per_panel(x):
+        full = np.zeros((x.shape[0], panels * PANEL), np.float32)
+        full[:, :n] = x
+        return np.ascontiguousarray(full.reshape(x.shape[0], panels, PANEL).transpose(1, 0, 2))
+    return np.ascontiguousarray(values), per_panel(scale), None if offset is None else per_panel(offset)
+
+
+def dequantize(values, scale, offset, qtype: str, block: int, k: int, n: int) -> torch.Tensor:
+    """pack_quantized undone and applied: W (K x N) as float64, from the tensors the C reads."""
+    values = torch.as_tensor(np.asarray(values))
+    if qtype == "u4":
+        values = values.to(torch.int16)
+        values = torch.stack([values & 15, values >> 4], dim=2).reshape(values.shape[0], -1, PANEL)
+    q = values.permute(1, 0, 2).reshape(values.shape[1], -1).to(torch.float64)  # rows x padded columns
+    expand = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float64).permute(1, 0, 2).reshape(  # noqa: E731
+        -1, q.shape[1]).repeat_interleave(block, dim=0)
+    w = expand(scale) * q + (expand(offset) if offset is not None else 0.0)
+    return w[:k, :n]
+
+
+def infer(node, graph) -> list[TensorType]:
+    a = tuple(graph.tensors[node.inputs[0]].shape)
+    shape = (a[-1], node.attrs["n"]) if node.attrs["trans_a"] else a[:-1] + (node.attrs["n"],)
+    return [TensorType(shape, graph.tensors[node.inputs[0]].dtype)]
+
+
+def op_cost(node, graph) -> OpCost:
+    moved = operand_bytes(node, graph)
+    return OpCost(2 * graph.tensors[node.outputs[0]].size * node.attrs["k"], moved.weight_bytes,
+                  moved.activation_bytes)
+
+
+def _optional(inputs, i):
+    return inputs[i] if len(inputs) > i and inputs[i] is not None else None
+
+
+def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    attrs = node.attrs
+    w = dequantize(inputs[1], inputs[2], _optional(inputs, 3), attrs["qtype"], attrs["block"], attrs["k"], attrs["n"])
+    a = inputs[0].T if attrs["trans_a"] else inputs[0]
+    y = attrs["alpha"] * (a.to(torch.float64) @ w)
+    c = _optional(inputs, 4)
+    return [y if c is None else y + attrs["beta"] * c]
+
+
+def emit(node, ctx):
+    graph, attrs = ctx.graph, node.attrs
+    dtypes.require_dtypes(node, graph, names=[node.inputs[0], node.outputs[0], *node.inputs[2:4]])
+    dtypes.require_dtypes(node, graph, (STORAGE[attrs["qtype"]],), names=node.inputs[1:2])
+    a_shape = tuple(graph.tensors[node.inputs[0]].shape)
+    K, N, trans_a = attrs["k"], attrs["n"], attrs["trans_a"]
+    M = a_shape[-1] if trans_a else math.prod(a_shape[:-1])
+    a = _view(ctx.where[node.inputs[0]], *((1, M) if trans_a else (K, 1)))
+    offset = ctx.where[node.inputs[3]] if len(node.inputs) > 3 and node.inputs[3] else "NULL"
+    weights = (f"(moa_qweights){{{C_TYPES[attrs['qtype']]}, {attrs['block']}, {ctx.where[node.inputs[1]]}, "
+               f"{ctx.where[node.inputs[2]]}, {offset}}}")
+    bias = type(node)(node.op, node.name, [node.inputs[0], "", *node.inputs[4:5]], node.outputs)
+    call = _gemm_call(M, N, K, attrs["alpha"], a, weights, attrs["beta"], _bias_view(bias, ctx),
+                      ctx.where[node.outputs[0]], function="moa_gemm_qw_f32")
+    kind = {"i8": "int8", "u4": "4-bit"}[attrs["qtype"]]
+    per = "per column" if attrs["block"] >= K else f"blocks of {attrs['block']}"
+    text = "\n".join([f"    /* {c_comment_text(node.name)}: {attrs.get('source', 'MatMul')} with {kind} weights "
+                      f"({per}), M={M} N={N} K={K}{' (transA)' if trans_a else ''} */", *_indent(call, 1)]) + "\n"
+    return EmittedUnit(text, declarations=[HEADER])

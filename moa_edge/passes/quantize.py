@@ -1,0 +1,72 @@
+"""`convert --weights`: float32 weights stored in fewer bits, quantized by moa-edge itself.
+
+    int8          symmetric, one scale per output column:  W = scale[n] q,  q in -127..127
+    int8:BLOCK    the same with one scale per BLOCK rows of K per column (llama.cpp's Q8_0 is 32)
+    int4[:BLOCK]  one scale per BLOCK rows (default 32) per column, llama.cpp's Q4_0 rounding:
+                  d = (the value of largest |w|) / -8,  q = min(15, floor(w / d + 8.5)),  W = d (q - 8)
+
+The integers, scales and offsets go to ops/qmatmul.pack_quantized, the kernel's layout.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moa_edge.errors import MoaEdgeError
+
+DEFAULT_INT4_BLOCK = 32
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    qtype: str          # "i8" or "u4" (ops/qmatmul.py)
+    block: int | None   # rows of K per scale; None: all of K (per column)
+    text: str           # as the user wrote it, for messages
+
+    def block_for(self, k: int, node_name: str) -> int:
+        if self.block is None:
+            return k
+        if k % self.block:
+            raise MoaEdgeError(f"--weights {self.text}: block {self.block} does not divide K={k} of node {node_name!r}; "
+                               f"choose a block that divides every weight's K")
+        return self.block
+
+
+def parse_weights(text: str | None) -> WeightFormat | None:
+    """'int8', 'int8:32', 'int4', 'int4:64' -> WeightFormat; None or 'float32' keep the float weights."""
+    if text is None or text in ("float32", "fp32"):
+        return None
+    kind, colon, block_text = text.partition(":")
+    qtype = {"int8": "i8", "int4": "u4"}.get(kind)
+    try:
+        block = int(block_text) if colon else (DEFAULT_INT4_BLOCK if qtype == "u4" else None)
+    except ValueError:
+        block = 0
+    if qtype is None or (block is not None and (block < 2 or (qtype == "u4" and block % 2))):
+        raise MoaEdgeError(f"--weights {text!r} is not int8, int8:BLOCK, int4 or int4:BLOCK "
+                           f"(BLOCK at least 2, and even for int4)")
+    return WeightFormat(qtype, block, text)
+
+
+def _block_rows(w: np.ndarray, block: int) -> np.ndarray:
+    """K x N as (blocks, block, N)."""
+    k, n = w.shape
+    return w.reshape(k // block, block, n)
+
+
+def quantize(w: np.ndarray, qtype: str, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """W (K x N float32, block dividing K) -> (q K x N, scale blocks x N, offset blocks x N or None)."""
+    w = np.asarray(w, np.float32)
+    blocks = _block_rows(w, block)
+    if qtype == "i8":
+        scale = (np.abs(blocks).max(axis=1) / 127.0).astype(np.float32)
+        inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+        q = np.clip(np.rint(blocks * inverse[:, None, :]), -127, 127).astype(np.int8)
+        return q.reshape(w.shape), scale, None
+    # Q4_0: the signed value of largest magnitude maps to -8.
+    largest = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None, :], axis=1)[:, 0, :]
+    d = (largest / -8.0).astype(np.float32)
+    inverse = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+    q = np.minimum(15, np.floor(blocks * inverse[:, None, :] + 8.5)).clip(0, 15).astype(np.uint8)
+    return q.reshape(w.shape), d, (-8.0 * d).astype(np.float32)

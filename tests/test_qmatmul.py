@@ -1,0 +1,167 @@
+"""moa_gemm_qw_f32 (issue 14): quantized weights (int8 per column or per block, 4 bits in blocks,
+with and without offsets) times float32 activations, on every ISA variant of the GEMM test table
+(test_matmul.GEMM_VARIANTS: AVX-512 under ASan/UBSan, AVX2, scalar, NEON, RVV at two VLENs),
+against numpy in float64 of W = scale * q + offset built from the raw integers, not from our
+layout: the panels of ops/qmatmul.pack_quantized are what is under test with the kernels."""
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import require_board
+from moa_edge import C_RUNTIME_DIR
+from moa_edge.ops.qmatmul import pack_quantized
+from test_matmul import GEMM_SOURCES, GEMM_VARIANTS, SENTINEL, GemmExe
+
+HARNESS = r"""
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "moa/isa.h"
+#include "moa/qmatmul.h"
+
+/* argv: M N K type block has_offset c_rows c_cols alpha beta y_row_stride trans_a
+ * stdin: A (stored [K][M] when trans_a), q (in panels), scale, offset (when has_offset), C (c_rows x c_cols),
+ *        then Y's initial M x y_row_stride floats
+ * stdout: Y; stderr: the kernel variant. Every buffer is its exact size on the heap. */
+static void *read_bytes(size_t n)
+{
+    void *p = malloc(n ? n : 1);
+    if (p == NULL || fread(p, 1, n, stdin) != n) {
+        exit(2);
+    }
+    return p;
+}
+
+int main(int argc, char **argv)
+{
+    size_t M, N, K, block, c_rows, c_cols, y_row_stride, q_bytes;
+    int has_offset, trans_a;
+    float *A, *S, *O, *C, *Y;
+    void *Q;
+    moa_matrix_f32 a, c;
+    moa_qweights w;
+    moa_status status;
+    if (argc != 13) {
+        return 2;
+    }
+    M = strtoul(argv[1], NULL, 10), N = strtoul(argv[2], NULL, 10), K = strtoul(argv[3], NULL, 10);
+    w.type = (moa_qw_type)atoi(argv[4]), block = strtoul(argv[5], NULL, 10), has_offset = atoi(argv[6]);
+    w.block = block;
+    block = block ? block : 1; /* the sizes of a refused block 0: read as for 1 */
+    c_rows = strtoul(argv[7], NULL, 10), c_cols = strtoul(argv[8], NULL, 10);
+    y_row_stride = strtoul(argv[11], NULL, 10), trans_a = atoi(argv[12]);
+    q_bytes = w.type == MOA_QW_I8 ? MOA_QW_I8_BYTES(K, N, block) : MOA_QW_U4_BYTES(K, N, block);
+    A = read_bytes(M * K * sizeof(float));
+    Q = read_bytes(q_bytes);
+    S = read_bytes(MOA_QW_SCALES(K, N, block) * sizeof(float));
+    O = has_offset ? read_bytes(MOA_QW_SCALES(K, N, block) * sizeof(float)) : NULL;
+    C = read_bytes(c_rows * c_cols * sizeof(float));
+    Y = read_bytes(M * y_row_stride * sizeof(float));
+    a.data = A, a.row_stride = trans_a ? 1 : (ptrdiff_t)K, a.col_stride = trans_a ? (ptrdiff_t)M : 1;
+    c.data = c_rows ? C : NULL, c.row_stride = c_rows == 1 ? 0 : (ptrdiff_t)c_cols, c.col_stride = c_cols == 1 ? 0 : 1;
+    w.q = Q, w.scale = S, w.offset = O;
+    status = moa_gemm_qw_f32(M, N, K, (float)atof(argv[9]), a, w, (float)atof(argv[10]), c, Y, (ptrdiff_t)y_row_stride);
+    fprintf(stderr, "isa=%s\n", MOA_ISA_NAME);
+    if (fwrite(Y, sizeof *Y, M * y_row_stride, stdout) != M * y_row_stride) {
+        return 2;
+    }
+    free(A), free(Q), free(S), free(O), free(C), free(Y);
+    return status == MOA_OK ? 0 : 100 + (int)status;
+}
+"""
+TYPES = {"i8": 1, "u4": 2}
+
+
+@pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)
+def qgemm_exe(request, tmp_path_factory):
+    board_name, extra, vlen, isa = GEMM_VARIANTS[request.param]
+    board = require_board(board_name)
+    tmp = tmp_path_factory.mktemp("qgemm")
+    (tmp / "main.c").write_text(HARNESS)
+    exe = tmp / "qgemm_main"
+    flags = [*board.toolchain.get("cflags", []), *extra, "-std=c99", "-Wall", "-Wextra", "-Werror"]
+    subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"), *map(str, GEMM_SOURCES),
+                    *board.toolchain.get("ldflags", []), "-o", str(exe)], check=True)
+    runner = board.runner()
+    if vlen:
+        runner = [part.replace("vlen=128", vlen) for part in runner]
+    return GemmExe(runner + [str(exe)], isa)
+
+
+def _quantized(rng, K, N, qtype, block, with_offset):
+    """Raw integers, scales and offsets per block, and W = scale * q + offset in float64."""
+    blocks = -(-K // block)
+    q = rng.integers(-127, 128, (K, N)) if qtype == "i8" else rng.integers(0, 16, (K, N))
+    scale = rng.uniform(0.001, 0.05, (blocks, N)).astype(np.float32)
+    offset = rng.uniform(-0.2, 0.2, (blocks, N)).astype(np.float32) if with_offset else None
+    rows = np.arange(K) // block
+    w = scale[rows].astype(np.float64) * q + (offset[rows].astype(np.float64) if with_offset else 0.0)
+    return q, scale, offset, w
+
+
+def _run(exe, M, N, K, qtype, block, with_offset=False, c_shape=None, alpha=1.0, beta=1.0, pad=0, trans_a=False,
+         seed=0):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    q, scale, offset, w = _quantized(rng, K, N, qtype, block, with_offset)
+    values, scales, offsets = pack_quantized(q, scale, offset, qtype, block)
+    c = rng.standard_normal(c_shape).astype(np.float32) if c_shape else np.zeros((0, 0), np.float32)
+    y0 = np.full((M, N + pad), SENTINEL, np.float32)
+    parts = [a.T if trans_a else a, values, scales, *([offsets] if with_offset else []), c, y0]
+    stdin = b"".join(np.ascontiguousarray(x).tobytes() for x in parts)
+    args = [M, N, K, TYPES[qtype], block, int(with_offset), *(c_shape or (0, 0)), alpha, beta, N + pad, int(trans_a)]
+    proc = subprocess.run([*exe.command, *map(str, args)], input=stdin, capture_output=True)
+    assert proc.returncode == 0 or proc.returncode > 100, proc.stderr.decode()
+    if exe.isa is not None:
+        assert f"isa={exe.isa}" in proc.stderr.decode(), proc.stderr.decode()
+    got = np.frombuffer(proc.stdout, np.float32).reshape(M, N + pad)
+    expected = alpha * (a.astype(np.float64) @ w)
+    if c_shape:
+        expected = expected + beta * c.astype(np.float64)
+    return got, expected, proc.returncode, np.abs(a).astype(np.float64) @ np.abs(w)
+
+
+def _assert_close(got, expected, magnitude, N):
+    # float32 sums of K products: the error is a few ulps of the sum of |terms|.
+    np.testing.assert_array_less(np.abs(got[:, :N] - expected), 1e-5 * magnitude + 1e-6)
+    assert np.all(got[:, N:] == SENTINEL), "Y's padding columns were written"
+
+
+# Fewer rows than any register tile (the GEMV: 1, 3) and more (the dequantized GEMM: 17, 40),
+# K within, at and past one block and past MOA_GEMM_KC (300), odd K (a 4-bit pair half used).
+SIZES = [(1, 1, 32), (1, 37, 64), (3, 16, 70), (1, 50, 300), (17, 33, 64), (40, 20, 300), (5, 7, 33)]
+FORMS = [("i8", None, False), ("i8", 32, False), ("i8", 16, True), ("u4", 32, True), ("u4", 16, False),
+         ("u4", 128, True)]
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("qtype, block, with_offset", FORMS, ids=lambda f: str(f))
+@pytest.mark.parametrize("M, N, K", SIZES, ids=lambda s: str(s))
+def test_quantized_gemm_matches_numpy(qgemm_exe, M, N, K, qtype, block, with_offset):
+    got, expected, rc, magnitude = _run(qgemm_exe, M, N, K, qtype, block or K, with_offset, c_shape=(1, N),
+                                        alpha=0.5, beta=2.0, pad=3, seed=M * 1000 + N + K)
+    assert rc == 0
+    _assert_close(got, expected, magnitude, N)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("M", [2, 20])
+def test_quantized_gemm_reads_a_transposed(qgemm_exe, M):
+    got, expected, rc, magnitude = _run(qgemm_exe, M, 24, 48, "u4", 16, True, trans_a=True, seed=M)
+    assert rc == 0
+    _assert_close(got, expected, magnitude, 24)
+
+
+@pytest.mark.parametrize("qtype, block", [("u4", 15), ("u4", 0), ("i8", 0)])
+def test_quantized_gemm_refuses_a_bad_block(qgemm_exe, qtype, block):
+    """An odd 4-bit block would split a pair of rows; a block of 0 none: MOA_ERR_BAD_PARAMS, Y untouched."""
+    a = np.random.default_rng(0).standard_normal((2, 30)).astype(np.float32)
+    blocks = -(-30 // max(block, 1))
+    rows = blocks * max(block, 1)
+    q_bytes = rows * 16 if qtype == "i8" else rows // 2 * 16
+    stdin = a.tobytes() + bytes(q_bytes) + bytes(4 * 16 * blocks) + np.full(2 * 4, SENTINEL, np.float32).tobytes()
+    proc = subprocess.run([*qgemm_exe.command, "2", "4", "30", str(TYPES[qtype]), str(block), "0", "0", "0", "1",
+                           "1", "4", "0"], input=stdin, capture_output=True)
+    assert proc.returncode == 104, proc.stderr  # 100 + MOA_ERR_BAD_PARAMS
+    assert np.all(np.frombuffer(proc.stdout, np.float32) == SENTINEL)
