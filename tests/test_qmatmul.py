@@ -20,7 +20,7 @@ HARNESS = r"""
 #include "moa/isa.h"
 #include "moa/qmatmul.h"
 
-/* argv: M N K type block has_offset c_rows c_cols alpha beta y_row_stride trans_a
+/* argv: M N K type block has_offset c_rows c_cols alpha beta y_row_stride trans_a zero
  * stdin: A (stored [K][M] when trans_a), q (in panels), scale, offset (when has_offset), C (c_rows x c_cols),
  *        then Y's initial M x y_row_stride floats
  * stdout: Y; stderr: the kernel variant. Every buffer is its exact size on the heap. */
@@ -42,7 +42,7 @@ int main(int argc, char **argv)
     moa_matrix_f32 a, c;
     moa_qweights w;
     moa_status status;
-    if (argc != 13) {
+    if (argc != 14) {
         return 2;
     }
     M = strtoul(argv[1], NULL, 10), N = strtoul(argv[2], NULL, 10), K = strtoul(argv[3], NULL, 10);
@@ -60,7 +60,7 @@ int main(int argc, char **argv)
     Y = read_bytes(M * y_row_stride * sizeof(float));
     a.data = A, a.row_stride = trans_a ? 1 : (ptrdiff_t)K, a.col_stride = trans_a ? (ptrdiff_t)M : 1;
     c.data = c_rows ? C : NULL, c.row_stride = c_rows == 1 ? 0 : (ptrdiff_t)c_cols, c.col_stride = c_cols == 1 ? 0 : 1;
-    w.q = Q, w.scale = S, w.offset = O;
+    w.q = Q, w.scale = S, w.offset = O, w.zero = atoi(argv[13]);
     status = moa_gemm_qw_f32(M, N, K, (float)atof(argv[9]), a, w, (float)atof(argv[10]), c, Y, (ptrdiff_t)y_row_stride);
     fprintf(stderr, "isa=%s\n", MOA_ISA_NAME);
     if (fwrite(Y, sizeof *Y, M * y_row_stride, stdout) != M * y_row_stride) {
@@ -89,28 +89,28 @@ def qgemm_exe(request, tmp_path_factory):
     return GemmExe(runner + [str(exe)], isa)
 
 
-def _quantized(rng, K, N, qtype, block, with_offset):
-    """Raw integers, scales and offsets per block, and W = scale * q + offset in float64."""
+def _quantized(rng, K, N, qtype, block, with_offset, zero):
+    """Raw integers, scales and offsets per block, and W = scale * (q - zero) + offset in float64."""
     blocks = -(-K // block)
     q = rng.integers(-127, 128, (K, N)) if qtype == "i8" else rng.integers(0, 16, (K, N))
     scale = rng.uniform(0.001, 0.05, (blocks, N)).astype(np.float32)
     offset = rng.uniform(-0.2, 0.2, (blocks, N)).astype(np.float32) if with_offset else None
     rows = np.arange(K) // block
-    w = scale[rows].astype(np.float64) * q + (offset[rows].astype(np.float64) if with_offset else 0.0)
+    w = scale[rows].astype(np.float64) * (q - zero) + (offset[rows].astype(np.float64) if with_offset else 0.0)
     return q, scale, offset, w
 
 
 def _run(exe, M, N, K, qtype, block, with_offset=False, c_shape=None, alpha=1.0, beta=1.0, pad=0, trans_a=False,
-         seed=0):
+         seed=0, zero=0):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((M, K)).astype(np.float32)
-    q, scale, offset, w = _quantized(rng, K, N, qtype, block, with_offset)
+    q, scale, offset, w = _quantized(rng, K, N, qtype, block, with_offset, zero)
     values, scales, offsets = pack_quantized(q, scale, offset, qtype, block)
     c = rng.standard_normal(c_shape).astype(np.float32) if c_shape else np.zeros((0, 0), np.float32)
     y0 = np.full((M, N + pad), SENTINEL, np.float32)
     parts = [a.T if trans_a else a, values, scales, *([offsets] if with_offset else []), c, y0]
     stdin = b"".join(np.ascontiguousarray(x).tobytes() for x in parts)
-    args = [M, N, K, TYPES[qtype], block, int(with_offset), *(c_shape or (0, 0)), alpha, beta, N + pad, int(trans_a)]
+    args = [M, N, K, TYPES[qtype], block, int(with_offset), *(c_shape or (0, 0)), alpha, beta, N + pad, int(trans_a), zero]
     proc = subprocess.run([*exe.command, *map(str, args)], input=stdin, capture_output=True)
     assert proc.returncode == 0 or proc.returncode > 100, proc.stderr.decode()
     if exe.isa is not None:
@@ -131,16 +131,18 @@ def _assert_close(got, expected, magnitude, N):
 # Fewer rows than any register tile (the GEMV: 1, 3) and more (the dequantized GEMM: 17, 40),
 # K within, at and past one block and past MOA_GEMM_KC (300), odd K (a 4-bit pair half used).
 SIZES = [(1, 1, 32), (1, 37, 64), (3, 16, 70), (1, 50, 300), (17, 33, 64), (40, 20, 300), (5, 7, 33)]
-FORMS = [("i8", None, False), ("i8", 32, False), ("i8", 16, True), ("u4", 32, True), ("u4", 16, False),
-         ("u4", 128, True)]
+# (type, block (None: K), offsets, zero point): int8 per column and in blocks, 4-bit symmetric (zero
+# 8: Q4_0, MatMulNBits without zero points) and with offsets (zero points, GGUF's minimum).
+FORMS = [("i8", None, False, 0), ("i8", 32, False, 0), ("i8", 16, True, 3), ("u4", 32, True, 0), ("u4", 16, False, 8),
+         ("u4", 128, True, 8)]
 
 
 @pytest.mark.board
-@pytest.mark.parametrize("qtype, block, with_offset", FORMS, ids=lambda f: str(f))
+@pytest.mark.parametrize("qtype, block, with_offset, zero", FORMS, ids=lambda f: str(f))
 @pytest.mark.parametrize("M, N, K", SIZES, ids=lambda s: str(s))
-def test_quantized_gemm_matches_numpy(qgemm_exe, M, N, K, qtype, block, with_offset):
+def test_quantized_gemm_matches_numpy(qgemm_exe, M, N, K, qtype, block, with_offset, zero):
     got, expected, rc, magnitude = _run(qgemm_exe, M, N, K, qtype, block or K, with_offset, c_shape=(1, N),
-                                        alpha=0.5, beta=2.0, pad=3, seed=M * 1000 + N + K)
+                                        alpha=0.5, beta=2.0, pad=3, seed=M * 1000 + N + K, zero=zero)
     assert rc == 0
     _assert_close(got, expected, magnitude, N)
 
@@ -162,6 +164,6 @@ def test_quantized_gemm_refuses_a_bad_block(qgemm_exe, qtype, block):
     q_bytes = rows * 16 if qtype == "i8" else rows // 2 * 16
     stdin = a.tobytes() + bytes(q_bytes) + bytes(4 * 16 * blocks) + np.full(2 * 4, SENTINEL, np.float32).tobytes()
     proc = subprocess.run([*qgemm_exe.command, "2", "4", "30", str(TYPES[qtype]), str(block), "0", "0", "0", "1",
-                           "1", "4", "0"], input=stdin, capture_output=True)
+                           "1", "4", "0", "0"], input=stdin, capture_output=True)
     assert proc.returncode == 104, proc.stderr  # 100 + MOA_ERR_BAD_PARAMS
     assert np.all(np.frombuffer(proc.stdout, np.float32) == SENTINEL)

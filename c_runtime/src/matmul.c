@@ -78,7 +78,8 @@ static const float *panel_rows(b_source b, size_t K, size_t N, size_t q, size_t 
     }
     if (b.quantized != NULL) {
         const moa_qweights w = quantized_panel(b.quantized, K, q);
-        (w.type == MOA_QW_I8 ? moa_qw_dequant_i8 : moa_qw_dequant_u4)(w.block, w.q, w.scale, w.offset, p0, kc, buffer);
+        (w.type == MOA_QW_I8 ? moa_qw_dequant_i8 : moa_qw_dequant_u4)(w.block, w.q, w.scale, w.offset, w.zero, p0, kc,
+                                                                    buffer);
         *row_stride = MOA_GEMM_NR;
         return buffer;
     }
@@ -181,7 +182,7 @@ static void gemv_quantized(size_t M, size_t N, size_t K, float alpha, moa_matrix
             float *y_row = y + (ptrdiff_t)i * y_row_stride + (ptrdiff_t)j0;
             float sum[MOA_GEMM_NR];
             (w.type == MOA_QW_I8 ? moa_qw_dot_i8 : moa_qw_dot_u4)(K, w.block, a.data + (ptrdiff_t)i * a.row_stride,
-                                                                a.col_stride, w.q, w.scale, w.offset, sum);
+                                                                a.col_stride, w.q, w.scale, w.offset, w.zero, sum);
             for (j = 0; j < nr; j++) {
                 y_row[j] = alpha * sum[j] + (accumulate ? y_row[j] : 0.0f);
             }

@@ -31,7 +31,8 @@ static void dot(int (*value)(const void *, size_t, size_t), MOA_QW_DOT_PARAMS)
             }
         }
         for (j = 0; j < MOA_GEMM_NR; j++) {
-            sum[j] += s[j] * acc[j] + (offset != NULL ? offset[b0 / block * MOA_GEMM_NR + j] * x_sum : 0.0f);
+            sum[j] += s[j] * (acc[j] - (float)zero * x_sum) +
+                      (offset != NULL ? offset[b0 / block * MOA_GEMM_NR + j] * x_sum : 0.0f);
         }
     }
     for (j = 0; j < MOA_GEMM_NR; j++) {
@@ -46,28 +47,28 @@ static void dequant(int (*value)(const void *, size_t, size_t), MOA_QW_DEQUANT_P
         const float *s = scale + p / block * MOA_GEMM_NR;
         for (j = 0; j < MOA_GEMM_NR; j++) {
             out[(p - p0) * MOA_GEMM_NR + j] =
-                s[j] * (float)value(q, p, j) + (offset != NULL ? offset[p / block * MOA_GEMM_NR + j] : 0.0f);
+                s[j] * (float)(value(q, p, j) - zero) + (offset != NULL ? offset[p / block * MOA_GEMM_NR + j] : 0.0f);
         }
     }
 }
 
 void moa_qw_dot_i8_scalar(MOA_QW_DOT_PARAMS)
 {
-    dot(value_i8, K, block, x, x_stride, q, scale, offset, y16);
+    dot(value_i8, K, block, x, x_stride, q, scale, offset, zero, y16);
 }
 
 void moa_qw_dot_u4_scalar(MOA_QW_DOT_PARAMS)
 {
-    dot(value_u4, K, block, x, x_stride, q, scale, offset, y16);
+    dot(value_u4, K, block, x, x_stride, q, scale, offset, zero, y16);
 }
 
 void moa_qw_dequant_i8_scalar(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(value_i8, block, q, scale, offset, p0, kc, out);
+    dequant(value_i8, block, q, scale, offset, zero, p0, kc, out);
 }
 
 void moa_qw_dequant_u4_scalar(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(value_u4, block, q, scale, offset, p0, kc, out);
+    dequant(value_u4, block, q, scale, offset, zero, p0, kc, out);
 }
 #endif

@@ -1,9 +1,11 @@
 """MoaQGemm: a MatMul or Gemm whose weight is stored quantized (int8, or 4 bits in blocks), one
 moa_gemm_qw_f32 call (qmatmul.h) over float32 activations.
 
-    Y[..., M, N] = alpha A[..., M, K] W + beta C,   W[k][n] = scale[k // block][n] q[k][n] + offset[k // block][n]
+    Y[..., M, N] = alpha A[..., M, K] W + beta C,
+    W[k][n] = scale[k // block][n] (q[k][n] - zero) + offset[k // block][n]
 
-Inputs: A, q (the panels of qmatmul.h), scale, offset ("" for none), C ("" or absent for none).
+Inputs: A, q (the panels of qmatmul.h), scale, offset ("" for none), C ("" or absent for none);
+attributes k, n, qtype, block, zero (and MoaGemm's trans_a, alpha, beta).
 The weight's layout is made here (pack_quantized) and undone for the reference (dequantize), so
 the C kernel, the float64 interpreter and the quantizers of passes/quantize.py agree on one form.
 """
@@ -52,7 +54,7 @@ def pack_quantized(q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, 
     return np.ascontiguousarray(values), per_panel(scale), None if offset is None else per_panel(offset)
 
 
-def dequantize(values, scale, offset, qtype: str, block: int, k: int, n: int) -> torch.Tensor:
+def dequantize(values, scale, offset, qtype: str, block: int, k: int, n: int, zero: int = 0) -> torch.Tensor:
     """pack_quantized undone and applied: W (K x N) as float64, from the tensors the C reads."""
     values = torch.as_tensor(np.asarray(values))
     if qtype == "u4":
@@ -61,7 +63,7 @@ def dequantize(values, scale, offset, qtype: str, block: int, k: int, n: int) ->
     q = values.permute(1, 0, 2).reshape(values.shape[1], -1).to(torch.float64)  # rows x padded columns
     expand = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float64).permute(1, 0, 2).reshape(  # noqa: E731
         -1, q.shape[1]).repeat_interleave(block, dim=0)
-    w = expand(scale) * q + (expand(offset) if offset is not None else 0.0)
+    w = expand(scale) * (q - zero) + (expand(offset) if offset is not None else 0.0)
     return w[:k, :n]
 
 
@@ -83,7 +85,8 @@ def _optional(inputs, i):
 
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     attrs = node.attrs
-    w = dequantize(inputs[1], inputs[2], _optional(inputs, 3), attrs["qtype"], attrs["block"], attrs["k"], attrs["n"])
+    w = dequantize(inputs[1], inputs[2], _optional(inputs, 3), attrs["qtype"], attrs["block"], attrs["k"], attrs["n"],
+                   attrs.get("zero", 0))
     a = inputs[0].T if attrs["trans_a"] else inputs[0]
     y = attrs["alpha"] * (a.to(torch.float64) @ w)
     c = _optional(inputs, 4)
@@ -100,7 +103,7 @@ def emit(node, ctx):
     a = _view(ctx.where[node.inputs[0]], *((1, M) if trans_a else (K, 1)))
     offset = ctx.where[node.inputs[3]] if len(node.inputs) > 3 and node.inputs[3] else "NULL"
     weights = (f"(moa_qweights){{{C_TYPES[attrs['qtype']]}, {attrs['block']}, {ctx.where[node.inputs[1]]}, "
-               f"{ctx.where[node.inputs[2]]}, {offset}}}")
+               f"{ctx.where[node.inputs[2]]}, {offset}, {attrs.get('zero', 0)}}}")
     bias = type(node)(node.op, node.name, [node.inputs[0], "", *node.inputs[4:5]], node.outputs)
     call = _gemm_call(M, N, K, attrs["alpha"], a, weights, attrs["beta"], _bias_view(bias, ctx),
                       ctx.where[node.outputs[0]], function="moa_gemm_qw_f32")

@@ -5,7 +5,8 @@
     int4[:BLOCK]  one scale per BLOCK rows (default 32) per column, llama.cpp's Q4_0 rounding:
                   d = (the value of largest |w|) / -8,  q = min(15, floor(w / d + 8.5)),  W = d (q - 8)
 
-The integers, scales and offsets go to ops/qmatmul.pack_quantized, the kernel's layout.
+The integers and scales go to ops/qmatmul.pack_quantized, the kernel's layout; the zero point
+(8 for int4) is the kernel's `zero`, not stored.
 """
 from __future__ import annotations
 
@@ -55,18 +56,19 @@ def _block_rows(w: np.ndarray, block: int) -> np.ndarray:
     return w.reshape(k // block, block, n)
 
 
-def quantize(w: np.ndarray, qtype: str, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """W (K x N float32, block dividing K) -> (q K x N, scale blocks x N, offset blocks x N or None)."""
+def quantize(w: np.ndarray, qtype: str, block: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """W (K x N float32, block dividing K) -> (q K x N, scale blocks x N, zero point):
+    W ~ scale[k // block] (q - zero)."""
     w = np.asarray(w, np.float32)
     blocks = _block_rows(w, block)
     if qtype == "i8":
         scale = (np.abs(blocks).max(axis=1) / 127.0).astype(np.float32)
         inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
         q = np.clip(np.rint(blocks * inverse[:, None, :]), -127, 127).astype(np.int8)
-        return q.reshape(w.shape), scale, None
+        return q.reshape(w.shape), scale, 0
     # Q4_0: the signed value of largest magnitude maps to -8.
     largest = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None, :], axis=1)[:, 0, :]
     d = (largest / -8.0).astype(np.float32)
     inverse = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
     q = np.minimum(15, np.floor(blocks * inverse[:, None, :] + 8.5)).clip(0, 15).astype(np.uint8)
-    return q.reshape(w.shape), d, (-8.0 * d).astype(np.float32)
+    return q.reshape(w.shape), d, 8

@@ -2,7 +2,8 @@
  * compile time), on one 16-column panel of quantized weights W (qmatmul.h's layout):
  *
  *     moa_qw_dot_<type>:     y16[j] = sum_{p < K} x[p] W[p][j]
- *                            computed per block as scale[b][j] sum x[p] q[p][j] + offset[b][j] sum x[p],
+ *                            computed per block as scale[b][j] (sum x[p] q[p][j] - zero sum x[p])
+ *                            + offset[b][j] sum x[p],
  *                            so a weight is converted, never dequantized (the decode step's GEMV);
  *     moa_qw_dequant_<type>: out[p - p0][j] = W[p][j] for p0 <= p < p0 + kc (the GEMM's float panel).
  *
@@ -19,12 +20,13 @@
 #include "moa/isa.h"
 #include "moa/qmatmul.h"
 
-/* x[p] = x[p * x_stride]; q, scale and offset (NULL: 0) point at the panel's own. */
+/* x[p] = x[p * x_stride]; q, scale and offset (NULL: 0) point at the panel's own; zero as qmatmul.h. */
 #define MOA_QW_DOT_PARAMS                                                                              \
     size_t K, size_t block, const float *x, ptrdiff_t x_stride, const void *q, const float *scale, \
-        const float *offset, float *y16
+        const float *offset, int zero, float *y16
 #define MOA_QW_DEQUANT_PARAMS                                                                          \
-    size_t block, const void *q, const float *scale, const float *offset, size_t p0, size_t kc, float *out
+    size_t block, const void *q, const float *scale, const float *offset, int zero, size_t p0, size_t kc,  \
+        float *out
 
 #if MOA_ISA_AVX512
 #define MOA_QW_VARIANT(name) name##_avx512

@@ -3,11 +3,12 @@
  * quantized model.
  *
  *     Y[m][n] = alpha * sum_k A[m][k] W[k][n]  +  beta * C[m][n]
- *     W[k][n] = scale[k / block][n] * q[k][n]  +  offset[k / block][n]     (offset 0 when NULL)
+ *     W[k][n] = scale[k / block][n] * (q[k][n] - zero)  +  offset[k / block][n]   (offset 0 when NULL)
  *
- * q is int8 (MOA_QW_I8, symmetric: no offset) or an unsigned 4-bit 0..15 (MOA_QW_U4, offset
- * = -zero_point * scale, or GGUF's block minimum). `block` rows of W share one scale and offset
- * per column: block == K is one per column (per output channel).
+ * q is int8 (MOA_QW_I8, symmetric: zero 0, no offset) or an unsigned 4-bit 0..15 (MOA_QW_U4:
+ * symmetric with zero 8, as llama.cpp's Q4_0 and onnxruntime's MatMulNBits without zero points;
+ * or zero 0 and offset = -zero_point * scale per block, or GGUF's block minimum). `block` rows of
+ * W share one scale and offset per column: block == K is one per column (per output channel).
  *
  * Layout: the panels of matmul.h (16 columns each, the last zero-padded), K padded to whole
  * blocks with zero rows (Kp = MOA_QW_ROWS(K, block)). Panel p holds
@@ -32,6 +33,7 @@ typedef struct {
     const void *q;       /* int8_t (MOA_QW_I8) or uint8_t pairs (MOA_QW_U4), in panels */
     const float *scale;  /* per panel: Kp / block rows of 16 */
     const float *offset; /* as scale, or NULL */
+    int zero;            /* subtracted from every q */
 } moa_qweights;
 
 #define MOA_QW_BLOCKS(K, block) (((size_t)(K) + (size_t)(block) - 1) / (size_t)(block))

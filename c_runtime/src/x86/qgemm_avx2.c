@@ -49,6 +49,7 @@ static inline void dot(half_row row, MOA_QW_DOT_PARAMS)
             x_sum += x_p;
         }
         for (h = 0; h < 2; h++) {
+            acc[h] = _mm256_sub_ps(acc[h], _mm256_set1_ps((float)zero * x_sum));
             sum[h] = _mm256_fmadd_ps(_mm256_loadu_ps(scale + b * MOA_GEMM_NR + 8 * h), acc[h], sum[h]);
             if (offset != NULL) {
                 sum[h] = _mm256_fmadd_ps(_mm256_loadu_ps(offset + b * MOA_GEMM_NR + 8 * h), _mm256_set1_ps(x_sum), sum[h]);
@@ -68,28 +69,29 @@ static inline void dequant(half_row row, MOA_QW_DEQUANT_PARAMS)
         for (h = 0; h < 2; h++) {
             const __m256 shift = offset != NULL ? _mm256_loadu_ps(offset + b * MOA_GEMM_NR + 8 * h) : _mm256_setzero_ps();
             _mm256_storeu_ps(out + (p - p0) * MOA_GEMM_NR + 8 * h,
-                             _mm256_fmadd_ps(_mm256_loadu_ps(scale + b * MOA_GEMM_NR + 8 * h), row(q, p, h), shift));
+                             _mm256_fmadd_ps(_mm256_loadu_ps(scale + b * MOA_GEMM_NR + 8 * h),
+                                             _mm256_sub_ps(row(q, p, h), _mm256_set1_ps((float)zero)), shift));
         }
     }
 }
 
 void moa_qw_dot_i8_avx2(MOA_QW_DOT_PARAMS)
 {
-    dot(half_i8_any, K, block, x, x_stride, q, scale, offset, y16);
+    dot(half_i8_any, K, block, x, x_stride, q, scale, offset, zero, y16);
 }
 
 void moa_qw_dot_u4_avx2(MOA_QW_DOT_PARAMS)
 {
-    dot(half_u4_any, K, block, x, x_stride, q, scale, offset, y16);
+    dot(half_u4_any, K, block, x, x_stride, q, scale, offset, zero, y16);
 }
 
 void moa_qw_dequant_i8_avx2(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(half_i8_any, block, q, scale, offset, p0, kc, out);
+    dequant(half_i8_any, block, q, scale, offset, zero, p0, kc, out);
 }
 
 void moa_qw_dequant_u4_avx2(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(half_u4_any, block, q, scale, offset, p0, kc, out);
+    dequant(half_u4_any, block, q, scale, offset, zero, p0, kc, out);
 }
 #endif

@@ -27,9 +27,11 @@ static __m512 high_u4(__m512i pair)
     return _mm512_cvtepi32_ps(_mm512_srli_epi32(pair, 4));
 }
 
-/* sum + scale * acc (+ offset * x_sum) for block b. */
-static __m512 apply_block(__m512 sum, __m512 acc, float x_sum, const float *scale, const float *offset, size_t b)
+/* sum + scale * (acc - zero * x_sum) (+ offset * x_sum) for block b. */
+static __m512 apply_block(__m512 sum, __m512 acc, float x_sum, const float *scale, const float *offset, int zero,
+                          size_t b)
 {
+    acc = _mm512_sub_ps(acc, _mm512_set1_ps((float)zero * x_sum));
     sum = _mm512_fmadd_ps(_mm512_loadu_ps(scale + b * MOA_GEMM_NR), acc, sum);
     if (offset != NULL) {
         sum = _mm512_fmadd_ps(_mm512_loadu_ps(offset + b * MOA_GEMM_NR), _mm512_set1_ps(x_sum), sum);
@@ -57,7 +59,7 @@ void moa_qw_dot_i8_avx512(MOA_QW_DOT_PARAMS)
             even = _mm512_fmadd_ps(_mm512_set1_ps(x0), row_i8(values, p), even);
             x_sum += x0;
         }
-        sum = apply_block(sum, _mm512_add_ps(even, odd), x_sum, scale, offset, b0 / block);
+        sum = apply_block(sum, _mm512_add_ps(even, odd), x_sum, scale, offset, zero, b0 / block);
     }
     _mm512_storeu_ps(y16, sum);
 }
@@ -83,13 +85,14 @@ void moa_qw_dot_u4_avx512(MOA_QW_DOT_PARAMS)
             even = _mm512_fmadd_ps(_mm512_set1_ps(x0), low_u4(pair_u4(pairs, p / 2)), even);
             x_sum += x0;
         }
-        sum = apply_block(sum, _mm512_add_ps(even, odd), x_sum, scale, offset, b0 / block);
+        sum = apply_block(sum, _mm512_add_ps(even, odd), x_sum, scale, offset, zero, b0 / block);
     }
     _mm512_storeu_ps(y16, sum);
 }
 
-static void store_row(float *out, __m512 value, const float *scale, const float *offset, size_t b)
+static void store_row(float *out, __m512 value, const float *scale, const float *offset, int zero, size_t b)
 {
+    value = _mm512_sub_ps(value, _mm512_set1_ps((float)zero));
     const __m512 shift = offset != NULL ? _mm512_loadu_ps(offset + b * MOA_GEMM_NR) : _mm512_setzero_ps();
     _mm512_storeu_ps(out, _mm512_fmadd_ps(_mm512_loadu_ps(scale + b * MOA_GEMM_NR), value, shift));
 }
@@ -98,7 +101,7 @@ void moa_qw_dequant_i8_avx512(MOA_QW_DEQUANT_PARAMS)
 {
     size_t p;
     for (p = p0; p < p0 + kc; p++) {
-        store_row(out + (p - p0) * MOA_GEMM_NR, row_i8(q, p), scale, offset, p / block);
+        store_row(out + (p - p0) * MOA_GEMM_NR, row_i8(q, p), scale, offset, zero, p / block);
     }
 }
 
@@ -107,7 +110,8 @@ void moa_qw_dequant_u4_avx512(MOA_QW_DEQUANT_PARAMS)
     size_t p;
     for (p = p0; p < p0 + kc; p++) {
         const __m512i pair = pair_u4(q, p / 2);
-        store_row(out + (p - p0) * MOA_GEMM_NR, p % 2 ? high_u4(pair) : low_u4(pair), scale, offset, p / block);
+        store_row(out + (p - p0) * MOA_GEMM_NR, p % 2 ? high_u4(pair) : low_u4(pair), scale, offset, zero,
+                  p / block);
     }
 }
 #endif
