@@ -32,6 +32,7 @@ import zipfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig  # noqa: E402
 from transformers.cache_utils import DynamicCache  # noqa: E402
@@ -107,6 +108,24 @@ def load(folder: Path):
     # Dequantised on load; transformers refuses .float() on a model read from a quantised file.
     assert all(p.dtype == torch.float32 for p in model.parameters())
     return model.eval(), tokenizer
+
+
+def quantize_like_convert(model, weights: str, embedding: bool) -> None:
+    """Give `model` the weights a build converted with --weights holds: every Linear's (and, when
+    the build quantizes the embedding table, the embedding's), in the orientation the ONNX MatMul
+    reads them (K x N, blocks along K). The lm_head, whose logits are the graph's output, in the
+    format of an output layer (WeightFormat.for_output_layer), and so the embedding it is tied to.
+    It is untied first: the build quantizes it on its own unless it quantizes the embedding too."""
+    from moa_edge.passes.quantize import dequantized, parse_weights
+    fmt = parse_weights(weights)
+    if model.lm_head.weight is model.model.embed_tokens.weight:
+        model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) or (embedding and isinstance(module, torch.nn.Embedding)):
+            output_layer = module is model.lm_head or isinstance(module, torch.nn.Embedding)
+            w = module.weight.detach().numpy().T  # K x N
+            module.weight.data = torch.from_numpy(np.ascontiguousarray(
+                dequantized(w, fmt.for_output_layer() if output_layer else fmt).T))
 
 
 def input_names(layers: int) -> list[str]:

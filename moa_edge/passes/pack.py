@@ -30,19 +30,21 @@ def _packed_weight(graph: Graph, name: str, transposed: bool) -> str:
 
 
 def _quantized_weight(graph: Graph, name: str, transposed: bool, fmt: WeightFormat, node: str) -> list[str]:
-    """The names of B quantized in the kernel's layout: [values, scale] (made once per weight,
-    orientation and format); the values' quant records the block and zero point."""
+    """The names of B quantized in the kernel's layout: [values, scale, offset or ""] (made once per
+    weight, orientation and format); the values' quant records the block and zero point."""
     b = graph.constant(name)
     b = np.ascontiguousarray(b.T if transposed else b)
     block = fmt.block_for(b.shape[0], node)
     stem = f"{name}__{fmt.qtype}_{block}{'_t' if transposed else ''}"
     if stem not in graph.tensors:
-        q, scale, zero = quantize(b, fmt.qtype, block)
-        values, scales, _ = qmatmul.pack_quantized(q, scale, None, fmt.qtype, block)
+        q, scale, offset, zero = quantize(b, fmt.qtype, block)
+        values, scales, offsets = qmatmul.pack_quantized(q, scale, offset, fmt.qtype, block)
         quant = Quantization(scale, np.array(zero), axis=0, block_size=block, bits=4 if fmt.qtype == "u4" else 8)
         graph.tensors[stem] = Tensor(stem, tuple(values.shape), qmatmul.STORAGE[fmt.qtype], values, quant=quant)
         graph.tensors[stem + "_scale"] = Tensor(stem + "_scale", tuple(scales.shape), "float32", scales)
-    return [stem, stem + "_scale"]
+        if offsets is not None:
+            graph.tensors[stem + "_offset"] = Tensor(stem + "_offset", tuple(offsets.shape), "float32", offsets)
+    return [stem, stem + "_scale", stem + "_offset" if stem + "_offset" in graph.tensors else ""]
 
 
 def _bias_row(graph: Graph, y: str) -> tuple[Node, str] | None:
@@ -96,10 +98,11 @@ def pack_weights(graph: Graph, weights: WeightFormat | None = None) -> int:
         if weights is None:
             gemm = Node("MoaGemm", node.name, [a, _packed_weight(graph, weight, trans_b), *bias], outputs, gemm_attrs)
         else:
-            values, scale = _quantized_weight(graph, weight, trans_b, weights, node.name)
+            fmt = weights.for_output_layer() if any(o in graph.outputs for o in outputs) else weights
+            values, scale, offset = _quantized_weight(graph, weight, trans_b, fmt, node.name)
             quant = graph.tensors[values].quant
-            gemm = Node("MoaQGemm", node.name, [a, values, scale, "", *bias], outputs,
-                        {**gemm_attrs, "k": k, "qtype": weights.qtype, "block": quant.block_size,
+            gemm = Node("MoaQGemm", node.name, [a, values, scale, offset, *bias], outputs,
+                        {**gemm_attrs, "k": k, "qtype": fmt.qtype, "block": quant.block_size,
                          "zero": int(quant.zero_point)})
         graph.nodes[graph.nodes.index(node)] = gemm
         count += 1

@@ -1,0 +1,119 @@
+"""`convert --weights` (issue 14): float weights quantized by moa-edge itself. A generation build of
+a decoder with int8 or 4-bit weights gives the same greedy tokens and logits as transformers' own
+model given the same weights (export.quantize_like_convert: the dequantized values in the float
+model), on the host and the emulated boards; the 4-bit grid is llama.cpp's Q4_1, checked against
+the gguf package's own quantizer; bad formats are refused by name."""
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import one_error, require_board, run_cli
+import decoders
+from moa_edge.errors import MoaEdgeError
+from moa_edge.harness.build import build
+from moa_edge.harness.generation import generate_ids, generation_info
+from moa_edge.passes.quantize import dequantized, parse_weights, quantize
+from moa_edge.pipeline import convert
+from moa_edge.target import load_board
+
+MAX_CONTEXT, CHUNK, PROMPT_LEN, NEW = 40, 4, 9, 12
+RELATIVE_LOGITS = 1e-4  # as the float builds: the weights are the same, only the arithmetic's order differs
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("quantized")
+
+
+def _build(folder: Path, weights: str):
+    case = decoders.cached_decoder("llama", "torchscript", 17, folder)
+    project = folder / f"p-{weights.replace(':', '-')}"
+    if not project.exists():
+        convert(case.path, project, max_context=MAX_CONTEXT, prefill_chunk=CHUNK, weights=parse_weights(weights))
+    reference = copy.deepcopy(case.model)
+    ops = {op["op"] for op in json.loads((project / "report.json").read_text())["ops"]}
+    decoders.smollm2_export.quantize_like_convert(reference, weights, embedding="MoaQGather" in ops)
+    return reference, project
+
+
+def _check(folder: Path, weights: str, board) -> None:
+    reference, project = _build(folder, weights)
+    binary, info = build(project, board), generation_info(project)
+    prompt = [int(t) for t in np.random.default_rng(1).integers(0, info["vocab"], PROMPT_LEN)]
+    want = decoders.reference_generate(reference, prompt, NEW)
+    got = generate_ids(binary, board, info, prompt, NEW)
+    assert got["tokens"] == want
+    forced = generate_ids(binary, board, info, prompt, NEW, forced_ids=want)
+    expected = decoders.reference_logits(reference, prompt + want)[PROMPT_LEN - 1:PROMPT_LEN - 1 + NEW]
+    error = np.abs(forced["logits"] - expected).max() / np.abs(expected).max()
+    assert error < RELATIVE_LOGITS, error
+
+
+@pytest.mark.parametrize("weights", ["int8", "int8:16", "int4", "int4:16"])
+def test_quantized_decoder_equals_transformers_with_the_same_weights_on_the_host(folder, weights):
+    _check(folder, weights, load_board("host"))
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name, weights", [("rpi4", "int8"), ("k230", "int4")])
+def test_quantized_decoder_on_the_emulated_boards(folder, board_name, weights):
+    _check(folder, weights, require_board(board_name))
+
+
+def test_weight_bytes_per_type_in_model_h_and_the_report(folder):
+    """int8 stores a byte per weight, int4 half of one; the lm_head (the output layer) stays int8."""
+    float_project = folder / "p-float"
+    case = decoders.cached_decoder("llama", "torchscript", 17, folder)
+    if not float_project.exists():
+        convert(case.path, float_project, max_context=MAX_CONTEXT, prefill_chunk=CHUNK)
+    _, int8 = _build(folder, "int8")
+    _, int4 = _build(folder, "int4")
+    by_type = {p: json.loads((p / "report.json").read_text())["memory"]["weights_bytes_by_type"]
+               for p in (float_project, int8, int4)}
+    linear = sum(m.weight.numel() for m in case.model.modules() if type(m).__name__ == "Linear")
+    head = case.model.lm_head.weight.numel()
+    assert by_type[int8]["int8"] >= linear and by_type[int8]["int8"] < 1.2 * linear  # panels pad N to 16
+    assert by_type[int4]["int8"] >= head and by_type[int4]["int4"] >= (linear - head) // 2
+    model_h = (int4 / "model.h").read_text()
+    assert f"#define MODEL_WEIGHTS_BYTES_INT4 {by_type[int4]['int4']}u" in model_h
+    assert sum(by_type[int4].values()) < sum(by_type[int8].values()) < sum(by_type[float_project].values())
+
+
+def test_the_4_bit_grid_is_llama_cpps_q4_1():
+    """Weights on the gguf package's own Q4_1 grid (blocks of 32 along a row: K) are held exactly,
+    and int8 blocks of 32 round as its Q8_0 does, up to its float16 scales."""
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(0)
+    rows = rng.standard_normal((48, 64)).astype(np.float32)  # N x K, K contiguous as GGUF stores a row
+    on_grid = gguf.quants.dequantize(gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q4_1),
+                                     gguf.GGMLQuantizationType.Q4_1)
+    ours = dequantized(np.ascontiguousarray(on_grid.T), parse_weights("int4")).T
+    np.testing.assert_allclose(ours, on_grid, rtol=0, atol=1e-6 * np.abs(on_grid).max())
+    q8 = gguf.quants.dequantize(gguf.quants.quantize(rows, gguf.GGMLQuantizationType.Q8_0),
+                                gguf.GGMLQuantizationType.Q8_0)
+    ours8 = dequantized(np.ascontiguousarray(rows.T), parse_weights("int8:32")).T
+    step = np.abs(rows).reshape(48, 2, 32).max(axis=2, keepdims=True) / 127
+    assert np.all(np.abs(ours8 - q8).reshape(48, 2, 32) <= step * 1.01)  # at most one step apart (fp16 scales)
+
+
+def test_int8_error_is_at_most_half_a_step():
+    w = np.random.default_rng(2).standard_normal((96, 40)).astype(np.float32)
+    q, scale, offset, zero = quantize(w, "i8", 96)
+    assert offset is None and zero == 0 and q.dtype == np.int8 and np.abs(q).max() == 127
+    assert np.all(np.abs(dequantized(w, parse_weights("int8")) - w) <= scale / 2 * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("text", ["int3", "int4:7", "int4:0", "int8:x", "fp8", "int4:1"])
+def test_a_bad_weight_format_is_refused(text):
+    with pytest.raises(MoaEdgeError, match="--weights"):
+        parse_weights(text)
+
+
+def test_a_block_that_does_not_divide_k_is_refused_by_node(folder, tmp_path):
+    case = decoders.cached_decoder("llama", "torchscript", 17, folder)
+    r = run_cli("convert", case.path, "-o", tmp_path / "p", "--max-context", "16", "--weights", "int4:48")
+    one_error(r, "--weights int4:48: block 48 does not divide K=", "of node")
+    assert not (tmp_path / "p").exists()
