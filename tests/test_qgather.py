@@ -5,21 +5,29 @@ wrote the tie (a second initializer E^T, a Transpose of E, a Gemm with transB=1)
 
 Expected values: numpy in float64 with the table dequantized from the raw output of
 passes/quantize.quantize (not from the packed layout under test); an index outside the table
-stops the run with MOA_ERR_INDEX_OUT_OF_RANGE (status 5), as the float Gather does."""
+stops the run with MOA_ERR_INDEX_OUT_OF_RANGE (status 5), as the float Gather does. A tiny Hugging
+Face decoder converted for generation with --weights gives transformers' tokens and float64
+logits on the same weights dequantized by quantize() (embedding and every Linear)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 import re
 
+import copy
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
 
 from conftest import BOARDS, require_board
+import decoders
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
+from moa_edge.harness.generation import generate_ids, generation_info
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.passes.quantize import parse_weights, quantize
@@ -58,13 +66,21 @@ def tied_model(tie: str) -> onnx.ModelProto:
     return model
 
 
+def dequantized(b: np.ndarray, weights: str) -> np.ndarray:
+    """B (K x N) as the quantizer leaves it, in float64: scale q + offset per block of K rows."""
+    fmt = parse_weights(weights)
+    block = fmt.block or b.shape[0]
+    q, scale, offset = quantize(np.ascontiguousarray(b), fmt.qtype, block)
+    rows = np.arange(b.shape[0]) // block
+    return scale[rows].astype(np.float64) * q + (offset[rows].astype(np.float64) if offset is not None else 0.0)
+
+
 def dequantized_table(weights: str) -> np.ndarray:
-    """E as the quantizer leaves it, in float64: W = scale q + offset over B = E^T, transposed back."""
+    """E as the quantizer leaves it, in float64: B = E^T quantized, transposed back."""
     fmt = parse_weights(weights)
     block = fmt.block or D
-    q, scale, offset = quantize(np.ascontiguousarray(TABLE.T), fmt.qtype, block)
     rows = np.arange(D) // block
-    w = scale[rows].astype(np.float64) * q + (offset[rows].astype(np.float64) if offset is not None else 0.0)
+    w = dequantized(TABLE.T, weights)
     # Not our layout, but a quantization of E: within half a step (int8) or one step (4-bit) of it.
     step = np.abs(TABLE.T).reshape(D // block, block, V).max(axis=1)[rows] / (127 if fmt.qtype == "i8" else 8)
     assert np.all(np.abs(w - TABLE.T) <= step * (0.5 if fmt.qtype == "i8" else 1.0) + 1e-6)
@@ -188,3 +204,37 @@ def test_report_json_states_the_quantized_bytes(workdir):
     project, _ = project_for("transpose", "int8", workdir)
     memory = json.loads((project / "report.json").read_text())["memory"]
     assert memory["weights_bytes"] == sum(memory["weights_bytes_by_type"].values()) < TABLE.nbytes
+
+
+def dequantized_model(model: torch.nn.Module, weights: str) -> torch.nn.Module:
+    """A copy of a transformers decoder whose embeddings and Linear (and GPT-2 Conv1D) weights are
+    replaced by their quantization, dequantized: each weight is B = W^T of its MatMul (K = inputs),
+    and E^T for an embedding; a tied weight (one Parameter) is quantized once."""
+    model, done = copy.deepcopy(model), set()
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding, Conv1D)) and id(module.weight) not in done:
+            done.add(id(module.weight))
+            w = module.weight.detach().numpy()
+            b = w if isinstance(module, Conv1D) else w.T  # Conv1D stores [in, out] already
+            q = dequantized(b, weights)
+            module.weight.data = torch.from_numpy((q if isinstance(module, Conv1D) else q.T).astype(np.float32))
+    return model
+
+
+@pytest.mark.parametrize("family, weights", [("llama", "int8"), ("llama", "int4"), ("gpt2", "int8")])
+def test_a_decoder_with_quantized_weights_generates_as_transformers_on_them(family, weights, workdir):
+    case = decoders.cached_decoder(family, "torchscript", 17, workdir)
+    model = dequantized_model(case.model, weights)
+    project = workdir / f"decoder-{family}-{weights}"
+    report = convert(case.path, project, max_context=32, prefill_chunk=4, weights=parse_weights(weights))
+    gathers = 2 if family == "gpt2" else 1  # GPT-2 also looks up learned positions
+    assert report["memory"]["weights_bytes"] < 0.3 * sum(p.numel() * 4 for p in case.model.parameters())
+    assert (project / "model.c").read_text().count("moa_gather_qw_f32(") == 2 * gathers  # prefill, decode step
+    board = require_board("host")
+    binary, info = build(project, board), generation_info(project)
+    prompt = [int(t) for t in np.random.default_rng(1).integers(0, case.geometry.vocab, 7)]
+    want = decoders.reference_generate(model, prompt, 8)
+    assert generate_ids(binary, board, info, prompt, 8)["tokens"] == want
+    forced = generate_ids(binary, board, info, prompt, 8, forced_ids=want)["logits"]
+    reference = decoders.reference_logits(model, prompt + want)[len(prompt) - 1:len(prompt) + 7]
+    assert np.abs(forced - reference).max() / np.abs(reference).max() < 1e-4
