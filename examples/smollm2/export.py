@@ -118,11 +118,12 @@ def quantize_like_convert(model, weights: str, embedding: bool) -> None:
     It is untied first: the build quantizes it on its own unless it quantizes the embedding too."""
     from moa_edge.passes.quantize import dequantized, parse_weights
     fmt = parse_weights(weights)
-    if model.lm_head.weight is model.model.embed_tokens.weight:
+    tied = model.lm_head.weight is model.model.embed_tokens.weight
+    if tied:
         model.lm_head.weight = torch.nn.Parameter(model.lm_head.weight.detach().clone())
     for module in model.modules():
         if isinstance(module, torch.nn.Linear) or (embedding and isinstance(module, torch.nn.Embedding)):
-            output_layer = module is model.lm_head or isinstance(module, torch.nn.Embedding)
+            output_layer = module is model.lm_head or (tied and module is model.model.embed_tokens)
             w = module.weight.detach().numpy().T  # K x N
             module.weight.data = torch.from_numpy(np.ascontiguousarray(
                 dequantized(w, fmt.for_output_layer() if output_layer else fmt).T))

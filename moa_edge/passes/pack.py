@@ -4,9 +4,16 @@ A MatMul or Gemm whose B is a float32 weight becomes MoaGemm over B in the kerne
 layout (ops/matmul.py pack_b). A bias added right after a MatMul (a constant row [N] or a
 scalar, as every Linear layer exports it) becomes MoaGemm's C: the kernel writes Y = bias
 first and adds A B to it, so the bias costs no pass of its own.
+
+With --weights (passes/quantize.py) B is quantized instead (MoaQGemm), and so is the table of an
+embedding Gather (MoaQGather), stored as E^T in the same layout: quantized tensors are keyed by
+the content of B (K x N bytes) and the format, not by the initializer's name, so a tied lm_head
+(whose weight the exporter wrote as a second initializer or a folded Transpose of E) and the
+embedding lookup read one stored copy.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
@@ -29,14 +36,24 @@ def _packed_weight(graph: Graph, name: str, transposed: bool) -> str:
     return packed
 
 
-def _quantized_weight(graph: Graph, name: str, transposed: bool, fmt: WeightFormat, node: str) -> list[str]:
-    """The names of B quantized in the kernel's layout: [values, scale, offset or ""] (made once per
-    weight, orientation and format); the values' quant records the block and zero point."""
+def _key(graph: Graph, name: str, transposed: bool, fmt: WeightFormat, node: str) -> tuple:
+    """What makes two quantized weights one: the format and B's bytes (K x N)."""
+    b = graph.constant(name)
+    b = np.ascontiguousarray(b.T if transposed else b)
+    return (fmt.qtype, fmt.block_for(b.shape[0], node), b.shape, hashlib.blake2b(b, digest_size=32).digest())
+
+
+def _quantized_weight(graph: Graph, name: str, transposed: bool, fmt: WeightFormat, node: str,
+                      made: dict[tuple, list[str]]) -> list[str]:
+    """The names of B quantized in the kernel's layout: [values, scale, offset or ""], made once per
+    content of B and format (`made` remembers them by a digest of B's bytes: equal weights under
+    two names, or E and its transpose, share one set)."""
     b = graph.constant(name)
     b = np.ascontiguousarray(b.T if transposed else b)
     block = fmt.block_for(b.shape[0], node)
-    stem = f"{name}__{fmt.qtype}_{block}{'_t' if transposed else ''}"
-    if stem not in graph.tensors:
+    key = _key(graph, name, transposed, fmt, node)
+    if key not in made:
+        stem = f"{name}__{fmt.qtype}_{block}{'_t' if transposed else ''}"
         q, scale, offset, zero = quantize(b, fmt.qtype, block)
         values, scales, offsets = qmatmul.pack_quantized(q, scale, offset, fmt.qtype, block)
         quant = Quantization(scale, np.array(zero), axis=0, block_size=block, bits=4 if fmt.qtype == "u4" else 8)
@@ -44,7 +61,8 @@ def _quantized_weight(graph: Graph, name: str, transposed: bool, fmt: WeightForm
         graph.tensors[stem + "_scale"] = Tensor(stem + "_scale", tuple(scales.shape), "float32", scales)
         if offsets is not None:
             graph.tensors[stem + "_offset"] = Tensor(stem + "_offset", tuple(offsets.shape), "float32", offsets)
-    return [stem, stem + "_scale", stem + "_offset" if stem + "_offset" in graph.tensors else ""]
+        made[key] = [stem, stem + "_scale", stem + "_offset" if offsets is not None else ""]
+    return made[key]
 
 
 def _bias_row(graph: Graph, y: str) -> tuple[Node, str] | None:
@@ -72,9 +90,20 @@ def _packable(graph: Graph, node: Node) -> bool:
             and a.dtype == "float32" and len(a.shape) >= 2)
 
 
+def _embedding(graph: Graph, node: Node) -> bool:
+    """A Gather of rows of a float32 constant table [V, D] by run-time integer indices."""
+    if node.op != "Gather" or len(node.inputs) != 2:
+        return False
+    table, indices = graph.constant(node.inputs[0]), graph.tensors.get(node.inputs[1])
+    return (table is not None and table.ndim == 2 and table.dtype == np.float32
+            and node.attrs.get("axis", 0) in (0, -2) and indices is not None and not indices.is_constant
+            and indices.dtype in ("int32", "int64"))
+
+
 def pack_weights(graph: Graph, weights: WeightFormat | None = None) -> int:
-    """Rewrite every MatMul and Gemm with a weight B (quantized to `weights` when given); returns how many."""
-    count = 0
+    """Rewrite every MatMul and Gemm with a weight B (quantized to `weights` when given, and then the
+    tables of embedding Gathers too); returns how many."""
+    count, made = 0, {}
     for node in list(graph.nodes):
         if not _packable(graph, node):
             continue
@@ -99,11 +128,33 @@ def pack_weights(graph: Graph, weights: WeightFormat | None = None) -> int:
             gemm = Node("MoaGemm", node.name, [a, _packed_weight(graph, weight, trans_b), *bias], outputs, gemm_attrs)
         else:
             fmt = weights.for_output_layer() if any(o in graph.outputs for o in outputs) else weights
-            values, scale, offset = _quantized_weight(graph, weight, trans_b, fmt, node.name)
+            values, scale, offset = _quantized_weight(graph, weight, trans_b, fmt, node.name, made)
             quant = graph.tensors[values].quant
             gemm = Node("MoaQGemm", node.name, [a, values, scale, offset, *bias], outputs,
                         {**gemm_attrs, "k": k, "qtype": fmt.qtype, "block": quant.block_size,
                          "zero": int(quant.zero_point)})
         graph.nodes[graph.nodes.index(node)] = gemm
+        count += 1
+    if weights is not None:  # after the MatMuls, so that a table tied to the output layer shares its format
+        count += _quantize_embeddings(graph, weights, made)
+    return count
+
+
+def _quantize_embeddings(graph: Graph, weights: WeightFormat, made: dict) -> int:
+    """Every embedding Gather becomes MoaQGather over its table quantized; a table whose transpose
+    is already stored in the output layer's format (a tied lm_head) reads that one."""
+    count = 0
+    for node in list(graph.nodes):
+        if not _embedding(graph, node):
+            continue
+        table, indices = node.inputs
+        vocab, dim = graph.constant(table).shape
+        tied = weights.for_output_layer()
+        fmt = tied if _key(graph, table, True, tied, node.name) in made else weights
+        stored = _quantized_weight(graph, table, True, fmt, node.name, made)
+        quant = graph.tensors[stored[0]].quant
+        graph.nodes[graph.nodes.index(node)] = Node(
+            "MoaQGather", node.name, [indices, *stored], list(node.outputs),
+            {"k": dim, "n": vocab, "qtype": fmt.qtype, "block": quant.block_size, "zero": int(quant.zero_point)})
         count += 1
     return count

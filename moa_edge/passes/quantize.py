@@ -5,7 +5,8 @@
     int4[:BLOCK]  a scale and a minimum per BLOCK rows (default 32) per column, llama.cpp's Q4_1:
                   d = (max - min) / 15,  q = min(15, floor((w - min) / d + 0.5)),  W = d q + min;
                   the output layer (a MatMul or Gemm whose result is a graph output: an LLM's
-                  lm_head) stays int8 per column, as llama.cpp keeps its output tensor at 6-8 bits.
+                  lm_head), and an embedding table tied to it, stay int8 per column, as llama.cpp
+                  keeps its output tensor at 6 or 8 bits.
 
 Why Q4_1 and not the symmetric Q4_0: SmolLM2's published weights are Q4_1 blocks of 32 along K,
 which an asymmetric grid of 32 holds exactly; on a symmetric grid greedy decoding agreed with the

@@ -1,0 +1,39 @@
+/* moa_gather_qw_f32 (moa/qgather.h): one column of quantized weights, dequantized. */
+#include "moa/qgather.h"
+
+moa_status moa_gather_qw_f32(size_t K, size_t N, moa_qweights w, ptrdiff_t index, float *y)
+{
+    size_t panel, lane, blocks, k;
+    const float *scale, *offset;
+    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4) || w.block == 0 || (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    if (index < 0 || (size_t)index >= N) {
+        return MOA_ERR_INDEX_OUT_OF_RANGE;
+    }
+    if (K > 0 && (w.q == NULL || w.scale == NULL || y == NULL)) {
+        return MOA_ERR_NULL_ARGUMENT;
+    }
+    panel = (size_t)index / MOA_GEMM_NR, lane = (size_t)index % MOA_GEMM_NR, blocks = MOA_QW_BLOCKS(K, w.block);
+    /* scale[panel][k / block][lane], and offset alike */
+    scale = w.scale + panel * blocks * MOA_GEMM_NR + lane;
+    offset = w.offset != NULL ? w.offset + panel * blocks * MOA_GEMM_NR + lane : NULL;
+    if (w.type == MOA_QW_I8) {
+        /* q[panel][k][lane] */
+        const int8_t *q = (const int8_t *)w.q + panel * MOA_QW_ROWS(K, w.block) * MOA_GEMM_NR + lane;
+        for (k = 0; k < K; k++) {
+            const size_t b = k / w.block * MOA_GEMM_NR;
+            y[k] = scale[b] * (float)(q[k * MOA_GEMM_NR] - w.zero) + (offset != NULL ? offset[b] : 0.0f);
+        }
+    } else {
+        /* q[panel][k / 2][lane], row k in the low nibble when even, the high one when odd */
+        const uint8_t *q = (const uint8_t *)w.q + panel * MOA_QW_ROWS(K, w.block) / 2 * MOA_GEMM_NR + lane;
+        for (k = 0; k < K; k++) {
+            const size_t b = k / w.block * MOA_GEMM_NR;
+            const uint8_t pair = q[k / 2 * MOA_GEMM_NR];
+            const int value = k % 2 ? pair >> 4 : pair & 15;
+            y[k] = scale[b] * (float)(value - w.zero) + (offset != NULL ? offset[b] : 0.0f);
+        }
+    }
+    return MOA_OK;
+}

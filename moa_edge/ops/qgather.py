@@ -1,0 +1,75 @@
+"""MoaQGather: a Gather of rows of a float32 table E [V, D] (axis 0, run-time integer indices: the
+token embedding lookup) whose table is stored quantized (convert --weights), one
+moa_gather_qw_f32 call (qgather.h) per index.
+
+    out[i, :] = E[wrap(idx[i]), :],   E = W^T,   W[k][v] = scale[k // block][v] q[k][v] + offset[k // block][v]
+
+The table is stored as W = E^T (K = D, N = V) in exactly MoaQGemm's layout (ops/qmatmul.py
+pack_quantized), so a tied lm_head, whose weight is E^T, reads the very same tensors.
+Inputs: indices, q, scale, offset ("" for none). A negative index counts from the end, as ONNX
+says; one outside the table stops the model with MOA_ERR_INDEX_OUT_OF_RANGE.
+"""
+from __future__ import annotations
+
+import torch
+
+from moa_edge.ir import dtypes
+from moa_edge.ir.c_syntax import c_comment_text
+
+from .contract import EmittedUnit, OpCost, TensorType, check_status
+from .qmatmul import C_TYPES, PANEL, STORAGE, dequantize
+
+OPS = ("MoaQGather",)
+C_SOURCES = ["qgather.c"]
+HEADER = '#include "moa/qgather.h"'
+C_LOCALS = frozenset({"i", "row"})  # its loop's index and the wrapped row
+
+
+def _offset(node) -> str | None:
+    return node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
+
+
+def infer(node, graph) -> list[TensorType]:
+    """indices.shape + [D], float32."""
+    return [TensorType(tuple(graph.tensors[node.inputs[0]].shape) + (node.attrs["k"],), "float32")]
+
+
+def op_cost(node, graph) -> OpCost:
+    """The rows picked, not the whole table: each index reads one column of every weight tensor."""
+    count, columns = graph.tensors[node.inputs[0]].size, -(-node.attrs["n"] // PANEL) * PANEL
+    table = sum(graph.tensors[n].nbytes for n in node.inputs[1:] if n)
+    moved = graph.tensors[node.inputs[0]].nbytes + graph.tensors[node.outputs[0]].nbytes
+    return OpCost(0, count * table // columns, moved)
+
+
+def evaluate(node, inputs, graph) -> list[torch.Tensor]:
+    attrs = node.attrs
+    offset = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
+    table = dequantize(inputs[1], inputs[2], offset, attrs["qtype"], attrs["block"], attrs["k"], attrs["n"],
+                       attrs.get("zero", 0)).T
+    indices = inputs[0]
+    wrapped = torch.where(indices < 0, indices + attrs["n"], indices).long()
+    return [torch.index_select(table, 0, wrapped.reshape(-1)).reshape(*indices.shape, attrs["k"])]
+
+
+def emit(node, ctx):
+    graph, attrs = ctx.graph, node.attrs
+    dtypes.require_dtypes(node, graph, ("int32", "int64"), names=node.inputs[:1])
+    dtypes.require_dtypes(node, graph, names=[node.inputs[2], node.outputs[0], *node.inputs[3:4]])
+    dtypes.require_dtypes(node, graph, (STORAGE[attrs["qtype"]],), names=node.inputs[1:2])
+    D, V, count = attrs["k"], attrs["n"], graph.tensors[node.inputs[0]].size
+    idx, out = ctx.where[node.inputs[0]], ctx.where[node.outputs[0]]
+    offset = ctx.where[_offset(node)] if _offset(node) else "NULL"
+    weights = (f"(moa_qweights){{{C_TYPES[attrs['qtype']]}, {attrs['block']}, {ctx.where[node.inputs[1]]}, "
+               f"{ctx.where[node.inputs[2]]}, {offset}, {attrs.get('zero', 0)}}}")
+    kind = {"i8": "int8", "u4": "4-bit"}[attrs["qtype"]]
+    per = "per column" if attrs["block"] >= D else f"blocks of {attrs['block']}"
+    call = f"moa_gather_qw_f32({D}, {V}, {weights}, row, {out} + i * {D})"
+    return EmittedUnit(
+        f"    {{ /* {c_comment_text(node.name)}: Gather of {V} rows of {D} stored as {kind} ({per}) */\n"
+        f"        ptrdiff_t i;\n"
+        f"        for (i = 0; i < {count}; i++) {{\n"
+        f"            const ptrdiff_t row = {idx}[i] < 0 ? (ptrdiff_t){idx}[i] + {V} : (ptrdiff_t){idx}[i];\n"
+        f"{check_status(call, ' ' * 12)}"
+        f"        }}\n"
+        f"    }}\n", declarations=[HEADER])
