@@ -214,8 +214,9 @@ def _import_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, tu
             # onnxruntime's optimizer output: its own shape inference knows its contrib ops.
             from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
             model = SymbolicShapeInference.infer_shapes(model)
-    except Exception as exc:
-        raise MoaEdgeError(f"{path}: ONNX shape inference failed: {str(exc).strip().splitlines()[-1]}") from None
+    except Exception as exc:  # onnxruntime's inference fails on a bare assert (a MatMulNBits K that is not A's)
+        detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise MoaEdgeError(f"{path}: ONNX shape inference failed: {detail}") from None
 
     g = model.graph
     tensors: dict[str, Tensor] = {}

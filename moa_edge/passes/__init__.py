@@ -11,6 +11,7 @@ from .attention import rewrite_attention
 from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision, unfold_batched_transposes
 from .fold import fold_constants, infer_missing_shapes
 from .mlp import tile_mlp_rows
+from .nbits import lower_matmul_nbits
 from .pack import pack_weights
 from .quantize import WeightFormat, parse_weights
 from .fuse import fuse_elementwise
@@ -43,6 +44,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         rewrite_attention(graph)
     lower_copies(graph)
     fold_constants(graph)
+    lower_matmul_nbits(graph)  # onnxruntime's quantized weights, before pack_weights quantizes float ones
     pack_weights(graph, weights)
     graph.remove_dead()
     fuse_elementwise(graph)
