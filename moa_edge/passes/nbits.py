@@ -7,7 +7,8 @@ two to a byte, the lower k in the low nibble (ContribOperators.md, and onnxrunti
 tests/test_matmul_nbits.py checks both against its output). Zero points are uint8, packed as B
 (4 bits: block b in byte b / 2, low nibble first), or floats like the scales; absent, 2^(bits - 1).
 
-    4 bits: MOA_QW_U4, q as it is, offset = -zero_point * scale
+    4 bits: MOA_QW_U4, q as it is; one zero point for every block (8 when the file gives none) is
+            the kernel's `zero`, exact; other zero points become offset = -zero_point * scale
     8 bits: MOA_QW_I8, q - 128, offset = -(zero_point - 128) * scale (none when zero_point is 128)
 
 The integers are kept; the offset is rounded once to float32, so W differs from onnxruntime's
@@ -128,22 +129,25 @@ def _weights(graph: Graph, node: Node, k: int, n: int, block: int, bits: int):
         _refuse(node, f"g_idx {_input(node, 4)!r} (a column order, act-order) is not supported")
 
     q = _unpack(b, bits, block).reshape(n, k_blocks * block)[:, :k].T  # K x N
+    kernel_zero = 0
     if bits == 8:  # int8 around the default zero point 128: an offset only for the others
         q = q - 128
         zero = None if zero is None or not np.any(zero != 128) else zero - 128
     elif zero is None:
-        zero = np.full((n, k_blocks), 8.0)
-    offset = None if zero is None else (-zero * scale).T.astype(np.float32)
+        zero, kernel_zero = np.full((n, k_blocks), 8.0), 8
+    elif np.all(zero == zero.flat[0]) and zero.flat[0] == np.rint(zero.flat[0]):
+        kernel_zero = int(zero.flat[0])
+    offset = None if zero is None or kernel_zero else (-zero * scale).T.astype(np.float32)
     storage = np.int8 if bits == 8 else np.uint8
     if zero is not None:  # Quantization's zero point: of q's type, unless the file gave floats
         zero = zero.T.astype(storage if np.all(zero == np.rint(zero)) else np.float32)
-    return q.astype(storage), scale.T.astype(np.float32), offset, zero
+    return q.astype(storage), scale.T.astype(np.float32), offset, zero, kernel_zero
 
 
-def _stored(graph: Graph, node: Node, k: int, n: int, block: int, bits: int) -> list[str]:
-    """The names of q, scale and offset ("" for none), made in qmatmul.h's panels."""
+def _stored(graph: Graph, node: Node, k: int, n: int, block: int, bits: int) -> tuple[list[str], int]:
+    """The names of q, scale and offset ("" for none), made in qmatmul.h's panels, and the kernel's zero."""
     qtype = "u4" if bits == 4 else "i8"
-    q, scale, offset, zero = _weights(graph, node, k, n, block, bits)
+    q, scale, offset, zero, kernel_zero = _weights(graph, node, k, n, block, bits)
     values, scales, offsets = qmatmul.pack_quantized(q, scale, offset, qtype, block)
     stem = f"{_input(node, 1)}__{qtype}_{block}"
     while stem in graph.tensors:
@@ -152,9 +156,9 @@ def _stored(graph: Graph, node: Node, k: int, n: int, block: int, bits: int) -> 
     graph.tensors[stem] = Tensor(stem, tuple(values.shape), qmatmul.STORAGE[qtype], values, quant=quant)
     graph.tensors[stem + "_scale"] = Tensor(stem + "_scale", tuple(scales.shape), "float32", scales)
     if offsets is None:
-        return [stem, stem + "_scale", ""]
+        return [stem, stem + "_scale", ""], kernel_zero
     graph.tensors[stem + "_offset"] = Tensor(stem + "_offset", tuple(offsets.shape), "float32", offsets)
-    return [stem, stem + "_scale", stem + "_offset"]
+    return [stem, stem + "_scale", stem + "_offset"], kernel_zero
 
 
 def _bias(graph: Graph, node: Node, n: int) -> tuple[list[str], list[str]]:
@@ -176,7 +180,7 @@ def _bias(graph: Graph, node: Node, n: int) -> tuple[list[str], list[str]]:
 
 def lower_matmul_nbits(graph: Graph) -> int:
     """Rewrite every com.microsoft.MatMulNBits as MoaQGemm; returns how many."""
-    made: dict[tuple, list[str]] = {}  # a weight two nodes share (tied embeddings) is stored once
+    made: dict[tuple, tuple[list[str], int]] = {}  # a weight two nodes share (tied embeddings) is stored once
     count = 0
     for node in [n for n in graph.nodes if n.op == OP]:
         k, n, block, bits = _attributes(node)
@@ -184,12 +188,12 @@ def lower_matmul_nbits(graph: Graph) -> int:
         key = (*node.inputs[1:5], k, n, block, bits)
         if key not in made:
             made[key] = _stored(graph, node, k, n, block, bits)
-        stored = made[key]
+        stored, zero = made[key]
         bias, outputs = _bias(graph, node, n)
         source = "MatMulNBits + bias" if bias else "MatMulNBits"
         gemm = Node("MoaQGemm", node.name, [node.inputs[0], *stored, *bias], outputs,
                     {"n": n, "k": k, "trans_a": 0, "alpha": 1.0, "beta": 1.0, "qtype": "u4" if bits == 4 else "i8",
-                     "block": block, "source": source})
+                     "block": block, "zero": zero, "source": source})
         graph.nodes[graph.nodes.index(node)] = gemm
         count += 1
     return count
