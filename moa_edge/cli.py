@@ -129,12 +129,14 @@ def cmd_run(a) -> int:
 
 def cmd_validate(a) -> int:
     from moa_edge.converters import parse_input_shapes
+    from moa_edge.passes import parse_weights
     from moa_edge.pipeline import validate
     boards = board_list_arg(a.board)
     from moa_edge.pipeline import parse_schedule
     result = validate(a.model, boards, inputs_path=a.inputs, input_shapes=parse_input_shapes(a.input_shape),
                       seed=a.seed, scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
-                      ssh=_ssh_target(a, boards), timeout=a.timeout, progress=_progress)
+                      ssh=_ssh_target(a, boards), timeout=a.timeout, progress=_progress,
+                      weights=parse_weights(a.weights))
     print(format_table(result))
     _write_json(a.json, result)
     return 0 if result["ok"] else 1
@@ -265,8 +267,15 @@ def format_table(result: dict) -> str:
         if r.get("error"):
             lines.append(f"{name}: {r['error']}")
     tol = result["tolerance"]
-    lines.append(f"tolerance: max abs <= {tol['max_abs_err']:g}, max rel <= {tol['max_rel_err']:g} vs PyTorch float64; "
-                 f"{'ALL PASS' if result['ok'] else 'FAILED'}")
+    same = " (of the same quantized weights)" if "accuracy" in result else ""
+    lines.append(f"tolerance: max abs <= {tol['max_abs_err']:g}, max rel <= {tol['max_rel_err']:g} vs PyTorch float64"
+                 f"{same}; {'ALL PASS' if result['ok'] else 'FAILED'}")
+    if "accuracy" in result:
+        lines.append(f"accuracy of --weights {result['accuracy']['weights']} against PyTorch float64 of the float model:")
+        for name, r in result["accuracy"]["outputs"].items():
+            top1 = f", top-1 agreement {r['top1_agreement']:.1%}" if "top1_agreement" in r else ""
+            lines.append(f"  {name}: cosine {r['cosine']:.6f}, max abs {r['max_abs_err']:.3g}, "
+                         f"max rel {r['max_rel_err']:.3g}{top1}")
     return "\n".join(lines)
 
 
@@ -584,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force an ONF schedule, e.g. two_pass:1x64 or online:16x64/s4 (S key splits)")
     ssh_options(s)
     timeout_option(s)
+    s.add_argument("--weights", metavar="FORMAT", help=WEIGHTS_HELP + "; the boards are checked against "
+                   "the same weights and the accuracy given up against the float model is reported")
 
     s = verb("inspect", cmd_inspect, "attention blocks found, what was absorbed, schedule and predicted cost")
     s.add_argument("model")

@@ -208,11 +208,13 @@ def onnx_reference(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.n
 
 def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, seed: int = 0,
              scratch_budget: int | None = None, schedule: Schedule | None = None, ssh=None,
-             timeout: float = TIMEOUT_S, progress=lambda msg: None) -> dict:
+             timeout: float = TIMEOUT_S, progress=lambda msg: None, weights: WeightFormat | None = None) -> dict:
     """Convert for each board (its own schedule), build, run (on a real board over `ssh`),
-    compare with PyTorch float64."""
+    compare with PyTorch float64 of the same graph. With `weights` (convert --weights) that graph
+    holds the quantized weights, so the boards are still held to the float32 tolerance, and
+    `accuracy` reports what the format gives up against PyTorch float64 of the float model."""
     model = model_path(model)
-    graph = load_graph(model, input_shapes)
+    graph = load_graph(model, input_shapes, weights=weights)
     result = {"model": str(model), "ok": True, "tolerance": {"max_abs_err": cmp.MAX_ABS_ERR,
                                                               "max_rel_err": cmp.MAX_REL_ERR}, "boards": {}}
     with scratch_folder("moa-validate-") as tmp:
@@ -228,9 +230,14 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
                 inputs = check_inputs(io, given, str(inputs_path or "generated inputs"))
                 progress("reference: PyTorch float64")
                 reference = run_reference(graph, inputs)
+                float_reference = reference
+                if weights is not None:
+                    progress(f"accuracy of --weights {weights.text}: PyTorch float64 of the float model")
+                    float_reference = run_reference(load_graph(model, input_shapes), inputs)
+                    result["accuracy"] = {"weights": weights.text, "outputs": cmp.accuracy(reference, float_reference)}
                 progress("importer check: onnx ReferenceEvaluator on the original file")
                 try:
-                    check = cmp.compare_all(onnx_reference(model, inputs), reference)
+                    check = cmp.compare_all(onnx_reference(model, inputs), float_reference)
                 except Exception as exc:  # the evaluator has gaps; say so rather than fail the boards
                     check = {"ok": None, "error": f"neither the ONNX reference nor onnxruntime ran the model: {exc}"}
                 result["importer_check"] = check

@@ -48,3 +48,20 @@ def compare_all(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict:
     if errors:
         worst["error"] = "; ".join(errors)
     return worst
+
+
+def accuracy(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict:
+    """What a reduced-precision build gives up against the float model, per output: cosine, max abs
+    and max rel error, and, for outputs of more than one class along the last axis (logits, scores),
+    the share of rows whose highest value is the reference's (top-1 agreement). Reported, not judged."""
+    figures = {}
+    for name, want in ref.items():
+        row = compare(got[name], want)
+        row.pop("ok")
+        row.pop("max_ulp", None)
+        want = np.asarray(want)
+        if want.ndim >= 1 and want.shape[-1] > 1:
+            rows = want.reshape(-1, want.shape[-1])
+            row["top1_agreement"] = float(np.mean(np.asarray(got[name]).reshape(rows.shape).argmax(1) == rows.argmax(1)))
+        figures[name] = row
+    return figures
