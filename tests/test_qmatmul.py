@@ -1,6 +1,7 @@
 """moa_gemm_qw_f32 (issue 14): quantized weights (int8 per column or per block, 4 bits in blocks,
 with and without offsets) times float32 activations, on every ISA variant of the GEMM test table
-(test_matmul.GEMM_VARIANTS: AVX-512 under ASan/UBSan, AVX2, scalar, NEON, RVV at two VLENs),
+(test_matmul.GEMM_VARIANTS: AVX-512 under ASan/UBSan, AVX2, scalar, NEON on the A72 and A76, RVV at
+two VLENs),
 against numpy in float64 of W = scale * q + offset built from the raw integers, not from our
 layout: the panels of ops/qmatmul.pack_quantized are what is under test with the kernels."""
 import subprocess
@@ -143,6 +144,20 @@ def test_quantized_gemm_matches_numpy(qgemm_exe, M, N, K, qtype, block, with_off
                                         alpha=0.5, beta=2.0, pad=3, seed=M * 1000 + N + K)
     assert rc == 0
     _assert_close(got, expected, magnitude, N)
+
+
+# Blocks that do not divide MOA_GEMM_KC (256): the prefill's second KC slice starts inside a block
+# and dequantizes across a block edge; an odd int8 block starts the GEMV's pairs of rows at odd rows;
+# K odd past one slice, a full C, N past a panel.
+@pytest.mark.board
+@pytest.mark.parametrize("qtype, block, with_offset", [("i8", 25, False), ("i8", 96, True), ("u4", 96, True),
+                                                       ("u4", 42, False)], ids=str)
+@pytest.mark.parametrize("M", [1, 20])
+def test_quantized_gemm_blocks_straddle_kc_slices(qgemm_exe, M, qtype, block, with_offset):
+    got, expected, rc, magnitude = _run(qgemm_exe, M, 21, 301, qtype, block, with_offset, c_shape=(M, 21),
+                                        alpha=1.5, beta=-1.0, pad=2, seed=block + M)
+    assert rc == 0
+    _assert_close(got, expected, magnitude, 21)
 
 
 @pytest.mark.board
