@@ -74,20 +74,31 @@ int main(int argc, char **argv)
 TYPES = {"i8": 1, "u4": 2}
 
 
-@pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)
-def qgemm_exe(request, tmp_path_factory):
-    board_name, extra, vlen, isa = GEMM_VARIANTS[request.param]
+def _build(variant, tmp_path_factory, more_flags=()):
+    board_name, extra, vlen, isa = GEMM_VARIANTS[variant]
     board = require_board(board_name)
     tmp = tmp_path_factory.mktemp("qgemm")
     (tmp / "main.c").write_text(HARNESS)
     exe = tmp / "qgemm_main"
-    flags = [*board.toolchain.get("cflags", []), *extra, "-std=c99", "-Wall", "-Wextra", "-Werror"]
+    flags = [*board.toolchain.get("cflags", []), *extra, *more_flags, "-std=c99", "-Wall", "-Wextra", "-Werror"]
     subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"), *map(str, GEMM_SOURCES),
                     *board.toolchain.get("ldflags", []), "-o", str(exe)], check=True)
     runner = board.runner()
     if vlen:
         runner = [part.replace("vlen=128", vlen) for part in runner]
     return GemmExe(runner + [str(exe)], isa)
+
+
+@pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)
+def qgemm_exe(request, tmp_path_factory):
+    return _build(request.param, tmp_path_factory)
+
+
+# An odd KC slice (a board may set MOA_GEMM_KC): the prefill dequantizes from odd rows, the
+# high nibbles of a 4-bit pair first. One build per ISA family with its own dequant kernels.
+@pytest.fixture(scope="module", params=["host-native-sanitized", "host-avx2", "rpi4-neon", "k230-rvv-vlen128"], ids=str)
+def odd_kc_exe(request, tmp_path_factory):
+    return _build(request.param, tmp_path_factory, ["-DMOA_GEMM_KC=37"])
 
 
 def _quantized(rng, K, N, qtype, block, with_offset):
@@ -156,6 +167,14 @@ def test_quantized_gemm_matches_numpy(qgemm_exe, M, N, K, qtype, block, with_off
 def test_quantized_gemm_blocks_straddle_kc_slices(qgemm_exe, M, qtype, block, with_offset):
     got, expected, rc, magnitude = _run(qgemm_exe, M, 21, 301, qtype, block, with_offset, c_shape=(M, 21),
                                         alpha=1.5, beta=-1.0, pad=2, seed=block + M)
+    assert rc == 0
+    _assert_close(got, expected, magnitude, 21)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("qtype, block, with_offset", [("u4", 32, True), ("i8", 25, False)], ids=str)
+def test_quantized_gemm_dequantizes_odd_kc_slices(odd_kc_exe, qtype, block, with_offset):
+    got, expected, rc, magnitude = _run(odd_kc_exe, 20, 21, 101, qtype, block, with_offset, pad=1, seed=block)
     assert rc == 0
     _assert_close(got, expected, magnitude, 21)
 

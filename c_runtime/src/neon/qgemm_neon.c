@@ -110,26 +110,58 @@ INLINE void dot(one_row row, two_rows rows, MOA_QW_DOT_PARAMS)
     }
 }
 
+/* One dequantized row at out: scale * q + shift, or scale * q without offsets (fmla overwrites
+ * its addend, so a zero shift would cost a copy of it per vector). */
+INLINE void store_row(float *out, const float32x4_t w[4], const float32x4_t s[4], const float32x4_t shift[4],
+                      int with_offset)
+{
+    int v;
+#pragma GCC unroll 4
+    for (v = 0; v < 4; v++) {
+        vst1q_f32(out + 4 * v, with_offset ? vfmaq_f32(shift[v], s[v], w[v]) : vmulq_f32(s[v], w[v]));
+    }
+}
+
+/* Rows p .. end - 1 of the panel, at out: in pairs from an even row (one load for two 4-bit rows). */
+INLINE void dequant_rows(one_row row, two_rows rows, const void *q, size_t p, size_t end, const float32x4_t s[4],
+                         const float32x4_t shift[4], int with_offset, float *out)
+{
+    float32x4_t w0[4], w1[4];
+    if (p % 2 && p < end) {
+        row(q, p, w0);
+        store_row(out, w0, s, shift, with_offset);
+        p++, out += MOA_GEMM_NR;
+    }
+    for (; p + 1 < end; p += 2, out += 2 * MOA_GEMM_NR) {
+        rows(q, p, w0, w1);
+        store_row(out, w0, s, shift, with_offset);
+        store_row(out + MOA_GEMM_NR, w1, s, shift, with_offset);
+    }
+    if (p < end) {
+        row(q, p, w0);
+        store_row(out, w0, s, shift, with_offset);
+    }
+}
+
 /* Block by block, so that a block's scales and offsets are loaded once. */
-INLINE void dequant(one_row row, MOA_QW_DEQUANT_PARAMS)
+INLINE void dequant(one_row row, two_rows rows, MOA_QW_DEQUANT_PARAMS)
 {
     size_t p = p0;
     int v;
     while (p < p0 + kc) {
         const size_t b = p / block, end = (b + 1) * block < p0 + kc ? (b + 1) * block : p0 + kc;
-        float32x4_t s[4], shift[4], w[4];
+        float32x4_t s[4], shift[4];
 #pragma GCC unroll 4
         for (v = 0; v < 4; v++) {
             s[v] = vld1q_f32(scale + b * MOA_GEMM_NR + 4 * v);
             shift[v] = offset != NULL ? vld1q_f32(offset + b * MOA_GEMM_NR + 4 * v) : vdupq_n_f32(0.0f);
         }
-        for (; p < end; p++) {
-            row(q, p, w);
-#pragma GCC unroll 4
-            for (v = 0; v < 4; v++) {
-                vst1q_f32(out + (p - p0) * MOA_GEMM_NR + 4 * v, vfmaq_f32(shift[v], s[v], w[v]));
-            }
+        if (offset != NULL) {
+            dequant_rows(row, rows, q, p, end, s, shift, 1, out + (p - p0) * MOA_GEMM_NR);
+        } else {
+            dequant_rows(row, rows, q, p, end, s, shift, 0, out + (p - p0) * MOA_GEMM_NR);
         }
+        p = end;
     }
 }
 
@@ -145,11 +177,11 @@ void moa_qw_dot_u4_neon(MOA_QW_DOT_PARAMS)
 
 void moa_qw_dequant_i8_neon(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(row_i8, block, q, scale, offset, p0, kc, out);
+    dequant(row_i8, rows_i8, block, q, scale, offset, p0, kc, out);
 }
 
 void moa_qw_dequant_u4_neon(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(row_u4, block, q, scale, offset, p0, kc, out);
+    dequant(row_u4, rows_u4, block, q, scale, offset, p0, kc, out);
 }
 #endif

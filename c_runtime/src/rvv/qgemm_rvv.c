@@ -35,13 +35,6 @@ INLINE vfloat32m4_t high_u4(vuint32m4_t pair, size_t vl)
     return __riscv_vfcvt_f_xu_v_f32m4(__riscv_vsrl_vx_u32m4(pair, 4, vl), vl);
 }
 
-/* Row p of a 4-bit panel: the low (p even) or high nibbles of pair p / 2. */
-INLINE vfloat32m4_t row_u4(const void *q, size_t p, size_t vl)
-{
-    const vuint32m4_t pair = pair_u4(q, p / 2, vl);
-    return p % 2 ? high_u4(pair, vl) : low_u4(pair, vl);
-}
-
 /* sum + scale * acc (+ offset * x_sum) for block b. */
 INLINE vfloat32m4_t apply_block(vfloat32m4_t sum, vfloat32m4_t acc, float x_sum, const float *scale,
                                 const float *offset, size_t b, size_t vl)
@@ -104,8 +97,40 @@ void moa_qw_dot_u4_rvv(MOA_QW_DOT_PARAMS)
     __riscv_vse32_v_f32m4(y16, sum, vl);
 }
 
+INLINE void store_row(float *out, vfloat32m4_t w, vfloat32m4_t s, vfloat32m4_t shift, size_t vl)
+{
+    __riscv_vse32_v_f32m4(out, __riscv_vfmacc_vv_f32m4(shift, s, w, vl), vl);
+}
+
+/* Rows p .. end - 1 of an int8 panel at out, scale * q + shift. */
+INLINE void rows_i8(const void *q, size_t p, size_t end, vfloat32m4_t s, vfloat32m4_t shift, float *out, size_t vl)
+{
+    for (; p < end; p++, out += MOA_GEMM_NR) {
+        store_row(out, row_i8(q, p, vl), s, shift, vl);
+    }
+}
+
+/* The same for a 4-bit panel, in pairs from an even row: one load for two rows. */
+INLINE void rows_u4(const void *q, size_t p, size_t end, vfloat32m4_t s, vfloat32m4_t shift, float *out, size_t vl)
+{
+    if (p % 2 && p < end) {
+        store_row(out, high_u4(pair_u4(q, p / 2, vl), vl), s, shift, vl);
+        p++, out += MOA_GEMM_NR;
+    }
+    for (; p + 1 < end; p += 2, out += 2 * MOA_GEMM_NR) {
+        const vuint32m4_t pair = pair_u4(q, p / 2, vl);
+        store_row(out, low_u4(pair, vl), s, shift, vl);
+        store_row(out + MOA_GEMM_NR, high_u4(pair, vl), s, shift, vl);
+    }
+    if (p < end) {
+        store_row(out, low_u4(pair_u4(q, p / 2, vl), vl), s, shift, vl);
+    }
+}
+
+typedef void (*dequant_rows)(const void *, size_t, size_t, vfloat32m4_t, vfloat32m4_t, float *, size_t);
+
 /* Block by block, so that a block's scales and offsets are loaded once. */
-INLINE void dequant(vfloat32m4_t (*row)(const void *, size_t, size_t), MOA_QW_DEQUANT_PARAMS)
+INLINE void dequant(dequant_rows rows, MOA_QW_DEQUANT_PARAMS)
 {
     const size_t vl = __riscv_vsetvl_e32m4(MOA_GEMM_NR);
     size_t p = p0;
@@ -114,20 +139,18 @@ INLINE void dequant(vfloat32m4_t (*row)(const void *, size_t, size_t), MOA_QW_DE
         const vfloat32m4_t s = __riscv_vle32_v_f32m4(scale + b * MOA_GEMM_NR, vl);
         const vfloat32m4_t shift = offset != NULL ? __riscv_vle32_v_f32m4(offset + b * MOA_GEMM_NR, vl)
                                                   : __riscv_vfmv_v_f_f32m4(0.0f, vl);
-        for (; p < end; p++) {
-            const vfloat32m4_t w = __riscv_vfmacc_vv_f32m4(shift, s, row(q, p, vl), vl);
-            __riscv_vse32_v_f32m4(out + (p - p0) * MOA_GEMM_NR, w, vl);
-        }
+        rows(q, p, end, s, shift, out + (p - p0) * MOA_GEMM_NR, vl);
+        p = end;
     }
 }
 
 void moa_qw_dequant_i8_rvv(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(row_i8, block, q, scale, offset, p0, kc, out);
+    dequant(rows_i8, block, q, scale, offset, p0, kc, out);
 }
 
 void moa_qw_dequant_u4_rvv(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(row_u4, block, q, scale, offset, p0, kc, out);
+    dequant(rows_u4, block, q, scale, offset, p0, kc, out);
 }
 #endif
