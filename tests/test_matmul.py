@@ -241,13 +241,15 @@ GEMM_SOURCES = [C_RUNTIME_DIR / "src" / s for s in matmul.C_SOURCES]
 
 # Every register-tile variant (moa/gemm_tile.h): (board, extra C flags, emulator options, the
 # variant the build must report). The host builds cover AVX-512 under the sanitizers (when
-# the host has it: -march=native), AVX2 + FMA, and the scalar reference.
+# the host has it: -march=native), AVX2 + FMA, and the scalar reference; rpi5 is NEON built
+# for the Cortex-A76 (armv8.2: fp16, dotprod) and run on qemu's model of it.
 GEMM_VARIANTS = {
     "host-native-sanitized": ("host", SANITIZE, None, None),
     "host-avx2": ("host", ["-mavx2", "-mfma", "-mno-avx512f"], None, "avx2"),
     "host-scalar": ("host", ["-DMOA_FORCE_SCALAR"], None, "scalar"),
     "rpi4-neon": ("rpi4", [], None, "neon"),
     "rpi4-scalar": ("rpi4", ["-DMOA_FORCE_SCALAR"], None, "scalar"),
+    "rpi5-neon": ("rpi5", [], None, "neon"),
     "k230-rvv-vlen128": ("k230", [], None, "rvv"),
     "k230-rvv-vlen256": ("k230", [], "vlen=256", "rvv"),
 }

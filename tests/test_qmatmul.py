@@ -1,6 +1,7 @@
 """moa_gemm_qw_f32 (issue 14): quantized weights (int8 per column or per block, 4 bits in blocks,
 with and without offsets) times float32 activations, on every ISA variant of the GEMM test table
-(test_matmul.GEMM_VARIANTS: AVX-512 under ASan/UBSan, AVX2, scalar, NEON, RVV at two VLENs),
+(test_matmul.GEMM_VARIANTS: AVX-512 under ASan/UBSan, AVX2, scalar, NEON on the A72 and A76, RVV at
+two VLENs),
 against numpy in float64 of W = scale * q + offset built from the raw integers, not from our
 layout: the panels of ops/qmatmul.pack_quantized are what is under test with the kernels."""
 import subprocess
@@ -73,20 +74,31 @@ int main(int argc, char **argv)
 TYPES = {"i8": 1, "u4": 2}
 
 
-@pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)
-def qgemm_exe(request, tmp_path_factory):
-    board_name, extra, vlen, isa = GEMM_VARIANTS[request.param]
+def _build(variant, tmp_path_factory, more_flags=()):
+    board_name, extra, vlen, isa = GEMM_VARIANTS[variant]
     board = require_board(board_name)
     tmp = tmp_path_factory.mktemp("qgemm")
     (tmp / "main.c").write_text(HARNESS)
     exe = tmp / "qgemm_main"
-    flags = [*board.toolchain.get("cflags", []), *extra, "-std=c99", "-Wall", "-Wextra", "-Werror"]
+    flags = [*board.toolchain.get("cflags", []), *extra, *more_flags, "-std=c99", "-Wall", "-Wextra", "-Werror"]
     subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"), *map(str, GEMM_SOURCES),
                     *board.toolchain.get("ldflags", []), "-o", str(exe)], check=True)
     runner = board.runner()
     if vlen:
         runner = [part.replace("vlen=128", vlen) for part in runner]
     return GemmExe(runner + [str(exe)], isa)
+
+
+@pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)
+def qgemm_exe(request, tmp_path_factory):
+    return _build(request.param, tmp_path_factory)
+
+
+# An odd KC slice (a board may set MOA_GEMM_KC): the prefill dequantizes from odd rows, the
+# high nibbles of a 4-bit pair first. One build per ISA family with its own dequant kernels.
+@pytest.fixture(scope="module", params=["host-native-sanitized", "host-avx2", "rpi4-neon", "k230-rvv-vlen128"], ids=str)
+def odd_kc_exe(request, tmp_path_factory):
+    return _build(request.param, tmp_path_factory, ["-DMOA_GEMM_KC=37"])
 
 
 def _quantized(rng, K, N, qtype, block, with_offset, zero):
@@ -145,6 +157,30 @@ def test_quantized_gemm_matches_numpy(qgemm_exe, M, N, K, qtype, block, with_off
                                         alpha=0.5, beta=2.0, pad=3, seed=M * 1000 + N + K, zero=zero)
     assert rc == 0
     _assert_close(got, expected, magnitude, N)
+
+
+# Blocks that do not divide MOA_GEMM_KC (256): the prefill's second KC slice starts inside a block
+# and dequantizes across a block edge; an odd int8 block starts the GEMV's pairs of rows at odd rows;
+# K odd past one slice, a full C, N past a panel.
+@pytest.mark.board
+@pytest.mark.parametrize("qtype, block, with_offset, zero", [("i8", 25, False, 0), ("i8", 96, True, 0),
+                                                             ("u4", 96, True, 0), ("u4", 42, False, 8)], ids=str)
+@pytest.mark.parametrize("M", [1, 20])
+def test_quantized_gemm_blocks_straddle_kc_slices(qgemm_exe, M, qtype, block, with_offset, zero):
+    got, expected, rc, magnitude = _run(qgemm_exe, M, 21, 301, qtype, block, with_offset, c_shape=(M, 21),
+                                        alpha=1.5, beta=-1.0, pad=2, seed=block + M, zero=zero)
+    assert rc == 0
+    _assert_close(got, expected, magnitude, 21)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("qtype, block, with_offset, zero", [("u4", 32, True, 0), ("u4", 16, False, 8),
+                                                             ("i8", 25, False, 0)], ids=str)
+def test_quantized_gemm_dequantizes_odd_kc_slices(odd_kc_exe, qtype, block, with_offset, zero):
+    got, expected, rc, magnitude = _run(odd_kc_exe, 20, 21, 101, qtype, block, with_offset, pad=1, seed=block,
+                                        zero=zero)
+    assert rc == 0
+    _assert_close(got, expected, magnitude, 21)
 
 
 @pytest.mark.board

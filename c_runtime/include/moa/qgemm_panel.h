@@ -10,7 +10,9 @@
  *     variant                                   vectors
  *     moa_qw_{dot,dequant}_{i8,u4}_avx512       one zmm: 16 columns
  *     moa_qw_{dot,dequant}_{i8,u4}_avx2         two ymm
- *     moa_qw_{dot,dequant}_{i8,u4}_scalar       the portable reference (and NEON, RVV until theirs) */
+ *     moa_qw_{dot,dequant}_{i8,u4}_neon         four q
+ *     moa_qw_{dot,dequant}_{i8,u4}_rvv          one m4 group, vl = 16 for any VLEN >= 128
+ *     moa_qw_{dot,dequant}_{i8,u4}_scalar       the portable reference */
 #ifndef MOA_QGEMM_PANEL_H
 #define MOA_QGEMM_PANEL_H
 
@@ -32,6 +34,10 @@
 #define MOA_QW_VARIANT(name) name##_avx512
 #elif MOA_ISA_AVX2
 #define MOA_QW_VARIANT(name) name##_avx2
+#elif MOA_ISA_NEON
+#define MOA_QW_VARIANT(name) name##_neon
+#elif MOA_ISA_RVV
+#define MOA_QW_VARIANT(name) name##_rvv
 #else
 #define MOA_QW_SCALAR 1
 #define MOA_QW_VARIANT(name) name##_scalar
