@@ -1,0 +1,296 @@
+/* moa_igemm_i32 and moa_igemm_f32 (moa/igemm.h): a block of up to MOA_IGEMM_MC rows of A is
+ * written to the scratch in the kernels' form (moa_igemm_a, zero-padded to Kp) with its row sums,
+ * then every 16-column panel of B runs under it in register tiles (moa/igemm_tile.h), each tile's
+ * whole K in registers; the tile's raw sums are corrected for the zero points and stored, as
+ * int32 or scaled to float, once.
+ *
+ * With A_k = A + shift the byte a kernel multiplies (shift: 0 or +-128, igemm_tile.h) and
+ * d = a_zero + shift,
+ *     sum_k (A - a_zero)(B - b_zero) = sum_k A_k B  -  b_zero sum_k A_k  -  d (col_sum - K b_zero),
+ * every term in uint32, so that the sums wrap as MatMulInteger's int32 do. */
+#include <string.h>
+
+#include "moa/igemm.h"
+#include "moa/igemm_tile.h"
+
+#define NR MOA_GEMM_NR
+#define MR MOA_IGEMM_MR
+
+/* What the rows of Y become: int32 (yi) or float (yf) scaled by a_scale[m] * b_scale[n], + bias. */
+typedef struct {
+    int32_t *yi;
+    float *yf;
+    ptrdiff_t row_stride;
+    const float *b_scale;
+    const float *bias;
+} output;
+
+/* A block of rows in the scratch: the kernels' bytes, their sums, each row's scale. */
+typedef struct {
+    moa_igemm_a *a;
+    int32_t *sum;
+    float *scale;
+    int32_t offset; /* d above: a_zero + shift */
+} block_rows;
+
+static size_t min_size(size_t a, size_t b)
+{
+    return a < b ? a : b;
+}
+
+/* x rounded to the nearest integer, ties to even, for |x| < 2^22: adding 1.5 * 2^23 leaves no
+ * bits for a fraction, so the default rounding mode does it (no libm, the same on every ISA). */
+static float round_half_even(float x)
+{
+    const float magic = 12582912.0f;
+    return (x + magic) - magic;
+}
+
+/* x clamped to [lo, hi]; NaN gives lo (as MAXPS and FMAXNM in onnxruntime's quantizer). */
+static float clamp(float x, float lo, float hi)
+{
+    x = x > lo ? x : lo;
+    return x < hi ? x : hi;
+}
+
+static block_rows block_in(void *scratch, size_t M)
+{
+    const size_t rows = MOA_IGEMM_BLOCK_ROWS(M);
+    block_rows block;
+    block.sum = (int32_t *)scratch;
+    block.scale = (float *)(block.sum + rows);
+    block.a = (moa_igemm_a *)(block.scale + rows);
+    block.offset = 0;
+    return block;
+}
+
+/* The shift that brings an A of `type` to the kernels' bytes. */
+static int32_t shift_of(moa_ia_type type)
+{
+    if (type == MOA_IA_U8) {
+        return MOA_IGEMM_A_UNSIGNED ? 0 : -128;
+    }
+    return MOA_IGEMM_A_UNSIGNED ? 128 : 0;
+}
+
+/* Rows i0 .. i0 + rows of an integer A in the kernels' bytes, zero-padded to Kp, and their sums. */
+static void integer_rows(block_rows *block, moa_imatrix a, size_t i0, size_t rows, size_t K)
+{
+    const int32_t shift = shift_of(a.type);
+    size_t r, k;
+    block->offset = a.zero + shift;
+    for (r = 0; r < rows; r++) {
+        const size_t kp = MOA_IGEMM_KP(K);
+        moa_igemm_a *row = block->a + r * kp;
+        uint32_t sum = 0;
+        for (k = 0; k < K; k++) {
+            const ptrdiff_t at = (ptrdiff_t)(i0 + r) * a.row_stride + (ptrdiff_t)k;
+            const int32_t value =
+                (a.type == MOA_IA_U8 ? (int32_t)((const uint8_t *)a.data)[at] : (int32_t)((const int8_t *)a.data)[at]) +
+                shift;
+            row[k] = (moa_igemm_a)value;
+            sum += (uint32_t)value;
+        }
+        for (; k < kp; k++) {
+            row[k] = 0;
+        }
+        block->sum[r] = (int32_t)sum;
+        block->scale[r] = 1.0f;
+    }
+}
+
+/* DynamicQuantizeLinear's scale and zero point over all of A (igemm.h), as onnxruntime
+ * computes them: the range includes 0, the zero point is clamped, then rounded. */
+static void tensor_range(size_t M, size_t K, const float *a, ptrdiff_t a_row_stride, float *scale, int32_t *zero)
+{
+    float lo = 0.0f, hi = 0.0f;
+    size_t i, k;
+    for (i = 0; i < M; i++) {
+        const float *row = a + (ptrdiff_t)i * a_row_stride;
+        for (k = 0; k < K; k++) {
+            lo = row[k] < lo ? row[k] : lo;
+            hi = row[k] > hi ? row[k] : hi;
+        }
+    }
+    *scale = hi == lo ? 1.0f : (hi - lo) / 255.0f;
+    *zero = (int32_t)round_half_even(clamp(0.0f - lo / *scale, 0.0f, 255.0f));
+}
+
+/* Rows i0 .. i0 + rows of a float A quantized: per tensor to uint8 (scale, zero given), or per
+ * row to int8 (each row's own scale); in the kernels' bytes, zero-padded to Kp, with their sums. */
+static void quantized_rows(block_rows *block, const float *a, ptrdiff_t a_row_stride, moa_iq_mode mode, float scale,
+                           int32_t zero, size_t i0, size_t rows, size_t K)
+{
+    const int32_t shift = shift_of(mode == MOA_IQ_TENSOR_U8 ? MOA_IA_U8 : MOA_IA_I8);
+    const size_t kp = MOA_IGEMM_KP(K);
+    size_t r, k;
+    block->offset = (mode == MOA_IQ_TENSOR_U8 ? zero : 0) + shift;
+    for (r = 0; r < rows; r++) {
+        const float *x = a + (ptrdiff_t)(i0 + r) * a_row_stride;
+        moa_igemm_a *row = block->a + r * kp;
+        float row_scale = scale, lo = (float)-zero, hi = (float)(255 - zero);
+        uint32_t sum = 0;
+        if (mode == MOA_IQ_ROW_I8) {
+            float largest = 0.0f;
+            for (k = 0; k < K; k++) {
+                const float magnitude = x[k] < 0.0f ? -x[k] : x[k];
+                largest = magnitude > largest ? magnitude : largest;
+            }
+            row_scale = largest == 0.0f ? 1.0f : largest / 127.0f;
+            lo = -127.0f, hi = 127.0f; /* and zero is 0 */
+        }
+        for (k = 0; k < K; k++) {
+            const int32_t value = (int32_t)round_half_even(clamp(x[k] / row_scale, lo, hi)) + zero + shift;
+            row[k] = (moa_igemm_a)value;
+            sum += (uint32_t)value;
+        }
+        for (; k < kp; k++) {
+            row[k] = 0;
+        }
+        block->sum[r] = (int32_t)sum;
+        block->scale[r] = row_scale;
+    }
+}
+
+/* Row r of Y, columns j0 .. j0 + nr, from a tile row's raw sums. */
+static void finish_row(const output *out, size_t r, size_t j0, size_t nr, const int32_t *acc, int32_t row_sum,
+                       const int32_t *zero, const uint32_t *column_term, float a_scale)
+{
+    size_t j;
+    for (j = 0; j < nr; j++) {
+        const uint32_t b_zero = zero != NULL ? (uint32_t)zero[j] : 0u;
+        const int32_t sum = (int32_t)((uint32_t)acc[j] - b_zero * (uint32_t)row_sum + column_term[j]);
+        if (out->yi != NULL) {
+            out->yi[(ptrdiff_t)r * out->row_stride + (ptrdiff_t)(j0 + j)] = sum;
+        } else {
+            const float scale = a_scale * out->b_scale[j0 + j]; /* rounded first, as onnxruntime's Mul */
+            float value = (float)sum * scale;
+            if (out->bias != NULL) {
+                value += out->bias[j0 + j];
+            }
+            out->yf[(ptrdiff_t)r * out->row_stride + (ptrdiff_t)(j0 + j)] = value;
+        }
+    }
+}
+
+/* Rows i0 .. i0 + rows of Y from the block, every panel. */
+static void multiply_block(const block_rows *block, size_t i0, size_t rows, size_t N, size_t K, moa_iweights b,
+                           const output *out)
+{
+    const size_t kp = MOA_IGEMM_KP(K), groups = kp / 4;
+    int32_t acc[MR * NR];
+    uint32_t column_term[NR];
+    size_t p, i, j;
+    for (p = 0; p * NR < N; p++) {
+        const size_t j0 = p * NR, nr = min_size(NR, N - j0);
+        const int8_t *panel = b.q + p * kp * NR;
+        const int32_t *zero = b.zero != NULL ? b.zero + j0 : NULL;
+        for (j = 0; j < NR; j++) {
+            const uint32_t b_zero = zero != NULL ? (uint32_t)zero[j] : 0u;
+            column_term[j] = 0u - (uint32_t)block->offset * ((uint32_t)b.col_sum[j0 + j] - (uint32_t)K * b_zero);
+        }
+        for (i = 0; i + MR <= rows; i += MR) {
+            size_t r;
+            moa_igemm_tile(groups, block->a + i * kp, (ptrdiff_t)kp, panel, acc);
+            for (r = 0; r < MR; r++) {
+                finish_row(out, i0 + i + r, j0, nr, acc + r * NR, block->sum[i + r], zero, column_term,
+                           block->scale[i + r]);
+            }
+        }
+        for (; i < rows; i++) {
+            moa_igemm_row(groups, block->a + i * kp, panel, acc);
+            finish_row(out, i0 + i, j0, nr, acc, block->sum[i], zero, column_term, block->scale[i]);
+        }
+    }
+}
+
+moa_status moa_igemm_i32(size_t M, size_t N, size_t K, moa_imatrix a, moa_iweights b, int32_t *y,
+                         ptrdiff_t y_row_stride, void *scratch)
+{
+    output out;
+    block_rows block;
+    size_t i0;
+    if (M == 0 || N == 0) {
+        return MOA_OK;
+    }
+    if (a.type != MOA_IA_U8 && a.type != MOA_IA_I8) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    if (y == NULL || scratch == NULL || b.col_sum == NULL || (K > 0 && (a.data == NULL || b.q == NULL))) {
+        return MOA_ERR_NULL_ARGUMENT;
+    }
+    if (M > 1 && y_row_stride < (ptrdiff_t)N) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    memset(&out, 0, sizeof out);
+    out.yi = y, out.row_stride = y_row_stride;
+    block = block_in(scratch, M);
+    for (i0 = 0; i0 < M; i0 += MOA_IGEMM_MC) {
+        const size_t rows = min_size(MOA_IGEMM_MC, M - i0);
+        integer_rows(&block, a, i0, rows, K);
+        multiply_block(&block, i0, rows, N, K, b, &out);
+    }
+    return MOA_OK;
+}
+
+moa_status moa_igemm_f32(size_t M, size_t N, size_t K, const float *a, ptrdiff_t a_row_stride, moa_iq_mode mode,
+                         moa_iweights b, const float *b_scale, const float *bias, float *y, ptrdiff_t y_row_stride,
+                         void *scratch)
+{
+    output out;
+    block_rows block;
+    float scale = 1.0f;
+    int32_t zero = 0;
+    size_t i0;
+    if (M == 0 || N == 0) {
+        return MOA_OK;
+    }
+    if (mode != MOA_IQ_TENSOR_U8 && mode != MOA_IQ_ROW_I8) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    if (y == NULL || scratch == NULL || b.col_sum == NULL || b_scale == NULL ||
+        (K > 0 && (a == NULL || b.q == NULL))) {
+        return MOA_ERR_NULL_ARGUMENT;
+    }
+    if (M > 1 && y_row_stride < (ptrdiff_t)N) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    memset(&out, 0, sizeof out);
+    out.yf = y, out.row_stride = y_row_stride, out.b_scale = b_scale, out.bias = bias;
+    if (mode == MOA_IQ_TENSOR_U8) {
+        tensor_range(M, K, a, a_row_stride, &scale, &zero);
+    }
+    block = block_in(scratch, M);
+    for (i0 = 0; i0 < M; i0 += MOA_IGEMM_MC) {
+        const size_t rows = min_size(MOA_IGEMM_MC, M - i0);
+        quantized_rows(&block, a, a_row_stride, mode, scale, zero, i0, rows, K);
+        multiply_block(&block, i0, rows, N, K, b, &out);
+    }
+    return MOA_OK;
+}
+
+#if MOA_IGEMM_SCALAR
+/* The reference: B[k][j] read from the panel's groups as the layout states (igemm.h). Products
+ * summed in uint32, so that a sum wraps as the SIMD kernels' do instead of overflowing. */
+void moa_igemm_row_4x16_scalar(MOA_IGEMM_ROW_PARAMS)
+{
+    uint32_t sum[NR] = {0};
+    size_t k, j;
+    for (k = 0; k < 4 * groups; k++) {
+        for (j = 0; j < NR; j++) {
+            sum[j] += (uint32_t)((int32_t)a[k] * (int32_t)b[k / 4 * 64 + 4 * j + k % 4]);
+        }
+    }
+    for (j = 0; j < NR; j++) {
+        acc[j] = (int32_t)sum[j];
+    }
+}
+
+void moa_igemm_tile_4x16_scalar(MOA_IGEMM_TILE_PARAMS)
+{
+    size_t i;
+    for (i = 0; i < MR; i++) {
+        moa_igemm_row_4x16_scalar(groups, a + (ptrdiff_t)i * a_row_stride, b, acc + i * NR);
+    }
+}
+#endif
