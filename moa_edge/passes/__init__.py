@@ -9,6 +9,7 @@ from moa_edge.ops import SUPPORTED_OPS, check_output_types
 
 from .attention import rewrite_attention
 from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision, unfold_batched_transposes
+from .dynamic_quantize import fold_dynamic_quantization
 from .fold import fold_constants, infer_missing_shapes
 from .mlp import tile_mlp_rows
 from .pack import pack_weights
@@ -43,6 +44,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         rewrite_attention(graph)
     lower_copies(graph)
     fold_constants(graph)
+    fold_dynamic_quantization(graph)
     pack_weights(graph, weights)
     graph.remove_dead()
     fuse_elementwise(graph)
