@@ -33,7 +33,8 @@ def _mlp() -> onnx.ModelProto:
              helper.make_node("Add", ["gw2", "b2"], ["y"])]
     graph = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", T.FLOAT, (*ROWS, WIDTH))],
                               [helper.make_tensor_value_info("y", T.FLOAT, (*ROWS, WIDTH))],
-                              initializer=[numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+                              initializer=[numpy_helper.from_array(v.astype(np.float32), k)
+                                           for k, v in weights.items()])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
 
 
@@ -45,7 +46,8 @@ def _projections() -> onnx.ModelProto:
     for p in "qkv":
         inits += [numpy_helper.from_array((rng.standard_normal((WIDTH, 40)) / 5).astype(np.float32), f"w{p}"),
                   numpy_helper.from_array(rng.standard_normal(40).astype(np.float32), f"b{p}")]
-        nodes += [helper.make_node("MatMul", ["x", f"w{p}"], [f"{p}0"]), helper.make_node("Add", [f"{p}0", f"b{p}"], [p])]
+        nodes += [helper.make_node("MatMul", ["x", f"w{p}"], [f"{p}0"]),
+                  helper.make_node("Add", [f"{p}0", f"b{p}"], [p])]
     nodes += [helper.make_node("Mul", ["q", "k"], ["qk"]), helper.make_node("Add", ["qk", "v"], ["y"])]
     graph = helper.make_graph(nodes, "qkv", [helper.make_tensor_value_info("x", T.FLOAT, (2, 20, WIDTH))],
                               [helper.make_tensor_value_info("y", T.FLOAT, (2, 20, 40))], initializer=inits)

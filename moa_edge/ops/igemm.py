@@ -154,6 +154,6 @@ def emit(node, ctx):
                         f"{indent}{where(inputs[4])}, {where(inputs[5])},\n"
                         f"{indent}{ctx.where[node.outputs[0]]}, {N}, {ctx.scratch})", indent="")
     quantized = {"tensor_u8": "per tensor to uint8", "row_i8": "per row to int8"}[attrs["mode"]]
-    text = (f"    /* {c_comment_text(node.name)}: {attrs.get('source', 'MatMul')}, int8 weights x activations quantized "
-            f"{quantized}, M={M} N={N} K={K} */\n" + "".join("    " + line + "\n" for line in call.splitlines()))
-    return EmittedUnit(text, declarations=[HEADER])
+    comment = (f"    /* {c_comment_text(node.name)}: {attrs.get('source', 'MatMul')}, int8 weights x activations "
+               f"quantized {quantized}, M={M} N={N} K={K} */\n")
+    return EmittedUnit(comment + "".join("    " + line + "\n" for line in call.splitlines()), declarations=[HEADER])

@@ -1,5 +1,10 @@
-"""onnxruntime's dynamically quantized MatMuls become MoaIGemm (ops/igemm.py), one integer GEMM
-whose kernel quantizes the activations itself.
+"""Dynamically quantized activations: MatMuls whose kernel quantizes its float input to 8 bits at
+run time and multiplies it with int8 weights, MoaIGemm (ops/igemm.py). Two sources:
+
+onnxruntime's quantize_dynamic files (fold_dynamic_quantization), and `convert --weights int8
+--activations int8` (quantize_activations): the int8 weights of passes/quantize.py (one scale per
+output column) times the activations quantized to int8 per row, instead of the float activations
+of MoaQGemm.
 
 onnxruntime.quantization.quantize_dynamic writes, for each MatMul with a weight:
 
@@ -26,6 +31,7 @@ from moa_edge.ir.dtypes import Quantization
 from moa_edge.ops import igemm
 
 from .match import produced_by
+from .quantize import WeightFormat
 
 
 @dataclass
@@ -204,5 +210,65 @@ def fold_dynamic_quantization(graph: Graph) -> int:
         gemm = Node("MoaIGemm", node.name, [chain.x, *stored, _bias_row(graph, chain.bias, n, node)],
                     [chain.last.outputs[0]], {"n": n, "k": k, "mode": "tensor_u8", "source": chain.source})
         graph.nodes[graph.nodes.index(chain.last)] = gemm
+        count += 1
+    return count
+
+
+def parse_activations(text: str | None, weights: WeightFormat | None) -> str | None:
+    """`--activations`: 'int8' (per row, into the integer GEMM; needs `--weights int8`, one scale per
+    output column) or None / 'float32' (the activations stay float)."""
+    if text is None or text in ("float32", "fp32"):
+        return None
+    if text != "int8":
+        raise MoaEdgeError(f"--activations {text!r} is not int8 or float32")
+    if weights is None or weights.qtype != "i8" or weights.block is not None:
+        given = f"--weights {weights.text}" if weights is not None else "no --weights"
+        raise MoaEdgeError(f"--activations int8 multiplies int8 activations by int8 weights with one scale per output "
+                           f"column: it needs --weights int8 ({given} given)")
+    return "int8"
+
+
+def _row_bias(graph: Graph, node: Node) -> str | None:
+    """MoaQGemm's C as the kernel's bias: "" for none, a constant row [N] or scalar with beta 1;
+    None for any other C (a full matrix, scaled)."""
+    c = node.inputs[4] if len(node.inputs) > 4 else ""
+    if not c:
+        return ""
+    data, n = graph.constant(c), node.attrs["n"]
+    if data is None or node.attrs["beta"] != 1.0 or data.dtype != np.float32 or data.size not in (1, n):
+        return None
+    return c if data.shape == (n,) else _bias_row(graph, c, n, node)
+
+
+def quantize_activations(graph: Graph) -> int:
+    """Every MoaQGemm over int8 weights with one scale per column (block K, no offset), A not
+    transposed, alpha 1 and at most a bias row becomes MoaIGemm quantizing A per row to int8;
+    returns how many. The others keep float activations."""
+    count = 0
+    for node in list(graph.nodes):
+        attrs = node.attrs
+        if node.op != "MoaQGemm" or attrs["qtype"] != "i8" or attrs["block"] != attrs["k"] or attrs["trans_a"]:
+            continue
+        bias = _row_bias(graph, node)
+        if attrs["alpha"] != 1.0 or (len(node.inputs) > 3 and node.inputs[3]) or bias is None:
+            continue
+        k, n = attrs["k"], attrs["n"]
+        values, scale = graph.constant(node.inputs[1]), graph.constant(node.inputs[2])
+        stem = f"{node.inputs[1]}__igemm"
+        if stem not in graph.tensors:
+            # qmatmul.h's panels of one block (panels, K, 16) back to K x N, then igemm.h's.
+            q = values.transpose(1, 0, 2).reshape(k, -1)[:, :n]
+            packed, col_sum, _ = igemm.pack_weights(np.ascontiguousarray(q))
+            column_scale = scale.reshape(-1)[:n]
+            padded_scale = np.zeros(igemm.columns(n), np.float32)
+            padded_scale[:n] = column_scale
+            graph.tensors[stem] = Tensor(stem, tuple(packed.shape), "int8", packed,
+                                         quant=Quantization(column_scale.copy(), axis=1))
+            graph.tensors[stem + "_col_sum"] = Tensor(stem + "_col_sum", col_sum.shape, "int32", col_sum)
+            graph.tensors[stem + "_scale"] = Tensor(stem + "_scale", padded_scale.shape, "float32", padded_scale)
+        source = f"{attrs.get('source', 'MatMul')} (--activations int8)"
+        graph.nodes[graph.nodes.index(node)] = Node(
+            "MoaIGemm", node.name, [node.inputs[0], stem, stem + "_col_sum", "", stem + "_scale", bias],
+            list(node.outputs), {"n": n, "k": k, "mode": "row_i8", "source": source})
         count += 1
     return count
