@@ -207,6 +207,15 @@ def test_integer_sums_wrap_as_int32(igemm_exe):
     np.testing.assert_array_equal(got, expected)
 
 
+def test_an_empty_sum_gives_zeros_or_the_bias(igemm_exe):
+    """K == 0: the integer form writes 0, the float form the bias; no weight byte is read."""
+    b = np.zeros((0, 5), np.int8)
+    np.testing.assert_array_equal(_run(igemm_exe, 3, 5, 0, 0, np.zeros((3, 0), np.uint8), b, None, a_zero=7), 0)
+    bias = np.arange(5, dtype=np.float32) - 2
+    got = _run(igemm_exe, 3, 5, 0, 1, np.zeros((3, 0), np.float32), b, None, scale=np.ones(16, np.float32), bias=bias)
+    np.testing.assert_array_equal(got, np.broadcast_to(bias, (3, 5)))
+
+
 def test_integer_gemm_refuses_an_unknown_a_type(igemm_exe):
     a = np.zeros((2, 8), np.uint8)
     b = np.zeros((8, 4), np.int8)

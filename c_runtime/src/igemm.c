@@ -8,8 +8,6 @@
  * d = a_zero + shift,
  *     sum_k (A - a_zero)(B - b_zero) = sum_k A_k B  -  b_zero sum_k A_k  -  d (col_sum - K b_zero),
  * every term in uint32, so that the sums wrap as MatMulInteger's int32 do. */
-#include <string.h>
-
 #include "moa/igemm.h"
 #include "moa/igemm_tile.h"
 
@@ -64,6 +62,15 @@ static block_rows block_in(void *scratch, size_t M)
     return block;
 }
 
+/* Zeros from K to Kp: the padded k of the last group add nothing. */
+static void pad_row(moa_igemm_a *row, size_t K)
+{
+    size_t k;
+    for (k = K; k < MOA_IGEMM_KP(K); k++) {
+        row[k] = 0;
+    }
+}
+
 /* The shift that brings an A of `type` to the kernels' bytes. */
 static int32_t shift_of(moa_ia_type type)
 {
@@ -77,10 +84,10 @@ static int32_t shift_of(moa_ia_type type)
 static void integer_rows(block_rows *block, moa_imatrix a, size_t i0, size_t rows, size_t K)
 {
     const int32_t shift = shift_of(a.type);
+    const size_t kp = MOA_IGEMM_KP(K);
     size_t r, k;
     block->offset = a.zero + shift;
     for (r = 0; r < rows; r++) {
-        const size_t kp = MOA_IGEMM_KP(K);
         moa_igemm_a *row = block->a + r * kp;
         uint32_t sum = 0;
         for (k = 0; k < K; k++) {
@@ -91,9 +98,7 @@ static void integer_rows(block_rows *block, moa_imatrix a, size_t i0, size_t row
             row[k] = (moa_igemm_a)value;
             sum += (uint32_t)value;
         }
-        for (; k < kp; k++) {
-            row[k] = 0;
-        }
+        pad_row(row, K);
         block->sum[r] = (int32_t)sum;
         block->scale[r] = 1.0f;
     }
@@ -144,9 +149,7 @@ static void quantized_rows(block_rows *block, const float *a, ptrdiff_t a_row_st
             row[k] = (moa_igemm_a)value;
             sum += (uint32_t)value;
         }
-        for (; k < kp; k++) {
-            row[k] = 0;
-        }
+        pad_row(row, K);
         block->sum[r] = (int32_t)sum;
         block->scale[r] = row_scale;
     }
@@ -183,7 +186,7 @@ static void multiply_block(const block_rows *block, size_t i0, size_t rows, size
     size_t p, i, j;
     for (p = 0; p * NR < N; p++) {
         const size_t j0 = p * NR, nr = min_size(NR, N - j0);
-        const int8_t *panel = b.q + p * kp * NR;
+        const int8_t *panel = kp > 0 ? b.q + p * kp * NR : b.q; /* (K == 0: q may be NULL, and is not read) */
         const int32_t *zero = b.zero != NULL ? b.zero + j0 : NULL;
         for (j = 0; j < NR; j++) {
             const uint32_t b_zero = zero != NULL ? (uint32_t)zero[j] : 0u;
@@ -207,7 +210,7 @@ static void multiply_block(const block_rows *block, size_t i0, size_t rows, size
 moa_status moa_igemm_i32(size_t M, size_t N, size_t K, moa_imatrix a, moa_iweights b, int32_t *y,
                          ptrdiff_t y_row_stride, void *scratch)
 {
-    output out;
+    output out = {NULL, NULL, 0, NULL, NULL};
     block_rows block;
     size_t i0;
     if (M == 0 || N == 0) {
@@ -222,7 +225,6 @@ moa_status moa_igemm_i32(size_t M, size_t N, size_t K, moa_imatrix a, moa_iweigh
     if (M > 1 && y_row_stride < (ptrdiff_t)N) {
         return MOA_ERR_BAD_PARAMS;
     }
-    memset(&out, 0, sizeof out);
     out.yi = y, out.row_stride = y_row_stride;
     block = block_in(scratch, M);
     for (i0 = 0; i0 < M; i0 += MOA_IGEMM_MC) {
@@ -237,7 +239,7 @@ moa_status moa_igemm_f32(size_t M, size_t N, size_t K, const float *a, ptrdiff_t
                          moa_iweights b, const float *b_scale, const float *bias, float *y, ptrdiff_t y_row_stride,
                          void *scratch)
 {
-    output out;
+    output out = {NULL, NULL, 0, NULL, NULL};
     block_rows block;
     float scale = 1.0f;
     int32_t zero = 0;
@@ -255,7 +257,6 @@ moa_status moa_igemm_f32(size_t M, size_t N, size_t K, const float *a, ptrdiff_t
     if (M > 1 && y_row_stride < (ptrdiff_t)N) {
         return MOA_ERR_BAD_PARAMS;
     }
-    memset(&out, 0, sizeof out);
     out.yf = y, out.row_stride = y_row_stride, out.b_scale = b_scale, out.bias = bias;
     if (mode == MOA_IQ_TENSOR_U8) {
         tensor_range(M, K, a, a_row_stride, &scale, &zero);
