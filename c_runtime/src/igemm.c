@@ -8,6 +8,8 @@
  * d = a_zero + shift,
  *     sum_k (A - a_zero)(B - b_zero) = sum_k A_k B  -  b_zero sum_k A_k  -  d (col_sum - K b_zero),
  * every term in uint32, so that the sums wrap as MatMulInteger's int32 do. */
+#include <string.h>
+
 #include "moa/igemm.h"
 #include "moa/igemm_tile.h"
 
@@ -104,21 +106,75 @@ static void integer_rows(block_rows *block, moa_imatrix a, size_t i0, size_t row
     }
 }
 
+/* The float loops below run over whole chunks of CHUNK values into local arrays, then a scalar
+ * tail: a fixed count and no aliasing, which compilers vectorize. */
+#define CHUNK 16
+
+/* The smallest and largest of A and 0. CHUNK independent minima and maxima (one running minimum
+ * would wait on itself every element); NaN is passed over, as by onnxruntime's MlasFindMinMaxElement. */
+static void range(size_t M, size_t K, const float *a, ptrdiff_t a_row_stride, float *lo, float *hi)
+{
+    float lows[CHUNK] = {0.0f}, highs[CHUNK] = {0.0f};
+    size_t i, k, j;
+    *lo = *hi = 0.0f;
+    for (i = 0; i < M; i++) {
+        const float *row = a + (ptrdiff_t)i * a_row_stride;
+        for (k = 0; k + CHUNK <= K; k += CHUNK) {
+            for (j = 0; j < CHUNK; j++) {
+                lows[j] = row[k + j] < lows[j] ? row[k + j] : lows[j];
+                highs[j] = row[k + j] > highs[j] ? row[k + j] : highs[j];
+            }
+        }
+        for (; k < K; k++) {
+            *lo = row[k] < *lo ? row[k] : *lo;
+            *hi = row[k] > *hi ? row[k] : *hi;
+        }
+    }
+    for (j = 0; j < CHUNK; j++) {
+        *lo = lows[j] < *lo ? lows[j] : *lo;
+        *hi = highs[j] > *hi ? highs[j] : *hi;
+    }
+}
+
 /* DynamicQuantizeLinear's scale and zero point over all of A (igemm.h), as onnxruntime
  * computes them: the range includes 0, the zero point is clamped, then rounded. */
 static void tensor_range(size_t M, size_t K, const float *a, ptrdiff_t a_row_stride, float *scale, int32_t *zero)
 {
-    float lo = 0.0f, hi = 0.0f;
-    size_t i, k;
-    for (i = 0; i < M; i++) {
-        const float *row = a + (ptrdiff_t)i * a_row_stride;
-        for (k = 0; k < K; k++) {
-            lo = row[k] < lo ? row[k] : lo;
-            hi = row[k] > hi ? row[k] : hi;
-        }
-    }
+    float lo, hi;
+    range(M, K, a, a_row_stride, &lo, &hi);
     *scale = hi == lo ? 1.0f : (hi - lo) / 255.0f;
     *zero = (int32_t)round_half_even(clamp(0.0f - lo / *scale, 0.0f, 255.0f));
+}
+
+/* One quantized value: round(clamp(x / scale, lo, hi)) + add (x / scale as onnxruntime divides,
+ * not a multiply by 1 / scale, which rounds differently). */
+static int32_t quantized(float x, float scale, float lo, float hi, int32_t add)
+{
+    return (int32_t)round_half_even(clamp(x / scale, lo, hi)) + add;
+}
+
+/* A row of K values quantized into the kernels' bytes; returns their sum. */
+static uint32_t quantize_row(const float *x, size_t K, float scale, float lo, float hi, int32_t add,
+                             moa_igemm_a *out)
+{
+    uint32_t sum = 0;
+    size_t k, j;
+    for (k = 0; k + CHUNK <= K; k += CHUNK) {
+        int32_t q[CHUNK];
+        for (j = 0; j < CHUNK; j++) {
+            q[j] = quantized(x[k + j], scale, lo, hi, add);
+        }
+        for (j = 0; j < CHUNK; j++) {
+            out[k + j] = (moa_igemm_a)q[j];
+            sum += (uint32_t)q[j];
+        }
+    }
+    for (; k < K; k++) {
+        const int32_t q = quantized(x[k], scale, lo, hi, add);
+        out[k] = (moa_igemm_a)q;
+        sum += (uint32_t)q;
+    }
+    return sum;
 }
 
 /* Rows i0 .. i0 + rows of a float A quantized: per tensor to uint8 (scale, zero given), or per
@@ -128,52 +184,82 @@ static void quantized_rows(block_rows *block, const float *a, ptrdiff_t a_row_st
 {
     const int32_t shift = shift_of(mode == MOA_IQ_TENSOR_U8 ? MOA_IA_U8 : MOA_IA_I8);
     const size_t kp = MOA_IGEMM_KP(K);
-    size_t r, k;
+    size_t r;
     block->offset = (mode == MOA_IQ_TENSOR_U8 ? zero : 0) + shift;
     for (r = 0; r < rows; r++) {
         const float *x = a + (ptrdiff_t)(i0 + r) * a_row_stride;
         moa_igemm_a *row = block->a + r * kp;
         float row_scale = scale, lo = (float)-zero, hi = (float)(255 - zero);
-        uint32_t sum = 0;
         if (mode == MOA_IQ_ROW_I8) {
-            float largest = 0.0f;
-            for (k = 0; k < K; k++) {
-                const float magnitude = x[k] < 0.0f ? -x[k] : x[k];
-                largest = magnitude > largest ? magnitude : largest;
-            }
+            float smallest, largest;
+            range(1, K, x, 0, &smallest, &largest);
+            largest = -smallest > largest ? -smallest : largest;
             row_scale = largest == 0.0f ? 1.0f : largest / 127.0f;
             lo = -127.0f, hi = 127.0f; /* and zero is 0 */
         }
-        for (k = 0; k < K; k++) {
-            const int32_t value = (int32_t)round_half_even(clamp(x[k] / row_scale, lo, hi)) + zero + shift;
-            row[k] = (moa_igemm_a)value;
-            sum += (uint32_t)value;
-        }
+        block->sum[r] = (int32_t)quantize_row(x, K, row_scale, lo, hi, zero + shift, row);
         pad_row(row, K);
-        block->sum[r] = (int32_t)sum;
         block->scale[r] = row_scale;
     }
 }
 
-/* Row r of Y, columns j0 .. j0 + nr, from a tile row's raw sums. */
-static void finish_row(const output *out, size_t r, size_t j0, size_t nr, const int32_t *acc, int32_t row_sum,
-                       const int32_t *zero, const uint32_t *column_term, float a_scale)
+/* What every row of a block needs of one panel's 16 columns, 0 past N. */
+typedef struct {
+    size_t j0, nr;
+    uint32_t zero[NR];        /* b_zero */
+    uint32_t column_term[NR]; /* -d (col_sum - K b_zero) */
+    float scale[NR];          /* b_scale */
+    float bias[NR];
+} panel_terms;
+
+static void panel_terms_of(panel_terms *t, const block_rows *block, size_t p, size_t N, size_t K, moa_iweights b,
+                           const output *out)
 {
     size_t j;
-    for (j = 0; j < nr; j++) {
-        const uint32_t b_zero = zero != NULL ? (uint32_t)zero[j] : 0u;
-        const int32_t sum = (int32_t)((uint32_t)acc[j] - b_zero * (uint32_t)row_sum + column_term[j]);
-        if (out->yi != NULL) {
-            out->yi[(ptrdiff_t)r * out->row_stride + (ptrdiff_t)(j0 + j)] = sum;
-        } else {
-            const float scale = a_scale * out->b_scale[j0 + j]; /* rounded first, as onnxruntime's Mul */
-            float value = (float)sum * scale;
-            if (out->bias != NULL) {
-                value += out->bias[j0 + j];
-            }
-            out->yf[(ptrdiff_t)r * out->row_stride + (ptrdiff_t)(j0 + j)] = value;
+    t->j0 = p * NR, t->nr = min_size(NR, N - t->j0);
+    for (j = 0; j < NR; j++) {
+        t->zero[j] = b.zero != NULL ? (uint32_t)b.zero[t->j0 + j] : 0u;
+        t->column_term[j] = 0u - (uint32_t)block->offset * ((uint32_t)b.col_sum[t->j0 + j] - (uint32_t)K * t->zero[j]);
+        t->scale[j] = out->b_scale != NULL ? out->b_scale[t->j0 + j] : 0.0f;
+        t->bias[j] = out->bias != NULL && j < t->nr ? out->bias[t->j0 + j] : 0.0f;
+    }
+}
+
+/* The first `bytes` of a row of 16 four-byte values: a whole row as one copy of constant size,
+ * which compilers make vector moves rather than a call. */
+static void store_row(void *y, const void *row, size_t bytes)
+{
+    if (bytes == NR * 4) {
+        memcpy(y, row, NR * 4);
+    } else {
+        memcpy(y, row, bytes);
+    }
+}
+
+/* Row r of Y in the panel's columns from a tile row's raw sums: corrected, then stored as int32
+ * or scaled. Whole rows of 16 in local arrays, so that compilers vectorize the arithmetic. */
+static void finish_row(const output *out, const panel_terms *t, size_t r, const int32_t *acc, int32_t row_sum,
+                       float a_scale)
+{
+    int32_t sum[NR];
+    float value[NR];
+    size_t j;
+    for (j = 0; j < NR; j++) {
+        sum[j] = (int32_t)((uint32_t)acc[j] - t->zero[j] * (uint32_t)row_sum + t->column_term[j]);
+    }
+    if (out->yi != NULL) {
+        store_row(out->yi + (ptrdiff_t)r * out->row_stride + (ptrdiff_t)t->j0, sum, t->nr * sizeof *sum);
+        return;
+    }
+    for (j = 0; j < NR; j++) {
+        value[j] = (float)sum[j] * (a_scale * t->scale[j]); /* the scale product rounded first, as onnxruntime's Mul */
+    }
+    if (out->bias != NULL) {
+        for (j = 0; j < NR; j++) {
+            value[j] += t->bias[j];
         }
     }
+    store_row(out->yf + (ptrdiff_t)r * out->row_stride + (ptrdiff_t)t->j0, value, t->nr * sizeof *value);
 }
 
 /* Rows i0 .. i0 + rows of Y from the block, every panel. */
@@ -182,27 +268,21 @@ static void multiply_block(const block_rows *block, size_t i0, size_t rows, size
 {
     const size_t kp = MOA_IGEMM_KP(K), groups = kp / 4;
     int32_t acc[MR * NR];
-    uint32_t column_term[NR];
-    size_t p, i, j;
+    panel_terms terms;
+    size_t p, i;
     for (p = 0; p * NR < N; p++) {
-        const size_t j0 = p * NR, nr = min_size(NR, N - j0);
         const int8_t *panel = kp > 0 ? b.q + p * kp * NR : b.q; /* (K == 0: q may be NULL, and is not read) */
-        const int32_t *zero = b.zero != NULL ? b.zero + j0 : NULL;
-        for (j = 0; j < NR; j++) {
-            const uint32_t b_zero = zero != NULL ? (uint32_t)zero[j] : 0u;
-            column_term[j] = 0u - (uint32_t)block->offset * ((uint32_t)b.col_sum[j0 + j] - (uint32_t)K * b_zero);
-        }
+        panel_terms_of(&terms, block, p, N, K, b, out);
         for (i = 0; i + MR <= rows; i += MR) {
             size_t r;
             moa_igemm_tile(groups, block->a + i * kp, (ptrdiff_t)kp, panel, acc);
             for (r = 0; r < MR; r++) {
-                finish_row(out, i0 + i + r, j0, nr, acc + r * NR, block->sum[i + r], zero, column_term,
-                           block->scale[i + r]);
+                finish_row(out, &terms, i0 + i + r, acc + r * NR, block->sum[i + r], block->scale[i + r]);
             }
         }
         for (; i < rows; i++) {
             moa_igemm_row(groups, block->a + i * kp, panel, acc);
-            finish_row(out, i0 + i, j0, nr, acc, block->sum[i], zero, column_term, block->scale[i]);
+            finish_row(out, &terms, i0 + i, acc, block->sum[i], block->scale[i]);
         }
     }
 }
