@@ -111,7 +111,7 @@ static void integer_rows(block_rows *block, moa_imatrix a, size_t i0, size_t row
 #define CHUNK 16
 
 /* The smallest and largest of A and 0. CHUNK independent minima and maxima (one running minimum
- * would wait on itself every element); NaN is passed over, as by onnxruntime's MlasFindMinMaxElement. */
+ * would wait on itself every element); a NaN compares false and is passed over. */
 static void range(size_t M, size_t K, const float *a, ptrdiff_t a_row_stride, float *lo, float *hi)
 {
     float lows[CHUNK] = {0.0f}, highs[CHUNK] = {0.0f};
