@@ -11,7 +11,8 @@ import pytest
 from conftest import BOARDS, one_error, require_board, run_cli
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
-from moa_edge.passes import parse_weights
+from moa_edge.errors import MoaEdgeError
+from moa_edge.passes import parse_activations, parse_weights
 from moa_edge.pipeline import convert, load_graph
 
 WIDTH, HIDDEN, ROWS = 24, 96, (3, 50)
@@ -91,12 +92,13 @@ def test_int8_activations_need_int8_weights_per_column(tmp_path):
     onnx.save(_mlp(_weights(np.random.default_rng(0)), False), path)
     one_error(run_cli("convert", path, "-o", tmp_path / "p", "--activations", "int8"), "--activations int8",
               "needs --weights int8", "no --weights given")
-    for weights in ("int8:8", "int4"):
-        one_error(run_cli("convert", path, "-o", tmp_path / "p", "--weights", weights, "--activations", "int8"),
-                  f"--weights {weights} given")
-    one_error(run_cli("inspect", path, "--weights", "int8", "--activations", "int16"),
-              "--activations 'int16' is not int8 or float32")
     assert not (tmp_path / "p").exists()
+    for weights in ("int8:8", "int4"):  # a scale per block of K: no integer GEMM over whole columns
+        with pytest.raises(MoaEdgeError, match=f"needs --weights int8 \\(--weights {weights} given\\)"):
+            parse_activations("int8", parse_weights(weights))
+    with pytest.raises(MoaEdgeError, match="--activations 'int16' is not int8 or float32"):
+        parse_activations("int16", parse_weights("int8"))
+    assert parse_activations("float32", None) is None
 
 
 def test_inspect_reports_the_integer_gemm(tmp_path):

@@ -141,16 +141,23 @@ def test_matmul_integer_to_float_after_a_shared_quantizer_equals_onnxruntime(fol
     np.testing.assert_array_max_ulp(got, _onnxruntime(path, feeds), 1)
 
 
+@pytest.fixture(scope="module")
+def encoder(folder):
+    """nn.TransformerEncoderLayer exported (dynamo, opset 18) and quantized once: (path, inputs)."""
+    source, path = folder / "encoder.onnx", folder / "encoder_q.onnx"
+    inputs = zoo._build_encoder_layer("dynamo", 18)(source)
+    quantize_dynamic(source, path, weight_type=QuantType.QInt8)
+    return path, inputs
+
+
 @pytest.mark.board
 @pytest.mark.parametrize("board_name", BOARDS)
-def test_quantized_transformer_layer_matches_onnxruntime(folder, board_name):
+def test_quantized_transformer_layer_matches_onnxruntime(folder, encoder, board_name):
     """nn.TransformerEncoderLayer (dynamo export) quantized: four MoaIGemm around one MoaAttention.
     The float ops between them (attention, LayerNorm) round differently from onnxruntime's, so a
     quantizer may see an input an ulp away; still far below one quantization step (~1e-2)."""
     board = require_board(board_name)
-    source, path = folder / "encoder.onnx", folder / "encoder_q.onnx"
-    inputs = zoo._build_encoder_layer("dynamo", 18)(source)
-    quantize_dynamic(source, path, weight_type=QuantType.QInt8)
+    path, inputs = encoder
     ops = [n.op for n in load_graph(path).nodes]
     assert ops.count("MoaIGemm") == 4 and ops.count("MoaAttention") == 1, ops
     got, _ = _convert_and_run(path, folder / f"encoder_{board_name}", board, inputs)
