@@ -18,6 +18,7 @@ import pytest
 
 from conftest import require_board
 from moa_edge import C_RUNTIME_DIR
+from moa_edge.ops import igemm
 from moa_edge.ops.igemm import C_SOURCES, columns, pack_weights
 from test_matmul import GEMM_VARIANTS, GemmExe
 
@@ -221,6 +222,13 @@ def test_integer_gemm_refuses_an_unknown_a_type(igemm_exe):
     b = np.zeros((8, 4), np.int8)
     got = _run(igemm_exe, 2, 4, 8, 0, a, b, None, a_type=3, expect_rc=104)  # 100 + MOA_ERR_BAD_PARAMS
     assert got.shape == (2, 4)
+
+
+def test_the_op_plans_the_scratch_the_header_asks_for():
+    """ops/igemm.scratch_bytes mirrors MOA_IGEMM_SCRATCH_BYTES: the same block of rows, each with 8 bytes."""
+    header = (C_RUNTIME_DIR / "include" / "moa" / "igemm.h").read_text()
+    assert f"#define MOA_IGEMM_MC {igemm.BLOCK_ROWS}\n" in header
+    assert "(MOA_IGEMM_BLOCK_ROWS(M) * (8 + MOA_IGEMM_KP(K)))" in header
 
 
 # --- the float form: activations quantized in the kernel -----------------------------------------
