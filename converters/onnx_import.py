@@ -212,8 +212,7 @@ def _import_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, tu
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
         if any(n.domain == "com.microsoft" for n in model.graph.node):
             # onnxruntime's optimizer output: its own shape inference knows its contrib ops.
-            from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-            model = SymbolicShapeInference.infer_shapes(model)
+            model = _contrib_shapes(model)
     except Exception as exc:  # onnxruntime's inference fails on a bare assert (a MatMulNBits K that is not A's)
         detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise MoaEdgeError(f"{path}: ONNX shape inference failed: {detail}") from None
@@ -254,6 +253,30 @@ def _import_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, tu
     graph = Graph(g.name or path.stem, inputs, [o.name for o in g.output], nodes, tensors, opsets)
     check_sizes(graph, str(path))
     return graph
+
+
+def _contrib_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxruntime's symbolic shape inference (SymbolicShapeInference.infer_shapes), taught the two
+    quantized MatMuls its optimizer writes and it has no rule for: DynamicQuantizeMatMul and
+    MatMulIntegerToFloat give MatMul's shape, in float32."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    class Inference(SymbolicShapeInference):
+        def __init__(self):
+            super().__init__(2**31 - 1, False, False, 0)
+            float_matmul = lambda node: self._compute_matmul_shape(node, onnx.TensorProto.FLOAT)  # noqa: E731
+            self.dispatcher_.setdefault("DynamicQuantizeMatMul", float_matmul)
+            self.dispatcher_.setdefault("MatMulIntegerToFloat", float_matmul)
+
+    inference = Inference()
+    inference._preprocess(model)
+    complete = False
+    while inference.run_:
+        complete = inference._infer_impl()
+    inference._update_output_from_vi()
+    if not complete:
+        raise MoaEdgeError("Incomplete symbolic shape inference")
+    return inference.out_mp_
 
 
 def _constant_value(attrs) -> np.ndarray:

@@ -69,18 +69,25 @@ WEIGHTS_HELP = ("store the float weights of MatMul and Gemm quantized: int8 (a s
                 "the output layer stays int8)")
 
 
+ACTIVATIONS_HELP = ("int8: quantize the activations that multiply int8 weights to int8 at run time, a scale per row, "
+                    "and run the integer GEMM (needs --weights int8)")
+
+
 def cmd_convert(a) -> int:
     from moa_edge.converters import parse_input_shapes
-    from moa_edge.passes import parse_weights
+    from moa_edge.passes import parse_activations, parse_weights
     from moa_edge.pipeline import convert
     from moa_edge.pipeline import parse_schedule
     board = board_arg(a.board)
     if a.max_context is None and a.prefill_chunk is not None:
         raise MoaEdgeError("--prefill-chunk is for a generation build: give --max-context N too")
+    weights = parse_weights(a.weights)
+    activations = parse_activations(a.activations, weights)
     report = convert(a.model, a.output, board=board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix,
                      scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
                      fuse_attention=a.attention == "fused", max_context=a.max_context,
-                     weights=parse_weights(a.weights), **({"prefill_chunk": a.prefill_chunk} if a.prefill_chunk else {}))
+                     weights=weights, activations=activations,
+                     **({"prefill_chunk": a.prefill_chunk} if a.prefill_chunk else {}))
     blocks = report["attention_blocks"]
     print(f"{a.model} -> {a.output}: {len(blocks)} attention block(s), arena {report['memory']['arena_bytes']} B, "
           f"weights {report['memory']['weights_bytes']} B ({_by_type(report['memory']['weights_bytes_by_type'])})")
@@ -281,11 +288,12 @@ def format_table(result: dict) -> str:
 
 def cmd_inspect(a) -> int:
     from moa_edge.converters import parse_input_shapes
-    from moa_edge.passes import parse_weights
+    from moa_edge.passes import parse_activations, parse_weights
     from moa_edge.pipeline import inspect
     board = board_arg(a.board)
+    weights = parse_weights(a.weights)
     result = inspect(a.model, board, parse_input_shapes(a.input_shape), a.scratch_budget, a.max_context,
-                     parse_weights(a.weights))
+                     weights, parse_activations(a.activations, weights))
     if not a.derivation:
         for b in result["attention_blocks"]:
             b.pop("derivation")
@@ -522,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prefill-chunk", type=_positive_int, metavar="N",
                    help="prompt tokens per prefill call of a generation build (default 16)")
     s.add_argument("--weights", metavar="FORMAT", help=WEIGHTS_HELP)
+    s.add_argument("--activations", metavar="FORMAT", help=ACTIVATIONS_HELP)
 
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")
@@ -605,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-context", type=_positive_int, metavar="N",
                    help="a decoder exported with its cache: inspect its decode step over a cache of N tokens")
     s.add_argument("--weights", metavar="FORMAT", help=WEIGHTS_HELP)
+    s.add_argument("--activations", metavar="FORMAT", help=ACTIVATIONS_HELP)
 
     s = verb("bench", cmd_bench, "benchmarks: `bench attention` (host time vs PyTorch, onnxruntime, naive C; "
              "instructions under qemu), `bench attention --traffic` (cachegrind vs the cost model), `bench model`, "

@@ -30,9 +30,9 @@ from moa_edge.target import Board, load_board
 
 
 def load_graph(model: Path, input_shapes=None, strict: bool = True, fuse_attention: bool = True,
-               weights: WeightFormat | None = None) -> Graph:
+               weights: WeightFormat | None = None, activations: str | None = None) -> Graph:
     graph = lower(import_onnx(model, input_shapes), source=str(model), strict=strict, fuse_attention=fuse_attention,
-                  weights=weights)
+                  weights=weights, activations=activations)
     check_sizes(graph, str(model))  # again: folding and the rewrites made tensors of their own
     return graph
 
@@ -41,7 +41,7 @@ PREFILL_CHUNK = 16  # prompt tokens per prefill call: a GEMM of 16 rows, not 16 
 
 
 def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHUNK,
-                 weights: WeightFormat | None = None) -> dict[int, Graph]:
+                 weights: WeightFormat | None = None, activations: str | None = None) -> dict[int, Graph]:
     """A decoder exported with its cache, lowered once per chunk size: chunk -> graph (1, the
     decode step, always; prefill_chunk when larger and within max_context)."""
     if max_context < 1:
@@ -49,7 +49,7 @@ def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHU
     chunks = sorted({1, min(prefill_chunk, max_context)}, reverse=True)
     graphs = {}
     for chunk, graph in zip(chunks, import_decoder(model, max_context, chunks)):
-        lower(graph, source=str(model), weights=weights)
+        lower(graph, source=str(model), weights=weights, activations=activations)
         kv_cache.bind_cache_attention(graph, chunk, str(model))
         check_sizes(graph, str(model))
         graphs[chunk] = graph
@@ -57,13 +57,15 @@ def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHU
 
 
 def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None = None,
-            max_context: int | None = None, weights: WeightFormat | None = None) -> dict:
+            max_context: int | None = None, weights: WeightFormat | None = None,
+            activations: str | None = None) -> dict:
     """What convert would do: blocks found and absorbed, schedules and predicted cost, ops left
     (with max_context, of a decoder's decode step over its cache)."""
     if max_context is not None:
-        graph = load_decoder(model_path(model), max_context, prefill_chunk=1, weights=weights)[1]  # the step alone
+        graph = load_decoder(model_path(model), max_context, prefill_chunk=1, weights=weights,
+                             activations=activations)[1]  # the step alone
     else:
-        graph = load_graph(model_path(model), input_shapes, strict=False, weights=weights)
+        graph = load_graph(model_path(model), input_shapes, strict=False, weights=weights, activations=activations)
     blocks = []
     for node in graph.nodes:
         if node.op == "MoaAttention":
@@ -135,7 +137,7 @@ def _check_replaceable(out_dir: Path, model: Path) -> None:
 def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefix: str = "model",
             scratch_budget: int | None = None, schedule: Schedule | None = None, fuse_attention: bool = True,
             max_context: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
-            weights: WeightFormat | None = None) -> dict:
+            weights: WeightFormat | None = None, activations: str | None = None) -> dict:
     """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing. An existing out_dir is
     replaced only if everything in it is moa-edge's (ownership.MARKER lists what convert wrote).
     With max_context, the model is a decoder exported with its cache, built for generation."""
@@ -160,12 +162,12 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
             raise MoaEdgeError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
         if max_context is not None:
             graphs = {chunk: schedule_graph(graph, board, scratch_budget, schedule)
-                      for chunk, graph in load_decoder(model, max_context, prefill_chunk, weights).items()}
+                      for chunk, graph in load_decoder(model, max_context, prefill_chunk, weights, activations).items()}
             report = emit_generation_project(graphs, staging, max_context, prefix=prefix, board=board,
                                              source=model.name, model_folder=model.parent)
         else:
-            graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention, weights=weights), board,
-                                   scratch_budget, schedule)
+            graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention, weights=weights,
+                                              activations=activations), board, scratch_budget, schedule)
             report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name)
         ownership.write_manifest(staging)
         _check_replaceable(out_dir, model)  # again: the user may have written into it meanwhile

@@ -3,11 +3,11 @@ What a module states, and the defaults for what it leaves out: ops/contract.py."
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph
 
-from . import (attention, concat, conv, elementwise, gather, indexing, kv_cache, matmul, mlp, normalization, qgather,
-               qmatmul, reduce, reduce_norm, rotary, views)
+from . import (attention, concat, conv, elementwise, gather, igemm, indexing, kv_cache, matmul, mlp, normalization,
+               qgather, qmatmul, reduce, reduce_norm, rotary, views)
 from .contract import EmitContext, EmittedUnit, Op, OpCost, TensorType, op_of
 
-_MODULES = (attention, concat, conv, elementwise, gather, indexing, kv_cache, matmul, mlp, normalization, qgather,
+_MODULES = (attention, concat, conv, elementwise, gather, igemm, indexing, kv_cache, matmul, mlp, normalization, qgather,
             qmatmul, reduce, reduce_norm, rotary, views)
 
 # IR op name -> the Op (its module's hooks, defaults filled in). An op missing here is unsupported.

@@ -9,6 +9,7 @@ from moa_edge.ops import SUPPORTED_OPS, check_output_types
 
 from .attention import rewrite_attention
 from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision, unfold_batched_transposes
+from .dynamic_quantize import fold_dynamic_quantization, parse_activations, quantize_activations
 from .fold import fold_constants, infer_missing_shapes
 from .mlp import tile_mlp_rows
 from .nbits import lower_matmul_nbits
@@ -28,10 +29,11 @@ def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
 
 
 def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attention: bool = True,
-          weights: WeightFormat | None = None) -> Graph:
+          weights: WeightFormat | None = None, activations: str | None = None) -> Graph:
     """Fold shape plumbing, rewrite attention, drop dead nodes, then (strict) insist every op is supported.
     Without `fuse_attention` the attention subgraphs stay as they are (scores materialised),
-    the baseline the rewrite is measured against. `weights` quantizes the float weights (convert --weights)."""
+    the baseline the rewrite is measured against. `weights` quantizes the float weights (convert --weights), and
+    `activations` "int8" the activations they multiply (--activations, passes/dynamic_quantize.py)."""
     while True:  # folding can reveal shapes, and shapes more folding (layer after layer)
         inferred = infer_missing_shapes(graph)
         if not fold_constants(graph) and not inferred:
@@ -45,7 +47,10 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     lower_copies(graph)
     fold_constants(graph)
     lower_matmul_nbits(graph)  # onnxruntime's quantized weights, before pack_weights quantizes float ones
+    fold_dynamic_quantization(graph)
     pack_weights(graph, weights)
+    if activations == "int8":
+        quantize_activations(graph)
     graph.remove_dead()
     fuse_elementwise(graph)
     tile_mlp_rows(graph)
@@ -71,4 +76,4 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     return graph
 
 
-__all__ = ["fold_constants", "fuse_elementwise", "lower", "rewrite_attention", "unsupported_ops"]
+__all__ = ["fold_constants", "fuse_elementwise", "lower", "parse_activations", "rewrite_attention", "unsupported_ops"]

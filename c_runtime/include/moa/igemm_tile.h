@@ -1,0 +1,89 @@
+/* The integer GEMM's micro-kernels (moa/igemm.h), one set per ISA, picked at compile time:
+ *
+ *     tile: acc[i][j] = sum_{k < 4 groups} A_i[k] B[k][j]     i < MOA_IGEMM_MR, j < 16
+ *     row:  the same for one row (the decode step's GEMV, and the rows past the last tile)
+ *
+ * with A_i = a + i * a_row_stride (Kp bytes of row i, zero-padded) and B one packed panel
+ * (groups x 64 bytes, igemm.h's layout). A is in the form the instruction multiplies:
+ * unsigned on x86 (vpdpbusd is u8 x s8; the widening kernels take it too), signed elsewhere
+ * (SDOT and the widening multiplies are s8 x s8); the driver (igemm.c) writes it so and
+ * corrects the sums for the 128 it moved A by.
+ *
+ *     variant                                    MR   how
+ *     moa_igemm_{tile,row}_12x16_avx512vnni      12   vpdpbusd: 4 products per lane, 1 zmm per row
+ *     moa_igemm_{tile,row}_8x16_avx512bw          8   widen to int16, vpmaddwd, 2 zmm per row
+ *     moa_igemm_{tile,row}_2x16_avx2              2   widen to int16, vpmaddwd, 4 ymm per row
+ *     moa_igemm_{tile,row}_6x16_neondot           6   SDOT (armv8.2 dotprod), 4 q per row
+ *     moa_igemm_{tile,row}_2x16_neon              2   vmull_s8 + vpadalq_s16, 8 q per row
+ *     moa_igemm_{tile,row}_4x16_rvv               4   vlseg4e8, vsext to int16, vwmacc.vx into int32 m4
+ *     moa_igemm_{tile,row}_4x16_scalar            4   the portable reference */
+#ifndef MOA_IGEMM_TILE_H
+#define MOA_IGEMM_TILE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moa/igemm.h"
+#include "moa/isa.h"
+
+#if MOA_ISA_AVX512 && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#define MOA_IGEMM_AVX512VNNI 1
+#define MOA_IGEMM_MR 12
+#define MOA_IGEMM_VARIANT(name) name##_12x16_avx512vnni
+#define MOA_IGEMM_NAME "avx512vnni"
+#elif MOA_ISA_AVX512 && defined(__AVX512BW__)
+#define MOA_IGEMM_AVX512BW 1
+#define MOA_IGEMM_MR 8
+#define MOA_IGEMM_VARIANT(name) name##_8x16_avx512bw
+#define MOA_IGEMM_NAME "avx512bw"
+#elif MOA_ISA_AVX2 || MOA_ISA_AVX512
+#define MOA_IGEMM_AVX2 1
+#define MOA_IGEMM_MR 2
+#define MOA_IGEMM_VARIANT(name) name##_2x16_avx2
+#define MOA_IGEMM_NAME "avx2"
+#elif MOA_ISA_NEON && defined(__ARM_FEATURE_DOTPROD)
+#define MOA_IGEMM_NEONDOT 1
+#define MOA_IGEMM_MR 6
+#define MOA_IGEMM_VARIANT(name) name##_6x16_neondot
+#define MOA_IGEMM_NAME "neondot"
+#elif MOA_ISA_NEON
+#define MOA_IGEMM_NEON 1
+#define MOA_IGEMM_MR 2
+#define MOA_IGEMM_VARIANT(name) name##_2x16_neon
+#define MOA_IGEMM_NAME "neon"
+#elif MOA_ISA_RVV
+#define MOA_IGEMM_RVV 1
+#define MOA_IGEMM_MR 4
+#define MOA_IGEMM_VARIANT(name) name##_4x16_rvv
+#define MOA_IGEMM_NAME "rvv"
+#else
+#define MOA_IGEMM_SCALAR 1
+#define MOA_IGEMM_MR 4
+#define MOA_IGEMM_VARIANT(name) name##_4x16_scalar
+#define MOA_IGEMM_NAME "scalar"
+#endif
+
+/* The A bytes the kernels multiply, and what was added to A to make them (A = A_k - shift). */
+#if defined(MOA_IGEMM_AVX512VNNI) || defined(MOA_IGEMM_AVX512BW) || defined(MOA_IGEMM_AVX2)
+typedef uint8_t moa_igemm_a;
+#define MOA_IGEMM_A_UNSIGNED 1
+#else
+typedef int8_t moa_igemm_a;
+#define MOA_IGEMM_A_UNSIGNED 0
+#endif
+
+#if MOA_IGEMM_MC % MOA_IGEMM_MR != 0
+#error "MOA_IGEMM_MC must be a whole number of register tiles"
+#endif
+
+#define MOA_IGEMM_TILE_PARAMS \
+    size_t groups, const moa_igemm_a *a, ptrdiff_t a_row_stride, const int8_t *b, int32_t *acc
+#define MOA_IGEMM_ROW_PARAMS size_t groups, const moa_igemm_a *a, const int8_t *b, int32_t *acc
+
+#define moa_igemm_tile MOA_IGEMM_VARIANT(moa_igemm_tile)
+#define moa_igemm_row MOA_IGEMM_VARIANT(moa_igemm_row)
+
+void moa_igemm_tile(MOA_IGEMM_TILE_PARAMS); /* acc: MOA_IGEMM_MR rows of 16 */
+void moa_igemm_row(MOA_IGEMM_ROW_PARAMS);   /* acc: 16 */
+
+#endif
