@@ -16,11 +16,10 @@ from onnx import TensorProto, helper
 import onnxruntime as ort
 import pytest
 
-from conftest import require_board
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.ops import igemm
 from moa_edge.ops.igemm import C_SOURCES, columns, pack_weights
-from test_matmul import GEMM_VARIANTS, GemmExe
+from test_matmul import GEMM_VARIANTS, build_harness
 
 SOURCES = [C_RUNTIME_DIR / "src" / s for s in C_SOURCES]
 SENTINEL_I32 = np.int32(-123456789)
@@ -105,22 +104,12 @@ def _host_has(flag: str) -> bool:
 
 @pytest.fixture(scope="module", params=list(VARIANTS), ids=str)
 def igemm_exe(request, tmp_path_factory):
-    board_name, extra, vlen, variant = VARIANTS[request.param]
+    variant = VARIANTS[request.param][3]
     if variant in ("avx2", "avx512bw") and platform.machine() != "x86_64":
         pytest.skip("an x86-64 variant on a non-x86 host")
     if variant == "avx512bw" and not _host_has("avx512bw"):
         pytest.skip("this host has no AVX-512BW")
-    board = require_board(board_name)
-    tmp = tmp_path_factory.mktemp("igemm")
-    (tmp / "main.c").write_text(HARNESS)
-    exe = tmp / "igemm_main"
-    flags = [*board.toolchain.get("cflags", []), *extra, "-std=c99", "-Wall", "-Wextra", "-Werror"]
-    subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"),
-                    *map(str, SOURCES), *board.toolchain.get("ldflags", []), "-o", str(exe)], check=True)
-    runner = board.runner()
-    if vlen:
-        runner = [part.replace("vlen=128", vlen) for part in runner]
-    return GemmExe(runner + [str(exe)], variant)
+    return build_harness(VARIANTS[request.param], HARNESS, SOURCES, tmp_path_factory)
 
 
 def _weights(rng, K, N, b_type, b_zero):

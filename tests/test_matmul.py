@@ -261,22 +261,28 @@ class GemmExe:
     isa: str | None
 
 
-@pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)
-def gemm_exe(request, tmp_path_factory):
-    board_name, extra, vlen, isa = GEMM_VARIANTS[request.param]
-    if isa in ("avx2",) and platform.machine() != "x86_64":
-        pytest.skip("an x86-64 variant on a non-x86 host")
+def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_flags=()) -> GemmExe:
+    """A kernel test program (harness + runtime sources) for one variant of a GEMM table:
+    (board, extra C flags, emulator VLEN or None, the isa name its build must report)."""
+    board_name, extra, vlen, isa = variant
     board = require_board(board_name)
-    tmp = tmp_path_factory.mktemp("gemm")
-    (tmp / "main.c").write_text(HARNESS)
-    exe = tmp / "gemm_main"
-    flags = [*board.toolchain.get("cflags", []), *extra, "-std=c99", "-Wall", "-Wextra", "-Werror"]
+    tmp = tmp_path_factory.mktemp("kernel")
+    (tmp / "main.c").write_text(harness)
+    exe = tmp / "kernel_main"
+    flags = [*board.toolchain.get("cflags", []), *extra, *more_flags, "-std=c99", "-Wall", "-Wextra", "-Werror"]
     subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"),
-                    *map(str, GEMM_SOURCES), *board.toolchain.get("ldflags", []), "-o", str(exe)], check=True)
+                    *map(str, sources), *board.toolchain.get("ldflags", []), "-o", str(exe)], check=True)
     runner = board.runner()
     if vlen:
         runner = [part.replace("vlen=128", vlen) for part in runner]
     return GemmExe(runner + [str(exe)], isa)
+
+
+@pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)
+def gemm_exe(request, tmp_path_factory):
+    if GEMM_VARIANTS[request.param][3] in ("avx2",) and platform.machine() != "x86_64":
+        pytest.skip("an x86-64 variant on a non-x86 host")
+    return build_harness(GEMM_VARIANTS[request.param], HARNESS, GEMM_SOURCES, tmp_path_factory)
 
 
 def _run_gemm(exe, M, N, K, trans_a=False, trans_b=False, c_shape=None, alpha=1.0, beta=1.0, pad=0, seed=0,

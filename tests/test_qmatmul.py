@@ -9,10 +9,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import require_board
-from moa_edge import C_RUNTIME_DIR
 from moa_edge.ops.qmatmul import pack_quantized
-from test_matmul import GEMM_SOURCES, GEMM_VARIANTS, SENTINEL, GemmExe
+from test_matmul import GEMM_SOURCES, GEMM_VARIANTS, SENTINEL, build_harness
 
 HARNESS = r"""
 #include <stdio.h>
@@ -75,18 +73,7 @@ TYPES = {"i8": 1, "u4": 2}
 
 
 def _build(variant, tmp_path_factory, more_flags=()):
-    board_name, extra, vlen, isa = GEMM_VARIANTS[variant]
-    board = require_board(board_name)
-    tmp = tmp_path_factory.mktemp("qgemm")
-    (tmp / "main.c").write_text(HARNESS)
-    exe = tmp / "qgemm_main"
-    flags = [*board.toolchain.get("cflags", []), *extra, *more_flags, "-std=c99", "-Wall", "-Wextra", "-Werror"]
-    subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"), *map(str, GEMM_SOURCES),
-                    *board.toolchain.get("ldflags", []), "-o", str(exe)], check=True)
-    runner = board.runner()
-    if vlen:
-        runner = [part.replace("vlen=128", vlen) for part in runner]
-    return GemmExe(runner + [str(exe)], isa)
+    return build_harness(GEMM_VARIANTS[variant], HARNESS, GEMM_SOURCES, tmp_path_factory, more_flags)
 
 
 @pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)

@@ -20,7 +20,8 @@ import torch
 from moa_edge.ir import dtypes
 from moa_edge.ir.c_syntax import c_comment_text
 
-from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
+from .contract import EmittedUnit, TensorType, check_status
+from .qmatmul import op_cost, optional_input  # noqa: F401  (op_cost: this op's hook too)
 
 OPS = ("MoaIGemm",)
 HEADER = '#include "moa/igemm.h"'
@@ -107,16 +108,6 @@ def scratch_bytes(node, graph) -> int:
     return min(_rows(node, graph), BLOCK_ROWS) * (8 + padded_k(node.attrs["k"]))
 
 
-def op_cost(node, graph) -> OpCost:
-    moved = operand_bytes(node, graph)
-    return OpCost(2 * graph.tensors[node.outputs[0]].size * node.attrs["k"], moved.weight_bytes,
-                  moved.activation_bytes)
-
-
-def _optional(inputs, i):
-    return inputs[i] if len(inputs) > i and inputs[i] is not None else None
-
-
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     """The C's arithmetic in numpy: A rounded to float32 and quantized, exact integer sums (wrapping
     as int32), then float32 (sum) * float32 (a_scale * b_scale) + bias, each rounded to float32."""
@@ -128,12 +119,12 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
         row_scale = np.full(rows.shape[0], scale, np.float32)
     else:
         (q, row_scale), zero = quantize_rows_i8(rows), 0
-    zeros = _optional(inputs, 3)
+    zeros = optional_input(inputs, 3)
     b = unpack_weights(inputs[1].numpy(), None if zeros is None else zeros.numpy(), k, n)
     sums = (q.astype(np.int64) - zero) @ b
     sums = ((sums + 2**31) % 2**32 - 2**31).astype(np.float32)
     y = sums * (row_scale[:, None] * inputs[4].numpy().astype(np.float32)[None, :n])
-    bias = _optional(inputs, 5)
+    bias = optional_input(inputs, 5)
     if bias is not None:
         y = y + bias.numpy().astype(np.float32)
     return [torch.from_numpy(y.astype(np.float64).reshape(*a.shape[:-1], n))]

@@ -74,22 +74,24 @@ def infer(node, graph) -> list[TensorType]:
 
 
 def op_cost(node, graph) -> OpCost:
+    """2 M N K flops; the weight bytes are the stored ones (int8, 4-bit), not float32's."""
     moved = operand_bytes(node, graph)
     return OpCost(2 * graph.tensors[node.outputs[0]].size * node.attrs["k"], moved.weight_bytes,
                   moved.activation_bytes)
 
 
-def _optional(inputs, i):
+def optional_input(inputs, i):
+    """The reference executor's input i, or None when it is absent or empty."""
     return inputs[i] if len(inputs) > i and inputs[i] is not None else None
 
 
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     attrs = node.attrs
-    w = dequantize(inputs[1], inputs[2], _optional(inputs, 3), attrs["qtype"], attrs["block"], attrs["k"], attrs["n"],
+    w = dequantize(inputs[1], inputs[2], optional_input(inputs, 3), attrs["qtype"], attrs["block"], attrs["k"], attrs["n"],
                    attrs.get("zero", 0))
     a = inputs[0].T if attrs["trans_a"] else inputs[0]
     y = attrs["alpha"] * (a.to(torch.float64) @ w)
-    c = _optional(inputs, 4)
+    c = optional_input(inputs, 4)
     return [y if c is None else y + attrs["beta"] * c]
 
 
