@@ -9,9 +9,11 @@ import sys
 
 import pytest
 
+from conftest import require_board
 from moa_edge import BOARDS_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import board_names, load_board, load_catalogue
+from moa_edge.target.catalogue import EXTENSIONS
 
 SHIPPED = ["bpi-f3", "host", "jetson-orin-nano", "k230", "rpi4", "rpi5", "visionfive2"]
 
@@ -73,6 +75,8 @@ def _broken(tmp_path: Path, old: str, new: str, name: str = "rpi5") -> Path:
     ('kind = "none"', 'kind = "hwmon"\nspec = "rapl:/sys/class/powercap/intel-rapl:0"', r"does not start with its kind"),
     ('name = "rpi5"', 'name = "rpi6"', r"name 'rpi6' differs from the file's name \('rpi5'\)"),
     ("[energy]", "[energy", r"not valid TOML"),
+    ('extensions = ["dotprod", "fp16"]', 'extensions = ["sve2"]', r"extensions: 'sve2' is not one of dotprod, fp16"),
+    ('extensions = ["dotprod", "fp16"]', 'extensions = ["zvfh"]', r"'zvfh' is an extension of isa 'rvv', not of 'neon'"),
 ])
 def test_a_broken_board_is_one_clear_error(tmp_path, old, new, message):
     folder = _broken(tmp_path, old, new)
@@ -143,3 +147,30 @@ def test_the_target_imports_nothing_above_it():
                 assert node.module in below or node.module.startswith("moa_edge.ir."), f"{path.name} imports {node.module}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("moa_edge") for a in node.names), path.name
+
+
+# One instruction of each extension, checked by its result: the board's flags must define the
+# compiler's macro for it and its emulator must run it (issue 14: "qemu runs each").
+EXTENSION_PROBES = {
+    "dotprod": ("#include <arm_neon.h>",
+                "ok &= vgetq_lane_s32(vdotq_s32(vdupq_n_s32(1), vdupq_n_s8(2), vdupq_n_s8(-3)), 0) == 1 - 24;"),
+    "fp16": ("#include <arm_neon.h>",
+             "ok &= (float)vgetq_lane_f16(vfmaq_f16(vdupq_n_f16(0.5), vdupq_n_f16(1.5), vdupq_n_f16(2.0)), 0) == 3.5f;"),
+}
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("name, extension", [(b, e) for b in SHIPPED for e in load_board(b).extensions], ids=str)
+def test_a_boards_extensions_are_enabled_by_its_flags_and_run_by_its_emulator(tmp_path, name, extension):
+    board = require_board(name)
+    header, statement = EXTENSION_PROBES[extension]
+    macro = EXTENSIONS[extension][1]
+    (tmp_path / "probe.c").write_text(f"{header}\n#ifndef {macro}\n#error {macro} is not defined by the flags of the board\n"
+                                      f"#endif\nint main(void)\n{{\n    int ok = 1;\n    {statement}\n    return !ok;\n}}\n")
+    subprocess.run([board.compiler(), *board.toolchain["cflags"], "-Wall", "-Werror", str(tmp_path / "probe.c"),
+                    *board.toolchain["ldflags"], "-o", str(tmp_path / "probe")], check=True)
+    assert subprocess.run([*board.runner(), str(tmp_path / "probe")]).returncode == 0
+
+
+def test_every_extension_has_a_probe():
+    assert set(EXTENSIONS) >= set(EXTENSION_PROBES) >= {e for b in SHIPPED for e in load_board(b).extensions}

@@ -39,6 +39,7 @@ class Board:
     power_sensor: dict
     path: Path
     cores: int | None = None   # None: the build machine's (host)
+    extensions: tuple[str, ...] = ()  # beyond the ISA: dotprod, fp16, ... (catalogue.EXTENSIONS)
 
     def l1d(self) -> CacheLevel:
         return self.caches[0]
@@ -75,7 +76,8 @@ class Board:
         """Everything the TOML file says, for `moa-edge boards --json`."""
         caches = {"source": self.cache_source, **{c.name: c.as_toml() for c in self.caches}}
         return {"name": self.name, "description": self.description, "arch": self.arch, "isa": self.isa,
-                "vlen": self.vlen, "cores": self.cores, "toolchain": self.toolchain, "run": self.run, "caches": caches,
+                "vlen": self.vlen, "cores": self.cores, "extensions": list(self.extensions),
+                "toolchain": self.toolchain, "run": self.run, "caches": caches,
                 "memory": self.memory, "energy": self.energy, "power_sensor": self.power_sensor,
                 "path": shown(self.path)}
 

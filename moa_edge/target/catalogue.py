@@ -17,6 +17,16 @@ from moa_edge.errors import MoaEdgeError
 from .board import CACHE_LEVELS, Board, CacheLevel, shown
 
 ISAS = ("native", "neon", "rvv", "avx2", "avx512", "none")
+# ISA extensions a board's core has beyond its ISA, which kernels may use when the board's flags
+# enable them: each is the compiler's macro that says so (tests/test_boards.py checks the flags
+# define it and the board's emulator runs an instruction of it).
+EXTENSIONS = {
+    "dotprod": ("neon", "__ARM_FEATURE_DOTPROD"),                  # SDOT/UDOT (armv8.2-a+dotprod)
+    "fp16": ("neon", "__ARM_FEATURE_FP16_VECTOR_ARITHMETIC"),       # half-precision vector arithmetic
+    "i8mm": ("neon", "__ARM_FEATURE_MATMUL_INT8"),                  # SMMLA/USDOT (armv8.6-a)
+    "zvfh": ("rvv", "__riscv_zvfh"),                               # RVV half-precision arithmetic
+    "avx512vnni": ("avx512", "__AVX512VNNI__"),                     # VPDPBUSD
+}
 RUN_KINDS = ("native", "qemu")
 SENSOR_KINDS = ("none", "hwmon", "hwmon-label", "jetson", "rapl", "command")
 
@@ -79,6 +89,7 @@ SCHEMA = {
     "isa": (True, _one_of(*ISAS)),
     "vlen": (True, _bits),
     "cores": (False, _count),
+    "extensions": (False, _words),
     "toolchain": (True, {"cc": (True, _some_words), "cflags": (True, _words), "ldflags": (True, _words),
                          "nm": (False, _some_words), "apt": (False, _words)}),
     "run": (True, {"kind": (True, _one_of(*RUN_KINDS)), "command": (False, _words), "apt": (False, _words),
@@ -141,6 +152,12 @@ def _check_meaning(d: dict, errors: list[str]) -> None:
             errors.append(f"[power_sensor] kind {kind!r} needs spec = \"{kind}:...\"")
         elif kind != "none" and not spec.startswith(kind + ":"):
             errors.append(f"[power_sensor] spec {spec!r} does not start with its kind, {kind + ':'!r}")
+    for extension in d.get("extensions", []):
+        if extension not in EXTENSIONS:
+            errors.append(f"extensions: {extension!r} is not one of {', '.join(EXTENSIONS)}")
+        elif EXTENSIONS[extension][0] != d.get("isa"):
+            errors.append(f"extensions: {extension!r} is an extension of isa {EXTENSIONS[extension][0]!r}, "
+                          f"not of {d.get('isa')!r}")
     run = d.get("run")
     if isinstance(run, dict) and run.get("kind") == "qemu" and not run.get("command"):
         errors.append("[run] kind 'qemu' needs command = [\"qemu-...\", ...]")
@@ -177,7 +194,8 @@ def load_board_file(path: str | Path) -> Board:
     caches = tuple(CacheLevel(level, d["caches"][level]["size"], d["caches"][level]["line"], d["caches"][level]["assoc"])
                    for level in CACHE_LEVELS if level in d["caches"])
     return Board(d["name"], d["description"], d["arch"], d["isa"], d["vlen"], d["toolchain"], d["run"],
-                 caches, d["caches"]["source"], d["memory"], d["energy"], d["power_sensor"], path, d.get("cores"))
+                 caches, d["caches"]["source"], d["memory"], d["energy"], d["power_sensor"], path, d.get("cores"),
+                 tuple(d.get("extensions", ())))
 
 
 def board_names(boards_dir: str | Path | None = None) -> list[str]:
