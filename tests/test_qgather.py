@@ -247,7 +247,9 @@ def dequantized_model(model: torch.nn.Module, weights: str) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("family, weights", [("llama", "int8"), ("llama", "int4"), ("gpt2", "int8")])
+# Llama's int8 and int4 builds: tests/test_quantized_weights.py; GPT-2 adds Conv1D weights and a
+# learned position table (an embedding not tied to the output layer).
+@pytest.mark.parametrize("family, weights", [("gpt2", "int8")])
 def test_a_decoder_with_quantized_weights_generates_as_transformers_on_them(family, weights, workdir):
     case = decoders.cached_decoder(family, "torchscript", 17, workdir)
     model = dequantized_model(case.model, weights)
