@@ -155,7 +155,7 @@ def _fake_quantize(node, x, scale=None, low=None, high=None) -> torch.Tensor:
     if scale is None:
         scale, low, high = (torch.tensor(node.attrs[k], dtype=torch.float64) for k in ("scale", "low", "high"))
     ratio = (x.to(torch.float32) / scale.to(torch.float32)).to(torch.float64)
-    return torch.clamp(torch.round(ratio), low, high) * scale
+    return (torch.clamp(torch.round(ratio), low, high) + 0.0) * scale  # + 0: no -0, as the spec's integers
 
 
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
