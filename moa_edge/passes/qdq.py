@@ -16,10 +16,13 @@ scale and zero_point are one value (per tensor), one per element of `axis` (per 
                          else q (uint8: q - 128), a single zero point the kernel's `zero` and
                          others offset = -zero_point * scale;
                  4 bits: MOA_QW_U4 of q (int4: q + 8), a single zero point the kernel's `zero`
-                         (8 for int4 without one), others offset = -zero_point * scale; a block of
-                         odd length (the u4 panels pair rows) is MOA_QW_I8 of q - zero_point.
+                         (8 for int4 without one), uint4's others offset = -zero_point * scale;
+                         int4 with several zero points (whose offsets would be -(zp + 8) scale)
+                         and blocks of odd length (the u4 panels pair rows) are MOA_QW_I8 of
+                         q - zero_point, exact.
                The offset, rounded once to float32, makes W differ from the spec's by at most an
-               ulp of the larger term; everything else is exact.
+               ulp of the larger of the kernel's two terms, |scale q| and |offset| (uint8: of
+               q - 128 and (zp - 128) scale); everything else is exact.
   constants    Any other DequantizeLinear of a constant (Conv weights, biases, the per-row scales
                the GEMM kernel has no form for, Gather tables, Add constants) is folded to the
                float32 values the spec defines (passes/fold.py runs onnx's reference implementation).
@@ -251,7 +254,7 @@ def kernel_weights(q: np.ndarray, params: Params, transposed: bool) -> KernelWei
     bits, signed = BITS[params.qtype], params.qtype.startswith("int")
     if bits == 4 and block % 2 and scale.shape[0] == 1:
         block += 1  # one block for all of K: padded to an even length, which the u4 panels pair
-    if bits != 4 or block % 2:
+    if bits != 4 or block % 2 or (signed and np.any(zero != zero.flat[0])):
         exact = ints - zero[rows]
         if exact.min(initial=0) >= -128 and exact.max(initial=0) <= 127:
             return KernelWeights("i8", exact.astype(np.int8), scale.astype(np.float32), None, 0, block,
