@@ -553,3 +553,103 @@ def test_weight_layouts_match_reference_and_onnxruntime(board_name, workdir):
         bound = 2 * EPS * (np.abs(feeds[f"x_{name}"]).astype(np.float64) @ terms) + 1e-30
         np.testing.assert_array_less(np.abs(got[f"y_{name}"] - spec[f"y_{name}"]), bound, err_msg=name)
         np.testing.assert_array_less(np.abs(got[f"y_{name}"] - theirs[f"y_{name}"]), bound, err_msg=name)
+
+
+# --- the rounding of a QuantizeLinear -> DequantizeLinear pair ---------------------------------------
+
+# name: (quantized type, scale, zero point or None): one pair each, x_NAME [64] -> y_NAME.
+PAIRS = {"uint8": ("uint8", 0.25, 100), "int8": ("int8", 0.25, -5), "uint16": ("uint16", 0.25, 30000),
+         "int16": ("int16", 0.25, 7), "uint4": ("uint4", 0.25, 3), "int4": ("int4", 0.25, -2),
+         "uint8_default": ("uint8", 0.25, None), "int8_tenth": ("int8", 0.1, 3)}
+_PAIR_TYPES = {**_TYPES, "uint16": TensorProto.UINT16}
+_PAIR_RANGE = {**_RANGE, "uint16": (0, 65535)}
+
+
+def _pair_inputs(rng) -> dict[str, np.ndarray]:
+    """Ties (x / scale exactly k + 1/2, which round to the even k), values past both ends of the
+    range (saturation; x / scale within int32, where the reference evaluator's cast is defined),
+    zeros of both signs and random values over the range."""
+    feeds = {}
+    for name, (qtype, scale, zero) in PAIRS.items():
+        low, high = _PAIR_RANGE[qtype]
+        zero = zero or 0
+        ties = (np.arange(-8, 8) + 0.5 + rng.integers(low - zero, high - zero - 8, 16)) * scale
+        past = np.array([(low - zero - 3.5) * scale, (high - zero + 2.5) * scale, -1e6, 1e6, 0.0, -0.0,
+                         (low - zero - 0.5) * scale, (high - zero + 0.5) * scale])
+        spread = rng.uniform((low - zero - 2) * scale, (high - zero + 2) * scale, 40)
+        feeds[f"x_{name}"] = np.concatenate([ties, past, spread]).astype(np.float32)
+    feeds["x_axis"] = rng.uniform(-3, 3, (2, 3, 5)).astype(np.float32)
+    feeds["x_chain"] = rng.uniform(-3, 3, (64,)).astype(np.float32)
+    return feeds
+
+
+def _pair(x: str, y: str, name: str, qtype: str, scale, zero, inits: list, **attrs) -> list:
+    scale = np.asarray(scale, np.float32)
+    inits.append(numpy_helper.from_array(scale, f"s_{name}"))
+    inputs = [x, f"s_{name}"]
+    if zero is not None:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(_PAIR_TYPES[qtype])
+        inits.append(numpy_helper.from_array(np.asarray(zero).astype(dtype), f"z_{name}"))
+        inputs.append(f"z_{name}")
+    return [helper.make_node("QuantizeLinear", inputs, [f"q_{name}"], name=f"quantize_{name}", **attrs),
+            helper.make_node("DequantizeLinear", [f"q_{name}", *inputs[1:]], [y], name=f"dequantize_{name}", **attrs)]
+
+
+def _pairs_model() -> onnx.ModelProto:
+    """Every PAIRS entry; a per-axis pair (axis 1 of [2, 3, 5]); and x -> pair -> Relu -> pair
+    -> y, which fuses into one loop."""
+    inits, nodes, inputs, outputs = [], [], [], []
+    for name, (qtype, scale, zero) in PAIRS.items():
+        nodes += _pair(f"x_{name}", f"y_{name}", name, qtype, scale, zero, inits)
+        inputs.append(helper.make_tensor_value_info(f"x_{name}", TensorProto.FLOAT, (64,)))
+        outputs.append(helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, (64,)))
+    nodes += _pair("x_axis", "y_axis", "axis", "int8", [0.05, 0.125, 0.3], [-3, 0, 9], inits, axis=1)
+    nodes += _pair("x_chain", "a_chain", "chain_in", "uint8", 0.03, 128, inits)
+    nodes.append(helper.make_node("Relu", ["a_chain"], ["r_chain"], name="relu_chain"))
+    nodes += _pair("r_chain", "y_chain", "chain_out", "uint8", 0.02, 0, inits)
+    inputs += [helper.make_tensor_value_info("x_axis", TensorProto.FLOAT, (2, 3, 5)),
+               helper.make_tensor_value_info("x_chain", TensorProto.FLOAT, (64,))]
+    outputs += [helper.make_tensor_value_info("y_axis", TensorProto.FLOAT, (2, 3, 5)),
+                helper.make_tensor_value_info("y_chain", TensorProto.FLOAT, (64,))]
+    return helper.make_model(helper.make_graph(nodes, "pairs", inputs, outputs, inits),
+                             opset_imports=[helper.make_opsetid("", 21)])
+
+
+def pairs_file(workdir: Path) -> Path:
+    path = workdir / "pairs.onnx"
+    if not path.exists():
+        onnx.save(_pairs_model(), path)
+    return path
+
+
+def test_pairs_are_one_rounding_each(workdir):
+    """Each pair is one MoaFakeQuantize (per tensor: the scale and range in its attributes; per
+    axis: three constants [1, 3, 1]); the chain's pairs and Relu are one loop."""
+    graph = load_graph(pairs_file(workdir))
+    by_name = {n.name: n for n in graph.nodes}
+    for name in PAIRS:
+        node = by_name[f"dequantize_{name}"]
+        assert node.op == "MoaFakeQuantize" and node.inputs == [f"x_{name}"]
+    assert [graph.tensors[i].shape for i in by_name["dequantize_axis"].inputs[1:]] == [(1, 3, 1)] * 3
+    chain = by_name["dequantize_chain_out"]
+    assert chain.op == "MoaElementwise"
+    assert [m.op for m in chain.attrs["body"].nodes] == ["MoaFakeQuantize", "Relu", "MoaFakeQuantize"]
+    # The float64 evaluator of the graph agrees with the spec too (it is what inspect and --validate use).
+    feeds = _pair_inputs(np.random.default_rng(4))
+    spec = dict(zip([o.name for o in _pairs_model().graph.output], _reference(_pairs_model(), feeds)))
+    for name, got in run_reference(graph, feeds).items():
+        np.testing.assert_array_equal(got.astype(np.float32), spec[name], err_msg=name)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+def test_pairs_match_the_reference_bit_for_bit(board_name, workdir):
+    """Ties round to even, both ends saturate, zero points shift the range: every output is the
+    reference evaluator's float32, bit for bit, on every board."""
+    path = pairs_file(workdir)
+    feeds = _pair_inputs(np.random.default_rng(4))
+    got = _run_c(path, workdir / f"pairs-{board_name}", board_name, feeds)
+    model = onnx.load(path)
+    spec = dict(zip([o.name for o in model.graph.output], _reference(model, feeds)))
+    for name, want in spec.items():
+        np.testing.assert_array_equal(got[name].view(np.uint32), want.view(np.uint32), err_msg=name)
