@@ -653,3 +653,105 @@ def test_pairs_match_the_reference_bit_for_bit(board_name, workdir):
     spec = dict(zip([o.name for o in model.graph.output], _reference(model, feeds)))
     for name, want in spec.items():
         np.testing.assert_array_equal(got[name].view(np.uint32), want.view(np.uint32), err_msg=name)
+
+
+# --- bad input: one error each, naming the node ------------------------------------------------------
+
+def _bad_weight_model(q_shape=(8, 10), scale=None, zero=None, zero_type=np.int8, **attrs) -> onnx.ModelProto:
+    """x [2, 8] -> MatMul with B = DequantizeLinear 'dq' (q int8 [8, 10]; per column unless told)."""
+    rng = np.random.default_rng(0)
+    attrs = attrs or {"axis": 1}
+    scale = np.full(10, 0.1, np.float32) if scale is None else scale
+    zero = np.zeros(scale.shape, zero_type) if zero is None else zero
+    inits = [numpy_helper.from_array(rng.integers(-100, 100, q_shape).astype(np.int8), "q"),
+             numpy_helper.from_array(scale.astype(np.float32), "s"), numpy_helper.from_array(zero, "zp")]
+    nodes = [helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["w"], name="dq", **attrs),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 8))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (2, 10))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def _bad_pair_model(dq_scale=0.1, reader="DequantizeLinear", block=0, qtype=TensorProto.UINT8) -> onnx.ModelProto:
+    """x [2, 8] -> QuantizeLinear 'quantize' -> DequantizeLinear 'dequantize' (or a Cast) -> y."""
+    scale_shape = (2, 2) if block else ()
+    zero = numpy_helper.from_array(np.zeros(scale_shape, onnx.helper.tensor_dtype_to_np_dtype(qtype)), "zp")
+    inits = [numpy_helper.from_array(np.full(scale_shape, 0.1, np.float32), "s"), zero,
+             numpy_helper.from_array(np.full(scale_shape, dq_scale, np.float32), "s2")]
+    attrs = {"axis": 1, "block_size": block} if block else {}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="quantize", **attrs)]
+    if reader == "DequantizeLinear":
+        nodes.append(helper.make_node("DequantizeLinear", ["q", "s2", "zp"], ["y"], name="dequantize", **attrs))
+    else:
+        nodes.append(helper.make_node("Cast", ["q"], ["y"], name="cast", to=TensorProto.FLOAT))
+    graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 8))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (2, 8))], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+BAD = {
+    "scale_length": (lambda: _bad_weight_model(scale=np.full(7, 0.1)), "DequantizeLinear node 'dq'",
+                     "scale 's' has shape [7], expected [10] (one per element of axis 1 of x [8, 10])"),
+    "zero_point_shape": (lambda: _bad_weight_model(zero=np.zeros(9, np.int8)), "DequantizeLinear node 'dq'",
+                         "zero point 'zp' has shape [9], but scale 's' has [10]"),
+    "block_scale_rows": (lambda: _bad_weight_model(scale=np.full((3, 10), 0.1), axis=0, block_size=4),
+                         "DequantizeLinear node 'dq'", "scale 's' has shape [3, 10], expected [2, 10] for x [8, 10] "
+                                                       "in blocks of 4 along axis 0"),
+    "block_scale_rank": (lambda: _bad_weight_model(scale=np.full(10, 0.1), axis=0, block_size=4),
+                         "DequantizeLinear node 'dq'", "expected [2, 10] for x [8, 10] in blocks of 4"),
+    "block_larger_than_needed": (lambda: _bad_weight_model(scale=np.full((2, 10), 0.1), axis=0, block_size=8),
+                                 "DequantizeLinear node 'dq'", "expected [1, 10] for x [8, 10] in blocks of 8"),
+    "negative_block": (lambda: _bad_weight_model(scale=np.full((2, 10), 0.1), axis=0, block_size=-4),
+                       "DequantizeLinear node 'dq'", "block_size=-4 is negative"),
+    "scale_2d_without_block": (lambda: _bad_weight_model(scale=np.full((1, 10), 0.1)), "DequantizeLinear node 'dq'",
+                               "without block_size it must be a scalar (per tensor) or 1-D (per axis)"),
+    "axis_out_of_range": (lambda: _bad_weight_model(axis=2), "DequantizeLinear node 'dq'",
+                          "axis=2 is outside [-2, 1]"),
+    "zero_point_type": (lambda: _bad_weight_model(zero_type=np.uint8), "node name: dq",
+                        "x_zero_point has inconsistent type tensor(uint8)"),
+    "pair_scales_differ": (lambda: _bad_pair_model(dq_scale=0.2), "DequantizeLinear node 'dequantize'",
+                           "with another scale, zero point, axis or block than QuantizeLinear node 'quantize'"),
+    "integers_read_otherwise": (lambda: _bad_pair_model(reader="Cast"), "QuantizeLinear node 'quantize'",
+                                "its integer output 'q' is read by Cast node 'cast'"),
+    "blocked_activations": (lambda: _bad_pair_model(block=4), "QuantizeLinear node 'quantize'",
+                            "blocked quantization (block_size=4) of a run-time tensor is not supported"),
+    "float8_activations": (lambda: _bad_pair_model(qtype=TensorProto.FLOAT8E4M3FN), "QuantizeLinear node 'quantize'",
+                           "quantizes to float8_e4m3fn"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_qdq_is_refused_by_name(name, workdir):
+    build_model, *fragments = BAD[name]
+    path = workdir / f"bad_{name}.onnx"
+    onnx.save(build_model(), path)
+    with pytest.raises(MoaEdgeError) as error:
+        load_graph(path)
+    message = str(error.value)
+    assert message.count("\n") == 0, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def _qoperator(kind: str, workdir: Path) -> Path:
+    """The same float models quantized to the QOperator format (quantize_static) or by
+    quantize_dynamic, whose Conv is ConvInteger."""
+    source, target = _float_file("conv" if kind != "QLinearMatMul" else "mlp", workdir), workdir / f"{kind}.onnx"
+    if kind == "ConvInteger":
+        quantize_dynamic(str(source), str(target))
+    else:
+        quantize_static(str(source), str(target), _Batches(SHAPES["conv" if kind == "QLinearConv" else "mlp"], 7),
+                        quant_format=QuantFormat.QOperator)
+    return target
+
+
+@pytest.mark.parametrize("kind", ["QLinearConv", "QLinearMatMul", "ConvInteger"])
+def test_quantized_operators_are_refused_by_name(kind, workdir):
+    """The QOperator format's integer kernels round as onnxruntime's fixed point does, not as the
+    float kernels: refused by node name, pointing at the QDQ format. Through the CLI: one line,
+    non-zero exit, no project."""
+    path = _qoperator(kind, workdir)
+    node = next(n for n in onnx.load(path).graph.node if n.op_type == kind)
+    one_error(run_cli("convert", path, "-o", workdir / f"{kind}_project"), f"{kind} node {node.name!r}",
+              "is a quantized operator (the QOperator format)", "QuantFormat.QDQ")
+    assert not (workdir / f"{kind}_project").exists()

@@ -419,13 +419,19 @@ def _lower_pair(graph: Graph, quantize: Node) -> None:
     graph.nodes.remove(quantize)
 
 
-def lower_qdq(graph: Graph) -> int:
-    """Fold every QuantizeLinear and DequantizeLinear (module docstring); returns how many nodes
-    it rewrote."""
-    for node in graph.nodes:
+def refuse_quantized_operators(nodes: list[Node]) -> None:
+    """One error naming the first QOperator-format node (the importer asks before onnxruntime's
+    shape inference, which gives up on some of them without saying where)."""
+    for node in nodes:
         if node.op in QOPERATOR_OPS:
             _refuse(node, "is a quantized operator (the QOperator format), which moa-edge does not support; "
                           "quantize the float model with quant_format=QuantFormat.QDQ instead")
+
+
+def lower_qdq(graph: Graph) -> int:
+    """Fold every QuantizeLinear and DequantizeLinear (module docstring); returns how many nodes
+    it rewrote."""
+    refuse_quantized_operators(graph.nodes)
     count = 0
     for node in [n for n in graph.nodes if n.op == DEQUANTIZE]:
         if any(graph.constant(i) is None for i in node.inputs if i):
@@ -449,4 +455,4 @@ def lower_qdq(graph: Graph) -> int:
     return count
 
 
-__all__ = ["check_node", "is_gemm_weight", "kernel_weights", "lower_qdq"]
+__all__ = ["check_node", "is_gemm_weight", "kernel_weights", "lower_qdq", "refuse_quantized_operators"]
