@@ -332,9 +332,10 @@ def test_static_model_lowers_onto_quantized_kernels(case, workdir):
             dq_nodes = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
             for name, ours in zip(source.input[1:], conv.inputs[1:]):
                 dq = dq_nodes[name]
-                single = helper.make_model(helper.make_graph([dq], "dq", [], [helper.make_tensor_value_info(
-                    dq.output[0], TensorProto.FLOAT, None)], [i for i in model.graph.initializer if i.name in dq.input]),
-                    opset_imports=[helper.make_opsetid("", 19)])
+                inits = [i for i in model.graph.initializer if i.name in dq.input]
+                out = helper.make_tensor_value_info(dq.output[0], TensorProto.FLOAT, None)
+                single = helper.make_model(helper.make_graph([dq], "dq", [], [out], inits),
+                                           opset_imports=[helper.make_opsetid("", 19)])
                 (spec,) = ReferenceEvaluator(single).run(None, {})
                 np.testing.assert_array_equal(graph.tensors[ours].data, spec)  # exactly the spec's float32
 
@@ -473,7 +474,8 @@ def _weight_table_model() -> onnx.ModelProto:
         inits += i
         nodes += n
         inputs.append(x)
-        outputs.append(helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, (f"rows_{name}", WEIGHT_CASES[name][3])))
+        outputs.append(helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT,
+                                                     (f"rows_{name}", WEIGHT_CASES[name][3])))
     # The first case's weight read again by a second MatMul: one stored copy.
     nodes.append(helper.make_node("MatMul", ["x_shared", "w_int8_tensor_zp"], ["y_shared"], name="shared"))
     inputs.append(helper.make_tensor_value_info("x_shared", TensorProto.FLOAT, ("rows_shared", 24)))
@@ -541,7 +543,8 @@ def test_weight_layouts_match_reference_and_onnxruntime(board_name, workdir):
     |terms| of the reference evaluator and of onnxruntime (float32 A for the 4-bit blocks)."""
     path = weight_table_file(workdir)
     rng = np.random.default_rng(12)
-    feeds = {f"x_{name}": rng.standard_normal((3, _k_of(name))).astype(np.float32) for name in [*WEIGHT_CASES, "shared"]}
+    feeds = {f"x_{name}": rng.standard_normal((3, _k_of(name))).astype(np.float32)
+             for name in [*WEIGHT_CASES, "shared"]}
     board = require_board(board_name)
     project = workdir / f"weight_table-{board_name}"
     if project not in _reports:

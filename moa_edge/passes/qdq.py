@@ -92,12 +92,11 @@ class Params:
     block: int                 # 0: per tensor or per axis
 
     def same(self, other: Params) -> bool:
-        def equal(a, b):
-            return (a is None and b is None) or (a is not None and b is not None and a.shape == b.shape
-                                                 and a.dtype == b.dtype and np.array_equal(a, b))
-        return (self.qtype, self.axis, self.block) == (other.qtype, other.axis, other.block) and equal(
-            self.scale, other.scale) and equal(self.zero if self.zero is not None and self.zero.any() else None,
-                                               other.zero if other.zero is not None and other.zero.any() else None)
+        """The same quantization: type, granularity and values (an absent zero point is zeros)."""
+        def values(a: np.ndarray | None, zeros_are_none: bool = False):
+            return None if a is None or (zeros_are_none and not a.any()) else a.ravel().tolist()
+        return (self.qtype, self.axis, self.block, values(self.scale), values(self.zero, True)) == \
+            (other.qtype, other.axis, other.block, values(other.scale), values(other.zero, True))
 
 
 def _x_shape(graph: Graph, node: Node) -> tuple | None:
@@ -299,7 +298,7 @@ def _gemm(graph: Graph, gemm: Node, stored: list[str], w: KernelWeights) -> Node
         attrs = gemm.attrs
         bias, outputs = gemm.inputs[2:3], list(gemm.outputs)
         kind = {"trans_a": int(attrs.get("transA", 0)), "alpha": float(attrs.get("alpha", 1.0)),
-                "beta": float(attrs.get("beta", 1.0)), "source": "Gemm with DequantizeLinear weights"}
+                "beta": float(attrs.get("beta", 1.0)), "source": "QDQ Gemm"}
     else:
         bias, outputs = [], list(gemm.outputs)
         found = _bias_row(graph, gemm.outputs[0])
@@ -308,7 +307,7 @@ def _gemm(graph: Graph, gemm: Node, stored: list[str], w: KernelWeights) -> Node
             bias, outputs = [row], list(add.outputs)
             graph.nodes.remove(add)
         kind = {"trans_a": 0, "alpha": 1.0, "beta": 1.0,
-                "source": "MatMul with DequantizeLinear weights" + (" + Add" if bias else "")}
+                "source": "QDQ MatMul + Add" if bias else "QDQ MatMul"}
     return Node("MoaQGemm", gemm.name, [gemm.inputs[0], *stored, *bias], outputs,
                 {"n": n, "k": k, **kind, "qtype": w.qtype, "block": w.block, "zero": w.zero})
 
