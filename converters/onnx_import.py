@@ -16,7 +16,7 @@ from onnx import numpy_helper
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Node, Tensor, check_sizes, dtypes
-from moa_edge.passes import kv_cache
+from moa_edge.passes import kv_cache, qdq
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -207,6 +207,7 @@ def _links(model: onnx.ModelProto) -> list[Node]:
 
 def _import_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, tuple[int, ...]],
                   infer_later: bool = False) -> Graph:
+    qdq.refuse_quantized_operators(_links(model))
     _pin_shapes(model, path, input_shapes)
     try:
         model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)

@@ -63,7 +63,7 @@ _TORCH = {
     "Not": torch.logical_not, "IsNaN": torch.isnan, "Max": torch.maximum,
     "Min": torch.minimum, "Clip": lambda a, lo, hi: torch.clamp(a, lo, hi),
 }
-OPS = tuple(_C_EXPR) + ("Gelu", "Cast", "IsInf", "MoaElementwise")
+OPS = tuple(_C_EXPR) + ("Gelu", "Cast", "IsInf", "MoaFakeQuantize", "MoaElementwise")
 # Integer forms of the ops whose float form would round (|x| > 2^24) or not compile.
 # Integer Div never traps (moa_idiv in moa/elementwise.h): x / 0 is 0 and INT_MIN / -1 wraps to
 # INT_MIN, as numpy gives; onnxruntime stops with an error on the first and traps on the second.
@@ -148,9 +148,21 @@ def _integer_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(b == 0, torch.zeros_like(a), torch.where(b == -1, -a, plain))
 
 
+def _fake_quantize(node, x, scale=None, low=None, high=None) -> torch.Tensor:
+    """MoaFakeQuantize (passes/qdq.py: a QuantizeLinear -> DequantizeLinear pair): x / scale in
+    float32, as the spec divides in the scale's type, rounded half to even onto low..high (the
+    type's range less the zero point), times scale."""
+    if scale is None:
+        scale, low, high = (torch.tensor(node.attrs[k], dtype=torch.float64) for k in ("scale", "low", "high"))
+    ratio = (x.to(torch.float32) / scale.to(torch.float32)).to(torch.float64)
+    return (torch.clamp(torch.round(ratio), low, high) + 0.0) * scale  # + 0: no -0, as the spec's integers
+
+
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     if node.op == "MoaElementwise":
         return _evaluate_fused(node, inputs, graph)
+    if node.op == "MoaFakeQuantize":
+        return [_fake_quantize(node, *inputs)]
     if node.op == "Cast":
         return [inputs[0].to(_TORCH_DTYPES[graph.tensors[node.outputs[0]].dtype])]
     if node.op == "Gelu":
@@ -183,6 +195,11 @@ def _expression(node, graph) -> tuple[str, list[str]]:
         return f"({dtypes.dtype(target).c_type})a", names[:1]  # float to integer: towards zero, as C and onnxruntime
     if node.op == "Gelu":
         return _gelu_c(node), names
+    if node.op == "MoaFakeQuantize" and len(names) == 1:  # per tensor: scale and range are literals
+        scale, low, high = (c_float_short(node.attrs[k]) for k in ("scale", "low", "high"))
+        return f"moa_fake_quantize(a, {scale}, {low}, {high})", names
+    if node.op == "MoaFakeQuantize":
+        return "moa_fake_quantize(a, b, c, d)", names
     if node.op == "IsInf":
         sides = [f"a == {sign}INFINITY" for sign, attr in (("", "detect_positive"), ("-", "detect_negative"))
                  if node.attrs.get(attr, 1)]

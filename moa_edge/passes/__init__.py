@@ -14,6 +14,7 @@ from .fold import fold_constants, infer_missing_shapes
 from .mlp import tile_mlp_rows
 from .nbits import lower_matmul_nbits
 from .pack import pack_weights
+from .qdq import lower_qdq
 from .quantize import WeightFormat, parse_weights
 from .fuse import fuse_elementwise
 from .views import check_views
@@ -38,6 +39,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         inferred = infer_missing_shapes(graph)
         if not fold_constants(graph) and not inferred:
             break
+    lower_qdq(graph)  # QuantizeLinear/DequantizeLinear: quantized GEMM weights, folded constants, roundings
     check_views(graph, source)  # before the rewrites turn views into access maps
     bypass_no_ops(graph)
     narrow_softmax_precision(graph)

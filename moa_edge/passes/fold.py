@@ -13,6 +13,8 @@ from onnx.reference import ReferenceEvaluator
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Tensor, dtypes
 
+from .qdq import check_node, is_gemm_weight
+
 # Never fold these: they have no value to compute, or the folded value would be huge.
 _KEEP = {"MoaAttention", "MoaConcat"}
 _MAX_FOLDED_ELEMENTS = 1 << 22
@@ -37,6 +39,10 @@ def fold_constants(graph: Graph) -> bool:
 def _evaluate(graph: Graph, node):
     if node.op in _KEEP or "." in node.op:
         return None
+    if node.op in ("QuantizeLinear", "DequantizeLinear"):
+        check_node(graph, node)  # the spec's shapes and types, one error naming the node
+        if is_gemm_weight(graph, node):
+            return None  # a quantized GEMM weight: passes/qdq.py keeps its integers
     if node.op == "Shape":
         t = graph.tensors.get(node.inputs[0])
         if t is None:

@@ -48,4 +48,17 @@ static inline float moa_max(float a, float b) { return (a > b || a != a) ? a : b
 static inline float moa_min(float a, float b) { return (a < b || a != a) ? a : b; }
 static inline float moa_clip(float x, float lo, float hi) { return moa_min(moa_max(x, lo), hi); }
 
+/* QuantizeLinear then DequantizeLinear (ONNX): x / scale rounded half to even onto the integers
+ * low..high (the type's range less the zero point), times scale. Clamping to integer bounds before
+ * rounding gives the same as after; rintf rounds half to even in the default rounding mode and is
+ * one instruction on every board (roundps, frintx, vfcvt), so the loop vectorises. Adding +0 turns
+ * a -0 (x in (-scale/2, 0]) into the +0 the spec's integers give. NaN stays NaN. */
+static inline float moa_fake_quantize(float x, float scale, float low, float high)
+{
+    float v = x / scale;
+    v = v < low ? low : v;
+    v = v > high ? high : v;
+    return (rintf(v) + 0.0f) * scale;
+}
+
 #endif
