@@ -180,7 +180,7 @@ def test_a_quantized_conv_is_refused_by_name(folder):
     path = _quantized(folder, "conv", _conv_model(), weight_type=QuantType.QUInt8)
     conv = [n.name for n in onnx.load(path).graph.node if n.op_type == "ConvInteger"]
     assert len(conv) == 1
-    with pytest.raises(MoaEdgeError, match=rf"unsupported ops: ConvInteger \(nodes: {conv[0]}\)"):
+    with pytest.raises(MoaEdgeError, match=rf"ConvInteger node '{conv[0]}': is a quantized operator"):
         load_graph(path)
 
 
@@ -217,3 +217,32 @@ def test_a_matmul_integer_without_a_dynamic_quantizer_is_refused_by_name(folder)
     path = _edited_chain(folder, "fixed_zero", fixed_zero)
     with pytest.raises(MoaEdgeError, match=r"unsupported ops: .*MatMulInteger \(nodes: second_layer\)"):
         load_graph(path)
+
+
+def _embedding() -> onnx.ModelProto:
+    """y = (Gather(E, ids) + p) W, as BERT's embeddings: quantize_dynamic quantizes the table too
+    (a Gather of its integers, then a DequantizeLinear of the rows)."""
+    rng = np.random.default_rng(5)
+    inits = [numpy_helper.from_array(rng.standard_normal((70, WIDTH)).astype(np.float32), "table"),
+             numpy_helper.from_array(rng.standard_normal(WIDTH).astype(np.float32), "p"),
+             numpy_helper.from_array((rng.standard_normal((WIDTH, 40)) / 5).astype(np.float32), "w")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["rows"], name="embed"),
+             helper.make_node("Add", ["rows", "p"], ["x"]), helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "embedding", [helper.make_tensor_value_info("ids", T.INT64, (2, 9))],
+                              [helper.make_tensor_value_info("y", T.FLOAT, (2, 9, 40))], initializer=inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", BOARDS)
+@pytest.mark.parametrize("weight_type", [QuantType.QInt8, QuantType.QUInt8], ids=str)
+def test_a_quantized_embedding_table_stays_integer_and_equals_onnxruntime(folder, weight_type, board_name):
+    board = require_board(board_name)
+    path = _quantized(folder, f"embedding_{weight_type.name}", _embedding(), weight_type=weight_type)
+    assert "DequantizeLinear" in {n.op_type for n in onnx.load(path).graph.node}
+    feeds = {"ids": np.random.default_rng(6).integers(-70, 70, (2, 9)).astype(np.int64)}
+    got, report = _convert_and_run(path, folder / f"embedding-{weight_type.name}-{board_name}", board, feeds)
+    assert report["memory"]["weights_bytes_by_type"]["int8"] >= 70 * WIDTH  # the table is not float32 again
+    assert "MoaQGather" in {op["op"] for op in report["ops"]}
+    want = _onnxruntime(path, feeds)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())

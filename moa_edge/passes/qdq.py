@@ -23,6 +23,10 @@ scale and zero_point are one value (per tensor), one per element of `axis` (per 
                The offset, rounded once to float32, makes W differ from the spec's by at most an
                ulp of the larger of the kernel's two terms, |scale q| and |offset| (uint8: of
                q - 128 and (zp - 128) scale); everything else is exact.
+  tables       Gather(table) -> DequantizeLinear, as quantize_dynamic writes a quantized embedding
+               (an int8 or uint8 table [V, D], one scale and zero point): MoaQGather over the
+               table's integers (uint8: q - 128), stored once in the lm_head's layout
+               (ops/qgather.py), the zero point the kernel's `zero`: exact.
   constants    Any other DequantizeLinear of a constant (Conv weights, biases, the per-row scales
                the GEMM kernel has no form for, Gather tables, Add constants) is folded to the
                float32 values the spec defines (passes/fold.py runs onnx's reference implementation).
@@ -427,11 +431,39 @@ def refuse_quantized_operators(nodes: list[Node]) -> None:
                           "quantize the float model with quant_format=QuantFormat.QDQ instead")
 
 
+def _lower_gathered_table(graph: Graph, node: Node) -> bool:
+    """Gather of an integer table's rows -> this per-tensor DequantizeLinear: MoaQGather."""
+    gather = graph.producer(node.inputs[0])
+    if gather is None or gather.op != "Gather" or gather.attrs.get("axis", 0) not in (0, -2):
+        return False
+    table, indices = graph.constant(gather.inputs[0]), graph.tensors.get(gather.inputs[1])
+    scale, zero = graph.constant(node.inputs[1]), graph.constant(_input(node, 2)) if _input(node, 2) else None
+    if (table is None or table.ndim != 2 or table.dtype not in (np.int8, np.uint8) or indices is None
+            or indices.is_constant or scale is None or scale.size != 1 or (zero is not None and zero.size != 1)
+            or len(graph.consumers(gather.outputs[0])) != 1 or gather.outputs[0] in graph.outputs):
+        return False
+    shift = 128 if table.dtype == np.uint8 else 0  # uint8 as int8 q - 128, the zero point with it
+    vocab, dim = table.shape
+    q = (table.astype(np.int16) - shift).T.astype(np.int8)  # B = E^T: K = dim, N = vocab
+    zero_point = int(zero.reshape(-1)[0]) - shift if zero is not None else -shift
+    scales = np.full((1, vocab), scale.reshape(-1)[0], np.float32)
+    stored = _store(graph, f"{gather.inputs[0]}__i8_{dim}",
+                    KernelWeights("i8", q, scales, None, zero_point, dim, np.full((1, vocab), zero_point)))
+    graph.nodes[graph.nodes.index(node)] = Node(
+        "MoaQGather", node.name, [gather.inputs[1], *stored], list(node.outputs),
+        {"k": dim, "n": vocab, "qtype": "i8", "block": dim, "zero": zero_point})
+    graph.nodes.remove(gather)
+    return True
+
+
 def lower_qdq(graph: Graph) -> int:
     """Fold every QuantizeLinear and DequantizeLinear (module docstring); returns how many nodes
     it rewrote."""
     refuse_quantized_operators(graph.nodes)
     count = 0
+    for node in [n for n in graph.nodes if n.op == DEQUANTIZE]:
+        if graph.constant(node.inputs[0]) is None and _lower_gathered_table(graph, node):
+            count += 1
     for node in [n for n in graph.nodes if n.op == DEQUANTIZE]:
         if any(graph.constant(i) is None for i in node.inputs if i):
             continue
