@@ -59,10 +59,10 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     batch, heads, chunk, dim = new.shape
     rows = node.attrs["max_context"]
     if _quantized(node):
-        values, scales = quantize_rows(new)
-        cache = torch.zeros((batch, heads, rows, dim), dtype=torch.int8)
+        values, scales = quantize_rows(new)  # the int8 values held as float64, as every evaluate output
+        cache = torch.zeros((batch, heads, rows, dim), dtype=torch.float64)
         row_scales = torch.zeros((batch, heads, rows), dtype=torch.float64)
-        cache[:, :, -chunk:, :], row_scales[:, :, -chunk:] = values, scales.to(torch.float64)
+        cache[:, :, -chunk:, :], row_scales[:, :, -chunk:] = values.to(torch.float64), scales.to(torch.float64)
         return [cache, row_scales]
     cache = torch.zeros((batch, heads, rows, dim), dtype=new.dtype)
     cache[:, :, -chunk:, :] = new
