@@ -81,20 +81,23 @@ def cmd_convert(a) -> int:
     board = board_arg(a.board)
     if a.max_context is None and a.prefill_chunk is not None:
         raise MoaEdgeError("--prefill-chunk is for a generation build: give --max-context N too")
+    if a.max_context is None and a.kv_cache is not None:
+        raise MoaEdgeError("--kv-cache is for a generation build: give --max-context N too")
     weights = parse_weights(a.weights)
     activations = parse_activations(a.activations, weights)
     report = convert(a.model, a.output, board=board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix,
                      scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
                      fuse_attention=a.attention == "fused", max_context=a.max_context,
-                     weights=weights, activations=activations,
+                     weights=weights, activations=activations, kv_cache=a.kv_cache or "float32",
                      **({"prefill_chunk": a.prefill_chunk} if a.prefill_chunk else {}))
     blocks = report["attention_blocks"]
     print(f"{a.model} -> {a.output}: {len(blocks)} attention block(s), arena {report['memory']['arena_bytes']} B, "
           f"weights {report['memory']['weights_bytes']} B ({_by_type(report['memory']['weights_bytes_by_type'])})")
     if "generation" in report:
         g = report["generation"]
+        row = f"{g['head_dim']} x 4" if g["kv_cache"] == "float32" else f"({g['head_dim']} int8 + a float32 scale)"
         print(f"  generation: max context {g['max_context']} tokens, key/value cache {report['memory']['cache_bytes']} B "
-              f"({g['layers']} layers x 2 x {g['kv_heads']} heads x {g['max_context']} x {g['head_dim']} x 4), "
+              f"({g['layers']} layers x 2 x {g['kv_heads']} heads x {g['max_context']} x {row}), "
               f"state {report['memory']['state_bytes']} B, prefill chunk {g['prefill_chunk']}"
               + (", tokenizer copied" if g["tokenizer"] else ""))
     for b in blocks:
@@ -531,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompt tokens per prefill call of a generation build (default 16)")
     s.add_argument("--weights", metavar="FORMAT", help=WEIGHTS_HELP)
     s.add_argument("--activations", metavar="FORMAT", help=ACTIVATIONS_HELP)
+    s.add_argument("--kv-cache", metavar="TYPE",
+                   help="the key/value cache of a generation build: float32 (default), or int8 with a float32 scale "
+                        "per cached row (one position of one kv head), about 4x smaller; attention stays float32")
 
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")

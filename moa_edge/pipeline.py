@@ -24,7 +24,8 @@ from moa_edge.ir.c_syntax import check_prefix
 from moa_edge.moa import dnf
 from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
-from moa_edge.passes import WeightFormat, kv_cache, lower, unsupported_ops
+from moa_edge.passes import WeightFormat, lower, unsupported_ops
+from moa_edge.passes import kv_cache as kv_cache_pass
 from moa_edge.plan import plan_arena
 from moa_edge.target import Board, load_board
 
@@ -41,16 +42,21 @@ PREFILL_CHUNK = 16  # prompt tokens per prefill call: a GEMM of 16 rows, not 16 
 
 
 def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHUNK,
-                 weights: WeightFormat | None = None, activations: str | None = None) -> dict[int, Graph]:
+                 weights: WeightFormat | None = None, activations: str | None = None,
+                 kv_cache: str = "float32") -> dict[int, Graph]:
     """A decoder exported with its cache, lowered once per chunk size: chunk -> graph (1, the
-    decode step, always; prefill_chunk when larger and within max_context)."""
+    decode step, always; prefill_chunk when larger and within max_context); kv_cache "int8"
+    stores the caches quantized (kv_cache.quantize_cache)."""
+    if kv_cache not in kv_cache_pass.KV_CACHE_TYPES:
+        raise MoaEdgeError(f"--kv-cache {kv_cache!r}: choose one of {', '.join(kv_cache_pass.KV_CACHE_TYPES)}")
     if max_context < 1:
         raise MoaEdgeError(f"--max-context {max_context}: must be a positive number of tokens")
     chunks = sorted({1, min(prefill_chunk, max_context)}, reverse=True)
     graphs = {}
     for chunk, graph in zip(chunks, import_decoder(model, max_context, chunks)):
         lower(graph, source=str(model), weights=weights, activations=activations)
-        kv_cache.bind_cache_attention(graph, chunk, str(model))
+        kv_cache_pass.bind_cache_attention(graph, chunk, str(model))
+        kv_cache_pass.quantize_cache(graph, kv_cache, str(model))
         check_sizes(graph, str(model))
         graphs[chunk] = graph
     return graphs
@@ -137,15 +143,20 @@ def _check_replaceable(out_dir: Path, model: Path) -> None:
 def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefix: str = "model",
             scratch_budget: int | None = None, schedule: Schedule | None = None, fuse_attention: bool = True,
             max_context: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
-            weights: WeightFormat | None = None, activations: str | None = None) -> dict:
+            weights: WeightFormat | None = None, activations: str | None = None, kv_cache: str = "float32") -> dict:
     """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing. An existing out_dir is
     replaced only if everything in it is moa-edge's (ownership.MARKER lists what convert wrote).
-    With max_context, the model is a decoder exported with its cache, built for generation."""
+    With max_context, the model is a decoder exported with its cache, built for generation (kv_cache:
+    the caches' element type, float32 or int8)."""
     if not str(out_dir).strip():
         raise MoaEdgeError("-o is empty: name the project folder to create")
     model, out_dir = model_path(model), Path(out_dir)
     board = board or load_board("host")
     check_prefix(prefix)  # before any work
+    if kv_cache not in kv_cache_pass.KV_CACHE_TYPES:
+        raise MoaEdgeError(f"--kv-cache {kv_cache!r}: choose one of {', '.join(kv_cache_pass.KV_CACHE_TYPES)}")
+    if kv_cache != "float32" and max_context is None:
+        raise MoaEdgeError(f"--kv-cache {kv_cache} is for a generation build: give --max-context N too")
     _check_replaceable(out_dir, model)
     blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
@@ -162,7 +173,8 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
             raise MoaEdgeError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
         if max_context is not None:
             graphs = {chunk: schedule_graph(graph, board, scratch_budget, schedule)
-                      for chunk, graph in load_decoder(model, max_context, prefill_chunk, weights, activations).items()}
+                      for chunk, graph in load_decoder(model, max_context, prefill_chunk, weights, activations,
+                                                       kv_cache).items()}
             report = emit_generation_project(graphs, staging, max_context, prefix=prefix, board=board,
                                              source=model.name, model_folder=model.parent)
         else:

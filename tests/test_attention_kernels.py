@@ -27,6 +27,7 @@ from moa_edge.ops.attention import C_SOURCES
 HEADER = C_RUNTIME_DIR / "include" / "moa" / "attention.h"
 
 HARNESS = r"""
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +54,33 @@ static float *copy(const float *x, size_t n)
     }
     memcpy(p, x, n * sizeof *p);
     return p;
+}
+
+static int8_t *take_s8(size_t n) /* int8 values sent as floats, into an exact int8 buffer */
+{
+    float *f = take(n);
+    int8_t *p = malloc(n ? n : 1);
+    size_t i;
+    if (p == NULL) {
+        exit(2);
+    }
+    for (i = 0; i < n; i++) { /* lrintf, not a cast: clang vectorises the cast to an RVV narrowing
+                                 * convert that qemu-riscv64 7.2 aborts on */
+        p[i] = (int8_t)lrintf(f[i]);
+    }
+    free(f);
+    return p;
+}
+
+static void put_s8(const int8_t *x, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        const float f = (float)x[i];
+        if (fwrite(&f, sizeof f, 1, stdout) != 1) {
+            exit(2);
+        }
+    }
 }
 
 static void put(const float *x, size_t n)
@@ -112,6 +140,33 @@ int main(void)
             put(s, a * (size_t)la), put(m, a), put(l, a), put(alpha, a);
             put(s2, a * (size_t)la), put(m2, a), put(l2, a), put(alpha2, a);
             free(s), free(m), free(l), free(alpha), free(s2), free(m2), free(l2), free(alpha2);
+        } else if (h[0] == 7) { /* scores over int8 keys: as 0, K int8 with a scale per key */
+            float *scale = take(1), *q = take(a * (size_t)la);
+            int8_t *k = take_s8(b * (size_t)lb);
+            float *k_scale = take(b), *s = take(a * (size_t)lc), *s2 = copy(s, a * (size_t)lc);
+            moa_attn_scores_f32_s8(a, b, c, *scale, q, la, k, lb, k_scale, s, lc);
+            moa_attn_scores_f32_s8_1x1_scalar(a, b, c, *scale, q, la, k, lb, k_scale, s2, lc);
+            put(s, a * (size_t)lc), put(s2, a * (size_t)lc);
+            free(scale), free(q), free(k), free(k_scale), free(s), free(s2);
+        } else if (h[0] == 8) { /* pv over int8 values: as 1, V int8 with a scale per key */
+            float *p = take(a * (size_t)la);
+            int8_t *v = take_s8(b * (size_t)lb);
+            float *v_scale = take(b), *acc = take(a * (size_t)lc), *acc2 = copy(acc, a * (size_t)lc);
+            moa_attn_pv_f32_s8(a, b, c, p, la, v, lb, v_scale, acc, lc);
+            moa_attn_pv_f32_s8_1x1_scalar(a, b, c, p, la, v, lb, v_scale, acc2, lc);
+            put(acc, a * (size_t)lc), put(acc2, a * (size_t)lc);
+            free(p), free(v), free(v_scale), free(acc), free(acc2);
+        } else if (h[0] == 9) { /* quantize a row of a into the int8 cache (one implementation: twice) */
+            float *x = take(a), scale[2];
+            int8_t *q = malloc(a ? a : 1);
+            if (q == NULL) {
+                exit(2);
+            }
+            moa_attn_quantize_s8(a, x, q, scale);
+            put_s8(q, a), put(scale, 1);
+            moa_attn_quantize_s8(a, x, q, scale + 1);
+            put_s8(q, a), put(scale + 1, 1);
+            free(x), free(q);
         } else {
             return 3;
         }
@@ -168,11 +223,26 @@ def _table() -> list[Case]:
         for fill in ("first", "normal", "hidden"):
             cases.append(Case("softmax", (rows, cols), fill=fill))
     cases.append(Case("softmax", (6, 40), fill="nan"))
+    # over an int8 cache: the decode shapes (a group of 1, 3 or 9 stacked rows, head_dim 64) and every edge
+    for rows, cols, depth in [(1, 1, 1), (1, 5, 3), (3, 7, 5), (4, 4, 16), (5, 17, 33), (2, 9, 8), (7, 64, 17),
+                              (16, 16, 80), (4, 40, 300), (9, 3, 0), (1, 64, 64), (3, 128, 64), (9, 64, 64),
+                              (12, 37, 64), (16, 16, 64)]:
+        cases.append(Case("scores_s8", (rows, cols, depth)))
+    for rows, cols, dv in [(1, 1, 1), (1, 3, 5), (4, 4, 4), (3, 5, 8), (5, 7, 12), (4, 9, 17), (8, 16, 31),
+                           (6, 13, 33), (7, 20, 65), (2, 5, 100), (3, 0, 9), (1, 64, 64), (3, 128, 64),
+                           (12, 37, 64), (16, 16, 64)]:
+        cases.append(Case("pv_s8", (rows, cols, dv)))
+    for n in [1, 3, 16, 64, 100]:
+        cases.append(Case("quantize", (n,)))
+    cases += [Case("quantize", (64,), fill="ties"), Case("quantize", (8,), fill="zero"),
+              Case("quantize", (16,), fill="nan"), Case("quantize", (16,), fill="inf"),
+              Case("quantize", (16,), fill="tiny")]
     return cases
 
 
 TABLE = _table()
-OPS = {"scores": 0, "pv": 1, "max": 2, "exp": 3, "scale": 4, "vexp": 5, "softmax": 6}
+OPS = {"scores": 0, "pv": 1, "max": 2, "exp": 3, "scale": 4, "vexp": 5, "softmax": 6, "scores_s8": 7, "pv_s8": 8,
+       "quantize": 9}
 
 
 def _operands(case: Case) -> dict:
@@ -189,6 +259,33 @@ def _operands(case: Case) -> dict:
         ldp, ldv, lda = cols + 1, dv + 5, dv + 3
         return dict(ld=(ldp, ldv, lda), p=rng.random((rows, ldp)).astype(f32),
                     v=rng.standard_normal((cols, ldv)).astype(f32), acc=rng.standard_normal((rows, lda)).astype(f32))
+    if case.op == "scores_s8":
+        rows, cols, depth = case.sizes
+        ldq, ldk, lds = depth + 3, depth + 5, cols + 2
+        return dict(ld=(ldq, ldk, lds), scale=f32(1 / math.sqrt(max(depth, 1))),
+                    q=rng.standard_normal((rows, ldq)).astype(f32), k=rng.integers(-127, 128, (cols, ldk)).astype(f32),
+                    k_scale=(rng.random(cols) / 40).astype(f32), s=np.full((rows, lds), SENTINEL, f32))
+    if case.op == "pv_s8":
+        rows, cols, dv = case.sizes
+        ldp, ldv, lda = cols + 1, dv + 7, dv + 3
+        return dict(ld=(ldp, ldv, lda), p=rng.random((rows, ldp)).astype(f32),
+                    v=rng.integers(-127, 128, (cols, ldv)).astype(f32), v_scale=(rng.random(cols) / 40).astype(f32),
+                    acc=rng.standard_normal((rows, lda)).astype(f32))
+    if case.op == "quantize":
+        (n,) = case.sizes
+        x = (3 * rng.standard_normal(n)).astype(f32)
+        if case.fill == "ties":  # x / scale exactly k + 1/2 for many k: the rounding is ties to even
+            x = (np.arange(n) - n // 2 + 0.5).astype(f32) * f32(2.0 ** -3)
+            x[0] = f32(127 * 2.0 ** -3)  # the largest: scale = 2^-3 exactly
+        if case.fill == "zero":
+            x[:] = 0
+        if case.fill == "nan":
+            x[5] = np.nan
+        if case.fill == "inf":
+            x[3] = -np.inf
+        if case.fill == "tiny":  # subnormal: the scale underflows
+            x = (x * f32(1e-44)).astype(f32)
+        return dict(x=x)
     if case.op == "softmax":
         rows, cols = case.sizes
         lds = cols + 3
@@ -228,17 +325,20 @@ def _record(case: Case, ops: dict) -> bytes:
     sizes = list(case.sizes) + [0] * (3 - len(case.sizes))
     ld = list(ops.get("ld", (0, 0, 0)))
     head = np.array([OPS[case.op], *sizes, *ld, 0], np.int32).tobytes()
-    order = {"scores": ("scale", "q", "k", "s"), "pv": ("p", "v", "acc"), "max": ("x",), "exp": ("m", "x"),
+    order = {"scores": ("scale", "q", "k", "s"), "pv": ("p", "v", "acc"), "scores_s8": ("scale", "q", "k", "k_scale", "s"),
+             "pv_s8": ("p", "v", "v_scale", "acc"), "quantize": ("x",), "max": ("x",), "exp": ("m", "x"),
              "scale": ("alpha", "x", "y"), "vexp": ("x", "y"), "softmax": ("s", "m", "l", "alpha")}[case.op]
     return head + b"".join(np.asarray(ops[k], np.float32).tobytes() for k in order)
 
 
 def _output_sizes(case: Case, ops: dict) -> list[int]:
     """Float counts of the variant's outputs (the scalar reference's follow, the same)."""
-    if case.op == "scores":
+    if case.op in ("scores", "scores_s8"):
         return [ops["s"].size]
-    if case.op == "pv":
+    if case.op in ("pv", "pv_s8"):
         return [ops["acc"].size]
+    if case.op == "quantize":
+        return [case.sizes[0], 1]
     if case.op == "softmax":
         rows = case.sizes[0]
         return [ops["s"].size, rows, rows, rows]
@@ -268,6 +368,29 @@ def _expected(case: Case, ops: dict) -> list[tuple[np.ndarray, np.ndarray]]:
         acc[:, :dv] += p @ v
         tol[:, :dv] = 4 * eps * math.sqrt(cols + 1) * (t(ops["acc"])[:, :dv].abs() + p.abs() @ v.abs())
         return [(acc.numpy().reshape(-1), tol.numpy().reshape(-1))]
+    if case.op == "scores_s8":  # the scores of the dequantized keys, k_scale[c] * k[c][j]
+        rows, cols, depth = case.sizes
+        q, k = t(ops["q"])[:, :depth], t(ops["k"])[:, :depth] * t(ops["k_scale"])[:, None]
+        s, tol = t(ops["s"]).clone(), torch.zeros(ops["s"].shape, dtype=torch.float64)
+        scale = float(ops["scale"])
+        s[:, :cols] = scale * q @ k.T
+        tol[:, :cols] = 4 * eps * math.sqrt(depth + 1) * scale * (q.abs() @ k.abs().T) + 2 * eps * s[:, :cols].abs()
+        return [(s.numpy().reshape(-1), tol.numpy().reshape(-1))]
+    if case.op == "pv_s8":
+        rows, cols, dv = case.sizes
+        p, v = t(ops["p"])[:, :cols], t(ops["v"])[:, :dv] * t(ops["v_scale"])[:, None]
+        acc, tol = t(ops["acc"]).clone(), torch.zeros(ops["acc"].shape, dtype=torch.float64)
+        acc[:, :dv] += p @ v
+        tol[:, :dv] = 4 * eps * math.sqrt(cols + 2) * (t(ops["acc"])[:, :dv].abs() + p.abs() @ v.abs())
+        return [(acc.numpy().reshape(-1), tol.numpy().reshape(-1))]
+    if case.op == "quantize":  # exact: the float32 steps of the contract, in numpy
+        x = np.asarray(ops["x"], np.float32)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+            largest = np.float32(np.abs(x).max()) if not np.isnan(x).any() else np.float32(np.nan)
+            scale = np.float32(largest / np.float32(127))
+            finite = np.isfinite(scale) and scale > 0
+            q = np.clip(np.round(x / scale), -127, 127) if finite else np.zeros_like(x)
+        return [(q.astype(np.float64), np.zeros(x.size)), (np.array([scale], np.float64), np.zeros(1))]
     if case.op == "softmax":
         rows, cols = case.sizes
         s, m, l = t(ops["s"]), t(ops["m"]), t(ops["l"])

@@ -26,6 +26,15 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "generation_config.json", "vocab.json", "merges.txt", "tokenizer.model")
 
 
+# model.h's statement of the cache bytes, by the caches' element type.
+CACHE_FORMULAS = {
+    "float32": "layers x 2 x kv_heads x max_context x head_dim x 4 bytes",
+    "int8": ("layers x 2 x kv_heads x max_context x (head_dim + 4) bytes: each key and value row\n"
+             " * (one position of one kv head) as head_dim int8 and its float32 scale, max|x| / 127, the scales\n"
+             " * of a cache in an array of their own after it"),
+}
+
+
 def copy_tokenizer(model_folder: Path, project: Path) -> bool:
     """The tokenizer files beside the model into project/tokenizer; False when there are none."""
     found = [model_folder / name for name in TOKENIZER_FILES if (model_folder / name).is_file()]
@@ -109,7 +118,9 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
     for graph in graphs.values():
         _check_interface(graph, first, source)
     cache = [first.tensors[n] for n in first.state]
-    _, kv_heads, _, head_dim = cache[0].shape
+    caches = [t for t in cache if len(t.shape) == 4]  # (B, H, max_context, D); an int8 cache's scales are 3-D
+    _, kv_heads, _, head_dim = caches[0].shape
+    kv_cache = caches[0].dtype  # float32, or int8 (convert --kv-cache int8: a float32 scale per row beside it)
     vocab = first.tensors[first.outputs[0]].shape[-1]
     offsets = state_layout(first)
     cache_bytes = sum(t.nbytes for t in cache)
@@ -122,7 +133,8 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
     for chunk in sorted(graphs, reverse=True):
         graph = graphs[chunk]
         where = {TOKENS: "token_ids", POSITIONS: "positions", KV_LENGTH: "kv_length", graph.outputs[0]: "logits"}
-        where.update({name: f"((float *)(state + {offset}))" for name, offset in offsets.items()})
+        where.update({name: f"(({dtypes.dtype(graph.tensors[name].dtype).c_type} *)(state + {offset}))"
+                      for name, offset in offsets.items()})
         code = codes[chunk] = graph_code(graph, prefix, board, f"{prefix}_c{chunk}", where, symbols)
         functions.append(_chunk_function(prefix, chunk, code))
         sources |= code.sources
@@ -140,14 +152,14 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
     subst = {
         "P": P, "p": prefix, "SOURCE": c_comment_text(source), "BOARD": c_comment_text(board.name),
         "MAX_CONTEXT": str(max_context), "VOCAB": str(vocab), "PREFILL_CHUNK": str(max(graphs)),
-        "LAYERS": str(len(cache) // 2), "KV_HEADS": str(kv_heads), "HEAD_DIM": str(head_dim),
-        "ELEMENT_BYTES": str(dtypes.dtype(cache[0].dtype).itemsize), "STATE_HEADER": str(STATE_HEADER),
+        "LAYERS": str(len(caches) // 2), "KV_HEADS": str(kv_heads), "HEAD_DIM": str(head_dim),
+        "CACHE_FORMULA": CACHE_FORMULAS[kv_cache], "STATE_HEADER": str(STATE_HEADER),
         "CACHE_BYTES": str(cache_bytes), "STATE_BYTES": str(state_bytes),
         "ARENA_BYTES": str(arena_bytes), "WEIGHTS_BYTES": str(weights_bytes),
         "WEIGHTS_BY_TYPE": weight_type_macros(P, weights),
         "CHUNK_FUNCTIONS": "\n".join(functions), "PREFILL_CHUNKS": "".join(prefill),
         "KERNELS": "\n".join(k for code in codes.values() for k in code.kernels),
-        "KERNEL_DECLS": "\n".join(d for code in codes.values() for d in code.kernel_decls),
+        "KERNEL_DECLS": "\n".join(dict.fromkeys(d for code in codes.values() for d in code.kernel_decls)),
     }
     write_project(out_dir, subst, {"model.h": "generate_model.h", "model.c": "generate_model.c",
                                    "main.c": "generate_main.c", "attention.h": "attention.h",
@@ -160,7 +172,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
         "board": board.name,
         "prefix": prefix,
         "generation": {"max_context": max_context, "vocab": vocab, "prefill_chunk": max(graphs),
-                       "layers": len(cache) // 2, "kv_heads": kv_heads, "head_dim": head_dim,
+                       "layers": len(caches) // 2, "kv_heads": kv_heads, "head_dim": head_dim, "kv_cache": kv_cache,
                        "token_input": TOKENS, "logits": step.outputs[0], "tokenizer": bool(tokenizer)},
         "io": [],
         "attention_blocks": [dict(node=n.name, chunk=chunk, **n.attrs["spec"].describe(),

@@ -1,7 +1,8 @@
 """Standalone C programs around one generated ONF kernel, for exactness tests and benchmarks.
 
-    kernel_main Q.bin K.bin V.bin [M.bin] [L.bin] Y.bin
-reads raw operands (`real` = float: the production kernel; double: the DNF-printed oracle
+    kernel_main Q.bin K.bin V.bin [KS.bin VS.bin] [M.bin] [L.bin] Y.bin
+reads raw operands (an int8 cache: K and V int8, their row scales KS, VS float32;
+`real` = float: the production kernel; double: the DNF-printed oracle
 of onf.emit_oracle_kernel; a float mask as float32, a bool mask as bytes; the valid key
 counts L, per batch, in the spec's lengths type when it has kv_lengths), gives the kernel a heap scratch buffer of exactly the cost model's size filled
 with a sentinel (so ASan catches any overrun), writes Y, and prints
@@ -30,7 +31,10 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
     y_elems = spec.y.storage_extent()
     has_mask = spec.mask_kind != MASK_NONE
     m_elems = spec.mask.storage_extent() if has_mask else 0
-    reads = [("Q", real, q_elems), ("K", real, k_elems), ("V", real, v_elems)]
+    kv = spec.kv_ctype or real
+    reads = [("Q", real, q_elems), ("K", kv, k_elems), ("V", kv, v_elems)]
+    if spec.kv_dtype == "int8":  # the cache's row scales, float32 whatever `real` is
+        reads += [("KS", "float", spec.k_scale.storage_extent()), ("VS", "float", spec.v_scale.storage_extent())]
     if has_mask:
         reads.append(("M", spec.mask_ctype, m_elems))
     if spec.kv_lengths:
@@ -52,7 +56,8 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
         lines.append(f"    {ctype} *{name} = load(argv[{k + 1}], {elems} * sizeof({ctype}));")
     lines += [f"    if (argc != {len(reads) + 2} || !scratch || !Y) {{ return 2; }}",
               f"    for (n = 0; n < scratch_elems; n++) {{ scratch[n] = ({real})12345.0; }}",
-              f"    status = kernel(Q, K, V, {'M' if has_mask else 'NULL'}, Y, scratch{', L' if spec.kv_lengths else ''});",
+              f"    status = kernel(Q, K, V, {'KS, VS, ' if spec.kv_dtype == 'int8' else ''}{'M' if has_mask else 'NULL'}, "
+              f"Y, scratch{', L' if spec.kv_lengths else ''});",
               "    if (status != MOA_OK) { return 3; }",
               f"    fprintf(stderr, \"scratch_tail_touched=%d\\n\", scratch[scratch_elems - 1] != ({real})12345.0);",
               f"    out = fopen(argv[{len(reads) + 1}], \"wb\");",

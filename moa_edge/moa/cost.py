@@ -115,7 +115,7 @@ def predict(spec: AttentionSpec, schedule: Schedule, board: Board, keys: int | N
     decode = decode_form(spec, schedule)
     heads = spec.batch * spec.q_heads
     kv_walkers = spec.batch * spec.kv_heads
-    kv_row = (spec.head_dim + spec.value_dim) * ELEM
+    kv_row = spec.kv_row_bytes  # a key and a value row as stored (int8 cache: with their scales)
     q_bytes = heads * spec.q_len * spec.head_dim * ELEM
     y_bytes = heads * spec.q_len * spec.value_dim * ELEM
     blocks = row_blocks(spec, schedule, keys)

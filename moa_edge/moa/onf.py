@@ -109,11 +109,26 @@ class KernelSet:
     max: str         # row maximum (NaN wins)
     exp: str         # x = exp(x - m) in place, returns the sum
     scalar_exp: str  # exp of one value: the weights e^(m_s - m) combining split-K partials
+    kv_ctype: str = ""  # C type of K and V when not ctype: rows the score and P V kernels read as such
+    kv_scaled: bool = False  # K and V rows carry a float scale each: those kernels take the row's
+                             # scales after its stride (moa_attn_*_f32_s8)
+    combine: str = ""  # acc += w acc_c over ctype rows (split-K partials): pv when K and V are ctype
 
 
 F32_KERNELS = KernelSet("f32", "float32", "float", "float", "f", scores="moa_attn_scores_f32",
                         pv="moa_attn_pv_f32", softmax="moa_attn_softmax_f32", scale="moa_attn_scale_f32",
                         max="moa_attn_max_f32", exp="moa_attn_exp_f32", scalar_exp="moa_expf")
+# An int8 key/value cache: the same loop nest and float softmax; only the two kernels that read K
+# and V change, to ones that widen each int8 row in registers and apply its scale.
+F32_S8_KV_KERNELS = dataclasses.replace(F32_KERNELS, name="f32_s8", kv_ctype="int8_t", kv_scaled=True,
+                                        scores="moa_attn_scores_f32_s8", pv="moa_attn_pv_f32_s8",
+                                        combine="moa_attn_pv_f32")
+KERNEL_SETS = {"float32": F32_KERNELS, "int8": F32_S8_KV_KERNELS}  # by the spec's kv_dtype
+
+
+def kernel_set(spec: AttentionSpec) -> KernelSet:
+    """The micro-kernels a block's production kernel calls: chosen by the type of its K and V."""
+    return KERNEL_SETS[spec.kv_dtype]
 
 
 def _softmax_regions(spec: AttentionSpec, schedule: Schedule) -> tuple[tuple[str, int], ...]:
@@ -226,10 +241,7 @@ def _open_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str,
       f"{spec.kv_len},{spec.head_dim}|{spec.value_dim}] -> Y[{spec.batch},{spec.q_heads},{spec.q_len},{spec.value_dim}]\n"
       f" * {lifted}; scratch {scratch.elements} x {ctype}: "
       + ", ".join(f"{r}[{n}]" for r, n in scratch.regions) + " */")
-    lengths = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""
-    shared = "" if output_over_q(spec) else "restrict "  # Y may be Q's storage
-    w(f"moa_status {name}(const {ctype} *{shared}Q, const {ctype} *restrict K, const {ctype} *restrict V,\n"
-      f"    const {spec.mask_ctype} *restrict M, {ctype} *{shared}Y, {ctype} *restrict scratch{lengths})")
+    w(f"moa_status {name}({kernel_parameters(spec, ctype)})")
     w("{")
     offset = 0
     for region, n in scratch.regions:
@@ -262,15 +274,27 @@ def _open_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str,
         w("        const ptrdiff_t kv_end = kv_limit < 0 ? 0 : kv_limit;")
 
 
+def kernel_parameters(spec: AttentionSpec, ctype: str = "float") -> str:
+    """The kernel's parameter list: Q, K, V (and an int8 cache's row scales KS, VS beside them),
+    M, Y, scratch (and the key lengths L)."""
+    lengths = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""
+    shared = "" if output_over_q(spec) else "restrict "  # Y may be Q's storage
+    kv = spec.kv_ctype or ctype
+    scales = ", const float *restrict KS, const float *restrict VS" if spec.kv_dtype == "int8" else ""
+    return (f"const {ctype} *{shared}Q, const {kv} *restrict K, const {kv} *restrict V{scales},\n"
+            f"    const {spec.mask_ctype} *restrict M, {ctype} *{shared}Y, {ctype} *restrict scratch{lengths}")
+
+
 def _close_kernel(w):
     w("    }\n    }\n    }")
     w("    return MOA_OK;")
     w("}")
 
 
-def emit_kernel(spec: AttentionSpec, schedule: Schedule, name: str, kernels: KernelSet = F32_KERNELS) -> str:
+def emit_kernel(spec: AttentionSpec, schedule: Schedule, name: str, kernels: KernelSet | None = None) -> str:
     """A C function `moa_status name(Q, K, V, M, Y, scratch)` computing the block, its inner
-    loops calls to the micro-kernels of `kernels`."""
+    loops calls to the micro-kernels of `kernels` (default: the set for the spec's K/V type)."""
+    kernels = kernels or kernel_set(spec)
     L: list[str] = []
     w = L.append
     _open_kernel(spec, schedule, name, kernels.ctype, scratch_layout(spec, schedule), w)
@@ -347,7 +371,11 @@ class _CPrinter:
             return c_real(term.value, self.suffix)
         if isinstance(term, dnf.Load):
             index = [self._index(ix) for ix in term.index]
-            return f"{term.array}[{_gamma(self.layouts[term.array], *index)}]"
+            load = f"{term.array}[{_gamma(self.layouts[term.array], *index)}]"
+            if term.array in ("K", "V") and self.spec.kv_dtype == "int8":  # the cached row times its scale
+                scales = {"K": ("KS", self.spec.k_scale), "V": ("VS", self.spec.v_scale)}[term.array]
+                return f"(({self.real}){load} * {scales[0]}[{_gamma(scales[1], *index[:3])}])"
+            return load
         if isinstance(term, dnf.Binary):
             return f"({self.expr(term.left, pre)} {term.op} {self.expr(term.right, pre)})"
         if isinstance(term, dnf.Call):
@@ -450,9 +478,10 @@ def _online_body(spec, bc, real, exp, suffix, score, w):
     w(f"                for (q = 0; q < {dv}; q++) {{ acc[ii * {dv} + q] *= rescale; }}")
     w("                for (kk = 0; kk < cols; kk++) {")
     w(f"                    const {real} p = {exp}(s[ii * {bc} + kk] - m_new);")
-    w(f"                    const {real} *restrict v_row = V + {_gamma(spec.v, 'b', kvh, 'kb + kk', '0')};")
+    row, element = _oracle_v_row(spec, real, kvh, "kb + kk")
+    w(f"                    {row}")
     w("                    l[ii] += p;")
-    w(f"                    for (q = 0; q < {dv}; q++) {{ acc[ii * {dv} + q] += p * v_row[{_stride_term(spec.v.strides[3], 'q')}]; }}")
+    w(f"                    for (q = 0; q < {dv}; q++) {{ acc[ii * {dv} + q] += p * {element}; }}")
     w("                }")
     w("                m[ii] = m_new;")
     w("            }")
@@ -492,11 +521,23 @@ def _two_pass_body(spec, bc, real, exp, suffix, score, w):
     w(f"                inv_l = ({real})1 / l[ii];")
     w("                for (kk = 0; kk < cols; kk++) {")
     w(f"                    const {real} p = row[kb + kk] * inv_l;")
-    w(f"                    const {real} *restrict v_row = V + {_gamma(spec.v, 'b', kvh, 'kb + kk', '0')};")
-    w(f"                    for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] += p * v_row[{_stride_term(spec.v.strides[3], 'q')}]; }}")
+    row, element = _oracle_v_row(spec, real, kvh, "kb + kk")
+    w(f"                    {row}")
+    w(f"                    for (q = 0; q < {dv}; q++) {{ y_row[{_stride_term(spec.y.strides[3], 'q')}] += p * {element}; }}")
     w("                }")
     w("            }")
     w("        }")
+
+
+def _oracle_v_row(spec: AttentionSpec, real: str, head: str, key: str) -> tuple[str, str]:
+    """(the declaration of V's row `key` of K/V head `head`, its element q as a C expression) in
+    the oracle: an int8 row's element is its value times the row's scale, exact in double."""
+    row = f"V + {_gamma(spec.v, 'b', head, key, '0')}"
+    element = f"v_row[{_stride_term(spec.v.strides[3], 'q')}]"
+    if spec.kv_dtype == "int8":
+        return (f"const {spec.kv_ctype} *restrict v_row = {row}; "
+                f"const {real} v_scale = VS[{_gamma(spec.v_scale, 'b', head, key)}];", f"(v_scale * {element})")
+    return f"const {real} *restrict v_row = {row};", element
 
 
 def _stride_term(stride: int, var: str) -> str:
@@ -607,6 +648,9 @@ class _MicroKernels:
             self.query_range = ("0", "0") if spec.q_len == 1 else \
                 ("i_first", "i_last") if spec.q_heads > spec.kv_heads else self.query_range
         self.packs = {region for region, _ in _packing_regions(spec, schedule)}
+        if kernels.kv_ctype and ({"k_pack", "v_pack"} & self.packs or self.rows.k_form != "nt"):
+            # A cache's rows are always contiguous: the int8 kernels read them in place only.
+            raise NotImplementedError(f"{kernels.name}: K and V must be stored as rows of contiguous elements")
         self.copies = bool(self.packs) or self.rows.y is None  # element loops over j: packing, or Y's scatter
         term = dnf.score_term(dnf.derive(spec.features()))
         self.term, self.scale = _substitute(term, scale_folded=self.rows.k_form == "nt")
@@ -625,6 +669,15 @@ class _MicroKernels:
         layout, index = {"Q": (spec.q, self.query("ib")), "K": (spec.k, (self.kv_head, "kb")),
                          "V": (spec.v, (self.kv_head, "kb")), "Y": (spec.y, self.query("ib"))}[operand]
         return f"{operand} + {_gamma(layout, 'b', *index, '0')}", getattr(self.rows, operand.lower())
+
+    def kv_rows(self, operand: str) -> str:
+        """The arguments naming K's or V's rows of the key tile for the score or P V kernel:
+        pointer and stride, then (an int8 cache) the pointer to those rows' scales."""
+        pointer, stride = self.operand_rows(operand)
+        if not self.kernels.kv_scaled:
+            return f"{pointer}, {stride}"
+        array, layout = {"K": ("KS", self.spec.k_scale), "V": ("VS", self.spec.v_scale)}[operand]
+        return f"{pointer}, {stride}, {array} + {_gamma(layout, 'b', self.kv_head, 'kb')}"
 
     def _pack(self, w, region, array, layout, index, count, width, indent):
         if region not in self.packs:
@@ -669,7 +722,7 @@ class _MicroKernels:
         (q, ldq), (keys, ldk) = self.operand_rows("Q"), self.operand_rows("K")
         if self.rows.k_form == "nt":
             w(f"{indent}{k.scores}((size_t)rows, (size_t)cols, {spec.head_dim}, {self.real(self.scale)}, "
-              f"{q}, {ldq}, {keys}, {ldk}, {tile}, {ld});")
+              f"{q}, {ldq}, {self.kv_rows('K')}, {tile}, {ld});")
         else:  # K^T stored: the tile is Q (rows x D) times K^T (D x cols), a GEMM tile from zero
             w(f"{indent}for (ii = 0; ii < rows; ii++) {{ for (kk = 0; kk < cols; kk++) {{ {element} = 0; }} }}")
             w(f"{indent}{k.pv}((size_t)rows, {spec.head_dim}, (size_t)cols, {q}, {ldq}, {keys}, {ldk}, {tile}, {ld});")
@@ -764,8 +817,7 @@ def _online_tiles(form: _MicroKernels, w):
     w(f"                    {k.scale}({dv}, alpha[ii], acc + ii * {dv}, acc + ii * {dv});")
     w("                }")
     w("            }")
-    v, ldv = form.operand_rows("V")
-    w(f"            {k.pv}((size_t)rows, (size_t)cols, {dv}, s, {bc}, {v}, {ldv}, acc, {dv});")
+    w(f"            {k.pv}((size_t)rows, (size_t)cols, {dv}, s, {bc}, {form.kv_rows('V')}, acc, {dv});")
     w("        }")
     form.write_y(w, "acc", dv)
 
@@ -793,8 +845,7 @@ def _two_pass_tiles(form: _MicroKernels, w):
     w("        }")
     form.key_tiles(w, " /* Step IV and Eq. 21 */")
     form.pack_v(w)
-    v, ldv = form.operand_rows("V")
-    w(f"            {k.pv}((size_t)rows, (size_t)cols, {dv}, s + kb, {skv}, {v}, {ldv}, {y}, {ldy});")
+    w(f"            {k.pv}((size_t)rows, (size_t)cols, {dv}, s + kb, {skv}, {form.kv_rows('V')}, {y}, {ldy});")
     w("        }")
     form.write_y(w, y, ldy)
 
@@ -844,8 +895,7 @@ def _decode_tiles(form: _MicroKernels, w):
         w(f"{inner}        {k.scale}({dv}, alpha[ii], {acc} + ii * {dv}, {acc} + ii * {dv});")
         w(f"{inner}    }}")
         w(f"{inner}}}")
-        v, ldv = form.operand_rows("V")
-        w(f"{inner}{k.pv}((size_t)rows, (size_t)cols, {dv}, s, {bc}, {v}, {ldv}, {acc}, {dv});")
+        w(f"{inner}{k.pv}((size_t)rows, (size_t)cols, {dv}, s, {bc}, {form.kv_rows('V')}, {acc}, {dv});")
         w(f"{indent}}}")
 
     _splits(form.schedule, bc, dv, k.ctype, chunk, w)
@@ -858,7 +908,7 @@ def _decode_tiles(form: _MicroKernels, w):
         w("                l_all += weight[c] * l[c * rows + ii];")
         w("            }")
         w(f"            {k.scale}({dv}, weight[0], acc + ii * {dv}, acc + ii * {dv});")
-        w(f"            {k.pv}(1, {parts - 1}, {dv}, weight + 1, {parts - 1}, acc + (rows + ii) * {dv}, rows * {dv}, "
+        w(f"            {k.combine or k.pv}(1, {parts - 1}, {dv}, weight + 1, {parts - 1}, acc + (rows + ii) * {dv}, rows * {dv}, "
           f"acc + ii * {dv}, {dv}); /* + sum_c>0 w_c acc_c */")
         w("            l[ii] = l_all;")
         w("        }")
@@ -893,9 +943,10 @@ def _decode_body(spec: AttentionSpec, schedule: Schedule, real, exp, score, w):
         w(f"{inner}    for (q = 0; q < {dv}; q++) {{ {acc}[ii * {dv} + q] *= rescale; }}")
         w(f"{inner}    for (kk = 0; kk < cols; kk++) {{")
         w(f"{inner}        const {real} p = {exp}(s[ii * {bc} + kk] - m_new);")
-        w(f"{inner}        const {real} *restrict v_row = V + {_gamma(spec.v, 'b', 'g', 'kb + kk', '0')};")
+        row, element = _oracle_v_row(spec, real, "g", "kb + kk")
+        w(f"{inner}        {row}")
         w(f"{inner}        {l}[ii] += p;")
-        w(f"{inner}        for (q = 0; q < {dv}; q++) {{ {acc}[ii * {dv} + q] += p * v_row[{_stride_term(spec.v.strides[3], 'q')}]; }}")
+        w(f"{inner}        for (q = 0; q < {dv}; q++) {{ {acc}[ii * {dv} + q] += p * {element}; }}")
         w(f"{inner}    }}")
         w(f"{inner}    {m}[ii] = m_new;")
         w(f"{inner}}}")

@@ -9,6 +9,10 @@ from .layout import Layout
 from .mask import MASK_BOOL, MASK_CTYPE
 
 
+# K's and V's element types: the C type each is read as (None: the compute type, float).
+KV_DTYPES = {"float32": None, "int8": "int8_t"}
+
+
 @dataclass(frozen=True)
 class AttentionSpec:
     batch: int
@@ -38,6 +42,26 @@ class AttentionSpec:
                                      # (+ L[b] with kv_lengths), ONNX left_window_size
     qk_mode: int = -1  # a second output of the scores (B, Hq, Sq, Skv): 0 scaled Q K^T, 1 after
                        # softcap, 2 after the bias, 3 after softmax (ONNX qk_matmul_output_mode); -1 none
+    kv_dtype: str = "float32"  # K and V's element type; "int8": a quantized cache, element (b, g, k, j)
+                               # worth KS[b, g, k] * K[b, g, k, j] (and V likewise with VS)
+    k_scale: Layout | None = None  # (B, Hkv, Skv) over the K scales' storage (kv_dtype int8)
+    v_scale: Layout | None = None  # (B, Hkv, Skv) over the V scales' storage
+
+    def __post_init__(self):
+        assert self.kv_dtype in KV_DTYPES, self.kv_dtype
+        assert (self.kv_dtype == "int8") == (self.k_scale is not None) == (self.v_scale is not None)
+
+    @property
+    def kv_ctype(self) -> str | None:
+        """K's and V's C element type when it is not the compute type (None: it is)."""
+        return KV_DTYPES[self.kv_dtype]
+
+    @property
+    def kv_row_bytes(self) -> int:
+        """Bytes of one key row and one value row as stored (an int8 row with its float scale)."""
+        if self.kv_dtype == "int8":
+            return self.head_dim + self.value_dim + 2 * 4
+        return (self.head_dim + self.value_dim) * 4
 
     @property
     def mask_ctype(self) -> str:
@@ -64,4 +88,5 @@ class AttentionSpec:
             "softcap": self.softcap,
             "mask": self.mask_kind if self.mask_kind != MASK_BOOL else f"bool (fill {self.mask_fill:g})",
             "absorbed_nodes": list(self.absorbed),
+            **({"kv_dtype": self.kv_dtype} if self.kv_dtype != "float32" else {}),
         }

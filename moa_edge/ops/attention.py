@@ -7,6 +7,7 @@ bias is -inf everywhere gives 0.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -122,10 +123,21 @@ def reference(spec: AttentionSpec, q, k, v, mask, out_shape, lengths=None) -> to
 
 # --- C emission --------------------------------------------------------------------
 
+def dequantized(spec: AttentionSpec, k, v, k_scales, v_scales) -> tuple[AttentionSpec, torch.Tensor, torch.Tensor]:
+    """An int8 cache's K and V as float64 (each element times its row's scale), and the spec that
+    reads them as row-major float tensors."""
+    k4 = gather(k.reshape(-1), spec.k).double() * gather(k_scales.reshape(-1), spec.k_scale).double()[..., None]
+    v4 = gather(v.reshape(-1), spec.v).double() * gather(v_scales.reshape(-1), spec.v_scale).double()[..., None]
+    return (dataclasses.replace(spec, k=Layout.row_major(k4.shape), v=Layout.row_major(v4.shape), kv_dtype="float32",
+                                k_scale=None, v_scale=None), k4, v4)
+
+
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     """The block's outputs: Y, and the scores of its qk mode when it has a second output."""
     q, k, v, mask, lengths = (inputs + [None] * 5)[:5]
     spec = node.attrs["spec"]
+    if spec.kv_dtype == "int8":
+        spec, k, v = dequantized(spec, k, v, inputs[5], inputs[6])
     outputs = [reference(spec, q, k, v, mask, graph.tensors[node.outputs[0]].shape, lengths)]
     if len(node.outputs) > 1:
         outputs.append(scores_reference(spec, q, k, mask, lengths).reshape(graph.tensors[node.outputs[1]].shape))
@@ -144,13 +156,11 @@ def emit(node, ctx):
               f"{c.dram_bytes} B from DRAM, {c.flops} flops, {c.scratch_bytes} B scratch */\n"
               + emit_kernel(node, ctx.name))
     lengths_param = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""
-    shared = "" if onf.output_over_q(spec) else "restrict "
-    declaration = (f"moa_status {ctx.name}(const float *{shared}Q, const float *restrict K, "
-                   f"const float *restrict V,\n    const {spec.mask_ctype} *restrict M, float *{shared}Y, "
-                   f"float *restrict scratch{lengths_param});\n")
+    declaration = f"moa_status {ctx.name}({onf.kernel_parameters(spec)});\n"
     q, k, v, mask = (ctx.where[n] if n else "NULL" for n in node.inputs[:4])
     lengths = f", {ctx.where[node.inputs[4]]}" if spec.kv_lengths else ""
-    call = check_status(f"{ctx.name}({q}, {k}, {v}, {mask}, {ctx.where[node.outputs[0]]}, {ctx.scratch}{lengths})")
+    scales = "".join(f", {ctx.where[n]}" for n in node.inputs[5:7])  # an int8 cache's row scales, beside K and V
+    call = check_status(f"{ctx.name}({q}, {k}, {v}{scales}, {mask}, {ctx.where[node.outputs[0]]}, {ctx.scratch}{lengths})")
     kernels, declarations = [kernel], [declaration]
     if spec.qk_mode >= 0:  # the scores the graph also outputs: an Sq x Skv tensor it asked for
         scores = f"{ctx.name}_scores"

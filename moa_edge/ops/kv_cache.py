@@ -8,6 +8,10 @@ max_context before anything runs, so the copy here never leaves the cache.
 The output is the whole cache; attention reads only its first position + C rows (the key
 lengths input). As a pure function (evaluate), the specialised graph's view: the rows before
 the chunk are an all-zero past of max_context - C rows, the chunk the last C rows.
+
+With kv_dtype "int8" (convert --kv-cache int8) the cache is int8 and a second output holds one
+float32 scale per row, (B, H, max_context): each new row is quantized as it is written
+(moa_attn_quantize_s8: scale = max|x| / 127, q = x / scale rounded to nearest, ties to even).
 """
 from __future__ import annotations
 
@@ -18,21 +22,49 @@ from moa_edge.ir.c_syntax import c_comment_text
 from .contract import EmittedUnit, OpCost, TensorType
 
 OPS = ("MoaKvWrite",)
-C_SOURCES: list[str] = []
+C_SOURCES: list[str] = ["attention_f32.c"]  # moa_attn_quantize_s8, for an int8 cache
 POSITION = "position"  # the run function's count of cached tokens (codegen declares it)
 C_LOCALS = frozenset({POSITION})
+
+
+# moa/attention.h's, repeated in the generated attention.h, which model.c includes.
+QUANTIZE_DECLARATION = "void moa_attn_quantize_s8(size_t n, const float *x, int8_t *q, float *scale);\n"
+
+
+def _quantized(node) -> bool:
+    return node.attrs.get("kv_dtype", "float32") == "int8"
 
 
 def infer(node, graph) -> list[TensorType]:
     new = graph.tensors[node.inputs[0]]
     batch, heads, _, dim = new.shape
-    return [TensorType((batch, heads, node.attrs["max_context"], dim), new.dtype)]
+    rows = node.attrs["max_context"]
+    if _quantized(node):
+        return [TensorType((batch, heads, rows, dim), "int8"), TensorType((batch, heads, rows), "float32")]
+    return [TensorType((batch, heads, rows, dim), new.dtype)]
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows (last axis) as the int8 cache holds them, in the float32 steps of moa_attn_quantize_s8:
+    (int8 values, float32 scale per row)."""
+    x = x.to(torch.float32)
+    scale = x.abs().amax(dim=-1) / 127
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.where(scale[..., None] > 0, torch.round(x / safe[..., None]).clamp(-127, 127), 0)
+    return q.to(torch.int8), scale
 
 
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     new = inputs[0]
     batch, heads, chunk, dim = new.shape
-    cache = torch.zeros((batch, heads, node.attrs["max_context"], dim), dtype=new.dtype)
+    rows = node.attrs["max_context"]
+    if _quantized(node):
+        values, scales = quantize_rows(new)  # the int8 values held as float64, as every evaluate output
+        cache = torch.zeros((batch, heads, rows, dim), dtype=torch.float64)
+        row_scales = torch.zeros((batch, heads, rows), dtype=torch.float64)
+        cache[:, :, -chunk:, :], row_scales[:, :, -chunk:] = values.to(torch.float64), scales.to(torch.float64)
+        return [cache, row_scales]
+    cache = torch.zeros((batch, heads, rows, dim), dtype=new.dtype)
     cache[:, :, -chunk:, :] = new
     return [cache]
 
@@ -45,6 +77,16 @@ def emit(node, ctx) -> EmittedUnit:
     batch, heads, chunk, dim = ctx.graph.tensors[node.inputs[0]].shape
     rows = node.attrs["max_context"]
     new, cache = ctx.where[node.inputs[0]], ctx.where[node.outputs[0]]
+    if _quantized(node):
+        scales = ctx.where[node.outputs[1]]
+        return EmittedUnit(
+            f"    {{ /* {c_comment_text(node.name)}: {chunk} new rows quantized into the int8 cache at row {POSITION} */\n"
+            f"        ptrdiff_t bh, r;\n"
+            f"        for (bh = 0; bh < {batch * heads}; bh++)\n"
+            f"            for (r = 0; r < {chunk}; r++)\n"
+            f"                moa_attn_quantize_s8({dim}, {new} + (bh * {chunk} + r) * {dim}, "
+            f"{cache} + (bh * {rows} + (ptrdiff_t){POSITION} + r) * {dim}, {scales} + bh * {rows} + (ptrdiff_t){POSITION} + r);\n"
+            f"    }}\n", declarations=[QUANTIZE_DECLARATION])
     return EmittedUnit(
         f"    {{ /* {c_comment_text(node.name)}: {chunk} new rows into the cache at row {POSITION} */\n"
         f"        ptrdiff_t bh, r;\n"

@@ -31,6 +31,7 @@ import numpy as np
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Node, Tensor, dtypes
+from moa_edge.moa import Layout
 from moa_edge.moa.mask import MASK_NONE
 
 CACHE_INPUT = re.compile(r"^(?:past_key_values|past)[._](\d+)[._](key|value)$")
@@ -38,6 +39,10 @@ CACHE_OUTPUT = re.compile(r"^present[._](\d+)[._](key|value)$")
 TOKENS, POSITIONS, ATTENTION_MASK = "input_ids", "position_ids", "attention_mask"
 KV_LENGTH = "moa_kv_length"  # added input (int64, one per batch): the valid cache rows, position + C
 BATCH = 1  # one sequence: the cache holds one
+# --kv-cache: how the caches store keys and values. int8: each row (one position of one kv head)
+# as int8 with a float32 scale, max|x| / 127, in a state tensor of its own beside the cache.
+KV_CACHE_TYPES = ("float32", "int8")
+SCALES_SUFFIX = "__scale"
 
 
 # The nodes that append to a past they read: (op, input index) -> the output holding past + new.
@@ -309,3 +314,50 @@ def _bind_rotary_positions(graph: Graph, chunk: int) -> None:
             graph.inputs.append(POSITIONS)
             graph.tensors[POSITIONS] = Tensor(POSITIONS, static.shape, "int64")
         node.inputs[3] = POSITIONS
+
+
+def quantize_cache(graph: Graph, kv_cache: str, source: str) -> None:
+    """--kv-cache int8 (after bind_cache_attention): every cache (B, H, max_context, D) becomes int8
+    with a float32 scale per row, (B, H, max_context), a state tensor placed right after its cache.
+    Its write quantizes the new rows (MoaKvWrite's second output, the scales), and each attention
+    reading it gets the scales as inputs 5 (keys) and 6 (values) and an int8 K/V spec."""
+    if kv_cache not in KV_CACHE_TYPES:
+        raise MoaEdgeError(f"--kv-cache {kv_cache!r}: choose one of {', '.join(KV_CACHE_TYPES)}")
+    if kv_cache == "float32":
+        return
+    scales = {}
+    for name in graph.state:
+        cache = graph.tensors[name]
+        if cache.dtype != "float32":
+            raise MoaEdgeError(f"{source}: the cache {name!r} holds {cache.dtype}; --kv-cache {kv_cache} quantizes "
+                               "a float32 cache")
+        scales[name] = name + SCALES_SUFFIX
+        graph.tensors[name] = Tensor(name, cache.shape, "int8")
+        graph.tensors[scales[name]] = Tensor(scales[name], cache.shape[:3], "float32")
+    graph.state = [n for name in graph.state for n in (name, scales[name])]
+    for node in graph.nodes:
+        if node.op == "MoaKvWrite":
+            node.outputs = [node.outputs[0], scales[node.outputs[0]]]
+            node.attrs["kv_dtype"] = kv_cache
+        elif node.op == "MoaAttention" and node.inputs[1] in scales:
+            spec, (keys, values) = node.attrs["spec"], node.inputs[1:3]
+            if spec.qk_mode >= 0:
+                raise MoaEdgeError(f"{source}: attention {node.name!r} also outputs its scores: --kv-cache "
+                                   f"{kv_cache} keeps only the attention output over a quantized cache")
+            for name, layout in ((keys, spec.k), (values, spec.v)):
+                if not _reads_rows(layout, graph.tensors[name].shape):
+                    raise MoaEdgeError(f"{source}: attention {node.name!r} reads the cache {name!r} through a "
+                                       f"layout other than its rows ({layout}): --kv-cache {kv_cache} cannot "
+                                       "quantize it")
+            node.attrs["spec"] = dataclasses.replace(
+                spec, kv_dtype=kv_cache, k_scale=Layout.row_major(graph.tensors[scales[keys]].shape),
+                v_scale=Layout.row_major(graph.tensors[scales[values]].shape))
+            node.inputs = node.inputs[:5] + [scales[keys], scales[values]]
+
+
+def _reads_rows(layout: Layout, shape: tuple[int, ...]) -> bool:
+    """Whether `layout` reads a row-major tensor of `shape` as it is (a stride on an axis of extent
+    1 is any): element (b, g, k, j) of the cache at its own place, rows of one position."""
+    plain = Layout.row_major(shape)
+    return (layout.shape == plain.shape and layout.offset == 0 and layout.divisors is None
+            and all(a == b or n == 1 for a, b, n in zip(layout.strides, plain.strides, shape)))

@@ -98,7 +98,17 @@ static inline float moa_expf(float x)
     void scale(size_t n, float alpha, const float *x, float *y);                                       \
     void vexp(size_t n, const float *x, float *y);
 
+/* The kernels over an int8 key/value cache (signed rows, one float scale per row: the value of
+ * k[c][j] is k_scale[c] * k[c][j]); the query, the probabilities and every sum stay float32.
+ * MOA_ATTN_S8_DECLARE(suffix) declares one variant's pair. */
+#define MOA_ATTN_S8_DECLARE(scores, pv)                                                                  \
+    void scores(size_t rows, size_t cols, size_t depth, float scale_, const float *q, ptrdiff_t ldq,   \
+                const int8_t *k, ptrdiff_t ldk, const float *k_scale, float *s, ptrdiff_t lds);         \
+    void pv(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const int8_t *v,       \
+            ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda);
+
 /* The portable reference, compiled on every target. */
+MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_1x1_scalar, moa_attn_pv_f32_s8_1x1_scalar)
 MOA_ATTN_DECLARE(moa_attn_scores_f32_1x1_scalar, moa_attn_pv_f32_1x1_scalar, moa_attn_max_f32_u1_scalar,
                  moa_attn_exp_f32_u1_scalar, moa_attn_scale_f32_u1_scalar, moa_vexp_f32_u1_scalar)
 
@@ -111,6 +121,9 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_16x16_avx512, moa_attn_pv_f32_12x32_avx512,
 #define moa_attn_exp_f32 moa_attn_exp_f32_u32_avx512
 #define moa_attn_scale_f32 moa_attn_scale_f32_u32_avx512
 #define moa_vexp_f32 moa_vexp_f32_u32_avx512
+MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_16x16_avx512, moa_attn_pv_f32_s8_12x32_avx512)
+#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_16x16_avx512
+#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_12x32_avx512
 #elif MOA_ISA_AVX2
 MOA_ATTN_DECLARE(moa_attn_scores_f32_2x4_avx2, moa_attn_pv_f32_4x16_avx2, moa_attn_max_f32_u16_avx2,
                  moa_attn_exp_f32_u16_avx2, moa_attn_scale_f32_u16_avx2, moa_vexp_f32_u16_avx2)
@@ -120,6 +133,9 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_2x4_avx2, moa_attn_pv_f32_4x16_avx2, moa_at
 #define moa_attn_exp_f32 moa_attn_exp_f32_u16_avx2
 #define moa_attn_scale_f32 moa_attn_scale_f32_u16_avx2
 #define moa_vexp_f32 moa_vexp_f32_u16_avx2
+MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_2x4_avx2, moa_attn_pv_f32_s8_4x16_avx2)
+#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_2x4_avx2
+#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_4x16_avx2
 #elif MOA_ISA_NEON
 MOA_ATTN_DECLARE(moa_attn_scores_f32_4x4_neon, moa_attn_pv_f32_4x16_neon, moa_attn_max_f32_u16_neon,
                  moa_attn_exp_f32_u8_neon, moa_attn_scale_f32_u16_neon, moa_vexp_f32_u8_neon)
@@ -129,6 +145,9 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_4x4_neon, moa_attn_pv_f32_4x16_neon, moa_at
 #define moa_attn_exp_f32 moa_attn_exp_f32_u8_neon
 #define moa_attn_scale_f32 moa_attn_scale_f32_u16_neon
 #define moa_vexp_f32 moa_vexp_f32_u8_neon
+MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_4x4_neon, moa_attn_pv_f32_s8_4x16_neon)
+#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_4x4_neon
+#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_4x16_neon
 #elif MOA_ISA_RVV
 MOA_ATTN_DECLARE(moa_attn_scores_f32_4xm4_rvv, moa_attn_pv_f32_4xm4_rvv, moa_attn_max_f32_um8_rvv,
                  moa_attn_exp_f32_um2_rvv, moa_attn_scale_f32_um8_rvv, moa_vexp_f32_um2_rvv)
@@ -138,6 +157,9 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_4xm4_rvv, moa_attn_pv_f32_4xm4_rvv, moa_att
 #define moa_attn_exp_f32 moa_attn_exp_f32_um2_rvv
 #define moa_attn_scale_f32 moa_attn_scale_f32_um8_rvv
 #define moa_vexp_f32 moa_vexp_f32_um2_rvv
+MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_4xm4_rvv, moa_attn_pv_f32_s8_4xm4_rvv)
+#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_4xm4_rvv
+#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_4xm4_rvv
 #else
 #define moa_attn_scores_f32 moa_attn_scores_f32_1x1_scalar
 #define moa_attn_pv_f32 moa_attn_pv_f32_1x1_scalar
@@ -145,6 +167,8 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_4xm4_rvv, moa_attn_pv_f32_4xm4_rvv, moa_att
 #define moa_attn_exp_f32 moa_attn_exp_f32_u1_scalar
 #define moa_attn_scale_f32 moa_attn_scale_f32_u1_scalar
 #define moa_vexp_f32 moa_vexp_f32_u1_scalar
+#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_1x1_scalar
+#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_1x1_scalar
 #endif
 
 /* The online-softmax step of a score tile (its contract is below), composed of a row-max and an
@@ -207,6 +231,19 @@ static inline void moa_attn_softmax_f32_rows(size_t rows, size_t cols, float *s,
  *     wins); if m_new is -INFINITY the row's s become 0 and alpha[r] = 1; else alpha[r] =
  *     moa_expf(m[r] - m_new) when m[r] is finite and differs (else 1), s[c] = exp(s[c] - m_new),
  *     l[r] = l[r] * alpha[r] + sum_c s[c] and m[r] = m_new. The caller rescales its accumulator
- *     rows by alpha[r] (skipping alpha == 1). */
+ *     rows by alpha[r] (skipping alpha == 1).
+ *
+ * Over an int8 cache (k, v int8_t rows, ldk/ldv in elements; one float scale per row):
+ * moa_attn_scores_f32_s8: s[r * lds + c] = (scale * k_scale[c]) * sum_{j < depth} q[r * ldq + j] * k[c * ldk + j]
+ *     (each int8 converted to float exactly, the sum in float).
+ * moa_attn_pv_f32_s8: acc[r * lda + e] += sum_{c < cols} (p[r * ldp + c] * v_scale[c]) * v[c * ldv + e].
+ * moa_attn_quantize_s8: one row of n floats into the cache: scale = max_j |x[j]| / 127 and
+ *     q[j] = round(x[j] / scale) (to nearest, ties to even: lrintf in the default rounding
+ *     mode), so |q| <= 127 and q * scale is x within scale / 2. An all-zero row gives scale 0
+ *     and q 0; a row holding NaN or an infinity gives scale NaN or inf and q 0, so whatever
+ *     reads it gets NaN, never a silent finite value. */
+
+/* One row of new keys or values written to an int8 cache (the contract above). */
+void moa_attn_quantize_s8(size_t n, const float *x, int8_t *q, float *scale);
 
 #endif

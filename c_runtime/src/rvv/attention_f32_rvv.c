@@ -4,7 +4,8 @@
  *                of K's column j over the tile's keys (vlse32) and 4 vfmacc.vf with q[r][j]:
  *                no horizontal sums;
  *   pv 4xm4:     4 rows x vl columns of the accumulator (LMUL 4) stay in registers over all keys;
- *   exp, vexp:   LMUL 2 (the polynomial keeps ~10 values live); max, scale: LMUL 8.
+ *   exp, vexp:   LMUL 2 (the polynomial keeps ~10 values live); max, scale: LMUL 8;
+ *   over an int8 cache (_s8): the same tiles, int8 loaded at e8m1 and widened in registers.
  * vfmax/vfmin return the non-NaN operand (IEEE maximumNumber), so max tracks NaN itself and
  * exp clamps by merges, which keep a NaN. */
 #include "moa/isa.h"
@@ -119,6 +120,102 @@ void moa_attn_pv_f32_4xm4_rvv(size_t rows, size_t cols, size_t dv, const float *
         }
         for (; r < rows; r++) {
             pv_tile(1, vl, cols, p + (ptrdiff_t)r * ldp, ldp, v + e, ldv, acc + (ptrdiff_t)r * lda + (ptrdiff_t)e, lda);
+        }
+    }
+}
+
+/* --- over an int8 cache: the same tiles; int8 loaded at e8m1 (the e32m4 tile's vl), widened by
+ * one vsext.vf4 and converted (vfcvt.f.x) in registers --- */
+
+INLINE vfloat32m4_t widen_s8(vint8m1_t x, size_t vl)
+{
+    return __riscv_vfcvt_f_x_v_f32m4(__riscv_vsext_vf4_i32m4(x, vl), vl);
+}
+
+/* s[0:mr][c:c+vl] = (scale k_scale[c:c+vl]) * q[0:mr] . k[c:c+vl]; K's column j one strided byte load */
+INLINE void scores_tile_s8(int mr, size_t vl, size_t depth, float scale, const float *q, ptrdiff_t ldq,
+                           const int8_t *k, ptrdiff_t ldk, const float *k_scale, float *s, ptrdiff_t lds)
+{
+    vfloat32m4_t a0 = __riscv_vfmv_v_f_f32m4(0.0f, vl), a1 = a0, a2 = a0, a3 = a0, column_scale;
+    size_t j;
+    for (j = 0; j < depth; j++) {
+        const vfloat32m4_t column = widen_s8(__riscv_vlse8_v_i8m1(k + j, ldk, vl), vl);
+        a0 = __riscv_vfmacc_vf_f32m4(a0, q[j], column, vl);
+        if (mr == 4) {
+            a1 = __riscv_vfmacc_vf_f32m4(a1, q[ldq + (ptrdiff_t)j], column, vl);
+            a2 = __riscv_vfmacc_vf_f32m4(a2, q[2 * ldq + (ptrdiff_t)j], column, vl);
+            a3 = __riscv_vfmacc_vf_f32m4(a3, q[3 * ldq + (ptrdiff_t)j], column, vl);
+        }
+    }
+    column_scale = __riscv_vfmul_vf_f32m4(__riscv_vle32_v_f32m4(k_scale, vl), scale, vl);
+    __riscv_vse32_v_f32m4(s, __riscv_vfmul_vv_f32m4(a0, column_scale, vl), vl);
+    if (mr == 4) {
+        __riscv_vse32_v_f32m4(s + lds, __riscv_vfmul_vv_f32m4(a1, column_scale, vl), vl);
+        __riscv_vse32_v_f32m4(s + 2 * lds, __riscv_vfmul_vv_f32m4(a2, column_scale, vl), vl);
+        __riscv_vse32_v_f32m4(s + 3 * lds, __riscv_vfmul_vv_f32m4(a3, column_scale, vl), vl);
+    }
+}
+
+void moa_attn_scores_f32_s8_4xm4_rvv(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                     ptrdiff_t ldq, const int8_t *k, ptrdiff_t ldk, const float *k_scale, float *s,
+                                     ptrdiff_t lds)
+{
+    size_t c, vl, r;
+    for (c = 0; c < cols; c += vl) {
+        const int8_t *kc = k + (ptrdiff_t)c * ldk;
+        vl = __riscv_vsetvl_e32m4(cols - c);
+        for (r = 0; r + 4 <= rows; r += 4) {
+            scores_tile_s8(4, vl, depth, scale, q + (ptrdiff_t)r * ldq, ldq, kc, ldk, k_scale + c,
+                           s + (ptrdiff_t)r * lds + (ptrdiff_t)c, lds);
+        }
+        for (; r < rows; r++) {
+            scores_tile_s8(1, vl, depth, scale, q + (ptrdiff_t)r * ldq, ldq, kc, ldk, k_scale + c,
+                           s + (ptrdiff_t)r * lds + (ptrdiff_t)c, lds);
+        }
+    }
+}
+
+/* acc[0:mr][0:vl] += (p v_scale)[0:mr][0:cols] v[0:cols][0:vl]; mr is 1 or 4 */
+INLINE void pv_tile_s8(int mr, size_t vl, size_t cols, const float *p, ptrdiff_t ldp, const int8_t *v,
+                       ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
+{
+    vfloat32m4_t a0 = __riscv_vle32_v_f32m4(acc, vl), a1 = a0, a2 = a0, a3 = a0;
+    size_t c;
+    if (mr == 4) {
+        a1 = __riscv_vle32_v_f32m4(acc + lda, vl);
+        a2 = __riscv_vle32_v_f32m4(acc + 2 * lda, vl);
+        a3 = __riscv_vle32_v_f32m4(acc + 3 * lda, vl);
+    }
+    for (c = 0; c < cols; c++) {
+        const vfloat32m4_t w = widen_s8(__riscv_vle8_v_i8m1(v + (ptrdiff_t)c * ldv, vl), vl);
+        a0 = __riscv_vfmacc_vf_f32m4(a0, p[c] * v_scale[c], w, vl);
+        if (mr == 4) {
+            a1 = __riscv_vfmacc_vf_f32m4(a1, p[ldp + (ptrdiff_t)c] * v_scale[c], w, vl);
+            a2 = __riscv_vfmacc_vf_f32m4(a2, p[2 * ldp + (ptrdiff_t)c] * v_scale[c], w, vl);
+            a3 = __riscv_vfmacc_vf_f32m4(a3, p[3 * ldp + (ptrdiff_t)c] * v_scale[c], w, vl);
+        }
+    }
+    __riscv_vse32_v_f32m4(acc, a0, vl);
+    if (mr == 4) {
+        __riscv_vse32_v_f32m4(acc + lda, a1, vl);
+        __riscv_vse32_v_f32m4(acc + 2 * lda, a2, vl);
+        __riscv_vse32_v_f32m4(acc + 3 * lda, a3, vl);
+    }
+}
+
+void moa_attn_pv_f32_s8_4xm4_rvv(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                 const int8_t *v, ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
+{
+    size_t e, vl, r;
+    for (e = 0; e < dv; e += vl) {
+        vl = __riscv_vsetvl_e32m4(dv - e);
+        for (r = 0; r + 4 <= rows; r += 4) {
+            pv_tile_s8(4, vl, cols, p + (ptrdiff_t)r * ldp, ldp, v + e, ldv, v_scale,
+                       acc + (ptrdiff_t)r * lda + (ptrdiff_t)e, lda);
+        }
+        for (; r < rows; r++) {
+            pv_tile_s8(1, vl, cols, p + (ptrdiff_t)r * ldp, ldp, v + e, ldv, v_scale,
+                       acc + (ptrdiff_t)r * lda + (ptrdiff_t)e, lda);
         }
     }
 }

@@ -3,12 +3,15 @@
  *               together by a horizontal-add tree into one ymm: row 0 | row 1;
  *   pv 4x16:    4 rows x 2 ymm of the accumulator stay in registers over all keys, each key a
  *               broadcast weight times one row of V;
- *   max, exp, scale, vexp: 16 floats per step, a masked step for the tail. */
+ *   max, exp, scale, vexp: 16 floats per step, a masked step for the tail;
+ *   over an int8 cache (_s8): the same tiles, 8 int8 widened to 8 floats in registers per load
+ *               (vpmovsxbd, vcvtdq2ps). */
 #include "moa/isa.h"
 
 #if MOA_ISA_AVX2
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "moa/attention.h"
 
@@ -199,6 +202,158 @@ void moa_attn_pv_f32_4x16_avx2(size_t rows, size_t cols, size_t dv, const float 
     }
     for (; r < rows; r++) {
         pv_rows(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
+    }
+}
+
+/* --- over an int8 cache: the same tiles, each int8 row widened to float in registers --- */
+
+/* n <= 8 int8 at x as 8 floats (exact), the lanes past n 0 (a partial row through a zeroed buffer). */
+INLINE __m256 load_s8(const int8_t *x, size_t n)
+{
+    __m128i bytes;
+    if (n == 8) {
+        bytes = _mm_loadl_epi64((const __m128i *)(const void *)x);
+    } else {
+        int8_t buf[16] = {0};
+        memcpy(buf, x, n);
+        bytes = _mm_loadl_epi64((const __m128i *)(const void *)buf);
+    }
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+}
+
+INLINE float dot_s8(size_t depth, const float *x, const int8_t *y)
+{
+    __m256 acc = _mm256_setzero_ps();
+    size_t j = 0;
+    for (; j + 8 <= depth; j += 8) {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), load_s8(y + j, 8), acc);
+    }
+    if (j < depth) {
+        acc = _mm256_fmadd_ps(_mm256_maskload_ps(x + j, tail_mask(depth - j)), load_s8(y + j, depth - j), acc);
+    }
+    return hsum(acc);
+}
+
+void moa_attn_scores_f32_s8_2x4_avx2(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                     ptrdiff_t ldq, const int8_t *k, ptrdiff_t ldk, const float *k_scale, float *s,
+                                     ptrdiff_t lds)
+{
+    const __m256i tail = tail_mask(depth % 8);
+    size_t r = 0, c, j;
+    int i, x;
+    for (; r + 2 <= rows; r += 2) {
+        const float *q0 = q + (ptrdiff_t)r * ldq;
+        float *s0 = s + (ptrdiff_t)r * lds;
+        for (c = 0; c + 4 <= cols; c += 4) {
+            const int8_t *k0 = k + (ptrdiff_t)c * ldk;
+            const __m128 column_scale = _mm_mul_ps(_mm_set1_ps(scale), _mm_loadu_ps(k_scale + c));
+            __m256 a[8], qv[2], kv[4], h0, h1, h2, h3, g0, g1, sum;
+            _Pragma("GCC unroll 8")
+            for (i = 0; i < 8; i++) {
+                a[i] = _mm256_setzero_ps();
+            }
+            for (j = 0; j < depth; j += 8) {
+                const size_t nj = depth - j < 8 ? depth - j : 8;
+                _Pragma("GCC unroll 4")
+                for (i = 0; i < 2; i++) {
+                    qv[i] = nj == 8 ? _mm256_loadu_ps(q0 + i * ldq + j) : _mm256_maskload_ps(q0 + i * ldq + j, tail);
+                }
+                _Pragma("GCC unroll 4")
+                for (x = 0; x < 4; x++) {
+                    kv[x] = load_s8(k0 + x * ldk + j, nj);
+                }
+                _Pragma("GCC unroll 4")
+                for (i = 0; i < 2; i++) {
+                    _Pragma("GCC unroll 4")
+                    for (x = 0; x < 4; x++) {
+                        a[4 * i + x] = _mm256_fmadd_ps(qv[i], kv[x], a[4 * i + x]);
+                    }
+                }
+            }
+            h0 = _mm256_hadd_ps(a[0], a[1]);
+            h1 = _mm256_hadd_ps(a[2], a[3]);
+            h2 = _mm256_hadd_ps(a[4], a[5]);
+            h3 = _mm256_hadd_ps(a[6], a[7]);
+            g0 = _mm256_hadd_ps(h0, h1);
+            g1 = _mm256_hadd_ps(h2, h3);
+            sum = _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20), _mm256_permute2f128_ps(g0, g1, 0x31));
+            sum = _mm256_mul_ps(sum, _mm256_insertf128_ps(_mm256_castps128_ps256(column_scale), column_scale, 1));
+            _mm_storeu_ps(s0 + c, _mm256_castps256_ps128(sum));
+            _mm_storeu_ps(s0 + lds + c, _mm256_extractf128_ps(sum, 1));
+        }
+        for (; c < cols; c++) {
+            s0[c] = (scale * k_scale[c]) * dot_s8(depth, q0, k + (ptrdiff_t)c * ldk);
+            s0[lds + (ptrdiff_t)c] = (scale * k_scale[c]) * dot_s8(depth, q0 + ldq, k + (ptrdiff_t)c * ldk);
+        }
+    }
+    for (; r < rows; r++) {
+        for (c = 0; c < cols; c++) {
+            s[(ptrdiff_t)r * lds + (ptrdiff_t)c] = (scale * k_scale[c]) * dot_s8(depth, q + (ptrdiff_t)r * ldq,
+                                                                                 k + (ptrdiff_t)c * ldk);
+        }
+    }
+}
+
+/* acc[0:mr][0:8 nv] += (p v_scale)[0:mr][0:cols] v[0:cols][0:8 nv]; the last vector takes `last` lanes. */
+INLINE void pv_tile_s8(int mr, int nv, size_t last, size_t cols, const float *p, ptrdiff_t ldp, const int8_t *v,
+                       ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
+{
+    const __m256i all = _mm256_set1_epi32(-1), last_mask = tail_mask(last);
+    __m256 a[4][2], w[2];
+    size_t c;
+    int i, x;
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < mr; i++) {
+        _Pragma("GCC unroll 2")
+        for (x = 0; x < nv; x++) {
+            a[i][x] = _mm256_maskload_ps(acc + i * lda + 8 * x, x == nv - 1 ? last_mask : all);
+        }
+    }
+    for (c = 0; c < cols; c++) {
+        const int8_t *v_row = v + (ptrdiff_t)c * ldv;
+        _Pragma("GCC unroll 2")
+        for (x = 0; x < nv; x++) {
+            w[x] = load_s8(v_row + 8 * x, x == nv - 1 ? last : 8);
+        }
+        _Pragma("GCC unroll 4")
+        for (i = 0; i < mr; i++) {
+            const __m256 weight = _mm256_set1_ps(p[i * ldp + (ptrdiff_t)c] * v_scale[c]);
+            _Pragma("GCC unroll 2")
+            for (x = 0; x < nv; x++) {
+                a[i][x] = _mm256_fmadd_ps(weight, w[x], a[i][x]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < mr; i++) {
+        _Pragma("GCC unroll 2")
+        for (x = 0; x < nv; x++) {
+            _mm256_maskstore_ps(acc + i * lda + 8 * x, x == nv - 1 ? last_mask : all, a[i][x]);
+        }
+    }
+}
+
+INLINE void pv_rows_s8(int mr, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const int8_t *v,
+                       ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
+{
+    size_t e = 0;
+    for (; e + 16 <= dv; e += 16) {
+        pv_tile_s8(mr, 2, 8, cols, p, ldp, v + e, ldv, v_scale, acc + e, lda);
+    }
+    for (; e < dv; e += 8) {
+        pv_tile_s8(mr, 1, dv - e < 8 ? dv - e : 8, cols, p, ldp, v + e, ldv, v_scale, acc + e, lda);
+    }
+}
+
+void moa_attn_pv_f32_s8_4x16_avx2(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                  const int8_t *v, ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
+{
+    size_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        pv_rows_s8(4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
+    }
+    for (; r < rows; r++) {
+        pv_rows_s8(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
     }
 }
 

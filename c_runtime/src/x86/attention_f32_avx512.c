@@ -2,12 +2,15 @@
  *   scores 16x16: a GEMM tile over a packed, transposed panel of 16 keys (see below);
  *   pv 12x32:   12 rows x 2 zmm of the accumulator stay in registers over all keys, each key a
  *               broadcast weight (embedded broadcast) times two vectors of one row of V;
- *   max, exp, scale, vexp: 32 floats per step, a masked step for the tail. */
+ *   max, exp, scale, vexp: 32 floats per step, a masked step for the tail;
+ *   over an int8 cache (_s8): the same tiles, each int8 row widened to float in registers
+ *               (vpmovsxbd, vcvtdq2ps) as it is loaded: into the key panel, or as V's row. */
 #include "moa/isa.h"
 
 #if MOA_ISA_AVX512
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #include "moa/attention.h"
 
@@ -56,16 +59,11 @@ INLINE __mmask16 tail_mask(size_t n) /* the first n < 16 lanes */
  * memory, which is what DESIGN's "no transposed-key copy" rules out. */
 #define KT_DEPTH 256
 
-/* The 16 x 16 block at x (rows ldx apart; the first nr rows and the columns in jm real, the rest
- * read as 0) transposed into kt[j * 16 + c] for j < nj. */
-INLINE void pack_16x16(int nr, __mmask16 jm, size_t nj, const float *x, ptrdiff_t ldx, float *kt)
+/* The 16 x 16 block in a[] (a[i] = row i) transposed into kt[j * 16 + c] for j < nj. */
+INLINE void transpose_16x16(__m512 a[16], size_t nj, float *kt)
 {
-    __m512 a[16], b[16];
+    __m512 b[16];
     int i;
-    _Pragma("GCC unroll 16")
-    for (i = 0; i < 16; i++) {
-        a[i] = i < nr ? _mm512_maskz_loadu_ps(jm, x + i * ldx) : _mm512_setzero_ps();
-    }
     _Pragma("GCC unroll 16")
     for (i = 0; i < 8; i++) { /* pairs of rows interleaved */
         b[2 * i] = _mm512_unpacklo_ps(a[2 * i], a[2 * i + 1]);
@@ -108,8 +106,48 @@ INLINE void pack_16x16(int nr, __mmask16 jm, size_t nj, const float *x, ptrdiff_
     }
 }
 
-/* s[0:mr][lanes cm] = scale * q[0:mr][0:nj] kt[0:nj][0:16], plus s when `add`. */
-INLINE void scores_tile(int mr, size_t nj, const float *q, ptrdiff_t ldq, const float *kt, float scale,
+/* The 16 x 16 block at x (rows ldx apart; the first nr rows and the columns in jm real, the rest
+ * read as 0) transposed into kt[j * 16 + c] for j < nj. */
+INLINE void pack_16x16(int nr, __mmask16 jm, size_t nj, const float *x, ptrdiff_t ldx, float *kt)
+{
+    __m512 a[16];
+    int i;
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < 16; i++) {
+        a[i] = i < nr ? _mm512_maskz_loadu_ps(jm, x + i * ldx) : _mm512_setzero_ps();
+    }
+    transpose_16x16(a, nj, kt);
+}
+
+/* n <= 16 int8 at x as 16 floats (exact), the lanes past n 0. A partial row goes through a
+ * zeroed 16-byte buffer: AVX-512F alone has no byte-masked load. */
+INLINE __m512 load_s8(const int8_t *x, size_t n)
+{
+    __m128i bytes;
+    if (n == 16) {
+        bytes = _mm_loadu_si128((const __m128i *)(const void *)x);
+    } else {
+        int8_t buf[16] = {0};
+        memcpy(buf, x, n);
+        bytes = _mm_loadu_si128((const __m128i *)(const void *)buf);
+    }
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
+}
+
+/* pack_16x16 over int8 rows: each row converted to float in registers on its way into the panel. */
+INLINE void pack_16x16_s8(int nr, size_t nj, const int8_t *x, ptrdiff_t ldx, float *kt)
+{
+    __m512 a[16];
+    int i;
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < 16; i++) {
+        a[i] = i < nr ? load_s8(x + i * ldx, nj) : _mm512_setzero_ps();
+    }
+    transpose_16x16(a, nj, kt);
+}
+
+/* s[0:mr][lanes cm] = scale[lane] * q[0:mr][0:nj] kt[0:nj][0:16], plus s when `add`. */
+INLINE void scores_tile(int mr, size_t nj, const float *q, ptrdiff_t ldq, const float *kt, __m512 scale,
                         __mmask16 cm, int add, float *s, ptrdiff_t lds)
 {
     __m512 acc[16];
@@ -129,7 +167,28 @@ INLINE void scores_tile(int mr, size_t nj, const float *q, ptrdiff_t ldq, const 
     _Pragma("GCC unroll 16")
     for (i = 0; i < mr; i++) {
         const __m512 before = add ? _mm512_maskz_loadu_ps(cm, s + i * lds) : _mm512_setzero_ps();
-        _mm512_mask_storeu_ps(s + i * lds, cm, _mm512_fmadd_ps(acc[i], _mm512_set1_ps(scale), before));
+        _mm512_mask_storeu_ps(s + i * lds, cm, _mm512_fmadd_ps(acc[i], scale, before));
+    }
+}
+
+/* The rows of one panel of 16 keys (or fewer) against all query rows, 16, 8, 4, then 1 at a time. */
+INLINE void scores_panel(size_t rows, size_t nj, const float *q0, ptrdiff_t ldq, const float *kt, __m512 scale,
+                         __mmask16 cm, int add, float *s0, ptrdiff_t lds)
+{
+    size_t r;
+    for (r = 0; r + 16 <= rows; r += 16) {
+        scores_tile(16, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+    }
+    if (rows - r >= 8) {
+        scores_tile(8, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+        r += 8;
+    }
+    if (rows - r >= 4) {
+        scores_tile(4, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+        r += 4;
+    }
+    for (; r < rows; r++) {
+        scores_tile(1, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
     }
 }
 
@@ -137,7 +196,7 @@ void moa_attn_scores_f32_16x16_avx512(size_t rows, size_t cols, size_t depth, fl
                                       ptrdiff_t ldq, const float *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
 {
     float kt[KT_DEPTH * 16] __attribute__((aligned(64))); /* the packed panel: 16 keys, transposed */
-    size_t c, j0, j, r;
+    size_t c, j0, j;
     for (c = 0; c < cols; c += 16) {
         const int nc = cols - c >= 16 ? 16 : (int)(cols - c);
         const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : tail_mask((size_t)nc);
@@ -153,20 +212,33 @@ void moa_attn_scores_f32_16x16_avx512(size_t rows, size_t cols, size_t depth, fl
                 pack_16x16(nc, mj == 16 ? (__mmask16)0xFFFF : tail_mask(mj), mj, k0 + (ptrdiff_t)(j0 + j), ldk,
                            kt + 16 * j);
             }
-            for (r = 0; r + 16 <= rows; r += 16) {
-                scores_tile(16, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+            scores_panel(rows, nj, q0, ldq, kt, _mm512_set1_ps(scale), cm, add, s0, lds);
+            j0 += nj;
+        } while (j0 < depth);
+    }
+}
+
+/* The same tile over int8 keys: the panel packs 16 keys converted to float, and each column's
+ * scale is scale * k_scale[c], applied once to its sum. */
+void moa_attn_scores_f32_s8_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                         ptrdiff_t ldq, const int8_t *k, ptrdiff_t ldk, const float *k_scale,
+                                         float *s, ptrdiff_t lds)
+{
+    float kt[KT_DEPTH * 16] __attribute__((aligned(64)));
+    size_t c, j0, j;
+    for (c = 0; c < cols; c += 16) {
+        const int nc = cols - c >= 16 ? 16 : (int)(cols - c);
+        const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : tail_mask((size_t)nc);
+        const __m512 column_scale = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(cm, k_scale + c));
+        const int8_t *k0 = k + (ptrdiff_t)c * ldk;
+        float *s0 = s + (ptrdiff_t)c;
+        j0 = 0;
+        do {
+            const size_t nj = depth - j0 < KT_DEPTH ? depth - j0 : KT_DEPTH;
+            for (j = 0; j < nj; j += 16) {
+                pack_16x16_s8(nc, nj - j < 16 ? nj - j : 16, k0 + (ptrdiff_t)(j0 + j), ldk, kt + 16 * j);
             }
-            if (rows - r >= 8) {
-                scores_tile(8, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
-                r += 8;
-            }
-            if (rows - r >= 4) {
-                scores_tile(4, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
-                r += 4;
-            }
-            for (; r < rows; r++) {
-                scores_tile(1, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
-            }
+            scores_panel(rows, nj, q + (ptrdiff_t)j0, ldq, kt, column_scale, cm, j0 > 0, s0, lds);
             j0 += nj;
         } while (j0 < depth);
     }
@@ -207,6 +279,72 @@ INLINE void pv_tile(int mr, int nv, __mmask16 last, size_t cols, const float *p,
         for (x = 0; x < nv; x++) {
             _mm512_mask_storeu_ps(acc + i * lda + 16 * x, x == nv - 1 ? last : (__mmask16)0xFFFF, a[i][x]);
         }
+    }
+}
+
+/* pv_tile over int8 rows of V: each row converted to float in registers, each weight p * v_scale. */
+INLINE void pv_tile_s8(int mr, int nv, size_t last, size_t cols, const float *p, ptrdiff_t ldp, const int8_t *v,
+                       ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
+{
+    const __mmask16 last_mask = last == 16 ? (__mmask16)0xFFFF : tail_mask(last);
+    __m512 a[12][2], w[2];
+    size_t c;
+    int i, x;
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < mr; i++) {
+        _Pragma("GCC unroll 16")
+        for (x = 0; x < nv; x++) {
+            a[i][x] = _mm512_maskz_loadu_ps(x == nv - 1 ? last_mask : (__mmask16)0xFFFF, acc + i * lda + 16 * x);
+        }
+    }
+    for (c = 0; c < cols; c++) {
+        const int8_t *v_row = v + (ptrdiff_t)c * ldv;
+        _Pragma("GCC unroll 16")
+        for (x = 0; x < nv; x++) {
+            w[x] = load_s8(v_row + 16 * x, x == nv - 1 ? last : 16);
+        }
+        _Pragma("GCC unroll 16")
+        for (i = 0; i < mr; i++) {
+            const __m512 weight = _mm512_set1_ps(p[i * ldp + (ptrdiff_t)c] * v_scale[c]);
+            _Pragma("GCC unroll 16")
+            for (x = 0; x < nv; x++) {
+                a[i][x] = _mm512_fmadd_ps(weight, w[x], a[i][x]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < mr; i++) {
+        _Pragma("GCC unroll 16")
+        for (x = 0; x < nv; x++) {
+            _mm512_mask_storeu_ps(acc + i * lda + 16 * x, x == nv - 1 ? last_mask : (__mmask16)0xFFFF, a[i][x]);
+        }
+    }
+}
+
+INLINE void pv_rows_s8(int mr, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const int8_t *v, ptrdiff_t ldv,
+                       const float *v_scale, float *acc, ptrdiff_t lda)
+{
+    size_t e = 0;
+    for (; e + 32 <= dv; e += 32) {
+        pv_tile_s8(mr, 2, 16, cols, p, ldp, v + e, ldv, v_scale, acc + e, lda);
+    }
+    for (; e < dv; e += 16) {
+        pv_tile_s8(mr, 1, dv - e >= 16 ? 16 : dv - e, cols, p, ldp, v + e, ldv, v_scale, acc + e, lda);
+    }
+}
+
+void moa_attn_pv_f32_s8_12x32_avx512(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                     const int8_t *v, ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
+{
+    size_t r = 0;
+    for (; r + 12 <= rows; r += 12) {
+        pv_rows_s8(12, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
+    }
+    for (; r + 4 <= rows; r += 4) {
+        pv_rows_s8(4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
+    }
+    for (; r < rows; r++) {
+        pv_rows_s8(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
     }
 }
 
