@@ -10,6 +10,7 @@ from moa_edge.ops import SUPPORTED_OPS, check_output_types
 from .attention import rewrite_attention
 from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision, unfold_batched_transposes
 from .fold import fold_constants, infer_missing_shapes
+from .half import compute_in_float32
 from .mlp import tile_mlp_rows
 from .nbits import lower_matmul_nbits
 from .pack import pack_weights
@@ -36,6 +37,8 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         inferred = infer_missing_shapes(graph)
         if not fold_constants(graph) and not inferred:
             break
+    if compute_in_float32(graph):  # float16 and bfloat16 models: halves only at the inputs and outputs
+        fold_constants(graph)  # a CastLike of a constant to a half input's type is a Cast of a constant now
     check_views(graph, source)  # before the rewrites turn views into access maps
     bypass_no_ops(graph)
     narrow_softmax_precision(graph)
@@ -61,7 +64,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
                 raise MoaEdgeError(f"{source}: node {node.name!r} ({node.op}) makes {name!r}, whose element type "
                                    f"or shape is unknown or not supported "
                                    f"(the runtime has {', '.join(dtypes.RUNTIME_DTYPES)})")
-            if name and graph.tensors[name].dtype not in dtypes.RUNTIME_DTYPES:
+            if name and graph.tensors[name].dtype not in dtypes.HELD_DTYPES:
                 raise MoaEdgeError(f"{source}: node {node.name!r} ({node.op}) makes {name!r} of type "
                                    f"{graph.tensors[name].dtype}; the runtime has {', '.join(dtypes.RUNTIME_DTYPES)} only")
     check_output_types(graph, source)
