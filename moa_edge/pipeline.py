@@ -49,7 +49,7 @@ def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHU
     chunks = sorted({1, min(prefill_chunk, max_context)}, reverse=True)
     graphs = {}
     for chunk, graph in zip(chunks, import_decoder(model, max_context, chunks)):
-        lower(graph, source=str(model), weights=weights)
+        lower(graph, source=str(model), weights=weights, half_outputs=False)  # the sampler reads float32 logits
         kv_cache.bind_cache_attention(graph, chunk, str(model))
         check_sizes(graph, str(model))
         graphs[chunk] = graph

@@ -291,3 +291,33 @@ def test_validate_holds_a_half_output_to_its_own_ulps(block_files):
     result = validate(path, [require_board("host")])
     assert result["ok"] and result["importer_check"]["ok"], result
     assert result["boards"]["host"]["max_ulp"] <= 1, result["boards"]["host"]
+
+
+# --- a float16 decoder, built for generation --------------------------------------------------
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", ["host", "k230"])
+def test_half_decoder_generates_as_transformers(board_name, tmp_path_factory):
+    """The tiny Llama `.half()`, exported with its cache (float16 past and logits): the build keeps
+    the cache and the logits in float32 (its sampler reads them) and gives the greedy tokens of
+    transformers' own generate on the half model and on its float32 twin (the same weights); the
+    logits are within 1e-2 of the twin's in float64, relative to max |logit| (the file rounds to
+    float16 where the half model does: the norms' outputs, the rotary tables; 3.1e-3 measured, and
+    5.4e-3 for torch's half model itself)."""
+    import decoders
+    from moa_edge.harness.generation import generate_ids, generation_info
+    board = require_board(board_name)
+    folder = tmp_path_factory.mktemp("half_decoder")
+    model = decoders.build_model("llama").half()
+    decoders.smollm2_export.export_with_cache(model, folder / "llama16.onnx", "torchscript", 17)
+    convert(folder / "llama16.onnx", folder / "project", board=board, max_context=40, prefill_chunk=4)
+    binary, info = build(folder / "project", board), generation_info(folder / "project")
+    twin = decoders.build_model("llama")
+    twin.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    prompt = [int(t) for t in np.random.default_rng(1).integers(0, info["vocab"], 9)]
+    want = decoders.reference_generate(twin, prompt, 12)
+    assert decoders.reference_generate(model, prompt, 12) == want
+    assert generate_ids(binary, board, info, prompt, 12)["tokens"] == want
+    forced = generate_ids(binary, board, info, prompt, 12, forced_ids=want)["logits"]
+    expected = decoders.reference_logits(twin, prompt + want)[len(prompt) - 1:len(prompt) - 1 + 12]
+    assert np.abs(forced - expected).max() < 1e-2 * np.abs(expected).max()

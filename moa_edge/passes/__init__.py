@@ -29,15 +29,16 @@ def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
 
 
 def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attention: bool = True,
-          weights: WeightFormat | None = None) -> Graph:
+          weights: WeightFormat | None = None, half_outputs: bool = True) -> Graph:
     """Fold shape plumbing, rewrite attention, drop dead nodes, then (strict) insist every op is supported.
     Without `fuse_attention` the attention subgraphs stay as they are (scores materialised),
-    the baseline the rewrite is measured against. `weights` quantizes the float weights (convert --weights)."""
+    the baseline the rewrite is measured against. `weights` quantizes the float weights (convert --weights).
+    A float16 or bfloat16 model computes in float32; without `half_outputs` its outputs stay float32."""
     while True:  # folding can reveal shapes, and shapes more folding (layer after layer)
         inferred = infer_missing_shapes(graph)
         if not fold_constants(graph) and not inferred:
             break
-    if compute_in_float32(graph):  # float16 and bfloat16 models: halves only at the inputs and outputs
+    if compute_in_float32(graph, half_outputs):  # float16 and bfloat16 models: halves only at the inputs and outputs
         fold_constants(graph)  # a CastLike of a constant to a half input's type is a Cast of a constant now
     check_views(graph, source)  # before the rewrites turn views into access maps
     bypass_no_ops(graph)

@@ -13,7 +13,8 @@ stay halves at the C API (uint16_t bits). Inside, everything is float32:
 
 so the only nodes that read or write a half are those Casts (ops/elementwise.py converts with
 moa/half.h: round to nearest even, NaN, infinities and subnormals kept). Tensors persisting across
-calls (a decoder's cache) are held in float32.
+calls (a decoder's cache) are held in float32, and so are the outputs when they are no C API
+boundary (round_outputs=False: a generation build's logits, which its own sampler reads).
 """
 from __future__ import annotations
 
@@ -49,14 +50,15 @@ def _rounding_cast(graph: Graph, node: Node) -> bool:
         dtypes.from_onnx(node.attrs["to"]).name in dtypes.HALF_DTYPES)
 
 
-def compute_in_float32(graph: Graph) -> int:
+def compute_in_float32(graph: Graph, round_outputs: bool = True) -> int:
     """Rewrite `graph` as the module's docstring says; returns how many half tensors it widened."""
     _casts_like(graph)
     if not any(t.dtype in dtypes.HALF_DTYPES for t in graph.tensors.values()):
         return 0
     was = {name: t.dtype for name, t in graph.tensors.items()}
     halves = [name for name, dtype in was.items() if dtype in dtypes.HALF_DTYPES]
-    boundary = set(graph.inputs) | set(graph.outputs)
+    outputs = graph.outputs if round_outputs else []
+    boundary = set(graph.inputs) | set(outputs)
     entering, leaving, rounding = [], [], []
 
     # Inputs: read once, as float32.
@@ -68,7 +70,7 @@ def compute_in_float32(graph: Graph) -> int:
         entering.append(_cast(f"{x}__to_float32", x, wide))
         was[wide] = was[x]  # holds a half's value exactly
     # Outputs: computed in float32 (a Cast to the output's own type writes it already), rounded once.
-    for y in [y for y in graph.outputs if was[y] in dtypes.HALF_DTYPES]:
+    for y in [y for y in outputs if was[y] in dtypes.HALF_DTYPES]:
         producer = graph.producer(y)
         if producer is None or (_rounding_cast(graph, producer) and dtypes.dtype(was[y]).onnx == producer.attrs["to"]):
             continue
