@@ -224,6 +224,23 @@ def test_half_transformer_block(block_files, half, board_name, tmp_path):
         assert error <= 2 * step, f"{who}: {error / step} ulps of max |y|"
 
 
+def test_a_half_model_keeps_its_weights_in_float16_with_weights_fp16(block_files, tmp_path):
+    """--weights fp16 stores a float16 model's matrices as the file has them (exactly: they are
+    halves): two bytes a weight, and the same outputs as the float32-weight build."""
+    from moa_edge.passes.quantize import parse_weights
+    board = require_board("host")
+    path, twin_path, x = block_files["float16"]
+    report = convert(path, tmp_path / "project", weights=parse_weights("fp16"))
+    by_type = report["memory"]["weights_bytes_by_type"]
+    matrices = sum(numpy_helper.to_array(i).size for i in onnx.load(path).graph.initializer if len(i.dims) == 2)
+    assert 2 * matrices <= by_type["float16"] < 1.2 * 2 * matrices and by_type["float32"] < 0.1 * by_type["float16"]
+    y = run(build(tmp_path / "project", board), board, report["io"], {"x": x})[0]["y"].astype(np.float64)
+    twin = ort.InferenceSession(str(twin_path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.astype(np.float32)})[0]
+    rounded = twin.astype(x.dtype).astype(np.float64)
+    assert np.all(np.abs(y - rounded) <= _ulp(rounded, x.dtype)), np.abs(y - rounded).max()
+
+
 # --- a Cast to a half inside a float32 graph ---------------------------------------------------
 
 @pytest.mark.board
