@@ -4,7 +4,8 @@ inputs and outputs stay halves at the C API, converted by moa/half.h.
 - The conversions against numpy (float16) and ml_dtypes (bfloat16), on the host under ASan/UBSan and
   on the emulated boards: every half widened, and narrowing at every half, every midpoint between
   two halves (the ties) and a float32 ulp either side, at the overflow and subnormal edges, and on
-  random bit patterns; NaN stays NaN with its sign.
+  random bit patterns; NaN stays NaN with its sign. The same for the float16-weight panel kernels
+  of every ISA variant (convert --weights fp16) on every half.
 - A transformer block exported by torch.onnx from `.half()` and `.bfloat16()`: within one ulp (of the
   half, at each value) of onnxruntime on the file's float32 twin (every half initializer, input and
   output made float32: the same values, exactly; the file has no Cast) rounded once, which is what
@@ -34,7 +35,7 @@ from moa_edge import C_RUNTIME_DIR
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
 from moa_edge.pipeline import convert
-from test_matmul import SANITIZE
+from test_matmul import GEMM_SOURCES, GEMM_VARIANTS, SANITIZE
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 HALVES = {"float16": (np.dtype(np.float16), torch.float16), "bfloat16": (BFLOAT16, torch.bfloat16)}
@@ -123,6 +124,51 @@ def test_conversions_match_numpy(board_name, tmp_path):
     every = np.arange(65536, dtype=np.uint16)
     _same(widened[:65536], every.view(np.float16).astype(np.float32), "float16 -> float32")
     _same(widened[65536:], every.view(BFLOAT16).astype(np.float32), "bfloat16 -> float32")
+
+
+PANEL_HARNESS = r"""
+#include <stdint.h>
+#include <stdio.h>
+
+#include "moa/isa.h"
+#include "moa/qgemm_panel.h"
+
+/* Every float16 bit pattern as a panel of 4096 rows of 16, widened by the build's
+ * moa_qw_dequant_f16 variant. stdout: the 65536 floats; stderr: the variant. */
+static uint16_t halves[65536];
+static float widened[65536];
+
+int main(void)
+{
+    uint32_t h;
+    for (h = 0; h < 65536; h++) {
+        halves[h] = (uint16_t)h;
+    }
+    moa_qw_dequant_f16(4096, halves, NULL, NULL, 0, 0, 4096, widened);
+    fprintf(stderr, "isa=%s\n", MOA_ISA_NAME);
+    return fwrite(widened, sizeof *widened, 65536, stdout) == 65536 ? 0 : 2;
+}
+"""
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("variant", list(GEMM_VARIANTS))
+def test_every_panel_kernel_widens_every_half_exactly(variant, tmp_path):
+    """The float16-weight panels of each ISA (F16C, vcvt, RVV's integer lanes, the reference) give
+    numpy's float32 of every half: subnormals, infinities and NaN (any payload) included."""
+    board_name, extra, vlen, isa = GEMM_VARIANTS[variant]
+    board = require_board(board_name)
+    (tmp_path / "main.c").write_text(PANEL_HARNESS)
+    exe = tmp_path / "panel_main"
+    subprocess.run([board.compiler(), *board.toolchain.get("cflags", []), *extra, "-std=c99", "-Wall", "-Wextra",
+                    "-Werror", f"-I{C_RUNTIME_DIR / 'include'}", str(tmp_path / "main.c"), *map(str, GEMM_SOURCES),
+                    *board.toolchain.get("ldflags", []), "-o", str(exe)], check=True)
+    runner = [part.replace("vlen=128", vlen) for part in board.runner()] if vlen else board.runner()
+    proc = subprocess.run([*runner, str(exe)], capture_output=True, check=True)
+    if isa is not None:
+        assert f"isa={isa}" in proc.stderr.decode()
+    every = np.arange(65536, dtype=np.uint16).view(np.float16)
+    _same(np.frombuffer(proc.stdout, np.float32).copy(), every.astype(np.float32), f"moa_qw_dequant_f16 on {variant}")
 
 
 # --- a transformer block exported from .half() and .bfloat16() ---------------------------------

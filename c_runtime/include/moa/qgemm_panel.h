@@ -18,7 +18,8 @@
  *     moa_qw_{dot,dequant}_f16_avx512           _mm512_cvtph_ps: 16 columns
  *     moa_qw_{dot,dequant}_f16_avx2             _mm256_cvtph_ps (F16C; without it, the reference)
  *     moa_qw_{dot,dequant}_f16_neon             vcvt_f32_f16, four vectors of 4
- *     moa_qw_{dot,dequant}_f16_scalar           bit by bit (moa/half.h): the reference, and RVV */
+ *     moa_qw_{dot,dequant}_f16_rvv              integer lanes (no Zvfh on the C908), one m4 group
+ *     moa_qw_{dot,dequant}_f16_scalar           bit by bit (moa/half.h): the reference */
 #ifndef MOA_QGEMM_PANEL_H
 #define MOA_QGEMM_PANEL_H
 
@@ -59,12 +60,18 @@
 #define MOA_QW_F16_VARIANT(name) name##_avx2
 #elif MOA_ISA_NEON
 #define MOA_QW_F16_VARIANT(name) name##_neon
+#elif MOA_ISA_RVV
+#define MOA_QW_F16_RVV 1
+#define MOA_QW_F16_VARIANT(name) name##_rvv
 #else
 #define MOA_QW_F16_SCALAR 1
 #define MOA_QW_F16_VARIANT(name) name##_scalar
 #endif
 #ifndef MOA_QW_F16_SCALAR
 #define MOA_QW_F16_SCALAR 0
+#endif
+#ifndef MOA_QW_F16_RVV
+#define MOA_QW_F16_RVV 0
 #endif
 #define moa_qw_dot_f16 MOA_QW_F16_VARIANT(moa_qw_dot_f16)
 #define moa_qw_dequant_f16 MOA_QW_F16_VARIANT(moa_qw_dequant_f16)
