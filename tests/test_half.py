@@ -317,6 +317,29 @@ def test_a_cast_to_a_half_inside_the_graph_rounds(half, board_name, tmp_path):
     assert not np.allclose(want[1:], unrounded[1:], rtol=1e-6, atol=0)  # the rounding shows
 
 
+def test_a_half_output_read_inside_the_graph(tmp_path):
+    """h = Cast(x, to float16) is an output and read by an Add: the Cast writes h, the Add reads it
+    widened; z = h + c rounds once from float32, as the ONNX reference evaluator's numpy float16 Add
+    does: bit for bit (onnxruntime's float16 Add is not correctly rounded: -129 + 1.635 gives
+    -127.3125, not -127.375)."""
+    board = require_board("host")
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Cast", ["x"], ["h"], name="to_half", to=TensorProto.FLOAT16),
+             helper.make_node("Add", ["h", "c"], ["z"], name="shift")]
+    graph = helper.make_graph(nodes, "read", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (3, 21))],
+                              [helper.make_tensor_value_info("h", TensorProto.FLOAT16, (3, 21)),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT16, (3, 21))],
+                              [numpy_helper.from_array(rng.standard_normal(21).astype(np.float16), "c")])
+    path = tmp_path / "read.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = (rng.standard_normal((3, 21)) * 100).astype(np.float32)
+    want = ReferenceEvaluator(str(path)).run(None, {"x": x})
+    report = convert(path, tmp_path / "project", board=board)
+    got = run(build(tmp_path / "project", board), board, report["io"], {"x": x})[0]
+    _same(got["h"], want[0], "h")
+    _same(got["z"], want[1], "z")
+
+
 # --- onnx's Cast cases --------------------------------------------------------------------------
 
 CAST_CASES = {c.name: c for c in load_model_tests(kind="node")

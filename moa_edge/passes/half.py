@@ -72,7 +72,16 @@ def compute_in_float32(graph: Graph, round_outputs: bool = True) -> int:
     # Outputs: computed in float32 (a Cast to the output's own type writes it already), rounded once.
     for y in [y for y in outputs if was[y] in dtypes.HALF_DTYPES]:
         producer = graph.producer(y)
-        if producer is None or (_rounding_cast(graph, producer) and dtypes.dtype(was[y]).onnx == producer.attrs["to"]):
+        if producer is None:
+            continue
+        if _rounding_cast(graph, producer) and dtypes.dtype(was[y]).onnx == producer.attrs["to"]:
+            readers = graph.consumers(y)  # the Cast writes the output; readers inside read it widened
+            if readers:
+                wide = _free_name(graph, f"{y}__float32")
+                graph.tensors[wide] = Tensor(wide, graph.tensors[y].shape, FLOAT)
+                for node in readers:
+                    node.inputs = [wide if name == y else name for name in node.inputs]
+                rounding.append((producer, _cast(f"{y}__to_float32", y, wide)))
             continue
         wide = _free_name(graph, f"{y}__float32")
         graph.tensors[wide] = Tensor(wide, graph.tensors[y].shape, FLOAT)
