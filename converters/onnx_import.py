@@ -163,9 +163,9 @@ def _tensor_type(vi, path: Path, what: str) -> tuple[tuple[int, ...], str]:
 
 def _runtime_dtype(elem_type: int) -> str | None:
     """The name of an ONNX element type the runtime holds, None for any other: a graph's inputs,
-    outputs and activations must be of such a type."""
+    outputs and activations must be of such a type (halves are computed in float32: passes/half.py)."""
     record = dtypes.from_onnx(elem_type)
-    return record.name if record is not None and record.runtime else None
+    return record.name if record is not None and record.name in dtypes.HELD_DTYPES else None
 
 
 def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:

@@ -66,7 +66,7 @@ def _by_type(totals: dict) -> str:
 
 WEIGHTS_HELP = ("store the float weights of MatMul and Gemm quantized: int8 (a scale per output column), int8:BLOCK, "
                 "int4[:BLOCK] (a scale and a minimum per BLOCK rows, default 32, llama.cpp's Q4_1; "
-                "the output layer stays int8)")
+                "the output layer stays int8), or fp16 (float16 values, multiplied in float32)")
 
 
 ACTIVATIONS_HELP = ("int8: quantize the activations that multiply int8 weights to int8 at run time, a scale per row, "

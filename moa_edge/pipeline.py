@@ -54,7 +54,8 @@ def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHU
     chunks = sorted({1, min(prefill_chunk, max_context)}, reverse=True)
     graphs = {}
     for chunk, graph in zip(chunks, import_decoder(model, max_context, chunks)):
-        lower(graph, source=str(model), weights=weights, activations=activations)
+        lower(graph, source=str(model), weights=weights, activations=activations,
+              half_outputs=False)  # the sampler reads float32 logits
         kv_cache_pass.bind_cache_attention(graph, chunk, str(model))
         kv_cache_pass.quantize_cache(graph, kv_cache, str(model))
         check_sizes(graph, str(model))

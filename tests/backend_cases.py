@@ -15,11 +15,17 @@ from conftest import require_board
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
+from moa_edge.ir import dtypes
 from moa_edge.pipeline import convert
 
 
 def not_yet(name: str, missing: dict[str, str]) -> str | None:
     return next((why for pattern, why in missing.items() if re.search(pattern, name)), None)
+
+
+def arrays(values) -> list:
+    """A data set's tensors as arrays (onnx's loader leaves bfloat16 ones as TensorProto)."""
+    return [numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v for v in values]
 
 
 def with_constant_inputs(case, positions) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -30,7 +36,7 @@ def with_constant_inputs(case, positions) -> tuple[onnx.ModelProto, dict[str, np
     model = onnx.ModelProto()
     model.CopyFrom(case.model)
     (inputs, _), = case.data_sets
-    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, inputs)}
+    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, arrays(inputs))}
     node = model.graph.node[0]
     for k in positions:
         name = node.input[k] if k < len(node.input) else ""
@@ -42,10 +48,15 @@ def with_constant_inputs(case, positions) -> tuple[onnx.ModelProto, dict[str, np
     return model, feeds
 
 
+# Two units in the last place of a half, relative (at most): a case computed in the half type rounds
+# its intermediates (scores, softmax weights) to it, the runtime computes in float32 and rounds once.
+HALF_ULPS = {"float16": 2.0 ** -9, "bfloat16": 2.0 ** -6}
+
+
 def run_case(name: str, model: onnx.ModelProto, feeds: dict, expected: list, tmp_path, missing: dict[str, str],
              rtol: float = 1e-5, atol: float = 1e-6) -> None:
     """Convert, build and run `model` on the host; compare each output with `expected`
-    (floats within rtol/atol, everything else exactly)."""
+    (floats within rtol/atol, halves within two units in their last place too, everything else exactly)."""
     board = require_board("host")
     path = tmp_path / "model.onnx"
     onnx.save(model, path)
@@ -61,9 +72,11 @@ def run_case(name: str, model: onnx.ModelProto, feeds: dict, expected: list, tmp
     assert reason is None, f"{name} now converts: remove it from NOT_YET ({reason})"
     outputs, _ = run(build(tmp_path / "project", board), board, report["io"], feeds)
     for vi, want in zip(model.graph.output, expected):
-        got = outputs[vi.name]
-        if np.asarray(want).dtype.kind == "f":
-            np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=f"{name}: {vi.name}")
+        got, record = outputs[vi.name], dtypes.from_numpy(np.asarray(want).dtype)
+        if record is not None and record.is_float:
+            np.testing.assert_allclose(got.astype(np.float64), np.asarray(want, np.float64),
+                                       rtol=max(rtol, HALF_ULPS.get(record.name, 0.0)), atol=atol,
+                                       err_msg=f"{name}: {vi.name}")
         else:
             np.testing.assert_array_equal(got, want, err_msg=f"{name}: {vi.name}")
 
@@ -72,5 +85,6 @@ def run_backend_case(name: str, case, tmp_path, missing: dict[str, str], rtol: f
                      atol: float = 1e-6) -> None:
     """One backend case as onnx ships it: its own inputs, its own expected outputs."""
     (inputs, expected), = case.data_sets
-    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, inputs)}
-    run_case(name, case.model, feeds, expected, tmp_path, missing, rtol=max(case.rtol, rtol), atol=max(case.atol, atol))
+    feeds = {vi.name: x for vi, x in zip(case.model.graph.input, arrays(inputs))}
+    run_case(name, case.model, feeds, arrays(expected), tmp_path, missing, rtol=max(case.rtol, rtol),
+             atol=max(case.atol, atol))

@@ -27,6 +27,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
+from moa_edge.ops import matmul
 from moa_edge.pipeline import convert, load_graph
 
 
@@ -223,7 +224,8 @@ def conv_exe(tmp_path_factory):
     exe = tmp / "conv_main"
     src = C_RUNTIME_DIR / "src"
     subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", *SANITIZE, f"-I{C_RUNTIME_DIR / 'include'}",
-                    str(tmp / "main.c"), str(src / "conv.c"), str(src / "matmul.c"), "-o", str(exe)], check=True)
+                    str(tmp / "main.c"), str(src / "conv.c"), *(str(src / s) for s in matmul.C_SOURCES), "-o", str(exe)],
+                   check=True)  # the GEMM's driver and every kernel it may call (its quantized panels too)
     return exe
 
 

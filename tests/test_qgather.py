@@ -35,7 +35,8 @@ from moa_edge.pipeline import convert, load_graph
 
 V, D = 40, 64  # 40 rows: three 16-wide panels, the last one part padding
 TIES = ("initializer", "transpose", "gemm_transB")
-FORMATS = ("int8", "int4", "int4:16")
+FORMATS = ("int8", "int4", "int4:16", "fp16")
+STORED = {"i8": "int8", "u4": "int4", "f16": "float16"}  # weights_bytes_by_type's name of each format's values
 _rng = np.random.default_rng(14)
 TABLE = _rng.standard_normal((V, D)).astype(np.float32)
 GAIN = _rng.uniform(0.5, 1.5, D).astype(np.float32)
@@ -76,9 +77,12 @@ def table_format(weights: str, tied: bool = True):
 
 
 def dequantized(b: np.ndarray, fmt) -> np.ndarray:
-    """B (K x N) as the quantizer leaves it, in float64: scale (q - zero) + offset per block of K rows."""
+    """B (K x N) as the quantizer leaves it, in float64: scale (q - zero) + offset per block of K rows
+    (float16: q itself)."""
     block = fmt.block or b.shape[0]
     q, scale, offset, zero = quantize(np.ascontiguousarray(b), fmt.qtype, block)
+    if fmt.qtype == "f16":
+        return q.astype(np.float64)
     rows = np.arange(b.shape[0]) // block
     return (scale[rows].astype(np.float64) * (q.astype(np.float64) - zero)
             + (offset[rows].astype(np.float64) if offset is not None else 0.0))
@@ -90,9 +94,12 @@ def dequantized_table(weights: str, tied: bool = True) -> np.ndarray:
     block = fmt.block or D
     rows = np.arange(D) // block
     w = dequantized(TABLE.T, fmt)
-    # Not our layout, but a quantization of E: within half a step (int8) or one step (4-bit) of it.
+    # Not our layout, but a quantization of E: within half a step (int8, float16) or one step (4-bit) of it.
     blocks = TABLE.T.reshape(D // block, block, V)
-    step = (np.abs(blocks).max(axis=1) / 127 if fmt.qtype == "i8" else np.ptp(blocks, axis=1) / 15)[rows]
+    if fmt.qtype == "f16":
+        step = 2.0 ** (np.floor(np.log2(np.abs(TABLE.T))) - 10)  # one float16 ulp at each value (all normal)
+    else:
+        step = (np.abs(blocks).max(axis=1) / 127 if fmt.qtype == "i8" else np.ptp(blocks, axis=1) / 15)[rows]
     assert np.all(np.abs(w - TABLE.T) <= step * 0.5 * (1 + 1e-5) + 1e-6)
     return w.T
 
@@ -149,9 +156,9 @@ def test_the_table_is_stored_once_for_the_lookup_and_the_tied_lm_head(tie, weigh
     fmt = table_format(weights)
     block = fmt.block or D
     panels = -(-V // 16)
-    values = panels * 16 * D if fmt.qtype == "i8" else panels * 16 * D // 2
-    floats = panels * 16 * (D // block) * (1 if fmt.qtype == "i8" else 2)  # scales, and 4-bit's minimums
-    want = {"int8" if fmt.qtype == "i8" else "int4": values, "float32": 4 * (floats + D)}  # + the gain
+    values = panels * 16 * D * {"i8": 2, "u4": 1, "f16": 4}[fmt.qtype] // 2
+    floats = panels * 16 * (D // block) * {"i8": 1, "u4": 2, "f16": 0}[fmt.qtype]  # scales, and 4-bit's minimums
+    want = {STORED[fmt.qtype]: values, "float32": 4 * (floats + D)}  # + the gain
     assert report["memory"]["weights_bytes_by_type"] == want
     header = (project / "model.h").read_text()
     macros = {m[0].lower(): int(m[1]) for m in re.findall(r"#define MODEL_WEIGHTS_BYTES_(\w+) (\d+)u", header)}
@@ -191,7 +198,7 @@ def test_an_untied_table_is_looked_up_in_the_format_itself(weights, board_name, 
     board = require_board(board_name)
     project, report = project_for("untied", weights, workdir)
     fmt = parse_weights(weights)
-    assert set(report["memory"]["weights_bytes_by_type"]) == {"float32", "int8" if fmt.qtype == "i8" else "int4"}
+    assert set(report["memory"]["weights_bytes_by_type"]) == {"float32", STORED[fmt.qtype]}
     feeds = check_inputs(report["io"], _feeds("untied"), "ids")
     outputs, _ = run(_binary(project, board), board, report["io"], feeds)
     _assert_close(outputs, expected(weights, IDS, tied=False), f"untied {weights} on {board_name}")

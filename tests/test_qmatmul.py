@@ -1,7 +1,7 @@
 """moa_gemm_qw_f32 (issue 14): quantized weights (int8 per column or per block, 4 bits in blocks,
-with and without offsets) times float32 activations, on every ISA variant of the GEMM test table
-(test_matmul.GEMM_VARIANTS: AVX-512 under ASan/UBSan, AVX2, scalar, NEON on the A72 and A76, RVV at
-two VLENs),
+with and without offsets, float16 values without a scale) times float32 activations, on every ISA
+variant of the GEMM test table (test_matmul.GEMM_VARIANTS: AVX-512 under ASan/UBSan, AVX2, scalar,
+NEON on the A72 and A76, RVV at two VLENs),
 against numpy in float64 of W = scale * q + offset built from the raw integers, not from our
 layout: the panels of ops/qmatmul.pack_quantized are what is under test with the kernels."""
 import subprocess
@@ -20,7 +20,8 @@ HARNESS = r"""
 #include "moa/qmatmul.h"
 
 /* argv: M N K type block has_offset c_rows c_cols alpha beta y_row_stride trans_a zero
- * stdin: A (stored [K][M] when trans_a), q (in panels), scale, offset (when has_offset), C (c_rows x c_cols),
+ * stdin: A (stored [K][M] when trans_a), q (in panels), scale (none for float16: NULL), offset (when has_offset),
+ *        C (c_rows x c_cols),
  *        then Y's initial M x y_row_stride floats
  * stdout: Y; stderr: the kernel variant. Every buffer is its exact size on the heap. */
 static void *read_bytes(size_t n)
@@ -50,10 +51,11 @@ int main(int argc, char **argv)
     block = block ? block : 1; /* the sizes of a refused block 0: read as for 1 */
     c_rows = strtoul(argv[7], NULL, 10), c_cols = strtoul(argv[8], NULL, 10);
     y_row_stride = strtoul(argv[11], NULL, 10), trans_a = atoi(argv[12]);
-    q_bytes = w.type == MOA_QW_I8 ? MOA_QW_I8_BYTES(K, N, block) : MOA_QW_U4_BYTES(K, N, block);
+    q_bytes = w.type == MOA_QW_I8 ? MOA_QW_I8_BYTES(K, N, block)
+              : w.type == MOA_QW_U4 ? MOA_QW_U4_BYTES(K, N, block) : MOA_QW_F16_BYTES(K, N, block);
     A = read_bytes(M * K * sizeof(float));
     Q = read_bytes(q_bytes);
-    S = read_bytes(MOA_QW_SCALES(K, N, block) * sizeof(float));
+    S = w.type == MOA_QW_F16 ? NULL : read_bytes(MOA_QW_SCALES(K, N, block) * sizeof(float));
     O = has_offset ? read_bytes(MOA_QW_SCALES(K, N, block) * sizeof(float)) : NULL;
     C = read_bytes(c_rows * c_cols * sizeof(float));
     Y = read_bytes(M * y_row_stride * sizeof(float));
@@ -69,7 +71,7 @@ int main(int argc, char **argv)
     return status == MOA_OK ? 0 : 100 + (int)status;
 }
 """
-TYPES = {"i8": 1, "u4": 2}
+TYPES = {"i8": 1, "u4": 2, "f16": 3}
 
 
 def _build(variant, tmp_path_factory, more_flags=()):
@@ -89,7 +91,12 @@ def odd_kc_exe(request, tmp_path_factory):
 
 
 def _quantized(rng, K, N, qtype, block, with_offset, zero):
-    """Raw integers, scales and offsets per block, and W = scale * (q - zero) + offset in float64."""
+    """Raw integers, scales and offsets per block, and W = scale * (q - zero) + offset in float64;
+    float16 values (some subnormal, some near the largest), no scale, W = q."""
+    if qtype == "f16":
+        q = (rng.standard_normal((K, N)) * np.exp2(rng.integers(-20, 16, (K, N)))).clip(-65504, 65504)
+        q = q.astype(np.float16)
+        return q, None, None, q.astype(np.float64)
     blocks = -(-K // block)
     q = rng.integers(-127, 128, (K, N)) if qtype == "i8" else rng.integers(0, 16, (K, N))
     scale = rng.uniform(0.001, 0.05, (blocks, N)).astype(np.float32)
@@ -107,7 +114,8 @@ def _run(exe, M, N, K, qtype, block, with_offset=False, c_shape=None, alpha=1.0,
     values, scales, offsets = pack_quantized(q, scale, offset, qtype, block)
     c = rng.standard_normal(c_shape).astype(np.float32) if c_shape else np.zeros((0, 0), np.float32)
     y0 = np.full((M, N + pad), SENTINEL, np.float32)
-    parts = [a.T if trans_a else a, values, scales, *([offsets] if with_offset else []), c, y0]
+    parts = [a.T if trans_a else a, values, *([scales] if scales is not None else []),
+             *([offsets] if with_offset else []), c, y0]
     stdin = b"".join(np.ascontiguousarray(x).tobytes() for x in parts)
     args = [M, N, K, TYPES[qtype], block, int(with_offset), *(c_shape or (0, 0)), alpha, beta, N + pad, int(trans_a), zero]
     proc = subprocess.run([*exe.command, *map(str, args)], input=stdin, capture_output=True)
@@ -131,9 +139,10 @@ def _assert_close(got, expected, magnitude, N):
 # K within, at and past one block and past MOA_GEMM_KC (300), odd K (a 4-bit pair half used).
 SIZES = [(1, 1, 32), (1, 37, 64), (3, 16, 70), (1, 50, 300), (17, 33, 64), (40, 20, 300), (5, 7, 33)]
 # (type, block (None: K), offsets, zero point): int8 per column and in blocks, 4-bit symmetric (zero
-# 8: Q4_0, MatMulNBits without zero points) and with offsets (zero points, GGUF's minimum).
+# 8: Q4_0, MatMulNBits without zero points) and with offsets (zero points, GGUF's minimum); float16
+# values (MOA_QW_F16: no scale, the block only pads K).
 FORMS = [("i8", None, False, 0), ("i8", 32, False, 0), ("i8", 16, True, 3), ("u4", 32, True, 0), ("u4", 16, False, 8),
-         ("u4", 128, True, 8)]
+         ("u4", 128, True, 8), ("f16", None, False, 0)]
 
 
 @pytest.mark.board
@@ -178,14 +187,15 @@ def test_quantized_gemm_reads_a_transposed(qgemm_exe, M):
     _assert_close(got, expected, magnitude, 24)
 
 
-@pytest.mark.parametrize("qtype, block", [("u4", 15), ("u4", 0), ("i8", 0)])
+@pytest.mark.parametrize("qtype, block", [("u4", 15), ("u4", 0), ("i8", 0), ("f16", 0)])
 def test_quantized_gemm_refuses_a_bad_block(qgemm_exe, qtype, block):
     """An odd 4-bit block would split a pair of rows; a block of 0 none: MOA_ERR_BAD_PARAMS, Y untouched."""
     a = np.random.default_rng(0).standard_normal((2, 30)).astype(np.float32)
     blocks = -(-30 // max(block, 1))
     rows = blocks * max(block, 1)
-    q_bytes = rows * 16 if qtype == "i8" else rows // 2 * 16
-    stdin = a.tobytes() + bytes(q_bytes) + bytes(4 * 16 * blocks) + np.full(2 * 4, SENTINEL, np.float32).tobytes()
+    q_bytes = {"i8": rows * 16, "u4": rows // 2 * 16, "f16": rows * 32}[qtype]
+    scale_bytes = 0 if qtype == "f16" else 4 * 16 * blocks
+    stdin = a.tobytes() + bytes(q_bytes) + bytes(scale_bytes) + np.full(2 * 4, SENTINEL, np.float32).tobytes()
     proc = subprocess.run([*qgemm_exe.command, "2", "4", "30", str(TYPES[qtype]), str(block), "0", "0", "0", "1",
                            "1", "4", "0", "0"], input=stdin, capture_output=True)
     assert proc.returncode == 104, proc.stderr  # 100 + MOA_ERR_BAD_PARAMS

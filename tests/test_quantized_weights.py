@@ -1,5 +1,5 @@
 """`convert --weights` (issue 14): float weights quantized by moa-edge itself. A generation build of
-a decoder with int8 or 4-bit weights gives the same greedy tokens and logits as transformers' own
+a decoder with int8, 4-bit or float16 weights gives the same greedy tokens and logits as transformers' own
 model given the same weights (export.quantize_like_convert: the dequantized values in the float
 model), on the host and the emulated boards; the 4-bit grid is llama.cpp's Q4_1, checked against
 the gguf package's own quantizer; bad formats are refused by name."""
@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
 import pytest
 
 from conftest import one_error, require_board, run_cli
@@ -53,13 +55,14 @@ def _check(folder: Path, weights: str, board) -> None:
 
 
 # Blocks other than the defaults are the kernel tables' (tests/test_qmatmul.py) and test_qgather's.
-@pytest.mark.parametrize("weights", ["int8", "int4"])
+@pytest.mark.parametrize("weights", ["int8", "int4", "fp16"])
 def test_quantized_decoder_equals_transformers_with_the_same_weights_on_the_host(folder, weights):
     _check(folder, weights, load_board("host"))
 
 
 @pytest.mark.board
-@pytest.mark.parametrize("board_name, weights", [("rpi4", "int8"), ("k230", "int4")])
+@pytest.mark.parametrize("board_name, weights", [("rpi4", "int8"), ("k230", "int4"), ("rpi4", "fp16"),
+                                                 ("k230", "fp16")])
 def test_quantized_decoder_on_the_emulated_boards(folder, board_name, weights):
     _check(folder, weights, require_board(board_name))
 
@@ -81,6 +84,18 @@ def test_weight_bytes_per_type_in_model_h_and_the_report(folder):
     model_h = (int4 / "model.h").read_text()
     assert f"#define MODEL_WEIGHTS_BYTES_INT4 {by_type[int4]['int4']}u" in model_h
     assert sum(by_type[int4].values()) < sum(by_type[int8].values()) < sum(by_type[float_project].values())
+
+
+def test_fp16_stores_two_bytes_a_weight_every_layer_included(folder):
+    """fp16 keeps the output layer (and the tied embedding) in float16 as well: only the norms'
+    gains stay float32."""
+    _, fp16 = _build(folder, "fp16")
+    case = decoders.cached_decoder("llama", "torchscript", 17, folder)
+    by_type = json.loads((fp16 / "report.json").read_text())["memory"]["weights_bytes_by_type"]
+    linear = sum(m.weight.numel() for m in case.model.modules() if type(m).__name__ == "Linear")
+    assert 2 * linear <= by_type["float16"] < 1.2 * 2 * linear  # panels pad N to 16
+    assert by_type["float32"] < 0.05 * by_type["float16"]
+    assert f"#define MODEL_WEIGHTS_BYTES_FLOAT16 {by_type['float16']}u" in (fp16 / "model.h").read_text()
 
 
 def test_the_4_bit_grid_is_llama_cpps_q4_1():
@@ -107,10 +122,24 @@ def test_int8_error_is_at_most_half_a_step():
     assert np.all(np.abs(dequantized(w, parse_weights("int8")) - w) <= scale / 2 * (1 + 1e-6))
 
 
-@pytest.mark.parametrize("text", ["int3", "int4:7", "int4:0", "int8:x", "fp8", "int4:1"])
+@pytest.mark.parametrize("text", ["int3", "int4:7", "int4:0", "int8:x", "fp8", "int4:1", "fp16:32"])
 def test_a_bad_weight_format_is_refused(text):
     with pytest.raises(MoaEdgeError, match="--weights"):
         parse_weights(text)
+
+
+def test_a_weight_beyond_float16_is_refused_by_node(tmp_path):
+    """fp16 would make it infinite: one error naming the weight and its node, no project."""
+    w = np.full((4, 3), 0.5, np.float32)
+    w[2, 1] = 7e4
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="proj")], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 4))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (2, 3))],
+                              [numpy_helper.from_array(w, "W")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "big.onnx")
+    r = run_cli("convert", tmp_path / "big.onnx", "-o", tmp_path / "p", "--weights", "fp16")
+    one_error(r, "--weights fp16: the weight 'W' of node 'proj' holds 70000, beyond float16's largest 65504")
+    assert not (tmp_path / "p").exists()
 
 
 def test_a_block_that_does_not_divide_k_is_refused_by_node(folder, tmp_path):

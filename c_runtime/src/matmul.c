@@ -23,12 +23,28 @@ typedef struct {
 static moa_qweights quantized_panel(const moa_qweights *w, size_t K, size_t panel)
 {
     const size_t rows = MOA_QW_ROWS(K, w->block), scales = MOA_QW_BLOCKS(K, w->block) * MOA_GEMM_NR;
+    const size_t panel_bytes = w->type == MOA_QW_U4 ? rows / 2 * MOA_GEMM_NR
+                                                    : rows * MOA_GEMM_NR * (w->type == MOA_QW_F16 ? 2 : 1);
     moa_qweights p = *w;
-    p.q = w->type == MOA_QW_I8 ? (const void *)((const int8_t *)w->q + panel * rows * MOA_GEMM_NR)
-                               : (const void *)((const uint8_t *)w->q + panel * rows / 2 * MOA_GEMM_NR);
-    p.scale = w->scale + panel * scales;
+    p.q = (const uint8_t *)w->q + panel * panel_bytes;
+    p.scale = w->scale != NULL ? w->scale + panel * scales : NULL; /* float16 weights have none */
     p.offset = w->offset != NULL ? w->offset + panel * scales : NULL;
     return p;
+}
+
+/* The panel kernels of the weights' type (moa/qgemm_panel.h). */
+static void quantized_dot(const moa_qweights *w, size_t K, const float *x, ptrdiff_t x_stride, float *y16)
+{
+    void (*dot)(MOA_QW_DOT_PARAMS) = w->type == MOA_QW_I8 ? moa_qw_dot_i8
+                                     : w->type == MOA_QW_U4 ? moa_qw_dot_u4 : moa_qw_dot_f16;
+    dot(K, w->block, x, x_stride, w->q, w->scale, w->offset, w->zero, y16);
+}
+
+static void quantized_dequant(const moa_qweights *w, size_t p0, size_t kc, float *out)
+{
+    void (*dequant)(MOA_QW_DEQUANT_PARAMS) = w->type == MOA_QW_I8 ? moa_qw_dequant_i8
+                                             : w->type == MOA_QW_U4 ? moa_qw_dequant_u4 : moa_qw_dequant_f16;
+    dequant(w->block, w->q, w->scale, w->offset, w->zero, p0, kc, out);
 }
 
 static size_t min_size(size_t a, size_t b)
@@ -78,8 +94,7 @@ static const float *panel_rows(b_source b, size_t K, size_t N, size_t q, size_t 
     }
     if (b.quantized != NULL) {
         const moa_qweights w = quantized_panel(b.quantized, K, q);
-        (w.type == MOA_QW_I8 ? moa_qw_dequant_i8 : moa_qw_dequant_u4)(w.block, w.q, w.scale, w.offset, w.zero, p0, kc,
-                                                                    buffer);
+        quantized_dequant(&w, p0, kc, buffer);
         *row_stride = MOA_GEMM_NR;
         return buffer;
     }
@@ -181,8 +196,7 @@ static void gemv_quantized(size_t M, size_t N, size_t K, float alpha, moa_matrix
         for (i = 0; i < M; i++) {
             float *y_row = y + (ptrdiff_t)i * y_row_stride + (ptrdiff_t)j0;
             float sum[MOA_GEMM_NR];
-            (w.type == MOA_QW_I8 ? moa_qw_dot_i8 : moa_qw_dot_u4)(K, w.block, a.data + (ptrdiff_t)i * a.row_stride,
-                                                                a.col_stride, w.q, w.scale, w.offset, w.zero, sum);
+            quantized_dot(&w, K, a.data + (ptrdiff_t)i * a.row_stride, a.col_stride, sum);
             for (j = 0; j < nr; j++) {
                 y_row[j] = alpha * sum[j] + (accumulate ? y_row[j] : 0.0f);
             }
@@ -280,10 +294,11 @@ moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix
                            float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
     b_source source;
-    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4) || w.block == 0 || (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
+    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && w.type != MOA_QW_F16) || w.block == 0 ||
+        (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
         return MOA_ERR_BAD_PARAMS;
     }
-    if ((w.q == NULL || w.scale == NULL) && K > 0 && M > 0 && N > 0) {
+    if ((w.q == NULL || (w.scale == NULL && w.type != MOA_QW_F16)) && K > 0 && M > 0 && N > 0) {
         return MOA_ERR_NULL_ARGUMENT;
     }
     source.packed = NULL;

@@ -1,20 +1,30 @@
 /* moa_gather_qw_f32 (moa/qgather.h): one column of quantized weights, dequantized. */
 #include "moa/qgather.h"
+#include "moa/half.h"
 
 moa_status moa_gather_qw_f32(size_t K, size_t N, moa_qweights w, ptrdiff_t index, float *y)
 {
     size_t panel, lane, blocks, k;
     const float *scale, *offset;
-    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4) || w.block == 0 || (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
+    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && w.type != MOA_QW_F16) || w.block == 0 ||
+        (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
         return MOA_ERR_BAD_PARAMS;
     }
     if (index < 0 || (size_t)index >= N) {
         return MOA_ERR_INDEX_OUT_OF_RANGE;
     }
-    if (K > 0 && (w.q == NULL || w.scale == NULL || y == NULL)) {
+    if (K > 0 && (w.q == NULL || (w.scale == NULL && w.type != MOA_QW_F16) || y == NULL)) {
         return MOA_ERR_NULL_ARGUMENT;
     }
     panel = (size_t)index / MOA_GEMM_NR, lane = (size_t)index % MOA_GEMM_NR, blocks = MOA_QW_BLOCKS(K, w.block);
+    if (w.type == MOA_QW_F16) {
+        /* q[panel][k][lane], a half: no scale */
+        const uint16_t *q = (const uint16_t *)w.q + panel * MOA_QW_ROWS(K, w.block) * MOA_GEMM_NR + lane;
+        for (k = 0; k < K; k++) {
+            y[k] = moa_f16_to_f32(q[k * MOA_GEMM_NR]);
+        }
+        return MOA_OK;
+    }
     /* scale[panel][k / block][lane], and offset alike */
     scale = w.scale + panel * blocks * MOA_GEMM_NR + lane;
     offset = w.offset != NULL ? w.offset + panel * blocks * MOA_GEMM_NR + lane : NULL;

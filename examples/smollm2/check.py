@@ -53,6 +53,11 @@ def main(argv=None) -> int:
     parser.add_argument("--board", default="host,rpi4,k230", help="comma-separated boards")
     parser.add_argument("--max-context", type=int, default=128)
     parser.add_argument("--prompts", type=int, default=3, help="how many of prompts.json's prompts")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N of them (to share the boards' "
+                                                            "slow runs among processes)")
+    parser.add_argument("--forced-only", action="store_true",
+                        help="one run per prompt: the teacher-forced one, whose highest logit at every step must be "
+                             "the expected token (then greedy decoding gives exactly those tokens, step by step)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON")
     parser.add_argument("--weights", metavar="FORMAT", help="convert --weights: int8, int4[:BLOCK]")
     parser.add_argument("--new-tokens", type=int, default=32, help="greedy tokens checked per prompt")
@@ -60,7 +65,7 @@ def main(argv=None) -> int:
                         help="with --weights: skip the top-1 agreement with the float model (a third run per "
                              "prompt, the slowest under qemu; the same integers on every board)")
     args = parser.parse_args(argv)
-    prompts = json.loads((args.export / "prompts.json").read_text())[:args.prompts]
+    prompts = json.loads((args.export / "prompts.json").read_text())[args.skip:args.skip + args.prompts]
     model, _ = smollm2.load(smollm2.gguf_dir())
     rows, ok, reference_model = [], True, None
     for name in args.board.split(","):
@@ -82,13 +87,15 @@ def main(argv=None) -> int:
         binary, info = build(project, board), generation_info(project)
         for prompt, reference in zip(prompts, references):
             n = len(prompt["ids"])
-            got = generate_ids(binary, board, info, prompt["ids"], len(prompt["expected_tokens"]), timeout=None)
             forced = generate_ids(binary, board, info, prompt["ids"], 1, forced_ids=prompt["expected_tokens"],
                                   timeout=None)
+            got = forced if args.forced_only else generate_ids(binary, board, info, prompt["ids"],
+                                                               len(prompt["expected_tokens"]), timeout=None)
             want = reference[n - 1:n - 1 + len(prompt["expected_tokens"])]
             error = float(np.abs(forced["logits"] - want).max() / np.abs(want).max())
             row = {"board": name, "weights": args.weights or "float32", "question": prompt["question"],
-                   "tokens_equal": got["tokens"] == prompt["expected_tokens"],
+                   "tokens_equal": (forced["logits"].argmax(axis=1).tolist() if args.forced_only else got["tokens"])
+                   == prompt["expected_tokens"],
                    "relative_logit_error": error, "prefill_tokens_per_s": got["prefill_tokens_per_s"],
                    "decode_tokens_per_s": got["decode_tokens_per_s"], "max_rss_bytes": got["max_rss_bytes"]}
             if args.weights and not args.no_agreement:  # what the format gives up, against the float model's tokens

@@ -177,7 +177,8 @@ def export_with_cache(model: torch.nn.Module, path, exporter: str, opset: int) -
     args = (torch.randint(0, model.config.vocab_size, (1, TRACE_NEW), generator=generator),
             torch.ones(1, TRACE_PAST + TRACE_NEW, dtype=torch.int64),
             torch.arange(TRACE_PAST, TRACE_PAST + TRACE_NEW)[None],
-            *(torch.randn(1, kv_heads, TRACE_PAST, head_dim, generator=generator) for _ in names_in[3:]))
+            *(torch.randn(1, kv_heads, TRACE_PAST, head_dim, generator=generator).to(model.dtype)  # .half(): halves
+              for _ in names_in[3:]))
     wrapper = WithFlatCache(model).eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

@@ -95,9 +95,9 @@ def graph_code(graph: Graph, prefix: str, board: Board, stem: str, where: dict[s
     for kind, names in (("input", graph.inputs), ("output", graph.outputs)):
         for name in names:
             t = graph.tensors[name]
-            if t.dtype not in dtypes.RUNTIME_DTYPES:
+            if t.dtype not in dtypes.HELD_DTYPES:
                 raise MoaEdgeError(f"{kind} {name!r} has dtype {t.dtype}; "
-                                   f"only {', '.join(dtypes.RUNTIME_DTYPES)} are supported")
+                                   f"only {', '.join(dtypes.HELD_DTYPES)} are supported")
             io.append({"kind": kind, "name": name, "c_name": c_identifier(name, taken, avoid, macro_names),
                        "shape": list(t.shape),
                        "dtype": t.dtype, "c_type": dtypes.dtype(t.dtype).c_type, "elems": t.size, "bytes": t.nbytes})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from moa_edge.ir import Graph
+from moa_edge.ir import Graph, dtypes
 from moa_edge.ops import SUPPORTED_OPS
 from moa_edge.passes.fold import evaluate_onnx_node
 
@@ -12,7 +12,7 @@ from moa_edge.passes.fold import evaluate_onnx_node
 def _torch(arr: np.ndarray) -> torch.Tensor:
     """Floats widen to float64; integers and bools keep their type (they index and mask)."""
     arr = np.asarray(arr)
-    if np.issubdtype(arr.dtype, np.floating):
+    if np.issubdtype(arr.dtype, np.floating) or arr.dtype == dtypes.dtype("bfloat16").numpy:
         return torch.from_numpy(arr.astype(np.float64))
     return torch.from_numpy(arr.copy())
 

@@ -65,7 +65,7 @@ def check_inputs(io: list[dict], inputs: dict[str, np.ndarray], source: str) -> 
 
 
 def _exact_cast(arr: np.ndarray, entry: dict, source: str) -> np.ndarray:
-    """arr as the input's dtype where that keeps every value: floats to float32 (rounded, as the
+    """arr as the input's dtype where that keeps every value: floats to its float type (rounded, as the
     model computes in it, but never a finite value to infinity), integers and bools to an integer
     type whose range holds every value, 0/1 integers to bool. Never floats to integers (token
     ids would be truncated) and never complex numbers (the imaginary part would be dropped)."""
@@ -73,24 +73,26 @@ def _exact_cast(arr: np.ndarray, entry: dict, source: str) -> np.ndarray:
     have = arr.dtype
     if have == want:
         return arr
-    # Which kinds may become which; then whether every value does.
-    kinds = {"f": "fiub", "i": "iub", "u": "iub", "b": "iu"}[want.kind]
+    # Which kinds may become which; then whether every value does (bfloat16 is numpy kind "V").
+    bfloat16 = dtypes.dtype("bfloat16").numpy
+    want_kind, have_kind = ("f" if t == bfloat16 else t.kind for t in (want, have))
+    kinds = {"f": "fiub", "i": "iub", "u": "iub", "b": "iu"}.get(want_kind, "")
     fits = False
-    if have.kind in kinds:
+    if have_kind in kinds:
         with np.errstate(invalid="ignore", over="ignore"):  # a value that does not fit fails the check, quietly
             cast = arr.astype(want)
-            if want.kind == "f" and have.kind == "f":
+            if want_kind == "f" and have_kind == "f":
                 fits = np.array_equal(np.isfinite(cast), np.isfinite(arr))
-            elif want.kind == "f":
+            elif want_kind == "f":
                 fits = np.array_equal(cast.astype(have), arr)
-            elif want.kind == "b":
+            elif want_kind == "b":
                 fits = bool(np.isin(arr, (0, 1)).all())
             else:
                 info = np.iinfo(want)
                 fits = have.kind == "b" or arr.size == 0 or (int(arr.min()) >= info.min and int(arr.max()) <= info.max)
     if not fits:
         raise MoaEdgeError(f"{source}: input {entry['name']!r} has dtype {have}, the model expects {want}"
-                           + (" (not every value fits)" if have.kind in kinds else ""))
+                           + (" (not every value fits)" if have_kind in kinds else ""))
     return cast
 
 

@@ -2,14 +2,17 @@
 
 Everything that depends on an element type (its numpy and C types, the suffix of the kernels
 that compute in it, its size in bytes, its ONNX enum) reads it from the record: nothing else
-assumes four-byte floats. The generated C holds tensors of the runtime types only; the others
-are named so that constants of them can be imported and folded, and refused by name later.
-float32 is the only type the kernels compute in (COMPUTE_DTYPE).
+assumes four-byte floats. The generated C computes on tensors of the runtime types; it also holds
+float16 and bfloat16 ones (HALF_DTYPES: a model's inputs and outputs, the results of Cast), which
+only conversions read and write (passes/half.py). The other types are named so that constants of
+them can be imported and folded, and refused by name later. float32 is the only type the kernels
+compute in (COMPUTE_DTYPE).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes  # noqa: F401  (numpy's bfloat16: np.dtype("bfloat16") is found once it is imported)
 import numpy as np
 import onnx
 
@@ -32,7 +35,8 @@ class DType:
 
 def _record(name: str, c_type: str, suffix: str, itemsize: int, onnx_type: int, runtime: bool = False) -> DType:
     numpy_type = np.dtype(name)
-    return DType(name, numpy_type, c_type, suffix, itemsize, onnx_type, numpy_type.kind == "f", runtime)
+    is_float = numpy_type.kind == "f" or name == "bfloat16"  # ml_dtypes' bfloat16 is of numpy kind "V"
+    return DType(name, numpy_type, c_type, suffix, itemsize, onnx_type, is_float, runtime)
 
 
 # The runtime types first, in the order error messages list them.
@@ -43,6 +47,7 @@ _RECORDS = (
     _record("int32", "int32_t", "i32", 4, _T.INT32, runtime=True),
     _record("float64", "double", "f64", 8, _T.DOUBLE),
     _record("float16", "uint16_t", "f16", 2, _T.FLOAT16),  # C99 has no half type: its bits
+    _record("bfloat16", "uint16_t", "bf16", 2, _T.BFLOAT16),  # the top half of a float32's bits
     _record("int8", "int8_t", "i8", 1, _T.INT8),
     _record("uint8", "uint8_t", "u8", 1, _T.UINT8),
     _record("int16", "int16_t", "i16", 2, _T.INT16),
@@ -56,6 +61,10 @@ _BY_NUMPY = {r.numpy: r for r in _RECORDS}
 
 KNOWN_DTYPES = tuple(_BY_NAME)
 RUNTIME_DTYPES = tuple(r.name for r in _RECORDS if r.runtime)
+# Held by the generated C but never computed in: converted to float32 where they enter (a model's
+# inputs, Cast) and rounded to where they leave (its outputs, Cast), as passes/half.py arranges.
+HALF_DTYPES = ("float16", "bfloat16")
+HELD_DTYPES = RUNTIME_DTYPES + HALF_DTYPES
 # Constants may also be stored in these: quantized weights (int8, 4-bit pairs as uint8) and
 # float16 weights, which only their own kernels read (each checks with require_dtypes).
 WEIGHT_DTYPES = RUNTIME_DTYPES + ("int8", "uint8", "float16")

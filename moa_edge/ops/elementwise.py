@@ -27,6 +27,7 @@ from .contract import EmittedUnit, OpCost, TensorType, operand_bytes
 C_SOURCES: list[str] = []
 IN_PLACE = True  # element i of the output is written after element i of each same-shape input is read
 HEADER = '#include "moa/elementwise.h"'
+HALF_HEADER = '#include "moa/half.h"'  # the conversions of a Cast to or from float16 and bfloat16
 
 
 def _approximate(node) -> str:
@@ -72,12 +73,14 @@ _FLOAT_ONLY = {"Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Fl
 
 VECTOR_BLOCK = 16  # elements: a whole number of vectors of every type on every ISA the boards have
 
-_TORCH_DTYPES = {"float32": torch.float64, "bool": torch.bool, "int64": torch.int64, "int32": torch.int32}
+_TORCH_DTYPES = {"float32": torch.float64, "bool": torch.bool, "int64": torch.int64, "int32": torch.int32,
+                 "float16": torch.float64, "bfloat16": torch.float64}  # halves are held as their float64 values
+_TORCH_HALVES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # The operand letters of the C expressions, and the loop's indices and values (i0.., d0..).
 C_LOCALS = frozenset([*"abcdefgh", *(f"{v}{k}" for v in ("i", "d") for k in range(16))])
 
 _BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf"}
-_ONNX_DTYPE = {1: "float32", 6: "int32", 7: "int64", 9: "bool"}  # Cast's `to` (onnx.TensorProto codes)
+_ONNX_DTYPE = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 16: "bfloat16"}  # Cast's `to`
 
 
 def infer(node, graph) -> list[TensorType]:
@@ -164,7 +167,10 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     if node.op == "MoaFakeQuantize":
         return [_fake_quantize(node, *inputs)]
     if node.op == "Cast":
-        return [inputs[0].to(_TORCH_DTYPES[graph.tensors[node.outputs[0]].dtype])]
+        target = graph.tensors[node.outputs[0]].dtype
+        if target in _TORCH_HALVES:  # rounded from float32, as the C rounds the float32 it computed
+            return [inputs[0].to(torch.float32).to(_TORCH_HALVES[target]).to(torch.float64)]
+        return [inputs[0].to(_TORCH_DTYPES[target])]
     if node.op == "Gelu":
         return [_gelu_torch(node, inputs[0])]
     if node.op == "IsInf":
@@ -189,10 +195,18 @@ def _expression(node, graph) -> tuple[str, list[str]]:
     """The C expression of one output element and the operands it reads (as a, b, c, ...)."""
     names = [n for n in node.inputs]
     if node.op == "Cast":
-        target = graph.tensors[node.outputs[0]].dtype
+        source, target = graph.tensors[names[0]].dtype, graph.tensors[node.outputs[0]].dtype
+        value = f"moa_{dtypes.dtype(source).suffix}_to_f32(a)" if source in dtypes.HALF_DTYPES else "a"
+        if target in dtypes.HALF_DTYPES:  # from float32 (an integer or bool converts to it first), rounded
+            return f"moa_f32_to_{dtypes.dtype(target).suffix}((float){value})", names[:1]
         if target == "bool":
-            return "(a != 0)", names[:1]
-        return f"({dtypes.dtype(target).c_type})a", names[:1]  # float to integer: towards zero, as C and onnxruntime
+            return f"({value} != 0)", names[:1]
+        # float to integer: towards zero, as C and onnxruntime
+        return f"({dtypes.dtype(target).c_type}){value}", names[:1]
+    halves = [n for n in [*names, *node.outputs] if n and graph.tensors[n].dtype in dtypes.HALF_DTYPES]
+    if halves:
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: {halves[0]!r} is {graph.tensors[halves[0]].dtype}; "
+                           f"only Cast reads or writes it (the runtime computes in float32)")
     if node.op == "Gelu":
         return _gelu_c(node), names
     if node.op == "MoaFakeQuantize" and len(names) == 1:  # per tensor: scale and range are literals
@@ -260,7 +274,7 @@ def _loop(node, graph, title: str, where: dict, loads: list[str], statements) ->
     out = node.outputs[0]
     out_shape = graph.tensors[out].shape
     for name in loads:
-        if graph.tensors[name].dtype not in dtypes.RUNTIME_DTYPES:
+        if graph.tensors[name].dtype not in dtypes.HELD_DTYPES:
             raise MoaEdgeError(f"{node.op} node {node.name!r}: input {name!r} is {graph.tensors[name].dtype}")
     layouts = [Layout.row_major(out_shape)] + [_broadcast_layout(graph.tensors[n].shape, out_shape) for n in loads]
     extents, strides = _merged_axes(out_shape, layouts)
@@ -316,7 +330,7 @@ def emit(node, ctx):
         names, value = _value(node, graph)
         call = _loop(node, graph, f"{c_comment_text(node.name)}: {node.op}", ctx.where, list(dict.fromkeys(names)),
                      lambda values: [value(values)])
-        return EmittedUnit(call, declarations=[HEADER])
+        return EmittedUnit(call, declarations=_headers([node], graph))
 
     body = node.attrs["body"]
     members = [(m, _value(m, body)[1]) for m in body.nodes]
@@ -333,4 +347,11 @@ def emit(node, ctx):
         return lines + [values[node.outputs[0]]]
 
     title = f"{c_comment_text(node.name)}: " + " -> ".join(m.op for m in body.nodes) + " in one loop"
-    return EmittedUnit(_loop(node, graph, title, ctx.where, node.inputs, statements), declarations=[HEADER])
+    return EmittedUnit(_loop(node, graph, title, ctx.where, node.inputs, statements),
+                       declarations=_headers(body.nodes, body))
+
+
+def _headers(members, graph: Graph) -> list[str]:
+    """elementwise.h, and half.h when a member converts a float16 or bfloat16."""
+    halves = any(graph.tensors[n].dtype in dtypes.HALF_DTYPES for m in members for n in [*m.inputs, *m.outputs] if n)
+    return [HEADER, HALF_HEADER] if halves else [HEADER]

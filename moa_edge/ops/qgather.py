@@ -3,11 +3,12 @@ token embedding lookup) whose table is stored quantized (convert --weights), one
 moa_gather_qw_f32 call (qgather.h) per index.
 
     out[i, :] = E[wrap(idx[i]), :],   E = W^T,   W[k][v] = scale[k // block][v] q[k][v] + offset[k // block][v]
+                                                  (float16: W[k][v] = q[k][v])
 
 The table is stored as W = E^T (K = D, N = V) in exactly MoaQGemm's layout (ops/qmatmul.py
 pack_quantized), so a tied lm_head, whose weight is E^T, reads the very same tensors.
-Inputs: indices, q, scale, offset ("" for none). A negative index counts from the end, as ONNX
-says; one outside the table stops the model with MOA_ERR_INDEX_OUT_OF_RANGE.
+Inputs: indices, q, scale ("" for none: float16), offset ("" for none). A negative index counts
+from the end, as ONNX says; one outside the table stops the model with MOA_ERR_INDEX_OUT_OF_RANGE.
 """
 from __future__ import annotations
 
@@ -17,16 +18,12 @@ from moa_edge.ir import dtypes
 from moa_edge.ir.c_syntax import c_comment_text
 
 from .contract import EmittedUnit, OpCost, TensorType, check_status
-from .qmatmul import C_TYPES, PANEL, STORAGE, dequantize
+from .qmatmul import PANEL, STORAGE, c_weights, dequantize, describe
 
 OPS = ("MoaQGather",)
 C_SOURCES = ["qgather.c"]
 HEADER = '#include "moa/qgather.h"'
 C_LOCALS = frozenset({"i", "row"})  # its loop's index and the wrapped row
-
-
-def _offset(node) -> str | None:
-    return node.inputs[3] if len(node.inputs) > 3 and node.inputs[3] else None
 
 
 def infer(node, graph) -> list[TensorType]:
@@ -44,8 +41,8 @@ def op_cost(node, graph) -> OpCost:
 
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     attrs = node.attrs
-    offset = inputs[3] if len(inputs) > 3 and inputs[3] is not None else None
-    table = dequantize(inputs[1], inputs[2], offset, attrs["qtype"], attrs["block"], attrs["k"], attrs["n"],
+    scale, offset = (inputs[k] if len(inputs) > k else None for k in (2, 3))
+    table = dequantize(inputs[1], scale, offset, attrs["qtype"], attrs["block"], attrs["k"], attrs["n"],
                        attrs.get("zero", 0)).T
     indices = inputs[0]
     wrapped = torch.where(indices < 0, indices + attrs["n"], indices).long()
@@ -59,14 +56,9 @@ def emit(node, ctx):
     dtypes.require_dtypes(node, graph, (STORAGE[attrs["qtype"]],), names=node.inputs[1:2])
     D, V, count = attrs["k"], attrs["n"], graph.tensors[node.inputs[0]].size
     idx, out = ctx.where[node.inputs[0]], ctx.where[node.outputs[0]]
-    offset = ctx.where[_offset(node)] if _offset(node) else "NULL"
-    weights = (f"(moa_qweights){{{C_TYPES[attrs['qtype']]}, {attrs['block']}, {ctx.where[node.inputs[1]]}, "
-               f"{ctx.where[node.inputs[2]]}, {offset}, {attrs.get('zero', 0)}}}")
-    kind = {"i8": "int8", "u4": "4-bit"}[attrs["qtype"]]
-    per = "per column" if attrs["block"] >= D else f"blocks of {attrs['block']}"
-    call = f"moa_gather_qw_f32({D}, {V}, {weights}, row, {out} + i * {D})"
+    call = f"moa_gather_qw_f32({D}, {V}, {c_weights(node, ctx)}, row, {out} + i * {D})"
     return EmittedUnit(
-        f"    {{ /* {c_comment_text(node.name)}: Gather of {V} rows of {D} stored as {kind} ({per}) */\n"
+        f"    {{ /* {c_comment_text(node.name)}: Gather of {V} rows of {D} stored as {describe(attrs, D)} */\n"
         f"        ptrdiff_t i;\n"
         f"        for (i = 0; i < {count}; i++) {{\n"
         f"            const ptrdiff_t row = {idx}[i] < 0 ? (ptrdiff_t){idx}[i] + {V} : (ptrdiff_t){idx}[i];\n"

@@ -1,10 +1,11 @@
-"""MoaQGemm: a MatMul or Gemm whose weight is stored quantized (int8, or 4 bits in blocks), one
-moa_gemm_qw_f32 call (qmatmul.h) over float32 activations.
+"""MoaQGemm: a MatMul or Gemm whose weight is stored quantized (int8, 4 bits in blocks, or float16),
+one moa_gemm_qw_f32 call (qmatmul.h) over float32 activations.
 
     Y[..., M, N] = alpha A[..., M, K] W + beta C,
-    W[k][n] = scale[k // block][n] (q[k][n] - zero) + offset[k // block][n]
+    W[k][n] = scale[k // block][n] (q[k][n] - zero) + offset[k // block][n]   (f16: W[k][n] = q[k][n])
 
-Inputs: A, q (the panels of qmatmul.h), scale, offset ("" for none), C ("" or absent for none);
+Inputs: A, q (the panels of qmatmul.h), scale ("" for none: f16), offset ("" for none), C ("" or
+absent for none);
 attributes k, n, qtype, block, zero (and MoaGemm's trans_a, alpha, beta).
 The weight's layout is made here (pack_quantized) and undone for the reference (dequantize), so
 the C kernel, the float64 interpreter and the quantizers of passes/quantize.py agree on one form.
@@ -25,22 +26,25 @@ from .matmul import C_SOURCES, PANEL, _bias_view, _gemm_call, _indent, _view
 OPS = ("MoaQGemm",)
 C_SOURCES = C_SOURCES  # the driver of matmul.c serves both
 HEADER = '#include "moa/qmatmul.h"'
-C_TYPES = {"i8": "MOA_QW_I8", "u4": "MOA_QW_U4"}
-STORAGE = {"i8": "int8", "u4": "uint8"}  # the element type of q's tensor
+C_TYPES = {"i8": "MOA_QW_I8", "u4": "MOA_QW_U4", "f16": "MOA_QW_F16"}
+STORAGE = {"i8": "int8", "u4": "uint8", "f16": "float16"}  # the element type of q's tensor
+KINDS = {"i8": "int8", "u4": "4-bit", "f16": "float16"}
 
 
 def blocks(k: int, block: int) -> int:
     return -(-k // block)
 
 
-def pack_quantized(q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, qtype: str, block: int):
-    """q (K x N integers: int8, or 0..15 for u4), scale and offset (blocks x N) in qmatmul.h's
-    panels: (values, scales, offsets or None)."""
+def pack_quantized(q: np.ndarray, scale: np.ndarray | None, offset: np.ndarray | None, qtype: str, block: int):
+    """q (K x N integers: int8, or 0..15 for u4; or float16 values), scale and offset (blocks x N;
+    None for f16) in qmatmul.h's panels: (values, scales or None, offsets or None)."""
     k, n = q.shape
     rows, panels = blocks(k, block) * block, -(-n // PANEL)
-    padded = np.zeros((rows, panels * PANEL), np.int16)
+    padded = np.zeros((rows, panels * PANEL), np.float16 if qtype == "f16" else np.int16)
     padded[:k, :n] = q
     panel_rows = padded.reshape(rows, panels, PANEL).transpose(1, 0, 2)  # panel, row, column
+    if qtype == "f16":
+        return np.ascontiguousarray(panel_rows), None, None
     if qtype == "i8":
         values = panel_rows.astype(np.int8)
     else:
@@ -57,6 +61,8 @@ def pack_quantized(q: np.ndarray, scale: np.ndarray, offset: np.ndarray | None, 
 def dequantize(values, scale, offset, qtype: str, block: int, k: int, n: int, zero: int = 0) -> torch.Tensor:
     """pack_quantized undone and applied: W (K x N) as float64, from the tensors the C reads."""
     values = torch.as_tensor(np.asarray(values))
+    if qtype == "f16":  # the values themselves
+        return values.permute(1, 0, 2).reshape(values.shape[1], -1).to(torch.float64)[:k, :n]
     if qtype == "u4":
         values = values.to(torch.int16)
         values = torch.stack([values & 15, values >> 4], dim=2).reshape(values.shape[0], -1, PANEL)
@@ -87,12 +93,29 @@ def optional_input(inputs, i):
 
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     attrs = node.attrs
-    w = dequantize(inputs[1], inputs[2], optional_input(inputs, 3), attrs["qtype"], attrs["block"], attrs["k"], attrs["n"],
-                   attrs.get("zero", 0))
+    w = dequantize(inputs[1], optional_input(inputs, 2), optional_input(inputs, 3), attrs["qtype"], attrs["block"], attrs["k"],
+                   attrs["n"], attrs.get("zero", 0))
     a = inputs[0].T if attrs["trans_a"] else inputs[0]
     y = attrs["alpha"] * (a.to(torch.float64) @ w)
     c = optional_input(inputs, 4)
     return [y if c is None else y + attrs["beta"] * c]
+
+
+def describe(attrs, k: int) -> str:
+    """The stored form, for the generated C's comments: 'int8 (per column)', '4-bit (blocks of 32)', 'float16'."""
+    if attrs["qtype"] == "f16":
+        return KINDS["f16"]
+    per = "per column" if attrs["block"] >= k else f"blocks of {attrs['block']}"
+    return f"{KINDS[attrs['qtype']]} ({per})"
+
+
+def c_weights(node, ctx) -> str:
+    """The moa_qweights literal of a node whose inputs 1, 2 and 3 are q, scale and offset ("": NULL)."""
+    def where(k):
+        return ctx.where[node.inputs[k]] if len(node.inputs) > k and node.inputs[k] else "NULL"
+    attrs = node.attrs
+    return (f"(moa_qweights){{{C_TYPES[attrs['qtype']]}, {attrs['block']}, {where(1)}, {where(2)}, {where(3)}, "
+            f"{attrs.get('zero', 0)}}}")
 
 
 def emit(node, ctx):
@@ -103,14 +126,10 @@ def emit(node, ctx):
     K, N, trans_a = attrs["k"], attrs["n"], attrs["trans_a"]
     M = a_shape[-1] if trans_a else math.prod(a_shape[:-1])
     a = _view(ctx.where[node.inputs[0]], *((1, M) if trans_a else (K, 1)))
-    offset = ctx.where[node.inputs[3]] if len(node.inputs) > 3 and node.inputs[3] else "NULL"
-    weights = (f"(moa_qweights){{{C_TYPES[attrs['qtype']]}, {attrs['block']}, {ctx.where[node.inputs[1]]}, "
-               f"{ctx.where[node.inputs[2]]}, {offset}, {attrs.get('zero', 0)}}}")
+    weights = c_weights(node, ctx)
     bias = type(node)(node.op, node.name, [node.inputs[0], "", *node.inputs[4:5]], node.outputs)
     call = _gemm_call(M, N, K, attrs["alpha"], a, weights, attrs["beta"], _bias_view(bias, ctx),
                       ctx.where[node.outputs[0]], function="moa_gemm_qw_f32")
-    kind = {"i8": "int8", "u4": "4-bit"}[attrs["qtype"]]
-    per = "per column" if attrs["block"] >= K else f"blocks of {attrs['block']}"
-    text = "\n".join([f"    /* {c_comment_text(node.name)}: {attrs.get('source', 'MatMul')} with {kind} weights "
-                      f"({per}), M={M} N={N} K={K}{' (transA)' if trans_a else ''} */", *_indent(call, 1)]) + "\n"
+    text = "\n".join([f"    /* {c_comment_text(node.name)}: {attrs.get('source', 'MatMul')} with {describe(attrs, K)} "
+                      f"weights, M={M} N={N} K={K}{' (transA)' if trans_a else ''} */", *_indent(call, 1)]) + "\n"
     return EmittedUnit(text, declarations=[HEADER])

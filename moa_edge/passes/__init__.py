@@ -11,6 +11,7 @@ from .attention import rewrite_attention
 from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision, unfold_batched_transposes
 from .dynamic_quantize import fold_dynamic_quantization, parse_activations, quantize_activations
 from .fold import fold_constants, infer_missing_shapes
+from .half import compute_in_float32
 from .mlp import tile_mlp_rows
 from .nbits import lower_matmul_nbits
 from .pack import pack_weights
@@ -30,15 +31,18 @@ def unsupported_ops(graph: Graph) -> dict[str, list[str]]:
 
 
 def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attention: bool = True,
-          weights: WeightFormat | None = None, activations: str | None = None) -> Graph:
+          weights: WeightFormat | None = None, activations: str | None = None, half_outputs: bool = True) -> Graph:
     """Fold shape plumbing, rewrite attention, drop dead nodes, then (strict) insist every op is supported.
     Without `fuse_attention` the attention subgraphs stay as they are (scores materialised),
     the baseline the rewrite is measured against. `weights` quantizes the float weights (convert --weights), and
-    `activations` "int8" the activations they multiply (--activations, passes/dynamic_quantize.py)."""
+    `activations` "int8" the activations they multiply (--activations, passes/dynamic_quantize.py).
+    A float16 or bfloat16 model computes in float32; without `half_outputs` its outputs stay float32."""
     while True:  # folding can reveal shapes, and shapes more folding (layer after layer)
         inferred = infer_missing_shapes(graph)
         if not fold_constants(graph) and not inferred:
             break
+    if compute_in_float32(graph, half_outputs):  # float16 and bfloat16 models: halves only at the inputs and outputs
+        fold_constants(graph)  # a CastLike of a constant to a half input's type is a Cast of a constant now
     lower_qdq(graph)  # QuantizeLinear/DequantizeLinear: quantized GEMM weights, folded constants, roundings
     check_views(graph, source)  # before the rewrites turn views into access maps
     bypass_no_ops(graph)
@@ -68,7 +72,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
                 raise MoaEdgeError(f"{source}: node {node.name!r} ({node.op}) makes {name!r}, whose element type "
                                    f"or shape is unknown or not supported "
                                    f"(the runtime has {', '.join(dtypes.RUNTIME_DTYPES)})")
-            if name and graph.tensors[name].dtype not in dtypes.RUNTIME_DTYPES:
+            if name and graph.tensors[name].dtype not in dtypes.HELD_DTYPES:
                 raise MoaEdgeError(f"{source}: node {node.name!r} ({node.op}) makes {name!r} of type "
                                    f"{graph.tensors[name].dtype}; the runtime has {', '.join(dtypes.RUNTIME_DTYPES)} only")
     check_output_types(graph, source)

@@ -45,7 +45,7 @@ def _key(graph: Graph, name: str, transposed: bool, fmt: WeightFormat, node: str
 
 def _quantized_weight(graph: Graph, name: str, transposed: bool, fmt: WeightFormat, node: str,
                       made: dict[tuple, list[str]]) -> list[str]:
-    """The names of B quantized in the kernel's layout: [values, scale, offset or ""], made once per
+    """The names of B quantized in the kernel's layout: [values, scale or "", offset or ""], made once per
     content of B and format (`made` remembers them by a digest of B's bytes: equal weights under
     two names, or E and its transpose, share one set)."""
     b = graph.constant(name)
@@ -54,15 +54,23 @@ def _quantized_weight(graph: Graph, name: str, transposed: bool, fmt: WeightForm
     key = _key(graph, name, transposed, fmt, node)
     if key not in made:
         stem = f"{name}__{fmt.qtype}_{block}{'_t' if transposed else ''}"
-        q, scale, offset, zero = quantize(b, fmt.qtype, block)
+        q, scale, offset, zero = quantize(b, fmt.qtype, block, f"the weight {name!r} of node {node!r}")
         values, scales, offsets = qmatmul.pack_quantized(q, scale, offset, fmt.qtype, block)
-        quant = Quantization(scale, np.array(zero), axis=0, block_size=block, bits=4 if fmt.qtype == "u4" else 8)
+        quant = None if scale is None else Quantization(scale, np.array(zero), axis=0, block_size=block,
+                                                         bits=4 if fmt.qtype == "u4" else 8)  # float16: the values
         graph.tensors[stem] = Tensor(stem, tuple(values.shape), qmatmul.STORAGE[fmt.qtype], values, quant=quant)
-        graph.tensors[stem + "_scale"] = Tensor(stem + "_scale", tuple(scales.shape), "float32", scales)
-        if offsets is not None:
-            graph.tensors[stem + "_offset"] = Tensor(stem + "_offset", tuple(offsets.shape), "float32", offsets)
-        made[key] = [stem, stem + "_scale", stem + "_offset" if offsets is not None else ""]
+        parts = {"_scale": scales, "_offset": offsets}
+        for suffix, data in parts.items():
+            if data is not None:
+                graph.tensors[stem + suffix] = Tensor(stem + suffix, tuple(data.shape), "float32", data)
+        made[key] = [stem, *(stem + suffix if data is not None else "" for suffix, data in parts.items())]
     return made[key]
+
+
+def _block_and_zero(graph: Graph, values: str, k: int) -> tuple[int, int]:
+    """MoaQGemm's block and zero attributes for stored weights (float16 ones: no scale, one block)."""
+    quant = graph.tensors[values].quant
+    return (quant.block_size, int(quant.zero_point)) if quant is not None else (k, 0)
 
 
 def _bias_row(graph: Graph, y: str) -> tuple[Node, str] | None:
@@ -129,10 +137,9 @@ def pack_weights(graph: Graph, weights: WeightFormat | None = None) -> int:
         else:
             fmt = weights.for_output_layer() if any(o in graph.outputs for o in outputs) else weights
             values, scale, offset = _quantized_weight(graph, weight, trans_b, fmt, node.name, made)
-            quant = graph.tensors[values].quant
+            block, zero = _block_and_zero(graph, values, k)
             gemm = Node("MoaQGemm", node.name, [a, values, scale, offset, *bias], outputs,
-                        {**gemm_attrs, "k": k, "qtype": fmt.qtype, "block": quant.block_size,
-                         "zero": int(quant.zero_point)})
+                        {**gemm_attrs, "k": k, "qtype": fmt.qtype, "block": block, "zero": zero})
         graph.nodes[graph.nodes.index(node)] = gemm
         count += 1
     if weights is not None:  # after the MatMuls, so that a table tied to the output layer shares its format
@@ -152,9 +159,9 @@ def _quantize_embeddings(graph: Graph, weights: WeightFormat, made: dict) -> int
         tied = weights.for_output_layer()
         fmt = tied if _key(graph, table, True, tied, node.name) in made else weights
         stored = _quantized_weight(graph, table, True, fmt, node.name, made)
-        quant = graph.tensors[stored[0]].quant
+        block, zero = _block_and_zero(graph, stored[0], dim)
         graph.nodes[graph.nodes.index(node)] = Node(
             "MoaQGather", node.name, [indices, *stored], list(node.outputs),
-            {"k": dim, "n": vocab, "qtype": fmt.qtype, "block": quant.block_size, "zero": int(quant.zero_point)})
+            {"k": dim, "n": vocab, "qtype": fmt.qtype, "block": block, "zero": zero})
         count += 1
     return count

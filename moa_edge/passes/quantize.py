@@ -2,6 +2,7 @@
 
     int8          symmetric, one scale per output column:  W = scale[n] q,  q in -127..127
     int8:BLOCK    the same with one scale per BLOCK rows of K per column (llama.cpp's Q8_0 is 32)
+    fp16          each weight rounded to the nearest float16 (no scale): half the bytes, multiplied in float32
     int4[:BLOCK]  a scale and a minimum per BLOCK rows (default 32) per column, llama.cpp's Q4_1:
                   d = (max - min) / 15,  q = min(15, floor((w - min) / d + 0.5)),  W = d q + min;
                   the output layer (a MatMul or Gemm whose result is a graph output: an LLM's
@@ -28,7 +29,7 @@ DEFAULT_INT4_BLOCK = 32
 
 @dataclass(frozen=True)
 class WeightFormat:
-    qtype: str          # "i8" or "u4" (ops/qmatmul.py)
+    qtype: str          # "i8", "u4" or "f16" (ops/qmatmul.py)
     block: int | None   # rows of K per scale; None: all of K (per column)
     text: str           # as the user wrote it, for messages
 
@@ -46,9 +47,11 @@ class WeightFormat:
 
 
 def parse_weights(text: str | None) -> WeightFormat | None:
-    """'int8', 'int8:32', 'int4', 'int4:64' -> WeightFormat; None or 'float32' keep the float weights."""
+    """'int8', 'int8:32', 'int4', 'int4:64', 'fp16' -> WeightFormat; None or 'float32' keep the float weights."""
     if text is None or text in ("float32", "fp32"):
         return None
+    if text in ("fp16", "float16"):
+        return WeightFormat("f16", None, text)
     kind, colon, block_text = text.partition(":")
     qtype = {"int8": "i8", "int4": "u4"}.get(kind)
     try:
@@ -56,7 +59,7 @@ def parse_weights(text: str | None) -> WeightFormat | None:
     except ValueError:
         block = 0
     if qtype is None or (block is not None and (block < 2 or (qtype == "u4" and block % 2))):
-        raise MoaEdgeError(f"--weights {text!r} is not int8, int8:BLOCK, int4 or int4:BLOCK "
+        raise MoaEdgeError(f"--weights {text!r} is not int8, int8:BLOCK, int4, int4:BLOCK or fp16 "
                            f"(BLOCK at least 2, and even for int4)")
     return WeightFormat(qtype, block, text)
 
@@ -67,10 +70,20 @@ def _block_rows(w: np.ndarray, block: int) -> np.ndarray:
     return w.reshape(k // block, block, n)
 
 
-def quantize(w: np.ndarray, qtype: str, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+FLOAT16_LIMIT = 65520.0  # float16 rounds this and beyond to infinity (65504 is its largest)
+
+
+def quantize(w: np.ndarray, qtype: str, block: int,
+             what: str = "a weight") -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, int]:
     """W (K x N float32, block dividing K) -> (q K x N, scale blocks x N, offset blocks x N or None,
-    zero point): W ~ scale[k // block] (q - zero) + offset[k // block]."""
+    zero point): W ~ scale[k // block] (q - zero) + offset[k // block]; for f16, (W as float16,
+    None, None, 0): W ~ q, refused (naming `what`) when a finite weight would become infinite."""
     w = np.asarray(w, np.float32)
+    if qtype == "f16":
+        finite = np.abs(w[np.isfinite(w)])
+        if finite.size and finite.max() >= FLOAT16_LIMIT:
+            raise MoaEdgeError(f"--weights fp16: {what} holds {finite.max():g}, beyond float16's largest 65504")
+        return w.astype(np.float16), None, None, 0
     blocks = _block_rows(w, block)
     if qtype == "i8":
         scale = (np.abs(blocks).max(axis=1) / 127.0).astype(np.float32)
@@ -90,5 +103,7 @@ def dequantized(w: np.ndarray, fmt: WeightFormat) -> np.ndarray:
     these weights is the reference a quantized build must match (the same weights)."""
     block = fmt.block_for(w.shape[0], "weight")
     q, scale, offset, zero = quantize(w, fmt.qtype, block)
+    if scale is None:  # float16: the value itself
+        return q.astype(np.float32)
     rows = np.arange(w.shape[0]) // block
     return (scale[rows] * (q.astype(np.float32) - zero) + (0.0 if offset is None else offset[rows])).astype(np.float32)

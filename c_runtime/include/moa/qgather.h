@@ -5,8 +5,9 @@
  *     y[k] = E[index][k] = W[k][index] = scale[k / block][index] q[k][index] + offset[k / block][index]
  *
  * Column `index` of W is lane index % 16 of panel index / 16: its K values are 16 bytes apart
- * (int8) or nibbles of pairs 16 bytes apart (4-bit), one column of the GEMM's panels. K values
- * per token, never the hot path: plain C, one function for every ISA. */
+ * (int8), nibbles of pairs 16 bytes apart (4-bit) or halves 32 bytes apart (float16, no scale),
+ * one column of the GEMM's panels. K values per token, never the hot path: plain C, one function
+ * for every ISA. */
 #ifndef MOA_QGATHER_H
 #define MOA_QGATHER_H
 

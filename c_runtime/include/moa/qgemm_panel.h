@@ -12,7 +12,17 @@
  *     moa_qw_{dot,dequant}_{i8,u4}_avx2         two ymm
  *     moa_qw_{dot,dequant}_{i8,u4}_neon         four q
  *     moa_qw_{dot,dequant}_{i8,u4}_rvv          one m4 group, vl = 16 for any VLEN >= 128
- *     moa_qw_{dot,dequant}_{i8,u4}_scalar       the portable reference */
+ *     moa_qw_{dot,dequant}_{i8,u4}_scalar       the portable reference
+
+ *
+ * float16 weights (MOA_QW_F16) have no scale: a half is widened to float32 in registers (block,
+ * scale, offset and zero unused), by the core's own conversion where it has one:
+ *
+ *     moa_qw_{dot,dequant}_f16_avx512           _mm512_cvtph_ps: 16 columns
+ *     moa_qw_{dot,dequant}_f16_avx2             _mm256_cvtph_ps (F16C; without it, the reference)
+ *     moa_qw_{dot,dequant}_f16_neon             vcvt_f32_f16, four vectors of 4
+ *     moa_qw_{dot,dequant}_f16_rvv              integer lanes (no Zvfh on the C908), one m4 group
+ *     moa_qw_{dot,dequant}_f16_scalar           bit by bit (moa/half.h): the reference */
 #ifndef MOA_QGEMM_PANEL_H
 #define MOA_QGEMM_PANEL_H
 
@@ -51,9 +61,33 @@
 #define moa_qw_dequant_i8 MOA_QW_VARIANT(moa_qw_dequant_i8)
 #define moa_qw_dequant_u4 MOA_QW_VARIANT(moa_qw_dequant_u4)
 
+#if MOA_ISA_AVX512
+#define MOA_QW_F16_VARIANT(name) name##_avx512
+#elif MOA_ISA_AVX2 && defined(__F16C__)
+#define MOA_QW_F16_VARIANT(name) name##_avx2
+#elif MOA_ISA_NEON
+#define MOA_QW_F16_VARIANT(name) name##_neon
+#elif MOA_ISA_RVV
+#define MOA_QW_F16_RVV 1
+#define MOA_QW_F16_VARIANT(name) name##_rvv
+#else
+#define MOA_QW_F16_SCALAR 1
+#define MOA_QW_F16_VARIANT(name) name##_scalar
+#endif
+#ifndef MOA_QW_F16_SCALAR
+#define MOA_QW_F16_SCALAR 0
+#endif
+#ifndef MOA_QW_F16_RVV
+#define MOA_QW_F16_RVV 0
+#endif
+#define moa_qw_dot_f16 MOA_QW_F16_VARIANT(moa_qw_dot_f16)
+#define moa_qw_dequant_f16 MOA_QW_F16_VARIANT(moa_qw_dequant_f16)
+
 void moa_qw_dot_i8(MOA_QW_DOT_PARAMS);
 void moa_qw_dot_u4(MOA_QW_DOT_PARAMS);
 void moa_qw_dequant_i8(MOA_QW_DEQUANT_PARAMS);
 void moa_qw_dequant_u4(MOA_QW_DEQUANT_PARAMS);
+void moa_qw_dot_f16(MOA_QW_DOT_PARAMS);
+void moa_qw_dequant_f16(MOA_QW_DEQUANT_PARAMS);
 
 #endif

@@ -1,4 +1,4 @@
-/* Matrix multiply with weights stored in fewer bits (int8, or 4 bits in blocks), float32
+/* Matrix multiply with weights stored in fewer bits (int8, 4 bits in blocks, or float16), float32
  * activations, float32 accumulation: the decode path of an LLM and every weight-only
  * quantized model.
  *
@@ -9,11 +9,14 @@
  * symmetric with zero 8, as llama.cpp's Q4_0 and onnxruntime's MatMulNBits without zero points;
  * or zero 0 and offset = -zero_point * scale per block, or GGUF's block minimum). `block` rows of
  * W share one scale and offset per column: block == K is one per column (per output channel).
+ * MOA_QW_F16 stores W itself as IEEE halves (uint16_t bits, moa/half.h): W[k][n] = q[k][n];
+ * scale, offset and zero are unused (scale may be NULL), block only sets Kp.
  *
  * Layout: the panels of matmul.h (16 columns each, the last zero-padded), K padded to whole
  * blocks with zero rows (Kp = MOA_QW_ROWS(K, block)). Panel p holds
  *     MOA_QW_I8: Kp rows of 16 int8, row after row (Kp * 16 bytes);
  *     MOA_QW_U4: Kp / 2 pairs of rows in 16 bytes, byte j = q[2r][j] | q[2r + 1][j] << 4;
+ *     MOA_QW_F16: Kp rows of 16 halves, row after row (Kp * 32 bytes);
  * and scale (and offset) hold, per panel, one row of 16 floats per block (Kp / block rows).
  * Weights are quantized and laid out once, at conversion; the kernel reads them as they are. */
 #ifndef MOA_QMATMUL_H
@@ -25,13 +28,13 @@
 #include "moa/matmul.h"
 #include "moa/status.h"
 
-typedef enum { MOA_QW_I8 = 1, MOA_QW_U4 = 2 } moa_qw_type;
+typedef enum { MOA_QW_I8 = 1, MOA_QW_U4 = 2, MOA_QW_F16 = 3 } moa_qw_type;
 
 typedef struct {
     moa_qw_type type;
     size_t block;        /* rows of W per scale; even for MOA_QW_U4 */
-    const void *q;       /* int8_t (MOA_QW_I8) or uint8_t pairs (MOA_QW_U4), in panels */
-    const float *scale;  /* per panel: Kp / block rows of 16 */
+    const void *q;       /* int8_t (MOA_QW_I8), uint8_t pairs (MOA_QW_U4) or uint16_t halves (MOA_QW_F16) */
+    const float *scale;  /* per panel: Kp / block rows of 16 (MOA_QW_F16: unused, may be NULL) */
     const float *offset; /* as scale, or NULL */
     int zero;            /* subtracted from every q */
 } moa_qweights;
@@ -42,12 +45,14 @@ typedef struct {
 /* Bytes of q, and floats of scale (and of offset). */
 #define MOA_QW_I8_BYTES(K, N, block) (MOA_QW_PANELS(N) * MOA_QW_ROWS(K, block) * MOA_GEMM_NR)
 #define MOA_QW_U4_BYTES(K, N, block) (MOA_QW_PANELS(N) * MOA_QW_ROWS(K, block) / 2 * MOA_GEMM_NR)
+#define MOA_QW_F16_BYTES(K, N, block) (MOA_QW_PANELS(N) * MOA_QW_ROWS(K, block) * MOA_GEMM_NR * 2)
 #define MOA_QW_SCALES(K, N, block) (MOA_QW_PANELS(N) * MOA_QW_BLOCKS(K, block) * MOA_GEMM_NR)
 
 /* As moa_gemm_f32 (matmul.h), with B = W. Fewer rows than one register tile stream each panel
  * once and apply the scale per block to sums of x * q (the decode step's GEMV); more rows
  * dequantize a KC x 16 slice of a panel to the stack and run the float register tile.
- * MOA_ERR_BAD_PARAMS for an unknown type, a block of 0 or an odd 4-bit block. */
+ * MOA_ERR_BAD_PARAMS for an unknown type, a block of 0 or an odd 4-bit block; MOA_ERR_NULL_ARGUMENT
+ * for no q, or no scale for an integer type. */
 moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_qweights w,
                            float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
 
