@@ -332,6 +332,9 @@ def cmd_inspect(a) -> int:
 def cmd_bench(a) -> int:
     if a.what == "generate":
         return _bench_generate(a)
+    for flag, given in (("--weights", a.weights), ("--no-onnxruntime", a.no_onnxruntime), ("--host-march", a.host_march)):
+        if given:
+            raise MoaEdgeError(f"{flag} is an option of bench generate, not bench {a.what}")
     a.board = a.board or "rpi4,k230"  # bench generate's default is the host alone
     if a.what == "model":
         return _bench_model(a)
@@ -437,7 +440,9 @@ def _bench_model(a) -> int:
 
 def _bench_generate(a) -> int:
     from moa_edge.harness.generate_bench import bench_generate, table
+    from moa_edge.passes import parse_weights
     from moa_edge.pipeline import convert
+    weights = parse_weights(a.weights)  # a bad format fails before any work
     if not a.model:
         raise MoaEdgeError("bench generate needs the model file: moa-edge bench generate MODEL.onnx")
     board = board_arg(a.board) if a.board else None
@@ -446,10 +451,12 @@ def _bench_generate(a) -> int:
         raise MoaEdgeError("--ssh runs moa-edge's side on a real board: name it with --board")
     prompt_ids = _id_list("--prompt-ids", a.prompt_ids) if a.prompt_ids else None
     result = bench_generate(a.model, convert, prompt_ids, a.prompt_tokens, a.new_tokens, a.threads, a.repeat or 3,
-                            a.gguf, board, ssh, progress=_progress)
+                            a.gguf, board, ssh, progress=_progress, weights=weights,
+                            onnxruntime=not a.no_onnxruntime, host_march=a.host_march or [])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"generate-{Path(a.model).stem}.json"
+    form = f"-{weights.text.replace(':', '-')}" if weights is not None else ""
+    path = out / f"generate-{Path(a.model).stem}{form}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(table(result))
     print(f"wrote {path}")
@@ -659,7 +666,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=_positive_int, default=1,
                    help="bench generate: onnxruntime's and llama.cpp's threads (default 1; moa-edge runs on one)")
     s.add_argument("--gguf", metavar="FILE", help="bench generate: llama.cpp's weights, a GGUF of the same model "
-                   "(benchmarks/gguf_f32.py writes an F32 one)")
+                   "(benchmarks/gguf_f32.py writes an F32 one); with --weights, any GGUF of those weights, from which "
+                   "the matching types are written")
+    s.add_argument("--weights", metavar="FORMAT", help="bench generate: moa-edge's weights as `convert --weights` "
+                   "stores them (int8, int8:BLOCK, int4[:BLOCK]); llama.cpp then runs --gguf's weights quantised "
+                   "by the gguf package to the matching types: Q8_0 for int8, Q4_0 and Q4_1 for int4 (the output "
+                   "layer at Q8_0, as llama-quantize does); the JSON is generate-STEM-FORMAT.json")
+    s.add_argument("--no-onnxruntime", action="store_true", help="bench generate: leave onnxruntime out")
+    s.add_argument("--host-march", type=lambda text: [m for m in text.split(",") if m], metavar="ARCH,...",
+                   help="bench generate: also time moa-edge's host build compiled with -march=ARCH "
+                   "(x86-64-v3: the AVX2 kernels on an AVX-512 machine)")
     ssh_options(s)  # bench model, generate: also time the model on the one --board over ssh
 
     s = verb("boards", cmd_boards, "list the board catalogue (every file validated)")

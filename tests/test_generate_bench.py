@@ -13,9 +13,12 @@ import gguf
 import numpy as np
 import pytest
 
+from moa_edge.errors import MoaEdgeError
+
 from conftest import require_board
 import decoders
 from moa_edge.harness.generate_bench import context_for, first_difference, table
+from moa_edge.harness.gguf_weights import FILE_TYPES, tensor_type, write_gguf
 
 PROMPT, NEW = 9, 6
 _spec = importlib.util.spec_from_file_location("gguf_f32", Path(__file__).parent.parent / "benchmarks" / "gguf_f32.py")
@@ -37,6 +40,9 @@ def test_bench_generate_side_by_side(tmp_path):
     assert result == json.loads((tmp_path / "out" / f"generate-{case.path.stem}.json").read_text())
     assert result["prompt_ids"] == prompt and result["prompt_tokens"] == PROMPT and result["new_tokens"] == NEW
     assert result["threads"] == {"moa_edge": 1, "onnxruntime": 1, "llama_cpp": 1} and result["isa"]
+    # The kernels the build selected, as moa/isa.h names them, are those of the host's widest ISA.
+    assert result["runtimes"]["moa_edge"]["isa"] == {"AVX-512": "avx512", "AVX2": "avx2", "NEON": "neon"}.get(
+        result["isa"], result["runtimes"]["moa_edge"]["isa"])
 
     want = decoders.reference_generate(case, prompt, NEW)  # transformers' greedy generate
     ours, ort = result["runtimes"]["moa_edge"], result["runtimes"]["onnxruntime"]
@@ -101,3 +107,82 @@ def test_gguf_f32_dequantises_every_tensor_and_keeps_the_metadata(tmp_path):
         np.testing.assert_array_equal(np.asarray(out.data).reshape(want.shape), want)
     # The quantised weight really was rounded: the copy is its dequantisation, not the original.
     assert not np.array_equal(np.asarray(converted["blk.0.attn_q.weight"].data), weight)
+
+
+def _moa(*args):
+    return subprocess.run([sys.executable, "-m", "moa_edge.cli", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("form", ["int3", "int4:7"])
+def test_bench_generate_refuses_a_bad_weight_format_before_any_work(tmp_path, form):
+    r = _moa("bench", "generate", tmp_path / "missing.onnx", "--weights", form, "--out", tmp_path / "out")
+    assert r.returncode != 0 and r.stderr.count("error") == 1 and f"--weights {form!r}" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_weight_options_are_bench_generate_s(tmp_path):
+    r = _moa("bench", "model", tmp_path / "missing.onnx", "--weights", "int8")
+    assert r.returncode != 0 and "--weights is an option of bench generate" in r.stderr
+
+
+def test_gguf_file_types_are_llama_cpp_s():
+    for name, number in FILE_TYPES.items():
+        assert number == {"F32": gguf.LlamaFileType.ALL_F32, "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+                          "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[name]
+
+
+def test_gguf_tensor_types_follow_llama_quantize():
+    """Matrices take the file's type; norms stay F32; at 4 bits the output layer and the token table
+    (the output when tied) are Q8_0; a row that is not whole blocks stays F32."""
+    T = gguf.GGMLQuantizationType
+    matrix, table_shape, norm = (1536, 576), (49152, 576), (576,)
+    for file_type, want in (("F32", T.F32), ("Q8_0", T.Q8_0), ("Q4_0", T.Q4_0), ("Q4_1", T.Q4_1)):
+        assert tensor_type("blk.0.ffn_up.weight", matrix, file_type) == want
+        assert tensor_type("blk.0.attn_norm.weight", norm, file_type) == T.F32
+        for name in ("token_embd.weight", "output.weight"):
+            assert tensor_type(name, table_shape, file_type) == (T.Q8_0 if file_type in ("Q4_0", "Q4_1") else want)
+        assert tensor_type("blk.0.ffn_up.weight", (8, 48), file_type) == T.F32  # 48 is not whole 32-blocks
+    with pytest.raises(MoaEdgeError, match="'Q5_0'"):
+        tensor_type("blk.0.ffn_up.weight", matrix, "Q5_0")
+
+
+def test_write_gguf_quantises_the_float_weights_with_gguf(tmp_path):
+    """Each tensor is gguf's quantize of gguf's dequantisation of the source, at the mapped type,
+    metadata kept and general.file_type rewritten."""
+    rng = np.random.default_rng(1)
+    T = gguf.GGMLQuantizationType
+    tensors = {"token_embd.weight": (rng.standard_normal((6, 64)).astype(np.float32), T.Q8_0),
+               "blk.0.attn_q.weight": (rng.standard_normal((4, 64)).astype(np.float32), T.Q4_1),
+               "output_norm.weight": (rng.standard_normal(64).astype(np.float32), T.F32)}
+    writer = gguf.GGUFWriter(tmp_path / "q.gguf", "llama")
+    writer.add_block_count(1)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q4_1)
+    writer.add_token_list(["<s>", "a", "b"])
+    for name, (values, qtype) in tensors.items():
+        if qtype == T.F32:
+            writer.add_tensor(name, values)
+        else:
+            writer.add_tensor(name, gguf.quants.quantize(values, qtype), raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    source = {t.name: t for t in gguf.GGUFReader(tmp_path / "q.gguf").tensors}
+    for file_type, want in (("Q4_0", {"token_embd.weight": T.Q8_0, "blk.0.attn_q.weight": T.Q4_0}),
+                            ("Q8_0", {"token_embd.weight": T.Q8_0, "blk.0.attn_q.weight": T.Q8_0})):
+        wrote = write_gguf(tmp_path / "q.gguf", tmp_path / f"{file_type}.gguf", file_type)
+        target = gguf.GGUFReader(tmp_path / f"{file_type}.gguf")
+        assert target.get_field("general.file_type").contents() == FILE_TYPES[file_type]
+        assert target.get_field("tokenizer.ggml.tokens").contents() == ["<s>", "a", "b"]
+        out = {t.name: t for t in target.tensors}
+        assert {name: t.tensor_type for name, t in out.items()} == {**want, "output_norm.weight": T.F32}
+        for name, qtype in {**want, "output_norm.weight": T.F32}.items():
+            floats = gguf.quants.dequantize(source[name].data, source[name].tensor_type)
+            expected = gguf.quants.quantize(floats, qtype)
+            np.testing.assert_array_equal(np.asarray(out[name].data).reshape(expected.shape), expected)
+        assert wrote["weights_bytes"] == sum(int(t.n_bytes) for t in target.tensors)
+        assert wrote["tensor_types"] == {T.Q8_0.name: 2 if file_type == "Q8_0" else 1, T.F32.name: 1,
+                                         **({T.Q4_0.name: 1} if file_type == "Q4_0" else {})}
+    with pytest.raises(MoaEdgeError, match="another file"):
+        write_gguf(tmp_path / "q.gguf", tmp_path / "q.gguf", "Q8_0")

@@ -30,6 +30,7 @@ from moa_edge.harness.build import build
 from moa_edge.harness.generation import generate_ids, generation_info
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
+from moa_edge.passes import fold
 from moa_edge.passes.quantize import parse_weights, quantize
 from moa_edge.pipeline import convert, load_graph
 
@@ -229,6 +230,34 @@ def test_a_block_that_does_not_divide_the_row_is_refused_by_node(workdir):
     onnx.save(tied_model("untied"), path)
     with pytest.raises(MoaEdgeError, match=r"block 48 does not divide K=64 of node 'embed'"):
         load_graph(path, weights=parse_weights("int4:48"))
+
+
+@pytest.mark.parametrize("weights", [None, "int8", "int4"])
+def test_a_transpose_tie_too_large_to_fold_is_packed_from_the_table(weights, workdir, monkeypatch):
+    """dynamo writes SmolLM2's tied lm_head as MatMul(h, Transpose(E)) with E (28M elements) over
+    fold_constants' limit: the MatMul is packed from E transposed (Gemm transB), and no Transpose
+    of the table is left to run at every step. Here the limit is lowered below this E's size."""
+    monkeypatch.setattr(fold, "_MAX_FOLDED_ELEMENTS", V * D - 1)
+    path = workdir / "transpose-unfolded.onnx"
+    onnx.save(tied_model("transpose"), path)
+    graph = load_graph(path, weights=parse_weights(weights))
+    ops = [n.op for n in graph.nodes]
+    assert "Transpose" not in ops and "MatMul" not in ops
+    assert ops.count("MoaQGemm" if weights else "MoaGemm") == 1
+    got = run_reference(graph, _feeds("transpose"))
+    if weights:
+        want = expected(weights, IDS)
+    else:
+        hidden = TABLE.astype(np.float64)[IDS] * GAIN
+        want = {"hidden": hidden, "logits": hidden @ TABLE.T.astype(np.float64)}
+    _assert_close(got, want, f"unfolded transpose {weights}")
+    if weights == "int4":  # and the C build, on the host
+        board = require_board("host")
+        project = workdir / "transpose-unfolded-int4"
+        report = convert(path, project, weights=parse_weights(weights))
+        assert (project / "model.c").read_text().count("moa_gemm_qw_f32(") == 1
+        outputs, _ = run(_binary(project, board), board, report["io"], check_inputs(report["io"], _feeds("transpose"), "ids"))
+        _assert_close(outputs, want, "unfolded transpose int4 on the host")
 
 
 def test_report_json_states_the_quantized_bytes(workdir):

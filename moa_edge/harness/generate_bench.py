@@ -19,6 +19,7 @@ import importlib.util
 import json
 from pathlib import Path
 import platform
+import re
 import subprocess
 import sys
 from typing import Callable
@@ -30,6 +31,7 @@ from moa_edge.target import Board, load_board
 
 from .build import build
 from .generation import generate_ids, generation_info
+from .gguf_weights import FILE_TYPES, MATCHING, write_gguf
 from .scratch_folder import scratch_folder
 from .ssh import TIMEOUT_S, SshTarget
 
@@ -195,143 +197,275 @@ def _child(script: str, path: Path, request: dict, folder: Path, timeout: float)
                                                result["prefill_s"], result["decode_s"])}
 
 
-def _prepare(model: Path, convert, board: Board, folder: Path, max_context: int, progress) -> tuple[Path, dict]:
-    """Convert for generation and build: the runner and its generation_info."""
+def _prepare(model: Path, convert, board: Board, folder: Path, max_context: int, weights, progress
+             ) -> tuple[Path, Path, dict]:
+    """Convert for generation and build: the project, its runner and its generation_info."""
     project = folder / f"moa-{board.name}"
-    progress(f"moa-edge: convert for {board.name} (--max-context {max_context})")
-    convert(model, project, board=board, max_context=max_context)
+    form = f", --weights {weights.text}" if weights is not None else ""
+    progress(f"moa-edge: convert for {board.name} (--max-context {max_context}{form})")
+    convert(model, project, board=board, max_context=max_context, weights=weights)
     progress(f"moa-edge: build for {board.name}")
-    return build(project, board), generation_info(project)
+    return project, build(project, board), generation_info(project)
 
 
-def _moa_edge(binary: Path, info: dict, board: Board, prompt: list[int], new_tokens: int, repeat: int,
-              ssh: SshTarget | None, timeout: float, progress) -> dict:
-    progress(f"moa-edge on {board.name}{f' over ssh {ssh.destination}' if ssh else ''}: {repeat} runs")
+def build_isa(project: Path, board: Board, extra_cflags: list[str] = ()) -> str | None:
+    """The kernels a build of project with the board's compiler and flags selects: moa/isa.h's
+    MOA_ISA_NAME, as the preprocessor sees it with those flags (None if it cannot be asked)."""
+    cc = board.compiler()
+    if cc is None:
+        return None
+    cflags = list(board.toolchain.get("cflags", [])) + list(extra_cflags)
+    source = '#include "moa/isa.h"\nmoa_isa_name = MOA_ISA_NAME\n'
+    try:
+        proc = subprocess.run([cc, *cflags, "-I", str(project / "runtime" / "include"), "-E", "-P", "-x", "c", "-"],
+                              input=source, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = [line.split("=", 1)[1].strip().strip('"') for line in proc.stdout.splitlines()
+             if line.startswith("moa_isa_name =")]
+    return found[-1] if proc.returncode == 0 and found else None
+
+
+def _moa_edge(binary: Path, info: dict, board: Board, isa: str | None, prompt: list[int], new_tokens: int,
+              repeat: int, ssh: SshTarget | None, timeout: float, progress, label: str = "moa-edge") -> dict:
+    progress(f"{label} on {board.name}{f' over ssh {ssh.destination}' if ssh else ''}: {repeat} runs")
     runs = [generate_ids(binary, board, info, prompt, new_tokens, ssh=ssh, timeout=timeout) for _ in range(repeat)]
     rss = [r["max_rss_bytes"] for r in runs if r["max_rss_bytes"]]
     memory = info["memory"]
-    return {"status": "ok", "board": board.name, "isa": board.isa, "ssh": ssh.destination if ssh else None,
+    return {"status": "ok", "board": board.name, "isa": isa, "ssh": ssh.destination if ssh else None,
             "threads": 1, "max_context": info["max_context"], "tokens": runs[-1]["tokens"],
             "peak_rss_bytes": max(rss) if rss else None, "weights_bytes": memory["weights_bytes"],
+            "weights_bytes_by_type": memory.get("weights_bytes_by_type"),
             "state_bytes": memory["state_bytes"], "arena_bytes": memory["arena_bytes"],
             **_rates(len(prompt), new_tokens, min(r["prefill_s"] for r in runs), min(r["decode_s"] for r in runs))}
+
+
+def onnx_weights_bytes(model: Path) -> int | None:
+    """The bytes of the ONNX file's initializers (what onnxruntime loads as weights)."""
+    import onnx
+    try:
+        graph = onnx.load(str(model), load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - a figure for the table, not worth failing the run over
+        return None
+    total = 0
+    for t in graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            total += int(next((e.value for e in t.external_data if e.key == "length"), 0))
+            continue
+        count = int(np.prod(t.dims)) if t.dims else 1
+        total += len(t.raw_data) if t.raw_data else count * onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    return total
+
+
+def gguf_summary(path: Path) -> dict:
+    """A GGUF file's type (a FILE_TYPES name, else the number), tensor count per type, weights bytes."""
+    import gguf as gguf_package  # optional: only with --gguf
+    reader = gguf_package.GGUFReader(path, "r")
+    field = reader.get_field(gguf_package.Keys.General.FILE_TYPE)
+    number = int(field.contents()) if field is not None else None
+    names = {int(v): k for k, v in FILE_TYPES.items()}
+    types: dict[str, int] = {}
+    for t in reader.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    return {"gguf_type": names.get(number, f"file type {number}"), "tensor_types": types,
+            "weights_bytes": sum(int(t.n_bytes) for t in reader.tensors), "file_bytes": path.stat().st_size}
 
 
 def _ratio(a, b):
     return a / b if a and b else None
 
 
+def _llama_files(gguf: Path, weights, folder: Path, progress) -> list[tuple[str, Path]]:
+    """llama.cpp's files for moa-edge's weight format: (file type, path). Float weights: the given
+    file as it is; quantised: the matching types written from its weights (gguf_weights)."""
+    if weights is None:
+        return [(gguf_summary(gguf)["gguf_type"], gguf)]
+    files = []
+    for file_type in MATCHING[weights.qtype]:
+        target = folder / f"llama-{file_type}.gguf"
+        progress(f"llama.cpp: write {file_type} weights from {gguf.name} (gguf {file_type} quantize)")
+        write_gguf(gguf, target, file_type)
+        files.append((file_type, target))
+    return files
+
+
 def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_tokens: int = 64,
                    new_tokens: int = 64, threads: int = 1, repeat: int = 3, gguf=None,
                    board: Board | None = None, ssh: SshTarget | None = None, seed: int = 0,
-                   timeout: float = TIMEOUT_S, progress: Callable[[str], None] = lambda msg: None) -> dict:
+                   timeout: float = TIMEOUT_S, progress: Callable[[str], None] = lambda msg: None,
+                   weights=None, onnxruntime: bool = True, host_march: list[str] = ()) -> dict:
     """The whole comparison as one dict (see the module docstring). `convert` is pipeline.convert,
     passed in by the caller (the harness sits below the pipeline). `board`: moa-edge's side also
-    runs there (over `ssh` when given); the peers and the comparison are on the host."""
+    runs there (over `ssh` when given); the peers and the comparison are on the host. `weights`
+    (passes.quantize.WeightFormat): moa-edge's build stores its weights so, and llama.cpp runs the
+    matching GGUF types written from `gguf`'s weights (int8: Q8_0; int4: Q4_0 and Q4_1).
+    `host_march`: moa-edge's host build again with each -march=ARCH (x86-64-v3: the AVX2 kernels)."""
     model = Path(model)
     if new_tokens < 2:
         raise MoaEdgeError(f"--new-tokens {new_tokens}: need at least 2 (the first comes from the prefill)")
     if gguf is not None and not Path(gguf).is_file():
         raise MoaEdgeError(f"--gguf {gguf}: no such file")
+    for march in host_march:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", march):
+            raise MoaEdgeError(f"--host-march {march!r}: not a -march value (letters, digits and . _ + -)")
     host = load_board("host")
     max_context = context_for(prompt_tokens if prompt_ids is None else len(prompt_ids), new_tokens)
     with scratch_folder("moa-bench-generate-") as tmp:
         folder = Path(tmp)
-        binary, info = _prepare(model, convert, host, folder, max_context, progress)
+        project, binary, info = _prepare(model, convert, host, folder, max_context, weights, progress)
         prompt = ([int(t) for t in np.random.default_rng(seed).integers(0, info["vocab"], prompt_tokens)]
                   if prompt_ids is None else list(prompt_ids))
-        runtimes = {"moa_edge": _moa_edge(binary, info, host, prompt, new_tokens, repeat, None, timeout, progress)}
+        runtimes = {"moa_edge": _moa_edge(binary, info, host, build_isa(project, host), prompt, new_tokens, repeat,
+                                          None, timeout, progress)}
+        for march in host_march:
+            flags = [f"-march={march}"]
+            variant = build(project, host, extra_cflags=flags, variant=f"host-{march}")
+            runtimes[f"moa_edge_{march}"] = {
+                **_moa_edge(variant, info, host, build_isa(project, host, flags), prompt, new_tokens, repeat, None,
+                            timeout, progress, f"moa-edge -march={march}"), "cflags_added": flags}
         request = {"prompt": prompt, "new_tokens": new_tokens, "threads": threads, "repeat": repeat}
-        progress(f"onnxruntime: {repeat} runs, {threads} thread(s)")
-        runtimes["onnxruntime"] = _child(_ORT_CHILD, model, request, folder, timeout)
+        if onnxruntime:
+            progress(f"onnxruntime: {repeat} runs, {threads} thread(s)")
+            runtimes["onnxruntime"] = {**_child(_ORT_CHILD, model, request, folder, timeout),
+                                       "weights_bytes": onnx_weights_bytes(model)}
+        else:
+            runtimes["onnxruntime"] = {"status": "skipped (--no-onnxruntime)"}
         if not llama_cpp_built():
             runtimes["llama_cpp"] = {"status": LLAMA_NOT_BUILT}
         elif gguf is None:
-            runtimes["llama_cpp"] = {"status": "no weights: give --gguf FILE (benchmarks/gguf_f32.py makes an F32 one)"}
+            runtimes["llama_cpp"] = {"status": "no weights: give --gguf FILE, a GGUF of the same weights"
+                                     + (" (any type: the bench writes the matching types from it)" if weights else
+                                        " (benchmarks/gguf_f32.py makes an F32 one)")}
         else:
-            progress(f"llama.cpp: {repeat} runs, {threads} thread(s)")
-            runtimes["llama_cpp"] = _child(_LLAMA_CHILD, Path(gguf), {**request, "n_ctx": max_context,
-                                                                      "vocab": info["vocab"]}, folder, timeout)
+            for index, (file_type, path) in enumerate(_llama_files(Path(gguf), weights, folder, progress)):
+                progress(f"llama.cpp {file_type}: {repeat} runs, {threads} thread(s)")
+                key = "llama_cpp" if index == 0 else f"llama_cpp_{file_type}"
+                runtimes[key] = {**_child(_LLAMA_CHILD, path, {**request, "n_ctx": max_context, "vocab": info["vocab"]},
+                                          folder, timeout), **gguf_summary(path)}
         on_board = None
         if board is not None and (board.name != "host" or ssh is not None):
-            binary, info = _prepare(model, convert, board, folder, max_context, progress)
-            on_board = _moa_edge(binary, info, board, prompt, new_tokens, repeat, ssh, timeout, progress)
+            project, binary, info = _prepare(model, convert, board, folder, max_context, weights, progress)
+            on_board = _moa_edge(binary, info, board, build_isa(project, board), prompt, new_tokens, repeat, ssh,
+                                 timeout, progress)
     ours = runtimes["moa_edge"]
     agreement = {}
-    for name in ("onnxruntime", "llama_cpp"):
-        if runtimes[name]["status"] == "ok":
-            step = first_difference(ours["tokens"], runtimes[name]["tokens"])
+    for name, r in runtimes.items():
+        if name != "moa_edge" and r["status"] == "ok":
+            step = first_difference(ours["tokens"], r["tokens"])
             agreement[name] = {"agree": step is None, "first_difference": step}
     if on_board is not None:
         step = first_difference(ours["tokens"], on_board["tokens"])
         agreement[f"moa_edge on {on_board['board']}"] = {"agree": step is None, "first_difference": step}
-    decode = {name: r.get("decode_tokens_per_s") for name, r in runtimes.items()}
-    rss = {name: r.get("peak_rss_bytes") for name, r in runtimes.items()}
-    ratios = {"decode_moa_edge_over_onnxruntime": _ratio(decode["moa_edge"], decode["onnxruntime"]),
-              "decode_moa_edge_over_llama_cpp": _ratio(decode["moa_edge"], decode["llama_cpp"]),
-              "rss_moa_edge_over_onnxruntime": _ratio(rss["moa_edge"], rss["onnxruntime"]),
-              "rss_moa_edge_over_llama_cpp": _ratio(rss["moa_edge"], rss["llama_cpp"])}
+    ratios = {}
+    for side in [name for name in runtimes if name.startswith("moa_edge")]:
+        for peer in [name for name in runtimes if not name.startswith("moa_edge")]:
+            for figure, key in (("decode", "decode_tokens_per_s"), ("rss", "peak_rss_bytes"),
+                                ("weights", "weights_bytes")):
+                ratios[f"{figure}_{side}_over_{peer}"] = _ratio(runtimes[side].get(key), runtimes[peer].get(key))
     return {
         "benchmark": "generation: prefill and decode tokens/s, peak resident memory (greedy)",
         "model": str(model), "gguf": str(gguf) if gguf else None,
+        "weights": weights.text if weights is not None else "float32",
         "prompt_tokens": len(prompt), "new_tokens": new_tokens, "prompt_ids": prompt, "repeat": repeat,
-        "threads": {"moa_edge": 1, "onnxruntime": threads, "llama_cpp": threads},
-        "isa": cpu_isa(), "machine": platform.machine(),
+        "threads": {name: 1 if name.startswith("moa_edge") else threads for name in runtimes},
+        "isa": cpu_isa(), "machine": platform.machine(), "load_average": _load_average(),
         "notes": ["moa-edge's runner is single-threaded today; --threads sets the peers' threads only",
                   "rates are the best of the runs; peak resident memory is the whole process (VmHWM), the peers' "
                   "Python interpreter included"],
         "runtimes": runtimes, "board": on_board, "tokens_agree": agreement, "ratios": ratios,
-        "targets": _targets(ratios, threads, runtimes["llama_cpp"]),
+        "targets": _targets(ratios, threads, runtimes, weights),
     }
 
 
-def _targets(ratios: dict, threads: int, llama: dict) -> dict:
-    """Issue 13's goals for the README (not tests): met, or None when the run cannot tell."""
+def _load_average() -> list[float] | None:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def _targets(ratios: dict, threads: int, runtimes: dict, weights) -> dict:
+    """Issue 13's and 14's goals for the README (not tests): met, or None when the run cannot tell."""
     def verdict(value, floor, below=False):
         return {"value": value, "met": None if value is None else (value < floor if below else value >= floor)}
-    f32 = llama.get("gguf_file_type") == 0  # LLAMA_FTYPE_ALL_F32
-    return {
-        "decode >= onnxruntime's": verdict(ratios["decode_moa_edge_over_onnxruntime"], 1.0),
-        "decode >= 0.9x llama.cpp's at float32 on one thread": verdict(
-            ratios["decode_moa_edge_over_llama_cpp"] if f32 and threads == 1 else None, 0.9),
-        "resident memory below onnxruntime's": verdict(ratios["rss_moa_edge_over_onnxruntime"], 1.0, below=True),
-        "resident memory below llama.cpp's": verdict(ratios["rss_moa_edge_over_llama_cpp"], 1.0, below=True),
-    }
+    matching = MATCHING[weights.qtype if weights is not None else None]
+    targets = {"decode >= onnxruntime's": verdict(ratios.get("decode_moa_edge_over_onnxruntime"), 1.0)}
+    llamas = [name for name in runtimes if name.startswith("llama_cpp")]
+    for name in llamas:
+        kind = runtimes[name].get("gguf_type")
+        # Only like against like: the llama.cpp file of moa-edge's weight format, on one thread.
+        same = kind in matching and runtimes[name].get("gguf_file_type") == int(FILE_TYPES[kind])
+        kind = kind or matching[0]
+        what = "at float32" if kind == "F32" else kind
+        targets[f"decode >= 0.9x llama.cpp's {what} on one thread"] = verdict(
+            ratios.get(f"decode_moa_edge_over_{name}") if same and threads == 1 else None, 0.9)
+    targets["resident memory below onnxruntime's"] = verdict(ratios.get("rss_moa_edge_over_onnxruntime"), 1.0, True)
+    for name in llamas:
+        kind = runtimes[name].get("gguf_type")
+        targets[f"resident memory below llama.cpp's{f' {kind}' if kind else ''}"] = verdict(
+            ratios.get(f"rss_moa_edge_over_{name}"), 1.0, below=True)
+    return targets
+
+
+def label(key: str, r: dict) -> str:
+    """A row's name in the table: moa-edge (with its -march), onnxruntime, llama.cpp with its file type."""
+    if key.startswith("moa_edge"):
+        return "moa-edge" + (f" {' '.join(r['cflags_added'])}" if r.get("cflags_added") else "")
+    if key.startswith("llama_cpp"):
+        return "llama.cpp" + (f" {r['gguf_type']}" if r.get("gguf_type") else "")
+    return key
 
 
 def table(result: dict) -> str:
     """The comparison as printed by the verb."""
     def cell(value, digits=1):
         return "-" if value is None else f"{value:.{digits}f}"
-    names = {"moa_edge": "moa-edge", "onnxruntime": "onnxruntime", "llama_cpp": "llama.cpp"}
+    def mib(value):
+        return cell(value / 2**20 if value else None)
     threads = result["threads"]
-    lines = [f"{Path(result['model']).name}: prompt {result['prompt_tokens']} tokens, {result['new_tokens']} new "
-             f"(greedy; decode = {result['new_tokens'] - 1} single-token steps), best of {result['repeat']}, "
-             f"host {result['machine']} {result['isa']}",
-             f"{'runtime':22} {'threads':>7} {'prefill tok/s':>13} {'decode tok/s':>12} {'peak RSS MiB':>12} {'':25}  tokens"]
-    rows = [(name, names[name], threads[name], r) for name, r in result["runtimes"].items()]
+    load = result.get("load_average")
+    lines = [f"{Path(result['model']).name}, weights {result.get('weights', 'float32')}: prompt {result['prompt_tokens']} "
+             f"tokens, {result['new_tokens']} new (greedy; decode = {result['new_tokens'] - 1} single-token steps), best of "
+             f"{result['repeat']}, host {result['machine']} {result['isa']}"
+             + (f", load average {' '.join(f'{x:.2f}' for x in load)}" if load else ""),
+             f"{'runtime':28} {'threads':>7} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MiB':>11} "
+             f"{'peak RSS MiB':>12} {'':25}  tokens"]
+    rows = [(name, label(name, r), threads.get(name, 1), r) for name, r in result["runtimes"].items()]
     if result["board"]:
         key = f"moa_edge on {result['board']['board']}"
         rows.append((key, key.replace("_", "-"), 1, result["board"]))
-    for key, label, count, r in rows:
+    for key, name, count, r in rows:
         if r["status"] != "ok":
-            lines.append(f"{label:22} {count:>7} {r['status']}")
+            lines.append(f"{name:28} {count:>7} {r['status']}")
             continue
         agree = result["tokens_agree"].get(key)
         same = "" if agree is None else (" same as moa-edge" if agree["agree"]
                                          else f" DIFFER from moa-edge's at step {agree['first_difference']}")
-        rss = r["peak_rss_bytes"] / 2**20 if r["peak_rss_bytes"] else None
         start = r.get("rss_before_load_bytes")  # a peer's interpreter with its runtime imported, no model yet
-        lines.append(f"{label:22} {count:>7} {cell(r['prefill_tokens_per_s']):>13} {cell(r['decode_tokens_per_s']):>12} "
-                     f"{cell(rss):>12} {'' if start is None else f'(before the model: {start / 2**20:.1f})':>25}  "
-                     f"{len(r['tokens'])}{same}")
+        lines.append(f"{name:28} {count:>7} {cell(r['prefill_tokens_per_s']):>13} {cell(r['decode_tokens_per_s']):>12} "
+                     f"{mib(r.get('weights_bytes')):>11} {mib(r['peak_rss_bytes']):>12} "
+                     f"{'' if start is None else f'(before the model: {start / 2**20:.1f})':>25}  {len(r['tokens'])}{same}")
+    for key, name, _, r in rows:
+        if key.startswith("moa_edge") and r["status"] == "ok":
+            lines.append(f"{name}: {r.get('isa') or 'unknown'} kernels (moa/isa.h with the build's flags)"
+                         + (f"; weights {_by_type(r['weights_bytes_by_type'])}" if r.get("weights_bytes_by_type") else ""))
     ratios = result["ratios"]
-    lines.append(f"decode moa-edge/onnxruntime {cell(ratios['decode_moa_edge_over_onnxruntime'], 2)}, "
-                 f"moa-edge/llama.cpp {cell(ratios['decode_moa_edge_over_llama_cpp'], 2)}; peak RSS moa-edge/onnxruntime "
-                 f"{cell(ratios['rss_moa_edge_over_onnxruntime'], 2)}, moa-edge/llama.cpp "
-                 f"{cell(ratios['rss_moa_edge_over_llama_cpp'], 2)}")
+    runtimes = result["runtimes"]
+    for side in [k for k in runtimes if k.startswith("moa_edge") and runtimes[k]["status"] == "ok"]:
+        parts = []
+        for peer in [k for k in runtimes if not k.startswith("moa_edge") and runtimes[k]["status"] == "ok"]:
+            parts.append(f"{label(peer, runtimes[peer])}: decode {cell(ratios.get(f'decode_{side}_over_{peer}'), 2)}, "
+                         f"weights {cell(ratios.get(f'weights_{side}_over_{peer}'), 2)}, "
+                         f"peak RSS {cell(ratios.get(f'rss_{side}_over_{peer}'), 2)}")
+        if parts:
+            lines.append(f"{label(side, runtimes[side])} vs " + "; ".join(parts))
     lines += [f"note: {note}" for note in result["notes"]]
     for target, verdict in result["targets"].items():
         state = {True: "met    ", False: "not met", None: "n/a    "}[verdict["met"]]
         lines.append(f"target {state}: {target} ({cell(verdict['value'], 2)})")
     return "\n".join(lines)
+
+
+def _by_type(totals: dict) -> str:
+    return ", ".join(f"{kind} {n / 2**20:.1f} MiB" if n >= 2**20 else f"{kind} {n / 2**10:.1f} KiB"
+                     for kind, n in totals.items())

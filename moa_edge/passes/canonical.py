@@ -9,6 +9,7 @@ from moa_edge.ir import Graph, Node, Tensor, dtypes
 from moa_edge.moa import Layout
 
 from .fold import evaluate_onnx_node
+from .pack import packs_its_transpose
 
 
 def _cast_to(node) -> str | None:
@@ -254,6 +255,8 @@ def _lowered_copy(graph: Graph, node, trace_view) -> list[Node] | None:
     if node.op in ("Gather", "GatherND", "GatherElements"):
         gathered = _constant_gather(graph, node, trace_view)
         return [gathered] if gathered is not None else None
+    if node.op == "Transpose" and packs_its_transpose(graph, node):
+        return None  # pack_weights packs the MatMul from the constant itself (no run-time copy)
     if node.op in ("Transpose", "Expand", "Slice", "Split") and graph.tensors[node.inputs[0]].dtype in dtypes.RUNTIME_DTYPES:
         copies = [_copy_through_view(graph, node, out) for out in node.outputs]
         return copies if all(copies) else None

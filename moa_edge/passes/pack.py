@@ -90,10 +90,31 @@ def _bias_row(graph: Graph, y: str) -> tuple[Node, str] | None:
     return add, bias
 
 
-def _packable(graph: Graph, node: Node) -> bool:
+def _transposed_constant(graph: Graph, name: str) -> str | None:
+    """W when `name` is Transpose(W) of a 2-D float32 constant W that fold_constants left unfolded
+    (over its size limit: a tied lm_head E^T over a large vocabulary, as dynamo exports it), else None.
+    Packing from W transposed spares the run-time copy of E^T and its float GEMM."""
+    node = graph.producer(name)
+    if node is None or node.op != "Transpose" or list(node.attrs.get("perm", [1, 0])) != [1, 0]:
+        return None
+    w = graph.constant(node.inputs[0])
+    return node.inputs[0] if w is not None and w.ndim == 2 and w.dtype == np.float32 else None
+
+
+def packs_its_transpose(graph: Graph, node: Node) -> bool:
+    """A Transpose that pack_weights will absorb: every reader is a MatMul taking it as the weight B
+    (lower_copies leaves it for pack_weights instead of making it a run-time copy)."""
+    if node.op != "Transpose" or node.outputs[0] in graph.outputs or _transposed_constant(graph, node.outputs[0]) is None:
+        return False
+    readers = graph.consumers(node.outputs[0])
+    return bool(readers) and all(r.op == "MatMul" and r.inputs[1] == node.outputs[0] and r.inputs[0] != node.outputs[0]
+                                 and _packable(graph, r, node.inputs[0]) for r in readers)
+
+
+def _packable(graph: Graph, node: Node, weight_name: str) -> bool:
     if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
         return False
-    a, weight = graph.tensors.get(node.inputs[0]), graph.constant(node.inputs[1])
+    a, weight = graph.tensors.get(node.inputs[0]), graph.constant(weight_name)
     return (a is not None and weight is not None and weight.ndim == 2 and weight.dtype == np.float32
             and a.dtype == "float32" and len(a.shape) >= 2)
 
@@ -113,10 +134,14 @@ def pack_weights(graph: Graph, weights: WeightFormat | None = None) -> int:
     tables of embedding Gathers too); returns how many."""
     count, made = 0, {}
     for node in list(graph.nodes):
-        if not _packable(graph, node):
+        if node.op not in ("MatMul", "Gemm") or len(node.inputs) < 2:
             continue
-        a, weight = node.inputs[0], node.inputs[1]
-        trans_b = node.op == "Gemm" and bool(node.attrs.get("transB", 0))
+        # MatMul(A, Transpose(W)) is Gemm(A, W, transB=1); the Transpose, then unused, goes with remove_dead.
+        source = _transposed_constant(graph, node.inputs[1]) if node.op == "MatMul" else None
+        if not _packable(graph, node, source or node.inputs[1]):
+            continue
+        a, weight = node.inputs[0], source or node.inputs[1]
+        trans_b = (node.op == "Gemm" and bool(node.attrs.get("transB", 0))) or source is not None
         k, n = graph.constant(weight).shape[::-1] if trans_b else graph.constant(weight).shape
         if node.op == "Gemm":
             attrs = node.attrs
