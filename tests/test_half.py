@@ -340,6 +340,26 @@ def test_a_half_output_read_inside_the_graph(tmp_path):
     _same(got["z"], want[1], "z")
 
 
+def test_a_float_and_a_half_in_one_type_are_refused_by_node(tmp_path):
+    """Attention(Q, K float32, V float16): ONNX's schema names V's type apart (T2), but its function
+    body multiplies the float32 weights by V, which onnxruntime refuses; so do we, by name
+    (computing both in float32 would hide the mistake)."""
+    from moa_edge.errors import MoaEdgeError
+    from moa_edge.pipeline import load_graph
+    shape = (1, 2, 4, 8)
+    graph = helper.make_graph([helper.make_node("Attention", ["q", "k", "v"], ["y"], name="mixed")], "mixed",
+                              [helper.make_tensor_value_info("q", TensorProto.FLOAT, shape),
+                               helper.make_tensor_value_info("k", TensorProto.FLOAT, shape),
+                               helper.make_tensor_value_info("v", TensorProto.FLOAT16, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    path = tmp_path / "mixed.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), path)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.Fail):
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with pytest.raises(MoaEdgeError, match=r"node 'mixed' \(Attention\): its type T1 is bound to float16 and float32"):
+        load_graph(path)
+
+
 # --- onnx's Cast cases --------------------------------------------------------------------------
 
 CAST_CASES = {c.name: c for c in load_model_tests(kind="node")

@@ -201,6 +201,8 @@ def _expression(node, graph) -> tuple[str, list[str]]:
             return f"moa_f32_to_{dtypes.dtype(target).suffix}((float){value})", names[:1]
         if target == "bool":
             return f"({value} != 0)", names[:1]
+        if source in dtypes.HALF_DTYPES and target == "float32":
+            return value, names[:1]  # widened exactly
         # float to integer: towards zero, as C and onnxruntime
         return f"({dtypes.dtype(target).c_type}){value}", names[:1]
     halves = [n for n in [*names, *node.outputs] if n and graph.tensors[n].dtype in dtypes.HALF_DTYPES]

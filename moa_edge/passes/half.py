@@ -19,7 +19,9 @@ boundary (round_outputs=False: a generation build's logits, which its own sample
 from __future__ import annotations
 
 import numpy as np
+import onnx
 
+from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Node, Tensor, dtypes
 
 FLOAT = dtypes.COMPUTE_DTYPE.name
@@ -50,11 +52,44 @@ def _rounding_cast(graph: Graph, node: Node) -> bool:
         dtypes.from_onnx(node.attrs["to"]).name in dtypes.HALF_DTYPES)
 
 
+# Type parameters an op's function body binds together though its schema names them apart:
+# Attention multiplies softmax(Q K^T) (T1) by V (T2), a MatMul of one type.
+_BOUND_TOGETHER = {"Attention": ("T1", "T2")}
+
+
+def _check_type_bindings(graph: Graph, node: Node) -> None:
+    """Refuse a node whose schema binds one type parameter to two types (MatMul of a float and a
+    float16): computing both in float32 would hide the mistake, which onnxruntime refuses."""
+    domain, _, op = node.op.rpartition(".")
+    try:
+        schema = onnx.defs.get_schema(op, graph.opsets.get(domain, graph.opsets.get("ai.onnx", 18)), domain)
+    except Exception:  # an op ONNX does not know: its own checks apply later
+        return
+    params = {c.type_param_str for c in schema.type_constraints}
+    bound: dict[str, set[str]] = {}
+    for names, formals in ((node.inputs, schema.inputs), (node.outputs, schema.outputs)):
+        for k, name in enumerate(names):
+            if not name or name not in graph.tensors or not formals:
+                continue
+            formal = formals[min(k, len(formals) - 1)]  # a variadic last parameter takes the rest
+            if formal.type_str in params:
+                together = _BOUND_TOGETHER.get(node.op, ())
+                param = together[0] if formal.type_str in together else formal.type_str
+                bound.setdefault(param, set()).add(graph.tensors[name].dtype)
+    for param, types in bound.items():
+        if len(types) > 1:
+            raise MoaEdgeError(f"node {node.name!r} ({node.op}): its type {param} is bound to "
+                               f"{' and '.join(sorted(types))}, which must be one type")
+
+
 def compute_in_float32(graph: Graph, round_outputs: bool = True) -> int:
     """Rewrite `graph` as the module's docstring says; returns how many half tensors it widened."""
     _casts_like(graph)
     if not any(t.dtype in dtypes.HALF_DTYPES for t in graph.tensors.values()):
         return 0
+    for node in graph.nodes:
+        if any(n in graph.tensors and graph.tensors[n].dtype in dtypes.HALF_DTYPES for n in [*node.inputs, *node.outputs]):
+            _check_type_bindings(graph, node)
     was = {name: t.dtype for name, t in graph.tensors.items()}
     halves = [name for name, dtype in was.items() if dtype in dtypes.HALF_DTYPES]
     outputs = graph.outputs if round_outputs else []
