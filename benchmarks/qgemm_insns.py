@@ -40,7 +40,8 @@ DRIVER = r"""
 #include "moa/qmatmul.h"
 
 /* argv: f32|i8|u4 M N K block calls A B scale offset Y  (scale and offset "-" for f32, offset "-"
- * for none). Reads the operands, calls the kernel `calls` times (0: the baseline run), writes Y. */
+ * for none; u4's are halves, as convert --weights int4 stores them). Reads the operands, calls the
+ * kernel `calls` times (0: the baseline run), writes Y. */
 static void *load(const char *path, size_t bytes)
 {
     FILE *f = fopen(path, "rb");
@@ -73,10 +74,11 @@ int main(int argc, char **argv)
     if (is_f32) {
         packed = load(argv[8], MOA_GEMM_PACKED_B_ELEMS(K, N) * sizeof(float));
     } else {
-        w.type = is_i8 ? MOA_QW_I8 : MOA_QW_U4, w.block = block;
+        const size_t scale_size = is_i8 ? sizeof(float) : sizeof(uint16_t);
+        w.type = is_i8 ? MOA_QW_I8 : MOA_QW_U4, w.block = block, w.zero = 0, w.half_scales = !is_i8;
         w.q = load(argv[8], is_i8 ? MOA_QW_I8_BYTES(K, N, block) : MOA_QW_U4_BYTES(K, N, block));
-        w.scale = load(argv[9], MOA_QW_SCALES(K, N, block) * sizeof(float));
-        w.offset = argv[10][0] == '-' ? NULL : load(argv[10], MOA_QW_SCALES(K, N, block) * sizeof(float));
+        w.scale = load(argv[9], MOA_QW_SCALES(K, N, block) * scale_size);
+        w.offset = argv[10][0] == '-' ? NULL : load(argv[10], MOA_QW_SCALES(K, N, block) * scale_size);
     }
     for (call = 0; call < calls && status == MOA_OK; call++) {
         status = is_f32 ? moa_gemm_packed_f32(M, N, K, 1.0f, a, packed, 0.0f, none, Y, (ptrdiff_t)N)
@@ -109,7 +111,7 @@ def weights(folder: Path, seed: int = 0) -> tuple[dict, dict]:
             files[form] = [folder / "B.f32.bin", "-", "-"]
             exact[form] = w.astype(np.float64)
             continue
-        q, scale, offset = quantize(w, form, block)
+        q, scale, offset, _ = quantize(w, form, block)  # int4's scales and minimums: float16
         values, scales, offsets = pack_quantized(q, scale, offset, form, block)
         paths = [folder / f"B.{form}.bin", folder / f"S.{form}.bin", folder / f"O.{form}.bin"]
         for path, x in zip(paths, (values, scales, offsets)):

@@ -19,8 +19,9 @@ HARNESS = r"""
 #include "moa/isa.h"
 #include "moa/qmatmul.h"
 
-/* argv: M N K type block has_offset c_rows c_cols alpha beta y_row_stride trans_a zero
+/* argv: M N K type block has_offset c_rows c_cols alpha beta y_row_stride trans_a zero half_scales
  * stdin: A (stored [K][M] when trans_a), q (in panels), scale (none for float16: NULL), offset (when has_offset),
+ *        both halves when half_scales,
  *        C (c_rows x c_cols),
  *        then Y's initial M x y_row_stride floats
  * stdout: Y; stderr: the kernel variant. Every buffer is its exact size on the heap. */
@@ -35,14 +36,14 @@ static void *read_bytes(size_t n)
 
 int main(int argc, char **argv)
 {
-    size_t M, N, K, block, c_rows, c_cols, y_row_stride, q_bytes;
+    size_t M, N, K, block, c_rows, c_cols, y_row_stride, q_bytes, scale_size;
     int has_offset, trans_a;
-    float *A, *S, *O, *C, *Y;
-    void *Q;
+    float *A, *C, *Y;
+    void *Q, *S, *O;
     moa_matrix_f32 a, c;
     moa_qweights w;
     moa_status status;
-    if (argc != 14) {
+    if (argc != 15) {
         return 2;
     }
     M = strtoul(argv[1], NULL, 10), N = strtoul(argv[2], NULL, 10), K = strtoul(argv[3], NULL, 10);
@@ -51,12 +52,13 @@ int main(int argc, char **argv)
     block = block ? block : 1; /* the sizes of a refused block 0: read as for 1 */
     c_rows = strtoul(argv[7], NULL, 10), c_cols = strtoul(argv[8], NULL, 10);
     y_row_stride = strtoul(argv[11], NULL, 10), trans_a = atoi(argv[12]);
+    w.half_scales = atoi(argv[14]), scale_size = w.half_scales ? 2 : sizeof(float);
     q_bytes = w.type == MOA_QW_I8 ? MOA_QW_I8_BYTES(K, N, block)
               : w.type == MOA_QW_U4 ? MOA_QW_U4_BYTES(K, N, block) : MOA_QW_F16_BYTES(K, N, block);
     A = read_bytes(M * K * sizeof(float));
     Q = read_bytes(q_bytes);
-    S = w.type == MOA_QW_F16 ? NULL : read_bytes(MOA_QW_SCALES(K, N, block) * sizeof(float));
-    O = has_offset ? read_bytes(MOA_QW_SCALES(K, N, block) * sizeof(float)) : NULL;
+    S = w.type == MOA_QW_F16 ? NULL : read_bytes(MOA_QW_SCALES(K, N, block) * scale_size);
+    O = has_offset ? read_bytes(MOA_QW_SCALES(K, N, block) * scale_size) : NULL;
     C = read_bytes(c_rows * c_cols * sizeof(float));
     Y = read_bytes(M * y_row_stride * sizeof(float));
     a.data = A, a.row_stride = trans_a ? 1 : (ptrdiff_t)K, a.col_stride = trans_a ? (ptrdiff_t)M : 1;
@@ -90,34 +92,37 @@ def odd_kc_exe(request, tmp_path_factory):
     return _build(request.param, tmp_path_factory, ["-DMOA_GEMM_KC=37"])
 
 
-def _quantized(rng, K, N, qtype, block, with_offset, zero):
-    """Raw integers, scales and offsets per block, and W = scale * (q - zero) + offset in float64;
-    float16 values (some subnormal, some near the largest), no scale, W = q."""
+def _quantized(rng, K, N, qtype, block, with_offset, zero, half_scales=False):
+    """Raw integers, scales and offsets per block (float16 ones with half_scales), and
+    W = scale * (q - zero) + offset in float64; float16 values (some subnormal, some near the
+    largest), no scale, W = q."""
     if qtype == "f16":
         q = (rng.standard_normal((K, N)) * np.exp2(rng.integers(-20, 16, (K, N)))).clip(-65504, 65504)
         q = q.astype(np.float16)
         return q, None, None, q.astype(np.float64)
     blocks = -(-K // block)
     q = rng.integers(-127, 128, (K, N)) if qtype == "i8" else rng.integers(0, 16, (K, N))
-    scale = rng.uniform(0.001, 0.05, (blocks, N)).astype(np.float32)
-    offset = rng.uniform(-0.2, 0.2, (blocks, N)).astype(np.float32) if with_offset else None
+    stored = np.float16 if half_scales else np.float32
+    scale = rng.uniform(0.001, 0.05, (blocks, N)).astype(stored)
+    offset = rng.uniform(-0.2, 0.2, (blocks, N)).astype(stored) if with_offset else None
     rows = np.arange(K) // block
     w = scale[rows].astype(np.float64) * (q - zero) + (offset[rows].astype(np.float64) if with_offset else 0.0)
     return q, scale, offset, w
 
 
 def _run(exe, M, N, K, qtype, block, with_offset=False, c_shape=None, alpha=1.0, beta=1.0, pad=0, trans_a=False,
-         seed=0, zero=0):
+         seed=0, zero=0, half_scales=False):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((M, K)).astype(np.float32)
-    q, scale, offset, w = _quantized(rng, K, N, qtype, block, with_offset, zero)
+    q, scale, offset, w = _quantized(rng, K, N, qtype, block, with_offset, zero, half_scales)
     values, scales, offsets = pack_quantized(q, scale, offset, qtype, block)
     c = rng.standard_normal(c_shape).astype(np.float32) if c_shape else np.zeros((0, 0), np.float32)
     y0 = np.full((M, N + pad), SENTINEL, np.float32)
     parts = [a.T if trans_a else a, values, *([scales] if scales is not None else []),
              *([offsets] if with_offset else []), c, y0]
     stdin = b"".join(np.ascontiguousarray(x).tobytes() for x in parts)
-    args = [M, N, K, TYPES[qtype], block, int(with_offset), *(c_shape or (0, 0)), alpha, beta, N + pad, int(trans_a), zero]
+    args = [M, N, K, TYPES[qtype], block, int(with_offset), *(c_shape or (0, 0)), alpha, beta, N + pad, int(trans_a), zero,
+            int(half_scales)]
     proc = subprocess.run([*exe.command, *map(str, args)], input=stdin, capture_output=True)
     assert proc.returncode == 0 or proc.returncode > 100, proc.stderr.decode()
     if exe.isa is not None:
@@ -179,6 +184,20 @@ def test_quantized_gemm_dequantizes_odd_kc_slices(odd_kc_exe, qtype, block, with
     _assert_close(got, expected, magnitude, 21)
 
 
+# Scales and offsets stored as halves (GGUF's form, convert --weights int4): widened on the stack
+# MOA_QW_WIDE_BLOCKS (16) blocks at a time, so K spans several such chunks, the last one short,
+# and the prefill's KC slices (256) start inside chunks and blocks.
+@pytest.mark.board
+@pytest.mark.parametrize("qtype, block, with_offset, zero", [("u4", 32, True, 0), ("i8", 10, False, 0),
+                                                             ("u4", 16, False, 8)], ids=str)
+@pytest.mark.parametrize("M", [1, 20])
+def test_quantized_gemm_widens_half_scales(qgemm_exe, M, qtype, block, with_offset, zero):
+    got, expected, rc, magnitude = _run(qgemm_exe, M, 21, 601, qtype, block, with_offset, c_shape=(1, 21),
+                                        alpha=0.5, beta=2.0, pad=2, seed=block + M, zero=zero, half_scales=True)
+    assert rc == 0
+    _assert_close(got, expected, magnitude, 21)
+
+
 @pytest.mark.board
 @pytest.mark.parametrize("M", [2, 20])
 def test_quantized_gemm_reads_a_transposed(qgemm_exe, M):
@@ -197,6 +216,6 @@ def test_quantized_gemm_refuses_a_bad_block(qgemm_exe, qtype, block):
     scale_bytes = 0 if qtype == "f16" else 4 * 16 * blocks
     stdin = a.tobytes() + bytes(q_bytes) + bytes(scale_bytes) + np.full(2 * 4, SENTINEL, np.float32).tobytes()
     proc = subprocess.run([*qgemm_exe.command, "2", "4", "30", str(TYPES[qtype]), str(block), "0", "0", "0", "1",
-                           "1", "4", "0", "0"], input=stdin, capture_output=True)
+                           "1", "4", "0", "0", "0"], input=stdin, capture_output=True)
     assert proc.returncode == 104, proc.stderr  # 100 + MOA_ERR_BAD_PARAMS
     assert np.all(np.frombuffer(proc.stdout, np.float32) == SENTINEL)

@@ -2,10 +2,15 @@
 #include "moa/qgather.h"
 #include "moa/half.h"
 
+/* Element i of a row of scales or offsets: a float, or a half (moa_qweights.half_scales). */
+static float scale_at(const void *scales, int half, size_t i)
+{
+    return half ? moa_f16_to_f32(((const uint16_t *)scales)[i]) : ((const float *)scales)[i];
+}
+
 moa_status moa_gather_qw_f32(size_t K, size_t N, moa_qweights w, ptrdiff_t index, float *y)
 {
-    size_t panel, lane, blocks, k;
-    const float *scale, *offset;
+    size_t panel, lane, blocks, k, first;
     if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && w.type != MOA_QW_F16) || w.block == 0 ||
         (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
         return MOA_ERR_BAD_PARAMS;
@@ -26,14 +31,14 @@ moa_status moa_gather_qw_f32(size_t K, size_t N, moa_qweights w, ptrdiff_t index
         return MOA_OK;
     }
     /* scale[panel][k / block][lane], and offset alike */
-    scale = w.scale + panel * blocks * MOA_GEMM_NR + lane;
-    offset = w.offset != NULL ? w.offset + panel * blocks * MOA_GEMM_NR + lane : NULL;
+    first = panel * blocks * MOA_GEMM_NR + lane;
     if (w.type == MOA_QW_I8) {
         /* q[panel][k][lane] */
         const int8_t *q = (const int8_t *)w.q + panel * MOA_QW_ROWS(K, w.block) * MOA_GEMM_NR + lane;
         for (k = 0; k < K; k++) {
             const size_t b = k / w.block * MOA_GEMM_NR;
-            y[k] = scale[b] * (float)(q[k * MOA_GEMM_NR] - w.zero) + (offset != NULL ? offset[b] : 0.0f);
+            y[k] = scale_at(w.scale, w.half_scales, first + b) * (float)(q[k * MOA_GEMM_NR] - w.zero) +
+                   (w.offset != NULL ? scale_at(w.offset, w.half_scales, first + b) : 0.0f);
         }
     } else {
         /* q[panel][k / 2][lane], row k in the low nibble when even, the high one when odd */
@@ -42,7 +47,8 @@ moa_status moa_gather_qw_f32(size_t K, size_t N, moa_qweights w, ptrdiff_t index
             const size_t b = k / w.block * MOA_GEMM_NR;
             const uint8_t pair = q[k / 2 * MOA_GEMM_NR];
             const int value = k % 2 ? pair >> 4 : pair & 15;
-            y[k] = scale[b] * (float)(value - w.zero) + (offset != NULL ? offset[b] : 0.0f);
+            y[k] = scale_at(w.scale, w.half_scales, first + b) * (float)(value - w.zero) +
+                   (w.offset != NULL ? scale_at(w.offset, w.half_scales, first + b) : 0.0f);
         }
     }
     return MOA_OK;

@@ -52,7 +52,7 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
 def emit(node, ctx):
     graph, attrs = ctx.graph, node.attrs
     dtypes.require_dtypes(node, graph, ("int32", "int64"), names=node.inputs[:1])
-    dtypes.require_dtypes(node, graph, names=[node.inputs[2], node.outputs[0], *node.inputs[3:4]])
+    dtypes.require_dtypes(node, graph, names=node.outputs)
     dtypes.require_dtypes(node, graph, (STORAGE[attrs["qtype"]],), names=node.inputs[1:2])
     D, V, count = attrs["k"], attrs["n"], graph.tensors[node.inputs[0]].size
     idx, out = ctx.where[node.inputs[0]], ctx.where[node.outputs[0]]

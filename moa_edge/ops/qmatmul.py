@@ -17,6 +17,7 @@ import math
 import numpy as np
 import torch
 
+from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 from moa_edge.ir.c_syntax import c_comment_text
 
@@ -36,8 +37,9 @@ def blocks(k: int, block: int) -> int:
 
 
 def pack_quantized(q: np.ndarray, scale: np.ndarray | None, offset: np.ndarray | None, qtype: str, block: int):
-    """q (K x N integers: int8, or 0..15 for u4; or float16 values), scale and offset (blocks x N;
-    None for f16) in qmatmul.h's panels: (values, scales or None, offsets or None)."""
+    """q (K x N integers: int8, or 0..15 for u4; or float16 values), scale and offset (blocks x N,
+    float32 or float16 (half_scales); None for f16) in qmatmul.h's panels: (values, scales or None,
+    offsets or None)."""
     k, n = q.shape
     rows, panels = blocks(k, block) * block, -(-n // PANEL)
     padded = np.zeros((rows, panels * PANEL), np.float16 if qtype == "f16" else np.int16)
@@ -52,7 +54,7 @@ def pack_quantized(q: np.ndarray, scale: np.ndarray | None, offset: np.ndarray |
         values = pairs[:, :, 0] | (pairs[:, :, 1] << 4)
 
     def per_panel(x):
-        full = np.zeros((x.shape[0], panels * PANEL), np.float32)
+        full = np.zeros((x.shape[0], panels * PANEL), x.dtype)
         full[:, :n] = x
         return np.ascontiguousarray(full.reshape(x.shape[0], panels, PANEL).transpose(1, 0, 2))
     return np.ascontiguousarray(values), per_panel(scale), None if offset is None else per_panel(offset)
@@ -109,18 +111,28 @@ def describe(attrs, k: int) -> str:
     return f"{KINDS[attrs['qtype']]} ({per})"
 
 
+def require_scales(node, graph) -> bool:
+    """Refuse scales and offsets (inputs 2 and 3) that are not both float32 or both float16 halves
+    (moa_qweights.half_scales); whether they are halves."""
+    names = [name for name in node.inputs[2:4] if name]
+    dtypes.require_dtypes(node, graph, ("float32", "float16"), names=names)
+    if len({graph.tensors[name].dtype for name in names}) > 1:
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: its scales and offsets differ in type")
+    return bool(names) and graph.tensors[names[0]].dtype == "float16"
+
+
 def c_weights(node, ctx) -> str:
     """The moa_qweights literal of a node whose inputs 1, 2 and 3 are q, scale and offset ("": NULL)."""
     def where(k):
         return ctx.where[node.inputs[k]] if len(node.inputs) > k and node.inputs[k] else "NULL"
     attrs = node.attrs
     return (f"(moa_qweights){{{C_TYPES[attrs['qtype']]}, {attrs['block']}, {where(1)}, {where(2)}, {where(3)}, "
-            f"{attrs.get('zero', 0)}}}")
+            f"{attrs.get('zero', 0)}, {int(require_scales(node, ctx.graph))}}}")
 
 
 def emit(node, ctx):
     graph, attrs = ctx.graph, node.attrs
-    dtypes.require_dtypes(node, graph, names=[node.inputs[0], node.outputs[0], *node.inputs[2:4]])
+    dtypes.require_dtypes(node, graph, names=[node.inputs[0], node.outputs[0]])
     dtypes.require_dtypes(node, graph, (STORAGE[attrs["qtype"]],), names=node.inputs[1:2])
     a_shape = tuple(graph.tensors[node.inputs[0]].shape)
     K, N, trans_a = attrs["k"], attrs["n"], attrs["trans_a"]

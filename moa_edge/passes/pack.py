@@ -62,7 +62,7 @@ def _quantized_weight(graph: Graph, name: str, transposed: bool, fmt: WeightForm
         parts = {"_scale": scales, "_offset": offsets}
         for suffix, data in parts.items():
             if data is not None:
-                graph.tensors[stem + suffix] = Tensor(stem + suffix, tuple(data.shape), "float32", data)
+                graph.tensors[stem + suffix] = Tensor(stem + suffix, tuple(data.shape), str(data.dtype), data)
         made[key] = [stem, *(stem + suffix if data is not None else "" for suffix, data in parts.items())]
     return made[key]
 

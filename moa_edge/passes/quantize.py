@@ -13,6 +13,12 @@ Why Q4_1 and not the symmetric Q4_0: SmolLM2's published weights are Q4_1 blocks
 which an asymmetric grid of 32 holds exactly; on a symmetric grid greedy decoding agreed with the
 float model on 69% of 64 steps (3 prompts) against 96% (both with the lm_head at int8).
 
+Scales and minimums in blocks (int4, int8:BLOCK) are stored as float16, as GGUF's Q4_1 and Q8_0
+store theirs: a 4-bit weight in blocks of 32 takes 5 bits, not 6. The integers are chosen on the
+rounded grid, so W is exactly d16 q + min16 (SmolLM2's published Q4_1 weights come back bit for bit).
+A tensor whose scales would leave float16's normal range keeps float32 ones. One scale per column
+stays float32: it costs nothing.
+
 The integers, scales and minimums go to ops/qmatmul.pack_quantized, the kernel's layout (the
 minimum is the kernel's offset).
 """
@@ -85,17 +91,38 @@ def quantize(w: np.ndarray, qtype: str, block: int,
             raise MoaEdgeError(f"--weights fp16: {what} holds {finite.max():g}, beyond float16's largest 65504")
         return w.astype(np.float16), None, None, 0
     blocks = _block_rows(w, block)
+    per_block = block < w.shape[0]
     if qtype == "i8":
-        scale = (np.abs(blocks).max(axis=1) / 127.0).astype(np.float32)
-        inverse = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
-        q = np.clip(np.rint(blocks * inverse[:, None, :]), -127, 127).astype(np.int8)
+        scale = _stored_scale(np.abs(blocks).max(axis=1) / 127.0, None, per_block)[0]
+        q = np.clip(np.rint(blocks * _inverse(scale)[:, None, :]), -127, 127).astype(np.int8)
         return q.reshape(w.shape), scale, None, 0
     # Q4_1: the block's minimum maps to 0, its maximum to 15.
     low, high = blocks.min(axis=1), blocks.max(axis=1)
-    d = ((high - low) / 15.0).astype(np.float32)
-    inverse = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
-    q = np.minimum(15, np.floor((blocks - low[:, None, :]) * inverse[:, None, :] + 0.5)).clip(0, 15).astype(np.uint8)
-    return q.reshape(w.shape), d, low.astype(np.float32), 0
+    d, low = _stored_scale((high - low) / 15.0, low, per_block)
+    q = np.minimum(15, np.floor((blocks - low[:, None, :]) * _inverse(d)[:, None, :] + 0.5)).clip(0, 15).astype(np.uint8)
+    return q.reshape(w.shape), d, low, 0
+
+
+def _inverse(scale: np.ndarray) -> np.ndarray:
+    scale = scale.astype(np.float32)
+    return np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)
+
+
+HALF_SMALLEST_NORMAL = 2.0 ** -14
+
+
+def _stored_scale(scale: np.ndarray, offset: np.ndarray | None, per_block: bool):
+    """(scale, offset) as stored: float16 for blocks when every nonzero scale is a normal half and
+    every offset a finite one (a subnormal scale would lose its relative precision), else float32."""
+    scale = scale.astype(np.float32)
+    offset = None if offset is None else offset.astype(np.float32)
+    nonzero = np.abs(scale[scale != 0])
+    fits = per_block and (nonzero.size == 0 or (nonzero.min() >= HALF_SMALLEST_NORMAL and nonzero.max() < 65504.0))
+    if fits and offset is not None:
+        fits = np.abs(offset).max(initial=0.0) < 65504.0
+    if not fits:
+        return scale, offset
+    return scale.astype(np.float16), None if offset is None else offset.astype(np.float16)
 
 
 def dequantized(w: np.ndarray, fmt: WeightFormat) -> np.ndarray:
@@ -106,4 +133,6 @@ def dequantized(w: np.ndarray, fmt: WeightFormat) -> np.ndarray:
     if scale is None:  # float16: the value itself
         return q.astype(np.float32)
     rows = np.arange(w.shape[0]) // block
-    return (scale[rows] * (q.astype(np.float32) - zero) + (0.0 if offset is None else offset[rows])).astype(np.float32)
+    scale = scale.astype(np.float32)[rows]
+    return (scale * (q.astype(np.float32) - zero) + (0.0 if offset is None else offset.astype(np.float32)[rows])
+            ).astype(np.float32)

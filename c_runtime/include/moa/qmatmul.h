@@ -17,7 +17,9 @@
  *     MOA_QW_I8: Kp rows of 16 int8, row after row (Kp * 16 bytes);
  *     MOA_QW_U4: Kp / 2 pairs of rows in 16 bytes, byte j = q[2r][j] | q[2r + 1][j] << 4;
  *     MOA_QW_F16: Kp rows of 16 halves, row after row (Kp * 32 bytes);
- * and scale (and offset) hold, per panel, one row of 16 floats per block (Kp / block rows).
+ * and scale (and offset) hold, per panel, one row of 16 per block (Kp / block rows): floats, or
+ * IEEE halves when half_scales is set (GGUF's Q4_1 and Q8_0 store theirs so: a 4-bit weight in
+ * blocks of 32 then takes 5 bits, not 6), widened to float32 a few blocks at a time on the stack.
  * Weights are quantized and laid out once, at conversion; the kernel reads them as they are. */
 #ifndef MOA_QMATMUL_H
 #define MOA_QMATMUL_H
@@ -34,15 +36,16 @@ typedef struct {
     moa_qw_type type;
     size_t block;        /* rows of W per scale; even for MOA_QW_U4 */
     const void *q;       /* int8_t (MOA_QW_I8), uint8_t pairs (MOA_QW_U4) or uint16_t halves (MOA_QW_F16) */
-    const float *scale;  /* per panel: Kp / block rows of 16 (MOA_QW_F16: unused, may be NULL) */
-    const float *offset; /* as scale, or NULL */
+    const void *scale;   /* per panel: Kp / block rows of 16 floats (MOA_QW_F16: unused, may be NULL) */
+    const void *offset;  /* as scale, or NULL */
     int zero;            /* subtracted from every q */
+    int half_scales;     /* scale and offset are uint16_t halves (moa/half.h), not floats */
 } moa_qweights;
 
 #define MOA_QW_BLOCKS(K, block) (((size_t)(K) + (size_t)(block) - 1) / (size_t)(block))
 #define MOA_QW_ROWS(K, block) (MOA_QW_BLOCKS(K, block) * (size_t)(block))
 #define MOA_QW_PANELS(N) (((size_t)(N) + MOA_GEMM_NR - 1) / MOA_GEMM_NR)
-/* Bytes of q, and floats of scale (and of offset). */
+/* Bytes of q, and elements of scale (and of offset). */
 #define MOA_QW_I8_BYTES(K, N, block) (MOA_QW_PANELS(N) * MOA_QW_ROWS(K, block) * MOA_GEMM_NR)
 #define MOA_QW_U4_BYTES(K, N, block) (MOA_QW_PANELS(N) * MOA_QW_ROWS(K, block) / 2 * MOA_GEMM_NR)
 #define MOA_QW_F16_BYTES(K, N, block) (MOA_QW_PANELS(N) * MOA_QW_ROWS(K, block) * MOA_GEMM_NR * 2)
