@@ -93,7 +93,11 @@ int main(int argc, char **argv)
 # (widening vpmaddwd) and the Cortex-A76 (SDOT).
 _IGEMM_OF = {None: None, "avx2": "avx2", "scalar": "scalar", "neon": "neon", "rvv": "rvv"}
 VARIANTS = {name: (board, extra, vlen, _IGEMM_OF[isa]) for name, (board, extra, vlen, isa) in GEMM_VARIANTS.items()}
-VARIANTS["host-avx512bw"] = ("host", ["-mno-avx512vnni"], None, "avx512bw")
+VARIANTS["host-avx512bw"] = ("host", ["-mno-avx512vnni", "-mno-amx-int8"], None, "avx512bw")
+# Where the host has AMX, the native build takes it: then also VNNI without AMX, and the AMX build's
+# fallback where Linux refuses the tile state (its VNNI tile of 16 rows).
+VARIANTS["host-avx512vnni"] = ("host", ["-mno-amx-int8", "-mno-amx-tile"], None, "avx512vnni")
+VARIANTS["host-amx-refused"] = ("host", ["-DMOA_IGEMM_AMX_REFUSED"], None, "amx")
 VARIANTS["rpi5-neondot"] = ("rpi5", [], None, "neondot")
 
 
@@ -107,8 +111,9 @@ def igemm_exe(request, tmp_path_factory):
     variant = VARIANTS[request.param][3]
     if variant in ("avx2", "avx512bw") and platform.machine() != "x86_64":
         pytest.skip("an x86-64 variant on a non-x86 host")
-    if variant == "avx512bw" and not _host_has("avx512bw"):
-        pytest.skip("this host has no AVX-512BW")
+    needs = {"avx512bw": "avx512bw", "avx512vnni": "avx512_vnni", "amx": "amx_int8"}.get(variant)
+    if needs is not None and not _host_has(needs):
+        pytest.skip(f"this host has no {needs}")
     return build_harness(VARIANTS[request.param], HARNESS, SOURCES, tmp_path_factory)
 
 
@@ -149,8 +154,8 @@ def _centred(b, b_zero) -> np.ndarray:
     return b.astype(np.int64) - (b_zero.astype(np.int64) if b_zero is not None else 0)
 
 
-# Sizes below, at and past every register tile (MR 2 to 12, NR 16) and the block of 96 rows;
-# K not a multiple of 4 (padded groups). Forms: A uint8 or int8 and its zero point, B int8 or
+# Sizes below, at and past every register tile (MR 2 to 16, NR 16) and the block of 96 rows;
+# K not a multiple of 4 (padded groups); for AMX's 64-k steps, K of whole steps and K past them. Forms: A uint8 or int8 and its zero point, B int8 or
 # uint8 (stored moved by -128) and its zero points.
 CASES = [
     ((1, 1, 1), ("u8", 0, np.int8, None)),
@@ -167,6 +172,8 @@ CASES = [
     ((25, 19, 40), ("i8", 1, np.uint8, "column")),
     ((97, 21, 33), ("u8", 3, np.int8, None)),
     ((200, 40, 70), ("i8", -1, np.int8, "tensor")),
+    ((32, 33, 128), ("u8", 9, np.int8, "column")),
+    ((40, 20, 300), ("i8", 0, np.uint8, "tensor")),
 ]
 
 

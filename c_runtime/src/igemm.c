@@ -262,9 +262,21 @@ static void finish_row(const output *out, const panel_terms *t, size_t r, const 
     store_row(out->yf + (ptrdiff_t)r * out->row_stride + (ptrdiff_t)t->j0, value, t->nr * sizeof *value);
 }
 
+typedef void (*tile_kernel)(MOA_IGEMM_TILE_PARAMS);
+
+/* The register tile of this build; with AMX, the VNNI tile of as many rows where the tile state is refused. */
+static tile_kernel tile_kernel_here(void)
+{
+#if defined(MOA_IGEMM_AMX)
+    return moa_igemm_amx_ready() ? moa_igemm_tile : moa_igemm_tile_16x16_avx512vnni;
+#else
+    return moa_igemm_tile;
+#endif
+}
+
 /* Rows i0 .. i0 + rows of Y from the block, every panel. */
 static void multiply_block(const block_rows *block, size_t i0, size_t rows, size_t N, size_t K, moa_iweights b,
-                           const output *out)
+                           const output *out, tile_kernel tile)
 {
     const size_t kp = MOA_IGEMM_KP(K), groups = kp / 4;
     int32_t acc[MR * NR];
@@ -275,7 +287,7 @@ static void multiply_block(const block_rows *block, size_t i0, size_t rows, size
         panel_terms_of(&terms, block, p, N, K, b, out);
         for (i = 0; i + MR <= rows; i += MR) {
             size_t r;
-            moa_igemm_tile(groups, block->a + i * kp, (ptrdiff_t)kp, panel, acc);
+            tile(groups, block->a + i * kp, (ptrdiff_t)kp, panel, acc);
             for (r = 0; r < MR; r++) {
                 finish_row(out, &terms, i0 + i + r, acc + r * NR, block->sum[i + r], block->scale[i + r]);
             }
@@ -292,6 +304,7 @@ moa_status moa_igemm_i32(size_t M, size_t N, size_t K, moa_imatrix a, moa_iweigh
 {
     output out = {NULL, NULL, 0, NULL, NULL};
     block_rows block;
+    tile_kernel tile;
     size_t i0;
     if (M == 0 || N == 0) {
         return MOA_OK;
@@ -307,10 +320,11 @@ moa_status moa_igemm_i32(size_t M, size_t N, size_t K, moa_imatrix a, moa_iweigh
     }
     out.yi = y, out.row_stride = y_row_stride;
     block = block_in(scratch, M);
+    tile = M >= MR ? tile_kernel_here() : moa_igemm_tile;
     for (i0 = 0; i0 < M; i0 += MOA_IGEMM_MC) {
         const size_t rows = min_size(MOA_IGEMM_MC, M - i0);
         integer_rows(&block, a, i0, rows, K);
-        multiply_block(&block, i0, rows, N, K, b, &out);
+        multiply_block(&block, i0, rows, N, K, b, &out, tile);
     }
     return MOA_OK;
 }
@@ -321,6 +335,7 @@ moa_status moa_igemm_f32(size_t M, size_t N, size_t K, const float *a, ptrdiff_t
 {
     output out = {NULL, NULL, 0, NULL, NULL};
     block_rows block;
+    tile_kernel tile;
     float scale = 1.0f;
     int32_t zero = 0;
     size_t i0;
@@ -342,10 +357,11 @@ moa_status moa_igemm_f32(size_t M, size_t N, size_t K, const float *a, ptrdiff_t
         tensor_range(M, K, a, a_row_stride, &scale, &zero);
     }
     block = block_in(scratch, M);
+    tile = M >= MR ? tile_kernel_here() : moa_igemm_tile;
     for (i0 = 0; i0 < M; i0 += MOA_IGEMM_MC) {
         const size_t rows = min_size(MOA_IGEMM_MC, M - i0);
         quantized_rows(&block, a, a_row_stride, mode, scale, zero, i0, rows, K);
-        multiply_block(&block, i0, rows, N, K, b, &out);
+        multiply_block(&block, i0, rows, N, K, b, &out, tile);
     }
     return MOA_OK;
 }

@@ -49,10 +49,11 @@ print(json.dumps({"run_us": best * 1e6, "resident_growth_bytes": grown}))
 
 
 def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path=None, seed: int = 0,
-                remote_board: Board | None = None, ssh=None, progress=lambda msg: None) -> dict:
+                remote_board: Board | None = None, ssh=None, progress=lambda msg: None, host_march=()) -> dict:
     """Host latency and memory against onnxruntime; with `ssh`, also the latency on that real
     board (`remote_board`), where onnxruntime is not there to compare with. `convert` is
-    pipeline.convert, passed in by the caller: the harness sits below the pipeline."""
+    pipeline.convert, passed in by the caller: the harness sits below the pipeline. Each
+    `host_march` (x86-64-v3: the AVX2 kernels) times the host build again with -march=ARCH."""
     model = Path(model)
     board = load_board("host")
     with scratch_folder("moa-bench-") as tmp:
@@ -79,6 +80,11 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
         progress(f"moa-edge: {repeat} runs")
         stats = {}
         _, ours_us = run(binary, board, report["io"], inputs, repeat=repeat, stats=stats)
+        variants = {}
+        for march in host_march:
+            progress(f"moa-edge -march={march}: {repeat} runs")
+            variant = build(tmp / "fused", board, extra_cflags=[f"-march={march}"], variant=f"host-{march}")
+            variants[march] = run(variant, board, report["io"], inputs, repeat=repeat)[1]
         progress(f"onnxruntime: {repeat} runs, one thread")
         probe = subprocess.run([sys.executable, "-c", _ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat)],
                                capture_output=True, text=True, check=True)
@@ -93,7 +99,9 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
     arena, weights = report["memory"]["arena_bytes"], report["memory"]["weights_bytes"]
     return {
         "model": str(model), "repeat": repeat,
-        "latency_us": {"moa_edge": ours_us, "onnxruntime": ort["run_us"], "ratio": ours_us / ort["run_us"]},
+        "latency_us": {"moa_edge": ours_us, "onnxruntime": ort["run_us"], "ratio": ours_us / ort["run_us"],
+                       **{f"moa_edge_{march}": us for march, us in variants.items()},
+                       **{f"ratio_{march}": us / ort["run_us"] for march, us in variants.items()}},
         "memory_bytes": {"arena": arena, "weights": weights, "arena_without_attention_rewrite": unfused_arena,
                          "unfused_error": unfused_error, "onnxruntime_resident_growth": ort["resident_growth_bytes"],
                          "arena_ratio_to_unfused": arena / unfused_arena if unfused_arena else None,

@@ -10,6 +10,9 @@
  * corrects the sums for the 128 it moved A by.
  *
  *     variant                                    MR   how
+ *     moa_igemm_tile_16x16_amx                   16   AMX tdpbusd: 16 x 16 sums in one tile, 64 k a step
+ *                                                     (row: the VNNI one); where Linux does not grant the
+ *                                                     tile state (moa_igemm_amx_ready), the VNNI tile of 16
  *     moa_igemm_{tile,row}_12x16_avx512vnni      12   vpdpbusd: 4 products per lane, 1 zmm per row
  *     moa_igemm_{tile,row}_8x16_avx512bw          8   widen to int16, vpmaddwd, 2 zmm per row
  *     moa_igemm_{tile,row}_2x16_avx2              2   widen to int16, vpmaddwd, 4 ymm per row
@@ -26,7 +29,14 @@
 #include "moa/igemm.h"
 #include "moa/isa.h"
 
-#if MOA_ISA_AVX512 && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#if MOA_ISA_AVX512 && defined(__AVX512BW__) && defined(__AVX512VNNI__) && defined(__AMX_TILE__) && \
+    defined(__AMX_INT8__) && defined(__linux__)
+#define MOA_IGEMM_AMX 1
+#define MOA_IGEMM_AVX512VNNI 1 /* its row kernel, and the tile where AMX is refused */
+#define MOA_IGEMM_MR 16
+#define MOA_IGEMM_VARIANT(name) name##_16x16_amx
+#define MOA_IGEMM_NAME "amx"
+#elif MOA_ISA_AVX512 && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #define MOA_IGEMM_AVX512VNNI 1
 #define MOA_IGEMM_MR 12
 #define MOA_IGEMM_VARIANT(name) name##_12x16_avx512vnni
@@ -81,7 +91,15 @@ typedef int8_t moa_igemm_a;
 #define MOA_IGEMM_ROW_PARAMS size_t groups, const moa_igemm_a *a, const int8_t *b, int32_t *acc
 
 #define moa_igemm_tile MOA_IGEMM_VARIANT(moa_igemm_tile)
+#if defined(MOA_IGEMM_AMX)
+#define moa_igemm_row moa_igemm_row_12x16_avx512vnni
+void moa_igemm_tile_16x16_avx512vnni(MOA_IGEMM_TILE_PARAMS);
+/* Whether this process may use the AMX tile state (Linux grants it on request, once per process:
+ * arch_prctl ARCH_REQ_XCOMP_PERM); asked once per GEMM call. */
+int moa_igemm_amx_ready(void);
+#else
 #define moa_igemm_row MOA_IGEMM_VARIANT(moa_igemm_row)
+#endif
 
 void moa_igemm_tile(MOA_IGEMM_TILE_PARAMS); /* acc: MOA_IGEMM_MR rows of 16 */
 void moa_igemm_row(MOA_IGEMM_ROW_PARAMS);   /* acc: 16 */
