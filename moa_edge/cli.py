@@ -332,7 +332,8 @@ def cmd_inspect(a) -> int:
 def cmd_bench(a) -> int:
     if a.what == "generate":
         return _bench_generate(a)
-    for flag, given in (("--weights", a.weights), ("--no-onnxruntime", a.no_onnxruntime), ("--host-march", a.host_march)):
+    for flag, given in (("--weights", a.weights), ("--no-onnxruntime", a.no_onnxruntime), ("--host-march", a.host_march),
+                        ("--rounds", a.rounds != 1)):
         if given:
             raise MoaEdgeError(f"{flag} is an option of bench generate, not bench {a.what}")
     a.board = a.board or "rpi4,k230"  # bench generate's default is the host alone
@@ -452,7 +453,7 @@ def _bench_generate(a) -> int:
     prompt_ids = _id_list("--prompt-ids", a.prompt_ids) if a.prompt_ids else None
     result = bench_generate(a.model, convert, prompt_ids, a.prompt_tokens, a.new_tokens, a.threads, a.repeat or 3,
                             a.gguf, board, ssh, progress=_progress, weights=weights,
-                            onnxruntime=not a.no_onnxruntime, host_march=a.host_march or [])
+                            onnxruntime=not a.no_onnxruntime, host_march=a.host_march or [], rounds=a.rounds)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     form = f"-{weights.text.replace(':', '-')}" if weights is not None else ""
@@ -673,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "by the gguf package to the matching types: Q8_0 for int8, Q4_0 and Q4_1 for int4 (the output "
                    "layer at Q8_0, as llama-quantize does); the JSON is generate-STEM-FORMAT.json")
     s.add_argument("--no-onnxruntime", action="store_true", help="bench generate: leave onnxruntime out")
+    s.add_argument("--rounds", type=_positive_int, default=1, metavar="N",
+                   help="bench generate: the sides take turns N times, --repeat runs each turn, the best of all "
+                   "counting (default 1), so that a change of load on a shared machine reaches every side")
     s.add_argument("--host-march", type=lambda text: [m for m in text.split(",") if m], metavar="ARCH,...",
                    help="bench generate: also time moa-edge's host build compiled with -march=ARCH "
                    "(x86-64-v3: the AVX2 kernels on an AVX-512 machine)")

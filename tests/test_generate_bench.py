@@ -17,7 +17,7 @@ from moa_edge.errors import MoaEdgeError
 
 from conftest import require_board
 import decoders
-from moa_edge.harness.generate_bench import context_for, first_difference, table
+from moa_edge.harness.generate_bench import _best_turn, context_for, first_difference, table
 from moa_edge.harness.gguf_weights import FILE_TYPES, tensor_type, write_gguf
 
 PROMPT, NEW = 9, 6
@@ -71,6 +71,18 @@ def test_first_difference():
     assert first_difference([1, 2, 3], [1, 2, 3]) is None
     assert first_difference([1, 2, 3], [1, 5, 3]) == 1
     assert first_difference([1, 2, 3], [1, 2]) == 2  # one side stopped early
+
+
+def test_the_best_of_the_rounds_counts_and_a_failed_turn_is_the_result():
+    turns = [{"status": "ok", "prefill_s": 0.5, "decode_s": 2.0, "peak_rss_bytes": 10, "tokens": [1, 2, 3],
+              "decode_tokens_per_s": 1.0},
+             {"status": "ok", "prefill_s": 0.8, "decode_s": 1.0, "peak_rss_bytes": 12, "tokens": [1, 2, 3],
+              "decode_tokens_per_s": 2.0}]
+    best = _best_turn(turns, 4, 3)
+    assert (best["prefill_s"], best["decode_s"], best["peak_rss_bytes"]) == (0.5, 1.0, 12)
+    assert best["prefill_tokens_per_s"] == 8.0 and best["decode_tokens_per_s"] == 2.0  # 2 decode steps in 1 s
+    assert [t["decode_s"] for t in best["turns"]] == [2.0, 1.0]
+    assert _best_turn([*turns, {"status": "failed: gone"}], 4, 3) == {"status": "failed: gone"}
 
 
 def test_context_rounds_up():

@@ -271,6 +271,20 @@ def gguf_summary(path: Path) -> dict:
             "weights_bytes": sum(int(t.n_bytes) for t in reader.tensors), "file_bytes": path.stat().st_size}
 
 
+def _best_turn(turns: list[dict], prompt_tokens: int, new_tokens: int) -> dict:
+    """A side's turns as one result: the best prefill and decode of all, the highest peak resident
+    memory, the last turn's tokens; each turn's times kept. A failed turn is the side's result."""
+    failed = next((t for t in turns if t["status"] != "ok"), None)
+    if failed is not None or len(turns) == 1:
+        return failed or turns[0]
+    prefill, decode = min(t["prefill_s"] for t in turns), min(t["decode_s"] for t in turns)
+    rss = [t["peak_rss_bytes"] for t in turns if t.get("peak_rss_bytes")]
+    return {**turns[-1], "peak_rss_bytes": max(rss) if rss else None,
+            **_rates(prompt_tokens, new_tokens, prefill, decode),
+            "turns": [{"prefill_s": t["prefill_s"], "decode_s": t["decode_s"],
+                       "decode_tokens_per_s": t["decode_tokens_per_s"]} for t in turns]}
+
+
 def _ratio(a, b):
     return a / b if a and b else None
 
@@ -293,55 +307,83 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
                    new_tokens: int = 64, threads: int = 1, repeat: int = 3, gguf=None,
                    board: Board | None = None, ssh: SshTarget | None = None, seed: int = 0,
                    timeout: float = TIMEOUT_S, progress: Callable[[str], None] = lambda msg: None,
-                   weights=None, onnxruntime: bool = True, host_march: list[str] = ()) -> dict:
+                   weights=None, onnxruntime: bool = True, host_march: list[str] = (), rounds: int = 1) -> dict:
     """The whole comparison as one dict (see the module docstring). `convert` is pipeline.convert,
     passed in by the caller (the harness sits below the pipeline). `board`: moa-edge's side also
     runs there (over `ssh` when given); the peers and the comparison are on the host. `weights`
     (passes.quantize.WeightFormat): moa-edge's build stores its weights so, and llama.cpp runs the
     matching GGUF types written from `gguf`'s weights (int8: Q8_0; int4: Q4_0 and Q4_1).
-    `host_march`: moa-edge's host build again with each -march=ARCH (x86-64-v3: the AVX2 kernels)."""
+    `host_march`: moa-edge's host build again with each -march=ARCH (x86-64-v3: the AVX2 kernels).
+    `rounds`: the sides take turns that many times (each turn `repeat` runs; the best of all counts)."""
     model = Path(model)
     if new_tokens < 2:
         raise MoaEdgeError(f"--new-tokens {new_tokens}: need at least 2 (the first comes from the prefill)")
+    if rounds < 1:
+        raise MoaEdgeError(f"--rounds {rounds}: need at least 1")
     if gguf is not None and not Path(gguf).is_file():
         raise MoaEdgeError(f"--gguf {gguf}: no such file")
     for march in host_march:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", march):
             raise MoaEdgeError(f"--host-march {march!r}: not a -march value (letters, digits and . _ + -)")
     host = load_board("host")
+    load_at_start = _load_average()
     max_context = context_for(prompt_tokens if prompt_ids is None else len(prompt_ids), new_tokens)
     with scratch_folder("moa-bench-generate-") as tmp:
         folder = Path(tmp)
         project, binary, info = _prepare(model, convert, host, folder, max_context, weights, progress)
         prompt = ([int(t) for t in np.random.default_rng(seed).integers(0, info["vocab"], prompt_tokens)]
                   if prompt_ids is None else list(prompt_ids))
-        runtimes = {"moa_edge": _moa_edge(binary, info, host, build_isa(project, host), prompt, new_tokens, repeat,
-                                          None, timeout, progress)}
+        # Each side is a turn: `repeat` runs, best of them. The sides take turns `rounds` times, so that
+        # a change of load on a shared machine during the run reaches all of them.
+        turns: dict[str, Callable[[], dict]] = {}
+        isa = build_isa(project, host)
+        turns["moa_edge"] = lambda: _moa_edge(binary, info, host, isa, prompt, new_tokens, repeat, None, timeout,
+                                              progress)
         for march in host_march:
             flags = [f"-march={march}"]
             variant = build(project, host, extra_cflags=flags, variant=f"host-{march}")
-            runtimes[f"moa_edge_{march}"] = {
-                **_moa_edge(variant, info, host, build_isa(project, host, flags), prompt, new_tokens, repeat, None,
-                            timeout, progress, f"moa-edge -march={march}"), "cflags_added": flags}
+            variant_isa = build_isa(project, host, flags)
+            turns[f"moa_edge_{march}"] = lambda variant=variant, variant_isa=variant_isa, flags=flags, march=march: {
+                **_moa_edge(variant, info, host, variant_isa, prompt, new_tokens, repeat, None, timeout, progress,
+                            f"moa-edge -march={march}"), "cflags_added": flags}
         request = {"prompt": prompt, "new_tokens": new_tokens, "threads": threads, "repeat": repeat}
+        fixed = {}  # the sides that do not run, and why
         if onnxruntime:
-            progress(f"onnxruntime: {repeat} runs, {threads} thread(s)")
-            runtimes["onnxruntime"] = {**_child(_ORT_CHILD, model, request, folder, timeout),
-                                       "weights_bytes": onnx_weights_bytes(model)}
+            ort_weights = onnx_weights_bytes(model)
+
+            def ort_turn():
+                progress(f"onnxruntime: {repeat} runs, {threads} thread(s)")
+                return {**_child(_ORT_CHILD, model, request, folder, timeout), "weights_bytes": ort_weights}
+            turns["onnxruntime"] = ort_turn
         else:
-            runtimes["onnxruntime"] = {"status": "skipped (--no-onnxruntime)"}
+            fixed["onnxruntime"] = {"status": "skipped (--no-onnxruntime)"}
         if not llama_cpp_built():
-            runtimes["llama_cpp"] = {"status": LLAMA_NOT_BUILT}
+            fixed["llama_cpp"] = {"status": LLAMA_NOT_BUILT}
         elif gguf is None:
-            runtimes["llama_cpp"] = {"status": "no weights: give --gguf FILE, a GGUF of the same weights"
-                                     + (" (any type: the bench writes the matching types from it)" if weights else
-                                        " (benchmarks/gguf_f32.py makes an F32 one)")}
+            fixed["llama_cpp"] = {"status": "no weights: give --gguf FILE, a GGUF of the same weights"
+                                  + (" (any type: the bench writes the matching types from it)" if weights else
+                                     " (benchmarks/gguf_f32.py makes an F32 one)")}
         else:
             for index, (file_type, path) in enumerate(_llama_files(Path(gguf), weights, folder, progress)):
-                progress(f"llama.cpp {file_type}: {repeat} runs, {threads} thread(s)")
-                key = "llama_cpp" if index == 0 else f"llama_cpp_{file_type}"
-                runtimes[key] = {**_child(_LLAMA_CHILD, path, {**request, "n_ctx": max_context, "vocab": info["vocab"]},
-                                          folder, timeout), **gguf_summary(path)}
+                summary = gguf_summary(path)
+
+                def llama_turn(file_type=file_type, path=path, summary=summary):
+                    progress(f"llama.cpp {file_type}: {repeat} runs, {threads} thread(s)")
+                    return {**_child(_LLAMA_CHILD, path, {**request, "n_ctx": max_context, "vocab": info["vocab"]},
+                                     folder, timeout), **summary}
+                turns["llama_cpp" if index == 0 else f"llama_cpp_{file_type}"] = llama_turn
+        taken: dict[str, list[dict]] = {key: [] for key in turns}
+        for round_number in range(rounds):
+            if rounds > 1:
+                progress(f"round {round_number + 1} of {rounds}")
+            for key, turn in turns.items():
+                taken[key].append(turn())
+        runtimes = {key: _best_turn(taken[key], len(prompt), new_tokens) for key in turns}
+        for key, why in fixed.items():  # in the table's order: onnxruntime, then llama.cpp
+            runtimes[key] = why
+        order = ["moa_edge", *[k for k in runtimes if k.startswith("moa_edge_")], "onnxruntime",
+                 *[k for k in runtimes if k.startswith("llama_cpp")]]
+        runtimes = {key: runtimes[key] for key in order}
         on_board = None
         if board is not None and (board.name != "host" or ssh is not None):
             project, binary, info = _prepare(model, convert, board, folder, max_context, weights, progress)
@@ -367,10 +409,13 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
         "model": str(model), "gguf": str(gguf) if gguf else None,
         "weights": weights.text if weights is not None else "float32",
         "prompt_tokens": len(prompt), "new_tokens": new_tokens, "prompt_ids": prompt, "repeat": repeat,
+        "rounds": rounds,
         "threads": {name: 1 if name.startswith("moa_edge") else threads for name in runtimes},
-        "isa": cpu_isa(), "machine": platform.machine(), "load_average": _load_average(),
+        "isa": cpu_isa(), "machine": platform.machine(),
+        "load_average_start": load_at_start, "load_average": _load_average(),
         "notes": ["moa-edge's runner is single-threaded today; --threads sets the peers' threads only",
-                  "rates are the best of the runs; peak resident memory is the whole process (VmHWM), the peers' "
+                  "rates are the best of the runs (of every round: the sides take turns); peak resident memory is the "
+                  "whole process (VmHWM), the peers' "
                   "Python interpreter included"],
         "runtimes": runtimes, "board": on_board, "tokens_agree": agreement, "ratios": ratios,
         "targets": _targets(ratios, threads, runtimes, weights),
@@ -423,11 +468,13 @@ def table(result: dict) -> str:
     def mib(value):
         return cell(value / 2**20 if value else None)
     threads = result["threads"]
-    load = result.get("load_average")
+    load, start, rounds = result.get("load_average"), result.get("load_average_start"), result.get("rounds", 1)
     lines = [f"{Path(result['model']).name}, weights {result.get('weights', 'float32')}: prompt {result['prompt_tokens']} "
              f"tokens, {result['new_tokens']} new (greedy; decode = {result['new_tokens'] - 1} single-token steps), best of "
-             f"{result['repeat']}, host {result['machine']} {result['isa']}"
-             + (f", load average {' '.join(f'{x:.2f}' for x in load)}" if load else ""),
+             f"{result['repeat']}{f' x {rounds} rounds (the sides in turn)' if rounds > 1 else ''}, "
+             f"host {result['machine']} {result['isa']}"
+             + (f", load average {' '.join(f'{x:.2f}' for x in start)} at the start" if start else "")
+             + (f", {' '.join(f'{x:.2f}' for x in load)} at the end" if load else ""),
              f"{'runtime':28} {'threads':>7} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MiB':>11} "
              f"{'peak RSS MiB':>12} {'':25}  tokens"]
     rows = [(name, label(name, r), threads.get(name, 1), r) for name, r in result["runtimes"].items()]
@@ -449,6 +496,10 @@ def table(result: dict) -> str:
         if key.startswith("moa_edge") and r["status"] == "ok":
             lines.append(f"{name}: {r.get('isa') or 'unknown'} kernels (moa/isa.h with the build's flags)"
                          + (f"; weights {_by_type(r['weights_bytes_by_type'])}" if r.get("weights_bytes_by_type") else ""))
+    if rounds > 1:
+        lines.append("decode tok/s per round: " + "; ".join(
+            f"{name} {', '.join(cell(t['decode_tokens_per_s']) for t in r['turns'])}"
+            for _, name, _, r in rows if r["status"] == "ok" and "turns" in r))
     ratios = result["ratios"]
     runtimes = result["runtimes"]
     for side in [k for k in runtimes if k.startswith("moa_edge") and runtimes[k]["status"] == "ok"]:
