@@ -12,6 +12,7 @@
  * stride as the columns (a 1x1 convolution, any 1-D one), the rows merge into one GEMM. */
 #include "moa/conv.h"
 
+#include "moa/half.h"
 #include "moa/matmul.h"
 
 /* The output positions o in [begin, end) whose input o*stride + offset - pad lies in [0, size). */
@@ -53,16 +54,15 @@ static void fill_bias(const moa_conv2d_params *p, const float *bias, size_t out_
 
 /* Y[n][group] += W[group][:, :, kh, kw] X[n][group] at one tap: one GEMM per output row, or
  * one for all the rows the tap reaches when they merge. */
-static moa_status conv_tap(const moa_conv2d_params *p, const float *x, const float *w, float *y, size_t kh,
+static moa_status conv_tap(const moa_conv2d_params *p, const float *x, moa_matrix_f32 w_tap, float *y, size_t kh,
                            size_t kw)
 {
     const size_t cg = p->channels / p->groups, mg = p->out_channels / p->groups;
-    const size_t plane = p->out_height * p->out_width, taps = p->kernel_height * p->kernel_width;
+    const size_t plane = p->out_height * p->out_width;
     const moa_span rows = taps_inside(p->out_height, p->stride_height, kh * p->dilation_height, p->pad_top,
                                       p->height);
     const moa_span cols = taps_inside(p->out_width, p->stride_width, kw * p->dilation_width, p->pad_left,
                                       p->width);
-    const moa_matrix_f32 w_tap = view(w + kh * p->kernel_width + kw, cg * taps, taps);
     const int whole_rows = cols.begin == 0 && cols.end == p->out_width
                            && p->stride_height * p->width == p->stride_width * p->out_width;
     const size_t row_count = whole_rows ? rows.end - rows.begin : 1, n_cols = cols.end - cols.begin;
@@ -84,27 +84,73 @@ static moa_status conv_tap(const moa_conv2d_params *p, const float *x, const flo
     return MOA_OK;
 }
 
-moa_status moa_conv2d_f32(const moa_conv2d_params *p, const float *x, const float *w, const float *bias,
-                          float *y)
+/* Where a tap's weights come from: float W as it is, or quantized W dequantized into scratch. */
+typedef struct {
+    const float *w;
+    const moa_qweights *quantized;
+    float *scratch;
+} weights_source;
+
+static float scale_at(const void *scales, int half, size_t i)
+{
+    return half ? moa_f16_to_f32(((const uint16_t *)scales)[i]) : ((const float *)scales)[i];
+}
+
+/* Element r of quantized row m (conv.h's layout), dequantized. */
+static float quantized_weight(const moa_qweights *w, size_t R, size_t m, size_t r)
+{
+    const size_t b = m * (R / w->block) + r / w->block;
+    int value;
+    if (w->type == MOA_QW_F16) {
+        return moa_f16_to_f32(((const uint16_t *)w->q)[m * R + r]);
+    }
+    if (w->type == MOA_QW_I8) {
+        value = ((const int8_t *)w->q)[m * R + r];
+    } else {
+        const uint8_t pair = ((const uint8_t *)w->q)[(m * R + r) / 2];
+        value = r % 2 ? pair >> 4 : pair & 15;
+    }
+    return scale_at(w->scale, w->half_scales, b) * (float)(value - w->zero) +
+           (w->offset != NULL ? scale_at(w->offset, w->half_scales, b) : 0.0f);
+}
+
+/* W[group][:, :, kh, kw] as an Mg x Cg view: in place for float W, else dequantized into the scratch. */
+static moa_matrix_f32 tap_weights(const moa_conv2d_params *p, weights_source src, size_t group, size_t kh, size_t kw)
+{
+    const size_t cg = p->channels / p->groups, mg = p->out_channels / p->groups;
+    const size_t taps = p->kernel_height * p->kernel_width, tap = kh * p->kernel_width + kw, R = cg * taps;
+    size_t m, c;
+    if (src.quantized == NULL) {
+        return view(src.w + group * mg * R + tap, R, taps);
+    }
+    for (m = 0; m < mg; m++) {
+        for (c = 0; c < cg; c++) {
+            src.scratch[m * cg + c] = quantized_weight(src.quantized, R, group * mg + m, c * taps + tap);
+        }
+    }
+    return view(src.scratch, cg, 1);
+}
+
+static int bad_geometry(const moa_conv2d_params *p)
+{
+    return p->stride_height == 0 || p->stride_width == 0 || p->dilation_height == 0 || p->dilation_width == 0 ||
+           p->groups == 0 || p->channels % p->groups != 0 || p->out_channels % p->groups != 0;
+}
+
+static moa_status convolve(const moa_conv2d_params *p, const float *x, weights_source src, const float *bias,
+                           float *y)
 {
     size_t n, group, kh, kw;
-    if (p == NULL || x == NULL || w == NULL || y == NULL) {
-        return MOA_ERR_NULL_ARGUMENT;
-    }
-    if (p->stride_height == 0 || p->stride_width == 0 || p->dilation_height == 0 || p->dilation_width == 0
-        || p->groups == 0 || p->channels % p->groups != 0 || p->out_channels % p->groups != 0) {
-        return MOA_ERR_BAD_PARAMS;
-    }
     for (n = 0; n < p->batch; n++) {
         for (group = 0; group < p->groups; group++) {
             const size_t cg = p->channels / p->groups, mg = p->out_channels / p->groups;
             const float *x_group = x + (n * p->channels + group * cg) * p->height * p->width;
-            const float *w_group = w + group * mg * cg * p->kernel_height * p->kernel_width;
             float *y_group = y + (n * p->out_channels + group * mg) * p->out_height * p->out_width;
             fill_bias(p, bias, group, y_group);
             for (kh = 0; kh < p->kernel_height; kh++) {
                 for (kw = 0; kw < p->kernel_width; kw++) {
-                    const moa_status status = conv_tap(p, x_group, w_group, y_group, kh, kw);
+                    const moa_status status = conv_tap(p, x_group, tap_weights(p, src, group, kh, kw), y_group, kh,
+                                                       kw);
                     if (status != MOA_OK) {
                         return status;
                     }
@@ -113,4 +159,39 @@ moa_status moa_conv2d_f32(const moa_conv2d_params *p, const float *x, const floa
         }
     }
     return MOA_OK;
+}
+
+moa_status moa_conv2d_f32(const moa_conv2d_params *p, const float *x, const float *w, const float *bias,
+                          float *y)
+{
+    weights_source src;
+    if (p == NULL || x == NULL || w == NULL || y == NULL) {
+        return MOA_ERR_NULL_ARGUMENT;
+    }
+    if (bad_geometry(p)) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    src.w = w, src.quantized = NULL, src.scratch = NULL;
+    return convolve(p, x, src, bias, y);
+}
+
+moa_status moa_conv2d_qw_f32(const moa_conv2d_params *p, const float *x, moa_qweights w, const float *bias,
+                             float *y, float *scratch)
+{
+    weights_source src;
+    size_t R;
+    if (p == NULL || x == NULL || y == NULL || scratch == NULL || w.q == NULL ||
+        (w.scale == NULL && w.type != MOA_QW_F16)) {
+        return MOA_ERR_NULL_ARGUMENT;
+    }
+    if (bad_geometry(p)) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    R = p->channels / p->groups * p->kernel_height * p->kernel_width;
+    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && w.type != MOA_QW_F16) || w.block == 0 || R % w.block != 0 ||
+        (w.type == MOA_QW_U4 && R % 2 != 0)) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    src.w = NULL, src.quantized = &w, src.scratch = scratch;
+    return convolve(p, x, src, bias, y);
 }

@@ -127,9 +127,15 @@ def _as_2d(values, unit) -> tuple[int, int]:
 
 def emit(node, ctx):
     shapes = [tuple(ctx.graph.tensors[n].shape) for n in (node.inputs[0], node.inputs[1], node.outputs[0])]
-    x_shape, w_shape, y_shape = shapes
+    _check(node, ctx.graph, geometry(node, shapes[0], shapes[1]), *shapes)
+    return emit_call(node, ctx, *shapes, "moa_conv2d_f32", ctx.where[node.inputs[1]])
+
+
+def emit_call(node, ctx, x_shape, w_shape, y_shape, function: str, weights: str, scratch: str = "",
+              stored: str = "") -> EmittedUnit:
+    """One `function`(&params, X, weights, B or NULL, Y[, scratch]) call over a Conv node's geometry
+    (Conv and MoaQConv: X is input 0, B input 2, or 4 with `stored` weights described in the comment)."""
     g = geometry(node, x_shape, w_shape)
-    _check(node, ctx.graph, g, x_shape, w_shape, y_shape)
     (h, w), (oh, ow) = _as_2d(x_shape[2:], 1), _as_2d(y_shape[2:], 1)
     (kh, kw), (sh, sw), (dh, dw) = _as_2d(g.kernel, 1), _as_2d(g.strides, 1), _as_2d(g.dilations, 1)
     top, left = _as_2d(g.pads_begin, 0)
@@ -138,15 +144,15 @@ def emit(node, ctx):
               ("kernel_height", kh), ("kernel_width", kw), ("stride_height", sh), ("stride_width", sw),
               ("dilation_height", dh), ("dilation_width", dw), ("pad_top", top), ("pad_left", left),
               ("groups", g.group)]
-    has_bias = len(node.inputs) > 2 and node.inputs[2]
-    args = [ctx.where[node.inputs[0]], ctx.where[node.inputs[1]],
-            ctx.where[node.inputs[2]] if has_bias else "NULL", ctx.where[node.outputs[0]]]
-    kind = f"{len(x_shape) - 2}-D" + (f", {g.group} groups" if g.group > 1 else "")
+    bias = node.inputs[4 if stored else 2] if len(node.inputs) > (4 if stored else 2) else ""
+    args = [ctx.where[node.inputs[0]], weights, ctx.where[bias] if bias else "NULL", ctx.where[node.outputs[0]],
+            *([scratch] if scratch else [])]
+    kind = f"{len(x_shape) - 2}-D" + (f", {g.group} groups" if g.group > 1 else "") + (f", {stored} weights" if stored else "")
     lines = [f"    {{ /* {c_comment_text(node.name)}: Conv {kind}, kernel {list(g.kernel)}, strides {list(g.strides)}, "
              f"pads {list(g.pads_begin + g.pads_end)}, dilations {list(g.dilations)} */",
              "        const moa_conv2d_params params = {",
              *[f"            .{name} = {value}u," for name, value in fields],
              "        };",
-             check_status(f"moa_conv2d_f32(&params, {', '.join(args)})", indent="        ").rstrip("\n"),
+             check_status(f"{function}(&params, {', '.join(args)})", indent="        ").rstrip("\n"),
              "    }"]
     return EmittedUnit("\n".join(lines) + "\n", declarations=[HEADER])

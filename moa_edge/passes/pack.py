@@ -9,7 +9,9 @@ With --weights (passes/quantize.py) B is quantized instead (MoaQGemm), and so is
 embedding Gather (MoaQGather), stored as E^T in the same layout: quantized tensors are keyed by
 the content of B (K x N bytes) and the format, not by the initializer's name, so a tied lm_head
 (whose weight the exporter wrote as a second initializer or a folded Transpose of E) and the
-embedding lookup read one stored copy.
+embedding lookup read one stored copy. A Conv's float32 weight becomes MoaQConv's (ops/qconv.py),
+each output channel a row of R = C/groups * KH * KW weights; a Conv whose R the format's block does
+not divide (a network's first layer: 3 x 7 x 7 = 147) is stored int8 per output channel instead.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import numpy as np
 
 from moa_edge.ir import Graph, Node, Tensor
 from moa_edge.ir.dtypes import Quantization
-from moa_edge.ops import qmatmul
+from moa_edge.ops import qconv, qmatmul
 from moa_edge.ops.matmul import pack_b
 
 from .quantize import WeightFormat, quantize
@@ -168,7 +170,45 @@ def pack_weights(graph: Graph, weights: WeightFormat | None = None) -> int:
         graph.nodes[graph.nodes.index(node)] = gemm
         count += 1
     if weights is not None:  # after the MatMuls, so that a table tied to the output layer shares its format
-        count += _quantize_embeddings(graph, weights, made)
+        count += _quantize_embeddings(graph, weights, made) + _quantize_convs(graph, weights)
+    return count
+
+
+def _conv_format(fmt: WeightFormat, r: int) -> WeightFormat:
+    """fmt for a Conv of R weights per output channel: int8 per channel when the block does not divide R."""
+    if fmt.block is None or (r % fmt.block == 0 and (fmt.qtype != "u4" or r % 2 == 0)):
+        return fmt
+    return WeightFormat("i8", None, fmt.text)
+
+
+def _quantize_convs(graph: Graph, weights: WeightFormat) -> int:
+    """Every Conv over float32 activations with a float32 constant weight becomes MoaQConv."""
+    count = 0
+    for node in list(graph.nodes):
+        w = graph.constant(node.inputs[1]) if node.op == "Conv" and len(node.inputs) > 1 else None
+        x = graph.tensors.get(node.inputs[0]) if w is not None else None
+        if w is None or w.dtype != np.float32 or w.ndim < 3 or x is None or x.dtype != "float32":
+            continue
+        m, r = w.shape[0], math.prod(w.shape[1:])
+        fmt = _conv_format(weights, r)
+        block = fmt.block_for(r, node.name)
+        q, scale, offset, zero = quantize(np.ascontiguousarray(w.reshape(m, r).T), fmt.qtype, block,
+                                          f"the weight {node.inputs[1]!r} of node {node.name!r}")
+        values, scales, offsets = qconv.pack(q, scale, offset, fmt.qtype)
+        stem = f"{node.inputs[1]}__conv_{fmt.qtype}_{block}"
+        quant = None if scale is None else Quantization(scales, np.array(zero), axis=1, block_size=block,
+                                                         bits=4 if fmt.qtype == "u4" else 8)
+        graph.tensors[stem] = Tensor(stem, tuple(values.shape), qmatmul.STORAGE[fmt.qtype], values, quant=quant)
+        names = [stem]
+        for suffix, data in (("_scale", scales), ("_offset", offsets)):
+            if data is not None:
+                graph.tensors[stem + suffix] = Tensor(stem + suffix, tuple(data.shape), str(data.dtype), data)
+            names.append(stem + suffix if data is not None else "")
+        bias = node.inputs[2:3] if len(node.inputs) > 2 and node.inputs[2] else []
+        graph.nodes[graph.nodes.index(node)] = Node(
+            "MoaQConv", node.name, [node.inputs[0], *names, *bias], list(node.outputs),
+            {**node.attrs, "w_shape": list(w.shape), "qtype": fmt.qtype, "block": block, "zero": zero})
+        count += 1
     return count
 
 

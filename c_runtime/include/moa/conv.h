@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 
+#include "moa/qmatmul.h"
 #include "moa/status.h"
 
 typedef struct {
@@ -29,5 +30,17 @@ typedef struct {
  * MOA_ERR_BAD_PARAMS for a zero stride, dilation or group count, or groups not dividing C and M. */
 moa_status moa_conv2d_f32(const moa_conv2d_params *p, const float *x, const float *w, const float *bias,
                           float *y);
+
+/* The same with W stored in fewer bits (convert --weights), in W's own order: row m holds the
+ * R = C/groups * KH * KW weights of output channel m,
+ *     W[m][r] = scale[m][r / block] (q[m][r] - zero) + offset[m][r / block]   (offset 0 when NULL),
+ * q int8 (MOA_QW_I8), 4-bit (MOA_QW_U4: r and r + 1 in the low and high nibble of byte m R/2 + r/2;
+ * R even) or a half (MOA_QW_F16: W = q, no scale); scale and offset hold R / block per row,
+ * floats or halves (half_scales). Each kernel tap's Mg x Cg weights are dequantized into
+ * `scratch` (MOA_CONV_QW_SCRATCH floats) before its GEMMs. MOA_ERR_BAD_PARAMS also for a type,
+ * block or R the layout cannot hold; MOA_ERR_NULL_ARGUMENT also for no q, scale or scratch. */
+#define MOA_CONV_QW_SCRATCH(p) (((p)->out_channels / (p)->groups) * ((p)->channels / (p)->groups))
+moa_status moa_conv2d_qw_f32(const moa_conv2d_params *p, const float *x, moa_qweights w, const float *bias,
+                             float *y, float *scratch);
 
 #endif
