@@ -144,7 +144,7 @@ int main(void)
     for (h = 0; h < 65536; h++) {
         halves[h] = (uint16_t)h;
     }
-    moa_qw_dequant_f16(4096, halves, NULL, NULL, 0, 0, 4096, widened);
+    moa_qw_dequant_f16(4096, halves, NULL, NULL, 0, 0, 0, 4096, widened);
     fprintf(stderr, "isa=%s\n", MOA_ISA_NAME);
     return fwrite(widened, sizeof *widened, 65536, stdout) == 65536 ? 0 : 2;
 }

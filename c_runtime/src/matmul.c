@@ -24,45 +24,23 @@ static size_t min_size(size_t a, size_t b)
     return a < b ? a : b;
 }
 
-/* Halves in blocks are widened this many blocks at a time, to two stack rows of floats each. */
-#define MOA_QW_WIDE_BLOCKS 16
-
 static size_t scale_bytes(const moa_qweights *w)
 {
     return w->half_scales ? sizeof(uint16_t) : sizeof(float);
 }
 
-/* w from row `first` * block on: its values, scales and offsets moved on by `first` blocks
- * (per panel, or over the whole panel sequence when `first` counts the blocks of panels before). */
-static moa_qweights from_block(const moa_qweights *w, size_t first)
-{
-    const size_t rows = first * w->block, scales = first * MOA_GEMM_NR * scale_bytes(w);
-    moa_qweights p = *w;
-    p.q = (const uint8_t *)w->q + (w->type == MOA_QW_U4 ? rows / 2 * MOA_GEMM_NR
-                                                        : rows * MOA_GEMM_NR * (w->type == MOA_QW_F16 ? 2 : 1));
-    p.scale = w->scale != NULL ? (const uint8_t *)w->scale + scales : NULL; /* float16 weights have none */
-    p.offset = w->offset != NULL ? (const uint8_t *)w->offset + scales : NULL;
-    return p;
-}
-
 /* Panel `panel` of quantized weights: its values, scales and offsets. */
 static moa_qweights quantized_panel(const moa_qweights *w, size_t K, size_t panel)
 {
-    return from_block(w, panel * MOA_QW_BLOCKS(K, w->block));
-}
-
-/* The first `count` (<= MOA_QW_WIDE_BLOCKS) blocks of w with half scales and offsets widened to
- * scale[] and offset[] by the core's float16 conversion (a row of 16 halves is a float16 panel row). */
-static moa_qweights widened(moa_qweights w, size_t count, float *scale, float *offset)
-{
-    moa_qw_dequant_f16(1, w.scale, NULL, NULL, 0, 0, count, scale);
-    w.scale = scale;
-    if (w.offset != NULL) {
-        moa_qw_dequant_f16(1, w.offset, NULL, NULL, 0, 0, count, offset);
-        w.offset = offset;
-    }
-    w.half_scales = 0;
-    return w;
+    const size_t rows = MOA_QW_ROWS(K, w->block), blocks = MOA_QW_BLOCKS(K, w->block);
+    const size_t panel_bytes = w->type == MOA_QW_U4 ? rows / 2 * MOA_GEMM_NR
+                                                    : rows * MOA_GEMM_NR * (w->type == MOA_QW_F16 ? 2 : 1);
+    const size_t scales = blocks * MOA_GEMM_NR * scale_bytes(w);
+    moa_qweights p = *w;
+    p.q = (const uint8_t *)w->q + panel * panel_bytes;
+    p.scale = w->scale != NULL ? (const uint8_t *)w->scale + panel * scales : NULL; /* float16 weights have none */
+    p.offset = w->offset != NULL ? (const uint8_t *)w->offset + panel * scales : NULL;
+    return p;
 }
 
 /* The panel kernels of the weights' type (moa/qgemm_panel.h). */
@@ -70,42 +48,14 @@ static void quantized_dot(const moa_qweights *w, size_t K, const float *x, ptrdi
 {
     void (*dot)(MOA_QW_DOT_PARAMS) = w->type == MOA_QW_I8 ? moa_qw_dot_i8
                                      : w->type == MOA_QW_U4 ? moa_qw_dot_u4 : moa_qw_dot_f16;
-    float scale[MOA_QW_WIDE_BLOCKS * MOA_GEMM_NR], offset[MOA_QW_WIDE_BLOCKS * MOA_GEMM_NR], part[MOA_GEMM_NR];
-    size_t b0, j;
-    if (!w->half_scales) {
-        dot(K, w->block, x, x_stride, w->q, w->scale, w->offset, w->zero, y16);
-        return;
-    }
-    for (j = 0; j < MOA_GEMM_NR; j++) {
-        y16[j] = 0.0f;
-    }
-    for (b0 = 0; b0 * w->block < K; b0 += MOA_QW_WIDE_BLOCKS) {
-        const size_t k0 = b0 * w->block, count = min_size(MOA_QW_WIDE_BLOCKS, MOA_QW_BLOCKS(K, w->block) - b0);
-        const moa_qweights chunk = widened(from_block(w, b0), count, scale, offset);
-        dot(min_size(K - k0, count * w->block), w->block, x + (ptrdiff_t)k0 * x_stride, x_stride, chunk.q,
-            chunk.scale, chunk.offset, w->zero, part);
-        for (j = 0; j < MOA_GEMM_NR; j++) {
-            y16[j] += part[j];
-        }
-    }
+    dot(K, w->block, x, x_stride, w->q, w->scale, w->offset, w->half_scales, w->zero, y16);
 }
 
 static void quantized_dequant(const moa_qweights *w, size_t p0, size_t kc, float *out)
 {
     void (*dequant)(MOA_QW_DEQUANT_PARAMS) = w->type == MOA_QW_I8 ? moa_qw_dequant_i8
                                              : w->type == MOA_QW_U4 ? moa_qw_dequant_u4 : moa_qw_dequant_f16;
-    float scale[MOA_QW_WIDE_BLOCKS * MOA_GEMM_NR], offset[MOA_QW_WIDE_BLOCKS * MOA_GEMM_NR];
-    size_t p, end;
-    if (!w->half_scales) {
-        dequant(w->block, w->q, w->scale, w->offset, w->zero, p0, kc, out);
-        return;
-    }
-    for (p = p0; p < p0 + kc; p = end) {
-        const size_t first = p / w->block, start = first * w->block;
-        end = min_size(p0 + kc, start + MOA_QW_WIDE_BLOCKS * w->block);
-        const moa_qweights chunk = widened(from_block(w, first), MOA_QW_BLOCKS(end - start, w->block), scale, offset);
-        dequant(w->block, chunk.q, chunk.scale, chunk.offset, w->zero, p - start, end - p, out + (p - p0) * MOA_GEMM_NR);
-    }
+    dequant(w->block, w->q, w->scale, w->offset, w->half_scales, w->zero, p0, kc, out);
 }
 
 static float at(moa_matrix_f32 m, size_t i, size_t j)

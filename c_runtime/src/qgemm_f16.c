@@ -9,7 +9,7 @@ void moa_qw_dot_f16_scalar(MOA_QW_DOT_PARAMS)
     const uint16_t *w = (const uint16_t *)q;
     float sum[MOA_GEMM_NR] = {0.0f};
     size_t p, j;
-    (void)block, (void)scale, (void)offset, (void)zero;
+    (void)block, (void)scale, (void)offset, (void)half, (void)zero;
     for (p = 0; p < K; p++) {
         const float x_p = x[(ptrdiff_t)p * x_stride];
         for (j = 0; j < MOA_GEMM_NR; j++) {
@@ -25,7 +25,7 @@ void moa_qw_dequant_f16_scalar(MOA_QW_DEQUANT_PARAMS)
 {
     const uint16_t *w = (const uint16_t *)q;
     size_t p, j;
-    (void)block, (void)scale, (void)offset, (void)zero;
+    (void)block, (void)scale, (void)offset, (void)half, (void)zero;
     for (p = p0; p < p0 + kc; p++) {
         for (j = 0; j < MOA_GEMM_NR; j++) {
             out[(p - p0) * MOA_GEMM_NR + j] = moa_f16_to_f32(w[p * MOA_GEMM_NR + j]);

@@ -3,6 +3,14 @@
 #include "moa/qgemm_panel.h"
 
 #if MOA_QW_SCALAR
+#include "moa/half.h"
+
+/* Element i of a panel's scales or offsets: a float, or a half. */
+static float scale_at(const void *scales, int half, size_t i)
+{
+    return half ? moa_f16_to_f32(((const uint16_t *)scales)[i]) : ((const float *)scales)[i];
+}
+
 /* q[p][j] of a panel: an int8, or a nibble of row pair p / 2 (low for even p). */
 static int value_i8(const void *q, size_t p, size_t j)
 {
@@ -21,7 +29,7 @@ static void dot(int (*value)(const void *, size_t, size_t), MOA_QW_DOT_PARAMS)
     size_t b0, p, j;
     for (b0 = 0; b0 < K; b0 += block) {
         const size_t end = K - b0 < block ? K : b0 + block;
-        const float *s = scale + b0 / block * MOA_GEMM_NR;
+        const size_t s = b0 / block * MOA_GEMM_NR;
         float acc[MOA_GEMM_NR] = {0.0f}, x_sum = 0.0f;
         for (p = b0; p < end; p++) {
             const float x_p = x[(ptrdiff_t)p * x_stride];
@@ -31,8 +39,8 @@ static void dot(int (*value)(const void *, size_t, size_t), MOA_QW_DOT_PARAMS)
             }
         }
         for (j = 0; j < MOA_GEMM_NR; j++) {
-            sum[j] += s[j] * (acc[j] - (float)zero * x_sum) +
-                      (offset != NULL ? offset[b0 / block * MOA_GEMM_NR + j] * x_sum : 0.0f);
+            sum[j] += scale_at(scale, half, s + j) * (acc[j] - (float)zero * x_sum) +
+                      (offset != NULL ? scale_at(offset, half, s + j) * x_sum : 0.0f);
         }
     }
     for (j = 0; j < MOA_GEMM_NR; j++) {
@@ -44,31 +52,31 @@ static void dequant(int (*value)(const void *, size_t, size_t), MOA_QW_DEQUANT_P
 {
     size_t p, j;
     for (p = p0; p < p0 + kc; p++) {
-        const float *s = scale + p / block * MOA_GEMM_NR;
+        const size_t s = p / block * MOA_GEMM_NR;
         for (j = 0; j < MOA_GEMM_NR; j++) {
-            out[(p - p0) * MOA_GEMM_NR + j] =
-                s[j] * (float)(value(q, p, j) - zero) + (offset != NULL ? offset[p / block * MOA_GEMM_NR + j] : 0.0f);
+            out[(p - p0) * MOA_GEMM_NR + j] = scale_at(scale, half, s + j) * (float)(value(q, p, j) - zero) +
+                                              (offset != NULL ? scale_at(offset, half, s + j) : 0.0f);
         }
     }
 }
 
 void moa_qw_dot_i8_scalar(MOA_QW_DOT_PARAMS)
 {
-    dot(value_i8, K, block, x, x_stride, q, scale, offset, zero, y16);
+    dot(value_i8, K, block, x, x_stride, q, scale, offset, half, zero, y16);
 }
 
 void moa_qw_dot_u4_scalar(MOA_QW_DOT_PARAMS)
 {
-    dot(value_u4, K, block, x, x_stride, q, scale, offset, zero, y16);
+    dot(value_u4, K, block, x, x_stride, q, scale, offset, half, zero, y16);
 }
 
 void moa_qw_dequant_i8_scalar(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(value_i8, block, q, scale, offset, zero, p0, kc, out);
+    dequant(value_i8, block, q, scale, offset, half, zero, p0, kc, out);
 }
 
 void moa_qw_dequant_u4_scalar(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(value_u4, block, q, scale, offset, zero, p0, kc, out);
+    dequant(value_u4, block, q, scale, offset, half, zero, p0, kc, out);
 }
 #endif

@@ -32,13 +32,14 @@
 #include "moa/isa.h"
 #include "moa/qmatmul.h"
 
-/* x[p] = x[p * x_stride]; q, scale and offset (NULL: 0) point at the panel's own; zero as qmatmul.h. */
+/* x[p] = x[p * x_stride]; q, scale and offset (NULL: 0) point at the panel's own; scale and offset
+ * are floats, or halves when `half` (converted in registers, a row of 16 per block); zero as qmatmul.h. */
 #define MOA_QW_DOT_PARAMS                                                                              \
-    size_t K, size_t block, const float *x, ptrdiff_t x_stride, const void *q, const float *scale, \
-        const float *offset, int zero, float *y16
+    size_t K, size_t block, const float *x, ptrdiff_t x_stride, const void *q, const void *scale, \
+        const void *offset, int half, int zero, float *y16
 #define MOA_QW_DEQUANT_PARAMS                                                                          \
-    size_t block, const void *q, const float *scale, const float *offset, int zero, size_t p0, size_t kc,  \
-        float *out
+    size_t block, const void *q, const void *scale, const void *offset, int half, int zero, size_t p0,    \
+        size_t kc, float *out
 
 #if MOA_ISA_AVX512
 #define MOA_QW_VARIANT(name) name##_avx512

@@ -19,7 +19,7 @@
  *     MOA_QW_F16: Kp rows of 16 halves, row after row (Kp * 32 bytes);
  * and scale (and offset) hold, per panel, one row of 16 per block (Kp / block rows): floats, or
  * IEEE halves when half_scales is set (GGUF's Q4_1 and Q8_0 store theirs so: a 4-bit weight in
- * blocks of 32 then takes 5 bits, not 6), widened to float32 a few blocks at a time on the stack.
+ * blocks of 32 then takes 5 bits, not 6), converted to float32 in registers, a row per block.
  * Weights are quantized and laid out once, at conversion; the kernel reads them as they are. */
 #ifndef MOA_QMATMUL_H
 #define MOA_QMATMUL_H

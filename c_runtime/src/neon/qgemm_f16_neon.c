@@ -17,7 +17,7 @@ void moa_qw_dot_f16_neon(MOA_QW_DOT_PARAMS)
     const uint16_t *w = (const uint16_t *)q;
     float32x4_t sum0 = vdupq_n_f32(0.0f), sum1 = sum0, sum2 = sum0, sum3 = sum0; /* columns 0-3, ..., 12-15 */
     size_t p;
-    (void)block, (void)scale, (void)offset, (void)zero;
+    (void)block, (void)scale, (void)offset, (void)half, (void)zero;
     for (p = 0; p < K; p++) {
         const float x_p = x[(ptrdiff_t)p * x_stride];
         const float16x8_t low = eight_f16(w + p * MOA_GEMM_NR), high = eight_f16(w + p * MOA_GEMM_NR + 8);
@@ -36,7 +36,7 @@ void moa_qw_dequant_f16_neon(MOA_QW_DEQUANT_PARAMS)
 {
     const uint16_t *w = (const uint16_t *)q;
     size_t p;
-    (void)block, (void)scale, (void)offset, (void)zero;
+    (void)block, (void)scale, (void)offset, (void)half, (void)zero;
     for (p = p0; p < p0 + kc; p++) {
         const float16x8_t low = eight_f16(w + p * MOA_GEMM_NR), high = eight_f16(w + p * MOA_GEMM_NR + 8);
         float *row = out + (p - p0) * MOA_GEMM_NR;

@@ -10,6 +10,13 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
+/* Elements i .. i + 3 of a panel's scales or offsets: floats, or halves converted (fcvtl). */
+INLINE float32x4_t scales4(const void *scales, int half, size_t i)
+{
+    return half ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)scales + i)))
+                : vld1q_f32((const float *)scales + i);
+}
+
 /* w[v] = (float)q[4v .. 4v + 3]. A table lookup moves byte 4v + i of q to the top byte of
  * lane i (index 255 reads 0 below it), and a fixed-point convert with 24 fraction bits
  * divides that int32 by 2^24: exactly q[4v + i], sign included. Two instructions per 4
@@ -99,9 +106,9 @@ INLINE void dot(one_row row, two_rows rows, MOA_QW_DOT_PARAMS)
 #pragma GCC unroll 4
         for (v = 0; v < 4; v++) {
             const float32x4_t acc = vsubq_f32(vaddq_f32(even[v], odd[v]), vdupq_n_f32((float)zero * x_sum));
-            sum[v] = vfmaq_f32(sum[v], vld1q_f32(scale + b * MOA_GEMM_NR + 4 * v), acc);
+            sum[v] = vfmaq_f32(sum[v], scales4(scale, half, b * MOA_GEMM_NR + 4 * v), acc);
             if (offset != NULL) {
-                sum[v] = vfmaq_n_f32(sum[v], vld1q_f32(offset + b * MOA_GEMM_NR + 4 * v), x_sum);
+                sum[v] = vfmaq_n_f32(sum[v], scales4(offset, half, b * MOA_GEMM_NR + 4 * v), x_sum);
             }
         }
     }
@@ -155,8 +162,8 @@ INLINE void dequant(one_row row, two_rows rows, MOA_QW_DEQUANT_PARAMS)
         float32x4_t s[4], shift[4];
 #pragma GCC unroll 4
         for (v = 0; v < 4; v++) {
-            s[v] = vld1q_f32(scale + b * MOA_GEMM_NR + 4 * v);
-            shift[v] = offset != NULL ? vld1q_f32(offset + b * MOA_GEMM_NR + 4 * v) : vdupq_n_f32(0.0f);
+            s[v] = scales4(scale, half, b * MOA_GEMM_NR + 4 * v);
+            shift[v] = offset != NULL ? scales4(offset, half, b * MOA_GEMM_NR + 4 * v) : vdupq_n_f32(0.0f);
             shift[v] = vmlsq_n_f32(shift[v], s[v], (float)zero);
         }
         if (offset != NULL || zero != 0) {
@@ -170,21 +177,21 @@ INLINE void dequant(one_row row, two_rows rows, MOA_QW_DEQUANT_PARAMS)
 
 void moa_qw_dot_i8_neon(MOA_QW_DOT_PARAMS)
 {
-    dot(row_i8, rows_i8, K, block, x, x_stride, q, scale, offset, zero, y16);
+    dot(row_i8, rows_i8, K, block, x, x_stride, q, scale, offset, half, zero, y16);
 }
 
 void moa_qw_dot_u4_neon(MOA_QW_DOT_PARAMS)
 {
-    dot(row_u4, rows_u4, K, block, x, x_stride, q, scale, offset, zero, y16);
+    dot(row_u4, rows_u4, K, block, x, x_stride, q, scale, offset, half, zero, y16);
 }
 
 void moa_qw_dequant_i8_neon(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(row_i8, rows_i8, block, q, scale, offset, zero, p0, kc, out);
+    dequant(row_i8, rows_i8, block, q, scale, offset, half, zero, p0, kc, out);
 }
 
 void moa_qw_dequant_u4_neon(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(row_u4, rows_u4, block, q, scale, offset, zero, p0, kc, out);
+    dequant(row_u4, rows_u4, block, q, scale, offset, half, zero, p0, kc, out);
 }
 #endif

@@ -7,7 +7,7 @@
 #include "moa/qgemm_panel.h"
 
 #if MOA_ISA_RVV
-#include <riscv_vector.h>
+#include "moa/half_rvv.h"
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -36,13 +36,20 @@ INLINE vfloat32m4_t high_u4(vuint32m4_t pair, size_t vl)
 }
 
 /* sum + scale * (acc - zero * x_sum) (+ offset * x_sum) for block b. */
-INLINE vfloat32m4_t apply_block(vfloat32m4_t sum, vfloat32m4_t acc, float x_sum, const float *scale,
-                                const float *offset, int zero, size_t b, size_t vl)
+/* Row b of a panel's scales or offsets: 16 floats, or 16 halves converted. */
+INLINE vfloat32m4_t scales_row(const void *scales, int half, size_t b, size_t vl)
+{
+    return half ? moa_rvv_f16_to_f32((const uint16_t *)scales + b * MOA_GEMM_NR, vl)
+                : __riscv_vle32_v_f32m4((const float *)scales + b * MOA_GEMM_NR, vl);
+}
+
+INLINE vfloat32m4_t apply_block(vfloat32m4_t sum, vfloat32m4_t acc, float x_sum, const void *scale,
+                                const void *offset, int half, int zero, size_t b, size_t vl)
 {
     acc = __riscv_vfsub_vf_f32m4(acc, (float)zero * x_sum, vl);
-    sum = __riscv_vfmacc_vv_f32m4(sum, __riscv_vle32_v_f32m4(scale + b * MOA_GEMM_NR, vl), acc, vl);
+    sum = __riscv_vfmacc_vv_f32m4(sum, scales_row(scale, half, b, vl), acc, vl);
     if (offset != NULL) {
-        sum = __riscv_vfmacc_vf_f32m4(sum, x_sum, __riscv_vle32_v_f32m4(offset + b * MOA_GEMM_NR, vl), vl);
+        sum = __riscv_vfmacc_vf_f32m4(sum, x_sum, scales_row(offset, half, b, vl), vl);
     }
     return sum;
 }
@@ -67,7 +74,7 @@ void moa_qw_dot_i8_rvv(MOA_QW_DOT_PARAMS)
             even = __riscv_vfmacc_vf_f32m4(even, x0, row_i8(q, p, vl), vl);
             x_sum += x0;
         }
-        sum = apply_block(sum, __riscv_vfadd_vv_f32m4(even, odd, vl), x_sum, scale, offset, zero, b0 / block, vl);
+        sum = apply_block(sum, __riscv_vfadd_vv_f32m4(even, odd, vl), x_sum, scale, offset, half, zero, b0 / block, vl);
     }
     __riscv_vse32_v_f32m4(y16, sum, vl);
 }
@@ -93,7 +100,7 @@ void moa_qw_dot_u4_rvv(MOA_QW_DOT_PARAMS)
             even = __riscv_vfmacc_vf_f32m4(even, x0, low_u4(pair_u4(q, p / 2, vl), vl), vl);
             x_sum += x0;
         }
-        sum = apply_block(sum, __riscv_vfadd_vv_f32m4(even, odd, vl), x_sum, scale, offset, zero, b0 / block, vl);
+        sum = apply_block(sum, __riscv_vfadd_vv_f32m4(even, odd, vl), x_sum, scale, offset, half, zero, b0 / block, vl);
     }
     __riscv_vse32_v_f32m4(y16, sum, vl);
 }
@@ -138,8 +145,8 @@ INLINE void dequant(dequant_rows rows, MOA_QW_DEQUANT_PARAMS)
     size_t p = p0;
     while (p < p0 + kc) {
         const size_t b = p / block, end = (b + 1) * block < p0 + kc ? (b + 1) * block : p0 + kc;
-        const vfloat32m4_t s = __riscv_vle32_v_f32m4(scale + b * MOA_GEMM_NR, vl);
-        const vfloat32m4_t base = offset != NULL ? __riscv_vle32_v_f32m4(offset + b * MOA_GEMM_NR, vl)
+        const vfloat32m4_t s = scales_row(scale, half, b, vl);
+        const vfloat32m4_t base = offset != NULL ? scales_row(offset, half, b, vl)
                                                  : __riscv_vfmv_v_f_f32m4(0.0f, vl);
         const vfloat32m4_t shift = __riscv_vfnmsac_vf_f32m4(base, (float)zero, s, vl); /* base - zero s */
         rows(q, p, end, s, shift, out + (p - p0) * MOA_GEMM_NR, vl);
@@ -149,11 +156,11 @@ INLINE void dequant(dequant_rows rows, MOA_QW_DEQUANT_PARAMS)
 
 void moa_qw_dequant_i8_rvv(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(rows_i8, block, q, scale, offset, zero, p0, kc, out);
+    dequant(rows_i8, block, q, scale, offset, half, zero, p0, kc, out);
 }
 
 void moa_qw_dequant_u4_rvv(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(rows_u4, block, q, scale, offset, zero, p0, kc, out);
+    dequant(rows_u4, block, q, scale, offset, half, zero, p0, kc, out);
 }
 #endif

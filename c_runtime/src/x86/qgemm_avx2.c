@@ -6,6 +6,29 @@
 #if MOA_ISA_AVX2
 #include <immintrin.h>
 
+#include "moa/half.h"
+
+/* Elements i .. i + 7 of a panel's scales or offsets: floats, or halves converted (F16C's
+ * vcvtph2ps; one by one where the build has no F16C). */
+static __m256 scales8(const void *scales, int half, size_t i)
+{
+    if (!half) {
+        return _mm256_loadu_ps((const float *)scales + i);
+    }
+#if defined(__F16C__)
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)scales + i)));
+#else
+    {
+        float wide[8];
+        int k;
+        for (k = 0; k < 8; k++) {
+            wide[k] = moa_f16_to_f32(((const uint16_t *)scales)[i + (size_t)k]);
+        }
+        return _mm256_loadu_ps(wide);
+    }
+#endif
+}
+
 /* Columns 8h .. 8h + 7 of row p. */
 static __m256 half_i8(const int8_t *q, size_t p, int h)
 {
@@ -50,9 +73,9 @@ static inline void dot(half_row row, MOA_QW_DOT_PARAMS)
         }
         for (h = 0; h < 2; h++) {
             acc[h] = _mm256_sub_ps(acc[h], _mm256_set1_ps((float)zero * x_sum));
-            sum[h] = _mm256_fmadd_ps(_mm256_loadu_ps(scale + b * MOA_GEMM_NR + 8 * h), acc[h], sum[h]);
+            sum[h] = _mm256_fmadd_ps(scales8(scale, half, b * MOA_GEMM_NR + 8 * h), acc[h], sum[h]);
             if (offset != NULL) {
-                sum[h] = _mm256_fmadd_ps(_mm256_loadu_ps(offset + b * MOA_GEMM_NR + 8 * h), _mm256_set1_ps(x_sum), sum[h]);
+                sum[h] = _mm256_fmadd_ps(scales8(offset, half, b * MOA_GEMM_NR + 8 * h), _mm256_set1_ps(x_sum), sum[h]);
             }
         }
     }
@@ -67,9 +90,9 @@ static inline void dequant(half_row row, MOA_QW_DEQUANT_PARAMS)
     for (p = p0; p < p0 + kc; p++) {
         const size_t b = p / block;
         for (h = 0; h < 2; h++) {
-            const __m256 shift = offset != NULL ? _mm256_loadu_ps(offset + b * MOA_GEMM_NR + 8 * h) : _mm256_setzero_ps();
+            const __m256 shift = offset != NULL ? scales8(offset, half, b * MOA_GEMM_NR + 8 * h) : _mm256_setzero_ps();
             _mm256_storeu_ps(out + (p - p0) * MOA_GEMM_NR + 8 * h,
-                             _mm256_fmadd_ps(_mm256_loadu_ps(scale + b * MOA_GEMM_NR + 8 * h),
+                             _mm256_fmadd_ps(scales8(scale, half, b * MOA_GEMM_NR + 8 * h),
                                              _mm256_sub_ps(row(q, p, h), _mm256_set1_ps((float)zero)), shift));
         }
     }
@@ -77,21 +100,21 @@ static inline void dequant(half_row row, MOA_QW_DEQUANT_PARAMS)
 
 void moa_qw_dot_i8_avx2(MOA_QW_DOT_PARAMS)
 {
-    dot(half_i8_any, K, block, x, x_stride, q, scale, offset, zero, y16);
+    dot(half_i8_any, K, block, x, x_stride, q, scale, offset, half, zero, y16);
 }
 
 void moa_qw_dot_u4_avx2(MOA_QW_DOT_PARAMS)
 {
-    dot(half_u4_any, K, block, x, x_stride, q, scale, offset, zero, y16);
+    dot(half_u4_any, K, block, x, x_stride, q, scale, offset, half, zero, y16);
 }
 
 void moa_qw_dequant_i8_avx2(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(half_i8_any, block, q, scale, offset, zero, p0, kc, out);
+    dequant(half_i8_any, block, q, scale, offset, half, zero, p0, kc, out);
 }
 
 void moa_qw_dequant_u4_avx2(MOA_QW_DEQUANT_PARAMS)
 {
-    dequant(half_u4_any, block, q, scale, offset, zero, p0, kc, out);
+    dequant(half_u4_any, block, q, scale, offset, half, zero, p0, kc, out);
 }
 #endif

@@ -17,24 +17,39 @@ static __m512i pair_u4(const uint8_t *q, size_t r)
     return _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(q + r * MOA_GEMM_NR)));
 }
 
+/* A nibble as a float: vpermps reads only the low 4 bits of each lane's index, so the table of
+ * 0.0 .. 15.0 converts the low nibble without masking it (one instruction, not two). */
+static __m512 nibble_values(void)
+{
+    return _mm512_setr_ps(0.0f, 1.0f, 2.0f, 3.0f, 4.0f, 5.0f, 6.0f, 7.0f, 8.0f, 9.0f, 10.0f, 11.0f, 12.0f, 13.0f,
+                          14.0f, 15.0f);
+}
+
 static __m512 low_u4(__m512i pair)
 {
-    return _mm512_cvtepi32_ps(_mm512_and_si512(pair, _mm512_set1_epi32(15)));
+    return _mm512_permutexvar_ps(pair, nibble_values());
 }
 
 static __m512 high_u4(__m512i pair)
 {
-    return _mm512_cvtepi32_ps(_mm512_srli_epi32(pair, 4));
+    return _mm512_permutexvar_ps(_mm512_srli_epi32(pair, 4), nibble_values());
+}
+
+/* Row b of a panel's scales or offsets: 16 floats, or 16 halves converted (vcvtph2ps). */
+static __m512 scales_row(const void *scales, int half, size_t b)
+{
+    return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)scales + b * MOA_GEMM_NR)))
+                : _mm512_loadu_ps((const float *)scales + b * MOA_GEMM_NR);
 }
 
 /* sum + scale * (acc - zero * x_sum) (+ offset * x_sum) for block b. */
-static __m512 apply_block(__m512 sum, __m512 acc, float x_sum, const float *scale, const float *offset, int zero,
-                          size_t b)
+static __m512 apply_block(__m512 sum, __m512 acc, float x_sum, const void *scale, const void *offset, int half,
+                          int zero, size_t b)
 {
     acc = _mm512_sub_ps(acc, _mm512_set1_ps((float)zero * x_sum));
-    sum = _mm512_fmadd_ps(_mm512_loadu_ps(scale + b * MOA_GEMM_NR), acc, sum);
+    sum = _mm512_fmadd_ps(scales_row(scale, half, b), acc, sum);
     if (offset != NULL) {
-        sum = _mm512_fmadd_ps(_mm512_loadu_ps(offset + b * MOA_GEMM_NR), _mm512_set1_ps(x_sum), sum);
+        sum = _mm512_fmadd_ps(scales_row(offset, half, b), _mm512_set1_ps(x_sum), sum);
     }
     return sum;
 }
@@ -59,7 +74,7 @@ void moa_qw_dot_i8_avx512(MOA_QW_DOT_PARAMS)
             even = _mm512_fmadd_ps(_mm512_set1_ps(x0), row_i8(values, p), even);
             x_sum += x0;
         }
-        sum = apply_block(sum, _mm512_add_ps(even, odd), x_sum, scale, offset, zero, b0 / block);
+        sum = apply_block(sum, _mm512_add_ps(even, odd), x_sum, scale, offset, half, zero, b0 / block);
     }
     _mm512_storeu_ps(y16, sum);
 }
@@ -71,37 +86,50 @@ void moa_qw_dot_u4_avx512(MOA_QW_DOT_PARAMS)
     size_t b0, p;
     for (b0 = 0; b0 < K; b0 += block) { /* block is even: a block starts a pair */
         const size_t end = K - b0 < block ? K : b0 + block;
-        __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
-        float x_sum = 0.0f;
-        for (p = b0; p + 1 < end; p += 2) {
+        /* Four sums and two of x, so that no chain of dependent adds sets the pace. */
+        __m512 even0 = _mm512_setzero_ps(), odd0 = even0, even1 = even0, odd1 = even0;
+        float x_sum0 = 0.0f, x_sum1 = 0.0f;
+        for (p = b0; p + 3 < end; p += 4) {
+            const float x0 = x[(ptrdiff_t)p * x_stride], x1 = x[(ptrdiff_t)(p + 1) * x_stride];
+            const float x2 = x[(ptrdiff_t)(p + 2) * x_stride], x3 = x[(ptrdiff_t)(p + 3) * x_stride];
+            const __m512i pair0 = pair_u4(pairs, p / 2), pair1 = pair_u4(pairs, p / 2 + 1);
+            even0 = _mm512_fmadd_ps(_mm512_set1_ps(x0), low_u4(pair0), even0);
+            odd0 = _mm512_fmadd_ps(_mm512_set1_ps(x1), high_u4(pair0), odd0);
+            even1 = _mm512_fmadd_ps(_mm512_set1_ps(x2), low_u4(pair1), even1);
+            odd1 = _mm512_fmadd_ps(_mm512_set1_ps(x3), high_u4(pair1), odd1);
+            x_sum0 += x0 + x1;
+            x_sum1 += x2 + x3;
+        }
+        for (; p + 1 < end; p += 2) {
             const float x0 = x[(ptrdiff_t)p * x_stride], x1 = x[(ptrdiff_t)(p + 1) * x_stride];
             const __m512i pair = pair_u4(pairs, p / 2);
-            even = _mm512_fmadd_ps(_mm512_set1_ps(x0), low_u4(pair), even);
-            odd = _mm512_fmadd_ps(_mm512_set1_ps(x1), high_u4(pair), odd);
-            x_sum += x0 + x1;
+            even0 = _mm512_fmadd_ps(_mm512_set1_ps(x0), low_u4(pair), even0);
+            odd0 = _mm512_fmadd_ps(_mm512_set1_ps(x1), high_u4(pair), odd0);
+            x_sum0 += x0 + x1;
         }
         if (p < end) {
             const float x0 = x[(ptrdiff_t)p * x_stride];
-            even = _mm512_fmadd_ps(_mm512_set1_ps(x0), low_u4(pair_u4(pairs, p / 2)), even);
-            x_sum += x0;
+            even0 = _mm512_fmadd_ps(_mm512_set1_ps(x0), low_u4(pair_u4(pairs, p / 2)), even0);
+            x_sum0 += x0;
         }
-        sum = apply_block(sum, _mm512_add_ps(even, odd), x_sum, scale, offset, zero, b0 / block);
+        sum = apply_block(sum, _mm512_add_ps(_mm512_add_ps(even0, odd0), _mm512_add_ps(even1, odd1)),
+                          x_sum0 + x_sum1, scale, offset, half, zero, b0 / block);
     }
     _mm512_storeu_ps(y16, sum);
 }
 
-static void store_row(float *out, __m512 value, const float *scale, const float *offset, int zero, size_t b)
+static void store_row(float *out, __m512 value, const void *scale, const void *offset, int half, int zero, size_t b)
 {
     value = _mm512_sub_ps(value, _mm512_set1_ps((float)zero));
-    const __m512 shift = offset != NULL ? _mm512_loadu_ps(offset + b * MOA_GEMM_NR) : _mm512_setzero_ps();
-    _mm512_storeu_ps(out, _mm512_fmadd_ps(_mm512_loadu_ps(scale + b * MOA_GEMM_NR), value, shift));
+    const __m512 shift = offset != NULL ? scales_row(offset, half, b) : _mm512_setzero_ps();
+    _mm512_storeu_ps(out, _mm512_fmadd_ps(scales_row(scale, half, b), value, shift));
 }
 
 void moa_qw_dequant_i8_avx512(MOA_QW_DEQUANT_PARAMS)
 {
     size_t p;
     for (p = p0; p < p0 + kc; p++) {
-        store_row(out + (p - p0) * MOA_GEMM_NR, row_i8(q, p), scale, offset, zero, p / block);
+        store_row(out + (p - p0) * MOA_GEMM_NR, row_i8(q, p), scale, offset, half, zero, p / block);
     }
 }
 
@@ -110,7 +138,7 @@ void moa_qw_dequant_u4_avx512(MOA_QW_DEQUANT_PARAMS)
     size_t p;
     for (p = p0; p < p0 + kc; p++) {
         const __m512i pair = pair_u4(q, p / 2);
-        store_row(out + (p - p0) * MOA_GEMM_NR, p % 2 ? high_u4(pair) : low_u4(pair), scale, offset, zero,
+        store_row(out + (p - p0) * MOA_GEMM_NR, p % 2 ? high_u4(pair) : low_u4(pair), scale, offset, half, zero,
                   p / block);
     }
 }

@@ -17,7 +17,7 @@ void moa_qw_dot_f16_avx2(MOA_QW_DOT_PARAMS)
     const uint16_t *w = (const uint16_t *)q;
     __m256 sum[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
     size_t p;
-    (void)block, (void)scale, (void)offset, (void)zero;
+    (void)block, (void)scale, (void)offset, (void)half, (void)zero;
     for (p = 0; p < K; p++) {
         const __m256 x_p = _mm256_set1_ps(x[(ptrdiff_t)p * x_stride]);
         sum[0] = _mm256_fmadd_ps(x_p, half_f16(w, p, 0), sum[0]);
@@ -31,7 +31,7 @@ void moa_qw_dequant_f16_avx2(MOA_QW_DEQUANT_PARAMS)
 {
     const uint16_t *w = (const uint16_t *)q;
     size_t p;
-    (void)block, (void)scale, (void)offset, (void)zero;
+    (void)block, (void)scale, (void)offset, (void)half, (void)zero;
     for (p = p0; p < p0 + kc; p++) {
         _mm256_storeu_ps(out + (p - p0) * MOA_GEMM_NR, half_f16(w, p, 0));
         _mm256_storeu_ps(out + (p - p0) * MOA_GEMM_NR + 8, half_f16(w, p, 1));

@@ -16,7 +16,7 @@ void moa_qw_dot_f16_avx512(MOA_QW_DOT_PARAMS)
     const uint16_t *w = (const uint16_t *)q;
     __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
     size_t p;
-    (void)block, (void)scale, (void)offset, (void)zero;
+    (void)block, (void)scale, (void)offset, (void)half, (void)zero;
     for (p = 0; p + 1 < K; p += 2) {
         even = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)p * x_stride]), row_f16(w, p), even);
         odd = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)(p + 1) * x_stride]), row_f16(w, p + 1), odd);
@@ -31,7 +31,7 @@ void moa_qw_dequant_f16_avx512(MOA_QW_DEQUANT_PARAMS)
 {
     const uint16_t *w = (const uint16_t *)q;
     size_t p;
-    (void)block, (void)scale, (void)offset, (void)zero;
+    (void)block, (void)scale, (void)offset, (void)half, (void)zero;
     for (p = p0; p < p0 + kc; p++) {
         _mm512_storeu_ps(out + (p - p0) * MOA_GEMM_NR, row_f16(w, p));
     }
