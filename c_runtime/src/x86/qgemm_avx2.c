@@ -54,6 +54,7 @@ static __m256 half_u4_any(const void *q, size_t p, int h)
     return half_u4(q, p, h);
 }
 
+/* Rows in pairs into two sums per half, so that consecutive FMAs do not wait on each other. */
 static inline void dot(half_row row, MOA_QW_DOT_PARAMS)
 {
     __m256 sum[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
@@ -62,18 +63,27 @@ static inline void dot(half_row row, MOA_QW_DOT_PARAMS)
     for (b0 = 0; b0 < K; b0 += block) {
         const size_t end = K - b0 < block ? K : b0 + block;
         const size_t b = b0 / block;
-        __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+        __m256 even[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, odd[2] = {even[0], even[0]};
         float x_sum = 0.0f;
-        for (p = b0; p < end; p++) {
-            const float x_p = x[(ptrdiff_t)p * x_stride];
-            const __m256 x_v = _mm256_set1_ps(x_p);
-            acc[0] = _mm256_fmadd_ps(x_v, row(q, p, 0), acc[0]);
-            acc[1] = _mm256_fmadd_ps(x_v, row(q, p, 1), acc[1]);
-            x_sum += x_p;
+        for (p = b0; p + 1 < end; p += 2) {
+            const float x0 = x[(ptrdiff_t)p * x_stride], x1 = x[(ptrdiff_t)(p + 1) * x_stride];
+            const __m256 x0_v = _mm256_set1_ps(x0), x1_v = _mm256_set1_ps(x1);
+            for (h = 0; h < 2; h++) {
+                even[h] = _mm256_fmadd_ps(x0_v, row(q, p, h), even[h]);
+                odd[h] = _mm256_fmadd_ps(x1_v, row(q, p + 1, h), odd[h]);
+            }
+            x_sum += x0 + x1;
+        }
+        if (p < end) {
+            const float x0 = x[(ptrdiff_t)p * x_stride];
+            for (h = 0; h < 2; h++) {
+                even[h] = _mm256_fmadd_ps(_mm256_set1_ps(x0), row(q, p, h), even[h]);
+            }
+            x_sum += x0;
         }
         for (h = 0; h < 2; h++) {
-            acc[h] = _mm256_sub_ps(acc[h], _mm256_set1_ps((float)zero * x_sum));
-            sum[h] = _mm256_fmadd_ps(scales8(scale, half, b * MOA_GEMM_NR + 8 * h), acc[h], sum[h]);
+            const __m256 acc = _mm256_sub_ps(_mm256_add_ps(even[h], odd[h]), _mm256_set1_ps((float)zero * x_sum));
+            sum[h] = _mm256_fmadd_ps(scales8(scale, half, b * MOA_GEMM_NR + 8 * h), acc, sum[h]);
             if (offset != NULL) {
                 sum[h] = _mm256_fmadd_ps(scales8(offset, half, b * MOA_GEMM_NR + 8 * h), _mm256_set1_ps(x_sum), sum[h]);
             }
@@ -103,9 +113,45 @@ void moa_qw_dot_i8_avx2(MOA_QW_DOT_PARAMS)
     dot(half_i8_any, K, block, x, x_stride, q, scale, offset, half, zero, y16);
 }
 
+/* Columns 8h .. 8h + 7 of pair r of a 4-bit panel, widened to int32: both rows' nibbles. */
+static __m256i pair_u4(const uint8_t *q, size_t r, int h)
+{
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + r * MOA_GEMM_NR + 8 * h)));
+}
+
+/* A pair of rows from one load: the low nibbles (row p) and the high ones (row p + 1); two sums
+ * per half, so that consecutive FMAs do not wait on each other. */
 void moa_qw_dot_u4_avx2(MOA_QW_DOT_PARAMS)
 {
-    dot(half_u4_any, K, block, x, x_stride, q, scale, offset, half, zero, y16);
+    const uint8_t *pairs = q;
+    const __m256i low = _mm256_set1_epi32(15);
+    __m256 sum[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    size_t b0, p;
+    int h;
+    for (b0 = 0; b0 < K; b0 += block) { /* block is even: a block starts a pair */
+        const size_t end = K - b0 < block ? K : b0 + block, b = b0 / block;
+        __m256 even[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, odd[2] = {even[0], even[0]};
+        float x_sum = 0.0f;
+        for (p = b0; p < end; p += 2) {
+            const float x0 = x[(ptrdiff_t)p * x_stride], x1 = p + 1 < end ? x[(ptrdiff_t)(p + 1) * x_stride] : 0.0f;
+            const __m256 x0_v = _mm256_set1_ps(x0), x1_v = _mm256_set1_ps(x1);
+            for (h = 0; h < 2; h++) {
+                const __m256i pair = pair_u4(pairs, p / 2, h);
+                even[h] = _mm256_fmadd_ps(x0_v, _mm256_cvtepi32_ps(_mm256_and_si256(pair, low)), even[h]);
+                odd[h] = _mm256_fmadd_ps(x1_v, _mm256_cvtepi32_ps(_mm256_srli_epi32(pair, 4)), odd[h]);
+            }
+            x_sum += x0 + x1;
+        }
+        for (h = 0; h < 2; h++) {
+            const __m256 acc = _mm256_sub_ps(_mm256_add_ps(even[h], odd[h]), _mm256_set1_ps((float)zero * x_sum));
+            sum[h] = _mm256_fmadd_ps(scales8(scale, half, b * MOA_GEMM_NR + 8 * h), acc, sum[h]);
+            if (offset != NULL) {
+                sum[h] = _mm256_fmadd_ps(scales8(offset, half, b * MOA_GEMM_NR + 8 * h), _mm256_set1_ps(x_sum), sum[h]);
+            }
+        }
+    }
+    _mm256_storeu_ps(y16, sum[0]);
+    _mm256_storeu_ps(y16 + 8, sum[1]);
 }
 
 void moa_qw_dequant_i8_avx2(MOA_QW_DEQUANT_PARAMS)
