@@ -44,6 +44,20 @@ static __m256 half_u4(const uint8_t *q, size_t p, int h)
 
 typedef __m256 (*half_row)(const void *, size_t, int);
 
+/* sum += scale * (even + odd - zero * x_sum) (+ offset * x_sum) for block b, both halves. */
+static inline void apply_block(__m256 sum[2], const __m256 even[2], const __m256 odd[2], float x_sum,
+                               const void *scale, const void *offset, int half, int zero, size_t b)
+{
+    int h;
+    for (h = 0; h < 2; h++) {
+        const __m256 acc = _mm256_sub_ps(_mm256_add_ps(even[h], odd[h]), _mm256_set1_ps((float)zero * x_sum));
+        sum[h] = _mm256_fmadd_ps(scales8(scale, half, b * MOA_GEMM_NR + 8 * h), acc, sum[h]);
+        if (offset != NULL) {
+            sum[h] = _mm256_fmadd_ps(scales8(offset, half, b * MOA_GEMM_NR + 8 * h), _mm256_set1_ps(x_sum), sum[h]);
+        }
+    }
+}
+
 static __m256 half_i8_any(const void *q, size_t p, int h)
 {
     return half_i8(q, p, h);
@@ -81,13 +95,7 @@ static inline void dot(half_row row, MOA_QW_DOT_PARAMS)
             }
             x_sum += x0;
         }
-        for (h = 0; h < 2; h++) {
-            const __m256 acc = _mm256_sub_ps(_mm256_add_ps(even[h], odd[h]), _mm256_set1_ps((float)zero * x_sum));
-            sum[h] = _mm256_fmadd_ps(scales8(scale, half, b * MOA_GEMM_NR + 8 * h), acc, sum[h]);
-            if (offset != NULL) {
-                sum[h] = _mm256_fmadd_ps(scales8(offset, half, b * MOA_GEMM_NR + 8 * h), _mm256_set1_ps(x_sum), sum[h]);
-            }
-        }
+        apply_block(sum, even, odd, x_sum, scale, offset, half, zero, b);
     }
     _mm256_storeu_ps(y16, sum[0]);
     _mm256_storeu_ps(y16 + 8, sum[1]);
@@ -142,13 +150,7 @@ void moa_qw_dot_u4_avx2(MOA_QW_DOT_PARAMS)
             }
             x_sum += x0 + x1;
         }
-        for (h = 0; h < 2; h++) {
-            const __m256 acc = _mm256_sub_ps(_mm256_add_ps(even[h], odd[h]), _mm256_set1_ps((float)zero * x_sum));
-            sum[h] = _mm256_fmadd_ps(scales8(scale, half, b * MOA_GEMM_NR + 8 * h), acc, sum[h]);
-            if (offset != NULL) {
-                sum[h] = _mm256_fmadd_ps(scales8(offset, half, b * MOA_GEMM_NR + 8 * h), _mm256_set1_ps(x_sum), sum[h]);
-            }
-        }
+        apply_block(sum, even, odd, x_sum, scale, offset, half, zero, b);
     }
     _mm256_storeu_ps(y16, sum[0]);
     _mm256_storeu_ps(y16 + 8, sum[1]);
