@@ -64,9 +64,10 @@ def _by_type(totals: dict) -> str:
     return ", ".join(f"{kind} {n} B" for kind, n in totals.items()) or "none"
 
 
-WEIGHTS_HELP = ("store the float weights of MatMul and Gemm quantized: int8 (a scale per output column), int8:BLOCK, "
-                "int4[:BLOCK] (a scale and a minimum per BLOCK rows, default 32, llama.cpp's Q4_1; "
-                "the output layer stays int8), or fp16 (float16 values, multiplied in float32)")
+WEIGHTS_HELP = ("store the float weights of MatMul, Gemm, Conv and embedding tables quantized: int8 (a scale per "
+                "output column), int8:BLOCK, int4[:BLOCK] (a float16 scale and minimum per BLOCK rows, default 32, "
+                "llama.cpp's Q4_1; the output layer stays int8), fp16 (float16 values, multiplied in float32), or "
+                "fp16:native (multiplied in float16 on a board whose core has it: rpi5, jetson-orin-nano)")
 
 
 ACTIVATIONS_HELP = ("int8: quantize the activations that multiply int8 weights to int8 at run time, a scale per row, "
@@ -278,7 +279,8 @@ def format_table(result: dict) -> str:
             lines.append(f"{name}: {r['error']}")
     tol = result["tolerance"]
     same = " (of the same quantized weights)" if "accuracy" in result else ""
-    lines.append(f"tolerance: max abs <= {tol['max_abs_err']:g}, max rel <= {tol['max_rel_err']:g} vs PyTorch float64"
+    bound = (f"max abs <= {tol['max_abs_err']:g}, " if "max_abs_err" in tol else "") + f"max rel <= {tol['max_rel_err']:g}"
+    lines.append(f"tolerance: {bound} vs PyTorch float64"
                  f"{same}; {'ALL PASS' if result['ok'] else 'FAILED'}")
     if "accuracy" in result:
         lines.append(f"accuracy of --weights {result['accuracy']['weights']} against PyTorch float64 of the float model:")

@@ -158,6 +158,8 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
         raise MoaEdgeError(f"--kv-cache {kv_cache!r}: choose one of {', '.join(kv_cache_pass.KV_CACHE_TYPES)}")
     if kv_cache != "float32" and max_context is None:
         raise MoaEdgeError(f"--kv-cache {kv_cache} is for a generation build: give --max-context N too")
+    if weights is not None and weights.native:
+        _check_native(weights, board)
     _check_replaceable(out_dir, model)
     blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:
@@ -221,6 +223,14 @@ def onnx_reference(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.n
     return {o.name: np.asarray(v) for o, v in zip(proto.graph.output, outputs)}
 
 
+def _check_native(weights: WeightFormat, board: Board) -> None:
+    """fp16:native only for a board whose core has half-precision arithmetic."""
+    if "fp16" not in board.extensions:
+        raise MoaEdgeError(f"--weights {weights.text}: board {board.name!r} has no half-precision arithmetic "
+                           f"(its extensions: {', '.join(board.extensions) or 'none'}); use --weights fp16, or a "
+                           f"board whose core has it (extensions = [\"fp16\"]: rpi5, jetson-orin-nano)")
+
+
 def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, seed: int = 0,
              scratch_budget: int | None = None, schedule: Schedule | None = None, ssh=None,
              timeout: float = TIMEOUT_S, progress=lambda msg: None, weights: WeightFormat | None = None) -> dict:
@@ -229,9 +239,13 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
     holds the quantized weights, so the boards are still held to the float32 tolerance, and
     `accuracy` reports what the format gives up against PyTorch float64 of the float model."""
     model = model_path(model)
+    native = weights is not None and weights.native  # half-precision GEMVs: their own tolerance
+    for board in boards if native else []:
+        _check_native(weights, board)
     graph = load_graph(model, input_shapes, weights=weights)
-    result = {"model": str(model), "ok": True, "tolerance": {"max_abs_err": cmp.MAX_ABS_ERR,
-                                                              "max_rel_err": cmp.MAX_REL_ERR}, "boards": {}}
+    tolerance = ({"max_rel_err": cmp.NATIVE_HALF_REL_ERR} if native else
+                 {"max_abs_err": cmp.MAX_ABS_ERR, "max_rel_err": cmp.MAX_REL_ERR})
+    result = {"model": str(model), "ok": True, "tolerance": tolerance, "boards": {}}
     with scratch_folder("moa-validate-") as tmp:
         inputs = reference = None
         for board in boards:
@@ -263,7 +277,7 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
                 binary = build(project, board)
                 progress(f"{board.name}: run")
                 outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=timeout)
-                row = cmp.compare_all(outputs, reference)
+                row = cmp.compare_all(outputs, reference, cmp.NATIVE_HALF_REL_ERR if native else None)
                 row["run_us"] = run_us
             except MoaEdgeError as exc:
                 row = {"ok": False, "error": str(exc), "max_abs_err": None, "max_rel_err": None, "max_ulp": None}

@@ -259,6 +259,7 @@ GEMM_VARIANTS = {
 class GemmExe:
     command: list
     isa: str | None
+    board: str = ""
 
 
 def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_flags=()) -> GemmExe:
@@ -275,7 +276,7 @@ def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_
     runner = board.runner()
     if vlen:
         runner = [part.replace("vlen=128", vlen) for part in runner]
-    return GemmExe(runner + [str(exe)], isa)
+    return GemmExe(runner + [str(exe)], isa, board_name)
 
 
 @pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)

@@ -57,7 +57,7 @@ int main(int argc, char **argv)
               : w.type == MOA_QW_U4 ? MOA_QW_U4_BYTES(K, N, block) : MOA_QW_F16_BYTES(K, N, block);
     A = read_bytes(M * K * sizeof(float));
     Q = read_bytes(q_bytes);
-    S = w.type == MOA_QW_F16 ? NULL : read_bytes(MOA_QW_SCALES(K, N, block) * scale_size);
+    S = w.type >= MOA_QW_F16 ? NULL : read_bytes(MOA_QW_SCALES(K, N, block) * scale_size); /* halves: no scale */
     O = has_offset ? read_bytes(MOA_QW_SCALES(K, N, block) * scale_size) : NULL;
     C = read_bytes(c_rows * c_cols * sizeof(float));
     Y = read_bytes(M * y_row_stride * sizeof(float));
@@ -73,7 +73,7 @@ int main(int argc, char **argv)
     return status == MOA_OK ? 0 : 100 + (int)status;
 }
 """
-TYPES = {"i8": 1, "u4": 2, "f16": 3}
+TYPES = {"i8": 1, "u4": 2, "f16": 3, "f16n": 4}
 
 
 def _build(variant, tmp_path_factory, more_flags=()):
@@ -204,6 +204,31 @@ def test_quantized_gemm_reads_a_transposed(qgemm_exe, M):
     got, expected, rc, magnitude = _run(qgemm_exe, M, 24, 48, "u4", 16, True, trans_a=True, seed=M)
     assert rc == 0
     _assert_close(got, expected, magnitude, 24)
+
+
+# MOA_QW_F16_NATIVE: half-precision arithmetic in the GEMV where the build has FEAT_FP16 (rpi5's
+# Cortex-A76), x rounded to a half and 16 rows summed in halves: within its contract of a few
+# 2^-11 of sum |x w| per block, and visibly not float32's rounding there (so the native kernel ran);
+# every other build, and the prefill (M >= a register tile) everywhere, computes as MOA_QW_F16.
+@pytest.mark.board
+@pytest.mark.parametrize("M", [1, 3, 20])
+def test_native_half_gemv_within_its_contract(qgemm_exe, M):
+    rng = np.random.default_rng(M)
+    K, N = 300, 21
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    q = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float16)
+    values, _, _ = pack_quantized(q, None, None, "f16", K)
+    stdin = b"".join(np.ascontiguousarray(x).tobytes() for x in (a, values, np.full((M, N), SENTINEL, np.float32)))
+    proc = subprocess.run([*qgemm_exe.command, *map(str, [M, N, K, TYPES["f16n"], K, 0, 0, 0, 1.0, 0.0, N, 0, 0, 0])],
+                          input=stdin, capture_output=True)
+    assert proc.returncode == 0, proc.stderr.decode()
+    got = np.frombuffer(proc.stdout, np.float32).reshape(M, N)
+    w = q.astype(np.float64)
+    error = np.abs(got - a.astype(np.float64) @ w) / (np.abs(a).astype(np.float64) @ np.abs(w))
+    if qgemm_exe.board == "rpi5" and M < 4:  # a GEMV (fewer rows than NEON's register tile) on FEAT_FP16
+        assert 1e-6 < error.max() < 2.0 ** -8, error.max()
+    else:
+        assert error.max() < 1e-6, error.max()
 
 
 @pytest.mark.parametrize("qtype, block", [("u4", 15), ("u4", 0), ("i8", 0), ("f16", 0)])

@@ -147,3 +147,50 @@ def test_a_block_that_does_not_divide_k_is_refused_by_node(folder, tmp_path):
     r = run_cli("convert", case.path, "-o", tmp_path / "p", "--max-context", "16", "--weights", "int4:48")
     one_error(r, "--weights int4:48: block 48 does not divide K=", "of node")
     assert not (tmp_path / "p").exists()
+
+
+def _projection(tmp_path, rows: int = 1):
+    """x [rows, 96] @ W [96, 40]: a decode step's GEMV."""
+    w = (np.random.default_rng(3).standard_normal((96, 40)) / np.sqrt(96)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="proj")], "proj",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, (rows, 96))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (rows, 40))],
+                              [numpy_helper.from_array(w, "W")])
+    path = tmp_path / "proj.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path, w
+
+
+def test_native_half_arithmetic_needs_a_board_with_it(tmp_path):
+    """fp16:native on rpi4 (no FEAT_FP16): one error naming the board and what has it, no project."""
+    path, _ = _projection(tmp_path)
+    r = run_cli("convert", path, "-o", tmp_path / "p", "--board", "rpi4", "--weights", "fp16:native")
+    one_error(r, "--weights fp16:native: board 'rpi4' has no half-precision arithmetic", "rpi5")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.board
+def test_native_half_gemv_on_rpi5_within_its_contract(tmp_path):
+    """The generated C asks for MOA_QW_F16_NATIVE, and under qemu's Cortex-A76 the GEMV's error
+    against float64 of the half weights is half precision's (above float32's, within the contract)."""
+    from moa_edge.harness.runner import check_inputs, run
+    board = require_board("rpi5")
+    path, w = _projection(tmp_path)
+    report = convert(path, tmp_path / "p", board=board, weights=parse_weights("fp16:native"))
+    assert "MOA_QW_F16_NATIVE" in (tmp_path / "p" / "model.c").read_text()
+    x = np.random.default_rng(4).standard_normal((1, 96)).astype(np.float32)
+    outputs, _ = run(build(tmp_path / "p", board), board, report["io"], check_inputs(report["io"], {"x": x}, "x"))
+    half = w.astype(np.float16).astype(np.float64)
+    error = np.abs(outputs["y"] - x.astype(np.float64) @ half) / (np.abs(x).astype(np.float64) @ np.abs(half))
+    assert 1e-6 < error.max() < 2.0 ** -8, error.max()
+
+
+@pytest.mark.board
+def test_validate_holds_native_half_to_its_own_tolerance(tmp_path):
+    """validate --weights fp16:native: rpi5 passes at 2^-8 of max |y| (not float32's 1e-5); rpi4 is refused."""
+    path, _ = _projection(tmp_path, rows=2)
+    r = run_cli("validate", path, "--board", "rpi5", "--weights", "fp16:native")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "tolerance: max rel <= 0.00390625" in r.stdout and "ALL PASS" in r.stdout
+    r = run_cli("validate", path, "--board", "rpi4", "--weights", "fp16:native")
+    one_error(r, "--weights fp16:native: board 'rpi4' has no half-precision arithmetic")

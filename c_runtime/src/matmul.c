@@ -24,6 +24,11 @@ static size_t min_size(size_t a, size_t b)
     return a < b ? a : b;
 }
 
+static int half_values(const moa_qweights *w)
+{
+    return w->type == MOA_QW_F16 || w->type == MOA_QW_F16_NATIVE;
+}
+
 static size_t scale_bytes(const moa_qweights *w)
 {
     return w->half_scales ? sizeof(uint16_t) : sizeof(float);
@@ -33,8 +38,7 @@ static size_t scale_bytes(const moa_qweights *w)
 static moa_qweights quantized_panel(const moa_qweights *w, size_t K, size_t panel)
 {
     const size_t rows = MOA_QW_ROWS(K, w->block), blocks = MOA_QW_BLOCKS(K, w->block);
-    const size_t panel_bytes = w->type == MOA_QW_U4 ? rows / 2 * MOA_GEMM_NR
-                                                    : rows * MOA_GEMM_NR * (w->type == MOA_QW_F16 ? 2 : 1);
+    const size_t panel_bytes = w->type == MOA_QW_U4 ? rows / 2 * MOA_GEMM_NR : rows * MOA_GEMM_NR * (half_values(w) ? 2 : 1);
     const size_t scales = blocks * MOA_GEMM_NR * scale_bytes(w);
     moa_qweights p = *w;
     p.q = (const uint8_t *)w->q + panel * panel_bytes;
@@ -47,7 +51,8 @@ static moa_qweights quantized_panel(const moa_qweights *w, size_t K, size_t pane
 static void quantized_dot(const moa_qweights *w, size_t K, const float *x, ptrdiff_t x_stride, float *y16)
 {
     void (*dot)(MOA_QW_DOT_PARAMS) = w->type == MOA_QW_I8 ? moa_qw_dot_i8
-                                     : w->type == MOA_QW_U4 ? moa_qw_dot_u4 : moa_qw_dot_f16;
+                                     : w->type == MOA_QW_U4 ? moa_qw_dot_u4
+                                     : w->type == MOA_QW_F16_NATIVE ? moa_qw_dot_f16_native : moa_qw_dot_f16;
     dot(K, w->block, x, x_stride, w->q, w->scale, w->offset, w->half_scales, w->zero, y16);
 }
 
@@ -300,11 +305,11 @@ moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix
                            float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
     b_source source;
-    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && w.type != MOA_QW_F16) || w.block == 0 ||
+    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && !half_values(&w)) || w.block == 0 ||
         (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
         return MOA_ERR_BAD_PARAMS;
     }
-    if ((w.q == NULL || (w.scale == NULL && w.type != MOA_QW_F16)) && K > 0 && M > 0 && N > 0) {
+    if ((w.q == NULL || (w.scale == NULL && !half_values(&w))) && K > 0 && M > 0 && N > 0) {
         return MOA_ERR_NULL_ARGUMENT;
     }
     source.packed = NULL;

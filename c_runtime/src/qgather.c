@@ -11,18 +11,19 @@ static float scale_at(const void *scales, int half, size_t i)
 moa_status moa_gather_qw_f32(size_t K, size_t N, moa_qweights w, ptrdiff_t index, float *y)
 {
     size_t panel, lane, blocks, k, first;
-    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && w.type != MOA_QW_F16) || w.block == 0 ||
+    const int halves = w.type == MOA_QW_F16 || w.type == MOA_QW_F16_NATIVE; /* a lookup has no arithmetic */
+    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && !halves) || w.block == 0 ||
         (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
         return MOA_ERR_BAD_PARAMS;
     }
     if (index < 0 || (size_t)index >= N) {
         return MOA_ERR_INDEX_OUT_OF_RANGE;
     }
-    if (K > 0 && (w.q == NULL || (w.scale == NULL && w.type != MOA_QW_F16) || y == NULL)) {
+    if (K > 0 && (w.q == NULL || (w.scale == NULL && !halves) || y == NULL)) {
         return MOA_ERR_NULL_ARGUMENT;
     }
     panel = (size_t)index / MOA_GEMM_NR, lane = (size_t)index % MOA_GEMM_NR, blocks = MOA_QW_BLOCKS(K, w.block);
-    if (w.type == MOA_QW_F16) {
+    if (halves) {
         /* q[panel][k][lane], a half: no scale */
         const uint16_t *q = (const uint16_t *)w.q + panel * MOA_QW_ROWS(K, w.block) * MOA_GEMM_NR + lane;
         for (k = 0; k < K; k++) {

@@ -106,7 +106,7 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
 def describe(attrs, k: int) -> str:
     """The stored form, for the generated C's comments: 'int8 (per column)', '4-bit (blocks of 32)', 'float16'."""
     if attrs["qtype"] == "f16":
-        return KINDS["f16"]
+        return KINDS["f16"] + (", multiplied in float16" if attrs.get("native") else "")
     per = "per column" if attrs["block"] >= k else f"blocks of {attrs['block']}"
     return f"{KINDS[attrs['qtype']]} ({per})"
 
@@ -126,7 +126,8 @@ def c_weights(node, ctx) -> str:
     def where(k):
         return ctx.where[node.inputs[k]] if len(node.inputs) > k and node.inputs[k] else "NULL"
     attrs = node.attrs
-    return (f"(moa_qweights){{{C_TYPES[attrs['qtype']]}, {attrs['block']}, {where(1)}, {where(2)}, {where(3)}, "
+    c_type = "MOA_QW_F16_NATIVE" if attrs.get("native") else C_TYPES[attrs["qtype"]]
+    return (f"(moa_qweights){{{c_type}, {attrs['block']}, {where(1)}, {where(2)}, {where(3)}, "
             f"{attrs.get('zero', 0)}, {int(require_scales(node, ctx.graph))}}}")
 
 

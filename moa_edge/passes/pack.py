@@ -166,7 +166,8 @@ def pack_weights(graph: Graph, weights: WeightFormat | None = None) -> int:
             values, scale, offset = _quantized_weight(graph, weight, trans_b, fmt, node.name, made)
             block, zero = _block_and_zero(graph, values, k)
             gemm = Node("MoaQGemm", node.name, [a, values, scale, offset, *bias], outputs,
-                        {**gemm_attrs, "k": k, "qtype": fmt.qtype, "block": block, "zero": zero})
+                        {**gemm_attrs, "k": k, "qtype": fmt.qtype, "block": block, "zero": zero,
+                         **({"native": 1} if fmt.native else {})})
         graph.nodes[graph.nodes.index(node)] = gemm
         count += 1
     if weights is not None:  # after the MatMuls, so that a table tied to the output layer shares its format

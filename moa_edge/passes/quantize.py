@@ -3,6 +3,9 @@
     int8          symmetric, one scale per output column:  W = scale[n] q,  q in -127..127
     int8:BLOCK    the same with one scale per BLOCK rows of K per column (llama.cpp's Q8_0 is 32)
     fp16          each weight rounded to the nearest float16 (no scale): half the bytes, multiplied in float32
+    fp16:native   the same storage, and the decode GEMV multiplies in float16 on a board whose core has
+                  half-precision arithmetic (its TOML's extensions name fp16: rpi5, Jetson): x rounded
+                  to a half, sums of 16 rows in halves (about 2^-11 of sum |x w| each, not float32's)
     int4[:BLOCK]  a scale and a minimum per BLOCK rows (default 32) per column, llama.cpp's Q4_1:
                   d = (max - min) / 15,  q = min(15, floor((w - min) / d + 0.5)),  W = d q + min;
                   the output layer (a MatMul or Gemm whose result is a graph output: an LLM's
@@ -38,6 +41,7 @@ class WeightFormat:
     qtype: str          # "i8", "u4" or "f16" (ops/qmatmul.py)
     block: int | None   # rows of K per scale; None: all of K (per column)
     text: str           # as the user wrote it, for messages
+    native: bool = False  # fp16:native: half-precision arithmetic in the GEMV (where the board has it)
 
     def for_output_layer(self) -> WeightFormat:
         """The format of a layer whose result is a graph output (see the module's docstring)."""
@@ -58,6 +62,8 @@ def parse_weights(text: str | None) -> WeightFormat | None:
         return None
     if text in ("fp16", "float16"):
         return WeightFormat("f16", None, text)
+    if text == "fp16:native":
+        return WeightFormat("f16", None, text, native=True)
     kind, colon, block_text = text.partition(":")
     qtype = {"int8": "i8", "int4": "u4"}.get(kind)
     try:
@@ -65,7 +71,7 @@ def parse_weights(text: str | None) -> WeightFormat | None:
     except ValueError:
         block = 0
     if qtype is None or (block is not None and (block < 2 or (qtype == "u4" and block % 2))):
-        raise MoaEdgeError(f"--weights {text!r} is not int8, int8:BLOCK, int4, int4:BLOCK or fp16 "
+        raise MoaEdgeError(f"--weights {text!r} is not int8, int8:BLOCK, int4, int4:BLOCK, fp16 or fp16:native "
                            f"(BLOCK at least 2, and even for int4)")
     return WeightFormat(qtype, block, text)
 

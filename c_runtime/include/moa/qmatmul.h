@@ -10,7 +10,11 @@
  * or zero 0 and offset = -zero_point * scale per block, or GGUF's block minimum). `block` rows of
  * W share one scale and offset per column: block == K is one per column (per output channel).
  * MOA_QW_F16 stores W itself as IEEE halves (uint16_t bits, moa/half.h): W[k][n] = q[k][n];
- * scale, offset and zero are unused (scale may be NULL), block only sets Kp.
+ * scale, offset and zero are unused (scale may be NULL), block only sets Kp. MOA_QW_F16_NATIVE is
+ * the same storage, and asks for half-precision arithmetic in the GEMV where the core has it
+ * (convert --weights fp16:native for a board with the fp16 extension): x rounded to a half,
+ * products summed in halves over 16 rows, those sums added in float32, which leaves about 2^-11
+ * of sum |x W| per 16 rows instead of float32's rounding. Prefill dequantizes as MOA_QW_F16.
  *
  * Layout: the panels of matmul.h (16 columns each, the last zero-padded), K padded to whole
  * blocks with zero rows (Kp = MOA_QW_ROWS(K, block)). Panel p holds
@@ -30,7 +34,7 @@
 #include "moa/matmul.h"
 #include "moa/status.h"
 
-typedef enum { MOA_QW_I8 = 1, MOA_QW_U4 = 2, MOA_QW_F16 = 3 } moa_qw_type;
+typedef enum { MOA_QW_I8 = 1, MOA_QW_U4 = 2, MOA_QW_F16 = 3, MOA_QW_F16_NATIVE = 4 } moa_qw_type;
 
 typedef struct {
     moa_qw_type type;
