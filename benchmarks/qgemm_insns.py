@@ -28,7 +28,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.attention_bench import count_instructions
 from moa_edge.ops.matmul import C_SOURCES, pack_b
 from moa_edge.ops.qmatmul import pack_quantized
-from moa_edge.passes.quantize import quantize
+from moa_edge.passes.quantize import quantize, two_level
 from moa_edge.target import load_board
 
 DRIVER = r"""
@@ -40,8 +40,8 @@ DRIVER = r"""
 #include "moa/qmatmul.h"
 
 /* argv: f32|i8|u4 M N K block calls A B scale offset Y  (scale and offset "-" for f32, offset "-"
- * for none; u4's are halves, as convert --weights int4 stores them). Reads the operands, calls the
- * kernel `calls` times (0: the baseline run), writes Y. */
+ * for none; u4's are two-level, as convert --weights int4 stores a MatMul's). Reads the operands,
+ * calls the kernel `calls` times (0: the baseline run), writes Y. */
 static void *load(const char *path, size_t bytes)
 {
     FILE *f = fopen(path, "rb");
@@ -74,11 +74,13 @@ int main(int argc, char **argv)
     if (is_f32) {
         packed = load(argv[8], MOA_GEMM_PACKED_B_ELEMS(K, N) * sizeof(float));
     } else {
-        const size_t scale_size = is_i8 ? sizeof(float) : sizeof(uint16_t);
-        w.type = is_i8 ? MOA_QW_I8 : MOA_QW_U4, w.block = block, w.zero = 0, w.half_scales = !is_i8;
+        const size_t scale_bytes = is_i8 ? MOA_QW_SCALES(K, N, block) * sizeof(float)
+                                         : MOA_QW_PANELS(N) * MOA_QS_SUPER_BYTES(MOA_QW_BLOCKS(K, block));
+        w.type = is_i8 ? MOA_QW_I8 : MOA_QW_U4, w.block = block, w.zero = 0;
+        w.half_scales = is_i8 ? MOA_QS_FLOAT : MOA_QS_SUPER;
         w.q = load(argv[8], is_i8 ? MOA_QW_I8_BYTES(K, N, block) : MOA_QW_U4_BYTES(K, N, block));
-        w.scale = load(argv[9], MOA_QW_SCALES(K, N, block) * scale_size);
-        w.offset = argv[10][0] == '-' ? NULL : load(argv[10], MOA_QW_SCALES(K, N, block) * scale_size);
+        w.scale = load(argv[9], scale_bytes);
+        w.offset = argv[10][0] == '-' ? NULL : load(argv[10], scale_bytes);
     }
     for (call = 0; call < calls && status == MOA_OK; call++) {
         status = is_f32 ? moa_gemm_packed_f32(M, N, K, 1.0f, a, packed, 0.0f, none, Y, (ptrdiff_t)N)
@@ -111,8 +113,9 @@ def weights(folder: Path, seed: int = 0) -> tuple[dict, dict]:
             files[form] = [folder / "B.f32.bin", "-", "-"]
             exact[form] = w.astype(np.float64)
             continue
-        q, scale, offset, _ = quantize(w, form, block)  # int4's scales and minimums: float16
-        values, scales, offsets = pack_quantized(q, scale, offset, form, block)
+        q, scale, offset, _ = quantize(w, form, block, two_levels=form == "u4")  # as convert stores a MatMul's
+        levels = (two_level(scale), two_level(offset)) if form == "u4" else None
+        values, scales, offsets = pack_quantized(q, scale, offset, form, block, levels)
         paths = [folder / f"B.{form}.bin", folder / f"S.{form}.bin", folder / f"O.{form}.bin"]
         for path, x in zip(paths, (values, scales, offsets)):
             if x is not None:

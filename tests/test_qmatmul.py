@@ -36,7 +36,7 @@ static void *read_bytes(size_t n)
 
 int main(int argc, char **argv)
 {
-    size_t M, N, K, block, c_rows, c_cols, y_row_stride, q_bytes, scale_size;
+    size_t M, N, K, block, c_rows, c_cols, y_row_stride, q_bytes, scale_size, scale_bytes;
     int has_offset, trans_a;
     float *A, *C, *Y;
     void *Q, *S, *O;
@@ -53,12 +53,17 @@ int main(int argc, char **argv)
     c_rows = strtoul(argv[7], NULL, 10), c_cols = strtoul(argv[8], NULL, 10);
     y_row_stride = strtoul(argv[11], NULL, 10), trans_a = atoi(argv[12]);
     w.half_scales = atoi(argv[14]), scale_size = w.half_scales ? 2 : sizeof(float);
+    if (w.half_scales == MOA_QS_SUPER) { /* bytes of every panel's chunks, read as 16 "elements" of a panel's blocks */
+        scale_size = 1;
+    }
     q_bytes = w.type == MOA_QW_I8 ? MOA_QW_I8_BYTES(K, N, block)
               : w.type == MOA_QW_U4 ? MOA_QW_U4_BYTES(K, N, block) : MOA_QW_F16_BYTES(K, N, block);
     A = read_bytes(M * K * sizeof(float));
     Q = read_bytes(q_bytes);
-    S = w.type >= MOA_QW_F16 ? NULL : read_bytes(MOA_QW_SCALES(K, N, block) * scale_size); /* halves: no scale */
-    O = has_offset ? read_bytes(MOA_QW_SCALES(K, N, block) * scale_size) : NULL;
+    scale_bytes = w.half_scales == MOA_QS_SUPER ? MOA_QW_PANELS(N) * MOA_QS_SUPER_BYTES(MOA_QW_BLOCKS(K, block))
+                                                : MOA_QW_SCALES(K, N, block) * scale_size;
+    S = w.type >= MOA_QW_F16 ? NULL : read_bytes(scale_bytes); /* halves: no scale */
+    O = has_offset ? read_bytes(scale_bytes) : NULL;
     C = read_bytes(c_rows * c_cols * sizeof(float));
     Y = read_bytes(M * y_row_stride * sizeof(float));
     a.data = A, a.row_stride = trans_a ? 1 : (ptrdiff_t)K, a.col_stride = trans_a ? (ptrdiff_t)M : 1;
@@ -110,19 +115,34 @@ def _quantized(rng, K, N, qtype, block, with_offset, zero, half_scales=False):
     return q, scale, offset, w
 
 
+def _two_level(rng, blocks, N, signed):
+    """Raw two-level scales: a float16 H per 8 blocks, an int8 s per block; and H * s in float64."""
+    h = rng.uniform(0.0005, 0.002, (-(-blocks // 8), N)).astype(np.float16)
+    s = rng.integers(-127 if signed else 1, 128, (blocks, N)).astype(np.int8)
+    return (h, s), np.repeat(h.astype(np.float64), 8, axis=0)[:blocks] * s
+
+
 def _run(exe, M, N, K, qtype, block, with_offset=False, c_shape=None, alpha=1.0, beta=1.0, pad=0, trans_a=False,
-         seed=0, zero=0, half_scales=False):
+         seed=0, zero=0, half_scales=False, two_levels=False):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal((M, K)).astype(np.float32)
     q, scale, offset, w = _quantized(rng, K, N, qtype, block, with_offset, zero, half_scales)
-    values, scales, offsets = pack_quantized(q, scale, offset, qtype, block)
+    levels = None
+    if two_levels:  # the scales and offsets replaced by raw two-level ones, W built from those
+        blocks = -(-K // block)
+        levels_s, scale64 = _two_level(rng, blocks, N, signed=False)
+        levels_o, offset64 = _two_level(rng, blocks, N, signed=True) if with_offset else (None, 0.0)
+        levels = (levels_s, levels_o)
+        rows = np.arange(K) // block
+        w = scale64[rows] * (q - zero) + (offset64[rows] if with_offset else 0.0)
+    values, scales, offsets = pack_quantized(q, scale, offset, qtype, block, levels)
     c = rng.standard_normal(c_shape).astype(np.float32) if c_shape else np.zeros((0, 0), np.float32)
     y0 = np.full((M, N + pad), SENTINEL, np.float32)
     parts = [a.T if trans_a else a, values, *([scales] if scales is not None else []),
              *([offsets] if with_offset else []), c, y0]
     stdin = b"".join(np.ascontiguousarray(x).tobytes() for x in parts)
     args = [M, N, K, TYPES[qtype], block, int(with_offset), *(c_shape or (0, 0)), alpha, beta, N + pad, int(trans_a), zero,
-            int(half_scales)]
+            2 if two_levels else int(half_scales)]
     proc = subprocess.run([*exe.command, *map(str, args)], input=stdin, capture_output=True)
     assert proc.returncode == 0 or proc.returncode > 100, proc.stderr.decode()
     if exe.isa is not None:
@@ -194,6 +214,19 @@ def test_quantized_gemm_dequantizes_odd_kc_slices(odd_kc_exe, qtype, block, with
 def test_quantized_gemm_widens_half_scales(qgemm_exe, M, qtype, block, with_offset, zero):
     got, expected, rc, magnitude = _run(qgemm_exe, M, 21, 601, qtype, block, with_offset, c_shape=(1, 21),
                                         alpha=0.5, beta=2.0, pad=2, seed=block + M, zero=zero, half_scales=True)
+    assert rc == 0
+    _assert_close(got, expected, magnitude, 21)
+
+
+# Two-level scales (MOA_QS_SUPER, convert --weights int4 on MatMul and Gemm): per 8 blocks a
+# float16 H, per block an int8 s, in chunks (moa/qmatmul.h); K of 19 blocks (2 whole chunks and a
+# short one), the GEMV and the prefill's dequantization.
+@pytest.mark.board
+@pytest.mark.parametrize("qtype, block, with_offset, zero", [("u4", 32, True, 0), ("i8", 16, False, 0)], ids=str)
+@pytest.mark.parametrize("M", [1, 20])
+def test_quantized_gemm_reads_two_level_scales(qgemm_exe, M, qtype, block, with_offset, zero):
+    got, expected, rc, magnitude = _run(qgemm_exe, M, 21, 19 * block - 3, qtype, block, with_offset, c_shape=(1, 21),
+                                        alpha=0.5, beta=2.0, pad=2, seed=block + M, zero=zero, two_levels=True)
     assert rc == 0
     _assert_close(got, expected, magnitude, 21)
 

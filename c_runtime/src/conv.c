@@ -189,6 +189,7 @@ moa_status moa_conv2d_qw_f32(const moa_conv2d_params *p, const float *x, moa_qwe
     }
     R = p->channels / p->groups * p->kernel_height * p->kernel_width;
     if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && w.type != MOA_QW_F16) || w.block == 0 || R % w.block != 0 ||
+        w.half_scales > MOA_QS_HALF ||
         (w.type == MOA_QW_U4 && R % 2 != 0)) {
         return MOA_ERR_BAD_PARAMS;
     }

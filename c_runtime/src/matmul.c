@@ -29,9 +29,11 @@ static int half_values(const moa_qweights *w)
     return w->type == MOA_QW_F16 || w->type == MOA_QW_F16_NATIVE;
 }
 
-static size_t scale_bytes(const moa_qweights *w)
+/* Bytes of a panel's scales (or offsets) for `blocks` blocks. */
+static size_t panel_scale_bytes(const moa_qweights *w, size_t blocks)
 {
-    return w->half_scales ? sizeof(uint16_t) : sizeof(float);
+    return w->half_scales == MOA_QS_SUPER ? MOA_QS_SUPER_BYTES(blocks)
+                                          : blocks * MOA_GEMM_NR * (w->half_scales ? sizeof(uint16_t) : sizeof(float));
 }
 
 /* Panel `panel` of quantized weights: its values, scales and offsets. */
@@ -39,7 +41,7 @@ static moa_qweights quantized_panel(const moa_qweights *w, size_t K, size_t pane
 {
     const size_t rows = MOA_QW_ROWS(K, w->block), blocks = MOA_QW_BLOCKS(K, w->block);
     const size_t panel_bytes = w->type == MOA_QW_U4 ? rows / 2 * MOA_GEMM_NR : rows * MOA_GEMM_NR * (half_values(w) ? 2 : 1);
-    const size_t scales = blocks * MOA_GEMM_NR * scale_bytes(w);
+    const size_t scales = panel_scale_bytes(w, blocks);
     moa_qweights p = *w;
     p.q = (const uint8_t *)w->q + panel * panel_bytes;
     p.scale = w->scale != NULL ? (const uint8_t *)w->scale + panel * scales : NULL; /* float16 weights have none */
@@ -306,7 +308,7 @@ moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix
 {
     b_source source;
     if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && !half_values(&w)) || w.block == 0 ||
-        (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
+        (w.type == MOA_QW_U4 && w.block % 2 != 0) || w.half_scales < MOA_QS_FLOAT || w.half_scales > MOA_QS_SUPER) {
         return MOA_ERR_BAD_PARAMS;
     }
     if ((w.q == NULL || (w.scale == NULL && !half_values(&w))) && K > 0 && M > 0 && N > 0) {

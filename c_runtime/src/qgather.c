@@ -12,7 +12,7 @@ moa_status moa_gather_qw_f32(size_t K, size_t N, moa_qweights w, ptrdiff_t index
 {
     size_t panel, lane, blocks, k, first;
     const int halves = w.type == MOA_QW_F16 || w.type == MOA_QW_F16_NATIVE; /* a lookup has no arithmetic */
-    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && !halves) || w.block == 0 ||
+    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && !halves) || w.block == 0 || w.half_scales > MOA_QS_HALF ||
         (w.type == MOA_QW_U4 && w.block % 2 != 0)) {
         return MOA_ERR_BAD_PARAMS;
     }

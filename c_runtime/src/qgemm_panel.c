@@ -5,10 +5,15 @@
 #if MOA_QW_SCALAR
 #include "moa/half.h"
 
-/* Element i of a panel's scales or offsets: a float, or a half. */
-static float scale_at(const void *scales, int half, size_t i)
+/* Column j of row b of a panel's scales or offsets: a float, a half, or (MOA_QS_SUPER) the
+ * super-block's half times the block's int8. */
+static float scale_at(const void *scales, int half, size_t b, size_t j)
 {
-    return half ? moa_f16_to_f32(((const uint16_t *)scales)[i]) : ((const float *)scales)[i];
+    if (half == MOA_QS_SUPER) {
+        return moa_f16_to_f32(moa_qs_super_row(scales, b)[j]) * (float)moa_qs_block_row(scales, b)[j];
+    }
+    return half ? moa_f16_to_f32(((const uint16_t *)scales)[b * MOA_GEMM_NR + j])
+                : ((const float *)scales)[b * MOA_GEMM_NR + j];
 }
 
 /* q[p][j] of a panel: an int8, or a nibble of row pair p / 2 (low for even p). */
@@ -29,7 +34,7 @@ static void dot(int (*value)(const void *, size_t, size_t), MOA_QW_DOT_PARAMS)
     size_t b0, p, j;
     for (b0 = 0; b0 < K; b0 += block) {
         const size_t end = K - b0 < block ? K : b0 + block;
-        const size_t s = b0 / block * MOA_GEMM_NR;
+        const size_t s = b0 / block;
         float acc[MOA_GEMM_NR] = {0.0f}, x_sum = 0.0f;
         for (p = b0; p < end; p++) {
             const float x_p = x[(ptrdiff_t)p * x_stride];
@@ -39,8 +44,8 @@ static void dot(int (*value)(const void *, size_t, size_t), MOA_QW_DOT_PARAMS)
             }
         }
         for (j = 0; j < MOA_GEMM_NR; j++) {
-            sum[j] += scale_at(scale, half, s + j) * (acc[j] - (float)zero * x_sum) +
-                      (offset != NULL ? scale_at(offset, half, s + j) * x_sum : 0.0f);
+            sum[j] += scale_at(scale, half, s, j) * (acc[j] - (float)zero * x_sum) +
+                      (offset != NULL ? scale_at(offset, half, s, j) * x_sum : 0.0f);
         }
     }
     for (j = 0; j < MOA_GEMM_NR; j++) {
@@ -52,10 +57,10 @@ static void dequant(int (*value)(const void *, size_t, size_t), MOA_QW_DEQUANT_P
 {
     size_t p, j;
     for (p = p0; p < p0 + kc; p++) {
-        const size_t s = p / block * MOA_GEMM_NR;
+        const size_t s = p / block;
         for (j = 0; j < MOA_GEMM_NR; j++) {
-            out[(p - p0) * MOA_GEMM_NR + j] = scale_at(scale, half, s + j) * (float)(value(q, p, j) - zero) +
-                                              (offset != NULL ? scale_at(offset, half, s + j) : 0.0f);
+            out[(p - p0) * MOA_GEMM_NR + j] = scale_at(scale, half, s, j) * (float)(value(q, p, j) - zero) +
+                                              (offset != NULL ? scale_at(offset, half, s, j) : 0.0f);
         }
     }
 }

@@ -125,8 +125,9 @@ def quantize_like_convert(model, weights: str, embedding: bool) -> None:
         if isinstance(module, torch.nn.Linear) or (embedding and isinstance(module, torch.nn.Embedding)):
             output_layer = module is model.lm_head or (tied and module is model.model.embed_tokens)
             w = module.weight.detach().numpy().T  # K x N
+            linear = isinstance(module, torch.nn.Linear)  # a MatMul's int4 blocks have two-level scales
             module.weight.data = torch.from_numpy(np.ascontiguousarray(
-                dequantized(w, fmt.for_output_layer() if output_layer else fmt).T))
+                dequantized(w, fmt.for_output_layer() if output_layer else fmt, two_levels=linear).T))
 
 
 def input_names(layers: int) -> list[str]:

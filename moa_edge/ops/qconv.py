@@ -91,7 +91,7 @@ def emit(node, ctx) -> EmittedUnit:
     bias = node.inputs[4:5]
     dtypes.require_dtypes(node, graph, names=[node.inputs[0], node.outputs[0], *bias])
     dtypes.require_dtypes(node, graph, (STORAGE[attrs["qtype"]],), names=node.inputs[1:2])
-    half = require_scales(node, graph)
+    half = require_scales(node, graph, ("float32", "float16"))
     x_shape, y_shape = (tuple(graph.tensors[n].shape) for n in (node.inputs[0], node.outputs[0]))
     where = lambda k: ctx.where[node.inputs[k]] if len(node.inputs) > k and node.inputs[k] else "NULL"  # noqa: E731
     weights = (f"(moa_qweights){{{C_TYPES[attrs['qtype']]}, {attrs['block']}, {where(1)}, {where(2)}, {where(3)}, "

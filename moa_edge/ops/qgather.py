@@ -18,7 +18,7 @@ from moa_edge.ir import dtypes
 from moa_edge.ir.c_syntax import c_comment_text
 
 from .contract import EmittedUnit, OpCost, TensorType, check_status
-from .qmatmul import PANEL, STORAGE, c_weights, dequantize, describe
+from .qmatmul import PANEL, STORAGE, c_weights, dequantize, describe, require_scales
 
 OPS = ("MoaQGather",)
 C_SOURCES = ["qgather.c"]
@@ -56,6 +56,7 @@ def emit(node, ctx):
     dtypes.require_dtypes(node, graph, (STORAGE[attrs["qtype"]],), names=node.inputs[1:2])
     D, V, count = attrs["k"], attrs["n"], graph.tensors[node.inputs[0]].size
     idx, out = ctx.where[node.inputs[0]], ctx.where[node.outputs[0]]
+    require_scales(node, graph, ("float32", "float16"))  # a lookup reads no two-level scales
     call = f"moa_gather_qw_f32({D}, {V}, {c_weights(node, ctx)}, row, {out} + i * {D})"
     return EmittedUnit(
         f"    {{ /* {c_comment_text(node.name)}: Gather of {V} rows of {D} stored as {describe(attrs, D)} */\n"

@@ -36,10 +36,36 @@ def blocks(k: int, block: int) -> int:
     return -(-k // block)
 
 
-def pack_quantized(q: np.ndarray, scale: np.ndarray | None, offset: np.ndarray | None, qtype: str, block: int):
+SUPER_BLOCKS = 8  # MOA_QS_SUPER_BLOCKS
+
+
+def _super_bytes(h: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Two-level scales of one panel (H supers x 16 halves, s blocks x 16 int8) in MOA_QS_SUPER's
+    chunks: per super-block its 16 halves, then its blocks' rows of 16 int8."""
+    parts = []
+    for i in range(h.shape[0]):
+        parts += [h[i].astype("<f2").view(np.uint8), s[i * SUPER_BLOCKS:(i + 1) * SUPER_BLOCKS].view(np.uint8).reshape(-1)]
+    return np.concatenate(parts)
+
+
+def _super_values(chunks: np.ndarray, blocks: int) -> np.ndarray:
+    """_super_bytes undone and multiplied: (blocks x 16) float64."""
+    out, at = [], 0
+    for b0 in range(0, blocks, SUPER_BLOCKS):
+        h = chunks[at:at + 32].view("<f2").astype(np.float64)
+        count = min(SUPER_BLOCKS, blocks - b0)
+        s = chunks[at + 32:at + 32 + 16 * count].view(np.int8).reshape(count, PANEL).astype(np.float64)
+        out.append(h[None, :] * s)
+        at += 32 + 16 * count
+    return np.concatenate(out)
+
+
+def pack_quantized(q: np.ndarray, scale: np.ndarray | None, offset: np.ndarray | None, qtype: str, block: int,
+                   levels=None):
     """q (K x N integers: int8, or 0..15 for u4; or float16 values), scale and offset (blocks x N,
     float32 or float16 (half_scales); None for f16) in qmatmul.h's panels: (values, scales or None,
-    offsets or None)."""
+    offsets or None). `levels`: for MOA_QS_SUPER, the (H, s) pairs of scale and of offset
+    (passes/quantize.two_level), stored as one uint8 array each."""
     k, n = q.shape
     rows, panels = blocks(k, block) * block, -(-n // PANEL)
     padded = np.zeros((rows, panels * PANEL), np.float16 if qtype == "f16" else np.int16)
@@ -57,6 +83,13 @@ def pack_quantized(q: np.ndarray, scale: np.ndarray | None, offset: np.ndarray |
         full = np.zeros((x.shape[0], panels * PANEL), x.dtype)
         full[:, :n] = x
         return np.ascontiguousarray(full.reshape(x.shape[0], panels, PANEL).transpose(1, 0, 2))
+
+    def two_levels(pair):
+        h, s = (per_panel(x) for x in pair)
+        return np.ascontiguousarray(np.stack([_super_bytes(h[p], s[p]) for p in range(panels)]))
+    if levels is not None:
+        return (np.ascontiguousarray(values), two_levels(levels[0]),
+                None if levels[1] is None else two_levels(levels[1]))
     return np.ascontiguousarray(values), per_panel(scale), None if offset is None else per_panel(offset)
 
 
@@ -69,8 +102,13 @@ def dequantize(values, scale, offset, qtype: str, block: int, k: int, n: int, ze
         values = values.to(torch.int16)
         values = torch.stack([values & 15, values >> 4], dim=2).reshape(values.shape[0], -1, PANEL)
     q = values.permute(1, 0, 2).reshape(values.shape[1], -1).to(torch.float64)  # rows x padded columns
-    expand = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float64).permute(1, 0, 2).reshape(  # noqa: E731
-        -1, q.shape[1]).repeat_interleave(block, dim=0)
+
+    def expand(x):
+        x = np.asarray(x)
+        if x.dtype == np.uint8:  # MOA_QS_SUPER's chunks, per panel
+            x = np.stack([_super_values(panel, blocks(k, block)) for panel in x])
+        return torch.as_tensor(x, dtype=torch.float64).permute(1, 0, 2).reshape(-1, q.shape[1]).repeat_interleave(
+            block, dim=0)
     w = expand(scale) * (q - zero) + (expand(offset) if offset is not None else 0.0)
     return w[:k, :n]
 
@@ -111,14 +149,17 @@ def describe(attrs, k: int) -> str:
     return f"{KINDS[attrs['qtype']]} ({per})"
 
 
-def require_scales(node, graph) -> bool:
-    """Refuse scales and offsets (inputs 2 and 3) that are not both float32 or both float16 halves
-    (moa_qweights.half_scales); whether they are halves."""
+SCALE_KINDS = {"float32": 0, "float16": 1, "uint8": 2}  # moa_qweights.half_scales: MOA_QS_FLOAT, _HALF, _SUPER
+
+
+def require_scales(node, graph, kinds=tuple(SCALE_KINDS)) -> int:
+    """Refuse scales and offsets (inputs 2 and 3) not both of one of `kinds`' types (floats,
+    halves, or MOA_QS_SUPER's chunks as bytes); their moa_qweights.half_scales."""
     names = [name for name in node.inputs[2:4] if name]
-    dtypes.require_dtypes(node, graph, ("float32", "float16"), names=names)
+    dtypes.require_dtypes(node, graph, kinds, names=names)
     if len({graph.tensors[name].dtype for name in names}) > 1:
         raise MoaEdgeError(f"{node.op} node {node.name!r}: its scales and offsets differ in type")
-    return bool(names) and graph.tensors[names[0]].dtype == "float16"
+    return SCALE_KINDS[graph.tensors[names[0]].dtype] if names else 0
 
 
 def c_weights(node, ctx) -> str:
@@ -128,7 +169,7 @@ def c_weights(node, ctx) -> str:
     attrs = node.attrs
     c_type = "MOA_QW_F16_NATIVE" if attrs.get("native") else C_TYPES[attrs["qtype"]]
     return (f"(moa_qweights){{{c_type}, {attrs['block']}, {where(1)}, {where(2)}, {where(3)}, "
-            f"{attrs.get('zero', 0)}, {int(require_scales(node, ctx.graph))}}}")
+            f"{attrs.get('zero', 0)}, {require_scales(node, ctx.graph)}}}")
 
 
 def emit(node, ctx):

@@ -25,7 +25,7 @@ from moa_edge.ir.dtypes import Quantization
 from moa_edge.ops import qconv, qmatmul
 from moa_edge.ops.matmul import pack_b
 
-from .quantize import WeightFormat, quantize
+from .quantize import WeightFormat, quantize, two_level
 
 
 def _packed_weight(graph: Graph, name: str, transposed: bool) -> str:
@@ -38,26 +38,32 @@ def _packed_weight(graph: Graph, name: str, transposed: bool) -> str:
     return packed
 
 
-def _key(graph: Graph, name: str, transposed: bool, fmt: WeightFormat, node: str) -> tuple:
+def _key(graph: Graph, name: str, transposed: bool, fmt: WeightFormat, node: str, two_levels: bool = False) -> tuple:
     """What makes two quantized weights one: the format and B's bytes (K x N)."""
     b = graph.constant(name)
     b = np.ascontiguousarray(b.T if transposed else b)
-    return (fmt.qtype, fmt.block_for(b.shape[0], node), b.shape, hashlib.blake2b(b, digest_size=32).digest())
+    return (fmt.qtype, fmt.block_for(b.shape[0], node), two_levels, b.shape,
+            hashlib.blake2b(b, digest_size=32).digest())
 
 
 def _quantized_weight(graph: Graph, name: str, transposed: bool, fmt: WeightFormat, node: str,
-                      made: dict[tuple, list[str]]) -> list[str]:
+                      made: dict[tuple, list[str]], two_levels: bool = False) -> list[str]:
     """The names of B quantized in the kernel's layout: [values, scale or "", offset or ""], made once per
     content of B and format (`made` remembers them by a digest of B's bytes: equal weights under
     two names, or E and its transpose, share one set)."""
     b = graph.constant(name)
     b = np.ascontiguousarray(b.T if transposed else b)
     block = fmt.block_for(b.shape[0], node)
-    key = _key(graph, name, transposed, fmt, node)
+    key = _key(graph, name, transposed, fmt, node, two_levels)
     if key not in made:
-        stem = f"{name}__{fmt.qtype}_{block}{'_t' if transposed else ''}"
-        q, scale, offset, zero = quantize(b, fmt.qtype, block, f"the weight {name!r} of node {node!r}")
-        values, scales, offsets = qmatmul.pack_quantized(q, scale, offset, fmt.qtype, block)
+        stem = f"{name}__{fmt.qtype}_{block}{'_t' if transposed else ''}{'_k' if two_levels else ''}"
+        q, scale, offset, zero = quantize(b, fmt.qtype, block, f"the weight {name!r} of node {node!r}", two_levels)
+        levels = None
+        if two_levels and scale is not None and scale.dtype == np.float32 and block < b.shape[0]:
+            levels = (two_level(scale), None if offset is None else two_level(offset))  # H s back from H * s
+            if levels[0] is None or (offset is not None and levels[1] is None):  # quantize kept float32 scales
+                levels = None
+        values, scales, offsets = qmatmul.pack_quantized(q, scale, offset, fmt.qtype, block, levels)
         quant = None if scale is None else Quantization(scale, np.array(zero), axis=0, block_size=block,
                                                          bits=4 if fmt.qtype == "u4" else 8)  # float16: the values
         graph.tensors[stem] = Tensor(stem, tuple(values.shape), qmatmul.STORAGE[fmt.qtype], values, quant=quant)
@@ -163,7 +169,9 @@ def pack_weights(graph: Graph, weights: WeightFormat | None = None) -> int:
             gemm = Node("MoaGemm", node.name, [a, _packed_weight(graph, weight, trans_b), *bias], outputs, gemm_attrs)
         else:
             fmt = weights.for_output_layer() if any(o in graph.outputs for o in outputs) else weights
-            values, scale, offset = _quantized_weight(graph, weight, trans_b, fmt, node.name, made)
+            # int4 blocks of a MatMul or Gemm: two-level scales (quantize.py); a table keeps halves
+            values, scale, offset = _quantized_weight(graph, weight, trans_b, fmt, node.name, made,
+                                                      two_levels=fmt.qtype == "u4")
             block, zero = _block_and_zero(graph, values, k)
             gemm = Node("MoaQGemm", node.name, [a, values, scale, offset, *bias], outputs,
                         {**gemm_attrs, "k": k, "qtype": fmt.qtype, "block": block, "zero": zero,

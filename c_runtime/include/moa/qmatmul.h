@@ -21,9 +21,14 @@
  *     MOA_QW_I8: Kp rows of 16 int8, row after row (Kp * 16 bytes);
  *     MOA_QW_U4: Kp / 2 pairs of rows in 16 bytes, byte j = q[2r][j] | q[2r + 1][j] << 4;
  *     MOA_QW_F16: Kp rows of 16 halves, row after row (Kp * 32 bytes);
- * and scale (and offset) hold, per panel, one row of 16 per block (Kp / block rows): floats, or
- * IEEE halves when half_scales is set (GGUF's Q4_1 and Q8_0 store theirs so: a 4-bit weight in
- * blocks of 32 then takes 5 bits, not 6), converted to float32 in registers, a row per block.
+ * and scale (and offset) hold, per panel, one row of 16 per block (Kp / block rows), stored as
+ * half_scales says (converted to float32 in registers, a row per block):
+ *     MOA_QS_FLOAT  floats;
+ *     MOA_QS_HALF   IEEE halves (GGUF's Q4_1 and Q8_0 store theirs so: a 4-bit weight in blocks of
+ *                   32 takes 5 bits, not 6);
+ *     MOA_QS_SUPER  two levels, as GGUF's K-quants: for each MOA_QS_SUPER_BLOCKS blocks, a row of
+ *                   16 halves H, then each block's row of 16 int8 s; the block's value is H * s
+ *                   (4.625 bits a 4-bit weight in blocks of 32). MOA_QS_SUPER_BYTES(blocks) a panel.
  * Weights are quantized and laid out once, at conversion; the kernel reads them as they are. */
 #ifndef MOA_QMATMUL_H
 #define MOA_QMATMUL_H
@@ -43,8 +48,29 @@ typedef struct {
     const void *scale;   /* per panel: Kp / block rows of 16 floats (MOA_QW_F16: unused, may be NULL) */
     const void *offset;  /* as scale, or NULL */
     int zero;            /* subtracted from every q */
-    int half_scales;     /* scale and offset are uint16_t halves (moa/half.h), not floats */
+    int half_scales;     /* how scale and offset are stored: MOA_QS_FLOAT (0), MOA_QS_HALF, MOA_QS_SUPER */
 } moa_qweights;
+
+#define MOA_QS_FLOAT 0
+#define MOA_QS_HALF 1
+#define MOA_QS_SUPER 2
+#define MOA_QS_SUPER_BLOCKS 8
+#define MOA_QS_SUPER_CHUNK (2 * 16 + MOA_QS_SUPER_BLOCKS * 16) /* bytes: the halves, then 8 rows of int8 */
+#define MOA_QS_SUPER_BYTES(blocks)                                                                        \
+    ((size_t)(blocks) / MOA_QS_SUPER_BLOCKS * MOA_QS_SUPER_CHUNK +                                       \
+     ((size_t)(blocks) % MOA_QS_SUPER_BLOCKS ? 2 * 16 + (size_t)(blocks) % MOA_QS_SUPER_BLOCKS * 16 : 0))
+
+/* MOA_QS_SUPER: the halves of block b's super-block, and block b's own int8s (16 each). */
+static inline const uint16_t *moa_qs_super_row(const void *scales, size_t b)
+{
+    return (const uint16_t *)((const uint8_t *)scales + b / MOA_QS_SUPER_BLOCKS * MOA_QS_SUPER_CHUNK);
+}
+
+static inline const int8_t *moa_qs_block_row(const void *scales, size_t b)
+{
+    return (const int8_t *)((const uint8_t *)scales + b / MOA_QS_SUPER_BLOCKS * MOA_QS_SUPER_CHUNK + 2 * 16 +
+                            b % MOA_QS_SUPER_BLOCKS * 16);
+}
 
 #define MOA_QW_BLOCKS(K, block) (((size_t)(K) + (size_t)(block) - 1) / (size_t)(block))
 #define MOA_QW_ROWS(K, block) (MOA_QW_BLOCKS(K, block) * (size_t)(block))

@@ -10,9 +10,17 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-/* Elements i .. i + 3 of a panel's scales or offsets: floats, or halves converted (fcvtl). */
-INLINE float32x4_t scales4(const void *scales, int half, size_t i)
+/* Columns 4v .. 4v + 3 of row b of a panel's scales or offsets: floats, halves converted (fcvtl),
+ * or (MOA_QS_SUPER) the super-block's halves times the block's int8s. */
+INLINE float32x4_t scales4(const void *scales, int half, size_t b, int v)
 {
+    const size_t i = b * MOA_GEMM_NR + 4 * (size_t)v;
+    if (half == MOA_QS_SUPER) {
+        const int8_t *own = moa_qs_block_row(scales, b) + 4 * v;
+        const int32_t ints[4] = {own[0], own[1], own[2], own[3]};
+        const float32x4_t super = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(moa_qs_super_row(scales, b) + 4 * v)));
+        return vmulq_f32(super, vcvtq_f32_s32(vld1q_s32(ints)));
+    }
     return half ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)scales + i)))
                 : vld1q_f32((const float *)scales + i);
 }
@@ -106,9 +114,9 @@ INLINE void dot(one_row row, two_rows rows, MOA_QW_DOT_PARAMS)
 #pragma GCC unroll 4
         for (v = 0; v < 4; v++) {
             const float32x4_t acc = vsubq_f32(vaddq_f32(even[v], odd[v]), vdupq_n_f32((float)zero * x_sum));
-            sum[v] = vfmaq_f32(sum[v], scales4(scale, half, b * MOA_GEMM_NR + 4 * v), acc);
+            sum[v] = vfmaq_f32(sum[v], scales4(scale, half, b, v), acc);
             if (offset != NULL) {
-                sum[v] = vfmaq_n_f32(sum[v], scales4(offset, half, b * MOA_GEMM_NR + 4 * v), x_sum);
+                sum[v] = vfmaq_n_f32(sum[v], scales4(offset, half, b, v), x_sum);
             }
         }
     }
@@ -162,8 +170,8 @@ INLINE void dequant(one_row row, two_rows rows, MOA_QW_DEQUANT_PARAMS)
         float32x4_t s[4], shift[4];
 #pragma GCC unroll 4
         for (v = 0; v < 4; v++) {
-            s[v] = scales4(scale, half, b * MOA_GEMM_NR + 4 * v);
-            shift[v] = offset != NULL ? scales4(offset, half, b * MOA_GEMM_NR + 4 * v) : vdupq_n_f32(0.0f);
+            s[v] = scales4(scale, half, b, v);
+            shift[v] = offset != NULL ? scales4(offset, half, b, v) : vdupq_n_f32(0.0f);
             shift[v] = vmlsq_n_f32(shift[v], s[v], (float)zero);
         }
         if (offset != NULL || zero != 0) {

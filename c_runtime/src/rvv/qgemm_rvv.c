@@ -36,9 +36,15 @@ INLINE vfloat32m4_t high_u4(vuint32m4_t pair, size_t vl)
 }
 
 /* sum + scale * (acc - zero * x_sum) (+ offset * x_sum) for block b. */
-/* Row b of a panel's scales or offsets: 16 floats, or 16 halves converted. */
+/* Row b of a panel's scales or offsets: 16 floats, 16 halves converted, or (MOA_QS_SUPER) the
+ * super-block's halves times the block's int8s. */
 INLINE vfloat32m4_t scales_row(const void *scales, int half, size_t b, size_t vl)
 {
+    if (half == MOA_QS_SUPER) {
+        const vint32m4_t own = __riscv_vsext_vf4_i32m4(__riscv_vle8_v_i8m1(moa_qs_block_row(scales, b), vl), vl);
+        return __riscv_vfmul_vv_f32m4(moa_rvv_f16_to_f32(moa_qs_super_row(scales, b), vl),
+                                      __riscv_vfcvt_f_x_v_f32m4(own, vl), vl);
+    }
     return half ? moa_rvv_f16_to_f32((const uint16_t *)scales + b * MOA_GEMM_NR, vl)
                 : __riscv_vle32_v_f32m4((const float *)scales + b * MOA_GEMM_NR, vl);
 }

@@ -8,25 +8,34 @@
 
 #include "moa/half.h"
 
-/* Elements i .. i + 7 of a panel's scales or offsets: floats, or halves converted (F16C's
- * vcvtph2ps; one by one where the build has no F16C). */
-static __m256 scales8(const void *scales, int half, size_t i)
+static __m256 halves8(const uint16_t *halves)
 {
+#if defined(__F16C__)
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)halves));
+#else
+    float wide[8];
+    int k;
+    for (k = 0; k < 8; k++) {
+        wide[k] = moa_f16_to_f32(halves[k]);
+    }
+    return _mm256_loadu_ps(wide);
+#endif
+}
+
+/* Columns 8h .. 8h + 7 of row b of a panel's scales or offsets: floats, halves converted (F16C's
+ * vcvtph2ps; one by one where the build has no F16C), or (MOA_QS_SUPER) the super-block's
+ * halves times the block's int8s. */
+static __m256 scales8(const void *scales, int half, size_t b, int h)
+{
+    const size_t i = b * MOA_GEMM_NR + 8 * (size_t)h;
+    if (half == MOA_QS_SUPER) {
+        const __m128i own = _mm_loadl_epi64((const __m128i *)(moa_qs_block_row(scales, b) + 8 * h));
+        return _mm256_mul_ps(halves8(moa_qs_super_row(scales, b) + 8 * h), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(own)));
+    }
     if (!half) {
         return _mm256_loadu_ps((const float *)scales + i);
     }
-#if defined(__F16C__)
-    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)scales + i)));
-#else
-    {
-        float wide[8];
-        int k;
-        for (k = 0; k < 8; k++) {
-            wide[k] = moa_f16_to_f32(((const uint16_t *)scales)[i + (size_t)k]);
-        }
-        return _mm256_loadu_ps(wide);
-    }
-#endif
+    return halves8((const uint16_t *)scales + i);
 }
 
 /* Columns 8h .. 8h + 7 of row p. */
@@ -51,9 +60,9 @@ static inline void apply_block(__m256 sum[2], const __m256 even[2], const __m256
     int h;
     for (h = 0; h < 2; h++) {
         const __m256 acc = _mm256_sub_ps(_mm256_add_ps(even[h], odd[h]), _mm256_set1_ps((float)zero * x_sum));
-        sum[h] = _mm256_fmadd_ps(scales8(scale, half, b * MOA_GEMM_NR + 8 * h), acc, sum[h]);
+        sum[h] = _mm256_fmadd_ps(scales8(scale, half, b, h), acc, sum[h]);
         if (offset != NULL) {
-            sum[h] = _mm256_fmadd_ps(scales8(offset, half, b * MOA_GEMM_NR + 8 * h), _mm256_set1_ps(x_sum), sum[h]);
+            sum[h] = _mm256_fmadd_ps(scales8(offset, half, b, h), _mm256_set1_ps(x_sum), sum[h]);
         }
     }
 }
@@ -108,9 +117,9 @@ static inline void dequant(half_row row, MOA_QW_DEQUANT_PARAMS)
     for (p = p0; p < p0 + kc; p++) {
         const size_t b = p / block;
         for (h = 0; h < 2; h++) {
-            const __m256 shift = offset != NULL ? scales8(offset, half, b * MOA_GEMM_NR + 8 * h) : _mm256_setzero_ps();
+            const __m256 shift = offset != NULL ? scales8(offset, half, b, h) : _mm256_setzero_ps();
             _mm256_storeu_ps(out + (p - p0) * MOA_GEMM_NR + 8 * h,
-                             _mm256_fmadd_ps(scales8(scale, half, b * MOA_GEMM_NR + 8 * h),
+                             _mm256_fmadd_ps(scales8(scale, half, b, h),
                                              _mm256_sub_ps(row(q, p, h), _mm256_set1_ps((float)zero)), shift));
         }
     }

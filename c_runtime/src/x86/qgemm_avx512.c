@@ -35,9 +35,15 @@ static __m512 high_u4(__m512i pair)
     return _mm512_permutexvar_ps(_mm512_srli_epi32(pair, 4), nibble_values());
 }
 
-/* Row b of a panel's scales or offsets: 16 floats, or 16 halves converted (vcvtph2ps). */
+/* Row b of a panel's scales or offsets: 16 floats, 16 halves converted (vcvtph2ps), or
+ * (MOA_QS_SUPER) the super-block's halves times the block's int8s. */
 static __m512 scales_row(const void *scales, int half, size_t b)
 {
+    if (half == MOA_QS_SUPER) {
+        const __m512 super = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)moa_qs_super_row(scales, b)));
+        const __m128i own = _mm_loadu_si128((const __m128i *)moa_qs_block_row(scales, b));
+        return _mm512_mul_ps(super, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(own)));
+    }
     return half ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)scales + b * MOA_GEMM_NR)))
                 : _mm512_loadu_ps((const float *)scales + b * MOA_GEMM_NR);
 }
