@@ -39,6 +39,7 @@ import pytest
 
 from conftest import BOARDS, one_error, require_board, run_cli
 from moa_edge.errors import MoaEdgeError
+from moa_edge.ops import qconv
 from moa_edge.harness.build import build
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
@@ -314,7 +315,8 @@ def test_the_quantizer_writes_what_the_cases_need(workdir):
 def test_static_model_lowers_onto_quantized_kernels(case, workdir):
     """No QuantizeLinear or DequantizeLinear is left: MatMul and Gemm read their int8 weights as
     MoaQGemm (symmetric: the file's integers, no offset), the pairs are MoaFakeQuantize (some fused
-    with their neighbours), and Conv weights and biases are float32 constants, the spec's values."""
+    with their neighbours), Conv reads its int8 weight as MoaQConv (the file's integers, a scale
+    per output channel: the spec's values once dequantized), and biases are float32 constants."""
     path = static_file(case, workdir)
     graph = load_graph(path)
     ops = [n.op for n in graph.nodes]
@@ -327,17 +329,25 @@ def test_static_model_lowers_onto_quantized_kernels(case, workdir):
     assert "int8" in graph.weight_bytes_by_type()
     if case[0] == "conv":
         model = onnx.load(path)
-        for conv in [n for n in graph.nodes if n.op == "Conv"]:
+        convs = [n for n in graph.nodes if n.op == "MoaQConv"]
+        assert len(convs) == 2 and not [n for n in graph.nodes if n.op == "Conv"]
+        for conv in convs:
             source = next(n for n in model.graph.node if n.name == conv.name)
             dq_nodes = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
-            for name, ours in zip(source.input[1:], conv.inputs[1:]):
+            for k, name in ((1, source.input[1]), (4, source.input[2])):  # the weight, the bias
                 dq = dq_nodes[name]
                 inits = [i for i in model.graph.initializer if i.name in dq.input]
                 out = helper.make_tensor_value_info(dq.output[0], TensorProto.FLOAT, None)
                 single = helper.make_model(helper.make_graph([dq], "dq", [], [out], inits),
                                            opset_imports=[helper.make_opsetid("", 19)])
                 (spec,) = ReferenceEvaluator(single).run(None, {})
-                np.testing.assert_array_equal(graph.tensors[ours].data, spec)  # exactly the spec's float32
+                if k == 1:  # stored int8, read back as the C reads it: scale (q - zero) in float32
+                    assert graph.tensors[conv.inputs[1]].dtype == "int8"
+                    w = qconv.dequantize(graph.tensors[conv.inputs[1]].data, graph.tensors[conv.inputs[2]].data, None,
+                                         "i8", conv.attrs["block"], conv.attrs["w_shape"], conv.attrs["zero"])
+                    np.testing.assert_array_equal(w.numpy().astype(np.float32), spec)  # exactly the spec's float32
+                else:
+                    np.testing.assert_array_equal(graph.tensors[conv.inputs[4]].data, spec)
 
 
 def _against_reference(got: np.ndarray, want: np.ndarray, step: float) -> None:

@@ -1,12 +1,12 @@
 """MoaQConv: a Conv whose weight W [M, C/groups, *kernel] is stored quantized by convert --weights
 (int8 per output channel, 4 bits in blocks, or float16), one moa_conv2d_qw_f32 call (moa/conv.h).
 
-    W[m][r] = scale[m][r // block] q[m][r] + offset[m][r // block],   r < R = C/groups * KH * KW
+    W[m][r] = scale[m][r // block] (q[m][r] - zero) + offset[m][r // block],   r < R = C/groups * KH * KW
     (f16: W[m][r] = q[m][r])
 
 Inputs: X, q (M x R, or M x R/2 bytes for u4: r even in the low nibble), scale ("" for f16),
-offset ("" for none), B ("" or absent); attributes: Conv's, and w_shape, qtype, block, zero (0:
-convert's own quantizers have no zero point).
+offset ("" for none), B ("" or absent); attributes: Conv's, and w_shape, qtype, block, zero (0 for
+convert's own quantizers; a QDQ file's int8 zero point, passes/qdq.py).
 Each kernel tap's weights are dequantized into the node's scratch (Mg x Cg floats) before the
 float GEMMs of conv.c, so only the stored weights stay in memory.
 """
@@ -37,7 +37,7 @@ def pack(q: np.ndarray, scale, offset, qtype: str):
     return rows, per_row(scale), per_row(offset)
 
 
-def dequantize(values, scale, offset, qtype: str, block: int, w_shape) -> torch.Tensor:
+def dequantize(values, scale, offset, qtype: str, block: int, w_shape, zero: int = 0) -> torch.Tensor:
     """pack undone and applied: W as float64 in its ONNX shape."""
     values = torch.as_tensor(np.asarray(values))
     if qtype == "u4":
@@ -46,7 +46,7 @@ def dequantize(values, scale, offset, qtype: str, block: int, w_shape) -> torch.
     w = values.to(torch.float64)
     if qtype != "f16":
         expand = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float64).repeat_interleave(block, dim=1)  # noqa: E731
-        w = expand(scale) * w + (expand(offset) if offset is not None else 0.0)
+        w = expand(scale) * (w - zero) + (expand(offset) if offset is not None else 0.0)
     return w.reshape(w_shape)
 
 
@@ -76,7 +76,7 @@ def scratch_bytes(node, graph) -> int:
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     attrs = node.attrs
     w = dequantize(inputs[1], optional_input(inputs, 2), optional_input(inputs, 3), attrs["qtype"], attrs["block"],
-                   _w_shape(node))
+                   _w_shape(node), attrs.get("zero", 0))
     x = inputs[0].to(torch.float64)
     bias = optional_input(inputs, 4)
     g = conv.geometry(node, tuple(x.shape), _w_shape(node))

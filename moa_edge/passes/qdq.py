@@ -27,7 +27,11 @@ scale and zero_point are one value (per tensor), one per element of `axis` (per 
                (an int8 or uint8 table [V, D], one scale and zero point): MoaQGather over the
                table's integers (uint8: q - 128), stored once in the lm_head's layout
                (ops/qgather.py), the zero point the kernel's `zero`: exact.
-  constants    Any other DequantizeLinear of a constant (Conv weights, biases, the per-row scales
+  conv weights A DequantizeLinear of an int8 weight, per tensor or per output channel (axis 0),
+               one zero point for all of it (quantize_static's symmetric weights: 0), read only as
+               the weight of Conv nodes over float32: MoaQConv over the file's integers (ops/qconv.py),
+               each output channel's scale its row's, the zero point the kernel's `zero`: exact.
+  constants    Any other DequantizeLinear of a constant (other Conv weights, biases, the per-row scales
                the GEMM kernel has no form for, Gather tables, Add constants) is folded to the
                float32 values the spec defines (passes/fold.py runs onnx's reference implementation).
   activations  QuantizeLinear -> DequantizeLinear on a run-time tensor (same scale and zero point)
@@ -204,11 +208,15 @@ def _gemm_readers(graph: Graph, node: Node) -> list[tuple[Node, bool, Node | Non
 
 
 def is_gemm_weight(graph: Graph, node: Node) -> bool:
-    """A DequantizeLinear of a 2-D constant read only as MatMul's or Gemm's B: kept for lower_qdq
-    (folding it would turn its integers into float32 weights)."""
+    """A DequantizeLinear of a 2-D constant read only as MatMul's or Gemm's B, or of an int8 one
+    read only as Conv's weight: kept for lower_qdq (folding it would turn its integers into float32
+    weights)."""
     if node.op != DEQUANTIZE:
         return False
     x = graph.constant(node.inputs[0])
+    if x is not None and x.ndim >= 3 and x.dtype == np.int8:
+        readers = graph.consumers(node.outputs[0])
+        return bool(readers) and all(r.op == "Conv" and r.inputs[1:2] == [node.outputs[0]] for r in readers)
     return x is not None and x.ndim == 2 and x.dtype.name in RANGES and _gemm_readers(graph, node) is not None
 
 
@@ -314,6 +322,36 @@ def _gemm(graph: Graph, gemm: Node, stored: list[str], w: KernelWeights) -> Node
                 "source": "QDQ MatMul + Add" if bias else "QDQ MatMul"}
     return Node("MoaQGemm", gemm.name, [gemm.inputs[0], *stored, *bias], outputs,
                 {"n": n, "k": k, **kind, "qtype": w.qtype, "block": w.block, "zero": w.zero})
+
+
+def _lower_conv_weight(graph: Graph, node: Node) -> bool:
+    """A DequantizeLinear of an int8 Conv weight (see the module's docstring) as MoaQConv's stored
+    rows; False (nothing changed) when a reader or the quantization does not fit."""
+    params, q = check_node(graph, node), graph.constant(node.inputs[0])
+    readers = graph.consumers(node.outputs[0])
+    if params is None or q is None or q.dtype != np.int8 or q.ndim < 3 or params.scale is None or params.block or \
+            params.axis not in (None, 0) or node.outputs[0] in graph.outputs or not readers:
+        return False
+    zeros = np.zeros(1, np.int64) if params.zero is None else np.unique(params.zero.astype(np.int64))
+    if len(zeros) != 1 or params.scale.dtype != np.float32:
+        return False
+    for conv in readers:
+        x = graph.tensors.get(conv.inputs[0])
+        if conv.op != "Conv" or conv.inputs[1:2] != [node.outputs[0]] or conv.inputs[0] == node.outputs[0] or \
+                x is None or x.dtype != "float32":
+            return False
+    m, r = q.shape[0], int(np.prod(q.shape[1:]))
+    stem = f"{node.inputs[0]}__conv_i8"
+    scale = np.ascontiguousarray(np.broadcast_to(params.scale.reshape(-1, 1), (m, 1)), np.float32)
+    graph.tensors[stem] = Tensor(stem, (m, r), "int8", np.ascontiguousarray(q.reshape(m, r)))
+    graph.tensors[stem + "_scale"] = Tensor(stem + "_scale", (m, 1), "float32", scale)
+    for conv in readers:
+        bias = conv.inputs[2:3] if len(conv.inputs) > 2 and conv.inputs[2] else []
+        graph.nodes[graph.nodes.index(conv)] = Node(
+            "MoaQConv", conv.name, [conv.inputs[0], stem, stem + "_scale", "", *bias], list(conv.outputs),
+            {**conv.attrs, "w_shape": list(q.shape), "qtype": "i8", "block": r, "zero": int(zeros[0])})
+    graph.nodes.remove(node)
+    return True
 
 
 def _lower_weight(graph: Graph, node: Node) -> bool:
@@ -467,7 +505,7 @@ def lower_qdq(graph: Graph) -> int:
     for node in [n for n in graph.nodes if n.op == DEQUANTIZE]:
         if any(graph.constant(i) is None for i in node.inputs if i):
             continue
-        if not _lower_weight(graph, node):  # a weight the kernel has no form for (is_gemm_weight kept it)
+        if not _lower_weight(graph, node) and not _lower_conv_weight(graph, node):  # no kernel form for it
             _fold(graph, node, check_node(graph, node))
         count += 1
     for node in [n for n in graph.nodes if n.op == QUANTIZE]:
