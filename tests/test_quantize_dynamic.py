@@ -113,8 +113,12 @@ def test_each_form_becomes_one_integer_gemm_and_the_reference_agrees(folder, per
     np.testing.assert_array_max_ulp(run_reference(graph, feeds)["y"].astype(np.float32), _onnxruntime(path, feeds), 1)
 
 
+# The integer GEMM's other kernels on whole models: SDOT (rpi5, qemu's Cortex-A76), RVV at VLEN 256 (bpi-f3).
+MORE_BOARDS = ["rpi5", "bpi-f3"]
+
+
 @pytest.mark.board
-@pytest.mark.parametrize("board_name", BOARDS)
+@pytest.mark.parametrize("board_name", BOARDS + MORE_BOARDS)
 @pytest.mark.parametrize("per_channel, weight_type", MLP_FORMS, ids=str)
 def test_quantized_mlp_equals_onnxruntime(folder, per_channel, weight_type, board_name):
     board = require_board(board_name)
@@ -151,7 +155,7 @@ def encoder(folder):
 
 
 @pytest.mark.board
-@pytest.mark.parametrize("board_name", BOARDS)
+@pytest.mark.parametrize("board_name", BOARDS + MORE_BOARDS)
 def test_quantized_transformer_layer_matches_onnxruntime(folder, encoder, board_name):
     """nn.TransformerEncoderLayer (dynamo export) quantized: four MoaIGemm around one MoaAttention.
     The float ops between them (attention, LayerNorm) round differently from onnxruntime's, so a

@@ -61,7 +61,8 @@ def test_quantized_decoder_equals_transformers_with_the_same_weights_on_the_host
 
 
 @pytest.mark.board
-@pytest.mark.parametrize("board_name, weights", [("rpi4", "int8"), ("k230", "int4"), ("rpi4", "fp16"),
+@pytest.mark.parametrize("board_name, weights", [("rpi4", "int8"), ("k230", "int4"), ("rpi5", "int4"), ("bpi-f3", "int8"),
+                                                 ("rpi4", "fp16"),
                                                  ("k230", "fp16")])
 def test_quantized_decoder_on_the_emulated_boards(folder, board_name, weights):
     _check(folder, weights, require_board(board_name))

@@ -16,10 +16,10 @@ INLINE float32x4_t scales4(const void *scales, int half, size_t b, int v)
 {
     const size_t i = b * MOA_GEMM_NR + 4 * (size_t)v;
     if (half == MOA_QS_SUPER) {
-        const int8_t *own = moa_qs_block_row(scales, b) + 4 * v;
-        const int32_t ints[4] = {own[0], own[1], own[2], own[3]};
+        const int16x8_t own = vmovl_s8(vld1_s8(moa_qs_block_row(scales, b) + 8 * (v / 2))); /* within the row */
+        const int32x4_t ints = vmovl_s16(v % 2 ? vget_high_s16(own) : vget_low_s16(own));
         const float32x4_t super = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(moa_qs_super_row(scales, b) + 4 * v)));
-        return vmulq_f32(super, vcvtq_f32_s32(vld1q_s32(ints)));
+        return vmulq_f32(super, vcvtq_f32_s32(ints));
     }
     return half ? vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16((const uint16_t *)scales + i)))
                 : vld1q_f32((const float *)scales + i);
