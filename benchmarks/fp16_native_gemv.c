@@ -9,6 +9,7 @@
  *     f32     moa_gemm_packed_f32: float32 weights
  *     i8      moa_gemm_qw_f32, MOA_QW_I8 (arbitrary integers: instruction count only)
  *     f16     moa_gemm_qw_f32, MOA_QW_F16: halves widened in registers, float32 FMA (the runtime's)
+ *     f16n    moa_gemm_qw_f32, MOA_QW_F16_NATIVE: the runtime's native kernel (FEAT_FP16 or Zvfh)
  *     h16blk  x rounded to halves, vfmaq_f16 (FEAT_FP16) over blocks of 16 rows, blocks summed in float32
  *     h16     x rounded to halves, float16 sums over all of K
  *
@@ -19,6 +20,8 @@
  *     cortex-a76  f32 2.04 / 1.0e-7   f16 0.92 / 1.3e-7   h16blk 0.55 / 1.2e-4   h16 0.46 / 1.9e-3
  *     cortex-a72  f32 2.04            f16 0.92
  *     c908 (rvv)  f32 1.77            f16 1.12 (integer-lane widening; the scalar reference: 20.8)
+ *     x60 (rvv, VLEN 256, zvfh)  f32 1.33   f16 0.65 (vfwcvt)   f16n 0.59 / 1.2e-4 (the runtime's native kernel)
+ *     cortex-a76  f16n 0.76 / 1.2e-4 (the runtime's native kernel: h16blk behind the panel loop)
  * Native float16 saves 40% of the f16 kernel's instructions for a thousand times its error (x itself
  * is rounded to 11 bits): outside the numerical contract, an option at most. */
 #if defined(__aarch64__)
@@ -89,8 +92,9 @@ int main(int argc, char **argv)
         for (p = 0; p < panels * 16; p++) scale[p] = 0.01f;
         q.block = K, q.q = q8, q.scale = scale;
         moa_gemm_qw_f32(1, N, K, 1.0f, a, q, 0.0f, none, y, (ptrdiff_t)N);
-    } else if (!strcmp(variant, "f16")) {
+    } else if (!strcmp(variant, "f16") || !strcmp(variant, "f16n")) {
         moa_qweights q = {MOA_QW_F16, 0, NULL, NULL, NULL, 0};
+        q.type = strcmp(variant, "f16n") ? MOA_QW_F16 : MOA_QW_F16_NATIVE;
         q.block = K, q.q = w16;
         moa_gemm_qw_f32(1, N, K, 1.0f, a, q, 0.0f, none, y, (ptrdiff_t)N);
     }

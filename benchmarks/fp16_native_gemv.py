@@ -1,6 +1,7 @@
 """Instruction counts (qemu-user, exact) and errors of a decode-step GEMV with float16 weights:
 float32 arithmetic (the runtime's MOA_QW_F16 kernels) against native float16 arithmetic on a
-Cortex-A76 (FEAT_FP16, the rpi5 board), which the runtime does not use (issue 14, item 3).
+Cortex-A76 (FEAT_FP16, the rpi5 board) and on a SpacemiT X60 (Zvfh, the bpi-f3 board): the
+runtime's MOA_QW_F16_NATIVE kernels (f16n, convert --weights fp16:native) and two experiments.
 
     PYTHONPATH=. python benchmarks/fp16_native_gemv.py [K N]
 
@@ -16,17 +17,20 @@ import numpy as np
 
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.harness.attention_bench import count_instructions
+from moa_edge.ops import matmul
+from moa_edge.target import load_board
 
 HERE = Path(__file__).parent
-SOURCES = ["matmul.c", "neon/gemm_f32_neon.c", "neon/qgemm_f16_neon.c", "qgemm_panel.c", "qgemm_f16.c",
-           "rvv/gemm_f32_rvv.c", "rvv/qgemm_f16_rvv.c"]
+SOURCES = matmul.C_SOURCES  # the GEMM and its panel kernels, every ISA's (each compiles to nothing elsewhere)
 CORES = {  # name: (compiler and flags, qemu, variants)
     "cortex-a76": (["aarch64-linux-gnu-gcc", "-mcpu=cortex-a76", "-static"], ["qemu-aarch64", "-cpu", "cortex-a76"],
-                   ("f32", "i8", "f16", "h16blk", "h16")),
+                   ("f32", "i8", "f16", "f16n", "h16blk", "h16")),
     "cortex-a72": (["aarch64-linux-gnu-gcc", "-mcpu=cortex-a72", "-static"], ["qemu-aarch64", "-cpu", "cortex-a72"],
                    ("f32", "i8", "f16")),
     "c908 (rvv)": (["clang-19", "--target=riscv64-linux-gnu", "-march=rv64gcv", "-mabi=lp64d", "-static",
                     "-fuse-ld=lld"], ["qemu-riscv64", "-cpu", "rv64,v=true,vlen=128,vext_spec=v1.0"], ("f32", "i8", "f16")),
+    "x60 (rvv, zvfh)": (["clang-19", "--target=riscv64-linux-gnu", "-march=rv64gcv_zfh_zvfh", "-mabi=lp64d", "-static",
+                         "-fuse-ld=lld"], load_board("bpi-f3").runner(), ("f32", "i8", "f16", "f16n")),
 }
 
 

@@ -67,7 +67,7 @@ def _by_type(totals: dict) -> str:
 WEIGHTS_HELP = ("store the float weights of MatMul, Gemm, Conv and embedding tables quantized: int8 (a scale per "
                 "output column), int8:BLOCK, int4[:BLOCK] (a float16 scale and minimum per BLOCK rows, default 32, "
                 "llama.cpp's Q4_1; the output layer stays int8), fp16 (float16 values, multiplied in float32), or "
-                "fp16:native (multiplied in float16 on a board whose core has it: rpi5, jetson-orin-nano)")
+                "fp16:native (multiplied in float16 on a board whose core has it: rpi5, jetson-orin-nano, bpi-f3)")
 
 
 ACTIVATIONS_HELP = ("int8: quantize the activations that multiply int8 weights to int8 at run time, a scale per row, "

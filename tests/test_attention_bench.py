@@ -112,25 +112,6 @@ def test_count_build_must_select_its_isa(tmp_path):
 LOOP = "int main(void) { volatile long s = 0; long i; for (i = 0; i < 100000; i++) { s += i; } return 0; }\n"
 
 
-def _trace_count(log: str) -> int:
-    """reference/toolchains.md's trace method: TB sizes from `IN:` blocks, one `Trace` line per execution."""
-    size, total, cur = {}, 0, None
-    for line in log.splitlines():
-        if line.startswith("IN:"):
-            cur = "new"
-        elif line.startswith("0x") and cur is not None:
-            if cur == "new":
-                cur = int(line.split(":")[0], 16)
-                size[cur] = 0
-            size[cur] += 1
-        elif line.startswith("Trace "):
-            total += size[int(line.split("[")[1].split("/")[1], 16)]
-            cur = None
-        elif not line.strip():
-            cur = None
-    return total
-
-
 @pytest.mark.board
 def test_plugin_count_equals_the_trace_count(tmp_path):
     board = require_board("rpi4")
@@ -140,5 +121,5 @@ def test_plugin_count_equals_the_trace_count(tmp_path):
     counted = ab.count_instructions(board.runner(), exe, [], tmp_path)
     log = tmp_path / "trace.log"
     subprocess.run(["env", "-i", *board.runner(), "-d", "in_asm,exec,nochain", "-D", str(log), str(exe)], check=True)
-    assert counted == _trace_count(log.read_text(errors="replace"))
+    assert counted == ab.trace_count(log.read_text(errors="replace"))
     assert counted > 100000 * 3

@@ -2,6 +2,7 @@
 one clear error naming the file, the table and the key."""
 import ast
 import json
+import os
 from pathlib import Path
 import shutil
 import subprocess
@@ -66,6 +67,7 @@ def _broken(tmp_path: Path, old: str, new: str, name: str = "rpi5") -> Path:
     ('isa = "neon"', 'isa = "sve"', r"isa must be one of 'native', 'neon'"),
     ('cflags = ["-O2", "-mcpu=cortex-a76"]', 'cflags = "-O2 -mcpu=cortex-a76"', r"\[toolchain\] cflags must be a list of strings"),
     ('kind = "qemu"', 'kind = "docker"', r"\[run\] kind must be one of 'native', 'qemu'"),
+    ('kind = "qemu"', 'kind = "qemu"\nmin_version = "eight"', r"\[run\] min_version must be a version such as \"8.0\""),
     ('kind = "none"', 'kind = "ina219"', r"\[power_sensor\] kind must be one of"),
     ('[power_sensor]\nkind = "none"', "", r"missing required table 'power_sensor'"),
     # what the fields mean together
@@ -156,6 +158,9 @@ EXTENSION_PROBES = {
                 "ok &= vgetq_lane_s32(vdotq_s32(vdupq_n_s32(1), vdupq_n_s8(2), vdupq_n_s8(-3)), 0) == 1 - 24;"),
     "fp16": ("#include <arm_neon.h>",
              "ok &= (float)vgetq_lane_f16(vfmaq_f16(vdupq_n_f16(0.5), vdupq_n_f16(1.5), vdupq_n_f16(2.0)), 0) == 3.5f;"),
+    "zvfh": ("#include <riscv_vector.h>",
+             "ok &= (float)__riscv_vfmv_f_s_f16m1_f16(__riscv_vfmacc_vf_f16m1(__riscv_vfmv_v_f_f16m1(0.5, 4), 1.5, "
+             "__riscv_vfmv_v_f_f16m1(2.0, 4), 4)) == 3.5f;"),
 }
 
 
@@ -170,6 +175,26 @@ def test_a_boards_extensions_are_enabled_by_its_flags_and_run_by_its_emulator(tm
     subprocess.run([board.compiler(), *board.toolchain["cflags"], "-Wall", "-Werror", str(tmp_path / "probe.c"),
                     *board.toolchain["ldflags"], "-o", str(tmp_path / "probe")], check=True)
     assert subprocess.run([*board.runner(), str(tmp_path / "probe")]).returncode == 0
+
+
+def test_an_emulator_older_than_the_board_needs_is_missing(tmp_path, monkeypatch):
+    """run.min_version: the emulator on PATH is used when new enough, else the Python environment's
+    (where scripts/setup.sh puts one); with neither, the board is not ready and says what it needs."""
+    from moa_edge.target.catalogue import load_board_file
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    emulator = fake_bin / "qemu-fake"
+    emulator.write_text("#!/bin/sh\necho 'qemu-fake version 7.2.22 (Debian)'\n")
+    emulator.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}:{os.environ['PATH']}")
+    (tmp_path / "boards").mkdir()
+    folder = _broken(tmp_path / "boards", 'command = ["qemu-aarch64", "-cpu", "cortex-a76"]',
+                     'command = ["qemu-fake", "-cpu", "cortex-a76"]\nmin_version = "7.2"')
+    assert load_board_file(folder / "rpi5.toml").runner()[0] == "qemu-fake"
+    (folder / "rpi5.toml").write_text((folder / "rpi5.toml").read_text().replace('min_version = "7.2"',
+                                                                                  'min_version = "8.0"'))
+    board = load_board_file(folder / "rpi5.toml")
+    assert any(m.startswith("qemu-fake >= 8.0 (found 7.2.22;") for m in board.missing_tools()), board.missing_tools()
 
 
 def test_every_extension_has_a_probe():

@@ -251,7 +251,7 @@ GEMM_VARIANTS = {
     "rpi4-scalar": ("rpi4", ["-DMOA_FORCE_SCALAR"], None, "scalar"),
     "rpi5-neon": ("rpi5", [], None, "neon"),
     "k230-rvv-vlen128": ("k230", [], None, "rvv"),
-    "k230-rvv-vlen256": ("k230", [], "vlen=256", "rvv"),
+    "bpi-f3-rvv-zvfh": ("bpi-f3", [], None, "rvv"),  # VLEN 256, and Zvfh's half conversion and arithmetic
 }
 
 

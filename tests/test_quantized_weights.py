@@ -171,11 +171,13 @@ def test_native_half_arithmetic_needs_a_board_with_it(tmp_path):
 
 
 @pytest.mark.board
-def test_native_half_gemv_on_rpi5_within_its_contract(tmp_path):
-    """The generated C asks for MOA_QW_F16_NATIVE, and under qemu's Cortex-A76 the GEMV's error
-    against float64 of the half weights is half precision's (above float32's, within the contract)."""
+@pytest.mark.parametrize("board_name", ["rpi5", "bpi-f3"])
+def test_native_half_gemv_within_its_contract(tmp_path, board_name):
+    """The generated C asks for MOA_QW_F16_NATIVE, and under qemu's Cortex-A76 (FEAT_FP16) or X60
+    (Zvfh) the GEMV's error against float64 of the half weights is half precision's (above float32's,
+    within the contract)."""
     from moa_edge.harness.runner import check_inputs, run
-    board = require_board("rpi5")
+    board = require_board(board_name)
     path, w = _projection(tmp_path)
     report = convert(path, tmp_path / "p", board=board, weights=parse_weights("fp16:native"))
     assert "MOA_QW_F16_NATIVE" in (tmp_path / "p" / "model.c").read_text()
@@ -188,9 +190,10 @@ def test_native_half_gemv_on_rpi5_within_its_contract(tmp_path):
 
 @pytest.mark.board
 def test_validate_holds_native_half_to_its_own_tolerance(tmp_path):
-    """validate --weights fp16:native: rpi5 passes at 2^-8 of max |y| (not float32's 1e-5); rpi4 is refused."""
+    """validate --weights fp16:native: rpi5 and bpi-f3 pass at 2^-8 of max |y| (not float32's 1e-5);
+    rpi4 is refused."""
     path, _ = _projection(tmp_path, rows=2)
-    r = run_cli("validate", path, "--board", "rpi5", "--weights", "fp16:native")
+    r = run_cli("validate", path, "--board", "rpi5,bpi-f3", "--weights", "fp16:native")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "tolerance: max rel <= 0.00390625" in r.stdout and "ALL PASS" in r.stdout
     r = run_cli("validate", path, "--board", "rpi4", "--weights", "fp16:native")

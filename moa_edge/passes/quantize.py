@@ -4,7 +4,8 @@
     int8:BLOCK    the same with one scale per BLOCK rows of K per column (llama.cpp's Q8_0 is 32)
     fp16          each weight rounded to the nearest float16 (no scale): half the bytes, multiplied in float32
     fp16:native   the same storage, and the decode GEMV multiplies in float16 on a board whose core has
-                  half-precision arithmetic (its TOML's extensions name fp16: rpi5, Jetson): x rounded
+                  half-precision arithmetic (its TOML's extensions name fp16: rpi5, Jetson; or zvfh:
+                  bpi-f3): x rounded
                   to a half, sums of 16 rows in halves (about 2^-11 of sum |x w| each, not float32's)
     int4[:BLOCK]  a scale and a minimum per BLOCK rows (default 32) per column, llama.cpp's Q4_1:
                   d = (max - min) / 15,  q = min(15, floor((w - min) / d + 0.5)),  W = d q + min;

@@ -3,8 +3,12 @@ from the command line down to the cost model, codegen, energy and the harness.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
+import re
 import shutil
+import subprocess
+import sys
 
 from moa_edge import PROJECT_ROOT
 
@@ -60,16 +64,37 @@ class Board:
         return None
 
     def runner(self) -> list[str]:
-        return list(self.run.get("command", []))
+        """The emulator's command line (empty for native runs): its program as named (found on PATH),
+        or, when the board needs a newer one than PATH has (run.min_version), the Python environment's."""
+        cmd = list(self.run.get("command", []))
+        if cmd:
+            cmd[0] = self._emulator() or cmd[0]
+        return cmd
+
+    def _emulator(self) -> str | None:
+        """The emulator's name or path, None when there is none (new enough)."""
+        name = self.run["command"][0]
+        on_path = shutil.which(name)
+        if "min_version" not in self.run:
+            return name if on_path else None
+        wanted = version_tuple(self.run["min_version"])
+        if on_path and (tool_version(on_path) or ()) >= wanted:
+            return name
+        ours = shutil.which(name, path=str(Path(sys.executable).parent))
+        return ours if ours and (tool_version(ours) or ()) >= wanted else None
 
     def missing_tools(self) -> list[str]:
         """What this machine lacks to build and run for the board, as a readable list."""
         missing = []
         if self.compiler() is None:
             missing.append(f"a C compiler ({' or '.join(self.toolchain['cc'])}; Debian: {' '.join(self.toolchain.get('apt', []))})")
-        cmd = self.runner()
-        if cmd and shutil.which(cmd[0]) is None:
+        cmd = self.run.get("command", [])
+        if cmd and self._emulator() is None and shutil.which(cmd[0]) is None:
             missing.append(f"{cmd[0]} (Debian: {' '.join(self.run.get('apt', []))})")
+        elif cmd and self._emulator() is None:
+            found = tool_version(shutil.which(cmd[0]))
+            missing.append(f"{cmd[0]} >= {self.run['min_version']} (found {'.'.join(map(str, found or ())) or 'no version'}"
+                           f"; scripts/setup.sh puts one into {Path(sys.executable).parent})")
         return missing
 
     def catalogue_entry(self) -> dict:
@@ -80,6 +105,21 @@ class Board:
                 "toolchain": self.toolchain, "run": self.run, "caches": caches,
                 "memory": self.memory, "energy": self.energy, "power_sensor": self.power_sensor,
                 "path": shown(self.path)}
+
+
+def version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+@cache
+def tool_version(path: str) -> tuple[int, ...] | None:
+    """The version a program prints for -version (QEMU's form: "... version 10.0.13 ..."), or None."""
+    try:
+        out = subprocess.run([path, "-version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"version (\d+(?:\.\d+)*)", out)
+    return version_tuple(match.group(1)) if match else None
 
 
 def symbol_lister(board: Board) -> str | None:

@@ -47,6 +47,10 @@ def _some_words(v):
     return _words(v) if v else "a non-empty list of strings"
 
 
+def _version(v):
+    return None if isinstance(v, str) and re.fullmatch(r"\d+(\.\d+)*", v) else "a version such as \"8.0\""
+
+
 def _one_of(*choices):
     return lambda v: None if v in choices else "one of " + ", ".join(repr(c) for c in choices)
 
@@ -93,7 +97,7 @@ SCHEMA = {
     "toolchain": (True, {"cc": (True, _some_words), "cflags": (True, _words), "ldflags": (True, _words),
                          "nm": (False, _some_words), "apt": (False, _words)}),
     "run": (True, {"kind": (True, _one_of(*RUN_KINDS)), "command": (False, _words), "apt": (False, _words),
-                   "ssh": (False, _text)}),
+                   "min_version": (False, _version), "ssh": (False, _text)}),
     "caches": (True, {"source": (True, _text), "l1d": (True, CACHE), "l2": (False, CACHE), "l3": (False, CACHE)}),
     "memory": (True, {"dram_bytes": (True, _bytes), "sram_bytes": (True, _bytes_or_zero), "source": (True, _text)}),
     "energy": (True, {"pj_per_flop": (True, _picojoules), "pj_per_byte_l1": (True, _picojoules),

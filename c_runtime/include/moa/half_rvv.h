@@ -1,5 +1,6 @@
-/* IEEE halves to float32 in RVV integer lanes, for cores without Zvfh (the C908 of the K230 has
- * no half conversion), as moa/half.h does one at a time:
+/* IEEE halves to float32 in an RVV register group: by the core's own widening conversion where it
+ * has Zvfhmin (bpi-f3's X60), else in integer lanes (the C908 of the K230 has no half conversion),
+ * as moa/half.h does one at a time:
  *
  *     exponent and mantissa moved to a float32's place (<< 13), times 2^112 (the bias 127 - 15;
  *     a subnormal half becomes a float32 subnormal, which the product makes exact and normal),
@@ -12,6 +13,12 @@
 #include <riscv_vector.h>
 #include <stdint.h>
 
+#if defined(__riscv_zvfhmin)
+static inline vfloat32m4_t moa_rvv_f16_to_f32(const uint16_t *halves, size_t vl)
+{
+    return __riscv_vfwcvt_f_f_v_f32m4(__riscv_vle16_v_f16m2((const _Float16 *)halves, vl), vl);
+}
+#else
 static inline vfloat32m4_t moa_rvv_f16_to_f32(const uint16_t *halves, size_t vl)
 {
     const vuint32m4_t h = __riscv_vzext_vf2_u32m4(__riscv_vle16_v_u16m2(halves, vl), vl);
@@ -24,5 +31,6 @@ static inline vfloat32m4_t moa_rvv_f16_to_f32(const uint16_t *halves, size_t vl)
                                                      0x7f800000u, vl);
     return __riscv_vreinterpret_v_u32m4_f32m4(__riscv_vor_vv_u32m4(bits, sign, vl));
 }
+#endif
 
 #endif

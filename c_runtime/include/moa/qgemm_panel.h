@@ -21,9 +21,10 @@
  *     moa_qw_{dot,dequant}_f16_avx512           _mm512_cvtph_ps: 16 columns
  *     moa_qw_{dot,dequant}_f16_avx2             _mm256_cvtph_ps (F16C; without it, the reference)
  *     moa_qw_{dot,dequant}_f16_neon             vcvt_f32_f16, four vectors of 4
- *     moa_qw_{dot,dequant}_f16_rvv              integer lanes (no Zvfh on the C908), one m4 group
+ *     moa_qw_{dot,dequant}_f16_rvv              vfwcvt with Zvfhmin, else integer lanes (the C908), one m4 group
  *     moa_qw_{dot,dequant}_f16_scalar           bit by bit (moa/half.h): the reference
- *     moa_qw_dot_f16_native_neon                MOA_QW_F16_NATIVE with FEAT_FP16: fmla .8h, see below */
+ *     moa_qw_dot_f16_native_neon                MOA_QW_F16_NATIVE with FEAT_FP16: fmla .8h, see below
+ *     moa_qw_dot_f16_native_rvv                 MOA_QW_F16_NATIVE with Zvfh: vfmacc.vf on e16, see below */
 #ifndef MOA_QGEMM_PANEL_H
 #define MOA_QGEMM_PANEL_H
 
@@ -85,12 +86,16 @@
 #define moa_qw_dot_f16 MOA_QW_F16_VARIANT(moa_qw_dot_f16)
 #define moa_qw_dequant_f16 MOA_QW_F16_VARIANT(moa_qw_dequant_f16)
 
-/* MOA_QW_F16_NATIVE's GEMV: half-precision arithmetic where the core has it (NEON with FEAT_FP16),
- * rows summed in halves in blocks of MOA_QW_NATIVE_BLOCK; elsewhere the float32 one above. */
+/* MOA_QW_F16_NATIVE's GEMV: half-precision arithmetic where the core has it (NEON with FEAT_FP16,
+ * RVV with Zvfh), rows summed in halves in blocks of MOA_QW_NATIVE_BLOCK; elsewhere the float32 one above. */
 #define MOA_QW_NATIVE_BLOCK 16
 #if MOA_ISA_NEON && defined(__ARM_FEATURE_FP16_VECTOR_ARITHMETIC)
 #define MOA_QW_F16_NATIVE_NAME "neon-fp16"
 #define moa_qw_dot_f16_native moa_qw_dot_f16_native_neon
+void moa_qw_dot_f16_native(MOA_QW_DOT_PARAMS);
+#elif MOA_ISA_RVV && defined(__riscv_zvfh)
+#define MOA_QW_F16_NATIVE_NAME "rvv-zvfh"
+#define moa_qw_dot_f16_native moa_qw_dot_f16_native_rvv
 void moa_qw_dot_f16_native(MOA_QW_DOT_PARAMS);
 #else
 #define MOA_QW_F16_NATIVE_NAME "float32"
