@@ -129,7 +129,7 @@ def cmd_run(a) -> int:
     inputs = check_inputs(io, load_npz(a.inputs), a.inputs)
     binary = build(project, board)
     ssh = _ssh_target(a, [board])
-    outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=a.timeout)
+    outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=a.timeout, threads=a.threads or board.threads())
     _write_file("--outputs", a.outputs, lambda f: np.savez(f, **outputs))
     where = f" over ssh {ssh.destination}" if ssh else ""
     print(f"{board.name}{where}: wrote {', '.join(outputs)} to {a.outputs} (run {run_us:.1f} us)")
@@ -147,7 +147,7 @@ def cmd_validate(a) -> int:
     result = validate(a.model, boards, inputs_path=a.inputs, input_shapes=parse_input_shapes(a.input_shape),
                       seed=a.seed, scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
                       ssh=_ssh_target(a, boards), timeout=a.timeout, progress=_progress,
-                      weights=parse_weights(a.weights))
+                      weights=parse_weights(a.weights), threads=a.threads)
     print(format_table(result))
     _write_json(a.json, result)
     return 0 if result["ok"] else 1
@@ -186,7 +186,7 @@ def cmd_generate(a) -> int:
             print(text[len(shown):], end="", flush=True)
             shown = text
     result = generate_ids(binary, board, info, prompt_ids, a.max_new_tokens, sampling, stop_ids, ssh=ssh,
-                          timeout=a.timeout, on_token=on_token)
+                          timeout=a.timeout, on_token=on_token, threads=a.threads or board.threads())
     result.pop("logits")
     if tokenizer is not None:
         result["text"] = tokenizer.decode(result["tokens"])
@@ -415,7 +415,8 @@ def _bench_model(a) -> int:
     boards = board_list_arg(a.board) if a.ssh else []
     ssh = _ssh_target(a, boards) if a.ssh else None
     result = bench_model(a.model, convert, parse_input_shapes(a.input_shape), a.repeat or 20, a.inputs,
-                         remote_board=boards[0] if boards else None, ssh=ssh, progress=_progress)
+                         remote_board=boards[0] if boards else None, ssh=ssh, progress=_progress,
+                         threads=a.threads or load_board("host").threads())
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(a.model).stem
@@ -423,7 +424,7 @@ def _bench_model(a) -> int:
     plot(result, out / f"model-{stem}.png")
     lat, mem = result["latency_us"], result["memory_bytes"]
     print(f"{a.model}: host latency {lat['moa_edge']:.0f} us vs onnxruntime {lat['onnxruntime']:.0f} us "
-          f"(ratio {lat['ratio']:.2f}, one thread, best of {result['repeat']})")
+          f"(ratio {lat['ratio']:.2f}, {result['threads']} thread(s) each, best of {result['repeat']})")
     unfused = (f"without the attention rewrite {mem['arena_without_attention_rewrite']} B, ratio "
                f"{mem['arena_ratio_to_unfused']:.2f}" if mem["arena_without_attention_rewrite"]
                else f"no unfused baseline: {mem['unfused_error']}")
@@ -453,7 +454,7 @@ def _bench_generate(a) -> int:
     if a.ssh and board is None:
         raise MoaEdgeError("--ssh runs moa-edge's side on a real board: name it with --board")
     prompt_ids = _id_list("--prompt-ids", a.prompt_ids) if a.prompt_ids else None
-    result = bench_generate(a.model, convert, prompt_ids, a.prompt_tokens, a.new_tokens, a.threads, a.repeat or 3,
+    result = bench_generate(a.model, convert, prompt_ids, a.prompt_tokens, a.new_tokens, a.threads or 1, a.repeat or 3,
                             a.gguf, board, ssh, progress=_progress, weights=weights,
                             onnxruntime=not a.no_onnxruntime, host_march=a.host_march or [], rounds=a.rounds)
     out = Path(a.out)
@@ -558,6 +559,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inputs", required=True, help=".npz keyed by graph input names")
     s.add_argument("--outputs", required=True, help=".npz to write, keyed by graph output names")
 
+    def threads_option(s):
+        s.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="threads of the runner's worker pool (default: the board's cores; the outputs are "
+                            "bitwise the same for every count)")
+
     def timeout_option(s):
         s.add_argument("--timeout", type=_seconds, default=TIMEOUT_S, metavar="SECONDS",
                        help=f"stop the runner (and fail) when it runs longer (default {TIMEOUT_S})")
@@ -568,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ssh_options(s)
     timeout_option(s)
+    threads_option(s)
 
     s = verb("generate", cmd_generate, "generate text with a generation build (convert --max-context) on a board")
     s.add_argument("project", help="a project converted with --max-context")
@@ -586,6 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stop-ids", metavar="ID,ID,...", help="stop at these ids (default: the tokenizer's end of sequence)")
     ssh_options(s)
     timeout_option(s)
+    threads_option(s)
 
     s = verb("energy", cmd_energy, "joules per inference from a power sensor, beside the cost model's prediction")
     s.add_argument("project", help="a converted project folder")
@@ -618,6 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force an ONF schedule, e.g. two_pass:1x64 or online:16x64/s4 (S key splits)")
     ssh_options(s)
     timeout_option(s)
+    threads_option(s)
     s.add_argument("--weights", metavar="FORMAT", help=WEIGHTS_HELP + "; the boards are checked against "
                    "the same weights and the accuracy given up against the float model is reported")
 
@@ -666,8 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt-ids", metavar="ID,ID,...", help="bench generate: this prompt instead")
     s.add_argument("--new-tokens", type=_positive_int, default=64, metavar="K",
                    help="bench generate: greedy tokens to generate (default 64; decode is the K-1 after the first)")
-    s.add_argument("--threads", type=_positive_int, default=1,
-                   help="bench generate: onnxruntime's and llama.cpp's threads (default 1; moa-edge runs on one)")
+    s.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="bench model: moa-edge's threads and onnxruntime's intra-op threads (default: the host's "
+                        "cores); bench generate: onnxruntime's and llama.cpp's threads (default 1; moa-edge runs on one)")
     s.add_argument("--gguf", metavar="FILE", help="bench generate: llama.cpp's weights, a GGUF of the same model "
                    "(benchmarks/gguf_f32.py writes an F32 one); with --weights, any GGUF of those weights, from which "
                    "the matching types are written")

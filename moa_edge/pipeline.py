@@ -237,8 +237,10 @@ def _check_native(weights: WeightFormat, board: Board) -> None:
 
 def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, seed: int = 0,
              scratch_budget: int | None = None, schedule: Schedule | None = None, ssh=None,
-             timeout: float = TIMEOUT_S, progress=lambda msg: None, weights: WeightFormat | None = None) -> dict:
-    """Convert for each board (its own schedule), build, run (on a real board over `ssh`),
+             timeout: float = TIMEOUT_S, progress=lambda msg: None, weights: WeightFormat | None = None,
+             threads: int | None = None) -> dict:
+    """Convert for each board (its own schedule), build, run on `threads` threads (default: each
+    board's cores; on a real board over `ssh`),
     compare with PyTorch float64 of the same graph. With `weights` (convert --weights) that graph
     holds the quantized weights, so the boards are still held to the float32 tolerance, and
     `accuracy` reports what the format gives up against PyTorch float64 of the float model."""
@@ -280,7 +282,8 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
             try:
                 binary = build(project, board)
                 progress(f"{board.name}: run")
-                outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=timeout)
+                outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=timeout,
+                                      threads=threads or board.threads())
                 row = cmp.compare_all(outputs, reference, cmp.NATIVE_HALF_REL_ERR if native else None)
                 row["run_us"] = run_us
             except MoaEdgeError as exc:

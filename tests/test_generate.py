@@ -156,20 +156,20 @@ int main(void)
     size_t k;
     for (k = 0; k < MODEL_MAX_CONTEXT + 1; k++) ids[k] = (int64_t)(k * 7 % MODEL_VOCAB);
     ((unsigned char *)state)[0] = 0xAB; /* not a state model_init wrote */
-    printf("uninitialised=%d\n", (int)model_prefill(ids, 3, logits, state, arena, MODEL_ARENA_BYTES));
+    printf("uninitialised=%d\n", (int)model_prefill(ids, 3, logits, state, arena, MODEL_ARENA_BYTES, NULL));
     if (model_init(state, MODEL_STATE_BYTES) != MOA_OK) return 1;
-    printf("empty=%d\n", (int)model_prefill(ids, 0, logits, state, arena, MODEL_ARENA_BYTES));
-    printf("too_long=%d\n", (int)model_prefill(ids, MODEL_MAX_CONTEXT + 1, logits, state, arena, MODEL_ARENA_BYTES));
+    printf("empty=%d\n", (int)model_prefill(ids, 0, logits, state, arena, MODEL_ARENA_BYTES, NULL));
+    printf("too_long=%d\n", (int)model_prefill(ids, MODEL_MAX_CONTEXT + 1, logits, state, arena, MODEL_ARENA_BYTES, NULL));
     ids[2] = MODEL_VOCAB;
-    printf("bad_token=%d\n", (int)model_prefill(ids, 3, logits, state, arena, MODEL_ARENA_BYTES));
+    printf("bad_token=%d\n", (int)model_prefill(ids, 3, logits, state, arena, MODEL_ARENA_BYTES, NULL));
     ids[2] = 2;
     printf("position=%lld\n", (long long)model_position(state));
-    if (model_prefill(ids, MODEL_MAX_CONTEXT - 1, logits, state, arena, MODEL_ARENA_BYTES) != MOA_OK) return 1;
-    if (model_step(5, logits, state, arena, MODEL_ARENA_BYTES) != MOA_OK) return 1;
+    if (model_prefill(ids, MODEL_MAX_CONTEXT - 1, logits, state, arena, MODEL_ARENA_BYTES, NULL) != MOA_OK) return 1;
+    if (model_step(5, logits, state, arena, MODEL_ARENA_BYTES, NULL) != MOA_OK) return 1;
     printf("filled=%lld\n", (long long)model_position(state));
-    printf("one_more=%d\n", (int)model_step(5, logits, state, arena, MODEL_ARENA_BYTES));
+    printf("one_more=%d\n", (int)model_step(5, logits, state, arena, MODEL_ARENA_BYTES, NULL));
     printf("position=%lld\n", (long long)model_position(state));
-    printf("small_arena=%d\n", (int)model_step(5, logits, state, arena, MODEL_ARENA_BYTES - 1));
+    printf("small_arena=%d\n", (int)model_step(5, logits, state, arena, MODEL_ARENA_BYTES - 1, NULL));
     free(state); free(arena); free(logits);
     return 0;
 }

@@ -217,19 +217,26 @@ static void gemv_quantized(size_t M, size_t N, size_t K, float alpha, moa_matrix
     }
 }
 
-static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b, float beta,
-                       moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+static moa_status check_gemm(size_t M, size_t N, size_t K, moa_matrix_f32 a, b_source b, const float *y,
+                             ptrdiff_t y_row_stride)
 {
-    float buffer[MOA_GEMM_KC * MOA_GEMM_NR];
-    size_t i, j, p0, i0, q;
     if (M == 0 || N == 0) {
         return MOA_OK;
     }
     if (y == NULL || (K > 0 && (a.data == NULL || (b.packed == NULL && b.quantized == NULL && b.view.data == NULL)))) {
         return MOA_ERR_NULL_ARGUMENT;
     }
-    if (M > 1 && y_row_stride < (ptrdiff_t)N) {
-        return MOA_ERR_BAD_PARAMS;
+    return M > 1 && y_row_stride < (ptrdiff_t)N ? MOA_ERR_BAD_PARAMS : MOA_OK;
+}
+
+static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b, float beta,
+                       moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
+    float buffer[MOA_GEMM_KC * MOA_GEMM_NR];
+    size_t i, j, p0, i0, q;
+    const moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
+    if (status != MOA_OK || M == 0 || N == 0) {
+        return status;
     }
     /* Y = beta * C (C read just before its element of Y is written, so C may be Y). */
     for (i = 0; i < M; i++) {
@@ -279,46 +286,176 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
     return MOA_OK;
 }
 
-moa_status moa_gemm_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_matrix_f32 b,
-                        float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+/* The product lifted onto the pool's threads (Pi = cores): thread s of T computes the columns
+ * of panels [P s / T, P (s + 1) / T) when there are P >= T panels, else the rows of whole MC
+ * blocks (the last share keeps the rows past the last whole block). Each share is the serial
+ * gemm() on its slice, and a slice's tiles are the tiles of the whole product, so Y is bitwise
+ * the same for every thread count. */
+typedef struct {
+    size_t M, N, K;
+    float alpha, beta;
+    moa_matrix_f32 a, c;
+    b_source b;
+    float *y;
+    ptrdiff_t y_row_stride;
+    size_t shares;
+    int by_columns;
+    moa_status status[MOA_POOL_MAX_THREADS];
+} gemm_job;
+
+static void gemm_columns(gemm_job *job, size_t share)
+{
+    const size_t panels = (job->N + MOA_GEMM_NR - 1) / MOA_GEMM_NR;
+    const size_t q0 = panels * share / job->shares, q1 = panels * (share + 1) / job->shares;
+    const size_t j0 = q0 * MOA_GEMM_NR, j1 = min_size(job->N, q1 * MOA_GEMM_NR);
+    b_source b = job->b;
+    moa_matrix_f32 c = job->c;
+    moa_qweights w;
+    if (q0 == q1) {
+        return;
+    }
+    if (b.packed != NULL) {
+        b.packed += q0 * job->K * MOA_GEMM_NR;
+    } else if (b.quantized != NULL) {
+        w = quantized_panel(b.quantized, job->K, q0);
+        b.quantized = &w;
+    } else {
+        b.view.data += (ptrdiff_t)j0 * b.view.col_stride;
+    }
+    if (c.data != NULL) {
+        c.data += (ptrdiff_t)j0 * c.col_stride;
+    }
+    job->status[share] = gemm(job->M, j1 - j0, job->K, job->alpha, job->a, b, job->beta, c, job->y + j0,
+                              job->y_row_stride);
+}
+
+static void gemm_rows(gemm_job *job, size_t share)
+{
+    const size_t blocks = job->M / MOA_GEMM_MC;
+    const size_t i0 = blocks * share / job->shares * MOA_GEMM_MC;
+    const size_t i1 = share + 1 == job->shares ? job->M : blocks * (share + 1) / job->shares * MOA_GEMM_MC;
+    moa_matrix_f32 a = job->a, c = job->c;
+    if (i0 == i1) {
+        return;
+    }
+    a.data += (ptrdiff_t)i0 * a.row_stride;
+    if (c.data != NULL) {
+        c.data += (ptrdiff_t)i0 * c.row_stride;
+    }
+    job->status[share] = gemm(i1 - i0, job->N, job->K, job->alpha, a, job->b, job->beta, c,
+                              job->y + (ptrdiff_t)i0 * job->y_row_stride, job->y_row_stride);
+}
+
+static void gemm_shares(void *ctx, size_t first, size_t end)
+{
+    gemm_job *job = (gemm_job *)ctx;
+    size_t share;
+    for (share = first; share < end; share++) {
+        if (job->by_columns) {
+            gemm_columns(job, share);
+        } else {
+            gemm_rows(job, share);
+        }
+    }
+}
+
+static moa_status gemm_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b,
+                          float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
+    const size_t threads = moa_pool_threads(pool), panels = (N + MOA_GEMM_NR - 1) / MOA_GEMM_NR;
+    gemm_job job;
+    size_t share;
+    moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
+    if (status != MOA_OK || threads == 1 || (panels < threads && M / MOA_GEMM_MC < 2)) {
+        return status != MOA_OK ? status : gemm(M, N, K, alpha, a, b, beta, c, y, y_row_stride);
+    }
+    job.M = M, job.N = N, job.K = K, job.alpha = alpha, job.beta = beta, job.a = a, job.c = c, job.b = b;
+    job.y = y, job.y_row_stride = y_row_stride, job.by_columns = panels >= threads;
+    job.shares = job.by_columns ? threads : (M / MOA_GEMM_MC < threads ? M / MOA_GEMM_MC : threads);
+    for (share = 0; share < job.shares; share++) {
+        job.status[share] = MOA_OK;
+    }
+    moa_pool_for(pool, job.shares, gemm_shares, &job);
+    for (share = 0; share < job.shares; share++) {
+        status = status != MOA_OK ? status : job.status[share];
+    }
+    return status;
+}
+
+static b_source view_source(moa_matrix_f32 b)
 {
     b_source source;
     source.packed = NULL;
     source.quantized = NULL;
     source.view = b;
-    return gemm(M, N, K, alpha, a, source, beta, c, y, y_row_stride);
+    return source;
+}
+
+static b_source packed_source(const float *packed_b)
+{
+    b_source source;
+    source.packed = packed_b;
+    source.quantized = NULL;
+    source.view.data = NULL;
+    source.view.row_stride = source.view.col_stride = 0;
+    return source;
+}
+
+static moa_status check_quantized(size_t M, size_t N, size_t K, const moa_qweights *w)
+{
+    if ((w->type != MOA_QW_I8 && w->type != MOA_QW_U4 && !half_values(w)) || w->block == 0 ||
+        (w->type == MOA_QW_U4 && w->block % 2 != 0) || w->half_scales < MOA_QS_FLOAT || w->half_scales > MOA_QS_SUPER) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    if ((w->q == NULL || (w->scale == NULL && !half_values(w))) && K > 0 && M > 0 && N > 0) {
+        return MOA_ERR_NULL_ARGUMENT;
+    }
+    return MOA_OK;
+}
+
+moa_status moa_gemm_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_matrix_f32 b,
+                        float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
+    return moa_gemm_f32_on(NULL, M, N, K, alpha, a, b, beta, c, y, y_row_stride);
+}
+
+moa_status moa_gemm_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
+                           moa_matrix_f32 b, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
+    return gemm_on(pool, M, N, K, alpha, a, view_source(b), beta, c, y, y_row_stride);
 }
 
 moa_status moa_gemm_packed_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, const float *packed_b,
                                float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
-    b_source source;
+    return moa_gemm_packed_f32_on(NULL, M, N, K, alpha, a, packed_b, beta, c, y, y_row_stride);
+}
+
+moa_status moa_gemm_packed_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
+                                  const float *packed_b, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
     if (packed_b == NULL && K > 0 && M > 0 && N > 0) {
         return MOA_ERR_NULL_ARGUMENT;
     }
-    source.packed = packed_b;
-    source.quantized = NULL;
-    source.view.data = NULL;
-    source.view.row_stride = source.view.col_stride = 0;
-    return gemm(M, N, K, alpha, a, source, beta, c, y, y_row_stride);
+    return gemm_on(pool, M, N, K, alpha, a, packed_source(packed_b), beta, c, y, y_row_stride);
 }
 
 moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_qweights w,
                            float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
-    b_source source;
-    if ((w.type != MOA_QW_I8 && w.type != MOA_QW_U4 && !half_values(&w)) || w.block == 0 ||
-        (w.type == MOA_QW_U4 && w.block % 2 != 0) || w.half_scales < MOA_QS_FLOAT || w.half_scales > MOA_QS_SUPER) {
-        return MOA_ERR_BAD_PARAMS;
+    return moa_gemm_qw_f32_on(NULL, M, N, K, alpha, a, w, beta, c, y, y_row_stride);
+}
+
+moa_status moa_gemm_qw_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
+                              moa_qweights w, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
+    b_source source = packed_source(NULL);
+    const moa_status status = check_quantized(M, N, K, &w);
+    if (status != MOA_OK) {
+        return status;
     }
-    if ((w.q == NULL || (w.scale == NULL && !half_values(&w))) && K > 0 && M > 0 && N > 0) {
-        return MOA_ERR_NULL_ARGUMENT;
-    }
-    source.packed = NULL;
     source.quantized = &w;
-    source.view.data = NULL;
-    source.view.row_stride = source.view.col_stride = 0;
-    return gemm(M, N, K, alpha, a, source, beta, c, y, y_row_stride);
+    return gemm_on(pool, M, N, K, alpha, a, source, beta, c, y, y_row_stride);
 }
 
 void moa_gemm_pack_b_f32(size_t K, size_t N, moa_matrix_f32 b, float *packed)

@@ -60,11 +60,11 @@ def state_layout(graph: Graph) -> dict[str, int]:
 
 
 def _chunk_function(prefix: str, chunk: int, code: GraphCode) -> str:
-    """static moa_status <p>_chunk_<C>(token_ids, logits, state, position, arena): one chunk of
-    C tokens at `position`; the caller has checked every argument."""
+    """static moa_status <p>_chunk_<C>(token_ids, logits, state, position, arena, pool): one chunk
+    of C tokens at `position`; the caller has checked every argument."""
     return (f"/* {chunk} token(s) at cache row `{POSITION}`: the graph specialised for a chunk of {chunk}. */\n"
             f"static moa_status {prefix}_chunk_{chunk}(const int64_t *restrict token_ids, float *restrict logits,\n"
-            f"    uint8_t *restrict state, int64_t {POSITION}, void *restrict arena)\n"
+            f"    uint8_t *restrict state, int64_t {POSITION}, void *restrict arena, moa_pool *pool)\n"
             "{\n"
             "    uint8_t *const base = (uint8_t *)arena;\n"
             "    moa_status status = MOA_OK;\n"
@@ -74,7 +74,7 @@ def _chunk_function(prefix: str, chunk: int, code: GraphCode) -> str:
             f"        positions[t] = {POSITION} + t;\n"
             "    }\n"
             f"    kv_length[0] = {POSITION} + {chunk};  /* the cache rows attention reads, these included */\n"
-            "    (void)base;\n    (void)state;\n    (void)positions;\n    (void)kv_length;\n"
+            "    (void)base;\n    (void)state;\n    (void)positions;\n    (void)kv_length;\n    (void)pool;\n"
             + "".join(code.calls) + "    return status;\n}\n")
 
 
@@ -83,7 +83,8 @@ def _prefill_loop(prefix: str, P: str, chunk: int, logits_offset: int, rows: int
     scores (the last token's) are the logits."""
     return (f"    for (; count - done >= {chunk}; done += {chunk}) {{\n"
             f"        float *const chunk_logits = (float *)((uint8_t *)arena + {logits_offset});\n"
-            f"        status = {prefix}_chunk_{chunk}(token_ids + done, chunk_logits, (uint8_t *)state, header->position, arena);\n"
+            f"        status = {prefix}_chunk_{chunk}(token_ids + done, chunk_logits, (uint8_t *)state, header->position, arena,\n"
+            "                               pool);\n"
             "        if (status != MOA_OK) {\n            return status;\n        }\n"
             f"        header->position += {chunk};\n"
             f"        if (count - done == {chunk}) {{\n"

@@ -148,6 +148,7 @@ def check_memory(board: Board, source: str, needed: dict[str, int]) -> None:
                            + f"), more than the {board.memory_bytes()} bytes board {board.name} states")
 
 
+POOL_SOURCE = "pool.c"  # moa/pool.h
 TEMPLATE_FILES = ("model.h", "model.c", "attention.h", "attention.c", "weights.h", "weights.S", "main.c", "SConstruct")
 
 
@@ -156,6 +157,7 @@ def write_project(out_dir: Path, subst: dict[str, str], templates: dict[str, str
     """The project's files: each template (file name -> template name) with @KEY@ replaced from
     subst, the weights (weights.bin and their symbols) and the runtime sources the calls need."""
     subst = dict(subst)
+    sources = sources | {POOL_SOURCE}  # every run entry point takes a worker pool
     subst["WEIGHT_DECLS"] = "".join(
         f"extern const {dtypes.dtype(t.dtype).c_type} {sym}[{max(t.size, 1)}];\n" for t, sym in weights)  # C99 has no [0]
     blob, symbols = _weights_blob(weights)
@@ -210,12 +212,12 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     v_unpack = ([f"(const {e['c_type']} *)inputs[{k}]" for k, e in enumerate(ins)]
                 + [f"({e['c_type']} *)outputs[{k}]" for k, e in enumerate(outs)])
     subst["IO_MACROS"] = "\n".join(io_macros)
-    subst["RUN_ARGS"] = ",\n        ".join(args + ["void *arena", "size_t arena_bytes"])
+    subst["RUN_ARGS"] = ",\n        ".join(args + ["void *arena", "size_t arena_bytes", "moa_pool *pool"])
     # The definition's pointers are restrict (the prototype's need not be, and C++ has no
     # restrict): a loop between an input or output and the arena may then be vectorised.
     subst["RUN_PARAMS"] = ",\n        ".join([a.replace(" *", " *restrict ") for a in args]
-                                            + ["void *restrict arena", "size_t arena_bytes"])
-    subst["RUN_V_CALL"] = ", ".join(v_unpack + ["arena", "arena_bytes"])
+                                            + ["void *restrict arena", "size_t arena_bytes", "moa_pool *pool"])
+    subst["RUN_V_CALL"] = ", ".join(v_unpack + ["arena", "arena_bytes", "pool"])
     subst["KERNELS"] = "\n".join(kernels)
     subst["KERNEL_DECLS"] = "\n".join(kernel_decls)
     # An input only shape inference needed (a Reshape target) is not read at run time.

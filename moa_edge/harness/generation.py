@@ -14,7 +14,7 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board
 
-from .runner import runner_failure, stream_limited
+from .runner import runner_env, runner_failure, stream_limited
 from .scratch_folder import scratch_folder
 from .ssh import TIMEOUT_S, RemoteFolder, SshTarget
 
@@ -68,10 +68,11 @@ def check_prompt(info: dict, prompt_ids: list[int], max_new_tokens: int, stop_id
 def generate_ids(binary: Path, board: Board, info: dict, prompt_ids: list[int], max_new_tokens: int,
                  sampling: Sampling = Sampling(), stop_ids: list[int] = (), ssh: SshTarget | None = None,
                  timeout: float | None = TIMEOUT_S, on_token: Callable[[int], None] = lambda token: None,
-                 forced_ids: list[int] | None = None) -> dict:
+                 forced_ids: list[int] | None = None, threads: int = 1) -> dict:
     """Run the runner once: `tokens` (the new ids, prompt excluded), the timings and memory; with
     forced_ids, those ids are fed instead (teacher forcing) and `logits` holds the scores after
-    the prompt and after each forced id but the last, (len(forced_ids), vocab)."""
+    the prompt and after each forced id but the last, (len(forced_ids), vocab). The runner's
+    worker pool has `threads` threads."""
     sampling.check()
     check_prompt(info, prompt_ids, max_new_tokens if forced_ids is None else max(len(forced_ids), 1), stop_ids)
     tokens: list[int] = []
@@ -98,15 +99,16 @@ def generate_ids(binary: Path, board: Board, info: dict, prompt_ids: list[int], 
         if ssh is None:
             cmd = board.runner() + [str(Path(binary).resolve()), *args]
             try:
-                proc = stream_limited(cmd, timeout, {**os.environ}, f"{what}: {Path(binary).name}", on_line,
-                                      cwd=folder)
+                proc = stream_limited(cmd, timeout, {**os.environ, **runner_env(threads=threads)},
+                                      f"{what}: {Path(binary).name}", on_line, cwd=folder)
             except FileNotFoundError:
                 raise MoaEdgeError(f"board {board.name}: cannot execute {cmd[0]}; "
                                    f"missing {'; '.join(board.missing_tools())}") from None
         else:
             with RemoteFolder(ssh) as remote:
                 ssh.copy([Path(binary), *files], remote + "/")
-                cmd = ssh.command(board.runner() + ["./" + Path(binary).name, *args], cwd=remote)
+                cmd = ssh.command(board.runner() + ["./" + Path(binary).name, *args], cwd=remote,
+                                  env=runner_env(threads=threads))
                 proc = stream_limited(cmd, timeout, None, f"{what}: {Path(binary).name}", on_line)
                 if proc.returncode == 0 and forced_ids is not None:
                     ssh.copy([f"{remote}/logits.bin"], folder, upload=False)

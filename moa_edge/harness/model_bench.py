@@ -1,5 +1,5 @@
 """`moa-edge bench model`: a whole model, side by side in one run, against onnxruntime on the
-same file (one intra-op thread, every graph optimisation): host latency, memory (arena +
+same file (as many intra-op threads as moa-edge's pool has, every graph optimisation): host latency, memory (arena +
 weights against onnxruntime's resident-memory growth), the arena the same schedule would
 need without the attention rewrite, and the conversion and build times."""
 from __future__ import annotations
@@ -30,10 +30,10 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096
 
-model, feeds, repeat = sys.argv[1], dict(np.load(sys.argv[2])), int(sys.argv[3])
+model, feeds, repeat, threads = sys.argv[1], dict(np.load(sys.argv[2])), int(sys.argv[3]), int(sys.argv[4])
 before = rss()
 options = ort.SessionOptions()
-options.intra_op_num_threads = 1
+options.intra_op_num_threads = threads
 options.inter_op_num_threads = 1
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
@@ -49,8 +49,9 @@ print(json.dumps({"run_us": best * 1e6, "resident_growth_bytes": grown}))
 
 
 def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path=None, seed: int = 0,
-                remote_board: Board | None = None, ssh=None, progress=lambda msg: None, host_march=()) -> dict:
-    """Host latency and memory against onnxruntime; with `ssh`, also the latency on that real
+                remote_board: Board | None = None, ssh=None, progress=lambda msg: None, host_march=(),
+                threads: int = 1) -> dict:
+    """Host latency and memory against onnxruntime, both on `threads` threads; with `ssh`, also the latency on that real
     board (`remote_board`), where onnxruntime is not there to compare with. `convert` is
     pipeline.convert, passed in by the caller: the harness sits below the pipeline. Each
     `host_march` (x86-64-v3: the AVX2 kernels) times the host build again with -march=ARCH."""
@@ -79,14 +80,15 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
         np.savez(tmp / "inputs.npz", **inputs)
         progress(f"moa-edge: {repeat} runs")
         stats = {}
-        _, ours_us = run(binary, board, report["io"], inputs, repeat=repeat, stats=stats)
+        _, ours_us = run(binary, board, report["io"], inputs, repeat=repeat, stats=stats, threads=threads)
         variants = {}
         for march in host_march:
             progress(f"moa-edge -march={march}: {repeat} runs")
             variant = build(tmp / "fused", board, extra_cflags=[f"-march={march}"], variant=f"host-{march}")
-            variants[march] = run(variant, board, report["io"], inputs, repeat=repeat)[1]
-        progress(f"onnxruntime: {repeat} runs, one thread")
-        probe = subprocess.run([sys.executable, "-c", _ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat)],
+            variants[march] = run(variant, board, report["io"], inputs, repeat=repeat, threads=threads)[1]
+        progress(f"onnxruntime: {repeat} runs, {threads} thread(s)")
+        probe = subprocess.run([sys.executable, "-c", _ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat),
+                                str(threads)],
                                capture_output=True, text=True, check=True)
         ort = json.loads(probe.stdout)
         remote = None
@@ -94,11 +96,11 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
             progress(f"{remote_board.name} over ssh {ssh.destination}: convert, build, {repeat} runs")
             convert(model, tmp / remote_board.name, board=remote_board, input_shapes=input_shapes)
             _, board_us = run(build(tmp / remote_board.name, remote_board), remote_board, report["io"], inputs,
-                              repeat=repeat, ssh=ssh)
+                              repeat=repeat, ssh=ssh, threads=remote_board.threads())
             remote = {"board": remote_board.name, "ssh": ssh.destination, "moa_edge_us": board_us}
     arena, weights = report["memory"]["arena_bytes"], report["memory"]["weights_bytes"]
     return {
-        "model": str(model), "repeat": repeat,
+        "model": str(model), "repeat": repeat, "threads": threads,
         "latency_us": {"moa_edge": ours_us, "onnxruntime": ort["run_us"], "ratio": ours_us / ort["run_us"],
                        **{f"moa_edge_{march}": us for march, us in variants.items()},
                        **{f"ratio_{march}": us / ort["run_us"] for march, us in variants.items()}},
@@ -120,7 +122,7 @@ def plot(result: dict, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
     lat = result["latency_us"]
     left.bar(["moa-edge", "onnxruntime"], [lat["moa_edge"] / 1e3, lat["onnxruntime"] / 1e3], color=["C0", "C1"])
-    left.set_ylabel("host latency, one thread (ms)")
+    left.set_ylabel(f"host latency, {result.get('threads', 1)} thread(s) (ms)")
     mem = result["memory_bytes"]
     right.bar(["arena", "arena, no\nrewrite", "arena +\nweights", "onnxruntime\nRSS growth"],
               [mem["arena"] / 2**20, (mem["arena_without_attention_rewrite"] or 0) / 2**20,

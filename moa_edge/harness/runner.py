@@ -20,6 +20,8 @@ from moa_edge.target import Board
 from .scratch_folder import scratch_folder
 from .ssh import TIMEOUT_S, RemoteFolder, SshTarget
 
+MAX_THREADS = 64  # MOA_POOL_MAX_THREADS (moa/pool.h)
+
 
 def _status_names() -> dict[int, str]:
     """moa_status values by number, each as its name and what it means (moa/status.h)."""
@@ -108,18 +110,19 @@ def runner_files(io: list[dict], inputs: dict[str, np.ndarray], folder: Path) ->
 
 def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray],
         timeout: float = TIMEOUT_S, repeat: int = 1, ssh: SshTarget | None = None,
-        stats: dict | None = None) -> tuple[dict[str, np.ndarray], float]:
-    """Run `repeat` times in one process (on a real board when `ssh` is given); returns
-    (outputs by name, the fastest run's time in microseconds, as the runner measures it).
-    `stats`, when given, gets the runner's peak resident memory (max_rss_bytes)."""
+        stats: dict | None = None, threads: int = 1) -> tuple[dict[str, np.ndarray], float]:
+    """Run `repeat` times in one process on `threads` threads (on a real board when `ssh` is
+    given); returns (outputs by name, the fastest run's time in microseconds, as the runner
+    measures it). `stats`, when given, gets the runner's peak resident memory (max_rss_bytes)."""
     with scratch_folder("moa-run-") as tmp:
         args, out_paths = runner_files(io, inputs, Path(tmp))
         args = [str(a) for a in args]
         outs = [e for e in io if e["kind"] == "output"]
+        env = runner_env(repeat, threads)
         if ssh is not None:
-            stderr = _run_over_ssh(ssh, binary, board, args, out_paths, repeat, timeout)
+            stderr = _run_over_ssh(ssh, binary, board, args, out_paths, env, timeout)
         else:
-            stderr = _run_here(binary, board, args, out_paths, repeat, timeout)
+            stderr = _run_here(binary, board, args, out_paths, env, timeout)
         outputs = {e["name"]: np.fromfile(p, dtype=dtypes.dtype(e["dtype"]).numpy).reshape(e["shape"])
                    for e, p in zip(outs, out_paths)}
         match = re.search(r"run_us=([0-9.]+)", stderr)
@@ -208,10 +211,18 @@ def _stop_group(proc: subprocess.Popen) -> None:
     proc.communicate()
 
 
-def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path], repeat: int, timeout: float) -> str:
+def runner_env(repeat: int = 1, threads: int = 1) -> dict[str, str]:
+    """What the generated runners read from their environment: the runs, and the threads of the
+    worker pool they start (main.c)."""
+    if not 1 <= threads <= MAX_THREADS:
+        raise MoaEdgeError(f"--threads {threads}: give 1 to {MAX_THREADS}")
+    return {"MOA_REPEAT": str(repeat), "MOA_THREADS": str(threads)}
+
+
+def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path], env: dict, timeout: float) -> str:
     cmd = board.runner() + [str(binary)] + args + [str(p) for p in out_paths]
     try:
-        proc = run_limited(cmd, timeout, {**os.environ, "MOA_REPEAT": str(repeat)}, f"board {board.name}: {binary.name}")
+        proc = run_limited(cmd, timeout, {**os.environ, **env}, f"board {board.name}: {binary.name}")
     except FileNotFoundError:
         raise MoaEdgeError(f"board {board.name}: cannot execute {cmd[0]}; missing {'; '.join(board.missing_tools())}") from None
     if proc.returncode != 0:
@@ -219,7 +230,7 @@ def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path]
     return proc.stderr
 
 
-def _run_over_ssh(ssh: SshTarget, binary: Path, board: Board, args: list[str], out_paths: list[Path], repeat: int,
+def _run_over_ssh(ssh: SshTarget, binary: Path, board: Board, args: list[str], out_paths: list[Path], env: dict,
                   timeout: float) -> str:
     """Copy the runner and its inputs to a fresh folder on the board, run it there (under the
     board's emulator command, if it has one), fetch the outputs."""
@@ -227,7 +238,7 @@ def _run_over_ssh(ssh: SshTarget, binary: Path, board: Board, args: list[str], o
         ssh.copy([Path(binary), *map(Path, args)], folder + "/")
         remote_args = [Path(a).name for a in args] + [p.name for p in out_paths]
         try:
-            proc = ssh.run(board.runner() + ["./" + Path(binary).name, *remote_args], env={"MOA_REPEAT": str(repeat)},
+            proc = ssh.run(board.runner() + ["./" + Path(binary).name, *remote_args], env=env,
                            cwd=folder, timeout=timeout)
         except MoaEdgeError as exc:  # the time limit
             raise MoaEdgeError(f"board {board.name}: {exc}") from None

@@ -27,7 +27,7 @@ from moa_edge.ir import Graph, Node
 from moa_edge.target import Board
 
 # The run function's own locals (codegen/templates/model.c.in): no tensor's C name may take one.
-RUN_LOCALS = frozenset({"arena", "arena_bytes", "base", "status"})
+RUN_LOCALS = frozenset({"arena", "arena_bytes", "base", "pool", "status"})
 
 
 @dataclass(frozen=True)

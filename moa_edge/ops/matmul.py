@@ -25,9 +25,10 @@ from moa_edge.moa import Layout
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 
 OPS = ("MatMul", "Gemm", "MoaGemm")
-# The driver, every ISA's register tile (moa/gemm_tile.h) and quantized-weight panel kernels
-# (moa/qgemm_panel.h, which the driver also serves); all but one variant compile empty.
-C_SOURCES = ["matmul.c", "x86/gemm_f32_avx512.c", "x86/gemm_f32_avx2.c", "neon/gemm_f32_neon.c",
+# The driver, its worker pool (moa/pool.h), every ISA's register tile (moa/gemm_tile.h) and
+# quantized-weight panel kernels (moa/qgemm_panel.h, which the driver also serves); all but one
+# variant compile empty.
+C_SOURCES = ["matmul.c", "pool.c", "x86/gemm_f32_avx512.c", "x86/gemm_f32_avx2.c", "neon/gemm_f32_neon.c",
              "rvv/gemm_f32_rvv.c", "qgemm_panel.c", "x86/qgemm_avx512.c", "x86/qgemm_avx2.c",
              "neon/qgemm_neon.c", "rvv/qgemm_rvv.c", "qgemm_f16.c", "x86/qgemm_f16_avx512.c",
              "x86/qgemm_f16_avx2.c", "neon/qgemm_f16_neon.c", "rvv/qgemm_f16_rvv.c"]
@@ -108,10 +109,11 @@ def _offset(pointer: str, terms) -> str:
     return " + ".join([pointer] + [f"{v} * {s}" for v, s in terms if s])
 
 
-def _gemm_call(M, N, K, alpha, a, b, beta, c, y, function="moa_gemm_f32") -> str:
-    """The call grouped as the equation reads: alpha A B, beta C, then Y."""
+def _gemm_call(M, N, K, alpha, a, b, beta, c, y, function="moa_gemm_f32_on") -> str:
+    """The call grouped as the equation reads: alpha A B, beta C, then Y; on the run's worker
+    pool (moa/pool.h), which lifts columns or rows of the product onto its threads."""
     indent = " " * len(f"status = {function}(")
-    return check_status(f"{function}({M}, {N}, {K},\n"
+    return check_status(f"{function}(pool, {M}, {N}, {K},\n"
                         f"{indent}{c_float_short(alpha)}, {a}, {b},\n"
                         f"{indent}{c_float_short(beta)}, {c},\n"
                         f"{indent}{y}, {N})", indent="")
@@ -152,7 +154,7 @@ def _emit_packed(node, ctx) -> str:
     M = a_shape[-1] if trans_a else math.prod(a_shape[:-1])  # transA only on a 2-D Gemm
     a = _view(ctx.where[node.inputs[0]], *((1, M) if trans_a else (K, 1)))
     call = _gemm_call(M, N, K, node.attrs["alpha"], a, ctx.where[node.inputs[1]], node.attrs["beta"],
-                      _bias_view(node, ctx), ctx.where[node.outputs[0]], function="moa_gemm_packed_f32")
+                      _bias_view(node, ctx), ctx.where[node.outputs[0]], function="moa_gemm_packed_f32_on")
     return "\n".join([f"    /* {c_comment_text(node.name)}: {node.attrs.get('source', 'MatMul')} with packed weights, "
                       f"M={M} N={N} K={K}{' (transA)' if trans_a else ''} */", *_indent(call, 1)]) + "\n"
 

@@ -183,7 +183,7 @@ def emit(node, ctx):
     weights = c_weights(node, ctx)
     bias = type(node)(node.op, node.name, [node.inputs[0], "", *node.inputs[4:5]], node.outputs)
     call = _gemm_call(M, N, K, attrs["alpha"], a, weights, attrs["beta"], _bias_view(bias, ctx),
-                      ctx.where[node.outputs[0]], function="moa_gemm_qw_f32")
+                      ctx.where[node.outputs[0]], function="moa_gemm_qw_f32_on")
     text = "\n".join([f"    /* {c_comment_text(node.name)}: {attrs.get('source', 'MatMul')} with {describe(attrs, K)} "
                       f"weights, M={M} N={N} K={K}{' (transA)' if trans_a else ''} */", *_indent(call, 1)]) + "\n"
     return EmittedUnit(text, declarations=[HEADER])

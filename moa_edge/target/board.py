@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+import os
 from pathlib import Path
 import re
 import shutil
@@ -62,6 +63,10 @@ class Board:
             if shutil.which(cc):
                 return cc
         return None
+
+    def threads(self) -> int:
+        """The default thread count of a run: the board's cores (the build machine's for the host)."""
+        return self.cores or os.cpu_count() or 1
 
     def runner(self) -> list[str]:
         """The emulator's command line (empty for native runs): its program as named (found on PATH),

@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 
+#include "moa/pool.h"
 #include "moa/status.h"
 
 /* A read-only strided view: element [i][j] is data[i * row_stride + j * col_stride].
@@ -52,5 +53,13 @@ moa_status moa_gemm_packed_f32(size_t M, size_t N, size_t K, float alpha, moa_ma
  * of stack (16 KiB by default). */
 moa_status moa_gemm_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_matrix_f32 b,
                         float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
+
+/* The same on a worker pool's threads (moa/pool.h; NULL: the caller's alone): column panels, or
+ * whole MC blocks of rows when there are fewer panels than threads. Y is bitwise the same for
+ * every thread count. */
+moa_status moa_gemm_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
+                           moa_matrix_f32 b, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
+moa_status moa_gemm_packed_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
+                                  const float *packed_b, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
 
 #endif

@@ -89,4 +89,8 @@ static inline const int8_t *moa_qs_block_row(const void *scales, size_t b)
 moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_qweights w,
                            float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
 
+/* The same on a worker pool's threads, as moa_gemm_packed_f32_on (matmul.h). */
+moa_status moa_gemm_qw_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
+                              moa_qweights w, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
+
 #endif

@@ -1,0 +1,70 @@
+"""A whole model on N threads (moa/pool.h): the outputs are bitwise the same for every thread
+count, on the host and under qemu-user with 4 threads on rpi4 and k230, and equal to
+onnxruntime's within float32 tolerance; the verbs take --threads."""
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from conftest import one_error, require_board, run_cli
+from moa_edge.harness.build import build
+from moa_edge.harness.runner import check_inputs, run
+from moa_edge.pipeline import convert
+
+
+class Block(torch.nn.Module):
+    """An encoder block's products: GEMMs wide enough to lift columns (192 -> 512), tall enough to
+    lift rows (the 300 x 16 head), and attention between them."""
+
+    def __init__(self):
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(64, 4, batch_first=True)
+        self.up, self.down, self.head = torch.nn.Linear(64, 512), torch.nn.Linear(512, 64), torch.nn.Linear(64, 16)
+
+    def forward(self, x):
+        x = x + self.attention(x, x, x, need_weights=False)[0]
+        x = x + self.down(torch.nn.functional.gelu(self.up(x)))
+        return self.head(x)
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("threads") / "block.onnx"
+    torch.onnx.export(Block().eval(), (torch.randn(1, 300, 64),), str(path), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    x = np.random.default_rng(1).standard_normal((1, 300, 64)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return path, x, expected
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", ["host", "rpi4", "k230"])
+def test_outputs_are_bitwise_the_same_on_every_thread_count(block, tmp_path, board_name):
+    board = require_board(board_name)
+    path, x, expected = block
+    report = convert(path, tmp_path / "p", board=board)
+    assert "moa_gemm_packed_f32_on(pool," in (tmp_path / "p" / "model.c").read_text()
+    binary = build(tmp_path / "p", board)
+    inputs = check_inputs(report["io"], {"x": x}, "x")
+    outputs = [run(binary, board, report["io"], inputs, threads=threads)[0]["y"] for threads in (1, 4, 3)]
+    for y in outputs[1:]:
+        assert np.array_equal(y.view(np.uint32), outputs[0].view(np.uint32))
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_the_verbs_take_threads(block, tmp_path):
+    path, x, expected = block
+    np.savez(tmp_path / "in.npz", x=x)
+    r = run_cli("convert", path, "-o", tmp_path / "p")
+    assert r.returncode == 0, r.stderr
+    r = run_cli("run", tmp_path / "p", "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out.npz",
+                "--threads", "2")
+    assert r.returncode == 0, r.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "out.npz")["y"], expected, rtol=1e-4, atol=1e-5)
+    r = run_cli("run", tmp_path / "p", "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out2.npz",
+                "--threads", "65")
+    one_error(r, "--threads 65: give 1 to 64")
+    assert not (tmp_path / "out2.npz").exists()
+    r = run_cli("validate", path, "--threads", "2")
+    assert r.returncode == 0 and "ALL PASS" in r.stdout, r.stdout + r.stderr
