@@ -61,4 +61,16 @@ static inline float moa_fake_quantize(float x, float scale, float low, float hig
     return (rintf(v) + 0.0f) * scale;
 }
 
+/* QuantizeLinear alone, onto integers low..high within int8's range: moa_fake_quantize's integer
+ * before its product with scale, which the caller stores as int8_t exactly (an attention reads it
+ * with the scale: passes/qdq_attention.py). NaN, for which the spec names no integer and a cast
+ * would be undefined, gives 0. */
+static inline float moa_quantize(float x, float scale, float low, float high)
+{
+    float v = x / scale;
+    v = v < low ? low : v;
+    v = v > high ? high : v;
+    return v == v ? rintf(v) + 0.0f : 0.0f;
+}
+
 #endif
