@@ -8,8 +8,9 @@ probabilities stay float32 while Q, K^T and V reach it as DequantizeLinear(Quant
 (With the quantizer's defaults the scores and the probabilities are rounded too; such a block is
 not detected and stays on the float path, checked by tests/test_qdq.py.)
 
-Checked: the detected attention reads K and V as the int8 tensors the file's QuantizeLinear makes,
-with the file's scale (the _s8 kernels in the generated C, no float32 K or V in the arena), and
+Checked: the detected attention reads Q, K and V as the int8 tensors the file's QuantizeLinears
+make, with the file's scales (the _s8 kernels on K and V, Q's rows dequantized as they are packed,
+no float32 Q, K or V in the arena), and
   (a) the attention's own float32 output (MatMul_2's, tapped as a second graph output) is the
       ONNX reference evaluator's on the same file within float32 tolerance: 2^-20 of the largest
       |value| (measured 1.8e-7 to 2.4e-7, about 2^-22, on host, rpi4 and k230 and over four inputs;
@@ -21,7 +22,7 @@ with the file's scale (the _s8 kernels in the generated C, no float32 K or V in 
       scale (measured 0 steps).
 Expected values come from the reference evaluator and onnxruntime only. A file whose activations
 are asymmetric (int8 with a zero point, whose integers less it do not fit int8) keeps float32
-K and V, and is still the reference's.
+Q, K and V, and is still the reference's.
 """
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import pytest
 
 from conftest import BOARDS, require_board
 from moa_edge.harness.build import build
+from moa_edge.ir.c_syntax import c_float_short
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.pipeline import convert, load_graph
 import test_qdq
@@ -103,46 +105,49 @@ def test_the_quantizer_writes_what_the_case_needs(act, workdir):
 
 
 @pytest.mark.parametrize("act", list(ACTIVATIONS))
-def test_attention_reads_int8_k_and_v(act, workdir):
-    """One MoaAttention, its K and V the int8 results of the file's QuantizeLinears (MoaQuantize, in the
-    loop that computes them), its K/V type int8 with the DequantizeLinears' scales as row scales; Q
-    float32. The generated kernel calls the _s8 micro-kernels on int8 K and V parameters, and no
-    float32 K or V is in the arena."""
+def test_attention_reads_int8_q_k_and_v(act, workdir):
+    """One MoaAttention, its Q, K and V the int8 results of the file's QuantizeLinears (MoaQuantize, in
+    the loops that compute them): K and V of type int8 with the DequantizeLinears' scales as row
+    scales, Q's scale in the spec. The generated kernel calls the _s8 micro-kernels on int8 K and V,
+    dequantizes Q's rows as it packs them, and no float32 Q, K or V is in the arena."""
     path = attention_file(act, workdir)
     model = onnx.load(path)
     graph = load_graph(path)
     (attention,) = [n for n in graph.nodes if n.op == "MoaAttention"]
     spec = attention.attrs["spec"]
-    assert spec.kv_dtype == "int8" and spec.qk_mode < 0
+    assert spec.kv_dtype == spec.q_dtype == "int8" and spec.qk_mode < 0
     q, k, v = attention.inputs[:3]
-    assert graph.tensors[q].dtype == "float32"
     init = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     qk, _, pv = _attention_nodes(model)
-    for name, file_operand, scales in ((k, qk.input[1], attention.inputs[5]), (v, pv.input[1], attention.inputs[6])):
+    for name, file_operand in ((q, qk.input[0]), (k, qk.input[1]), (v, pv.input[1])):
         assert graph.tensors[name].dtype == "int8" and graph.tensors[name].shape == (2, 4, 6, 8)
         maker = graph.producer(name)
         members = maker.attrs["body"].nodes if maker.op == "MoaElementwise" else [maker]
         assert members[-1].op == "MoaQuantize"
-        dq, _ = _operand_dq(model, file_operand)
-        np.testing.assert_array_equal(graph.tensors[scales].data, np.full(6, init[dq.input[1]], np.float32))
-    # No float32 K or V: the only float32 tensors of their shape are Q and what Q, K and V are rounded from.
+    scale = {name: init[_operand_dq(model, operand)[0].input[1]] for name, operand in
+             (("q", qk.input[0]), ("k", qk.input[1]), ("v", pv.input[1]))}
+    assert spec.q_scale == float(scale["q"])
+    np.testing.assert_array_equal(graph.tensors[attention.inputs[5]].data, np.full(6, scale["k"], np.float32))
+    np.testing.assert_array_equal(graph.tensors[attention.inputs[6]].data, np.full(6, scale["v"], np.float32))
+    # No float32 Q, K or V: the only float32 tensors of their shape are what they are rounded from.
     heads = {n for node in graph.nodes for n in node.outputs
              if graph.tensors[n].shape == (2, 4, 6, 8) and graph.tensors[n].dtype == "float32"}
-    assert heads <= {q, *(i for name in (q, k, v) for i in graph.producer(name).inputs)}
+    assert heads <= {i for name in (q, k, v) for i in graph.producer(name).inputs}
     project = workdir / f"lowered_{act}"
     convert(path, project)
     kernels = (project / "attention.c").read_text()
     assert "moa_attn_scores_f32_s8(" in kernels and "moa_attn_pv_f32_s8(" in kernels
-    assert "const int8_t *restrict K, const int8_t *restrict V" in kernels
+    assert "const int8_t *restrict Q, const int8_t *restrict K, const int8_t *restrict V" in kernels
+    assert f"q_pack[ii * 8 + j] = {c_float_short(scale['q'])} * (float)Q[" in kernels  # Q's rows, dequantized
 
 
-def test_asymmetric_activations_keep_float_k_and_v(workdir):
-    """int8 with a zero point: q - zero_point may leave int8's range, so K and V stay float32 (the
+def test_asymmetric_activations_keep_float_q_k_and_v(workdir):
+    """int8 with a zero point: q - zero_point may leave int8's range, so Q, K and V stay float32 (the
     pairs stay roundings) and the layer is still the reference's."""
     path = attention_file("s8", workdir, symmetric=False)
     graph = load_graph(path)
     (attention,) = [n for n in graph.nodes if n.op == "MoaAttention"]
-    assert attention.attrs["spec"].kv_dtype == "float32"
+    assert attention.attrs["spec"].kv_dtype == attention.attrs["spec"].q_dtype == "float32"
     assert not [n for n in graph.nodes if n.op == "MoaQuantize"]
     feeds = test_qdq._feeds(SHAPE)
     got = test_qdq._run_c(path, workdir / "asymmetric-host", "host", feeds)["y"]

@@ -18,10 +18,12 @@ the one scale (layout (B, Hkv, Skv) with strides (0, 0, 1)): s = (scale_qk * k_s
 i_j and acc += (p * v_scale) * i_v, every sum, the scores and the softmax in float32. The arena
 holds the int8 K and V (a quarter of the float32 ones) and no float copy of them.
 
-Q stays float32 (its pair stays a MoaFakeQuantize). Anything else stays on the float path,
-unchanged and exact: a pair per axis or with integers outside int8 (uint8 with another zero point,
-int16), a K or V the graph reads elsewhere too, a block that also outputs its scores, K or V
-whose rows are not contiguous as the int8 kernels read them.
+Q is read likewise when its pair fits int8 and the attention alone reads it: the kernel packs each
+row block's Q rows into scratch as scale * i in float32 (the DequantizeLinear's values exactly), as
+it packs rows it cannot read in place, so the arena holds int8 Q too. Anything else stays on the
+float path, unchanged and exact: a pair per axis or with integers outside int8 (uint8 with another
+zero point, int16), an operand the graph reads elsewhere too, a block that also outputs its scores,
+K or V whose rows are not contiguous as the int8 kernels read them.
 
 quantize_static also writes K^T as roundings (and a scalar scaling) of a Transpose of K (a
 TorchScript export scales Q and K^T by 1/sqrt(sqrt(D)) each, then rounds them): the rounded K^T
@@ -123,32 +125,39 @@ def _scales(graph: Graph, node: Node, length: int) -> str:
     return name
 
 
+def _quantize(graph: Graph, rounding: Node) -> None:
+    """The rounding's result as int8 integers (MoaQuantize) instead of float32 values."""
+    rounding.op = "MoaQuantize"
+    out = rounding.outputs[0]
+    graph.tensors[out] = Tensor(out, graph.tensors[out].shape, "int8")
+
+
 def read_quantized_operands(graph: Graph) -> int:
-    """Every MoaAttention whose K and V are int8-sized roundings it alone reads: K and V int8 (the
-    module's docstring). Returns how many blocks read int8 K and V."""
+    """Every MoaAttention whose Q, or K and V, are int8-sized roundings it alone reads: those int8 (the
+    module's docstring). Returns how many blocks read an int8 operand."""
     count = 0
     for attention in [n for n in graph.nodes if n.op == "MoaAttention"]:
         spec = attention.attrs["spec"]
         q, k, v = attention.inputs[:3]
-        if spec.kv_dtype != "float32" or spec.qk_mode >= 0 or q in (k, v):
+        if spec.kv_dtype != "float32" or spec.q_dtype != "float32" or spec.qk_mode >= 0 or q in (k, v):
             continue
+        changed = spec
+        q_rounding = _int8_rounding(graph, q, attention)
+        if q_rounding is not None:  # Q's rows are dequantized as the kernel packs them
+            _quantize(graph, q_rounding)
+            changed = dataclasses.replace(changed, q_dtype="int8", q_scale=float(np.float32(q_rounding.attrs["scale"])))
         roundings = [_int8_rounding(graph, name, attention) for name in (k, v)]
-        if None in roundings:
-            continue
         broadcast = Layout((spec.batch, spec.kv_heads, spec.kv_len), (0, 0, 1))
-        candidate = dataclasses.replace(spec, kv_dtype="int8", k_scale=broadcast, v_scale=broadcast)
-        rows = onf.rows_of(candidate)
-        if rows.k is None or rows.v is None or rows.k_form != "nt":
-            continue  # the int8 kernels read K and V rows in place only
-        for node in {id(r): r for r in roundings}.values():
-            node.op = "MoaQuantize"
-            out = node.outputs[0]
-            graph.tensors[out] = Tensor(out, graph.tensors[out].shape, "int8")
-        scales = [_scales(graph, r, spec.kv_len) for r in roundings]
-        inputs = (attention.inputs + [""] * 5)[:5]
-        attention.inputs = inputs + scales
-        attention.attrs["spec"] = candidate
-        count += 1
+        with_kv = dataclasses.replace(changed, kv_dtype="int8", k_scale=broadcast, v_scale=broadcast)
+        rows = onf.rows_of(with_kv)
+        if None not in roundings and rows.k is not None and rows.v is not None and rows.k_form == "nt":
+            for node in {id(r): r for r in roundings}.values():  # the int8 kernels read K and V rows in place
+                _quantize(graph, node)
+            scales = [_scales(graph, r, spec.kv_len) for r in roundings]
+            attention.inputs = (attention.inputs + [""] * 5)[:5] + scales
+            changed = with_kv
+        attention.attrs["spec"] = changed
+        count += changed != spec
     return count
 
 
