@@ -182,3 +182,85 @@ def test_int8_attention_matches_reference_and_onnxruntime(act, board_name, workd
     theirs = test_qdq._onnxruntime(path, feeds)[names.index("y")]
     steps = np.abs(got["y"].astype(np.float64) - theirs).max() / step
     assert steps <= 1 + 1e-6, f"{steps} steps from onnxruntime"
+
+
+# --- by hand: every integer type that fits int8, ties and saturation (opset 21) -----------------------
+
+# operand: (quantized type, scale, zero point); K's pair reads a Transpose of K (the K^T the MatMul takes).
+HAND = {"q": ("int8", 2.0 ** -4, 0), "k": ("uint8", 2.0 ** -5, 128), "v": ("int4", 0.25, 0)}
+HAND_FLOAT = {"k": ("uint8", 2.0 ** -5, 100)}  # K's integers less 100 may pass 127: K and V stay float32
+HAND_SHAPE = (1, 2, 5, 8)
+_HAND_TYPES = {"int8": onnx.TensorProto.INT8, "uint8": onnx.TensorProto.UINT8, "int4": onnx.TensorProto.INT4}
+
+
+def _hand_model(params: dict) -> onnx.ModelProto:
+    """y = Softmax(DQ(Q(q)) DQ(Q(Transpose(k))) / sqrt(8)) DQ(Q(v)), each pair per tensor."""
+    inits, nodes = [], [helper.make_node("Transpose", ["k"], ["kt"], name="transpose_k", perm=[0, 1, 3, 2])]
+    for operand, source in (("q", "q"), ("k", "kt"), ("v", "v")):
+        qtype, scale, zero = params[operand]
+        inits += [numpy_helper.from_array(np.array(scale, np.float32), f"s_{operand}"),
+                  helper.make_tensor(f"z_{operand}", _HAND_TYPES[qtype], [], [zero])]
+        nodes += [helper.make_node("QuantizeLinear", [source, f"s_{operand}", f"z_{operand}"], [f"i_{operand}"],
+                                   name=f"quantize_{operand}"),
+                  helper.make_node("DequantizeLinear", [f"i_{operand}", f"s_{operand}", f"z_{operand}"],
+                                   [f"d_{operand}"], name=f"dequantize_{operand}")]
+    inits.append(numpy_helper.from_array(np.array(8 ** -0.5, np.float32), "scale"))
+    nodes += [helper.make_node("MatMul", ["d_q", "d_k"], ["qk"], name="qk"),
+              helper.make_node("Mul", ["qk", "scale"], ["scores"], name="scale"),
+              helper.make_node("Softmax", ["scores"], ["p"], name="softmax", axis=-1),
+              helper.make_node("MatMul", ["p", "d_v"], ["y"], name="pv")]
+    b, h, s, d = HAND_SHAPE
+    inputs = [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, HAND_SHAPE) for n in "qv"]
+    inputs.insert(1, helper.make_tensor_value_info("k", onnx.TensorProto.FLOAT, HAND_SHAPE))
+    graph = helper.make_graph(nodes, "hand", inputs, [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT,
+                                                                                     HAND_SHAPE)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def _hand_feeds(params: dict) -> dict[str, np.ndarray]:
+    """Per operand: exact ties (x / scale = n + 1/2, which round to the even n), values past both ends
+    of the integer range (saturation) and random values, in float32."""
+    rng = np.random.default_rng(5)
+    feeds = {}
+    for operand, (qtype, scale, zero) in params.items():
+        low, high = test_qdq._RANGE[qtype]
+        n = int(np.prod(HAND_SHAPE))
+        integers = rng.integers(low - zero - 6, high - zero + 6, n)
+        halves = rng.choice([0.0, 0.5, 0.3], n)
+        feeds[operand] = ((integers + halves) * scale).astype(np.float32).reshape(HAND_SHAPE)
+    return feeds
+
+
+@pytest.mark.parametrize("board_name", BOARDS)
+def test_hand_built_attention_reads_each_int8_sized_type(board_name, workdir):
+    """int8 zp 0 (Q), uint8 zp 128 (K, through the Transpose that sinks below its pair) and int4 (V):
+    all int8 in the arena; ties rounded to even and saturated ends as the reference evaluator rounds
+    them (a misrounded integer would move the output by a whole step of its scale, not 2^-20)."""
+    path = workdir / "hand.onnx"
+    if not path.exists():
+        onnx.save(_hand_model(HAND), path)
+    graph = load_graph(path)
+    (attention,) = [n for n in graph.nodes if n.op == "MoaAttention"]
+    spec = attention.attrs["spec"]
+    assert (spec.q_dtype, spec.kv_dtype, spec.q_scale) == ("int8", "int8", HAND["q"][1])
+    assert [graph.tensors[n].dtype for n in attention.inputs[:3]] == ["int8"] * 3
+    feeds = _hand_feeds(HAND)
+    want = test_qdq._reference(onnx.load(path), feeds)[0].astype(np.float64)
+    got = test_qdq._run_c(path, workdir / f"hand-{board_name}", board_name, feeds)["y"]
+    off = np.abs(got - want).max() / np.abs(want).max()
+    assert off <= 2.0 ** -20, f"{off:.3g} of the largest value from the reference"
+
+
+def test_hand_built_attention_with_a_wide_zero_point_keeps_float_k_and_v(workdir):
+    """uint8 K with zero point 100: its integers less 100 reach 155, past int8, so K and V stay float32
+    (Q, int8 with zero point 0, is still read as int8); the result is still the reference's."""
+    path = workdir / "hand_wide_zero.onnx"
+    params = {**HAND, **HAND_FLOAT}
+    onnx.save(_hand_model(params), path)
+    graph = load_graph(path)
+    (attention,) = [n for n in graph.nodes if n.op == "MoaAttention"]
+    assert (attention.attrs["spec"].q_dtype, attention.attrs["spec"].kv_dtype) == ("int8", "float32")
+    feeds = _hand_feeds(params)
+    want = test_qdq._reference(onnx.load(path), feeds)[0].astype(np.float64)
+    got = test_qdq._run_c(path, workdir / "hand_wide_zero-host", "host", feeds)["y"]
+    assert np.abs(got - want).max() / np.abs(want).max() <= 2.0 ** -20
