@@ -374,11 +374,11 @@ class _CPrinter:
         if isinstance(term, dnf.Load):
             index = [self._index(ix) for ix in term.index]
             load = f"{term.array}[{_gamma(self.layouts[term.array], *index)}]"
+            if term.array == "Q" and self.spec.q_dtype == "int8":  # int8 Q times its scale
+                return f"(({self.real}){load} * {c_float_short(self.spec.q_scale)})"
             if term.array in ("K", "V") and self.spec.kv_dtype == "int8":  # the cached row times its scale
                 scales = {"K": ("KS", self.spec.k_scale), "V": ("VS", self.spec.v_scale)}[term.array]
                 return f"(({self.real}){load} * {scales[0]}[{_gamma(scales[1], *index[:3])}])"
-            if term.array == "Q" and self.spec.q_dtype == "int8":  # int8 Q times its scale
-                return f"(({self.real}){load} * {c_float_short(self.spec.q_scale)})"
             return load
         if isinstance(term, dnf.Binary):
             return f"({self.expr(term.left, pre)} {term.op} {self.expr(term.right, pre)})"
