@@ -1,12 +1,12 @@
-"""Attention over quantized activations (QDQ files): K and V read as the int8 tensors the file's
-QuantizeLinear makes, with their scale, instead of float32 copies of their dequantized values.
+"""Attention over quantized activations (QDQ files): Q, K and V read as the int8 tensors the file's
+QuantizeLinears make, with their scales, instead of float32 copies of their dequantized values.
 
 onnxruntime.quantization.quantize_static (QuantFormat.QDQ) puts a QuantizeLinear ->
 DequantizeLinear pair on every activation it quantizes; passes/qdq.py turns each pair into one
 rounding, MoaFakeQuantize: y = clamp(round_half_even(x / scale), qmin - zp, qmax - zp) * scale. When
 the pair's integers fit int8 (int8 with zero point 0, uint8 with 128, int4, uint4 with 8: the
-rounding's range within -128..127) and a detected attention is the only reader of its result as K
-or V, the pair is split where the spec splits it:
+rounding's range within -128..127) and a detected attention is the only reader of its result as Q,
+K or V, the pair is split where the spec splits it (K and V together, or neither):
 
     MoaQuantize (ops/elementwise.py)   i = clamp(round_half_even(x / scale), low, high), stored int8
     MoaAttention, K and V int8         the value of element (b, g, k, j) is scale * i, as the
