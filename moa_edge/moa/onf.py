@@ -44,7 +44,7 @@ import math
 import re
 
 from moa_edge.ir import dtypes
-from moa_edge.ir.c_syntax import c_real
+from moa_edge.ir.c_syntax import c_float_short, c_real
 
 from . import dnf
 from .layout import Layout
@@ -151,7 +151,8 @@ def _packing_regions(spec: AttentionSpec, schedule: Schedule) -> tuple[tuple[str
     br = block_rows(spec, schedule)
     bc = min(schedule.block_k, spec.kv_len)
     rows = rows_of(spec, decode_form(spec, schedule))
-    wanted = [("q_pack", rows.q, br * spec.head_dim), ("k_pack", rows.k, bc * spec.head_dim),
+    q_rows = rows.q if spec.q_dtype == "float32" else None  # int8 Q: its rows dequantized into q_pack
+    wanted = [("q_pack", q_rows, br * spec.head_dim), ("k_pack", rows.k, bc * spec.head_dim),
               ("v_pack", rows.v, bc * spec.value_dim)]
     if schedule.strategy == "two_pass":
         wanted.append(("y_pack", rows.y, br * spec.value_dim))
@@ -196,7 +197,7 @@ def output_over_q(spec: AttentionSpec) -> bool:
     one address, and every schedule here reads a row block's Q rows (for all its key tiles)
     before it writes those rows of Y, rows no other block reads. Not with a second scores
     output: its kernel reads Q again after this one."""
-    return spec.q == spec.y and spec.qk_mode < 0
+    return spec.q == spec.y and spec.qk_mode < 0 and spec.q_dtype == "float32"
 
 
 def _stacked_index(spec: AttentionSpec, row: str) -> tuple[str, str]:
@@ -281,7 +282,8 @@ def kernel_parameters(spec: AttentionSpec, ctype: str = "float") -> str:
     shared = "" if output_over_q(spec) else "restrict "  # Y may be Q's storage
     kv = spec.kv_ctype or ctype
     scales = ", const float *restrict KS, const float *restrict VS" if spec.kv_dtype == "int8" else ""
-    return (f"const {ctype} *{shared}Q, const {kv} *restrict K, const {kv} *restrict V{scales},\n"
+    q = "int8_t" if spec.q_dtype == "int8" else ctype
+    return (f"const {q} *{shared}Q, const {kv} *restrict K, const {kv} *restrict V{scales},\n"
             f"    const {spec.mask_ctype} *restrict M, {ctype} *{shared}Y, {ctype} *restrict scratch{lengths}")
 
 
@@ -372,6 +374,8 @@ class _CPrinter:
         if isinstance(term, dnf.Load):
             index = [self._index(ix) for ix in term.index]
             load = f"{term.array}[{_gamma(self.layouts[term.array], *index)}]"
+            if term.array == "Q" and self.spec.q_dtype == "int8":  # int8 Q times its scale
+                return f"(({self.real}){load} * {c_float_short(self.spec.q_scale)})"
             if term.array in ("K", "V") and self.spec.kv_dtype == "int8":  # the cached row times its scale
                 scales = {"K": ("KS", self.spec.k_scale), "V": ("VS", self.spec.v_scale)}[term.array]
                 return f"(({self.real}){load} * {scales[0]}[{_gamma(scales[1], *index[:3])}])"
@@ -679,16 +683,19 @@ class _MicroKernels:
         array, layout = {"K": ("KS", self.spec.k_scale), "V": ("VS", self.spec.v_scale)}[operand]
         return f"{pointer}, {stride}, {array} + {_gamma(layout, 'b', self.kv_head, 'kb')}"
 
-    def _pack(self, w, region, array, layout, index, count, width, indent):
+    def _pack(self, w, region, array, layout, index, count, width, indent, scale=None):
         if region not in self.packs:
             return
+        value = f"{array}[{_gamma(layout, 'b', *index, 'j')}]"
+        if scale is not None:  # int8 rows dequantized: the float32 product, as DequantizeLinear's
+            value = f"{c_float_short(scale)} * ({self.kernels.ctype}){value}"
         w(f"{indent}for (ii = 0; ii < {count}; ii++) {{ /* {array}'s rows as the micro-kernels read them */")
-        w(f"{indent}    for (j = 0; j < {width}; j++) {{ {region}[ii * {width} + j] = "
-          f"{array}[{_gamma(layout, 'b', *index, 'j')}]; }}")
+        w(f"{indent}    for (j = 0; j < {width}; j++) {{ {region}[ii * {width} + j] = {value}; }}")
         w(f"{indent}}}")
 
     def pack_q(self, w):
-        self._pack(w, "q_pack", "Q", self.spec.q, self.query("ib + ii"), "rows", self.spec.head_dim, "        ")
+        self._pack(w, "q_pack", "Q", self.spec.q, self.query("ib + ii"), "rows", self.spec.head_dim, "        ",
+                   self.spec.q_scale if self.spec.q_dtype == "int8" else None)
 
     def pack_k(self, w, indent="            "):
         self._pack(w, "k_pack", "K", self.spec.k, (self.kv_head, "kb + ii"), "cols", self.spec.head_dim, indent)

@@ -46,9 +46,12 @@ class AttentionSpec:
                                # worth KS[b, g, k] * K[b, g, k, j] (and V likewise with VS)
     k_scale: Layout | None = None  # (B, Hkv, Skv) over the K scales' storage (kv_dtype int8)
     v_scale: Layout | None = None  # (B, Hkv, Skv) over the V scales' storage
+    q_dtype: str = "float32"  # Q's element type; "int8": element (b, h, i, j) worth q_scale * Q[b, h, i, j]
+    q_scale: float = 1.0  # (a QDQ file's per-tensor scale, passes/qdq_attention.py)
 
     def __post_init__(self):
         assert self.kv_dtype in KV_DTYPES, self.kv_dtype
+        assert self.q_dtype in ("float32", "int8") and (self.q_dtype == "int8" or self.q_scale == 1.0)
         assert (self.kv_dtype == "int8") == (self.k_scale is not None) == (self.v_scale is not None)
 
     @property
@@ -89,4 +92,5 @@ class AttentionSpec:
             "mask": self.mask_kind if self.mask_kind != MASK_BOOL else f"bool (fill {self.mask_fill:g})",
             "absorbed_nodes": list(self.absorbed),
             **({"kv_dtype": self.kv_dtype} if self.kv_dtype != "float32" else {}),
+            **({"q_dtype": self.q_dtype} if self.q_dtype != "float32" else {}),
         }

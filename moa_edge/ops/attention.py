@@ -136,6 +136,8 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     """The block's outputs: Y, and the scores of its qk mode when it has a second output."""
     q, k, v, mask, lengths = (inputs + [None] * 5)[:5]
     spec = node.attrs["spec"]
+    if spec.q_dtype == "int8":  # a QDQ file's int8 Q: its values, q_scale times the integers
+        q, spec = q.double() * spec.q_scale, dataclasses.replace(spec, q_dtype="float32", q_scale=1.0)
     if spec.kv_dtype == "int8":
         spec, k, v = dequantized(spec, k, v, inputs[5], inputs[6])
     outputs = [reference(spec, q, k, v, mask, graph.tensors[node.outputs[0]].shape, lengths)]

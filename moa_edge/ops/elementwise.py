@@ -64,7 +64,7 @@ _TORCH = {
     "Not": torch.logical_not, "IsNaN": torch.isnan, "Max": torch.maximum,
     "Min": torch.minimum, "Clip": lambda a, lo, hi: torch.clamp(a, lo, hi),
 }
-OPS = tuple(_C_EXPR) + ("Gelu", "Cast", "IsInf", "MoaFakeQuantize", "MoaElementwise")
+OPS = tuple(_C_EXPR) + ("Gelu", "Cast", "IsInf", "MoaFakeQuantize", "MoaQuantize", "MoaElementwise")
 # Integer forms of the ops whose float form would round (|x| > 2^24) or not compile.
 # Integer Div never traps (moa_idiv in moa/elementwise.h): x / 0 is 0 and INT_MIN / -1 wraps to
 # INT_MIN, as numpy gives; onnxruntime stops with an error on the first and traps on the second.
@@ -95,6 +95,8 @@ def infer(node, graph) -> list[TensorType]:
         return [TensorType(shape, _ONNX_DTYPE.get(to, f"onnx type {to}"))]
     if node.op in _BOOLEAN:
         return [TensorType(shape, "bool")]
+    if node.op == "MoaQuantize":
+        return [TensorType(shape, "int8")]
     return [TensorType(shape, operands[1 if node.op == "Where" else 0].dtype)]
 
 
@@ -161,11 +163,23 @@ def _fake_quantize(node, x, scale=None, low=None, high=None) -> torch.Tensor:
     return (torch.clamp(torch.round(ratio), low, high) + 0.0) * scale  # + 0: no -0, as the spec's integers
 
 
+def _quantize(node, x) -> torch.Tensor:
+    """MoaQuantize (passes/qdq_attention.py: the QuantizeLinear of a pair whose DequantizeLinear an
+    attention reads as int8 with its scale): MoaFakeQuantize's integers, x / scale in float32 rounded
+    half to even onto low..high (within int8's range), held as float64 values; NaN gives 0, as in
+    moa_quantize."""
+    scale, low, high = (torch.tensor(node.attrs[k], dtype=torch.float64) for k in ("scale", "low", "high"))
+    ratio = (x.to(torch.float32) / scale.to(torch.float32)).to(torch.float64)
+    return torch.nan_to_num(torch.clamp(torch.round(ratio), low, high), nan=0.0) + 0.0
+
+
 def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     if node.op == "MoaElementwise":
         return _evaluate_fused(node, inputs, graph)
     if node.op == "MoaFakeQuantize":
         return [_fake_quantize(node, *inputs)]
+    if node.op == "MoaQuantize":
+        return [_quantize(node, *inputs)]
     if node.op == "Cast":
         target = graph.tensors[node.outputs[0]].dtype
         if target in _TORCH_HALVES:  # rounded from float32, as the C rounds the float32 it computed
@@ -216,6 +230,9 @@ def _expression(node, graph) -> tuple[str, list[str]]:
         return f"moa_fake_quantize(a, {scale}, {low}, {high})", names
     if node.op == "MoaFakeQuantize":
         return "moa_fake_quantize(a, b, c, d)", names
+    if node.op == "MoaQuantize":  # per tensor, onto integers within int8's range: the int8 value itself
+        scale, low, high = (c_float_short(node.attrs[k]) for k in ("scale", "low", "high"))
+        return f"moa_quantize(a, {scale}, {low}, {high})", names
     if node.op == "IsInf":
         sides = [f"a == {sign}INFINITY" for sign, attr in (("", "detect_positive"), ("-", "detect_negative"))
                  if node.attrs.get(attr, 1)]

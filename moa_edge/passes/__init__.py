@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import Graph, dtypes
+from moa_edge.ir import Graph, Node, dtypes
 from moa_edge.ops import SUPPORTED_OPS, check_output_types
 
 from .attention import rewrite_attention
@@ -16,6 +16,7 @@ from .mlp import tile_mlp_rows
 from .nbits import lower_matmul_nbits
 from .pack import pack_weights
 from .qdq import lower_qdq
+from .qdq_attention import read_quantized_operands, sink_key_transposes
 from .quantize import WeightFormat, parse_weights
 from .fuse import fuse_elementwise
 from .views import check_views
@@ -49,7 +50,9 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     narrow_softmax_precision(graph)
     unfold_batched_transposes(graph)
     if fuse_attention:
+        sink_key_transposes(graph)  # a rounded K^T of a QDQ file: the Transpose below the roundings
         rewrite_attention(graph)
+        read_quantized_operands(graph)  # K and V of QDQ files as their int8 tensors
     lower_copies(graph)
     fold_constants(graph)
     lower_matmul_nbits(graph)  # onnxruntime's quantized weights, before pack_weights quantizes float ones
@@ -72,7 +75,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
                 raise MoaEdgeError(f"{source}: node {node.name!r} ({node.op}) makes {name!r}, whose element type "
                                    f"or shape is unknown or not supported "
                                    f"(the runtime has {', '.join(dtypes.RUNTIME_DTYPES)})")
-            if name and graph.tensors[name].dtype not in dtypes.HELD_DTYPES:
+            if name and graph.tensors[name].dtype not in dtypes.HELD_DTYPES and not _int8_operand(graph, node):
                 raise MoaEdgeError(f"{source}: node {node.name!r} ({node.op}) makes {name!r} of type "
                                    f"{graph.tensors[name].dtype}; the runtime has {', '.join(dtypes.RUNTIME_DTYPES)} only")
     check_output_types(graph, source)
@@ -80,6 +83,13 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         if graph.producer(name) is None:
             raise MoaEdgeError(f"{source}: output {name!r} is not computed by any node (constant or pass-through outputs are not supported yet)")
     return graph
+
+
+def _int8_operand(graph: Graph, node: Node) -> bool:
+    """A quantized K or V (passes/qdq_attention.py): the int8 result of MoaQuantize (alone or ending
+    a fused loop) that only attention reads."""
+    root = node.attrs["body"].nodes[-1] if node.op == "MoaElementwise" else node
+    return root.op == "MoaQuantize" and all(r.op == "MoaAttention" for r in graph.consumers(node.outputs[0]))
 
 
 __all__ = ["fold_constants", "fuse_elementwise", "lower", "parse_activations", "rewrite_attention", "unsupported_ops"]

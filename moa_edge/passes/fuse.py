@@ -24,7 +24,7 @@ def _fusable(graph: Graph, node: Node) -> bool:
     if node.op not in elementwise.OPS or node.op == "MoaElementwise" or len(node.outputs) != 1:
         return False
     t = graph.tensors.get(node.outputs[0])
-    return t is not None and t.dtype in dtypes.HELD_DTYPES
+    return t is not None and (t.dtype in dtypes.HELD_DTYPES or node.op == "MoaQuantize")  # int8 for attention
 
 
 def _loads(graph: Graph, members: list[Node]) -> list[str]:

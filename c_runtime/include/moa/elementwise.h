@@ -5,6 +5,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "moa/vmath.h"
 
@@ -59,6 +60,22 @@ static inline float moa_fake_quantize(float x, float scale, float low, float hig
     v = v < low ? low : v;
     v = v > high ? high : v;
     return (rintf(v) + 0.0f) * scale;
+}
+
+/* QuantizeLinear alone, onto integers low..high within int8's range: moa_fake_quantize's integer
+ * before its product with scale, which the caller stores as int8_t (an attention reads it with
+ * the scale: passes/qdq_attention.py). Rounded by adding 1.5 * 2^23 (half to even, as rintf; its
+ * low bits hold the integer), so no float-to-integer conversion is vectorised: qemu 7.2 aborts on
+ * RVV's vfcvt.rtz. NaN, for which the spec names no integer, gives 0. */
+static inline int32_t moa_quantize(float x, float scale, float low, float high)
+{
+    float v = x / scale;
+    uint32_t bits;
+    v = v < low ? low : v;
+    v = v > high ? high : v;
+    v = (v == v ? v : 0.0f) + 12582912.0f;
+    memcpy(&bits, &v, sizeof bits);
+    return (int32_t)bits - 0x4B400000;
 }
 
 #endif
