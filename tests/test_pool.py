@@ -18,19 +18,22 @@ HARNESS = r"""
 #include "moa/pool.h"
 #include "moa/qmatmul.h"
 
-/* argv: pool ITEMS THREADS...            stdout: per thread count, how often each item ran (int32)
+/* argv: pool ITEMS THREADS...            stdout: per thread count, how often each item ran and the
+ *                                        thread that ran it (int32 each)
  *       gemm KIND M N K THREADS...       KIND view | packed | i8 (scales per column, one block)
  *                                        stdin: A (M x K), then B: K x N floats (view), packed
  *                                        floats (packed), or panels of int8 then scales (i8); C (N)
  *                                        stdout: Y (M x N) per thread count */
-typedef struct { int *hits; } count_job;
+typedef struct { int *hits, *owner; } count_job;
 
-static void count(void *ctx, size_t first, size_t end)
+/* How often each item ran, and the thread that ran it. */
+static void count(void *ctx, size_t first, size_t end, size_t thread)
 {
     count_job *job = (count_job *)ctx;
     size_t i;
     for (i = first; i < end; i++) {
         job->hits[i]++;
+        job->owner[i] = (int)thread;
     }
 }
 
@@ -50,19 +53,20 @@ int main(int argc, char **argv)
     if (argc > 2 && strcmp(argv[1], "pool") == 0) {
         const size_t items = strtoul(argv[2], NULL, 10);
         count_job job;
-        job.hits = calloc(items ? items : 1, sizeof(int));
+        job.hits = calloc(items ? items : 1, sizeof(int)), job.owner = calloc(items ? items : 1, sizeof(int));
         for (arg = 3; arg < argc; arg++) {
             if (moa_pool_init(&pool, strtoul(argv[arg], NULL, 10)) != MOA_OK) {
-                free(job.hits);
+                free(job.hits), free(job.owner);
                 return 3;
             }
             memset(job.hits, 0, (items ? items : 1) * sizeof(int));
             moa_pool_for(&pool, items, count, &job);
             moa_pool_for(&pool, items, count, &job); /* a second job on the same workers */
             fwrite(job.hits, sizeof(int), items, stdout);
+            fwrite(job.owner, sizeof(int), items, stdout);
             moa_pool_destroy(&pool);
         }
-        free(job.hits);
+        free(job.hits), free(job.owner);
         return 0;
     }
     if (argc > 6 && strcmp(argv[1], "gemm") == 0) {
@@ -127,8 +131,12 @@ def pool_exe(request, tmp_path_factory):
 def test_every_item_runs_once_per_job(pool_exe, items):
     proc = subprocess.run([*pool_exe.command, "pool", str(items), *map(str, THREADS)], capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()
-    hits = np.frombuffer(proc.stdout, np.int32).reshape(len(THREADS), items)
-    assert np.all(hits == 2)  # two jobs, each item once in each
+    counts = np.frombuffer(proc.stdout, np.int32).reshape(len(THREADS), 2, items)
+    for threads, (hits, owner) in zip(THREADS, counts):
+        assert np.all(hits == 2)  # two jobs, each item once in each
+        static = np.concatenate([np.full(items * (t + 1) // threads - items * t // threads, t) for t in range(threads)]
+                                ) if items > 1 else np.zeros(items, np.int32)  # one item: the caller's
+        assert np.array_equal(owner, static), f"{threads} threads: not the static partition"
 
 
 @pytest.mark.board

@@ -346,10 +346,11 @@ static void gemm_rows(gemm_job *job, size_t share)
                               job->y + (ptrdiff_t)i0 * job->y_row_stride, job->y_row_stride);
 }
 
-static void gemm_shares(void *ctx, size_t first, size_t end)
+static void gemm_shares(void *ctx, size_t first, size_t end, size_t thread)
 {
     gemm_job *job = (gemm_job *)ctx;
     size_t share;
+    (void)thread; /* the GEMM's scratch is on each thread's stack */
     for (share = first; share < end; share++) {
         if (job->by_columns) {
             gemm_columns(job, share);

@@ -6,7 +6,7 @@ static void run_share(moa_pool_task task, void *ctx, size_t items, size_t index,
 {
     const size_t first = items * index / threads, end = items * (index + 1) / threads;
     if (first < end) {
-        task(ctx, first, end);
+        task(ctx, first, end, index);
     }
 }
 

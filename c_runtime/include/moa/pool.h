@@ -3,11 +3,14 @@
  * model's run; nothing is allocated while the model runs (the threads' stacks are made by
  * moa_pool_init). NULL, or a pool of one thread, runs everything on the caller's thread.
  *
- *     moa_pool_for(pool, items, task, ctx):  thread t of T runs task(ctx, first, end) on
+ *     moa_pool_for(pool, items, task, ctx):  thread t of T runs task(ctx, first, end, t) on
  *                                            first = items t / T, end = items (t + 1) / T
  *
+ * (t picks the thread's own scratch: a kernel's scratch is planned once per thread in the arena.)
+ *
  * The partition is static, so which thread computes an item never changes what it computes:
- * outputs are bitwise the same for every thread count. Thread 0 is the caller's.
+ * outputs are bitwise the same for every thread count. Thread 0 is the caller's, and it runs a
+ * job of one item alone.
  * Without POSIX threads (bare metal) the pool is sequential: one thread, the caller's. */
 #ifndef MOA_POOL_H
 #define MOA_POOL_H
@@ -25,7 +28,7 @@
 
 #define MOA_POOL_MAX_THREADS 64
 
-typedef void (*moa_pool_task)(void *ctx, size_t first, size_t end);
+typedef void (*moa_pool_task)(void *ctx, size_t first, size_t end, size_t thread);
 
 struct moa_pool;
 typedef struct {
