@@ -96,7 +96,8 @@ def cmd_convert(a) -> int:
           f"weights {report['memory']['weights_bytes']} B ({_by_type(report['memory']['weights_bytes_by_type'])})")
     if "generation" in report:
         g = report["generation"]
-        row = f"{g['head_dim']} x 4" if g["kv_cache"] == "float32" else f"({g['head_dim']} int8 + a float32 scale)"
+        row = {"float32": f"{g['head_dim']} x 4", "float16": f"{g['head_dim']} x 2"}.get(
+            g["kv_cache"], f"({g['head_dim']} int8 + a float32 scale)")
         print(f"  generation: max context {g['max_context']} tokens, key/value cache {report['memory']['cache_bytes']} B "
               f"({g['layers']} layers x 2 x {g['kv_heads']} heads x {g['max_context']} x {row}), "
               f"state {report['memory']['state_bytes']} B, prefill chunk {g['prefill_chunk']}"
@@ -546,8 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", metavar="FORMAT", help=WEIGHTS_HELP)
     s.add_argument("--activations", metavar="FORMAT", help=ACTIVATIONS_HELP)
     s.add_argument("--kv-cache", metavar="TYPE",
-                   help="the key/value cache of a generation build: float32 (default), or int8 with a float32 scale "
-                        "per cached row (one position of one kv head), about 4x smaller; attention stays float32")
+                   help="the key/value cache of a generation build: float32 (default), int8 with a float32 scale "
+                        "per cached row (one position of one kv head), about 4x smaller, or fp16 (IEEE halves, no "
+                        "scale: each value rounded to the nearest half), 2x smaller; attention stays float32")
 
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")

@@ -46,7 +46,7 @@ def load_decoder(model: Path, max_context: int, prefill_chunk: int = PREFILL_CHU
                  kv_cache: str = "float32") -> dict[int, Graph]:
     """A decoder exported with its cache, lowered once per chunk size: chunk -> graph (1, the
     decode step, always; prefill_chunk when larger and within max_context); kv_cache "int8"
-    stores the caches quantized (kv_cache.quantize_cache)."""
+    stores the caches quantized, "fp16" as halves (kv_cache.quantize_cache)."""
     if kv_cache not in kv_cache_pass.KV_CACHE_TYPES:
         raise MoaEdgeError(f"--kv-cache {kv_cache!r}: choose one of {', '.join(kv_cache_pass.KV_CACHE_TYPES)}")
     if max_context < 1:
@@ -148,7 +148,7 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
     """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing. An existing out_dir is
     replaced only if everything in it is moa-edge's (ownership.MARKER lists what convert wrote).
     With max_context, the model is a decoder exported with its cache, built for generation (kv_cache:
-    the caches' element type, float32 or int8)."""
+    the caches' element type, float32, int8 or fp16)."""
     if not str(out_dir).strip():
         raise MoaEdgeError("-o is empty: name the project folder to create")
     model, out_dir = model_path(model), Path(out_dir)

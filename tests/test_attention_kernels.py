@@ -72,6 +72,32 @@ static int8_t *take_s8(size_t n) /* int8 values sent as floats, into an exact in
     return p;
 }
 
+static uint16_t *take_f16(size_t n) /* halves sent as their bits' values, into an exact uint16_t buffer */
+{
+    float *f = take(n);
+    uint16_t *p = malloc(n ? n * sizeof *p : 1);
+    size_t i;
+    if (p == NULL) {
+        exit(2);
+    }
+    for (i = 0; i < n; i++) {
+        p[i] = (uint16_t)lrintf(f[i]);
+    }
+    free(f);
+    return p;
+}
+
+static void put_f16(const uint16_t *x, size_t n) /* bits as float values */
+{
+    size_t i;
+    for (i = 0; i < n; i++) {
+        const float f = (float)x[i];
+        if (fwrite(&f, sizeof f, 1, stdout) != 1) {
+            exit(2);
+        }
+    }
+}
+
 static void put_s8(const int8_t *x, size_t n)
 {
     size_t i;
@@ -167,6 +193,33 @@ int main(void)
             moa_attn_quantize_s8(a, x, q, scale + 1);
             put_s8(q, a), put(scale + 1, 1);
             free(x), free(q);
+        } else if (h[0] == 10) { /* scores over float16 keys: as 0, K halves */
+            float *scale = take(1), *q = take(a * (size_t)la);
+            uint16_t *k = take_f16(b * (size_t)lb);
+            float *s = take(a * (size_t)lc), *s2 = copy(s, a * (size_t)lc);
+            moa_attn_scores_f32_f16(a, b, c, *scale, q, la, k, lb, s, lc);
+            moa_attn_scores_f32_f16_1x1_scalar(a, b, c, *scale, q, la, k, lb, s2, lc);
+            put(s, a * (size_t)lc), put(s2, a * (size_t)lc);
+            free(scale), free(q), free(k), free(s), free(s2);
+        } else if (h[0] == 11) { /* pv over float16 values: as 1, V halves */
+            float *p = take(a * (size_t)la);
+            uint16_t *v = take_f16(b * (size_t)lb);
+            float *acc = take(a * (size_t)lc), *acc2 = copy(acc, a * (size_t)lc);
+            moa_attn_pv_f32_f16(a, b, c, p, la, v, lb, acc, lc);
+            moa_attn_pv_f32_f16_1x1_scalar(a, b, c, p, la, v, lb, acc2, lc);
+            put(acc, a * (size_t)lc), put(acc2, a * (size_t)lc);
+            free(p), free(v), free(acc), free(acc2);
+        } else if (h[0] == 12) { /* round a row of a into the float16 cache (one implementation: twice) */
+            float *x = take(a);
+            uint16_t *half = malloc(a ? a * sizeof *half : 1);
+            if (half == NULL) {
+                exit(2);
+            }
+            moa_attn_round_f16(a, x, half);
+            put_f16(half, a);
+            moa_attn_round_f16(a, x, half);
+            put_f16(half, a);
+            free(x), free(half);
         } else {
             return 3;
         }
@@ -176,6 +229,16 @@ int main(void)
 """
 
 SENTINEL = np.float32(12345.0)
+# float32 -> float16 at its edges: the largest half and the rounding to infinity (65520), zeros,
+# the normal/subnormal boundary 2^-14, the smallest subnormal 2^-24, the tie 2^-25 (to 0) and just
+# past it (to 2^-24), ties between normal halves, float32 subnormals, NaN payloads and signs.
+ROUND_EDGES = np.concatenate([np.array(
+    [65504, 65519.99, 65520, -65520, 1e6, np.inf, -np.inf, np.nan, 0.0, -0.0, 2.0 ** -14,
+     np.nextafter(np.float32(2.0 ** -14), np.float32(0)), 2.0 ** -24, 2.0 ** -25,
+     np.nextafter(np.float32(2.0 ** -25), np.float32(1)), 1.5 * 2.0 ** -25, 2.0 ** -26, 1e-30, -1e-30,
+     1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 1 + 2.0 ** -11 + 2.0 ** -20, 2049, 2051, 4097, math.pi, -math.e,
+     3.0517578e-05, 6.1e-05, 1e-7, -1e-7, 0.1, -0.1, 1000.0625, 65503, 1e-45, -1e-45], np.float32),
+    np.array([0x7fa00001, 0xffc12345, 0x7f800001], np.uint32).view(np.float32)])
 LN_FLT_MIN = math.log(np.finfo(np.float32).tiny)  # -87.3365: below it exp(x) < FLT_MIN
 
 
@@ -237,12 +300,26 @@ def _table() -> list[Case]:
     cases += [Case("quantize", (64,), fill="ties"), Case("quantize", (8,), fill="zero"),
               Case("quantize", (16,), fill="nan"), Case("quantize", (16,), fill="inf"),
               Case("quantize", (16,), fill="tiny")]
+    # over a float16 cache: the same shapes as the int8 ones; keys and values normal, tiny
+    # (subnormal halves) and large (up to 65504)
+    for rows, cols, depth in [(1, 1, 1), (1, 5, 3), (3, 7, 5), (4, 4, 16), (5, 17, 33), (2, 9, 8), (7, 64, 17),
+                              (16, 16, 80), (4, 40, 300), (9, 3, 0), (1, 64, 64), (3, 128, 64), (9, 64, 64),
+                              (12, 37, 64), (16, 16, 64)]:
+        cases.append(Case("scores_f16", (rows, cols, depth)))
+    for rows, cols, dv in [(1, 1, 1), (1, 3, 5), (4, 4, 4), (3, 5, 8), (5, 7, 12), (4, 9, 17), (8, 16, 31),
+                           (6, 13, 33), (7, 20, 65), (2, 5, 100), (3, 0, 9), (1, 64, 64), (3, 128, 64),
+                           (12, 37, 64), (16, 16, 64)]:
+        cases.append(Case("pv_f16", (rows, cols, dv)))
+    cases += [Case("scores_f16", (4, 8, 24), fill="extremes"), Case("pv_f16", (4, 8, 24), fill="extremes")]
+    for n in [1, 3, 16, 64, 100]:
+        cases.append(Case("round_f16", (n,)))
+    cases += [Case("round_f16", (64,), fill="ties"), Case("round_f16", (ROUND_EDGES.size,), fill="edges")]
     return cases
 
 
 TABLE = _table()
 OPS = {"scores": 0, "pv": 1, "max": 2, "exp": 3, "scale": 4, "vexp": 5, "softmax": 6, "scores_s8": 7, "pv_s8": 8,
-       "quantize": 9}
+       "quantize": 9, "scores_f16": 10, "pv_f16": 11, "round_f16": 12}
 
 
 def _operands(case: Case) -> dict:
@@ -271,6 +348,26 @@ def _operands(case: Case) -> dict:
         return dict(ld=(ldp, ldv, lda), p=rng.random((rows, ldp)).astype(f32),
                     v=rng.integers(-127, 128, (cols, ldv)).astype(f32), v_scale=(rng.random(cols) / 40).astype(f32),
                     acc=rng.standard_normal((rows, lda)).astype(f32))
+    if case.op == "scores_f16":
+        rows, cols, depth = case.sizes
+        ldq, ldk, lds = depth + 3, depth + 5, cols + 2
+        return dict(ld=(ldq, ldk, lds), scale=f32(1 / math.sqrt(max(depth, 1))),
+                    q=rng.standard_normal((rows, ldq)).astype(f32), k=_halves(rng, (cols, ldk), case.fill),
+                    s=np.full((rows, lds), SENTINEL, f32))
+    if case.op == "pv_f16":
+        rows, cols, dv = case.sizes
+        ldp, ldv, lda = cols + 1, dv + 7, dv + 3
+        return dict(ld=(ldp, ldv, lda), p=rng.random((rows, ldp)).astype(f32), v=_halves(rng, (cols, ldv), case.fill),
+                    acc=rng.standard_normal((rows, lda)).astype(f32))
+    if case.op == "round_f16":
+        (n,) = case.sizes
+        x = (3 * rng.standard_normal(n)).astype(f32)
+        if case.fill == "ties":  # exactly half way between two halves, normal and subnormal: ties to even
+            j, sign = np.arange(n // 2), np.where(np.arange(n // 2) % 2 == 0, 1.0, -1.0)
+            x = np.concatenate([sign * (1 + (j + 0.5) * 2.0 ** -10), sign * (3 * j + 0.5) * 2.0 ** -24]).astype(f32)
+        if case.fill == "edges":
+            x = ROUND_EDGES
+        return dict(x=x)
     if case.op == "quantize":
         (n,) = case.sizes
         x = (3 * rng.standard_normal(n)).astype(f32)
@@ -321,22 +418,50 @@ def _operands(case: Case) -> dict:
     return dict(x=x)
 
 
+def _halves(rng, shape, fill: str = "normal") -> np.ndarray:
+    """Random IEEE halves, as the float values of their bits (the harness makes them uint16_t):
+    normal, or (extremes) a mixture of subnormal, tiny normal and large (to 65504) magnitudes."""
+    x = rng.standard_normal(shape)
+    if fill == "extremes":
+        x *= np.choose(rng.integers(0, 4, shape), [2.0 ** -20, 2.0 ** -13, 1.0, 8000.0])
+    return np.asarray(x, np.float16).view(np.uint16).astype(np.float32)
+
+
+def _f16_values(bits) -> np.ndarray:
+    """The float64 values of halves given as their bits' values."""
+    return np.asarray(bits, np.float32).astype(np.uint16).view(np.float16).astype(np.float64)
+
+
+def _round_f16_bits(x: np.ndarray) -> np.ndarray:
+    """What moa_attn_round_f16 must write, from numpy's float32 -> float16 cast (round to nearest,
+    ties to even); a NaN as moa/half.h states it: quiet, the sign and the top 10 payload bits kept."""
+    with np.errstate(over="ignore"):  # 65520 and past: infinity, as it should
+        bits = np.asarray(x, np.float32).astype(np.float16).view(np.uint16).astype(np.uint32)
+    u = np.asarray(x, np.float32).view(np.uint32)
+    nan = np.isnan(x)
+    bits[nan] = ((u[nan] >> 16) & 0x8000) | 0x7e00 | ((u[nan] >> 13) & 0x3ff)
+    return bits.astype(np.float64)
+
+
 def _record(case: Case, ops: dict) -> bytes:
     sizes = list(case.sizes) + [0] * (3 - len(case.sizes))
     ld = list(ops.get("ld", (0, 0, 0)))
     head = np.array([OPS[case.op], *sizes, *ld, 0], np.int32).tobytes()
     order = {"scores": ("scale", "q", "k", "s"), "pv": ("p", "v", "acc"), "scores_s8": ("scale", "q", "k", "k_scale", "s"),
-             "pv_s8": ("p", "v", "v_scale", "acc"), "quantize": ("x",), "max": ("x",), "exp": ("m", "x"),
+             "pv_s8": ("p", "v", "v_scale", "acc"), "quantize": ("x",), "scores_f16": ("scale", "q", "k", "s"),
+             "pv_f16": ("p", "v", "acc"), "round_f16": ("x",), "max": ("x",), "exp": ("m", "x"),
              "scale": ("alpha", "x", "y"), "vexp": ("x", "y"), "softmax": ("s", "m", "l", "alpha")}[case.op]
     return head + b"".join(np.asarray(ops[k], np.float32).tobytes() for k in order)
 
 
 def _output_sizes(case: Case, ops: dict) -> list[int]:
     """Float counts of the variant's outputs (the scalar reference's follow, the same)."""
-    if case.op in ("scores", "scores_s8"):
+    if case.op in ("scores", "scores_s8", "scores_f16"):
         return [ops["s"].size]
-    if case.op in ("pv", "pv_s8"):
+    if case.op in ("pv", "pv_s8", "pv_f16"):
         return [ops["acc"].size]
+    if case.op == "round_f16":
+        return [case.sizes[0]]
     if case.op == "quantize":
         return [case.sizes[0], 1]
     if case.op == "softmax":
@@ -383,6 +508,23 @@ def _expected(case: Case, ops: dict) -> list[tuple[np.ndarray, np.ndarray]]:
         acc[:, :dv] += p @ v
         tol[:, :dv] = 4 * eps * math.sqrt(cols + 2) * (t(ops["acc"])[:, :dv].abs() + p.abs() @ v.abs())
         return [(acc.numpy().reshape(-1), tol.numpy().reshape(-1))]
+    if case.op == "scores_f16":  # the scores of the keys the halves hold (widening is exact)
+        rows, cols, depth = case.sizes
+        q, k = t(ops["q"])[:, :depth], t(_f16_values(ops["k"]))[:, :depth]
+        s, tol = t(ops["s"]).clone(), torch.zeros(ops["s"].shape, dtype=torch.float64)
+        scale = float(ops["scale"])
+        s[:, :cols] = scale * q @ k.T
+        tol[:, :cols] = 4 * eps * math.sqrt(depth + 1) * scale * (q.abs() @ k.abs().T) + eps * s[:, :cols].abs()
+        return [(s.numpy().reshape(-1), tol.numpy().reshape(-1))]
+    if case.op == "pv_f16":
+        rows, cols, dv = case.sizes
+        p, v = t(ops["p"])[:, :cols], t(_f16_values(ops["v"]))[:, :dv]
+        acc, tol = t(ops["acc"]).clone(), torch.zeros(ops["acc"].shape, dtype=torch.float64)
+        acc[:, :dv] += p @ v
+        tol[:, :dv] = 4 * eps * math.sqrt(cols + 1) * (t(ops["acc"])[:, :dv].abs() + p.abs() @ v.abs())
+        return [(acc.numpy().reshape(-1), tol.numpy().reshape(-1))]
+    if case.op == "round_f16":  # exact: numpy's float32 -> float16 rounding, bit for bit
+        return [(_round_f16_bits(ops["x"]), np.zeros(case.sizes[0]))]
     if case.op == "quantize":  # exact: the float32 steps of the contract, in numpy
         x = np.asarray(ops["x"], np.float32)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -454,7 +596,9 @@ def _host_has(flag: str) -> bool:
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer")
 BUILDS = [
     Build("host-native", "host", "native"),
-    Build("host-avx2", "host", "avx2", cflags=("-O2", "-mavx2", "-mfma", "-mno-avx512f")),
+    Build("host-avx2", "host", "avx2", cflags=("-O2", "-mavx2", "-mfma", "-mf16c", "-mno-avx512f")),
+    # without F16C (every AVX2 core has it, but a build may not say so): halves widened one by one
+    Build("host-avx2-nof16c", "host", "avx2", cflags=("-O2", "-mavx2", "-mfma", "-mno-f16c", "-mno-avx512f")),
     Build("host-scalar", "host", "scalar", extra=("-DMOA_FORCE_SCALAR",)),
     Build("host-asan", "host", "native", cflags=("-O1", "-march=native", *SANITIZE)),
     Build("rpi4-neon", "rpi4", "neon"),

@@ -4,6 +4,7 @@
 #include <math.h>
 
 #include "moa/attention.h"
+#include "moa/half.h"
 
 void moa_attn_scores_f32_1x1_scalar(size_t rows, size_t cols, size_t depth, float scale, const float *q,
                                     ptrdiff_t ldq, const float *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
@@ -138,5 +139,48 @@ void moa_attn_quantize_s8(size_t n, const float *x, int8_t *q, float *scale)
             level = level > 127.0f ? 127.0f : level < -127.0f ? -127.0f : level; /* x/step may round past 127 */
         }
         q[j] = (int8_t)lrintf(level);
+    }
+}
+
+/* --- over a float16 key/value cache: the same equations, each cached element the half it holds --- */
+
+void moa_attn_scores_f32_f16_1x1_scalar(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                        ptrdiff_t ldq, const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
+{
+    size_t r, c, j;
+    for (r = 0; r < rows; r++) {
+        for (c = 0; c < cols; c++) {
+            const float *q_row = q + (ptrdiff_t)r * ldq;
+            const uint16_t *k_row = k + (ptrdiff_t)c * ldk;
+            float dot = 0.0f;
+            for (j = 0; j < depth; j++) {
+                dot += q_row[j] * moa_f16_to_f32(k_row[j]);
+            }
+            s[(ptrdiff_t)r * lds + (ptrdiff_t)c] = scale * dot;
+        }
+    }
+}
+
+void moa_attn_pv_f32_f16_1x1_scalar(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                    const uint16_t *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    size_t r, c, e;
+    for (r = 0; r < rows; r++) {
+        float *acc_row = acc + (ptrdiff_t)r * lda;
+        for (c = 0; c < cols; c++) {
+            const float weight = p[(ptrdiff_t)r * ldp + (ptrdiff_t)c];
+            const uint16_t *v_row = v + (ptrdiff_t)c * ldv;
+            for (e = 0; e < dv; e++) {
+                acc_row[e] += weight * moa_f16_to_f32(v_row[e]);
+            }
+        }
+    }
+}
+
+void moa_attn_round_f16(size_t n, const float *x, uint16_t *h)
+{
+    size_t j;
+    for (j = 0; j < n; j++) {
+        h[j] = moa_f32_to_f16(x[j]);
     }
 }

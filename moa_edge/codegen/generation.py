@@ -32,6 +32,9 @@ CACHE_FORMULAS = {
     "int8": ("layers x 2 x kv_heads x max_context x (head_dim + 4) bytes: each key and value row\n"
              " * (one position of one kv head) as head_dim int8 and its float32 scale, max|x| / 127, the scales\n"
              " * of a cache in an array of their own after it"),
+    "float16": ("layers x 2 x kv_heads x max_context x head_dim x 2 bytes: each key and value as an IEEE\n"
+                " * half (uint16_t bits, no scale), the float32 row rounded to nearest, ties to even, when it\n"
+                " * is written; attention widens the halves and computes in float32"),
 }
 
 
@@ -121,7 +124,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
     cache = [first.tensors[n] for n in first.state]
     caches = [t for t in cache if len(t.shape) == 4]  # (B, H, max_context, D); an int8 cache's scales are 3-D
     _, kv_heads, _, head_dim = caches[0].shape
-    kv_cache = caches[0].dtype  # float32, or int8 (convert --kv-cache int8: a float32 scale per row beside it)
+    kv_cache = caches[0].dtype  # float32, int8 (--kv-cache int8: a float32 scale per row beside it), float16
     vocab = first.tensors[first.outputs[0]].shape[-1]
     offsets = state_layout(first)
     cache_bytes = sum(t.nbytes for t in cache)

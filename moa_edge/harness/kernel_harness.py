@@ -1,7 +1,8 @@
 """Standalone C programs around one generated ONF kernel, for exactness tests and benchmarks.
 
     kernel_main Q.bin K.bin V.bin [KS.bin VS.bin] [M.bin] [L.bin] Y.bin
-reads raw operands (an int8 cache: K and V int8, their row scales KS, VS float32;
+reads raw operands (an int8 cache: K and V int8, their row scales KS, VS float32; a float16
+cache: K and V as IEEE halves, uint16_t;
 `real` = float: the production kernel; double: the DNF-printed oracle
 of onf.emit_oracle_kernel; a float mask as float32, a bool mask as bytes; the valid key
 counts L, per batch, in the spec's lengths type when it has kv_lengths), gives the kernel a heap scratch buffer of exactly the cost model's size filled
@@ -40,7 +41,7 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
     if spec.kv_lengths:
         reads.append(("L", spec.lengths_ctype, spec.batch))
     lines = ["#include <math.h>", "#include <stddef.h>", "#include <stdint.h>", "#include <stdio.h>", "#include <stdlib.h>",
-             '#include "moa/attention.h"', '#include "moa/status.h"', "",
+             '#include "moa/attention.h"', '#include "moa/half.h"', '#include "moa/status.h"', "",
              (onf.emit_oracle_kernel if real == "double" else onf.emit_kernel)(spec, schedule, "kernel"),
              "static void *load(const char *path, size_t bytes)", "{",
              "    FILE *f = fopen(path, \"rb\");",

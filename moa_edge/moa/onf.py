@@ -123,7 +123,12 @@ F32_KERNELS = KernelSet("f32", "float32", "float", "float", "f", scores="moa_att
 F32_S8_KV_KERNELS = dataclasses.replace(F32_KERNELS, name="f32_s8", kv_ctype="int8_t", kv_scaled=True,
                                         scores="moa_attn_scores_f32_s8", pv="moa_attn_pv_f32_s8",
                                         combine="moa_attn_pv_f32")
-KERNEL_SETS = {"float32": F32_KERNELS, "int8": F32_S8_KV_KERNELS}  # by the spec's kv_dtype
+# A float16 key/value cache: the same again, the two kernels widening each half in registers (no scale).
+F32_F16_KV_KERNELS = dataclasses.replace(F32_KERNELS, name="f32_f16", kv_ctype="uint16_t",
+                                         scores="moa_attn_scores_f32_f16", pv="moa_attn_pv_f32_f16",
+                                         combine="moa_attn_pv_f32")
+KERNEL_SETS = {"float32": F32_KERNELS, "int8": F32_S8_KV_KERNELS,
+               "float16": F32_F16_KV_KERNELS}  # by the spec's kv_dtype
 
 
 def kernel_set(spec: AttentionSpec) -> KernelSet:
@@ -379,6 +384,8 @@ class _CPrinter:
             if term.array in ("K", "V") and self.spec.kv_dtype == "int8":  # the cached row times its scale
                 scales = {"K": ("KS", self.spec.k_scale), "V": ("VS", self.spec.v_scale)}[term.array]
                 return f"(({self.real}){load} * {scales[0]}[{_gamma(scales[1], *index[:3])}])"
+            if term.array in ("K", "V") and self.spec.kv_dtype == "float16":  # the half's value (moa/half.h)
+                return f"(({self.real})moa_f16_to_f32({load}))"
             return load
         if isinstance(term, dnf.Binary):
             return f"({self.expr(term.left, pre)} {term.op} {self.expr(term.right, pre)})"
@@ -535,12 +542,15 @@ def _two_pass_body(spec, bc, real, exp, suffix, score, w):
 
 def _oracle_v_row(spec: AttentionSpec, real: str, head: str, key: str) -> tuple[str, str]:
     """(the declaration of V's row `key` of K/V head `head`, its element q as a C expression) in
-    the oracle: an int8 row's element is its value times the row's scale, exact in double."""
+    the oracle: an int8 row's element is its value times the row's scale, a half's its value widened
+    (moa/half.h), both exact in double."""
     row = f"V + {_gamma(spec.v, 'b', head, key, '0')}"
     element = f"v_row[{_stride_term(spec.v.strides[3], 'q')}]"
     if spec.kv_dtype == "int8":
         return (f"const {spec.kv_ctype} *restrict v_row = {row}; "
                 f"const {real} v_scale = VS[{_gamma(spec.v_scale, 'b', head, key)}];", f"(v_scale * {element})")
+    if spec.kv_dtype == "float16":
+        return f"const {spec.kv_ctype} *restrict v_row = {row};", f"(({real})moa_f16_to_f32({element}))"
     return f"const {real} *restrict v_row = {row};", element
 
 
@@ -653,7 +663,7 @@ class _MicroKernels:
                 ("i_first", "i_last") if spec.q_heads > spec.kv_heads else self.query_range
         self.packs = {region for region, _ in _packing_regions(spec, schedule)}
         if kernels.kv_ctype and ({"k_pack", "v_pack"} & self.packs or self.rows.k_form != "nt"):
-            # A cache's rows are always contiguous: the int8 kernels read them in place only.
+            # A cache's rows are always contiguous: the int8 and float16 kernels read them in place only.
             raise NotImplementedError(f"{kernels.name}: K and V must be stored as rows of contiguous elements")
         self.copies = bool(self.packs) or self.rows.y is None  # element loops over j: packing, or Y's scatter
         term = dnf.score_term(dnf.derive(spec.features()))

@@ -10,7 +10,7 @@ from .mask import MASK_BOOL, MASK_CTYPE
 
 
 # K's and V's element types: the C type each is read as (None: the compute type, float).
-KV_DTYPES = {"float32": None, "int8": "int8_t"}
+KV_DTYPES = {"float32": None, "int8": "int8_t", "float16": "uint16_t"}  # a half as its bits
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,8 @@ class AttentionSpec:
     qk_mode: int = -1  # a second output of the scores (B, Hq, Sq, Skv): 0 scaled Q K^T, 1 after
                        # softcap, 2 after the bias, 3 after softmax (ONNX qk_matmul_output_mode); -1 none
     kv_dtype: str = "float32"  # K and V's element type; "int8": a quantized cache, element (b, g, k, j)
-                               # worth KS[b, g, k] * K[b, g, k, j] (and V likewise with VS)
+                               # worth KS[b, g, k] * K[b, g, k, j] (and V likewise with VS); "float16":
+                               # IEEE halves, each worth its own value, no scale
     k_scale: Layout | None = None  # (B, Hkv, Skv) over the K scales' storage (kv_dtype int8)
     v_scale: Layout | None = None  # (B, Hkv, Skv) over the V scales' storage
     q_dtype: str = "float32"  # Q's element type; "int8": element (b, h, i, j) worth q_scale * Q[b, h, i, j]
@@ -64,6 +65,8 @@ class AttentionSpec:
         """Bytes of one key row and one value row as stored (an int8 row with its float scale)."""
         if self.kv_dtype == "int8":
             return self.head_dim + self.value_dim + 2 * 4
+        if self.kv_dtype == "float16":
+            return (self.head_dim + self.value_dim) * 2
         return (self.head_dim + self.value_dim) * 4
 
     @property

@@ -40,8 +40,10 @@ TOKENS, POSITIONS, ATTENTION_MASK = "input_ids", "position_ids", "attention_mask
 KV_LENGTH = "moa_kv_length"  # added input (int64, one per batch): the valid cache rows, position + C
 BATCH = 1  # one sequence: the cache holds one
 # --kv-cache: how the caches store keys and values. int8: each row (one position of one kv head)
-# as int8 with a float32 scale, max|x| / 127, in a state tensor of its own beside the cache.
-KV_CACHE_TYPES = ("float32", "int8")
+# as int8 with a float32 scale, max|x| / 127, in a state tensor of its own beside the cache; fp16:
+# each value as an IEEE half (the cache's element type float16), no scale.
+KV_CACHE_TYPES = ("float32", "int8", "fp16")
+CACHE_DTYPES = {"float32": "float32", "int8": "int8", "fp16": "float16"}  # the option -> the cache's type
 SCALES_SUFFIX = "__scale"
 
 
@@ -320,37 +322,45 @@ def quantize_cache(graph: Graph, kv_cache: str, source: str) -> None:
     """--kv-cache int8 (after bind_cache_attention): every cache (B, H, max_context, D) becomes int8
     with a float32 scale per row, (B, H, max_context), a state tensor placed right after its cache.
     Its write quantizes the new rows (MoaKvWrite's second output, the scales), and each attention
-    reading it gets the scales as inputs 5 (keys) and 6 (values) and an int8 K/V spec."""
+    reading it gets the scales as inputs 5 (keys) and 6 (values) and an int8 K/V spec.
+    --kv-cache fp16: every cache becomes float16, its write rounds the new rows to halves, and each
+    attention reading it gets a float16 K/V spec (no scales, no extra inputs)."""
     if kv_cache not in KV_CACHE_TYPES:
         raise MoaEdgeError(f"--kv-cache {kv_cache!r}: choose one of {', '.join(KV_CACHE_TYPES)}")
     if kv_cache == "float32":
         return
+    dtype = CACHE_DTYPES[kv_cache]
     scales = {}
     for name in graph.state:
         cache = graph.tensors[name]
         if cache.dtype != "float32":
-            raise MoaEdgeError(f"{source}: the cache {name!r} holds {cache.dtype}; --kv-cache {kv_cache} quantizes "
-                               "a float32 cache")
-        scales[name] = name + SCALES_SUFFIX
-        graph.tensors[name] = Tensor(name, cache.shape, "int8")
-        graph.tensors[scales[name]] = Tensor(scales[name], cache.shape[:3], "float32")
-    graph.state = [n for name in graph.state for n in (name, scales[name])]
+            raise MoaEdgeError(f"{source}: the cache {name!r} holds {cache.dtype}; --kv-cache {kv_cache} stores "
+                               "a float32 cache in fewer bits")
+        graph.tensors[name] = Tensor(name, cache.shape, dtype)
+        if dtype == "int8":
+            scales[name] = name + SCALES_SUFFIX
+            graph.tensors[scales[name]] = Tensor(scales[name], cache.shape[:3], "float32")
+    caches = set(graph.state)
+    graph.state = [n for name in graph.state for n in (name, *([scales[name]] if name in scales else []))]
     for node in graph.nodes:
         if node.op == "MoaKvWrite":
-            node.outputs = [node.outputs[0], scales[node.outputs[0]]]
-            node.attrs["kv_dtype"] = kv_cache
-        elif node.op == "MoaAttention" and node.inputs[1] in scales:
+            node.outputs = [node.outputs[0], *([scales[node.outputs[0]]] if node.outputs[0] in scales else [])]
+            node.attrs["kv_dtype"] = dtype
+        elif node.op == "MoaAttention" and node.inputs[1] in caches:
             spec, (keys, values) = node.attrs["spec"], node.inputs[1:3]
             if spec.qk_mode >= 0:
                 raise MoaEdgeError(f"{source}: attention {node.name!r} also outputs its scores: --kv-cache "
-                                   f"{kv_cache} keeps only the attention output over a quantized cache")
+                                   f"{kv_cache} keeps only the attention output over a {dtype} cache")
             for name, layout in ((keys, spec.k), (values, spec.v)):
                 if not _reads_rows(layout, graph.tensors[name].shape):
                     raise MoaEdgeError(f"{source}: attention {node.name!r} reads the cache {name!r} through a "
                                        f"layout other than its rows ({layout}): --kv-cache {kv_cache} cannot "
-                                       "quantize it")
+                                       f"store it as {dtype}")
+            if dtype == "float16":
+                node.attrs["spec"] = dataclasses.replace(spec, kv_dtype=dtype)
+                continue
             node.attrs["spec"] = dataclasses.replace(
-                spec, kv_dtype=kv_cache, k_scale=Layout.row_major(graph.tensors[scales[keys]].shape),
+                spec, kv_dtype=dtype, k_scale=Layout.row_major(graph.tensors[scales[keys]].shape),
                 v_scale=Layout.row_major(graph.tensors[scales[values]].shape))
             node.inputs = node.inputs[:5] + [scales[keys], scales[values]]
 

@@ -107,8 +107,19 @@ static inline float moa_expf(float x)
     void pv(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const int8_t *v,       \
             ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda);
 
+/* The kernels over a float16 key/value cache (IEEE halves as their uint16_t bits, no scale: the
+ * value of k[c][j] is the half itself, widened exactly to float32 as it is loaded); the query,
+ * the probabilities and every sum stay float32. MOA_ATTN_F16_DECLARE(suffix) declares one
+ * variant's pair. */
+#define MOA_ATTN_F16_DECLARE(scores, pv)                                                                 \
+    void scores(size_t rows, size_t cols, size_t depth, float scale_, const float *q, ptrdiff_t ldq,   \
+                const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds);                             \
+    void pv(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const uint16_t *v,     \
+            ptrdiff_t ldv, float *acc, ptrdiff_t lda);
+
 /* The portable reference, compiled on every target. */
 MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_1x1_scalar, moa_attn_pv_f32_s8_1x1_scalar)
+MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_1x1_scalar, moa_attn_pv_f32_f16_1x1_scalar)
 MOA_ATTN_DECLARE(moa_attn_scores_f32_1x1_scalar, moa_attn_pv_f32_1x1_scalar, moa_attn_max_f32_u1_scalar,
                  moa_attn_exp_f32_u1_scalar, moa_attn_scale_f32_u1_scalar, moa_vexp_f32_u1_scalar)
 
@@ -124,6 +135,9 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_16x16_avx512, moa_attn_pv_f32_12x32_avx512,
 MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_16x16_avx512, moa_attn_pv_f32_s8_12x32_avx512)
 #define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_16x16_avx512
 #define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_12x32_avx512
+MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_16x16_avx512, moa_attn_pv_f32_f16_12x32_avx512)
+#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_16x16_avx512
+#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_12x32_avx512
 #elif MOA_ISA_AVX2
 MOA_ATTN_DECLARE(moa_attn_scores_f32_2x4_avx2, moa_attn_pv_f32_4x16_avx2, moa_attn_max_f32_u16_avx2,
                  moa_attn_exp_f32_u16_avx2, moa_attn_scale_f32_u16_avx2, moa_vexp_f32_u16_avx2)
@@ -136,6 +150,9 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_2x4_avx2, moa_attn_pv_f32_4x16_avx2, moa_at
 MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_2x4_avx2, moa_attn_pv_f32_s8_4x16_avx2)
 #define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_2x4_avx2
 #define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_4x16_avx2
+MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_2x4_avx2, moa_attn_pv_f32_f16_4x16_avx2)
+#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_2x4_avx2
+#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_4x16_avx2
 #elif MOA_ISA_NEON
 MOA_ATTN_DECLARE(moa_attn_scores_f32_4x4_neon, moa_attn_pv_f32_4x16_neon, moa_attn_max_f32_u16_neon,
                  moa_attn_exp_f32_u8_neon, moa_attn_scale_f32_u16_neon, moa_vexp_f32_u8_neon)
@@ -148,6 +165,9 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_4x4_neon, moa_attn_pv_f32_4x16_neon, moa_at
 MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_4x4_neon, moa_attn_pv_f32_s8_4x16_neon)
 #define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_4x4_neon
 #define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_4x16_neon
+MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_4x4_neon, moa_attn_pv_f32_f16_4x16_neon)
+#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_4x4_neon
+#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_4x16_neon
 #elif MOA_ISA_RVV
 MOA_ATTN_DECLARE(moa_attn_scores_f32_4xm4_rvv, moa_attn_pv_f32_4xm4_rvv, moa_attn_max_f32_um8_rvv,
                  moa_attn_exp_f32_um2_rvv, moa_attn_scale_f32_um8_rvv, moa_vexp_f32_um2_rvv)
@@ -160,6 +180,9 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_4xm4_rvv, moa_attn_pv_f32_4xm4_rvv, moa_att
 MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_4xm4_rvv, moa_attn_pv_f32_s8_4xm4_rvv)
 #define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_4xm4_rvv
 #define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_4xm4_rvv
+MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_4xm4_rvv, moa_attn_pv_f32_f16_4xm4_rvv)
+#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_4xm4_rvv
+#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_4xm4_rvv
 #else
 #define moa_attn_scores_f32 moa_attn_scores_f32_1x1_scalar
 #define moa_attn_pv_f32 moa_attn_pv_f32_1x1_scalar
@@ -169,6 +192,8 @@ MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_4xm4_rvv, moa_attn_pv_f32_s8_4xm4_rvv
 #define moa_vexp_f32 moa_vexp_f32_u1_scalar
 #define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_1x1_scalar
 #define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_1x1_scalar
+#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_1x1_scalar
+#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_1x1_scalar
 #endif
 
 /* The online-softmax step of a score tile (its contract is below), composed of a row-max and an
@@ -241,9 +266,20 @@ static inline void moa_attn_softmax_f32_rows(size_t rows, size_t cols, float *s,
  *     q[j] = round(x[j] / scale) (to nearest, ties to even: lrintf in the default rounding
  *     mode), so |q| <= 127 and q * scale is x within scale / 2. An all-zero row gives scale 0
  *     and q 0; a row holding NaN or an infinity gives scale NaN or inf and q 0, so whatever
- *     reads it gets NaN, never a silent finite value. */
+ *     reads it gets NaN, never a silent finite value.
+ *
+ * Over a float16 cache (k, v uint16_t rows of IEEE halves, ldk/ldv in elements; no scale):
+ * moa_attn_scores_f32_f16: s[r * lds + c] = scale * sum_{j < depth} q[r * ldq + j] * f32(k[c * ldk + j])
+ *     (each half widened to float exactly: F16C vcvtph2ps on x86, fcvtl on NEON, integer lanes
+ *     (moa/half_rvv.h) on RVV, moa/half.h in the scalar reference; the sum in float).
+ * moa_attn_pv_f32_f16: acc[r * lda + e] += sum_{c < cols} p[r * ldp + c] * f32(v[c * ldv + e]).
+ * moa_attn_round_f16: n floats into the cache as halves, each rounded to nearest, ties to even
+ *     (moa/half.h): |x| >= 65520 becomes an infinity of its sign, |x| < 2^-14 a subnormal half
+ *     (or zero), NaN stays NaN; what attention reads is then exactly that half. */
 
 /* One row of new keys or values written to an int8 cache (the contract above). */
 void moa_attn_quantize_s8(size_t n, const float *x, int8_t *q, float *scale);
+/* n new keys or values (whole rows) written to a float16 cache (the contract above). */
+void moa_attn_round_f16(size_t n, const float *x, uint16_t *h);
 
 #endif

@@ -4,7 +4,9 @@
  *   pv 4x16:    4 rows x 4 vectors of the accumulator stay in registers over all keys; 4 keys
  *               per step, their weights one vector per row, applied by lane (fmla by element);
  *   max, exp, scale, vexp: 16 or 8 floats per step; tails go through a 4-float buffer;
- *   over an int8 cache (_s8): the same tiles, int8 widened to float in registers as loaded.
+ *   over an int8 cache (_s8): the same tiles, int8 widened to float in registers as loaded;
+ *   over a float16 cache (_f16): the same again, halves widened by fcvtl/fcvtl2 (vcvt_f32_f16:
+ *               ARMv8's base conversions, no FP16 arithmetic needed, so the Cortex-A72 has them).
  * FMAX/FMAXV return NaN when an operand is NaN, so the row max needs no NaN tracking. */
 #include "moa/isa.h"
 
@@ -14,6 +16,7 @@
 #include <string.h>
 
 #include "moa/attention.h"
+#include "moa/half.h"
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -412,6 +415,205 @@ void moa_attn_pv_f32_s8_4x16_neon(size_t rows, size_t cols, size_t dv, const flo
     }
     for (; r < rows; r++) {
         pv_rows_s8(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
+    }
+}
+
+/* --- over a float16 cache: the same tiles, halves widened to float in registers (fcvtl, fcvtl2) --- */
+
+/* n <= 8 halves at x (a partial row through a zeroed buffer; the lanes past n 0). */
+INLINE float16x8_t load_f16x8(const uint16_t *x, size_t n)
+{
+    if (n == 8) {
+        return vreinterpretq_f16_u16(vld1q_u16(x));
+    } else {
+        uint16_t buf[8] = {0};
+        memcpy(buf, x, n * sizeof *x);
+        return vreinterpretq_f16_u16(vld1q_u16(buf));
+    }
+}
+
+INLINE float32x4_t low_f16(float16x8_t x)
+{
+    return vcvt_f32_f16(vget_low_f16(x));
+}
+
+INLINE float32x4_t high_f16(float16x8_t x)
+{
+    return vcvt_high_f32_f16(x);
+}
+
+INLINE float dot_f16(size_t depth, const float *x, const uint16_t *y)
+{
+    float32x4_t acc = vdupq_n_f32(0.0f);
+    size_t j = 0;
+    for (; j < depth; j += 8) {
+        const size_t nj = depth - j < 8 ? depth - j : 8;
+        const float16x8_t w = load_f16x8(y + j, nj);
+        acc = vfmaq_f32(acc, nj >= 4 ? vld1q_f32(x + j) : load_tail(x + j, nj, 0.0f), low_f16(w));
+        if (nj > 4) {
+            acc = vfmaq_f32(acc, nj == 8 ? vld1q_f32(x + j + 4) : load_tail(x + j + 4, nj - 4, 0.0f), high_f16(w));
+        }
+    }
+    return vaddvq_f32(acc);
+}
+
+void moa_attn_scores_f32_f16_4x4_neon(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                      ptrdiff_t ldq, const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
+{
+    size_t r = 0, c, j;
+    int i, x, half;
+    for (; r + 4 <= rows; r += 4) {
+        const float *q0 = q + (ptrdiff_t)r * ldq;
+        float *s0 = s + (ptrdiff_t)r * lds;
+        for (c = 0; c + 4 <= cols; c += 4) {
+            const uint16_t *k0 = k + (ptrdiff_t)c * ldk;
+            float32x4_t a[16], qv[4], kv[4];
+            float16x8_t k16[4];
+            _Pragma("GCC unroll 16")
+            for (i = 0; i < 16; i++) {
+                a[i] = vdupq_n_f32(0.0f);
+            }
+            for (j = 0; j < depth; j += 8) { /* 8 halves of each key per load, used as two halves of 4 */
+                const size_t nj = depth - j < 8 ? depth - j : 8;
+                _Pragma("GCC unroll 4")
+                for (x = 0; x < 4; x++) {
+                    k16[x] = load_f16x8(k0 + x * ldk + j, nj);
+                }
+                for (half = 0; half < 2 && (size_t)(4 * half) < nj; half++) {
+                    const size_t jh = j + 4 * (size_t)half, nh = nj - 4 * (size_t)half;
+                    _Pragma("GCC unroll 4")
+                    for (i = 0; i < 4; i++) {
+                        qv[i] = nh >= 4 ? vld1q_f32(q0 + i * ldq + jh) : load_tail(q0 + i * ldq + jh, nh, 0.0f);
+                        kv[i] = half ? high_f16(k16[i]) : low_f16(k16[i]);
+                    }
+                    _Pragma("GCC unroll 4")
+                    for (i = 0; i < 4; i++) {
+                        _Pragma("GCC unroll 4")
+                        for (x = 0; x < 4; x++) {
+                            a[4 * i + x] = vfmaq_f32(a[4 * i + x], qv[i], kv[x]);
+                        }
+                    }
+                }
+            }
+            _Pragma("GCC unroll 4")
+            for (i = 0; i < 4; i++) {
+                const float32x4_t sums = vpaddq_f32(vpaddq_f32(a[4 * i], a[4 * i + 1]), vpaddq_f32(a[4 * i + 2], a[4 * i + 3]));
+                vst1q_f32(s0 + i * lds + (ptrdiff_t)c, vmulq_n_f32(sums, scale));
+            }
+        }
+        for (; c < cols; c++) {
+            _Pragma("GCC unroll 4")
+            for (i = 0; i < 4; i++) {
+                s0[i * lds + (ptrdiff_t)c] = scale * dot_f16(depth, q0 + i * ldq, k + (ptrdiff_t)c * ldk);
+            }
+        }
+    }
+    for (; r < rows; r++) {
+        for (c = 0; c < cols; c++) {
+            s[(ptrdiff_t)r * lds + (ptrdiff_t)c] = scale * dot_f16(depth, q + (ptrdiff_t)r * ldq, k + (ptrdiff_t)c * ldk);
+        }
+    }
+}
+
+/* V's row at x, 4 nv halves (nv = 4, 2 or 1), as nv float vectors. */
+INLINE void load_f16_row(const uint16_t *x, int nv, float32x4_t *w)
+{
+    if (nv == 4) {
+        const float16x8_t lo = vreinterpretq_f16_u16(vld1q_u16(x)), hi = vreinterpretq_f16_u16(vld1q_u16(x + 8));
+        w[0] = low_f16(lo), w[1] = high_f16(lo), w[2] = low_f16(hi), w[3] = high_f16(hi);
+    } else if (nv == 2) {
+        const float16x8_t b = vreinterpretq_f16_u16(vld1q_u16(x));
+        w[0] = low_f16(b), w[1] = high_f16(b);
+    } else {
+        w[0] = vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(x)));
+    }
+}
+
+/* acc[0:mr][0:4 nv] += p[0:mr][0:cols] v[0:cols][0:4 nv]: as pv_tile, four keys' weights a vector
+ * per row, each V row widened from halves. */
+INLINE void pv_tile_f16(int mr, int nv, size_t cols, const float *p, ptrdiff_t ldp, const uint16_t *v, ptrdiff_t ldv,
+                        float *acc, ptrdiff_t lda)
+{
+    float32x4_t a[4][4], w[4], pw[4];
+    size_t c = 0;
+    int i, x;
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < mr; i++) {
+        _Pragma("GCC unroll 4")
+        for (x = 0; x < nv; x++) {
+            a[i][x] = vld1q_f32(acc + i * lda + 4 * x);
+        }
+    }
+#define MOA_PV_KEY(lane)                                                                      \
+    load_f16_row(v + (ptrdiff_t)(c + lane) * ldv, nv, w);                                    \
+    _Pragma("GCC unroll 4") for (i = 0; i < mr; i++) {                                      \
+        _Pragma("GCC unroll 4") for (x = 0; x < nv; x++) {                                  \
+            a[i][x] = vfmaq_laneq_f32(a[i][x], w[x], pw[i], lane);                            \
+        }                                                                                     \
+    }
+    for (; c + 4 <= cols; c += 4) {
+        _Pragma("GCC unroll 4")
+        for (i = 0; i < mr; i++) {
+            pw[i] = vld1q_f32(p + i * ldp + (ptrdiff_t)c);
+        }
+        MOA_PV_KEY(0)
+        MOA_PV_KEY(1)
+        MOA_PV_KEY(2)
+        MOA_PV_KEY(3)
+    }
+    for (; c < cols; c++) {
+        _Pragma("GCC unroll 4")
+        for (i = 0; i < mr; i++) {
+            pw[i] = vdupq_n_f32(p[i * ldp + (ptrdiff_t)c]);
+        }
+        MOA_PV_KEY(0)
+    }
+#undef MOA_PV_KEY
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < mr; i++) {
+        _Pragma("GCC unroll 4")
+        for (x = 0; x < nv; x++) {
+            vst1q_f32(acc + i * lda + 4 * x, a[i][x]);
+        }
+    }
+}
+
+INLINE void pv_rows_f16(int mr, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const uint16_t *v,
+                        ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    size_t e = 0, c;
+    int i;
+    for (; e + 16 <= dv; e += 16) {
+        pv_tile_f16(mr, 4, cols, p, ldp, v + e, ldv, acc + e, lda);
+    }
+    if (e + 8 <= dv) {
+        pv_tile_f16(mr, 2, cols, p, ldp, v + e, ldv, acc + e, lda);
+        e += 8;
+    }
+    if (e + 4 <= dv) {
+        pv_tile_f16(mr, 1, cols, p, ldp, v + e, ldv, acc + e, lda);
+        e += 4;
+    }
+    for (; e < dv; e++) { /* dv % 4 columns */
+        for (i = 0; i < mr; i++) {
+            float sum = acc[i * lda + (ptrdiff_t)e];
+            for (c = 0; c < cols; c++) {
+                sum += p[i * ldp + (ptrdiff_t)c] * moa_f16_to_f32(v[(ptrdiff_t)c * ldv + (ptrdiff_t)e]);
+            }
+            acc[i * lda + (ptrdiff_t)e] = sum;
+        }
+    }
+}
+
+void moa_attn_pv_f32_f16_4x16_neon(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                   const uint16_t *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    size_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        pv_rows_f16(4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
+    }
+    for (; r < rows; r++) {
+        pv_rows_f16(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
     }
 }
 

@@ -5,7 +5,9 @@
  *                no horizontal sums;
  *   pv 4xm4:     4 rows x vl columns of the accumulator (LMUL 4) stay in registers over all keys;
  *   exp, vexp:   LMUL 2 (the polynomial keeps ~10 values live); max, scale: LMUL 8;
- *   over an int8 cache (_s8): the same tiles, int8 loaded at e8m1 and widened in registers.
+ *   over an int8 cache (_s8): the same tiles, int8 loaded at e8m1 and widened in registers;
+ *   over a float16 cache (_f16): the same again, halves loaded at e16m2 and widened in integer
+ *                lanes (moa/half_rvv.h: the boards' cores have no Zvfhmin conversion).
  * vfmax/vfmin return the non-NaN operand (IEEE maximumNumber), so max tracks NaN itself and
  * exp clamps by merges, which keep a NaN. */
 #include "moa/isa.h"
@@ -15,6 +17,7 @@
 #include <riscv_vector.h>
 
 #include "moa/attention.h"
+#include "moa/half_rvv.h"
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -216,6 +219,94 @@ void moa_attn_pv_f32_s8_4xm4_rvv(size_t rows, size_t cols, size_t dv, const floa
         for (; r < rows; r++) {
             pv_tile_s8(1, vl, cols, p + (ptrdiff_t)r * ldp, ldp, v + e, ldv, v_scale,
                        acc + (ptrdiff_t)r * lda + (ptrdiff_t)e, lda);
+        }
+    }
+}
+
+/* --- over a float16 cache: the same tiles; halves loaded at e16m2 (the e32m4 tile's vl) and widened
+ * to float32 in registers by moa/half_rvv.h --- */
+
+/* s[0:mr][c:c+vl] = scale * q[0:mr] . k[c:c+vl]; K's column j one strided load of halves */
+INLINE void scores_tile_f16(int mr, size_t vl, size_t depth, float scale, const float *q, ptrdiff_t ldq,
+                            const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
+{
+    vfloat32m4_t a0 = __riscv_vfmv_v_f_f32m4(0.0f, vl), a1 = a0, a2 = a0, a3 = a0;
+    size_t j;
+    for (j = 0; j < depth; j++) {
+        const vfloat32m4_t column = moa_rvv_f16_bits_to_f32(
+            __riscv_vlse16_v_u16m2(k + j, ldk * (ptrdiff_t)sizeof(uint16_t), vl), vl);
+        a0 = __riscv_vfmacc_vf_f32m4(a0, q[j], column, vl);
+        if (mr == 4) {
+            a1 = __riscv_vfmacc_vf_f32m4(a1, q[ldq + (ptrdiff_t)j], column, vl);
+            a2 = __riscv_vfmacc_vf_f32m4(a2, q[2 * ldq + (ptrdiff_t)j], column, vl);
+            a3 = __riscv_vfmacc_vf_f32m4(a3, q[3 * ldq + (ptrdiff_t)j], column, vl);
+        }
+    }
+    __riscv_vse32_v_f32m4(s, __riscv_vfmul_vf_f32m4(a0, scale, vl), vl);
+    if (mr == 4) {
+        __riscv_vse32_v_f32m4(s + lds, __riscv_vfmul_vf_f32m4(a1, scale, vl), vl);
+        __riscv_vse32_v_f32m4(s + 2 * lds, __riscv_vfmul_vf_f32m4(a2, scale, vl), vl);
+        __riscv_vse32_v_f32m4(s + 3 * lds, __riscv_vfmul_vf_f32m4(a3, scale, vl), vl);
+    }
+}
+
+void moa_attn_scores_f32_f16_4xm4_rvv(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                      ptrdiff_t ldq, const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
+{
+    size_t c, vl, r;
+    for (c = 0; c < cols; c += vl) {
+        const uint16_t *kc = k + (ptrdiff_t)c * ldk;
+        vl = __riscv_vsetvl_e32m4(cols - c);
+        for (r = 0; r + 4 <= rows; r += 4) {
+            scores_tile_f16(4, vl, depth, scale, q + (ptrdiff_t)r * ldq, ldq, kc, ldk,
+                            s + (ptrdiff_t)r * lds + (ptrdiff_t)c, lds);
+        }
+        for (; r < rows; r++) {
+            scores_tile_f16(1, vl, depth, scale, q + (ptrdiff_t)r * ldq, ldq, kc, ldk,
+                            s + (ptrdiff_t)r * lds + (ptrdiff_t)c, lds);
+        }
+    }
+}
+
+/* acc[0:mr][0:vl] += p[0:mr][0:cols] v[0:cols][0:vl], V's rows halves; mr is 1 or 4 */
+INLINE void pv_tile_f16(int mr, size_t vl, size_t cols, const float *p, ptrdiff_t ldp, const uint16_t *v,
+                        ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    vfloat32m4_t a0 = __riscv_vle32_v_f32m4(acc, vl), a1 = a0, a2 = a0, a3 = a0;
+    size_t c;
+    if (mr == 4) {
+        a1 = __riscv_vle32_v_f32m4(acc + lda, vl);
+        a2 = __riscv_vle32_v_f32m4(acc + 2 * lda, vl);
+        a3 = __riscv_vle32_v_f32m4(acc + 3 * lda, vl);
+    }
+    for (c = 0; c < cols; c++) {
+        const vfloat32m4_t w = moa_rvv_f16_to_f32(v + (ptrdiff_t)c * ldv, vl);
+        a0 = __riscv_vfmacc_vf_f32m4(a0, p[c], w, vl);
+        if (mr == 4) {
+            a1 = __riscv_vfmacc_vf_f32m4(a1, p[ldp + (ptrdiff_t)c], w, vl);
+            a2 = __riscv_vfmacc_vf_f32m4(a2, p[2 * ldp + (ptrdiff_t)c], w, vl);
+            a3 = __riscv_vfmacc_vf_f32m4(a3, p[3 * ldp + (ptrdiff_t)c], w, vl);
+        }
+    }
+    __riscv_vse32_v_f32m4(acc, a0, vl);
+    if (mr == 4) {
+        __riscv_vse32_v_f32m4(acc + lda, a1, vl);
+        __riscv_vse32_v_f32m4(acc + 2 * lda, a2, vl);
+        __riscv_vse32_v_f32m4(acc + 3 * lda, a3, vl);
+    }
+}
+
+void moa_attn_pv_f32_f16_4xm4_rvv(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                  const uint16_t *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    size_t e, vl, r;
+    for (e = 0; e < dv; e += vl) {
+        vl = __riscv_vsetvl_e32m4(dv - e);
+        for (r = 0; r + 4 <= rows; r += 4) {
+            pv_tile_f16(4, vl, cols, p + (ptrdiff_t)r * ldp, ldp, v + e, ldv, acc + (ptrdiff_t)r * lda + (ptrdiff_t)e, lda);
+        }
+        for (; r < rows; r++) {
+            pv_tile_f16(1, vl, cols, p + (ptrdiff_t)r * ldp, ldp, v + e, ldv, acc + (ptrdiff_t)r * lda + (ptrdiff_t)e, lda);
         }
     }
 }

@@ -5,7 +5,10 @@
  *               broadcast weight times one row of V;
  *   max, exp, scale, vexp: 16 floats per step, a masked step for the tail;
  *   over an int8 cache (_s8): the same tiles, 8 int8 widened to 8 floats in registers per load
- *               (vpmovsxbd, vcvtdq2ps). */
+ *               (vpmovsxbd, vcvtdq2ps);
+ *   over a float16 cache (_f16): the same tiles, 8 halves widened to 8 floats per load (F16C's
+ *               vcvtph2ps, which every AVX2 core has; one by one through moa/half.h in a build
+ *               without -mf16c). */
 #include "moa/isa.h"
 
 #if MOA_ISA_AVX2
@@ -14,6 +17,7 @@
 #include <string.h>
 
 #include "moa/attention.h"
+#include "moa/half.h"
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -354,6 +358,165 @@ void moa_attn_pv_f32_s8_4x16_avx2(size_t rows, size_t cols, size_t dv, const flo
     }
     for (; r < rows; r++) {
         pv_rows_s8(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
+    }
+}
+
+/* --- over a float16 cache: the same tiles, each row of halves widened to float in registers --- */
+
+/* n <= 8 halves at x as 8 floats (exact), the lanes past n 0 (a partial row through a zeroed buffer). */
+INLINE __m256 load_f16(const uint16_t *x, size_t n)
+{
+    uint16_t buf[8] = {0};
+    const uint16_t *h = x;
+    if (n < 8) {
+        memcpy(buf, x, n * sizeof *x);
+        h = buf;
+    }
+#if defined(__F16C__)
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)h));
+#else
+    {
+        float wide[8];
+        int i;
+        for (i = 0; i < 8; i++) {
+            wide[i] = moa_f16_to_f32(h[i]);
+        }
+        return _mm256_loadu_ps(wide);
+    }
+#endif
+}
+
+INLINE float dot_f16(size_t depth, const float *x, const uint16_t *y)
+{
+    __m256 acc = _mm256_setzero_ps();
+    size_t j = 0;
+    for (; j + 8 <= depth; j += 8) {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(x + j), load_f16(y + j, 8), acc);
+    }
+    if (j < depth) {
+        acc = _mm256_fmadd_ps(_mm256_maskload_ps(x + j, tail_mask(depth - j)), load_f16(y + j, depth - j), acc);
+    }
+    return hsum(acc);
+}
+
+void moa_attn_scores_f32_f16_2x4_avx2(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                      ptrdiff_t ldq, const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
+{
+    const __m256 vscale = _mm256_set1_ps(scale);
+    const __m256i tail = tail_mask(depth % 8);
+    size_t r = 0, c, j;
+    int i, x;
+    for (; r + 2 <= rows; r += 2) {
+        const float *q0 = q + (ptrdiff_t)r * ldq;
+        float *s0 = s + (ptrdiff_t)r * lds;
+        for (c = 0; c + 4 <= cols; c += 4) {
+            const uint16_t *k0 = k + (ptrdiff_t)c * ldk;
+            __m256 a[8], qv[2], kv[4], h0, h1, h2, h3, g0, g1, sum;
+            _Pragma("GCC unroll 8")
+            for (i = 0; i < 8; i++) {
+                a[i] = _mm256_setzero_ps();
+            }
+            for (j = 0; j < depth; j += 8) {
+                const size_t nj = depth - j < 8 ? depth - j : 8;
+                _Pragma("GCC unroll 4")
+                for (i = 0; i < 2; i++) {
+                    qv[i] = nj == 8 ? _mm256_loadu_ps(q0 + i * ldq + j) : _mm256_maskload_ps(q0 + i * ldq + j, tail);
+                }
+                _Pragma("GCC unroll 4")
+                for (x = 0; x < 4; x++) {
+                    kv[x] = load_f16(k0 + x * ldk + j, nj);
+                }
+                _Pragma("GCC unroll 4")
+                for (i = 0; i < 2; i++) {
+                    _Pragma("GCC unroll 4")
+                    for (x = 0; x < 4; x++) {
+                        a[4 * i + x] = _mm256_fmadd_ps(qv[i], kv[x], a[4 * i + x]);
+                    }
+                }
+            }
+            h0 = _mm256_hadd_ps(a[0], a[1]);
+            h1 = _mm256_hadd_ps(a[2], a[3]);
+            h2 = _mm256_hadd_ps(a[4], a[5]);
+            h3 = _mm256_hadd_ps(a[6], a[7]);
+            g0 = _mm256_hadd_ps(h0, h1);
+            g1 = _mm256_hadd_ps(h2, h3);
+            sum = _mm256_add_ps(_mm256_permute2f128_ps(g0, g1, 0x20), _mm256_permute2f128_ps(g0, g1, 0x31));
+            sum = _mm256_mul_ps(sum, vscale);
+            _mm_storeu_ps(s0 + c, _mm256_castps256_ps128(sum));
+            _mm_storeu_ps(s0 + lds + c, _mm256_extractf128_ps(sum, 1));
+        }
+        for (; c < cols; c++) {
+            s0[c] = scale * dot_f16(depth, q0, k + (ptrdiff_t)c * ldk);
+            s0[lds + (ptrdiff_t)c] = scale * dot_f16(depth, q0 + ldq, k + (ptrdiff_t)c * ldk);
+        }
+    }
+    for (; r < rows; r++) {
+        for (c = 0; c < cols; c++) {
+            s[(ptrdiff_t)r * lds + (ptrdiff_t)c] = scale * dot_f16(depth, q + (ptrdiff_t)r * ldq, k + (ptrdiff_t)c * ldk);
+        }
+    }
+}
+
+/* acc[0:mr][0:8 nv] += p[0:mr][0:cols] v[0:cols][0:8 nv], V's rows halves; the last vector takes `last` lanes. */
+INLINE void pv_tile_f16(int mr, int nv, size_t last, size_t cols, const float *p, ptrdiff_t ldp, const uint16_t *v,
+                        ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    const __m256i all = _mm256_set1_epi32(-1), last_mask = tail_mask(last);
+    __m256 a[4][2], w[2];
+    size_t c;
+    int i, x;
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < mr; i++) {
+        _Pragma("GCC unroll 2")
+        for (x = 0; x < nv; x++) {
+            a[i][x] = _mm256_maskload_ps(acc + i * lda + 8 * x, x == nv - 1 ? last_mask : all);
+        }
+    }
+    for (c = 0; c < cols; c++) {
+        const uint16_t *v_row = v + (ptrdiff_t)c * ldv;
+        _Pragma("GCC unroll 2")
+        for (x = 0; x < nv; x++) {
+            w[x] = load_f16(v_row + 8 * x, x == nv - 1 ? last : 8);
+        }
+        _Pragma("GCC unroll 4")
+        for (i = 0; i < mr; i++) {
+            const __m256 weight = _mm256_broadcast_ss(p + i * ldp + (ptrdiff_t)c);
+            _Pragma("GCC unroll 2")
+            for (x = 0; x < nv; x++) {
+                a[i][x] = _mm256_fmadd_ps(weight, w[x], a[i][x]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < mr; i++) {
+        _Pragma("GCC unroll 2")
+        for (x = 0; x < nv; x++) {
+            _mm256_maskstore_ps(acc + i * lda + 8 * x, x == nv - 1 ? last_mask : all, a[i][x]);
+        }
+    }
+}
+
+INLINE void pv_rows_f16(int mr, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const uint16_t *v,
+                        ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    size_t e = 0;
+    for (; e + 16 <= dv; e += 16) {
+        pv_tile_f16(mr, 2, 8, cols, p, ldp, v + e, ldv, acc + e, lda);
+    }
+    for (; e < dv; e += 8) {
+        pv_tile_f16(mr, 1, dv - e < 8 ? dv - e : 8, cols, p, ldp, v + e, ldv, acc + e, lda);
+    }
+}
+
+void moa_attn_pv_f32_f16_4x16_avx2(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                   const uint16_t *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    size_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        pv_rows_f16(4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
+    }
+    for (; r < rows; r++) {
+        pv_rows_f16(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
     }
 }
 

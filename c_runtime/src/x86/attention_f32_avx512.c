@@ -4,7 +4,8 @@
  *               broadcast weight (embedded broadcast) times two vectors of one row of V;
  *   max, exp, scale, vexp: 32 floats per step, a masked step for the tail;
  *   over an int8 cache (_s8): the same tiles, each int8 row widened to float in registers
- *               (vpmovsxbd, vcvtdq2ps) as it is loaded: into the key panel, or as V's row. */
+ *               (vpmovsxbd, vcvtdq2ps) as it is loaded: into the key panel, or as V's row;
+ *   over a float16 cache (_f16): the same again, 16 halves widened to 16 floats by one vcvtph2ps. */
 #include "moa/isa.h"
 
 #if MOA_ISA_AVX512
@@ -142,6 +143,32 @@ INLINE void pack_16x16_s8(int nr, size_t nj, const int8_t *x, ptrdiff_t ldx, flo
     _Pragma("GCC unroll 16")
     for (i = 0; i < 16; i++) {
         a[i] = i < nr ? load_s8(x + i * ldx, nj) : _mm512_setzero_ps();
+    }
+    transpose_16x16(a, nj, kt);
+}
+
+/* n <= 16 halves at x as 16 floats (exact), the lanes past n 0; a partial row through a zeroed buffer. */
+INLINE __m512 load_f16(const uint16_t *x, size_t n)
+{
+    __m256i halves;
+    if (n == 16) {
+        halves = _mm256_loadu_si256((const __m256i *)(const void *)x);
+    } else {
+        uint16_t buf[16] = {0};
+        memcpy(buf, x, n * sizeof *x);
+        halves = _mm256_loadu_si256((const __m256i *)(const void *)buf);
+    }
+    return _mm512_cvtph_ps(halves);
+}
+
+/* pack_16x16 over rows of halves: each row widened to float in registers on its way into the panel. */
+INLINE void pack_16x16_f16(int nr, size_t nj, const uint16_t *x, ptrdiff_t ldx, float *kt)
+{
+    __m512 a[16];
+    int i;
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < 16; i++) {
+        a[i] = i < nr ? load_f16(x + i * ldx, nj) : _mm512_setzero_ps();
     }
     transpose_16x16(a, nj, kt);
 }
@@ -345,6 +372,95 @@ void moa_attn_pv_f32_s8_12x32_avx512(size_t rows, size_t cols, size_t dv, const 
     }
     for (; r < rows; r++) {
         pv_rows_s8(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
+    }
+}
+
+/* The same tile over float16 keys: the panel packs 16 keys widened to float; one scale for all. */
+void moa_attn_scores_f32_f16_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                          ptrdiff_t ldq, const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
+{
+    float kt[KT_DEPTH * 16] __attribute__((aligned(64)));
+    size_t c, j0, j;
+    for (c = 0; c < cols; c += 16) {
+        const int nc = cols - c >= 16 ? 16 : (int)(cols - c);
+        const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : tail_mask((size_t)nc);
+        const uint16_t *k0 = k + (ptrdiff_t)c * ldk;
+        float *s0 = s + (ptrdiff_t)c;
+        j0 = 0;
+        do {
+            const size_t nj = depth - j0 < KT_DEPTH ? depth - j0 : KT_DEPTH;
+            for (j = 0; j < nj; j += 16) {
+                pack_16x16_f16(nc, nj - j < 16 ? nj - j : 16, k0 + (ptrdiff_t)(j0 + j), ldk, kt + 16 * j);
+            }
+            scores_panel(rows, nj, q + (ptrdiff_t)j0, ldq, kt, _mm512_set1_ps(scale), cm, j0 > 0, s0, lds);
+            j0 += nj;
+        } while (j0 < depth);
+    }
+}
+
+/* pv_tile over rows of V held as halves: each row widened to float in registers. */
+INLINE void pv_tile_f16(int mr, int nv, size_t last, size_t cols, const float *p, ptrdiff_t ldp, const uint16_t *v,
+                        ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    const __mmask16 last_mask = last == 16 ? (__mmask16)0xFFFF : tail_mask(last);
+    __m512 a[12][2], w[2];
+    size_t c;
+    int i, x;
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < mr; i++) {
+        _Pragma("GCC unroll 16")
+        for (x = 0; x < nv; x++) {
+            a[i][x] = _mm512_maskz_loadu_ps(x == nv - 1 ? last_mask : (__mmask16)0xFFFF, acc + i * lda + 16 * x);
+        }
+    }
+    for (c = 0; c < cols; c++) {
+        const uint16_t *v_row = v + (ptrdiff_t)c * ldv;
+        _Pragma("GCC unroll 16")
+        for (x = 0; x < nv; x++) {
+            w[x] = load_f16(v_row + 16 * x, x == nv - 1 ? last : 16);
+        }
+        _Pragma("GCC unroll 16")
+        for (i = 0; i < mr; i++) {
+            const __m512 weight = _mm512_set1_ps(p[i * ldp + (ptrdiff_t)c]);
+            _Pragma("GCC unroll 16")
+            for (x = 0; x < nv; x++) {
+                a[i][x] = _mm512_fmadd_ps(weight, w[x], a[i][x]);
+            }
+        }
+    }
+    _Pragma("GCC unroll 16")
+    for (i = 0; i < mr; i++) {
+        _Pragma("GCC unroll 16")
+        for (x = 0; x < nv; x++) {
+            _mm512_mask_storeu_ps(acc + i * lda + 16 * x, x == nv - 1 ? last_mask : (__mmask16)0xFFFF, a[i][x]);
+        }
+    }
+}
+
+INLINE void pv_rows_f16(int mr, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const uint16_t *v,
+                        ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    size_t e = 0;
+    for (; e + 32 <= dv; e += 32) {
+        pv_tile_f16(mr, 2, 16, cols, p, ldp, v + e, ldv, acc + e, lda);
+    }
+    for (; e < dv; e += 16) {
+        pv_tile_f16(mr, 1, dv - e >= 16 ? 16 : dv - e, cols, p, ldp, v + e, ldv, acc + e, lda);
+    }
+}
+
+void moa_attn_pv_f32_f16_12x32_avx512(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                      const uint16_t *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    size_t r = 0;
+    for (; r + 12 <= rows; r += 12) {
+        pv_rows_f16(12, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
+    }
+    for (; r + 4 <= rows; r += 4) {
+        pv_rows_f16(4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
+    }
+    for (; r < rows; r++) {
+        pv_rows_f16(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
     }
 }
 
