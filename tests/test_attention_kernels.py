@@ -604,7 +604,7 @@ BUILDS = [
     Build("rpi4-neon", "rpi4", "neon"),
     Build("rpi4-scalar", "rpi4", "scalar", extra=("-DMOA_FORCE_SCALAR",)),
     Build("k230-rvv-vlen128", "k230", "rvv", vlen=128),
-    Build("k230-rvv-vlen256", "k230", "rvv", vlen=256),
+    Build("bpi-f3-rvv-zvfh", "bpi-f3", "rvv"),  # VLEN 256, halves widened by Zvfhmin's vfwcvt
 ]
 
 
