@@ -89,7 +89,7 @@ def cmd_convert(a) -> int:
     report = convert(a.model, a.output, board=board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix,
                      scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
                      fuse_attention=a.attention == "fused", max_context=a.max_context,
-                     weights=weights, activations=activations, kv_cache=a.kv_cache or "float32",
+                     weights=weights, activations=activations, kv_cache=a.kv_cache or "float32", threads=a.threads,
                      **({"prefill_chunk": a.prefill_chunk} if a.prefill_chunk else {}))
     blocks = report["attention_blocks"]
     print(f"{a.model} -> {a.output}: {len(blocks)} attention block(s), arena {report['memory']['arena_bytes']} B, "
@@ -123,14 +123,15 @@ def cmd_build(a) -> int:
 def cmd_run(a) -> int:
     from moa_edge.harness.build import build
     from moa_edge.harness.inputs import load_npz
-    from moa_edge.harness.runner import check_inputs, project_io, run
+    from moa_edge.harness.runner import check_inputs, project_io, project_threads, run
     board = board_arg(a.board)
     project = Path(a.project)
     io = project_io(project)
+    threads = project_threads(project, a.threads)
     inputs = check_inputs(io, load_npz(a.inputs), a.inputs)
     binary = build(project, board)
     ssh = _ssh_target(a, [board])
-    outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=a.timeout, threads=a.threads or board.threads())
+    outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=a.timeout, threads=threads)
     _write_file("--outputs", a.outputs, lambda f: np.savez(f, **outputs))
     where = f" over ssh {ssh.destination}" if ssh else ""
     print(f"{board.name}{where}: wrote {', '.join(outputs)} to {a.outputs} (run {run_us:.1f} us)")
@@ -157,9 +158,11 @@ def cmd_validate(a) -> int:
 def cmd_generate(a) -> int:
     from moa_edge.harness.build import build
     from moa_edge.harness.generation import Sampling, generate_ids, generation_info
+    from moa_edge.harness.runner import project_threads
     board = board_arg(a.board)
     project = Path(a.project)
     info = generation_info(project)
+    threads = project_threads(project, a.threads)
     sampling = Sampling(a.temperature, a.top_k, a.top_p, a.seed)
     sampling.check()
     tokenizer = None
@@ -187,7 +190,7 @@ def cmd_generate(a) -> int:
             print(text[len(shown):], end="", flush=True)
             shown = text
     result = generate_ids(binary, board, info, prompt_ids, a.max_new_tokens, sampling, stop_ids, ssh=ssh,
-                          timeout=a.timeout, on_token=on_token, threads=a.threads or board.threads())
+                          timeout=a.timeout, on_token=on_token, threads=threads)
     result.pop("logits")
     if tokenizer is not None:
         result["text"] = tokenizer.decode(result["tokens"])
@@ -550,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the key/value cache of a generation build: float32 (default), int8 with a float32 scale "
                         "per cached row (one position of one kv head), about 4x smaller, or fp16 (IEEE halves, no "
                         "scale: each value rounded to the nearest half), 2x smaller; attention stays float32")
+    s.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="the most threads a run may use: the arena holds a kernel scratch for each (default: the "
+                        "board's cores; model.h's <P>_MAX_THREADS)")
 
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")

@@ -16,7 +16,7 @@ from moa_edge.harness import ownership
 from moa_edge.harness.build import build
 from moa_edge.harness.inputs import load_npz, random_inputs
 from moa_edge.harness.reference import run_reference
-from moa_edge.harness.runner import check_inputs, run
+from moa_edge.harness.runner import MAX_THREADS, check_inputs, run
 from moa_edge.harness.scratch_folder import scratch_folder, signals_held
 from moa_edge.harness.ssh import TIMEOUT_S
 from moa_edge.ir import Graph, check_sizes
@@ -108,11 +108,18 @@ def parse_schedule(text: str | None) -> Schedule | None:
 
 
 def schedule_graph(graph: Graph, board: Board, scratch_budget: int | None = None,
-                   forced: Schedule | None = None) -> Graph:
-    """Choose every attention block's ONF schedule for the board (the cost model decides)."""
+                   forced: Schedule | None = None, threads: int | None = None) -> Graph:
+    """Choose every attention block's ONF schedule for the board (the cost model decides), and
+    plan the runs for up to `threads` threads (default: the board's cores): a kernel whose work
+    is lifted onto cores gets a scratch per thread."""
+    threads = threads or board.threads()
+    if not 1 <= threads <= MAX_THREADS:
+        raise MoaEdgeError(f"--threads {threads}: give 1 to {MAX_THREADS}")
+    graph.max_threads = threads
     for node in graph.nodes:
         if node.op == "MoaAttention":
             attention.schedule(node, board, scratch_budget, forced)
+            node.attrs["threads"] = threads
     return graph
 
 
@@ -144,8 +151,10 @@ def _check_replaceable(out_dir: Path, model: Path) -> None:
 def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefix: str = "model",
             scratch_budget: int | None = None, schedule: Schedule | None = None, fuse_attention: bool = True,
             max_context: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
-            weights: WeightFormat | None = None, activations: str | None = None, kv_cache: str = "float32") -> dict:
-    """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing. An existing out_dir is
+            weights: WeightFormat | None = None, activations: str | None = None, kv_cache: str = "float32",
+            threads: int | None = None) -> dict:
+    """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing,
+    its runs planned for up to `threads` threads (default: the board's cores). An existing out_dir is
     replaced only if everything in it is moa-edge's (ownership.MARKER lists what convert wrote).
     With max_context, the model is a decoder exported with its cache, built for generation (kv_cache:
     the caches' element type, float32, int8 or fp16)."""
@@ -175,14 +184,14 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
         except OSError as exc:
             raise MoaEdgeError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
         if max_context is not None:
-            graphs = {chunk: schedule_graph(graph, board, scratch_budget, schedule)
+            graphs = {chunk: schedule_graph(graph, board, scratch_budget, schedule, threads)
                       for chunk, graph in load_decoder(model, max_context, prefill_chunk, weights, activations,
                                                        kv_cache).items()}
             report = emit_generation_project(graphs, staging, max_context, prefix=prefix, board=board,
                                              source=model.name, model_folder=model.parent)
         else:
             graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention, weights=weights,
-                                              activations=activations), board, scratch_budget, schedule)
+                                              activations=activations), board, scratch_budget, schedule, threads)
             report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name)
         ownership.write_manifest(staging)
         _check_replaceable(out_dir, model)  # again: the user may have written into it meanwhile
@@ -257,7 +266,7 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
         for board in boards:
             project = Path(tmp) / board.name
             project.mkdir()
-            report = emit_project(schedule_graph(graph, board, scratch_budget, schedule), project,
+            report = emit_project(schedule_graph(graph, board, scratch_budget, schedule, threads or board.threads()), project,
                                   board=board, source=model.name)
             if inputs is None:
                 io = report["io"]

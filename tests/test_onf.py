@@ -7,6 +7,7 @@ the scratch the kernel really uses against the cost model's figure."""
 import dataclasses
 from dataclasses import dataclass
 import math
+import re
 import subprocess
 
 import numpy as np
@@ -409,7 +410,7 @@ def test_decode_oracle_is_exact(block, splits, tmp_path):
     spec = make_decode(block, 1)[0]
     code = emit_oracle_kernel(spec, schedule, "kernel")
     assert decode_form(spec, schedule) == (block.hq > block.hkv or splits > 1)  # MHA unsplit: the head form is it
-    assert ("for (g = 0;" in code) == decode_form(spec, schedule) and ("for (c = 0;" in code) == (splits > 1)
+    assert ("g = (ptrdiff_t)(item /" in code) == decode_form(spec, schedule) and ("for (c = 0;" in code) == (splits > 1)
     for length, got, expected, _ in _decode_runs(block, schedule, tmp_path, "double"):
         assert np.max(np.abs(got - expected)) <= 1e-12, (length, np.max(np.abs(got - expected)))
 
@@ -430,8 +431,10 @@ def test_decode_micro_kernels_meet_tolerance(block, splits, wrapping, tmp_path):
     group = block.hq // block.hkv
     assert "moa_attn_scores_f32(" in code and "red1" not in code and "v_row" not in code
     if decode_form(spec, schedule):
-        assert f"for (g = 0; g < {block.hkv}; g++)" in code and "for (h = 0;" not in code
-        assert f"for (ib = 0; ib < {group * block.sq}; ib += {min(rows, group * block.sq)})" in code
+        br = min(rows, group * block.sq)  # the items: (b, g, ib) over the K/V heads' stacked rows
+        blocks = -(-group * block.sq // br)
+        assert f"g = (ptrdiff_t)(item / {blocks} % {block.hkv})" in code and "h = (ptrdiff_t)(item" not in code
+        assert f"ib = (ptrdiff_t)(item % {blocks}) * {br};" in code
     else:
         assert group == 1 and splits == 1
     build = lambda: build_harness(spec, schedule, tmp_path, cflags=board.toolchain["cflags"])  # noqa: E731
@@ -494,7 +497,7 @@ def test_head_form_is_unchanged_by_the_decode_form():
     """Br <= Sq and no split keeps the query-head loop (the prefill kernels); two_pass cannot split."""
     spec = make_decode(DECODE[2], 1)[0]
     code = emit_kernel(spec, Schedule("online", 4, 16), "kernel")
-    assert "for (h = 0; h < 8; h++)" in code and "for (g = 0;" not in code
+    assert re.search(r"h = \(ptrdiff_t\)\(item / \d+ % 8\)", code) and "g = (ptrdiff_t)(item" not in code
     with pytest.raises(AssertionError):
         Schedule("two_pass", 4, 16, 2)
 

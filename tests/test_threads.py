@@ -1,12 +1,15 @@
 """A whole model on N threads (moa/pool.h): the outputs are bitwise the same for every thread
 count, on the host and under qemu-user with 4 threads on rpi4 and k230, and equal to
 onnxruntime's within float32 tolerance; the verbs take --threads."""
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
 from conftest import one_error, require_board, run_cli
+from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.pipeline import convert
@@ -43,28 +46,32 @@ def block(tmp_path_factory):
 def test_outputs_are_bitwise_the_same_on_every_thread_count(block, tmp_path, board_name):
     board = require_board(board_name)
     path, x, expected = block
-    report = convert(path, tmp_path / "p", board=board)
-    assert "moa_gemm_packed_f32_on(pool," in (tmp_path / "p" / "model.c").read_text()
+    report = convert(path, tmp_path / "p", board=board, threads=4)
+    model_c = (tmp_path / "p" / "model.c").read_text()
+    assert "moa_gemm_packed_f32_on(pool," in model_c and re.search(r"status = \w+_on\(pool, ", model_c)  # and attention
     binary = build(tmp_path / "p", board)
     inputs = check_inputs(report["io"], {"x": x}, "x")
     outputs = [run(binary, board, report["io"], inputs, threads=threads)[0]["y"] for threads in (1, 4, 3)]
     for y in outputs[1:]:
         assert np.array_equal(y.view(np.uint32), outputs[0].view(np.uint32))
     np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(MoaEdgeError, match="MOA_ERR_BAD_PARAMS"):  # more threads than the arena has scratch for
+        run(binary, board, report["io"], inputs, threads=5)
 
 
 def test_the_verbs_take_threads(block, tmp_path):
     path, x, expected = block
     np.savez(tmp_path / "in.npz", x=x)
-    r = run_cli("convert", path, "-o", tmp_path / "p")
+    r = run_cli("convert", path, "-o", tmp_path / "p", "--threads", "2")
     assert r.returncode == 0, r.stderr
+    assert "#define MODEL_MAX_THREADS 2u" in (tmp_path / "p" / "model.h").read_text()
     r = run_cli("run", tmp_path / "p", "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out.npz",
                 "--threads", "2")
     assert r.returncode == 0, r.stderr
     np.testing.assert_allclose(np.load(tmp_path / "out.npz")["y"], expected, rtol=1e-4, atol=1e-5)
     r = run_cli("run", tmp_path / "p", "--inputs", tmp_path / "in.npz", "--outputs", tmp_path / "out2.npz",
                 "--threads", "65")
-    one_error(r, "--threads 65: give 1 to 64")
+    one_error(r, "--threads 65: ", "was converted for at most 2 thread(s)")
     assert not (tmp_path / "out2.npz").exists()
     r = run_cli("validate", path, "--threads", "2")
     assert r.returncode == 0 and "ALL PASS" in r.stdout, r.stdout + r.stderr

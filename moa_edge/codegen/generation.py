@@ -159,7 +159,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
         "LAYERS": str(len(caches) // 2), "KV_HEADS": str(kv_heads), "HEAD_DIM": str(head_dim),
         "CACHE_FORMULA": CACHE_FORMULAS[kv_cache], "STATE_HEADER": str(STATE_HEADER),
         "CACHE_BYTES": str(cache_bytes), "STATE_BYTES": str(state_bytes),
-        "ARENA_BYTES": str(arena_bytes), "WEIGHTS_BYTES": str(weights_bytes),
+        "ARENA_BYTES": str(arena_bytes), "WEIGHTS_BYTES": str(weights_bytes), "MAX_THREADS": str(first.max_threads),
         "WEIGHTS_BY_TYPE": weight_type_macros(P, weights),
         "CHUNK_FUNCTIONS": "\n".join(functions), "PREFILL_CHUNKS": "".join(prefill),
         "KERNELS": "\n".join(k for code in codes.values() for k in code.kernels),
@@ -174,6 +174,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
     report = {
         "source": source,
         "board": board.name,
+        "max_threads": first.max_threads,
         "prefix": prefix,
         "generation": {"max_context": max_context, "vocab": vocab, "prefill_chunk": max(graphs),
                        "layers": len(caches) // 2, "kv_heads": kv_heads, "head_dim": head_dim, "kv_cache": kv_cache,

@@ -192,7 +192,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
 
     subst = {
         "P": P, "p": prefix, "SOURCE": c_comment_text(source), "BOARD": c_comment_text(board.name),
-        "ARENA_BYTES": str(plan.total_bytes), "WEIGHTS_BYTES": str(weights_bytes),
+        "ARENA_BYTES": str(plan.total_bytes), "WEIGHTS_BYTES": str(weights_bytes), "MAX_THREADS": str(graph.max_threads),
         "WEIGHTS_BY_TYPE": weight_type_macros(P, weights),
         "NUM_INPUTS": str(len(graph.inputs)), "NUM_OUTPUTS": str(len(graph.outputs)),
         # (A model with no intermediates needs no arena bytes: `size < 0u` would not compile with -Werror.)
@@ -234,6 +234,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     report = {
         "source": source,
         "board": board.name,
+        "max_threads": graph.max_threads,
         "prefix": prefix,
         "io": io,
         "attention_blocks": [dict(node=n.name, **n.attrs["spec"].describe(), predicted=n.attrs["cost"].describe())

@@ -61,7 +61,7 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
         tmp = Path(tmp)
         progress("convert")
         t0 = time.perf_counter()
-        report = convert(model, tmp / "fused", input_shapes=input_shapes)
+        report = convert(model, tmp / "fused", input_shapes=input_shapes, threads=threads)
         convert_s = time.perf_counter() - t0
         progress("build for the host")
         t0 = time.perf_counter()
@@ -94,7 +94,8 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
         remote = None
         if ssh is not None:
             progress(f"{remote_board.name} over ssh {ssh.destination}: convert, build, {repeat} runs")
-            convert(model, tmp / remote_board.name, board=remote_board, input_shapes=input_shapes)
+            convert(model, tmp / remote_board.name, board=remote_board, input_shapes=input_shapes,
+                    threads=remote_board.threads())
             _, board_us = run(build(tmp / remote_board.name, remote_board), remote_board, report["io"], inputs,
                               repeat=repeat, ssh=ssh, threads=remote_board.threads())
             remote = {"board": remote_board.name, "ssh": ssh.destination, "moa_edge_us": board_us}

@@ -48,6 +48,16 @@ def project_io(project: Path) -> list[dict]:
     return json.loads(report.read_text())["io"]
 
 
+def project_threads(project: Path, asked: int | None) -> int:
+    """The threads of a run of `project`: `asked`, or by default as many as it was converted for
+    (convert --threads: the arena holds a kernel scratch per thread); more is one clear error."""
+    most = json.loads((Path(project) / "report.json").read_text()).get("max_threads", 1)
+    if asked is not None and asked > most:
+        raise MoaEdgeError(f"--threads {asked}: {project} was converted for at most {most} thread(s) "
+                           f"(convert --threads {asked} plans the arena for more)")
+    return asked or most
+
+
 def check_inputs(io: list[dict], inputs: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
     """Inputs by graph name, checked against the model's shapes and cast to its dtypes."""
     wanted = [e for e in io if e["kind"] == "input"]

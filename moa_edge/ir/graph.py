@@ -62,6 +62,9 @@ class Graph:
     # Tensors that persist across calls in the caller's state buffer (a decoder's key/value
     # caches), neither inputs, outputs nor arena.
     state: list[str] = field(default_factory=list)
+    # The most threads a run may use (convert --threads): kernels lifted onto cores get a scratch
+    # per thread in the arena.
+    max_threads: int = 1
 
     def producer(self, name: str) -> Node | None:
         for node in self.nodes:

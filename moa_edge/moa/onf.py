@@ -247,19 +247,24 @@ def _open_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str,
       f"{spec.kv_len},{spec.head_dim}|{spec.value_dim}] -> Y[{spec.batch},{spec.q_heads},{spec.q_len},{spec.value_dim}]\n"
       f" * {lifted}; scratch {scratch.elements} x {ctype}: "
       + ", ".join(f"{r}[{n}]" for r, n in scratch.regions) + " */")
-    w(f"moa_status {name}({kernel_parameters(spec, ctype)})")
+    head, heads, row_count = ("g", spec.kv_heads, group * spec.q_len) if decode else ("h", spec.q_heads, spec.q_len)
+    blocks = -(-row_count // br)
+    w(f"/* Items first .. end - 1 of the {work_items(spec, schedule)} = {spec.batch} x {heads} x {blocks} (b, {head}, ib): "
+      "the dimensions lifted onto cores (name_on). */")
+    w(f"static moa_status {name}_items({kernel_parameters(spec, ctype)}, size_t first, size_t end)")
     w("{")
     offset = 0
     for region, n in scratch.regions:
         w(f"    {ctype} *const {region} = scratch + {offset};")
         offset += n
-    head, heads, row_count = ("g", spec.kv_heads, group * spec.q_len) if decode else ("h", spec.q_heads, spec.q_len)
-    w(f"    ptrdiff_t b, {head}, ib; /* 64-bit on 64-bit targets: offsets past 2^31 stay defined */")
+    w("    size_t item;")
     if spec.mask_kind == MASK_NONE:
         w("    (void)M;")
-    w(f"    for (b = 0; b < {spec.batch}; b++) {{")
-    w(f"    for ({head} = 0; {head} < {heads}; {head}++) {{")
-    w(f"    for (ib = 0; ib < {row_count}; ib += {br}) {{")
+    w("    for (item = first; item < end; item++) {")
+    w(f"        const ptrdiff_t b = (ptrdiff_t)(item / {heads * blocks}), {head} = (ptrdiff_t)(item / {blocks} % {heads});"
+      " /* 64-bit on 64-bit targets */")
+    w(f"        const ptrdiff_t ib = (ptrdiff_t)(item % {blocks}) * {br};")
+    w(f"        (void)b, (void){head}; /* an axis of one element is read at offset 0 */")
     w(f"        const ptrdiff_t rows = {row_count} - ib < {br} ? {row_count} - ib : {br};")
     query_end = "ib + rows"  # one past the block's last query index
     if decode and spec.q_len > 1 and group > 1:  # a block of stacked rows may wrap from one head to the next
@@ -292,10 +297,51 @@ def kernel_parameters(spec: AttentionSpec, ctype: str = "float") -> str:
             f"    const {spec.mask_ctype} *restrict M, {ctype} *{shared}Y, {ctype} *restrict scratch{lengths}")
 
 
-def _close_kernel(w):
-    w("    }\n    }\n    }")
+def work_items(spec: AttentionSpec, schedule: Schedule) -> int:
+    """The (batch, head, row block) items of the kernel's outer loop: the work lifted onto cores."""
+    rows = (spec.q_heads // spec.kv_heads) * spec.q_len if decode_form(spec, schedule) else spec.q_len
+    heads = spec.kv_heads if decode_form(spec, schedule) else spec.q_heads
+    return spec.batch * heads * -(-rows // block_rows(spec, schedule))
+
+
+def _argument_names(spec: AttentionSpec) -> list[str]:
+    """The names of kernel_parameters(spec), in order."""
+    return (["Q", "K", "V"] + (["KS", "VS"] if spec.kv_dtype == "int8" else []) + ["M", "Y", "scratch"]
+            + (["L"] if spec.kv_lengths else []))
+
+
+def _close_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str, w):
+    """The item loop's end, then `name`: every item on the caller's thread."""
+    w("    }")
     w("    return MOA_OK;")
     w("}")
+    w("")
+    w(f"moa_status {name}({kernel_parameters(spec, ctype)})")
+    w("{")
+    w(f"    return {name}_items({', '.join(_argument_names(spec))}, 0, {work_items(spec, schedule)});")
+    w("}")
+
+
+def emit_lifted(spec: AttentionSpec, schedule: Schedule, name: str) -> str:
+    """`name_on(pool, ...)`: the block's items lifted onto the worker pool's threads (moa/pool.h),
+    a static share each; thread t uses its own copy of the scratch, the t-th of `scratch`'s
+    regions of scratch_layout(spec, schedule).elements floats. An item is computed alike on
+    every thread, so Y is bitwise the same for every thread count."""
+    ctype = kernel_set(spec).ctype
+    names = _argument_names(spec)
+    fields = [p.strip().replace("restrict ", "") for p in kernel_parameters(spec, ctype).replace("\n", " ").split(",")]
+    per_thread = scratch_layout(spec, schedule).elements
+    call = ", ".join(f"job->{n}" if n != "scratch" else f"job->scratch + thread * {per_thread}" for n in names)
+    return "\n".join([
+        f"typedef struct {{ {' '.join(f + ';' for f in fields)} }} {name}_job;", "",
+        f"static void {name}_share(void *ctx, size_t first, size_t end, size_t thread)", "{",
+        f"    const {name}_job *job = (const {name}_job *)ctx;",
+        f"    (void){name}_items({call}, first, end);", "}", "",
+        f"moa_status {name}_on(moa_pool *pool, {kernel_parameters(spec, ctype)})", "{",
+        f"    {name}_job job;",
+        *(f"    job.{n} = {n};" for n in names),
+        f"    moa_pool_for(pool, {work_items(spec, schedule)}, {name}_share, &job);",
+        "    return MOA_OK;", "}", ""])
 
 
 def emit_kernel(spec: AttentionSpec, schedule: Schedule, name: str, kernels: KernelSet | None = None) -> str:
@@ -312,7 +358,7 @@ def emit_kernel(spec: AttentionSpec, schedule: Schedule, name: str, kernels: Ker
         _decode_tiles(form, w)
     else:
         (_online_tiles if schedule.strategy == "online" else _two_pass_tiles)(form, w)
-    _close_kernel(w)
+    _close_kernel(spec, schedule, name, kernels.ctype, w)
     return "\n".join(L) + "\n"
 
 
@@ -334,7 +380,7 @@ def emit_oracle_kernel(spec: AttentionSpec, schedule: Schedule, name: str) -> st
         _online_body(spec, bc, real, exp, suffix, score, w)
     else:
         _two_pass_body(spec, bc, real, exp, suffix, score, w)
-    _close_kernel(w)
+    _close_kernel(spec, schedule, name, real, w)
     return "\n".join(L) + "\n"
 
 

@@ -28,9 +28,9 @@ C_SOURCES: list[str] = ["attention_f32.c", "x86/attention_f32_avx512.c", "x86/at
 
 
 def scratch_bytes(node, graph=None) -> int:
-    """Kernel scratch of the node's chosen ONF schedule; never an Sq x Skv score matrix
-    for the online strategy."""
-    return onf.scratch_bytes(node.attrs["spec"], node.attrs["schedule"])
+    """Kernel scratch of the node's chosen ONF schedule, one per thread the run may use (its
+    items are lifted onto cores); never an Sq x Skv score matrix for the online strategy."""
+    return onf.scratch_bytes(node.attrs["spec"], node.attrs["schedule"]) * node.attrs.get("threads", 1)
 
 
 def in_place_inputs(node, graph) -> list[str]:
@@ -156,13 +156,15 @@ def emit(node, ctx):
               f" * schedule {c.strategy} Br={c.block_q} Bc={c.block_k}" + (f" S={c.splits}" if c.splits > 1 else "")
               + f"; predicted on {c_comment_text(ctx.board.name)}: "
               f"{c.dram_bytes} B from DRAM, {c.flops} flops, {c.scratch_bytes} B scratch */\n"
-              + emit_kernel(node, ctx.name))
+              + emit_kernel(node, ctx.name) + "\n" + onf.emit_lifted(spec, node.attrs["schedule"], ctx.name))
     lengths_param = f", const {spec.lengths_ctype} *restrict L" if spec.kv_lengths else ""
-    declaration = f"moa_status {ctx.name}({onf.kernel_parameters(spec)});\n"
+    declaration = (f"moa_status {ctx.name}({onf.kernel_parameters(spec)});\n"
+                   f"moa_status {ctx.name}_on(moa_pool *pool, {onf.kernel_parameters(spec)});\n")
     q, k, v, mask = (ctx.where[n] if n else "NULL" for n in node.inputs[:4])
     lengths = f", {ctx.where[node.inputs[4]]}" if spec.kv_lengths else ""
     scales = "".join(f", {ctx.where[n]}" for n in node.inputs[5:7])  # an int8 cache's row scales, beside K and V
-    call = check_status(f"{ctx.name}({q}, {k}, {v}{scales}, {mask}, {ctx.where[node.outputs[0]]}, {ctx.scratch}{lengths})")
+    call = check_status(f"{ctx.name}_on(pool, {q}, {k}, {v}{scales}, {mask}, {ctx.where[node.outputs[0]]}, "
+                        f"{ctx.scratch}{lengths})")
     kernels, declarations = [kernel], [declaration]
     if spec.qk_mode >= 0:  # the scores the graph also outputs: an Sq x Skv tensor it asked for
         scores = f"{ctx.name}_scores"
