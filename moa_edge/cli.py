@@ -391,7 +391,8 @@ def _bench_attention(a) -> int:
                              heads=heads[0], head_dim=a.head_dim, repeat=a.repeat or 10, budget=a.budget,
                              count_seq=0 if a.no_count else a.count_seq, count_heads=a.count_heads,
                              time_host_side=not a.no_time, command="moa-edge " + " ".join(sys.argv[1:]),
-                             board=remote[0] if remote else None, ssh=ssh, progress=_progress)
+                             board=remote[0] if remote else None, ssh=ssh, progress=_progress,
+                             threads=a.threads or load_board("host").threads())
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "attention.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -684,8 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--new-tokens", type=_positive_int, default=64, metavar="K",
                    help="bench generate: greedy tokens to generate (default 64; decode is the K-1 after the first)")
     s.add_argument("--threads", type=_positive_int, metavar="N",
-                   help="bench model: moa-edge's threads and onnxruntime's intra-op threads (default: the host's "
-                        "cores); bench generate: onnxruntime's and llama.cpp's threads (default 1; moa-edge runs on one)")
+                   help="bench model and attention: moa-edge's threads and onnxruntime's and PyTorch's (default: "
+                        "the host's cores); bench generate: onnxruntime's and llama.cpp's threads (default 1; moa-edge runs on one)")
     s.add_argument("--gguf", metavar="FILE", help="bench generate: llama.cpp's weights, a GGUF of the same model "
                    "(benchmarks/gguf_f32.py writes an F32 one); with --weights, any GGUF of those weights, from which "
                    "the matching types are written")

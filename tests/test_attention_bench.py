@@ -26,7 +26,7 @@ def cross_boards():
 def test_bench_attention_end_to_end(tmp_path, cross_boards):
     out = tmp_path / "results"
     r = subprocess.run([sys.executable, "-m", "moa_edge.cli", "bench", "attention", "--seq", str(SEQ), "--repeat", "1",
-                        "--count-seq", str(SEQ), "--out", str(out), "--json", str(tmp_path / "r.json")],
+                        "--count-seq", str(SEQ), "--out", str(out), "--json", str(tmp_path / "r.json"), "--threads", "2"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "moa-edge fused kernel" in r.stderr and "kernel instructions" in r.stderr  # progress
@@ -36,7 +36,7 @@ def test_bench_attention_end_to_end(tmp_path, cross_boards):
     assert (out / "attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert result["command"].startswith("moa-edge bench attention --seq 64")
     assert (result["batch"], result["heads"], result["head_dim"]) == (1, 8, 64)
-    assert result["host"]["torch_threads"] == 1 and result["host"]["onnxruntime_intra_op_threads"] == 1
+    assert result["host"]["threads"] == result["host"]["torch_threads"] == result["host"]["onnxruntime_intra_op_threads"] == 2
     assert result["host"]["isa"] in ("avx512", "avx2", "neon", "scalar")
 
     timing = result["timing"]
@@ -70,7 +70,7 @@ def test_bench_attention_end_to_end(tmp_path, cross_boards):
 
 def _garbage(source: str) -> str:
     """The fused kernel's output nudged after it returns: what a broken kernel looks like."""
-    call = "if (kernel(Q, K, V, NULL, O, scratch) != MOA_OK) { return 3; }"
+    call = "if (kernel_on(&pool, Q, K, V, NULL, O, scratch) != MOA_OK) { return 3; }"
     assert call in source
     return source.replace(call, call + " O[no / 2] += 1e-3f;")
 

@@ -91,7 +91,8 @@ static float *load(const char *path, size_t n)
 
 /* bench MODE REPEAT BUDGET_S Q.bin K.bin V.bin Y.bin; MODE is fused, naive or empty (the
  * same program without a kernel: the instruction-count baseline). Runs MODE up to REPEAT
- * times, stopping once BUDGET_S seconds are spent, and prints the fastest run. */
+ * times, stopping once BUDGET_S seconds are spent, and prints the fastest run. The fused
+ * kernel runs on MOA_THREADS threads (default one), a scratch each. */
 int main(int argc, char **argv)
 {
     const size_t nq = (size_t)HEADS * SQ * D, nk = (size_t)HEADS * SKV * D, nv = (size_t)HEADS * SKV * DV;
@@ -100,19 +101,21 @@ int main(int argc, char **argv)
     double best = INFINITY, spent = 0, budget;
     int repeat, runs = 0;
     FILE *out;
-    if (argc != 8) { return 2; }
+    moa_pool pool;
+    const size_t threads = getenv("MOA_THREADS") ? strtoul(getenv("MOA_THREADS"), NULL, 10) : 1;
+    if (argc != 8 || moa_pool_init(&pool, threads) != MOA_OK) { return 2; }
     repeat = atoi(argv[2]);
     budget = atof(argv[3]) * 1e9;
     Q = load(argv[4], nq), K = load(argv[5], nk), V = load(argv[6], nv);
     O = calloc(no, sizeof *O);
-    scratch = malloc(SCRATCH_ELEMS * sizeof *scratch);
+    scratch = malloc(SCRATCH_ELEMS * moa_pool_threads(&pool) * sizeof *scratch);
     if (strcmp(argv[1], "naive") == 0) { S = malloc((size_t)SQ * SKV * sizeof *S); }
     if (!O || !scratch || (strcmp(argv[1], "naive") == 0 && !S)) { return 2; }
     while (runs < repeat && (runs == 0 || spent < budget)) {
         const double t0 = now_ns();
         double t;
         if (strcmp(argv[1], "fused") == 0) {
-            if (kernel(Q, K, V, NULL, O, scratch) != MOA_OK) { return 3; }
+            if (kernel_on(&pool, Q, K, V, NULL, O, scratch) != MOA_OK) { return 3; }
         } else if (strcmp(argv[1], "naive") == 0) {
             naive(Q, K, V, S, O);
         } else if (strcmp(argv[1], "empty") != 0) {
@@ -129,6 +132,7 @@ int main(int argc, char **argv)
     if (!out || fwrite(O, sizeof *O, no, out) != no) { return 2; }
     fclose(out);
     free(Q), free(K), free(V), free(O), free(S), free(scratch);
+    moa_pool_destroy(&pool);
     return 0;
 }
 """
@@ -214,12 +218,13 @@ def bench_spec(seq: int, heads: int, head_dim: int, causal: bool) -> AttentionSp
 def program(spec: AttentionSpec, schedule: onf.Schedule) -> str:
     header = ["#define _POSIX_C_SOURCE 199309L", "#include <math.h>", "#include <stddef.h>", "#include <stdint.h>",
               "#include <stdio.h>", "#include <stdlib.h>", "#include <string.h>", "#include <time.h>",
-              '#include "moa/attention.h"', '#include "moa/isa.h"', '#include "moa/status.h"',
+              '#include "moa/attention.h"', '#include "moa/isa.h"', '#include "moa/pool.h"', '#include "moa/status.h"',
               f"#define HEADS {spec.q_heads}L", f"#define SQ {spec.q_len}L", f"#define SKV {spec.kv_len}L",
               f"#define D {spec.head_dim}L", f"#define DV {spec.value_dim}L", f"#define SCALE {spec.scale!r}f",
               f"#define CAUSAL {int(spec.is_causal)}",
               f"#define SCRATCH_ELEMS {max(1, onf.scratch_layout(spec, schedule).elements)}u"]
-    return "\n".join(header) + "\n" + onf.emit_kernel(spec, schedule, "kernel") + NAIVE_KERNEL + MAIN
+    return ("\n".join(header) + "\n" + onf.emit_kernel(spec, schedule, "kernel") + onf.emit_lifted(spec, schedule, "kernel")
+            + NAIVE_KERNEL + MAIN)
 
 
 def _schedule(spec, board) -> tuple[onf.Schedule, dict]:
@@ -274,8 +279,10 @@ def _compile(cc: str, cflags: list, ldflags: list, source: str, folder: Path, ob
     return exe
 
 
-def _run_c(cmd: list, mode: str, repeat: int, budget: float, paths: list, y_path: Path) -> tuple[dict, np.ndarray]:
-    proc = subprocess.run([*cmd, mode, str(repeat), repr(budget), *paths, str(y_path)], capture_output=True, text=True)
+def _run_c(cmd: list, mode: str, repeat: int, budget: float, paths: list, y_path: Path,
+           threads: int = 1) -> tuple[dict, np.ndarray]:
+    proc = subprocess.run([*cmd, mode, str(repeat), repr(budget), *paths, str(y_path)], capture_output=True, text=True,
+                          env={**os.environ, "MOA_THREADS": str(threads)})
     if proc.returncode:
         raise MoaEdgeError(f"bench attention: the {mode} C kernel exited with status {proc.returncode}: "
                            f"{proc.stderr.strip()[-500:]}")
@@ -315,9 +322,10 @@ def host_cpu() -> str:
 
 
 def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: float, workdir: Path,
-              progress=lambda msg: None) -> tuple[list[dict], dict]:
+              progress=lambda msg: None, threads: int = 1) -> tuple[list[dict], dict]:
     """Host wall time of the four sides at every (seq, causal), best of `repeat` runs (fewer
-    once a side has spent `budget` seconds), each output checked against PyTorch float64."""
+    once a side has spent `budget` seconds), each output checked against PyTorch float64;
+    moa-edge, PyTorch and onnxruntime on `threads` threads (the naive kernel on one)."""
     import onnxruntime as ort
     import torch
     board = load_board("host")
@@ -326,10 +334,10 @@ def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: flo
         raise MoaEdgeError("bench attention: no host C compiler (cc, gcc or clang) on PATH")
     cflags = list(board.toolchain["cflags"])
     objects = runtime_objects(cc, tuple(cflags))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     points, isa = [], None
@@ -347,17 +355,17 @@ def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: flo
                 ref = _reference(ops, causal)
                 times, runs, errors = {}, {}, {}
                 progress(f"host {where}: moa-edge fused kernel")
-                r, y = _run_c([str(exe)], "fused", repeat, budget, paths, folder / "Y.fused.bin")
+                r, y = _run_c([str(exe)], "fused", repeat, budget, paths, folder / "Y.fused.bin", threads)
                 times["moa_edge"], runs["moa_edge"], isa = r["best_ns"] / 1e3, r["runs"], r["isa"]
                 errors["moa_edge"] = _check("the moa-edge kernel", y, ref, where)
-                progress(f"host {where}: PyTorch SDPA (fp32, 1 thread)")
+                progress(f"host {where}: PyTorch SDPA (fp32, {threads} thread(s))")
                 q, k, v = (torch.from_numpy(ops[n]) for n in "QKV")
                 with torch.inference_mode():
                     t, n, out = _time_python(lambda: torch.nn.functional.scaled_dot_product_attention(
                         q, k, v, is_causal=causal), repeat, budget)
                 times["torch_sdpa"], runs["torch_sdpa"] = t * 1e6, n
                 errors["torch_sdpa"] = _check("PyTorch SDPA fp32", out.numpy(), ref, where)
-                progress(f"host {where}: onnxruntime Attention-23 (1 thread)")
+                progress(f"host {where}: onnxruntime Attention-23 ({threads} thread(s))")
                 session = ort.InferenceSession(_ort_model(spec), options, providers=["CPUExecutionProvider"])
                 feeds = {n: ops[n] for n in "QKV"}
                 t, n, out = _time_python(lambda: session.run(None, feeds)[0], repeat, budget)
@@ -373,9 +381,10 @@ def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: flo
                                "gflops": {s: flops / (times[s] * 1e3) for s in SIDES}, "errors": errors})
                 progress(f"host {where}: " + ", ".join(f"{s} {times[s]:.0f} us" for s in SIDES))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
     return points, {"cpu": host_cpu(), "isa": isa, "cc": cc, "cflags": cflags, "torch": torch.__version__,
-                    "torch_threads": 1, "onnxruntime": ort.__version__, "onnxruntime_intra_op_threads": 1}
+                    "threads": threads, "torch_threads": threads, "onnxruntime": ort.__version__,
+                    "onnxruntime_intra_op_threads": threads}
 
 
 def time_board(seqs, causals, heads: int, head_dim: int, repeat: int, budget: float, workdir: Path, board: Board, ssh,
@@ -550,12 +559,12 @@ def targets(timing: list[dict], counts: dict | None) -> dict:
 def bench_attention(seqs=SEQS, causals=(False, True), heads: int = 8, head_dim: int = 64, repeat: int = 10,
                     budget: float = 3.0, count_seq: int | None = 1024, count_heads: int = 1, count_causal: bool = False,
                     time_host_side: bool = True, builds=COUNT_BUILDS, command: str = "", board: Board | None = None,
-                    ssh=None, progress=lambda msg: None) -> dict:
+                    ssh=None, progress=lambda msg: None, threads: int = 1) -> dict:
     with scratch_folder("moa-bench-attention-") as tmp:
         tmp = Path(tmp)
         timing, host = ([], {})
         if time_host_side:
-            timing, host = time_host(seqs, causals, heads, head_dim, repeat, budget, tmp, progress)
+            timing, host = time_host(seqs, causals, heads, head_dim, repeat, budget, tmp, progress, threads)
         remote = None
         if ssh is not None:
             remote = {"board": board.name, "ssh": ssh.destination,

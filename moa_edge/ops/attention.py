@@ -22,9 +22,10 @@ from .contract import EmittedUnit, OpCost, TensorType, check_status
 OPS = ("MoaAttention",)
 # The loop nest is generated per block (attention.c); its inner loops call the micro-kernels
 # of moa/attention.h: the scalar reference and one variant per ISA folder, each compiled to
-# nothing unless moa/isa.h selects it for the build's target.
+# nothing unless moa/isa.h selects it for the build's target; and the worker pool (moa/pool.h)
+# that name_on lifts the block's items onto.
 C_SOURCES: list[str] = ["attention_f32.c", "x86/attention_f32_avx512.c", "x86/attention_f32_avx2.c",
-                        "neon/attention_f32_neon.c", "rvv/attention_f32_rvv.c"]
+                        "neon/attention_f32_neon.c", "rvv/attention_f32_rvv.c", "pool.c"]
 
 
 def scratch_bytes(node, graph=None) -> int:
