@@ -59,6 +59,46 @@ def test_outputs_are_bitwise_the_same_on_every_thread_count(block, tmp_path, boa
         run(binary, board, report["io"], inputs, threads=5)
 
 
+@pytest.fixture(scope="module")
+def elementwise(tmp_path_factory):
+    """Element-wise loops large enough to be lifted: one over two axes (a bias broadcast along
+    rows: its rows are the items) and one over one axis (its chunks are the items)."""
+    from onnx import TensorProto, helper, numpy_helper
+    rows, cols = 300, 150
+    bias = np.random.default_rng(2).standard_normal(cols).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "bias"], ["xb"]), helper.make_node("Sigmoid", ["xb"], ["s"]),
+         helper.make_node("Mul", ["s", "x"], ["gated"]), helper.make_node("Tanh", ["gated"], ["t"]),
+         helper.make_node("Add", ["t", "x"], ["y"]), helper.make_node("Relu", ["x"], ["r"])],
+        "elementwise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, cols])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [rows, cols]) for n in ("y", "r")],
+        [numpy_helper.from_array(bias, "bias")])
+    path = tmp_path_factory.mktemp("threads") / "elementwise.onnx"
+    import onnx
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    x = np.random.default_rng(3).standard_normal((rows, cols)).astype(np.float32)
+    expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    return path, x, expected
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", ["host", "rpi4"])
+def test_lifted_elementwise_loops_are_bitwise_the_same(elementwise, tmp_path, board_name):
+    board = require_board(board_name)
+    path, x, expected = elementwise
+    report = convert(path, tmp_path / "p", board=board, threads=3)
+    model_c = (tmp_path / "p" / "model.c").read_text()
+    assert model_c.count("moa_pool_for(pool, ") == 2 and "its first axis lifted onto the pool" in model_c
+    assert "in chunks of 4096 lifted onto the pool" in model_c
+    binary = build(tmp_path / "p", board)
+    inputs = check_inputs(report["io"], {"x": x}, "x")
+    outputs = [run(binary, board, report["io"], inputs, threads=threads)[0] for threads in (1, 2, 3)]
+    for name, want in zip(("y", "r"), expected):
+        for got in outputs[1:]:
+            assert np.array_equal(got[name].view(np.uint32), outputs[0][name].view(np.uint32))
+        np.testing.assert_allclose(outputs[0][name], want, rtol=1e-5, atol=1e-6)
+
+
 def test_the_verbs_take_threads(block, tmp_path):
     path, x, expected = block
     np.savez(tmp_path / "in.npz", x=x)

@@ -55,6 +55,7 @@ class GraphCode:
     kernels: list[str] = field(default_factory=list)
     kernel_decls: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)  # loops lifted onto the worker pool: functions in model.c
     sources: set[str] = field(default_factory=set)
 
 
@@ -77,7 +78,7 @@ class WeightSymbols:
 
 
 def graph_code(graph: Graph, prefix: str, board: Board, stem: str, where: dict[str, str] | None = None,
-               symbols: WeightSymbols | None = None) -> GraphCode:
+               symbols: WeightSymbols | None = None, lift_loops: bool = False) -> GraphCode:
     """The C of `graph`: its kernels named stem_<op>_<k>, intermediates in `base` (the arena),
     inputs and outputs under their C names unless `where` places them (and the state), and
     constants under their symbols (`symbols`, when shared, holds another graph's)."""
@@ -124,6 +125,7 @@ def graph_code(graph: Graph, prefix: str, board: Board, stem: str, where: dict[s
         place[name] = f"(({dtypes.dtype(graph.tensors[name].dtype).c_type} *){place[root]})"
 
     code = GraphCode(plan, io, weights)
+    lift = _lifter(code, prefix) if lift_loops else None
     for k, node in enumerate(graph.nodes):
         op = SUPPORTED_OPS[node.op]
         if node.outputs[0] in plan.storage_of and op.ALIASES:
@@ -133,11 +135,28 @@ def graph_code(graph: Graph, prefix: str, board: Board, stem: str, where: dict[s
         unit = op.emit(node, EmitContext(name=f"{stem}_{node.op.lower()}_{k}", board=board, where=place,
                                          scratch=f"({dtypes.COMPUTE_DTYPE.c_type} *)(base + {scratch})"
                                          if scratch is not None else "NULL",
-                                         graph=graph))
+                                         graph=graph, lift=lift and (lambda items, lines, k=k: lift(k, items, lines))))
         code.kernels += unit.kernels
         code.kernel_decls += unit.declarations
         code.calls.append(unit.call)
     return code
+
+
+def _lifter(code: GraphCode, prefix: str):
+    """EmitContext.lift for the nodes of one model: node k's loop becomes the static function
+    <prefix>_task_<k>(ctx, first, end, thread) in model.c, reading the arena and the run's inputs
+    and outputs from the run's <prefix>_run_args, and the node's call a moa_pool_for over it."""
+    def lift(k: int, items: int, lines: list[str]) -> str:
+        body = "\n".join(lines)
+        locals_ = [f"    uint8_t *const base = args->base;"] if re.search(r"\bbase\b", body) else []
+        locals_ += [f"    {'const ' if e['kind'] == 'input' else ''}{e['c_type']} *const {e['c_name']} = args->{e['c_name']};"
+                    for e in code.io if re.search(rf"\b{re.escape(e['c_name'])}\b", body)]
+        name = f"{prefix}_task_{k}"
+        code.tasks.append(f"static void {name}(void *ctx, size_t first, size_t end, size_t thread)\n{{\n"
+                          f"    const {prefix}_run_args *const args = (const {prefix}_run_args *)ctx;\n"
+                          + "\n".join(locals_ + ["    (void)args, (void)thread;", body]) + "\n}\n")
+        return f"    moa_pool_for(pool, {items}, {name}, &args);\n"
+    return lift
 
 
 def check_memory(board: Board, source: str, needed: dict[str, int]) -> None:
@@ -183,7 +202,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     out_dir = Path(out_dir)
     board = board or load_board("host")
     P = check_prefix(prefix).upper()
-    code = graph_code(graph, prefix, board, prefix)
+    code = graph_code(graph, prefix, board, prefix, lift_loops=True)
     plan, io, weights = code.plan, code.io, code.weights
     kernels, kernel_decls, calls, sources = code.kernels, code.kernel_decls, code.calls, code.sources
     weights_bytes = sum(t.nbytes for t, _ in weights)
@@ -220,6 +239,14 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     subst["RUN_V_CALL"] = ", ".join(v_unpack + ["arena", "arena_bytes", "pool"])
     subst["KERNELS"] = "\n".join(kernels)
     subst["KERNEL_DECLS"] = "\n".join(kernel_decls)
+    # Loops lifted onto the pool read the arena and the run's inputs and outputs from `args`.
+    fields = ["uint8_t *base;"] + [f"{'const ' if e['kind'] == 'input' else ''}{e['c_type']} *{e['c_name']};" for e in io]
+    subst["TASKS"] = (f"/* What the loops lifted onto the worker pool read: the run's arena and its inputs and outputs. */\n"
+                      f"typedef struct {{\n" + "".join(f"    {f}\n" for f in fields) + f"}} {prefix}_run_args;\n\n"
+                      + "\n".join(code.tasks) + "\n") if code.tasks else ""
+    subst["RUN_ARGS_DECL"] = f"    {prefix}_run_args args;\n" if code.tasks else ""
+    subst["RUN_ARGS_SETUP"] = ("    args.base = base;\n" + "".join(f"    args.{e['c_name']} = {e['c_name']};\n" for e in io)
+                               if code.tasks else "")
     # An input only shape inference needed (a Reshape target) is not read at run time.
     subst["CALLS"] = "".join(f"    (void){e['c_name']};\n" for e in ins) + "".join(calls)
     subst["MAIN_BUFFERS"] = "".join(

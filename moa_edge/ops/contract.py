@@ -27,7 +27,7 @@ from moa_edge.ir import Graph, Node
 from moa_edge.target import Board
 
 # The run function's own locals (codegen/templates/model.c.in): no tensor's C name may take one.
-RUN_LOCALS = frozenset({"arena", "arena_bytes", "base", "pool", "status"})
+RUN_LOCALS = frozenset({"arena", "arena_bytes", "args", "base", "ctx", "end", "first", "pool", "status", "thread"})
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ class EmitContext:
     where: dict              # tensor name -> C expression of its buffer
     scratch: str             # C expression of the node's scratch, or "NULL"
     graph: Graph | None = None  # shapes and dtypes of every tensor
+    # Lifts a loop onto the run's worker pool: lift(items, lines) makes `lines` (C statements over
+    # items first .. end - 1, in the names `where` gives) a task of the pool and returns the
+    # statement that runs it; None where the loop stays inline (a generation build's chunks).
+    lift: Callable[[int, list[str]], str] | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ reference runs the members' own references in the same order.
 """
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -72,12 +73,16 @@ _INTEGER_C_EXPR = {"Pow": "moa_ipow(a, b)", "Abs": "(a < 0 ? -a : a)", "Div": "m
 _FLOAT_ONLY = {"Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Floor", "Ceil", "Sin", "Cos", "Gelu"}
 
 VECTOR_BLOCK = 16  # elements: a whole number of vectors of every type on every ISA the boards have
+# A loop over this many elements or more is lifted onto the run's worker pool (fewer: waking the
+# threads would cost more than they save); a one-axis loop in chunks of LIFT_CHUNK elements.
+LIFT_ELEMENTS = 1 << 15
+LIFT_CHUNK = 1 << 12
 
 _TORCH_DTYPES = {"float32": torch.float64, "bool": torch.bool, "int64": torch.int64, "int32": torch.int32,
                  "float16": torch.float64, "bfloat16": torch.float64}  # halves are held as their float64 values
 _TORCH_HALVES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 # The operand letters of the C expressions, and the loop's indices and values (i0.., d0..).
-C_LOCALS = frozenset([*"abcdefgh", *(f"{v}{k}" for v in ("i", "d") for k in range(16))])
+C_LOCALS = frozenset([*"abcdefgh", "c", "lo", *(f"{v}{k}" for v in ("i", "d") for k in range(16))])
 
 _BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf"}
 _ONNX_DTYPE = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 16: "bfloat16"}  # Cast's `to`
@@ -287,9 +292,11 @@ def _merged_axes(out_shape, layouts: list[Layout]):
     return extents, strides
 
 
-def _loop(node, graph, title: str, where: dict, loads: list[str], statements) -> str:
+def _loop(node, graph, title: str, where: dict, loads: list[str], statements, lift=None) -> str:
     """One loop over the elements of node's output: load each operand through its broadcast
-    map, run `statements(values)` (C lines, values naming each load's local), store the last."""
+    map, run `statements(values)` (C lines, values naming each load's local), store the last.
+    With `lift` (EmitContext.lift) and enough elements, the outermost axis (one axis: its chunks)
+    is lifted onto the run's worker pool; each element is computed alike on every thread."""
     out = node.outputs[0]
     out_shape = graph.tensors[out].shape
     for name in loads:
@@ -316,11 +323,26 @@ def _loop(node, graph, title: str, where: dict, loads: list[str], statements) ->
     # The innermost loop runs to a multiple of VECTOR_BLOCK, then the rest: gcc -O2 vectorises
     # only a loop whose trip count the vector width divides (no epilogue at its cheap cost model).
     *outer, (last, n) = list(zip(idx, extents))
+    lifted = lift is not None and math.prod(extents) >= LIFT_ELEMENTS
+    if lifted and not outer:  # one axis: chunks of LIFT_CHUNK elements are the items
+        chunks = -(-n // LIFT_CHUNK)
+        lines = [f"    {{ /* {title}, in chunks of {LIFT_CHUNK} lifted onto the pool */", "        ptrdiff_t c, i0;",
+                 "        for (c = (ptrdiff_t)first; c < (ptrdiff_t)end; c++) {",
+                 f"            const ptrdiff_t lo = c * {LIFT_CHUNK};",
+                 f"            if (lo + {LIFT_CHUNK} <= {n}) {{",
+                 f"                for (i0 = lo; i0 < lo + {LIFT_CHUNK}; i0++) {{",
+                 *("                    " + line for line in inner), "                }",
+                 "            } else {", f"                for (i0 = lo; i0 < {n}; i0++) {{",
+                 *("                    " + line for line in inner), "                }", "            }",
+                 "        }", "    }"]
+        return lift(chunks, lines)
     whole = n - n % VECTOR_BLOCK
     ranges = [(0, whole), (whole, n)] if whole and whole != n else [(0, n)]
-    lines = [f"    {{ /* {title} */", f"        ptrdiff_t {', '.join(idx)};"]
+    lines = [f"    {{ /* {title}{', its first axis lifted onto the pool' if lifted else ''} */",
+             f"        ptrdiff_t {', '.join(idx)};"]
     for depth, (v, extent) in enumerate(outer):
-        lines.append("        " + "    " * depth + f"for ({v} = 0; {v} < {extent}; {v}++) {{")
+        start, stop = ("(ptrdiff_t)first", "(ptrdiff_t)end") if lifted and depth == 0 else ("0", extent)
+        lines.append("        " + "    " * depth + f"for ({v} = {start}; {v} < {stop}; {v}++) {{")
     pad = "        " + "    " * len(outer)
     for start, stop in ranges:
         lines.append(pad + f"for ({last} = {start}; {last} < {stop}; {last}++) {{")
@@ -329,7 +351,7 @@ def _loop(node, graph, title: str, where: dict, loads: list[str], statements) ->
     for depth in reversed(range(len(outer))):
         lines.append("        " + "    " * depth + "}")
     lines.append("    }")
-    return "\n".join(lines) + "\n"
+    return lift(outer[0][1], lines) if lifted else "\n".join(lines) + "\n"
 
 
 def _value(node, graph):
@@ -348,7 +370,7 @@ def emit(node, ctx):
     if node.op != "MoaElementwise":
         names, value = _value(node, graph)
         call = _loop(node, graph, f"{c_comment_text(node.name)}: {node.op}", ctx.where, list(dict.fromkeys(names)),
-                     lambda values: [value(values)])
+                     lambda values: [value(values)], ctx.lift)
         return EmittedUnit(call, declarations=_headers([node], graph))
 
     body = node.attrs["body"]
@@ -366,7 +388,7 @@ def emit(node, ctx):
         return lines + [values[node.outputs[0]]]
 
     title = f"{c_comment_text(node.name)}: " + " -> ".join(m.op for m in body.nodes) + " in one loop"
-    return EmittedUnit(_loop(node, graph, title, ctx.where, node.inputs, statements),
+    return EmittedUnit(_loop(node, graph, title, ctx.where, node.inputs, statements, ctx.lift),
                        declarations=_headers(body.nodes, body))
 
 
