@@ -64,17 +64,18 @@ def test_causal_constant_mask_is_recognised_only_when_exact(tmp_path):
 @pytest.mark.parametrize("seq", [16, 512])
 def test_arena_does_not_grow_with_sequence_length(seq, tmp_path):
     """No n x n scores and no K^T copy: with the online schedule the arena holds one
-    Br x Bc score tile, Br running maxima, sums and rescale factors and a Br x Dv accumulator,
-    at any length."""
+    Br x Bc score tile, Br running maxima, sums and rescale factors and a Br x Dv accumulator
+    per thread the run may use, at any length."""
     from moa_edge.target import load_board
     from moa_edge.moa.onf import Schedule
     from moa_edge.pipeline import schedule_graph
     from moa_edge.plan import plan_arena
     model = tmp_path / "m.onnx"
     export(Case("t", "op23", q_len=seq, kv_len=seq, head_dim=32), model)
-    graph = schedule_graph(load_graph(model), load_board("host"), forced=Schedule("online", 8, 16))
-    br, bc, dv = 8, 16, 32
-    assert plan_arena(graph).total_bytes == 4 * (br * bc + 3 * br + br * dv)
+    for threads in (1, 3):
+        graph = schedule_graph(load_graph(model), load_board("host"), forced=Schedule("online", 8, 16), threads=threads)
+        br, bc, dv = 8, 16, 32
+        assert plan_arena(graph).total_bytes == threads * 4 * (br * bc + 3 * br + br * dv)
 
 
 @pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo18", "torchscript17"])
