@@ -19,7 +19,6 @@ inputs and outputs stay halves at the C API, converted by moa/half.h.
 import subprocess
 import warnings
 
-import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -31,6 +30,7 @@ import torch
 
 from backend_cases import arrays
 from conftest import BOARDS, require_board
+from halves import BFLOAT16, float32_twin, ulp
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
@@ -38,7 +38,6 @@ from moa_edge.pipeline import convert
 from moa_edge.target import load_board
 from test_matmul import GEMM_SOURCES, GEMM_VARIANTS, SANITIZE
 
-BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 HALVES = {"float16": (np.dtype(np.float16), torch.float16), "bfloat16": (BFLOAT16, torch.bfloat16)}
 
 HARNESS = r"""
@@ -204,24 +203,6 @@ def _export(module, x, path) -> None:
                           output_names=["y"], verbose=False)
 
 
-def _float32_twin(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The model with every half initializer, input and output float32 (the same values): a file
-    without Cast or Constant nodes computes the same function in float32."""
-    twin = onnx.ModelProto()
-    twin.CopyFrom(model)
-    assert not {n.op_type for n in twin.graph.node} & {"Cast", "CastLike", "Constant"}
-    halves = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
-    for k, init in enumerate(twin.graph.initializer):
-        if init.data_type in halves:
-            twin.graph.initializer[k].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32),
-                                                                       init.name))
-    for vi in [*twin.graph.input, *twin.graph.output]:
-        if vi.type.tensor_type.elem_type in halves:
-            vi.type.tensor_type.elem_type = TensorProto.FLOAT
-    del twin.graph.value_info[:]
-    return twin
-
-
 @pytest.fixture(scope="module")
 def block_files(tmp_path_factory):
     """half type -> (the half file, its float32 twin, the input x as halves)."""
@@ -235,17 +216,9 @@ def block_files(tmp_path_factory):
         half = half.to(torch_type)
         x = torch.from_numpy(np.random.default_rng(1).standard_normal((1, 8, 32)).astype(np.float32)).to(torch_type)
         _export(half, x, folder / f"{name}.onnx")
-        onnx.save(_float32_twin(onnx.load(folder / f"{name}.onnx")), folder / f"{name}_twin.onnx")
+        onnx.save(float32_twin(onnx.load(folder / f"{name}.onnx")), folder / f"{name}_twin.onnx")
         files[name] = (folder / f"{name}.onnx", folder / f"{name}_twin.onnx", x.float().numpy().astype(numpy_type))
     return files
-
-
-def _ulp(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """One unit in the last place of the half at each value (float64)."""
-    magnitude = np.abs(values.astype(np.float64))
-    mantissa = {np.dtype(np.float16): 10, BFLOAT16: 7}[dtype]
-    smallest = {np.dtype(np.float16): -14, BFLOAT16: -126}[dtype]  # the subnormals' spacing below it
-    return 2.0 ** (np.maximum(np.floor(np.log2(np.maximum(magnitude, 2.0 ** smallest))), smallest) - mantissa)
 
 
 @pytest.mark.board
@@ -263,9 +236,9 @@ def test_half_transformer_block(block_files, half, board_name, tmp_path):
     session = ort.InferenceSession(str(twin_path), providers=["CPUExecutionProvider"])
     twin = session.run(None, {"x": x.astype(np.float32)})[0]
     rounded = twin.astype(x.dtype).astype(np.float64)
-    assert np.all(np.abs(y64 - rounded) <= _ulp(rounded, x.dtype)), np.abs(y64 - rounded).max()
+    assert np.all(np.abs(y64 - rounded) <= ulp(rounded, x.dtype)), np.abs(y64 - rounded).max()
 
-    step = _ulp(np.abs(twin).max(), x.dtype)  # one ulp of max |y|
+    step = ulp(np.abs(twin).max(), x.dtype)  # one ulp of max |y|
     references = {"ONNX reference evaluator": ReferenceEvaluator(str(path)).run(None, {"x": x})[0]}
     if half == "float16":
         references["onnxruntime"] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
@@ -289,7 +262,7 @@ def test_a_half_model_keeps_its_weights_in_float16_with_weights_fp16(block_files
     twin = ort.InferenceSession(str(twin_path), providers=["CPUExecutionProvider"]).run(
         None, {"x": x.astype(np.float32)})[0]
     rounded = twin.astype(x.dtype).astype(np.float64)
-    assert np.all(np.abs(y - rounded) <= _ulp(rounded, x.dtype)), np.abs(y - rounded).max()
+    assert np.all(np.abs(y - rounded) <= ulp(rounded, x.dtype)), np.abs(y - rounded).max()
 
 
 # --- a Cast to a half inside a float32 graph ---------------------------------------------------

@@ -2,7 +2,8 @@
 
     kernel_main Q.bin K.bin V.bin [KS.bin VS.bin] [M.bin] [L.bin] Y.bin
 reads raw operands (an int8 cache: K and V int8, their row scales KS, VS float32; a float16
-cache: K and V as IEEE halves, uint16_t;
+cache: K and V as IEEE halves, uint16_t; Q in its own type when it is not `real`: int8, or a
+half's uint16_t bits;
 `real` = float: the production kernel; double: the DNF-printed oracle
 of onf.emit_oracle_kernel; a float mask as float32, a bool mask as bytes; the valid key
 counts L, per batch, in the spec's lengths type when it has kv_lengths), gives the kernel a heap scratch buffer of exactly the cost model's size filled
@@ -33,7 +34,7 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
     has_mask = spec.mask_kind != MASK_NONE
     m_elems = spec.mask.storage_extent() if has_mask else 0
     kv = spec.kv_ctype or real
-    reads = [("Q", real, q_elems), ("K", kv, k_elems), ("V", kv, v_elems)]
+    reads = [("Q", spec.q_ctype or real, q_elems), ("K", kv, k_elems), ("V", kv, v_elems)]
     if spec.kv_dtype == "int8":  # the cache's row scales, float32 whatever `real` is
         reads += [("KS", "float", spec.k_scale.storage_extent()), ("VS", "float", spec.v_scale.storage_extent())]
     if has_mask:

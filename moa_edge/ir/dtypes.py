@@ -4,9 +4,10 @@ Everything that depends on an element type (its numpy and C types, the suffix of
 that compute in it, its size in bytes, its ONNX enum) reads it from the record: nothing else
 assumes four-byte floats. The generated C computes on tensors of the runtime types; it also holds
 float16 and bfloat16 ones (HALF_DTYPES: a model's inputs and outputs, the results of Cast), which
-only conversions read and write (passes/half.py). The other types are named so that constants of
-them can be imported and folded, and refused by name later. float32 is the only type the kernels
-compute in (COMPUTE_DTYPE).
+only conversions read and write (passes/half.py), and attention reads as its Q, K or V (widened
+exactly as it loads them: passes/half_attention.py, a --kv-cache fp16 cache). The other types are
+named so that constants of them can be imported and folded, and refused by name later. float32 is
+the only type the kernels compute in (COMPUTE_DTYPE).
 """
 from __future__ import annotations
 

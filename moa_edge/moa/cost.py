@@ -116,7 +116,7 @@ def predict(spec: AttentionSpec, schedule: Schedule, board: Board, keys: int | N
     heads = spec.batch * spec.q_heads
     kv_walkers = spec.batch * spec.kv_heads
     kv_row = spec.kv_row_bytes  # a key and a value row as stored (int8 cache: with their scales)
-    q_bytes = heads * spec.q_len * spec.head_dim * (1 if spec.q_dtype == "int8" else ELEM)
+    q_bytes = heads * spec.q_len * spec.head_dim * dtypes.dtype(spec.q_dtype).itemsize  # int8 or half Q: as stored
     y_bytes = heads * spec.q_len * spec.value_dim * ELEM
     blocks = row_blocks(spec, schedule, keys)
     walked = sum(v for _, v in blocks)  # key rows walked per K/V head

@@ -131,6 +131,10 @@ KERNEL_SETS = {"float32": F32_KERNELS, "int8": F32_S8_KV_KERNELS,
                "float16": F32_F16_KV_KERNELS}  # by the spec's kv_dtype
 
 
+# A half Q (passes/half_attention.py): its rows widened exactly into q_pack as each row block is packed.
+WIDEN = {"float16": "moa_f16_to_f32", "bfloat16": "moa_bf16_to_f32"}  # moa/half.h
+
+
 def kernel_set(spec: AttentionSpec) -> KernelSet:
     """The micro-kernels a block's production kernel calls: chosen by the type of its K and V."""
     return KERNEL_SETS[spec.kv_dtype]
@@ -156,7 +160,7 @@ def _packing_regions(spec: AttentionSpec, schedule: Schedule) -> tuple[tuple[str
     br = block_rows(spec, schedule)
     bc = min(schedule.block_k, spec.kv_len)
     rows = rows_of(spec, decode_form(spec, schedule))
-    q_rows = rows.q if spec.q_dtype == "float32" else None  # int8 Q: its rows dequantized into q_pack
+    q_rows = rows.q if spec.q_dtype == "float32" else None  # int8 or half Q: its rows widened into q_pack
     wanted = [("q_pack", q_rows, br * spec.head_dim), ("k_pack", rows.k, bc * spec.head_dim),
               ("v_pack", rows.v, bc * spec.value_dim)]
     if schedule.strategy == "two_pass":
@@ -292,7 +296,7 @@ def kernel_parameters(spec: AttentionSpec, ctype: str = "float") -> str:
     shared = "" if output_over_q(spec) else "restrict "  # Y may be Q's storage
     kv = spec.kv_ctype or ctype
     scales = ", const float *restrict KS, const float *restrict VS" if spec.kv_dtype == "int8" else ""
-    q = "int8_t" if spec.q_dtype == "int8" else ctype
+    q = spec.q_ctype or ctype
     return (f"const {q} *{shared}Q, const {kv} *restrict K, const {kv} *restrict V{scales},\n"
             f"    const {spec.mask_ctype} *restrict M, {ctype} *{shared}Y, {ctype} *restrict scratch{lengths}")
 
@@ -427,6 +431,8 @@ class _CPrinter:
             load = f"{term.array}[{_gamma(self.layouts[term.array], *index)}]"
             if term.array == "Q" and self.spec.q_dtype == "int8":  # int8 Q times its scale
                 return f"(({self.real}){load} * {c_float_short(self.spec.q_scale)})"
+            if term.array == "Q" and self.spec.q_dtype in WIDEN:  # a half Q's value (moa/half.h)
+                return f"(({self.real}){WIDEN[self.spec.q_dtype]}({load}))"
             if term.array in ("K", "V") and self.spec.kv_dtype == "int8":  # the cached row times its scale
                 scales = {"K": ("KS", self.spec.k_scale), "V": ("VS", self.spec.v_scale)}[term.array]
                 return f"(({self.real}){load} * {scales[0]}[{_gamma(scales[1], *index[:3])}])"
@@ -739,19 +745,21 @@ class _MicroKernels:
         array, layout = {"K": ("KS", self.spec.k_scale), "V": ("VS", self.spec.v_scale)}[operand]
         return f"{pointer}, {stride}, {array} + {_gamma(layout, 'b', self.kv_head, 'kb')}"
 
-    def _pack(self, w, region, array, layout, index, count, width, indent, scale=None):
+    def _pack(self, w, region, array, layout, index, count, width, indent, scale=None, widen=None):
         if region not in self.packs:
             return
         value = f"{array}[{_gamma(layout, 'b', *index, 'j')}]"
         if scale is not None:  # int8 rows dequantized: the float32 product, as DequantizeLinear's
             value = f"{c_float_short(scale)} * ({self.kernels.ctype}){value}"
+        if widen is not None:  # rows of halves: each widened exactly (moa/half.h)
+            value = f"{widen}({value})"
         w(f"{indent}for (ii = 0; ii < {count}; ii++) {{ /* {array}'s rows as the micro-kernels read them */")
         w(f"{indent}    for (j = 0; j < {width}; j++) {{ {region}[ii * {width} + j] = {value}; }}")
         w(f"{indent}}}")
 
     def pack_q(self, w):
         self._pack(w, "q_pack", "Q", self.spec.q, self.query("ib + ii"), "rows", self.spec.head_dim, "        ",
-                   self.spec.q_scale if self.spec.q_dtype == "int8" else None)
+                   self.spec.q_scale if self.spec.q_dtype == "int8" else None, WIDEN.get(self.spec.q_dtype))
 
     def pack_k(self, w, indent="            "):
         self._pack(w, "k_pack", "K", self.spec.k, (self.kv_head, "kb + ii"), "cols", self.spec.head_dim, indent)

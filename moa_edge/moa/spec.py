@@ -11,6 +11,9 @@ from .mask import MASK_BOOL, MASK_CTYPE
 
 # K's and V's element types: the C type each is read as (None: the compute type, float).
 KV_DTYPES = {"float32": None, "int8": "int8_t", "float16": "uint16_t"}  # a half as its bits
+# Q's element types likewise: int8 (a QDQ file's integers, with q_scale), or a half (its bits,
+# widened exactly as the kernel packs Q's rows; passes/half_attention.py).
+Q_DTYPES = {"float32": None, "int8": "int8_t", "float16": "uint16_t", "bfloat16": "uint16_t"}
 
 
 @dataclass(frozen=True)
@@ -47,18 +50,24 @@ class AttentionSpec:
                                # IEEE halves, each worth its own value, no scale
     k_scale: Layout | None = None  # (B, Hkv, Skv) over the K scales' storage (kv_dtype int8)
     v_scale: Layout | None = None  # (B, Hkv, Skv) over the V scales' storage
-    q_dtype: str = "float32"  # Q's element type; "int8": element (b, h, i, j) worth q_scale * Q[b, h, i, j]
+    q_dtype: str = "float32"  # Q's element type; "int8": element (b, h, i, j) worth q_scale * Q[b, h, i, j];
+                              # "float16", "bfloat16": each worth its own value, no scale
     q_scale: float = 1.0  # (a QDQ file's per-tensor scale, passes/qdq_attention.py)
 
     def __post_init__(self):
         assert self.kv_dtype in KV_DTYPES, self.kv_dtype
-        assert self.q_dtype in ("float32", "int8") and (self.q_dtype == "int8" or self.q_scale == 1.0)
+        assert self.q_dtype in Q_DTYPES and (self.q_dtype == "int8" or self.q_scale == 1.0)
         assert (self.kv_dtype == "int8") == (self.k_scale is not None) == (self.v_scale is not None)
 
     @property
     def kv_ctype(self) -> str | None:
         """K's and V's C element type when it is not the compute type (None: it is)."""
         return KV_DTYPES[self.kv_dtype]
+
+    @property
+    def q_ctype(self) -> str | None:
+        """Q's C element type when it is not the compute type (None: it is)."""
+        return Q_DTYPES[self.q_dtype]
 
     @property
     def kv_row_bytes(self) -> int:

@@ -12,6 +12,7 @@ from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision, un
 from .dynamic_quantize import fold_dynamic_quantization, parse_activations, quantize_activations
 from .fold import fold_constants, infer_missing_shapes
 from .half import compute_in_float32
+from .half_attention import read_half_operands
 from .mlp import tile_mlp_rows
 from .nbits import lower_matmul_nbits
 from .pack import pack_weights
@@ -53,6 +54,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         sink_key_transposes(graph)  # a rounded K^T of a QDQ file: the Transpose below the roundings
         rewrite_attention(graph)
         read_quantized_operands(graph)  # K and V of QDQ files as their int8 tensors
+        read_half_operands(graph)  # half Q, K and V (float16 models) as the halves themselves
     lower_copies(graph)
     fold_constants(graph)
     lower_matmul_nbits(graph)  # onnxruntime's quantized weights, before pack_weights quantizes float ones

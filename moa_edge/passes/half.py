@@ -12,7 +12,8 @@ stay halves at the C API (uint16_t bits). Inside, everything is float32:
     any other half tensor       ->  float32: an op is computed in float32 and not rounded after
 
 so the only nodes that read or write a half are those Casts (ops/elementwise.py converts with
-moa/half.h: round to nearest even, NaN, infinities and subnormals kept). Tensors persisting across
+moa/half.h: round to nearest even, NaN, infinities and subnormals kept), and an attention block that
+reads its Q, K or V as the halves a widening Cast would have read (passes/half_attention.py). Tensors persisting across
 calls (a decoder's cache) are held in float32, and so are the outputs when they are no C API
 boundary (round_outputs=False: a generation build's logits, which its own sampler reads).
 """
