@@ -159,7 +159,7 @@ def test_linear_layer_packs_its_weight_and_adds_its_bias_in_the_kernel(bias_shap
     project = workdir / f"linear_{len(bias_shape)}_{board_name}"
     report = convert(path, project)
     assert report["memory"]["weights_bytes"] == 4 * (70 * 48 + max(1, int(np.prod(bias_shape))))
-    assert "moa_gemm_packed_f32(38, 35, 70," in (project / "model.c").read_text()  # both batches one product
+    assert "moa_gemm_packed_f32_on(pool, 38, 35, 70," in (project / "model.c").read_text()  # both batches one product
     feeds = {"X": np.random.default_rng(1).standard_normal((2, 19, 70)).astype(np.float32)}
     outputs, _ = run(build(project, board), board, report["io"], check_inputs(report["io"], feeds, "linear"))
     np.testing.assert_allclose(outputs["Y"], _expected(path, feeds), rtol=1e-5, atol=1e-4)
@@ -171,7 +171,7 @@ def test_broadcast_operand_is_never_expanded(workdir):
     case = next(c for c in CASES if c.name == "matmul_broadcast_batch")
     _, project, report = project_for(case, workdir)
     code = (project / "model.c").read_text()
-    assert code.count("moa_gemm_f32(") == 1 and code.count("for (") == 2
+    assert code.count("moa_gemm_f32_on(") == 1 and code.count("for (") == 2
     assert "A + batch0 * 32," in code and "B + batch1 * 40," in code and "Y + batch0 * 60 + batch1 * 20," in code
     assert report["memory"]["arena_bytes"] == 0
 

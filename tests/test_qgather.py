@@ -171,7 +171,7 @@ def test_the_table_is_stored_once_for_the_lookup_and_the_tied_lm_head(tie, weigh
     macros = {m[0].lower(): int(m[1]) for m in re.findall(r"#define MODEL_WEIGHTS_BYTES_(\w+) (\d+)u", header)}
     assert macros == want
     code = (project / "model.c").read_text()
-    assert code.count("moa_gather_qw_f32(") == 1 and code.count("moa_gemm_qw_f32(") == 1
+    assert code.count("moa_gather_qw_f32(") == 1 and code.count("moa_gemm_qw_f32_on(") == 1
 
 
 @pytest.mark.parametrize("weights", FORMATS)
@@ -262,7 +262,7 @@ def test_a_transpose_tie_too_large_to_fold_is_packed_from_the_table(weights, wor
         board = require_board("host")
         project = workdir / "transpose-unfolded-int4"
         report = convert(path, project, weights=parse_weights(weights))
-        assert (project / "model.c").read_text().count("moa_gemm_qw_f32(") == 1
+        assert (project / "model.c").read_text().count("moa_gemm_qw_f32_on(") == 1
         outputs, _ = run(_binary(project, board), board, report["io"], check_inputs(report["io"], _feeds("transpose"), "ids"))
         _assert_close(outputs, want, "unfolded transpose int4 on the host")
 
