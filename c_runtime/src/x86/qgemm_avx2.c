@@ -8,8 +8,13 @@
  *   floats at a time, and only when a zero point or an offset needs it.
  * - A 4-bit pair of rows (byte = lo | hi << 4) is not split into two nibbles: with v = lo + 16 hi,
  *   x0 lo + x1 hi = (x0 - x1 / 16) lo + (x1 / 16) v, so the byte is converted whole and only the
- *   low nibble is masked (no shift); the factors of each pair are made once per chunk of rows.
- * - Eight sums (four rows of both halves) so that no chain of dependent FMAs sets the pace. */
+ *   low nibble is masked (no shift); the factors of each pair are made once per 32 rows, eight at
+ *   a time (a block of 32 with x contiguous, convert --weights int4's, has fixed trip counts).
+ * - Two-level scales (MOA_QS_SUPER): a block's int8 scale multiplies its sums, the super-block's
+ *   halves multiply the sum of those once per 8 blocks.
+ * - Eight sums (four rows of both halves) so that no chain of dependent FMAs sets the pace; the
+ *   helpers are forced inline, so that the sums stay in registers.
+ * Measured (benchmarks/qgemv_speed.py): see README's Performance section. */
 #include "moa/qgemm_panel.h"
 
 #if MOA_ISA_AVX2
@@ -17,7 +22,9 @@
 
 #include "moa/half.h"
 
-static __m256 halves8(const uint16_t *halves)
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE __m256 halves8(const uint16_t *halves)
 {
 #if defined(__F16C__)
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)halves));
@@ -34,7 +41,7 @@ static __m256 halves8(const uint16_t *halves)
 /* Columns 8h .. 8h + 7 of row b of a panel's scales or offsets: floats, halves converted (F16C's
  * vcvtph2ps; one by one where the build has no F16C), or (MOA_QS_SUPER) the super-block's
  * halves times the block's int8s. */
-static __m256 scales8(const void *scales, int half, size_t b, int h)
+INLINE __m256 scales8(const void *scales, int half, size_t b, int h)
 {
     const size_t i = b * MOA_GEMM_NR + 8 * (size_t)h;
     if (half == MOA_QS_SUPER) {
@@ -48,13 +55,13 @@ static __m256 scales8(const void *scales, int half, size_t b, int h)
 }
 
 /* Columns 8h .. 8h + 7 of row p. */
-static __m256 half_i8(const int8_t *q, size_t p, int h)
+INLINE __m256 half_i8(const int8_t *q, size_t p, int h)
 {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + p * MOA_GEMM_NR + 8 * h))));
 }
 
 /* Columns 8h .. 8h + 7 of row p of a 4-bit panel: a nibble of pair p / 2. */
-static __m256 half_u4(const uint8_t *q, size_t p, int h)
+INLINE __m256 half_u4(const uint8_t *q, size_t p, int h)
 {
     const __m256i pair = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + p / 2 * MOA_GEMM_NR + 8 * h)));
     return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srli_epi32(pair, p % 2 ? 4 : 0), _mm256_set1_epi32(15)));
@@ -62,7 +69,7 @@ static __m256 half_u4(const uint8_t *q, size_t p, int h)
 
 typedef __m256 (*half_row)(const void *, size_t, int);
 
-static float sum8(__m256 v)
+INLINE float sum8(__m256 v)
 {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -70,7 +77,7 @@ static float sum8(__m256 v)
 }
 
 /* x[p0] + ... + x[p0 + n - 1] (strided). */
-static float x_sum(const float *x, ptrdiff_t x_stride, size_t p0, size_t n)
+INLINE float x_sum(const float *x, ptrdiff_t x_stride, size_t p0, size_t n)
 {
     float sum = 0.0f;
     size_t p = 0;
@@ -94,18 +101,18 @@ typedef struct {
     __m256 sum[2], scaled[2], shifted[2];
 } block_sums;
 
-static void sums_start(block_sums *s)
+INLINE void sums_start(block_sums *s)
 {
     s->sum[0] = s->sum[1] = s->scaled[0] = s->scaled[1] = s->shifted[0] = s->shifted[1] = _mm256_setzero_ps();
 }
 
-static __m256 block_int8s(const void *scales, size_t b, int h)
+INLINE __m256 block_int8s(const void *scales, size_t b, int h)
 {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(moa_qs_block_row(scales, b) + 8 * h))));
 }
 
-static inline void apply_block(block_sums *s, const __m256 acc[2], float x_total, const void *scale,
-                               const void *offset, int half, int zero, size_t b, int last)
+INLINE void apply_block(block_sums *s, const __m256 acc[2], float x_total, const void *scale, const void *offset,
+                        int half, int zero, size_t b, int last)
 {
     int h;
     for (h = 0; h < 2; h++) {
@@ -131,7 +138,7 @@ static inline void apply_block(block_sums *s, const __m256 acc[2], float x_total
     }
 }
 
-static __m256 bcast(const float *x, size_t p, ptrdiff_t x_stride)
+INLINE __m256 bcast(const float *x, size_t p, ptrdiff_t x_stride)
 {
     return _mm256_broadcast_ss(x + (ptrdiff_t)p * x_stride);
 }
@@ -179,7 +186,7 @@ void moa_qw_dot_i8_avx2(MOA_QW_DOT_PARAMS)
 /* The factors of pairs of rows p0 .. p0 + n (n even, or odd at K's end: x beyond is 0): f[2i] =
  * x[2i] - x[2i + 1] / 16 for the low nibble, f[2i + 1] = x[2i + 1] / 16 for the whole byte; returns
  * the sum of those x when asked. */
-static float u4_factors(const float *x, ptrdiff_t x_stride, size_t p0, size_t n, float *f, int needs_sum)
+INLINE float u4_factors(const float *x, ptrdiff_t x_stride, size_t p0, size_t n, float *f, int needs_sum)
 {
     size_t i = 0;
     float sum = 0.0f;
@@ -207,7 +214,7 @@ static float u4_factors(const float *x, ptrdiff_t x_stride, size_t p0, size_t n,
 }
 
 /* Columns 8h .. 8h + 7 of pair r: the byte, widened. */
-static __m256i pair_u4(const uint8_t *q, size_t r, int h)
+INLINE __m256i pair_u4(const uint8_t *q, size_t r, int h)
 {
     return _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + r * MOA_GEMM_NR + 8 * h)));
 }
@@ -237,6 +244,14 @@ void moa_qw_dot_u4_avx2(MOA_QW_DOT_PARAMS)
         __m256 la0 = _mm256_setzero_ps(), la1 = la0, ba0 = la0, ba1 = la0, lb0 = la0, lb1 = la0, bb0 = la0, bb1 = la0;
         __m256 acc[2];
         float x_total = 0.0f;
+        if (end - b0 == U4_CHUNK && x_stride == 1) { /* the common block: fixed trip counts */
+            const size_t r0 = b0 / 2;
+            x_total = u4_factors(x, 1, b0, U4_CHUNK, f, needs_sum);
+            for (i = 0; i < U4_CHUNK; i += 4) {
+                U4_STEP(la, ba, _mm256_broadcast_ss(f + i), _mm256_broadcast_ss(f + i + 1), r0 + i / 2);
+                U4_STEP(lb, bb, _mm256_broadcast_ss(f + i + 2), _mm256_broadcast_ss(f + i + 3), r0 + i / 2 + 1);
+            }
+        } else
         for (c = b0; c < end; c += U4_CHUNK) {
             const size_t n = end - c < U4_CHUNK ? end - c : U4_CHUNK, r0 = c / 2;
             x_total += u4_factors(x, x_stride, c, n, f, needs_sum);
