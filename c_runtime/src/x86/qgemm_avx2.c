@@ -138,6 +138,18 @@ INLINE void apply_block(block_sums *s, const __m256 acc[2], float x_total, const
     }
 }
 
+/* The weights are streamed once per decode step, from beyond the caches: a line MOA_QW_PREFETCH bytes
+ * ahead is asked for (prefetches never fault; the address is made as an integer, so that it is no
+ * pointer past the panel). Decode of SmolLM2 int4: 7-10% faster than the hardware's prefetch alone. */
+#ifndef MOA_QW_PREFETCH
+#define MOA_QW_PREFETCH 4096
+#endif
+
+INLINE void prefetch_ahead(const void *at)
+{
+    _mm_prefetch((const char *)((uintptr_t)at + MOA_QW_PREFETCH), _MM_HINT_T0);
+}
+
 INLINE __m256 bcast(const float *x, size_t p, ptrdiff_t x_stride)
 {
     return _mm256_broadcast_ss(x + (ptrdiff_t)p * x_stride);
@@ -155,8 +167,9 @@ void moa_qw_dot_i8_avx2(MOA_QW_DOT_PARAMS)
         const size_t end = K - b0 < block ? K : b0 + block;
         __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0s = a0, b1s = a0, c0 = a0, c1 = a0, d0 = a0, d1 = a0;
         __m256 acc[2];
-        for (p = b0; p + 3 < end; p += 4) {
+        for (p = b0; p + 3 < end; p += 4) { /* four rows: one line of 64 bytes */
             const __m256 x0 = bcast(x, p, x_stride), x1 = bcast(x, p + 1, x_stride);
+            prefetch_ahead(values + p * MOA_GEMM_NR);
             const __m256 x2 = bcast(x, p + 2, x_stride), x3 = bcast(x, p + 3, x_stride);
             a0 = _mm256_fmadd_ps(x0, half_i8(values, p, 0), a0);
             a1 = _mm256_fmadd_ps(x0, half_i8(values, p, 1), a1);
@@ -248,6 +261,7 @@ void moa_qw_dot_u4_avx2(MOA_QW_DOT_PARAMS)
             const size_t r0 = b0 / 2;
             x_total = u4_factors(x, 1, b0, U4_CHUNK, f, needs_sum);
             for (i = 0; i < U4_CHUNK; i += 4) {
+                prefetch_ahead(pairs + (r0 + i / 2) * MOA_GEMM_NR); /* two pairs: half a line */
                 U4_STEP(la, ba, _mm256_broadcast_ss(f + i), _mm256_broadcast_ss(f + i + 1), r0 + i / 2);
                 U4_STEP(lb, bb, _mm256_broadcast_ss(f + i + 2), _mm256_broadcast_ss(f + i + 3), r0 + i / 2 + 1);
             }
@@ -256,6 +270,7 @@ void moa_qw_dot_u4_avx2(MOA_QW_DOT_PARAMS)
             const size_t n = end - c < U4_CHUNK ? end - c : U4_CHUNK, r0 = c / 2;
             x_total += u4_factors(x, x_stride, c, n, f, needs_sum);
             for (i = 0; i + 3 < n; i += 4) {
+                prefetch_ahead(pairs + (r0 + i / 2) * MOA_GEMM_NR);
                 U4_STEP(la, ba, _mm256_broadcast_ss(f + i), _mm256_broadcast_ss(f + i + 1), r0 + i / 2);
                 U4_STEP(lb, bb, _mm256_broadcast_ss(f + i + 2), _mm256_broadcast_ss(f + i + 3), r0 + i / 2 + 1);
             }

@@ -6,6 +6,18 @@
 #if MOA_ISA_AVX512
 #include <immintrin.h>
 
+/* The weights are streamed once per decode step, from beyond the caches: a line MOA_QW_PREFETCH bytes
+ * ahead is asked for (prefetches never fault; the address is made as an integer, so that it is no
+ * pointer past the panel), as in qgemm_avx2.c. */
+#ifndef MOA_QW_PREFETCH
+#define MOA_QW_PREFETCH 4096
+#endif
+
+static inline __attribute__((always_inline)) void prefetch_ahead(const void *at)
+{
+    _mm_prefetch((const char *)((uintptr_t)at + MOA_QW_PREFETCH), _MM_HINT_T0);
+}
+
 static __m512 row_i8(const int8_t *q, size_t p)
 {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + p * MOA_GEMM_NR))));
@@ -71,6 +83,7 @@ void moa_qw_dot_i8_avx512(MOA_QW_DOT_PARAMS)
         float x_sum = 0.0f;
         for (p = b0; p + 1 < end; p += 2) {
             const float x0 = x[(ptrdiff_t)p * x_stride], x1 = x[(ptrdiff_t)(p + 1) * x_stride];
+            prefetch_ahead(values + p * MOA_GEMM_NR); /* two rows: half a line */
             even = _mm512_fmadd_ps(_mm512_set1_ps(x0), row_i8(values, p), even);
             odd = _mm512_fmadd_ps(_mm512_set1_ps(x1), row_i8(values, p + 1), odd);
             x_sum += x0 + x1;
@@ -99,6 +112,7 @@ void moa_qw_dot_u4_avx512(MOA_QW_DOT_PARAMS)
             const float x0 = x[(ptrdiff_t)p * x_stride], x1 = x[(ptrdiff_t)(p + 1) * x_stride];
             const float x2 = x[(ptrdiff_t)(p + 2) * x_stride], x3 = x[(ptrdiff_t)(p + 3) * x_stride];
             const __m512i pair0 = pair_u4(pairs, p / 2), pair1 = pair_u4(pairs, p / 2 + 1);
+            prefetch_ahead(pairs + p / 2 * MOA_GEMM_NR); /* two pairs: half a line */
             even0 = _mm512_fmadd_ps(_mm512_set1_ps(x0), low_u4(pair0), even0);
             odd0 = _mm512_fmadd_ps(_mm512_set1_ps(x1), high_u4(pair0), odd0);
             even1 = _mm512_fmadd_ps(_mm512_set1_ps(x2), low_u4(pair1), even1);
