@@ -472,7 +472,7 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
         "threads": {name: 1 if name.startswith("moa_edge") else threads for name in runtimes},
         "isa": cpu_isa(), "machine": platform.machine(),
         "load_average_start": load_at_start, "load_average": _load_average(),
-        "notes": ["moa-edge's runner is single-threaded today; --threads sets the peers' threads only",
+        "notes": ["moa-edge runs one thread here; --threads sets the peers' threads only",
                   "rates are the best of the runs (of every round: the sides take turns); peak resident memory is the "
                   "whole process (VmHWM), the peers' "
                   "Python interpreter included"],
