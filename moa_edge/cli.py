@@ -339,7 +339,7 @@ def cmd_bench(a) -> int:
     if a.what == "generate":
         return _bench_generate(a)
     for flag, given in (("--weights", a.weights), ("--no-onnxruntime", a.no_onnxruntime), ("--host-march", a.host_march),
-                        ("--rounds", a.rounds != 1)):
+                        ("--rounds", a.rounds != 1), ("--llama-python", a.llama_python)):
         if given:
             raise MoaEdgeError(f"{flag} is an option of bench generate, not bench {a.what}")
     a.board = a.board or "rpi4,k230"  # bench generate's default is the host alone
@@ -461,7 +461,8 @@ def _bench_generate(a) -> int:
     prompt_ids = _id_list("--prompt-ids", a.prompt_ids) if a.prompt_ids else None
     result = bench_generate(a.model, convert, prompt_ids, a.prompt_tokens, a.new_tokens, a.threads or 1, a.repeat or 3,
                             a.gguf, board, ssh, progress=_progress, weights=weights,
-                            onnxruntime=not a.no_onnxruntime, host_march=a.host_march or [], rounds=a.rounds)
+                            onnxruntime=not a.no_onnxruntime, host_march=a.host_march or [], rounds=a.rounds,
+                            llama_pythons=a.llama_python or [])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     form = f"-{weights.text.replace(':', '-')}" if weights is not None else ""
@@ -701,6 +702,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host-march", type=lambda text: [m for m in text.split(",") if m], metavar="ARCH,...",
                    help="bench generate: also time moa-edge's host build compiled with -march=ARCH "
                    "(x86-64-v3: the AVX2 kernels on an AVX-512 machine)")
+    s.add_argument("--llama-python", type=lambda text: [m for m in text.split(",") if m], metavar="PY,...",
+                   help="bench generate: the llama.cpp peers, each a Python interpreter or venv folder holding a "
+                   "llama-cpp-python build (default this interpreter's); benchmarks/setup_llama_cpp.sh with "
+                   "MARCH=x86-64-v3 VENV=DIR builds an AVX2 one. Each is named by the ISA it was built for")
     ssh_options(s)  # bench model, generate: also time the model on the one --board over ssh
 
     s = verb("boards", cmd_boards, "list the board catalogue (every file validated)")

@@ -17,7 +17,8 @@ from moa_edge.errors import MoaEdgeError
 
 from conftest import require_board
 import decoders
-from moa_edge.harness.generate_bench import _best_turn, context_for, first_difference, table
+from moa_edge.harness.generate_bench import (_best_turn, _build_tags, _like_pairs, context_for, first_difference,
+                                             llama_isa, llama_python, table)
 from moa_edge.harness.gguf_weights import FILE_TYPES, tensor_type, write_gguf
 
 PROMPT, NEW = 9, 6
@@ -60,7 +61,7 @@ def test_bench_generate_side_by_side(tmp_path):
         ours["decode_tokens_per_s"] / ort["decode_tokens_per_s"])
     assert ratios["rss_moa_edge_over_onnxruntime"] == pytest.approx(ours["peak_rss_bytes"] / ort["peak_rss_bytes"])
     assert ratios["decode_moa_edge_over_llama_cpp"] is None and ratios["rss_moa_edge_over_llama_cpp"] is None
-    assert "onnxruntime" in r.stdout and "same as moa-edge" in r.stdout and "single-threaded" in r.stdout
+    assert "onnxruntime" in r.stdout and "same as moa-edge" in r.stdout and "moa-edge runs one thread here" in r.stdout
 
     # A mismatch is flagged where it is printed.
     result["tokens_agree"]["onnxruntime"] = {"agree": False, "first_difference": 2}
@@ -83,6 +84,30 @@ def test_the_best_of_the_rounds_counts_and_a_failed_turn_is_the_result():
     assert best["prefill_tokens_per_s"] == 8.0 and best["decode_tokens_per_s"] == 2.0  # 2 decode steps in 1 s
     assert [t["decode_s"] for t in best["turns"]] == [2.0, 1.0]
     assert _best_turn([*turns, {"status": "failed: gone"}], 4, 3) == {"status": "failed: gone"}
+
+
+def test_a_llama_cpp_build_is_named_by_the_isa_it_reports(tmp_path):
+    """llama_print_system_info's features give the build's ISA in moa/isa.h's names; a target pairs a
+    moa-edge build only with a llama.cpp build of its ISA (a peer that did not run: the host build)."""
+    avx512 = "CPU : SSE3 = 1 | AVX = 1 | AVX_VNNI = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | AVX512 = 1 | AVX512_VNNI = 1 |"
+    avx2 = "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | REPACK = 1 | "
+    assert llama_isa(avx512) == ("avx512", ["AVX", "AVX2", "AVX512", "AVX512_VNNI", "AVX_VNNI", "F16C", "FMA", "SSE3"])
+    assert llama_isa(avx2)[0] == "avx2" and llama_isa("CPU : NEON = 1 | ARM_FMA = 1 |")[0] == "neon"
+    assert llama_isa("CPU : SSE3 = 1 | AVX2 = 0 |")[0] == "scalar"
+    assert _build_tags([{"isa": "avx512"}, {"isa": "avx2"}]) == ["avx512", "avx2"]
+    assert _build_tags([{"isa": "avx2"}, {"isa": "avx2"}, {"status": "not built"}]) == ["avx2_1", "avx2_2", "build3"]
+    runtimes = {"moa_edge": {"isa": "avx512"}, "moa_edge_x86-64-v3": {"isa": "avx2"},
+                "llama_cpp_avx512": {"isa": "avx512"}, "llama_cpp_avx2": {"isa": "avx2"},
+                "llama_cpp_avx2_Q4_1": {"isa": "avx2"}, "llama_cpp_build3": {"status": "not built"}}
+    assert _like_pairs(runtimes) == [("moa_edge", "llama_cpp_avx512", ", AVX-512 both"),
+                                     ("moa_edge_x86-64-v3", "llama_cpp_avx2", ", AVX2 both"),
+                                     ("moa_edge_x86-64-v3", "llama_cpp_avx2_Q4_1", ", AVX2 both"),
+                                     ("moa_edge", "llama_cpp_build3", "")]
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    (tmp_path / "venv" / "bin" / "python").write_text("")
+    assert llama_python(str(tmp_path / "venv")) == str(tmp_path / "venv" / "bin" / "python")
+    with pytest.raises(MoaEdgeError, match="--llama-python"):
+        llama_python(str(tmp_path / "nowhere"))
 
 
 def test_context_rounds_up():

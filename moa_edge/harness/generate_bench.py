@@ -6,7 +6,10 @@ of greedy new tokens:
 - onnxruntime on the same ONNX file: the whole prompt in one call with an empty past, then one
   token per call with the presents fed back as the next past;
 - llama.cpp (llama-cpp-python, built from source by benchmarks/setup_llama_cpp.sh) on a GGUF of
-  the same weights (benchmarks/gguf_f32.py makes an F32 one from a quantised file).
+  the same weights (benchmarks/gguf_f32.py makes an F32 one from a quantised file), run by this
+  interpreter or by each of `llama_pythons` (one build a peer, e.g. an AVX2-only build beside the
+  -march=native one); each build's ISA is what it reports (llama_print_system_info), and a target
+  compares a moa-edge build only with a llama.cpp build of the same ISA.
 
 Each peer runs in a child process that reports its own peak resident memory (VmHWM), so the
 figure is that runtime's alone, its Python interpreter included. The first new token comes from
@@ -174,6 +177,46 @@ def llama_cpp_built() -> bool:
     return importlib.util.find_spec("llama_cpp") is not None
 
 
+# A build's instruction sets, as ggml reports them: "CPU : SSE3 = 1 | ... | AVX2 = 1 | ... |".
+_PROBE = ("import json, llama_cpp; print(json.dumps({'version': llama_cpp.__version__, "
+          "'system_info': llama_cpp.llama_print_system_info().decode(errors='replace')}))")
+# moa/isa.h's names, widest first, and the ggml feature that stands for each.
+_GGML_ISA = (("avx512", "AVX512"), ("avx2", "AVX2"), ("neon", "NEON"), ("rvv", "RISCV_V"))
+ISA_TITLE = {"avx512": "AVX-512", "avx2": "AVX2", "neon": "NEON", "rvv": "RVV", "scalar": "scalar"}
+
+
+def llama_isa(system_info: str) -> tuple[str, list[str]]:
+    """A llama.cpp build's widest vector ISA in moa/isa.h's names, and every feature it was built with."""
+    features = sorted({m.group(1) for m in re.finditer(r"([A-Za-z0-9_]+) = 1\b", system_info)})
+    return next((isa for isa, flag in _GGML_ISA if flag in features), "scalar"), features
+
+
+def llama_python(given: str | None) -> str:
+    """The interpreter of a llama.cpp peer: a Python executable, or a venv folder (its bin/python)."""
+    if given is None:
+        return sys.executable
+    path = Path(given)
+    if path.is_dir():
+        path = path / "bin" / "python"
+    if not path.is_file():
+        raise MoaEdgeError(f"--llama-python {given}: no Python interpreter there (a venv folder or its bin/python)")
+    return str(path)
+
+
+def probe_llama(python: str, timeout: float = 120) -> dict:
+    """A peer interpreter's llama-cpp-python: {"status": "ok", version, system_info, isa, features}, or why not."""
+    try:
+        proc = subprocess.run([python, "-c", _PROBE], capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"status": f"{LLAMA_NOT_BUILT} ({python}: {e})"}
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return {"status": f"{LLAMA_NOT_BUILT} ({python}: {last})"}
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    isa, features = llama_isa(found["system_info"])
+    return {"status": "ok", "python": python, **found, "isa": isa, "features": features}
+
+
 def _rates(prompt_tokens: int, new_tokens: int, prefill_s: float, decode_s: float) -> dict:
     steps = new_tokens - 1
     return {"prefill_s": prefill_s, "decode_s": decode_s, "decode_steps": steps,
@@ -181,11 +224,11 @@ def _rates(prompt_tokens: int, new_tokens: int, prefill_s: float, decode_s: floa
             "decode_tokens_per_s": steps / decode_s if steps and decode_s > 0 else None}
 
 
-def _child(script: str, path: Path, request: dict, folder: Path, timeout: float) -> dict:
-    """Run a peer in its own interpreter; its JSON line, or {"status": "failed: ..."}."""
+def _child(script: str, path: Path, request: dict, folder: Path, timeout: float, python: str | None = None) -> dict:
+    """Run a peer in its own interpreter (this one, or `python`); its JSON line, or {"status": "failed: ..."}."""
     (folder / "request.json").write_text(json.dumps(request))
     try:
-        proc = subprocess.run([sys.executable, "-c", script, str(path), str(folder / "request.json")],
+        proc = subprocess.run([python or sys.executable, "-c", script, str(path), str(folder / "request.json")],
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"status": f"failed: no result within {timeout:.0f} s"}
@@ -307,14 +350,18 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
                    new_tokens: int = 64, threads: int = 1, repeat: int = 3, gguf=None,
                    board: Board | None = None, ssh: SshTarget | None = None, seed: int = 0,
                    timeout: float = TIMEOUT_S, progress: Callable[[str], None] = lambda msg: None,
-                   weights=None, onnxruntime: bool = True, host_march: list[str] = (), rounds: int = 1) -> dict:
+                   weights=None, onnxruntime: bool = True, host_march: list[str] = (), rounds: int = 1,
+                   llama_pythons: list[str] = ()) -> dict:
     """The whole comparison as one dict (see the module docstring). `convert` is pipeline.convert,
     passed in by the caller (the harness sits below the pipeline). `board`: moa-edge's side also
     runs there (over `ssh` when given); the peers and the comparison are on the host. `weights`
     (passes.quantize.WeightFormat): moa-edge's build stores its weights so, and llama.cpp runs the
     matching GGUF types written from `gguf`'s weights (int8: Q8_0; int4: Q4_0 and Q4_1).
     `host_march`: moa-edge's host build again with each -march=ARCH (x86-64-v3: the AVX2 kernels).
-    `rounds`: the sides take turns that many times (each turn `repeat` runs; the best of all counts)."""
+    `rounds`: the sides take turns that many times (each turn `repeat` runs; the best of all counts).
+    `llama_pythons`: the interpreters (or venv folders) whose llama-cpp-python builds are the llama.cpp
+    peers, each one its own (benchmarks/setup_llama_cpp.sh with MARCH=x86-64-v3: an AVX2 build);
+    default this interpreter's."""
     model = Path(model)
     if new_tokens < 2:
         raise MoaEdgeError(f"--new-tokens {new_tokens}: need at least 2 (the first comes from the prefill)")
@@ -325,6 +372,7 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
     for march in host_march:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", march):
             raise MoaEdgeError(f"--host-march {march!r}: not a -march value (letters, digits and . _ + -)")
+    pythons = [llama_python(given) for given in llama_pythons] or [None]
     host = load_board("host")
     load_at_start = _load_average()
     max_context = context_for(prompt_tokens if prompt_ids is None else len(prompt_ids), new_tokens)
@@ -357,21 +405,32 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
             turns["onnxruntime"] = ort_turn
         else:
             fixed["onnxruntime"] = {"status": "skipped (--no-onnxruntime)"}
-        if not llama_cpp_built():
-            fixed["llama_cpp"] = {"status": LLAMA_NOT_BUILT}
-        elif gguf is None:
-            fixed["llama_cpp"] = {"status": "no weights: give --gguf FILE, a GGUF of the same weights"
-                                  + (" (any type: the bench writes the matching types from it)" if weights else
-                                     " (benchmarks/gguf_f32.py makes an F32 one)")}
-        else:
-            for index, (file_type, path) in enumerate(_llama_files(Path(gguf), weights, folder, progress)):
-                summary = gguf_summary(path)
-
-                def llama_turn(file_type=file_type, path=path, summary=summary):
-                    progress(f"llama.cpp {file_type}: {repeat} runs, {threads} thread(s)")
+        builds = [{"status": LLAMA_NOT_BUILT} if python is None and not llama_cpp_built()
+                  else probe_llama(python or sys.executable) for python in pythons]
+        tags = _build_tags(builds) if len(builds) > 1 else [""]
+        files = None
+        for build_info, tag in zip(builds, tags):
+            base = "llama_cpp" + (f"_{tag}" if tag else "")
+            if build_info["status"] != "ok":
+                fixed[base] = {"status": build_info["status"]}
+                continue
+            if gguf is None:
+                fixed[base] = {"status": "no weights: give --gguf FILE, a GGUF of the same weights"
+                               + (" (any type: the bench writes the matching types from it)" if weights else
+                                  " (benchmarks/gguf_f32.py makes an F32 one)")}
+                continue
+            if files is None:  # written once, read by every build
+                files = [(file_type, path, gguf_summary(path))
+                         for file_type, path in _llama_files(Path(gguf), weights, folder, progress)]
+            build_fields = {"isa": build_info["isa"], "build_features": build_info["features"],
+                            "python": build_info["python"], "system_info": build_info["system_info"]}
+            for index, (file_type, path, summary) in enumerate(files):
+                def llama_turn(file_type=file_type, path=path, summary=summary, build_fields=build_fields):
+                    progress(f"llama.cpp {file_type} ({ISA_TITLE.get(build_fields['isa'], build_fields['isa'])} "
+                             f"build, {build_fields['python']}): {repeat} runs, {threads} thread(s)")
                     return {**_child(_LLAMA_CHILD, path, {**request, "n_ctx": max_context, "vocab": info["vocab"]},
-                                     folder, timeout), **summary}
-                turns["llama_cpp" if index == 0 else f"llama_cpp_{file_type}"] = llama_turn
+                                     folder, timeout, build_fields["python"]), **summary, **build_fields}
+                turns[base if index == 0 else f"{base}_{file_type}"] = llama_turn
         taken: dict[str, list[dict]] = {key: [] for key in turns}
         for round_number in range(rounds):
             if rounds > 1:
@@ -413,13 +472,20 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
         "threads": {name: 1 if name.startswith("moa_edge") else threads for name in runtimes},
         "isa": cpu_isa(), "machine": platform.machine(),
         "load_average_start": load_at_start, "load_average": _load_average(),
-        "notes": ["moa-edge's runner is single-threaded today; --threads sets the peers' threads only",
+        "notes": ["moa-edge runs one thread here; --threads sets the peers' threads only",
                   "rates are the best of the runs (of every round: the sides take turns); peak resident memory is the "
                   "whole process (VmHWM), the peers' "
                   "Python interpreter included"],
         "runtimes": runtimes, "board": on_board, "tokens_agree": agreement, "ratios": ratios,
         "targets": _targets(ratios, threads, runtimes, weights),
     }
+
+
+def _build_tags(builds: list[dict]) -> list[str]:
+    """Each llama.cpp build's part of its runtimes' keys: its ISA (llama_cpp_avx2, llama_cpp_avx512_Q4_1),
+    numbered when two builds share one."""
+    isas = [b.get("isa") or f"build{i + 1}" for i, b in enumerate(builds)]
+    return [isa if isas.count(isa) == 1 else f"{isa}_{isas[:i].count(isa) + 1}" for i, isa in enumerate(isas)]
 
 
 def _load_average() -> list[float] | None:
@@ -435,29 +501,45 @@ def _targets(ratios: dict, threads: int, runtimes: dict, weights) -> dict:
         return {"value": value, "met": None if value is None else (value < floor if below else value >= floor)}
     matching = MATCHING[weights.qtype if weights is not None else None]
     targets = {"decode >= onnxruntime's": verdict(ratios.get("decode_moa_edge_over_onnxruntime"), 1.0)}
-    llamas = [name for name in runtimes if name.startswith("llama_cpp")]
-    for name in llamas:
+    pairs = _like_pairs(runtimes)
+    for side, name, isa in pairs:
         kind = runtimes[name].get("gguf_type")
-        # Only like against like: the llama.cpp file of moa-edge's weight format, on one thread.
+        # Only like against like: the llama.cpp file of moa-edge's weight format, on one thread, and a
+        # moa-edge build of the llama.cpp build's ISA.
         same = kind in matching and runtimes[name].get("gguf_file_type") == int(FILE_TYPES[kind])
         kind = kind or matching[0]
         what = "at float32" if kind == "F32" else kind
-        targets[f"decode >= 0.9x llama.cpp's {what} on one thread"] = verdict(
-            ratios.get(f"decode_moa_edge_over_{name}") if same and threads == 1 else None, 0.9)
+        targets[f"decode >= 0.9x llama.cpp's {what} on one thread{isa}"] = verdict(
+            ratios.get(f"decode_{side}_over_{name}") if same and threads == 1 else None, 0.9)
     targets["resident memory below onnxruntime's"] = verdict(ratios.get("rss_moa_edge_over_onnxruntime"), 1.0, True)
-    for name in llamas:
+    for side, name, isa in pairs:
         kind = runtimes[name].get("gguf_type")
-        targets[f"resident memory below llama.cpp's{f' {kind}' if kind else ''}"] = verdict(
-            ratios.get(f"rss_moa_edge_over_{name}"), 1.0, below=True)
+        targets[f"resident memory below llama.cpp's{f' {kind}' if kind else ''}{isa}"] = verdict(
+            ratios.get(f"rss_{side}_over_{name}"), 1.0, below=True)
     return targets
+
+
+def _like_pairs(runtimes: dict) -> list[tuple[str, str, str]]:
+    """(moa-edge side, llama.cpp peer, ", ISA both" or "") of the same ISA. A peer whose ISA is not known
+    (no build ran) pairs with moa-edge's host build, as before the ISA was asked."""
+    sides = [k for k in runtimes if k.startswith("moa_edge")]
+    llamas = [k for k in runtimes if k.startswith("llama_cpp")]
+    pairs = []
+    for name in llamas:
+        isa = runtimes[name].get("isa")
+        for side in sides:
+            if (isa is None and side == "moa_edge") or (isa is not None and runtimes[side].get("isa") == isa):
+                pairs.append((side, name, f", {ISA_TITLE.get(isa, isa)} both" if isa else ""))
+    return pairs
 
 
 def label(key: str, r: dict) -> str:
     """A row's name in the table: moa-edge (with its -march), onnxruntime, llama.cpp with its file type."""
+    isa = f" {ISA_TITLE.get(r['isa'], r['isa'])}" if r.get("isa") else ""
     if key.startswith("moa_edge"):
-        return "moa-edge" + (f" {' '.join(r['cflags_added'])}" if r.get("cflags_added") else "")
+        return "moa-edge" + (f" {' '.join(r['cflags_added'])}" if r.get("cflags_added") else "") + isa
     if key.startswith("llama_cpp"):
-        return "llama.cpp" + (f" {r['gguf_type']}" if r.get("gguf_type") else "")
+        return "llama.cpp" + (f" {r['gguf_type']}" if r.get("gguf_type") else "") + isa
     return key
 
 
@@ -475,7 +557,7 @@ def table(result: dict) -> str:
              f"host {result['machine']} {result['isa']}"
              + (f", load average {' '.join(f'{x:.2f}' for x in start)} at the start" if start else "")
              + (f", {' '.join(f'{x:.2f}' for x in load)} at the end" if load else ""),
-             f"{'runtime':28} {'threads':>7} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MiB':>11} "
+             f"{'runtime':36} {'threads':>7} {'prefill tok/s':>13} {'decode tok/s':>12} {'weights MiB':>11} "
              f"{'peak RSS MiB':>12} {'':25}  tokens"]
     rows = [(name, label(name, r), threads.get(name, 1), r) for name, r in result["runtimes"].items()]
     if result["board"]:
@@ -483,19 +565,26 @@ def table(result: dict) -> str:
         rows.append((key, key.replace("_", "-"), 1, result["board"]))
     for key, name, count, r in rows:
         if r["status"] != "ok":
-            lines.append(f"{name:28} {count:>7} {r['status']}")
+            lines.append(f"{name:36} {count:>7} {r['status']}")
             continue
         agree = result["tokens_agree"].get(key)
         same = "" if agree is None else (" same as moa-edge" if agree["agree"]
                                          else f" DIFFER from moa-edge's at step {agree['first_difference']}")
         start = r.get("rss_before_load_bytes")  # a peer's interpreter with its runtime imported, no model yet
-        lines.append(f"{name:28} {count:>7} {cell(r['prefill_tokens_per_s']):>13} {cell(r['decode_tokens_per_s']):>12} "
+        lines.append(f"{name:36} {count:>7} {cell(r['prefill_tokens_per_s']):>13} {cell(r['decode_tokens_per_s']):>12} "
                      f"{mib(r.get('weights_bytes')):>11} {mib(r['peak_rss_bytes']):>12} "
                      f"{'' if start is None else f'(before the model: {start / 2**20:.1f})':>25}  {len(r['tokens'])}{same}")
     for key, name, _, r in rows:
         if key.startswith("moa_edge") and r["status"] == "ok":
             lines.append(f"{name}: {r.get('isa') or 'unknown'} kernels (moa/isa.h with the build's flags)"
                          + (f"; weights {_by_type(r['weights_bytes_by_type'])}" if r.get("weights_bytes_by_type") else ""))
+    builds_shown = set()
+    for key, name, _, r in rows:
+        if key.startswith("llama_cpp") and r["status"] == "ok" and r.get("python") not in builds_shown:
+            builds_shown.add(r.get("python"))
+            lines.append(f"llama.cpp {ISA_TITLE.get(r.get('isa'), r.get('isa'))} build: llama-cpp-python "
+                         f"{r.get('version')} ({r.get('python')}), built with "
+                         + " ".join(f for f in r.get("build_features", []) if f not in ("SSE3", "SSSE3")))
     if rounds > 1:
         lines.append("decode tok/s per round: " + "; ".join(
             f"{name} {', '.join(cell(t['decode_tokens_per_s']) for t in r['turns'])}"

@@ -1,10 +1,23 @@
 /* The quantized-weight panel kernels (moa/qgemm_panel.h) for AVX-512F: one zmm holds a row of a
  * panel's 16 columns; int8 (or a nibble) widened to int32 and converted, then one FMA with x[p]
- * broadcast. Two accumulators, so that consecutive FMAs do not wait on each other. */
+ * broadcast. Four accumulators, so that consecutive FMAs do not wait on each other; the sum of a
+ * block's x is taken (sixteen at a time) only where a zero point or an offset needs it. */
 #include "moa/qgemm_panel.h"
 
 #if MOA_ISA_AVX512
 #include <immintrin.h>
+
+/* The weights are streamed once per decode step, from beyond the caches: a line MOA_QW_PREFETCH bytes
+ * ahead is asked for (prefetches never fault; the address is made as an integer, so that it is no
+ * pointer past the panel), as in qgemm_avx2.c. */
+#ifndef MOA_QW_PREFETCH
+#define MOA_QW_PREFETCH 4096
+#endif
+
+static inline __attribute__((always_inline)) void prefetch_ahead(const void *at)
+{
+    _mm_prefetch((const char *)((uintptr_t)at + MOA_QW_PREFETCH), _MM_HINT_T0);
+}
 
 static __m512 row_i8(const int8_t *q, size_t p)
 {
@@ -37,7 +50,7 @@ static __m512 high_u4(__m512i pair)
 
 /* Row b of a panel's scales or offsets: 16 floats, 16 halves converted (vcvtph2ps), or
  * (MOA_QS_SUPER) the super-block's halves times the block's int8s. */
-static __m512 scales_row(const void *scales, int half, size_t b)
+static inline __attribute__((always_inline)) __m512 scales_row(const void *scales, int half, size_t b)
 {
     if (half == MOA_QS_SUPER) {
         const __m512 super = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)moa_qs_super_row(scales, b)));
@@ -48,8 +61,26 @@ static __m512 scales_row(const void *scales, int half, size_t b)
                 : _mm512_loadu_ps((const float *)scales + b * MOA_GEMM_NR);
 }
 
+/* x[p0] + ... + x[p0 + n - 1] (strided): only a zero point or an offset needs it. */
+static inline __attribute__((always_inline)) float x_sum_of(const float *x, ptrdiff_t x_stride, size_t p0, size_t n)
+{
+    float sum = 0.0f;
+    size_t p = 0;
+    if (x_stride == 1) {
+        __m512 s = _mm512_setzero_ps();
+        for (; p + 16 <= n; p += 16) {
+            s = _mm512_add_ps(s, _mm512_loadu_ps(x + p0 + p));
+        }
+        sum = _mm512_reduce_add_ps(s);
+    }
+    for (; p < n; p++) {
+        sum += x[(ptrdiff_t)(p0 + p) * x_stride];
+    }
+    return sum;
+}
+
 /* sum + scale * (acc - zero * x_sum) (+ offset * x_sum) for block b. */
-static __m512 apply_block(__m512 sum, __m512 acc, float x_sum, const void *scale, const void *offset, int half,
+static inline __attribute__((always_inline)) __m512 apply_block(__m512 sum, __m512 acc, float x_sum, const void *scale, const void *offset, int half,
                           int zero, size_t b)
 {
     acc = _mm512_sub_ps(acc, _mm512_set1_ps((float)zero * x_sum));
@@ -60,27 +91,29 @@ static __m512 apply_block(__m512 sum, __m512 acc, float x_sum, const void *scale
     return sum;
 }
 
+/* Four rows at a time into four sums, so that no chain of dependent FMAs sets the pace. */
 void moa_qw_dot_i8_avx512(MOA_QW_DOT_PARAMS)
 {
     const int8_t *values = q;
+    const int needs_sum = zero != 0 || offset != NULL;
     __m512 sum = _mm512_setzero_ps();
     size_t b0, p;
     for (b0 = 0; b0 < K; b0 += block) {
         const size_t end = K - b0 < block ? K : b0 + block;
-        __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
-        float x_sum = 0.0f;
-        for (p = b0; p + 1 < end; p += 2) {
-            const float x0 = x[(ptrdiff_t)p * x_stride], x1 = x[(ptrdiff_t)(p + 1) * x_stride];
-            even = _mm512_fmadd_ps(_mm512_set1_ps(x0), row_i8(values, p), even);
-            odd = _mm512_fmadd_ps(_mm512_set1_ps(x1), row_i8(values, p + 1), odd);
-            x_sum += x0 + x1;
+        __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+        for (p = b0; p + 3 < end; p += 4) { /* four rows: one line of 64 bytes */
+            prefetch_ahead(values + p * MOA_GEMM_NR);
+            s0 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)p * x_stride]), row_i8(values, p), s0);
+            s1 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)(p + 1) * x_stride]), row_i8(values, p + 1), s1);
+            s2 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)(p + 2) * x_stride]), row_i8(values, p + 2), s2);
+            s3 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)(p + 3) * x_stride]), row_i8(values, p + 3), s3);
         }
-        if (p < end) {
-            const float x0 = x[(ptrdiff_t)p * x_stride];
-            even = _mm512_fmadd_ps(_mm512_set1_ps(x0), row_i8(values, p), even);
-            x_sum += x0;
+        for (; p < end; p++) {
+            s0 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)p * x_stride]), row_i8(values, p), s0);
         }
-        sum = apply_block(sum, _mm512_add_ps(even, odd), x_sum, scale, offset, half, zero, b0 / block);
+        sum = apply_block(sum, _mm512_add_ps(_mm512_add_ps(s0, s1), _mm512_add_ps(s2, s3)),
+                          needs_sum ? x_sum_of(x, x_stride, b0, end - b0) : 0.0f, scale, offset, half, zero,
+                          b0 / block);
     }
     _mm512_storeu_ps(y16, sum);
 }
@@ -88,38 +121,31 @@ void moa_qw_dot_i8_avx512(MOA_QW_DOT_PARAMS)
 void moa_qw_dot_u4_avx512(MOA_QW_DOT_PARAMS)
 {
     const uint8_t *pairs = q;
+    const int needs_sum = zero != 0 || offset != NULL;
     __m512 sum = _mm512_setzero_ps();
     size_t b0, p;
     for (b0 = 0; b0 < K; b0 += block) { /* block is even: a block starts a pair */
         const size_t end = K - b0 < block ? K : b0 + block;
-        /* Four sums and two of x, so that no chain of dependent adds sets the pace. */
         __m512 even0 = _mm512_setzero_ps(), odd0 = even0, even1 = even0, odd1 = even0;
-        float x_sum0 = 0.0f, x_sum1 = 0.0f;
         for (p = b0; p + 3 < end; p += 4) {
-            const float x0 = x[(ptrdiff_t)p * x_stride], x1 = x[(ptrdiff_t)(p + 1) * x_stride];
-            const float x2 = x[(ptrdiff_t)(p + 2) * x_stride], x3 = x[(ptrdiff_t)(p + 3) * x_stride];
             const __m512i pair0 = pair_u4(pairs, p / 2), pair1 = pair_u4(pairs, p / 2 + 1);
-            even0 = _mm512_fmadd_ps(_mm512_set1_ps(x0), low_u4(pair0), even0);
-            odd0 = _mm512_fmadd_ps(_mm512_set1_ps(x1), high_u4(pair0), odd0);
-            even1 = _mm512_fmadd_ps(_mm512_set1_ps(x2), low_u4(pair1), even1);
-            odd1 = _mm512_fmadd_ps(_mm512_set1_ps(x3), high_u4(pair1), odd1);
-            x_sum0 += x0 + x1;
-            x_sum1 += x2 + x3;
+            prefetch_ahead(pairs + p / 2 * MOA_GEMM_NR); /* two pairs: half a line */
+            even0 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)p * x_stride]), low_u4(pair0), even0);
+            odd0 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)(p + 1) * x_stride]), high_u4(pair0), odd0);
+            even1 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)(p + 2) * x_stride]), low_u4(pair1), even1);
+            odd1 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)(p + 3) * x_stride]), high_u4(pair1), odd1);
         }
         for (; p + 1 < end; p += 2) {
-            const float x0 = x[(ptrdiff_t)p * x_stride], x1 = x[(ptrdiff_t)(p + 1) * x_stride];
             const __m512i pair = pair_u4(pairs, p / 2);
-            even0 = _mm512_fmadd_ps(_mm512_set1_ps(x0), low_u4(pair), even0);
-            odd0 = _mm512_fmadd_ps(_mm512_set1_ps(x1), high_u4(pair), odd0);
-            x_sum0 += x0 + x1;
+            even0 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)p * x_stride]), low_u4(pair), even0);
+            odd0 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)(p + 1) * x_stride]), high_u4(pair), odd0);
         }
         if (p < end) {
-            const float x0 = x[(ptrdiff_t)p * x_stride];
-            even0 = _mm512_fmadd_ps(_mm512_set1_ps(x0), low_u4(pair_u4(pairs, p / 2)), even0);
-            x_sum0 += x0;
+            even0 = _mm512_fmadd_ps(_mm512_set1_ps(x[(ptrdiff_t)p * x_stride]), low_u4(pair_u4(pairs, p / 2)), even0);
         }
         sum = apply_block(sum, _mm512_add_ps(_mm512_add_ps(even0, odd0), _mm512_add_ps(even1, odd1)),
-                          x_sum0 + x_sum1, scale, offset, half, zero, b0 / block);
+                          needs_sum ? x_sum_of(x, x_stride, b0, end - b0) : 0.0f, scale, offset, half, zero,
+                          b0 / block);
     }
     _mm512_storeu_ps(y16, sum);
 }
