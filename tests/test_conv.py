@@ -1,7 +1,8 @@
 """Conv (fp32, 1-D and 2-D): single-node ONNX models converted, built and run on every board
 against onnxruntime on the original file, the torch reference (evaluate) against onnxruntime
 too, and moa_conv2d_f32 itself under ASan and UBSan; then the ONNX backend node tests for
-Conv on the host. Cases needing a feature the
+Conv on the host. The patch-embedding case (kernel = stride) runs as one GEMM (passes/patch_conv.py):
+its kernel test passes moa_conv2d_f32 the geometry directly. Cases needing a feature the
 runtime lacks must be refused with one clear error naming it; they are listed in NOT_YET
 (reported as xfail), so this file fails the day one of them starts to pass."""
 from __future__ import annotations
@@ -27,7 +28,8 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
-from moa_edge.ops import matmul
+from moa_edge.ir import Node
+from moa_edge.ops import conv, matmul
 from moa_edge.pipeline import convert, load_graph
 
 
@@ -70,6 +72,8 @@ CASES = [
     Case("whisper_conv1", (1, 80, 60), (64, 80, 3), attrs=(("pads", [1, 1]),)),
     Case("whisper_conv2_stride2", (1, 80, 60), (64, 80, 3), attrs=(("pads", [1, 1]), ("strides", [2]))),
 ]
+# Run as one GEMM over the patches, not by moa_conv2d_f32 (passes/patch_conv.py, tests/test_patch_conv.py).
+PATCH_GEMM = {"vit_patch_embedding"}
 
 _projects: dict[str, tuple[Path, Path, dict]] = {}
 
@@ -120,7 +124,8 @@ def project_for(case: Case, workdir: Path):
 def test_torch_reference_matches_onnxruntime(case, workdir):
     path, _, _ = project_for(case, workdir)
     graph = load_graph(path)
-    assert [n.op for n in graph.nodes] == ["Conv"]
+    assert [n.op for n in graph.nodes] == (["MoaConcat", "Reshape", "MoaGemm", "MoaConcat"] if case.name in PATCH_GEMM
+                                           else ["Conv"])
     feeds = _feeds(case)
     _assert_close(run_reference(graph, feeds)["Y"], _expected(path, feeds), case)
 
@@ -229,13 +234,22 @@ def conv_exe(tmp_path_factory):
     return exe
 
 
+def _fields(case: Case) -> list[str]:
+    """moa_conv2d_params' 16 fields in order for a 2-D case without padding (as emit_call fills them)."""
+    g = conv.geometry(Node("Conv", case.name, [], [], dict(case.attrs)), case.x, case.w)
+    assert len(case.x) == 4 and not any(g.pads_begin)
+    return [str(v) for v in (*case.x, case.w[0], *g.out_shape(case.x[2:]), *g.kernel, *g.strides, *g.dilations,
+                             0, 0, g.group)]
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_conv_kernel_stays_inside_its_buffers(case, conv_exe, workdir):
     """The parameters the generated model.c passes, on exact-size heap buffers: no read or
     write outside X, W, B and Y (the padding is skipped, never read), and the same Y."""
     path, project, _ = project_for(case, workdir)
     fields = re.findall(r"\.\w+ = (\d+)u,", (project / "model.c").read_text())
-    assert len(fields) == 16
+    assert len(fields) == (0 if case.name in PATCH_GEMM else 16)
+    fields = fields or _fields(case)  # a patch embedding, run as a GEMM: the kernel is given its geometry
     feeds = _feeds(case)
     stdin = b"".join(a.tobytes() for a in [feeds["X"], *_weights(case)])
     proc = subprocess.run([str(conv_exe), *fields, str(int(case.bias))], input=stdin, capture_output=True)

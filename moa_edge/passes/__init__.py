@@ -16,6 +16,7 @@ from .half_attention import read_half_operands
 from .mlp import tile_mlp_rows
 from .nbits import lower_matmul_nbits
 from .pack import pack_weights
+from .patch_conv import gemm_patch_convs
 from .qdq import lower_qdq
 from .qdq_attention import read_quantized_operands, sink_key_transposes
 from .quantize import WeightFormat, parse_weights
@@ -50,6 +51,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     bypass_no_ops(graph)
     narrow_softmax_precision(graph)
     unfold_batched_transposes(graph)
+    gemm_patch_convs(graph, weights)  # ViT's patch embedding: one GEMM, before pack_weights packs its weight
     if fuse_attention:
         sink_key_transposes(graph)  # a rounded K^T of a QDQ file: the Transpose below the roundings
         rewrite_attention(graph)

@@ -215,6 +215,15 @@ def _copy_through_view(graph: Graph, node, out: str) -> Node | None:
     source, layout = trace_view(graph, out, [])
     if source == out:
         return None
+    if (len(node.outputs) == 1 and layout.is_row_major() and layout.offset == 0 and graph.constant(source) is None
+            and graph.tensors[source].size == graph.tensors[out].size):
+        # The views cancel (a transpose undone by the next, as after a patch embedding's GEMM): the
+        # source's elements in their stored order, a Reshape of it (no copy) instead of a copy.
+        shape = f"{node.name}__shape"
+        while shape in graph.tensors:
+            shape += "_"
+        graph.tensors[shape] = Tensor(shape, (len(layout.shape),), "int64", np.array(layout.shape, np.int64))
+        return Node("Reshape", node.name, [source, shape], [out])
     return Node("MoaConcat", f"{node.name}__{out}" if len(node.outputs) > 1 else node.name, [source], [out],
                 {"layouts": [layout], "axis": 0})
 
@@ -238,7 +247,8 @@ def _constant_gather(graph: Graph, node, trace_view) -> Node | None:
 
 def lower_copies(graph: Graph) -> None:
     """ONNX Concat, constant Pad, the Identity ops still left and the layout ops no kernel
-    absorbed (Transpose, Expand, Slice, Split) become MoaConcat: a copy through access maps."""
+    absorbed (Transpose, Expand, Slice, Split) become MoaConcat: a copy through access maps; one whose
+    map reads its source whole and in stored order (layout ops that cancel) becomes a Reshape of it, no copy."""
     lowered = []  # the parts are read in place through their layout ops (trace_view)
     for node in graph.nodes:
         lowered += _lowered_copy(graph, node, trace_view) or [node]
