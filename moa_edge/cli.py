@@ -687,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bench generate: greedy tokens to generate (default 64; decode is the K-1 after the first)")
     s.add_argument("--threads", type=_positive_int, metavar="N",
                    help="bench model and attention: moa-edge's threads and onnxruntime's and PyTorch's (default: "
-                        "the host's cores); bench generate: onnxruntime's and llama.cpp's threads (default 1; moa-edge runs on one)")
+                        "the host's cores); bench generate: every side's threads (default 1)")
     s.add_argument("--gguf", metavar="FILE", help="bench generate: llama.cpp's weights, a GGUF of the same model "
                    "(benchmarks/gguf_f32.py writes an F32 one); with --weights, any GGUF of those weights, from which "
                    "the matching types are written")

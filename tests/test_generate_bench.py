@@ -1,7 +1,7 @@
 """`moa-edge bench generate` (issue 13, point 6) as a user types it, on a tiny exported Llama with
 its cache: one run gives moa-edge's and onnxruntime's rates, memory and greedy tokens side by side.
 No timing is asserted (the machine is shared); the tokens are: both sides must give transformers'
-own greedy tokens, and the bench must say whether the sides agree. llama.cpp is left out (no
+own greedy tokens (moa-edge's on a pool of two threads), and the bench must say whether the sides agree. llama.cpp is left out (no
 --gguf): its column then says why it did not run."""
 import importlib.util
 import json
@@ -34,13 +34,14 @@ def test_bench_generate_side_by_side(tmp_path):
     prompt = [int(t) for t in np.random.default_rng(3).integers(0, case.geometry.vocab, PROMPT)]
     r = subprocess.run([sys.executable, "-m", "moa_edge.cli", "bench", "generate", str(case.path),
                         "--prompt-ids", ",".join(map(str, prompt)), "--new-tokens", str(NEW), "--repeat", "2",
-                        "--out", str(tmp_path / "out"), "--json", str(tmp_path / "r.json")],
+                        "--threads", "2", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "r.json")],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result == json.loads((tmp_path / "out" / f"generate-{case.path.stem}.json").read_text())
     assert result["prompt_ids"] == prompt and result["prompt_tokens"] == PROMPT and result["new_tokens"] == NEW
-    assert result["threads"] == {"moa_edge": 1, "onnxruntime": 1, "llama_cpp": 1} and result["isa"]
+    assert result["threads"] == {"moa_edge": 2, "onnxruntime": 2, "llama_cpp": 2} and result["isa"]
+    assert result["runtimes"]["moa_edge"]["threads"] == 2  # its pool ran the prefill and the steps
     # The kernels the build selected, as moa/isa.h names them, are those of the host's widest ISA.
     assert result["runtimes"]["moa_edge"]["isa"] == {"AVX-512": "avx512", "AVX2": "avx2", "NEON": "neon"}.get(
         result["isa"], result["runtimes"]["moa_edge"]["isa"])
@@ -61,7 +62,7 @@ def test_bench_generate_side_by_side(tmp_path):
         ours["decode_tokens_per_s"] / ort["decode_tokens_per_s"])
     assert ratios["rss_moa_edge_over_onnxruntime"] == pytest.approx(ours["peak_rss_bytes"] / ort["peak_rss_bytes"])
     assert ratios["decode_moa_edge_over_llama_cpp"] is None and ratios["rss_moa_edge_over_llama_cpp"] is None
-    assert "onnxruntime" in r.stdout and "same as moa-edge" in r.stdout and "moa-edge runs one thread here" in r.stdout
+    assert "onnxruntime" in r.stdout and "same as moa-edge" in r.stdout and "every side runs 2 thread(s)" in r.stdout
 
     # A mismatch is flagged where it is printed.
     result["tokens_agree"]["onnxruntime"] = {"agree": False, "first_difference": 2}

@@ -240,13 +240,14 @@ def _child(script: str, path: Path, request: dict, folder: Path, timeout: float,
                                                result["prefill_s"], result["decode_s"])}
 
 
-def _prepare(model: Path, convert, board: Board, folder: Path, max_context: int, weights, progress
-             ) -> tuple[Path, Path, dict]:
-    """Convert for generation and build: the project, its runner and its generation_info."""
+def _prepare(model: Path, convert, board: Board, folder: Path, max_context: int, weights, progress,
+             threads: int = 1) -> tuple[Path, Path, dict]:
+    """Convert for generation (an arena for `threads` threads) and build: the project, its runner
+    and its generation_info."""
     project = folder / f"moa-{board.name}"
     form = f", --weights {weights.text}" if weights is not None else ""
-    progress(f"moa-edge: convert for {board.name} (--max-context {max_context}{form})")
-    convert(model, project, board=board, max_context=max_context, weights=weights)
+    progress(f"moa-edge: convert for {board.name} (--max-context {max_context}{form}, --threads {threads})")
+    convert(model, project, board=board, max_context=max_context, weights=weights, threads=threads)
     progress(f"moa-edge: build for {board.name}")
     return project, build(project, board), generation_info(project)
 
@@ -270,13 +271,16 @@ def build_isa(project: Path, board: Board, extra_cflags: list[str] = ()) -> str 
 
 
 def _moa_edge(binary: Path, info: dict, board: Board, isa: str | None, prompt: list[int], new_tokens: int,
-              repeat: int, ssh: SshTarget | None, timeout: float, progress, label: str = "moa-edge") -> dict:
-    progress(f"{label} on {board.name}{f' over ssh {ssh.destination}' if ssh else ''}: {repeat} runs")
-    runs = [generate_ids(binary, board, info, prompt, new_tokens, ssh=ssh, timeout=timeout) for _ in range(repeat)]
+              repeat: int, ssh: SshTarget | None, timeout: float, progress, label: str = "moa-edge",
+              threads: int = 1) -> dict:
+    progress(f"{label} on {board.name}{f' over ssh {ssh.destination}' if ssh else ''}: {repeat} runs, "
+             f"{threads} thread(s)")
+    runs = [generate_ids(binary, board, info, prompt, new_tokens, ssh=ssh, timeout=timeout, threads=threads)
+            for _ in range(repeat)]
     rss = [r["max_rss_bytes"] for r in runs if r["max_rss_bytes"]]
     memory = info["memory"]
     return {"status": "ok", "board": board.name, "isa": isa, "ssh": ssh.destination if ssh else None,
-            "threads": 1, "max_context": info["max_context"], "tokens": runs[-1]["tokens"],
+            "threads": threads, "max_context": info["max_context"], "tokens": runs[-1]["tokens"],
             "peak_rss_bytes": max(rss) if rss else None, "weights_bytes": memory["weights_bytes"],
             "weights_bytes_by_type": memory.get("weights_bytes_by_type"),
             "state_bytes": memory["state_bytes"], "arena_bytes": memory["arena_bytes"],
@@ -378,7 +382,7 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
     max_context = context_for(prompt_tokens if prompt_ids is None else len(prompt_ids), new_tokens)
     with scratch_folder("moa-bench-generate-") as tmp:
         folder = Path(tmp)
-        project, binary, info = _prepare(model, convert, host, folder, max_context, weights, progress)
+        project, binary, info = _prepare(model, convert, host, folder, max_context, weights, progress, threads)
         prompt = ([int(t) for t in np.random.default_rng(seed).integers(0, info["vocab"], prompt_tokens)]
                   if prompt_ids is None else list(prompt_ids))
         # Each side is a turn: `repeat` runs, best of them. The sides take turns `rounds` times, so that
@@ -386,14 +390,14 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
         turns: dict[str, Callable[[], dict]] = {}
         isa = build_isa(project, host)
         turns["moa_edge"] = lambda: _moa_edge(binary, info, host, isa, prompt, new_tokens, repeat, None, timeout,
-                                              progress)
+                                              progress, threads=threads)
         for march in host_march:
             flags = [f"-march={march}"]
             variant = build(project, host, extra_cflags=flags, variant=f"host-{march}")
             variant_isa = build_isa(project, host, flags)
             turns[f"moa_edge_{march}"] = lambda variant=variant, variant_isa=variant_isa, flags=flags, march=march: {
                 **_moa_edge(variant, info, host, variant_isa, prompt, new_tokens, repeat, None, timeout, progress,
-                            f"moa-edge -march={march}"), "cflags_added": flags}
+                            f"moa-edge -march={march}", threads), "cflags_added": flags}
         request = {"prompt": prompt, "new_tokens": new_tokens, "threads": threads, "repeat": repeat}
         fixed = {}  # the sides that do not run, and why
         if onnxruntime:
@@ -445,9 +449,9 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
         runtimes = {key: runtimes[key] for key in order}
         on_board = None
         if board is not None and (board.name != "host" or ssh is not None):
-            project, binary, info = _prepare(model, convert, board, folder, max_context, weights, progress)
+            project, binary, info = _prepare(model, convert, board, folder, max_context, weights, progress, threads)
             on_board = _moa_edge(binary, info, board, build_isa(project, board), prompt, new_tokens, repeat, ssh,
-                                 timeout, progress)
+                                 timeout, progress, threads=threads)
     ours = runtimes["moa_edge"]
     agreement = {}
     for name, r in runtimes.items():
@@ -469,10 +473,10 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
         "weights": weights.text if weights is not None else "float32",
         "prompt_tokens": len(prompt), "new_tokens": new_tokens, "prompt_ids": prompt, "repeat": repeat,
         "rounds": rounds,
-        "threads": {name: 1 if name.startswith("moa_edge") else threads for name in runtimes},
+        "threads": {name: threads for name in runtimes},
         "isa": cpu_isa(), "machine": platform.machine(),
         "load_average_start": load_at_start, "load_average": _load_average(),
-        "notes": ["moa-edge runs one thread here; --threads sets the peers' threads only",
+        "notes": [f"every side runs {threads} thread(s) (--threads)",
                   "rates are the best of the runs (of every round: the sides take turns); peak resident memory is the "
                   "whole process (VmHWM), the peers' "
                   "Python interpreter included"],
