@@ -1,6 +1,6 @@
 """A whole model on N threads (moa/pool.h): the outputs are bitwise the same for every thread
 count, on the host and under qemu-user with 4 threads on rpi4 and k230 (and 2 and 3 on the
-element-wise loops), and equal to
+element-wise loops and the row-wise ops), and equal to
 onnxruntime's within float32 tolerance; the verbs take --threads."""
 import re
 
@@ -50,6 +50,9 @@ def test_outputs_are_bitwise_the_same_on_every_thread_count(block, tmp_path, boa
     report = convert(path, tmp_path / "p", board=board, threads=4)
     model_c = (tmp_path / "p" / "model.c").read_text()
     assert "moa_gemm_packed_f32_on(pool," in model_c and re.search(r"status = \w+_on\(pool, ", model_c)  # and attention
+    # The feed-forward block runs its rows in blocks; their GELU is lifted onto the pool too.
+    feed_forward = model_c[model_c.index("feed-forward block"):]
+    assert feed_forward.index("moa_pool_for(pool, ") < feed_forward.index("\n    }\n")
     binary = build(tmp_path / "p", board)
     inputs = check_inputs(report["io"], {"x": x}, "x")
     outputs = [run(binary, board, report["io"], inputs, threads=threads)[0]["y"] for threads in (1, 4)]
@@ -63,20 +66,28 @@ def test_outputs_are_bitwise_the_same_on_every_thread_count(block, tmp_path, boa
 @pytest.fixture(scope="module")
 def elementwise(tmp_path_factory):
     """Element-wise loops large enough to be lifted: one over two axes (a bias broadcast along
-    rows: its rows are the items) and one over one axis (its chunks are the items)."""
+    rows: its rows are the items) and one over one axis (its chunks are the items); and the
+    row-wise ops, whose rows are the items: LayerNormalization with its Mean and InvStdDev,
+    RMSNormalization, Softmax."""
     from onnx import TensorProto, helper, numpy_helper
     rows, cols = 300, 150
     bias = np.random.default_rng(2).standard_normal(cols).astype(np.float32)
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "bias"], ["xb"]), helper.make_node("Sigmoid", ["xb"], ["s"]),
          helper.make_node("Mul", ["s", "x"], ["gated"]), helper.make_node("Tanh", ["gated"], ["t"]),
-         helper.make_node("Add", ["t", "x"], ["y"]), helper.make_node("Relu", ["x"], ["r"])],
+         helper.make_node("Add", ["t", "x"], ["y"]), helper.make_node("Relu", ["x"], ["r"]),
+         helper.make_node("LayerNormalization", ["x", "scale", "bias"], ["ln", "mean", "inv_std_dev"]),
+         helper.make_node("RMSNormalization", ["x", "scale"], ["rms"]),
+         helper.make_node("Softmax", ["x"], ["softmax"], axis=1)],
         "elementwise", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, cols])],
-        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [rows, cols]) for n in ("y", "r")],
-        [numpy_helper.from_array(bias, "bias")])
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [rows, cols]) for n in ("y", "r", "ln")]
+        + [helper.make_tensor_value_info(n, TensorProto.FLOAT, [rows, 1]) for n in ("mean", "inv_std_dev")]
+        + [helper.make_tensor_value_info(n, TensorProto.FLOAT, [rows, cols]) for n in ("rms", "softmax")],
+        [numpy_helper.from_array(bias, "bias"),
+         numpy_helper.from_array(np.random.default_rng(4).standard_normal(cols).astype(np.float32), "scale")])
     path = tmp_path_factory.mktemp("threads") / "elementwise.onnx"
     import onnx
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)]), path)
     x = np.random.default_rng(3).standard_normal((rows, cols)).astype(np.float32)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     return path, x, expected
@@ -91,10 +102,12 @@ def test_lifted_elementwise_loops_are_bitwise_the_same(elementwise, tmp_path, bo
     model_c = (tmp_path / "p" / "model.c").read_text()
     assert model_c.count("moa_pool_for(pool, ") == 2 and "its first axis lifted onto the pool" in model_c
     assert "in chunks of 4096 lifted onto the pool" in model_c
+    for kernel in ("moa_layer_norm_f32_on", "moa_rms_norm_f32_on", "moa_softmax_f32_on"):
+        assert f"{kernel}(pool, " in model_c
     binary = build(tmp_path / "p", board)
     inputs = check_inputs(report["io"], {"x": x}, "x")
     outputs = [run(binary, board, report["io"], inputs, threads=threads)[0] for threads in (1, 2, 3)]
-    for name, want in zip(("y", "r"), expected):
+    for name, want in zip(("y", "r", "ln", "mean", "inv_std_dev", "rms", "softmax"), expected):
         for got in outputs[1:]:
             assert np.array_equal(got[name].view(np.uint32), outputs[0][name].view(np.uint32))
         np.testing.assert_allclose(outputs[0][name], want, rtol=1e-5, atol=1e-6)

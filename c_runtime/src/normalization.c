@@ -135,6 +135,78 @@ moa_status moa_softmax_f32(const float *x, float *y, size_t outer, size_t n, siz
     return MOA_OK;
 }
 
+/* Rows lifted onto the pool: each thread runs the kernel above on its own rows. */
+typedef struct {
+    const float *x, *scale, *bias;
+    float *y, *mean, *inv_std_dev;
+    size_t cols, inner; /* a norm's row length; softmax: n and inner */
+    float epsilon;
+    enum { LAYER_NORM, RMS_NORM, SOFTMAX } op;
+} rows_job;
+
+static void rows_task(void *ctx, size_t first, size_t end, size_t thread)
+{
+    const rows_job *job = (const rows_job *)ctx;
+    const size_t at = first * job->cols * (job->op == SOFTMAX ? job->inner : 1);
+    (void)thread;
+    /* The pointers were checked by the caller: the kernels cannot fail here. */
+    switch (job->op) {
+    case LAYER_NORM:
+        (void)moa_layer_norm_f32(job->x + at, job->scale, job->bias, job->y + at,
+                                 job->mean != NULL ? job->mean + first : NULL,
+                                 job->inv_std_dev != NULL ? job->inv_std_dev + first : NULL, end - first, job->cols,
+                                 job->epsilon);
+        break;
+    case RMS_NORM:
+        (void)moa_rms_norm_f32(job->x + at, job->scale, job->y + at, end - first, job->cols, job->epsilon);
+        break;
+    case SOFTMAX:
+        (void)moa_softmax_f32(job->x + at, job->y + at, end - first, job->cols, job->inner);
+        break;
+    }
+}
+
+static int worth_lifting(const moa_pool *pool, size_t items, size_t elements)
+{
+    return moa_pool_threads(pool) > 1 && items > 1 && elements >= MOA_NORM_LIFT_ELEMENTS;
+}
+
+moa_status moa_layer_norm_f32_on(moa_pool *pool, const float *x, const float *scale, const float *bias, float *y,
+                                 float *mean, float *inv_std_dev, size_t rows, size_t cols, float epsilon)
+{
+    rows_job job = {0};
+    if (x == NULL || scale == NULL || y == NULL || !worth_lifting(pool, rows, rows * cols)) {
+        return moa_layer_norm_f32(x, scale, bias, y, mean, inv_std_dev, rows, cols, epsilon);
+    }
+    job.x = x, job.scale = scale, job.bias = bias, job.y = y, job.mean = mean, job.inv_std_dev = inv_std_dev;
+    job.cols = cols, job.epsilon = epsilon, job.op = LAYER_NORM;
+    moa_pool_for(pool, rows, rows_task, &job);
+    return MOA_OK;
+}
+
+moa_status moa_rms_norm_f32_on(moa_pool *pool, const float *x, const float *scale, float *y, size_t rows,
+                               size_t cols, float epsilon)
+{
+    rows_job job = {0};
+    if (x == NULL || scale == NULL || y == NULL || !worth_lifting(pool, rows, rows * cols)) {
+        return moa_rms_norm_f32(x, scale, y, rows, cols, epsilon);
+    }
+    job.x = x, job.scale = scale, job.y = y, job.cols = cols, job.epsilon = epsilon, job.op = RMS_NORM;
+    moa_pool_for(pool, rows, rows_task, &job);
+    return MOA_OK;
+}
+
+moa_status moa_softmax_f32_on(moa_pool *pool, const float *x, float *y, size_t outer, size_t n, size_t inner)
+{
+    rows_job job = {0};
+    if (x == NULL || y == NULL || n == 0 || !worth_lifting(pool, outer, outer * n * inner)) {
+        return moa_softmax_f32(x, y, outer, n, inner);
+    }
+    job.x = x, job.y = y, job.cols = n, job.inner = inner, job.op = SOFTMAX;
+    moa_pool_for(pool, outer, rows_task, &job);
+    return MOA_OK;
+}
+
 /* The reductions walk x in storage order (k outside i), MOA_NORM_LANES outputs at a time in
  * a local block (vectorised; each output still sums its n terms in order k = 0, 1, ...). */
 

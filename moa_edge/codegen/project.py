@@ -152,6 +152,10 @@ def _lifter(code: GraphCode, prefix: str):
         locals_ += [f"    {'const ' if e['kind'] == 'input' else ''}{e['c_type']} *const {e['c_name']} = args->{e['c_name']};"
                     for e in code.io if re.search(rf"\b{re.escape(e['c_name'])}\b", body)]
         name = f"{prefix}_task_{k}"
+        taken = sum(task.startswith(f"static void {name}(") or task.startswith(f"static void {name}_")
+                    for task in code.tasks)
+        if taken:  # node k lifts more than one loop (a feed-forward block's members)
+            name = f"{name}_{taken}"
         code.tasks.append(f"static void {name}(void *ctx, size_t first, size_t end, size_t thread)\n{{\n"
                           f"    const {prefix}_run_args *const args = (const {prefix}_run_args *)ctx;\n"
                           + "\n".join(locals_ + ["    (void)args, (void)thread;", body]) + "\n}\n")

@@ -118,8 +118,11 @@ def _emit_block(node, ctx, rows: int, first_row: str) -> tuple[list[str], list[s
     where.update({name: f"({ctx.scratch} + {s * stride})" for name, s in slot.items()})
     lines, declarations = [], []
     for k, member in enumerate(block.nodes):
+        # A member on scratch slots alone may lift its loop onto the pool (the GEMMs lift their own):
+        # the lifted loop is a task function, which sees the arena but not this block's row0.
+        lift = ctx.lift if ctx.lift and not {x, y} & {*member.inputs, *member.outputs} else None
         unit = _MEMBER_OPS[member.op].emit(member, EmitContext(name=f"{ctx.name}_{k}", board=ctx.board, where=where,
-                                                                 scratch="NULL", graph=block))
+                                                                 scratch="NULL", graph=block, lift=lift))
         lines += ["    " + line if line else line for line in unit.call.rstrip("\n").splitlines()]
         declarations += unit.declarations
     return lines, declarations

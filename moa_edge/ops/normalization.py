@@ -1,5 +1,5 @@
 """LayerNormalization, RMSNormalization and Softmax: each row (or axis) at a time, by the
-kernels of c_runtime/src/normalization.c. The tensors stay where they are: a norm's rows
+kernels of c_runtime/src/normalization.c, the rows lifted onto the run's worker pool. The tensors stay where they are: a norm's rows
 are the trailing axes from `axis` on (contiguous), softmax walks its axis with a stride."""
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from moa_edge.ir.c_syntax import c_comment_text, c_float_short
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 
 OPS = ("LayerNormalization", "RMSNormalization", "Softmax")
-C_SOURCES = ["normalization.c"]
+C_SOURCES = ["normalization.c", "pool.c"]  # the rows lifted onto the worker pool
 DECLARATIONS = ['#include "moa/normalization.h"\n']
 # The kernels write each element after its last read of the input, so y may be x.
 IN_PLACE = True
@@ -86,7 +86,7 @@ def emit(node, ctx):
     if node.op == "Softmax":
         shape = graph.tensors[node.inputs[0]].shape
         axis = _axis(node, len(shape))
-        call = f"moa_softmax_f32({x}, {y}, {math.prod(shape[:axis])}u, {shape[axis]}u, {math.prod(shape[axis + 1:])}u)"
+        call = f"moa_softmax_f32_on(pool, {x}, {y}, {math.prod(shape[:axis])}u, {shape[axis]}u, {math.prod(shape[axis + 1:])}u)"
         return EmittedUnit(f"    /* {c_comment_text(node.name)}: Softmax along axis {axis} */\n" + check_status(call),
                            declarations=DECLARATIONS)
     rows, cols = _rows_cols(node, graph)
@@ -94,7 +94,7 @@ def emit(node, ctx):
     _per_column(node, graph, 1, "scale", cols)
     scale = where[node.inputs[1]]
     if node.op == "RMSNormalization":
-        call = f"moa_rms_norm_f32({x}, {scale}, {y}, {rows}u, {cols}u, {c_float_short(eps)})"
+        call = f"moa_rms_norm_f32_on(pool, {x}, {scale}, {y}, {rows}u, {cols}u, {c_float_short(eps)})"
     else:
         has_bias = len(node.inputs) > 2 and node.inputs[2]
         if has_bias:
@@ -102,6 +102,6 @@ def emit(node, ctx):
         bias = where[node.inputs[2]] if has_bias else "NULL"
         # Mean and InvStdDev, when the graph keeps them: one value per row, written alongside.
         stats = [where.get(name, "NULL") if name else "NULL" for name in (node.outputs[1:] + ["", ""])[:2]]
-        call = f"moa_layer_norm_f32({x}, {scale}, {bias}, {y}, {stats[0]}, {stats[1]}, {rows}u, {cols}u, {c_float_short(eps)})"
+        call = f"moa_layer_norm_f32_on(pool, {x}, {scale}, {bias}, {y}, {stats[0]}, {stats[1]}, {rows}u, {cols}u, {c_float_short(eps)})"
     return EmittedUnit(f"    /* {c_comment_text(node.name)}: {node.op} of {rows} rows of {cols} */\n" + check_status(call),
                        declarations=DECLARATIONS)

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 
+#include "moa/pool.h"
 #include "moa/status.h"
 
 /* ONNX LayerNormalization: y = (x - mean) / sqrt(var + epsilon) * scale + bias per row.
@@ -26,6 +27,16 @@ moa_status moa_rms_norm_f32(const float *x, const float *scale, float *y, size_t
 /* ONNX Softmax (opset 13) along the middle axis of outer x n x inner. The row maximum is
  * subtracted first; a row of all -inf gives NaN, as onnxruntime does. */
 moa_status moa_softmax_f32(const float *x, float *y, size_t outer, size_t n, size_t inner);
+
+/* The same, their rows (softmax: its outer index) lifted onto the pool's threads, each row
+ * computed as above whichever thread runs it; fewer than MOA_NORM_LIFT_ELEMENTS elements run on
+ * the caller's thread (waking the workers would cost more). */
+#define MOA_NORM_LIFT_ELEMENTS 32768u
+moa_status moa_layer_norm_f32_on(moa_pool *pool, const float *x, const float *scale, const float *bias, float *y,
+                                 float *mean, float *inv_std_dev, size_t rows, size_t cols, float epsilon);
+moa_status moa_rms_norm_f32_on(moa_pool *pool, const float *x, const float *scale, float *y, size_t rows,
+                               size_t cols, float epsilon);
+moa_status moa_softmax_f32_on(moa_pool *pool, const float *x, float *y, size_t outer, size_t n, size_t inner);
 
 /* ONNX ReduceSum / ReduceMean / ReduceMax over the middle axis of outer x n x inner into
  * outer x inner. Over an empty axis (n == 0): sum 0, mean NaN, max -inf. Max propagates NaN. */
