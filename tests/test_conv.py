@@ -65,6 +65,9 @@ CASES = [
     Case("conv2d_1x1", (2, 16, 5, 6), (8, 16, 1, 1), attrs=(("kernel_shape", [1, 1]),)),
     Case("conv2d_grouped", (1, 6, 7, 7), (4, 3, 3, 3), attrs=(("group", 2), ("pads", [1, 1, 1, 1]))),
     Case("conv2d_depthwise", (1, 4, 8, 8), (4, 1, 3, 3), attrs=(("group", 4), ("pads", [1, 1, 1, 1]))),
+    # A ResNet-like 3x3 layer: as an implicit GEMM, more rows than a register tile and a depth
+    # (32 x 9 = 288) past one KC slice, whose second slice starts inside a channel's taps.
+    Case("conv2d_resnet_3x3", (1, 32, 14, 13), (48, 32, 3, 3), attrs=(("pads", [1, 1, 1, 1]),)),
     # ViT's patch embedding: kernel = stride = patch, no padding.
     Case("vit_patch_embedding", (2, 3, 32, 32), (32, 3, 8, 8), attrs=(("kernel_shape", [8, 8]),
                                                                       ("strides", [8, 8]))),
@@ -146,7 +149,7 @@ def test_no_scratch_and_one_call(workdir):
     case = next(c for c in CASES if c.name == "conv2d_asymmetric_pads_strides")
     _, project, report = project_for(case, workdir)
     code = (project / "model.c").read_text()
-    assert code.count("moa_conv2d_f32(") == 1 and ".pad_top = 0u," in code and ".pad_left = 1u," in code
+    assert code.count("moa_conv2d_f32_on(pool, ") == 1 and ".pad_top = 0u," in code and ".pad_left = 1u," in code
     assert report["memory"]["arena_bytes"] == 0
 
 
@@ -177,7 +180,7 @@ HARNESS = r"""
 
 #include "moa/conv.h"
 
-/* argv: the 16 fields of moa_conv2d_params in order, then has_bias
+/* argv: the 16 fields of moa_conv2d_params in order, then has_bias and the threads of the pool
  * stdin: X, W, B (when has_bias); stdout: Y. Each buffer has its exact size on the heap. */
 static float *read_floats(size_t n)
 {
@@ -194,7 +197,8 @@ int main(int argc, char **argv)
     moa_conv2d_params p;
     float *x, *w, *b, *y;
     moa_status status;
-    if (argc != 18) {
+    moa_pool pool;
+    if (argc != 19 || moa_pool_init(&pool, strtoul(argv[18], NULL, 10)) != MOA_OK) {
         return 2;
     }
     for (k = 0; k < 16; k++) {
@@ -209,7 +213,8 @@ int main(int argc, char **argv)
     b = atoi(argv[17]) ? read_floats(p.out_channels) : NULL;
     y_size = p.batch * p.out_channels * p.out_height * p.out_width;
     y = malloc(y_size * sizeof *y);
-    status = moa_conv2d_f32(&p, x, w, b, y);
+    status = moa_conv2d_f32_on(&pool, &p, x, w, b, y);
+    moa_pool_destroy(&pool);
     if (status != MOA_OK || fwrite(y, sizeof *y, y_size, stdout) != y_size) {
         return 3;
     }
@@ -229,7 +234,8 @@ def conv_exe(tmp_path_factory):
     exe = tmp / "conv_main"
     src = C_RUNTIME_DIR / "src"
     subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", *SANITIZE, f"-I{C_RUNTIME_DIR / 'include'}",
-                    str(tmp / "main.c"), str(src / "conv.c"), *(str(src / s) for s in matmul.C_SOURCES), "-o", str(exe)],
+                    str(tmp / "main.c"), str(src / "conv.c"), *(str(src / s) for s in matmul.C_SOURCES), "-o", str(exe),
+                    "-lpthread"],
                    check=True)  # the GEMM's driver and every kernel it may call (its quantized panels too)
     return exe
 
@@ -245,17 +251,20 @@ def _fields(case: Case) -> list[str]:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_conv_kernel_stays_inside_its_buffers(case, conv_exe, workdir):
     """The parameters the generated model.c passes, on exact-size heap buffers: no read or
-    write outside X, W, B and Y (the padding is skipped, never read), and the same Y."""
+    write outside X, W, B and Y (the padding is skipped, never read), and the same Y; on a pool
+    of three threads, bitwise the same Y."""
     path, project, _ = project_for(case, workdir)
     fields = re.findall(r"\.\w+ = (\d+)u,", (project / "model.c").read_text())
     assert len(fields) == (0 if case.name in PATCH_GEMM else 16)
     fields = fields or _fields(case)  # a patch embedding, run as a GEMM: the kernel is given its geometry
     feeds = _feeds(case)
     stdin = b"".join(a.tobytes() for a in [feeds["X"], *_weights(case)])
-    proc = subprocess.run([str(conv_exe), *fields, str(int(case.bias))], input=stdin, capture_output=True)
+    proc = subprocess.run([str(conv_exe), *fields, str(int(case.bias)), "1"], input=stdin, capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()
     expected = _expected(path, feeds)
     _assert_close(np.frombuffer(proc.stdout, np.float32).reshape(expected.shape), expected, case)
+    threaded = subprocess.run([str(conv_exe), *fields, str(int(case.bias)), "3"], input=stdin, capture_output=True)
+    assert threaded.returncode == 0 and threaded.stdout == proc.stdout, threaded.stderr.decode()
 
 
 # --- the ONNX backend node tests ----------------------------------------------------------

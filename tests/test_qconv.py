@@ -113,5 +113,5 @@ def test_stored_bytes_per_type(weights, workdir):
         assert report["memory"]["weights_bytes_by_type"] == {k: v for k, v in want.items() if v}, case.name
         assert report["memory"]["arena_bytes"] >= 4 * m * case.x[1]  # a tap's Mg x Cg floats
         code = (project / "model.c").read_text()
-        assert code.count("moa_conv2d_qw_f32(") == 1, case.name
+        assert code.count("moa_conv2d_qw_f32_on(pool, ") == 1, case.name
     assert json.loads((project / "report.json").read_text())["memory"]["weights_bytes"] > 0

@@ -1,6 +1,15 @@
-/* moa_conv2d_f32: a convolution as a sum of GEMMs, one per kernel tap.
+/* moa_conv2d_f32: a convolution as GEMMs.
  *
- * For a fixed tap (kh, kw) and output row oh, the equation of conv.h is a matrix product
+ * A kernel larger than 1 x 1 with float weights is one implicit GEMM per group (and image):
+ *
+ *     Y[m][oh OW + ow] = B[m] + sum_r W[m][r] * P[r][oh OW + ow],   r = (c KH + kh) KW + kw,
+ *     P[r][oh OW + ow] = X[c][oh*sh + kh*dh - pad_top][ow*sw + kw*dw - pad_left]  (0 outside X)
+ *
+ * W is the A operand as it is stored (row m holds its R = Cg KH KW weights); the patches P are
+ * never stored: the GEMM driver asks gather_patches for each KC x 16 panel as it needs it.
+ *
+ * Otherwise (1 x 1 kernels, depthwise groups, weights in fewer bits) each kernel tap is one
+ * GEMM. For a fixed tap (kh, kw) and output row oh, the equation of conv.h is a matrix product
  *
  *     Y[m][ow] += sum_c W[m][c][kh][kw] * X[c][ih][ow*sw + kw*dw - pad_left]
  *                 ih = oh*sh + kh*dh - pad_top
@@ -54,8 +63,8 @@ static void fill_bias(const moa_conv2d_params *p, const float *bias, size_t out_
 
 /* Y[n][group] += W[group][:, :, kh, kw] X[n][group] at one tap: one GEMM per output row, or
  * one for all the rows the tap reaches when they merge. */
-static moa_status conv_tap(const moa_conv2d_params *p, const float *x, moa_matrix_f32 w_tap, float *y, size_t kh,
-                           size_t kw)
+static moa_status conv_tap(moa_pool *pool, const moa_conv2d_params *p, const float *x, moa_matrix_f32 w_tap,
+                           float *y, size_t kh, size_t kw)
 {
     const size_t cg = p->channels / p->groups, mg = p->out_channels / p->groups;
     const size_t plane = p->out_height * p->out_width;
@@ -75,8 +84,8 @@ static moa_status conv_tap(const moa_conv2d_params *p, const float *x, moa_matri
         const size_t iw = cols.begin * p->stride_width + kw * p->dilation_width - p->pad_left;
         const moa_matrix_f32 x_tap = view(x + ih * p->width + iw, p->height * p->width, p->stride_width);
         float *y_tap = y + oh * p->out_width + cols.begin;
-        const moa_status status = moa_gemm_f32(mg, row_count * n_cols, cg, 1.0f, w_tap, x_tap,
-                                               1.0f, view(y_tap, plane, 1), y_tap, (ptrdiff_t)plane);
+        const moa_status status = moa_gemm_f32_on(pool, mg, row_count * n_cols, cg, 1.0f, w_tap, x_tap,
+                                                  1.0f, view(y_tap, plane, 1), y_tap, (ptrdiff_t)plane);
         if (status != MOA_OK) {
             return status;
         }
@@ -137,20 +146,114 @@ static int bad_geometry(const moa_conv2d_params *p)
            p->groups == 0 || p->channels % p->groups != 0 || p->out_channels % p->groups != 0;
 }
 
-static moa_status convolve(const moa_conv2d_params *p, const float *x, weights_source src, const float *bias,
-                           float *y)
+/* The patches of one image's group, P of the implicit GEMM above. */
+typedef struct {
+    const moa_conv2d_params *p;
+    const float *x; /* X[n][group * Cg] */
+} patches;
+
+/* Rows p0 .. p0 + kc of P's columns j0 .. j0 + nr (moa_gemm_gather). The columns are split
+ * into runs along one output row; a run reads one row of X at the stride of the columns, so
+ * with stride 1 each panel row is a few contiguous copies, zero where the window hangs over
+ * the padding. */
+static void gather_patches(const void *ctx, size_t p0, size_t kc, size_t j0, size_t nr, float *panel)
+{
+    const patches *g = (const patches *)ctx;
+    const moa_conv2d_params *p = g->p;
+    const size_t taps = p->kernel_height * p->kernel_width, ow_count = p->out_width;
+    const ptrdiff_t H = (ptrdiff_t)p->height, W = (ptrdiff_t)p->width, sw = (ptrdiff_t)p->stride_width;
+    size_t run_first[MOA_GEMM_NR + 1], runs = 0, t, r, k;
+    ptrdiff_t top[MOA_GEMM_NR], left[MOA_GEMM_NR]; /* where each run's first window starts in X */
+    size_t c = p0 / taps, kh = p0 % taps / p->kernel_width, kw = p0 % p->kernel_width;
+    for (t = 0; t < nr; t = run_first[runs]) { /* runs of columns in one output row */
+        const size_t oh = (j0 + t) / ow_count, ow = (j0 + t) % ow_count;
+        top[runs] = (ptrdiff_t)(oh * p->stride_height) - (ptrdiff_t)p->pad_top;
+        left[runs] = (ptrdiff_t)ow * sw - (ptrdiff_t)p->pad_left;
+        run_first[runs++] = t;
+        run_first[runs] = t + (ow_count - ow < nr - t ? ow_count - ow : nr - t);
+    }
+    for (r = 0; r < kc; r++) {
+        const float *plane = g->x + c * p->height * p->width;
+        const ptrdiff_t down = (ptrdiff_t)(kh * p->dilation_height), right = (ptrdiff_t)(kw * p->dilation_width);
+        float *row = panel + r * MOA_GEMM_NR;
+        for (k = 0; k < runs; k++) {
+            const size_t first = run_first[k], count = run_first[k + 1] - first;
+            const ptrdiff_t ih = top[k] + down, iw = left[k] + right;
+            /* the run's columns u < count whose input iw + u sw lies in [0, W) */
+            size_t lo = 0, hi = count, u;
+            if (ih < 0 || ih >= H) {
+                hi = 0;
+            } else if (sw == 1) {
+                lo = iw >= 0 ? 0 : (size_t)-iw;
+                hi = iw >= W ? 0 : (size_t)(W - iw);
+            } else {
+                lo = iw >= 0 ? 0 : (size_t)((-iw + sw - 1) / sw);
+                hi = iw >= W ? 0 : (size_t)((W - 1 - iw) / sw + 1);
+            }
+            hi = hi < count ? hi : count;
+            lo = lo < hi ? lo : hi;
+            for (u = 0; u < lo; u++) {
+                row[first + u] = 0.0f;
+            }
+            if (sw == 1) {
+                const float *src = plane + ih * W + iw;
+                for (u = lo; u < hi; u++) {
+                    row[first + u] = src[u];
+                }
+            } else {
+                for (u = lo; u < hi; u++) {
+                    row[first + u] = plane[ih * W + iw + (ptrdiff_t)u * sw];
+                }
+            }
+            for (u = hi; u < count; u++) {
+                row[first + u] = 0.0f;
+            }
+        }
+        for (t = nr; t < MOA_GEMM_NR; t++) {
+            row[t] = 0.0f;
+        }
+        if (++kw == p->kernel_width) {
+            kw = 0;
+            if (++kh == p->kernel_height) {
+                kh = 0, c++;
+            }
+        }
+    }
+}
+
+static int implicit_gemm(const moa_conv2d_params *p, weights_source src)
+{
+    return src.quantized == NULL && p->kernel_height * p->kernel_width > 1 && p->out_channels > p->groups;
+}
+
+static moa_status convolve(moa_pool *pool, const moa_conv2d_params *p, const float *x, weights_source src,
+                           const float *bias, float *y)
 {
     size_t n, group, kh, kw;
     for (n = 0; n < p->batch; n++) {
         for (group = 0; group < p->groups; group++) {
             const size_t cg = p->channels / p->groups, mg = p->out_channels / p->groups;
+            const size_t plane = p->out_height * p->out_width, R = cg * p->kernel_height * p->kernel_width;
             const float *x_group = x + (n * p->channels + group * cg) * p->height * p->width;
-            float *y_group = y + (n * p->out_channels + group * mg) * p->out_height * p->out_width;
+            float *y_group = y + (n * p->out_channels + group * mg) * plane;
+            if (implicit_gemm(p, src)) {
+                const patches g = {p, x_group};
+                /* B, when given, is the C operand: one value per row of Y. */
+                const moa_matrix_f32 b = view(bias != NULL ? bias + group * mg : NULL, 1, 0);
+                const moa_status status = moa_gemm_gathered_f32_on(pool, mg, plane, R, 1.0f,
+                                                                   view(src.w + group * mg * R, R, 1),
+                                                                   gather_patches, &g, 1.0f, b, y_group,
+                                                                   (ptrdiff_t)plane);
+                if (status != MOA_OK) {
+                    return status;
+                }
+                continue;
+            }
             fill_bias(p, bias, group, y_group);
             for (kh = 0; kh < p->kernel_height; kh++) {
                 for (kw = 0; kw < p->kernel_width; kw++) {
-                    const moa_status status = conv_tap(p, x_group, tap_weights(p, src, group, kh, kw), y_group, kh,
-                                                       kw);
+                    const moa_status status = conv_tap(pool, p, x_group, tap_weights(p, src, group, kh, kw), y_group,
+                                                       kh, kw);
                     if (status != MOA_OK) {
                         return status;
                     }
@@ -164,6 +267,12 @@ static moa_status convolve(const moa_conv2d_params *p, const float *x, weights_s
 moa_status moa_conv2d_f32(const moa_conv2d_params *p, const float *x, const float *w, const float *bias,
                           float *y)
 {
+    return moa_conv2d_f32_on(NULL, p, x, w, bias, y);
+}
+
+moa_status moa_conv2d_f32_on(moa_pool *pool, const moa_conv2d_params *p, const float *x, const float *w,
+                             const float *bias, float *y)
+{
     weights_source src;
     if (p == NULL || x == NULL || w == NULL || y == NULL) {
         return MOA_ERR_NULL_ARGUMENT;
@@ -172,11 +281,17 @@ moa_status moa_conv2d_f32(const moa_conv2d_params *p, const float *x, const floa
         return MOA_ERR_BAD_PARAMS;
     }
     src.w = w, src.quantized = NULL, src.scratch = NULL;
-    return convolve(p, x, src, bias, y);
+    return convolve(pool, p, x, src, bias, y);
 }
 
 moa_status moa_conv2d_qw_f32(const moa_conv2d_params *p, const float *x, moa_qweights w, const float *bias,
                              float *y, float *scratch)
+{
+    return moa_conv2d_qw_f32_on(NULL, p, x, w, bias, y, scratch);
+}
+
+moa_status moa_conv2d_qw_f32_on(moa_pool *pool, const moa_conv2d_params *p, const float *x, moa_qweights w,
+                                const float *bias, float *y, float *scratch)
 {
     weights_source src;
     size_t R;
@@ -194,5 +309,5 @@ moa_status moa_conv2d_qw_f32(const moa_conv2d_params *p, const float *x, moa_qwe
         return MOA_ERR_BAD_PARAMS;
     }
     src.w = NULL, src.quantized = &w, src.scratch = scratch;
-    return convolve(p, x, src, bias, y);
+    return convolve(pool, p, x, src, bias, y);
 }

@@ -12,10 +12,14 @@
 
 #define MOA_GEMM_MC (MOA_GEMM_MR * MOA_GEMM_MC_TILES)
 
-/* Where B comes from: a packed copy, quantized weights (qmatmul.h), or a strided view. */
+/* Where B comes from: a packed copy, quantized weights (qmatmul.h), a gathering function
+ * (its columns counted from first_col), or a strided view. */
 typedef struct {
     const float *packed;
     const moa_qweights *quantized;
+    moa_gemm_gather gather;
+    const void *gather_ctx;
+    size_t first_col;
     moa_matrix_f32 view;
 } b_source;
 
@@ -108,6 +112,11 @@ static const float *panel_rows(b_source b, size_t K, size_t N, size_t q, size_t 
     if (b.quantized != NULL) {
         const moa_qweights w = quantized_panel(b.quantized, K, q);
         quantized_dequant(&w, p0, kc, buffer);
+        *row_stride = MOA_GEMM_NR;
+        return buffer;
+    }
+    if (b.gather != NULL) {
+        b.gather(b.gather_ctx, p0, kc, b.first_col + j0, nr, buffer);
         *row_stride = MOA_GEMM_NR;
         return buffer;
     }
@@ -223,7 +232,8 @@ static moa_status check_gemm(size_t M, size_t N, size_t K, moa_matrix_f32 a, b_s
     if (M == 0 || N == 0) {
         return MOA_OK;
     }
-    if (y == NULL || (K > 0 && (a.data == NULL || (b.packed == NULL && b.quantized == NULL && b.view.data == NULL)))) {
+    if (y == NULL ||
+        (K > 0 && (a.data == NULL || (b.packed == NULL && b.quantized == NULL && b.gather == NULL && b.view.data == NULL)))) {
         return MOA_ERR_NULL_ARGUMENT;
     }
     return M > 1 && y_row_stride < (ptrdiff_t)N ? MOA_ERR_BAD_PARAMS : MOA_OK;
@@ -262,8 +272,10 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
         const int accumulate = p0 > 0 || c.data != NULL;
         moa_matrix_f32 a_slice = a;
         a_slice.data += (ptrdiff_t)p0 * a.col_stride;
-        for (i0 = 0; i0 < M; i0 += MOA_GEMM_MC) {
-            const size_t mc = min_size(MOA_GEMM_MC, M - i0);
+        /* A gathered panel is costly to make: it is made once, for all the rows of A. */
+        const size_t block_rows = b.gather != NULL ? M : MOA_GEMM_MC;
+        for (i0 = 0; i0 < M; i0 += block_rows) {
+            const size_t mc = min_size(block_rows, M - i0);
             for (q = 0; q * MOA_GEMM_NR < N; q++) {
                 const size_t j0 = q * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NR, N - j0);
                 ptrdiff_t b_row_stride;
@@ -319,6 +331,8 @@ static void gemm_columns(gemm_job *job, size_t share)
     } else if (b.quantized != NULL) {
         w = quantized_panel(b.quantized, job->K, q0);
         b.quantized = &w;
+    } else if (b.gather != NULL) {
+        b.first_col += j0;
     } else {
         b.view.data += (ptrdiff_t)j0 * b.view.col_stride;
     }
@@ -385,20 +399,15 @@ static moa_status gemm_on(moa_pool *pool, size_t M, size_t N, size_t K, float al
 
 static b_source view_source(moa_matrix_f32 b)
 {
-    b_source source;
-    source.packed = NULL;
-    source.quantized = NULL;
+    b_source source = {0};
     source.view = b;
     return source;
 }
 
 static b_source packed_source(const float *packed_b)
 {
-    b_source source;
+    b_source source = {0};
     source.packed = packed_b;
-    source.quantized = NULL;
-    source.view.data = NULL;
-    source.view.row_stride = source.view.col_stride = 0;
     return source;
 }
 
@@ -456,6 +465,18 @@ moa_status moa_gemm_qw_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, floa
         return status;
     }
     source.quantized = &w;
+    return gemm_on(pool, M, N, K, alpha, a, source, beta, c, y, y_row_stride);
+}
+
+moa_status moa_gemm_gathered_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
+                                    moa_gemm_gather gather, const void *gather_ctx, float beta, moa_matrix_f32 c,
+                                    float *y, ptrdiff_t y_row_stride)
+{
+    b_source source = {0};
+    if (gather == NULL && K > 0 && M > 0 && N > 0) {
+        return MOA_ERR_NULL_ARGUMENT;
+    }
+    source.gather = gather, source.gather_ctx = gather_ctx;
     return gemm_on(pool, M, N, K, alpha, a, source, beta, c, y, y_row_stride);
 }
 

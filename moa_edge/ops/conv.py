@@ -1,8 +1,10 @@
-"""Conv (fp32, 1-D and 2-D, grouped and depthwise): one moa_conv2d_f32 call over NCHW.
+"""Conv (fp32, 1-D and 2-D, grouped and depthwise): one moa_conv2d_f32_on call over NCHW.
 
-A 1-D convolution is the 2-D one with H = 1. The kernel is a sum of GEMMs, one per kernel
-tap, over strided views of X and W (c_runtime/src/conv.c): the padding is never written
-out and there is no im2col buffer, so the node needs no scratch. auto_pad is resolved here
+A 1-D convolution is the 2-D one with H = 1. The kernel is an implicit GEMM, W times the
+patches of X gathered a packed panel at a time, or (1 x 1, depthwise) a sum of GEMMs, one
+per kernel tap, over strided views of X and W (c_runtime/src/conv.c); the GEMMs run on the
+run's worker pool. The padding is never written out and there is no im2col buffer, so the
+node needs no scratch. auto_pad is resolved here
 into begin pads; the end pads only shape the output, which the kernel is told directly.
 """
 from __future__ import annotations
@@ -128,12 +130,12 @@ def _as_2d(values, unit) -> tuple[int, int]:
 def emit(node, ctx):
     shapes = [tuple(ctx.graph.tensors[n].shape) for n in (node.inputs[0], node.inputs[1], node.outputs[0])]
     _check(node, ctx.graph, geometry(node, shapes[0], shapes[1]), *shapes)
-    return emit_call(node, ctx, *shapes, "moa_conv2d_f32", ctx.where[node.inputs[1]])
+    return emit_call(node, ctx, *shapes, "moa_conv2d_f32_on", ctx.where[node.inputs[1]])
 
 
 def emit_call(node, ctx, x_shape, w_shape, y_shape, function: str, weights: str, scratch: str = "",
               stored: str = "") -> EmittedUnit:
-    """One `function`(&params, X, weights, B or NULL, Y[, scratch]) call over a Conv node's geometry
+    """One `function`(pool, &params, X, weights, B or NULL, Y[, scratch]) call over a Conv node's geometry
     (Conv and MoaQConv: X is input 0, B input 2, or 4 with `stored` weights described in the comment)."""
     g = geometry(node, x_shape, w_shape)
     (h, w), (oh, ow) = _as_2d(x_shape[2:], 1), _as_2d(y_shape[2:], 1)
@@ -153,6 +155,6 @@ def emit_call(node, ctx, x_shape, w_shape, y_shape, function: str, weights: str,
              "        const moa_conv2d_params params = {",
              *[f"            .{name} = {value}u," for name, value in fields],
              "        };",
-             check_status(f"{function}(&params, {', '.join(args)})", indent="        ").rstrip("\n"),
+             check_status(f"{function}(pool, &params, {', '.join(args)})", indent="        ").rstrip("\n"),
              "    }"]
     return EmittedUnit("\n".join(lines) + "\n", declarations=[HEADER])

@@ -1,5 +1,5 @@
 """MoaQConv: a Conv whose weight W [M, C/groups, *kernel] is stored quantized by convert --weights
-(int8 per output channel, 4 bits in blocks, or float16), one moa_conv2d_qw_f32 call (moa/conv.h).
+(int8 per output channel, 4 bits in blocks, or float16), one moa_conv2d_qw_f32_on call (moa/conv.h).
 
     W[m][r] = scale[m][r // block] (q[m][r] - zero) + offset[m][r // block],   r < R = C/groups * KH * KW
     (f16: W[m][r] = q[m][r])
@@ -97,5 +97,5 @@ def emit(node, ctx) -> EmittedUnit:
     weights = (f"(moa_qweights){{{C_TYPES[attrs['qtype']]}, {attrs['block']}, {where(1)}, {where(2)}, {where(3)}, "
                f"{attrs.get('zero', 0)}, {int(half)}}}")
     stored = describe(attrs, math.prod(_w_shape(node)[1:]))
-    return conv.emit_call(node, ctx, x_shape, _w_shape(node), y_shape, "moa_conv2d_qw_f32", weights,
+    return conv.emit_call(node, ctx, x_shape, _w_shape(node), y_shape, "moa_conv2d_qw_f32_on", weights,
                           scratch=f"(float *){ctx.scratch}", stored=stored)

@@ -4,14 +4,17 @@
  *                              * X[n][g*Cg + c][oh*sh + kh*dh - pad_top][ow*sw + kw*dw - pad_left]
  *
  * where g = m / Mg is the output channel's group (Cg = C / groups, Mg = M / groups) and X
- * reads as 0 outside its H x W plane (the padding). The padding is never materialised: each
- * kernel tap (kh, kw) is one GEMM, W[:, :, kh, kw] times X seen through a strided view, over
- * the output positions whose tap lands inside X. No im2col buffer, no allocation, no globals. */
+ * reads as 0 outside its H x W plane (the padding). The padding is never materialised: a
+ * kernel larger than 1 x 1 is an implicit GEMM, W times the patches of X gathered one packed
+ * panel at a time as the GEMM needs it; a 1 x 1 kernel, a depthwise one or weights in fewer
+ * bits run each kernel tap (kh, kw) as one GEMM, W[:, :, kh, kw] times X seen through a
+ * strided view. No im2col buffer, no allocation, no globals. */
 #ifndef MOA_CONV_H
 #define MOA_CONV_H
 
 #include <stddef.h>
 
+#include "moa/pool.h"
 #include "moa/qmatmul.h"
 #include "moa/status.h"
 
@@ -30,6 +33,10 @@ typedef struct {
  * MOA_ERR_BAD_PARAMS for a zero stride, dilation or group count, or groups not dividing C and M. */
 moa_status moa_conv2d_f32(const moa_conv2d_params *p, const float *x, const float *w, const float *bias,
                           float *y);
+/* The same, its GEMMs on a worker pool's threads (moa/pool.h; NULL: the caller's alone); Y is
+ * bitwise the same for every thread count. */
+moa_status moa_conv2d_f32_on(moa_pool *pool, const moa_conv2d_params *p, const float *x, const float *w,
+                             const float *bias, float *y);
 
 /* The same with W stored in fewer bits (convert --weights), in W's own order: row m holds the
  * R = C/groups * KH * KW weights of output channel m,
@@ -42,5 +49,7 @@ moa_status moa_conv2d_f32(const moa_conv2d_params *p, const float *x, const floa
 #define MOA_CONV_QW_SCRATCH(p) (((p)->out_channels / (p)->groups) * ((p)->channels / (p)->groups))
 moa_status moa_conv2d_qw_f32(const moa_conv2d_params *p, const float *x, moa_qweights w, const float *bias,
                              float *y, float *scratch);
+moa_status moa_conv2d_qw_f32_on(moa_pool *pool, const moa_conv2d_params *p, const float *x, moa_qweights w,
+                                const float *bias, float *y, float *scratch);
 
 #endif

@@ -62,4 +62,12 @@ moa_status moa_gemm_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float a
 moa_status moa_gemm_packed_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
                                   const float *packed_b, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
 
+/* B given by a function that gathers it a panel at a time (an implicit GEMM: a convolution's
+ * patches, never stored whole): gather(ctx, p0, kc, j0, nr, panel) writes rows p0 .. p0 + kc of
+ * columns j0 .. j0 + nr of B (nr <= 16) as kc rows of 16 floats, zero past column nr. */
+typedef void (*moa_gemm_gather)(const void *ctx, size_t p0, size_t kc, size_t j0, size_t nr, float *panel);
+moa_status moa_gemm_gathered_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
+                                    moa_gemm_gather gather, const void *gather_ctx, float beta, moa_matrix_f32 c,
+                                    float *y, ptrdiff_t y_row_stride);
+
 #endif
