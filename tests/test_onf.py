@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from cached_attention import CachedBlock, cached_spec, reference
 from conftest import BOARDS, require_board
 from moa_edge.harness import compare as cmp
 from moa_edge.harness.kernel_harness import build_harness
@@ -329,43 +330,30 @@ def test_a_model_reading_q_and_k_through_strided_slices_runs_packed(tmp_path):
 
 
 # --- the decode form: a few query rows against a cache of run-time length -------------------
-
-@dataclass(frozen=True)
-class Decode:
-    """One decode block: batch 1, Q (1, Hq, Sq, D) row-major, K and V the cache (1, Hkv, Skv,
-    D|Dv) row-major, L the run-time count of valid keys, causal_offset = -Sq (query i sees keys
-    k <= i + L - Sq), as the KV-cache importer makes them."""
-    name: str
-    hq: int
-    hkv: int
-    sq: int
-    skv: int
-    d: int = 16
-    dv: int = 16
-
+# (the blocks and their float64 reference: cached_attention, shared with test_kv_int8 and test_kv_f16)
 
 DECODE = [
-    Decode("step_mha", hq=2, hkv=2, sq=1, skv=64),
-    Decode("step_gqa3_smollm2", hq=9, hkv=3, sq=1, skv=256, d=64, dv=64),
-    Decode("chunk4_gqa4", hq=8, hkv=2, sq=4, skv=128),
-    Decode("prefill16_gqa3", hq=6, hkv=2, sq=16, skv=1024, dv=8),
-    Decode("step_mqa4_long", hq=4, hkv=1, sq=1, skv=1024),
+    CachedBlock("step_mha", hq=2, hkv=2, sq=1, skv=64),
+    CachedBlock("step_gqa3_smollm2", hq=9, hkv=3, sq=1, skv=256, d=64, dv=64),
+    CachedBlock("chunk4_gqa4", hq=8, hkv=2, sq=4, skv=128),
+    CachedBlock("prefill16_gqa3", hq=6, hkv=2, sq=16, skv=1024, dv=8),
+    CachedBlock("step_mqa4_long", hq=4, hkv=1, sq=1, skv=1024),
 ]
 SPLITS = [1, 2, 4, 7]
 
 
-def decode_lengths(block: Decode) -> list[int]:
+def decode_lengths(block: CachedBlock) -> list[int]:
     """L = 1 (rows of a chunk see nothing but the last one's first key), a count that is no
     multiple of any tile, and the whole cache."""
     return [1, min(block.skv, 37 + block.sq), block.skv]
 
 
-def decode_schedule(block: Decode, splits: int, rows: int = 64, keys: int = 16) -> Schedule:
+def decode_schedule(block: CachedBlock, splits: int, rows: int = 64, keys: int = 16) -> Schedule:
     """The decode form: Br above Sq stacks the group's query heads (a split alone asks for it too)."""
     return Schedule("online", rows, keys, splits)
 
 
-def make_decode(block: Decode, length: int, seed=0, nan_past_length=False):
+def make_decode(block: CachedBlock, length: int, seed=0, nan_past_length=False):
     """(spec, storage with L, PyTorch float64 output): SDPA on the first L keys with the causal
     diagonal at i + L - Sq; a row that sees no key gives 0. nan_past_length fills the cache rows
     k >= L with NaN: a kernel that read one would put NaN in the output."""
@@ -375,19 +363,8 @@ def make_decode(block: Decode, length: int, seed=0, nan_past_length=False):
     v = rng.standard_normal((1, block.hkv, block.skv, block.dv))
     if nan_past_length:
         k[:, :, length:], v[:, :, length:] = np.nan, np.nan
-    spec = AttentionSpec(1, block.hq, block.hkv, block.sq, block.skv, block.d, block.dv, 1 / math.sqrt(block.d),
-                         True, "none", -math.inf, Layout.row_major(q.shape), Layout.row_major(k.shape),
-                         Layout.row_major(v.shape), Layout.row_major((1, block.hq, block.sq, block.dv)), None,
-                         causal_offset=-block.sq, kv_lengths=True)
-    group = block.hq // block.hkv
-    keys = torch.from_numpy(k[:, :, :length]).repeat_interleave(group, 1)
-    values = torch.from_numpy(v[:, :, :length]).repeat_interleave(group, 1)
-    hidden = torch.arange(length) > torch.arange(block.sq)[:, None] + length - block.sq
-    bias = torch.zeros(block.sq, length, dtype=torch.float64).masked_fill(hidden, -math.inf)
-    y = torch.nn.functional.scaled_dot_product_attention(torch.from_numpy(q), keys, values, attn_mask=bias,
-                                                         scale=spec.scale)
-    y = torch.where(hidden.all(-1, keepdim=True), 0.0, y)
-    return spec, {"q": q, "k": k, "v": v, "m": None, "l": np.array([length])}, y.numpy()
+    storage = {"q": q, "k": k, "v": v, "m": None, "l": np.array([length])}
+    return cached_spec(block), storage, reference(block, q, k, v, length)
 
 
 def _decode_runs(block, schedule, tmp_path, real, runner=(), build=None, **make_args):
@@ -465,7 +442,7 @@ def test_decode_never_reads_the_cache_past_its_length(real, splits, tmp_path):
     float tolerance through the micro-kernels), built with ASan and UBSan and a scratch of
     exactly scratch_bytes, so neither the cache past L nor the scratch is touched wrongly."""
     require_board("host")
-    block = Decode("sanitized", hq=6, hkv=2, sq=4, skv=96)
+    block = CachedBlock("sanitized", hq=6, hkv=2, sq=4, skv=96)
     schedule = decode_schedule(block, splits, rows=5)  # blocks of 5 of the 12 stacked rows: some wrap
     spec = make_decode(block, 1)[0]
     sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
