@@ -690,8 +690,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the edge shape 77x300x515)")
     s.add_argument("--gemm-rounds", type=_positive_int, default=3, metavar="N",
                    help="bench gemm: the sides take turns N times, each a --repeat runs, the best of all counting (default 3)")
-    s.add_argument("--baseline", metavar="C_RUNTIME_DIR", help="bench gemm: also time the native and AVX2 builds of "
-                   "another c_runtime folder (e.g. a worktree of main's), in the same run")
+    s.add_argument("--baseline", metavar="C_RUNTIME_DIR", help="bench gemm: also time the native and AVX2 builds, and "
+                   "count the cross builds, of another c_runtime folder (e.g. main's), in the same run (NAME-baseline)")
     s.add_argument("--traffic", action="store_true", help="measure DRAM traffic under cachegrind")
     s.add_argument("--board", help="comma-separated " + SOME_BOARDS + " whose cache geometry to simulate "
                    "(default rpi4,k230; bench model and attention with --ssh: the one board there; bench generate: "

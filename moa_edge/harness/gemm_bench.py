@@ -151,7 +151,8 @@ class HostBuild:
 
 @dataclass(frozen=True)
 class CountBuild:
-    """A cross build whose GEMM instructions are counted under qemu-user."""
+    """A cross build whose GEMM instructions are counted under qemu-user (of C_RUNTIME_DIR, and of
+    a --baseline c_runtime as NAME-baseline)."""
     name: str
     board: str        # whose compiler and flags build it
     isa: str
@@ -304,38 +305,44 @@ def _native_isa(exe: Path) -> str:
     return m.group(1) if m else "?"
 
 
-def count_builds(shapes, workdir: Path, builds=COUNT_BUILDS, progress=lambda msg: None) -> list[dict]:
+def count_builds(shapes, workdir: Path, builds=COUNT_BUILDS, progress=lambda msg: None,
+                 baseline: Path | None = None) -> list[dict]:
     """Executed instructions of the GEMM in each cross build under qemu-user, per FMA lane, with
-    the build's Y checked against numpy float64."""
+    the build's Y checked against numpy float64; with a baseline c_runtime, its builds too
+    (named NAME-baseline)."""
+    runtimes = [("", C_RUNTIME_DIR)] + ([("-baseline", Path(baseline))] if baseline is not None else [])
+    builds = [(c, suffix, runtime) for c in builds for suffix, runtime in runtimes]
     exes, points = {}, []
     for M, K, N in shapes:
         a, b = operands(M, K, N)
         folder = workdir / f"count-{M}x{K}x{N}"
         pa, pb = _write(folder, a, b)
         rows = []
-        for c in builds:
+        for c, suffix, runtime in builds:
             board = load_board(c.board)
             missing = board.missing_tools()
             if missing:
                 raise MoaEdgeError(f"bench gemm: board {c.board} is not ready: missing {'; '.join(missing)}")
-            if c.board not in exes:
-                progress(f"{c.board}: build")
-                exes[c.board] = compile_driver(board.compiler(), list(board.toolchain["cflags"]),
-                                               list(board.toolchain["ldflags"]), C_RUNTIME_DIR, workdir / f"cross-{c.board}")
+            key = c.board + suffix
+            if key not in exes:
+                progress(f"{key}: build from {runtime}")
+                exes[key] = compile_driver(board.compiler(), list(board.toolchain["cflags"]),
+                                           list(board.toolchain["ldflags"]), runtime, workdir / f"cross-{key}")
             runner = board.runner()
             if c.vlen:
                 runner = [re.sub(r"vlen=\d+", f"vlen={c.vlen}", x) for x in runner]
-            y = folder / f"Y.{c.name}.bin"
+            name = c.name + suffix
+            y = folder / f"Y.{name}.bin"
             args = [c.isa, "1", "0", str(M), str(K), str(N), str(pa), str(pb), str(y)]
-            progress(f"{c.name}: {M}x{K}x{N} under {' '.join(runner)}")
-            base = count_instructions(runner, exes[c.board], ["empty", *args], workdir)
-            total = count_instructions(runner, exes[c.board], ["gemm", *args], workdir)
-            errors = check_gemm(f"the {c.name} build at M={M} K={K} N={N}", np.fromfile(y, np.float32), a, b)
+            progress(f"{name}: {M}x{K}x{N} under {' '.join(runner)}")
+            base = count_instructions(runner, exes[key], ["empty", *args], workdir)
+            total = count_instructions(runner, exes[key], ["gemm", *args], workdir)
+            errors = check_gemm(f"the {name} build at M={M} K={K} N={N}", np.fromfile(y, np.float32), a, b)
             ideal = M * N * K / c.lanes
-            rows.append({"name": c.name, "board": c.board, "isa": c.isa, "vlen": c.vlen or board.vlen, "lanes": c.lanes,
+            rows.append({"name": name, "board": c.board, "runtime": str(runtime), "isa": c.isa, "vlen": c.vlen or board.vlen, "lanes": c.lanes,
                          "flags": list(board.toolchain["cflags"]), "instructions": total - base,
                          "fma_instructions_ideal": ideal, "per_fma_lane": (total - base) / ideal, "errors": errors})
-            progress(f"{c.name}: {M}x{K}x{N}: {total - base:,} instructions, {(total - base) / ideal:.2f} per FMA lane")
+            progress(f"{name}: {M}x{K}x{N}: {total - base:,} instructions, {(total - base) / ideal:.2f} per FMA lane")
         points.append({"M": M, "K": K, "N": N, "builds": rows})
     return points
 
@@ -348,7 +355,7 @@ def bench_gemm(shapes=SHAPES, repeat: int = 20, budget: float = 1.0, rounds: int
         timing, host = ([], {})
         if time_host_side:
             timing, host = time_host(shapes, repeat, budget, rounds, threads, tmp, host_builds(baseline), progress)
-        counts = count_builds(shapes, tmp, builds, progress) if count else []
+        counts = count_builds(shapes, tmp, builds, progress, baseline) if count else []
     return {"benchmark": "gemm", "command": command, "shapes": [list(s) for s in shapes], "repeat": repeat,
             "budget_s": budget, "rounds": rounds, "host": host, "timing": timing, "instructions": counts,
             "method": {"time": "best of all runs, sides alternating each round; GFLOP/s = 2 M N K / time",
