@@ -140,41 +140,10 @@ static const float *panel_rows(b_source b, size_t K, size_t N, size_t q, size_t 
     return buffer;
 }
 
-/* Fewer rows than one register tile (a decode step's GEMV): each packed panel is streamed once,
- * over the whole of K, into vectors of sums (two, so that consecutive FMAs do not wait on each
- * other); Y holds beta * C already when `accumulate`. */
-static void gemv_packed(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, const float *packed,
-                        int accumulate, float *y, ptrdiff_t y_row_stride)
-{
-    size_t q, i, p, j;
-    for (q = 0; q * MOA_GEMM_NR < N; q++) {
-        const size_t j0 = q * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NR, N - j0);
-        const float *panel = packed + q * K * MOA_GEMM_NR;
-        for (i = 0; i < M; i++) {
-            const float *a_row = a.data + (ptrdiff_t)i * a.row_stride;
-            float *y_row = y + (ptrdiff_t)i * y_row_stride + (ptrdiff_t)j0;
-            float even[MOA_GEMM_NR] = {0.0f}, odd[MOA_GEMM_NR] = {0.0f};
-            for (p = 0; p + 1 < K; p += 2) {
-                const float x0 = a_row[(ptrdiff_t)p * a.col_stride], x1 = a_row[(ptrdiff_t)(p + 1) * a.col_stride];
-                for (j = 0; j < MOA_GEMM_NR; j++) {
-                    even[j] += x0 * panel[p * MOA_GEMM_NR + j];
-                    odd[j] += x1 * panel[(p + 1) * MOA_GEMM_NR + j];
-                }
-            }
-            if (p < K) {
-                const float x0 = a_row[(ptrdiff_t)p * a.col_stride];
-                for (j = 0; j < MOA_GEMM_NR; j++) {
-                    even[j] += x0 * panel[p * MOA_GEMM_NR + j];
-                }
-            }
-            for (j = 0; j < nr; j++) {
-                y_row[j] = alpha * (even[j] + odd[j]) + (accumulate ? y_row[j] : 0.0f);
-            }
-        }
-    }
-}
-
-/* As gemv_packed, over quantized panels: the scales are applied per block to sums of x * q. */
+/* Fewer rows than one register tile (a decode step's GEMV) over quantized panels: each panel is
+ * streamed once, over the whole of K, the scales applied per block to sums of x * q; Y holds
+ * beta * C already when `accumulate`. (Packed float32 panels take the edge tile: mr rows,
+ * no wider.) */
 static void gemv_quantized(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, const moa_qweights *quantized,
                            int accumulate, float *y, ptrdiff_t y_row_stride)
 {
@@ -225,10 +194,6 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
                 *out = 0.0f;
             }
         }
-    }
-    if (M < MOA_GEMM_MR && b.packed != NULL) {
-        gemv_packed(M, N, K, alpha, a, b.packed, c.data != NULL, y, y_row_stride);
-        return MOA_OK;
     }
     if (M < MOA_GEMM_MR && b.quantized != NULL) {
         gemv_quantized(M, N, K, alpha, a, b.quantized, c.data != NULL, y, y_row_stride);
