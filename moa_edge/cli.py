@@ -343,6 +343,8 @@ def cmd_bench(a) -> int:
         if given:
             raise MoaEdgeError(f"{flag} is an option of bench generate, not bench {a.what}")
     a.board = a.board or "rpi4,k230"  # bench generate's default is the host alone
+    if a.what == "gemm":
+        return _bench_gemm(a)
     if a.what == "model":
         return _bench_model(a)
     if not a.traffic:
@@ -407,6 +409,19 @@ def _bench_attention(a) -> int:
         print(f"target {'met    ' if verdict['met'] else 'not met'}: {target} "
               f"({verdict.get('values', verdict.get('value'))})")
     print(f"wrote {out / 'attention.json'} and {out / 'attention.png'}")
+    _write_json(a.json, result)
+    return 0
+
+
+def _bench_gemm(a) -> int:
+    from moa_edge.harness.gemm_bench import SHAPES, bench_gemm, parse_shapes, table, write
+    result = bench_gemm(shapes=parse_shapes(a.shapes) if a.shapes else SHAPES, repeat=a.repeat or 50, budget=a.budget,
+                        rounds=a.gemm_rounds, threads=a.threads or 1, time_host_side=not a.no_time,
+                        count=not a.no_count, baseline=Path(a.baseline) if a.baseline else None,
+                        command="moa-edge " + " ".join(sys.argv[1:]), progress=_progress)
+    path = write(result, Path(a.out))
+    print(table(result))
+    print(f"wrote {path}")
     _write_json(a.json, result)
     return 0
 
@@ -653,21 +668,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = verb("bench", cmd_bench, "benchmarks: `bench attention` (host time vs PyTorch, onnxruntime, naive C; "
              "instructions under qemu), `bench attention --traffic` (cachegrind vs the cost model), `bench model`, "
-             "`bench generate` (a decoder with its cache: tokens/s and memory vs onnxruntime and llama.cpp)")
-    s.add_argument("what", choices=["attention", "model", "generate"])
+             "`bench generate` (a decoder with its cache: tokens/s and memory vs onnxruntime and llama.cpp), "
+             "`bench gemm` (the packed float32 GEMM: GFLOP/s per host ISA vs numpy, instructions per FMA lane "
+             "under qemu)")
+    s.add_argument("what", choices=["attention", "model", "generate", "gemm"])
     s.add_argument("model", nargs="?", help="bench model, bench generate: the ONNX file")
     s.add_argument("--input-shape", action="append", metavar="NAME=D0xD1...")
     s.add_argument("--inputs", help="bench model: .npz of inputs (default: seeded)")
     s.add_argument("--repeat", type=_positive_int,
-                   help="runs per side, the fastest counts (model: 20, attention: 10, generate: 3)")
+                   help="runs per side, the fastest counts (model: 20, attention: 10, generate: 3, gemm: 50 a round)")
     s.add_argument("--budget", type=float, default=3.0, metavar="SECONDS",
-                   help="bench attention: stop repeating a side once it has run this long (default 3)")
+                   help="bench attention, gemm: stop repeating a side once it has run this long (default 3)")
     s.add_argument("--causal", choices=["both", "yes", "no"], default="both", help="bench attention: which masks")
     s.add_argument("--count-seq", type=_positive_int, metavar="N",
                    help="bench attention: sequence length of the qemu instruction counts (default 1024)")
     s.add_argument("--count-heads", type=_positive_int, default=1, help="bench attention: heads in the counted runs")
-    s.add_argument("--no-count", action="store_true", help="bench attention: skip the qemu instruction counts")
-    s.add_argument("--no-time", action="store_true", help="bench attention: skip the host timing")
+    s.add_argument("--no-count", action="store_true", help="bench attention, gemm: skip the qemu instruction counts")
+    s.add_argument("--no-time", action="store_true", help="bench attention, gemm: skip the host timing")
+    s.add_argument("--shapes", metavar="MxKxN,...", help="bench gemm: the products Y[M][N] = A[M][K] B[K][N] (default "
+                   "BERT-base's at 128 tokens 128x768x768,128x768x3072,128x3072x768, a decode GEMV 1x576x1536 and "
+                   "the edge shape 77x300x515)")
+    s.add_argument("--gemm-rounds", type=_positive_int, default=3, metavar="N",
+                   help="bench gemm: the sides take turns N times, each a --repeat runs, the best of all counting (default 3)")
+    s.add_argument("--baseline", metavar="C_RUNTIME_DIR", help="bench gemm: also time the native and AVX2 builds, and "
+                   "count the cross builds, of another c_runtime folder (e.g. main's), in the same run (NAME-baseline)")
     s.add_argument("--traffic", action="store_true", help="measure DRAM traffic under cachegrind")
     s.add_argument("--board", help="comma-separated " + SOME_BOARDS + " whose cache geometry to simulate "
                    "(default rpi4,k230; bench model and attention with --ssh: the one board there; bench generate: "

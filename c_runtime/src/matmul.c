@@ -1,7 +1,8 @@
 /* moa_gemm_f32 and moa_gemm_packed_f32: Goto's loop order around one register tile.
  *
  * A KC-deep slice of the sum, an MC-tall block of rows of A (kept in L2), a 16-wide panel
- * of B (KC x 16, kept in L1), then MR x 16 register tiles (moa/gemm_tile.h, one per ISA).
+ * of B (KC x 16, kept in L1), then MR x 16 register tiles (moa/gemm_tile.h, one per ISA) and,
+ * at the bottom and right edges, the edge tile of the rows and columns left.
  * Weights arrive packed (the panel layout of matmul.h, made at conversion); any other B is
  * read in place when a panel is 16 contiguous columns and copied to a stack panel when it
  * is not. Y = beta * C is written first, so every slice of the sum only adds to Y. */
@@ -75,26 +76,32 @@ static float at(moa_matrix_f32 m, size_t i, size_t j)
 }
 
 #if MOA_ISA_SCALAR
-/* The reference tile: kc rank-1 updates, a column of A times a row of B. */
-void moa_gemm_tile_f32_4x16_scalar(MOA_GEMM_TILE_PARAMS)
+/* The reference tile: kc rank-1 updates, a column of A times a row of B, over mr x nr. */
+void moa_gemm_edge_f32_scalar(MOA_GEMM_EDGE_PARAMS)
 {
     float acc[MOA_GEMM_MR][MOA_GEMM_NR] = {{0.0f}};
     size_t i, j, p;
     for (p = 0; p < kc; p++) {
         const float *b_row = b + (ptrdiff_t)p * b_row_stride;
-        for (i = 0; i < MOA_GEMM_MR; i++) {
+        for (i = 0; i < mr; i++) {
             const float a_ip = a[(ptrdiff_t)i * a_row_stride + (ptrdiff_t)p * a_col_stride];
             for (j = 0; j < MOA_GEMM_NR; j++) {
                 acc[i][j] += a_ip * b_row[j];
             }
         }
     }
-    for (i = 0; i < MOA_GEMM_MR; i++) {
+    for (i = 0; i < mr; i++) {
         float *y_row = y + (ptrdiff_t)i * y_row_stride;
-        for (j = 0; j < MOA_GEMM_NR; j++) {
+        for (j = 0; j < nr; j++) {
             y_row[j] = alpha * acc[i][j] + (accumulate ? y_row[j] : 0.0f);
         }
     }
+}
+
+void moa_gemm_tile_f32_4x16_scalar(MOA_GEMM_TILE_PARAMS)
+{
+    moa_gemm_edge_f32_scalar(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate,
+                             MOA_GEMM_MR, MOA_GEMM_NR);
 }
 #endif
 
@@ -133,81 +140,10 @@ static const float *panel_rows(b_source b, size_t K, size_t N, size_t q, size_t 
     return buffer;
 }
 
-/* An mr x nr tile at the bottom or right edge. With M >= MR the full tile is computed from
- * the MR rows ending at the tile's last row (all inside A) and only the edge is stored;
- * a matrix shorter than one tile takes the plain sums. */
-static void edge_tile(size_t M, size_t i, size_t mr, size_t nr, size_t kc, moa_matrix_f32 a_slice,
-                      const float *b, ptrdiff_t b_row_stride, float alpha, float *y, ptrdiff_t y_row_stride,
-                      int accumulate)
-{
-    size_t r, j, p;
-    if (M >= MOA_GEMM_MR) {
-        const size_t first = min_size(i, M - MOA_GEMM_MR);
-        float tile[MOA_GEMM_MR * MOA_GEMM_NR];
-        moa_gemm_tile_f32(kc, a_slice.data + (ptrdiff_t)first * a_slice.row_stride, a_slice.row_stride,
-                          a_slice.col_stride, b, b_row_stride, alpha, tile, MOA_GEMM_NR, 0);
-        for (r = i; r < i + mr; r++) {
-            float *y_row = y + (ptrdiff_t)r * y_row_stride;
-            for (j = 0; j < nr; j++) {
-                y_row[j] = tile[(r - first) * MOA_GEMM_NR + j] + (accumulate ? y_row[j] : 0.0f);
-            }
-        }
-        return;
-    }
-    /* Row by row, a whole panel row at a time (the decode step's GEMV): every panel row holds
-     * MOA_GEMM_NR floats (zero past the edge), so the j loop is one fixed-width vector. */
-    for (r = i; r < i + mr; r++) {
-        float *y_row = y + (ptrdiff_t)r * y_row_stride;
-        const float *a_row = a_slice.data + (ptrdiff_t)r * a_slice.row_stride;
-        float sum[MOA_GEMM_NR] = {0.0f};
-        for (p = 0; p < kc; p++) {
-            const float x = a_row[(ptrdiff_t)p * a_slice.col_stride];
-            const float *b_row = b + (ptrdiff_t)p * b_row_stride;
-            for (j = 0; j < MOA_GEMM_NR; j++) {
-                sum[j] += x * b_row[j];
-            }
-        }
-        for (j = 0; j < nr; j++) {
-            y_row[j] = alpha * sum[j] + (accumulate ? y_row[j] : 0.0f);
-        }
-    }
-}
-
-/* Fewer rows than one register tile (a decode step's GEMV): each packed panel is streamed once,
- * over the whole of K, into vectors of sums (two, so that consecutive FMAs do not wait on each
- * other); Y holds beta * C already when `accumulate`. */
-static void gemv_packed(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, const float *packed,
-                        int accumulate, float *y, ptrdiff_t y_row_stride)
-{
-    size_t q, i, p, j;
-    for (q = 0; q * MOA_GEMM_NR < N; q++) {
-        const size_t j0 = q * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NR, N - j0);
-        const float *panel = packed + q * K * MOA_GEMM_NR;
-        for (i = 0; i < M; i++) {
-            const float *a_row = a.data + (ptrdiff_t)i * a.row_stride;
-            float *y_row = y + (ptrdiff_t)i * y_row_stride + (ptrdiff_t)j0;
-            float even[MOA_GEMM_NR] = {0.0f}, odd[MOA_GEMM_NR] = {0.0f};
-            for (p = 0; p + 1 < K; p += 2) {
-                const float x0 = a_row[(ptrdiff_t)p * a.col_stride], x1 = a_row[(ptrdiff_t)(p + 1) * a.col_stride];
-                for (j = 0; j < MOA_GEMM_NR; j++) {
-                    even[j] += x0 * panel[p * MOA_GEMM_NR + j];
-                    odd[j] += x1 * panel[(p + 1) * MOA_GEMM_NR + j];
-                }
-            }
-            if (p < K) {
-                const float x0 = a_row[(ptrdiff_t)p * a.col_stride];
-                for (j = 0; j < MOA_GEMM_NR; j++) {
-                    even[j] += x0 * panel[p * MOA_GEMM_NR + j];
-                }
-            }
-            for (j = 0; j < nr; j++) {
-                y_row[j] = alpha * (even[j] + odd[j]) + (accumulate ? y_row[j] : 0.0f);
-            }
-        }
-    }
-}
-
-/* As gemv_packed, over quantized panels: the scales are applied per block to sums of x * q. */
+/* Fewer rows than one register tile (a decode step's GEMV) over quantized panels: each panel is
+ * streamed once, over the whole of K, the scales applied per block to sums of x * q; Y holds
+ * beta * C already when `accumulate`. (Packed float32 panels take the edge tile: mr rows,
+ * no wider.) */
 static void gemv_quantized(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, const moa_qweights *quantized,
                            int accumulate, float *y, ptrdiff_t y_row_stride)
 {
@@ -259,10 +195,6 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
             }
         }
     }
-    if (M < MOA_GEMM_MR && b.packed != NULL) {
-        gemv_packed(M, N, K, alpha, a, b.packed, c.data != NULL, y, y_row_stride);
-        return MOA_OK;
-    }
     if (M < MOA_GEMM_MR && b.quantized != NULL) {
         gemv_quantized(M, N, K, alpha, a, b.quantized, c.data != NULL, y, y_row_stride);
         return MOA_OK;
@@ -283,13 +215,14 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
                 float *y_cols = y + (ptrdiff_t)j0;
                 for (i = i0; i < i0 + mc; i += MOA_GEMM_MR) {
                     const size_t mr = min_size(MOA_GEMM_MR, i0 + mc - i);
+                    const float *a_rows = a_slice.data + (ptrdiff_t)i * a.row_stride;
+                    float *y_tile = y_cols + (ptrdiff_t)i * y_row_stride;
                     if (mr == MOA_GEMM_MR && nr == MOA_GEMM_NR) {
-                        moa_gemm_tile_f32(kc, a_slice.data + (ptrdiff_t)i * a.row_stride, a.row_stride, a.col_stride,
-                                          b_rows, b_row_stride, alpha, y_cols + (ptrdiff_t)i * y_row_stride,
+                        moa_gemm_tile_f32(kc, a_rows, a.row_stride, a.col_stride, b_rows, b_row_stride, alpha, y_tile,
                                           y_row_stride, accumulate);
-                    } else {
-                        edge_tile(M, i, mr, nr, kc, a_slice, b_rows, b_row_stride, alpha, y_cols, y_row_stride,
-                                  accumulate);
+                    } else { /* the bottom or right edge: mr rows, nr columns, nothing recomputed */
+                        moa_gemm_edge_f32(kc, a_rows, a.row_stride, a.col_stride, b_rows, b_row_stride, alpha, y_tile,
+                                          y_row_stride, accumulate, mr, nr);
                     }
                 }
             }

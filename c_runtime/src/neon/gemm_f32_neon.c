@@ -1,45 +1,107 @@
 /* The 5 x 16 GEMM register tile for AArch64 NEON: four q accumulators per row of A (20 of
  * the 32 registers), the B panel's row in four q, A[i][p] in a fifth (a sixth row would
- * spill: its A values need registers too). */
+ * spill: its A values need registers too). The edge tile runs mr rows and only the q
+ * registers that hold a column < nr; the last, partly outside Y, goes through a small copy. */
 #include "moa/gemm_tile.h"
 
 #if MOA_ISA_NEON
 #include <arm_neon.h>
 
-void moa_gemm_tile_f32_5x16_neon(MOA_GEMM_TILE_PARAMS)
+/* y[j] = alpha * acc[j] + (accumulate ? y[j] : 0) for j < n (n <= 4). */
+static void store_lanes(float *y, float32x4_t acc, float alpha, int accumulate, int n)
+{
+    float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    int j;
+    if (n >= 4) {
+        const float32x4_t before = accumulate ? vld1q_f32(y) : vdupq_n_f32(0.0f);
+        vst1q_f32(y, vfmaq_n_f32(before, acc, alpha));
+        return;
+    }
+    for (j = 0; j < n && accumulate; j++) {
+        part[j] = y[j];
+    }
+    vst1q_f32(part, vfmaq_n_f32(vld1q_f32(part), acc, alpha));
+    for (j = 0; j < n; j++) {
+        y[j] = part[j];
+    }
+}
+
+/* Rows i < rows, q registers v < vecs (columns j < nr <= 4 vecs); `rows` and `vecs` are
+ * constants at every call. */
+MOA_GEMM_INLINE void tile_rows(int rows, int vecs, int nr, MOA_GEMM_TILE_PARAMS)
 {
     float32x4_t acc[5][4];
     size_t p;
     int i, v;
 #pragma GCC unroll 5
-    for (i = 0; i < 5; i++) {
+    for (i = 0; i < rows; i++) {
 #pragma GCC unroll 4
-        for (v = 0; v < 4; v++) {
+        for (v = 0; v < vecs; v++) {
             acc[i][v] = vdupq_n_f32(0.0f);
         }
     }
     for (p = 0; p < kc; p++) {
         const float *b_row = b + (ptrdiff_t)p * b_row_stride;
-        const float32x4_t b0 = vld1q_f32(b_row), b1 = vld1q_f32(b_row + 4);
-        const float32x4_t b2 = vld1q_f32(b_row + 8), b3 = vld1q_f32(b_row + 12);
+        float32x4_t b_v[4];
         const float *a_col = a + (ptrdiff_t)p * a_col_stride;
+#pragma GCC unroll 4
+        for (v = 0; v < vecs; v++) {
+            b_v[v] = vld1q_f32(b_row + 4 * v);
+        }
 #pragma GCC unroll 5
-        for (i = 0; i < 5; i++) {
+        for (i = 0; i < rows; i++) {
             const float32x4_t a_ip = vld1q_dup_f32(&a_col[i * a_row_stride]);
-            acc[i][0] = vfmaq_f32(acc[i][0], a_ip, b0);
-            acc[i][1] = vfmaq_f32(acc[i][1], a_ip, b1);
-            acc[i][2] = vfmaq_f32(acc[i][2], a_ip, b2);
-            acc[i][3] = vfmaq_f32(acc[i][3], a_ip, b3);
+#pragma GCC unroll 4
+            for (v = 0; v < vecs; v++) {
+                acc[i][v] = vfmaq_f32(acc[i][v], a_ip, b_v[v]);
+            }
         }
     }
 #pragma GCC unroll 5
-    for (i = 0; i < 5; i++) {
+    for (i = 0; i < rows; i++) {
         float *y_row = y + i * y_row_stride;
 #pragma GCC unroll 4
-        for (v = 0; v < 4; v++) {
-            const float32x4_t before = accumulate ? vld1q_f32(y_row + 4 * v) : vdupq_n_f32(0.0f);
-            vst1q_f32(y_row + 4 * v, vfmaq_n_f32(before, acc[i][v], alpha));
+        for (v = 0; v < vecs; v++) {
+            store_lanes(y_row + 4 * v, acc[i][v], alpha, accumulate, nr - 4 * v);
         }
+    }
+}
+
+void moa_gemm_tile_f32_5x16_neon(MOA_GEMM_TILE_PARAMS)
+{
+    tile_rows(5, 4, 16, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+}
+
+/* The rows r of an edge, with as many q registers as its columns need. */
+MOA_GEMM_INLINE void edge_rows(int r, int nr, MOA_GEMM_TILE_PARAMS)
+{
+    switch ((nr + 3) / 4) {
+    case 1:
+        tile_rows(r, 1, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+        break;
+    case 2:
+        tile_rows(r, 2, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+        break;
+    case 3:
+        tile_rows(r, 3, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+        break;
+    default:
+        tile_rows(r, 4, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+        break;
+    }
+}
+
+#define EDGE_ROWS(r)                                                                                                \
+    case r:                                                                                                         \
+        edge_rows(r, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate); \
+        break
+
+void moa_gemm_edge_f32_neon(MOA_GEMM_EDGE_PARAMS)
+{
+    switch (mr) {
+        EDGE_ROWS(1); EDGE_ROWS(2); EDGE_ROWS(3); EDGE_ROWS(4); EDGE_ROWS(5);
+    default:
+        break;
     }
 }
 #endif
