@@ -139,20 +139,20 @@ MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_16x16_avx512, moa_attn_pv_f32_f16_1
 #define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_16x16_avx512
 #define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_12x32_avx512
 #elif MOA_ISA_AVX2
-MOA_ATTN_DECLARE(moa_attn_scores_f32_2x4_avx2, moa_attn_pv_f32_4x16_avx2, moa_attn_max_f32_u16_avx2,
+MOA_ATTN_DECLARE(moa_attn_scores_f32_6x16_avx2, moa_attn_pv_f32_6x16_avx2, moa_attn_max_f32_u16_avx2,
                  moa_attn_exp_f32_u16_avx2, moa_attn_scale_f32_u16_avx2, moa_vexp_f32_u16_avx2)
-#define moa_attn_scores_f32 moa_attn_scores_f32_2x4_avx2
-#define moa_attn_pv_f32 moa_attn_pv_f32_4x16_avx2
+#define moa_attn_scores_f32 moa_attn_scores_f32_6x16_avx2
+#define moa_attn_pv_f32 moa_attn_pv_f32_6x16_avx2
 #define moa_attn_max_f32 moa_attn_max_f32_u16_avx2
 #define moa_attn_exp_f32 moa_attn_exp_f32_u16_avx2
 #define moa_attn_scale_f32 moa_attn_scale_f32_u16_avx2
 #define moa_vexp_f32 moa_vexp_f32_u16_avx2
-MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_2x4_avx2, moa_attn_pv_f32_s8_4x16_avx2)
-#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_2x4_avx2
-#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_4x16_avx2
-MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_2x4_avx2, moa_attn_pv_f32_f16_4x16_avx2)
-#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_2x4_avx2
-#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_4x16_avx2
+MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_6x16_avx2, moa_attn_pv_f32_s8_6x16_avx2)
+#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_6x16_avx2
+#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_6x16_avx2
+MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_6x16_avx2, moa_attn_pv_f32_f16_6x16_avx2)
+#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_6x16_avx2
+#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_6x16_avx2
 #elif MOA_ISA_NEON
 MOA_ATTN_DECLARE(moa_attn_scores_f32_4x4_neon, moa_attn_pv_f32_4x16_neon, moa_attn_max_f32_u16_neon,
                  moa_attn_exp_f32_u8_neon, moa_attn_scale_f32_u16_neon, moa_vexp_f32_u8_neon)
