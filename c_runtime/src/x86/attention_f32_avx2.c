@@ -5,6 +5,8 @@
  *   pv 6x16:    6 rows x 2 ymm of the accumulator stay in registers over all keys, each key a
  *               broadcast weight times two vectors of one row of V (again 12 + 2 + 1);
  *   max, exp, scale, vexp: 16 floats per step, a masked step for the tail;
+ *   softmax 4x8: the online-softmax step of 4 rows at once (their max, exp and sum chains
+ *               interleaved), 8 floats per step;
  *   over an int8 cache (_s8) and a float16 cache (_f16): the same two tiles, written once
  *               (scores_body, pv_body) with the element load a constant parameter (enum elem):
  *               8 int8 widened to 8 floats in registers (vpmovsxbd, vcvtdq2ps), or 8 halves
@@ -22,12 +24,16 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-INLINE __m256 exp_ps(__m256 x)
+/* The shared exp (moa/attention.h). `clamp_hi` is 0 where every x <= 0 (softmax: x = s - max)
+ * and the upper clamp cannot act. */
+INLINE __m256 exp_ps_(__m256 x, int clamp_hi)
 {
     const __m256 under = _mm256_cmp_ps(x, _mm256_set1_ps(MOA_EXPF_LO), _CMP_LT_OQ); /* NaN: no */
     __m256 t, n, r, p;
     __m256i bits;
-    x = _mm256_min_ps(_mm256_set1_ps(MOA_EXPF_HI), x); /* the second operand is kept when x is NaN */
+    if (clamp_hi) {
+        x = _mm256_min_ps(_mm256_set1_ps(MOA_EXPF_HI), x); /* the second operand is kept when x is NaN */
+    }
     x = _mm256_max_ps(_mm256_set1_ps(MOA_EXPF_LO), x);
     t = _mm256_fmadd_ps(x, _mm256_set1_ps(MOA_EXPF_LOG2E), _mm256_set1_ps(MOA_EXPF_ROUND));
     n = _mm256_sub_ps(t, _mm256_set1_ps(MOA_EXPF_ROUND));
@@ -41,6 +47,11 @@ INLINE __m256 exp_ps(__m256 x)
     p = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
     bits = _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(t), 23), _mm256_set1_epi32(127 << 23));
     return _mm256_andnot_ps(under, _mm256_mul_ps(p, _mm256_castsi256_ps(bits)));
+}
+
+INLINE __m256 exp_ps(__m256 x)
+{
+    return exp_ps_(x, 1);
 }
 
 INLINE __m256i tail_mask(size_t n) /* lanes < n (n <= 8) all ones */
@@ -168,18 +179,21 @@ INLINE void scores_tile(int mr, size_t nj, const float *q, ptrdiff_t ldq, const 
                         int full, __m256i m0, __m256i m1, int add, float *s, ptrdiff_t lds)
 {
     __m256 acc[SCORE_ROWS][2];
+    const float *q_row[SCORE_ROWS]; /* a pointer per row: Q[i][j] is q_row[i][j], no per-step address sums */
     size_t j;
     int i;
     _Pragma("GCC unroll 6")
     for (i = 0; i < mr; i++) {
         acc[i][0] = _mm256_setzero_ps();
         acc[i][1] = _mm256_setzero_ps();
+        q_row[i] = q + i * ldq;
     }
+    _Pragma("GCC unroll 4") /* the loop's address and counter updates once per 4 depth steps */
     for (j = 0; j < nj; j++) {
         const __m256 k0 = _mm256_load_ps(kt + 16 * j), k1 = _mm256_load_ps(kt + 16 * j + 8);
         _Pragma("GCC unroll 6")
         for (i = 0; i < mr; i++) {
-            const __m256 qv = _mm256_broadcast_ss(q + i * ldq + (ptrdiff_t)j);
+            const __m256 qv = _mm256_broadcast_ss(q_row[i] + j);
             acc[i][0] = _mm256_fmadd_ps(qv, k0, acc[i][0]);
             acc[i][1] = _mm256_fmadd_ps(qv, k1, acc[i][1]);
         }
@@ -287,16 +301,19 @@ INLINE void pv_tile(enum elem e, int mr, int nv, size_t last, size_t cols, const
 {
     const __m256i last_mask = tail_mask(last);
     __m256 a[PV_ROWS][2], w[2];
+    const float *p_row[PV_ROWS]; /* a pointer per row: P[i][c] is p_row[i][c], no per-step address sums */
     size_t c;
     int i, x;
     _Pragma("GCC unroll 6")
     for (i = 0; i < mr; i++) {
+        p_row[i] = p + i * ldp;
         _Pragma("GCC unroll 2")
         for (x = 0; x < nv; x++) {
             float *at = acc + i * lda + 8 * x;
             a[i][x] = x < nv - 1 || last == 8 ? _mm256_loadu_ps(at) : _mm256_maskload_ps(at, last_mask);
         }
     }
+    _Pragma("GCC unroll 4") /* the loop's address and counter updates once per 4 keys */
     for (c = 0; c < cols; c++) {
         const void *v_row = row_at(e, v, (ptrdiff_t)c, ldv);
         _Pragma("GCC unroll 2")
@@ -305,8 +322,7 @@ INLINE void pv_tile(enum elem e, int mr, int nv, size_t last, size_t cols, const
         }
         _Pragma("GCC unroll 6")
         for (i = 0; i < mr; i++) {
-            const __m256 weight = e == ELEM_S8 ? _mm256_set1_ps(p[i * ldp + (ptrdiff_t)c] * v_scale[c])
-                                               : _mm256_broadcast_ss(p + i * ldp + (ptrdiff_t)c);
+            const __m256 weight = e == ELEM_S8 ? _mm256_set1_ps(p_row[i][c] * v_scale[c]) : _mm256_broadcast_ss(p_row[i] + c);
             _Pragma("GCC unroll 2")
             for (x = 0; x < nv; x++) {
                 a[i][x] = _mm256_fmadd_ps(weight, w[x], a[i][x]);
@@ -417,8 +433,8 @@ float moa_attn_exp_f32_u16_avx2(size_t n, float *x, float m)
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     size_t c = 0;
     for (; c + 16 <= n; c += 16) {
-        const __m256 e0 = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), vm));
-        const __m256 e1 = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c + 8), vm));
+        const __m256 e0 = exp_ps_(_mm256_sub_ps(_mm256_loadu_ps(x + c), vm), 0);
+        const __m256 e1 = exp_ps_(_mm256_sub_ps(_mm256_loadu_ps(x + c + 8), vm), 0);
         _mm256_storeu_ps(x + c, e0);
         _mm256_storeu_ps(x + c + 8, e1);
         s0 = _mm256_add_ps(s0, e0);
@@ -426,11 +442,95 @@ float moa_attn_exp_f32_u16_avx2(size_t n, float *x, float m)
     }
     for (; c < n; c += 8) {
         const __m256i k = tail_mask(n - c);
-        const __m256 e0 = _mm256_and_ps(_mm256_castsi256_ps(k), exp_ps(_mm256_sub_ps(_mm256_maskload_ps(x + c, k), vm)));
+        const __m256 e0 = _mm256_and_ps(_mm256_castsi256_ps(k), exp_ps_(_mm256_sub_ps(_mm256_maskload_ps(x + c, k), vm), 0));
         _mm256_maskstore_ps(x + c, k, e0);
         s0 = _mm256_add_ps(s0, e0);
     }
     return hsum(_mm256_add_ps(s0, s1));
+}
+
+INLINE float hmax(__m256 x)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+/* The online-softmax step of R rows at once: their max loops, reductions and exp loops are
+ * independent chains the core overlaps (one row at a time is latency-bound). */
+INLINE void softmax_rows(int R, size_t cols, float *s, ptrdiff_t lds, float *m, float *l, float *alpha)
+{
+    const __m256 lowest = _mm256_set1_ps(-INFINITY);
+    __m256 mx[4], vm[4], sum[4], unordered[4];
+    float m_new[4];
+    size_t c;
+    int i;
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < R; i++) {
+        mx[i] = lowest;
+        unordered[i] = _mm256_setzero_ps();
+        sum[i] = _mm256_setzero_ps();
+    }
+    for (c = 0; c < cols; c += 8) {
+        const __m256i k = tail_mask(cols - c < 8 ? cols - c : 8);
+        _Pragma("GCC unroll 4")
+        for (i = 0; i < R; i++) {
+            const float *row = s + i * lds + (ptrdiff_t)c;
+            const __m256 x = cols - c >= 8 ? _mm256_loadu_ps(row)
+                                           : _mm256_blendv_ps(lowest, _mm256_maskload_ps(row, k), _mm256_castsi256_ps(k));
+            unordered[i] = _mm256_or_ps(unordered[i], _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+            mx[i] = _mm256_max_ps(mx[i], x);
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < R; i++) {
+        const float row_max = _mm256_movemask_ps(unordered[i]) ? NAN : hmax(mx[i]);
+        m_new[i] = !(row_max <= m[i]) ? row_max : m[i]; /* a NaN wins, so NaN propagates */
+        alpha[i] = 1.0f;
+        /* a row whose keys are all hidden so far: exp(-inf - 0) makes its p 0 */
+        vm[i] = _mm256_set1_ps(m_new[i] == -INFINITY ? 0.0f : m_new[i]);
+    }
+    for (c = 0; c < cols; c += 8) {
+        const __m256i k = tail_mask(cols - c < 8 ? cols - c : 8);
+        _Pragma("GCC unroll 4")
+        for (i = 0; i < R; i++) {
+            float *x = s + i * lds + (ptrdiff_t)c;
+            if (cols - c >= 8) {
+                const __m256 e = exp_ps_(_mm256_sub_ps(_mm256_loadu_ps(x), vm[i]), 0);
+                _mm256_storeu_ps(x, e);
+                sum[i] = _mm256_add_ps(sum[i], e);
+            } else {
+                const __m256 e = _mm256_and_ps(_mm256_castsi256_ps(k),
+                                               exp_ps_(_mm256_sub_ps(_mm256_maskload_ps(x, k), vm[i]), 0));
+                _mm256_maskstore_ps(x, k, e);
+                sum[i] = _mm256_add_ps(sum[i], e);
+            }
+        }
+    }
+    _Pragma("GCC unroll 4")
+    for (i = 0; i < R; i++) {
+        if (m_new[i] == -INFINITY) {
+            continue;
+        }
+        if (m_new[i] != m[i] && m[i] != -INFINITY) { /* rescale what the earlier key tiles summed */
+            alpha[i] = moa_expf(m[i] - m_new[i]);
+        }
+        m[i] = m_new[i];
+        l[i] = l[i] * alpha[i] + hsum(sum[i]);
+    }
+}
+
+void moa_attn_softmax_f32_4x8_avx2(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
+                                   float *alpha)
+{
+    size_t r = 0;
+    for (; r + 4 <= rows; r += 4) {
+        softmax_rows(4, cols, s + (ptrdiff_t)r * lds, lds, m + r, l + r, alpha + r);
+    }
+    for (; r < rows; r++) {
+        softmax_rows(1, cols, s + (ptrdiff_t)r * lds, lds, m + r, l + r, alpha + r);
+    }
 }
 
 void moa_attn_scale_f32_u16_avx2(size_t n, float alpha, const float *x, float *y)
