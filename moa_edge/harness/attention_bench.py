@@ -454,6 +454,8 @@ def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: flo
                 labels = {"torch_sdpa": f"PyTorch SDPA (fp32, {threads} thread(s))",
                           "onnxruntime": f"onnxruntime Attention-23 ({threads} thread(s))",
                           "naive_c": "naive C kernel (scores in memory)"}
+                checked = {"moa_edge": "the moa-edge kernel", "torch_sdpa": "PyTorch SDPA fp32",
+                           "onnxruntime": "onnxruntime", "naive_c": "the naive C kernel"}  # as errors name them
                 best, runs, errors, isas = {}, {}, {}, {}
                 for turn in range(rounds):
                     for key, run in turns.items():
@@ -467,7 +469,9 @@ def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: flo
                         runs[key] = runs.get(key, 0) + n
                         isas[key] = got_isa
                         if key not in errors:
-                            errors[key] = _check(label, out, ref, where)
+                            errors[key] = _check(checked[side] + (f" limited to {name}" if side == "torch_sdpa" else
+                                                                  f" -march={name}" if name != "native" else "")
+                                                 if name else checked[side], out, ref, where)
                 times = {side: best[(side, None)] for side in SIDES if side != "moa_edge"}
                 times["moa_edge"] = best[("moa_edge", "native")]
                 isa = isas[("moa_edge", "native")]
