@@ -338,10 +338,13 @@ def cmd_inspect(a) -> int:
 def cmd_bench(a) -> int:
     if a.what == "generate":
         return _bench_generate(a)
-    for flag, given in (("--weights", a.weights), ("--no-onnxruntime", a.no_onnxruntime), ("--host-march", a.host_march),
-                        ("--rounds", a.rounds != 1), ("--llama-python", a.llama_python)):
+    timed_attention = a.what == "attention" and not a.traffic  # bench attention's host timing takes these two
+    for flag, given in (("--weights", a.weights), ("--no-onnxruntime", a.no_onnxruntime),
+                        ("--host-march", a.host_march and not timed_attention),
+                        ("--rounds", a.rounds != 1 and not timed_attention), ("--llama-python", a.llama_python)):
         if given:
-            raise MoaEdgeError(f"{flag} is an option of bench generate, not bench {a.what}")
+            raise MoaEdgeError(f"{flag} is an option of bench generate{' and attention' if flag in ('--host-march', '--rounds') else ''}, "
+                               f"not bench {a.what}{' --traffic' if a.traffic else ''}")
     a.board = a.board or "rpi4,k230"  # bench generate's default is the host alone
     if a.what == "gemm":
         return _bench_gemm(a)
@@ -394,7 +397,8 @@ def _bench_attention(a) -> int:
                              count_seq=0 if a.no_count else a.count_seq, count_heads=a.count_heads,
                              time_host_side=not a.no_time, command="moa-edge " + " ".join(sys.argv[1:]),
                              board=remote[0] if remote else None, ssh=ssh, progress=_progress,
-                             threads=a.threads or load_board("host").threads())
+                             threads=a.threads or load_board("host").threads(), host_march=a.host_march or [],
+                             rounds=a.rounds)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "attention.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -721,11 +725,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "layer at Q8_0, as llama-quantize does); the JSON is generate-STEM-FORMAT.json")
     s.add_argument("--no-onnxruntime", action="store_true", help="bench generate: leave onnxruntime out")
     s.add_argument("--rounds", type=_positive_int, default=1, metavar="N",
-                   help="bench generate: the sides take turns N times, --repeat runs each turn, the best of all "
+                   help="bench generate and attention: the sides take turns N times, --repeat runs each turn, the best of all "
                    "counting (default 1), so that a change of load on a shared machine reaches every side")
     s.add_argument("--host-march", type=lambda text: [m for m in text.split(",") if m], metavar="ARCH,...",
-                   help="bench generate: also time moa-edge's host build compiled with -march=ARCH "
-                   "(x86-64-v3: the AVX2 kernels on an AVX-512 machine)")
+                   help="bench generate and attention: also time moa-edge's host build compiled with -march=ARCH "
+                   "(x86-64-v3: the AVX2 kernels on an AVX-512 machine); each row names the ISA its build selected")
     s.add_argument("--llama-python", type=lambda text: [m for m in text.split(",") if m], metavar="PY,...",
                    help="bench generate: the llama.cpp peers, each a Python interpreter or venv folder holding a "
                    "llama-cpp-python build (default this interpreter's); benchmarks/setup_llama_cpp.sh with "

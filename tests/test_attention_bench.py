@@ -123,3 +123,38 @@ def test_plugin_count_equals_the_trace_count(tmp_path):
     subprocess.run(["env", "-i", *board.runner(), "-d", "in_asm,exec,nochain", "-D", str(log), str(exe)], check=True)
     assert counted == ab.trace_count(log.read_text(errors="replace"))
     assert counted > 100000 * 3
+
+
+def test_host_march_build_is_a_row_named_by_its_isa(tmp_path):
+    """--host-march x86-64-v3: the AVX2 build times beside the native one, each row naming the ISA
+    its build selected; on an AVX-512 host it is compared with PyTorch limited to AVX2."""
+    require_board("host")
+    cpu = open("/proc/cpuinfo").read()
+    if " avx2 " not in cpu or " fma " not in cpu:
+        pytest.skip("needs an x86-64 host with AVX2 and FMA")
+    points, host = ab.time_host([SEQ], [True], 2, 64, 1, 0.0, tmp_path, host_march=("x86-64-v3",), rounds=2)
+    assert host["host_march"] == ["x86-64-v3"] and host["rounds"] == 2
+    (p,) = points
+    native, avx2 = p["moa_edge_builds"]
+    assert (native["build"], native["isa"], native["cflags_added"]) == ("native", host["isa"], [])
+    assert (avx2["build"], avx2["isa"], avx2["cflags_added"]) == ("x86-64-v3", "avx2", ["-march=x86-64-v3"])
+    assert p["time_us"]["moa_edge"] == native["time_us"] and p["isa"] == host["isa"]
+    assert native["runs"] == avx2["runs"] == 2  # one run per turn, two turns
+    limited = host["isa"] == "avx512"
+    assert avx2["torch_sdpa_isa"] == ("avx2" if limited else host["torch_cpu_capability"])
+    assert avx2["ratio_to_torch"] == pytest.approx(avx2["time_us"] / avx2["torch_sdpa_time_us"])
+    assert native["ratio_to_torch"] == pytest.approx(p["ratio_to_torch"]["moa_edge"])
+    if limited:
+        assert avx2["torch_sdpa_env"]["ATEN_CPU_CAPABILITY"] == "avx2"
+        assert avx2["torch_sdpa_errors"]["max_abs_err"] <= cmp.MAX_ABS_ERR
+    for b in (native, avx2):
+        assert b["errors"]["max_abs_err"] <= cmp.MAX_ABS_ERR and b["errors"]["max_rel_err"] <= cmp.MAX_REL_ERR
+    text = ab.table({"timing": points, "host": host, "instructions": None})
+    assert "| AVX2 (-march=x86-64-v3) |" in text and f"| {SEQ} | yes |" in text
+    verdict = ab.targets([{**p, "seq": 1024}], None)
+    assert set(next(iter(verdict.values()))["values"]) == {f"{host['isa']} 1024 causal", "avx2 1024 causal"}
+
+
+def test_host_march_refuses_a_flag_that_is_not_an_arch(tmp_path):
+    with pytest.raises(MoaEdgeError, match="not a -march value"):
+        ab.time_host([SEQ], [True], 2, 64, 1, 0.0, tmp_path, host_march=("native -O0",))

@@ -262,14 +262,18 @@ def _table() -> list[Case]:
     for rows, cols, depth in [(1, 1, 1), (1, 5, 3), (2, 4, 8), (3, 7, 5), (4, 4, 16), (4, 16, 32), (5, 17, 33),
                               (8, 33, 64), (7, 64, 17), (16, 16, 80), (64, 16, 32), (4, 40, 128), (9, 3, 0),
                               # the decode form's stacked rows: a group of 3 or 9 query heads, 4 x 3 rows
-                              (3, 128, 64), (9, 64, 64), (12, 37, 64)]:
+                              (3, 128, 64), (9, 64, 64), (12, 37, 64),
+                              # AVX2's 6x16 tile: rows 6 + 4 + 1 and 12 + 1, keys 16 + 7 and 8, two depth chunks
+                              (11, 23, 300), (13, 8, 64)]:
         cases.append(Case("scores", (rows, cols, depth)))
     # pv: rows, cols, dv
     for rows, cols, dv in [(1, 1, 1), (1, 3, 5), (4, 4, 4), (3, 5, 8), (4, 16, 16), (5, 7, 12), (4, 9, 17),
                            (8, 16, 31), (4, 16, 32), (6, 13, 33), (4, 64, 64), (7, 20, 65), (4, 8, 80),
                            (2, 5, 100), (64, 16, 32), (3, 0, 9),
                            # stacked decode rows, and one row of split-K weights over S - 1 partials
-                           (3, 128, 64), (12, 37, 64), (1, 1, 64), (1, 6, 64)]:
+                           (3, 128, 64), (12, 37, 64), (1, 1, 64), (1, 6, 64),
+                           # AVX2's 6x16 tile: rows 6 + 4 + 1 and 12 + 1, columns 16 + 8 + 3 and 16 + 9
+                           (11, 23, 40), (13, 17, 25)]:
         cases.append(Case("pv", (rows, cols, dv)))
     for n in [0, 1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 100, 257]:
         cases.append(Case("max", (n,)))
@@ -289,11 +293,11 @@ def _table() -> list[Case]:
     # over an int8 cache: the decode shapes (a group of 1, 3 or 9 stacked rows, head_dim 64) and every edge
     for rows, cols, depth in [(1, 1, 1), (1, 5, 3), (3, 7, 5), (4, 4, 16), (5, 17, 33), (2, 9, 8), (7, 64, 17),
                               (16, 16, 80), (4, 40, 300), (9, 3, 0), (1, 64, 64), (3, 128, 64), (9, 64, 64),
-                              (12, 37, 64), (16, 16, 64)]:
+                              (12, 37, 64), (16, 16, 64), (11, 23, 72), (13, 8, 20)]:
         cases.append(Case("scores_s8", (rows, cols, depth)))
     for rows, cols, dv in [(1, 1, 1), (1, 3, 5), (4, 4, 4), (3, 5, 8), (5, 7, 12), (4, 9, 17), (8, 16, 31),
                            (6, 13, 33), (7, 20, 65), (2, 5, 100), (3, 0, 9), (1, 64, 64), (3, 128, 64),
-                           (12, 37, 64), (16, 16, 64)]:
+                           (12, 37, 64), (16, 16, 64), (11, 23, 40), (13, 17, 25)]:
         cases.append(Case("pv_s8", (rows, cols, dv)))
     for n in [1, 3, 16, 64, 100]:
         cases.append(Case("quantize", (n,)))
@@ -304,11 +308,11 @@ def _table() -> list[Case]:
     # (subnormal halves) and large (up to 65504)
     for rows, cols, depth in [(1, 1, 1), (1, 5, 3), (3, 7, 5), (4, 4, 16), (5, 17, 33), (2, 9, 8), (7, 64, 17),
                               (16, 16, 80), (4, 40, 300), (9, 3, 0), (1, 64, 64), (3, 128, 64), (9, 64, 64),
-                              (12, 37, 64), (16, 16, 64)]:
+                              (12, 37, 64), (16, 16, 64), (11, 23, 72), (13, 8, 20)]:
         cases.append(Case("scores_f16", (rows, cols, depth)))
     for rows, cols, dv in [(1, 1, 1), (1, 3, 5), (4, 4, 4), (3, 5, 8), (5, 7, 12), (4, 9, 17), (8, 16, 31),
                            (6, 13, 33), (7, 20, 65), (2, 5, 100), (3, 0, 9), (1, 64, 64), (3, 128, 64),
-                           (12, 37, 64), (16, 16, 64)]:
+                           (12, 37, 64), (16, 16, 64), (11, 23, 40), (13, 17, 25)]:
         cases.append(Case("pv_f16", (rows, cols, dv)))
     cases += [Case("scores_f16", (4, 8, 24), fill="extremes"), Case("pv_f16", (4, 8, 24), fill="extremes")]
     for n in [1, 3, 16, 64, 100]:
@@ -601,6 +605,7 @@ BUILDS = [
     Build("host-avx2-nof16c", "host", "avx2", cflags=("-O2", "-mavx2", "-mfma", "-mno-f16c", "-mno-avx512f")),
     Build("host-scalar", "host", "scalar", extra=("-DMOA_FORCE_SCALAR",)),
     Build("host-asan", "host", "native", cflags=("-O1", "-march=native", *SANITIZE)),
+    Build("host-avx2-asan", "host", "avx2", cflags=("-O1", "-mavx2", "-mfma", "-mf16c", "-mno-avx512f", *SANITIZE)),
     Build("rpi4-neon", "rpi4", "neon"),
     Build("rpi4-scalar", "rpi4", "scalar", extra=("-DMOA_FORCE_SCALAR",)),
     Build("k230-rvv-vlen128", "k230", "rvv", vlen=128),

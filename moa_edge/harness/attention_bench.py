@@ -42,6 +42,7 @@ from .ssh import RemoteFolder
 
 SEQS = (128, 512, 1024, 2048, 4096)
 SIDES = ("moa_edge", "torch_sdpa", "onnxruntime", "naive_c")
+ISA_TITLE = {"avx512": "AVX-512", "avx2": "AVX2", "neon": "NEON", "rvv": "RVV", "scalar": "scalar"}
 
 NAIVE_KERNEL = r"""
 /* The unfused shape of attention: S = scale Q K^T (Sq x Skv, in memory; causal: only the
@@ -279,6 +280,15 @@ def _compile(cc: str, cflags: list, ldflags: list, source: str, folder: Path, ob
     return exe
 
 
+def _build_isa(cc: str, cflags: list) -> str:
+    """The MOA_ISA_NAME moa/isa.h selects under these flags (the preprocessor alone)."""
+    proc = subprocess.run([cc, *cflags, f"-I{RUNTIME_INCLUDE}", "-E", "-P", "-x", "c", "-"], capture_output=True, text=True,
+                          input='#include "moa/isa.h"\nMOA_ISA_NAME\n')
+    if proc.returncode:
+        raise MoaEdgeError(f"bench attention: {cc} {' '.join(cflags)} cannot preprocess moa/isa.h: {proc.stderr[-500:]}")
+    return proc.stdout.strip().splitlines()[-1].strip('"')
+
+
 def _run_c(cmd: list, mode: str, repeat: int, budget: float, paths: list, y_path: Path,
            threads: int = 1) -> tuple[dict, np.ndarray]:
     proc = subprocess.run([*cmd, mode, str(repeat), repr(budget), *paths, str(y_path)], capture_output=True, text=True,
@@ -290,6 +300,45 @@ def _run_c(cmd: list, mode: str, repeat: int, budget: float, paths: list, y_path
     isa = re.search(r"isa=(\w+)", proc.stderr)
     return ({"best_ns": int(m.group(1)), "runs": int(m.group(2)), "isa": isa.group(1) if isa else None},
             np.fromfile(y_path, np.float32))
+
+
+# PyTorch as an ISA-limited host runs it, for the moa-edge builds of an older ISA than the host's
+# (-march=x86-64-v3 on an AVX-512 machine): ATen's kernels dispatched for that ISA, and MKL's and
+# oneDNN's GEMMs limited to it. They are read when torch loads, so that SDPA runs in a child.
+SDPA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
+SDPA_CHILD = r"""
+import sys, time
+import numpy as np
+import torch
+heads, seq, d, causal, repeat, budget, threads = (int(a) if i != 5 else float(a) for i, a in enumerate(sys.argv[1:8]))
+q, k, v = (torch.from_numpy(np.fromfile(p, np.float32).reshape(1, heads, seq, d)) for p in sys.argv[8:11])
+torch.set_num_threads(threads)
+best, spent, runs = float("inf"), 0.0, 0
+with torch.inference_mode():
+    while runs < repeat and (runs == 0 or spent < budget):
+        t0 = time.perf_counter()
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=bool(causal))
+        t = time.perf_counter() - t0
+        best, spent, runs = min(best, t), spent + t, runs + 1
+out.numpy().tofile(sys.argv[11])
+print(f"best_s={best!r} runs={runs} capability={torch.backends.cpu.get_cpu_capability()}")
+"""
+
+
+def _sdpa_child(isa: str, spec, causal: bool, repeat: int, budget: float, threads: int, paths: list,
+                y_path: Path) -> tuple[float, int, np.ndarray, str]:
+    """PyTorch SDPA in a child limited to `isa` (SDPA_ENV): best seconds, runs, output, ATen's capability."""
+    import sys
+    args = [spec.q_heads, spec.q_len, spec.head_dim, int(causal), repeat, budget, threads, *paths, y_path]
+    proc = subprocess.run([sys.executable, "-c", SDPA_CHILD, *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, **SDPA_ENV[isa]})
+    m = re.search(r"best_s=(\S+) runs=(\d+) capability=(\w+)", proc.stdout)
+    if proc.returncode or m is None:
+        raise MoaEdgeError(f"bench attention: PyTorch SDPA limited to {isa} failed: {proc.stderr.strip()[-500:]}")
+    if m.group(3).lower() != isa:
+        raise MoaEdgeError(f"bench attention: ATEN_CPU_CAPABILITY={isa} gave PyTorch's {m.group(3)} kernels")
+    return float(m.group(1)), int(m.group(2)), np.fromfile(y_path, np.float32), m.group(3)
 
 
 def _time_python(fn, repeat: int, budget: float) -> tuple[float, int, object]:
@@ -322,18 +371,32 @@ def host_cpu() -> str:
 
 
 def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: float, workdir: Path,
-              progress=lambda msg: None, threads: int = 1) -> tuple[list[dict], dict]:
+              progress=lambda msg: None, threads: int = 1, host_march=(), rounds: int = 1) -> tuple[list[dict], dict]:
     """Host wall time of the four sides at every (seq, causal), best of `repeat` runs (fewer
     once a side has spent `budget` seconds), each output checked against PyTorch float64;
-    moa-edge, PyTorch and onnxruntime on `threads` threads (the naive kernel on one)."""
+    moa-edge, PyTorch and onnxruntime on `threads` threads (the naive kernel on one).
+    `host_march`: moa-edge's kernel also built with each -march=ARCH added (x86-64-v3: the AVX2
+    kernels on an AVX-512 host), each build a row named by the ISA it selected. `rounds`: the
+    sides take turns that many times (each turn up to `repeat` runs; the best of all counts), so
+    that a change of load on a shared machine reaches all of them."""
     import onnxruntime as ort
     import torch
     board = load_board("host")
     cc = board.compiler()
     if cc is None:
         raise MoaEdgeError("bench attention: no host C compiler (cc, gcc or clang) on PATH")
+    for march in host_march:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", march):
+            raise MoaEdgeError(f"--host-march {march!r}: not a -march value (letters, digits and . _ + -)")
+    if rounds < 1:
+        raise MoaEdgeError(f"--rounds {rounds}: need at least 1")
     cflags = list(board.toolchain["cflags"])
-    objects = runtime_objects(cc, tuple(cflags))
+    # moa-edge's builds: the board's flags, then each -march added (the last -march wins)
+    builds = [("native", [])] + [(march, [f"-march={march}"]) for march in host_march]
+    objects = {name: runtime_objects(cc, tuple(cflags + added)) for name, added in builds}
+    isa_of = {name: _build_isa(cc, cflags + added) for name, added in builds}
+    native_isa = isa_of["native"]
+    torch_capability = torch.backends.cpu.get_cpu_capability().lower()
     torch_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     options = ort.SessionOptions()
@@ -348,43 +411,102 @@ def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: flo
                 spec = bench_spec(seq, heads, head_dim, causal)
                 schedule, sched = _schedule(spec, board)
                 folder = workdir / f"host-{seq}-{'causal' if causal else 'full'}"
-                progress(f"host {where}: build (ONF {sched['strategy']} {sched['block_q']}x{sched['block_k']})")
-                exe = _compile(cc, cflags, list(board.toolchain["ldflags"]), program(spec, schedule), folder, objects)
+                exes = {}
+                for name, added in builds:
+                    progress(f"host {where}: build {name} (ONF {sched['strategy']} {sched['block_q']}x{sched['block_k']})")
+                    exes[name] = _compile(cc, cflags + added, list(board.toolchain["ldflags"]), program(spec, schedule),
+                                          folder / name, objects[name])
                 ops = _operands(spec, seed=seq)
                 paths = _write_operands(ops, folder)
                 ref = _reference(ops, causal)
-                times, runs, errors = {}, {}, {}
-                progress(f"host {where}: moa-edge fused kernel")
-                r, y = _run_c([str(exe)], "fused", repeat, budget, paths, folder / "Y.fused.bin", threads)
-                times["moa_edge"], runs["moa_edge"], isa = r["best_ns"] / 1e3, r["runs"], r["isa"]
-                errors["moa_edge"] = _check("the moa-edge kernel", y, ref, where)
-                progress(f"host {where}: PyTorch SDPA (fp32, {threads} thread(s))")
                 q, k, v = (torch.from_numpy(ops[n]) for n in "QKV")
-                with torch.inference_mode():
-                    t, n, out = _time_python(lambda: torch.nn.functional.scaled_dot_product_attention(
-                        q, k, v, is_causal=causal), repeat, budget)
-                times["torch_sdpa"], runs["torch_sdpa"] = t * 1e6, n
-                errors["torch_sdpa"] = _check("PyTorch SDPA fp32", out.numpy(), ref, where)
-                progress(f"host {where}: onnxruntime Attention-23 ({threads} thread(s))")
                 session = ort.InferenceSession(_ort_model(spec), options, providers=["CPUExecutionProvider"])
                 feeds = {n: ops[n] for n in "QKV"}
-                t, n, out = _time_python(lambda: session.run(None, feeds)[0], repeat, budget)
-                times["onnxruntime"], runs["onnxruntime"] = t * 1e6, n
-                errors["onnxruntime"] = _check("onnxruntime", out, ref, where)
-                progress(f"host {where}: naive C kernel (scores in memory)")
-                r, y = _run_c([str(exe)], "naive", repeat, budget, paths, folder / "Y.naive.bin")
-                times["naive_c"], runs["naive_c"] = r["best_ns"] / 1e3, r["runs"]
-                errors["naive_c"] = _check("the naive C kernel", y, ref, where)
+
+                def fused(name):
+                    r, y = _run_c([str(exes[name])], "fused", repeat, budget, paths, folder / f"Y.fused.{name}.bin",
+                                  threads)
+                    return r["best_ns"] / 1e3, r["runs"], y, r["isa"]
+
+                def sdpa():
+                    with torch.inference_mode():
+                        t, n, out = _time_python(lambda: torch.nn.functional.scaled_dot_product_attention(
+                            q, k, v, is_causal=causal), repeat, budget)
+                    return t * 1e6, n, out.numpy(), None
+
+                def onnxruntime():
+                    t, n, out = _time_python(lambda: session.run(None, feeds)[0], repeat, budget)
+                    return t * 1e6, n, out, None
+
+                def naive():
+                    r, y = _run_c([str(exes["native"])], "naive", repeat, budget, paths, folder / "Y.naive.bin")
+                    return r["best_ns"] / 1e3, r["runs"], y, None
+
+                def limited_sdpa(limit):
+                    t, n, out, _ = _sdpa_child(limit, spec, causal, repeat, budget, threads, paths,
+                                               folder / f"Y.sdpa.{limit}.bin")
+                    return t * 1e6, n, out, limit
+
+                turns = {**{("moa_edge", name): (lambda name=name: fused(name)) for name, _ in builds},
+                         ("torch_sdpa", None): sdpa, ("onnxruntime", None): onnxruntime, ("naive_c", None): naive}
+                limits = sorted({isa_of[name] for name, _ in builds[1:]} & set(SDPA_ENV) - {native_isa})
+                turns.update({("torch_sdpa", limit): (lambda limit=limit: limited_sdpa(limit)) for limit in limits})
+                labels = {"torch_sdpa": f"PyTorch SDPA (fp32, {threads} thread(s))",
+                          "onnxruntime": f"onnxruntime Attention-23 ({threads} thread(s))",
+                          "naive_c": "naive C kernel (scores in memory)"}
+                checked = {"moa_edge": "the moa-edge kernel", "torch_sdpa": "PyTorch SDPA fp32",
+                           "onnxruntime": "onnxruntime", "naive_c": "the naive C kernel"}  # as errors name them
+                best, runs, errors, isas = {}, {}, {}, {}
+                for turn in range(rounds):
+                    for key, run in turns.items():
+                        side, name = key
+                        label = (f"moa-edge fused kernel ({name} build)" if side == "moa_edge" else
+                                 f"PyTorch SDPA limited to {name} ({' '.join(f'{k}={v}' for k, v in SDPA_ENV[name].items())})"
+                                 if name else labels[side])
+                        progress(f"host {where}: {label}" + (f", round {turn + 1} of {rounds}" if rounds > 1 else ""))
+                        t, n, out, got_isa = run()
+                        best[key] = min(best.get(key, math.inf), t)
+                        runs[key] = runs.get(key, 0) + n
+                        isas[key] = got_isa
+                        if key not in errors:
+                            errors[key] = _check(checked[side] + (f" limited to {name}" if side == "torch_sdpa" else
+                                                                  f" -march={name}" if name != "native" else "")
+                                                 if name else checked[side], out, ref, where)
+                times = {side: best[(side, None)] for side in SIDES if side != "moa_edge"}
+                times["moa_edge"] = best[("moa_edge", "native")]
+                isa = isas[("moa_edge", "native")]
                 flops = 4 * heads * head_dim * (seq * (seq + 1) // 2 if causal else seq * seq)
-                points.append({"seq": seq, "causal": causal, "schedule": sched, "time_us": times, "runs": runs,
+                moa_builds = []
+                for name, added in builds:
+                    build_isa = isas[("moa_edge", name)]
+                    # the SDPA this row is compared with: PyTorch limited to the build's ISA when the
+                    # host has a newer one (an AVX2 host's PyTorch), else PyTorch as it is
+                    peer = ("torch_sdpa", build_isa) if ("torch_sdpa", build_isa) in best else ("torch_sdpa", None)
+                    moa_builds.append({
+                        "build": name, "cflags_added": added, "isa": build_isa, "time_us": best[("moa_edge", name)],
+                        "runs": runs[("moa_edge", name)], "gflops": flops / (best[("moa_edge", name)] * 1e3),
+                        "torch_sdpa_isa": peer[1] or torch_capability, "torch_sdpa_time_us": best[peer],
+                        "torch_sdpa_runs": runs[peer], "ratio_to_torch": best[("moa_edge", name)] / best[peer],
+                        "ratio_to_torch_native": best[("moa_edge", name)] / times["torch_sdpa"],
+                        "errors": errors[("moa_edge", name)],
+                        **({"torch_sdpa_errors": errors[peer], "torch_sdpa_env": SDPA_ENV[peer[1]]} if peer[1] else {})})
+                points.append({"seq": seq, "causal": causal, "schedule": sched, "isa": isa,
+                               "time_us": {s: times[s] for s in SIDES},
+                               "runs": {s: runs[("moa_edge", "native") if s == "moa_edge" else (s, None)] for s in SIDES},
                                "ratio_to_torch": {s: times[s] / times["torch_sdpa"] for s in SIDES},
-                               "gflops": {s: flops / (times[s] * 1e3) for s in SIDES}, "errors": errors})
-                progress(f"host {where}: " + ", ".join(f"{s} {times[s]:.0f} us" for s in SIDES))
+                               "gflops": {s: flops / (times[s] * 1e3) for s in SIDES},
+                               "errors": {s: errors[("moa_edge", "native") if s == "moa_edge" else (s, None)]
+                                          for s in SIDES},
+                               "moa_edge_builds": moa_builds})
+                progress(f"host {where}: " + ", ".join(
+                    [f"moa-edge {b['isa']} {b['time_us']:.0f} us" for b in moa_builds]
+                    + [f"{s} {times[s]:.0f} us" for s in SIDES if s != "moa_edge"]))
     finally:
         torch.set_num_threads(torch_threads)
     return points, {"cpu": host_cpu(), "isa": isa, "cc": cc, "cflags": cflags, "torch": torch.__version__,
                     "threads": threads, "torch_threads": threads, "onnxruntime": ort.__version__,
-                    "onnxruntime_intra_op_threads": threads}
+                    "onnxruntime_intra_op_threads": threads, "host_march": list(host_march), "rounds": rounds,
+                    "torch_cpu_capability": torch_capability}
 
 
 def time_board(seqs, causals, heads: int, head_dim: int, repeat: int, budget: float, workdir: Path, board: Board, ssh,
@@ -544,9 +666,11 @@ def targets(timing: list[dict], counts: dict | None) -> dict:
     host = [p for p in timing if p["seq"] in (1024, 4096)]
     name = next(iter(TARGETS))
     if host:
-        out[name] = {"met": all(p["ratio_to_torch"]["moa_edge"] <= 1.0 for p in host),
-                     "values": {f"{p['seq']}{' causal' if p['causal'] else ''}": round(p["ratio_to_torch"]["moa_edge"], 3)
-                                for p in host}}
+        rows = [(p, b) for p in host for b in p.get("moa_edge_builds") or
+                [{"isa": p.get("isa"), "ratio_to_torch": p["ratio_to_torch"]["moa_edge"]}]]
+        out[name] = {"met": all(b["ratio_to_torch"] <= 1.0 for _, b in rows),
+                     "values": {f"{b['isa']} {p['seq']}{' causal' if p['causal'] else ''}": round(b["ratio_to_torch"], 3)
+                                for p, b in rows}}
     if counts and counts["seq"] == 1024:
         for name, goal in list(TARGETS.items())[1:]:
             key, bound = goal
@@ -559,12 +683,13 @@ def targets(timing: list[dict], counts: dict | None) -> dict:
 def bench_attention(seqs=SEQS, causals=(False, True), heads: int = 8, head_dim: int = 64, repeat: int = 10,
                     budget: float = 3.0, count_seq: int | None = 1024, count_heads: int = 1, count_causal: bool = False,
                     time_host_side: bool = True, builds=COUNT_BUILDS, command: str = "", board: Board | None = None,
-                    ssh=None, progress=lambda msg: None, threads: int = 1) -> dict:
+                    ssh=None, progress=lambda msg: None, threads: int = 1, host_march=(), rounds: int = 1) -> dict:
     with scratch_folder("moa-bench-attention-") as tmp:
         tmp = Path(tmp)
         timing, host = ([], {})
         if time_host_side:
-            timing, host = time_host(seqs, causals, heads, head_dim, repeat, budget, tmp, progress, threads)
+            timing, host = time_host(seqs, causals, heads, head_dim, repeat, budget, tmp, progress, threads,
+                                     host_march, rounds)
         remote = None
         if ssh is not None:
             remote = {"board": board.name, "ssh": ssh.destination,
@@ -580,12 +705,20 @@ def table(result: dict) -> str:
     """The result as Markdown tables (the README's Performance section is one)."""
     lines = []
     if result["timing"]:
-        lines += ["| seq | causal | moa-edge (us) | PyTorch SDPA (us) | moa-edge / SDPA | onnxruntime / SDPA | naive C / SDPA |",
-                  "|---:|:---:|---:|---:|---:|---:|---:|"]
+        lines += ["| seq | causal | moa-edge ISA | moa-edge (us) | PyTorch SDPA ISA | SDPA (us) | moa-edge / SDPA "
+                  "| onnxruntime / SDPA | naive C / SDPA |", "|---:|:---:|:---|---:|:---|---:|---:|---:|---:|"]
+        capability = result["host"].get("torch_cpu_capability")
         for p in result["timing"]:
             t, r = p["time_us"], p["ratio_to_torch"]
-            lines.append(f"| {p['seq']} | {'yes' if p['causal'] else 'no'} | {t['moa_edge']:.0f} | {t['torch_sdpa']:.0f} | "
-                         f"{r['moa_edge']:.2f} | {r['onnxruntime']:.2f} | {r['naive_c']:.2f} |")
+            for b in p.get("moa_edge_builds") or [{"isa": p.get("isa"), "build": "native", "time_us": t["moa_edge"],
+                                                    "ratio_to_torch": r["moa_edge"], "torch_sdpa_isa": capability,
+                                                    "torch_sdpa_time_us": t["torch_sdpa"]}]:
+                isa = ISA_TITLE.get(b["isa"], b["isa"]) + ("" if b["build"] == "native" else f" (-march={b['build']})")
+                sdpa_isa = ISA_TITLE.get(b["torch_sdpa_isa"], b["torch_sdpa_isa"] or "?")
+                native = b["build"] == "native"  # the other sides are compared with PyTorch as it is
+                others = f"{r['onnxruntime']:.2f} | {r['naive_c']:.2f}" if native else " | "
+                lines.append(f"| {p['seq']} | {'yes' if p['causal'] else 'no'} | {isa} | {b['time_us']:.0f} | {sdpa_isa} | "
+                             f"{b['torch_sdpa_time_us']:.0f} | {b['ratio_to_torch']:.2f} | {others} |")
     c = result["instructions"]
     if c:
         if lines:

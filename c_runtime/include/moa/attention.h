@@ -139,20 +139,20 @@ MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_16x16_avx512, moa_attn_pv_f32_f16_1
 #define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_16x16_avx512
 #define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_12x32_avx512
 #elif MOA_ISA_AVX2
-MOA_ATTN_DECLARE(moa_attn_scores_f32_2x4_avx2, moa_attn_pv_f32_4x16_avx2, moa_attn_max_f32_u16_avx2,
+MOA_ATTN_DECLARE(moa_attn_scores_f32_6x16_avx2, moa_attn_pv_f32_6x16_avx2, moa_attn_max_f32_u16_avx2,
                  moa_attn_exp_f32_u16_avx2, moa_attn_scale_f32_u16_avx2, moa_vexp_f32_u16_avx2)
-#define moa_attn_scores_f32 moa_attn_scores_f32_2x4_avx2
-#define moa_attn_pv_f32 moa_attn_pv_f32_4x16_avx2
+#define moa_attn_scores_f32 moa_attn_scores_f32_6x16_avx2
+#define moa_attn_pv_f32 moa_attn_pv_f32_6x16_avx2
 #define moa_attn_max_f32 moa_attn_max_f32_u16_avx2
 #define moa_attn_exp_f32 moa_attn_exp_f32_u16_avx2
 #define moa_attn_scale_f32 moa_attn_scale_f32_u16_avx2
 #define moa_vexp_f32 moa_vexp_f32_u16_avx2
-MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_2x4_avx2, moa_attn_pv_f32_s8_4x16_avx2)
-#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_2x4_avx2
-#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_4x16_avx2
-MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_2x4_avx2, moa_attn_pv_f32_f16_4x16_avx2)
-#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_2x4_avx2
-#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_4x16_avx2
+MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_6x16_avx2, moa_attn_pv_f32_s8_6x16_avx2)
+#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_6x16_avx2
+#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_6x16_avx2
+MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_6x16_avx2, moa_attn_pv_f32_f16_6x16_avx2)
+#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_6x16_avx2
+#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_6x16_avx2
 #elif MOA_ISA_NEON
 MOA_ATTN_DECLARE(moa_attn_scores_f32_4x4_neon, moa_attn_pv_f32_4x16_neon, moa_attn_max_f32_u16_neon,
                  moa_attn_exp_f32_u8_neon, moa_attn_scale_f32_u16_neon, moa_vexp_f32_u8_neon)
@@ -197,8 +197,8 @@ MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_4xm4_rvv, moa_attn_pv_f32_f16_4xm4_
 #endif
 
 /* The online-softmax step of a score tile (its contract is below), composed of a row-max and an
- * exp kernel: the scalar reference passes the scalar ones, every variant but AVX-512 its own
- * (AVX-512 has a kernel of its own that interleaves four rows, so the max, its reduction and
+ * exp kernel: the scalar reference passes the scalar ones, NEON and RVV their own (AVX-512 and
+ * AVX2 have a kernel of their own that interleaves four rows, so the max, its reduction and
  * the exp chains of four rows overlap). Inlined, the two kernel pointers are constants. */
 static inline void moa_attn_softmax_f32_composed(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m,
                                                  float *l, float *alpha,
@@ -231,6 +231,10 @@ void moa_attn_softmax_f32_1x1_scalar(size_t rows, size_t cols, float *s, ptrdiff
 void moa_attn_softmax_f32_4x32_avx512(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
                                       float *alpha);
 #define moa_attn_softmax_f32 moa_attn_softmax_f32_4x32_avx512
+#elif MOA_ISA_AVX2
+void moa_attn_softmax_f32_4x8_avx2(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
+                                   float *alpha);
+#define moa_attn_softmax_f32 moa_attn_softmax_f32_4x8_avx2
 #else
 static inline void moa_attn_softmax_f32_rows(size_t rows, size_t cols, float *s, ptrdiff_t lds, float *m, float *l,
                                              float *alpha)

@@ -3,9 +3,10 @@
  *   pv 12x32:   12 rows x 2 zmm of the accumulator stay in registers over all keys, each key a
  *               broadcast weight (embedded broadcast) times two vectors of one row of V;
  *   max, exp, scale, vexp: 32 floats per step, a masked step for the tail;
- *   over an int8 cache (_s8): the same tiles, each int8 row widened to float in registers
- *               (vpmovsxbd, vcvtdq2ps) as it is loaded: into the key panel, or as V's row;
- *   over a float16 cache (_f16): the same again, 16 halves widened to 16 floats by one vcvtph2ps. */
+ *   over an int8 cache (_s8) and a float16 cache (_f16): the same two tiles, written once
+ *               (scores_body, pv_body) with the element load a constant parameter (enum elem):
+ *               each int8 row widened to float in registers (vpmovsxbd, vcvtdq2ps), or 16
+ *               halves by one vcvtph2ps, as it is loaded: into the key panel, or as V's row. */
 #include "moa/isa.h"
 
 #if MOA_ISA_AVX512
@@ -107,18 +108,11 @@ INLINE void transpose_16x16(__m512 a[16], size_t nj, float *kt)
     }
 }
 
-/* The 16 x 16 block at x (rows ldx apart; the first nr rows and the columns in jm real, the rest
- * read as 0) transposed into kt[j * 16 + c] for j < nj. */
-INLINE void pack_16x16(int nr, __mmask16 jm, size_t nj, const float *x, ptrdiff_t ldx, float *kt)
-{
-    __m512 a[16];
-    int i;
-    _Pragma("GCC unroll 16")
-    for (i = 0; i < 16; i++) {
-        a[i] = i < nr ? _mm512_maskz_loadu_ps(jm, x + i * ldx) : _mm512_setzero_ps();
-    }
-    transpose_16x16(a, nj, kt);
-}
+/* --- the element loads: K's and V's rows as float, int8 or half --- */
+
+/* What a K or V row holds. Every tile below takes it as a constant, so each public kernel
+ * inlines one load and the switch folds away. */
+enum elem { ELEM_F32, ELEM_S8, ELEM_F16 };
 
 /* n <= 16 int8 at x as 16 floats (exact), the lanes past n 0. A partial row goes through a
  * zeroed 16-byte buffer: AVX-512F alone has no byte-masked load. */
@@ -135,18 +129,6 @@ INLINE __m512 load_s8(const int8_t *x, size_t n)
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes));
 }
 
-/* pack_16x16 over int8 rows: each row converted to float in registers on its way into the panel. */
-INLINE void pack_16x16_s8(int nr, size_t nj, const int8_t *x, ptrdiff_t ldx, float *kt)
-{
-    __m512 a[16];
-    int i;
-    _Pragma("GCC unroll 16")
-    for (i = 0; i < 16; i++) {
-        a[i] = i < nr ? load_s8(x + i * ldx, nj) : _mm512_setzero_ps();
-    }
-    transpose_16x16(a, nj, kt);
-}
-
 /* n <= 16 halves at x as 16 floats (exact), the lanes past n 0; a partial row through a zeroed buffer. */
 INLINE __m512 load_f16(const uint16_t *x, size_t n)
 {
@@ -161,14 +143,35 @@ INLINE __m512 load_f16(const uint16_t *x, size_t n)
     return _mm512_cvtph_ps(halves);
 }
 
-/* pack_16x16 over rows of halves: each row widened to float in registers on its way into the panel. */
-INLINE void pack_16x16_f16(int nr, size_t nj, const uint16_t *x, ptrdiff_t ldx, float *kt)
+/* Elements i .. i + n - 1 (n <= 16) of the row at x as 16 floats, the lanes past n 0. */
+INLINE __m512 load16(enum elem e, const void *x, ptrdiff_t i, size_t n)
+{
+    switch (e) {
+    case ELEM_S8:
+        return load_s8((const int8_t *)x + i, n);
+    case ELEM_F16:
+        return load_f16((const uint16_t *)x + i, n);
+    default:
+        return _mm512_maskz_loadu_ps(n == 16 ? (__mmask16)0xFFFF : tail_mask(n), (const float *)x + i);
+    }
+}
+
+/* Row r of an array of rows ld elements apart. */
+INLINE const void *row_at(enum elem e, const void *x, ptrdiff_t r, ptrdiff_t ld)
+{
+    const ptrdiff_t size = e == ELEM_S8 ? 1 : e == ELEM_F16 ? 2 : 4;
+    return (const char *)x + r * ld * size;
+}
+
+/* The 16 x 16 block at x (rows ldx apart; the first nr rows and nj columns real, the rest read
+ * as 0), each row widened to float in registers, transposed into kt[j * 16 + c] for j < nj. */
+INLINE void pack_16x16(enum elem e, int nr, size_t nj, const void *x, ptrdiff_t ldx, float *kt)
 {
     __m512 a[16];
     int i;
     _Pragma("GCC unroll 16")
     for (i = 0; i < 16; i++) {
-        a[i] = i < nr ? load_f16(x + i * ldx, nj) : _mm512_setzero_ps();
+        a[i] = i < nr ? load16(e, row_at(e, x, i, ldx), 0, nj) : _mm512_setzero_ps();
     }
     transpose_16x16(a, nj, kt);
 }
@@ -219,51 +222,25 @@ INLINE void scores_panel(size_t rows, size_t nj, const float *q0, ptrdiff_t ldq,
     }
 }
 
-void moa_attn_scores_f32_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
-                                      ptrdiff_t ldq, const float *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
+/* The score kernel for keys of element type e: the panel packs 16 keys widened to float; over
+ * int8 keys (k_scale) each column's scale is scale * k_scale[c], applied once to its sum. */
+INLINE void scores_body(enum elem e, size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                        ptrdiff_t ldq, const void *k, ptrdiff_t ldk, const float *k_scale, float *s, ptrdiff_t lds)
 {
     float kt[KT_DEPTH * 16] __attribute__((aligned(64))); /* the packed panel: 16 keys, transposed */
     size_t c, j0, j;
     for (c = 0; c < cols; c += 16) {
         const int nc = cols - c >= 16 ? 16 : (int)(cols - c);
         const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : tail_mask((size_t)nc);
-        const float *k0 = k + (ptrdiff_t)c * ldk;
+        const __m512 column_scale = e == ELEM_S8 ? _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(cm, k_scale + c))
+                                                 : _mm512_set1_ps(scale);
+        const void *k0 = row_at(e, k, (ptrdiff_t)c, ldk);
         float *s0 = s + (ptrdiff_t)c;
         j0 = 0;
         do { /* the depth in chunks of KT_DEPTH; depth 0 still writes s = 0 */
             const size_t nj = depth - j0 < KT_DEPTH ? depth - j0 : KT_DEPTH;
-            const int add = j0 > 0;
-            const float *q0 = q + (ptrdiff_t)j0;
             for (j = 0; j < nj; j += 16) {
-                const size_t mj = nj - j < 16 ? nj - j : 16;
-                pack_16x16(nc, mj == 16 ? (__mmask16)0xFFFF : tail_mask(mj), mj, k0 + (ptrdiff_t)(j0 + j), ldk,
-                           kt + 16 * j);
-            }
-            scores_panel(rows, nj, q0, ldq, kt, _mm512_set1_ps(scale), cm, add, s0, lds);
-            j0 += nj;
-        } while (j0 < depth);
-    }
-}
-
-/* The same tile over int8 keys: the panel packs 16 keys converted to float, and each column's
- * scale is scale * k_scale[c], applied once to its sum. */
-void moa_attn_scores_f32_s8_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
-                                         ptrdiff_t ldq, const int8_t *k, ptrdiff_t ldk, const float *k_scale,
-                                         float *s, ptrdiff_t lds)
-{
-    float kt[KT_DEPTH * 16] __attribute__((aligned(64)));
-    size_t c, j0, j;
-    for (c = 0; c < cols; c += 16) {
-        const int nc = cols - c >= 16 ? 16 : (int)(cols - c);
-        const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : tail_mask((size_t)nc);
-        const __m512 column_scale = _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(cm, k_scale + c));
-        const int8_t *k0 = k + (ptrdiff_t)c * ldk;
-        float *s0 = s + (ptrdiff_t)c;
-        j0 = 0;
-        do {
-            const size_t nj = depth - j0 < KT_DEPTH ? depth - j0 : KT_DEPTH;
-            for (j = 0; j < nj; j += 16) {
-                pack_16x16_s8(nc, nj - j < 16 ? nj - j : 16, k0 + (ptrdiff_t)(j0 + j), ldk, kt + 16 * j);
+                pack_16x16(e, nc, nj - j < 16 ? nj - j : 16, row_at(e, k0, (ptrdiff_t)(j0 + j), 1), ldk, kt + 16 * j);
             }
             scores_panel(rows, nj, q + (ptrdiff_t)j0, ldq, kt, column_scale, cm, j0 > 0, s0, lds);
             j0 += nj;
@@ -271,47 +248,29 @@ void moa_attn_scores_f32_s8_16x16_avx512(size_t rows, size_t cols, size_t depth,
     }
 }
 
-/* acc[0:mr][0:16 nv] += p[0:mr][0:cols] v[0:cols][0:16 nv]; the last vector takes `last` lanes. */
-INLINE void pv_tile(int mr, int nv, __mmask16 last, size_t cols, const float *p, ptrdiff_t ldp, const float *v,
-                    ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+void moa_attn_scores_f32_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                      ptrdiff_t ldq, const float *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
 {
-    __m512 a[12][2], w[2];
-    size_t c;
-    int i, x;
-    _Pragma("GCC unroll 16")
-    for (i = 0; i < mr; i++) {
-        _Pragma("GCC unroll 16")
-        for (x = 0; x < nv; x++) {
-            a[i][x] = _mm512_maskz_loadu_ps(x == nv - 1 ? last : (__mmask16)0xFFFF, acc + i * lda + 16 * x);
-        }
-    }
-    for (c = 0; c < cols; c++) {
-        const float *v_row = v + (ptrdiff_t)c * ldv;
-        _Pragma("GCC unroll 16")
-        for (x = 0; x < nv; x++) {
-            w[x] = _mm512_maskz_loadu_ps(x == nv - 1 ? last : (__mmask16)0xFFFF, v_row + 16 * x);
-        }
-        _Pragma("GCC unroll 16")
-        for (i = 0; i < mr; i++) {
-            const __m512 weight = _mm512_set1_ps(p[i * ldp + (ptrdiff_t)c]);
-            _Pragma("GCC unroll 16")
-            for (x = 0; x < nv; x++) {
-                a[i][x] = _mm512_fmadd_ps(weight, w[x], a[i][x]);
-            }
-        }
-    }
-    _Pragma("GCC unroll 16")
-    for (i = 0; i < mr; i++) {
-        _Pragma("GCC unroll 16")
-        for (x = 0; x < nv; x++) {
-            _mm512_mask_storeu_ps(acc + i * lda + 16 * x, x == nv - 1 ? last : (__mmask16)0xFFFF, a[i][x]);
-        }
-    }
+    scores_body(ELEM_F32, rows, cols, depth, scale, q, ldq, k, ldk, NULL, s, lds);
 }
 
-/* pv_tile over int8 rows of V: each row converted to float in registers, each weight p * v_scale. */
-INLINE void pv_tile_s8(int mr, int nv, size_t last, size_t cols, const float *p, ptrdiff_t ldp, const int8_t *v,
-                       ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
+void moa_attn_scores_f32_s8_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                         ptrdiff_t ldq, const int8_t *k, ptrdiff_t ldk, const float *k_scale,
+                                         float *s, ptrdiff_t lds)
+{
+    scores_body(ELEM_S8, rows, cols, depth, scale, q, ldq, k, ldk, k_scale, s, lds);
+}
+
+void moa_attn_scores_f32_f16_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+                                          ptrdiff_t ldq, const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
+{
+    scores_body(ELEM_F16, rows, cols, depth, scale, q, ldq, k, ldk, NULL, s, lds);
+}
+
+/* acc[0:mr][0:16 nv] += p[0:mr][0:cols] v[0:cols][0:16 nv] (int8: each weight p * v_scale); the
+ * last vector takes `last` <= 16 lanes. */
+INLINE void pv_tile(enum elem e, int mr, int nv, size_t last, size_t cols, const float *p, ptrdiff_t ldp,
+                    const void *v, ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
 {
     const __mmask16 last_mask = last == 16 ? (__mmask16)0xFFFF : tail_mask(last);
     __m512 a[12][2], w[2];
@@ -325,14 +284,15 @@ INLINE void pv_tile_s8(int mr, int nv, size_t last, size_t cols, const float *p,
         }
     }
     for (c = 0; c < cols; c++) {
-        const int8_t *v_row = v + (ptrdiff_t)c * ldv;
+        const void *v_row = row_at(e, v, (ptrdiff_t)c, ldv);
         _Pragma("GCC unroll 16")
         for (x = 0; x < nv; x++) {
-            w[x] = load_s8(v_row + 16 * x, x == nv - 1 ? last : 16);
+            w[x] = load16(e, v_row, 16 * x, x == nv - 1 ? last : 16);
         }
         _Pragma("GCC unroll 16")
         for (i = 0; i < mr; i++) {
-            const __m512 weight = _mm512_set1_ps(p[i * ldp + (ptrdiff_t)c] * v_scale[c]);
+            const __m512 weight = _mm512_set1_ps(e == ELEM_S8 ? p[i * ldp + (ptrdiff_t)c] * v_scale[c]
+                                                              : p[i * ldp + (ptrdiff_t)c]);
             _Pragma("GCC unroll 16")
             for (x = 0; x < nv; x++) {
                 a[i][x] = _mm512_fmadd_ps(weight, w[x], a[i][x]);
@@ -348,150 +308,53 @@ INLINE void pv_tile_s8(int mr, int nv, size_t last, size_t cols, const float *p,
     }
 }
 
-INLINE void pv_rows_s8(int mr, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const int8_t *v, ptrdiff_t ldv,
-                       const float *v_scale, float *acc, ptrdiff_t lda)
+/* mr rows of acc, all dv columns: 32 at a time (two zmm per row), then a masked 16. */
+INLINE void pv_rows(enum elem e, int mr, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const void *v,
+                    ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
 {
-    size_t e = 0;
-    for (; e + 32 <= dv; e += 32) {
-        pv_tile_s8(mr, 2, 16, cols, p, ldp, v + e, ldv, v_scale, acc + e, lda);
+    size_t d = 0;
+    for (; d + 32 <= dv; d += 32) {
+        pv_tile(e, mr, 2, 16, cols, p, ldp, row_at(e, v, (ptrdiff_t)d, 1), ldv, v_scale, acc + d, lda);
     }
-    for (; e < dv; e += 16) {
-        pv_tile_s8(mr, 1, dv - e >= 16 ? 16 : dv - e, cols, p, ldp, v + e, ldv, v_scale, acc + e, lda);
+    for (; d < dv; d += 16) {
+        pv_tile(e, mr, 1, dv - d >= 16 ? 16 : dv - d, cols, p, ldp, row_at(e, v, (ptrdiff_t)d, 1), ldv, v_scale,
+                acc + d, lda);
     }
+}
+
+/* 12 rows x 32 columns of the accumulator in 24 zmm over all keys: each key one row of V (two
+ * loads) serves 24 FMAs, its weights P[r][c] broadcast from memory; then 4 rows, then 1. */
+INLINE void pv_body(enum elem e, size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const void *v,
+                    ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
+{
+    size_t r = 0;
+    for (; r + 12 <= rows; r += 12) {
+        pv_rows(e, 12, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
+    }
+    for (; r + 4 <= rows; r += 4) {
+        pv_rows(e, 4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
+    }
+    for (; r < rows; r++) {
+        pv_rows(e, 1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
+    }
+}
+
+void moa_attn_pv_f32_12x32_avx512(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+                                  const float *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
+{
+    pv_body(ELEM_F32, rows, cols, dv, p, ldp, v, ldv, NULL, acc, lda);
 }
 
 void moa_attn_pv_f32_s8_12x32_avx512(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
                                      const int8_t *v, ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
 {
-    size_t r = 0;
-    for (; r + 12 <= rows; r += 12) {
-        pv_rows_s8(12, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
-    }
-    for (; r + 4 <= rows; r += 4) {
-        pv_rows_s8(4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
-    }
-    for (; r < rows; r++) {
-        pv_rows_s8(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
-    }
-}
-
-/* The same tile over float16 keys: the panel packs 16 keys widened to float; one scale for all. */
-void moa_attn_scores_f32_f16_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
-                                          ptrdiff_t ldq, const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
-{
-    float kt[KT_DEPTH * 16] __attribute__((aligned(64)));
-    size_t c, j0, j;
-    for (c = 0; c < cols; c += 16) {
-        const int nc = cols - c >= 16 ? 16 : (int)(cols - c);
-        const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : tail_mask((size_t)nc);
-        const uint16_t *k0 = k + (ptrdiff_t)c * ldk;
-        float *s0 = s + (ptrdiff_t)c;
-        j0 = 0;
-        do {
-            const size_t nj = depth - j0 < KT_DEPTH ? depth - j0 : KT_DEPTH;
-            for (j = 0; j < nj; j += 16) {
-                pack_16x16_f16(nc, nj - j < 16 ? nj - j : 16, k0 + (ptrdiff_t)(j0 + j), ldk, kt + 16 * j);
-            }
-            scores_panel(rows, nj, q + (ptrdiff_t)j0, ldq, kt, _mm512_set1_ps(scale), cm, j0 > 0, s0, lds);
-            j0 += nj;
-        } while (j0 < depth);
-    }
-}
-
-/* pv_tile over rows of V held as halves: each row widened to float in registers. */
-INLINE void pv_tile_f16(int mr, int nv, size_t last, size_t cols, const float *p, ptrdiff_t ldp, const uint16_t *v,
-                        ptrdiff_t ldv, float *acc, ptrdiff_t lda)
-{
-    const __mmask16 last_mask = last == 16 ? (__mmask16)0xFFFF : tail_mask(last);
-    __m512 a[12][2], w[2];
-    size_t c;
-    int i, x;
-    _Pragma("GCC unroll 16")
-    for (i = 0; i < mr; i++) {
-        _Pragma("GCC unroll 16")
-        for (x = 0; x < nv; x++) {
-            a[i][x] = _mm512_maskz_loadu_ps(x == nv - 1 ? last_mask : (__mmask16)0xFFFF, acc + i * lda + 16 * x);
-        }
-    }
-    for (c = 0; c < cols; c++) {
-        const uint16_t *v_row = v + (ptrdiff_t)c * ldv;
-        _Pragma("GCC unroll 16")
-        for (x = 0; x < nv; x++) {
-            w[x] = load_f16(v_row + 16 * x, x == nv - 1 ? last : 16);
-        }
-        _Pragma("GCC unroll 16")
-        for (i = 0; i < mr; i++) {
-            const __m512 weight = _mm512_set1_ps(p[i * ldp + (ptrdiff_t)c]);
-            _Pragma("GCC unroll 16")
-            for (x = 0; x < nv; x++) {
-                a[i][x] = _mm512_fmadd_ps(weight, w[x], a[i][x]);
-            }
-        }
-    }
-    _Pragma("GCC unroll 16")
-    for (i = 0; i < mr; i++) {
-        _Pragma("GCC unroll 16")
-        for (x = 0; x < nv; x++) {
-            _mm512_mask_storeu_ps(acc + i * lda + 16 * x, x == nv - 1 ? last_mask : (__mmask16)0xFFFF, a[i][x]);
-        }
-    }
-}
-
-INLINE void pv_rows_f16(int mr, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const uint16_t *v,
-                        ptrdiff_t ldv, float *acc, ptrdiff_t lda)
-{
-    size_t e = 0;
-    for (; e + 32 <= dv; e += 32) {
-        pv_tile_f16(mr, 2, 16, cols, p, ldp, v + e, ldv, acc + e, lda);
-    }
-    for (; e < dv; e += 16) {
-        pv_tile_f16(mr, 1, dv - e >= 16 ? 16 : dv - e, cols, p, ldp, v + e, ldv, acc + e, lda);
-    }
+    pv_body(ELEM_S8, rows, cols, dv, p, ldp, v, ldv, v_scale, acc, lda);
 }
 
 void moa_attn_pv_f32_f16_12x32_avx512(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
                                       const uint16_t *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
 {
-    size_t r = 0;
-    for (; r + 12 <= rows; r += 12) {
-        pv_rows_f16(12, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
-    }
-    for (; r + 4 <= rows; r += 4) {
-        pv_rows_f16(4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
-    }
-    for (; r < rows; r++) {
-        pv_rows_f16(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
-    }
-}
-
-/* mr rows of acc, all dv columns: 32 at a time (two zmm per row), then a masked 16. */
-INLINE void pv_rows(int mr, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const float *v, ptrdiff_t ldv,
-                    float *acc, ptrdiff_t lda)
-{
-    size_t e = 0;
-    for (; e + 32 <= dv; e += 32) {
-        pv_tile(mr, 2, 0xFFFF, cols, p, ldp, v + e, ldv, acc + e, lda);
-    }
-    for (; e < dv; e += 16) {
-        pv_tile(mr, 1, dv - e >= 16 ? (__mmask16)0xFFFF : tail_mask(dv - e), cols, p, ldp, v + e, ldv, acc + e, lda);
-    }
-}
-
-/* 12 rows x 32 columns of the accumulator in 24 zmm over all keys: each key one row of V (two
- * loads) serves 24 FMAs, its weights P[r][c] broadcast from memory. */
-void moa_attn_pv_f32_12x32_avx512(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
-                                  const float *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
-{
-    size_t r = 0;
-    for (; r + 12 <= rows; r += 12) {
-        pv_rows(12, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
-    }
-    for (; r + 4 <= rows; r += 4) {
-        pv_rows(4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
-    }
-    for (; r < rows; r++) {
-        pv_rows(1, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, acc + (ptrdiff_t)r * lda, lda);
-    }
+    pv_body(ELEM_F16, rows, cols, dv, p, ldp, v, ldv, NULL, acc, lda);
 }
 
 float moa_attn_max_f32_u32_avx512(size_t n, const float *x)
