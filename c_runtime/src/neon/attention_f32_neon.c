@@ -1,11 +1,13 @@
 /* AArch64 Advanced SIMD attention micro-kernels (moa/attention.h), 4 floats per q register.
- *   scores 4x16: a GEMM tile over a packed, transposed panel of 16 keys (as the AVX-512 one):
+ *   scores 5x16: a GEMM tile over a packed, transposed panel of 16 keys (as the AVX-512 one):
  *               16 keys of K are widened and transposed into a depth x 16 panel on the stack,
- *               which then serves every query row, 4 at a time: 16 accumulators (4 rows x 16
+ *               which then serves every query row, 5 at a time: 20 accumulators (5 rows x 16
  *               keys), each depth step one panel row (ld1 of 4 registers) times one Q element
- *               per row, taken by lane from a vector of 4 depths (fmla by element);
- *   pv 4x16:    the same tile with P in Q's place and V's rows (already key-major) as the panel:
- *               4 rows x 16 columns of the accumulator stay in registers over all keys;
+ *               per row, taken by lane from a vector of 4 depths (fmla by element); 5 rows
+ *               leave registers for the 4 panel vectors and 5 Q vectors (29 of 32);
+ *   pv 5x16:    the same tile with P in Q's place and V's rows (already key-major) as the panel:
+ *               5 rows x 16 columns of the accumulator stay in registers over all keys;
+ *               rows past a multiple of 5 go 4, then 1 at a time;
  *   max, exp, scale, vexp: 16 or 8 floats per step; tails go through a 4-float buffer;
  *   over an int8 cache (_s8) and a float16 cache (_f16): the same two tiles, each K or V element
  *               widened to float in registers as it is loaded (int8: sxtl, sxtl, scvtf, its row's
@@ -25,12 +27,16 @@
 
 #define INLINE static inline __attribute__((always_inline))
 
-INLINE float32x4_t exp_ps(float32x4_t x)
+/* The shared exp (moa/attention.h). `clamp_hi` is 0 where every x <= 0 (softmax: x = s - max),
+ * where the upper clamp cannot act: the same bits, one instruction fewer. */
+INLINE float32x4_t exp_ps_(float32x4_t x, int clamp_hi)
 {
     const uint32x4_t under = vcltq_f32(x, vdupq_n_f32(MOA_EXPF_LO)); /* NaN: no */
     float32x4_t t, n, r, p;
     uint32x4_t bits;
-    x = vminq_f32(x, vdupq_n_f32(MOA_EXPF_HI)); /* FMIN/FMAX keep a NaN */
+    if (clamp_hi) {
+        x = vminq_f32(x, vdupq_n_f32(MOA_EXPF_HI)); /* FMIN/FMAX keep a NaN */
+    }
     x = vmaxq_f32(x, vdupq_n_f32(MOA_EXPF_LO));
     t = vfmaq_f32(vdupq_n_f32(MOA_EXPF_ROUND), x, vdupq_n_f32(MOA_EXPF_LOG2E));
     n = vsubq_f32(t, vdupq_n_f32(MOA_EXPF_ROUND));
@@ -44,6 +50,11 @@ INLINE float32x4_t exp_ps(float32x4_t x)
     p = vaddq_f32(vfmaq_f32(r, p, vmulq_f32(r, r)), vdupq_n_f32(1.0f));
     bits = vaddq_u32(vshlq_n_u32(vreinterpretq_u32_f32(t), 23), vdupq_n_u32(127u << 23));
     return vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(vmulq_f32(p, vreinterpretq_f32_u32(bits))), under));
+}
+
+INLINE float32x4_t exp_ps(float32x4_t x)
+{
+    return exp_ps_(x, 1);
 }
 
 INLINE float32x4_t load_tail(const float *x, size_t n, float fill) /* n < 4 floats, the rest fill */
@@ -62,8 +73,8 @@ INLINE void store_tail(float *y, size_t n, float32x4_t v)
 
 #if defined(__GNUC__) && !defined(__clang__)
 /* GCC's scheduler before register allocation hoists the next steps' loads of b above the FMAs,
- * and the tile's 16 accumulators then spill (27.6 M instead of 20.7 M instructions for P V at
- * seq 1024 under qemu): the tiles are scheduled after allocation only. */
+ * and the tile's accumulators then spill (a 4x16 P V tile at seq 1024 under qemu: 27.6 M
+ * instructions instead of 20.7 M): the tiles are scheduled after allocation only. */
 #pragma GCC push_options
 #pragma GCC optimize("no-schedule-insns")
 #endif
@@ -150,11 +161,11 @@ INLINE void gemm_tile(int mr, int nv, size_t nc, size_t inner, const float *a, p
                       float *c, ptrdiff_t ldc)
 {
     const ptrdiff_t b_step = ldb * (ptrdiff_t)element_size(kind); /* bytes from one row of b to the next */
-    const char *b_row = (const char *)b;                         /* walked row by row: a post-indexed ld1 */
-    float32x4_t acc[4][4], w[4], av[4];
+    const char *b_row = (const char *)b;                         /* walked row by row */
+    float32x4_t acc[5][4], w[4], av[5];
     size_t j = 0;
     int i, x;
-    _Pragma("GCC unroll 4")
+    _Pragma("GCC unroll 5")
     for (i = 0; i < mr; i++) {
         _Pragma("GCC unroll 4")
         for (x = 0; x < nv; x++) {
@@ -164,13 +175,13 @@ INLINE void gemm_tile(int mr, int nv, size_t nc, size_t inner, const float *a, p
 #define MOA_TILE_STEP(lane)                                                                   \
     load_row(kind, b_row, nv, w);                                                            \
     b_row += b_step;                                                                          \
-    _Pragma("GCC unroll 4") for (i = 0; i < mr; i++) {                                      \
+    _Pragma("GCC unroll 5") for (i = 0; i < mr; i++) {                                      \
         _Pragma("GCC unroll 4") for (x = 0; x < nv; x++) {                                  \
             acc[i][x] = vfmaq_laneq_f32(acc[i][x], w[x], av[i], lane);                        \
         }                                                                                     \
     }
 #define MOA_TILE_4_STEPS(at) /* a's 4 inner indices from `at`, then their 4 rows of b */      \
-    _Pragma("GCC unroll 4") for (i = 0; i < mr; i++) {                                      \
+    _Pragma("GCC unroll 5") for (i = 0; i < mr; i++) {                                      \
         av[i] = vld1q_f32(a + i * lda + (ptrdiff_t)(at));                                    \
         if (a_scale) {                                                                        \
             av[i] = vmulq_f32(av[i], vld1q_f32(a_scale + (at)));                              \
@@ -188,7 +199,7 @@ INLINE void gemm_tile(int mr, int nv, size_t nc, size_t inner, const float *a, p
 #undef MOA_TILE_4_STEPS
     if (j < inner) { /* 1 to 3 left: a's lanes past them 0, b's rows past them not read */
         const size_t left = inner - j;
-        _Pragma("GCC unroll 4")
+        _Pragma("GCC unroll 5")
         for (i = 0; i < mr; i++) {
             av[i] = load_tail(a + i * lda + (ptrdiff_t)j, left, 0.0f);
             if (a_scale) {
@@ -204,7 +215,25 @@ INLINE void gemm_tile(int mr, int nv, size_t nc, size_t inner, const float *a, p
         }
     }
 #undef MOA_TILE_STEP
-    _Pragma("GCC unroll 4")
+    if (nc == 4 * (size_t)nv) { /* whole rows: no test per vector */
+        float *out = c;
+        _Pragma("GCC unroll 5")
+        for (i = 0; i < mr; i++, out += ldc) {
+            _Pragma("GCC unroll 4")
+            for (x = 0; x < nv; x++) {
+                float32x4_t sum = acc[i][x];
+                if (accumulate) {
+                    const float32x4_t before = vld1q_f32(out + 4 * x);
+                    sum = c_scale ? vfmaq_f32(before, sum, c_scale[x]) : vaddq_f32(before, sum);
+                } else if (c_scale) {
+                    sum = vmulq_f32(sum, c_scale[x]);
+                }
+                vst1q_f32(out + 4 * x, sum);
+            }
+        }
+        return;
+    }
+    _Pragma("GCC unroll 5")
     for (i = 0; i < mr; i++) {
         _Pragma("GCC unroll 4")
         for (x = 0; x < nv; x++) {
@@ -289,14 +318,19 @@ INLINE void pack_keys(enum element kind, size_t nk, size_t nj, const void *k, pt
     }
 }
 
-/* Columns [0, nc) of the score rows against one packed panel: 4 rows at a time, then one by one. */
+/* Columns [0, nc) of the score rows against one packed panel: 5 rows at a time, then 4, then one by one. */
 INLINE void score_rows(size_t rows, size_t nc, size_t nj, const float *q, ptrdiff_t ldq, const float *kt,
                        const float32x4_t *column_scale, int add, float *s, ptrdiff_t lds)
 {
     size_t r;
-    for (r = 0; r + 4 <= rows; r += 4) {
+    for (r = 0; r + 5 <= rows; r += 5) {
+        gemm_tile(5, 4, nc, nj, q + (ptrdiff_t)r * ldq, ldq, NULL, F32, kt, KT_WIDTH, column_scale, add,
+                  s + (ptrdiff_t)r * lds, lds);
+    }
+    if (r + 4 <= rows) {
         gemm_tile(4, 4, nc, nj, q + (ptrdiff_t)r * ldq, ldq, NULL, F32, kt, KT_WIDTH, column_scale, add,
                   s + (ptrdiff_t)r * lds, lds);
+        r += 4;
     }
     for (; r < rows; r++) {
         gemm_tile(1, 4, nc, nj, q + (ptrdiff_t)r * ldq, ldq, NULL, F32, kt, KT_WIDTH, column_scale, add,
@@ -305,8 +339,8 @@ INLINE void score_rows(size_t rows, size_t nc, size_t nj, const float *q, ptrdif
 }
 
 /* s = (scale k_scale[c], or scale) * q k^T over keys of any element kind (the contract in moa/attention.h):
- * per panel of 16 keys, per KT_DEPTH of the depth, the 4-row tile down the query rows, then the
- * rows left one at a time. */
+ * per panel of 16 keys, per KT_DEPTH of the depth, the panel packed once, then the row tiles down
+ * the query rows. */
 INLINE void scores(enum element kind, size_t rows, size_t cols, size_t depth, float scale, const float *q,
                    ptrdiff_t ldq, const void *k, ptrdiff_t ldk, const float *k_scale, float *s, ptrdiff_t lds)
 {
@@ -373,6 +407,9 @@ INLINE void pv(enum element kind, size_t rows, size_t cols, size_t dv, const flo
                ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
 {
     size_t r = 0;
+    for (; r + 5 <= rows; r += 5) {
+        pv_rows(kind, 5, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
+    }
     for (; r + 4 <= rows; r += 4) {
         pv_rows(kind, 4, cols, dv, p + (ptrdiff_t)r * ldp, ldp, v, ldv, v_scale, acc + (ptrdiff_t)r * lda, lda);
     }
@@ -381,38 +418,38 @@ INLINE void pv(enum element kind, size_t rows, size_t cols, size_t dv, const flo
     }
 }
 
-void moa_attn_scores_f32_4x16_neon(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+void moa_attn_scores_f32_5x16_neon(size_t rows, size_t cols, size_t depth, float scale, const float *q,
                                    ptrdiff_t ldq, const float *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
 {
     scores(F32, rows, cols, depth, scale, q, ldq, k, ldk, NULL, s, lds);
 }
 
-void moa_attn_pv_f32_4x16_neon(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const float *v,
+void moa_attn_pv_f32_5x16_neon(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp, const float *v,
                                ptrdiff_t ldv, float *acc, ptrdiff_t lda)
 {
     pv(F32, rows, cols, dv, p, ldp, v, ldv, NULL, acc, lda);
 }
 
-void moa_attn_scores_f32_s8_4x16_neon(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+void moa_attn_scores_f32_s8_5x16_neon(size_t rows, size_t cols, size_t depth, float scale, const float *q,
                                       ptrdiff_t ldq, const int8_t *k, ptrdiff_t ldk, const float *k_scale, float *s,
                                       ptrdiff_t lds)
 {
     scores(S8, rows, cols, depth, scale, q, ldq, k, ldk, k_scale, s, lds);
 }
 
-void moa_attn_pv_f32_s8_4x16_neon(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+void moa_attn_pv_f32_s8_5x16_neon(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
                                   const int8_t *v, ptrdiff_t ldv, const float *v_scale, float *acc, ptrdiff_t lda)
 {
     pv(S8, rows, cols, dv, p, ldp, v, ldv, v_scale, acc, lda);
 }
 
-void moa_attn_scores_f32_f16_4x16_neon(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+void moa_attn_scores_f32_f16_5x16_neon(size_t rows, size_t cols, size_t depth, float scale, const float *q,
                                        ptrdiff_t ldq, const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
 {
     scores(F16, rows, cols, depth, scale, q, ldq, k, ldk, NULL, s, lds);
 }
 
-void moa_attn_pv_f32_f16_4x16_neon(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
+void moa_attn_pv_f32_f16_5x16_neon(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
                                    const uint16_t *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
 {
     pv(F16, rows, cols, dv, p, ldp, v, ldv, NULL, acc, lda);
@@ -448,8 +485,8 @@ float moa_attn_exp_f32_u8_neon(size_t n, float *x, float m)
     float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
     size_t c = 0;
     for (; c + 8 <= n; c += 8) {
-        const float32x4_t e0 = exp_ps(vsubq_f32(vld1q_f32(x + c), vm));
-        const float32x4_t e1 = exp_ps(vsubq_f32(vld1q_f32(x + c + 4), vm));
+        const float32x4_t e0 = exp_ps_(vsubq_f32(vld1q_f32(x + c), vm), 0);
+        const float32x4_t e1 = exp_ps_(vsubq_f32(vld1q_f32(x + c + 4), vm), 0);
         vst1q_f32(x + c, e0);
         vst1q_f32(x + c + 4, e1);
         s0 = vaddq_f32(s0, e0);
@@ -457,7 +494,7 @@ float moa_attn_exp_f32_u8_neon(size_t n, float *x, float m)
     }
     for (; c < n; c += 4) {
         const size_t left = n - c < 4 ? n - c : 4;
-        const float32x4_t e0 = exp_ps(vsubq_f32(load_tail(x + c, left, -INFINITY), vm)); /* exp(-inf) = 0 */
+        const float32x4_t e0 = exp_ps_(vsubq_f32(load_tail(x + c, left, -INFINITY), vm), 0); /* exp(-inf) = 0 */
         store_tail(x + c, left, e0);
         s0 = vaddq_f32(s0, e0);
     }
