@@ -99,6 +99,7 @@ INLINE void scores_tile(int mr, size_t vl, size_t nj, const float *q, ptrdiff_t 
 {
     vfloat32m4_t a0 = __riscv_vfmv_v_f_f32m4(0.0f, vl), a1 = a0, a2 = a0, a3 = a0;
     size_t j;
+    _Pragma("GCC unroll 4") /* q's 4 rows then share one address per 4 depths (immediate offsets) */
     for (j = 0; j < nj; j++) {
         const vfloat32m4_t keys = __riscv_vle32_v_f32m4(kt + j * vl, vl);
         a0 = __riscv_vfmacc_vf_f32m4(a0, q[j], keys, vl);
@@ -165,6 +166,7 @@ INLINE void pv_tile(enum element kind, int mr, size_t vl, size_t cols, const flo
         a2 = __riscv_vle32_v_f32m4(acc + 2 * lda, vl);
         a3 = __riscv_vle32_v_f32m4(acc + 3 * lda, vl);
     }
+    _Pragma("GCC unroll 4") /* p's 4 rows then share one address per 4 keys (immediate offsets) */
     for (c = 0; c < cols; c++) {
         const vfloat32m4_t w = load_f32(kind, element_at(kind, v, (ptrdiff_t)c * ldv), 1, vl);
         const float row_scale = v_scale ? v_scale[c] : 1.0f;
