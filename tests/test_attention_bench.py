@@ -61,11 +61,31 @@ def test_bench_attention_end_to_end(tmp_path, cross_boards):
         assert row["isa"] == b.isa
         assert 0 < row["instructions"] < row["process_instructions"]
         assert row["errors"]["max_abs_err"] <= cmp.MAX_ABS_ERR
+        # the ideal: the FMAs alone, 4 lanes on NEON, VLEN / 32 on RVV, 1 on scalar code
+        lanes = {"neon": 4, "rvv": row["vlen"] // 32}.get(b.isa, 1)
+        assert row["fma_lanes"] == lanes
+        assert row["ideal_instructions"] == 4 * 64 * SEQ * SEQ / (2 * lanes)
+        assert row["over_ideal"] == pytest.approx(row["instructions"] / row["ideal_instructions"])
     assert builds["rvv-vlen256"]["vlen"] == 256 and builds["rvv-vlen128"]["vlen"] == 128
     # the same RVV binary at two vector lengths executes different instruction streams
     assert builds["rvv-vlen128"]["instructions"] != builds["rvv-vlen256"]["instructions"]
     assert set(counts["ratios"]) == {name for name, _, _ in ab.COUNT_RATIOS}
     assert isinstance(result["targets"], dict)
+    assert "| / ideal |" in r.stdout
+
+
+def test_targets_hold_each_build_to_its_ideal_fma_count():
+    """The three "within 1.5x of ideal FMA count" targets read each build's count / ideal."""
+    def build(name, over):
+        return {"name": name, "over_ideal": over}
+    counts = {"seq": 1024, "ratios": {},
+              "builds": [build("aarch64-neon", 1.6), build("rvv-vlen128", 1.5), build("rvv-vlen256", 0.9)]}
+    out = ab.targets([], counts)
+    assert out["NEON within 1.5x of ideal FMA count at seq 1024"] == {"met": False, "value": 1.6}
+    assert out["RVV VLEN 128 within 1.5x of ideal FMA count at seq 1024"] == {"met": True, "value": 1.5}
+    assert out["RVV VLEN 256 within 1.5x of ideal FMA count at seq 1024"] == {"met": True, "value": 0.9}
+    assert ab.fma_lanes("neon", 128) == 4 and ab.fma_lanes("rvv", 256) == 8 and ab.fma_lanes("scalar", 128) == 1
+    assert ab.attention_flops(1024, 1, 64, False) == 268435456
 
 
 def _garbage(source: str) -> str:

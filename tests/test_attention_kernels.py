@@ -258,13 +258,15 @@ class Case:
 
 def _table() -> list[Case]:
     cases = []
-    # scores: rows, cols, depth (row pads are added below); tiles 4x4 / 2x4 / 4xvl and every edge
+    # scores: rows, cols, depth (row pads are added below); tiles 4x16 / 2x4 / 4xvl and every edge
     for rows, cols, depth in [(1, 1, 1), (1, 5, 3), (2, 4, 8), (3, 7, 5), (4, 4, 16), (4, 16, 32), (5, 17, 33),
                               (8, 33, 64), (7, 64, 17), (16, 16, 80), (64, 16, 32), (4, 40, 128), (9, 3, 0),
                               # the decode form's stacked rows: a group of 3 or 9 query heads, 4 x 3 rows
                               (3, 128, 64), (9, 64, 64), (12, 37, 64),
                               # AVX2's 6x16 tile: rows 6 + 4 + 1 and 12 + 1, keys 16 + 7 and 8, two depth chunks
-                              (11, 23, 300), (13, 8, 64)]:
+                              (11, 23, 300), (13, 8, 64),
+                              # depths past one packed panel's (NEON 256, RVV 128): the chunks add up
+                              (6, 33, 129), (10, 70, 300)]:
         cases.append(Case("scores", (rows, cols, depth)))
     # pv: rows, cols, dv
     for rows, cols, dv in [(1, 1, 1), (1, 3, 5), (4, 4, 4), (3, 5, 8), (4, 16, 16), (5, 7, 12), (4, 9, 17),

@@ -12,7 +12,11 @@ Instructions: the same driver built for the boards (aarch64 NEON and -DMOA_FORCE
 RISC-V RVV and -DMOA_FORCE_SCALAR, plus the rv64gc visionfive2 build) runs under qemu-user
 with a small TCG plugin that adds each executed translation block's instruction count
 (exact: it equals the `-d in_asm,exec,nochain` trace sum). The kernel's count is the run's
-minus a run of the same program that skips the kernel, both under `env -i`.
+minus a run of the same program that skips the kernel, both under `env -i`. Each build's
+count is set against its ideal: the instructions the attention's FMAs alone would take,
+flops / (2 x FMA lanes per instruction) (4 for NEON, VLEN / 32 for RVV at LMUL 1, 1 for
+scalar code), so count / ideal is how far the whole kernel (softmax included) is from its
+FMA floor.
 """
 from __future__ import annotations
 
@@ -208,6 +212,16 @@ COUNT_RATIOS = (
     ("rvv128_over_rvv256", "rvv-vlen128", "rvv-vlen256"),
     ("rv64gc_over_rvv128", "visionfive2-rv64gc", "rvv-vlen128"),
 )
+
+
+def fma_lanes(isa: str, vlen: int) -> int:
+    """float32 FMA lanes of one instruction: NEON 4, RVV VLEN / 32 at LMUL 1, scalar 1."""
+    return {"neon": 4, "rvv": vlen // 32}.get(isa, 1)
+
+
+def attention_flops(seq: int, heads: int, head_dim: int, causal: bool) -> int:
+    """Q K^T and P V, 2 flops per multiply-add each (causal: only the keys k <= i)."""
+    return 4 * heads * head_dim * (seq * (seq + 1) // 2 if causal else seq * seq)
 
 
 def bench_spec(seq: int, heads: int, head_dim: int, causal: bool) -> AttentionSpec:
@@ -475,7 +489,7 @@ def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: flo
                 times = {side: best[(side, None)] for side in SIDES if side != "moa_edge"}
                 times["moa_edge"] = best[("moa_edge", "native")]
                 isa = isas[("moa_edge", "native")]
-                flops = 4 * heads * head_dim * (seq * (seq + 1) // 2 if causal else seq * seq)
+                flops = attention_flops(seq, heads, head_dim, causal)
                 moa_builds = []
                 for name, added in builds:
                     build_isa = isas[("moa_edge", name)]
@@ -611,12 +625,14 @@ def trace_count(log: str) -> int:
 def count_kernels(seq: int, heads: int, head_dim: int, causal: bool, workdir: Path, builds=COUNT_BUILDS,
                   progress=lambda msg: None) -> dict:
     """Executed instructions of the fused kernel in each cross build under qemu, with the
-    kernel's output checked against PyTorch float64."""
+    kernel's output checked against PyTorch float64, and their ratio to the build's ideal
+    FMA instruction count (flops / (2 x fma_lanes))."""
     spec = bench_spec(seq, heads, head_dim, causal)
     ops = _operands(spec, seed=seq + 1)
     paths = _write_operands(ops, workdir / f"count-{seq}")
     ref = _reference(ops, causal)
     where = f"seq {seq}, {heads} head(s), {'causal' if causal else 'not causal'}"
+    flops = attention_flops(seq, heads, head_dim, causal)
     rows, exes = [], {}
     for b in builds:
         board = load_board(b.board)
@@ -641,16 +657,23 @@ def count_kernels(seq: int, heads: int, head_dim: int, causal: bool, workdir: Pa
         errors = _check(f"the {b.name} build", y, ref, where)
         total = count_instructions(runner, exe, ["fused", "1", "0", *paths, str(y_path)], workdir)
         base = count_instructions(runner, exe, ["empty", "1", "0", *paths, str(y_path)], workdir)
-        rows.append({"name": b.name, "board": b.board, "isa": r["isa"], "vlen": b.vlen or board.vlen,
+        vlen = b.vlen or board.vlen
+        lanes = fma_lanes(r["isa"], vlen)
+        ideal = flops / (2 * lanes)
+        rows.append({"name": b.name, "board": b.board, "isa": r["isa"], "vlen": vlen,
                      "flags": [*board.toolchain["cflags"], *b.extra], "schedule": sched,
                      "instructions": total - base, "process_instructions": total, "baseline_instructions": base,
+                     "fma_lanes": lanes, "ideal_instructions": ideal, "over_ideal": (total - base) / ideal,
                      "errors": errors})
-        progress(f"{b.name}: {total - base:,} kernel instructions")
+        progress(f"{b.name}: {total - base:,} kernel instructions, {(total - base) / ideal:.2f}x the ideal "
+                 f"{ideal:,.0f} ({lanes}-lane FMAs)")
     counts = {r["name"]: r["instructions"] for r in rows}
     ratios = {name: counts[a] / counts[b] for name, a, b in COUNT_RATIOS if a in counts and b in counts}
-    return {"seq": seq, "heads": heads, "head_dim": head_dim, "causal": causal, "builds": rows, "ratios": ratios,
+    return {"seq": seq, "heads": heads, "head_dim": head_dim, "causal": causal, "flops": flops, "builds": rows,
+            "ratios": ratios,
             "method": "qemu-user 7.2 TCG plugin counting every executed translation block's instructions; "
-                      "kernel = run - run without the kernel, both under env -i"}
+                      "kernel = run - run without the kernel, both under env -i; ideal = flops / (2 x FMA lanes "
+                      "per instruction: NEON 4, RVV VLEN/32 at LMUL 1, scalar 1)"}
 
 
 TARGETS = {
@@ -659,6 +682,13 @@ TARGETS = {
     "RVV VLEN 128 >= 3x fewer instructions than scalar at seq 1024": ("scalar_over_rvv128", 3.0),
     "RVV VLEN 256 fewer instructions than VLEN 128": ("rvv128_over_rvv256", 1.0),
 }
+# (target, build): the build's kernel instructions / its ideal FMA instruction count, at most 1.5
+IDEAL_TARGETS = {
+    "NEON within 1.5x of ideal FMA count at seq 1024": "aarch64-neon",
+    "RVV VLEN 128 within 1.5x of ideal FMA count at seq 1024": "rvv-vlen128",
+    "RVV VLEN 256 within 1.5x of ideal FMA count at seq 1024": "rvv-vlen256",
+}
+MAX_OVER_IDEAL = 1.5
 
 
 def targets(timing: list[dict], counts: dict | None) -> dict:
@@ -677,6 +707,10 @@ def targets(timing: list[dict], counts: dict | None) -> dict:
             if key in counts["ratios"]:
                 value = counts["ratios"][key]
                 out[name] = {"met": value >= bound if bound > 1 else value > bound, "value": round(value, 3)}
+        over = {b["name"]: b["over_ideal"] for b in counts["builds"]}
+        for name, build in IDEAL_TARGETS.items():
+            if build in over:
+                out[name] = {"met": over[build] <= MAX_OVER_IDEAL, "value": round(over[build], 3)}
     return out
 
 
@@ -723,10 +757,12 @@ def table(result: dict) -> str:
     if c:
         if lines:
             lines.append("")
-        lines += [f"| build (seq {c['seq']}, {c['heads']} head, qemu) | ISA | kernel instructions |", "|---|---|---:|"]
+        lines += [f"| build (seq {c['seq']}, {c['heads']} head, qemu) | ISA | kernel instructions | ideal (FMA lanes) "
+                  "| / ideal |", "|---|---|---:|---:|---:|"]
         for b in c["builds"]:
             vlen = f" VLEN {b['vlen']}" if b["isa"] == "rvv" else ""
-            lines.append(f"| {b['name']} | {b['isa']}{vlen} | {b['instructions']:,} |")
+            lines.append(f"| {b['name']} | {b['isa']}{vlen} | {b['instructions']:,} | "
+                         f"{b['ideal_instructions']:,.0f} ({b['fma_lanes']}) | {b['over_ideal']:.2f} |")
         lines.append("")
         lines.append("Ratios: " + ", ".join(f"{k.replace('_over_', ' / ')} = {v:.2f}" for k, v in c["ratios"].items()))
     return "\n".join(lines)

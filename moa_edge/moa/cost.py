@@ -39,9 +39,9 @@ MIN_BLOCK_K = 128
 # several of both. The x86 kernels pack their key panels themselves, so the ONF emits the same
 # loop nest for AVX-512 and AVX2 builds; only moa/isa.h's choice of kernel differs.
 MIN_BLOCK_Q = 64
-# Rows of the score and P V micro-kernels' register tiles (NEON and RVV: 4; AVX2 6 and 6, AVX-512
-# 16 and 12): a K or V tile larger than L1 is streamed through it once per this many rows of the
-# block, not once per row (the smallest, a bound for every ISA).
+# Rows of the score and P V micro-kernels' register tiles (RVV 4, NEON 5, AVX2 6 and 6, AVX-512
+# 16 and 12; the smallest, a bound for every ISA): a K or V tile larger than L1 is streamed through
+# it once per this many rows of the block, not once per row.
 REGISTER_ROWS = 4
 # A key split shorter than this costs its partial's start and its share of the combination
 # more than the parallel work it adds (two micro-kernel tiles of MIN_BLOCK_K keys).

@@ -154,20 +154,20 @@ MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_6x16_avx2, moa_attn_pv_f32_f16_6x16
 #define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_6x16_avx2
 #define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_6x16_avx2
 #elif MOA_ISA_NEON
-MOA_ATTN_DECLARE(moa_attn_scores_f32_4x4_neon, moa_attn_pv_f32_4x16_neon, moa_attn_max_f32_u16_neon,
+MOA_ATTN_DECLARE(moa_attn_scores_f32_5x16_neon, moa_attn_pv_f32_5x16_neon, moa_attn_max_f32_u16_neon,
                  moa_attn_exp_f32_u8_neon, moa_attn_scale_f32_u16_neon, moa_vexp_f32_u8_neon)
-#define moa_attn_scores_f32 moa_attn_scores_f32_4x4_neon
-#define moa_attn_pv_f32 moa_attn_pv_f32_4x16_neon
+#define moa_attn_scores_f32 moa_attn_scores_f32_5x16_neon
+#define moa_attn_pv_f32 moa_attn_pv_f32_5x16_neon
 #define moa_attn_max_f32 moa_attn_max_f32_u16_neon
 #define moa_attn_exp_f32 moa_attn_exp_f32_u8_neon
 #define moa_attn_scale_f32 moa_attn_scale_f32_u16_neon
 #define moa_vexp_f32 moa_vexp_f32_u8_neon
-MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_4x4_neon, moa_attn_pv_f32_s8_4x16_neon)
-#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_4x4_neon
-#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_4x16_neon
-MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_4x4_neon, moa_attn_pv_f32_f16_4x16_neon)
-#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_4x4_neon
-#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_4x16_neon
+MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_5x16_neon, moa_attn_pv_f32_s8_5x16_neon)
+#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_5x16_neon
+#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_5x16_neon
+MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_5x16_neon, moa_attn_pv_f32_f16_5x16_neon)
+#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_5x16_neon
+#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_5x16_neon
 #elif MOA_ISA_RVV
 MOA_ATTN_DECLARE(moa_attn_scores_f32_4xm4_rvv, moa_attn_pv_f32_4xm4_rvv, moa_attn_max_f32_um8_rvv,
                  moa_attn_exp_f32_um2_rvv, moa_attn_scale_f32_um8_rvv, moa_vexp_f32_um2_rvv)
