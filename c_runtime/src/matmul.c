@@ -81,6 +81,7 @@ void moa_gemm_edge_f32_scalar(MOA_GEMM_EDGE_PARAMS)
 {
     float acc[MOA_GEMM_MR][MOA_GEMM_NR] = {{0.0f}};
     size_t i, j, p;
+    (void)b_next;
     for (p = 0; p < kc; p++) {
         const float *b_row = b + (ptrdiff_t)p * b_row_stride;
         for (i = 0; i < mr; i++) {
@@ -100,7 +101,7 @@ void moa_gemm_edge_f32_scalar(MOA_GEMM_EDGE_PARAMS)
 
 void moa_gemm_tile_f32_4x16_scalar(MOA_GEMM_TILE_PARAMS)
 {
-    moa_gemm_edge_f32_scalar(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate,
+    moa_gemm_edge_f32_scalar(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next,
                              MOA_GEMM_MR, MOA_GEMM_NR);
 }
 #endif
@@ -212,6 +213,8 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
                 const size_t j0 = q * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NR, N - j0);
                 ptrdiff_t b_row_stride;
                 const float *b_rows = panel_rows(b, K, N, q, p0, kc, buffer, &b_row_stride);
+                /* the next packed panel's rows, for the tiles to prefetch (moa/gemm_tile.h) */
+                const float *b_next = b.packed != NULL && j0 + MOA_GEMM_NR < N ? b_rows + K * MOA_GEMM_NR : b_rows;
                 float *y_cols = y + (ptrdiff_t)j0;
                 for (i = i0; i < i0 + mc; i += MOA_GEMM_MR) {
                     const size_t mr = min_size(MOA_GEMM_MR, i0 + mc - i);
@@ -219,10 +222,10 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
                     float *y_tile = y_cols + (ptrdiff_t)i * y_row_stride;
                     if (mr == MOA_GEMM_MR && nr == MOA_GEMM_NR) {
                         moa_gemm_tile_f32(kc, a_rows, a.row_stride, a.col_stride, b_rows, b_row_stride, alpha, y_tile,
-                                          y_row_stride, accumulate);
+                                          y_row_stride, accumulate, b_next);
                     } else { /* the bottom or right edge: mr rows, nr columns, nothing recomputed */
                         moa_gemm_edge_f32(kc, a_rows, a.row_stride, a.col_stride, b_rows, b_row_stride, alpha, y_tile,
-                                          y_row_stride, accumulate, mr, nr);
+                                          y_row_stride, accumulate, b_next, mr, nr);
                     }
                 }
             }

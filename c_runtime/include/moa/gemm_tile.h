@@ -14,6 +14,10 @@
  * q registers that hold a column < nr on NEON). b still holds 16 readable floats per row: a
  * packed panel is zero-padded and matmul.c copies a partial panel of a view.
  *
+ * b_next is where the next panel's same rows are (b itself when there is none): the x86 tiles
+ * prefetch one of its rows per step, so the next panel, K x 16 floats on in the packed weights
+ * (past the 4 KiB page the hardware prefetchers follow), is in L1 when its turn comes.
+ *
  *     variant                          MR x NR   registers
  *     moa_gemm_tile_f32_16x16_avx512   16 x 16   16 zmm accumulators (of 32)
  *     moa_gemm_tile_f32_6x16_avx2       6 x 16   12 ymm accumulators (of 16)
@@ -30,7 +34,8 @@
 
 #define MOA_GEMM_TILE_PARAMS                                                                     \
     size_t kc, const float *a, ptrdiff_t a_row_stride, ptrdiff_t a_col_stride, const float *b, \
-        ptrdiff_t b_row_stride, float alpha, float *y, ptrdiff_t y_row_stride, int accumulate
+        ptrdiff_t b_row_stride, float alpha, float *y, ptrdiff_t y_row_stride, int accumulate,   \
+        const float *b_next
 
 #define MOA_GEMM_EDGE_PARAMS MOA_GEMM_TILE_PARAMS, size_t mr, size_t nr
 

@@ -33,6 +33,7 @@ MOA_GEMM_INLINE void tile_rows(int rows, int vecs, int nr, MOA_GEMM_TILE_PARAMS)
     float32x4_t acc[5][4];
     size_t p;
     int i, v;
+    (void)b_next; /* the cores' own prefetchers follow the panel stream (not measured here) */
 #pragma GCC unroll 5
     for (i = 0; i < rows; i++) {
 #pragma GCC unroll 4
@@ -69,7 +70,7 @@ MOA_GEMM_INLINE void tile_rows(int rows, int vecs, int nr, MOA_GEMM_TILE_PARAMS)
 
 void moa_gemm_tile_f32_5x16_neon(MOA_GEMM_TILE_PARAMS)
 {
-    tile_rows(5, 4, 16, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+    tile_rows(5, 4, 16, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
 }
 
 /* The rows r of an edge, with as many q registers as its columns need. */
@@ -77,23 +78,23 @@ MOA_GEMM_INLINE void edge_rows(int r, int nr, MOA_GEMM_TILE_PARAMS)
 {
     switch ((nr + 3) / 4) {
     case 1:
-        tile_rows(r, 1, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+        tile_rows(r, 1, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
         break;
     case 2:
-        tile_rows(r, 2, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+        tile_rows(r, 2, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
         break;
     case 3:
-        tile_rows(r, 3, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+        tile_rows(r, 3, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
         break;
     default:
-        tile_rows(r, 4, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+        tile_rows(r, 4, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
         break;
     }
 }
 
 #define EDGE_ROWS(r)                                                                                                \
     case r:                                                                                                         \
-        edge_rows(r, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate); \
+        edge_rows(r, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next); \
         break
 
 void moa_gemm_edge_f32_neon(MOA_GEMM_EDGE_PARAMS)

@@ -41,6 +41,7 @@ MOA_GEMM_INLINE void tile_rows(int rows, int wide, int nr, MOA_GEMM_TILE_PARAMS)
         const float *b_row = b + (ptrdiff_t)p * b_row_stride;
         const __m256 b_lo = _mm256_loadu_ps(b_row), b_hi = wide ? _mm256_loadu_ps(b_row + 8) : _mm256_setzero_ps();
         const float *a_col = a + (ptrdiff_t)p * a_col_stride;
+        _mm_prefetch((const char *)(b_next + (ptrdiff_t)p * b_row_stride), _MM_HINT_T0);
 #pragma GCC unroll 6
         for (i = 0; i < rows; i++) {
             const __m256 a_ip = _mm256_broadcast_ss(&a_col[i * a_row_stride]);
@@ -62,17 +63,17 @@ MOA_GEMM_INLINE void tile_rows(int rows, int wide, int nr, MOA_GEMM_TILE_PARAMS)
 
 void moa_gemm_tile_f32_6x16_avx2(MOA_GEMM_TILE_PARAMS)
 {
-    tile_rows(6, 1, 16, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate);
+    tile_rows(6, 1, 16, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
 }
 
 #define EDGE_ROWS(r)                                                                                             \
     case r:                                                                                                      \
         if (nr > 8) {                                                                                            \
             tile_rows(r, 1, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, \
-                      accumulate);                                                                               \
+                      accumulate, b_next);                                                                       \
         } else {                                                                                                 \
             tile_rows(r, 0, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, \
-                      accumulate);                                                                               \
+                      accumulate, b_next);                                                                       \
         }                                                                                                        \
         break
 
