@@ -102,21 +102,24 @@ MOA_GEMM_INLINE void tile_rows_m2(int rows, size_t vl, MOA_GEMM_TILE_PARAMS)
     MOA_RVV_STORE_ROWS(m2);
 }
 
-/* Whether 16 floats fit an LMUL=2 group: VLEN >= 256. */
-static int wide_vectors(void)
+/* Each LMUL's tile and edge in a function of its own (not inlined into the dispatch below),
+ * so that the VLEN 128 path keeps the stack frame and registers it had alone. */
+#if defined(__GNUC__)
+#define MOA_RVV_NOINLINE __attribute__((noinline))
+#else
+#define MOA_RVV_NOINLINE
+#endif
+
+static MOA_RVV_NOINLINE void tile_m4(MOA_GEMM_TILE_PARAMS)
 {
-    return __riscv_vsetvlmax_e32m2() >= MOA_GEMM_NR;
+    tile_rows_m4(7, __riscv_vsetvl_e32m4(MOA_GEMM_NR), kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y,
+                 y_row_stride, accumulate, b_next);
 }
 
-void moa_gemm_tile_f32_7x16_rvv(MOA_GEMM_TILE_PARAMS)
+static MOA_RVV_NOINLINE void tile_m2(MOA_GEMM_TILE_PARAMS)
 {
-    if (wide_vectors()) {
-        tile_rows_m2(7, __riscv_vsetvl_e32m2(MOA_GEMM_NR), kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha,
-                     y, y_row_stride, accumulate, b_next);
-    } else {
-        tile_rows_m4(7, __riscv_vsetvl_e32m4(MOA_GEMM_NR), kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha,
-                     y, y_row_stride, accumulate, b_next);
-    }
+    tile_rows_m2(7, __riscv_vsetvl_e32m2(MOA_GEMM_NR), kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y,
+                 y_row_stride, accumulate, b_next);
 }
 
 #define EDGE_ROWS(tile_rows, r)                                                                               \
@@ -131,14 +134,39 @@ void moa_gemm_tile_f32_7x16_rvv(MOA_GEMM_TILE_PARAMS)
         break;                                                                                                 \
     }
 
+static MOA_RVV_NOINLINE void edge_m4(MOA_GEMM_EDGE_PARAMS)
+{
+    const size_t vl = __riscv_vsetvl_e32m4(nr);
+    EDGE(tile_rows_m4)
+}
+
+static MOA_RVV_NOINLINE void edge_m2(MOA_GEMM_EDGE_PARAMS)
+{
+    const size_t vl = __riscv_vsetvl_e32m2(nr);
+    EDGE(tile_rows_m2)
+}
+
+/* Whether 16 floats fit an LMUL=2 group: VLEN >= 256. */
+static int wide_vectors(void)
+{
+    return __riscv_vsetvlmax_e32m2() >= MOA_GEMM_NR;
+}
+
+void moa_gemm_tile_f32_7x16_rvv(MOA_GEMM_TILE_PARAMS)
+{
+    if (wide_vectors()) {
+        tile_m2(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+    } else {
+        tile_m4(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+    }
+}
+
 void moa_gemm_edge_f32_rvv(MOA_GEMM_EDGE_PARAMS)
 {
     if (wide_vectors()) {
-        const size_t vl = __riscv_vsetvl_e32m2(nr);
-        EDGE(tile_rows_m2)
+        edge_m2(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next, mr, nr);
     } else {
-        const size_t vl = __riscv_vsetvl_e32m4(nr);
-        EDGE(tile_rows_m4)
+        edge_m4(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next, mr, nr);
     }
 }
 #endif
