@@ -1,7 +1,8 @@
 /* The 5 x 16 GEMM register tile for AArch64 NEON: four q accumulators per row of A (20 of
- * the 32 registers), the B panel's row in four q, A[i][p] in a fifth (a sixth row would
- * spill: its A values need registers too). The edge tile runs mr rows and only the q
- * registers that hold a column < nr; the last, partly outside Y, goes through a small copy. */
+ * the 32 registers), the B panel's row in four q, and per row of A a fifth q: A[i][p .. p + 3]
+ * when A is row-major (multiplied by lane), else A[i][p] broadcast (a sixth row would spill:
+ * its A values need registers too). The edge tile runs mr rows and only the q registers that
+ * hold a column < nr; the last, partly outside Y, goes through a small copy. */
 #include "moa/gemm_tile.h"
 
 #if MOA_ISA_NEON
