@@ -22,7 +22,7 @@
  *     moa_gemm_tile_f32_16x16_avx512   16 x 16   16 zmm accumulators (of 32)
  *     moa_gemm_tile_f32_6x16_avx2       6 x 16   12 ymm accumulators (of 16)
  *     moa_gemm_tile_f32_5x16_neon       5 x 16   20 q accumulators (of 32)
- *     moa_gemm_tile_f32_7x16_rvv        7 x 16   7 m4 groups (of 8), vl = 16 for any VLEN >= 128
+ *     moa_gemm_tile_f32_7x16_rvv        7 x 16   7 groups, vl = 16: m4 (of 8) at VLEN 128, m2 (of 16) at VLEN >= 256
  *     moa_gemm_tile_f32_4x16_scalar     4 x 16   the portable reference */
 #ifndef MOA_GEMM_TILE_H
 #define MOA_GEMM_TILE_H
