@@ -77,7 +77,8 @@ static void naive(const float *Q, const float *K, const float *V, float *S, floa
 }
 """
 
-MAIN = r"""
+# The benchmark drivers' clock and file reader (bench gemm's driver uses them too).
+C_HELPERS = r"""
 static double now_ns(void)
 {
     struct timespec t;
@@ -88,12 +89,14 @@ static double now_ns(void)
 static float *load(const char *path, size_t n)
 {
     FILE *f = fopen(path, "rb");
-    float *p = malloc(n * sizeof *p);
+    float *p = malloc(n * sizeof *p + 1); /* + 1: n may be 0 */
     if (!f || !p || fread(p, sizeof *p, n, f) != n) { fprintf(stderr, "cannot read %s\n", path); exit(2); }
     fclose(f);
     return p;
 }
+"""
 
+MAIN = C_HELPERS + r"""
 /* bench MODE REPEAT BUDGET_S Q.bin K.bin V.bin Y.bin; MODE is fused, naive or empty (the
  * same program without a kernel: the instruction-count baseline). Runs MODE up to REPEAT
  * times, stopping once BUDGET_S seconds are spent, and prints the fastest run. The fused

@@ -34,7 +34,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.ops.matmul import C_SOURCES
 from moa_edge.target import load_board
 
-from .attention_bench import count_instructions, host_cpu
+from .attention_bench import C_HELPERS, count_instructions, host_cpu
 from .scratch_folder import scratch_folder
 
 # (M, K, N): BERT-base's GEMMs at 128 tokens (QKV/output projection, FFN up, FFN down), a
@@ -52,23 +52,7 @@ DRIVER = r"""
 #include "moa/isa.h"
 #include "moa/matmul.h"
 #include "moa/pool.h"
-
-static double now_ns(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
-}
-
-static float *load(const char *path, size_t n)
-{
-    FILE *f = fopen(path, "rb");
-    float *p = malloc(n * sizeof *p + 1);
-    if (!f || !p || fread(p, sizeof *p, n, f) != n) { fprintf(stderr, "cannot read %s\n", path); exit(2); }
-    fclose(f);
-    return p;
-}
-
+""" + C_HELPERS + r"""
 /* bench MODE ISA REPEAT BUDGET_S M K N A.bin B.bin Y.bin: MODE gemm times Y = A B (B packed
  * first, outside the clock) up to REPEAT times or until BUDGET_S seconds are spent and prints
  * the fastest; MODE empty is the same program without the product (the instruction-count
