@@ -196,6 +196,19 @@ MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_4xm4_rvv, moa_attn_pv_f32_f16_4xm4_
 #define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_1x1_scalar
 #endif
 
+/* A row's running statistics after a score tile whose row maximum, with the running one, is
+ * m_new (not -inf) and whose exps e^(s - m_new) sum to tile_sum: the factor alpha (set to 1 by
+ * the caller) that rescales what earlier key tiles summed, when the maximum moved, then m and l.
+ * Every ISA's softmax step ends with it, so all give the same bits. */
+static inline void moa_attn_row_statistics(float m_new, float tile_sum, float *m, float *l, float *alpha)
+{
+    if (m_new != *m && *m != -INFINITY) { /* rescale what the earlier key tiles summed */
+        *alpha = moa_expf(*m - m_new);
+    }
+    *m = m_new;
+    *l = *l * *alpha + tile_sum;
+}
+
 /* The online-softmax step of a score tile (its contract is below), composed of a row-max and an
  * exp kernel: the scalar reference passes the scalar ones, NEON and RVV their own (AVX-512 and
  * AVX2 have a kernel of their own that interleaves four rows, so the max, its reduction and
@@ -217,11 +230,7 @@ static inline void moa_attn_softmax_f32_composed(size_t rows, size_t cols, float
             }
             continue;
         }
-        if (m_new != m[r] && m[r] != -INFINITY) { /* rescale what the earlier key tiles summed */
-            alpha[r] = moa_expf(m[r] - m_new);
-        }
-        m[r] = m_new;
-        l[r] = l[r] * alpha[r] + exp_in_place(cols, p, m_new);
+        moa_attn_row_statistics(m_new, exp_in_place(cols, p, m_new), &m[r], &l[r], &alpha[r]);
     }
 }
 

@@ -513,11 +513,7 @@ INLINE void softmax_rows(int R, size_t cols, float *s, ptrdiff_t lds, float *m, 
         if (m_new[i] == -INFINITY) {
             continue;
         }
-        if (m_new[i] != m[i] && m[i] != -INFINITY) { /* rescale what the earlier key tiles summed */
-            alpha[i] = moa_expf(m[i] - m_new[i]);
-        }
-        m[i] = m_new[i];
-        l[i] = l[i] * alpha[i] + hsum(sum[i]);
+        moa_attn_row_statistics(m_new[i], hsum(sum[i]), &m[i], &l[i], &alpha[i]);
     }
 }
 
