@@ -2,6 +2,7 @@
 the c_runtime sources it needs, and report.json."""
 from __future__ import annotations
 
+import collections
 import json
 import re
 import shutil
@@ -146,16 +147,16 @@ def _lifter(code: GraphCode, prefix: str):
     """EmitContext.lift for the nodes of one model: node k's loop becomes the static function
     <prefix>_task_<k>(ctx, first, end, thread) in model.c, reading the arena and the run's inputs
     and outputs from the run's <prefix>_run_args, and the node's call a moa_pool_for over it."""
+    lifted: collections.Counter = collections.Counter()  # loops lifted so far, per node
+
     def lift(k: int, items: int, lines: list[str]) -> str:
         body = "\n".join(lines)
         locals_ = [f"    uint8_t *const base = args->base;"] if re.search(r"\bbase\b", body) else []
         locals_ += [f"    {'const ' if e['kind'] == 'input' else ''}{e['c_type']} *const {e['c_name']} = args->{e['c_name']};"
                     for e in code.io if re.search(rf"\b{re.escape(e['c_name'])}\b", body)]
-        name = f"{prefix}_task_{k}"
-        taken = sum(task.startswith(f"static void {name}(") or task.startswith(f"static void {name}_")
-                    for task in code.tasks)
-        if taken:  # node k lifts more than one loop (a feed-forward block's members)
-            name = f"{name}_{taken}"
+        # node k may lift more than one loop (a feed-forward block's members): _1, _2, ... after the first
+        name = f"{prefix}_task_{k}" + (f"_{lifted[k]}" if lifted[k] else "")
+        lifted[k] += 1
         code.tasks.append(f"static void {name}(void *ctx, size_t first, size_t end, size_t thread)\n{{\n"
                           f"    const {prefix}_run_args *const args = (const {prefix}_run_args *)ctx;\n"
                           + "\n".join(locals_ + ["    (void)args, (void)thread;", body]) + "\n}\n")
