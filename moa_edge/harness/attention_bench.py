@@ -283,18 +283,24 @@ def _check(side: str, got: np.ndarray, ref: np.ndarray, where: str) -> dict:
     return {k: result[k] for k in ("max_abs_err", "max_rel_err", "max_ulp")}
 
 
-def _compile(cc: str, cflags: list, ldflags: list, source: str, folder: Path, objects=None) -> Path:
+def compile_program(what: str, cc: str, cflags: list, ldflags: list, source: str, folder: Path, sources,
+                    include: Path = RUNTIME_INCLUDE, name: str = "bench") -> Path:
+    """A benchmark's C program (source) with the runtime sources it needs, strict warnings on;
+    `what` names the benchmark in the error."""
     folder.mkdir(parents=True, exist_ok=True)
-    src, exe = folder / "bench.c", folder / "bench"
+    src, exe = folder / f"{name}.c", folder / name
     src.write_text(source)
-    inputs = [str(o) for o in objects] if objects is not None else [str(C_RUNTIME_DIR / "src" / s) for s in C_SOURCES]
-    cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{RUNTIME_INCLUDE}", str(src), *inputs,
-           "-o", str(exe), *ldflags, "-lm"]
+    cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{include}", str(src), *map(str, sources),
+           "-o", str(exe), *ldflags, "-lm", "-lpthread"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode:
-        raise MoaEdgeError(f"bench attention: {folder.name} failed to compile ({' '.join(cmd[:3])} ...):\n"
-                           f"{proc.stderr[-3000:]}")
+        raise MoaEdgeError(f"{what}: {folder.name} failed to compile ({' '.join(cmd[:4])} ...):\n{proc.stderr[-3000:]}")
     return exe
+
+
+def _compile(cc: str, cflags: list, ldflags: list, source: str, folder: Path, objects=None) -> Path:
+    sources = objects if objects is not None else [C_RUNTIME_DIR / "src" / s for s in C_SOURCES]
+    return compile_program("bench attention", cc, cflags, ldflags, source, folder, sources)
 
 
 def _build_isa(cc: str, cflags: list) -> str:

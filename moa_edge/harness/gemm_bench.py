@@ -34,7 +34,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.ops.matmul import C_SOURCES
 from moa_edge.target import load_board
 
-from .attention_bench import C_HELPERS, count_instructions, host_cpu
+from .attention_bench import C_HELPERS, compile_program, count_instructions, host_cpu
 from .scratch_folder import scratch_folder
 
 # (M, K, N): BERT-base's GEMMs at 128 tokens (QKV/output projection, FFN up, FFN down), a
@@ -187,16 +187,9 @@ def check_gemm(who: str, got: np.ndarray, a: np.ndarray, b: np.ndarray) -> dict:
 
 
 def compile_driver(cc: str, cflags: list, ldflags: list, runtime: Path, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    src, exe = folder / "gemm_bench.c", folder / "gemm_bench"
-    src.write_text(DRIVER)
-    sources = [str(runtime / "src" / s) for s in C_SOURCES if (runtime / "src" / s).exists()]
-    cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{runtime / 'include'}", str(src), *sources,
-           "-o", str(exe), *ldflags, "-lm", "-lpthread"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode:
-        raise MoaEdgeError(f"bench gemm: {folder.name} failed to compile ({' '.join(cmd[:4])} ...):\n{proc.stderr[-3000:]}")
-    return exe
+    sources = [runtime / "src" / s for s in C_SOURCES if (runtime / "src" / s).exists()]
+    return compile_program("bench gemm", cc, cflags, ldflags, DRIVER, folder, sources, runtime / "include",
+                           "gemm_bench")
 
 
 def _write(folder: Path, a: np.ndarray, b: np.ndarray) -> tuple[Path, Path]:
