@@ -47,6 +47,7 @@ declare -A NEED=(
     [qemu-aarch64]=qemu-user
     [qemu-riscv64]=qemu-user
     [valgrind]=valgrind
+    [ccache]=ccache  # the test suite's compiler cache (tests/conftest.py)
     [ssh]=openssh-client
     [scp]=openssh-client
     [cc]=gcc

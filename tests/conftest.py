@@ -1,5 +1,6 @@
 import os
 from pathlib import Path
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,27 @@ START_FIRST = ("test_minilm.py", "test_smollm2.py", "test_report.py")
 def _start_rank(item) -> int:
     name = item.path.name
     return START_FIRST.index(name) if name in START_FIRST else len(START_FIRST)
+
+
+def pytest_configure(config):
+    """The suite's builds share one compiler cache (ccache, installed by `make setup`): most of a
+    test's build is the runtime's sources, the same in every project. The controller makes it
+    before pytest-xdist starts the workers, which inherit it, and removes it at the end."""
+    if os.environ.get("MOA_EDGE_CC_LAUNCHER") is not None or hasattr(config, "workerinput"):
+        return
+    ccache = shutil.which("ccache")
+    if ccache is None:
+        if os.environ.get("CI") == "true":
+            raise pytest.UsageError("ccache is missing (CI=true): run `make setup` as root")
+        return
+    config._moa_ccache_dir = tempfile.mkdtemp(prefix="moa-test-ccache-")
+    os.environ.update(MOA_EDGE_CC_LAUNCHER=ccache, CCACHE_DIR=config._moa_ccache_dir, CCACHE_MAXSIZE="2G")
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_moa_ccache_dir", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

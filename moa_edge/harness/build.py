@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import shutil
 import sys
 
 from moa_edge.errors import MoaEdgeError
@@ -12,6 +13,9 @@ from . import ownership
 from .runner import run_limited
 
 BUILD_SUFFIXES = (".c", ".h", ".S", ".bin")  # and SConstruct: what the build reads
+# A compiler cache put before the board's compiler (as CMake's CMAKE_C_COMPILER_LAUNCHER):
+# MOA_EDGE_CC_LAUNCHER=ccache makes the runtime's sources, the same in every project, compile once.
+CC_LAUNCHER = "MOA_EDGE_CC_LAUNCHER"
 
 
 def _is_build_input(rel: str) -> bool:
@@ -33,6 +37,11 @@ def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldfla
     cc = board.compiler()
     if cc is None:
         raise MoaEdgeError(f"board {board.name}: missing {'; '.join(board.missing_tools())}; run `make setup` as root")
+    launcher = os.environ.get(CC_LAUNCHER, "").strip()
+    if launcher:
+        if shutil.which(launcher) is None:
+            raise MoaEdgeError(f"{CC_LAUNCHER}={launcher}: no such program on PATH")
+        cc = f"{launcher} {cc}"
     variant = variant or board.name
     cflags = list(board.toolchain.get("cflags", [])) + list(extra_cflags)
     ldflags = list(board.toolchain.get("ldflags", [])) + list(extra_ldflags)
