@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
+from moa_edge.lazy import torch
 
 from moa_edge.ir import Graph, dtypes
 from moa_edge.ops import SUPPORTED_OPS

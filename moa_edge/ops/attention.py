@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 import numpy as np
-import torch
+from moa_edge.lazy import torch
 
 from moa_edge.ir.c_syntax import c_comment_text
 from moa_edge.moa import Layout, cost, onf

@@ -2,7 +2,7 @@
 into a row-major output (the present key/value cache: past keys, then new ones)."""
 from __future__ import annotations
 
-import torch
+from moa_edge.lazy import torch
 
 from moa_edge.ir.c_syntax import c_comment_text
 from moa_edge.moa import Layout

@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 import math
 
-import torch
-import torch.nn.functional as F
+from moa_edge.lazy import torch
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
@@ -105,10 +104,10 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     x, w = inputs[0], inputs[1]
     bias = inputs[2] if len(inputs) > 2 else None
     g = geometry(node, tuple(x.shape), tuple(w.shape))
-    # F.pad takes (begin, end) pairs from the last axis backwards.
+    # pad takes (begin, end) pairs from the last axis backwards.
     padding = [p for axis in reversed(range(len(g.kernel))) for p in (g.pads_begin[axis], g.pads_end[axis])]
-    conv = F.conv1d if x.dim() == 3 else F.conv2d
-    return [conv(F.pad(x, padding), w, bias, stride=g.strides, dilation=g.dilations, groups=g.group)]
+    conv = torch.nn.functional.conv1d if x.dim() == 3 else torch.nn.functional.conv2d
+    return [conv(torch.nn.functional.pad(x, padding), w, bias, stride=g.strides, dilation=g.dilations, groups=g.group)]
 
 
 def _check(node, graph, g: Geometry, x_shape, w_shape, y_shape) -> None:

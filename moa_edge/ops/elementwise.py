@@ -16,7 +16,7 @@ import math
 import re
 
 import numpy as np
-import torch
+from moa_edge.lazy import torch
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Tensor, dtypes
@@ -55,15 +55,15 @@ _C_EXPR = {
     "Xor": "(!a != !b)", "Not": "!a", "IsNaN": "(a != a)",
     "Max": "moa_max(a, b)", "Min": "moa_min(a, b)", "Clip": "moa_clip(a, b, c)",
 }
-_TORCH = {
-    "Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Div": torch.div, "Pow": torch.pow,
-    "Sqrt": torch.sqrt, "Reciprocal": torch.reciprocal, "Neg": torch.neg, "Exp": torch.exp, "Log": torch.log,
-    "Erf": torch.erf, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid, "Relu": torch.relu, "Abs": torch.abs,
-    "Floor": torch.floor, "Ceil": torch.ceil, "Sin": torch.sin, "Cos": torch.cos, "Where": torch.where,
-    "Equal": torch.eq, "Less": torch.lt, "Greater": torch.gt, "LessOrEqual": torch.le,
-    "GreaterOrEqual": torch.ge, "And": torch.logical_and, "Or": torch.logical_or, "Xor": torch.logical_xor,
-    "Not": torch.logical_not, "IsNaN": torch.isnan, "Max": torch.maximum,
-    "Min": torch.minimum, "Clip": lambda a, lo, hi: torch.clamp(a, lo, hi),
+_TORCH = {  # the torch functions' names (torch is imported when first used)
+    "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow",
+    "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Neg": "neg", "Exp": "exp", "Log": "log",
+    "Erf": "erf", "Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu", "Abs": "abs",
+    "Floor": "floor", "Ceil": "ceil", "Sin": "sin", "Cos": "cos", "Where": "where",
+    "Equal": "eq", "Less": "lt", "Greater": "gt", "LessOrEqual": "le",
+    "GreaterOrEqual": "ge", "And": "logical_and", "Or": "logical_or", "Xor": "logical_xor",
+    "Not": "logical_not", "IsNaN": "isnan", "Max": "maximum",
+    "Min": "minimum", "Clip": "clamp",
 }
 OPS = tuple(_C_EXPR) + ("Gelu", "Cast", "IsInf", "MoaFakeQuantize", "MoaQuantize", "MoaElementwise")
 # Integer forms of the ops whose float form would round (|x| > 2^24) or not compile.
@@ -78,9 +78,9 @@ VECTOR_BLOCK = 16  # elements: a whole number of vectors of every type on every 
 LIFT_ELEMENTS = 1 << 15
 LIFT_CHUNK = 1 << 12
 
-_TORCH_DTYPES = {"float32": torch.float64, "bool": torch.bool, "int64": torch.int64, "int32": torch.int32,
-                 "float16": torch.float64, "bfloat16": torch.float64}  # halves are held as their float64 values
-_TORCH_HALVES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+_TORCH_DTYPES = {"float32": "float64", "bool": "bool", "int64": "int64", "int32": "int32",
+                 "float16": "float64", "bfloat16": "float64"}  # halves are held as their float64 values
+_TORCH_HALVES = {"float16": "float16", "bfloat16": "bfloat16"}
 # The operand letters of the C expressions, and the loop's indices and values (i0.., d0..).
 C_LOCALS = frozenset([*"abcdefgh", "c", "lo", *(f"{v}{k}" for v in ("i", "d") for k in range(16))])
 
@@ -188,8 +188,8 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     if node.op == "Cast":
         target = graph.tensors[node.outputs[0]].dtype
         if target in _TORCH_HALVES:  # rounded from float32, as the C rounds the float32 it computed
-            return [inputs[0].to(torch.float32).to(_TORCH_HALVES[target]).to(torch.float64)]
-        return [inputs[0].to(_TORCH_DTYPES[target])]
+            return [inputs[0].to(torch.float32).to(getattr(torch, _TORCH_HALVES[target])).to(torch.float64)]
+        return [inputs[0].to(getattr(torch, _TORCH_DTYPES[target]))]
     if node.op == "Gelu":
         return [_gelu_torch(node, inputs[0])]
     if node.op == "IsInf":
@@ -204,10 +204,10 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     if node.op in ("Max", "Min") and len(inputs) > 2:
         out = inputs[0]
         for other in inputs[1:]:
-            out = _TORCH[node.op](out, other)
+            out = getattr(torch, _TORCH[node.op])(out, other)
         return [out]
-    out = _TORCH[node.op](*inputs)
-    return [out.to(_TORCH_DTYPES[graph.tensors[node.outputs[0]].dtype])]
+    out = getattr(torch, _TORCH[node.op])(*inputs)
+    return [out.to(getattr(torch, _TORCH_DTYPES[graph.tensors[node.outputs[0]].dtype]))]
 
 
 def _expression(node, graph) -> tuple[str, list[str]]:

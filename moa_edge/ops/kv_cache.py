@@ -18,7 +18,7 @@ written (moa_attn_round_f16, moa/half.h).
 """
 from __future__ import annotations
 
-import torch
+from moa_edge.lazy import torch
 
 from moa_edge.ir.c_syntax import c_comment_text
 

@@ -16,7 +16,7 @@ import math
 import re
 
 import numpy as np
-import torch
+from moa_edge.lazy import torch
 
 from moa_edge.ir import dtypes
 from moa_edge.ir.c_syntax import c_comment_text, c_float_short

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 import math
 
-import torch
+from moa_edge.lazy import torch
 
 from moa_edge.ir import Graph, Node, Tensor, dtypes
 from moa_edge.ir.c_syntax import c_comment_text

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import math
 
-import torch
-import torch.nn.functional as F
+from moa_edge.lazy import torch
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
@@ -52,10 +51,10 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     normalized = x.shape[axis:]
     eps = node.attrs.get("epsilon", 1e-5)
     if node.op == "RMSNormalization":
-        return [F.rms_norm(x, normalized, eps=eps) * inputs[1]]
+        return [torch.nn.functional.rms_norm(x, normalized, eps=eps) * inputs[1]]
     # The scale and bias broadcast as ONNX's Mul and Add do (they may have leading 1s).
     bias = inputs[2] if len(inputs) > 2 and inputs[2] is not None else 0.0
-    y = F.layer_norm(x, normalized, eps=eps) * inputs[1] + bias
+    y = torch.nn.functional.layer_norm(x, normalized, eps=eps) * inputs[1] + bias
     dims = tuple(range(axis, x.dim()))
     mean = x.mean(dim=dims, keepdim=True)
     inv_std_dev = 1.0 / torch.sqrt(x.var(dim=dims, unbiased=False, keepdim=True) + eps)

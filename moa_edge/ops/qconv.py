@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
+from moa_edge.lazy import torch
 
 from moa_edge.ir import dtypes
 

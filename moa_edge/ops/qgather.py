@@ -12,7 +12,7 @@ from the end, as ONNX says; one outside the table stops the model with MOA_ERR_I
 """
 from __future__ import annotations
 
-import torch
+from moa_edge.lazy import torch
 
 from moa_edge.ir import dtypes
 from moa_edge.ir.c_syntax import c_comment_text

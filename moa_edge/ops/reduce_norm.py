@@ -9,7 +9,7 @@ noop_with_empty_axes is one pass over one element per row, so |x|, x^2 or sqrt(x
 onnxruntime and the ONNX reference evaluator give."""
 from __future__ import annotations
 
-import torch
+from moa_edge.lazy import torch
 
 from .contract import EmittedUnit, check_status
 from .reduce import emit_passes, infer, reduced_axes, scratch_bytes  # noqa: F401  (infer, scratch_bytes: as reduce's)

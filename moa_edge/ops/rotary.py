@@ -12,7 +12,7 @@ Each pair is read before either half is written, so the output may overwrite X.
 """
 from __future__ import annotations
 
-import torch
+from moa_edge.lazy import torch
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
