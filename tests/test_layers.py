@@ -11,7 +11,7 @@ from moa_edge import PROJECT_ROOT
 # Lowest first. Peers share a layer: harness runs builds that energy measures, and energy's
 # sampler is built and run by the harness.
 LAYERS = (
-    ("errors",),
+    ("errors", "lazy"),
     ("ir",),
     ("target",),
     ("moa",),
