@@ -6,6 +6,7 @@ subgraphs (shape plumbing) so the passes see plain constants.
 """
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from onnx import numpy_helper
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Node, Tensor, check_sizes, dtypes
 from moa_edge.passes import kv_cache, qdq
+from moa_edge.passes.fold import SHAPE_VALUES
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -56,8 +58,9 @@ def load_model(path: Path) -> onnx.ModelProto:
         raise MoaEdgeError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
     _load_external_data(model, path)
     try:
-        # full_check adds strict shape and type inference: ops fed shapes or types they do not take.
-        onnx.checker.check_model(model, full_check=True)
+        onnx.checker.check_model(model)
+        # Strict shape and type inference: ops fed shapes or types they do not take.
+        onnx.checker.check_model(_weightless(model), full_check=True)
     except onnx.shape_inference.InferenceError as exc:
         raise MoaEdgeError(f"{path}: not a valid ONNX model: ONNX shape inference failed ({_first_line(exc)})") from None
     except Exception as exc:  # cycles, dangling names, bad attributes
@@ -74,6 +77,26 @@ def load_model(path: Path) -> onnx.ModelProto:
         raise MoaEdgeError(f"{path}: ONNX opset {opset} is outside the supported "
                            f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
     return onnx.inliner.inline_local_functions(model)
+
+
+def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The model with each initializer longer than SHAPE_VALUES declared as a typed graph input
+    instead: all that shape inference reads of a weight, without serialising its bytes (half a
+    gigabyte for a small LLM) into every call. The nodes, small constants and types are copies."""
+    light = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name)
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    source, graph = model.graph, light.graph
+    graph.name = source.name
+    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(graph, field).extend(getattr(source, field))
+    declared = {i.name for i in source.input}
+    for tensor in source.initializer:
+        if math.prod(tensor.dims) <= SHAPE_VALUES:
+            graph.initializer.append(tensor)
+        elif tensor.name not in declared:
+            graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return light
 
 
 def _load_external_data(model: onnx.ModelProto, path: Path) -> None:
@@ -210,7 +233,10 @@ def _import_proto(model: onnx.ModelProto, path: Path, input_shapes: dict[str, tu
     qdq.refuse_quantized_operators(_links(model))
     _pin_shapes(model, path, input_shapes)
     try:
-        model = onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(_weightless(model), strict_mode=True, data_prop=True).graph
+        for field in ("output", "value_info"):  # what inference adds
+            del getattr(model.graph, field)[:]
+            getattr(model.graph, field).extend(getattr(inferred, field))
         if any(n.domain == "com.microsoft" for n in model.graph.node):
             # onnxruntime's optimizer output: its own shape inference knows its contrib ops.
             model = _contrib_shapes(model)
