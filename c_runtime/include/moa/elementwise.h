@@ -18,8 +18,9 @@ MOA_VMATH_INLINE float moa_gelu_tanh(float x)
     return 0.5f * x * (1.0f + moa_tanh_f32(0.79788456080286536f * (x + 0.044715f * x * x * x)));
 }
 
-/* x^2 is what exporters emit (RMSNorm, variance): the same value as powf, without the call. */
-static inline float moa_pow(float x, float y) { return y == 2.0f ? x * x : powf(x, y); }
+/* x^2 and x^3 are what exporters emit (RMSNorm's variance, GPT-2's tanh GELU): products, which
+ * vectorise, as onnxruntime computes them (x^2 is powf's value; x^3 within an ulp of it). */
+static inline float moa_pow(float x, float y) { return y == 2.0f ? x * x : y == 3.0f ? x * x * x : powf(x, y); }
 
 /* Integer power by squaring, wrapping on overflow as onnxruntime does (unsigned arithmetic:
  * signed overflow would be undefined); a negative exponent gives 0 unless |a| = 1. */
