@@ -1,4 +1,5 @@
 """Bad input: one clear error naming what is wrong, a non-zero exit, nothing half-written."""
+import os
 import subprocess
 import sys
 
@@ -222,3 +223,14 @@ def test_output_paths_that_cannot_be_written(tmp_path):
     assert_clean_failure(r, tmp_path / "m.onnx" / "sub", "is a file, not a folder")
     r = moa("convert", tmp_path, "-o", tmp_path / "out")
     assert_clean_failure(r, tmp_path / "out", "is a folder, not an ONNX file")
+
+
+@pytest.mark.parametrize("launcher", ["ccache;touch PWNED", "ccache --verbose", "no-such-launcher"])
+def test_a_compiler_launcher_that_is_not_one_program_is_refused(tmp_path, launcher):
+    model, project = tmp_path / "m.onnx", tmp_path / "proj"
+    export(Case("t", "sdpa18", q_len=4, kv_len=4, head_dim=8), model)
+    assert moa("convert", model, "-o", project).returncode == 0
+    r = subprocess.run([sys.executable, "-m", "moa_edge.cli", "build", str(project)], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "MOA_EDGE_CC_LAUNCHER": launcher})
+    assert_clean_failure(r, tmp_path / "never-made", "MOA_EDGE_CC_LAUNCHER", "not a program on PATH")
+    assert not (tmp_path / "PWNED").exists() and not (project / "build").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+import re
 import shutil
 import sys
 
@@ -39,8 +40,10 @@ def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldfla
         raise MoaEdgeError(f"board {board.name}: missing {'; '.join(board.missing_tools())}; run `make setup` as root")
     launcher = os.environ.get(CC_LAUNCHER, "").strip()
     if launcher:
-        if shutil.which(launcher) is None:
-            raise MoaEdgeError(f"{CC_LAUNCHER}={launcher}: no such program on PATH")
+        # One program, named plainly: SCons hands CC to the shell.
+        if not re.fullmatch(r"[A-Za-z0-9_./+-]+", launcher) or shutil.which(launcher) is None:
+            raise MoaEdgeError(f"{CC_LAUNCHER}={launcher!r}: not a program on PATH (one name or path, "
+                               "no spaces or shell characters)")
         cc = f"{launcher} {cc}"
     variant = variant or board.name
     cflags = list(board.toolchain.get("cflags", [])) + list(extra_cflags)
