@@ -333,7 +333,7 @@ SDPA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "
 SDPA_CHILD = r"""
 import sys, time
 import numpy as np
-from moa_edge.lazy import torch
+import torch
 heads, seq, d, causal, repeat, budget, threads = (int(a) if i != 5 else float(a) for i, a in enumerate(sys.argv[1:8]))
 q, k, v = (torch.from_numpy(np.fromfile(p, np.float32).reshape(1, heads, seq, d)) for p in sys.argv[8:11])
 torch.set_num_threads(threads)
