@@ -312,7 +312,7 @@ def _assert_gemm_close(got, expected, K, N):
     assert np.all(got[:, N:] == SENTINEL), "Y's padding columns were written"
 
 
-# Below, at and past one register tile (MR is 4 to 14, NR 16) and one cache block: the last
+# Below, at and past one register tile (MR 4 to 12, 16 or 32 columns) and one cache block: the last
 # has M past MOA_GEMM_MC and K past MOA_GEMM_KC, so the sum is split and Y accumulated.
 SIZES = [(1, 1, 1), (1, 3, 7), (3, 7, 13), (7, 13, 33), (13, 33, 1), (33, 1, 13), (4, 8, 16), (8, 16, 9),
          (14, 16, 5), (15, 17, 19), (29, 48, 40), (70, 300, 260), (130, 40, 600),

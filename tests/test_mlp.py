@@ -43,7 +43,7 @@ def _ffn(rows_shape, activation="gelu", hidden_is_output=False, rng=None) -> onn
 @pytest.mark.parametrize("board_name", BOARDS)
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_row_blocked_ffn_matches_onnxruntime(activation, board_name, tmp_path):
-    """3 x 50 = 150 rows: two whole blocks of 64 and a last one of 22."""
+    """3 x 50 = 150 rows: two whole blocks of 60 and a last one of 30."""
     board = require_board(board_name)
     path = tmp_path / "ffn.onnx"
     onnx.save(_ffn((3, 50), activation), path)

@@ -180,7 +180,7 @@ def test_quantized_gemm_matches_numpy(qgemm_exe, M, N, K, qtype, block, with_off
     _assert_close(got, expected, magnitude, N)
 
 
-# Blocks that do not divide MOA_GEMM_KC (256): the prefill's second KC slice starts inside a block
+# Blocks that do not divide MOA_GEMM_KC (128 on x86, 256 elsewhere): the prefill's second KC slice starts inside a block
 # and dequantizes across a block edge; an odd int8 block starts the GEMV's pairs of rows at odd rows;
 # K odd past one slice, a full C, N past a panel.
 @pytest.mark.board

@@ -1,11 +1,13 @@
 /* moa_gemm_f32 and moa_gemm_packed_f32: Goto's loop order around one register tile.
  *
- * A KC-deep slice of the sum, an MC-tall block of rows of A (kept in L2), a 16-wide panel
- * of B (KC x 16, kept in L1), then MR x 16 register tiles (moa/gemm_tile.h, one per ISA) and,
- * at the bottom and right edges, the edge tile of the rows and columns left.
+ * A KC-deep slice of the sum, an MC-tall block of rows of A (kept in L2), the NT-wide panels
+ * of one tile of B (KC x 16 each, kept in L1), then MR x NT register tiles (moa/gemm_tile.h,
+ * one per ISA) and, at the bottom and right edges, the edge tile of the rows and columns left.
  * Weights arrive packed (the panel layout of matmul.h, made at conversion); any other B is
- * read in place when a panel is 16 contiguous columns and copied to a stack panel when it
- * is not. Y = beta * C is written first, so every slice of the sum only adds to Y. */
+ * read in place when a tile's columns are contiguous and copied to stack panels when they
+ * are not. Y = beta * C is written first, so every slice of the sum only adds to Y. */
+#include <string.h>
+
 #include "moa/matmul.h"
 #include "moa/gemm_tile.h"
 #include "moa/qgemm_panel.h"
@@ -81,7 +83,7 @@ void moa_gemm_edge_f32_scalar(MOA_GEMM_EDGE_PARAMS)
 {
     float acc[MOA_GEMM_MR][MOA_GEMM_NR] = {{0.0f}};
     size_t i, j, p;
-    (void)b_next;
+    (void)b_next, (void)b_panel_stride; /* a tile is one panel wide */
     for (p = 0; p < kc; p++) {
         const float *b_row = b + (ptrdiff_t)p * b_row_stride;
         for (i = 0; i < mr; i++) {
@@ -101,43 +103,46 @@ void moa_gemm_edge_f32_scalar(MOA_GEMM_EDGE_PARAMS)
 
 void moa_gemm_tile_f32_4x16_scalar(MOA_GEMM_TILE_PARAMS)
 {
-    moa_gemm_edge_f32_scalar(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next,
-                             MOA_GEMM_MR, MOA_GEMM_NR);
+    moa_gemm_edge_f32_scalar(kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride,
+                             accumulate, b_next, MOA_GEMM_MR, MOA_GEMM_NR);
 }
 #endif
 
-/* Rows p0 .. p0 + kc of B's panel q as (pointer, row stride): in place when they are 16
- * contiguous columns, else copied into `buffer` (kc x 16, zero past column N). */
-static const float *panel_rows(b_source b, size_t K, size_t N, size_t q, size_t p0, size_t kc, float *buffer,
-                               ptrdiff_t *row_stride)
+/* Rows p0 .. p0 + kc of B's panels q .. q + MOA_GEMM_TILE_PANELS - 1 (those that hold a column
+ * < N) as (pointer, row stride, panel stride): in place when they are packed, or the tile's
+ * contiguous columns of a view, else made in `buffer` (a kc x 16 panel every MOA_GEMM_KC x 16
+ * floats, zero past column N). */
+static const float *tile_panels(b_source b, size_t K, size_t N, size_t q, size_t p0, size_t kc, float *buffer,
+                                ptrdiff_t *row_stride, ptrdiff_t *panel_stride)
 {
-    const size_t j0 = q * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NR, N - j0);
-    size_t p, j;
+    const size_t j0 = q * MOA_GEMM_NR, nt = min_size(MOA_GEMM_NT, N - j0);
+    size_t t, p, j;
+    *row_stride = MOA_GEMM_NR;
     if (b.packed != NULL) {
-        *row_stride = MOA_GEMM_NR;
+        *panel_stride = (ptrdiff_t)(K * MOA_GEMM_NR);
         return b.packed + (q * K + p0) * MOA_GEMM_NR;
     }
-    if (b.quantized != NULL) {
-        const moa_qweights w = quantized_panel(b.quantized, K, q);
-        quantized_dequant(&w, p0, kc, buffer);
-        *row_stride = MOA_GEMM_NR;
-        return buffer;
-    }
-    if (b.gather != NULL) {
-        b.gather(b.gather_ctx, p0, kc, b.first_col + j0, nr, buffer);
-        *row_stride = MOA_GEMM_NR;
-        return buffer;
-    }
-    if (b.view.col_stride == 1 && nr == MOA_GEMM_NR) {
-        *row_stride = b.view.row_stride;
+    *panel_stride = MOA_GEMM_KC * MOA_GEMM_NR;
+    if (b.view.data != NULL && b.view.col_stride == 1 && nt == MOA_GEMM_NT) {
+        *row_stride = b.view.row_stride, *panel_stride = MOA_GEMM_NR;
         return b.view.data + (ptrdiff_t)p0 * b.view.row_stride + (ptrdiff_t)j0;
     }
-    for (p = 0; p < kc; p++) {
-        for (j = 0; j < MOA_GEMM_NR; j++) {
-            buffer[p * MOA_GEMM_NR + j] = j < nr ? at(b.view, p0 + p, j0 + j) : 0.0f;
+    for (t = 0; t * MOA_GEMM_NR < nt; t++) {
+        const size_t col = j0 + t * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NR, N - col);
+        float *panel = buffer + t * MOA_GEMM_KC * MOA_GEMM_NR;
+        if (b.quantized != NULL) {
+            const moa_qweights w = quantized_panel(b.quantized, K, q + t);
+            quantized_dequant(&w, p0, kc, panel);
+        } else if (b.gather != NULL) {
+            b.gather(b.gather_ctx, p0, kc, b.first_col + col, nr, panel);
+        } else {
+            for (p = 0; p < kc; p++) {
+                for (j = 0; j < MOA_GEMM_NR; j++) {
+                    panel[p * MOA_GEMM_NR + j] = j < nr ? at(b.view, p0 + p, col + j) : 0.0f;
+                }
+            }
         }
     }
-    *row_stride = MOA_GEMM_NR;
     return buffer;
 }
 
@@ -176,10 +181,33 @@ static moa_status check_gemm(size_t M, size_t N, size_t K, moa_matrix_f32 a, b_s
     return M > 1 && y_row_stride < (ptrdiff_t)N ? MOA_ERR_BAD_PARAMS : MOA_OK;
 }
 
+#if MOA_GEMM_PACK_A
+/* Rows i0 .. i0 + mc, columns p0 .. p0 + kc of A copied to `block`, row after row MOA_GEMM_KC
+ * floats apart (moa/gemm_tile.h). */
+static void pack_a_block(moa_matrix_f32 a, size_t i0, size_t mc, size_t p0, size_t kc, float *block)
+{
+    size_t i, p;
+    for (i = 0; i < mc; i++) {
+        const float *row = a.data + (ptrdiff_t)(i0 + i) * a.row_stride + (ptrdiff_t)p0 * a.col_stride;
+        float *out = block + i * MOA_GEMM_KC;
+        if (a.col_stride == 1) {
+            memcpy(out, row, kc * sizeof *out);
+        } else {
+            for (p = 0; p < kc; p++) {
+                out[p] = row[(ptrdiff_t)p * a.col_stride];
+            }
+        }
+    }
+}
+#endif
+
 static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b, float beta,
                        moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
-    float buffer[MOA_GEMM_KC * MOA_GEMM_NR];
+    float buffer[MOA_GEMM_TILE_PANELS * MOA_GEMM_KC * MOA_GEMM_NR];
+#if MOA_GEMM_PACK_A
+    float a_block[MOA_GEMM_MC * MOA_GEMM_KC];
+#endif
     size_t i, j, p0, i0, q;
     const moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
     if (status != MOA_OK || M == 0 || N == 0) {
@@ -209,23 +237,33 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
         const size_t block_rows = b.gather != NULL ? M : MOA_GEMM_MC;
         for (i0 = 0; i0 < M; i0 += block_rows) {
             const size_t mc = min_size(block_rows, M - i0);
-            for (q = 0; q * MOA_GEMM_NR < N; q++) {
-                const size_t j0 = q * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NR, N - j0);
-                ptrdiff_t b_row_stride;
-                const float *b_rows = panel_rows(b, K, N, q, p0, kc, buffer, &b_row_stride);
-                /* the next packed panel's rows, for the tiles to prefetch (moa/gemm_tile.h) */
-                const float *b_next = b.packed != NULL && j0 + MOA_GEMM_NR < N ? b_rows + K * MOA_GEMM_NR : b_rows;
+            /* A's rows of this block: the packed copy when there is one */
+            const float *a_block_rows = a_slice.data + (ptrdiff_t)i0 * a.row_stride;
+            ptrdiff_t a_row_stride = a.row_stride, a_col_stride = a.col_stride;
+#if MOA_GEMM_PACK_A
+            if (mc <= MOA_GEMM_MC) {
+                pack_a_block(a, i0, mc, p0, kc, a_block);
+                a_block_rows = a_block, a_row_stride = MOA_GEMM_KC, a_col_stride = 1;
+            }
+#endif
+            for (q = 0; q * MOA_GEMM_NR < N; q += MOA_GEMM_TILE_PANELS) {
+                const size_t j0 = q * MOA_GEMM_NR, nr = min_size(MOA_GEMM_NT, N - j0);
+                ptrdiff_t b_row_stride, b_panel_stride;
+                const float *b_rows = tile_panels(b, K, N, q, p0, kc, buffer, &b_row_stride, &b_panel_stride);
+                /* the next tile's packed rows, for the tiles to prefetch (moa/gemm_tile.h) */
+                const float *b_next = b.packed != NULL && j0 + MOA_GEMM_NT < N ? b_rows + MOA_GEMM_TILE_PANELS * K * MOA_GEMM_NR
+                                                                                 : b_rows;
                 float *y_cols = y + (ptrdiff_t)j0;
                 for (i = i0; i < i0 + mc; i += MOA_GEMM_MR) {
                     const size_t mr = min_size(MOA_GEMM_MR, i0 + mc - i);
-                    const float *a_rows = a_slice.data + (ptrdiff_t)i * a.row_stride;
+                    const float *a_rows = a_block_rows + (ptrdiff_t)(i - i0) * a_row_stride;
                     float *y_tile = y_cols + (ptrdiff_t)i * y_row_stride;
-                    if (mr == MOA_GEMM_MR && nr == MOA_GEMM_NR) {
-                        moa_gemm_tile_f32(kc, a_rows, a.row_stride, a.col_stride, b_rows, b_row_stride, alpha, y_tile,
-                                          y_row_stride, accumulate, b_next);
+                    if (mr == MOA_GEMM_MR && nr == MOA_GEMM_NT) {
+                        moa_gemm_tile_f32(kc, a_rows, a_row_stride, a_col_stride, b_rows, b_row_stride, b_panel_stride, alpha,
+                                          y_tile, y_row_stride, accumulate, b_next);
                     } else { /* the bottom or right edge: mr rows, nr columns, nothing recomputed */
-                        moa_gemm_edge_f32(kc, a_rows, a.row_stride, a.col_stride, b_rows, b_row_stride, alpha, y_tile,
-                                          y_row_stride, accumulate, b_next, mr, nr);
+                        moa_gemm_edge_f32(kc, a_rows, a_row_stride, a_col_stride, b_rows, b_row_stride, b_panel_stride, alpha,
+                                          y_tile, y_row_stride, accumulate, b_next, mr, nr);
                     }
                 }
             }
@@ -235,7 +273,7 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
 }
 
 /* The product lifted onto the pool's threads (Pi = cores): thread s of T computes the columns
- * of panels [P s / T, P (s + 1) / T) when there are P >= T panels, else the rows of whole MC
+ * of tiles [P s / T, P (s + 1) / T) when there are P >= T NT-wide tiles, else the rows of whole MC
  * blocks (the last share keeps the rows past the last whole block). Each share is the serial
  * gemm() on its slice, and a slice's tiles are the tiles of the whole product, so Y is bitwise
  * the same for every thread count. */
@@ -253,8 +291,9 @@ typedef struct {
 
 static void gemm_columns(gemm_job *job, size_t share)
 {
-    const size_t panels = (job->N + MOA_GEMM_NR - 1) / MOA_GEMM_NR;
-    const size_t q0 = panels * share / job->shares, q1 = panels * (share + 1) / job->shares;
+    const size_t tiles = (job->N + MOA_GEMM_NT - 1) / MOA_GEMM_NT;
+    const size_t q0 = tiles * share / job->shares * MOA_GEMM_TILE_PANELS;
+    const size_t q1 = tiles * (share + 1) / job->shares * MOA_GEMM_TILE_PANELS;
     const size_t j0 = q0 * MOA_GEMM_NR, j1 = min_size(job->N, q1 * MOA_GEMM_NR);
     b_source b = job->b;
     moa_matrix_f32 c = job->c;
@@ -313,15 +352,15 @@ static void gemm_shares(void *ctx, size_t first, size_t end, size_t thread)
 static moa_status gemm_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b,
                           float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
-    const size_t threads = moa_pool_threads(pool), panels = (N + MOA_GEMM_NR - 1) / MOA_GEMM_NR;
+    const size_t threads = moa_pool_threads(pool), tiles = (N + MOA_GEMM_NT - 1) / MOA_GEMM_NT;
     gemm_job job;
     size_t share;
     moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
-    if (status != MOA_OK || threads == 1 || (panels < threads && M / MOA_GEMM_MC < 2)) {
+    if (status != MOA_OK || threads == 1 || (tiles < threads && M / MOA_GEMM_MC < 2)) {
         return status != MOA_OK ? status : gemm(M, N, K, alpha, a, b, beta, c, y, y_row_stride);
     }
     job.M = M, job.N = N, job.K = K, job.alpha = alpha, job.beta = beta, job.a = a, job.c = c, job.b = b;
-    job.y = y, job.y_row_stride = y_row_stride, job.by_columns = panels >= threads;
+    job.y = y, job.y_row_stride = y_row_stride, job.by_columns = tiles >= threads;
     job.shares = job.by_columns ? threads : (M / MOA_GEMM_MC < threads ? M / MOA_GEMM_MC : threads);
     for (share = 0; share < job.shares; share++) {
         job.status[share] = MOA_OK;

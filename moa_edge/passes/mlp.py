@@ -14,7 +14,7 @@ import math
 from moa_edge.ir import Graph, Node
 from moa_edge.ops import elementwise
 
-ROWS = 64  # a whole number of register tiles on every ISA (moa/gemm_tile.h: MR of 16, 8, 4, ...)
+ROWS = 60  # a whole number of register tiles (moa/gemm_tile.h) on x86 (MR 12, 6), NEON (5) and scalar (4)
 
 
 def _row_gemm(graph: Graph, node: Node | None) -> bool:

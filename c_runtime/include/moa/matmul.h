@@ -10,6 +10,7 @@
 
 #include <stddef.h>
 
+#include "moa/isa.h"
 #include "moa/pool.h"
 #include "moa/status.h"
 
@@ -21,13 +22,18 @@ typedef struct {
     ptrdiff_t col_stride;
 } moa_matrix_f32;
 
-/* Cache blocking (Goto's loop order; see matmul.c). A KC x 16 panel of B stays in a
- * 32 KiB L1D and an MC x KC block of A in L2; a board may override them with -D. */
+/* Cache blocking (Goto's loop order; see matmul.c): a KC-deep slice of the sum at a time, its
+ * panels of B (KC x 16) kept in L1. A board may override it with -D; the height of a block of
+ * A (MOA_GEMM_MC_TILES) is per ISA, in moa/gemm_tile.h. x86's tiles read two panels and a
+ * packed block of A, all in L1 at KC 128 (bench gemm, AVX-512: 128 at 150 GFLOP/s, 256 at 142);
+ * the other ISAs' one-panel tiles run fewer instructions at 256 (NEON, 1 x 576 x 1536: 2.00
+ * instructions per FMA lane against 2.14 at 128). */
 #ifndef MOA_GEMM_KC
+#if MOA_ISA_AVX512 || MOA_ISA_AVX2
+#define MOA_GEMM_KC 128
+#else
 #define MOA_GEMM_KC 256
 #endif
-#ifndef MOA_GEMM_MC_TILES
-#define MOA_GEMM_MC_TILES 8 /* MC = this many register tiles of rows */
 #endif
 
 /* Packed B: the columns of B (K x N) in panels of MOA_GEMM_NR; panel q holds
@@ -48,9 +54,10 @@ moa_status moa_gemm_packed_f32(size_t M, size_t N, size_t K, float alpha, moa_ma
  * C is optional: c.data == NULL adds nothing. C may be Y itself (same strides) for an
  * in-place update; otherwise Y must not overlap an operand. K == 0 gives beta * C (or 0).
  * Returns MOA_ERR_NULL_ARGUMENT for a missing A, B or Y that would be read or written,
- * MOA_ERR_BAD_PARAMS when the rows of Y would overlap. A panel of B that is not already 16
- * contiguous columns (transposed, or the last panel) is copied to MOA_GEMM_KC * 16 floats
- * of stack (16 KiB by default). */
+ * MOA_ERR_BAD_PARAMS when the rows of Y would overlap. A tile's panels of B that are not
+ * already contiguous columns (transposed, or the last tile) are copied to MOA_GEMM_KC * 16
+ * floats of stack per panel, and on x86 a block of A to MOA_GEMM_KC floats per row
+ * (moa/gemm_tile.h): 16 + 12 KiB of stack on AVX-512, 8 + 12 on AVX2, 16 on the others. */
 moa_status moa_gemm_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_matrix_f32 b,
                         float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
 

@@ -45,6 +45,7 @@ MOA_GEMM_INLINE void tile_rows(int rows, int vecs, int nr, MOA_GEMM_TILE_PARAMS)
     size_t p = 0;
     int i, v;
     (void)b_next; /* the cores' own prefetchers follow the panel stream (not measured here) */
+    (void)b_panel_stride; /* a tile is one panel wide */
 #pragma GCC unroll 5
     for (i = 0; i < rows; i++) {
 #pragma GCC unroll 4
@@ -113,15 +114,15 @@ MOA_GEMM_INLINE void tile_rows(int rows, int vecs, int nr, MOA_GEMM_TILE_PARAMS)
 MOA_GEMM_INLINE void full_width_rows(int rows, MOA_GEMM_TILE_PARAMS)
 {
     if (b_row_stride == MOA_GEMM_NR) {
-        tile_rows(rows, 4, 16, kc, a, a_row_stride, a_col_stride, b, MOA_GEMM_NR, alpha, y, y_row_stride, accumulate, b_next);
+        tile_rows(rows, 4, 16, kc, a, a_row_stride, a_col_stride, b, MOA_GEMM_NR, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
     } else {
-        tile_rows(rows, 4, 16, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+        tile_rows(rows, 4, 16, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
     }
 }
 
 MOA_NEON_NO_PRESCHEDULE void moa_gemm_tile_f32_5x16_neon(MOA_GEMM_TILE_PARAMS)
 {
-    full_width_rows(5, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+    full_width_rows(5, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
 }
 
 /* The rows r of an edge, with as many q registers as its columns need. */
@@ -129,19 +130,19 @@ MOA_GEMM_INLINE void edge_rows(int r, int nr, MOA_GEMM_TILE_PARAMS)
 {
     switch ((nr + 3) / 4) {
     case 1:
-        tile_rows(r, 1, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+        tile_rows(r, 1, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
         break;
     case 2:
-        tile_rows(r, 2, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+        tile_rows(r, 2, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
         break;
     case 3:
-        tile_rows(r, 3, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+        tile_rows(r, 3, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
         break;
     default:
         if (nr == 16) { /* the bottom edge */
-            full_width_rows(r, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+            full_width_rows(r, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
         } else {
-            tile_rows(r, 4, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+            tile_rows(r, 4, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
         }
         break;
     }
@@ -149,7 +150,7 @@ MOA_GEMM_INLINE void edge_rows(int r, int nr, MOA_GEMM_TILE_PARAMS)
 
 #define EDGE_ROWS(r)                                                                                                \
     case r:                                                                                                         \
-        edge_rows(r, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next); \
+        edge_rows(r, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next); \
         break
 
 MOA_NEON_NO_PRESCHEDULE void moa_gemm_edge_f32_neon(MOA_GEMM_EDGE_PARAMS)

@@ -58,6 +58,7 @@ MOA_GEMM_INLINE void tile_rows_m4(int rows, size_t vl, MOA_GEMM_TILE_PARAMS)
     vfloat32m4_t acc4 = acc0, acc5 = acc0, acc6 = acc0;
     size_t p;
     (void)b_next; /* the cores' own prefetchers follow the panel stream (not measured here) */
+    (void)b_panel_stride; /* a tile is one panel wide */
     for (p = 0; p < kc; p++) {
         MOA_RVV_STRIDED_STEP(m4);
     }
@@ -70,7 +71,7 @@ MOA_GEMM_INLINE void tile_rows_m2(int rows, size_t vl, MOA_GEMM_TILE_PARAMS)
     vfloat32m2_t acc0 = __riscv_vfmv_v_f_f32m2(0.0f, vl), acc1 = acc0, acc2 = acc0, acc3 = acc0;
     vfloat32m2_t acc4 = acc0, acc5 = acc0, acc6 = acc0;
     size_t p = 0;
-    (void)b_next;
+    (void)b_next, (void)b_panel_stride;
     /* Row-major A: each row's pointer moves by 8 floats per 8 steps and the steps read
      * A[i][p .. p + 7] at immediate offsets from it, so a step costs one scalar load per row
      * and no address arithmetic of A's. Rows past `rows` alias row 0 and are never read.
@@ -112,19 +113,19 @@ MOA_GEMM_INLINE void tile_rows_m2(int rows, size_t vl, MOA_GEMM_TILE_PARAMS)
 
 static MOA_RVV_NOINLINE void tile_m4(MOA_GEMM_TILE_PARAMS)
 {
-    tile_rows_m4(7, __riscv_vsetvl_e32m4(MOA_GEMM_NR), kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y,
+    tile_rows_m4(7, __riscv_vsetvl_e32m4(MOA_GEMM_NR), kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y,
                  y_row_stride, accumulate, b_next);
 }
 
 static MOA_RVV_NOINLINE void tile_m2(MOA_GEMM_TILE_PARAMS)
 {
-    tile_rows_m2(7, __riscv_vsetvl_e32m2(MOA_GEMM_NR), kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y,
+    tile_rows_m2(7, __riscv_vsetvl_e32m2(MOA_GEMM_NR), kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y,
                  y_row_stride, accumulate, b_next);
 }
 
 #define EDGE_ROWS(tile_rows, r)                                                                               \
     case r:                                                                                                   \
-        tile_rows(r, vl, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next); \
+        tile_rows(r, vl, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next); \
         break
 #define EDGE(tile_rows)                                                                                        \
     switch (mr) {                                                                                              \
@@ -155,18 +156,18 @@ static int wide_vectors(void)
 void moa_gemm_tile_f32_7x16_rvv(MOA_GEMM_TILE_PARAMS)
 {
     if (wide_vectors()) {
-        tile_m2(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+        tile_m2(kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
     } else {
-        tile_m4(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+        tile_m4(kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
     }
 }
 
 void moa_gemm_edge_f32_rvv(MOA_GEMM_EDGE_PARAMS)
 {
     if (wide_vectors()) {
-        edge_m2(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next, mr, nr);
+        edge_m2(kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next, mr, nr);
     } else {
-        edge_m4(kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next, mr, nr);
+        edge_m4(kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next, mr, nr);
     }
 }
 #endif

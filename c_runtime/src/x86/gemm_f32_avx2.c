@@ -32,6 +32,7 @@ MOA_GEMM_INLINE void tile_rows(int rows, int wide, int nr, MOA_GEMM_TILE_PARAMS)
     __m256 lo[6], hi[6];
     size_t p;
     int i;
+    (void)b_panel_stride; /* a tile is one panel wide */
 #pragma GCC unroll 6
     for (i = 0; i < rows; i++) {
         lo[i] = _mm256_setzero_ps();
@@ -61,18 +62,31 @@ MOA_GEMM_INLINE void tile_rows(int rows, int wide, int nr, MOA_GEMM_TILE_PARAMS)
     }
 }
 
+/* A packed by matmul.c and B's packed rows (moa/gemm_tile.h): constant strides, so every load
+ * is at a fixed offset from two pointers; any other strides take the general loop. */
+MOA_GEMM_INLINE void tile(int rows, int wide, int nr, MOA_GEMM_TILE_PARAMS)
+{
+    if (a_row_stride == MOA_GEMM_KC && a_col_stride == 1 && b_row_stride == MOA_GEMM_NR) {
+        tile_rows(rows, wide, nr, kc, a, MOA_GEMM_KC, 1, b, MOA_GEMM_NR, b_panel_stride, alpha, y, y_row_stride,
+                  accumulate, b_next);
+    } else {
+        tile_rows(rows, wide, nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y,
+                  y_row_stride, accumulate, b_next);
+    }
+}
+
 void moa_gemm_tile_f32_6x16_avx2(MOA_GEMM_TILE_PARAMS)
 {
-    tile_rows(6, 1, 16, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, accumulate, b_next);
+    tile(6, 1, 16, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, accumulate, b_next);
 }
 
 #define EDGE_ROWS(r)                                                                                             \
     case r:                                                                                                      \
         if (nr > 8) {                                                                                            \
-            tile_rows(r, 1, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, \
+            tile(r, 1, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, \
                       accumulate, b_next);                                                                       \
         } else {                                                                                                 \
-            tile_rows(r, 0, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, alpha, y, y_row_stride, \
+            tile(r, 0, (int)nr, kc, a, a_row_stride, a_col_stride, b, b_row_stride, b_panel_stride, alpha, y, y_row_stride, \
                       accumulate, b_next);                                                                       \
         }                                                                                                        \
         break
