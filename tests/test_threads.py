@@ -17,13 +17,13 @@ from moa_edge.pipeline import convert
 
 
 class Block(torch.nn.Module):
-    """An encoder block's products: GEMMs wide enough to lift columns (192 -> 512), tall enough to
+    """An encoder block's products: GEMMs wide enough to lift columns (192, 640), tall enough to
     lift rows (the 300 x 16 head), and attention between them."""
 
     def __init__(self):
         super().__init__()
         self.attention = torch.nn.MultiheadAttention(64, 4, batch_first=True)
-        self.up, self.down, self.head = torch.nn.Linear(64, 512), torch.nn.Linear(512, 64), torch.nn.Linear(64, 16)
+        self.up, self.down, self.head = torch.nn.Linear(64, 640), torch.nn.Linear(640, 64), torch.nn.Linear(64, 16)
 
     def forward(self, x):
         x = x + self.attention(x, x, x, need_weights=False)[0]
@@ -50,7 +50,7 @@ def test_outputs_are_bitwise_the_same_on_every_thread_count(block, tmp_path, boa
     report = convert(path, tmp_path / "p", board=board, threads=4)
     model_c = (tmp_path / "p" / "model.c").read_text()
     assert "moa_gemm_packed_f32_on(pool," in model_c and re.search(r"status = \w+_on\(pool, ", model_c)  # and attention
-    # The feed-forward block runs its rows in blocks; their GELU is lifted onto the pool too.
+    # The feed-forward block runs its rows in blocks; their GELU (60 x 640 elements) is lifted onto the pool too.
     feed_forward = model_c[model_c.index("feed-forward block"):]
     assert feed_forward.index("moa_pool_for(pool, ") < feed_forward.index("\n    }\n")
     binary = build(tmp_path / "p", board)

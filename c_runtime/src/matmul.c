@@ -181,6 +181,49 @@ static moa_status check_gemm(size_t M, size_t N, size_t K, moa_matrix_f32 a, b_s
     return M > 1 && y_row_stride < (ptrdiff_t)N ? MOA_ERR_BAD_PARAMS : MOA_OK;
 }
 
+/* `body` for j = 0 .. n - 1, in blocks of 16 of a constant trip count: gcc -O2 vectorises only
+ * such loops (no epilogue at its cheap cost model). */
+#define EACH_COLUMN(j, n, body)                                                  \
+    do {                                                                         \
+        size_t block_;                                                           \
+        for (block_ = 0; block_ + 16 <= (n); block_ += 16) {                     \
+            for ((j) = block_; (j) < block_ + 16; (j)++) {                       \
+                body;                                                            \
+            }                                                                    \
+        }                                                                        \
+        for ((j) = block_; (j) < (n); (j)++) {                                   \
+            body;                                                                \
+        }                                                                        \
+    } while (0)
+
+/* Row i of Y = beta * C (0 without C). C is Y itself or does not overlap it (matmul.h), so the
+ * common forms, a row of C or one broadcast bias row, are loops the compiler vectorises. */
+static void init_row(moa_matrix_f32 c, float beta, size_t i, size_t N, float *restrict y_row)
+{
+    const float *c_row = c.data + (ptrdiff_t)i * c.row_stride;
+    size_t j;
+    if (c.data == NULL) {
+        EACH_COLUMN(j, N, y_row[j] = 0.0f);
+    } else if (c_row == (const float *)y_row && c.col_stride == 1) {
+        if (beta != 1.0f) {
+            float *row = y_row;
+            for (j = 0; j < N; j++) {
+                row[j] *= beta;
+            }
+        }
+    } else if (c.col_stride == 1) {
+        const float *restrict in = c_row;
+        EACH_COLUMN(j, N, y_row[j] = beta * in[j]);
+    } else if (c.col_stride == 0) {
+        const float value = beta * c_row[0];
+        EACH_COLUMN(j, N, y_row[j] = value);
+    } else {
+        for (j = 0; j < N; j++) {
+            y_row[j] = beta * c_row[(ptrdiff_t)j * c.col_stride];
+        }
+    }
+}
+
 #if MOA_GEMM_PACK_A
 /* Rows i0 .. i0 + mc, columns p0 .. p0 + kc of A copied to `block`, row after row MOA_GEMM_KC
  * floats apart (moa/gemm_tile.h). */
@@ -208,20 +251,16 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
 #if MOA_GEMM_PACK_A
     float a_block[MOA_GEMM_MC * MOA_GEMM_KC];
 #endif
-    size_t i, j, p0, i0, q;
+    size_t i, p0, i0, q;
     const moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
     if (status != MOA_OK || M == 0 || N == 0) {
         return status;
     }
-    /* Y = beta * C (C read just before its element of Y is written, so C may be Y). */
-    for (i = 0; i < M; i++) {
-        for (j = 0; j < N; j++) {
-            float *out = &y[(ptrdiff_t)i * y_row_stride + (ptrdiff_t)j];
-            if (c.data != NULL) {
-                *out = beta * at(c, i, j);
-            } else if (K == 0) {
-                *out = 0.0f;
-            }
+    /* Y = beta * C now when no block will write it: otherwise each block's rows, just before the
+     * block's first slice reads them (so they are still in cache). */
+    if (K == 0 || (c.data != NULL && M < MOA_GEMM_MR && b.quantized != NULL)) {
+        for (i = 0; i < M; i++) {
+            init_row(c, beta, i, N, y + (ptrdiff_t)i * y_row_stride);
         }
     }
     if (M < MOA_GEMM_MR && b.quantized != NULL) {
@@ -237,6 +276,9 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
         const size_t block_rows = b.gather != NULL ? M : MOA_GEMM_MC;
         for (i0 = 0; i0 < M; i0 += block_rows) {
             const size_t mc = min_size(block_rows, M - i0);
+            for (i = i0; p0 == 0 && c.data != NULL && i < i0 + mc; i++) {
+                init_row(c, beta, i, N, y + (ptrdiff_t)i * y_row_stride);
+            }
             /* A's rows of this block: the packed copy when there is one */
             const float *a_block_rows = a_slice.data + (ptrdiff_t)i0 * a.row_stride;
             ptrdiff_t a_row_stride = a.row_stride, a_col_stride = a.col_stride;
@@ -273,10 +315,17 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
 }
 
 /* The product lifted onto the pool's threads (Pi = cores): thread s of T computes the columns
- * of tiles [P s / T, P (s + 1) / T) when there are P >= T NT-wide tiles, else the rows of whole MC
- * blocks (the last share keeps the rows past the last whole block). Each share is the serial
- * gemm() on its slice, and a slice's tiles are the tiles of the whole product, so Y is bitwise
- * the same for every thread count. */
+ * of tiles [P s / T, P (s + 1) / T) of the P NT-wide tiles, or the rows of register tiles
+ * [R s / T, R (s + 1) / T) of the R MR-tall ones (the last share keeps the rows past the last
+ * whole tile). Rows when each thread would have few columns (x86 packs A per thread: a share of
+ * a narrow product would copy all of A for little work; bench gemm, AVX-512, 256 x 384 x 384 on
+ * 2 threads: 272 GFLOP/s by columns, 298 by rows, one thread 161) and B is not costly to make per
+ * share (packed or a view, not gathered or dequantized); columns otherwise. Each share is the
+ * serial gemm() on its slice, and a slice's tiles compute each element as the whole product's
+ * do, so Y is bitwise the same for every thread count. */
+/* Fewer column tiles a thread than this, and the product is split by rows (above). */
+#define MOA_GEMM_MIN_COLUMN_TILES 8
+
 typedef struct {
     size_t M, N, K;
     float alpha, beta;
@@ -320,9 +369,9 @@ static void gemm_columns(gemm_job *job, size_t share)
 
 static void gemm_rows(gemm_job *job, size_t share)
 {
-    const size_t blocks = job->M / MOA_GEMM_MC;
-    const size_t i0 = blocks * share / job->shares * MOA_GEMM_MC;
-    const size_t i1 = share + 1 == job->shares ? job->M : blocks * (share + 1) / job->shares * MOA_GEMM_MC;
+    const size_t tiles = job->M / MOA_GEMM_MR;
+    const size_t i0 = tiles * share / job->shares * MOA_GEMM_MR;
+    const size_t i1 = share + 1 == job->shares ? job->M : tiles * (share + 1) / job->shares * MOA_GEMM_MR;
     moa_matrix_f32 a = job->a, c = job->c;
     if (i0 == i1) {
         return;
@@ -353,15 +402,18 @@ static moa_status gemm_on(moa_pool *pool, size_t M, size_t N, size_t K, float al
                           float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
     const size_t threads = moa_pool_threads(pool), tiles = (N + MOA_GEMM_NT - 1) / MOA_GEMM_NT;
+    const size_t row_tiles = M / MOA_GEMM_MR;
+    const int cheap_b = b.packed != NULL || b.view.data != NULL;
     gemm_job job;
     size_t share;
     moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
-    if (status != MOA_OK || threads == 1 || (tiles < threads && M / MOA_GEMM_MC < 2)) {
+    if (status != MOA_OK || threads == 1 || (tiles < threads && row_tiles < 2)) {
         return status != MOA_OK ? status : gemm(M, N, K, alpha, a, b, beta, c, y, y_row_stride);
     }
     job.M = M, job.N = N, job.K = K, job.alpha = alpha, job.beta = beta, job.a = a, job.c = c, job.b = b;
-    job.y = y, job.y_row_stride = y_row_stride, job.by_columns = tiles >= threads;
-    job.shares = job.by_columns ? threads : (M / MOA_GEMM_MC < threads ? M / MOA_GEMM_MC : threads);
+    job.y = y, job.y_row_stride = y_row_stride;
+    job.by_columns = tiles >= threads && !(cheap_b && tiles < MOA_GEMM_MIN_COLUMN_TILES * threads && row_tiles >= 4 * threads);
+    job.shares = job.by_columns ? threads : (row_tiles < threads ? row_tiles : threads);
     for (share = 0; share < job.shares; share++) {
         job.status[share] = MOA_OK;
     }
