@@ -315,16 +315,16 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
 }
 
 /* The product lifted onto the pool's threads (Pi = cores): thread s of T computes the columns
- * of tiles [P s / T, P (s + 1) / T) of the P NT-wide tiles, or the rows of register tiles
- * [R s / T, R (s + 1) / T) of the R MR-tall ones (the last share keeps the rows past the last
- * whole tile). Rows when each thread would have few columns (x86 packs A per thread: a share of
- * a narrow product would copy all of A for little work; bench gemm, AVX-512, 256 x 384 x 384 on
- * 2 threads: 272 GFLOP/s by columns, 298 by rows, one thread 161) and B is not costly to make per
- * share (packed or a view, not gathered or dequantized); columns otherwise. Each share is the
- * serial gemm() on its slice, and a slice's tiles compute each element as the whole product's
- * do, so Y is bitwise the same for every thread count. */
-/* Fewer column tiles a thread than this, and the product is split by rows (above). */
-#define MOA_GEMM_MIN_COLUMN_TILES 8
+ * of tiles [P s / T, P (s + 1) / T) of the P NT-wide tiles, or rows [M s / T, M (s + 1) / T),
+ * each end rounded to the nearest MR-tall register tile. Rows when each thread would have few
+ * columns (x86 packs A per thread: a share of a narrow product would copy all of A for little
+ * work; bench gemm, AVX-512, 256 x 384 x 384 on 2 threads: 272 GFLOP/s by columns, 298 by rows,
+ * one thread 161) and B is not costly to make per share (packed or a view, not gathered or
+ * dequantized); columns otherwise. Each share is the serial gemm() on its slice, and a slice's
+ * tiles compute each element as the whole product's do, so Y is bitwise the same for every
+ * thread count. */
+/* Fewer columns a thread than this, and the product is split by rows (above). */
+#define MOA_GEMM_MIN_SHARE_COLUMNS 256
 
 typedef struct {
     size_t M, N, K;
@@ -367,11 +367,15 @@ static void gemm_columns(gemm_job *job, size_t share)
                               job->y_row_stride);
 }
 
+/* Where share s of T starts: the row M s / T rounded to the nearest register tile (M at s = T). */
+static size_t share_row(size_t M, size_t s, size_t T)
+{
+    return s == T ? M : min_size(M, (2 * M * s / T + MOA_GEMM_MR) / (2 * MOA_GEMM_MR) * MOA_GEMM_MR);
+}
+
 static void gemm_rows(gemm_job *job, size_t share)
 {
-    const size_t tiles = job->M / MOA_GEMM_MR;
-    const size_t i0 = tiles * share / job->shares * MOA_GEMM_MR;
-    const size_t i1 = share + 1 == job->shares ? job->M : tiles * (share + 1) / job->shares * MOA_GEMM_MR;
+    const size_t i0 = share_row(job->M, share, job->shares), i1 = share_row(job->M, share + 1, job->shares);
     moa_matrix_f32 a = job->a, c = job->c;
     if (i0 == i1) {
         return;
@@ -412,7 +416,7 @@ static moa_status gemm_on(moa_pool *pool, size_t M, size_t N, size_t K, float al
     }
     job.M = M, job.N = N, job.K = K, job.alpha = alpha, job.beta = beta, job.a = a, job.c = c, job.b = b;
     job.y = y, job.y_row_stride = y_row_stride;
-    job.by_columns = tiles >= threads && !(cheap_b && tiles < MOA_GEMM_MIN_COLUMN_TILES * threads && row_tiles >= 4 * threads);
+    job.by_columns = tiles >= threads && !(cheap_b && N < MOA_GEMM_MIN_SHARE_COLUMNS * threads && row_tiles >= 4 * threads);
     job.shares = job.by_columns ? threads : (row_tiles < threads ? row_tiles : threads);
     for (share = 0; share < job.shares; share++) {
         job.status[share] = MOA_OK;
