@@ -35,7 +35,7 @@ from moa_edge.harness.attention_bench import host_cpu  # noqa: E402
 from moa_edge.harness.build import build  # noqa: E402
 from moa_edge.harness.generate_bench import build_isa, cpu_isa  # noqa: E402
 from moa_edge.harness.inputs import load_npz  # noqa: E402
-from moa_edge.harness.model_bench import _ORT_PROBE  # noqa: E402
+from moa_edge.harness.model_bench import ORT_PROBE  # noqa: E402
 from moa_edge.harness.runner import check_inputs, run  # noqa: E402
 from moa_edge.pipeline import convert  # noqa: E402
 from moa_edge.target import load_board  # noqa: E402
@@ -46,7 +46,7 @@ RELATIVE_TOLERANCE = 1e-4  # of the largest |expected| value, as test_generate's
 
 
 def _ort_us(model: Path, inputs: Path, repeat: int, threads: int) -> float:
-    probe = subprocess.run([sys.executable, "-c", _ORT_PROBE, str(model), str(inputs), str(repeat), str(threads)],
+    probe = subprocess.run([sys.executable, "-c", ORT_PROBE, str(model), str(inputs), str(repeat), str(threads)],
                            capture_output=True, text=True, check=True)
     return json.loads(probe.stdout)["run_us"]
 

@@ -40,6 +40,7 @@ from moa_edge.ops.attention import C_SOURCES
 from moa_edge.target import Board, load_board
 
 from . import compare
+from .build import selected_isa
 from .kernel_harness import RUNTIME_INCLUDE, runtime_objects
 from .scratch_folder import scratch_folder
 from .ssh import RemoteFolder
@@ -304,12 +305,11 @@ def _compile(cc: str, cflags: list, ldflags: list, source: str, folder: Path, ob
 
 
 def _build_isa(cc: str, cflags: list) -> str:
-    """The MOA_ISA_NAME moa/isa.h selects under these flags (the preprocessor alone)."""
-    proc = subprocess.run([cc, *cflags, f"-I{RUNTIME_INCLUDE}", "-E", "-P", "-x", "c", "-"], capture_output=True, text=True,
-                          input='#include "moa/isa.h"\nMOA_ISA_NAME\n')
-    if proc.returncode:
-        raise MoaEdgeError(f"bench attention: {cc} {' '.join(cflags)} cannot preprocess moa/isa.h: {proc.stderr[-500:]}")
-    return proc.stdout.strip().splitlines()[-1].strip('"')
+    """The MOA_ISA_NAME moa/isa.h selects under these flags."""
+    isa = selected_isa(cc, cflags, RUNTIME_INCLUDE)
+    if isa is None:
+        raise MoaEdgeError(f"bench attention: {cc} {' '.join(cflags)} cannot preprocess moa/isa.h")
+    return isa
 
 
 def _run_c(cmd: list, mode: str, repeat: int, budget: float, paths: list, y_path: Path,

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 import re
 import shutil
+import subprocess
 import sys
 
 from moa_edge.errors import MoaEdgeError
@@ -59,3 +60,16 @@ def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldfla
     if proc.returncode != 0:
         raise MoaEdgeError(f"build of {project} for {board.name} failed:\n{proc.stdout}{proc.stderr}".rstrip())
     return project / "build" / variant / "model_main"
+
+
+def selected_isa(cc: str, cflags: list[str], include: Path) -> str | None:
+    """The kernels a build with this compiler and these flags selects: moa/isa.h's MOA_ISA_NAME
+    as the preprocessor sees it (include: the runtime's include folder); None if it cannot tell."""
+    try:
+        proc = subprocess.run([cc, *cflags, "-I", str(include), "-E", "-P", "-x", "c", "-"], capture_output=True,
+                              text=True, timeout=60, input='#include "moa/isa.h"\nmoa_isa_name = MOA_ISA_NAME\n')
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = [line.split("=", 1)[1].strip().strip('"') for line in proc.stdout.splitlines()
+             if line.startswith("moa_isa_name =")]
+    return found[-1] if proc.returncode == 0 and found else None

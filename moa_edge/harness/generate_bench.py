@@ -32,7 +32,7 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board, load_board
 
-from .build import build
+from .build import build, selected_isa
 from .generation import generate_ids, generation_info
 from .gguf_weights import FILE_TYPES, MATCHING, write_gguf
 from .scratch_folder import scratch_folder
@@ -253,21 +253,13 @@ def _prepare(model: Path, convert, board: Board, folder: Path, max_context: int,
 
 
 def build_isa(project: Path, board: Board, extra_cflags: list[str] = ()) -> str | None:
-    """The kernels a build of project with the board's compiler and flags selects: moa/isa.h's
-    MOA_ISA_NAME, as the preprocessor sees it with those flags (None if it cannot be asked)."""
+    """The kernels a build of project with the board's compiler and flags selects (None if it
+    cannot be asked)."""
     cc = board.compiler()
     if cc is None:
         return None
     cflags = list(board.toolchain.get("cflags", [])) + list(extra_cflags)
-    source = '#include "moa/isa.h"\nmoa_isa_name = MOA_ISA_NAME\n'
-    try:
-        proc = subprocess.run([cc, *cflags, "-I", str(project / "runtime" / "include"), "-E", "-P", "-x", "c", "-"],
-                              input=source, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    found = [line.split("=", 1)[1].strip().strip('"') for line in proc.stdout.splitlines()
-             if line.startswith("moa_isa_name =")]
-    return found[-1] if proc.returncode == 0 and found else None
+    return selected_isa(cc, cflags, project / "runtime" / "include")
 
 
 def _moa_edge(binary: Path, info: dict, board: Board, isa: str | None, prompt: list[int], new_tokens: int,

@@ -20,8 +20,9 @@ from .inputs import load_npz, random_inputs
 from .runner import run
 from .scratch_folder import scratch_folder
 
-# Run in a fresh interpreter so that the growth measured is the session's alone.
-_ORT_PROBE = r"""
+# onnxruntime timed in a fresh interpreter (so that the growth measured is the session's alone):
+# python -c ORT_PROBE MODEL INPUTS.npz REPEAT THREADS; four_models.py runs it too.
+ORT_PROBE = r"""
 import json, sys, time
 import numpy as np
 import onnxruntime as ort
@@ -87,7 +88,7 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
             variant = build(tmp / "fused", board, extra_cflags=[f"-march={march}"], variant=f"host-{march}")
             variants[march] = run(variant, board, report["io"], inputs, repeat=repeat, threads=threads)[1]
         progress(f"onnxruntime: {repeat} runs, {threads} thread(s)")
-        probe = subprocess.run([sys.executable, "-c", _ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat),
+        probe = subprocess.run([sys.executable, "-c", ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat),
                                 str(threads)],
                                capture_output=True, text=True, check=True)
         ort = json.loads(probe.stdout)
