@@ -272,8 +272,8 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
         const int accumulate = p0 > 0 || c.data != NULL;
         moa_matrix_f32 a_slice = a;
         a_slice.data += (ptrdiff_t)p0 * a.col_stride;
-        /* A gathered panel is costly to make: it is made once, for all the rows of A. */
-        const size_t block_rows = b.gather != NULL ? M : MOA_GEMM_MC;
+        /* A gathered or dequantized panel is costly to make: it is made once, for all the rows of A. */
+        const size_t block_rows = b.gather != NULL || b.quantized != NULL ? M : MOA_GEMM_MC;
         for (i0 = 0; i0 < M; i0 += block_rows) {
             const size_t mc = min_size(block_rows, M - i0);
             for (i = i0; p0 == 0 && c.data != NULL && i < i0 + mc; i++) {
