@@ -200,9 +200,9 @@ static moa_status check_gemm(size_t M, size_t N, size_t K, moa_matrix_f32 a, b_s
  * common forms, a row of C or one broadcast bias row, are loops the compiler vectorises. */
 static void init_row(moa_matrix_f32 c, float beta, size_t i, size_t N, float *restrict y_row)
 {
-    const float *c_row = c.data + (ptrdiff_t)i * c.row_stride;
+    const float *c_row = c.data != NULL ? c.data + (ptrdiff_t)i * c.row_stride : NULL;
     size_t j;
-    if (c.data == NULL) {
+    if (c_row == NULL) {
         EACH_COLUMN(j, N, y_row[j] = 0.0f);
     } else if (c_row == (const float *)y_row && c.col_stride == 1) {
         if (beta != 1.0f) {
