@@ -24,10 +24,10 @@ typedef struct {
 
 /* Cache blocking (Goto's loop order; see matmul.c): a KC-deep slice of the sum at a time, its
  * panels of B (KC x 16) kept in L1. A board may override it with -D; the height of a block of
- * A (MOA_GEMM_MC_TILES) is per ISA, in moa/gemm_tile.h. x86's tiles read two panels and a
- * packed block of A, all in L1 at KC 128 (bench gemm, AVX-512: 128 at 150 GFLOP/s, 256 at 142);
- * the other ISAs' one-panel tiles run fewer instructions at 256 (NEON, 1 x 576 x 1536: 2.00
- * instructions per FMA lane against 2.14 at 128). */
+ * A (MOA_GEMM_MC_TILES) is per ISA, in moa/gemm_tile.h. On x86 a tile's panels (two on AVX-512)
+ * and the packed block of A all fit in L1 at KC 128 (bench gemm, AVX-512, 128 x 768 x 768:
+ * 149 GFLOP/s at KC 128, 142 at 256); the other ISAs' tiles run fewer instructions at 256 (NEON,
+ * 1 x 576 x 1536: 2.00 instructions per FMA lane against 2.14 at 128). */
 #ifndef MOA_GEMM_KC
 #if MOA_ISA_AVX512 || MOA_ISA_AVX2
 #define MOA_GEMM_KC 128
