@@ -2,7 +2,7 @@
  * each per step, A[i][p] broadcast once and multiplied into both. 24 FMAs per 14 loads (and two
  * prefetches) leave the FMA units, not the load ports, the limit; the 16 x 16 tile before it
  * had 16 FMAs per 17 loads (bench gemm, 128 x 768 x 3072: 110 -> 124 GFLOP/s from the tile,
- * 149 with A packed at constant strides, moa/gemm_tile.h).
+ * 145 with A packed at constant strides, moa/gemm_tile.h; README).
  * One prefetch per panel and step brings in the next tile's rows. The edge tile runs mr
  * accumulator rows, one panel when nr <= 16, and reads and writes Y through the mask of the
  * last panel's columns. */
