@@ -252,18 +252,19 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
     float a_block[MOA_GEMM_MC * MOA_GEMM_KC];
 #endif
     size_t i, p0, i0, q;
+    const int gemv = M < MOA_GEMM_MR && b.quantized != NULL; /* gemv_quantized() below */
     const moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
     if (status != MOA_OK || M == 0 || N == 0) {
         return status;
     }
     /* Y = beta * C now when no block will write it: otherwise each block's rows, just before the
      * block's first slice reads them (so they are still in cache). */
-    if (K == 0 || (c.data != NULL && M < MOA_GEMM_MR && b.quantized != NULL)) {
+    if (K == 0 || (c.data != NULL && gemv)) {
         for (i = 0; i < M; i++) {
             init_row(c, beta, i, N, y + (ptrdiff_t)i * y_row_stride);
         }
     }
-    if (M < MOA_GEMM_MR && b.quantized != NULL) {
+    if (gemv) {
         gemv_quantized(M, N, K, alpha, a, b.quantized, c.data != NULL, y, y_row_stride);
         return MOA_OK;
     }

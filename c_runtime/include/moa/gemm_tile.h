@@ -85,6 +85,9 @@
  * broadcast of A is one load at a fixed offset, and rows of A a multiple of 4 KiB apart no
  * longer share the L1's sets. */
 #define MOA_GEMM_PACK_A (MOA_ISA_AVX512 || MOA_ISA_AVX2)
+/* A tile's arguments are those strides: the tiles then run their loop with them as constants. */
+#define MOA_GEMM_PACKED_STRIDES(a_row_stride, a_col_stride, b_row_stride) \
+    ((a_row_stride) == MOA_GEMM_KC && (a_col_stride) == 1 && (b_row_stride) == MOA_GEMM_NR)
 #define MOA_GEMM_NT (MOA_GEMM_TILE_PANELS * MOA_GEMM_NR)
 
 /* Inlined into each ISA's full tile and into every case of its edge tile's switch over mr,

@@ -66,7 +66,7 @@ MOA_GEMM_INLINE void tile_rows(int rows, int wide, int nr, MOA_GEMM_TILE_PARAMS)
  * is at a fixed offset from two pointers; any other strides take the general loop. */
 MOA_GEMM_INLINE void tile(int rows, int wide, int nr, MOA_GEMM_TILE_PARAMS)
 {
-    if (a_row_stride == MOA_GEMM_KC && a_col_stride == 1 && b_row_stride == MOA_GEMM_NR) {
+    if (MOA_GEMM_PACKED_STRIDES(a_row_stride, a_col_stride, b_row_stride)) {
         tile_rows(rows, wide, nr, kc, a, MOA_GEMM_KC, 1, b, MOA_GEMM_NR, b_panel_stride, alpha, y, y_row_stride,
                   accumulate, b_next);
     } else {
