@@ -76,7 +76,7 @@ def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None =
     blocks = []
     for node in graph.nodes:
         if node.op == "MoaAttention":
-            attention.schedule(node, board, scratch_budget)
+            attention.schedule(node, board, scratch_budget, workers=board.threads())  # as convert's default
             spec = node.attrs["spec"]
             blocks.append(dict(node=node.name, **spec.describe(), predicted=node.attrs["cost"].describe(),
                                derivation=dnf.format_derivation(dnf.derive(spec.features()))))
@@ -118,7 +118,7 @@ def schedule_graph(graph: Graph, board: Board, scratch_budget: int | None = None
     graph.max_threads = threads
     for node in graph.nodes:
         if node.op == "MoaAttention":
-            attention.schedule(node, board, scratch_budget, forced)
+            attention.schedule(node, board, scratch_budget, forced, workers=threads)
             node.attrs["threads"] = threads
     return graph
 

@@ -102,8 +102,9 @@ def test_gqa_decode_reads_each_kv_head_once(tmp_path):
 def test_choice_stacks_the_group_and_splits_only_for_idle_workers():
     """For a decode step the cost model stacks the group's rows (Br = group x Sq: fewest L1
     fills, one walk of each K/V head); on one core it never splits the keys (split-K adds
-    scratch and a combination, no traffic saved); with more workers than (K/V head, row block)
-    items it splits until each worker has one, keeping MIN_SPLIT_KEYS keys per split."""
+    scratch and a combination, no traffic saved); when the (K/V head, row block) items do not
+    share evenly among the workers it splits until they do (at least 90% busy), keeping
+    MIN_SPLIT_KEYS keys per split."""
     board = load_board("rpi4")
     for q_len, group_rows in ((1, 3), (4, 12)):
         spec = decode_spec(q_len=q_len)
@@ -111,7 +112,9 @@ def test_choice_stacks_the_group_and_splits_only_for_idle_workers():
         assert (chosen.strategy, chosen.block_q, chosen.splits) == ("online", group_rows, 1)
         assert decode_form(spec, chosen.schedule)
     spec = decode_spec()
-    assert cost.choose(spec, board, workers=4).splits == 2  # 3 items for 4 workers
+    assert cost.choose(spec, board, workers=2).splits == 2  # 3 items for 2 workers: 6, 3 each
+    assert cost.choose(spec, board, workers=3).splits == 1  # one each
+    assert cost.choose(spec, board, workers=4).splits == 4  # 3 items for 4 workers: 12 (2 splits: 6, busy 75%)
     assert cost.choose(spec, board, workers=12).splits == 4  # 1024 keys: at most 4 splits of 256
     assert cost.choose(decode_spec(kv_len=256), board, workers=4).splits == 1
     prefill = decode_spec(q_len=256)

@@ -457,14 +457,21 @@ def test_decode_never_reads_the_cache_past_its_length(real, splits, tmp_path):
 
 
 def test_decode_scratch_is_per_split_partials_never_a_score_matrix():
-    """Split-K scratch: the Br x Bc score tile and S partials (m, l, acc) of Br rows, whatever
-    the cache length; one split is the online form's scratch."""
+    """Split-K scratch: the Br x Bc score tile per thread, and S partials (m, l, acc) of Br rows
+    per row block shared by the threads (a block's splits may run on any), whatever the cache
+    length; one split is the online form's scratch, all of it per thread."""
     block = DECODE[1]
     spec = make_decode(block, 1)[0]
-    br, bc, dv = 3, 16, block.dv  # the 3 query heads of a K/V head, one row each
+    br, bc, dv, blocks = 3, 16, block.dv, block.hkv  # the 3 query heads of a K/V head, one row each
     for splits in SPLITS:
-        regions = dict(scratch_layout(spec, decode_schedule(block, splits)).regions)
-        assert regions == {"s": br * bc, "m": splits * br, "l": splits * br, "alpha": br, "acc": splits * br * dv}
+        layout = scratch_layout(spec, decode_schedule(block, splits))
+        if splits == 1:
+            assert dict(layout.regions) == {"s": br * bc, "m": br, "l": br, "alpha": br, "acc": br * dv}
+            assert layout.shared == 0
+        else:
+            assert dict(layout.regions) == {"partials": blocks * splits * br * (dv + 2), "s": br * bc, "alpha": br}
+            assert layout.shared == blocks * splits * br * (dv + 2) and layout.per_thread == br * bc + br
+        assert scratch_bytes(spec, decode_schedule(block, splits), threads=4) == 4 * (layout.shared + 4 * layout.per_thread)
     longer = dataclasses.replace(spec, kv_len=4096, k=Layout.row_major((1, 3, 4096, 64)), v=Layout.row_major((1, 3, 4096, 64)))
     assert scratch_bytes(longer, decode_schedule(block, 4)) == scratch_bytes(spec, decode_schedule(block, 4))
     assert scratch_bytes(spec, Schedule("online", 1, 16)) == 4 * (bc + 3 + dv)  # the head form: one row

@@ -129,3 +129,40 @@ def test_the_verbs_take_threads(block, tmp_path):
     assert not (tmp_path / "out2.npz").exists()
     r = run_cli("validate", path, "--threads", "2")
     assert r.returncode == 0 and "ALL PASS" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def split_decoder(tmp_path_factory):
+    """A multi-query decoder (llama-mqa: one K/V head), a 200-token prompt, transformers' greedy
+    tokens after it and its float64 logits."""
+    import decoders
+    folder = tmp_path_factory.mktemp("split-decoder")
+    case = decoders.cached_decoder("llama-mqa", "torchscript", 17, folder)
+    prompt = [int(t) for t in np.random.default_rng(5).integers(0, case.geometry.vocab, 200)]
+    want = decoders.reference_generate(case, prompt, 6)
+    reference = decoders.reference_logits(case, prompt + want)[len(prompt) - 1:-1]
+    return case, prompt, want, reference
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", ["host", "rpi4", "k230"])
+def test_a_decode_steps_key_splits_are_lifted_onto_the_cores(split_decoder, tmp_path, board_name):
+    """Split-K on cores: converted for 512 tokens and 4 threads, the decode step has one (K/V head,
+    row block) item, so the cost model splits its keys in 2 (200-205 keys: two splits of whole key
+    tiles), each split an item of the pool, the partials combined once all have run. Greedy tokens
+    and teacher-forced logits are bitwise the same on 1, 2 and 4 threads, and transformers' (logits
+    within 1e-4 of the largest)."""
+    from moa_edge.harness.generation import generate_ids, generation_info
+    board = require_board(board_name)
+    case, prompt, want, reference = split_decoder
+    report = convert(case.path, tmp_path / "p", board=board, max_context=512, threads=4)
+    step = [b for b in report["attention_blocks"] if b["chunk"] == 1]
+    assert step and all(b["predicted"]["splits"] == 2 for b in step)
+    assert "_combine_share, &job);" in (tmp_path / "p" / "attention.c").read_text()
+    binary, info = build(tmp_path / "p", board), generation_info(tmp_path / "p")
+    runs = [generate_ids(binary, board, info, prompt, len(want), forced_ids=want, threads=t) for t in (1, 2, 4)]
+    for got in runs[1:]:
+        assert np.array_equal(got["logits"].view(np.uint32), runs[0]["logits"].view(np.uint32))
+    assert generate_ids(binary, board, info, prompt, len(want), threads=4)["tokens"] == want
+    error = np.abs(runs[0]["logits"] - reference).max() / np.abs(reference).max()
+    assert error < 1e-4, error

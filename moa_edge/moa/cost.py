@@ -24,7 +24,7 @@ from moa_edge.ir import dtypes
 from moa_edge.target import Board
 
 from .mask import MASK_NONE
-from .onf import STRATEGIES, Schedule, block_rows, decode_form, scratch_bytes
+from .onf import STRATEGIES, Schedule, block_rows, decode_form, scratch_bytes, work_items
 from .spec import AttentionSpec
 
 ELEM = dtypes.COMPUTE_DTYPE.itemsize  # Q, K, V, the output and scratch (the spec names no type yet)
@@ -46,6 +46,7 @@ REGISTER_ROWS = 4
 # A key split shorter than this costs its partial's start and its share of the combination
 # more than the parallel work it adds (two micro-kernel tiles of MIN_BLOCK_K keys).
 MIN_SPLIT_KEYS = 2 * MIN_BLOCK_K
+BUSY = 0.9  # split the keys until the lifted items keep the workers this busy (choose_splits)
 
 
 @dataclass(frozen=True)
@@ -199,19 +200,22 @@ def _row_candidates(spec: AttentionSpec, strategy: str) -> list[int]:
 
 def choose_splits(spec: AttentionSpec, schedule: Schedule, workers: int, budget: int | None = None,
                   keys: int | None = None) -> int:
-    """Split-K when one block's work is too little for the workers: the independent (batch,
-    K/V head, row block) items of the decode form are fewer than `workers`, so the key axis is
-    split until there are as many items as workers, while each split keeps at least
-    MIN_SPLIT_KEYS keys and the partials fit the scratch budget. On one worker (every kernel
-    until the multi-core issue) splitting only adds scratch and a combination: 1."""
+    """Split-K when the independent (batch, K/V head, row block) items of the decode form do not
+    share evenly among `workers` (a decode step has a few: SmolLM2's 3 K/V heads on 2 or 4 cores):
+    the fewest splits S whose items * S keep every worker at least BUSY of the time, else the
+    most even S; each split keeps at least MIN_SPLIT_KEYS keys, and the partials fit the scratch
+    budget. On one worker splitting only adds scratch and a combination: 1."""
     if workers <= 1 or schedule.strategy != "online":
         return 1
-    split_form = replace(schedule, splits=2)  # a split schedule runs in the decode form
-    items = spec.batch * spec.kv_heads * len(row_blocks(spec, split_form, keys))
-    splits = min(math.ceil(workers / max(items, 1)), max(1, _valid_keys(spec, keys) // MIN_SPLIT_KEYS))
-    while splits > 1 and budget is not None and scratch_bytes(spec, replace(schedule, splits=splits)) > budget:
-        splits -= 1
-    return splits
+    def busy(splits: int) -> float:  # the share of the workers' time the items fill
+        n = work_items(spec, replace(schedule, splits=splits)) * splits
+        return n / (math.ceil(n / workers) * workers)
+
+    most = max(1, _valid_keys(spec, keys) // MIN_SPLIT_KEYS)
+    while most > 1 and budget is not None and scratch_bytes(spec, replace(schedule, splits=most)) > budget:
+        most -= 1
+    candidates = range(1, most + 1)
+    return next((s for s in candidates if busy(s) >= BUSY), max(candidates, key=lambda s: (busy(s), -s)))
 
 
 def choose(spec: AttentionSpec, board: Board, scratch_budget: int | None = None, workers: int = 1) -> Cost:

@@ -82,6 +82,11 @@ def block_rows(spec: AttentionSpec, schedule: Schedule) -> int:
     return min(schedule.block_q, rows)
 
 
+# The one scratch region every thread shares: split-K's partials, written by the item of each
+# split and read by the block's combination after all have run. Every other region is a thread's own.
+SHARED_REGION = "partials"
+
+
 @dataclass(frozen=True)
 class Scratch:
     """Scratch regions of one kernel call, in elements, in the order they sit in memory."""
@@ -90,6 +95,14 @@ class Scratch:
     @property
     def elements(self) -> int:
         return sum(n for _, n in self.regions)
+
+    @property
+    def shared(self) -> int:
+        return sum(n for region, n in self.regions if region == SHARED_REGION)
+
+    @property
+    def per_thread(self) -> int:
+        return self.elements - self.shared
 
 
 @dataclass(frozen=True)
@@ -168,14 +181,29 @@ def _packing_regions(spec: AttentionSpec, schedule: Schedule) -> tuple[tuple[str
     return tuple((region, n) for region, stride, n in wanted if stride is None)
 
 
+def partial_elements(spec: AttentionSpec, schedule: Schedule) -> int:
+    """One row block's split-K partials: S x (m, l) of Br rows, then S x acc of Br x Dv."""
+    return schedule.splits * block_rows(spec, schedule) * (spec.value_dim + 2)
+
+
 def scratch_layout(spec: AttentionSpec, schedule: Schedule) -> Scratch:
-    """The production kernel's scratch: the softmax's regions, then any packed rows."""
-    return Scratch(_softmax_regions(spec, schedule) + _packing_regions(spec, schedule))
+    """The production kernel's scratch: the softmax's regions, then any packed rows. Split-K's
+    partials are a region of their own, one per (row block, split) item, shared by the threads
+    (an item's split may run on any of them): the score tile and row factors stay per thread."""
+    softmax = _softmax_regions(spec, schedule)
+    if schedule.splits > 1:
+        blocks = work_items(spec, schedule)
+        softmax = ((SHARED_REGION, blocks * partial_elements(spec, schedule)),
+                   *((region, n) for region, n in softmax if region in ("s", "alpha")))
+    return Scratch(softmax + _packing_regions(spec, schedule))
 
 
-def scratch_bytes(spec: AttentionSpec, schedule: Schedule, elem_bytes: int = dtypes.COMPUTE_DTYPE.itemsize) -> int:
-    """Bytes of the block's scratch; its elements are of the compute type (the spec names no type yet)."""
-    return scratch_layout(spec, schedule).elements * elem_bytes
+def scratch_bytes(spec: AttentionSpec, schedule: Schedule, threads: int = 1,
+                  elem_bytes: int = dtypes.COMPUTE_DTYPE.itemsize) -> int:
+    """Bytes of the block's scratch for `threads` threads (the shared partials once, the rest
+    per thread); its elements are of the compute type (the spec names no type yet)."""
+    layout = scratch_layout(spec, schedule)
+    return (layout.shared + threads * layout.per_thread) * elem_bytes
 
 
 # --- index arithmetic ----------------------------------------------------------------
@@ -232,10 +260,12 @@ def _sum_terms(*terms) -> str:
     return " + ".join(str(t) for t in out if t != 0) or "0"
 
 
-def _open_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str, scratch: Scratch, w):
+def _open_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str, scratch: Scratch, w,
+                 split_items: bool = False):
     """The function head, its scratch regions, and the loops over (b, h, ib) (decode form:
     (b, g, ib) over the stacked rows) with each block's row count and last visible key;
-    _close_kernel ends them."""
+    _close_kernel ends them. With split_items, an item is one split c of a block (b, g, ib, c),
+    and the function takes the shared partials beside its thread's scratch."""
     decode = decode_form(spec, schedule)
     br = block_rows(spec, schedule)
     bc = min(schedule.block_k, spec.kv_len)
@@ -253,23 +283,34 @@ def _open_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str,
       + ", ".join(f"{r}[{n}]" for r, n in scratch.regions) + " */")
     head, heads, row_count = ("g", spec.kv_heads, group * spec.q_len) if decode else ("h", spec.q_heads, spec.q_len)
     blocks = -(-row_count // br)
-    w(f"/* Items first .. end - 1 of the {work_items(spec, schedule)} = {spec.batch} x {heads} x {blocks} (b, {head}, ib): "
-      "the dimensions lifted onto cores (name_on). */")
-    w(f"static moa_status {name}_items({kernel_parameters(spec, ctype)}, size_t first, size_t end)")
+    if split_items:
+        w(f"/* Items first .. end - 1 of the {work_items(spec, schedule) * schedule.splits} = {spec.batch} x {heads} x "
+          f"{blocks} x {schedule.splits} (b, {head}, ib, c): the dimensions lifted onto cores (name_on), each item one "
+          "split's partial; name_combine then combines each block's. */")
+        w(f"static moa_status {name}_items({kernel_parameters(spec, ctype)}, {ctype} *restrict partials, "
+          "size_t first, size_t end)")
+    else:
+        w(f"/* Items first .. end - 1 of the {work_items(spec, schedule)} = {spec.batch} x {heads} x {blocks} "
+          f"(b, {head}, ib): the dimensions lifted onto cores (name_on). */")
+        w(f"static moa_status {name}_items({kernel_parameters(spec, ctype)}, size_t first, size_t end)")
     w("{")
     offset = 0
     for region, n in scratch.regions:
-        w(f"    {ctype} *const {region} = scratch + {offset};")
-        offset += n
+        if region != SHARED_REGION:
+            w(f"    {ctype} *const {region} = scratch + {offset};")
+            offset += n
     w("    size_t item;")
     if spec.mask_kind == MASK_NONE:
         w("    (void)M;")
+    if split_items:
+        w("    (void)Y; /* written by name_combine */")
     w("    for (item = first; item < end; item++) {")
-    w(f"        const ptrdiff_t b = (ptrdiff_t)(item / {heads * blocks}), {head} = (ptrdiff_t)(item / {blocks} % {heads});"
-      " /* 64-bit on 64-bit targets */")
-    w(f"        const ptrdiff_t ib = (ptrdiff_t)(item % {blocks}) * {br};")
-    w(f"        (void)b, (void){head}; /* an axis of one element is read at offset 0 */")
-    w(f"        const ptrdiff_t rows = {row_count} - ib < {br} ? {row_count} - ib : {br};")
+    block = "item"
+    if split_items:
+        block = "block"
+        w(f"        const size_t block = item / {schedule.splits}; /* split c of row block `block` */")
+        w(f"        const ptrdiff_t c = (ptrdiff_t)(item % {schedule.splits});")
+    _block_indices(spec, head, heads, blocks, br, row_count, block, w)
     query_end = "ib + rows"  # one past the block's last query index
     if decode and spec.q_len > 1 and group > 1:  # a block of stacked rows may wrap from one head to the next
         sq = spec.q_len
@@ -287,6 +328,15 @@ def _open_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str,
         w(f"        const ptrdiff_t kv_end = {last} < 0 ? 0 : ({last} < kv_limit ? {last} : kv_limit);")
     else:
         w("        const ptrdiff_t kv_end = kv_limit < 0 ? 0 : kv_limit;")
+
+
+def _block_indices(spec: AttentionSpec, head: str, heads: int, blocks: int, br: int, row_count: int, block: str, w):
+    """(b, head, ib) of row block `block`, and its row count."""
+    w(f"        const ptrdiff_t b = (ptrdiff_t)({block} / {heads * blocks}), {head} = (ptrdiff_t)({block} / {blocks} % {heads});"
+      " /* 64-bit on 64-bit targets */")
+    w(f"        const ptrdiff_t ib = (ptrdiff_t)({block} % {blocks}) * {br};")
+    w(f"        (void)b, (void){head}; /* an axis of one element is read at offset 0 */")
+    w(f"        const ptrdiff_t rows = {row_count} - ib < {br} ? {row_count} - ib : {br};")
 
 
 def kernel_parameters(spec: AttentionSpec, ctype: str = "float") -> str:
@@ -314,15 +364,24 @@ def _argument_names(spec: AttentionSpec) -> list[str]:
             + (["L"] if spec.kv_lengths else []))
 
 
-def _close_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str, w):
-    """The item loop's end, then `name`: every item on the caller's thread."""
+def _close_kernel(spec: AttentionSpec, schedule: Schedule, name: str, ctype: str, w, split_items: bool = False):
+    """The item loop's end, then `name`: every item on the caller's thread (split items: every
+    split's partial, then every block's combination)."""
     w("    }")
     w("    return MOA_OK;")
     w("}")
     w("")
     w(f"moa_status {name}({kernel_parameters(spec, ctype)})")
     w("{")
-    w(f"    return {name}_items({', '.join(_argument_names(spec))}, 0, {work_items(spec, schedule)});")
+    items = work_items(spec, schedule)
+    if split_items:
+        shared = scratch_layout(spec, schedule).shared
+        arguments = ", ".join(f"scratch + {shared}" if n == "scratch" else n for n in _argument_names(spec))
+        w(f"    (void){name}_items({arguments}, scratch, 0, {items * schedule.splits});")
+        w(f"    {name}_combine(Y, scratch, 0, {items});")
+        w("    return MOA_OK;")
+    else:
+        w(f"    return {name}_items({', '.join(_argument_names(spec))}, 0, {items});")
     w("}")
 
 
@@ -334,18 +393,27 @@ def emit_lifted(spec: AttentionSpec, schedule: Schedule, name: str) -> str:
     ctype = kernel_set(spec).ctype
     names = _argument_names(spec)
     fields = [p.strip().replace("restrict ", "") for p in kernel_parameters(spec, ctype).replace("\n", " ").split(",")]
-    per_thread = scratch_layout(spec, schedule).elements
-    call = ", ".join(f"job->{n}" if n != "scratch" else f"job->scratch + thread * {per_thread}" for n in names)
-    return "\n".join([
-        f"typedef struct {{ {' '.join(f + ';' for f in fields)} }} {name}_job;", "",
-        f"static void {name}_share(void *ctx, size_t first, size_t end, size_t thread)", "{",
-        f"    const {name}_job *job = (const {name}_job *)ctx;",
-        f"    (void){name}_items({call}, first, end);", "}", "",
-        f"moa_status {name}_on(moa_pool *pool, {kernel_parameters(spec, ctype)})", "{",
-        f"    {name}_job job;",
-        *(f"    job.{n} = {n};" for n in names),
-        f"    moa_pool_for(pool, {work_items(spec, schedule)}, {name}_share, &job);",
-        "    return MOA_OK;", "}", ""])
+    layout, items, splits = scratch_layout(spec, schedule), work_items(spec, schedule), schedule.splits
+    own = f"job->scratch + {layout.shared} + thread * {layout.per_thread}" if layout.shared else \
+        f"job->scratch + thread * {layout.per_thread}"
+    call = ", ".join(f"job->{n}" if n != "scratch" else own for n in names)
+    partials = ", job->scratch" if splits > 1 else ""
+    lines = [f"typedef struct {{ {' '.join(f + ';' for f in fields)} }} {name}_job;", "",
+             f"static void {name}_share(void *ctx, size_t first, size_t end, size_t thread)", "{",
+             f"    const {name}_job *job = (const {name}_job *)ctx;",
+             f"    (void){name}_items({call}{partials}, first, end);", "}", ""]
+    if splits > 1:  # a second share: each block's splits combined, once every split has run
+        lines += [f"static void {name}_combine_share(void *ctx, size_t first, size_t end, size_t thread)", "{",
+                  f"    const {name}_job *job = (const {name}_job *)ctx;",
+                  "    (void)thread;",
+                  f"    {name}_combine(job->Y, job->scratch, first, end);", "}", ""]
+    lines += [f"moa_status {name}_on(moa_pool *pool, {kernel_parameters(spec, ctype)})", "{",
+              f"    {name}_job job;",
+              *(f"    job.{n} = {n};" for n in names),
+              f"    moa_pool_for(pool, {items * splits}, {name}_share, &job);"]
+    if splits > 1:
+        lines.append(f"    moa_pool_for(pool, {items}, {name}_combine_share, &job);")
+    return "\n".join(lines + ["    return MOA_OK;", "}", ""])
 
 
 def emit_kernel(spec: AttentionSpec, schedule: Schedule, name: str, kernels: KernelSet | None = None) -> str:
@@ -354,15 +422,18 @@ def emit_kernel(spec: AttentionSpec, schedule: Schedule, name: str, kernels: Ker
     kernels = kernels or kernel_set(spec)
     L: list[str] = []
     w = L.append
-    _open_kernel(spec, schedule, name, kernels.ctype, scratch_layout(spec, schedule), w)
+    split = schedule.splits > 1  # each split of a block its own item (the decode form)
     form = _MicroKernels(spec, schedule, kernels)
-    w("        ptrdiff_t ii, kb, kk" + (", j" if form.copies else "") + (", c" if schedule.splits > 1 else "") + ";")
+    if split:
+        _combine_function(form, name, w)
+    _open_kernel(spec, schedule, name, kernels.ctype, scratch_layout(spec, schedule), w, split)
+    w("        ptrdiff_t ii, kb, kk" + (", j" if form.copies else "") + ";")
     w("        (void)kk;")
     if form.decode:
         _decode_tiles(form, w)
     else:
         (_online_tiles if schedule.strategy == "online" else _two_pass_tiles)(form, w)
-    _close_kernel(spec, schedule, name, kernels.ctype, w)
+    _close_kernel(spec, schedule, name, kernels.ctype, w, split)
     return "\n".join(L) + "\n"
 
 
@@ -923,21 +994,25 @@ def _two_pass_tiles(form: _MicroKernels, w):
 
 # --- the decode form: stacked query heads, split key axis -----------------------------
 
-def _splits(schedule: Schedule, bc: int, dv: int, real: str, body, w):
+def _splits(schedule: Schedule, bc: int, dv: int, real: str, body, w, lifted: bool = False):
     """The key axis [0, kv_end) in S chunks of whole key tiles (sized at run time from kv_end),
     each reduced by body(indent, m, l, acc, begin, end) into its own partial; one chunk (S = 1)
-    is the whole axis into m, l, acc."""
+    is the whole axis into m, l, acc. Lifted: the item's chunk c only (the item loop is over c)."""
     parts = schedule.splits
     if parts == 1:
         body("        ", "m", "l", "acc", "0", "kv_end")
         return
+    indent = "        " if lifted else "            "
     w(f"        const ptrdiff_t chunk = ((kv_end + {parts - 1}) / {parts} + {bc - 1}) / {bc} * {bc}; /* keys per split, whole tiles */")
-    w(f"        for (c = 0; c < {parts}; c++) {{ /* split c: keys [c*chunk, (c+1)*chunk) into its partial (m_c, l_c, acc_c) */")
-    w(f"            {real} *const m_c = m + c * rows, *const l_c = l + c * rows, *const acc_c = acc + c * rows * {dv};")
-    w("            const ptrdiff_t k_begin = c * chunk < kv_end ? c * chunk : kv_end;")
-    w("            const ptrdiff_t k_end = k_begin + chunk < kv_end ? k_begin + chunk : kv_end;")
-    body("            ", "m_c", "l_c", "acc_c", "k_begin", "k_end")
-    w("        }")
+    if not lifted:
+        w(f"        for (c = 0; c < {parts}; c++) {{ /* split c: keys [c*chunk, (c+1)*chunk) into its partial (m_c, l_c, acc_c) */")
+    w(f"{indent}{real} *const m_c = m + c * rows, *const l_c = l + c * rows, *const acc_c = acc + c * rows * {dv};"
+      + (" /* split c: keys [c*chunk, (c+1)*chunk) */" if lifted else ""))
+    w(f"{indent}const ptrdiff_t k_begin = c * chunk < kv_end ? c * chunk : kv_end;")
+    w(f"{indent}const ptrdiff_t k_end = k_begin + chunk < kv_end ? k_begin + chunk : kv_end;")
+    body(indent, "m_c", "l_c", "acc_c", "k_begin", "k_end")
+    if not lifted:
+        w("        }")
 
 
 def _combine_comment(parts: int) -> str:
@@ -947,11 +1022,16 @@ def _combine_comment(parts: int) -> str:
 
 def _decode_tiles(form: _MicroKernels, w):
     """The decode form through the micro-kernels: each K and V tile of head g serves all the
-    stacked rows of its query heads (one score tile, one P V tile); with S splits each chunk
-    of keys runs the online form into its own partial, then the partials combine exactly."""
+    stacked rows of its query heads (one score tile, one P V tile); with S splits the item is
+    one chunk of keys, run in the online form into its block's partial c (the partials combine
+    exactly in name_combine, once every split has run)."""
     spec, k, bc, parts = form.spec, form.kernels, form.bc, form.schedule.splits
     dv = spec.value_dim
     form.pack_q(w)
+    if parts > 1:
+        br = form.br
+        w(f"        {k.ctype} *const m = partials + block * {partial_elements(spec, form.schedule)}, "
+          f"*const l = m + {parts * br}, *const acc = l + {parts * br};")
 
     def chunk(indent, m, l, acc, begin, end):
         inner = indent + "    "
@@ -969,21 +1049,42 @@ def _decode_tiles(form: _MicroKernels, w):
         w(f"{inner}{k.pv}((size_t)rows, (size_t)cols, {dv}, s, {bc}, {form.kv_rows('V')}, {acc}, {dv});")
         w(f"{indent}}}")
 
-    _splits(form.schedule, bc, dv, k.ctype, chunk, w)
-    if parts > 1:
-        w(f"        for (ii = 0; ii < rows; ii++) {{ {_combine_comment(parts)}")
-        w(f"            {k.ctype} m_all = m[ii], l_all = 0, weight[{parts}];")
-        w(f"            for (c = 1; c < {parts}; c++) {{ if (!(m[c * rows + ii] <= m_all)) {{ m_all = m[c * rows + ii]; }} }} /* a NaN wins */")
-        w(f"            for (c = 0; c < {parts}; c++) {{")
-        w(f"                weight[c] = m_all == -INFINITY ? 0 : {k.scalar_exp}(m[c * rows + ii] - m_all);")
-        w("                l_all += weight[c] * l[c * rows + ii];")
-        w("            }")
-        w(f"            {k.scale}({dv}, weight[0], acc + ii * {dv}, acc + ii * {dv});")
-        w(f"            {k.combine or k.pv}(1, {parts - 1}, {dv}, weight + 1, {parts - 1}, acc + (rows + ii) * {dv}, rows * {dv}, "
-          f"acc + ii * {dv}, {dv}); /* + sum_c>0 w_c acc_c */")
-        w("            l[ii] = l_all;")
-        w("        }")
+    _splits(form.schedule, bc, dv, k.ctype, chunk, w, lifted=True)
+    if parts == 1:
+        form.write_y(w, "acc", dv)
+
+
+def _combine_function(form: _MicroKernels, name: str, w):
+    """`name_combine`: blocks first .. end - 1 of Y from their S partials, combined exactly."""
+    spec, k, schedule, br = form.spec, form.kernels, form.schedule, form.br
+    dv, parts = spec.value_dim, schedule.splits
+    group = spec.q_heads // spec.kv_heads
+    row_count = group * spec.q_len
+    w(f"/* {name}_combine: Y of blocks first .. end - 1 from their {parts} split-K partials. */")
+    w(f"static void {name}_combine({k.ctype} *restrict Y, {k.ctype} *restrict partials, size_t first, size_t end)")
+    w("{")
+    w("    size_t item;")
+    w("    for (item = first; item < end; item++) {")
+    _block_indices(spec, "g", spec.kv_heads, -(-row_count // br), br, row_count, "item", w)
+    w(f"        {k.ctype} *const m = partials + item * {partial_elements(spec, schedule)}, "
+      f"*const l = m + {parts * br}, *const acc = l + {parts * br};")
+    w("        ptrdiff_t ii, c" + (", j" if form.rows.y is None else "") + ";")
+    w(f"        for (ii = 0; ii < rows; ii++) {{ {_combine_comment(parts)}")
+    w(f"            {k.ctype} m_all = m[ii], l_all = 0, weight[{parts}];")
+    w(f"            for (c = 1; c < {parts}; c++) {{ if (!(m[c * rows + ii] <= m_all)) {{ m_all = m[c * rows + ii]; }} }} /* a NaN wins */")
+    w(f"            for (c = 0; c < {parts}; c++) {{")
+    w(f"                weight[c] = m_all == -INFINITY ? 0 : {k.scalar_exp}(m[c * rows + ii] - m_all);")
+    w("                l_all += weight[c] * l[c * rows + ii];")
+    w("            }")
+    w(f"            {k.scale}({dv}, weight[0], acc + ii * {dv}, acc + ii * {dv});")
+    w(f"            {k.combine or k.pv}(1, {parts - 1}, {dv}, weight + 1, {parts - 1}, acc + (rows + ii) * {dv}, rows * {dv}, "
+      f"acc + ii * {dv}, {dv}); /* + sum_c>0 w_c acc_c */")
+    w("            l[ii] = l_all;")
+    w("        }")
     form.write_y(w, "acc", dv)
+    w("    }")
+    w("}")
+    w("")
 
 
 def _empty_partial(w, indent: str, m: str, l: str, acc: str, dv: int, var: str) -> None:

@@ -30,8 +30,9 @@ C_SOURCES: list[str] = ["attention_f32.c", "x86/attention_f32_avx512.c", "x86/at
 
 def scratch_bytes(node, graph=None) -> int:
     """Kernel scratch of the node's chosen ONF schedule, one per thread the run may use (its
-    items are lifted onto cores); never an Sq x Skv score matrix for the online strategy."""
-    return onf.scratch_bytes(node.attrs["spec"], node.attrs["schedule"]) * node.attrs.get("threads", 1)
+    items are lifted onto cores) and split-K's partials once; never an Sq x Skv score matrix
+    for the online strategy."""
+    return onf.scratch_bytes(node.attrs["spec"], node.attrs["schedule"], node.attrs.get("threads", 1))
 
 
 def in_place_inputs(node, graph) -> list[str]:
@@ -52,10 +53,12 @@ def op_cost(node, graph) -> OpCost:
     return OpCost(c.flops, 0, c.dram_bytes)
 
 
-def schedule(node, board, scratch_budget=None, forced: "onf.Schedule | None" = None) -> None:
-    """Pick the ONF schedule with the cost model and record the prediction on the node."""
+def schedule(node, board, scratch_budget=None, forced: "onf.Schedule | None" = None, workers: int = 1) -> None:
+    """Pick the ONF schedule with the cost model for runs on up to `workers` threads (which may
+    split a decode step's keys) and record the prediction on the node."""
     spec = node.attrs["spec"]
-    node.attrs["cost"] = cost.predict(spec, forced, board) if forced else cost.choose(spec, board, scratch_budget)
+    node.attrs["cost"] = (cost.predict(spec, forced, board) if forced
+                          else cost.choose(spec, board, scratch_budget, workers=workers))
     node.attrs["schedule"] = node.attrs["cost"].schedule
 
 
