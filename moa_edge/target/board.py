@@ -77,15 +77,21 @@ class Board:
         return cmd
 
     def _emulator(self) -> str | None:
-        """The emulator's name or path, None when there is none (new enough)."""
+        """The emulator's name or path, None when there is none (new enough). The system's comes
+        first even when an activated Python environment puts its own first on PATH: that one is
+        a static build for the boards that need a newer version, and loads no TCG plugins (which
+        bench attention and bench gemm count instructions with)."""
         name = self.run["command"][0]
-        on_path = shutil.which(name)
+        environment = Path(sys.executable).parent
+        others = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != environment.resolve()]
+        system = shutil.which(name, path=os.pathsep.join(others))
+        as_named = name if system and shutil.which(name) == system else system  # the name when PATH finds it
+        ours = shutil.which(name, path=str(environment))
         if "min_version" not in self.run:
-            return name if on_path else None
+            return as_named or (name if ours else None)
         wanted = version_tuple(self.run["min_version"])
-        if on_path and (tool_version(on_path) or ()) >= wanted:
-            return name
-        ours = shutil.which(name, path=str(Path(sys.executable).parent))
+        if system and (tool_version(system) or ()) >= wanted:
+            return as_named
         return ours if ours and (tool_version(ours) or ()) >= wanted else None
 
     def missing_tools(self) -> list[str]:
