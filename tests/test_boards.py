@@ -197,5 +197,25 @@ def test_an_emulator_older_than_the_board_needs_is_missing(tmp_path, monkeypatch
     assert any(m.startswith("qemu-fake >= 8.0 (found 7.2.22;") for m in board.missing_tools()), board.missing_tools()
 
 
+def test_the_system_emulator_comes_before_the_environments(tmp_path, monkeypatch):
+    """A board that names no min_version runs the system's emulator even when an activated Python
+    environment puts its own (scripts/setup.sh's static qemu, which loads no TCG plugins) first on
+    PATH; with only the environment's, that one."""
+    from moa_edge.target.catalogue import load_board_file
+    environment, system = tmp_path / "env" / "bin", tmp_path / "usr" / "bin"
+    for folder in (environment, system):
+        folder.mkdir(parents=True)
+        (folder / "qemu-fake").write_text("#!/bin/sh\necho 'qemu-fake version 10.0.1'\n")
+        (folder / "qemu-fake").chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(environment / "python"))
+    monkeypatch.setenv("PATH", f"{environment}:{system}:{os.environ['PATH']}")
+    (tmp_path / "boards").mkdir()
+    folder = _broken(tmp_path / "boards", 'command = ["qemu-aarch64", "-cpu", "cortex-a76"]',
+                     'command = ["qemu-fake", "-cpu", "cortex-a76"]')
+    assert load_board_file(folder / "rpi5.toml").runner()[0] == str(system / "qemu-fake")
+    (system / "qemu-fake").unlink()
+    assert load_board_file(folder / "rpi5.toml").runner()[0] == "qemu-fake"  # the environment's, by name
+
+
 def test_every_extension_has_a_probe():
     assert set(EXTENSIONS) >= set(EXTENSION_PROBES) >= {e for b in SHIPPED for e in load_board(b).extensions}
