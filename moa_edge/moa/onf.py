@@ -30,9 +30,9 @@ decode step reads K and V bytes = kv_heads x L x (D + Dv) x 4 (L the run-time ke
 q_heads x ... (tests/test_cost.py measures it). Split-K (flash-decoding, Schedule.splits = S)
 cuts the visible keys [0, kv_end) at run time into S chunks of whole key tiles; each chunk is
 an item of its own (lifted onto cores with the row blocks) that runs the online form into its
-partial (m_s, l_s, acc_s) in scratch the threads share, and once every chunk has run
-name_combine combines each block's partials exactly: m = max_s m_s, l = sum_s l_s e^(m_s - m), y = sum_s acc_s e^(m_s - m) / l, as the
-DNF's split_keys rewrite (dnf/split.py) states it.
+partial (m_s, l_s, acc_s) in scratch the threads share, and once every chunk has run,
+name_combine combines each block's partials exactly: m = max_s m_s, l = sum_s l_s e^(m_s - m),
+y = sum_s acc_s e^(m_s - m) / l, as the DNF's split_keys rewrite (dnf/split.py) states it.
 
 The oracle (emit_oracle_kernel) prints the whole DNF term as a float64 loop nest: what the
 exactness harness compares with PyTorch float64, never what a model runs.

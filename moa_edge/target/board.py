@@ -83,7 +83,8 @@ class Board:
         bench attention and bench gemm count instructions with)."""
         name = self.run["command"][0]
         environment = Path(sys.executable).parent
-        others = [p for p in os.environ.get("PATH", "").split(os.pathsep) if p and Path(p).resolve() != environment.resolve()]
+        others = [p for p in os.environ.get("PATH", "").split(os.pathsep)
+                  if p and Path(p).resolve() != environment.resolve()]
         system = shutil.which(name, path=os.pathsep.join(others))
         as_named = name if system and shutil.which(name) == system else system  # the name when PATH finds it
         ours = shutil.which(name, path=str(environment))
