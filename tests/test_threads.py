@@ -18,7 +18,8 @@ from moa_edge.pipeline import convert
 
 class Block(torch.nn.Module):
     """An encoder block's products: GEMMs wide enough to lift columns (192, 640), tall enough to
-    lift rows (the 300 x 16 head), and attention between them."""
+    lift rows (the 300 x 16 head), attention between them, and a feed-forward block whose rows
+    are shared among the threads."""
 
     def __init__(self):
         super().__init__()
@@ -50,9 +51,9 @@ def test_outputs_are_bitwise_the_same_on_every_thread_count(block, tmp_path, boa
     report = convert(path, tmp_path / "p", board=board, threads=4)
     model_c = (tmp_path / "p" / "model.c").read_text()
     assert "moa_gemm_packed_f32_on(pool," in model_c and re.search(r"status = \w+_on\(pool, ", model_c)  # and attention
-    # The feed-forward block runs its rows in blocks; their GELU (60 x 640 elements) is lifted onto the pool too.
-    feed_forward = model_c[model_c.index("feed-forward block"):]
-    assert feed_forward.index("moa_pool_for(pool, ") < feed_forward.index("\n    }\n")
+    # The feed-forward block's 300 rows are shared among the 4 threads: one job runs all its members.
+    assert "300 rows, 4 shares of rows lifted onto the pool" in model_c
+    assert re.search(r"moa_pool_for\(pool, 4, model_task_\d+, &args\);", model_c)
     binary = build(tmp_path / "p", board)
     inputs = check_inputs(report["io"], {"x": x}, "x")
     outputs = [run(binary, board, report["io"], inputs, threads=threads)[0]["y"] for threads in (1, 4)]
@@ -61,6 +62,24 @@ def test_outputs_are_bitwise_the_same_on_every_thread_count(block, tmp_path, boa
     np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(MoaEdgeError, match="MOA_ERR_BAD_PARAMS"):  # more threads than the arena has scratch for
         run(binary, board, report["io"], inputs, threads=5)
+
+
+def test_a_feed_forward_block_too_short_to_share_lifts_its_members(block, tmp_path):
+    """Converted for 12 threads, the block's 300 rows are fewer than 32 a thread: its members are
+    lifted one by one instead (the GEMMs' tiles, the GELU's chunks), and the outputs stay bitwise
+    the same on 1 and 3 threads."""
+    board = require_board("host")
+    path, x, expected = block
+    report = convert(path, tmp_path / "p", board=board, threads=12)
+    model_c = (tmp_path / "p" / "model.c").read_text()
+    feed_forward = model_c[model_c.index("feed-forward block"):]
+    assert "60 at a time" in feed_forward and "shares of rows" not in model_c
+    assert feed_forward.index("moa_pool_for(pool, ") < feed_forward.index("\n    }\n")  # its GELU
+    binary = build(tmp_path / "p", board)
+    inputs = check_inputs(report["io"], {"x": x}, "x")
+    outputs = [run(binary, board, report["io"], inputs, threads=threads)[0]["y"] for threads in (1, 3)]
+    assert np.array_equal(outputs[1].view(np.uint32), outputs[0].view(np.uint32))
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

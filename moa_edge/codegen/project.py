@@ -18,7 +18,7 @@ from moa_edge.ir import Graph, Tensor, dtypes
 from moa_edge.ir.graph import bytes_by_type
 from moa_edge.ir.c_syntax import c_comment_text, c_identifier, c_string_literal, check_prefix
 from moa_edge.ops import SUPPORTED_OPS, EmitContext
-from moa_edge.ops.contract import RUN_LOCALS
+from moa_edge.ops.contract import RUN_LOCALS, check_status
 from moa_edge.plan import plan_arena
 from moa_edge.plan.arena import ArenaPlan
 from moa_edge.target import Board, load_board
@@ -57,6 +57,7 @@ class GraphCode:
     kernel_decls: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)  # loops lifted onto the worker pool: functions in model.c
+    task_statuses: bool = False  # some lifted task returns a status (each thread's kept in args.failed)
     sources: set[str] = field(default_factory=set)
 
 
@@ -136,7 +137,8 @@ def graph_code(graph: Graph, prefix: str, board: Board, stem: str, where: dict[s
         unit = op.emit(node, EmitContext(name=f"{stem}_{node.op.lower()}_{k}", board=board, where=place,
                                          scratch=f"({dtypes.COMPUTE_DTYPE.c_type} *)(base + {scratch})"
                                          if scratch is not None else "NULL",
-                                         graph=graph, lift=lift and (lambda items, lines, k=k: lift(k, items, lines))))
+                                         graph=graph, lift=lift and (lambda items, lines, returns_status=False, k=k:
+                                                                     lift(k, items, lines, returns_status))))
         code.kernels += unit.kernels
         code.kernel_decls += unit.declarations
         code.calls.append(unit.call)
@@ -149,7 +151,9 @@ def _lifter(code: GraphCode, prefix: str):
     and outputs from the run's <prefix>_run_args, and the node's call a moa_pool_for over it."""
     lifted: collections.Counter = collections.Counter()  # loops lifted so far, per node
 
-    def lift(k: int, items: int, lines: list[str]) -> str:
+    def lift(k: int, items: int, lines: list[str], returns_status: bool = False) -> str:
+        """returns_status: `lines` end a function returning moa_status (and may return an error
+        early); a thread's error is kept in args.failed[thread], and the run returns the first."""
         body = "\n".join(lines)
         locals_ = [f"    uint8_t *const base = args->base;"] if re.search(r"\bbase\b", body) else []
         locals_ += [f"    {'const ' if e['kind'] == 'input' else ''}{e['c_type']} *const {e['c_name']} = args->{e['c_name']};"
@@ -157,10 +161,21 @@ def _lifter(code: GraphCode, prefix: str):
         # node k may lift more than one loop (a feed-forward block's members): _1, _2, ... after the first
         name = f"{prefix}_task_{k}" + (f"_{lifted[k]}" if lifted[k] else "")
         lifted[k] += 1
-        code.tasks.append(f"static void {name}(void *ctx, size_t first, size_t end, size_t thread)\n{{\n"
-                          f"    const {prefix}_run_args *const args = (const {prefix}_run_args *)ctx;\n"
-                          + "\n".join(locals_ + ["    (void)args, (void)thread;", body]) + "\n}\n")
-        return f"    moa_pool_for(pool, {items}, {name}, &args);\n"
+        head = (f"    const {prefix}_run_args *const args = (const {prefix}_run_args *)ctx;\n"
+                + "\n".join(locals_ + ["    (void)args, (void)thread;", body]) + "\n}\n")
+        if not returns_status:
+            code.tasks.append(f"static void {name}(void *ctx, size_t first, size_t end, size_t thread)\n{{\n" + head)
+            return f"    moa_pool_for(pool, {items}, {name}, &args);\n"
+        code.task_statuses = True
+        code.tasks.append(f"static moa_status {name}_items(void *ctx, size_t first, size_t end, size_t thread)\n{{\n"
+                          + head + "\n"
+                          f"static void {name}(void *ctx, size_t first, size_t end, size_t thread)\n{{\n"
+                          f"    const moa_status status = {name}_items(ctx, first, end, thread);\n"
+                          "    if (status != MOA_OK) {\n"
+                          f"        ((const {prefix}_run_args *)ctx)->failed[thread] = status;\n"
+                          "    }\n}\n")
+        return (f"    moa_pool_for(pool, {items}, {name}, &args);\n"
+                + check_status(f"{prefix}_failure(failed)"))
     return lift
 
 
@@ -246,12 +261,22 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     subst["KERNEL_DECLS"] = "\n".join(kernel_decls)
     # Loops lifted onto the pool read the arena and the run's inputs and outputs from `args`.
     fields = ["uint8_t *base;"] + [f"{'const ' if e['kind'] == 'input' else ''}{e['c_type']} *{e['c_name']};" for e in io]
+    failure = ""
+    if code.task_statuses:  # each thread's error from a lifted task that returns a status
+        fields.append("moa_status *failed; /* [MAX_THREADS] */")
+        failure = (f"/* The first error a thread of the last job kept (MOA_OK: none). */\n"
+                   f"static moa_status {prefix}_failure(const moa_status *failed)\n{{\n    size_t k;\n"
+                   f"    for (k = 0; k < {prefix.upper()}_MAX_THREADS; k++) {{\n"
+                   "        if (failed[k] != MOA_OK) {\n            return failed[k];\n        }\n    }\n"
+                   "    return MOA_OK;\n}\n\n")
     subst["TASKS"] = (f"/* What the loops lifted onto the worker pool read: the run's arena and its inputs and outputs. */\n"
                       f"typedef struct {{\n" + "".join(f"    {f}\n" for f in fields) + f"}} {prefix}_run_args;\n\n"
-                      + "\n".join(code.tasks) + "\n") if code.tasks else ""
-    subst["RUN_ARGS_DECL"] = f"    {prefix}_run_args args;\n" if code.tasks else ""
+                      + failure + "\n".join(code.tasks) + "\n") if code.tasks else ""
+    subst["RUN_ARGS_DECL"] = (f"    {prefix}_run_args args;\n" if code.tasks else "") + (
+        f"    moa_status failed[{prefix.upper()}_MAX_THREADS] = {{MOA_OK}}; /* MOA_OK is 0: all of them */\n"
+        if code.task_statuses else "")
     subst["RUN_ARGS_SETUP"] = ("    args.base = base;\n" + "".join(f"    args.{e['c_name']} = {e['c_name']};\n" for e in io)
-                               if code.tasks else "")
+                               + ("    args.failed = failed;\n" if code.task_statuses else "") if code.tasks else "")
     # An input only shape inference needed (a Reshape target) is not read at run time.
     subst["CALLS"] = "".join(f"    (void){e['c_name']};\n" for e in ins) + "".join(calls)
     subst["MAIN_BUFFERS"] = "".join(

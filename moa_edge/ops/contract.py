@@ -27,7 +27,8 @@ from moa_edge.ir import Graph, Node
 from moa_edge.target import Board
 
 # The run function's own locals (codegen/templates/model.c.in): no tensor's C name may take one.
-RUN_LOCALS = frozenset({"arena", "arena_bytes", "args", "base", "ctx", "end", "first", "pool", "status", "thread"})
+RUN_LOCALS = frozenset({"arena", "arena_bytes", "args", "base", "ctx", "end", "failed", "first", "pool", "status",
+                        "thread"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class EmitContext:
     # Lifts a loop onto the run's worker pool: lift(items, lines) makes `lines` (C statements over
     # items first .. end - 1, in the names `where` gives) a task of the pool and returns the
     # statement that runs it; None where the loop stays inline (a generation build's chunks).
+    # lift(items, lines, returns_status=True): `lines` return a moa_status (errors early), which
+    # the run returns.
     lift: Callable[[int, list[str]], str] | None = None
 
 

@@ -4,6 +4,10 @@ The members (MoaGemm, element-wise ops, MoaGemm) are emitted by their own units,
 block of rows: X and Y are offset to the block's first row, each intermediate is a slot of
 the node's scratch holding one block. An element-wise member writes over an operand that
 dies there (as the arena does for whole tensors), so GELU's chain needs one or two slots.
+
+On T threads with at least MIN_SHARE_ROWS rows each, the rows are lifted onto cores: one job,
+thread s running rows [M s / T, M (s + 1) / T) through every member in blocks of its own, with
+its own slots (the scratch is T blocks). Otherwise the members lift their own loops.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from .contract import EmitContext, EmittedUnit, OpCost, TensorType, op_of, opera
 
 OPS = ("MoaMlp",)
 C_SOURCES = list(dict.fromkeys(matmul.C_SOURCES + elementwise.C_SOURCES))  # the members' sources
-C_LOCALS = frozenset({"row0"})  # the first row of the block
+C_LOCALS = frozenset({"row0", "s", "lo", "hi"})  # the block loop, and a share's rows
+MIN_SHARE_ROWS = 32  # fewer rows a thread, and the GEMMs' own column tiles share the work better  # the first row of the block
 # What a member can be (passes/mlp.py): a MoaGemm or an element-wise op.
 _MEMBER_OPS = {op: op_of(module) for module in (matmul, elementwise) for op in module.OPS}
 
@@ -59,9 +64,21 @@ def _width(body: Graph) -> int:
     return max(body.tensors[name].shape[-1] for name in made)
 
 
-def scratch_bytes(node, graph=None) -> int:
+def _shares(node, graph) -> int:
+    """Threads the block's rows are shared among (1: its GEMMs lift their own tiles instead):
+    the graph's max_threads when each gets at least MIN_SHARE_ROWS rows."""
+    threads = getattr(graph, "max_threads", 1) if graph is not None else 1
+    return threads if threads > 1 and rows_of(node) >= MIN_SHARE_ROWS * threads else 1
+
+
+def _block_elements(node) -> int:
     body = node.attrs["body"]
-    return _slots(body)[1] * min(node.attrs["rows"], rows_of(node)) * _width(body) * dtypes.COMPUTE_DTYPE.itemsize
+    return _slots(body)[1] * min(node.attrs["rows"], rows_of(node)) * _width(body)
+
+
+def scratch_bytes(node, graph=None) -> int:
+    """One block's intermediates, for each thread the rows are shared among."""
+    return _block_elements(node) * _shares(node, graph) * dtypes.COMPUTE_DTYPE.itemsize
 
 
 def _block(graph: Graph, rows: int) -> Graph:
@@ -128,9 +145,48 @@ def _emit_block(node, ctx, rows: int, first_row: str) -> tuple[list[str], list[s
     return lines, declarations
 
 
+def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
+    """The rows lifted onto cores (Pi = cores, as attention lifts its row blocks): thread s of T
+    takes rows [M s / T, M (s + 1) / T) through every member, in blocks of its own, with its own
+    intermediates (scratch slot s), one job for the whole block. The members run on the thread
+    that holds their rows (their GEMMs on one core), so the hidden rows never leave its cache
+    and the run hands the pool one job, not three per block of rows. A row is computed alike
+    whichever share holds it: outputs are bitwise the same for every thread count."""
+    body, total = node.attrs["body"], rows_of(node)
+    inner = EmitContext(name=ctx.name, board=ctx.board, where=ctx.where, graph=ctx.graph, lift=None,
+                        scratch=f"({ctx.scratch} + thread * {_block_elements(node)})")
+    shares = [total * s // threads for s in range(threads + 1)]
+    widest = max(hi - lo for lo, hi in zip(shares, shares[1:]))
+    # Blocks of about equal height, a multiple of 4 rows, at most ROWS: a share of 64 rows runs as
+    # 32 + 32, not 60 + 4 (a block of 4 rows streams all of both weight matrices for little work).
+    height = -(-widest // -(-widest // node.attrs["rows"]))
+    rows = min(node.attrs["rows"], (height + 3) // 4 * 4, widest)
+    tails = sorted({(hi - lo) % rows for lo, hi in zip(shares, shares[1:])} - {0})
+    lines = [f"    /* {c_comment_text(node.name)}: feed-forward block ({', '.join(n.op for n in body.nodes)}) over "
+             f"{total} rows, {threads} shares of rows lifted onto the pool, {rows} rows at a time */",
+             "    moa_pool *const pool = NULL; /* the members run on this share's thread */",
+             "    moa_status status = MOA_OK;",
+             "    ptrdiff_t s, row0;",
+             "    for (s = (ptrdiff_t)first; s < (ptrdiff_t)end; s++) {",
+             f"        const ptrdiff_t lo = s * {total} / {threads}, hi = (s + 1) * {total} / {threads};",
+             f"        for (row0 = lo; row0 + {rows} <= hi; row0 += {rows}) {{"]
+    declarations = []
+    for size in [rows] + tails:
+        block, more = _emit_block(node, inner, size, "row0")
+        declarations += more
+        if size != rows:
+            lines.append(f"        if (hi - row0 == {size}) {{ /* the share's last rows */")
+        lines += ["        " + line if line else line for line in block] + ["        }"]
+    lines += ["    }", "    return status;"]
+    call = ctx.lift(threads, lines, returns_status=True)
+    return EmittedUnit(call, declarations=list(dict.fromkeys(declarations)))
+
+
 def emit(node, ctx):
     body, rows = node.attrs["body"], node.attrs["rows"]
     total = rows_of(node)
+    if ctx.lift and _shares(node, ctx.graph) > 1:
+        return _emit_shares(node, ctx, _shares(node, ctx.graph))
     full, rest = divmod(total, rows)
     ops = ", ".join(n.op for n in body.nodes)
     lines = [f"    {{ /* {c_comment_text(node.name)}: feed-forward block ({ops}) over {total} rows, {rows} at a time; "
