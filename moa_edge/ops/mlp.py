@@ -25,7 +25,7 @@ from .contract import EmitContext, EmittedUnit, OpCost, TensorType, op_of, opera
 OPS = ("MoaMlp",)
 C_SOURCES = list(dict.fromkeys(matmul.C_SOURCES + elementwise.C_SOURCES))  # the members' sources
 C_LOCALS = frozenset({"row0", "s", "lo", "hi"})  # the block loop, and a share's rows
-MIN_SHARE_ROWS = 32  # fewer rows a thread, and the GEMMs' own column tiles share the work better
+MIN_SHARE_ROWS = 32  # below this a thread's blocks are thin (few register tiles per weight read): members lift their own loops
 # What a member can be (passes/mlp.py): a MoaGemm or an element-wise op.
 _MEMBER_OPS = {op: op_of(module) for module in (matmul, elementwise) for op in module.OPS}
 
