@@ -266,14 +266,14 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
         fields.append("moa_status *failed; /* [MAX_THREADS] */")
         failure = (f"/* The first error a thread of the last job kept (MOA_OK: none). */\n"
                    f"static moa_status {prefix}_failure(const moa_status *failed)\n{{\n    size_t k;\n"
-                   f"    for (k = 0; k < {prefix.upper()}_MAX_THREADS; k++) {{\n"
+                   f"    for (k = 0; k < {P}_MAX_THREADS; k++) {{\n"
                    "        if (failed[k] != MOA_OK) {\n            return failed[k];\n        }\n    }\n"
                    "    return MOA_OK;\n}\n\n")
     subst["TASKS"] = (f"/* What the loops lifted onto the worker pool read: the run's arena and its inputs and outputs. */\n"
                       f"typedef struct {{\n" + "".join(f"    {f}\n" for f in fields) + f"}} {prefix}_run_args;\n\n"
                       + failure + "\n".join(code.tasks) + "\n") if code.tasks else ""
     subst["RUN_ARGS_DECL"] = (f"    {prefix}_run_args args;\n" if code.tasks else "") + (
-        f"    moa_status failed[{prefix.upper()}_MAX_THREADS] = {{MOA_OK}}; /* MOA_OK is 0: all of them */\n"
+        f"    moa_status failed[{P}_MAX_THREADS] = {{MOA_OK}}; /* MOA_OK is 0: all of them */\n"
         if code.task_statuses else "")
     subst["RUN_ARGS_SETUP"] = ("    args.base = base;\n" + "".join(f"    args.{e['c_name']} = {e['c_name']};\n" for e in io)
                                + ("    args.failed = failed;\n" if code.task_statuses else "") if code.tasks else "")

@@ -1030,9 +1030,7 @@ def _decode_tiles(form: _MicroKernels, w):
     dv = spec.value_dim
     form.pack_q(w)
     if parts > 1:
-        br = form.br
-        w(f"        {k.ctype} *const m = partials + block * {partial_elements(spec, form.schedule)}, "
-          f"*const l = m + {parts * br}, *const acc = l + {parts * br};")
+        _block_partials(form, "block", w)
 
     def chunk(indent, m, l, acc, begin, end):
         inner = indent + "    "
@@ -1055,6 +1053,14 @@ def _decode_tiles(form: _MicroKernels, w):
         form.write_y(w, "acc", dv)
 
 
+def _block_partials(form: _MicroKernels, block: str, w):
+    """m, l and acc: the S partials of row block `block` (partial_elements apart), as both the
+    splits' items and name_combine find them."""
+    rows = form.schedule.splits * form.br
+    w(f"        {form.kernels.ctype} *const m = partials + {block} * {partial_elements(form.spec, form.schedule)}, "
+      f"*const l = m + {rows}, *const acc = l + {rows};")
+
+
 def _combine_function(form: _MicroKernels, name: str, w):
     """`name_combine`: blocks first .. end - 1 of Y from their S partials, combined exactly."""
     spec, k, schedule, br = form.spec, form.kernels, form.schedule, form.br
@@ -1067,8 +1073,7 @@ def _combine_function(form: _MicroKernels, name: str, w):
     w("    size_t item;")
     w("    for (item = first; item < end; item++) {")
     _block_indices(spec, "g", spec.kv_heads, -(-row_count // br), br, row_count, "item", w)
-    w(f"        {k.ctype} *const m = partials + item * {partial_elements(spec, schedule)}, "
-      f"*const l = m + {parts * br}, *const acc = l + {parts * br};")
+    _block_partials(form, "item", w)
     w("        ptrdiff_t ii, c" + (", j" if form.rows.y is None else "") + ";")
     w(f"        for (ii = 0; ii < rows; ii++) {{ {_combine_comment(parts)}")
     w(f"            {k.ctype} m_all = m[ii], l_all = 0, weight[{parts}];")

@@ -25,7 +25,9 @@ from .contract import EmitContext, EmittedUnit, OpCost, TensorType, op_of, opera
 OPS = ("MoaMlp",)
 C_SOURCES = list(dict.fromkeys(matmul.C_SOURCES + elementwise.C_SOURCES))  # the members' sources
 C_LOCALS = frozenset({"row0", "s", "lo", "hi"})  # the block loop, and a share's rows
-MIN_SHARE_ROWS = 32  # below this a thread's blocks are thin (few register tiles per weight read): members lift their own loops
+# Fewer rows a thread than this, and its blocks would be thin (few register tiles per read of the
+# weights): the members lift their own loops instead.
+MIN_SHARE_ROWS = 32
 # What a member can be (passes/mlp.py): a MoaGemm or an element-wise op.
 _MEMBER_OPS = {op: op_of(module) for module in (matmul, elementwise) for op in module.OPS}
 
@@ -155,13 +157,14 @@ def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
     body, total = node.attrs["body"], rows_of(node)
     inner = EmitContext(name=ctx.name, board=ctx.board, where=ctx.where, graph=ctx.graph, lift=None,
                         scratch=f"({ctx.scratch} + thread * {_block_elements(node)})")
-    shares = [total * s // threads for s in range(threads + 1)]
-    widest = max(hi - lo for lo, hi in zip(shares, shares[1:]))
+    starts = [total * s // threads for s in range(threads + 1)]
+    sizes = [end - start for start, end in zip(starts, starts[1:])]
+    widest = max(sizes)
     # Blocks of about equal height, a multiple of 4 rows, at most ROWS: a share of 64 rows runs as
     # 32 + 32, not 60 + 4 (a block of 4 rows streams all of both weight matrices for little work).
     height = -(-widest // -(-widest // node.attrs["rows"]))
     rows = min(node.attrs["rows"], (height + 3) // 4 * 4, widest)
-    tails = sorted({(hi - lo) % rows for lo, hi in zip(shares, shares[1:])} - {0})
+    tails = sorted({size % rows for size in sizes} - {0})
     lines = [f"    /* {c_comment_text(node.name)}: feed-forward block ({', '.join(n.op for n in body.nodes)}) over "
              f"{total} rows, {threads} shares of rows lifted onto the pool, {rows} rows at a time */",
              "    moa_pool *const pool = NULL; /* the members run on this share's thread */",
@@ -185,8 +188,9 @@ def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
 def emit(node, ctx):
     body, rows = node.attrs["body"], node.attrs["rows"]
     total = rows_of(node)
-    if ctx.lift and _shares(node, ctx.graph) > 1:
-        return _emit_shares(node, ctx, _shares(node, ctx.graph))
+    shares = _shares(node, ctx.graph)
+    if ctx.lift and shares > 1:
+        return _emit_shares(node, ctx, shares)
     full, rest = divmod(total, rows)
     ops = ", ".join(n.op for n in body.nodes)
     lines = [f"    {{ /* {c_comment_text(node.name)}: feed-forward block ({ops}) over {total} rows, {rows} at a time; "
