@@ -266,7 +266,9 @@ def _table() -> list[Case]:
                               # AVX2's 6x16 tile: rows 6 + 4 + 1 and 12 + 1, keys 16 + 7 and 8, two depth chunks
                               (11, 23, 300), (13, 8, 64),
                               # depths past one packed panel's (NEON 256, RVV 128): the chunks add up
-                              (6, 33, 129), (10, 70, 300)]:
+                              (6, 33, 129), (10, 70, 300),
+                              # AVX-512's packed query rows in chunks (32 rows at depth 256, 128 at 64)
+                              (40, 23, 300), (150, 17, 64)]:
         cases.append(Case("scores", (rows, cols, depth)))
     # pv: rows, cols, dv
     for rows, cols, dv in [(1, 1, 1), (1, 3, 5), (4, 4, 4), (3, 5, 8), (4, 16, 16), (5, 7, 12), (4, 9, 17),

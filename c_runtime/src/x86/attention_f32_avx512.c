@@ -57,9 +57,13 @@ INLINE __mmask16 tail_mask(size_t n) /* the first n < 16 lanes */
  * into a depth x 16 panel on the stack (at most KT_DEPTH x 16 floats = 16 KiB, L1-resident), as
  * every GEMM packs its B panel; the panel then serves all `rows` query rows, 16 at a time, each
  * row one zmm accumulator (16 keys), Q[r][j] broadcast from memory: 16 FMAs per panel row load.
- * This copies one small key tile inside the kernel; it is not K^T (nor any n x n array) in
+ * Q's rows are packed the same way first, 16 rows to a transposed panel (QT_FLOATS at a time),
+ * so a tile reads all 16 rows' Q[r][j] from one pointer: 16 row pointers outnumber the
+ * registers, and their reloads from the stack made the loop load-bound.
+ * This copies small tiles inside the kernel; it is not K^T (nor any n x n array) in
  * memory, which is what DESIGN's "no transposed-key copy" rules out. */
 #define KT_DEPTH 256
+#define QT_FLOATS 8192 /* 32 KiB: 128 query rows at depth 64 */
 
 /* The 16 x 16 block in a[] (a[i] = row i) transposed into kt[j * 16 + c] for j < nj. */
 INLINE void transpose_16x16(__m512 a[16], size_t nj, float *kt)
@@ -176,9 +180,10 @@ INLINE void pack_16x16(enum elem e, int nr, size_t nj, const void *x, ptrdiff_t 
     transpose_16x16(a, nj, kt);
 }
 
-/* s[0:mr][lanes cm] = scale[lane] * q[0:mr][0:nj] kt[0:nj][0:16], plus s when `add`. */
-INLINE void scores_tile(int mr, size_t nj, const float *q, ptrdiff_t ldq, const float *kt, __m512 scale,
-                        __mmask16 cm, int add, float *s, ptrdiff_t lds)
+/* s[0:mr][lanes cm] = scale[lane] * q[0:mr][0:nj] kt[0:nj][0:16], plus s when `add`; qt holds the
+ * mr rows of q packed as kt is (qt[j * 16 + i] = q[i][j]). */
+INLINE void scores_tile(int mr, size_t nj, const float *qt, const float *kt, __m512 scale, __mmask16 cm, int add,
+                        float *s, ptrdiff_t lds)
 {
     __m512 acc[16];
     size_t j;
@@ -191,7 +196,7 @@ INLINE void scores_tile(int mr, size_t nj, const float *q, ptrdiff_t ldq, const 
         const __m512 kv = _mm512_load_ps(kt + 16 * j);
         _Pragma("GCC unroll 16")
         for (i = 0; i < mr; i++) {
-            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(q[i * ldq + (ptrdiff_t)j]), kv, acc[i]);
+            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(qt[16 * j + (size_t)i]), kv, acc[i]);
         }
     }
     _Pragma("GCC unroll 16")
@@ -201,51 +206,70 @@ INLINE void scores_tile(int mr, size_t nj, const float *q, ptrdiff_t ldq, const 
     }
 }
 
-/* The rows of one panel of 16 keys (or fewer) against all query rows, 16, 8, 4, then 1 at a time. */
-INLINE void scores_panel(size_t rows, size_t nj, const float *q0, ptrdiff_t ldq, const float *kt, __m512 scale,
-                         __mmask16 cm, int add, float *s0, ptrdiff_t lds)
+/* One panel of 16 keys (or fewer) against `rows` packed query rows, 16 to a panel of qt (row r
+ * at panel r / 16, lane r % 16): the full panels, then the last one's rows 8, 4, then 1 at a time. */
+INLINE void scores_panel(size_t rows, size_t nj, const float *qt, const float *kt, __m512 scale, __mmask16 cm,
+                         int add, float *s0, ptrdiff_t lds)
 {
     size_t r;
     for (r = 0; r + 16 <= rows; r += 16) {
-        scores_tile(16, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+        scores_tile(16, nj, qt + r * nj, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
     }
-    if (rows - r >= 8) {
-        scores_tile(8, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+    if (rows - r >= 8) { /* the last panel's first rows */
+        scores_tile(8, nj, qt + r * nj, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
         r += 8;
     }
     if (rows - r >= 4) {
-        scores_tile(4, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+        scores_tile(4, nj, qt + (r - r % 16) * nj + r % 16, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
         r += 4;
     }
     for (; r < rows; r++) {
-        scores_tile(1, nj, q0 + (ptrdiff_t)r * ldq, ldq, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+        scores_tile(1, nj, qt + (r - r % 16) * nj + r % 16, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
     }
 }
 
 /* The score kernel for keys of element type e: the panel packs 16 keys widened to float; over
- * int8 keys (k_scale) each column's scale is scale * k_scale[c], applied once to its sum. */
+ * int8 keys (k_scale) each column's scale is scale * k_scale[c], applied once to its sum. The
+ * depth in chunks of KT_DEPTH, the rows in chunks whose packed Q fits QT_FLOATS (depth 64: 128
+ * rows, so a query block's Q is packed once and each key panel once). */
 INLINE void scores_body(enum elem e, size_t rows, size_t cols, size_t depth, float scale, const float *q,
                         ptrdiff_t ldq, const void *k, ptrdiff_t ldk, const float *k_scale, float *s, ptrdiff_t lds)
 {
     float kt[KT_DEPTH * 16] __attribute__((aligned(64))); /* the packed panel: 16 keys, transposed */
-    size_t c, j0, j;
-    for (c = 0; c < cols; c += 16) {
-        const int nc = cols - c >= 16 ? 16 : (int)(cols - c);
-        const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : tail_mask((size_t)nc);
-        const __m512 column_scale = e == ELEM_S8 ? _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(cm, k_scale + c))
-                                                 : _mm512_set1_ps(scale);
-        const void *k0 = row_at(e, k, (ptrdiff_t)c, ldk);
-        float *s0 = s + (ptrdiff_t)c;
-        j0 = 0;
-        do { /* the depth in chunks of KT_DEPTH; depth 0 still writes s = 0 */
-            const size_t nj = depth - j0 < KT_DEPTH ? depth - j0 : KT_DEPTH;
-            for (j = 0; j < nj; j += 16) {
-                pack_16x16(e, nc, nj - j < 16 ? nj - j : 16, row_at(e, k0, (ptrdiff_t)(j0 + j), 1), ldk, kt + 16 * j);
+    float qt[QT_FLOATS] __attribute__((aligned(64)));     /* the packed query rows, 16 to a panel */
+    size_t c, j0, j, r0, r;
+    j0 = 0;
+    do { /* depth 0 still writes s = 0 */
+        const size_t nj = depth - j0 < KT_DEPTH ? depth - j0 : KT_DEPTH;
+        const size_t chunk = nj ? QT_FLOATS / (16 * nj) * 16 : rows; /* >= 32 rows */
+        for (r0 = 0; r0 < rows; r0 += chunk) {
+            const size_t nr = rows - r0 < chunk ? rows - r0 : chunk;
+            for (r = 0; r < nr; r += 16) {
+                for (j = 0; j < nj; j += 16) {
+                    pack_16x16(ELEM_F32, nr - r < 16 ? (int)(nr - r) : 16, nj - j < 16 ? nj - j : 16,
+                               q + (ptrdiff_t)(r0 + r) * ldq + (ptrdiff_t)(j0 + j), ldq, qt + r * nj + 16 * j);
+                }
             }
-            scores_panel(rows, nj, q + (ptrdiff_t)j0, ldq, kt, column_scale, cm, j0 > 0, s0, lds);
-            j0 += nj;
-        } while (j0 < depth);
-    }
+            for (c = 0; c < cols; c += 16) {
+                const int nc = cols - c >= 16 ? 16 : (int)(cols - c);
+                const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : tail_mask((size_t)nc);
+                const __m512 column_scale = e == ELEM_S8
+                                                ? _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(cm, k_scale + c))
+                                                : _mm512_set1_ps(scale);
+                const void *k0 = row_at(e, k, (ptrdiff_t)c, ldk);
+                for (j = 0; j < nj; j += 16) {
+                    const void *block = row_at(e, k0, (ptrdiff_t)(j0 + j), 1);
+                    if (nc == 16 && nj - j >= 16) { /* a whole block: its copy has no bounds to test */
+                        pack_16x16(e, 16, 16, block, ldk, kt + 16 * j);
+                    } else {
+                        pack_16x16(e, nc, nj - j < 16 ? nj - j : 16, block, ldk, kt + 16 * j);
+                    }
+                }
+                scores_panel(nr, nj, qt, kt, column_scale, cm, j0 > 0, s + (ptrdiff_t)r0 * lds + (ptrdiff_t)c, lds);
+            }
+        }
+        j0 += nj;
+    } while (j0 < depth);
 }
 
 void moa_attn_scores_f32_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
