@@ -501,9 +501,13 @@ def cmd_boards(a) -> int:
         missing = b.missing_tools()
         rows.append({**b.catalogue_entry(), "ready": not missing, "missing": missing})
         sensor = b.power_sensor.get("spec", b.power_sensor["kind"])
-        print(f"{b.name:16} {b.arch:8} {b.isa:6} {caches:36} {b.run['kind']:7} {sensor:16} "
+        print(f"{b.name:16} {b.arch:14} {b.isa:6} {caches:36} {b.run['kind']:11} {sensor:16} "
               f"{'ready' if not missing else 'missing: ' + '; '.join(missing)}")
         print(f"                 {b.description}")
+        if b.memories:  # a bare-metal board: where the code, the weights and the data go
+            print("                 memories: " + ", ".join(
+                f"{m.name} {m.size // 1024} KiB @ {m.base:#010x}"
+                + "".join(f" ({role})" for role in b.placement if b.placement[role] == m.name) for m in b.memories))
     _write_json(a.json, {"boards": rows})
     return 0
 

@@ -167,6 +167,9 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
         raise MoaEdgeError(f"--kv-cache {kv_cache!r}: choose one of {', '.join(kv_cache_pass.KV_CACHE_TYPES)}")
     if kv_cache != "float32" and max_context is None:
         raise MoaEdgeError(f"--kv-cache {kv_cache} is for a generation build: give --max-context N too")
+    if max_context is not None and board.bare_metal:
+        raise MoaEdgeError(f"--max-context: board {board.name} is bare metal, and generation builds run on Linux "
+                           "boards for now (a one-shot model converts for it)")
     if weights is not None and weights.native:
         _check_native(weights, board)
     _check_replaceable(out_dir, model)

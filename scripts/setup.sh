@@ -46,6 +46,8 @@ declare -A NEED=(
     [riscv64-linux-gnu-gcc]=gcc-riscv64-linux-gnu
     [qemu-aarch64]=qemu-user
     [qemu-riscv64]=qemu-user
+    [arm-none-eabi-gcc]=gcc-arm-none-eabi    # the MCU boards (bare metal, with picolibc below)
+    [qemu-system-arm]=qemu-system-arm        # ... run as the board's core: M55, M33, M7
     [valgrind]=valgrind
     [ccache]=ccache  # the test suite's compiler cache (tests/conftest.py)
     [ssh]=openssh-client
@@ -67,6 +69,7 @@ done
 # (static linking for qemu-user needs them).
 [ -f /usr/aarch64-linux-gnu/lib/libc.a ] || missing_pkgs+=(libc6-dev-arm64-cross)
 [ -f /usr/riscv64-linux-gnu/lib/libc.a ] || missing_pkgs+=(libc6-dev-riscv64-cross)
+[ -f /usr/lib/picolibc/arm-none-eabi/picolibc.specs ] || missing_pkgs+=(picolibc-arm-none-eabi)
 if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then missing_pkgs+=(python3-venv); fi
 # The ssh tests start their own sshd on 127.0.0.1 (never the system's service).
 [ -x /usr/sbin/sshd ] || missing_pkgs+=(openssh-server)

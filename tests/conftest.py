@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from moa_edge.target import load_board  # noqa: E402
 
 BOARDS = ["host", "rpi4", "k230"]
+MCU_BOARDS = ["alif-e7", "pico2", "nucleo-h743zi"]  # bare metal under qemu-system-arm (M55, M33, M7)
 REPO = Path(__file__).resolve().parent.parent
 
 

@@ -16,7 +16,8 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.target import board_names, load_board, load_catalogue
 from moa_edge.target.catalogue import EXTENSIONS
 
-SHIPPED = ["bpi-f3", "host", "jetson-orin-nano", "k230", "rpi4", "rpi5", "visionfive2"]
+SHIPPED = ["alif-e7", "bpi-f3", "host", "jetson-orin-nano", "k230", "nucleo-h743zi", "pico2", "rpi4", "rpi5",
+           "visionfive2"]
 
 
 def test_every_shipped_board_validates():
@@ -35,6 +36,29 @@ def test_the_new_boards_carry_their_published_figures():
     assert (orin.isa, orin.cores) == ("neon", 6)
     assert [(c.name, c.size) for c in orin.caches] == [("l1d", 64 << 10), ("l2", 256 << 10), ("l3", 2 << 20)]
     assert orin.power_sensor == {"kind": "jetson", "spec": "jetson:VDD_IN"}
+
+
+def test_the_mcu_boards_carry_their_parts_memories():
+    """Each MCU board: its core under qemu-system-arm, its memories as the part's documents map
+    them, and the emulator's stand-ins at least as large (QEMU's machines, docs/system/arm/mps2.rst)."""
+    alif, pico, nucleo = load_board("alif-e7"), load_board("pico2"), load_board("nucleo-h743zi")
+    assert (alif.isa, alif.vlen, alif.runner()[1:]) == ("helium", 128, ["-machine", "mps3-an547", "-cpu", "cortex-m55"])
+    assert pico.runner()[1:] == ["-machine", "mps2-an505", "-cpu", "cortex-m33"]
+    assert nucleo.runner()[1:] == ["-machine", "mps2-an500", "-cpu", "cortex-m7"]
+    sizes = {b.name: {m.name: (m.base, m.size) for m in b.memories} for b in (alif, pico, nucleo)}
+    assert sizes["alif-e7"]["mram"] == (0x80000000, 5632 << 10) and sizes["alif-e7"]["sram0"] == (0x02000000, 4 << 20)
+    assert sizes["pico2"]["sram"] == (0x20000000, 512 << 10) and sizes["pico2"]["flash"] == (0x10000000, 4 << 20)
+    assert sizes["nucleo-h743zi"]["axi_sram"] == (0x24000000, 512 << 10)
+    assert sizes["nucleo-h743zi"]["flash"] == (0x08000000, 2 << 20)
+    qemu_ram = {"mps3-an547": [(0x0, 512 << 10), (0x20000000, 512 << 10), (0x01000000, 2 << 20),
+                               (0x21000000, 4 << 20), (0x28000000, 8 << 20), (0x60000000, 1 << 30)],
+                "mps2-an505": [(0x0, 4 << 20), (0x10000000, 4 << 20), (0x28000000, 2 << 20), (0x28200000, 2 << 20)],
+                "mps2-an500": [(0x0, 4 << 20), (0x20000000, 4 << 20), (0x60000000, 16 << 20)]}
+    for board in (alif, pico, nucleo):
+        regions = qemu_ram[board.runner()[2]]
+        for m in board.memories:
+            assert any(lo <= m.emulated_base and m.emulated_base + m.size <= lo + size for lo, size in regions), m
+        assert board.memory_for("code").emulated_base in (0x0, 0x10000000)  # where the core finds its vector table
 
 
 def _broken(tmp_path: Path, old: str, new: str, name: str = "rpi5") -> Path:
@@ -60,7 +84,7 @@ def _broken(tmp_path: Path, old: str, new: str, name: str = "rpi5") -> Path:
     ("size = 65536,", 'size = "64K",', r"\[caches.l1d\] size must be a positive integer number of bytes.*'64K'"),
     ("size = 524288,", "size = -524288,", r"\[caches.l2\] size must be a positive integer number of bytes"),
     ("size = 65536,", "size = 65536.0,", r"size must be a positive integer number of bytes.*65536.0"),
-    ("dram_bytes = 4294967296", 'dram_bytes = "4 GiB"', r"\[memory\] dram_bytes must be a positive integer"),
+    ("dram_bytes = 4294967296", 'dram_bytes = "4 GiB"', r"\[memory\] dram_bytes must be an integer number of bytes, 0 or more"),
     ("pj_per_byte_dram = 250.0", "pj_per_byte_dram = -250.0", r"\[energy\] pj_per_byte_dram must be a positive number of picojoules"),
     ("pj_per_flop = 2.3", 'pj_per_flop = "2.3 pJ"', r"\[energy\] pj_per_flop must be a positive number"),
     ("vlen = 128", 'vlen = "128b"', r"vlen must be an integer number of bits"),
@@ -85,6 +109,31 @@ def test_a_broken_board_is_one_clear_error(tmp_path, old, new, message):
     with pytest.raises(MoaEdgeError, match=message) as e:
         load_board("rpi5", folder)
     assert str(e.value).startswith(str(folder / "rpi5.toml") + ": ")
+
+
+@pytest.mark.parametrize("old, new, message", [
+    ('data = "sram"', 'data = "sdram"', r"\[memories\] data = 'sdram' is not one of its memories \(flash, sram"),
+    ('data = "sram"', 'data = "flash"', r"the data's memory 'flash' cannot also hold the code or the weights"),
+    ("emulated_base = 0x28000000 }", "emulated_base = 0x28000000, speed = 1 }", r"\[memories.sram\] unknown key 'speed'"),
+    ('kind = "sram", emulated_base = 0x28000000', 'kind = "dram", emulated_base = 0x28000000',
+     r"\[memories.sram\] kind must be one of 'flash', 'sram', 'tcm', 'psram'"),
+    ("base = 0x20080000,", "base = 0x2007F000,", r"\[memories\] sram and scratch_x overlap on the part \(at 0x2007f000\)"),
+    ("emulated_base = 0x28200000", "emulated_base = 0x28000100", r"sram and scratch_x overlap under the emulator"),
+    ("stack_bytes = 16384\n", "", r"\[memories\] missing required field 'stack_bytes'"),
+    ("size = 524288,", 'size = "512K",', r"\[memories.sram\] size must be a positive integer number of bytes"),
+    ('kind = "qemu-system"', 'kind = "qemu"', r"\[memories\] is for a bare-metal board \(run kind 'qemu-system'\)"),
+])
+def test_a_broken_mcu_board_is_one_clear_error(tmp_path, old, new, message):
+    folder = _broken(tmp_path, old, new, name="pico2")
+    with pytest.raises(MoaEdgeError, match=message):
+        load_board("pico2", folder)
+
+
+def test_a_bare_metal_board_needs_its_memories(tmp_path):
+    text = (BOARDS_DIR / "pico2.toml").read_text()
+    (tmp_path / "pico2.toml").write_text(text[:text.index("[memories]")] + text[text.index("# No data cache"):])
+    with pytest.raises(MoaEdgeError, match=r"\[run\] kind 'qemu-system' \(a bare-metal board\) needs a \[memories\] table"):
+        load_board("pico2", tmp_path)
 
 
 def test_a_value_where_a_table_belongs(tmp_path):

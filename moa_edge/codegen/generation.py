@@ -168,7 +168,7 @@ def emit_generation_project(graphs: dict[int, Graph], out_dir: Path, max_context
     write_project(out_dir, subst, {"model.h": "generate_model.h", "model.c": "generate_model.c",
                                    "main.c": "generate_main.c", "attention.h": "attention.h",
                                    "attention.c": "attention.c", "weights.h": "weights.h", "weights.S": "weights.S",
-                                   "SConstruct": "SConstruct"}, weights, sources)
+                                   "SConstruct": "SConstruct"}, weights, sources, board)
     tokenizer = model_folder is not None and copy_tokenizer(Path(model_folder), out_dir)
     step = graphs[1]
     report = {

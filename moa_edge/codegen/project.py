@@ -23,6 +23,8 @@ from moa_edge.plan import plan_arena
 from moa_edge.plan.arena import ArenaPlan
 from moa_edge.target import Board, load_board
 
+from .linker import write_linker_scripts
+
 TEMPLATES = Path(__file__).parent / "templates"
 
 
@@ -180,9 +182,24 @@ def _lifter(code: GraphCode, prefix: str):
 
 
 def check_memory(board: Board, source: str, needed: dict[str, int]) -> None:
-    """Refused before weights.bin is written: the model's memory past what the board states."""
+    """Refused before weights.bin is written: the model's memory past what the board states; on
+    a bare-metal board, the weights past their memory and the rest (arena, inputs and outputs,
+    state) past the data's memory with the board's stack, each named with what it lacks. The
+    linker script then holds the whole program to the part: the code beside the weights, its
+    static data beside the arena (codegen.linker)."""
+    what = source or "the model"
+    if board.bare_metal:
+        weights, data = board.memory_for("weights"), board.memory_for("data")
+        rest = {k: v for k, v in needed.items() if k != "weights"} | {"stack": board.stack_bytes}
+        for memory, parts in ((weights, {"weights": needed.get("weights", 0)}), (data, rest)):
+            if sum(parts.values()) > memory.size:
+                raise MoaEdgeError(f"{what} does not fit board {board.name}: its {', '.join(parts)} need "
+                                   f"{sum(parts.values())} bytes of memory {memory.name!r} ({memory.kind}, "
+                                   f"{memory.size} bytes): {sum(parts.values()) - memory.size} bytes short ("
+                                   + ", ".join(f"{k} {v}" for k, v in parts.items()) + ")")
+        return
     if sum(needed.values()) > board.memory_bytes():
-        raise MoaEdgeError(f"{source or 'the model'} needs {sum(needed.values())} bytes of memory ("
+        raise MoaEdgeError(f"{what} needs {sum(needed.values())} bytes of memory ("
                            + ", ".join(f"{k} {v}" for k, v in needed.items())
                            + f"), more than the {board.memory_bytes()} bytes board {board.name} states")
 
@@ -192,9 +209,10 @@ TEMPLATE_FILES = ("model.h", "model.c", "attention.h", "attention.c", "weights.h
 
 
 def write_project(out_dir: Path, subst: dict[str, str], templates: dict[str, str], weights: list[tuple[Tensor, str]],
-                  sources: set[str]) -> None:
+                  sources: set[str], board: Board) -> None:
     """The project's files: each template (file name -> template name) with @KEY@ replaced from
-    subst, the weights (weights.bin and their symbols) and the runtime sources the calls need."""
+    subst, the weights (weights.bin and their symbols), the runtime sources the calls need, and
+    a bare-metal board's linker scripts."""
     subst = dict(subst)
     sources = sources | {POOL_SOURCE}  # every run entry point takes a worker pool
     subst["WEIGHT_DECLS"] = "".join(
@@ -213,6 +231,7 @@ def write_project(out_dir: Path, subst: dict[str, str], templates: dict[str, str
     for s in sorted(sources):  # "x86/gemm_f32_avx2.c": ISA variants sit in their own folders
         (out_dir / "runtime" / "src" / s).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(C_RUNTIME_DIR / "src" / s, out_dir / "runtime" / "src" / s)
+    write_linker_scripts(out_dir, board)
 
 
 def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Board | None = None,
@@ -286,7 +305,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     subst["MAIN_OUTPUTS"] = ", ".join(f"output_{k}" for k in range(len(outs)))
     subst["MAIN_INPUT_BYTES"] = ", ".join(f"sizeof input_{k}" for k in range(len(ins))) or "0"
     subst["MAIN_OUTPUT_BYTES"] = ", ".join(f"sizeof output_{k}" for k in range(len(outs)))
-    write_project(out_dir, subst, {name: name for name in TEMPLATE_FILES}, weights, sources)
+    write_project(out_dir, subst, {name: name for name in TEMPLATE_FILES}, weights, sources, board)
 
     report = {
         "source": source,

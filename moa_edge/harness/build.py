@@ -1,6 +1,7 @@
 """Build a generated project for a board with SCons."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 import re
@@ -14,7 +15,8 @@ from moa_edge.target import Board
 from . import ownership
 from .runner import run_limited
 
-BUILD_SUFFIXES = (".c", ".h", ".S", ".bin")  # and SConstruct: what the build reads
+BUILD_SUFFIXES = (".c", ".h", ".S", ".bin", ".ld")  # and SConstruct: what the build reads
+EMULATED_MEMORY = "memory-qemu.ld"  # a bare-metal board's memories as its emulator maps them (codegen.linker)
 # A compiler cache put before the board's compiler (as CMake's CMAKE_C_COMPILER_LAUNCHER):
 # MOA_EDGE_CC_LAUNCHER=ccache makes the runtime's sources, the same in every project, compile once.
 CC_LAUNCHER = "MOA_EDGE_CC_LAUNCHER"
@@ -49,6 +51,11 @@ def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldfla
     variant = variant or board.name
     cflags = list(board.toolchain.get("cflags", [])) + list(extra_cflags)
     ldflags = list(board.toolchain.get("ldflags", [])) + list(extra_ldflags)
+    if board.bare_metal:  # built to run here, under the board's emulator
+        if not (project / EMULATED_MEMORY).is_file():
+            raise MoaEdgeError(f"{project}: converted for board {_converted_for(project)}, not for bare-metal board "
+                               f"{board.name} (no {EMULATED_MEMORY}); convert it with --board {board.name}")
+        ldflags += ["-T", EMULATED_MEMORY]
     cmd = [sys.executable, "-m", "SCons", "-Q", "-C", str(project), f"CC={cc}",
            f"CFLAGS={' '.join(cflags)}", f"LINKFLAGS={' '.join(ldflags)}", f"VARIANT={variant}"]
     # SCons rebuilds what changed sources need, but never checks its outputs: a runner changed
@@ -60,6 +67,13 @@ def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldfla
     if proc.returncode != 0:
         raise MoaEdgeError(f"build of {project} for {board.name} failed:\n{proc.stdout}{proc.stderr}".rstrip())
     return project / "build" / variant / "model_main"
+
+
+def _converted_for(project: Path) -> str:
+    try:
+        return json.loads((project / "report.json").read_text())["board"]
+    except (OSError, ValueError, KeyError):
+        return "another board"
 
 
 def selected_isa(cc: str, cflags: list[str], include: Path) -> str | None:

@@ -230,7 +230,7 @@ def runner_env(repeat: int = 1, threads: int = 1) -> dict[str, str]:
 
 
 def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path], env: dict, timeout: float) -> str:
-    cmd = board.runner() + [str(binary)] + args + [str(p) for p in out_paths]
+    cmd = board.command(str(binary), args + [str(p) for p in out_paths])
     try:
         proc = run_limited(cmd, timeout, {**os.environ, **env}, f"board {board.name}: {binary.name}")
     except FileNotFoundError:
@@ -244,6 +244,8 @@ def _run_over_ssh(ssh: SshTarget, binary: Path, board: Board, args: list[str], o
                   timeout: float) -> str:
     """Copy the runner and its inputs to a fresh folder on the board, run it there (under the
     board's emulator command, if it has one), fetch the outputs."""
+    if board.bare_metal:
+        raise MoaEdgeError(f"board {board.name} is bare metal: it runs here under {board.runner()[0]}, not over ssh")
     with RemoteFolder(ssh) as folder:
         ssh.copy([Path(binary), *map(Path, args)], folder + "/")
         remote_args = [Path(a).name for a in args] + [p.name for p in out_paths]

@@ -29,6 +29,21 @@ class CacheLevel:
 
 
 @dataclass(frozen=True)
+class Memory:
+    """One memory of a bare-metal board (flash, SRAM, a tightly coupled memory): where it is on
+    the part, and where the board's emulator has memory to stand in for it."""
+    name: str
+    base: int           # address on the part
+    size: int           # bytes
+    kind: str           # catalogue.MEMORY_KINDS
+    emulated_base: int  # address under the emulator (qemu-system's machine), the part's when it has one there
+
+
+# What each memory of a bare-metal board holds (the board's [memories] code, weights, data).
+MEMORY_ROLES = ("code", "weights", "data")
+
+
+@dataclass(frozen=True)
 class Board:
     name: str
     description: str
@@ -45,6 +60,19 @@ class Board:
     path: Path
     cores: int | None = None   # None: the build machine's (host)
     extensions: tuple[str, ...] = ()  # beyond the ISA: dotprod, fp16, ... (catalogue.EXTENSIONS)
+    memories: tuple[Memory, ...] = ()  # a bare-metal board's memories; none on a Linux board
+    placement: dict | None = None      # MEMORY_ROLES -> the name of the memory that holds it
+    stack_bytes: int = 0               # a bare-metal board's stack, reserved in its data memory
+
+    @property
+    def bare_metal(self) -> bool:
+        """Runs without an operating system: built with the board's linker script, run as
+        qemu-system's kernel with its files over semihosting."""
+        return self.run["kind"] == "qemu-system"
+
+    def memory_for(self, role: str) -> Memory:
+        """The memory that holds `role` (MEMORY_ROLES) on a bare-metal board."""
+        return next(m for m in self.memories if m.name == self.placement[role])
 
     def l1d(self) -> CacheLevel:
         return self.caches[0]
@@ -76,6 +104,16 @@ class Board:
             cmd[0] = self._emulator() or cmd[0]
         return cmd
 
+    def command(self, program: str, args: list[str]) -> list[str]:
+        """The command line that runs `program` with `args` here: natively or under qemu-user; on
+        a bare-metal board as the kernel of qemu-system, its arguments over semihosting (its
+        files are the host's, its exit status qemu's)."""
+        if not self.bare_metal:
+            return self.runner() + [program, *args]
+        semihosting = ",".join(["enable=on", "target=native"] + [f"arg={a.replace(',', ',,')}" for a in args])
+        return self.runner() + ["-nographic", "-monitor", "none", "-serial", "none",
+                                "-semihosting-config", semihosting, "-kernel", program]
+
     def _emulator(self) -> str | None:
         """The emulator's name or path, None when there is none (new enough). The system's comes
         first even when an activated Python environment puts its own first on PATH: that one is
@@ -98,8 +136,12 @@ class Board:
     def missing_tools(self) -> list[str]:
         """What this machine lacks to build and run for the board, as a readable list."""
         missing = []
-        if self.compiler() is None:
+        cc = self.compiler()
+        if cc is None:
             missing.append(f"a C compiler ({' or '.join(self.toolchain['cc'])}; Debian: {' '.join(self.toolchain.get('apt', []))})")
+        for spec in (f[len("--specs="):] for f in self.toolchain["cflags"] if f.startswith("--specs=")):
+            if cc is not None and not _compiler_finds(cc, spec):  # a C library's (picolibc.specs)
+                missing.append(f"{spec} for {cc} (Debian: {' '.join(self.toolchain.get('apt', []))})")
         cmd = self.run.get("command", [])
         if cmd and self._emulator() is None and shutil.which(cmd[0]) is None:
             missing.append(f"{cmd[0]} (Debian: {' '.join(self.run.get('apt', []))})")
@@ -116,6 +158,10 @@ class Board:
                 "vlen": self.vlen, "cores": self.cores, "extensions": list(self.extensions),
                 "toolchain": self.toolchain, "run": self.run, "caches": caches,
                 "memory": self.memory, "energy": self.energy, "power_sensor": self.power_sensor,
+                **({"memories": {"placement": self.placement, "stack_bytes": self.stack_bytes,
+                                 **{m.name: {"base": m.base, "size": m.size, "kind": m.kind,
+                                             "emulated_base": m.emulated_base} for m in self.memories}}}
+                   if self.memories else {}),
                 "path": shown(self.path)}
 
 
@@ -132,6 +178,16 @@ def tool_version(path: str) -> tuple[int, ...] | None:
         return None
     match = re.search(r"version (\d+(?:\.\d+)*)", out)
     return version_tuple(match.group(1)) if match else None
+
+
+@cache
+def _compiler_finds(cc: str, name: str) -> bool:
+    """Whether the compiler finds a file of its own by that name (GCC prints the bare name when not)."""
+    try:
+        out = subprocess.run([cc, f"-print-file-name={name}"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.strip() != name
 
 
 def symbol_lister(board: Board) -> str | None:

@@ -14,9 +14,9 @@ import tomllib
 from moa_edge import BOARDS_DIR
 from moa_edge.errors import MoaEdgeError
 
-from .board import CACHE_LEVELS, Board, CacheLevel, shown
+from .board import CACHE_LEVELS, MEMORY_ROLES, Board, CacheLevel, Memory, shown
 
-ISAS = ("native", "neon", "rvv", "avx2", "avx512", "none")
+ISAS = ("native", "neon", "rvv", "avx2", "avx512", "helium", "none")
 # ISA extensions a board's core has beyond its ISA, which kernels may use when the board's flags
 # enable them: each is the compiler's macro that says so (tests/test_boards.py checks the flags
 # define it and the board's emulator runs an instruction of it).
@@ -27,7 +27,8 @@ EXTENSIONS = {
     "zvfh": ("rvv", "__riscv_zvfh"),                               # RVV half-precision arithmetic
     "avx512vnni": ("avx512", "__AVX512VNNI__"),                     # VPDPBUSD
 }
-RUN_KINDS = ("native", "qemu")
+RUN_KINDS = ("native", "qemu", "qemu-system")  # qemu-system: a bare-metal board (needs [memories])
+MEMORY_KINDS = ("flash", "sram", "tcm", "psram")
 SENSOR_KINDS = ("none", "hwmon", "hwmon-label", "jetson", "rapl", "command")
 
 
@@ -79,6 +80,14 @@ def _bits(v):
     return None if _int(v) and v >= 0 else "an integer number of bits, 0 or more (0: no vector unit, or the host's)"
 
 
+def _address(v):
+    return None if _int(v) and 0 <= v < 1 << 32 else "an address from 0 to 0xFFFFFFFF"
+
+
+def _table(v):
+    return None if isinstance(v, dict) else "a table"
+
+
 def _picojoules(v):
     return (None if (_int(v) or isinstance(v, float)) and v > 0 and v != float("inf")
             else "a positive number of picojoules")
@@ -99,12 +108,54 @@ SCHEMA = {
     "run": (True, {"kind": (True, _one_of(*RUN_KINDS)), "command": (False, _words), "apt": (False, _words),
                    "min_version": (False, _version), "ssh": (False, _text)}),
     "caches": (True, {"source": (True, _text), "l1d": (True, CACHE), "l2": (False, CACHE), "l3": (False, CACHE)}),
-    "memory": (True, {"dram_bytes": (True, _bytes), "sram_bytes": (True, _bytes_or_zero), "source": (True, _text)}),
+    "memory": (True, {"dram_bytes": (True, _bytes_or_zero), "sram_bytes": (True, _bytes_or_zero),
+                      "source": (True, _text)}),
+    # A bare-metal board's memories: each a table (MEMORY), and which one holds the code, the
+    # weights and the data (MEMORY_ROLES), checked in _check_memories.
+    "memories": (False, _table),
     "energy": (True, {"pj_per_flop": (True, _picojoules), "pj_per_byte_l1": (True, _picojoules),
                       "pj_per_byte_l2": (True, _picojoules), "pj_per_byte_dram": (True, _picojoules),
                       "source": (True, _text)}),
     "power_sensor": (True, {"kind": (True, _one_of(*SENSOR_KINDS)), "spec": (False, _text)}),
 }
+
+
+MEMORY = {"base": (True, _address), "size": (True, _bytes), "kind": (True, _one_of(*MEMORY_KINDS)),
+          "emulated_base": (False, _address)}
+MEMORIES_FIELDS = {"source": (True, _text), "stack_bytes": (True, _bytes),
+                   **{role: (True, _text) for role in MEMORY_ROLES}}
+
+
+def _check_memories(memories: dict, errors: list[str]) -> None:
+    """[memories]: its fields, then every other key a memory; the roles name memories of the
+    table, the code and the weights not in the data's memory, no two memories overlap (on the
+    part or under the emulator), each within 32-bit addresses."""
+    fields = {k: v for k, v in memories.items() if k in MEMORIES_FIELDS}
+    _check_table(fields, MEMORIES_FIELDS, "memories", errors)
+    found = {k: v for k, v in memories.items() if k not in MEMORIES_FIELDS}
+    for name, memory in found.items():
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):  # it names a linker script region and a C macro
+            errors.append(f"[memories] {name!r}: a memory's name is lower-case letters, digits and _")
+        elif not isinstance(memory, dict):
+            errors.append(f"[memories] {name!r} must be a table (base, size, kind), got {memory!r}")
+        else:
+            _check_table(memory, MEMORY, f"memories.{name}", errors)
+    if errors:
+        return
+    for role in MEMORY_ROLES:
+        if memories[role] not in found:
+            errors.append(f"[memories] {role} = {memories[role]!r} is not one of its memories "
+                          f"({', '.join(found) or 'none'})")
+    if not errors and memories["data"] in (memories["code"], memories["weights"]):
+        errors.append(f"[memories] the data's memory {memories['data']!r} cannot also hold the code or the weights")
+    for where, key in (("on the part", "base"), ("under the emulator", "emulated_base")):
+        spans = sorted((m.get(key, m["base"]), m.get(key, m["base"]) + m["size"], n) for n, m in found.items())
+        for (lo, hi, name), (lo2, _, name2) in zip(spans, spans[1:]):
+            if lo2 < hi:
+                errors.append(f"[memories] {name} and {name2} overlap {where} (at {lo2:#x})")
+        for lo, hi, name in spans:
+            if hi > 1 << 32:
+                errors.append(f"[memories] {name} ends past 0xFFFFFFFF {where}")
 
 
 def _where(table: str) -> str:
@@ -163,8 +214,15 @@ def _check_meaning(d: dict, errors: list[str]) -> None:
             errors.append(f"extensions: {extension!r} is an extension of isa {EXTENSIONS[extension][0]!r}, "
                           f"not of {d.get('isa')!r}")
     run = d.get("run")
-    if isinstance(run, dict) and run.get("kind") == "qemu" and not run.get("command"):
-        errors.append("[run] kind 'qemu' needs command = [\"qemu-...\", ...]")
+    if isinstance(run, dict) and run.get("kind") in ("qemu", "qemu-system") and not run.get("command"):
+        errors.append(f"[run] kind {run['kind']!r} needs command = [\"qemu-...\", ...]")
+    bare_metal = isinstance(run, dict) and run.get("kind") == "qemu-system"
+    if bare_metal and "memories" not in d:
+        errors.append("[run] kind 'qemu-system' (a bare-metal board) needs a [memories] table")
+    elif "memories" in d and not bare_metal:
+        errors.append("[memories] is for a bare-metal board (run kind 'qemu-system')")
+    elif "memories" in d:
+        _check_memories(d["memories"], errors)
 
 
 def validate_board(data: dict, path: Path) -> None:
@@ -197,9 +255,13 @@ def load_board_file(path: str | Path) -> Board:
     validate_board(d, path)
     caches = tuple(CacheLevel(level, d["caches"][level]["size"], d["caches"][level]["line"], d["caches"][level]["assoc"])
                    for level in CACHE_LEVELS if level in d["caches"])
+    table = d.get("memories", {})
+    memories = tuple(Memory(name, m["base"], m["size"], m["kind"], m.get("emulated_base", m["base"]))
+                     for name, m in table.items() if name not in MEMORIES_FIELDS)
     return Board(d["name"], d["description"], d["arch"], d["isa"], d["vlen"], d["toolchain"], d["run"],
                  caches, d["caches"]["source"], d["memory"], d["energy"], d["power_sensor"], path, d.get("cores"),
-                 tuple(d.get("extensions", ())))
+                 tuple(d.get("extensions", ())), memories,
+                 {role: table[role] for role in MEMORY_ROLES} if memories else None, table.get("stack_bytes", 0))
 
 
 def board_names(boards_dir: str | Path | None = None) -> list[str]:
