@@ -131,11 +131,15 @@ def cmd_run(a) -> int:
     inputs = check_inputs(io, load_npz(a.inputs), a.inputs)
     binary = build(project, board)
     ssh = _ssh_target(a, [board])
-    outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=a.timeout, threads=threads)
+    stats = {}
+    outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=a.timeout, threads=threads, stats=stats)
     _write_file("--outputs", a.outputs, lambda f: np.savez(f, **outputs))
     where = f" over ssh {ssh.destination}" if ssh else ""
-    print(f"{board.name}{where}: wrote {', '.join(outputs)} to {a.outputs} (run {run_us:.1f} us)")
+    took = (f"{stats['instructions_per_inference']:,} instructions, counted by qemu" if board.bare_metal
+            else f"run {run_us:.1f} us")
+    print(f"{board.name}{where}: wrote {', '.join(outputs)} to {a.outputs} ({took})")
     _write_json(a.json, {"ok": True, "board": board.name, "outputs": a.outputs, "run_us": run_us,
+                         "instructions_per_inference": stats.get("instructions_per_inference"),
                          "ssh": ssh.destination if ssh else None})
     return 0
 
@@ -281,6 +285,8 @@ def format_table(result: dict) -> str:
     for name, r in result["boards"].items():
         if r.get("error"):
             lines.append(f"{name}: {r['error']}")
+        elif r.get("instructions_per_inference") is not None:
+            lines.append(f"{name}: {r['instructions_per_inference']:,} instructions per inference (counted by qemu)")
     tol = result["tolerance"]
     same = " (of the same quantized weights)" if "accuracy" in result else ""
     bound = (f"max abs <= {tol['max_abs_err']:g}, " if "max_abs_err" in tol else "") + f"max rel <= {tol['max_rel_err']:g}"

@@ -294,10 +294,13 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
             try:
                 binary = build(project, board)
                 progress(f"{board.name}: run")
+                stats = {}
                 outputs, run_us = run(binary, board, io, inputs, ssh=ssh, timeout=timeout,
-                                      threads=threads or board.threads())
+                                      threads=threads or board.threads(), stats=stats)
                 row = cmp.compare_all(outputs, reference, cmp.NATIVE_HALF_REL_ERR if native else None)
                 row["run_us"] = run_us
+                if "instructions_per_inference" in stats:  # a bare-metal board: qemu's count, no clock
+                    row["instructions_per_inference"] = stats["instructions_per_inference"]
             except MoaEdgeError as exc:
                 row = {"ok": False, "error": str(exc), "max_abs_err": None, "max_rel_err": None, "max_ulp": None}
             row["schedule"] = [b["predicted"] for b in report["attention_blocks"]]

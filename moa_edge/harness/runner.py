@@ -17,6 +17,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import dtypes
 from moa_edge.target import Board
 
+from . import insn_count
 from .scratch_folder import scratch_folder
 from .ssh import TIMEOUT_S, RemoteFolder, SshTarget
 
@@ -123,14 +124,22 @@ def run(binary: Path, board: Board, io: list[dict], inputs: dict[str, np.ndarray
         stats: dict | None = None, threads: int = 1) -> tuple[dict[str, np.ndarray], float]:
     """Run `repeat` times in one process on `threads` threads (on a real board when `ssh` is
     given); returns (outputs by name, the fastest run's time in microseconds, as the runner
-    measures it). `stats`, when given, gets the runner's peak resident memory (max_rss_bytes)."""
+    measures it). `stats`, when given, gets the runner's peak resident memory (max_rss_bytes),
+    and on a bare-metal board, which has no clock, the instructions qemu counted
+    (insn_count.read_counts: instructions_per_inference, ...)."""
     with scratch_folder("moa-run-") as tmp:
         args, out_paths = runner_files(io, inputs, Path(tmp))
         args = [str(a) for a in args]
         outs = [e for e in io if e["kind"] == "output"]
         env = runner_env(repeat, threads)
+        counted = Path(tmp) / "instructions.log"
         if ssh is not None:
             stderr = _run_over_ssh(ssh, binary, board, args, out_paths, env, timeout)
+        elif board.bare_metal:
+            stderr = _run_here(binary, board, args, out_paths, env, timeout,
+                               insn_count.emulator_options(binary, board, counted))
+            if stats is not None:
+                stats.update(insn_count.read_counts(counted))
         else:
             stderr = _run_here(binary, board, args, out_paths, env, timeout)
         outputs = {e["name"]: np.fromfile(p, dtype=dtypes.dtype(e["dtype"]).numpy).reshape(e["shape"])
@@ -229,8 +238,9 @@ def runner_env(repeat: int = 1, threads: int = 1) -> dict[str, str]:
     return {"MOA_REPEAT": str(repeat), "MOA_THREADS": str(threads)}
 
 
-def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path], env: dict, timeout: float) -> str:
-    cmd = board.command(str(binary), args + [str(p) for p in out_paths])
+def _run_here(binary: Path, board: Board, args: list[str], out_paths: list[Path], env: dict, timeout: float,
+              emulator_options: list[str] = ()) -> str:
+    cmd = board.command(str(binary), args + [str(p) for p in out_paths], emulator_options)
     try:
         proc = run_limited(cmd, timeout, {**os.environ, **env}, f"board {board.name}: {binary.name}")
     except FileNotFoundError:

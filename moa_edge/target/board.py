@@ -104,15 +104,15 @@ class Board:
             cmd[0] = self._emulator() or cmd[0]
         return cmd
 
-    def command(self, program: str, args: list[str]) -> list[str]:
+    def command(self, program: str, args: list[str], emulator_options: list[str] = ()) -> list[str]:
         """The command line that runs `program` with `args` here: natively or under qemu-user; on
         a bare-metal board as the kernel of qemu-system, its arguments over semihosting (its
-        files are the host's, its exit status qemu's)."""
+        files are the host's, its exit status qemu's), with `emulator_options` (a plugin)."""
         if not self.bare_metal:
             return self.runner() + [program, *args]
         semihosting = ",".join(["enable=on", "target=native"] + [f"arg={a.replace(',', ',,')}" for a in args])
         return self.runner() + ["-nographic", "-monitor", "none", "-serial", "none",
-                                "-semihosting-config", semihosting, "-kernel", program]
+                                "-semihosting-config", semihosting, *emulator_options, "-kernel", program]
 
     def _emulator(self) -> str | None:
         """The emulator's name or path, None when there is none (new enough). The system's comes
