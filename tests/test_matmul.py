@@ -1,10 +1,11 @@
 """MatMul and Gemm (issue 5): single-node ONNX models converted, built and run on every
 board against onnxruntime on the original file; moa_gemm_f32 itself against numpy in
 float64 at sizes that are not multiples of its tiles, under ASan and UBSan."""
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 import platform
 import subprocess
+import tempfile
 
 import numpy as np
 import onnx
@@ -14,11 +15,13 @@ import pytest
 
 from conftest import BOARDS, require_board
 from moa_edge import C_RUNTIME_DIR
+from moa_edge.codegen.linker import linker_script
 from moa_edge.harness.build import build
 from moa_edge.ops import matmul
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.pipeline import convert, load_graph
+from moa_edge.target import load_board
 
 
 @dataclass(frozen=True)
@@ -189,11 +192,14 @@ HARNESS = r"""
  * stdin: A (stored [K][M] when trans_a), B (stored [N][K] when trans_b), C (c_rows x c_cols,
  *        none when c_rows is 0, broadcast to M x N), then Y's initial M x y_row_stride floats
  * stdout: Y; stderr: the kernel variant. Every buffer is its exact size on the heap, so ASan
- * sees any overrun. With `packed`, B is first packed (moa_gemm_pack_b_f32). */
+ * sees any overrun. With `packed`, B is first packed (moa_gemm_pack_b_f32). Two more arguments
+ * name files for stdin's and stdout's bytes (bare metal: semihosting has files, not pipes). */
+static FILE *in, *out;
+
 static float *read_floats(size_t n)
 {
     float *p = malloc(n ? n * sizeof *p : 1);
-    if (p == NULL || fread(p, sizeof *p, n, stdin) != n) {
+    if (p == NULL || fread(p, sizeof *p, n, in) != n) {
         exit(2);
     }
     return p;
@@ -206,7 +212,11 @@ int main(int argc, char **argv)
     float *A, *B, *C, *Y, *P;
     moa_matrix_f32 a, b, c;
     moa_status status;
-    if (argc != 12) {
+    if (argc != 12 && argc != 14) {
+        return 2;
+    }
+    in = argc == 14 ? fopen(argv[12], "rb") : stdin, out = argc == 14 ? fopen(argv[13], "wb") : stdout;
+    if (in == NULL || out == NULL) {
         return 2;
     }
     M = strtoul(argv[1], NULL, 10), N = strtoul(argv[2], NULL, 10), K = strtoul(argv[3], NULL, 10);
@@ -228,7 +238,7 @@ int main(int argc, char **argv)
                     : moa_gemm_f32(M, N, K, (float)atof(argv[8]), a, b, (float)atof(argv[9]), c, Y,
                                    (ptrdiff_t)y_row_stride);
     fprintf(stderr, "isa=%s\n", MOA_ISA_NAME);
-    if (fwrite(Y, sizeof *Y, M * y_row_stride, stdout) != M * y_row_stride) {
+    if (fwrite(Y, sizeof *Y, M * y_row_stride, out) != M * y_row_stride || fflush(out) != 0) {
         return 2;
     }
     free(A), free(B), free(C), free(Y), free(P);
@@ -255,11 +265,28 @@ GEMM_VARIANTS = {
 }
 
 
+# The Helium tile, bare metal on the M55 under qemu-system-arm (its files over semihosting).
+MCU_GEMM_VARIANTS = {"alif-e7-helium": ("alif-e7", [], None, "helium")}
+
+
 @dataclass(frozen=True)
 class GemmExe:
     command: list
     isa: str | None
     board: str = ""
+    bare_metal: bool = False
+
+    def run(self, args: list, stdin: bytes) -> subprocess.CompletedProcess:
+        """The harness with `args`, stdin's bytes in and stdout's out (through files on bare metal)."""
+        if not self.bare_metal:
+            return subprocess.run([*self.command, *map(str, args)], input=stdin, capture_output=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "in").write_bytes(stdin)
+            proc = subprocess.run(load_board(self.board).command(self.command[0], [*map(str, args), f"{tmp}/in",
+                                                                                   f"{tmp}/out"]),
+                                  capture_output=True, timeout=600)
+            written = (Path(tmp) / "out").read_bytes() if (Path(tmp) / "out").exists() else b""
+            return subprocess.CompletedProcess(proc.args, proc.returncode, written, proc.stdout + proc.stderr)
 
 
 def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_flags=()) -> GemmExe:
@@ -271,19 +298,29 @@ def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_
     (tmp / "main.c").write_text(harness)
     exe = tmp / "kernel_main"
     flags = [*board.toolchain.get("cflags", []), *extra, *more_flags, "-std=c99", "-Wall", "-Wextra", "-Werror"]
+    link = []
+    if board.bare_metal:  # the code in its memory, the heap in the board's largest RAM (the cases' operands)
+        ram = max((m for m in board.memories if m.kind != "flash"), key=lambda m: m.size)
+        (tmp / "memory.ld").write_text(linker_script(replace(board, placement={**board.placement, "data": ram.name}),
+                                                     emulated=True))
+        link = ["-T", str(tmp / "memory.ld")]
+    ldflags = [f for f in board.toolchain.get("ldflags", []) if f not in flags]  # one command: a spec file once
     subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"),
-                    *map(str, sources), *board.toolchain.get("ldflags", []), "-o", str(exe)], check=True)
+                    *map(str, sources), *ldflags, *link, "-o", str(exe)], check=True)
+    if board.bare_metal:
+        return GemmExe([str(exe)], isa, board_name, bare_metal=True)
     runner = board.runner()
     if vlen:
         runner = [part.replace("vlen=128", vlen) for part in runner]
     return GemmExe(runner + [str(exe)], isa, board_name)
 
 
-@pytest.fixture(scope="module", params=list(GEMM_VARIANTS), ids=str)
+@pytest.fixture(scope="module", params=[*GEMM_VARIANTS, *MCU_GEMM_VARIANTS], ids=str)
 def gemm_exe(request, tmp_path_factory):
-    if GEMM_VARIANTS[request.param][3] in ("avx2",) and platform.machine() != "x86_64":
+    variant = {**GEMM_VARIANTS, **MCU_GEMM_VARIANTS}[request.param]
+    if variant[3] in ("avx2",) and platform.machine() != "x86_64":
         pytest.skip("an x86-64 variant on a non-x86 host")
-    return build_harness(GEMM_VARIANTS[request.param], HARNESS, GEMM_SOURCES, tmp_path_factory)
+    return build_harness(variant, HARNESS, GEMM_SOURCES, tmp_path_factory)
 
 
 def _run_gemm(exe, M, N, K, trans_a=False, trans_b=False, c_shape=None, alpha=1.0, beta=1.0, pad=0, seed=0,
@@ -296,7 +333,7 @@ def _run_gemm(exe, M, N, K, trans_a=False, trans_b=False, c_shape=None, alpha=1.
     y0 = np.full((M, N + pad), SENTINEL, np.float32)
     stdin = b"".join(np.ascontiguousarray(x).tobytes() for x in (a.T if trans_a else a, b.T if trans_b else b, c, y0))
     args = [M, N, K, int(trans_a), int(trans_b), *(c_shape or (0, 0)), alpha, beta, N + pad, int(packed)]
-    proc = subprocess.run([*exe.command, *map(str, args)], input=stdin, capture_output=True)
+    proc = exe.run(args, stdin)
     assert proc.returncode == 0 or proc.returncode > 100, proc.stderr.decode()  # else the harness itself failed
     if exe.isa is not None:
         assert f"isa={exe.isa}" in proc.stderr.decode(), proc.stderr.decode()
@@ -352,7 +389,6 @@ def test_gemm_kernel_rejects_overlapping_rows_of_y(gemm_exe, tmp_path):
     """y_row_stride < N would make row 1 overwrite row 0: MOA_ERR_BAD_PARAMS, Y untouched."""
     rng = np.random.default_rng(0)
     stdin = rng.standard_normal(3 * 4 + 4 * 5).astype(np.float32).tobytes() + np.full(3 * 4, SENTINEL).astype(np.float32).tobytes()
-    proc = subprocess.run([*gemm_exe.command, "3", "5", "4", "0", "0", "0", "0", "1", "1", "4", "0"], input=stdin,
-                          capture_output=True)
+    proc = gemm_exe.run(["3", "5", "4", "0", "0", "0", "0", "1", "1", "4", "0"], stdin)
     assert proc.returncode == 104  # 100 + MOA_ERR_BAD_PARAMS
     assert np.all(np.frombuffer(proc.stdout, np.float32) == SENTINEL)

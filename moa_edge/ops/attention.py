@@ -25,7 +25,8 @@ OPS = ("MoaAttention",)
 # nothing unless moa/isa.h selects it for the build's target; and the worker pool (moa/pool.h)
 # that name_on lifts the block's items onto.
 C_SOURCES: list[str] = ["attention_f32.c", "x86/attention_f32_avx512.c", "x86/attention_f32_avx2.c",
-                        "neon/attention_f32_neon.c", "rvv/attention_f32_rvv.c", "pool.c"]
+                        "neon/attention_f32_neon.c", "rvv/attention_f32_rvv.c", "helium/attention_f32_helium.c",
+                        "pool.c"]
 
 
 def scratch_bytes(node, graph=None) -> int:

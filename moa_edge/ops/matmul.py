@@ -29,7 +29,7 @@ OPS = ("MatMul", "Gemm", "MoaGemm")
 # quantized-weight panel kernels (moa/qgemm_panel.h, which the driver also serves); all but one
 # variant compile empty.
 C_SOURCES = ["matmul.c", "pool.c", "x86/gemm_f32_avx512.c", "x86/gemm_f32_avx2.c", "neon/gemm_f32_neon.c",
-             "rvv/gemm_f32_rvv.c", "qgemm_panel.c", "x86/qgemm_avx512.c", "x86/qgemm_avx2.c",
+             "rvv/gemm_f32_rvv.c", "helium/gemm_f32_helium.c", "qgemm_panel.c", "x86/qgemm_avx512.c", "x86/qgemm_avx2.c",
              "neon/qgemm_neon.c", "rvv/qgemm_rvv.c", "qgemm_f16.c", "x86/qgemm_f16_avx512.c",
              "x86/qgemm_f16_avx2.c", "neon/qgemm_f16_neon.c", "rvv/qgemm_f16_rvv.c"]
 PANEL = 16  # MOA_GEMM_NR: the columns of B in one packed panel

@@ -183,6 +183,19 @@ MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_4xm4_rvv, moa_attn_pv_f32_s8_4xm4_rvv
 MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_4xm4_rvv, moa_attn_pv_f32_f16_4xm4_rvv)
 #define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_4xm4_rvv
 #define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_4xm4_rvv
+#elif MOA_ISA_HELIUM /* over an int8 or float16 cache, the scalar kernels */
+MOA_ATTN_DECLARE(moa_attn_scores_f32_3x8_helium, moa_attn_pv_f32_3x8_helium, moa_attn_max_f32_u4_helium,
+                 moa_attn_exp_f32_u4_helium, moa_attn_scale_f32_u4_helium, moa_vexp_f32_u4_helium)
+#define moa_attn_scores_f32 moa_attn_scores_f32_3x8_helium
+#define moa_attn_pv_f32 moa_attn_pv_f32_3x8_helium
+#define moa_attn_max_f32 moa_attn_max_f32_u4_helium
+#define moa_attn_exp_f32 moa_attn_exp_f32_u4_helium
+#define moa_attn_scale_f32 moa_attn_scale_f32_u4_helium
+#define moa_vexp_f32 moa_vexp_f32_u4_helium
+#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_1x1_scalar
+#define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_1x1_scalar
+#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_1x1_scalar
+#define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_1x1_scalar
 #else
 #define moa_attn_scores_f32 moa_attn_scores_f32_1x1_scalar
 #define moa_attn_pv_f32 moa_attn_pv_f32_1x1_scalar

@@ -25,6 +25,7 @@
  *     moa_gemm_tile_f32_6x16_avx2       6 x 16   12 ymm accumulators (of 16)
  *     moa_gemm_tile_f32_5x16_neon       5 x 16   20 q accumulators (of 32)
  *     moa_gemm_tile_f32_7x16_rvv        7 x 16   7 groups, vl = 16: m4 (of 8) at VLEN 128, m2 (of 16) at VLEN >= 256
+ *     moa_gemm_tile_f32_3x16_helium     3 x 16   6 q accumulators (of 8), the 16 columns in two sweeps of 8
  *     moa_gemm_tile_f32_4x16_scalar     4 x 16   the portable reference */
 #ifndef MOA_GEMM_TILE_H
 #define MOA_GEMM_TILE_H
@@ -58,6 +59,10 @@
 #define MOA_GEMM_MR 7
 #define moa_gemm_tile_f32 moa_gemm_tile_f32_7x16_rvv
 #define moa_gemm_edge_f32 moa_gemm_edge_f32_rvv
+#elif MOA_ISA_HELIUM
+#define MOA_GEMM_MR 3
+#define moa_gemm_tile_f32 moa_gemm_tile_f32_3x16_helium
+#define moa_gemm_edge_f32 moa_gemm_edge_f32_helium
 #else
 #define MOA_GEMM_MR 4
 #define moa_gemm_tile_f32 moa_gemm_tile_f32_4x16_scalar
