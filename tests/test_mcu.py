@@ -218,3 +218,9 @@ def test_a_definition_of_the_profile_hooks_replaces_the_weak_ones(tiny, tmp_path
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (proc.stdout + proc.stderr).count("gpio high") == 1 and (proc.stdout + proc.stderr).count("gpio low") == 1
+
+
+def test_energy_refuses_a_bare_metal_board(tiny, tmp_path):
+    convert(tiny[0], tmp_path / "p", board=load_board("pico2"))
+    proc = run_cli("energy", tmp_path / "p", "--board", "pico2", "--sensor", "command:echo 1")
+    one_error(proc, "board pico2 is bare metal", "moa_profile_begin/end")

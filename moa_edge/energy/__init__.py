@@ -81,6 +81,10 @@ def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root=
     inference with its confidence interval, beside the cost model's prediction. The runs
     together may take `timeout` seconds: then the runner (and its emulator) is killed."""
 
+    if board.bare_metal:
+        raise MoaEdgeError(f"energy: board {board.name} is bare metal, and its runs here are qemu's, which draws no "
+                           "board power; on the device, time the meter on the runner's moa_profile_begin/end hooks "
+                           "(README: Microcontrollers)")
     spec = sensor or board_sensor(board)
     if spec is None:
         raise MoaEdgeError(f"board {board.name} has no power sensor; give one with --sensor "
