@@ -19,7 +19,7 @@ import pytest
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.ops import igemm
 from moa_edge.ops.igemm import C_SOURCES, columns, pack_weights
-from test_matmul import GEMM_VARIANTS, build_harness
+from test_matmul import GEMM_VARIANTS, MCU_GEMM_VARIANTS, build_harness
 
 SOURCES = [C_RUNTIME_DIR / "src" / s for s in C_SOURCES]
 SENTINEL_I32 = np.int32(-123456789)
@@ -36,11 +36,14 @@ HARNESS = r"""
  *       form 0: moa_igemm_i32; 1, 2: moa_igemm_f32 with MOA_IQ_TENSOR_U8, MOA_IQ_ROW_I8
  * stdin: A (M x K bytes, or floats), q, col_sum, zero (when has_b_zero), b_scale and bias (when has_bias)
  *        for the float form, then Y's initial M x y_row_stride values
- * stdout: Y; stderr: the kernel variant. Every buffer, the scratch too, is its exact size on the heap. */
+ * stdout: Y; stderr: the kernel variant. Every buffer, the scratch too, is its exact size on the heap.
+ * Two more arguments name files for stdin's and stdout's bytes (bare metal: semihosting has files). */
+static FILE *in, *out;
+
 static void *read_bytes(size_t n)
 {
     void *p = malloc(n ? n : 1);
-    if (p == NULL || fread(p, 1, n, stdin) != n) {
+    if (p == NULL || fread(p, 1, n, in) != n) {
         exit(2);
     }
     return p;
@@ -54,7 +57,11 @@ int main(int argc, char **argv)
     float *scale = NULL, *bias = NULL;
     moa_iweights w;
     moa_status status;
-    if (argc != 10) {
+    if (argc != 10 && argc != 12) {
+        return 2;
+    }
+    in = argc == 12 ? fopen(argv[10], "rb") : stdin, out = argc == 12 ? fopen(argv[11], "wb") : stdout;
+    if (in == NULL || out == NULL) {
         return 2;
     }
     M = strtoul(argv[1], NULL, 10), N = strtoul(argv[2], NULL, 10), K = strtoul(argv[3], NULL, 10);
@@ -80,7 +87,7 @@ int main(int argc, char **argv)
                                scratch);
     }
     fprintf(stderr, "isa=%s igemm=%s\n", MOA_ISA_NAME, MOA_IGEMM_NAME);
-    if (fwrite(Y, 4, M * y_row_stride, stdout) != M * y_row_stride) {
+    if (fwrite(Y, 4, M * y_row_stride, out) != M * y_row_stride || fflush(out) != 0) {
         return 2;
     }
     free(A), free((void *)w.q), free((void *)w.col_sum), free((void *)w.zero), free(scale), free(bias), free(Y);
@@ -91,8 +98,9 @@ int main(int argc, char **argv)
 
 # The GEMM table's builds, each with the integer kernel it must select; then AVX-512 without VNNI
 # (widening vpmaddwd) and the Cortex-A76 (SDOT).
-_IGEMM_OF = {None: None, "avx2": "avx2", "scalar": "scalar", "neon": "neon", "rvv": "rvv"}
-VARIANTS = {name: (board, extra, vlen, _IGEMM_OF[isa]) for name, (board, extra, vlen, isa) in GEMM_VARIANTS.items()}
+_IGEMM_OF = {None: None, "avx2": "avx2", "scalar": "scalar", "neon": "neon", "rvv": "rvv", "helium": "helium"}
+VARIANTS = {name: (board, extra, vlen, _IGEMM_OF[isa])
+            for name, (board, extra, vlen, isa) in {**GEMM_VARIANTS, **MCU_GEMM_VARIANTS}.items()}
 VARIANTS["host-avx512bw"] = ("host", ["-mno-avx512vnni", "-mno-amx-int8"], None, "avx512bw")
 # Where the host has AMX, the native build takes it: then also VNNI without AMX, and the AMX build's
 # fallback where Linux refuses the tile state (its VNNI tile of 16 rows).
@@ -136,7 +144,7 @@ def _run(exe, M, N, K, form, a, b, b_zero, a_type=1, a_zero=0, scale=None, bias=
     parts.append(np.full((M, N + pad), sentinel))
     stdin = b"".join(np.ascontiguousarray(x).tobytes() for x in parts)
     args = [M, N, K, form, a_type, a_zero, int(zero is not None), int(bias is not None), N + pad]
-    proc = subprocess.run([*exe.command, *map(str, args)], input=stdin, capture_output=True)
+    proc = exe.run(args, stdin)
     assert proc.returncode == expect_rc, proc.stderr.decode()
     if exe.isa is not None:
         assert f"igemm={exe.isa}" in proc.stderr.decode(), proc.stderr.decode()

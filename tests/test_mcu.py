@@ -224,3 +224,20 @@ def test_energy_refuses_a_bare_metal_board(tiny, tmp_path):
     convert(tiny[0], tmp_path / "p", board=load_board("pico2"))
     proc = run_cli("energy", tmp_path / "p", "--board", "pico2", "--sensor", "command:echo 1")
     one_error(proc, "board pico2 is bare metal", "moa_profile_begin/end")
+
+
+@pytest.mark.board
+def test_int8_weights_and_activations_run_on_the_m55_as_on_the_host(tiny, tmp_path):
+    """The integer GEMM's Helium tile (VMLADAVA over gathered columns): the encoder with int8
+    weights and activations gives the host build's outputs (the same quantized model, whose
+    integer sums are exact) within float32 rounding, and stays near the float model."""
+    from moa_edge.passes import parse_weights
+    path, x, expected = tiny
+    outputs = {}
+    for name in ("host", "alif-e7"):
+        board = require_board(name)
+        convert(path, tmp_path / name, board=board, weights=parse_weights("int8"), activations="int8")
+        io = project_io(tmp_path / name)
+        outputs[name] = run(build(tmp_path / name, board), board, io, check_inputs(io, {"x": x}, "test"))[0]["y"]
+    assert np.abs(outputs["alif-e7"] - outputs["host"]).max() <= 1e-5
+    assert np.abs(outputs["alif-e7"] - expected).max() < 0.05  # int8's own error, not a broken kernel's
