@@ -86,14 +86,19 @@ def cmd_convert(a) -> int:
         raise MoaEdgeError("--kv-cache is for a generation build: give --max-context N too")
     weights = parse_weights(a.weights)
     activations = parse_activations(a.activations, weights)
+    from moa_edge.codegen.pools import parse_pool
     report = convert(a.model, a.output, board=board, input_shapes=parse_input_shapes(a.input_shape), prefix=a.prefix,
                      scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
                      fuse_attention=a.attention == "fused", max_context=a.max_context,
                      weights=weights, activations=activations, kv_cache=a.kv_cache or "float32", threads=a.threads,
+                     pools=[parse_pool(p) for p in a.pool or []],
                      **({"prefill_chunk": a.prefill_chunk} if a.prefill_chunk else {}))
     blocks = report["attention_blocks"]
     print(f"{a.model} -> {a.output}: {len(blocks)} attention block(s), arena {report['memory']['arena_bytes']} B, "
           f"weights {report['memory']['weights_bytes']} B ({_by_type(report['memory']['weights_bytes_by_type'])})")
+    for pool in report["memory"].get("pools", []):
+        print(f"  memory pool {pool['name']}: {pool['bytes']} B" + (f" in {pool['kind']} {pool['memory']}" if pool["memory"]
+                                                                     else f" (section {pool['section'] or 'none'})"))
     if "generation" in report:
         g = report["generation"]
         row = {"float32": f"{g['head_dim']} x 4", "float16": f"{g['head_dim']} x 2"}.get(
@@ -337,6 +342,10 @@ def cmd_inspect(a) -> int:
               f"{m['live_bytes_lower_bound']} B), weights {m['weights_bytes']} B "
               f"({_by_type(m['weights_bytes_by_type'])}); peak at {m['peak_step']}: "
               f"{', '.join(m['live_at_peak'])}")
+        for pool in m["pools"]:
+            print(f"  memory pool {pool['name']}: {pool['bytes']} B" + (f" in {pool['kind']} {pool['memory']}"
+                  if pool["memory"] else f" (section {pool['section'] or 'none'})") + ": "
+                  + ", ".join(b for b, where in m["placement"].items() if where == pool["name"]))
     _write_json(a.json, result)
     return 0
 
@@ -587,6 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=_positive_int, metavar="N",
                    help="the most threads a run may use: the arena holds a kernel scratch for each (default: the "
                         "board's cores; model.h's <P>_MAX_THREADS)")
+    s.add_argument("--pool", action="append", metavar="NAME:SIZE[:SECTION]",
+                   help="a memory pool for intermediates, filled (hottest buffers first) before the arena: on a Linux "
+                        "board a region the runner places in SECTION; on a bare-metal board NAME:SIZE caps one of its "
+                        "memories (each RAM memory is a pool already); model.h: <P>_POOL_<NAME>_BYTES (repeatable)")
 
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")

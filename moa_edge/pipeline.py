@@ -26,6 +26,7 @@ from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
 from moa_edge.passes import WeightFormat, lower, unsupported_ops
 from moa_edge.passes import kv_cache as kv_cache_pass
+from moa_edge.codegen.pools import memory_pools
 from moa_edge.plan import plan_arena
 from moa_edge.target import Board, load_board
 
@@ -82,10 +83,12 @@ def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None =
                                derivation=dnf.format_derivation(dnf.derive(spec.features()))))
     unsupported = unsupported_ops(graph)
     memory = None
-    if not unsupported:  # the memory plan convert would make (views, in-place writes, kernel scratch)
-        memory = {**plan_arena(graph).describe(), "weights_bytes": sum(t.nbytes for t in graph.weights()),
+    if not unsupported:  # the memory plan convert would make (views, in-place writes, kernel scratch, pools)
+        io_bytes = sum(graph.tensors[n].nbytes for n in [*graph.inputs, *graph.outputs])
+        pools = memory_pools(board, [], io_bytes + board.stack_bytes) if max_context is None else None
+        memory = {**plan_arena(graph, pools=pools).describe(), "weights_bytes": sum(t.nbytes for t in graph.weights()),
                   "weights_bytes_by_type": graph.weight_bytes_by_type()}
-        memory.pop("buffers")
+        memory["placement"] = {b["name"]: b["pool"] for b in memory.pop("buffers")}  # buffer -> pool ("": arena)
     return {"model": str(model), "board": board.name, "attention_blocks": blocks,
             "op_types": sorted({n.op for n in graph.nodes}), "unsupported_ops": unsupported, "memory": memory}
 
@@ -152,7 +155,7 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
             scratch_budget: int | None = None, schedule: Schedule | None = None, fuse_attention: bool = True,
             max_context: int | None = None, prefill_chunk: int = PREFILL_CHUNK,
             weights: WeightFormat | None = None, activations: str | None = None, kv_cache: str = "float32",
-            threads: int | None = None) -> dict:
+            threads: int | None = None, pools=()) -> dict:
     """Write the C project for `model` and `board` (default: the host) into out_dir, all or nothing,
     its runs planned for up to `threads` threads (default: the board's cores). An existing out_dir is
     replaced only if everything in it is moa-edge's (ownership.MARKER lists what convert wrote).
@@ -167,6 +170,8 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
         raise MoaEdgeError(f"--kv-cache {kv_cache!r}: choose one of {', '.join(kv_cache_pass.KV_CACHE_TYPES)}")
     if kv_cache != "float32" and max_context is None:
         raise MoaEdgeError(f"--kv-cache {kv_cache} is for a generation build: give --max-context N too")
+    if max_context is not None and pools:
+        raise MoaEdgeError("--pool: generation builds (--max-context) keep their intermediates in the arena for now")
     if max_context is not None and board.bare_metal:
         raise MoaEdgeError(f"--max-context: board {board.name} is bare metal, and generation builds run on Linux "
                            "boards for now (a one-shot model converts for it)")
@@ -195,7 +200,7 @@ def convert(model, out_dir, board: Board | None = None, input_shapes=None, prefi
         else:
             graph = schedule_graph(load_graph(model, input_shapes, fuse_attention=fuse_attention, weights=weights,
                                               activations=activations), board, scratch_budget, schedule, threads)
-            report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name)
+            report = emit_project(graph, staging, prefix=prefix, board=board, source=model.name, pools=pools)
         ownership.write_manifest(staging)
         _check_replaceable(out_dir, model)  # again: the user may have written into it meanwhile
         with signals_held():  # both renames, or neither

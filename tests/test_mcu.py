@@ -2,6 +2,7 @@
 qemu-system-arm as the board's core (M55, M33, M7), their files over semihosting; each build held
 to the part's memories by the linker scripts convert writes, and a model that does not fit refused
 at convert or at link time, naming the memory."""
+import json
 import re
 import subprocess
 import sys
@@ -108,6 +109,10 @@ def test_the_device_script_puts_code_weights_and_data_in_the_parts_memories(tiny
     assert inside(weights, "weights")
     if weights == ".moa_weights":
         assert sections[".moa_weights"][1] >= 260_000  # the encoder's 268 kB of weights, out of the code's memory
+    for pool in json.loads((tmp_path / "p/report.json").read_text())["memory"]["pools"]:  # the fast memories' share
+        memory = next(m for m in board.memories if m.name == pool["memory"])
+        address, size = sections[f".moa_pool_{pool['name']}"]
+        assert memory.base <= address and address + size <= memory.base + memory.size and size >= pool["bytes"]
     script = (tmp_path / "p/memory-qemu.ld").read_text()
     assert f"__ram_size = {board.memory_for('data').size:#x};" in script
 
@@ -241,3 +246,66 @@ def test_int8_weights_and_activations_run_on_the_m55_as_on_the_host(tiny, tmp_pa
         outputs[name] = run(build(tmp_path / name, board), board, io, check_inputs(io, {"x": x}, "test"))[0]["y"]
     assert np.abs(outputs["alif-e7"] - outputs["host"]).max() <= 1e-5
     assert np.abs(outputs["alif-e7"] - expected).max() < 0.05  # int8's own error, not a broken kernel's
+
+
+def test_the_m7s_intermediates_go_to_its_dtcm_first(tiny, tmp_path):
+    """nucleo-h743zi's data memory is the AXI SRAM; its DTCM (a TCM: no wait states, no cache) is
+    the first pool: every intermediate of the encoder fits there, the kernel scratch among them,
+    and model.h states the pool's bytes and section."""
+    convert(tiny[0], tmp_path / "p", board=load_board("nucleo-h743zi"))
+    memory = json.loads((tmp_path / "p/report.json").read_text())["memory"]
+    assert [p["name"] for p in memory["pools"]] == ["dtcm"] and memory["arena_bytes"] == 0
+    assert all(b["pool"] == "dtcm" for b in memory["buffers"]) and any(b["name"].startswith("scratch:")
+                                                                       for b in memory["buffers"])
+    header = (tmp_path / "p/model.h").read_text()
+    assert f"#define MODEL_POOL_DTCM_BYTES {memory['pools'][0]['bytes']}u" in header
+    assert '#define MODEL_POOL_DTCM_SECTION ".bss.moa_pool.dtcm"' in header
+
+
+def test_intermediates_past_every_pool_are_refused_naming_them(tiny, tmp_path):
+    """pico2 with its SRAM capped at 48 KiB (--pool sram:49152): the stack, the inputs and
+    outputs and the C library leave too little for the encoder's intermediates, and its two 4 KiB
+    scratch banks cannot take the rest."""
+    proc = run_cli("convert", tiny[0], "-o", tmp_path / "p", "--board", "pico2", "--pool", "sram:49152")
+    one_error(proc, "do not fit the memory pools", "scratch_x", "scratch_y")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("pool, message", [
+    ("fast", "give NAME:SIZE[:SECTION]"), ("Fast:100", "give NAME:SIZE[:SECTION]"), ("fast:64K", "no units"),
+    ("fast:0", "positive number of bytes"), ("fast:100:.a;b", "SECTION is a section name"),
+    ("fast:100:\"x", "SECTION is a section name")])
+def test_a_bad_pool_is_one_clear_error(tiny, tmp_path, pool, message):
+    proc = run_cli("convert", tiny[0], "-o", tmp_path / "p", "--pool", pool)
+    one_error(proc, "--pool", message)
+    assert not (tmp_path / "p").exists()
+
+
+def test_a_bare_metal_pool_names_one_of_the_boards_memories(tiny, tmp_path):
+    for pool, message in (("sdram:1000", "its pools are its data memories (sram, scratch_x, scratch_y)"),
+                          ("sram:1000:.fast", "SIZE <= 524288"), ("sram:600000", "SIZE <= 524288")):
+        one_error(run_cli("convert", tiny[0], "-o", tmp_path / "p", "--board", "pico2", "--pool", pool), message)
+
+
+def test_a_linux_pool_takes_the_hottest_intermediates_and_changes_no_bit(tiny, tmp_path):
+    """--pool fast:16384:.fastmem on the host: the kernel scratch and the most-read activations
+    that fit 16 KiB go to the pool, which the runner declares in section .fastmem; the outputs
+    are bitwise those of the build without it."""
+    board = load_board("host")
+    path, x, _ = tiny
+    outputs = {}
+    for name, pools in (("plain", []), ("pooled", ["fast:16384:.fastmem"])):
+        proc = run_cli("convert", path, "-o", tmp_path / name, *(a for p in pools for a in ("--pool", p)))
+        assert proc.returncode == 0, proc.stderr
+        io = project_io(tmp_path / name)
+        outputs[name] = run(build(tmp_path / name, board), board, io, check_inputs(io, {"x": x}, "test"))[0]["y"]
+    memory = json.loads((tmp_path / "pooled/report.json").read_text())["memory"]
+    placed = [b for b in memory["buffers"] if b["pool"] == "fast"]
+    assert memory["pools"] == [{"name": "fast", "bytes": memory["pools"][0]["bytes"], "section": ".fastmem", "kind": "",
+                                "memory": ""}]
+    assert 0 < memory["pools"][0]["bytes"] <= 16384 and any(b["name"].startswith("scratch:") for b in placed)
+    assert '#define MODEL_POOL_FAST_SECTION ".fastmem"' in (tmp_path / "pooled/model.h").read_text()
+    sections = subprocess.run(["objdump", "-t", str(tmp_path / "pooled/build/host/model_main")], capture_output=True,
+                              text=True, check=True).stdout
+    assert re.search(r"\.fastmem\s+[0-9a-f]+\s+fast_pool", sections), sections[:2000]
+    assert np.array_equal(outputs["plain"], outputs["pooled"])

@@ -111,7 +111,7 @@ def test_the_page_holds_the_projects_numbers(project):
     assert f"lower bound (most bytes live at one step) {mem['live_bytes_lower_bound']} B" in text
     assert f"reached at {mem['peak_step']}" in text
     for buf in mem["buffers"]:
-        assert f"{buf['name']} {buf['offset']} {buf['bytes']} " in text  # the arena buffer table's row
+        assert f"{buf['name']} {buf['pool'] or 'arena'} {buf['offset']} {buf['bytes']} " in text  # the buffer table's row
     steps = list(mem["per_op_live_bytes"])
     predicted = {o["node"]: o for o in report["predicted"]["ops"]}
     for k, op in enumerate(report["ops"]):

@@ -5,7 +5,8 @@ fit the part fails to link, naming the memory, even where QEMU's machine has mor
 
 picolibc's own picolibc.ld lays the program out: its `flash` (code, constants, the vector
 table) is the board's code memory and its `ram` (data, stack at the top) the data memory; the
-weights go to their memory when it is another one."""
+weights go to their memory when it is another one, and each other RAM memory holds the memory
+pool of that name (codegen.pools) the runner declares in section .bss.moa_pool.<name>."""
 from __future__ import annotations
 
 from moa_edge.target import Board
@@ -30,9 +31,19 @@ def linker_script(board: Board, emulated: bool) -> str:
     if others:
         lines += ["MEMORY", "{"] + [f"    {m.name} ({'r' if m.kind == 'flash' else 'rw'}) : ORIGIN = {at(m)}, "
                                     f"LENGTH = {m.size:#x}  /* {m.kind}, {m.size} bytes */" for m in others] + ["}", ""]
-    if weights.name != code.name:  # a load segment of their own: picolibc's `text` would span both memories
-        lines += ["PHDRS { weights PT_LOAD; }", "SECTIONS", "{",
-                  f"    .moa_weights : {{ *({WEIGHTS_SECTION}) }} > {weights.name} :weights", "}", ""]
+    # Each section outside picolibc's two memories in a load segment of its own: picolibc's
+    # `text` or `ram` segment would otherwise span both memories.
+    sections, segments = [], []
+    if weights.name != code.name:
+        sections.append(f"    .moa_weights : {{ *({WEIGHTS_SECTION}) }} > {weights.name} :weights")
+        segments.append("weights PT_LOAD;")
+    for m in others:  # a memory pool's region (codegen.pools), not loaded: the model writes it before reading
+        if m.kind != "flash" and m.name != weights.name:
+            sections.append(f"    .moa_pool_{m.name} (NOLOAD) : ALIGN(16) {{ *(.bss.moa_pool.{m.name}) }} > {m.name} "
+                            f":pool_{m.name}")
+            segments.append(f"pool_{m.name} PT_LOAD;")
+    if sections:
+        lines += ["PHDRS { " + " ".join(segments) + " }", "SECTIONS", "{", *sections, "}", ""]
     lines += ["INCLUDE picolibc.ld", ""]
     return "\n".join(lines)
 

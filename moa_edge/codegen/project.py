@@ -20,10 +20,11 @@ from moa_edge.ir.c_syntax import c_comment_text, c_identifier, c_string_literal,
 from moa_edge.ops import SUPPORTED_OPS, EmitContext
 from moa_edge.ops.contract import RUN_LOCALS, check_status
 from moa_edge.plan import plan_arena
-from moa_edge.plan.arena import ArenaPlan
+from moa_edge.plan.arena import ArenaPlan, Pool
 from moa_edge.target import Board, load_board
 
 from .linker import write_linker_scripts
+from .pools import PoolRequest, memory_pools
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -82,14 +83,16 @@ class WeightSymbols:
 
 
 def graph_code(graph: Graph, prefix: str, board: Board, stem: str, where: dict[str, str] | None = None,
-               symbols: WeightSymbols | None = None, lift_loops: bool = False) -> GraphCode:
-    """The C of `graph`: its kernels named stem_<op>_<k>, intermediates in `base` (the arena),
-    inputs and outputs under their C names unless `where` places them (and the state), and
-    constants under their symbols (`symbols`, when shared, holds another graph's)."""
+               symbols: WeightSymbols | None = None, lift_loops: bool = False, pools: list[Pool] | None = None) -> GraphCode:
+    """The C of `graph`: its kernels named stem_<op>_<k>, intermediates in `base` (the arena)
+    or, spread over memory `pools`, in `base_<pool>`, inputs and outputs under their C names
+    unless `where` places them (and the state), and constants under their symbols (`symbols`,
+    when shared, holds another graph's)."""
     # Names the generated statements use for their own locals (each op module's C_LOCALS): no
     # tensor may take one. q, k, v, x, y and m stay free for the usual model names.
     taken: set[str] = set(RUN_LOCALS).union(*(op.C_LOCALS for op in SUPPORTED_OPS.values()))
-    plan = plan_arena(graph)
+    taken |= {n for p in pools or [] if p.name for n in (f"base_{p.name}", f"{p.name}_pool")}
+    plan = plan_arena(graph, pools=pools)
     symbols = symbols or WeightSymbols(prefix)
     symbols.taken |= taken
 
@@ -118,10 +121,13 @@ def graph_code(graph: Graph, prefix: str, board: Board, stem: str, where: dict[s
     place = {e["name"]: e["c_name"] for e in io}
     place.update(where or {})
     place.update({t.name: sym for t, sym in weights})
-    for name, offset in plan.offsets.items():
+    def at(name: str) -> str:  # a buffer's address: its pool's base plus its offset
+        pool = plan.pool_of.get(name, "")
+        return f"({'base_' + pool if pool else 'base'} + {plan.offsets[name]})"
+
+    for name in plan.offsets:
         if not name.startswith("scratch:"):
-            ctype = dtypes.dtype(graph.tensors[name].dtype).c_type
-            place[name] = f"(({ctype} *)(base + {offset}))"
+            place[name] = f"(({dtypes.dtype(graph.tensors[name].dtype).c_type} *){at(name)})"
     for name in plan.storage_of:  # views and in-place outputs: another tensor's storage
         root = name
         while root in plan.storage_of:
@@ -135,10 +141,10 @@ def graph_code(graph: Graph, prefix: str, board: Board, stem: str, where: dict[s
         if node.outputs[0] in plan.storage_of and op.ALIASES:
             continue  # a view: nothing to run
         code.sources.update(op.C_SOURCES)
-        scratch = plan.offsets.get("scratch:" + node.name)
+        scratch = "scratch:" + node.name
         unit = op.emit(node, EmitContext(name=f"{stem}_{node.op.lower()}_{k}", board=board, where=place,
-                                         scratch=f"({dtypes.COMPUTE_DTYPE.c_type} *)(base + {scratch})"
-                                         if scratch is not None else "NULL",
+                                         scratch=f"({dtypes.COMPUTE_DTYPE.c_type} *){at(scratch)}"
+                                         if scratch in plan.offsets else "NULL",
                                          graph=graph, lift=lift and (lambda items, lines, returns_status=False, k=k:
                                                                      lift(k, items, lines, returns_status))))
         code.kernels += unit.kernels
@@ -157,7 +163,8 @@ def _lifter(code: GraphCode, prefix: str):
         """returns_status: `lines` end a function returning moa_status (and may return an error
         early); a thread's error is kept in args.failed[thread], and the run returns the first."""
         body = "\n".join(lines)
-        locals_ = [f"    uint8_t *const base = args->base;"] if re.search(r"\bbase\b", body) else []
+        bases = ["base"] + [f"base_{p.name}" for p in code.plan.pools]
+        locals_ = [f"    uint8_t *const {b} = args->{b};" for b in bases if re.search(rf"\b{b}\b", body)]
         locals_ += [f"    {'const ' if e['kind'] == 'input' else ''}{e['c_type']} *const {e['c_name']} = args->{e['c_name']};"
                     for e in code.io if re.search(rf"\b{re.escape(e['c_name'])}\b", body)]
         # node k may lift more than one loop (a feed-forward block's members): _1, _2, ... after the first
@@ -235,18 +242,21 @@ def write_project(out_dir: Path, subst: dict[str, str], templates: dict[str, str
 
 
 def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Board | None = None,
-                 source: str = "") -> dict:
+                 source: str = "", pools: list[PoolRequest] = ()) -> dict:
     """Write the project for `board` (default: the host) into out_dir (which must exist and be
-    empty); returns report.json's content."""
+    empty), its intermediates spread over the board's memory pools and those of `pools`
+    (--pool); returns report.json's content."""
     out_dir = Path(out_dir)
     board = board or load_board("host")
     P = check_prefix(prefix).upper()
-    code = graph_code(graph, prefix, board, prefix, lift_loops=True)
+    io_bytes = sum(graph.tensors[n].nbytes for n in [*graph.inputs, *graph.outputs])
+    weights_bytes = sum(t.nbytes for t in graph.weights())
+    check_memory(board, source, {"weights": weights_bytes, "inputs and outputs": io_bytes})
+    code = graph_code(graph, prefix, board, prefix, lift_loops=True,
+                      pools=memory_pools(board, list(pools), io_bytes + board.stack_bytes))
     plan, io, weights = code.plan, code.io, code.weights
     kernels, kernel_decls, calls, sources = code.kernels, code.kernel_decls, code.calls, code.sources
-    weights_bytes = sum(t.nbytes for t, _ in weights)
-    check_memory(board, source, {"weights": weights_bytes, "arena": plan.total_bytes,
-                                 "inputs and outputs": sum(e["bytes"] for e in io)})
+    check_memory(board, source, {"weights": weights_bytes, "arena": plan.total_bytes, "inputs and outputs": io_bytes})
 
     subst = {
         "P": P, "p": prefix, "SOURCE": c_comment_text(source), "BOARD": c_comment_text(board.name),
@@ -270,16 +280,37 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     v_unpack = ([f"(const {e['c_type']} *)inputs[{k}]" for k, e in enumerate(ins)]
                 + [f"({e['c_type']} *)outputs[{k}]" for k, e in enumerate(outs)])
     subst["IO_MACROS"] = "\n".join(io_macros)
-    subst["RUN_ARGS"] = ",\n        ".join(args + ["void *arena", "size_t arena_bytes", "moa_pool *pool"])
+    pool_args = [f"void *{p.name}_pool" for p in plan.pools]
+    subst["RUN_ARGS"] = ",\n        ".join(args + ["void *arena", "size_t arena_bytes", *pool_args, "moa_pool *pool"])
     # The definition's pointers are restrict (the prototype's need not be, and C++ has no
     # restrict): a loop between an input or output and the arena may then be vectorised.
     subst["RUN_PARAMS"] = ",\n        ".join([a.replace(" *", " *restrict ") for a in args]
-                                            + ["void *restrict arena", "size_t arena_bytes", "moa_pool *pool"])
-    subst["RUN_V_CALL"] = ", ".join(v_unpack + ["arena", "arena_bytes", "pool"])
+                                            + ["void *restrict arena", "size_t arena_bytes",
+                                               *(a.replace(" *", " *restrict ") for a in pool_args), "moa_pool *pool"])
+    subst["RUN_V_CALL"] = ", ".join(v_unpack + ["arena", "arena_bytes", *(f"pools[{k}]" for k in range(len(plan.pools))),
+                                                "pool"])
+    subst["RUN_V_POOLS"] = ", void *const pools[]" if plan.pools else ""
+    subst["POOL_MACROS"] = "".join(
+        f"#define {P}_POOL_{p.name.upper()}_BYTES {plan.pool_bytes[p.name]}u /* memory pool {p.name}"
+        f"{f' ({p.kind} of memory {p.memory})' if p.memory else ''}: the intermediates placed there */\n"
+        f"#define {P}_POOL_{p.name.upper()}_SECTION {c_string_literal(p.section)}\n" for p in plan.pools)
+    subst["POOL_SETUP"] = "".join(
+        f"    uint8_t *const base_{p.name} = (uint8_t *){p.name}_pool;\n" for p in plan.pools)
+    subst["POOL_CHECKS"] = "".join(
+        f"    if ({p.name}_pool == NULL) {{\n        return MOA_ERR_NULL_ARGUMENT;\n    }}\n"
+        f"    if ((uintptr_t){p.name}_pool % MOA_ARENA_ALIGN != 0) {{\n        return MOA_ERR_ARENA_MISALIGNED;\n    }}\n"
+        for p in plan.pools)
+    subst["MAIN_POOLS"] = "".join(
+        f"static unsigned char {p.name}_pool[{P}_POOL_{p.name.upper()}_BYTES] __attribute__((aligned(MOA_ARENA_ALIGN)"
+        + (f", section({P}_POOL_{p.name.upper()}_SECTION)" if p.section else "") + "));\n" for p in plan.pools)
+    subst["MAIN_POOL_ARRAY"] = ("    void *const pools[] = {" + ", ".join(f"{p.name}_pool" for p in plan.pools) + "};\n"
+                                if plan.pools else "")
+    subst["MAIN_RUN_POOLS"] = ", pools" if plan.pools else ""
     subst["KERNELS"] = "\n".join(kernels)
     subst["KERNEL_DECLS"] = "\n".join(kernel_decls)
     # Loops lifted onto the pool read the arena and the run's inputs and outputs from `args`.
-    fields = ["uint8_t *base;"] + [f"{'const ' if e['kind'] == 'input' else ''}{e['c_type']} *{e['c_name']};" for e in io]
+    fields = (["uint8_t *base;"] + [f"uint8_t *base_{p.name};" for p in plan.pools]
+              + [f"{'const ' if e['kind'] == 'input' else ''}{e['c_type']} *{e['c_name']};" for e in io])
     failure = ""
     if code.task_statuses:  # each thread's error from a lifted task that returns a status
         fields.append("moa_status *failed; /* [MAX_THREADS] */")
@@ -294,7 +325,8 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     subst["RUN_ARGS_DECL"] = (f"    {prefix}_run_args args;\n" if code.tasks else "") + (
         f"    moa_status failed[{P}_MAX_THREADS] = {{MOA_OK}}; /* MOA_OK is 0: all of them */\n"
         if code.task_statuses else "")
-    subst["RUN_ARGS_SETUP"] = ("    args.base = base;\n" + "".join(f"    args.{e['c_name']} = {e['c_name']};\n" for e in io)
+    subst["RUN_ARGS_SETUP"] = ("    args.base = base;\n" + "".join(f"    args.base_{p.name} = base_{p.name};\n" for p in plan.pools)
+                               + "".join(f"    args.{e['c_name']} = {e['c_name']};\n" for e in io)
                                + ("    args.failed = failed;\n" if code.task_statuses else "") if code.tasks else "")
     # An input only shape inference needed (a Reshape target) is not read at run time.
     subst["CALLS"] = "".join(f"    (void){e['c_name']};\n" for e in ins) + "".join(calls)

@@ -152,8 +152,10 @@ def plot_arena(report: dict, path: Path) -> bool:
     """Each arena buffer as a rectangle: schedule steps (x) by byte offsets (y). False when
     report.json predates the buffers' steps."""
     mem = report["memory"]
-    buffers = [b for b in mem["buffers"] if "first_step" in b]
-    if not buffers or len(buffers) != len(mem["buffers"]):
+    if any("first_step" not in b for b in mem["buffers"]):
+        return False
+    buffers = [b for b in mem["buffers"] if not b.get("pool")]  # the arena's (a memory pool's offsets are its own)
+    if not buffers:
         return False
     plt = _pyplot()
     from matplotlib.patches import Rectangle
@@ -342,16 +344,20 @@ def _memory_section(report: dict, pngs: dict) -> str:
              f"{escape(', '.join(mem.get('live_at_peak', [])))} live. "
              f"Weights {_bytes(mem.get('weights_bytes'))} (in weights.bin, not in the arena); "
              f"inputs and outputs {_bytes(mem.get('io_bytes'))} (the caller's buffers).</p>",
+             *([f"<p>Memory pools (filled first, hottest buffers first): "
+                + escape(", ".join(f"{p['name']} {p['bytes']} B" + (f" in {p['kind']} {p['memory']}" if p["memory"]
+                                                                      else f" (section {p['section'] or 'none'})")
+                                   for p in mem["pools"])) + ".</p>"] if mem.get("pools") else []),
              _img(pngs["memory"], "live arena bytes per schedule step")]
     if "arena" in pngs:
         parts.append(_img(pngs["arena"], "arena map: buffers by schedule step and offset"))
     steps = list(mem["per_op_live_bytes"])
-    rows = [[b["name"], b["offset"], b["bytes"],
+    rows = [[b["name"], b.get("pool") or "arena", b["offset"], b["bytes"],
              *( [steps[b["first_step"]] if b["first_step"] < len(steps) else b["first_step"],
                  steps[b["last_step"]] if b["last_step"] < len(steps) else b["last_step"]]
                if "first_step" in b else ["-", "-"])] for b in mem["buffers"]]
-    parts.append("<h3>Arena buffers</h3>" + _table(["buffer", "offset (B)", "bytes", "written at", "last read at"],
-                                                   rows, left=1))
+    parts.append("<h3>Arena buffers</h3>" + _table(["buffer", "pool", "offset (B)", "bytes", "written at",
+                                                    "last read at"], rows, left=2))
     if mem.get("shared_storage"):
         shared = sorted(mem["shared_storage"].items())
         parts.append("<p class=\"note\">Tensors without a buffer of their own (views, in-place results): "

@@ -8,11 +8,18 @@ An element-wise op whose input dies at that op writes over it (in place).
 
 Two placement algorithms run and the smaller arena wins; a validator proves that no two
 buffers that are live at the same step share a byte.
+
+With memory pools (a microcontroller's TCM and SRAM banks, or --pool), the buffers are spread
+over them first: the hottest (kernel scratch, then the activations read most often per byte)
+into the fastest pool while its live bytes fit, the rest into the next; then each pool is
+placed as one arena. A pool whose placement outgrows it (fragmentation past its live bytes)
+hands its coldest buffers on.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph
 from moa_edge.ops import SUPPORTED_OPS
 
@@ -31,15 +38,32 @@ class Buffer:
     size: int     # bytes, aligned
 
 
+@dataclass(frozen=True)
+class Pool:
+    """A memory the arena's buffers may go to: the run's `arena` itself (name ""), or one more
+    region the caller owns (model.h's <P>_POOL_<NAME>_BYTES, placed in `section`)."""
+    name: str
+    capacity: int | None  # bytes it can hold (None: what the plan needs, a Linux board's arena)
+    section: str = ""
+    kind: str = ""        # the memory's kind (tcm, sram, psram), or "" for --pool and the arena
+    memory: str = ""      # the board memory it is in, when known
+
+
+ARENA = Pool("", None)
+
+
 @dataclass
 class ArenaPlan:
-    offsets: dict[str, int] = field(default_factory=dict)  # buffer name -> byte offset
+    offsets: dict[str, int] = field(default_factory=dict)  # buffer name -> byte offset in its pool
     sizes: dict[str, int] = field(default_factory=dict)
     total_bytes: int = 0
     storage_of: dict[str, str] = field(default_factory=dict)  # view or in-place tensor -> the tensor it shares
     algorithm: str = ""
     buffers: list[Buffer] = field(default_factory=list)
     steps: list[str] = field(default_factory=list)  # node names in schedule order
+    pool_of: dict[str, str] = field(default_factory=dict)    # buffer -> its pool's name ("": the arena)
+    pools: list[Pool] = field(default_factory=list)          # the pools besides the arena that hold buffers
+    pool_bytes: dict[str, int] = field(default_factory=dict)  # their sizes
 
     def live_bytes(self, step: int) -> int:
         return sum(b.size for b in self.buffers if b.first <= step <= b.last)
@@ -54,8 +78,11 @@ class ArenaPlan:
                 "live_at_peak": [b.name for b in self.buffers if b.first <= peak_step <= b.last],
                 "per_op_live_bytes": dict(zip(self.steps, per_step)),
                 "shared_storage": dict(self.storage_of),
-                "buffers": [{"name": k, "offset": self.offsets[k], "bytes": self.sizes[k],
-                             "first_step": span[k][0], "last_step": span[k][1]} for k in self.offsets]}
+                "pools": [{"name": p.name, "bytes": self.pool_bytes[p.name], "section": p.section, "kind": p.kind,
+                           "memory": p.memory} for p in self.pools],
+                "buffers": [{"name": k, "pool": self.pool_of.get(k, ""), "offset": self.offsets[k],
+                             "bytes": self.sizes[k], "first_step": span[k][0], "last_step": span[k][1]}
+                            for k in self.offsets]}
 
 
 def shared_storage(graph: Graph) -> dict[str, str]:
@@ -176,9 +203,8 @@ def validate(buffers: list[Buffer], offsets: dict[str, int]) -> None:
             raise AssertionError(f"arena buffer {a.name} at {offsets[a.name]} is not {ALIGN}-byte aligned")
 
 
-def plan_arena(graph: Graph, algorithm: str | None = None) -> ArenaPlan:
-    storage = shared_storage(graph)
-    buffers = live_buffers(graph, storage)
+def _place(buffers: list[Buffer], algorithm: str | None) -> tuple[int, str, dict[str, int]]:
+    """The smaller of the algorithms' placements (or the one named): (bytes, algorithm, offsets)."""
     plans = []
     for name, place in ALGORITHMS.items():
         if algorithm not in (None, name):
@@ -187,6 +213,77 @@ def plan_arena(graph: Graph, algorithm: str | None = None) -> ArenaPlan:
         validate(buffers, offsets)
         total = max((offsets[b.name] + b.size for b in buffers), default=0)
         plans.append((total, name, offsets))
-    total, name, offsets = min(plans, key=lambda p: (p[0], p[1]))
-    return ArenaPlan(offsets=offsets, sizes={b.name: b.size for b in buffers}, total_bytes=total,
-                     storage_of=storage, algorithm=name, buffers=buffers, steps=[n.name for n in graph.nodes])
+    return min(plans, key=lambda p: (p[0], p[1]))
+
+
+def _hottest_first(buffers: list[Buffer], graph: Graph) -> list[Buffer]:
+    """Kernel scratch (read over and over by its kernel), smallest first; then the activations
+    by readers per byte."""
+    readers = {b.name: sum(b.name in n.inputs for n in graph.nodes) for b in buffers}
+    return sorted(buffers, key=lambda b: (not b.name.startswith("scratch:"),
+                                          -readers[b.name] / b.size if not b.name.startswith("scratch:") else b.size,
+                                          b.name))
+
+
+def _spread(buffers: list[Buffer], graph: Graph, pools: list[Pool], steps: int) -> dict[str, str]:
+    """Each buffer's pool, hottest first into the first pool (fill order) whose live bytes stay
+    within its capacity at every step of the buffer's life."""
+    live = {p.name: [0] * max(steps, 1) for p in pools}
+    pool_of = {}
+    for buf in _hottest_first(buffers, graph):
+        for p in pools:
+            span = live[p.name][buf.first:buf.last + 1]
+            if p.capacity is None or max(span) + buf.size <= p.capacity:
+                pool_of[buf.name] = p.name
+                for k in range(buf.first, buf.last + 1):
+                    live[p.name][k] += buf.size
+                break
+        else:
+            need = {p.name or "arena": max(live[p.name]) for p in pools}
+            raise MoaEdgeError(f"the model's intermediates do not fit the memory pools: {buf.name} ({buf.size} bytes, "
+                               f"live from step {buf.first} to {buf.last}) finds no room in "
+                               + ", ".join(f"{p.name or 'the arena'} ({need[p.name or 'arena']} of {p.capacity} bytes "
+                                           f"taken)" for p in pools))
+    return pool_of
+
+
+def plan_arena(graph: Graph, algorithm: str | None = None, pools: list[Pool] | None = None) -> ArenaPlan:
+    """The arena's placement; with `pools` (fill order, the arena among them as name ""), the
+    buffers spread over them first, each pool then placed on its own."""
+    storage = shared_storage(graph)
+    buffers = live_buffers(graph, storage)
+    pools = pools or [ARENA]
+    steps = len(graph.nodes)
+    pool_of = _spread(buffers, graph, pools, steps)
+    while True:
+        offsets, totals, name = {}, {}, ""
+        for p in pools:
+            members = [b for b in buffers if pool_of[b.name] == p.name]
+            totals[p.name], algo, placed = _place(members, algorithm)
+            offsets.update(placed)
+            name = algo if p.name == "" else name
+        over = next((p for p in pools if p.capacity is not None and totals[p.name] > p.capacity), None)
+        if over is None:
+            break
+        # fragmentation: its coldest buffer goes on to the next pool with room (or there is none)
+        later = pools[pools.index(over) + 1:]
+        coldest = [b for b in reversed(_hottest_first(buffers, graph)) if pool_of[b.name] == over.name]
+        moved = False
+        for buf in coldest:
+            for p in later:
+                span_live = max((sum(o.size for o in buffers if pool_of[o.name] == p.name and o.first <= k <= o.last)
+                                 for k in range(buf.first, buf.last + 1)), default=0)
+                if p.capacity is None or span_live + buf.size <= p.capacity:
+                    pool_of[buf.name], moved = p.name, True
+                    break
+            if moved:
+                break
+        if not moved:
+            raise MoaEdgeError(f"the model's intermediates do not fit memory pool {over.name or 'arena'!r}: placed, "
+                               f"they take {totals[over.name]} bytes of its {over.capacity}, "
+                               f"{totals[over.name] - over.capacity} bytes short, and no later pool has room")
+    used = [p for p in pools if p.name != "" and totals[p.name] > 0]
+    return ArenaPlan(offsets=offsets, sizes={b.name: b.size for b in buffers}, total_bytes=totals.get("", 0),
+                     storage_of=storage, algorithm=name, buffers=buffers, steps=[n.name for n in graph.nodes],
+                     pool_of={k: v for k, v in pool_of.items() if v}, pools=used,
+                     pool_bytes={p.name: totals[p.name] for p in used})
