@@ -17,6 +17,7 @@ hands its coldest buffers on.
 """
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass, field
 
 from moa_edge.errors import MoaEdgeError
@@ -219,7 +220,7 @@ def _place(buffers: list[Buffer], algorithm: str | None) -> tuple[int, str, dict
 def _hottest_first(buffers: list[Buffer], graph: Graph) -> list[Buffer]:
     """Kernel scratch (read over and over by its kernel), smallest first; then the activations
     by readers per byte."""
-    readers = {b.name: sum(b.name in n.inputs for n in graph.nodes) for b in buffers}
+    readers = collections.Counter(name for n in graph.nodes for name in set(n.inputs))
     return sorted(buffers, key=lambda b: (not b.name.startswith("scratch:"),
                                           -readers[b.name] / b.size if not b.name.startswith("scratch:") else b.size,
                                           b.name))
@@ -254,7 +255,8 @@ def plan_arena(graph: Graph, algorithm: str | None = None, pools: list[Pool] | N
     buffers = live_buffers(graph, storage)
     pools = pools or [ARENA]
     steps = len(graph.nodes)
-    pool_of = _spread(buffers, graph, pools, steps)
+    pool_of = ({b.name: "" for b in buffers} if pools == [ARENA]  # the arena alone, as large as it needs
+               else _spread(buffers, graph, pools, steps))
     while True:
         offsets, totals, name = {}, {}, ""
         for p in pools:
