@@ -105,10 +105,14 @@ def _broken(tmp_path: Path, old: str, new: str, name: str = "rpi5") -> Path:
     ('extensions = ["dotprod", "fp16"]', 'extensions = ["zvfh"]', r"'zvfh' is an extension of isa 'rvv', not of 'neon'"),
 ])
 def test_a_broken_board_is_one_clear_error(tmp_path, old, new, message):
-    folder = _broken(tmp_path, old, new)
+    _one_clear_error(tmp_path, "rpi5", old, new, message)
+
+
+def _one_clear_error(tmp_path: Path, name: str, old: str, new: str, message: str) -> None:
+    folder = _broken(tmp_path, old, new, name)
     with pytest.raises(MoaEdgeError, match=message) as e:
-        load_board("rpi5", folder)
-    assert str(e.value).startswith(str(folder / "rpi5.toml") + ": ")
+        load_board(name, folder)
+    assert str(e.value).startswith(str(folder / f"{name}.toml") + ": ")
 
 
 @pytest.mark.parametrize("old, new, message", [
@@ -124,9 +128,7 @@ def test_a_broken_board_is_one_clear_error(tmp_path, old, new, message):
     ('kind = "qemu-system"', 'kind = "qemu"', r"\[memories\] is for a bare-metal board \(run kind 'qemu-system'\)"),
 ])
 def test_a_broken_mcu_board_is_one_clear_error(tmp_path, old, new, message):
-    folder = _broken(tmp_path, old, new, name="pico2")
-    with pytest.raises(MoaEdgeError, match=message):
-        load_board("pico2", folder)
+    _one_clear_error(tmp_path, "pico2", old, new, message)
 
 
 def test_a_bare_metal_board_needs_its_memories(tmp_path):

@@ -57,6 +57,17 @@ INLINE float32x4_t load_tail(const float *x, size_t n, float fill)
     return vpselq_f32(vldrwq_z_f32(x, keep), vdupq_n_f32(fill), keep);
 }
 
+/* One step of a 3 x 8 tile: acc[i] += (r0, r1) * x[i * ldx] for i < mr, x's values scalars. */
+INLINE void tile_step(int mr, float32x4_t acc[][2], float32x4_t r0, float32x4_t r1, const float *x, ptrdiff_t ldx)
+{
+    int i;
+#pragma GCC unroll 3
+    for (i = 0; i < mr; i++) {
+        acc[i][0] = vfmaq_n_f32(acc[i][0], r0, x[i * ldx]);
+        acc[i][1] = vfmaq_n_f32(acc[i][1], r1, x[i * ldx]);
+    }
+}
+
 /* --- scores: s = scale Q K^T as a register tile over a packed panel of K --- */
 
 /* 8 keys packed, transposed, into a depth x 8 panel on the stack (KT_DEPTH x 8 floats = 4 KiB):
@@ -78,14 +89,8 @@ INLINE void scores_tile(int mr, size_t nc, size_t nj, const float *q, ptrdiff_t 
         acc[i][0] = vdupq_n_f32(0.0f);
         acc[i][1] = vdupq_n_f32(0.0f);
     }
-    for (j = 0; j < nj; j++) {
-        const float32x4_t k0 = vld1q_f32(kt + KT_KEYS * j), k1 = vld1q_f32(kt + KT_KEYS * j + 4);
-#pragma GCC unroll 3
-        for (i = 0; i < mr; i++) {
-            const float q_ij = q[i * ldq + (ptrdiff_t)j];
-            acc[i][0] = vfmaq_n_f32(acc[i][0], k0, q_ij);
-            acc[i][1] = vfmaq_n_f32(acc[i][1], k1, q_ij);
-        }
+    for (j = 0; j < nj; j++) { /* the panel's row j times Q[i][j] */
+        tile_step(mr, acc, vld1q_f32(kt + KT_KEYS * j), vld1q_f32(kt + KT_KEYS * j + 4), q + j, ldq);
     }
 #pragma GCC unroll 3
     for (i = 0; i < mr; i++) {
@@ -147,15 +152,9 @@ INLINE void pv_tile(int mr, size_t nd, size_t cols, const float *p, ptrdiff_t ld
         a[i][0] = vldrwq_z_f32(acc + i * lda, keep0);
         a[i][1] = vldrwq_z_f32(acc + i * lda + 4, keep1);
     }
-    for (c = 0; c < cols; c++) {
+    for (c = 0; c < cols; c++) { /* V's row c times the weights P[i][c] */
         const float *v_row = v + (ptrdiff_t)c * ldv;
-        const float32x4_t v0 = vldrwq_z_f32(v_row, keep0), v1 = vldrwq_z_f32(v_row + 4, keep1);
-#pragma GCC unroll 3
-        for (i = 0; i < mr; i++) {
-            const float weight = p[i * ldp + (ptrdiff_t)c];
-            a[i][0] = vfmaq_n_f32(a[i][0], v0, weight);
-            a[i][1] = vfmaq_n_f32(a[i][1], v1, weight);
-        }
+        tile_step(mr, a, vldrwq_z_f32(v_row, keep0), vldrwq_z_f32(v_row + 4, keep1), p + c, ldp);
     }
 #pragma GCC unroll 3
     for (i = 0; i < mr; i++) {
