@@ -31,6 +31,26 @@ def require_board(name: str):
     return board
 
 
+# A kernel test program on a bare-metal board keeps its operands on the heap: the emulated
+# machine's large RAM stands in for the board's data memory (QEMU docs/system/arm/mps2.rst),
+# clear of every memory the boards map there.
+HARNESS_RAM = {"mps3-an547": 0x61000000, "mps2-an505": 0x80000000, "mps2-an500": 0x60100000}
+
+
+def bare_metal_harness_script(board, folder: Path) -> Path:
+    """A linker script for a kernel test program on `board`: its code memory as the board's, its
+    data (heap and stack) 15 MiB of the emulator's RAM."""
+    from dataclasses import replace
+    from moa_edge.codegen.linker import linker_script
+    from moa_edge.target.board import Memory
+    base = HARNESS_RAM[board.runner()[2]]
+    ram = Memory("harness_ram", base, 15 << 20, "sram", base)
+    script = folder / "memory.ld"
+    script.write_text(linker_script(replace(board, memories=(*board.memories, ram),
+                                            placement={**board.placement, "data": ram.name}), emulated=True))
+    return script
+
+
 def board_file(folder: Path, name: str = "my board", like: str = "host") -> Path:
     """A copy of boards/LIKE.toml renamed NAME, outside the catalogue: a board given to --board
     by the path of its TOML file."""

@@ -7,7 +7,7 @@ is measured in ulp against float64 over the range softmax uses, and the bound is
 the header states."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 import math
 import os
 from pathlib import Path
@@ -21,9 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import require_board
+from conftest import bare_metal_harness_script, require_board
 from moa_edge import C_RUNTIME_DIR
-from moa_edge.codegen.linker import linker_script
 from moa_edge.ops.attention import C_SOURCES
 
 HEADER = C_RUNTIME_DIR / "include" / "moa" / "attention.h"
@@ -665,11 +664,8 @@ def build_kernels(build: Build, workdir: Path) -> Built:
     (out / "main.c").write_text(HARNESS)
     exe = out / "kernels"
     sources = [str(C_RUNTIME_DIR / "src" / s) for s in C_SOURCES]
-    if board.bare_metal:  # the code in its memory, the heap in the board's largest RAM; a spec file once
-        ram = max((m for m in board.memories if m.kind != "flash"), key=lambda m: m.size)
-        (out / "memory.ld").write_text(linker_script(replace(board, placement={**board.placement, "data": ram.name}),
-                                                     emulated=True))
-        ldflags = [f for f in ldflags if f not in cflags] + ["-T", str(out / "memory.ld")]
+    if board.bare_metal:  # a spec file once in one command
+        ldflags = [f for f in ldflags if f not in cflags] + ["-T", str(bare_metal_harness_script(board, out))]
     cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{C_RUNTIME_DIR / 'include'}",
            str(out / "main.c"), *sources, "-o", str(exe), *ldflags, "-lm"]
     proc = subprocess.run(cmd, capture_output=True, text=True)

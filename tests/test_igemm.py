@@ -98,9 +98,11 @@ int main(int argc, char **argv)
 
 # The GEMM table's builds, each with the integer kernel it must select; then AVX-512 without VNNI
 # (widening vpmaddwd) and the Cortex-A76 (SDOT).
-_IGEMM_OF = {None: None, "avx2": "avx2", "scalar": "scalar", "neon": "neon", "rvv": "rvv", "helium": "helium"}
+_IGEMM_OF = {None: None, "avx2": "avx2", "scalar": "scalar", "neon": "neon", "rvv": "rvv", "helium": "helium",
+             "dsp": "dsp"}
 VARIANTS = {name: (board, extra, vlen, _IGEMM_OF[isa])
             for name, (board, extra, vlen, isa) in {**GEMM_VARIANTS, **MCU_GEMM_VARIANTS}.items()}
+VARIANTS["pico2-m33-dsp"] = ("pico2", [], None, "dsp")  # SXTB16 + SMLAD, bare metal under qemu-system-arm
 VARIANTS["host-avx512bw"] = ("host", ["-mno-avx512vnni", "-mno-amx-int8"], None, "avx512bw")
 # Where the host has AMX, the native build takes it: then also VNNI without AMX, and the AMX build's
 # fallback where Linux refuses the tile state (its VNNI tile of 16 rows).

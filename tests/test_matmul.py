@@ -1,7 +1,7 @@
 """MatMul and Gemm (issue 5): single-node ONNX models converted, built and run on every
 board against onnxruntime on the original file; moa_gemm_f32 itself against numpy in
 float64 at sizes that are not multiples of its tiles, under ASan and UBSan."""
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 import platform
 import subprocess
@@ -13,9 +13,8 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxruntime as ort
 import pytest
 
-from conftest import BOARDS, require_board
+from conftest import BOARDS, bare_metal_harness_script, require_board
 from moa_edge import C_RUNTIME_DIR
-from moa_edge.codegen.linker import linker_script
 from moa_edge.harness.build import build
 from moa_edge.ops import matmul
 from moa_edge.harness.reference import run_reference
@@ -299,11 +298,8 @@ def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_
     exe = tmp / "kernel_main"
     flags = [*board.toolchain.get("cflags", []), *extra, *more_flags, "-std=c99", "-Wall", "-Wextra", "-Werror"]
     link = []
-    if board.bare_metal:  # the code in its memory, the heap in the board's largest RAM (the cases' operands)
-        ram = max((m for m in board.memories if m.kind != "flash"), key=lambda m: m.size)
-        (tmp / "memory.ld").write_text(linker_script(replace(board, placement={**board.placement, "data": ram.name}),
-                                                     emulated=True))
-        link = ["-T", str(tmp / "memory.ld")]
+    if board.bare_metal:
+        link = ["-T", str(bare_metal_harness_script(board, tmp))]
     ldflags = [f for f in board.toolchain.get("ldflags", []) if f not in flags]  # one command: a spec file once
     subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"),
                     *map(str, sources), *ldflags, *link, "-o", str(exe)], check=True)

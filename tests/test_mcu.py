@@ -232,20 +232,22 @@ def test_energy_refuses_a_bare_metal_board(tiny, tmp_path):
 
 
 @pytest.mark.board
-def test_int8_weights_and_activations_run_on_the_m55_as_on_the_host(tiny, tmp_path):
-    """The integer GEMM's Helium tile (VMLADAVA over gathered columns): the encoder with int8
-    weights and activations gives the host build's outputs (the same quantized model, whose
-    integer sums are exact) within float32 rounding, and stays near the float model."""
+@pytest.mark.parametrize("board_name", ["alif-e7", "pico2"])
+def test_int8_weights_and_activations_run_on_the_mcu_as_on_the_host(tiny, board_name, tmp_path):
+    """The integer GEMM's Helium tile (VMLADAVA over gathered columns) on the M55, its DSP tile
+    (SXTB16 + SMLAD) on the M33: the encoder with int8 weights and activations gives the host
+    build's outputs (the same quantized model, whose integer sums are exact) within float32
+    rounding, and stays near the float model."""
     from moa_edge.passes import parse_weights
     path, x, expected = tiny
     outputs = {}
-    for name in ("host", "alif-e7"):
+    for name in ("host", board_name):
         board = require_board(name)
         convert(path, tmp_path / name, board=board, weights=parse_weights("int8"), activations="int8")
         io = project_io(tmp_path / name)
         outputs[name] = run(build(tmp_path / name, board), board, io, check_inputs(io, {"x": x}, "test"))[0]["y"]
-    assert np.abs(outputs["alif-e7"] - outputs["host"]).max() <= 1e-5
-    assert np.abs(outputs["alif-e7"] - expected).max() < 0.05  # int8's own error, not a broken kernel's
+    assert np.abs(outputs[board_name] - outputs["host"]).max() <= 1e-5
+    assert np.abs(outputs[board_name] - expected).max() < 0.05  # int8's own error, not a broken kernel's
 
 
 def test_the_m7s_intermediates_go_to_its_dtcm_first(tiny, tmp_path):

@@ -29,7 +29,7 @@ MODES = {"tensor_u8": "MOA_IQ_TENSOR_U8", "row_i8": "MOA_IQ_ROW_I8"}
 BLOCK_ROWS = 96  # MOA_IGEMM_MC: rows of A quantized into the scratch at a time
 # The driver and every ISA's micro-kernels (moa/igemm_tile.h); all but one variant compile empty.
 C_SOURCES = ["igemm.c", "x86/igemm_avx512.c", "x86/igemm_avx2.c", "neon/igemm_neon.c", "rvv/igemm_rvv.c",
-             "helium/igemm_helium.c"]
+             "helium/igemm_helium.c", "cortexm/igemm_dsp.c"]
 PANEL = 16  # MOA_GEMM_NR
 GROUP = 4   # consecutive k per dot-product lane
 

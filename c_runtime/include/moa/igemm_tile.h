@@ -20,6 +20,7 @@
  *     moa_igemm_{tile,row}_2x16_neon              2   vmull_s8 + vpadalq_s16, 8 q per row
  *     moa_igemm_{tile,row}_4x16_rvv               4   vlseg4e8, vsext to int16, vwmacc.vx into int32 m4
  *     moa_igemm_{tile,row}_4x16_helium            4   a column's 16 k gathered, VMLADAVA: 16 products into a register
+ *     moa_igemm_{tile,row}_4x16_dsp               4   Cortex-M DSP (M4, M7, M33): SXTB16 + SMLAD, 2 products each
  *     moa_igemm_{tile,row}_4x16_scalar            4   the portable reference */
 #ifndef MOA_IGEMM_TILE_H
 #define MOA_IGEMM_TILE_H
@@ -72,6 +73,11 @@
 #define MOA_IGEMM_MR 4
 #define MOA_IGEMM_VARIANT(name) name##_4x16_helium
 #define MOA_IGEMM_NAME "helium"
+#elif MOA_ISA_SCALAR && defined(__ARM_FEATURE_SIMD32) && !defined(MOA_FORCE_SCALAR)
+#define MOA_IGEMM_DSP 1
+#define MOA_IGEMM_MR 4
+#define MOA_IGEMM_VARIANT(name) name##_4x16_dsp
+#define MOA_IGEMM_NAME "dsp"
 #else
 #define MOA_IGEMM_SCALAR 1
 #define MOA_IGEMM_MR 4
