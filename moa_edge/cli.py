@@ -451,6 +451,15 @@ def _bench_model(a) -> int:
     from moa_edge.pipeline import convert
     if not a.model:
         raise MoaEdgeError("bench model needs the model file: moa-edge bench model MODEL.onnx")
+    mcu = [b for b in board_list_arg(a.board) if b.bare_metal] if a.board else []
+    if mcu:  # a microcontroller: instructions and the bytes of each memory, no onnxruntime beside it
+        from moa_edge.harness.mcu_bench import bench_mcu, table
+        if len(mcu) > 1 or a.ssh:
+            raise MoaEdgeError("bench model on a bare-metal board: give that one board, without --ssh")
+        result = bench_mcu(a.model, convert, mcu[0], parse_input_shapes(a.input_shape), a.inputs, progress=_progress)
+        print(table(result))
+        _write_json(a.json, result)
+        return 0
     boards = board_list_arg(a.board) if a.ssh else []
     ssh = _ssh_target(a, boards) if a.ssh else None
     result = bench_model(a.model, convert, parse_input_shapes(a.input_shape), a.repeat or 20, a.inputs,

@@ -311,3 +311,21 @@ def test_a_linux_pool_takes_the_hottest_intermediates_and_changes_no_bit(tiny, t
                               text=True, check=True).stdout
     assert re.search(r"\.fastmem\s+[0-9a-f]+\s+fast_pool", sections), sections[:2000]
     assert np.array_equal(outputs["plain"], outputs["pooled"])
+
+
+@pytest.mark.board
+def test_bench_model_on_an_mcu_reports_instructions_and_each_memorys_bytes(tiny, tmp_path):
+    """What the linked program takes in each of pico2's memories, from its ELF: the flash holds the
+    code and the weights, the SRAM the arena, the inputs and outputs and the stack, all within
+    the part's sizes and at least what convert planned."""
+    board = require_board("pico2")
+    proc = run_cli("bench", "model", tiny[0], "--board", "pico2", "--json", tmp_path / "b.json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "b.json").read_text())
+    planned, memories = result["planned"], result["memories"]
+    assert 0 < result["instructions_per_inference"] < result["instructions_whole_run"]
+    assert memories["flash"]["used"] >= planned["weights_bytes"]
+    assert memories["sram"]["used"] >= planned["arena_bytes"] + planned["io_bytes"] + planned["stack_bytes"]
+    assert all(m["used"] <= m["size"] for m in memories.values())
+    assert f"{result['instructions_per_inference']:,} instructions per inference" in proc.stdout
+    assert board.name in proc.stdout
