@@ -8,7 +8,6 @@ with the kernels. The float form against numpy emulating onnxruntime's DynamicQu
 and epilogue in float32, itself checked against onnxruntime: equal to the last bit."""
 from pathlib import Path
 import platform
-import subprocess
 
 import numpy as np
 import onnx
