@@ -16,7 +16,7 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import check_inputs, project_io, run
 from moa_edge.pipeline import convert
-from moa_edge.target import load_board
+from moa_edge.target import load_board, symbol_lister
 
 
 class TinyEncoder(torch.nn.Module):
@@ -289,15 +289,19 @@ def test_a_bare_metal_pool_names_one_of_the_boards_memories(tiny, tmp_path):
         one_error(run_cli("convert", tiny[0], "-o", tmp_path / "p", "--board", "pico2", "--pool", pool), message)
 
 
-def test_a_linux_pool_takes_the_hottest_intermediates_and_changes_no_bit(tiny, tmp_path):
-    """--pool fast:16384:.fastmem on the host: the kernel scratch and the most-read activations
-    that fit 16 KiB go to the pool, which the runner declares in section .fastmem; the outputs
-    are bitwise those of the build without it."""
-    board = load_board("host")
+@pytest.mark.board
+@pytest.mark.parametrize("board_name", ["host", "k230"])
+def test_a_linux_pool_takes_the_hottest_intermediates_and_changes_no_bit(tiny, board_name, tmp_path):
+    """--pool fast:16384:.fastmem on a Linux board (the host, and the K230 under qemu-user, whose
+    SRAM such a region would name): the kernel scratch and the most-read activations that fit
+    16 KiB go to the pool, which the runner declares in section .fastmem; the outputs are
+    bitwise those of the build without it."""
+    board = require_board(board_name)
     path, x, _ = tiny
     outputs = {}
     for name, pools in (("plain", []), ("pooled", ["fast:16384:.fastmem"])):
-        proc = run_cli("convert", path, "-o", tmp_path / name, *(a for p in pools for a in ("--pool", p)))
+        proc = run_cli("convert", path, "-o", tmp_path / name, "--board", board_name,
+                       *(a for p in pools for a in ("--pool", p)))
         assert proc.returncode == 0, proc.stderr
         io = project_io(tmp_path / name)
         outputs[name] = run(build(tmp_path / name, board), board, io, check_inputs(io, {"x": x}, "test"))[0]["y"]
@@ -307,8 +311,9 @@ def test_a_linux_pool_takes_the_hottest_intermediates_and_changes_no_bit(tiny, t
                                 "memory": ""}]
     assert 0 < memory["pools"][0]["bytes"] <= 16384 and any(b["name"].startswith("scratch:") for b in placed)
     assert '#define MODEL_POOL_FAST_SECTION ".fastmem"' in (tmp_path / "pooled/model.h").read_text()
-    sections = subprocess.run(["objdump", "-t", str(tmp_path / "pooled/build/host/model_main")], capture_output=True,
-                              text=True, check=True).stdout
+    objdump = symbol_lister(board)[:-len("nm")] + "objdump"  # the board's binutils: nm's sibling
+    sections = subprocess.run([objdump, "-t", str(tmp_path / f"pooled/build/{board_name}/model_main")],
+                              capture_output=True, text=True, check=True).stdout
     assert re.search(r"\.fastmem\s+[0-9a-f]+\s+fast_pool", sections), sections[:2000]
     assert np.array_equal(outputs["plain"], outputs["pooled"])
 
