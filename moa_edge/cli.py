@@ -155,10 +155,11 @@ def cmd_validate(a) -> int:
     from moa_edge.pipeline import validate
     boards = board_list_arg(a.board)
     from moa_edge.pipeline import parse_schedule
+    from moa_edge.codegen.pools import parse_pool
     result = validate(a.model, boards, inputs_path=a.inputs, input_shapes=parse_input_shapes(a.input_shape),
                       seed=a.seed, scratch_budget=a.scratch_budget, schedule=parse_schedule(a.schedule),
                       ssh=_ssh_target(a, boards), timeout=a.timeout, progress=_progress,
-                      weights=parse_weights(a.weights), threads=a.threads)
+                      weights=parse_weights(a.weights), threads=a.threads, pools=[parse_pool(p) for p in a.pool or []])
     print(format_table(result))
     _write_json(a.json, result)
     return 0 if result["ok"] else 1
@@ -577,6 +578,13 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(fn=fn)
         return s
 
+    def pool_option(s):
+        s.add_argument("--pool", action="append", metavar="NAME:SIZE[:SECTION]",
+                       help="a memory pool for intermediates, filled (hottest buffers first) before the arena: on a "
+                            "Linux board a region the runner places in SECTION; on a bare-metal board NAME:SIZE caps "
+                            "one of its memories (each RAM memory is a pool already); model.h: "
+                            "<P>_POOL_<NAME>_BYTES (repeatable)")
+
     s = verb("convert", cmd_convert, "import an ONNX model, rewrite attention, emit a C project")
     s.add_argument("model")
     s.add_argument("-o", "--output", required=True, help="project folder to create")
@@ -605,10 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=_positive_int, metavar="N",
                    help="the most threads a run may use: the arena holds a kernel scratch for each (default: the "
                         "board's cores; model.h's <P>_MAX_THREADS)")
-    s.add_argument("--pool", action="append", metavar="NAME:SIZE[:SECTION]",
-                   help="a memory pool for intermediates, filled (hottest buffers first) before the arena: on a Linux "
-                        "board a region the runner places in SECTION; on a bare-metal board NAME:SIZE caps one of its "
-                        "memories (each RAM memory is a pool already); model.h: <P>_POOL_<NAME>_BYTES (repeatable)")
+    pool_option(s)
 
     s = verb("build", cmd_build, "compile a converted project for a board with SCons")
     s.add_argument("project")
@@ -690,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     threads_option(s)
     s.add_argument("--weights", metavar="FORMAT", help=WEIGHTS_HELP + "; the boards are checked against "
                    "the same weights and the accuracy given up against the float model is reported")
+    pool_option(s)
 
     s = verb("inspect", cmd_inspect, "attention blocks found, what was absorbed, schedule and predicted cost")
     s.add_argument("model")

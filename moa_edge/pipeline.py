@@ -255,9 +255,9 @@ def _check_native(weights: WeightFormat, board: Board) -> None:
 def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, seed: int = 0,
              scratch_budget: int | None = None, schedule: Schedule | None = None, ssh=None,
              timeout: float = TIMEOUT_S, progress=lambda msg: None, weights: WeightFormat | None = None,
-             threads: int | None = None) -> dict:
-    """Convert for each board (its own schedule), build, run on `threads` threads (default: each
-    board's cores; on a real board over `ssh`),
+             threads: int | None = None, pools=()) -> dict:
+    """Convert for each board (its own schedule, its memory pools and those of `pools`), build,
+    run on `threads` threads (default: each board's cores; on a real board over `ssh`),
     compare with PyTorch float64 of the same graph. With `weights` (convert --weights) that graph
     holds the quantized weights, so the boards are still held to the float32 tolerance, and
     `accuracy` reports what the format gives up against PyTorch float64 of the float model."""
@@ -275,7 +275,7 @@ def validate(model, boards: list[Board], inputs_path=None, input_shapes=None, se
             project = Path(tmp) / board.name
             project.mkdir()
             report = emit_project(schedule_graph(graph, board, scratch_budget, schedule, threads or board.threads()), project,
-                                  board=board, source=model.name)
+                                  board=board, source=model.name, pools=pools)
             if inputs is None:
                 io = report["io"]
                 given = load_npz(inputs_path) if inputs_path else random_inputs(io, seed)

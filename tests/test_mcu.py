@@ -269,8 +269,10 @@ def test_intermediates_past_every_pool_are_refused_naming_them(tiny, tmp_path):
     outputs and the C library leave too little for the encoder's intermediates, and its two 4 KiB
     scratch banks cannot take the rest."""
     proc = run_cli("convert", tiny[0], "-o", tmp_path / "p", "--board", "pico2", "--pool", "sram:49152")
-    one_error(proc, "do not fit the memory pools", "scratch_x", "scratch_y")
+    one_error(proc, "do not fit the memory pools", "the arena (memory sram): 8192 of 8192 bytes free",
+              "scratch_x (memory scratch_x): 4096 of 4096", "16384 bytes short")  # a 24576-byte activation
     assert not (tmp_path / "p").exists()
+    one_error(run_cli("validate", tiny[0], "--board", "pico2", "--pool", "sram:49152"), "16384 bytes short")
 
 
 @pytest.mark.parametrize("pool, message", [

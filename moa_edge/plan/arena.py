@@ -240,11 +240,13 @@ def _spread(buffers: list[Buffer], graph: Graph, pools: list[Pool], steps: int) 
                     live[p.name][k] += buf.size
                 break
         else:
-            need = {p.name or "arena": max(live[p.name]) for p in pools}
             raise MoaEdgeError(f"the model's intermediates do not fit the memory pools: {buf.name} ({buf.size} bytes, "
                                f"live from step {buf.first} to {buf.last}) finds no room in "
-                               + ", ".join(f"{p.name or 'the arena'} ({need[p.name or 'arena']} of {p.capacity} bytes "
-                                           f"taken)" for p in pools))
+                               + ", ".join(f"{p.name or 'the arena'}{f' (memory {p.memory})' if p.memory else ''}: "
+                                           f"{p.capacity - max(live[p.name][buf.first:buf.last + 1])} of {p.capacity} "
+                                           f"bytes free then" for p in pools)
+                               + f"; {buf.size - max(p.capacity - max(live[p.name][buf.first:buf.last + 1]) for p in pools)} "
+                               "bytes short")
     return pool_of
 
 
