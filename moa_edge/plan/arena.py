@@ -222,7 +222,8 @@ def _hottest_first(buffers: list[Buffer], graph: Graph) -> list[Buffer]:
     by readers per byte."""
     readers = collections.Counter(name for n in graph.nodes for name in set(n.inputs))
     return sorted(buffers, key=lambda b: (not b.name.startswith("scratch:"),
-                                          -readers[b.name] / b.size if not b.name.startswith("scratch:") else b.size,
+                                          -readers[b.name] / max(b.size, 1) if not b.name.startswith("scratch:")
+                                          else b.size,
                                           b.name))
 
 
