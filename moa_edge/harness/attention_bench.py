@@ -39,7 +39,7 @@ from moa_edge.moa.spec import AttentionSpec
 from moa_edge.ops.attention import C_SOURCES
 from moa_edge.target import Board, load_board
 
-from . import compare
+from . import compare, insn_count
 from .build import selected_isa
 from .kernel_harness import RUNTIME_INCLUDE, runtime_objects
 from .scratch_folder import scratch_folder
@@ -142,49 +142,6 @@ int main(int argc, char **argv)
     fclose(out);
     free(Q), free(K), free(V), free(O), free(S), free(scratch);
     moa_pool_destroy(&pool);
-    return 0;
-}
-"""
-
-# A TCG plugin (QEMU plugin API v1, as in qemu 7.2): every translated block adds its
-# instruction count to one counter each time it executes (an inline add, no callback).
-# Debian ships no qemu-plugin.h, so the five functions it uses are declared here.
-PLUGIN = r"""
-#include <stddef.h>
-#include <stdint.h>
-#include <stdio.h>
-
-typedef uint64_t qemu_plugin_id_t;
-struct qemu_plugin_tb;
-enum { QEMU_PLUGIN_INLINE_ADD_U64 = 0 };
-extern void qemu_plugin_register_vcpu_tb_trans_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t, struct qemu_plugin_tb *));
-extern void qemu_plugin_register_vcpu_tb_exec_inline(struct qemu_plugin_tb *, int, void *, uint64_t);
-extern size_t qemu_plugin_tb_n_insns(const struct qemu_plugin_tb *);
-extern void qemu_plugin_register_atexit_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t, void *), void *);
-extern void qemu_plugin_outs(const char *);
-
-__attribute__((visibility("default"))) int qemu_plugin_version = 1;
-static uint64_t executed;
-
-static void translated(qemu_plugin_id_t id, struct qemu_plugin_tb *tb)
-{
-    (void)id;
-    qemu_plugin_register_vcpu_tb_exec_inline(tb, QEMU_PLUGIN_INLINE_ADD_U64, &executed, qemu_plugin_tb_n_insns(tb));
-}
-
-static void finished(qemu_plugin_id_t id, void *unused)
-{
-    char line[64];
-    (void)id, (void)unused;
-    snprintf(line, sizeof line, "insns=%llu\n", (unsigned long long)executed);
-    qemu_plugin_outs(line);
-}
-
-__attribute__((visibility("default"))) int qemu_plugin_install(qemu_plugin_id_t id, const void *info, int argc, char **argv)
-{
-    (void)info, (void)argc, (void)argv;
-    qemu_plugin_register_vcpu_tb_trans_cb(id, translated);
-    qemu_plugin_register_atexit_cb(id, finished, NULL);
     return 0;
 }
 """
@@ -572,18 +529,6 @@ def time_board(seqs, causals, heads: int, head_dim: int, repeat: int, budget: fl
     return points
 
 
-def _plugin(workdir: Path) -> Path:
-    lib = workdir / "libinsncount.so"
-    if not lib.exists():
-        src = workdir / "insncount.c"
-        src.write_text(PLUGIN)
-        cc = shutil.which("cc") or shutil.which("gcc")
-        proc = subprocess.run([cc, "-O2", "-shared", "-fPIC", str(src), "-o", str(lib)], capture_output=True, text=True)
-        if proc.returncode:
-            raise MoaEdgeError(f"bench attention: the qemu instruction-count plugin failed to compile:\n{proc.stderr}")
-    return lib
-
-
 def count_instructions(runner: list, exe: Path, args: list, workdir: Path) -> int:
     """Instructions qemu-user executes for `runner exe args` (the whole process), exactly,
     under `env -i` so that the environment's size does not move the count."""
@@ -591,7 +536,7 @@ def count_instructions(runner: list, exe: Path, args: list, workdir: Path) -> in
     if qemu is None:
         raise MoaEdgeError(f"bench attention: {runner[0]} is not installed (Debian: qemu-user); run make setup")
     log = workdir / f"insns.{os.getpid()}.log"
-    cmd = ["env", "-i", qemu, *runner[1:], "-plugin", str(_plugin(workdir)), "-d", "plugin", "-D", str(log),
+    cmd = ["env", "-i", qemu, *runner[1:], "-plugin", str(insn_count.plugin()), "-d", "plugin", "-D", str(log),
            str(exe), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode and "plugin" in proc.stderr:  # a static qemu (bpi-f3's, for Zvfh) loads no plugins

@@ -1,7 +1,8 @@
-"""Executed instructions of a bare-metal run, counted by a TCG plugin of qemu-system: those
-between the runner's profile hooks (main.c calls moa_profile_begin() and moa_profile_end()
-around each inference; their addresses come from the program's symbols), and all of them.
-QEMU is not cycle-accurate: this is the count, not a time."""
+"""Executed instructions counted by a TCG plugin of qemu: all of them (bench attention and bench
+gemm, under qemu-user), and on a bare-metal run under qemu-system those between the runner's
+profile hooks (main.c calls moa_profile_begin() and moa_profile_end() around each inference;
+their addresses come from the program's symbols). QEMU is not cycle-accurate: this is the
+count, not a time."""
 from __future__ import annotations
 
 import hashlib
@@ -36,9 +37,11 @@ extern void qemu_plugin_register_vcpu_insn_exec_cb(struct qemu_plugin_insn *, vo
 extern void qemu_plugin_register_atexit_cb(qemu_plugin_id_t, void (*)(qemu_plugin_id_t, void *), void *);
 extern void qemu_plugin_outs(const char *);
 
+/* QEMU plugin API v1 (qemu 7.2); Debian ships no qemu-plugin.h, so what it uses is declared above. */
 __attribute__((visibility("default"))) int qemu_plugin_version = 1;
-/* Each translation block adds its size when it starts; the hooks are functions of their own,
- * so a hook's block is the hook alone and the difference of two snapshots is exact. */
+/* Each translation block adds its size when it starts (an inline add, no callback); the hooks
+ * (begin=ADDR,end=ADDR, none without them) are functions of their own, so a hook's block is the
+ * hook alone and the difference of two snapshots is exact. */
 static uint64_t executed, started, inside;
 static uint64_t begin_pc = UINT64_MAX, end_pc = UINT64_MAX;
 static unsigned long windows;
