@@ -60,6 +60,12 @@ def _write_json(path: str | None, data: dict) -> None:
         _write_file("--json", path, lambda f: f.write(text.encode()))
 
 
+def _pool_line(pool: dict) -> str:
+    """A memory pool of report.json: its bytes, and its board memory or the section it goes to."""
+    where = f"in {pool['kind']} {pool['memory']}" if pool["memory"] else f"(section {pool['section'] or 'none'})"
+    return f"  memory pool {pool['name']}: {pool['bytes']} B {where}"
+
+
 def _by_type(totals: dict) -> str:
     return ", ".join(f"{kind} {n} B" for kind, n in totals.items()) or "none"
 
@@ -97,8 +103,7 @@ def cmd_convert(a) -> int:
     print(f"{a.model} -> {a.output}: {len(blocks)} attention block(s), arena {report['memory']['arena_bytes']} B, "
           f"weights {report['memory']['weights_bytes']} B ({_by_type(report['memory']['weights_bytes_by_type'])})")
     for pool in report["memory"].get("pools", []):
-        print(f"  memory pool {pool['name']}: {pool['bytes']} B" + (f" in {pool['kind']} {pool['memory']}" if pool["memory"]
-                                                                     else f" (section {pool['section'] or 'none'})"))
+        print(_pool_line(pool))
     if "generation" in report:
         g = report["generation"]
         row = {"float32": f"{g['head_dim']} x 4", "float16": f"{g['head_dim']} x 2"}.get(
@@ -344,9 +349,7 @@ def cmd_inspect(a) -> int:
               f"({_by_type(m['weights_bytes_by_type'])}); peak at {m['peak_step']}: "
               f"{', '.join(m['live_at_peak'])}")
         for pool in m["pools"]:
-            print(f"  memory pool {pool['name']}: {pool['bytes']} B" + (f" in {pool['kind']} {pool['memory']}"
-                  if pool["memory"] else f" (section {pool['section'] or 'none'})") + ": "
-                  + ", ".join(b for b, where in m["placement"].items() if where == pool["name"]))
+            print(_pool_line(pool) + ": " + ", ".join(b for b, where in m["placement"].items() if where == pool["name"]))
     _write_json(a.json, result)
     return 0
 

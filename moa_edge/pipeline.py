@@ -26,7 +26,7 @@ from moa_edge.moa.onf import STRATEGIES, Schedule
 from moa_edge.ops import attention
 from moa_edge.passes import WeightFormat, lower, unsupported_ops
 from moa_edge.passes import kv_cache as kv_cache_pass
-from moa_edge.codegen.pools import memory_pools
+from moa_edge.codegen.pools import graph_pools
 from moa_edge.plan import plan_arena
 from moa_edge.target import Board, load_board
 
@@ -84,8 +84,7 @@ def inspect(model, board: Board, input_shapes=None, scratch_budget: int | None =
     unsupported = unsupported_ops(graph)
     memory = None
     if not unsupported:  # the memory plan convert would make (views, in-place writes, kernel scratch, pools)
-        io_bytes = sum(graph.tensors[n].nbytes for n in [*graph.inputs, *graph.outputs])
-        pools = memory_pools(board, [], io_bytes + board.stack_bytes) if max_context is None else None
+        pools = graph_pools(graph, board) if max_context is None else None  # a decoder's arena stands alone
         memory = {**plan_arena(graph, pools=pools).describe(), "weights_bytes": sum(t.nbytes for t in graph.weights()),
                   "weights_bytes_by_type": graph.weight_bytes_by_type()}
         memory["placement"] = {b["name"]: b["pool"] for b in memory.pop("buffers")}  # buffer -> pool ("": arena)

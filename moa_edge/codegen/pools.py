@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import re
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import Graph
 from moa_edge.plan.arena import ARENA, Pool
 from moa_edge.target import Board
 
@@ -75,3 +76,13 @@ def memory_pools(board: Board, requests: list[PoolRequest], reserved: int) -> li
         else:
             pools.append(Pool(m.name, capacity, f".bss.moa_pool.{m.name}", m.kind, m.name))
     return pools
+
+
+def io_bytes(graph: Graph) -> int:
+    """The bytes of the graph's inputs and outputs: the runner's buffers, beside the arena."""
+    return sum(graph.tensors[n].nbytes for n in [*graph.inputs, *graph.outputs])
+
+
+def graph_pools(graph: Graph, board: Board, requests: list[PoolRequest] = ()) -> list[Pool]:
+    """The pools of `graph` on `board`: the data memory keeps room for its inputs, outputs and stack."""
+    return memory_pools(board, list(requests), io_bytes(graph) + board.stack_bytes)

@@ -24,7 +24,7 @@ from moa_edge.plan.arena import ArenaPlan, Pool
 from moa_edge.target import Board, load_board
 
 from .linker import write_linker_scripts
-from .pools import PoolRequest, memory_pools
+from .pools import PoolRequest, graph_pools, io_bytes
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -249,14 +249,14 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
     out_dir = Path(out_dir)
     board = board or load_board("host")
     P = check_prefix(prefix).upper()
-    io_bytes = sum(graph.tensors[n].nbytes for n in [*graph.inputs, *graph.outputs])
+    runner_bytes = io_bytes(graph)
     weights_bytes = sum(t.nbytes for t in graph.weights())
-    check_memory(board, source, {"weights": weights_bytes, "inputs and outputs": io_bytes})
-    code = graph_code(graph, prefix, board, prefix, lift_loops=True,
-                      pools=memory_pools(board, list(pools), io_bytes + board.stack_bytes))
+    check_memory(board, source, {"weights": weights_bytes, "inputs and outputs": runner_bytes})
+    code = graph_code(graph, prefix, board, prefix, lift_loops=True, pools=graph_pools(graph, board, pools))
     plan, io, weights = code.plan, code.io, code.weights
     kernels, kernel_decls, calls, sources = code.kernels, code.kernel_decls, code.calls, code.sources
-    check_memory(board, source, {"weights": weights_bytes, "arena": plan.total_bytes, "inputs and outputs": io_bytes})
+    check_memory(board, source, {"weights": weights_bytes, "arena": plan.total_bytes,
+                                 "inputs and outputs": runner_bytes})
 
     subst = {
         "P": P, "p": prefix, "SOURCE": c_comment_text(source), "BOARD": c_comment_text(board.name),
@@ -350,7 +350,7 @@ def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Boar
         "ops": [{"node": n.name, "op": n.op} for n in graph.nodes],
         "memory": {**plan.describe(), "weights_bytes": weights_bytes,
                    "weights_bytes_by_type": bytes_by_type(t for t, _ in weights),
-                   "io_bytes": sum(e["bytes"] for e in io)},
+                   "io_bytes": runner_bytes},
         "predicted": predict_model(graph, board, plan.total_bytes),
     }
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")

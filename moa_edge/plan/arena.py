@@ -240,14 +240,13 @@ def _spread(buffers: list[Buffer], graph: Graph, pools: list[Pool], steps: int) 
                 for k in range(buf.first, buf.last + 1):
                     live[p.name][k] += buf.size
                 break
-        else:
+        else:  # every pool is bounded here (an unbounded one takes anything)
+            free = {p.name: p.capacity - max(live[p.name][buf.first:buf.last + 1]) for p in pools}
             raise MoaEdgeError(f"the model's intermediates do not fit the memory pools: {buf.name} ({buf.size} bytes, "
                                f"live from step {buf.first} to {buf.last}) finds no room in "
                                + ", ".join(f"{p.name or 'the arena'}{f' (memory {p.memory})' if p.memory else ''}: "
-                                           f"{p.capacity - max(live[p.name][buf.first:buf.last + 1])} of {p.capacity} "
-                                           f"bytes free then" for p in pools)
-                               + f"; {buf.size - max(p.capacity - max(live[p.name][buf.first:buf.last + 1]) for p in pools)} "
-                               "bytes short")
+                                           f"{free[p.name]} of {p.capacity} bytes free then" for p in pools)
+                               + f"; {buf.size - max(free.values())} bytes short")
     return pool_of
 
 
