@@ -51,6 +51,18 @@ def bare_metal_harness_script(board, folder: Path) -> Path:
     return script
 
 
+def run_bare_metal(board, program: Path, args: list, stdin: bytes) -> subprocess.CompletedProcess:
+    """A kernel test program on `board` as qemu-system's kernel: semihosting has files, not pipes,
+    so stdin's bytes go through a file named after `args` and stdout's come back from another
+    (the program takes the two paths last); qemu's own output is the result's stderr."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "in").write_bytes(stdin)
+        proc = subprocess.run(board.command(str(program), [*map(str, args), f"{tmp}/in", f"{tmp}/out"]),
+                              capture_output=True, timeout=600)
+        written = (Path(tmp) / "out").read_bytes() if (Path(tmp) / "out").exists() else b""
+        return subprocess.CompletedProcess(proc.args, proc.returncode, written, proc.stdout + proc.stderr)
+
+
 def board_file(folder: Path, name: str = "my board", like: str = "host") -> Path:
     """A copy of boards/LIKE.toml renamed NAME, outside the catalogue: a board given to --board
     by the path of its TOML file."""

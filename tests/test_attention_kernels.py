@@ -15,13 +15,12 @@ import platform
 import re
 import shutil
 import subprocess
-import tempfile
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import bare_metal_harness_script, require_board
+from conftest import bare_metal_harness_script, require_board, run_bare_metal
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.ops.attention import C_SOURCES
 
@@ -682,12 +681,9 @@ def run_table(built: Built, records: bytes) -> tuple[bytes, str]:
         proc = subprocess.run([*built.runner, str(built.exe)], input=records, capture_output=True, timeout=300)
         assert proc.returncode == 0, proc.stderr.decode()
         return proc.stdout, proc.stderr.decode()
-    with tempfile.TemporaryDirectory() as tmp:  # the records and the outputs as files, over semihosting
-        (Path(tmp) / "in").write_bytes(records)
-        proc = subprocess.run(built.bare_metal.command(str(built.exe), [f"{tmp}/in", f"{tmp}/out"]),
-                              capture_output=True, timeout=600)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr).decode()
-        return (Path(tmp) / "out").read_bytes(), (proc.stdout + proc.stderr).decode()
+    proc = run_bare_metal(built.bare_metal, built.exe, [], records)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc.stdout, proc.stderr.decode()
 
 
 @pytest.fixture(scope="module")

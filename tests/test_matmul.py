@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 import platform
 import subprocess
-import tempfile
 
 import numpy as np
 import onnx
@@ -13,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxruntime as ort
 import pytest
 
-from conftest import BOARDS, bare_metal_harness_script, require_board
+from conftest import BOARDS, bare_metal_harness_script, require_board, run_bare_metal
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.harness.build import build
 from moa_edge.ops import matmul
@@ -279,13 +278,7 @@ class GemmExe:
         """The harness with `args`, stdin's bytes in and stdout's out (through files on bare metal)."""
         if not self.bare_metal:
             return subprocess.run([*self.command, *map(str, args)], input=stdin, capture_output=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            (Path(tmp) / "in").write_bytes(stdin)
-            proc = subprocess.run(load_board(self.board).command(self.command[0], [*map(str, args), f"{tmp}/in",
-                                                                                   f"{tmp}/out"]),
-                                  capture_output=True, timeout=600)
-            written = (Path(tmp) / "out").read_bytes() if (Path(tmp) / "out").exists() else b""
-            return subprocess.CompletedProcess(proc.args, proc.returncode, written, proc.stdout + proc.stderr)
+        return run_bare_metal(load_board(self.board), self.command[0], args, stdin)
 
 
 def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_flags=()) -> GemmExe:

@@ -14,6 +14,7 @@ import torch
 from conftest import MCU_BOARDS, one_error, require_board, run_cli
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
+from moa_edge.harness.mcu_bench import section_sizes
 from moa_edge.harness.runner import check_inputs, project_io, run
 from moa_edge.pipeline import convert
 from moa_edge.target import load_board, symbol_lister
@@ -75,17 +76,6 @@ def test_a_tiny_transformer_runs_on_the_mcu_within_1e5_of_pytorch_float64(reques
     assert np.isnan(run_us)  # bare metal has no clock: no time is made up
 
 
-def _readelf_sections(readelf: str, elf) -> dict[str, tuple[int, int]]:
-    """name -> (address, size) of the allocated sections."""
-    out = subprocess.run([readelf, "-SW", str(elf)], capture_output=True, text=True, check=True).stdout
-    sections = {}
-    for line in out.splitlines():
-        m = re.match(r"\s*\[\s*\d+\]\s+(\S+)\s+\S+\s+([0-9a-f]{8})\s+[0-9a-f]+\s+([0-9a-f]+)\s+\S+\s+(\S*A\S*)", line)
-        if m:
-            sections[m.group(1)] = (int(m.group(2), 16), int(m.group(3), 16))
-    return sections
-
-
 @pytest.mark.board
 @pytest.mark.parametrize("board_name", MCU_BOARDS)
 def test_the_device_script_puts_code_weights_and_data_in_the_parts_memories(tiny, board_name, tmp_path):
@@ -97,7 +87,8 @@ def test_the_device_script_puts_code_weights_and_data_in_the_parts_memories(tiny
     subprocess.run([sys.executable, "-m", "SCons", "-Q", "-C", str(tmp_path / "p"), f"CC={flags['cc'][0]}",
                     f"CFLAGS={' '.join(flags['cflags'])}", f"LINKFLAGS={' '.join(flags['ldflags'])} -T memory.ld",
                     "VARIANT=device"], check=True, capture_output=True)
-    sections = _readelf_sections(flags["cc"][0].replace("gcc", "readelf"), tmp_path / "p/build/device/model_main")
+    sections = {name: (address, size) for name, address, size in
+                section_sizes(tmp_path / "p/build/device/model_main", board)}
 
     def inside(name, role):
         memory = board.memory_for(role)
