@@ -126,6 +126,8 @@ def _one_clear_error(tmp_path: Path, name: str, old: str, new: str, message: str
     ("stack_bytes = 16384\n", "", r"\[memories\] missing required field 'stack_bytes'"),
     ("size = 524288,", 'size = "512K",', r"\[memories.sram\] size must be a positive integer number of bytes"),
     ('kind = "qemu-system"', 'kind = "qemu"', r"\[memories\] is for a bare-metal board \(run kind 'qemu-system'\)"),
+    ("0xab123579]", "0x1ab123579]", r"\[startup\] boot_block must be a non-empty list of 32-bit words"),
+    ("boot_block =", 'icache = "yes"\nboot_block =', r"\[startup\] icache must be true or false, got 'yes'"),
 ])
 def test_a_broken_mcu_board_is_one_clear_error(tmp_path, old, new, message):
     _one_clear_error(tmp_path, "pico2", old, new, message)

@@ -106,6 +106,29 @@ def test_the_device_script_puts_code_weights_and_data_in_the_parts_memories(tiny
         assert memory.base <= address and address + size <= memory.base + memory.size and size >= pool["bytes"]
     script = (tmp_path / "p/memory-qemu.ld").read_text()
     assert f"__ram_size = {board.memory_for('data').size:#x};" in script
+    _check_vector_table(tmp_path / "p/build/device/model_main", board, sections)
+
+
+RP2350_IMAGE_DEF = (0xFFFFDED3, 0x10210142, 0x000001FF, 0x00000000, 0xAB123579)  # datasheet 5.9.5.1
+
+
+def _check_vector_table(binary, board, sections):
+    """Where the core reads it at reset (Arm ARM B1.5.3): at the code memory's base, the initial
+    stack pointer (the data memory's top), the reset handler (startup.c's, a Thumb address in
+    the code memory); on the RP2350 the boot ROM's IMAGE_DEF right after the 16 words, inside
+    the first 4 KiB it searches."""
+    code, data = board.memory_for("code"), board.memory_for("data")
+    assert sections[".init"][0] == code.base
+    tool = board.compiler().replace("gcc", "")
+    raw = subprocess.run([tool + "objcopy", "-O", "binary", "-j", ".init", str(binary), "/dev/stdout"],
+                         capture_output=True, check=True).stdout
+    words = np.frombuffer(raw[:len(raw) // 4 * 4], "<u4")
+    symbols = dict(line.split()[::-2] for line in subprocess.run(
+        [tool + "nm", str(binary)], capture_output=True, text=True, check=True).stdout.splitlines() if " " in line)
+    assert words[0] == data.base + data.size
+    assert words[1] == int(symbols["moa_reset"], 16) | 1 and code.base <= words[1] < code.base + code.size
+    if board.name == "pico2":
+        assert tuple(words[16:21]) == RP2350_IMAGE_DEF
 
 
 def _matmul_model(path, rows: int, k: int, n: int):

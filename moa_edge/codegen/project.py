@@ -24,6 +24,7 @@ from moa_edge.plan.arena import ArenaPlan, Pool
 from moa_edge.target import Board, load_board
 
 from .linker import write_linker_scripts
+from .startup import STARTUP, write_startup
 from .pools import PoolRequest, graph_pools, io_bytes
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -219,7 +220,7 @@ def write_project(out_dir: Path, subst: dict[str, str], templates: dict[str, str
                   sources: set[str], board: Board) -> None:
     """The project's files: each template (file name -> template name) with @KEY@ replaced from
     subst, the weights (weights.bin and their symbols), the runtime sources the calls need, and
-    a bare-metal board's linker scripts."""
+    a bare-metal board's linker scripts and startup.c."""
     subst = dict(subst)
     sources = sources | {POOL_SOURCE}  # every run entry point takes a worker pool
     subst["WEIGHT_DECLS"] = "".join(
@@ -228,6 +229,7 @@ def write_project(out_dir: Path, subst: dict[str, str], templates: dict[str, str
     subst["WEIGHT_SYMBOLS"] = symbols
     subst["WEIGHTS_PRESENT"] = "1" if weights else "0"
     subst["RUNTIME_SOURCES"] = "".join(f', "runtime/src/{s}"' for s in sorted(sources))
+    subst["RUNNER_SOURCES"] = ", ".join(f'"{s}"' for s in ["main.c"] + ([STARTUP] if board.bare_metal else []))
     (out_dir / "weights.bin").write_bytes(blob)
     for name, template in templates.items():
         # One pass: text substituted (kernels, comments) is never searched for @KEY@ again.
@@ -239,6 +241,7 @@ def write_project(out_dir: Path, subst: dict[str, str], templates: dict[str, str
         (out_dir / "runtime" / "src" / s).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(C_RUNTIME_DIR / "src" / s, out_dir / "runtime" / "src" / s)
     write_linker_scripts(out_dir, board)
+    write_startup(out_dir, board)
 
 
 def emit_project(graph: Graph, out_dir: Path, prefix: str = "model", board: Board | None = None,

@@ -2,7 +2,7 @@
 from the command line down to the cost model, codegen, energy and the harness."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 import os
 from pathlib import Path
@@ -63,6 +63,7 @@ class Board:
     memories: tuple[Memory, ...] = ()  # a bare-metal board's memories; none on a Linux board
     placement: dict | None = None      # MEMORY_ROLES -> the name of the memory that holds it
     stack_bytes: int = 0               # a bare-metal board's stack, reserved in its data memory
+    startup: dict = field(default_factory=dict)  # a bare-metal board's [startup]: icache, boot_block
 
     @property
     def bare_metal(self) -> bool:

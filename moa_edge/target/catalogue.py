@@ -88,6 +88,15 @@ def _table(v):
     return None if isinstance(v, dict) else "a table"
 
 
+def _flag(v):
+    return None if isinstance(v, bool) else "true or false"
+
+
+def _words32(v):
+    return (None if isinstance(v, list) and v and all(_int(w) and 0 <= w < 1 << 32 for w in v)
+            else "a non-empty list of 32-bit words (integers from 0 to 0xFFFFFFFF)")
+
+
 def _picojoules(v):
     return (None if (_int(v) or isinstance(v, float)) and v > 0 and v != float("inf")
             else "a positive number of picojoules")
@@ -113,6 +122,8 @@ SCHEMA = {
     # A bare-metal board's memories: each a table (MEMORY), and which one holds the code, the
     # weights and the data (MEMORY_ROLES), checked in _check_memories.
     "memories": (False, _table),
+    # What a bare-metal board's generated startup.c does before picolibc's crt0 (codegen.startup).
+    "startup": (False, {"source": (True, _text), "icache": (False, _flag), "boot_block": (False, _words32)}),
     "energy": (True, {"pj_per_flop": (True, _picojoules), "pj_per_byte_l1": (True, _picojoules),
                       "pj_per_byte_l2": (True, _picojoules), "pj_per_byte_dram": (True, _picojoules),
                       "source": (True, _text)}),
@@ -223,6 +234,8 @@ def _check_meaning(d: dict, errors: list[str]) -> None:
         errors.append("[memories] is for a bare-metal board (run kind 'qemu-system')")
     elif "memories" in d:
         _check_memories(d["memories"], errors)
+    if "startup" in d and not bare_metal:
+        errors.append("[startup] is for a bare-metal board (run kind 'qemu-system')")
 
 
 def validate_board(data: dict, path: Path) -> None:
@@ -261,7 +274,8 @@ def load_board_file(path: str | Path) -> Board:
     return Board(d["name"], d["description"], d["arch"], d["isa"], d["vlen"], d["toolchain"], d["run"],
                  caches, d["caches"]["source"], d["memory"], d["energy"], d["power_sensor"], path, d.get("cores"),
                  tuple(d.get("extensions", ())), memories,
-                 {role: table[role] for role in MEMORY_ROLES} if memories else None, table.get("stack_bytes", 0))
+                 {role: table[role] for role in MEMORY_ROLES} if memories else None, table.get("stack_bytes", 0),
+                 d.get("startup", {}))
 
 
 def board_names(boards_dir: str | Path | None = None) -> list[str]:
