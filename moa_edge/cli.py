@@ -5,6 +5,8 @@ import argparse
 import json
 import os
 from pathlib import Path
+import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -247,13 +249,26 @@ def _ssh_target(a, boards):
     return SshTarget.parse(address, a.ssh_config)
 
 
+def _device_runner(command: str | None) -> list[str] | None:
+    if command is None:
+        return None
+    try:
+        words = shlex.split(command)
+    except ValueError as e:
+        raise MoaEdgeError(f"--device-runner {command!r}: cannot split it into words ({e})") from None
+    if not words or shutil.which(words[0]) is None:
+        raise MoaEdgeError(f"--device-runner {command!r}: {words[0] if words else 'the command'!r} is not a program "
+                           "on PATH")
+    return words
+
+
 def cmd_energy(a) -> int:
     from moa_edge.energy import measure_energy
     from moa_edge.harness.inputs import load_npz
     board = board_arg(a.board)
     result = measure_energy(a.project, board, a.sensor, a.sysfs_root, a.iterations, a.idle_ms, a.interval_us,
                             load_npz(a.inputs) if a.inputs else None, ssh=_ssh_target(a, [board]), timeout=a.timeout,
-                            progress=_progress)
+                            progress=_progress, device_runner=_device_runner(a.device_runner))
     ci = result["ci95_joules"]
     print(f"{board.name}: {result['joules_per_inference'] * 1e3:.3f} mJ per inference"
           + (f" (95% CI +/- {ci * 1e3:.3f} mJ)" if ci is not None else " (too few samples for an interval)"))
@@ -675,6 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--idle-ms", type=int, default=1000, help="idle sampling before the runs (default 1000)")
     s.add_argument("--interval-us", type=_positive_int, default=10000, help="sampling interval (default 10000)")
     s.add_argument("--inputs", help=".npz keyed by graph input names (default: seeded random)")
+    s.add_argument("--device-runner", metavar="CMD", help="bare metal: the command that runs the program on the device "
+                   "(a debug probe's, with semihosting), called as CMD ELF INPUT... OUTPUT... and exiting with the "
+                   "program's status (default: the board's emulator)")
     ssh_options(s)
     timeout_option(s)
 

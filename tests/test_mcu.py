@@ -239,10 +239,52 @@ def test_a_definition_of_the_profile_hooks_replaces_the_weak_ones(tiny, tmp_path
     assert (proc.stdout + proc.stderr).count("gpio high") == 1 and (proc.stdout + proc.stderr).count("gpio low") == 1
 
 
-def test_energy_refuses_a_bare_metal_board(tiny, tmp_path):
+def test_energy_on_bare_metal_takes_an_external_meter(tiny, tmp_path):
     convert(tiny[0], tmp_path / "p", board=load_board("pico2"))
-    proc = run_cli("energy", tmp_path / "p", "--board", "pico2", "--sensor", "command:echo 1")
-    one_error(proc, "board pico2 is bare metal", "moa_profile_begin/end")
+    proc = run_cli("energy", tmp_path / "p", "--board", "pico2", "--sensor", "rapl:/sys/class/powercap/intel-rapl:0")
+    one_error(proc, "board pico2 is bare metal: measure it with an external meter, --sensor command:CMD")
+
+
+DEVICE_RUNNER = """#!/bin/sh
+# A stand-in for a debug probe: the part draws its active current from the moment the program
+# starts (the flag the fake meter reads) until it exits; the program runs as the M55's kernel,
+# its arguments on the semihosting command line (picolibc's crt0 puts a name of its own first).
+elf="$1"; shift
+echo "$elf $*" > "{log}"
+touch "{flag}"
+args=$(for a in "$@"; do printf ',arg=%s' "$a"; done)
+qemu-system-arm -machine mps3-an547 -cpu cortex-m55 -nographic -monitor none -serial none \\
+    -semihosting-config "enable=on,target=native$args" -kernel "$elf"
+status=$?
+rm -f "{flag}"
+exit $status
+"""
+
+
+@pytest.mark.board
+def test_energy_of_an_mcu_with_a_command_meter_and_a_device_runner(tiny, tmp_path):
+    """The meter reads 2 W while the part idles and 5 W while the program runs on it: each
+    inference costs 3 W times its share of the run. The runner is given the ELF and the runner's
+    files, as a probe's script would be, and the runs' count is built into the program."""
+    board = require_board("alif-e7")
+    from test_energy_command import METER
+    convert(tiny[0], tmp_path / "p", board=board)
+    (tmp_path / "meter.py").write_text(METER)
+    flag, log = tmp_path / "running", tmp_path / "runner.log"
+    runner = tmp_path / "probe-run"
+    runner.write_text(DEVICE_RUNNER.format(flag=flag, log=log))
+    runner.chmod(0o755)
+    meter = f"command:{sys.executable} -S {tmp_path / 'meter.py'} {flag} 2 5 W wobble"
+    proc = run_cli("energy", tmp_path / "p", "--board", "alif-e7", "--sensor", meter, "--device-runner", str(runner),
+                   "--iterations", "100", "--idle-ms", "300", "--interval-us", "20000", "--json", tmp_path / "e.json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["idle_power_w"] == pytest.approx(2.0, abs=0.15)
+    assert result["active_power_w"] == pytest.approx(5.0, abs=0.3)  # the samples before the flag is set
+    assert result["joules_per_inference"] == pytest.approx(3.0 * result["mean_run_s"], rel=0.15)
+    elf, *files = log.read_text().split()
+    assert elf.endswith("alif-e7-energy/model_main") and len(files) == 2  # x, then y
+    assert result["device_runner"] == str(runner)
 
 
 @pytest.mark.board
@@ -350,3 +392,57 @@ def test_bench_model_on_an_mcu_reports_instructions_and_each_memorys_bytes(tiny,
     assert all(m["used"] <= m["size"] for m in memories.values())
     assert f"{result['instructions_per_inference']:,} instructions per inference" in proc.stdout
     assert board.name in proc.stdout
+
+
+FAKE_PPK2 = '''
+class PPK2_API:
+    """A stand-in for ppk2-api's class: each read 25 samples of 1500 uA and 25 of 500 uA."""
+
+    @staticmethod
+    def list_devices():
+        return [("/dev/ttyFAKE", "C0FFEE")]
+
+    def __init__(self, port, **options):
+        assert port == "/dev/ttyFAKE" and options.get("exclusive")
+        self.measuring = False
+
+    def get_modifiers(self):
+        pass
+
+    def use_ampere_meter(self):
+        pass
+
+    def start_measuring(self):
+        self.measuring = True
+
+    def stop_measuring(self):
+        self.measuring = False
+
+    def get_data(self):
+        assert self.measuring
+        return b"raw"
+
+    def get_samples(self, data):
+        return [1500.0, 500.0] * 25, [0] * 50
+'''
+
+
+def test_the_ppk2_meter_script_prints_the_mean_current_times_the_supply(tmp_path):
+    """examples/meters/ppk2_power.py against a stand-in for its ppk2-api module: a mean of
+    1000 uA at 3.3 V is 3.3 mW, a reading the energy verb's command meter takes."""
+    from moa_edge import PROJECT_ROOT
+    from moa_edge.energy.sensors import CommandMeter
+    (tmp_path / "ppk2_api").mkdir()
+    (tmp_path / "ppk2_api/__init__.py").write_text("")
+    (tmp_path / "ppk2_api/ppk2_api.py").write_text(FAKE_PPK2)
+    script = PROJECT_ROOT / "examples/meters/ppk2_power.py"
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, str(script), "--volts", "3.3", "--window-ms", "5"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    value, unit = proc.stdout.split()
+    assert unit == "mW" and float(value) == pytest.approx(3.3, rel=1e-6)
+    meter = CommandMeter.parse(f"command:env PYTHONPATH={tmp_path} {sys.executable} {script} --volts 3.3 --window-ms 5")
+    assert meter.kind == "power" and meter.read()[1] == "mW"
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and "--volts" in proc.stderr

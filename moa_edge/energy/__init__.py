@@ -75,20 +75,26 @@ def predicted(project: Path) -> dict:
 
 def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root="/", iterations: int = 100,
                    idle_ms: int = 1000, interval_us: int = 10000, inputs=None, ssh=None, timeout: float = TIMEOUT_S,
-                   progress=lambda msg: None) -> dict:
+                   progress=lambda msg: None, device_runner: list[str] | None = None) -> dict:
     """Sample the sensor while the board idles for idle_ms, then while the built model runs
     `iterations` times in one process (on a real board when `ssh` is given); joules per
     inference with its confidence interval, beside the cost model's prediction. The runs
-    together may take `timeout` seconds: then the runner (and its emulator) is killed."""
+    together may take `timeout` seconds: then the runner (and its emulator) is killed.
 
-    if board.bare_metal:
-        raise MoaEdgeError(f"energy: board {board.name} is bare metal, and its runs here are qemu's, which draws no "
-                           "board power; on the device, time the meter on the runner's moa_profile_begin/end hooks "
-                           "(README: Microcontrollers)")
+    A bare-metal board has no files to read a sensor from: an external meter (`command:`) reads
+    the part's supply here while the program runs, by `device_runner` (a probe's command, called
+    as DEVICE_RUNNER ELF ARG..., its exit status the program's) or else the board's emulator."""
     spec = sensor or board_sensor(board)
     if spec is None:
         raise MoaEdgeError(f"board {board.name} has no power sensor; give one with --sensor "
                            f"(hwmon:DIR[:N], hwmon-label:LABEL, jetson:RAIL, rapl:DIR, command:CMD)")
+    if board.bare_metal and not spec.startswith("command:"):
+        raise MoaEdgeError(f"board {board.name} is bare metal: measure it with an external meter, --sensor "
+                           f"command:CMD (a Nordic PPK2 or a Joulescope: examples/meters/), not {spec!r}")
+    if board.bare_metal and ssh is not None:
+        raise MoaEdgeError(f"board {board.name} is bare metal: it runs by its probe (--device-runner), not over ssh")
+    if device_runner and not board.bare_metal:
+        raise MoaEdgeError(f"--device-runner is for a bare-metal board; {board.name} runs {'over ssh' if ssh else 'here'}")
     if iterations < 1 or idle_ms < 0 or interval_us < 100:
         raise MoaEdgeError("need --iterations >= 1, --idle-ms >= 0 and a sampling interval of at least 100 us")
     # An external meter runs here and samples in this process; a sensor's files are read by
@@ -99,7 +105,9 @@ def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root=
     io = project_io(project)
     feeds = check_inputs(io, inputs if inputs is not None else random_inputs(io), str(project))
     progress(f"{board.name}: build")
-    binary = Path(build(project, board)).resolve()
+    # Bare metal has no environment for MOA_REPEAT: the count is built in.
+    binary = Path(build(project, board, [f"-DMOA_REPEAT_DEFAULT={iterations}"], variant=f"{board.name}-energy")
+                  if board.bare_metal else build(project, board)).resolve()
     env = {"MOA_REPEAT": str(iterations)}
     # The sampler stops the runner at the limit (whole seconds); ours stops the sampler, should
     # it hang itself (a sensor file that blocks), a while later.
@@ -119,10 +127,14 @@ def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root=
         outs = [p.name for p in out_paths]
         progress(f"{board.name}: {idle_ms} ms idle, then {iterations} runs, sampling every {interval_us} us")
         if ssh is None:
-            runner = board.runner()
-            if runner:  # the sampler starts the runner with execv: no PATH search
-                runner[0] = shutil.which(runner[0]) or runner[0]
-            model = [*runner, str(binary), *map(str, files), *(str(tmp / o) for o in outs)]
+            args = [*map(str, files), *(str(tmp / o) for o in outs)]
+            if board.bare_metal:
+                model = [*device_runner, str(binary), *args] if device_runner else board.command(str(binary), args)
+            else:
+                runner = board.runner()
+                if runner:  # the sampler starts the runner with execv: no PATH search
+                    runner[0] = shutil.which(runner[0]) or runner[0]
+                model = [*runner, str(binary), *args]
             if meter:
                 proc = meter.sample(idle_ms, interval_us, lambda: run_limited(
                     model, timeout, {**os.environ, **env}, f"{where}: {binary.name}"))
@@ -151,7 +163,8 @@ def measure_energy(project, board: Board, sensor: str | None = None, sysfs_root=
         raise runner_failure(where, binary, run.exit_status, proc.stderr)
     result = joules_per_inference(channel, run, iterations)
     result.update(board=board.name, project=str(project), predicted=predicted(project),
-                  mean_run_s=run.active_seconds / iterations, ssh=ssh.destination if ssh else None)
+                  mean_run_s=run.active_seconds / iterations, ssh=ssh.destination if ssh else None,
+                  device_runner=shlex.join(device_runner) if device_runner else None)
     return result
 
 
