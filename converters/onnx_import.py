@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.inliner
+import onnx.version_converter
 from onnx import numpy_helper
 
 from moa_edge.errors import MoaEdgeError
@@ -36,7 +37,9 @@ def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-SUPPORTED_OPSETS = range(13, 26)
+# From 13 to the newest the installed onnx defines (each op's own versions: passes/versions.py);
+# older models are converted to 13 by onnx's version converter first.
+SUPPORTED_OPSETS = range(13, onnx.defs.onnx_opset_version() + 1)
 
 
 def model_path(text) -> Path:
@@ -73,10 +76,24 @@ def load_model(path: Path) -> onnx.ModelProto:
     if not model.graph.node:
         raise MoaEdgeError(f"{path}: the ONNX graph has no nodes")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    if opset not in SUPPORTED_OPSETS:
+    if opset is not None and opset < SUPPORTED_OPSETS.start:
+        model = _upgraded(model, path, opset)
+    elif opset not in SUPPORTED_OPSETS:
         raise MoaEdgeError(f"{path}: ONNX opset {opset} is outside the supported "
-                           f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
+                           f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (the newest the installed onnx "
+                           f"{onnx.__version__} defines)")
     return onnx.inliner.inline_local_functions(model)
+
+
+def _upgraded(model: onnx.ModelProto, path: Path, opset: int) -> onnx.ModelProto:
+    """A model older than opset 13 as onnx's version converter writes it at 13."""
+    try:
+        upgraded = onnx.version_converter.convert_version(model, SUPPORTED_OPSETS.start)
+        onnx.checker.check_model(upgraded)
+    except Exception as exc:  # the converter's adapters raise RuntimeError and ValueError alike
+        raise MoaEdgeError(f"{path}: ONNX opset {opset} is older than {SUPPORTED_OPSETS.start}, and onnx's version "
+                           f"converter could not bring it to {SUPPORTED_OPSETS.start} ({_first_line(exc)})") from None
+    return upgraded
 
 
 def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -35,9 +35,6 @@ def _runtime_case(case) -> str | None:
         return None
     if (nodes[0].op_type not in SUPPORTED_OPS and nodes[0].op_type not in LOWERED) or case.name.endswith("_expanded"):
         return None
-    opset = max(o.version for o in case.model.opset_import if o.domain in ("", "ai.onnx"))
-    if opset < 13:  # before the supported range (the importer refuses it, by design)
-        return None
     values = list(case.model.graph.input) + list(case.model.graph.output)
     if any(v.type.tensor_type.elem_type not in _TYPES for v in values):
         return None
@@ -48,11 +45,6 @@ CASES = {c.name: (op, c) for c in load_model_tests(kind="node") if (op := _runti
 
 # What the converter refuses, by case-name pattern (reason in the value).
 NOT_YET: dict[str, str] = {
-    # onnx 1.23 stamps its Range cases opset 27; the importer takes 13-25 (the Range kernel
-    # itself runs in tests/test_indexing.py on these cases' inputs at opset 21).
-    r"^test_range_": "Range cases are opset 27, outside the importer's 13-25",
-    # and its Cast cases 28 (tests/test_half.py runs those to and from float16 and bfloat16 at opset 25)
-    r"^test_cast_": "Cast cases are opset 28, outside the importer's 13-25",
     r"^test_training_dropout(?!_zero_ratio$)": "training-mode Dropout (random; unsupported)",
     r"^test_dropout_default_mask": "Dropout's mask output (unsupported)",
     r"^test_(edge|reflect|wrap)_pad$": "Pad modes edge, reflect and wrap (unsupported)",

@@ -22,6 +22,8 @@ from . import matmul
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 
 OPS = ("Conv",)
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"Conv": 22}
 C_SOURCES = ["conv.c", *matmul.C_SOURCES]
 HEADER = '#include "moa/conv.h"'
 

@@ -23,6 +23,7 @@ from moa_edge.ir import Graph, Tensor, dtypes
 from moa_edge.ir.c_syntax import c_comment_text, c_float_short
 from moa_edge.moa import Layout
 
+from .activations import FORMULAS
 from .contract import EmittedUnit, OpCost, TensorType, operand_bytes
 
 C_SOURCES: list[str] = []
@@ -54,6 +55,8 @@ _C_EXPR = {
     "LessOrEqual": "(a <= b)", "GreaterOrEqual": "(a >= b)", "And": "(a && b)", "Or": "(a || b)",
     "Xor": "(!a != !b)", "Not": "!a", "IsNaN": "(a != a)",
     "Max": "moa_max(a, b)", "Min": "moa_min(a, b)", "Clip": "moa_clip(a, b, c)",
+    "Tan": "tanf(a)", "Asin": "asinf(a)", "Acos": "acosf(a)", "Atan": "atanf(a)", "Sinh": "sinhf(a)",
+    "Cosh": "coshf(a)", "Asinh": "asinhf(a)", "Acosh": "acoshf(a)", "Atanh": "atanhf(a)",
 }
 _TORCH = {  # the torch functions' names (torch is imported when first used)
     "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow",
@@ -63,14 +66,29 @@ _TORCH = {  # the torch functions' names (torch is imported when first used)
     "Equal": "eq", "Less": "lt", "Greater": "gt", "LessOrEqual": "le",
     "GreaterOrEqual": "ge", "And": "logical_and", "Or": "logical_or", "Xor": "logical_xor",
     "Not": "logical_not", "IsNaN": "isnan", "Max": "maximum",
-    "Min": "minimum", "Clip": "clamp",
+    "Min": "minimum", "Clip": "clamp", "Tan": "tan", "Asin": "asin", "Acos": "acos", "Atan": "atan", "Sinh": "sinh",
+    "Cosh": "cosh", "Asinh": "asinh", "Acosh": "acosh", "Atanh": "atanh",
 }
-OPS = tuple(_C_EXPR) + ("Gelu", "Cast", "IsInf", "MoaFakeQuantize", "MoaQuantize", "MoaElementwise")
+_VARIADIC = {"Max", "Min", "Sum", "Mean"}  # any number of operands, folded left to right
+OPS = tuple(_C_EXPR) + tuple(FORMULAS) + ("Sum", "Mean", "Gelu", "Cast", "IsInf", "MoaFakeQuantize", "MoaQuantize",
+                                          "MoaElementwise")
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py); the
+# versions after 13 add types, which the dtype rules check.
+ONNX_VERSIONS = {"Add": 14, "Sub": 14, "Mul": 14, "Div": 14, "Pow": 15, "Sqrt": 13, "Reciprocal": 13, "Neg": 13,
+                 "Exp": 13, "Log": 13, "Erf": 13, "Tanh": 13, "Sigmoid": 13, "Relu": 14, "Abs": 13, "Floor": 13,
+                 "Ceil": 13, "Sin": 22, "Cos": 22, "Where": 16, "Equal": 19, "Less": 13, "Greater": 13,
+                 "LessOrEqual": 16, "GreaterOrEqual": 16, "And": 7, "Or": 7, "Xor": 7, "Not": 1, "IsNaN": 20,
+                 "Max": 13, "Min": 13, "Clip": 13, "Gelu": 20, "Cast": 28, "IsInf": 20, "Tan": 22, "Asin": 22,
+                 "Acos": 22, "Atan": 22, "Sinh": 22, "Cosh": 22, "Asinh": 22, "Acosh": 22, "Atanh": 22,
+                 "LeakyRelu": 16, "Elu": 22, "Selu": 22, "Celu": 28, "ThresholdedRelu": 22, "HardSigmoid": 22,
+                 "HardSwish": 22, "Shrink": 9, "Softplus": 22, "Softsign": 22, "Mish": 22, "Swish": 24,
+                 "Round": 22, "Sign": 13, "PRelu": 16, "Mod": 28, "Sum": 13, "Mean": 13}
 # Integer forms of the ops whose float form would round (|x| > 2^24) or not compile.
 # Integer Div never traps (moa_idiv in moa/elementwise.h): x / 0 is 0 and INT_MIN / -1 wraps to
 # INT_MIN, as numpy gives; onnxruntime stops with an error on the first and traps on the second.
 _INTEGER_C_EXPR = {"Pow": "moa_ipow(a, b)", "Abs": "(a < 0 ? -a : a)", "Div": "moa_idiv(a, b)"}
-_FLOAT_ONLY = {"Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Floor", "Ceil", "Sin", "Cos", "Gelu"}
+_FLOAT_ONLY = {"Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Floor", "Ceil", "Sin", "Cos", "Gelu",
+               "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Sum", "Mean"}
 
 VECTOR_BLOCK = 16  # elements: a whole number of vectors of every type on every ISA the boards have
 # A loop over this many elements or more is lifted onto the run's worker pool (fewer: waking the
@@ -201,12 +219,12 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
         return [torch.clamp(inputs[0], lo, hi)]
     if node.op == "Div" and not inputs[0].is_floating_point() and inputs[0].dtype != torch.bool:
         return [_integer_div(*inputs)]
-    if node.op in ("Max", "Min") and len(inputs) > 2:
+    if node.op in _VARIADIC:
         out = inputs[0]
         for other in inputs[1:]:
-            out = getattr(torch, _TORCH[node.op])(out, other)
-        return [out]
-    out = getattr(torch, _TORCH[node.op])(*inputs)
+            out = getattr(torch, _TORCH[node.op])(out, other) if node.op in ("Max", "Min") else out + other
+        return [out / len(inputs) if node.op == "Mean" else out]
+    out = FORMULAS[node.op].torch(node, *inputs) if node.op in FORMULAS else getattr(torch, _TORCH[node.op])(*inputs)
     return [out.to(getattr(torch, _TORCH_DTYPES[graph.tensors[node.outputs[0]].dtype]))]
 
 
@@ -258,9 +276,14 @@ def _expression(node, graph) -> tuple[str, list[str]]:
         return _INTEGER_C_EXPR[node.op], names  # integers must not round-trip through float
     if node.op in _FLOAT_ONLY:
         dtypes.require_dtypes(node, graph, names=node.outputs)
+    floating = out_dtype == "float32"
+    if node.op in FORMULAS:
+        return FORMULAS[node.op].c(node, floating), names
+    if node.op in ("Sum", "Mean"):
+        total = " + ".join("abcdefgh"[:len(names)])
+        return (f"(({total}) / {len(names)}.0f)" if node.op == "Mean" else f"({total})"), names
     if node.op in ("Max", "Min"):
         # Floats propagate NaN (moa_max/moa_min); integers compare plainly.
-        floating = graph.tensors[node.outputs[0]].dtype == "float32"
         pick = (lambda x, y: f"moa_{node.op.lower()}({x}, {y})") if floating else (
             lambda x, y: f"({x} {'>' if node.op == 'Max' else '<'} {y} ? {x} : {y})")
         expr = "a"

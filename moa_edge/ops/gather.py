@@ -15,6 +15,8 @@ from moa_edge.ir.c_syntax import c_comment_text
 from .contract import EmittedUnit, TensorType
 
 OPS = ("Gather",)
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"Gather": 13}
 C_SOURCES: list[str] = []
 C_LOCALS = frozenset({"o", "i", "r", "row"})  # its loop's indices and the wrapped row
 

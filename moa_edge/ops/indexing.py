@@ -27,6 +27,8 @@ from moa_edge.ir.c_syntax import c_comment_text
 from .contract import EmittedUnit, TensorType
 
 OPS = ("GatherElements", "GatherND", "Trilu", "CumSum", "Range")
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"GatherElements": 13, "GatherND": 13, "Trilu": 14, "CumSum": 14, "Range": 27}
 C_SOURCES: list[str] = []
 # Locals of the generated blocks that codegen keeps every tensor's C name clear of (the rest
 # of _LOCALS are checked by _buffers instead).

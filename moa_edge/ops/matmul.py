@@ -25,6 +25,8 @@ from moa_edge.moa import Layout
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 
 OPS = ("MatMul", "Gemm", "MoaGemm")
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"MatMul": 13, "Gemm": 13}
 # The driver, its worker pool (moa/pool.h), every ISA's register tile (moa/gemm_tile.h) and
 # quantized-weight panel kernels (moa/qgemm_panel.h, which the driver also serves); all but one
 # variant compile empty.

@@ -14,6 +14,8 @@ from moa_edge.ir.c_syntax import c_comment_text, c_float_short
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 
 OPS = ("LayerNormalization", "RMSNormalization", "Softmax")
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"LayerNormalization": 17, "RMSNormalization": 23, "Softmax": 13}
 C_SOURCES = ["normalization.c", "pool.c"]  # the rows lifted onto the worker pool
 DECLARATIONS = ['#include "moa/normalization.h"\n']
 # The kernels write each element after its last read of the input, so y may be x.

@@ -20,6 +20,8 @@ from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_byt
 from .normalization import DECLARATIONS
 
 OPS = ("ReduceMean", "ReduceSum", "ReduceMax")
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"ReduceMean": 18, "ReduceSum": 13, "ReduceMax": 20}
 C_SOURCES = ["normalization.c"]
 _KERNEL = {"ReduceSum": "moa_reduce_sum_f32", "ReduceMean": "moa_reduce_mean_f32", "ReduceMax": "moa_reduce_max_f32"}
 

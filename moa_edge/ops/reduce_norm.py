@@ -15,6 +15,8 @@ from .contract import EmittedUnit, check_status
 from .reduce import emit_passes, infer, reduced_axes, scratch_bytes  # noqa: F401  (infer, scratch_bytes: as reduce's)
 
 OPS = ("ReduceL2", "ReduceL1", "ReduceSumSquare")
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"ReduceL2": 18, "ReduceL1": 18, "ReduceSumSquare": 18}
 C_SOURCES = ["normalization.c", "reduce_norm.c"]
 DECLARATIONS = ['#include "moa/normalization.h"\n', '#include "moa/reduce_norm.h"\n']
 # The whole reduction in one call, and the first of several passes.

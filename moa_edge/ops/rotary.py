@@ -21,6 +21,8 @@ from moa_edge.ir.c_syntax import c_comment_text
 from .contract import EmittedUnit, OpCost, TensorType, operand_bytes
 
 OPS = ("RotaryEmbedding",)
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"RotaryEmbedding": 23}
 C_SOURCES: list[str] = []
 IN_PLACE = True  # every (x1, x2) pair is read before it is written; caches never share X's shape
 

@@ -13,6 +13,8 @@ from moa_edge.ir.c_syntax import c_comment_text
 from .contract import EmittedUnit, OpCost, TensorType
 
 OPS = ("Reshape", "Squeeze", "Unsqueeze", "Flatten")
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"Reshape": 25, "Squeeze": 25, "Unsqueeze": 25, "Flatten": 25}
 C_SOURCES: list[str] = []
 ALIASES = True
 C_LOCALS = frozenset({"n"})  # the copy loop's index

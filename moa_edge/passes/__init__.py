@@ -21,6 +21,7 @@ from .qdq import lower_qdq
 from .qdq_attention import read_quantized_operands, sink_key_transposes
 from .quantize import WeightFormat, parse_weights
 from .fuse import fuse_elementwise
+from .versions import check_onnx_versions
 from .views import check_views
 
 
@@ -40,6 +41,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     the baseline the rewrite is measured against. `weights` quantizes the float weights (convert --weights), and
     `activations` "int8" the activations they multiply (--activations, passes/dynamic_quantize.py).
     A float16 or bfloat16 model computes in float32; without `half_outputs` its outputs stay float32."""
+    check_onnx_versions(graph, source)
     while True:  # folding can reveal shapes, and shapes more folding (layer after layer)
         inferred = infer_missing_shapes(graph)
         if not fold_constants(graph) and not inferred:

@@ -18,6 +18,9 @@ import numpy as np
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Node, Tensor, dtypes
+
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"Attention": 25}
 from moa_edge.moa import Layout
 from moa_edge.moa.mask import MASK_BOOL, MASK_FLOAT, MASK_NONE
 from moa_edge.moa.spec import AttentionSpec

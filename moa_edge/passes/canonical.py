@@ -11,6 +11,11 @@ from moa_edge.moa import Layout
 from .fold import evaluate_onnx_node
 from .pack import packs_its_transpose
 
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+# Pad 18 takes axes, 19 the wrap mode; 21 on add types.
+ONNX_VERSIONS = {"Identity": 25, "Dropout": 22, "Pad": 25, "CastLike": 25, "Transpose": 25, "Concat": 13,
+                 "Slice": 13, "Split": 18, "Expand": 13}
+
 
 def _cast_to(node) -> str | None:
     """The type a Cast node makes; None for one moa-edge does not name."""

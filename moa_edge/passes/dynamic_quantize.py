@@ -28,6 +28,9 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Node, Tensor
 from moa_edge.ir.dtypes import Quantization
+
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+ONNX_VERSIONS = {"MatMulInteger": 10, "DynamicQuantizeLinear": 11}
 from moa_edge.ops import igemm
 
 from .match import produced_by

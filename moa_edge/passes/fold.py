@@ -15,6 +15,9 @@ from moa_edge.ir import Graph, Tensor, dtypes
 
 from .qdq import check_node, is_gemm_weight
 
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+# (Shape and Size are read from the shapes; every other op folds by onnx's reference at its own version.)
+ONNX_VERSIONS = {"Shape": 25, "Size": 25}
 # Never fold these: they have no value to compute, or the folded value would be huge.
 _KEEP = {"MoaAttention", "MoaConcat"}
 _MAX_FOLDED_ELEMENTS = 1 << 22

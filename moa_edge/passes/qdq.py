@@ -65,6 +65,9 @@ from .pack import _bias_row
 
 QUANTIZE, DEQUANTIZE = "QuantizeLinear", "DequantizeLinear"
 # The integer types a quantized tensor may have (numpy's names; int4/uint4 are ml_dtypes'), their ranges.
+# The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
+# 19 on add float8, int4 and float4 types, 28 the float6 ones: refused by the dtype rules.
+ONNX_VERSIONS = {"QuantizeLinear": 28, "DequantizeLinear": 28}
 RANGES = {"int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535),
           "int4": (-8, 7), "uint4": (0, 15)}
 BITS = {"int8": 8, "uint8": 8, "int16": 16, "uint16": 16, "int4": 4, "uint4": 4}

@@ -46,6 +46,30 @@ static inline int64_t moa_idiv(int64_t a, int64_t b)
     return a / b;
 }
 
+/* Integer Mod: with fmod=1 the remainder of the truncating division (a's sign), with fmod=0 the
+ * one that takes b's sign (Python's, numpy's). a % 0 is 0 and a % -1 is 0 (where C traps). */
+static inline int64_t moa_imod_trunc(int64_t a, int64_t b)
+{
+    return (b == 0 || b == -1) ? 0 : a % b;
+}
+
+static inline int64_t moa_imod(int64_t a, int64_t b)
+{
+    const int64_t r = moa_imod_trunc(a, b);
+    return (r != 0 && (r < 0) != (b < 0)) ? r + b : r;
+}
+
+/* Float Mod with fmod=0 (ONNX Mod 28, numpy's mod): a - floor(a / b) * b, the sign of b; a zero
+ * result takes b's sign, and a finite a against an infinite b of the other sign gives b. */
+static inline float moa_fmod_floor(float a, float b)
+{
+    const float r = fmodf(a, b);
+    if (r == 0.0f) {
+        return copysignf(0.0f, b);
+    }
+    return ((r < 0.0f) != (b < 0.0f)) ? r + b : r;
+}
+
 static inline float moa_max(float a, float b) { return (a > b || a != a) ? a : b; }
 static inline float moa_min(float a, float b) { return (a < b || a != a) ? a : b; }
 static inline float moa_clip(float x, float lo, float hi) { return moa_min(moa_max(x, lo), hi); }
