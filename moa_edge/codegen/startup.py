@@ -4,7 +4,7 @@
 The Armv7-M and Armv8-M vector table (Arm ARM B1.5.3 / B3.30): word 0 the initial stack
 pointer, word 1 the reset handler, then NMI, HardFault, MemManage, BusFault, UsageFault,
 SecureFault, three reserved, SVCall, DebugMonitor, one reserved, PendSV, SysTick. picolibc.ld
-places section .data.init.enter first in the code's memory, where the core reads the table at
+places section .text.init.enter first in the code's memory, where the core reads the table at
 reset; defining __interrupt_vector here keeps picolibc's own table out of the link. A boot
 block (the RP2350's IMAGE_DEF) follows the table in the same object, so in the first bytes
 the boot ROM searches."""
@@ -59,7 +59,7 @@ def startup_source(board: Board) -> str:
              ICACHE_ON.rstrip("\n") if startup.get("icache") else "    /* nothing before crt0 on this board */",
              "    _start();", "}", "",
              "/* The table, then the boot block (if any), in the code memory's first bytes. */",
-             "__attribute__((used, section(\".data.init.enter\")))",
+             "__attribute__((used, section(\".text.init.enter\")))",
              "const struct {", "    void *vectors[16];",
              *([f"    uint32_t boot_block[{len(block)}];"] if block else []),
              "} __interrupt_vector = {", "    {", table, "    },",
