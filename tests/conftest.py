@@ -130,24 +130,41 @@ def pytest_collection_modifyitems(items):
 
 
 def pytest_sessionfinish(session):
-    """Under pytest-xdist a worker hands its fuzzing counts to the controller, which prints them."""
+    """Under pytest-xdist a worker hands its fuzzing counts and its node cases' outcomes to the
+    controller, which prints them; the controller fails the run if every node case ran and fewer
+    passed than node_suite.PASS_FLOOR of those not out of scope by design."""
+    import node_suite
     if hasattr(session.config, "workeroutput"):
         from fuzz_oracle import COUNTS
         session.config.workeroutput["fuzz_counts"] = {f: dict(c) for f, c in COUNTS.items()}
+        session.config.workeroutput["node_outcomes"] = node_suite.OUTCOMES
+        return
+    shortfall = node_suite.shortfall()
+    if shortfall:
+        session.config._moa_node_shortfall = shortfall
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     from fuzz_oracle import COUNTS
+    import node_suite
     for family, counts in getattr(node, "workeroutput", {}).get("fuzz_counts", {}).items():
         COUNTS[family].update(counts)
+    node_suite.OUTCOMES.update(getattr(node, "workeroutput", {}).get("node_outcomes", {}))
 
 
 def pytest_terminal_summary(terminalreporter):
-    """The fuzzing campaign's counts per family (tests/test_fuzz.py), when it ran."""
+    """The fuzzing campaign's counts per family (tests/test_fuzz.py) and the ONNX node cases'
+    outcomes (tests/test_node_cases.py), when they ran."""
     from fuzz_oracle import summary_lines
-    lines = summary_lines()
-    if lines:
-        terminalreporter.section("fuzzing campaign (issue 18): outcomes per family")
-        for line in lines:
-            terminalreporter.write_line(line)
+    import node_suite
+    for title, lines in (("fuzzing campaign (issue 18): outcomes per family", summary_lines()),
+                         ("ONNX node test cases (issue 17): convert -> C -> host", node_suite.summary_lines())):
+        if lines:
+            terminalreporter.section(title)
+            for line in lines:
+                terminalreporter.write_line(line)
+    shortfall = getattr(terminalreporter.config, "_moa_node_shortfall", None)
+    if shortfall:
+        terminalreporter.write_line(f"FAILED: {shortfall}", red=True)

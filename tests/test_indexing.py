@@ -8,7 +8,6 @@ indices wrap; an index outside its axis makes the run fail with MOA_ERR_INDEX_OU
 (status 5) instead of reading past the buffer."""
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
@@ -236,31 +235,3 @@ def test_refusals_name_the_node(tmp_path):
     onnx.save(model, tmp_path / "m.onnx")
     with pytest.raises(MoaEdgeError, match="rotaryembedding_node.*caches are"):
         convert(tmp_path / "m.onnx", tmp_path / "p")
-
-
-@functools.cache
-def _backend_range_cases() -> dict:
-    from onnx.backend.test.loader import load_model_tests
-    return {c.name: c for c in load_model_tests(kind="node")
-            if c.name in ("test_range_float_type_positive_delta", "test_range_int32_type_negative_delta")}
-
-
-@pytest.mark.board
-@pytest.mark.parametrize("name", ["test_range_float_type_positive_delta", "test_range_int32_type_negative_delta"])
-def test_backend_range_cases_restamped_to_opset_21(name, tmp_path):
-    """onnx 1.23 stamps its Range cases opset 27 (NOT_YET in test_backend_ops.py); Range is
-    unchanged since opset 11, so the same cases run here at opset 21."""
-    board = require_board("host")
-    case = _backend_range_cases()[name]
-    model = onnx.ModelProto()
-    model.CopyFrom(case.model)
-    for opset in model.opset_import:
-        if opset.domain in ("", "ai.onnx"):
-            opset.version = 21
-    onnx.save(model, tmp_path / "m.onnx")
-    report = convert(tmp_path / "m.onnx", tmp_path / "p")
-    (inputs, expected), = case.data_sets
-    feeds = {vi.name: x for vi, x in zip(model.graph.input, inputs)}
-    outputs, _ = run(build(tmp_path / "p", board), board, report["io"], feeds)
-    for vi, want in zip(model.graph.output, expected):
-        _assert_matches(outputs[vi.name], want, name)
