@@ -152,7 +152,7 @@ int main(int argc, char **argv)
 
 def _driver_source(projects: list[tuple[int, dict]]) -> str:
     decls, tables, rows = [], [], []
-    for slot, (index, report) in enumerate(projects):
+    for index, report in projects:
         p = f"c{index}"
         decls.append(f"moa_status {p}_run_v(const void *const *, void *const *, void *, size_t, moa_pool *);")
         sizes = [str(io["bytes"]) for io in report["io"]] or ["0"]
@@ -167,7 +167,7 @@ def _driver_source(projects: list[tuple[int, dict]]) -> str:
 def run_group(cases: list, folder: Path, cc: str, cflags: list[str], library: Path) -> dict[str, dict]:
     """Each case's outcome: {name: {"status": ..., "detail": ...}}."""
     outcomes: dict[str, dict] = {}
-    converted: list[tuple[int, object, dict]] = []
+    converted: list[tuple] = []  # (index, case, report, feeds, the inputs held as constants)
     for index, case in cases:
         why = by_design(case)
         if why is not None:
