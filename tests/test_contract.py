@@ -22,7 +22,8 @@ _TYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.BOOL: "bool", onnx
 # Ops whose parameters (shape, axes, k, axis, scalars) a real export holds as constants, but
 # the backend cases pass as graph inputs: those inputs become initializers.
 _PARAMETER_INPUTS = {"Reshape", "Squeeze", "Unsqueeze", "ReduceMean", "ReduceSum", "ReduceMax", "ReduceL1",
-                     "ReduceL2", "ReduceSumSquare", "Trilu", "CumSum", "Range"}
+                     "ReduceL2", "ReduceSumSquare", "ReduceMin", "ReduceProd", "ReduceLogSum", "ReduceLogSumExp",
+                     "Trilu", "CumSum", "Range"}
 
 
 def test_every_op_module_states_the_required_hooks():

@@ -13,15 +13,17 @@ from moa_edge.ir.c_syntax import c_comment_text, c_float_short
 
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 
-OPS = ("LayerNormalization", "RMSNormalization", "Softmax")
+OPS = ("LayerNormalization", "RMSNormalization", "Softmax", "LogSoftmax", "Hardmax")
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
-ONNX_VERSIONS = {"LayerNormalization": 17, "RMSNormalization": 23, "Softmax": 13}
-C_SOURCES = ["normalization.c", "pool.c"]  # the rows lifted onto the worker pool
+ONNX_VERSIONS = {"LayerNormalization": 17, "RMSNormalization": 23, "Softmax": 13, "LogSoftmax": 13, "Hardmax": 13}
+C_SOURCES = ["normalization.c", "pool.c", "reductions.c"]  # pool.c: rows lifted onto the workers
 DECLARATIONS = ['#include "moa/normalization.h"\n']
 # The kernels write each element after its last read of the input, so y may be x.
 IN_PLACE = True
 # flops per input element (the norms: mean, variance, scale, shift)
-_FLOPS_PER_ELEMENT = {"LayerNormalization": 8, "RMSNormalization": 5, "Softmax": 5}
+_FLOPS_PER_ELEMENT = {"LayerNormalization": 8, "RMSNormalization": 5, "Softmax": 5, "LogSoftmax": 5, "Hardmax": 2}
+# Along an axis by reductions.c: LogSoftmax, Hardmax.
+_AXIS_KERNELS = {"LogSoftmax": "moa_log_softmax_f32", "Hardmax": "moa_hardmax_f32"}
 
 
 def _axis(node, rank: int) -> int:
@@ -50,6 +52,10 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     axis = _axis(node, x.dim())
     if node.op == "Softmax":
         return [torch.softmax(x, dim=axis)]
+    if node.op == "LogSoftmax":
+        return [torch.log_softmax(x, dim=axis)]
+    if node.op == "Hardmax":
+        return [torch.nn.functional.one_hot(x.argmax(dim=axis), x.shape[axis]).movedim(-1, axis).to(x.dtype)]
     normalized = x.shape[axis:]
     eps = node.attrs.get("epsilon", 1e-5)
     if node.op == "RMSNormalization":
@@ -84,6 +90,13 @@ def emit(node, ctx):
     if graph.tensors[node.outputs[0]].shape != graph.tensors[node.inputs[0]].shape:
         raise MoaEdgeError(f"{node.op} node {node.name!r}: the output shape differs from the input's "
                            f"(broadcast scale or bias); not supported")
+    if node.op in _AXIS_KERNELS:
+        shape = graph.tensors[node.inputs[0]].shape
+        axis = _axis(node, len(shape))
+        call = (f"{_AXIS_KERNELS[node.op]}({x}, {y}, {math.prod(shape[:axis])}u, {shape[axis]}u, "
+                f"{math.prod(shape[axis + 1:])}u)")
+        return EmittedUnit(f"    /* {c_comment_text(node.name)}: {node.op} along axis {axis} */\n" + check_status(call),
+                           declarations=[*DECLARATIONS, '#include "moa/reductions.h"\n'])
     if node.op == "Softmax":
         shape = graph.tensors[node.inputs[0]].shape
         axis = _axis(node, len(shape))

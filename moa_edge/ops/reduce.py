@@ -1,10 +1,11 @@
-"""ReduceSum, ReduceMean and ReduceMax over constant axes, by the kernels of
-c_runtime/src/normalization.c.
+"""ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceProd, ReduceLogSum and ReduceLogSumExp
+over constant axes, by the kernels of c_runtime/src/normalization.c and reductions.c.
 
 Adjacent axes merge, so any axis set is a few (outer, n, inner) passes: one per run of
 reduced axes, innermost first, each reducing the previous pass's result. That is exact
-for all three ops (a mean of equal-sized means is the mean); passes before the last
-write to the node's scratch."""
+for every op here (a mean of equal-sized means is the mean, a log-sum-exp of log-sum-exps the
+log-sum-exp); ReduceLogSum sums in passes and takes the log of the last. Passes before the
+last write to the node's scratch."""
 from __future__ import annotations
 
 import math
@@ -19,11 +20,15 @@ from moa_edge.ir.c_syntax import c_comment_text
 from .contract import EmittedUnit, OpCost, TensorType, check_status, operand_bytes
 from .normalization import DECLARATIONS
 
-OPS = ("ReduceMean", "ReduceSum", "ReduceMax")
+OPS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceLogSum", "ReduceLogSumExp")
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
-ONNX_VERSIONS = {"ReduceMean": 18, "ReduceSum": 13, "ReduceMax": 20}
-C_SOURCES = ["normalization.c"]
-_KERNEL = {"ReduceSum": "moa_reduce_sum_f32", "ReduceMean": "moa_reduce_mean_f32", "ReduceMax": "moa_reduce_max_f32"}
+ONNX_VERSIONS = {"ReduceMean": 18, "ReduceSum": 13, "ReduceMax": 20, "ReduceMin": 20, "ReduceProd": 18,
+                 "ReduceLogSum": 28, "ReduceLogSumExp": 28}
+C_SOURCES = ["normalization.c", "reductions.c"]
+_KERNEL = {"ReduceSum": "moa_reduce_sum_f32", "ReduceMean": "moa_reduce_mean_f32", "ReduceMax": "moa_reduce_max_f32",
+           "ReduceMin": "moa_reduce_min_f32", "ReduceProd": "moa_reduce_prod_f32",
+           "ReduceLogSum": "moa_reduce_sum_f32", "ReduceLogSumExp": "moa_reduce_logsumexp_f32"}
+_DECLARATIONS = [*DECLARATIONS, '#include "moa/reductions.h"\n']
 
 
 def reduced_axes(node, graph, rank: int) -> list[int]:
@@ -64,11 +69,21 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     if not axes:
         return [x.clone()]
     keep = bool(node.attrs.get("keepdims", 1))
-    if node.op == "ReduceSum":
-        return [x.sum(dim=axes, keepdim=keep)]
+    if node.op in ("ReduceSum", "ReduceLogSum"):
+        total = x.sum(dim=axes, keepdim=keep)
+        return [total.log() if node.op == "ReduceLogSum" else total]
     if node.op == "ReduceMean":
         return [x.mean(dim=axes, keepdim=keep)]
-    return [x.amax(dim=axes, keepdim=keep)]
+    if node.op == "ReduceProd":
+        for axis in sorted(axes, reverse=True):  # torch's prod takes one dim
+            x = x.prod(dim=axis, keepdim=keep)
+        return [x]
+    if node.op == "ReduceLogSumExp":
+        return [torch.logsumexp(x, dim=axes, keepdim=keep)]
+    if x.numel() == 0:  # the empty minimum is +inf and the empty maximum -inf (torch refuses both)
+        shape = [1 if k in axes else d for k, d in enumerate(x.shape) if keep or k not in axes]
+        return [torch.full(shape, float("inf") if node.op == "ReduceMin" else float("-inf"), dtype=x.dtype)]
+    return [x.amin(dim=axes, keepdim=keep) if node.op == "ReduceMin" else x.amax(dim=axes, keepdim=keep)]
 
 
 def passes(shape: tuple[int, ...], axes: list[int]) -> list[tuple[int, int, int]]:
@@ -120,5 +135,8 @@ def emit_passes(node, ctx, kernel_of_pass) -> tuple[list[str], str, int]:
 
 
 def emit(node, ctx):
-    lines, _, _ = emit_passes(node, ctx, lambda k, count: _KERNEL[node.op])
-    return EmittedUnit("".join(lines), declarations=DECLARATIONS)
+    lines, y, _ = emit_passes(node, ctx, lambda k, count: _KERNEL[node.op])
+    shape = ctx.graph.tensors[node.inputs[0]].shape
+    if node.op == "ReduceLogSum" and y and reduced_axes(node, ctx.graph, len(shape)):  # the log of the last sum
+        lines.append(check_status(f"moa_log_f32({y}, {y}, {ctx.graph.tensors[node.outputs[0]].size}u)"))
+    return EmittedUnit("".join(lines), declarations=_DECLARATIONS)

@@ -15,6 +15,7 @@ from .half import compute_in_float32
 from .half_attention import read_half_operands
 from .mlp import tile_mlp_rows
 from .nbits import lower_matmul_nbits
+from .normalizations import lower_normalizations
 from .pack import pack_weights
 from .patch_conv import gemm_patch_convs
 from .qdq import lower_qdq
@@ -49,6 +50,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     if compute_in_float32(graph, half_outputs):  # float16 and bfloat16 models: halves only at the inputs and outputs
         fold_constants(graph)  # a CastLike of a constant to a half input's type is a Cast of a constant now
     lower_qdq(graph)  # QuantizeLinear/DequantizeLinear: quantized GEMM weights, folded constants, roundings
+    lower_normalizations(graph)  # batch norm into the Conv before it; instance and group norm as LayerNorm
     check_views(graph, source)  # before the rewrites turn views into access maps
     bypass_no_ops(graph)
     narrow_softmax_precision(graph)

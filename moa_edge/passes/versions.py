@@ -14,9 +14,9 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph
 from moa_edge.ops import SUPPORTED_OPS
 
-from . import attention, canonical, dynamic_quantize, fold, qdq
+from . import attention, canonical, dynamic_quantize, fold, normalizations, qdq
 
-_PASSES = (attention, canonical, dynamic_quantize, fold, qdq)
+_PASSES = (attention, canonical, dynamic_quantize, fold, normalizations, qdq)
 
 
 def implemented_versions() -> dict[str, int]:
