@@ -209,8 +209,11 @@ def _runtime_dtype(elem_type: int) -> str | None:
 
 
 def import_onnx(path, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Graph:
+    """The model as an IR graph; an output whose shape ONNX's inference leaves open (padding
+    computed from Shape, as TF-style "same" convolutions export) gets it from the constant
+    folding of passes.lower, or is refused there, naming it."""
     path = Path(path)
-    return _import_proto(load_model(path), path, input_shapes or {})
+    return _import_proto(load_model(path), path, input_shapes or {}, infer_later=True)
 
 
 def import_decoder(path, max_context: int, chunks: list[int]) -> list[Graph]:

@@ -18,15 +18,25 @@ static int position(const moa_pooling_params *q, int axis, size_t o, size_t k, s
     return padded < q->pad_begin[axis] + q->in[axis] + q->pad_end[axis] ? 0 : -1;
 }
 
+/* The window elements of output o on one axis that are not past the pads: a ceil_mode window, or
+ * a kernel larger than the input (a Global pool exported as AveragePool), stops there. */
+static size_t taps(const moa_pooling_params *q, int axis, size_t o)
+{
+    const size_t start = o * q->stride[axis], end = q->pad_begin[axis] + q->in[axis] + q->pad_end[axis];
+    const size_t reach = start < end ? (end - start + q->dilation[axis] - 1) / q->dilation[axis] : 0;
+    return reach < q->kernel[axis] ? reach : q->kernel[axis];
+}
+
 static float window(const moa_pooling_params *q, const float *plane, const size_t o[3])
 {
     size_t k0, k1, k2, at[3] = {0, 0, 0}, inside = 0, counted = 0;
+    const size_t n0 = taps(q, 0, o[0]), n1 = taps(q, 1, o[1]), n2 = taps(q, 2, o[2]);
     float acc = q->kind == MOA_POOLING_MAX ? -INFINITY : 0.0f;
-    for (k0 = 0; k0 < q->kernel[0]; k0++) {
+    for (k0 = 0; k0 < n0; k0++) {
         const int w0 = position(q, 0, o[0], k0, &at[0]);
-        for (k1 = 0; k1 < q->kernel[1]; k1++) {
+        for (k1 = 0; k1 < n1; k1++) {
             const int w1 = position(q, 1, o[1], k1, &at[1]);
-            for (k2 = 0; k2 < q->kernel[2]; k2++) {
+            for (k2 = 0; k2 < n2; k2++) {
                 const int w2 = position(q, 2, o[2], k2, &at[2]);
                 float v;
                 if (w0 < 0 || w1 < 0 || w2 < 0) {

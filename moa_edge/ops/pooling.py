@@ -6,6 +6,7 @@ must still start inside the input or its begin pad. Padding is never written out
 skips it (MaxPool) or counts it as zeros. MaxPool's second output (Indices) is not supported."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 import math
 
@@ -108,8 +109,13 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     """By the definition: the padded input (and a mask of what counts), every window element a
     strided slice of it, reduced over the window."""
     x = inputs[0]
+    if len(node.outputs) > 1 and node.outputs[1]:
+        _refuse(node, "MaxPool's Indices output")
     g = window(node, tuple(x.shape[2:]))
     axes, kind = len(g.kernel), _kind(node)
+    # Taps at or past the end pad for every output count for nothing: a kernel larger than the input stops there.
+    g = dataclasses.replace(g, kernel=tuple(min(k, -(-(size + b + e) // d)) for k, size, b, e, d in
+                                            zip(g.kernel, x.shape[2:], g.pads_begin, g.pads_end, g.dilations)))
     # Past the end pads, a ceil_mode window's overhang: pad that far too, counted by nothing.
     reach = [(o - 1) * s + d * (k - 1) + 1 for o, s, d, k in zip(g.out, g.strides, g.dilations, g.kernel)]
     over = [max(0, r - (size + b + e)) for r, size, b, e in zip(reach, x.shape[2:], g.pads_begin, g.pads_end)]
