@@ -29,7 +29,8 @@ def test_lookups_find_the_same_record(record):
 
 
 def test_the_runtime_types_and_the_compute_type():
-    assert dtypes.RUNTIME_DTYPES == ("float32", "bool", "int64", "int32")  # the order error messages list
+    assert dtypes.RUNTIME_DTYPES == ("float32", "bool", "int64", "int32", "float64", "int8", "uint8", "int16", "uint16",
+                                     "uint32", "uint64")  # the order error messages list
     assert dtypes.HELD_DTYPES == dtypes.RUNTIME_DTYPES + ("float16", "bfloat16")  # converted where they enter
     assert dtypes.COMPUTE_DTYPE.numpy == np.float32 and dtypes.COMPUTE_DTYPE.suffix == "f32"
 

@@ -54,7 +54,7 @@ def test_tensors_named_like_the_generated_locals(tmp_path):
     _run_against_onnxruntime(model, feeds, "host", tmp_path)
 
 
-@pytest.mark.parametrize("to", [T.DOUBLE, T.UINT8])
+@pytest.mark.parametrize("to", [T.STRING])
 def test_a_type_the_runtime_lacks_is_one_clear_error(to, tmp_path):
     f = lambda n: helper.make_tensor_value_info(n, T.FLOAT, [4])  # noqa: E731
     model = _model([helper.make_node("Cast", ["x"], ["d"], to=to, name="widen"),

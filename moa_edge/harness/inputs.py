@@ -7,6 +7,7 @@ import zipfile
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import dtypes
 
 
 def random_inputs(io: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
@@ -24,8 +25,10 @@ def random_inputs(io: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
                 first = rng.integers(0, shape[-1], size=shape[:-1])
                 np.put_along_axis(keep, first[..., None], True, axis=-1)
             out[e["name"]] = keep
-        elif e["dtype"] in ("int64", "int32"):
-            out[e["name"]] = np.ones(shape, dtype=np.int64 if e["dtype"] == "int64" else np.int32)
+        elif not dtypes.dtype(e["dtype"]).is_float:
+            out[e["name"]] = np.ones(shape, dtype=dtypes.dtype(e["dtype"]).numpy)
+        elif e["dtype"] == "float64":
+            out[e["name"]] = rng.standard_normal(shape)
         else:
             out[e["name"]] = rng.standard_normal(shape).astype(np.float32)
     return out

@@ -2,7 +2,8 @@
 
 Everything that depends on an element type (its numpy and C types, the suffix of the kernels
 that compute in it, its size in bytes, its ONNX enum) reads it from the record: nothing else
-assumes four-byte floats. The generated C computes on tensors of the runtime types; it also holds
+assumes four-byte floats. The generated C computes on tensors of the runtime types (the kernels in
+float32, the element-wise ops and the copies in any of them); it also holds
 float16 and bfloat16 ones (HALF_DTYPES: a model's inputs and outputs, the results of Cast), which
 only conversions read and write (passes/half.py), and attention reads as its Q, K or V (widened
 exactly as it loads them: passes/half_attention.py, a --kv-cache fp16 cache). The other types are
@@ -46,15 +47,17 @@ _RECORDS = (
     _record("bool", "uint8_t", "u8", 1, _T.BOOL, runtime=True),  # C's bool has no fixed size: one byte, 0 or 1
     _record("int64", "int64_t", "i64", 8, _T.INT64, runtime=True),
     _record("int32", "int32_t", "i32", 4, _T.INT32, runtime=True),
-    _record("float64", "double", "f64", 8, _T.DOUBLE),
+    # Held and moved by the generated C, and computed in by the element-wise ops (C's arithmetic
+    # in the type itself: integers wrap as ONNX's do; double's functions are float32's).
+    _record("float64", "double", "f64", 8, _T.DOUBLE, runtime=True),
+    _record("int8", "int8_t", "i8", 1, _T.INT8, runtime=True),
+    _record("uint8", "uint8_t", "u8", 1, _T.UINT8, runtime=True),
+    _record("int16", "int16_t", "i16", 2, _T.INT16, runtime=True),
+    _record("uint16", "uint16_t", "u16", 2, _T.UINT16, runtime=True),
+    _record("uint32", "uint32_t", "u32", 4, _T.UINT32, runtime=True),
+    _record("uint64", "uint64_t", "u64", 8, _T.UINT64, runtime=True),
     _record("float16", "uint16_t", "f16", 2, _T.FLOAT16),  # C99 has no half type: its bits
     _record("bfloat16", "uint16_t", "bf16", 2, _T.BFLOAT16),  # the top half of a float32's bits
-    _record("int8", "int8_t", "i8", 1, _T.INT8),
-    _record("uint8", "uint8_t", "u8", 1, _T.UINT8),
-    _record("int16", "int16_t", "i16", 2, _T.INT16),
-    _record("uint16", "uint16_t", "u16", 2, _T.UINT16),
-    _record("uint32", "uint32_t", "u32", 4, _T.UINT32),
-    _record("uint64", "uint64_t", "u64", 8, _T.UINT64),
 )
 _BY_NAME = {r.name: r for r in _RECORDS}
 _BY_ONNX = {r.onnx: r for r in _RECORDS}

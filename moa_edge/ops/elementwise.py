@@ -96,14 +96,16 @@ VECTOR_BLOCK = 16  # elements: a whole number of vectors of every type on every 
 LIFT_ELEMENTS = 1 << 15
 LIFT_CHUNK = 1 << 12
 
-_TORCH_DTYPES = {"float32": "float64", "bool": "bool", "int64": "int64", "int32": "int32",
+_TORCH_DTYPES = {"float32": "float64", "bool": "bool", "int64": "int64", "int32": "int32", "float64": "float64",
+                 "int8": "int8", "uint8": "uint8", "int16": "int16", "uint16": "int32", "uint32": "int64",
+                 "uint64": "int64",  # torch computes little in its unsigned types: a wider signed one
                  "float16": "float64", "bfloat16": "float64"}  # halves are held as their float64 values
 _TORCH_HALVES = {"float16": "float16", "bfloat16": "bfloat16"}
 # The operand letters of the C expressions, and the loop's indices and values (i0.., d0..).
 C_LOCALS = frozenset([*"abcdefgh", "c", "lo", *(f"{v}{k}" for v in ("i", "d") for k in range(16))])
 
 _BOOLEAN = {"Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Not", "IsNaN", "IsInf"}
-_ONNX_DTYPE = {1: "float32", 6: "int32", 7: "int64", 9: "bool", 10: "float16", 16: "bfloat16"}  # Cast's `to`
+_ONNX_DTYPE = {r.onnx: r.name for r in map(dtypes.dtype, dtypes.HELD_DTYPES)}  # Cast's `to`
 
 
 def infer(node, graph) -> list[TensorType]:
@@ -260,7 +262,7 @@ def _expression(node, graph) -> tuple[str, list[str]]:
         sides = [f"a == {sign}INFINITY" for sign, attr in (("", "detect_positive"), ("-", "detect_negative"))
                  if node.attrs.get(attr, 1)]
         return "(" + (" || ".join(sides) or "0") + ")", names
-    if node.op == "Clip" and graph.tensors[node.outputs[0]].dtype != "float32":
+    if node.op == "Clip" and not dtypes.dtype(graph.tensors[node.outputs[0]].dtype).is_float:
         lo = names[1] if len(names) > 1 and names[1] else ""
         hi = names[2] if len(names) > 2 and names[2] else ""
         low, high = ("(a < b ? b : a)", "c" if lo else "b") if lo else ("a", "b")
@@ -272,11 +274,11 @@ def _expression(node, graph) -> tuple[str, list[str]]:
         bound = {("", ""): "a", ("x", ""): "moa_max(a, b)", ("", "x"): "moa_min(a, b)", ("x", "x"): "moa_clip(a, b, c)"}
         return bound[("x" if lo else "", "x" if hi else "")], [names[0]] + [n for n in (lo, hi) if n]
     out_dtype = graph.tensors[node.outputs[0]].dtype
-    if out_dtype != "float32" and node.op in _INTEGER_C_EXPR:
+    if not dtypes.dtype(out_dtype).is_float and node.op in _INTEGER_C_EXPR:
         return _INTEGER_C_EXPR[node.op], names  # integers must not round-trip through float
     if node.op in _FLOAT_ONLY:
-        dtypes.require_dtypes(node, graph, names=node.outputs)
-    floating = out_dtype == "float32"
+        dtypes.require_dtypes(node, graph, allowed=("float32", "float64"), names=node.outputs)
+    floating = dtypes.dtype(out_dtype).is_float
     if node.op in FORMULAS:
         return FORMULAS[node.op].c(node, floating), names
     if node.op in ("Sum", "Mean"):
