@@ -109,8 +109,7 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     """By the definition: the padded input (and a mask of what counts), every window element a
     strided slice of it, reduced over the window."""
     x = inputs[0]
-    if len(node.outputs) > 1 and node.outputs[1]:
-        _refuse(node, "MaxPool's Indices output")
+    _check(node, graph)
     g = window(node, tuple(x.shape[2:]))
     axes, kind = len(g.kernel), _kind(node)
     # Taps at or past the end pad for every output count for nothing: a kernel larger than the input stops there.
@@ -142,6 +141,13 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     return [values.sum(dim=0) / counts]
 
 
+def _check(node, graph) -> None:
+    """What the kernel does not do: other types than float32, MaxPool's Indices."""
+    dtypes.require_dtypes(node, graph, names=[node.inputs[0], node.outputs[0]])
+    if len(node.outputs) > 1 and node.outputs[1]:
+        _refuse(node, "MaxPool's Indices output")
+
+
 def _offsets(kernel: tuple[int, ...]):
     if not kernel:
         yield ()
@@ -154,9 +160,7 @@ def _offsets(kernel: tuple[int, ...]):
 def emit(node, ctx) -> EmittedUnit:
     graph = ctx.graph
     x, y = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
-    dtypes.require_dtypes(node, graph, names=[x.name, y.name])
-    if len(node.outputs) > 1 and node.outputs[1]:
-        _refuse(node, "MaxPool's Indices output")
+    _check(node, graph)
     g = window(node, tuple(x.shape[2:]))
     pad = 3 - len(g.kernel)  # leading axes of extent 1
 
