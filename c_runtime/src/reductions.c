@@ -4,7 +4,9 @@
 
 #include "moa/reductions.h"
 
-moa_status moa_reduce_min_f32(const float *x, float *y, size_t outer, size_t n, size_t inner)
+/* y = init folded with every x along the axis, x visited in storage order (k outside i). */
+static moa_status fold_axis(const float *x, float *y, size_t outer, size_t n, size_t inner, float init,
+                            float (*fold)(float, float))
 {
     size_t o, k, i;
     if (x == NULL || y == NULL) {
@@ -13,39 +15,29 @@ moa_status moa_reduce_min_f32(const float *x, float *y, size_t outer, size_t n, 
     for (o = 0; o < outer; o++) {
         float *yo = y + o * inner;
         for (i = 0; i < inner; i++) {
-            yo[i] = INFINITY;
+            yo[i] = init;
         }
         for (k = 0; k < n; k++) {
             const float *xk = x + (o * n + k) * inner;
             for (i = 0; i < inner; i++) {
-                if (xk[i] < yo[i] || isnan(xk[i])) { /* NaN wins, as in numpy and torch */
-                    yo[i] = xk[i];
-                }
+                yo[i] = fold(yo[i], xk[i]);
             }
         }
     }
     return MOA_OK;
 }
 
+static float smaller(float y, float x) { return (x < y || isnan(x)) ? x : y; } /* NaN wins, as in numpy */
+static float product(float y, float x) { return y * x; }
+
+moa_status moa_reduce_min_f32(const float *x, float *y, size_t outer, size_t n, size_t inner)
+{
+    return fold_axis(x, y, outer, n, inner, INFINITY, smaller);
+}
+
 moa_status moa_reduce_prod_f32(const float *x, float *y, size_t outer, size_t n, size_t inner)
 {
-    size_t o, k, i;
-    if (x == NULL || y == NULL) {
-        return MOA_ERR_NULL_ARGUMENT;
-    }
-    for (o = 0; o < outer; o++) {
-        float *yo = y + o * inner;
-        for (i = 0; i < inner; i++) {
-            yo[i] = 1.0f;
-        }
-        for (k = 0; k < n; k++) {
-            const float *xk = x + (o * n + k) * inner;
-            for (i = 0; i < inner; i++) {
-                yo[i] *= xk[i];
-            }
-        }
-    }
-    return MOA_OK;
+    return fold_axis(x, y, outer, n, inner, 1.0f, product);
 }
 
 moa_status moa_reduce_logsumexp_f32(const float *x, float *y, size_t outer, size_t n, size_t inner)
