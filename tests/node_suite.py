@@ -25,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from backend_cases import HALF_ULPS, arrays
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.runner import check_inputs, runner_files
@@ -63,19 +64,16 @@ def by_design(case) -> str | None:
     return None
 
 
-def _arrays(values) -> list:
-    return [numpy_helper.to_array(v) if isinstance(v, onnx.TensorProto) else v for v in values]
-
-
-def _close(got: np.ndarray, want, rtol: float, atol: float) -> bool:
+def close(got: np.ndarray, want, rtol: float, atol: float) -> bool:
+    """As backend_cases.run_case compares: floats within rtol/atol (halves within two units in their
+    last place too), everything else exactly; NaN where the case has NaN."""
     want = np.asarray(want)
     if got.shape != want.shape:
         return False
     record = dtypes.from_numpy(want.dtype)
     if record is not None and record.is_float:
-        ulp = {"float16": 2.0 ** -9, "bfloat16": 2.0 ** -6}.get(record.name, 0.0)
-        return bool(np.allclose(got.astype(np.float64), want.astype(np.float64), rtol=max(rtol, ulp), atol=atol,
-                                equal_nan=True))
+        return bool(np.allclose(got.astype(np.float64), want.astype(np.float64),
+                                rtol=max(rtol, HALF_ULPS.get(record.name, 0.0)), atol=atol, equal_nan=True))
     return bool(np.array_equal(got, want))
 
 
@@ -215,7 +213,7 @@ def run_group(cases: list, folder: Path, cc: str, cflags: list[str], library: Pa
 
 def _feeds(case) -> dict:
     (inputs, _), *_ = case.data_sets
-    return dict(zip([vi.name for vi in case.model.graph.input], _arrays(inputs)))
+    return dict(zip([vi.name for vi in case.model.graph.input], arrays(inputs)))
 
 
 def with_constant_inputs(case) -> tuple[onnx.ModelProto, dict, list[str]]:
@@ -275,10 +273,10 @@ def _run_case(folder: Path, slot: int, index: int, case, report: dict, feeds: di
                           timeout=120)
     if proc.returncode != 0:
         return {"status": "crash", "detail": f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"}
-    wants = dict(zip([vi.name for vi in case.model.graph.output], _arrays(expected)))
+    wants = dict(zip([vi.name for vi in case.model.graph.output], arrays(expected)))
     for entry, path in zip([e for e in io if e["kind"] == "output"], outs):
         got = np.fromfile(path, dtype=dtypes.dtype(entry["dtype"]).numpy).reshape(entry["shape"])
-        if not _close(got, wants[entry["name"]], max(case.rtol, 1e-5), max(case.atol, 1e-6)):
+        if not close(got, wants[entry["name"]], max(case.rtol, 1e-5), max(case.atol, 1e-6)):
             return {"status": "wrong", "detail": f"output {entry['name']!r} differs"}
     return {"status": "pass", "detail": ""}
 

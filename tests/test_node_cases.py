@@ -68,8 +68,8 @@ def test_the_torch_references_of_the_new_ops_give_the_cases_outputs(tmp_path):
             continue
         checked += 1
         (_, expected), *_ = case.data_sets
-        for vi, want in zip(case.model.graph.output, node_suite._arrays(expected)):
-            if not node_suite._close(np.asarray(got[vi.name]).astype(np.asarray(want).dtype), want,
+        for vi, want in zip(case.model.graph.output, node_suite.arrays(expected)):
+            if not node_suite.close(np.asarray(got[vi.name]).astype(np.asarray(want).dtype), want,
                                      max(case.rtol, 1e-5), max(case.atol, 1e-6)):
                 wrong[case.name] = vi.name
     assert checked >= 150 and not wrong, (checked, wrong)
