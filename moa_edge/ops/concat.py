@@ -18,6 +18,8 @@ def _out_shape(node) -> list[int]:
     """The parts' common shape, summed along the axis."""
     layouts, axis = node.attrs["layouts"], node.attrs["axis"]
     shape = list(layouts[0].shape)
+    if not shape:  # a scalar: one part, copied
+        return shape
     shape[axis] = sum(lay.shape[axis] for lay in layouts)
     return shape
 
@@ -47,13 +49,14 @@ def emit(node, ctx):
             f"({v} / {d}) * {s}" if d != 1 else f"{v} * {s}"
             for v, s, d in zip(idx, lay.strides, lay.axis_divisors()) if s]) or "0"
         dst_index = " + ".join(f"({v} + {start}) * {st}" if k == axis else f"{v} * {st}"
-                               for k, (v, st) in enumerate(zip(idx, out_strides)))
+                               for k, (v, st) in enumerate(zip(idx, out_strides))) or "0"
         lines.append("        {")
-        lines.append(f"            ptrdiff_t {', '.join(idx)};")
+        if idx:
+            lines.append(f"            ptrdiff_t {', '.join(idx)};")
         for k, (v, n) in enumerate(zip(idx, lay.shape)):
             lines.append("            " + "    " * k + f"for ({v} = 0; {v} < {n}; {v}++)")
         lines.append("            " + "    " * len(idx) + f"{dst}[{dst_index}] = {ctx.where[part]}[{src}];")
         lines.append("        }")
-        start += lay.shape[axis]
+        start += lay.shape[axis] if lay.shape else 0
     lines.append("    }")
     return EmittedUnit("\n".join(lines) + "\n")

@@ -57,7 +57,12 @@ _C_EXPR = {
     "Max": "moa_max(a, b)", "Min": "moa_min(a, b)", "Clip": "moa_clip(a, b, c)",
     "Tan": "tanf(a)", "Asin": "asinf(a)", "Acos": "acosf(a)", "Atan": "atanf(a)", "Sinh": "sinhf(a)",
     "Cosh": "coshf(a)", "Asinh": "asinhf(a)", "Acosh": "acoshf(a)", "Atanh": "atanhf(a)",
+    "BitwiseAnd": "(a & b)", "BitwiseOr": "(a | b)", "BitwiseXor": "(a ^ b)", "BitwiseNot": "~a",
 }
+# Integer-only ops, computed in the reference on numpy's own types (torch lacks most unsigned
+# ones). A shift by the type's width or more gives 0, where C's would be undefined.
+_BITWISE = {"BitwiseAnd": np.bitwise_and, "BitwiseOr": np.bitwise_or, "BitwiseXor": np.bitwise_xor,
+            "BitwiseNot": np.invert, "BitShift": None}
 _TORCH = {  # the torch functions' names (torch is imported when first used)
     "Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div", "Pow": "pow",
     "Sqrt": "sqrt", "Reciprocal": "reciprocal", "Neg": "neg", "Exp": "exp", "Log": "log",
@@ -70,7 +75,7 @@ _TORCH = {  # the torch functions' names (torch is imported when first used)
     "Cosh": "cosh", "Asinh": "asinh", "Acosh": "acosh", "Atanh": "atanh",
 }
 _VARIADIC = {"Max", "Min", "Sum", "Mean"}  # any number of operands, folded left to right
-OPS = tuple(_C_EXPR) + tuple(FORMULAS) + ("Sum", "Mean", "Gelu", "Cast", "IsInf", "MoaFakeQuantize", "MoaQuantize",
+OPS = tuple(_C_EXPR) + tuple(FORMULAS) + ("BitShift", "Sum", "Mean", "Gelu", "Cast", "IsInf", "MoaFakeQuantize", "MoaQuantize",
                                           "MoaElementwise")
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py); the
 # versions after 13 add types, which the dtype rules check.
@@ -82,7 +87,8 @@ ONNX_VERSIONS = {"Add": 14, "Sub": 14, "Mul": 14, "Div": 14, "Pow": 15, "Sqrt": 
                  "Acos": 22, "Atan": 22, "Sinh": 22, "Cosh": 22, "Asinh": 22, "Acosh": 22, "Atanh": 22,
                  "LeakyRelu": 16, "Elu": 22, "Selu": 22, "Celu": 28, "ThresholdedRelu": 22, "HardSigmoid": 22,
                  "HardSwish": 22, "Shrink": 9, "Softplus": 22, "Softsign": 22, "Mish": 22, "Swish": 24,
-                 "Round": 22, "Sign": 13, "PRelu": 16, "Mod": 28, "Sum": 13, "Mean": 13}
+                 "Round": 22, "Sign": 13, "PRelu": 16, "Mod": 28, "Sum": 13, "Mean": 13, "BitwiseAnd": 18,
+                 "BitwiseOr": 18, "BitwiseXor": 18, "BitwiseNot": 18, "BitShift": 28}
 # Integer forms of the ops whose float form would round (|x| > 2^24) or not compile.
 # Integer Div never traps (moa_idiv in moa/elementwise.h): x / 0 is 0 and INT_MIN / -1 wraps to
 # INT_MIN, as numpy gives; onnxruntime stops with an error on the first and traps on the second.
@@ -221,6 +227,8 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
         return [torch.clamp(inputs[0], lo, hi)]
     if node.op == "Div" and not inputs[0].is_floating_point() and inputs[0].dtype != torch.bool:
         return [_integer_div(*inputs)]
+    if node.op in _BITWISE:
+        return [_bitwise(node, inputs, graph)]
     if node.op in _VARIADIC:
         out = inputs[0]
         for other in inputs[1:]:
@@ -228,6 +236,37 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
         return [out / len(inputs) if node.op == "Mean" else out]
     out = FORMULAS[node.op].torch(node, *inputs) if node.op in FORMULAS else getattr(torch, _TORCH[node.op])(*inputs)
     return [out.to(getattr(torch, _TORCH_DTYPES[graph.tensors[node.outputs[0]].dtype]))]
+
+
+def _left(node) -> bool:
+    direction = node.attrs.get("direction", b"")
+    return (direction.decode() if isinstance(direction, bytes) else direction).upper() == "LEFT"
+
+
+def _shift_c(node, record) -> str:
+    """A left shift in uint64_t (a promoted int16 would overflow), a right shift in the type (gcc's
+    is arithmetic on a signed one); a shift out of 0..width-1 gives the sign's fill, as the spec."""
+    signed = record.name.startswith("int")
+    inside = f"b >= 0 && b < {8 * record.itemsize}" if signed else f"b < {8 * record.itemsize}"
+    shifted = "(uint64_t)a << b" if _left(node) else "a >> b"
+    fill = "(a < 0 ? -1 : 0)" if signed and not _left(node) else "0"
+    return f"(({inside}) ? {shifted} : {fill})"
+
+
+def _bitwise(node, inputs, graph) -> torch.Tensor:
+    """The integer ops on the operands' own numpy types (the reference holds uint16..uint64 wider)."""
+    held = dtypes.dtype(graph.tensors[node.outputs[0]].dtype).numpy
+    a, *b = (x.numpy().astype(held) for x in inputs)
+    if node.op != "BitShift":
+        out = _BITWISE[node.op](a, *b)
+    else:  # a shift by a negative amount or by the width or more: the sign's fill alone (-1 or 0)
+        a, b = np.broadcast_arrays(a, *b)
+        outside = (b < 0) | (b >= held.itemsize * 8)
+        fill = np.where((a < 0) & (not _left(node)), -1, 0).astype(held)
+        shift = np.left_shift if _left(node) else np.right_shift
+        out = np.where(outside, fill, shift(a, np.where(outside, 0, b).astype(held)))
+    return torch.from_numpy(np.asarray(out).astype(np.dtype(_TORCH_DTYPES[held.name]))).reshape(
+        torch.broadcast_shapes(*(x.shape for x in inputs)))
 
 
 def _expression(node, graph) -> tuple[str, list[str]]:
@@ -274,6 +313,11 @@ def _expression(node, graph) -> tuple[str, list[str]]:
         bound = {("", ""): "a", ("x", ""): "moa_max(a, b)", ("", "x"): "moa_min(a, b)", ("x", "x"): "moa_clip(a, b, c)"}
         return bound[("x" if lo else "", "x" if hi else "")], [names[0]] + [n for n in (lo, hi) if n]
     out_dtype = graph.tensors[node.outputs[0]].dtype
+    if node.op in _BITWISE:
+        dtypes.require_dtypes(node, graph, allowed=tuple(n for n in dtypes.RUNTIME_DTYPES
+                                                          if n.startswith(("int", "uint"))), names=node.outputs)
+    if node.op == "BitShift":
+        return _shift_c(node, dtypes.dtype(out_dtype)), names
     if not dtypes.dtype(out_dtype).is_float and node.op in _INTEGER_C_EXPR:
         return _INTEGER_C_EXPR[node.op], names  # integers must not round-trip through float
     if node.op in _FLOAT_ONLY:

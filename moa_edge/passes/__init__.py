@@ -8,8 +8,9 @@ from moa_edge.ir import Graph, Node, dtypes
 from moa_edge.ops import SUPPORTED_OPS, check_output_types
 
 from .attention import rewrite_attention
-from .canonical import bypass_no_ops, lower_copies, narrow_softmax_precision, unfold_batched_transposes
+from .canonical import bypass_no_ops, copy_constant_outputs, lower_copies, narrow_softmax_precision, unfold_batched_transposes
 from .dynamic_quantize import fold_dynamic_quantization, parse_activations, quantize_activations
+from .float32_kernels import read_through_float32
 from .fold import fold_constants, infer_missing_shapes
 from .half import compute_in_float32
 from .half_attention import read_half_operands
@@ -49,6 +50,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
             break
     if compute_in_float32(graph, half_outputs):  # float16 and bfloat16 models: halves only at the inputs and outputs
         fold_constants(graph)  # a CastLike of a constant to a half input's type is a Cast of a constant now
+    read_through_float32(graph)  # double (and, where they only select, bool and small integers) through Casts
     lower_qdq(graph)  # QuantizeLinear/DequantizeLinear: quantized GEMM weights, folded constants, roundings
     lower_normalizations(graph)  # batch norm into the Conv before it; instance and group norm as LayerNorm
     check_views(graph, source)  # before the rewrites turn views into access maps
@@ -63,6 +65,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         read_half_operands(graph)  # half Q, K and V (float16 models) as the halves themselves
     lower_copies(graph)
     fold_constants(graph)
+    copy_constant_outputs(graph)
     lower_matmul_nbits(graph)  # onnxruntime's quantized weights, before pack_weights quantizes float ones
     fold_dynamic_quantization(graph)
     pack_weights(graph, weights)

@@ -10,6 +10,7 @@ from moa_edge.moa import Layout
 
 from .fold import evaluate_onnx_node
 from .pack import packs_its_transpose
+from .patch_conv import _fresh as fresh_name
 
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
 # Pad 18 takes axes, 19 the wrap mode; 21 on add types.
@@ -31,6 +32,10 @@ def _is_no_op(graph: Graph, node) -> bool:
         training = graph.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(())
         ratio = graph.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
         identity = (training is not None and not training.any()) or (ratio is not None and not ratio.any())
+        mask = node.outputs[1] if len(node.outputs) > 1 else ""
+        if identity and mask and graph.tensors.get(mask) is not None:  # keeps every element: all True
+            graph.tensors[mask].data = np.ones(graph.tensors[mask].shape, bool)
+            node.outputs = node.outputs[:1]
         return identity and len([o for o in node.outputs if o]) == 1
     if node.op == "Cast":
         source = graph.tensors.get(node.inputs[0])
@@ -282,6 +287,24 @@ def _lowered_copy(graph: Graph, node, trace_view) -> list[Node] | None:
         return None
     rank = len(graph.tensors[node.inputs[0]].shape)
     axis = node.attrs.get("axis", 0) % rank if node.op == "Concat" else 0
-    traced = [trace_view(graph, i, []) for i in node.inputs if graph.tensors[i].size]  # empty parts add nothing
+    # empty parts add nothing (all empty: the first stays, for the output's shape)
+    traced = ([trace_view(graph, i, []) for i in node.inputs if graph.tensors[i].size]
+              or [trace_view(graph, node.inputs[0], [])])
     return [Node("MoaConcat", node.name, [src for src, _ in traced], list(node.outputs),
                  {"layouts": [lay for _, lay in traced], "axis": axis})]
+
+
+def copy_constant_outputs(graph: Graph) -> None:
+    """A graph output that folding made a constant (Shape, Size, a Constant, Dropout's mask) is
+    copied into the caller's buffer by a MoaConcat of the constant, kept under a name of its own."""
+    for name in graph.outputs:
+        tensor = graph.tensors.get(name)
+        if graph.producer(name) is not None or tensor is None or not tensor.is_constant:
+            continue
+        if tensor.dtype not in dtypes.RUNTIME_DTYPES:
+            continue  # the check after lowering names the type
+        kept = fresh_name(set(graph.tensors), f"{name}_constant")
+        graph.tensors[kept] = Tensor(kept, tensor.shape, tensor.dtype, tensor.data)
+        graph.tensors[name] = Tensor(name, tensor.shape, tensor.dtype)
+        graph.nodes += _lowered_copy(graph, Node("Identity", f"{name}_copy", [kept], [name]), trace_view)
+
