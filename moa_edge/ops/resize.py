@@ -154,16 +154,12 @@ def _linear(d: np.ndarray) -> np.ndarray:
     return np.clip(1 - np.abs(d), 0.0, 1.0)
 
 
-def axis_taps(node, axis: int, in_extent: int, out_extent: int, scale: float, roi) -> AxisTaps:
+def axis_taps(node, axis: int, in_extent: int, out_extent: int, scale: float, roi_pair) -> AxisTaps:
+    """The taps of one axis; roi_pair: its (start, end) for tf_crop_and_resize, else None."""
     mode = _text(node, "mode", "nearest", MODES)
     transform = _text(node, "coordinate_transformation_mode", "half_pixel", COORDINATE_MODES)
-    rank = None if roi is None else len(roi) // 2
-    x = _source_coordinates(transform, out_extent, in_extent, scale,
-                            None if roi is None else (roi[axis], roi[rank + axis]))
+    x = _source_coordinates(transform, out_extent, in_extent, scale, roi_pair)
     outside = (x < 0) | (x > in_extent - 1) if transform == "tf_crop_and_resize" else None
-    # The taps around x: the input positions left of x (x itself counts as right of its left
-    # neighbour, with a weight 1 at distance 0) and right of it.
-    left = np.ceil(x).astype(np.int64) - 1
     if mode == "nearest":
         if node.attrs.get("antialias", 0):
             _refuse(node, "antialias with mode 'nearest'")
@@ -171,17 +167,18 @@ def axis_taps(node, axis: int, in_extent: int, out_extent: int, scale: float, ro
         nearest_mode = _text(node, "nearest_mode", "round_prefer_floor", NEAREST_MODES)
         up = {"round_prefer_floor": frac > 0.5, "round_prefer_ceil": frac >= 0.5, "floor": np.zeros_like(x, bool),
               "ceil": frac > 0}[nearest_mode]
-        positions = np.where(x == np.floor(x), x, np.floor(x) + up).astype(np.int64)[:, None]
+        positions = (np.floor(x) + up).astype(np.int64)[:, None]
         weight = np.ones(positions.shape)
     else:
-        # Antialiasing stretches the kernel by 1 / scale when shrinking: more input positions count.
+        # The window: from `first` positions before the one left of x (x - 1 when x is an
+        # integer) to as many after it; antialiasing widens it by 1 / scale when shrinking.
         stretch = min(scale, 1.0) if node.attrs.get("antialias", 0) else 1.0
-        support = 1 if mode == "linear" else 2
-        first = math.floor(-support / stretch) + 1
-        positions = left[:, None] + np.arange(first, 1 - first + 1)[None, :]
+        first = math.floor(-(1 if mode == "linear" else 2) / stretch) + 1
+        left = np.ceil(x).astype(np.int64) - 1
+        positions = left[:, None] + np.arange(first, 2 - first)[None, :]
         distance = (positions - x[:, None]) * stretch
-        weight = _linear(distance) if mode == "linear" else _cubic(distance, float(node.attrs.get("cubic_coeff_a",
-                                                                                                     -0.75)))
+        a = float(node.attrs.get("cubic_coeff_a", -0.75))
+        weight = _linear(distance) if mode == "linear" else _cubic(distance, a)
         if node.attrs.get("antialias", 0):
             weight = weight / weight.sum(axis=1, keepdims=True)
     if node.attrs.get("exclude_outside", 0):
@@ -201,7 +198,9 @@ def plan(node, graph) -> list[AxisTaps]:
     that changes nothing copies)."""
     x = graph.tensors[node.inputs[0]]
     axes, scale, out, roi = _output_size(node, graph)
-    passes = [axis_taps(node, d, x.shape[d], out[d], scale[d], roi) for d in axes if x.shape[d] > 0]
+    rank = len(x.shape)
+    passes = [axis_taps(node, d, x.shape[d], out[d], scale[d], None if roi is None else (roi[d], roi[rank + d]))
+              for d in axes if x.shape[d] > 0]
     changing = [p for p in passes if not p.is_identity] or passes[-1:]
     return sorted(changing, key=lambda p: p.out_extent / p.in_extent)
 
