@@ -216,16 +216,23 @@ def _feeds(case) -> dict:
     return dict(zip([vi.name for vi in case.model.graph.input], arrays(inputs)))
 
 
+# Float inputs after the first that exporters write as constants too: Resize's roi and scales.
+GEOMETRY_INPUTS = {"Resize": slice(1, 3), "Upsample": slice(1, 2)}
+
+
 def with_constant_inputs(case) -> tuple[onnx.ModelProto, dict, list[str]]:
     """The case as an exporter writes it: the integer and one-element inputs of its nodes after their
-    first (axes, pads and the pad value, shapes, starts and ends, repeats, split sizes, k), which the
-    backend models pass as graph inputs, held as initializers of the test's own values; the
-    remaining feeds; the names held."""
+    first (axes, pads and the pad value, shapes, starts and ends, repeats, split sizes, k), and the
+    GEOMETRY_INPUTS, which the backend models pass as graph inputs, held as initializers of the
+    test's own values; the remaining feeds; the names held."""
     feeds = _feeds(case)
     later = {name for node in case.model.graph.node for name in node.input[1:]} - {
         node.input[0] for node in case.model.graph.node if node.input}
+    geometry = {name for node in case.model.graph.node
+                for name in node.input[GEOMETRY_INPUTS.get(node.op_type, slice(0))]}
     held = [name for name in feeds if name in later
-            and (np.asarray(feeds[name]).dtype in (np.int64, np.int32) or np.asarray(feeds[name]).size == 1)]
+            and (np.asarray(feeds[name]).dtype in (np.int64, np.int32) or np.asarray(feeds[name]).size == 1
+                 or name in geometry)]
     model = onnx.ModelProto()
     model.CopyFrom(case.model)
     for name in held:

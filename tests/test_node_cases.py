@@ -45,6 +45,7 @@ ISSUE_17_OPS = {"LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "HardSigm
                 "ReduceLogSumExp", "ArgMax", "ArgMin", "LogSoftmax", "Hardmax", "MaxPool", "AveragePool", "LpPool",
                 "GlobalMaxPool", "GlobalAveragePool", "GlobalLpPool", "BatchNormalization", "InstanceNormalization",
                 "GroupNormalization", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "BitShift"}
+ISSUE_17_OPS |= {"Resize"}
 
 
 def test_the_torch_references_of_the_new_ops_give_the_cases_outputs(tmp_path):
