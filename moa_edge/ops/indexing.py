@@ -1,16 +1,17 @@
-"""Run-time indexing ops: GatherElements, GatherND, Trilu, CumSum and Range.
+"""Run-time indexing ops: GatherElements, GatherND, Trilu, CumSum, CumProd and Range.
 
 Each is a short loop nest in the model's run function over the static shapes:
   GatherElements  out[i] = data[i with i[axis] := wrap(idx[i])]
   GatherND        out[b, n, r] = data[b, wrap(idx[b, n, 0]), ..., wrap(idx[b, n, m-1]), r]
   Trilu           out[.., i, j] = x[.., i, j] if j - i >= k (upper; <= k lower) else 0
   CumSum          out[o, t, r] = out[o, t-1, r] + x[o, t, r]  (exclusive: + x[o, t-1, r]; reverse: t+1)
+  CumProd         the same with * (and 1 before the first element where CumSum has 0)
   Range           out[i] = start + i * delta
 Constant-index gathers and all-constant Ranges never reach here (they are copies through
 access maps and folded constants). A negative index counts from the end, as ONNX says; one
 outside its axis stops the model with MOA_ERR_INDEX_OUT_OF_RANGE rather than read past it.
-Trilu's k and CumSum's axis may be constants or run-time scalars; a run-time axis outside
-the rank is out of range too. Range checks the element count its run-time scalars give
+Trilu's k and the axis of CumSum and CumProd may be constants or run-time scalars; a
+run-time axis outside the rank is out of range too. Range checks the element count its run-time scalars give
 against the static output shape (MOA_ERR_BAD_PARAMS when they disagree, or delta is 0).
 """
 from __future__ import annotations
@@ -26,9 +27,10 @@ from moa_edge.ir.c_syntax import c_comment_text
 
 from .contract import EmittedUnit, TensorType
 
-OPS = ("GatherElements", "GatherND", "Trilu", "CumSum", "Range")
+OPS = ("GatherElements", "GatherND", "Trilu", "CumSum", "CumProd", "Range")
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
-ONNX_VERSIONS = {"GatherElements": 13, "GatherND": 13, "Trilu": 14, "CumSum": 14, "Range": 27}
+ONNX_VERSIONS = {"GatherElements": 13, "GatherND": 13, "Trilu": 14, "CumSum": 14, "CumProd": 26,
+                 "Range": 27}
 C_SOURCES: list[str] = []
 # Locals of the generated blocks that codegen keeps every tensor's C name clear of (the rest
 # of _LOCALS are checked by _buffers instead).
@@ -44,7 +46,7 @@ _LOCALS = {"at", "src", "row", "ax", "outer_of", "extent_of", "inner_of", "outer
 
 def infer(node, graph) -> list[TensorType]:
     """GatherElements: the indices' shape; GatherND: the index tuples' shape then the slices';
-    Trilu and CumSum: the input's; Range: the element count of constant scalars (shape None
+    Trilu, CumSum and CumProd: the input's; Range: the element count of constant scalars (shape None
     when they arrive at run time: run-time checked against the recorded shape)."""
     x = graph.tensors[node.inputs[0]]
     if node.op == "GatherElements":
@@ -153,17 +155,19 @@ def _trilu(node, inputs, graph):
     return torch.triu(x, k) if node.attrs.get("upper", 1) else torch.tril(x, k)
 
 
-def _cumsum(node, inputs, graph):
+def _cumulative(node, inputs, graph):
+    """CumSum (torch.cumsum) and CumProd (torch.cumprod); exclusive shifts in the identity."""
     x, axis = inputs[0], int(inputs[1].reshape(-1)[0])
     if not -x.dim() <= axis < x.dim():
-        raise MoaEdgeError(f"CumSum node {node.name!r}: axis {axis} is outside the rank {x.dim()}")
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: axis {axis} is outside the rank {x.dim()}")
     axis %= x.dim()
     reverse = bool(node.attrs.get("reverse", 0))
     y = torch.flip(x, [axis]) if reverse else x
-    y = torch.cumsum(y, axis, dtype=x.dtype)
+    y = (torch.cumsum if node.op == "CumSum" else torch.cumprod)(y, axis, dtype=x.dtype)
     if node.attrs.get("exclusive", 0):
-        y = torch.cat([torch.zeros_like(y.narrow(axis, 0, min(1, y.shape[axis]))),
-                       y.narrow(axis, 0, max(y.shape[axis] - 1, 0))], axis)
+        identity = torch.zeros_like if node.op == "CumSum" else torch.ones_like
+        first = identity(y.narrow(axis, 0, min(1, y.shape[axis])))
+        y = torch.cat([first, y.narrow(axis, 0, max(y.shape[axis] - 1, 0))], axis)
     return torch.flip(y, [axis]) if reverse else y
 
 
@@ -177,8 +181,8 @@ def _range(node, inputs, graph):
     return out
 
 
-_EVALUATE = {"GatherElements": _gather_elements, "GatherND": _gather_nd, "Trilu": _trilu, "CumSum": _cumsum,
-             "Range": _range}
+_EVALUATE = {"GatherElements": _gather_elements, "GatherND": _gather_nd, "Trilu": _trilu, "CumSum": _cumulative,
+             "CumProd": _cumulative, "Range": _range}
 
 
 # ---- the C emission ------------------------------------------------------------------
@@ -251,36 +255,38 @@ def _emit_trilu(node, ctx, where):
             + _declare_loop_indices(3) + _loops((batches, rows, cols), body) + ["    }"])
 
 
-def _emit_cumsum(node, ctx, where):
+def _emit_cumulative(node, ctx, where):
+    """CumSum and CumProd: one running sum (product) per (outer, inner) row along the axis."""
     graph = ctx.graph
     shape = graph.tensors[node.inputs[0]].shape
     rank = len(shape)
     if rank == 0:
-        raise MoaEdgeError(f"CumSum node {node.name!r}: input {node.inputs[0]!r} is a scalar; ONNX needs rank >= 1")
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: input {node.inputs[0]!r} is a scalar; ONNX needs rank >= 1")
     x, out = where[node.inputs[0]], where[node.outputs[0]]
     reverse, exclusive = bool(node.attrs.get("reverse", 0)), bool(node.attrs.get("exclusive", 0))
     axis = _scalar(graph, node.inputs[1])
     split = [(math.prod(shape[:a]), shape[a], math.prod(shape[a + 1:])) for a in range(rank)]
     if axis is not None:
         if not -rank <= axis < rank:
-            raise MoaEdgeError(f"CumSum node {node.name!r}: axis {axis} is outside the rank {rank} "
+            raise MoaEdgeError(f"{node.op} node {node.name!r}: axis {axis} is outside the rank {rank} "
                                f"of {node.inputs[0]!r}")
         outer, extent, inner = split[axis % rank]
-        lines = [f"    {{ /* {c_comment_text(node.name)}: CumSum along axis {axis % rank}"
+        lines = [f"    {{ /* {c_comment_text(node.name)}: {node.op} along axis {axis % rank}"
                  f"{', reverse' if reverse else ''}{', exclusive' if exclusive else ''} */",
                  f"        const ptrdiff_t outer = {outer}, extent = {extent}, inner = {inner};"]
     else:  # the axis arrives at run time: the (outer, extent, inner) split of every axis is tabled
         def table(k):
             return "{" + ", ".join(str(s[k]) for s in split) + "}"
-        lines = [f"    {{ /* {c_comment_text(node.name)}: CumSum along the axis in {c_comment_text(node.inputs[1])}"
+        lines = [f"    {{ /* {c_comment_text(node.name)}: {node.op} along the axis in {c_comment_text(node.inputs[1])}"
                  f"{', reverse' if reverse else ''}{', exclusive' if exclusive else ''} */",
                  f"        static const ptrdiff_t outer_of[{rank}] = {table(0)}, extent_of[{rank}] = {table(1)}, "
                  f"inner_of[{rank}] = {table(2)};",
                  *_wrap_index(node, "ax", f"{where[node.inputs[1]]}[0]", rank, " " * 8),
                  "        const ptrdiff_t outer = outer_of[ax], extent = extent_of[ax], inner = inner_of[ax];"]
     t, prev = ("extent - 1 - s", "t + 1") if reverse else ("s", "t - 1")
-    value = (f"s == 0 ? 0 : {out}[before] + {x}[before]" if exclusive
-             else f"(s == 0 ? 0 : {out}[before]) + {x}[at]")
+    op, identity = ("+", "0") if node.op == "CumSum" else ("*", "1")
+    value = (f"s == 0 ? {identity} : {out}[before] {op} {x}[before]" if exclusive
+             else f"(s == 0 ? {identity} : {out}[before]) {op} {x}[at]")
     lines += ["        ptrdiff_t o, s, r;",
               "        for (o = 0; o < outer; o++) {",
               "            for (s = 0; s < extent; s++) {",
@@ -319,4 +325,4 @@ def _emit_range(node, ctx, where):
 
 
 _EMIT = {"GatherElements": _emit_gather_elements, "GatherND": _emit_gather_nd, "Trilu": _emit_trilu,
-         "CumSum": _emit_cumsum, "Range": _emit_range}
+         "CumSum": _emit_cumulative, "CumProd": _emit_cumulative, "Range": _emit_range}
