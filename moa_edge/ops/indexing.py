@@ -1,4 +1,4 @@
-"""Run-time indexing ops: GatherElements, GatherND, Trilu, CumSum, CumProd and Range.
+"""Run-time indexing ops: GatherElements, GatherND, Trilu, CumSum, CumProd, Range, OneHot and EyeLike.
 
 Each is a short loop nest in the model's run function over the static shapes:
   GatherElements  out[i] = data[i with i[axis] := wrap(idx[i])]
@@ -7,12 +7,17 @@ Each is a short loop nest in the model's run function over the static shapes:
   CumSum          out[o, t, r] = out[o, t-1, r] + x[o, t, r]  (exclusive: + x[o, t-1, r]; reverse: t+1)
   CumProd         the same with * (and 1 before the first element where CumSum has 0)
   Range           out[i] = start + i * delta
+  OneHot          out[o, t, r] = values[1] if wrap(idx[o, r]) == t else values[0]   (t along `axis`)
+  EyeLike         out[i, j] = 1 if j - i == k else 0
 Constant-index gathers and all-constant Ranges never reach here (they are copies through
 access maps and folded constants). A negative index counts from the end, as ONNX says; one
 outside its axis stops the model with MOA_ERR_INDEX_OUT_OF_RANGE rather than read past it.
 Trilu's k and the axis of CumSum and CumProd may be constants or run-time scalars; a
 run-time axis outside the rank is out of range too. Range checks the element count its run-time scalars give
 against the static output shape (MOA_ERR_BAD_PARAMS when they disagree, or delta is 0).
+OneHot's depth must be a constant (it is the new axis's extent); an index outside
+[-depth, depth) gives an all-off row, as the spec says, and so does a fractional float index
+(as ONNX's reference evaluator compares them).
 """
 from __future__ import annotations
 
@@ -27,10 +32,10 @@ from moa_edge.ir.c_syntax import c_comment_text
 
 from .contract import EmittedUnit, TensorType
 
-OPS = ("GatherElements", "GatherND", "Trilu", "CumSum", "CumProd", "Range")
+OPS = ("GatherElements", "GatherND", "Trilu", "CumSum", "CumProd", "Range", "OneHot", "EyeLike")
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
 ONNX_VERSIONS = {"GatherElements": 13, "GatherND": 13, "Trilu": 14, "CumSum": 14, "CumProd": 26,
-                 "Range": 27}
+                 "Range": 27, "OneHot": 28, "EyeLike": 22}
 C_SOURCES: list[str] = []
 # Locals of the generated blocks that codegen keeps every tensor's C name clear of (the rest
 # of _LOCALS are checked by _buffers instead).
@@ -39,7 +44,7 @@ C_LOCALS = frozenset({"o", "s", "t", "r", "row", "at", "src", *(f"d{k}" for k in
 _OUT_OF_RANGE = "return MOA_ERR_INDEX_OUT_OF_RANGE;"
 # The locals the emitted blocks declare: a buffer named like one of them would be shadowed.
 _LOCALS = {"at", "src", "row", "ax", "outer_of", "extent_of", "inner_of", "outer", "extent", "inner", "o", "s", "t",
-           "r", "prev", "before", "steps", "count", "diff", "begin", "end", "step"}
+           "r", "prev", "before", "steps", "count", "diff", "begin", "end", "step", "value", "hot"}
 
 
 # ---- the shape and dtype rule -----------------------------------------------------------
@@ -47,8 +52,21 @@ _LOCALS = {"at", "src", "row", "ax", "outer_of", "extent_of", "inner_of", "outer
 def infer(node, graph) -> list[TensorType]:
     """GatherElements: the indices' shape; GatherND: the index tuples' shape then the slices';
     Trilu, CumSum and CumProd: the input's; Range: the element count of constant scalars (shape None
-    when they arrive at run time: run-time checked against the recorded shape)."""
+    when they arrive at run time: run-time checked against the recorded shape); OneHot: the
+    indices' shape with depth inserted at axis, the values' type; EyeLike: the input's shape, in
+    its `dtype` (the input's when absent)."""
     x = graph.tensors[node.inputs[0]]
+    if node.op == "OneHot":
+        depth, values = _scalar(graph, node.inputs[1]), graph.tensors[node.inputs[2]]
+        if depth is None:
+            return [TensorType(None, values.dtype)]
+        axis = _one_hot_axis(node, len(x.shape))
+        return [TensorType(tuple(x.shape[:axis]) + (int(depth),) + tuple(x.shape[axis:]), values.dtype)]
+    if node.op == "EyeLike":
+        if "dtype" not in node.attrs:
+            return [TensorType(tuple(x.shape), x.dtype)]
+        record = dtypes.from_onnx(node.attrs["dtype"])
+        return [TensorType(tuple(x.shape), record.name if record else f"onnx type {node.attrs['dtype']}")]
     if node.op == "GatherElements":
         return [TensorType(tuple(graph.tensors[node.inputs[1]].shape), x.dtype)]
     if node.op == "GatherND":
@@ -120,6 +138,22 @@ def _ctype(graph, name) -> str:
     return dtypes.dtype(dtype).c_type
 
 
+def _one_hot_axis(node, rank: int) -> int:
+    """OneHot's axis in the output (of rank + 1 axes), counted from the front."""
+    axis = node.attrs.get("axis", -1)
+    if not -rank - 1 <= axis <= rank:
+        raise MoaEdgeError(f"OneHot node {node.name!r}: axis {axis} is outside an output of rank {rank + 1}")
+    return axis % (rank + 1)
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    """The reference's type for a tensor of type `name`: floats in float64, uint16/32/64 in int64
+    (as harness/reference.py holds them), the others as themselves."""
+    if dtypes.dtype(name).is_float:
+        return torch.float64
+    return torch.int64 if name in ("uint16", "uint32", "uint64") else getattr(torch, name)
+
+
 def _scalar(graph, name):
     """A constant scalar input's Python value, None for a run-time one."""
     value = graph.constant(name)
@@ -181,8 +215,27 @@ def _range(node, inputs, graph):
     return out
 
 
+def _one_hot(node, inputs, graph):
+    indices, depth, values = inputs
+    depth = int(depth.reshape(-1)[0])
+    hot = indices.to(torch.float64)
+    hot = torch.where(hot < 0, hot + depth, hot)
+    valid = (hot >= 0) & (hot < depth) & (hot == torch.floor(hot))
+    picked = torch.nn.functional.one_hot(torch.where(valid, hot, 0).long(), depth).bool() & valid[..., None]
+    picked = picked.movedim(-1, _one_hot_axis(node, indices.dim()))
+    off, on = values.reshape(-1)
+    return torch.where(picked, on, off)
+
+
+def _eye_like(node, inputs, graph):
+    rows, cols = inputs[0].shape
+    k = int(node.attrs.get("k", 0))
+    ones = torch.ones(rows, cols, dtype=torch.bool).triu(k).tril(k)  # the ones of diagonal k
+    return ones.to(_torch_dtype(graph.tensors[node.outputs[0]].dtype))
+
+
 _EVALUATE = {"GatherElements": _gather_elements, "GatherND": _gather_nd, "Trilu": _trilu, "CumSum": _cumulative,
-             "CumProd": _cumulative, "Range": _range}
+             "CumProd": _cumulative, "Range": _range, "OneHot": _one_hot, "EyeLike": _eye_like}
 
 
 # ---- the C emission ------------------------------------------------------------------
@@ -324,5 +377,47 @@ def _emit_range(node, ctx, where):
             "        }", "    }"]
 
 
+def _emit_one_hot(node, ctx, where):
+    graph = ctx.graph
+    shape = graph.tensors[node.inputs[0]].shape
+    depth = _scalar(graph, node.inputs[1])
+    if depth is None:
+        raise MoaEdgeError(f"OneHot node {node.name!r}: depth {node.inputs[1]!r} is computed at run time; "
+                           f"only a constant depth is supported")
+    depth, axis = int(depth), _one_hot_axis(node, len(shape))
+    outer, inner = math.prod(shape[:axis]), math.prod(shape[axis:])
+    idx, values, out = (where[n] for n in (node.inputs[0], node.inputs[2], node.outputs[0]))
+    # In double, every index a depth can reach is exact, and a fractional one matches no t.
+    return [f"    {{ /* {c_comment_text(node.name)}: OneHot, depth {depth} along axis {axis}, "
+            f"off and on values from {c_comment_text(node.inputs[2])} */",
+            "        ptrdiff_t o, t, r;",
+            f"        for (o = 0; o < {outer}; o++) {{",
+            f"            for (r = 0; r < {inner}; r++) {{",
+            f"                const double value = (double){idx}[o * {inner} + r];",
+            f"                const double hot = value < 0 ? value + {depth} : value; /* negative: from the end */",
+            f"                for (t = 0; t < {depth}; t++) {{",
+            f"                    {out}[(o * {depth} + t) * {inner} + r] = "
+            f"hot == (double)t ? {values}[1] : {values}[0];",
+            "                }", "            }", "        }", "    }"]
+
+
+def _emit_eye_like(node, ctx, where):
+    graph = ctx.graph
+    shape = graph.tensors[node.inputs[0]].shape
+    if len(shape) != 2:
+        raise MoaEdgeError(f"EyeLike node {node.name!r}: input {node.inputs[0]!r} has rank {len(shape)}; ONNX needs 2")
+    rows, cols = shape
+    k = int(node.attrs.get("k", 0))
+    x, out = where[node.inputs[0]], where[node.outputs[0]]
+    return [f"    {{ /* {c_comment_text(node.name)}: EyeLike, ones on diagonal {k} */",
+            "        ptrdiff_t d0, d1;",
+            f"        (void){x}; /* only its shape is read */",
+            f"        for (d0 = 0; d0 < {rows}; d0++) {{",
+            f"            for (d1 = 0; d1 < {cols}; d1++) {{",
+            f"                {out}[d0 * {cols} + d1] = d1 - d0 == {k} ? 1 : 0;",
+            "            }", "        }", "    }"]
+
+
 _EMIT = {"GatherElements": _emit_gather_elements, "GatherND": _emit_gather_nd, "Trilu": _emit_trilu,
-         "CumSum": _emit_cumulative, "CumProd": _emit_cumulative, "Range": _emit_range}
+         "CumSum": _emit_cumulative, "CumProd": _emit_cumulative, "Range": _emit_range, "OneHot": _emit_one_hot,
+         "EyeLike": _emit_eye_like}
