@@ -46,6 +46,7 @@ ISSUE_17_OPS = {"LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "HardSigm
                 "GlobalMaxPool", "GlobalAveragePool", "GlobalLpPool", "BatchNormalization", "InstanceNormalization",
                 "GroupNormalization", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "BitShift"}
 ISSUE_17_OPS |= {"Resize"}
+ISSUE_17_OPS |= {"Einsum", "CumProd", "Tile", "DepthToSpace", "SpaceToDepth", "OneHot", "EyeLike"}
 
 
 def test_the_torch_references_of_the_new_ops_give_the_cases_outputs(tmp_path):

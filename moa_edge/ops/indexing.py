@@ -1,17 +1,23 @@
-"""Run-time indexing ops: GatherElements, GatherND, Trilu, CumSum and Range.
+"""Run-time indexing ops: GatherElements, GatherND, Trilu, CumSum, CumProd, Range, OneHot and EyeLike.
 
 Each is a short loop nest in the model's run function over the static shapes:
   GatherElements  out[i] = data[i with i[axis] := wrap(idx[i])]
   GatherND        out[b, n, r] = data[b, wrap(idx[b, n, 0]), ..., wrap(idx[b, n, m-1]), r]
   Trilu           out[.., i, j] = x[.., i, j] if j - i >= k (upper; <= k lower) else 0
   CumSum          out[o, t, r] = out[o, t-1, r] + x[o, t, r]  (exclusive: + x[o, t-1, r]; reverse: t+1)
+  CumProd         the same with * (and 1 before the first element where CumSum has 0)
   Range           out[i] = start + i * delta
+  OneHot          out[o, t, r] = values[1] if wrap(idx[o, r]) == t else values[0]   (t along `axis`)
+  EyeLike         out[i, j] = 1 if j - i == k else 0
 Constant-index gathers and all-constant Ranges never reach here (they are copies through
 access maps and folded constants). A negative index counts from the end, as ONNX says; one
 outside its axis stops the model with MOA_ERR_INDEX_OUT_OF_RANGE rather than read past it.
-Trilu's k and CumSum's axis may be constants or run-time scalars; a run-time axis outside
-the rank is out of range too. Range checks the element count its run-time scalars give
+Trilu's k and the axis of CumSum and CumProd may be constants or run-time scalars; a
+run-time axis outside the rank is out of range too. Range checks the element count its run-time scalars give
 against the static output shape (MOA_ERR_BAD_PARAMS when they disagree, or delta is 0).
+OneHot's depth must be a constant (it is the new axis's extent); an index outside
+[-depth, depth) gives an all-off row, as the spec says, and so does a fractional float index
+(as ONNX's reference evaluator compares them).
 """
 from __future__ import annotations
 
@@ -26,9 +32,10 @@ from moa_edge.ir.c_syntax import c_comment_text
 
 from .contract import EmittedUnit, TensorType
 
-OPS = ("GatherElements", "GatherND", "Trilu", "CumSum", "Range")
+OPS = ("GatherElements", "GatherND", "Trilu", "CumSum", "CumProd", "Range", "OneHot", "EyeLike")
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
-ONNX_VERSIONS = {"GatherElements": 13, "GatherND": 13, "Trilu": 14, "CumSum": 14, "Range": 27}
+ONNX_VERSIONS = {"GatherElements": 13, "GatherND": 13, "Trilu": 14, "CumSum": 14, "CumProd": 26,
+                 "Range": 27, "OneHot": 28, "EyeLike": 22}
 C_SOURCES: list[str] = []
 # Locals of the generated blocks that codegen keeps every tensor's C name clear of (the rest
 # of _LOCALS are checked by _buffers instead).
@@ -37,16 +44,29 @@ C_LOCALS = frozenset({"o", "s", "t", "r", "row", "at", "src", *(f"d{k}" for k in
 _OUT_OF_RANGE = "return MOA_ERR_INDEX_OUT_OF_RANGE;"
 # The locals the emitted blocks declare: a buffer named like one of them would be shadowed.
 _LOCALS = {"at", "src", "row", "ax", "outer_of", "extent_of", "inner_of", "outer", "extent", "inner", "o", "s", "t",
-           "r", "prev", "before", "steps", "count", "diff", "begin", "end", "step"}
+           "r", "prev", "before", "steps", "count", "diff", "begin", "end", "step", "value", "hot"}
 
 
 # ---- the shape and dtype rule -----------------------------------------------------------
 
 def infer(node, graph) -> list[TensorType]:
     """GatherElements: the indices' shape; GatherND: the index tuples' shape then the slices';
-    Trilu and CumSum: the input's; Range: the element count of constant scalars (shape None
-    when they arrive at run time: run-time checked against the recorded shape)."""
+    Trilu, CumSum and CumProd: the input's; Range: the element count of constant scalars (shape None
+    when they arrive at run time: run-time checked against the recorded shape); OneHot: the
+    indices' shape with depth inserted at axis, the values' type; EyeLike: the input's shape, in
+    its `dtype` (the input's when absent)."""
     x = graph.tensors[node.inputs[0]]
+    if node.op == "OneHot":
+        depth, values = _scalar(graph, node.inputs[1]), graph.tensors[node.inputs[2]]
+        if depth is None:
+            return [TensorType(None, values.dtype)]
+        axis = _one_hot_axis(node, len(x.shape))
+        return [TensorType(tuple(x.shape[:axis]) + (int(depth),) + tuple(x.shape[axis:]), values.dtype)]
+    if node.op == "EyeLike":
+        if "dtype" not in node.attrs:
+            return [TensorType(tuple(x.shape), x.dtype)]
+        record = dtypes.from_onnx(node.attrs["dtype"])
+        return [TensorType(tuple(x.shape), record.name if record else f"onnx type {node.attrs['dtype']}")]
     if node.op == "GatherElements":
         return [TensorType(tuple(graph.tensors[node.inputs[1]].shape), x.dtype)]
     if node.op == "GatherND":
@@ -118,6 +138,22 @@ def _ctype(graph, name) -> str:
     return dtypes.dtype(dtype).c_type
 
 
+def _one_hot_axis(node, rank: int) -> int:
+    """OneHot's axis in the output (of rank + 1 axes), counted from the front."""
+    axis = node.attrs.get("axis", -1)
+    if not -rank - 1 <= axis <= rank:
+        raise MoaEdgeError(f"OneHot node {node.name!r}: axis {axis} is outside an output of rank {rank + 1}")
+    return axis % (rank + 1)
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    """The reference's type for a tensor of type `name`: floats in float64, uint16/32/64 in int64
+    (as harness/reference.py holds them), the others as themselves."""
+    if dtypes.dtype(name).is_float:
+        return torch.float64
+    return torch.int64 if name in ("uint16", "uint32", "uint64") else getattr(torch, name)
+
+
 def _scalar(graph, name):
     """A constant scalar input's Python value, None for a run-time one."""
     value = graph.constant(name)
@@ -153,17 +189,19 @@ def _trilu(node, inputs, graph):
     return torch.triu(x, k) if node.attrs.get("upper", 1) else torch.tril(x, k)
 
 
-def _cumsum(node, inputs, graph):
+def _cumulative(node, inputs, graph):
+    """CumSum (torch.cumsum) and CumProd (torch.cumprod); exclusive shifts in the identity."""
     x, axis = inputs[0], int(inputs[1].reshape(-1)[0])
     if not -x.dim() <= axis < x.dim():
-        raise MoaEdgeError(f"CumSum node {node.name!r}: axis {axis} is outside the rank {x.dim()}")
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: axis {axis} is outside the rank {x.dim()}")
     axis %= x.dim()
     reverse = bool(node.attrs.get("reverse", 0))
     y = torch.flip(x, [axis]) if reverse else x
-    y = torch.cumsum(y, axis, dtype=x.dtype)
+    y = (torch.cumsum if node.op == "CumSum" else torch.cumprod)(y, axis, dtype=x.dtype)
     if node.attrs.get("exclusive", 0):
-        y = torch.cat([torch.zeros_like(y.narrow(axis, 0, min(1, y.shape[axis]))),
-                       y.narrow(axis, 0, max(y.shape[axis] - 1, 0))], axis)
+        identity = torch.zeros_like if node.op == "CumSum" else torch.ones_like
+        first = identity(y.narrow(axis, 0, min(1, y.shape[axis])))
+        y = torch.cat([first, y.narrow(axis, 0, max(y.shape[axis] - 1, 0))], axis)
     return torch.flip(y, [axis]) if reverse else y
 
 
@@ -177,8 +215,27 @@ def _range(node, inputs, graph):
     return out
 
 
-_EVALUATE = {"GatherElements": _gather_elements, "GatherND": _gather_nd, "Trilu": _trilu, "CumSum": _cumsum,
-             "Range": _range}
+def _one_hot(node, inputs, graph):
+    indices, depth, values = inputs
+    depth = int(depth.reshape(-1)[0])
+    hot = indices.to(torch.float64)
+    hot = torch.where(hot < 0, hot + depth, hot)
+    valid = (hot >= 0) & (hot < depth) & (hot == torch.floor(hot))
+    picked = torch.nn.functional.one_hot(torch.where(valid, hot, 0).long(), depth).bool() & valid[..., None]
+    picked = picked.movedim(-1, _one_hot_axis(node, indices.dim()))
+    off, on = values.reshape(-1)
+    return torch.where(picked, on, off)
+
+
+def _eye_like(node, inputs, graph):
+    rows, cols = inputs[0].shape
+    k = int(node.attrs.get("k", 0))
+    ones = torch.ones(rows, cols, dtype=torch.bool).triu(k).tril(k)  # the ones of diagonal k
+    return ones.to(_torch_dtype(graph.tensors[node.outputs[0]].dtype))
+
+
+_EVALUATE = {"GatherElements": _gather_elements, "GatherND": _gather_nd, "Trilu": _trilu, "CumSum": _cumulative,
+             "CumProd": _cumulative, "Range": _range, "OneHot": _one_hot, "EyeLike": _eye_like}
 
 
 # ---- the C emission ------------------------------------------------------------------
@@ -251,36 +308,38 @@ def _emit_trilu(node, ctx, where):
             + _declare_loop_indices(3) + _loops((batches, rows, cols), body) + ["    }"])
 
 
-def _emit_cumsum(node, ctx, where):
+def _emit_cumulative(node, ctx, where):
+    """CumSum and CumProd: one running sum (product) per (outer, inner) row along the axis."""
     graph = ctx.graph
     shape = graph.tensors[node.inputs[0]].shape
     rank = len(shape)
     if rank == 0:
-        raise MoaEdgeError(f"CumSum node {node.name!r}: input {node.inputs[0]!r} is a scalar; ONNX needs rank >= 1")
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: input {node.inputs[0]!r} is a scalar; ONNX needs rank >= 1")
     x, out = where[node.inputs[0]], where[node.outputs[0]]
     reverse, exclusive = bool(node.attrs.get("reverse", 0)), bool(node.attrs.get("exclusive", 0))
     axis = _scalar(graph, node.inputs[1])
     split = [(math.prod(shape[:a]), shape[a], math.prod(shape[a + 1:])) for a in range(rank)]
     if axis is not None:
         if not -rank <= axis < rank:
-            raise MoaEdgeError(f"CumSum node {node.name!r}: axis {axis} is outside the rank {rank} "
+            raise MoaEdgeError(f"{node.op} node {node.name!r}: axis {axis} is outside the rank {rank} "
                                f"of {node.inputs[0]!r}")
         outer, extent, inner = split[axis % rank]
-        lines = [f"    {{ /* {c_comment_text(node.name)}: CumSum along axis {axis % rank}"
+        lines = [f"    {{ /* {c_comment_text(node.name)}: {node.op} along axis {axis % rank}"
                  f"{', reverse' if reverse else ''}{', exclusive' if exclusive else ''} */",
                  f"        const ptrdiff_t outer = {outer}, extent = {extent}, inner = {inner};"]
     else:  # the axis arrives at run time: the (outer, extent, inner) split of every axis is tabled
         def table(k):
             return "{" + ", ".join(str(s[k]) for s in split) + "}"
-        lines = [f"    {{ /* {c_comment_text(node.name)}: CumSum along the axis in {c_comment_text(node.inputs[1])}"
+        lines = [f"    {{ /* {c_comment_text(node.name)}: {node.op} along the axis in {c_comment_text(node.inputs[1])}"
                  f"{', reverse' if reverse else ''}{', exclusive' if exclusive else ''} */",
                  f"        static const ptrdiff_t outer_of[{rank}] = {table(0)}, extent_of[{rank}] = {table(1)}, "
                  f"inner_of[{rank}] = {table(2)};",
                  *_wrap_index(node, "ax", f"{where[node.inputs[1]]}[0]", rank, " " * 8),
                  "        const ptrdiff_t outer = outer_of[ax], extent = extent_of[ax], inner = inner_of[ax];"]
     t, prev = ("extent - 1 - s", "t + 1") if reverse else ("s", "t - 1")
-    value = (f"s == 0 ? 0 : {out}[before] + {x}[before]" if exclusive
-             else f"(s == 0 ? 0 : {out}[before]) + {x}[at]")
+    op, identity = ("+", "0") if node.op == "CumSum" else ("*", "1")
+    value = (f"s == 0 ? {identity} : {out}[before] {op} {x}[before]" if exclusive
+             else f"(s == 0 ? {identity} : {out}[before]) {op} {x}[at]")
     lines += ["        ptrdiff_t o, s, r;",
               "        for (o = 0; o < outer; o++) {",
               "            for (s = 0; s < extent; s++) {",
@@ -318,5 +377,47 @@ def _emit_range(node, ctx, where):
             "        }", "    }"]
 
 
+def _emit_one_hot(node, ctx, where):
+    graph = ctx.graph
+    shape = graph.tensors[node.inputs[0]].shape
+    depth = _scalar(graph, node.inputs[1])
+    if depth is None:
+        raise MoaEdgeError(f"OneHot node {node.name!r}: depth {node.inputs[1]!r} is computed at run time; "
+                           f"only a constant depth is supported")
+    depth, axis = int(depth), _one_hot_axis(node, len(shape))
+    outer, inner = math.prod(shape[:axis]), math.prod(shape[axis:])
+    idx, values, out = (where[n] for n in (node.inputs[0], node.inputs[2], node.outputs[0]))
+    # In double, every index a depth can reach is exact, and a fractional one matches no t.
+    return [f"    {{ /* {c_comment_text(node.name)}: OneHot, depth {depth} along axis {axis}, "
+            f"off and on values from {c_comment_text(node.inputs[2])} */",
+            "        ptrdiff_t o, t, r;",
+            f"        for (o = 0; o < {outer}; o++) {{",
+            f"            for (r = 0; r < {inner}; r++) {{",
+            f"                const double value = (double){idx}[o * {inner} + r];",
+            f"                const double hot = value < 0 ? value + {depth} : value; /* negative: from the end */",
+            f"                for (t = 0; t < {depth}; t++) {{",
+            f"                    {out}[(o * {depth} + t) * {inner} + r] = "
+            f"hot == (double)t ? {values}[1] : {values}[0];",
+            "                }", "            }", "        }", "    }"]
+
+
+def _emit_eye_like(node, ctx, where):
+    graph = ctx.graph
+    shape = graph.tensors[node.inputs[0]].shape
+    if len(shape) != 2:
+        raise MoaEdgeError(f"EyeLike node {node.name!r}: input {node.inputs[0]!r} has rank {len(shape)}; ONNX needs 2")
+    rows, cols = shape
+    k = int(node.attrs.get("k", 0))
+    x, out = where[node.inputs[0]], where[node.outputs[0]]
+    return [f"    {{ /* {c_comment_text(node.name)}: EyeLike, ones on diagonal {k} */",
+            "        ptrdiff_t d0, d1;",
+            f"        (void){x}; /* only its shape is read */",
+            f"        for (d0 = 0; d0 < {rows}; d0++) {{",
+            f"            for (d1 = 0; d1 < {cols}; d1++) {{",
+            f"                {out}[d0 * {cols} + d1] = d1 - d0 == {k} ? 1 : 0;",
+            "            }", "        }", "    }"]
+
+
 _EMIT = {"GatherElements": _emit_gather_elements, "GatherND": _emit_gather_nd, "Trilu": _emit_trilu,
-         "CumSum": _emit_cumsum, "Range": _emit_range}
+         "CumSum": _emit_cumulative, "CumProd": _emit_cumulative, "Range": _emit_range, "OneHot": _emit_one_hot,
+         "EyeLike": _emit_eye_like}
