@@ -1,6 +1,7 @@
 """The datatype records against numpy, onnx and the C compiler's own sizes; the lookups and the
 one dtype check the kernels share."""
 import cffi
+import ml_dtypes
 import numpy as np
 import onnx
 import pytest
@@ -15,7 +16,9 @@ RECORDS = [dtypes.dtype(name) for name in dtypes.KNOWN_DTYPES]
 def test_record_agrees_with_numpy_onnx_and_c(record):
     assert record.numpy == np.dtype(record.name)
     assert record.itemsize == np.dtype(record.name).itemsize
-    assert record.is_float == (np.issubdtype(np.dtype(record.name), np.floating) or record.name == "bfloat16")
+    ml_floats = {"bfloat16", *(n for n in dir(ml_dtypes) if n.startswith("float"))}  # numpy kind "V"
+    is_float = np.issubdtype(np.dtype(record.name), np.floating) or record.name in ml_floats
+    assert record.is_float == is_float
     assert onnx.helper.tensor_dtype_to_np_dtype(record.onnx) == np.dtype(record.name)
     assert onnx.helper.np_dtype_to_tensor_dtype(np.dtype(record.name)) == record.onnx
     assert cffi.FFI().sizeof(record.c_type) == np.dtype(record.name).itemsize
@@ -31,7 +34,7 @@ def test_lookups_find_the_same_record(record):
 def test_the_runtime_types_and_the_compute_type():
     assert dtypes.RUNTIME_DTYPES == ("float32", "bool", "int64", "int32", "float64", "int8", "uint8", "int16", "uint16",
                                      "uint32", "uint64")  # the order error messages list
-    assert dtypes.HELD_DTYPES == dtypes.RUNTIME_DTYPES + ("float16", "bfloat16")  # converted where they enter
+    assert dtypes.HELD_DTYPES == (*dtypes.RUNTIME_DTYPES, "float16", "bfloat16", *dtypes.SMALL_DTYPES)  # converted where they enter
     assert dtypes.COMPUTE_DTYPE.numpy == np.float32 and dtypes.COMPUTE_DTYPE.suffix == "f32"
 
 

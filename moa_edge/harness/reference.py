@@ -11,12 +11,13 @@ from moa_edge.passes.fold import evaluate_onnx_node
 
 def _torch(arr: np.ndarray) -> torch.Tensor:
     """Floats widen to float64; integers and bools keep their type (they index and mask), but
-    uint16, uint32 and uint64, in which torch computes little, become int64 (a uint64 past 2^63
-    wraps)."""
+    uint16, uint32 and uint64, in which torch computes little, and the 4- and 2-bit ones become
+    int64 (a uint64 past 2^63 wraps)."""
     arr = np.asarray(arr)
-    if np.issubdtype(arr.dtype, np.floating) or arr.dtype == dtypes.dtype("bfloat16").numpy:
+    record = dtypes.from_numpy(arr.dtype)
+    if np.issubdtype(arr.dtype, np.floating) or (record is not None and record.is_float):  # ml_dtypes' too
         return torch.from_numpy(arr.astype(np.float64))
-    if arr.dtype in (np.uint16, np.uint32, np.uint64):
+    if arr.dtype in (np.uint16, np.uint32, np.uint64) or (record is not None and record.name in dtypes.SMALL_DTYPES):
         return torch.from_numpy(arr.astype(np.int64))
     return torch.from_numpy(arr.copy())
 

@@ -37,7 +37,7 @@ class DType:
 
 def _record(name: str, c_type: str, suffix: str, itemsize: int, onnx_type: int, runtime: bool = False) -> DType:
     numpy_type = np.dtype(name)
-    is_float = numpy_type.kind == "f" or name == "bfloat16"  # ml_dtypes' bfloat16 is of numpy kind "V"
+    is_float = numpy_type.kind == "f" or name.startswith(("bfloat", "float"))  # ml_dtypes' are of numpy kind "V"
     return DType(name, numpy_type, c_type, suffix, itemsize, onnx_type, is_float, runtime)
 
 
@@ -58,6 +58,16 @@ _RECORDS = (
     _record("uint64", "uint64_t", "u64", 8, _T.UINT64, runtime=True),
     _record("float16", "uint16_t", "f16", 2, _T.FLOAT16),  # C99 has no half type: its bits
     _record("bfloat16", "uint16_t", "bf16", 2, _T.BFLOAT16),  # the top half of a float32's bits
+    # One element per byte in its low bits, as ml_dtypes holds them (moa/small_types.h).
+    _record("float8_e4m3fn", "uint8_t", "f8e4m3fn", 1, _T.FLOAT8E4M3FN),
+    _record("float8_e4m3fnuz", "uint8_t", "f8e4m3fnuz", 1, _T.FLOAT8E4M3FNUZ),
+    _record("float8_e5m2", "uint8_t", "f8e5m2", 1, _T.FLOAT8E5M2),
+    _record("float8_e5m2fnuz", "uint8_t", "f8e5m2fnuz", 1, _T.FLOAT8E5M2FNUZ),
+    _record("float4_e2m1fn", "uint8_t", "f4e2m1", 1, _T.FLOAT4E2M1),
+    _record("int4", "uint8_t", "i4", 1, _T.INT4),
+    _record("uint4", "uint8_t", "u4", 1, _T.UINT4),
+    _record("int2", "uint8_t", "i2", 1, _T.INT2),
+    _record("uint2", "uint8_t", "u2", 1, _T.UINT2),
 )
 _BY_NAME = {r.name: r for r in _RECORDS}
 _BY_ONNX = {r.onnx: r for r in _RECORDS}
@@ -68,7 +78,12 @@ RUNTIME_DTYPES = tuple(r.name for r in _RECORDS if r.runtime)
 # Held by the generated C but never computed in: converted to float32 where they enter (a model's
 # inputs, Cast) and rounded to where they leave (its outputs, Cast), as passes/half.py arranges.
 HALF_DTYPES = ("float16", "bfloat16")
-HELD_DTYPES = RUNTIME_DTYPES + HALF_DTYPES
+# Held too, one element per byte, and read and written by Cast alone (CastLike, QuantizeLinear and
+# DequantizeLinear of them are not computed yet).
+SMALL_DTYPES = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn", "int4", "uint4",
+                "int2", "uint2")
+CAST_ONLY_DTYPES = HALF_DTYPES + SMALL_DTYPES
+HELD_DTYPES = RUNTIME_DTYPES + CAST_ONLY_DTYPES
 # Constants may also be stored in these: quantized weights (int8, 4-bit pairs as uint8) and
 # float16 weights, which only their own kernels read (each checks with require_dtypes).
 WEIGHT_DTYPES = RUNTIME_DTYPES + ("int8", "uint8", "float16")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 
+import ml_dtypes
 import numpy as np
 from moa_edge.lazy import torch
 
@@ -30,6 +31,7 @@ C_SOURCES: list[str] = []
 IN_PLACE = True  # element i of the output is written after element i of each same-shape input is read
 HEADER = '#include "moa/elementwise.h"'
 HALF_HEADER = '#include "moa/half.h"'  # the conversions of a Cast to or from float16 and bfloat16
+SMALL_HEADER = '#include "moa/small_types.h"'  # ... and float8, float4 and the 4- and 2-bit integers
 
 
 def _approximate(node) -> str:
@@ -176,6 +178,19 @@ def _evaluate_fused(node, inputs, graph) -> list[torch.Tensor]:
     return [env[node.outputs[0]]]
 
 
+def _small_cast(node, x: torch.Tensor, record) -> torch.Tensor:
+    """Cast to a float8, float4 or small integer by ml_dtypes' conversion, as ONNX's reference casts
+    (saturating floats clipped to the type's range first), held as float64 or int64 values."""
+    x = x.numpy()
+    if not record.is_float:
+        return torch.from_numpy(x.astype(record.numpy).astype(np.int64))
+    x = x.astype(np.float32)
+    if node.attrs.get("saturate", 1):
+        largest = float(ml_dtypes.finfo(record.numpy).max)
+        x = np.where(np.isnan(x), x, np.clip(x, -largest, largest))
+    return torch.from_numpy(x.astype(record.numpy).astype(np.float64))
+
+
 def _integer_div(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """C's truncating a / b, with moa_idiv's results where C has none: a / 0 = 0, a / -1 = -a
     (wrapping, so INT_MIN / -1 = INT_MIN)."""
@@ -213,6 +228,8 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
         return [_quantize(node, *inputs)]
     if node.op == "Cast":
         target = graph.tensors[node.outputs[0]].dtype
+        if target in dtypes.SMALL_DTYPES:
+            return [_small_cast(node, inputs[0], dtypes.dtype(target))]
         if target in _TORCH_HALVES:  # rounded from float32, as the C rounds the float32 it computed
             return [inputs[0].to(torch.float32).to(getattr(torch, _TORCH_HALVES[target])).to(torch.float64)]
         return [inputs[0].to(getattr(torch, _TORCH_DTYPES[target]))]
@@ -269,21 +286,42 @@ def _bitwise(node, inputs, graph) -> torch.Tensor:
         torch.broadcast_shapes(*(x.shape for x in inputs)))
 
 
+_BITS = {"int4": 4, "uint4": 4, "int2": 2, "uint2": 2}
+
+
+def _cast_c(node, source: str, target: str) -> str:
+    """Cast's element. A type held in bits (a half, float8, float4, a 4- or 2-bit integer) is read
+    as float32 or its integer value first; to a half, float8 or float4 a value rounds from float32
+    (saturating as the attribute says); to a 4- or 2-bit integer a float goes towards zero and an
+    integer wraps; to any other type, C's conversion (a float towards zero, as onnxruntime)."""
+    source_record, target_record = dtypes.dtype(source), dtypes.dtype(target)
+    if source in _BITS:
+        value = f"moa_wrap_small_int(a, {_BITS[source]}, {int(source.startswith('int'))})"
+    elif source in dtypes.CAST_ONLY_DTYPES:
+        value = f"moa_{source_record.suffix}_to_f32(a)"
+    else:
+        value = "a"
+    if target in dtypes.HALF_DTYPES:  # from float32 (an integer or bool converts to it first), rounded
+        return f"moa_f32_to_{target_record.suffix}((float){value})"
+    if target_record.is_float and target in dtypes.SMALL_DTYPES:
+        return f"moa_f32_to_{target_record.suffix}((float){value}, {int(node.attrs.get('saturate', 1))})"
+    if target in _BITS:
+        wrapped = (f"moa_f32_to_small_int((float){value}, " if source_record.is_float
+                   else f"moa_wrap_small_int((int64_t){value}, ") + f"{_BITS[target]}, {int(target.startswith('int'))})"
+        return f"({wrapped} & {(1 << _BITS[target]) - 1})"  # held in the low bits
+    if target == "bool":
+        return f"({value} != 0)"
+    if source in dtypes.CAST_ONLY_DTYPES and target == "float32":
+        return value  # widened exactly
+    return f"({target_record.c_type}){value}"
+
+
 def _expression(node, graph) -> tuple[str, list[str]]:
     """The C expression of one output element and the operands it reads (as a, b, c, ...)."""
     names = [n for n in node.inputs]
     if node.op == "Cast":
-        source, target = graph.tensors[names[0]].dtype, graph.tensors[node.outputs[0]].dtype
-        value = f"moa_{dtypes.dtype(source).suffix}_to_f32(a)" if source in dtypes.HALF_DTYPES else "a"
-        if target in dtypes.HALF_DTYPES:  # from float32 (an integer or bool converts to it first), rounded
-            return f"moa_f32_to_{dtypes.dtype(target).suffix}((float){value})", names[:1]
-        if target == "bool":
-            return f"({value} != 0)", names[:1]
-        if source in dtypes.HALF_DTYPES and target == "float32":
-            return value, names[:1]  # widened exactly
-        # float to integer: towards zero, as C and onnxruntime
-        return f"({dtypes.dtype(target).c_type}){value}", names[:1]
-    halves = [n for n in [*names, *node.outputs] if n and graph.tensors[n].dtype in dtypes.HALF_DTYPES]
+        return _cast_c(node, graph.tensors[names[0]].dtype, graph.tensors[node.outputs[0]].dtype), names[:1]
+    halves = [n for n in [*names, *node.outputs] if n and graph.tensors[n].dtype in dtypes.CAST_ONLY_DTYPES]
     if halves:
         raise MoaEdgeError(f"{node.op} node {node.name!r}: {halves[0]!r} is {graph.tensors[halves[0]].dtype}; "
                            f"only Cast reads or writes it (the runtime computes in float32)")
@@ -462,6 +500,7 @@ def emit(node, ctx):
 
 
 def _headers(members, graph: Graph) -> list[str]:
-    """elementwise.h, and half.h when a member converts a float16 or bfloat16."""
-    halves = any(graph.tensors[n].dtype in dtypes.HALF_DTYPES for m in members for n in [*m.inputs, *m.outputs] if n)
-    return [HEADER, HALF_HEADER] if halves else [HEADER]
+    """elementwise.h, and half.h or small_types.h when a member converts a type they hold."""
+    held = {graph.tensors[n].dtype for m in members for n in [*m.inputs, *m.outputs] if n}
+    return [HEADER] + ([HALF_HEADER] if held & set(dtypes.HALF_DTYPES) else []) + (
+        [SMALL_HEADER] if held & set(dtypes.SMALL_DTYPES) else [])

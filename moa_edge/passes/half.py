@@ -44,7 +44,8 @@ def _casts_like(graph: Graph) -> None:
     for node in graph.nodes:
         like = graph.tensors.get(node.inputs[1]) if node.op == "CastLike" and len(node.inputs) == 2 else None
         if like is not None and like.dtype in dtypes.KNOWN_DTYPES:
-            node.op, node.inputs, node.attrs = "Cast", node.inputs[:1], {"to": dtypes.dtype(like.dtype).onnx}
+            saturate = {"saturate": node.attrs["saturate"]} if "saturate" in node.attrs else {}
+            node.op, node.inputs, node.attrs = "Cast", node.inputs[:1], {"to": dtypes.dtype(like.dtype).onnx, **saturate}
 
 
 def _rounding_cast(graph: Graph, node: Node) -> bool:
