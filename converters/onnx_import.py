@@ -1,6 +1,7 @@
 """ONNX file -> moa_edge IR with static shapes.
 
-Loads (external data resolved beside the file), inlines local functions, pins symbolic
+Loads (external data resolved beside the file), inlines local functions and the function bodies of
+the ops moa-edge does not implement itself (converters/expand.py), pins symbolic
 dimensions from --input-shape, runs ONNX shape inference and folds constant
 subgraphs (shape plumbing) so the passes see plain constants.
 """
@@ -19,7 +20,11 @@ from onnx import numpy_helper
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Node, Tensor, check_sizes, dtypes
 from moa_edge.passes import kv_cache, qdq
+from moa_edge.ops import SUPPORTED_OPS
 from moa_edge.passes.fold import SHAPE_VALUES
+from moa_edge.passes.versions import implemented_versions
+
+from .expand import expand_unimplemented
 
 
 def parse_input_shapes(specs: list[str] | None) -> dict[str, tuple[int, ...]]:
@@ -82,7 +87,8 @@ def load_model(path: Path) -> onnx.ModelProto:
         raise MoaEdgeError(f"{path}: ONNX opset {opset} is outside the supported "
                            f"{SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (the newest the installed onnx "
                            f"{onnx.__version__} defines)")
-    return onnx.inliner.inline_local_functions(model)
+    model = onnx.inliner.inline_local_functions(model)
+    return expand_unimplemented(model, set(SUPPORTED_OPS) | set(implemented_versions()))
 
 
 def _upgraded(model: onnx.ModelProto, path: Path, opset: int) -> onnx.ModelProto:

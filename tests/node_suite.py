@@ -43,8 +43,9 @@ DESIGN_OPS = {
                   "OptionalGetElement", "OptionalHasElement"},
     "data-dependent shapes": {"Loop", "If", "Scan", "NonZero", "Unique", "NonMaxSuppression", "Compress"},
 }
-# Cases whose refusal is by design, by name: training-mode Dropout draws a random mask.
-DESIGN_NAMES = {r"^test_training_dropout": "random"}
+# Cases whose refusal is by design, by name: training-mode Dropout draws a random mask; training-mode
+# BatchNormalization computes the batch's statistics and the running means an optimiser keeps.
+DESIGN_NAMES = {r"^test_training_dropout": "random", r"_training_mode$": "training"}
 
 
 def by_design(case) -> str | None:
@@ -216,8 +217,11 @@ def _feeds(case) -> dict:
     return dict(zip([vi.name for vi in case.model.graph.input], arrays(inputs)))
 
 
-# Float inputs after the first that exporters write as constants too: Resize's roi and scales.
-GEOMETRY_INPUTS = {"Resize": slice(1, 3), "Upsample": slice(1, 2)}
+# Float inputs after the first that exporters write as constants too: Resize's roi and scales,
+# quantization scales and zero points, normalization weights.
+GEOMETRY_INPUTS = {"Resize": slice(1, 3), "Upsample": slice(1, 2), "QuantizeLinear": slice(1, 3),
+                   "DequantizeLinear": slice(1, 3), "GroupNormalization": slice(1, 3),
+                   "InstanceNormalization": slice(1, 3), "BatchNormalization": slice(1, 5)}
 
 
 def with_constant_inputs(case) -> tuple[onnx.ModelProto, dict, list[str]]:

@@ -689,20 +689,26 @@ def _bad_weight_model(q_shape=(8, 10), scale=None, zero=None, zero_type=np.int8,
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
-def _bad_pair_model(dq_scale=0.1, reader="DequantizeLinear", block=0, qtype=TensorProto.UINT8) -> onnx.ModelProto:
-    """x [2, 8] -> QuantizeLinear 'quantize' -> DequantizeLinear 'dequantize' (or a Cast) -> y."""
+def _bad_pair_model(dq_scale=0.1, reader="DequantizeLinear", block=0, qtype=TensorProto.UINT8,
+                    scale_input=False) -> onnx.ModelProto:
+    """x [2, 8] -> QuantizeLinear 'quantize' -> DequantizeLinear 'dequantize' (or a Cast) -> y; with
+    scale_input, QuantizeLinear's scale s is a graph input."""
     scale_shape = (2, 2) if block else ()
     zero = numpy_helper.from_array(np.zeros(scale_shape, onnx.helper.tensor_dtype_to_np_dtype(qtype)), "zp")
     inits = [numpy_helper.from_array(np.full(scale_shape, 0.1, np.float32), "s"), zero,
              numpy_helper.from_array(np.full(scale_shape, dq_scale, np.float32), "s2")]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 8))]
+    if scale_input:
+        inputs.append(helper.make_tensor_value_info("s", TensorProto.FLOAT, scale_shape))
+        inits = inits[1:]
     attrs = {"axis": 1, "block_size": block} if block else {}
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], name="quantize", **attrs)]
     if reader == "DequantizeLinear":
         nodes.append(helper.make_node("DequantizeLinear", ["q", "s2", "zp"], ["y"], name="dequantize", **attrs))
     else:
         nodes.append(helper.make_node("Cast", ["q"], ["y"], name="cast", to=TensorProto.FLOAT))
-    graph = helper.make_graph(nodes, "pair", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (2, 8))],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, (2, 8))], inits)
+    graph = helper.make_graph(nodes, "pair", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, (2, 8))],
+                              inits)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
 
 
@@ -726,15 +732,28 @@ BAD = {
                           "axis=2 is outside [-2, 1]"),
     "zero_point_type": (lambda: _bad_weight_model(zero_type=np.uint8), "node name: dq",
                         "x_zero_point has inconsistent type tensor(uint8)"),
-    "pair_scales_differ": (lambda: _bad_pair_model(dq_scale=0.2), "DequantizeLinear node 'dequantize'",
-                           "with another scale, zero point, axis or block than QuantizeLinear node 'quantize'"),
-    "integers_read_otherwise": (lambda: _bad_pair_model(reader="Cast"), "QuantizeLinear node 'quantize'",
-                                "its integer output 'q' is read by Cast node 'cast'"),
-    "blocked_activations": (lambda: _bad_pair_model(block=4), "QuantizeLinear node 'quantize'",
-                            "blocked quantization (block_size=4) of a run-time tensor is not supported"),
-    "float8_activations": (lambda: _bad_pair_model(qtype=TensorProto.FLOAT8E4M3FN), "QuantizeLinear node 'quantize'",
-                           "quantizes to float8_e4m3fn"),
+    "per_axis_scale_at_run_time": (lambda: _bad_pair_model(block=4, scale_input=True), "QuantizeLinear node 'quantize'",
+                                   "its scale and zero point must be constants (initializers) unless one value each"),
 }
+
+# Pairs that are no MoaFakeQuantize: the QuantizeLinear's integers themselves, then what reads them.
+UNPAIRED = {"scales_differ": dict(dq_scale=0.2), "integers_read_otherwise": dict(reader="Cast"),
+            "blocked": dict(block=4), "float8": dict(qtype=TensorProto.FLOAT8E4M3FN),
+            "int4": dict(qtype=TensorProto.INT4), "scale_at_run_time": dict(scale_input=True)}
+
+
+@pytest.mark.parametrize("name", list(UNPAIRED))
+def test_unpaired_quantize_and_dequantize_compute_the_spec(name, workdir):
+    """Each node on its own as element-wise ops, against onnx's reference evaluator."""
+    model = _bad_pair_model(**UNPAIRED[name])
+    path = workdir / f"unpaired_{name}.onnx"
+    onnx.save(model, path)
+    feeds = {"x": (np.random.default_rng(5).standard_normal((2, 8)) * 3).astype(np.float32)}
+    if name == "scale_at_run_time":
+        feeds["s"] = np.array(0.1, np.float32)
+    want = ReferenceEvaluator(model).run(None, feeds)[0]
+    got = _run_c(path, workdir / f"unpaired_{name}", "host", feeds)["y"]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("name", list(BAD))

@@ -9,7 +9,7 @@ from moa_edge.ops import SUPPORTED_OPS, check_output_types
 
 from .attention import rewrite_attention
 from .canonical import bypass_no_ops, copy_constant_outputs, lower_copies, narrow_softmax_precision, unfold_batched_transposes
-from .dynamic_quantize import fold_dynamic_quantization, parse_activations, quantize_activations
+from .dynamic_quantize import expand_dynamic_quantizers, fold_dynamic_quantization, parse_activations, quantize_activations
 from .float32_kernels import read_through_float32
 from .fold import fold_constants, infer_missing_shapes
 from .half import compute_in_float32
@@ -68,6 +68,8 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     copy_constant_outputs(graph)
     lower_matmul_nbits(graph)  # onnxruntime's quantized weights, before pack_weights quantizes float ones
     fold_dynamic_quantization(graph)
+    graph.remove_dead()
+    expand_dynamic_quantizers(graph)  # those no kernel took, as the spec's ops
     pack_weights(graph, weights)
     if activations == "int8":
         quantize_activations(graph)

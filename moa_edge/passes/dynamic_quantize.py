@@ -217,6 +217,54 @@ def fold_dynamic_quantization(graph: Graph) -> int:
     return count
 
 
+def expand_dynamic_quantizers(graph: Graph) -> int:
+    """Each DynamicQuantizeLinear no kernel took, as the spec's ops (uint8, over the whole tensor):
+
+        scale = (max(0, max(x)) - min(0, min(x))) / 255
+        zero  = saturate(round_half_even(-min(0, min(x)) / scale))
+        y     = saturate(round_half_even(x / scale) + zero)"""
+    expanded = 0
+    for node in [n for n in graph.nodes if n.op == "DynamicQuantizeLinear"]:
+        x = node.inputs[0]
+        if graph.tensors.get(x) is None or graph.tensors[x].dtype != "float32":
+            continue
+        y, scale, zero = (list(node.outputs) + ["", "", ""])[:3]
+        made: list[Node] = []
+
+        def step(op: str, inputs: list[str], shape: tuple = (), out: str = "", dtype: str = "float32", **attrs) -> str:
+            out = out or _fresh_name(graph, f"{node.name}__{op}")
+            graph.tensors[out] = Tensor(out, shape, dtype)
+            made.append(Node(op, f"{node.name}__{op}_{len(made)}", inputs, [out], attrs))
+            return out
+
+        def constant(value: float) -> str:
+            name = _fresh_name(graph, f"{node.name}__{value:g}")
+            graph.tensors[name] = Tensor(name, (), "float32", np.array(value, np.float32))
+            return name
+
+        full = tuple(graph.tensors[x].shape)
+        low = step("Min", [step("ReduceMin", [x], keepdims=0), constant(0.0)])
+        high = step("Max", [step("ReduceMax", [x], keepdims=0), constant(0.0)])
+        scale = step("Div", [step("Sub", [high, low]), constant(255.0)], out=scale)
+        zero_value = step("Clip", [step("Round", [step("Div", [step("Neg", [low]), scale])]), constant(0.0),
+                                   constant(255.0)])
+        if zero:
+            step("Cast", [zero_value], out=zero, dtype="uint8", to=2)
+        ratio = step("Round", [step("Div", [x, scale], full)], full)
+        quantized = step("Clip", [step("Add", [ratio, zero_value], full), constant(0.0), constant(255.0)], full)
+        step("Cast", [quantized], full, out=y, dtype="uint8", to=2)
+        at = graph.nodes.index(node)
+        graph.nodes[at:at + 1] = made
+        expanded += 1
+    return expanded
+
+
+def _fresh_name(graph: Graph, stem: str) -> str:
+    while stem in graph.tensors:
+        stem += "_"
+    return stem
+
+
 def parse_activations(text: str | None, weights: WeightFormat | None) -> str | None:
     """`--activations`: 'int8' (per row, into the integer GEMM; needs `--weights int8`, one scale per
     output column) or None / 'float32' (the activations stay float)."""

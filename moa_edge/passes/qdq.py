@@ -53,11 +53,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import ml_dtypes
 import numpy as np
 import onnx
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import Graph, Node, Tensor
+from moa_edge.ir import Graph, Node, Tensor, dtypes
 from moa_edge.ir.dtypes import Quantization
 from moa_edge.ops import qmatmul
 
@@ -409,17 +410,6 @@ def _fake_quantize(graph: Graph, quantize: Node, dequantize: Node, params: Param
     """The pair as one MoaFakeQuantize: per tensor with the scale and range as attributes, per axis
     with them as constants shaped to broadcast against x."""
     x = graph.tensors[quantize.inputs[0]]
-    if params.qtype not in RANGES:
-        _refuse(quantize, f"quantizes to {params.qtype}; a run-time QuantizeLinear -> DequantizeLinear pair is "
-                          f"supported for {', '.join(RANGES)}")
-    if params.scale is None or (_input(quantize, 2) and params.zero is None):
-        _refuse(quantize, "its scale and zero point must be constants (initializers)")
-    if params.block:
-        _refuse(quantize, f"blocked quantization (block_size={params.block}) of a run-time tensor is not supported")
-    if x.dtype != "float32" or params.scale.dtype != np.float32:
-        _refuse(quantize, f"x {x.name!r} is {x.dtype} and the scale {params.scale.dtype}; only float32 is supported")
-    if quantize.attrs.get("precision", onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT:
-        _refuse(quantize, f"precision={quantize.attrs['precision']}: only float32 division is supported")
     if not np.all(params.scale > 0) or not np.all(np.isfinite(params.scale)):
         _refuse(quantize, f"scale {quantize.inputs[1]!r} has a value that is not finite and positive")
     qmin, qmax = RANGES[params.qtype]
@@ -441,26 +431,117 @@ def _fake_quantize(graph: Graph, quantize: Node, dequantize: Node, params: Param
     return Node("MoaFakeQuantize", name, operands, list(dequantize.outputs), {"qtype": params.qtype})
 
 
-def _lower_pair(graph: Graph, quantize: Node) -> None:
+def _fuses_as_pair(graph: Graph, quantize: Node, params: Params) -> bool:
+    """Whether QuantizeLinear and the DequantizeLinear nodes reading it are one MoaFakeQuantize: only
+    those read its integers, with its parameters, and _fake_quantize has the form for them."""
+    q = quantize.outputs[0]
+    readers = graph.consumers(q)
+    x = graph.tensors[quantize.inputs[0]]
+    return (q not in graph.outputs and bool(readers) and params.qtype in RANGES and not params.block
+            and (not _input(quantize, 2) or params.zero is not None)
+            and x.dtype == "float32" and params.scale is not None and params.scale.dtype == np.float32
+            and quantize.attrs.get("precision", onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
+            and all(r.op == DEQUANTIZE and r.inputs[0] == q and (theirs := check_node(graph, r)) is not None
+                    and params.same(theirs) for r in readers))
+
+
+def _lower_quantize(graph: Graph, quantize: Node) -> None:
     params = check_node(graph, quantize)
     if params is None:
         _refuse(quantize, f"the shape of x {quantize.inputs[0]!r} is unknown")
-    q = quantize.outputs[0]
-    readers = graph.consumers(q)
-    if q in graph.outputs or not readers:
-        _refuse(quantize, f"its integer output {q!r} is a graph output; only a QuantizeLinear -> DequantizeLinear "
-                          f"pair (the QDQ format) is supported")
-    for reader in readers:
-        if reader.op != DEQUANTIZE or reader.inputs[0] != q:
-            _refuse(quantize, f"its integer output {q!r} is read by {reader.op} node {reader.name!r}; only a "
-                              f"QuantizeLinear -> DequantizeLinear pair (the QDQ format) is supported")
-        theirs = check_node(graph, reader)
-        if theirs is None or not params.same(theirs):
-            _refuse(reader, f"dequantizes {q!r} with another scale, zero point, axis or block than QuantizeLinear "
-                            f"node {quantize.name!r}; only a pair with the same ones is supported")
+    _require_parameters(quantize, params)
+    if not _fuses_as_pair(graph, quantize, params):  # the integers themselves, which their readers read
+        at = graph.nodes.index(quantize)
+        graph.nodes[at:at + 1] = _quantize_ops(graph, quantize, params)
+        return
+    readers = graph.consumers(quantize.outputs[0])
     for reader in readers:
         graph.nodes[graph.nodes.index(reader)] = _fake_quantize(graph, quantize, reader, params)
     graph.nodes.remove(quantize)
+
+
+# --- QuantizeLinear and DequantizeLinear on their own, as element-wise ops --------------------
+
+def _require_parameters(node: Node, params: Params) -> None:
+    """Scale and zero point: constants, or computed at run time when one value (per tensor)."""
+    if params.axis is not None and (params.scale is None or (_input(node, 2) and params.zero is None)):
+        _refuse(node, "its scale and zero point must be constants (initializers) unless one value each (per tensor)")
+
+
+def _parameter(graph: Graph, nodes: list[Node], node: Node, index: int, values: np.ndarray | None, params: Params,
+               shape: tuple, stem: str) -> str | None:
+    """A scale (index 1) or zero point (2) as a float32 operand broadcasting against x: a constant
+    spread to x's shape, or the run-time value cast to float32; None for a zero point of zeros."""
+    if values is not None:
+        if index == 2 and not values.astype(np.float32).any():
+            return None
+        return _constant(graph, stem, _spread(values.astype(np.float32), params, shape))
+    name = _input(node, index)
+    if not name:
+        return None
+    if graph.tensors[name].dtype == "float32":
+        return name
+    return _step(graph, nodes, "Cast", [name], stem, attrs={"to": onnx.TensorProto.FLOAT})
+
+def _constant(graph: Graph, stem: str, values: np.ndarray) -> str:
+    while stem in graph.tensors:
+        stem += "_"
+    graph.tensors[stem] = Tensor(stem, tuple(values.shape), values.dtype.name, values)
+    return stem
+
+
+def _step(graph: Graph, nodes: list[Node], op: str, inputs: list[str], stem: str, dtype: str = "float32",
+          attrs: dict | None = None, out: str | None = None) -> str:
+    """Append `op` over `inputs` to `nodes`, its output a new tensor of x's shape (or `out`)."""
+    shape = tuple(graph.tensors[inputs[0]].shape)
+    if out is None:
+        out = stem
+        while out in graph.tensors:
+            out += "_"
+    graph.tensors[out] = Tensor(out, shape, dtype)
+    nodes.append(Node(op, f"{stem}__{op}", inputs, [out], attrs or {}))
+    return out
+
+
+def _quantize_ops(graph: Graph, quantize: Node, params: Params) -> list[Node]:
+    """y = saturate(round_half_even(x / scale) + zero_point), in float32: to an integer type clamped
+    to its range, then Cast; to a float8 or float4 type Cast rounds and saturates as asked."""
+    x, y = quantize.inputs[0], quantize.outputs[0]
+    shape, stem, nodes = tuple(graph.tensors[x].shape), y, []
+    scale = _parameter(graph, nodes, quantize, 1, params.scale, params, shape, f"{stem}__scale")
+    value = _step(graph, nodes, "Div", [x, scale], f"{stem}__ratio")
+    qtype = dtypes.dtype(params.qtype)
+    if not qtype.is_float:
+        value = _step(graph, nodes, "Round", [value], f"{stem}__rounded")
+    zero = _parameter(graph, nodes, quantize, 2, params.zero, params, shape, f"{stem}__zero")
+    if zero is not None:
+        value = _step(graph, nodes, "Add", [value, zero], f"{stem}__shifted")
+    if not qtype.is_float:
+        info = ml_dtypes.iinfo(qtype.numpy)
+        low, high = (_constant(graph, f"{stem}__{k}", np.array(v, np.float32)) for k, v in (("low", info.min),
+                                                                                           ("high", info.max)))
+        value = _step(graph, nodes, "Clip", [value, low, high], f"{stem}__clamped")
+    attrs = {"to": qtype.onnx, "saturate": int(quantize.attrs.get("saturate", 1))}
+    _step(graph, nodes, "Cast", [value], stem, params.qtype, attrs, out=y)
+    return nodes
+
+
+def _dequantize_ops(graph: Graph, node: Node, params: Params) -> list[Node]:
+    """y = (x - zero_point) * scale in float32 (then y's type, if another)."""
+    x, y = node.inputs[0], node.outputs[0]
+    shape, stem, nodes = tuple(graph.tensors[x].shape), y, []
+    value = _step(graph, nodes, "Cast", [x], f"{stem}__float32", attrs={"to": onnx.TensorProto.FLOAT})
+    zero = _parameter(graph, nodes, node, 2, params.zero, params, shape, f"{stem}__zero")
+    if zero is not None:
+        value = _step(graph, nodes, "Sub", [value, zero], f"{stem}__centred")
+    scale = _parameter(graph, nodes, node, 1, params.scale, params, shape, f"{stem}__scale")
+    wanted = graph.tensors[y].dtype
+    if wanted == "float32":
+        _step(graph, nodes, "Mul", [value, scale], stem, out=y)
+    else:
+        value = _step(graph, nodes, "Mul", [value, scale], f"{stem}__product")
+        _step(graph, nodes, "Cast", [value], stem, wanted, {"to": dtypes.dtype(wanted).onnx}, out=y)
+    return nodes
 
 
 def refuse_quantized_operators(nodes: list[Node]) -> None:
@@ -512,16 +593,16 @@ def lower_qdq(graph: Graph) -> int:
             _fold(graph, node, check_node(graph, node))
         count += 1
     for node in [n for n in graph.nodes if n.op == QUANTIZE]:
-        _lower_pair(graph, node)
+        _lower_quantize(graph, node)
         count += 1
-    for node in graph.nodes:
-        if node.op == DEQUANTIZE and graph.constant(node.inputs[0]) is not None:
-            _refuse(node, "its scale and zero point must be constants (initializers)")
-        if node.op == DEQUANTIZE:
-            source = graph.producer(node.inputs[0])
-            made = f"made by {source.op} node {source.name!r}" if source else "a graph input"
-            _refuse(node, f"dequantizes {node.inputs[0]!r}, {made}; only constants and the output of a "
-                          f"QuantizeLinear are supported")
+    for node in [n for n in graph.nodes if n.op == DEQUANTIZE]:
+        params = check_node(graph, node)
+        if params is None:
+            _refuse(node, f"the shape or type of x {node.inputs[0]!r} is unknown")
+        _require_parameters(node, params)
+        at = graph.nodes.index(node)
+        graph.nodes[at:at + 1] = _dequantize_ops(graph, node, params)
+        count += 1
     if count:
         graph.remove_dead()
     return count
