@@ -86,8 +86,6 @@ def _activations(node, directions: int) -> tuple:
     functions that take them (as onnxruntime reads the lists), defaults where the lists run out."""
     count = len(DEFAULT_ACTIVATIONS[node.op])
     names = [_text(a) for a in node.attrs.get("activations", ())] or list(DEFAULT_ACTIVATIONS[node.op]) * directions
-    if len(names) == count and directions == 2:
-        names = names * 2
     if len(names) != count * directions:
         _refuse(node, f"activations {names} ({count} per direction are needed for {directions} direction(s))")
     alphas, betas = list(node.attrs.get("activation_alpha", ())), list(node.attrs.get("activation_beta", ()))
