@@ -66,7 +66,6 @@ class Spec:
     clip: float | None
     linear_before_reset: bool
     input_forget: bool
-    activations: tuple            # per direction: (f,) RNN, (f, g) GRU, (f, g, h) LSTM
 
 
 def _text(value) -> str:
@@ -109,7 +108,7 @@ def _activations(node, directions: int) -> tuple:
 
 
 def spec(node, graph) -> Spec:
-    """The node's attributes and sizes; what the kernel does not do is refused here."""
+    """The node's attributes and sizes (what the shape rule needs); the weights' shapes checked."""
     tensors, attrs = graph.tensors, node.attrs
     x, w, r = (tensors[_input(node, k)] if _input(node, k) else None for k in range(3))
     if x is None or w is None or r is None:
@@ -135,19 +134,27 @@ def spec(node, graph) -> Spec:
     for what, (t, want) in shapes.items():
         if tuple(t.shape) != want:
             _refuse(node, f"{what} of shape {list(t.shape)} (hidden_size {hidden} and {direction} need {list(want)})")
+    clip = attrs.get("clip")
+    return Spec(node.op, steps, batch, x.shape[2], hidden, directions, direction == "reverse", layout,
+                None if clip is None else float(clip), bool(attrs.get("linear_before_reset", 0)),
+                bool(attrs.get("input_forget", 0)))
+
+
+def _check(node, graph, s: Spec) -> tuple:
+    """What the kernel does not do is refused: other types than float32, sequences shorter than X
+    (or lengths known only at run time), other activation functions. Returns each direction's
+    activations: (f,) RNN, (f, g) GRU, (f, g, h) LSTM."""
+    names = [n for k, n in enumerate(node.inputs) if n and k != SEQUENCE_LENS] + [n for n in node.outputs if n]
+    dtypes.require_dtypes(node, graph, names=names)
     lens = _input(node, SEQUENCE_LENS)
     if lens:
         given = graph.constant(lens)
         if given is None:
             _refuse(node, f"sequence_lens {lens!r} given at run time (only a constant of full-length sequences is)")
-        if np.any(np.asarray(given) != steps):
-            _refuse(node, f"sequences shorter than the {steps} steps of X (sequence_lens {np.asarray(given).tolist()})")
-    names = [n for k, n in enumerate(node.inputs) if n and k != SEQUENCE_LENS] + [n for n in node.outputs if n]
-    dtypes.require_dtypes(node, graph, names=names)
-    clip = attrs.get("clip")
-    return Spec(node.op, steps, batch, x.shape[2], hidden, directions, direction == "reverse", layout,
-                None if clip is None else float(clip), bool(attrs.get("linear_before_reset", 0)),
-                bool(attrs.get("input_forget", 0)), _activations(node, directions))
+        if np.any(np.asarray(given) != s.steps):
+            _refuse(node, f"sequences shorter than the {s.steps} steps of X "
+                          f"(sequence_lens {np.asarray(given).tolist()})")
+    return _activations(node, s.directions)
 
 
 def infer(node, graph) -> list[TensorType]:
@@ -193,6 +200,7 @@ def _activate(a: Activation, x):
 
 def evaluate(node, inputs, graph) -> list:
     s = spec(node, graph)
+    activations = _check(node, graph, s)
     x, w, r = inputs[:3]
     b, h0, c0, p = (inputs[k] if len(inputs) > k else None for k in (3, 5, 6, 7))
     if s.layout:  # to layout 0: X [S, N, I], states [D, N, H]
@@ -205,7 +213,7 @@ def evaluate(node, inputs, graph) -> list:
 
     ys, hs, cs = [], [], []
     for d in range(s.directions):
-        f, g, h_act = (s.activations[d] + (None, None))[:3]
+        f, g, h_act = (activations[d] + (None, None))[:3]
         wb, rb = (b[d].chunk(2) if b is not None else (torch.zeros(GATES[s.cell] * s.hidden, dtype=torch.float64),) * 2)
         W, R, Wb, Rb = w[d].chunk(GATES[s.cell]), r[d].chunk(GATES[s.cell]), wb.chunk(GATES[s.cell]), rb.chunk(GATES[s.cell])
         Pi, Po, Pf = p[d].chunk(3) if p is not None else (torch.zeros(s.hidden, dtype=torch.float64),) * 3
@@ -254,10 +262,10 @@ def _c_activation(a: Activation | None) -> str:
 
 def emit(node, ctx) -> EmittedUnit:
     s = spec(node, ctx.graph)
+    activations = _check(node, ctx.graph, s)
 
     def each_direction(k: int) -> str:
-        return "{" + ", ".join(_c_activation(acts[k] if k < len(acts) else None)
-                               for acts in s.activations) + "}"
+        return "{" + ", ".join(_c_activation(acts[k] if k < len(acts) else None) for acts in activations) + "}"
     fields = [("cell", f"MOA_RECURRENT_{s.cell}"), ("steps", f"{s.steps}u"), ("batch", f"{s.batch}u"),
               ("input_size", f"{s.input_size}u"), ("hidden_size", f"{s.hidden}u"),
               ("directions", f"{s.directions}u"), ("reverse", str(int(s.reverse))), ("layout", str(s.layout)),
