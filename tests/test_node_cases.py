@@ -47,6 +47,7 @@ ISSUE_17_OPS = {"LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "HardSigm
                 "GroupNormalization", "BitwiseAnd", "BitwiseOr", "BitwiseXor", "BitwiseNot", "BitShift"}
 ISSUE_17_OPS |= {"Resize"}
 ISSUE_17_OPS |= {"Einsum", "CumProd", "Tile", "DepthToSpace", "SpaceToDepth", "OneHot", "EyeLike"}
+ISSUE_17_OPS |= {"GRU", "LSTM", "RNN"}
 
 
 def test_the_torch_references_of_the_new_ops_give_the_cases_outputs(tmp_path):

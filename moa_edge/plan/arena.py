@@ -137,7 +137,7 @@ def live_buffers(graph: Graph, storage: dict[str, str]) -> list[Buffer]:
         ready.update(node.outputs)
     spans: dict[str, list[int]] = {}
     for step, node in enumerate(graph.nodes):
-        for name in node.outputs:
+        for name in filter(None, node.outputs):  # an optional output left out ("") takes no buffer
             base = _root(name, storage)
             if base not in caller_owned and graph.constant(base) is None:
                 spans.setdefault(base, [step, step])
