@@ -44,7 +44,7 @@ ISSUE_17_OPS = {"LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "HardSigm
                 "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "ReduceMin", "ReduceProd", "ReduceLogSum",
                 "ReduceLogSumExp", "ArgMax", "ArgMin", "LogSoftmax", "Hardmax", "MaxPool", "AveragePool", "LpPool",
                 "GlobalMaxPool", "GlobalAveragePool", "GlobalLpPool", "BatchNormalization", "InstanceNormalization",
-                "GroupNormalization"}
+                "GroupNormalization", "ConvTranspose"}
 
 
 def test_the_torch_references_of_the_new_ops_give_the_cases_outputs(tmp_path):
