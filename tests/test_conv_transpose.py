@@ -1,8 +1,8 @@
 """ConvTranspose (fp32, 1- to 3-D): a torch.nn.ConvTranspose2d as torch exports it, and one ONNX
 model of several ConvTranspose nodes (asymmetric pads, dilations, output_padding, auto_pad with
-odd total pads, an output_shape past the full result, groups, no bias), converted, built and run
-on the host against onnxruntime; the torch reference (evaluate) against onnxruntime too. An
-output_shape cropping without auto_pad is refused by name."""
+odd total pads, an output_shape cropping or past the full result, groups, no bias), converted,
+built and run on the host against onnxruntime; the torch reference (evaluate) against onnxruntime
+too. output_shape together with pads is refused by name."""
 from __future__ import annotations
 
 import warnings
@@ -61,6 +61,8 @@ NODES = [
     ("same_lower_2d", (1, 2, 3, 4), (2, 2, 3, 3), True, {"auto_pad": "SAME_LOWER", "strides": [2, 2]}),
     ("same_upper_dilations_1d", (1, 2, 5), (2, 1, 3), False, {"auto_pad": "SAME_UPPER", "strides": [2], "dilations": [2]}),
     ("output_shape_past_full_2d", (1, 2, 3, 3), (2, 1, 3, 3), False, {"strides": [3, 2], "output_shape": [11, 8]}),
+    ("output_shape_cropping_1d", (1, 2, 4), (2, 2, 3), True,
+     {"strides": [2], "output_padding": [1], "output_shape": [8]}),
     ("grouped_3d", (2, 4, 3, 2, 3), (4, 1, 2, 3, 2), True,
      {"group": 2, "strides": [2, 1, 2], "pads": [1, 0, 0, 0, 1, 1]}),
 ]
@@ -95,12 +97,12 @@ def test_onnx_nodes_match_onnxruntime(tmp_path):
         np.testing.assert_allclose(reference[f"{name}_y"], want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
-def test_cropping_output_shape_without_auto_pad_is_refused_by_name(tmp_path):
+def test_output_shape_with_pads_is_refused_by_name(tmp_path):
     w = numpy_helper.from_array(np.ones((1, 1, 3), np.float32), "w")
-    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="crop", output_shape=[4])
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="crop", output_shape=[4], pads=[1, 1])
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, (1, 1, 4))],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, (1, 1, 4))], initializer=[w])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 22)]), tmp_path / "m.onnx")
-    with pytest.raises(MoaEdgeError, match=r"ConvTranspose node 'crop': output_shape \[4\] .* not supported") as info:
+    with pytest.raises(MoaEdgeError, match=r"ConvTranspose node 'crop': output_shape \[4\] together with pads \[1, 1\] is not supported") as info:
         convert(tmp_path / "m.onnx", tmp_path / "project")
     assert "\n" not in str(info.value)

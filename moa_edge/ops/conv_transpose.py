@@ -5,10 +5,10 @@ The geometry is resolved here. On each axis the taps reach the full extent
     full = stride (in - 1) + dilation (kernel - 1) + 1,
 and output o is full position o + pad_begin: explicit pads crop both ends, output_padding extends
 the end, auto_pad SAME_UPPER / SAME_LOWER make the output in * stride with the odd pad at the end
-or the beginning, and output_shape fixes the output with pads derived from it as ONNX's spec says.
-Where the output reaches past the full extent (negative pads), those positions hold the bias alone.
-output_shape smaller than the full extent without auto_pad is refused: ONNX's spec, its reference
-implementation and onnxruntime crop it in three different places."""
+or the beginning, and output_shape fixes the output with pads derived from it as ONNX's spec says
+(where ONNX's reference implementation differs, cropping only at the end, onnxruntime follows the
+spec). Where the output reaches past the full extent (negative pads), those positions hold the
+bias alone."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -90,13 +90,14 @@ def geometry(node, x_shape, w_shape) -> Geometry:
         total = [f - o for f, o in zip(full, out)]
         begin = [t // 2 if auto_pad == "SAME_UPPER" else t - t // 2 for t in total]
     elif wanted is not None:
-        if any(pads) or any(f > o for f, o in zip(full, wanted)):
-            _refuse(node, f"output_shape {list(wanted)} under the full extent {full} or with pads {list(pads)} "
-                          f"and no auto_pad (ONNX's spec and implementations crop it differently)")
-        out, begin = wanted, [0] * axes  # the output reaches past the taps at its end
+        if any(pads):
+            _refuse(node, f"output_shape {list(wanted)} together with pads {list(pads)}")
+        # The spec's split, the larger half first, as onnxruntime; an output past the full extent
+        # reaches past it at its end, as onnxruntime and ONNX's reference.
+        out, begin = wanted, [max(0, t - t // 2) for t in (f - o for f, o in zip(full, wanted))]
     else:
-        begin, end = pads[:axes], pads[axes:]
-        out = tuple(f - b - e for f, b, e in zip(full, begin, end))
+        begin = pads[:axes]
+        out = tuple(f - b - e for f, b, e in zip(full, begin, pads[axes:]))
     end = [f - o - b for f, o, b in zip(full, out, begin)]
     if min(out) < 1:
         _refuse(node, f"an empty output {list(out)}")
