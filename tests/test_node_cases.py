@@ -48,6 +48,7 @@ ISSUE_17_OPS = {"LeakyRelu", "Elu", "Selu", "Celu", "ThresholdedRelu", "HardSigm
 ISSUE_17_OPS |= {"Resize"}
 ISSUE_17_OPS |= {"Einsum", "CumProd", "Tile", "DepthToSpace", "SpaceToDepth", "OneHot", "EyeLike"}
 ISSUE_17_OPS |= {"GRU", "LSTM", "RNN"}
+ISSUE_17_OPS |= {"ConvTranspose"}
 
 
 def test_the_torch_references_of_the_new_ops_give_the_cases_outputs(tmp_path):
