@@ -349,9 +349,11 @@ def _constant_gather(graph: Graph, node, trace_view) -> Node | None:
 
 
 def lower_copies(graph: Graph) -> None:
-    """ONNX Concat, Pad (edge, reflect and wrap through index tables), CenterCropPad, the Identity ops still left and the layout ops no kernel
+    """ONNX Concat, constant Pad, the Identity ops still left and the layout ops no kernel
     absorbed (Transpose, Expand, Slice, Split) become MoaConcat: a copy through access maps; one whose
-    map reads its source whole and in stored order (layout ops that cancel) becomes a Reshape of it, no copy."""
+    map reads its source whole and in stored order (layout ops that cancel) becomes a Reshape of it, no copy.
+    Pad's edge, reflect and wrap modes, CenterCropPad's crops and a Slice with a negative step read
+    constant index tables (Gather), or a strided map where the picks are affine."""
     lowered = []  # the parts are read in place through their layout ops (trace_view)
     for node in graph.nodes:
         lowered += _lowered_copy(graph, node, trace_view) or [node]
