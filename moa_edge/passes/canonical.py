@@ -241,7 +241,7 @@ def _index_pad(graph: Graph, node) -> list[Node] | None:
     output position reads (numpy's pad of the positions, the same three modes); a negative
     amount crops first."""
     mode = _text(node.attrs.get("mode", "constant"))
-    if mode not in ("edge", "reflect", "wrap") or len(node.inputs) < 2:
+    if node.op != "Pad" or mode not in ("edge", "reflect", "wrap") or len(node.inputs) < 2:
         return None
     data, pads = graph.tensors.get(node.inputs[0]), graph.constant(node.inputs[1])
     has_axes = len(node.inputs) > 3 and bool(node.inputs[3])
@@ -266,8 +266,10 @@ def _index_pad(graph: Graph, node) -> list[Node] | None:
 def _center_crop_pad(graph: Graph, node) -> list[Node] | None:
     """CenterCropPad to a constant shape: each larger axis cut to its centre (a strided copy),
     each smaller one padded with zeros around it, the odd element after (as the spec's reference)."""
+    if node.op != "CenterCropPad" or len(node.inputs) < 2:
+        return None
     data, shape = graph.tensors.get(node.inputs[0]), graph.constant(node.inputs[1])
-    if node.op != "CenterCropPad" or data is None or shape is None or data.dtype not in dtypes.RUNTIME_DTYPES:
+    if data is None or shape is None or data.dtype not in dtypes.RUNTIME_DTYPES:
         return None
     rank = len(data.shape)
     axes = [int(a) % rank for a in node.attrs.get("axes", range(rank))]
