@@ -28,7 +28,7 @@ C_SOURCES: list[str] = []
 C_LOCALS = frozenset({"o", "t", "r", "at", "row", "src", *(f"d{k}" for k in range(16))})
 
 _REDUCTIONS = ("none", "add", "mul", "max", "min")
-# reduction -> torch's name for it (index_reduce_ / scatter_reduce_, include_self)
+# reduction -> torch's name for it (scatter_reduce_, include_self)
 _TORCH_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
 
 
@@ -82,10 +82,8 @@ def _scatter_nd(node, inputs):
     reduction = _reduction(node)
     if reduction == "none":
         rows[row] = source
-    elif reduction == "add":
-        rows.index_add_(0, row, source)
     else:
-        rows.index_reduce_(0, row, source, _TORCH_REDUCE[reduction], include_self=True)
+        rows.scatter_reduce_(0, row[:, None].expand_as(source), source, _TORCH_REDUCE[reduction], include_self=True)
     return rows.reshape(data.shape)
 
 
