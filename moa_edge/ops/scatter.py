@@ -150,7 +150,7 @@ def _emit_scatter_elements(node, ctx, where):
     at = _offset(zip(loop, _strides(idx_shape)))
     dst = _offset((("row" if k == axis else v), s) for k, (v, s) in enumerate(zip(loop, _strides(data_shape))))
     body = (_wrap_index(node, "row", f"{idx}[{at}]", data_shape[axis], "")
-            + [f"{out}[{dst}] = {_combine(node, ctx, f'{out}[{dst}]', f'{updates}[{at}]')};"])
+            + [f"const ptrdiff_t src = {dst};", f"{out}[src] = {_combine(node, ctx, f'{out}[src]', f'{updates}[{at}]')};"])
     return ([f"    {{ /* {c_comment_text(node.name)}: ScatterElements along axis {axis}, "
              f"reduction {_reduction(node)} */"]
             + _declare_loop_indices(len(idx_shape)) + _loops(idx_shape, body) + ["    }"])

@@ -23,7 +23,7 @@ OPS = ("TopK",)
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
 ONNX_VERSIONS = {"TopK": 24}
 C_SOURCES: list[str] = []
-C_LOCALS = frozenset({"o", "r", "j", "slot", "filled", "v"})
+C_LOCALS = frozenset({"o", "r", "j", "slot", "filled", "v", "line"})
 
 
 def _axis(node, rank: int) -> int:
@@ -97,18 +97,18 @@ def emit(node, ctx) -> EmittedUnit:
         return EmittedUnit(f"    /* {c_comment_text(node.name)}: TopK with k = 0: nothing to write */\n")
     ctype = dtypes.dtype(x.dtype).c_type
     floating = x.dtype in ("float32", "float64")
-    slot = f"(o * {k} + slot) * {inner} + r"
-    before = f"(o * {k} + slot - 1) * {inner} + r"
+    slot, before, last = (f"line + {at}" for at in (f"slot * {inner}", f"(slot - 1) * {inner}", (k - 1) * inner))
     direction = "largest" if node.attrs.get("largest", 1) else "smallest"
     lines = [
         f"    {{ /* {c_comment_text(node.name)}: TopK, the {k} {direction} of {n} along axis {axis}, sorted */",
         "        ptrdiff_t o, r, j, slot, filled;",
         f"        for (o = 0; o < {outer}; o++) {{",
         f"            for (r = 0; r < {inner}; r++) {{",
+        f"                const ptrdiff_t line = o * {k * inner} + r;  /* the outputs' entry 0 of this line */",
         "                filled = 0;",
         f"                for (j = 0; j < {n}; j++) {{",
         f"                    const {ctype} v = {src}[(o * {n} + j) * {inner} + r];",
-        f"                    if (filled == {k} && !{_better(node, floating, 'v', f'{values}[(o * {k} + {k - 1}) * {inner} + r]')}) {{",
+        f"                    if (filled == {k} && !{_better(node, floating, 'v', f'{values}[{last}]')}) {{",
         "                        continue;  /* not among the best k so far */",
         "                    }",
         f"                    slot = filled < {k} ? filled++ : {k - 1};",
