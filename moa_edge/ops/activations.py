@@ -103,6 +103,9 @@ FORMULAS: dict[str, Formula] = {
     "Mish": _f(lambda k: f"(a * moa_tanh_f32({_softplus_c('a')}))", lambda k, a: a * torch.tanh(_softplus(a))),
     "Swish": _f(lambda k: f"(a * moa_sigmoid({k('alpha')} * a))", lambda k, a: a * torch.sigmoid(k("alpha") * a),
                 alpha=1.0),
+    # the gate a through Swish, times the value b (same shapes, as the spec says)
+    "SwiGLU": _f(lambda k: f"(a * moa_sigmoid({k('alpha')} * a) * b)",
+                 lambda k, a, b: a * torch.sigmoid(k("alpha") * a) * b, alpha=1.0),
     "Round": _f(lambda k: "nearbyintf(a)", lambda k, a: torch.round(a)),  # half to even, as the spec
     "Sign": Formula(_sign_c, lambda node, a: torch.sign(a), {}),
     "PRelu": Formula(lambda node, floating=True: "(a < 0 ? a * b : a)",

@@ -88,7 +88,7 @@ ONNX_VERSIONS = {"Add": 14, "Sub": 14, "Mul": 14, "Div": 14, "Pow": 15, "Sqrt": 
                  "Max": 13, "Min": 13, "Clip": 13, "Gelu": 20, "Cast": 28, "IsInf": 20, "Tan": 22, "Asin": 22,
                  "Acos": 22, "Atan": 22, "Sinh": 22, "Cosh": 22, "Asinh": 22, "Acosh": 22, "Atanh": 22,
                  "LeakyRelu": 16, "Elu": 22, "Selu": 22, "Celu": 28, "ThresholdedRelu": 22, "HardSigmoid": 22,
-                 "HardSwish": 22, "Shrink": 9, "Softplus": 22, "Softsign": 22, "Mish": 22, "Swish": 24,
+                 "HardSwish": 22, "Shrink": 9, "Softplus": 22, "Softsign": 22, "Mish": 22, "Swish": 24, "SwiGLU": 28,
                  "Round": 22, "Sign": 13, "PRelu": 16, "Mod": 28, "Sum": 13, "Mean": 13, "BitwiseAnd": 18,
                  "BitwiseOr": 18, "BitwiseXor": 18, "BitwiseNot": 18, "BitShift": 28}
 # Integer forms of the ops whose float form would round (|x| > 2^24) or not compile.

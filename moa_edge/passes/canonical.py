@@ -15,7 +15,7 @@ from .patch_conv import _fresh as fresh_name
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
 # Pad 18 takes axes, 19 the wrap mode; 21 on add types.
 ONNX_VERSIONS = {"Identity": 25, "Dropout": 22, "Pad": 25, "CastLike": 25, "Transpose": 25, "Concat": 13,
-                 "Slice": 13, "Split": 18, "Expand": 13}
+                 "Slice": 13, "Split": 18, "Expand": 13, "CenterCropPad": 18}
 
 
 def _cast_to(node) -> str | None:
@@ -214,6 +214,101 @@ def _constant_pad(graph: Graph, node) -> list[Node] | None:
     return nodes
 
 
+def _gathers(graph: Graph, node, source: str, tables: list[tuple[int, np.ndarray]], out: str) -> list[Node]:
+    """`out` = `source` read through a constant index table per axis (applied in turn): one
+    Gather each, or a strided copy where the picks are affine (a crop)."""
+    nodes = []
+    for k, (axis, table) in enumerate(tables):
+        shape = list(graph.tensors[source].shape)
+        shape[axis] = len(table)
+        made = out if k == len(tables) - 1 else fresh_name(set(graph.tensors), f"{node.name}__along_{axis}")
+        graph.tensors.setdefault(made, Tensor(made, tuple(shape), graph.tensors[source].dtype))
+        picks = fresh_name(set(graph.tensors), f"{node.name}__picks_{axis}")
+        graph.tensors[picks] = Tensor(picks, (len(table),), "int64", np.asarray(table, np.int64))
+        gather = Node("Gather", f"{node.name}__{k}" if len(tables) > 1 else node.name, [source, picks], [made],
+                      {"axis": axis})
+        nodes.append(_constant_gather(graph, gather, trace_view) or gather)
+        source = made
+    return nodes
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _index_pad(graph: Graph, node) -> list[Node] | None:
+    """Pad(mode=edge, reflect or wrap) by constant amounts: per padded axis, the index each
+    output position reads (numpy's pad of the positions, the same three modes); a negative
+    amount crops first."""
+    mode = _text(node.attrs.get("mode", "constant"))
+    if node.op != "Pad" or mode not in ("edge", "reflect", "wrap") or len(node.inputs) < 2:
+        return None
+    data, pads = graph.tensors.get(node.inputs[0]), graph.constant(node.inputs[1])
+    has_axes = len(node.inputs) > 3 and bool(node.inputs[3])
+    axes = graph.constant(node.inputs[3]) if has_axes else None
+    if data is None or pads is None or (has_axes and axes is None) or data.dtype not in dtypes.RUNTIME_DTYPES:
+        return None
+    rank = len(data.shape)
+    axes = [int(a) % rank for a in (range(rank) if axes is None else axes.reshape(-1))]
+    if pads.size != 2 * len(axes):
+        return None
+    tables = []
+    for axis, before, after in zip(axes, *pads.reshape(2, len(axes)).astype(int)):
+        if not before and not after:
+            continue
+        kept = np.arange(data.shape[axis])[max(-before, 0):data.shape[axis] - max(-after, 0)]
+        if kept.size == 0 or (mode == "reflect" and kept.size == 1 and max(before, after) > 0):
+            return None  # nothing to repeat from: left as Pad, refused by name
+        tables.append((axis, np.pad(kept, (max(before, 0), max(after, 0)), mode=mode)))
+    return _gathers(graph, node, node.inputs[0], tables, node.outputs[0]) if tables else None
+
+
+def _center_crop_pad(graph: Graph, node) -> list[Node] | None:
+    """CenterCropPad to a constant shape: each larger axis cut to its centre (a strided copy),
+    each smaller one padded with zeros around it, the odd element after (as the spec's reference)."""
+    if node.op != "CenterCropPad" or len(node.inputs) < 2:
+        return None
+    data, shape = graph.tensors.get(node.inputs[0]), graph.constant(node.inputs[1])
+    if data is None or shape is None or data.dtype not in dtypes.RUNTIME_DTYPES:
+        return None
+    rank = len(data.shape)
+    axes = [int(a) % rank for a in node.attrs.get("axes", range(rank))]
+    wanted = [int(n) for n in shape.reshape(-1)]
+    if len(wanted) != len(axes):
+        return None
+    crops = [(a, np.arange(n) + (data.shape[a] - n) // 2) for a, n in zip(axes, wanted) if n < data.shape[a]]
+    padded = [(a, (n - data.shape[a]) // 2, n - data.shape[a] - (n - data.shape[a]) // 2)
+              for a, n in zip(axes, wanted) if n > data.shape[a]]
+    source, nodes = node.inputs[0], []
+    if crops:
+        cropped = node.outputs[0] if not padded else fresh_name(set(graph.tensors), f"{node.name}__cropped")
+        nodes, source = _gathers(graph, node, source, crops, cropped), cropped
+    for k, (axis, before, after) in enumerate(padded):
+        out = node.outputs[0] if k == len(padded) - 1 else fresh_name(set(graph.tensors), f"{node.name}__padded_{axis}")
+        nodes.append(pad_nodes(graph, source, axis, before, after, 0, out, fresh_name(set(graph.tensors),
+                                                                                       f"{node.name}__pad_{axis}")))
+        source = out
+    return nodes or None
+
+
+def _reversing_slice(graph: Graph, node) -> list[Node] | None:
+    """A Slice with a negative step (constant parameters): the positions each axis keeps,
+    Python's slicing giving ONNX's clamping, as an index table per sliced axis."""
+    names = (list(node.inputs[1:5]) + [""] * 4)[:4]
+    values = [graph.constant(n) if n else None for n in names]
+    if values[0] is None or values[1] is None or any(n and v is None for n, v in zip(names[2:], values[2:])):
+        return None
+    shape = graph.tensors[node.inputs[0]].shape
+    starts, ends = values[0].reshape(-1), values[1].reshape(-1)
+    axes = values[2].reshape(-1) if values[2] is not None else range(len(starts))
+    steps = values[3].reshape(-1) if values[3] is not None else np.ones(len(starts), np.int64)
+    if not np.any(steps < 0) or np.any(steps == 0):
+        return None
+    tables = [(int(a) % len(shape), np.arange(shape[int(a) % len(shape)])[slice(int(b), int(e), int(st))])
+              for a, b, e, st in zip(axes, starts, ends, steps)]
+    return _gathers(graph, node, node.inputs[0], tables, node.outputs[0])
+
+
 def _copy_through_view(graph: Graph, node, out: str) -> Node | None:
     """A layout op left after the rewrites (a head merge the kernel could not write through, a
     Split, a broadcast): one copy of its input read through the op's access map."""
@@ -258,7 +353,9 @@ def _constant_gather(graph: Graph, node, trace_view) -> Node | None:
 def lower_copies(graph: Graph) -> None:
     """ONNX Concat, constant Pad, the Identity ops still left and the layout ops no kernel
     absorbed (Transpose, Expand, Slice, Split) become MoaConcat: a copy through access maps; one whose
-    map reads its source whole and in stored order (layout ops that cancel) becomes a Reshape of it, no copy."""
+    map reads its source whole and in stored order (layout ops that cancel) becomes a Reshape of it, no copy.
+    Pad's edge, reflect and wrap modes, CenterCropPad's crops and a Slice with a negative step read
+    constant index tables (Gather), or a strided map where the picks are affine."""
     lowered = []  # the parts are read in place through their layout ops (trace_view)
     for node in graph.nodes:
         lowered += _lowered_copy(graph, node, trace_view) or [node]
@@ -269,9 +366,13 @@ def lower_copies(graph: Graph) -> None:
 def _lowered_copy(graph: Graph, node, trace_view) -> list[Node] | None:
     if any(name and graph.tensors.get(name) is None for name in node.inputs[:1]):
         return None
-    pad = _constant_pad(graph, node)
+    pad = _constant_pad(graph, node) or _index_pad(graph, node) or _center_crop_pad(graph, node)
     if pad is not None:
         return pad
+    if node.op == "Slice" and graph.tensors[node.inputs[0]].dtype in dtypes.RUNTIME_DTYPES:
+        reversing = _reversing_slice(graph, node)
+        if reversing is not None:
+            return reversing
     if node.op in ("Gather", "GatherND", "GatherElements"):
         gathered = _constant_gather(graph, node, trace_view)
         return [gathered] if gathered is not None else None

@@ -6,7 +6,9 @@
     else a Mul and an Add of per-channel constants;
   * InstanceNormalization is a LayerNormalization over each (n, c)'s spatial elements, then the
     per-channel scale and bias as a Mul and an Add;
-  * GroupNormalization the same over each group's channels, the input seen as [N, G, rest].
+  * GroupNormalization the same over each group's channels, the input seen as [N, G, rest];
+  * LpNormalization is x / ReduceL1 or ReduceL2 of x along its axis (kept), a zero norm divided
+    as 1 so that an all-zero line gives 0, as the spec says.
 
 A node whose parameters are not constants, or a training-mode BatchNormalization, is left as it
 is, and refused by name as unsupported."""
@@ -17,7 +19,7 @@ import numpy as np
 from moa_edge.ir import Graph, Node, Tensor
 
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
-ONNX_VERSIONS = {"BatchNormalization": 15, "InstanceNormalization": 22, "GroupNormalization": 21}
+ONNX_VERSIONS = {"BatchNormalization": 15, "InstanceNormalization": 22, "GroupNormalization": 21, "LpNormalization": 22}
 
 
 def lower_normalizations(graph: Graph) -> None:
@@ -28,6 +30,8 @@ def lower_normalizations(graph: Graph) -> None:
             _batch_norm(graph, node)
         elif node.op in ("InstanceNormalization", "GroupNormalization"):
             _instance_norm(graph, node)
+        elif node.op == "LpNormalization":
+            _lp_norm(graph, node)
     graph.remove_dead()
 
 
@@ -111,6 +115,26 @@ def _instance_norm(graph: Graph, node: Node) -> None:
               Node("Add", f"{name}_shift", [scaled, _constant(graph, f"{name}_beta", shape, bias)], [node.outputs[0]])]
     index = graph.nodes.index(node)
     graph.nodes[index:index + 1] = nodes
+
+
+def _lp_norm(graph: Graph, node: Node) -> None:
+    x = graph.tensors[node.inputs[0]]
+    p, rank = int(node.attrs.get("p", 2)), len(x.shape)
+    axis = int(node.attrs.get("axis", -1))
+    if x.dtype != "float32" or p not in (1, 2) or not -rank <= axis < rank:
+        return  # left as it is: refused by name as unsupported (the spec allows p 1 and 2 only)
+    name, kept = node.name, tuple(1 if a == axis % rank else d for a, d in enumerate(x.shape))
+    for tensor, shape, dtype in ((f"{name}_norm", kept, "float32"), (f"{name}_is_zero", kept, "bool"),
+                                 (f"{name}_divisor", kept, "float32")):
+        graph.tensors[tensor] = Tensor(tensor, shape, dtype)
+    axes = _shape(graph, f"{name}_axes", (axis % rank,))
+    zero, one = (_constant(graph, f"{name}_{v}", (), np.array(k)) for v, k in (("zero", 0.0), ("one", 1.0)))
+    index = graph.nodes.index(node)
+    graph.nodes[index:index + 1] = [
+        Node(f"ReduceL{p}", f"{name}_reduce", [node.inputs[0], axes], [f"{name}_norm"], {"keepdims": 1}),
+        Node("Equal", f"{name}_zero_norm", [f"{name}_norm", zero], [f"{name}_is_zero"]),
+        Node("Where", f"{name}_guard", [f"{name}_is_zero", one, f"{name}_norm"], [f"{name}_divisor"]),
+        Node("Div", f"{name}_divide", [node.inputs[0], f"{name}_divisor"], [node.outputs[0]])]
 
 
 def _shape(graph: Graph, name: str, shape: tuple) -> str:
