@@ -139,7 +139,8 @@ def _stft_geometry(node, graph) -> dict:
 def infer(node, graph) -> list[TensorType]:
     """Windows: [size]; MelWeightMatrix: [dft_length // 2 + 1, num_mel_bins] (shape None where a size
     arrives at run time: the converted output's, checked at run time); DFT: the input with the axis
-    of the output's points and 2 components (1 for an irfft); STFT: [batch, frames, bins, 2]."""
+    of the output's points and 2 components (1 for an irfft); STFT: [batch, frames, bins, 2] (shape
+    None where frame_step, or DFT's axis or dft_length, arrive at run time)."""
     if node.op in WINDOWS:
         size = _scalar(graph, node.inputs[0])
         return [TensorType(None if size is None else (int(size),), _output_dtype(node))]
@@ -149,6 +150,8 @@ def infer(node, graph) -> list[TensorType]:
         return [TensorType(shape, _output_dtype(node))]
     dtype = graph.tensors[node.inputs[0]].dtype
     if node.op == "DFT":
+        if any(_scalar(graph, name) is None for name in node.inputs[1:3] if name):
+            return [TensorType(None, dtype)]  # dft_length or axis at run time: refused when emitted
         g = _dft_geometry(node, graph)
         shape = list(g["shape"])
         shape[g["axis"]], shape[-1] = g["out_points"], g["c_out"]

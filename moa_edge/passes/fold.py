@@ -12,6 +12,7 @@ from onnx.reference import ReferenceEvaluator
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Tensor, dtypes
+from moa_edge.ops import SUPPORTED_OPS, elementwise
 
 from .qdq import check_node, is_gemm_weight
 
@@ -169,7 +170,6 @@ def range_lengths_from_consumers(graph: Graph) -> bool:
     static length of its own. Where its elements flow only through element-wise ops, whose other
     operands are single values, into a tensor of known shape, that tensor's one axis is its length:
     recorded, so shape inference gives the rest (the Range checks the length at run time)."""
-    from moa_edge.ops import SUPPORTED_OPS, elementwise
     changed = False
     for node in graph.nodes:
         if node.op != "Range" or node.outputs[0] in graph.tensors or node.inputs[0] not in graph.tensors:
