@@ -352,7 +352,8 @@ def _emit_product(x: str, out: str, window: str | None, counts: dict, strides: d
     o, f, k, r, ci times their strides; the output contiguous."""
     o, f, t, r, co = (counts[a] for a in ("outer", "frames", "out_points", "inner", "c_out"))
     k, ci = counts["points"], counts["c_in"]
-    source = " + ".join(f"{v} * {strides[v]}" for v in ("o", "f", "k", "r") if strides[v]) + " + ci"
+    source = " + ".join(v if strides[v] == 1 else f"{v} * {strides[v]}" for v in ("o", "f", "k", "r")
+                        if strides[v]) + " + ci"
     term = f"weight[((t * {co} + co) * {k} + k) * {ci} + ci] * {x}[{source}]"
     if window:
         term = f"weight[((t * {co} + co) * {k} + k) * {ci} + ci] * ({window}[k] * {x}[{source}])"
