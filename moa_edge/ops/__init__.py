@@ -3,14 +3,14 @@ What a module states, and the defaults for what it leaves out: ops/contract.py."
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph
 
-from . import (argmax, attention, concat, conv, conv_transpose, einsum, elementwise, gather, igemm, indexing,
+from . import (argmax, attention, bitcast, concat, conv, conv_transpose, einsum, elementwise, gather, igemm, indexing,
                kv_cache, matmul, mlp, normalization, pooling, qconv, qgather, qmatmul, rearrange, recurrent, reduce,
-               reduce_norm, resize, reverse_sequence, rotary, scatter, topk, views)
+               reduce_norm, resize, reverse_sequence, rotary, scatter, spectral, topk, views)
 from .contract import EmitContext, EmittedUnit, Op, OpCost, TensorType, op_of
 
-_MODULES = (argmax, attention, concat, conv, conv_transpose, einsum, elementwise, gather, igemm, indexing, kv_cache,
-            matmul, mlp, normalization, pooling, qconv, qgather, qmatmul, rearrange, recurrent, reduce, reduce_norm,
-            resize, reverse_sequence, rotary, scatter, topk, views)
+_MODULES = (argmax, attention, bitcast, concat, conv, conv_transpose, einsum, elementwise, gather, igemm, indexing,
+            kv_cache, matmul, mlp, normalization, pooling, qconv, qgather, qmatmul, rearrange, recurrent, reduce,
+            reduce_norm, resize, reverse_sequence, rotary, scatter, spectral, topk, views)
 
 # IR op name -> the Op (its module's hooks, defaults filled in). An op missing here is unsupported.
 SUPPORTED_OPS: dict[str, Op] = {op: op_of(module) for module in _MODULES for op in module.OPS}

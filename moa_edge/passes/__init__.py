@@ -11,7 +11,7 @@ from .attention import rewrite_attention
 from .canonical import bypass_no_ops, copy_constant_outputs, lower_copies, narrow_softmax_precision, unfold_batched_transposes
 from .dynamic_quantize import expand_dynamic_quantizers, fold_dynamic_quantization, parse_activations, quantize_activations
 from .float32_kernels import read_through_float32
-from .fold import fold_constants, infer_missing_shapes
+from .fold import fold_constants, infer_missing_shapes, range_lengths_from_consumers
 from .half import compute_in_float32
 from .half_attention import read_half_operands
 from .mlp import tile_mlp_rows
@@ -46,7 +46,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     check_onnx_versions(graph, source)
     while True:  # folding can reveal shapes, and shapes more folding (layer after layer)
         inferred = infer_missing_shapes(graph)
-        if not fold_constants(graph) and not inferred:
+        if not fold_constants(graph) and not inferred and not range_lengths_from_consumers(graph):
             break
     if compute_in_float32(graph, half_outputs):  # float16 and bfloat16 models: halves only at the inputs and outputs
         fold_constants(graph)  # a CastLike of a constant to a half input's type is a Cast of a constant now

@@ -12,6 +12,7 @@ from onnx.reference import ReferenceEvaluator
 
 from moa_edge.errors import MoaEdgeError
 from moa_edge.ir import Graph, Tensor, dtypes
+from moa_edge.ops import SUPPORTED_OPS, elementwise
 
 from .qdq import check_node, is_gemm_weight
 
@@ -162,6 +163,36 @@ def infer_missing_shapes(graph: Graph) -> int:
                         and tt.HasField("shape") and all(d.HasField("dim_value") for d in tt.shape.dim)):
                     graph.tensors[vi.name] = Tensor(vi.name, tuple(d.dim_value for d in tt.shape.dim), record.name)
     return len(graph.tensors) - known
+
+
+def range_lengths_from_consumers(graph: Graph) -> bool:
+    """A Range over run-time scalars (a window's size, in ONNX's expanded window functions) has no
+    static length of its own. Where its elements flow only through element-wise ops, whose other
+    operands are single values, into a tensor of known shape, that tensor's one axis is its length:
+    recorded, so shape inference gives the rest (the Range checks the length at run time)."""
+    changed = False
+    for node in graph.nodes:
+        if node.op != "Range" or node.outputs[0] in graph.tensors or node.inputs[0] not in graph.tensors:
+            continue
+        same, todo, length = {node.outputs[0]}, [node.outputs[0]], None
+        while todo and length is None:
+            for consumer in graph.consumers(todo.pop()):
+                op = SUPPORTED_OPS.get(consumer.op)
+                others = [graph.tensors.get(n) for n in consumer.inputs if n and n not in same]
+                if op is None or op.module is not elementwise or any(t is None or t.size != 1 for t in others):
+                    continue
+                out = graph.tensors.get(consumer.outputs[0])
+                if out is None and consumer.outputs[0] not in same:
+                    same.add(consumer.outputs[0])
+                    todo.append(consumer.outputs[0])
+                elif out is not None and len(out.shape) == 1:
+                    length = out.shape[0]
+                    break
+        if length is not None:
+            out = node.outputs[0]
+            graph.tensors[out] = Tensor(out, (length,), graph.tensors[node.inputs[0]].dtype)
+            changed = True
+    return changed
 
 
 def cone(graph: Graph, name: str) -> tuple[list, set[str]]:
