@@ -50,3 +50,17 @@ def test_attention_output_takes_the_storage_of_q(exported):
     storage = shared_storage(graph)
     blocks = [n for n in graph.nodes if n.op == "MoaAttention"]
     assert blocks and all(storage.get(n.outputs[0]) == n.inputs[0] for n in blocks)
+
+
+# The attention forms issue 17 fuses: one K/V head broadcast in the MatMuls (Falcon's multi-query),
+# scores reshaped to 4-D for the mask and back around the Softmax (XGLM).
+FUSED_FORMS = ["falcon_eager_dynamo18", "xglm_eager_torchscript17"]
+
+
+@pytest.mark.parametrize("name", FUSED_FORMS)
+def test_multi_query_and_reshaped_score_forms_are_fused_and_validate(name, exported):
+    path, inputs = exported(name)
+    ops = [n.op for n in load_graph(path, {k: v.shape for k, v in np.load(inputs).items()}).nodes]
+    assert ops.count("MoaAttention") == 2 and "Softmax" not in ops, sorted(set(ops))
+    report = validate(path, [require_board("host")], inputs_path=inputs)
+    assert report["importer_check"]["ok"] and report["ok"], report

@@ -259,7 +259,28 @@ def _whisper_encoder(attn_implementation: str):
     return WhisperEncoder, config, {"input_features": _rng().standard_normal((1, 16, 40)).astype(np.float32)}
 
 
+def _falcon(attn_implementation: str):
+    """FalconModel, 2 layers, hidden 32, 4 query heads, multi-query: one K/V head that the MatMuls
+    broadcast against the query heads, RoPE, causal + padding mask"""
+    from transformers import FalconConfig, FalconModel
+    config = FalconConfig(vocab_size=_VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                          multi_query=True, new_decoder_architecture=False, alibi=False, use_cache=False,
+                          attn_implementation=attn_implementation)
+    return FalconModel, config, _text_inputs(_VOCAB)
+
+
+def _xglm(attn_implementation: str):
+    """XGLMModel, 2 layers, d_model 32, 4 heads, heads folded into the batch: the scores reshaped to
+    (B, H, S, S) to add the mask (and floored at the most negative float) and back around the Softmax"""
+    from transformers import XGLMConfig, XGLMModel
+    config = XGLMConfig(vocab_size=_VOCAB, max_position_embeddings=64, d_model=32, num_layers=2, attention_heads=4,
+                        ffn_dim=64, use_cache=False, attn_implementation=attn_implementation)
+    return XGLMModel, config, _text_inputs(_VOCAB)
+
+
 _HF_FAMILIES = {"bert": _bert, "gpt2": _gpt2, "llama": _llama, "vit": _vit}
+# The two attention forms issue 17 fuses: eager attention only (what shows them), two exporters.
+_EAGER_FAMILIES = {"falcon": _falcon, "xglm": _xglm}
 # Families exported with the dynamo exporter only (what their users run).
 _DYNAMO_FAMILIES = {"distilbert": _distilbert, "whisper_encoder": _whisper_encoder}
 
@@ -267,7 +288,7 @@ _DYNAMO_FAMILIES = {"distilbert": _distilbert, "whisper_encoder": _whisper_encod
 def _build_hf(family: str, attn_implementation: str, exporter: str, opset: int):
     @_quietly
     def build(path) -> Inputs:
-        model_class, config, inputs = {**_HF_FAMILIES, **_DYNAMO_FAMILIES}[family](attn_implementation)
+        model_class, config, inputs = {**_HF_FAMILIES, **_DYNAMO_FAMILIES, **_EAGER_FAMILIES}[family](attn_implementation)
         torch.manual_seed(SEED)
         model = _LastHiddenState(model_class(config), list(inputs))
         return _export(model, inputs, path, exporter, opset, output_name="last_hidden_state")
@@ -342,8 +363,10 @@ def _entries():
                                _build_hf(family, attn_implementation, exporter, opset), layers=2,
                                exporter=exporter, opset=opset,
                                notes=f"{_HF_FAMILIES[family].__doc__}, {attn_implementation} attention")
-
-
+    for family, describe in _EAGER_FAMILIES.items():
+        for exporter, opset in (("dynamo", 18), ("torchscript", 17)):
+            yield ZooModel(f"{family}_eager_{exporter}{opset}", _build_hf(family, "eager", exporter, opset), layers=2,
+                           exporter=exporter, opset=opset, notes=f"{describe.__doc__}, eager attention")
     for family, describe in _DYNAMO_FAMILIES.items():
         for exporter, opset in (("dynamo", 18), ("dynamo", 23)):
             yield ZooModel(f"{family}_sdpa_{exporter}{opset}", _build_hf(family, "sdpa", exporter, opset), layers=2,

@@ -22,6 +22,7 @@ from .patch_conv import gemm_patch_convs
 from .qdq import lower_qdq
 from .qdq_attention import read_quantized_operands, sink_key_transposes
 from .quantize import WeightFormat, parse_weights
+from .score_reshapes import unfold_batched_scores
 from .fuse import fuse_elementwise
 from .versions import check_onnx_versions
 from .views import check_views
@@ -56,6 +57,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
     check_views(graph, source)  # before the rewrites turn views into access maps
     bypass_no_ops(graph)
     narrow_softmax_precision(graph)
+    unfold_batched_scores(graph)  # scores reshaped to 4-D for the mask and back around the Softmax
     unfold_batched_transposes(graph)
     gemm_patch_convs(graph, weights)  # ViT's patch embedding: one GEMM, before pack_weights packs its weight
     if fuse_attention:

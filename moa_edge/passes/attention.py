@@ -135,6 +135,9 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
               and (scalar(graph, node.inputs[2]) or 0.0) <= MASKED):
             terms.append(("keep", node.inputs[0], scalar(graph, node.inputs[2])))
             scores = node.inputs[1]
+        elif (node is not None and node.op == "Max" and len(node.inputs) == 2
+              and (scalar(graph, node.inputs[1]) or 0.0) <= MASKED):
+            scores = node.inputs[0]  # a floor at the most negative float (XGLM): it changes only -inf scores
         else:
             break
         absorbed.append(node.name)
@@ -165,7 +168,11 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
     B, Hq, Sq, D = q_lay.shape
     _, Hkv, Skv, Dk = k_lay.shape
     Dv = v_lay.shape[3]
-    if Dk != D or v_lay.shape[:3] != k_lay.shape[:3] or k_group != v_group or Hkv * k_group != Hq:
+    # Multi-query attention written as one K/V head that the MatMuls broadcast against the query heads
+    # (Falcon): the kernel's grouped heads with a single group.
+    broadcast_head = Hkv == 1 and k_group == v_group == 1
+    if Dk != D or v_lay.shape[:3] != k_lay.shape[:3] or k_group != v_group or (Hkv * k_group != Hq
+                                                                                and not broadcast_head):
         return None
     y, y_lay = trace_output_view(graph, pv.outputs[0], absorbed)
     y_lay = as_4d(y_lay)
