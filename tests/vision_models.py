@@ -1,7 +1,9 @@
-"""CNN, hybrid and audio models with random weights, as transformers builds them (issue 17,
-item 5): tests/test_vision_audio_models.py and benchmarks/vision_audio_models.py export them.
+"""CNN, hybrid and audio models with random weights, as transformers and torchvision build them
+(issue 17, item 5): tests/test_vision_audio_models.py and benchmarks/vision_audio_models.py export
+them.
 
-The architectures are the real ones: a ResNet-18 (basic blocks 2-2-2-2, widths 64-512),
+The architectures are the real ones: torchvision's MobileNetV3-small (HardSwish, squeeze-and-
+excitation with HardSigmoid, depthwise convolutions), a ResNet-18 (basic blocks 2-2-2-2, widths 64-512),
 EfficientNet-B0 (depthwise convolutions, squeeze-and-excitation, TF "same" padding computed from
 Shape), MobileNetV2 (ReLU6 as Clip), MobileViT-S (convolutions with attention over unfolded
 patches), LeViT-128S (attention with BatchNorm-ed projections and HardSwish) and a
@@ -9,9 +11,12 @@ wav2vec2-base-style encoder (group-normalised feature extractor, 2 layers). Weig
 default initialisation and batch norms a trained net's range of statistics: transformers' own
 initialisation shrinks these deep nets' outputs to 1e-30 and below, where float32 has nothing
 left to compare."""
+import sys
+import types
+
 import torch
 
-MODELS = ("resnet18", "efficientnet_b0", "mobilenet_v2", "mobilevit_s", "levit_128s", "wav2vec2_group_norm")
+MODELS = ("mobilenet_v3_small", "resnet18", "efficientnet_b0", "mobilenet_v2", "mobilevit_s", "levit_128s", "wav2vec2_group_norm")
 
 
 def trained_like(model: torch.nn.Module) -> torch.nn.Module:
@@ -27,10 +32,22 @@ def trained_like(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+def _torchvision():
+    """torchvision's models. Its wheel on PyPI is the CUDA build, whose C ops (nms, roi_align, ...)
+    cannot load beside the CPU torch, and its import then fails registering fake kernels for them;
+    the models need none of them, so those two registration modules are left out."""
+    for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    import torchvision
+    return torchvision
+
+
 def build(name: str, size: int = 64, samples: int = 4000):
     import transformers as T
     torch.manual_seed(0)
     image = torch.randn(1, 3, size, size)
+    if name == "mobilenet_v3_small":
+        return _torchvision().models.mobilenet_v3_small(num_classes=10), image
     if name == "resnet18":
         config = T.ResNetConfig(embedding_size=64, hidden_sizes=[64, 128, 256, 512], depths=[2, 2, 2, 2],
                                 layer_type="basic", num_labels=10)
@@ -56,6 +73,8 @@ class Logits(torch.nn.Module):
 
     def forward(self, x):
         out = self.model(x)
+        if isinstance(out, torch.Tensor):  # torchvision's: the logits themselves
+            return out
         return out.logits if hasattr(out, "logits") else out.last_hidden_state
 
 
