@@ -134,6 +134,13 @@ if [ ! -f "$SMOLLM2_GGUF" ] && ! .venv/bin/python examples/smollm2/export.py --f
     if [ "${CI:-}" = true ]; then exit 1; fi
 fi
 
+# torchvision's MobileNetV3-small for tests/vision_models.py: its PyPI wheel (the CUDA build) is
+# unpacked beside the venv, not installed (the file says why).
+if ! .venv/bin/python tests/vision_models.py --fetch; then
+    log "could not fetch torchvision (no network?): the MobileNetV3-small test will fail"
+    if [ "${CI:-}" = true ]; then exit 1; fi
+fi
+
 # Every tool the boards need must answer now.
 if [ "${CI:-}" = true ]; then
     for tool in "${!NEED[@]}"; do

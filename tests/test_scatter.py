@@ -120,3 +120,17 @@ def test_an_index_out_of_range_stops_the_run_with_status_5(name, workdir):
     feeds = _feeds(name, OUT_OF_RANGE[name])
     with pytest.raises(MoaEdgeError, match=r"failed with status 5\b"):
         run(binary, board, report["io"], check_inputs(report["io"], feeds, name))
+
+
+def test_indices_that_do_not_fit_the_data_are_refused_by_name(tmp_path):
+    """ScatterElements' indices wider than the data on a non-scatter axis would write past the
+    output: refused at convert, as onnxruntime refuses the model."""
+    graph = helper.make_graph(
+        [helper.make_node("ScatterElements", ["data", "indices", "updates"], ["y"], name="scatter", axis=0)], "g",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("indices", TensorProto.INT64, [2, 5]),
+         helper.make_tensor_value_info("updates", TensorProto.FLOAT, [2, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "m.onnx")
+    with pytest.raises(MoaEdgeError, match="ScatterElements node 'scatter': indices \\[2, 5\\] reach past the data"):
+        convert(tmp_path / "m.onnx", tmp_path / "p")

@@ -11,8 +11,12 @@ wav2vec2-base-style encoder (group-normalised feature extractor, 2 layers). Weig
 default initialisation and batch norms a trained net's range of statistics: transformers' own
 initialisation shrinks these deep nets' outputs to 1e-30 and below, where float32 has nothing
 left to compare."""
+from pathlib import Path
+import subprocess
 import sys
+import tempfile
 import types
+import zipfile
 
 import torch
 
@@ -32,10 +36,30 @@ def trained_like(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
+# torchvision's wheel on PyPI for this torch is the CUDA build: its C ops (nms, roi_align, ...) cannot
+# load beside the CPU torch, and installed, its failing import breaks transformers' imports too. So
+# `make setup` unpacks it beside the venv (python tests/vision_models.py --fetch), not into it, and
+# _torchvision imports its models alone: without the two modules that register kernels for those ops.
+TORCHVISION = "torchvision==0.28.0"
+TORCHVISION_DIR = Path(sys.prefix) / TORCHVISION.replace("==", "-")
+
+
+def fetch() -> None:
+    """Download and unpack TORCHVISION into TORCHVISION_DIR (once; the only network use)."""
+    if (TORCHVISION_DIR / "torchvision").is_dir():
+        return
+    with tempfile.TemporaryDirectory() as download:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", TORCHVISION, "-d", download],
+                       check=True)
+        (wheel,) = Path(download).glob("torchvision-*.whl")
+        zipfile.ZipFile(wheel).extractall(TORCHVISION_DIR)
+
+
 def _torchvision():
-    """torchvision's models. Its wheel on PyPI is the CUDA build, whose C ops (nms, roi_align, ...)
-    cannot load beside the CPU torch, and its import then fails registering fake kernels for them;
-    the models need none of them, so those two registration modules are left out."""
+    if not (TORCHVISION_DIR / "torchvision").is_dir():
+        raise RuntimeError(f"{TORCHVISION} is not unpacked in {TORCHVISION_DIR}: run make setup")
+    if str(TORCHVISION_DIR) not in sys.path:
+        sys.path.insert(0, str(TORCHVISION_DIR))
     for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
         sys.modules.setdefault(name, types.ModuleType(name))
     import torchvision
@@ -86,3 +110,8 @@ def export(name: str, path, size: int = 64, samples: int = 4000):
     torch.onnx.export(Logits(trained_like(model)), (x,), str(path), input_names=["x"], output_names=["y"],
                       opset_version=17, dynamo=False)
     return x.numpy()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--fetch"]:
+        fetch()

@@ -65,6 +65,17 @@ class Graph:
     # The most threads a run may use (convert --threads): kernels lifted onto cores get a scratch
     # per thread in the arena.
     max_threads: int = 1
+    # Names fresh_name has handed out (a rewrite may name several nodes before adding them).
+    _given: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def fresh_name(self, stem: str) -> str:
+        """`stem`, or it with underscores appended, unused by any tensor or node and not given before."""
+        taken = self._given | set(self.tensors) | {node.name for node in self.nodes}
+        name = stem
+        while name in taken:
+            name += "_"
+        self._given.add(name)
+        return name
 
     def producer(self, name: str) -> Node | None:
         for node in self.nodes:

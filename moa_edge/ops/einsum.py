@@ -163,12 +163,17 @@ def emit(node, ctx):
     for label in outer:
         lines.append(_for(label, extent, depth))
         depth += 1
-    lines.append("    " * depth + f"{ctype} sum = 0;")
+    # Integers add and multiply in uint64_t, which wraps (signed overflow would be undefined).
+    wrapping = not dtypes.dtype(graph.tensors[out].dtype).is_float
+    accumulator = "uint64_t" if wrapping else ctype
+    terms = [f"(uint64_t){r}" for r in reads] if wrapping else reads
+    lines.append("    " * depth + f"{accumulator} sum = 0;")
     for k, label in enumerate(inner):
         lines.append(_for(label, extent, depth + k))
-    lines.append("    " * (depth + len(inner)) + f"sum += {' * '.join(reads)};")
+    lines.append("    " * (depth + len(inner)) + f"sum += {' * '.join(terms)};")
     lines += ["    " * (depth + k) + "}" for k in reversed(range(len(inner)))]
-    lines.append("    " * depth + f"{ctx.where[out]}[{_offset(output, graph.tensors[out].shape, extent)}] = sum;")
+    stored = f"({ctype})sum" if wrapping else "sum"
+    lines.append("    " * depth + f"{ctx.where[out]}[{_offset(output, graph.tensors[out].shape, extent)}] = {stored};")
     lines += ["    " * k + "}" for k in reversed(range(2, depth))]
     lines.append("    }")
     return EmittedUnit("\n".join(lines) + "\n")

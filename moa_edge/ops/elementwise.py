@@ -94,7 +94,11 @@ ONNX_VERSIONS = {"Add": 14, "Sub": 14, "Mul": 14, "Div": 14, "Pow": 15, "Sqrt": 
 # Integer forms of the ops whose float form would round (|x| > 2^24) or not compile.
 # Integer Div never traps (moa_idiv in moa/elementwise.h): x / 0 is 0 and INT_MIN / -1 wraps to
 # INT_MIN, as numpy gives; onnxruntime stops with an error on the first and traps on the second.
-_INTEGER_C_EXPR = {"Pow": "moa_ipow(a, b)", "Abs": "(a < 0 ? -a : a)", "Div": "moa_idiv(a, b)"}
+# Sums, differences and products in uint64_t, whose arithmetic wraps (C's signed overflow, and an
+# int16 promoted to int, would be undefined), converted back to the type as the loop stores them.
+_INTEGER_C_EXPR = {"Pow": "moa_ipow(a, b)", "Abs": "(a < 0 ? 0 - (uint64_t)a : (uint64_t)a)", "Div": "moa_idiv(a, b)",
+                   "Add": "((uint64_t)a + (uint64_t)b)", "Sub": "((uint64_t)a - (uint64_t)b)",
+                   "Mul": "((uint64_t)a * (uint64_t)b)", "Neg": "(0 - (uint64_t)a)"}
 _FLOAT_ONLY = {"Sqrt", "Reciprocal", "Exp", "Log", "Erf", "Tanh", "Sigmoid", "Floor", "Ceil", "Sin", "Cos", "Gelu",
                "Tan", "Asin", "Acos", "Atan", "Sinh", "Cosh", "Asinh", "Acosh", "Atanh", "Sum", "Mean"}
 
@@ -313,7 +317,20 @@ def _cast_c(node, source: str, target: str) -> str:
         return f"({value} != 0)"
     if source in dtypes.CAST_ONLY_DTYPES and target == "float32":
         return value  # widened exactly
+    if source_record.is_float and not target_record.is_float:  # towards zero, as onnxruntime
+        return _saturating_cast(value, target_record)
     return f"({target_record.c_type}){value}"
+
+
+def _saturating_cast(value: str, record) -> str:
+    """A float to an integer type towards zero, NaN to 0 and values past the type's range to its
+    ends: C's conversion of those is undefined. The bounds are powers of two, exact in any float."""
+    bits, signed = 8 * record.itemsize, record.name.startswith("int")
+    macro = record.c_type.removesuffix("_t").upper()
+    high = f"{float(2 ** (bits - 1 if signed else bits))!r}"
+    low, least = (f"{-float(2 ** (bits - 1))!r}", f"{macro}_MIN") if signed else ("-1.0", "0")
+    return (f"(({value}) != ({value}) ? 0 : ({value}) >= {high} ? {macro}_MAX : ({value}) <= {low} ? {least} "
+            f": ({record.c_type})({value}))")
 
 
 def _expression(node, graph) -> tuple[str, list[str]]:

@@ -338,8 +338,13 @@ def _emit_cumulative(node, ctx, where):
                  "        const ptrdiff_t outer = outer_of[ax], extent = extent_of[ax], inner = inner_of[ax];"]
     t, prev = ("extent - 1 - s", "t + 1") if reverse else ("s", "t - 1")
     op, identity = ("+", "0") if node.op == "CumSum" else ("*", "1")
+    record = dtypes.dtype(graph.tensors[node.outputs[0]].dtype)
+    wide = "" if record.is_float else "(uint64_t)"  # integers wrap in uint64_t: signed overflow is undefined
     value = (f"s == 0 ? {identity} : {out}[before] {op} {x}[before]" if exclusive
              else f"(s == 0 ? {identity} : {out}[before]) {op} {x}[at]")
+    if wide:
+        value = (f"s == 0 ? {identity} : ({record.c_type})({wide}{out}[before] {op} {wide}{x}[before])" if exclusive
+                 else f"({record.c_type})({wide}(s == 0 ? {identity} : {out}[before]) {op} {wide}{x}[at])")
     lines += ["        ptrdiff_t o, s, r;",
               "        for (o = 0; o < outer; o++) {",
               "            for (s = 0; s < extent; s++) {",

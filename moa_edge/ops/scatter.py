@@ -45,9 +45,37 @@ def _reduction(node) -> str:
 
 
 def infer(node, graph) -> list[TensorType]:
-    """The data's (the past cache's) shape and dtype."""
+    """The data's (the past cache's) shape and dtype, once the indices and updates fit it (the
+    loops trust these shapes when they write)."""
     data = graph.tensors[node.inputs[0]]
+    _check_shapes(node, graph)
     return [TensorType(tuple(data.shape), data.dtype)]
+
+
+def _check_shapes(node, graph) -> None:
+    data = tuple(graph.tensors[node.inputs[0]].shape)
+    rank = len(data)
+
+    def refuse(why: str):
+        raise MoaEdgeError(f"{node.op} node {node.name!r}: {why}")
+    if node.op == "ScatterElements":
+        indices, updates = (tuple(graph.tensors[n].shape) for n in node.inputs[1:3])
+        axis = node.attrs.get("axis", 0) % max(rank, 1)
+        if updates != indices or len(indices) != rank:
+            refuse(f"indices {list(indices)} and updates {list(updates)} must have one shape, of the data's rank {rank}")
+        if any(i > d for k, (i, d) in enumerate(zip(indices, data)) if k != axis):
+            refuse(f"indices {list(indices)} reach past the data {list(data)} on an axis other than {axis}")
+    elif node.op == "ScatterND":
+        indices, updates = (tuple(graph.tensors[n].shape) for n in node.inputs[1:3])
+        m = indices[-1] if indices else 0
+        if not indices or m > rank or updates != indices[:-1] + data[m:]:
+            refuse(f"updates {list(updates)} must have the shape indices[:-1] + data[m:] "
+                   f"(indices {list(indices)}, data {list(data)})")
+    else:  # TensorScatter: the update is the cache with `steps` positions along the axis
+        update = tuple(graph.tensors[node.inputs[1]].shape)
+        axis = _cache_axis(node, rank)
+        if len(update) != rank or any(u != d for k, (u, d) in enumerate(zip(update, data)) if k != axis):
+            refuse(f"update {list(update)} must match the cache {list(data)} on every axis but {axis}")
 
 
 def in_place_inputs(node, graph) -> list[str]:

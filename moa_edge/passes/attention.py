@@ -137,7 +137,9 @@ def _decomposed_sdpa(graph: Graph, softmax: Node):
             scores = node.inputs[1]
         elif (node is not None and node.op == "Max" and len(node.inputs) == 2
               and (scalar(graph, node.inputs[1]) or 0.0) <= MASKED):
-            scores = node.inputs[0]  # a floor at the most negative float (XGLM): it changes only -inf scores
+            # A floor at the most negative float (XGLM) changes only -inf scores: with HF's finite masks
+            # (finfo.min) none; a row a -inf mask hides wholly averages every key with it, is 0 here.
+            scores = node.inputs[0]
         else:
             break
         absorbed.append(node.name)

@@ -10,7 +10,6 @@ from moa_edge.moa import Layout
 
 from .fold import evaluate_onnx_node
 from .pack import packs_its_transpose
-from .patch_conv import _fresh as fresh_name
 
 # The ONNX versions implemented: op -> the newest since_version checked (passes/versions.py).
 # Pad 18 takes axes, 19 the wrap mode; 21 on add types.
@@ -32,10 +31,6 @@ def _is_no_op(graph: Graph, node) -> bool:
         training = graph.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else np.zeros(())
         ratio = graph.constant(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] else None
         identity = (training is not None and not training.any()) or (ratio is not None and not ratio.any())
-        mask = node.outputs[1] if len(node.outputs) > 1 else ""
-        if identity and mask and graph.tensors.get(mask) is not None:  # keeps every element: all True
-            graph.tensors[mask].data = np.ones(graph.tensors[mask].shape, bool)
-            node.outputs = node.outputs[:1]
         return identity and len([o for o in node.outputs if o]) == 1
     if node.op == "Cast":
         source = graph.tensors.get(node.inputs[0])
@@ -89,8 +84,19 @@ def drop_neutral_operands(graph: Graph) -> int:
     return dropped
 
 
+def _fold_dropout_masks(graph: Graph) -> None:
+    """An inference Dropout keeps every element: its mask output is a constant of all True."""
+    for node in graph.nodes:
+        mask = node.outputs[1] if node.op == "Dropout" and len(node.outputs) > 1 else ""
+        if mask and graph.tensors.get(mask) is not None and _is_no_op(graph, Node("Dropout", node.name, node.inputs,
+                                                                                   node.outputs[:1], node.attrs)):
+            graph.tensors[mask].data = np.ones(graph.tensors[mask].shape, bool)
+            node.outputs = node.outputs[:1]
+
+
 def bypass_no_ops(graph: Graph) -> int:
     drop_neutral_operands(graph)
+    _fold_dropout_masks(graph)
     bypassed = 0
     for node in list(graph.nodes):
         if not _is_no_op(graph, node):
@@ -221,9 +227,9 @@ def _gathers(graph: Graph, node, source: str, tables: list[tuple[int, np.ndarray
     for k, (axis, table) in enumerate(tables):
         shape = list(graph.tensors[source].shape)
         shape[axis] = len(table)
-        made = out if k == len(tables) - 1 else fresh_name(set(graph.tensors), f"{node.name}__along_{axis}")
+        made = out if k == len(tables) - 1 else graph.fresh_name(f"{node.name}__along_{axis}")
         graph.tensors.setdefault(made, Tensor(made, tuple(shape), graph.tensors[source].dtype))
-        picks = fresh_name(set(graph.tensors), f"{node.name}__picks_{axis}")
+        picks = graph.fresh_name(f"{node.name}__picks_{axis}")
         graph.tensors[picks] = Tensor(picks, (len(table),), "int64", np.asarray(table, np.int64))
         gather = Node("Gather", f"{node.name}__{k}" if len(tables) > 1 else node.name, [source, picks], [made],
                       {"axis": axis})
@@ -281,10 +287,10 @@ def _center_crop_pad(graph: Graph, node) -> list[Node] | None:
               for a, n in zip(axes, wanted) if n > data.shape[a]]
     source, nodes = node.inputs[0], []
     if crops:
-        cropped = node.outputs[0] if not padded else fresh_name(set(graph.tensors), f"{node.name}__cropped")
+        cropped = node.outputs[0] if not padded else graph.fresh_name(f"{node.name}__cropped")
         nodes, source = _gathers(graph, node, source, crops, cropped), cropped
     for k, (axis, before, after) in enumerate(padded):
-        out = node.outputs[0] if k == len(padded) - 1 else fresh_name(set(graph.tensors), f"{node.name}__padded_{axis}")
+        out = node.outputs[0] if k == len(padded) - 1 else graph.fresh_name(f"{node.name}__padded_{axis}")
         nodes.append(pad_nodes(graph, source, axis, before, after, 0, out, fresh_name(set(graph.tensors),
                                                                                        f"{node.name}__pad_{axis}")))
         source = out
@@ -404,7 +410,7 @@ def copy_constant_outputs(graph: Graph) -> None:
             continue
         if tensor.dtype not in dtypes.RUNTIME_DTYPES:
             continue  # the check after lowering names the type
-        kept = fresh_name(set(graph.tensors), f"{name}_constant")
+        kept = graph.fresh_name(f"{name}_constant")
         graph.tensors[kept] = Tensor(kept, tensor.shape, tensor.dtype, tensor.data)
         graph.tensors[name] = Tensor(name, tensor.shape, tensor.dtype)
         graph.nodes += _lowered_copy(graph, Node("Identity", f"{name}_copy", [kept], [name]), trace_view)

@@ -220,9 +220,11 @@ def fold_dynamic_quantization(graph: Graph) -> int:
 def expand_dynamic_quantizers(graph: Graph) -> int:
     """Each DynamicQuantizeLinear no kernel took, as the spec's ops (uint8, over the whole tensor):
 
-        scale = (max(0, max(x)) - min(0, min(x))) / 255
+        scale = (max(0, max(x)) - min(0, min(x))) / 255, or 1 where that range is 0 (onnxruntime's)
         zero  = saturate(round_half_even(-min(0, min(x)) / scale))
-        y     = saturate(round_half_even(x / scale) + zero)"""
+        y     = saturate(round_half_even(x / scale) + zero)
+
+    A NaN in x makes the scale NaN and y 0 (onnxruntime's kernel skips NaNs)."""
     expanded = 0
     for node in [n for n in graph.nodes if n.op == "DynamicQuantizeLinear"]:
         x = node.inputs[0]
@@ -232,20 +234,22 @@ def expand_dynamic_quantizers(graph: Graph) -> int:
         made: list[Node] = []
 
         def step(op: str, inputs: list[str], shape: tuple = (), out: str = "", dtype: str = "float32", **attrs) -> str:
-            out = out or _fresh_name(graph, f"{node.name}__{op}")
+            out = out or graph.fresh_name(f"{node.name}__{op}")
             graph.tensors[out] = Tensor(out, shape, dtype)
             made.append(Node(op, f"{node.name}__{op}_{len(made)}", inputs, [out], attrs))
             return out
 
         def constant(value: float) -> str:
-            name = _fresh_name(graph, f"{node.name}__{value:g}")
+            name = graph.fresh_name(f"{node.name}__{value:g}")
             graph.tensors[name] = Tensor(name, (), "float32", np.array(value, np.float32))
             return name
 
         full = tuple(graph.tensors[x].shape)
         low = step("Min", [step("ReduceMin", [x], keepdims=0), constant(0.0)])
         high = step("Max", [step("ReduceMax", [x], keepdims=0), constant(0.0)])
-        scale = step("Div", [step("Sub", [high, low]), constant(255.0)], out=scale)
+        spread = step("Sub", [high, low])
+        flat = step("Equal", [spread, constant(0.0)], dtype="bool")
+        scale = step("Where", [flat, constant(1.0), step("Div", [spread, constant(255.0)])], out=scale)
         zero_value = step("Clip", [step("Round", [step("Div", [step("Neg", [low]), scale])]), constant(0.0),
                                    constant(255.0)])
         if zero:
@@ -257,12 +261,6 @@ def expand_dynamic_quantizers(graph: Graph) -> int:
         graph.nodes[at:at + 1] = made
         expanded += 1
     return expanded
-
-
-def _fresh_name(graph: Graph, stem: str) -> str:
-    while stem in graph.tensors:
-        stem += "_"
-    return stem
 
 
 def parse_activations(text: str | None, weights: WeightFormat | None) -> str | None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from moa_edge.ir import Graph, Node, Tensor, dtypes
 
-from .patch_conv import _fresh as fresh_name
 
 FLOAT = dtypes.COMPUTE_DTYPE.name
 _FLOAT32_KERNELS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceLogSum",
@@ -27,28 +26,32 @@ def _widened(node: Node, source: Tensor) -> set[str]:
 
 
 def read_through_float32(graph: Graph) -> int:
-    """Rewrite as the module's docstring says; returns how many nodes now read through Casts."""
-    taken = set(graph.tensors) | {n.name for n in graph.nodes}
+    """Rewrite as the module's docstring says; returns how many nodes now read through Casts. Every
+    float64 operand (a Conv's weights, a LayerNormalization's scale) is read so, and a selecting
+    op's bool or small-integer data."""
     rewritten, nodes = 0, []
     for node in graph.nodes:
-        first = node.inputs[0] if node.inputs else ""
-        source = graph.tensors.get(first)
-        if source is None or source.dtype not in _widened(node, source):
+        first = graph.tensors.get(node.inputs[0]) if node.inputs else None
+        if first is None or first.dtype not in _widened(node, first):
             nodes.append(node)
             continue
-        narrow = fresh_name(taken, f"{first}__float32")
-        graph.tensors[narrow] = Tensor(narrow, source.shape, FLOAT)
-        nodes.append(Node("Cast", fresh_name(taken, f"{node.name}__to_float32"), [first], [narrow],
-                          {"to": dtypes.dtype(FLOAT).onnx}))
-        node.inputs = [narrow if name == first else name for name in node.inputs]
+        for k, name in enumerate(node.inputs):
+            operand = graph.tensors.get(name) if name else None
+            if operand is None or (operand.dtype != "float64" and k > 0):
+                continue
+            narrow = graph.fresh_name(f"{name}__float32")
+            graph.tensors[narrow] = Tensor(narrow, operand.shape, FLOAT)
+            nodes.append(Node("Cast", graph.fresh_name(f"{node.name}__to_float32"), [name], [narrow],
+                              {"to": dtypes.dtype(FLOAT).onnx}))
+            node.inputs[k] = narrow
         nodes.append(node)
-        for k, out in enumerate(node.outputs):  # outputs of the operand's type: computed in float32, cast back
-            if out and graph.tensors.get(out) is not None and graph.tensors[out].dtype == source.dtype:
-                computed = fresh_name(taken, f"{out}__float32")
+        for k, out in enumerate(node.outputs):  # outputs of the data's type: computed in float32, cast back
+            if out and graph.tensors.get(out) is not None and graph.tensors[out].dtype == first.dtype:
+                computed = graph.fresh_name(f"{out}__float32")
                 graph.tensors[computed] = Tensor(computed, graph.tensors[out].shape, FLOAT)
                 node.outputs[k] = computed
-                nodes.append(Node("Cast", fresh_name(taken, f"{node.name}__to_{source.dtype}"), [computed], [out],
-                                  {"to": dtypes.dtype(source.dtype).onnx}))
+                nodes.append(Node("Cast", graph.fresh_name(f"{node.name}__to_{first.dtype}"), [computed], [out],
+                                  {"to": dtypes.dtype(first.dtype).onnx}))
         rewritten += 1
     graph.nodes = nodes
     return rewritten

@@ -440,7 +440,6 @@ def _fuses_as_pair(graph: Graph, quantize: Node, params: Params) -> bool:
     return (q not in graph.outputs and bool(readers) and params.qtype in RANGES and not params.block
             and (not _input(quantize, 2) or params.zero is not None)
             and x.dtype == "float32" and params.scale is not None and params.scale.dtype == np.float32
-            and quantize.attrs.get("precision", onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
             and all(r.op == DEQUANTIZE and r.inputs[0] == q and (theirs := check_node(graph, r)) is not None
                     and params.same(theirs) for r in readers))
 
@@ -450,6 +449,8 @@ def _lower_quantize(graph: Graph, quantize: Node) -> None:
     if params is None:
         _refuse(quantize, f"the shape of x {quantize.inputs[0]!r} is unknown")
     _require_parameters(quantize, params)
+    if quantize.attrs.get("precision", onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT:
+        _refuse(quantize, f"precision={quantize.attrs['precision']}: only float32 division is supported")
     if not _fuses_as_pair(graph, quantize, params):  # the integers themselves, which their readers read
         at = graph.nodes.index(quantize)
         graph.nodes[at:at + 1] = _quantize_ops(graph, quantize, params)
@@ -484,22 +485,18 @@ def _parameter(graph: Graph, nodes: list[Node], node: Node, index: int, values: 
     return _step(graph, nodes, "Cast", [name], stem, attrs={"to": onnx.TensorProto.FLOAT})
 
 def _constant(graph: Graph, stem: str, values: np.ndarray) -> str:
-    while stem in graph.tensors:
-        stem += "_"
-    graph.tensors[stem] = Tensor(stem, tuple(values.shape), values.dtype.name, values)
-    return stem
+    name = graph.fresh_name(stem)
+    graph.tensors[name] = Tensor(name, tuple(values.shape), values.dtype.name, values)
+    return name
 
 
 def _step(graph: Graph, nodes: list[Node], op: str, inputs: list[str], stem: str, dtype: str = "float32",
           attrs: dict | None = None, out: str | None = None) -> str:
     """Append `op` over `inputs` to `nodes`, its output a new tensor of x's shape (or `out`)."""
     shape = tuple(graph.tensors[inputs[0]].shape)
-    if out is None:
-        out = stem
-        while out in graph.tensors:
-            out += "_"
+    out = out or graph.fresh_name(stem)
     graph.tensors[out] = Tensor(out, shape, dtype)
-    nodes.append(Node(op, f"{stem}__{op}", inputs, [out], attrs or {}))
+    nodes.append(Node(op, graph.fresh_name(f"{stem}__{op}"), inputs, [out], attrs or {}))
     return out
 
 

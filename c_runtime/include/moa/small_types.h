@@ -8,7 +8,8 @@
  *     MOA_IEEE  the top exponent is inf (mantissa 0) or NaN (e5m2)
  *     MOA_FN    no infinities; all ones (either sign) is NaN (e4m3fn)
  *     MOA_FNUZ  no infinities, no -0; the sign bit alone (0x80) is NaN (e4m3fnuz, e5m2fnuz)
- *     MOA_NONE  no infinities, no NaN (float4 e2m1: NaN becomes -0, as in ml_dtypes)
+ *     MOA_NONE  no infinities, no NaN (float4 e2m1: NaN becomes the zero of the other sign, as in
+ *               ml_dtypes)
  * Past the largest finite value (after rounding) a value saturates to it when `saturate` (and
  * always where there is nothing else), else becomes inf (IEEE) or NaN. */
 #ifndef MOA_SMALL_TYPES_H
@@ -46,7 +47,8 @@ static inline uint8_t moa_f32_to_minifloat(float x, int width, int mantissa, int
 {
     const unsigned sign = signbit(x) ? 1u << (width - 1) : 0u;
     const unsigned top = (1u << (width - 1 - mantissa)) - 1u;
-    const unsigned nan = kind == MOA_FNUZ || kind == MOA_NONE ? 1u << (width - 1) : sign | ((1u << (width - 1)) - 1u);
+    const unsigned nan = kind == MOA_FNUZ ? 1u << (width - 1) : kind == MOA_NONE ? sign ^ (1u << (width - 1))
+                       : sign | ((1u << (width - 1)) - 1u);
     const unsigned largest_bits = kind == MOA_IEEE ? (top - 1u) << mantissa | ((1u << mantissa) - 1u)
                                 : kind == MOA_FN ? ((1u << (width - 1)) - 2u)
                                 : (1u << (width - 1)) - 1u;
