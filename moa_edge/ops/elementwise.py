@@ -373,6 +373,8 @@ def _expression(node, graph) -> tuple[str, list[str]]:
                                                           if n.startswith(("int", "uint"))), names=node.outputs)
     if node.op == "BitShift":
         return _shift_c(node, dtypes.dtype(out_dtype)), names
+    if node.op == "Abs" and out_dtype.startswith("uint"):
+        return "a", names  # (a < 0 on an unsigned type is a warning, and always false)
     if not dtypes.dtype(out_dtype).is_float and node.op in _INTEGER_C_EXPR:
         return _INTEGER_C_EXPR[node.op], names  # integers must not round-trip through float
     if node.op in _FLOAT_ONLY:
