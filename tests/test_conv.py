@@ -153,23 +153,31 @@ def test_no_scratch_and_one_call(workdir):
     assert report["memory"]["arena_bytes"] == 0
 
 
-@pytest.mark.parametrize("case, feature", [
-    (Case("conv3d", (1, 2, 4, 4, 4), (3, 2, 2, 2, 2)), "3-D convolution"),
-    (Case("conv_float64", (1, 2, 5), (3, 2, 3)), "DOUBLE|float64"),
-], ids=["conv3d", "float64"])
-def test_unsupported_is_refused_by_name(case, feature, tmp_path):
-    dtype = TensorProto.DOUBLE if "float64" in case.name else TensorProto.FLOAT
-    model = _model(case, dtype)
-    if dtype == TensorProto.DOUBLE:
-        for init in model.graph.initializer:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
-    onnx.save(model, tmp_path / "model.onnx")
+def test_3d_convolution_is_refused_by_name(tmp_path):
+    onnx.save(_model(Case("conv3d", (1, 2, 4, 4, 4), (3, 2, 2, 2, 2))), tmp_path / "model.onnx")
     with pytest.raises(MoaEdgeError) as info:
         convert(tmp_path / "model.onnx", tmp_path / "project")
     message = str(info.value)
-    assert re.search(feature, message) and "\n" not in message, message
-    if case.name == "conv3d":
-        assert "'conv3d'" in message and "not supported" in message
+    assert "3-D convolution" in message and "'conv3d'" in message and "not supported" in message
+    assert "\n" not in message, message
+
+
+def test_a_float64_convolution_computes_in_float32(tmp_path):
+    """Input and weights read through Casts (passes/float32_kernels.py), against torch in float64."""
+    import torch
+    case = Case("conv_float64", (1, 2, 5), (3, 2, 3))
+    model = _model(case, TensorProto.DOUBLE)
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64), init.name))
+    onnx.save(model, tmp_path / "model.onnx")
+    board = require_board("host")
+    io = convert(tmp_path / "model.onnx", tmp_path / "project")["io"]
+    x = np.random.default_rng(4).standard_normal(case.x)
+    got, _ = run(build(tmp_path / "project", board), board, io, check_inputs(io, {"X": x}, "model.onnx"))
+    w, *b = (torch.from_numpy(numpy_helper.to_array(i)) for i in model.graph.initializer)
+    want = torch.nn.functional.conv1d(torch.from_numpy(x), w, b[0] if b else None).numpy()  # no attributes
+    assert got["Y"].dtype == np.float64
+    _assert_close(got["Y"], want, case)
 
 
 # --- moa_conv2d_f32 under ASan and UBSan ----------------------------------------------------

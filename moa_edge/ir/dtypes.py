@@ -63,6 +63,7 @@ _RECORDS = (
     _record("float8_e4m3fnuz", "uint8_t", "f8e4m3fnuz", 1, _T.FLOAT8E4M3FNUZ),
     _record("float8_e5m2", "uint8_t", "f8e5m2", 1, _T.FLOAT8E5M2),
     _record("float8_e5m2fnuz", "uint8_t", "f8e5m2fnuz", 1, _T.FLOAT8E5M2FNUZ),
+    _record("float8_e8m0fnu", "uint8_t", "f8e8m0", 1, _T.FLOAT8E8M0),
     _record("float4_e2m1fn", "uint8_t", "f4e2m1", 1, _T.FLOAT4E2M1),
     _record("int4", "uint8_t", "i4", 1, _T.INT4),
     _record("uint4", "uint8_t", "u4", 1, _T.UINT4),
@@ -80,8 +81,8 @@ RUNTIME_DTYPES = tuple(r.name for r in _RECORDS if r.runtime)
 HALF_DTYPES = ("float16", "bfloat16")
 # Held too, one element per byte, and read and written by Cast alone (CastLike, QuantizeLinear and
 # DequantizeLinear of them are not computed yet).
-SMALL_DTYPES = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn", "int4", "uint4",
-                "int2", "uint2")
+SMALL_DTYPES = ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz", "float8_e8m0fnu",
+                "float4_e2m1fn", "int4", "uint4", "int2", "uint2")
 CAST_ONLY_DTYPES = HALF_DTYPES + SMALL_DTYPES
 HELD_DTYPES = RUNTIME_DTYPES + CAST_ONLY_DTYPES
 # Constants may also be stored in these: quantized weights (int8, 4-bit pairs as uint8) and

@@ -17,6 +17,7 @@ import re
 
 import ml_dtypes
 import numpy as np
+import onnx.numpy_helper
 from moa_edge.lazy import torch
 
 from moa_edge.errors import MoaEdgeError
@@ -189,6 +190,9 @@ def _small_cast(node, x: torch.Tensor, record) -> torch.Tensor:
     if not record.is_float:
         return torch.from_numpy(x.astype(record.numpy).astype(np.int64))
     x = x.astype(np.float32)
+    if record.name == "float8_e8m0fnu":
+        return torch.from_numpy(onnx.numpy_helper.to_float8e8m0(x, bool(node.attrs.get("saturate", 1)),
+                                                                _round_mode(node)).astype(np.float64))
     if node.attrs.get("saturate", 1):
         largest = float(ml_dtypes.finfo(record.numpy).max)
         x = np.where(np.isnan(x), x, np.clip(x, -largest, largest))
@@ -307,6 +311,9 @@ def _cast_c(node, source: str, target: str) -> str:
         value = "a"
     if target in dtypes.HALF_DTYPES:  # from float32 (an integer or bool converts to it first), rounded
         return f"moa_f32_to_{target_record.suffix}((float){value})"
+    if target == "float8_e8m0fnu":
+        mode = {"up": "MOA_ROUND_UP", "down": "MOA_ROUND_DOWN", "nearest": "MOA_ROUND_NEAREST"}[_round_mode(node)]
+        return f"moa_f32_to_f8e8m0((float){value}, {int(node.attrs.get('saturate', 1))}, {mode})"
     if target_record.is_float and target in dtypes.SMALL_DTYPES:
         return f"moa_f32_to_{target_record.suffix}((float){value}, {int(node.attrs.get('saturate', 1))})"
     if target in _BITS:
@@ -320,6 +327,15 @@ def _cast_c(node, source: str, target: str) -> str:
     if source_record.is_float and not target_record.is_float:  # towards zero, as onnxruntime
         return _saturating_cast(value, target_record)
     return f"({target_record.c_type}){value}"
+
+
+def _round_mode(node) -> str:
+    """Cast's round_mode (opset 24: how a float8 e8m0 rounds), checked."""
+    mode = node.attrs.get("round_mode", "up")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    if mode not in ("up", "down", "nearest"):
+        raise MoaEdgeError(f"Cast node {node.name!r}: round_mode {mode!r} is not up, down or nearest")
+    return mode
 
 
 def _saturating_cast(value: str, record) -> str:

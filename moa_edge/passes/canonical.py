@@ -291,7 +291,7 @@ def _center_crop_pad(graph: Graph, node) -> list[Node] | None:
         nodes, source = _gathers(graph, node, source, crops, cropped), cropped
     for k, (axis, before, after) in enumerate(padded):
         out = node.outputs[0] if k == len(padded) - 1 else graph.fresh_name(f"{node.name}__padded_{axis}")
-        nodes.append(pad_nodes(graph, source, axis, before, after, 0, out, fresh_name(set(graph.tensors),
+        nodes.append(pad_nodes(graph, source, axis, before, after, 0, out, graph.fresh_name(
                                                                                        f"{node.name}__pad_{axis}")))
         source = out
     return nodes or None

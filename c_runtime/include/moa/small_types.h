@@ -17,6 +17,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 enum { MOA_IEEE, MOA_FN, MOA_FNUZ, MOA_NONE };
 
@@ -96,6 +97,40 @@ static inline int64_t moa_f32_to_small_int(float x, int bits, int is_signed)
 {
     const int64_t whole = isfinite(x) && fabsf(x) < 9.2e18f ? (int64_t)x : 0;
     return moa_wrap_small_int(whole, bits, is_signed);
+}
+
+/* float8 e8m0: a bare exponent, 2^(bits - 127), 0xFF NaN; no sign, no zero. A float keeps its own
+ * exponent field, rounded by its fraction as Cast's round_mode says (ONNX's reference, bit for bit):
+ * up (any fraction), down (none) or nearest (guard bit, then round, sticky or a nonzero exponent);
+ * saturate stops the rounding at the largest exponent, 0xFE. NaN and infinities give 0xFF. */
+enum { MOA_ROUND_UP, MOA_ROUND_DOWN, MOA_ROUND_NEAREST };
+
+static inline float moa_f8e8m0_to_f32(uint8_t b)
+{
+    return b == 0xFFu ? NAN : ldexpf(1.0f, (int)b - 127);
+}
+
+static inline uint8_t moa_f32_to_f8e8m0(float x, int saturate, int round_mode)
+{
+    uint32_t bits;
+    unsigned exponent;
+    int up;
+    memcpy(&bits, &x, sizeof bits);
+    exponent = (bits >> 23) & 0xFFu;
+    if (exponent == 0xFFu) {
+        return 0xFF;
+    }
+    if (round_mode == MOA_ROUND_UP) {
+        up = (bits & 0x7FFFFFu) != 0;
+    } else if (round_mode == MOA_ROUND_NEAREST) {
+        up = (bits & 0x400000u) && ((bits & 0x200000u) || (bits & 0x1FFFFFu) || exponent > 0);
+    } else {
+        up = 0;
+    }
+    if (up && !(saturate && exponent == 0xFEu)) {
+        exponent++;
+    }
+    return (uint8_t)exponent;
 }
 
 /* The types by name (moa_<suffix>_to_f32, moa_f32_to_<suffix>), as ops/elementwise.py calls them. */
