@@ -2,21 +2,16 @@
 
 Single-node ONNX models go through convert -> C -> every board and are compared with
 onnxruntime on the original file; the torch reference (each op's evaluate) is checked
-against it too. Then the ONNX backend node tests of these ops run on the host: cases
-needing a feature the runtime lacks must be refused with one clear error and are listed
-in NOT_YET (reported as xfail), so this file fails the day one of them starts to pass."""
+against it too. The ONNX backend node tests of these ops run in tests/test_node_cases.py."""
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnx.backend.test.loader import load_model_tests
 import pytest
 
-from backend_cases import not_yet, run_case, with_constant_inputs
 from conftest import BOARDS, require_board
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
@@ -175,62 +170,4 @@ def test_broadcast_scale_is_refused_naming_the_node(tmp_path):
         convert(tmp_path / "m.onnx", tmp_path / "p")
 
 
-# ---- the ONNX backend node tests of these ops ------------------------------------------
-
-BACKEND_OPS = ("LayerNormalization", "RMSNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax",
-               "ReduceL1", "ReduceL2", "ReduceSumSquare")
-BACKEND_PREFIXES = ("test_layer_normalization", "test_rms_normalization", "test_softmax", "test_reduce_mean",
-                    "test_reduce_sum", "test_reduce_max", "test_reduce_l1", "test_reduce_l2")
-
-
-def _backend_op(case) -> str:
-    return case.model.graph.node[0].op_type
-
-
-def _is_float32(case) -> bool:
-    data = [vi for vi in case.model.graph.input if vi.type.tensor_type.elem_type != TensorProto.INT64]
-    return all(vi.type.tensor_type.elem_type == TensorProto.FLOAT for vi in [*data, *case.model.graph.output])
-
-
-# (ReduceSumSquare's tests share the test_reduce_sum prefix.)
-BACKEND_CASES = {c.name: c for c in load_model_tests(kind="node")
-                 if c.name.startswith(BACKEND_PREFIXES) and "_expanded" not in c.name
-                 and len(c.model.graph.node) == 1 and _backend_op(c) in BACKEND_OPS and _is_float32(c)}
-
-# Features the runtime does not have, by the pattern of the test names that need them.
-NOT_YET: dict[str, str] = {}
-
-
-def _not_yet(name: str) -> str | None:
-    return not_yet(name, NOT_YET)
-
-
-def constant_axes(case) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
-    """The backend models pass Reduce axes as a graph input; the runtime reads axes when it
-    generates the C, so they become initializers holding the test's own values."""
-    return with_constant_inputs(case, [1] if case.model.graph.node[0].op_type.startswith("Reduce") else [])
-
-
-@pytest.mark.board
-@pytest.mark.parametrize("name", sorted(BACKEND_CASES))
-def test_backend_case(name, tmp_path):
-    case = BACKEND_CASES[name]
-    model, feeds = constant_axes(case)
-    unconvertible = {o.name for o in model.graph.output} & ({i.name for i in model.graph.input}
-                                                            | {i.name for i in model.graph.initializer})
-    if unconvertible:
-        pytest.skip(f"output(s) {sorted(unconvertible)} are a graph input or constant: no node computes them")
-    (_, expected), = case.data_sets
-    run_case(name, model, feeds, expected, tmp_path, NOT_YET, rtol=max(case.rtol, 1e-5), atol=max(case.atol, 1e-5))
-
-
-def test_backend_pass_count_report(capsys):
-    """Prints, per op, how many backend cases exist and how many must pass end to end."""
-    total = Counter(_backend_op(c) for c in BACKEND_CASES.values())
-    passing = Counter(_backend_op(c) for n, c in BACKEND_CASES.items() if _not_yet(n) is None)
-    with capsys.disabled():
-        print("\nONNX backend node tests (float32, no _expanded), end to end on the host:")
-        for op in BACKEND_OPS:
-            print(f"  {op:20s} {passing[op]:3d} of {total[op]:3d} expected to pass")
-    assert set(total) == set(BACKEND_OPS)
-    assert sum(passing.values()) >= 0.9 * sum(total.values())
+# The ONNX backend node tests of these ops run in tests/test_node_cases.py with every other case.
