@@ -16,6 +16,11 @@ from . import dtypes
 MAX_TENSOR_BYTES = 1 << 62
 
 
+def attribute_text(value) -> str:
+    """A string attribute as text: onnx hands them over as bytes."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 @dataclass
 class Tensor:
     name: str

@@ -21,7 +21,7 @@ import onnx.numpy_helper
 from moa_edge.lazy import torch
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import Graph, Tensor, dtypes
+from moa_edge.ir import Graph, Tensor, attribute_text, dtypes
 from moa_edge.ir.c_syntax import c_comment_text, c_float_short
 from moa_edge.moa import Layout
 
@@ -264,8 +264,7 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
 
 
 def _left(node) -> bool:
-    direction = node.attrs.get("direction", b"")
-    return (direction.decode() if isinstance(direction, bytes) else direction).upper() == "LEFT"
+    return attribute_text(node.attrs.get("direction", "")).upper() == "LEFT"
 
 
 def _shift_c(node, record) -> str:
@@ -331,8 +330,7 @@ def _cast_c(node, source: str, target: str) -> str:
 
 def _round_mode(node) -> str:
     """Cast's round_mode (opset 24: how a float8 e8m0 rounds), checked."""
-    mode = node.attrs.get("round_mode", "up")
-    mode = mode.decode() if isinstance(mode, bytes) else mode
+    mode = attribute_text(node.attrs.get("round_mode", "up"))
     if mode not in ("up", "down", "nearest"):
         raise MoaEdgeError(f"Cast node {node.name!r}: round_mode {mode!r} is not up, down or nearest")
     return mode

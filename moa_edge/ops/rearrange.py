@@ -17,7 +17,7 @@ import numpy as np
 from moa_edge.lazy import torch
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import dtypes
+from moa_edge.ir import attribute_text, dtypes
 from moa_edge.ir.c_syntax import c_comment_text
 from moa_edge.moa import Layout
 
@@ -34,10 +34,6 @@ _PERM = {("DepthToSpace", "DCR"): (0, 3, 4, 1, 5, 2), ("DepthToSpace", "CRD"): (
          ("SpaceToDepth", "DCR"): (0, 3, 5, 1, 2, 4), ("SpaceToDepth", "CRD"): (0, 1, 3, 5, 2, 4)}
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _repeats(node, graph) -> list[int] | None:
     repeats = graph.constant(node.inputs[1])
     return None if repeats is None else [int(r) for r in np.asarray(repeats).reshape(-1)]
@@ -45,7 +41,7 @@ def _repeats(node, graph) -> list[int] | None:
 
 def _blocks(node, shape) -> tuple[int, str, tuple[int, ...]]:
     """(blocksize, mode, the input seen with six axes, as the spec reshapes it)."""
-    b, mode = int(node.attrs.get("blocksize", 0)), _text(node.attrs.get("mode", "DCR"))
+    b, mode = int(node.attrs.get("blocksize", 0)), attribute_text(node.attrs.get("mode", "DCR"))
     if len(shape) != 4 or b < 1 or mode not in ("DCR", "CRD"):
         raise MoaEdgeError(f"{node.op} node {node.name!r}: needs a rank-4 input, blocksize >= 1 and mode DCR or CRD "
                            f"(has {list(shape)}, blocksize {b}, mode {mode})")
@@ -113,7 +109,7 @@ def emit(node, ctx):
     x, out = ctx.where[node.inputs[0]], ctx.where[node.outputs[0]]
     axes = [(f"i{k}", n, s) for k, (n, s) in enumerate(zip(source.shape, source.strides)) if n != 1]
     read = " + ".join(v if s == 1 else f"{v} * {s}" for v, _, s in axes if s) or "0"
-    what = node.op if node.op == "Tile" else (f"{node.op} {_text(node.attrs.get('mode', 'DCR'))}, "
+    what = node.op if node.op == "Tile" else (f"{node.op} {attribute_text(node.attrs.get('mode', 'DCR'))}, "
                                                f"blocksize {node.attrs['blocksize']}")
     lines = [f"    {{ /* {c_comment_text(node.name)}: {what}, the output seen as {list(source.shape)} */",
              f"        ptrdiff_t {''.join(v + ', ' for v, _, _ in axes)}at = 0;"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moa_edge.errors import MoaEdgeError
-from moa_edge.ir import dtypes
+from moa_edge.ir import attribute_text, dtypes
 from moa_edge.ir.c_syntax import c_comment_text, c_float_short
 from moa_edge.lazy import torch
 
@@ -68,10 +68,6 @@ class Spec:
     input_forget: bool
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _refuse(node, feature: str):
     raise MoaEdgeError(f"{node.op} node {node.name!r}: {feature} is not supported")
 
@@ -84,7 +80,7 @@ def _activations(node, directions: int) -> tuple:
     """Each direction's activation functions, their alphas and betas consumed in order by the
     functions that take them (as onnxruntime reads the lists), defaults where the lists run out."""
     count = len(DEFAULT_ACTIVATIONS[node.op])
-    names = [_text(a) for a in node.attrs.get("activations", ())] or list(DEFAULT_ACTIVATIONS[node.op]) * directions
+    names = [attribute_text(a) for a in node.attrs.get("activations", ())] or list(DEFAULT_ACTIVATIONS[node.op]) * directions
     if len(names) != count * directions:
         _refuse(node, f"activations {names} ({count} per direction are needed for {directions} direction(s))")
     alphas, betas = list(node.attrs.get("activation_alpha", ())), list(node.attrs.get("activation_beta", ()))
@@ -118,7 +114,7 @@ def spec(node, graph) -> Spec:
     layout = int(attrs.get("layout", 0))
     if layout not in (0, 1):
         _refuse(node, f"layout {layout}")
-    direction = _text(attrs.get("direction", "forward"))
+    direction = attribute_text(attrs.get("direction", "forward"))
     if direction not in ("forward", "reverse", "bidirectional"):
         _refuse(node, f"direction {direction!r}")
     directions = 2 if direction == "bidirectional" else 1

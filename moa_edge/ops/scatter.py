@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from moa_edge.errors import MoaEdgeError
+from moa_edge.ir import attribute_text
 from moa_edge.ir.c_syntax import c_comment_text
 from moa_edge.lazy import torch
 
@@ -32,12 +33,8 @@ _REDUCTIONS = ("none", "add", "mul", "max", "min")
 _TORCH_REDUCE = {"add": "sum", "mul": "prod", "max": "amax", "min": "amin"}
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _reduction(node) -> str:
-    reduction = _text(node.attrs.get("reduction", "none"))
+    reduction = attribute_text(node.attrs.get("reduction", "none"))
     if reduction not in _REDUCTIONS:
         raise MoaEdgeError(f"{node.op} node {node.name!r}: reduction {reduction!r} is not one of "
                            f"{', '.join(_REDUCTIONS)}")
@@ -124,7 +121,7 @@ def _tensor_scatter(node, inputs):
     out = cache.clone()
     for b in range(batch):
         position = starts[b] + torch.arange(steps)
-        if _text(node.attrs.get("mode", "linear")) == "circular":
+        if attribute_text(node.attrs.get("mode", "linear")) == "circular":
             position = position % extent
         elif steps and (position.min() < 0 or position.max() >= extent):
             raise MoaEdgeError(f"TensorScatter node {node.name!r}: writes at {int(starts[b])}..."
@@ -223,7 +220,7 @@ def _emit_tensor_scatter(node, ctx, where):
     axis = _cache_axis(node, len(shape))
     outer, per_batch = math.prod(shape[:axis]), math.prod(shape[1:axis])
     extent, steps, inner = shape[axis], update_shape[axis], math.prod(shape[axis + 1:])
-    circular = _text(node.attrs.get("mode", "linear")) == "circular"
+    circular = attribute_text(node.attrs.get("mode", "linear")) == "circular"
     has_starts = len(node.inputs) > 2 and node.inputs[2]
     start = f"(ptrdiff_t){where[node.inputs[2]]}[o / {per_batch}]" if has_starts else "0"
     update, out = where[node.inputs[1]], where[node.outputs[0]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moa_edge.ir import Graph, Node, Tensor, dtypes
+from moa_edge.ir import Graph, Node, Tensor, attribute_text, dtypes
 from moa_edge.moa import Layout
 
 from .fold import evaluate_onnx_node
@@ -238,15 +238,11 @@ def _gathers(graph: Graph, node, source: str, tables: list[tuple[int, np.ndarray
     return nodes
 
 
-def _text(value) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _index_pad(graph: Graph, node) -> list[Node] | None:
     """Pad(mode=edge, reflect or wrap) by constant amounts: per padded axis, the index each
     output position reads (numpy's pad of the positions, the same three modes); a negative
     amount crops first."""
-    mode = _text(node.attrs.get("mode", "constant"))
+    mode = attribute_text(node.attrs.get("mode", "constant"))
     if node.op != "Pad" or mode not in ("edge", "reflect", "wrap") or len(node.inputs) < 2:
         return None
     data, pads = graph.tensors.get(node.inputs[0]), graph.constant(node.inputs[1])
