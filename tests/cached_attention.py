@@ -22,6 +22,7 @@ import torch
 from moa_edge.moa import Layout
 from moa_edge.moa.onf import Schedule
 from moa_edge.moa.spec import AttentionSpec
+from conftest import SANITIZE
 
 
 @dataclass(frozen=True)
@@ -261,10 +262,9 @@ def api_program_output(project, tmp_path) -> list[str]:
     from moa_edge.target import load_board
     program = tmp_path / "api.c"
     program.write_text(API_PROGRAM)
-    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
-    build(project, load_board("host"), extra_cflags=sanitize, extra_ldflags=sanitize[:1], variant="host-asan")
+    build(project, load_board("host"), extra_cflags=SANITIZE, extra_ldflags=SANITIZE[:1], variant="host-asan")
     exe = tmp_path / "api"
-    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", *sanitize, f"-I{project}",
+    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", *SANITIZE, f"-I{project}",
                     f"-I{project / 'runtime' / 'include'}", str(program),
                     str(project / "build" / "host-asan" / "libmodel.a"), "-lm", "-o", str(exe)], check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)

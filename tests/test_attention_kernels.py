@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import bare_metal_harness_script, require_board, run_bare_metal
+from conftest import SANITIZE, bare_metal_harness_script, require_board, run_bare_metal
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.ops.attention import C_SOURCES
 
@@ -609,15 +609,14 @@ def _host_has(flag: str) -> bool:
         return False
 
 
-SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer")
 BUILDS = [
     Build("host-native", "host", "native"),
     Build("host-avx2", "host", "avx2", cflags=("-O2", "-mavx2", "-mfma", "-mf16c", "-mno-avx512f")),
     # without F16C (every AVX2 core has it, but a build may not say so): halves widened one by one
     Build("host-avx2-nof16c", "host", "avx2", cflags=("-O2", "-mavx2", "-mfma", "-mno-f16c", "-mno-avx512f")),
     Build("host-scalar", "host", "scalar", extra=("-DMOA_FORCE_SCALAR",)),
-    Build("host-asan", "host", "native", cflags=("-O1", "-march=native", *SANITIZE)),
-    Build("host-avx2-asan", "host", "avx2", cflags=("-O1", "-mavx2", "-mfma", "-mf16c", "-mno-avx512f", *SANITIZE)),
+    Build("host-asan", "host", "native", cflags=("-march=native", *SANITIZE)),
+    Build("host-avx2-asan", "host", "avx2", cflags=("-mavx2", "-mfma", "-mf16c", "-mno-avx512f", *SANITIZE)),
     Build("rpi4-neon", "rpi4", "neon"),
     Build("rpi4-scalar", "rpi4", "scalar", extra=("-DMOA_FORCE_SCALAR",)),
     Build("k230-rvv-vlen128", "k230", "rvv", vlen=128),

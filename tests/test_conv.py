@@ -22,7 +22,7 @@ import onnxruntime as ort
 import pytest
 
 from backend_cases import not_yet, run_backend_case
-from conftest import BOARDS, require_board
+from conftest import BOARDS, SANITIZE, require_board
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
@@ -230,7 +230,6 @@ int main(int argc, char **argv)
     return 0;
 }
 """
-SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer"]
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +240,7 @@ def conv_exe(tmp_path_factory):
     (tmp / "main.c").write_text(HARNESS)
     exe = tmp / "conv_main"
     src = C_RUNTIME_DIR / "src"
-    subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-O1", *SANITIZE, f"-I{C_RUNTIME_DIR / 'include'}",
+    subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", *SANITIZE, f"-I{C_RUNTIME_DIR / 'include'}",
                     str(tmp / "main.c"), str(src / "conv.c"), *(str(src / s) for s in matmul.C_SOURCES), "-o", str(exe),
                     "-lpthread"],
                    check=True)  # the GEMM's driver and every kernel it may call (its quantized panels too)

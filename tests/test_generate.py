@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 
-from conftest import one_error, require_board, run_cli
+from conftest import SANITIZE, one_error, require_board, run_cli
 import decoders
 from models import Case, export
 from moa_edge.errors import MoaEdgeError
@@ -130,11 +130,10 @@ def test_the_c_api_refuses_what_would_break_the_cache_under_sanitizers(folder, t
     case, project = _project(folder, "llama", "torchscript", 17)
     program = tmp_path / "api.c"
     program.write_text(API_PROGRAM)
-    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
-    build(project, load_board("host"), extra_cflags=sanitize, extra_ldflags=sanitize[:1], variant="host-asan")
+    build(project, load_board("host"), extra_cflags=SANITIZE, extra_ldflags=SANITIZE[:1], variant="host-asan")
     library = project / "build" / "host-asan" / "libmodel.a"
     exe = tmp_path / "api"
-    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", *sanitize, f"-I{project}",
+    subprocess.run(["cc", "-std=c11", "-Wall", "-Wextra", "-Werror", *SANITIZE, f"-I{project}",
                     f"-I{project / 'runtime' / 'include'}", str(program), str(library), "-lm", "-o", str(exe)],
                    check=True)
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)

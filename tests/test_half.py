@@ -29,14 +29,14 @@ import pytest
 import torch
 
 from backend_cases import arrays
-from conftest import BOARDS, require_board
+from conftest import BOARDS, SANITIZE, require_board
 from halves import BFLOAT16, float32_twin, ulp
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import run
 from moa_edge.pipeline import convert
 from moa_edge.target import load_board
-from test_matmul import GEMM_SOURCES, GEMM_VARIANTS, SANITIZE
+from test_matmul import GEMM_SOURCES, GEMM_VARIANTS
 
 HALVES = {"float16": (np.dtype(np.float16), torch.float16), "bfloat16": (BFLOAT16, torch.bfloat16)}
 

@@ -2,6 +2,7 @@
 board against onnxruntime on the original file; moa_gemm_f32 itself against numpy in
 float64 at sizes that are not multiples of its tiles, under ASan and UBSan."""
 from dataclasses import dataclass
+import os
 from pathlib import Path
 import platform
 import subprocess
@@ -12,9 +13,9 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxruntime as ort
 import pytest
 
-from conftest import BOARDS, bare_metal_harness_script, require_board, run_bare_metal
+from conftest import BOARDS, SANITIZE, bare_metal_harness_script, require_board, run_bare_metal
 from moa_edge import C_RUNTIME_DIR
-from moa_edge.harness.build import build
+from moa_edge.harness.build import CC_LAUNCHER, build
 from moa_edge.ops import matmul
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
@@ -243,7 +244,6 @@ int main(int argc, char **argv)
     return status == MOA_OK ? 0 : 100 + (int)status;
 }
 """
-SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer"]
 SENTINEL = np.float32(12345.0)
 GEMM_SOURCES = [C_RUNTIME_DIR / "src" / s for s in matmul.C_SOURCES]
 
@@ -281,6 +281,17 @@ class GemmExe:
         return run_bare_metal(load_board(self.board), self.command[0], args, stdin)
 
 
+def compile_object(compiler: str, flags: list, source: Path, folder: Path) -> Path:
+    """One runtime source compiled on its own, through the suite's compiler cache: the harnesses
+    of several test files build the same sources with the same flags, and a command compiling
+    many sources at once is one the cache cannot keep."""
+    obj = folder / f"{Path(source).stem}.o"
+    launcher = [os.environ[CC_LAUNCHER]] if os.environ.get(CC_LAUNCHER) else []
+    subprocess.run([*launcher, compiler, *flags, f"-I{C_RUNTIME_DIR / 'include'}", "-c", str(source), "-o", str(obj)],
+                   check=True)
+    return obj
+
+
 def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_flags=()) -> GemmExe:
     """A kernel test program (harness + runtime sources) for one variant of a GEMM table:
     (board, extra C flags, emulator VLEN or None, the isa name its build must report)."""
@@ -294,8 +305,9 @@ def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_
     if board.bare_metal:
         link = ["-T", str(bare_metal_harness_script(board, tmp))]
     ldflags = [f for f in board.toolchain.get("ldflags", []) if f not in flags]  # one command: a spec file once
+    objects = [compile_object(board.compiler(), flags, source, tmp) for source in sources]
     subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"),
-                    *map(str, sources), *ldflags, *link, "-o", str(exe)], check=True)
+                    *map(str, objects), *ldflags, *link, "-o", str(exe)], check=True)
     if board.bare_metal:
         return GemmExe([str(exe)], isa, board_name, bare_metal=True)
     runner = board.runner()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cached_attention import CachedBlock, cached_spec, reference
-from conftest import BOARDS, require_board
+from conftest import BOARDS, SANITIZE, require_board
 from moa_edge.harness import compare as cmp
 from moa_edge.harness.kernel_harness import build_harness
 from moa_edge.moa import Layout
@@ -167,8 +167,7 @@ def test_kernel_scratch_is_exactly_the_cost_model_figure(schedule, tmp_path):
     """Under ASan a buffer of exactly scratch_bytes is never overrun, and its last element is used."""
     require_board("host")
     spec, storage, expected = make(Block("scratch", sq=7, skv=11, mask="float"))
-    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
-    exe = build_harness(spec, schedule, tmp_path, real="float", cflags=["-O1", *sanitize], ldflags=sanitize[:1])
+    exe = build_harness(spec, schedule, tmp_path, real="float", cflags=SANITIZE, ldflags=SANITIZE[:1])
     got, stderr = run_harness(exe, storage, tmp_path, "float")
     assert "scratch_tail_touched=1" in stderr
     assert cmp.compare(got.reshape(expected.shape), expected)["ok"]
@@ -259,8 +258,7 @@ def test_layouts_the_micro_kernels_cannot_read_are_packed_into_scratch(case, sch
         assert (f"{name}_pack" in regions) == packed
     code = emit_kernel(spec, schedule, "kernel")
     assert "moa_attn_pv_f32(" in code and "red1" not in code and "for (q = 0;" not in code
-    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
-    exe = build_harness(spec, schedule, tmp_path, real="float", cflags=["-O1", *sanitize], ldflags=sanitize[:1])
+    exe = build_harness(spec, schedule, tmp_path, real="float", cflags=SANITIZE, ldflags=SANITIZE[:1])
     got, stderr = run_harness(exe, storage, tmp_path, "float")
     assert "scratch_tail_touched=1" in stderr
     written = spec.y.offsets()
@@ -445,9 +443,8 @@ def test_decode_never_reads_the_cache_past_its_length(real, splits, tmp_path):
     block = CachedBlock("sanitized", hq=6, hkv=2, sq=4, skv=96)
     schedule = decode_schedule(block, splits, rows=5)  # blocks of 5 of the 12 stacked rows: some wrap
     spec = make_decode(block, 1)[0]
-    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
-    build = lambda: build_harness(spec, schedule, tmp_path, real=real, cflags=["-O1", *sanitize],  # noqa: E731
-                                  ldflags=sanitize[:1])
+    build = lambda: build_harness(spec, schedule, tmp_path, real=real, cflags=SANITIZE,  # noqa: E731
+                                  ldflags=SANITIZE[:1])
     for length, got, expected, _ in _decode_runs(block, schedule, tmp_path, real, build=build, nan_past_length=True):
         assert np.all(np.isfinite(got)), length
         if real == "double":
@@ -506,7 +503,6 @@ def test_every_feature_through_the_decode_form(block, rows, keys, splits, tmp_pa
     exe = build_harness(spec, schedule, tmp_path / "double", real="double")
     got, _ = run_harness(exe, storage, tmp_path, "double")
     assert np.max(np.abs(got.reshape(expected.shape) - expected)) <= 1e-12
-    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
-    exe = build_harness(spec, schedule, tmp_path / "float", cflags=["-O1", *sanitize], ldflags=sanitize[:1])
+    exe = build_harness(spec, schedule, tmp_path / "float", cflags=SANITIZE, ldflags=SANITIZE[:1])
     got, _ = run_harness(exe, storage, tmp_path, "float")
     assert cmp.compare(got.reshape(expected.shape), expected)["ok"]

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from moa_edge.ops.qmatmul import pack_quantized
-from test_matmul import GEMM_SOURCES, SANITIZE, build_harness
+from conftest import SANITIZE
+from test_matmul import GEMM_SOURCES, build_harness
 
 HARNESS = r"""
 #include <stdio.h>

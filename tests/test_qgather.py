@@ -23,7 +23,7 @@ import pytest
 import torch
 from transformers.pytorch_utils import Conv1D
 
-from conftest import BOARDS, require_board
+from conftest import BOARDS, SANITIZE, require_board
 import decoders
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
@@ -138,7 +138,6 @@ def project_for(tie: str, weights: str, workdir: Path) -> tuple[Path, dict]:
     return _projects[tie, weights]
 
 
-SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g"]
 
 
 def _binary(project: Path, board) -> Path:

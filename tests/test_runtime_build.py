@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from conftest import BOARDS, MCU_BOARDS, require_board
+from conftest import BOARDS, MCU_BOARDS, SANITIZE, require_board
 from models import Case, case_inputs, expected, export
 from moa_edge.harness import compare as cmp
 from moa_edge.harness.build import build
@@ -82,8 +82,7 @@ def test_every_compile_uses_strict_warnings(project, board_name):
 def test_host_build_is_clean_under_asan_and_ubsan(project):
     board = require_board("host")
     io = __import__("json").loads((project / "report.json").read_text())["io"]
-    sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer"]
-    binary = build(project, load_board("host"), extra_cflags=sanitize, extra_ldflags=sanitize[:1], variant="host-asan")
+    binary = build(project, load_board("host"), extra_cflags=SANITIZE, extra_ldflags=SANITIZE[:1], variant="host-asan")
     inputs = case_inputs(CASE)
     outputs, _ = run(binary, board, io, check_inputs(io, inputs, "asan"))
     assert cmp.compare(outputs["y"], expected(CASE, inputs))["ok"]

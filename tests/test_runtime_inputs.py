@@ -13,7 +13,7 @@ import onnx
 from onnx import TensorProto as T, helper, numpy_helper
 import pytest
 
-from conftest import board_file, require_board
+from conftest import SANITIZE, board_file, require_board
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.build import build
 from moa_edge.harness.runner import check_inputs, run
@@ -25,7 +25,6 @@ TABLE = RNG.standard_normal((VOCAB, WIDTH)).astype(np.float32)
 W = RNG.standard_normal((WIDTH, OUT)).astype(np.float32)
 IDS = np.array([[0, 1, 2], [3, 4, 9]], np.int64)
 X = np.zeros((2, 3, OUT), np.float32)
-SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-fno-omit-frame-pointer"]
 SANITIZER_REPORTS = ("AddressSanitizer", "runtime error:", "UndefinedBehaviorSanitizer")
 
 

@@ -18,7 +18,7 @@ import torch
 from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
                                                     TopPLogitsWarper)
 
-from conftest import require_board
+from conftest import SANITIZE, require_board
 from moa_edge import C_RUNTIME_DIR
 from moa_edge.errors import MoaEdgeError
 from moa_edge.harness.sampling import Pcg32, Sampling, argmax, sample, sampling_probs
@@ -26,7 +26,6 @@ from moa_edge.harness.sampling import Pcg32, Sampling, argmax, sample, sampling_
 INCLUDE = C_RUNTIME_DIR / "include"
 SOURCE = C_RUNTIME_DIR / "src" / "sampling.c"
 WARNINGS = ("-std=c99", "-Wall", "-Wextra", "-Werror")
-SANITIZE = ("-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all")
 
 # imneme/pcg-c, test-high/expected/check-pcg32.out (also pcg-c-basic's pcg32-demo): the first six
 # outputs of pcg32_random_r after pcg32_srandom_r(&rng, 42u, 54u).
