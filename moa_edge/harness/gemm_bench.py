@@ -42,11 +42,12 @@ from .scratch_folder import scratch_folder
 SHAPES = ((128, 768, 768), (128, 768, 3072), (128, 3072, 768), (1, 576, 1536), (77, 300, 515))
 
 DRIVER = r"""
-#define _POSIX_C_SOURCE 199309L
+#define _DEFAULT_SOURCE
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "moa/isa.h"
