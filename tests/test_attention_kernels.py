@@ -274,8 +274,9 @@ def _table() -> list[Case]:
                               (11, 23, 300), (13, 8, 64),
                               # depths past one packed panel's (NEON 256, RVV 128): the chunks add up
                               (6, 33, 129), (10, 70, 300),
-                              # AVX-512's packed query rows in chunks (32 rows at depth 256, 128 at 64)
-                              (40, 23, 300), (150, 17, 64)]:
+                              # AVX-512's packed query rows in chunks (24 rows at depth 256, 120 at 64),
+                              # 12 to a panel, and its 32-key panels: 64 + 16 + 1 keys
+                              (40, 23, 300), (150, 17, 64), (29, 81, 64)]:
         cases.append(Case("scores", (rows, cols, depth)))
     # pv: rows, cols, dv
     for rows, cols, dv in [(1, 1, 1), (1, 3, 5), (4, 4, 4), (3, 5, 8), (4, 16, 16), (5, 7, 12), (4, 9, 17),
@@ -284,7 +285,9 @@ def _table() -> list[Case]:
                            # stacked decode rows, and one row of split-K weights over S - 1 partials
                            (3, 128, 64), (12, 37, 64), (1, 1, 64), (1, 6, 64),
                            # AVX2's 6x16 tile: rows 6 + 4 + 1 and 12 + 1, columns 16 + 8 + 3 and 16 + 9
-                           (11, 23, 40), (13, 17, 25)]:
+                           (11, 23, 40), (13, 17, 25),
+                           # P's stride (cols + 1) 128, 256, 512: AVX-512's constant-stride bodies
+                           (13, 127, 64), (25, 255, 33), (5, 511, 64)]:
         cases.append(Case("pv", (rows, cols, dv)))
     for n in [0, 1, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 100, 257]:
         cases.append(Case("max", (n,)))

@@ -30,17 +30,17 @@ from .spec import AttentionSpec
 ELEM = dtypes.COMPUTE_DTYPE.itemsize  # Q, K, V, the output and scratch (the spec names no type yet)
 MASK_ELEM = {"float": dtypes.dtype("float32").itemsize, "bool": dtypes.dtype("bool").itemsize}  # by mask_kind
 # Key tiles narrower than this leave the micro-kernels (moa/attention.h) too little work per
-# call: the score tile's width is its vector dimension (16 floats per AVX-512 register, 32
+# call: the score tile's width is its vector dimension (32 floats, two AVX-512 registers; 32
 # per RVV VLEN-256 LMUL-4 group), and every tile costs each row a max, an exp and a rescale.
 MIN_BLOCK_K = 128
 # Query tiles narrower than this leave the register tiles idle: the score tile packs each 16-key
-# panel of K once per call and reuses it over the tile's rows (16 per register tile on AVX-512,
+# panel of K once per call and reuses it over the tile's rows (12 per register tile on AVX-512,
 # 6 on AVX2), and the P V tile keeps 12 (AVX2: 6) rows in registers, so each tile should hold
 # several of both. The x86 kernels pack their key panels themselves, so the ONF emits the same
 # loop nest for AVX-512 and AVX2 builds; only moa/isa.h's choice of kernel differs.
 MIN_BLOCK_Q = 64
 # Rows of the score and P V micro-kernels' register tiles (RVV 4, NEON 5, AVX2 6 and 6, AVX-512
-# 16 and 12; the smallest, a bound for every ISA): a K or V tile larger than L1 is streamed through
+# 12 and 12; the smallest, a bound for every ISA): a K or V tile larger than L1 is streamed through
 # it once per this many rows of the block, not once per row.
 REGISTER_ROWS = 4
 # A key split shorter than this costs its partial's start and its share of the combination

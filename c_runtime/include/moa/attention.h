@@ -124,19 +124,19 @@ MOA_ATTN_DECLARE(moa_attn_scores_f32_1x1_scalar, moa_attn_pv_f32_1x1_scalar, moa
                  moa_attn_exp_f32_u1_scalar, moa_attn_scale_f32_u1_scalar, moa_vexp_f32_u1_scalar)
 
 #if MOA_ISA_AVX512
-MOA_ATTN_DECLARE(moa_attn_scores_f32_16x16_avx512, moa_attn_pv_f32_12x32_avx512, moa_attn_max_f32_u32_avx512,
+MOA_ATTN_DECLARE(moa_attn_scores_f32_12x32_avx512, moa_attn_pv_f32_12x32_avx512, moa_attn_max_f32_u32_avx512,
                  moa_attn_exp_f32_u32_avx512, moa_attn_scale_f32_u32_avx512, moa_vexp_f32_u32_avx512)
-#define moa_attn_scores_f32 moa_attn_scores_f32_16x16_avx512
+#define moa_attn_scores_f32 moa_attn_scores_f32_12x32_avx512
 #define moa_attn_pv_f32 moa_attn_pv_f32_12x32_avx512
 #define moa_attn_max_f32 moa_attn_max_f32_u32_avx512
 #define moa_attn_exp_f32 moa_attn_exp_f32_u32_avx512
 #define moa_attn_scale_f32 moa_attn_scale_f32_u32_avx512
 #define moa_vexp_f32 moa_vexp_f32_u32_avx512
-MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_16x16_avx512, moa_attn_pv_f32_s8_12x32_avx512)
-#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_16x16_avx512
+MOA_ATTN_S8_DECLARE(moa_attn_scores_f32_s8_12x32_avx512, moa_attn_pv_f32_s8_12x32_avx512)
+#define moa_attn_scores_f32_s8 moa_attn_scores_f32_s8_12x32_avx512
 #define moa_attn_pv_f32_s8 moa_attn_pv_f32_s8_12x32_avx512
-MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_16x16_avx512, moa_attn_pv_f32_f16_12x32_avx512)
-#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_16x16_avx512
+MOA_ATTN_F16_DECLARE(moa_attn_scores_f32_f16_12x32_avx512, moa_attn_pv_f32_f16_12x32_avx512)
+#define moa_attn_scores_f32_f16 moa_attn_scores_f32_f16_12x32_avx512
 #define moa_attn_pv_f32_f16 moa_attn_pv_f32_f16_12x32_avx512
 #elif MOA_ISA_AVX2
 MOA_ATTN_DECLARE(moa_attn_scores_f32_6x16_avx2, moa_attn_pv_f32_6x16_avx2, moa_attn_max_f32_u16_avx2,

@@ -1,7 +1,8 @@
 /* AVX-512F attention micro-kernels (moa/attention.h), 16 floats per zmm.
- *   scores 16x16: a GEMM tile over a packed, transposed panel of 16 keys (see below);
+ *   scores 12x32: a GEMM tile over packed, transposed panels of 32 keys and 12 query rows (below);
  *   pv 12x32:   12 rows x 2 zmm of the accumulator stay in registers over all keys, each key a
- *               broadcast weight (embedded broadcast) times two vectors of one row of V;
+ *               broadcast weight (embedded broadcast) times two vectors of one row of V; the
+ *               usual row strides of P (a key block of 128, 256 or 512) as constants;
  *   max, exp, scale, vexp: 32 floats per step, a masked step for the tail;
  *   over an int8 cache (_s8) and a float16 cache (_f16): the same two tiles, written once
  *               (scores_body, pv_body) with the element load a constant parameter (enum elem):
@@ -53,20 +54,22 @@ INLINE __mmask16 tail_mask(size_t n) /* the first n < 16 lanes */
     return (__mmask16)((1u << n) - 1u);
 }
 
-/* The score tile is a register-blocked GEMM tile, s = Q (K^T): 16 keys of K are packed, transposed,
- * into a depth x 16 panel on the stack (at most KT_DEPTH x 16 floats = 16 KiB, L1-resident), as
- * every GEMM packs its B panel; the panel then serves all `rows` query rows, 16 at a time, each
- * row one zmm accumulator (16 keys), Q[r][j] broadcast from memory: 16 FMAs per panel row load.
- * Q's rows are packed the same way first, 16 rows to a transposed panel (QT_FLOATS at a time),
- * so a tile reads all 16 rows' Q[r][j] from one pointer: 16 row pointers outnumber the
+/* The score tile is a register-blocked GEMM tile, s = Q (K^T): 32 keys of K are packed, transposed,
+ * into a depth x 32 panel on the stack (at most KT_DEPTH x 32 floats = 32 KiB), as every GEMM packs
+ * its B panel; the panel then serves all `rows` query rows, 12 at a time, each row two zmm
+ * accumulators (32 keys), Q[r][j] broadcast from memory: 24 FMAs per two panel loads (the 16 x 16
+ * tile before it, one load and 16 broadcasts per 16 FMAs, ran ~5-10% slower in L1).
+ * Q's rows are packed the same way first, 12 rows to a transposed panel (QT_FLOATS at a time),
+ * so a tile reads all 12 rows' Q[r][j] from one pointer: 12 row pointers outnumber the
  * registers, and their reloads from the stack made the loop load-bound.
  * This copies small tiles inside the kernel; it is not K^T (nor any n x n array) in
  * memory, which is what DESIGN's "no transposed-key copy" rules out. */
 #define KT_DEPTH 256
-#define QT_FLOATS 8192 /* 32 KiB: 128 query rows at depth 64 */
+#define QROWS 12 /* query rows per packed panel and per score tile */
+#define QT_FLOATS 8192 /* 32 KiB: 120 query rows at depth 64 */
 
-/* The 16 x 16 block in a[] (a[i] = row i) transposed into kt[j * 16 + c] for j < nj. */
-INLINE void transpose_16x16(__m512 a[16], size_t nj, float *kt)
+/* The 16 x 16 block in a[] (a[i] = row i) transposed into kt[j * ld + c] for j < nj, the lanes `keep`. */
+INLINE void transpose_16x16(__m512 a[16], size_t nj, float *kt, size_t ld, __mmask16 keep)
 {
     __m512 b[16];
     int i;
@@ -98,16 +101,16 @@ INLINE void transpose_16x16(__m512 a[16], size_t nj, float *kt)
         const __m512 c1 = _mm512_shuffle_f32x4(b[4 + i], b[12 + i], _MM_SHUFFLE(2, 0, 2, 0));
         const __m512 c3 = _mm512_shuffle_f32x4(b[4 + i], b[12 + i], _MM_SHUFFLE(3, 1, 3, 1));
         if ((size_t)i < nj) {
-            _mm512_store_ps(kt + 16 * i, c0);
+            _mm512_mask_storeu_ps(kt + ld * (size_t)i, keep, c0);
         }
         if ((size_t)(4 + i) < nj) {
-            _mm512_store_ps(kt + 16 * (4 + i), c1);
+            _mm512_mask_storeu_ps(kt + ld * (size_t)(4 + i), keep, c1);
         }
         if ((size_t)(8 + i) < nj) {
-            _mm512_store_ps(kt + 16 * (8 + i), c2);
+            _mm512_mask_storeu_ps(kt + ld * (size_t)(8 + i), keep, c2);
         }
         if ((size_t)(12 + i) < nj) {
-            _mm512_store_ps(kt + 16 * (12 + i), c3);
+            _mm512_mask_storeu_ps(kt + ld * (size_t)(12 + i), keep, c3);
         }
     }
 }
@@ -168,8 +171,9 @@ INLINE const void *row_at(enum elem e, const void *x, ptrdiff_t r, ptrdiff_t ld)
 }
 
 /* The 16 x 16 block at x (rows ldx apart; the first nr rows and nj columns real, the rest read
- * as 0), each row widened to float in registers, transposed into kt[j * 16 + c] for j < nj. */
-INLINE void pack_16x16(enum elem e, int nr, size_t nj, const void *x, ptrdiff_t ldx, float *kt)
+ * as 0), each row widened to float in registers, transposed into kt[j * ld + c] for j < nj (the lanes `keep`). */
+INLINE void pack_16x16(enum elem e, int nr, size_t nj, const void *x, ptrdiff_t ldx, float *kt, size_t ld,
+                       __mmask16 keep)
 {
     __m512 a[16];
     int i;
@@ -177,115 +181,144 @@ INLINE void pack_16x16(enum elem e, int nr, size_t nj, const void *x, ptrdiff_t 
     for (i = 0; i < 16; i++) {
         a[i] = i < nr ? load16(e, row_at(e, x, i, ldx), 0, nj) : _mm512_setzero_ps();
     }
-    transpose_16x16(a, nj, kt);
+    transpose_16x16(a, nj, kt, ld, keep);
 }
 
-/* s[0:mr][lanes cm] = scale[lane] * q[0:mr][0:nj] kt[0:nj][0:16], plus s when `add`; qt holds the
- * mr rows of q packed as kt is (qt[j * 16 + i] = q[i][j]). */
-INLINE void scores_tile(int mr, size_t nj, const float *qt, const float *kt, __m512 scale, __mmask16 cm, int add,
-                        float *s, ptrdiff_t lds)
+/* s[0:mr][0:16 nv] (the last vector's lanes cm) = scale * q[0:mr][0:nj] kt[0:nj][0:16 nv], plus s
+ * when `add`; qt holds the rows of q packed QROWS to a panel (qt[j * QROWS + i] = q[i][j]), kt
+ * the keys 32 to a panel (kt[j * 32 + c] = k[c][j]): per depth step one or two panel loads serve
+ * mr x nv FMAs, each Q[r][j] broadcast from memory. */
+INLINE void scores_tile(int mr, int nv, size_t nj, const float *qt, const float *kt, const __m512 scale[2],
+                        __mmask16 cm, int add, float *s, ptrdiff_t lds)
 {
-    __m512 acc[16];
+    __m512 acc[QROWS][2];
     size_t j;
-    int i;
+    int i, x;
     _Pragma("GCC unroll 16")
     for (i = 0; i < mr; i++) {
-        acc[i] = _mm512_setzero_ps();
+        _Pragma("GCC unroll 2")
+        for (x = 0; x < nv; x++) {
+            acc[i][x] = _mm512_setzero_ps();
+        }
     }
     for (j = 0; j < nj; j++) {
-        const __m512 kv = _mm512_load_ps(kt + 16 * j);
+        const __m512 k0 = _mm512_load_ps(kt + 32 * j), k1 = nv == 2 ? _mm512_load_ps(kt + 32 * j + 16) : k0;
         _Pragma("GCC unroll 16")
         for (i = 0; i < mr; i++) {
-            acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(qt[16 * j + (size_t)i]), kv, acc[i]);
+            const __m512 qv = _mm512_set1_ps(qt[QROWS * j + (size_t)i]);
+            acc[i][0] = _mm512_fmadd_ps(qv, k0, acc[i][0]);
+            if (nv == 2) {
+                acc[i][1] = _mm512_fmadd_ps(qv, k1, acc[i][1]);
+            }
         }
     }
     _Pragma("GCC unroll 16")
     for (i = 0; i < mr; i++) {
-        const __m512 before = add ? _mm512_maskz_loadu_ps(cm, s + i * lds) : _mm512_setzero_ps();
-        _mm512_mask_storeu_ps(s + i * lds, cm, _mm512_fmadd_ps(acc[i], scale, before));
+        _Pragma("GCC unroll 2")
+        for (x = 0; x < nv; x++) {
+            const __mmask16 m = x == nv - 1 ? cm : (__mmask16)0xFFFF;
+            float *out = s + i * lds + 16 * x;
+            const __m512 before = add ? _mm512_maskz_loadu_ps(m, out) : _mm512_setzero_ps();
+            _mm512_mask_storeu_ps(out, m, _mm512_fmadd_ps(acc[i][x], scale[x], before));
+        }
     }
 }
 
-/* One panel of 16 keys (or fewer) against `rows` packed query rows, 16 to a panel of qt (row r
- * at panel r / 16, lane r % 16): the full panels, then the last one's rows 8, 4, then 1 at a time. */
-INLINE void scores_panel(size_t rows, size_t nj, const float *qt, const float *kt, __m512 scale, __mmask16 cm,
-                         int add, float *s0, ptrdiff_t lds)
+/* One panel of up to 32 keys against `rows` packed query rows: whole panels of QROWS, then the
+ * last one's rows 8, 4, then 1 at a time. */
+INLINE void scores_panel(int nv, size_t rows, size_t nj, const float *qt, const float *kt, const __m512 scale[2],
+                         __mmask16 cm, int add, float *s0, ptrdiff_t lds)
 {
-    size_t r;
-    for (r = 0; r + 16 <= rows; r += 16) {
-        scores_tile(16, nj, qt + r * nj, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+    size_t r = 0, base, i0;
+    for (; r + QROWS <= rows; r += QROWS) {
+        scores_tile(QROWS, nv, nj, qt + r * nj, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
     }
-    if (rows - r >= 8) { /* the last panel's first rows */
-        scores_tile(8, nj, qt + r * nj, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
-        r += 8;
+    base = r * nj; /* the last panel */
+    i0 = 0;
+    if (rows - r >= 8) {
+        scores_tile(8, nv, nj, qt + base, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+        r += 8, i0 += 8;
     }
     if (rows - r >= 4) {
-        scores_tile(4, nj, qt + (r - r % 16) * nj + r % 16, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
-        r += 4;
+        scores_tile(4, nv, nj, qt + base + i0, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+        r += 4, i0 += 4;
     }
-    for (; r < rows; r++) {
-        scores_tile(1, nj, qt + (r - r % 16) * nj + r % 16, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
+    for (; r < rows; r++, i0++) {
+        scores_tile(1, nv, nj, qt + base + i0, kt, scale, cm, add, s0 + (ptrdiff_t)r * lds, lds);
     }
 }
 
-/* The score kernel for keys of element type e: the panel packs 16 keys widened to float; over
+/* The score kernel for keys of element type e: the panel packs 32 keys widened to float; over
  * int8 keys (k_scale) each column's scale is scale * k_scale[c], applied once to its sum. The
- * depth in chunks of KT_DEPTH, the rows in chunks whose packed Q fits QT_FLOATS (depth 64: 128
+ * depth in chunks of KT_DEPTH, the rows in chunks whose packed Q fits QT_FLOATS (depth 64: 120
  * rows, so a query block's Q is packed once and each key panel once). */
 INLINE void scores_body(enum elem e, size_t rows, size_t cols, size_t depth, float scale, const float *q,
                         ptrdiff_t ldq, const void *k, ptrdiff_t ldk, const float *k_scale, float *s, ptrdiff_t lds)
 {
-    float kt[KT_DEPTH * 16] __attribute__((aligned(64))); /* the packed panel: 16 keys, transposed */
-    float qt[QT_FLOATS] __attribute__((aligned(64)));     /* the packed query rows, 16 to a panel */
+    float kt[KT_DEPTH * 32] __attribute__((aligned(64))); /* the packed panel: 32 keys, transposed */
+    float qt[QT_FLOATS] __attribute__((aligned(64)));     /* the packed query rows, QROWS to a panel */
+    const __mmask16 q_lanes = (__mmask16)((1u << QROWS) - 1u);
     size_t c, j0, j, r0, r;
     j0 = 0;
     do { /* depth 0 still writes s = 0 */
         const size_t nj = depth - j0 < KT_DEPTH ? depth - j0 : KT_DEPTH;
-        const size_t chunk = nj ? QT_FLOATS / (16 * nj) * 16 : rows; /* >= 32 rows */
+        const size_t chunk = nj ? QT_FLOATS / (QROWS * nj) * QROWS : rows; /* >= 24 rows */
         for (r0 = 0; r0 < rows; r0 += chunk) {
             const size_t nr = rows - r0 < chunk ? rows - r0 : chunk;
-            for (r = 0; r < nr; r += 16) {
+            for (r = 0; r < nr; r += QROWS) {
                 for (j = 0; j < nj; j += 16) {
-                    pack_16x16(ELEM_F32, nr - r < 16 ? (int)(nr - r) : 16, nj - j < 16 ? nj - j : 16,
-                               q + (ptrdiff_t)(r0 + r) * ldq + (ptrdiff_t)(j0 + j), ldq, qt + r * nj + 16 * j);
+                    pack_16x16(ELEM_F32, nr - r < QROWS ? (int)(nr - r) : QROWS, nj - j < 16 ? nj - j : 16,
+                               q + (ptrdiff_t)(r0 + r) * ldq + (ptrdiff_t)(j0 + j), ldq, qt + r * nj + QROWS * j, QROWS,
+                               q_lanes);
                 }
             }
-            for (c = 0; c < cols; c += 16) {
-                const int nc = cols - c >= 16 ? 16 : (int)(cols - c);
-                const __mmask16 cm = nc == 16 ? (__mmask16)0xFFFF : tail_mask((size_t)nc);
-                const __m512 column_scale = e == ELEM_S8
-                                                ? _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(cm, k_scale + c))
-                                                : _mm512_set1_ps(scale);
-                const void *k0 = row_at(e, k, (ptrdiff_t)c, ldk);
-                for (j = 0; j < nj; j += 16) {
-                    const void *block = row_at(e, k0, (ptrdiff_t)(j0 + j), 1);
-                    if (nc == 16 && nj - j >= 16) { /* a whole block: its copy has no bounds to test */
-                        pack_16x16(e, 16, 16, block, ldk, kt + 16 * j);
-                    } else {
-                        pack_16x16(e, nc, nj - j < 16 ? nj - j : 16, block, ldk, kt + 16 * j);
+            for (c = 0; c < cols; c += 32) {
+                const size_t nc = cols - c >= 32 ? 32 : cols - c;
+                const int nv = nc > 16 ? 2 : 1;
+                const size_t last = nc - 16 * (size_t)(nv - 1);
+                const __mmask16 cm = last == 16 ? (__mmask16)0xFFFF : tail_mask(last);
+                __m512 column_scale[2];
+                int x;
+                for (x = 0; x < nv; x++) {
+                    const __mmask16 m = x == nv - 1 ? cm : (__mmask16)0xFFFF;
+                    column_scale[x] = e == ELEM_S8
+                                          ? _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(m, k_scale + c + 16 * (size_t)x))
+                                          : _mm512_set1_ps(scale);
+                    for (j = 0; j < nj; j += 16) {
+                        const void *block = row_at(e, row_at(e, k, (ptrdiff_t)(c + 16 * (size_t)x), ldk), (ptrdiff_t)(j0 + j), 1);
+                        const size_t keys = x == nv - 1 ? last : 16, depths = nj - j < 16 ? nj - j : 16;
+                        if (keys == 16 && depths == 16) { /* a whole block: its copy has no bounds to test */
+                            pack_16x16(e, 16, 16, block, ldk, kt + 32 * j + 16 * (size_t)x, 32, (__mmask16)0xFFFF);
+                        } else {
+                            pack_16x16(e, (int)keys, depths, block, ldk, kt + 32 * j + 16 * (size_t)x, 32, (__mmask16)0xFFFF);
+                        }
                     }
                 }
-                scores_panel(nr, nj, qt, kt, column_scale, cm, j0 > 0, s + (ptrdiff_t)r0 * lds + (ptrdiff_t)c, lds);
+                if (nv == 2) {
+                    scores_panel(2, nr, nj, qt, kt, column_scale, cm, j0 > 0, s + (ptrdiff_t)r0 * lds + (ptrdiff_t)c, lds);
+                } else {
+                    scores_panel(1, nr, nj, qt, kt, column_scale, cm, j0 > 0, s + (ptrdiff_t)r0 * lds + (ptrdiff_t)c, lds);
+                }
             }
         }
         j0 += nj;
     } while (j0 < depth);
 }
 
-void moa_attn_scores_f32_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+void moa_attn_scores_f32_12x32_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
                                       ptrdiff_t ldq, const float *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
 {
     scores_body(ELEM_F32, rows, cols, depth, scale, q, ldq, k, ldk, NULL, s, lds);
 }
 
-void moa_attn_scores_f32_s8_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+void moa_attn_scores_f32_s8_12x32_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
                                          ptrdiff_t ldq, const int8_t *k, ptrdiff_t ldk, const float *k_scale,
                                          float *s, ptrdiff_t lds)
 {
     scores_body(ELEM_S8, rows, cols, depth, scale, q, ldq, k, ldk, k_scale, s, lds);
 }
 
-void moa_attn_scores_f32_f16_16x16_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
+void moa_attn_scores_f32_f16_12x32_avx512(size_t rows, size_t cols, size_t depth, float scale, const float *q,
                                           ptrdiff_t ldq, const uint16_t *k, ptrdiff_t ldk, float *s, ptrdiff_t lds)
 {
     scores_body(ELEM_F16, rows, cols, depth, scale, q, ldq, k, ldk, NULL, s, lds);
@@ -366,7 +399,22 @@ INLINE void pv_body(enum elem e, size_t rows, size_t cols, size_t dv, const floa
 void moa_attn_pv_f32_12x32_avx512(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
                                   const float *v, ptrdiff_t ldv, float *acc, ptrdiff_t lda)
 {
-    pv_body(ELEM_F32, rows, cols, dv, p, ldp, v, ldv, NULL, acc, lda);
+    /* P's 12 row pointers outnumber the registers; with its stride a constant, one pointer and
+     * constant displacements reach every row (5-10% faster in L1). P is the score tile, so its
+     * stride is the key block, a power of two the cost model picks. */
+    switch (ldp) {
+    case 128:
+        pv_body(ELEM_F32, rows, cols, dv, p, 128, v, ldv, NULL, acc, lda);
+        return;
+    case 256:
+        pv_body(ELEM_F32, rows, cols, dv, p, 256, v, ldv, NULL, acc, lda);
+        return;
+    case 512:
+        pv_body(ELEM_F32, rows, cols, dv, p, 512, v, ldv, NULL, acc, lda);
+        return;
+    default:
+        pv_body(ELEM_F32, rows, cols, dv, p, ldp, v, ldv, NULL, acc, lda);
+    }
 }
 
 void moa_attn_pv_f32_s8_12x32_avx512(size_t rows, size_t cols, size_t dv, const float *p, ptrdiff_t ldp,
