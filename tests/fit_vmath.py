@@ -1,5 +1,6 @@
 """Fits the polynomial pieces of moa/vmath.h's erf and tanh and prints them as the header's
-Horner statements, with the error of a float32 evaluation (numpy, no FMA) on a dense grid.
+Horner statements, with the error of a float32 evaluation (numpy, no FMA) on a dense grid; and
+the degree-6 2^f on [-1/2, 1/2] of the AVX-512 softmax's exp (src/x86/attention_f32_avx512.c).
 
     .venv/bin/python tests/fit_vmath.py
 
@@ -76,7 +77,18 @@ def statements(var, name, c):
     return "\n".join(lines)
 
 
+def fit_exp2(degree=6):
+    """2^f = 1 + f P(f) on [-1/2, 1/2], minimax in relative error, the constant exactly 1."""
+    c = minimax(lambda f: (np.exp2(f) - 1) / f, lambda f: f, -0.5, 0.5, degree - 1,
+                lambda f: f / np.exp2(f), iterations=60)
+    return np.concatenate([[f32(1)], c])
+
+
 if __name__ == "__main__":
+    c = fit_exp2()
+    f = np.linspace(-0.5, 0.5, 2_000_001)
+    rel = np.abs(np.polyval(c[::-1].astype(np.float64), f) / np.exp2(f) - 1)
+    print(f"/* exp2: max relative error {rel.max():.3g} (float64 evaluation) */\n{statements('f', 'p', c)}\n")
     for name in PIECES:
         centres, pieces = fit(name)
         x = np.unique(np.linspace(0, PIECES[name][4] + 1, 4_000_001).astype(f32))
