@@ -146,14 +146,20 @@ def predict(spec: AttentionSpec, schedule: Schedule, board: Board, keys: int | N
     e = ELEM
     score_set = br * spec.head_dim * e + bc * spec.head_dim * e + br * bc * e
     value_set = bc * spec.value_dim * e + br * spec.value_dim * e + br * bc * e
-    k_tile_fills = 1 if score_set <= l1.size else math.ceil(br / REGISTER_ROWS)
-    v_tile_fills = 1 if value_set <= l1.size else math.ceil(br / REGISTER_ROWS)
+    # Per key tile a block streams a K or V tile once per REGISTER_ROWS of its rows; the blocks'
+    # rows weighted by their key tiles, so a short last block counts as short.
+    tiles = [max(1, math.ceil(v / bc)) for _, v in blocks]
+    weight = sum(tiles) or 1
+    streams = sum(t * math.ceil(rows / REGISTER_ROWS) for t, (rows, _) in zip(tiles, blocks)) / weight
+    mean_rows = sum(t * rows for t, (rows, _) in zip(tiles, blocks)) / weight
+    k_tile_fills = 1 if score_set <= l1.size else streams
+    v_tile_fills = 1 if value_set <= l1.size else streams
     group = spec.q_heads // spec.kv_heads
     # key tiles per K/V head, over all row blocks (the splits start on tile boundaries)
     key_tiles = sum(math.ceil(v / bc) for _, v in blocks) if decode else group * math.ceil(walked / group / bc)
     per_key_tile = bc * (spec.head_dim * k_tile_fills + spec.value_dim * v_tile_fills) * e
     if score_set + value_set - br * bc * e > l1.size:
-        per_key_tile += br * (spec.head_dim + spec.value_dim) * e
+        per_key_tile += mean_rows * (spec.head_dim + spec.value_dim) * e
     # The mask is read anew for every (batch, head) even when it is broadcast over heads.
     mask_l1 = heads * spec.q_len * spec.kv_len * MASK_ELEM[spec.mask_kind] if mask_bytes else 0
     l1_fill = q_bytes + y_bytes + kv_walkers * key_tiles * per_key_tile + mask_l1
@@ -189,9 +195,10 @@ def _candidates(extent: int) -> list[int]:
 
 
 def _row_candidates(spec: AttentionSpec, strategy: str) -> list[int]:
-    """Br values: the head form's (up to Sq), and for the online form under grouped-query
+    """Br values: the head form's (up to Sq; powers of two, and 3 x 2^k from 48, whole register
+    tiles of 12, 6 and 4 rows and of 16-row panels), and for the online form under grouped-query
     attention the decode form's stacked blocks (above Sq, up to group x Sq)."""
-    sizes = _candidates(spec.q_len)
+    sizes = sorted(set(_candidates(spec.q_len)) | {48 << k for k in range(20) if 48 << k < spec.q_len})
     group = spec.q_heads // spec.kv_heads
     if strategy == "online" and group > 1:
         sizes += [n for n in _candidates(group * spec.q_len) if n > spec.q_len]
