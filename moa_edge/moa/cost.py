@@ -149,9 +149,10 @@ def predict(spec: AttentionSpec, schedule: Schedule, board: Board, keys: int | N
     # Per key tile a block streams a K or V tile once per REGISTER_ROWS of its rows; the blocks'
     # rows weighted by their key tiles, so a short last block counts as short.
     tiles = [max(1, math.ceil(v / bc)) for _, v in blocks]
-    weight = sum(tiles) or 1
-    streams = sum(t * math.ceil(rows / REGISTER_ROWS) for t, (rows, _) in zip(tiles, blocks)) / weight
-    mean_rows = sum(t * rows for t, (rows, _) in zip(tiles, blocks)) / weight
+    weight = sum(tiles)
+    streams = (sum(t * math.ceil(rows / REGISTER_ROWS) for t, (rows, _) in zip(tiles, blocks)) / weight
+               if weight else math.ceil(br / REGISTER_ROWS))
+    mean_rows = sum(t * rows for t, (rows, _) in zip(tiles, blocks)) / weight if weight else br
     k_tile_fills = 1 if score_set <= l1.size else streams
     v_tile_fills = 1 if value_set <= l1.size else streams
     group = spec.q_heads // spec.kv_heads
