@@ -324,13 +324,8 @@ import sys, time
 import numpy as np
 import torch
 heads, seq, d, causal, repeat, budget, threads = (int(a) if i != 5 else float(a) for i, a in enumerate(sys.argv[1:8]))
-def huge_page_aligned(a):  # as the parent's _huge_page_aligned
-    raw = np.empty(a.nbytes + (1 << 21), np.uint8)
-    start = -raw.ctypes.data % (1 << 21)
-    out = raw[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
-q, k, v = (torch.from_numpy(huge_page_aligned(np.fromfile(p, np.float32).reshape(1, heads, seq, d)))
+from moa_edge.harness.attention_bench import _huge_page_aligned
+q, k, v = (torch.from_numpy(_huge_page_aligned(np.fromfile(p, np.float32).reshape(1, heads, seq, d)))
            for p in sys.argv[8:11])
 torch.set_num_threads(threads)
 best, spent, runs = float("inf"), 0.0, 0
