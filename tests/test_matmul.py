@@ -2,7 +2,6 @@
 board against onnxruntime on the original file; moa_gemm_f32 itself against numpy in
 float64 at sizes that are not multiples of its tiles, under ASan and UBSan."""
 from dataclasses import dataclass
-import os
 from pathlib import Path
 import platform
 import subprocess
@@ -15,7 +14,8 @@ import pytest
 
 from conftest import BOARDS, SANITIZE, bare_metal_harness_script, require_board, run_bare_metal
 from moa_edge import C_RUNTIME_DIR
-from moa_edge.harness.build import CC_LAUNCHER, build
+from moa_edge.harness.build import build
+from moa_edge.harness.kernel_harness import runtime_objects
 from moa_edge.ops import matmul
 from moa_edge.harness.reference import run_reference
 from moa_edge.harness.runner import check_inputs, run
@@ -281,17 +281,6 @@ class GemmExe:
         return run_bare_metal(load_board(self.board), self.command[0], args, stdin)
 
 
-def compile_object(compiler: str, flags: list, source: Path, folder: Path) -> Path:
-    """One runtime source compiled on its own, through the suite's compiler cache: the harnesses
-    of several test files build the same sources with the same flags, and a command compiling
-    many sources at once is one the cache cannot keep."""
-    obj = folder / f"{Path(source).stem}.o"
-    launcher = [os.environ[CC_LAUNCHER]] if os.environ.get(CC_LAUNCHER) else []
-    subprocess.run([*launcher, compiler, *flags, f"-I{C_RUNTIME_DIR / 'include'}", "-c", str(source), "-o", str(obj)],
-                   check=True)
-    return obj
-
-
 def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_flags=()) -> GemmExe:
     """A kernel test program (harness + runtime sources) for one variant of a GEMM table:
     (board, extra C flags, emulator VLEN or None, the isa name its build must report)."""
@@ -305,7 +294,7 @@ def build_harness(variant: tuple, harness: str, sources, tmp_path_factory, more_
     if board.bare_metal:
         link = ["-T", str(bare_metal_harness_script(board, tmp))]
     ldflags = [f for f in board.toolchain.get("ldflags", []) if f not in flags]  # one command: a spec file once
-    objects = [compile_object(board.compiler(), flags, source, tmp) for source in sources]
+    objects = runtime_objects(board.compiler(), tuple(flags), sources)
     subprocess.run([board.compiler(), *flags, f"-I{C_RUNTIME_DIR / 'include'}", str(tmp / "main.c"),
                     *map(str, objects), *ldflags, *link, "-o", str(exe)], check=True)
     if board.bare_metal:

@@ -12,6 +12,7 @@ with a sentinel (so ASan catches any overrun), writes Y, and prints
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 import subprocess
 import tempfile
@@ -21,6 +22,8 @@ from moa_edge.errors import MoaEdgeError
 from moa_edge.moa import onf
 from moa_edge.moa.mask import MASK_NONE
 from moa_edge.ops.attention import C_SOURCES
+
+from .build import CC_LAUNCHER
 
 RUNTIME_INCLUDE = C_RUNTIME_DIR / "include"  # moa/status.h
 
@@ -72,16 +75,19 @@ def harness_source(spec, schedule: onf.Schedule, real: str = "float") -> str:
 _objects: dict[tuple, list[Path]] = {}
 
 
-def runtime_objects(cc: str, cflags: tuple) -> list[Path]:
-    """The attention micro-kernels (ops/attention.py's C_SOURCES) compiled once per compiler
-    and flags in this process, for every harness built with them."""
-    key = (cc, cflags)
+def runtime_objects(cc: str, cflags: tuple, sources=C_SOURCES) -> list[Path]:
+    """Runtime sources (names under c_runtime/src or paths; default the attention micro-kernels,
+    ops/attention.py's C_SOURCES) compiled once per compiler, flags and sources in this process,
+    for every harness built with them: one source a command, through $MOA_EDGE_CC_LAUNCHER when
+    set (a compiler cache keeps single-source compiles, not one command of many sources)."""
+    key = (cc, tuple(cflags), tuple(map(str, sources)))
     if key not in _objects:
         out = Path(tempfile.mkdtemp(prefix="moa-runtime-"))
+        launcher = [os.environ[CC_LAUNCHER]] if os.environ.get(CC_LAUNCHER, "").strip() else []
         objs = []
-        for k, source in enumerate(C_SOURCES):
+        for k, source in enumerate(sources):
             obj = out / f"{k}_{Path(source).stem}.o"
-            cmd = [cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{RUNTIME_INCLUDE}",
+            cmd = [*launcher, cc, *cflags, "-std=c99", "-Wall", "-Wextra", "-Werror", f"-I{RUNTIME_INCLUDE}",
                    "-c", str(C_RUNTIME_DIR / "src" / source), "-o", str(obj)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
