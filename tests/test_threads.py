@@ -32,15 +32,19 @@ class Block(torch.nn.Module):
         return self.head(x)
 
 
-@pytest.fixture(scope="module")
-def block(tmp_path_factory):
+def _exported_block(folder, rows: int):
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("threads") / "block.onnx"
-    torch.onnx.export(Block().eval(), (torch.randn(1, 300, 64),), str(path), input_names=["x"], output_names=["y"],
+    path = folder / f"block{rows}.onnx"
+    torch.onnx.export(Block().eval(), (torch.randn(1, rows, 64),), str(path), input_names=["x"], output_names=["y"],
                       opset_version=17, dynamo=False)
-    x = np.random.default_rng(1).standard_normal((1, 300, 64)).astype(np.float32)
+    x = np.random.default_rng(1).standard_normal((1, rows, 64)).astype(np.float32)
     expected = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     return path, x, expected
+
+
+@pytest.fixture(scope="module")
+def block(tmp_path_factory):
+    return _exported_block(tmp_path_factory.mktemp("threads"), 300)
 
 
 @pytest.mark.board
@@ -62,6 +66,22 @@ def test_outputs_are_bitwise_the_same_on_every_thread_count(block, tmp_path, boa
     np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-5)
     with pytest.raises(MoaEdgeError, match="MOA_ERR_BAD_PARAMS"):  # more threads than the arena has scratch for
         run(binary, board, report["io"], inputs, threads=5)
+
+
+def test_a_share_a_little_taller_than_a_block_runs_as_one_block(tmp_path):
+    """130 rows on 2 threads: shares of 65 rows, within an eighth of the 60-row block, each run
+    as one block of 65 (not 36 + 29, which streams the weights once more per share); the
+    scratch holds two such blocks, and the outputs are bitwise the same on 1 and 2 threads."""
+    board = require_board("host")
+    path, x, expected = _exported_block(tmp_path, 130)
+    report = convert(path, tmp_path / "p", board=board, threads=2)
+    model_c = (tmp_path / "p" / "model.c").read_text()
+    assert "130 rows, 2 shares of rows lifted onto the pool, 65 rows at a time" in model_c
+    binary = build(tmp_path / "p", board)
+    inputs = check_inputs(report["io"], {"x": x}, "x")
+    outputs = [run(binary, board, report["io"], inputs, threads=threads)[0]["y"] for threads in (1, 2)]
+    assert np.array_equal(outputs[1].view(np.uint32), outputs[0].view(np.uint32))
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_a_feed_forward_block_too_short_to_share_lifts_its_members(block, tmp_path):

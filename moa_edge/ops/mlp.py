@@ -73,14 +73,38 @@ def _shares(node, graph) -> int:
     return threads if threads > 1 and rows_of(node) >= MIN_SHARE_ROWS * threads else 1
 
 
-def _block_elements(node) -> int:
+def _share_sizes(node, threads: int) -> list[int]:
+    """The rows of each thread's share, [M s / T, M (s + 1) / T)."""
+    total = rows_of(node)
+    starts = [total * s // threads for s in range(threads + 1)]
+    return [end - start for start, end in zip(starts, starts[1:])]
+
+
+def _block_rows(node, threads: int) -> int:
+    """The height of a block: ROWS (or all the rows) unshared. A share runs in blocks of about
+    equal height, a multiple of 4 rows, at most ROWS: a share of 120 rows as 60 + 60, of 100 as
+    52 + 48, not 60 + 40; but a share of at most an eighth more than ROWS is one block (BERT's
+    64 rows a thread: one block, not 32 + 32, which streamed both weight matrices once more per
+    share; AVX2 build on one thread, 6% less time)."""
+    limit = node.attrs["rows"]
+    if threads == 1:
+        return min(limit, rows_of(node))
+    widest = max(_share_sizes(node, threads))
+    if widest <= limit + limit // 8:
+        return widest
+    height = -(-widest // -(-widest // limit))
+    return min(limit, (height + 3) // 4 * 4, widest)
+
+
+def _block_elements(node, threads: int) -> int:
     body = node.attrs["body"]
-    return _slots(body)[1] * min(node.attrs["rows"], rows_of(node)) * _width(body)
+    return _slots(body)[1] * _block_rows(node, threads) * _width(body)
 
 
 def scratch_bytes(node, graph=None) -> int:
     """One block's intermediates, for each thread the rows are shared among."""
-    return _block_elements(node) * _shares(node, graph) * dtypes.COMPUTE_DTYPE.itemsize
+    shares = _shares(node, graph)
+    return _block_elements(node, shares) * shares * dtypes.COMPUTE_DTYPE.itemsize
 
 
 def _block(graph: Graph, rows: int) -> Graph:
@@ -124,13 +148,14 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     return [env[body.outputs[0]]]
 
 
-def _emit_block(node, ctx, rows: int, first_row: str) -> tuple[list[str], list[str]]:
-    """The members' statements for `rows` rows from row `first_row`, and their declarations."""
+def _emit_block(node, ctx, rows: int, first_row: str, threads: int = 1) -> tuple[list[str], list[str]]:
+    """The members' statements for `rows` rows from row `first_row`, and their declarations;
+    the slots are blocks of _block_rows(node, threads) rows."""
     body = node.attrs["body"]
     block = _block(body, rows)
     x, y = body.inputs[0], body.outputs[0]
     slot, _ = _slots(body)
-    stride = min(node.attrs["rows"], rows_of(node)) * _width(body)
+    stride = _block_rows(node, threads) * _width(body)
     where = dict(ctx.where)
     where[x] = f"({ctx.where[x]} + {first_row} * {body.tensors[x].shape[-1]})"
     where[y] = f"({ctx.where[y]} + {first_row} * {body.tensors[y].shape[-1]})"
@@ -156,14 +181,9 @@ def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
     whichever share holds it: outputs are bitwise the same for every thread count."""
     body, total = node.attrs["body"], rows_of(node)
     inner = EmitContext(name=ctx.name, board=ctx.board, where=ctx.where, graph=ctx.graph, lift=None,
-                        scratch=f"({ctx.scratch} + thread * {_block_elements(node)})")
-    starts = [total * s // threads for s in range(threads + 1)]
-    sizes = [end - start for start, end in zip(starts, starts[1:])]
-    widest = max(sizes)
-    # Blocks of about equal height, a multiple of 4 rows, at most ROWS: a share of 64 rows runs as
-    # 32 + 32, not 60 + 4 (a block of 4 rows streams all of both weight matrices for little work).
-    height = -(-widest // -(-widest // node.attrs["rows"]))
-    rows = min(node.attrs["rows"], (height + 3) // 4 * 4, widest)
+                        scratch=f"({ctx.scratch} + thread * {_block_elements(node, threads)})")
+    sizes = _share_sizes(node, threads)
+    rows = _block_rows(node, threads)
     tails = sorted({size % rows for size in sizes} - {0})
     lines = [f"    /* {c_comment_text(node.name)}: feed-forward block ({', '.join(n.op for n in body.nodes)}) over "
              f"{total} rows, {threads} shares of rows lifted onto the pool, {rows} rows at a time */",
@@ -175,7 +195,7 @@ def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
              f"        for (row0 = lo; row0 + {rows} <= hi; row0 += {rows}) {{"]
     declarations = []
     for size in [rows] + tails:
-        block, more = _emit_block(node, inner, size, "row0")
+        block, more = _emit_block(node, inner, size, "row0", threads)
         declarations += more
         if size != rows:
             lines.append(f"        if (hi - row0 == {size}) {{ /* the share's last rows */")
