@@ -1,6 +1,7 @@
 /* Branch-free float32 erf and tanh that gcc (x86: AVX2 and AVX-512) and clang (RVV) vectorise
- * inside a generated loop (libm's erff/tanhf are a call per element); gcc -O2 for NEON judges
- * the vector loop's constants too costly at its very-cheap cost model and keeps it scalar.
+ * inside a generated loop (libm's erff/tanhf are a call per element); for NEON, gcc -O2 keeps
+ * the loop scalar at its very-cheap cost model (too many constants): moa/vectorise.h asks for
+ * the cheap one in generated code.
  * No exp: each function is three polynomial pieces of a = |x|, all evaluated, one selected
  * per element:
  *
