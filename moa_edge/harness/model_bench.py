@@ -15,7 +15,8 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board, load_board
 
-from .build import build
+from .build import build, selected_isa
+from .cpuid_mask import avx2_env
 from .inputs import load_npz, random_inputs
 from .runner import run
 from .scratch_folder import scratch_folder
@@ -55,7 +56,8 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
     """Host latency and memory against onnxruntime, both on `threads` threads; with `ssh`, also the latency on that real
     board (`remote_board`), where onnxruntime is not there to compare with. `convert` is
     pipeline.convert, passed in by the caller: the harness sits below the pipeline. Each
-    `host_march` (x86-64-v3: the AVX2 kernels) times the host build again with -march=ARCH."""
+    `host_march` (x86-64-v3: the AVX2 kernels) times the host build again with -march=ARCH; an AVX2
+    build on an AVX-512 host is compared with onnxruntime held to AVX2 (cpuid_mask.py), timed too."""
     model = Path(model)
     board = load_board("host")
     with scratch_folder("moa-bench-") as tmp:
@@ -82,16 +84,24 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
         progress(f"moa-edge: {repeat} runs")
         stats = {}
         _, ours_us = run(binary, board, report["io"], inputs, repeat=repeat, stats=stats, threads=threads)
-        variants = {}
+        variants, ort_avx2 = {}, {}
+        include, cflags = tmp / "fused" / "runtime" / "include", list(board.toolchain.get("cflags", []))
+        native_isa = selected_isa(board.compiler(), cflags, include)
+
+        def ort_probe(env=None) -> dict:
+            probe = subprocess.run([sys.executable, "-c", ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat),
+                                    str(threads)], capture_output=True, text=True, check=True, env=env)
+            return json.loads(probe.stdout)
+
         for march in host_march:
             progress(f"moa-edge -march={march}: {repeat} runs")
             variant = build(tmp / "fused", board, extra_cflags=[f"-march={march}"], variant=f"host-{march}")
             variants[march] = run(variant, board, report["io"], inputs, repeat=repeat, threads=threads)[1]
+            if native_isa == "avx512" and selected_isa(board.compiler(), cflags + [f"-march={march}"], include) == "avx2":
+                progress(f"onnxruntime held to AVX2: {repeat} runs, {threads} thread(s)")
+                ort_avx2[march] = ort_probe(avx2_env(tmp / "cpuid-mask"))["run_us"]
         progress(f"onnxruntime: {repeat} runs, {threads} thread(s)")
-        probe = subprocess.run([sys.executable, "-c", ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat),
-                                str(threads)],
-                               capture_output=True, text=True, check=True)
-        ort = json.loads(probe.stdout)
+        ort = ort_probe()
         remote = None
         if ssh is not None:
             progress(f"{remote_board.name} over ssh {ssh.destination}: convert, build, {repeat} runs")
@@ -105,7 +115,8 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
         "model": str(model), "repeat": repeat, "threads": threads,
         "latency_us": {"moa_edge": ours_us, "onnxruntime": ort["run_us"], "ratio": ours_us / ort["run_us"],
                        **{f"moa_edge_{march}": us for march, us in variants.items()},
-                       **{f"ratio_{march}": us / ort["run_us"] for march, us in variants.items()}},
+                       **{f"onnxruntime_avx2_{march}": us for march, us in ort_avx2.items()},
+                       **{f"ratio_{march}": us / ort_avx2.get(march, ort["run_us"]) for march, us in variants.items()}},
         "memory_bytes": {"arena": arena, "weights": weights, "arena_without_attention_rewrite": unfused_arena,
                          "unfused_error": unfused_error, "onnxruntime_resident_growth": ort["resident_growth_bytes"],
                          "arena_ratio_to_unfused": arena / unfused_arena if unfused_arena else None,
