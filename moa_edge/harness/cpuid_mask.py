@@ -14,9 +14,11 @@ before any constructor runs; GLIBC_TUNABLES holds those to AVX2 too.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 import subprocess
+import sys
 
 SOURCE = r"""
 #define _GNU_SOURCE
@@ -100,8 +102,6 @@ def build_mask(workdir: Path, cc: str = "cc") -> Path:
 def avx2_env(workdir: Path, base: dict | None = None) -> dict:
     """An environment whose processes see this CPU without AVX-512; raises if a probe child
     still sees AVX-512 (or AVX2 is gone)."""
-    import json
-    import sys
     env = dict(os.environ if base is None else base)
     env["LD_PRELOAD"] = " ".join(filter(None, [str(build_mask(workdir)), env.get("LD_PRELOAD", "")]))
     env["GLIBC_TUNABLES"] = GLIBC_TUNABLES
