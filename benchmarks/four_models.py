@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 from pathlib import Path
-import subprocess
 import sys
 import tempfile
 
@@ -33,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moa_edge.harness.attention_bench import host_cpu  # noqa: E402
-from moa_edge.harness.build import build  # noqa: E402
-from moa_edge.harness.cpuid_mask import avx2_env  # noqa: E402
-from moa_edge.harness.generate_bench import build_isa, cpu_isa  # noqa: E402
+from moa_edge.harness.build import build, build_isa  # noqa: E402
+from moa_edge.harness.cpuid_mask import peer_env  # noqa: E402
+from moa_edge.harness.generate_bench import cpu_isa  # noqa: E402
 from moa_edge.harness.inputs import load_npz  # noqa: E402
-from moa_edge.harness.model_bench import ORT_PROBE  # noqa: E402
+from moa_edge.harness.model_bench import onnxruntime_probe  # noqa: E402
 from moa_edge.harness.runner import check_inputs, run  # noqa: E402
 from moa_edge.pipeline import convert  # noqa: E402
 from moa_edge.target import load_board  # noqa: E402
@@ -45,12 +44,6 @@ from moa_edge.target import load_board  # noqa: E402
 MODELS = ("minilm-l6", "bert-base", "gpt2", "vit-b16")
 # GPT-2's logits are 512 x 50257 values of magnitude ~100: an absolute bound would not fit all four.
 RELATIVE_TOLERANCE = 1e-4  # of the largest |expected| value, as test_generate's logits
-
-
-def _ort_us(model: Path, inputs: Path, repeat: int, threads: int, env: dict | None = None) -> float:
-    probe = subprocess.run([sys.executable, "-c", ORT_PROBE, str(model), str(inputs), str(repeat), str(threads)],
-                           capture_output=True, text=True, check=True, env=env)
-    return json.loads(probe.stdout)["run_us"]
 
 
 def _check(stem: str, outputs: dict, expected: dict) -> float:
@@ -84,9 +77,10 @@ def bench(models: Path, stems, threads: list[int], rounds: int, repeat: int, mar
             ort_env = {"onnxruntime": None}
             ort_isa = {"onnxruntime": isas["native"]}
             for march in marches:
-                if isas[march] == "avx2" and isas["native"] == "avx512":
+                env = peer_env(isas["native"], isas[march], tmp / "cpuid-mask")
+                if env is not None:
                     ort_for[march] = "onnxruntime-avx2"
-                    ort_env["onnxruntime-avx2"] = avx2_env(tmp / "cpuid-mask")
+                    ort_env["onnxruntime-avx2"] = env
                     ort_isa["onnxruntime-avx2"] = "avx2 (CPUID masked)"
             inputs = check_inputs(report["io"], load_npz(models / f"{stem}.inputs.npz"), stem)
             expected = dict(np.load(models / f"{stem}.expected.npz"))
@@ -102,7 +96,7 @@ def bench(models: Path, stems, threads: list[int], rounds: int, repeat: int, mar
                         best[(name, t)] = min(best.get((name, t), us), us)
                     for ort, env in ort_env.items():
                         progress(f"{stem}: round {r + 1}, {ort} ({ort_isa[ort]}), {t} thread(s)")
-                        us = _ort_us(model, models / f"{stem}.inputs.npz", repeat, t, env)
+                        us = onnxruntime_probe(model, models / f"{stem}.inputs.npz", repeat, t, env)["run_us"]
                         best[(ort, t)] = min(best.get((ort, t), us), us)
             rows[stem] = {
                 "isa": isas,
@@ -128,8 +122,8 @@ def table(result: dict) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for stem, row in result["models"].items():
         for name, isa in row["isa"].items():
-            ort = row.get("compared_with", {}).get(name, "onnxruntime")
-            cells = [stem, f"{name} ({isa}), ORT {row.get('onnxruntime_isa', {}).get(ort, '')}"]
+            ort = row["compared_with"][name]
+            cells = [stem, f"{name} ({isa}), ORT {row['onnxruntime_isa'][ort]}"]
             for t in threads:
                 cells += [f"{row['latency_ms'][f'{name}@{t}']:.1f}", f"{row['latency_ms'][f'{ort}@{t}']:.1f}",
                           f"{row['ratio_to_onnxruntime'][f'{name}@{t}']:.2f}"]

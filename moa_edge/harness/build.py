@@ -26,6 +26,16 @@ def _is_build_input(rel: str) -> bool:
     return rel == "SConstruct" or rel.endswith(BUILD_SUFFIXES)
 
 
+def cc_launcher() -> str:
+    """$MOA_EDGE_CC_LAUNCHER (e.g. ccache), or "" when unset: one program, named plainly, as SCons
+    hands CC to the shell."""
+    launcher = os.environ.get(CC_LAUNCHER, "").strip()
+    if launcher and (not re.fullmatch(r"[A-Za-z0-9_./+-]+", launcher) or shutil.which(launcher) is None):
+        raise MoaEdgeError(f"{CC_LAUNCHER}={launcher!r}: not a program on PATH (one name or path, "
+                           "no spaces or shell characters)")
+    return launcher
+
+
 def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldflags: list[str] = (),
           variant: str | None = None) -> Path:
     """Compile project/ for the board; returns the path of the runner executable."""
@@ -41,12 +51,8 @@ def build(project: Path, board: Board, extra_cflags: list[str] = (), extra_ldfla
     cc = board.compiler()
     if cc is None:
         raise MoaEdgeError(f"board {board.name}: missing {'; '.join(board.missing_tools())}; run `make setup` as root")
-    launcher = os.environ.get(CC_LAUNCHER, "").strip()
+    launcher = cc_launcher()
     if launcher:
-        # One program, named plainly: SCons hands CC to the shell.
-        if not re.fullmatch(r"[A-Za-z0-9_./+-]+", launcher) or shutil.which(launcher) is None:
-            raise MoaEdgeError(f"{CC_LAUNCHER}={launcher!r}: not a program on PATH (one name or path, "
-                               "no spaces or shell characters)")
         cc = f"{launcher} {cc}"
     variant = variant or board.name
     cflags = list(board.toolchain.get("cflags", [])) + list(extra_cflags)
@@ -87,3 +93,13 @@ def selected_isa(cc: str, cflags: list[str], include: Path) -> str | None:
     found = [line.split("=", 1)[1].strip().strip('"') for line in proc.stdout.splitlines()
              if line.startswith("moa_isa_name =")]
     return found[-1] if proc.returncode == 0 and found else None
+
+
+def build_isa(project: Path, board: Board, extra_cflags: list[str] = ()) -> str | None:
+    """The kernels a build of project with the board's compiler and flags selects (None if it
+    cannot be asked)."""
+    cc = board.compiler()
+    if cc is None:
+        return None
+    cflags = list(board.toolchain.get("cflags", [])) + list(extra_cflags)
+    return selected_isa(cc, cflags, project / "runtime" / "include")

@@ -99,6 +99,13 @@ def build_mask(workdir: Path, cc: str = "cc") -> Path:
     return library
 
 
+def peer_env(native_isa: str | None, build_isa: str | None, workdir: Path) -> dict | None:
+    """The environment a peer runs in to be compared with a moa-edge build selecting `build_isa`
+    on a host whose own builds select `native_isa` (moa/isa.h names): held to AVX2 for an AVX2
+    build on an AVX-512 host, else None (the peer as it runs here)."""
+    return avx2_env(workdir) if native_isa == "avx512" and build_isa == "avx2" else None
+
+
 def avx2_env(workdir: Path, base: dict | None = None) -> dict:
     """An environment whose processes see this CPU without AVX-512; raises if a probe child
     still sees AVX-512 (or AVX2 is gone)."""

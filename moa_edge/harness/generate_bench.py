@@ -32,7 +32,7 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board, load_board
 
-from .build import build, selected_isa
+from .build import build, build_isa
 from .generation import generate_ids, generation_info
 from .gguf_weights import FILE_TYPES, MATCHING, write_gguf
 from .scratch_folder import scratch_folder
@@ -250,16 +250,6 @@ def _prepare(model: Path, convert, board: Board, folder: Path, max_context: int,
     convert(model, project, board=board, max_context=max_context, weights=weights, threads=threads)
     progress(f"moa-edge: build for {board.name}")
     return project, build(project, board), generation_info(project)
-
-
-def build_isa(project: Path, board: Board, extra_cflags: list[str] = ()) -> str | None:
-    """The kernels a build of project with the board's compiler and flags selects (None if it
-    cannot be asked)."""
-    cc = board.compiler()
-    if cc is None:
-        return None
-    cflags = list(board.toolchain.get("cflags", [])) + list(extra_cflags)
-    return selected_isa(cc, cflags, project / "runtime" / "include")
 
 
 def _moa_edge(binary: Path, info: dict, board: Board, isa: str | None, prompt: list[int], new_tokens: int,

@@ -12,7 +12,6 @@ with a sentinel (so ASan catches any overrun), writes Y, and prints
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 import subprocess
 import tempfile
@@ -23,7 +22,7 @@ from moa_edge.moa import onf
 from moa_edge.moa.mask import MASK_NONE
 from moa_edge.ops.attention import C_SOURCES
 
-from .build import CC_LAUNCHER
+from .build import cc_launcher
 
 RUNTIME_INCLUDE = C_RUNTIME_DIR / "include"  # moa/status.h
 
@@ -83,7 +82,7 @@ def runtime_objects(cc: str, cflags: tuple, sources=C_SOURCES) -> list[Path]:
     key = (cc, tuple(cflags), tuple(map(str, sources)))
     if key not in _objects:
         out = Path(tempfile.mkdtemp(prefix="moa-runtime-"))
-        launcher = [os.environ[CC_LAUNCHER]] if os.environ.get(CC_LAUNCHER, "").strip() else []
+        launcher = list(filter(None, [cc_launcher()]))
         objs = []
         for k, source in enumerate(sources):
             obj = out / f"{k}_{Path(source).stem}.o"

@@ -15,8 +15,8 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board, load_board
 
-from .build import build, selected_isa
-from .cpuid_mask import avx2_env
+from .build import build, build_isa
+from .cpuid_mask import peer_env
 from .inputs import load_npz, random_inputs
 from .runner import run
 from .scratch_folder import scratch_folder
@@ -48,6 +48,13 @@ for _ in range(repeat):
     best = min(best, time.perf_counter() - t0)
 print(json.dumps({"run_us": best * 1e6, "resident_growth_bytes": grown}))
 """
+
+
+def onnxruntime_probe(model: Path, inputs: Path, repeat: int, threads: int, env: dict | None = None) -> dict:
+    """ORT_PROBE in a child process (in `env`: cpuid_mask.peer_env's): its run_us and resident_growth_bytes."""
+    probe = subprocess.run([sys.executable, "-c", ORT_PROBE, str(model), str(inputs), str(repeat), str(threads)],
+                           capture_output=True, text=True, check=True, env=env)
+    return json.loads(probe.stdout)
 
 
 def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path=None, seed: int = 0,
@@ -85,23 +92,17 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
         stats = {}
         _, ours_us = run(binary, board, report["io"], inputs, repeat=repeat, stats=stats, threads=threads)
         variants, ort_avx2 = {}, {}
-        include, cflags = tmp / "fused" / "runtime" / "include", list(board.toolchain.get("cflags", []))
-        native_isa = selected_isa(board.compiler(), cflags, include)
-
-        def ort_probe(env=None) -> dict:
-            probe = subprocess.run([sys.executable, "-c", ORT_PROBE, str(model), str(tmp / "inputs.npz"), str(repeat),
-                                    str(threads)], capture_output=True, text=True, check=True, env=env)
-            return json.loads(probe.stdout)
-
         for march in host_march:
             progress(f"moa-edge -march={march}: {repeat} runs")
             variant = build(tmp / "fused", board, extra_cflags=[f"-march={march}"], variant=f"host-{march}")
             variants[march] = run(variant, board, report["io"], inputs, repeat=repeat, threads=threads)[1]
-            if native_isa == "avx512" and selected_isa(board.compiler(), cflags + [f"-march={march}"], include) == "avx2":
+            env = peer_env(build_isa(tmp / "fused", board), build_isa(tmp / "fused", board, [f"-march={march}"]),
+                           tmp / "cpuid-mask")
+            if env is not None:
                 progress(f"onnxruntime held to AVX2: {repeat} runs, {threads} thread(s)")
-                ort_avx2[march] = ort_probe(avx2_env(tmp / "cpuid-mask"))["run_us"]
+                ort_avx2[march] = onnxruntime_probe(model, tmp / "inputs.npz", repeat, threads, env)["run_us"]
         progress(f"onnxruntime: {repeat} runs, {threads} thread(s)")
-        ort = ort_probe()
+        ort = onnxruntime_probe(model, tmp / "inputs.npz", repeat, threads)
         remote = None
         if ssh is not None:
             progress(f"{remote_board.name} over ssh {ssh.destination}: convert, build, {repeat} runs")
