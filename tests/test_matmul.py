@@ -361,6 +361,30 @@ def test_gemm_kernel_matches_numpy(gemm_exe, M, N, K, trans_a, trans_b, packed):
     _assert_gemm_close(got, expected, K, N)
 
 
+# Column blocks (matmul.h's MOA_GEMM_NC, 1024 columns on x86): built with blocks of 32 columns (one
+# AVX-512 tile, two of every other ISA's), so N = 300 and 515 run in 10 and 17 blocks, the last
+# narrower and ending in an edge tile. Every element is the same sum in the same order: the
+# blocked build's Y is bitwise the unblocked build's, and numpy's within rounding.
+@pytest.fixture(scope="module", params=["host-native-sanitized", "host-avx2", "rpi4-neon", "k230-rvv-vlen128"], ids=str)
+def column_block_exes(request, tmp_path_factory):
+    variant = GEMM_VARIANTS[request.param]
+    return (build_harness(variant, HARNESS, GEMM_SOURCES, tmp_path_factory, ["-DMOA_GEMM_NC=32"]),
+            build_harness(variant, HARNESS, GEMM_SOURCES, tmp_path_factory, ["-DMOA_GEMM_NC_MIN=100000"]))
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("trans_b, packed", [(0, 0), (1, 0), (0, 1)], ids=["view", "transposed", "packed"])
+@pytest.mark.parametrize("M, N, K", [(70, 300, 260), (77, 515, 300), (5, 97, 33)], ids=str)
+def test_gemm_column_blocks_change_no_bit(column_block_exes, M, N, K, trans_b, packed):
+    blocked, whole = column_block_exes
+    runs = [_run_gemm(exe, M, N, K, trans_b=trans_b, c_shape=(1, N), alpha=0.75, beta=-1.5, pad=3, seed=M + N + K,
+                      packed=packed) for exe in (blocked, whole)]
+    (got, expected, rc), (got_whole, _, rc_whole) = runs
+    assert rc == 0 and rc_whole == 0
+    _assert_gemm_close(got, expected, K, N)
+    assert np.array_equal(got, got_whole)
+
+
 @pytest.mark.board
 @pytest.mark.parametrize("c_shape", [None, (1, 1), (1, 13), (7, 1), (7, 13)], ids=str)
 def test_gemm_kernel_broadcasts_c_by_zero_strides(gemm_exe, c_shape):

@@ -204,6 +204,26 @@ def test_quantized_gemm_dequantizes_odd_kc_slices(odd_kc_exe, qtype, block, with
     _assert_close(got, expected, magnitude, 21)
 
 
+# Column blocks (MOA_GEMM_NC) over quantized panels: blocks of 32 columns, each block's panels
+# sliced from the weights' (N = 100: 4 blocks, the last of 4 columns); bitwise the unblocked build's.
+@pytest.fixture(scope="module", params=["host-native-sanitized", "rpi4-neon"], ids=str)
+def column_block_exes(request, tmp_path_factory):
+    return (_build(request.param, tmp_path_factory, ["-DMOA_GEMM_NC=32"]),
+            _build(request.param, tmp_path_factory, ["-DMOA_GEMM_NC_MIN=100000"]))
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("qtype, block, with_offset, zero", [("i8", 25, False, 0), ("u4", 32, True, 0)], ids=str)
+def test_quantized_gemm_column_blocks_change_no_bit(column_block_exes, qtype, block, with_offset, zero):
+    blocked, whole = column_block_exes
+    (got, expected, rc, magnitude), (got_whole, _, rc_whole, _) = [
+        _run(exe, 20, 100, 301, qtype, block, with_offset, c_shape=(1, 100), alpha=1.5, beta=-1.0, pad=2, seed=block,
+             zero=zero) for exe in (blocked, whole)]
+    assert rc == 0 and rc_whole == 0
+    _assert_close(got, expected, magnitude, 100)
+    assert np.array_equal(got, got_whole)
+
+
 # Scales and offsets stored as halves (GGUF's form, convert --weights int4): widened on the stack
 # MOA_QW_WIDE_BLOCKS (16) blocks at a time, so K spans several such chunks, the last one short,
 # and the prefill's KC slices (256) start inside chunks and blocks.

@@ -15,6 +15,10 @@
 
 #define MOA_GEMM_MC (MOA_GEMM_MR * MOA_GEMM_MC_TILES)
 
+#if MOA_GEMM_NC % MOA_GEMM_NT != 0
+#error "MOA_GEMM_NC must be a whole number of register tiles"
+#endif
+
 /* Where B comes from: a packed copy, quantized weights (qmatmul.h), a gathering function
  * (its columns counted from first_col), or a strided view. */
 typedef struct {
@@ -244,8 +248,8 @@ static void pack_a_block(moa_matrix_f32 a, size_t i0, size_t mc, size_t p0, size
 }
 #endif
 
-static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b, float beta,
-                       moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+static moa_status gemm_block(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b, float beta,
+                             moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
     float buffer[MOA_GEMM_TILE_PANELS * MOA_GEMM_KC * MOA_GEMM_NR];
 #if MOA_GEMM_PACK_A
@@ -315,6 +319,52 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
     return MOA_OK;
 }
 
+/* Columns j0 .. of B (and of C) from panel q0 on (j0 = 16 q0): `w` holds a quantized source's slice. */
+static b_source column_slice(b_source b, size_t K, size_t q0, moa_qweights *w)
+{
+    const size_t j0 = q0 * MOA_GEMM_NR;
+    if (b.packed != NULL) {
+        b.packed += q0 * K * MOA_GEMM_NR;
+    } else if (b.quantized != NULL) {
+        *w = quantized_panel(b.quantized, K, q0);
+        b.quantized = w;
+    } else if (b.gather != NULL) {
+        b.first_col += j0;
+    } else {
+        b.view.data += (ptrdiff_t)j0 * b.view.col_stride;
+    }
+    return b;
+}
+
+static moa_matrix_f32 column_offset(moa_matrix_f32 c, size_t j0)
+{
+    if (c.data != NULL) {
+        c.data += (ptrdiff_t)j0 * c.col_stride;
+    }
+    return c;
+}
+
+/* Y in blocks of MOA_GEMM_NC columns (matmul.h), each block the Goto loops above. A block's
+ * edge is a whole number of register tiles, so every element is the same sum, in the same
+ * order, as unblocked. */
+static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b, float beta,
+                       moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
+    const size_t blocks = (N + MOA_GEMM_NC - 1) / MOA_GEMM_NC;
+    const size_t width = ((N + blocks - 1) / blocks + MOA_GEMM_NT - 1) / MOA_GEMM_NT * MOA_GEMM_NT;
+    moa_qweights w;
+    size_t j0;
+    moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
+    if (status != MOA_OK || N <= MOA_GEMM_NC_MIN) {
+        return status != MOA_OK ? status : gemm_block(M, N, K, alpha, a, b, beta, c, y, y_row_stride);
+    }
+    for (j0 = 0; j0 < N && status == MOA_OK; j0 += width) {
+        status = gemm_block(M, min_size(width, N - j0), K, alpha, a, column_slice(b, K, j0 / MOA_GEMM_NR, &w), beta,
+                            column_offset(c, j0), y + j0, y_row_stride);
+    }
+    return status;
+}
+
 /* The product lifted onto the pool's threads (Pi = cores): thread s of T computes the columns
  * of tiles [P s / T, P (s + 1) / T) of the P NT-wide tiles, or rows [M s / T, M (s + 1) / T)
  * (each share then ends in its own edge tile: rounding the ends to whole register tiles gave
@@ -347,27 +397,12 @@ static void gemm_columns(gemm_job *job, size_t share)
     const size_t q0 = tiles * share / job->shares * MOA_GEMM_TILE_PANELS;
     const size_t q1 = tiles * (share + 1) / job->shares * MOA_GEMM_TILE_PANELS;
     const size_t j0 = q0 * MOA_GEMM_NR, j1 = min_size(job->N, q1 * MOA_GEMM_NR);
-    b_source b = job->b;
-    moa_matrix_f32 c = job->c;
     moa_qweights w;
     if (q0 == q1) {
         return;
     }
-    if (b.packed != NULL) {
-        b.packed += q0 * job->K * MOA_GEMM_NR;
-    } else if (b.quantized != NULL) {
-        w = quantized_panel(b.quantized, job->K, q0);
-        b.quantized = &w;
-    } else if (b.gather != NULL) {
-        b.first_col += j0;
-    } else {
-        b.view.data += (ptrdiff_t)j0 * b.view.col_stride;
-    }
-    if (c.data != NULL) {
-        c.data += (ptrdiff_t)j0 * c.col_stride;
-    }
-    job->status[share] = gemm(job->M, j1 - j0, job->K, job->alpha, job->a, b, job->beta, c, job->y + j0,
-                              job->y_row_stride);
+    job->status[share] = gemm(job->M, j1 - j0, job->K, job->alpha, job->a, column_slice(job->b, job->K, q0, &w),
+                              job->beta, column_offset(job->c, j0), job->y + j0, job->y_row_stride);
 }
 
 /* Where share s of T starts: the row M s / T. */

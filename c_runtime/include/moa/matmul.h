@@ -36,6 +36,16 @@ typedef struct {
 #endif
 #endif
 
+/* Wider products run in blocks of MOA_GEMM_NC columns (matmul.c), so that a KC-deep slice of
+ * a block's B (KC x NC floats, 512 KiB) stays in L2 while every block of rows of A passes under
+ * it, and the rows of Y it adds to are few enough to stay in cache between slices. */
+#ifndef MOA_GEMM_NC /* a multiple of 32: whole register tiles on every ISA (moa/gemm_tile.h) */
+#define MOA_GEMM_NC (MOA_GEMM_KC > 4096 ? 32 : 512 * 1024 / 4 / MOA_GEMM_KC / 32 * 32)
+#endif
+#ifndef MOA_GEMM_NC_MIN
+#define MOA_GEMM_NC_MIN (2 * MOA_GEMM_NC)
+#endif
+
 /* Packed B: the columns of B (K x N) in panels of MOA_GEMM_NR; panel q holds
  * B[0:K][q*NR : q*NR + NR] row after row (K * NR contiguous floats), the last panel padded
  * with zeros. The layout is the same on every ISA, so weights are packed once, when the
