@@ -1,6 +1,7 @@
 /* moa_gemm_f32 and moa_gemm_packed_f32: Goto's loop order around one register tile.
  *
- * A KC-deep slice of the sum, an MC-tall block of rows of A (kept in L2), the NT-wide panels
+ * A block of NC columns when the product is wider (matmul.h), a KC-deep slice of the sum, an
+ * MC-tall block of rows of A (kept in L2), the NT-wide panels
  * of one tile of B (KC x 16 each, kept in L1), then MR x NT register tiles (moa/gemm_tile.h,
  * one per ISA) and, at the bottom and right edges, the edge tile of the rows and columns left.
  * Weights arrive packed (the panel layout of matmul.h, made at conversion); any other B is
