@@ -4,13 +4,13 @@
 A case that converts must give the case's own expected outputs: a wrong or crashed case fails
 its group. The run as a whole fails if fewer than node_suite.PASS_FLOOR of the cases not out of
 scope by design pass (conftest.py), and prints pass / refused by design / not yet."""
-import os
 import warnings
 
 from onnx.backend.test.loader import load_model_tests
 import pytest
 
 from conftest import require_board
+from moa_edge.harness.build import cc_launcher
 import node_suite
 
 with warnings.catch_warnings():  # onnx's case generators divide by zero and overflow on purpose
@@ -22,7 +22,7 @@ with warnings.catch_warnings():  # onnx's case generators divide by zero and ove
 def node_runtime(tmp_path_factory):
     """The runtime's sources compiled once (per worker) with the host's compiler and flags."""
     board = require_board("host")
-    cc = " ".join(filter(None, [os.environ.get("MOA_EDGE_CC_LAUNCHER", ""), board.compiler()]))
+    cc = " ".join(filter(None, [cc_launcher(), board.compiler()]))
     cflags = list(board.toolchain["cflags"])
     return cc, cflags, node_suite.runtime_library(tmp_path_factory.mktemp("node-runtime"), cc, cflags)
 
