@@ -108,6 +108,8 @@ VARIANTS["host-avx512bw"] = ("host", ["-mno-avx512vnni", "-mno-amx-int8"], None,
 VARIANTS["host-avx512vnni"] = ("host", ["-mno-amx-int8", "-mno-amx-tile"], None, "avx512vnni")
 VARIANTS["host-amx-refused"] = ("host", ["-DMOA_IGEMM_AMX_REFUSED"], None, "amx")
 VARIANTS["rpi5-neondot"] = ("rpi5", [], None, "neondot")
+# The AVX2 build exactly as the benchmarks make it (host-avx2 above keeps -march=native's other flags).
+VARIANTS["host-x86-64-v3"] = ("host", ["-march=x86-64-v3"], None, "avx2")
 
 
 def _host_has(flag: str) -> bool:
@@ -211,6 +213,30 @@ def test_integer_sums_wrap_as_int32(igemm_exe):
     expected = _int32((a.astype(np.int64)) @ _centred(b, b_zero))
     assert np.all((a.astype(np.int64) @ _centred(b, b_zero)) < -2**31)
     np.testing.assert_array_equal(got, expected)
+
+
+# Sizes past the AVX2 tile's 6 rows, its 4 panels at a time and its 64 groups of A staged at a
+# time (and K not a multiple of 4 or of those 64 groups); a single row, the GEMV.
+EXTREME_SIZES = [(1, 16, 4), (1, 70, 259), (7, 100, 259), (13, 80, 256), (100, 70, 521)]
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("size", EXTREME_SIZES, ids=str)
+@pytest.mark.parametrize("a_kind", ["u8", "i8"])
+def test_integer_gemm_is_exact_at_the_extremes(igemm_exe, size, a_kind):
+    """A only at its two ends (0 and 255, or -128 and 127), B only at -128 and 127, no zero points:
+    products as large as they come, so that an int16 pair sum that saturated (vpmaddubsw's
+    255 * -128 * 2), a sign lost in widening or a lane out of place would show."""
+    M, N, K = size
+    rng = np.random.default_rng(M * 7 + N * 5 + K)
+    a_type = np.uint8 if a_kind == "u8" else np.int8
+    info = np.iinfo(a_type)
+    a = rng.choice(np.array([info.min, info.max], a_type), (M, K))
+    b = rng.choice(np.array([-128, 127], np.int8), (K, N))
+    a[0, :8] = info.max  # the worst pairs for certain: (255, 255) x (-128, -128) and (255, 255) x (127, 127)
+    b[:4, 0], b[4:8, 0] = -128, 127
+    got = _run(igemm_exe, M, N, K, 0, a, b, None, a_type=1 if a_kind == "u8" else 2, a_zero=0)
+    np.testing.assert_array_equal(got, _int32(a.astype(np.int64) @ b.astype(np.int64)))
 
 
 def test_an_empty_sum_gives_zeros_or_the_bias(igemm_exe):
