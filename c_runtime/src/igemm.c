@@ -274,27 +274,48 @@ static tile_kernel tile_kernel_here(void)
 #endif
 }
 
-/* Rows i0 .. i0 + rows of Y from the block, every panel. */
+/* Panels a register tile takes at a time: 1, or the ISA's moa_igemm_panels (igemm_tile.h), which
+ * prepares the tile's rows of A once for them all. */
+#if defined(MOA_IGEMM_PANELS)
+#define PANELS MOA_IGEMM_PANELS
+#else
+#define PANELS 1
+#endif
+
+/* Rows i0 .. i0 + rows of Y from the block, every panel, PANELS panels at a time. */
 static void multiply_block(const block_rows *block, size_t i0, size_t rows, size_t N, size_t K, moa_iweights b,
                            const output *out, tile_kernel tile)
 {
-    const size_t kp = MOA_IGEMM_KP(K), groups = kp / 4;
-    int32_t acc[MR * NR];
-    panel_terms terms;
-    size_t p, i;
-    for (p = 0; p * NR < N; p++) {
-        const int8_t *panel = kp > 0 ? b.q + p * kp * NR : b.q; /* (K == 0: q may be NULL, and is not read) */
-        panel_terms_of(&terms, block, p, N, K, b, out);
+    const size_t kp = MOA_IGEMM_KP(K), groups = kp / 4, panels = (N + NR - 1) / NR;
+    int32_t acc[PANELS * MR * NR];
+    panel_terms terms[PANELS];
+    size_t p0, np, q, i;
+    for (p0 = 0; p0 < panels; p0 += np) {
+        const int8_t *panel = kp > 0 ? b.q + p0 * kp * NR : b.q; /* (K == 0: q may be NULL, and is not read) */
+        np = min_size(PANELS, panels - p0);
+        for (q = 0; q < np; q++) {
+            panel_terms_of(&terms[q], block, p0 + q, N, K, b, out);
+        }
         for (i = 0; i + MR <= rows; i += MR) {
             size_t r;
+#if PANELS > 1
+            (void)tile;
+            moa_igemm_panels(groups, block->a + i * kp, (ptrdiff_t)kp, panel, kp * NR, np, acc);
+#else
             tile(groups, block->a + i * kp, (ptrdiff_t)kp, panel, acc);
-            for (r = 0; r < MR; r++) {
-                finish_row(out, &terms, i0 + i + r, acc + r * NR, block->sum[i + r], block->scale[i + r]);
+#endif
+            for (q = 0; q < np; q++) {
+                for (r = 0; r < MR; r++) {
+                    finish_row(out, &terms[q], i0 + i + r, acc + (q * MR + r) * NR, block->sum[i + r],
+                               block->scale[i + r]);
+                }
             }
         }
         for (; i < rows; i++) {
-            moa_igemm_row(groups, block->a + i * kp, panel, acc);
-            finish_row(out, &terms, i0 + i, acc, block->sum[i], block->scale[i]);
+            for (q = 0; q < np; q++) {
+                moa_igemm_row(groups, block->a + i * kp, panel + q * kp * NR, acc);
+                finish_row(out, &terms[q], i0 + i, acc, block->sum[i], block->scale[i]);
+            }
         }
     }
 }

@@ -15,7 +15,8 @@
  *                                                     tile state (moa_igemm_amx_ready), the VNNI tile of 16
  *     moa_igemm_{tile,row}_12x16_avx512vnni      12   vpdpbusd: 4 products per lane, 1 zmm per row
  *     moa_igemm_{tile,row}_8x16_avx512bw          8   widen to int16, vpmaddwd, 2 zmm per row
- *     moa_igemm_{tile,row}_2x16_avx2              2   widen to int16, vpmaddwd, 4 ymm per row
+ *     moa_igemm_{tile,row,panels}_6x16_avx2       6   B's bytes split to int16 pairs by shifts, A's widened
+ *                                                     once for 4 panels, vpmaddwd, 2 ymm per row
  *     moa_igemm_{tile,row}_6x16_neondot           6   SDOT (armv8.2 dotprod), 4 q per row
  *     moa_igemm_{tile,row}_2x16_neon              2   vmull_s8 + vpadalq_s16, 8 q per row
  *     moa_igemm_{tile,row}_4x16_rvv               4   vlseg4e8, vsext to int16, vwmacc.vx into int32 m4
@@ -50,8 +51,9 @@
 #define MOA_IGEMM_NAME "avx512bw"
 #elif MOA_ISA_AVX2 || MOA_ISA_AVX512
 #define MOA_IGEMM_AVX2 1
-#define MOA_IGEMM_MR 2
-#define MOA_IGEMM_VARIANT(name) name##_2x16_avx2
+#define MOA_IGEMM_MR 6
+#define MOA_IGEMM_VARIANT(name) name##_6x16_avx2
+#define MOA_IGEMM_PANELS 4 /* moa_igemm_panels: A's rows widened once for 4 panels */
 #define MOA_IGEMM_NAME "avx2"
 #elif MOA_ISA_NEON && defined(__ARM_FEATURE_DOTPROD)
 #define MOA_IGEMM_NEONDOT 1
@@ -115,5 +117,13 @@ int moa_igemm_amx_ready(void);
 
 void moa_igemm_tile(MOA_IGEMM_TILE_PARAMS); /* acc: MOA_IGEMM_MR rows of 16 */
 void moa_igemm_row(MOA_IGEMM_ROW_PARAMS);   /* acc: 16 */
+
+#if defined(MOA_IGEMM_PANELS)
+/* The tile over `panels` <= MOA_IGEMM_PANELS panels, panel q at b + q * panel_stride: acc holds
+ * panels x MOA_IGEMM_MR rows of 16 (the driver calls it instead of the tile where it is defined). */
+#define moa_igemm_panels MOA_IGEMM_VARIANT(moa_igemm_panels)
+void moa_igemm_panels(size_t groups, const moa_igemm_a *a, ptrdiff_t a_row_stride, const int8_t *b,
+                      size_t panel_stride, size_t panels, int32_t *acc);
+#endif
 
 #endif
