@@ -296,27 +296,32 @@ static void multiply_block(const block_rows *block, size_t i0, size_t rows, size
         for (q = 0; q < np; q++) {
             panel_terms_of(&terms[q], block, p0 + q, N, K, b, out);
         }
-        for (i = 0; i + MR <= rows; i += MR) {
-            size_t r;
 #if PANELS > 1
-            (void)tile;
-            moa_igemm_panels(groups, block->a + i * kp, (ptrdiff_t)kp, panel, kp * NR, np, acc);
-#else
-            tile(groups, block->a + i * kp, (ptrdiff_t)kp, panel, acc);
-#endif
+        (void)tile;
+        for (i = 0; i < rows; i += MR) {
+            const size_t mr = min_size(MR, rows - i);
+            size_t r;
+            moa_igemm_panels(groups, block->a + i * kp, (ptrdiff_t)kp, panel, kp * NR, np, mr, acc);
             for (q = 0; q < np; q++) {
-                for (r = 0; r < MR; r++) {
+                for (r = 0; r < mr; r++) {
                     finish_row(out, &terms[q], i0 + i + r, acc + (q * MR + r) * NR, block->sum[i + r],
                                block->scale[i + r]);
                 }
             }
         }
-        for (; i < rows; i++) {
-            for (q = 0; q < np; q++) {
-                moa_igemm_row(groups, block->a + i * kp, panel + q * kp * NR, acc);
-                finish_row(out, &terms[q], i0 + i, acc, block->sum[i], block->scale[i]);
+#else
+        for (i = 0; i + MR <= rows; i += MR) {
+            size_t r;
+            tile(groups, block->a + i * kp, (ptrdiff_t)kp, panel, acc);
+            for (r = 0; r < MR; r++) {
+                finish_row(out, &terms[0], i0 + i + r, acc + r * NR, block->sum[i + r], block->scale[i + r]);
             }
         }
+        for (; i < rows; i++) {
+            moa_igemm_row(groups, block->a + i * kp, panel, acc);
+            finish_row(out, &terms[0], i0 + i, acc, block->sum[i], block->scale[i]);
+        }
+#endif
     }
 }
 

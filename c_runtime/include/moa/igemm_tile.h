@@ -119,11 +119,12 @@ void moa_igemm_tile(MOA_IGEMM_TILE_PARAMS); /* acc: MOA_IGEMM_MR rows of 16 */
 void moa_igemm_row(MOA_IGEMM_ROW_PARAMS);   /* acc: 16 */
 
 #if defined(MOA_IGEMM_PANELS)
-/* The tile over `panels` <= MOA_IGEMM_PANELS panels, panel q at b + q * panel_stride: acc holds
- * panels x MOA_IGEMM_MR rows of 16 (the driver calls it instead of the tile where it is defined). */
+/* The tile over `panels` <= MOA_IGEMM_PANELS panels, panel q at b + q * panel_stride, and `rows`
+ * <= MOA_IGEMM_MR rows: acc holds panels x MOA_IGEMM_MR rows of 16, row r of panel q at
+ * (q MR + r) 16. Where it is defined, the driver calls it for every row, instead of tile and row. */
 #define moa_igemm_panels MOA_IGEMM_VARIANT(moa_igemm_panels)
 void moa_igemm_panels(size_t groups, const moa_igemm_a *a, ptrdiff_t a_row_stride, const int8_t *b,
-                      size_t panel_stride, size_t panels, int32_t *acc);
+                      size_t panel_stride, size_t panels, size_t rows, int32_t *acc);
 #endif
 
 #endif

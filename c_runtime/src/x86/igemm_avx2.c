@@ -17,7 +17,9 @@
  * 2-row tile (B chunks widened by vpmovsxbw, 2 lanes a column added at the end): ~14.5 -> ~18.5
  * products a cycle with A pre-staged, ~16.5 when staged per panel (hence the 4 panels); the
  * bound of vpmaddwd + vpaddd on this core is ~22.6. A row from the uint8 bytes in registers
- * (vpand + vpsrlw per row and group) was slower: ~14. */
+ * (vpand + vpsrlw per row and group) was slower as the 6-row tile: ~14; it serves fewer rows (the
+ * rows past the last tile, GEMVs), 3 at a time. Whole GEMM (igemm.c), M = 256, K and N of 768 and
+ * 3072: 1.16-1.19x; M = 1 to 5: 0.92-1.1x (M = 1, 2, 4 a few % slower than the former kernel). */
 #include <string.h>
 
 #include "moa/igemm_tile.h"
@@ -94,12 +96,66 @@ INLINE void run_groups(size_t n, const int16_t *staged, const int8_t *b, int32_t
                            "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
 
+/* `rows` <= 3 rows (the rows past the last tile, few rows, a GEMV): the same pairs, B's shared by
+ * the rows, A's made in registers from its bytes (the low bytes of its words masked, the high ones
+ * shifted down), which costs 2 operations a row and group but no staging. */
+INLINE void few_rows(size_t groups, const uint8_t *a, ptrdiff_t a_row_stride, const int8_t *b, int32_t *acc, int rows)
+{
+    const __m256i low = _mm256_set1_epi16(0xff);
+    __m256i sum[3][2];
+    size_t g;
+    int r;
+#pragma GCC unroll 3
+    for (r = 0; r < rows; r++) {
+        sum[r][0] = sum[r][1] = _mm256_setzero_si256();
+    }
+    for (g = 0; g < groups; g++) {
+        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(b + 64 * g));
+        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(b + 64 * g + 32));
+        const __m256i even0 = _mm256_srai_epi16(_mm256_slli_epi16(x0, 8), 8), odd0 = _mm256_srai_epi16(x0, 8);
+        const __m256i even1 = _mm256_srai_epi16(_mm256_slli_epi16(x1, 8), 8), odd1 = _mm256_srai_epi16(x1, 8);
+    #pragma GCC unroll 3
+    for (r = 0; r < rows; r++) {
+            int32_t value;
+            __m256i v, even, odd;
+            memcpy(&value, a + r * a_row_stride + 4 * g, sizeof value);
+            v = _mm256_set1_epi32(value);
+            even = _mm256_and_si256(v, low), odd = _mm256_srli_epi16(v, 8);
+            sum[r][0] = _mm256_add_epi32(sum[r][0], _mm256_madd_epi16(even0, even));
+            sum[r][0] = _mm256_add_epi32(sum[r][0], _mm256_madd_epi16(odd0, odd));
+            sum[r][1] = _mm256_add_epi32(sum[r][1], _mm256_madd_epi16(even1, even));
+            sum[r][1] = _mm256_add_epi32(sum[r][1], _mm256_madd_epi16(odd1, odd));
+        }
+    }
+#pragma GCC unroll 3
+    for (r = 0; r < rows; r++) {
+        _mm256_storeu_si256((__m256i *)(acc + 16 * r), sum[r][0]);
+        _mm256_storeu_si256((__m256i *)(acc + 16 * r + 8), sum[r][1]);
+    }
+}
+
 void moa_igemm_panels_6x16_avx2(size_t groups, const uint8_t *a, ptrdiff_t a_row_stride, const int8_t *b,
-                                size_t panel_stride, size_t panels, int32_t *acc)
+                                size_t panel_stride, size_t panels, size_t rows, int32_t *acc)
 {
     int16_t staged[MR][CHUNK * 4] __attribute__((aligned(32)));
-    size_t g0, p;
+    size_t g0, p, r0;
     int r;
+    if (rows < MR) { /* 3 rows at a time, then 2 or 1 */
+        for (p = 0; p < panels; p++) {
+            for (r0 = 0; r0 < rows; r0 += 3) {
+                const uint8_t *a_r = a + (ptrdiff_t)r0 * a_row_stride;
+                int32_t *acc_r = acc + (p * MR + r0) * 16;
+                if (rows - r0 >= 3) {
+                    few_rows(groups, a_r, a_row_stride, b + p * panel_stride, acc_r, 3);
+                } else if (rows - r0 == 2) {
+                    few_rows(groups, a_r, a_row_stride, b + p * panel_stride, acc_r, 2);
+                } else {
+                    few_rows(groups, a_r, a_row_stride, b + p * panel_stride, acc_r, 1);
+                }
+            }
+        }
+        return;
+    }
     memset(acc, 0, panels * MR * 16 * sizeof *acc);
     for (g0 = 0; g0 < groups; g0 += CHUNK) {
         const size_t n = groups - g0 < CHUNK ? groups - g0 : CHUNK;
@@ -114,30 +170,11 @@ void moa_igemm_panels_6x16_avx2(size_t groups, const uint8_t *a, ptrdiff_t a_row
 
 void moa_igemm_tile_6x16_avx2(MOA_IGEMM_TILE_PARAMS)
 {
-    moa_igemm_panels_6x16_avx2(groups, a, a_row_stride, b, 0, 1, acc);
+    moa_igemm_panels_6x16_avx2(groups, a, a_row_stride, b, 0, 1, MR, acc);
 }
 
-/* One row (a GEMV, or the rows past the last tile): the same pairs, A's made in registers from
- * its bytes (the low bytes of its words, masked; the high bytes, shifted down). */
 void moa_igemm_row_6x16_avx2(MOA_IGEMM_ROW_PARAMS)
 {
-    const __m256i low = _mm256_set1_epi16(0xff);
-    __m256i sum0 = _mm256_setzero_si256(), sum1 = _mm256_setzero_si256();
-    size_t g;
-    for (g = 0; g < groups; g++) {
-        const __m256i x0 = _mm256_loadu_si256((const __m256i *)(b + 64 * g));
-        const __m256i x1 = _mm256_loadu_si256((const __m256i *)(b + 64 * g + 32));
-        int32_t value;
-        __m256i v, even, odd;
-        memcpy(&value, a + 4 * g, sizeof value);
-        v = _mm256_set1_epi32(value);
-        even = _mm256_and_si256(v, low), odd = _mm256_srli_epi16(v, 8);
-        sum0 = _mm256_add_epi32(sum0, _mm256_madd_epi16(_mm256_srai_epi16(_mm256_slli_epi16(x0, 8), 8), even));
-        sum0 = _mm256_add_epi32(sum0, _mm256_madd_epi16(_mm256_srai_epi16(x0, 8), odd));
-        sum1 = _mm256_add_epi32(sum1, _mm256_madd_epi16(_mm256_srai_epi16(_mm256_slli_epi16(x1, 8), 8), even));
-        sum1 = _mm256_add_epi32(sum1, _mm256_madd_epi16(_mm256_srai_epi16(x1, 8), odd));
-    }
-    _mm256_storeu_si256((__m256i *)acc, sum0);
-    _mm256_storeu_si256((__m256i *)(acc + 8), sum1);
+    few_rows(groups, a, 0, b, acc, 1);
 }
 #endif
