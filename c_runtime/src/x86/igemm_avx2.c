@@ -114,8 +114,8 @@ INLINE void few_rows(size_t groups, const uint8_t *a, ptrdiff_t a_row_stride, co
         const __m256i x1 = _mm256_loadu_si256((const __m256i *)(b + 64 * g + 32));
         const __m256i even0 = _mm256_srai_epi16(_mm256_slli_epi16(x0, 8), 8), odd0 = _mm256_srai_epi16(x0, 8);
         const __m256i even1 = _mm256_srai_epi16(_mm256_slli_epi16(x1, 8), 8), odd1 = _mm256_srai_epi16(x1, 8);
-    #pragma GCC unroll 3
-    for (r = 0; r < rows; r++) {
+#pragma GCC unroll 3
+        for (r = 0; r < rows; r++) {
             int32_t value;
             __m256i v, even, odd;
             memcpy(&value, a + r * a_row_stride + 4 * g, sizeof value);
