@@ -43,12 +43,13 @@ def _ffn(rows_shape, activation="gelu", hidden_is_output=False, rng=None) -> onn
 @pytest.mark.parametrize("board_name", BOARDS)
 @pytest.mark.parametrize("activation", ["gelu", "relu"])
 def test_row_blocked_ffn_matches_onnxruntime(activation, board_name, tmp_path):
-    """3 x 50 = 150 rows: two whole blocks of 60 and a last one of 30."""
+    """3 x 50 = 150 rows: two whole blocks of 52 and a last one of 46."""
     board = require_board(board_name)
     path = tmp_path / "ffn.onnx"
     onnx.save(_ffn((3, 50), activation), path)
     assert [n.op for n in load_graph(path).nodes] == ["MoaMlp"]
-    report = convert(path, tmp_path / "p")
+    report = convert(path, tmp_path / "p", threads=1)
+    assert "row0 < 104; row0 += 52" in (tmp_path / "p" / "model.c").read_text()
     # No [150, 96] hidden tensor: the arena is the node's scratch, a block of ROWS hidden rows.
     assert report["memory"]["arena_bytes"] <= 2 * ROWS * HIDDEN * 4 < 150 * HIDDEN * 4
     feeds = {"x": np.random.default_rng(1).standard_normal((3, 50, WIDTH)).astype(np.float32)}

@@ -1,4 +1,4 @@
-"""MoaMlp: a feed-forward block run ROWS rows at a time (made by passes/mlp.py).
+"""MoaMlp: a feed-forward block run about ROWS rows at a time (made by passes/mlp.py).
 
 The members (MoaGemm, element-wise ops, MoaGemm) are emitted by their own units, for a
 block of rows: X and Y are offset to the block's first row, each intermediate is a slot of
@@ -81,19 +81,21 @@ def _share_sizes(node, threads: int) -> list[int]:
 
 
 def _block_rows(node, threads: int) -> int:
-    """The height of a block: ROWS (or all the rows) unshared. A share runs in blocks of about
-    equal height, a multiple of 4 rows, at most ROWS: a share of 120 rows as 60 + 60, of 100 as
-    52 + 48, not 60 + 40; but a share of at most an eighth more than ROWS is one block (BERT's
-    64 rows a thread: one block, not 32 + 32, which streamed both weight matrices once more per
-    share: on one thread 4% (AVX2) and 6% (AVX-512) less time)."""
-    limit = node.attrs["rows"]
-    if threads == 1:
-        return min(limit, rows_of(node))
-    widest = max(_share_sizes(node, threads))
-    if widest <= limit + limit // 8:
-        return widest
-    height = -(-widest // -(-widest // limit))
-    return min(limit, (height + 3) // 4 * 4, widest)
+    """The height of a block: the rows of a thread's share (all the rows unshared) in the fewest
+    blocks of at most an eighth more than ROWS, of about equal height, a multiple of 4 rows
+    unless one block takes them all. BERT's 128 rows on one thread run as 64 + 64, not
+    60 + 60 + 8 (whose 8-row GEMMs streamed both weight matrices for 8 rows, at half the
+    GEMM's speed: 7% of BERT-base's time); a share of 100 as 52 + 48; BERT's 64 rows a thread
+    as one block, not 32 + 32 (on one thread 4% (AVX2) and 6% (AVX-512) less time)."""
+    most = node.attrs["rows"] + node.attrs["rows"] // 8
+    rows = max(_share_sizes(node, threads))
+    blocks = -(-rows // most)
+    while True:
+        height = -(-rows // blocks)
+        height = rows if blocks == 1 else (height + 3) // 4 * 4
+        if height <= most:
+            return height
+        blocks += 1
 
 
 def _block_elements(node, threads: int) -> int:
@@ -102,9 +104,11 @@ def _block_elements(node, threads: int) -> int:
 
 
 def scratch_bytes(node, graph=None) -> int:
-    """One block's intermediates, for each thread the rows are shared among."""
+    """One block's intermediates, for each thread the rows are shared among (or for the one
+    thread when the block is emitted unshared)."""
     shares = _shares(node, graph)
-    return _block_elements(node, shares) * shares * dtypes.COMPUTE_DTYPE.itemsize
+    elements = max(_block_elements(node, shares) * shares, _block_elements(node, 1))
+    return elements * dtypes.COMPUTE_DTYPE.itemsize
 
 
 def _block(graph: Graph, rows: int) -> Graph:
@@ -206,11 +210,11 @@ def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
 
 
 def emit(node, ctx):
-    body, rows = node.attrs["body"], node.attrs["rows"]
-    total = rows_of(node)
+    body, total = node.attrs["body"], rows_of(node)
     shares = _shares(node, ctx.graph)
     if ctx.lift and shares > 1:
         return _emit_shares(node, ctx, shares)
+    rows = _block_rows(node, 1)
     full, rest = divmod(total, rows)
     ops = ", ".join(n.op for n in body.nodes)
     lines = [f"    {{ /* {c_comment_text(node.name)}: feed-forward block ({ops}) over {total} rows, {rows} at a time; "
