@@ -279,11 +279,7 @@ static moa_status gemm_block(size_t M, size_t N, size_t K, float alpha, moa_matr
         moa_matrix_f32 a_slice = a;
         a_slice.data += (ptrdiff_t)p0 * a.col_stride;
         /* A gathered or dequantized panel is costly to make: it is made once, for all the rows of A. */
-        /* Otherwise blocks of about equal height, whole register tiles, at most MC: 52 rows as
-         * 30 + 22 on AVX2, not 48 + 4, whose last block would stream every panel of B for 4 rows. */
-        const size_t blocks = (M + MOA_GEMM_MC - 1) / MOA_GEMM_MC;
-        const size_t even = ((M + blocks - 1) / blocks + MOA_GEMM_MR - 1) / MOA_GEMM_MR * MOA_GEMM_MR;
-        const size_t block_rows = b.gather != NULL || b.quantized != NULL ? M : even;
+        const size_t block_rows = b.gather != NULL || b.quantized != NULL ? M : MOA_GEMM_MC;
         for (i0 = 0; i0 < M; i0 += block_rows) {
             const size_t mc = min_size(block_rows, M - i0);
             for (i = i0; p0 == 0 && c.data != NULL && i < i0 + mc; i++) {

@@ -72,17 +72,15 @@
 #ifndef MOA_GEMM_TILE_PANELS
 #define MOA_GEMM_TILE_PANELS 1
 #endif
-/* A block of A is at most MOA_GEMM_MC_TILES register tiles of rows (a board may override it with
- * -D), packed on x86 (below), where with a tile's panels of B it stays in L1 while B streams from
- * L2: on AVX-512 24 rows (two panels of 16 KiB beside it; bench gemm, 128 x 768 x 768, A packed:
- * 148.7 GFLOP/s at 96 rows, 150.4 at 24; a 12 KiB stack copy), on AVX2 48 rows (one panel of
- * 8 KiB; 24 KiB of stack): a feed-forward block's 52 or 64 rows against K = 3072 in two blocks of
- * B's slices, not three, 7% less time (bench gemm-style alternating runs). */
+/* A block of A is MOA_GEMM_MC_TILES register tiles of rows (a board may override it with -D).
+ * On x86 it is 24 rows, packed (below): with a tile's panels of B it stays in L1 while B streams
+ * from L2 (bench gemm, AVX-512, 128 x 768 x 768, A packed: 148.7 GFLOP/s at 96 rows, 150.4 at 24;
+ * the stack copy is 12 KiB). */
 #ifndef MOA_GEMM_MC_TILES
 #if MOA_ISA_AVX512
 #define MOA_GEMM_MC_TILES 2
 #elif MOA_ISA_AVX2
-#define MOA_GEMM_MC_TILES 8
+#define MOA_GEMM_MC_TILES 4
 #else
 #define MOA_GEMM_MC_TILES 8
 #endif

@@ -67,7 +67,7 @@ moa_status moa_gemm_packed_f32(size_t M, size_t N, size_t K, float alpha, moa_ma
  * MOA_ERR_BAD_PARAMS when the rows of Y would overlap. A tile's panels of B that are not
  * already contiguous columns (transposed, or the last tile) are copied to MOA_GEMM_KC * 16
  * floats of stack per panel, and on x86 a block of A to MOA_GEMM_KC floats per row
- * (moa/gemm_tile.h): 16 + 12 KiB of stack on AVX-512, 8 + 24 on AVX2, 16 on the others. */
+ * (moa/gemm_tile.h): 16 + 12 KiB of stack on AVX-512, 8 + 12 on AVX2, 16 on the others. */
 moa_status moa_gemm_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_matrix_f32 b,
                         float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
 
