@@ -14,7 +14,7 @@ import math
 from moa_edge.ir import Graph, Node
 from moa_edge.ops import elementwise
 
-ROWS = 60  # a whole number of register tiles (moa/gemm_tile.h) on x86 (MR 12, 6), NEON (5) and scalar (4)
+ROWS = 60  # a block's height: at most ROWS + ROWS / 8 rows, about equal blocks (ops/mlp.py _block_rows)
 
 
 def _row_gemm(graph: Graph, node: Node | None) -> bool:
