@@ -249,8 +249,9 @@ static void pack_a_block(moa_matrix_f32 a, size_t i0, size_t mc, size_t p0, size
 }
 #endif
 
-static moa_status gemm_block(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b, float beta,
-                             moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+/* The product on operands gemm() has checked, M and N > 0. */
+static void gemm_block(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, b_source b, float beta,
+                       moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
     float buffer[MOA_GEMM_TILE_PANELS * MOA_GEMM_KC * MOA_GEMM_NR];
 #if MOA_GEMM_PACK_A
@@ -258,10 +259,6 @@ static moa_status gemm_block(size_t M, size_t N, size_t K, float alpha, moa_matr
 #endif
     size_t i, p0, i0, q;
     const int gemv = M < MOA_GEMM_MR && b.quantized != NULL; /* gemv_quantized() below */
-    const moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
-    if (status != MOA_OK || M == 0 || N == 0) {
-        return status;
-    }
     /* Y = beta * C now when no block will write it: otherwise each block's rows, just before the
      * block's first slice reads them (so they are still in cache). */
     if (K == 0 || (c.data != NULL && gemv)) {
@@ -271,7 +268,7 @@ static moa_status gemm_block(size_t M, size_t N, size_t K, float alpha, moa_matr
     }
     if (gemv) {
         gemv_quantized(M, N, K, alpha, a, b.quantized, c.data != NULL, y, y_row_stride);
-        return MOA_OK;
+        return;
     }
     for (p0 = 0; p0 < K; p0 += MOA_GEMM_KC) {
         const size_t kc = min_size(MOA_GEMM_KC, K - p0);
@@ -317,7 +314,6 @@ static moa_status gemm_block(size_t M, size_t N, size_t K, float alpha, moa_matr
             }
         }
     }
-    return MOA_OK;
 }
 
 /* Columns j0 .. of B (and of C) from panel q0 on (j0 = 16 q0): `w` holds a quantized source's slice. */
@@ -355,15 +351,19 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
     const size_t width = ((N + blocks - 1) / blocks + MOA_GEMM_NT - 1) / MOA_GEMM_NT * MOA_GEMM_NT;
     moa_qweights w;
     size_t j0;
-    moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
-    if (status != MOA_OK || N <= MOA_GEMM_NC_MIN) {
-        return status != MOA_OK ? status : gemm_block(M, N, K, alpha, a, b, beta, c, y, y_row_stride);
+    const moa_status status = check_gemm(M, N, K, a, b, y, y_row_stride);
+    if (status != MOA_OK || M == 0 || N == 0) {
+        return status;
     }
-    for (j0 = 0; j0 < N && status == MOA_OK; j0 += width) {
-        status = gemm_block(M, min_size(width, N - j0), K, alpha, a, column_slice(b, K, j0 / MOA_GEMM_NR, &w), beta,
-                            column_offset(c, j0), y + j0, y_row_stride);
+    if (N <= MOA_GEMM_NC_MIN) {
+        gemm_block(M, N, K, alpha, a, b, beta, c, y, y_row_stride);
+        return MOA_OK;
     }
-    return status;
+    for (j0 = 0; j0 < N; j0 += width) {
+        gemm_block(M, min_size(width, N - j0), K, alpha, a, column_slice(b, K, j0 / MOA_GEMM_NR, &w), beta,
+                   column_offset(c, j0), y + j0, y_row_stride);
+    }
+    return MOA_OK;
 }
 
 /* The product lifted onto the pool's threads (Pi = cores): thread s of T computes the columns
