@@ -92,12 +92,12 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
         stats = {}
         _, ours_us = run(binary, board, report["io"], inputs, repeat=repeat, stats=stats, threads=threads)
         variants, ort_avx2 = {}, {}
+        native_isa = build_isa(tmp / "fused", board) if host_march else None
         for march in host_march:
             progress(f"moa-edge -march={march}: {repeat} runs")
             variant = build(tmp / "fused", board, extra_cflags=[f"-march={march}"], variant=f"host-{march}")
             variants[march] = run(variant, board, report["io"], inputs, repeat=repeat, threads=threads)[1]
-            env = peer_env(build_isa(tmp / "fused", board), build_isa(tmp / "fused", board, [f"-march={march}"]),
-                           tmp / "cpuid-mask")
+            env = peer_env(native_isa, build_isa(tmp / "fused", board, [f"-march={march}"]), tmp / "cpuid-mask")
             if env is not None:
                 progress(f"onnxruntime held to AVX2: {repeat} runs, {threads} thread(s)")
                 ort_avx2[march] = onnxruntime_probe(model, tmp / "inputs.npz", repeat, threads, env)["run_us"]
