@@ -191,7 +191,9 @@ HARNESS = r"""
  * stdin: A (stored [K][M] when trans_a), B (stored [N][K] when trans_b), C (c_rows x c_cols,
  *        none when c_rows is 0, broadcast to M x N), then Y's initial M x y_row_stride floats
  * stdout: Y; stderr: the kernel variant. Every buffer is its exact size on the heap, so ASan
- * sees any overrun. With `packed`, B is first packed (moa_gemm_pack_b_f32). Two more arguments
+ * sees any overrun. With `packed`, B is first packed (moa_gemm_pack_b_f32); `packed` S > 1 sums in
+ * slices of S rows of packed B (moa_gemm_packed_rows_f32_on), each adding to Y, after checking that
+ * a slice past B's rows is refused (exit 3 if not). Two more arguments
  * name files for stdin's and stdout's bytes (bare metal: semihosting has files, not pipes). */
 static FILE *in, *out;
 
@@ -232,10 +234,28 @@ int main(int argc, char **argv)
         return 2;
     }
     moa_gemm_pack_b_f32(K, N, b, P);
-    status = packed ? moa_gemm_packed_f32(M, N, K, (float)atof(argv[8]), a, P, (float)atof(argv[9]), c, Y,
+    if (packed > 1) {
+        const moa_matrix_f32 y_view = {Y, (ptrdiff_t)y_row_stride, 1};
+        size_t p0;
+        if (moa_gemm_packed_rows_f32_on(NULL, M, N, K, 1.0f, a, P, K, 1, 0.0f, c, Y, (ptrdiff_t)y_row_stride) !=
+            MOA_ERR_BAD_PARAMS) {
+            return 3;
+        }
+        status = MOA_OK;
+        for (p0 = 0; p0 < K && status == MOA_OK; p0 += (size_t)packed) {
+            moa_matrix_f32 a_slice = a;
+            a_slice.data += (ptrdiff_t)p0 * a.col_stride;
+            status = moa_gemm_packed_rows_f32_on(NULL, M, N, K - p0 < (size_t)packed ? K - p0 : (size_t)packed,
+                                                 (float)atof(argv[8]), a_slice, P, K, p0,
+                                                 p0 == 0 ? (float)atof(argv[9]) : 1.0f, p0 == 0 ? c : y_view, Y,
+                                                 (ptrdiff_t)y_row_stride);
+        }
+    } else {
+        status = packed ? moa_gemm_packed_f32(M, N, K, (float)atof(argv[8]), a, P, (float)atof(argv[9]), c, Y,
                                           (ptrdiff_t)y_row_stride)
-                    : moa_gemm_f32(M, N, K, (float)atof(argv[8]), a, b, (float)atof(argv[9]), c, Y,
-                                   (ptrdiff_t)y_row_stride);
+                        : moa_gemm_f32(M, N, K, (float)atof(argv[8]), a, b, (float)atof(argv[9]), c, Y,
+                                       (ptrdiff_t)y_row_stride);
+    }
     fprintf(stderr, "isa=%s\n", MOA_ISA_NAME);
     if (fwrite(Y, sizeof *Y, M * y_row_stride, out) != M * y_row_stride || fflush(out) != 0) {
         return 2;
@@ -383,6 +403,23 @@ def test_gemm_column_blocks_change_no_bit(column_block_exes, M, N, K, trans_b, p
     assert rc == 0 and rc_whole == 0
     _assert_gemm_close(got, expected, K, N)
     assert np.array_equal(got, got_whole)
+
+
+@pytest.mark.board
+@pytest.mark.parametrize("trans_a", [0, 1], ids=["n", "t"])
+@pytest.mark.parametrize("M, N, K", [(70, 300, 600), (5, 97, 520)], ids=str)
+def test_gemm_slices_of_the_sum_add_up_to_the_whole_product(gemm_exe, M, N, K, trans_a):
+    """moa_gemm_packed_rows_f32_on (a feed-forward block's hidden blocks, ops/mlp.py): B's rows
+    0-255, 256-511 and the rest, each slice adding to Y what the ones before left there, give
+    numpy's Y and, the slices starting at multiples of every ISA's MOA_GEMM_KC, bitwise the
+    whole product's; slices of 100 rows give numpy's within rounding."""
+    kwargs = dict(trans_a=trans_a, c_shape=(1, N), alpha=0.75, beta=-1.5, pad=3, seed=M + N + K)
+    (whole, expected, rc_whole), (sliced, _, rc), (odd, _, rc_odd) = (
+        _run_gemm(gemm_exe, M, N, K, packed=packed, **kwargs) for packed in (1, 256, 100))
+    assert rc_whole == rc == rc_odd == 0
+    _assert_gemm_close(sliced, expected, K, N)
+    _assert_gemm_close(odd, expected, K, N)
+    assert np.array_equal(sliced, whole)
 
 
 @pytest.mark.board

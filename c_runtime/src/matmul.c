@@ -20,10 +20,12 @@
 #error "MOA_GEMM_NC must be a whole number of register tiles"
 #endif
 
-/* Where B comes from: a packed copy, quantized weights (qmatmul.h), a gathering function
- * (its columns counted from first_col), or a strided view. */
+/* Where B comes from: a packed copy (from its row first_row on, of panels packed_rows tall),
+ * quantized weights (qmatmul.h), a gathering function (its columns counted from first_col), or a
+ * strided view. */
 typedef struct {
     const float *packed;
+    size_t packed_rows;
     const moa_qweights *quantized;
     moa_gemm_gather gather;
     const void *gather_ctx;
@@ -124,8 +126,8 @@ static const float *tile_panels(b_source b, size_t K, size_t N, size_t q, size_t
     size_t t, p, j;
     *row_stride = MOA_GEMM_NR;
     if (b.packed != NULL) {
-        *panel_stride = (ptrdiff_t)(K * MOA_GEMM_NR);
-        return b.packed + (q * K + p0) * MOA_GEMM_NR;
+        *panel_stride = (ptrdiff_t)(b.packed_rows * MOA_GEMM_NR);
+        return b.packed + (q * b.packed_rows + p0) * MOA_GEMM_NR;
     }
     *panel_stride = MOA_GEMM_KC * MOA_GEMM_NR;
     if (b.view.data != NULL && b.view.col_stride == 1 && nt == MOA_GEMM_NT) {
@@ -296,7 +298,7 @@ static void gemm_block(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
                 ptrdiff_t b_row_stride, b_panel_stride;
                 const float *b_rows = tile_panels(b, K, N, q, p0, kc, buffer, &b_row_stride, &b_panel_stride);
                 /* the next tile's packed rows, for the tiles to prefetch (moa/gemm_tile.h) */
-                const float *b_next = b.packed != NULL && j0 + MOA_GEMM_NT < N ? b_rows + MOA_GEMM_TILE_PANELS * K * MOA_GEMM_NR
+                const float *b_next = b.packed != NULL && j0 + MOA_GEMM_NT < N ? b_rows + MOA_GEMM_TILE_PANELS * b.packed_rows * MOA_GEMM_NR
                                                                                  : b_rows;
                 float *y_cols = y + (ptrdiff_t)j0;
                 for (i = i0; i < i0 + mc; i += MOA_GEMM_MR) {
@@ -321,7 +323,7 @@ static b_source column_slice(b_source b, size_t K, size_t q0, moa_qweights *w)
 {
     const size_t j0 = q0 * MOA_GEMM_NR;
     if (b.packed != NULL) {
-        b.packed += q0 * K * MOA_GEMM_NR;
+        b.packed += q0 * b.packed_rows * MOA_GEMM_NR;
     } else if (b.quantized != NULL) {
         *w = quantized_panel(b.quantized, K, q0);
         b.quantized = w;
@@ -474,10 +476,12 @@ static b_source view_source(moa_matrix_f32 b)
     return source;
 }
 
-static b_source packed_source(const float *packed_b)
+/* Rows first_row .. of B packed in panels of packed_rows rows. */
+static b_source packed_source(const float *packed_b, size_t packed_rows, size_t first_row)
 {
     b_source source = {0};
-    source.packed = packed_b;
+    source.packed = packed_b != NULL ? packed_b + first_row * MOA_GEMM_NR : NULL;
+    source.packed_rows = packed_rows;
     return source;
 }
 
@@ -514,10 +518,20 @@ moa_status moa_gemm_packed_f32(size_t M, size_t N, size_t K, float alpha, moa_ma
 moa_status moa_gemm_packed_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
                                   const float *packed_b, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
+    return moa_gemm_packed_rows_f32_on(pool, M, N, K, alpha, a, packed_b, K, 0, beta, c, y, y_row_stride);
+}
+
+moa_status moa_gemm_packed_rows_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
+                                       const float *packed_b, size_t packed_rows, size_t first_row, float beta,
+                                       moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
+{
     if (packed_b == NULL && K > 0 && M > 0 && N > 0) {
         return MOA_ERR_NULL_ARGUMENT;
     }
-    return gemm_on(pool, M, N, K, alpha, a, packed_source(packed_b), beta, c, y, y_row_stride);
+    if (first_row + K > packed_rows) {
+        return MOA_ERR_BAD_PARAMS;
+    }
+    return gemm_on(pool, M, N, K, alpha, a, packed_source(packed_b, packed_rows, first_row), beta, c, y, y_row_stride);
 }
 
 moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a, moa_qweights w,
@@ -529,7 +543,7 @@ moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix
 moa_status moa_gemm_qw_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
                               moa_qweights w, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
-    b_source source = packed_source(NULL);
+    b_source source = packed_source(NULL, 0, 0);
     const moa_status status = check_quantized(M, N, K, &w);
     if (status != MOA_OK) {
         return status;

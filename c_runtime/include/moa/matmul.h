@@ -79,6 +79,15 @@ moa_status moa_gemm_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float a
 moa_status moa_gemm_packed_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
                                   const float *packed_b, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
 
+/* A slice of the sum: B is rows first_row .. first_row + K - 1 of a packed matrix of packed_rows
+ * rows, A the matching K columns. With C = Y (beta 1) the slices of a long sum add up in Y one
+ * after another; when first_row is a multiple of MOA_GEMM_KC every element is then the same sum,
+ * in the same order, as the whole product's (a feed-forward block's hidden blocks, ops/mlp.py).
+ * MOA_ERR_BAD_PARAMS when the rows run past packed_rows. */
+moa_status moa_gemm_packed_rows_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
+                                       const float *packed_b, size_t packed_rows, size_t first_row, float beta,
+                                       moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride);
+
 /* B given by a function that gathers it a panel at a time (an implicit GEMM: a convolution's
  * patches, never stored whole): gather(ctx, p0, kc, j0, nr, panel) writes rows p0 .. p0 + kc of
  * columns j0 .. j0 + nr of B (nr <= 16) as kc rows of 16 floats, zero past column nr. */
