@@ -68,15 +68,16 @@ def test_outputs_are_bitwise_the_same_on_every_thread_count(block, tmp_path, boa
         run(binary, board, report["io"], inputs, threads=5)
 
 
-def test_a_share_a_little_taller_than_a_block_runs_as_one_block(tmp_path):
-    """130 rows on 2 threads: shares of 65 rows, within an eighth of the 60-row block, each run
-    as one block of 65 (not 36 + 29, which streams the weights once more per share); the
-    scratch holds two such blocks, and the outputs are bitwise the same on 1 and 2 threads."""
+def test_on_one_thread_the_feed_forward_rows_are_not_cut_into_shares(block, tmp_path):
+    """300 rows converted for 2 threads: on 2 threads each share's 150 rows run through the hidden
+    columns 256 at a time, on one thread all 300 rows at once (shares of rows would stream the
+    weights once a share); the outputs are bitwise the same either way."""
     board = require_board("host")
-    path, x, expected = _exported_block(tmp_path, 130)
+    path, x, expected = block
     report = convert(path, tmp_path / "p", board=board, threads=2)
     model_c = (tmp_path / "p" / "model.c").read_text()
-    assert "130 rows, 2 shares of rows lifted onto the pool, 65 rows at a time" in model_c
+    assert "300 rows, 2 shares of rows lifted onto the pool, 150 rows and 256 hidden columns at a time" in model_c
+    assert "if (moa_pool_threads(pool) > 1) {" in model_c and "over 300 rows, 300 rows and 256 hidden columns" in model_c
     binary = build(tmp_path / "p", board)
     inputs = check_inputs(report["io"], {"x": x}, "x")
     outputs = [run(binary, board, report["io"], inputs, threads=threads)[0]["y"] for threads in (1, 2)]
@@ -93,7 +94,7 @@ def test_a_feed_forward_block_too_short_to_share_lifts_its_members(block, tmp_pa
     report = convert(path, tmp_path / "p", board=board, threads=12)
     model_c = (tmp_path / "p" / "model.c").read_text()
     feed_forward = model_c[model_c.index("feed-forward block"):]
-    assert "60 at a time" in feed_forward and "shares of rows" not in model_c
+    assert "300 rows and 256 hidden columns at a time" in feed_forward and "shares of rows" not in model_c
     assert feed_forward.index("moa_pool_for(pool, ") < feed_forward.index("\n    }\n")  # its GELU
     binary = build(tmp_path / "p", board)
     inputs = check_inputs(report["io"], {"x": x}, "x")

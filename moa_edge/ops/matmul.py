@@ -113,11 +113,13 @@ def _offset(pointer: str, terms) -> str:
 
 def _gemm_call(M, N, K, alpha, a, b, beta, c, y, function="moa_gemm_f32_on") -> str:
     """The call grouped as the equation reads: alpha A B, beta C, then Y; on the run's worker
-    pool (moa/pool.h), which lifts columns or rows of the product onto its threads."""
+    pool (moa/pool.h), which lifts columns or rows of the product onto its threads. beta may
+    be a C expression."""
     indent = " " * len(f"status = {function}(")
+    beta = beta if isinstance(beta, str) else c_float_short(beta)
     return check_status(f"{function}(pool, {M}, {N}, {K},\n"
                         f"{indent}{c_float_short(alpha)}, {a}, {b},\n"
-                        f"{indent}{c_float_short(beta)}, {c},\n"
+                        f"{indent}{beta}, {c},\n"
                         f"{indent}{y}, {N})", indent="")
 
 
@@ -151,14 +153,29 @@ def _bias_view(node, ctx) -> str:
 
 def _emit_packed(node, ctx) -> str:
     a_shape = tuple(ctx.graph.tensors[node.inputs[0]].shape)
-    _, K, _ = ctx.graph.tensors[node.inputs[1]].shape
+    _, packed_rows, _ = ctx.graph.tensors[node.inputs[1]].shape
     N, trans_a = node.attrs["n"], node.attrs["trans_a"]
     M = a_shape[-1] if trans_a else math.prod(a_shape[:-1])  # transA only on a 2-D Gemm
+    # A slice of the sum (ops/mlp.py's hidden blocks): rows first_row .. first_row + K of B.
+    first_row = node.attrs.get("first_row")
+    K = packed_rows if first_row is None else a_shape[0 if trans_a else -1]
     a = _view(ctx.where[node.inputs[0]], *((1, M) if trans_a else (K, 1)))
-    call = _gemm_call(M, N, K, node.attrs["alpha"], a, ctx.where[node.inputs[1]], node.attrs["beta"],
-                      _bias_view(node, ctx), ctx.where[node.outputs[0]], function="moa_gemm_packed_f32_on")
+    y = ctx.where[node.outputs[0]]
+    if first_row is None:
+        call = _gemm_call(M, N, K, node.attrs["alpha"], a, ctx.where[node.inputs[1]], node.attrs["beta"],
+                          _bias_view(node, ctx), y, function="moa_gemm_packed_f32_on")
+    else:  # the first slice adds beta C, the others add to Y what the slices before it left there
+        beta, c = node.attrs["beta"], _bias_view(node, ctx)
+        if first_row.isdigit():
+            beta, c = (beta, c) if first_row == "0" else (1.0, _view(y, N, 1))
+        else:
+            beta = 1.0 if beta == 1.0 else f"{first_row} == 0 ? {c_float_short(beta)} : 1.0f"
+            c = f"{first_row} == 0 ? {c} : {_view(y, N, 1)}"
+        call = _gemm_call(M, N, K, node.attrs["alpha"], a, f"{ctx.where[node.inputs[1]]}, {packed_rows}, {first_row}",
+                          beta, c, y, function="moa_gemm_packed_rows_f32_on")
+    slice_text = f", rows {first_row} .. of {packed_rows} of B" if first_row is not None else ""
     return "\n".join([f"    /* {c_comment_text(node.name)}: {node.attrs.get('source', 'MatMul')} with packed weights, "
-                      f"M={M} N={N} K={K}{' (transA)' if trans_a else ''} */", *_indent(call, 1)]) + "\n"
+                      f"M={M} N={N} K={K}{slice_text}{' (transA)' if trans_a else ''} */", *_indent(call, 1)]) + "\n"
 
 
 def _emit_gemm(node, ctx) -> str:

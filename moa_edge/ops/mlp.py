@@ -1,9 +1,14 @@
-"""MoaMlp: a feed-forward block run about ROWS rows at a time (made by passes/mlp.py).
+"""MoaMlp: a feed-forward block run a block of the hidden layer at a time (made by passes/mlp.py).
 
 The members (MoaGemm, element-wise ops, MoaGemm) are emitted by their own units, for a
-block of rows: X and Y are offset to the block's first row, each intermediate is a slot of
-the node's scratch holding one block. An element-wise member writes over an operand that
-dies there (as the arena does for whole tensors), so GELU's chain needs one or two slots.
+block: rows r0 .. r0 + R of X and Y (all the rows, unless they are many), hidden columns
+h0 .. h0 + H. The first product computes those columns (its packed panels and bias from
+column h0), the element-wise members read their per-column constants from h0, and the last
+product adds rows h0 .. h0 + H of its sum to Y, its bias with the first block
+(moa_gemm_packed_rows_f32_on). H is a multiple of HIDDEN_STEP, so every element of Y is the
+same sum, in the same order, as the whole product's. Each intermediate is a slot of the
+node's scratch holding one block; an element-wise member writes over an operand that dies
+there (as the arena does for whole tensors), so GELU's chain needs one or two slots.
 
 On T threads with at least MIN_SHARE_ROWS rows each, the rows are lifted onto cores: one job,
 thread s running rows [M s / T, M (s + 1) / T) through every member in blocks of its own, with
@@ -19,17 +24,20 @@ from moa_edge.lazy import torch
 from moa_edge.ir import Graph, Node, Tensor, dtypes
 from moa_edge.ir.c_syntax import c_comment_text
 
-from . import elementwise, matmul
+from . import elementwise, matmul, views
 from .contract import EmitContext, EmittedUnit, OpCost, TensorType, op_of, operand_bytes
 
 OPS = ("MoaMlp",)
 C_SOURCES = list(dict.fromkeys(matmul.C_SOURCES + elementwise.C_SOURCES))  # the members' sources
-C_LOCALS = frozenset({"row0", "s", "lo", "hi"})  # the block loop, and a share's rows
+C_LOCALS = frozenset({"row0", "h0", "s", "lo", "hi"})  # the block loops, and a share's rows
+# A hidden block's width is a multiple of this: of every ISA's MOA_GEMM_KC (matmul.h), so the last
+# product's slices of the sum are the whole product's.
+HIDDEN_STEP = 256
 # Fewer rows a thread than this, and its blocks would be thin (few register tiles per read of the
 # weights): the members lift their own loops instead.
 MIN_SHARE_ROWS = 32
-# What a member can be (passes/mlp.py): a MoaGemm or an element-wise op.
-_MEMBER_OPS = {op: op_of(module) for module in (matmul, elementwise) for op in module.OPS}
+# What a member can be (passes/mlp.py): a MoaGemm, an element-wise op or a view that keeps the rows.
+_MEMBER_OPS = {op: op_of(module) for module in (matmul, elementwise, views) for op in module.OPS}
 
 
 def rows_of(node: Node) -> int:
@@ -39,16 +47,23 @@ def rows_of(node: Node) -> int:
 
 def _slots(body: Graph) -> tuple[dict[str, int], int]:
     """Scratch slot of every intermediate, and how many slots: a slot is free again after
-    its tensor's last reader; an element-wise member takes over a dying operand's slot."""
+    its tensor's last reader; an element-wise member takes over a dying operand's slot; a view
+    is its operand's slot (and reading it reads that)."""
     y = body.outputs[0]
+    viewed = {}
+    for n in body.nodes:
+        if n.op in views.OPS:
+            viewed[n.outputs[0]] = viewed.get(n.inputs[0], n.inputs[0])
     last_read = {}
     for k, n in enumerate(body.nodes):
         for name in n.inputs:
-            last_read[name] = k
+            last_read[viewed.get(name, name)] = k
     slot, free, count = {}, [], 0
     for k, n in enumerate(body.nodes):
         out = n.outputs[0]
-        dying = [i for i in dict.fromkeys(n.inputs) if i in slot and last_read[i] == k]
+        if out in viewed:
+            continue
+        dying = [i for i in dict.fromkeys(viewed.get(i, i) for i in n.inputs) if i in slot and last_read[i] == k]
         if out != y:
             if dying and _MEMBER_OPS[n.op].IN_PLACE:
                 slot[out] = slot[dying.pop(0)]
@@ -57,6 +72,7 @@ def _slots(body: Graph) -> tuple[dict[str, int], int]:
             else:
                 slot[out], count = count, count + 1
         free += [slot[i] for i in dying]
+    slot.update({out: slot[source] for out, source in viewed.items()})
     return slot, count
 
 
@@ -82,12 +98,11 @@ def _share_sizes(node, threads: int) -> list[int]:
 
 def _block_rows(node, threads: int) -> int:
     """The height of a block: the rows of a thread's share (all the rows unshared) in the fewest
-    blocks of at most an eighth more than ROWS, of about equal height, a multiple of 4 rows
-    unless one block takes them all. BERT's 128 rows on one thread run as 64 + 64, not
-    60 + 60 + 8 (whose 8-row GEMMs streamed both weight matrices for 8 rows, at half the
-    GEMM's speed: 7% of BERT-base's time); a share of 100 as 52 + 48; BERT's 64 rows a thread
-    as one block, not 32 + 32 (on one thread 4% (AVX2) and 6% (AVX-512) less time)."""
-    most = node.attrs["rows"] + node.attrs["rows"] // 8
+    blocks of at most BLOCK / HIDDEN_STEP rows (512), of about equal height, a multiple of 4
+    rows unless one block takes them all. Most models' rows are one block: each block of rows
+    streams both weight matrices again (ViT-B/16's 197 rows in blocks of 52 ran its two products
+    at 78-84 GFLOP/s on AVX2, against 89-94 whole)."""
+    most = node.attrs["block"] // HIDDEN_STEP
     rows = max(_share_sizes(node, threads))
     blocks = -(-rows // most)
     while True:
@@ -98,9 +113,30 @@ def _block_rows(node, threads: int) -> int:
         blocks += 1
 
 
-def _block_elements(node, threads: int) -> int:
+def _sliced_constants(body: Graph) -> set[str]:
+    """The constants read a hidden column at a time: the first product's bias and the element-wise
+    members' operands one hidden row wide."""
+    width = _width(body)
+    readers = [body.nodes[0].inputs[2:3], *(n.inputs for n in body.nodes[1:-1])]
+    return {name for names in readers for name in names
+            if name and body.tensors[name].is_constant and body.tensors[name].size > 1
+            and body.tensors[name].shape[-1] == width}
+
+
+def _block_hidden(node) -> int:
+    """The width of a block of hidden columns: BLOCK floats over the rows of an unshared block,
+    a multiple of HIDDEN_STEP (ViT-B/16: 512 of 3072 for 197 rows), or all of them. The same
+    for every thread count (a share's blocks are shorter, not wider), so Y is too."""
     body = node.attrs["body"]
-    return _slots(body)[1] * _block_rows(node, threads) * _width(body)
+    width = _width(body)
+    if _sliced_constants(body) & set(body.nodes[-1].inputs):
+        return width  # (a constant the last product also reads whole)
+    hidden = max(HIDDEN_STEP, node.attrs["block"] // _block_rows(node, 1) // HIDDEN_STEP * HIDDEN_STEP)
+    return min(hidden, width)
+
+
+def _block_elements(node, threads: int) -> int:
+    return _slots(node.attrs["body"])[1] * _block_rows(node, threads) * _block_hidden(node)
 
 
 def scratch_bytes(node, graph=None) -> int:
@@ -111,18 +147,40 @@ def scratch_bytes(node, graph=None) -> int:
     return elements * dtypes.COMPUTE_DTYPE.itemsize
 
 
-def _block(graph: Graph, rows: int) -> Graph:
-    """The body for a block of `rows` rows: every computed tensor [rows, width]; constants as they are."""
-    def with_rows(t: Tensor) -> Tensor:
-        return t if t.is_constant else Tensor(t.name, (rows, t.shape[-1]), t.dtype)
+def _block(graph: Graph, rows: int, hidden: int, first_col: str) -> Graph:
+    """The body for a block of `rows` rows and `hidden` hidden columns from column first_col:
+    every intermediate [rows, hidden], X and Y [rows, width]; the sliced constants `hidden`
+    wide (the emitted code reads them from first_col), the first product `hidden` columns wide
+    and the last a slice of its sum (from row first_col of its B) when the block is not all of
+    the hidden layer."""
+    width, sliced = _width(graph), _sliced_constants(graph)
+    made = {o for n in graph.nodes for o in n.outputs} - set(graph.outputs)
 
-    def node_with_rows(n: Node) -> Node:
+    def resized(t: Tensor, inner: bool = False) -> Tensor:
+        if t.name in sliced:  # (its first columns: a shape to emit from, never evaluated)
+            return replace(t, shape=t.shape[:-1] + (hidden,), data=t.data[..., :hidden])
+        if t.is_constant:
+            return t
+        return Tensor(t.name, (rows, hidden if inner or t.name in made else t.shape[-1]), t.dtype)
+
+    def resized_node(n: Node, k: int) -> Node:
         if isinstance(n.attrs.get("body"), Graph):  # a fused element-wise node carries its own
-            return replace(n, attrs={**n.attrs, "body": _block(n.attrs["body"], rows)})
+            inner = n.attrs["body"]
+            return replace(n, attrs={**n.attrs, "body": Graph(inner.name, list(inner.inputs), list(inner.outputs),
+                                                              list(inner.nodes), {name: resized(t, True) for name, t in
+                                                                                  inner.tensors.items()},
+                                                              dict(inner.opsets))})
+        if hidden == width:
+            return n
+        if k == 0:
+            return replace(n, attrs={**n.attrs, "n": hidden})
+        if k == len(graph.nodes) - 1:
+            return replace(n, attrs={**n.attrs, "first_row": first_col})
         return n
 
-    return Graph(graph.name, list(graph.inputs), list(graph.outputs), [node_with_rows(n) for n in graph.nodes],
-                 {name: with_rows(t) for name, t in graph.tensors.items()}, dict(graph.opsets))
+    return Graph(graph.name, list(graph.inputs), list(graph.outputs),
+                 [resized_node(n, k) for k, n in enumerate(graph.nodes)],
+                 {name: resized(t) for name, t in graph.tensors.items()}, dict(graph.opsets))
 
 
 def infer(node, graph) -> list[TensorType]:
@@ -152,28 +210,55 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
     return [env[body.outputs[0]]]
 
 
-def _emit_block(node, ctx, rows: int, first_row: str, threads: int = 1) -> tuple[list[str], list[str]]:
-    """The members' statements for `rows` rows from row `first_row`, and their declarations;
-    the slots are blocks of _block_rows(node, threads) rows."""
+def _emit_block(node, ctx, rows: int, first_row: str, hidden: int, first_col: str,
+                threads: int = 1) -> tuple[list[str], list[str]]:
+    """The members' statements for `rows` rows from row `first_row` and `hidden` hidden columns
+    from column `first_col`, and their declarations; the slots are blocks of
+    _block_rows(node, threads) x _block_hidden(node)."""
     body = node.attrs["body"]
-    block = _block(body, rows)
-    x, y = body.inputs[0], body.outputs[0]
+    block = _block(body, rows, hidden, first_col)
+    x, y, first = body.inputs[0], body.outputs[0], body.nodes[0]
     slot, _ = _slots(body)
-    stride = _block_rows(node, threads) * _width(body)
+    stride = _block_rows(node, threads) * _block_hidden(node)
     where = dict(ctx.where)
     where[x] = f"({ctx.where[x]} + {first_row} * {body.tensors[x].shape[-1]})"
     where[y] = f"({ctx.where[y]} + {first_row} * {body.tensors[y].shape[-1]})"
     where.update({name: f"({ctx.scratch} + {s * stride})" for name, s in slot.items()})
+    if hidden != _width(body):  # the first product's panels from column first_col (matmul.h's layout)
+        where[first.inputs[1]] = f"({ctx.where[first.inputs[1]]} + {first_col} * {body.tensors[first.inputs[1]].shape[1]})"
+        where.update({name: f"({ctx.where[name]} + {first_col})" for name in _sliced_constants(body)})
     lines, declarations = [], []
     for k, member in enumerate(block.nodes):
+        if member.op in views.OPS:
+            continue  # its slot is its operand's
         # A member on scratch slots alone may lift its loop onto the pool (the GEMMs lift their own):
         # the lifted loop is a task function, which sees the arena but not this block's row0.
         lift = ctx.lift if ctx.lift and not {x, y} & {*member.inputs, *member.outputs} else None
         unit = _MEMBER_OPS[member.op].emit(member, EmitContext(name=f"{ctx.name}_{k}", board=ctx.board, where=where,
                                                                  scratch="NULL", graph=block, lift=lift))
-        lines += ["    " + line if line else line for line in unit.call.rstrip("\n").splitlines()]
+        lines += [line[4:] if line.startswith("    ") else line for line in unit.call.rstrip("\n").splitlines()]
         declarations += unit.declarations
     return lines, declarations
+
+
+def _emit_rows(node, ctx, rows: int, first_row: str, threads: int = 1) -> tuple[list[str], list[str], bool]:
+    """A block of rows through every block of hidden columns: (statements, unindented;
+    declarations; whether they use the loop index h0)."""
+    width, hidden = _width(node.attrs["body"]), _block_hidden(node)
+    full, rest = divmod(width, hidden)
+    lines, declarations = [], []
+    if full > 1:
+        lines.append(f"for (h0 = 0; h0 + {hidden} <= {width}; h0 += {hidden}) {{")
+        block, declarations = _emit_block(node, ctx, rows, first_row, hidden, "h0", threads)
+        lines += ["    " + line if line else line for line in block] + ["}"]
+    else:
+        lines, declarations = _emit_block(node, ctx, rows, first_row, hidden, "0", threads)
+    if rest:
+        lines.append(f"/* the last {rest} hidden columns */")
+        block, more = _emit_block(node, ctx, rows, first_row, rest, str(full * hidden), threads)
+        lines += block
+        declarations += more
+    return lines, declarations, full > 1
 
 
 def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
@@ -181,7 +266,7 @@ def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
     takes rows [M s / T, M (s + 1) / T) through every member, in blocks of its own, with its own
     intermediates (scratch slot s), one job for the whole block. The members run on the thread
     that holds their rows (their GEMMs on one core), so the hidden rows never leave its cache
-    and the run hands the pool one job, not three per block of rows. A row is computed alike
+    and the run hands the pool one job, not three per block. A row is computed alike
     whichever share holds it: outputs are bitwise the same for every thread count."""
     body, total = node.attrs["body"], rows_of(node)
     inner = EmitContext(name=ctx.name, board=ctx.board, where=ctx.where, graph=ctx.graph, lift=None,
@@ -189,44 +274,60 @@ def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
     sizes = _share_sizes(node, threads)
     rows = _block_rows(node, threads)
     tails = sorted({size % rows for size in sizes} - {0})
+    loops, declarations, uses_h0 = [], [], False
+    for size in [rows] + tails:
+        block, more, hidden_loop = _emit_rows(node, inner, size, "row0", threads)
+        declarations += more
+        uses_h0 |= hidden_loop
+        if size != rows:
+            loops.append(f"        if (hi - row0 == {size}) {{ /* the share's last rows */")
+        loops += ["            " + line if line else line for line in block] + ["        }"]
     lines = [f"    /* {c_comment_text(node.name)}: feed-forward block ({', '.join(n.op for n in body.nodes)}) over "
-             f"{total} rows, {threads} shares of rows lifted onto the pool, {rows} rows at a time */",
+             f"{total} rows, {threads} shares of rows lifted onto the pool, {rows} rows and {_block_hidden(node)} "
+             "hidden columns at a time */",
              "    moa_pool *const pool = NULL; /* the members run on this share's thread */",
              "    moa_status status = MOA_OK;",
-             "    ptrdiff_t s, row0;",
+             f"    ptrdiff_t s, row0{', h0' if uses_h0 else ''};",
              "    for (s = (ptrdiff_t)first; s < (ptrdiff_t)end; s++) {",
              f"        const ptrdiff_t lo = s * {total} / {threads}, hi = (s + 1) * {total} / {threads};",
-             f"        for (row0 = lo; row0 + {rows} <= hi; row0 += {rows}) {{"]
-    declarations = []
-    for size in [rows] + tails:
-        block, more = _emit_block(node, inner, size, "row0", threads)
-        declarations += more
-        if size != rows:
-            lines.append(f"        if (hi - row0 == {size}) {{ /* the share's last rows */")
-        lines += ["        " + line if line else line for line in block] + ["        }"]
-    lines += ["    }", "    return status;"]
+             f"        for (row0 = lo; row0 + {rows} <= hi; row0 += {rows}) {{",
+             *loops, "    }", "    return status;"]
     call = ctx.lift(threads, lines, returns_status=True)
     return EmittedUnit(call, declarations=list(dict.fromkeys(declarations)))
 
 
 def emit(node, ctx):
-    body, total = node.attrs["body"], rows_of(node)
+    """On a pool of more than one thread the rows lifted onto cores (_emit_shares); on one, in
+    blocks of all the rows (ViT-B/16 converted for 2 threads and run on one: its two shares'
+    blocks of 99 rows streamed both weight matrices twice, 4-7% of the run, AVX2 and AVX-512)."""
     shares = _shares(node, ctx.graph)
-    if ctx.lift and shares > 1:
-        return _emit_shares(node, ctx, shares)
-    rows = _block_rows(node, 1)
+    if not ctx.lift or shares == 1:
+        return _emit_unshared(node, ctx)
+    lifted, alone = _emit_shares(node, ctx, shares), _emit_unshared(node, ctx)
+
+    def indented(call: str) -> list[str]:
+        return ["    " + line if line else line for line in call.rstrip("\n").splitlines()]
+    call = "\n".join(["    if (moa_pool_threads(pool) > 1) {", *indented(lifted.call), "    } else {",
+                      *indented(alone.call), "    }"]) + "\n"
+    return EmittedUnit(call, declarations=list(dict.fromkeys(lifted.declarations + alone.declarations)))
+
+
+def _emit_unshared(node, ctx) -> EmittedUnit:
+    """Blocks of all the rows (or of many rows' blocks), each member lifting its own loop when ctx.lift."""
+    body, total = node.attrs["body"], rows_of(node)
+    rows, hidden = _block_rows(node, 1), _block_hidden(node)
     full, rest = divmod(total, rows)
     ops = ", ".join(n.op for n in body.nodes)
-    lines = [f"    {{ /* {c_comment_text(node.name)}: feed-forward block ({ops}) over {total} rows, {rows} at a time; "
-             f"each intermediate one [{rows}, {_width(body)}] slot of scratch */",
-             "        ptrdiff_t row0;",
+    block, declarations, uses_h0 = _emit_rows(node, ctx, rows, "row0")
+    lines = [f"    {{ /* {c_comment_text(node.name)}: feed-forward block ({ops}) over {total} rows, {rows} rows and "
+             f"{hidden} hidden columns at a time; each intermediate one [{rows}, {hidden}] slot of scratch */",
+             f"        ptrdiff_t row0{', h0' if uses_h0 else ''};",
              f"        for (row0 = 0; row0 < {full * rows}; row0 += {rows}) {{"]
-    block, declarations = _emit_block(node, ctx, rows, "row0")
-    lines += ["    " + line if line else line for line in block] + ["        }"]
+    lines += ["            " + line if line else line for line in block] + ["        }"]
     if rest:
         lines.append(f"        row0 = {full * rows}; /* the last {rest} rows */")
-        block, more = _emit_block(node, ctx, rest, "row0")
-        lines += block
+        block, more, _ = _emit_rows(node, ctx, rest, "row0")
+        lines += ["        " + line if line else line for line in block]
         declarations += more
     lines.append("    }")
     return EmittedUnit("\n".join(lines) + "\n", declarations=list(dict.fromkeys(declarations)))

@@ -14,7 +14,7 @@ from .float32_kernels import read_through_float32
 from .fold import fold_constants, infer_missing_shapes, range_lengths_from_consumers
 from .half import compute_in_float32
 from .half_attention import read_half_operands
-from .mlp import tile_mlp_rows
+from .mlp import tile_mlp
 from .nbits import lower_matmul_nbits
 from .normalizations import lower_normalizations
 from .pack import pack_weights
@@ -77,7 +77,7 @@ def lower(graph: Graph, source: str = "model", strict: bool = True, fuse_attenti
         quantize_activations(graph)
     graph.remove_dead()
     fuse_elementwise(graph)
-    tile_mlp_rows(graph)
+    tile_mlp(graph)
     if not strict:
         return graph
     unsupported = unsupported_ops(graph)
