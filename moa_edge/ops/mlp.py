@@ -299,7 +299,7 @@ def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
 def emit(node, ctx):
     """On a pool of more than one thread the rows lifted onto cores (_emit_shares); on one, in
     blocks of all the rows (ViT-B/16 converted for 2 threads and run on one: its two shares'
-    blocks of 99 rows streamed both weight matrices twice, 4-7% of the run, AVX2 and AVX-512)."""
+    blocks of 99 rows streamed both weight matrices twice, 2-6% of the run, AVX2 and AVX-512)."""
     shares = _shares(node, ctx.graph)
     if not ctx.lift or shares == 1:
         return _emit_unshared(node, ctx)
