@@ -12,7 +12,8 @@ there (as the arena does for whole tensors), so GELU's chain needs one or two sl
 
 On T threads with at least MIN_SHARE_ROWS rows each, the rows are lifted onto cores: one job,
 thread s running rows [M s / T, M (s + 1) / T) through every member in blocks of its own, with
-its own slots (the scratch is T blocks). Otherwise the members lift their own loops.
+its own slots (the scratch is T blocks), when the run's pool has more than one thread (on one,
+all the rows at once, as unshared). Otherwise the members lift their own loops.
 """
 from __future__ import annotations
 

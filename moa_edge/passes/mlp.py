@@ -11,16 +11,16 @@ lifting applied to the token and hidden axes, as the attention rewrite lifts the
 """
 from __future__ import annotations
 
-import math
-
 from dataclasses import replace
+import math
 
 from moa_edge.ir import Graph, Node
 from moa_edge.ops import elementwise, views
 
 # A block of the hidden layer: 512 KiB of float32, so it stays in L2 between the two products
-# (ViT-B/16's feed-forward, 197 rows in hidden blocks of 512 columns: 8-10% faster than in blocks
-# of 52 whole rows and 3-6% faster than whole, AVX2 and AVX-512; ops/mlp.py says how blocks are cut).
+# (ViT-B/16's feed-forward alone, 197 rows in hidden blocks of 512 columns: 6-10% faster than in
+# blocks of 52 whole rows and 5-6% faster than whole, AVX2 and AVX-512; ops/mlp.py says how blocks
+# are cut).
 BLOCK = 128 * 1024
 
 
