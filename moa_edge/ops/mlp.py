@@ -167,10 +167,8 @@ def _block(graph: Graph, rows: int, hidden: int, first_col: str) -> Graph:
     def resized_node(n: Node, k: int) -> Node:
         if isinstance(n.attrs.get("body"), Graph):  # a fused element-wise node carries its own
             inner = n.attrs["body"]
-            return replace(n, attrs={**n.attrs, "body": Graph(inner.name, list(inner.inputs), list(inner.outputs),
-                                                              list(inner.nodes), {name: resized(t, True) for name, t in
-                                                                                  inner.tensors.items()},
-                                                              dict(inner.opsets))})
+            tensors = {name: resized(t, True) for name, t in inner.tensors.items()}
+            return replace(n, attrs={**n.attrs, "body": replace(inner, tensors=tensors)})
         if hidden == width:
             return n
         if k == 0:
@@ -179,9 +177,8 @@ def _block(graph: Graph, rows: int, hidden: int, first_col: str) -> Graph:
             return replace(n, attrs={**n.attrs, "first_row": first_col})
         return n
 
-    return Graph(graph.name, list(graph.inputs), list(graph.outputs),
-                 [resized_node(n, k) for k, n in enumerate(graph.nodes)],
-                 {name: resized(t) for name, t in graph.tensors.items()}, dict(graph.opsets))
+    return replace(graph, nodes=[resized_node(n, k) for k, n in enumerate(graph.nodes)],
+                   tensors={name: resized(t) for name, t in graph.tensors.items()})
 
 
 def infer(node, graph) -> list[TensorType]:
@@ -209,6 +206,11 @@ def evaluate(node, inputs, graph) -> list[torch.Tensor]:
         values = [env[n] if n else None for n in member.inputs]
         env.update(zip(member.outputs, _MEMBER_OPS[member.op].evaluate(member, values, body)))
     return [env[body.outputs[0]]]
+
+
+def _indented(lines: list[str], depth: int) -> list[str]:
+    """Lines indented `depth` levels of four spaces (blank lines left blank)."""
+    return ["    " * depth + line if line else line for line in lines]
 
 
 def _emit_block(node, ctx, rows: int, first_row: str, hidden: int, first_col: str,
@@ -251,7 +253,7 @@ def _emit_rows(node, ctx, rows: int, first_row: str, threads: int = 1) -> tuple[
     if full > 1:
         lines.append(f"for (h0 = 0; h0 + {hidden} <= {width}; h0 += {hidden}) {{")
         block, declarations = _emit_block(node, ctx, rows, first_row, hidden, "h0", threads)
-        lines += ["    " + line if line else line for line in block] + ["}"]
+        lines += _indented(block, 1) + ["}"]
     else:
         lines, declarations = _emit_block(node, ctx, rows, first_row, hidden, "0", threads)
     if rest:
@@ -282,7 +284,7 @@ def _emit_shares(node, ctx, threads: int) -> EmittedUnit:
         uses_h0 |= hidden_loop
         if size != rows:
             loops.append(f"        if (hi - row0 == {size}) {{ /* the share's last rows */")
-        loops += ["            " + line if line else line for line in block] + ["        }"]
+        loops += _indented(block, 3) + ["        }"]
     lines = [f"    /* {c_comment_text(node.name)}: feed-forward block ({', '.join(n.op for n in body.nodes)}) over "
              f"{total} rows, {threads} shares of rows lifted onto the pool, {rows} rows and {_block_hidden(node)} "
              "hidden columns at a time */",
@@ -305,11 +307,8 @@ def emit(node, ctx):
     if not ctx.lift or shares == 1:
         return _emit_unshared(node, ctx)
     lifted, alone = _emit_shares(node, ctx, shares), _emit_unshared(node, ctx)
-
-    def indented(call: str) -> list[str]:
-        return ["    " + line if line else line for line in call.rstrip("\n").splitlines()]
-    call = "\n".join(["    if (moa_pool_threads(pool) > 1) {", *indented(lifted.call), "    } else {",
-                      *indented(alone.call), "    }"]) + "\n"
+    call = "\n".join(["    if (moa_pool_threads(pool) > 1) {", *_indented(lifted.call.rstrip("\n").splitlines(), 1),
+                      "    } else {", *_indented(alone.call.rstrip("\n").splitlines(), 1), "    }"]) + "\n"
     return EmittedUnit(call, declarations=list(dict.fromkeys(lifted.declarations + alone.declarations)))
 
 
@@ -324,11 +323,11 @@ def _emit_unshared(node, ctx) -> EmittedUnit:
              f"{hidden} hidden columns at a time; each intermediate one [{rows}, {hidden}] slot of scratch */",
              f"        ptrdiff_t row0{', h0' if uses_h0 else ''};",
              f"        for (row0 = 0; row0 < {full * rows}; row0 += {rows}) {{"]
-    lines += ["            " + line if line else line for line in block] + ["        }"]
+    lines += _indented(block, 3) + ["        }"]
     if rest:
         lines.append(f"        row0 = {full * rows}; /* the last {rest} rows */")
         block, more, _ = _emit_rows(node, ctx, rest, "row0")
-        lines += ["        " + line if line else line for line in block]
+        lines += _indented(block, 2)
         declarations += more
     lines.append("    }")
     return EmittedUnit("\n".join(lines) + "\n", declarations=list(dict.fromkeys(declarations)))
