@@ -155,10 +155,11 @@ def _packed(b: np.ndarray) -> np.ndarray:
 
 
 # Shapes that lift columns (more panels than threads; the decode GEMV), rows (one panel, many MC
-# blocks of rows) and neither (a small product stays on the caller's thread).
+# blocks of rows; a wide product of 64 rows a thread or more, by columns on 7 threads and i8)
+# and neither (a small product stays on the caller's thread).
 @pytest.mark.board
 @pytest.mark.parametrize("kind", ["view", "packed", "i8"])
-@pytest.mark.parametrize("M, N, K", [(1, 1000, 64), (37, 200, 70), (400, 16, 40), (3, 20, 9)])
+@pytest.mark.parametrize("M, N, K", [(1, 1000, 64), (37, 200, 70), (400, 16, 40), (300, 600, 50), (3, 20, 9)])
 def test_gemm_is_bitwise_the_same_on_every_thread_count(pool_exe, kind, M, N, K):
     rng = np.random.default_rng(M + N + K)
     a = rng.standard_normal((M, K)).astype(np.float32)

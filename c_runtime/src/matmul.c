@@ -372,15 +372,19 @@ static moa_status gemm(size_t M, size_t N, size_t K, float alpha, moa_matrix_f32
  * of tiles [P s / T, P (s + 1) / T) of the P NT-wide tiles, or rows [M s / T, M (s + 1) / T)
  * (each share then ends in its own edge tile: rounding the ends to whole register tiles gave
  * one thread a tile more, bench gemm AVX-512 256 x 384 x 384 on 2 threads 308 -> 317 GFLOP/s
- * unrounded). Rows when each thread would have few
- * columns (x86 packs A per thread: a share of a narrow product would copy all of A for little
- * work; bench gemm, AVX-512, 256 x 384 x 384 on 2 threads: 272 GFLOP/s by columns, 298 by rows,
- * one thread 161) and B is not costly to make per share (packed or a view, not gathered or
- * dequantized); columns otherwise. Each share is the serial gemm() on its slice, and a slice's
- * tiles compute each element as the whole product's do, so Y is bitwise the same for every
- * thread count. */
-/* Fewer columns a thread than this, and the product is split by rows (above). */
+ * unrounded). Rows when B is not costly to make per share (packed or a view, not gathered or
+ * dequantized) and each thread would have few columns (x86 packs A per thread: a share of a
+ * narrow product would copy all of A for little work; bench gemm, AVX-512, 256 x 384 x 384 on 2
+ * threads: 272 GFLOP/s by columns, 298 by rows, one thread 161) or many rows (each thread then
+ * packs only its own rows of A; 197 x 768 x 768, packed weights streamed from memory, on 2
+ * threads: 0.88 -> 0.81 ms AVX-512, 1.29 -> 1.27 AVX2, one thread 1.55 and 2.34; 512 x 768 x 768
+ * 2.33 -> 2.02 and 3.36 -> 3.08); columns otherwise. Each share is the serial gemm() on its
+ * slice, and a slice's tiles compute each element as the whole product's do, so Y is bitwise
+ * the same for every thread count. */
+/* Fewer columns a thread than this, or this many rows or more, and the product is split by rows
+ * (above; fewer rows, 24-64 of a 768 x 768 product, ran faster by columns on AVX2). */
 #define MOA_GEMM_MIN_SHARE_COLUMNS 256
+#define MOA_GEMM_MIN_SHARE_ROWS 64
 
 typedef struct {
     size_t M, N, K;
@@ -457,7 +461,8 @@ static moa_status gemm_on(moa_pool *pool, size_t M, size_t N, size_t K, float al
     }
     job.M = M, job.N = N, job.K = K, job.alpha = alpha, job.beta = beta, job.a = a, job.c = c, job.b = b;
     job.y = y, job.y_row_stride = y_row_stride;
-    job.by_columns = tiles >= threads && !(cheap_b && N < MOA_GEMM_MIN_SHARE_COLUMNS * threads && row_tiles >= 4 * threads);
+    job.by_columns = tiles >= threads && !(cheap_b && (M >= MOA_GEMM_MIN_SHARE_ROWS * threads ||
+                                                       (N < MOA_GEMM_MIN_SHARE_COLUMNS * threads && row_tiles >= 4 * threads)));
     job.shares = job.by_columns ? threads : (row_tiles < threads ? row_tiles : threads);
     for (share = 0; share < job.shares; share++) {
         job.status[share] = MOA_OK;
