@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from moa_edge.harness.build import build, build_isa  # noqa: E402
+from moa_edge.harness.build import build, build_for_march, build_isa  # noqa: E402
 from moa_edge.harness.inputs import load_npz  # noqa: E402
 from moa_edge.harness.runner import check_inputs, run  # noqa: E402
 from moa_edge.target import load_board  # noqa: E402
@@ -48,8 +48,8 @@ def main() -> int:
         inputs = check_inputs(io, load_npz(a.inputs), str(a.inputs))
         builds[(project, "native")] = (build(project, host), io, inputs, build_isa(project, host))
         for march in filter(None, a.host_march.split(",")):
-            builds[(project, march)] = (build(project, host, extra_cflags=[f"-march={march}"], variant=f"host-{march}"),
-                                        io, inputs, build_isa(project, host, [f"-march={march}"]))
+            binary, isa = build_for_march(project, host, march)
+            builds[(project, march)] = (binary, io, inputs, isa)
     best: dict = {}
     first: dict = {}
     for _ in range(a.rounds):

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moa_edge.harness.attention_bench import host_cpu  # noqa: E402
-from moa_edge.harness.build import build, build_isa  # noqa: E402
+from moa_edge.harness.build import build, build_for_march, build_isa  # noqa: E402
 from moa_edge.harness.cpuid_mask import peer_env  # noqa: E402
 from moa_edge.harness.generate_bench import cpu_isa  # noqa: E402
 from moa_edge.harness.inputs import load_npz  # noqa: E402
@@ -70,8 +70,7 @@ def bench(models: Path, stems, threads: list[int], rounds: int, repeat: int, mar
             builds = {"native": build(project, host)}
             isas = {"native": build_isa(project, host)}
             for march in marches:
-                builds[march] = build(project, host, extra_cflags=[f"-march={march}"], variant=f"host-{march}")
-                isas[march] = build_isa(project, host, [f"-march={march}"])
+                builds[march], isas[march] = build_for_march(project, host, march)
             # onnxruntime as each build is compared with: AVX2 builds on an AVX-512 host, held to AVX2
             ort_for = {name: "onnxruntime" for name in builds}
             ort_env = {"onnxruntime": None}

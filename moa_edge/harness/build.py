@@ -103,3 +103,10 @@ def build_isa(project: Path, board: Board, extra_cflags: list[str] = ()) -> str 
         return None
     cflags = list(board.toolchain.get("cflags", [])) + list(extra_cflags)
     return selected_isa(cc, cflags, project / "runtime" / "include")
+
+
+def build_for_march(project: Path, board: Board, march: str) -> tuple[Path, str | None]:
+    """project built again with -march=ARCH (x86-64-v3: the AVX2 kernels on any x86 host), into
+    build/<board>-ARCH/: the runner's path and the kernels that build selects."""
+    flags = [f"-march={march}"]
+    return build(project, board, extra_cflags=flags, variant=f"{board.name}-{march}"), build_isa(project, board, flags)

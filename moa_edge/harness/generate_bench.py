@@ -32,7 +32,7 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board, load_board
 
-from .build import build, build_isa
+from .build import build, build_for_march, build_isa
 from .generation import generate_ids, generation_info
 from .gguf_weights import FILE_TYPES, MATCHING, write_gguf
 from .scratch_folder import scratch_folder
@@ -374,12 +374,10 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
         turns["moa_edge"] = lambda: _moa_edge(binary, info, host, isa, prompt, new_tokens, repeat, None, timeout,
                                               progress, threads=threads)
         for march in host_march:
-            flags = [f"-march={march}"]
-            variant = build(project, host, extra_cflags=flags, variant=f"host-{march}")
-            variant_isa = build_isa(project, host, flags)
-            turns[f"moa_edge_{march}"] = lambda variant=variant, variant_isa=variant_isa, flags=flags, march=march: {
+            variant, variant_isa = build_for_march(project, host, march)
+            turns[f"moa_edge_{march}"] = lambda variant=variant, variant_isa=variant_isa, march=march: {
                 **_moa_edge(variant, info, host, variant_isa, prompt, new_tokens, repeat, None, timeout, progress,
-                            f"moa-edge -march={march}", threads), "cflags_added": flags}
+                            f"moa-edge -march={march}", threads), "cflags_added": [f"-march={march}"]}
         request = {"prompt": prompt, "new_tokens": new_tokens, "threads": threads, "repeat": repeat}
         fixed = {}  # the sides that do not run, and why
         if onnxruntime:

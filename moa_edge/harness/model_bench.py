@@ -15,7 +15,7 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board, load_board
 
-from .build import build, build_isa
+from .build import build, build_for_march, build_isa
 from .cpuid_mask import peer_env
 from .inputs import load_npz, random_inputs
 from .runner import run
@@ -95,9 +95,9 @@ def bench_model(model, convert, input_shapes=None, repeat: int = 20, inputs_path
         native_isa = build_isa(tmp / "fused", board) if host_march else None
         for march in host_march:
             progress(f"moa-edge -march={march}: {repeat} runs")
-            variant = build(tmp / "fused", board, extra_cflags=[f"-march={march}"], variant=f"host-{march}")
+            variant, isa = build_for_march(tmp / "fused", board, march)
             variants[march] = run(variant, board, report["io"], inputs, repeat=repeat, threads=threads)[1]
-            env = peer_env(native_isa, build_isa(tmp / "fused", board, [f"-march={march}"]), tmp / "cpuid-mask")
+            env = peer_env(native_isa, isa, tmp / "cpuid-mask")
             if env is not None:
                 progress(f"onnxruntime held to AVX2: {repeat} runs, {threads} thread(s)")
                 ort_avx2[march] = onnxruntime_probe(model, tmp / "inputs.npz", repeat, threads, env)["run_us"]
