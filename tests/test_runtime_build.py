@@ -7,7 +7,8 @@ import pytest
 from conftest import BOARDS, MCU_BOARDS, SANITIZE, require_board
 from models import Case, case_inputs, expected, export
 from moa_edge.harness import compare as cmp
-from moa_edge.harness.build import build
+from moa_edge.errors import MoaEdgeError
+from moa_edge.harness.build import build, build_for_march
 from moa_edge.harness.runner import check_inputs, run
 from moa_edge.pipeline import convert
 from moa_edge.target import load_board, symbol_lister
@@ -110,3 +111,12 @@ def test_the_runner_reports_its_peak_resident_memory(tmp_path):
     outputs, _ = run(build(tmp_path / "p", board), board, report["io"], {"ids": ids}, stats=stats)
     np.testing.assert_array_equal(outputs["y"], table[ids])
     assert 0 < stats["max_rss_bytes"] < table.nbytes / 2
+
+
+@pytest.mark.parametrize("march", ["native -O0", "../x86-64-v3", "-mno-avx", ""])
+def test_a_march_that_is_not_one_is_refused_before_any_build(march, tmp_path):
+    """A --host-march value becomes a compiler flag and part of a build folder's name: a space, a
+    slash or a leading dash in it is refused, and nothing is built."""
+    with pytest.raises(MoaEdgeError, match="not a -march value"):
+        build_for_march(tmp_path, load_board("host"), march)
+    assert not any(tmp_path.iterdir())

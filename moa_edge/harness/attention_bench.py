@@ -40,7 +40,7 @@ from moa_edge.ops.attention import C_SOURCES
 from moa_edge.target import Board, load_board
 
 from . import compare, insn_count
-from .build import selected_isa
+from .build import check_march, selected_isa
 from .kernel_harness import RUNTIME_INCLUDE, runtime_objects
 from .scratch_folder import scratch_folder
 from .ssh import RemoteFolder
@@ -400,8 +400,7 @@ def time_host(seqs, causals, heads: int, head_dim: int, repeat: int, budget: flo
     if cc is None:
         raise MoaEdgeError("bench attention: no host C compiler (cc, gcc or clang) on PATH")
     for march in host_march:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", march):
-            raise MoaEdgeError(f"--host-march {march!r}: not a -march value (letters, digits and . _ + -)")
+        check_march(march)
     if rounds < 1:
         raise MoaEdgeError(f"--rounds {rounds}: need at least 1")
     cflags = list(board.toolchain["cflags"])

@@ -105,8 +105,16 @@ def build_isa(project: Path, board: Board, extra_cflags: list[str] = ()) -> str 
     return selected_isa(cc, cflags, project / "runtime" / "include")
 
 
+def check_march(march: str) -> str:
+    """march, if it is a -march value (letters, digits and . _ + -): it becomes a compiler flag and
+    part of a build folder's name, so a space or a slash in it must not reach either."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", march):
+        raise MoaEdgeError(f"--host-march {march!r}: not a -march value (letters, digits and . _ + -)")
+    return march
+
+
 def build_for_march(project: Path, board: Board, march: str) -> tuple[Path, str | None]:
     """project built again with -march=ARCH (x86-64-v3: the AVX2 kernels on any x86 host), into
     build/<board>-ARCH/: the runner's path and the kernels that build selects."""
-    flags = [f"-march={march}"]
+    flags = [f"-march={check_march(march)}"]
     return build(project, board, extra_cflags=flags, variant=f"{board.name}-{march}"), build_isa(project, board, flags)

@@ -32,7 +32,7 @@ import numpy as np
 from moa_edge.errors import MoaEdgeError
 from moa_edge.target import Board, load_board
 
-from .build import build, build_for_march, build_isa
+from .build import build, build_for_march, build_isa, check_march
 from .generation import generate_ids, generation_info
 from .gguf_weights import FILE_TYPES, MATCHING, write_gguf
 from .scratch_folder import scratch_folder
@@ -356,8 +356,7 @@ def bench_generate(model, convert, prompt_ids: list[int] | None = None, prompt_t
     if gguf is not None and not Path(gguf).is_file():
         raise MoaEdgeError(f"--gguf {gguf}: no such file")
     for march in host_march:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._+-]*", march):
-            raise MoaEdgeError(f"--host-march {march!r}: not a -march value (letters, digits and . _ + -)")
+        check_march(march)
     pythons = [llama_python(given) for given in llama_pythons] or [None]
     host = load_board("host")
     load_at_start = _load_average()
