@@ -548,7 +548,7 @@ moa_status moa_gemm_qw_f32(size_t M, size_t N, size_t K, float alpha, moa_matrix
 moa_status moa_gemm_qw_f32_on(moa_pool *pool, size_t M, size_t N, size_t K, float alpha, moa_matrix_f32 a,
                               moa_qweights w, float beta, moa_matrix_f32 c, float *y, ptrdiff_t y_row_stride)
 {
-    b_source source = packed_source(NULL, 0, 0);
+    b_source source = {0};
     const moa_status status = check_quantized(M, N, K, &w);
     if (status != MOA_OK) {
         return status;
